@@ -1,0 +1,287 @@
+"""`bench`: run scenarios, inspect backends, report, clean up.
+
+Exit codes: 0 success; 1 a run in which a cell failed; 2 a usage error (bad scenario,
+unknown backend, missing file: one line naming the file and field); 3 a backend that is
+not usable here (with the reason and the fix); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import runtimes
+from harness import results, scenario, studies, validate
+from harness.errors import EXIT_USAGE, BenchError
+from harness.units import format_value
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def _split(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cvbench")
+def cli() -> None:
+    """cvbench: the same workload under host, ns, Docker, Podman and VMs, measured alike.
+
+    Start with `bench doctor` (what works here), `bench list` (scenarios), then
+    `bench run startup` and `bench report results/runs/<file>.json`.
+    """
+
+
+@cli.command()
+@click.argument("scenario_name", metavar="SCENARIO")
+@click.option("--backends", help="Comma-separated backends (default: the scenario's list, "
+              "skipping those not available here).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results/runs"), show_default=True, help="Directory for results.")
+@click.option("--seed", type=int, help="Seed of the round order (default: random).")
+@click.option("--warmups", type=click.IntRange(0), help="Override sampling.warmups.")
+@click.option("--min-samples", type=click.IntRange(1), help="Override sampling.min_samples.")
+@click.option("--max-samples", type=click.IntRange(1), help="Override sampling.max_samples.")
+@click.option("--time-budget", type=click.FloatRange(min=1), help="Override the run's "
+              "time budget (s).")
+def run(scenario_name: str, backends: str | None, out_dir: Path, seed: int | None,
+        warmups: int | None, min_samples: int | None, max_samples: int | None,
+        time_budget: float | None) -> None:
+    """Run SCENARIO (a name from scenarios/ or a path to a .toml file)."""
+    from dataclasses import replace
+
+    from harness import image as image_mod
+    from harness import runner
+    from runtimes.base import new_run_id
+
+    t_begin = time.monotonic()
+    scen = scenario.load(scenario_name)
+    overrides = {k: v for k, v in {"warmups": warmups, "min_samples": min_samples,
+                                   "max_samples": max_samples,
+                                   "time_budget": time_budget}.items() if v is not None}
+    if overrides:
+        sampling = replace(scen.sampling, **overrides)
+        if sampling.max_samples < sampling.min_samples:
+            raise click.UsageError("--max-samples must be >= --min-samples")
+        scen = replace(scen, sampling=sampling)
+    validate.check(scen)
+    study = studies.get(scen.study)
+    p = runner.plan(scen, _split(backends))
+    for b, why in p.skipped.items():
+        err.print(f"[yellow]skipping {b}[/]: {why}")
+
+    run_id = new_run_id()
+    err.print(f"run [bold]{run_id}[/]: scenario {scen.name}, backends {', '.join(p.backends)}")
+    img = image_mod.build(scen.workload.image)
+    err.print(f"image {img.tag} sha256:{img.digest} ({img.size / 2**20:.1f} MiB)")
+    lock = runner.RunLock(run_id, {"scenario": scen.name})
+    try:
+        prepared = {}
+        for b in p.backends:
+            with err.status(f"preparing {b}…"):
+                prepared[b] = p.runtimes[b].prepare(img)
+        cells = runner.make_cells(p, prepared)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{scen.name}-{results.utc_stamp()}-{run_id}"
+        journal = results.Journal(out_dir / f"{name}.journal",
+                                  runner.header(p, run_id, img, prepared))
+        outcome = _run_with_progress(scen, cells, journal, study, seed)
+        final = journal.finalize(out_dir / f"{name}.json", {
+            "finished": results.datetime.now(results.UTC).isoformat(),
+            "cells": runner.cell_summary(cells), "interrupted": outcome.interrupted,
+            "duration": outcome.elapsed, "rounds": outcome.rounds})
+    finally:
+        lock.release()
+    doc = results.load_result(final)
+    _print_table(results.frame([(str(final), doc)]))
+    for e in outcome.cleanup_errors:
+        err.print(f"[red]clean-up problem:[/] {e}")
+    failed = [c for c in cells if c.status == "failed"]
+    for c in failed:
+        err.print(f"[red]cell {c.label} failed[/] after {c.samples} samples "
+                  f"({c.failures} failures); see the events in the result")
+    out.print(f"result: {final}")
+    out.print(f"pyperf: {final.with_name(final.name.removesuffix('.json') + '.pyperf.json')}")
+    err.print(f"took {time.monotonic() - t_begin:.1f} s ({outcome.rounds} rounds)")
+    if outcome.interrupted:
+        err.print("[yellow]interrupted[/]: the samples taken so far are in the result above")
+        sys.exit(130)
+    if failed:
+        sys.exit(1)
+
+
+def _run_with_progress(scen: scenario.Scenario, cells: list[Any], journal: results.Journal,
+                       study: studies.Study, seed: int | None) -> Any:
+    from harness import runner
+
+    s = scen.sampling
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(),
+                  TextColumn("{task.completed:>3}/{task.total:<3} {task.fields[note]}"),
+                  TimeElapsedColumn(), console=err, transient=False) as progress:
+        tasks = {c.key: progress.add_task(c.label, total=s.max_samples, note="")
+                 for c in cells}
+
+        def update(cell: runner.Cell, note: str) -> None:
+            if not note and cell.values and cell.samples >= 2:
+                lo, hi = runner.stats.median_ci(cell.values)
+                med = sorted(cell.values)[len(cell.values) // 2]
+                note = f"median {format_value(med, 's')} ±{(hi - lo) / 2 / med:.1%}"
+                if cell.status != "running":
+                    note += f" ({cell.status})"
+            progress.update(tasks[cell.key], completed=cell.samples, note=note[:60])
+
+        r = runner.Runner(scen, cells, journal, study.sample,
+                          lambda m: studies.unit_of(study, m), progress=update, seed=seed)
+        return r.run()
+
+
+def _print_table(df: Any) -> None:
+    from harness.report import tables
+
+    if df.empty:
+        out.print("no samples")
+        return
+    t = Table(title="medians with 95 % CI")
+    for col in ("backend", "variant", "metric", "n", "median", "95 % CI", "note"):
+        t.add_column(col, justify="right" if col in ("n", "median") else "left")
+    for r in tables.summary(df).itertuples():
+        t.add_row(str(r.backend), str(r.variant), str(r.metric), str(r.n),
+                  format_value(r.median, str(r.unit)),
+                  f"{format_value(r.ci_lo, str(r.unit))} – {format_value(r.ci_hi, str(r.unit))}",
+                  str(r.warning))
+    out.print(t)
+
+
+@cli.command("list")
+def list_() -> None:
+    """List scenarios and backends."""
+    t = Table(title="scenarios")
+    t.add_column("name")
+    t.add_column("study")
+    t.add_column("description")
+    t.add_column("file")
+    for name, path in sorted(scenario.available().items()):
+        try:
+            s = scenario.load(str(path))
+            t.add_row(name, s.study, s.description, str(path))
+        except BenchError as e:
+            t.add_row(name, "?", f"[red]{e}[/]", str(path))
+    out.print(t)
+    out.print("backends: " + ", ".join(runtimes.all_names()))
+
+
+@cli.command()
+def doctor() -> None:
+    """Say, per backend, whether it is available here, why not, and the fix."""
+    t = Table(title="backends on this host")
+    for col in ("backend", "available", "why / fix", "versions"):
+        t.add_column(col)
+    for name in runtimes.all_names():
+        try:
+            a = runtimes.get(name).availability()
+        except BenchError as e:
+            t.add_row(name, "[red]no[/]", str(e), "")
+            continue
+        versions = ", ".join(f"{k} {v}" for k, v in a.versions.items())
+        detail = ", ".join(f"{k}: {v}" for k, v in a.details.items())
+        if a.ok:
+            t.add_row(name, "[green]yes[/]", detail, versions)
+        else:
+            t.add_row(name, "[red]no[/]", f"{a.reason}" + (f"\nfix: {a.fix}" if a.fix else ""),
+                      versions)
+    out.print(t)
+
+
+@cli.command()
+@click.argument("result_files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results/report"), show_default=True)
+@click.option("--format", "formats", default="png,svg", show_default=True,
+              help="Comma-separated chart formats (png, svg, pdf).")
+def report(result_files: tuple[Path, ...], out_dir: Path, formats: str) -> None:
+    """Write charts and report.md for RESULT_FILES (files or directories)."""
+    from harness.report import render
+
+    fmts = _split(formats) or ["png"]
+    bad = [f for f in fmts if f not in ("png", "svg", "pdf")]
+    if bad:
+        raise click.BadParameter(f"unknown format {bad[0]!r}", param_hint="--format")
+    paths = results.expand(result_files)
+    docs = [(str(p), results.load_result(p)) for p in paths]
+    df = results.frame(docs)
+    written = render.build(docs, df, out_dir, fmts)
+    for w in written:
+        out.print(str(w))
+
+
+@cli.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def gc_(dry_run: bool) -> None:
+    """Remove what dead runs left behind (containers, VMs, cgroups, dirs...).
+
+    Runs still in progress (their lock is held) are left alone.
+    """
+    from harness.runner import live_runs
+
+    live = live_runs()
+    total = 0
+    for base in runtimes.base_names():
+        rt = runtimes.get(base)
+        try:
+            found = rt.leftovers(live) if dry_run else rt.gc(live)
+        except BenchError as e:
+            err.print(f"[yellow]{base}[/]: not checked: {e}")
+            continue
+        for item in found:
+            total += 1
+            verb = "would remove" if dry_run else "removed"
+            out.print(f"{verb} {item.backend} {item.kind} {item.name} (run {item.run_id})")
+    out.print(f"{total} leftover(s){' found' if dry_run else ' removed'}; "
+              f"{len(live)} live run(s) left alone")
+
+
+@cli.command()
+@click.argument("recipe", default="base")
+@click.option("--binary", "binaries", multiple=True, help="Extra host binary to include.")
+def image(recipe: str, binaries: tuple[str, ...]) -> None:
+    """Build (or show the cached) workload image of RECIPE and print its digest."""
+    from harness import image as image_mod
+
+    img = image_mod.build(image_mod.Recipe(name=recipe, binaries=binaries))
+    out.print(f"{img.tag}\nsha256:{img.digest}\ntar: {img.tar}\nrootfs: {img.rootfs}\n"
+              f"size: {img.size} bytes")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line per error, the right exit code, no traceback."""
+    try:
+        cli.main(args=argv, prog_name="bench", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code if e.exit_code else EXIT_USAGE)
+    except click.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except BenchError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

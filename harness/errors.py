@@ -1,0 +1,67 @@
+"""One root exception, subclasses by cause (docker-py's errors.py style).
+
+The CLI maps them to exit codes: a user mistake exits 2 with one line naming the
+file and field; a backend that is not usable here exits 3 with the reason and the fix.
+"""
+
+from __future__ import annotations
+
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+class BenchError(Exception):
+    """Root of every error cvbench raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(BenchError):
+    """The user asked for something invalid (bad file, unknown name, wrong value)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ScenarioError(UsageError):
+    """A scenario file is malformed or invalid; the message names the file and key."""
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        self.source = source
+        self.key = key
+        self.message = message
+        where = f"{source}: {key}: " if key else f"{source}: "
+        super().__init__(f"{where}{message}")
+
+
+class ResultError(UsageError):
+    """A result file cannot be read: malformed, corrupted, or from a newer schema."""
+
+
+class BackendUnavailable(BenchError):
+    """A backend cannot run here; carries the reason and the fix."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+    def __init__(self, backend: str, reason: str, fix: str = "") -> None:
+        self.backend = backend
+        self.reason = reason
+        self.fix = fix
+        text = f"backend {backend!r} is not available: {reason}"
+        if fix:
+            text += f" (fix: {fix})"
+        super().__init__(text)
+
+
+class InstanceError(BenchError):
+    """One instance failed (did not start, never became ready, crashed).
+
+    The runner records it against the cell and goes on; samples already taken stay.
+    """
+
+
+class ReadyTimeout(InstanceError):
+    """The ready line did not arrive in time."""
+
+
+class ImageError(BenchError):
+    """The workload image could not be built (missing binary, unreadable file)."""

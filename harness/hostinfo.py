@@ -1,0 +1,136 @@
+"""Host fingerprint: what a result was measured on.
+
+`fingerprint()` returns the facts; `fingerprint_id()` hashes the ones that make two
+machines comparable (CPU model, cores, memory, kernel, distro, cgroup mode, THP). Results
+with different ids are from different hosts: reports warn, `bench compare` refuses to gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+
+# Facts that make a host what it is; volatile ones (load, free memory) stay out of the id.
+ID_KEYS = ("cpu_model", "cores", "mem_total_gib", "kernel", "distro", "cgroup_mode", "thp",
+           "arch")
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _cpu_model() -> str:
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        if line.startswith(("model name", "Model", "cpu model")):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def meminfo() -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts:
+            out[key] = int(parts[0]) * (1024 if len(parts) > 1 else 1)
+    return out
+
+
+def mem_available() -> int:
+    """MemAvailable in bytes (what the kernel thinks can be allocated without swapping)."""
+    return meminfo().get("MemAvailable", 0)
+
+
+def _distro() -> str:
+    text = _read("/etc/os-release") or ""
+    for line in text.splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip('"')
+    return "unknown"
+
+
+def cgroup_mode(root: str = "/sys/fs/cgroup") -> str:
+    """v2 (unified), hybrid (v1 controllers + a cgroup2 mount), or v1."""
+    if os.path.exists(f"{root}/cgroup.controllers"):
+        return "v2"
+    if os.path.isdir(f"{root}/unified") and os.path.exists(f"{root}/unified/cgroup.procs"):
+        return "hybrid"
+    if os.path.isdir(f"{root}/memory") or os.path.isdir(f"{root}/cpu"):
+        return "v1"
+    return "none"
+
+
+def _bracketed(path: str) -> str | None:
+    """The selected value of a sysfs choice file: "always [madvise] never" -> madvise."""
+    text = _read(path)
+    if text is None:
+        return None
+    for word in text.split():
+        if word.startswith("["):
+            return word.strip("[]")
+    return text
+
+
+def _version(cmd: list[str]) -> str | None:
+    if not shutil.which(cmd[0]):
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    line = (out.stdout or out.stderr).strip().splitlines()
+    return line[0] if line else None
+
+
+def _virtualization() -> str:
+    flags = _read("/proc/cpuinfo") or ""
+    if " hypervisor" in flags:
+        return "guest"
+    return "bare-metal-or-unknown"
+
+
+def fingerprint() -> dict[str, Any]:
+    mem = meminfo()
+    info: dict[str, Any] = {
+        "hostname": platform.node(),
+        "arch": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count() or 0,
+        "mem_total": mem.get("MemTotal", 0),
+        "mem_total_gib": round(mem.get("MemTotal", 0) / 2**30),
+        "kernel": platform.release(),
+        "distro": _distro(),
+        "cgroup_mode": cgroup_mode(),
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "thp": _bracketed("/sys/kernel/mm/transparent_hugepage/enabled"),
+        "ksm": _read("/sys/kernel/mm/ksm/run"),
+        "virtualization": _virtualization(),
+        "kvm_device": os.path.exists("/dev/kvm"),
+        "python": platform.python_version(),
+        "cvbench": __version__,
+        "load_avg": list(os.getloadavg()),
+    }
+    info["id"] = fingerprint_id(info)
+    return info
+
+
+def fingerprint_id(info: dict[str, Any]) -> str:
+    key = json.dumps({k: info.get(k) for k in ID_KEYS}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def tool_version(cmd: list[str]) -> str | None:
+    """First line of `cmd`'s version output, or None when the tool is missing."""
+    return _version(cmd)

@@ -1,0 +1,1 @@
+"""Probes: how cvbench reads time, memory, disk and I/O figures from the host."""

@@ -1,0 +1,1 @@
+"""Reports: tables (pandas), charts (matplotlib), Markdown/HTML rendering."""

@@ -1,0 +1,307 @@
+"""Versioned result files: journal while running, atomic finalize, pandas and pyperf views.
+
+While a run goes, every sample is appended to `<out>/<name>.journal` (JSON lines: a
+header, then samples and events) and flushed, so a crash loses at most the sample being
+taken. `finalize()` writes `<name>.json` through a temp file + fsync + link (which fails
+rather than overwrite), then removes the journal. Next to it goes `<name>.pyperf.json`,
+a pyperf BenchmarkSuite that `python -m pyperf stats|compare_to|hist` reads.
+
+A result carries a sha256 checksum of its canonical JSON, so a corrupted or hand-edited
+file is detected instead of half-read; files of a newer schema are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness import __version__
+from harness.errors import ResultError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SCHEMA = 1
+REQUIRED = ("schema", "tool", "run_id", "scenario", "host", "backends", "image", "samples")
+SAMPLE_KEYS = ("backend", "variant", "metric", "unit", "value", "round")
+PYPERF_UNITS = {"s": "second", "B": "byte"}
+
+
+def utc_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def checksum(doc: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
+
+
+class Journal:
+    """Append-only record of a run in progress; `finalize()` turns it into the result."""
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path = path
+        self.header = header
+        self.samples: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.artifacts: list[dict[str, Any]] = []
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # "x": never overwrite anything, not even a journal of another run.
+        self._f = open(path, "x", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+        self._write({"journal": SCHEMA, "header": header})
+
+    @classmethod
+    def open_existing(cls, path: Path) -> Journal:
+        """Reopen a journal left by an interrupted run (for --resume)."""
+        header, samples, events, artifacts = read_journal(path)
+        self = cls.__new__(cls)
+        self.path, self.header = path, header
+        self.samples, self.events, self.artifacts = samples, events, artifacts
+        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        return self
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+        self._f.flush()
+
+    def add(self, samples: Iterable[dict[str, Any]]) -> None:
+        batch = list(samples)
+        for s in batch:
+            self._write({"sample": s})
+        self.samples.extend(batch)
+
+    def event(self, kind: str, **data: Any) -> None:
+        record = {"kind": kind, "time": datetime.now(UTC).isoformat(), **data}
+        self._write({"event": record})
+        self.events.append(record)
+
+    def artifact(self, **data: Any) -> None:
+        self._write({"artifact": data})
+        self.artifacts.append(data)
+
+    def close(self) -> None:
+        if not self._f.closed:
+            os.fsync(self._f.fileno())
+            self._f.close()
+
+    def finalize(self, final: Path, extra: Mapping[str, Any]) -> Path:
+        """Write the result atomically next to the journal, then drop the journal."""
+        doc = {**self.header, **extra, "samples": self.samples, "events": self.events,
+               "artifacts": self.artifacts}
+        doc["checksum"] = checksum(doc)
+        write_new(final, json.dumps(doc, indent=1, allow_nan=False) + "\n")
+        self.close()
+        write_new(final.with_name(final.name.removesuffix(".json") + ".pyperf.json"),
+                  pyperf_json(doc))
+        self.path.unlink()
+        return final
+
+
+def read_journal(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                      list[dict[str, Any]], list[dict[str, Any]]]:
+    """Header, samples, events and artifacts of a journal; a torn last line is dropped."""
+    header: dict[str, Any] | None = None
+    samples: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    artifacts: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i >= len(lines) - 2:
+                break  # the write a crash interrupted
+            raise ResultError(f"{path}: line {i + 1}: not JSON") from None
+        if "header" in rec:
+            header = rec["header"]
+        elif "sample" in rec:
+            samples.append(rec["sample"])
+        elif "event" in rec:
+            events.append(rec["event"])
+        elif "artifact" in rec:
+            artifacts.append(rec["artifact"])
+    if header is None:
+        raise ResultError(f"{path}: no journal header")
+    return header, samples, events, artifacts
+
+
+def write_new(path: Path, text: str) -> None:
+    """Write `path` atomically; fail (never overwrite) if it exists."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise ResultError(f"{path} exists; results are never overwritten") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _check_sample(path: str, i: int, s: Any) -> None:
+    if not isinstance(s, dict):
+        raise ResultError(f"{path}: samples[{i}]: not an object")
+    for key in SAMPLE_KEYS:
+        if key not in s:
+            raise ResultError(f"{path}: samples[{i}].{key}: missing")
+    for key in ("backend", "variant", "metric", "unit"):
+        if not isinstance(s[key], str):
+            raise ResultError(f"{path}: samples[{i}].{key}: not a string")
+    if isinstance(s["value"], bool) or not isinstance(s["value"], int | float):
+        raise ResultError(f"{path}: samples[{i}].value: not a number")
+    if isinstance(s["round"], bool) or not isinstance(s["round"], int):
+        raise ResultError(f"{path}: samples[{i}].round: not an integer")
+
+
+def load_result(path: str | Path) -> dict[str, Any]:
+    """Read and check one result file; any problem is a ResultError naming the field."""
+    p = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ResultError(f"{p}: no such result file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultError(f"{p}: cannot read: {e}") from None
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ResultError(f"{p}: not a result file (invalid JSON: {e})") from None
+    if not isinstance(doc, dict):
+        raise ResultError(f"{p}: not a result file (not a JSON object)")
+    schema = doc.get("schema")
+    if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA:
+        raise ResultError(f"{p}: schema: {schema} is newer than this cvbench reads "
+                          f"({SCHEMA}); upgrade cvbench")
+    if schema != SCHEMA:
+        raise ResultError(f"{p}: schema: unknown value {schema!r}")
+    for key in REQUIRED:
+        if key not in doc:
+            raise ResultError(f"{p}: {key}: missing")
+    if "checksum" not in doc:
+        raise ResultError(f"{p}: checksum: missing")
+    try:
+        ok = checksum(doc) == doc["checksum"]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ResultError(f"{p}: checksum: does not match the content (file corrupted or "
+                          "edited)")
+    if not isinstance(doc["samples"], list):
+        raise ResultError(f"{p}: samples: not a list")
+    for i, s in enumerate(doc["samples"]):
+        _check_sample(p, i, s)
+    image = doc["image"]
+    if not isinstance(image, dict) or not isinstance(image.get("digest"), str):
+        raise ResultError(f"{p}: image.digest: missing (a result without it is invalid)")
+    for key in ("host", "backends", "scenario"):
+        if not isinstance(doc[key], dict):
+            raise ResultError(f"{p}: {key}: not an object")
+    return doc
+
+
+def frame(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> pd.DataFrame:
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = []
+    for path, doc in docs:
+        scen = doc["scenario"]
+        host = doc["host"]
+        for s in doc["samples"]:
+            meta = doc["backends"].get(s["backend"], {})
+            rows.append({
+                **{k: s[k] for k in SAMPLE_KEYS},
+                "instance": s.get("instance"),
+                "run_id": doc["run_id"], "scenario": scen.get("name"),
+                "image_digest": doc["image"]["digest"], "host_id": host.get("id"),
+                "host": host.get("hostname"), "created": doc.get("created"),
+                "accel": meta.get("accel"), "emulated": bool(meta.get("emulated", False)),
+                "file": path,
+            })
+    cols = [*SAMPLE_KEYS, "instance", "run_id", "scenario", "image_digest", "host_id", "host",
+            "created", "accel", "emulated", "file"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """One row per sample of every result in `paths` (files, or directories of them).
+
+    Columns: backend, variant, metric, unit, value, round, instance, run_id, scenario,
+    image_digest, host_id, host, created, accel, emulated, file.
+    """
+    return frame((str(p), load_result(p)) for p in expand(paths))
+
+
+def expand(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(q for q in p.glob("*.json") if not q.name.endswith(".pyperf.json")))
+        else:
+            out.append(p)
+    if not out:
+        raise ResultError("no result files given")
+    return out
+
+
+def pyperf_json(doc: Mapping[str, Any]) -> str:
+    """The samples as a pyperf BenchmarkSuite (one benchmark per backend/variant/metric).
+
+    pyperf accepts only positive values in second/byte/integer units: a metric with a
+    value <= 0 (a phase a backend merges into the previous one) is left out, and the
+    suite's metadata says which.
+    """
+    import pyperf
+
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for s in doc["samples"]:
+        groups.setdefault((s["backend"], s["variant"], s["metric"]), []).append(s)
+    common = {"cvbench_run_id": doc["run_id"], "cvbench_scenario": doc["scenario"]["name"],
+              "cvbench_image": doc["image"]["digest"][:12],
+              "cvbench_host_id": str(doc["host"].get("id")),
+              "hostname": str(doc["host"].get("hostname"))}
+    benches = []
+    omitted = []
+    for (backend, variant, metric), samples in sorted(groups.items()):
+        name = f"{metric} {backend}" + ("" if variant == "default" else f" [{variant}]")
+        values = [float(s["value"]) for s in samples]
+        if min(values) <= 0:
+            omitted.append(name)
+            continue
+        unit = PYPERF_UNITS.get(samples[0]["unit"], "integer")
+        runs = [pyperf.Run([v], metadata={**common, "name": name, "unit": unit,
+                                          "cvbench_backend": backend,
+                                          "cvbench_variant": variant,
+                                          "cvbench_metric": metric,
+                                          "cvbench_unit": samples[0]["unit"]},
+                           collect_metadata=False) for v in values]
+        benches.append(pyperf.Benchmark(runs))
+    if not benches:
+        raise ResultError("no sample can be represented in pyperf's format")
+    suite = pyperf.BenchmarkSuite(benches)
+    data = json.loads(_suite_json(suite))
+    if omitted:
+        data.setdefault("metadata", {})["cvbench_omitted"] = ", ".join(omitted)
+    return json.dumps(data)
+
+
+def _suite_json(suite: Any) -> str:
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as tmp:
+        suite.dump(tmp.name, replace=True)
+        return Path(tmp.name).read_text()

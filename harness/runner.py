@@ -1,0 +1,362 @@
+"""The runner: warmups, interleaved shuffled rounds, adaptive stop, clean-up.
+
+Each round runs every cell (backend x variant) still going once, in a fresh random order,
+so drift (thermal, page cache, a noisy neighbour) hits all cells alike. A cell stops when
+the bootstrap 95 % CI half-width of the median of the scenario's metric is within
+`target_ci` of the median (after `min_samples`), or at `max_samples`, or when the run's
+`time_budget` is spent. Samples go to the journal as they arrive.
+
+Ctrl-C (or SIGTERM) once: the current sample finishes, live instances are removed and
+the samples taken are finalized. Twice: the current sample is abandoned too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import json
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import runtimes as runtimes_registry
+from harness import __version__, hostinfo, stats
+from harness.errors import BackendUnavailable, BenchError, UsageError
+from harness.image import Image
+from harness.results import SCHEMA, Journal
+from harness.scenario import Config, Scenario, Variant
+from runtimes.base import Instance, InstanceSpec, Prepared, Runtime, state_dir
+
+FAILURES_TO_GIVE_UP = 3
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One figure of one sample. `instance` tells apart instances of one sample."""
+
+    metric: str
+    value: float
+    instance: int | None = None
+    unit: str | None = None
+
+
+@dataclass
+class Cell:
+    backend: str
+    variant: Variant
+    config: Config
+    runtime: Runtime
+    prepared: Prepared
+    values: list[float] = field(default_factory=list)  # of the stop metric
+    samples: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    status: str = "running"  # running | target | max_samples | budget | failed | interrupted
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.backend, self.variant.name)
+
+    @property
+    def label(self) -> str:
+        return self.backend if self.variant.name == "default" else \
+            f"{self.backend} [{self.variant.name}]"
+
+
+class Context:
+    """What a study gets besides the cell: instance specs, tracking, the timeout."""
+
+    def __init__(self, run_id: str, timeout: float) -> None:
+        self.run_id = run_id
+        self.timeout = timeout
+        self.counter = 0
+        self.live: dict[int, tuple[Cell, Instance]] = {}
+
+    def spec(self, cell: Cell, **overrides: Any) -> InstanceSpec:
+        self.counter += 1
+        cfg = cell.config
+        fields: dict[str, Any] = dict(
+            run_id=self.run_id, name=f"cvbench-{self.run_id}-{self.counter}",
+            argv=cfg.workload.argv, env=dict(cfg.workload.env), limits=cfg.limits,
+            network=cfg.network, mounts=cfg.mounts, readiness=cfg.workload.readiness,
+            workdir=cfg.workload.workdir)
+        fields.update(overrides)
+        return InstanceSpec(**fields)
+
+    def track(self, cell: Cell, inst: Instance) -> None:
+        self.live[id(inst)] = (cell, inst)
+
+    def untrack(self, inst: Instance) -> None:
+        self.live.pop(id(inst), None)
+
+    def cleanup(self, only: Cell | None = None) -> list[str]:
+        """Stop and remove live instances (all, or one cell's); return what failed."""
+        errors = []
+        for key, (cell, inst) in list(self.live.items()):
+            if only is not None and cell is not only:
+                continue
+            try:
+                cell.runtime.stop(inst, grace=0.5)
+                cell.runtime.remove(inst)
+            except Exception as e:  # keep cleaning the others
+                errors.append(f"{cell.label}: {inst.spec.name}: {e}")
+            self.live.pop(key, None)
+        return errors
+
+
+class Interrupt:
+    """First SIGINT/SIGTERM asks to stop after the current sample; the second raises."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    @contextmanager
+    def installed(self) -> Iterator[Interrupt]:
+        old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+@dataclass
+class Outcome:
+    cells: list[Cell]
+    rounds: int
+    elapsed: float
+    interrupted: bool
+    cleanup_errors: list[str]
+
+
+Sampler = Callable[[Context, Cell], list[Measurement]]
+Progress = Callable[[Cell, str], None]
+
+
+class Runner:
+    def __init__(self, scenario: Scenario, cells: list[Cell], journal: Journal,
+                 sample: Sampler, unit_of: Callable[[str], str | None],
+                 progress: Progress | None = None, seed: int | None = None,
+                 start_round: int = 0) -> None:
+        self.scenario = scenario
+        self.cells = cells
+        self.journal = journal
+        self.sample = sample
+        self.unit_of = unit_of
+        self.progress = progress or (lambda cell, note: None)
+        self.rng = random.Random(seed)
+        self.ctx = Context(journal.header["run_id"], scenario.sampling.timeout)
+        self.interrupt = Interrupt()
+        self.round = start_round
+
+    def _one(self, cell: Cell, record: bool) -> None:
+        gc.disable()  # no collector pause inside a timed sample
+        try:
+            measurements = self.sample(self.ctx, cell)
+        except (BenchError, OSError) as e:
+            errors = self.ctx.cleanup(only=cell)
+            cell.failures += 1
+            cell.consecutive_failures += 1
+            self.journal.event("sample_failed", backend=cell.backend, variant=cell.variant.name,
+                               round=self.round, error=str(e), cleanup_errors=errors)
+            if cell.consecutive_failures >= FAILURES_TO_GIVE_UP:
+                cell.status = "failed"
+                self.journal.event("cell_failed", backend=cell.backend,
+                                   variant=cell.variant.name, error=str(e))
+            self.progress(cell, f"failed: {e}")
+            return
+        finally:
+            gc.enable()
+        cell.consecutive_failures = 0
+        if not record:
+            return
+        metric = self.scenario.sampling.metric
+        self.journal.add({
+            "backend": cell.backend, "variant": cell.variant.name, "metric": m.metric,
+            "unit": m.unit or self.unit_of(m.metric) or "", "value": m.value,
+            "round": self.round, **({"instance": m.instance} if m.instance is not None else {}),
+        } for m in measurements)
+        cell.samples += 1
+        cell.values.extend(m.value for m in measurements if m.metric == metric)
+        self._decide(cell)
+        self.progress(cell, "")
+
+    def _decide(self, cell: Cell) -> None:
+        s = self.scenario.sampling
+        if cell.samples >= s.max_samples:
+            cell.status = "max_samples"
+        elif cell.samples >= s.min_samples and cell.values:
+            lo, hi = stats.median_ci(cell.values)
+            med = float(sorted(cell.values)[len(cell.values) // 2])
+            if med and (hi - lo) / 2 / abs(med) <= s.target_ci:
+                cell.status = "target"
+
+    def active(self) -> list[Cell]:
+        return [c for c in self.cells if c.status == "running"]
+
+    def run(self, warmups: bool = True) -> Outcome:
+        s = self.scenario.sampling
+        t_start = time.monotonic()
+        interrupted = False
+        with self.interrupt.installed():
+            try:
+                for _ in range(s.warmups if warmups else 0):
+                    for cell in self._shuffled():
+                        if self.interrupt.requested:
+                            break
+                        self._one(cell, record=False)
+                while self.active() and not self.interrupt.requested:
+                    if time.monotonic() - t_start > s.time_budget:
+                        for c in self.active():
+                            c.status = "budget"
+                            self.journal.event("budget_spent", backend=c.backend,
+                                               variant=c.variant.name, samples=c.samples)
+                        break
+                    self.round += 1
+                    for cell in self._shuffled():
+                        if self.interrupt.requested:
+                            break
+                        self._one(cell, record=True)
+            except KeyboardInterrupt:
+                interrupted = True
+            interrupted = interrupted or self.interrupt.requested
+            errors = self.ctx.cleanup()
+        if interrupted:
+            for c in self.active():
+                c.status = "interrupted"
+            self.journal.event("interrupted", signal=self.interrupt.signal_name or "SIGINT",
+                               round=self.round)
+        return Outcome(cells=self.cells, rounds=self.round, elapsed=time.monotonic() - t_start,
+                       interrupted=interrupted, cleanup_errors=errors)
+
+    def _shuffled(self) -> list[Cell]:
+        cells = self.active()
+        self.rng.shuffle(cells)
+        return cells
+
+
+# --- whole runs: lock, preparation, journal, finalize ------------------------------------
+
+def runs_dir() -> Path:
+    return state_dir() / "runs"
+
+
+class RunLock:
+    """An flock held for the whole run: `bench gc` leaves runs whose lock is held alone."""
+
+    def __init__(self, run_id: str, info: dict[str, Any]) -> None:
+        self.path = runs_dir() / f"{run_id}.lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, json.dumps({"pid": os.getpid(), **info}).encode())
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            os.close(self.fd)
+            self.fd = -1
+
+
+def live_runs() -> list[str]:
+    """Run ids whose runner still holds its lock."""
+    live = []
+    d = runs_dir()
+    if not d.is_dir():
+        return live
+    for p in d.glob("*.lock"):
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            live.append(p.stem)
+        finally:
+            os.close(fd)
+    return live
+
+
+@dataclass
+class Plan:
+    """A scenario bound to this host: the backends that will run, and the ones skipped."""
+
+    scenario: Scenario
+    backends: list[str]
+    runtimes: dict[str, Runtime]
+    skipped: dict[str, str]  # backend -> why
+
+
+def plan(scenario: Scenario, requested: list[str] | None) -> Plan:
+    """Choose backends: requested ones must be available (exit 3 if not); the scenario's
+    own list is auto-detected (unavailable ones are skipped, with the reason)."""
+    names = requested if requested else list(scenario.backends)
+    for n in names:
+        if not runtimes_registry.known(n):
+            raise UsageError(f"unknown backend {n!r}; known backends: "
+                             f"{', '.join(runtimes_registry.all_names())}")
+    chosen: list[str] = []
+    rts: dict[str, Runtime] = {}
+    skipped: dict[str, str] = {}
+    for n in names:
+        rt = runtimes_registry.get(n)
+        avail = rt.availability()
+        if avail.ok:
+            chosen.append(n)
+            rts[n] = rt
+        elif requested:
+            raise BackendUnavailable(n, avail.reason, avail.fix)
+        else:
+            skipped[n] = avail.reason + (f" (fix: {avail.fix})" if avail.fix else "")
+    if not chosen:
+        raise BackendUnavailable(",".join(names), "none of the scenario's backends is "
+                                 "available here", "run `bench doctor`")
+    return Plan(scenario=scenario, backends=chosen, runtimes=rts, skipped=skipped)
+
+
+def make_cells(p: Plan, prepared: dict[str, Prepared]) -> list[Cell]:
+    return [Cell(backend=b, variant=v, config=p.scenario.config(v), runtime=p.runtimes[b],
+                 prepared=prepared[b])
+            for b in p.backends for v in p.scenario.variants]
+
+
+def header(p: Plan, run_id: str, image: Image, prepared: dict[str, Prepared]
+           ) -> dict[str, Any]:
+    backends: dict[str, Any] = {}
+    for b in p.backends:
+        rt = p.runtimes[b]
+        avail = rt.availability()
+        backends[b] = {**rt.metadata(), "versions": dict(avail.versions),
+                       "prepared": {"ref": prepared[b].ref,
+                                    "footprint": dict(prepared[b].footprint),
+                                    **dict(prepared[b].details)}}
+    return {
+        "schema": SCHEMA, "tool": {"name": "cvbench", "version": __version__},
+        "run_id": run_id, "created": datetime.now(UTC).isoformat(),
+        "scenario": p.scenario.as_dict(), "host": hostinfo.fingerprint(),
+        "backends": backends, "skipped": p.skipped, "image": image.as_dict(),
+    }
+
+
+def cell_summary(cells: list[Cell]) -> list[dict[str, Any]]:
+    return [{"backend": c.backend, "variant": c.variant.name, "status": c.status,
+             "samples": c.samples, "failures": c.failures} for c in cells]

@@ -1,0 +1,444 @@
+"""Scenario model: frozen dataclasses loaded from TOML, variants (a matrix) expanded.
+
+A scenario file looks like this (every key but `name` and `workload.argv` has a default):
+
+    name = "startup"
+    description = "..."
+    study = "startup"                 # what each sample measures (see harness.studies)
+    backends = ["host", "ns"]
+    network = "none"                  # none | bridge | host
+
+    [workload]
+    image = { recipe = "base", binaries = [] }
+    argv = ["true"]
+    readiness = "marker"              # marker: the ready line; exit: the workload's exit
+    env = {}
+
+    [limits]                          # each optional
+    cpus = 1.0
+    memory = "256M"
+    pids = 64
+
+    [[mounts]]                        # bind | volume | tmpfs
+    type = "tmpfs"
+    target = "/scratch"
+    size = "64M"
+
+    [sampling]
+    warmups = 2
+    min_samples = 10
+    max_samples = 40
+    target_ci = 0.05                  # stop when the 95 % CI half-width <= 5 % of the median
+    time_budget = 240                 # seconds for the whole run
+    timeout = 60                      # seconds an instance may take to become ready / exit
+    metric = "startup.total"          # the metric the adaptive stop looks at
+
+    [params]                          # study parameters (checked by the study)
+
+    [variants]                        # optional matrix: every combination is a cell
+    network = ["none", "bridge"]
+
+Parsing is strict: an unknown key, a wrong type or a bad value raises ScenarioError
+naming the file and the dotted key; TOML syntax errors name the line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from harness.errors import ScenarioError
+from harness.image import Recipe
+from harness.units import parse_size
+from runtimes.base import MOUNT_TYPES, NETWORK_MODES, READINESS, Limits, Mount
+
+T = TypeVar("T")
+
+# Keys a variant may override, and how to parse each.
+VARIANT_KEYS = ("network", "limits.cpus", "limits.memory", "limits.pids", "workload.argv",
+                "workload.readiness")
+
+
+@dataclass(frozen=True)
+class Workload:
+    image: Recipe = Recipe()
+    argv: tuple[str, ...] = ("true",)
+    readiness: str = "marker"
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = "/"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"image": self.image.as_dict(), "argv": list(self.argv),
+                "readiness": self.readiness, "env": dict(self.env), "workdir": self.workdir}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    warmups: int = 2
+    min_samples: int = 10
+    max_samples: int = 40
+    target_ci: float = 0.05
+    time_budget: float = 240.0
+    timeout: float = 60.0
+    metric: str = "startup.total"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"warmups": self.warmups, "min_samples": self.min_samples,
+                "max_samples": self.max_samples, "target_ci": self.target_ci,
+                "time_budget": self.time_budget, "timeout": self.timeout,
+                "metric": self.metric}
+
+
+@dataclass(frozen=True)
+class Config:
+    """What one cell runs: the scenario's settings with a variant's overrides applied."""
+
+    workload: Workload
+    limits: Limits
+    network: str
+    mounts: tuple[Mount, ...]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # "default", or "network=bridge,limits.cpus=1"
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    source: str
+    description: str = ""
+    study: str = "startup"
+    backends: tuple[str, ...] = ("host", "ns")
+    workload: Workload = Workload()
+    limits: Limits = Limits()
+    network: str = "none"
+    mounts: tuple[Mount, ...] = ()
+    sampling: Sampling = Sampling()
+    params: tuple[tuple[str, Any], ...] = ()
+    variants: tuple[Variant, ...] = (Variant("default"),)
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def config(self, variant: Variant) -> Config:
+        workload, limits, network = self.workload, self.limits, self.network
+        for key, value in variant.overrides:
+            if key == "network":
+                network = value
+            elif key.startswith("limits."):
+                limits = replace(limits, **{key.split(".", 1)[1]: value})
+            elif key == "workload.argv":
+                workload = replace(workload, argv=value)
+            elif key == "workload.readiness":
+                workload = replace(workload, readiness=value)
+        return Config(workload=workload, limits=limits, network=network, mounts=self.mounts)
+
+    def param(self, key: str, default: T) -> T:
+        return cast(T, dict(self.params).get(key, default))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The resolved scenario, as stored in results."""
+        return {
+            "name": self.name, "source": self.source, "description": self.description,
+            "study": self.study, "backends": list(self.backends),
+            "workload": self.workload.as_dict(), "limits": self.limits.as_dict(),
+            "network": self.network, "mounts": [m.as_dict() for m in self.mounts],
+            "sampling": self.sampling.as_dict(), "params": dict(self.params),
+            "variants": [{"name": v.name, "overrides": dict(v.overrides)}
+                         for v in self.variants],
+        }
+
+
+# --- strict field readers -------------------------------------------------------------
+
+class _Reader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str) -> ScenarioError:
+        return ScenarioError(self.source, key, message)
+
+    def table(self, data: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, Any]:
+        value = data.get(key.rsplit(".", 1)[-1], {})
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a table, not {_tname(value)}")
+        self.only(value, key, allowed)
+        return value
+
+    def only(self, data: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
+        for k in data:
+            if k not in allowed:
+                where = f"{prefix}.{k}" if prefix else k
+                raise self.fail(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+    def str_(self, value: Any, key: str, choices: tuple[str, ...] | None = None) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, not {_tname(value)}")
+        if choices is not None and value not in choices:
+            raise self.fail(key, f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def int_(self, value: Any, key: str, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be an integer, not {_tname(value)}")
+        if value < minimum:
+            raise self.fail(key, f"must be at least {minimum}, not {value}")
+        return value
+
+    def num(self, value: Any, key: str, positive: bool = True) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, f"must be a number, not {_tname(value)}")
+        if not math.isfinite(value) or (positive and value <= 0) or value < 0:
+            raise self.fail(key, f"must be a {'positive' if positive else 'non-negative'} "
+                                 f"finite number, not {value}")
+        return float(value)
+
+    def size(self, value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise self.fail(key, f"must be a size (bytes or e.g. \"256M\"), not {_tname(value)}")
+        try:
+            n = parse_size(value)
+        except ValueError as e:
+            raise self.fail(key, str(e)) from None
+        if n <= 0:
+            raise self.fail(key, "must be positive")
+        return n
+
+    def strings(self, value: Any, key: str, nonempty: bool = True) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, "must be a list of strings")
+        if nonempty and not value:
+            raise self.fail(key, "must not be empty")
+        if any("\0" in v for v in value):
+            raise self.fail(key, "must not contain NUL characters")
+        return tuple(value)
+
+    def bool_(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, not {_tname(value)}")
+        return value
+
+
+def _tname(value: Any) -> str:
+    return {dict: "a table", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _limits(r: _Reader, data: Mapping[str, Any], key: str) -> Limits:
+    t = r.table(data, key, {"cpus", "memory", "pids"})
+    return Limits(
+        cpus=r.num(t["cpus"], f"{key}.cpus") if "cpus" in t else None,
+        memory=r.size(t["memory"], f"{key}.memory") if "memory" in t else None,
+        pids=r.int_(t["pids"], f"{key}.pids", 1) if "pids" in t else None,
+    )
+
+
+def _mount(r: _Reader, m: Any, key: str) -> Mount:
+    if not isinstance(m, dict):
+        raise r.fail(key, "must be a table")
+    r.only(m, key, {"type", "target", "source", "readonly", "size"})
+    mtype = r.str_(m.get("type"), f"{key}.type", MOUNT_TYPES)
+    target = r.str_(m.get("target"), f"{key}.target")
+    if not target.startswith("/") or "\0" in target or ".." in Path(target).parts:
+        raise r.fail(f"{key}.target", f"must be an absolute path without '..', not {target!r}")
+    source = None
+    if mtype in ("bind", "volume"):
+        source = r.str_(m.get("source"), f"{key}.source")
+        if mtype == "bind" and not source.startswith("/"):
+            raise r.fail(f"{key}.source", "a bind mount's source must be an absolute host path")
+        if mtype == "volume" and (not source or "/" in source or source.startswith(".")):
+            raise r.fail(f"{key}.source", "a volume name must be a plain name (no '/')")
+    elif "source" in m:
+        raise r.fail(f"{key}.source", "a tmpfs has no source")
+    size = r.size(m["size"], f"{key}.size") if "size" in m else None
+    if size is not None and mtype != "tmpfs":
+        raise r.fail(f"{key}.size", "only a tmpfs has a size")
+    readonly = r.bool_(m.get("readonly", False), f"{key}.readonly")
+    return Mount(type=cast(Any, mtype), target=target, source=source, readonly=readonly,
+                 size=size)
+
+
+def _variant_value(r: _Reader, key: str, value: Any) -> Any:
+    parse: dict[str, Callable[[Any, str], Any]] = {
+        "network": lambda v, k: r.str_(v, k, NETWORK_MODES),
+        "limits.cpus": r.num,
+        "limits.memory": r.size,
+        "limits.pids": lambda v, k: r.int_(v, k, 1),
+        "workload.argv": r.strings,
+        "workload.readiness": lambda v, k: r.str_(v, k, READINESS),
+    }
+    return parse[key](value, f"variants.{key}")
+
+
+def _variants(r: _Reader, data: Any) -> tuple[Variant, ...]:
+    if data is None:
+        return (Variant("default"),)
+    if not isinstance(data, dict):
+        raise r.fail("variants", "must be a table of key = [values]")
+    r.only(_flatten(data), "variants", set(VARIANT_KEYS))
+    axes: list[list[tuple[str, Any]]] = []
+    for key, values in sorted(_flatten(data).items()):
+        if not isinstance(values, list) or not values:
+            raise r.fail(f"variants.{key}", "must be a non-empty list of values")
+        axes.append([(key, _variant_value(r, key, v)) for v in values])
+    out = []
+    for combo in itertools.product(*axes):
+        name = ",".join(f"{k}={_show(v)}" for k, v in combo)
+        out.append(Variant(name=name, overrides=tuple(combo)))
+    if len({v.name for v in out}) != len(out):
+        raise r.fail("variants", "has duplicate values")
+    return tuple(out)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, tuple | list):
+        return " ".join(v)
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+TOP_KEYS = {"name", "description", "study", "backends", "workload", "limits", "network",
+            "mounts", "sampling", "params", "variants"}
+
+
+def parse(data: Mapping[str, Any], source: str) -> Scenario:
+    """Build a Scenario from parsed TOML; every problem names `source` and the key."""
+    r = _Reader(source)
+    r.only(data, "", TOP_KEYS)
+    name = r.str_(data.get("name"), "name")
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise r.fail("name", f"must be letters, digits, '-' or '_', not {name!r}")
+    description = r.str_(data.get("description", ""), "description")
+    study = r.str_(data.get("study", name), "study")
+    backends = r.strings(data.get("backends", ["host", "ns"]), "backends")
+    if len(set(backends)) != len(backends):
+        raise r.fail("backends", "lists a backend twice")
+
+    w = r.table(data, "workload", {"image", "argv", "readiness", "env", "workdir"})
+    img = w.get("image", {})
+    if isinstance(img, str):
+        img = {"recipe": img}
+    if not isinstance(img, dict):
+        raise r.fail("workload.image", "must be a recipe name or a table")
+    r.only(img, "workload.image", {"recipe", "binaries"})
+    recipe = Recipe(name=r.str_(img.get("recipe", "base"), "workload.image.recipe"),
+                    binaries=r.strings(img.get("binaries", []), "workload.image.binaries",
+                                       nonempty=False))
+    if not recipe.name.replace("-", "").isalnum() or recipe.name != recipe.name.lower():
+        raise r.fail("workload.image.recipe", "must be lower-case letters, digits or '-'")
+    env = w.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise r.fail("workload.env", "must be a table of strings")
+    for k in env:
+        if not k or "=" in k or "\0" in k or "\0" in env[k]:
+            raise r.fail(f"workload.env.{k}", "is not a valid environment variable")
+    workdir = r.str_(w.get("workdir", "/"), "workload.workdir")
+    if not workdir.startswith("/"):
+        raise r.fail("workload.workdir", "must be an absolute path")
+    workload = Workload(
+        image=recipe,
+        argv=r.strings(w.get("argv", ["true"]), "workload.argv"),
+        readiness=r.str_(w.get("readiness", "marker"), "workload.readiness", READINESS),
+        env=tuple(sorted(env.items())),
+        workdir=workdir,
+    )
+    limits = _limits(r, data, "limits")
+    network = r.str_(data.get("network", "none"), "network", NETWORK_MODES)
+    mounts_raw = data.get("mounts", [])
+    if not isinstance(mounts_raw, list):
+        raise r.fail("mounts", "must be an array of tables ([[mounts]])")
+    mounts = tuple(_mount(r, m, f"mounts[{i}]") for i, m in enumerate(mounts_raw))
+    if len({m.target for m in mounts}) != len(mounts):
+        raise r.fail("mounts", "two mounts have the same target")
+
+    s = r.table(data, "sampling", {"warmups", "min_samples", "max_samples", "target_ci",
+                                   "time_budget", "timeout", "metric"})
+    d = Sampling()
+    sampling = Sampling(
+        warmups=r.int_(s.get("warmups", d.warmups), "sampling.warmups"),
+        min_samples=r.int_(s.get("min_samples", d.min_samples), "sampling.min_samples", 1),
+        max_samples=r.int_(s.get("max_samples", d.max_samples), "sampling.max_samples", 1),
+        target_ci=r.num(s.get("target_ci", d.target_ci), "sampling.target_ci"),
+        time_budget=r.num(s.get("time_budget", d.time_budget), "sampling.time_budget"),
+        timeout=r.num(s.get("timeout", d.timeout), "sampling.timeout"),
+        metric=r.str_(s.get("metric", d.metric), "sampling.metric"),
+    )
+    if sampling.max_samples < sampling.min_samples:
+        raise r.fail("sampling.max_samples", f"must be >= min_samples ({sampling.min_samples})")
+    params = data.get("params", {})
+    if not isinstance(params, dict):
+        raise r.fail("params", "must be a table")
+    variants = _variants(r, data.get("variants"))
+    return Scenario(name=name, source=source, description=description, study=study,
+                    backends=backends, workload=workload, limits=limits, network=network,
+                    mounts=mounts, sampling=sampling, params=tuple(sorted(params.items())),
+                    variants=variants, raw=data)
+
+
+def scenario_dirs() -> list[Path]:
+    """Where named scenarios are looked up: $CVBENCH_SCENARIOS, ./scenarios, the checkout's."""
+    dirs = [Path(p) for p in os.environ.get("CVBENCH_SCENARIOS", "").split(":") if p]
+    dirs.append(Path.cwd() / "scenarios")
+    dirs.append(Path(__file__).resolve().parent.parent / "scenarios")
+    out: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in out:
+            out.append(d.resolve())
+    return out
+
+
+def available() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in scenario_dirs():
+        for f in sorted(d.glob("*.toml")):
+            found.setdefault(f.stem, f)
+    return found
+
+
+def resolve(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or "/" in name_or_path:
+        if not p.is_file():
+            raise ScenarioError(name_or_path, "", "no such scenario file")
+        return p
+    known = available()
+    if name_or_path not in known:
+        raise ScenarioError(name_or_path, "", "no scenario of that name; known: "
+                            + (", ".join(sorted(known)) or "none"))
+    return known[name_or_path]
+
+
+def load(name_or_path: str) -> Scenario:
+    """Load a scenario by name (scenarios/<name>.toml) or path."""
+    path = resolve(name_or_path)
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ScenarioError(source, "", f"cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ScenarioError(source, "", f"not UTF-8 text (byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(source, "", f"invalid TOML: {e}") from None
+    return parse(data, source)

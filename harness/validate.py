@@ -1,0 +1,101 @@
+"""Checks run on a scenario and this host BEFORE anything is created.
+
+A list of check functions, each returning the problems it finds (runc's
+configs/validate style); `check()` raises the first as a ScenarioError naming the key.
+Backend availability is not checked here: the CLI decides between skipping an
+auto-detected backend and refusing an explicitly requested one (exit 3).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import runtimes
+from harness import studies
+from harness.errors import ImageError, ScenarioError, UsageError
+from harness.hostinfo import meminfo
+from harness.image import which
+from harness.scenario import Scenario
+
+Check = Callable[[Scenario], list[ScenarioError]]
+
+
+def _err(s: Scenario, key: str, msg: str) -> ScenarioError:
+    return ScenarioError(s.source, key, msg)
+
+
+def check_study(s: Scenario) -> list[ScenarioError]:
+    try:
+        study = studies.get(s.study)
+    except UsageError as e:
+        return [_err(s, "study", str(e))]
+    out = []
+    for key, value in s.params:
+        if key not in study.params:
+            allowed = ", ".join(sorted(study.params)) or "none"
+            out.append(_err(s, f"params.{key}", f"unknown parameter (allowed: {allowed})"))
+        elif type(value) is not type(study.params[key]) and not (
+                isinstance(study.params[key], float) and isinstance(value, int)):
+            out.append(_err(s, f"params.{key}",
+                            f"must be {type(study.params[key]).__name__}, not "
+                            f"{type(value).__name__}"))
+    if studies.unit_of(study, s.sampling.metric) is None:
+        out.append(_err(s, "sampling.metric", f"{s.sampling.metric!r} is not a metric of "
+                        f"study {s.study!r}"))
+    return out
+
+
+def check_backends(s: Scenario) -> list[ScenarioError]:
+    return [_err(s, "backends", f"unknown backend {b!r}; known: "
+                 f"{', '.join(runtimes.all_names())}")
+            for b in s.backends if not runtimes.known(b)]
+
+
+def check_limits(s: Scenario) -> list[ScenarioError]:
+    out = []
+    cores = os.cpu_count() or 1
+    mem = meminfo().get("MemTotal", 0)
+    for v in s.variants:
+        lim = s.config(v).limits
+        where = "limits" if v.name == "default" else f"variants ({v.name}) limits"
+        if lim.cpus is not None and lim.cpus > cores:
+            out.append(_err(s, f"{where}.cpus", f"{lim.cpus:g} is more than this host's "
+                            f"{cores} cores"))
+        if lim.memory is not None and mem and lim.memory > mem:
+            out.append(_err(s, f"{where}.memory", f"{lim.memory} bytes is more than this "
+                            f"host's {mem}"))
+        if lim.memory is not None and lim.memory < 4 << 20:
+            out.append(_err(s, f"{where}.memory", "must be at least 4M"))
+    return out
+
+
+def check_mounts(s: Scenario) -> list[ScenarioError]:
+    return [_err(s, f"mounts[{i}].source", f"{m.source} does not exist on this host")
+            for i, m in enumerate(s.mounts)
+            if m.type == "bind" and not Path(m.source or "").exists()]
+
+
+def check_image(s: Scenario) -> list[ScenarioError]:
+    out = []
+    for b in s.workload.image.binaries:
+        try:
+            which(b)
+        except ImageError as e:
+            out.append(_err(s, "workload.image.binaries", str(e)))
+    return out
+
+
+CHECKS: tuple[Check, ...] = (check_study, check_backends, check_limits, check_mounts,
+                             check_image)
+
+
+def problems(s: Scenario) -> list[ScenarioError]:
+    return [p for check in CHECKS for p in check(s)]
+
+
+def check(s: Scenario) -> None:
+    found = problems(s)
+    if found:
+        raise found[0]

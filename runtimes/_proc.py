@@ -1,0 +1,173 @@
+"""Process plumbing shared by the backends that own their workload's process (host, ns).
+
+The ready line is read from the workload's stdout pipe and timestamped when the read
+that completes it returns. The exit is watched with a pidfd, so waiting has a timeout
+and the pipes keep draining meanwhile (a workload that writes a lot never blocks).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass, field
+
+from harness.errors import InstanceError, ReadyTimeout
+
+TAIL = 64 * 1024  # what is kept of a discarded stream, for error messages
+
+
+@dataclass
+class Stream:
+    fd: int
+    keep_all: bool
+    data: bytearray = field(default_factory=bytearray)
+    eof: bool = False
+
+    def feed(self, chunk: bytes) -> None:
+        self.data += chunk
+        if not self.keep_all and len(self.data) > TAIL:
+            del self.data[: len(self.data) - TAIL]
+
+    def read_some(self) -> bool:
+        """One non-blocking read; False at EOF."""
+        try:
+            chunk = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            self.eof = True
+            return False
+        self.feed(chunk)
+        return True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_pipe() -> tuple[int, int]:
+    """A pipe whose read end is non-blocking; both ends close on exec."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(r, False)
+    return r, w
+
+
+def wait_line(out: Stream, line: bytes, deadline: float) -> int:
+    """Read `out` until `line` is seen; return the monotonic ns of the read that brought it.
+
+    The ready line is stripped from the kept output. Raises ReadyTimeout at the deadline,
+    InstanceError if the stream ends (the workload died) before the line.
+    """
+    poller = select.poll()
+    poller.register(out.fd, select.POLLIN)
+    t_read = time.monotonic_ns()
+    while True:
+        idx = out.data.find(line)
+        end = out.data.find(b"\n", idx) if idx >= 0 else -1
+        if end >= 0:
+            del out.data[idx:end + 1]
+            return t_read
+        if out.eof:
+            raise InstanceError("the workload closed its output before the ready line "
+                                f"(output: {bytes(out.data[-300:])!r})")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ReadyTimeout("no ready line within the timeout "
+                               f"(output so far: {bytes(out.data[-300:])!r})")
+        if poller.poll(max(1, int(left * 1000))):
+            out.read_some()
+            t_read = time.monotonic_ns()
+
+
+def wait_pid(pid: int, pidfd: int, streams: list[Stream], timeout: float) -> tuple[int, int]:
+    """Wait for `pid` to exit while draining `streams`; return (status code, monotonic ns).
+
+    The code is the exit status, or 128 + signal number for a killed process (as a shell
+    reports it). Raises InstanceError on timeout (the process is left to the caller).
+    """
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    for s in streams:
+        if not s.eof and s.fd >= 0:
+            poller.register(s.fd, select.POLLIN)
+    t_exit = 0
+    while not t_exit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise InstanceError(f"the workload did not exit within {timeout:g} s")
+        for fd, _ev in poller.poll(max(1, int(left * 1000))):
+            if fd == pidfd:
+                t_exit = time.monotonic_ns()
+                continue
+            for s in streams:
+                if s.fd == fd and not s.read_some():
+                    poller.unregister(fd)
+    _, status = os.waitpid(pid, 0)
+    # Drain what is already buffered; do not wait for EOF (a leftover child may hold it).
+    for s in streams:
+        while not s.eof and s.fd >= 0 and _readable(s.fd) and s.read_some():
+            pass
+    return _code(status), t_exit
+
+
+def _readable(fd: int) -> bool:
+    r, _, _ = select.select([fd], [], [], 0)
+    return bool(r)
+
+
+def _code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+def kill(pid: int, pidfd: int | None, sig: int = signal.SIGKILL) -> None:
+    """Signal a process through its pidfd (no pid-reuse race); ignore if already gone."""
+    try:
+        if pidfd is not None and pidfd >= 0:
+            signal.pidfd_send_signal(pidfd, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def reap(pid: int, pidfd: int, grace: float) -> None:
+    """SIGTERM, wait up to `grace`, then SIGKILL; reap the zombie."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return
+    if done:
+        return
+    kill(pid, pidfd, signal.SIGTERM)
+    if not select.select([pidfd], [], [], grace)[0]:
+        kill(pid, pidfd, signal.SIGKILL)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def tagged_processes() -> list[tuple[int, str, str]]:
+    """(pid, instance name, run id) of processes whose environment has CVBENCH_INSTANCE."""
+    out = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        for var in env.split(b"\0"):
+            if var.startswith(b"CVBENCH_INSTANCE=cvbench-"):
+                name = var.split(b"=", 1)[1].decode(errors="replace")
+                out.append((int(entry), name, name.split("-")[1]))
+                break
+    return out

@@ -1,0 +1,124 @@
+"""`host`: the workload as a plain child process, no isolation. The floor.
+
+Mapping of the InstanceSpec: argv and env as given; the image's own shell and tools run
+from the unpacked rootfs (its /bin first on PATH), so the same binaries run as in every
+other backend. Limits, network and mounts are NOT applied (there is nothing to apply
+them with); the result metadata says so. The process is started with posix_spawn, which
+glibc implements with clone(CLONE_VM|CLONE_VFORK): no copy of the interpreter is made.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from harness.errors import InstanceError
+from harness.image import Image
+from harness.probes import memory
+from runtimes import _proc
+from runtimes.base import (
+    Availability,
+    Exit,
+    Instance,
+    InstanceSpec,
+    Leftover,
+    Prepared,
+    Stats,
+)
+
+
+class HostRuntime:
+    """Runs /bench/init of the unpacked image directly on the host."""
+
+    name = "host"
+    flavours: tuple[str, ...] = ()
+
+    def availability(self) -> Availability:
+        return Availability(ok=True, versions={"kernel": platform.release()})
+
+    def metadata(self) -> dict[str, Any]:
+        return {"isolation": "none", "spawn": "posix_spawn",
+                "not_applied": ["limits", "network", "mounts"], "kernel": platform.release()}
+
+    def prepare(self, image: Image) -> Prepared:
+        return Prepared(image=image, backend=self.name, ref=str(image.rootfs),
+                        footprint={"image": image.size})
+
+    def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
+        # Nothing exists before start for a plain process; keep create honest and empty.
+        return Instance(spec=spec, prepared=prepared)
+
+    def start(self, inst: Instance) -> None:
+        spec, root = inst.spec, inst.prepared.image.rootfs
+        out_r, out_w = _proc.open_pipe()
+        err_r, err_w = _proc.open_pipe()
+        env = {"PATH": f"{root}/bin:{root}/usr/bin:{root}/sbin:{root}/usr/sbin",
+               "HOME": "/root", "CVBENCH_NONCE": spec.nonce,
+               # The instance name (cvbench-<run id>-<n>) lets gc find orphans of a killed run.
+               "CVBENCH_INSTANCE": spec.name, **spec.env}
+        argv = [f"{root}/bin/sh", f"{root}/bench/init", *spec.argv]
+        try:
+            pid = os.posix_spawn(
+                argv[0], argv, env,
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                              (os.POSIX_SPAWN_DUP2, out_w, 1),
+                              (os.POSIX_SPAWN_DUP2, err_w, 2)],
+                # Python ignores SIGPIPE/SIGXFSZ; the workload must get the defaults.
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            )
+        except OSError as e:
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            raise InstanceError(f"cannot start {argv[0]}: {e.strerror}") from e
+        os.close(out_w)
+        os.close(err_w)
+        inst.handle = pid
+        inst.pids = [pid]
+        inst.state.update(pidfd=os.pidfd_open(pid), out=_proc.Stream(out_r, spec.capture),
+                          err=_proc.Stream(err_r, spec.capture))
+
+    def wait_ready(self, inst: Instance, timeout: float) -> int:
+        inst.ready_ns = _proc.wait_line(inst.state["out"], inst.spec.ready_line,
+                                        time.monotonic() + timeout)
+        return inst.ready_ns
+
+    def wait_exit(self, inst: Instance, timeout: float) -> Exit:
+        out, err = inst.state["out"], inst.state["err"]
+        code, t = _proc.wait_pid(inst.handle, inst.state["pidfd"], [out, err], timeout)
+        inst.state["exited"] = True
+        return Exit(code=code, t_ns=t, stdout=bytes(out.data), stderr=bytes(err.data))
+
+    def stats(self, inst: Instance) -> Stats:
+        pids = memory.descendants(inst.handle)
+        m = memory.processes_memory(pids)
+        return Stats(pids=tuple(pids), pss=m.pss, uss=m.uss, rss=m.rss)
+
+    def stop(self, inst: Instance, grace: float = 2.0) -> None:
+        if inst.handle is not None and not inst.state.get("exited"):
+            _proc.reap(inst.handle, inst.state["pidfd"], grace)
+            inst.state["exited"] = True
+
+    def remove(self, inst: Instance) -> None:
+        self.stop(inst, grace=0)
+        for key in ("out", "err"):
+            if key in inst.state:
+                inst.state[key].close()
+        pidfd = inst.state.pop("pidfd", None)
+        if pidfd is not None:
+            os.close(pidfd)
+
+    def leftovers(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        """Workload processes of dead runs (a SIGKILLed runner orphans its children)."""
+        return [Leftover(self.name, "process", f"{pid} ({name})", run_id)
+                for pid, name, run_id in _proc.tagged_processes()
+                if run_id not in live_runs]
+
+    def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        found = self.leftovers(live_runs)
+        for item in found:
+            _proc.kill(int(item.name.split()[0]), None)
+        return found

@@ -1,0 +1,70 @@
+"""cgroup managers: one protocol, one module per cgroup version, a factory that looks.
+
+Like runc's libcontainer/cgroups/manager/new.go choosing fs/ (v1) or fs2/ (v2): `new()`
+reads the host's mode (v2: /sys/fs/cgroup is cgroup2 with controllers; v1 or hybrid: the
+controllers are v1 hierarchies, whatever the empty cgroup2 at unified/ holds) and
+returns the manager that can enforce limits there.
+
+Every cgroup lives under a `cvbench` parent and is named `cvbench-<run id>-<n>`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from harness.hostinfo import cgroup_mode
+from runtimes.base import Limits
+
+PARENT = "cvbench"
+
+
+class Manager(Protocol):
+    mode: str
+
+    def check(self) -> str | None:
+        """None when usable; else the reason (a missing controller, not writable...)."""
+        ...
+
+    def create(self, name: str, limits: Limits) -> None:
+        """Make the cgroup and write its limits (before any process joins)."""
+        ...
+
+    def join_files(self, name: str) -> list[str]:
+        """Files a process writes "0" into to join the cgroup (one per hierarchy)."""
+        ...
+
+    def path(self, name: str) -> Path:
+        """The cgroup's directory in the memory hierarchy (for usage and procs)."""
+        ...
+
+    def pids(self, name: str) -> list[int]: ...
+
+    def memory_usage(self, name: str) -> int | None: ...
+
+    def oom_killed(self, name: str) -> bool: ...
+
+    def kill(self, name: str) -> None:
+        """SIGKILL every process in the cgroup."""
+        ...
+
+    def destroy(self, name: str) -> None:
+        """Remove the cgroup (idempotent; kills what is left first)."""
+        ...
+
+    def names(self) -> list[str]:
+        """Names of every cgroup under the cvbench parent (for gc)."""
+        ...
+
+
+def new(root: str | Path = "/sys/fs/cgroup") -> Manager:
+    """The manager for this host's cgroup mode."""
+    root = Path(root)
+    mode = cgroup_mode(str(root))
+    if mode == "v2":
+        from runtimes.ns.cgroups.v2 import V2Manager
+
+        return V2Manager(root)
+    from runtimes.ns.cgroups.v1 import V1Manager
+
+    return V1Manager(root, mode)

@@ -1,0 +1,106 @@
+"""cgroup v1 (and hybrid hosts, where the controllers are v1 hierarchies).
+
+Each controller is its own hierarchy, so an instance is one directory per controller
+(memory, cpu, pids), all named alike; a process joins by writing 0 (= "me") into the
+cgroup.procs of each. Limits:
+  memory -> memory.limit_in_bytes, and memory.memsw.limit_in_bytes where swap accounting
+            exists (so the limit cannot be dodged by swapping)
+  cpus   -> cpu.cfs_quota_us = cpus * cpu.cfs_period_us (100 ms)
+  pids   -> pids.max
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runtimes.base import Limits
+from runtimes.ns.cgroups import PARENT
+from runtimes.ns.cgroups._common import kill_procs, procs, read_int_field, rmdir, write
+
+CONTROLLERS = ("memory", "cpu", "pids")
+PERIOD_US = 100_000
+
+
+def _mounts() -> dict[str, Path]:
+    """controller -> mount point of its v1 hierarchy, from /proc/self/mountinfo."""
+    out: dict[str, Path] = {}
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = right.split()
+        if len(fields) < 3 or fields[0] != "cgroup":
+            continue
+        mountpoint = Path(left.split()[4])
+        for opt in fields[2].split(","):
+            out.setdefault(opt, mountpoint)
+    return out
+
+
+class V1Manager:
+    def __init__(self, root: Path, mode: str = "v1") -> None:
+        self.mode = mode
+        mounts = _mounts()
+        # Prefer the real mount table; fall back to root/<controller> (tests use a fake tree).
+        self.roots = {c: mounts.get(c, root / c) for c in CONTROLLERS}
+        if not all(str(p).startswith(str(root)) for p in self.roots.values()):
+            self.roots = {c: root / c for c in CONTROLLERS}
+
+    def check(self) -> str | None:
+        for c, p in self.roots.items():
+            if not (p / "cgroup.procs").exists():
+                return f"the cgroup v1 {c} controller is not mounted at {p}"
+        return None
+
+    def _dir(self, controller: str, name: str) -> Path:
+        return self.roots[controller] / PARENT / name
+
+    def path(self, name: str) -> Path:
+        return self._dir("memory", name)
+
+    def create(self, name: str, limits: Limits) -> None:
+        for c in CONTROLLERS:
+            self._dir(c, name).mkdir(parents=True)
+        mem = self._dir("memory", name)
+        if limits.memory is not None:
+            write(mem / "memory.limit_in_bytes", str(limits.memory))
+            if (mem / "memory.memsw.limit_in_bytes").exists():
+                write(mem / "memory.memsw.limit_in_bytes", str(limits.memory))
+        if limits.cpus is not None:
+            cpu = self._dir("cpu", name)
+            write(cpu / "cpu.cfs_period_us", str(PERIOD_US))
+            write(cpu / "cpu.cfs_quota_us", str(max(1000, int(limits.cpus * PERIOD_US))))
+        if limits.pids is not None:
+            write(self._dir("pids", name) / "pids.max", str(limits.pids))
+
+    def join_files(self, name: str) -> list[str]:
+        return [str(self._dir(c, name) / "cgroup.procs") for c in CONTROLLERS]
+
+    def pids(self, name: str) -> list[int]:
+        return procs(self._dir("memory", name))
+
+    def memory_usage(self, name: str) -> int | None:
+        try:
+            return int((self._dir("memory", name) / "memory.usage_in_bytes").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def oom_killed(self, name: str) -> bool:
+        return read_int_field(self._dir("memory", name) / "memory.oom_control", "oom_kill") > 0
+
+    def kill(self, name: str) -> None:
+        kill_procs(self._dir("memory", name))
+
+    def destroy(self, name: str) -> None:
+        for c in CONTROLLERS:
+            rmdir(self._dir(c, name))
+
+    def names(self) -> list[str]:
+        found: set[str] = set()
+        for c in CONTROLLERS:
+            parent = self.roots[c] / PARENT
+            if parent.is_dir():
+                found.update(p.name for p in parent.iterdir() if p.is_dir())
+        return sorted(found)

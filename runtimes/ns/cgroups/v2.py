@@ -1,0 +1,99 @@
+"""cgroup v2 (unified hierarchy).
+
+One directory per instance under /sys/fs/cgroup/cvbench; the controllers must be enabled
+in the parents' cgroup.subtree_control first (done once, in check/create). Limits:
+  memory -> memory.max, and memory.swap.max = 0 where it exists
+  cpus   -> cpu.max = "<cpus * 100000> 100000"
+  pids   -> pids.max
+A process joins by writing 0 into cgroup.procs; cgroup.kill (Linux 5.14+) kills them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runtimes.base import Limits
+from runtimes.ns.cgroups import PARENT
+from runtimes.ns.cgroups._common import kill_procs, procs, read_int_field, rmdir, write
+
+CONTROLLERS = ("memory", "cpu", "pids")
+PERIOD_US = 100_000
+
+
+class V2Manager:
+    mode = "v2"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.parent = root / PARENT
+        self._enabled = False
+
+    def check(self) -> str | None:
+        try:
+            have = set((self.root / "cgroup.controllers").read_text().split())
+        except OSError as e:
+            return f"cannot read {self.root}/cgroup.controllers: {e.strerror}"
+        missing = [c for c in CONTROLLERS if c not in have]
+        if missing:
+            return f"cgroup v2 controllers not available at {self.root}: {', '.join(missing)}"
+        return None
+
+    def _enable(self) -> None:
+        """Delegate memory, cpu and pids to the cvbench subtree (once per process)."""
+        if self._enabled:
+            return
+        self.parent.mkdir(exist_ok=True)
+        want = " ".join(f"+{c}" for c in CONTROLLERS)
+        for d in (self.root, self.parent):
+            have = set((d / "cgroup.subtree_control").read_text().split())
+            if not set(CONTROLLERS) <= have:
+                write(d / "cgroup.subtree_control", want)
+        self._enabled = True
+
+    def path(self, name: str) -> Path:
+        return self.parent / name
+
+    def create(self, name: str, limits: Limits) -> None:
+        self._enable()
+        d = self.path(name)
+        d.mkdir()
+        if limits.memory is not None:
+            write(d / "memory.max", str(limits.memory))
+            if (d / "memory.swap.max").exists():
+                write(d / "memory.swap.max", "0")
+        if limits.cpus is not None:
+            write(d / "cpu.max", f"{max(1000, int(limits.cpus * PERIOD_US))} {PERIOD_US}")
+        if limits.pids is not None:
+            write(d / "pids.max", str(limits.pids))
+
+    def join_files(self, name: str) -> list[str]:
+        return [str(self.path(name) / "cgroup.procs")]
+
+    def pids(self, name: str) -> list[int]:
+        return procs(self.path(name))
+
+    def memory_usage(self, name: str) -> int | None:
+        try:
+            return int((self.path(name) / "memory.current").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def oom_killed(self, name: str) -> bool:
+        return read_int_field(self.path(name) / "memory.events", "oom_kill") > 0
+
+    def kill(self, name: str) -> None:
+        d = self.path(name)
+        if (d / "cgroup.kill").exists():
+            try:
+                write(d / "cgroup.kill", "1")
+            except FileNotFoundError:
+                return
+        kill_procs(d)
+
+    def destroy(self, name: str) -> None:
+        rmdir(self.path(name))
+
+    def names(self) -> list[str]:
+        if not self.parent.is_dir():
+            return []
+        return sorted(p.name for p in self.parent.iterdir() if p.is_dir())

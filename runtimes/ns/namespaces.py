@@ -1,0 +1,113 @@
+"""Thin ctypes wrappers for the system calls Python's os module does not have.
+
+The functions come from a PyDLL handle: PyDLL keeps the GIL held across the call. That
+matters for `clone()`: the child starts as a copy of this thread with the GIL owned by
+it, so it can run Python code (the container set-up in process.py) without waiting for a
+lock another thread of the parent might hold at the instant of the copy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+_libc = ctypes.PyDLL(None, use_errno=True)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 2
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAPBSET_DROP = 24
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+
+_libc.syscall.restype = ctypes.c_long
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong]
+_libc.mknod.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_ulong]
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def _arch() -> str:
+    return os.uname().machine
+
+
+def clone(flags: int) -> int:
+    """fork() into new namespaces: returns 0 in the child, the child's pid in the parent.
+
+    The raw clone syscall with a NULL stack behaves like fork (the child continues on a
+    copy of the stack), but it can create every namespace at once, so the child is PID 1
+    of its new pid namespace without a second fork.
+    """
+    nr = _SYS_CLONE[_arch()]
+    # x86_64 argument order: flags, stack, parent_tid, child_tid, tls
+    return _check(_libc.syscall(nr, ctypes.c_ulong(flags | signal.SIGCHLD), None, None, None,
+                                ctypes.c_ulong(0)), "clone")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    _check(_libc.mount(source.encode() if source is not None else None, target.encode(),
+                       fstype.encode() if fstype is not None else None, flags,
+                       data.encode() if data is not None else None),
+           f"mount {fstype or source or ''} on {target}")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_libc.syscall(_SYS_PIVOT_ROOT[_arch()], new_root.encode(), put_old.encode()),
+           "pivot_root")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, len(raw)), "sethostname")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
+
+
+def mknod(path: str, mode: int, dev: int) -> None:
+    _check(_libc.mknod(path.encode(), mode, dev), f"mknod {path}")

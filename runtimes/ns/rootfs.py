@@ -1,0 +1,91 @@
+"""The container's filesystem, set up by its first process inside its new mount namespace.
+
+Order matters, and each step says why:
+1. "/" becomes rslave: mounts we make from here on do not propagate back to the host
+   (and host mounts made later still propagate in, as with runc's default).
+2. overlay: the image rootfs as the read-only lower layer (shared by every instance) and a
+   per-instance upper/work dir on the host; all writes land in the upper dir.
+3. /proc, /dev (a tmpfs holding only the allowed device nodes), /dev/pts, /dev/shm, /sys
+   (read-only) and the user's mounts, all below the new root before we move into it.
+4. pivot_root(".", ".") stacks the old root under the new one; making it rslave before
+   the lazy unmount keeps that unmount from propagating to the host's mounts.
+5. masked paths (/proc/kcore...) are covered with /dev/null or an empty read-only
+   tmpfs; /proc/sys and friends are remounted read-only.
+Because the mounts belong to the instance's mount namespace, the kernel drops them all
+when its last process exits: nothing is left in the host's mount table.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from runtimes.ns import namespaces as ns
+from runtimes.ns.config import ContainerConfig, MountPoint
+
+PROC_FLAGS = ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC
+
+
+def standard_mounts(new_netns: bool) -> tuple[MountPoint, ...]:
+    """The mounts every instance gets (runc's default spec, minus mqueue and cgroupfs)."""
+    mounts = [
+        MountPoint("proc", "proc", "proc", PROC_FLAGS),
+        MountPoint("tmpfs", "dev", "tmpfs", ns.MS_NOSUID | ns.MS_STRICTATIME,
+                   "mode=755,size=65536k"),
+        MountPoint("devpts", "dev/pts", "devpts", ns.MS_NOSUID | ns.MS_NOEXEC,
+                   "newinstance,ptmxmode=0666,mode=0620"),
+        MountPoint("shm", "dev/shm", "tmpfs", PROC_FLAGS, "mode=1777,size=65536k"),
+    ]
+    if new_netns:
+        # sysfs shows the network namespace that mounts it, so only with a private netns.
+        mounts.append(MountPoint("sysfs", "sys", "sysfs", PROC_FLAGS | ns.MS_RDONLY))
+    return tuple(mounts)
+
+
+def _mount_one(root: str, m: MountPoint) -> None:
+    target = f"{root}/{m.target}"
+    if m.make_dir and not os.path.isdir(target):
+        os.makedirs(target, exist_ok=True)
+    ns.mount(m.source, target, m.fstype, m.flags, m.data)
+    if m.readonly_remount:
+        ns.mount(None, target, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | m.flags)
+
+
+def _devices(root: str, cfg: ContainerConfig) -> None:
+    dev = f"{root}/dev"
+    for name, mode, major, minor in cfg.devices:
+        ns.mknod(f"{dev}/{name}", stat.S_IFCHR | mode, os.makedev(major, minor))
+    for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                         ("ptmx", "pts/ptmx")):
+        os.symlink(target, f"{dev}/{link}")
+
+
+def _mask(cfg: ContainerConfig) -> None:
+    for path in cfg.masked:
+        if os.path.isdir(path):
+            ns.mount("tmpfs", path, "tmpfs", ns.MS_RDONLY)
+        elif os.path.exists(path):
+            ns.mount("/dev/null", path, None, ns.MS_BIND)
+    for path in cfg.readonly:
+        if os.path.exists(path):
+            ns.mount(path, path, None, ns.MS_BIND | ns.MS_REC)
+            ns.mount(None, path, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | PROC_FLAGS)
+
+
+def setup(cfg: ContainerConfig) -> None:
+    """Build the root filesystem and move into it (runs in the child)."""
+    ns.mount(None, "/", None, ns.MS_REC | ns.MS_SLAVE)
+    root = cfg.merged
+    ns.mount("overlay", root, "overlay", 0,
+             f"lowerdir={cfg.lower},upperdir={cfg.upper},workdir={cfg.work}")
+    for m in cfg.mounts:
+        _mount_one(root, m)
+        if m.target == "dev":
+            _devices(root, cfg)
+    os.chdir(root)
+    ns.pivot_root(".", ".")
+    ns.mount(None, ".", None, ns.MS_SLAVE | ns.MS_REC)
+    ns.umount2(".", ns.MNT_DETACH)
+    os.chdir("/")
+    _mask(cfg)

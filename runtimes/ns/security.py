@@ -1,0 +1,72 @@
+"""Capabilities and no_new_privs, applied last, just before exec.
+
+For root, execve() gives the new program permitted = inheritable | bounding set, so both
+are cut down to the kept set: first the bounding set (PR_CAPBSET_DROP needs CAP_SETPCAP,
+which we still have), then capset() for effective/permitted/inheritable. no_new_privs
+makes setuid binaries and file capabilities unable to give any of it back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+from runtimes.ns import namespaces as ns
+
+CAP_NAMES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_capset = ns._libc.capset
+_capset.argtypes = [ctypes.POINTER(_Header), ctypes.POINTER(_Data)]
+
+
+def last_cap() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    except (OSError, ValueError):
+        return len(CAP_NAMES) - 1
+
+
+def cap_numbers(names: tuple[str, ...]) -> tuple[int, ...]:
+    """Capability numbers of `names` (unknown names raise ValueError)."""
+    return tuple(CAP_NAMES.index(n) for n in names)
+
+
+def apply(keep: tuple[int, ...], last: int, no_new_privs: bool) -> None:
+    """Drop every capability not in `keep` (runs in the child, just before exec)."""
+    for cap in range(last + 1):
+        if cap not in keep:
+            ns.prctl(ns.PR_CAPBSET_DROP, cap)
+    mask = 0
+    for cap in keep:
+        mask |= 1 << cap
+    data = (_Data * 2)()
+    for i in range(2):
+        word = (mask >> (32 * i)) & 0xFFFFFFFF
+        data[i].effective = data[i].permitted = data[i].inheritable = word
+    header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
+    if _capset(ctypes.byref(header), data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "capset failed")
+    if no_new_privs:
+        ns.prctl(ns.PR_SET_NO_NEW_PRIVS, 1)
