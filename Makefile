@@ -1,0 +1,50 @@
+# The README's two commands: `make bench` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BENCH  := $(VENV)/bin/bench
+STAMP  := $(VENV)/.cvbench-installed
+RUNS   ?= results/runs
+REPORTS ?= results/report
+
+.PHONY: venv bench test provision lint unit integration clean
+
+## venv: create .venv and install cvbench with its dependencies (no-op when current)
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## provision: install and start what the backends need (apt packages, daemons); idempotent
+provision:
+	scripts/provision
+
+## bench: run the startup scenario on every backend that works here, then report on it
+bench: provision venv
+	@set -e; log=$$(mktemp); \
+	$(BENCH) run startup --out $(RUNS) | tee $$log; \
+	result=$$(sed -n 's/^result: //p' $$log); rm -f $$log; \
+	test -n "$$result" || { echo "make bench: the run wrote no result" >&2; exit 1; }; \
+	report=$(REPORTS)/$$(basename $$result .json); \
+	$(BENCH) report $$result --out $$report >/dev/null; \
+	echo; echo "result: $$result"; echo "charts and report: $$report/ (report.md)"
+
+## lint: ruff and mypy
+lint: venv
+	$(VENV)/bin/ruff check harness runtimes tests
+	$(VENV)/bin/mypy
+
+## test: provision, then lint and the whole test suite (unit + integration)
+test: provision venv lint
+	$(VENV)/bin/pytest -q tests
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: provision venv
+	$(VENV)/bin/pytest -q tests/integration
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,31 @@
+# Debian packages: the ones missing are installed, in one apt-get call.
+. "$here/provision.d/lib.sh"
+packages=(
+  # the harness itself
+  python3 python3-venv python3-dev gcc make git
+  # the workload image: busybox-static, and tools copied into images with their libraries
+  busybox-static fio iperf3 hyperfine
+  # ns runtime
+  iproute2 iptables kmod util-linux
+  # OCI runtimes (oci:* backends, and the engines' extra runtimes)
+  runc crun runsc
+  # Docker and Podman
+  docker.io containerd podman uidmap slirp4netns containernetworking-plugins netavark
+  fuse-overlayfs catatonit
+  # libvirt/QEMU VMs and the guest kernel; libvirt-dev + pkg-config build libvirt-python
+  qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+  linux-image-amd64 e2fsprogs cpio zstd
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  say "all ${#packages[@]} packages installed"
+else
+  say "installing: ${missing[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$CVBENCH_PROVISION_LOG/apt.log" 2>&1 \
+    || { tail -n 30 "$CVBENCH_PROVISION_LOG/apt.log" >&2; exit 1; }
+  say "installed ${#missing[@]} package(s)"
+fi

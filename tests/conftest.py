@@ -1,0 +1,45 @@
+"""Markers and skips that check the real host, with the reason (runc's `requires root`).
+
+A test needing a capability calls `require("docker", reason)` (or uses the fixture of the
+same name). Where the environment variable CVBENCH_REQUIRE lists the capability (CI sets
+it), a missing capability fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REQUIRED = {c.strip() for c in os.environ.get("CVBENCH_REQUIRE", "").split(",") if c.strip()}
+
+
+def require(capability: str, missing_reason: str | None) -> None:
+    """Skip (or, when CVBENCH_REQUIRE lists `capability`, fail) if `missing_reason` is set."""
+    if missing_reason is None:
+        return
+    msg = f"{capability}: {missing_reason}"
+    if capability in REQUIRED:
+        pytest.fail(f"required by CVBENCH_REQUIRE but unavailable: {msg}", pytrace=False)
+    pytest.skip(msg)
+
+
+def backend_or_skip(name: str) -> object:
+    """The runtime `name` if it is available here, else skip/fail with its reason."""
+    import runtimes
+
+    rt = runtimes.get(name)
+    a = rt.availability()
+    require(name.split(":")[0], None if a.ok else f"{a.reason} (fix: {a.fix})")
+    return rt
+
+
+@pytest.fixture
+def root() -> None:
+    require("root", None if os.geteuid() == 0 else "needs root")
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return Path(__file__).resolve().parent.parent
