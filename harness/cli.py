@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import runtimes
-from harness import results, scenario, studies, validate
+from harness import results, scenario, stats, studies, validate
 from harness.errors import EXIT_USAGE, BenchError
 from harness.units import format_value
 
@@ -66,11 +67,13 @@ def run(scenario_name: str, backends: str | None, out_dir: Path, seed: int | Non
 
     t_begin = time.monotonic()
     scen = scenario.load(scenario_name)
-    overrides = {k: v for k, v in {"warmups": warmups, "min_samples": min_samples,
-                                   "max_samples": max_samples,
-                                   "time_budget": time_budget}.items() if v is not None}
-    if overrides:
-        sampling = replace(scen.sampling, **overrides)
+    if any(v is not None for v in (warmups, min_samples, max_samples, time_budget)):
+        old = scen.sampling
+        sampling = replace(
+            old, warmups=old.warmups if warmups is None else warmups,
+            min_samples=old.min_samples if min_samples is None else min_samples,
+            max_samples=old.max_samples if max_samples is None else max_samples,
+            time_budget=old.time_budget if time_budget is None else time_budget)
         if sampling.max_samples < sampling.min_samples:
             raise click.UsageError("--max-samples must be >= --min-samples")
         scen = replace(scen, sampling=sampling)
@@ -97,7 +100,7 @@ def run(scenario_name: str, backends: str | None, out_dir: Path, seed: int | Non
                                   runner.header(p, run_id, img, prepared))
         outcome = _run_with_progress(scen, cells, journal, study, seed)
         final = journal.finalize(out_dir / f"{name}.json", {
-            "finished": results.datetime.now(results.UTC).isoformat(),
+            "finished": datetime.now(UTC).isoformat(),
             "cells": runner.cell_summary(cells), "interrupted": outcome.interrupted,
             "duration": outcome.elapsed, "rounds": outcome.rounds})
     finally:
@@ -133,7 +136,7 @@ def _run_with_progress(scen: scenario.Scenario, cells: list[Any], journal: resul
 
         def update(cell: runner.Cell, note: str) -> None:
             if not note and cell.values and cell.samples >= 2:
-                lo, hi = runner.stats.median_ci(cell.values)
+                lo, hi = stats.median_ci(cell.values)
                 med = sorted(cell.values)[len(cell.values) // 2]
                 note = f"median {format_value(med, 's')} ±{(hi - lo) / 2 / med:.1%}"
                 if cell.status != "running":
@@ -154,11 +157,12 @@ def _print_table(df: Any) -> None:
     t = Table(title="medians with 95 % CI")
     for col in ("backend", "variant", "metric", "n", "median", "95 % CI", "note"):
         t.add_column(col, justify="right" if col in ("n", "median") else "left")
-    for r in tables.summary(df).itertuples():
-        t.add_row(str(r.backend), str(r.variant), str(r.metric), str(r.n),
-                  format_value(r.median, str(r.unit)),
-                  f"{format_value(r.ci_lo, str(r.unit))} – {format_value(r.ci_hi, str(r.unit))}",
-                  str(r.warning))
+    for r in tables.summary(df).to_dict("records"):
+        u = str(r["unit"])
+        t.add_row(str(r["backend"]), str(r["variant"]), str(r["metric"]), str(r["n"]),
+                  format_value(r["median"], u),
+                  f"{format_value(r['ci_lo'], u)} – {format_value(r['ci_hi'], u)}",
+                  str(r["warning"]))
     out.print(t)
 
 
@@ -248,6 +252,109 @@ def gc_(dry_run: bool) -> None:
             out.print(f"{verb} {item.backend} {item.kind} {item.name} (run {item.run_id})")
     out.print(f"{total} leftover(s){' found' if dry_run else ' removed'}; "
               f"{len(live)} live run(s) left alone")
+
+
+def _parse_mount(spec: str) -> Any:
+    """Docker's --mount syntax: type=bind|volume|tmpfs,source=…,target=…[,readonly][,size=…]."""
+    from harness.units import parse_size
+    from runtimes.base import MOUNT_TYPES, Mount
+
+    fields: dict[str, str] = {}
+    for part in spec.split(","):
+        key, eq, value = part.partition("=")
+        if key in ("readonly", "ro") and not eq:
+            value = "true"
+        fields[{"src": "source", "dst": "target", "destination": "target",
+                "ro": "readonly"}.get(key, key)] = value
+    unknown = set(fields) - {"type", "source", "target", "readonly", "size"}
+    if unknown:
+        raise click.BadParameter(f"unknown field {sorted(unknown)[0]!r} in {spec!r}",
+                                 param_hint="--mount")
+    mtype = fields.get("type", "bind")
+    if mtype not in MOUNT_TYPES or not fields.get("target", "").startswith("/"):
+        raise click.BadParameter(f"{spec!r}: need type=bind|volume|tmpfs and an absolute "
+                                 "target=", param_hint="--mount")
+    try:
+        size = parse_size(fields["size"]) if "size" in fields else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--mount") from None
+    return Mount(type=mtype,  # type: ignore[arg-type]
+                 target=fields["target"], source=fields.get("source"),
+                 readonly=fields.get("readonly", "false").lower() in ("1", "true", "yes"),
+                 size=size)
+
+
+@cli.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("backend")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--network", type=click.Choice(["none", "bridge", "host"]), default="none",
+              show_default=True)
+@click.option("--memory", help="Memory limit, e.g. 32M.")
+@click.option("--cpus", type=click.FloatRange(min=0.01), help="CPU limit in cores.")
+@click.option("--pids", type=click.IntRange(1), help="Process limit.")
+@click.option("--mount", "mounts", multiple=True, metavar="SPEC",
+              help="type=bind|volume|tmpfs,source=…,target=…[,readonly][,size=…] (repeatable)")
+@click.option("--env", "envs", multiple=True, metavar="KEY=VALUE")
+@click.option("--recipe", default="base", show_default=True, help="Image recipe name.")
+@click.option("--binary", "binaries", multiple=True, help="Extra host binary in the image.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True)
+def exec_(backend: str, command: tuple[str, ...], network: str, memory: str | None,
+          cpus: float | None, pids: int | None, mounts: tuple[str, ...],
+          envs: tuple[str, ...], recipe: str, binaries: tuple[str, ...],
+          timeout: float) -> None:
+    """Run COMMAND once in the workload image under BACKEND; pass its output and exit
+    status through (an OOM-killed command is reported as such and exits 137).
+
+    Example: bench exec ns --network none --memory 32M -- sh -c 'echo hi'
+    """
+    from harness import image as image_mod
+    from harness.runner import RunLock
+    from harness.units import parse_size
+    from runtimes.base import InstanceSpec, Limits, new_run_id
+
+    try:
+        limits = Limits(cpus=cpus, memory=parse_size(memory) if memory else None, pids=pids)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--memory") from None
+    env = {}
+    for item in envs:
+        k, eq, v = item.partition("=")
+        if not eq or not k:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
+        env[k] = v
+    rt = runtimes.get(backend)
+    avail = rt.availability()
+    if not avail.ok:
+        from harness.errors import BackendUnavailable
+
+        raise BackendUnavailable(backend, avail.reason, avail.fix)
+    img = image_mod.build(image_mod.Recipe(name=recipe, binaries=binaries))
+    run_id = new_run_id()
+    lock = RunLock(run_id, {"exec": backend})
+    try:
+        prepared = rt.prepare(img)
+        spec = InstanceSpec(run_id=run_id, name=f"cvbench-{run_id}-1", argv=command, env=env,
+                            limits=limits, network=network,  # type: ignore[arg-type]
+                            mounts=tuple(_parse_mount(m) for m in mounts), capture=True)
+        inst = rt.create(spec, prepared)
+        try:
+            rt.start(inst)
+            rt.wait_ready(inst, timeout)
+            ex = rt.wait_exit(inst, timeout)
+        finally:
+            rt.stop(inst, grace=0.5)
+            rt.remove(inst)
+    finally:
+        lock.release()
+    sys.stdout.buffer.write(ex.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(ex.stderr)
+    sys.stderr.flush()
+    if ex.oom_killed:
+        print(f"bench: exec: {backend}: the command was OOM-killed (memory limit "
+              f"{limits.memory} bytes)", file=sys.stderr)
+        sys.exit(137)
+    sys.exit(ex.code)
 
 
 @cli.command()

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import __version__
 from harness.errors import ResultError
 
 if TYPE_CHECKING:
@@ -252,12 +251,16 @@ def expand(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(q for q in p.glob("*.json") if not q.name.endswith(".pyperf.json")))
-        else:
+            out.extend(sorted(q for q in p.glob("*.json") if not _companion(q)))
+        elif not _companion(p):  # `D/*.json` also matches the pyperf companions: skip them
             out.append(p)
     if not out:
         raise ResultError("no result files given")
     return out
+
+
+def _companion(p: Path) -> bool:
+    return p.name.endswith(".pyperf.json")
 
 
 def pyperf_json(doc: Mapping[str, Any]) -> str:

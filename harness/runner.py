@@ -126,6 +126,9 @@ class Interrupt:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 
+    def wanted(self) -> bool:
+        return self.requested
+
     @contextmanager
     def installed(self) -> Iterator[Interrupt]:
         old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -218,10 +221,10 @@ class Runner:
             try:
                 for _ in range(s.warmups if warmups else 0):
                     for cell in self._shuffled():
-                        if self.interrupt.requested:
+                        if self.interrupt.wanted():
                             break
                         self._one(cell, record=False)
-                while self.active() and not self.interrupt.requested:
+                while self.active() and not self.interrupt.wanted():
                     if time.monotonic() - t_start > s.time_budget:
                         for c in self.active():
                             c.status = "budget"
@@ -230,12 +233,12 @@ class Runner:
                         break
                     self.round += 1
                     for cell in self._shuffled():
-                        if self.interrupt.requested:
+                        if self.interrupt.wanted():
                             break
                         self._one(cell, record=True)
             except KeyboardInterrupt:
                 interrupted = True
-            interrupted = interrupted or self.interrupt.requested
+            interrupted = interrupted or self.interrupt.wanted()
             errors = self.ctx.cleanup()
         if interrupted:
             for c in self.active():
@@ -278,7 +281,7 @@ class RunLock:
 
 def live_runs() -> list[str]:
     """Run ids whose runner still holds its lock."""
-    live = []
+    live: list[str] = []
     d = runs_dir()
     if not d.is_dir():
         return live

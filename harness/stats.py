@@ -8,10 +8,10 @@ measured on a 2-core machine. Tests (Mann-Whitney U) come from scipy, imported l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 RESAMPLES = 2000
 SEED = 20261127
@@ -37,7 +37,7 @@ class Summary:
         return self.half_width / abs(self.median) if self.median else float("inf")
 
 
-def median_ci(values: Sequence[float], confidence: float = 0.95,
+def median_ci(values: ArrayLike, confidence: float = 0.95,
               resamples: int = RESAMPLES) -> tuple[float, float]:
     """Percentile-bootstrap CI of the median."""
     x = np.asarray(values, dtype=float)
@@ -53,7 +53,7 @@ def median_ci(values: Sequence[float], confidence: float = 0.95,
     return (float(lo), float(hi))
 
 
-def summarize(values: Sequence[float]) -> Summary:
+def summarize(values: ArrayLike) -> Summary:
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         nan = float("nan")
@@ -64,7 +64,7 @@ def summarize(values: Sequence[float]) -> Summary:
                    min=float(x.min()), max=float(x.max()))
 
 
-def ratio_ci(base: Sequence[float], new: Sequence[float], confidence: float = 0.95,
+def ratio_ci(base: ArrayLike, new: ArrayLike, confidence: float = 0.95,
              resamples: int = RESAMPLES) -> tuple[float, float, float]:
     """Ratio of medians new/base with a two-sample percentile-bootstrap CI."""
     b = np.asarray(base, dtype=float)
@@ -81,14 +81,15 @@ def ratio_ci(base: Sequence[float], new: Sequence[float], confidence: float = 0.
     return ratio, float(lo), float(hi)
 
 
-def mann_whitney(base: Sequence[float], new: Sequence[float]) -> float:
+def mann_whitney(base: ArrayLike, new: ArrayLike) -> float:
     """Two-sided Mann-Whitney U p-value (scipy)."""
     from scipy.stats import mannwhitneyu
 
-    return float(mannwhitneyu(list(new), list(base), alternative="two-sided").pvalue)
+    return float(mannwhitneyu(np.asarray(new, dtype=float), np.asarray(base, dtype=float),
+                              alternative="two-sided").pvalue)
 
 
-def unstable(values: Sequence[float]) -> str | None:
+def unstable(values: ArrayLike) -> str | None:
     """pyperf-style stability check: a warning text, or None when the spread is fine."""
     s = summarize(values)
     if s.n < 3 or not s.median:

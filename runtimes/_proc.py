@@ -7,6 +7,7 @@ and the pipes keep draining meanwhile (a workload that writes a lot never blocks
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -147,10 +148,8 @@ def reap(pid: int, pidfd: int, grace: float) -> None:
     kill(pid, pidfd, signal.SIGTERM)
     if not select.select([pidfd], [], [], grace)[0]:
         kill(pid, pidfd, signal.SIGKILL)
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
 
 
 def tagged_processes() -> list[tuple[int, str, str]]:

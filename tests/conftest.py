@@ -8,6 +8,7 @@ it), a missing capability fails the test instead of skipping it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,16 @@ def root() -> None:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def run_id() -> Iterator[str]:
+    """A run id whose lock is held for the test, so a concurrent `bench gc` leaves its
+    resources alone (gc removes only what runs without a held lock left)."""
+    from harness.runner import RunLock
+    from runtimes.base import new_run_id
+
+    rid = new_run_id()
+    lock = RunLock(rid, {"test": os.environ.get("PYTEST_CURRENT_TEST", "")})
+    yield rid
+    lock.release()

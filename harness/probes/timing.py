@@ -13,8 +13,7 @@ from dataclasses import dataclass
 now_ns = time.monotonic_ns
 
 PHASES = ("create", "start", "ready", "exit", "remove")
-STARTUP_METRICS = tuple(f"startup.{p}" for p in PHASES) + ("startup.to_ready",
-                                                           "startup.total")
+STARTUP_METRICS = (*tuple(f"startup.{p}" for p in PHASES), "startup.to_ready", "startup.total")
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,17 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-import runtimes  # noqa: E402
-from harness import stats  # noqa: E402
-from harness.probes.timing import PHASES  # noqa: E402
+import runtimes
+from harness import stats
+from harness.probes.timing import PHASES
 
-PALETTE = plt.get_cmap("tab10").colors
+PALETTE = [plt.get_cmap("tab10")(i)[:3] for i in range(10)]
+PHASE_COLOURS = [plt.get_cmap("Set2")(i)[:3] for i in range(8)]
 
 
 def backend_order(names: Sequence[str]) -> list[str]:
@@ -30,7 +32,8 @@ def colour(name: str) -> tuple[float, float, float]:
     """A backend keeps its colour in every chart and every report."""
     order = backend_order(runtimes.all_names())
     i = order.index(name) if name in order else len(order) + hash(name) % 10
-    return tuple(PALETTE[i % len(PALETTE)])  # type: ignore[return-value]
+    r, g, b = PALETTE[i % len(PALETTE)]
+    return (r, g, b)
 
 
 def _label(row_backend: str, variant: str, emulated: bool) -> str:
@@ -45,7 +48,7 @@ def startup(df: pd.DataFrame, out: Path, formats: Sequence[str]) -> list[Path]:
     if d.empty:
         return []
     cells = []
-    for b in backend_order(d["backend"].unique()):
+    for b in backend_order(list(d["backend"].unique())):
         for v in d[d["backend"] == b]["variant"].unique():
             cells.append((b, v))
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 0.6 * len(cells) + 2.5),
@@ -71,7 +74,7 @@ def startup(df: pd.DataFrame, out: Path, formats: Sequence[str]) -> list[Path]:
             if vals.empty:
                 continue
             width = float(vals.median())
-            ax2.barh(i, width, left=left, color=plt.get_cmap("Set2").colors[k],
+            ax2.barh(i, width, left=left, color=PHASE_COLOURS[k],
                      label=phase if i == 0 else None)
             left += width
     ax.set_xscale("log")
@@ -87,7 +90,7 @@ def startup(df: pd.DataFrame, out: Path, formats: Sequence[str]) -> list[Path]:
     return save(fig, out / "startup", formats)
 
 
-def save(fig: plt.Figure, stem: Path, formats: Sequence[str]) -> list[Path]:
+def save(fig: Figure, stem: Path, formats: Sequence[str]) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:

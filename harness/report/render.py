@@ -33,10 +33,12 @@ def build(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame, out: 
     lines += ["## Medians with 95 % CI", "",
               "| scenario | backend | variant | metric | n | median | 95 % CI | note |",
               "|---|---|---|---|---:|---:|---|---|"]
-    for r in summ.itertuples():
-        lines.append(f"| {r.scenario} | {r.backend} | {r.variant} | {r.metric} | {r.n} | "
-                     f"{format_value(r.median, r.unit)} | {format_value(r.ci_lo, r.unit)} – "
-                     f"{format_value(r.ci_hi, r.unit)} | {r.warning} |")
+    for r in summ.to_dict("records"):
+        u = str(r["unit"])
+        lines.append(f"| {r['scenario']} | {r['backend']} | {r['variant']} | {r['metric']} | "
+                     f"{r['n']} | {format_value(r['median'], u)} | "
+                     f"{format_value(r['ci_lo'], u)} – {format_value(r['ci_hi'], u)} | "
+                     f"{r['warning']} |")
     lines += ["", "## Charts", ""] + [f"![{p.stem}]({p.name})" for p in written
                                       if p.suffix == ".png"]
     md = out / "report.md"

@@ -6,7 +6,7 @@ imports, no file writes, no pandas. The figures are computed after remove return
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from harness.errors import InstanceError
 from harness.probes.timing import STARTUP_METRICS, Timeline, now_ns
@@ -16,7 +16,7 @@ from harness.runner import Cell, Context, Measurement
 class Startup:
     name = "startup"
     metrics: dict[str, str] = dict.fromkeys(STARTUP_METRICS, "s")
-    params: dict[str, Any] = {}
+    params: ClassVar[dict[str, Any]] = {}
 
     def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:
         rt, spec = cell.runtime, ctx.spec(cell)

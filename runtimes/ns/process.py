@@ -16,6 +16,7 @@ returning into the caller's code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -149,11 +150,7 @@ def abort(child: Child) -> None:
         if fd >= 0:
             os.close(fd)
     child.go_w = child.status_r = -1
-    try:
+    with contextlib.suppress(ProcessLookupError):
         signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(child.pid, 0)
-    except ChildProcessError:
-        pass

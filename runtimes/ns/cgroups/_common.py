@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -42,10 +43,8 @@ def kill_procs(path: Path, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while (pids := procs(path)) and time.monotonic() < deadline:
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.002)
 
 
