@@ -203,6 +203,17 @@ class Runtime(Protocol):
 
     def stop(self, inst: Instance, grace: float = 2.0) -> None: ...
 
+    def daemons(self) -> dict[str, list[int]]:
+        """Host pids of the engine's own long-lived processes (dockerd + containerd, the
+        podman service, libvirtd...), by name; {} for daemonless backends. Their memory
+        is reported separately from the instances', never hidden in them."""
+        ...
+
+    def disk_usage(self, inst: Instance) -> int | None:
+        """Bytes the instance itself occupies on disk beyond the shared image (its
+        writable layer / upper dir / disk overlay), or None where it has none."""
+        ...
+
     def remove(self, inst: Instance) -> None: ...
 
     def leftovers(self, live_runs: Sequence[str] = ()) -> list[Leftover]:

@@ -102,6 +102,12 @@ class HostRuntime:
             _proc.reap(inst.handle, inst.state["pidfd"], grace)
             inst.state["exited"] = True
 
+    def daemons(self) -> dict[str, list[int]]:
+        return {}
+
+    def disk_usage(self, inst: Instance) -> int | None:
+        return None  # writes land wherever the workload puts them on the host
+
     def remove(self, inst: Instance) -> None:
         self.stop(inst, grace=0)
         for key in ("out", "err"):

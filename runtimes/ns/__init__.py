@@ -184,6 +184,13 @@ class NsRuntime:
             _proc.reap(child.pid, child.pidfd, grace)
         inst.state["exited"] = True
 
+    def daemons(self) -> dict[str, list[int]]:
+        return {}  # no daemon: the runner is the parent of every instance
+
+    def disk_usage(self, inst: Instance) -> int | None:
+        idir: Path | None = inst.state.get("dir")
+        return _du(idir / "upper") if idir is not None else None
+
     def remove(self, inst: Instance) -> None:
         self.stop(inst, grace=0)
         child: process.Child | None = inst.handle
