@@ -113,8 +113,9 @@ def run(scenario_name: str, backends: str | None, out_dir: Path, seed: int | Non
     for c in failed:
         err.print(f"[red]cell {c.label} failed[/] after {c.samples} samples "
                   f"({c.failures} failures); see the events in the result")
-    out.print(f"result: {final}")
-    out.print(f"pyperf: {final.with_name(final.name.removesuffix('.json') + '.pyperf.json')}")
+    # Plain print: these lines are read by scripts (make bench), never wrapped.
+    print(f"result: {final}")
+    print(f"pyperf: {final.with_name(final.name.removesuffix('.json') + '.pyperf.json')}")
     err.print(f"took {time.monotonic() - t_begin:.1f} s ({outcome.rounds} rounds)")
     if outcome.interrupted:
         err.print("[yellow]interrupted[/]: the samples taken so far are in the result above")
@@ -225,7 +226,7 @@ def report(result_files: tuple[Path, ...], out_dir: Path, formats: str) -> None:
     df = results.frame(docs)
     written = render.build(docs, df, out_dir, fmts)
     for w in written:
-        out.print(str(w))
+        print(w)
 
 
 @cli.command("gc")
