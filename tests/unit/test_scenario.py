@@ -144,5 +144,5 @@ def test_named_scenarios_resolve_and_validate() -> None:
 
 
 def test_unknown_name_lists_known() -> None:
-    with pytest.raises(ScenarioError, match="known: .*startup"):
+    with pytest.raises(ScenarioError, match=r"known: .*startup"):
         scenario.resolve("no-such-scenario")
