@@ -145,3 +145,25 @@ def test_bench_gc_leaves_live_runs_alone(tmp_path: Path) -> None:
                           if not p.name.endswith(".pyperf.json")).read_text())
     assert doc["interrupted"] is True and not [e for e in doc["events"]
                                                if e["kind"] == "sample_failed"]
+
+
+def test_a_cell_that_never_finishes_fails_alone(tmp_path: Path) -> None:
+    backend_or_skip("ns")
+    scen = tmp_path / "hang.toml"
+    scen.write_text('name = "hang"\nstudy = "startup"\nbackends = ["host", "ns"]\n'
+                    '[workload]\nargv = ["true"]\n'
+                    '[sampling]\nwarmups = 0\nmin_samples = 5\nmax_samples = 5\ntimeout = 0.5\n'
+                    '[variants]\nworkload = { argv = [["true"], ["sleep", "30"]] }\n')
+    out = tmp_path / "D"
+    p = subprocess.run([*BENCH, "run", str(scen), "--out", str(out)], capture_output=True,
+                       text=True, check=False, timeout=300)
+    assert p.returncode == 1, p.stderr
+    doc = results.load_result(next(f for f in out.glob("*.json")
+                                   if not f.name.endswith(".pyperf.json")))
+    status = {(c["backend"], c["variant"]): c for c in doc["cells"]}
+    assert status[("ns", "workload.argv=true")]["samples"] == 5
+    assert status[("host", "workload.argv=true")]["samples"] == 5
+    assert status[("ns", "workload.argv=sleep 30")]["status"] == "failed"
+    failures = [e for e in doc["events"] if e["kind"] == "sample_failed"]
+    assert failures and all("did not exit within" in e["error"] for e in failures)
+    assert leftovers_of(doc["run_id"]) == []
