@@ -208,15 +208,18 @@ def _print_table(df: Any) -> None:
     if df.empty:
         out.print("no samples")
         return
-    t = Table(title="medians with 95 % CI")
-    for col in ("backend", "variant", "metric", "n", "median", "95 % CI", "note"):
-        t.add_column(col, justify="right" if col in ("n", "median") else "left")
+    t = Table(title="medians with 95 % CI (± = CI half-width / median; ! = unstable)",
+              box=None, pad_edge=False)
+    for col in ("cell", "metric", "n", "median", "95 % CI", "±"):
+        t.add_column(col, justify="right" if col in ("n", "median", "±") else "left",
+                     no_wrap=True)
     for r in tables.summary(df).to_dict("records"):
         u = str(r["unit"])
-        t.add_row(str(r["backend"]), str(r["variant"]), str(r["metric"]), str(r["n"]),
-                  format_value(r["median"], u),
+        cell = str(r["backend"]) + ("" if r["variant"] == "default" else f" [{r['variant']}]")
+        rel = (r["ci_hi"] - r["ci_lo"]) / 2 / r["median"] if r["median"] else float("nan")
+        t.add_row(cell, str(r["metric"]), str(r["n"]), format_value(r["median"], u),
                   f"{format_value(r['ci_lo'], u)} – {format_value(r['ci_hi'], u)}",
-                  str(r["warning"]))
+                  f"{rel:.1%}" + (" !" if r["warning"] else ""))
     out.print(t)
 
 
