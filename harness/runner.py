@@ -42,12 +42,23 @@ FAILURES_TO_GIVE_UP = 3
 
 @dataclass(frozen=True)
 class Measurement:
-    """One figure of one sample. `instance` tells apart instances of one sample."""
+    """One figure of one sample. `instance` tells apart instances of one sample.
+
+    `variant` names a sub-variant the study measured within one sample (e.g. the storage
+    target of an I/O run, "target=tmpfs"); it is appended to the cell's variant name, and
+    the adaptive stop waits until every sub-variant meets the target.
+    """
 
     metric: str
     value: float
     instance: int | None = None
     unit: str | None = None
+    variant: str | None = None
+
+
+class NotApplicable(BenchError):
+    """A study cannot measure this cell on this backend (e.g. network modes on a backend
+    that applies none): the cell is closed with this reason instead of failing."""
 
 
 @dataclass
@@ -58,14 +69,22 @@ class Cell:
     runtime: Runtime
     prepared: Prepared
     values: list[float] = field(default_factory=list)  # of the stop metric
+    sub_values: dict[str, list[float]] = field(default_factory=dict)  # by sub-variant
     samples: int = 0
     failures: int = 0
     consecutive_failures: int = 0
     status: str = "running"  # running | target | max_samples | budget | failed | interrupted
+    #                          | not_applicable
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.backend, self.variant.name)
+
+    def variant_of(self, sub: str | None) -> str:
+        """The variant name recorded for a measurement of sub-variant `sub`."""
+        if not sub:
+            return self.variant.name
+        return sub if self.variant.name == "default" else f"{self.variant.name},{sub}"
 
     @property
     def label(self) -> str:
@@ -81,6 +100,16 @@ class Context:
         self.timeout = timeout
         self.counter = 0
         self.live: dict[int, tuple[Cell, Instance]] = {}
+        self.artifacts: list[dict[str, Any]] = []  # of the sample being taken
+        self.params: dict[str, Any] = {}  # the scenario's [params]
+
+    def artifact(self, kind: str, data: Any, *, variant: str | None = None,
+                 instance: int | None = None, **extra: Any) -> None:
+        """Keep raw data of the current sample (fio's JSON...) in the result; the runner
+        journals it with the sample's backend, variant and round, or drops it with a
+        warmup or a failed sample."""
+        self.artifacts.append({"kind": kind, "sub": variant, "instance": instance,
+                               **extra, "data": data})
 
     def spec(self, cell: Cell, **overrides: Any) -> InstanceSpec:
         self.counter += 1
@@ -166,13 +195,22 @@ class Runner:
         self.progress = progress or (lambda cell, note: None)
         self.rng = random.Random(seed)
         self.ctx = Context(journal.header["run_id"], scenario.sampling.timeout)
+        self.ctx.params = dict(scenario.params)
         self.interrupt = Interrupt()
         self.round = start_round
 
     def _one(self, cell: Cell, record: bool) -> None:
         gc.disable()  # no collector pause inside a timed sample
+        self.ctx.artifacts = []
         try:
             measurements = self.sample(self.ctx, cell)
+        except NotApplicable as e:
+            self.ctx.cleanup(only=cell)
+            cell.status = "not_applicable"
+            self.journal.event("not_applicable", backend=cell.backend,
+                               variant=cell.variant.name, reason=str(e))
+            self.progress(cell, f"not applicable: {e}")
+            return
         except Exception as e:
             # A daemon that died, a timeout, a backend bug: recorded against this cell
             # (type and message); the other cells go on and earlier samples stay.
@@ -196,12 +234,21 @@ class Runner:
             return
         metric = self.scenario.sampling.metric
         self.journal.add({
-            "backend": cell.backend, "variant": cell.variant.name, "metric": m.metric,
+            "backend": cell.backend, "variant": cell.variant_of(m.variant), "metric": m.metric,
             "unit": m.unit or self.unit_of(m.metric) or "", "value": m.value,
             "round": self.round, **({"instance": m.instance} if m.instance is not None else {}),
         } for m in measurements)
+        for a in self.ctx.artifacts:
+            sub = a.pop("sub")
+            self.journal.artifact(backend=cell.backend, variant=cell.variant_of(sub),
+                                  round=self.round, **a)
+        self.ctx.artifacts = []
         cell.samples += 1
-        cell.values.extend(m.value for m in measurements if m.metric == metric)
+        for m in measurements:
+            if m.metric == metric:
+                cell.values.append(m.value)
+                if m.variant:
+                    cell.sub_values.setdefault(m.variant, []).append(m.value)
         self._decide(cell)
         note = ""
         if self.journal.write_error is not None:
@@ -238,10 +285,15 @@ class Runner:
         if cell.samples >= s.max_samples:
             cell.status = "max_samples"
         elif cell.samples >= s.min_samples and cell.values:
-            lo, hi = stats.median_ci(cell.values)
-            med = float(sorted(cell.values)[len(cell.values) // 2])
-            if med and (hi - lo) / 2 / abs(med) <= s.target_ci:
+            groups = list(cell.sub_values.values()) or [cell.values]
+            if all(self._within(g, s.target_ci) for g in groups):
                 cell.status = "target"
+
+    @staticmethod
+    def _within(values: list[float], target: float) -> bool:
+        lo, hi = stats.median_ci(values)
+        med = float(sorted(values)[len(values) // 2])
+        return bool(med) and (hi - lo) / 2 / abs(med) <= target
 
     def active(self) -> list[Cell]:
         return [c for c in self.cells if c.status == "running"]
