@@ -45,6 +45,12 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+def not_applied(rt: Runtime) -> set[str]:
+    """InstanceSpec fields a backend ignores (its metadata's "not_applied": the host
+    backend applies no limits, network or mounts); studies skip what would be a lie."""
+    return set(rt.metadata().get("not_applied", ()))
+
+
 def state_dir() -> Path:
     """Where backends keep per-run state (instance dirs, volumes); one tree to clean."""
     return Path(os.environ.get("CVBENCH_STATE", "/var/lib/cvbench" if os.geteuid() == 0
@@ -133,7 +139,11 @@ class Exit:
 
 @dataclass(frozen=True)
 class Stats:
-    """Memory of one instance: every host process that belongs to it, and its cgroup."""
+    """Memory of one instance: every host process that belongs to it, and its cgroup.
+
+    `extra` keys starting with "guest_" (numbers, bytes) are the guest's own view of a VM
+    (e.g. guest_used, guest_total); the memory study records each as `memory.<key>`.
+    """
 
     pids: tuple[int, ...]
     pss: int
@@ -156,7 +166,14 @@ class Availability:
 
 @dataclass(frozen=True)
 class Prepared:
-    """The image made usable by one backend; `ref` is the backend's name for it."""
+    """The image made usable by one backend; `ref` is the backend's name for it.
+
+    `footprint`: bytes on disk, by name; the disk study records each as `disk.<key>`.
+    "image" is the image as this backend stores it (what `du -sb`, `docker system df -v`
+    or `qemu-img info`'s disk size says); where the store shares data between images,
+    "image_shared" and "image_unique" split it; a VM disk adds "image_virtual" (its
+    virtual size), and more keys for more disks (e.g. "qcow2", "qcow2_virtual").
+    """
 
     image: Image
     backend: str
@@ -212,6 +229,12 @@ class Runtime(Protocol):
     def disk_usage(self, inst: Instance) -> int | None:
         """Bytes the instance itself occupies on disk beyond the shared image (its
         writable layer / upper dir / disk overlay), or None where it has none."""
+        ...
+
+    def address(self, inst: Instance) -> str | None:
+        """An IP address at which the host reaches sockets the instance listens on:
+        127.0.0.1 for network "host", the instance's own address for "bridge" (its veth
+        or tap, or the VM's virtio-net), None for "none" (unreachable from the host)."""
         ...
 
     def remove(self, inst: Instance) -> None: ...

@@ -20,6 +20,7 @@ from typing import Any
 from harness.errors import InstanceError
 from harness.image import Image
 from harness.probes import memory
+from harness.probes.disk import du_bytes
 from runtimes import _proc
 from runtimes.base import (
     Availability,
@@ -46,8 +47,9 @@ class HostRuntime:
                 "not_applied": ["limits", "network", "mounts"], "kernel": platform.release()}
 
     def prepare(self, image: Image) -> Prepared:
+        # The workload runs from the unpacked rootfs: that is the image as stored here.
         return Prepared(image=image, backend=self.name, ref=str(image.rootfs),
-                        footprint={"image": image.size})
+                        footprint={"image": du_bytes(image.rootfs)})
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         # Nothing exists before start for a plain process; keep create honest and empty.
@@ -116,6 +118,9 @@ class HostRuntime:
 
     def disk_usage(self, inst: Instance) -> int | None:
         return None  # writes land wherever the workload puts them on the host
+
+    def address(self, inst: Instance) -> str | None:
+        return "127.0.0.1"  # a host process listens on the host's own loopback
 
     def remove(self, inst: Instance) -> None:
         self.stop(inst, grace=0)

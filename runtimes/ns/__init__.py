@@ -30,6 +30,7 @@ from typing import Any
 from harness.errors import InstanceError
 from harness.image import Image
 from harness.probes import memory
+from harness.probes.disk import du_bytes
 from runtimes import _proc
 from runtimes.base import (
     PREFIX,
@@ -84,7 +85,7 @@ class NsRuntime:
     def prepare(self, image: Image) -> Prepared:
         # The unpacked image is the shared read-only lower layer; nothing to copy per run.
         return Prepared(image=image, backend=self.name, ref=str(image.rootfs),
-                        footprint={"image": _du(image.rootfs)})
+                        footprint={"image": du_bytes(image.rootfs)})
 
     def _config(self, spec: InstanceSpec, lower: str, idir: Path) -> ContainerConfig:
         flags = BASE_FLAGS
@@ -189,7 +190,10 @@ class NsRuntime:
 
     def disk_usage(self, inst: Instance) -> int | None:
         idir: Path | None = inst.state.get("dir")
-        return _du(idir / "upper") if idir is not None else None
+        return du_bytes(idir / "upper") if idir is not None else None
+
+    def address(self, inst: Instance) -> str | None:
+        return "127.0.0.1" if inst.spec.network == "host" else None
 
     def remove(self, inst: Instance) -> None:
         self.stop(inst, grace=0)
@@ -232,14 +236,3 @@ def _rmtree(path: Path) -> None:
     if path.exists():
         raise InstanceError(f"ns: cannot remove {path}")
 
-
-def _du(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                st = os.lstat(os.path.join(root, f))
-            except FileNotFoundError:
-                continue
-            total += st.st_blocks * 512
-    return total
