@@ -188,7 +188,8 @@ def _run_with_progress(scen: scenario.Scenario, cells: list[Any], journal: resul
             if not note and cell.values and cell.samples >= 2:
                 lo, hi = stats.median_ci(cell.values)
                 med = sorted(cell.values)[len(cell.values) // 2]
-                note = f"median {format_value(med, 's')} ±{(hi - lo) / 2 / med:.1%}"
+                unit = studies.unit_of(study, s.metric) or ""
+                note = f"median {format_value(med, unit)} ±{(hi - lo) / 2 / med:.1%}"
                 if cell.status != "running":
                     note += f" ({cell.status})"
             progress.update(tasks[cell.key], completed=cell.samples, note=note[:60])

@@ -4,7 +4,7 @@ packages=(
   # the harness itself
   python3 python3-venv python3-dev gcc make git
   # the workload image: busybox-static, and tools copied into images with their libraries
-  busybox-static fio iperf3 hyperfine
+  busybox-static fio iperf3 sockperf hyperfine
   # ns runtime
   iproute2 iptables kmod util-linux
   # OCI runtimes (oci:* backends, and the engines' extra runtimes)

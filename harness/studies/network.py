@@ -1,0 +1,169 @@
+"""network: request/response latency and throughput between the host and an instance.
+
+The network mode is the scenario's (`network`, usually a variant over none, bridge and
+host). Two Debian tools are copied into the image (recipe binaries): sockperf, whose
+ping-pong mode sends a `message`-byte request and waits for the echo, one at a time,
+for `duration` seconds, and iperf3, a bulk TCP stream for `duration` seconds.
+
+  network.lat_p50, network.lat_p99   sockperf's latency percentiles: one-way, i.e. half
+                                     of each request's round trip, as sockperf reports
+  network.bw                         iperf3's received throughput (bytes/s)
+
+With network host or bridge, the servers run in the instance and the clients on the
+host, against `address()` (127.0.0.1 for host, the instance's own bridge address for
+bridge): the same binaries, run from the host's copy of the image. With network none
+the host cannot reach the instance, so servers and clients all run inside it, over its
+own loopback. Traffic only ever goes to loopback or the instance's own address.
+The raw outputs (sockperf's summary, iperf3's JSON) are kept as artifacts.
+
+A backend that applies no network isolation (host) is measured in mode host only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from harness.errors import InstanceError
+from harness.probes.io import parse_json, sections
+from harness.runner import Cell, Context, Measurement, NotApplicable
+from harness.studies import _lifecycle as life
+from runtimes.base import not_applied
+
+BEGIN, END = "CVBENCH-NET-BEGIN", "CVBENCH-NET-END"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+METRICS = {"network.lat_p50": "s", "network.lat_p99": "s", "network.bw": "B/s"}
+_PERCENTILE = re.compile(r"percentile\s+(\d+\.\d+)\s*=\s*([\d.]+)")
+
+INSIDE = """\
+sockperf sr --tcp -i 127.0.0.1 -p {lat_port} >/dev/null 2>&1 & sp=$!
+iperf3 -s -B 127.0.0.1 -p {bw_port} >/dev/null 2>&1 & ip=$!
+for i in $(seq 100); do
+  netstat -ltn | grep -q ":{lat_port} " && netstat -ltn | grep -q ":{bw_port} " && break
+  sleep 0.1
+done
+echo "{begin} sockperf"; sockperf pp --tcp -i 127.0.0.1 -p {lat_port} -t {duration} \
+-m {message} 2>&1; echo "{end} sockperf rc=$?"
+echo "{begin} iperf3"; iperf3 -c 127.0.0.1 -p {bw_port} -t {duration} -J 2>&1; \
+echo "{end} iperf3 rc=$?"
+kill $sp $ip
+true
+"""
+
+SERVERS = ("sockperf sr --tcp -i {bind} -p {lat_port} >/dev/null 2>&1 & "
+           "exec iperf3 -s -B {bind} -p {bw_port} >/dev/null 2>&1")
+
+
+def sockperf_latency(text: str) -> dict[str, float]:
+    """sockperf's latency percentiles, in seconds, keyed like "50.000"."""
+    found = {p: float(v) * 1e-6 for p, v in _PERCENTILE.findall(_ANSI.sub("", text))}
+    if "50.000" not in found or "99.000" not in found:
+        raise InstanceError(f"no latency percentiles in sockperf's output: {text[-400:]!r}")
+    return found
+
+
+def iperf3_bandwidth(doc: dict[str, Any]) -> float:
+    """Bytes/s the receiver got (iperf3's end.sum_received.bits_per_second / 8)."""
+    if "error" in doc:
+        raise InstanceError(f"iperf3: {doc['error']}")
+    try:
+        return float(doc["end"]["sum_received"]["bits_per_second"]) / 8
+    except (KeyError, TypeError):
+        raise InstanceError("iperf3's JSON has no end.sum_received") from None
+
+
+class Network:
+    name = "network"
+    metrics: dict[str, str] = METRICS
+    params: ClassVar[dict[str, Any]] = {"duration": 2, "message": 64}
+
+    def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:
+        p = life.params(ctx, self.params)
+        mode = cell.config.network
+        if "network" in not_applied(cell.runtime) and mode != "host":
+            raise NotApplicable(f"{cell.backend} applies no network mode: it always shares "
+                                "the host's network (measured as network host)")
+        ports = random.Random().sample(range(20000, 61000), 2)
+        fmt = {"lat_port": ports[0], "bw_port": ports[1], "duration": int(p["duration"]),
+               "message": int(p["message"]), "begin": BEGIN, "end": END,
+               "bind": "127.0.0.1" if mode == "host" else "0.0.0.0"}
+        addr: str | None = None
+        if mode == "none":  # unreachable from the host: everything inside, over loopback
+            spec = ctx.spec(cell, argv=("sh", "-c", INSIDE.format(**fmt)), readiness="exit",
+                            capture=True)
+            inst, ex = life.run(ctx, cell, spec)
+            life.finish(ctx, cell, inst)
+            life.check(ex, "network")
+            found = sections(life.text(ex.stdout), BEGIN, END)
+            for tool in ("sockperf", "iperf3"):
+                if tool not in found or found[tool][2] != "rc=0":
+                    raise InstanceError(f"network: {tool} failed inside the instance: "
+                                        f"{life.text(ex.stdout)[-400:]!r}")
+            lat_text, bw_text = found["sockperf"][1], found["iperf3"][1]
+        else:
+            spec = ctx.spec(cell, argv=("sh", "-c", SERVERS.format(**fmt)),
+                            readiness="marker")
+            with life.instance(ctx, cell, spec) as inst:
+                addr = cell.runtime.address(inst)
+                if addr is None:
+                    raise InstanceError(f"network: {cell.backend} gives no address for an "
+                                        f"instance with network {mode}")
+                lat_text, bw_text = self.from_host(ctx, cell, addr, fmt)
+        lat = sockperf_latency(lat_text)
+        bw_doc = parse_json(bw_text)
+        where = "inside" if addr is None else "host"
+        ctx.artifact("sockperf", _ANSI.sub("", lat_text), client=where, address=addr)
+        ctx.artifact("iperf3", bw_doc, client=where, address=addr)
+        return [Measurement("network.lat_p50", lat["50.000"]),
+                Measurement("network.lat_p99", lat["99.000"]),
+                Measurement("network.bw", iperf3_bandwidth(bw_doc))]
+
+    def from_host(self, ctx: Context, cell: Cell, addr: str, fmt: dict[str, Any]
+                  ) -> tuple[str, str]:
+        """Run the clients on the host against the instance's servers at `addr`."""
+        bin_dir = Path(cell.prepared.image.rootfs) / "usr" / "bin"
+        _wait_listening(addr, fmt["lat_port"], ctx.timeout)
+        dur = fmt["duration"]
+        lat = _run([str(bin_dir / "sockperf"), "pp", "--tcp", "-i", addr, "-p",
+                    str(fmt["lat_port"]), "-t", str(dur), "-m", str(fmt["message"])],
+                   dur + 30)
+        for attempt in range(10):  # the iperf3 server may come up after sockperf's
+            bw = _run([str(bin_dir / "iperf3"), "-c", addr, "-p", str(fmt["bw_port"]),
+                       "-t", str(dur), "-J"], dur + 30, check=False)
+            if "error" not in json.loads(bw or "{}") or attempt == 9:
+                break
+            time.sleep(0.3)
+        return lat, bw
+
+
+def _wait_listening(addr: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=1):
+                return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise InstanceError(f"network: nothing listens on {addr}:{port}: {e}") from e
+            time.sleep(0.1)
+
+
+def _run(argv: list[str], timeout: float, check: bool = True) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise InstanceError(f"network: {Path(argv[0]).name}: {e}") from e
+    if check and proc.returncode != 0:
+        raise InstanceError(f"network: {Path(argv[0]).name} exited with {proc.returncode}: "
+                            f"{(proc.stdout + proc.stderr)[-400:]!r}")
+    return proc.stdout
+
+
+STUDY = Network()
