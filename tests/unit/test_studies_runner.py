@@ -1,0 +1,283 @@
+"""The studies against a fake backend, and what the runner does with their records:
+sub-variants, artifacts per sample, NotApplicable cells, scenario params."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import image, results, scenario, studies
+from harness.errors import InstanceError
+from harness.runner import Cell, Context, Measurement, NotApplicable, Runner
+from runtimes.base import Exit, Instance, Prepared, Stats
+from tests.unit.fakes import FakeRuntime
+from tests.unit.test_studies_probes import fio_doc
+
+OPEN: list[results.Journal] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_journals() -> Iterator[None]:
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
+@pytest.fixture(autouse=True)
+def _state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVBENCH_STATE", str(tmp_path / "state"))  # the io study's bind dirs
+
+
+@pytest.fixture
+def img(tmp_path: Path) -> image.Image:
+    return image.build(image.Recipe(), tmp_path / "cache")
+
+
+class StudyFake(FakeRuntime):
+    """A fake backend whose figures a test sets."""
+
+    def __init__(self, name: str = "fake", stdout: bytes = b"", usage: int | None = 4096,
+                 footprint: dict[str, int] | None = None, meta: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None, code: int = 0) -> None:
+        super().__init__(name)
+        self.stdout, self.usage, self.code = stdout, usage, code
+        self.footprint = footprint or {"image": 1000}
+        self.meta = meta or {}
+        self.extra = extra or {}
+        self.specs: list[Any] = []
+
+    def metadata(self) -> dict[str, Any]:
+        return self.meta
+
+    def prepare(self, img: image.Image) -> Prepared:
+        return Prepared(image=img, backend=self.name, ref="fake", footprint=self.footprint)
+
+    def create(self, spec: Any, prepared: Prepared) -> Instance:
+        self.specs.append(spec)
+        return super().create(spec, prepared)
+
+    def wait_exit(self, inst: Instance, timeout: float) -> Exit:
+        return Exit(code=self.code, t_ns=time.monotonic_ns(), stdout=self.stdout)
+
+    def stats(self, inst: Instance) -> Stats:
+        return Stats(pids=(), pss=100, uss=50, rss=300, cgroup=400, extra=self.extra)
+
+    def disk_usage(self, inst: Instance) -> int | None:
+        return self.usage
+
+    def address(self, inst: Instance) -> str | None:
+        return "127.0.0.1"
+
+
+def make(tmp_path: Path, img: image.Image, study: str, rts: list[FakeRuntime],
+         params: dict[str, Any] | None = None, metric: str = "memory.pss",
+         **sampling: Any) -> tuple[Runner, list[Cell], results.Journal]:
+    scen = scenario.parse({"name": "t", "study": study, "backends": ["host"],
+                           "params": params or {},
+                           "sampling": {"metric": metric, **sampling}}, "t.toml")
+    variant = scen.variants[0]
+    cells = [Cell(backend=rt.name, variant=variant, config=scen.config(variant), runtime=rt,
+                  prepared=rt.prepare(img)) for rt in rts]
+    journal = results.Journal(tmp_path / f"{study}.journal", {"run_id": "abcdef0123",
+                                                              "schema": 1})
+    OPEN.append(journal)
+    st = studies.get(study)
+    r = Runner(scen, cells, journal, st.sample, lambda m: studies.unit_of(st, m), seed=1)
+    return r, cells, journal
+
+
+def test_every_study_is_known_and_its_scenario_parses(repo: Path) -> None:
+    from harness import validate
+
+    for name in ("memory", "disk", "io", "limits", "network"):
+        st = studies.get(name)
+        s = scenario.load(str(repo / "scenarios" / f"{name}.toml"))
+        assert s.study == name
+        assert validate.check_study(s) == []
+        assert studies.unit_of(st, s.sampling.metric)
+
+
+def test_memory_per_instance_daemon_apart_and_guest_view(tmp_path: Path,
+                                                         img: image.Image) -> None:
+    rt = StudyFake(extra={"guest_used": 12345, "note": "x"})
+    r, _cells, journal = make(tmp_path, img, "memory", [rt],
+                             params={"instances": 3, "settle": 0.0},
+                             warmups=0, min_samples=1, max_samples=1)
+    r.run()
+    rows = journal.samples
+    pss = [s for s in rows if s["metric"] == "memory.pss"]
+    assert sorted(s["instance"] for s in pss) == [0, 1, 2]
+    assert {s["value"] for s in pss} == {100}
+    daemon = [s for s in rows if s["metric"] == "memory.daemon"]
+    assert len(daemon) == 1 and "instance" not in daemon[0] and daemon[0]["value"] == 0
+    guest = [s for s in rows if s["metric"] == "memory.guest_used"]
+    assert len(guest) == 3 and guest[0]["unit"] == "B"
+    assert {s["metric"] for s in rows} == {"memory.pss", "memory.uss", "memory.rss",
+                                           "memory.cgroup", "memory.daemon",
+                                           "memory.guest_used"}
+    assert rt.live == {}
+
+
+def test_disk_records_footprint_and_instances(tmp_path: Path, img: image.Image) -> None:
+    rt = StudyFake(footprint={"image": 5000, "image_virtual": 9000}, usage=777)
+    r, _cells, journal = make(tmp_path, img, "disk", [rt], params={"write": "1M"},
+                             metric="disk.image", warmups=0, min_samples=1, max_samples=1)
+    r.run()
+    got = {s["metric"]: s["value"] for s in journal.samples}
+    assert got == {"disk.image": 5000, "disk.image_virtual": 9000,
+                   "disk.instance_idle": 777, "disk.instance": 777}
+    writer = rt.specs[1]
+    assert "count=16" in writer.argv[-1] and writer.readiness == "exit"
+
+
+def test_disk_writes_nothing_where_there_is_no_instance_layer(tmp_path: Path,
+                                                              img: image.Image) -> None:
+    rt = StudyFake(usage=None)
+    r, _cells, journal = make(tmp_path, img, "disk", [rt], metric="disk.image",
+                             warmups=0, min_samples=1, max_samples=1)
+    r.run()
+    assert {s["metric"] for s in journal.samples} == {"disk.image"}
+    assert len(rt.specs) == 1 and rt.live == {}  # created, never started, removed
+
+
+def _fio_output(targets: list[str]) -> bytes:
+    import json
+
+    from harness.studies.io import BEGIN, END
+
+    out = ""
+    for t in targets:
+        out += f"{BEGIN} {t} direct=1\n{json.dumps(fio_doc())}\n{END} {t} rc=0\n"
+    return out.encode()
+
+
+def test_io_targets_are_sub_variants_with_fio_json_artifacts(tmp_path: Path,
+                                                            img: image.Image) -> None:
+    targets = ["rootfs", "volume", "bind", "tmpfs"]
+    rt = StudyFake(stdout=_fio_output(targets))
+    r, cells, journal = make(tmp_path, img, "io", [rt], metric="io.randread.iops",
+                             warmups=1, min_samples=2, max_samples=2)
+    r.run()
+    assert {s["variant"] for s in journal.samples} == {f"target={t}" for t in targets}
+    assert len(journal.artifacts) == 2 * 4  # warmup artifacts dropped
+    for a in journal.artifacts:
+        assert a["kind"] == "fio" and a["direct"] is True and a["round"] in (1, 2)
+        rows = [s for s in journal.samples if (s["variant"], s["round"]) ==
+                (a["variant"], a["round"])]
+        assert len(rows) == 16
+        for s in rows:
+            f = a["fields"][s["metric"]]
+            from harness.probes.io import lookup
+
+            assert s["value"] == lookup(a["data"], f["path"]) * f["scale"]
+    spec = rt.specs[-1]
+    assert {m.type for m in spec.mounts} == {"volume", "bind", "tmpfs"}
+    assert cells[0].sub_values.keys() == {f"target={t}" for t in targets}
+    assert list((tmp_path / "state" / "io").iterdir()) == []  # bind sources removed
+
+
+def test_io_only_rootfs_where_mounts_are_not_applied(tmp_path: Path,
+                                                     img: image.Image) -> None:
+    rt = StudyFake(stdout=_fio_output(["rootfs"]), meta={"not_applied": ["mounts"]})
+    r, _cells, journal = make(tmp_path, img, "io", [rt], metric="io.randread.iops",
+                             warmups=0, min_samples=1, max_samples=1)
+    r.run()
+    assert {s["variant"] for s in journal.samples} == {"target=rootfs"}
+    assert rt.specs[0].mounts == ()
+
+
+def test_io_missing_target_output_fails_the_sample(tmp_path: Path, img: image.Image) -> None:
+    rt = StudyFake(stdout=_fio_output(["rootfs"]))
+    r, cells, _journal = make(tmp_path, img, "io", [rt], metric="io.randread.iops",
+                             warmups=0, min_samples=1, max_samples=1)
+    with pytest.raises(InstanceError, match="no fio output for target volume"):
+        studies.get("io").sample(r.ctx, cells[0])
+
+
+def test_limits_memory_hog_figures(tmp_path: Path, img: image.Image) -> None:
+    from harness.studies.limits import HOG
+
+    limit = 64 << 20
+    sizes = [int(limit * f) for f in (0.5, 1.1, 2.0)]
+    out = "".join(f"{HOG} {b} {rc}\n" for b, rc in zip(sizes, (0, 137, 137), strict=True))
+    rt = StudyFake(stdout=out.encode())
+    r, cells, _ = make(tmp_path, img, "limits", [rt], metric="limits.cpu_ratio",
+                       params={"hog": [0.5, 1.1, 2.0], "memory": "64M"})
+    ms = studies.get("limits").memory(r.ctx, cells[0], limit, [0.5, 1.1, 2.0])
+    got = {m.metric: m.value for m in ms}
+    assert got == {"limits.mem_max_ok": sizes[0], "limits.mem_killed_at": sizes[1],
+                   "limits.mem_enforced": 1.0}
+    assert {m.variant for m in ms} == {f"limits.memory={limit}"}
+    assert rt.specs[-1].limits.memory == limit
+    rt.stdout = b""  # the hog said nothing: an error, not a figure
+    with pytest.raises(InstanceError, match="memory hog"):
+        studies.get("limits").memory(r.ctx, cells[0], limit, [0.5])
+
+
+def test_limits_cpu_share_of_a_real_busy_process(tmp_path: Path) -> None:
+    import os
+
+    from harness.studies.limits import cpu_seconds, idle_seconds
+
+    c0, i0 = cpu_seconds([os.getpid()]), idle_seconds()
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+    assert cpu_seconds([os.getpid()]) - c0 >= 0.1
+    assert idle_seconds() >= i0
+    assert cpu_seconds([2 ** 22 + 7]) == 0  # gone processes count nothing
+
+
+def test_network_not_applicable_where_modes_are_not_applied(tmp_path: Path,
+                                                            img: image.Image) -> None:
+    rt = StudyFake(meta={"not_applied": ["network"]})
+    scen_cells = make(tmp_path, img, "network", [rt], metric="network.lat_p50",
+                      warmups=0, min_samples=1, max_samples=3)
+    r, cells, journal = scen_cells
+    r.run()  # the scenario's default network is none
+    assert cells[0].status == "not_applicable" and cells[0].samples == 0
+    assert journal.samples == []
+    assert [e["kind"] for e in journal.events] == ["not_applicable"]
+
+
+def test_runner_sub_variants_join_the_cell_variant_and_gate_the_stop(
+        tmp_path: Path, img: image.Image) -> None:
+    calls = 0
+
+    def sample(ctx: Context, cell: Cell) -> list[Measurement]:
+        nonlocal calls
+        calls += 1
+        ctx.artifact("raw", {"n": calls}, variant="x=1")
+        if calls == 2:
+            raise InstanceError("one failure: its artifact is dropped")
+        # x=1 is steady at once; x=2 alternates wildly, so only it keeps the cell going
+        return [Measurement("memory.pss", 10.0, variant="x=1"),
+                Measurement("memory.pss", 1.0 if calls % 2 else 100.0, variant="x=2")]
+
+    scen = scenario.parse({"name": "t", "study": "memory",
+                           "variants": {"network": ["host"]},
+                           "sampling": {"metric": "memory.pss", "warmups": 0,
+                                        "min_samples": 3, "max_samples": 6,
+                                        "target_ci": 0.05}}, "t.toml")
+    variant = scen.variants[0]
+    rt = FakeRuntime("a")
+    cell = Cell(backend="a", variant=variant, config=scen.config(variant), runtime=rt,
+                prepared=Prepared(image=img, backend="a", ref="x"))
+    journal = results.Journal(tmp_path / "j.journal", {"run_id": "abcdef0123", "schema": 1})
+    OPEN.append(journal)
+    Runner(scen, [cell], journal, sample, lambda m: "B", seed=1).run()
+    assert cell.status == "max_samples" and cell.samples == 6
+    assert {s["variant"] for s in journal.samples} == {"network=host,x=1", "network=host,x=2"}
+    assert len(journal.artifacts) == 6
+    assert all(a["variant"] == "network=host,x=1" for a in journal.artifacts)
+    assert [a["data"]["n"] for a in journal.artifacts] == [1, 3, 4, 5, 6, 7]
+
+
+def test_not_applicable_is_a_bench_error() -> None:
+    from harness.errors import BenchError
+
+    assert issubclass(NotApplicable, BenchError)
