@@ -1,0 +1,174 @@
+"""`bench run memory|disk|io|limits|network` end to end on every backend available here.
+
+Each study runs once (one sample per cell, tiny sizes) through the real CLI, with every
+backend this host offers in one run; a backend listed in CVBENCH_REQUIRE but unavailable
+fails the test. The checks are the issue's acceptance: the metrics are there for every
+backend, io figures equal fields of fio's JSON kept in the result, disk.image equals what
+the backend's own tools report, limits are enforced where a backend applies them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import runtimes
+from harness.probes.io import lookup
+from tests.conftest import REQUIRED, require
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+BENCH = [sys.executable, "-m", "harness.cli"]
+
+# Tiny parameters: the point is that every backend completes, not precise figures.
+TINY: dict[str, dict[str, Any]] = {
+    "memory": {"instances": 2, "settle": 0.5},
+    "disk": {"write": "2M"},
+    "io": {"size": "4M", "runtime": 0.5, "iodepth": 4, "tmpfs_size": "16M"},
+    "limits": {"duration": 1.0, "warmup": 0.3, "memory": "32M", "hog": [0.5, 2.0]},
+    "network": {"duration": 1},
+}
+
+
+def available_backends() -> list[str]:
+    """Base backends usable here; one that CVBENCH_REQUIRE lists but is not, fails."""
+    out = []
+    for name in runtimes.base_names():
+        a = runtimes.get(name).availability()
+        if a.ok:
+            out.append(name)
+        elif name in REQUIRED:
+            require(name, f"{a.reason} (fix: {a.fix})")
+    return out
+
+
+def run_study(repo: Path, tmp_path: Path, study: str) -> tuple[dict[str, Any], list[str]]:
+    data = tomllib.loads((repo / "scenarios" / f"{study}.toml").read_text())
+    backends = available_backends()
+    data["backends"] = backends
+    data["params"] = {**data.get("params", {}), **TINY[study]}
+    data["sampling"] = {**data["sampling"], "timeout": 300, "time_budget": 1500}
+    path = tmp_path / f"{study}.toml"
+    path.write_text(_toml(data))
+    out = tmp_path / "D"
+    p = subprocess.run([*BENCH, "run", str(path), "--out", str(out), "--warmups", "0",
+                        "--min-samples", "1", "--max-samples", "1"],
+                       capture_output=True, text=True, timeout=1800, check=False)
+    assert p.returncode == 0, f"bench run {study} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    result = next(f for f in out.glob("*.json") if not f.name.endswith(".pyperf.json"))
+    return json.loads(result.read_text()), backends
+
+
+def _toml(data: dict[str, Any], prefix: str = "") -> str:
+    """Just enough TOML for a scenario: scalars, lists, inline tables, nested tables."""
+    lines, tables = [], []
+    for k, v in data.items():
+        if isinstance(v, dict) and k != "image":
+            tables.append((k, v))
+        else:
+            lines.append(f"{k} = {_value(v)}")
+    text = "\n".join(lines) + "\n"
+    for k, v in tables:
+        text += f"\n[{prefix}{k}]\n" + _toml(v, f"{prefix}{k}.")
+    return text
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return json.dumps(v)
+
+
+def by_backend(doc: dict[str, Any]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    out: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for s in doc["samples"]:
+        out[s["backend"]][s["metric"]].append(s)
+    return out
+
+
+def test_memory(repo: Path, tmp_path: Path) -> None:
+    doc, backends = run_study(repo, tmp_path, "memory")
+    got = by_backend(doc)
+    for b in backends:
+        for m in ("memory.pss", "memory.uss", "memory.rss"):
+            assert len(got[b][m]) == 2 and all(s["value"] > 0 for s in got[b][m]), (b, m)
+        assert len(got[b]["memory.daemon"]) == 1, b
+        if b != "host":
+            assert got[b]["memory.cgroup"], b
+
+
+def test_disk(repo: Path, tmp_path: Path) -> None:
+    doc, backends = run_study(repo, tmp_path, "disk")
+    got = by_backend(doc)
+    for b in backends:
+        image = got[b]["disk.image"][0]["value"]
+        assert image > 0, b
+        if b in ("host", "ns"):  # the unpacked rootfs, as du -sb counts it
+            ref = doc["backends"][b]["prepared"]["ref"]
+            du = subprocess.run(["du", "-sb", ref], capture_output=True, text=True,
+                                check=True).stdout.split()[0]
+            assert image == int(du), b
+        if b != "host":  # every isolating backend has a per-instance layer
+            grown = got[b]["disk.instance"][0]["value"] - got[b]["disk.instance_idle"][0]["value"]
+            assert grown >= 2 << 20, (b, grown)
+    assert "disk.instance" not in got["host"]
+
+
+def test_io_figures_are_fios_own(repo: Path, tmp_path: Path) -> None:
+    doc, backends = run_study(repo, tmp_path, "io")
+    arts = {(a["backend"], a["variant"], a["round"]): a for a in doc["artifacts"]
+            if a["kind"] == "fio"}
+    io_samples = [s for s in doc["samples"] if s["metric"].startswith("io.")]
+    assert io_samples
+    for s in io_samples:
+        a = arts[(s["backend"], s["variant"], s["round"])]
+        f = a["fields"][s["metric"]]
+        assert s["value"] == lookup(a["data"], f["path"]) * f["scale"], s
+    for b in backends:
+        variants = {s["variant"] for s in io_samples if s["backend"] == b}
+        want = {"target=rootfs"} if b == "host" else \
+            {"target=rootfs", "target=volume", "target=bind", "target=tmpfs"}
+        assert variants == want, b
+
+
+def test_limits(repo: Path, tmp_path: Path) -> None:
+    doc, backends = run_study(repo, tmp_path, "limits")
+    rows = defaultdict(dict)
+    for s in doc["samples"]:
+        rows[(s["backend"], s["variant"])][s["metric"]] = s["value"]
+    for b in backends:
+        assert "limits.cpu_used" in rows[(b, "limits.cpus=0.5")], b
+        assert "limits.cpu_used" in rows[(b, "limits.cpus=1")], b
+        mem = rows[(b, f"limits.memory={32 << 20}")]
+        assert "limits.mem_enforced" in mem, b
+        if b != "host":  # every isolating backend applies both limits
+            assert mem["limits.mem_enforced"] == 1.0, (b, mem)
+            # CFS quota: never more than asked (plus rounding of one period)
+            assert rows[(b, "limits.cpus=0.5")]["limits.cpu_used"] <= 0.5 * 1.2, b
+
+
+def test_network(repo: Path, tmp_path: Path) -> None:
+    doc, backends = run_study(repo, tmp_path, "network")
+    cells = {(c["backend"], c["variant"]): c["status"] for c in doc["cells"]}
+    got = defaultdict(set)
+    for s in doc["samples"]:
+        got[(s["backend"], s["variant"])].add(s["metric"])
+    want = {"network.lat_p50", "network.lat_p99", "network.bw"}
+    for b in backends:
+        modes = ["network=host"] if b == "host" else \
+            ["network=none", "network=bridge", "network=host"]
+        for v in modes:
+            assert got[(b, v)] == want, (b, v, cells[(b, v)])
+    for v in ("network=none", "network=bridge"):
+        assert cells[("host", v)] == "not_applicable"
+    kinds = {a["kind"] for a in doc["artifacts"]}
+    assert kinds == {"sockperf", "iperf3"}
