@@ -47,6 +47,7 @@ PHASE_COLOURS = ["#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f
 VERDICT_COLOURS = {claims_mod.HOLDS: "#1a9850", claims_mod.FAILS: "#d73027",
                    claims_mod.INCONCLUSIVE: "#878787"}
 DATASET_MARKERS = ["o", "s", "^", "D", "v", "P"]
+MARKER_GLYPHS = ["●", "■", "▲", "◆", "▼", "✚"]
 EMULATED_NOTE = ("⚠ (TCG, emulated): a VM without hardware acceleration; "
                  "its times say little about a VM under KVM")
 
@@ -129,6 +130,15 @@ class Look:
     def several(self) -> bool:
         return len(self.sets) > 1
 
+    def tag(self, dataset: str) -> str | None:
+        """"#2" for the second dataset, when there are several (the footnote says which)."""
+        if not self.several:
+            return None
+        return f"#{self.sets.index(dataset) + 1}" if dataset in self.sets else "#?"
+
+    def label(self, cell: data.Cell) -> str:
+        return cell.label(self.tag(cell.dataset))
+
     def figure(self, rows: int = 0) -> Figure:
         w, h = self.style.size
         if self.style.row_height and rows:
@@ -159,6 +169,11 @@ def _finish(fig: Figure, look: Look, handles: Sequence[Any], cells: Sequence[dat
     height = fig.get_figheight() * 72
     note_h = sum(n.count("\n") + 1 for n in lines) * fs * 1.3
     ncols = min(len(handles), ncols or len(handles)) or 1
+    # Fewer columns when one row of entries would be wider than the figure.
+    width_pt = fig.get_figwidth() * 72 * 0.95
+    entry = max((len(str(h.get_label())) for h in handles), default=0) * fs * 0.6 + fs * 3.5
+    while ncols > 1 and ncols * entry > width_pt:
+        ncols -= 1
     leg_h = math.ceil(len(handles) / ncols) * fs * 1.8 + fs * 0.4 if handles else 0.0
     pad = fs * 0.6
     band = (note_h + leg_h + pad) / height
@@ -176,7 +191,7 @@ def _rows(ax: Axes, cells: Sequence[data.Cell], look: Look, labels: bool = True)
     ax.set_ylim(len(cells) - 0.5, -0.5)
     ax.set_yticks(range(len(cells)))
     if labels:
-        ax.set_yticklabels([c.label(look.several) for c in cells])
+        ax.set_yticklabels([look.label(c) for c in cells])
         for tick, c in zip(ax.get_yticklabels(), cells, strict=True):
             tick.set_color(look.colour(c.backend))
             if c.emulated:
@@ -363,6 +378,7 @@ def memory(df: pd.DataFrame, look: Look) -> Figure | None:
     fig = look.figure(len(cs))
     ax = fig.add_subplot()
     cap = 8 if look.slides else 3
+    labels = []
     for i, (c, (p, dm, n)) in enumerate(zip(cs, rows, strict=True)):
         col = look.colour(c.backend)
         ax.barh(i, p.median / div, height=0.65, color=col,
@@ -376,12 +392,21 @@ def memory(df: pd.DataFrame, look: Look) -> Figure | None:
             ax.errorbar((p.median + dm.median) / div, i,
                         xerr=[[(dm.median - dm.lo) / div], [(dm.hi - dm.median) / div]],
                         color="#555555", capsize=cap, lw=1.5)
+        labels.append((i, p, dm, n))
+    xmax = max(p.hi + dm.hi for p, dm, _ in rows) / div
+    ax.set_xlim(0, xmax * 1.6)
+    for i, p, dm, n in labels:
         text = _fmt_bytes(p.median + dm.median)
         if dm.median > 0:
             text += f"  ({_fmt_bytes(p.median)} + {_fmt_bytes(dm.median)} of daemons ÷ {n})"
-        ax.annotate(text, (max(p.hi, p.median + dm.hi) / div, i), xytext=(8, 0),
-                    textcoords="offset points", va="center")
-    ax.set_xlim(0, ax.get_xlim()[1] * 1.55)
+        end = max(p.hi, p.median + dm.hi) / div
+        # A long bar carries its label inside, so the label never leaves the figure.
+        inside = end > xmax * 0.6
+        ax.annotate(text, (end if not inside else p.median / div * 0.98, i),
+                    xytext=(8 if not inside else -8, 0), textcoords="offset points",
+                    va="center", ha="left" if not inside else "right", zorder=6,
+                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none",
+                          "pad": 2} if inside else None)
     ax.grid(axis="x")
     _rows(ax, cs, look)
     ax.set_xlabel(f"memory per idle instance ({unit}); whiskers: 95 % CI of the median")
@@ -491,16 +516,16 @@ def io(df: pd.DataFrame, look: Look, kind: str = "bw") -> Figure | None:
             host = jd[(jd["kind"] == "process") & (jd["dataset"] == ds)]["value"]
             if host.empty:
                 continue
-            label = "bare host (reference)" + (f" {ds}" if look.several else "")
+            label = "bare host (reference)" + (f" {look.tag(ds)}" if look.several else "")
             refs[label] = ax.axvline(float(host.median()), color="#4d4d4d",
                                      ls=["--", ":", "-."][k % 3], lw=1.5, label=label)
         ax.set_xscale("log")
         if kind == "bw":
             # Powers of 4 keep binary labels round and short: 64M, 256M, 1G.
-            ax.xaxis.set_major_locator(LogLocator(base=4, numticks=5))
+            ax.xaxis.set_major_locator(LogLocator(base=4, numticks=4 if ncols > 2 else 6))
             ax.xaxis.set_major_formatter(FuncFormatter(_compact_bytes))
         else:
-            ax.xaxis.set_major_locator(LogLocator(base=10, numticks=5))
+            ax.xaxis.set_major_locator(LogLocator(base=10, numticks=4 if ncols > 2 else 6))
             ax.xaxis.set_major_formatter(FuncFormatter(_count_fmt))
         ax.xaxis.set_minor_formatter(NullFormatter())
         lo, hi = ax.get_xlim()
@@ -508,9 +533,9 @@ def io(df: pd.DataFrame, look: Look, kind: str = "bw") -> Figure | None:
         ax.grid(axis="x", which="major")
         ax.set_title(job)
         _rows(ax, cs, look, labels=n % ncols == 0)
+        ax.set_xlabel("bytes/s (M = MiB)" if kind == "bw" else "operations/s")
     for ax in axes[len(jobs):]:
         ax.set_visible(False)
-        ax.set_xlabel("bytes/s (M = MiB)" if kind == "bw" else "operations/s")
     what = "bandwidth" if kind == "bw" else "IOPS"
     _title(fig, f"I/O {what} by storage target (fio), per job", look)
     _finish(fig, look, [Line2D([], [], color="black", lw=4, label="median, 95 % CI"),
@@ -580,7 +605,7 @@ def density(df: pd.DataFrame, look: Look) -> Figure | None:
     _title(fig, "Density: what each added instance costs", look)
     handles: list[Any] = [Line2D([], [], color=look.colour(c.backend), lw=4,
                                  marker=look.marker(c.dataset) if look.several else None,
-                                 label=c.label(look.several)) for c in cs]
+                                 label=look.label(c)) for c in cs]
     handles.append(Line2D([], [], color="#555555", label="PSS sum"))
     if drops:
         handles.append(Line2D([], [], color="#555555", ls="--", label="MemAvailable drop"))
@@ -616,10 +641,10 @@ def claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None = None,
     if t.empty:
         return None
     rows: list[tuple[str, Any]] = []  # ("claim", (id, text)) headers, ("pair", record) rows
-    for (_, cid), g in t.groupby(["dataset", "claim"], sort=False):
-        head = str(g["text"].iloc[0]) + (f" — {g['dataset'].iloc[0]}" if look.several else "")
-        rows.append(("claim", (cid, head)))
-        rows.extend(("pair", r) for r in g.to_dict("records"))
+    for cid, g in t.groupby("claim", sort=False):
+        rows.append(("claim", (cid, str(g["text"].iloc[0]))))
+        for ds in look.sets:
+            rows.extend(("pair", r) for r in g[g["dataset"] == ds].to_dict("records"))
     fig = look.figure(len(rows))
     ax = fig.add_subplot()
     margins = {c.id: c.margin for c in claims_mod.CLAIMS}
@@ -630,9 +655,13 @@ def claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None = None,
     labels, right, colours = [], [], []
     for i, (what, r) in enumerate(rows):
         if what == "claim":
-            labels.append(r[1])
+            labels.append("")
             right.append("")
             colours.append("black")
+            # The claim's text heads its group, across the plot, on a white ground.
+            ax.text(0.005, i, r[1], transform=ax.get_yaxis_transform(), va="center",
+                    ha="left", fontweight="bold", fontsize=fs * 1.1, zorder=6,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
             m = margins.get(r[0], claims_mod.MARGIN)
             end = next((j for j in range(i + 1, len(rows)) if rows[j][0] == "claim"), len(rows))
             ax.fill_betweenx([i + 0.5, end - 0.5], 1 - m, 1 + m, color="#e6e6e6", zorder=0,
@@ -640,7 +669,9 @@ def claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None = None,
             continue
         col = VERDICT_COLOURS[r["verdict"]]
         job = r["metric"].split(".")[1] if r["metric"].startswith("io.") else ""
-        labels.append(f"{r['a']} vs {r['b']}" + (f" · {job}" if job else ""))
+        pair = f"{r['a']} vs {r['b']}".replace(" (TCG, emulated)", " (TCG)")
+        labels.append(pair + (f" · {job}" if job else "")
+                      + (f" · {look.tag(r['dataset'])}" if look.several else ""))
         right.append(f"{_ratio_fmt(r['ratio'])} {r['verdict']}")
         colours.append(col)
         ax.plot([r["ratio_lo"], r["ratio_hi"]], [i, i], color=col, lw=lw,
@@ -653,15 +684,12 @@ def claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None = None,
     hi = float(np.nanmax(t["ratio_hi"].to_numpy(float)))
     span = max(abs(math.log10(max(lo, 1e-12))), abs(math.log10(max(hi, 1e-12))), 0.3)
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 1.5
-                                          else (1.0,), numticks=12))
+                                          else (1.0,), numticks=8))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlim(10 ** -(span * 1.1), 10 ** (span * 1.1))
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_yticks(range(len(rows)), labels, fontsize=fs)
-    for tick, (what, _) in zip(ax.get_yticklabels(), rows, strict=True):
-        if what == "claim":
-            tick.set_fontweight("bold")
     ax.tick_params(axis="y", length=0)
     ax.grid(axis="x", which="major")
     _right_labels(ax, right, colours, weight="bold", fontsize=fs)
@@ -687,7 +715,8 @@ def _dataset_note(look: Look) -> str:
     if not look.several:
         return ""
     return "datasets (host, date): " + ", ".join(
-        f"{DATASET_MARKERS[i % len(DATASET_MARKERS)]} {s}" for i, s in enumerate(look.sets))
+        f"#{i + 1} = {s} ({MARKER_GLYPHS[i % len(MARKER_GLYPHS)]})"
+        for i, s in enumerate(look.sets))
 
 
 # --- all of them ----------------------------------------------------------------------

@@ -159,8 +159,8 @@ def evaluate(df: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS) -> pd.DataFra
                         notes.append(f"few samples (n={va.size}/{vb.size})")
                     rows.append({
                         "dataset": a.dataset, "claim": claim.id, "text": claim.text,
-                        "metric": metric, "a": a.label(False),
-                        "b": b.label(False), "n_a": int(va.size),
+                        "metric": metric, "a": a.label(),
+                        "b": b.label(), "n_a": int(va.size),
                         "n_b": int(vb.size), "median_a": float(np.median(va)),
                         "median_b": float(np.median(vb)), "ratio": r, "ratio_lo": lo,
                         "ratio_hi": hi, "verdict": verdict(lo, hi, claim.better, claim.margin),

@@ -137,12 +137,14 @@ class Cell:
     kind: str
     emulated: bool
 
-    def label(self, with_dataset: bool, sep: str = " ") -> str:
+    def label(self, tag: str | None = None, sep: str = " ") -> str:
+        """"docker [volume]", plus the dataset's tag (e.g. "#2") when given, plus
+        "(TCG, emulated)" for an emulated VM."""
         text = self.backend
         if self.variant != DEFAULT_VARIANT:
             text += f" [{short_variant(self.variant)}]"
-        if with_dataset:
-            text += f"{sep}{self.dataset}"
+        if tag:
+            text += f"{sep}{tag}"
         if self.emulated:
             text += f"{sep}(TCG, emulated)"
         return text

@@ -69,16 +69,18 @@ def _pm(median: float, lo: float, hi: float) -> str:
 
 
 def medians_table(summ: pd.DataFrame, several: bool) -> Table:
-    cols = [*(["dataset"] if several else []), "backend", "variant", "metric", "n", "median",
-            "95 % CI", "±", "stability"]
+    counts = "count" in summ.columns
+    cols = [*(["dataset"] if several else []), "backend", "variant", "metric",
+            *(["instances"] if counts else []), "n", "median", "95 % CI", "±", "stability"]
     rows = []
     for r in summ.to_dict("records"):
         med, ci = fmt_ci(r["median"], r["ci_lo"], r["ci_hi"], str(r["unit"]))
         rows.append([*([str(r["dataset"])] if several else []), str(r["backend"]),
-                     str(r["variant"]), str(r["metric"]), str(r["n"]), med, ci,
+                     str(r["variant"]), str(r["metric"]),
+                     *([f"{r['count']:g}"] if counts else []), str(r["n"]), med, ci,
                      _pm(r["median"], r["ci_lo"], r["ci_hi"]),
                      f"⚠ {r['warning']}" if r["warning"] else ""])
-    align = "l" * (len(cols) - 5) + "rrlrl"
+    align = "l" * (len(cols) - 6) + ("r" if counts else "l") + "rrlrl"
     return Table(cols, rows, align)
 
 
@@ -255,6 +257,12 @@ def content(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame,
             if mt is not None:
                 blocks += [("h3", "Per instance, daemons amortised"), ("table", mt)]
         part = summ[summ["metric"].map(data.study_of) == study]
+        if study == "density":  # one figure per instance count, never pooled across counts
+            sub = df[df["metric"].map(data.study_of) == study]
+            part = tables.summary(sub.assign(count=pd.to_numeric(sub["instance"],
+                                                                 errors="coerce")),
+                                  ["dataset", "backend", "variant", "metric", "unit", "count"])
+            part = _ordered(part.sort_values(["metric", "count"], kind="stable"), df)
         blocks += [("h3", "Medians with 95 % CI"), ("table", medians_table(part, several))]
 
     if several:

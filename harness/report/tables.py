@@ -13,16 +13,18 @@ def summary(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     """Median with its bootstrap 95 % CI per cell and metric, plus n and a stability note.
 
     With a `dataset` column (see `harness.report.data.enrich`) cells of different
-    datasets stay apart.
+    datasets stay apart. A figure identical in every sample gets no stability warning.
     """
     by = by or (["dataset", *KEYS] if "dataset" in df.columns else KEYS)
     rows = []
     for key, group in df.groupby(by, sort=False, dropna=False):
         values = group["value"].astype(float).tolist()
         s = stats.summarize(values)
+        # A figure that is the same every time (bytes on disk) is exact, not unstable.
+        warning = "" if s.min == s.max else stats.unstable(values) or ""
         rows.append({**dict(zip(by, key, strict=True)), "n": s.n, "median": s.median,
                      "ci_lo": s.lo, "ci_hi": s.hi, "mean": s.mean, "stdev": s.stdev,
-                     "min": s.min, "max": s.max, "warning": stats.unstable(values) or ""})
+                     "min": s.min, "max": s.max, "warning": warning})
     return pd.DataFrame(rows, columns=[*by, "n", "median", "ci_lo", "ci_hi", "mean", "stdev",
                                        "min", "max", "warning"])
 
