@@ -12,6 +12,7 @@ hatched band or hatched bars, and a footnote saying what that means.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from harness.report import data
 from harness.units import format_seconds
 
 Colour = tuple[float, float, float]
+ChartFn = Callable[[pd.DataFrame, "Look"], "Figure | None"]
 RGB = str
 
 # Colour families by kind: the eye groups containers and VMs before reading a label.
@@ -152,6 +154,22 @@ class Look:
 
 # --- helpers --------------------------------------------------------------------------
 
+def _pt(key: str) -> float:
+    """An rc font size in points ("medium" and the like resolved)."""
+    from matplotlib.font_manager import FontProperties
+
+    return float(FontProperties(size=mpl.rcParams[key]).get_size_in_points())
+
+
+def styled(fn: ChartFn) -> ChartFn:
+    """Build the chart under its look's style, whoever calls it (a notebook, a test)."""
+    @functools.wraps(fn)
+    def wrapper(df: pd.DataFrame, look: Look) -> Figure | None:
+        with mpl.rc_context({**BASE_RC, **look.style.rc}):
+            return fn(df, look)
+    return wrapper
+
+
 def _title(fig: Figure, title: str, look: Look) -> None:
     fig.suptitle(title, fontweight="bold", x=0.01, ha="left")
 
@@ -165,7 +183,7 @@ def _finish(fig: Figure, look: Look, handles: Sequence[Any], cells: Sequence[dat
         lines.append(EMULATED_NOTE)
     if look.several:
         lines.append(_dataset_note(look))
-    fs = float(mpl.rcParams["legend.fontsize"])
+    fs = _pt("legend.fontsize")
     height = fig.get_figheight() * 72
     note_h = sum(n.count("\n") + 1 for n in lines) * fs * 1.3
     ncols = min(len(handles), ncols or len(handles)) or 1
@@ -267,6 +285,7 @@ def _median_ci(ax: Axes, x: np.ndarray, y: float, look: Look, colour: str = "bla
 
 # --- startup --------------------------------------------------------------------------
 
+@styled
 def startup(df: pd.DataFrame, look: Look) -> Figure | None:
     """Every sample of the time to ready per cell on a log axis, median and 95 % CI."""
     metric = next((m for m in ("startup.to_ready", "startup.total")
@@ -304,6 +323,7 @@ def startup(df: pd.DataFrame, look: Look) -> Figure | None:
     return fig
 
 
+@styled
 def startup_phases(df: pd.DataFrame, look: Look) -> Figure | None:
     """The waterfall of phases per cell: each phase's median as a share of their sum,
     labelled with its duration; the sum at the end of the bar."""
@@ -330,7 +350,7 @@ def startup_phases(df: pd.DataFrame, look: Look) -> Figure | None:
                     edgecolor="white", lw=1, hatch="//" if c.emulated else None)
             if w >= (0.1 if look.slides else 0.07):
                 ax.text(left + w / 2, i, format_seconds(m), ha="center", va="center",
-                        fontsize=float(mpl.rcParams["ytick.labelsize"]) * 0.85)
+                        fontsize=_pt("ytick.labelsize") * 0.85)
             left += w
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
@@ -362,6 +382,7 @@ def _right_labels(ax: Axes, labels: Sequence[str], colours: Sequence[str] | None
 
 # --- memory ---------------------------------------------------------------------------
 
+@styled
 def memory(df: pd.DataFrame, look: Look) -> Figure | None:
     """PSS per instance with the amortised daemon share stacked on it, CI on each."""
     inst = data.per_instance_memory(df)
@@ -434,6 +455,7 @@ def _disk_parts(d: pd.DataFrame, base: str) -> tuple[float, float, bool]:
     return shared, total - shared, True
 
 
+@styled
 def disk(df: pd.DataFrame, look: Look) -> Figure | None:
     """Image and per-instance bytes per cell; the part shared with other images or
     instances hatched and pale, the unique part solid."""
@@ -487,7 +509,7 @@ def _io_jobs(df: pd.DataFrame, kind: str) -> list[str]:
     return list(dict.fromkeys(m))
 
 
-def io(df: pd.DataFrame, look: Look, kind: str = "bw") -> Figure | None:
+def _io(df: pd.DataFrame, look: Look, kind: str) -> Figure | None:
     """Per job: each cell's median with its CI (every sample faint), grouped by backend,
     the storage target in the label; the bare host's median as the reference line."""
     jobs = _io_jobs(df, kind)
@@ -544,12 +566,19 @@ def io(df: pd.DataFrame, look: Look, kind: str = "bw") -> Figure | None:
     return fig
 
 
+@styled
+def io(df: pd.DataFrame, look: Look) -> Figure | None:
+    return _io(df, look, "bw")
+
+
+@styled
 def io_iops(df: pd.DataFrame, look: Look) -> Figure | None:
-    return io(df, look, "iops")
+    return _io(df, look, "iops")
 
 
 # --- density --------------------------------------------------------------------------
 
+@styled
 def density(df: pd.DataFrame, look: Look) -> Figure | None:
     """Memory and start latency against the number of running instances, per backend.
 
@@ -627,8 +656,8 @@ def _ratio_fmt(r: float) -> str:
     return f"{r:.2g}×"
 
 
-def claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None = None,
-           which: str = "other") -> Figure | None:
+def _claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None,
+            which: str) -> Figure | None:
     """Forest plot: per claim and pair, the ratio A/B with its 95 % CI on a log axis, the
     band of "no meaningful difference" shaded, the verdict at the right.
 
@@ -649,7 +678,7 @@ def claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None = None,
     ax = fig.add_subplot()
     margins = {c.id: c.margin for c in claims_mod.CLAIMS}
     lw = 5 if look.slides else 2.5
-    fs = float(mpl.rcParams["ytick.labelsize"])
+    fs = _pt("ytick.labelsize")
     if look.slides and len(rows) > 16:
         fs = max(11.0, fs * 16 / len(rows))
     labels, right, colours = [], [], []
@@ -707,8 +736,14 @@ def claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None = None,
     return fig
 
 
+@styled
+def claims(df: pd.DataFrame, look: Look) -> Figure | None:
+    return _claims(df, look, None, "other")
+
+
+@styled
 def claims_io(df: pd.DataFrame, look: Look) -> Figure | None:
-    return claims(df, look, which="io")
+    return _claims(df, look, None, "io")
 
 
 def _dataset_note(look: Look) -> str:
@@ -721,7 +756,6 @@ def _dataset_note(look: Look) -> str:
 
 # --- all of them ----------------------------------------------------------------------
 
-ChartFn = Callable[[pd.DataFrame, Look], "Figure | None"]
 # name -> (title, function); the order of the report.
 CHARTS: dict[str, tuple[str, ChartFn]] = {
     "claims": ("Seed claims", claims),

@@ -53,8 +53,9 @@ def enrich(df: pd.DataFrame, docs: Sequence[tuple[str, Mapping[str, Any]]]) -> p
     out = df.copy()
     keys = list(zip(out["run_id"].astype(str), out["backend"].astype(str), strict=True))
     out["kind"] = [backend_kind(meta.get(k, {})) for k in keys]
-    out["emulated"] = [is_emulated(meta.get(k, {})) or bool(e)
-                       for k, e in zip(keys, out["emulated"], strict=True)]
+    out["emulated"] = pd.Series([is_emulated(meta.get(k, {})) or bool(e)
+                                 for k, e in zip(keys, out["emulated"], strict=True)],
+                                index=out.index, dtype=bool)
     created = pd.to_datetime(out["created"], utc=True, errors="coerce")
     out["date"] = created.dt.strftime("%Y-%m-%d").fillna("undated")
     out["dataset"] = _datasets(out, created)

@@ -139,7 +139,7 @@ def _warnings(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame,
         if len(digests) > 1:
             out.append(f"{ds}: runs used {len(digests)} different images "
                        f"({', '.join(d[:12] for d in digests)}): not the identical workload.")
-    emu = sorted(set(df[df["emulated"]]["backend"]))
+    emu = sorted(set(df[df["emulated"].astype(bool)]["backend"]))
     if emu:
         out.append(f"Emulated VMs (TCG, no hardware acceleration): {', '.join(emu)}. Their "
                    "times and I/O say little about a VM under KVM; they are marked "
