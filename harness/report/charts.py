@@ -83,11 +83,16 @@ BASE_RC: dict[str, Any] = {
 }
 
 
+def _rc(st: Style) -> Any:
+    """The rc settings of a style (typed loosely: matplotlib's stubs list every key)."""
+    return {**BASE_RC, **st.rc}
+
+
 @contextmanager
 def style_context(style: str | Style) -> Iterator[Style]:
     """matplotlib settings of `style`, for building *and* saving its figures."""
     st = STYLES[style] if isinstance(style, str) else style
-    with mpl.rc_context({**BASE_RC, **st.rc}):
+    with mpl.rc_context(_rc(st)):
         yield st
 
 
@@ -158,14 +163,15 @@ def _pt(key: str) -> float:
     """An rc font size in points ("medium" and the like resolved)."""
     from matplotlib.font_manager import FontProperties
 
-    return float(FontProperties(size=mpl.rcParams[key]).get_size_in_points())
+    rc: Any = mpl.rcParams
+    return float(FontProperties(size=rc[key]).get_size_in_points())
 
 
 def styled(fn: ChartFn) -> ChartFn:
     """Build the chart under its look's style, whoever calls it (a notebook, a test)."""
     @functools.wraps(fn)
     def wrapper(df: pd.DataFrame, look: Look) -> Figure | None:
-        with mpl.rc_context({**BASE_RC, **look.style.rc}):
+        with mpl.rc_context(_rc(look.style)):
             return fn(df, look)
     return wrapper
 
@@ -195,7 +201,8 @@ def _finish(fig: Figure, look: Look, handles: Sequence[Any], cells: Sequence[dat
     leg_h = math.ceil(len(handles) / ncols) * fs * 1.8 + fs * 0.4 if handles else 0.0
     pad = fs * 0.6
     band = (note_h + leg_h + pad) / height
-    fig.get_layout_engine().set(rect=(0, band, 1, 1 - band))  # type: ignore[union-attr]
+    engine: Any = fig.get_layout_engine()  # constrained: keeps the axes out of the band
+    engine.set(rect=(0, band, 1, 1 - band))
     if handles:
         fig.legend(handles=list(handles), loc="lower center", ncols=ncols, frameon=False,
                    bbox_to_anchor=(0.5, (note_h + pad / 2) / height), borderaxespad=0)
@@ -371,7 +378,7 @@ def _right_labels(ax: Axes, labels: Sequence[str], colours: Sequence[str] | None
     twin = ax.twinx()
     twin.set_ylim(ax.get_ylim())
     twin.set_yticks(range(len(labels)), list(labels), fontweight=weight,
-                    **({"fontsize": fontsize} if fontsize else {}))
+                    fontsize=fontsize or _pt("ytick.labelsize"))
     twin.tick_params(axis="y", length=0)
     twin.spines[["top", "right", "left", "bottom"]].set_visible(False)
     if colours:
