@@ -656,11 +656,7 @@ def density(df: pd.DataFrame, look: Look) -> Figure | None:
 def _ratio_fmt(r: float) -> str:
     if not math.isfinite(r):
         return "?"
-    if r >= 100:
-        return f"{r:.0f}×"
-    if r >= 0.1:
-        return f"{r:.2f}×"
-    return f"{r:.2g}×"
+    return f"{r:.0f}×" if r >= 1000 else f"{r:.3g}×"
 
 
 def _claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None,
