@@ -47,7 +47,13 @@ def check_run_id(run_id: str) -> str:
 
 def not_applied(rt: Runtime) -> set[str]:
     """InstanceSpec fields a backend ignores (its metadata's "not_applied": the host
-    backend applies no limits, network or mounts); studies skip what would be a lie."""
+    backend applies no limits, network or mounts; finer entries like "limits.pids",
+    "mounts.bind" or "network.host" name one part); studies skip what would be a lie.
+
+    Other metadata keys the studies read: "volume_formats", the disk formats a volume
+    can take, the first being a plain name's and the others asked by naming the volume
+    `<name>.<format>` (a VM: ["raw", "qcow2"]).
+    """
     return set(rt.metadata().get("not_applied", ()))
 
 
@@ -171,8 +177,8 @@ class Prepared:
     `footprint`: bytes on disk, by name; the disk study records each as `disk.<key>`.
     "image" is the image as this backend stores it (what `du -sb`, `docker system df -v`
     or `qemu-img info`'s disk size says); where the store shares data between images,
-    "image_shared" and "image_unique" split it; a VM disk adds "image_virtual" (its
-    virtual size), and more keys for more disks (e.g. "qcow2", "qcow2_virtual").
+    "image.shared" and "image.unique" split it; a VM disk adds "image.virtual" (its
+    virtual size), and more keys for more files (e.g. "qcow2", "qcow2.virtual").
     """
 
     image: Image

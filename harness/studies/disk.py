@@ -3,13 +3,13 @@
 One sample records:
 
   disk.<key>           every entry of the backend's image footprint (Prepared.footprint,
-                       read again through the idempotent prepare()): `disk.image` is the
-                       image as stored (host and ns: `du -sb` of the unpacked rootfs;
-                       Docker and Podman: the image size they report; a VM: the disk's
-                       allocated size as `qemu-img info` gives it), and where the backend
-                       has them `disk.image_shared` / `disk.image_unique` (layers shared
-                       with other images vs the image's own) and `disk.image_virtual`
-                       (a VM disk's virtual size)
+                       read again through the idempotent prepare(); see its docstring):
+                       `disk.image` is the image as stored (host and ns: `du -sb` of the
+                       unpacked rootfs; Docker and Podman: the image size they report; a
+                       VM: the disk's allocated size as `qemu-img info` gives it), and
+                       where the backend has them `disk.image.shared` / `.unique` (layers
+                       shared with other images vs its own) and `disk.image.virtual` (a
+                       VM disk's virtual size)
   disk.instance_idle   what an instance that wrote nothing occupies beyond the image
                        (its writable layer / overlay upper dir / disk overlay), after exit
   disk.instance        the same for an instance that wrote `write` bytes of random data
@@ -41,7 +41,7 @@ class Disk:
         p = life.params(ctx, self.params)
         rt = cell.runtime
         prepared = rt.prepare(cell.prepared.image)
-        out = [Measurement(f"disk.{key}", float(value))
+        out = [Measurement(key if key.startswith("disk.") else f"disk.{key}", float(value))
                for key, value in sorted(prepared.footprint.items())]
         blocks = max(1, parse_size(p["write"]) // BLOCK)
         write = (f"dd if=/dev/urandom of=/var/tmp/cvbench-disk bs={BLOCK} count={blocks} "

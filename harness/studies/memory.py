@@ -10,7 +10,8 @@ per instance, from the backend's `stats()`:
   memory.uss     private pages only: what removing the instance gives back
   memory.rss     resident pages, shared ones counted in full (what `top` shows)
   memory.cgroup  the instance's cgroup usage (includes its page cache); where it has one
-  memory.guest_* a VM's own view from inside the guest (Stats.extra "guest_*")
+  memory.guest*  a VM's own view from inside the guest (Stats.extra "guest*" numbers,
+                 tables of them flattened: guest_used, guest_ram, guest_usable...)
 
 and once per sample, `memory.daemon`: the PSS of the engine's daemons (dockerd and
 containerd, the podman service, libvirtd), 0 for daemonless backends. It is kept apart
@@ -22,6 +23,7 @@ number of `memory.pss` rows of the same sample (backend, variant, round), which 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from harness.probes.memory import processes_memory
@@ -31,6 +33,20 @@ from runtimes.base import Instance
 
 METRICS = {"memory.pss": "B", "memory.uss": "B", "memory.rss": "B", "memory.cgroup": "B",
            "memory.daemon": "B"}
+
+
+def guest_view(extra: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of Stats.extra keys starting with "guest", a table of them flattened
+    ({"guest": {"usable": 1}} -> guest_usable), by metric suffix."""
+    out: dict[str, float] = {}
+    for key, value in sorted(extra.items()):
+        if not key.startswith("guest"):
+            continue
+        items = value.items() if isinstance(value, Mapping) else [("", value)]
+        for sub, v in items:
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out[f"{key}_{sub}" if sub else key] = float(v)
+    return out
 
 
 class Memory:
@@ -54,9 +70,8 @@ class Memory:
                         Measurement("memory.rss", st.rss, instance=i)]
                 if st.cgroup is not None:
                     out.append(Measurement("memory.cgroup", st.cgroup, instance=i))
-                out += [Measurement(f"memory.{k}", float(v), instance=i, unit="B")
-                        for k, v in sorted(st.extra.items())
-                        if k.startswith("guest_") and isinstance(v, int | float)]
+                out += [Measurement(f"memory.{k}", v, instance=i, unit="B")
+                        for k, v in guest_view(st.extra).items()]
             daemon_pids = [pid for pids in rt.daemons().values() for pid in pids]
             out.append(Measurement("memory.daemon", processes_memory(daemon_pids).pss))
             return out

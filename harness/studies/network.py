@@ -16,21 +16,25 @@ the host cannot reach the instance, so servers and clients all run inside it, ov
 own loopback. Traffic only ever goes to loopback or the instance's own address.
 The raw outputs (sockperf's summary, iperf3's JSON) are kept as artifacts.
 
-A backend that applies no network isolation (host) is measured in mode host only.
+A backend that applies no network isolation (host) is measured in mode host only; one
+that does not apply or refuses a mode (metadata's not_applied "network.<mode>", or a
+UsageError at create) closes that cell as not applicable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness.errors import InstanceError
+from harness.errors import InstanceError, UsageError
 from harness.probes.io import parse_json, sections
 from harness.runner import Cell, Context, Measurement, NotApplicable
 from harness.studies import _lifecycle as life
@@ -86,9 +90,9 @@ class Network:
     def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:
         p = life.params(ctx, self.params)
         mode = cell.config.network
-        if "network" in not_applied(cell.runtime) and mode != "host":
-            raise NotApplicable(f"{cell.backend} applies no network mode: it always shares "
-                                "the host's network (measured as network host)")
+        skip = not_applied(cell.runtime)
+        if ("network" in skip and mode != "host") or f"network.{mode}" in skip:
+            raise NotApplicable(f"{cell.backend} does not apply network {mode}")
         ports = random.Random().sample(range(20000, 61000), 2)
         fmt = {"lat_port": ports[0], "bw_port": ports[1], "duration": int(p["duration"]),
                "message": int(p["message"]), "begin": BEGIN, "end": END,
@@ -97,7 +101,8 @@ class Network:
         if mode == "none":  # unreachable from the host: everything inside, over loopback
             spec = ctx.spec(cell, argv=("sh", "-c", INSIDE.format(**fmt)), readiness="exit",
                             capture=True)
-            inst, ex = life.run(ctx, cell, spec)
+            with _refused(cell, mode):
+                inst, ex = life.run(ctx, cell, spec)
             life.finish(ctx, cell, inst)
             life.check(ex, "network")
             found = sections(life.text(ex.stdout), BEGIN, END)
@@ -109,7 +114,7 @@ class Network:
         else:
             spec = ctx.spec(cell, argv=("sh", "-c", SERVERS.format(**fmt)),
                             readiness="marker")
-            with life.instance(ctx, cell, spec) as inst:
+            with _refused(cell, mode), life.instance(ctx, cell, spec) as inst:
                 addr = cell.runtime.address(inst)
                 if addr is None:
                     raise InstanceError(f"network: {cell.backend} gives no address for an "
@@ -140,6 +145,16 @@ class Network:
                 break
             time.sleep(0.3)
         return lat, bw
+
+
+@contextlib.contextmanager
+def _refused(cell: Cell, mode: str) -> Iterator[None]:
+    """A backend that refuses the network mode when creating the instance (a VM cannot
+    share the host's network stack): the cell is not applicable, not failed."""
+    try:
+        yield
+    except UsageError as e:
+        raise NotApplicable(f"{cell.backend} refuses network {mode}: {e}") from e
 
 
 def _wait_listening(addr: str, port: int, timeout: float) -> None:

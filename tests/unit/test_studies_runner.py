@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from harness import image, results, scenario, studies
-from harness.errors import InstanceError
+from harness.errors import InstanceError, UsageError
 from harness.runner import Cell, Context, Measurement, NotApplicable, Runner
 from runtimes.base import Exit, Instance, Prepared, Stats
 from tests.unit.fakes import FakeRuntime
@@ -40,7 +40,7 @@ def img(tmp_path: Path) -> image.Image:
 class StudyFake(FakeRuntime):
     """A fake backend whose figures a test sets."""
 
-    def __init__(self, name: str = "fake", stdout: bytes = b"", usage: int | None = 4096,
+    def __init__(self, name: str = "fake", stdout: Any = b"", usage: int | None = 4096,
                  footprint: dict[str, int] | None = None, meta: dict[str, Any] | None = None,
                  extra: dict[str, Any] | None = None, code: int = 0) -> None:
         super().__init__(name)
@@ -61,7 +61,8 @@ class StudyFake(FakeRuntime):
         return super().create(spec, prepared)
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
-        return Exit(code=self.code, t_ns=time.monotonic_ns(), stdout=self.stdout)
+        out = self.stdout(inst.spec) if callable(self.stdout) else self.stdout
+        return Exit(code=self.code, t_ns=time.monotonic_ns(), stdout=out)
 
     def stats(self, inst: Instance) -> Stats:
         return Stats(pids=(), pss=100, uss=50, rss=300, cgroup=400, extra=self.extra)
@@ -103,7 +104,8 @@ def test_every_study_is_known_and_its_scenario_parses(repo: Path) -> None:
 
 def test_memory_per_instance_daemon_apart_and_guest_view(tmp_path: Path,
                                                          img: image.Image) -> None:
-    rt = StudyFake(extra={"guest_used": 12345, "note": "x"})
+    rt = StudyFake(extra={"guest_used": 12345, "note": "x",
+                          "guest": {"usable": 5, "last_update": True}})
     r, _cells, journal = make(tmp_path, img, "memory", [rt],
                              params={"instances": 3, "settle": 0.0},
                              warmups=0, min_samples=1, max_samples=1)
@@ -118,7 +120,7 @@ def test_memory_per_instance_daemon_apart_and_guest_view(tmp_path: Path,
     assert len(guest) == 3 and guest[0]["unit"] == "B"
     assert {s["metric"] for s in rows} == {"memory.pss", "memory.uss", "memory.rss",
                                            "memory.cgroup", "memory.daemon",
-                                           "memory.guest_used"}
+                                           "memory.guest_used", "memory.guest_usable"}
     assert rt.live == {}
 
 
@@ -144,15 +146,19 @@ def test_disk_writes_nothing_where_there_is_no_instance_layer(tmp_path: Path,
     assert len(rt.specs) == 1 and rt.live == {}  # created, never started, removed
 
 
-def _fio_output(targets: list[str]) -> bytes:
+def _fio_output(targets: list[str]) -> Any:
+    """What the io script of each target prints (found in the instance's argv)."""
     import json
+    import re
 
     from harness.studies.io import BEGIN, END
 
-    out = ""
-    for t in targets:
-        out += f"{BEGIN} {t} direct=1\n{json.dumps(fio_doc())}\n{END} {t} rc=0\n"
-    return out.encode()
+    def out(spec: Any) -> bytes:
+        t = re.search(rf"{BEGIN} (\S+) direct", spec.argv[-1]).group(1)  # type: ignore[union-attr]
+        if t not in targets:
+            return b"fio did not run"
+        return f"{BEGIN} {t} direct=1\n{json.dumps(fio_doc())}\n{END} {t} rc=0\n".encode()
+    return out
 
 
 def test_io_targets_are_sub_variants_with_fio_json_artifacts(tmp_path: Path,
@@ -174,8 +180,8 @@ def test_io_targets_are_sub_variants_with_fio_json_artifacts(tmp_path: Path,
             from harness.probes.io import lookup
 
             assert s["value"] == lookup(a["data"], f["path"]) * f["scale"]
-    spec = rt.specs[-1]
-    assert {m.type for m in spec.mounts} == {"volume", "bind", "tmpfs"}
+    assert [[m.type for m in spec.mounts] for spec in rt.specs[-4:]] == \
+        [[], ["volume"], ["bind"], ["tmpfs"]]
     assert cells[0].sub_values.keys() == {f"target={t}" for t in targets}
     assert list((tmp_path / "state" / "io").iterdir()) == []  # bind sources removed
 
@@ -193,9 +199,31 @@ def test_io_only_rootfs_where_mounts_are_not_applied(tmp_path: Path,
 def test_io_missing_target_output_fails_the_sample(tmp_path: Path, img: image.Image) -> None:
     rt = StudyFake(stdout=_fio_output(["rootfs"]))
     r, cells, _journal = make(tmp_path, img, "io", [rt], metric="io.randread.iops",
-                             warmups=0, min_samples=1, max_samples=1)
+                              warmups=0, min_samples=1, max_samples=1)
     with pytest.raises(InstanceError, match="no fio output for target volume"):
         studies.get("io").sample(r.ctx, cells[0])
+
+
+def test_io_refused_targets_are_skipped_and_formats_added(tmp_path: Path,
+                                                         img: image.Image) -> None:
+    class NoBind(StudyFake):
+        def create(self, spec: Any, prepared: Prepared) -> Instance:
+            if any(m.type == "bind" for m in spec.mounts):
+                raise UsageError("fake: no host directory is shared")
+            return super().create(spec, prepared)
+
+    rt = NoBind(stdout=_fio_output(["rootfs", "volume", "volume.qcow2", "tmpfs"]),
+                meta={"volume_formats": ["raw", "qcow2"], "not_applied": ["mounts.tmpfs"]})
+    r, _cells, journal = make(tmp_path, img, "io", [rt], metric="io.randread.iops",
+                              warmups=0, min_samples=1, max_samples=1)
+    r.run()
+    assert {s["variant"] for s in journal.samples} == \
+        {"target=rootfs", "target=volume", "target=volume.qcow2"}
+    assert [m.source for s in rt.specs for m in s.mounts if m.type == "volume"] == \
+        ["cvbench-abcdef0123-io", "cvbench-abcdef0123-io.qcow2"]
+    refused = [a for a in journal.artifacts if a["kind"] == "target_refused"]
+    assert len(refused) == 1 and refused[0]["variant"] == "target=bind"
+    assert rt.live == {}
 
 
 def test_limits_memory_hog_figures(tmp_path: Path, img: image.Image) -> None:
