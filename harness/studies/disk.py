@@ -10,11 +10,12 @@ One sample records:
                        where the backend has them `disk.image.shared` / `.unique` (layers
                        shared with other images vs its own) and `disk.image.virtual` (a
                        VM disk's virtual size)
-  disk.instance_idle   what an instance that wrote nothing occupies beyond the image
-                       (its writable layer / overlay upper dir / disk overlay), after exit
+  disk.instance_idle   what an idle instance occupies beyond the image (its writable
+                       layer / overlay upper / disk overlay), once two readings agree
   disk.instance        the same for an instance that wrote `write` bytes of random data
                        (incompressible, so no backend can store it as zeros) to
-                       /var/tmp in its root filesystem, synced, after exit
+                       /var/tmp in its root filesystem and synced, read while it is
+                       still alive (a tmpfs upper exists only then)
 
 Backends without a per-instance layer (host: `disk_usage()` is None) record neither
 instance figure, and nothing is written on the host's filesystem for them.
@@ -22,13 +23,17 @@ instance figure, and nothing is written on the host's filesystem for them.
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
+from harness.errors import InstanceError
 from harness.runner import Cell, Context, Measurement
 from harness.studies import _lifecycle as life
 from harness.units import parse_size
+from runtimes.base import Instance
 
 BLOCK = 64 * 1024
+POLL = 0.25  # seconds between two readings of an instance's disk usage
 METRICS = {"disk.": "B"}  # every disk.<footprint key>, disk.instance, disk.instance_idle
 
 
@@ -43,26 +48,41 @@ class Disk:
         prepared = rt.prepare(cell.prepared.image)
         out = [Measurement(key if key.startswith("disk.") else f"disk.{key}", float(value))
                for key, value in sorted(prepared.footprint.items())]
-        blocks = max(1, parse_size(p["write"]) // BLOCK)
-        write = (f"dd if=/dev/urandom of=/var/tmp/cvbench-disk bs={BLOCK} count={blocks} "
-                 "2>/dev/null && sync")
-        for metric, argv in (("disk.instance_idle", ("true",)),
+        written = max(1, parse_size(p["write"]) // BLOCK) * BLOCK
+        write = (f"dd if=/dev/urandom of=/var/tmp/cvbench-disk bs={BLOCK} "
+                 f"count={written // BLOCK} 2>/dev/null && sync && exec sleep 3600")
+        for metric, argv in (("disk.instance_idle", ("sleep", "3600")),
                              ("disk.instance", ("sh", "-c", write))):
-            spec = ctx.spec(cell, argv=argv, readiness="exit")
+            spec = ctx.spec(cell, argv=argv, readiness="marker")
             inst = rt.create(spec, cell.prepared)
             ctx.track(cell, inst)
             try:
                 if rt.disk_usage(inst) is None:
                     break  # no per-instance layer: nothing to measure, nothing to write
                 rt.start(inst)
-                ex = rt.wait_exit(inst, ctx.timeout)
-                life.check(ex, metric)
-                used = rt.disk_usage(inst)
+                rt.wait_ready(inst, ctx.timeout)
+                used = self.settled(ctx, cell, inst, written if metric == "disk.instance" else 0)
                 if used is not None:
                     out.append(Measurement(metric, float(used)))
             finally:
                 life.finish(ctx, cell, inst)
         return out
 
+    @staticmethod
+    def settled(ctx: Context, cell: Cell, inst: Instance, at_least: int) -> int | None:
+        """The instance's disk usage once it holds `at_least` bytes and two readings
+        POLL apart agree (the write and sync done); the instance stays alive meanwhile,
+        since some layers (a tmpfs upper) exist only while it runs."""
+        deadline = time.monotonic() + ctx.timeout
+        last: int | None = None
+        while True:
+            time.sleep(POLL)
+            used = cell.runtime.disk_usage(inst)
+            if used is None or (used >= at_least and used == last):
+                return used
+            if time.monotonic() > deadline:
+                raise InstanceError(f"disk: the instance holds {used} bytes, not the "
+                                    f"{at_least} it wrote, after {ctx.timeout:g} s")
+            last = used
 
 STUDY = Disk()

@@ -125,15 +125,29 @@ def test_memory_per_instance_daemon_apart_and_guest_view(tmp_path: Path,
 
 
 def test_disk_records_footprint_and_instances(tmp_path: Path, img: image.Image) -> None:
-    rt = StudyFake(footprint={"image": 5000, "image_virtual": 9000}, usage=777)
+    rt = StudyFake(footprint={"image": 5000, "image.virtual": 9000, "disk.raw": 7},
+                   usage=2 << 20)
     r, _cells, journal = make(tmp_path, img, "disk", [rt], params={"write": "1M"},
                              metric="disk.image", warmups=0, min_samples=1, max_samples=1)
     r.run()
     got = {s["metric"]: s["value"] for s in journal.samples}
-    assert got == {"disk.image": 5000, "disk.image_virtual": 9000,
-                   "disk.instance_idle": 777, "disk.instance": 777}
+    assert got == {"disk.image": 5000, "disk.image.virtual": 9000, "disk.raw": 7,
+                   "disk.instance_idle": 2 << 20, "disk.instance": 2 << 20}
     writer = rt.specs[1]
-    assert "count=16" in writer.argv[-1] and writer.readiness == "exit"
+    assert "count=16" in writer.argv[-1] and "sleep" in writer.argv[-1]
+
+
+def test_disk_waits_for_the_written_bytes(tmp_path: Path, img: image.Image) -> None:
+    class Growing(StudyFake):
+        def disk_usage(self, inst: Instance) -> int | None:
+            self.usage = min((self.usage or 0) + (300 << 10), 1 << 20)
+            return self.usage
+
+    rt = Growing(usage=0)
+    r, cells, _journal = make(tmp_path, img, "disk", [rt], params={"write": "1M"},
+                              metric="disk.image")
+    ms = studies.get("disk").sample(r.ctx, cells[0])
+    assert {m.metric: m.value for m in ms}["disk.instance"] == 1 << 20
 
 
 def test_disk_writes_nothing_where_there_is_no_instance_layer(tmp_path: Path,
