@@ -147,8 +147,10 @@ class Exit:
 class Stats:
     """Memory of one instance: every host process that belongs to it, and its cgroup.
 
-    `extra` keys starting with "guest_" (numbers, bytes) are the guest's own view of a VM
-    (e.g. guest_used, guest_total); the memory study records each as `memory.<key>`.
+    `extra` keys starting with "guest_" (numbers, bytes) are the guest's own view of a VM:
+    guest_used (what the guest's kernel counts as used: MemTotal - MemAvailable, e.g.
+    the balloon's available - usable) and guest_total (MemTotal), plus any others
+    (guest_ram: RAM given to it); the memory study records each as `memory.<key>`.
     """
 
     pids: tuple[int, ...]

@@ -10,8 +10,8 @@ per instance, from the backend's `stats()`:
   memory.uss     private pages only: what removing the instance gives back
   memory.rss     resident pages, shared ones counted in full (what `top` shows)
   memory.cgroup  the instance's cgroup usage (includes its page cache); where it has one
-  memory.guest*  a VM's own view from inside the guest (Stats.extra "guest*" numbers,
-                 tables of them flattened: guest_used, guest_ram, guest_usable...)
+  memory.guest_* a VM's own view from inside the guest (Stats.extra "guest_*" numbers
+                 in bytes: guest_used, guest_total, guest_ram...)
 
 and once per sample, `memory.daemon`: the PSS of the engine's daemons (dockerd and
 containerd, the podman service, libvirtd), 0 for daemonless backends. It is kept apart
@@ -36,17 +36,10 @@ METRICS = {"memory.pss": "B", "memory.uss": "B", "memory.rss": "B", "memory.cgro
 
 
 def guest_view(extra: Mapping[str, Any]) -> dict[str, float]:
-    """The numbers of Stats.extra keys starting with "guest", a table of them flattened
-    ({"guest": {"usable": 1}} -> guest_usable), by metric suffix."""
-    out: dict[str, float] = {}
-    for key, value in sorted(extra.items()):
-        if not key.startswith("guest"):
-            continue
-        items = value.items() if isinstance(value, Mapping) else [("", value)]
-        for sub, v in items:
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                out[f"{key}_{sub}" if sub else key] = float(v)
-    return out
+    """Stats.extra's "guest_*" numbers (bytes, by the protocol), by metric suffix."""
+    return {k: float(v) for k, v in sorted(extra.items())
+            if k.startswith("guest_") and isinstance(v, int | float)
+            and not isinstance(v, bool)}
 
 
 class Memory:

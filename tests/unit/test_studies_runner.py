@@ -120,7 +120,7 @@ def test_memory_per_instance_daemon_apart_and_guest_view(tmp_path: Path,
     assert len(guest) == 3 and guest[0]["unit"] == "B"
     assert {s["metric"] for s in rows} == {"memory.pss", "memory.uss", "memory.rss",
                                            "memory.cgroup", "memory.daemon",
-                                           "memory.guest_used", "memory.guest_usable"}
+                                           "memory.guest_used"}
     assert rt.live == {}
 
 
