@@ -121,6 +121,22 @@ def test_disk(repo: Path, tmp_path: Path) -> None:
             grown = got[b]["disk.instance"][0]["value"] - got[b]["disk.instance_idle"][0]["value"]
             assert grown >= 2 << 20, (b, grown)
     assert "disk.instance" not in got["host"]
+    for b in backends:
+        prepared = doc["backends"][b]["prepared"]
+        sock = doc["backends"][b].get("socket")
+        if sock:  # an engine: its own image size (what `docker|podman system df -v` shows)
+            import docker
+
+            api = docker.APIClient(base_url=f"unix://{sock}")
+            sizes = {i["Id"]: i["Size"] for i in api.df()["Images"]}
+            assert got[b]["disk.image"][0]["value"] == sizes[prepared["ref"]], b
+        for fmt in ("raw", "qcow2"):  # a VM's disks: qemu-img info's disk size
+            path = prepared.get(f"disk_{fmt}")
+            if path and f"disk.{fmt}" in got[b]:
+                info = json.loads(subprocess.run(
+                    ["qemu-img", "info", "--output=json", "-U", path], capture_output=True,
+                    text=True, check=True).stdout)
+                assert got[b][f"disk.{fmt}"][0]["value"] == info["actual-size"], (b, fmt)
 
 
 def test_io_figures_are_fios_own(repo: Path, tmp_path: Path) -> None:
@@ -135,9 +151,14 @@ def test_io_figures_are_fios_own(repo: Path, tmp_path: Path) -> None:
         assert s["value"] == lookup(a["data"], f["path"]) * f["scale"], s
     for b in backends:
         variants = {s["variant"] for s in io_samples if s["backend"] == b}
-        want = {"target=rootfs"} if b == "host" else \
-            {"target=rootfs", "target=volume", "target=bind", "target=tmpfs"}
-        assert variants == want, b
+        refused = {a["variant"] for a in doc["artifacts"]
+                   if a["backend"] == b and a["kind"] == "target_refused"}
+        if b == "host":  # applies no mounts: its own filesystem only, the reference
+            assert variants == {"target=rootfs"}
+        else:  # every target measured or refused with a reason, rootfs and tmpfs always
+            assert {v.split(".")[0] for v in variants} | refused == \
+                {"target=rootfs", "target=volume", "target=bind", "target=tmpfs"}, b
+            assert {"target=rootfs", "target=tmpfs"} <= variants, b
 
 
 def test_limits(repo: Path, tmp_path: Path) -> None:
