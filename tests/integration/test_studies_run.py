@@ -128,8 +128,9 @@ def test_disk(repo: Path, tmp_path: Path) -> None:
             import docker
 
             api = docker.APIClient(base_url=f"unix://{sock}")
-            sizes = {i["Id"]: i["Size"] for i in api.df()["Images"]}
-            assert got[b]["disk.image"][0]["value"] == sizes[prepared["ref"]], b
+            sizes = {i["Id"].removeprefix("sha256:"): i["Size"] for i in api.df()["Images"]}
+            ref = prepared["ref"].removeprefix("sha256:")
+            assert got[b]["disk.image"][0]["value"] == sizes[ref], b
         for fmt in ("raw", "qcow2"):  # a VM's disks: qemu-img info's disk size
             path = prepared.get(f"disk_{fmt}")
             if path and f"disk.{fmt}" in got[b]:
