@@ -194,7 +194,9 @@ class NsRuntime:
         return du_bytes(idir / "upper") if idir is not None else None
 
     def address(self, inst: Instance) -> str | None:
-        return "127.0.0.1" if inst.spec.network == "host" else None
+        if inst.spec.network == "host":
+            return "127.0.0.1"
+        return inst.state.get("address")  # bridge: the instance's own (none: no address)
 
     def remove(self, inst: Instance) -> None:
         self.stop(inst, grace=0)
