@@ -98,6 +98,31 @@ BOOT_ARGS = ("console=ttyS0 loglevel=1 panic=-1 rdinit=/bench/init cryptomgr.not
              "no_timer_check tsc=reliable 8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp")
 
 
+@cache
+def host_tsc_khz() -> int | None:
+    """The host's TSC rate in kHz, if it is constant (constant_tsc) and reported.
+
+    Under TCG the guest's TSC counts at the host's rate, but the guest cannot measure
+    it on `microvm`: there is no PIT, HPET or ACPI PM timer to calibrate against, and a
+    failed calibration marks the TSC unstable and leaves the kernel without a clock (the
+    boot hangs). Telling the guest the rate (tsc_early_khz) also skips the calibration
+    on `pc`. Under KVM the guest has kvmclock and needs none of this.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    if "constant_tsc" not in text:
+        return None
+    m = re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)
+    return int(float(m.group(1)) * 1000) if m else None
+
+
+def boot_args(accel: str) -> str:
+    khz = host_tsc_khz() if accel != "kvm" else None
+    return BOOT_ARGS + (f" tsc_early_khz={khz}" if khz else "")
+
+
 def _libvirt() -> Any:
     try:
         import libvirt
@@ -231,6 +256,12 @@ class LibvirtRuntime:
         if not Path(domain.DomainConfig.emulator).exists():
             return Availability(ok=False, reason="qemu-system-x86_64 is not installed",
                                 fix="apt-get install qemu-system-x86", versions=versions)
+        if self.machine == "microvm" and accel != "kvm" and host_tsc_khz() is None:
+            return Availability(
+                ok=False, versions=versions,
+                reason="microvm under TCG needs the host's TSC rate (constant_tsc and "
+                       "`cpu MHz` in /proc/cpuinfo): its guest has no timer to calibrate "
+                       "the TSC against and hangs", fix="use the `libvirt` backend (pc)")
         label = "kvm" if accel == "kvm" else "tcg (EMULATED: no working KVM)"
         return Availability(ok=True, versions=versions,
                             details={"accel": label, "why": why, "machine": self.machine})
@@ -308,7 +339,7 @@ class LibvirtRuntime:
         accel, why = self.accel()
         return {"accel": accel, "emulated": accel != "kvm", "accel_reason": why,
                 "machine": self.machine, "domain": "transient (createXML), paused until start",
-                "boot_args": BOOT_ARGS, "console": "serial ttyS0 on a unix socket",
+                "boot_args": boot_args(accel), "console": "serial ttyS0 on a unix socket",
                 "memory_mapping": f"guest RAM = limit (default {DEFAULT_MEMORY // MIB} MiB) "
                                   f"+ {GUEST_BASE_MIB} MiB + 2 x initramfs + limit/64",
                 "vcpus": "ceil(cpus), fractional rest as a CFS quota",
@@ -382,12 +413,12 @@ class LibvirtRuntime:
             mods |= {"virtio_blk", "crc32c_generic", "ext4"}
         return disks, lines, mods
 
-    def cmdline(self, spec: InstanceSpec, modules: Sequence[str], mounts: Sequence[str]
-                ) -> str:
+    def cmdline(self, spec: InstanceSpec, modules: Sequence[str], mounts: Sequence[str],
+                accel: str = "tcg") -> str:
         env = {"PATH": image_mod.PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
                "CVBENCH_HOSTNAME": spec.hostname, "CVBENCH_WORKDIR": spec.workdir,
                "CVBENCH_NONCE": spec.nonce, **spec.env}
-        words = [BOOT_ARGS, "CVBENCH_VM=1", f"CVBENCH_NONCE={spec.nonce}",
+        words = [boot_args(accel), "CVBENCH_VM=1", f"CVBENCH_NONCE={spec.nonce}",
                  "CVBENCH_MODULES=" + ",".join(modules),
                  "CVBENCH_ENV=" + ",".join(_enc(f"{k}={v}") for k, v in env.items()),
                  "CVBENCH_ARGV=" + ",".join(_enc(a) for a in spec.argv)]
@@ -428,7 +459,7 @@ class LibvirtRuntime:
             memory_kib=guest_memory(spec.limits.memory,
                                     int(prepared.footprint["initramfs"])) // 1024,
             vcpus=vcpus, quota_us=quota, kernel=det["kernel"], initrd=det["initramfs"],
-            cmdline=self.cmdline(spec, modules, mount_lines), console=str(console),
+            cmdline=self.cmdline(spec, modules, mount_lines, accel), console=str(console),
             disks=tuple(disks), network=net, cpu_host=accel == "kvm",
             disabled_cpu_features=cpu_disabled)
         inst = Instance(spec=spec, prepared=prepared, state={"dir": idir, "cfg": cfg})
