@@ -54,7 +54,11 @@ def test_vagrant_validate(repo: Path, tmp_path: Path) -> None:
     # With vagrant-libvirt the libvirt provider's block is validated as well; without any
     # provider plugin, Vagrant can only validate the common configuration.
     argv = [vagrant, "validate"] + ([] if libvirt_provider else ["--ignore-provider"])
-    proc = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True,
+    # A copy, so Vagrant's .vagrant/ state dir lands in the test's tmp dir, not the repo.
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copy(repo / "Vagrantfile", work / "Vagrantfile")
+    proc = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Vagrantfile validated successfully" in proc.stdout
