@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import image as image_mod
-from harness.errors import BackendUnavailable, InstanceError, UsageError
+from harness.errors import BackendUnavailable, BenchError, InstanceError, UsageError
 from harness.image import Image
 from harness.probes import memory
 from runtimes import _proc
@@ -253,6 +253,9 @@ class LibvirtRuntime:
             accel, why = self.accel()
         except BackendUnavailable as e:
             return Availability(ok=False, reason=e.reason, fix=e.fix)
+        except BenchError as e:  # the guest image for the probe could not be built
+            return Availability(ok=False, reason=f"cannot build the guest: {e}",
+                                fix="run scripts/provision (e2fsprogs, qemu-utils, kmod)")
         if not Path(domain.DomainConfig.emulator).exists():
             return Availability(ok=False, reason="qemu-system-x86_64 is not installed",
                                 fix="apt-get install qemu-system-x86", versions=versions)
@@ -324,7 +327,7 @@ class LibvirtRuntime:
                     return "kvm", (f"KVM probe boot ({cpu}) reached the workload in "
                                    f"{time.monotonic() - t0:.1f} s")
                 failures.append(f"{cpu}: the workload exited {ex.code}")
-            except (InstanceError, UsageError) as e:
+            except (InstanceError, UsageError, OSError) as e:
                 log = _qemu_log_tail(spec.name)
                 failures.append(f"{cpu}: {str(e)[:160]}" + (f" [QEMU: {log}]" if log else ""))
             finally:
