@@ -107,12 +107,21 @@ def host_tsc_khz() -> int | None:
     failed calibration marks the TSC unstable and leaves the kernel without a clock (the
     boot hangs). Telling the guest the rate (tsc_early_khz) also skips the calibration
     on `pc`. Under KVM the guest has kvmclock and needs none of this.
+
+    `cpu MHz` is the kernel's calibrated cpu_khz (the TSC rate, with constant_tsc) only
+    where the CPU has no APERF/MPERF counters; with them it shows the current, scaled
+    frequency, and a wrong rate would skew every clock in the guest: then None.
     """
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return tsc_khz_from_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
         return None
-    if "constant_tsc" not in text:
+
+
+def tsc_khz_from_cpuinfo(text: str) -> int | None:
+    flags = set(re.findall(r"^flags\s*:(.*)$", text, re.M)[0].split()) if "flags" in text \
+        else set()
+    if "constant_tsc" not in flags or "aperfmperf" in flags:
         return None
     m = re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)
     return int(float(m.group(1)) * 1000) if m else None
@@ -262,9 +271,10 @@ class LibvirtRuntime:
         if self.machine == "microvm" and accel != "kvm" and host_tsc_khz() is None:
             return Availability(
                 ok=False, versions=versions,
-                reason="microvm under TCG needs the host's TSC rate (constant_tsc and "
-                       "`cpu MHz` in /proc/cpuinfo): its guest has no timer to calibrate "
-                       "the TSC against and hangs", fix="use the `libvirt` backend (pc)")
+                reason="microvm under TCG needs the host's TSC rate, which this CPU does "
+                       "not report reliably (constant_tsc without aperfmperf): the guest "
+                       "has no timer to calibrate its TSC against and hangs",
+                fix="use the `libvirt` backend (pc), or a host with working KVM")
         label = "kvm" if accel == "kvm" else "tcg (EMULATED: no working KVM)"
         return Availability(ok=True, versions=versions,
                             details={"accel": label, "why": why, "machine": self.machine})

@@ -215,3 +215,13 @@ def test_pvh_note_detection() -> None:
 def test_exit_line_parsing() -> None:
     m = lv.EXIT_LINE.search(b"out\nCVBENCH-EXIT 137 1\r\n")
     assert m is not None and m.group(1) == b"137" and m.group(2) == b"1"
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("fpu tsc constant_tsc hypervisor", 2596118),
+    ("fpu tsc constant_tsc aperfmperf", None),  # cpu MHz is the scaled frequency
+    ("fpu tsc", None),  # the TSC rate may change
+])
+def test_tsc_khz_only_when_cpu_mhz_is_the_tsc_rate(flags: str, expected: int | None) -> None:
+    text = f"processor\t: 0\ncpu MHz\t\t: 2596.118\nflags\t\t: {flags}\n"
+    assert lv.tsc_khz_from_cpuinfo(text) == expected
