@@ -1,6 +1,13 @@
 # libvirt + QEMU for the `libvirt` backend (packages come from 10-packages.sh).
 . "$here/provision.d/lib.sh"
 
+# libvirt's NAT networks (network = "bridge" for VMs) hand out addresses with dnsmasq,
+# which Debian only recommends (10-packages installs without recommends).
+if ! dpkg-query -W -f='${Status}' dnsmasq-base 2>/dev/null | grep -q "ok installed"; then
+  apt-get install -y -qq --no-install-recommends dnsmasq-base >>"$CVBENCH_PROVISION_LOG/apt.log" 2>&1
+  say "libvirt: installed dnsmasq-base (DHCP on libvirt networks)"
+fi
+
 qemu_conf=/etc/libvirt/qemu.conf
 # set_conf FILE KEY VALUE: make `KEY = VALUE` the one uncommented setting of KEY in FILE.
 set_conf() {

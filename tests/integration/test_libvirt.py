@@ -89,12 +89,13 @@ def test_lifecycle_stats_and_exit_status(rt: Any, prepared: Prepared, clean: str
     rt.remove(inst)  # idempotent
 
 
-def test_mounts_tmpfs_and_volume(rt: Any, prepared: Prepared, clean: str) -> None:
+def test_mounts_and_bridge_network(rt: Any, prepared: Prepared, clean: str) -> None:
     vol = f"cvbench-{clean}-vol.qcow2"
     spec = _spec(clean, 2, ("sh", "-c", "echo data > /v/f && cat /v/f && "
-                            "grep -E ' /(t|v) ' /proc/mounts | cut -d' ' -f2,3"),
+                            "grep -E ' /(t|v) ' /proc/mounts | cut -d' ' -f2,3 && "
+                            "ip -4 -o addr show eth0 | grep -c inet"),
                  mounts=(Mount("tmpfs", "/t", size=1 << 20), Mount("volume", "/v", vol)),
-                 capture=True)
+                 network="bridge", capture=True)
     inst = rt.create(spec, prepared)
     try:
         rt.start(inst)
@@ -104,7 +105,7 @@ def test_mounts_tmpfs_and_volume(rt: Any, prepared: Prepared, clean: str) -> Non
         path = rt.volume_path(vol)
     try:
         assert ex.code == 0, ex.stdout
-        assert ex.stdout.split(b"\n")[:3] == [b"data", b"/t tmpfs", b"/v ext4"]
+        assert ex.stdout.split(b"\n")[:4] == [b"data", b"/t tmpfs", b"/v ext4", b"1"]
         assert path.exists()  # a volume outlives the instance
     finally:
         path.unlink(missing_ok=True)
