@@ -29,25 +29,34 @@ else
   fi
 fi
 
-podman_ready="podman --remote --url unix://$PODMAN_SOCK version"
-podman_pidfile=/run/cvbench/podman-service.pid
-if [ -n "$podman_conf_changed" ] && [ -f "$podman_pidfile" ] \
-    && kill -0 "$(cat "$podman_pidfile")" 2>/dev/null; then
-  # the service reads containers.conf once, at start
-  say "podman: restarting our service to load the new defaults"
-  kill "$(cat "$podman_pidfile")"
-  for _ in $(seq 1 40); do kill -0 "$(cat "$podman_pidfile")" 2>/dev/null || break; sleep 0.25; done
-  rm -f "$podman_pidfile" "$PODMAN_SOCK"
-fi
-if eval "$podman_ready" >/dev/null 2>&1; then
-  say "podman service: already running on $PODMAN_SOCK"
-  [ -n "$podman_conf_changed" ] && [ ! -f "$podman_pidfile" ] \
-    && say "podman service: not started by cvbench; restart it to load $PODMAN_DROPIN"
-elif pid1_is_systemd; then
-  systemctl enable --now podman.socket
-  say "podman service: socket-activated by systemd (podman.socket)"
-else
+# start_podman_service NAME SOCKET [GLOBAL OPTIONS]: one `podman system service` with a pid
+# file; restarted when the ulimits drop-in changed (a service reads containers.conf once).
+start_podman_service() {
+  local name=$1 sock=$2; shift 2
+  local pidfile=/run/cvbench/$name.pid ready="podman --remote --url unix://$sock version"
+  if [ -n "$podman_conf_changed" ] && [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    say "$name: restarting it to load the new defaults"
+    kill "$(cat "$pidfile")"
+    for _ in $(seq 1 40); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.25; done
+    rm -f "$pidfile" "$sock"
+  fi
+  if eval "$ready" >/dev/null 2>&1; then
+    say "$name: already running on $sock"
+    [ -n "$podman_conf_changed" ] && [ ! -f "$pidfile" ] \
+      && say "$name: not started by cvbench; restart it to load $PODMAN_DROPIN"
+    return 0
+  fi
   # --time=0: never exit when idle (a benchmark must not pay the service's start-up).
-  start_daemon podman-service "$podman_pidfile" "$podman_ready" \
-    /usr/bin/podman system service --time=0 "unix://$PODMAN_SOCK"
+  start_daemon "$name" "$pidfile" "$ready" /usr/bin/podman "$@" system service --time=0 "unix://$sock"
+}
+
+if pid1_is_systemd && ! podman --remote --url "unix://$PODMAN_SOCK" version >/dev/null 2>&1; then
+  systemctl enable --now podman.socket
+  say "podman-service: socket-activated by systemd (podman.socket)"
+else
+  start_podman_service podman-service "$PODMAN_SOCK"
 fi
+# Podman 4.3's API cannot choose the OCI runtime per container (the compat create ignores
+# HostConfig.Runtime, libpod's create its oci_runtime), so `podman:runc` has its own
+# service whose default runtime is runc.
+start_podman_service podman-service-runc /run/podman/podman-runc.sock --runtime runc
