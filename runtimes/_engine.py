@@ -306,9 +306,18 @@ class Engine:
         if not os.path.exists(path):
             return (f"{self.daemon_binary} is not running: no socket at {path}",
                     f"{PROVISION}; it starts the daemon (log: {self.log_hint})")
-        if not os.access(path, os.R_OK | os.W_OK):
+        try:
+            # A plain connect first: it tells permission from a dead daemon (a stale
+            # socket file), and docker-py leaks the socket of a refused connection.
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.settimeout(10)
+                probe.connect(path)
+        except PermissionError:
             return (f"no permission on {path} (uid {os.geteuid()})",
                     "run as root, or give this user access to the socket")
+        except OSError as e:
+            return (f"{path} exists but the daemon does not answer ({e.strerror})",
+                    f"the daemon died or is stuck: see {self.log_hint}; {PROVISION}")
         try:
             client = docker.APIClient(base_url=f"unix://{path}", version="auto", timeout=60)
             self._server = client.version()

@@ -60,10 +60,11 @@ elif pid1_is_systemd; then
   systemctl enable --now docker.service
   say "dockerd: started by systemd"
 else
-  # dockerd starts and supervises its own containerd (under /run/docker/containerd).
-  start_daemon dockerd /run/cvbench/dockerd.pid "$docker_ready" \
+  # dockerd starts and supervises its own containerd (under /run/docker/containerd). It
+  # runs from / (a subshell's cd): a daemon must not keep a work tree as its cwd.
+  ( cd / && start_daemon dockerd /run/cvbench/dockerd.pid "$docker_ready" \
     /usr/sbin/dockerd --host="unix://$DOCKER_SOCK" --pidfile=/run/docker.pid \
-    --config-file="$DOCKER_CONF"
+    --config-file="$DOCKER_CONF" )
 fi
 for rt in crun runsc; do
   if $DOCKER_CLI -H "unix://$DOCKER_SOCK" info --format '{{json .Runtimes}}' | grep -q "\"$rt\""; then

@@ -46,8 +46,11 @@ start_podman_service() {
       && say "$name: not started by cvbench; restart it to load $PODMAN_DROPIN"
     return 0
   fi
-  # --time=0: never exit when idle (a benchmark must not pay the service's start-up).
-  start_daemon "$name" "$pidfile" "$ready" /usr/bin/podman "$@" system service --time=0 "unix://$sock"
+  # --time=0: never exit when idle (a benchmark must not pay the service's start-up). It
+  # runs from /: conmon inherits the cwd and Podman 4.3's conmon writes its "oom" marker
+  # there.
+  ( cd / && start_daemon "$name" "$pidfile" "$ready" \
+    /usr/bin/podman "$@" system service --time=0 "unix://$sock" )
 }
 
 if pid1_is_systemd && ! podman --remote --url "unix://$PODMAN_SOCK" version >/dev/null 2>&1; then
