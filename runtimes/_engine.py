@@ -539,8 +539,8 @@ class Engine:
         """The container's writable layer: SizeRw of GET /containers/json?size=1."""
         with _instance_errors(self.name, "list"):
             found = self.api.containers(all=True, filters={"id": inst.handle}, size=True)
-        size = found[0].get("SizeRw") if found else None
-        return int(size) if size is not None else None
+        # dockerd omits SizeRw when the layer is empty
+        return int(found[0].get("SizeRw") or 0) if found else None
 
     def remove(self, inst: Instance) -> None:
         out: AttachStream | None = inst.state.pop("out", None)
