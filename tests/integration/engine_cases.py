@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import pytest
 
 from harness import image
+from harness.runner import collect
 from runtimes import _proc
 from runtimes._engine import Engine
 from runtimes.base import RUN_LABEL, Exit, Instance, InstanceSpec, Limits, Mount, Prepared
@@ -51,13 +52,8 @@ def own_leftovers(rt: Engine, run_id: str) -> list[str]:
 
 
 def gc_own(rt: Engine, run_id: str) -> list[str]:
-    """rt.gc() limited to `run_id`: other runs' leftovers are not this test's to remove."""
-    orig = rt.leftovers
-    rt.leftovers = lambda live=(): [x for x in orig(live) if x.run_id == run_id]  # type: ignore[method-assign]
-    try:
-        return [f"{x.kind} {x.name}" for x in rt.gc()]
-    finally:
-        rt.leftovers = orig  # type: ignore[method-assign]
+    """rt.gc() limited to `run_id` (as `bench gc --run`): other runs' are not ours."""
+    return [f"{x.kind} {x.name}" for x in collect(rt, [], run_id)]
 
 
 class EngineCases:
