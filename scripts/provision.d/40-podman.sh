@@ -47,9 +47,9 @@ start_podman_service() {
     return 0
   fi
   # --time=0: never exit when idle (a benchmark must not pay the service's start-up). It
-  # runs from /: conmon inherits the cwd and Podman 4.3's conmon writes its "oom" marker
-  # there.
-  ( cd / && start_daemon "$name" "$pidfile" "$ready" \
+  # runs from /run/cvbench: conmon inherits the cwd, and Podman 4.3's conmon writes an
+  # empty "oom" marker there after every OOM kill (into a work tree, or /, otherwise).
+  ( cd /run/cvbench && start_daemon "$name" "$pidfile" "$ready" \
     /usr/bin/podman "$@" system service --time=0 "unix://$sock" )
 }
 
