@@ -19,7 +19,8 @@ Mapping of the InstanceSpec to the Engine API (POST /containers/create):
                       labelled with the run, created on first use and kept for the run
                       (removed by `bench gc` once the run is over)
   mounts tmpfs     -> Mount{Type: tmpfs, TmpfsOptions.SizeBytes}
-  flavour          -> HostConfig.Runtime (docker:crun, docker:runsc, podman:runc)
+  flavour          -> HostConfig.Runtime (docker:crun, docker:runsc); Podman ignores
+                      it, so podman:runc is a second service whose default is runc
   every container  -> Name = the instance name (cvbench-<run id>-<n>), label
                       cvbench.run=<run id>
 The image is imported once per digest as `cvbench/<recipe>:<digest[:12]>` with the labels
@@ -34,7 +35,10 @@ Phases (no phase is merged):
   start  = POST /containers/{id}/start
   ready  = the ready line arrives on the attach stream (host monotonic clock)
   exit   = the attach stream ends and the engine's wait call returns the exit status
+           (the engine's word, not an earlier hint: timestamped when wait returns)
   remove = DELETE /containers/{id}?force=1
+A non-zero status is followed by an inspect for OOMKilled (and, for a SIGKILL under a
+memory limit the engine did not flag, the kernel log: see kernel_oom_killed).
 """
 
 from __future__ import annotations
