@@ -446,8 +446,10 @@ class Engine:
     # --- lifecycle --------------------------------------------------------------------------
 
     def _volume(self, run_id: str, name: str) -> str:
-        """The engine volume behind the spec's volume `name`: one per run, labelled."""
-        full = f"{PREFIX}{run_id}-{name}"
+        """The engine volume behind the spec's volume `name`: one per run, labelled (a
+        name that already carries the run's prefix is kept as it is)."""
+        prefix = f"{PREFIX}{run_id}-"
+        full = name if name.startswith(prefix) else prefix + name
         if full not in self._volumes:
             try:
                 self.api.inspect_volume(full)
