@@ -382,6 +382,7 @@ class Engine:
             m = memory.processes_memory(pids)
             daemons[name] = {"pids": pids, "pss": m.pss, "uss": m.uss, "rss": m.rss}
         return {
+            "kind": "container",
             "engine": self.base, "oci_runtime": self.runtime, "socket": self.socket_path,
             "client": f"docker-py {docker.__version__} APIClient ({self.client_note})",
             "phases": {"create": "POST create + attach" + self.attach_note,
