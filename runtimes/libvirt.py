@@ -336,10 +336,10 @@ class LibvirtRuntime:
                     self._cpu_disabled = disabled
                     return "kvm", (f"KVM probe boot ({cpu}) reached the workload in "
                                    f"{time.monotonic() - t0:.1f} s")
-                failures.append(f"{cpu}: the workload exited {ex.code}")
+                failures.append(f"{cpu}: the probe's workload exited {ex.code}")
             except (InstanceError, UsageError, OSError) as e:
                 log = _qemu_log_tail(spec.name)
-                failures.append(f"{cpu}: {str(e)[:160]}" + (f" [QEMU: {log}]" if log else ""))
+                failures.append(f"{cpu}: " + (f"QEMU: {log}" if log else str(e)[:160]))
             finally:
                 if inst is not None:
                     self.remove(inst)
@@ -640,6 +640,7 @@ def _qemu_log_tail(name: str) -> str:
     """The last error QEMU wrote to its domain log (e.g. "KVM internal error")."""
     with contextlib.suppress(OSError):
         lines = Path(f"/var/log/libvirt/qemu/{name}.log").read_text(errors="replace")
-        errs = [ln for ln in lines.splitlines() if "error" in ln.lower()]
-        return " | ".join(errs[-3:])[:300]
+        errs = [re.sub(r"^\S+ qemu-system-\w+: (error: )?", "", ln)
+                for ln in lines.splitlines() if "error" in ln.lower()]
+        return " | ".join(dict.fromkeys(errs[-3:]))[:300]
     return ""
