@@ -114,8 +114,12 @@ class Network:
         else:
             spec = ctx.spec(cell, argv=("sh", "-c", SERVERS.format(**fmt)),
                             readiness="marker")
+            address = getattr(cell.runtime, "address", None)
+            if address is None:  # a backend that predates address() in the protocol
+                raise NotApplicable(f"{cell.backend} does not implement address(): the "
+                                    f"host cannot find an instance with network {mode}")
             with _refused(cell, mode), life.instance(ctx, cell, spec) as inst:
-                addr = cell.runtime.address(inst)
+                addr = address(inst)
                 if addr is None:
                     raise InstanceError(f"network: {cell.backend} gives no address for an "
                                         f"instance with network {mode}")
