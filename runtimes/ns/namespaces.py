@@ -1,5 +1,8 @@
 """Thin ctypes wrappers for the system calls Python's os module does not have.
 
+Only the standard library's smallest modules are imported here (and in rootfs, security,
+config, process): the fork server loads just these, and a small interpreter forks fast.
+
 The functions come from a PyDLL handle: PyDLL keeps the GIL held across the call. That
 matters for `clone()`: the child starts as a copy of this thread with the GIL owned by
 it, so it can run Python code (the container set-up in process.py) without waiting for a
@@ -9,11 +12,15 @@ lock another thread of the parent might hold at the instant of the copy.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import signal
+import socket
+import struct
 
 _libc = ctypes.PyDLL(None, use_errno=True)
 
+CLONE_PARENT = 0x00008000
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
@@ -36,10 +43,15 @@ MS_SLAVE = 1 << 19
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAPBSET_DROP = 24
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_KEEPCAPS = 8
 
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220}
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
@@ -111,3 +123,11 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 
 def mknod(path: str, mode: int, dev: int) -> None:
     _check(_libc.mknod(path.encode(), mode, dev), f"mknod {path}")
+
+
+def loopback_up() -> None:
+    """Bring `lo` up in the current network namespace (a new one has it down)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))

@@ -1,33 +1,41 @@
 """Parent side of an instance's first process, and the code that runs in the child.
 
-create: clone() into the new namespaces. The child joins its cgroup, enters a new cgroup
-  namespace, builds its root filesystem, sets hostname and loopback, drops capabilities,
-  then writes "R" on the status pipe and blocks reading the go pipe (like runc's exec
-  fifo: everything but the exec is done at create time).
-start: the parent writes one byte on the go pipe; the child execs /bench/init. The
-  status pipe is close-on-exec, so EOF there means the exec succeeded; an "E..." message
-  means a step failed (the child then exits 127).
+create: the fork server (forkserver.py) clone()s the child into its new namespaces. The
+  child maps its user namespace (rootless), joins its cgroup, enters a new cgroup
+  namespace, builds its root filesystem, sets hostname and loopback, drops capabilities
+  and privileges, then writes "R" on the status pipe and blocks reading the go pipe
+  (like runc's exec fifo: everything but the exec is done at create time).
+start: the parent writes one byte on the go pipe; the child execs /bench/init. The status
+  pipe is close-on-exec, so EOF there means the exec succeeded; an "E..." message means a
+  step failed (the child then exits 127).
 
-The child is a copy of the calling Python thread (see namespaces.clone). It calls only
-os functions and the preloaded ctypes wrappers, never anything that takes a lock another
-thread could have held at the copy, and it leaves with execve or os._exit, never by
-returning into the caller's code.
+The child is a clone of the single-threaded fork server (`serve()` below, see
+forkserver.py) and leaves with execve or os._exit, never by returning into the caller's
+code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import select
 import signal
+import socket
 import time
-import traceback
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn
 
-from harness.errors import InstanceError
 from runtimes.ns import namespaces as ns
-from runtimes.ns import network, rootfs, security
+from runtimes.ns import rootfs, security
 from runtimes.ns.config import ContainerConfig
+
+if TYPE_CHECKING:
+    from runtimes.ns.forkserver import ForkServer
+
+
+class SetupError(Exception):
+    """The child could not set up the instance (the message comes from the child)."""
 
 
 @dataclass
@@ -36,51 +44,77 @@ class Child:
     pidfd: int
     go_w: int
     status_r: int
-    out_r: int
-    err_r: int
 
 
-def _child(cfg: ContainerConfig, keep: tuple[int, ...], last: int, go_r: int, status_w: int,
-           out_w: int, err_w: int) -> None:
+def _write(path: str, data: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+def _enter_userns(uid: int, gid: int) -> None:
+    """Map the invoking user to root in the new user namespace. An unprivileged process
+    may map only its own ids, and must give up setgroups() before writing gid_map."""
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"0 {uid} 1")
+    _write("/proc/self/gid_map", f"0 {gid} 1")
+
+
+def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
+               err_w: int) -> NoReturn:
     """Runs in the cloned child; never returns."""
     try:
-        os.umask(0)
-        # Die with the parent (a SIGKILLed runner must not leave instances running).
+        os.set_inheritable(status_w, False)  # EOF at exec tells the parent it happened
+        if cfg.userns_map is not None:
+            _enter_userns(*cfg.userns_map)
+        # Die with the runner (a SIGKILLed runner must not leave instances running).
         ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)  # Python ignores these; the workload must not
+        os.umask(0)
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
         for path in cfg.cgroup_join:
-            fd = os.open(path, os.O_WRONLY)
-            os.write(fd, b"0")  # 0 = the writing process; our pid here is 1, not the host's
-            os.close(fd)
-        if cfg.new_cgroupns:
-            ns.unshare(ns.CLONE_NEWCGROUP)  # after joining: the namespace roots at our cgroup
+            _write(path, "0")  # 0 = the writing process; our pid here is 1, not the host's
+        # After joining: the new cgroup namespace is rooted at our own cgroup.
+        ns.unshare(ns.CLONE_NEWCGROUP)
         rootfs.setup(cfg)
         ns.sethostname(cfg.hostname)
         if cfg.loopback_up:
-            network.loopback_up()
-        os.chdir(cfg.workdir)
-        if cfg.gid:
-            os.setgroups([])
+            ns.loopback_up()
+        try:
+            os.chdir(cfg.workdir)
+        except FileNotFoundError:
+            os.makedirs(cfg.workdir, 0o755)  # as Docker does for a missing WORKDIR
+            os.chdir(cfg.workdir)
+        security.drop_bounding(cfg.caps, cfg.last_cap)
+        if cfg.gid or cfg.groups:
+            os.setgroups(list(cfg.groups))
             os.setgid(cfg.gid)
         if cfg.uid:
-            os.setuid(cfg.uid)
-        security.apply(keep, last, cfg.no_new_privs)
+            os.setuid(cfg.uid)  # clears every capability of the now non-root process
+        else:
+            security.set_caps(cfg.caps)
+        if cfg.no_new_privs:
+            security.no_new_privs()
         os.umask(0o022)
+        env = dict(e.split("=", 1) for e in cfg.env)
         os.write(status_w, b"R")
         if os.read(go_r, 1) != b"G":
             os._exit(0)  # the parent went away or removed us before start
         os.closerange(3, status_w)
         os.closerange(status_w + 1, 65536)
-        os.execve(cfg.argv[0], list(cfg.argv), dict(e.split("=", 1) for e in cfg.env))
+        os.execve(cfg.argv[0], list(cfg.argv), env)
     except BaseException as e:  # report any failure to the parent, then leave
         try:
             msg = f"E{type(e).__name__}: {e}"
             if not isinstance(e, OSError):
+                import traceback  # only on this error path: keep the fork server small
+
                 msg += "\n" + traceback.format_exc(limit=3)
             os.write(status_w, msg.encode(errors="replace")[:4000])
         finally:
@@ -93,42 +127,41 @@ def _read_status(fd: int, deadline: float, until_eof: bool) -> bytes:
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise InstanceError("the instance's first process did not answer in time")
+            raise SetupError("the instance's first process did not answer in time")
         if not select.select([fd], [], [], left)[0]:
             continue
         chunk = os.read(fd, 4096)
         buf += chunk
         if not chunk or (not until_eof and buf[:1] == b"R"):
             return buf
-        if buf[:1] == b"E" and not chunk:
-            return buf
 
 
-def spawn(cfg: ContainerConfig, out_w: int, err_w: int, timeout: float) -> Child:
-    """clone() the instance's first process and wait until it is set up (create)."""
-    keep = security.cap_numbers(cfg.caps)
-    last = security.last_cap()
+def spawn(server: ForkServer, cfg: ContainerConfig, out_w: int, err_w: int,
+          timeout: float) -> Child:
+    """Have the fork server clone the instance's first process; wait until it is set up
+    (create). Raises SetupError with the child's own message if a step fails."""
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = ns.clone(cfg.clone_flags)
-    except OSError:
-        for fd in (go_r, go_w, status_r, status_w):
-            os.close(fd)
-        raise
-    if pid == 0:
+        pid = server.spawn(cfg, [go_r, status_w, out_w, err_w])
+        pidfd = os.pidfd_open(pid)
+    except BaseException:
         os.close(go_w)
         os.close(status_r)
-        _child(cfg, keep, last, go_r, status_w, out_w, err_w)
-    os.close(go_r)
-    os.close(status_w)
-    child = Child(pid=pid, pidfd=os.pidfd_open(pid), go_w=go_w, status_r=status_r,
-                  out_r=-1, err_r=-1)
-    status = _read_status(status_r, time.monotonic() + timeout, until_eof=False)
+        raise
+    finally:
+        os.close(go_r)
+        os.close(status_w)
+    child = Child(pid=pid, pidfd=pidfd, go_w=go_w, status_r=status_r)
+    try:
+        status = _read_status(status_r, time.monotonic() + timeout, until_eof=False)
+    except BaseException:
+        abort(child)
+        raise
     if status[:1] != b"R":
         abort(child)
-        raise InstanceError(f"ns: setting up {cfg.name} failed: "
-                            f"{status[1:].decode(errors='replace') or 'the child died'}")
+        raise SetupError(f"setting up {cfg.name} failed: "
+                         f"{status[1:].decode(errors='replace') or 'the child died'}")
     return child
 
 
@@ -141,7 +174,7 @@ def release(child: Child, timeout: float) -> None:
     os.close(child.status_r)
     child.status_r = -1
     if status:
-        raise InstanceError(f"ns: exec failed: {status[1:].decode(errors='replace')}")
+        raise SetupError(f"exec failed: {status[1:].decode(errors='replace')}")
 
 
 def abort(child: Child) -> None:
@@ -154,3 +187,34 @@ def abort(child: Child) -> None:
         signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(child.pid, 0)
+
+
+def serve(fd: int, runner: int) -> None:
+    """The fork server's loop (runs in the small interpreter)."""
+    ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != runner:  # the runner died before the line above
+        return
+    sock = socket.socket(fileno=fd)
+    sock.send(b"ok")
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 8)
+        except ConnectionResetError:
+            return
+        if not msg:
+            return  # the runner closed its end
+        try:
+            cfg = pickle.loads(msg)
+            pid = ns.clone(cfg.clone_flags | ns.CLONE_PARENT)
+        except Exception as e:
+            for f in fds:
+                os.close(f)
+            sock.send(b"E" + f"{type(e).__name__}: {e}".encode(errors="replace"))
+            continue
+        if pid == 0:
+            with contextlib.suppress(OSError):
+                sock.close()
+            child_main(cfg, *fds)
+        for f in fds:
+            os.close(f)
+        sock.send(b"P%d" % pid)

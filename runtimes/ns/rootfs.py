@@ -4,7 +4,9 @@ Order matters, and each step says why:
 1. "/" becomes rslave: mounts we make from here on do not propagate back to the host
    (and host mounts made later still propagate in, as with runc's default).
 2. overlay: the image rootfs as the read-only lower layer (shared by every instance) and a
-   per-instance upper/work dir on the host; all writes land in the upper dir.
+   per-instance upper/work dir; all writes land in the upper dir. The overlay is mounted
+   over the image directory itself: that path is private to our mount namespace, so no
+   per-instance mount point has to be made (or removed) on the host.
 3. /proc, /dev (a tmpfs holding only the allowed device nodes), /dev/pts, /dev/shm, /sys
    (read-only) and the user's mounts, all below the new root before we move into it.
 4. pivot_root(".", ".") stacks the old root under the new one; making it rslave before
@@ -24,6 +26,9 @@ from runtimes.ns import namespaces as ns
 from runtimes.ns.config import ContainerConfig, MountPoint
 
 PROC_FLAGS = ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC
+_DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+              ("ptmx", "pts/ptmx"))
 
 
 def standard_mounts(new_netns: bool) -> tuple[MountPoint, ...]:
@@ -44,28 +49,43 @@ def standard_mounts(new_netns: bool) -> tuple[MountPoint, ...]:
 
 def _mount_one(root: str, m: MountPoint) -> None:
     target = f"{root}/{m.target}"
-    if m.make_dir and not os.path.isdir(target):
+    if m.file:
+        if not os.path.exists(target):
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+    elif not os.path.isdir(target):
         os.makedirs(target, exist_ok=True)
     ns.mount(m.source, target, m.fstype, m.flags, m.data)
     if m.readonly_remount:
+        # A bind mount ignores MS_RDONLY; only a remount makes it read-only. MS_REC does
+        # not reach submounts here, so the source must not hide writable mounts below.
         ns.mount(None, target, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | m.flags)
 
 
 def _devices(root: str, cfg: ContainerConfig) -> None:
     dev = f"{root}/dev"
-    for name, mode, major, minor in cfg.devices:
-        ns.mknod(f"{dev}/{name}", stat.S_IFCHR | mode, os.makedev(major, minor))
-    for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                         ("ptmx", "pts/ptmx")):
+    if cfg.userns_map is None:
+        for name, mode, major, minor in cfg.devices:
+            ns.mknod(f"{dev}/{name}", stat.S_IFCHR | mode, os.makedev(major, minor))
+    else:
+        # In a user namespace mknod is refused (the kernel would let an unprivileged user
+        # make any device); bind the host's nodes instead, as rootless runc does.
+        for name, *_ in cfg.devices:
+            path = f"{dev}/{name}"
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o666))
+            ns.mount(f"/dev/{name}", path, None, ns.MS_BIND)
+    for link, target in _DEV_LINKS:
         os.symlink(target, f"{dev}/{link}")
 
 
 def _mask(cfg: ContainerConfig) -> None:
     for path in cfg.masked:
-        if os.path.isdir(path):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
             ns.mount("tmpfs", path, "tmpfs", ns.MS_RDONLY)
-        elif os.path.exists(path):
+        else:
             ns.mount("/dev/null", path, None, ns.MS_BIND)
     for path in cfg.readonly:
         if os.path.exists(path):
@@ -76,9 +96,19 @@ def _mask(cfg: ContainerConfig) -> None:
 def setup(cfg: ContainerConfig) -> None:
     """Build the root filesystem and move into it (runs in the child)."""
     ns.mount(None, "/", None, ns.MS_REC | ns.MS_SLAVE)
-    root = cfg.merged
+    upper, work = cfg.upper, cfg.work
+    if not upper:
+        # A writable layer in memory: a tmpfs only this mount namespace sees. It is
+        # charged to the instance's memory cgroup and vanishes with the namespace.
+        ns.mount("tmpfs", cfg.scratch, "tmpfs", ns.MS_NOSUID | ns.MS_NODEV, "mode=755")
+        upper, work = f"{cfg.scratch}/upper", f"{cfg.scratch}/work"
+        os.mkdir(upper, 0o755)
+        os.mkdir(work, 0o700)
+    root = cfg.lower
+    # volatile: no sync of the upper filesystem on unmount (an ext4 journal commit per
+    # instance); the layer is deleted at remove, so there is nothing worth syncing.
     ns.mount("overlay", root, "overlay", 0,
-             f"lowerdir={cfg.lower},upperdir={cfg.upper},workdir={cfg.work}")
+             f"lowerdir={cfg.lower},upperdir={upper},workdir={work},volatile")
     for m in cfg.mounts:
         _mount_one(root, m)
         if m.target == "dev":
