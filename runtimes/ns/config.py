@@ -16,6 +16,12 @@ DEFAULT_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CA
                 "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
                 "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE")
 
+# What ns keeps: Docker's set minus CAP_MKNOD. Docker can leave CAP_MKNOD because its
+# device cgroup refuses to open any node outside an allow-list; ns has no device cgroup
+# (on cgroup v2 that takes an eBPF program), so with CAP_MKNOD a root workload could
+# `mknod sda b 8 0` and read the host's disk. Without it mknod fails with EPERM.
+NS_CAPS = tuple(c for c in DEFAULT_CAPS if c != "CAP_MKNOD")
+
 # runc's defaults (libcontainer/specconv/example.go): hidden, or read-only.
 MASKED_PATHS = ("/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
                 "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",

@@ -57,14 +57,17 @@ class Manager(Protocol):
         ...
 
 
-def new(root: str | Path = "/sys/fs/cgroup") -> Manager:
-    """The manager for this host's cgroup mode."""
+def new(root: str | Path = "/sys/fs/cgroup", parent: str = PARENT,
+        every_controller: bool = False) -> Manager:
+    """The manager for this host's cgroup mode. `parent` is the directory the cgroups
+    live in; `every_controller` (v1) makes names()/destroy() cover every mounted
+    hierarchy, for cgroups another runtime (runc, crun) made in all of them."""
     root = Path(root)
     mode = cgroup_mode(str(root))
     if mode == "v2":
         from runtimes.ns.cgroups.v2 import V2Manager
 
-        return V2Manager(root)
+        return V2Manager(root, parent)
     from runtimes.ns.cgroups.v1 import V1Manager
 
-    return V1Manager(root, mode)
+    return V1Manager(root, mode, parent, every_controller)

@@ -40,13 +40,18 @@ def _mounts() -> dict[str, Path]:
 
 
 class V1Manager:
-    def __init__(self, root: Path, mode: str = "v1") -> None:
+    def __init__(self, root: Path, mode: str = "v1", parent: str = PARENT,
+                 every_controller: bool = False) -> None:
         self.mode = mode
+        self.parent = parent
         mounts = _mounts()
         # Prefer the real mount table; fall back to root/<controller> (tests use a fake tree).
-        self.roots = {c: mounts.get(c, root / c) for c in CONTROLLERS}
-        if not all(str(p).startswith(str(root)) for p in self.roots.values()):
-            self.roots = {c: root / c for c in CONTROLLERS}
+        if not all(str(mounts.get(c, "")).startswith(str(root)) for c in CONTROLLERS):
+            mounts = {c: root / c for c in CONTROLLERS}
+        self.roots = {c: mounts[c] for c in CONTROLLERS}
+        # Hierarchies names()/destroy() look in: ours, or every mounted one.
+        self.hierarchies = sorted(set(mounts.values()) if every_controller
+                                  else set(self.roots.values()))
 
     def check(self) -> str | None:
         for c, p in self.roots.items():
@@ -55,7 +60,7 @@ class V1Manager:
         return None
 
     def _dir(self, controller: str, name: str) -> Path:
-        return self.roots[controller] / PARENT / name
+        return self.roots[controller] / self.parent / name
 
     def path(self, name: str) -> Path:
         return self._dir("memory", name)
@@ -94,13 +99,13 @@ class V1Manager:
         kill_procs(self._dir("memory", name))
 
     def destroy(self, name: str) -> None:
-        for c in CONTROLLERS:
-            rmdir(self._dir(c, name))
+        for h in self.hierarchies:
+            rmdir(h / self.parent / name)
 
     def names(self) -> list[str]:
         found: set[str] = set()
-        for c in CONTROLLERS:
-            parent = self.roots[c] / PARENT
+        for h in self.hierarchies:
+            parent = h / self.parent
             if parent.is_dir():
                 found.update(p.name for p in parent.iterdir() if p.is_dir())
         return sorted(found)
