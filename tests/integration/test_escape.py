@@ -182,7 +182,8 @@ def test_sys_is_read_only(env: Env, path: str) -> None:
 
 def test_masked_paths_are_empty(env: Env) -> None:
     ex = env.run("for p in /proc/kcore /proc/keys /proc/timer_list /proc/sched_debug; do "
-                 "[ -e $p ] && wc -c < $p; done; ls -A /proc/acpi /sys/firmware | grep -v ':$' | grep -c .")
+                 "[ -e $p ] && wc -c < $p; done; "
+                 "ls -A /proc/acpi /sys/firmware | grep -v ':$' | grep -c .")
     assert set(ex.stdout.split()) <= {b"0"}
 
 
