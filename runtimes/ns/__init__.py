@@ -32,6 +32,7 @@ start = release the exec; remove = kill what is left, rmdir the cgroup and the d
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import os
@@ -65,6 +66,7 @@ SETUP_TIMEOUT = 30.0
 ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _SERVER = ForkServer()  # one per runner process, shared by every NsRuntime
+atexit.register(_SERVER.close)
 
 
 def _run_of(name: str) -> str | None:

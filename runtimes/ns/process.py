@@ -17,6 +17,7 @@ code.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import select
@@ -71,8 +72,6 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
             _enter_userns(*cfg.userns_map)
         # Die with the runner (a SIGKILLed runner must not leave instances running).
         ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)  # Python ignores these; the workload must not
         os.umask(0)
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
@@ -92,8 +91,11 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
             os.makedirs(cfg.workdir, 0o755)  # as Docker does for a missing WORKDIR
             os.chdir(cfg.workdir)
         security.drop_bounding(cfg.caps, cfg.last_cap)
-        if cfg.gid or cfg.groups:
-            os.setgroups(list(cfg.groups))
+        if cfg.userns_map is None:  # (a user namespace has setgroups denied)
+            # Only the user's own groups, not whatever the runner had (runc's default:
+            # the primary group when /etc/group lists none).
+            os.setgroups(list(cfg.groups or (cfg.gid,)))
+        if cfg.gid:
             os.setgid(cfg.gid)
         if cfg.uid:
             os.setuid(cfg.uid)  # clears every capability of the now non-root process
@@ -194,6 +196,18 @@ def serve(fd: int, runner: int) -> None:
     ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != runner:  # the runner died before the line above
         return
+    # Children inherit ignored signals and the signal mask through exec; a shell must not
+    # start with SIGTERM ignored (POSIX: it could not even trap it). Python itself ignores
+    # SIGPIPE and SIGXFSZ, and the runner may have ignored more.
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP) and \
+                signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    # Children share our pages copy-on-write: a garbage collection in one would write to
+    # every object it visits. Nothing here makes reference cycles, so collect never.
+    gc.freeze()
+    gc.disable()
     sock = socket.socket(fileno=fd)
     sock.send(b"ok")
     while True:
