@@ -17,7 +17,8 @@ Mapping of the InstanceSpec:
   runsc                     -> --network=none (sandbox netstack off) --platform=ptrace
                                (this machine is a VM without working KVM)
 
-Phases: create = bundle dir, overlay, config.json; start = spawn `<cli> run`;
+Phases: create = bundle dir, overlay, config.json; start = spawn `<cli> run` (runc:
+`run --keep`, so the cgroup outlives the exit and an OOM kill can be read);
 ready/exit as seen by the host; remove = `<cli> delete --force`, unmount, rm bundle.
 """
 
@@ -128,6 +129,7 @@ class OciRuntime:
 
     def metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"cli": self.flavour, "command": "run",
+                                "oom_detection": self.flavour == "runc",
                                 "rootfs": f"overlay, upper on {upper_mode()}",
                                 "capabilities": "docker default set", "no_new_privs": True}
         if self.flavour == "runsc":
@@ -234,7 +236,11 @@ class OciRuntime:
         spec = inst.spec
         out_r, out_w = _proc.open_pipe()
         err_r, err_w = _proc.open_pipe()
-        cmd = [*self._cli(), "run", "--bundle", str(inst.state["bundle"]), spec.name]
+        # runc can keep the stopped container (and its cgroup, where an OOM kill is
+        # counted) until remove; crun 1.8 and runsc cannot, so their OOM kills show
+        # only as a SIGKILL (exit 137), and `oom_killed` stays False.
+        keep = ["--keep"] if self.flavour == "runc" else []
+        cmd = [*self._cli(), "run", *keep, "--bundle", str(inst.state["bundle"]), spec.name]
         try:
             pid = os.posix_spawn(cmd[0], cmd, {"PATH": ENV_PATH},
                                  file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null",

@@ -110,6 +110,10 @@ class NsRuntime:
         if reason:
             return Availability(ok=False, reason=reason[0], fix=reason[1], versions=versions)
         details = {"mode": "rootless (user namespace)"} if self.rootless else {}
+        if not self.rootless:
+            userns = validate.userns_problem()
+            details["rootless"] = f"forbidden here: {userns[0]} (fix: {userns[1]})" \
+                if userns else "possible (run bench as a non-root user)"
         if not self.limits_applied:
             details["limits"] = "not applied (no writable cgroup tree for this user)"
         return Availability(ok=True, versions=versions, details=details)
