@@ -21,12 +21,14 @@ This module is the runner's side.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Load only the modules the child needs, without running the package __init__ files
@@ -81,16 +83,32 @@ class ForkServer:
                 raise ForkServerError("the ns fork server did not start")
             self._sock = ours
 
-    def spawn(self, cfg: object, fds: list[int]) -> int:
-        """Clone a child running process.child_main(cfg, *fds); return its pid."""
+    @contextlib.contextmanager
+    def spawning(self, cfg: object, fds: list[int]) -> Iterator[Callable[[], int]]:
+        """Ask for a child running process.child_main(cfg, *fds); the block gets a function
+        returning its pid. The caller can wait for the child's own report first: by then
+        the answer is waiting in the socket, and reading it costs no extra wake-up."""
         self.start()
-        assert self._sock is not None
         with self._lock:
-            socket.send_fds(self._sock, [pickle.dumps(cfg, pickle.HIGHEST_PROTOCOL)], fds)
-            reply = self._sock.recv(65536)
-        if reply[:1] == b"P":
-            return int(reply[1:])
-        raise ForkServerError(reply[1:].decode(errors="replace") or "the fork server died")
+            sock = self._sock
+            assert sock is not None
+            socket.send_fds(sock, [pickle.dumps(cfg, pickle.HIGHEST_PROTOCOL)], fds)
+            answered: list[bytes] = []
+
+            def pid() -> int:
+                if not answered:
+                    answered.append(sock.recv(65536))
+                reply = answered[0]
+                if reply[:1] == b"P":
+                    return int(reply[1:])
+                raise ForkServerError(reply[1:].decode(errors="replace")
+                                      or "the fork server died")
+
+            try:
+                yield pid
+            finally:
+                if not answered:  # keep requests and answers paired
+                    answered.append(sock.recv(65536))
 
     def close(self) -> None:
         with self._lock:

@@ -144,26 +144,27 @@ def spawn(server: ForkServer, cfg: ContainerConfig, out_w: int, err_w: int,
     (create). Raises SetupError with the child's own message if a step fails."""
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    status: bytes | None = None
     try:
-        pid = server.spawn(cfg, [go_r, status_w, out_w, err_w])
+        with server.spawning(cfg, [go_r, status_w, out_w, err_w]) as child_pid:
+            os.close(go_r)
+            os.close(status_w)  # now only the child holds it: EOF if it dies
+            go_r = status_w = -1
+            with contextlib.suppress(SetupError):
+                status = _read_status(status_r, time.monotonic() + timeout, until_eof=False)
+            pid = child_pid()
         pidfd = os.pidfd_open(pid)
     except BaseException:
-        os.close(go_w)
-        os.close(status_r)
+        for fd in (go_r, status_w, go_w, status_r):
+            if fd >= 0:
+                os.close(fd)
         raise
-    finally:
-        os.close(go_r)
-        os.close(status_w)
     child = Child(pid=pid, pidfd=pidfd, go_w=go_w, status_r=status_r)
-    try:
-        status = _read_status(status_r, time.monotonic() + timeout, until_eof=False)
-    except BaseException:
+    if status is None or status[:1] != b"R":
         abort(child)
-        raise
-    if status[:1] != b"R":
-        abort(child)
-        raise SetupError(f"setting up {cfg.name} failed: "
-                         f"{status[1:].decode(errors='replace') or 'the child died'}")
+        why = "it did not answer in time" if status is None else \
+            status[1:].decode(errors="replace") or "the child died"
+        raise SetupError(f"setting up {cfg.name} failed: {why}")
     return child
 
 
