@@ -74,14 +74,22 @@ def open_env(backend: str, binaries: tuple[str, ...] = ()) -> tuple[Env, RunLock
     return Env(rt=rt, prepared=rt.prepare(img), run_id=run_id), lock
 
 
-def close_env(env: Env, lock: RunLock) -> list[str]:
-    """Remove what the run left (volumes...) and return any cvbench leftovers of it."""
+def gc_run(rt: Any, run_id: str) -> list[str]:
+    """gc what run `run_id` left, and nothing of anyone else's runs (live or dead);
+    return what is still left of it afterwards."""
     from harness.runner import live_runs
 
-    others = [r for r in live_runs() if r != env.run_id]
-    env.rt.gc(others)
-    left = [f"{x.kind} {x.name}" for x in env.rt.leftovers(others)
-            if x.run_id == env.run_id]
+    def others() -> list[str]:
+        found = {x.run_id for x in rt.leftovers(()) if x.run_id and x.run_id != run_id}
+        return sorted(found | {r for r in live_runs() if r != run_id})
+
+    rt.gc(others())
+    return [f"{x.kind} {x.name}" for x in rt.leftovers(others()) if x.run_id == run_id]
+
+
+def close_env(env: Env, lock: RunLock) -> list[str]:
+    """Remove what the run left (volumes...) and return any cvbench leftovers of it."""
+    left = gc_run(env.rt, env.run_id)
     lock.release()
     return left
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from runtimes.base import Limits, Mount
-from runtimes.ns import network, process
+from runtimes.ns import network
 from tests.conftest import require
-from tests.integration._nsutil import Env, close_env, is_alive, mounts_of, open_env
+from tests.integration._nsutil import Env, close_env, gc_run, is_alive, mounts_of, open_env
 
 pytestmark = pytest.mark.root
 BENCH = [sys.executable, "-m", "harness.cli"]
@@ -234,10 +234,40 @@ def test_gc_after_sigkilled_runner(tmp_path: Path) -> None:
     live = live_runs()
     kinds = {x.kind for x in rt.leftovers(live) if x.run_id == rid}
     assert {"cgroup", "dir"} <= kinds
-    rt.gc([r for r in live if r != rid])
-    assert [x for x in rt.leftovers(live) if x.run_id == rid] == []
+    assert gc_run(rt, rid) == []
     assert mounts_of(rid) == []
-    assert process.Child  # (the module is importable after gc)
+    from harness.runner import runs_dir
+
+    (runs_dir() / f"{rid}.lock").unlink(missing_ok=True)
+
+
+def test_bench_run_sigkilled_then_gc() -> None:
+    """`bench run` killed with SIGKILL mid-run: gc of its run leaves nothing behind."""
+    import runtimes
+
+    backends = [b for b in ("ns", "oci:crun") if runtimes.get(b).availability().ok]
+    with subprocess.Popen([*BENCH, "run", "runtime-overhead", "--backends", ",".join(backends),
+                           "--out", "/tmp/cvbench-killed-run", "--max-samples", "1000",
+                           "--min-samples", "1000"], stderr=subprocess.PIPE,
+                          stdout=subprocess.DEVNULL, text=True) as proc:
+        assert proc.stderr is not None
+        rid = ""
+        for line in proc.stderr:
+            if line.startswith("run "):
+                rid = line.split()[1].rstrip(":")
+                break
+        time.sleep(3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    shutil.rmtree("/tmp/cvbench-killed-run", ignore_errors=True)
+    assert rid
+    time.sleep(0.5)  # instances die with the runner (PR_SET_PDEATHSIG), crun's exit
+    for b in backends:
+        assert gc_run(runtimes.get(b), rid) == [], b
+    assert mounts_of(rid) == []
+    from harness.runner import runs_dir
+
+    (runs_dir() / f"{rid}.lock").unlink(missing_ok=True)  # the dead runner's lock file
 
 
 def test_rootless_as_nobody() -> None:
