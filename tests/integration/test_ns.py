@@ -164,6 +164,9 @@ def test_network_bridge(env: Env) -> None:
     assert ex.code == 0, ex
     assert b"inet 10." in ex.stdout or b"inet " in ex.stdout
     assert not [a for a in network.links().values() if a.startswith(f"cvbench-{env.run_id}")]
+    if not network.bridge_in_use():  # (the bridge is made on demand; gc removes it too)
+        network.remove_bridge()
+    assert not Path(f"/sys/class/net/{network.BRIDGE}").exists() or network.bridge_in_use()
 
 
 def test_mounts(env: Env, tmp_path: Path) -> None:
