@@ -44,21 +44,27 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("scenario_name", metavar="SCENARIO")
+@click.argument("scenario_name", metavar="SCENARIO", required=False)
 @click.option("--backends", help="Comma-separated backends (default: the scenario's list, "
               "skipping those not available here).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results/runs"), show_default=True, help="Directory for results.")
+@click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue an interrupted or "
+              "killed run from its journal/result in --out (SCENARIO is then not needed).")
 @click.option("--seed", type=int, help="Seed of the round order (default: random).")
 @click.option("--warmups", type=click.IntRange(0), help="Override sampling.warmups.")
 @click.option("--min-samples", type=click.IntRange(1), help="Override sampling.min_samples.")
 @click.option("--max-samples", type=click.IntRange(1), help="Override sampling.max_samples.")
 @click.option("--time-budget", type=click.FloatRange(min=1), help="Override the run's "
               "time budget (s).")
-def run(scenario_name: str, backends: str | None, out_dir: Path, seed: int | None,
-        warmups: int | None, min_samples: int | None, max_samples: int | None,
-        time_budget: float | None) -> None:
-    """Run SCENARIO (a name from scenarios/ or a path to a .toml file)."""
+def run(scenario_name: str | None, backends: str | None, out_dir: Path,
+        resume_id: str | None, seed: int | None, warmups: int | None,
+        min_samples: int | None, max_samples: int | None, time_budget: float | None) -> None:
+    """Run SCENARIO (a name from scenarios/ or a path to a .toml file).
+
+    Ctrl-C (or SIGTERM) stops after the current sample, removes live instances and writes
+    the samples taken; `--resume RUN_ID` continues such a run, or one that was killed.
+    """
     from dataclasses import replace
 
     from harness import image as image_mod
@@ -66,7 +72,18 @@ def run(scenario_name: str, backends: str | None, out_dir: Path, seed: int | Non
     from runtimes.base import new_run_id
 
     t_begin = time.monotonic()
-    scen = scenario.load(scenario_name)
+    resumed: runner.Resumable | None = None
+    if resume_id:
+        if scenario_name or backends:
+            raise click.UsageError("--resume takes the scenario and backends from the run")
+        resumed = runner.find_resumable(out_dir, resume_id)
+        scen = scenario.from_header(resumed.header)
+        wanted: list[str] | None = list(resumed.header["backends"])
+    elif scenario_name:
+        scen = scenario.load(scenario_name)
+        wanted = _split(backends)
+    else:
+        raise click.UsageError("give a SCENARIO, or --resume RUN_ID")
     if any(v is not None for v in (warmups, min_samples, max_samples, time_budget)):
         old = scen.sampling
         sampling = replace(
@@ -79,31 +96,62 @@ def run(scenario_name: str, backends: str | None, out_dir: Path, seed: int | Non
         scen = replace(scen, sampling=sampling)
     validate.check(scen)
     study = studies.get(scen.study)
-    p = runner.plan(scen, _split(backends))
+    p = runner.plan(scen, wanted)
     for b, why in p.skipped.items():
         err.print(f"[yellow]skipping {b}[/]: {why}")
 
-    run_id = new_run_id()
-    err.print(f"run [bold]{run_id}[/]: scenario {scen.name}, backends {', '.join(p.backends)}")
+    run_id = resumed.run_id if resumed else new_run_id()
+    verb = "resuming run" if resumed else "run"
+    err.print(f"{verb} [bold]{run_id}[/]: scenario {scen.name}, backends {', '.join(p.backends)}")
     img = image_mod.build(scen.workload.image)
     err.print(f"image {img.tag} sha256:{img.digest} ({img.size / 2**20:.1f} MiB)")
+    if resumed and resumed.header["image"]["digest"] != img.digest:
+        raise click.UsageError(f"the image of run {run_id} was sha256:"
+                               f"{resumed.header['image']['digest']}; this host now builds "
+                               f"sha256:{img.digest}, so the run cannot be continued")
     lock = runner.RunLock(run_id, {"scenario": scen.name})
+    journal: results.Journal | None = None
     try:
+        if resumed:
+            # What the interrupted run left (the instance in flight at the kill) goes first.
+            live = runner.live_runs()
+            for b in p.backends:
+                for item in runner.collect(p.runtimes[b], [x for x in live if x != run_id],
+                                           run_id):
+                    err.print(f"removed {item.kind} {item.name} left by the interrupted run")
         prepared = {}
         for b in p.backends:
             with err.status(f"preparing {b}…"):
                 prepared[b] = p.runtimes[b].prepare(img)
         cells = runner.make_cells(p, prepared)
         out_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{scen.name}-{results.utc_stamp()}-{run_id}"
-        journal = results.Journal(out_dir / f"{name}.journal",
-                                  runner.header(p, run_id, img, prepared))
-        outcome = _run_with_progress(scen, cells, journal, study, seed)
-        final = journal.finalize(out_dir / f"{name}.json", {
+        if resumed and resumed.journal:
+            name = resumed.base
+            journal = results.Journal.open_existing(resumed.journal)
+        elif resumed:
+            name = resumed.base
+            journal = results.Journal(out_dir / f"{name}.journal", resumed.header)
+            journal.add(resumed.samples)
+            for e in resumed.events:
+                journal.event(**e)
+            for a in resumed.artifacts:
+                journal.artifact(**a)
+        else:
+            name = f"{scen.name}-{results.utc_stamp()}-{run_id}"
+            journal = results.Journal(out_dir / f"{name}.journal",
+                                      runner.header(p, run_id, img, prepared))
+        outcome = _run_with_progress(scen, cells, journal, study, seed, resumed)
+        extra: dict[str, Any] = {
             "finished": datetime.now(UTC).isoformat(),
             "cells": runner.cell_summary(cells), "interrupted": outcome.interrupted,
-            "duration": outcome.elapsed, "rounds": outcome.rounds})
+            "duration": outcome.elapsed, "rounds": outcome.rounds}
+        if resumed and resumed.supersedes:
+            extra["supersedes"] = resumed.supersedes
+        final = journal.finalize(out_dir / f"{name}.json", extra,
+                                 fallback=runner.runs_dir() / "results")
     finally:
+        if journal is not None:
+            journal.close()
         lock.release()
     doc = results.load_result(final)
     _print_table(results.frame([(str(final), doc)]))
@@ -113,18 +161,20 @@ def run(scenario_name: str, backends: str | None, out_dir: Path, seed: int | Non
     for c in failed:
         err.print(f"[red]cell {c.label} failed[/] after {c.samples} samples "
                   f"({c.failures} failures); see the events in the result")
-    out.print(f"result: {final}")
-    out.print(f"pyperf: {final.with_name(final.name.removesuffix('.json') + '.pyperf.json')}")
+    # Plain print: these lines are read by scripts (make bench), never wrapped.
+    print(f"result: {final}")
+    print(f"pyperf: {final.with_name(final.name.removesuffix('.json') + '.pyperf.json')}")
     err.print(f"took {time.monotonic() - t_begin:.1f} s ({outcome.rounds} rounds)")
     if outcome.interrupted:
-        err.print("[yellow]interrupted[/]: the samples taken so far are in the result above")
+        print(f"interrupted: the samples taken are in the result above; continue with: "
+              f"bench run --resume {run_id} --out {out_dir}", file=sys.stderr)
         sys.exit(130)
     if failed:
         sys.exit(1)
 
 
 def _run_with_progress(scen: scenario.Scenario, cells: list[Any], journal: results.Journal,
-                       study: studies.Study, seed: int | None) -> Any:
+                       study: studies.Study, seed: int | None, resumed: Any = None) -> Any:
     from harness import runner
 
     s = scen.sampling
@@ -145,6 +195,10 @@ def _run_with_progress(scen: scenario.Scenario, cells: list[Any], journal: resul
 
         r = runner.Runner(scen, cells, journal, study.sample,
                           lambda m: studies.unit_of(study, m), progress=update, seed=seed)
+        if resumed is not None:
+            r.restore(resumed.samples, resumed.events)
+            for c in cells:
+                update(c, "restored")
         return r.run()
 
 
@@ -154,15 +208,18 @@ def _print_table(df: Any) -> None:
     if df.empty:
         out.print("no samples")
         return
-    t = Table(title="medians with 95 % CI")
-    for col in ("backend", "variant", "metric", "n", "median", "95 % CI", "note"):
-        t.add_column(col, justify="right" if col in ("n", "median") else "left")
+    t = Table(title="medians with 95 % CI (± = CI half-width / median; ! = unstable)",
+              box=None, pad_edge=False)
+    for col in ("cell", "metric", "n", "median", "95 % CI", "±"):
+        t.add_column(col, justify="right" if col in ("n", "median", "±") else "left",
+                     no_wrap=True)
     for r in tables.summary(df).to_dict("records"):
         u = str(r["unit"])
-        t.add_row(str(r["backend"]), str(r["variant"]), str(r["metric"]), str(r["n"]),
-                  format_value(r["median"], u),
+        cell = str(r["backend"]) + ("" if r["variant"] == "default" else f" [{r['variant']}]")
+        rel = (r["ci_hi"] - r["ci_lo"]) / 2 / r["median"] if r["median"] else float("nan")
+        t.add_row(cell, str(r["metric"]), str(r["n"]), format_value(r["median"], u),
                   f"{format_value(r['ci_lo'], u)} – {format_value(r['ci_hi'], u)}",
-                  str(r["warning"]))
+                  f"{rel:.1%}" + (" !" if r["warning"] else ""))
     out.print(t)
 
 
@@ -220,29 +277,31 @@ def report(result_files: tuple[Path, ...], out_dir: Path, formats: str) -> None:
     bad = [f for f in fmts if f not in ("png", "svg", "pdf")]
     if bad:
         raise click.BadParameter(f"unknown format {bad[0]!r}", param_hint="--format")
-    paths = results.expand(result_files)
-    docs = [(str(p), results.load_result(p)) for p in paths]
+    docs = results.load_all(result_files)
     df = results.frame(docs)
     written = render.build(docs, df, out_dir, fmts)
     for w in written:
-        out.print(str(w))
+        print(w)
 
 
 @cli.command("gc")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def gc_(dry_run: bool) -> None:
+@click.option("--run", "only_run", metavar="RUN_ID", help="Only this (dead) run's leftovers.")
+def gc_(dry_run: bool, only_run: str | None) -> None:
     """Remove what dead runs left behind (containers, VMs, cgroups, dirs...).
 
     Runs still in progress (their lock is held) are left alone.
     """
-    from harness.runner import live_runs
+    from harness.runner import clear_stale_locks, collect, live_runs
 
     live = live_runs()
+    if only_run in live:
+        raise click.UsageError(f"run {only_run} is still running")
     total = 0
     for base in runtimes.base_names():
         rt = runtimes.get(base)
         try:
-            found = rt.leftovers(live) if dry_run else rt.gc(live)
+            found = collect(rt, live, only_run, dry_run)
         except BenchError as e:
             err.print(f"[yellow]{base}[/]: not checked: {e}")
             continue
@@ -250,6 +309,8 @@ def gc_(dry_run: bool) -> None:
             total += 1
             verb = "would remove" if dry_run else "removed"
             out.print(f"{verb} {item.backend} {item.kind} {item.name} (run {item.run_id})")
+    if not dry_run:
+        clear_stale_locks()
     out.print(f"{total} leftover(s){' found' if dry_run else ' removed'}; "
               f"{len(live)} live run(s) left alone")
 

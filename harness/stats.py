@@ -97,7 +97,7 @@ def unstable(values: ArrayLike) -> str | None:
     if s.n < 10:
         return f"only {s.n} samples"
     if s.stdev / abs(s.mean) > 0.10:
-        return f"the standard deviation is {s.stdev / abs(s.mean):.0%} of the mean"
+        return f"unstable: stdev {s.stdev / abs(s.mean):.0%} of mean"
     if s.max > 1.5 * s.median or s.min < 0.5 * s.median:
-        return "outliers beyond 0.5x-1.5x of the median"
+        return "unstable: outliers beyond 0.5x-1.5x median"
     return None

@@ -1,0 +1,72 @@
+"""A fake Runtime for unit tests of the runner (no processes, no privileges)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from harness.errors import InstanceError
+from harness.image import Image
+from runtimes.base import Availability, Exit, Instance, InstanceSpec, Leftover, Prepared, Stats
+
+
+class FakeRuntime:
+    flavours: tuple[str, ...] = ()
+
+    def __init__(self, name: str = "fake", delay: float = 0.0, fail_every: int = 0) -> None:
+        self.name = name
+        self.delay = delay
+        self.fail_every = fail_every
+        self.created = 0
+        self.removed: list[str] = []
+        self.live: dict[str, Instance] = {}
+
+    def availability(self) -> Availability:
+        return Availability(ok=True, versions={"fake": "1"})
+
+    def metadata(self) -> dict[str, Any]:
+        return {"fake": True}
+
+    def prepare(self, image: Image) -> Prepared:
+        return Prepared(image=image, backend=self.name, ref="fake")
+
+    def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
+        self.created += 1
+        if self.fail_every and self.created % self.fail_every == 0:
+            raise InstanceError("fake failure")
+        inst = Instance(spec=spec, prepared=prepared)
+        self.live[spec.name] = inst
+        return inst
+
+    def start(self, inst: Instance) -> None:
+        if self.delay:
+            time.sleep(self.delay)
+
+    def wait_ready(self, inst: Instance, timeout: float) -> int:
+        return time.monotonic_ns()
+
+    def wait_exit(self, inst: Instance, timeout: float) -> Exit:
+        return Exit(code=0, t_ns=time.monotonic_ns())
+
+    def stats(self, inst: Instance) -> Stats:
+        return Stats(pids=(), pss=1, uss=1, rss=1)
+
+    def stop(self, inst: Instance, grace: float = 2.0) -> None:
+        pass
+
+    def daemons(self) -> dict[str, list[int]]:
+        return {}
+
+    def disk_usage(self, inst: Instance) -> int | None:
+        return None
+
+    def remove(self, inst: Instance) -> None:
+        self.removed.append(inst.spec.name)
+        self.live.pop(inst.spec.name, None)
+
+    def leftovers(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        return []
+
+    def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        return []

@@ -1,0 +1,80 @@
+"""The workload image: deterministic, self-contained, identified by its sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from harness import image
+from harness.errors import ImageError
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def test_same_recipe_same_digest(cache: Path, tmp_path: Path) -> None:
+    a = image.build(image.Recipe(), cache)
+    b = image.build(image.Recipe(), tmp_path / "other-cache")
+    assert a.digest == b.digest
+    assert a.tar.read_bytes() == b.tar.read_bytes()
+
+
+def test_digest_is_sha256_of_tar(cache: Path) -> None:
+    img = image.build(image.Recipe(), cache)
+    assert hashlib.sha256(img.tar.read_bytes()).hexdigest() == img.digest
+    image.verify(img)
+    assert img.tag == f"cvbench/base:{img.digest[:12]}"
+
+
+def test_tar_is_normalised(cache: Path) -> None:
+    img = image.build(image.Recipe(), cache)
+    with tarfile.open(img.tar) as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names == sorted(names)
+    assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 for m in members)
+    assert "bench/init" in names
+    init = next(m for m in members if m.name == "bench/init")
+    assert init.mode & 0o111
+
+
+def test_init_announces_then_execs(cache: Path) -> None:
+    img = image.build(image.Recipe(), cache)
+    text = (img.rootfs / "bench/init").read_text()
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    assert lines[0].startswith('echo "CVBENCH-READY')
+    assert 'exec "$@"' in text
+
+
+def test_binaries_bring_their_libraries(cache: Path) -> None:
+    img = image.build(image.Recipe("withcat", ("cat",)), cache)
+    assert (img.rootfs / "usr/bin/cat").exists()
+    libs = image.shared_libraries("/usr/bin/cat")
+    for lib in libs:
+        assert (img.rootfs / lib.lstrip("/")).exists(), lib
+    other = image.build(image.Recipe(), cache)
+    assert other.digest != img.digest
+
+
+def test_missing_binary_is_an_image_error(cache: Path) -> None:
+    with pytest.raises(ImageError, match="not installed"):
+        image.build(image.Recipe("x", ("no-such-binary-xyz",)), cache)
+
+
+def test_static_binary_has_no_libraries() -> None:
+    bb = image._busybox()
+    if bb is None:
+        pytest.skip("busybox-static is not installed")
+    assert image.shared_libraries(bb) == []
+
+
+def test_fallback_without_busybox(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(image, "BUSYBOX_CANDIDATES", ())
+    img = image.build(image.Recipe(), cache)
+    assert (img.rootfs / "bin/sh").exists()
+    assert "not installed" in img.contents["busybox"]
