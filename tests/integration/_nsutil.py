@@ -77,14 +77,11 @@ def open_env(backend: str, binaries: tuple[str, ...] = ()) -> tuple[Env, RunLock
 def gc_run(rt: Any, run_id: str) -> list[str]:
     """gc what run `run_id` left, and nothing of anyone else's runs (live or dead);
     return what is still left of it afterwards."""
-    from harness.runner import live_runs
+    from harness.runner import collect, live_runs
 
-    def others() -> list[str]:
-        found = {x.run_id for x in rt.leftovers(()) if x.run_id and x.run_id != run_id}
-        return sorted(found | {r for r in live_runs() if r != run_id})
-
-    rt.gc(others())
-    return [f"{x.kind} {x.name}" for x in rt.leftovers(others()) if x.run_id == run_id]
+    others = [r for r in live_runs() if r != run_id]  # (our own lock may still be held)
+    collect(rt, others, run_id)
+    return [f"{x.kind} {x.name}" for x in collect(rt, others, run_id, dry_run=True)]
 
 
 def close_env(env: Env, lock: RunLock) -> list[str]:
