@@ -59,7 +59,14 @@ from runtimes.base import (
     state_dir,
 )
 from runtimes.ns import cgroups, namespaces, network, process, rootfs, security, validate
-from runtimes.ns.config import BASE_FLAGS, NS_CAPS, ContainerConfig, MountPoint
+from runtimes.ns.config import (
+    BASE_FLAGS,
+    MASKED_PATHS,
+    NS_CAPS,
+    READONLY_PATHS,
+    ContainerConfig,
+    MountPoint,
+)
 from runtimes.ns.forkserver import ForkServer, ForkServerError
 
 SETUP_TIMEOUT = 30.0
@@ -88,6 +95,9 @@ class NsRuntime:
     def __init__(self) -> None:
         self._cg: cgroups.Manager | None = None
         self._last_cap: int | None = None
+        # Looked up once: which masked and read-only paths this kernel has.
+        self._masked = rootfs.masks(MASKED_PATHS)
+        self._readonly = tuple(p for p in READONLY_PATHS if os.path.exists(p))
         self.rootless = os.geteuid() != 0
 
     @property
@@ -181,7 +191,10 @@ class NsRuntime:
             cgroup_join=tuple(self.cg.join_files(spec.name)) if self.limits_applied else (),
             mounts=tuple(self._mounts(spec)), loopback_up=spec.network != "host",
             caps=security.cap_numbers(NS_CAPS), last_cap=self._last_cap,
-            userns_map=(os.geteuid(), os.getegid()) if self.rootless else None)
+            userns_map=(os.geteuid(), os.getegid()) if self.rootless else None,
+            masked=tuple(m for m in self._masked
+                         if spec.network != "host" or not m[0].startswith("/sys/")),
+            readonly=self._readonly)
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         validate.spec(spec, self.rootless)

@@ -82,7 +82,7 @@ class ContainerConfig:
     groups: tuple[int, ...] = ()
     userns_map: tuple[int, int] | None = None  # (host uid, host gid) mapped to root inside
     net: NetConfig | None = None  # bridge: wait for the veth, then configure it
-    masked: tuple[str, ...] = MASKED_PATHS
-    readonly: tuple[str, ...] = READONLY_PATHS
+    masked: tuple[tuple[str, bool], ...] = ()  # (path, is a directory): see rootfs.masks()
+    readonly: tuple[str, ...] = ()  # of READONLY_PATHS, those this kernel has
     devices: tuple[tuple[str, int, int, int], ...] = DEVICES
     no_new_privs: bool = True

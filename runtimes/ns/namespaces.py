@@ -43,9 +43,9 @@ MS_SLAVE = 1 << 19
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 
-SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAPBSET_DROP = 24
@@ -95,12 +95,14 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
 
+def _b(s: str | None) -> bytes | None:
+    return s.encode() if s is not None else None
+
+
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
           data: str | None = None) -> None:
-    _check(_libc.mount(source.encode() if source is not None else None, target.encode(),
-                       fstype.encode() if fstype is not None else None, flags,
-                       data.encode() if data is not None else None),
-           f"mount {fstype or source or ''} on {target}")
+    if _libc.mount(_b(source), target.encode(), _b(fstype), flags, _b(data)) < 0:
+        _check(-1, f"mount {fstype or source or ''} on {target}")  # (message only on error)
 
 
 def umount2(target: str, flags: int = 0) -> None:
@@ -125,9 +127,11 @@ def mknod(path: str, mode: int, dev: int) -> None:
     _check(_libc.mknod(path.encode(), mode, dev), f"mknod {path}")
 
 
+_LO_UP = struct.pack("16sH22x", b"lo", IFF_UP | IFF_LOOPBACK)  # struct ifreq
+
+
 def loopback_up() -> None:
-    """Bring `lo` up in the current network namespace (a new one has it down)."""
+    """Bring `lo` up in the current network namespace: a new one has it down, with
+    IFF_LOOPBACK as its only flag, so one SIOCSIFFLAGS sets the flags it must have."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = struct.pack("16sH22x", b"lo", 0)
-        flags = struct.unpack("16sH22x", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+        fcntl.ioctl(s, SIOCSIFFLAGS, _LO_UP)

@@ -77,20 +77,27 @@ def _devices(root: str, cfg: ContainerConfig) -> None:
         os.symlink(target, f"{dev}/{link}")
 
 
-def _mask(cfg: ContainerConfig) -> None:
-    for path in cfg.masked:
+def masks(paths: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
+    """(path, is a directory) of the masked paths this kernel has, looked up once on the
+    host: a fresh procfs or sysfs shows the same entries."""
+    out = []
+    for path in paths:
         try:
-            st = os.stat(path)
+            out.append((path, stat.S_ISDIR(os.stat(path).st_mode)))
         except OSError:
             continue
-        if stat.S_ISDIR(st.st_mode):
+    return tuple(out)
+
+
+def _mask(cfg: ContainerConfig) -> None:
+    for path, is_dir in cfg.masked:
+        if is_dir:  # an empty read-only tmpfs over a directory, /dev/null over a file
             ns.mount("tmpfs", path, "tmpfs", ns.MS_RDONLY)
         else:
             ns.mount("/dev/null", path, None, ns.MS_BIND)
     for path in cfg.readonly:
-        if os.path.exists(path):
-            ns.mount(path, path, None, ns.MS_BIND | ns.MS_REC)
-            ns.mount(None, path, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | PROC_FLAGS)
+        ns.mount(path, path, None, ns.MS_BIND | ns.MS_REC)
+        ns.mount(None, path, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | PROC_FLAGS)
 
 
 def setup(cfg: ContainerConfig) -> None:

@@ -57,9 +57,10 @@ def cap_numbers(names: tuple[str, ...]) -> tuple[int, ...]:
 def drop_bounding(keep: tuple[int, ...], last: int) -> None:
     """Cut the bounding set to `keep`: no later execve can gain anything outside it.
     Done first, while we still hold CAP_SETPCAP."""
+    prctl = ns._libc.prctl
     for cap in range(last + 1):
-        if cap not in keep:
-            ns.prctl(ns.PR_CAPBSET_DROP, cap)
+        if cap not in keep and prctl(ns.PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+            ns.prctl(ns.PR_CAPBSET_DROP, cap)  # again, to raise the error with its message
 
 
 def set_caps(keep: tuple[int, ...]) -> None:
