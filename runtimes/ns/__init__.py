@@ -95,6 +95,7 @@ class NsRuntime:
     def __init__(self) -> None:
         self._cg: cgroups.Manager | None = None
         self._last_cap: int | None = None
+        self._caps = security.cap_numbers(NS_CAPS)
         # Looked up once: which masked and read-only paths this kernel has.
         self._masked = rootfs.masks(MASKED_PATHS)
         self._readonly = tuple(p for p in READONLY_PATHS if os.path.exists(p))
@@ -190,7 +191,7 @@ class NsRuntime:
             workdir=spec.workdir, clone_flags=flags,
             cgroup_join=tuple(self.cg.join_files(spec.name)) if self.limits_applied else (),
             mounts=tuple(self._mounts(spec)), loopback_up=spec.network != "host",
-            caps=security.cap_numbers(NS_CAPS), last_cap=self._last_cap,
+            caps=self._caps, last_cap=self._last_cap,
             userns_map=(os.geteuid(), os.getegid()) if self.rootless else None,
             masked=tuple(m for m in self._masked
                          if spec.network != "host" or not m[0].startswith("/sys/")),

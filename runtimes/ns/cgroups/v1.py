@@ -5,7 +5,7 @@ Each controller is its own hierarchy, so an instance is one directory per contro
 cgroup.procs of each. Limits:
   memory -> memory.limit_in_bytes, and memory.memsw.limit_in_bytes where swap accounting
             exists (so the limit cannot be dodged by swapping)
-  cpus   -> cpu.cfs_quota_us = cpus * cpu.cfs_period_us (100 ms)
+  cpus   -> cpu.cfs_quota_us = cpus * cpu.cfs_period_us (the default 100 ms)
   pids   -> pids.max
 """
 
@@ -44,6 +44,7 @@ class V1Manager:
                  every_controller: bool = False) -> None:
         self.mode = mode
         self.parent = parent
+        self._swap_accounting: bool | None = None
         mounts = _mounts()
         # Prefer the real mount table; fall back to root/<controller> (tests use a fake tree).
         if not all(str(mounts.get(c, "")).startswith(str(root)) for c in CONTROLLERS):
@@ -71,11 +72,13 @@ class V1Manager:
         mem = self._dir("memory", name)
         if limits.memory is not None:
             write(mem / "memory.limit_in_bytes", str(limits.memory))
-            if (mem / "memory.memsw.limit_in_bytes").exists():
+            if self._swap_accounting is None:  # the same for every cgroup: look once
+                self._swap_accounting = (mem / "memory.memsw.limit_in_bytes").exists()
+            if self._swap_accounting:
                 write(mem / "memory.memsw.limit_in_bytes", str(limits.memory))
         if limits.cpus is not None:
+            # A new cgroup's cfs_period_us is the kernel default, 100 ms: only the quota.
             cpu = self._dir("cpu", name)
-            write(cpu / "cpu.cfs_period_us", str(PERIOD_US))
             write(cpu / "cpu.cfs_quota_us", str(max(1000, int(limits.cpus * PERIOD_US))))
         if limits.pids is not None:
             write(self._dir("pids", name) / "pids.max", str(limits.pids))
