@@ -26,8 +26,10 @@ Mapping of the InstanceSpec:
   user                       -> root inside; as a non-root user, a user namespace maps
                                 the user to root (rootless)
 
-Phases: create = cgroup + instance dirs + clone + whole set-up up to the exec;
-start = release the exec; remove = kill what is left, rmdir the cgroup and the dirs.
+Phases: create = cgroup (+ instance dirs) + the request to the fork server, which clones
+the child; the child sets itself up meanwhile. start = release the exec and wait until
+it has happened (or the set-up failed). remove = kill what is left, rmdir the cgroup
+(and the dirs).
 """
 
 from __future__ import annotations
@@ -217,14 +219,12 @@ class NsRuntime:
             inst.state.update(out=_proc.Stream(out_r, spec.capture),
                               err=_proc.Stream(err_r, spec.capture))
             try:
-                child = process.spawn(_SERVER, cfg, out_w, err_w, SETUP_TIMEOUT)
+                inst.handle = process.spawn(_SERVER, cfg, out_w, err_w)
             finally:
                 os.close(out_w)
                 os.close(err_w)
-            inst.handle = child
-            inst.pids = [child.pid]
             if spec.network == "bridge":
-                self._attach(inst)
+                self._attach(inst)  # before start: the child cannot exec until then
         except (process.SetupError, ForkServerError) as e:
             self.remove(inst)
             raise InstanceError(f"ns: {e}") from None
@@ -237,7 +237,7 @@ class NsRuntime:
         leases = network.Leases(self.root() / "ipam")
         addr = leases.acquire(inst.spec.name)
         inst.state["lease"] = str(addr)
-        inst.state["veth"] = network.attach(inst.handle.pid, inst.spec.name, addr)
+        inst.state["veth"] = network.attach(inst.handle.resolve(), inst.spec.name, addr)
         inst.state["address"] = str(addr)
 
     def start(self, inst: Instance) -> None:
@@ -245,7 +245,13 @@ class NsRuntime:
             process.release(inst.handle, SETUP_TIMEOUT)
         except process.SetupError as e:
             err = inst.state["err"]
-            raise InstanceError(f"ns: {e} {bytes(err.data[-300:])!r}") from None
+            raise InstanceError(f"ns: setting up {inst.spec.name} failed: {e} "
+                                f"{bytes(err.data[-300:])!r}") from None
+        except ForkServerError as e:
+            raise InstanceError(f"ns: {e}") from None
+        finally:
+            if inst.handle.pid:
+                inst.pids = [inst.handle.pid]
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
         inst.ready_ns = _proc.wait_line(inst.state["out"], inst.spec.ready_line,
@@ -267,7 +273,7 @@ class NsRuntime:
             pids = self.cg.pids(inst.spec.name)
             usage = self.cg.memory_usage(inst.spec.name)
         else:
-            pids, usage = memory.descendants(child.pid), None
+            pids, usage = memory.descendants(child.resolve()), None
         m = memory.processes_memory(pids)
         return Stats(pids=tuple(pids), pss=m.pss, uss=m.uss, rss=m.rss, cgroup=usage)
 

@@ -21,14 +21,13 @@ This module is the runner's side.
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import os
 import pickle
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Load only the modules the child needs, without running the package __init__ files
@@ -50,6 +49,23 @@ class ForkServerError(Exception):
     pass
 
 
+class Ticket:
+    """One request to the fork server; its answer is read (in order) when asked for."""
+
+    def __init__(self, server: ForkServer) -> None:
+        self.server = server
+        self.answer: bytes | None = None
+
+    def pid(self) -> int:
+        if self.answer is None:
+            self.server._answer_until(self)
+        assert self.answer is not None
+        if self.answer[:1] == b"P":
+            return int(self.answer[1:])
+        raise ForkServerError(self.answer[1:].decode(errors="replace")
+                              or "the fork server died")
+
+
 class ForkServer:
     """The runner's handle on its fork server; thread-safe, started on first use."""
 
@@ -57,6 +73,7 @@ class ForkServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
+        self._waiting: collections.deque[Ticket] = collections.deque()
 
     @property
     def pid(self) -> int | None:
@@ -83,38 +100,31 @@ class ForkServer:
                 raise ForkServerError("the ns fork server did not start")
             self._sock = ours
 
-    @contextlib.contextmanager
-    def spawning(self, cfg: object, fds: list[int]) -> Iterator[Callable[[], int]]:
-        """Ask for a child running process.child_main(cfg, *fds); the block gets a function
-        returning its pid. The caller can wait for the child's own report first: by then
-        the answer is waiting in the socket, and reading it costs no extra wake-up."""
+    def request(self, cfg: object, fds: list[int]) -> Ticket:
+        """Ask for a child running process.child_main(cfg, *fds); do not wait for it.
+        Requests are answered in order; `Ticket.pid()` reads the answer when needed."""
         self.start()
         with self._lock:
-            sock = self._sock
-            assert sock is not None
-            socket.send_fds(sock, [pickle.dumps(cfg, pickle.HIGHEST_PROTOCOL)], fds)
-            answered: list[bytes] = []
+            assert self._sock is not None
+            socket.send_fds(self._sock, [pickle.dumps(cfg, pickle.HIGHEST_PROTOCOL)], fds)
+            ticket = Ticket(self)
+            self._waiting.append(ticket)
+        return ticket
 
-            def pid() -> int:
-                if not answered:
-                    answered.append(sock.recv(65536))
-                reply = answered[0]
-                if reply[:1] == b"P":
-                    return int(reply[1:])
-                raise ForkServerError(reply[1:].decode(errors="replace")
-                                      or "the fork server died")
-
-            try:
-                yield pid
-            finally:
-                if not answered:  # keep requests and answers paired
-                    answered.append(sock.recv(65536))
+    def _answer_until(self, ticket: Ticket) -> None:
+        with self._lock:
+            while ticket.answer is None:
+                first = self._waiting.popleft()
+                first.answer = self._sock.recv(65536) if self._sock is not None else b""
 
     def close(self) -> None:
         with self._lock:
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
+            for ticket in self._waiting:
+                ticket.answer = b""
+            self._waiting.clear()
             if self._proc is not None:
                 try:
                     self._proc.wait(timeout=5)

@@ -1,13 +1,14 @@
 """Parent side of an instance's first process, and the code that runs in the child.
 
-create: the fork server (forkserver.py) clone()s the child into its new namespaces. The
-  child maps its user namespace (rootless), joins its cgroup, enters a new cgroup
-  namespace, builds its root filesystem, sets hostname and loopback, drops capabilities
-  and privileges, then writes "R" on the status pipe and blocks reading the go pipe
-  (like runc's exec fifo: everything but the exec is done at create time).
-start: the parent writes one byte on the go pipe; the child execs /bench/init. The status
-  pipe is close-on-exec, so EOF there means the exec succeeded; an "E..." message means a
-  step failed (the child then exits 127).
+create: the runner asks the fork server (forkserver.py) to clone() the child into its
+  new namespaces, and returns. The child maps its user namespace (rootless), joins its
+  cgroup, enters a new cgroup namespace, builds its root filesystem, sets hostname and
+  loopback, drops capabilities and privileges, writes "R" on the status pipe and reads
+  the go pipe (like runc's exec fifo: everything but the exec can happen before start).
+start: the runner writes one byte on the go pipe and waits; the child execs /bench/init.
+  The status pipe is close-on-exec, so EOF after "R" means the exec succeeded; an "E..."
+  message means a step failed (the child then exits 127). The runner thus sleeps once
+  per instance, not at every step, which matters most on a busy host.
 
 The child is a clone of the single-threaded fork server (`serve()` below, see
 forkserver.py) and leaves with execve or os._exit, never by returning into the caller's
@@ -32,7 +33,7 @@ from runtimes.ns import rootfs, security
 from runtimes.ns.config import ContainerConfig
 
 if TYPE_CHECKING:
-    from runtimes.ns.forkserver import ForkServer
+    from runtimes.ns.forkserver import ForkServer, Ticket
 
 
 class SetupError(Exception):
@@ -41,10 +42,20 @@ class SetupError(Exception):
 
 @dataclass
 class Child:
-    pid: int
-    pidfd: int
+    """The parent's handle on an instance's first process. Its pid is known once the
+    fork server's answer has been read (`resolve`)."""
+
+    ticket: Ticket
     go_w: int
     status_r: int
+    pid: int = 0
+    pidfd: int = -1
+
+    def resolve(self) -> int:
+        if not self.pid:
+            self.pid = self.ticket.pid()
+            self.pidfd = os.pidfd_open(self.pid)
+        return self.pid
 
 
 def _write(path: str, data: str) -> None:
@@ -124,7 +135,7 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
     os._exit(127)
 
 
-def _read_status(fd: int, deadline: float, until_eof: bool) -> bytes:
+def _read_to_eof(fd: int, deadline: float) -> bytes:
     buf = b""
     while True:
         left = deadline - time.monotonic()
@@ -133,59 +144,59 @@ def _read_status(fd: int, deadline: float, until_eof: bool) -> bytes:
         if not select.select([fd], [], [], left)[0]:
             continue
         chunk = os.read(fd, 4096)
-        buf += chunk
-        if not chunk or (not until_eof and buf[:1] == b"R"):
+        if not chunk:
             return buf
+        buf += chunk
 
 
-def spawn(server: ForkServer, cfg: ContainerConfig, out_w: int, err_w: int,
-          timeout: float) -> Child:
-    """Have the fork server clone the instance's first process; wait until it is set up
-    (create). Raises SetupError with the child's own message if a step fails."""
+def spawn(server: ForkServer, cfg: ContainerConfig, out_w: int, err_w: int) -> Child:
+    """Ask the fork server to clone the instance's first process (create). Nothing is
+    waited for: the child sets itself up meanwhile, and release() collects the result."""
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
-    status: bytes | None = None
     try:
-        with server.spawning(cfg, [go_r, status_w, out_w, err_w]) as child_pid:
-            os.close(go_r)
-            os.close(status_w)  # now only the child holds it: EOF if it dies
-            go_r = status_w = -1
-            with contextlib.suppress(SetupError):
-                status = _read_status(status_r, time.monotonic() + timeout, until_eof=False)
-            pid = child_pid()
-        pidfd = os.pidfd_open(pid)
+        ticket = server.request(cfg, [go_r, status_w, out_w, err_w])
     except BaseException:
-        for fd in (go_r, status_w, go_w, status_r):
-            if fd >= 0:
-                os.close(fd)
+        os.close(go_w)
+        os.close(status_r)
         raise
-    child = Child(pid=pid, pidfd=pidfd, go_w=go_w, status_r=status_r)
-    if status is None or status[:1] != b"R":
-        abort(child)
-        why = "it did not answer in time" if status is None else \
-            status[1:].decode(errors="replace") or "the child died"
-        raise SetupError(f"setting up {cfg.name} failed: {why}")
-    return child
+    finally:
+        os.close(go_r)
+        os.close(status_w)  # now only the child holds it: EOF when it execs or dies
+    return Child(ticket=ticket, go_w=go_w, status_r=status_r)
 
 
 def release(child: Child, timeout: float) -> None:
-    """Let the child exec the workload (start); returns once the exec has happened."""
+    """Let the child exec the workload (start); returns once the exec has happened.
+
+    "G" is written at once: a child still setting up finds it when it is ready, so the
+    runner waits (and wakes up) only once, at the exec. The child's "R" then EOF means
+    success; "E..." carries the step that failed."""
     os.write(child.go_w, b"G")
     os.close(child.go_w)
     child.go_w = -1
-    status = _read_status(child.status_r, time.monotonic() + timeout, until_eof=True)
-    os.close(child.status_r)
-    child.status_r = -1
-    if status:
-        raise SetupError(f"exec failed: {status[1:].decode(errors='replace')}")
+    try:
+        status = _read_to_eof(child.status_r, time.monotonic() + timeout)
+    finally:
+        os.close(child.status_r)
+        child.status_r = -1
+        child.resolve()
+    if status != b"R":
+        raise SetupError(status[1:].decode(errors="replace") if status[:1] == b"E"
+                         else "the instance's first process died during its set-up")
 
 
 def abort(child: Child) -> None:
-    """Kill and reap a child that never started."""
+    """Kill and reap a child that never started (closing the go pipe alone would let it
+    exit by itself, once its set-up is done)."""
     for fd in (child.go_w, child.status_r):
         if fd >= 0:
             os.close(fd)
     child.go_w = child.status_r = -1
+    try:
+        child.resolve()
+    except Exception:
+        return  # the fork server could not clone it: nothing to kill
     with contextlib.suppress(ProcessLookupError):
         signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
