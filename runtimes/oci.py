@@ -98,11 +98,14 @@ class OciRuntime:
     def root(self) -> Path:
         return state_dir() / "oci"
 
-    def _cli(self) -> list[str]:
-        """The CLI with its global options: its own state dir, under ours."""
+    def _cli(self, network: str = "none") -> list[str]:
+        """The CLI with its global options: its own state dir, under ours; for runsc the
+        ptrace platform (no working KVM here) and the network mode (none: the sandbox's
+        own network stack is off)."""
         cmd = [self.binary, "--root", str(self.root() / f"state-{self.flavour}")]
         if self.flavour == "runsc":
-            cmd += ["--network=none", "--platform=ptrace"]
+            cmd += [f"--network={'host' if network == 'host' else 'none'}",
+                    "--platform=ptrace"]
         return cmd
 
     # --- availability ------------------------------------------------------------------
@@ -240,7 +243,8 @@ class OciRuntime:
         # counted) until remove; crun 1.8 and runsc cannot, so their OOM kills show
         # only as a SIGKILL (exit 137), and `oom_killed` stays False.
         keep = ["--keep"] if self.flavour == "runc" else []
-        cmd = [*self._cli(), "run", *keep, "--bundle", str(inst.state["bundle"]), spec.name]
+        cmd = [*self._cli(spec.network), "run", *keep, "--bundle", str(inst.state["bundle"]),
+               spec.name]
         try:
             pid = os.posix_spawn(cmd[0], cmd, {"PATH": ENV_PATH},
                                  file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null",
