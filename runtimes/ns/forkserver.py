@@ -15,8 +15,9 @@ instance's PR_SET_PDEATHSIG follows the runner, exactly as if the runner had for
 Protocol (a SOCK_SEQPACKET socketpair, one message per request): the runner sends a
 pickled ContainerConfig with four descriptors attached (go pipe read end, status pipe
 write end, stdout, stderr); the server (process.serve) answers b"P<pid>" or b"E<error>".
-It exits when the runner's end of the socket closes, or when the runner dies.
-This module is the runner's side.
+Answers come in request order and are read only when a pid is needed (at start), so
+create never waits for the server. It exits when the runner's end of the socket
+closes, or when the runner dies. This module is the runner's side.
 """
 
 from __future__ import annotations

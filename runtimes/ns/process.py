@@ -181,9 +181,11 @@ def release(child: Child, timeout: float) -> None:
         os.close(child.status_r)
         child.status_r = -1
         child.resolve()
-    if status != b"R":
-        raise SetupError(status[1:].decode(errors="replace") if status[:1] == b"E"
-                         else "the instance's first process died during its set-up")
+    if status == b"R":
+        return
+    failure = status.removeprefix(b"R")  # set up, but the exec itself failed
+    raise SetupError(failure[1:].decode(errors="replace") if failure[:1] == b"E"
+                     else "the instance's first process died during its set-up")
 
 
 def abort(child: Child) -> None:
