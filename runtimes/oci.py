@@ -50,7 +50,7 @@ from runtimes.base import (
     Stats,
     state_dir,
 )
-from runtimes.ns import cgroups, namespaces, upper_mode
+from runtimes.ns import _empty_dirs, cgroups, namespaces, upper_mode
 from runtimes.ns.config import DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS
 
 CGROUP_PARENT = "cvbench.oci"
@@ -346,6 +346,9 @@ class OciRuntime:
         if self.root().is_dir():
             found += [Leftover(self.name, "bundle", str(p), _run_of(p.name))
                       for p in sorted(self.root().iterdir()) if dead(p.name)]
+        if not live_runs:  # the CLIs' state dirs, shared by every run: when none is going
+            found += [Leftover(self.name, "dir", str(d), None) for d in _empty_dirs(
+                *(self.root() / f"state-{f}" for f in FLAVOURS), self.root())]
         return found
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
@@ -360,6 +363,9 @@ class OciRuntime:
             elif item.kind == "cgroup":
                 self.cg.kill(item.name)
                 self.cg.destroy(item.name)
+            elif item.kind == "dir":
+                with contextlib.suppress(OSError):  # (in use again, or not empty)
+                    os.rmdir(item.name)
             else:
                 _remove_bundle(Path(item.name))
         return found

@@ -345,9 +345,13 @@ class NsRuntime:
                   if dead(owner)]
         found += [Leftover(self.name, "link", link, _run_of(alias))
                   for link, alias in network.links().items() if dead(alias)]
-        if not live_runs and not network.bridge_in_use() and \
-                os.path.exists(f"/sys/class/net/{network.BRIDGE}"):
-            found.append(Leftover(self.name, "bridge", network.BRIDGE, None))
+        if not live_runs:  # shared by every run: removed when no run is going
+            if not network.bridge_in_use() and \
+                    os.path.exists(f"/sys/class/net/{network.BRIDGE}"):
+                found.append(Leftover(self.name, "bridge", network.BRIDGE, None))
+            found += [Leftover(self.name, "dir", str(d), None) for d in _empty_dirs(
+                self.root() / "scratch", self.root() / "ipam", self.root() / "volumes",
+                self.root())]
         return found
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
@@ -356,6 +360,9 @@ class NsRuntime:
             if item.kind == "cgroup":
                 self.cg.kill(item.name)
                 self.cg.destroy(item.name)
+            elif item.kind == "dir" and item.run_id is None:
+                with contextlib.suppress(OSError):  # (in use again, or not empty)
+                    os.rmdir(item.name)
             elif item.kind == "dir":
                 _rmtree(Path(item.name))
             elif item.kind == "lease":
@@ -365,6 +372,16 @@ class NsRuntime:
             elif item.kind == "bridge":
                 network.remove_bridge()
         return found
+
+
+def _empty_dirs(*paths: Path) -> list[Path]:
+    """Those of `paths` that are empty directories, or hold only earlier ones of them."""
+    out: list[Path] = []
+    for p in paths:
+        with contextlib.suppress(OSError):
+            if not set(p.iterdir()) - set(out):
+                out.append(p)
+    return out
 
 
 def _remove_instance_dir(idir: Path) -> None:

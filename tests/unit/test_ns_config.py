@@ -141,3 +141,15 @@ def test_oci_flavours() -> None:
     with pytest.raises(UsageError):
         OciRuntime("kata")
     assert OciRuntime("runsc")._cli()[-2:] == ["--network=none", "--platform=ptrace"]
+
+
+def test_empty_dirs(tmp_path: Path) -> None:
+    from runtimes.ns import _empty_dirs
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "f").write_text("")
+    assert _empty_dirs(tmp_path / "a", tmp_path / "b", tmp_path / "nope") == [tmp_path / "a"]
+    (tmp_path / "b" / "f").unlink()
+    assert _empty_dirs(tmp_path / "a", tmp_path / "b", tmp_path) == \
+        [tmp_path / "a", tmp_path / "b", tmp_path]
