@@ -206,7 +206,8 @@ class OciRuntime:
         }
 
     def volume(self, run_id: str, name: str) -> Path:
-        path = state_dir() / "ns" / "volumes" / f"{PREFIX}{run_id}-{name}"
+        """A named volume: a directory kept for the run (gc removes it afterwards)."""
+        path = self.root() / "volumes" / f"{PREFIX}{run_id}-{name}"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -346,9 +347,13 @@ class OciRuntime:
         if self.root().is_dir():
             found += [Leftover(self.name, "bundle", str(p), _run_of(p.name))
                       for p in sorted(self.root().iterdir()) if dead(p.name)]
+        volumes = self.root() / "volumes"
+        if volumes.is_dir():
+            found += [Leftover(self.name, "dir", str(p), _run_of(p.name))
+                      for p in sorted(volumes.iterdir()) if dead(p.name)]
         if not live_runs:  # the CLIs' state dirs, shared by every run: when none is going
             found += [Leftover(self.name, "dir", str(d), None) for d in _empty_dirs(
-                *(self.root() / f"state-{f}" for f in FLAVOURS), self.root())]
+                *(self.root() / f"state-{f}" for f in FLAVOURS), volumes, self.root())]
         return found
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
@@ -363,9 +368,11 @@ class OciRuntime:
             elif item.kind == "cgroup":
                 self.cg.kill(item.name)
                 self.cg.destroy(item.name)
-            elif item.kind == "dir":
+            elif item.kind == "dir" and item.run_id is None:
                 with contextlib.suppress(OSError):  # (in use again, or not empty)
                     os.rmdir(item.name)
+            elif item.kind == "dir":
+                shutil.rmtree(item.name, ignore_errors=True)
             else:
                 _remove_bundle(Path(item.name))
         return found

@@ -132,7 +132,7 @@ class NsRuntime:
         return Availability(ok=True, versions=versions, details=details)
 
     def metadata(self) -> dict[str, Any]:
-        return {"cgroup": self.cg.mode, "kernel": platform.release(),
+        return {"kind": "container", "cgroup": self.cg.mode, "kernel": platform.release(),
                 "start": "clone(CLONE_PARENT) from a fork server, then exec",
                 "rootfs": f"overlay, upper on {upper_mode()}",
                 "capabilities": "docker default set minus CAP_MKNOD (no device cgroup)",

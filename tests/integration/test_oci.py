@@ -54,3 +54,11 @@ def test_stats_and_stop(env: Env) -> None:
         env.rt.stop(inst, grace=0.5)
         env.rt.remove(inst)
     assert not (env.rt.root() / inst.spec.name).exists()
+
+
+def test_volume_kept_across_instances(env: Env) -> None:
+    from runtimes.base import Mount
+
+    vol = (Mount("volume", "/v", "data"),)
+    assert env.run("echo kept > /v/f", mounts=vol).code == 0
+    assert env.run("cat /v/f", mounts=vol).stdout == b"kept\n"
