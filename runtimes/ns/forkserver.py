@@ -88,9 +88,12 @@ class ForkServer:
             root = str(Path(__file__).resolve().parents[2])
             code = _BOOT.format(root=root, fd=theirs.fileno(), ppid=os.getpid())
             try:
+                # Its own process group: a Ctrl-C at the terminal goes to the runner, which
+                # stops between samples; neither the server nor the instances (cloned
+                # into its group) may die of it midway.
                 self._proc = subprocess.Popen(
                     [sys.executable, "-I", "-S", "-c", code], pass_fds=[theirs.fileno()],
-                    stdin=subprocess.DEVNULL)
+                    stdin=subprocess.DEVNULL, process_group=0)
             finally:
                 theirs.close()
             if ours.recv(16) != b"ok":
