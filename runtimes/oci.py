@@ -133,6 +133,7 @@ class OciRuntime:
     def metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"cli": self.flavour, "command": "run",
                                 "oom_detection": self.flavour == "runc",
+                                "cgroup_favordynmods": cgroups.favordynmods(),
                                 "rootfs": f"overlay, upper on {upper_mode()}",
                                 "capabilities": "docker default set", "no_new_privs": True}
         if self.flavour == "runsc":

@@ -129,6 +129,9 @@ class NsRuntime:
                 if userns else "possible (run bench as a non-root user)"
         if not self.limits_applied:
             details["limits"] = "not applied (no writable cgroup tree for this user)"
+        if not cgroups.favordynmods():
+            details["cgroup migrations"] = "wait for an RCU grace period (scripts/provision " \
+                "sets favordynmods where the kernel has it)"
         return Availability(ok=True, versions=versions, details=details)
 
     def metadata(self) -> dict[str, Any]:
@@ -137,7 +140,8 @@ class NsRuntime:
                 "rootfs": f"overlay, upper on {upper_mode()}",
                 "capabilities": "docker default set minus CAP_MKNOD (no device cgroup)",
                 "no_new_privs": True, "rootless": self.rootless,
-                "limits_applied": self.limits_applied}
+                "limits_applied": self.limits_applied,
+                "cgroup_favordynmods": cgroups.favordynmods()}
 
     def prepare(self, image: Image) -> Prepared:
         # The unpacked image is the shared read-only lower layer; nothing to copy per run.

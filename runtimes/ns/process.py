@@ -88,10 +88,8 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
         os.dup2(null, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
-        for path in cfg.cgroup_join:
-            _write(path, "0")  # 0 = the writing process; our pid here is 1, not the host's
-        # After joining: the new cgroup namespace is rooted at our own cgroup.
-        ns.unshare(ns.CLONE_NEWCGROUP)
+        # Opened now, written last: the cgroup files are out of sight after pivot_root.
+        cgroup_procs = [os.open(path, os.O_WRONLY) for path in cfg.cgroup_join]
         rootfs.setup(cfg)
         ns.sethostname(cfg.hostname)
         if cfg.loopback_up:
@@ -101,6 +99,15 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
         except FileNotFoundError:
             os.makedirs(cfg.workdir, 0o755)  # as Docker does for a missing WORKDIR
             os.chdir(cfg.workdir)
+        # Join the cgroup only now, with the set-up done: it runs as this runtime's work
+        # (as a shim's would), and a process just moved into a fresh cgroup competes
+        # for CPU as a new scheduling group, which on a busy host delays every step.
+        # The workload itself never runs outside it.
+        for fd in cgroup_procs:
+            os.write(fd, b"0")  # 0 = the writing process; our pid here is 1, not the host's
+            os.close(fd)
+        # After joining: the new cgroup namespace is rooted at our own cgroup.
+        ns.unshare(ns.CLONE_NEWCGROUP)
         security.drop_bounding(cfg.caps, cfg.last_cap)
         if cfg.userns_map is None:  # (a user namespace has setgroups denied)
             # Only the user's own groups, not whatever the runner had (runc's default:

@@ -71,3 +71,14 @@ def new(root: str | Path = "/sys/fs/cgroup", parent: str = PARENT,
     from runtimes.ns.cgroups.v1 import V1Manager
 
     return V1Manager(root, mode, parent, every_controller)
+
+
+def favordynmods() -> bool:
+    """Whether cgroup migrations skip their RCU wait (a cgroup2 mount with favordynmods,
+    see scripts/provision.d/25-ns.sh): every container start moves a task into a cgroup,
+    so the host's setting is recorded with the results."""
+    try:
+        with open("/proc/self/mounts") as f:
+            return any(" cgroup2 " in line and "favordynmods" in line for line in f)
+    except OSError:
+        return False
