@@ -169,6 +169,45 @@ def test_network_bridge(env: Env) -> None:
     assert not Path(f"/sys/class/net/{network.BRIDGE}").exists() or network.bridge_in_use()
 
 
+def test_network_bridge_with_nat(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CVBENCH_NS_NAT=1: the subnet is masqueraded; the instance reaches a host service."""
+    require("ns", None if shutil.which("iptables") else "iptables missing")
+    import socket
+
+    from tests.integration._nsutil import host_ip
+
+    monkeypatch.setenv("CVBENCH_NS_NAT", "1")
+    import threading
+
+    srv = socket.socket()
+    srv.bind((host_ip(), 0))
+    srv.listen()
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        got.append(conn.recv(16))
+        conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        ex = env.run(f"echo hi | nc -w 2 {host_ip()} {srv.getsockname()[1]}; echo done",
+                     network="bridge", timeout=20)
+        t.join(5)
+        assert got == [b"hi\n"], ex
+        rules = subprocess.run(["iptables", "-t", "nat", "-S", "POSTROUTING"],
+                               capture_output=True, text=True, check=True).stdout
+        assert f"-s {network.subnet()}" in rules and "MASQUERADE" in rules
+    finally:
+        srv.close()
+        if not network.bridge_in_use():
+            network.remove_bridge()
+    rules = subprocess.run(["iptables", "-t", "nat", "-S", "POSTROUTING"],
+                           capture_output=True, text=True, check=True).stdout
+    assert f"-s {network.subnet()}" not in rules
+
+
 def test_mounts(env: Env, tmp_path: Path) -> None:
     (tmp_path / "in").write_text("host data\n")
     ex = env.run("cat /b/in; echo new > /b/out; df -k /t | tail -1; echo v > /v/keep",
