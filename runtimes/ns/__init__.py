@@ -63,6 +63,7 @@ from runtimes.base import (
 from runtimes.ns import cgroups, namespaces, network, process, rootfs, security, validate
 from runtimes.ns.config import (
     BASE_FLAGS,
+    DEVICES,
     MASKED_PATHS,
     NS_CAPS,
     READONLY_PATHS,
@@ -148,6 +149,8 @@ class NsRuntime:
         # Per-run work done here, before any timing: the fork server, the scratch dir.
         _SERVER.start()
         (self.root() / "scratch").mkdir(parents=True, exist_ok=True)
+        if not self.rootless:
+            rootfs.make_dev_layer(self.root() / "devlayer", DEVICES)
         return Prepared(image=image, backend=self.name, ref=str(image.rootfs),
                         footprint={"image": _du(image.rootfs)})
 
@@ -159,7 +162,8 @@ class NsRuntime:
         return path
 
     def _mounts(self, spec: InstanceSpec) -> list[MountPoint]:
-        out = list(rootfs.standard_mounts(new_netns=spec.network != "host"))
+        out = list(rootfs.standard_mounts(new_netns=spec.network != "host",
+                                          dev_tmpfs=self.rootless))
         for m in spec.mounts:
             target = m.target.lstrip("/")
             ro = namespaces.MS_RDONLY if m.readonly else 0
@@ -190,6 +194,7 @@ class NsRuntime:
                "CVBENCH_NONCE": spec.nonce, **spec.env}
         return ContainerConfig(
             name=spec.name, lower=lower,
+            dev_layer="" if self.rootless else str(self.root() / "devlayer"),
             upper=str(idir / "upper") if idir else "", work=str(idir / "work") if idir else "",
             scratch=str(self.root() / "scratch"),
             argv=("/bench/init", *spec.argv),
@@ -353,10 +358,17 @@ class NsRuntime:
             if not network.bridge_in_use() and \
                     os.path.exists(f"/sys/class/net/{network.BRIDGE}"):
                 found.append(Leftover(self.name, "bridge", network.BRIDGE, None))
-            found += [Leftover(self.name, "dir", str(d), None) for d in _empty_dirs(
-                self.root() / "scratch", self.root() / "ipam", self.root() / "volumes",
-                self.root())]
+            layer = self.root() / "devlayer"
+            if layer.is_dir():
+                found.append(Leftover(self.name, "layer", str(layer), None))
+            found += [Leftover(self.name, "dir", str(d), None)
+                      for d in _empty_dirs(*self._shared_dirs())]
         return found
+
+    def _shared_dirs(self) -> tuple[Path, ...]:
+        """Dirs every run uses, in the order they can be removed (the root last)."""
+        return (self.root() / "scratch", self.root() / "ipam", self.root() / "volumes",
+                self.root())
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
         found = self.leftovers(live_runs)
@@ -364,6 +376,8 @@ class NsRuntime:
             if item.kind == "cgroup":
                 self.cg.kill(item.name)
                 self.cg.destroy(item.name)
+            elif item.kind == "layer":
+                shutil.rmtree(item.name, ignore_errors=True)
             elif item.kind == "dir" and item.run_id is None:
                 with contextlib.suppress(OSError):  # (in use again, or not empty)
                     os.rmdir(item.name)
@@ -375,10 +389,14 @@ class NsRuntime:
                 network.delete_link(item.name)
             elif item.kind == "bridge":
                 network.remove_bridge()
+        if not live_runs:  # what the removals above emptied (the dev layer's parent...)
+            for d in _empty_dirs(*self._shared_dirs()):
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
         return found
 
 
-def _empty_dirs(*paths: Path) -> list[Path]:
+def _empty_dirs(*paths: Path) -> list[Path]:  # (used by oci.py too)
     """Those of `paths` that are empty directories, or hold only earlier ones of them."""
     out: list[Path] = []
     for p in paths:

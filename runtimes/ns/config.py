@@ -64,6 +64,7 @@ class NetConfig:
 class ContainerConfig:
     name: str
     lower: str  # the image rootfs, shared read-only by every instance
+    dev_layer: str  # a layer above it holding dev/ ("" = a tmpfs on /dev, rootless)
     upper: str  # per-instance writable layer ("" = a tmpfs private to the instance)
     work: str  # overlayfs' work dir, on the same filesystem as upper
     scratch: str  # a fixed empty dir: the private tmpfs is mounted there (upper "")
