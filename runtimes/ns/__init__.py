@@ -26,9 +26,10 @@ Mapping of the InstanceSpec:
   user                       -> root inside; as a non-root user, a user namespace maps
                                 the user to root (rootless)
 
-Phases: create = cgroup (+ instance dirs) + the request to the fork server, which clones
-the child; the child sets itself up meanwhile. start = release the exec and wait until
-it has happened (or the set-up failed). remove = kill what is left, rmdir the cgroup
+Phases: create = the request to the fork server, which clones the child, then the
+cgroup (+ instance dirs), made while the child sets itself up. start = release the
+child (it joins the cgroup, drops privileges, execs) and wait until the exec has
+happened (or a step failed). remove = kill what is left, rmdir the cgroup
 (and the dirs).
 """
 
@@ -200,7 +201,8 @@ class NsRuntime:
             argv=("/bench/init", *spec.argv),
             env=tuple(f"{k}={v}" for k, v in env.items()), hostname=spec.hostname,
             workdir=spec.workdir, clone_flags=flags,
-            cgroup_join=tuple(self.cg.join_files(spec.name)) if self.limits_applied else (),
+            cgroup_join=tuple(_split_parent(p) for p in self.cg.join_files(spec.name))
+            if self.limits_applied else (),
             mounts=tuple(self._mounts(spec)), loopback_up=spec.network != "host",
             caps=self._caps, last_cap=self._last_cap,
             userns_map=(os.geteuid(), os.getegid()) if self.rootless else None,
@@ -219,9 +221,6 @@ class NsRuntime:
                 inst.state["dir"] = idir
                 (idir / "upper").mkdir()
                 (idir / "work").mkdir()
-            if self.limits_applied:
-                self.cg.create(spec.name, spec.limits)
-                inst.state["cgroup"] = True
             cfg = self._config(spec, prepared.ref, idir)
             out_r, out_w = _proc.open_pipe()
             err_r, err_w = _proc.open_pipe()
@@ -232,6 +231,10 @@ class NsRuntime:
             finally:
                 os.close(out_w)
                 os.close(err_w)
+            if self.limits_applied:
+                # Made while the child sets itself up; it joins at start.
+                inst.state["cgroup"] = True  # (destroy is idempotent: half-made is fine)
+                self.cg.create(spec.name, spec.limits)
             if spec.network == "bridge":
                 self._attach(inst)  # before start: the child cannot exec until then
         except (process.SetupError, ForkServerError) as e:
@@ -394,6 +397,12 @@ class NsRuntime:
                 with contextlib.suppress(OSError):
                     os.rmdir(d)
         return found
+
+
+def _split_parent(procs: str) -> tuple[str, str]:
+    """".../cvbench/<name>/cgroup.procs" -> (".../cvbench", "<name>/cgroup.procs")."""
+    parent, name, leaf = procs.rsplit("/", 2)
+    return parent, f"{name}/{leaf}"
 
 
 def _empty_dirs(*paths: Path) -> list[Path]:  # (used by oci.py too)

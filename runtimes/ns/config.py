@@ -73,7 +73,7 @@ class ContainerConfig:
     hostname: str
     workdir: str
     clone_flags: int
-    cgroup_join: tuple[str, ...]  # cgroup.procs files to write "0" into
+    cgroup_join: tuple[tuple[str, str], ...]  # (parent dir, "<name>/cgroup.procs") to join
     mounts: tuple[MountPoint, ...]
     loopback_up: bool
     caps: tuple[int, ...]  # capability numbers kept; every other one is dropped

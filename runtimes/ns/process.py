@@ -1,14 +1,16 @@
 """Parent side of an instance's first process, and the code that runs in the child.
 
 create: the runner asks the fork server (forkserver.py) to clone() the child into its
-  new namespaces, and returns. The child maps its user namespace (rootless), joins its
-  cgroup, enters a new cgroup namespace, builds its root filesystem, sets hostname and
-  loopback, drops capabilities and privileges, writes "R" on the status pipe and reads
-  the go pipe (like runc's exec fifo: everything but the exec can happen before start).
-start: the runner writes one byte on the go pipe and waits; the child execs /bench/init.
-  The status pipe is close-on-exec, so EOF after "R" means the exec succeeded; an "E..."
-  message means a step failed (the child then exits 127). The runner thus sleeps once
-  per instance, not at every step, which matters most on a busy host.
+  new namespaces, then makes the instance's cgroup while the child (on the other CPU)
+  maps its user namespace (rootless), builds its root filesystem, sets hostname and
+  loopback, writes "R" on the status pipe and reads the go pipe (like runc's exec fifo:
+  all the set-up can happen before start).
+start: the runner writes one byte on the go pipe and waits. The child joins its cgroup,
+  enters a new cgroup namespace, drops capabilities and privileges and execs
+  /bench/init. The status pipe is close-on-exec, so EOF after "R" means the exec
+  succeeded; an "E..." message means a step failed (the child then exits 127). The
+  runner thus sleeps once per instance, not at every step, which matters most on a
+  busy host.
 
 The child is a clone of the single-threaded fork server (`serve()` below, see
 forkserver.py) and leaves with execve or os._exit, never by returning into the caller's
@@ -58,8 +60,8 @@ class Child:
         return self.pid
 
 
-def _write(path: str, data: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
+def _write(path: str, data: str, dir_fd: int | None = None) -> None:
+    fd = os.open(path, os.O_WRONLY, dir_fd=dir_fd)
     try:
         os.write(fd, data.encode())
     finally:
@@ -88,8 +90,9 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
         os.dup2(null, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
-        # Opened now, written last: the cgroup files are out of sight after pivot_root.
-        cgroup_procs = [os.open(path, os.O_WRONLY) for path in cfg.cgroup_join]
+        # The instance's cgroup may not exist yet (the runner makes it while we set up):
+        # keep handles on its parents, which pivot_root puts out of sight.
+        cgroup_parents = [os.open(d, os.O_PATH | os.O_DIRECTORY) for d, _ in cfg.cgroup_join]
         rootfs.setup(cfg)
         ns.sethostname(cfg.hostname)
         if cfg.loopback_up:
@@ -99,12 +102,15 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
         except FileNotFoundError:
             os.makedirs(cfg.workdir, 0o755)  # as Docker does for a missing WORKDIR
             os.chdir(cfg.workdir)
-        # Join the cgroup only now, with the set-up done: it runs as this runtime's work
-        # (as a shim's would), and a process just moved into a fresh cgroup competes
-        # for CPU as a new scheduling group, which on a busy host delays every step.
-        # The workload itself never runs outside it.
-        for fd in cgroup_procs:
-            os.write(fd, b"0")  # 0 = the writing process; our pid here is 1, not the host's
+        env = dict(e.split("=", 1) for e in cfg.env)
+        os.write(status_w, b"R")
+        if os.read(go_r, 1) != b"G":
+            os._exit(0)  # the parent went away or removed us before start
+        # Started: the cgroup exists. Join it only now, with the set-up done: that was
+        # this runtime's work (as a shim's would be), and the workload never runs
+        # outside it.
+        for fd, procs in zip(cgroup_parents, (p for _, p in cfg.cgroup_join), strict=True):
+            _write(procs, "0", fd)  # 0 = the writing process; our pid here is 1
             os.close(fd)
         # After joining: the new cgroup namespace is rooted at our own cgroup.
         ns.unshare(ns.CLONE_NEWCGROUP)
@@ -122,10 +128,6 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
         if cfg.no_new_privs:
             security.no_new_privs()
         os.umask(0o022)
-        env = dict(e.split("=", 1) for e in cfg.env)
-        os.write(status_w, b"R")
-        if os.read(go_r, 1) != b"G":
-            os._exit(0)  # the parent went away or removed us before start
         os.closerange(3, status_w)
         os.closerange(status_w + 1, 65536)
         os.execve(cfg.argv[0], list(cfg.argv), env)
