@@ -17,8 +17,9 @@ One sample records:
                        /var/tmp in its root filesystem and synced, read while it is
                        still alive (a tmpfs upper exists only then)
 
-Backends without a per-instance layer (host: `disk_usage()` is None) record neither
-instance figure, and nothing is written on the host's filesystem for them.
+Backends without a per-instance layer (host: `disk_usage()` of the running idle
+instance is None) record neither instance figure, and the writer never runs for them
+(nothing is written on the host's filesystem).
 """
 
 from __future__ import annotations
@@ -53,19 +54,11 @@ class Disk:
                  f"count={written // BLOCK} 2>/dev/null && sync && exec sleep 3600")
         for metric, argv in (("disk.instance_idle", ("sleep", "3600")),
                              ("disk.instance", ("sh", "-c", write))):
-            spec = ctx.spec(cell, argv=argv, readiness="marker")
-            inst = rt.create(spec, cell.prepared)
-            ctx.track(cell, inst)
-            try:
-                if rt.disk_usage(inst) is None:
-                    break  # no per-instance layer: nothing to measure, nothing to write
-                rt.start(inst)
-                rt.wait_ready(inst, ctx.timeout)
+            with life.instance(ctx, cell, ctx.spec(cell, argv=argv, readiness="marker")) as inst:
                 used = self.settled(ctx, cell, inst, written if metric == "disk.instance" else 0)
-                if used is not None:
-                    out.append(Measurement(metric, float(used)))
-            finally:
-                life.finish(ctx, cell, inst)
+            if used is None:  # no per-instance layer (host): nothing to measure, so the
+                break         # idle instance was the only one and nothing was written
+            out.append(Measurement(metric, float(used)))
         return out
 
     @staticmethod
