@@ -81,6 +81,11 @@ class Context:
         self.timeout = timeout
         self.counter = 0
         self.live: dict[int, tuple[Cell, Instance]] = {}
+        self.params: dict[str, Any] = {}  # the scenario's [params]
+        # Set by the runner. A study whose sample takes long (a density ramp) polls
+        # stop_requested() to end it early on the first Ctrl-C, and says why with event().
+        self.stop_requested: Callable[[], bool] = lambda: False
+        self.event: Callable[..., None] = lambda kind, **data: None
 
     def spec(self, cell: Cell, **overrides: Any) -> InstanceSpec:
         self.counter += 1
@@ -168,6 +173,9 @@ class Runner:
         self.ctx = Context(journal.header["run_id"], scenario.sampling.timeout)
         self.interrupt = Interrupt()
         self.round = start_round
+        self.ctx.params = dict(scenario.params)
+        self.ctx.stop_requested = self.interrupt.wanted
+        self.ctx.event = lambda kind, **data: self.journal.event(kind, round=self.round, **data)
 
     def _one(self, cell: Cell, record: bool) -> None:
         gc.disable()  # no collector pause inside a timed sample

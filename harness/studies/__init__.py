@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from harness.errors import UsageError
 
 # name -> module under harness.studies
-KNOWN = {"startup": "startup"}
+KNOWN = {"startup": "startup", "density": "density"}
 
 
 class Study(Protocol):
