@@ -284,6 +284,66 @@ def report(result_files: tuple[Path, ...], out_dir: Path, formats: str) -> None:
         print(w)
 
 
+@cli.command()
+@click.argument("result_files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--host-memory", required=True, metavar="SIZE",
+              help="Memory of the host to plan for, e.g. 64G.")
+@click.option("--host-cpus", required=True, type=click.IntRange(1), metavar="N",
+              help="Its CPUs (scales the count at which the start-latency SLO is reached).")
+@click.option("--reserve", type=click.FloatRange(0, 100, max_open=True), default=10.0,
+              show_default=True, metavar="PCT", help="Percent of memory kept for the OS.")
+@click.option("--workload-memory", default="0", metavar="SIZE", show_default=True,
+              help="Memory the real workload adds per instance, e.g. 50M.")
+@click.option("--slo-start", metavar="P95", help="Start-latency SLO on the p95, e.g. 2s.")
+@click.option("--basis", type=click.Choice(["pss+kernel", "pss", "cgroup", "host"]),
+              default="pss+kernel",
+              show_default=True, help="What memory the fit uses (see `harness/capacity.py`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--chart", "chart_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also draw projected instances per host (png, svg or pdf by suffix).")
+def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
+             reserve: float, workload_memory: str, slo_start: str | None, basis: str,
+             as_json: bool, chart_file: Path | None) -> None:
+    """Instances per host from density RESULT_FILES: marginal memory per instance (with
+    CI), the start-latency knee, the limit by memory and by the SLO, and which binds."""
+    import json
+
+    from harness import capacity as cap
+    from harness.units import parse_size
+
+    try:
+        memory = parse_size(host_memory)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--host-memory") from None
+    try:
+        per = parse_size(workload_memory)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--workload-memory") from None
+    try:
+        slo = cap.parse_seconds(slo_start) if slo_start else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--slo-start") from None
+    if memory <= 0:
+        raise click.BadParameter("must be positive", param_hint="--host-memory")
+    if chart_file is not None and chart_file.suffix not in (".png", ".svg", ".pdf"):
+        raise click.BadParameter("must end in .png, .svg or .pdf", param_hint="--chart")
+    target = cap.Target(memory=memory, cpus=host_cpus, reserve=reserve / 100,
+                        workload_memory=per, slo_start=slo, basis=basis)
+    plan = cap.analyse(cap.load(result_files), target)
+    if as_json:
+        print(json.dumps(cap.as_json(plan), indent=1))
+    else:
+        out.print(cap.table(plan))
+        for c in plan.cells:
+            for note in ([c.slo_note] if c.slo_note else []) + c.notes:
+                out.print(f"  {c.label}: {note}")
+        out.print("assumptions:")
+        for a in plan.assumptions:
+            out.print(f"  - {a}")
+    if chart_file is not None:
+        err.print(f"chart: {cap.chart(plan, chart_file)}")
+
+
 @cli.command("gc")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.option("--run", "only_run", metavar="RUN_ID", help="Only this (dead) run's leftovers.")
