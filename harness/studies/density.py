@@ -36,8 +36,8 @@ to start (the steps measured so far are kept). Every instance is tracked from th
 moment it exists and all are removed at the end of the ramp, also on failure or Ctrl-C.
 
 With concurrency c > 1, the c instances of a step are created and started back to back
-(the backend's calls are not made concurrently), then their ready lines are awaited in
-parallel: their boots overlap, as when a scheduler places a burst.
+(the backend's calls are not made concurrently) and each one's ready line is awaited by
+its own thread from its start on: their boots overlap, as when a scheduler places a burst.
 
 `[params.per_backend.<backend>]` overrides any parameter for one backend (e.g. fewer,
 slower VMs); the harness never names a backend itself.
@@ -161,6 +161,7 @@ class Ramp:
         self.last_avail = self.avail0
         self.drops: list[int] = []  # MemAvailable drop per instance of each step
         self.top = 0  # the count of the last measurement
+        self.ready = 0  # instances that reached their ready line
         self.over_slo = 0
 
     @property
@@ -195,30 +196,39 @@ class Ramp:
         return None
 
     def step(self, count: int) -> None:
-        """Start `count` instances back to back, then wait for every ready line."""
+        """Start `count` instances back to back and wait for every ready line."""
+        if count == 1:
+            t0, inst = self._begin()
+            self._latency(t0, self.cell.runtime.wait_ready(inst, self.ctx.timeout))
+            return
+        # One waiter thread per instance, started as soon as the instance is: its ready
+        # line is timestamped when it arrives, not when the harness is done creating the
+        # rest of the batch (host and ns timestamp the line when they read it).
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            waits = []
+            for _ in range(count):
+                t0, inst = self._begin()
+                waits.append((t0, pool.submit(self.cell.runtime.wait_ready, inst,
+                                              self.ctx.timeout)))
+            for t0, ready in waits:
+                self._latency(t0, ready.result())
+
+    def _begin(self) -> tuple[int, Instance]:
         rt, ctx = self.cell.runtime, self.ctx
-        begun: list[tuple[int, Instance]] = []
-        for _ in range(count):
-            spec = ctx.spec(self.cell)
-            t0 = now_ns()
-            inst = rt.create(spec, self.cell.prepared)
-            ctx.track(self.cell, inst)
-            self.live.append(inst)
-            rt.start(inst)
-            begun.append((t0, inst))
-        if len(begun) == 1:
-            ready = [rt.wait_ready(begun[0][1], ctx.timeout)]
-        else:
-            # One waiter per instance, so each ready line is timestamped when it arrives,
-            # not when the waits for its batch-mates are over.
-            with ThreadPoolExecutor(max_workers=len(begun)) as pool:
-                ready = list(pool.map(lambda b: rt.wait_ready(b[1], ctx.timeout), begun))
-        first = self.n - len(begun) + 1
-        for i, ((t0, _), t_ready) in enumerate(zip(begun, ready, strict=True)):
-            latency = (t_ready - t0) * 1e-9
-            self.out.append(Measurement("density.start_latency", latency, instance=first + i))
-            if self.p.slo_start:
-                self.over_slo = self.over_slo + 1 if latency > self.p.slo_start else 0
+        spec = ctx.spec(self.cell)
+        t0 = now_ns()
+        inst = rt.create(spec, self.cell.prepared)
+        ctx.track(self.cell, inst)
+        self.live.append(inst)
+        rt.start(inst)
+        return t0, inst
+
+    def _latency(self, t0: int, t_ready: int) -> None:
+        latency = (t_ready - t0) * 1e-9
+        self.ready += 1
+        self.out.append(Measurement("density.start_latency", latency, instance=self.ready))
+        if self.p.slo_start:
+            self.over_slo = self.over_slo + 1 if latency > self.p.slo_start else 0
 
     def measure(self) -> None:
         """Memory at the current count: every live instance's PSS read in one pass."""
