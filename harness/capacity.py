@@ -514,7 +514,8 @@ def table(plan: Plan) -> Table:
 
 def chart(plan: Plan, path: Path) -> Path:
     """Projected instances per host by backend (log scale): bar = the binding limit,
-    whisker = its 95 % CI (memory), hatched when the SLO binds."""
+    whisker = the 95 % CI of the memory limit, hatched when the SLO binds, a dash at
+    the memory limit where the SLO binds below it."""
     import matplotlib.pyplot as plt
 
     from harness.report.charts import colour, save
@@ -522,27 +523,35 @@ def chart(plan: Plan, path: Path) -> Path:
     cells = [c for c in plan.cells if c.instances is not None]
     if not cells:
         raise UsageError("nothing to chart: no cell has a projected count")
-    fig, ax = plt.subplots(figsize=(1.4 * len(cells) + 3, 4.5))
+    fig, ax = plt.subplots(figsize=(1.6 * len(cells) + 3, 4.8))
+    floor = 0.5  # where a bar of 0 would start on a log axis
     for i, c in enumerate(cells):
-        value = max(float(c.instances or 0), 0.8)
-        ax.bar(i, value, color=colour(c.backend), hatch="//" if c.binding != "memory" else None,
-               edgecolor="black", linewidth=0.5)
+        value = float(c.instances or 0)
         lo, hi = c.by_memory_ci
-        if c.binding == "memory" and lo is not None and hi is not None:
-            ax.errorbar([i], [value], yerr=[[value - max(lo, 0.8)], [hi - value]], fmt="none",
-                        color="black", capsize=5)
-        ax.annotate(f"{c.instances:.0f}\n{c.binding}", (i, value), xytext=(0, 4),
+        if value > 0:
+            ax.bar(i, value, width=0.6, bottom=floor, color=colour(c.backend),
+                   edgecolor="black",
+                   linewidth=0.5, hatch=None if c.binding == "memory" else "//")
+        if lo is not None and hi is not None and c.by_memory:
+            mem = c.by_memory
+            ax.errorbar([i], [mem], yerr=[[mem - max(lo, floor)], [hi - mem]], fmt="_",
+                        markersize=24 if c.binding != "memory" else 0, color="black",
+                        capsize=5, lw=1)
+        ax.annotate(f"{value:,.0f}\n{c.binding}", (i, max(value, floor)), xytext=(0, 4),
                     textcoords="offset points", ha="center", va="bottom", fontsize=8)
     ax.set_yscale("log")
+    top = max(max(c.instances or 0, (c.by_memory_ci[1] or 0) if c.by_memory else 0)
+              for c in cells)
+    ax.set_ylim(floor, max(top, 1) * 20)  # room for the labels
+    ax.set_xlim(-0.6, len(cells) - 0.4)
     ax.set_xticks(range(len(cells)),
                   [c.label + ("\n(EMULATED)" if c.emulated else "") for c in cells])
     t = plan.target
     slo = f", start p95 ≤ {format_seconds(t.slo_start)}" if t.slo_start is not None else ""
-    ax.set_ylabel("instances per host (log scale)")
-    ax.set_title(f"Projected idle instances per host: {t.memory / 2**30:.3g} GiB, {t.cpus} "
-                 f"cpus, {t.reserve:.0%} reserved{slo}", fontsize=10)
-    ax.grid(axis="y", which="both", alpha=0.3)
-    ax.margins(y=0.25)
+    ax.set_ylabel("idle instances per host (log scale)")
+    ax.set_title(f"Projected instances per host\n{t.memory / 2**30:.3g} GiB, {t.cpus} cpus, "
+                 f"{t.reserve:.0%} reserved{slo}; memory basis {t.basis}", fontsize=10)
+    ax.grid(axis="y", which="major", alpha=0.3)
     fig.tight_layout()
     fmt = path.suffix.lstrip(".") or "png"
     return save(fig, path.with_suffix(""), [fmt])[0]
