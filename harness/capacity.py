@@ -359,7 +359,8 @@ def project(c: CellPlan, t: Target) -> None:
         per = fit.draws[:, 1] + t.workload_memory
         with np.errstate(divide="ignore", invalid="ignore"):
             n = np.where(per > 0, np.floor(np.maximum(free, 0) / per), np.inf)
-        lo, hi = np.quantile(n, [0.025, 0.975])
+        # inverted_cdf picks drawn values: no interpolation between infinities
+        lo, hi = np.quantile(n, [0.025, 0.975], method="inverted_cdf")
         c.by_memory_ci = (float(lo) if np.isfinite(lo) else None,
                           float(hi) if np.isfinite(hi) else None)
         if fit.marginal_ci[0] <= 0 < fit.marginal_ci[1] and not t.workload_memory:
