@@ -295,10 +295,8 @@ def _stops(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[tuple[str, str
     for _, doc in docs:
         for e in doc.get("events", []):
             if e.get("kind") == "ramp_stopped":
-                out.setdefault((e["backend"], e["variant"]), []).append(str(e.get("reason")))
-            elif e.get("kind") == "sample_failed" and doc["scenario"].get("study") == "density":
                 out.setdefault((e["backend"], e["variant"]), []).append(
-                    f"failed: {str(e.get('error'))[:80]}")
+                    str(e.get("reason"))[:120])
     return out
 
 

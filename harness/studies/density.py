@@ -316,10 +316,13 @@ class Density:
     def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:
         p = resolve(ctx.params, cell.backend)
         ramp = Ramp(ctx, cell, p)
-        reason = "error"
+        reason = "interrupted"  # by a second Ctrl-C, unless an error says otherwise
         try:
             reason = ramp.run()
             return ramp.out
+        except Exception as e:
+            reason = f"failed: {e}"
+            raise
         finally:
             top = ramp.top
             errors = ramp.remove_all()

@@ -115,6 +115,16 @@ def test_noisy_marginal_ci_covers_the_truth() -> None:
     assert lo is not None and hi is not None and lo <= (c.by_memory or 0) <= hi
 
 
+def test_marginal_indistinguishable_from_zero_is_unbounded_above() -> None:
+    samples = [s for r in (1, 2) for s in
+               ramp("ns", r, 10, pss_fixed=MIB, pss_marginal=1000, noise=0.3 * MIB, seed=2)]
+    c = cell(cap.analyse([("a.json", doc(samples))], target(basis="pss")), "ns")
+    f = c.fits["pss"]
+    assert f.marginal_ci[0] < 0 < f.marginal_ci[1]
+    assert c.by_memory_ci[1] is None  # some draws have no positive marginal: no bound
+    assert any("not distinguishable from 0" in n for n in c.notes)
+
+
 def test_workload_memory_and_reserve_enter_the_count() -> None:
     samples = ramp("vm", 1, 6, pss_fixed=0.0, pss_marginal=200 * MIB)
     plan = cap.analyse([("a.json", doc(samples))],

@@ -162,8 +162,13 @@ def test_failed_instance_keeps_the_steps_taken(host: FakeHost, img: image.Image)
 
 def test_first_instance_failing_fails_the_sample(host: FakeHost, img: image.Image) -> None:
     rt = SlowFake(host, fail_at=1)
+    events: list[dict[str, Any]] = []
+    ctx = Context("abcdef0123", timeout=5)
+    ctx.params = {"settle": 0.0, "max_instances": 10}
+    ctx.event = lambda kind, **data: events.append({"kind": kind, **data})
     with pytest.raises(InstanceError):
-        run_ramp(img, rt, max_instances=10)
+        studies.get("density").sample(ctx, make_cell(img, rt))
+    assert events[-1]["reason"] == "failed: no more room" and events[-1]["instances"] == 0
     assert rt.live == {}
 
 
