@@ -269,8 +269,11 @@ def doctor() -> None:
               default=Path("results/report"), show_default=True)
 @click.option("--format", "formats", default="png,svg", show_default=True,
               help="Comma-separated chart formats (png, svg, pdf).")
-def report(result_files: tuple[Path, ...], out_dir: Path, formats: str) -> None:
-    """Write charts and report.md for RESULT_FILES (files or directories)."""
+@click.option("--style", type=click.Choice(["paper", "slides"]), default="paper",
+              show_default=True, help="paper: compact figures; slides: 16:9, large type.")
+def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: str) -> None:
+    """Write charts, report.md and a self-contained index.html for RESULT_FILES (files or
+    directories). Several results (two hosts, two dates) are compared side by side."""
     from harness.report import render
 
     fmts = _split(formats) or ["png"]
@@ -279,7 +282,7 @@ def report(result_files: tuple[Path, ...], out_dir: Path, formats: str) -> None:
         raise click.BadParameter(f"unknown format {bad[0]!r}", param_hint="--format")
     docs = results.load_all(result_files)
     df = results.frame(docs)
-    written = render.build(docs, df, out_dir, fmts)
+    written = render.build(docs, df, out_dir, fmts, style)
     for w in written:
         print(w)
 

@@ -42,7 +42,7 @@ class HostRuntime:
         return Availability(ok=True, versions={"kernel": platform.release()})
 
     def metadata(self) -> dict[str, Any]:
-        return {"isolation": "none", "spawn": "posix_spawn",
+        return {"kind": "process", "isolation": "none", "spawn": "posix_spawn",
                 "not_applied": ["limits", "network", "mounts"], "kernel": platform.release()}
 
     def prepare(self, image: Image) -> Prepared:
