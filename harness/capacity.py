@@ -149,7 +149,10 @@ class CellPlan:
 
     @property
     def label(self) -> str:
-        return self.backend if self.variant == "default" else f"{self.backend} [{self.variant}]"
+        """As the reports label a cell: "docker [volume]", "(TCG, emulated)" for a VM
+        without hardware acceleration."""
+        text = self.backend if self.variant == "default" else f"{self.backend} [{self.variant}]"
+        return text + (" (TCG, emulated)" if self.emulated else "")
 
 
 @dataclass
@@ -158,6 +161,7 @@ class Plan:
     cells: list[CellPlan]
     files: list[str]
     assumptions: list[str]
+    colours: dict[str, str] = field(default_factory=dict)  # the reports' backend colours
 
 
 # --- fits ------------------------------------------------------------------------------
@@ -250,10 +254,12 @@ def fit_latency(n: Array, y: Array) -> LatencyFit | None:
 # --- from result documents to plans ------------------------------------------------------
 
 def density_frame(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> pd.DataFrame:
-    """The density samples of `docs`, with a `ramp` key (file, round) and the host."""
+    """The density samples of `docs`, with a `ramp` key (file, round), and the reports'
+    `kind`, `emulated` and `dataset` columns (harness.report.data.enrich)."""
+    from harness.report import data
     from harness.results import frame
 
-    df = frame(docs)
+    df = data.enrich(frame(docs), docs)
     df = df[df["metric"].str.startswith("density.")].copy()
     if df.empty:
         raise UsageError("no density samples in the given results; run `bench run density` "
@@ -303,14 +309,13 @@ def _stops(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[tuple[str, str
 def analyse(docs: Sequence[tuple[str, Mapping[str, Any]]], target: Target) -> Plan:
     if target.basis not in BASES:
         raise UsageError(f"--basis: unknown basis {target.basis!r}; known: {', '.join(BASES)}")
+    from harness.report import charts, data
+
     df = density_frame(docs)
     hosts = {p: d["host"] for p, d in docs}
     stops = _stops(docs)
-    from harness.report.charts import backend_order
-
     cells: list[CellPlan] = []
-    order = backend_order(list(df["backend"].unique()))
-    for backend in order:
+    for backend in data.backend_order(df):
         sub = df[df["backend"] == backend]
         for variant in sub["variant"].unique():
             g = sub[sub["variant"] == variant]
@@ -341,7 +346,8 @@ def analyse(docs: Sequence[tuple[str, Mapping[str, Any]]], target: Target) -> Pl
     for c in cells:
         project(c, target)
     return Plan(target=target, cells=cells, files=[p for p, _ in docs],
-                assumptions=assumptions(target, cells))
+                assumptions=assumptions(target, cells),
+                colours=dict(charts.Look.of(df).colours))
 
 
 def project(c: CellPlan, t: Target) -> None:
@@ -429,8 +435,9 @@ def assumptions(t: Target, cells: Sequence[CellPlan]) -> list[str]:
     out.append("Not modelled: CPU use of busy instances, PIDs, file descriptors, addresses, "
                "disk, KSM/ballooning/overcommit, and other engine or kernel versions.")
     if any(c.emulated for c in cells):
-        out.append("EMULATED cells (no hardware virtualisation, e.g. QEMU TCG) are slower to "
-                   "start and use more CPU than with KVM: their latency is not representative.")
+        out.append("(TCG, emulated) cells are VMs without hardware virtualisation: they start "
+                   "slower and use more CPU than under KVM, so their latency is not "
+                   "representative.")
     return out
 
 
@@ -498,7 +505,7 @@ def table(plan: Plan) -> Table:
     for c in plan.cells:
         f, lat = c.fits.get(c.basis), c.latency
         tab.add_row(
-            c.label + (" (EMULATED)" if c.emulated else ""),
+            c.label,
             f"{c.ramps}×{c.max_measured}",
             "—" if f is None else f"{f.marginal / MIB:.3g} [{f.marginal_ci[0] / MIB:.3g}, "
                                   f"{f.marginal_ci[1] / MIB:.3g}]",
@@ -512,48 +519,53 @@ def table(plan: Plan) -> Table:
 
 
 def chart(plan: Plan, path: Path) -> Path:
-    """Projected instances per host by backend (log scale): bar = the binding limit,
-    whisker = the 95 % CI of the memory limit, hatched when the SLO binds, a dash at
-    the memory limit where the SLO binds below it."""
-    import matplotlib.pyplot as plt
-
-    from harness.report.charts import colour, save
+    """Projected instances per host by backend (log scale), in the reports' paper style
+    and backend colours: bar = the binding limit, whisker = the 95 % CI of the memory
+    limit, hatched when the SLO binds, a dash at the memory limit where the SLO binds
+    below it."""
+    from harness.report.charts import style_context
 
     cells = [c for c in plan.cells if c.instances is not None]
     if not cells:
         raise UsageError("nothing to chart: no cell has a projected count")
-    fig, ax = plt.subplots(figsize=(1.6 * len(cells) + 3, 4.8))
-    floor = 0.5  # where a bar of 0 would start on a log axis
-    for i, c in enumerate(cells):
-        value = float(c.instances or 0)
-        lo, hi = c.by_memory_ci
-        if value > 0:
-            ax.bar(i, value, width=0.6, bottom=floor, color=colour(c.backend),
-                   edgecolor="black",
-                   linewidth=0.5, hatch=None if c.binding == "memory" else "//")
-        if lo is not None and hi is not None and c.by_memory:
-            mem = c.by_memory
-            ax.errorbar([i], [mem], yerr=[[mem - max(lo, floor)], [hi - mem]], fmt="_",
-                        markersize=24 if c.binding != "memory" else 0, color="black",
-                        capsize=5, lw=1)
-        ax.annotate(f"{value:,.0f}\n{c.binding}", (i, max(value, floor)), xytext=(0, 4),
-                    textcoords="offset points", ha="center", va="bottom", fontsize=8)
-    ax.set_yscale("log")
-    top = max(max(c.instances or 0, (c.by_memory_ci[1] or 0) if c.by_memory else 0)
-              for c in cells)
-    ax.set_ylim(floor, max(top, 1) * 20)  # room for the labels
-    ax.set_xlim(-0.6, len(cells) - 0.4)
-    ax.set_xticks(range(len(cells)),
-                  [c.label + ("\n(EMULATED)" if c.emulated else "") for c in cells])
-    t = plan.target
-    slo = f", start p95 ≤ {format_seconds(t.slo_start)}" if t.slo_start is not None else ""
-    ax.set_ylabel("idle instances per host (log scale)")
-    ax.set_title(f"Projected instances per host\n{t.memory / 2**30:.3g} GiB, {t.cpus} cpus, "
-                 f"{t.reserve:.0%} reserved{slo}; memory basis {t.basis}", fontsize=10)
-    ax.grid(axis="y", which="major", alpha=0.3)
-    fig.tight_layout()
-    fmt = path.suffix.lstrip(".") or "png"
-    return save(fig, path.with_suffix(""), [fmt])[0]
+    with style_context("paper") as st:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(max(st.size[0], 1.3 * len(cells) + 2), st.size[1]))
+        floor = 0.5  # where a bar of 0 would start on a log axis
+        for i, c in enumerate(cells):
+            value = float(c.instances or 0)
+            lo, hi = c.by_memory_ci
+            if value > 0:
+                ax.bar(i, value, width=0.6, bottom=floor,
+                       color=plan.colours.get(c.backend, "#7f7f7f"), edgecolor="black",
+                       linewidth=0.5, hatch=None if c.binding == "memory" else "//")
+            if lo is not None and hi is not None and c.by_memory:
+                mem = c.by_memory
+                ax.errorbar([i], [mem], yerr=[[mem - max(lo, floor)], [hi - mem]], fmt="_",
+                            markersize=20 if c.binding != "memory" else 0, color="black",
+                            capsize=4, lw=1)
+            ax.annotate(f"{value:,.0f}\n{c.binding}", (i, max(value, floor)), xytext=(0, 3),
+                        textcoords="offset points", ha="center", va="bottom")
+        ax.set_yscale("log")
+        top = max(max(c.instances or 0, (c.by_memory_ci[1] or 0) if c.by_memory else 0)
+                  for c in cells)
+        ax.set_ylim(floor, max(top, 1) * 20)  # room for the labels
+        ax.set_xlim(-0.6, len(cells) - 0.4)
+        ax.set_xticks(range(len(cells)), [c.label.replace(" (", "\n(") for c in cells])
+        t = plan.target
+        slo = f", start p95 ≤ {format_seconds(t.slo_start)}" if t.slo_start is not None else ""
+        ax.set_ylabel("idle instances per host (log scale)")
+        ax.set_title(f"Projected instances per host: {t.memory / 2**30:.3g} GiB, {t.cpus} "
+                     f"cpus, {t.reserve:.0%} reserved{slo}\nmemory basis {t.basis}; "
+                     "hatched: the SLO binds (dash: the memory limit)")
+        ax.grid(axis="y", which="major")
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=st.dpi, metadata={"Date": None} if path.suffix != ".png"
+                    else None)
+        plt.close(fig)
+    return path
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")

@@ -242,7 +242,7 @@ def test_cli_json_and_chart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert by["vm"]["emulated"] is True
     assert by["ns"]["instances_per_host"]["max"] > by["vm"]["instances_per_host"]["max"]
     assert by["ns"]["instances_per_host"]["binding"] == "memory"
-    assert any("EMULATED" in a for a in out["assumptions"])
+    assert any("(TCG, emulated)" in a for a in out["assumptions"])
     assert chart.stat().st_size > 1000
 
 
