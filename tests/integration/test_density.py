@@ -1,5 +1,6 @@
-"""Density on the real `ns` runtime: a small ramp end to end, then `bench capacity` on it;
-and a Ctrl-C in the middle of a ramp, which must leave nothing behind."""
+"""Density on real backends: a small ramp on `ns` end to end, then `bench capacity` on
+it; a Ctrl-C in the middle of a ramp, which must leave nothing behind; and two or three
+instances on each engine and VM backend, which must all be removed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import backend_or_skip
+from tests.conftest import backend_or_skip, require
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -111,3 +112,29 @@ def test_ctrl_c_mid_ramp_keeps_the_steps_and_removes_every_instance(tmp_path: Pa
     top = max(s["instance"] for s in doc["samples"] if s["metric"] == "density.pss_total")
     assert 0 < top < 40
     assert ns_leftovers(doc["run_id"]) == []
+
+
+@pytest.mark.parametrize("backend, count", [("docker", 3), ("podman", 3), ("libvirt", 2)])
+def test_small_ramp_on_engines_and_vms(tmp_path: Path, backend: str, count: int) -> None:
+    import runtimes
+
+    require(backend, None if runtimes.known(backend) else "backend not registered here")
+    rt: Any = backend_or_skip(backend)
+    toml = tmp_path / "density-test.toml"
+    toml.write_text(SCENARIO.format(n=count, c=1, settle=0.2).replace('["ns"]',
+                                                                      f'["{backend}"]'))
+    out = tmp_path / "D"
+    p = bench("run", str(toml), "--out", str(out), "--max-samples", "1", "--min-samples", "1")
+    assert p.returncode == 0, p.stderr
+    _, doc = result_of(out)
+    pss = {s["instance"]: s["value"] for s in doc["samples"]
+           if s["metric"] == "density.pss_total"}
+    assert sorted(pss) == list(range(count + 1))
+    assert pss[count] > pss[1] > 0
+    lat = [s["instance"] for s in doc["samples"] if s["metric"] == "density.start_latency"]
+    assert sorted(lat) == list(range(1, count + 1))
+    daemon = [s["value"] for s in doc["samples"] if s["metric"] == "density.daemon_pss"]
+    assert len(daemon) == count + 1
+    stops = [e for e in doc["events"] if e["kind"] == "ramp_stopped"]
+    assert [e["reason"] for e in stops] == ["max_instances"] and not stops[0]["cleanup_errors"]
+    assert [x for x in rt.leftovers() if x.run_id == doc["run_id"]] == []
