@@ -152,11 +152,19 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
     finally:
         if journal is not None:
             journal.close()
+        # What the run made that outlives an instance (volumes, networks) goes with it.
+        live = [x for x in runner.live_runs() if x != run_id]
+        for b in p.backends:
+            try:
+                runner.collect(p.runtimes[b], live, run_id)
+            except Exception as exc:
+                err.print(f"[red]clean-up of {b} failed[/]: {exc} "
+                          f"(run `bench gc --run {run_id}`)")
         lock.release()
     doc = results.load_result(final)
-    _print_table(results.frame([(str(final), doc)]))
-    for e in outcome.cleanup_errors:
-        err.print(f"[red]clean-up problem:[/] {e}")
+    _print_table(results.frame([(str(final), doc)]), order=p.backends)
+    for problem in outcome.cleanup_errors:
+        err.print(f"[red]clean-up problem:[/] {problem}")
     failed = [c for c in cells if c.status == "failed"]
     for c in failed:
         err.print(f"[red]cell {c.label} failed[/] after {c.samples} samples "
@@ -202,7 +210,7 @@ def _run_with_progress(scen: scenario.Scenario, cells: list[Any], journal: resul
         return r.run()
 
 
-def _print_table(df: Any) -> None:
+def _print_table(df: Any, order: list[str] | None = None) -> None:
     from harness.report import tables
 
     if df.empty:
@@ -213,7 +221,12 @@ def _print_table(df: Any) -> None:
     for col in ("cell", "metric", "n", "median", "95 % CI", "±"):
         t.add_column(col, justify="right" if col in ("n", "median", "±") else "left",
                      no_wrap=True)
-    for r in tables.summary(df).to_dict("records"):
+    summ = tables.summary(df)
+    if order:
+        rank = {b: i for i, b in enumerate(order)}
+        summ = summ.sort_values("backend", kind="stable",
+                                key=lambda s: s.map(lambda b: rank.get(b, len(rank))))
+    for r in summ.to_dict("records"):
         u = str(r["unit"])
         cell = str(r["backend"]) + ("" if r["variant"] == "default" else f" [{r['variant']}]")
         rel = (r["ci_hi"] - r["ci_lo"]) / 2 / r["median"] if r["median"] else float("nan")
