@@ -369,6 +369,14 @@ def project(c: CellPlan, t: Target) -> None:
                           float(hi) if np.isfinite(hi) else None)
         if fit.marginal_ci[0] <= 0 < fit.marginal_ci[1] and not t.workload_memory:
             c.notes.append("the marginal memory is not distinguishable from 0 on this basis")
+        host = c.fits.get("host")
+        if t.basis != "host" and host is not None and not (
+                host.marginal_ci[0] <= fit.marginal <= host.marginal_ci[1]):
+            c.notes.append(
+                f"the host's MemAvailable fell by {host.marginal / MIB:.3g} MiB per instance "
+                f"[{host.marginal_ci[0] / MIB:.3g}, {host.marginal_ci[1] / MIB:.3g}], not the "
+                f"{fit.marginal / MIB:.3g} of {t.basis}: other processes on the host, or "
+                "memory the basis does not see (compare the ramps with --json)")
     scale = t.cpus / c.measured_cores if c.measured_cores else 1.0
     if t.slo_start is not None and c.latency is not None:
         at = c.latency.max_under(t.slo_start)
