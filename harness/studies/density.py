@@ -267,10 +267,11 @@ class Ramp:
             before = self.last_avail
             try:
                 self.step(count)
-            except BenchError as e:
+            except Exception as e:  # a backend's own error too: the steps taken stay
                 if self.top == 0:  # not even the first step worked: the sample failed
                     raise
-                return f"instance failed: {e}"
+                what = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+                return f"instance failed: {what}"
             if self.p.settle:
                 time.sleep(self.p.settle)
             self.measure()

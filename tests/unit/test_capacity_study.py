@@ -25,11 +25,12 @@ class SlowFake(FakeRuntime):
                  fail_at: int = 0) -> None:
         super().__init__("fake", delay=delay)
         self.host, self.cost, self.fail_at = host, cost, fail_at
+        self.error: Exception = InstanceError("no more room")
 
     def create(self, spec: Any, prepared: Prepared) -> Instance:
         if self.fail_at and self.created + 1 == self.fail_at:
             self.created += 1
-            raise InstanceError("no more room")
+            raise self.error
         inst = super().create(spec, prepared)
         self.host.used += self.cost
         return inst
@@ -152,11 +153,17 @@ def test_interrupt_ends_the_ramp_and_removes_everything(host: FakeHost, img: ima
     assert rt.live == {} and ctx.live == {}
 
 
-def test_failed_instance_keeps_the_steps_taken(host: FakeHost, img: image.Image) -> None:
+@pytest.mark.parametrize("error, reason", [
+    (InstanceError("no more room"), "instance failed: no more room"),
+    (ConnectionError("daemon gone"), "instance failed: ConnectionError: daemon gone"),
+])
+def test_failed_instance_keeps_the_steps_taken(host: FakeHost, img: image.Image,
+                                               error: Exception, reason: str) -> None:
     rt = SlowFake(host, fail_at=4)
+    rt.error = error
     out, events, _ = run_ramp(img, rt, max_instances=10)
     assert max(values(out, "density.pss_total")) == 3
-    assert events[-1]["reason"].startswith("instance failed: no more room")
+    assert events[-1]["reason"] == reason
     assert rt.live == {}
 
 
