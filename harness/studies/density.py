@@ -54,6 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import runtimes
 from harness import hostinfo
 from harness.errors import BenchError
 from harness.probes.memory import processes_memory
@@ -303,8 +304,9 @@ class Density:
         per = params.get("per_backend", {})
         for backend, table in per.items():
             where = f"params.per_backend.{backend}"
-            if backend.split(":")[0] not in s.backends and backend not in s.backends:
-                out.append((where, f"{backend!r} is not in this scenario's backends"))
+            if not runtimes.known(backend):
+                out.append((where, f"unknown backend {backend!r}; known: "
+                                   f"{', '.join(runtimes.all_names())}"))
             elif not isinstance(table, dict):
                 out.append((where, "must be a table of parameters"))
             else:

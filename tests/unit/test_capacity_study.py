@@ -215,7 +215,7 @@ def parse(params: dict[str, Any], **top: Any) -> scenario.Scenario:
     ({"concurrency": 0}, "params.concurrency"),
     ({"max_memory_fraction": 1.5}, "params.max_memory_fraction"),
     ({"min_mem_available": "lots"}, "params.min_mem_available"),
-    ({"per_backend": {"docker": {"max_instances": 3}}}, "params.per_backend.docker"),
+    ({"per_backend": {"dockr": {"max_instances": 3}}}, "params.per_backend.dockr"),
     ({"per_backend": {"ns": {"max_instance": 3}}}, "params.per_backend.ns.max_instance"),
     ({"per_backend": {"ns": {"slo_start": "1s"}}}, "params.per_backend.ns.slo_start"),
     ({"per_backend": {"ns": 3}}, "params.per_backend.ns"),
