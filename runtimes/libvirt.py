@@ -240,7 +240,7 @@ class LibvirtRuntime:
     def _conn_alive(self) -> bool:
         try:
             return bool(self._conn.isAlive())
-        except Exception:  # noqa: BLE001 - a closed or broken handle is simply not alive
+        except Exception:
             return False
 
     def conn(self) -> Any:
