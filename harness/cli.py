@@ -431,7 +431,7 @@ def compare_(base_spec: str, new_spec: str, threshold: float, alpha: float,
                   else d.verdict, cell.label, format_value(cell.median_base, cell.unit),
                   format_value(cell.median_new, cell.unit), ratio,
                   "—" if d.p != d.p else f"{d.p:.2g}",
-                  "?" if cell.band != cell.band else f"±{cell.band:.0%}", d.why)
+                  "?" if cell.band != cell.band else f"{cell.band:.0%}", d.why)
     out.print(t)
     for n in c.notes:
         err.print(f"[yellow]note:[/] {n}")

@@ -149,11 +149,12 @@ class Comparison:
             d = c.decision
             ratio = "—" if not math.isfinite(d.ratio) else \
                 f"{d.ratio:.3f} ({d.lo:.3f} – {d.hi:.3f})"
-            band = "unknown" if not math.isfinite(c.band) else f"±{c.band:.0%}"
+            band = "unknown" if not math.isfinite(c.band) else f"{c.band:.0%}"
             if math.isfinite(c.band):
                 band += f" ({c.band_source}, {c.runs_base}+{c.runs_new} runs)"
             lines.append(
-                f"| {icon[d.verdict]} | {c.label} | {_fmt(c.median_base, c.unit)} (n={c.n_base})"
+                f"| {icon[d.verdict]} | {_md(c.label)} | "
+                f"{_fmt(c.median_base, c.unit)} (n={c.n_base})"
                 f" | {_fmt(c.median_new, c.unit)} (n={c.n_new}) | {ratio} | "
                 f"{'—' if not math.isfinite(d.p) else f'{d.p:.2g}'} | {band} | {d.why} |")
         extra = [*self.notes]
@@ -164,6 +165,11 @@ class Comparison:
         if extra:
             lines += ["", "Notes:", ""] + [f"- {n}" for n in extra]
         return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    """A table cell: a '|' in a variant's name would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def _fmt(value: float, unit: str) -> str:
