@@ -44,25 +44,51 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("scenario_name", metavar="SCENARIO")
+@click.argument("scenario_name", metavar="SCENARIO", required=False)
 @click.option("--backends", help="Comma-separated backends (default: the scenario's list, "
               "skipping those not available here).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results/runs"), show_default=True, help="Directory for results.")
+@click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue an interrupted or "
+              "killed run from its journal/result in --out (SCENARIO is then not needed).")
 @click.option("--seed", type=int, help="Seed of the round order (default: random).")
 @click.option("--warmups", type=click.IntRange(0), help="Override sampling.warmups.")
 @click.option("--min-samples", type=click.IntRange(1), help="Override sampling.min_samples.")
 @click.option("--max-samples", type=click.IntRange(1), help="Override sampling.max_samples.")
 @click.option("--time-budget", type=click.FloatRange(min=1), help="Override the run's "
               "time budget (s).")
-def run(scenario_name: str, backends: str | None, out_dir: Path, seed: int | None,
-        warmups: int | None, min_samples: int | None, max_samples: int | None,
-        time_budget: float | None) -> None:
-    """Run SCENARIO (a name from scenarios/ or a path to a .toml file)."""
+@click.option("--copies", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="Run every cell this many times, interleaved (2: A/A, `bench calibrate`).")
+def run(scenario_name: str | None, backends: str | None, out_dir: Path,
+        resume_id: str | None, seed: int | None, warmups: int | None,
+        min_samples: int | None, max_samples: int | None, time_budget: float | None,
+        copies: int) -> None:
+    """Run SCENARIO (a name from scenarios/ or a path to a .toml file).
+
+    Ctrl-C (or SIGTERM) stops after the current sample, removes live instances and writes
+    the samples taken; `--resume RUN_ID` continues such a run, or one that was killed.
+    """
     from dataclasses import replace
 
+    from harness import image as image_mod
+    from harness import runner
+    from runtimes.base import new_run_id
+
     t_begin = time.monotonic()
-    scen = scenario.load(scenario_name)
+    resumed: runner.Resumable | None = None
+    if resume_id:
+        if copies != 1:
+            raise click.UsageError("--copies cannot be combined with --resume")
+        if scenario_name or backends:
+            raise click.UsageError("--resume takes the scenario and backends from the run")
+        resumed = runner.find_resumable(out_dir, resume_id)
+        scen = scenario.from_header(resumed.header)
+        wanted: list[str] | None = list(resumed.header["backends"])
+    elif scenario_name:
+        scen = scenario.load(scenario_name)
+        wanted = _split(backends)
+    else:
+        raise click.UsageError("give a SCENARIO, or --resume RUN_ID")
     if any(v is not None for v in (warmups, min_samples, max_samples, time_budget)):
         old = scen.sampling
         sampling = replace(
@@ -73,11 +99,77 @@ def run(scenario_name: str, backends: str | None, out_dir: Path, seed: int | Non
         if sampling.max_samples < sampling.min_samples:
             raise click.UsageError("--max-samples must be >= --min-samples")
         scen = replace(scen, sampling=sampling)
-    final, outcome, cells = _execute(scen, backends, out_dir, seed)
+    validate.check(scen)
+    study = studies.get(scen.study)
+    p = runner.plan(scen, wanted)
+    for b, why in p.skipped.items():
+        err.print(f"[yellow]skipping {b}[/]: {why}")
+
+    run_id = resumed.run_id if resumed else new_run_id()
+    verb = "resuming run" if resumed else "run"
+    err.print(f"{verb} [bold]{run_id}[/]: scenario {scen.name}, backends {', '.join(p.backends)}")
+    img = image_mod.build(scen.workload.image)
+    err.print(f"image {img.tag} sha256:{img.digest} ({img.size / 2**20:.1f} MiB)")
+    if resumed and resumed.header["image"]["digest"] != img.digest:
+        raise click.UsageError(f"the image of run {run_id} was sha256:"
+                               f"{resumed.header['image']['digest']}; this host now builds "
+                               f"sha256:{img.digest}, so the run cannot be continued")
+    lock = runner.RunLock(run_id, {"scenario": scen.name})
+    journal: results.Journal | None = None
+    try:
+        if resumed:
+            # What the interrupted run left (the instance in flight at the kill) goes first.
+            live = runner.live_runs()
+            for b in p.backends:
+                for item in runner.collect(p.runtimes[b], [x for x in live if x != run_id],
+                                           run_id):
+                    err.print(f"removed {item.kind} {item.name} left by the interrupted run")
+        prepared = {}
+        for b in p.backends:
+            with err.status(f"preparing {b}…"):
+                prepared[b] = p.runtimes[b].prepare(img)
+        cells = runner.make_cells(p, prepared, copies)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resumed and resumed.journal:
+            name = resumed.base
+            journal = results.Journal.open_existing(resumed.journal)
+        elif resumed:
+            name = resumed.base
+            journal = results.Journal(out_dir / f"{name}.journal", resumed.header)
+            journal.add(resumed.samples)
+            for e in resumed.events:
+                journal.event(**e)
+            for a in resumed.artifacts:
+                journal.artifact(**a)
+        else:
+            name = f"{scen.name}-{results.utc_stamp()}-{run_id}"
+            journal = results.Journal(out_dir / f"{name}.journal",
+                                      runner.header(p, run_id, img, prepared))
+        outcome = _run_with_progress(scen, cells, journal, study, seed, resumed)
+        extra: dict[str, Any] = {
+            "finished": datetime.now(UTC).isoformat(),
+            "cells": runner.cell_summary(cells), "interrupted": outcome.interrupted,
+            "duration": outcome.elapsed, "rounds": outcome.rounds}
+        if resumed and resumed.supersedes:
+            extra["supersedes"] = resumed.supersedes
+        final = journal.finalize(out_dir / f"{name}.json", extra,
+                                 fallback=runner.runs_dir() / "results")
+    finally:
+        if journal is not None:
+            journal.close()
+        # What the run made that outlives an instance (volumes, networks) goes with it.
+        live = [x for x in runner.live_runs() if x != run_id]
+        for b in p.backends:
+            try:
+                runner.collect(p.runtimes[b], live, run_id)
+            except Exception as exc:
+                err.print(f"[red]clean-up of {b} failed[/]: {exc} "
+                          f"(run `bench gc --run {run_id}`)")
+        lock.release()
     doc = results.load_result(final)
-    _print_table(results.frame([(str(final), doc)]))
-    for e in outcome.cleanup_errors:
-        err.print(f"[red]clean-up problem:[/] {e}")
+    _print_table(results.frame([(str(final), doc)]), order=p.backends)
+    for problem in outcome.cleanup_errors:
+        err.print(f"[red]clean-up problem:[/] {problem}")
     failed = [c for c in cells if c.status == "failed"]
     for c in failed:
         err.print(f"[red]cell {c.label} failed[/] after {c.samples} samples "
@@ -87,54 +179,15 @@ def run(scenario_name: str, backends: str | None, out_dir: Path, seed: int | Non
     print(f"pyperf: {final.with_name(final.name.removesuffix('.json') + '.pyperf.json')}")
     err.print(f"took {time.monotonic() - t_begin:.1f} s ({outcome.rounds} rounds)")
     if outcome.interrupted:
-        err.print("[yellow]interrupted[/]: the samples taken so far are in the result above")
+        print(f"interrupted: the samples taken are in the result above; continue with: "
+              f"bench run --resume {run_id} --out {out_dir}", file=sys.stderr)
         sys.exit(130)
     if failed:
         sys.exit(1)
 
 
-def _execute(scen: scenario.Scenario, backends: str | None, out_dir: Path, seed: int | None,
-             copies: int = 1) -> tuple[Path, Any, list[Any]]:
-    """Validate, plan, build, prepare, run and finalize one run of `scen`; the result's path,
-    the runner's outcome and the cells. `copies` > 1 runs every cell that many times,
-    interleaved (A/A calibration)."""
-    from harness import image as image_mod
-    from harness import runner
-    from runtimes.base import new_run_id
-
-    validate.check(scen)
-    study = studies.get(scen.study)
-    p = runner.plan(scen, _split(backends))
-    for b, why in p.skipped.items():
-        err.print(f"[yellow]skipping {b}[/]: {why}")
-
-    run_id = new_run_id()
-    err.print(f"run [bold]{run_id}[/]: scenario {scen.name}, backends {', '.join(p.backends)}")
-    img = image_mod.build(scen.workload.image)
-    err.print(f"image {img.tag} sha256:{img.digest} ({img.size / 2**20:.1f} MiB)")
-    lock = runner.RunLock(run_id, {"scenario": scen.name})
-    try:
-        prepared = {}
-        for b in p.backends:
-            with err.status(f"preparing {b}…"):
-                prepared[b] = p.runtimes[b].prepare(img)
-        cells = runner.make_cells(p, prepared, copies)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{scen.name}-{results.utc_stamp()}-{run_id}"
-        journal = results.Journal(out_dir / f"{name}.journal",
-                                  runner.header(p, run_id, img, prepared))
-        outcome = _run_with_progress(scen, cells, journal, study, seed)
-        final = journal.finalize(out_dir / f"{name}.json", {
-            "finished": datetime.now(UTC).isoformat(),
-            "cells": runner.cell_summary(cells), "interrupted": outcome.interrupted,
-            "duration": outcome.elapsed, "rounds": outcome.rounds})
-    finally:
-        lock.release()
-    return final, outcome, cells
-
-
 def _run_with_progress(scen: scenario.Scenario, cells: list[Any], journal: results.Journal,
-                       study: studies.Study, seed: int | None) -> Any:
+                       study: studies.Study, seed: int | None, resumed: Any = None) -> Any:
     from harness import runner
 
     s = scen.sampling
@@ -155,24 +208,36 @@ def _run_with_progress(scen: scenario.Scenario, cells: list[Any], journal: resul
 
         r = runner.Runner(scen, cells, journal, study.sample,
                           lambda m: studies.unit_of(study, m), progress=update, seed=seed)
+        if resumed is not None:
+            r.restore(resumed.samples, resumed.events)
+            for c in cells:
+                update(c, "restored")
         return r.run()
 
 
-def _print_table(df: Any) -> None:
+def _print_table(df: Any, order: list[str] | None = None) -> None:
     from harness.report import tables
 
     if df.empty:
         out.print("no samples")
         return
-    t = Table(title="medians with 95 % CI")
-    for col in ("backend", "variant", "metric", "n", "median", "95 % CI", "note"):
-        t.add_column(col, justify="right" if col in ("n", "median") else "left")
-    for r in tables.summary(df).to_dict("records"):
+    t = Table(title="medians with 95 % CI (± = CI half-width / median; ! = unstable)",
+              box=None, pad_edge=False)
+    for col in ("cell", "metric", "n", "median", "95 % CI", "±"):
+        t.add_column(col, justify="right" if col in ("n", "median", "±") else "left",
+                     no_wrap=True)
+    summ = tables.summary(df)
+    if order:
+        rank = {b: i for i, b in enumerate(order)}
+        summ = summ.sort_values("backend", kind="stable",
+                                key=lambda s: s.map(lambda b: rank.get(b, len(rank))))
+    for r in summ.to_dict("records"):
         u = str(r["unit"])
-        t.add_row(str(r["backend"]), str(r["variant"]), str(r["metric"]), str(r["n"]),
-                  format_value(r["median"], u),
+        cell = str(r["backend"]) + ("" if r["variant"] == "default" else f" [{r['variant']}]")
+        rel = (r["ci_hi"] - r["ci_lo"]) / 2 / r["median"] if r["median"] else float("nan")
+        t.add_row(cell, str(r["metric"]), str(r["n"]), format_value(r["median"], u),
                   f"{format_value(r['ci_lo'], u)} – {format_value(r['ci_hi'], u)}",
-                  str(r["warning"]))
+                  f"{rel:.1%}" + (" !" if r["warning"] else ""))
     out.print(t)
 
 
@@ -222,37 +287,42 @@ def doctor() -> None:
               default=Path("results/report"), show_default=True)
 @click.option("--format", "formats", default="png,svg", show_default=True,
               help="Comma-separated chart formats (png, svg, pdf).")
-def report(result_files: tuple[Path, ...], out_dir: Path, formats: str) -> None:
-    """Write charts and report.md for RESULT_FILES (files or directories)."""
+@click.option("--style", type=click.Choice(["paper", "slides"]), default="paper",
+              show_default=True, help="paper: compact figures; slides: 16:9, large type.")
+def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: str) -> None:
+    """Write charts, report.md and a self-contained index.html for RESULT_FILES (files or
+    directories). Several results (two hosts, two dates) are compared side by side."""
     from harness.report import render
 
     fmts = _split(formats) or ["png"]
     bad = [f for f in fmts if f not in ("png", "svg", "pdf")]
     if bad:
         raise click.BadParameter(f"unknown format {bad[0]!r}", param_hint="--format")
-    paths = results.expand(result_files)
-    docs = [(str(p), results.load_result(p)) for p in paths]
+    docs = results.load_all(result_files)
     df = results.frame(docs)
-    written = render.build(docs, df, out_dir, fmts)
+    written = render.build(docs, df, out_dir, fmts, style)
     for w in written:
         print(w)
 
 
 @cli.command("gc")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def gc_(dry_run: bool) -> None:
+@click.option("--run", "only_run", metavar="RUN_ID", help="Only this (dead) run's leftovers.")
+def gc_(dry_run: bool, only_run: str | None) -> None:
     """Remove what dead runs left behind (containers, VMs, cgroups, dirs...).
 
     Runs still in progress (their lock is held) are left alone.
     """
-    from harness.runner import live_runs
+    from harness.runner import clear_stale_locks, collect, live_runs
 
     live = live_runs()
+    if only_run in live:
+        raise click.UsageError(f"run {only_run} is still running")
     total = 0
     for base in runtimes.base_names():
         rt = runtimes.get(base)
         try:
-            found = rt.leftovers(live) if dry_run else rt.gc(live)
+            found = collect(rt, live, only_run, dry_run)
         except BenchError as e:
             err.print(f"[yellow]{base}[/]: not checked: {e}")
             continue
@@ -260,6 +330,8 @@ def gc_(dry_run: bool) -> None:
             total += 1
             verb = "would remove" if dry_run else "removed"
             out.print(f"{verb} {item.backend} {item.kind} {item.name} (run {item.run_id})")
+    if not dry_run:
+        clear_stale_locks()
     out.print(f"{total} leftover(s){' found' if dry_run else ' removed'}; "
               f"{len(live)} live run(s) left alone")
 
@@ -462,6 +534,9 @@ def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path
     host's load changing). The band uses the run-to-run one, because comparisons are
     between separate runs.
     """
+    import subprocess
+    import tempfile
+
     from harness import baseline, hostinfo
 
     scen = scenario.load(scenario_name)
@@ -471,11 +546,21 @@ def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path
         raise UsageError(f"{target}: already calibrated; pass --force to measure again")
     docs: list[tuple[str, dict[str, Any]]] = []
     for i in range(runs):
+        # Each calibration run is a separate `bench run` process, as the runs compared
+        # later are: process start-up state is part of what differs between runs.
         err.print(f"calibration run {i + 1}/{runs}")
-        final, outcome, _ = _execute(scen, backends, out_dir, None, copies=2)
-        if outcome.interrupted:
-            raise UsageError("calibration interrupted; nothing stored")
-        docs.append((str(final), results.load_result(final)))
+        args = [sys.executable, "-m", "harness.cli", "run", scenario_name, "--copies", "2",
+                "--out", str(out_dir), *(["--backends", backends] if backends else [])]
+        # stdout to a file, not a pipe: a stray instance process that inherited it must
+        # not keep us waiting for EOF
+        with tempfile.TemporaryFile("w+") as f:
+            code = subprocess.run(args, stdout=f, check=False).returncode
+            f.seek(0)
+            final = next((line.strip().removeprefix("result: ") for line in f
+                          if line.startswith("result: ")), None)
+        if code != 0 or final is None:
+            raise BenchError(f"calibration run {i + 1} failed (exit {code}); nothing stored")
+        docs.append((final, results.load_result(final)))
     noise = baseline.calibrate_noise(d for _, d in docs)
     cal = {"runs": [p for p, _ in docs], "run_ids": [d["run_id"] for _, d in docs]}
     if existing is not None:  # keep the baseline's samples, replace only the noise band

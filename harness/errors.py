@@ -37,6 +37,10 @@ class ResultError(UsageError):
     """A result file cannot be read: malformed, corrupted, or from a newer schema."""
 
 
+class ResultWriteError(BenchError):
+    """A result could not be written where asked (e.g. a full disk); it went elsewhere."""
+
+
 class BackendUnavailable(BenchError):
     """A backend cannot run here; carries the reason and the fix."""
 

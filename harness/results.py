@@ -20,9 +20,9 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from harness.errors import ResultError
+from harness.errors import ResultError, ResultWriteError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,6 +52,8 @@ class Journal:
         self.samples: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.artifacts: list[dict[str, Any]] = []
+        self._pending: list[str] = []
+        self.write_error: OSError | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         # "x": never overwrite anything, not even a journal of another run.
         self._f = open(path, "x", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
@@ -64,18 +66,42 @@ class Journal:
         self = cls.__new__(cls)
         self.path, self.header = path, header
         self.samples, self.events, self.artifacts = samples, events, artifacts
+        self._pending, self.write_error = [], None
         self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self._recover()  # drop a line the kill tore in half before appending
+        self.event("resumed")
         return self
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
-        self._f.flush()
+        """Append a line; on a write error (a full disk) keep it pending and retry with the
+        next one, so the run goes on and nothing measured is lost (it is all in memory)."""
+        self._pending.append(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+        try:
+            while self._pending:
+                self._f.write(self._pending[0])
+                self._f.flush()
+                self._pending.pop(0)
+            self.write_error = None
+        except OSError as e:
+            self.write_error = e
+            self._recover()
+
+    def _recover(self) -> None:
+        # A failed flush leaves part of the line in the file; reopen and truncate to the
+        # last complete line before retrying.
+        with contextlib.suppress(OSError):
+            self._f.close()
+        self._f = open(self.path, "r+", encoding="utf-8")  # noqa: SIM115
+        data = self._f.read()
+        self._f.seek(0)
+        self._f.truncate(data.rfind("\n") + 1)
+        self._f.seek(0, os.SEEK_END)
 
     def add(self, samples: Iterable[dict[str, Any]]) -> None:
+        """One sample's figures, written as ONE line: a crash keeps all or none of them."""
         batch = list(samples)
-        for s in batch:
-            self._write({"sample": s})
         self.samples.extend(batch)
+        self._write({"samples": batch})
 
     def event(self, kind: str, **data: Any) -> None:
         record = {"kind": kind, "time": datetime.now(UTC).isoformat(), **data}
@@ -88,19 +114,36 @@ class Journal:
 
     def close(self) -> None:
         if not self._f.closed:
-            os.fsync(self._f.fileno())
-            self._f.close()
+            with contextlib.suppress(OSError):
+                os.fsync(self._f.fileno())
+            with contextlib.suppress(OSError):
+                self._f.close()
 
-    def finalize(self, final: Path, extra: Mapping[str, Any]) -> Path:
-        """Write the result atomically next to the journal, then drop the journal."""
+    def finalize(self, final: Path, extra: Mapping[str, Any],
+                 fallback: Path | None = None) -> Path:
+        """Write the result atomically next to the journal, then drop the journal.
+
+        If that directory cannot take it (a full disk), the result goes to `fallback`
+        (default: the state dir) and the journal stays: nothing measured is lost.
+        """
         doc = {**self.header, **extra, "samples": self.samples, "events": self.events,
                "artifacts": self.artifacts}
         doc["checksum"] = checksum(doc)
-        write_new(final, json.dumps(doc, indent=1, allow_nan=False) + "\n")
+        text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
         self.close()
-        write_new(final.with_name(final.name.removesuffix(".json") + ".pyperf.json"),
-                  pyperf_json(doc))
-        self.path.unlink()
+        try:
+            write_new(final, text)
+        except OSError as e:
+            alt = (fallback or Path(tempfile.gettempdir())) / final.name
+            alt.parent.mkdir(parents=True, exist_ok=True)
+            write_new(alt, text)
+            raise ResultWriteError(f"{final}: cannot write the result ({e.strerror}); it was "
+                                   f"saved as {alt} instead") from None
+        with contextlib.suppress(ResultError):  # no pyperf-representable sample: no companion
+            write_new(final.with_name(final.name.removesuffix(".json") + ".pyperf.json"),
+                      pyperf_json(doc))
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
         return final
 
 
@@ -124,8 +167,8 @@ def read_journal(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]],
             raise ResultError(f"{path}: line {i + 1}: not JSON") from None
         if "header" in rec:
             header = rec["header"]
-        elif "sample" in rec:
-            samples.append(rec["sample"])
+        elif "samples" in rec:
+            samples.extend(rec["samples"])
         elif "event" in rec:
             events.append(rec["event"])
         elif "artifact" in rec:
@@ -236,13 +279,29 @@ def frame(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def current(docs: Iterable[tuple[str, Mapping[str, Any]]]
+            ) -> list[tuple[str, Mapping[str, Any]]]:
+    """Drop results that a resumed run's result in the same set supersedes (it holds all of
+    their samples; counting both would count them twice)."""
+    docs = list(docs)
+    superseded = {Path(str(doc.get("supersedes"))).name for _, doc in docs
+                  if doc.get("supersedes")}
+    return [(p, d) for p, d in docs if Path(p).name not in superseded]
+
+
+def load_all(paths: str | Path | Iterable[str | Path]) -> list[tuple[str, dict[str, Any]]]:
+    """(path, document) of every current result in `paths` (see `current`)."""
+    docs = [(str(p), load_result(p)) for p in expand(paths)]
+    return cast(list[tuple[str, dict[str, Any]]], current(docs))
+
+
 def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     """One row per sample of every result in `paths` (files, or directories of them).
 
     Columns: backend, variant, metric, unit, value, round, instance, run_id, scenario,
     image_digest, host_id, host, created, accel, emulated, file.
     """
-    return frame((str(p), load_result(p)) for p in expand(paths))
+    return frame(load_all(paths))
 
 
 def expand(paths: str | Path | Iterable[str | Path]) -> list[Path]:

@@ -18,6 +18,7 @@ import gc
 import json
 import os
 import random
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -30,11 +31,11 @@ from typing import Any
 
 import runtimes as runtimes_registry
 from harness import __version__, hostinfo, stats
-from harness.errors import BackendUnavailable, BenchError, UsageError
+from harness.errors import BackendUnavailable, BenchError, InstanceError, UsageError
 from harness.image import Image
 from harness.results import SCHEMA, Journal
 from harness.scenario import Config, Scenario, Variant
-from runtimes.base import Instance, InstanceSpec, Prepared, Runtime, state_dir
+from runtimes.base import Instance, InstanceSpec, Leftover, Prepared, Runtime, state_dir
 
 FAILURES_TO_GIVE_UP = 3
 
@@ -66,9 +67,10 @@ class Cell:
     copy: int | None = None
 
     @property
-    def key(self) -> tuple[str, ...]:
-        base = (self.backend, self.variant.name)
-        return base if self.copy is None else (*base, str(self.copy))
+    def key(self) -> tuple[str, str]:
+        if self.copy is None:
+            return (self.backend, self.variant.name)
+        return (self.backend, f"{self.variant.name} #{self.copy}")
 
     @property
     def label(self) -> str:
@@ -177,8 +179,12 @@ class Runner:
         gc.disable()  # no collector pause inside a timed sample
         try:
             measurements = self.sample(self.ctx, cell)
-        except (BenchError, OSError) as e:
+        except Exception as e:
+            # A daemon that died, a timeout, a backend bug: recorded against this cell
+            # (type and message); the other cells go on and earlier samples stay.
             errors = self.ctx.cleanup(only=cell)
+            if not isinstance(e, BenchError):
+                e = InstanceError(f"{type(e).__name__}: {e}")
             cell.failures += 1
             cell.consecutive_failures += 1
             self.journal.event("sample_failed", backend=cell.backend, variant=cell.variant.name,
@@ -204,7 +210,35 @@ class Runner:
         cell.samples += 1
         cell.values.extend(m.value for m in measurements if m.metric == metric)
         self._decide(cell)
-        self.progress(cell, "")
+        note = ""
+        if self.journal.write_error is not None:
+            note = f"journal not written ({self.journal.write_error.strerror}); kept in memory"
+        self.progress(cell, note)
+
+    def restore(self, samples: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+        """Rebuild the cells' progress from a resumed run's samples and events."""
+        metric = self.scenario.sampling.metric
+        by_key = {c.key: c for c in self.cells}
+        rounds: dict[tuple[str, str], set[int]] = {}
+        for s in samples:
+            key = (s["backend"], s["variant"])
+            if key not in by_key:
+                continue
+            rounds.setdefault(key, set()).add(s["round"])
+            if s["metric"] == metric:
+                by_key[key].values.append(float(s["value"]))
+            self.round = max(self.round, int(s["round"]))
+        for key, cell in by_key.items():
+            cell.samples = len(rounds.get(key, ()))
+            for e in events:
+                if (e.get("backend"), e.get("variant")) != key:
+                    continue
+                if e["kind"] == "sample_failed":
+                    cell.failures += 1
+                elif e["kind"] == "cell_failed":
+                    cell.status = "failed"
+            if cell.status == "running":
+                self._decide(cell)
 
     def _decide(self, cell: Cell) -> None:
         s = self.scenario.sampling
@@ -305,6 +339,28 @@ def live_runs() -> list[str]:
     return live
 
 
+def collect(rt: Runtime, live: list[str], only_run: str | None = None,
+            dry_run: bool = False) -> list[Leftover]:
+    """Leftovers of dead runs on one backend (all, or only `only_run`'s): listed, and
+    removed unless `dry_run`."""
+    keep = list(live)
+    if only_run:
+        # Every other run counts as live, so only `only_run`'s resources go.
+        keep += sorted({x.run_id or "" for x in rt.leftovers(live)} - {only_run})
+    return rt.leftovers(keep) if dry_run else rt.gc(keep)
+
+
+def clear_stale_locks() -> None:
+    """Remove the lock files of runs that are no longer alive."""
+    live = set(live_runs())
+    d = runs_dir()
+    if d.is_dir():
+        for p in d.glob("*.lock"):
+            if p.stem not in live:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+
 @dataclass
 class Plan:
     """A scenario bound to this host: the backends that will run, and the ones skipped."""
@@ -363,7 +419,8 @@ def header(p: Plan, run_id: str, image: Image, prepared: dict[str, Prepared]
     return {
         "schema": SCHEMA, "tool": {"name": "cvbench", "version": __version__},
         "run_id": run_id, "created": datetime.now(UTC).isoformat(),
-        "scenario": p.scenario.as_dict(), "host": hostinfo.fingerprint(),
+        "scenario": p.scenario.as_dict(), "scenario_toml": dict(p.scenario.raw),
+        "host": hostinfo.fingerprint(),
         "backends": backends, "skipped": p.skipped, "image": image.as_dict(),
     }
 
@@ -372,3 +429,51 @@ def cell_summary(cells: list[Cell]) -> list[dict[str, Any]]:
     return [{"backend": c.backend, "variant": c.variant.name, "status": c.status,
              "samples": c.samples, "failures": c.failures,
              **({"copy": c.copy} if c.copy is not None else {})} for c in cells]
+
+
+@dataclass
+class Resumable:
+    """What an interrupted run left in an output directory."""
+
+    run_id: str
+    base: str  # file name stem of the new journal/result
+    header: dict[str, Any]
+    samples: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    artifacts: list[dict[str, Any]]
+    journal: Path | None  # a SIGKILLed run's journal, appended to in place
+    supersedes: str | None  # an interrupted result the resumed one replaces
+
+
+def find_resumable(out_dir: Path, run_id: str) -> Resumable:
+    """The journal (killed run) or interrupted result (Ctrl-C) of `run_id` in `out_dir`."""
+    from harness.results import load_result, read_journal
+
+    check_run = re.compile(r"^[0-9a-z]{8,32}$")
+    if not check_run.match(run_id):
+        raise UsageError(f"--resume: {run_id!r} is not a run id")
+    if run_id in live_runs():
+        raise UsageError(f"run {run_id} is still running (its lock is held)")
+    journals = sorted(out_dir.glob(f"*-{run_id}*.journal"))
+    if journals:
+        j = journals[-1]
+        header, samples, events, artifacts = read_journal(j)
+        return Resumable(run_id, j.name.removesuffix(".journal"), header, samples, events,
+                         artifacts, j, None)
+    done = sorted(p for p in out_dir.glob(f"*-{run_id}*.json")
+                  if not p.name.endswith(".pyperf.json"))
+    if not done:
+        raise UsageError(f"--resume: no journal or result of run {run_id} in {out_dir}")
+    last = done[-1]
+    doc = load_result(last)
+    if not doc.get("interrupted"):
+        raise UsageError(f"--resume: run {run_id} finished ({last}); nothing to resume")
+    header = {k: v for k, v in doc.items()
+              if k not in ("samples", "events", "artifacts", "checksum", "finished", "cells",
+                           "interrupted", "duration", "rounds", "supersedes")}
+    stem = last.name.removesuffix(".json")
+    n = 1
+    while (out_dir / f"{stem}-r{n}.json").exists() or (out_dir / f"{stem}-r{n}.journal").exists():
+        n += 1
+    return Resumable(run_id, f"{stem}-r{n}", header, doc["samples"], doc["events"],
+                     doc.get("artifacts", []), None, last.name)

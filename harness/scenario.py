@@ -442,3 +442,14 @@ def load(name_or_path: str) -> Scenario:
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(source, "", f"invalid TOML: {e}") from None
     return parse(data, source)
+
+
+def from_header(header: Mapping[str, Any]) -> Scenario:
+    """The scenario a result or journal was run with (for --resume): its TOML as parsed,
+    with the sampling actually used (command-line overrides included)."""
+    try:
+        scen = parse(header["scenario_toml"], header["scenario"]["source"])
+        return replace(scen, sampling=Sampling(**header["scenario"]["sampling"]))
+    except (KeyError, TypeError) as e:
+        raise ScenarioError(str(header.get("scenario", {}).get("source", "?")), "",
+                            f"the run's scenario cannot be restored: {e}") from None

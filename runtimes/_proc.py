@@ -126,10 +126,13 @@ def _code(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def kill(pid: int, pidfd: int | None, sig: int = signal.SIGKILL) -> None:
-    """Signal a process through its pidfd (no pid-reuse race); ignore if already gone."""
+def kill(pid: int, pidfd: int | None, sig: int = signal.SIGKILL, group: bool = False) -> None:
+    """Signal a process through its pidfd (no pid-reuse race), or its whole process group;
+    ignore it if already gone."""
     try:
-        if pidfd is not None and pidfd >= 0:
+        if group:
+            os.killpg(pid, sig)
+        elif pidfd is not None and pidfd >= 0:
             signal.pidfd_send_signal(pidfd, sig)
         else:
             os.kill(pid, sig)
@@ -137,17 +140,17 @@ def kill(pid: int, pidfd: int | None, sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def reap(pid: int, pidfd: int, grace: float) -> None:
-    """SIGTERM, wait up to `grace`, then SIGKILL; reap the zombie."""
+def reap(pid: int, pidfd: int, grace: float, group: bool = False) -> None:
+    """SIGTERM, wait up to `grace`, then SIGKILL (the process, or its group); reap it."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         return
     if done:
         return
-    kill(pid, pidfd, signal.SIGTERM)
+    kill(pid, pidfd, signal.SIGTERM, group)
     if not select.select([pidfd], [], [], grace)[0]:
-        kill(pid, pidfd, signal.SIGKILL)
+        kill(pid, pidfd, signal.SIGKILL, group)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
 

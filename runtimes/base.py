@@ -184,7 +184,13 @@ class Runtime(Protocol):
     def availability(self) -> Availability: ...
 
     def metadata(self) -> dict[str, Any]:
-        """Versions and settings recorded in the result (and merged phases, if any)."""
+        """Versions and settings recorded in the result (and merged phases, if any).
+
+        Reports read `kind` from here — "process" (no isolation), "container" or "vm" —
+        to sort backends and test the seed claims (containers vs VMs) without knowing any
+        backend by name; a VM also records `accel` ("kvm" | "tcg") and, under TCG,
+        `emulated: True`, which every chart marks.
+        """
         ...
 
     def prepare(self, image: Image) -> Prepared: ...

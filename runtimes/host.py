@@ -9,6 +9,7 @@ glibc implements with clone(CLONE_VM|CLONE_VFORK): no copy of the interpreter is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import signal
@@ -41,7 +42,7 @@ class HostRuntime:
         return Availability(ok=True, versions={"kernel": platform.release()})
 
     def metadata(self) -> dict[str, Any]:
-        return {"isolation": "none", "spawn": "posix_spawn",
+        return {"kind": "process", "isolation": "none", "spawn": "posix_spawn",
                 "not_applied": ["limits", "network", "mounts"], "kernel": platform.release()}
 
     def prepare(self, image: Image) -> Prepared:
@@ -69,6 +70,9 @@ class HostRuntime:
                               (os.POSIX_SPAWN_DUP2, err_w, 2)],
                 # Python ignores SIGPIPE/SIGXFSZ; the workload must get the defaults.
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                # Its own process group: stop() signals the group, so children the
+                # workload forked die with it instead of living on as orphans.
+                setpgroup=0,
             )
         except OSError as e:
             for fd in (out_r, out_w, err_r, err_w):
@@ -98,9 +102,14 @@ class HostRuntime:
         return Stats(pids=tuple(pids), pss=m.pss, uss=m.uss, rss=m.rss)
 
     def stop(self, inst: Instance, grace: float = 2.0) -> None:
-        if inst.handle is not None and not inst.state.get("exited"):
-            _proc.reap(inst.handle, inst.state["pidfd"], grace)
+        if inst.handle is None:
+            return
+        if not inst.state.get("exited"):
+            _proc.reap(inst.handle, inst.state["pidfd"], grace, group=True)
             inst.state["exited"] = True
+        # The workload may have exited and left children behind in its group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(inst.handle, signal.SIGKILL)
 
     def daemons(self) -> dict[str, list[int]]:
         return {}

@@ -1,101 +1,820 @@
-"""Charts with matplotlib (Agg backend: files only, no display needed)."""
+"""Charts with matplotlib: one per study present, in a paper or a slides style.
+
+Figures are built with the object API (`matplotlib.figure.Figure`), not pyplot: no global
+state, nothing to close, no GUI backend needed, and a notebook displays them as they are.
+
+Every chart draws *cells* (backend × variant × dataset, see `data.cells`) in one order —
+bare processes, then containers, then VMs — and a backend keeps one colour in all of them
+(blues and greens for containers, reds and oranges for VMs, grey for the bare process).
+An emulated VM (TCG) is marked wherever it appears: "(TCG, emulated)" in its label, a
+hatched band or hatched bars, and a footnote saying what that means.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+import functools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-import runtimes
 from harness import stats
 from harness.probes.timing import PHASES
+from harness.report import claims as claims_mod
+from harness.report import data
+from harness.units import format_seconds
 
-PALETTE = [plt.get_cmap("tab10")(i)[:3] for i in range(10)]
-PHASE_COLOURS = [plt.get_cmap("Set2")(i)[:3] for i in range(8)]
+Colour = tuple[float, float, float]
+ChartFn = Callable[[pd.DataFrame, "Look"], "Figure | None"]
+RGB = str
+
+# Colour families by kind: the eye groups containers and VMs before reading a label.
+FAMILIES: dict[str, list[RGB]] = {
+    "process": ["#4d4d4d", "#969696"],
+    "container": ["#1f77b4", "#2ca02c", "#17becf", "#9467bd", "#bcbd22", "#08519c"],
+    "vm": ["#d62728", "#ff7f0e", "#e377c2", "#8c564b"],
+    "unknown": ["#b8860b", "#000000", "#7f7f7f"],
+}
+PHASE_COLOURS = ["#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f"]
+VERDICT_COLOURS = {claims_mod.HOLDS: "#1a9850", claims_mod.FAILS: "#d73027",
+                   claims_mod.INCONCLUSIVE: "#878787"}
+DATASET_MARKERS = ["o", "s", "^", "D", "v", "P"]
+MARKER_GLYPHS = ["●", "■", "▲", "◆", "▼", "✚"]
+EMULATED_NOTE = ("⚠ (TCG, emulated): a VM without hardware acceleration; "
+                 "its times say little about a VM under KVM")
 
 
-def backend_order(names: Sequence[str]) -> list[str]:
-    """One order for every chart: the registry's (host first, then by name)."""
-    known = runtimes.all_names()
-    rank = {n: i for i, n in enumerate(sorted(known, key=lambda n: (n != "host", n)))}
-    return sorted(set(names), key=lambda n: (rank.get(n, len(rank)), n))
+@dataclass(frozen=True)
+class Style:
+    name: str
+    size: tuple[float, float]  # inches
+    dpi: int
+    rc: dict[str, Any]
+    row_height: float = 0.0  # paper: grow with the number of rows (inches per row)
 
 
-def colour(name: str) -> tuple[float, float, float]:
-    """A backend keeps its colour in every chart and every report."""
-    order = backend_order(runtimes.all_names())
-    i = order.index(name) if name in order else len(order) + hash(name) % 10
-    r, g, b = PALETTE[i % len(PALETTE)]
-    return (r, g, b)
+STYLES: dict[str, Style] = {
+    # A column-and-a-half figure for a paper or a README: small type, compact.
+    "paper": Style("paper", (7.0, 4.2), 200, {
+        "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7,
+        "ytick.labelsize": 7, "legend.fontsize": 7, "figure.titlesize": 10,
+        "lines.linewidth": 1.2, "lines.markersize": 4}, row_height=0.24),
+    # 16:9 at 1920×1080: type readable from the back of a room.
+    "slides": Style("slides", (16.0, 9.0), 120, {
+        "font.size": 20, "axes.titlesize": 22, "axes.labelsize": 20, "xtick.labelsize": 18,
+        "ytick.labelsize": 18, "legend.fontsize": 17, "figure.titlesize": 28,
+        "lines.linewidth": 2.5, "lines.markersize": 9, "axes.linewidth": 1.5,
+        "xtick.major.width": 1.5, "ytick.major.width": 1.5, "hatch.linewidth": 1.5}),
+}
+BASE_RC: dict[str, Any] = {
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": False,
+    "grid.alpha": 0.35, "svg.fonttype": "path", "figure.facecolor": "white",
+    "savefig.facecolor": "white", "font.family": "DejaVu Sans",
+}
 
 
-def _label(row_backend: str, variant: str, emulated: bool) -> str:
-    label = row_backend if variant == "default" else f"{row_backend}\n[{variant}]"
-    return label + ("\n(EMULATED)" if emulated else "")
+def _rc(st: Style) -> Any:
+    """The rc settings of a style (typed loosely: matplotlib's stubs list every key)."""
+    return {**BASE_RC, **st.rc}
 
 
-def startup(df: pd.DataFrame, out: Path, formats: Sequence[str]) -> list[Path]:
-    """Every sample of startup.total per cell on a log axis, median and 95 % CI marked;
-    beside it the phases (median of each) stacked per cell."""
-    d = df[df["metric"].str.startswith("startup.")]
-    if d.empty:
-        return []
-    cells = []
-    for b in backend_order(list(d["backend"].unique())):
-        for v in d[d["backend"] == b]["variant"].unique():
-            cells.append((b, v))
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 0.6 * len(cells) + 2.5),
-                                  gridspec_kw={"width_ratios": [3, 2]}, sharey=True)
+@contextmanager
+def style_context(style: str | Style) -> Iterator[Style]:
+    """matplotlib settings of `style`, for building *and* saving its figures."""
+    st = STYLES[style] if isinstance(style, str) else style
+    with mpl.rc_context(_rc(st)):
+        yield st
+
+
+@dataclass
+class Look:
+    """How every chart of one report looks: style, backend order and colours, datasets."""
+
+    style: Style
+    order: list[str]
+    colours: dict[str, RGB]
+    sets: list[str]
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, df: pd.DataFrame, style: str | Style = "paper") -> Look:
+        st = STYLES[style] if isinstance(style, str) else style
+        order = data.backend_order(df) if not df.empty else []
+        kinds = ({str(b): str(k) for b, k in
+                  df.drop_duplicates("backend")[["backend", "kind"]].itertuples(index=False)}
+                 if not df.empty else {})
+        colours: dict[str, RGB] = {}
+        seen: dict[str, int] = {}
+        for b in order:
+            fam = FAMILIES[kinds.get(b, "unknown")]
+            i = seen.get(kinds.get(b, "unknown"), 0)
+            seen[kinds.get(b, "unknown")] = i + 1
+            colours[b] = fam[i % len(fam)]
+        return cls(st, order, colours, data.datasets(df), kinds)
+
+    @property
+    def slides(self) -> bool:
+        return self.style.name == "slides"
+
+    def colour(self, backend: str) -> RGB:
+        return self.colours.get(backend, "#7f7f7f")
+
+    def marker(self, dataset: str) -> str:
+        i = self.sets.index(dataset) if dataset in self.sets else 0
+        return DATASET_MARKERS[i % len(DATASET_MARKERS)]
+
+    @property
+    def several(self) -> bool:
+        return len(self.sets) > 1
+
+    def tag(self, dataset: str) -> str | None:
+        """"#2" for the second dataset, when there are several (the footnote says which)."""
+        if not self.several:
+            return None
+        return f"#{self.sets.index(dataset) + 1}" if dataset in self.sets else "#?"
+
+    def label(self, cell: data.Cell) -> str:
+        return cell.label(self.tag(cell.dataset))
+
+    def figure(self, rows: int = 0) -> Figure:
+        w, h = self.style.size
+        if self.style.row_height and rows:
+            h = max(h, 1.6 + self.style.row_height * rows)
+        return Figure(figsize=(w, h), dpi=self.style.dpi, layout="constrained")
+
+    def points(self, size: float) -> float:
+        """A marker area scaled for the style (slides get bigger dots)."""
+        return size * (4.0 if self.slides else 1.0)
+
+
+# --- helpers --------------------------------------------------------------------------
+
+def _pt(key: str) -> float:
+    """An rc font size in points ("medium" and the like resolved)."""
+    from matplotlib.font_manager import FontProperties
+
+    rc: Any = mpl.rcParams
+    return float(FontProperties(size=rc[key]).get_size_in_points())
+
+
+def styled(fn: ChartFn) -> ChartFn:
+    """Build the chart under its look's style, whoever calls it (a notebook, a test)."""
+    @functools.wraps(fn)
+    def wrapper(df: pd.DataFrame, look: Look) -> Figure | None:
+        with mpl.rc_context(_rc(look.style)):
+            return fn(df, look)
+    return wrapper
+
+
+def _title(fig: Figure, title: str, look: Look) -> None:
+    fig.suptitle(title, fontweight="bold", x=0.01, ha="left")
+
+
+def _finish(fig: Figure, look: Look, handles: Sequence[Any], cells: Sequence[data.Cell],
+            *notes: str, ncols: int | None = None) -> None:
+    """Legend and footnotes in a band reserved at the bottom (the layout engine keeps the
+    axes out of it), so neither can overlap the other or the axes."""
+    lines = [n for n in notes if n]
+    if any(c.emulated for c in cells):
+        lines.append(EMULATED_NOTE)
+    if look.several:
+        lines.append(_dataset_note(look))
+    fs = _pt("legend.fontsize")
+    height = fig.get_figheight() * 72
+    note_h = sum(n.count("\n") + 1 for n in lines) * fs * 1.3
+    ncols = min(len(handles), ncols or len(handles)) or 1
+    # Fewer columns when one row of entries would be wider than the figure.
+    width_pt = fig.get_figwidth() * 72 * 0.95
+    entry = max((len(str(h.get_label())) for h in handles), default=0) * fs * 0.6 + fs * 3.5
+    while ncols > 1 and ncols * entry > width_pt:
+        ncols -= 1
+    leg_h = math.ceil(len(handles) / ncols) * fs * 1.8 + fs * 0.4 if handles else 0.0
+    pad = fs * 0.6
+    band = (note_h + leg_h + pad) / height
+    engine: Any = fig.get_layout_engine()  # constrained: keeps the axes out of the band
+    engine.set(rect=(0, band, 1, 1 - band))
+    if handles:
+        fig.legend(handles=list(handles), loc="lower center", ncols=ncols, frameon=False,
+                   bbox_to_anchor=(0.5, (note_h + pad / 2) / height), borderaxespad=0)
+    if lines:
+        fig.text(0.01, pad / 3 / height, "\n".join(lines), fontsize=fs, ha="left",
+                 va="bottom", color="#444444")
+
+
+def _rows(ax: Axes, cells: Sequence[data.Cell], look: Look, labels: bool = True) -> None:
+    """Cells as rows, top to bottom, grouped by backend; emulated rows hatched."""
+    ax.set_ylim(len(cells) - 0.5, -0.5)
+    ax.set_yticks(range(len(cells)))
+    if labels:
+        ax.set_yticklabels([look.label(c) for c in cells])
+        for tick, c in zip(ax.get_yticklabels(), cells, strict=True):
+            tick.set_color(look.colour(c.backend))
+            if c.emulated:
+                tick.set_fontweight("bold")
+    else:
+        ax.tick_params(axis="y", labelleft=False)
+    ax.tick_params(axis="y", length=0)
+    for i, c in enumerate(cells):
+        if c.emulated:
+            ax.axhspan(i - 0.5, i + 0.5, facecolor="none", edgecolor="#d9d9d9", hatch="///",
+                       lw=0, zorder=0)
+        if i and c.backend != cells[i - 1].backend:
+            ax.axhline(i - 0.5, color="#bbbbbb", lw=0.8, zorder=0)
+
+
+def _seconds_axis(axis: Any) -> None:
+    axis.set_major_locator(LogLocator(base=10, numticks=12))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: format_seconds(v)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def _fmt_bytes(v: float, suffix: str = "") -> str:
+    k = 0
+    while abs(v) >= 1024 and k < len(BYTE_UNITS) - 1:
+        v /= 1024
+        k += 1
+    return f"{v:.3g} {BYTE_UNITS[k]}{suffix}"
+
+
+def _bytes_log_axis(axis: Any, suffix: str = "") -> None:
+    axis.set_major_locator(LogLocator(base=2, numticks=8))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: _fmt_bytes(v, suffix)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _compact_bytes(v: float, _: Any = None) -> str:
+    """Axis ticks in binary units, short enough for narrow panels: 256M, 1G."""
+    k = 0
+    while abs(v) >= 1024 and k < 4:
+        v /= 1024
+        k += 1
+    return f"{v:g}{' KMGT'[k].strip()}"
+
+
+def _byte_scale(vmax: float) -> tuple[float, str]:
+    k = 0
+    while vmax >= 1024 and k < len(BYTE_UNITS) - 1:
+        vmax /= 1024
+        k += 1
+    return 1024.0 ** k, BYTE_UNITS[k]
+
+
+def _count_fmt(v: float, _: Any = None) -> str:
+    for div, unit in ((1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:g}{unit}"
+    return f"{v:g}"
+
+
+def _median_ci(ax: Axes, x: np.ndarray, y: float, look: Look, colour: str = "black",
+               horizontal: bool = True) -> stats.Summary:
+    """Median as a tick, its 95 % CI as a thick line."""
+    s = stats.summarize(x)
+    lw = 5 if look.slides else 2.5
+    ax.plot([s.lo, s.hi], [y, y], color=colour, lw=lw, solid_capstyle="butt", zorder=4)
+    ax.plot([s.median], [y], marker="|", color=colour, ms=28 if look.slides else 12,
+            mew=lw, zorder=5)
+    return s
+
+
+# --- startup --------------------------------------------------------------------------
+
+@styled
+def startup(df: pd.DataFrame, look: Look) -> Figure | None:
+    """Every sample of the time to ready per cell on a log axis, median and 95 % CI."""
+    metric = next((m for m in ("startup.to_ready", "startup.total")
+                   if (df["metric"] == m).any()), None)
+    if metric is None:
+        return None
+    d = df[df["metric"] == metric]
+    cs = data.cells(d, look.order, look.sets)
+    fig = look.figure(len(cs))
+    ax = fig.add_subplot()
     rng = np.random.default_rng(0)
-    labels = []
-    for i, (b, v) in enumerate(cells):
-        cell = d[(d["backend"] == b) & (d["variant"] == v)]
-        total = cell[cell["metric"] == "startup.total"]["value"].to_numpy(float)
-        labels.append(_label(b, v, bool(cell["emulated"].any())))
-        if total.size == 0:
+    for i, c in enumerate(cs):
+        v = c.select(d)["value"].to_numpy(float)
+        v = v[v > 0]
+        if v.size == 0:
             continue
-        y = i + rng.uniform(-0.2, 0.2, total.size)
-        ax.scatter(total, y, s=12, alpha=0.5, color=colour(b), edgecolors="none")
-        s = stats.summarize(total.tolist())
-        ax.errorbar([s.median], [i], xerr=[[s.median - s.lo], [s.hi - s.median]], fmt="|",
-                    color="black", markersize=18, capsize=6, lw=2)
-        ax.annotate(f"{s.median * 1e3:.3g} ms", (s.median, i + 0.32), ha="center",
-                    fontsize=8)
-        left = 0.0
-        for k, phase in enumerate(PHASES):
-            vals = cell[cell["metric"] == f"startup.{phase}"]["value"]
-            if vals.empty:
-                continue
-            width = float(vals.median())
-            ax2.barh(i, width, left=left, color=PHASE_COLOURS[k],
-                     label=phase if i == 0 else None)
-            left += width
+        ax.scatter(v, i + rng.uniform(-0.28, 0.28, v.size), s=look.points(9),
+                   color=look.colour(c.backend), alpha=0.45, marker=look.marker(c.dataset),
+                   edgecolors="none", zorder=3)
+        s = _median_ci(ax, v, i, look)
+        ax.annotate(format_seconds(s.median), (max(s.hi, float(v.max())), i), xytext=(8, 0),
+                    textcoords="offset points", va="center", fontweight="bold", zorder=6)
     ax.set_xscale("log")
-    ax.set_yticks(range(len(cells)), labels)
-    ax.invert_yaxis()
-    ax.set_xlabel("startup.total (s, log scale): every sample; bar = median, 95 % CI")
-    ax.grid(axis="x", which="both", alpha=0.3)
-    ax2.set_xlabel("median of each phase (s)")
-    ax2.legend(loc="lower right", fontsize=8)
-    ax2.grid(axis="x", alpha=0.3)
-    fig.suptitle("Startup: create → remove, per backend")
-    fig.tight_layout()
-    return save(fig, out / "startup", formats)
+    _seconds_axis(ax.xaxis)
+    ax.set_xlim(right=ax.get_xlim()[1] * 2.5)  # room for the last median's label
+    ax.grid(axis="x", which="major")
+    _rows(ax, cs, look)
+    what = "create → ready line" if metric == "startup.to_ready" else "create → removed"
+    ax.set_xlabel(f"{what} (log scale)")
+    _title(fig, f"Startup: {what}, every sample", look)
+    _finish(fig, look, [
+        Line2D([], [], ls="", marker="o", color="#777777", alpha=0.6, label="one sample"),
+        Line2D([], [], ls="", marker="|", color="black", ms=14, mew=2.5, label="median"),
+        Line2D([], [], color="black", lw=4, label="95 % CI of the median")], cs)
+    return fig
 
 
-def save(fig: Figure, stem: Path, formats: Sequence[str]) -> list[Path]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in formats:
-        path = stem.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=150)
-        paths.append(path)
-    plt.close(fig)
-    return paths
+@styled
+def startup_phases(df: pd.DataFrame, look: Look) -> Figure | None:
+    """The waterfall of phases per cell: each phase's median as a share of their sum,
+    labelled with its duration; the sum at the end of the bar."""
+    phases = [p for p in PHASES if (df["metric"] == f"startup.{p}").any()]
+    if not phases:
+        return None
+    d = df[df["metric"].isin([f"startup.{p}" for p in phases])]
+    cs = data.cells(d, look.order, look.sets)
+    fig = look.figure(len(cs))
+    ax = fig.add_subplot()
+    sums = []
+    for i, c in enumerate(cs):
+        cell = c.select(d)
+        meds = [float(cell[cell["metric"] == f"startup.{p}"]["value"].median())
+                if (cell["metric"] == f"startup.{p}").any() else 0.0 for p in phases]
+        total = sum(m for m in meds if m == m)
+        sums.append(f"Σ {format_seconds(total)}" if total > 0 else "")
+        if not total > 0:
+            continue
+        left = 0.0
+        for k, m in enumerate(meds):
+            w = m / total
+            ax.barh(i, w, left=left, height=0.7, color=PHASE_COLOURS[k % len(PHASE_COLOURS)],
+                    edgecolor="white", lw=1, hatch="//" if c.emulated else None)
+            if w >= (0.1 if look.slides else 0.07):
+                ax.text(left + w / 2, i, format_seconds(m), ha="center", va="center",
+                        fontsize=_pt("ytick.labelsize") * 0.85)
+            left += w
+    ax.set_xlim(0, 1)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
+    _rows(ax, cs, look)
+    _right_labels(ax, sums, weight="bold")
+    ax.set_xlabel("share of the lifecycle (sum of the phase medians); in the bars: median "
+                  "duration")
+    _title(fig, "Startup phases: where the time goes", look)
+    _finish(fig, look, [Patch(color=PHASE_COLOURS[k % len(PHASE_COLOURS)], label=p)
+                        for k, p in enumerate(phases)], cs)
+    return fig
+
+
+def _right_labels(ax: Axes, labels: Sequence[str], colours: Sequence[str] | None = None,
+                  weight: str = "normal", fontsize: float | None = None) -> Axes:
+    """Text at the right end of each row, as tick labels of a twin axis, so the layout
+    engine makes room for it."""
+    twin = ax.twinx()
+    twin.set_ylim(ax.get_ylim())
+    twin.set_yticks(range(len(labels)), list(labels), fontweight=weight,
+                    fontsize=fontsize or _pt("ytick.labelsize"))
+    twin.tick_params(axis="y", length=0)
+    twin.spines[["top", "right", "left", "bottom"]].set_visible(False)
+    if colours:
+        for tick, col in zip(twin.get_yticklabels(), colours, strict=True):
+            tick.set_color(col)
+    return twin
+
+
+# --- memory ---------------------------------------------------------------------------
+
+@styled
+def memory(df: pd.DataFrame, look: Look) -> Figure | None:
+    """PSS per instance with the amortised daemon share stacked on it, CI on each."""
+    inst = data.per_instance_memory(df)
+    if inst.empty:
+        return None
+    cs = data.cells(inst.assign(metric="memory.per_instance"), look.order, look.sets)
+    rows = []
+    for c in cs:
+        g = c.select(inst)
+        rows.append((stats.summarize(g["pss"].to_numpy(float)),
+                     stats.summarize(g["daemon"].to_numpy(float)),
+                     int(g.groupby("round").size().median())))
+    div, unit = _byte_scale(max(p.hi + d.hi for p, d, _ in rows))
+    fig = look.figure(len(cs))
+    ax = fig.add_subplot()
+    cap = 8 if look.slides else 3
+    labels = []
+    for i, (c, (p, dm, n)) in enumerate(zip(cs, rows, strict=True)):
+        col = look.colour(c.backend)
+        ax.barh(i, p.median / div, height=0.65, color=col,
+                hatch="//" if c.emulated else None, edgecolor="white")
+        ax.errorbar(p.median / div, i, xerr=[[(p.median - p.lo) / div],
+                                             [(p.hi - p.median) / div]],
+                    color="black", capsize=cap, lw=1.5)
+        if dm.median > 0:
+            ax.barh(i, dm.median / div, left=p.median / div, height=0.65, color=col, alpha=0.35,
+                    hatch="..", edgecolor=col)
+            ax.errorbar((p.median + dm.median) / div, i,
+                        xerr=[[(dm.median - dm.lo) / div], [(dm.hi - dm.median) / div]],
+                        color="#555555", capsize=cap, lw=1.5)
+        labels.append((i, p, dm, n))
+    xmax = max(p.hi + dm.hi for p, dm, _ in rows) / div
+    ax.set_xlim(0, xmax * 1.6)
+    for i, p, dm, n in labels:
+        text = _fmt_bytes(p.median + dm.median)
+        if dm.median > 0:
+            text += f"  ({_fmt_bytes(p.median)} + {_fmt_bytes(dm.median)} of daemons ÷ {n})"
+        end = max(p.hi, p.median + dm.hi) / div
+        # A long bar carries its label inside, so the label never leaves the figure.
+        inside = end > xmax * 0.6
+        ax.annotate(text, (end if not inside else p.median / div * 0.98, i),
+                    xytext=(8 if not inside else -8, 0), textcoords="offset points",
+                    va="center", ha="left" if not inside else "right", zorder=6,
+                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none",
+                          "pad": 2} if inside else None)
+    ax.grid(axis="x")
+    _rows(ax, cs, look)
+    ax.set_xlabel(f"memory per idle instance ({unit}); whiskers: 95 % CI of the median")
+    _title(fig, "Memory per instance: PSS + the engine daemons' share", look)
+    _finish(fig, look, [Patch(facecolor="#888888", label="PSS of the instance's processes"),
+                        Patch(facecolor="#cccccc", hatch="..", edgecolor="#888888",
+                              label="engine daemons ÷ instances")], cs)
+    return fig
+
+
+# --- disk -----------------------------------------------------------------------------
+
+def _disk_parts(d: pd.DataFrame, base: str) -> tuple[float, float, bool]:
+    """(shared, unique, split known) medians of `base` from its .shared/.unique parts."""
+    def med(metric: str) -> float | None:
+        v = d[d["metric"] == metric]["value"]
+        return float(v.median()) if not v.empty else None
+
+    total, shared, unique = med(base), med(f"{base}.shared"), med(f"{base}.unique")
+    if shared is None and unique is None:
+        return 0.0, total or 0.0, False
+    if total is None:
+        total = (shared or 0.0) + (unique or 0.0)
+    shared = shared if shared is not None else total - (unique or 0.0)
+    return shared, total - shared, True
+
+
+@styled
+def disk(df: pd.DataFrame, look: Look) -> Figure | None:
+    """Image and per-instance bytes per cell; the part shared with other images or
+    instances hatched and pale, the unique part solid."""
+    parts = [b for b in ("disk.image", "disk.instance")
+             if df["metric"].str.fullmatch(rf"{b}(\.shared|\.unique)?").any()]
+    if not parts:
+        return None
+    d = df[df["metric"].str.match(r"disk\.(image|instance)")]
+    cs = data.cells(d, look.order, look.sets)
+    fig = look.figure(len(cs))
+    axes = fig.subplots(1, len(parts), sharey=True, squeeze=False)[0]
+    no_split: list[str] = []
+    titles = {"disk.image": "image, as the backend stores it",
+              "disk.instance": "each instance (growth)"}
+    for ax, base in zip(axes, parts, strict=True):
+        vals = [_disk_parts(c.select(d), base) for c in cs]
+        div, unit = _byte_scale(max((s + u for s, u, _ in vals), default=1.0))
+        for i, (c, (shared, unique, known)) in enumerate(zip(cs, vals, strict=True)):
+            col = look.colour(c.backend)
+            if base == "disk.image" and not known and shared + unique > 0:
+                no_split.append(c.backend)
+            ax.barh(i, unique / div, height=0.65, color=col, edgecolor="white",
+                    hatch="//" if c.emulated else None)
+            if shared:
+                ax.barh(i, shared / div, left=unique / div, height=0.65, color=col, alpha=0.35,
+                        hatch="xx", edgecolor=col)
+            if shared + unique > 0:
+                label = _fmt_bytes(shared + unique)
+                if shared:
+                    label += f" ({shared / (shared + unique):.0%} shared)"
+                ax.annotate(label, ((shared + unique) / div, i), xytext=(6, 0),
+                            textcoords="offset points", va="center")
+        ax.set_xlim(0, max(ax.get_xlim()[1], 1e-9) * 1.6)
+        ax.grid(axis="x")
+        ax.set_title(titles[base])
+        ax.set_xlabel(unit)
+        _rows(ax, cs, look, labels=ax is axes[0])
+    _title(fig, "Disk: bytes on disk per backend", look)
+    note = (f"no shared/unique split reported by {', '.join(dict.fromkeys(no_split))}: "
+            "drawn solid" if no_split else "")
+    _finish(fig, look, [Patch(facecolor="#888888", label="unique"),
+                        Patch(facecolor="#cccccc", hatch="xx", edgecolor="#888888",
+                              label="shared with other images or instances")], cs, note)
+    return fig
+
+
+# --- I/O ------------------------------------------------------------------------------
+
+def _io_jobs(df: pd.DataFrame, kind: str) -> list[str]:
+    m = df["metric"].str.extract(rf"^io\.(.+)\.{kind}$")[0].dropna()
+    return list(dict.fromkeys(m))
+
+
+def _io(df: pd.DataFrame, look: Look, kind: str) -> Figure | None:
+    """Per job: each cell's median with its CI (every sample faint), grouped by backend,
+    the storage target in the label; the bare host's median as the reference line."""
+    jobs = _io_jobs(df, kind)
+    if not jobs:
+        return None
+    d = df[df["metric"].isin([f"io.{j}.{kind}" for j in jobs])]
+    cs = data.cells(d, look.order, look.sets)
+    fig = look.figure(len(cs))
+    ncols = len(jobs) if len(jobs) <= 4 else math.ceil(len(jobs) / 2)
+    nrows = math.ceil(len(jobs) / ncols)
+    axes = list(fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel())
+    rng = np.random.default_rng(0)
+    refs: dict[str, Any] = {}
+    for n, (ax, job) in enumerate(zip(axes, jobs, strict=False)):
+        jd = d[d["metric"] == f"io.{job}.{kind}"]
+        for i, c in enumerate(cs):
+            v = c.select(jd)["value"].to_numpy(float)
+            v = v[v > 0]
+            if v.size == 0:
+                continue
+            col = look.colour(c.backend)
+            ax.scatter(v, i + rng.uniform(-0.2, 0.2, v.size), s=look.points(6), color=col,
+                       alpha=0.3, edgecolors="none", marker=look.marker(c.dataset))
+            _median_ci(ax, v, i, look, colour=col)
+        for k, ds in enumerate(look.sets):
+            host = jd[(jd["kind"] == "process") & (jd["dataset"] == ds)]["value"]
+            if host.empty:
+                continue
+            label = "bare host (reference)" + (f" {look.tag(ds)}" if look.several else "")
+            refs[label] = ax.axvline(float(host.median()), color="#4d4d4d",
+                                     ls=["--", ":", "-."][k % 3], lw=1.5, label=label)
+        ax.set_xscale("log")
+        if kind == "bw":
+            # Powers of 4 keep binary labels round and short: 64M, 256M, 1G.
+            ax.xaxis.set_major_locator(LogLocator(base=4, numticks=4 if ncols > 2 else 6))
+            ax.xaxis.set_major_formatter(FuncFormatter(_compact_bytes))
+        else:
+            ax.xaxis.set_major_locator(LogLocator(base=10, numticks=4 if ncols > 2 else 6))
+            ax.xaxis.set_major_formatter(FuncFormatter(_count_fmt))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(lo / 1.5, hi * 1.5)
+        ax.grid(axis="x", which="major")
+        ax.set_title(job)
+        _rows(ax, cs, look, labels=n % ncols == 0)
+        ax.set_xlabel("bytes/s (M = MiB)" if kind == "bw" else "operations/s")
+    for ax in axes[len(jobs):]:
+        ax.set_visible(False)
+    what = "bandwidth" if kind == "bw" else "IOPS"
+    _title(fig, f"I/O {what} by storage target (fio), per job", look)
+    _finish(fig, look, [Line2D([], [], color="black", lw=4, label="median, 95 % CI"),
+                        Line2D([], [], ls="", marker="o", color="#999999",
+                               label="one sample"), *refs.values()], cs)
+    return fig
+
+
+@styled
+def io(df: pd.DataFrame, look: Look) -> Figure | None:
+    return _io(df, look, "bw")
+
+
+@styled
+def io_iops(df: pd.DataFrame, look: Look) -> Figure | None:
+    return _io(df, look, "iops")
+
+
+# --- density --------------------------------------------------------------------------
+
+@styled
+def density(df: pd.DataFrame, look: Look) -> Figure | None:
+    """Memory and start latency against the number of running instances, per backend.
+
+    The count is the sample's `instance` field (the density study records, after each
+    step, the number of instances then running)."""
+    d = df[df["metric"].str.startswith("density.")].copy()
+    if d.empty:
+        return None
+    d["count"] = pd.to_numeric(d["instance"], errors="coerce")
+    d = d.dropna(subset=["count"])
+    if d.empty:
+        return None
+    cs = data.cells(d, look.order, look.sets)
+    fig = look.figure()
+    ax_mem, ax_lat = fig.subplots(1, 2)
+    vmax = max(float(d[d["metric"] == "density.pss_total"]["value"].max() or 0.0), 1.0)
+    drops: dict[data.Cell, pd.Series] = {}
+    for c in cs:
+        avail = c.select(d[d["metric"] == "density.mem_available"])
+        if not avail.empty:
+            med = avail.groupby("count")["value"].median()
+            drops[c] = float(med.iloc[0]) - med
+            vmax = max(vmax, float(drops[c].max()))
+    div, unit = _byte_scale(vmax)
+    base_counts = set()
+    for c in cs:
+        col, mk = look.colour(c.backend), look.marker(c.dataset)
+        for metric, ax, scale in (("density.pss_total", ax_mem, div),
+                                  ("density.start_latency", ax_lat, 1.0)):
+            g = c.select(d[d["metric"] == metric]).groupby("count")["value"]
+            if g.ngroups == 0:
+                continue
+            summ = [stats.summarize(v.to_numpy(float)) for _, v in g]
+            x = np.array([k for k, _ in g], dtype=float)
+            ax.plot(x, [s.median / scale for s in summ], marker=mk, color=col)
+            if any(s.n > 1 for s in summ):
+                ax.fill_between(x, [s.lo / scale for s in summ], [s.hi / scale for s in summ],
+                                color=col, alpha=0.18, lw=0)
+        if c in drops:
+            ax_mem.plot(drops[c].index, drops[c].to_numpy(float) / div, ls="--", color=col,
+                        lw=float(mpl.rcParams["lines.linewidth"]) * 0.8)
+            base_counts.add(int(drops[c].index[0]))
+    ax_mem.set_ylabel(unit)
+    ax_mem.set_title("host memory in use")
+    ax_mem.set_ylim(bottom=0)
+    ax_lat.set_yscale("log")
+    _seconds_axis(ax_lat.yaxis)
+    ax_lat.set_title("start latency of the newest instance")
+    for ax in (ax_mem, ax_lat):
+        ax.set_xlabel("instances running")
+        ax.grid(which="major")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    _title(fig, "Density: what each added instance costs", look)
+    handles: list[Any] = [Line2D([], [], color=look.colour(c.backend), lw=4,
+                                 marker=look.marker(c.dataset) if look.several else None,
+                                 label=look.label(c)) for c in cs]
+    handles.append(Line2D([], [], color="#555555", label="PSS sum"))
+    if drops:
+        handles.append(Line2D([], [], color="#555555", ls="--", label="MemAvailable drop"))
+    note = ("MemAvailable drop counted from " + ", ".join(f"n={n}" for n in sorted(
+        base_counts)) + "; shaded: 95 % CI over rounds") if base_counts else ""
+    _finish(fig, look, handles, cs, note, ncols=min(len(handles), 4 if look.slides else 5))
+    return fig
+
+
+# --- claims ---------------------------------------------------------------------------
+
+def _ratio_fmt(r: float) -> str:
+    if not math.isfinite(r):
+        return "?"
+    return f"{r:.0f}×" if r >= 1000 else f"{r:.3g}×"
+
+
+def _claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None,
+            which: str) -> Figure | None:
+    """Forest plot: per claim and pair, the ratio A/B with its 95 % CI on a log axis, the
+    band of "no meaningful difference" shaded, the verdict at the right.
+
+    `which`: "io" draws the I/O claims (one row per job), "other" the rest; a slide
+    holds each of them, not both."""
+    t = claims_mod.evaluate(df) if table is None else table
+    if not t.empty:
+        io_rows = t["metric"].str.startswith("io.")
+        t = t[io_rows] if which == "io" else t[~io_rows]
+    if t.empty:
+        return None
+    rows: list[tuple[str, Any]] = []  # ("claim", (id, text)) headers, ("pair", record) rows
+    for cid, g in t.groupby("claim", sort=False):
+        rows.append(("claim", (cid, str(g["text"].iloc[0]))))
+        for ds in look.sets:
+            rows.extend(("pair", r) for r in g[g["dataset"] == ds].to_dict("records"))
+    fig = look.figure(len(rows))
+    ax = fig.add_subplot()
+    margins = {c.id: c.margin for c in claims_mod.CLAIMS}
+    lw = 5 if look.slides else 2.5
+    fs = _pt("ytick.labelsize")
+    if look.slides and len(rows) > 16:
+        fs = max(11.0, fs * 16 / len(rows))
+    labels, right, colours = [], [], []
+    for i, (what, r) in enumerate(rows):
+        if what == "claim":
+            labels.append("")
+            right.append("")
+            colours.append("black")
+            # The claim's text heads its group, across the plot, on a white ground.
+            ax.text(0.005, i, r[1], transform=ax.get_yaxis_transform(), va="center",
+                    ha="left", fontweight="bold", fontsize=fs * 1.1, zorder=6,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+            m = margins.get(r[0], claims_mod.MARGIN)
+            end = next((j for j in range(i + 1, len(rows)) if rows[j][0] == "claim"), len(rows))
+            ax.fill_betweenx([i + 0.5, end - 0.5], 1 - m, 1 + m, color="#e6e6e6", zorder=0,
+                             lw=0)
+            continue
+        col = VERDICT_COLOURS[r["verdict"]]
+        job = r["metric"].split(".")[1] if r["metric"].startswith("io.") else ""
+        pair = f"{r['a']} vs {r['b']}".replace(" (TCG, emulated)", " (TCG)")
+        labels.append(pair + (f" · {job}" if job else "")
+                      + (f" · {look.tag(r['dataset'])}" if look.several else ""))
+        right.append(f"{_ratio_fmt(r['ratio'])} {r['verdict']}")
+        colours.append(col)
+        ax.plot([r["ratio_lo"], r["ratio_hi"]], [i, i], color=col, lw=lw,
+                solid_capstyle="butt", zorder=3)
+        ax.plot([r["ratio"]], [i], marker="o" if r["emulated"] else "D", color=col,
+                mfc="white" if r["emulated"] else col, mew=2, zorder=4)
+    ax.axvline(1, color="black", lw=1)
+    ax.set_xscale("log")
+    lo = float(np.nanmin(t["ratio_lo"].to_numpy(float)))
+    hi = float(np.nanmax(t["ratio_hi"].to_numpy(float)))
+    span = max(abs(math.log10(max(lo, 1e-12))), abs(math.log10(max(hi, 1e-12))), 0.3)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 1.5
+                                          else (1.0,), numticks=8))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(10 ** -(span * 1.1), 10 ** (span * 1.1))
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_yticks(range(len(rows)), labels, fontsize=fs)
+    ax.tick_params(axis="y", length=0)
+    ax.grid(axis="x", which="major")
+    _right_labels(ax, right, colours, weight="bold", fontsize=fs)
+    ax.set_xlabel("ratio of medians A / B (log scale); line: its 95 % CI")
+    _title(fig, "Seed claims: what the measurements say" + (" (I/O)" if which == "io" else ""),
+           look)
+    handles: list[Any] = [Line2D([], [], color=c, lw=lw, marker="D", label=v)
+                          for v, c in VERDICT_COLOURS.items()]
+    handles.append(Patch(color="#e6e6e6", label="no meaningful difference"))
+    if t["emulated"].any():
+        handles.append(Line2D([], [], ls="", marker="o", mfc="white", color="#555555", mew=2,
+                              label="VM emulated (TCG)"))
+    _finish(fig, look, handles, [], "Verdict from the CI, not the medians: holds when the "
+            "whole CI is on the claimed side of 1 (for \"like\" claims: inside the band).")
+    return fig
+
+
+@styled
+def claims(df: pd.DataFrame, look: Look) -> Figure | None:
+    return _claims(df, look, None, "other")
+
+
+@styled
+def claims_io(df: pd.DataFrame, look: Look) -> Figure | None:
+    return _claims(df, look, None, "io")
+
+
+def _dataset_note(look: Look) -> str:
+    if not look.several:
+        return ""
+    return "datasets (host, date): " + ", ".join(
+        f"#{i + 1} = {s} ({MARKER_GLYPHS[i % len(MARKER_GLYPHS)]})"
+        for i, s in enumerate(look.sets))
+
+
+# --- all of them ----------------------------------------------------------------------
+
+# name -> (title, function); the order of the report.
+CHARTS: dict[str, tuple[str, ChartFn]] = {
+    "claims": ("Seed claims", claims),
+    "claims_io": ("Seed claims about I/O", claims_io),
+    "startup": ("Startup: time to ready", startup),
+    "startup_phases": ("Startup phases", startup_phases),
+    "memory": ("Memory per instance", memory),
+    "disk": ("Disk", disk),
+    "io_bw": ("I/O bandwidth", io),
+    "io_iops": ("I/O operations per second", io_iops),
+    "density": ("Density", density),
+}
+
+
+@dataclass(frozen=True)
+class Chart:
+    name: str
+    title: str
+    paths: tuple[Any, ...]  # Path per format
+    svg: str | None  # the SVG text, for inlining in HTML
+    png: bytes | None
+
+
+def render_all(df: pd.DataFrame, out: Any, style: str = "paper",
+               formats: Sequence[str] = ("png", "svg"), inline: bool = False
+               ) -> list[Chart]:
+    """Build every chart that has data, save it in each format, return what was written.
+
+    With `inline`, the SVG (or PNG) bytes are kept for an HTML page."""
+    import io as _io
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    with style_context(style) as st:
+        look = Look.of(df, st)
+        for name, (title, fn) in CHARTS.items():
+            fig = fn(df, look)
+            if fig is None:
+                continue
+            paths = []
+            blobs: dict[str, bytes] = {}
+            for fmt in formats:
+                buf = _io.BytesIO()
+                fig.savefig(buf, format=fmt, dpi=st.dpi,
+                            metadata={"Date": None} if fmt in ("svg", "pdf") else None)
+                blobs[fmt] = buf.getvalue()
+                path = out / f"{name}.{fmt}"
+                path.write_bytes(blobs[fmt])
+                paths.append(path)
+            if inline and "svg" not in blobs and "png" not in blobs:
+                buf = _io.BytesIO()
+                fig.savefig(buf, format="png", dpi=st.dpi)
+                blobs["png"] = buf.getvalue()
+            svg = blobs["svg"].decode() if inline and "svg" in blobs else None
+            written.append(Chart(name, title, tuple(paths), svg,
+                                 blobs.get("png") if inline else None))
+    return written

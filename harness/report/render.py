@@ -1,46 +1,380 @@
-"""report.md: the host, the image, a table of medians with CI, stability warnings."""
+"""report.md and a self-contained index.html from the same content.
+
+The report is a list of blocks (headings, paragraphs, lists, tables, charts) written once
+and rendered twice: Markdown next to the chart files, and one HTML file with every chart
+inlined (base64 `data:` URIs, so each SVG keeps its own ids and the page can be mailed).
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from harness.report import charts, tables
+from harness.report import claims as claims_mod
+from harness.report import data, tables
 from harness.units import format_value
+
+# Which charts belong to which study, in the order they are shown.
+STUDY_CHARTS = {"startup": ("startup", "startup_phases"), "memory": ("memory",),
+                "disk": ("disk",), "io": ("io_bw", "io_iops"), "density": ("density",)}
+STUDY_TITLES = {"startup": "Startup", "memory": "Memory", "disk": "Disk", "io": "I/O",
+                "density": "Density"}
+
+
+@dataclass(frozen=True)
+class Table:
+    columns: list[str]
+    rows: list[list[str]]
+    align: str = ""  # one of "l"/"r" per column; default left
+
+
+Block = tuple[str, Any]  # (kind, payload): h1 h2 h3 p ul table chart warn
 
 
 def build(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame, out: Path,
-          formats: Sequence[str]) -> list[Path]:
+          formats: Sequence[str] = ("png", "svg"), style: str = "paper") -> list[Path]:
+    """Write the charts, report.md and index.html into `out`; return the files written."""
+    from harness.report import charts
+
     out.mkdir(parents=True, exist_ok=True)
-    written = charts.startup(df, out, formats)
-    summ = tables.summary(df)
-    lines = ["# cvbench report", ""]
-    for path, doc in docs:
-        host = doc["host"]
-        lines += [f"## {doc['scenario']['name']} — run {doc['run_id']} ({doc.get('created')})",
-                  "", f"- file: `{path}`",
-                  f"- host: {host.get('hostname')} (id {host.get('id')}): {host.get('cpu_model')}, "
-                  f"{host.get('cores')} cores, {host.get('mem_total_gib')} GiB, kernel "
-                  f"{host.get('kernel')}, {host.get('distro')}, cgroup {host.get('cgroup_mode')}",
-                  f"- image: `{doc['image']['digest']}` ({doc['image'].get('tag')})", ""]
-        for b, meta in doc["backends"].items():
-            versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
-            lines.append(f"- backend `{b}`: {versions}")
-        lines.append("")
-    lines += ["## Medians with 95 % CI", "",
-              "| scenario | backend | variant | metric | n | median | 95 % CI | note |",
-              "|---|---|---|---|---:|---:|---|---|"]
-    for r in summ.to_dict("records"):
-        u = str(r["unit"])
-        lines.append(f"| {r['scenario']} | {r['backend']} | {r['variant']} | {r['metric']} | "
-                     f"{r['n']} | {format_value(r['median'], u)} | "
-                     f"{format_value(r['ci_lo'], u)} – {format_value(r['ci_hi'], u)} | "
-                     f"{r['warning']} |")
-    lines += ["", "## Charts", ""] + [f"![{p.stem}]({p.name})" for p in written
-                                      if p.suffix == ".png"]
+    df = data.enrich(df, docs)
+    drawn = charts.render_all(df, out, style, formats, inline=True)
+    blocks = content(docs, df, {c.name: c for c in drawn})
     md = out / "report.md"
-    md.write_text("\n".join(lines) + "\n")
-    return [*written, md]
+    md.write_text(markdown(blocks, formats))
+    page = out / "index.html"
+    page.write_text(to_html(blocks))
+    return [p for c in drawn for p in c.paths] + [md, page]
+
+
+# --- content --------------------------------------------------------------------------
+
+def fmt_ci(median: float, lo: float, hi: float, unit: str) -> tuple[str, str]:
+    """("12.3 ms", "11.9 ms – 12.8 ms")"""
+    return format_value(median, unit), f"{format_value(lo, unit)} – {format_value(hi, unit)}"
+
+
+def _pm(median: float, lo: float, hi: float) -> str:
+    if not median:
+        return ""
+    return f"±{(hi - lo) / 2 / abs(median):.1%}"
+
+
+def medians_table(summ: pd.DataFrame, several: bool) -> Table:
+    counts = "count" in summ.columns
+    cols = [*(["dataset"] if several else []), "backend", "variant", "metric",
+            *(["instances"] if counts else []), "n", "median", "95 % CI", "±", "stability"]
+    rows = []
+    for r in summ.to_dict("records"):
+        med, ci = fmt_ci(r["median"], r["ci_lo"], r["ci_hi"], str(r["unit"]))
+        rows.append([*([str(r["dataset"])] if several else []), str(r["backend"]),
+                     str(r["variant"]), str(r["metric"]),
+                     *([f"{r['count']:g}"] if counts else []), str(r["n"]), med, ci,
+                     _pm(r["median"], r["ci_lo"], r["ci_hi"]),
+                     f"⚠ {r['warning']}" if r["warning"] else ""])
+    align = "l" * (len(cols) - 6) + ("r" if counts else "l") + "rrlrl"
+    return Table(cols, rows, align)
+
+
+def _ordered(summ: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """Rows in the report's order: backend (by kind), variant, dataset, metric."""
+    if summ.empty:
+        return summ
+    cells = data.cells(df)
+    rank = {(c.backend, c.variant, c.dataset): i for i, c in enumerate(cells)}
+    key = [rank.get((b, v, d), len(rank)) for b, v, d in
+           zip(summ["backend"], summ["variant"], summ["dataset"], strict=True)]
+    return (summ.assign(_k=key).sort_values(["_k", "metric"], kind="stable")
+            .drop(columns="_k"))
+
+
+def claims_table(t: pd.DataFrame, several: bool) -> Table:
+    cols = [*(["dataset"] if several else []), "claim", "A", "B", "metric", "median A",
+            "median B", "A / B", "95 % CI", "verdict", "note"]
+    rows = []
+    unit = {"startup": "s", "memory": "B", "disk": "B", "io": "B/s"}
+    for r in t.to_dict("records"):
+        u = unit.get(data.study_of(str(r["metric"])), "")
+        rows.append([*([str(r["dataset"])] if several else []), str(r["text"]), str(r["a"]),
+                     str(r["b"]), str(r["metric"]), format_value(r["median_a"], u),
+                     format_value(r["median_b"], u), f"{r['ratio']:.3g}×",
+                     f"{r['ratio_lo']:.3g}× – {r['ratio_hi']:.3g}×",
+                     f"**{r['verdict']}**", str(r["note"])])
+    return Table(cols, rows, "l" * (len(cols) - 7) + "rrrrll")
+
+
+def memory_table(df: pd.DataFrame, several: bool) -> Table | None:
+    m = tables.memory(df)
+    if m.empty:
+        return None
+    cols = [*(["dataset"] if several else []), "backend", "variant", "instances",
+            "PSS / instance", "daemons ÷ instances", "total / instance", "95 % CI of total"]
+    rows = []
+    for r in m.to_dict("records"):
+        rows.append([*([str(r["dataset"])] if several else []), str(r["backend"]),
+                     str(r["variant"]), str(r["instances"]), format_value(r["pss"], "B"),
+                     format_value(r["daemon"], "B"), format_value(r["total"], "B"),
+                     fmt_ci(r["total"], r["total_lo"], r["total_hi"], "B")[1]])
+    return Table(cols, rows, "l" * (len(cols) - 5) + "rrrrl")
+
+
+def _warnings(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame,
+              summ: pd.DataFrame) -> list[str]:
+    out = []
+    hosts = sorted({str(doc["host"].get("id")) for _, doc in docs})
+    if len(hosts) > 1:
+        out.append(f"Results from {len(hosts)} different hosts (fingerprints "
+                   f"{', '.join(hosts)}): shown side by side, but a difference between "
+                   "them may be the machine, not the backend.")
+    for ds, g in df.groupby("dataset"):
+        digests = sorted(set(g["image_digest"]))
+        if len(digests) > 1:
+            out.append(f"{ds}: runs used {len(digests)} different images "
+                       f"({', '.join(d[:12] for d in digests)}): not the identical workload.")
+    emu = sorted(set(df[df["emulated"].astype(bool)]["backend"]))
+    if emu:
+        out.append(f"Emulated VMs (TCG, no hardware acceleration): {', '.join(emu)}. Their "
+                   "times and I/O say little about a VM under KVM; they are marked "
+                   "\"(TCG, emulated)\" in every chart and table.")
+    unknown = sorted(set(df[df["kind"] == "unknown"]["backend"]))
+    if unknown:
+        out.append(f"Backends whose metadata declares no kind ({', '.join(unknown)}): the "
+                   "seed claims cannot tell whether they are containers or VMs, and leave "
+                   "them out.")
+    for path, doc in docs:
+        if doc.get("interrupted"):
+            out.append(f"`{path}`: the run was interrupted; its samples are incomplete.")
+        for c in doc.get("cells") or []:
+            if isinstance(c, dict) and c.get("status") == "failed":
+                out.append(f"`{path}`: cell {c.get('backend')} [{c.get('variant')}] failed "
+                           f"after {c.get('samples')} samples.")
+    n_unstable = int((summ["warning"] != "").sum()) if not summ.empty else 0
+    if n_unstable:
+        out.append(f"{n_unstable} of {len(summ)} figures are unstable (large spread or few "
+                   "samples, as pyperf checks): see the ⚠ marks in the tables; re-run them on "
+                   "a quieter machine before drawing conclusions.")
+    return out
+
+
+def _dataset_blocks(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame
+                    ) -> list[Block]:
+    blocks: list[Block] = []
+    runs = df.drop_duplicates("run_id").set_index("run_id")["dataset"].to_dict()
+    by_ds: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for path, doc in docs:
+        by_ds.setdefault(runs.get(doc["run_id"], "(no samples)"), []).append((path, doc))
+    for ds in [*data.datasets(df), *(k for k in by_ds if k not in set(df["dataset"]))]:
+        items = by_ds.get(ds, [])
+        if not items:
+            continue
+        host = items[0][1]["host"]
+        blocks.append(("h3", ds))
+        keys = ("id", "hostname", "cpu_model", "cores", "mem_total_gib", "kernel", "distro",
+                "cgroup_mode", "governor", "thp", "ksm", "virtualization", "kvm_device",
+                "python", "cvbench")
+        blocks.append(("table", Table(["host", "value"], [[k, str(host[k])] for k in keys
+                                                          if k in host])))
+        rows = []
+        for path, doc in items:
+            img = doc["image"]
+            rows.append([str(doc["scenario"].get("name")), str(doc["run_id"]),
+                         str(doc.get("created", "")), f"`{img['digest'][:16]}…`"
+                         + (f" ({img['tag']})" if img.get("tag") else ""),
+                         f"`{path}`"])
+        blocks.append(("table", Table(["scenario", "run", "created", "image digest", "file"],
+                                      rows)))
+        backends: dict[str, Mapping[str, Any]] = {}
+        for _, doc in items:
+            backends.update(doc["backends"])
+        rows = []
+        for b in sorted(backends, key=lambda b: (data.KINDS.index(
+                data.backend_kind(backends[b])), b)):
+            meta = backends[b]
+            versions = ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())
+            accel = str(meta.get("accel", ""))
+            if data.is_emulated(meta):
+                accel = f"**{accel or 'emulated'} (emulated)**"
+            rows.append([b, data.backend_kind(meta), accel, versions])
+        blocks.append(("table", Table(["backend", "kind", "accel", "versions"], rows)))
+    return blocks
+
+
+def content(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame,
+            charts: Mapping[str, Any]) -> list[Block]:
+    sets = data.datasets(df)
+    several = len(sets) > 1
+    summ = _ordered(tables.summary(df), df)
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    blocks: list[Block] = [
+        ("h1", "cvbench report"),
+        ("p", f"{len(docs)} result file(s), {len(df)} samples, "
+              f"{len(sets)} dataset(s) (host, date): {', '.join(sets) or 'none'}. "
+              f"Generated {now}. Medians with a bootstrap 95 % confidence interval; "
+              "a difference whose CI includes no change is not a difference."),
+    ]
+    warns = _warnings(docs, df, summ)
+    if warns:
+        blocks += [("h2", "Read this first"), ("ul", [f"⚠ {w}" for w in warns])]
+
+    t = claims_mod.evaluate(df)
+    blocks.append(("h2", "Seed claims"))
+    if t.empty:
+        blocks.append(("p", "No claim could be tested: they need backends whose metadata "
+                            "declares `kind` container and vm (or process), measured on "
+                            "the same host, with the metric the claim is about."))
+    else:
+        blocks.append(("p", "Ratio of medians A / B with its 95 % CI (two-sample bootstrap). "
+                            "The verdict reads the CI: *holds* when all of it is on the "
+                            "claimed side of 1, *does not hold* when all of it is on the "
+                            "other side or within the band of no meaningful difference, "
+                            "*inconclusive* otherwise."))
+        s = claims_mod.summary(t)
+        blocks.append(("ul", [
+            f"{r['text']}" + (f" ({r['dataset']})" if several else "") + ": "
+            + ", ".join(f"{r[v]} pair(s) {v}" for v in (claims_mod.HOLDS, claims_mod.FAILS,
+                                                         claims_mod.INCONCLUSIVE) if r[v])
+            for r in s.to_dict("records")]))
+        blocks += [("chart", charts[n]) for n in ("claims", "claims_io") if n in charts]
+        blocks.append(("table", claims_table(t, several)))
+
+    studies = list(dict.fromkeys(data.study_of(m) for m in df["metric"]))
+    for study in sorted(studies, key=lambda s: (list(STUDY_TITLES).index(s)
+                                                if s in STUDY_TITLES else 99, s)):
+        blocks.append(("h2", STUDY_TITLES.get(study, study)))
+        for name in STUDY_CHARTS.get(study, ()):
+            if name in charts:
+                blocks.append(("chart", charts[name]))
+        if study == "memory":
+            mt = memory_table(df, several)
+            if mt is not None:
+                blocks += [("h3", "Per instance, daemons amortised"), ("table", mt)]
+        part = summ[summ["metric"].map(data.study_of) == study]
+        if study == "density":  # one figure per instance count, never pooled across counts
+            sub = df[df["metric"].map(data.study_of) == study]
+            part = tables.summary(sub.assign(count=pd.to_numeric(sub["instance"],
+                                                                 errors="coerce")),
+                                  ["dataset", "backend", "variant", "metric", "unit", "count"])
+            part = _ordered(part.sort_values(["metric", "count"], kind="stable"), df)
+        blocks += [("h3", "Medians with 95 % CI"), ("table", medians_table(part, several))]
+
+    if several:
+        blocks.append(("h2", "Side by side: datasets compared"))
+        blocks.append(("p", f"Each dataset against the first ({sets[0]}): ratio of medians "
+                            "new / first with its 95 % CI; ✓ when the CI excludes 1."))
+        for new in sets[1:]:
+            r = tables.ratios(df, sets[0], new)
+            if r.empty:
+                continue
+            rows = [[str(x["backend"]), str(x["variant"]), str(x["metric"]),
+                     format_value(x["base"], str(x["unit"])),
+                     format_value(x["new"], str(x["unit"])), f"{x['ratio']:.3g}×",
+                     f"{x['ratio_lo']:.3g}× – {x['ratio_hi']:.3g}×",
+                     "✓" if x["changed"] else ""] for x in r.to_dict("records")]
+            blocks += [("h3", f"{new} vs {sets[0]}"),
+                       ("table", Table(["backend", "variant", "metric", sets[0], new,
+                                        "ratio", "95 % CI", "changed"], rows, "lllrrrrl"))]
+
+    blocks.append(("h2", "Hosts, runs and backends"))
+    blocks += _dataset_blocks(docs, df)
+    return blocks
+
+
+# --- Markdown -------------------------------------------------------------------------
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(blocks: Sequence[Block], formats: Sequence[str]) -> str:
+    lines: list[str] = []
+    prefer = next((f for f in ("png", "svg") if f in formats), None)
+    for kind, x in blocks:
+        if kind in ("h1", "h2", "h3"):
+            lines += ["#" * int(kind[1]) + " " + x, ""]
+        elif kind == "p":
+            lines += [x, ""]
+        elif kind == "ul":
+            lines += [f"- {item}" for item in x] + [""]
+        elif kind == "table":
+            align = x.align.ljust(len(x.columns), "l")
+            lines.append("| " + " | ".join(_md_cell(c) for c in x.columns) + " |")
+            lines.append("|" + "|".join("---:" if a == "r" else "---" for a in align) + "|")
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in x.rows]
+            lines.append("")
+        elif kind == "chart":
+            if prefer:
+                lines += [f"![{x.title}]({x.name}.{prefer})", ""]
+            else:
+                lines += [f"{x.title}: " + ", ".join(f"[{p.suffix[1:]}]({p.name})"
+                                                     for p in x.paths), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --- HTML -----------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1200px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{border-bottom:2px solid #333}h2{margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:1em 0;font-size:.88em}
+th,td{border:1px solid #ddd;padding:.25em .6em;vertical-align:top}th{background:#f3f3f3}
+td.r{text-align:right;font-variant-numeric:tabular-nums}
+tr:nth-child(even) td{background:#fafafa}
+figure{margin:1.5em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+li{margin:.3em 0}code{background:#f3f3f3;padding:0 .2em}
+.warn{color:#8a4b00}
+"""
+
+
+def _inline(text: str) -> str:
+    """Escape, then the little Markdown the content uses: `code` and **bold**."""
+    t = html.escape(text)
+    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    t = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
+    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", t)
+
+
+def _img(chart: Any) -> str:
+    if chart.svg is not None:
+        uri = "data:image/svg+xml;base64," + base64.b64encode(chart.svg.encode()).decode()
+    elif chart.png is not None:
+        uri = "data:image/png;base64," + base64.b64encode(chart.png).decode()
+    else:
+        return ""
+    return (f'<figure><img alt="{html.escape(chart.title)}" src="{uri}">'
+            f"<figcaption>{html.escape(chart.title)}</figcaption></figure>")
+
+
+def to_html(blocks: Sequence[Block]) -> str:
+    body: list[str] = []
+    title = next((x for k, x in blocks if k == "h1"), "cvbench report")
+    for kind, x in blocks:
+        if kind in ("h1", "h2", "h3"):
+            body.append(f"<{kind}>{_inline(x)}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{_inline(x)}</p>")
+        elif kind == "ul":
+            items = "".join(f'<li class="{"warn" if i.startswith("⚠") else ""}">{_inline(i)}'
+                            "</li>" for i in x)
+            body.append(f"<ul>{items}</ul>")
+        elif kind == "table":
+            align = x.align.ljust(len(x.columns), "l")
+            head = "".join(f"<th>{_inline(c)}</th>" for c in x.columns)
+            rows = "".join(
+                "<tr>" + "".join(f'<td class="{a}">{_inline(c)}</td>'
+                                 for a, c in zip(align, row, strict=True)) + "</tr>"
+                for row in x.rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "chart":
+            body.append(_img(x))
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")

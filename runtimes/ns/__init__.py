@@ -77,7 +77,8 @@ class NsRuntime:
         return Availability(ok=True, versions=versions)
 
     def metadata(self) -> dict[str, Any]:
-        return {"cgroup": self.cg.mode, "kernel": platform.release(), "start": "clone+exec",
+        return {"kind": "container", "cgroup": self.cg.mode, "kernel": platform.release(),
+                "start": "clone+exec",
                 "rootfs": "overlay", "capabilities": "docker default set",
                 "no_new_privs": True}
 

@@ -85,3 +85,37 @@ def test_list_and_doctor() -> None:
     assert p.returncode == 0 and "startup" in p.stdout and "host" in p.stdout
     p = bench("doctor")
     assert p.returncode == 0 and "host" in p.stdout
+
+
+def test_host_stop_kills_the_workloads_children() -> None:
+    import os
+    import time
+
+    from harness import image
+    from runtimes.base import InstanceSpec
+    from runtimes.host import HostRuntime
+
+    rt = HostRuntime()
+    prep = rt.prepare(image.build(image.Recipe()))
+    spec = InstanceSpec(run_id="0123456789", name="cvbench-0123456789-1",
+                        argv=("sh", "-c", "sleep 300 & sleep 300 & echo started; wait"))
+    inst = rt.create(spec, prep)
+    rt.start(inst)
+    rt.wait_ready(inst, 10)
+    deadline = time.monotonic() + 10
+    while len(rt.stats(inst).pids) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pids = rt.stats(inst).pids
+    assert len(pids) >= 3
+    rt.stop(inst, grace=0.2)
+    rt.remove(inst)
+    time.sleep(0.1)
+    alive = []
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                if f.read().split(")")[1].split()[0] != "Z":
+                    alive.append(p)
+        except FileNotFoundError:
+            continue
+    assert alive == [], f"left behind: {alive} (me: {os.getpid()})"

@@ -1,0 +1,202 @@
+"""What every table and chart draws from: the samples frame, enriched once.
+
+`harness.results.frame()` gives one row per sample. A report also needs, per row:
+
+- `kind` — what the backend *is* (`process`, `container`, `vm`), read from the backend's
+  metadata in the result (`"kind"` key). Nothing here knows a backend by name: a backend
+  whose metadata says nothing is `unknown` (a VM is recognised by its `accel` key, which
+  only hypervisor backends record), and the claims that need a kind leave it out.
+- `emulated` — a VM without hardware acceleration (metadata `emulated: true` or
+  `accel: tcg`): its timings say little about KVM, so every chart and table marks it.
+- `dataset` — results are grouped by host fingerprint and date, so two hosts or two days
+  can be put side by side. Runs of different studies from one host on one day form one
+  dataset; two runs of the same study on the same host and day are told apart by time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+KINDS = ("process", "container", "vm", "unknown")  # order of presentation
+DEFAULT_VARIANT = "default"
+# Keys of a variant that name the storage target of an I/O cell, in order of preference.
+TARGET_KEYS = ("target", "storage", "io.target", "mount")
+
+
+def backend_kind(meta: Mapping[str, Any]) -> str:
+    kind = meta.get("kind")
+    if isinstance(kind, str) and kind in KINDS:
+        return kind
+    if "accel" in meta:  # only hypervisor backends say how their guests are accelerated
+        return "vm"
+    return "unknown"
+
+
+def is_emulated(meta: Mapping[str, Any]) -> bool:
+    return bool(meta.get("emulated")) or str(meta.get("accel", "")).lower() == "tcg"
+
+
+def backend_meta(docs: Iterable[tuple[str, Mapping[str, Any]]]
+                 ) -> dict[tuple[str, str], Mapping[str, Any]]:
+    """(run id, backend) -> the backend's metadata as recorded in that run."""
+    return {(str(doc["run_id"]), str(b)): meta for _, doc in docs
+            for b, meta in doc["backends"].items()}
+
+
+def enrich(df: pd.DataFrame, docs: Sequence[tuple[str, Mapping[str, Any]]]) -> pd.DataFrame:
+    """The frame with `kind`, `emulated`, `dataset`, `date`; a copy, rows unchanged."""
+    meta = backend_meta(docs)
+    out = df.copy()
+    keys = list(zip(out["run_id"].astype(str), out["backend"].astype(str), strict=True))
+    out["kind"] = [backend_kind(meta.get(k, {})) for k in keys]
+    out["emulated"] = pd.Series([is_emulated(meta.get(k, {})) or bool(e)
+                                 for k, e in zip(keys, out["emulated"], strict=True)],
+                                index=out.index, dtype=bool)
+    created = pd.to_datetime(out["created"], utc=True, errors="coerce")
+    out["date"] = created.dt.strftime("%Y-%m-%d").fillna("undated")
+    out["dataset"] = _datasets(out, created)
+    return out
+
+
+def _datasets(df: pd.DataFrame, created: pd.Series) -> pd.Series:
+    runs = df.assign(_created=created).drop_duplicates("run_id")
+    host = runs["host"].fillna("?").astype(str)
+    hid = runs["host_id"].fillna("?").astype(str)
+    # Two machines with one hostname are still two hosts: add the fingerprint then.
+    clash = runs.groupby(host)["host_id"].transform("nunique") > 1
+    name = host.where(~clash, host + " (" + hid.str[:6] + ")")
+    label = name + " " + runs["date"]
+    # The same study twice on one host and day: tell the runs apart by time.
+    twice = runs.groupby([hid, runs["date"], runs["scenario"]])["run_id"].transform("count") > 1
+    when = runs["_created"].dt.strftime("%H:%M").fillna("")
+    label = label.where(~twice, label + " " + when + " #" + runs["run_id"].astype(str).str[:4])
+    by_run = dict(zip(runs["run_id"], label, strict=True))
+    return df["run_id"].map(by_run)
+
+
+def datasets(df: pd.DataFrame) -> list[str]:
+    """Dataset labels, oldest first."""
+    if df.empty:
+        return []
+    first = df.groupby("dataset")["created"].min().sort_values(kind="stable")
+    return [str(d) for d in first.index]
+
+
+def backend_order(df: pd.DataFrame) -> list[str]:
+    """One order for every chart and table: by kind (process, containers, VMs), then name."""
+    kinds = df.drop_duplicates("backend").set_index("backend")["kind"]
+    return sorted((str(b) for b in kinds.index),
+                  key=lambda b: (KINDS.index(str(kinds[b])), b))
+
+
+def parse_variant(variant: str) -> dict[str, str]:
+    """"network=bridge,target=volume" -> {"network": "bridge", "target": "volume"}."""
+    if variant == DEFAULT_VARIANT or not variant:
+        return {}
+    out: dict[str, str] = {}
+    for part in variant.split(","):
+        key, eq, value = part.partition("=")
+        out[key.strip() if eq else "variant"] = value.strip() if eq else key.strip()
+    return out
+
+
+def short_variant(variant: str) -> str:
+    """Values only, for labels: "network=bridge,target=volume" -> "bridge, volume"."""
+    return ", ".join(parse_variant(variant).values())
+
+
+def target_of(variant: str) -> str | None:
+    """The storage target an I/O cell ran against, from its variant."""
+    parts = parse_variant(variant)
+    for key in TARGET_KEYS:
+        if key in parts:
+            return parts[key]
+    return parts.get("variant")
+
+
+def without_target(variant: str) -> str:
+    """The variant with its storage target removed: what two targets must share."""
+    parts = parse_variant(variant)
+    for key in (*TARGET_KEYS, "variant"):
+        if key in parts:
+            parts.pop(key)
+            break
+    return ",".join(f"{k}={v}" for k, v in parts.items()) or DEFAULT_VARIANT
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One thing a chart draws: a backend, a variant, from one dataset."""
+
+    backend: str
+    variant: str
+    dataset: str
+    kind: str
+    emulated: bool
+
+    def label(self, tag: str | None = None, sep: str = " ") -> str:
+        """"docker [volume]", plus the dataset's tag (e.g. "#2") when given, plus
+        "(TCG, emulated)" for an emulated VM."""
+        text = self.backend
+        if self.variant != DEFAULT_VARIANT:
+            text += f" [{short_variant(self.variant)}]"
+        if tag:
+            text += f"{sep}{tag}"
+        if self.emulated:
+            text += f"{sep}(TCG, emulated)"
+        return text
+
+    def select(self, df: pd.DataFrame) -> pd.DataFrame:
+        return df[(df["backend"] == self.backend) & (df["variant"] == self.variant)
+                  & (df["dataset"] == self.dataset)]
+
+
+def cells(df: pd.DataFrame, order: Sequence[str] | None = None,
+          sets: Sequence[str] | None = None) -> list[Cell]:
+    """The cells present in `df`, in the report's order: backend, variant, dataset."""
+    if df.empty:
+        return []
+    order = list(order) if order is not None else backend_order(df)
+    sets = list(sets) if sets is not None else datasets(df)
+    first = df.drop_duplicates(["backend", "variant", "dataset"])
+    out = [Cell(str(r["backend"]), str(r["variant"]), str(r["dataset"]), str(r["kind"]),
+                bool(df[(df["backend"] == r["backend"]) & (df["dataset"] == r["dataset"])]
+                     ["emulated"].any()))
+           for _, r in first.iterrows()]
+    rank = {b: i for i, b in enumerate(order)}
+    drank = {d: i for i, d in enumerate(sets)}
+    return sorted(out, key=lambda c: (rank.get(c.backend, len(rank)), c.backend,
+                                      c.variant != DEFAULT_VARIANT, c.variant,
+                                      drank.get(c.dataset, len(drank))))
+
+
+def study_of(metric: str) -> str:
+    """"io.seqread.bw" -> "io"."""
+    return metric.split(".", 1)[0]
+
+
+def per_instance_memory(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per instance sample: its PSS plus its share of the engine daemons.
+
+    The daemons (dockerd + containerd, the podman service, libvirtd) serve every instance
+    of their backend, so each instance carries daemon / N of them, N being the number of
+    instances sampled in that round of that cell. Backends without a daemon carry 0.
+    Columns: backend, variant, dataset, kind, emulated, round, pss, daemon, total.
+    """
+    keys = ["backend", "variant", "dataset", "round"]
+    pss = df[df["metric"] == "memory.pss"]
+    if pss.empty:
+        return pd.DataFrame(columns=[*keys, "kind", "emulated", "pss", "daemon", "total"])
+    n = pss.groupby(keys)["value"].transform("count")
+    daemon = (df[df["metric"] == "memory.daemon"].groupby(keys)["value"].sum()
+              .rename("daemon_total"))
+    out = pss[[*keys, "kind", "emulated"]].copy()
+    out["pss"] = pss["value"].astype(float)
+    out = out.join(daemon, on=keys)
+    out["daemon"] = out["daemon_total"].fillna(0.0) / n
+    out["total"] = out["pss"] + out["daemon"]
+    return out.drop(columns="daemon_total").reset_index(drop=True)

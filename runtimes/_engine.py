@@ -1,0 +1,638 @@
+"""Docker and Podman through one implementation: the docker SDK's low-level APIClient.
+
+Both engines speak Docker's Engine API on a unix socket (dockerd natively, Podman's REST
+service through its "compat" endpoints), so one class drives both; `runtimes/docker.py`
+and `runtimes/podman.py` only say where the socket is, what the daemons are called, how
+a container's shim is found and how its exit is awaited.
+
+Mapping of the InstanceSpec to the Engine API (POST /containers/create):
+  argv, env        -> Entrypoint ["/bench/init"], Cmd argv; Env, plus CVBENCH_NONCE
+  workdir/hostname -> WorkingDir, Hostname
+  limits.cpus      -> HostConfig.NanoCpus = cpus * 1e9 (`--cpus`: CFS quota per 100 ms)
+  limits.memory    -> HostConfig.Memory and MemorySwap, both the limit (no swap: as `ns`
+                      writes memory.limit_in_bytes and memory.memsw.limit_in_bytes)
+  limits.pids      -> HostConfig.PidsLimit
+  network          -> HostConfig.NetworkMode none | host | bridge (the engine's default
+                      bridge: docker0, or Podman's netavark "podman" network)
+  mounts bind      -> Mount{Type: bind, Source, Target, ReadOnly}
+  mounts volume    -> Mount{Type: volume}; the engine volume is `cvbench-<run id>-<name>`,
+                      labelled with the run, created on first use and kept for the run
+                      (removed by `bench gc` once the run is over)
+  mounts tmpfs     -> Mount{Type: tmpfs, TmpfsOptions.SizeBytes}
+  flavour          -> HostConfig.Runtime (docker:crun, docker:runsc); Podman ignores
+                      it, so podman:runc is a second service whose default is runc
+  every container  -> Name = the instance name (cvbench-<run id>-<n>), label
+                      cvbench.run=<run id>
+The image is imported once per digest as `cvbench/<recipe>:<digest[:12]>` with the labels
+cvbench.digest=sha256:<digest> and cvbench.recipe, ENTRYPOINT /bench/init; its only
+layer's diff_id must equal sha256:<digest> (an uncompressed tar is stored as it is), and
+`prepare` refuses an image whose layer does not.
+
+Phases (no phase is merged):
+  create = POST /containers/create + the attach (hijacked) connection, so the ready line
+           cannot be missed; Podman initializes the container (conmon + OCI create) when
+           an attach arrives, Docker does it in start
+  start  = POST /containers/{id}/start
+  ready  = the ready line arrives on the attach stream (host monotonic clock)
+  exit   = the attach stream ends and the engine's wait call returns the exit status
+           (the engine's word, not an earlier hint: timestamped when wait returns)
+  remove = DELETE /containers/{id}?force=1
+A non-zero status is followed by an inspect for OOMKilled (and, for a SIGKILL under a
+memory limit the engine did not flag, the kernel log: see kernel_oom_killed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import docker
+import requests
+from docker.types import Mount as DockerMount
+
+from harness.errors import BackendUnavailable, ImageError, InstanceError, UsageError
+from harness.image import Image
+from harness.probes import memory
+from runtimes import _proc
+from runtimes.base import (
+    PREFIX,
+    RUN_LABEL,
+    Availability,
+    Exit,
+    Instance,
+    InstanceSpec,
+    Leftover,
+    Prepared,
+    Stats,
+    state_dir,
+)
+
+DIGEST_LABEL = "cvbench.digest"
+RECIPE_LABEL = "cvbench.recipe"
+PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PROVISION = "run `make provision` (scripts/provision) as root"
+_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+class AttachStream(_proc.Stream):
+    """A container's stdout, read from the engine's attach connection; stderr goes to `err`.
+
+    Without a tty the engine multiplexes both streams on one connection: each chunk comes
+    after an 8-byte header (stream id: 1 stdout, 2 stderr; three zero bytes; big-endian
+    length). It is a `_proc.Stream`, so `_proc.wait_line` reads the ready line from it
+    exactly as it does from a pipe.
+    """
+
+    def __init__(self, attached: Any, keep_all: bool) -> None:
+        # APIClient.attach_socket returns, on a unix socket, the SocketIO under the HTTP
+        # response; the socket itself is under it.
+        self.io = attached
+        sock = getattr(attached, "_sock", attached)
+        if not isinstance(sock, socket.socket):
+            raise InstanceError(f"unexpected attach socket type {type(attached).__name__}")
+        sock.setblocking(False)
+        super().__init__(sock.fileno(), keep_all)
+        self.sock = sock
+        self.err = _proc.Stream(-1, keep_all)
+        self.raw = bytearray()
+
+    def read_some(self) -> bool:
+        try:
+            chunk = self.sock.recv(65536)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            self.eof = True
+            return False
+        self.raw += chunk
+        while len(self.raw) >= 8:
+            kind, size = struct.unpack_from(">BxxxL", self.raw)
+            if len(self.raw) < 8 + size:
+                break
+            (self.err if kind == 2 else self).feed(bytes(self.raw[8:8 + size]))
+            del self.raw[:8 + size]
+        return True
+
+    def drain(self, deadline: float) -> None:
+        """Read until the engine closes the stream (the container's stdio is gone)."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        while not self.eof:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InstanceError("the container's output did not end within the timeout")
+            if poller.poll(max(1, int(left * 1000))):
+                self.read_some()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            # shutdown ends the connection even while the HTTP response still holds a
+            # reference to the socket (close alone would only drop ours).
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            # The fd closes once every file made from the socket is closed: the HTTP
+            # response docker-py keeps on the SocketIO (its reader), then the SocketIO.
+            response = getattr(self.io, "_response", None)
+            if response is not None:
+                response.close()
+            if self.io is not self.sock:
+                self.io.close()
+            self.sock.close()
+            self.fd = -1
+
+
+def pids_of(comm: str, needle: str = "") -> list[int]:
+    """Processes whose command name is `comm` and whose command line contains `needle`."""
+    out = []
+    for pid in memory.pids_of_cmdline(needle):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == comm[:15]:
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def memory_cgroup(pid: int) -> Path | None:
+    """The memory cgroup of `pid`: the v1 memory controller's directory, else the v2 one."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    v2 = None
+    for line in lines:
+        _, ctrls, path = line.split(":", 2)
+        if "memory" in ctrls.split(","):
+            return Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+        if ctrls == "":
+            v2 = path
+    if v2 is not None and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        return Path("/sys/fs/cgroup") / v2.lstrip("/")
+    return None
+
+
+def kernel_oom_killed(cid: str) -> bool:
+    """Whether the kernel log records an OOM kill in the memory cgroup of container `cid`.
+
+    Podman 4.3's conmon misses OOM kills on this cgroup v1 host (inspect says OOMKilled
+    false after a SIGKILL by the memcg OOM killer); the kernel's own line,
+    "oom-kill:constraint=CONSTRAINT_MEMCG,...,task_memcg=/libpod_parent/libpod-<id>,...",
+    does not. /dev/kmsg, opened afresh, reads from the oldest record still buffered.
+    """
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        while True:
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                return False
+            except OSError:  # EPIPE: a record was overwritten while reading; go on
+                continue
+            if not record:
+                return False
+            if b"oom-kill:" in record and b"task_memcg=" in record and cid.encode() in record:
+                return True
+    finally:
+        os.close(fd)
+
+
+def hybrid_without_hugetlb() -> bool:
+    """crun refuses a cgroup v1/hybrid host whose hugetlb controller is not mounted."""
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        return False
+    mounts = Path("/proc/mounts").read_text()
+    return " /sys/fs/cgroup/memory cgroup" in mounts and \
+        " /sys/fs/cgroup/hugetlb cgroup" not in mounts
+
+
+def binary_version(path: str) -> str:
+    try:
+        p = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10,
+                           check=False)
+    except OSError:
+        return "?"
+    first = (p.stdout or p.stderr).strip().splitlines()
+    return first[0].split()[-1] if first else "?"
+
+
+def environment(spec: InstanceSpec) -> dict[str, str]:
+    return {"PATH": PATH_ENV, "CVBENCH_NONCE": spec.nonce, **spec.env}
+
+
+def host_config(spec: InstanceSpec, volumes: dict[str, str],
+                runtime: str | None) -> dict[str, Any]:
+    """APIClient.create_host_config keywords for `spec` (the mapping in the docstring);
+    `volumes` maps the spec's volume names to the engine's."""
+    lim = spec.limits
+    mounts = []
+    for m in spec.mounts:
+        if m.type == "tmpfs":
+            mounts.append(DockerMount(m.target, None, type="tmpfs", read_only=m.readonly,
+                                      tmpfs_size=m.size))
+        else:
+            source = volumes[m.source or ""] if m.type == "volume" else m.source
+            mounts.append(DockerMount(m.target, source, type=m.type, read_only=m.readonly))
+    hc: dict[str, Any] = {"network_mode": spec.network, "mounts": mounts}
+    if lim.cpus is not None:
+        hc["nano_cpus"] = int(lim.cpus * 1e9)
+    if lim.memory is not None:
+        hc["mem_limit"] = lim.memory
+        hc["memswap_limit"] = lim.memory
+    if lim.pids is not None:
+        hc["pids_limit"] = lim.pids
+    if runtime:
+        hc["runtime"] = runtime
+    return hc
+
+
+class Engine:
+    """One engine behind its Engine-API socket. Subclasses fill in the class attributes
+    and the hooks at the bottom."""
+
+    base: ClassVar[str]
+    flavours: ClassVar[tuple[str, ...]] = ()
+    default_runtime: ClassVar[str]
+    daemon_binary: ClassVar[str]  # what must be installed for the daemon to run
+    socket_env: ClassVar[str]  # environment variable overriding the default socket
+    default_socket: ClassVar[str]
+    flavour_sockets: ClassVar[dict[str, str]] = {}  # a flavour served by its own daemon
+    per_container_runtime: ClassVar[bool] = True  # else the daemon's default is the flavour
+    log_hint: ClassVar[str]  # where the daemon's log is when provision started it
+
+    def __init__(self, flavour: str | None = None) -> None:
+        self.flavour = flavour
+        self.name = f"{self.base}:{flavour}" if flavour else self.base
+        self.runtime = flavour or self.default_runtime
+        self._client: docker.APIClient | None = None
+        self._server: dict[str, Any] = {}
+        self._volumes: set[str] = set()
+
+    # --- connection and availability ----------------------------------------------------
+
+    @property
+    def socket_path(self) -> str:
+        if self.flavour in self.flavour_sockets:
+            url = self.flavour_sockets[self.flavour]
+        else:
+            url = os.environ.get(self.socket_env) or self.default_socket
+        return url.removeprefix("unix://")
+
+    @property
+    def api(self) -> docker.APIClient:
+        """The client, connected on first use; BackendUnavailable if the daemon is not."""
+        if self._client is None:
+            reason, fix = self._connect_problem()
+            if reason:
+                raise BackendUnavailable(self.name, reason, fix)
+        assert self._client is not None
+        return self._client
+
+    def _connect_problem(self) -> tuple[str, str]:
+        """Connect; on failure, why (binary, daemon, socket permission) and the fix."""
+        path = self.socket_path
+        if not shutil.which(self.daemon_binary, path=os.environ.get("PATH", "") +
+                            ":/usr/sbin:/usr/bin:/sbin:/bin"):
+            return (f"{self.daemon_binary} is not installed",
+                    f"{PROVISION} (installs Debian's {self.package})")
+        if not os.path.exists(path):
+            return (f"{self.daemon_binary} is not running: no socket at {path}",
+                    f"{PROVISION}; it starts the daemon (log: {self.log_hint})")
+        try:
+            # A plain connect first: it tells permission from a dead daemon (a stale
+            # socket file), and docker-py leaks the socket of a refused connection.
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.settimeout(10)
+                probe.connect(path)
+        except PermissionError:
+            return (f"no permission on {path} (uid {os.geteuid()})",
+                    "run as root, or give this user access to the socket")
+        except OSError as e:
+            return (f"{path} exists but the daemon does not answer ({e.strerror})",
+                    f"the daemon died or is stuck: see {self.log_hint}; {PROVISION}")
+        try:
+            client = docker.APIClient(base_url=f"unix://{path}", version="auto", timeout=60)
+            self._server = client.version()
+        except _ERRORS as e:
+            return (f"{path} exists but the daemon does not answer ({_short(e)})",
+                    f"the daemon died or is stuck: see {self.log_hint}; {PROVISION}")
+        self._client = client
+        return "", ""
+
+    def availability(self) -> Availability:
+        reason, fix = ("", "") if self._client is not None else self._connect_problem()
+        if reason:
+            return Availability(ok=False, reason=reason, fix=fix)
+        try:
+            info = self.api.info()
+        except _ERRORS as e:
+            return Availability(ok=False, reason=f"the daemon fails `info`: {_short(e)}",
+                                fix=f"see {self.log_hint}")
+        versions = {self.base: str(self._server.get("Version", "?")),
+                    "api": str(self._server.get("ApiVersion", "?")),
+                    "sdk": f"docker-py {docker.__version__}"}
+        # The engine lists its runtimes by name with a path (a bare name is looked up on
+        # PATH, as the engine does); Podman lists candidates that may not be installed.
+        entry = (info.get("Runtimes") or {}).get(self.runtime) or {}
+        runtime_path = shutil.which(entry["path"]) if entry.get("path") else None
+        details = {"cgroup": f"v{info.get('CgroupVersion', '?')} "
+                             f"{info.get('CgroupDriver', '?')}",
+                   "storage": str(info.get("Driver", "?"))}
+        if runtime_path is None:
+            return Availability(
+                ok=False, versions=versions, details=details,
+                reason=f"OCI runtime {self.runtime!r} is not registered with {self.base}",
+                fix=self._runtime_fix())
+        versions[self.runtime] = binary_version(runtime_path)
+        default = info.get("DefaultRuntime")
+        if not self.per_container_runtime and default != self.runtime:
+            return Availability(
+                ok=False, versions=versions, details=details,
+                reason=f"the {self.base} service on {self.socket_path} runs {default}, not "
+                       f"{self.runtime} (its API cannot choose the runtime per container)",
+                fix=f"{PROVISION}; it starts a service with --runtime {self.runtime} there")
+        if "crun" in Path(runtime_path).name and hybrid_without_hugetlb():
+            return Availability(
+                ok=False, versions=versions, details=details,
+                reason="cgroup problem: crun refuses this cgroup v1/hybrid host because "
+                       "the hugetlb controller is not mounted",
+                fix="mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb "
+                    f"({PROVISION} does it)")
+        problem = self._host_problem()
+        if problem:
+            return Availability(ok=False, versions=versions, details=details,
+                                reason=problem[0], fix=problem[1])
+        return Availability(ok=True, versions=versions, details=details)
+
+    def metadata(self) -> dict[str, Any]:
+        daemons = {}
+        for name, pids in self.daemons().items():
+            m = memory.processes_memory(pids)
+            daemons[name] = {"pids": pids, "pss": m.pss, "uss": m.uss, "rss": m.rss}
+        return {
+            "kind": "container",
+            "engine": self.base, "oci_runtime": self.runtime, "socket": self.socket_path,
+            "client": f"docker-py {docker.__version__} APIClient ({self.client_note})",
+            "phases": {"create": "POST create + attach" + self.attach_note,
+                       "start": "POST start", "ready": "ready line on the attach stream",
+                       "exit": "attach stream ends + " + self.wait_note,
+                       "remove": "DELETE ?force=1"},
+            "merged_phases": [],
+            "network_mapping": "none|host|bridge -> HostConfig.NetworkMode",
+            "limits_mapping": "cpus -> NanoCpus; memory -> Memory = MemorySwap; "
+                              "pids -> PidsLimit",
+            "daemons": daemons,
+        }
+
+    # --- image ----------------------------------------------------------------------------
+
+    def prepare(self, image: Image) -> Prepared:
+        """Import the image tar once per digest (under a lock: two runs importing the same
+        digest at once would leave an untagged duplicate behind)."""
+        lock_path = state_dir() / "locks" / f"{self.base}-import.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            info = self._find_image(image.digest)
+            imported = info is None
+            if info is None:
+                changes = [f"LABEL {DIGEST_LABEL}=sha256:{image.digest}",
+                           f"LABEL {RECIPE_LABEL}={image.recipe.name}",
+                           'ENTRYPOINT ["/bench/init"]', f"ENV PATH={PATH_ENV}"]
+                t0 = time.monotonic()
+                try:
+                    # repository "name:tag" (Podman's compat import ignores `tag`)
+                    self.api.import_image_from_file(str(image.tar),
+                                                    repository=self.image_prefix + image.tag,
+                                                    changes=changes)
+                except _ERRORS as e:
+                    raise ImageError(f"{self.base}: cannot import {image.tar}: "
+                                     f"{_short(e)}") from e
+                import_s = time.monotonic() - t0
+                info = self._find_image(image.digest)
+                if info is None:
+                    raise ImageError(f"{self.base}: the imported image {image.tag} does not "
+                                     f"have the single layer sha256:{image.digest}")
+        details: dict[str, Any] = {"image_id": info["Id"], "diff_id": info["RootFS"]["Layers"][0],
+                                   "tags": info.get("RepoTags") or [], "imported": imported}
+        if imported:
+            details["import_seconds"] = round(import_s, 3)
+        return Prepared(image=image, backend=self.name, ref=info["Id"],
+                        footprint={"image": int(info.get("Size") or 0)}, details=details)
+
+    def _find_image(self, digest: str) -> dict[str, Any] | None:
+        """The engine's image labelled with `digest` whose only layer is that digest."""
+        try:
+            found = self.api.images(filters={"label": f"{DIGEST_LABEL}=sha256:{digest}"})
+            for img in found:
+                info: dict[str, Any] = self.api.inspect_image(img["Id"])  # type: ignore[no-untyped-call]
+                if info.get("RootFS", {}).get("Layers") == [f"sha256:{digest}"]:
+                    return info
+        except _ERRORS as e:
+            raise ImageError(f"{self.base}: cannot list images: {_short(e)}") from e
+        return None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def _volume(self, run_id: str, name: str) -> str:
+        """The engine volume behind the spec's volume `name`: one per run, labelled (a
+        name that already carries the run's prefix is kept as it is)."""
+        prefix = f"{PREFIX}{run_id}-"
+        full = name if name.startswith(prefix) else prefix + name
+        if full not in self._volumes:
+            try:
+                self.api.inspect_volume(full)
+            except docker.errors.NotFound:
+                self.api.create_volume(full, labels={RUN_LABEL: run_id})
+            self._volumes.add(full)
+        return full
+
+    def check(self, spec: InstanceSpec) -> None:
+        """Refuse what this engine/flavour cannot do here, before anything is created."""
+        if self.runtime == "runsc" and spec.network != "none":
+            raise UsageError(f"{self.name}: runsc is registered with --network=none here "
+                             f"(its netstack cannot run in this VM); network "
+                             f"{spec.network!r} is not available")
+
+    def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
+        self.check(spec)
+        api = self.api
+        with _instance_errors(self.name, "create"):
+            volumes = {m.source or "": self._volume(spec.run_id, m.source or "")
+                       for m in spec.mounts if m.type == "volume"}
+            cid = self.create_container(spec, prepared.ref, volumes)
+        inst = Instance(spec=spec, prepared=prepared, handle=cid)
+        try:
+            with _instance_errors(self.name, "attach"):
+                attached = api.attach_socket(
+                    cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
+            out = AttachStream(attached, spec.capture)
+            inst.state.update(out=out, err=out.err)
+        except BaseException:
+            self.remove(inst)
+            raise
+        return inst
+
+    def start(self, inst: Instance) -> None:
+        with _instance_errors(self.name, "start"):
+            self.api.start(inst.handle)
+
+    def wait_ready(self, inst: Instance, timeout: float) -> int:
+        inst.ready_ns = _proc.wait_line(inst.state["out"], inst.spec.ready_line,
+                                        time.monotonic() + timeout)
+        return inst.ready_ns
+
+    def wait_exit(self, inst: Instance, timeout: float) -> Exit:
+        deadline = time.monotonic() + timeout
+        out: AttachStream = inst.state["out"]
+        out.drain(deadline)
+        with _instance_errors(self.name, "wait"):
+            code = self.wait(inst.handle, max(1.0, deadline - time.monotonic()))
+        t = time.monotonic_ns()
+        inst.state["exited"] = True
+        oom = False
+        if code != 0:  # only then is the extra inspect worth it
+            with _instance_errors(self.name, "inspect"):
+                oom = bool(self.api.inspect_container(inst.handle)["State"].get("OOMKilled"))
+            if not oom and code == 128 + 9 and inst.spec.limits.memory is not None:
+                oom = kernel_oom_killed(inst.handle)
+        return Exit(code=code, t_ns=t, oom_killed=oom, stdout=bytes(out.data),
+                    stderr=bytes(out.err.data))
+
+    def stats(self, inst: Instance) -> Stats:
+        """The container's host processes: its shim (containerd-shim, conmon) and every
+        process below it, plus whatever its memory cgroup holds (runsc's sandbox)."""
+        cg: Path | None = inst.state.get("cgroup")
+        if cg is None:
+            with _instance_errors(self.name, "inspect"):
+                pid = int(self.api.inspect_container(inst.handle)["State"].get("Pid") or 0)
+            cg = memory_cgroup(pid) if pid else None
+            if cg is not None:
+                inst.state["cgroup"] = cg
+        shims = self.shim_pids(inst.handle)
+        pids = set(memory.cgroup_procs(cg)) if cg else set()
+        for shim in shims:
+            pids.update(memory.descendants(shim))
+        m = memory.processes_memory(pids)
+        return Stats(pids=tuple(sorted(pids)), pss=m.pss, uss=m.uss, rss=m.rss,
+                     cgroup=memory.cgroup_usage(cg) if cg else None,
+                     extra={"shim_pids": shims, "cgroup_path": str(cg) if cg else None})
+
+    def stop(self, inst: Instance, grace: float = 2.0) -> None:
+        if inst.handle is None or inst.state.get("exited"):
+            return
+        # Engine stop: SIGTERM, then SIGKILL after whole seconds (0: SIGKILL at once; a
+        # workload that is PID 1 ignores SIGTERM unless it handles it).
+        with contextlib.suppress(docker.errors.NotFound), \
+                _instance_errors(self.name, "stop"):
+            self.api.stop(inst.handle, timeout=int(grace))
+
+    def daemons(self) -> dict[str, list[int]]:
+        raise NotImplementedError
+
+    def disk_usage(self, inst: Instance) -> int | None:
+        """The container's writable layer: SizeRw of GET /containers/json?size=1."""
+        with _instance_errors(self.name, "list"):
+            found = self.api.containers(all=True, filters={"id": inst.handle}, size=True)
+        # dockerd omits SizeRw when the layer is empty
+        return int(found[0].get("SizeRw") or 0) if found else None
+
+    def remove(self, inst: Instance) -> None:
+        out: AttachStream | None = inst.state.pop("out", None)
+        if out is not None:
+            out.close()
+        if inst.handle is None:
+            return
+        with contextlib.suppress(docker.errors.NotFound), \
+                _instance_errors(self.name, "remove"):
+            self.api.remove_container(inst.handle, force=True)
+        inst.state["exited"] = True
+
+    # --- leftovers ---------------------------------------------------------------------------
+
+    def leftovers(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        found = []
+        try:
+            for c in self.api.containers(all=True, filters={"label": RUN_LABEL}):
+                run = (c.get("Labels") or {}).get(RUN_LABEL)
+                if run not in live_runs:
+                    name = (c.get("Names") or [c["Id"]])[0].lstrip("/")
+                    found.append(Leftover(self.base, "container", name, run))
+            for v in self.api.volumes(filters={"label": RUN_LABEL}).get("Volumes") or []:
+                run = (v.get("Labels") or {}).get(RUN_LABEL)
+                if run not in live_runs:
+                    found.append(Leftover(self.base, "volume", v["Name"], run))
+        except _ERRORS as e:
+            raise BackendUnavailable(self.base, f"cannot list leftovers: {_short(e)}") from e
+        return found
+
+    def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        found = self.leftovers(live_runs)
+        for item in sorted(found, key=lambda x: x.kind):  # containers before their volumes
+            with contextlib.suppress(docker.errors.NotFound):
+                if item.kind == "container":
+                    self.api.remove_container(item.name, force=True)
+                else:
+                    self.api.remove_volume(item.name, force=True)
+        return found
+
+    # --- hooks ---------------------------------------------------------------------------------
+
+    package: ClassVar[str]
+    image_prefix: ClassVar[str] = ""  # Podman's compat API would default to docker.io/
+    client_note: ClassVar[str] = ""
+    attach_note: ClassVar[str] = ""
+    wait_note: ClassVar[str] = "POST wait"
+
+    def _runtime_fix(self) -> str:
+        raise NotImplementedError
+
+    def _host_problem(self) -> tuple[str, str] | None:
+        return None
+
+    def create_container(self, spec: InstanceSpec, ref: str, volumes: dict[str, str]) -> str:
+        """POST /containers/create; the container's id."""
+        api = self.api
+        cid: str = api.create_container(
+            ref, list(spec.argv), entrypoint=["/bench/init"],
+            environment=[f"{k}={v}" for k, v in environment(spec).items()], name=spec.name,
+            hostname=spec.hostname, working_dir=spec.workdir, labels={RUN_LABEL: spec.run_id},
+            host_config=api.create_host_config(**host_config(
+                spec, volumes, self.flavour if self.per_container_runtime else None)),
+        )["Id"]
+        return cid
+
+    def wait(self, cid: str, timeout: float) -> int:
+        """Block until the container has exited; its exit status."""
+        raise NotImplementedError
+
+    def shim_pids(self, cid: str) -> list[int]:
+        raise NotImplementedError
+
+
+@contextlib.contextmanager
+def _instance_errors(backend: str, what: str) -> Iterator[None]:
+    try:
+        yield
+    except docker.errors.NotFound:
+        raise
+    except _ERRORS as e:
+        raise InstanceError(f"{backend}: {what} failed: {_short(e)}") from e
+
+
+def _short(e: BaseException) -> str:
+    if isinstance(e, docker.errors.APIError) and e.explanation:
+        return str(e.explanation)
+    return str(e).splitlines()[0][:300] if str(e) else type(e).__name__

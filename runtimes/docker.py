@@ -1,0 +1,46 @@
+"""`docker`: the workload in a container of a real dockerd, through the docker SDK.
+
+Flavours select the OCI runtime dockerd hands the container to: `docker` (runc, the
+default), `docker:crun`, `docker:runsc` (gVisor; registered with --network=none and the
+ptrace platform by scripts/provision.d/30-docker.sh, so only network "none" is offered).
+The mapping of the InstanceSpec, the image import and the phases are those of
+`runtimes/_engine.py`; dockerd creates the OCI container in start, not at attach.
+
+Host processes of an instance: its containerd-shim-runc-v2 (one per container, found by
+`-id <container id>` on its command line) and everything below it, plus the container's
+memory cgroup (/sys/fs/cgroup/memory/docker/<id> with cgroupfs); dockerd and the
+containerd it supervises are the daemons, reported apart.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from runtimes._engine import Engine, pids_of
+
+
+class DockerRuntime(Engine):
+    base = "docker"
+    name = "docker"
+    flavours: ClassVar[tuple[str, ...]] = ("crun", "runsc")
+    default_runtime = "runc"
+    daemon_binary = "dockerd"
+    package = "docker.io"
+    socket_env = "DOCKER_HOST"
+    default_socket = "unix:///run/docker.sock"
+    log_hint = "/var/log/cvbench/dockerd.log"
+    wait_note = "POST wait (dockerd answers on containerd's exit event)"
+
+    def _runtime_fix(self) -> str:
+        return ("scripts/provision.d/30-docker.sh registers crun and runsc in "
+                "/etc/docker/daemon.json and reloads dockerd: run `make provision`")
+
+    def wait(self, cid: str, timeout: float) -> int:
+        return int(self.api.wait(cid, timeout=math.ceil(timeout))["StatusCode"])
+
+    def shim_pids(self, cid: str) -> list[int]:
+        return pids_of("containerd-shim", f" -id {cid}")
+
+    def daemons(self) -> dict[str, list[int]]:
+        return {"dockerd": pids_of("dockerd"), "containerd": pids_of("containerd")}

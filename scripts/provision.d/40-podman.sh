@@ -1,0 +1,65 @@
+# Podman: its default ulimits fixed for this host, and its REST service on a unix socket.
+#
+# Rootful Podman asks for nofile=1048576 by default; a host whose root lacks
+# CAP_SYS_RESOURCE (containers, some VMs) cannot raise a hard limit, so every container
+# fails with "setrlimit RLIMIT_NOFILE: Operation not permitted". The fix lives in a
+# drop-in the harness owns, /etc/containers/containers.conf.d/50-cvbench.conf (Podman 4.3,
+# containers-common 0.50, reads containers.conf.d after containers.conf; checked with
+# `podman run … sh -c 'ulimit -n'`), so a user's /etc/containers/containers.conf is never
+# touched. The limits written are this host's hard limits (nproc capped at 32768).
+PODMAN_SOCK=/run/podman/podman.sock
+PODMAN_DROPIN=/etc/containers/containers.conf.d/50-cvbench.conf
+mkdir -p /run/podman /run/cvbench /etc/containers/containers.conf.d
+
+podman_conf_changed=""
+cap_eff=$(awk '/^CapEff:/ {print $2}' /proc/self/status)
+if (( (16#$cap_eff >> 24) & 1 )); then
+  say "podman: root has CAP_SYS_RESOURCE, Podman's default ulimits work as they are"
+else
+  nofile=$(ulimit -Hn); [ "$nofile" = unlimited ] && nofile=1048576
+  nproc=$(ulimit -Hu); { [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ]; } && nproc=32768
+  want=$(printf '%s\n%s\n%s\n' "# Written by cvbench scripts/provision.d/40-podman.sh: root lacks CAP_SYS_RESOURCE here." \
+    "[containers]" "default_ulimits = [\"nofile=$nofile:$nofile\", \"nproc=$nproc:$nproc\"]")
+  if [ "$(cat "$PODMAN_DROPIN" 2>/dev/null)" != "$want" ]; then
+    printf '%s\n' "$want" > "$PODMAN_DROPIN"
+    podman_conf_changed=1
+    say "podman: wrote $PODMAN_DROPIN (default_ulimits nofile=$nofile, nproc=$nproc)"
+  else
+    say "podman: $PODMAN_DROPIN up to date (nofile=$nofile, nproc=$nproc)"
+  fi
+fi
+
+# start_podman_service NAME SOCKET [GLOBAL OPTIONS]: one `podman system service` with a pid
+# file; restarted when the ulimits drop-in changed (a service reads containers.conf once).
+start_podman_service() {
+  local name=$1 sock=$2; shift 2
+  local pidfile=/run/cvbench/$name.pid ready="podman --remote --url unix://$sock version"
+  if [ -n "$podman_conf_changed" ] && [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    say "$name: restarting it to load the new defaults"
+    kill "$(cat "$pidfile")"
+    for _ in $(seq 1 40); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.25; done
+    rm -f "$pidfile" "$sock"
+  fi
+  if eval "$ready" >/dev/null 2>&1; then
+    say "$name: already running on $sock"
+    [ -n "$podman_conf_changed" ] && [ ! -f "$pidfile" ] \
+      && say "$name: not started by cvbench; restart it to load $PODMAN_DROPIN"
+    return 0
+  fi
+  # --time=0: never exit when idle (a benchmark must not pay the service's start-up). It
+  # runs from /run/cvbench: conmon inherits the cwd, and Podman 4.3's conmon writes an
+  # empty "oom" marker there after every OOM kill (into a work tree, or /, otherwise).
+  ( cd /run/cvbench && start_daemon "$name" "$pidfile" "$ready" \
+    /usr/bin/podman "$@" system service --time=0 "unix://$sock" )
+}
+
+if pid1_is_systemd && ! podman --remote --url "unix://$PODMAN_SOCK" version >/dev/null 2>&1; then
+  systemctl enable --now podman.socket
+  say "podman-service: socket-activated by systemd (podman.socket)"
+else
+  start_podman_service podman-service "$PODMAN_SOCK"
+fi
+# Podman 4.3's API cannot choose the OCI runtime per container (the compat create ignores
+# HostConfig.Runtime, libpod's create its oci_runtime), so `podman:runc` has its own
+# service whose default runtime is runc.
+start_podman_service podman-service-runc /run/podman/podman-runc.sock --runtime runc

@@ -1,0 +1,196 @@
+"""Checks shared by the Docker and Podman backends, against the real daemons.
+
+test_docker.py and test_podman.py subclass `EngineCases` with their backend names. Each
+test tracks what it creates under its own run id (the `run_id` fixture holds the run's
+lock) and removes it; `own_leftovers` proves nothing of the run is left.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from harness import image
+from harness.runner import collect
+from runtimes import _proc
+from runtimes._engine import Engine
+from runtimes.base import RUN_LABEL, Exit, Instance, InstanceSpec, Limits, Mount, Prepared
+from tests.conftest import backend_or_skip
+
+_counter = iter(range(1, 1_000_000))
+
+
+def spec(run_id: str, argv: list[str], **kw: Any) -> InstanceSpec:
+    return InstanceSpec(run_id=run_id, name=f"cvbench-{run_id}-{next(_counter)}",
+                        argv=tuple(argv), capture=True, **kw)
+
+
+def run(rt: Engine, prepared: Prepared, s: InstanceSpec,
+        check: Any = None) -> tuple[Exit, Instance]:
+    """One instance through its whole life; `check(inst)` runs while it exists."""
+    inst = rt.create(s, prepared)
+    try:
+        rt.start(inst)
+        rt.wait_ready(inst, 60)
+        ex = rt.wait_exit(inst, 60)
+        if check is not None:
+            check(inst)
+    finally:
+        rt.stop(inst, grace=0)
+        rt.remove(inst)
+    return ex, inst
+
+
+def own_leftovers(rt: Engine, run_id: str) -> list[str]:
+    return [f"{x.kind} {x.name}" for x in rt.leftovers() if x.run_id == run_id]
+
+
+def gc_own(rt: Engine, run_id: str) -> list[str]:
+    """rt.gc() limited to `run_id` (as `bench gc --run`): other runs' are not ours."""
+    return [f"{x.kind} {x.name}" for x in collect(rt, [], run_id)]
+
+
+class EngineCases:
+    names: ClassVar[tuple[str, ...]]  # the base backend first
+
+    def oci_runtime(self, rt: Engine, inspect: dict[str, Any]) -> str:
+        """The OCI runtime the engine ran the container with."""
+        return str(inspect["HostConfig"].get("Runtime"))
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def prepared_all(cls) -> dict[str, tuple[Engine, Prepared]]:
+        img = image.build(image.Recipe())
+        out = {}
+        for n in cls.names:
+            rt = backend_or_skip(n)
+            assert isinstance(rt, Engine)
+            out[n] = (rt, rt.prepare(img))
+        return out
+
+    @pytest.fixture
+    def engine(self, prepared_all: dict[str, tuple[Engine, Prepared]]
+               ) -> tuple[Engine, Prepared]:
+        return prepared_all[self.names[0]]
+
+    @pytest.fixture
+    def clean(self, engine: tuple[Engine, Prepared], run_id: str) -> Iterator[str]:
+        """The run id; afterwards, nothing labelled with it may be left."""
+        yield run_id
+        # Remove what a failed test left before failing on it, so no test leaks.
+        assert gc_own(engine[0], run_id) == []
+
+    def test_image_imported_once_with_its_digest(
+            self, prepared_all: dict[str, tuple[Engine, Prepared]]) -> None:
+        rt, prepared = prepared_all[self.names[0]]
+        digest = prepared.image.digest
+        assert prepared.details["diff_id"] == f"sha256:{digest}"
+        again = rt.prepare(prepared.image)
+        assert again.ref == prepared.ref and again.details["imported"] is False
+        info = rt.api.inspect_image(prepared.ref)  # type: ignore[no-untyped-call]
+        assert info["Config"]["Labels"]["cvbench.digest"] == f"sha256:{digest}"
+        assert info["RootFS"]["Layers"] == [f"sha256:{digest}"]
+        assert prepared.footprint["image"] > 0
+
+    def test_every_flavour_runs_output_and_status_pass_through(
+            self, prepared_all: dict[str, tuple[Engine, Prepared]], clean: str) -> None:
+        for name in self.names:
+            rt, prepared = prepared_all[name]
+            seen: dict[str, Any] = {}
+
+            def check(inst: Instance, rt: Engine = rt, seen: dict[str, Any] = seen) -> None:
+                seen.update(rt.api.inspect_container(inst.handle))  # type: ignore[no-untyped-call]
+                seen["oci"] = self.oci_runtime(rt, seen)
+
+            s = spec(clean, ["sh", "-c", "echo out; echo err >&2; exit 3"])
+            ex, inst = run(rt, prepared, s, check)
+            assert (ex.code, ex.stdout, ex.stderr) == (3, b"out\n", b"err\n"), name
+            assert inst.ready_ns is not None and inst.ready_ns <= ex.t_ns
+            assert seen["Name"].lstrip("/") == s.name
+            assert seen["Config"]["Labels"][RUN_LABEL] == clean
+            assert seen["oci"] == rt.runtime, name
+
+    def test_limits_network_and_mounts(self, engine: tuple[Engine, Prepared], clean: str,
+                                       tmp_path: Path) -> None:
+        rt, prepared = engine
+        (tmp_path / "hello").write_text("from the host\n")
+        mounts = (Mount("bind", "/host", str(tmp_path), readonly=True),
+                  Mount("tmpfs", "/scratch", size=8 << 20),
+                  Mount("volume", "/vol", "data"))
+        seen: dict[str, Any] = {}
+
+        def check(inst: Instance) -> None:
+            seen.update(rt.api.inspect_container(inst.handle)["HostConfig"])  # type: ignore[no-untyped-call]
+
+        s = spec(clean, ["sh", "-c", "ls /sys/class/net; cat /host/hello; "
+                                     "touch /host/x 2>/dev/null || echo ro; "
+                                     "df -k /scratch | tail -1; echo kept > /vol/f"],
+                 limits=Limits(cpus=0.5, memory=64 << 20, pids=50), mounts=mounts)
+        ex, _ = run(rt, prepared, s, check)
+        lines = ex.stdout.decode().splitlines()
+        assert ex.code == 0, ex.stderr
+        assert lines[:3] == ["lo", "from the host", "ro"]
+        assert lines[3].split()[1] == str(8 << 10)  # tmpfs size in KiB
+        assert (seen["Memory"], seen["NanoCpus"], seen["PidsLimit"]) == \
+            (64 << 20, 500_000_000, 50)
+        # the volume outlives the instance, within the run
+        ex, _ = run(rt, prepared, spec(clean, ["cat", "/vol/f"], mounts=mounts))
+        assert ex.stdout == b"kept\n"
+        assert f"volume cvbench-{clean}-data" in own_leftovers(rt, clean)
+        rt.api.remove_volume(f"cvbench-{clean}-data")
+
+    def test_memory_limit_oom_killed(self, engine: tuple[Engine, Prepared], clean: str) -> None:
+        rt, prepared = engine
+        s = spec(clean, ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+                 limits=Limits(memory=16 << 20))
+        ex, _ = run(rt, prepared, s)
+        assert ex.oom_killed and ex.code == 137, ex
+
+    def test_stats_daemons_disk_and_stop(self, engine: tuple[Engine, Prepared],
+                                         clean: str) -> None:
+        rt, prepared = engine
+        s = spec(clean, ["sh", "-c", "dd if=/dev/zero of=/big bs=1M count=3 2>/dev/null; "
+                                     "echo written; exec sleep 60"])
+        inst = rt.create(s, prepared)
+        try:
+            rt.start(inst)
+            rt.wait_ready(inst, 60)
+            _proc.wait_line(inst.state["out"], b"written", time.monotonic() + 60)
+            st = rt.stats(inst)
+            assert st.extra["shim_pids"] and set(st.extra["shim_pids"]) <= set(st.pids)
+            assert len(st.pids) >= 2 and st.pss > 0 and st.uss > 0
+            assert st.cgroup is not None and st.cgroup > 0
+            assert (rt.disk_usage(inst) or 0) >= 3 << 20
+            t0 = time.monotonic()
+            rt.stop(inst, grace=0)
+            assert time.monotonic() - t0 < 5  # no 10 s stop timeout on a PID 1
+            rt.stop(inst, grace=0)  # idempotent
+        finally:
+            rt.remove(inst)
+            rt.remove(inst)  # idempotent
+        daemons = rt.daemons()
+        assert daemons and all(daemons.values()), daemons
+        assert rt.metadata()["daemons"]
+
+    def test_leftovers_and_gc_of_a_dead_run(self, engine: tuple[Engine, Prepared],
+                                            clean: str) -> None:
+        rt, prepared = engine
+        inst = rt.create(spec(clean, ["true"]), prepared)
+        inst.state.pop("out").close()  # as a killed runner would: the container stays
+        assert own_leftovers(rt, clean) == [f"container {inst.spec.name}"]
+        assert all(x.run_id != clean for x in rt.leftovers(live_runs=[clean]))
+        assert gc_own(rt, clean) == [f"container {inst.spec.name}"]
+
+    def test_bench_exec(self, engine: tuple[Engine, Prepared]) -> None:
+        rt = engine[0]
+        p = subprocess.run([sys.executable, "-m", "harness.cli", "exec", rt.name, "--",
+                            "sh", "-c", "echo out; echo err >&2; exit 7"],
+                           capture_output=True, timeout=300, check=False)
+        assert (p.returncode, p.stdout, p.stderr) == (7, b"out\n", b"err\n")
+

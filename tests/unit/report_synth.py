@@ -1,0 +1,172 @@
+"""Synthetic result files for the report tests, written through the real result schema.
+
+Every file is a valid schema-1 result (checksum included) that `harness.results.load`
+accepts; the host is called "synthetic-…" so nobody mistakes them for measurements.
+The figures are plausible orders of magnitude, not measurements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import results
+
+MiB = 2**20
+BACKENDS: dict[str, dict[str, Any]] = {
+    "host": {"kind": "process", "isolation": "none"},
+    "ns": {"kind": "container"},
+    "docker": {"kind": "container"},
+    "podman": {"kind": "container"},
+    "libvirt": {"kind": "vm", "accel": "tcg", "emulated": True},
+}
+# Median time to ready (s) and the share of each phase of the lifecycle.
+TO_READY = {"host": 0.002, "ns": 0.006, "docker": 0.35, "podman": 0.5, "libvirt": 4.0}
+PHASE_SHARE = {"create": 0.3, "start": 0.2, "ready": 0.2, "exit": 0.1, "remove": 0.2}
+PSS = {"host": 0.3 * MiB, "ns": 0.5 * MiB, "docker": 2 * MiB, "podman": 1.5 * MiB,
+       "libvirt": 180 * MiB}
+DAEMON = {"docker": 90 * MiB, "podman": 40 * MiB, "libvirt": 30 * MiB}
+IMAGE = {"host": 6 * MiB, "ns": 6 * MiB, "docker": 6.2 * MiB, "podman": 6.1 * MiB,
+         "libvirt": 64 * MiB}
+JOBS = ("seqread", "seqwrite", "randread", "randwrite")
+TARGET_SPEED = {"hostfs": 1.0, "rootfs": 0.6, "volume": 0.95, "bind": 1.0, "tmpfs": 3.0,
+                "virtio-raw": 0.3}
+
+
+def write_result(out: Path, scenario: str, samples: list[dict[str, Any]],
+                 backends: Mapping[str, Mapping[str, Any]], *, host: str = "synthetic-a",
+                 created: str = "2026-01-10T10:00:00+00:00", run_id: str | None = None,
+                 digest: str = "0" * 64) -> Path:
+    """Write one finalized result file; return its path."""
+    run_id = run_id or hashlib.sha1(f"{scenario} {host} {created}".encode()).hexdigest()[:8]
+    used = {s["backend"] for s in samples}
+    doc: dict[str, Any] = {
+        "schema": results.SCHEMA, "tool": {"name": "cvbench", "version": "test"},
+        "run_id": run_id, "created": created,
+        "scenario": {"name": scenario, "study": scenario},
+        "host": {"hostname": host, "id": f"id-{host}", "cpu_model": "Synthetic CPU",
+                 "cores": 2, "mem_total_gib": 24, "kernel": "6.1.0-test",
+                 "distro": "Debian GNU/Linux 12", "cgroup_mode": "hybrid",
+                 "virtualization": "guest"},
+        "backends": {b: {**dict(backends[b]), "versions": {b: "1.0"}} for b in used},
+        "image": {"digest": digest, "tag": "cvbench/base:test"},
+        "samples": samples, "events": [], "artifacts": [],
+        "cells": [], "interrupted": False,
+    }
+    doc["checksum"] = results.checksum(doc)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{scenario}-{created[:10]}-{run_id}.json"
+    path.write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def _s(backend: str, variant: str, metric: str, unit: str, value: float, rnd: int,
+       instance: Any = None) -> dict[str, Any]:
+    s = {"backend": backend, "variant": variant, "metric": metric, "unit": unit,
+         "value": float(value), "round": rnd}
+    if instance is not None:
+        s["instance"] = instance
+    return s
+
+
+def startup_samples(rng: np.random.Generator, n: int = 20, speed: float = 1.0,
+                    backends: Mapping[str, Any] = BACKENDS) -> list[dict[str, Any]]:
+    out = []
+    for b in backends:
+        for r in range(n):
+            phases = {p: TO_READY[b] * f / 0.7 * speed * rng.lognormal(0, 0.15)
+                      for p, f in PHASE_SHARE.items()}
+            for p, v in phases.items():
+                out.append(_s(b, "default", f"startup.{p}", "s", v, r))
+            out.append(_s(b, "default", "startup.to_ready", "s",
+                          phases["create"] + phases["start"] + phases["ready"], r))
+            out.append(_s(b, "default", "startup.total", "s", sum(phases.values()), r))
+    return out
+
+
+def memory_samples(rng: np.random.Generator, rounds: int = 5, instances: int = 4
+                   ) -> list[dict[str, Any]]:
+    out = []
+    for b in BACKENDS:
+        for r in range(rounds):
+            for i in range(instances):
+                pss = PSS[b] * rng.lognormal(0, 0.05)
+                out.append(_s(b, "default", "memory.pss", "B", pss, r, i))
+                out.append(_s(b, "default", "memory.uss", "B", pss * 0.8, r, i))
+                out.append(_s(b, "default", "memory.rss", "B", pss * 1.6, r, i))
+                out.append(_s(b, "default", "memory.cgroup", "B", pss * 1.3, r, i))
+            if b in DAEMON:
+                out.append(_s(b, "default", "memory.daemon", "B",
+                              DAEMON[b] * rng.lognormal(0, 0.02), r))
+    return out
+
+
+def disk_samples(rounds: int = 3) -> list[dict[str, Any]]:
+    out = []
+    for b in BACKENDS:
+        for r in range(rounds):
+            total = IMAGE[b]
+            out.append(_s(b, "default", "disk.image", "B", total, r))
+            shared = total * 0.5 if b in ("docker", "podman") else 0.0
+            out.append(_s(b, "default", "disk.image.shared", "B", shared, r))
+            out.append(_s(b, "default", "disk.image.unique", "B", total - shared, r))
+            out.append(_s(b, "default", "disk.instance", "B",
+                          (16 * MiB if b != "host" else 0) + 4096 * (r + 1), r))
+    return out
+
+
+def io_samples(rng: np.random.Generator, rounds: int = 6) -> list[dict[str, Any]]:
+    out = []
+    targets = {"host": ["hostfs"], "ns": ["rootfs", "volume", "bind", "tmpfs"],
+               "docker": ["rootfs", "volume", "bind", "tmpfs"],
+               "podman": ["rootfs", "volume", "bind", "tmpfs"], "libvirt": ["virtio-raw"]}
+    for b, ts in targets.items():
+        for t in ts:
+            for job in JOBS:
+                base_bw = 800 * MiB if job.startswith("seq") else 60 * MiB
+                bs = 2**20 if job.startswith("seq") else 4096
+                for r in range(rounds):
+                    bw = base_bw * TARGET_SPEED[t] * rng.lognormal(0, 0.06)
+                    if b == "libvirt":
+                        bw *= 0.2
+                    v = f"target={t}"
+                    out.append(_s(b, v, f"io.{job}.bw", "B/s", bw, r))
+                    out.append(_s(b, v, f"io.{job}.iops", "IOPS", bw / bs, r))
+                    out.append(_s(b, v, f"io.{job}.lat_p50", "s", bs / bw, r))
+                    out.append(_s(b, v, f"io.{job}.lat_p99", "s", 3 * bs / bw, r))
+    return out
+
+
+def density_samples(rng: np.random.Generator, steps: int = 8, rounds: int = 2
+                    ) -> list[dict[str, Any]]:
+    out = []
+    avail0 = 20 * 2**30
+    for b in ("ns", "docker", "libvirt"):
+        for r in range(rounds):
+            for n in range(1, steps + 1):
+                pss = DAEMON.get(b, 0) * 0 + PSS[b] * n * rng.lognormal(0, 0.02)
+                out.append(_s(b, "default", "density.pss_total", "B", pss, r, n))
+                out.append(_s(b, "default", "density.mem_available", "B",
+                              avail0 - 1.2 * pss - DAEMON.get(b, 0), r, n))
+                lat = TO_READY[b] * (1 + max(0, n - 5) * 0.3) * rng.lognormal(0, 0.05)
+                out.append(_s(b, "default", "density.start_latency", "s", lat, r, n))
+    return out
+
+
+def all_results(out: Path, seed: int = 1, host: str = "synthetic-a",
+                created: str = "2026-01-10T10:00:00+00:00", speed: float = 1.0) -> list[Path]:
+    """One result file per study, all from one (synthetic) host and day."""
+    rng = np.random.default_rng(seed)
+    kw: dict[str, Any] = {"host": host, "created": created}
+    return [
+        write_result(out, "startup", startup_samples(rng, speed=speed), BACKENDS, **kw),
+        write_result(out, "memory", memory_samples(rng), BACKENDS, **kw),
+        write_result(out, "disk", disk_samples(), BACKENDS, **kw),
+        write_result(out, "io", io_samples(rng), BACKENDS, **kw),
+        write_result(out, "density", density_samples(rng), BACKENDS, **kw),
+    ]
