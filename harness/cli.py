@@ -521,9 +521,11 @@ def compare_(base_spec: str, new_spec: str, threshold: float, alpha: float,
               help="Directory for the calibration runs' results.")
 @click.option("--baselines", "baselines_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results/baselines"), show_default=True)
+@click.option("--over", "over_s", type=click.FloatRange(min=0), default=300.0,
+              show_default=True, help="Spread the runs evenly over this many seconds.")
 @click.option("--force", is_flag=True, help="Replace an existing noise band.")
 def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path,
-              baselines_dir: Path, force: bool) -> None:
+              baselines_dir: Path, over_s: float, force: bool) -> None:
     """Measure the noise band of SCENARIO on this host: A/A runs, each running every cell
     twice, interleaved, and store the per-cell spread in the host's baseline
     (results/baselines/<host id>/<scenario>.json; created from the first run when there
@@ -532,7 +534,10 @@ def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path
     Two spreads are measured per cell: between the two copies of one run (what
     interleaving leaves: sampling noise) and from run to run (what separate runs add: the
     host's load changing). The band uses the run-to-run one, because comparisons are
-    between separate runs.
+    between separate runs. The runs are spread over --over seconds: back to back, ten runs
+    of a fast scenario take seconds and see one state of a busy host, and the band they
+    give is too narrow for a comparison made minutes later (measured: 3 false alarms in
+    10 single-run A/A comparisons after such a calibration).
     """
     import subprocess
     import tempfile
@@ -545,9 +550,14 @@ def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path
     if existing is not None and baseline.noise_of(existing) and not force:
         raise UsageError(f"{target}: already calibrated; pass --force to measure again")
     docs: list[tuple[str, dict[str, Any]]] = []
+    t0 = time.monotonic()
     for i in range(runs):
         # Each calibration run is a separate `bench run` process, as the runs compared
         # later are: process start-up state is part of what differs between runs.
+        wait = t0 + i * over_s / runs - time.monotonic()
+        if wait > 0:
+            err.print(f"next run in {wait:.0f} s (spreading {runs} runs over {over_s:.0f} s)")
+            time.sleep(wait)
         err.print(f"calibration run {i + 1}/{runs}")
         args = [sys.executable, "-m", "harness.cli", "run", scenario_name, "--copies", "2",
                 "--out", str(out_dir), *(["--backends", backends] if backends else [])]

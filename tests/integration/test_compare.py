@@ -125,7 +125,7 @@ def test_calibrate_stores_the_noise_band_and_refuses_to_redo_it(tmp_path: Path) 
     backend_or_skip("host")
     bl = tmp_path / "bl"
     args = [sys.executable, "-m", "harness.cli", "calibrate", "startup", "--backends", "host",
-            "--runs", "3", "--baselines", str(bl), "--out", str(tmp_path / "cal")]
+            "--runs", "3", "--over", "0", "--baselines", str(bl), "--out", str(tmp_path / "cal")]
     with open(tmp_path / "cal.log", "w") as log:
         p = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, timeout=600,
                            check=False, cwd=REPO)
