@@ -113,6 +113,8 @@ def fingerprint() -> dict[str, Any]:
         "kernel": platform.release(),
         "distro": _distro(),
         "cgroup_mode": cgroup_mode(),
+        # Host tuning that changes container start times (scripts/provision.d/25-ns.sh).
+        "cgroup_favordynmods": "favordynmods" in (_read("/proc/mounts") or ""),
         "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "thp": _bracketed("/sys/kernel/mm/transparent_hugepage/enabled"),
         "ksm": _read("/sys/kernel/mm/ksm/run"),

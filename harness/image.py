@@ -38,11 +38,47 @@ PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # /bench/init: announce readiness first thing, then become the workload (exec keeps the
 # process tree identical across backends: the workload is the instance's main process).
+# In a VM guest (CVBENCH_VM set on the kernel command line, see runtimes/libvirt.py) the
+# script is the guest's PID 1 and cannot exec away: it sets up what a container engine
+# would (mounts, drivers, argv and env, which arrive base64-wrapped on the command line),
+# runs the workload as a child, reports its exit status and the guest's OOM kills on the
+# console as `CVBENCH-EXIT <code> <oom kills>`, and powers the guest off.
 INIT_SCRIPT = """\
 #!/bin/sh
 # cvbench workload init. The ready line comes first; the host timestamps its arrival.
 echo "CVBENCH-READY ${CVBENCH_NONCE:-none}"
-exec "$@"
+[ -n "$CVBENCH_VM" ] || exec "$@"
+vm_decode() { v=$(echo "$1" | base64 -d); v=${v#x}; v=${v%x}; }
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+for m in $(echo "$CVBENCH_MODULES" | tr , ' '); do
+  insmod "/lib/modules/cvbench/$m.ko" 2>/dev/null
+done
+ip link set lo up 2>/dev/null
+for w in $(echo "$CVBENCH_MOUNTS" | tr , ' '); do
+  vm_decode "$w"; echo "$v" | { read -r fs src opts dst; mkdir -p "$dst"
+    mount -t "$fs" -o "$opts" "$src" "$dst" || echo "cvbench: cannot mount $dst" >&2; }
+done
+for w in $(echo "$CVBENCH_ENV" | tr , ' '); do vm_decode "$w"; export "$v"; done
+if [ -n "$CVBENCH_NET" ]; then
+  cat >/tmp/.cvbench-dhcp <<'EOF'
+#!/bin/sh
+[ "$1" = bound ] || exit 0
+ip addr add "$ip/$mask" dev "$interface"
+[ -z "$router" ] || ip route add default via "${router%% *}"
+EOF
+  chmod 755 /tmp/.cvbench-dhcp; ip link set "$CVBENCH_NET" up
+  udhcpc -q -n -t 5 -i "$CVBENCH_NET" -s /tmp/.cvbench-dhcp >/dev/null 2>&1 ||
+    echo "cvbench: no DHCP lease on $CVBENCH_NET" >&2
+fi
+set --
+for w in $(echo "$CVBENCH_ARGV" | tr , ' '); do vm_decode "$w"; set -- "$@" "$v"; done
+unset v w m CVBENCH_VM CVBENCH_MODULES CVBENCH_MOUNTS CVBENCH_ENV CVBENCH_ARGV CVBENCH_NET
+hostname "${CVBENCH_HOSTNAME:-cvbench}"
+cd "${CVBENCH_WORKDIR:-/}" && "$@"
+code=$?
+sync
+echo "CVBENCH-EXIT $code $(sed -n 's/^oom_kill //p' /proc/vmstat)"
+poweroff -f
 """
 
 ETC_FILES = {

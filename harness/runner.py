@@ -374,7 +374,7 @@ class Plan:
 def plan(scenario: Scenario, requested: list[str] | None) -> Plan:
     """Choose backends: requested ones must be available (exit 3 if not); the scenario's
     own list is auto-detected (unavailable ones are skipped, with the reason)."""
-    names = requested if requested else list(scenario.backends)
+    names = requested or list(scenario.backends) or runtimes_registry.base_names()
     for n in names:
         if not runtimes_registry.known(n):
             raise UsageError(f"unknown backend {n!r}; known backends: "

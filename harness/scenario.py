@@ -5,7 +5,7 @@ A scenario file looks like this (every key but `name` and `workload.argv` has a 
     name = "startup"
     description = "..."
     study = "startup"                 # what each sample measures (see harness.studies)
-    backends = ["host", "ns"]
+    backends = ["host", "ns"]         # default: every registered backend available here
     network = "none"                  # none | bridge | host
 
     [workload]
@@ -117,7 +117,7 @@ class Scenario:
     source: str
     description: str = ""
     study: str = "startup"
-    backends: tuple[str, ...] = ("host", "ns")
+    backends: tuple[str, ...] = ()  # () = every registered backend
     workload: Workload = Workload()
     limits: Limits = Limits()
     network: str = "none"
@@ -329,7 +329,7 @@ def parse(data: Mapping[str, Any], source: str) -> Scenario:
         raise r.fail("name", f"must be letters, digits, '-' or '_', not {name!r}")
     description = r.str_(data.get("description", ""), "description")
     study = r.str_(data.get("study", name), "study")
-    backends = r.strings(data.get("backends", ["host", "ns"]), "backends")
+    backends = r.strings(data["backends"], "backends") if "backends" in data else ()
     if len(set(backends)) != len(backends):
         raise r.fail("backends", "lists a backend twice")
 

@@ -2,23 +2,42 @@
 
 Laid out like runc's libcontainer: config.py (pure data) · validate.py (checks before
 acting) · namespaces.py (system calls) · rootfs.py (overlay, pivot_root, /proc, /dev) ·
-cgroups/ (Manager protocol, v1.py, v2.py, new() picks by host) · process.py (clone, sync
-over pipes) · network.py · security.py (capabilities, no_new_privs).
+cgroups/ (Manager protocol, v1.py, v2.py, new() picks by host) · process.py (the child's
+set-up, sync over pipes) · forkserver.py (where children are cloned from) · network.py
+(loopback, bridge) · security.py (capabilities, no_new_privs).
 
 Mapping of the InstanceSpec:
   argv/env/workdir/hostname  -> execve of /bench/init in the new root, as given
-  limits                     -> the instance's cgroup (see cgroups/v1.py and v2.py)
-  network none | host        -> a private netns with loopback up | the host's netns
-  mounts bind | volume | tmpfs -> bind mount (ro by remount) | bind of
-                                <state>/volumes/<name> | tmpfs with size
+  limits                     -> the instance's cgroup (see cgroups/v1.py and v2.py);
+                                rootless on a host without a delegated cgroup v2: none
+                                (recorded in the metadata, as podman does)
+  network none | bridge | host -> a private netns with loopback up | the same plus a veth
+                                into the cvbench0 bridge (network.py) | the host's netns
+  mounts bind | volume | tmpfs -> bind mount (read-only by remount, non-recursive) |
+                                bind of <state>/ns/volumes/cvbench-<run id>-<name>, kept
+                                across the run's instances | tmpfs with size
   readiness                  -> the ready line read from the stdout pipe
+  writable layer             -> overlay upper/work in a tmpfs private to the instance
+                                (default: nothing is made on the host, writes are charged
+                                to the instance's memory cgroup, as with runsc's default
+                                memory-backed overlay), or with CVBENCH_NS_UPPER=disk
+                                under <state>/ns/<instance> (as Docker's overlay2; costs
+                                ~2 ms of ext4 metadata work per instance on this host)
+  user                       -> root inside; as a non-root user, a user namespace maps
+                                the user to root (rootless)
 
-Phases: create = cgroup + instance dirs + clone + whole set-up up to the exec;
-start = release the exec; remove = kill what is left, rmdir the cgroup, delete the dirs.
+Phases: create = the request to the fork server, which clones the child, then the
+cgroup (+ instance dirs), made while the child sets itself up. start = release the
+child (it joins the cgroup, drops privileges, execs) and wait until the exec has
+happened (or a step failed). remove = kill what is left, rmdir the cgroup
+(and the dirs).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import errno
 import os
 import platform
 import shutil
@@ -42,15 +61,35 @@ from runtimes.base import (
     Stats,
     state_dir,
 )
-from runtimes.ns import cgroups, namespaces, process, rootfs, validate
-from runtimes.ns.config import BASE_FLAGS, ContainerConfig, MountPoint
+from runtimes.ns import cgroups, namespaces, network, process, rootfs, security, validate
+from runtimes.ns.config import (
+    BASE_FLAGS,
+    DEVICES,
+    MASKED_PATHS,
+    NS_CAPS,
+    READONLY_PATHS,
+    ContainerConfig,
+    MountPoint,
+)
+from runtimes.ns.forkserver import ForkServer, ForkServerError
 
 SETUP_TIMEOUT = 30.0
+ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+_SERVER = ForkServer()  # one per runner process, shared by every NsRuntime
+atexit.register(_SERVER.close)
 
 
 def _run_of(name: str) -> str | None:
     parts = name.split("-")
     return parts[1] if len(parts) >= 3 and name.startswith(PREFIX) else None
+
+
+def upper_mode() -> str:
+    mode = os.environ.get("CVBENCH_NS_UPPER", "tmpfs")
+    if mode not in ("disk", "tmpfs"):
+        raise InstanceError(f"CVBENCH_NS_UPPER={mode!r}: use disk or tmpfs")
+    return mode
 
 
 class NsRuntime:
@@ -59,6 +98,12 @@ class NsRuntime:
 
     def __init__(self) -> None:
         self._cg: cgroups.Manager | None = None
+        self._last_cap: int | None = None
+        self._caps = security.cap_numbers(NS_CAPS)
+        # Looked up once: which masked and read-only paths this kernel has.
+        self._masked = rootfs.masks(MASKED_PATHS)
+        self._readonly = tuple(p for p in READONLY_PATHS if os.path.exists(p))
+        self.rootless = os.geteuid() != 0
 
     @property
     def cg(self) -> cgroups.Manager:
@@ -66,94 +111,159 @@ class NsRuntime:
             self._cg = cgroups.new()
         return self._cg
 
+    @property
+    def limits_applied(self) -> bool:
+        """Root always; rootless only where the cgroup tree is writable (delegated v2)."""
+        return not self.rootless or self.cg.check() is None
+
     def root(self) -> Path:
         return state_dir() / "ns"
 
     def availability(self) -> Availability:
-        reason = validate.host_problem(self.cg)
+        reason = validate.host_problem(self.cg, self.rootless)
         versions = {"kernel": platform.release(), "cgroup": self.cg.mode}
         if reason:
             return Availability(ok=False, reason=reason[0], fix=reason[1], versions=versions)
-        return Availability(ok=True, versions=versions)
+        details = {"mode": "rootless (user namespace)"} if self.rootless else {}
+        if not self.rootless:
+            userns = validate.userns_problem()
+            details["rootless"] = f"forbidden here: {userns[0]} (fix: {userns[1]})" \
+                if userns else "possible (run bench as a non-root user)"
+        if not self.limits_applied:
+            details["limits"] = "not applied (no writable cgroup tree for this user)"
+        if not cgroups.favordynmods():
+            details["cgroup migrations"] = "wait for an RCU grace period (scripts/provision " \
+                "sets favordynmods where the kernel has it)"
+        return Availability(ok=True, versions=versions, details=details)
 
     def metadata(self) -> dict[str, Any]:
         return {"kind": "container", "cgroup": self.cg.mode, "kernel": platform.release(),
-                "start": "clone+exec",
-                "rootfs": "overlay", "capabilities": "docker default set",
-                "no_new_privs": True}
+                "start": "clone(CLONE_PARENT) from a fork server, then exec",
+                "rootfs": f"overlay, upper on {upper_mode()}",
+                "capabilities": "docker default set minus CAP_MKNOD (no device cgroup)",
+                "no_new_privs": True, "rootless": self.rootless,
+                "limits_applied": self.limits_applied,
+                "cgroup_favordynmods": cgroups.favordynmods()}
 
     def prepare(self, image: Image) -> Prepared:
         # The unpacked image is the shared read-only lower layer; nothing to copy per run.
+        # Per-run work done here, before any timing: the fork server, the scratch dir.
+        _SERVER.start()
+        (self.root() / "scratch").mkdir(parents=True, exist_ok=True)
+        if not self.rootless:
+            rootfs.make_dev_layer(self.root() / "devlayer", DEVICES)
         return Prepared(image=image, backend=self.name, ref=str(image.rootfs),
                         footprint={"image": _du(image.rootfs)})
 
-    def _config(self, spec: InstanceSpec, lower: str, idir: Path) -> ContainerConfig:
-        flags = BASE_FLAGS
-        if spec.network == "none":
-            flags |= namespaces.CLONE_NEWNET
-        mounts = list(rootfs.standard_mounts(new_netns=spec.network == "none"))
-        for m in spec.mounts:
-            target = m.target.lstrip("/")
-            if m.type == "tmpfs":
-                data = f"size={m.size}" if m.size else None
-                flags_m = rootfs.PROC_FLAGS & ~namespaces.MS_NOEXEC
-                mounts.append(MountPoint("tmpfs", target, "tmpfs",
-                                         flags_m | (namespaces.MS_RDONLY if m.readonly else 0),
-                                         data))
-            else:
-                src = m.source if m.type == "bind" else str(self.volume(m.source or ""))
-                mounts.append(MountPoint(src, target, None, namespaces.MS_BIND | namespaces.MS_REC,
-                                         readonly_remount=m.readonly))
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-               "HOME": "/root", "HOSTNAME": spec.hostname, "CVBENCH_NONCE": spec.nonce,
-               **spec.env}
-        return ContainerConfig(
-            name=spec.name, lower=lower, upper=str(idir / "upper"), work=str(idir / "work"),
-            merged=str(idir / "merged"), argv=("/bench/init", *spec.argv),
-            env=tuple(f"{k}={v}" for k, v in env.items()), hostname=spec.hostname,
-            workdir=spec.workdir, clone_flags=flags,
-            cgroup_join=tuple(self.cg.join_files(spec.name)),
-            new_cgroupns=os.path.exists("/proc/self/ns/cgroup"),
-            mounts=tuple(mounts), loopback_up=spec.network == "none")
-
-    def volume(self, name: str) -> Path:
-        """A named volume: a directory the harness owns, kept across instances."""
-        path = state_dir() / "volumes" / name
+    def volume(self, run_id: str, name: str) -> Path:
+        """A named volume: a directory the harness owns, kept across the run's instances
+        (and removed by gc once the run is over)."""
+        path = self.root() / "volumes" / f"{PREFIX}{run_id}-{name}"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def _mounts(self, spec: InstanceSpec) -> list[MountPoint]:
+        out = list(rootfs.standard_mounts(new_netns=spec.network != "host",
+                                          dev_tmpfs=self.rootless))
+        for m in spec.mounts:
+            target = m.target.lstrip("/")
+            ro = namespaces.MS_RDONLY if m.readonly else 0
+            if m.type == "tmpfs":
+                data = f"size={m.size}" if m.size else None
+                out.append(MountPoint("tmpfs", target, "tmpfs",
+                                      namespaces.MS_NOSUID | namespaces.MS_NODEV | ro, data))
+                continue
+            src = m.source if m.type == "bind" else str(self.volume(spec.run_id,
+                                                                    m.source or ""))
+            assert src is not None
+            # Read-only binds are not recursive: a writable mount below the source must
+            # not come along (a remount makes only the top mount read-only).
+            flags = namespaces.MS_BIND | (0 if m.readonly else namespaces.MS_REC)
+            out.append(MountPoint(src, target, None, flags, readonly_remount=m.readonly,
+                                  file=not os.path.isdir(src)))
+        return out
+
+    def _config(self, spec: InstanceSpec, lower: str, idir: Path | None) -> ContainerConfig:
+        flags = BASE_FLAGS
+        if spec.network != "host":
+            flags |= namespaces.CLONE_NEWNET
+        if self.rootless:
+            flags |= namespaces.CLONE_NEWUSER
+        if self._last_cap is None:
+            self._last_cap = security.last_cap()
+        env = {"PATH": ENV_PATH, "HOME": "/root", "HOSTNAME": spec.hostname,
+               "CVBENCH_NONCE": spec.nonce, **spec.env}
+        return ContainerConfig(
+            name=spec.name, lower=lower,
+            dev_layer="" if self.rootless else str(self.root() / "devlayer"),
+            upper=str(idir / "upper") if idir else "", work=str(idir / "work") if idir else "",
+            scratch=str(self.root() / "scratch"),
+            argv=("/bench/init", *spec.argv),
+            env=tuple(f"{k}={v}" for k, v in env.items()), hostname=spec.hostname,
+            workdir=spec.workdir, clone_flags=flags,
+            cgroup_join=tuple(_split_parent(p) for p in self.cg.join_files(spec.name))
+            if self.limits_applied else (),
+            mounts=tuple(self._mounts(spec)), loopback_up=spec.network != "host",
+            caps=self._caps, last_cap=self._last_cap,
+            userns_map=(os.geteuid(), os.getegid()) if self.rootless else None,
+            masked=tuple(m for m in self._masked
+                         if spec.network != "host" or not m[0].startswith("/sys/")),
+            readonly=self._readonly)
+
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
-        validate.spec(spec)
-        idir = self.root() / spec.name
-        for sub in ("upper", "work", "merged"):
-            (idir / sub).mkdir(parents=True)
-        inst = Instance(spec=spec, prepared=prepared, state={"dir": idir})
+        validate.spec(spec, self.rootless)
+        inst = Instance(spec=spec, prepared=prepared)
         try:
-            self.cg.create(spec.name, spec.limits)
-            inst.state["cgroup"] = True
+            idir = None
+            if upper_mode() == "disk":
+                idir = self.root() / spec.name
+                idir.mkdir()
+                inst.state["dir"] = idir
+                (idir / "upper").mkdir()
+                (idir / "work").mkdir()
             cfg = self._config(spec, prepared.ref, idir)
             out_r, out_w = _proc.open_pipe()
             err_r, err_w = _proc.open_pipe()
             inst.state.update(out=_proc.Stream(out_r, spec.capture),
                               err=_proc.Stream(err_r, spec.capture))
             try:
-                child = process.spawn(cfg, out_w, err_w, SETUP_TIMEOUT)
+                inst.handle = process.spawn(_SERVER, cfg, out_w, err_w)
             finally:
                 os.close(out_w)
                 os.close(err_w)
+            if self.limits_applied:
+                # Made while the child sets itself up; it joins at start.
+                inst.state["cgroup"] = True  # (destroy is idempotent: half-made is fine)
+                self.cg.create(spec.name, spec.limits)
+            if spec.network == "bridge":
+                self._attach(inst)  # before start: the child cannot exec until then
+        except (process.SetupError, ForkServerError) as e:
+            self.remove(inst)
+            raise InstanceError(f"ns: {e}") from None
         except BaseException:
             self.remove(inst)
             raise
-        inst.handle = child
-        inst.pids = [child.pid]
         return inst
+
+    def _attach(self, inst: Instance) -> None:
+        leases = network.Leases(self.root() / "ipam")
+        addr = leases.acquire(inst.spec.name)
+        inst.state["lease"] = str(addr)
+        inst.state["veth"] = network.attach(inst.handle.resolve(), inst.spec.name, addr)
+        inst.state["address"] = str(addr)
 
     def start(self, inst: Instance) -> None:
         try:
             process.release(inst.handle, SETUP_TIMEOUT)
-        except InstanceError as e:
+        except process.SetupError as e:
             err = inst.state["err"]
-            raise InstanceError(f"{e} {bytes(err.data[-300:])!r}") from None
+            raise InstanceError(f"ns: setting up {inst.spec.name} failed: {e} "
+                                f"{bytes(err.data[-300:])!r}") from None
+        except ForkServerError as e:
+            raise InstanceError(f"ns: {e}") from None
+        finally:
+            if inst.handle.pid:
+                inst.pids = [inst.handle.pid]
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
         inst.ready_ns = _proc.wait_line(inst.state["out"], inst.spec.ready_line,
@@ -165,32 +275,51 @@ class NsRuntime:
         out, err = inst.state["out"], inst.state["err"]
         code, t = _proc.wait_pid(child.pid, child.pidfd, [out, err], timeout)
         inst.state["exited"] = True
-        return Exit(code=code, t_ns=t, oom_killed=self.cg.oom_killed(inst.spec.name),
+        oom = inst.state.get("cgroup", False) and self.cg.oom_killed(inst.spec.name)
+        return Exit(code=code, t_ns=t, oom_killed=bool(oom),
                     stdout=bytes(out.data), stderr=bytes(err.data))
 
     def stats(self, inst: Instance) -> Stats:
-        pids = self.cg.pids(inst.spec.name)
+        child: process.Child = inst.handle
+        if inst.state.get("cgroup"):
+            pids = self.cg.pids(inst.spec.name)
+            usage = self.cg.memory_usage(inst.spec.name)
+        else:
+            pids, usage = memory.descendants(child.resolve()), None
         m = memory.processes_memory(pids)
-        return Stats(pids=tuple(pids), pss=m.pss, uss=m.uss, rss=m.rss,
-                     cgroup=self.cg.memory_usage(inst.spec.name))
+        return Stats(pids=tuple(pids), pss=m.pss, uss=m.uss, rss=m.rss, cgroup=usage)
 
     def stop(self, inst: Instance, grace: float = 2.0) -> None:
+        """SIGTERM, then SIGKILL after `grace`. PID 1 of a pid namespace gets SIGTERM only
+        if it handles it (the kernel drops it otherwise), so a plain `sleep` needs the
+        SIGKILL, as with `docker stop`. Killing PID 1 kills the whole namespace."""
         child: process.Child | None = inst.handle
         if child is None or inst.state.get("exited"):
             return
         if child.go_w >= 0:  # created, never started
             process.abort(child)
         else:
-            # PID 1 of a pid namespace ignores SIGTERM unless it handles it; SIGKILL follows.
             _proc.reap(child.pid, child.pidfd, grace)
         inst.state["exited"] = True
 
     def daemons(self) -> dict[str, list[int]]:
-        return {}  # no daemon: the runner is the parent of every instance
+        # No daemon; the fork server is this runner's helper, reported so its memory is
+        # not hidden.
+        return {"ns fork server": [_SERVER.pid]} if _SERVER.pid else {}
 
     def disk_usage(self, inst: Instance) -> int | None:
         idir: Path | None = inst.state.get("dir")
-        return _du(idir / "upper") if idir is not None else None
+        if idir is not None:
+            return _du(idir / "upper")
+        child: process.Child | None = inst.handle
+        if child is None or inst.state.get("exited"):
+            return None
+        # tmpfs upper: overlayfs' statfs reports its upper filesystem, our private tmpfs.
+        try:
+            st = os.statvfs(f"/proc/{child.pid}/root")
+        except OSError:
+            return None
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
 
     def remove(self, inst: Instance) -> None:
         self.stop(inst, grace=0)
@@ -203,18 +332,46 @@ class NsRuntime:
                 inst.state[key].close()
         if inst.state.pop("cgroup", False):
             self.cg.destroy(inst.spec.name)
+        veth = inst.state.pop("veth", None)
+        if veth and os.path.exists(f"/sys/class/net/{veth}"):
+            network.delete_link(veth)  # normally gone with the instance's netns
+        lease = inst.state.pop("lease", None)
+        if lease:
+            network.Leases(self.root() / "ipam").release(lease)
         idir: Path | None = inst.state.pop("dir", None)
         if idir is not None:
-            _rmtree(idir)
+            _remove_instance_dir(idir)
 
     def leftovers(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        def dead(name: str) -> bool:
+            return name.startswith(PREFIX) and _run_of(name) not in live_runs
+
         found = [Leftover(self.name, "cgroup", n, _run_of(n)) for n in self.cg.names()
-                 if n.startswith(PREFIX) and _run_of(n) not in live_runs]
-        if self.root().is_dir():
-            found += [Leftover(self.name, "dir", str(p), _run_of(p.name))
-                      for p in sorted(self.root().iterdir())
-                      if p.name.startswith(PREFIX) and _run_of(p.name) not in live_runs]
+                 if dead(n)]
+        for sub in (self.root(), self.root() / "volumes"):
+            if sub.is_dir():
+                found += [Leftover(self.name, "dir", str(p), _run_of(p.name))
+                          for p in sorted(sub.iterdir()) if dead(p.name)]
+        found += [Leftover(self.name, "lease", addr, _run_of(owner))
+                  for addr, owner in network.Leases(self.root() / "ipam").owners().items()
+                  if dead(owner)]
+        found += [Leftover(self.name, "link", link, _run_of(alias))
+                  for link, alias in network.links().items() if dead(alias)]
+        if not live_runs:  # shared by every run: removed when no run is going
+            if not network.bridge_in_use() and \
+                    os.path.exists(f"/sys/class/net/{network.BRIDGE}"):
+                found.append(Leftover(self.name, "bridge", network.BRIDGE, None))
+            layer = self.root() / "devlayer"
+            if layer.is_dir():
+                found.append(Leftover(self.name, "layer", str(layer), None))
+            found += [Leftover(self.name, "dir", str(d), None)
+                      for d in _empty_dirs(*self._shared_dirs())]
         return found
+
+    def _shared_dirs(self) -> tuple[Path, ...]:
+        """Dirs every run uses, in the order they can be removed (the root last)."""
+        return (self.root() / "scratch", self.root() / "ipam", self.root() / "volumes",
+                self.root())
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
         found = self.leftovers(live_runs)
@@ -222,9 +379,57 @@ class NsRuntime:
             if item.kind == "cgroup":
                 self.cg.kill(item.name)
                 self.cg.destroy(item.name)
-            else:
+            elif item.kind == "layer":
+                shutil.rmtree(item.name, ignore_errors=True)
+            elif item.kind == "dir" and item.run_id is None:
+                with contextlib.suppress(OSError):  # (in use again, or not empty)
+                    os.rmdir(item.name)
+            elif item.kind == "dir":
                 _rmtree(Path(item.name))
+            elif item.kind == "lease":
+                network.Leases(self.root() / "ipam").release(item.name)
+            elif item.kind == "link":
+                network.delete_link(item.name)
+            elif item.kind == "bridge":
+                network.remove_bridge()
+        if not live_runs:  # what the removals above emptied (the dev layer's parent...)
+            for d in _empty_dirs(*self._shared_dirs()):
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
         return found
+
+
+def _split_parent(procs: str) -> tuple[str, str]:
+    """".../cvbench/<name>/cgroup.procs" -> (".../cvbench", "<name>/cgroup.procs")."""
+    parent, name, leaf = procs.rsplit("/", 2)
+    return parent, f"{name}/{leaf}"
+
+
+def _empty_dirs(*paths: Path) -> list[Path]:  # (used by oci.py too)
+    """Those of `paths` that are empty directories, or hold only earlier ones of them."""
+    out: list[Path] = []
+    for p in paths:
+        with contextlib.suppress(OSError):
+            if not set(p.iterdir()) - set(out):
+                out.append(p)
+    return out
+
+
+def _remove_instance_dir(idir: Path) -> None:
+    """rmdir the few directories an instance that wrote nothing leaves (overlayfs makes
+    work/work, with `volatile` work/work/incompat/volatile, and sometimes work/index);
+    anything else falls back to a full rmtree."""
+    try:
+        for sub in ("work/work/incompat/volatile", "work/work/incompat", "work/work",
+                    "work/index"):
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(idir / sub)
+        for sub in ("upper", "work", ""):
+            os.rmdir(idir / sub)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            raise
+        _rmtree(idir)
 
 
 def _rmtree(path: Path) -> None:

@@ -1,12 +1,13 @@
 """Pure data: everything the container's first process needs, resolved by the parent.
 
-Built from an InstanceSpec in `from_spec()`; the child (process.py) only turns it into
-system calls, so nothing on the start path parses, looks up or decides.
+Built from an InstanceSpec by NsRuntime._config(); the child (process.py) only turns it
+into system calls, so nothing on the start path parses, looks up or decides. The config
+is pickled to the fork server (forkserver.py), so it holds only plain values.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from runtimes.ns import namespaces as ns
 
@@ -15,15 +16,24 @@ DEFAULT_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CA
                 "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
                 "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE")
 
+# What ns keeps: Docker's set minus CAP_MKNOD. Docker can leave CAP_MKNOD because its
+# device cgroup refuses to open any node outside an allow-list; ns has no device cgroup
+# (on cgroup v2 that takes an eBPF program), so with CAP_MKNOD a root workload could
+# `mknod sda b 8 0` and read the host's disk. Without it mknod fails with EPERM.
+NS_CAPS = tuple(c for c in DEFAULT_CAPS if c != "CAP_MKNOD")
+
 # runc's defaults (libcontainer/specconv/example.go): hidden, or read-only.
 MASKED_PATHS = ("/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
                 "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
-                "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap")
+                "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                "/sys/devices/virtual/powercap")
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 # (name, mode, major, minor): the only device nodes an instance gets.
 DEVICES = (("null", 0o666, 1, 3), ("zero", 0o666, 1, 5), ("full", 0o666, 1, 7),
            ("random", 0o666, 1, 8), ("urandom", 0o666, 1, 9), ("tty", 0o666, 5, 0))
+
+BASE_FLAGS = ns.CLONE_NEWNS | ns.CLONE_NEWPID | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC
 
 
 @dataclass(frozen=True)
@@ -35,34 +45,45 @@ class MountPoint:
     fstype: str | None
     flags: int = 0
     data: str | None = None
-    make_dir: bool = True  # create the target directory if missing
     readonly_remount: bool = False  # bind mounts need a second mount to become read-only
+    file: bool = False  # the target is a file (a bound device node), not a directory
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """What the child does to its network namespace once the parent has moved the veth
+    end in (bridge mode). Addresses are IPv4 dotted quads."""
+
+    ifname: str = "eth0"
+    address: str = ""
+    netmask: str = ""
+    gateway: str = ""
 
 
 @dataclass(frozen=True)
 class ContainerConfig:
     name: str
     lower: str  # the image rootfs, shared read-only by every instance
-    upper: str
-    work: str
-    merged: str
+    dev_layer: str  # a layer above it holding dev/ ("" = a tmpfs on /dev, rootless)
+    upper: str  # per-instance writable layer ("" = a tmpfs private to the instance)
+    work: str  # overlayfs' work dir, on the same filesystem as upper
+    scratch: str  # a fixed empty dir: the private tmpfs is mounted there (upper "")
     argv: tuple[str, ...]
     env: tuple[str, ...]  # "KEY=value"
     hostname: str
     workdir: str
     clone_flags: int
-    cgroup_join: tuple[str, ...]
-    new_cgroupns: bool
+    cgroup_join: tuple[tuple[str, str], ...]  # (parent dir, "<name>/cgroup.procs") to join
     mounts: tuple[MountPoint, ...]
     loopback_up: bool
+    caps: tuple[int, ...]  # capability numbers kept; every other one is dropped
+    last_cap: int  # /proc/sys/kernel/cap_last_cap of the host
     uid: int = 0
     gid: int = 0
-    caps: tuple[str, ...] = DEFAULT_CAPS
-    masked: tuple[str, ...] = MASKED_PATHS
-    readonly: tuple[str, ...] = READONLY_PATHS
+    groups: tuple[int, ...] = ()
+    userns_map: tuple[int, int] | None = None  # (host uid, host gid) mapped to root inside
+    net: NetConfig | None = None  # bridge: wait for the veth, then configure it
+    masked: tuple[tuple[str, bool], ...] = ()  # (path, is a directory): see rootfs.masks()
+    readonly: tuple[str, ...] = ()  # of READONLY_PATHS, those this kernel has
     devices: tuple[tuple[str, int, int, int], ...] = DEVICES
     no_new_privs: bool = True
-    extra: dict[str, str] = field(default_factory=dict)
-
-
-BASE_FLAGS = ns.CLONE_NEWNS | ns.CLONE_NEWPID | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC

@@ -1,5 +1,8 @@
 """Thin ctypes wrappers for the system calls Python's os module does not have.
 
+Only the standard library's smallest modules are imported here (and in rootfs, security,
+config, process): the fork server loads just these, and a small interpreter forks fast.
+
 The functions come from a PyDLL handle: PyDLL keeps the GIL held across the call. That
 matters for `clone()`: the child starts as a copy of this thread with the GIL owned by
 it, so it can run Python code (the container set-up in process.py) without waiting for a
@@ -9,11 +12,15 @@ lock another thread of the parent might hold at the instant of the copy.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import signal
+import socket
+import struct
 
 _libc = ctypes.PyDLL(None, use_errno=True)
 
+CLONE_PARENT = 0x00008000
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
@@ -36,10 +43,15 @@ MS_SLAVE = 1 << 19
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAPBSET_DROP = 24
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_KEEPCAPS = 8
 
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220}
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
@@ -83,12 +95,14 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
 
+def _b(s: str | None) -> bytes | None:
+    return s.encode() if s is not None else None
+
+
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
           data: str | None = None) -> None:
-    _check(_libc.mount(source.encode() if source is not None else None, target.encode(),
-                       fstype.encode() if fstype is not None else None, flags,
-                       data.encode() if data is not None else None),
-           f"mount {fstype or source or ''} on {target}")
+    if _libc.mount(_b(source), target.encode(), _b(fstype), flags, _b(data)) < 0:
+        _check(-1, f"mount {fstype or source or ''} on {target}")  # (message only on error)
 
 
 def umount2(target: str, flags: int = 0) -> None:
@@ -111,3 +125,13 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 
 def mknod(path: str, mode: int, dev: int) -> None:
     _check(_libc.mknod(path.encode(), mode, dev), f"mknod {path}")
+
+
+_LO_UP = struct.pack("16sH22x", b"lo", IFF_UP | IFF_LOOPBACK)  # struct ifreq
+
+
+def loopback_up() -> None:
+    """Bring `lo` up in the current network namespace: a new one has it down, with
+    IFF_LOOPBACK as its only flag, so one SIOCSIFFLAGS sets the flags it must have."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s, SIOCSIFFLAGS, _LO_UP)

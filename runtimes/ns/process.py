@@ -1,86 +1,142 @@
 """Parent side of an instance's first process, and the code that runs in the child.
 
-create: clone() into the new namespaces. The child joins its cgroup, enters a new cgroup
-  namespace, builds its root filesystem, sets hostname and loopback, drops capabilities,
-  then writes "R" on the status pipe and blocks reading the go pipe (like runc's exec
-  fifo: everything but the exec is done at create time).
-start: the parent writes one byte on the go pipe; the child execs /bench/init. The
-  status pipe is close-on-exec, so EOF there means the exec succeeded; an "E..." message
-  means a step failed (the child then exits 127).
+create: the runner asks the fork server (forkserver.py) to clone() the child into its
+  new namespaces, then makes the instance's cgroup while the child (on the other CPU)
+  maps its user namespace (rootless), builds its root filesystem, sets hostname and
+  loopback, writes "R" on the status pipe and reads the go pipe (like runc's exec fifo:
+  all the set-up can happen before start).
+start: the runner writes one byte on the go pipe and waits. The child joins its cgroup,
+  enters a new cgroup namespace, drops capabilities and privileges and execs
+  /bench/init. The status pipe is close-on-exec, so EOF after "R" means the exec
+  succeeded; an "E..." message means a step failed (the child then exits 127). The
+  runner thus sleeps once per instance, not at every step, which matters most on a
+  busy host.
 
-The child is a copy of the calling Python thread (see namespaces.clone). It calls only
-os functions and the preloaded ctypes wrappers, never anything that takes a lock another
-thread could have held at the copy, and it leaves with execve or os._exit, never by
-returning into the caller's code.
+The child is a clone of the single-threaded fork server (`serve()` below, see
+forkserver.py) and leaves with execve or os._exit, never by returning into the caller's
+code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import pickle
 import select
 import signal
+import socket
 import time
-import traceback
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn
 
-from harness.errors import InstanceError
 from runtimes.ns import namespaces as ns
-from runtimes.ns import network, rootfs, security
+from runtimes.ns import rootfs, security
 from runtimes.ns.config import ContainerConfig
+
+if TYPE_CHECKING:
+    from runtimes.ns.forkserver import ForkServer, Ticket
+
+
+class SetupError(Exception):
+    """The child could not set up the instance (the message comes from the child)."""
 
 
 @dataclass
 class Child:
-    pid: int
-    pidfd: int
+    """The parent's handle on an instance's first process. Its pid is known once the
+    fork server's answer has been read (`resolve`)."""
+
+    ticket: Ticket
     go_w: int
     status_r: int
-    out_r: int
-    err_r: int
+    pid: int = 0
+    pidfd: int = -1
+
+    def resolve(self) -> int:
+        if not self.pid:
+            self.pid = self.ticket.pid()
+            self.pidfd = os.pidfd_open(self.pid)
+        return self.pid
 
 
-def _child(cfg: ContainerConfig, keep: tuple[int, ...], last: int, go_r: int, status_w: int,
-           out_w: int, err_w: int) -> None:
+def _write(path: str, data: str, dir_fd: int | None = None) -> None:
+    fd = os.open(path, os.O_WRONLY, dir_fd=dir_fd)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+def _enter_userns(uid: int, gid: int) -> None:
+    """Map the invoking user to root in the new user namespace. An unprivileged process
+    may map only its own ids, and must give up setgroups() before writing gid_map."""
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"0 {uid} 1")
+    _write("/proc/self/gid_map", f"0 {gid} 1")
+
+
+def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
+               err_w: int) -> NoReturn:
     """Runs in the cloned child; never returns."""
     try:
-        os.umask(0)
-        # Die with the parent (a SIGKILLed runner must not leave instances running).
+        os.set_inheritable(status_w, False)  # EOF at exec tells the parent it happened
+        if cfg.userns_map is not None:
+            _enter_userns(*cfg.userns_map)
+        # Die with the runner (a SIGKILLed runner must not leave instances running).
         ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)  # Python ignores these; the workload must not
+        os.umask(0)
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
-        for path in cfg.cgroup_join:
-            fd = os.open(path, os.O_WRONLY)
-            os.write(fd, b"0")  # 0 = the writing process; our pid here is 1, not the host's
-            os.close(fd)
-        if cfg.new_cgroupns:
-            ns.unshare(ns.CLONE_NEWCGROUP)  # after joining: the namespace roots at our cgroup
+        # The instance's cgroup may not exist yet (the runner makes it while we set up):
+        # keep handles on its parents, which pivot_root puts out of sight.
+        cgroup_parents = [os.open(d, os.O_PATH | os.O_DIRECTORY) for d, _ in cfg.cgroup_join]
         rootfs.setup(cfg)
         ns.sethostname(cfg.hostname)
         if cfg.loopback_up:
-            network.loopback_up()
-        os.chdir(cfg.workdir)
-        if cfg.gid:
-            os.setgroups([])
-            os.setgid(cfg.gid)
-        if cfg.uid:
-            os.setuid(cfg.uid)
-        security.apply(keep, last, cfg.no_new_privs)
-        os.umask(0o022)
+            ns.loopback_up()
+        try:
+            os.chdir(cfg.workdir)
+        except FileNotFoundError:
+            os.makedirs(cfg.workdir, 0o755)  # as Docker does for a missing WORKDIR
+            os.chdir(cfg.workdir)
+        env = dict(e.split("=", 1) for e in cfg.env)
         os.write(status_w, b"R")
         if os.read(go_r, 1) != b"G":
             os._exit(0)  # the parent went away or removed us before start
+        # Started: the cgroup exists. Join it only now, with the set-up done: that was
+        # this runtime's work (as a shim's would be), and the workload never runs
+        # outside it.
+        for fd, procs in zip(cgroup_parents, (p for _, p in cfg.cgroup_join), strict=True):
+            _write(procs, "0", fd)  # 0 = the writing process; our pid here is 1
+            os.close(fd)
+        # After joining: the new cgroup namespace is rooted at our own cgroup.
+        ns.unshare(ns.CLONE_NEWCGROUP)
+        security.drop_bounding(cfg.caps, cfg.last_cap)
+        if cfg.userns_map is None:  # (a user namespace has setgroups denied)
+            # Only the user's own groups, not whatever the runner had (runc's default:
+            # the primary group when /etc/group lists none).
+            os.setgroups(list(cfg.groups or (cfg.gid,)))
+        if cfg.gid:
+            os.setgid(cfg.gid)
+        if cfg.uid:
+            os.setuid(cfg.uid)  # clears every capability of the now non-root process
+        else:
+            security.set_caps(cfg.caps)
+        if cfg.no_new_privs:
+            security.no_new_privs()
+        os.umask(0o022)
         os.closerange(3, status_w)
         os.closerange(status_w + 1, 65536)
-        os.execve(cfg.argv[0], list(cfg.argv), dict(e.split("=", 1) for e in cfg.env))
+        os.execve(cfg.argv[0], list(cfg.argv), env)
     except BaseException as e:  # report any failure to the parent, then leave
         try:
             msg = f"E{type(e).__name__}: {e}"
             if not isinstance(e, OSError):
+                import traceback  # only on this error path: keep the fork server small
+
                 msg += "\n" + traceback.format_exc(limit=3)
             os.write(status_w, msg.encode(errors="replace")[:4000])
         finally:
@@ -88,69 +144,114 @@ def _child(cfg: ContainerConfig, keep: tuple[int, ...], last: int, go_r: int, st
     os._exit(127)
 
 
-def _read_status(fd: int, deadline: float, until_eof: bool) -> bytes:
+def _read_to_eof(fd: int, deadline: float) -> bytes:
     buf = b""
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise InstanceError("the instance's first process did not answer in time")
+            raise SetupError("the instance's first process did not answer in time")
         if not select.select([fd], [], [], left)[0]:
             continue
         chunk = os.read(fd, 4096)
+        if not chunk:
+            return buf
         buf += chunk
-        if not chunk or (not until_eof and buf[:1] == b"R"):
-            return buf
-        if buf[:1] == b"E" and not chunk:
-            return buf
 
 
-def spawn(cfg: ContainerConfig, out_w: int, err_w: int, timeout: float) -> Child:
-    """clone() the instance's first process and wait until it is set up (create)."""
-    keep = security.cap_numbers(cfg.caps)
-    last = security.last_cap()
+def spawn(server: ForkServer, cfg: ContainerConfig, out_w: int, err_w: int) -> Child:
+    """Ask the fork server to clone the instance's first process (create). Nothing is
+    waited for: the child sets itself up meanwhile, and release() collects the result."""
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = ns.clone(cfg.clone_flags)
-    except OSError:
-        for fd in (go_r, go_w, status_r, status_w):
-            os.close(fd)
-        raise
-    if pid == 0:
+        ticket = server.request(cfg, [go_r, status_w, out_w, err_w])
+    except BaseException:
         os.close(go_w)
         os.close(status_r)
-        _child(cfg, keep, last, go_r, status_w, out_w, err_w)
-    os.close(go_r)
-    os.close(status_w)
-    child = Child(pid=pid, pidfd=os.pidfd_open(pid), go_w=go_w, status_r=status_r,
-                  out_r=-1, err_r=-1)
-    status = _read_status(status_r, time.monotonic() + timeout, until_eof=False)
-    if status[:1] != b"R":
-        abort(child)
-        raise InstanceError(f"ns: setting up {cfg.name} failed: "
-                            f"{status[1:].decode(errors='replace') or 'the child died'}")
-    return child
+        raise
+    finally:
+        os.close(go_r)
+        os.close(status_w)  # now only the child holds it: EOF when it execs or dies
+    return Child(ticket=ticket, go_w=go_w, status_r=status_r)
 
 
 def release(child: Child, timeout: float) -> None:
-    """Let the child exec the workload (start); returns once the exec has happened."""
+    """Let the child exec the workload (start); returns once the exec has happened.
+
+    "G" is written at once: a child still setting up finds it when it is ready, so the
+    runner waits (and wakes up) only once, at the exec. The child's "R" then EOF means
+    success; "E..." carries the step that failed."""
     os.write(child.go_w, b"G")
     os.close(child.go_w)
     child.go_w = -1
-    status = _read_status(child.status_r, time.monotonic() + timeout, until_eof=True)
-    os.close(child.status_r)
-    child.status_r = -1
-    if status:
-        raise InstanceError(f"ns: exec failed: {status[1:].decode(errors='replace')}")
+    try:
+        status = _read_to_eof(child.status_r, time.monotonic() + timeout)
+    finally:
+        os.close(child.status_r)
+        child.status_r = -1
+        child.resolve()
+    if status == b"R":
+        return
+    failure = status.removeprefix(b"R")  # set up, but the exec itself failed
+    raise SetupError(failure[1:].decode(errors="replace") if failure[:1] == b"E"
+                     else "the instance's first process died during its set-up")
 
 
 def abort(child: Child) -> None:
-    """Kill and reap a child that never started."""
+    """Kill and reap a child that never started (closing the go pipe alone would let it
+    exit by itself, once its set-up is done)."""
     for fd in (child.go_w, child.status_r):
         if fd >= 0:
             os.close(fd)
     child.go_w = child.status_r = -1
+    try:
+        child.resolve()
+    except Exception:
+        return  # the fork server could not clone it: nothing to kill
     with contextlib.suppress(ProcessLookupError):
         signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(child.pid, 0)
+
+
+def serve(fd: int, runner: int) -> None:
+    """The fork server's loop (runs in the small interpreter)."""
+    ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != runner:  # the runner died before the line above
+        return
+    # Children inherit ignored signals and the signal mask through exec; a shell must not
+    # start with SIGTERM ignored (POSIX: it could not even trap it). Python itself ignores
+    # SIGPIPE and SIGXFSZ, and the runner may have ignored more.
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP) and \
+                signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    # Children share our pages copy-on-write: a garbage collection in one would write to
+    # every object it visits. Nothing here makes reference cycles, so collect never.
+    gc.freeze()
+    gc.disable()
+    sock = socket.socket(fileno=fd)
+    sock.send(b"ok")
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 8)
+        except ConnectionResetError:
+            return
+        if not msg:
+            return  # the runner closed its end
+        try:
+            cfg = pickle.loads(msg)
+            pid = ns.clone(cfg.clone_flags | ns.CLONE_PARENT)
+        except Exception as e:
+            for f in fds:
+                os.close(f)
+            sock.send(b"E" + f"{type(e).__name__}: {e}".encode(errors="replace"))
+            continue
+        if pid == 0:
+            with contextlib.suppress(OSError):
+                sock.close()
+            child_main(cfg, *fds)
+        for f in fds:
+            os.close(f)
+        sock.send(b"P%d" % pid)

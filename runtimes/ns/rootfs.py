@@ -3,10 +3,14 @@
 Order matters, and each step says why:
 1. "/" becomes rslave: mounts we make from here on do not propagate back to the host
    (and host mounts made later still propagate in, as with runc's default).
-2. overlay: the image rootfs as the read-only lower layer (shared by every instance) and a
-   per-instance upper/work dir on the host; all writes land in the upper dir.
-3. /proc, /dev (a tmpfs holding only the allowed device nodes), /dev/pts, /dev/shm, /sys
-   (read-only) and the user's mounts, all below the new root before we move into it.
+2. overlay: the image rootfs as the read-only lower layer (shared by every instance),
+   under a small "dev layer" holding /dev's device nodes (made once, make_dev_layer),
+   and a per-instance upper/work dir; all writes land in the upper dir. The overlay is
+   mounted over the image directory itself: that path is private to our mount
+   namespace, so no per-instance mount point has to be made (or removed) on the host.
+3. /proc, /dev/pts, /dev/shm, /sys (read-only) and the user's mounts, all below the new
+   root before we move into it. (Rootless: /dev is a tmpfs with the host's nodes bound
+   in, since an unprivileged user cannot make device nodes.)
 4. pivot_root(".", ".") stacks the old root under the new one; making it rslave before
    the lazy unmount keeps that unmount from propagating to the host's mounts.
 5. masked paths (/proc/kcore...) are covered with /dev/null or an empty read-only
@@ -17,21 +21,30 @@ when its last process exits: nothing is left in the host's mount table.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import stat
+import tempfile
+from pathlib import Path
 
 from runtimes.ns import namespaces as ns
 from runtimes.ns.config import ContainerConfig, MountPoint
 
 PROC_FLAGS = ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC
+_DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+              ("ptmx", "pts/ptmx"))
 
 
-def standard_mounts(new_netns: bool) -> tuple[MountPoint, ...]:
-    """The mounts every instance gets (runc's default spec, minus mqueue and cgroupfs)."""
-    mounts = [
-        MountPoint("proc", "proc", "proc", PROC_FLAGS),
-        MountPoint("tmpfs", "dev", "tmpfs", ns.MS_NOSUID | ns.MS_STRICTATIME,
-                   "mode=755,size=65536k"),
+def standard_mounts(new_netns: bool, dev_tmpfs: bool) -> tuple[MountPoint, ...]:
+    """The mounts every instance gets (runc's default spec, minus mqueue and cgroupfs).
+    /dev is a tmpfs filled per instance only without a dev layer (see make_dev_layer)."""
+    mounts = [MountPoint("proc", "proc", "proc", PROC_FLAGS)]
+    if dev_tmpfs:
+        mounts.append(MountPoint("tmpfs", "dev", "tmpfs", ns.MS_NOSUID | ns.MS_STRICTATIME,
+                                 "mode=755,size=65536k"))
+    mounts += [
         MountPoint("devpts", "dev/pts", "devpts", ns.MS_NOSUID | ns.MS_NOEXEC,
                    "newinstance,ptmxmode=0666,mode=0620"),
         MountPoint("shm", "dev/shm", "tmpfs", PROC_FLAGS, "mode=1777,size=65536k"),
@@ -44,41 +57,105 @@ def standard_mounts(new_netns: bool) -> tuple[MountPoint, ...]:
 
 def _mount_one(root: str, m: MountPoint) -> None:
     target = f"{root}/{m.target}"
-    if m.make_dir and not os.path.isdir(target):
+    if m.file:
+        if not os.path.exists(target):
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+    elif not os.path.isdir(target):
         os.makedirs(target, exist_ok=True)
     ns.mount(m.source, target, m.fstype, m.flags, m.data)
     if m.readonly_remount:
+        # A bind mount ignores MS_RDONLY; only a remount makes it read-only. MS_REC does
+        # not reach submounts here, so the source must not hide writable mounts below.
         ns.mount(None, target, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | m.flags)
+
+
+def make_dev_layer(path: Path, devices: tuple[tuple[str, int, int, int], ...]) -> Path:
+    """An overlay layer holding only dev/: the allowed device nodes, the usual links and
+    the pts and shm mount points. Made once (atomically: concurrent runs may race) and
+    put above the image, it replaces a per-instance tmpfs on /dev and its mknods.
+    Needs CAP_MKNOD on the host, so rootless instances keep the tmpfs."""
+    if path.is_dir():
+        return path
+    tmp = Path(tempfile.mkdtemp(prefix=".devlayer-", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        dev = tmp / "dev"
+        dev.mkdir(0o755)
+        for name, mode, major, minor in devices:
+            os.mknod(dev / name, stat.S_IFCHR | mode, os.makedev(major, minor))
+            os.chmod(dev / name, mode)  # (the umask trimmed it)
+        for link, target in _DEV_LINKS:
+            os.symlink(target, dev / link)
+        (dev / "pts").mkdir(0o755)
+        (dev / "shm").mkdir(0o1777)
+        os.chmod(dev / "shm", 0o1777)
+        os.rename(tmp, path)
+    except FileExistsError:
+        pass  # another run made it first
+    except OSError as e:
+        if e.errno != errno.ENOTEMPTY:
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
 
 
 def _devices(root: str, cfg: ContainerConfig) -> None:
     dev = f"{root}/dev"
-    for name, mode, major, minor in cfg.devices:
-        ns.mknod(f"{dev}/{name}", stat.S_IFCHR | mode, os.makedev(major, minor))
-    for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                         ("ptmx", "pts/ptmx")):
+    if cfg.userns_map is None:
+        for name, mode, major, minor in cfg.devices:
+            ns.mknod(f"{dev}/{name}", stat.S_IFCHR | mode, os.makedev(major, minor))
+    else:
+        # In a user namespace mknod is refused (the kernel would let an unprivileged user
+        # make any device); bind the host's nodes instead, as rootless runc does.
+        for name, *_ in cfg.devices:
+            path = f"{dev}/{name}"
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o666))
+            ns.mount(f"/dev/{name}", path, None, ns.MS_BIND)
+    for link, target in _DEV_LINKS:
         os.symlink(target, f"{dev}/{link}")
 
 
+def masks(paths: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
+    """(path, is a directory) of the masked paths this kernel has, looked up once on the
+    host: a fresh procfs or sysfs shows the same entries."""
+    out = []
+    for path in paths:
+        try:
+            out.append((path, stat.S_ISDIR(os.stat(path).st_mode)))
+        except OSError:
+            continue
+    return tuple(out)
+
+
 def _mask(cfg: ContainerConfig) -> None:
-    for path in cfg.masked:
-        if os.path.isdir(path):
+    for path, is_dir in cfg.masked:
+        if is_dir:  # an empty read-only tmpfs over a directory, /dev/null over a file
             ns.mount("tmpfs", path, "tmpfs", ns.MS_RDONLY)
-        elif os.path.exists(path):
+        else:
             ns.mount("/dev/null", path, None, ns.MS_BIND)
     for path in cfg.readonly:
-        if os.path.exists(path):
-            ns.mount(path, path, None, ns.MS_BIND | ns.MS_REC)
-            ns.mount(None, path, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | PROC_FLAGS)
+        ns.mount(path, path, None, ns.MS_BIND | ns.MS_REC)
+        ns.mount(None, path, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | PROC_FLAGS)
 
 
 def setup(cfg: ContainerConfig) -> None:
     """Build the root filesystem and move into it (runs in the child)."""
     ns.mount(None, "/", None, ns.MS_REC | ns.MS_SLAVE)
-    root = cfg.merged
+    upper, work = cfg.upper, cfg.work
+    if not upper:
+        # A writable layer in memory: a tmpfs only this mount namespace sees. It is
+        # charged to the instance's memory cgroup and vanishes with the namespace.
+        ns.mount("tmpfs", cfg.scratch, "tmpfs", ns.MS_NOSUID | ns.MS_NODEV, "mode=755")
+        upper, work = f"{cfg.scratch}/upper", f"{cfg.scratch}/work"
+        os.mkdir(upper, 0o755)
+        os.mkdir(work, 0o700)
+    root = cfg.lower
+    layers = f"{cfg.dev_layer}:{cfg.lower}" if cfg.dev_layer else cfg.lower
+    # volatile: no sync of the upper filesystem on unmount (an ext4 journal commit per
+    # instance); the layer is deleted at remove, so there is nothing worth syncing.
     ns.mount("overlay", root, "overlay", 0,
-             f"lowerdir={cfg.lower},upperdir={cfg.upper},workdir={cfg.work}")
+             f"lowerdir={layers},upperdir={upper},workdir={work},volatile")
     for m in cfg.mounts:
         _mount_one(root, m)
         if m.target == "dev":

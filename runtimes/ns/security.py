@@ -2,14 +2,14 @@
 
 For root, execve() gives the new program permitted = inheritable | bounding set, so both
 are cut down to the kept set: first the bounding set (PR_CAPBSET_DROP needs CAP_SETPCAP,
-which we still have), then capset() for effective/permitted/inheritable. no_new_privs
-makes setuid binaries and file capabilities unable to give any of it back.
+which we still have), then, after any change of uid (which clears every capability of
+a non-root user), capset() for effective/permitted/inheritable. no_new_privs makes
+setuid binaries and file capabilities unable to give any of it back.
 """
 
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
 from runtimes.ns import namespaces as ns
 
@@ -36,13 +36,15 @@ class _Data(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
+_DataPair = _Data * 2  # capset takes two 32-bit words of each set (version 3)
 _capset = ns._libc.capset
 _capset.argtypes = [ctypes.POINTER(_Header), ctypes.POINTER(_Data)]
 
 
 def last_cap() -> int:
     try:
-        return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
     except (OSError, ValueError):
         return len(CAP_NAMES) - 1
 
@@ -52,15 +54,21 @@ def cap_numbers(names: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(CAP_NAMES.index(n) for n in names)
 
 
-def apply(keep: tuple[int, ...], last: int, no_new_privs: bool) -> None:
-    """Drop every capability not in `keep` (runs in the child, just before exec)."""
+def drop_bounding(keep: tuple[int, ...], last: int) -> None:
+    """Cut the bounding set to `keep`: no later execve can gain anything outside it.
+    Done first, while we still hold CAP_SETPCAP."""
+    prctl = ns._libc.prctl
     for cap in range(last + 1):
-        if cap not in keep:
-            ns.prctl(ns.PR_CAPBSET_DROP, cap)
+        if cap not in keep and prctl(ns.PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+            ns.prctl(ns.PR_CAPBSET_DROP, cap)  # again, to raise the error with its message
+
+
+def set_caps(keep: tuple[int, ...]) -> None:
+    """effective = permitted = inheritable = `keep` (root's execve then keeps them)."""
     mask = 0
     for cap in keep:
         mask |= 1 << cap
-    data = (_Data * 2)()
+    data = _DataPair()
     for i in range(2):
         word = (mask >> (32 * i)) & 0xFFFFFFFF
         data[i].effective = data[i].permitted = data[i].inheritable = word
@@ -68,5 +76,8 @@ def apply(keep: tuple[int, ...], last: int, no_new_privs: bool) -> None:
     if _capset(ctypes.byref(header), data) != 0:
         err = ctypes.get_errno()
         raise OSError(err, "capset failed")
-    if no_new_privs:
-        ns.prctl(ns.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def no_new_privs() -> None:
+    """setuid binaries and file capabilities can no longer raise privileges."""
+    ns.prctl(ns.PR_SET_NO_NEW_PRIVS, 1)

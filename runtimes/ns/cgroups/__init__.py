@@ -57,14 +57,28 @@ class Manager(Protocol):
         ...
 
 
-def new(root: str | Path = "/sys/fs/cgroup") -> Manager:
-    """The manager for this host's cgroup mode."""
+def new(root: str | Path = "/sys/fs/cgroup", parent: str = PARENT,
+        every_controller: bool = False) -> Manager:
+    """The manager for this host's cgroup mode. `parent` is the directory the cgroups
+    live in; `every_controller` (v1) makes names()/destroy() cover every mounted
+    hierarchy, for cgroups another runtime (runc, crun) made in all of them."""
     root = Path(root)
     mode = cgroup_mode(str(root))
     if mode == "v2":
         from runtimes.ns.cgroups.v2 import V2Manager
 
-        return V2Manager(root)
+        return V2Manager(root, parent)
     from runtimes.ns.cgroups.v1 import V1Manager
 
-    return V1Manager(root, mode)
+    return V1Manager(root, mode, parent, every_controller)
+
+
+def favordynmods() -> bool:
+    """Whether cgroup migrations skip their RCU wait (a cgroup2 mount with favordynmods,
+    see scripts/provision.d/25-ns.sh): every container start moves a task into a cgroup,
+    so the host's setting is recorded with the results."""
+    try:
+        with open("/proc/self/mounts") as f:
+            return any(" cgroup2 " in line and "favordynmods" in line for line in f)
+    except OSError:
+        return False

@@ -5,7 +5,7 @@ Each controller is its own hierarchy, so an instance is one directory per contro
 cgroup.procs of each. Limits:
   memory -> memory.limit_in_bytes, and memory.memsw.limit_in_bytes where swap accounting
             exists (so the limit cannot be dodged by swapping)
-  cpus   -> cpu.cfs_quota_us = cpus * cpu.cfs_period_us (100 ms)
+  cpus   -> cpu.cfs_quota_us = cpus * cpu.cfs_period_us (the default 100 ms)
   pids   -> pids.max
 """
 
@@ -40,13 +40,19 @@ def _mounts() -> dict[str, Path]:
 
 
 class V1Manager:
-    def __init__(self, root: Path, mode: str = "v1") -> None:
+    def __init__(self, root: Path, mode: str = "v1", parent: str = PARENT,
+                 every_controller: bool = False) -> None:
         self.mode = mode
+        self.parent = parent
+        self._swap_accounting: bool | None = None
         mounts = _mounts()
         # Prefer the real mount table; fall back to root/<controller> (tests use a fake tree).
-        self.roots = {c: mounts.get(c, root / c) for c in CONTROLLERS}
-        if not all(str(p).startswith(str(root)) for p in self.roots.values()):
-            self.roots = {c: root / c for c in CONTROLLERS}
+        if not all(str(mounts.get(c, "")).startswith(str(root)) for c in CONTROLLERS):
+            mounts = {c: root / c for c in CONTROLLERS}
+        self.roots = {c: mounts[c] for c in CONTROLLERS}
+        # Hierarchies names()/destroy() look in: ours, or every mounted one.
+        self.hierarchies = sorted(set(mounts.values()) if every_controller
+                                  else set(self.roots.values()))
 
     def check(self) -> str | None:
         for c, p in self.roots.items():
@@ -55,7 +61,7 @@ class V1Manager:
         return None
 
     def _dir(self, controller: str, name: str) -> Path:
-        return self.roots[controller] / PARENT / name
+        return self.roots[controller] / self.parent / name
 
     def path(self, name: str) -> Path:
         return self._dir("memory", name)
@@ -66,11 +72,13 @@ class V1Manager:
         mem = self._dir("memory", name)
         if limits.memory is not None:
             write(mem / "memory.limit_in_bytes", str(limits.memory))
-            if (mem / "memory.memsw.limit_in_bytes").exists():
+            if self._swap_accounting is None:  # the same for every cgroup: look once
+                self._swap_accounting = (mem / "memory.memsw.limit_in_bytes").exists()
+            if self._swap_accounting:
                 write(mem / "memory.memsw.limit_in_bytes", str(limits.memory))
         if limits.cpus is not None:
+            # A new cgroup's cfs_period_us is the kernel default, 100 ms: only the quota.
             cpu = self._dir("cpu", name)
-            write(cpu / "cpu.cfs_period_us", str(PERIOD_US))
             write(cpu / "cpu.cfs_quota_us", str(max(1000, int(limits.cpus * PERIOD_US))))
         if limits.pids is not None:
             write(self._dir("pids", name) / "pids.max", str(limits.pids))
@@ -94,13 +102,13 @@ class V1Manager:
         kill_procs(self._dir("memory", name))
 
     def destroy(self, name: str) -> None:
-        for c in CONTROLLERS:
-            rmdir(self._dir(c, name))
+        for h in self.hierarchies:
+            rmdir(h / self.parent / name)
 
     def names(self) -> list[str]:
         found: set[str] = set()
-        for c in CONTROLLERS:
-            parent = self.roots[c] / PARENT
+        for h in self.hierarchies:
+            parent = h / self.parent
             if parent.is_dir():
                 found.update(p.name for p in parent.iterdir() if p.is_dir())
         return sorted(found)

@@ -23,9 +23,9 @@ PERIOD_US = 100_000
 class V2Manager:
     mode = "v2"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, parent: str = PARENT) -> None:
         self.root = root
-        self.parent = root / PARENT
+        self.parent = root / parent
         self._enabled = False
 
     def check(self) -> str | None:

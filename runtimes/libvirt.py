@@ -1,0 +1,646 @@
+"""`libvirt` (and `libvirt:microvm`): the image booted as a QEMU virtual machine.
+
+One transient libvirt domain per instance (createXML, so nothing outlives it in
+libvirt's configuration), booted directly into the guest kernel: Debian's kernel (its
+uncompressed vmlinux entered through PVH where it can be extracted), an initramfs made of
+the image's rootfs tar plus the kernel modules the guest needs, and a command line that
+makes the image's own /bench/init the guest's PID 1 (see the VM branch of INIT_SCRIPT in
+harness/image.py). The host reads the serial console from a unix socket and timestamps
+the ready line as it arrives; the guest powers off when the workload exits, after writing
+`CVBENCH-EXIT <code> <oom kills>` on the console.
+
+Mapping of the InstanceSpec:
+  argv, env, workdir, hostname  -> kernel command-line variables (base64-wrapped), which
+                                   the kernel hands to init as its environment
+  limits.cpus     -> ceil(cpus) vCPUs (1 if unset); a fractional rest becomes a per-vCPU
+                     CFS quota (<cputune>), e.g. 1.5 -> 2 vCPUs at 75 ms per 100 ms each
+  limits.memory   -> guest RAM = limit (256 MiB if unset) + what the guest kernel needs
+                     before the workload gets any: GUEST_BASE_MIB + twice the initramfs
+                     (the packed archive and the unpacked rootfs are both in RAM during
+                     boot) + limit/64 (the kernel's page structures)
+  limits.pids     -> not applied (the guest kernel has its own pid space; metadata says so)
+  network none    -> no NIC (the guest's loopback only)
+  network bridge  -> a virtio NIC on a libvirt network (CVBENCH_LIBVIRT_NETWORK, default
+                     "default"); the guest takes an address by DHCP
+  network host    -> refused: a VM cannot share the host's network stack
+  mounts tmpfs    -> a tmpfs mounted by the guest (size as asked)
+  mounts volume   -> a disk image per volume name under <state>/libvirt/volumes (ext4,
+                     created empty on first use, kept across instances like an engine's
+                     volume; raw, or qcow2 if the name ends in .qcow2), attached as
+                     virtio-blk with cache=none where the host allows O_DIRECT
+  mounts bind     -> refused: no host directory is shared into the guest
+  readiness       -> the ready line on the serial console
+
+Phases: create = createXML of a paused domain (QEMU runs, the vCPUs do not) + connecting
+to the console; start = resume; ready = the ready line (includes the guest kernel's
+boot); exit = the domain has shut off (QEMU gone); remove = the instance's files.
+
+Acceleration: KVM if a short probe boot under KVM reaches the guest's init within
+PROBE_TIMEOUT (cached per host kernel, QEMU and guest kernel); otherwise TCG, QEMU's
+emulator, and every result says `emulated: true`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import math
+import os
+import re
+import select
+import shutil
+import socket
+import time
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from harness import image as image_mod
+from harness.errors import BackendUnavailable, BenchError, InstanceError, UsageError
+from harness.image import Image
+from harness.probes import memory
+from runtimes import _proc
+from runtimes.base import (
+    PREFIX,
+    Availability,
+    Exit,
+    Instance,
+    InstanceSpec,
+    Leftover,
+    Prepared,
+    Stats,
+    new_run_id,
+    state_dir,
+)
+from runtimes.vm import disk, domain, initramfs, kernel
+
+URI = os.environ.get("CVBENCH_LIBVIRT_URI", "qemu:///system")
+MIB = 1 << 20
+DEFAULT_MEMORY = 256 * MIB
+GUEST_BASE_MIB = 64
+PROBE_TIMEOUT = 20.0
+EXIT_LINE = re.compile(rb"CVBENCH-EXIT (\d+) ?(\d*)\r?\n")
+MAX_CMDLINE = 2047  # COMMAND_LINE_SIZE on x86 is 2048 with the NUL
+# Every module the initramfs carries (with their dependencies); an instance loads the
+# ones its devices need (see _modules).
+INITRAMFS_MODULES = ("virtio_pci", "virtio_mmio", "virtio_balloon", "virtio_blk", "virtio_net",
+                     "virtio_console", "crc32c_generic", "ext4", "vmw_vsock_virtio_transport")
+# The guest's command line, besides the workload's variables. console: the ready line and
+# output go to the first serial port. loglevel=1: only emergencies interleave with the
+# workload's output. panic=-1: a panicking guest reboots at once, which ends the domain
+# (on_reboot=destroy). The rest skips work that only costs boot time in a VM: the
+# crypto self-tests (~0.3 s under TCG), the timer and TSC checks, and probing three
+# more UARTs and the PS/2 controller, which this domain does not have.
+BOOT_ARGS = ("console=ttyS0 loglevel=1 panic=-1 rdinit=/bench/init cryptomgr.notests "
+             "no_timer_check tsc=reliable 8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp")
+
+
+@cache
+def host_tsc_khz() -> int | None:
+    """The host's TSC rate in kHz, if it is constant (constant_tsc) and reported.
+
+    Under TCG the guest's TSC counts at the host's rate, but the guest cannot measure
+    it on `microvm`: there is no PIT, HPET or ACPI PM timer to calibrate against, and a
+    failed calibration marks the TSC unstable and leaves the kernel without a clock (the
+    boot hangs). Telling the guest the rate (tsc_early_khz) also skips the calibration
+    on `pc`. Under KVM the guest has kvmclock and needs none of this.
+
+    `cpu MHz` is the kernel's calibrated cpu_khz (the TSC rate, with constant_tsc) only
+    where the CPU has no APERF/MPERF counters; with them it shows the current, scaled
+    frequency, and a wrong rate would skew every clock in the guest: then None.
+    """
+    try:
+        return tsc_khz_from_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return None
+
+
+def tsc_khz_from_cpuinfo(text: str) -> int | None:
+    flags = set(re.findall(r"^flags\s*:(.*)$", text, re.M)[0].split()) if "flags" in text \
+        else set()
+    if "constant_tsc" not in flags or "aperfmperf" in flags:
+        return None
+    m = re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)
+    return int(float(m.group(1)) * 1000) if m else None
+
+
+def boot_args(accel: str) -> str:
+    khz = host_tsc_khz() if accel != "kvm" else None
+    return BOOT_ARGS + (f" tsc_early_khz={khz}" if khz else "")
+
+
+def _libvirt() -> Any:
+    try:
+        import libvirt
+    except ImportError as e:
+        raise BackendUnavailable("libvirt", "the libvirt Python binding is not installed",
+                                 "pip install libvirt-python (needs libvirt-dev, "
+                                 "pkg-config; scripts/provision installs them)") from e
+    # libvirt prints every error to stderr by default; they reach us as exceptions.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+def _enc(value: str) -> str:
+    """One word of the guest's command line: base64 of x<value>x (the guest strips the
+    x's, which keeps empty values and trailing newlines through the shell's $(...))."""
+    return base64.b64encode(f"x{value}x".encode()).decode()
+
+
+def _vm_cache() -> Path:
+    return image_mod.cache_dir().parent / "vm"
+
+
+def _run_of(name: str) -> str | None:
+    parts = name.split("-")
+    return parts[1] if len(parts) >= 3 and name.startswith(PREFIX) else None
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@cache
+def _modules_for(version: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    k = kernel.find(version)
+    return tuple(n for n, _ in kernel.module_files(k, list(names)))
+
+
+def guest_memory(limit: int | None, initramfs_size: int) -> int:
+    """Bytes of guest RAM for a workload memory limit (see the module's mapping)."""
+    work = limit or DEFAULT_MEMORY
+    total = work + GUEST_BASE_MIB * MIB + 2 * initramfs_size + work // 64
+    return -(-total // MIB) * MIB  # whole MiB
+
+
+def vcpus_and_quota(cpus: float | None) -> tuple[int, int | None]:
+    """(vCPUs, per-vCPU CFS quota in µs per 100 ms, or None when the vCPUs are whole)."""
+    if not cpus:
+        return 1, None
+    n = max(1, math.ceil(cpus))
+    return n, None if cpus == n else int(cpus / n * 100_000)
+
+
+def _comm_pids(names: Sequence[str]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in names:
+            out.setdefault(comm, []).append(int(entry))
+    return out
+
+
+def _cgroup_memory(pid: int) -> int | None:
+    """Memory charged to the cgroup libvirt put QEMU in (v1 memory controller or v2)."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, ctrls, rel = line.split(":", 2)
+        if "memory" in ctrls.split(","):
+            return memory.cgroup_usage(Path("/sys/fs/cgroup/memory") / rel.lstrip("/"))
+    for line in lines:
+        if line.startswith("0::") and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            return memory.cgroup_usage(Path("/sys/fs/cgroup") / line[3:].lstrip("/"))
+    return None
+
+
+class LibvirtRuntime:
+    """QEMU guests through libvirtd; `libvirt:microvm` uses QEMU's microvm machine."""
+
+    flavours: tuple[str, ...] = ("microvm",)
+
+    def __init__(self, flavour: str | None = None) -> None:
+        if flavour not in (None, "microvm"):
+            raise UsageError(f"unknown libvirt flavour {flavour!r}; known: microvm")
+        self.machine: domain.Machine = "microvm" if flavour else "pc"
+        self.name = "libvirt:microvm" if flavour else "libvirt"
+        self._conn: Any = None
+        self._accel: tuple[str, str] | None = None
+        self._cpu_disabled: tuple[str, ...] = ()  # host CPU features KVM guests go without
+
+    # --- connection, availability, acceleration ------------------------------------
+
+    def conn(self) -> Any:
+        if self._conn is None:
+            lv = _libvirt()
+            try:
+                self._conn = lv.open(URI)
+            except lv.libvirtError as e:
+                raise BackendUnavailable(self.name, f"cannot connect to libvirtd at {URI}: "
+                                         f"{e.get_error_message()}",
+                                         "run scripts/provision (starts libvirtd)") from e
+        return self._conn
+
+    def _versions(self) -> dict[str, str]:
+        def dotted(v: int) -> str:
+            return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"
+
+        c = self.conn()
+        return {"libvirt": dotted(c.getLibVersion()), "qemu": dotted(c.getVersion()),
+                "guest_kernel": kernel.find().version}
+
+    def availability(self) -> Availability:
+        try:
+            versions = self._versions()
+            accel, why = self.accel()
+        except BackendUnavailable as e:
+            return Availability(ok=False, reason=e.reason, fix=e.fix)
+        except BenchError as e:  # the guest image for the probe could not be built
+            return Availability(ok=False, reason=f"cannot build the guest: {e}",
+                                fix="run scripts/provision (e2fsprogs, qemu-utils, kmod)")
+        if not Path(domain.DomainConfig.emulator).exists():
+            return Availability(ok=False, reason="qemu-system-x86_64 is not installed",
+                                fix="apt-get install qemu-system-x86", versions=versions)
+        if self.machine == "microvm" and accel != "kvm" and host_tsc_khz() is None:
+            return Availability(
+                ok=False, versions=versions,
+                reason="microvm under TCG needs the host's TSC rate, which this CPU does "
+                       "not report reliably (constant_tsc without aperfmperf): the guest "
+                       "has no timer to calibrate its TSC against and hangs",
+                fix="use the `libvirt` backend (pc), or a host with working KVM")
+        label = "kvm" if accel == "kvm" else "tcg (EMULATED: no working KVM)"
+        return Availability(ok=True, versions=versions,
+                            details={"accel": label, "why": why, "machine": self.machine})
+
+    def accel(self) -> tuple[str, str]:
+        """("kvm" | "tcg", why): a short probe boot decides, cached on disk."""
+        if self._accel is None:
+            self._accel = self._decide_accel()
+        return self._accel
+
+    def _decide_accel(self) -> tuple[str, str]:
+        forced = os.environ.get("CVBENCH_LIBVIRT_ACCEL")
+        if forced in ("kvm", "tcg"):
+            return forced, "forced by CVBENCH_LIBVIRT_ACCEL"
+        if not os.path.exists("/dev/kvm"):
+            return "tcg", "/dev/kvm does not exist (no KVM module, or no hardware support)"
+        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            return "tcg", "/dev/kvm is not accessible to this user"
+        k = kernel.find()
+        st = os.stat("/dev/kvm")
+        key = {"host_kernel": os.uname().release, "kvm_dev": st.st_rdev,
+               "qemu": self.conn().getVersion(), "guest_kernel": k.version,
+               "machine": self.machine, "boot": BOOT_ARGS, "probe": 2}
+        path = _vm_cache() / f"accel-{self.machine}.json"
+        with _flock(path.with_suffix(".lock")):
+            with contextlib.suppress(OSError, ValueError):
+                saved = json.loads(path.read_text())
+                if saved.get("key") == key:
+                    self._cpu_disabled = tuple(saved.get("cpu_disabled", ()))
+                    return saved["accel"], saved["why"]
+            accel, why = self._probe_kvm()
+            path.write_text(json.dumps({"key": key, "accel": accel, "why": why,
+                                        "cpu_disabled": list(self._cpu_disabled)}))
+        return accel, why
+
+    def _probe_kvm(self) -> tuple[str, str]:
+        """Boot the base image under KVM with `true` as the workload; KVM works if the
+        guest reports the workload's exit within PROBE_TIMEOUT. On hosts that are VMs
+        themselves, /dev/kvm may exist and still fail: QEMU cannot set an MSR of the host
+        CPU model (then the probe retries without that feature), or the guest crawls and
+        dies with "KVM internal error"."""
+        from harness.runner import RunLock  # the lock keeps a concurrent gc off the probe
+
+        prepared = self.prepare(image_mod.build(image_mod.Recipe()))
+        failures = []
+        for disabled in ((), ("arch-capabilities",)):
+            run_id = new_run_id()
+            lock = RunLock(run_id, {"probe": "kvm"})
+            spec = InstanceSpec(run_id=run_id, name=f"cvbench-{run_id}-kvmprobe",
+                                argv=("true",))
+            t0 = time.monotonic()
+            inst: Instance | None = None
+            cpu = "host-passthrough" + "".join(f",-{f}" for f in disabled)
+            try:
+                inst = self._create(spec, prepared, "kvm", disabled)
+                self.start(inst)
+                ex = self.wait_exit(inst, PROBE_TIMEOUT)
+                if ex.code == 0:
+                    self._cpu_disabled = disabled
+                    return "kvm", (f"KVM probe boot ({cpu}) reached the workload in "
+                                   f"{time.monotonic() - t0:.1f} s")
+                failures.append(f"{cpu}: the probe's workload exited {ex.code}")
+            except (InstanceError, UsageError, OSError) as e:
+                log = _qemu_log_tail(spec.name)
+                failures.append(f"{cpu}: " + (f"QEMU: {log}" if log else str(e)[:160]))
+            finally:
+                if inst is not None:
+                    self.remove(inst)
+                lock.release()
+            if "MSR" not in failures[-1]:
+                break  # only a CPU feature QEMU cannot set is worth another try
+        return "tcg", "KVM probe boot failed; " + "; ".join(failures)
+
+    def metadata(self) -> dict[str, Any]:
+        accel, why = self.accel()
+        return {"accel": accel, "emulated": accel != "kvm", "accel_reason": why,
+                "machine": self.machine, "domain": "transient (createXML), paused until start",
+                "boot_args": boot_args(accel), "console": "serial ttyS0 on a unix socket",
+                "memory_mapping": f"guest RAM = limit (default {DEFAULT_MEMORY // MIB} MiB) "
+                                  f"+ {GUEST_BASE_MIB} MiB + 2 x initramfs + limit/64",
+                "vcpus": "ceil(cpus), fractional rest as a CFS quota",
+                "not_applied": ["limits.pids"], **self._versions()}
+
+    # --- images ----------------------------------------------------------------------
+
+    def prepare(self, image: Image) -> Prepared:
+        """Kernel, initramfs and the rootfs as raw and qcow2 disks, cached by (image
+        digest, guest kernel version)."""
+        k = kernel.find()
+        cache = _vm_cache()
+        vmlinux, boot = kernel.boot_image(k, cache)
+        d = cache / image.digest / k.version
+        with _flock(d.parent / f".{k.version}.lock"):
+            ird, raw, qcow = d / "initramfs.cpio", d / "rootfs.raw", d / "rootfs.qcow2"
+            if not ird.exists():
+                initramfs.build(image.tar, kernel.module_files(k, list(INITRAMFS_MODULES)),
+                                ird)
+            if not raw.exists():
+                disk.mkfs(raw, disk.DISK_SIZE, source=image.rootfs)
+            if not qcow.exists():
+                disk.to_qcow2(raw, qcow)
+        disks = {"raw": disk.info(raw), "qcow2": disk.info(qcow)}
+        return Prepared(
+            image=image, backend=self.name, ref=str(ird),
+            footprint={"initramfs": ird.stat().st_size, "kernel": vmlinux.stat().st_size,
+                       "disk.raw": disks["raw"]["actual_size"],
+                       "disk.qcow2": disks["qcow2"]["actual_size"]},
+            details={"kernel": str(vmlinux), "kernel_version": k.version, "boot": boot,
+                     "initramfs": str(ird), "disk_raw": str(raw), "disk_qcow2": str(qcow),
+                     "disks": disks})
+
+    # --- instances -------------------------------------------------------------------
+
+    def _dir(self, name: str) -> Path:
+        return state_dir() / "libvirt" / name
+
+    def volume_path(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise UsageError(f"libvirt: invalid volume name {name!r}")
+        base = state_dir() / "libvirt" / "volumes"
+        return base / (name if name.endswith((".qcow2", ".raw")) else f"{name}.raw")
+
+    def _devices(self, spec: InstanceSpec) -> tuple[list[domain.Disk], list[str], set[str]]:
+        """Disks, guest mount lines and the extra modules the spec's mounts need."""
+        disks: list[domain.Disk] = []
+        lines: list[str] = []
+        mods: set[str] = set()
+        cache_mode: str | None = None
+        for m in spec.mounts:
+            if not m.target.startswith("/") or any(c.isspace() for c in m.target):
+                raise UsageError(f"libvirt: mount target {m.target!r} must be an absolute "
+                                 "path without spaces")
+            if m.type == "bind":
+                raise UsageError(f"libvirt: a bind mount ({m.source} -> {m.target}) cannot "
+                                 "be shared into a VM (no host directory is exported to the "
+                                 "guest); use a volume (a disk image) or a tmpfs")
+            if m.type == "tmpfs":
+                opts = ",".join([*([f"size={m.size}"] if m.size else []),
+                                 "ro" if m.readonly else "rw"])
+                lines.append(f"tmpfs tmpfs {opts} {m.target}")
+                continue
+            path = disk.volume(self.volume_path(m.source or ""), m.size or disk.DISK_SIZE)
+            if cache_mode is None:
+                cache_mode = "none" if disk.direct_io_ok(path.parent) else "writeback"
+            dev = f"vd{chr(ord('a') + len(disks))}"
+            disks.append(domain.Disk(str(path), "qcow2" if path.suffix == ".qcow2" else "raw",
+                                     dev, m.readonly, cache_mode))
+            lines.append(f"ext4 /dev/{dev} {'ro' if m.readonly else 'rw'} {m.target}")
+            mods |= {"virtio_blk", "crc32c_generic", "ext4"}
+        return disks, lines, mods
+
+    def cmdline(self, spec: InstanceSpec, modules: Sequence[str], mounts: Sequence[str],
+                accel: str = "tcg") -> str:
+        env = {"PATH": image_mod.PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
+               "CVBENCH_HOSTNAME": spec.hostname, "CVBENCH_WORKDIR": spec.workdir,
+               "CVBENCH_NONCE": spec.nonce, **spec.env}
+        words = [boot_args(accel), "CVBENCH_VM=1", f"CVBENCH_NONCE={spec.nonce}",
+                 "CVBENCH_MODULES=" + ",".join(modules),
+                 "CVBENCH_ENV=" + ",".join(_enc(f"{k}={v}") for k, v in env.items()),
+                 "CVBENCH_ARGV=" + ",".join(_enc(a) for a in spec.argv)]
+        if mounts:
+            words.append("CVBENCH_MOUNTS=" + ",".join(_enc(m) for m in mounts))
+        if spec.network == "bridge":
+            words.append("CVBENCH_NET=eth0")
+        line = " ".join(words)
+        if len(line) > MAX_CMDLINE:
+            raise UsageError(f"libvirt: argv, env and mounts take {len(line)} bytes of the "
+                             f"guest kernel's command line; the limit is {MAX_CMDLINE}")
+        return line
+
+    def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
+        return self._create(spec, prepared, self.accel()[0], self._cpu_disabled)
+
+    def _create(self, spec: InstanceSpec, prepared: Prepared, accel: str,
+                cpu_disabled: tuple[str, ...] = ()) -> Instance:
+        lv = _libvirt()
+        if spec.network == "host":
+            raise UsageError("libvirt: network 'host' is impossible for a VM (it has its own "
+                             "kernel and network stack); use none or bridge")
+        disks, mount_lines, mods = self._devices(spec)
+        net = None
+        if spec.network == "bridge":
+            net = self._network()
+            mods.add("virtio_net")
+        det = prepared.details
+        modules = _modules_for(det["kernel_version"],
+                               ("virtio_pci", "virtio_balloon", *sorted(mods)))
+        vcpus, quota = vcpus_and_quota(spec.limits.cpus)
+        idir = self._dir(spec.name)
+        idir.mkdir(parents=True)
+        console = idir / "console.sock"
+        cfg = domain.DomainConfig(
+            name=spec.name, domain_type="kvm" if accel == "kvm" else "qemu",
+            machine=self.machine,
+            memory_kib=guest_memory(spec.limits.memory,
+                                    int(prepared.footprint["initramfs"])) // 1024,
+            vcpus=vcpus, quota_us=quota, kernel=det["kernel"], initrd=det["initramfs"],
+            cmdline=self.cmdline(spec, modules, mount_lines, accel), console=str(console),
+            disks=tuple(disks), network=net, cpu_host=accel == "kvm",
+            disabled_cpu_features=cpu_disabled)
+        inst = Instance(spec=spec, prepared=prepared, state={"dir": idir, "cfg": cfg})
+        try:
+            try:
+                dom = self.conn().createXML(domain.to_xml(cfg), lv.VIR_DOMAIN_START_PAUSED)
+            except lv.libvirtError as e:
+                raise InstanceError(f"libvirt: cannot create {spec.name}: "
+                                    f"{e.get_error_message()}") from e
+            inst.handle = dom
+            # QEMU listens on the socket without waiting for a client: whatever the guest
+            # writes before we connect is lost, so connect while the vCPUs are paused.
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock.connect(str(console))
+            sock.setblocking(False)
+            inst.state.update(sock=sock, out=_proc.Stream(sock.fileno(), spec.capture))
+            pid = _qemu_pid(spec.name)
+            inst.pids = [pid] if pid else []
+        except BaseException:
+            self.remove(inst)
+            raise
+        return inst
+
+    def _network(self) -> str:
+        """The libvirt network NICs join; started if defined but inactive."""
+        lv = _libvirt()
+        name = os.environ.get("CVBENCH_LIBVIRT_NETWORK", "default")
+        try:
+            net = self.conn().networkLookupByName(name)
+            if not net.isActive():
+                net.create()
+        except lv.libvirtError as e:
+            raise UsageError(f"libvirt: network {name!r} is not usable: "
+                             f"{e.get_error_message()} (set CVBENCH_LIBVIRT_NETWORK)") from e
+        return name
+
+    def start(self, inst: Instance) -> None:
+        lv = _libvirt()
+        try:
+            inst.handle.resume()
+        except lv.libvirtError as e:
+            raise InstanceError(f"libvirt: cannot resume {inst.spec.name}: "
+                                f"{e.get_error_message()}") from e
+
+    def wait_ready(self, inst: Instance, timeout: float) -> int:
+        inst.ready_ns = _proc.wait_line(inst.state["out"], inst.spec.ready_line,
+                                        time.monotonic() + timeout)
+        return inst.ready_ns
+
+    def wait_exit(self, inst: Instance, timeout: float) -> Exit:
+        """Read the console to its end (QEMU closes it when it exits), then wait until
+        libvirt reports the domain shut off: that moment is the exit."""
+        out: _proc.Stream = inst.state["out"]
+        deadline = time.monotonic() + timeout
+        while not out.eof:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InstanceError(f"the guest did not power off within {timeout:g} s "
+                                    f"(console: {bytes(out.data[-300:])!r})")
+            if select.select([out.fd], [], [], left)[0]:
+                out.read_some()
+        while self._alive(inst):
+            if time.monotonic() > deadline:
+                raise InstanceError("QEMU closed the console but the domain is still running")
+            time.sleep(0.001)
+        t_exit = time.monotonic_ns()
+        inst.state["exited"] = True
+        text = bytes(out.data).replace(b"\r\n", b"\n")
+        m = EXIT_LINE.search(text)
+        if m is None:
+            raise InstanceError("the guest ended without reporting the workload's exit "
+                                f"(console: {text[-400:]!r})")
+        body = text[:m.start()]
+        ready = inst.spec.ready_line + b"\n"
+        if body.startswith(ready):  # readiness "exit": wait_ready did not consume it
+            body = body[len(ready):]
+        return Exit(code=int(m.group(1)), t_ns=t_exit,
+                    oom_killed=bool(m.group(2) and int(m.group(2)) > 0), stdout=body)
+
+    def _alive(self, inst: Instance) -> bool:
+        """True while the domain exists and is not shut off (a transient domain is gone
+        from libvirt once it has shut off)."""
+        lv = _libvirt()
+        try:
+            state, _ = inst.handle.state()
+        except lv.libvirtError:
+            return False
+        return bool(state != lv.VIR_DOMAIN_SHUTOFF)
+
+    def stats(self, inst: Instance) -> Stats:
+        pids = [p for p in inst.pids if os.path.exists(f"/proc/{p}")]
+        m = memory.processes_memory(pids)
+        guest: dict[str, int] = {}
+        with contextlib.suppress(Exception):
+            # KiB from the balloon driver: actual (RAM given), rss (QEMU's), unused,
+            # available, usable (the guest's own view, once virtio_balloon is loaded).
+            guest = {k: v * 1024 for k, v in inst.handle.memoryStats().items()
+                     if k != "last_update"}
+        return Stats(pids=tuple(pids), pss=m.pss, uss=m.uss, rss=m.rss,
+                     cgroup=_cgroup_memory(pids[0]) if pids else None,
+                     extra={"guest": guest, "guest_ram": inst.state["cfg"].memory_kib * 1024})
+
+    def stop(self, inst: Instance, grace: float = 2.0) -> None:
+        """Destroy the domain: the guest has no ACPI power-button handler (its PID 1 is
+        the workload's shell), so a graceful shutdown would only wait `grace` for nothing."""
+        dom = inst.handle
+        if dom is None or inst.state.get("exited"):
+            return
+        lv = _libvirt()
+        with contextlib.suppress(lv.libvirtError):
+            dom.destroy()
+        inst.state["exited"] = True
+
+    def daemons(self) -> dict[str, list[int]]:
+        return _comm_pids(("libvirtd", "virtlogd", "virtlockd"))
+
+    def disk_usage(self, inst: Instance) -> int | None:
+        return None  # the guest's root is its initramfs, in RAM; volumes are shared
+
+    def remove(self, inst: Instance) -> None:
+        self.stop(inst, grace=0)
+        sock = inst.state.pop("sock", None)
+        if sock is not None:
+            sock.close()
+        idir: Path | None = inst.state.pop("dir", None)
+        if idir is not None:
+            shutil.rmtree(idir, ignore_errors=True)
+
+    # --- leftovers -------------------------------------------------------------------
+
+    def leftovers(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        found = [Leftover(self.name, "domain", d.name(), _run_of(d.name()))
+                 for d in self.conn().listAllDomains()
+                 if d.name().startswith(PREFIX) and _run_of(d.name()) not in live_runs]
+        root = state_dir() / "libvirt"
+        if root.is_dir():
+            found += [Leftover(self.name, "dir", str(p), _run_of(p.name))
+                      for p in sorted(root.iterdir())
+                      if p.name.startswith(PREFIX) and _run_of(p.name) not in live_runs]
+        return found
+
+    def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        lv = _libvirt()
+        found = self.leftovers(live_runs)
+        for item in found:
+            if item.kind == "domain":
+                with contextlib.suppress(lv.libvirtError):
+                    dom = self.conn().lookupByName(item.name)
+                    if dom.isActive():
+                        dom.destroy()
+                    if dom.isPersistent():
+                        dom.undefine()
+            else:
+                shutil.rmtree(item.name, ignore_errors=True)
+        return found
+
+
+def _qemu_pid(name: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
+    return None
+
+
+def _qemu_log_tail(name: str) -> str:
+    """The last error QEMU wrote to its domain log (e.g. "KVM internal error")."""
+    with contextlib.suppress(OSError):
+        lines = Path(f"/var/log/libvirt/qemu/{name}.log").read_text(errors="replace")
+        errs = [re.sub(r"^\S+ qemu-system-\w+: (error: )?", "", ln)
+                for ln in lines.splitlines() if "error" in ln.lower()]
+        return " | ".join(dict.fromkeys(errs[-3:]))[:300]
+    return ""

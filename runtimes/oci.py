@@ -1,0 +1,392 @@
+"""`oci:crun`, `oci:runc`, `oci:runsc`: the same image as an OCI bundle, run by that CLI.
+
+The yardstick for `ns`: the same rootfs layout (an overlay of the shared image with a
+per-instance upper layer, in a tmpfs by default or on disk with CVBENCH_NS_UPPER=disk,
+like ns), the same namespaces, limits, masked paths and capabilities, written into a
+config.json generated from the InstanceSpec, then `<cli> run`: the CLI stays the
+instance's parent (as containerd's shim would) and exits with the workload's status.
+
+Mapping of the InstanceSpec:
+  argv/env/workdir/hostname -> process.args = /bench/init + argv, env, cwd; hostname
+  limits                    -> linux.resources (memory limit = memory+swap limit,
+                               cpu quota/period 100 ms, pids limit); cgroupsPath
+                               /cvbench.oci/cvbench-<run id>-<n>
+  network none | host       -> a network namespace (loopback only) | none;
+                               bridge is not offered (it needs a CNI-like set-up)
+  mounts                    -> OCI mounts (rbind/bind + ro, tmpfs with size)
+  runsc                     -> --network=none (sandbox netstack off) --platform=ptrace
+                               (this machine is a VM without working KVM)
+
+Phases: create = bundle dir, overlay, config.json; start = spawn `<cli> run` (runc:
+`run --keep`, so the cgroup outlives the exit and an OOM kill can be read);
+ready/exit as seen by the host; remove = `<cli> delete --force`, unmount, rm bundle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.errors import InstanceError, UsageError
+from harness.image import Image
+from harness.probes import memory
+from runtimes import _proc
+from runtimes.base import (
+    PREFIX,
+    Availability,
+    Exit,
+    Instance,
+    InstanceSpec,
+    Leftover,
+    Prepared,
+    Stats,
+    state_dir,
+)
+from runtimes.ns import _empty_dirs, cgroups, namespaces, upper_mode
+from runtimes.ns.config import DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS
+
+CGROUP_PARENT = "cvbench.oci"
+FLAVOURS = ("crun", "runc", "runsc")
+ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _run_of(name: str) -> str | None:
+    parts = name.split("-")
+    return parts[1] if len(parts) >= 3 and name.startswith(PREFIX) else None
+
+
+def _version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                             timeout=10, check=False)
+    except OSError:
+        return "?"
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0] if lines else "?"
+
+
+def _is_mount(path: Path) -> bool:
+    return os.path.ismount(path)
+
+
+class OciRuntime:
+    name = "oci"
+    flavours: tuple[str, ...] = FLAVOURS
+
+    def __init__(self, flavour: str = "crun") -> None:
+        if flavour not in FLAVOURS:
+            raise UsageError(f"unknown oci flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
+        self.flavour = flavour
+        self.name = f"oci:{flavour}"
+        self.binary = shutil.which(flavour) or ""
+        self._cg: cgroups.Manager | None = None
+
+    @property
+    def cg(self) -> cgroups.Manager:
+        if self._cg is None:
+            self._cg = cgroups.new(parent=CGROUP_PARENT, every_controller=True)
+        return self._cg
+
+    def root(self) -> Path:
+        return state_dir() / "oci"
+
+    def _cli(self, network: str = "none") -> list[str]:
+        """The CLI with its global options: its own state dir, under ours; for runsc the
+        ptrace platform (no working KVM here) and the network mode (none: the sandbox's
+        own network stack is off)."""
+        cmd = [self.binary, "--root", str(self.root() / f"state-{self.flavour}")]
+        if self.flavour == "runsc":
+            cmd += [f"--network={'host' if network == 'host' else 'none'}",
+                    "--platform=ptrace"]
+        return cmd
+
+    # --- availability ------------------------------------------------------------------
+
+    def availability(self) -> Availability:
+        if not self.binary:
+            return Availability(ok=False, reason=f"{self.flavour} is not installed",
+                                fix=f"apt-get install {self.flavour} (scripts/provision)")
+        versions = {self.flavour: _version(self.binary)}
+        if os.geteuid() != 0:
+            return Availability(ok=False, reason=f"oci:{self.flavour} is run as root here",
+                                fix="run bench as root", versions=versions)
+        if self.flavour == "crun" and self.cg.mode == "hybrid":
+            ctrl = Path("/sys/fs/cgroup/unified/cgroup.controllers")
+            with contextlib.suppress(OSError):
+                if ctrl.read_text().split():
+                    return Availability(
+                        ok=False, versions=versions,
+                        reason="crun refuses a hybrid cgroup host whose cgroup2 holds "
+                               f"controllers ({ctrl.read_text().strip()})",
+                        fix="mount them as v1 hierarchies: scripts/provision "
+                            "(mounts hugetlb at /sys/fs/cgroup/hugetlb)")
+        return Availability(ok=True, versions=versions)
+
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"cli": self.flavour, "command": "run",
+                                "oom_detection": self.flavour == "runc",
+                                "cgroup_favordynmods": cgroups.favordynmods(),
+                                "rootfs": f"overlay, upper on {upper_mode()}",
+                                "capabilities": "docker default set", "no_new_privs": True}
+        if self.flavour == "runsc":
+            meta.update(platform="ptrace", network="none (sandbox netstack off)")
+        return meta
+
+    def prepare(self, image: Image) -> Prepared:
+        self.root().mkdir(parents=True, exist_ok=True)
+        return Prepared(image=image, backend=self.name, ref=str(image.rootfs),
+                        footprint={"image": image.size})
+
+    # --- the bundle --------------------------------------------------------------------
+
+    def _config(self, spec: InstanceSpec) -> dict[str, Any]:
+        caps = list(DEFAULT_CAPS)
+        env = {"PATH": ENV_PATH, "HOME": "/root", "HOSTNAME": spec.hostname,
+               "CVBENCH_NONCE": spec.nonce, **spec.env}
+        namespaces_ = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
+        if spec.network == "none":
+            namespaces_.append({"type": "network"})
+        resources: dict[str, Any] = {}
+        lim = spec.limits
+        if lim.memory is not None:
+            resources["memory"] = {"limit": lim.memory, "swap": lim.memory}
+        if lim.cpus is not None:
+            resources["cpu"] = {"quota": max(1000, int(lim.cpus * 100_000)),
+                                "period": 100_000}
+        if lim.pids is not None:
+            resources["pids"] = {"limit": lim.pids}
+        mounts: list[dict[str, Any]] = [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        ]
+        if spec.network == "none":
+            mounts.append({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                           "options": ["nosuid", "noexec", "nodev", "ro"]})
+        for m in spec.mounts:
+            if m.type == "tmpfs":
+                opts = ["nosuid", "nodev"] + ([f"size={m.size}"] if m.size else [])
+                mounts.append({"destination": m.target, "type": "tmpfs", "source": "tmpfs",
+                               "options": opts + (["ro"] if m.readonly else [])})
+            else:
+                src = m.source if m.type == "bind" else str(self.volume(spec.run_id,
+                                                                        m.source or ""))
+                mounts.append({"destination": m.target, "type": "bind", "source": src,
+                               "options": ["bind", "ro"] if m.readonly else ["rbind", "rw"]})
+        return {
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": False, "user": {"uid": 0, "gid": 0},
+                "args": ["/bench/init", *spec.argv],
+                "env": [f"{k}={v}" for k, v in env.items()], "cwd": spec.workdir,
+                "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+                "noNewPrivileges": True,
+            },
+            "root": {"path": "rootfs", "readonly": False},
+            "hostname": spec.hostname,
+            "mounts": mounts,
+            "linux": {
+                "namespaces": namespaces_,
+                "resources": resources,
+                "cgroupsPath": f"/{CGROUP_PARENT}/{spec.name}",
+                "maskedPaths": list(MASKED_PATHS),
+                "readonlyPaths": list(READONLY_PATHS),
+            },
+        }
+
+    def volume(self, run_id: str, name: str) -> Path:
+        """A named volume: a directory kept for the run (gc removes it afterwards)."""
+        path = self.root() / "volumes" / f"{PREFIX}{run_id}-{name}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _make_bundle(self, bundle: Path, image: Path) -> None:
+        """bundle/{upper,work,rootfs}: an overlay of the image, as ns builds it."""
+        bundle.mkdir()
+        if upper_mode() == "tmpfs":
+            namespaces.mount("tmpfs", str(bundle), "tmpfs",
+                             namespaces.MS_NOSUID | namespaces.MS_NODEV, "mode=755")
+        for sub in ("upper", "work", "rootfs"):
+            (bundle / sub).mkdir()
+        namespaces.mount("overlay", str(bundle / "rootfs"), "overlay", 0,
+                         f"lowerdir={image},upperdir={bundle}/upper,workdir={bundle}/work,"
+                         "volatile")
+
+    def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
+        if spec.network == "bridge":
+            raise UsageError(f"{self.name}: network 'bridge' is not offered; use none or host")
+        bundle = self.root() / spec.name
+        inst = Instance(spec=spec, prepared=prepared, state={"bundle": bundle})
+        try:
+            self._make_bundle(bundle, Path(prepared.ref))
+            (bundle / "config.json").write_text(json.dumps(self._config(spec)))
+        except BaseException:
+            self.remove(inst)
+            raise
+        return inst
+
+    def start(self, inst: Instance) -> None:
+        spec = inst.spec
+        out_r, out_w = _proc.open_pipe()
+        err_r, err_w = _proc.open_pipe()
+        # runc can keep the stopped container (and its cgroup, where an OOM kill is
+        # counted) until remove; crun 1.8 and runsc cannot, so their OOM kills show
+        # only as a SIGKILL (exit 137), and `oom_killed` stays False.
+        keep = ["--keep"] if self.flavour == "runc" else []
+        cmd = [*self._cli(spec.network), "run", *keep, "--bundle", str(inst.state["bundle"]),
+               spec.name]
+        try:
+            pid = os.posix_spawn(cmd[0], cmd, {"PATH": ENV_PATH},
+                                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null",
+                                                os.O_RDONLY, 0),
+                                               (os.POSIX_SPAWN_DUP2, out_w, 1),
+                                               (os.POSIX_SPAWN_DUP2, err_w, 2)])
+        except OSError as e:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise InstanceError(f"{self.name}: cannot start {cmd[0]}: {e.strerror}") from e
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        inst.handle = pid
+        inst.pids = [pid]
+        inst.state.update(pidfd=os.pidfd_open(pid), out=_proc.Stream(out_r, spec.capture),
+                          err=_proc.Stream(err_r, spec.capture))
+
+    def wait_ready(self, inst: Instance, timeout: float) -> int:
+        inst.ready_ns = _proc.wait_line(inst.state["out"], inst.spec.ready_line,
+                                        time.monotonic() + timeout)
+        return inst.ready_ns
+
+    def wait_exit(self, inst: Instance, timeout: float) -> Exit:
+        out, err = inst.state["out"], inst.state["err"]
+        code, t = _proc.wait_pid(inst.handle, inst.state["pidfd"], [out, err], timeout)
+        inst.state["exited"] = True
+        return Exit(code=code, t_ns=t, oom_killed=self.cg.oom_killed(inst.spec.name),
+                    stdout=bytes(out.data), stderr=bytes(err.data))
+
+    def stats(self, inst: Instance) -> Stats:
+        # The CLI process (crun/runc/runsc run) is the instance's shim: counted too.
+        pids = sorted({*memory.descendants(inst.handle), inst.handle,
+                       *self.cg.pids(inst.spec.name)})
+        m = memory.processes_memory(pids)
+        return Stats(pids=tuple(pids), pss=m.pss, uss=m.uss, rss=m.rss,
+                     cgroup=self.cg.memory_usage(inst.spec.name))
+
+    def _cli_quiet(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self._cli(), *args], capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    def stop(self, inst: Instance, grace: float = 2.0) -> None:
+        if inst.handle is None or inst.state.get("exited"):
+            return
+        self._cli_quiet("kill", inst.spec.name, "TERM")
+        if not select.select([inst.state["pidfd"]], [], [], grace)[0]:
+            self._cli_quiet("kill", inst.spec.name, "KILL")
+            _proc.kill(inst.handle, inst.state["pidfd"])  # the CLI itself, if it hangs
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(inst.handle, 0)
+        inst.state["exited"] = True
+
+    def daemons(self) -> dict[str, list[int]]:
+        return {}  # daemonless: the CLI process is each instance's parent
+
+    def disk_usage(self, inst: Instance) -> int | None:
+        bundle: Path | None = inst.state.get("bundle")
+        if bundle is None or not (bundle / "upper").is_dir():
+            return None
+        st = os.statvfs(bundle / "upper")
+        if upper_mode() == "tmpfs":
+            return (st.f_blocks - st.f_bfree) * st.f_frsize
+        from runtimes.ns import _du
+
+        return _du(bundle / "upper")
+
+    def remove(self, inst: Instance) -> None:
+        self.stop(inst, grace=0)
+        for key in ("out", "err"):
+            if key in inst.state:
+                inst.state[key].close()
+        pidfd = inst.state.pop("pidfd", None)
+        if pidfd is not None:
+            os.close(pidfd)
+        # `run` deletes the container when it exits; this catches anything left.
+        if inst.handle is not None and \
+                (self.root() / f"state-{self.flavour}" / inst.spec.name).exists():
+            self._cli_quiet("delete", "--force", inst.spec.name)
+        bundle: Path | None = inst.state.pop("bundle", None)
+        if bundle is not None:
+            _remove_bundle(bundle)
+
+    # --- leftovers ---------------------------------------------------------------------
+
+    def leftovers(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        def dead(name: str) -> bool:
+            return name.startswith(PREFIX) and _run_of(name) not in live_runs
+
+        found: list[Leftover] = []
+        for flavour in FLAVOURS:
+            sdir = self.root() / f"state-{flavour}"
+            if sdir.is_dir():
+                found += [Leftover(self.name, f"container ({flavour})", p.name,
+                                   _run_of(p.name)) for p in sorted(sdir.iterdir())
+                          if dead(p.name)]
+        found += [Leftover(self.name, "cgroup", n, _run_of(n)) for n in self.cg.names()
+                  if dead(n)]
+        if self.root().is_dir():
+            found += [Leftover(self.name, "bundle", str(p), _run_of(p.name))
+                      for p in sorted(self.root().iterdir()) if dead(p.name)]
+        volumes = self.root() / "volumes"
+        if volumes.is_dir():
+            found += [Leftover(self.name, "dir", str(p), _run_of(p.name))
+                      for p in sorted(volumes.iterdir()) if dead(p.name)]
+        if not live_runs:  # the CLIs' state dirs, shared by every run: when none is going
+            found += [Leftover(self.name, "dir", str(d), None) for d in _empty_dirs(
+                *(self.root() / f"state-{f}" for f in FLAVOURS), volumes, self.root())]
+        return found
+
+    def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        found = self.leftovers(live_runs)
+        for item in found:
+            if item.kind.startswith("container"):
+                flavour = item.kind.split("(")[1].rstrip(")")
+                OciRuntime(flavour)._cli_quiet("delete", "--force", item.name) \
+                    if shutil.which(flavour) else None
+                shutil.rmtree(self.root() / f"state-{flavour}" / item.name,
+                              ignore_errors=True)
+            elif item.kind == "cgroup":
+                self.cg.kill(item.name)
+                self.cg.destroy(item.name)
+            elif item.kind == "dir" and item.run_id is None:
+                with contextlib.suppress(OSError):  # (in use again, or not empty)
+                    os.rmdir(item.name)
+            elif item.kind == "dir":
+                shutil.rmtree(item.name, ignore_errors=True)
+            else:
+                _remove_bundle(Path(item.name))
+        return found
+
+
+def _remove_bundle(bundle: Path) -> None:
+    """Unmount the overlay (and the tmpfs under it), then delete the bundle."""
+    for mnt in (bundle / "rootfs", bundle):
+        if _is_mount(mnt):
+            try:
+                namespaces.umount2(str(mnt))
+            except OSError:
+                namespaces.umount2(str(mnt), namespaces.MNT_DETACH)
+    shutil.rmtree(bundle, ignore_errors=True)
+    if bundle.exists():
+        raise InstanceError(f"oci: cannot remove {bundle}")

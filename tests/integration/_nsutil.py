@@ -1,0 +1,113 @@
+"""Helpers for the ns integration tests: run one command in an instance, the real way."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import image as image_mod
+from harness.runner import RunLock
+from runtimes.base import Exit, Instance, InstanceSpec, Prepared, new_run_id
+from tests.conftest import backend_or_skip, require
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Env:
+    """A runtime, a prepared image and a run id whose lock is held."""
+
+    rt: Any
+    prepared: Prepared
+    run_id: str
+    counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def spec(self, argv: tuple[str, ...], **kw: Any) -> InstanceSpec:
+        return InstanceSpec(run_id=self.run_id, name=f"cvbench-{self.run_id}-{next(self.counter)}",
+                            argv=argv, capture=True, **kw)
+
+    def run(self, script: str, timeout: float = 60, **kw: Any) -> Exit:
+        """`sh -c script` in a fresh instance; its Exit (stdout/stderr kept)."""
+        return self.run_argv(("sh", "-c", script), timeout, **kw)
+
+    def run_argv(self, argv: tuple[str, ...], timeout: float = 60, **kw: Any) -> Exit:
+        inst = self.rt.create(self.spec(argv, **kw), self.prepared)
+        try:
+            self.rt.start(inst)
+            self.rt.wait_ready(inst, timeout)
+            return self.rt.wait_exit(inst, timeout)  # type: ignore[no-any-return]
+        finally:
+            self.rt.stop(inst, grace=0.2)
+            self.rt.remove(inst)
+
+    def started(self, argv: tuple[str, ...], **kw: Any) -> Instance:
+        inst = self.rt.create(self.spec(argv, **kw), self.prepared)
+        self.rt.start(inst)
+        self.rt.wait_ready(inst, 30)
+        return inst  # type: ignore[no-any-return]
+
+
+def probe_binary(tmp: Path) -> str:
+    """Build tests/integration/escape_probe.c, static (so it runs in the image as is)."""
+    gcc = shutil.which("gcc")
+    require("ns", None if gcc else "gcc is not installed (scripts/provision installs it)")
+    assert gcc is not None
+    out = tmp / "escape_probe"
+    res = subprocess.run([gcc, "-static", "-O1", "-o", str(out), str(HERE / "escape_probe.c")],
+                         capture_output=True, text=True, check=False)
+    require("ns", None if res.returncode == 0 else f"cannot build the probe: {res.stderr}")
+    return str(out)
+
+
+def open_env(backend: str, binaries: tuple[str, ...] = ()) -> tuple[Env, RunLock]:
+    rt = backend_or_skip(backend)
+    img = image_mod.build(image_mod.Recipe(name="nstest" if binaries else "base",
+                                           binaries=binaries))
+    run_id = new_run_id()
+    lock = RunLock(run_id, {"test": __name__})
+    return Env(rt=rt, prepared=rt.prepare(img), run_id=run_id), lock
+
+
+def gc_run(rt: Any, run_id: str) -> list[str]:
+    """gc what run `run_id` left, and nothing of anyone else's runs (live or dead);
+    return what is still left of it afterwards."""
+    from harness.runner import collect, live_runs
+
+    others = [r for r in live_runs() if r != run_id]  # (our own lock may still be held)
+    collect(rt, others, run_id)
+    return [f"{x.kind} {x.name}" for x in collect(rt, others, run_id, dry_run=True)]
+
+
+def close_env(env: Env, lock: RunLock) -> list[str]:
+    """Remove what the run left (volumes...) and return any cvbench leftovers of it."""
+    left = gc_run(env.rt, env.run_id)
+    lock.release()
+    return left
+
+
+def host_ip() -> str:
+    """An address of this host on its default route (what a container must not reach)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("10.255.255.255", 1))
+        return str(s.getsockname()[0])
+
+
+def mounts_of(run_id: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if run_id in line]
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,360 @@
+"""The ns runtime for real: lifecycle, honoured settings, limits, networks, mounts, stop,
+stats, leftovers. Runs as root (rootless is tested as `nobody` at the end)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtimes.base import Limits, Mount
+from runtimes.ns import network
+from tests.conftest import require
+from tests.integration._nsutil import Env, close_env, gc_run, is_alive, mounts_of, open_env
+
+pytestmark = pytest.mark.root
+BENCH = [sys.executable, "-m", "harness.cli"]
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    if os.geteuid() != 0:
+        pytest.skip("root: ns instances are run as root here")
+    e, lock = open_env("ns")
+    yield e
+    assert close_env(e, lock) == []
+    assert mounts_of(e.run_id) == []
+
+
+def test_exit_status_and_streams_pass_through(env: Env) -> None:
+    ex = env.run("echo out; echo err >&2; exit 7")
+    assert (ex.code, ex.stdout, ex.stderr, ex.oom_killed) == (7, b"out\n", b"err\n", False)
+
+
+def test_bench_exec_passes_everything_through() -> None:
+    res = subprocess.run([*BENCH, "exec", "ns", "--network", "none", "--", "sh", "-c",
+                          "echo out; echo err >&2; exit 3"], capture_output=True, timeout=120,
+                         check=False)
+    assert (res.returncode, res.stdout, res.stderr) == (3, b"out\n", b"err\n")
+
+
+def test_like_docker_run(tmp_path: Path) -> None:
+    """`bench exec ns` and `docker run --rm --network none` agree on ordinary commands."""
+    require("docker", None if os.path.exists("/run/docker.sock") else "no /run/docker.sock")
+    from harness import image as image_mod
+
+    img = image_mod.build(image_mod.Recipe())
+    tag = f"cvbench/nstest:{img.digest[:12]}"
+    if subprocess.run(["docker", "image", "inspect", tag], capture_output=True,
+                      check=False).returncode != 0:
+        subprocess.run(["docker", "import", str(img.tar), tag], capture_output=True, check=True)
+    try:
+        for cmd in (["echo", "hi"], ["sh", "-c", "echo a; echo b >&2; exit 4"], ["false"],
+                    ["cat", "/etc/passwd"], ["uname", "-s"], ["ls", "/nonexistent"], ["id"]):
+            ours = subprocess.run([*BENCH, "exec", "ns", "--", *cmd], capture_output=True,
+                                  timeout=120, check=False)
+            theirs = subprocess.run(["docker", "run", "--rm", "--network", "none", tag, *cmd],
+                                    capture_output=True, timeout=120, check=False)
+            assert (ours.returncode, ours.stdout, ours.stderr) == \
+                (theirs.returncode, theirs.stdout, theirs.stderr), cmd
+    finally:
+        subprocess.run(["docker", "rmi", tag], capture_output=True, check=False)
+
+
+def test_env_workdir_hostname(env: Env) -> None:
+    ex = env.run("echo $FOO; pwd; hostname; echo $HOSTNAME", env={"FOO": "bar"},
+                 workdir="/made/here", hostname="box1")
+    assert ex.stdout.decode().split() == ["bar", "/made/here", "box1", "box1"]
+
+
+def test_uid_and_gid_are_honoured(env: Env) -> None:
+    class AsNobody(type(env.rt)):  # type: ignore[misc]
+        def _config(self, *a: object, **k: object) -> object:
+            cfg = super()._config(*a, **k)
+            return dataclasses.replace(cfg, uid=65534, gid=65534, groups=(65534,))
+
+    e2 = Env(rt=AsNobody(), prepared=env.prepared, run_id=env.run_id, counter=env.counter)
+    ex = e2.run("id -u; id -g; grep -E 'CapEff|NoNewPrivs' /proc/self/status")
+    out = ex.stdout.decode().split()
+    assert out[:2] == ["65534", "65534"]
+    assert out[3] == "0000000000000000" and out[5] == "1"  # no capabilities as non-root
+
+
+def test_oom_kill_is_reported(env: Env) -> None:
+    ex = env.run("head -c 100m /dev/zero | tail > /dev/null", limits=Limits(memory=32 << 20))
+    assert ex.oom_killed and not ex.ok
+
+
+def test_bench_exec_reports_oom() -> None:
+    res = subprocess.run([*BENCH, "exec", "ns", "--memory", "32M", "--", "sh", "-c",
+                          "head -c 100m /dev/zero | tail"], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert res.returncode == 137 and "OOM-killed" in res.stderr
+
+
+def test_cpu_and_pids_limits_are_written(env: Env) -> None:
+    inst = env.started(("sleep", "30"), limits=Limits(cpus=0.25, pids=20))
+    try:
+        cg = env.rt.cg
+        name = inst.spec.name
+        if cg.mode == "v2":
+            assert (cg.path(name) / "cpu.max").read_text().split() == ["25000", "100000"]
+        else:
+            root = cg.roots["cpu"] / "cvbench" / name
+            assert (root / "cpu.cfs_quota_us").read_text().strip() == "25000"
+            assert (cg.roots["pids"] / "cvbench" / name / "pids.max").read_text().strip() == "20"
+        assert inst.handle.pid in cg.pids(name)
+    finally:
+        env.rt.stop(inst, grace=0)
+        env.rt.remove(inst)
+
+
+def test_stop_terms_then_kills(env: Env) -> None:
+    # PID 1 with a handler gets SIGTERM and exits by itself...
+    from runtimes import _proc
+
+    inst = env.started(("sh", "-c", "trap 'exit 42' TERM; echo trapped; "
+                                    "while :; do sleep 0.1; done"))
+    _proc.wait_line(inst.state["out"], b"trapped", time.monotonic() + 10)
+    t = time.monotonic()
+    env.rt.stop(inst, grace=5)
+    assert time.monotonic() - t < 4
+    env.rt.remove(inst)
+    # ...one without a handler ignores it (pid-namespace init), so SIGKILL follows.
+    inst = env.started(("sleep", "60"))
+    t = time.monotonic()
+    env.rt.stop(inst, grace=0.5)
+    assert 0.4 < time.monotonic() - t < 3
+    assert not is_alive(inst.handle.pid)
+    env.rt.remove(inst)
+
+
+def test_idle_instances_and_stats(env: Env) -> None:
+    insts = [env.started(("sleep", "60"), limits=Limits(memory=64 << 20)) for _ in range(3)]
+    try:
+        for inst in insts:
+            st = env.rt.stats(inst)
+            assert st.pids and st.pss > 0 and st.uss > 0 and (st.cgroup or 0) > 0
+            assert env.rt.disk_usage(inst) is not None
+    finally:
+        for inst in insts:
+            env.rt.stop(inst, grace=0)
+            env.rt.remove(inst)
+
+
+def test_network_host_sees_host_interfaces(env: Env) -> None:
+    ex = env.run("ls /sys/class/net 2>/dev/null; cat /proc/net/dev | wc -l", network="host")
+    host = len(Path("/proc/net/dev").read_text().splitlines())
+    assert int(ex.stdout.split()[-1]) == host
+
+
+def test_network_bridge(env: Env) -> None:
+    require("ns", None if shutil.which("ip") and shutil.which("nsenter")
+            else "iproute2/util-linux missing")
+    gw = str(next(network.subnet().hosts()))
+    ex = env.run(f"ip -4 addr show eth0; ping -c 1 -W 2 {gw}", network="bridge")
+    assert ex.code == 0, ex
+    assert b"inet 10." in ex.stdout or b"inet " in ex.stdout
+    assert not [a for a in network.links().values() if a.startswith(f"cvbench-{env.run_id}")]
+    if not network.bridge_in_use():  # (the bridge is made on demand; gc removes it too)
+        network.remove_bridge()
+    assert not Path(f"/sys/class/net/{network.BRIDGE}").exists() or network.bridge_in_use()
+
+
+def test_network_bridge_with_nat(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CVBENCH_NS_NAT=1: the subnet is masqueraded; the instance reaches a host service."""
+    require("ns", None if shutil.which("iptables") else "iptables missing")
+    import socket
+
+    from tests.integration._nsutil import host_ip
+
+    monkeypatch.setenv("CVBENCH_NS_NAT", "1")
+    import threading
+
+    srv = socket.socket()
+    srv.bind((host_ip(), 0))
+    srv.listen()
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        got.append(conn.recv(16))
+        conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        ex = env.run(f"echo hi | nc -w 2 {host_ip()} {srv.getsockname()[1]}; echo done",
+                     network="bridge", timeout=20)
+        t.join(5)
+        assert got == [b"hi\n"], ex
+        rules = subprocess.run(["iptables", "-t", "nat", "-S", "POSTROUTING"],
+                               capture_output=True, text=True, check=True).stdout
+        assert f"-s {network.subnet()}" in rules and "MASQUERADE" in rules
+    finally:
+        srv.close()
+        if not network.bridge_in_use():
+            network.remove_bridge()
+    rules = subprocess.run(["iptables", "-t", "nat", "-S", "POSTROUTING"],
+                           capture_output=True, text=True, check=True).stdout
+    assert f"-s {network.subnet()}" not in rules
+
+
+def test_mounts(env: Env, tmp_path: Path) -> None:
+    (tmp_path / "in").write_text("host data\n")
+    ex = env.run("cat /b/in; echo new > /b/out; df -k /t | tail -1; echo v > /v/keep",
+                 mounts=(Mount("bind", "/b", str(tmp_path)), Mount("tmpfs", "/t", size=1 << 20),
+                         Mount("volume", "/v", "data")))
+    assert ex.code == 0, ex
+    lines = ex.stdout.decode().splitlines()
+    assert lines[0] == "host data" and (tmp_path / "out").read_text() == "new\n"
+    assert lines[1].split()[1] == "1024"  # a 1 MiB tmpfs
+    # A volume outlives the instance: the next one sees what the first wrote.
+    ex = env.run("cat /v/keep", mounts=(Mount("volume", "/v", "data"),))
+    assert ex.stdout == b"v\n"
+
+
+def test_disk_upper(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVBENCH_NS_UPPER", "disk")
+    inst = env.started(("sh", "-c", "head -c 100000 /dev/zero > /big; sleep 30"))
+    try:
+        idir = inst.state["dir"]
+        time.sleep(0.3)
+        assert (env.rt.disk_usage(inst) or 0) >= 100000
+    finally:
+        env.rt.stop(inst, grace=0)
+        env.rt.remove(inst)
+    assert not idir.exists()
+
+
+def test_setup_failure_is_reported(env: Env) -> None:
+    from harness.errors import InstanceError
+
+    with pytest.raises(InstanceError, match="setting up"):
+        env.run("true", workdir="/etc/passwd/x")  # a file in the way of the workdir
+
+
+def test_gc_after_sigkilled_runner(tmp_path: Path) -> None:
+    """A runner killed with SIGKILL leaves a run lock nobody holds; gc cleans up."""
+    script = tmp_path / "runner.py"
+    script.write_text(
+        "import sys\n"
+        "from harness import image\n"
+        "from harness.runner import RunLock\n"
+        "from runtimes.base import InstanceSpec, Limits, Mount, new_run_id\n"
+        "from runtimes.ns import NsRuntime\n"
+        "rt = NsRuntime(); rid = new_run_id(); RunLock(rid, {})\n"
+        "p = rt.prepare(image.build(image.Recipe()))\n"
+        "for i in range(2):\n"
+        "    inst = rt.create(InstanceSpec(run_id=rid, name=f'cvbench-{rid}-{i}',\n"
+        "        argv=('sleep', '300'), limits=Limits(memory=64 << 20),\n"
+        "        mounts=(Mount('volume', '/v', 'x'),)), p)\n"
+        "    rt.start(inst)\n"
+        "print(rid, flush=True)\n"
+        "sys.stdin.read()\n")
+    env_vars = dict(os.environ, CVBENCH_NS_UPPER="disk")
+    with subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True, env=env_vars) as proc:
+        assert proc.stdout is not None
+        rid = proc.stdout.readline().strip()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    from harness.runner import live_runs
+    from runtimes.ns import NsRuntime
+
+    rt = NsRuntime()
+    assert rid not in live_runs()
+    time.sleep(0.2)  # PR_SET_PDEATHSIG has killed the instances; their cgroups remain
+    live = live_runs()
+    kinds = {x.kind for x in rt.leftovers(live) if x.run_id == rid}
+    assert {"cgroup", "dir"} <= kinds
+    assert gc_run(rt, rid) == []
+    assert mounts_of(rid) == []
+    from harness.runner import runs_dir
+
+    (runs_dir() / f"{rid}.lock").unlink(missing_ok=True)
+
+
+def test_bench_run_sigkilled_then_gc() -> None:
+    """`bench run` killed with SIGKILL mid-run: gc of its run leaves nothing behind."""
+    import runtimes
+
+    backends = [b for b in ("ns", "oci:crun") if runtimes.get(b).availability().ok]
+    with subprocess.Popen([*BENCH, "run", "runtime-overhead", "--backends", ",".join(backends),
+                           "--out", "/tmp/cvbench-killed-run", "--max-samples", "1000",
+                           "--min-samples", "1000"], stderr=subprocess.PIPE,
+                          stdout=subprocess.DEVNULL, text=True) as proc:
+        assert proc.stderr is not None
+        rid = ""
+        for line in proc.stderr:
+            if line.startswith("run "):
+                rid = line.split()[1].rstrip(":")
+                break
+        time.sleep(3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    shutil.rmtree("/tmp/cvbench-killed-run", ignore_errors=True)
+    assert rid
+    time.sleep(0.5)  # instances die with the runner (PR_SET_PDEATHSIG), crun's exit
+    res = subprocess.run([*BENCH, "gc", "--run", rid], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    for b in backends:
+        assert gc_run(runtimes.get(b), rid) == [], b
+    assert mounts_of(rid) == []
+
+
+def test_rootless_as_nobody() -> None:
+    import tempfile
+
+    from runtimes.ns import validate
+
+    reason = validate.userns_problem()
+    require("rootless", None if reason is None else reason[0])
+    setpriv = shutil.which("setpriv")
+    require("rootless", None if setpriv else "util-linux setpriv missing")
+    assert setpriv is not None
+    nobody = [setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    ok = subprocess.run([*nobody, sys.executable, "-c", "import harness.cli, subprocess, sys; "
+                         "subprocess.run([sys.executable, '-c', ''], check=True)"],
+                        capture_output=True, check=False,
+                        cwd=Path(__file__).resolve().parents[2]).returncode == 0
+    require("rootless", None if ok else f"user nobody cannot run {sys.executable} "
+            "with this checkout (a parent directory is not world-readable)")
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        _rootless(nobody, Path(tmp))
+
+
+def _rootless(nobody: list[str], tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)
+    env_vars = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+                "CVBENCH_CACHE": str(tmp_path / "cache"), "CVBENCH_STATE": str(tmp_path / "s")}
+    repo = Path(__file__).resolve().parents[2]
+    res = subprocess.run([*nobody, sys.executable, "-m", "harness.cli", "exec", "ns", "--",
+                          "sh", "-c", "id -u; hostname; ls /proc | grep -c '^[0-9]'"],
+                         capture_output=True, text=True, timeout=120, check=False, env=env_vars,
+                         cwd=repo)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[:2] == ["0", "cvbench"]
+
+
+def test_user_namespace_path_as_root(env: Env) -> None:
+    """The rootless code path (user namespace, bound device nodes, no cgroup), driven
+    as root: the invoking user is mapped to root inside."""
+    rt = type(env.rt)()
+    rt.rootless = True
+    e2 = Env(rt=rt, prepared=env.prepared, run_id=env.run_id, counter=env.counter)
+    ex = e2.run("cat /proc/self/uid_map; id -u; echo x > /dev/null && ls /dev | wc -l; "
+                "readlink /proc/self/ns/user")
+    assert ex.code == 0, ex
+    out = ex.stdout.decode().split()
+    assert out[:4] == ["0", "0", "1", "0"]
+    assert out[-1] != os.readlink("/proc/self/ns/user")

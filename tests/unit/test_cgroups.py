@@ -1,0 +1,163 @@
+"""cgroup managers against fake trees: the v1 layout, the v2 layout, the factory."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from runtimes.base import Limits
+from runtimes.ns import cgroups
+from runtimes.ns.cgroups import _common, v1, v2
+
+
+@pytest.fixture
+def fake_fs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cgroupfs makes the control files on mkdir and lets rmdir remove a directory that
+    holds them; a plain directory does neither, so writes create files and rmdir
+    removes the tree."""
+
+    def write(path: Path, value: str) -> None:
+        path.write_text(value)
+
+    def rmdir(path: Path, timeout: float = 5.0) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    for mod in (v1, v2):
+        monkeypatch.setattr(mod, "write", write)
+        monkeypatch.setattr(mod, "rmdir", rmdir)
+
+
+def v1_tree(root: Path) -> Path:
+    for c in ("memory", "cpu", "pids"):
+        (root / c).mkdir(parents=True)
+        (root / c / "cgroup.procs").write_text("")
+    (root / "unified").mkdir()
+    (root / "unified" / "cgroup.procs").write_text("")
+    return root
+
+
+def v2_tree(root: Path, controllers: str = "cpuset cpu io memory hugetlb pids") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cgroup.controllers").write_text(controllers + "\n")
+    (root / "cgroup.subtree_control").write_text("")
+    (root / "cgroup.procs").write_text("")
+    (root / "cvbench").mkdir()  # cgroupfs gives every new cgroup its control files
+    (root / "cvbench" / "cgroup.subtree_control").write_text("")
+    return root
+
+
+def test_factory_picks_by_host(tmp_path: Path) -> None:
+    assert isinstance(cgroups.new(v2_tree(tmp_path / "a")), v2.V2Manager)
+    m = cgroups.new(v1_tree(tmp_path / "b"))
+    assert isinstance(m, v1.V1Manager)
+    assert m.mode == "hybrid"
+    shutil.rmtree(tmp_path / "b" / "unified")
+    assert cgroups.new(tmp_path / "b").mode == "v1"
+
+
+def test_v1_limits_and_files(tmp_path: Path, fake_fs: None) -> None:
+    root = v1_tree(tmp_path)
+    m = cgroups.new(root)
+    assert m.check() is None
+    (root / "memory" / "cvbench").mkdir()
+    m.create("cvbench-abcdef0123-1", Limits(cpus=0.5, memory=64 << 20, pids=32))
+    mem = root / "memory" / "cvbench" / "cvbench-abcdef0123-1"
+    assert (mem / "memory.limit_in_bytes").read_text() == str(64 << 20)
+    cpu = root / "cpu" / "cvbench" / "cvbench-abcdef0123-1"
+    assert (cpu / "cpu.cfs_quota_us").read_text() == "50000"
+    assert not (cpu / "cpu.cfs_period_us").exists()  # the kernel's default, 100 ms, is kept
+    assert (root / "pids" / "cvbench" / "cvbench-abcdef0123-1" / "pids.max").read_text() \
+        == "32"
+    assert m.join_files("cvbench-abcdef0123-1") == [
+        str(root / c / "cvbench" / "cvbench-abcdef0123-1" / "cgroup.procs")
+        for c in ("memory", "cpu", "pids")]
+    assert m.names() == ["cvbench-abcdef0123-1"]
+    (mem / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    assert m.oom_killed("cvbench-abcdef0123-1")
+    (mem / "memory.usage_in_bytes").write_text("12345\n")
+    assert m.memory_usage("cvbench-abcdef0123-1") == 12345
+    m.destroy("cvbench-abcdef0123-1")
+    assert m.names() == []
+
+
+def test_v1_memsw_when_swap_accounting(tmp_path: Path, fake_fs: None,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    root = v1_tree(tmp_path)
+    m = cgroups.new(root)
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, *a: object, **k: object) -> None:
+        real_mkdir(self, *a, **k)  # type: ignore[arg-type]
+        if self.parent.name == "cvbench" and self.parent.parent.name == "memory":
+            (self / "memory.memsw.limit_in_bytes").write_text("max")
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    m.create("cvbench-abcdef0123-2", Limits(memory=1 << 20))
+    d = root / "memory" / "cvbench" / "cvbench-abcdef0123-2"
+    assert (d / "memory.memsw.limit_in_bytes").read_text() == str(1 << 20)
+
+
+def test_v1_missing_controller(tmp_path: Path) -> None:
+    root = v1_tree(tmp_path)
+    shutil.rmtree(root / "pids")
+    assert "pids" in (cgroups.new(root).check() or "")
+
+
+def test_v2_enables_controllers_and_writes_limits(tmp_path: Path, fake_fs: None) -> None:
+    root = v2_tree(tmp_path)
+    m = cgroups.new(root, parent="cvbench")
+    assert m.mode == "v2"
+    assert m.check() is None
+    m.create("cvbench-abcdef0123-3", Limits(cpus=1.5, memory=32 << 20, pids=10))
+    assert set((root / "cgroup.subtree_control").read_text().split()) == \
+        {"+memory", "+cpu", "+pids"}
+    assert set((root / "cvbench" / "cgroup.subtree_control").read_text().split()) == \
+        {"+memory", "+cpu", "+pids"}
+    d = root / "cvbench" / "cvbench-abcdef0123-3"
+    assert (d / "memory.max").read_text() == str(32 << 20)
+    assert (d / "cpu.max").read_text() == "150000 100000"
+    assert (d / "pids.max").read_text() == "10"
+    assert m.join_files("cvbench-abcdef0123-3") == [str(d / "cgroup.procs")]
+    (d / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n")
+    assert not m.oom_killed("cvbench-abcdef0123-3")
+    (d / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n")
+    assert m.oom_killed("cvbench-abcdef0123-3")
+    (d / "memory.current").write_text("4096\n")
+    assert m.memory_usage("cvbench-abcdef0123-3") == 4096
+    (d / "cgroup.procs").write_text("")
+    assert m.pids("cvbench-abcdef0123-3") == []
+    assert m.names() == ["cvbench-abcdef0123-3"]
+    m.destroy("cvbench-abcdef0123-3")
+    assert m.names() == []
+
+
+def test_v2_swap_off_where_it_exists(tmp_path: Path, fake_fs: None,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    root = v2_tree(tmp_path)
+    m = cgroups.new(root)
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, *a: object, **k: object) -> None:
+        real_mkdir(self, *a, **k)  # type: ignore[arg-type]
+        if self.name.startswith("cvbench-"):
+            (self / "memory.swap.max").write_text("max")
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    m.create("cvbench-abcdef0123-4", Limits(memory=1 << 20))
+    assert (root / "cvbench" / "cvbench-abcdef0123-4" / "memory.swap.max").read_text() == "0"
+
+
+def test_v2_missing_controllers(tmp_path: Path) -> None:
+    root = v2_tree(tmp_path, controllers="hugetlb")
+    reason = cgroups.new(root).check() or ""
+    assert "memory" in reason and "cpu" in reason and "pids" in reason
+
+
+def test_read_int_field(tmp_path: Path) -> None:
+    f = tmp_path / "events"
+    f.write_text("oom 2\noom_kill 7\n")
+    assert _common.read_int_field(f, "oom_kill") == 7
+    assert _common.read_int_field(f, "missing") == 0
+    assert _common.read_int_field(tmp_path / "absent", "oom_kill") == 0

@@ -1,0 +1,155 @@
+"""ns and oci: how an InstanceSpec becomes a ContainerConfig / config.json (no privileges)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from harness.errors import UsageError
+from runtimes.base import InstanceSpec, Limits, Mount
+from runtimes.ns import NsRuntime, namespaces, network, security, validate
+from runtimes.ns.config import DEFAULT_CAPS, NS_CAPS
+from runtimes.oci import OciRuntime
+
+
+def spec(**kw: object) -> InstanceSpec:
+    base: dict[str, object] = dict(run_id="abcdef0123", name="cvbench-abcdef0123-1",
+                                   argv=("true",))
+    base.update(kw)
+    return InstanceSpec(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CVBENCH_STATE", str(tmp_path))
+    return tmp_path
+
+
+def test_config_maps_the_spec(state: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    rt = NsRuntime()
+    s = spec(env={"A": "1"}, workdir="/data", hostname="h1", network="none", mounts=(
+        Mount("bind", "/ro", str(src), readonly=True), Mount("bind", "/rw", str(src)),
+        Mount("volume", "/vol", "v1"), Mount("tmpfs", "/t", size=1 << 20)))
+    cfg = rt._config(s, "/img", None)
+    assert cfg.argv == ("/bench/init", "true")
+    assert "A=1" in cfg.env and f"CVBENCH_NONCE={s.nonce}" in cfg.env
+    assert cfg.hostname == "h1" and cfg.workdir == "/data"
+    assert cfg.clone_flags & namespaces.CLONE_NEWNET and cfg.loopback_up
+    assert cfg.upper == "" and cfg.scratch.endswith("ns/scratch")
+    by_target = {m.target: m for m in cfg.mounts}
+    assert by_target["ro"].readonly_remount
+    assert not by_target["ro"].flags & namespaces.MS_REC  # read-only binds not recursive
+    assert by_target["rw"].flags & namespaces.MS_REC
+    assert by_target["vol"].source == str(state / "ns" / "volumes" / "cvbench-abcdef0123-v1")
+    assert by_target["t"].data == f"size={1 << 20}"
+    assert "sys" in by_target
+    caps = security.cap_numbers(NS_CAPS)
+    assert cfg.caps == caps
+    assert security.CAP_NAMES.index("CAP_MKNOD") not in caps
+    assert security.CAP_NAMES.index("CAP_SYS_ADMIN") not in caps
+    assert pickle.loads(pickle.dumps(cfg)) == cfg  # goes to the fork server as a pickle
+
+
+def test_host_network_has_no_netns_and_no_sysfs(state: Path) -> None:
+    cfg = NsRuntime()._config(spec(network="host"), "/img", None)
+    assert not cfg.clone_flags & namespaces.CLONE_NEWNET
+    assert "sys" not in {m.target for m in cfg.mounts}
+
+
+def test_disk_upper(state: Path) -> None:
+    cfg = NsRuntime()._config(spec(), "/img", state / "i")
+    assert cfg.upper == str(state / "i" / "upper") and cfg.work == str(state / "i" / "work")
+
+
+def test_ns_caps_are_dockers_minus_mknod() -> None:
+    assert set(DEFAULT_CAPS) - set(NS_CAPS) == {"CAP_MKNOD"}
+    assert len(DEFAULT_CAPS) == 14
+
+
+@pytest.mark.parametrize("bad", [
+    dict(argv=()),
+    dict(mounts=(Mount("bind", "/x", "/nonexistent/cvbench"),)),
+    dict(mounts=(Mount("tmpfs", "relative"),)),
+    dict(mounts=(Mount("tmpfs", "/a/../../b"),)),
+    dict(mounts=(Mount("volume", "/v", "../escape"),)),
+    dict(workdir="relative"),
+])
+def test_validate_rejects(bad: dict[str, object]) -> None:
+    with pytest.raises(UsageError):
+        validate.spec(spec(**bad))
+
+
+def test_rootless_bridge_refused() -> None:
+    with pytest.raises(UsageError, match="root"):
+        validate.spec(spec(network="bridge"), rootless=True)
+
+
+def test_userns_problem_explains(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {"/proc/sys/user/max_user_namespaces": "0"}
+    monkeypatch.setattr(validate, "_read", lambda p: values.get(p))
+    reason = validate.userns_problem()
+    assert reason is not None and "max_user_namespaces" in reason[0]
+    values = {"/proc/sys/kernel/apparmor_restrict_unprivileged_userns": "1"}
+    reason = validate.userns_problem()
+    assert reason is not None and "AppArmor" in reason[0]
+
+
+def test_link_names_fit_and_are_prefixed() -> None:
+    name = network.link_name("cvbench-abcdef0123-12345")
+    assert name.startswith("cvbench") and len(name) <= 15
+    assert name != network.link_name("cvbench-abcdef0123-12346")
+
+
+def test_leases_are_exclusive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVBENCH_NS_SUBNET", "10.99.0.0/29")
+    leases = network.Leases(tmp_path)
+    got = [str(leases.acquire(f"cvbench-abcdef0123-{i}")) for i in range(5)]
+    assert got == ["10.99.0.2", "10.99.0.3", "10.99.0.4", "10.99.0.5", "10.99.0.6"]
+    with pytest.raises(Exception, match="no free address"):
+        leases.acquire("cvbench-abcdef0123-9")
+    leases.release("10.99.0.4")
+    assert str(leases.acquire("cvbench-abcdef0123-9")) == "10.99.0.4"
+    assert leases.owners()["10.99.0.4"] == "cvbench-abcdef0123-9"
+
+
+def test_oci_config_json(state: Path, tmp_path: Path) -> None:
+    rt = OciRuntime("crun")
+    s = spec(limits=Limits(cpus=0.5, memory=1 << 26, pids=64),
+             mounts=(Mount("bind", "/ro", str(tmp_path), readonly=True),
+                     Mount("tmpfs", "/t", size=4096)))
+    c = rt._config(s)
+    assert c["process"]["args"] == ["/bench/init", "true"]
+    assert c["process"]["noNewPrivileges"] is True
+    assert c["process"]["capabilities"]["bounding"] == list(DEFAULT_CAPS)
+    assert c["linux"]["resources"] == {"memory": {"limit": 1 << 26, "swap": 1 << 26},
+                                       "cpu": {"quota": 50000, "period": 100000},
+                                       "pids": {"limit": 64}}
+    assert {"type": "network"} in c["linux"]["namespaces"]
+    assert c["linux"]["cgroupsPath"] == "/cvbench.oci/cvbench-abcdef0123-1"
+    mounts = {m["destination"]: m for m in c["mounts"]}
+    assert mounts["/ro"]["options"] == ["bind", "ro"]
+    assert "size=4096" in mounts["/t"]["options"]
+    host = rt._config(spec(network="host"))
+    assert {"type": "network"} not in host["linux"]["namespaces"]
+
+
+def test_oci_flavours() -> None:
+    with pytest.raises(UsageError):
+        OciRuntime("kata")
+    assert OciRuntime("runsc")._cli()[-2:] == ["--network=none", "--platform=ptrace"]
+
+
+def test_empty_dirs(tmp_path: Path) -> None:
+    from runtimes.ns import _empty_dirs
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "f").write_text("")
+    assert _empty_dirs(tmp_path / "a", tmp_path / "b", tmp_path / "nope") == [tmp_path / "a"]
+    (tmp_path / "b" / "f").unlink()
+    assert _empty_dirs(tmp_path / "a", tmp_path / "b", tmp_path) == \
+        [tmp_path / "a", tmp_path / "b", tmp_path]
