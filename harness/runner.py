@@ -62,15 +62,21 @@ class Cell:
     failures: int = 0
     consecutive_failures: int = 0
     status: str = "running"  # running | target | max_samples | budget | failed | interrupted
+    # A/A calibration (`bench calibrate`) runs each cell as 2 identical copies in one run;
+    # the copy number goes into every sample so the copies can be told apart afterwards.
+    copy: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.backend, self.variant.name)
+        if self.copy is None:
+            return (self.backend, self.variant.name)
+        return (self.backend, f"{self.variant.name} #{self.copy}")
 
     @property
     def label(self) -> str:
-        return self.backend if self.variant.name == "default" else \
+        label = self.backend if self.variant.name == "default" else \
             f"{self.backend} [{self.variant.name}]"
+        return label if self.copy is None else f"{label} #{self.copy}"
 
 
 class Context:
@@ -207,6 +213,7 @@ class Runner:
             "backend": cell.backend, "variant": cell.variant.name, "metric": m.metric,
             "unit": m.unit or self.unit_of(m.metric) or "", "value": m.value,
             "round": self.round, **({"instance": m.instance} if m.instance is not None else {}),
+            **({"copy": cell.copy} if cell.copy is not None else {}),
         } for m in measurements)
         cell.samples += 1
         cell.values.extend(m.value for m in measurements if m.metric == metric)
@@ -399,10 +406,12 @@ def plan(scenario: Scenario, requested: list[str] | None) -> Plan:
     return Plan(scenario=scenario, backends=chosen, runtimes=rts, skipped=skipped)
 
 
-def make_cells(p: Plan, prepared: dict[str, Prepared]) -> list[Cell]:
+def make_cells(p: Plan, prepared: dict[str, Prepared], copies: int = 1) -> list[Cell]:
+    """One cell per (backend, variant); with copies > 1 (A/A calibration), that many
+    identical cells each, numbered, which the rounds interleave like any other cells."""
     return [Cell(backend=b, variant=v, config=p.scenario.config(v), runtime=p.runtimes[b],
-                 prepared=prepared[b])
-            for b in p.backends for v in p.scenario.variants]
+                 prepared=prepared[b], copy=None if copies == 1 else k)
+            for b in p.backends for v in p.scenario.variants for k in range(copies)]
 
 
 def header(p: Plan, run_id: str, image: Image, prepared: dict[str, Prepared]
@@ -426,7 +435,8 @@ def header(p: Plan, run_id: str, image: Image, prepared: dict[str, Prepared]
 
 def cell_summary(cells: list[Cell]) -> list[dict[str, Any]]:
     return [{"backend": c.backend, "variant": c.variant.name, "status": c.status,
-             "samples": c.samples, "failures": c.failures} for c in cells]
+             "samples": c.samples, "failures": c.failures,
+             **({"copy": c.copy} if c.copy is not None else {})} for c in cells]
 
 
 @dataclass
