@@ -20,7 +20,7 @@ from rich.table import Table
 
 import runtimes
 from harness import results, scenario, stats, studies, validate
-from harness.errors import EXIT_USAGE, BenchError
+from harness.errors import EXIT_USAGE, BenchError, UsageError
 from harness.units import format_value
 
 err = Console(stderr=True, highlight=False)
@@ -57,9 +57,12 @@ def cli() -> None:
 @click.option("--max-samples", type=click.IntRange(1), help="Override sampling.max_samples.")
 @click.option("--time-budget", type=click.FloatRange(min=1), help="Override the run's "
               "time budget (s).")
+@click.option("--copies", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="Run every cell this many times, interleaved (2: A/A, `bench calibrate`).")
 def run(scenario_name: str | None, backends: str | None, out_dir: Path,
         resume_id: str | None, seed: int | None, warmups: int | None,
-        min_samples: int | None, max_samples: int | None, time_budget: float | None) -> None:
+        min_samples: int | None, max_samples: int | None, time_budget: float | None,
+        copies: int) -> None:
     """Run SCENARIO (a name from scenarios/ or a path to a .toml file).
 
     Ctrl-C (or SIGTERM) stops after the current sample, removes live instances and writes
@@ -74,6 +77,8 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
     t_begin = time.monotonic()
     resumed: runner.Resumable | None = None
     if resume_id:
+        if copies != 1:
+            raise click.UsageError("--copies cannot be combined with --resume")
         if scenario_name or backends:
             raise click.UsageError("--resume takes the scenario and backends from the run")
         resumed = runner.find_resumable(out_dir, resume_id)
@@ -123,7 +128,7 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
         for b in p.backends:
             with err.status(f"preparing {b}…"):
                 prepared[b] = p.runtimes[b].prepare(img)
-        cells = runner.make_cells(p, prepared)
+        cells = runner.make_cells(p, prepared, copies)
         out_dir.mkdir(parents=True, exist_ok=True)
         if resumed and resumed.journal:
             name = resumed.base
@@ -301,6 +306,66 @@ def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: s
         print(w)
 
 
+@cli.command()
+@click.argument("result_files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--host-memory", required=True, metavar="SIZE",
+              help="Memory of the host to plan for, e.g. 64G.")
+@click.option("--host-cpus", required=True, type=click.IntRange(1), metavar="N",
+              help="Its CPUs (scales the count at which the start-latency SLO is reached).")
+@click.option("--reserve", type=click.FloatRange(0, 100, max_open=True), default=10.0,
+              show_default=True, metavar="PCT", help="Percent of memory kept for the OS.")
+@click.option("--workload-memory", default="0", metavar="SIZE", show_default=True,
+              help="Memory the real workload adds per instance, e.g. 50M.")
+@click.option("--slo-start", metavar="P95", help="Start-latency SLO on the p95, e.g. 2s.")
+@click.option("--basis", type=click.Choice(["pss+kernel", "pss", "cgroup", "host"]),
+              default="pss+kernel",
+              show_default=True, help="What memory the fit uses (see `harness/capacity.py`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--chart", "chart_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also draw projected instances per host (png, svg or pdf by suffix).")
+def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
+             reserve: float, workload_memory: str, slo_start: str | None, basis: str,
+             as_json: bool, chart_file: Path | None) -> None:
+    """Instances per host from density RESULT_FILES: marginal memory per instance (with
+    CI), the start-latency knee, the limit by memory and by the SLO, and which binds."""
+    import json
+
+    from harness import capacity as cap
+    from harness.units import parse_size
+
+    try:
+        memory = parse_size(host_memory)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--host-memory") from None
+    try:
+        per = parse_size(workload_memory)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--workload-memory") from None
+    try:
+        slo = cap.parse_seconds(slo_start) if slo_start else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--slo-start") from None
+    if memory <= 0:
+        raise click.BadParameter("must be positive", param_hint="--host-memory")
+    if chart_file is not None and chart_file.suffix not in (".png", ".svg", ".pdf"):
+        raise click.BadParameter("must end in .png, .svg or .pdf", param_hint="--chart")
+    target = cap.Target(memory=memory, cpus=host_cpus, reserve=reserve / 100,
+                        workload_memory=per, slo_start=slo, basis=basis)
+    plan = cap.analyse(cap.load(result_files), target)
+    if as_json:
+        print(json.dumps(cap.as_json(plan), indent=1))
+    else:
+        out.print(cap.table(plan))
+        for c in plan.cells:
+            for note in ([c.slo_note] if c.slo_note else []) + c.notes:
+                out.print(f"  {c.label}: {note}")
+        out.print("assumptions:")
+        for a in plan.assumptions:
+            out.print(f"  - {a}")
+    if chart_file is not None:
+        err.print(f"chart: {cap.chart(plan, chart_file)}")
+
+
 @cli.command("gc")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.option("--run", "only_run", metavar="RUN_ID", help="Only this (dead) run's leftovers.")
@@ -447,12 +512,188 @@ def image(recipe: str, binaries: tuple[str, ...]) -> None:
               f"size: {img.size} bytes")
 
 
+# --- regression tracking: compare, calibrate, baseline ----------------------------------
+
+@cli.command("compare")
+@click.argument("base_spec", metavar="BASE")
+@click.argument("new_spec", metavar="NEW")
+@click.option("--threshold", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Smallest change (%) that may count as a regression or improvement.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.01, show_default=True,
+              help="Significance level (Mann-Whitney U; also sets the noise band).")
+@click.option("--metric", "metric_globs", default="*", show_default=True,
+              help="Comma-separated globs of the metrics to compare, e.g. 'startup.total'.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the Markdown summary here (e.g. $GITHUB_STEP_SUMMARY).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the comparison as JSON here.")
+@click.option("--allow-cross-host", is_flag=True,
+              help="Compare results from different host fingerprints (indicative only).")
+@click.option("--baselines", "baselines_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results/baselines"), show_default=True,
+              help="Where calibrated noise bands are looked up (<host id>/<scenario>.json).")
+def compare_(base_spec: str, new_spec: str, threshold: float, alpha: float,
+             metric_globs: str, markdown_path: Path | None, json_path: Path | None,
+             allow_cross_host: bool, baselines_dir: Path) -> None:
+    """Did NEW regress against BASE? Each is a result file, a directory of results or a
+    quoted glob. Exit 0: no regression; 1: a regression; 2: bad input (or hosts differ).
+
+    Cells (scenario, backend, variant, metric) are matched by name. Per cell: the ratio of
+    medians NEW/BASE with its bootstrap 95 % CI, a Mann-Whitney p-value and a verdict. A
+    cell regresses only when p < alpha, the CI excludes 1 and the change exceeds both
+    --threshold and the cell's noise band (from `bench calibrate` and/or several runs per
+    side). Whether higher is worse is decided by the unit: rates (B/s, iops) are better
+    when higher; times and bytes when lower.
+    """
+    from harness import compare as cmp
+
+    c = cmp.compare(cmp.load_set(base_spec), cmp.load_set(new_spec),
+                    threshold=threshold / 100, alpha=alpha,
+                    metrics=_split(metric_globs) or ["*"],
+                    allow_cross_host=allow_cross_host, baselines_dir=baselines_dir,
+                    base_label=base_spec, new_label=new_spec)
+    t = Table(title=c.headline())
+    for col in ("verdict", "cell", "base", "new", "ratio (95 % CI)", "p", "band", "why"):
+        t.add_column(col, justify="right" if col in ("base", "new", "p") else "left")
+    style = {"regression": "bold red", "improvement": "green"}
+    for cell in c.cells:
+        d = cell.decision
+        ratio = "—" if d.ratio != d.ratio else f"{d.ratio:.3f} ({d.lo:.3f}–{d.hi:.3f})"
+        t.add_row(f"[{style.get(d.verdict, '')}]{d.verdict}[/]" if d.verdict in style
+                  else d.verdict, cell.label, format_value(cell.median_base, cell.unit),
+                  format_value(cell.median_new, cell.unit), ratio,
+                  "—" if d.p != d.p else f"{d.p:.2g}",
+                  "?" if cell.band != cell.band else f"{cell.band:.0%}", d.why)
+    out.print(t)
+    for n in c.notes:
+        err.print(f"[yellow]note:[/] {n}")
+    cmp.write_outputs(c, markdown_path, json_path)
+    sys.exit(c.exit_code)
+
+
+@cli.command()
+@click.argument("scenario_name", metavar="SCENARIO")
+@click.option("--runs", type=click.IntRange(2), default=10, show_default=True,
+              help="Calibration runs; each runs every cell twice, interleaved.")
+@click.option("--backends", help="Comma-separated backends (default: the scenario's).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results/calibration"), show_default=True,
+              help="Directory for the calibration runs' results.")
+@click.option("--baselines", "baselines_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results/baselines"), show_default=True)
+@click.option("--over", "over_s", type=click.FloatRange(min=0), default=300.0,
+              show_default=True, help="Spread the runs evenly over this many seconds.")
+@click.option("--force", is_flag=True, help="Replace an existing noise band.")
+def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path,
+              baselines_dir: Path, over_s: float, force: bool) -> None:
+    """Measure the noise band of SCENARIO on this host: A/A runs, each running every cell
+    twice, interleaved, and store the per-cell spread in the host's baseline
+    (results/baselines/<host id>/<scenario>.json; created from the first run when there
+    is none yet). `bench compare` uses it.
+
+    Two spreads are measured per cell: between the two copies of one run (what
+    interleaving leaves: sampling noise) and from run to run (what separate runs add: the
+    host's load changing). The band uses the run-to-run one, because comparisons are
+    between separate runs. The runs are spread over --over seconds: back to back, ten runs
+    of a fast scenario take seconds and see one state of a busy host, and the band they
+    give is too narrow for a comparison made minutes later (measured: 3 false alarms in
+    10 single-run A/A comparisons after such a calibration).
+    """
+    import subprocess
+    import tempfile
+
+    from harness import baseline, hostinfo
+
+    scen = scenario.load(scenario_name)
+    target = baseline.path_for(baselines_dir, hostinfo.fingerprint()["id"], scen.name)
+    existing = results.load_result(target) if target.is_file() else None
+    if existing is not None and baseline.noise_of(existing) and not force:
+        raise UsageError(f"{target}: already calibrated; pass --force to measure again")
+    docs: list[tuple[str, dict[str, Any]]] = []
+    t0 = time.monotonic()
+    for i in range(runs):
+        # Each calibration run is a separate `bench run` process, as the runs compared
+        # later are: process start-up state is part of what differs between runs.
+        wait = t0 + i * over_s / runs - time.monotonic()
+        if wait > 0:
+            err.print(f"next run in {wait:.0f} s (spreading {runs} runs over {over_s:.0f} s)")
+            time.sleep(wait)
+        err.print(f"calibration run {i + 1}/{runs}")
+        args = [sys.executable, "-m", "harness.cli", "run", scenario_name, "--copies", "2",
+                "--out", str(out_dir), *(["--backends", backends] if backends else [])]
+        # stdout to a file, not a pipe: a stray instance process that inherited it must
+        # not keep us waiting for EOF
+        with tempfile.TemporaryFile("w+") as f:
+            code = subprocess.run(args, stdout=f, check=False).returncode
+            f.seek(0)
+            final = next((line.strip().removeprefix("result: ") for line in f
+                          if line.startswith("result: ")), None)
+        if code != 0 or final is None:
+            raise BenchError(f"calibration run {i + 1} failed (exit {code}); nothing stored")
+        docs.append((final, results.load_result(final)))
+    noise = baseline.calibrate_noise(d for _, d in docs)
+    cal = {"runs": [p for p, _ in docs], "run_ids": [d["run_id"] for _, d in docs]}
+    if existing is not None:  # keep the baseline's samples, replace only the noise band
+        doc = {**existing, "baseline": {**existing["baseline"], "noise": noise,
+                                        "calibration": cal}}
+        doc["checksum"] = results.checksum(doc)
+    else:
+        doc = baseline.make(docs[0][1], docs[0][0], noise, cal)
+    baseline.write(target, doc, force=existing is not None)
+    t = Table(title=f"A/A spread over {runs} runs (sd of log median; largest A/A change)")
+    for col in ("cell", "within a run", "run to run", "largest A/A: same run",
+                "different runs"):
+        t.add_column(col, justify="left" if col == "cell" else "right")
+    for r in noise:
+        v = "" if r["variant"] == "default" else f" [{r['variant']}]"
+        t.add_row(f"{r['backend']}{v} · {r['metric']}", f"{r['sigma_within']:.3f}",
+                  f"{r['sigma_between']:.3f}", f"{r['max_aa_within']:.0%}",
+                  f"{r['max_aa_cross']:.0%}")
+    out.print(t)
+    print(f"baseline: {target}")
+
+
+@cli.group("baseline")
+def baseline_group() -> None:
+    """Baselines CI compares against: results/baselines/<host id>/<scenario>.json."""
+
+
+@baseline_group.command("update")
+@click.argument("result_file", metavar="RESULT", type=click.Path(dir_okay=False,
+                                                                  path_type=Path))
+@click.option("--baselines", "baselines_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results/baselines"), show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing baseline.")
+def baseline_update(result_file: Path, baselines_dir: Path, force: bool) -> None:
+    """Make RESULT the baseline of its host and scenario (an existing one is replaced only
+    with --force; its calibrated noise band is kept, since it belongs to the host)."""
+    from harness import baseline
+
+    doc = results.load_result(result_file)
+    target = baseline.path_for(baselines_dir, baseline.host_id(doc, str(result_file)),
+                               doc["scenario"]["name"])
+    if target.exists() and not force:
+        raise UsageError(f"{target}: a baseline exists; pass --force to replace it")
+    old = results.load_result(target) if target.exists() else None
+    noise = [r for r in (old or {}).get("baseline", {}).get("noise", [])]
+    cal = (old or {}).get("baseline", {}).get("calibration", {})
+    baseline.write(target, baseline.make(doc, str(result_file), noise, cal), force=force)
+    if noise:
+        err.print(f"kept the calibrated noise band of {target}")
+    print(f"baseline: {target}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line per error, the right exit code, no traceback."""
     try:
         cli.main(args=argv, prog_name="bench", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.UsageError as e:  # one line, like every other user mistake
+        cmd = f"bench {e.ctx.info_name} --help" if e.ctx and e.ctx.parent else "bench --help"
+        print(f"bench: error: {e.format_message()} (see `{cmd}`)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code if e.exit_code else EXIT_USAGE)

@@ -327,9 +327,14 @@ def pyperf_json(doc: Mapping[str, Any]) -> str:
 
     pyperf accepts only positive values in second/byte/integer units: a metric with a
     value <= 0 (a phase a backend merges into the previous one) is left out, and the
-    suite's metadata says which.
+    suite's metadata says which. pyperf also takes lower as better for every unit, so a
+    rate (B/s, iops: higher is better) is exported as its inverse, in seconds per byte or
+    per operation, under the name "<metric>^-1": `pyperf compare_to` then calls a slower
+    rate "slower", as `bench compare` does.
     """
     import pyperf
+
+    from harness.stats import higher_is_better
 
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for s in doc["samples"]:
@@ -341,12 +346,16 @@ def pyperf_json(doc: Mapping[str, Any]) -> str:
     benches = []
     omitted = []
     for (backend, variant, metric), samples in sorted(groups.items()):
-        name = f"{metric} {backend}" + ("" if variant == "default" else f" [{variant}]")
+        inverse = higher_is_better(samples[0]["unit"])
+        name = f"{metric}{'^-1' if inverse else ''} {backend}" + (
+            "" if variant == "default" else f" [{variant}]")
         values = [float(s["value"]) for s in samples]
         if min(values) <= 0:
             omitted.append(name)
             continue
-        unit = PYPERF_UNITS.get(samples[0]["unit"], "integer")
+        if inverse:
+            values = [1.0 / v for v in values]
+        unit = "second" if inverse else PYPERF_UNITS.get(samples[0]["unit"], "integer")
         runs = [pyperf.Run([v], metadata={**common, "name": name, "unit": unit,
                                           "cvbench_backend": backend,
                                           "cvbench_variant": variant,

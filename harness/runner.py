@@ -75,10 +75,15 @@ class Cell:
     consecutive_failures: int = 0
     status: str = "running"  # running | target | max_samples | budget | failed | interrupted
     #                          | not_applicable
+    # A/A calibration (`bench calibrate`) runs each cell as 2 identical copies in one run;
+    # the copy number goes into every sample so the copies can be told apart afterwards.
+    copy: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.backend, self.variant.name)
+        if self.copy is None:
+            return (self.backend, self.variant.name)
+        return (self.backend, f"{self.variant.name} #{self.copy}")
 
     def variant_of(self, sub: str | None) -> str:
         """The variant name recorded for a measurement of sub-variant `sub`."""
@@ -88,8 +93,9 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return self.backend if self.variant.name == "default" else \
+        label = self.backend if self.variant.name == "default" else \
             f"{self.backend} [{self.variant.name}]"
+        return label if self.copy is None else f"{label} #{self.copy}"
 
 
 class Context:
@@ -102,6 +108,10 @@ class Context:
         self.live: dict[int, tuple[Cell, Instance]] = {}
         self.artifacts: list[dict[str, Any]] = []  # of the sample being taken
         self.params: dict[str, Any] = {}  # the scenario's [params]
+        # Set by the runner. A study whose sample takes long (a density ramp) polls
+        # stop_requested() to end it early on the first Ctrl-C, and says why with event().
+        self.stop_requested: Callable[[], bool] = lambda: False
+        self.event: Callable[..., None] = lambda kind, **data: None
 
     def artifact(self, kind: str, data: Any, *, variant: str | None = None,
                  instance: int | None = None, **extra: Any) -> None:
@@ -195,9 +205,11 @@ class Runner:
         self.progress = progress or (lambda cell, note: None)
         self.rng = random.Random(seed)
         self.ctx = Context(journal.header["run_id"], scenario.sampling.timeout)
-        self.ctx.params = dict(scenario.params)
         self.interrupt = Interrupt()
         self.round = start_round
+        self.ctx.params = dict(scenario.params)
+        self.ctx.stop_requested = self.interrupt.wanted
+        self.ctx.event = lambda kind, **data: self.journal.event(kind, round=self.round, **data)
 
     def _one(self, cell: Cell, record: bool) -> None:
         gc.disable()  # no collector pause inside a timed sample
@@ -237,11 +249,13 @@ class Runner:
             "backend": cell.backend, "variant": cell.variant_of(m.variant), "metric": m.metric,
             "unit": m.unit or self.unit_of(m.metric) or "", "value": m.value,
             "round": self.round, **({"instance": m.instance} if m.instance is not None else {}),
+            **({"copy": cell.copy} if cell.copy is not None else {}),
         } for m in measurements)
         for a in self.ctx.artifacts:
             sub = a.pop("sub")
             self.journal.artifact(backend=cell.backend, variant=cell.variant_of(sub),
-                                  round=self.round, **a)
+                                  round=self.round, **a,
+                                  **({"copy": cell.copy} if cell.copy is not None else {}))
         self.ctx.artifacts = []
         cell.samples += 1
         for m in measurements:
@@ -443,10 +457,12 @@ def plan(scenario: Scenario, requested: list[str] | None) -> Plan:
     return Plan(scenario=scenario, backends=chosen, runtimes=rts, skipped=skipped)
 
 
-def make_cells(p: Plan, prepared: dict[str, Prepared]) -> list[Cell]:
+def make_cells(p: Plan, prepared: dict[str, Prepared], copies: int = 1) -> list[Cell]:
+    """One cell per (backend, variant); with copies > 1 (A/A calibration), that many
+    identical cells each, numbered, which the rounds interleave like any other cells."""
     return [Cell(backend=b, variant=v, config=p.scenario.config(v), runtime=p.runtimes[b],
-                 prepared=prepared[b])
-            for b in p.backends for v in p.scenario.variants]
+                 prepared=prepared[b], copy=None if copies == 1 else k)
+            for b in p.backends for v in p.scenario.variants for k in range(copies)]
 
 
 def header(p: Plan, run_id: str, image: Image, prepared: dict[str, Prepared]
@@ -470,7 +486,8 @@ def header(p: Plan, run_id: str, image: Image, prepared: dict[str, Prepared]
 
 def cell_summary(cells: list[Cell]) -> list[dict[str, Any]]:
     return [{"backend": c.backend, "variant": c.variant.name, "status": c.status,
-             "samples": c.samples, "failures": c.failures} for c in cells]
+             "samples": c.samples, "failures": c.failures,
+             **({"copy": c.copy} if c.copy is not None else {})} for c in cells]
 
 
 @dataclass

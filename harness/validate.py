@@ -41,6 +41,10 @@ def check_study(s: Scenario) -> list[ScenarioError]:
             out.append(_err(s, f"params.{key}",
                             f"must be {type(study.params[key]).__name__}, not "
                             f"{type(value).__name__}"))
+    # A study may check its own [params] further (ranges, nested tables): (key, message).
+    check_params = getattr(study, "check_params", None)
+    if check_params is not None and not out:
+        out += [_err(s, key, msg) for key, msg in check_params(s)]
     if studies.unit_of(study, s.sampling.metric) is None:
         out.append(_err(s, "sampling.metric", f"{s.sampling.metric!r} is not a metric of "
                         f"study {s.study!r}"))

@@ -237,7 +237,18 @@ class LibvirtRuntime:
 
     # --- connection, availability, acceleration ------------------------------------
 
+    def _conn_alive(self) -> bool:
+        try:
+            return bool(self._conn.isAlive())
+        except Exception:
+            return False
+
     def conn(self) -> Any:
+        if self._conn is not None and not self._conn_alive():
+            # libvirtd restarted under us: the old connection is dead for good, reconnect.
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
         if self._conn is None:
             lv = _libvirt()
             try:

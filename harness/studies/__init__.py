@@ -13,8 +13,8 @@ from typing import Any, Protocol
 from harness.errors import UsageError
 
 # name -> module under harness.studies
-KNOWN = {"startup": "startup", "memory": "memory", "disk": "disk", "io": "io",
-         "limits": "limits", "network": "network"}
+KNOWN = {"startup": "startup", "density": "density", "memory": "memory", "disk": "disk",
+         "io": "io", "limits": "limits", "network": "network"}
 
 
 class Study(Protocol):

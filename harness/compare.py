@@ -1,0 +1,344 @@
+"""`bench compare`: match the cells of two result sets and decide, per cell, whether NEW
+regressed against BASE.
+
+A cell is (scenario, backend, variant, metric), matched by name: a change to what a cell
+runs (its argv, the image, the runtime's code) is exactly what a comparison is for, so it
+does not unmatch cells; the differences are listed as notes instead. Per cell: the ratio of
+medians NEW/BASE with its bootstrap 95 % CI (`stats.ratio_ci`), the Mann-Whitney U p-value
+and `stats.decide`'s verdict against max(threshold, noise band).
+
+The noise band comes from the run-to-run spread of the cell's median (see harness.stats):
+calibrated by `bench calibrate` (the host's baseline, when there is one) and/or observed
+in the inputs when a side holds several runs, pooled. Without either the band is unknown
+and the report says that the threshold alone gates.
+
+Results from different host fingerprints are refused unless --allow-cross-host.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import baseline, results, stats
+from harness.errors import UsageError
+from harness.units import format_value
+
+Doc = tuple[str, dict[str, Any]]
+KEY = ("scenario", "backend", "variant", "metric")
+VERDICT_ORDER = {"regression": 0, "improvement": 1, "no change": 2, "n/a": 3}
+
+
+class CrossHostError(UsageError):
+    """BASE and NEW were measured on hosts with different fingerprints."""
+
+
+def load_set(spec: str | Path) -> list[Doc]:
+    """Result files named by a file, a directory of them, or a glob (quoted, so the shell
+    left it alone)."""
+    text = str(spec)
+    if any(c in text for c in "*?[") and not Path(text).exists():
+        paths: list[str | Path] = sorted(glob.glob(text))
+        if not paths:
+            raise UsageError(f"{text}: no result files match")
+    else:
+        paths = [text]
+        if not Path(text).exists():
+            raise UsageError(f"{text}: no such result file or directory")
+    try:
+        files = results.expand(paths)
+    except UsageError:
+        raise UsageError(f"{text}: no result files in it") from None
+    return [(str(p), results.load_result(p)) for p in files]
+
+
+@dataclass(frozen=True)
+class Cell:
+    scenario: str
+    backend: str
+    variant: str
+    metric: str
+    unit: str
+    n_base: int
+    n_new: int
+    runs_base: int
+    runs_new: int
+    median_base: float
+    median_new: float
+    decision: stats.Decision
+    band: float  # relative; NaN when unknown
+    band_source: str  # "calibrated", "observed", "calibrated+observed" or "none"
+    sigma: float  # run-to-run sd of log medians the band was built from
+    df: int
+
+    @property
+    def label(self) -> str:
+        v = "" if self.variant == "default" else f" [{self.variant}]"
+        return f"{self.scenario} · {self.backend}{v} · {self.metric}"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(d.pop("decision"))
+        d["direction"] = "higher is better" if stats.higher_is_better(self.unit) \
+            else "lower is better"
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in d.items()}
+
+
+@dataclass
+class Comparison:
+    base: str
+    new: str
+    threshold: float
+    alpha: float
+    metrics: list[str]
+    cells: list[Cell]
+    only_base: list[str] = field(default_factory=list)
+    only_new: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    hosts: dict[str, list[str]] = field(default_factory=dict)
+    cross_host: bool = False
+
+    @property
+    def regressions(self) -> list[Cell]:
+        return [c for c in self.cells if c.decision.verdict == "regression"]
+
+    @property
+    def improvements(self) -> list[Cell]:
+        return [c for c in self.cells if c.decision.verdict == "improvement"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.regressions else 0
+
+    def headline(self) -> str:
+        r, i = len(self.regressions), len(self.improvements)
+        head = (f"REGRESSION: {r} of {len(self.cells)} cells" if r
+                else f"no regression in {len(self.cells)} cells")
+        if i:
+            head += f", {i} improved"
+        return head + (" (cross-host: indicative only)" if self.cross_host else "")
+
+    def as_json(self) -> dict[str, Any]:
+        return {"verdict": "regression" if self.regressions else "ok",
+                "exit_code": self.exit_code, "headline": self.headline(),
+                "base": self.base, "new": self.new, "threshold": self.threshold,
+                "alpha": self.alpha, "metrics": self.metrics, "hosts": self.hosts,
+                "cross_host": self.cross_host, "cells": [c.as_dict() for c in self.cells],
+                "only_base": self.only_base, "only_new": self.only_new, "notes": self.notes}
+
+    def markdown(self) -> str:
+        icon = {"regression": "🔴 regression", "improvement": "🟢 improvement",
+                "no change": "no change", "n/a": "n/a"}
+        lines = [f"## cvbench compare: {self.headline()}", "",
+                 f"- base: `{self.base}` — new: `{self.new}`",
+                 f"- a cell regresses when Mann-Whitney p < {self.alpha:g}, the 95 % CI of "
+                 f"the ratio of medians excludes 1, and the change exceeds both the "
+                 f"threshold ({self.threshold:.0%}) and the cell's noise band",
+                 "", "| verdict | cell | base median | new median | ratio (95 % CI) | p "
+                 "| noise band | why |", "|---|---|---:|---:|---|---:|---:|---|"]
+        for c in self.cells:
+            d = c.decision
+            ratio = "—" if not math.isfinite(d.ratio) else \
+                f"{d.ratio:.3f} ({d.lo:.3f} – {d.hi:.3f})"
+            band = "unknown" if not math.isfinite(c.band) else f"{c.band:.0%}"
+            if math.isfinite(c.band):
+                band += f" ({c.band_source}, {c.runs_base}+{c.runs_new} runs)"
+            lines.append(
+                f"| {icon[d.verdict]} | {_md(c.label)} | "
+                f"{_fmt(c.median_base, c.unit)} (n={c.n_base})"
+                f" | {_fmt(c.median_new, c.unit)} (n={c.n_new}) | {ratio} | "
+                f"{'—' if not math.isfinite(d.p) else f'{d.p:.2g}'} | {band} | {d.why} |")
+        extra = [*self.notes]
+        if self.only_base:
+            extra.append("only in base (not compared): " + ", ".join(self.only_base))
+        if self.only_new:
+            extra.append("only in new (not compared): " + ", ".join(self.only_new))
+        if extra:
+            lines += ["", "Notes:", ""] + [f"- {n}" for n in extra]
+        return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    """A table cell: a '|' in a variant's name would end the cell."""
+    return text.replace("|", "\\|")
+
+
+def _fmt(value: float, unit: str) -> str:
+    return "—" if not math.isfinite(value) else format_value(value, unit)
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _describe_differences(base: Sequence[Doc], new: Sequence[Doc]) -> list[str]:
+    """What differs between the sides besides the measurements: these are the changes the
+    comparison measures (or confounders to know about)."""
+    notes: list[str] = []
+
+    def first(docs: Sequence[Doc], scen: str) -> dict[str, Any] | None:
+        return next((d for _, d in docs if d["scenario"].get("name") == scen), None)
+
+    for scen in sorted({d["scenario"].get("name") for _, d in base}
+                       & {d["scenario"].get("name") for _, d in new}):
+        b, n = first(base, scen), first(new, scen)
+        assert b is not None and n is not None
+        fb = _flat({k: v for k, v in b["scenario"].items() if k not in ("source",)})
+        fn = _flat({k: v for k, v in n["scenario"].items() if k not in ("source",)})
+        for k in sorted(set(fb) | set(fn)):
+            if fb.get(k) != fn.get(k):
+                notes.append(f"{scen}: scenario {k} differs: {fb.get(k)!r} → {fn.get(k)!r}")
+        if b["image"]["digest"] != n["image"]["digest"]:
+            notes.append(f"{scen}: image differs: sha256:{b['image']['digest'][:12]} → "
+                         f"sha256:{n['image']['digest'][:12]}")
+        for bk in sorted(set(b["backends"]) & set(n["backends"])):
+            vb = b["backends"][bk].get("versions", {})
+            vn = n["backends"][bk].get("versions", {})
+            if vb != vn:
+                notes.append(f"{scen}: {bk} versions differ: {vb} → {vn}")
+        tb, tn = b.get("tool", {}).get("version"), n.get("tool", {}).get("version")
+        if tb != tn:
+            notes.append(f"{scen}: cvbench {tb} → {tn}")
+    return notes
+
+
+def _noise(base: Sequence[Doc], baselines_dir: Path | None,
+           ) -> tuple[dict[tuple[str, str, str, str], dict[str, Any]], list[str]]:
+    """Calibrated A/A spread per cell: from BASE itself when it is a calibrated baseline,
+    else from the host's baseline under `baselines_dir`."""
+    found: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    notes: list[str] = []
+    looked: set[tuple[str, str]] = set()
+    for path, doc in base:
+        scen = doc["scenario"].get("name", "")
+        src, noise = path, baseline.noise_of(doc)
+        hid = doc["host"].get("id")
+        if not noise and baselines_dir is not None and isinstance(hid, str) \
+                and (hid, scen) not in looked:
+            looked.add((hid, scen))
+            bl = baseline.lookup(baselines_dir, hid, scen)
+            if bl is not None:
+                src, noise = str(baseline.path_for(baselines_dir, hid, scen)), \
+                    baseline.noise_of(bl)
+        for (b, v, m), rec in noise.items():
+            if (scen, b, v, m) not in found:
+                found[(scen, b, v, m)] = rec
+                note = f"noise band of {scen} calibrated from {rec.get('runs')} A/A runs: {src}"
+                if note not in notes:
+                    notes.append(note)
+    return found, notes
+
+
+def compare(base: Sequence[Doc], new: Sequence[Doc], *, threshold: float = 0.05,
+            alpha: float = 0.01, metrics: Sequence[str] = ("*",),
+            allow_cross_host: bool = False, baselines_dir: Path | None = baseline.DEFAULT_DIR,
+            base_label: str = "base", new_label: str = "new") -> Comparison:
+    if not 0 < alpha < 1:
+        raise UsageError(f"--alpha: must be between 0 and 1, not {alpha}")
+    if threshold < 0:
+        raise UsageError(f"--threshold: must not be negative, not {threshold * 100:g}")
+    hosts = {"base": sorted({str(d["host"].get("id")) for _, d in base}),
+             "new": sorted({str(d["host"].get("id")) for _, d in new})}
+    cross = len(set(hosts["base"]) | set(hosts["new"])) > 1
+    if cross and not allow_cross_host:
+        raise CrossHostError(
+            f"refusing to gate across hosts: base host id {', '.join(hosts['base'])}, new "
+            f"host id {', '.join(hosts['new'])} (different fingerprints: CPU, kernel, "
+            "memory... differ); pass --allow-cross-host to compare anyway")
+    bf, nf = results.frame(base), results.frame(new)
+    def selected(df: Any) -> Any:
+        mask = np.zeros(len(df), dtype=bool)
+        for g in metrics:
+            mask |= np.array([fnmatch.fnmatchcase(str(m), g) for m in df["metric"]],
+                             dtype=bool)
+        return df[mask]
+
+    bf, nf = selected(bf), selected(nf)
+    bg = {k: g for k, g in bf.groupby(list(KEY), sort=True)}
+    ng = {k: g for k, g in nf.groupby(list(KEY), sort=True)}
+    common = sorted(set(bg) & set(ng))
+    if not common:
+        raise UsageError(f"no cells in common between {base_label} and {new_label}"
+                         + ("" if metrics == ("*",) else f" for --metric {','.join(metrics)}"))
+    noise, notes = _noise(base, baselines_dir)
+    notes += _describe_differences(base, new)
+    if cross:
+        notes.insert(0, f"cross-host comparison (base {hosts['base']}, new {hosts['new']}): "
+                        "allowed by --allow-cross-host; the verdicts are indicative only")
+    cells: list[Cell] = []
+    gated = len(common)
+    for key in common:
+        b, n = bg[key], ng[key]
+        ub, un = sorted(set(b["unit"])), sorted(set(n["unit"]))
+        unit = ub[0]
+        bv, nv = b["value"].astype(float).to_numpy(), n["value"].astype(float).to_numpy()
+        rb = [float(np.median(g["value"])) for _, g in b.groupby("run_id")]
+        rn = [float(np.median(g["value"])) for _, g in n.groupby("run_id")]
+        band, source, sigma, df = _band(noise.get(key), rb, rn, alpha, gated)
+        if ub != un or len(ub) > 1:
+            nan = float("nan")
+            dec = stats.Decision("n/a", nan, nan, nan, nan, nan,
+                                 f"units differ: {','.join(ub)} vs {','.join(un)}")
+        else:
+            dec = stats.decide(bv, nv, unit, threshold, alpha, band)
+        scen, backend, variant, metric = (str(k) for k in key)
+        cells.append(Cell(scen, backend, variant, metric, unit=unit, n_base=len(bv), n_new=len(nv),
+                          runs_base=len(rb), runs_new=len(rn),
+                          median_base=float(np.median(bv)), median_new=float(np.median(nv)),
+                          decision=dec, band=band, band_source=source, sigma=sigma, df=df))
+    if any(c.band_source == "none" for c in cells):
+        notes.append("noise band unknown for some cells (no calibration for this host and "
+                     "scenario, and fewer than 2 runs per side): the threshold alone gates "
+                     "them, and run-to-run noise may be flagged; run `bench calibrate "
+                     "SCENARIO`, or give several runs per side")
+    cells.sort(key=lambda c: (VERDICT_ORDER[c.decision.verdict], c.scenario, c.backend,
+                              c.variant, c.metric))
+    return Comparison(
+        base=base_label, new=new_label, threshold=threshold, alpha=alpha,
+        metrics=list(metrics), cells=cells, notes=notes, hosts=hosts, cross_host=cross,
+        only_base=[" · ".join(k) for k in sorted(set(bg) - set(ng))],
+        only_new=[" · ".join(k) for k in sorted(set(ng) - set(bg))])
+
+
+def _band(cal: Mapping[str, Any] | None, runs_base: list[float], runs_new: list[float],
+          alpha: float, cells: int) -> tuple[float, str, float, int]:
+    """Pool the calibrated and the observed run-to-run variance (weighted by their degrees
+    of freedom) and turn it into the band for this many runs per side."""
+    ss, df, sources = 0.0, 0, []
+    if cal is not None and cal.get("df", 0) >= 1 and cal.get("sigma") is not None:
+        ss += float(cal["sigma"]) ** 2 * int(cal["df"])
+        df += int(cal["df"])
+        sources.append("calibrated")
+    s_obs, df_obs = stats.run_sigma([runs_base, runs_new])
+    if df_obs >= 2:
+        ss += s_obs**2 * df_obs
+        df += df_obs
+        sources.append("observed")
+    if not df:
+        return float("nan"), "none", float("nan"), 0
+    sigma = math.sqrt(ss / df)
+    band = stats.noise_band(sigma, df, len(runs_base), len(runs_new), alpha, cells)
+    return band, "+".join(sources), sigma, df
+
+
+def write_outputs(c: Comparison, markdown: Path | None, json_path: Path | None) -> None:
+    if markdown is not None:
+        markdown.write_text(c.markdown(), encoding="utf-8")
+    if json_path is not None:
+        json_path.write_text(json.dumps(c.as_json(), indent=1, allow_nan=False) + "\n",
+                             encoding="utf-8")
