@@ -549,6 +549,17 @@ class Engine:
         # dockerd omits SizeRw when the layer is empty
         return int(found[0].get("SizeRw") or 0) if found else None
 
+    def address(self, inst: Instance) -> str | None:
+        if inst.spec.network == "host":
+            return "127.0.0.1"
+        if inst.spec.network == "none":
+            return None
+        info = self.api.inspect_container(inst.handle)
+        for n in (info["NetworkSettings"].get("Networks") or {}).values():
+            if n.get("IPAddress"):
+                return str(n["IPAddress"])
+        return info["NetworkSettings"].get("IPAddress") or None
+
     def remove(self, inst: Instance) -> None:
         out: AttachStream | None = inst.state.pop("out", None)
         if out is not None:

@@ -582,9 +582,13 @@ class LibvirtRuntime:
             # available, usable (the guest's own view, once virtio_balloon is loaded).
             guest = {k: v * 1024 for k, v in inst.handle.memoryStats().items()
                      if k != "last_update"}
+        view = {"guest_total": guest["available"],  # the guest's MemTotal
+                "guest_used": guest["available"] - guest["usable"]} \
+            if "available" in guest and "usable" in guest else {}
         return Stats(pids=tuple(pids), pss=m.pss, uss=m.uss, rss=m.rss,
                      cgroup=_cgroup_memory(pids[0]) if pids else None,
-                     extra={"guest": guest, "guest_ram": inst.state["cfg"].memory_kib * 1024})
+                     extra={"guest": guest, "guest_ram": inst.state["cfg"].memory_kib * 1024,
+                            **view})
 
     def stop(self, inst: Instance, grace: float = 2.0) -> None:
         """Destroy the domain: the guest has no ACPI power-button handler (its PID 1 is
@@ -602,6 +606,24 @@ class LibvirtRuntime:
 
     def disk_usage(self, inst: Instance) -> int | None:
         return None  # the guest's root is its initramfs, in RAM; volumes are shared
+
+    def address(self, inst: Instance) -> str | None:
+        if inst.spec.network != "bridge":
+            return None
+        lv = _libvirt()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ifs = inst.handle.interfaceAddresses(lv.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
+            except lv.libvirtError:
+                ifs = {}
+            for i in ifs.values():
+                for a in i.get("addrs") or []:
+                    if a["type"] == lv.VIR_IP_ADDR_TYPE_IPV4:
+                        return str(a["addr"])
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.2)
 
     def remove(self, inst: Instance) -> None:
         self.stop(inst, grace=0)
