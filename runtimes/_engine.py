@@ -430,7 +430,25 @@ class Engine:
         if imported:
             details["import_seconds"] = round(import_s, 3)
         return Prepared(image=image, backend=self.name, ref=info["Id"],
-                        footprint={"image": int(info.get("Size") or 0)}, details=details)
+                        footprint=self._footprint(info), details=details)
+
+    def _footprint(self, info: dict[str, Any]) -> dict[str, int]:
+        """The image's size as the engine stores it, split into what it shares with other
+        images and what is its own, as `docker/podman system df -v` reports them."""
+        size = int(info.get("Size") or 0)
+        out = {"image": size}
+        want = str(info["Id"]).removeprefix("sha256:")
+        try:
+            rows = self.api.df().get("Images") or []
+        except docker.errors.APIError:
+            return out
+        for row in rows:
+            if str(row.get("Id", "")).removeprefix("sha256:") == want:
+                shared = max(0, int(row.get("SharedSize") or 0))
+                out.update({"image": int(row.get("Size") or size), "image.shared": shared,
+                            "image.unique": int(row.get("Size") or size) - shared})
+                break
+        return out
 
     def _find_image(self, digest: str) -> dict[str, Any] | None:
         """The engine's image labelled with `digest` whose only layer is that digest."""

@@ -390,9 +390,14 @@ class LibvirtRuntime:
         disks = {"raw": disk.info(raw), "qcow2": disk.info(qcow)}
         return Prepared(
             image=image, backend=self.name, ref=str(ird),
-            footprint={"initramfs": ird.stat().st_size, "kernel": vmlinux.stat().st_size,
-                       "disk.raw": disks["raw"]["actual_size"],
-                       "disk.qcow2": disks["qcow2"]["actual_size"]},
+            # "image" is the VM image as stored: the raw ext4 root disk, allocated bytes as
+            # `qemu-img info` gives its disk size; the qcow2 copy, the kernel and the
+            # initramfs (what the guest boots from here) are listed beside it.
+            footprint={"image": disks["raw"]["actual_size"],
+                       "image.virtual": disks["raw"]["virtual_size"],
+                       "qcow2": disks["qcow2"]["actual_size"],
+                       "qcow2.virtual": disks["qcow2"]["virtual_size"],
+                       "initramfs": ird.stat().st_size, "kernel": vmlinux.stat().st_size},
             details={"kernel": str(vmlinux), "kernel_version": k.version, "boot": boot,
                      "initramfs": str(ird), "disk_raw": str(raw), "disk_qcow2": str(qcow),
                      "disks": disks})
