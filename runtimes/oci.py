@@ -220,9 +220,12 @@ class OciRuntime:
                              namespaces.MS_NOSUID | namespaces.MS_NODEV, "mode=755")
         for sub in ("upper", "work", "rootfs"):
             (bundle / sub).mkdir()
+        # volatile (no syncs of the upper) only where it is a tmpfs: on disk, fsync must
+        # stay real for I/O figures to mean anything.
+        volatile = ",volatile" if upper_mode() == "tmpfs" else ""
         namespaces.mount("overlay", str(bundle / "rootfs"), "overlay", 0,
-                         f"lowerdir={image},upperdir={bundle}/upper,workdir={bundle}/work,"
-                         "volatile")
+                         f"lowerdir={image},upperdir={bundle}/upper,workdir={bundle}/work"
+                         f"{volatile}")
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         if spec.network == "bridge":

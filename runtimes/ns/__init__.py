@@ -94,10 +94,16 @@ def upper_mode() -> str:
 
 
 class NsRuntime:
-    name = "ns"
-    flavours: tuple[str, ...] = ()
+    """`ns`: the writable layer in a tmpfs (or where CVBENCH_NS_UPPER says); `ns:disk`:
+    on disk, as Docker's overlay2 keeps it — the one to compare disk and I/O figures of
+    the root filesystem with."""
 
-    def __init__(self) -> None:
+    name = "ns"
+    flavours: tuple[str, ...] = ("disk",)
+
+    def __init__(self, flavour: str | None = None) -> None:
+        self.name = f"ns:{flavour}" if flavour else "ns"
+        self.upper = flavour if flavour else upper_mode()
         self._cg: cgroups.Manager | None = None
         self._last_cap: int | None = None
         self._caps = security.cap_numbers(NS_CAPS)
@@ -140,7 +146,7 @@ class NsRuntime:
     def metadata(self) -> dict[str, Any]:
         return {"kind": "container", "cgroup": self.cg.mode, "kernel": platform.release(),
                 "start": "clone(CLONE_PARENT) from a fork server, then exec",
-                "rootfs": f"overlay, upper on {upper_mode()}",
+                "rootfs": f"overlay, upper on {self.upper}",
                 "capabilities": "docker default set minus CAP_MKNOD (no device cgroup)",
                 "no_new_privs": True, "rootless": self.rootless,
                 "limits_applied": self.limits_applied,
@@ -216,7 +222,7 @@ class NsRuntime:
         inst = Instance(spec=spec, prepared=prepared)
         try:
             idir = None
-            if upper_mode() == "disk":
+            if self.upper == "disk":
                 idir = self.root() / spec.name
                 idir.mkdir()
                 inst.state["dir"] = idir

@@ -143,6 +143,7 @@ def setup(cfg: ContainerConfig) -> None:
     """Build the root filesystem and move into it (runs in the child)."""
     ns.mount(None, "/", None, ns.MS_REC | ns.MS_SLAVE)
     upper, work = cfg.upper, cfg.work
+    options = ""
     if not upper:
         # A writable layer in memory: a tmpfs only this mount namespace sees. It is
         # charged to the instance's memory cgroup and vanishes with the namespace.
@@ -150,12 +151,13 @@ def setup(cfg: ContainerConfig) -> None:
         upper, work = f"{cfg.scratch}/upper", f"{cfg.scratch}/work"
         os.mkdir(upper, 0o755)
         os.mkdir(work, 0o700)
+        # volatile: overlayfs skips syncing the upper layer; in a tmpfs there is nothing
+        # to sync anyway. Never on disk: fsync would then lie to I/O benchmarks.
+        options = ",volatile"
     root = cfg.lower
     layers = f"{cfg.dev_layer}:{cfg.lower}" if cfg.dev_layer else cfg.lower
-    # volatile: no sync of the upper filesystem on unmount (an ext4 journal commit per
-    # instance); the layer is deleted at remove, so there is nothing worth syncing.
     ns.mount("overlay", root, "overlay", 0,
-             f"lowerdir={layers},upperdir={upper},workdir={work},volatile")
+             f"lowerdir={layers},upperdir={upper},workdir={work}{options}")
     for m in cfg.mounts:
         _mount_one(root, m)
         if m.target == "dev":

@@ -223,7 +223,7 @@ def test_mounts(env: Env, tmp_path: Path) -> None:
 
 
 def test_disk_upper(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CVBENCH_NS_UPPER", "disk")
+    monkeypatch.setattr(env.rt, "upper", "disk")  # what the ns:disk flavour sets
     inst = env.started(("sh", "-c", "head -c 100000 /dev/zero > /big; sleep 30"))
     try:
         idir = inst.state["dir"]
