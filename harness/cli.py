@@ -157,14 +157,8 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
     finally:
         if journal is not None:
             journal.close()
-        # What the run made that outlives an instance (volumes, networks) goes with it.
-        live = [x for x in runner.live_runs() if x != run_id]
-        for b in p.backends:
-            try:
-                runner.collect(p.runtimes[b], live, run_id)
-            except Exception as exc:
-                err.print(f"[red]clean-up of {b} failed[/]: {exc} "
-                          f"(run `bench gc --run {run_id}`)")
+        for problem in runner.finish([p.runtimes[b] for b in p.backends], run_id):
+            err.print(f"[red]clean-up problem:[/] {problem}")
         lock.release()
     doc = results.load_result(final)
     _print_table(results.frame([(str(final), doc)]), order=p.backends)
@@ -451,6 +445,7 @@ def exec_(backend: str, command: tuple[str, ...], network: str, memory: str | No
     Example: bench exec ns --network none --memory 32M -- sh -c 'echo hi'
     """
     from harness import image as image_mod
+    from harness import runner
     from harness.runner import RunLock
     from harness.units import parse_size
     from runtimes.base import InstanceSpec, Limits, new_run_id
@@ -488,6 +483,8 @@ def exec_(backend: str, command: tuple[str, ...], network: str, memory: str | No
             rt.stop(inst, grace=0.5)
             rt.remove(inst)
     finally:
+        for problem in runner.finish([rt], run_id):
+            print(f"bench: exec: clean-up problem: {problem}", file=sys.stderr)
         lock.release()
     sys.stdout.buffer.write(ex.stdout)
     sys.stdout.flush()

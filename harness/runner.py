@@ -409,6 +409,33 @@ def collect(rt: Runtime, live: list[str], only_run: str | None = None,
     return rt.leftovers(keep) if dry_run else rt.gc(keep)
 
 
+def release_shared(rts: list[Runtime], me: str) -> list[Leftover]:
+    """Once no other run is going, remove what runs share (parent cgroups, bridges, dev
+    layers, state dirs) and whatever dead runs left. Called at the end of a run."""
+    if [r for r in live_runs() if r != me]:
+        return []
+    removed: list[Leftover] = []
+    for rt in rts:
+        removed += rt.gc([me])  # `me` is done; its lock is released just after
+    return removed
+
+
+def finish(rts: list[Runtime], run_id: str) -> list[str]:
+    """End of a run (before its lock is released): remove what it made that outlives an
+    instance (volumes, networks); then, if no other run is going, what runs share (parent
+    cgroups, bridge, dev layer, state dirs). Returns the problems, to be reported."""
+    problems = []
+    live = [x for x in live_runs() if x != run_id]
+    for rt in rts:
+        try:
+            collect(rt, live, run_id)
+            if not live:
+                rt.gc([])  # leftovers of dead runs, and the shared state
+        except Exception as e:
+            problems.append(f"{rt.name}: {e} (run `bench gc`)")
+    return problems
+
+
 def clear_stale_locks() -> None:
     """Remove the lock files of runs that are no longer alive."""
     live = set(live_runs())

@@ -50,7 +50,7 @@ from runtimes.base import (
     Stats,
     state_dir,
 )
-from runtimes.ns import _empty_dirs, cgroups, namespaces, upper_mode
+from runtimes.ns import _empty_dirs, cgroup_parents, cgroups, namespaces, upper_mode
 from runtimes.ns.config import DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS
 
 CGROUP_PARENT = "cvbench.oci"
@@ -358,6 +358,7 @@ class OciRuntime:
         if not live_runs:  # the CLIs' state dirs, shared by every run: when none is going
             found += [Leftover(self.name, "dir", str(d), None) for d in _empty_dirs(
                 *(self.root() / f"state-{f}" for f in FLAVOURS), volumes, self.root())]
+            found += cgroup_parents(self.name, self.cg)
         return found
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
@@ -372,7 +373,7 @@ class OciRuntime:
             elif item.kind == "cgroup":
                 self.cg.kill(item.name)
                 self.cg.destroy(item.name)
-            elif item.kind == "dir" and item.run_id is None:
+            elif item.kind in ("dir", "cgroup-parent") and item.run_id is None:
                 with contextlib.suppress(OSError):  # (in use again, or not empty)
                     os.rmdir(item.name)
             elif item.kind == "dir":

@@ -157,6 +157,8 @@ class NsRuntime:
         # Per-run work done here, before any timing: the fork server, the scratch dir.
         _SERVER.start()
         (self.root() / "scratch").mkdir(parents=True, exist_ok=True)
+        if self.limits_applied:
+            self.cg.setup()  # the parent cgroups (a finished run removes them when alone)
         if not self.rootless:
             rootfs.make_dev_layer(self.root() / "devlayer", DEVICES)
         return Prepared(image=image, backend=self.name, ref=str(image.rootfs),
@@ -378,6 +380,7 @@ class NsRuntime:
                 found.append(Leftover(self.name, "layer", str(layer), None))
             found += [Leftover(self.name, "dir", str(d), None)
                       for d in _empty_dirs(*self._shared_dirs())]
+            found += cgroup_parents(self.name, self.cg)
         return found
 
     def _shared_dirs(self) -> tuple[Path, ...]:
@@ -404,11 +407,20 @@ class NsRuntime:
                 network.delete_link(item.name)
             elif item.kind == "bridge":
                 network.remove_bridge()
+            elif item.kind == "cgroup-parent":
+                with contextlib.suppress(OSError):  # another run's cgroup appeared
+                    os.rmdir(item.name)
         if not live_runs:  # what the removals above emptied (the dev layer's parent...)
             for d in _empty_dirs(*self._shared_dirs()):
                 with contextlib.suppress(OSError):
                     os.rmdir(d)
         return found
+
+
+def cgroup_parents(backend: str, cg: cgroups.Manager) -> list[Leftover]:
+    """The `cvbench` parent cgroups, once nothing is left below them (used by oci too)."""
+    return [Leftover(backend, "cgroup-parent", str(p), None) for p in cg.parents()
+            if not any(c.is_dir() for c in p.iterdir())]
 
 
 def _split_parent(procs: str) -> tuple[str, str]:

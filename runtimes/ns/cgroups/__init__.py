@@ -52,6 +52,15 @@ class Manager(Protocol):
         """Remove the cgroup (idempotent; kills what is left first)."""
         ...
 
+    def setup(self) -> None:
+        """Make the parent cgroups (idempotent; once per run, before any instance)."""
+        ...
+
+    def parents(self) -> list[Path]:
+        """The existing parent directories (one per hierarchy); gc removes them once empty
+        and no run is going."""
+        ...
+
     def names(self) -> list[str]:
         """Names of every cgroup under the cvbench parent (for gc)."""
         ...

@@ -51,8 +51,10 @@ class V1Manager:
             mounts = {c: root / c for c in CONTROLLERS}
         self.roots = {c: mounts[c] for c in CONTROLLERS}
         # Hierarchies names()/destroy() look in: ours, or every mounted one.
-        self.hierarchies = sorted(set(mounts.values()) if every_controller
-                                  else set(self.roots.values()))
+        hierarchies = set(mounts.values()) if every_controller else set(self.roots.values())
+        if every_controller and mode == "hybrid" and (root / "unified").is_dir():
+            hierarchies.add(root / "unified")  # crun and runc make a cgroup there too
+        self.hierarchies = sorted(hierarchies)
 
     def check(self) -> str | None:
         for c, p in self.roots.items():
@@ -104,6 +106,13 @@ class V1Manager:
     def destroy(self, name: str) -> None:
         for h in self.hierarchies:
             rmdir(h / self.parent / name)
+
+    def setup(self) -> None:
+        for c in CONTROLLERS:
+            (self.roots[c] / self.parent).mkdir(exist_ok=True)
+
+    def parents(self) -> list[Path]:
+        return [h / self.parent for h in self.hierarchies if (h / self.parent).is_dir()]
 
     def names(self) -> list[str]:
         found: set[str] = set()

@@ -93,6 +93,13 @@ class V2Manager:
     def destroy(self, name: str) -> None:
         rmdir(self.path(name))
 
+    def setup(self) -> None:
+        self._enabled = False  # gc may have removed the parent since: check again
+        self._enable()
+
+    def parents(self) -> list[Path]:
+        return [self.parent] if self.parent.is_dir() else []
+
     def names(self) -> list[str]:
         if not self.parent.is_dir():
             return []
