@@ -407,11 +407,15 @@ class LibvirtRuntime:
     def _dir(self, name: str) -> Path:
         return state_dir() / "libvirt" / name
 
-    def volume_path(self, name: str) -> Path:
+    def volume_path(self, name: str, run_id: str) -> Path:
+        """The disk image of volume `name` of run `run_id`: kept across the run's
+        instances, named with the run's prefix so gc removes it once the run is over."""
         if not name or "/" in name or name.startswith("."):
             raise UsageError(f"libvirt: invalid volume name {name!r}")
-        base = state_dir() / "libvirt" / "volumes"
-        return base / (name if name.endswith((".qcow2", ".raw")) else f"{name}.raw")
+        own = f"{PREFIX}{run_id}-"
+        file = name if name.endswith((".qcow2", ".raw")) else f"{name}.raw"
+        return state_dir() / "libvirt" / "volumes" / (file if file.startswith(own)
+                                                       else own + file)
 
     def _devices(self, spec: InstanceSpec) -> tuple[list[domain.Disk], list[str], set[str]]:
         """Disks, guest mount lines and the extra modules the spec's mounts need."""
@@ -432,7 +436,8 @@ class LibvirtRuntime:
                                  "ro" if m.readonly else "rw"])
                 lines.append(f"tmpfs tmpfs {opts} {m.target}")
                 continue
-            path = disk.volume(self.volume_path(m.source or ""), m.size or disk.DISK_SIZE)
+            path = disk.volume(self.volume_path(m.source or "", spec.run_id),
+                               m.size or disk.DISK_SIZE)
             if cache_mode is None:
                 cache_mode = "none" if disk.direct_io_ok(path.parent) else "writeback"
             dev = f"vd{chr(ord('a') + len(disks))}"
@@ -646,10 +651,11 @@ class LibvirtRuntime:
                  for d in self.conn().listAllDomains()
                  if d.name().startswith(PREFIX) and _run_of(d.name()) not in live_runs]
         root = state_dir() / "libvirt"
-        if root.is_dir():
-            found += [Leftover(self.name, "dir", str(p), _run_of(p.name))
-                      for p in sorted(root.iterdir())
-                      if p.name.startswith(PREFIX) and _run_of(p.name) not in live_runs]
+        for d in (root, root / "volumes"):
+            if d.is_dir():
+                found += [Leftover(self.name, "dir" if p.is_dir() else "volume", str(p),
+                                   _run_of(p.name)) for p in sorted(d.iterdir())
+                          if p.name.startswith(PREFIX) and _run_of(p.name) not in live_runs]
         return found
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
@@ -663,6 +669,8 @@ class LibvirtRuntime:
                         dom.destroy()
                     if dom.isPersistent():
                         dom.undefine()
+            elif item.kind == "volume":
+                Path(item.name).unlink(missing_ok=True)
             else:
                 shutil.rmtree(item.name, ignore_errors=True)
         return found

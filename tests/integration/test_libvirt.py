@@ -102,7 +102,7 @@ def test_mounts_and_bridge_network(rt: Any, prepared: Prepared, clean: str) -> N
         ex = rt.wait_exit(inst, TIMEOUT)
     finally:
         rt.remove(inst)
-        path = rt.volume_path(vol)
+        path = rt.volume_path(vol, spec.run_id)
     try:
         assert ex.code == 0, ex.stdout
         assert ex.stdout.split(b"\n")[:4] == [b"data", b"/t tmpfs", b"/v ext4", b"1"]

@@ -119,9 +119,11 @@ def test_volume_names_are_checked() -> None:
     rt = lv.LibvirtRuntime()
     for bad in ("", "../x", ".hidden"):
         with pytest.raises(UsageError):
-            rt.volume_path(bad)
-    assert rt.volume_path("v").name == "v.raw"
-    assert rt.volume_path("v.qcow2").name == "v.qcow2"
+            rt.volume_path(bad, "0123456789")
+    assert rt.volume_path("v", "0123456789").name == "cvbench-0123456789-v.raw"
+    assert rt.volume_path("v.qcow2", "0123456789").name == "cvbench-0123456789-v.qcow2"
+    assert rt.volume_path("cvbench-0123456789-v", "0123456789").name == \
+        "cvbench-0123456789-v.raw"
 
 
 def test_unknown_flavour() -> None:
