@@ -133,7 +133,9 @@ def test_prepare_footprint_is_qemu_img_info(rt: Any, prepared: Prepared) -> None
         import json
 
         info = json.loads(out)
-        assert prepared.footprint[f"disk.{fmt}"] == info["actual-size"]
+        key = "image" if fmt == "raw" else fmt  # the raw root disk is the VM's image
+        assert prepared.footprint[key] == info["actual-size"]
+        assert prepared.footprint[f"{key}.virtual"] == info["virtual-size"]
         assert prepared.details["disks"][fmt]["virtual_size"] == info["virtual-size"]
     meta = rt.metadata()
     assert meta["accel"] in ("kvm", "tcg") and meta["emulated"] == (meta["accel"] != "kvm")
