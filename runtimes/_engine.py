@@ -163,24 +163,6 @@ def pids_of(comm: str, needle: str = "") -> list[int]:
     return out
 
 
-def memory_cgroup(pid: int) -> Path | None:
-    """The memory cgroup of `pid`: the v1 memory controller's directory, else the v2 one."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    v2 = None
-    for line in lines:
-        _, ctrls, path = line.split(":", 2)
-        if "memory" in ctrls.split(","):
-            return Path("/sys/fs/cgroup/memory") / path.lstrip("/")
-        if ctrls == "":
-            v2 = path
-    if v2 is not None and Path("/sys/fs/cgroup/cgroup.controllers").exists():
-        return Path("/sys/fs/cgroup") / v2.lstrip("/")
-    return None
-
-
 def kernel_oom_killed(cid: str) -> bool:
     """Whether the kernel log records an OOM kill in the memory cgroup of container `cid`.
 
@@ -508,9 +490,7 @@ class Engine:
             self.api.start(inst.handle)
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
-        inst.ready_ns = _proc.wait_line(inst.state["out"], inst.spec.ready_line,
-                                        time.monotonic() + timeout)
-        return inst.ready_ns
+        return _proc.ready(inst, timeout)
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
         deadline = time.monotonic() + timeout
@@ -536,7 +516,7 @@ class Engine:
         if cg is None:
             with _instance_errors(self.name, "inspect"):
                 pid = int(self.api.inspect_container(inst.handle)["State"].get("Pid") or 0)
-            cg = memory_cgroup(pid) if pid else None
+            cg = memory.memory_cgroup(pid) if pid else None
             if cg is not None:
                 inst.state["cgroup"] = cg
         shims = self.shim_pids(inst.handle)

@@ -12,9 +12,11 @@ import os
 import select
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.errors import InstanceError, ReadyTimeout
+from runtimes.base import Exit, Instance
 
 TAIL = 64 * 1024  # what is kept of a discarded stream, for error messages
 
@@ -173,3 +175,31 @@ def tagged_processes() -> list[tuple[int, str, str]]:
                 out.append((int(entry), name, name.split("-")[1]))
                 break
     return out
+
+
+# --- the bookkeeping every pipe-fed backend shares -------------------------------------
+
+def adopt(inst: Instance, pid: int, out_r: int, err_r: int) -> None:
+    """Record a started workload process and the read ends of its stdout/stderr pipes."""
+    inst.handle = pid
+    inst.pids = [pid]
+    inst.state.update(pidfd=os.pidfd_open(pid), out=Stream(out_r, inst.spec.capture),
+                      err=Stream(err_r, inst.spec.capture))
+
+
+def ready(inst: Instance, timeout: float) -> int:
+    """wait_ready for a backend whose instance has an `out` Stream: the ready line's
+    arrival time (monotonic ns), also kept in inst.ready_ns."""
+    inst.ready_ns = wait_line(inst.state["out"], inst.spec.ready_line,
+                              time.monotonic() + timeout)
+    return inst.ready_ns
+
+
+def exited(inst: Instance, pid: int, pidfd: int, timeout: float,
+           oom_killed: Callable[[], bool] | None = None) -> Exit:
+    """wait_exit for a backend that is the parent of its workload process."""
+    out, err = inst.state["out"], inst.state["err"]
+    code, t = wait_pid(pid, pidfd, [out, err], timeout)
+    inst.state["exited"] = True
+    return Exit(code=code, t_ns=t, oom_killed=bool(oom_killed and oom_killed()),
+                stdout=bytes(out.data), stderr=bytes(err.data))

@@ -13,7 +13,6 @@ import contextlib
 import os
 import platform
 import signal
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,21 +81,13 @@ class HostRuntime:
             raise InstanceError(f"cannot start {argv[0]}: {e.strerror}") from e
         os.close(out_w)
         os.close(err_w)
-        inst.handle = pid
-        inst.pids = [pid]
-        inst.state.update(pidfd=os.pidfd_open(pid), out=_proc.Stream(out_r, spec.capture),
-                          err=_proc.Stream(err_r, spec.capture))
+        _proc.adopt(inst, pid, out_r, err_r)
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
-        inst.ready_ns = _proc.wait_line(inst.state["out"], inst.spec.ready_line,
-                                        time.monotonic() + timeout)
-        return inst.ready_ns
+        return _proc.ready(inst, timeout)
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
-        out, err = inst.state["out"], inst.state["err"]
-        code, t = _proc.wait_pid(inst.handle, inst.state["pidfd"], [out, err], timeout)
-        inst.state["exited"] = True
-        return Exit(code=code, t_ns=t, stdout=bytes(out.data), stderr=bytes(err.data))
+        return _proc.exited(inst, inst.handle, inst.state["pidfd"], timeout)
 
     def stats(self, inst: Instance) -> Stats:
         pids = memory.descendants(inst.handle)

@@ -205,20 +205,10 @@ def _comm_pids(names: Sequence[str]) -> dict[str, list[int]]:
     return out
 
 
-def _cgroup_memory(pid: int) -> int | None:
+def _cgroup_usage(pid: int) -> int | None:
     """Memory charged to the cgroup libvirt put QEMU in (v1 memory controller or v2)."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, ctrls, rel = line.split(":", 2)
-        if "memory" in ctrls.split(","):
-            return memory.cgroup_usage(Path("/sys/fs/cgroup/memory") / rel.lstrip("/"))
-    for line in lines:
-        if line.startswith("0::") and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-            return memory.cgroup_usage(Path("/sys/fs/cgroup") / line[3:].lstrip("/"))
-    return None
+    cg = memory.memory_cgroup(pid)
+    return memory.cgroup_usage(cg) if cg is not None else None
 
 
 class LibvirtRuntime:
@@ -539,9 +529,7 @@ class LibvirtRuntime:
                                 f"{e.get_error_message()}") from e
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
-        inst.ready_ns = _proc.wait_line(inst.state["out"], inst.spec.ready_line,
-                                        time.monotonic() + timeout)
-        return inst.ready_ns
+        return _proc.ready(inst, timeout)
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
         """Read the console to its end (QEMU closes it when it exits), then wait until
@@ -596,7 +584,7 @@ class LibvirtRuntime:
                 "guest_used": guest["available"] - guest["usable"]} \
             if "available" in guest and "usable" in guest else {}
         return Stats(pids=tuple(pids), pss=m.pss, uss=m.uss, rss=m.rss,
-                     cgroup=_cgroup_memory(pids[0]) if pids else None,
+                     cgroup=_cgroup_usage(pids[0]) if pids else None,
                      extra={"guest": guest, "guest_ram": inst.state["cfg"].memory_kib * 1024,
                             **view})
 

@@ -57,3 +57,32 @@ def run_id() -> Iterator[str]:
     lock = RunLock(rid, {"test": os.environ.get("PYTEST_CURRENT_TEST", "")})
     yield rid
     lock.release()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_behind() -> Iterator[None]:
+    """After the whole session: no test may have left a resource of its runs behind.
+    Then what runs share (parent cgroups, the ns bridge, dev layer, state dirs) is
+    released, as the end of a `bench run` does — unless another run is going."""
+    yield
+    if os.geteuid() != 0:
+        return
+    import runtimes
+    from harness.runner import live_runs
+
+    if live_runs():
+        return
+    leaked: list[str] = []
+    for base in runtimes.base_names():
+        rt = runtimes.get(base)
+        try:
+            if not rt.availability().ok:
+                continue
+            found = rt.gc([])
+        except Exception as e:
+            leaked.append(f"{base}: gc failed: {e}")
+            continue
+        leaked += [f"{x.backend} {x.kind} {x.name}" for x in found if x.run_id]
+    if leaked:
+        pytest.fail("tests left these behind (removed now):\n  " + "\n  ".join(leaked),
+                    pytrace=False)

@@ -104,3 +104,21 @@ def pids_of_cmdline(needle: str) -> list[int]:
         if needle in cmd:
             out.append(int(entry))
     return out
+
+
+def memory_cgroup(pid: int) -> Path | None:
+    """The memory cgroup of `pid`: the v1 memory controller's directory, else the v2 one."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    v2 = None
+    for line in lines:
+        _, ctrls, path = line.split(":", 2)
+        if "memory" in ctrls.split(","):
+            return Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+        if ctrls == "":
+            v2 = path
+    if v2 is not None and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        return Path("/sys/fs/cgroup") / v2.lstrip("/")
+    return None

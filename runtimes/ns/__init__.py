@@ -41,7 +41,6 @@ import errno
 import os
 import platform
 import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -275,18 +274,12 @@ class NsRuntime:
                 inst.pids = [inst.handle.pid]
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
-        inst.ready_ns = _proc.wait_line(inst.state["out"], inst.spec.ready_line,
-                                        time.monotonic() + timeout)
-        return inst.ready_ns
+        return _proc.ready(inst, timeout)
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
         child: process.Child = inst.handle
-        out, err = inst.state["out"], inst.state["err"]
-        code, t = _proc.wait_pid(child.pid, child.pidfd, [out, err], timeout)
-        inst.state["exited"] = True
-        oom = inst.state.get("cgroup", False) and self.cg.oom_killed(inst.spec.name)
-        return Exit(code=code, t_ns=t, oom_killed=bool(oom),
-                    stdout=bytes(out.data), stderr=bytes(err.data))
+        return _proc.exited(inst, child.pid, child.pidfd, timeout, lambda: bool(
+            inst.state.get("cgroup", False) and self.cg.oom_killed(inst.spec.name)))
 
     def stats(self, inst: Instance) -> Stats:
         child: process.Child = inst.handle
