@@ -12,10 +12,7 @@ refuse an existing one unless told `--force`.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,18 +99,6 @@ def write(path: Path, doc: Mapping[str, Any], force: bool) -> None:
     """Write atomically; an existing baseline is replaced only with `force`."""
     text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not force:
-        if path.exists():
-            raise UsageError(f"{path}: a baseline exists; pass --force to replace it")
-        results.write_new(path, text)
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    if not force and path.exists():
+        raise UsageError(f"{path}: a baseline exists; pass --force to replace it")
+    results.write_new(path, text, replace=force)

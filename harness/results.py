@@ -178,14 +178,18 @@ def read_journal(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]],
     return header, samples, events, artifacts
 
 
-def write_new(path: Path, text: str) -> None:
-    """Write `path` atomically; fail (never overwrite) if it exists."""
+def write_new(path: Path, text: str, replace: bool = False) -> None:
+    """Write `path` atomically (temp file, fsync, then link or rename); fail rather than
+    overwrite an existing file, unless `replace`."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+            return
         try:
             os.link(tmp, path)
         except FileExistsError:
