@@ -72,8 +72,10 @@ else
     say "libvirtd: stopped to reload qemu.conf"
   fi
   mkdir -p /run/libvirt
-  # virtlogd collects each QEMU's stdout/stderr (the domain log) for libvirtd.
-  start_daemon virtlogd /run/virtlogd.pid "test -S /run/libvirt/virtlogd-sock" \
+  # virtlogd collects each QEMU's stdout/stderr (the domain log) for libvirtd. Ready means
+  # it answers: a socket file alone proves nothing, since a killed virtlogd leaves its
+  # sockets behind (and libvirtd then fails every domain start with "Connection refused").
+  start_daemon virtlogd /run/virtlogd.pid "virt-admin -c virtlogd:///system version" \
     /usr/sbin/virtlogd
   # The wrapper's pid file is ours; libvirtd writes its own /run/libvirtd.pid.
   start_daemon libvirtd /run/cvbench-libvirtd.pid "virsh -c qemu:///system version" \
