@@ -60,6 +60,16 @@ elif pid1_is_systemd; then
   systemctl enable --now docker.service
   say "dockerd: started by systemd"
 else
+  # After a kill, the pid files of dockerd and of its containerd may name an unrelated
+  # process by now, or a zombie a slow PID 1 has not reaped yet. dockerd would refuse to
+  # start, or wait for that "containerd" to answer and time out: drop such pid files.
+  if [ -f /run/docker.pid ] && ! pid_runs /run/docker.pid /usr/sbin/dockerd; then
+    rm -f /run/docker.pid
+  fi
+  ctrd_pid=/run/docker/containerd/containerd.pid
+  if [ -f "$ctrd_pid" ] && ! pid_runs "$ctrd_pid" containerd; then
+    rm -f "$ctrd_pid"
+  fi
   # dockerd starts and supervises its own containerd (under /run/docker/containerd). It
   # runs from / (a subshell's cd): a daemon must not keep a work tree as its cwd.
   ( cd / && start_daemon dockerd /run/cvbench/dockerd.pid "$docker_ready" \

@@ -34,7 +34,7 @@ fi
 start_podman_service() {
   local name=$1 sock=$2; shift 2
   local pidfile=/run/cvbench/$name.pid ready="podman --remote --url unix://$sock version"
-  if [ -n "$podman_conf_changed" ] && [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  if [ -n "$podman_conf_changed" ] && pid_runs "$pidfile" podman; then
     say "$name: restarting it to load the new defaults"
     kill "$(cat "$pidfile")"
     for _ in $(seq 1 40); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.25; done

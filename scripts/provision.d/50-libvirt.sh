@@ -57,13 +57,13 @@ else
   # VM's exit; catatonit as a child subreaper reaps them at once, as a normal init does.
   wrapper=()
   command -v catatonit >/dev/null && wrapper=(catatonit --)
-  if [ -f /run/libvirtd.pid ] && kill -0 "$(cat /run/libvirtd.pid)" 2>/dev/null \
+  if pid_runs /run/libvirtd.pid /usr/sbin/libvirtd \
      && [ ${#wrapper[@]} -gt 0 ] \
      && [ "$(cat "/proc/$(awk '{print $4}' "/proc/$(cat /run/libvirtd.pid)/stat")/comm")" != catatonit ]; then
     say "libvirtd: not under a reaping subreaper; restarting it under catatonit"
     libvirt_changed=1
   fi
-  if [ "$libvirt_changed" = 1 ] && [ -f /run/libvirtd.pid ] && kill -0 "$(cat /run/libvirtd.pid)" 2>/dev/null; then
+  if [ "$libvirt_changed" = 1 ] && pid_runs /run/libvirtd.pid /usr/sbin/libvirtd; then
     old=$(cat /run/libvirtd.pid)
     kill "$old"
     # libvirtd removes its pid file early on the way out: wait on the pid itself.

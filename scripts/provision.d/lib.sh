@@ -1,12 +1,22 @@
 # Helpers for the provision parts (sourced, not run).
 say() { printf '   %s\n' "$*"; }
+# pid_runs PIDFILE EXE: the pid file names a live process running EXE (a path or a name
+# on PATH). A daemon that was killed leaves its pid file behind, and its pid may since
+# have gone to an unrelated process: that one must not be taken for the daemon.
+pid_runs() {
+  local pid exe
+  pid=$(cat "$1" 2>/dev/null) || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  exe=$(command -v "$2") || return 1
+  [ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" = "$(readlink -f "$exe")" ]
+}
 pid1_is_systemd() { [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; }
 # start_daemon NAME PIDFILE READY_CMD CMD...: start CMD in the background unless the pid
 # file names a live process; wait (up to 60 s) until READY_CMD succeeds.
 start_daemon() {
   local name=$1 pidfile=$2 ready=$3; shift 3
   if eval "$ready" >/dev/null 2>&1; then say "$name: already running"; return 0; fi
-  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  if pid_runs "$pidfile" "$1"; then
     say "$name: running (pid $(cat "$pidfile")), waiting until it answers"
   else
     say "$name: starting (log $CVBENCH_PROVISION_LOG/$name.log)"
