@@ -211,6 +211,29 @@ def _cgroup_usage(pid: int) -> int | None:
     return memory.cgroup_usage(cg) if cg is not None else None
 
 
+VIRTLOGD_SOCK = Path("/run/libvirt/virtlogd-sock")
+QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+
+
+def virtlogd_problem(sock: Path = VIRTLOGD_SOCK, qemu_conf: Path = QEMU_CONF) -> str | None:
+    """Why libvirtd's QEMU driver cannot start a domain for want of virtlogd, or None.
+
+    libvirtd hands each QEMU's stdout/stderr to virtlogd (stdio_handler "logd", the
+    default) and fails every domain start when virtlogd does not answer; a killed virtlogd
+    leaves its socket file behind, so only a connection tells."""
+    with contextlib.suppress(OSError):
+        if re.search(r'^\s*stdio_handler\s*=\s*"file"', qemu_conf.read_text(), re.M):
+            return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        try:
+            s.connect(str(sock))
+        except OSError as e:
+            return (f"virtlogd does not answer on {sock} ({e.strerror or e}): libvirtd "
+                    "would fail every domain start")
+    return None
+
+
 class LibvirtRuntime:
     """QEMU guests through libvirtd; `libvirt:microvm` uses QEMU's microvm machine."""
 
@@ -260,6 +283,9 @@ class LibvirtRuntime:
     def availability(self) -> Availability:
         try:
             versions = self._versions()
+            if (why_not := virtlogd_problem()) is not None:
+                return Availability(ok=False, reason=why_not, versions=versions,
+                                    fix="run scripts/provision (starts virtlogd)")
             accel, why = self.accel()
         except BackendUnavailable as e:
             return Availability(ok=False, reason=e.reason, fix=e.fix)

@@ -227,3 +227,30 @@ def test_exit_line_parsing() -> None:
 def test_tsc_khz_only_when_cpu_mhz_is_the_tsc_rate(flags: str, expected: int | None) -> None:
     text = f"processor\t: 0\ncpu MHz\t\t: 2596.118\nflags\t\t: {flags}\n"
     assert lv.tsc_khz_from_cpuinfo(text) == expected
+
+
+def test_virtlogd_problem_needs_a_listener_not_a_socket_file(tmp_path: Path) -> None:
+    import socket
+
+    conf = tmp_path / "qemu.conf"
+    conf.write_text('user = "root"\n')
+    sock = tmp_path / "virtlogd-sock"
+    # nothing there
+    why = lv.virtlogd_problem(sock, conf)
+    assert why is not None and str(sock) in why
+    # a socket file left by a killed virtlogd: refused
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(sock))
+    dead.close()
+    assert sock.exists()
+    why = lv.virtlogd_problem(sock, conf)
+    assert why is not None and "refused" in why
+    # a listening virtlogd
+    sock.unlink()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(sock))
+        live.listen(1)
+        assert lv.virtlogd_problem(sock, conf) is None
+    # stdio_handler = "file": libvirtd does not use virtlogd at all
+    conf.write_text('stdio_handler = "file"\n')
+    assert lv.virtlogd_problem(tmp_path / "absent", conf) is None
