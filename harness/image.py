@@ -42,17 +42,28 @@ PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # script is the guest's PID 1 and cannot exec away: it sets up what a container engine
 # would (mounts, drivers, argv and env, which arrive base64-wrapped on the command line),
 # runs the workload as a child, reports its exit status and the guest's OOM kills on the
-# console as `CVBENCH-EXIT <code> <oom kills>`, and powers the guest off.
+# console as `CVBENCH-EXIT <code> <oom kills>`, and powers the guest off. With CVBENCH_ROOT
+# (a disk device, libvirt:disk) the initramfs copy only loads the drivers, mounts that
+# disk (the same image as an ext4 filesystem) and switches root to it; the disk's own
+# /bench/init then runs as PID 1 and announces readiness, so the ready line still marks
+# the workload's init starting from the root it runs on.
 INIT_SCRIPT = """\
 #!/bin/sh
 # cvbench workload init. The ready line comes first; the host timestamps its arrival.
-echo "CVBENCH-READY ${CVBENCH_NONCE:-none}"
+case "$CVBENCH_ROOT" in /dev/*) ;; *) echo "CVBENCH-READY ${CVBENCH_NONCE:-none}" ;; esac
 [ -n "$CVBENCH_VM" ] || exec "$@"
 vm_decode() { v=$(echo "$1" | base64 -d); v=${v#x}; v=${v%x}; }
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
-for m in $(echo "$CVBENCH_MODULES" | tr , ' '); do
+[ "$CVBENCH_ROOT" = switched ] || for m in $(echo "$CVBENCH_MODULES" | tr , ' '); do
   insmod "/lib/modules/cvbench/$m.ko" 2>/dev/null
 done
+case "$CVBENCH_ROOT" in /dev/*)
+  mkdir -p /.root && mount -t ext4 "$CVBENCH_ROOT" /.root || {
+    echo "cvbench: cannot mount the root disk $CVBENCH_ROOT" >&2; poweroff -f; }
+  umount /proc /sys /dev
+  : > /init  # busybox's switch_root checks that it leaves an initramfs by this file
+  CVBENCH_ROOT=switched exec switch_root /.root /bench/init ;;
+esac
 ip link set lo up 2>/dev/null
 for w in $(echo "$CVBENCH_MOUNTS" | tr , ' '); do
   vm_decode "$w"; echo "$v" | { read -r fs src opts dst; mkdir -p "$dst"
@@ -72,7 +83,8 @@ EOF
 fi
 set --
 for w in $(echo "$CVBENCH_ARGV" | tr , ' '); do vm_decode "$w"; set -- "$@" "$v"; done
-unset v w m CVBENCH_VM CVBENCH_MODULES CVBENCH_MOUNTS CVBENCH_ENV CVBENCH_ARGV CVBENCH_NET
+unset v w m CVBENCH_VM CVBENCH_MODULES CVBENCH_MOUNTS CVBENCH_ENV CVBENCH_ARGV CVBENCH_NET \\
+  CVBENCH_ROOT
 hostname "${CVBENCH_HOSTNAME:-cvbench}"
 cd "${CVBENCH_WORKDIR:-/}" && "$@"
 code=$?

@@ -1,4 +1,4 @@
-"""`libvirt` (and `libvirt:microvm`): the image booted as a QEMU virtual machine.
+"""`libvirt` (`libvirt:microvm`, `libvirt:disk`): the image booted as a QEMU virtual machine.
 
 One transient libvirt domain per instance (createXML, so nothing outlives it in
 libvirt's configuration), booted directly into the guest kernel: Debian's kernel (its
@@ -30,6 +30,12 @@ Mapping of the InstanceSpec:
                      virtio-blk with cache=none where the host allows O_DIRECT
   mounts bind     -> refused: no host directory is shared into the guest
   readiness       -> the ready line on the serial console
+
+Root filesystem: the initramfs, in the guest's RAM (`libvirt`, `libvirt:microvm`), or with
+`libvirt:disk` a qcow2 overlay per instance whose backing file is the image's qcow2 disk
+(shared by every instance, as an engine shares image layers), attached as virtio-blk vda:
+the initramfs stage mounts it and switches root to it, and what the instance writes lands
+in its overlay, whose allocated size (`qemu-img info`) is the instance's disk footprint.
 
 Phases: create = createXML of a paused domain (QEMU runs, the vCPUs do not) + connecting
 to the console; start = resume; ready = the ready line (includes the guest kernel's
@@ -88,6 +94,8 @@ MAX_CMDLINE = 2047  # COMMAND_LINE_SIZE on x86 is 2048 with the NUL
 # ones its devices need (see _modules).
 INITRAMFS_MODULES = ("virtio_pci", "virtio_mmio", "virtio_balloon", "virtio_blk", "virtio_net",
                      "virtio_console", "crc32c_generic", "ext4", "vmw_vsock_virtio_transport")
+# What a guest needs to mount an ext4 disk (metadata_csum needs crc32c).
+EXT4_MODULES = frozenset({"virtio_blk", "crc32c_generic", "ext4"})
 # The guest's command line, besides the workload's variables. console: the ready line and
 # output go to the first serial port. loglevel=1: only emergencies interleave with the
 # workload's output. panic=-1: a panicking guest reboots at once, which ends the domain
@@ -235,15 +243,18 @@ def virtlogd_problem(sock: Path = VIRTLOGD_SOCK, qemu_conf: Path = QEMU_CONF) ->
 
 
 class LibvirtRuntime:
-    """QEMU guests through libvirtd; `libvirt:microvm` uses QEMU's microvm machine."""
+    """QEMU guests through libvirtd; `libvirt:microvm` uses QEMU's microvm machine,
+    `libvirt:disk` boots into a per-instance qcow2 overlay disk instead of RAM."""
 
-    flavours: tuple[str, ...] = ("microvm",)
+    flavours: tuple[str, ...] = ("microvm", "disk")
 
     def __init__(self, flavour: str | None = None) -> None:
-        if flavour not in (None, "microvm"):
-            raise UsageError(f"unknown libvirt flavour {flavour!r}; known: microvm")
-        self.machine: domain.Machine = "microvm" if flavour else "pc"
-        self.name = "libvirt:microvm" if flavour else "libvirt"
+        if flavour not in (None, *self.flavours):
+            raise UsageError(f"unknown libvirt flavour {flavour!r}; known: "
+                             f"{', '.join(self.flavours)}")
+        self.machine: domain.Machine = "microvm" if flavour == "microvm" else "pc"
+        self.root_disk = flavour == "disk"
+        self.name = f"libvirt:{flavour}" if flavour else "libvirt"
         self._conn: Any = None
         self._accel: tuple[str, str] | None = None
         self._cpu_disabled: tuple[str, ...] = ()  # host CPU features KVM guests go without
@@ -379,6 +390,8 @@ class LibvirtRuntime:
         accel, why = self.accel()
         return {"accel": accel, "emulated": accel != "kvm", "accel_reason": why,
                 "machine": self.machine, "domain": "transient (createXML), paused until start",
+                "root": "qcow2 overlay per instance on the image's qcow2 (virtio-blk vda)"
+                        if self.root_disk else "the initramfs, in guest RAM",
                 "boot_args": boot_args(accel), "console": "serial ttyS0 on a unix socket",
                 "memory_mapping": f"guest RAM = limit (default {DEFAULT_MEMORY // MIB} MiB) "
                                   f"+ {GUEST_BASE_MIB} MiB + 2 x initramfs + limit/64",
@@ -433,12 +446,18 @@ class LibvirtRuntime:
         return state_dir() / "libvirt" / "volumes" / (file if file.startswith(own)
                                                        else own + file)
 
-    def _devices(self, spec: InstanceSpec) -> tuple[list[domain.Disk], list[str], set[str]]:
-        """Disks, guest mount lines and the extra modules the spec's mounts need."""
+    def _devices(self, spec: InstanceSpec, root: Path | None = None,
+                 ) -> tuple[list[domain.Disk], list[str], set[str]]:
+        """Disks, guest mount lines and the extra modules the spec's mounts need; `root`
+        (an instance's overlay, libvirt:disk) comes first, as vda."""
         disks: list[domain.Disk] = []
         lines: list[str] = []
         mods: set[str] = set()
         cache_mode: str | None = None
+        if root is not None:
+            cache_mode = "none" if disk.direct_io_ok(root.parent) else "writeback"
+            disks.append(domain.Disk(str(root), "qcow2", "vda", False, cache_mode))
+            mods |= EXT4_MODULES
         for m in spec.mounts:
             if not m.target.startswith("/") or any(c.isspace() for c in m.target):
                 raise UsageError(f"libvirt: mount target {m.target!r} must be an absolute "
@@ -460,11 +479,11 @@ class LibvirtRuntime:
             disks.append(domain.Disk(str(path), "qcow2" if path.suffix == ".qcow2" else "raw",
                                      dev, m.readonly, cache_mode))
             lines.append(f"ext4 /dev/{dev} {'ro' if m.readonly else 'rw'} {m.target}")
-            mods |= {"virtio_blk", "crc32c_generic", "ext4"}
+            mods |= EXT4_MODULES
         return disks, lines, mods
 
     def cmdline(self, spec: InstanceSpec, modules: Sequence[str], mounts: Sequence[str],
-                accel: str = "tcg") -> str:
+                accel: str = "tcg", root: str | None = None) -> str:
         env = {"PATH": image_mod.PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
                "CVBENCH_HOSTNAME": spec.hostname, "CVBENCH_WORKDIR": spec.workdir,
                "CVBENCH_NONCE": spec.nonce, **spec.env}
@@ -474,6 +493,8 @@ class LibvirtRuntime:
                  "CVBENCH_ARGV=" + ",".join(_enc(a) for a in spec.argv)]
         if mounts:
             words.append("CVBENCH_MOUNTS=" + ",".join(_enc(m) for m in mounts))
+        if root is not None:
+            words.append(f"CVBENCH_ROOT={root}")
         if spec.network == "bridge":
             words.append("CVBENCH_NET=eth0")
         line = " ".join(words)
@@ -491,7 +512,16 @@ class LibvirtRuntime:
         if spec.network == "host":
             raise UsageError("libvirt: network 'host' is impossible for a VM (it has its own "
                              "kernel and network stack); use none or bridge")
-        disks, mount_lines, mods = self._devices(spec)
+        idir = self._dir(spec.name)
+        idir.mkdir(parents=True)
+        root: Path | None = None
+        try:
+            if self.root_disk:
+                root = disk.overlay(Path(prepared.details["disk_qcow2"]), idir / "root.qcow2")
+            disks, mount_lines, mods = self._devices(spec, root)
+        except BaseException:
+            shutil.rmtree(idir, ignore_errors=True)
+            raise
         net = None
         if spec.network == "bridge":
             net = self._network()
@@ -500,8 +530,6 @@ class LibvirtRuntime:
         modules = _modules_for(det["kernel_version"],
                                ("virtio_pci", "virtio_balloon", *sorted(mods)))
         vcpus, quota = vcpus_and_quota(spec.limits.cpus)
-        idir = self._dir(spec.name)
-        idir.mkdir(parents=True)
         console = idir / "console.sock"
         cfg = domain.DomainConfig(
             name=spec.name, domain_type="kvm" if accel == "kvm" else "qemu",
@@ -509,10 +537,13 @@ class LibvirtRuntime:
             memory_kib=guest_memory(spec.limits.memory,
                                     int(prepared.footprint["initramfs"])) // 1024,
             vcpus=vcpus, quota_us=quota, kernel=det["kernel"], initrd=det["initramfs"],
-            cmdline=self.cmdline(spec, modules, mount_lines, accel), console=str(console),
+            cmdline=self.cmdline(spec, modules, mount_lines, accel,
+                                 "/dev/vda" if root is not None else None),
+            console=str(console),
             disks=tuple(disks), network=net, cpu_host=accel == "kvm",
             disabled_cpu_features=cpu_disabled)
-        inst = Instance(spec=spec, prepared=prepared, state={"dir": idir, "cfg": cfg})
+        inst = Instance(spec=spec, prepared=prepared,
+                        state={"dir": idir, "cfg": cfg, "root": root})
         try:
             try:
                 dom = self.conn().createXML(domain.to_xml(cfg), lv.VIR_DOMAIN_START_PAUSED)
@@ -629,7 +660,10 @@ class LibvirtRuntime:
         return _comm_pids(("libvirtd", "virtlogd", "virtlockd"))
 
     def disk_usage(self, inst: Instance) -> int | None:
-        return None  # the guest's root is its initramfs, in RAM; volumes are shared
+        """libvirt:disk: the allocated size of the instance's overlay (`qemu-img info`).
+        Otherwise None: the guest's root is its initramfs, in RAM; volumes are shared."""
+        root: Path | None = inst.state.get("root")
+        return None if root is None else int(disk.info(root)["actual_size"])
 
     def address(self, inst: Instance) -> str | None:
         if inst.spec.network != "bridge":

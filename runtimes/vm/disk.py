@@ -62,6 +62,15 @@ def to_qcow2(raw: Path, target: Path) -> None:
         raise
 
 
+def overlay(base: Path, target: Path) -> Path:
+    """A new qcow2 image at `target` whose backing file is the qcow2 `base`: it holds
+    only the clusters written through it, as a container's writable layer holds only
+    what the container changed; `base` is only read."""
+    _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base),
+          str(target)], f"qemu-img create {target.name}")
+    return target
+
+
 def info(path: Path) -> dict[str, Any]:
     """`qemu-img info` of one image: format, virtual size, allocated ("actual") size."""
     out = json.loads(_run(["qemu-img", "info", "-U", "--output=json", str(path)],

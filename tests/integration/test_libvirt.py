@@ -7,6 +7,7 @@ directory or QEMU process of its run is left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from harness import image
+from runtimes import _proc
 from runtimes.base import InstanceSpec, Limits, Mount, Prepared, state_dir
 from tests.conftest import backend_or_skip
 
@@ -124,6 +126,36 @@ def test_gc_destroys_domains_of_dead_runs(rt: Any, prepared: Prepared, clean: st
     rt.remove(inst)  # what the harness does after all; must not fail
 
 
+def test_disk_flavour_writes_land_in_the_instances_overlay(clean: str) -> None:
+    rt = backend_or_skip("libvirt:disk")
+    prepared = rt.prepare(image.build(image.Recipe()))
+    base = Path(prepared.details["disk_qcow2"])
+    before = base.read_bytes()
+    spec = _spec(clean, 4, ("sh", "-c", "grep ' / ' /proc/mounts | cut -d' ' -f1,3; "
+                            "dd if=/dev/urandom of=/var/tmp/w bs=64k count=128 2>/dev/null; "
+                            "sync; echo written; exec sleep 600"), capture=True)
+    inst = rt.create(spec, prepared)
+    try:
+        overlay = Path(inst.state["root"])
+        assert overlay.parent == state_dir() / "libvirt" / spec.name
+        idle = rt.disk_usage(inst)
+        rt.start(inst)
+        rt.wait_ready(inst, TIMEOUT)
+        _proc.wait_line(inst.state["out"], b"written", time.monotonic() + TIMEOUT)
+        used = rt.disk_usage(inst)
+        info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json",
+                                          str(overlay)], capture_output=True, text=True,
+                                         check=True).stdout)
+        text = bytes(inst.state["out"].data)
+    finally:
+        rt.remove(inst)
+    assert b"/dev/vda ext4" in text  # the guest's root is the disk, not its RAM
+    assert info["backing-filename"] == str(base) and info["format"] == "qcow2"
+    assert used >= idle + (8 << 20) and abs(info["actual-size"] - used) < 1 << 20
+    assert base.read_bytes() == before  # the image's disk is only read
+    assert not overlay.exists()
+
+
 def test_prepare_footprint_is_qemu_img_info(rt: Any, prepared: Prepared) -> None:
     assert shutil.which("qemu-img")
     for fmt in ("raw", "qcow2"):
@@ -142,7 +174,7 @@ def test_prepare_footprint_is_qemu_img_info(rt: Any, prepared: Prepared) -> None
     assert "libvirtd" in rt.daemons()
 
 
-@pytest.mark.parametrize("backend", ["libvirt", "libvirt:microvm"])
+@pytest.mark.parametrize("backend", ["libvirt", "libvirt:microvm", "libvirt:disk"])
 def test_bench_exec_passes_output_and_status(backend: str, run_id: str) -> None:
     backend_or_skip(backend)
     bench = Path(sys.executable).parent / "bench"

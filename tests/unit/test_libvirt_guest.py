@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -254,3 +256,33 @@ def test_virtlogd_problem_needs_a_listener_not_a_socket_file(tmp_path: Path) -> 
     # stdio_handler = "file": libvirtd does not use virtlogd at all
     conf.write_text('stdio_handler = "file"\n')
     assert lv.virtlogd_problem(tmp_path / "absent", conf) is None
+
+
+def test_disk_flavour_boots_into_its_overlay_as_vda(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = lv.LibvirtRuntime("disk")
+    assert (rt.name, rt.machine, rt.root_disk) == ("libvirt:disk", "pc", True)
+    assert not lv.LibvirtRuntime().root_disk and not lv.LibvirtRuntime("microvm").root_disk
+    monkeypatch.setattr(lv.LibvirtRuntime, "volume_path",
+                        lambda self, name, run_id: tmp_path / f"{name}.raw")
+    monkeypatch.setattr(lv.disk, "volume", lambda path, size: path)
+    root = tmp_path / "root.qcow2"
+    disks, lines, mods = rt._devices(_spec(mounts=(Mount("volume", "/data", "v"),)), root)
+    assert [(d.target, d.path, d.format) for d in disks] == [
+        ("vda", str(root), "qcow2"), ("vdb", str(tmp_path / "v.raw"), "raw")]
+    assert lines == ["ext4 /dev/vdb rw /data"] and mods >= lv.EXT4_MODULES
+    line = rt.cmdline(_spec(), ["ext4"], [], root="/dev/vda")
+    assert "CVBENCH_ROOT=/dev/vda" in line.split()
+    assert "CVBENCH_ROOT" not in lv.LibvirtRuntime().cmdline(_spec(), [], [])
+
+
+def test_overlay_is_backed_by_the_image_disk(tmp_path: Path) -> None:
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img is not installed")
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    top = lv.disk.overlay(base, tmp_path / "top.qcow2")
+    out = subprocess.run(["qemu-img", "info", "--output=json", str(top)], capture_output=True,
+                         text=True, check=True).stdout
+    info = json.loads(out)
+    assert info["backing-filename"] == str(base) and info["virtual-size"] == 64 << 20
