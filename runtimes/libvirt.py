@@ -417,15 +417,17 @@ class LibvirtRuntime:
             if not qcow.exists():
                 disk.to_qcow2(raw, qcow)
         disks = {"raw": disk.info(raw), "qcow2": disk.info(qcow)}
+        # "image" is the VM image as stored, allocated bytes as `qemu-img info` gives its
+        # disk size: the raw ext4 root disk, or for libvirt:disk the qcow2 copy its
+        # instances' overlays are backed by. The other disk, the kernel and the initramfs
+        # (what the guest boots from) are listed beside it.
+        used, other = ("qcow2", "raw") if self.root_disk else ("raw", "qcow2")
         return Prepared(
             image=image, backend=self.name, ref=str(ird),
-            # "image" is the VM image as stored: the raw ext4 root disk, allocated bytes as
-            # `qemu-img info` gives its disk size; the qcow2 copy, the kernel and the
-            # initramfs (what the guest boots from here) are listed beside it.
-            footprint={"image": disks["raw"]["actual_size"],
-                       "image.virtual": disks["raw"]["virtual_size"],
-                       "qcow2": disks["qcow2"]["actual_size"],
-                       "qcow2.virtual": disks["qcow2"]["virtual_size"],
+            footprint={"image": disks[used]["actual_size"],
+                       "image.virtual": disks[used]["virtual_size"],
+                       other: disks[other]["actual_size"],
+                       f"{other}.virtual": disks[other]["virtual_size"],
                        "initramfs": ird.stat().st_size, "kernel": vmlinux.stat().st_size},
             details={"kernel": str(vmlinux), "kernel_version": k.version, "boot": boot,
                      "initramfs": str(ird), "disk_raw": str(raw), "disk_qcow2": str(qcow),

@@ -151,6 +151,12 @@ def test_disk_flavour_writes_land_in_the_instances_overlay(clean: str) -> None:
         rt.remove(inst)
     assert b"/dev/vda ext4" in text  # the guest's root is the disk, not its RAM
     assert info["backing-filename"] == str(base) and info["format"] == "qcow2"
+    # the image as this flavour stores it is the qcow2 its overlays are backed by
+    base_info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json",
+                                           str(base)], capture_output=True, text=True,
+                                          check=True).stdout)
+    assert prepared.footprint["image"] == base_info["actual-size"]
+    assert prepared.footprint["raw"] > 0 and "qcow2" not in prepared.footprint
     assert used >= idle + (8 << 20) and abs(info["actual-size"] - used) < 1 << 20
     assert base.read_bytes() == before  # the image's disk is only read
     assert not overlay.exists()
