@@ -119,8 +119,8 @@ class NsRuntime:
 
     @property
     def limits_applied(self) -> bool:
-        """Root always; rootless only where the cgroup tree is writable (delegated v2)."""
-        return not self.rootless or self.cg.check() is None
+        """Root always; rootless only where the cgroup tree is writable (delegated)."""
+        return not self.rootless or (self.cg.check() is None and self.cg.writable())
 
     def root(self) -> Path:
         return state_dir() / "ns"
@@ -149,6 +149,9 @@ class NsRuntime:
                 "capabilities": "docker default set minus CAP_MKNOD (no device cgroup)",
                 "no_new_privs": True, "rootless": self.rootless,
                 "limits_applied": self.limits_applied,
+                # rootless without a cgroup tree of its own: no limit can be enforced,
+                # which studies and reports treat as they do the host's
+                **({} if self.limits_applied else {"not_applied": ["limits"]}),
                 "cgroup_favordynmods": cgroups.favordynmods()}
 
     def prepare(self, image: Image) -> Prepared:

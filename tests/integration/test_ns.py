@@ -4,6 +4,7 @@ stats, leftovers. Runs as root (rootless is tested as `nobody` at the end)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -323,14 +324,49 @@ def test_rootless_as_nobody() -> None:
     require("rootless", None if setpriv else "util-linux setpriv missing")
     assert setpriv is not None
     nobody = [setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups"]
-    ok = subprocess.run([*nobody, sys.executable, "-c", "import harness.cli, subprocess, sys; "
-                         "subprocess.run([sys.executable, '-c', ''], check=True)"],
-                        capture_output=True, check=False,
-                        cwd=Path(__file__).resolve().parents[2]).returncode == 0
-    require("rootless", None if ok else f"user nobody cannot run {sys.executable} "
-            "with this checkout (a parent directory is not world-readable)")
+    if not _can_run(nobody):
+        # The interpreter (or the checkout) sits below a directory closed to others, e.g.
+        # pyenv under /root (mode 0700): run nobody in a private mount namespace where
+        # that directory is a world-readable tmpfs with only the needed entries bound back.
+        nobody = [*_opened_parents(), *nobody]
+    require("rootless", None if _can_run(nobody) else f"user nobody cannot run "
+            f"{sys.executable} with this checkout (a parent directory is not "
+            "world-readable, and opening it in a mount namespace did not help)")
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         _rootless(nobody, Path(tmp))
+
+
+def _can_run(nobody: list[str]) -> bool:
+    return subprocess.run([*nobody, sys.executable, "-c", "import harness.cli, subprocess, "
+                           "sys; subprocess.run([sys.executable, '-c', ''], check=True)"],
+                          capture_output=True, check=False, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2]).returncode == 0
+
+
+def _opened_parents() -> list[str]:
+    """A command prefix: a private mount namespace in which every directory closed to
+    others above the interpreter, its prefixes and the checkout is replaced by a
+    world-readable tmpfs holding only the entries on those paths (bound back)."""
+    needed = {Path(os.path.realpath(sys.executable)), Path(sys.base_prefix).resolve(),
+              Path(sys.prefix), Path(__file__).resolve().parents[2]}
+    closed: dict[Path, set[str]] = {}
+    for path in needed:
+        for parent in reversed(path.parents):
+            if parent != path and not os.stat(parent).st_mode & 0o001:
+                child = path.relative_to(parent).parts[0]
+                closed.setdefault(parent, set()).add(child)
+                break
+    lines = ["set -e"]
+    for i, (d, children) in enumerate(sorted(closed.items())):
+        stash = f"/run/cvbench-open-{os.getpid()}-{i}"
+        lines += [f"mkdir -p {stash}", f"mount --bind {d} {stash}",
+                  f"mount -t tmpfs -o mode=755,size=1m tmpfs {d}"]
+        for c in sorted(children):
+            kind = "mkdir" if (d / c).is_dir() else "touch"
+            lines += [f"{kind} {d / c}", f"mount --bind {stash}/{c} {d / c}"]
+        lines += [f"umount -l {stash}", f"rmdir {stash}"]
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            "\n".join([*lines, 'exec "$@"']), "sh"]
 
 
 def _rootless(nobody: list[str], tmp_path: Path) -> None:
@@ -344,6 +380,23 @@ def _rootless(nobody: list[str], tmp_path: Path) -> None:
                          cwd=repo)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split()[:2] == ["0", "cvbench"]
+    # a whole run, with limits asked: the result says whether they could be enforced
+    scenario = tmp_path / "rootless.toml"
+    scenario.write_text('name = "rootless"\nstudy = "startup"\nbackends = ["ns"]\n'
+                        '[workload]\nimage = { recipe = "base" }\nargv = ["true"]\n'
+                        '[limits]\ncpus = 0.5\nmemory = "64M"\n'
+                        '[sampling]\nwarmups = 1\nmin_samples = 3\nmax_samples = 3\n')
+    scenario.chmod(0o644)
+    res = subprocess.run([*nobody, sys.executable, "-m", "harness.cli", "run", str(scenario),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=300, check=False, env=env_vars, cwd=repo)
+    assert res.returncode == 0, res.stderr
+    result = next(f for f in (tmp_path / "out").glob("*.json")
+                  if not f.name.endswith(".pyperf.json"))
+    meta = json.loads(result.read_text())["backends"]["ns"]
+    assert meta["rootless"] is True
+    assert meta["limits_applied"] or meta["not_applied"] == ["limits"]
+    assert not list((tmp_path / "s" / "ns").glob("cvbench-*"))  # nothing left behind
 
 
 def test_user_namespace_path_as_root(env: Env) -> None:

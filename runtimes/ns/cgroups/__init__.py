@@ -10,6 +10,7 @@ Every cgroup lives under a `cvbench` parent and is named `cvbench-<run id>-<n>`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +25,12 @@ class Manager(Protocol):
 
     def check(self) -> str | None:
         """None when usable; else the reason (a missing controller, not writable...)."""
+        ...
+
+    def writable(self) -> bool:
+        """Whether this user may make the cgroups: the parent (or, before setup(), the
+        root it goes under) is writable in every hierarchy. Root's is; a rootless user's
+        only where the tree was delegated to it."""
         ...
 
     def create(self, name: str, limits: Limits) -> None:
@@ -91,3 +98,9 @@ def favordynmods() -> bool:
             return any(" cgroup2 " in line and "favordynmods" in line for line in f)
     except OSError:
         return False
+
+
+def may_write(directory: Path) -> bool:
+    """`directory` (or, if it does not exist yet, its parent) takes new entries from us."""
+    d = directory if directory.exists() else directory.parent
+    return os.access(d, os.W_OK | os.X_OK)

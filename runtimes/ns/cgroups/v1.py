@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtimes.base import Limits
-from runtimes.ns.cgroups import PARENT
+from runtimes.ns.cgroups import PARENT, may_write
 from runtimes.ns.cgroups._common import kill_procs, procs, read_int_field, rmdir, write
 
 CONTROLLERS = ("memory", "cpu", "pids")
@@ -61,6 +61,9 @@ class V1Manager:
             if not (p / "cgroup.procs").exists():
                 return f"the cgroup v1 {c} controller is not mounted at {p}"
         return None
+
+    def writable(self) -> bool:
+        return all(may_write(r / self.parent) for r in self.roots.values())
 
     def _dir(self, controller: str, name: str) -> Path:
         return self.roots[controller] / self.parent / name

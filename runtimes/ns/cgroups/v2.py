@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtimes.base import Limits
-from runtimes.ns.cgroups import PARENT
+from runtimes.ns.cgroups import PARENT, may_write
 from runtimes.ns.cgroups._common import kill_procs, procs, read_int_field, rmdir, write
 
 CONTROLLERS = ("memory", "cpu", "pids")
@@ -37,6 +37,9 @@ class V2Manager:
         if missing:
             return f"cgroup v2 controllers not available at {self.root}: {', '.join(missing)}"
         return None
+
+    def writable(self) -> bool:
+        return may_write(self.parent)
 
     def _enable(self) -> None:
         """Delegate memory, cpu and pids to the cvbench subtree (once per process)."""
