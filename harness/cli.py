@@ -104,6 +104,9 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
     p = runner.plan(scen, wanted)
     for b, why in p.skipped.items():
         err.print(f"[yellow]skipping {b}[/]: {why}")
+    for b, asked in runner.unenforced_limits(p).items():
+        err.print(f"[yellow]note[/]: {b} does not enforce {', '.join(asked)}: its figures "
+                  "are taken without them (metadata not_applied)")
 
     run_id = resumed.run_id if resumed else new_run_id()
     verb = "resuming run" if resumed else "run"

@@ -35,7 +35,16 @@ from harness.errors import BackendUnavailable, BenchError, InstanceError, UsageE
 from harness.image import Image
 from harness.results import SCHEMA, Journal
 from harness.scenario import Config, Scenario, Variant
-from runtimes.base import Instance, InstanceSpec, Leftover, Prepared, Runtime, state_dir
+from harness.units import format_size
+from runtimes.base import (
+    Instance,
+    InstanceSpec,
+    Leftover,
+    Prepared,
+    Runtime,
+    not_applied,
+    state_dir,
+)
 
 FAILURES_TO_GIVE_UP = 3
 
@@ -482,6 +491,21 @@ def plan(scenario: Scenario, requested: list[str] | None) -> Plan:
         raise BackendUnavailable(",".join(names), "none of the scenario's backends is "
                                  "available here", "run `bench doctor`")
     return Plan(scenario=scenario, backends=chosen, runtimes=rts, skipped=skipped)
+
+
+def unenforced_limits(p: Plan) -> dict[str, list[str]]:
+    """backend -> the limits its cells ask for that it does not enforce (its metadata's
+    not_applied lists "limits" or "limits.<field>"), as "field=value" across variants."""
+    out: dict[str, list[str]] = {}
+    for b in p.backends:
+        skip = not_applied(p.runtimes[b])
+        asked = {f"{k}={format_size(v) if k == 'memory' else f'{v:g}'}"
+                 for variant in p.scenario.variants
+                 for k, v in p.scenario.config(variant).limits.as_dict().items()
+                 if v is not None and ("limits" in skip or f"limits.{k}" in skip)}
+        if asked:
+            out[b] = sorted(asked)
+    return out
 
 
 def make_cells(p: Plan, prepared: dict[str, Prepared], copies: int = 1) -> list[Cell]:

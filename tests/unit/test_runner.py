@@ -141,3 +141,21 @@ def test_startup_sample_raises_on_failed_workload(tmp_path: Path, img: image.Ima
     with pytest.raises(InstanceError, match="exited with 1"):
         studies.get("startup").sample(r.ctx, cells[0])
     assert rt.live == {}
+
+
+def test_unenforced_limits_are_named_per_backend() -> None:
+    class Unlimited(FakeRuntime):
+        def metadata(self) -> dict[str, object]:
+            return {"not_applied": ["limits"]}
+
+    class NoPids(FakeRuntime):
+        def metadata(self) -> dict[str, object]:
+            return {"not_applied": ["limits.pids"]}
+
+    scen = scenario.parse({"name": "t", "study": "startup", "backends": ["a", "b", "c"],
+                           "limits": {"memory": "64M", "pids": 10},
+                           "variants": {"limits.cpus": [0.5, 1.0]}}, "t.toml")
+    rts = {"a": Unlimited("a"), "b": NoPids("b"), "c": FakeRuntime("c")}
+    plan = runner.Plan(scenario=scen, backends=list(rts), runtimes=dict(rts), skipped={})
+    assert runner.unenforced_limits(plan) == {
+        "a": ["cpus=0.5", "cpus=1", "memory=64.0 MiB", "pids=10"], "b": ["pids=10"]}
