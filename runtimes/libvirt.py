@@ -219,6 +219,10 @@ def _cgroup_usage(pid: int) -> int | None:
     return memory.cgroup_usage(cg) if cg is not None else None
 
 
+# Whether QEMU may open the disks in a directory with O_DIRECT (cache=none): asked once
+# per directory, not on every instance's create.
+_direct_io_ok = cache(disk.direct_io_ok)
+
 VIRTLOGD_SOCK = Path("/run/libvirt/virtlogd-sock")
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 
@@ -457,7 +461,7 @@ class LibvirtRuntime:
         mods: set[str] = set()
         cache_mode: str | None = None
         if root is not None:
-            cache_mode = "none" if disk.direct_io_ok(root.parent) else "writeback"
+            cache_mode = "none" if _direct_io_ok(root.parent.parent) else "writeback"
             disks.append(domain.Disk(str(root), "qcow2", "vda", False, cache_mode))
             mods |= EXT4_MODULES
         for m in spec.mounts:
@@ -476,7 +480,7 @@ class LibvirtRuntime:
             path = disk.volume(self.volume_path(m.source or "", spec.run_id),
                                m.size or disk.DISK_SIZE)
             if cache_mode is None:
-                cache_mode = "none" if disk.direct_io_ok(path.parent) else "writeback"
+                cache_mode = "none" if _direct_io_ok(path.parent) else "writeback"
             dev = f"vd{chr(ord('a') + len(disks))}"
             disks.append(domain.Disk(str(path), "qcow2" if path.suffix == ".qcow2" else "raw",
                                      dev, m.readonly, cache_mode))
