@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from harness.errors import InstanceError, ReadyTimeout
 from runtimes.base import Exit, Instance
@@ -185,6 +186,29 @@ def adopt(inst: Instance, pid: int, out_r: int, err_r: int) -> None:
     inst.pids = [pid]
     inst.state.update(pidfd=os.pidfd_open(pid), out=Stream(out_r, inst.spec.capture),
                       err=Stream(err_r, inst.spec.capture))
+
+
+def spawn(inst: Instance, argv: list[str], env: dict[str, str], label: str = "",
+          **options: Any) -> None:
+    """posix_spawn `argv` as the instance's process: stdin from /dev/null, stdout and
+    stderr into fresh pipes whose read ends the instance keeps (see adopt). `options` go
+    to posix_spawn (setpgroup, setsigdef...); `label` prefixes the error."""
+    out_r, out_w = open_pipe()
+    err_r, err_w = open_pipe()
+    try:
+        pid = os.posix_spawn(argv[0], argv, env,
+                             file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null",
+                                            os.O_RDONLY, 0),
+                                           (os.POSIX_SPAWN_DUP2, out_w, 1),
+                                           (os.POSIX_SPAWN_DUP2, err_w, 2)], **options)
+    except OSError as e:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise InstanceError(f"{label}cannot start {argv[0]}: {e.strerror}") from e
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    adopt(inst, pid, out_r, err_r)
 
 
 def ready(inst: Instance, timeout: float) -> int:

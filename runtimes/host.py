@@ -16,7 +16,6 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
-from harness.errors import InstanceError
 from harness.image import Image
 from harness.probes import memory
 from harness.probes.disk import du_bytes
@@ -56,32 +55,16 @@ class HostRuntime:
 
     def start(self, inst: Instance) -> None:
         spec, root = inst.spec, inst.prepared.image.rootfs
-        out_r, out_w = _proc.open_pipe()
-        err_r, err_w = _proc.open_pipe()
         env = {"PATH": f"{root}/bin:{root}/usr/bin:{root}/sbin:{root}/usr/sbin",
                "HOME": "/root", "CVBENCH_NONCE": spec.nonce,
                # The instance name (cvbench-<run id>-<n>) lets gc find orphans of a killed run.
                "CVBENCH_INSTANCE": spec.name, **spec.env}
-        argv = [f"{root}/bin/sh", f"{root}/bench/init", *spec.argv]
-        try:
-            pid = os.posix_spawn(
-                argv[0], argv, env,
-                file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                              (os.POSIX_SPAWN_DUP2, out_w, 1),
-                              (os.POSIX_SPAWN_DUP2, err_w, 2)],
-                # Python ignores SIGPIPE/SIGXFSZ; the workload must get the defaults.
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-                # Its own process group: stop() signals the group, so children the
-                # workload forked die with it instead of living on as orphans.
-                setpgroup=0,
-            )
-        except OSError as e:
-            for fd in (out_r, out_w, err_r, err_w):
-                os.close(fd)
-            raise InstanceError(f"cannot start {argv[0]}: {e.strerror}") from e
-        os.close(out_w)
-        os.close(err_w)
-        _proc.adopt(inst, pid, out_r, err_r)
+        _proc.spawn(inst, [f"{root}/bin/sh", f"{root}/bench/init", *spec.argv], env,
+                    # Python ignores SIGPIPE/SIGXFSZ; the workload must get the defaults.
+                    setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                    # Its own process group: stop() signals the group, so children the
+                    # workload forked die with it instead of living on as orphans.
+                    setpgroup=0)
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
         return _proc.ready(inst, timeout)

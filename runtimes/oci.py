@@ -241,28 +241,13 @@ class OciRuntime:
 
     def start(self, inst: Instance) -> None:
         spec = inst.spec
-        out_r, out_w = _proc.open_pipe()
-        err_r, err_w = _proc.open_pipe()
         # runc can keep the stopped container (and its cgroup, where an OOM kill is
         # counted) until remove; crun 1.8 and runsc cannot, so their OOM kills show
         # only as a SIGKILL (exit 137), and `oom_killed` stays False.
         keep = ["--keep"] if self.flavour == "runc" else []
         cmd = [*self._cli(spec.network), "run", *keep, "--bundle", str(inst.state["bundle"]),
                spec.name]
-        try:
-            pid = os.posix_spawn(cmd[0], cmd, {"PATH": ENV_PATH},
-                                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null",
-                                                os.O_RDONLY, 0),
-                                               (os.POSIX_SPAWN_DUP2, out_w, 1),
-                                               (os.POSIX_SPAWN_DUP2, err_w, 2)])
-        except OSError as e:
-            for fd in (out_r, err_r):
-                os.close(fd)
-            raise InstanceError(f"{self.name}: cannot start {cmd[0]}: {e.strerror}") from e
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        _proc.adopt(inst, pid, out_r, err_r)
+        _proc.spawn(inst, cmd, {"PATH": ENV_PATH}, label=f"{self.name}: ")
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
         return _proc.ready(inst, timeout)
