@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import results, stats
-from harness.errors import ResultError, UsageError
+from harness.core.errors import ResultError, UsageError
 
 DEFAULT_DIR = Path("results/baselines")
 CellKey = tuple[str, str, str]  # backend, variant, metric

@@ -49,8 +49,8 @@ from numpy.typing import NDArray
 from rich.table import Table
 
 from harness import stats
-from harness.errors import UsageError
-from harness.units import format_seconds
+from harness.core.errors import UsageError
+from harness.core.units import format_seconds
 
 MIB = 2**20
 RESAMPLES = 2000

@@ -20,8 +20,8 @@ from rich.table import Table
 
 import runtimes
 from harness import results, scenario, stats, studies, validate
-from harness.errors import EXIT_USAGE, BenchError, UsageError
-from harness.units import format_value
+from harness.core.errors import EXIT_USAGE, BenchError, UsageError
+from harness.core.units import format_value
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -70,8 +70,8 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
     """
     from dataclasses import replace
 
-    from harness import image as image_mod
     from harness import runner
+    from harness.core import image as image_mod
     from runtimes.base import new_run_id
 
     t_begin = time.monotonic()
@@ -328,7 +328,7 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
     import json
 
     from harness import capacity as cap
-    from harness.units import parse_size
+    from harness.core.units import parse_size
 
     try:
         memory = parse_size(host_memory)
@@ -396,7 +396,7 @@ def gc_(dry_run: bool, only_run: str | None) -> None:
 
 def _parse_mount(spec: str) -> Any:
     """Docker's --mount syntax: type=bind|volume|tmpfs,source=…,target=…[,readonly][,size=…]."""
-    from harness.units import parse_size
+    from harness.core.units import parse_size
     from runtimes.base import MOUNT_TYPES, Mount
 
     fields: dict[str, str] = {}
@@ -447,10 +447,10 @@ def exec_(backend: str, command: tuple[str, ...], network: str, memory: str | No
 
     Example: bench exec ns --network none --memory 32M -- sh -c 'echo hi'
     """
-    from harness import image as image_mod
     from harness import runner
+    from harness.core import image as image_mod
+    from harness.core.units import parse_size
     from harness.runner import RunLock
-    from harness.units import parse_size
     from runtimes.base import InstanceSpec, Limits, new_run_id
 
     try:
@@ -466,7 +466,7 @@ def exec_(backend: str, command: tuple[str, ...], network: str, memory: str | No
     rt = runtimes.get(backend)
     avail = rt.availability()
     if not avail.ok:
-        from harness.errors import BackendUnavailable
+        from harness.core.errors import BackendUnavailable
 
         raise BackendUnavailable(backend, avail.reason, avail.fix)
     img = image_mod.build(image_mod.Recipe(name=recipe, binaries=binaries))
@@ -505,7 +505,7 @@ def exec_(backend: str, command: tuple[str, ...], network: str, memory: str | No
 @click.option("--binary", "binaries", multiple=True, help="Extra host binary to include.")
 def image(recipe: str, binaries: tuple[str, ...]) -> None:
     """Build (or show the cached) workload image of RECIPE and print its digest."""
-    from harness import image as image_mod
+    from harness.core import image as image_mod
 
     img = image_mod.build(image_mod.Recipe(name=recipe, binaries=binaries))
     out.print(f"{img.tag}\nsha256:{img.digest}\ntar: {img.tar}\nrootfs: {img.rootfs}\n"
@@ -603,7 +603,8 @@ def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path
     import subprocess
     import tempfile
 
-    from harness import baseline, hostinfo
+    from harness import baseline
+    from harness.core import hostinfo
 
     scen = scenario.load(scenario_name)
     target = baseline.path_for(baselines_dir, hostinfo.fingerprint()["id"], scen.name)

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from harness import baseline, results, stats
-from harness.errors import UsageError
-from harness.units import format_value
+from harness.core.errors import UsageError
+from harness.core.units import format_value
 
 Doc = tuple[str, dict[str, Any]]
 KEY = ("scenario", "backend", "variant", "metric")

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from harness.errors import ResultError, ResultWriteError
+from harness.core.errors import ResultError, ResultWriteError
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -30,12 +30,13 @@ from types import FrameType
 from typing import Any
 
 import runtimes as runtimes_registry
-from harness import __version__, hostinfo, stats
-from harness.errors import BackendUnavailable, BenchError, InstanceError, UsageError
-from harness.image import Image
+from harness import __version__, stats
+from harness.core import hostinfo
+from harness.core.errors import BackendUnavailable, BenchError, InstanceError, UsageError
+from harness.core.image import Image
+from harness.core.units import format_size
 from harness.results import SCHEMA, Journal
 from harness.scenario import Config, Scenario, Variant
-from harness.units import format_size
 from runtimes.base import (
     Instance,
     InstanceSpec,

@@ -53,9 +53,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from harness.errors import ScenarioError
-from harness.image import Recipe
-from harness.units import parse_size
+from harness.core.errors import ScenarioError
+from harness.core.image import Recipe
+from harness.core.units import parse_size
 from runtimes.base import MOUNT_TYPES, NETWORK_MODES, READINESS, Limits, Mount
 
 T = TypeVar("T")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import runtimes
 from harness import studies
-from harness.errors import ImageError, ScenarioError, UsageError
-from harness.hostinfo import meminfo
-from harness.image import which
+from harness.core.errors import ImageError, ScenarioError, UsageError
+from harness.core.hostinfo import meminfo
+from harness.core.image import which
 from harness.scenario import Scenario
 
 Check = Callable[[Scenario], list[ScenarioError]]

@@ -11,7 +11,7 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 from runtimes.base import Runtime
 
 GROUP = "cvbench.runtimes"

@@ -60,9 +60,9 @@ import docker
 import requests
 from docker.types import Mount as DockerMount
 
-from harness.errors import BackendUnavailable, ImageError, InstanceError, UsageError
-from harness.image import Image
-from harness.probes import memory
+from harness.core.errors import BackendUnavailable, ImageError, InstanceError, UsageError
+from harness.core.image import Image
+from harness.core.probes import memory
 from runtimes import _proc
 from runtimes.base import (
     PREFIX,

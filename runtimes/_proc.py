@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.errors import InstanceError, ReadyTimeout
+from harness.core.errors import InstanceError, ReadyTimeout
 from runtimes.base import Exit, Instance
 
 TAIL = 64 * 1024  # what is kept of a discarded stream, for error messages

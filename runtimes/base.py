@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from harness.image import Image
+    from harness.core.image import Image
 
 NetworkMode = Literal["none", "bridge", "host"]
 NETWORK_MODES: tuple[str, ...] = ("none", "bridge", "host")

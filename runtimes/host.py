@@ -16,9 +16,9 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
-from harness.image import Image
-from harness.probes import memory
-from harness.probes.disk import du_bytes
+from harness.core.image import Image
+from harness.core.probes import memory
+from harness.core.probes.disk import du_bytes
 from runtimes import _proc
 from runtimes.base import (
     Availability,

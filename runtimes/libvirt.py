@@ -64,10 +64,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from harness import image as image_mod
-from harness.errors import BackendUnavailable, BenchError, InstanceError, UsageError
-from harness.image import Image
-from harness.probes import memory
+from harness.core import image as image_mod
+from harness.core.errors import BackendUnavailable, BenchError, InstanceError, UsageError
+from harness.core.image import Image
+from harness.core.probes import memory
 from runtimes import _proc
 from runtimes.base import (
     PREFIX,

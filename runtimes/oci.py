@@ -34,9 +34,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InstanceError, UsageError
-from harness.image import Image
-from harness.probes import memory
+from harness.core.errors import InstanceError, UsageError
+from harness.core.image import Image
+from harness.core.probes import memory
 from runtimes import _proc
 from runtimes.base import (
     PREFIX,
@@ -289,7 +289,7 @@ class OciRuntime:
         st = os.statvfs(bundle / "upper")
         if upper_mode() == "tmpfs":
             return (st.f_blocks - st.f_bfree) * st.f_frsize
-        from harness.probes.disk import du_bytes
+        from harness.core.probes.disk import du_bytes
 
         return du_bytes(bundle / "upper")
 

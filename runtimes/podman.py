@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 
 import requests
 
-from harness.errors import InstanceError
+from harness.core.errors import InstanceError
 from runtimes._engine import Engine, pids_of
 
 WAIT_INTERVAL = "10ms"

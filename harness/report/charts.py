@@ -29,10 +29,10 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from harness import stats
-from harness.probes.timing import PHASES
+from harness.core.probes.timing import PHASES
+from harness.core.units import format_seconds
 from harness.report import claims as claims_mod
 from harness.report import data
-from harness.units import format_seconds
 
 Colour = tuple[float, float, float]
 ChartFn = Callable[[pd.DataFrame, "Look"], "Figure | None"]

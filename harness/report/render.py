@@ -18,9 +18,9 @@ from typing import Any
 
 import pandas as pd
 
+from harness.core.units import format_value
 from harness.report import claims as claims_mod
 from harness.report import data, tables
-from harness.units import format_value
 
 # Which charts belong to which study, in the order they are shown.
 STUDY_CHARTS = {"startup": ("startup", "startup_phases"), "memory": ("memory",),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any, Protocol
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 
 # name -> module under harness.studies
 KNOWN = {"startup": "startup", "density": "density", "memory": "memory", "disk": "disk",

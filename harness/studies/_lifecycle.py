@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from harness.errors import InstanceError
+from harness.core.errors import InstanceError
 from harness.runner import Cell, Context
 from runtimes.base import Exit, Instance, InstanceSpec
 

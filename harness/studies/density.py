@@ -55,13 +55,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import runtimes
-from harness import hostinfo
-from harness.errors import BenchError
-from harness.probes.memory import processes_memory
-from harness.probes.timing import now_ns
+from harness.core import hostinfo
+from harness.core.errors import BenchError
+from harness.core.probes.memory import processes_memory
+from harness.core.probes.timing import now_ns
+from harness.core.units import format_size, parse_size
 from harness.runner import Cell, Context, Measurement
 from harness.scenario import Scenario
-from harness.units import format_size, parse_size
 from runtimes.base import Instance
 
 METRICS = {

@@ -27,10 +27,10 @@ from __future__ import annotations
 import time
 from typing import Any, ClassVar
 
-from harness.errors import InstanceError
+from harness.core.errors import InstanceError
+from harness.core.units import parse_size
 from harness.runner import Cell, Context, Measurement
 from harness.studies import _lifecycle as life
-from harness.units import parse_size
 from runtimes.base import Instance
 
 BLOCK = 64 * 1024

@@ -1,7 +1,7 @@
 """io: fio inside the workload against each storage target, fio's own figures.
 
 One sample runs, for each target in turn, one instance whose script runs the fio jobs
-(see harness.probes.io) in the target's directory:
+(see harness.core.probes.io) in the target's directory:
 
   target=rootfs  a directory in the instance's root filesystem: the copy-on-write layer
                  of a container (overlay upper), whatever a VM's root is (its metadata
@@ -33,11 +33,11 @@ import shutil
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from harness.errors import InstanceError, UsageError
-from harness.probes import io as fio
+from harness.core.errors import InstanceError, UsageError
+from harness.core.probes import io as fio
+from harness.core.units import parse_size
 from harness.runner import Cell, Context, Measurement
 from harness.studies import _lifecycle as life
-from harness.units import parse_size
 from runtimes.base import Mount, state_dir
 
 BEGIN, END = "CVBENCH-FIO-BEGIN", "CVBENCH-FIO-END"

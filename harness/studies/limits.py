@@ -32,10 +32,10 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness.errors import InstanceError
+from harness.core.errors import InstanceError
+from harness.core.units import parse_size
 from harness.runner import Cell, Context, Measurement
 from harness.studies import _lifecycle as life
-from harness.units import parse_size
 from runtimes.base import Limits
 
 HOG = "CVBENCH-HOG"

@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from harness.probes.memory import processes_memory
+from harness.core.probes.memory import processes_memory
 from harness.runner import Cell, Context, Measurement
 from harness.studies import _lifecycle as life
 from runtimes.base import Instance

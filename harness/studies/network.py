@@ -34,8 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness.errors import InstanceError, UsageError
-from harness.probes.io import parse_json, sections
+from harness.core.errors import InstanceError, UsageError
+from harness.core.probes.io import parse_json, sections
 from harness.runner import Cell, Context, Measurement, NotApplicable
 from harness.studies import _lifecycle as life
 from runtimes.base import not_applied

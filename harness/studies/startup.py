@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from harness.errors import InstanceError
-from harness.probes.timing import STARTUP_METRICS, Timeline, now_ns
+from harness.core.errors import InstanceError
+from harness.core.probes.timing import STARTUP_METRICS, Timeline, now_ns
 from harness.runner import Cell, Context, Measurement
 
 

@@ -45,10 +45,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InstanceError
-from harness.image import Image
-from harness.probes import memory
-from harness.probes.disk import du_bytes
+from harness.core.errors import InstanceError
+from harness.core.image import Image
+from harness.core.probes import memory
+from harness.core.probes.disk import du_bytes
 from runtimes import _proc
 from runtimes.base import (
     PREFIX,

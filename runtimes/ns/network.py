@@ -27,7 +27,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from harness.errors import InstanceError
+from harness.core.errors import InstanceError
 
 BRIDGE = "cvbench0"
 LINK_PREFIX = "cvbench"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 from runtimes.base import InstanceSpec
 from runtimes.ns.cgroups import Manager
 

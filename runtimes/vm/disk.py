@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness.errors import BackendUnavailable, InstanceError
+from harness.core.errors import BackendUnavailable, InstanceError
 
 DISK_SIZE = 1 << 30  # virtual size of the rootfs disks: room for I/O studies' files
 

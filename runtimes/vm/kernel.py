@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import BackendUnavailable
+from harness.core.errors import BackendUnavailable
 
 BOOT = Path("/boot")
 MODULES = Path("/lib/modules")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import image as image_mod
+from harness.core import image as image_mod
 from harness.runner import RunLock
 from runtimes.base import Exit, Instance, InstanceSpec, Prepared, new_run_id
 from tests.conftest import backend_or_skip, require

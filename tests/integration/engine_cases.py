@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from harness import image
+from harness.core import image
 from harness.runner import collect
 from runtimes import _proc
 from runtimes._engine import Engine

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import image
+from harness.core import image
 from runtimes.base import Exit, InstanceSpec, Limits
 from tests.conftest import backend_or_skip
 

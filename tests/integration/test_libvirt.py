@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness import image
+from harness.core import image
 from runtimes import _proc
 from runtimes.base import InstanceSpec, Limits, Mount, Prepared, state_dir
 from tests.conftest import backend_or_skip

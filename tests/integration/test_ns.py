@@ -50,7 +50,7 @@ def test_bench_exec_passes_everything_through() -> None:
 def test_like_docker_run(tmp_path: Path) -> None:
     """`bench exec ns` and `docker run --rm --network none` agree on ordinary commands."""
     require("docker", None if os.path.exists("/run/docker.sock") else "no /run/docker.sock")
-    from harness import image as image_mod
+    from harness.core import image as image_mod
 
     img = image_mod.build(image_mod.Recipe())
     tag = f"cvbench/nstest:{img.digest[:12]}"
@@ -237,7 +237,7 @@ def test_disk_upper(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_setup_failure_is_reported(env: Env) -> None:
-    from harness.errors import InstanceError
+    from harness.core.errors import InstanceError
 
     with pytest.raises(InstanceError, match="setting up"):
         env.run("true", workdir="/etc/passwd/x")  # a file in the way of the workdir
@@ -248,7 +248,7 @@ def test_gc_after_sigkilled_runner(tmp_path: Path) -> None:
     script = tmp_path / "runner.py"
     script.write_text(
         "import sys\n"
-        "from harness import image\n"
+        "from harness.core import image\n"
         "from harness.runner import RunLock\n"
         "from runtimes.base import InstanceSpec, Limits, Mount, new_run_id\n"
         "from runtimes.ns import NsRuntime\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import image
+from harness.core import image
 from runtimes.base import InstanceSpec, Runtime
 from tests.conftest import backend_or_skip
 

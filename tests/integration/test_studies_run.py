@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import runtimes
-from harness.probes.io import lookup
+from harness.core.probes.io import lookup
 from tests.conftest import REQUIRED, require
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -6,8 +6,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from harness.errors import InstanceError
-from harness.image import Image
+from harness.core.errors import InstanceError
+from harness.core.image import Image
 from runtimes.base import Availability, Exit, Instance, InstanceSpec, Leftover, Prepared, Stats
 
 

@@ -14,7 +14,7 @@ import pytest
 from harness import capacity as cap
 from harness import results
 from harness.cli import main
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 
 MIB = 2**20
 GIB = 2**30

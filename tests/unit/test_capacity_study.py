@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from harness import hostinfo, image, results, scenario, studies, validate
-from harness.errors import InstanceError, ScenarioError
+from harness import results, scenario, studies, validate
+from harness.core import hostinfo, image
+from harness.core.errors import InstanceError, ScenarioError
 from harness.runner import Cell, Context, Measurement, Runner
 from harness.studies import density
 from runtimes.base import Instance, Prepared, Stats

@@ -91,7 +91,7 @@ def test_host_stop_kills_the_workloads_children() -> None:
     import os
     import time
 
-    from harness import image
+    from harness.core import image
     from runtimes.base import InstanceSpec
     from runtimes.host import HostRuntime
 

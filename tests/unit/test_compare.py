@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from harness import baseline, compare, results, stats
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 
 METRICS = {"startup.total": "s", "startup.create": "s", "io.read_bw": "B/s"}
 
@@ -304,7 +304,8 @@ def test_cli_baseline_update_refuses_overwrite_and_keeps_the_noise(tmp_path: Pat
 
 def test_runner_copies_interleave_and_tag_samples(tmp_path: Path) -> None:
     """`bench calibrate`'s A/A: every cell twice in one run, each sample tagged."""
-    from harness import image, runner, scenario, studies
+    from harness import runner, scenario, studies
+    from harness.core import image
     from tests.unit.fakes import FakeRuntime
 
     img = image.build(image.Recipe(), tmp_path / "cache")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import InstanceError, UsageError
+from harness.core.errors import InstanceError, UsageError
 from runtimes import _engine, _proc
 from runtimes.base import InstanceSpec, Limits, Mount
 from runtimes.docker import DockerRuntime

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness import cli, results, scenario, validate
-from harness.errors import ResultError, ScenarioError
+from harness.core.errors import ResultError, ScenarioError
 
 KEYS = ["name", "description", "study", "backends", "workload", "limits", "network",
         "mounts", "sampling", "params", "variants", "argv", "memory", "cpus", "pids", "type",

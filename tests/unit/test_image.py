@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import image
-from harness.errors import ImageError
+from harness.core import image
+from harness.core.errors import ImageError
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 from runtimes import libvirt as lv
 from runtimes.base import InstanceSpec, Mount
 from runtimes.vm import domain, initramfs, kernel

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 from runtimes.base import InstanceSpec, Limits, Mount
 from runtimes.ns import NsRuntime, namespaces, network, security, validate
 from runtimes.ns.config import DEFAULT_CAPS, NS_CAPS

@@ -155,7 +155,7 @@ def test_rendered_tables_show_pandas_numbers(one: tuple[Docs, pd.DataFrame],
 
 
 def synth_format(v: float) -> str:
-    from harness.units import format_value
+    from harness.core.units import format_value
 
     return format_value(v, "s")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import results
-from harness.errors import ResultError
+from harness.core.errors import ResultError
 
 
 def header() -> dict[str, object]:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import image, results, runner, scenario, studies
-from harness.errors import InstanceError
+from harness import results, runner, scenario, studies
+from harness.core import image
+from harness.core.errors import InstanceError
 from harness.runner import Cell, Context, Measurement, Runner
 from runtimes.base import Prepared
 from tests.unit.fakes import FakeRuntime

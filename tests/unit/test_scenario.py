@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness import scenario, validate
-from harness.errors import ScenarioError
+from harness.core.errors import ScenarioError
 
 MINIMAL = 'name = "s"\n[workload]\nargv = ["true"]\n'
 TOP = 'name = "s"\n'  # + top-level keys, then WL

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from harness.errors import InstanceError
-from harness.probes import io
-from harness.probes.disk import du_bytes
+from harness.core.errors import InstanceError
+from harness.core.probes import io
+from harness.core.probes.disk import du_bytes
 from harness.studies.network import iperf3_bandwidth, sockperf_latency
 
 

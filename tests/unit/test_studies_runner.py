@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from harness import image, results, scenario, studies
-from harness.errors import InstanceError, UsageError
+from harness import results, scenario, studies
+from harness.core import image
+from harness.core.errors import InstanceError, UsageError
 from harness.runner import Cell, Context, Measurement, NotApplicable, Runner
 from runtimes.base import Exit, Instance, Prepared, Stats
 from tests.unit.fakes import FakeRuntime
@@ -191,7 +192,7 @@ def test_io_targets_are_sub_variants_with_fio_json_artifacts(tmp_path: Path,
         assert len(rows) == 16
         for s in rows:
             f = a["fields"][s["metric"]]
-            from harness.probes.io import lookup
+            from harness.core.probes.io import lookup
 
             assert s["value"] == lookup(a["data"], f["path"]) * f["scale"]
     assert [[m.type for m in spec.mounts] for spec in rt.specs[-4:]] == \
@@ -320,6 +321,6 @@ def test_runner_sub_variants_join_the_cell_variant_and_gate_the_stop(
 
 
 def test_not_applicable_is_a_bench_error() -> None:
-    from harness.errors import BenchError
+    from harness.core.errors import BenchError
 
     assert issubclass(NotApplicable, BenchError)

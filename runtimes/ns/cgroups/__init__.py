@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from harness.hostinfo import cgroup_mode
+from harness.core.hostinfo import cgroup_mode
 from runtimes.base import Limits
 
 PARENT = "cvbench"

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from harness.errors import InstanceError
+from harness.core.errors import InstanceError
 
 # name -> (fio rw, block size, direction in fio's JSON); in the order they run.
 JOBS: dict[str, tuple[str, str, str]] = {
