@@ -7,9 +7,10 @@ not usable here (with the reason and the fix); 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import runtimes
-from harness import results, scenario, stats, studies, validate
+from harness import results, scenario, stats
 from harness.core.errors import EXIT_USAGE, BenchError, UsageError
-from harness.core.units import format_value
+from harness.core.units import format_value, parse_size
+from harness.runner import Cell
+from runtimes import registry
+from runtimes.base import MOUNT_TYPES, Mount
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -63,154 +66,84 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
         resume_id: str | None, seed: int | None, warmups: int | None,
         min_samples: int | None, max_samples: int | None, time_budget: float | None,
         copies: int) -> None:
-    """Run SCENARIO (a name from scenarios/ or a path to a .toml file).
+    """Run SCENARIO (a name from `bench list` or a path to a .toml file).
 
     Ctrl-C (or SIGTERM) stops after the current sample, removes live instances and writes
     the samples taken; `--resume RUN_ID` continues such a run, or one that was killed.
     """
-    from dataclasses import replace
-
-    from harness import runner
-    from harness.core import image as image_mod
-    from runtimes.base import new_run_id
+    from harness import runs, session
 
     t_begin = time.monotonic()
-    resumed: runner.Resumable | None = None
+    resumed = None
     if resume_id:
         if copies != 1:
             raise click.UsageError("--copies cannot be combined with --resume")
         if scenario_name or backends:
             raise click.UsageError("--resume takes the scenario and backends from the run")
-        resumed = runner.find_resumable(out_dir, resume_id)
+        resumed = runs.find_resumable(out_dir, resume_id)
         scen = scenario.from_header(resumed.header)
-        wanted: list[str] | None = list(resumed.header["backends"])
     elif scenario_name:
         scen = scenario.load(scenario_name)
-        wanted = _split(backends)
     else:
         raise click.UsageError("give a SCENARIO, or --resume RUN_ID")
-    if any(v is not None for v in (warmups, min_samples, max_samples, time_budget)):
-        old = scen.sampling
-        sampling = replace(
-            old, warmups=old.warmups if warmups is None else warmups,
-            min_samples=old.min_samples if min_samples is None else min_samples,
-            max_samples=old.max_samples if max_samples is None else max_samples,
-            time_budget=old.time_budget if time_budget is None else time_budget)
-        if sampling.max_samples < sampling.min_samples:
-            raise click.UsageError("--max-samples must be >= --min-samples")
-        scen = replace(scen, sampling=sampling)
-    validate.check(scen)
-    study = studies.get(scen.study)
-    p = runner.plan(scen, wanted)
-    for b, why in p.skipped.items():
-        err.print(f"[yellow]skipping {b}[/]: {why}")
-    for b, asked in runner.unenforced_limits(p).items():
-        err.print(f"[yellow]note[/]: {b} does not enforce {', '.join(asked)}: its figures "
-                  "are taken without them (metadata not_applied)")
-
-    run_id = resumed.run_id if resumed else new_run_id()
-    verb = "resuming run" if resumed else "run"
-    err.print(f"{verb} [bold]{run_id}[/]: scenario {scen.name}, backends {', '.join(p.backends)}")
-    img = image_mod.build(scen.workload.image)
-    err.print(f"image {img.tag} sha256:{img.digest} ({img.size / 2**20:.1f} MiB)")
-    if resumed and resumed.header["image"]["digest"] != img.digest:
-        raise click.UsageError(f"the image of run {run_id} was sha256:"
-                               f"{resumed.header['image']['digest']}; this host now builds "
-                               f"sha256:{img.digest}, so the run cannot be continued")
-    lock = runner.RunLock(run_id, {"scenario": scen.name})
-    journal: results.Journal | None = None
-    try:
-        if resumed:
-            # What the interrupted run left (the instance in flight at the kill) goes first.
-            live = runner.live_runs()
-            for b in p.backends:
-                for item in runner.collect(p.runtimes[b], [x for x in live if x != run_id],
-                                           run_id):
-                    err.print(f"removed {item.kind} {item.name} left by the interrupted run")
-        prepared = {}
-        for b in p.backends:
-            with err.status(f"preparing {b}…"):
-                prepared[b] = p.runtimes[b].prepare(img)
-        cells = runner.make_cells(p, prepared, copies)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if resumed and resumed.journal:
-            name = resumed.base
-            journal = results.Journal.open_existing(resumed.journal)
-        elif resumed:
-            name = resumed.base
-            journal = results.Journal(out_dir / f"{name}.journal", resumed.header)
-            journal.add(resumed.samples)
-            for e in resumed.events:
-                journal.event(**e)
-            for a in resumed.artifacts:
-                journal.artifact(**a)
-        else:
-            name = f"{scen.name}-{results.utc_stamp()}-{run_id}"
-            journal = results.Journal(out_dir / f"{name}.journal",
-                                      runner.header(p, run_id, img, prepared))
-        outcome = _run_with_progress(scen, cells, journal, study, seed, resumed)
-        extra: dict[str, Any] = {
-            "finished": datetime.now(UTC).isoformat(),
-            "cells": runner.cell_summary(cells), "interrupted": outcome.interrupted,
-            "duration": outcome.elapsed, "rounds": outcome.rounds}
-        if resumed and resumed.supersedes:
-            extra["supersedes"] = resumed.supersedes
-        final = journal.finalize(out_dir / f"{name}.json", extra,
-                                 fallback=runner.runs_dir() / "results")
-    finally:
-        if journal is not None:
-            journal.close()
-        for problem in runner.finish([p.runtimes[b] for b in p.backends], run_id):
-            err.print(f"[red]clean-up problem:[/] {problem}")
-        lock.release()
-    doc = results.load_result(final)
-    _print_table(results.frame([(str(final), doc)]), order=p.backends)
-    for problem in outcome.cleanup_errors:
+    scen = session.overrides(scen, warmups=warmups, min_samples=min_samples,
+                             max_samples=max_samples, time_budget=time_budget)
+    done = session.Session(scen, _split(backends), out_dir, RichReporter(), seed=seed,
+                           copies=copies, resume=resumed).execute()
+    doc = results.load_result(done.result)
+    _print_table(results.frame([(str(done.result), doc)]), order=done.backends)
+    for problem in done.problems:
         err.print(f"[red]clean-up problem:[/] {problem}")
-    failed = [c for c in cells if c.status == "failed"]
-    for c in failed:
+    for c in done.failed:
         err.print(f"[red]cell {c.label} failed[/] after {c.samples} samples "
                   f"({c.failures} failures); see the events in the result")
     # Plain print: these lines are read by scripts (make bench), never wrapped.
+    final = done.result
     print(f"result: {final}")
     print(f"pyperf: {final.with_name(final.name.removesuffix('.json') + '.pyperf.json')}")
-    err.print(f"took {time.monotonic() - t_begin:.1f} s ({outcome.rounds} rounds)")
-    if outcome.interrupted:
+    err.print(f"took {time.monotonic() - t_begin:.1f} s ({done.outcome.rounds} rounds)")
+    if done.outcome.interrupted:
         print(f"interrupted: the samples taken are in the result above; continue with: "
-              f"bench run --resume {run_id} --out {out_dir}", file=sys.stderr)
+              f"bench run --resume {done.run_id} --out {out_dir}", file=sys.stderr)
         sys.exit(130)
-    if failed:
+    if done.failed:
         sys.exit(1)
 
 
-def _run_with_progress(scen: scenario.Scenario, cells: list[Any], journal: results.Journal,
-                       study: studies.Study, seed: int | None, resumed: Any = None) -> Any:
-    from harness import runner
+class RichReporter:
+    """What a run tells the user, on stderr: lines, a spinner per slow step, and a progress
+    bar per cell with its median and CI so far."""
 
-    s = scen.sampling
-    with Progress(TextColumn("{task.description:<28}"), BarColumn(),
-                  TextColumn("{task.completed:>3}/{task.total:<3} {task.fields[note]}"),
-                  TimeElapsedColumn(), console=err, transient=False) as progress:
-        tasks = {c.key: progress.add_task(c.label, total=s.max_samples, note="")
-                 for c in cells}
+    def info(self, text: str) -> None:
+        err.print(text)
 
-        def update(cell: runner.Cell, note: str) -> None:
-            if not note and cell.values and cell.samples >= 2:
-                lo, hi = stats.median_ci(cell.values)
-                med = sorted(cell.values)[len(cell.values) // 2]
-                unit = studies.unit_of(study, s.metric) or ""
-                note = f"median {format_value(med, unit)} ±{(hi - lo) / 2 / med:.1%}"
-                if cell.status != "running":
-                    note += f" ({cell.status})"
-            progress.update(tasks[cell.key], completed=cell.samples, note=note[:60])
+    def warn(self, text: str) -> None:
+        head, sep, rest = text.partition(": ")
+        err.print(f"[yellow]{head}[/]{sep}{rest}" if sep else f"[yellow]{text}[/]")
 
-        r = runner.Runner(scen, cells, journal, study.sample,
-                          lambda m: studies.unit_of(study, m), progress=update, seed=seed)
-        if resumed is not None:
-            r.restore(resumed.samples, resumed.events)
-            for c in cells:
-                update(c, "restored")
-        return r.run()
+    def status(self, text: str) -> contextlib.AbstractContextManager[Any]:
+        return err.status(text)
+
+    @contextlib.contextmanager
+    def sampling(self, scen: scenario.Scenario, cells: Sequence[Cell],
+                 unit: str) -> Iterator[Callable[[Cell, str], None]]:
+        s = scen.sampling
+        with Progress(TextColumn("{task.description:<28}"), BarColumn(),
+                      TextColumn("{task.completed:>3}/{task.total:<3} {task.fields[note]}"),
+                      TimeElapsedColumn(), console=err, transient=False) as progress:
+            tasks = {c.key: progress.add_task(c.label, total=s.max_samples, note="")
+                     for c in cells}
+
+            def update(cell: Cell, note: str) -> None:
+                if not note and cell.values and cell.samples >= 2:
+                    lo, hi = stats.median_ci(cell.values)
+                    med = sorted(cell.values)[len(cell.values) // 2]
+                    note = f"median {format_value(med, unit)} ±{(hi - lo) / 2 / med:.1%}"
+                    if cell.status != "running":
+                        note += f" ({cell.status})"
+                progress.update(tasks[cell.key], completed=cell.samples, note=note[:60])
+
+            yield update
 
 
 def _print_table(df: Any, order: list[str] | None = None) -> None:
@@ -254,7 +187,7 @@ def list_() -> None:
         except BenchError as e:
             t.add_row(name, "?", f"[red]{e}[/]", str(path))
     out.print(t)
-    out.print("backends: " + ", ".join(runtimes.all_names()))
+    out.print("backends: " + ", ".join(registry.all_names()))
 
 
 @cli.command()
@@ -263,9 +196,9 @@ def doctor() -> None:
     t = Table(title="backends on this host")
     for col in ("backend", "available", "why / fix", "versions"):
         t.add_column(col)
-    for name in runtimes.all_names():
+    for name in registry.all_names():
         try:
-            a = runtimes.get(name).availability()
+            a = registry.get(name).availability()
         except BenchError as e:
             t.add_row(name, "[red]no[/]", str(e), "")
             continue
@@ -371,14 +304,14 @@ def gc_(dry_run: bool, only_run: str | None) -> None:
 
     Runs still in progress (their lock is held) are left alone.
     """
-    from harness.runner import clear_stale_locks, collect, live_runs
+    from harness.runs import HOOKS, clear_stale_locks, collect, live_runs
 
     live = live_runs()
     if only_run in live:
         raise click.UsageError(f"run {only_run} is still running")
     total = 0
-    for base in runtimes.base_names():
-        rt = runtimes.get(base)
+    for base in registry.base_names():
+        rt = registry.get(base, HOOKS)
         try:
             found = collect(rt, live, only_run, dry_run)
         except BenchError as e:
@@ -394,34 +327,63 @@ def gc_(dry_run: bool, only_run: str | None) -> None:
               f"{len(live)} live run(s) left alone")
 
 
-def _parse_mount(spec: str) -> Any:
-    """Docker's --mount syntax: type=bind|volume|tmpfs,source=…,target=…[,readonly][,size=…]."""
-    from harness.core.units import parse_size
-    from runtimes.base import MOUNT_TYPES, Mount
+class Size(click.ParamType[int, Any]):
+    """A size such as 64M, 1.5G or 4096 (bytes), parsed by harness.core.units."""
 
-    fields: dict[str, str] = {}
-    for part in spec.split(","):
-        key, eq, value = part.partition("=")
-        if key in ("readonly", "ro") and not eq:
-            value = "true"
-        fields[{"src": "source", "dst": "target", "destination": "target",
-                "ro": "readonly"}.get(key, key)] = value
-    unknown = set(fields) - {"type", "source", "target", "readonly", "size"}
-    if unknown:
-        raise click.BadParameter(f"unknown field {sorted(unknown)[0]!r} in {spec!r}",
-                                 param_hint="--mount")
-    mtype = fields.get("type", "bind")
-    if mtype not in MOUNT_TYPES or not fields.get("target", "").startswith("/"):
-        raise click.BadParameter(f"{spec!r}: need type=bind|volume|tmpfs and an absolute "
-                                 "target=", param_hint="--mount")
-    try:
-        size = parse_size(fields["size"]) if "size" in fields else None
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--mount") from None
-    return Mount(type=mtype,  # type: ignore[arg-type]
-                 target=fields["target"], source=fields.get("source"),
-                 readonly=fields.get("readonly", "false").lower() in ("1", "true", "yes"),
-                 size=size)
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+SIZE = Size()
+
+
+class MountSpec(click.ParamType[Mount, Any]):
+    """Docker's --mount syntax: type=bind|volume|tmpfs,source=…,target=…[,readonly][,size=…]."""
+
+    name = "mount"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Mount:
+        if isinstance(value, Mount):
+            return value
+        fields: dict[str, str] = {}
+        for part in str(value).split(","):
+            key, eq, v = part.partition("=")
+            if key in ("readonly", "ro") and not eq:
+                v = "true"
+            fields[{"src": "source", "dst": "target", "destination": "target",
+                    "ro": "readonly"}.get(key, key)] = v
+        unknown = set(fields) - {"type", "source", "target", "readonly", "size"}
+        if unknown:
+            self.fail(f"unknown field {sorted(unknown)[0]!r} in {value!r}", param, ctx)
+        mtype = fields.get("type", "bind")
+        if mtype not in MOUNT_TYPES or not fields.get("target", "").startswith("/"):
+            self.fail(f"{value!r}: need type=bind|volume|tmpfs and an absolute target=",
+                      param, ctx)
+        size = SIZE.convert(fields["size"], param, ctx) if "size" in fields else None
+        return Mount(type=mtype,  # type: ignore[arg-type]
+                     target=fields["target"], source=fields.get("source"),
+                     readonly=fields.get("readonly", "false").lower() in ("1", "true", "yes"),
+                     size=size)
+
+
+class KeyValue(click.ParamType[tuple[str, str], Any]):
+    name = "KEY=VALUE"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, str]:
+        k, eq, v = str(value).partition("=")
+        if not eq or not k:
+            self.fail(f"{value!r} is not KEY=VALUE", param, ctx)
+        return k, v
 
 
 @cli.command("exec", context_settings={"ignore_unknown_options": True})
@@ -429,66 +391,35 @@ def _parse_mount(spec: str) -> Any:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--network", type=click.Choice(["none", "bridge", "host"]), default="none",
               show_default=True)
-@click.option("--memory", help="Memory limit, e.g. 32M.")
+@click.option("--memory", type=SIZE, help="Memory limit, e.g. 32M.")
 @click.option("--cpus", type=click.FloatRange(min=0.01), help="CPU limit in cores.")
 @click.option("--pids", type=click.IntRange(1), help="Process limit.")
-@click.option("--mount", "mounts", multiple=True, metavar="SPEC",
+@click.option("--mount", "mounts", multiple=True, type=MountSpec(), metavar="SPEC",
               help="type=bind|volume|tmpfs,source=…,target=…[,readonly][,size=…] (repeatable)")
-@click.option("--env", "envs", multiple=True, metavar="KEY=VALUE")
+@click.option("--env", "envs", multiple=True, type=KeyValue(), metavar="KEY=VALUE")
 @click.option("--recipe", default="base", show_default=True, help="Image recipe name.")
 @click.option("--binary", "binaries", multiple=True, help="Extra host binary in the image.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True)
-def exec_(backend: str, command: tuple[str, ...], network: str, memory: str | None,
-          cpus: float | None, pids: int | None, mounts: tuple[str, ...],
-          envs: tuple[str, ...], recipe: str, binaries: tuple[str, ...],
+def exec_(backend: str, command: tuple[str, ...], network: str, memory: int | None,
+          cpus: float | None, pids: int | None, mounts: tuple[Mount, ...],
+          envs: tuple[tuple[str, str], ...], recipe: str, binaries: tuple[str, ...],
           timeout: float) -> None:
     """Run COMMAND once in the workload image under BACKEND; pass its output and exit
     status through (an OOM-killed command is reported as such and exits 137).
 
     Example: bench exec ns --network none --memory 32M -- sh -c 'echo hi'
     """
-    from harness import runner
+    from harness import session
     from harness.core import image as image_mod
-    from harness.core.units import parse_size
-    from harness.runner import RunLock
-    from runtimes.base import InstanceSpec, Limits, new_run_id
+    from runtimes.base import Limits
 
-    try:
-        limits = Limits(cpus=cpus, memory=parse_size(memory) if memory else None, pids=pids)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--memory") from None
-    env = {}
-    for item in envs:
-        k, eq, v = item.partition("=")
-        if not eq or not k:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
-        env[k] = v
-    rt = runtimes.get(backend)
-    avail = rt.availability()
-    if not avail.ok:
-        from harness.core.errors import BackendUnavailable
-
-        raise BackendUnavailable(backend, avail.reason, avail.fix)
+    registry.check(backend)
+    limits = Limits(cpus=cpus, memory=memory, pids=pids)
     img = image_mod.build(image_mod.Recipe(name=recipe, binaries=binaries))
-    run_id = new_run_id()
-    lock = RunLock(run_id, {"exec": backend})
-    try:
-        prepared = rt.prepare(img)
-        spec = InstanceSpec(run_id=run_id, name=f"cvbench-{run_id}-1", argv=command, env=env,
-                            limits=limits, network=network,  # type: ignore[arg-type]
-                            mounts=tuple(_parse_mount(m) for m in mounts), capture=True)
-        inst = rt.create(spec, prepared)
-        try:
-            rt.start(inst)
-            rt.wait_ready(inst, timeout)
-            ex = rt.wait_exit(inst, timeout)
-        finally:
-            rt.stop(inst, grace=0.5)
-            rt.remove(inst)
-    finally:
-        for problem in runner.finish([rt], run_id):
-            print(f"bench: exec: clean-up problem: {problem}", file=sys.stderr)
-        lock.release()
+    ex, problems = session.exec_once(backend, command, img, timeout=timeout, env=dict(envs),
+                                     limits=limits, network=network, mounts=mounts)
+    for problem in problems:
+        print(f"bench: exec: clean-up problem: {problem}", file=sys.stderr)
     sys.stdout.buffer.write(ex.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(ex.stderr)
@@ -600,8 +531,8 @@ def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path
     give is too narrow for a comparison made minutes later (measured: 3 false alarms in
     10 single-run A/A comparisons after such a calibration).
     """
-    import subprocess
-    import tempfile
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     from harness import baseline
     from harness.core import hostinfo
@@ -614,24 +545,20 @@ def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path
     docs: list[tuple[str, dict[str, Any]]] = []
     t0 = time.monotonic()
     for i in range(runs):
-        # Each calibration run is a separate `bench run` process, as the runs compared
-        # later are: process start-up state is part of what differs between runs.
         wait = t0 + i * over_s / runs - time.monotonic()
         if wait > 0:
             err.print(f"next run in {wait:.0f} s (spreading {runs} runs over {over_s:.0f} s)")
             time.sleep(wait)
         err.print(f"calibration run {i + 1}/{runs}")
-        args = [sys.executable, "-m", "harness.cli", "run", scenario_name, "--copies", "2",
-                "--out", str(out_dir), *(["--backends", backends] if backends else [])]
-        # stdout to a file, not a pipe: a stray instance process that inherited it must
-        # not keep us waiting for EOF
-        with tempfile.TemporaryFile("w+") as f:
-            code = subprocess.run(args, stdout=f, check=False).returncode
-            f.seek(0)
-            final = next((line.strip().removeprefix("result: ") for line in f
-                          if line.startswith("result: ")), None)
-        if code != 0 or final is None:
-            raise BenchError(f"calibration run {i + 1} failed (exit {code}); nothing stored")
+        # Each calibration run is a session in a fresh process, as the runs compared later
+        # are separate `bench run` processes: process start-up state is part of what
+        # differs between runs.
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            final, problem = pool.submit(_calibration_run, scenario_name, backends,
+                                         out_dir).result()
+        if problem:
+            raise BenchError(f"calibration run {i + 1} failed ({problem}); nothing stored")
         docs.append((final, results.load_result(final)))
     noise = baseline.calibrate_noise(d for _, d in docs)
     cal = {"runs": [p for p, _ in docs], "run_ids": [d["run_id"] for _, d in docs]}
@@ -653,6 +580,23 @@ def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path
                   f"{r['max_aa_cross']:.0%}")
     out.print(t)
     print(f"baseline: {target}")
+
+
+def _calibration_run(scenario_name: str, backends: str | None, out_dir: Path
+                     ) -> tuple[str, str]:
+    """One A/A run (every cell twice, interleaved): (its result file, "" or what failed)."""
+    from harness import session
+
+    try:
+        done = session.Session(scenario.load(scenario_name), _split(backends), out_dir,
+                               RichReporter(), copies=2).execute()
+    except BenchError as e:
+        return "", str(e)
+    if done.outcome.interrupted:
+        return str(done.result), "interrupted"
+    if done.failed:
+        return str(done.result), f"cells failed: {', '.join(c.label for c in done.failed)}"
+    return str(done.result), ""
 
 
 @cli.group("baseline")

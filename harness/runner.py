@@ -1,4 +1,4 @@
-"""The runner: warmups, interleaved shuffled rounds, adaptive stop, clean-up.
+"""The sampling loop: warmups, interleaved shuffled rounds, adaptive stop, clean-up.
 
 Each round runs every cell (backend x variant) still going once, in a fresh random order,
 so drift (thermal, page cache, a noisy neighbour) hits all cells alike. A cell stops when
@@ -8,46 +8,52 @@ the bootstrap 95 % CI half-width of the median of the scenario's metric is withi
 
 Ctrl-C (or SIGTERM) once: the current sample finishes, live instances are removed and
 the samples taken are finalized. Twice: the current sample is abandoned too.
+
+What surrounds it: harness.plan (which backends and cells), harness.runs (the run's
+lock, clean-up, what to resume), harness.session (the stages of a whole run).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import gc
-import json
-import os
 import random
-import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
-import runtimes as runtimes_registry
-from harness import __version__, stats
-from harness.core import hostinfo
-from harness.core.errors import BackendUnavailable, BenchError, InstanceError, UsageError
-from harness.core.image import Image
-from harness.core.units import format_size
-from harness.results import SCHEMA, Journal
+from harness import stats
+from harness.core.errors import BenchError, InstanceError
+from harness.results import Journal
 from harness.scenario import Config, Scenario, Variant
-from runtimes.base import (
-    Instance,
-    InstanceSpec,
-    Leftover,
-    Prepared,
-    Runtime,
-    not_applied,
-    state_dir,
-)
+from runtimes.base import Instance, InstanceSpec, Prepared, Runtime, Traits
 
 FAILURES_TO_GIVE_UP = 3
+
+
+def variant_name(cell_variant: str, sub: str | None) -> str:
+    if not sub:
+        return cell_variant
+    return sub if cell_variant == "default" else f"{cell_variant},{sub}"
+
+
+def cell_variant(sample: dict[str, Any], cell_variants: Iterable[str]) -> str | None:
+    """The variant of the cell a stored sample belongs to: given by its `sub` field; for a
+    sample written before `sub` was stored, the cell variant its name is made from."""
+    name = str(sample["variant"])
+    sub = sample.get("sub")
+    names = set(cell_variants)
+    if sub:
+        return next((v for v in names if variant_name(v, str(sub)) == name), None)
+    if name in names:
+        return name
+    for v in names:  # "<cell variant>,<sub>", or "<sub>" of the default variant
+        if name.startswith(f"{v},") or (v == "default" and "=" in name):
+            return v
+    return None
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class Cell:
     config: Config
     runtime: Runtime
     prepared: Prepared
+    traits: Traits  # the backend's, taken once when the cells are made
     values: list[float] = field(default_factory=list)  # of the stop metric
     sub_values: dict[str, list[float]] = field(default_factory=dict)  # by sub-variant
     samples: int = 0
@@ -96,16 +103,36 @@ class Cell:
         return (self.backend, f"{self.variant.name} #{self.copy}")
 
     def variant_of(self, sub: str | None) -> str:
-        """The variant name recorded for a measurement of sub-variant `sub`."""
-        if not sub:
-            return self.variant.name
-        return sub if self.variant.name == "default" else f"{self.variant.name},{sub}"
+        """The variant name recorded for a measurement of sub-variant `sub` (the cell's
+        variant and `sub` joined: what readers of results have always grouped by)."""
+        return variant_name(self.variant.name, sub)
 
     @property
     def label(self) -> str:
         label = self.backend if self.variant.name == "default" else \
             f"{self.backend} [{self.variant.name}]"
         return label if self.copy is None else f"{label} #{self.copy}"
+
+
+class Placement(Protocol):
+    """Where instances are made: a backend and the image it prepared (a Cell; for `bench
+    exec`, a plain Target). Instances are tracked by their placement."""
+
+    @property
+    def runtime(self) -> Runtime: ...
+
+    @property
+    def prepared(self) -> Prepared: ...
+
+    @property
+    def label(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    runtime: Runtime
+    prepared: Prepared
+    label: str
 
 
 class Context:
@@ -115,7 +142,7 @@ class Context:
         self.run_id = run_id
         self.timeout = timeout
         self.counter = 0
-        self.live: dict[int, tuple[Cell, Instance]] = {}
+        self.live: dict[int, tuple[Placement, Instance]] = {}
         self.artifacts: list[dict[str, Any]] = []  # of the sample being taken
         self.params: dict[str, Any] = {}  # the scenario's [params]
         # Set by the runner. A study whose sample takes long (a density ramp) polls
@@ -142,23 +169,23 @@ class Context:
         fields.update(overrides)
         return InstanceSpec(**fields)
 
-    def track(self, cell: Cell, inst: Instance) -> None:
-        self.live[id(inst)] = (cell, inst)
+    def track(self, where: Placement, inst: Instance) -> None:
+        self.live[id(inst)] = (where, inst)
 
     def untrack(self, inst: Instance) -> None:
         self.live.pop(id(inst), None)
 
-    def cleanup(self, only: Cell | None = None) -> list[str]:
+    def cleanup(self, only: Placement | None = None) -> list[str]:
         """Stop and remove live instances (all, or one cell's); return what failed."""
         errors = []
-        for key, (cell, inst) in list(self.live.items()):
-            if only is not None and cell is not only:
+        for key, (where, inst) in list(self.live.items()):
+            if only is not None and where is not only:
                 continue
             try:
-                cell.runtime.stop(inst, grace=0.5)
-                cell.runtime.remove(inst)
+                where.runtime.stop(inst, grace=0.5)
+                where.runtime.remove(inst)
             except Exception as e:  # keep cleaning the others
-                errors.append(f"{cell.label}: {inst.spec.name}: {e}")
+                errors.append(f"{where.label}: {inst.spec.name}: {e}")
             self.live.pop(key, None)
         return errors
 
@@ -260,6 +287,7 @@ class Runner:
             "unit": m.unit or self.unit_of(m.metric) or "", "value": m.value,
             "round": self.round, **({"instance": m.instance} if m.instance is not None else {}),
             **({"copy": cell.copy} if cell.copy is not None else {}),
+            **({"sub": m.variant} if m.variant else {}),
         } for m in measurements)
         for a in self.ctx.artifacts:
             sub = a.pop("sub")
@@ -280,22 +308,33 @@ class Runner:
         self.progress(cell, note)
 
     def restore(self, samples: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
-        """Rebuild the cells' progress from a resumed run's samples and events."""
+        """Rebuild the cells' progress from a resumed run's samples and events: their
+        sample counts (distinct rounds), the stop metric's values, per sub-variant too,
+        and the round number to go on from."""
         metric = self.scenario.sampling.metric
+        variants = {c.variant.name for c in self.cells}
         by_key = {c.key: c for c in self.cells}
         rounds: dict[tuple[str, str], set[int]] = {}
         for s in samples:
-            key = (s["backend"], s["variant"])
-            if key not in by_key:
-                continue
-            rounds.setdefault(key, set()).add(s["round"])
-            if s["metric"] == metric:
-                by_key[key].values.append(float(s["value"]))
             self.round = max(self.round, int(s["round"]))
+            v = cell_variant(s, variants)
+            copy = s.get("copy")
+            key = (str(s["backend"]), f"{v}" if copy is None else f"{v} #{copy}")
+            cell = by_key.get(key)
+            if cell is None:
+                continue
+            rounds.setdefault(key, set()).add(int(s["round"]))
+            if s["metric"] == metric:
+                cell.values.append(float(s["value"]))
+                sub = s.get("sub") or (None if s["variant"] == cell.variant.name
+                                       else str(s["variant"]).removeprefix(
+                                           f"{cell.variant.name},"))
+                if sub:
+                    cell.sub_values.setdefault(sub, []).append(float(s["value"]))
         for key, cell in by_key.items():
             cell.samples = len(rounds.get(key, ()))
             for e in events:
-                if (e.get("backend"), e.get("variant")) != key:
+                if (e.get("backend"), e.get("variant")) != (cell.backend, cell.variant.name):
                     continue
                 if e["kind"] == "sample_failed":
                     cell.failures += 1
@@ -361,230 +400,3 @@ class Runner:
         cells = self.active()
         self.rng.shuffle(cells)
         return cells
-
-
-# --- whole runs: lock, preparation, journal, finalize ------------------------------------
-
-def runs_dir() -> Path:
-    return state_dir() / "runs"
-
-
-class RunLock:
-    """An flock held for the whole run: `bench gc` leaves runs whose lock is held alone."""
-
-    def __init__(self, run_id: str, info: dict[str, Any]) -> None:
-        self.path = runs_dir() / f"{run_id}.lock"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, json.dumps({"pid": os.getpid(), **info}).encode())
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            os.close(self.fd)
-            self.fd = -1
-
-
-def live_runs() -> list[str]:
-    """Run ids whose runner still holds its lock."""
-    live: list[str] = []
-    d = runs_dir()
-    if not d.is_dir():
-        return live
-    for p in d.glob("*.lock"):
-        try:
-            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            live.append(p.stem)
-        finally:
-            os.close(fd)
-    return live
-
-
-def collect(rt: Runtime, live: list[str], only_run: str | None = None,
-            dry_run: bool = False) -> list[Leftover]:
-    """Leftovers of dead runs on one backend (all, or only `only_run`'s): listed, and
-    removed unless `dry_run`."""
-    keep = list(live)
-    if only_run:
-        # Every other run counts as live, so only `only_run`'s resources go.
-        keep += sorted({x.run_id or "" for x in rt.leftovers(live)} - {only_run})
-    return rt.leftovers(keep) if dry_run else rt.gc(keep)
-
-
-def release_shared(rts: list[Runtime], me: str) -> list[Leftover]:
-    """Once no other run is going, remove what runs share (parent cgroups, bridges, dev
-    layers, state dirs) and whatever dead runs left. Called at the end of a run."""
-    if [r for r in live_runs() if r != me]:
-        return []
-    removed: list[Leftover] = []
-    for rt in rts:
-        removed += rt.gc([me])  # `me` is done; its lock is released just after
-    return removed
-
-
-def finish(rts: list[Runtime], run_id: str) -> list[str]:
-    """End of a run (before its lock is released): remove what it made that outlives an
-    instance (volumes, networks); then, if no other run is going, what runs share (parent
-    cgroups, bridge, dev layer, state dirs). Returns the problems, to be reported."""
-    problems = []
-    live = [x for x in live_runs() if x != run_id]
-    for rt in rts:
-        try:
-            collect(rt, live, run_id)
-            if not live:
-                rt.gc([])  # leftovers of dead runs, and the shared state
-        except Exception as e:
-            problems.append(f"{rt.name}: {e} (run `bench gc`)")
-    return problems
-
-
-def clear_stale_locks() -> None:
-    """Remove the lock files of runs that are no longer alive."""
-    live = set(live_runs())
-    d = runs_dir()
-    if d.is_dir():
-        for p in d.glob("*.lock"):
-            if p.stem not in live:
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-
-
-@dataclass
-class Plan:
-    """A scenario bound to this host: the backends that will run, and the ones skipped."""
-
-    scenario: Scenario
-    backends: list[str]
-    runtimes: dict[str, Runtime]
-    skipped: dict[str, str]  # backend -> why
-
-
-def plan(scenario: Scenario, requested: list[str] | None) -> Plan:
-    """Choose backends: requested ones must be available (exit 3 if not); the scenario's
-    own list is auto-detected (unavailable ones are skipped, with the reason)."""
-    names = requested or list(scenario.backends) or runtimes_registry.base_names()
-    for n in names:
-        if not runtimes_registry.known(n):
-            raise UsageError(f"unknown backend {n!r}; known backends: "
-                             f"{', '.join(runtimes_registry.all_names())}")
-    chosen: list[str] = []
-    rts: dict[str, Runtime] = {}
-    skipped: dict[str, str] = {}
-    for n in names:
-        rt = runtimes_registry.get(n)
-        avail = rt.availability()
-        if avail.ok:
-            chosen.append(n)
-            rts[n] = rt
-        elif requested:
-            raise BackendUnavailable(n, avail.reason, avail.fix)
-        else:
-            skipped[n] = avail.reason + (f" (fix: {avail.fix})" if avail.fix else "")
-    if not chosen:
-        raise BackendUnavailable(",".join(names), "none of the scenario's backends is "
-                                 "available here", "run `bench doctor`")
-    return Plan(scenario=scenario, backends=chosen, runtimes=rts, skipped=skipped)
-
-
-def unenforced_limits(p: Plan) -> dict[str, list[str]]:
-    """backend -> the limits its cells ask for that it does not enforce (its metadata's
-    not_applied lists "limits" or "limits.<field>"), as "field=value" across variants."""
-    out: dict[str, list[str]] = {}
-    for b in p.backends:
-        skip = not_applied(p.runtimes[b])
-        asked = {f"{k}={format_size(v) if k == 'memory' else f'{v:g}'}"
-                 for variant in p.scenario.variants
-                 for k, v in p.scenario.config(variant).limits.as_dict().items()
-                 if v is not None and ("limits" in skip or f"limits.{k}" in skip)}
-        if asked:
-            out[b] = sorted(asked)
-    return out
-
-
-def make_cells(p: Plan, prepared: dict[str, Prepared], copies: int = 1) -> list[Cell]:
-    """One cell per (backend, variant); with copies > 1 (A/A calibration), that many
-    identical cells each, numbered, which the rounds interleave like any other cells."""
-    return [Cell(backend=b, variant=v, config=p.scenario.config(v), runtime=p.runtimes[b],
-                 prepared=prepared[b], copy=None if copies == 1 else k)
-            for b in p.backends for v in p.scenario.variants for k in range(copies)]
-
-
-def header(p: Plan, run_id: str, image: Image, prepared: dict[str, Prepared]
-           ) -> dict[str, Any]:
-    backends: dict[str, Any] = {}
-    for b in p.backends:
-        rt = p.runtimes[b]
-        avail = rt.availability()
-        backends[b] = {**rt.metadata(), "versions": dict(avail.versions),
-                       "prepared": {"ref": prepared[b].ref,
-                                    "footprint": dict(prepared[b].footprint),
-                                    **dict(prepared[b].details)}}
-    return {
-        "schema": SCHEMA, "tool": {"name": "cvbench", "version": __version__},
-        "run_id": run_id, "created": datetime.now(UTC).isoformat(),
-        "scenario": p.scenario.as_dict(), "scenario_toml": dict(p.scenario.raw),
-        "host": hostinfo.fingerprint(),
-        "backends": backends, "skipped": p.skipped, "image": image.as_dict(),
-    }
-
-
-def cell_summary(cells: list[Cell]) -> list[dict[str, Any]]:
-    return [{"backend": c.backend, "variant": c.variant.name, "status": c.status,
-             "samples": c.samples, "failures": c.failures,
-             **({"copy": c.copy} if c.copy is not None else {})} for c in cells]
-
-
-@dataclass
-class Resumable:
-    """What an interrupted run left in an output directory."""
-
-    run_id: str
-    base: str  # file name stem of the new journal/result
-    header: dict[str, Any]
-    samples: list[dict[str, Any]]
-    events: list[dict[str, Any]]
-    artifacts: list[dict[str, Any]]
-    journal: Path | None  # a SIGKILLed run's journal, appended to in place
-    supersedes: str | None  # an interrupted result the resumed one replaces
-
-
-def find_resumable(out_dir: Path, run_id: str) -> Resumable:
-    """The journal (killed run) or interrupted result (Ctrl-C) of `run_id` in `out_dir`."""
-    from harness.results import load_result, read_journal
-
-    check_run = re.compile(r"^[0-9a-z]{8,32}$")
-    if not check_run.match(run_id):
-        raise UsageError(f"--resume: {run_id!r} is not a run id")
-    if run_id in live_runs():
-        raise UsageError(f"run {run_id} is still running (its lock is held)")
-    journals = sorted(out_dir.glob(f"*-{run_id}*.journal"))
-    if journals:
-        j = journals[-1]
-        header, samples, events, artifacts = read_journal(j)
-        return Resumable(run_id, j.name.removesuffix(".journal"), header, samples, events,
-                         artifacts, j, None)
-    done = sorted(p for p in out_dir.glob(f"*-{run_id}*.json")
-                  if not p.name.endswith(".pyperf.json"))
-    if not done:
-        raise UsageError(f"--resume: no journal or result of run {run_id} in {out_dir}")
-    last = done[-1]
-    doc = load_result(last)
-    if not doc.get("interrupted"):
-        raise UsageError(f"--resume: run {run_id} finished ({last}); nothing to resume")
-    header = {k: v for k, v in doc.items()
-              if k not in ("samples", "events", "artifacts", "checksum", "finished", "cells",
-                           "interrupted", "duration", "rounds", "supersedes")}
-    stem = last.name.removesuffix(".json")
-    n = 1
-    while (out_dir / f"{stem}-r{n}.json").exists() or (out_dir / f"{stem}-r{n}.journal").exists():
-        n += 1
-    return Resumable(run_id, f"{stem}-r{n}", header, doc["samples"], doc["events"],
-                     doc.get("artifacts", []), None, last.name)

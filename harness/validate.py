@@ -12,12 +12,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import runtimes
 from harness import studies
 from harness.core.errors import ImageError, ScenarioError, UsageError
 from harness.core.hostinfo import meminfo
 from harness.core.image import which
 from harness.scenario import Scenario
+from runtimes import registry
 
 Check = Callable[[Scenario], list[ScenarioError]]
 
@@ -52,9 +52,8 @@ def check_study(s: Scenario) -> list[ScenarioError]:
 
 
 def check_backends(s: Scenario) -> list[ScenarioError]:
-    return [_err(s, "backends", f"unknown backend {b!r}; known: "
-                 f"{', '.join(runtimes.all_names())}")
-            for b in s.backends if not runtimes.known(b)]
+    return [_err(s, "backends", problem) for b in s.backends
+            if (problem := registry.unknown(b))]
 
 
 def check_limits(s: Scenario) -> list[ScenarioError]:

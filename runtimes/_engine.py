@@ -50,9 +50,9 @@ import select
 import shutil
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,26 +61,30 @@ import requests
 from docker.types import Mount as DockerMount
 
 from harness.core.errors import BackendUnavailable, ImageError, InstanceError, UsageError
-from harness.core.image import Image
+from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
-from runtimes import _proc
+from runtimes import _oci, _proc
+from runtimes._oci import PROVISION
 from runtimes.base import (
+    NO_HOOKS,
     PREFIX,
     RUN_LABEL,
     Availability,
     Exit,
+    Hooks,
     Instance,
     InstanceSpec,
+    Json,
     Leftover,
     Prepared,
     Stats,
+    Traits,
+    own,
     state_dir,
 )
 
 DIGEST_LABEL = "cvbench.digest"
 RECIPE_LABEL = "cvbench.recipe"
-PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PROVISION = "run `make provision` (scripts/provision) as root"
 _ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
@@ -151,6 +155,22 @@ class AttachStream(_proc.Stream):
             self.fd = -1
 
 
+@dataclass(eq=False)
+class EngineInstance(Instance):
+    """A container: its id, the attach stream its output arrives on, and its memory
+    cgroup once looked up."""
+
+    cid: str = ""
+    out: AttachStream | None = None
+    cgroup: Path | None = None
+    exited: bool = False
+
+    def stream(self) -> AttachStream:
+        if self.out is None:
+            raise InstanceError(f"{self.spec.name}: not attached")
+        return self.out
+
+
 def pids_of(comm: str, needle: str = "") -> list[int]:
     """Processes whose command name is `comm` and whose command line contains `needle`."""
     out = []
@@ -189,25 +209,6 @@ def kernel_oom_killed(cid: str) -> bool:
                 return True
     finally:
         os.close(fd)
-
-
-def hybrid_without_hugetlb() -> bool:
-    """crun refuses a cgroup v1/hybrid host whose hugetlb controller is not mounted."""
-    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
-        return False
-    mounts = Path("/proc/mounts").read_text()
-    return " /sys/fs/cgroup/memory cgroup" in mounts and \
-        " /sys/fs/cgroup/hugetlb cgroup" not in mounts
-
-
-def binary_version(path: str) -> str:
-    try:
-        p = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10,
-                           check=False)
-    except OSError:
-        return "?"
-    first = (p.stdout or p.stderr).strip().splitlines()
-    return first[0].split()[-1] if first else "?"
 
 
 def environment(spec: InstanceSpec) -> dict[str, str]:
@@ -254,7 +255,7 @@ class Engine:
     per_container_runtime: ClassVar[bool] = True  # else the daemon's default is the flavour
     log_hint: ClassVar[str]  # where the daemon's log is when provision started it
 
-    def __init__(self, flavour: str | None = None) -> None:
+    def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
         self.flavour = flavour
         self.name = f"{self.base}:{flavour}" if flavour else self.base
         self.runtime = flavour or self.default_runtime
@@ -337,7 +338,7 @@ class Engine:
                 ok=False, versions=versions, details=details,
                 reason=f"OCI runtime {self.runtime!r} is not registered with {self.base}",
                 fix=self._runtime_fix())
-        versions[self.runtime] = binary_version(runtime_path)
+        versions[self.runtime] = _oci.version_line(runtime_path).split()[-1]
         default = info.get("DefaultRuntime")
         if not self.per_container_runtime and default != self.runtime:
             return Availability(
@@ -345,26 +346,22 @@ class Engine:
                 reason=f"the {self.base} service on {self.socket_path} runs {default}, not "
                        f"{self.runtime} (its API cannot choose the runtime per container)",
                 fix=f"{PROVISION}; it starts a service with --runtime {self.runtime} there")
-        if "crun" in Path(runtime_path).name and hybrid_without_hugetlb():
-            return Availability(
-                ok=False, versions=versions, details=details,
-                reason="cgroup problem: crun refuses this cgroup v1/hybrid host because "
-                       "the hugetlb controller is not mounted",
-                fix="mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb "
-                    f"({PROVISION} does it)")
+        refusal = _oci.crun_refusal() if "crun" in Path(runtime_path).name else None
+        if refusal:
+            return Availability(ok=False, versions=versions, details=details,
+                                reason=refusal[0], fix=refusal[1])
         problem = self._host_problem()
         if problem:
             return Availability(ok=False, versions=versions, details=details,
                                 reason=problem[0], fix=problem[1])
         return Availability(ok=True, versions=versions, details=details)
 
-    def metadata(self) -> dict[str, Any]:
-        daemons = {}
+    def traits(self) -> Traits:
+        daemons: dict[str, Json] = {}
         for name, pids in self.daemons().items():
             m = memory.processes_memory(pids)
-            daemons[name] = {"pids": pids, "pss": m.pss, "uss": m.uss, "rss": m.rss}
-        return {
-            "kind": "container",
+            daemons[name] = {"pids": list(pids), "pss": m.pss, "uss": m.uss, "rss": m.rss}
+        return Traits(kind="container", settings={
             "engine": self.base, "oci_runtime": self.runtime, "socket": self.socket_path,
             "client": f"docker-py {docker.__version__} APIClient ({self.client_note})",
             "phases": {"create": "POST create + attach" + self.attach_note,
@@ -376,7 +373,7 @@ class Engine:
             "limits_mapping": "cpus -> NanoCpus; memory -> Memory = MemorySwap; "
                               "pids -> PidsLimit",
             "daemons": daemons,
-        }
+        })
 
     # --- image ----------------------------------------------------------------------------
 
@@ -407,7 +404,7 @@ class Engine:
                 if info is None:
                     raise ImageError(f"{self.base}: the imported image {image.tag} does not "
                                      f"have the single layer sha256:{image.digest}")
-        details: dict[str, Any] = {"image_id": info["Id"], "diff_id": info["RootFS"]["Layers"][0],
+        details: dict[str, Json] = {"image_id": info["Id"], "diff_id": info["RootFS"]["Layers"][0],
                                    "tags": info.get("RepoTags") or [], "imported": imported}
         if imported:
             details["import_seconds"] = round(import_s, 3)
@@ -461,10 +458,10 @@ class Engine:
 
     def check(self, spec: InstanceSpec) -> None:
         """Refuse what this engine/flavour cannot do here, before anything is created."""
-        if self.runtime == "runsc" and spec.network != "none":
-            raise UsageError(f"{self.name}: runsc is registered with --network=none here "
-                             f"(its netstack cannot run in this VM); network "
-                             f"{spec.network!r} is not available")
+        problem = _oci.runsc_network_problem(self.name, spec.network) \
+            if self.runtime == "runsc" else None
+        if problem:
+            raise UsageError(problem)
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         self.check(spec)
@@ -473,13 +470,12 @@ class Engine:
             volumes = {m.source or "": self._volume(spec.run_id, m.source or "")
                        for m in spec.mounts if m.type == "volume"}
             cid = self.create_container(spec, prepared.ref, volumes)
-        inst = Instance(spec=spec, prepared=prepared, handle=cid)
+        inst = EngineInstance(spec=spec, prepared=prepared, cid=cid)
         try:
             with _instance_errors(self.name, "attach"):
                 attached = api.attach_socket(
                     cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
-            out = AttachStream(attached, spec.capture)
-            inst.state.update(out=out, err=out.err)
+            inst.out = AttachStream(attached, spec.capture)
         except BaseException:
             self.remove(inst)
             raise
@@ -487,39 +483,39 @@ class Engine:
 
     def start(self, inst: Instance) -> None:
         with _instance_errors(self.name, "start"):
-            self.api.start(inst.handle)
+            self.api.start(own(inst, EngineInstance).cid)
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
-        return _proc.ready(inst, timeout)
+        return _proc.ready(inst, own(inst, EngineInstance).stream(), timeout)
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
+        inst = own(inst, EngineInstance)
         deadline = time.monotonic() + timeout
-        out: AttachStream = inst.state["out"]
+        out = inst.stream()
         out.drain(deadline)
         with _instance_errors(self.name, "wait"):
-            code = self.wait(inst.handle, max(1.0, deadline - time.monotonic()))
+            code = self.wait(inst.cid, max(1.0, deadline - time.monotonic()))
         t = time.monotonic_ns()
-        inst.state["exited"] = True
+        inst.exited = True
         oom = False
         if code != 0:  # only then is the extra inspect worth it
             with _instance_errors(self.name, "inspect"):
-                oom = bool(self.api.inspect_container(inst.handle)["State"].get("OOMKilled"))
+                oom = bool(self.api.inspect_container(inst.cid)["State"].get("OOMKilled"))
             if not oom and code == 128 + 9 and inst.spec.limits.memory is not None:
-                oom = kernel_oom_killed(inst.handle)
+                oom = kernel_oom_killed(inst.cid)
         return Exit(code=code, t_ns=t, oom_killed=oom, stdout=bytes(out.data),
                     stderr=bytes(out.err.data))
 
     def stats(self, inst: Instance) -> Stats:
         """The container's host processes: its shim (containerd-shim, conmon) and every
         process below it, plus whatever its memory cgroup holds (runsc's sandbox)."""
-        cg: Path | None = inst.state.get("cgroup")
+        inst = own(inst, EngineInstance)
+        cg = inst.cgroup
         if cg is None:
             with _instance_errors(self.name, "inspect"):
-                pid = int(self.api.inspect_container(inst.handle)["State"].get("Pid") or 0)
-            cg = memory.memory_cgroup(pid) if pid else None
-            if cg is not None:
-                inst.state["cgroup"] = cg
-        shims = self.shim_pids(inst.handle)
+                pid = int(self.api.inspect_container(inst.cid)["State"].get("Pid") or 0)
+            cg = inst.cgroup = memory.memory_cgroup(pid) if pid else None
+        shims = self.shim_pids(inst.cid)
         pids = set(memory.cgroup_procs(cg)) if cg else set()
         for shim in shims:
             pids.update(memory.descendants(shim))
@@ -529,13 +525,14 @@ class Engine:
                      extra={"shim_pids": shims, "cgroup_path": str(cg) if cg else None})
 
     def stop(self, inst: Instance, grace: float = 2.0) -> None:
-        if inst.handle is None or inst.state.get("exited"):
+        inst = own(inst, EngineInstance)
+        if not inst.cid or inst.exited:
             return
         # Engine stop: SIGTERM, then SIGKILL after whole seconds (0: SIGKILL at once; a
         # workload that is PID 1 ignores SIGTERM unless it handles it).
         with contextlib.suppress(docker.errors.NotFound), \
                 _instance_errors(self.name, "stop"):
-            self.api.stop(inst.handle, timeout=int(grace))
+            self.api.stop(inst.cid, timeout=int(grace))
 
     def daemons(self) -> dict[str, list[int]]:
         raise NotImplementedError
@@ -543,7 +540,8 @@ class Engine:
     def disk_usage(self, inst: Instance) -> int | None:
         """The container's writable layer: SizeRw of GET /containers/json?size=1."""
         with _instance_errors(self.name, "list"):
-            found = self.api.containers(all=True, filters={"id": inst.handle}, size=True)
+            found = self.api.containers(all=True, filters={"id": own(inst, EngineInstance).cid},
+                                        size=True)
         # dockerd omits SizeRw when the layer is empty
         return int(found[0].get("SizeRw") or 0) if found else None
 
@@ -552,22 +550,23 @@ class Engine:
             return "127.0.0.1"
         if inst.spec.network == "none":
             return None
-        info = self.api.inspect_container(inst.handle)
+        info = self.api.inspect_container(own(inst, EngineInstance).cid)
         for n in (info["NetworkSettings"].get("Networks") or {}).values():
             if n.get("IPAddress"):
                 return str(n["IPAddress"])
         return info["NetworkSettings"].get("IPAddress") or None
 
     def remove(self, inst: Instance) -> None:
-        out: AttachStream | None = inst.state.pop("out", None)
-        if out is not None:
-            out.close()
-        if inst.handle is None:
+        inst = own(inst, EngineInstance)
+        if inst.out is not None:
+            inst.out.close()
+            inst.out = None
+        if not inst.cid:
             return
         with contextlib.suppress(docker.errors.NotFound), \
                 _instance_errors(self.name, "remove"):
-            self.api.remove_container(inst.handle, force=True)
-        inst.state["exited"] = True
+            self.api.remove_container(inst.cid, force=True)
+        inst.exited = True
 
     # --- leftovers ---------------------------------------------------------------------------
 

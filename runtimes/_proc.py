@@ -1,4 +1,5 @@
-"""Process plumbing shared by the backends that own their workload's process (host, ns).
+"""Process plumbing shared by the backends that own their workload's process (host, ns,
+oci): their instances are PipedInstances.
 
 The ready line is read from the workload's stdout pipe and timestamped when the read
 that completes it returns. The exit is watched with a pidfd, so waiting has a timeout
@@ -50,6 +51,32 @@ class Stream:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+@dataclass(eq=False)
+class PipedInstance(Instance):
+    """An instance whose first process is the runner's child: its pid and pidfd, and
+    the read ends of its stdout/stderr pipes (or whatever Stream carries them)."""
+
+    pid: int = 0
+    pidfd: int = -1
+    out: Stream | None = None
+    err: Stream | None = None
+    exited: bool = False
+
+    def streams(self) -> tuple[Stream, Stream]:
+        if self.out is None or self.err is None:
+            raise InstanceError(f"{self.spec.name}: not started")
+        return self.out, self.err
+
+    def release(self) -> None:
+        """Close the pipes and the pidfd (idempotent)."""
+        for s in (self.out, self.err):
+            if s is not None:
+                s.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
 
 def open_pipe() -> tuple[int, int]:
@@ -113,14 +140,18 @@ def wait_pid(pid: int, pidfd: int, streams: list[Stream], timeout: float) -> tup
     _, status = os.waitpid(pid, 0)
     # Drain what is already buffered; do not wait for EOF (a leftover child may hold it).
     for s in streams:
-        while not s.eof and s.fd >= 0 and _readable(s.fd) and s.read_some():
+        while not s.eof and s.fd >= 0 and readable(s.fd) and s.read_some():
             pass
     return _code(status), t_exit
 
 
-def _readable(fd: int) -> bool:
-    r, _, _ = select.select([fd], [], [], 0)
-    return bool(r)
+def readable(fd: int, timeout: float = 0) -> bool:
+    """Whether `fd` becomes readable within `timeout` s (a pidfd: the process exited).
+    poll, not select: select cannot watch a descriptor numbered 1024 or more, and a
+    runner with hundreds of live instances holds that many."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
 
 
 def _code(status: int) -> int:
@@ -152,7 +183,7 @@ def reap(pid: int, pidfd: int, grace: float, group: bool = False) -> None:
     if done:
         return
     kill(pid, pidfd, signal.SIGTERM, group)
-    if not select.select([pidfd], [], [], grace)[0]:
+    if not readable(pidfd, grace):
         kill(pid, pidfd, signal.SIGKILL, group)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
@@ -180,15 +211,7 @@ def tagged_processes() -> list[tuple[int, str, str]]:
 
 # --- the bookkeeping every pipe-fed backend shares -------------------------------------
 
-def adopt(inst: Instance, pid: int, out_r: int, err_r: int) -> None:
-    """Record a started workload process and the read ends of its stdout/stderr pipes."""
-    inst.handle = pid
-    inst.pids = [pid]
-    inst.state.update(pidfd=os.pidfd_open(pid), out=Stream(out_r, inst.spec.capture),
-                      err=Stream(err_r, inst.spec.capture))
-
-
-def spawn(inst: Instance, argv: list[str], env: dict[str, str], label: str = "",
+def spawn(inst: PipedInstance, argv: list[str], env: dict[str, str], label: str = "",
           **options: Any) -> None:
     """posix_spawn `argv` as the instance's process: stdin from /dev/null, stdout and
     stderr into fresh pipes whose read ends the instance keeps (see adopt). `options` go
@@ -208,22 +231,23 @@ def spawn(inst: Instance, argv: list[str], env: dict[str, str], label: str = "",
     finally:
         os.close(out_w)
         os.close(err_w)
-    adopt(inst, pid, out_r, err_r)
+    inst.pid, inst.pids = pid, [pid]
+    inst.pidfd = os.pidfd_open(pid)
+    inst.out, inst.err = Stream(out_r, inst.spec.capture), Stream(err_r, inst.spec.capture)
 
 
-def ready(inst: Instance, timeout: float) -> int:
-    """wait_ready for a backend whose instance has an `out` Stream: the ready line's
-    arrival time (monotonic ns), also kept in inst.ready_ns."""
-    inst.ready_ns = wait_line(inst.state["out"], inst.spec.ready_line,
-                              time.monotonic() + timeout)
+def ready(inst: Instance, out: Stream, timeout: float) -> int:
+    """wait_ready for a backend whose ready line comes on the stream `out`: its arrival
+    time (monotonic ns), also kept in inst.ready_ns."""
+    inst.ready_ns = wait_line(out, inst.spec.ready_line, time.monotonic() + timeout)
     return inst.ready_ns
 
 
-def exited(inst: Instance, pid: int, pidfd: int, timeout: float,
+def exited(inst: PipedInstance, timeout: float,
            oom_killed: Callable[[], bool] | None = None) -> Exit:
     """wait_exit for a backend that is the parent of its workload process."""
-    out, err = inst.state["out"], inst.state["err"]
-    code, t = wait_pid(pid, pidfd, [out, err], timeout)
-    inst.state["exited"] = True
+    out, err = inst.streams()
+    code, t = wait_pid(inst.pid, inst.pidfd, [out, err], timeout)
+    inst.exited = True
     return Exit(code=code, t_ns=t, oom_killed=bool(oom_killed and oom_killed()),
                 stdout=bytes(out.data), stderr=bytes(err.data))

@@ -1,25 +1,33 @@
-"""The Runtime protocol: the only thing the runner talks to.
+"""The Runtime protocol: the only thing the orchestration talks to.
 
-One module per backend implements it; `runtimes.get(name)` finds them through the
+One module per backend implements it, and ends with a static check that mypy --strict
+holds it to the protocol. `runtimes.registry.get(name)` finds them through the
 "cvbench.runtimes" entry-point group. Every resource a backend creates carries the
 prefix `cvbench-<run id>` (or the label `cvbench.run=<run id>`), so an interrupted run
 can always be found and cleaned up by `leftovers()` / `gc()`.
 
 Timestamps are `time.monotonic_ns()` of the host. A backend never reports a guest clock.
+This module sits on the core layer only (harness.core): what a backend needs from the
+orchestration (a run lock) is lent to it through `Hooks`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from harness.core.image import Image
+
+# What a backend records about itself: JSON values, typed.
+Json = str | int | float | bool | None | Sequence["Json"] | Mapping[str, "Json"]
+Kind = Literal["process", "container", "vm"]
 
 NetworkMode = Literal["none", "bridge", "host"]
 NETWORK_MODES: tuple[str, ...] = ("none", "bridge", "host")
@@ -45,22 +53,58 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def not_applied(rt: Runtime) -> set[str]:
-    """InstanceSpec fields a backend ignores (its metadata's "not_applied": the host
-    backend applies no limits, network or mounts; finer entries like "limits.pids",
-    "mounts.bind" or "network.host" name one part); studies skip what would be a lie.
-
-    Other metadata keys the studies read: "volume_formats", the disk formats a volume
-    can take, the first being a plain name's and the others asked by naming the volume
-    `<name>.<format>` (a VM: ["raw", "qcow2"]).
-    """
-    return set(rt.metadata().get("not_applied", ()))
+def run_of(name: str) -> str | None:
+    """The run id in a resource name `cvbench-<run id>-<rest>`, or None for other names."""
+    parts = name.split("-")
+    return parts[1] if len(parts) >= 3 and name.startswith(PREFIX) else None
 
 
 def state_dir() -> Path:
     """Where backends keep per-run state (instance dirs, volumes); one tree to clean."""
     return Path(os.environ.get("CVBENCH_STATE", "/var/lib/cvbench" if os.geteuid() == 0
                                else Path.home() / ".local/state/cvbench"))
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What a backend is, can do and reports about itself; recorded in every result.
+
+    kind: "process" (no isolation), "container" or "vm": reports sort backends and test
+    the seed claims (containers vs VMs) by it, never by name. A VM says how it is
+    accelerated (`accel` "kvm" | "tcg"); under TCG `emulated` is True and every chart
+    marks it. `not_applied`: the InstanceSpec parts this backend ignores ("limits",
+    "network", "mounts", or one part: "limits.pids", "mounts.bind", "network.host");
+    studies skip what would be a lie. `volume_formats`: the disk formats a volume can
+    take, the first a plain name's, the others asked by naming the volume
+    `<name>.<format>` (a VM: raw, qcow2). `protections`: the isolation measures applied
+    (capabilities, seccomp, ...). `settings`: anything else worth recording (versions of
+    its parts, how it maps the spec, the daemons' memory).
+    """
+
+    kind: Kind
+    accel: str | None = None
+    emulated: bool = False
+    not_applied: frozenset[str] = frozenset()
+    volume_formats: tuple[str, ...] = ()
+    protections: tuple[str, ...] = ()
+    settings: Mapping[str, Json] = field(default_factory=dict)
+
+    def enforces(self, limit: str) -> bool:
+        """Whether a limit ("cpus", "memory", "pids") asked in the spec is applied."""
+        return not {"limits", f"limits.{limit}"} & self.not_applied
+
+    def as_dict(self) -> dict[str, Json]:
+        """The result file's backend metadata (the keys reports have always read)."""
+        out: dict[str, Json] = {"kind": self.kind, **self.settings}
+        if self.accel is not None:
+            out.update(accel=self.accel, emulated=self.emulated)
+        if self.not_applied:
+            out["not_applied"] = sorted(self.not_applied)
+        if self.volume_formats:
+            out["volume_formats"] = list(self.volume_formats)
+        if self.protections:
+            out["protections"] = list(self.protections)
+        return out
 
 
 @dataclass(frozen=True)
@@ -71,7 +115,7 @@ class Limits:
     memory: int | None = None
     pids: int | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, float | int | None]:
         return {"cpus": self.cpus, "memory": self.memory, "pids": self.pids}
 
 
@@ -89,7 +133,7 @@ class Mount:
     readonly: bool = False
     size: int | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Json]:
         return {"type": self.type, "target": self.target, "source": self.source,
                 "readonly": self.readonly, "size": self.size}
 
@@ -116,16 +160,25 @@ class InstanceSpec:
         return READY_PREFIX + self.nonce.encode()
 
 
-@dataclass
+@dataclass(eq=False)
 class Instance:
-    """A created instance. `handle` is the backend's own object (pid, container, domain)."""
+    """A created instance. Each backend subclasses it with its own typed handles (a
+    process and its pipes, a container id, a domain) and gets them back with `own()`."""
 
     spec: InstanceSpec
     prepared: Prepared
-    handle: Any = None
     pids: list[int] = field(default_factory=list)
     ready_ns: int | None = None
-    state: dict[str, Any] = field(default_factory=dict)
+
+
+InstanceT = TypeVar("InstanceT", bound=Instance)
+
+
+def own(inst: Instance, cls: type[InstanceT]) -> InstanceT:
+    """`inst` as the backend's own instance type (one backend never gets another's)."""
+    if not isinstance(inst, cls):
+        raise TypeError(f"{cls.__name__} expected, got {type(inst).__name__}")
+    return inst
 
 
 @dataclass(frozen=True)
@@ -158,7 +211,7 @@ class Stats:
     uss: int
     rss: int
     cgroup: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Json] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -169,7 +222,7 @@ class Availability:
     reason: str = ""
     fix: str = ""
     versions: Mapping[str, str] = field(default_factory=dict)
-    details: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -187,7 +240,7 @@ class Prepared:
     backend: str
     ref: str
     footprint: Mapping[str, int] = field(default_factory=dict)
-    details: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Json] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -208,14 +261,8 @@ class Runtime(Protocol):
 
     def availability(self) -> Availability: ...
 
-    def metadata(self) -> dict[str, Any]:
-        """Versions and settings recorded in the result (and merged phases, if any).
-
-        Reports read `kind` from here — "process" (no isolation), "container" or "vm" —
-        to sort backends and test the seed claims (containers vs VMs) without knowing any
-        backend by name; a VM also records `accel` ("kvm" | "tcg") and, under TCG,
-        `emulated: True`, which every chart marks.
-        """
+    def traits(self) -> Traits:
+        """What it is and does, recorded in the result (see Traits)."""
         ...
 
     def prepare(self, image: Image) -> Prepared: ...
@@ -260,3 +307,32 @@ class Runtime(Protocol):
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
         """Remove what `leftovers()` finds; return what was removed."""
         ...
+
+
+class RuntimeClass(Protocol):
+    """What the registry loads from an entry point: a backend class, its flavours (a
+    backend name is `<base>` or `<base>:<flavour>`) and its constructor."""
+
+    flavours: tuple[str, ...]
+
+    def __call__(self, flavour: str | None = None, *, hooks: Hooks = ...) -> Runtime: ...
+
+
+@contextlib.contextmanager
+def _unguarded(run_id: str, what: str) -> Iterator[None]:
+    yield
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the orchestration lends a backend (DESIGN: passed in, never imported).
+
+    hold_run(run_id, what): a context in which `run_id` counts as a live run, so that no
+    concurrent `bench gc` removes what a backend creates under it outside a run (the
+    libvirt KVM probe boots a VM of its own).
+    """
+
+    hold_run: Callable[[str, str], contextlib.AbstractContextManager[None]] = _unguarded
+
+
+NO_HOOKS = Hooks()  # a backend used outside a run (tests, `bench doctor`)

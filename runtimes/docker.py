@@ -15,7 +15,7 @@ containerd it supervises are the daemons, reported apart.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from runtimes._engine import Engine, pids_of
 
@@ -44,3 +44,10 @@ class DockerRuntime(Engine):
 
     def daemons(self) -> dict[str, list[int]]:
         return {"dockerd": pids_of("dockerd"), "containerd": pids_of("containerd")}
+
+
+if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor
+    from runtimes.base import Runtime, RuntimeClass
+
+    _instance: Runtime = DockerRuntime()
+    _class: RuntimeClass = DockerRuntime

@@ -14,20 +14,25 @@ import os
 import platform
 import signal
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, ClassVar
 
 from harness.core.image import Image
 from harness.core.probes import memory
 from harness.core.probes.disk import du_bytes
 from runtimes import _proc
+from runtimes._proc import PipedInstance
 from runtimes.base import (
+    NO_HOOKS,
     Availability,
     Exit,
+    Hooks,
     Instance,
     InstanceSpec,
     Leftover,
     Prepared,
     Stats,
+    Traits,
+    own,
 )
 
 
@@ -35,14 +40,18 @@ class HostRuntime:
     """Runs /bench/init of the unpacked image directly on the host."""
 
     name = "host"
-    flavours: tuple[str, ...] = ()
+    flavours: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
+        pass
 
     def availability(self) -> Availability:
         return Availability(ok=True, versions={"kernel": platform.release()})
 
-    def metadata(self) -> dict[str, Any]:
-        return {"kind": "process", "isolation": "none", "spawn": "posix_spawn",
-                "not_applied": ["limits", "network", "mounts"], "kernel": platform.release()}
+    def traits(self) -> Traits:
+        return Traits(kind="process", not_applied=frozenset({"limits", "network", "mounts"}),
+                      settings={"isolation": "none", "spawn": "posix_spawn",
+                                "kernel": platform.release()})
 
     def prepare(self, image: Image) -> Prepared:
         # The workload runs from the unpacked rootfs: that is the image as stored here.
@@ -51,9 +60,10 @@ class HostRuntime:
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         # Nothing exists before start for a plain process; keep create honest and empty.
-        return Instance(spec=spec, prepared=prepared)
+        return PipedInstance(spec=spec, prepared=prepared)
 
     def start(self, inst: Instance) -> None:
+        inst = own(inst, PipedInstance)
         spec, root = inst.spec, inst.prepared.image.rootfs
         env = {"PATH": f"{root}/bin:{root}/usr/bin:{root}/sbin:{root}/usr/sbin",
                "HOME": "/root", "CVBENCH_NONCE": spec.nonce,
@@ -67,25 +77,26 @@ class HostRuntime:
                     setpgroup=0)
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
-        return _proc.ready(inst, timeout)
+        return _proc.ready(inst, own(inst, PipedInstance).streams()[0], timeout)
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
-        return _proc.exited(inst, inst.handle, inst.state["pidfd"], timeout)
+        return _proc.exited(own(inst, PipedInstance), timeout)
 
     def stats(self, inst: Instance) -> Stats:
-        pids = memory.descendants(inst.handle)
+        pids = memory.descendants(own(inst, PipedInstance).pid)
         m = memory.processes_memory(pids)
         return Stats(pids=tuple(pids), pss=m.pss, uss=m.uss, rss=m.rss)
 
     def stop(self, inst: Instance, grace: float = 2.0) -> None:
-        if inst.handle is None:
+        inst = own(inst, PipedInstance)
+        if not inst.pid:
             return
-        if not inst.state.get("exited"):
-            _proc.reap(inst.handle, inst.state["pidfd"], grace, group=True)
-            inst.state["exited"] = True
+        if not inst.exited:
+            _proc.reap(inst.pid, inst.pidfd, grace, group=True)
+            inst.exited = True
         # The workload may have exited and left children behind in its group.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(inst.handle, signal.SIGKILL)
+            os.killpg(inst.pid, signal.SIGKILL)
 
     def daemons(self) -> dict[str, list[int]]:
         return {}
@@ -98,12 +109,7 @@ class HostRuntime:
 
     def remove(self, inst: Instance) -> None:
         self.stop(inst, grace=0)
-        for key in ("out", "err"):
-            if key in inst.state:
-                inst.state[key].close()
-        pidfd = inst.state.pop("pidfd", None)
-        if pidfd is not None:
-            os.close(pidfd)
+        own(inst, PipedInstance).release()
 
     def leftovers(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
         """Workload processes of dead runs (a SIGKILLed runner orphans its children)."""
@@ -116,3 +122,10 @@ class HostRuntime:
         for item in found:
             _proc.kill(int(item.name.split()[0]), None)
         return found
+
+
+if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor
+    from runtimes.base import Runtime, RuntimeClass
+
+    _instance: Runtime = HostRuntime()
+    _class: RuntimeClass = HostRuntime

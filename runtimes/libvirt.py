@@ -55,14 +55,14 @@ import json
 import math
 import os
 import re
-import select
 import shutil
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.core import image as image_mod
 from harness.core.errors import BackendUnavailable, BenchError, InstanceError, UsageError
@@ -70,15 +70,21 @@ from harness.core.image import Image
 from harness.core.probes import memory
 from runtimes import _proc
 from runtimes.base import (
+    NO_HOOKS,
     PREFIX,
     Availability,
     Exit,
+    Hooks,
     Instance,
     InstanceSpec,
+    Json,
     Leftover,
     Prepared,
     Stats,
+    Traits,
     new_run_id,
+    own,
+    run_of,
     state_dir,
 )
 from runtimes.vm import disk, domain, initramfs, kernel
@@ -162,13 +168,8 @@ def _vm_cache() -> Path:
     return image_mod.cache_dir().parent / "vm"
 
 
-def _run_of(name: str) -> str | None:
-    parts = name.split("-")
-    return parts[1] if len(parts) >= 3 and name.startswith(PREFIX) else None
-
-
 @contextlib.contextmanager
-def _flock(path: Path) -> Any:
+def _flock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
@@ -246,13 +247,33 @@ def virtlogd_problem(sock: Path = VIRTLOGD_SOCK, qemu_conf: Path = QEMU_CONF) ->
     return None
 
 
+@dataclass(eq=False)
+class VmInstance(Instance):
+    """A transient domain (libvirt's virDomain), its directory and its serial console,
+    connected while the vCPUs are still paused."""
+
+    dir: Path | None = None
+    cfg: domain.DomainConfig | None = None
+    root: Path | None = None  # libvirt:disk: the instance's qcow2 overlay
+    dom: Any = None  # libvirt.virDomain (the binding has no type information)
+    console: socket.socket | None = None
+    out: _proc.Stream | None = None
+    exited: bool = False
+
+    def stream(self) -> _proc.Stream:
+        if self.out is None:
+            raise InstanceError(f"{self.spec.name}: no console")
+        return self.out
+
+
 class LibvirtRuntime:
     """QEMU guests through libvirtd; `libvirt:microvm` uses QEMU's microvm machine,
     `libvirt:disk` boots into a per-instance qcow2 overlay disk instead of RAM."""
 
-    flavours: tuple[str, ...] = ("microvm", "disk")
+    flavours: ClassVar[tuple[str, ...]] = ("microvm", "disk")
 
-    def __init__(self, flavour: str | None = None) -> None:
+    def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
+        self.hooks = hooks
         if flavour not in (None, *self.flavours):
             raise UsageError(f"unknown libvirt flavour {flavour!r}; known: "
                              f"{', '.join(self.flavours)}")
@@ -358,49 +379,48 @@ class LibvirtRuntime:
         themselves, /dev/kvm may exist and still fail: QEMU cannot set an MSR of the host
         CPU model (then the probe retries without that feature), or the guest crawls and
         dies with "KVM internal error"."""
-        from harness.runner import RunLock  # the lock keeps a concurrent gc off the probe
-
         prepared = self.prepare(image_mod.build(image_mod.Recipe()))
         failures = []
         for disabled in ((), ("arch-capabilities",)):
             run_id = new_run_id()
-            lock = RunLock(run_id, {"probe": "kvm"})
             spec = InstanceSpec(run_id=run_id, name=f"cvbench-{run_id}-kvmprobe",
                                 argv=("true",))
             t0 = time.monotonic()
             inst: Instance | None = None
             cpu = "host-passthrough" + "".join(f",-{f}" for f in disabled)
-            try:
-                inst = self._create(spec, prepared, "kvm", disabled)
-                self.start(inst)
-                ex = self.wait_exit(inst, PROBE_TIMEOUT)
-                if ex.code == 0:
-                    self._cpu_disabled = disabled
-                    return "kvm", (f"KVM probe boot ({cpu}) reached the workload in "
-                                   f"{time.monotonic() - t0:.1f} s")
-                failures.append(f"{cpu}: the probe's workload exited {ex.code}")
-            except (InstanceError, UsageError, OSError) as e:
-                log = _qemu_log_tail(spec.name)
-                failures.append(f"{cpu}: " + (f"QEMU: {log}" if log else str(e)[:160]))
-            finally:
-                if inst is not None:
-                    self.remove(inst)
-                lock.release()
+            # held as a live run, so that a concurrent gc leaves the probe's VM alone
+            with self.hooks.hold_run(run_id, "kvm probe"):
+                try:
+                    inst = self._create(spec, prepared, "kvm", disabled)
+                    self.start(inst)
+                    ex = self.wait_exit(inst, PROBE_TIMEOUT)
+                    if ex.code == 0:
+                        self._cpu_disabled = disabled
+                        return "kvm", (f"KVM probe boot ({cpu}) reached the workload in "
+                                       f"{time.monotonic() - t0:.1f} s")
+                    failures.append(f"{cpu}: the probe's workload exited {ex.code}")
+                except (InstanceError, UsageError, OSError) as e:
+                    log = _qemu_log_tail(spec.name)
+                    failures.append(f"{cpu}: " + (f"QEMU: {log}" if log else str(e)[:160]))
+                finally:
+                    if inst is not None:
+                        self.remove(inst)
             if "MSR" not in failures[-1]:
                 break  # only a CPU feature QEMU cannot set is worth another try
         return "tcg", "KVM probe boot failed; " + "; ".join(failures)
 
-    def metadata(self) -> dict[str, Any]:
+    def traits(self) -> Traits:
         accel, why = self.accel()
-        return {"accel": accel, "emulated": accel != "kvm", "accel_reason": why,
-                "machine": self.machine, "domain": "transient (createXML), paused until start",
+        return Traits(kind="vm", accel=accel, emulated=accel != "kvm",
+                      not_applied=frozenset({"limits.pids"}), settings={
+                "accel_reason": why, "machine": self.machine,
+                "domain": "transient (createXML), paused until start",
                 "root": "qcow2 overlay per instance on the image's qcow2 (virtio-blk vda)"
                         if self.root_disk else "the initramfs, in guest RAM",
                 "boot_args": boot_args(accel), "console": "serial ttyS0 on a unix socket",
                 "memory_mapping": f"guest RAM = limit (default {DEFAULT_MEMORY // MIB} MiB) "
                                   f"+ {GUEST_BASE_MIB} MiB + 2 x initramfs + limit/64",
-                "vcpus": "ceil(cpus), fractional rest as a CFS quota",
-                "not_applied": ["limits.pids"], **self._versions()}
+                "vcpus": "ceil(cpus), fractional rest as a CFS quota", **self._versions()})
 
     # --- images ----------------------------------------------------------------------
 
@@ -523,7 +543,7 @@ class LibvirtRuntime:
         root: Path | None = None
         try:
             if self.root_disk:
-                root = disk.overlay(Path(prepared.details["disk_qcow2"]), idir / "root.qcow2")
+                root = disk.overlay(Path(str(prepared.details["disk_qcow2"])), idir / "root.qcow2")
             disks, mount_lines, mods = self._devices(spec, root)
         except BaseException:
             shutil.rmtree(idir, ignore_errors=True)
@@ -533,7 +553,7 @@ class LibvirtRuntime:
             net = self._network()
             mods.add("virtio_net")
         det = prepared.details
-        modules = _modules_for(det["kernel_version"],
+        modules = _modules_for(str(det["kernel_version"]),
                                ("virtio_pci", "virtio_balloon", *sorted(mods)))
         vcpus, quota = vcpus_and_quota(spec.limits.cpus)
         console = idir / "console.sock"
@@ -542,27 +562,27 @@ class LibvirtRuntime:
             machine=self.machine,
             memory_kib=guest_memory(spec.limits.memory,
                                     int(prepared.footprint["initramfs"])) // 1024,
-            vcpus=vcpus, quota_us=quota, kernel=det["kernel"], initrd=det["initramfs"],
+            vcpus=vcpus, quota_us=quota, kernel=str(det["kernel"]), initrd=str(det["initramfs"]),
             cmdline=self.cmdline(spec, modules, mount_lines, accel,
                                  "/dev/vda" if root is not None else None),
             console=str(console),
             disks=tuple(disks), network=net, cpu_host=accel == "kvm",
             disabled_cpu_features=cpu_disabled)
-        inst = Instance(spec=spec, prepared=prepared,
-                        state={"dir": idir, "cfg": cfg, "root": root})
+        inst = VmInstance(spec=spec, prepared=prepared, dir=idir, cfg=cfg, root=root)
         try:
             try:
-                dom = self.conn().createXML(domain.to_xml(cfg), lv.VIR_DOMAIN_START_PAUSED)
+                inst.dom = self.conn().createXML(domain.to_xml(cfg),
+                                                 lv.VIR_DOMAIN_START_PAUSED)
             except lv.libvirtError as e:
                 raise InstanceError(f"libvirt: cannot create {spec.name}: "
                                     f"{e.get_error_message()}") from e
-            inst.handle = dom
             # QEMU listens on the socket without waiting for a client: whatever the guest
             # writes before we connect is lost, so connect while the vCPUs are paused.
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock = inst.console = socket.socket(socket.AF_UNIX,
+                                                socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             sock.connect(str(console))
             sock.setblocking(False)
-            inst.state.update(sock=sock, out=_proc.Stream(sock.fileno(), spec.capture))
+            inst.out = _proc.Stream(sock.fileno(), spec.capture)
             pid = _qemu_pid(spec.name)
             inst.pids = [pid] if pid else []
         except BaseException:
@@ -586,32 +606,33 @@ class LibvirtRuntime:
     def start(self, inst: Instance) -> None:
         lv = _libvirt()
         try:
-            inst.handle.resume()
+            own(inst, VmInstance).dom.resume()
         except lv.libvirtError as e:
             raise InstanceError(f"libvirt: cannot resume {inst.spec.name}: "
                                 f"{e.get_error_message()}") from e
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
-        return _proc.ready(inst, timeout)
+        return _proc.ready(inst, own(inst, VmInstance).stream(), timeout)
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
         """Read the console to its end (QEMU closes it when it exits), then wait until
         libvirt reports the domain shut off: that moment is the exit."""
-        out: _proc.Stream = inst.state["out"]
+        inst = own(inst, VmInstance)
+        out = inst.stream()
         deadline = time.monotonic() + timeout
         while not out.eof:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise InstanceError(f"the guest did not power off within {timeout:g} s "
                                     f"(console: {bytes(out.data[-300:])!r})")
-            if select.select([out.fd], [], [], left)[0]:
+            if _proc.readable(out.fd, left):
                 out.read_some()
         while self._alive(inst):
             if time.monotonic() > deadline:
                 raise InstanceError("QEMU closed the console but the domain is still running")
             time.sleep(0.001)
         t_exit = time.monotonic_ns()
-        inst.state["exited"] = True
+        inst.exited = True
         text = bytes(out.data).replace(b"\r\n", b"\n")
         m = EXIT_LINE.search(text)
         if m is None:
@@ -624,43 +645,45 @@ class LibvirtRuntime:
         return Exit(code=int(m.group(1)), t_ns=t_exit,
                     oom_killed=bool(m.group(2) and int(m.group(2)) > 0), stdout=body)
 
-    def _alive(self, inst: Instance) -> bool:
+    def _alive(self, inst: VmInstance) -> bool:
         """True while the domain exists and is not shut off (a transient domain is gone
         from libvirt once it has shut off)."""
         lv = _libvirt()
         try:
-            state, _ = inst.handle.state()
+            state, _ = inst.dom.state()
         except lv.libvirtError:
             return False
         return bool(state != lv.VIR_DOMAIN_SHUTOFF)
 
     def stats(self, inst: Instance) -> Stats:
+        inst = own(inst, VmInstance)
         pids = [p for p in inst.pids if os.path.exists(f"/proc/{p}")]
         m = memory.processes_memory(pids)
         guest: dict[str, int] = {}
         with contextlib.suppress(Exception):
             # KiB from the balloon driver: actual (RAM given), rss (QEMU's), unused,
             # available, usable (the guest's own view, once virtio_balloon is loaded).
-            guest = {k: v * 1024 for k, v in inst.handle.memoryStats().items()
+            guest = {k: v * 1024 for k, v in inst.dom.memoryStats().items()
                      if k != "last_update"}
-        view = {"guest_total": guest["available"],  # the guest's MemTotal
+        view: dict[str, Json] = {"guest_total": guest["available"],  # the guest's MemTotal
                 "guest_used": guest["available"] - guest["usable"]} \
             if "available" in guest and "usable" in guest else {}
         return Stats(pids=tuple(pids), pss=m.pss, uss=m.uss, rss=m.rss,
                      cgroup=_cgroup_usage(pids[0]) if pids else None,
-                     extra={"guest": guest, "guest_ram": inst.state["cfg"].memory_kib * 1024,
+                     extra={"guest": dict(guest),
+                            "guest_ram": inst.cfg.memory_kib * 1024 if inst.cfg else None,
                             **view})
 
     def stop(self, inst: Instance, grace: float = 2.0) -> None:
         """Destroy the domain: the guest has no ACPI power-button handler (its PID 1 is
         the workload's shell), so a graceful shutdown would only wait `grace` for nothing."""
-        dom = inst.handle
-        if dom is None or inst.state.get("exited"):
+        inst = own(inst, VmInstance)
+        if inst.dom is None or inst.exited:
             return
         lv = _libvirt()
         with contextlib.suppress(lv.libvirtError):
-            dom.destroy()
-        inst.state["exited"] = True
+            inst.dom.destroy()
+        inst.exited = True
 
     def daemons(self) -> dict[str, list[int]]:
         return _comm_pids(("libvirtd", "virtlogd", "virtlockd"))
@@ -668,7 +691,7 @@ class LibvirtRuntime:
     def disk_usage(self, inst: Instance) -> int | None:
         """libvirt:disk: the allocated size of the instance's overlay (`qemu-img info`).
         Otherwise None: the guest's root is its initramfs, in RAM; volumes are shared."""
-        root: Path | None = inst.state.get("root")
+        root = own(inst, VmInstance).root
         return None if root is None else int(disk.info(root)["actual_size"])
 
     def address(self, inst: Instance) -> str | None:
@@ -678,7 +701,8 @@ class LibvirtRuntime:
         deadline = time.monotonic() + 60
         while True:
             try:
-                ifs = inst.handle.interfaceAddresses(lv.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
+                ifs = own(inst, VmInstance).dom.interfaceAddresses(
+                    lv.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
             except lv.libvirtError:
                 ifs = {}
             for i in ifs.values():
@@ -691,25 +715,26 @@ class LibvirtRuntime:
 
     def remove(self, inst: Instance) -> None:
         self.stop(inst, grace=0)
-        sock = inst.state.pop("sock", None)
-        if sock is not None:
-            sock.close()
-        idir: Path | None = inst.state.pop("dir", None)
-        if idir is not None:
-            shutil.rmtree(idir, ignore_errors=True)
+        inst = own(inst, VmInstance)
+        if inst.console is not None:
+            inst.console.close()
+            inst.console = None
+        if inst.dir is not None:
+            shutil.rmtree(inst.dir, ignore_errors=True)
+            inst.dir = None
 
     # --- leftovers -------------------------------------------------------------------
 
     def leftovers(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
-        found = [Leftover(self.name, "domain", d.name(), _run_of(d.name()))
+        found = [Leftover(self.name, "domain", d.name(), run_of(d.name()))
                  for d in self.conn().listAllDomains()
-                 if d.name().startswith(PREFIX) and _run_of(d.name()) not in live_runs]
+                 if d.name().startswith(PREFIX) and run_of(d.name()) not in live_runs]
         root = state_dir() / "libvirt"
         for d in (root, root / "volumes"):
             if d.is_dir():
                 found += [Leftover(self.name, "dir" if p.is_dir() else "volume", str(p),
-                                   _run_of(p.name)) for p in sorted(d.iterdir())
-                          if p.name.startswith(PREFIX) and _run_of(p.name) not in live_runs]
+                                   run_of(p.name)) for p in sorted(d.iterdir())
+                          if p.name.startswith(PREFIX) and run_of(p.name) not in live_runs]
         return found
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
@@ -744,3 +769,10 @@ def _qemu_log_tail(name: str) -> str:
                 for ln in lines.splitlines() if "error" in ln.lower()]
         return " | ".join(dict.fromkeys(errs[-3:]))[:300]
     return ""
+
+
+if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor
+    from runtimes.base import Runtime, RuntimeClass
+
+    _instance: Runtime = LibvirtRuntime()
+    _class: RuntimeClass = LibvirtRuntime

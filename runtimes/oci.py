@@ -27,60 +27,57 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import shutil
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, ClassVar
 
 from harness.core.errors import InstanceError, UsageError
-from harness.core.image import Image
+from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
-from runtimes import _proc
+from harness.core.probes.disk import du_bytes
+from runtimes import _oci, _proc
+from runtimes._proc import PipedInstance
 from runtimes.base import (
+    NO_HOOKS,
     PREFIX,
     Availability,
     Exit,
+    Hooks,
     Instance,
     InstanceSpec,
+    Json,
     Leftover,
     Prepared,
     Stats,
+    Traits,
+    own,
+    run_of,
     state_dir,
 )
-from runtimes.ns import _empty_dirs, cgroup_parents, cgroups, namespaces, upper_mode
+from runtimes.ns import cgroups, namespaces
 from runtimes.ns.config import DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS
+from runtimes.ns.shared import cgroup_parents, empty_dirs, upper_mode
 
 CGROUP_PARENT = "cvbench.oci"
 FLAVOURS = ("crun", "runc", "runsc")
-ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _run_of(name: str) -> str | None:
-    parts = name.split("-")
-    return parts[1] if len(parts) >= 3 and name.startswith(PREFIX) else None
+@dataclass(eq=False)
+class OciInstance(PipedInstance):
+    """The `<cli> run` process is the instance's first process; `bundle` its directory."""
 
-
-def _version(binary: str) -> str:
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                             timeout=10, check=False)
-    except OSError:
-        return "?"
-    lines = (out.stdout or out.stderr).strip().splitlines()
-    return lines[0] if lines else "?"
-
-
-def _is_mount(path: Path) -> bool:
-    return os.path.ismount(path)
+    bundle: Path | None = None
 
 
 class OciRuntime:
     name = "oci"
-    flavours: tuple[str, ...] = FLAVOURS
+    flavours: ClassVar[tuple[str, ...]] = FLAVOURS
 
-    def __init__(self, flavour: str = "crun") -> None:
+    def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
+        flavour = flavour or "crun"
         if flavour not in FLAVOURS:
             raise UsageError(f"unknown oci flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
         self.flavour = flavour
@@ -104,7 +101,7 @@ class OciRuntime:
         cmd = [self.binary, "--root", str(self.root() / f"state-{self.flavour}")]
         if self.flavour == "runsc":
             cmd += [f"--network={'host' if network == 'host' else 'none'}",
-                    "--platform=ptrace"]
+                    _oci.RUNSC_PLATFORM]
         return cmd
 
     # --- availability ------------------------------------------------------------------
@@ -113,31 +110,24 @@ class OciRuntime:
         if not self.binary:
             return Availability(ok=False, reason=f"{self.flavour} is not installed",
                                 fix=f"apt-get install {self.flavour} (scripts/provision)")
-        versions = {self.flavour: _version(self.binary)}
+        versions = {self.flavour: _oci.version_line(self.binary)}
         if os.geteuid() != 0:
             return Availability(ok=False, reason=f"oci:{self.flavour} is run as root here",
                                 fix="run bench as root", versions=versions)
-        if self.flavour == "crun" and self.cg.mode == "hybrid":
-            ctrl = Path("/sys/fs/cgroup/unified/cgroup.controllers")
-            with contextlib.suppress(OSError):
-                if ctrl.read_text().split():
-                    return Availability(
-                        ok=False, versions=versions,
-                        reason="crun refuses a hybrid cgroup host whose cgroup2 holds "
-                               f"controllers ({ctrl.read_text().strip()})",
-                        fix="mount them as v1 hierarchies: scripts/provision "
-                            "(mounts hugetlb at /sys/fs/cgroup/hugetlb)")
+        refusal = _oci.crun_refusal() if self.flavour == "crun" else None
+        if refusal:
+            return Availability(ok=False, versions=versions, reason=refusal[0], fix=refusal[1])
         return Availability(ok=True, versions=versions)
 
-    def metadata(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"cli": self.flavour, "command": "run",
-                                "oom_detection": self.flavour == "runc",
-                                "cgroup_favordynmods": cgroups.favordynmods(),
-                                "rootfs": f"overlay, upper on {upper_mode()}",
-                                "capabilities": "docker default set", "no_new_privs": True}
+    def traits(self) -> Traits:
+        settings: dict[str, Json] = {
+            "cli": self.flavour, "command": "run", "oom_detection": self.flavour == "runc",
+            "cgroup_favordynmods": cgroups.favordynmods(),
+            "rootfs": f"overlay, upper on {upper_mode()}",
+            "capabilities": "docker default set", "no_new_privs": True}
         if self.flavour == "runsc":
-            meta.update(platform="ptrace", network="none (sandbox netstack off)")
-        return meta
+            settings.update(platform="ptrace", network="none (sandbox netstack off)")
+        return Traits(kind="container", settings=settings)
 
     def prepare(self, image: Image) -> Prepared:
         self.root().mkdir(parents=True, exist_ok=True)
@@ -146,14 +136,14 @@ class OciRuntime:
 
     # --- the bundle --------------------------------------------------------------------
 
-    def _config(self, spec: InstanceSpec) -> dict[str, Any]:
+    def _config(self, spec: InstanceSpec) -> dict[str, Json]:
         caps = list(DEFAULT_CAPS)
-        env = {"PATH": ENV_PATH, "HOME": "/root", "HOSTNAME": spec.hostname,
+        env = {"PATH": PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
                "CVBENCH_NONCE": spec.nonce, **spec.env}
         namespaces_ = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
         if spec.network == "none":
             namespaces_.append({"type": "network"})
-        resources: dict[str, Any] = {}
+        resources: dict[str, Json] = {}
         lim = spec.limits
         if lim.memory is not None:
             resources["memory"] = {"limit": lim.memory, "swap": lim.memory}
@@ -162,7 +152,7 @@ class OciRuntime:
                                 "period": 100_000}
         if lim.pids is not None:
             resources["pids"] = {"limit": lim.pids}
-        mounts: list[dict[str, Any]] = [
+        mounts: list[Json] = [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
@@ -230,7 +220,7 @@ class OciRuntime:
         if spec.network == "bridge":
             raise UsageError(f"{self.name}: network 'bridge' is not offered; use none or host")
         bundle = self.root() / spec.name
-        inst = Instance(spec=spec, prepared=prepared, state={"bundle": bundle})
+        inst = OciInstance(spec=spec, prepared=prepared, bundle=bundle)
         try:
             self._make_bundle(bundle, Path(prepared.ref))
             (bundle / "config.json").write_text(json.dumps(self._config(spec)))
@@ -240,26 +230,27 @@ class OciRuntime:
         return inst
 
     def start(self, inst: Instance) -> None:
+        inst = own(inst, OciInstance)
         spec = inst.spec
         # runc can keep the stopped container (and its cgroup, where an OOM kill is
         # counted) until remove; crun 1.8 and runsc cannot, so their OOM kills show
         # only as a SIGKILL (exit 137), and `oom_killed` stays False.
         keep = ["--keep"] if self.flavour == "runc" else []
-        cmd = [*self._cli(spec.network), "run", *keep, "--bundle", str(inst.state["bundle"]),
+        cmd = [*self._cli(spec.network), "run", *keep, "--bundle", str(inst.bundle),
                spec.name]
-        _proc.spawn(inst, cmd, {"PATH": ENV_PATH}, label=f"{self.name}: ")
+        _proc.spawn(inst, cmd, {"PATH": PATH_ENV}, label=f"{self.name}: ")
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
-        return _proc.ready(inst, timeout)
+        return _proc.ready(inst, own(inst, OciInstance).streams()[0], timeout)
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
-        return _proc.exited(inst, inst.handle, inst.state["pidfd"], timeout,
+        return _proc.exited(own(inst, OciInstance), timeout,
                             lambda: self.cg.oom_killed(inst.spec.name))
 
     def stats(self, inst: Instance) -> Stats:
         # The CLI process (crun/runc/runsc run) is the instance's shim: counted too.
-        pids = sorted({*memory.descendants(inst.handle), inst.handle,
-                       *self.cg.pids(inst.spec.name)})
+        pid = own(inst, OciInstance).pid
+        pids = sorted({*memory.descendants(pid), pid, *self.cg.pids(inst.spec.name)})
         m = memory.processes_memory(pids)
         return Stats(pids=tuple(pids), pss=m.pss, uss=m.uss, rss=m.rss,
                      cgroup=self.cg.memory_usage(inst.spec.name))
@@ -269,70 +260,68 @@ class OciRuntime:
                               timeout=60, check=False)
 
     def stop(self, inst: Instance, grace: float = 2.0) -> None:
-        if inst.handle is None or inst.state.get("exited"):
+        inst = own(inst, OciInstance)
+        if not inst.pid or inst.exited:
             return
         self._cli_quiet("kill", inst.spec.name, "TERM")
-        if not select.select([inst.state["pidfd"]], [], [], grace)[0]:
+        if not _proc.readable(inst.pidfd, grace):
             self._cli_quiet("kill", inst.spec.name, "KILL")
-            _proc.kill(inst.handle, inst.state["pidfd"])  # the CLI itself, if it hangs
+            _proc.kill(inst.pid, inst.pidfd)  # the CLI itself, if it hangs
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(inst.handle, 0)
-        inst.state["exited"] = True
+            os.waitpid(inst.pid, 0)
+        inst.exited = True
 
     def daemons(self) -> dict[str, list[int]]:
         return {}  # daemonless: the CLI process is each instance's parent
 
+    def address(self, inst: Instance) -> str | None:
+        # none: a netns of its own with loopback only; host: the host's loopback
+        return "127.0.0.1" if inst.spec.network == "host" else None
+
     def disk_usage(self, inst: Instance) -> int | None:
-        bundle: Path | None = inst.state.get("bundle")
+        bundle = own(inst, OciInstance).bundle
         if bundle is None or not (bundle / "upper").is_dir():
             return None
         st = os.statvfs(bundle / "upper")
         if upper_mode() == "tmpfs":
             return (st.f_blocks - st.f_bfree) * st.f_frsize
-        from harness.core.probes.disk import du_bytes
-
         return du_bytes(bundle / "upper")
 
     def remove(self, inst: Instance) -> None:
         self.stop(inst, grace=0)
-        for key in ("out", "err"):
-            if key in inst.state:
-                inst.state[key].close()
-        pidfd = inst.state.pop("pidfd", None)
-        if pidfd is not None:
-            os.close(pidfd)
+        inst = own(inst, OciInstance)
+        inst.release()
         # `run` deletes the container when it exits; this catches anything left.
-        if inst.handle is not None and \
-                (self.root() / f"state-{self.flavour}" / inst.spec.name).exists():
+        if inst.pid and (self.root() / f"state-{self.flavour}" / inst.spec.name).exists():
             self._cli_quiet("delete", "--force", inst.spec.name)
-        bundle: Path | None = inst.state.pop("bundle", None)
-        if bundle is not None:
-            _remove_bundle(bundle)
+        if inst.bundle is not None:
+            _remove_bundle(inst.bundle)
+            inst.bundle = None
 
     # --- leftovers ---------------------------------------------------------------------
 
     def leftovers(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
         def dead(name: str) -> bool:
-            return name.startswith(PREFIX) and _run_of(name) not in live_runs
+            return name.startswith(PREFIX) and run_of(name) not in live_runs
 
         found: list[Leftover] = []
         for flavour in FLAVOURS:
             sdir = self.root() / f"state-{flavour}"
             if sdir.is_dir():
                 found += [Leftover(self.name, f"container ({flavour})", p.name,
-                                   _run_of(p.name)) for p in sorted(sdir.iterdir())
+                                   run_of(p.name)) for p in sorted(sdir.iterdir())
                           if dead(p.name)]
-        found += [Leftover(self.name, "cgroup", n, _run_of(n)) for n in self.cg.names()
+        found += [Leftover(self.name, "cgroup", n, run_of(n)) for n in self.cg.names()
                   if dead(n)]
         if self.root().is_dir():
-            found += [Leftover(self.name, "bundle", str(p), _run_of(p.name))
+            found += [Leftover(self.name, "bundle", str(p), run_of(p.name))
                       for p in sorted(self.root().iterdir()) if dead(p.name)]
         volumes = self.root() / "volumes"
         if volumes.is_dir():
-            found += [Leftover(self.name, "dir", str(p), _run_of(p.name))
+            found += [Leftover(self.name, "dir", str(p), run_of(p.name))
                       for p in sorted(volumes.iterdir()) if dead(p.name)]
         if not live_runs:  # the CLIs' state dirs, shared by every run: when none is going
-            found += [Leftover(self.name, "dir", str(d), None) for d in _empty_dirs(
+            found += [Leftover(self.name, "dir", str(d), None) for d in empty_dirs(
                 *(self.root() / f"state-{f}" for f in FLAVOURS), volumes, self.root())]
             found += cgroup_parents(self.name, self.cg)
         return found
@@ -362,7 +351,7 @@ class OciRuntime:
 def _remove_bundle(bundle: Path) -> None:
     """Unmount the overlay (and the tmpfs under it), then delete the bundle."""
     for mnt in (bundle / "rootfs", bundle):
-        if _is_mount(mnt):
+        if os.path.ismount(mnt):
             try:
                 namespaces.umount2(str(mnt))
             except OSError:
@@ -370,3 +359,10 @@ def _remove_bundle(bundle: Path) -> None:
     shutil.rmtree(bundle, ignore_errors=True)
     if bundle.exists():
         raise InstanceError(f"oci: cannot remove {bundle}")
+
+
+if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor
+    from runtimes.base import Runtime, RuntimeClass
+
+    _instance: Runtime = OciRuntime()
+    _class: RuntimeClass = OciRuntime

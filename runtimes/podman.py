@@ -37,7 +37,7 @@ from __future__ import annotations
 import glob
 import os
 import tomllib
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import requests
 
@@ -137,3 +137,10 @@ class PodmanRuntime(Engine):
         # by socket; a socket-activated service (systemd) has none on its command line
         pids = pids_of("podman", self.socket_path) or pids_of("podman", "system service")
         return {"podman service": pids}
+
+
+if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor
+    from runtimes.base import Runtime, RuntimeClass
+
+    _instance: Runtime = PodmanRuntime()
+    _class: RuntimeClass = PodmanRuntime

@@ -28,9 +28,9 @@ def require(capability: str, missing_reason: str | None) -> None:
 
 def backend_or_skip(name: str) -> object:
     """The runtime `name` if it is available here, else skip/fail with its reason."""
-    import runtimes
+    from runtimes import registry
 
-    rt = runtimes.get(name)
+    rt = registry.get(name)
     a = rt.availability()
     require(name.split(":")[0], None if a.ok else f"{a.reason} (fix: {a.fix})")
     return rt
@@ -50,11 +50,11 @@ def repo() -> Path:
 def run_id() -> Iterator[str]:
     """A run id whose lock is held for the test, so a concurrent `bench gc` leaves its
     resources alone (gc removes only what runs without a held lock left)."""
-    from harness.runner import RunLock
+    from harness.runs import RunLock
     from runtimes.base import new_run_id
 
     rid = new_run_id()
-    lock = RunLock(rid, {"test": os.environ.get("PYTEST_CURRENT_TEST", "")})
+    lock = RunLock(rid, "test")
     yield rid
     lock.release()
 
@@ -67,14 +67,14 @@ def _nothing_left_behind() -> Iterator[None]:
     yield
     if os.geteuid() != 0:
         return
-    import runtimes
-    from harness.runner import live_runs
+    from harness.runs import live_runs
+    from runtimes import registry
 
     if live_runs():
         return
     leaked: list[str] = []
-    for base in runtimes.base_names():
-        rt = runtimes.get(base)
+    for base in registry.base_names():
+        rt = registry.get(base)
         try:
             if not rt.availability().ok:
                 continue

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from harness.core.errors import InstanceError
-from harness.runner import Cell, Context
+from harness.runner import Context, Placement
 from runtimes.base import Exit, Instance, InstanceSpec
 
 
-def start(ctx: Context, cell: Cell, spec: InstanceSpec) -> Instance:
+def start(ctx: Context, cell: Placement, spec: InstanceSpec) -> Instance:
     """Create and start an instance; with marker readiness, wait for its ready line."""
     rt = cell.runtime
     inst = rt.create(spec, cell.prepared)
@@ -26,14 +26,14 @@ def start(ctx: Context, cell: Cell, spec: InstanceSpec) -> Instance:
     return inst
 
 
-def run(ctx: Context, cell: Cell, spec: InstanceSpec) -> tuple[Instance, Exit]:
+def run(ctx: Context, cell: Placement, spec: InstanceSpec) -> tuple[Instance, Exit]:
     """Start an instance and wait for its workload to exit; the instance is left in
     place (its writable layer, its cgroup) for the caller to measure, then finish()."""
     inst = start(ctx, cell, spec)
     return inst, cell.runtime.wait_exit(inst, ctx.timeout)
 
 
-def finish(ctx: Context, cell: Cell, inst: Instance) -> None:
+def finish(ctx: Context, cell: Placement, inst: Instance) -> None:
     """Stop and remove an instance (idempotent in the backends), and stop tracking it."""
     cell.runtime.stop(inst, grace=0.5)
     cell.runtime.remove(inst)
@@ -41,7 +41,7 @@ def finish(ctx: Context, cell: Cell, inst: Instance) -> None:
 
 
 @contextlib.contextmanager
-def instance(ctx: Context, cell: Cell, spec: InstanceSpec) -> Iterator[Instance]:
+def instance(ctx: Context, cell: Placement, spec: InstanceSpec) -> Iterator[Instance]:
     """An instance started to ready for the body, finished afterwards."""
     inst = start(ctx, cell, spec)
     try:

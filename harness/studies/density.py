@@ -54,7 +54,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import runtimes
 from harness.core import hostinfo
 from harness.core.errors import BenchError
 from harness.core.probes.memory import processes_memory
@@ -62,6 +61,7 @@ from harness.core.probes.timing import now_ns
 from harness.core.units import format_size, parse_size
 from harness.runner import Cell, Context, Measurement
 from harness.scenario import Scenario
+from runtimes import registry
 from runtimes.base import Instance
 
 METRICS = {
@@ -304,9 +304,8 @@ class Density:
         per = params.get("per_backend", {})
         for backend, table in per.items():
             where = f"params.per_backend.{backend}"
-            if not runtimes.known(backend):
-                out.append((where, f"unknown backend {backend!r}; known: "
-                                   f"{', '.join(runtimes.all_names())}"))
+            if problem := registry.unknown(backend):
+                out.append((where, problem))
             elif not isinstance(table, dict):
                 out.append((where, "must be a table of parameters"))
             else:

@@ -75,9 +75,8 @@ class Io:
         if unknown:
             raise InstanceError(f"io: unknown targets {sorted(unknown)} (known: "
                                 f"{', '.join(TARGETS)})")
-        meta = cell.runtime.metadata()
-        skip = set(meta.get("not_applied", ()))
-        formats = list(meta.get("volume_formats", ()))
+        skip = cell.traits.not_applied
+        formats = cell.traits.volume_formats
         volume = f"cvbench-{ctx.run_id}-io"
         out: list[tuple[str, Mount | None]] = []
         for t in (t for t in TARGETS if t in wanted):

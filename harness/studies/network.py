@@ -38,7 +38,6 @@ from harness.core.errors import InstanceError, UsageError
 from harness.core.probes.io import parse_json, sections
 from harness.runner import Cell, Context, Measurement, NotApplicable
 from harness.studies import _lifecycle as life
-from runtimes.base import not_applied
 
 BEGIN, END = "CVBENCH-NET-BEGIN", "CVBENCH-NET-END"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -90,7 +89,7 @@ class Network:
     def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:
         p = life.params(ctx, self.params)
         mode = cell.config.network
-        skip = not_applied(cell.runtime)
+        skip = cell.traits.not_applied
         if ("network" in skip and mode != "host") or f"network.{mode}" in skip:
             raise NotApplicable(f"{cell.backend} does not apply network {mode}")
         ports = random.Random().sample(range(20000, 61000), 2)

@@ -31,16 +31,11 @@ import sys
 import threading
 from pathlib import Path
 
-# Load only the modules the child needs, without running the package __init__ files
-# (they import the runtime registry and the harness): a small interpreter forks fast.
+# Load only the modules the child needs (the package __init__ files are empty, so this
+# brings neither the registry nor the harness): a small interpreter forks fast.
 _BOOT = """\
-import sys, types
-root = {root!r}
-sys.path.insert(0, root)
-for name in ("runtimes", "runtimes.ns"):
-    m = types.ModuleType(name)
-    m.__path__ = [root + "/" + name.replace(".", "/")]
-    sys.modules[name] = m
+import sys
+sys.path.insert(0, {root!r})
 from runtimes.ns import process
 process.serve({fd}, {ppid})
 """

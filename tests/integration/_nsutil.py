@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core import image as image_mod
-from harness.runner import RunLock
+from harness.runs import RunLock
 from runtimes.base import Exit, Instance, InstanceSpec, Prepared, new_run_id
 from tests.conftest import backend_or_skip, require
 
@@ -70,14 +70,14 @@ def open_env(backend: str, binaries: tuple[str, ...] = ()) -> tuple[Env, RunLock
     img = image_mod.build(image_mod.Recipe(name="nstest" if binaries else "base",
                                            binaries=binaries))
     run_id = new_run_id()
-    lock = RunLock(run_id, {"test": __name__})
+    lock = RunLock(run_id, "test")
     return Env(rt=rt, prepared=rt.prepare(img), run_id=run_id), lock
 
 
 def gc_run(rt: Any, run_id: str) -> list[str]:
     """gc what run `run_id` left, and nothing of anyone else's runs (live or dead);
     return what is still left of it afterwards."""
-    from harness.runner import collect, live_runs
+    from harness.runs import collect, live_runs
 
     others = [r for r in live_runs() if r != run_id]  # (our own lock may still be held)
     collect(rt, others, run_id)

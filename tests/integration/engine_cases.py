@@ -17,10 +17,19 @@ from typing import Any, ClassVar
 import pytest
 
 from harness.core import image
-from harness.runner import collect
+from harness.runs import collect
 from runtimes import _proc
-from runtimes._engine import Engine
-from runtimes.base import RUN_LABEL, Exit, Instance, InstanceSpec, Limits, Mount, Prepared
+from runtimes._engine import Engine, EngineInstance
+from runtimes.base import (
+    RUN_LABEL,
+    Exit,
+    Instance,
+    InstanceSpec,
+    Limits,
+    Mount,
+    Prepared,
+    own,
+)
 from tests.conftest import backend_or_skip
 
 _counter = iter(range(1, 1_000_000))
@@ -105,7 +114,7 @@ class EngineCases:
             seen: dict[str, Any] = {}
 
             def check(inst: Instance, rt: Engine = rt, seen: dict[str, Any] = seen) -> None:
-                seen.update(rt.api.inspect_container(inst.handle))  # type: ignore[no-untyped-call]
+                seen.update(rt.api.inspect_container(own(inst, EngineInstance).cid))  # type: ignore[no-untyped-call]
                 seen["oci"] = self.oci_runtime(rt, seen)
 
             s = spec(clean, ["sh", "-c", "echo out; echo err >&2; exit 3"])
@@ -126,7 +135,7 @@ class EngineCases:
         seen: dict[str, Any] = {}
 
         def check(inst: Instance) -> None:
-            seen.update(rt.api.inspect_container(inst.handle)["HostConfig"])  # type: ignore[no-untyped-call]
+            seen.update(rt.api.inspect_container(own(inst, EngineInstance).cid)["HostConfig"])  # type: ignore[no-untyped-call]
 
         s = spec(clean, ["sh", "-c", "ls /sys/class/net; cat /host/hello; "
                                      "touch /host/x 2>/dev/null || echo ro; "
@@ -161,7 +170,7 @@ class EngineCases:
         try:
             rt.start(inst)
             rt.wait_ready(inst, 60)
-            _proc.wait_line(inst.state["out"], b"written", time.monotonic() + 60)
+            _proc.wait_line(own(inst, EngineInstance).stream(), b"written", time.monotonic() + 60)
             st = rt.stats(inst)
             assert st.extra["shim_pids"] and set(st.extra["shim_pids"]) <= set(st.pids)
             assert len(st.pids) >= 2 and st.pss > 0 and st.uss > 0
@@ -176,13 +185,13 @@ class EngineCases:
             rt.remove(inst)  # idempotent
         daemons = rt.daemons()
         assert daemons and all(daemons.values()), daemons
-        assert rt.metadata()["daemons"]
+        assert rt.traits().settings["daemons"]
 
     def test_leftovers_and_gc_of_a_dead_run(self, engine: tuple[Engine, Prepared],
                                             clean: str) -> None:
         rt, prepared = engine
         inst = rt.create(spec(clean, ["true"]), prepared)
-        inst.state.pop("out").close()  # as a killed runner would: the container stays
+        own(inst, EngineInstance).stream().close()  # as a killed runner: the container stays
         assert own_leftovers(rt, clean) == [f"container {inst.spec.name}"]
         assert all(x.run_id != clean for x in rt.leftovers(live_runs=[clean]))
         assert gc_own(rt, clean) == [f"container {inst.spec.name}"]

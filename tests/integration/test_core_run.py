@@ -38,6 +38,6 @@ def test_startup_host_ns(tmp_path: Path) -> None:
                        text=True, check=False)
     assert s.returncode == 0, s.stderr
     run_id = doc["run_id"]
-    import runtimes
+    from runtimes import registry
 
-    assert [x for x in runtimes.get("ns").leftovers() if x.run_id == run_id] == []
+    assert [x for x in registry.get("ns").leftovers() if x.run_id == run_id] == []

@@ -51,9 +51,9 @@ def result_of(out: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def ns_leftovers(run_id: str) -> list[Any]:
-    import runtimes
+    from runtimes import registry
 
-    return [x for x in runtimes.get("ns").leftovers() if x.run_id == run_id]
+    return [x for x in registry.get("ns").leftovers() if x.run_id == run_id]
 
 
 def test_small_ns_ramp_then_capacity(tmp_path: Path) -> None:
@@ -116,9 +116,9 @@ def test_ctrl_c_mid_ramp_keeps_the_steps_and_removes_every_instance(tmp_path: Pa
 
 @pytest.mark.parametrize("backend, count", [("docker", 3), ("podman", 3), ("libvirt", 2)])
 def test_small_ramp_on_engines_and_vms(tmp_path: Path, backend: str, count: int) -> None:
-    import runtimes
+    from runtimes import registry
 
-    require(backend, None if runtimes.known(backend) else "backend not registered here")
+    require(backend, None if registry.known(backend) else "backend not registered here")
     rt: Any = backend_or_skip(backend)
     toml = tmp_path / "density-test.toml"
     toml.write_text(SCENARIO.format(n=count, c=1, settle=0.2).replace('["ns"]',

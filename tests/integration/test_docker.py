@@ -24,7 +24,7 @@ class TestDocker(EngineCases):
 def test_startup_run_same_digest_on_every_backend(tmp_path: Path) -> None:
     """`bench run startup` over host, ns, docker and podman records one image digest, and
     the engines' images carry it as their only layer; nothing of the run is left."""
-    import runtimes
+    from runtimes import registry
 
     for name in ("ns", "docker", "podman"):
         backend_or_skip(name)
@@ -41,7 +41,7 @@ def test_startup_run_same_digest_on_every_backend(tmp_path: Path) -> None:
     for engine in ("docker", "podman"):
         meta = doc["backends"][engine]
         assert meta["prepared"]["diff_id"] == f"sha256:{digest}"
-        rt = runtimes.get(engine)
+        rt = registry.get(engine)
         info = rt.api.inspect_image(meta["prepared"]["ref"])  # type: ignore[attr-defined]
         assert info["RootFS"]["Layers"] == [f"sha256:{digest}"]
         assert meta["daemons"]

@@ -21,7 +21,8 @@ import pytest
 
 from harness.core import image
 from runtimes import _proc
-from runtimes.base import InstanceSpec, Limits, Mount, Prepared, state_dir
+from runtimes.base import InstanceSpec, Limits, Mount, Prepared, own, state_dir
+from runtimes.libvirt import VmInstance
 from tests.conftest import backend_or_skip
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.root, pytest.mark.slow]
@@ -114,7 +115,7 @@ def test_mounts_and_bridge_network(rt: Any, prepared: Prepared, clean: str) -> N
 
 
 def test_gc_destroys_domains_of_dead_runs(rt: Any, prepared: Prepared, clean: str) -> None:
-    from harness.runner import live_runs
+    from harness.runs import live_runs
 
     inst = rt.create(_spec(clean, 3, ("true",)), prepared)  # paused: no boot needed
     others = [r for r in live_runs() if r != clean]  # our run "died"; others are alive
@@ -129,24 +130,24 @@ def test_gc_destroys_domains_of_dead_runs(rt: Any, prepared: Prepared, clean: st
 def test_disk_flavour_writes_land_in_the_instances_overlay(clean: str) -> None:
     rt = backend_or_skip("libvirt:disk")
     prepared = rt.prepare(image.build(image.Recipe()))
-    base = Path(prepared.details["disk_qcow2"])
+    base = Path(str(prepared.details["disk_qcow2"]))
     before = base.read_bytes()
     spec = _spec(clean, 4, ("sh", "-c", "grep ' / ' /proc/mounts | cut -d' ' -f1,3; "
                             "dd if=/dev/urandom of=/var/tmp/w bs=64k count=128 2>/dev/null; "
                             "sync; echo written; exec sleep 600"), capture=True)
     inst = rt.create(spec, prepared)
     try:
-        overlay = Path(inst.state["root"])
+        overlay = Path(str(own(inst, VmInstance).root))
         assert overlay.parent == state_dir() / "libvirt" / spec.name
         idle = rt.disk_usage(inst)
         rt.start(inst)
         rt.wait_ready(inst, TIMEOUT)
-        _proc.wait_line(inst.state["out"], b"written", time.monotonic() + TIMEOUT)
+        _proc.wait_line(own(inst, VmInstance).stream(), b"written", time.monotonic() + TIMEOUT)
         used = rt.disk_usage(inst)
         info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json",
                                           str(overlay)], capture_output=True, text=True,
                                          check=True).stdout)
-        text = bytes(inst.state["out"].data)
+        text = bytes(own(inst, VmInstance).stream().data)
     finally:
         rt.remove(inst)
     assert b"/dev/vda ext4" in text  # the guest's root is the disk, not its RAM
@@ -175,8 +176,8 @@ def test_prepare_footprint_is_qemu_img_info(rt: Any, prepared: Prepared) -> None
         assert prepared.footprint[key] == info["actual-size"]
         assert prepared.footprint[f"{key}.virtual"] == info["virtual-size"]
         assert prepared.details["disks"][fmt]["virtual_size"] == info["virtual-size"]
-    meta = rt.metadata()
-    assert meta["accel"] in ("kvm", "tcg") and meta["emulated"] == (meta["accel"] != "kvm")
+    traits = rt.traits()
+    assert traits.accel in ("kvm", "tcg") and traits.emulated == (traits.accel != "kvm")
     assert "libvirtd" in rt.daemons()
 
 

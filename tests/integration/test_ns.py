@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from runtimes.base import Limits, Mount
+from runtimes.base import Limits, Mount, own
 from runtimes.ns import network
+from runtimes.ns.runtime import NsInstance
 from tests.conftest import require
 from tests.integration._nsutil import Env, close_env, gc_run, is_alive, mounts_of, open_env
 
@@ -112,7 +113,7 @@ def test_cpu_and_pids_limits_are_written(env: Env) -> None:
             root = cg.roots["cpu"] / "cvbench" / name
             assert (root / "cpu.cfs_quota_us").read_text().strip() == "25000"
             assert (cg.roots["pids"] / "cvbench" / name / "pids.max").read_text().strip() == "20"
-        assert inst.handle.pid in cg.pids(name)
+        assert own(inst, NsInstance).pid in cg.pids(name)
     finally:
         env.rt.stop(inst, grace=0)
         env.rt.remove(inst)
@@ -124,7 +125,7 @@ def test_stop_terms_then_kills(env: Env) -> None:
 
     inst = env.started(("sh", "-c", "trap 'exit 42' TERM; echo trapped; "
                                     "while :; do sleep 0.1; done"))
-    _proc.wait_line(inst.state["out"], b"trapped", time.monotonic() + 10)
+    _proc.wait_line(own(inst, NsInstance).streams()[0], b"trapped", time.monotonic() + 10)
     t = time.monotonic()
     env.rt.stop(inst, grace=5)
     assert time.monotonic() - t < 4
@@ -134,7 +135,7 @@ def test_stop_terms_then_kills(env: Env) -> None:
     t = time.monotonic()
     env.rt.stop(inst, grace=0.5)
     assert 0.4 < time.monotonic() - t < 3
-    assert not is_alive(inst.handle.pid)
+    assert not is_alive(own(inst, NsInstance).pid)
     env.rt.remove(inst)
 
 
@@ -227,7 +228,7 @@ def test_disk_upper(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(env.rt, "upper", "disk")  # what the ns:disk flavour sets
     inst = env.started(("sh", "-c", "head -c 100000 /dev/zero > /big; sleep 30"))
     try:
-        idir = inst.state["dir"]
+        idir = own(inst, NsInstance).dir
         time.sleep(0.3)
         assert (env.rt.disk_usage(inst) or 0) >= 100000
     finally:
@@ -249,10 +250,10 @@ def test_gc_after_sigkilled_runner(tmp_path: Path) -> None:
     script.write_text(
         "import sys\n"
         "from harness.core import image\n"
-        "from harness.runner import RunLock\n"
+        "from harness.runs import RunLock\n"
         "from runtimes.base import InstanceSpec, Limits, Mount, new_run_id\n"
-        "from runtimes.ns import NsRuntime\n"
-        "rt = NsRuntime(); rid = new_run_id(); RunLock(rid, {})\n"
+        "from runtimes.ns.runtime import NsRuntime\n"
+        "rt = NsRuntime(); rid = new_run_id(); RunLock(rid, 'test')\n"
         "p = rt.prepare(image.build(image.Recipe()))\n"
         "for i in range(2):\n"
         "    inst = rt.create(InstanceSpec(run_id=rid, name=f'cvbench-{rid}-{i}',\n"
@@ -268,8 +269,8 @@ def test_gc_after_sigkilled_runner(tmp_path: Path) -> None:
         rid = proc.stdout.readline().strip()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    from harness.runner import live_runs
-    from runtimes.ns import NsRuntime
+    from harness.runs import live_runs
+    from runtimes.ns.runtime import NsRuntime
 
     rt = NsRuntime()
     assert rid not in live_runs()
@@ -279,16 +280,16 @@ def test_gc_after_sigkilled_runner(tmp_path: Path) -> None:
     assert {"cgroup", "dir"} <= kinds
     assert gc_run(rt, rid) == []
     assert mounts_of(rid) == []
-    from harness.runner import runs_dir
+    from harness.runs import runs_dir
 
     (runs_dir() / f"{rid}.lock").unlink(missing_ok=True)
 
 
 def test_bench_run_sigkilled_then_gc() -> None:
     """`bench run` killed with SIGKILL mid-run: gc of its run leaves nothing behind."""
-    import runtimes
+    from runtimes import registry
 
-    backends = [b for b in ("ns", "oci:crun") if runtimes.get(b).availability().ok]
+    backends = [b for b in ("ns", "oci:crun") if registry.get(b).availability().ok]
     with subprocess.Popen([*BENCH, "run", "runtime-overhead", "--backends", ",".join(backends),
                            "--out", "/tmp/cvbench-killed-run", "--max-samples", "1000",
                            "--min-samples", "1000"], stderr=subprocess.PIPE,
@@ -309,7 +310,7 @@ def test_bench_run_sigkilled_then_gc() -> None:
                          timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     for b in backends:
-        assert gc_run(runtimes.get(b), rid) == [], b
+        assert gc_run(registry.get(b), rid) == [], b
     assert mounts_of(rid) == []
 
 

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from runtimes.base import Limits
+from runtimes.base import Limits, own
+from runtimes.oci import OciInstance
 from tests.integration._nsutil import Env, close_env, mounts_of, open_env
 
 pytestmark = pytest.mark.root
@@ -49,7 +50,7 @@ def test_stats_and_stop(env: Env) -> None:
     inst = env.started(("sleep", "60"), limits=Limits(memory=128 << 20))
     try:
         st = env.rt.stats(inst)
-        assert inst.handle in st.pids and st.pss > 0
+        assert own(inst, OciInstance).pid in st.pids and st.pss > 0
     finally:
         env.rt.stop(inst, grace=0.5)
         env.rt.remove(inst)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-import runtimes
 from harness import results
+from runtimes import registry
 from tests.conftest import backend_or_skip
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -29,8 +29,8 @@ BENCH = [sys.executable, "-m", "harness.cli"]
 
 def leftovers_of(run_id: str) -> list[str]:
     found = []
-    for base in runtimes.base_names():
-        rt = runtimes.get(base)
+    for base in registry.base_names():
+        rt = registry.get(base)
         if not rt.availability().ok:
             continue
         found += [f"{x.backend} {x.kind} {x.name}" for x in rt.leftovers()

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-import runtimes
 from harness.core.probes.io import lookup
+from runtimes import registry
 from tests.conftest import REQUIRED, require
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -40,8 +40,8 @@ TINY: dict[str, dict[str, Any]] = {
 def available_backends() -> list[str]:
     """Base backends usable here; one that CVBENCH_REQUIRE lists but is not, fails."""
     out = []
-    for name in runtimes.base_names():
-        a = runtimes.get(name).availability()
+    for name in registry.base_names():
+        a = registry.get(name).availability()
         if a.ok:
             out.append(name)
         elif name in REQUIRED:

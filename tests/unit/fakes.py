@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness.core.errors import InstanceError
 from harness.core.image import Image
-from runtimes.base import Availability, Exit, Instance, InstanceSpec, Leftover, Prepared, Stats
+from runtimes.base import (
+    Availability,
+    Exit,
+    Instance,
+    InstanceSpec,
+    Leftover,
+    Prepared,
+    Stats,
+    Traits,
+)
 
 
 class FakeRuntime:
     flavours: tuple[str, ...] = ()
 
-    def __init__(self, name: str = "fake", delay: float = 0.0, fail_every: int = 0) -> None:
+    def __init__(self, name: str = "fake", delay: float = 0.0, fail_every: int = 0,
+                 traits: Traits | None = None) -> None:
         self.name = name
+        self._traits = traits or Traits(kind="container", settings={"fake": True})
         self.delay = delay
         self.fail_every = fail_every
         self.created = 0
@@ -25,8 +36,8 @@ class FakeRuntime:
     def availability(self) -> Availability:
         return Availability(ok=True, versions={"fake": "1"})
 
-    def metadata(self) -> dict[str, Any]:
-        return {"fake": True}
+    def traits(self) -> Traits:
+        return self._traits
 
     def prepare(self, image: Image) -> Prepared:
         return Prepared(image=image, backend=self.name, ref="fake")
@@ -61,6 +72,9 @@ class FakeRuntime:
     def disk_usage(self, inst: Instance) -> int | None:
         return None
 
+    def address(self, inst: Instance) -> str | None:
+        return None
+
     def remove(self, inst: Instance) -> None:
         self.removed.append(inst.spec.name)
         self.live.pop(inst.spec.name, None)
@@ -70,3 +84,9 @@ class FakeRuntime:
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
         return []
+
+
+if TYPE_CHECKING:  # the fake is held to the protocol like a real backend
+    from runtimes.base import Runtime
+
+    _instance: Runtime = FakeRuntime()

@@ -73,7 +73,8 @@ def make_cell(img: image.Image, rt: FakeRuntime) -> Cell:
                            "workload": {"argv": ["sleep", "3600"]}}, "d.toml")
     v = scen.variants[0]
     return Cell(backend=rt.name, variant=v, config=scen.config(v), runtime=rt,
-                prepared=Prepared(image=img, backend=rt.name, ref="x"))
+                prepared=Prepared(image=img, backend=rt.name, ref="x"),
+                  traits=rt.traits())
 
 
 def run_ramp(img: image.Image, rt: FakeRuntime, **params: Any

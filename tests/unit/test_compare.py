@@ -304,7 +304,7 @@ def test_cli_baseline_update_refuses_overwrite_and_keeps_the_noise(tmp_path: Pat
 
 def test_runner_copies_interleave_and_tag_samples(tmp_path: Path) -> None:
     """`bench calibrate`'s A/A: every cell twice in one run, each sample tagged."""
-    from harness import runner, scenario, studies
+    from harness import plan, runner, scenario, studies
     from harness.core import image
     from tests.unit.fakes import FakeRuntime
 
@@ -313,8 +313,8 @@ def test_runner_copies_interleave_and_tag_samples(tmp_path: Path) -> None:
                            "sampling": {"warmups": 0, "min_samples": 4, "max_samples": 4}},
                           "t.toml")
     rt = FakeRuntime("fake")
-    plan = runner.Plan(scenario=scen, backends=["fake"], runtimes={"fake": rt}, skipped={})
-    cells = runner.make_cells(plan, {"fake": rt.prepare(img)}, copies=2)
+    p = plan.Plan(scenario=scen, backends=["fake"], runtimes={"fake": rt}, skipped={})
+    cells = plan.make_cells(p, {"fake": rt.prepare(img)}, copies=2)
     assert [c.copy for c in cells] == [0, 1] and cells[0].key != cells[1].key
     assert cells[1].label == "fake #1"
     journal = results.Journal(tmp_path / "t.journal", {"run_id": "abcdef0123", "schema": 1})
@@ -326,6 +326,6 @@ def test_runner_copies_interleave_and_tag_samples(tmp_path: Path) -> None:
         journal.close()
     per_round = {(s["round"], s["copy"]) for s in journal.samples}
     assert per_round == {(r, c) for r in range(1, 5) for c in (0, 1)}
-    assert [c["copy"] for c in runner.cell_summary(cells)] == [0, 1]
-    plain = runner.make_cells(plan, {"fake": cells[0].prepared})
-    assert plain[0].copy is None and "copy" not in runner.cell_summary(plain)[0]
+    assert [c["copy"] for c in plan.cell_summary(cells)] == [0, 1]
+    plain = plan.make_cells(p, {"fake": cells[0].prepared})
+    assert plain[0].copy is None and "copy" not in plan.cell_summary(plain)[0]

@@ -9,8 +9,9 @@ import pytest
 
 from harness.core.errors import UsageError
 from runtimes.base import InstanceSpec, Limits, Mount
-from runtimes.ns import NsRuntime, namespaces, network, security, validate
+from runtimes.ns import namespaces, network, security, validate
 from runtimes.ns.config import DEFAULT_CAPS, NS_CAPS
+from runtimes.ns.runtime import NsRuntime
 from runtimes.oci import OciRuntime
 
 
@@ -144,7 +145,7 @@ def test_oci_flavours() -> None:
 
 
 def test_empty_dirs(tmp_path: Path) -> None:
-    from runtimes.ns import _empty_dirs
+    from runtimes.ns.shared import empty_dirs as _empty_dirs
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

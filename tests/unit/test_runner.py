@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import results, runner, scenario, studies
+from harness import plan, results, runner, scenario, studies
 from harness.core import image
 from harness.core.errors import InstanceError
 from harness.runner import Cell, Context, Measurement, Runner
-from runtimes.base import Prepared
+from runtimes.base import Prepared, Traits
 from tests.unit.fakes import FakeRuntime
 
 
@@ -37,7 +37,8 @@ def make(tmp_path: Path, img: image.Image, rts: list[FakeRuntime], **sampling: o
                            "workload": {"argv": ["true"]}, "sampling": sampling}, "t.toml")
     variant = scen.variants[0]
     cells = [Cell(backend=rt.name, variant=variant, config=scen.config(variant), runtime=rt,
-                  prepared=Prepared(image=img, backend=rt.name, ref="x")) for rt in rts]
+                  prepared=Prepared(image=img, backend=rt.name, ref="x"),
+                  traits=rt.traits()) for rt in rts]
     journal = results.Journal(tmp_path / "t.journal", {"run_id": "abcdef0123", "schema": 1})
     OPEN.append(journal)
     study = studies.get("startup")
@@ -145,18 +146,14 @@ def test_startup_sample_raises_on_failed_workload(tmp_path: Path, img: image.Ima
 
 
 def test_unenforced_limits_are_named_per_backend() -> None:
-    class Unlimited(FakeRuntime):
-        def metadata(self) -> dict[str, object]:
-            return {"not_applied": ["limits"]}
-
-    class NoPids(FakeRuntime):
-        def metadata(self) -> dict[str, object]:
-            return {"not_applied": ["limits.pids"]}
 
     scen = scenario.parse({"name": "t", "study": "startup", "backends": ["a", "b", "c"],
                            "limits": {"memory": "64M", "pids": 10},
                            "variants": {"limits.cpus": [0.5, 1.0]}}, "t.toml")
-    rts = {"a": Unlimited("a"), "b": NoPids("b"), "c": FakeRuntime("c")}
-    plan = runner.Plan(scenario=scen, backends=list(rts), runtimes=dict(rts), skipped={})
-    assert runner.unenforced_limits(plan) == {
+    rts = {"a": FakeRuntime("a", traits=Traits("container", not_applied=frozenset({"limits"}))),
+           "b": FakeRuntime("b", traits=Traits("container",
+                                                not_applied=frozenset({"limits.pids"}))),
+           "c": FakeRuntime("c")}
+    p = plan.Plan(scenario=scen, backends=list(rts), runtimes=dict(rts), skipped={})
+    assert plan.unenforced_limits(p) == {
         "a": ["cpus=0.5", "cpus=1", "memory=64.0 MiB", "pids=10"], "b": ["pids=10"]}

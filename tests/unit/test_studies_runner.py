@@ -4,7 +4,7 @@ sub-variants, artifacts per sample, NotApplicable cells, scenario params."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from harness import results, scenario, studies
 from harness.core import image
 from harness.core.errors import InstanceError, UsageError
 from harness.runner import Cell, Context, Measurement, NotApplicable, Runner
-from runtimes.base import Exit, Instance, Prepared, Stats
+from runtimes.base import Exit, Instance, Prepared, Stats, Traits
 from tests.unit.fakes import FakeRuntime
 from tests.unit.test_studies_probes import fio_doc
 
@@ -42,17 +42,15 @@ class StudyFake(FakeRuntime):
     """A fake backend whose figures a test sets."""
 
     def __init__(self, name: str = "fake", stdout: Any = b"", usage: int | None = 4096,
-                 footprint: dict[str, int] | None = None, meta: dict[str, Any] | None = None,
-                 extra: dict[str, Any] | None = None, code: int = 0) -> None:
-        super().__init__(name)
+                 footprint: dict[str, int] | None = None, not_applied: Iterable[str] = (),
+                 volume_formats: tuple[str, ...] = (), extra: dict[str, Any] | None = None,
+                 code: int = 0) -> None:
+        super().__init__(name, traits=Traits("container", not_applied=frozenset(not_applied),
+                                             volume_formats=volume_formats))
         self.stdout, self.usage, self.code = stdout, usage, code
         self.footprint = footprint or {"image": 1000}
-        self.meta = meta or {}
         self.extra = extra or {}
         self.specs: list[Any] = []
-
-    def metadata(self) -> dict[str, Any]:
-        return self.meta
 
     def prepare(self, img: image.Image) -> Prepared:
         return Prepared(image=img, backend=self.name, ref="fake", footprint=self.footprint)
@@ -83,7 +81,7 @@ def make(tmp_path: Path, img: image.Image, study: str, rts: list[FakeRuntime],
                            "sampling": {"metric": metric, **sampling}}, "t.toml")
     variant = scen.variants[0]
     cells = [Cell(backend=rt.name, variant=variant, config=scen.config(variant), runtime=rt,
-                  prepared=rt.prepare(img)) for rt in rts]
+                  prepared=rt.prepare(img), traits=rt.traits()) for rt in rts]
     journal = results.Journal(tmp_path / f"{study}.journal", {"run_id": "abcdef0123",
                                                               "schema": 1})
     OPEN.append(journal)
@@ -203,7 +201,7 @@ def test_io_targets_are_sub_variants_with_fio_json_artifacts(tmp_path: Path,
 
 def test_io_only_rootfs_where_mounts_are_not_applied(tmp_path: Path,
                                                      img: image.Image) -> None:
-    rt = StudyFake(stdout=_fio_output(["rootfs"]), meta={"not_applied": ["mounts"]})
+    rt = StudyFake(stdout=_fio_output(["rootfs"]), not_applied=["mounts"])
     r, _cells, journal = make(tmp_path, img, "io", [rt], metric="io.randread.iops",
                              warmups=0, min_samples=1, max_samples=1)
     r.run()
@@ -228,7 +226,7 @@ def test_io_refused_targets_are_skipped_and_formats_added(tmp_path: Path,
             return super().create(spec, prepared)
 
     rt = NoBind(stdout=_fio_output(["rootfs", "volume", "volume.qcow2", "tmpfs"]),
-                meta={"volume_formats": ["raw", "qcow2"], "not_applied": ["mounts.tmpfs"]})
+                volume_formats=("raw", "qcow2"), not_applied=["mounts.tmpfs"])
     r, _cells, journal = make(tmp_path, img, "io", [rt], metric="io.randread.iops",
                               warmups=0, min_samples=1, max_samples=1)
     r.run()
@@ -277,7 +275,7 @@ def test_limits_cpu_share_of_a_real_busy_process(tmp_path: Path) -> None:
 
 def test_network_not_applicable_where_modes_are_not_applied(tmp_path: Path,
                                                             img: image.Image) -> None:
-    rt = StudyFake(meta={"not_applied": ["network"]})
+    rt = StudyFake(not_applied=["network"])
     scen_cells = make(tmp_path, img, "network", [rt], metric="network.lat_p50",
                       warmups=0, min_samples=1, max_samples=3)
     r, cells, journal = scen_cells
@@ -309,7 +307,7 @@ def test_runner_sub_variants_join_the_cell_variant_and_gate_the_stop(
     variant = scen.variants[0]
     rt = FakeRuntime("a")
     cell = Cell(backend="a", variant=variant, config=scen.config(variant), runtime=rt,
-                prepared=Prepared(image=img, backend="a", ref="x"))
+                prepared=Prepared(image=img, backend="a", ref="x"), traits=rt.traits())
     journal = results.Journal(tmp_path / "j.journal", {"run_id": "abcdef0123", "schema": 1})
     OPEN.append(journal)
     Runner(scen, [cell], journal, sample, lambda m: "B", seed=1).run()

@@ -1,0 +1,106 @@
+"""Planning: a scenario bound to this host (the backends that run, those skipped and
+why), its cells, and the header every result of it starts with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from harness import __version__
+from harness.core import hostinfo
+from harness.core.errors import BackendUnavailable
+from harness.core.image import Image
+from harness.core.units import format_size
+from harness.results import SCHEMA
+from harness.runner import Cell
+from harness.runs import HOOKS
+from harness.scenario import Scenario
+from runtimes import registry
+from runtimes.base import Prepared, Runtime
+
+
+@dataclass
+class Plan:
+    """A scenario bound to this host: the backends that will run, and the ones skipped."""
+
+    scenario: Scenario
+    backends: list[str]
+    runtimes: dict[str, Runtime]
+    skipped: dict[str, str]  # backend -> why
+
+
+def plan(scenario: Scenario, requested: list[str] | None) -> Plan:
+    """Choose backends: requested ones must be available (exit 3 if not); the scenario's
+    own list is auto-detected (unavailable ones are skipped, with the reason)."""
+    names = requested or list(scenario.backends) or registry.base_names()
+    for n in names:
+        registry.check(n)
+    chosen: list[str] = []
+    rts: dict[str, Runtime] = {}
+    skipped: dict[str, str] = {}
+    for n in names:
+        rt = registry.get(n, HOOKS)
+        avail = rt.availability()
+        if avail.ok:
+            chosen.append(n)
+            rts[n] = rt
+        elif requested:
+            raise BackendUnavailable(n, avail.reason, avail.fix)
+        else:
+            skipped[n] = avail.reason + (f" (fix: {avail.fix})" if avail.fix else "")
+    if not chosen:
+        raise BackendUnavailable(",".join(names), "none of the scenario's backends is "
+                                 "available here", "run `bench doctor`")
+    return Plan(scenario=scenario, backends=chosen, runtimes=rts, skipped=skipped)
+
+
+def unenforced_limits(p: Plan) -> dict[str, list[str]]:
+    """backend -> the limits its cells ask for that it does not enforce (its metadata's
+    not_applied lists "limits" or "limits.<field>"), as "field=value" across variants."""
+    out: dict[str, list[str]] = {}
+    for b in p.backends:
+        traits = p.runtimes[b].traits()
+        asked = {f"{k}={format_size(int(v)) if k == 'memory' else f'{v:g}'}"
+                 for variant in p.scenario.variants
+                 for k, v in p.scenario.config(variant).limits.as_dict().items()
+                 if v is not None and not traits.enforces(k)}
+        if asked:
+            out[b] = sorted(asked)
+    return out
+
+
+def make_cells(p: Plan, prepared: dict[str, Prepared], copies: int = 1) -> list[Cell]:
+    """One cell per (backend, variant); with copies > 1 (A/A calibration), that many
+    identical cells each, numbered, which the rounds interleave like any other cells."""
+    traits = {b: p.runtimes[b].traits() for b in p.backends}
+    return [Cell(backend=b, variant=v, config=p.scenario.config(v), runtime=p.runtimes[b],
+                 prepared=prepared[b], traits=traits[b], copy=None if copies == 1 else k)
+            for b in p.backends for v in p.scenario.variants for k in range(copies)]
+
+
+def header(p: Plan, run_id: str, image: Image, prepared: dict[str, Prepared],
+           cells: list[Cell]) -> dict[str, Any]:
+    backends: dict[str, Any] = {}
+    traits = {c.backend: c.traits for c in cells}
+    for b in p.backends:
+        avail = p.runtimes[b].availability()
+        backends[b] = {**traits[b].as_dict(), "versions": dict(avail.versions),
+                       "prepared": {"ref": prepared[b].ref,
+                                    "footprint": dict(prepared[b].footprint),
+                                    **dict(prepared[b].details)}}
+    return {
+        "schema": SCHEMA, "tool": {"name": "cvbench", "version": __version__},
+        "run_id": run_id, "created": datetime.now(UTC).isoformat(),
+        "scenario": p.scenario.as_dict(), "scenario_toml": dict(p.scenario.raw),
+        "host": hostinfo.fingerprint(),
+        "backends": backends, "skipped": p.skipped, "image": image.as_dict(),
+    }
+
+
+def cell_summary(cells: list[Cell]) -> list[dict[str, Any]]:
+    return [{"backend": c.backend, "variant": c.variant.name, "status": c.status,
+             "samples": c.samples, "failures": c.failures,
+             **({"copy": c.copy} if c.copy is not None else {})} for c in cells]
+
+

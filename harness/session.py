@@ -1,0 +1,231 @@
+"""A whole run in explicit stages, as PerfKitBenchmarker runs a benchmark:
+
+  prepare  check the scenario against this host, plan the backends, build the image, take
+           the run's lock, clean what an interrupted run left (resume), prepare every
+           backend once, open the journal
+  run      the sampling loop (harness.runner) until every cell stopped
+  collect  finalize the journal into the result file (and its pyperf companion)
+  cleanup  remove what the run made that outlives an instance, release the lock
+
+`bench run` and `bench calibrate` drive it; what is shown to the user goes through a
+Reporter, so the stages print nothing themselves. `exec_once` is the one-instance path of
+`bench exec`, over the same instance life cycle as the studies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from harness import plan as planning
+from harness import results, studies, validate
+from harness.core import image as image_mod
+from harness.core.errors import BackendUnavailable, UsageError
+from harness.runner import Cell, Context, Outcome, Runner, Target
+from harness.runs import HOOKS, Resumable, RunLock, collect, finish, hold, live_runs, runs_dir
+from harness.scenario import Scenario
+from harness.studies import _lifecycle as life
+from runtimes import registry
+from runtimes.base import Exit, InstanceSpec, new_run_id
+
+Progress = Callable[[Cell, str], None]
+
+
+class Reporter(Protocol):
+    """What a session tells the user (the CLI draws it with rich)."""
+
+    def info(self, text: str) -> None: ...
+
+    def warn(self, text: str) -> None: ...
+
+    def status(self, text: str) -> contextlib.AbstractContextManager[None]:
+        """Shown while a slow step (preparing a backend) goes on."""
+        ...
+
+    def sampling(self, scenario: Scenario, cells: Sequence[Cell],
+                 unit: str) -> contextlib.AbstractContextManager[Progress]:
+        """A progress display for the sampling loop: called with a cell and a note each
+        time the cell has taken a sample (or failed, or was restored)."""
+        ...
+
+
+@dataclass
+class Done:
+    """What a finished (or interrupted) run left: its result file and how it ended."""
+
+    run_id: str
+    result: Path
+    outcome: Outcome
+    cells: list[Cell]
+    backends: list[str]
+    problems: list[str] = field(default_factory=list)  # clean-up that failed
+
+    @property
+    def failed(self) -> list[Cell]:
+        return [c for c in self.cells if c.status == "failed"]
+
+
+class Session:
+    """One run of `scenario` on `backends` (None: the scenario's, skipping those not
+    available here), written to `out_dir`; or the continuation of `resume`."""
+
+    def __init__(self, scenario: Scenario, backends: Sequence[str] | None, out_dir: Path,
+                 reporter: Reporter, *, seed: int | None = None, copies: int = 1,
+                 resume: Resumable | None = None) -> None:
+        self.scenario = scenario
+        self.wanted = list(resume.header["backends"]) if resume else \
+            (list(backends) if backends else None)
+        self.out_dir = out_dir
+        self.reporter = reporter
+        self.seed = seed
+        self.copies = copies
+        self.resume = resume
+        self.run_id = resume.run_id if resume else new_run_id()
+        self.study = studies.get(scenario.study)
+        self.plan: planning.Plan | None = None
+        self.cells: list[Cell] = []
+        self.lock: RunLock | None = None
+        self.journal: results.Journal | None = None
+        self.name = ""
+
+    # --- stages ---------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        scen, rep, resumed = self.scenario, self.reporter, self.resume
+        validate.check(scen)
+        p = self.plan = planning.plan(scen, self.wanted)
+        for b, why in p.skipped.items():
+            rep.warn(f"skipping {b}: {why}")
+        for b, asked in planning.unenforced_limits(p).items():
+            rep.warn(f"note: {b} does not enforce {', '.join(asked)}: its figures are taken "
+                     "without them (metadata not_applied)")
+        rep.info(f"{'resuming run' if resumed else 'run'} {self.run_id}: scenario "
+                 f"{scen.name}, backends {', '.join(p.backends)}")
+        img = image_mod.build(scen.workload.image)
+        rep.info(f"image {img.tag} sha256:{img.digest} ({img.size / 2**20:.1f} MiB)")
+        if resumed and resumed.header["image"]["digest"] != img.digest:
+            raise UsageError(f"the image of run {self.run_id} was sha256:"
+                             f"{resumed.header['image']['digest']}; this host now builds "
+                             f"sha256:{img.digest}, so the run cannot be continued")
+        self.lock = RunLock(self.run_id, f"scenario {scen.name}")
+        if resumed:
+            # What the interrupted run left (the instance in flight at the kill) goes first.
+            live = [x for x in live_runs() if x != self.run_id]
+            for b in p.backends:
+                for item in collect(p.runtimes[b], live, self.run_id):
+                    rep.info(f"removed {item.kind} {item.name} left by the interrupted run")
+        prepared = {}
+        for b in p.backends:
+            with rep.status(f"preparing {b}…"):
+                prepared[b] = p.runtimes[b].prepare(img)
+        self.cells = planning.make_cells(p, prepared, self.copies)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resumed and resumed.journal:
+            self.name = resumed.base
+            self.journal = results.Journal.open_existing(resumed.journal)
+        elif resumed:
+            self.name = resumed.base
+            self.journal = results.Journal(self.out_dir / f"{self.name}.journal",
+                                           resumed.header)
+            self.journal.add(resumed.samples)
+            for e in resumed.events:
+                self.journal.event(**e)
+            for a in resumed.artifacts:
+                self.journal.artifact(**a)
+        else:
+            self.name = f"{scen.name}-{results.utc_stamp()}-{self.run_id}"
+            self.journal = results.Journal(
+                self.out_dir / f"{self.name}.journal",
+                planning.header(p, self.run_id, img, prepared, self.cells))
+
+    def run(self) -> Outcome:
+        assert self.journal is not None
+        study = self.study
+        unit = studies.unit_of(study, self.scenario.sampling.metric) or ""
+        with self.reporter.sampling(self.scenario, self.cells, unit) as progress:
+            r = Runner(self.scenario, self.cells, self.journal, study.sample,
+                       lambda m: studies.unit_of(study, m), progress=progress, seed=self.seed)
+            if self.resume is not None:
+                r.restore(self.resume.samples, self.resume.events)
+                for c in self.cells:
+                    progress(c, "restored")
+            return r.run()
+
+    def collect(self, outcome: Outcome) -> Path:
+        assert self.journal is not None
+        extra: dict[str, Any] = {
+            "finished": datetime.now(UTC).isoformat(),
+            "cells": planning.cell_summary(self.cells), "interrupted": outcome.interrupted,
+            "duration": outcome.elapsed, "rounds": outcome.rounds}
+        if self.resume and self.resume.supersedes:
+            extra["supersedes"] = self.resume.supersedes
+        return self.journal.finalize(self.out_dir / f"{self.name}.json", extra,
+                                     fallback=runs_dir() / "results")
+
+    def cleanup(self) -> list[str]:
+        problems: list[str] = []
+        if self.journal is not None:
+            self.journal.close()
+        if self.plan is not None and self.lock is not None:
+            problems = finish([self.plan.runtimes[b] for b in self.plan.backends], self.run_id)
+        if self.lock is not None:
+            self.lock.release()
+        return problems
+
+    def execute(self) -> Done:
+        """All four stages; cleanup also after an error or Ctrl-C."""
+        problems: list[str] = []
+        try:
+            self.prepare()
+            outcome = self.run()
+            path = self.collect(outcome)
+        finally:
+            problems = self.cleanup()
+        assert self.plan is not None
+        return Done(run_id=self.run_id, result=path, outcome=outcome, cells=self.cells,
+                    backends=list(self.plan.backends),
+                    problems=outcome.cleanup_errors + problems)
+
+
+def exec_once(backend: str, argv: Sequence[str], image: image_mod.Image, *,
+              timeout: float, **spec: Any) -> tuple[Exit, list[str]]:
+    """Run `argv` once in `image` under `backend` with the other InstanceSpec fields in
+    `spec`, capturing its output (`bench exec`): its exit, and the clean-up problems. The
+    instance goes through the studies' life cycle and is removed however it ends."""
+    rt = registry.get(backend, HOOKS)
+    avail = rt.availability()
+    if not avail.ok:
+        raise BackendUnavailable(backend, avail.reason, avail.fix)
+    run_id = new_run_id()
+    problems: list[str] = []
+    with hold(run_id, f"exec on {backend}"):
+        ctx = Context(run_id, timeout)
+        try:
+            where = Target(rt, rt.prepare(image), backend)
+            inst, ex = life.run(ctx, where, InstanceSpec(
+                run_id=run_id, name=f"cvbench-{run_id}-1", argv=tuple(argv), capture=True,
+                **spec))
+            life.finish(ctx, where, inst)
+        finally:
+            problems += ctx.cleanup()
+            problems += finish([rt], run_id)
+    return ex, problems
+
+
+def overrides(scenario: Scenario, *, warmups: int | None = None,
+              min_samples: int | None = None, max_samples: int | None = None,
+              time_budget: float | None = None) -> Scenario:
+    """The scenario with the sampling settings given replaced (`bench run --warmups`)."""
+    s = scenario.sampling
+    sampling = replace(
+        s, warmups=s.warmups if warmups is None else warmups,
+        min_samples=s.min_samples if min_samples is None else min_samples,
+        max_samples=s.max_samples if max_samples is None else max_samples,
+        time_budget=s.time_budget if time_budget is None else time_budget)
+    if sampling.max_samples < sampling.min_samples:
+        raise UsageError("--max-samples must be >= --min-samples")
+    return replace(scenario, sampling=sampling)

@@ -1,0 +1,441 @@
+"""`ns`'s Runtime: the InstanceSpec mapped onto the modules of this package (see its
+docstring for the mapping and the phases)."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import os
+import platform
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from harness.core.errors import InstanceError
+from harness.core.image import PATH_ENV, Image
+from harness.core.probes import memory
+from harness.core.probes.disk import du_bytes
+from runtimes import _proc
+from runtimes._proc import PipedInstance
+from runtimes.base import (
+    NO_HOOKS,
+    PREFIX,
+    Availability,
+    Exit,
+    Hooks,
+    Instance,
+    InstanceSpec,
+    Leftover,
+    Prepared,
+    Stats,
+    Traits,
+    own,
+    run_of,
+    state_dir,
+)
+from runtimes.ns import cgroups, namespaces, network, process, rootfs, security, validate
+from runtimes.ns.config import (
+    BASE_FLAGS,
+    DEVICES,
+    MASKED_PATHS,
+    NS_CAPS,
+    READONLY_PATHS,
+    ContainerConfig,
+    MountPoint,
+)
+from runtimes.ns.forkserver import ForkServer, ForkServerError
+from runtimes.ns.shared import cgroup_parents, empty_dirs, upper_mode
+
+SETUP_TIMEOUT = 30.0
+
+_SERVER = ForkServer()  # one per runner process, shared by every NsRuntime
+atexit.register(_SERVER.close)
+
+
+@dataclass(eq=False)
+class NsInstance(PipedInstance):
+    """An ns instance: its first process (pid/pidfd once start has run), what create
+    made for it and remove undoes."""
+
+    child: process.Child | None = None
+    cgroup: bool = False  # its cgroup exists (destroy is idempotent: half-made is fine)
+    dir: Path | None = None  # instance dir (upper/work) of a writable layer on disk
+    veth: str | None = None
+    lease: str | None = None
+    address: str | None = None
+
+
+class NsRuntime:
+    """`ns`: the writable layer in a tmpfs (or where CVBENCH_NS_UPPER says); `ns:disk`:
+    on disk, as Docker's overlay2 keeps it — the one to compare disk and I/O figures of
+    the root filesystem with."""
+
+    name = "ns"
+    flavours: ClassVar[tuple[str, ...]] = ("disk",)
+
+    def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
+        self.name = f"ns:{flavour}" if flavour else "ns"
+        self.upper = flavour if flavour else upper_mode()
+        self._cg: cgroups.Manager | None = None
+        self._last_cap: int | None = None
+        self._caps = security.cap_numbers(NS_CAPS)
+        # Looked up once: which masked and read-only paths this kernel has.
+        self._masked = rootfs.masks(MASKED_PATHS)
+        self._readonly = tuple(p for p in READONLY_PATHS if os.path.exists(p))
+        self.rootless = os.geteuid() != 0
+
+    @property
+    def cg(self) -> cgroups.Manager:
+        if self._cg is None:
+            self._cg = cgroups.new()
+        return self._cg
+
+    @property
+    def limits_applied(self) -> bool:
+        """Root always; rootless only where the cgroup tree is writable (delegated)."""
+        return not self.rootless or (self.cg.check() is None and self.cg.writable())
+
+    def root(self) -> Path:
+        return state_dir() / "ns"
+
+    def availability(self) -> Availability:
+        reason = validate.host_problem(self.cg, self.rootless)
+        versions = {"kernel": platform.release(), "cgroup": self.cg.mode}
+        if reason:
+            return Availability(ok=False, reason=reason[0], fix=reason[1], versions=versions)
+        details = {"mode": "rootless (user namespace)"} if self.rootless else {}
+        if not self.rootless:
+            userns = validate.userns_problem()
+            details["rootless"] = f"forbidden here: {userns[0]} (fix: {userns[1]})" \
+                if userns else "possible (run bench as a non-root user)"
+        if not self.limits_applied:
+            details["limits"] = "not applied (no writable cgroup tree for this user)"
+        if not cgroups.favordynmods():
+            details["cgroup migrations"] = "wait for an RCU grace period (scripts/provision " \
+                "sets favordynmods where the kernel has it)"
+        return Availability(ok=True, versions=versions, details=details)
+
+    def traits(self) -> Traits:
+        return Traits(
+            kind="container",
+            # rootless without a cgroup tree of its own: no limit can be enforced, which
+            # studies and reports treat as they do the host's
+            not_applied=frozenset() if self.limits_applied else frozenset({"limits"}),
+            settings={"cgroup": self.cg.mode, "kernel": platform.release(),
+                      "start": "clone(CLONE_PARENT) from a fork server, then exec",
+                      "rootfs": f"overlay, upper on {self.upper}",
+                      "capabilities": "docker default set minus CAP_MKNOD (no device cgroup)",
+                      "no_new_privs": True, "rootless": self.rootless,
+                      "limits_applied": self.limits_applied,
+                      "cgroup_favordynmods": cgroups.favordynmods()})
+
+    def prepare(self, image: Image) -> Prepared:
+        # The unpacked image is the shared read-only lower layer; nothing to copy per run.
+        # Per-run work done here, before any timing: the fork server, the scratch dir.
+        _SERVER.start()
+        (self.root() / "scratch").mkdir(parents=True, exist_ok=True)
+        if self.limits_applied:
+            self.cg.setup()  # the parent cgroups (a finished run removes them when alone)
+        if not self.rootless:
+            rootfs.make_dev_layer(self.root() / "devlayer", DEVICES)
+        return Prepared(image=image, backend=self.name, ref=str(image.rootfs),
+                        footprint={"image": du_bytes(image.rootfs)})
+
+    def volume(self, run_id: str, name: str) -> Path:
+        """A named volume: a directory the harness owns, kept across the run's instances
+        (and removed by gc once the run is over)."""
+        path = self.root() / "volumes" / f"{PREFIX}{run_id}-{name}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _mounts(self, spec: InstanceSpec) -> list[MountPoint]:
+        out = list(rootfs.standard_mounts(new_netns=spec.network != "host",
+                                          dev_tmpfs=self.rootless))
+        for m in spec.mounts:
+            target = m.target.lstrip("/")
+            ro = namespaces.MS_RDONLY if m.readonly else 0
+            if m.type == "tmpfs":
+                data = f"size={m.size}" if m.size else None
+                out.append(MountPoint("tmpfs", target, "tmpfs",
+                                      namespaces.MS_NOSUID | namespaces.MS_NODEV | ro, data))
+                continue
+            src = m.source if m.type == "bind" else str(self.volume(spec.run_id,
+                                                                    m.source or ""))
+            assert src is not None
+            # Read-only binds are not recursive: a writable mount below the source must
+            # not come along (a remount makes only the top mount read-only).
+            flags = namespaces.MS_BIND | (0 if m.readonly else namespaces.MS_REC)
+            out.append(MountPoint(src, target, None, flags, readonly_remount=m.readonly,
+                                  file=not os.path.isdir(src)))
+        return out
+
+    def _config(self, spec: InstanceSpec, lower: str, idir: Path | None) -> ContainerConfig:
+        flags = BASE_FLAGS
+        if spec.network != "host":
+            flags |= namespaces.CLONE_NEWNET
+        if self.rootless:
+            flags |= namespaces.CLONE_NEWUSER
+        if self._last_cap is None:
+            self._last_cap = security.last_cap()
+        env = {"PATH": PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
+               "CVBENCH_NONCE": spec.nonce, **spec.env}
+        return ContainerConfig(
+            name=spec.name, lower=lower,
+            dev_layer="" if self.rootless else str(self.root() / "devlayer"),
+            upper=str(idir / "upper") if idir else "", work=str(idir / "work") if idir else "",
+            scratch=str(self.root() / "scratch"),
+            argv=("/bench/init", *spec.argv),
+            env=tuple(f"{k}={v}" for k, v in env.items()), hostname=spec.hostname,
+            workdir=spec.workdir, clone_flags=flags,
+            cgroup_join=tuple(_split_parent(p) for p in self.cg.join_files(spec.name))
+            if self.limits_applied else (),
+            mounts=tuple(self._mounts(spec)), loopback_up=spec.network != "host",
+            caps=self._caps, last_cap=self._last_cap,
+            userns_map=(os.geteuid(), os.getegid()) if self.rootless else None,
+            masked=tuple(m for m in self._masked
+                         if spec.network != "host" or not m[0].startswith("/sys/")),
+            readonly=self._readonly)
+
+    def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
+        validate.spec(spec, self.rootless)
+        inst = NsInstance(spec=spec, prepared=prepared)
+        try:
+            idir = None
+            if self.upper == "disk":
+                idir = inst.dir = self.root() / spec.name
+                idir.mkdir()
+                (idir / "upper").mkdir()
+                (idir / "work").mkdir()
+            cfg = self._config(spec, prepared.ref, idir)
+            out_r, out_w = _proc.open_pipe()
+            err_r, err_w = _proc.open_pipe()
+            inst.out = _proc.Stream(out_r, spec.capture)
+            inst.err = _proc.Stream(err_r, spec.capture)
+            try:
+                inst.child = process.spawn(_SERVER, cfg, out_w, err_w)
+            finally:
+                os.close(out_w)
+                os.close(err_w)
+            if self.limits_applied:
+                # Made while the child sets itself up; it joins at start.
+                inst.cgroup = True
+                self.cg.create(spec.name, spec.limits)
+            if spec.network == "bridge":
+                self._attach(inst)  # before start: the child cannot exec until then
+        except (process.SetupError, ForkServerError) as e:
+            self.remove(inst)
+            raise InstanceError(f"ns: {e}") from None
+        except BaseException:
+            self.remove(inst)
+            raise
+        return inst
+
+    def _attach(self, inst: NsInstance) -> None:
+        assert inst.child is not None
+        leases = network.Leases(self.root() / "ipam")
+        addr = leases.acquire(inst.spec.name)
+        inst.lease = inst.address = str(addr)
+        inst.veth = network.attach(inst.child.resolve(), inst.spec.name, addr)
+
+    def _child(self, inst: Instance) -> tuple[NsInstance, process.Child]:
+        inst = own(inst, NsInstance)
+        if inst.child is None:
+            raise InstanceError(f"ns: {inst.spec.name} was never created")
+        return inst, inst.child
+
+    def start(self, inst: Instance) -> None:
+        inst, child = self._child(inst)
+        try:
+            process.release(child, SETUP_TIMEOUT)
+        except process.SetupError as e:
+            err = inst.streams()[1]
+            raise InstanceError(f"ns: setting up {inst.spec.name} failed: {e} "
+                                f"{bytes(err.data[-300:])!r}") from None
+        except ForkServerError as e:
+            raise InstanceError(f"ns: {e}") from None
+        finally:
+            if child.pid:  # the instance owns the pidfd from here on
+                inst.pid, inst.pids, inst.pidfd = child.pid, [child.pid], child.pidfd
+                child.pidfd = -1
+
+    def wait_ready(self, inst: Instance, timeout: float) -> int:
+        return _proc.ready(inst, own(inst, NsInstance).streams()[0], timeout)
+
+    def wait_exit(self, inst: Instance, timeout: float) -> Exit:
+        inst = own(inst, NsInstance)
+        return _proc.exited(inst, timeout, lambda: bool(
+            inst.cgroup and self.cg.oom_killed(inst.spec.name)))
+
+    def stats(self, inst: Instance) -> Stats:
+        inst, child = self._child(inst)
+        if inst.cgroup:
+            pids = self.cg.pids(inst.spec.name)
+            usage: int | None = self.cg.memory_usage(inst.spec.name)
+        else:
+            pids, usage = memory.descendants(child.resolve()), None
+        m = memory.processes_memory(pids)
+        return Stats(pids=tuple(pids), pss=m.pss, uss=m.uss, rss=m.rss, cgroup=usage)
+
+    def stop(self, inst: Instance, grace: float = 2.0) -> None:
+        """SIGTERM, then SIGKILL after `grace`. PID 1 of a pid namespace gets SIGTERM only
+        if it handles it (the kernel drops it otherwise), so a plain `sleep` needs the
+        SIGKILL, as with `docker stop`. Killing PID 1 kills the whole namespace."""
+        inst = own(inst, NsInstance)
+        child = inst.child
+        if child is None or inst.exited:
+            return
+        if child.go_w >= 0:  # created, never started
+            process.abort(child)
+        elif inst.pid:
+            _proc.reap(inst.pid, inst.pidfd, grace)
+        inst.exited = True
+
+    def daemons(self) -> dict[str, list[int]]:
+        # No daemon; the fork server is this runner's helper, reported so its memory is
+        # not hidden.
+        return {"ns fork server": [_SERVER.pid]} if _SERVER.pid else {}
+
+    def disk_usage(self, inst: Instance) -> int | None:
+        inst = own(inst, NsInstance)
+        if inst.dir is not None:
+            return du_bytes(inst.dir / "upper")
+        child = inst.child
+        if child is None or inst.exited:
+            return None
+        # tmpfs upper: overlayfs' statfs reports its upper filesystem, our private tmpfs.
+        try:
+            st = os.statvfs(f"/proc/{child.pid}/root")
+        except OSError:
+            return None
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+    def address(self, inst: Instance) -> str | None:
+        if inst.spec.network == "host":
+            return "127.0.0.1"
+        return own(inst, NsInstance).address  # bridge: its own (none: no address)
+
+    def remove(self, inst: Instance) -> None:
+        self.stop(inst, grace=0)
+        inst = own(inst, NsInstance)
+        child = inst.child
+        if child is not None and child.pidfd >= 0:
+            os.close(child.pidfd)
+            child.pidfd = -1
+        inst.release()
+        if inst.cgroup:
+            self.cg.destroy(inst.spec.name)
+            inst.cgroup = False
+        if inst.veth and os.path.exists(f"/sys/class/net/{inst.veth}"):
+            network.delete_link(inst.veth)  # normally gone with the instance's netns
+        inst.veth = None
+        if inst.lease:
+            network.Leases(self.root() / "ipam").release(inst.lease)
+            inst.lease = None
+        if inst.dir is not None:
+            _remove_instance_dir(inst.dir)
+            inst.dir = None
+
+    def leftovers(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        def dead(name: str) -> bool:
+            return name.startswith(PREFIX) and run_of(name) not in live_runs
+
+        found = [Leftover(self.name, "cgroup", n, run_of(n)) for n in self.cg.names()
+                 if dead(n)]
+        for sub in (self.root(), self.root() / "volumes"):
+            if sub.is_dir():
+                found += [Leftover(self.name, "dir", str(p), run_of(p.name))
+                          for p in sorted(sub.iterdir()) if dead(p.name)]
+        found += [Leftover(self.name, "lease", addr, run_of(owner))
+                  for addr, owner in network.Leases(self.root() / "ipam").owners().items()
+                  if dead(owner)]
+        found += [Leftover(self.name, "link", link, run_of(alias))
+                  for link, alias in network.links().items() if dead(alias)]
+        if not live_runs:  # shared by every run: removed when no run is going
+            if not network.bridge_in_use() and \
+                    os.path.exists(f"/sys/class/net/{network.BRIDGE}"):
+                found.append(Leftover(self.name, "bridge", network.BRIDGE, None))
+            layer = self.root() / "devlayer"
+            if layer.is_dir():
+                found.append(Leftover(self.name, "layer", str(layer), None))
+            found += [Leftover(self.name, "dir", str(d), None)
+                      for d in empty_dirs(*self._shared_dirs())]
+            found += cgroup_parents(self.name, self.cg)
+        return found
+
+    def _shared_dirs(self) -> tuple[Path, ...]:
+        """Dirs every run uses, in the order they can be removed (the root last)."""
+        return (self.root() / "scratch", self.root() / "ipam", self.root() / "volumes",
+                self.root())
+
+    def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        found = self.leftovers(live_runs)
+        for item in found:
+            if item.kind == "cgroup":
+                self.cg.kill(item.name)
+                self.cg.destroy(item.name)
+            elif item.kind == "layer":
+                shutil.rmtree(item.name, ignore_errors=True)
+            elif item.kind == "dir" and item.run_id is None:
+                with contextlib.suppress(OSError):  # (in use again, or not empty)
+                    os.rmdir(item.name)
+            elif item.kind == "dir":
+                _rmtree(Path(item.name))
+            elif item.kind == "lease":
+                network.Leases(self.root() / "ipam").release(item.name)
+            elif item.kind == "link":
+                network.delete_link(item.name)
+            elif item.kind == "bridge":
+                network.remove_bridge()
+            elif item.kind == "cgroup-parent":
+                with contextlib.suppress(OSError):  # another run's cgroup appeared
+                    os.rmdir(item.name)
+        if not live_runs:  # what the removals above emptied (the dev layer's parent...)
+            for d in empty_dirs(*self._shared_dirs()):
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+        return found
+
+
+
+
+def _split_parent(procs: str) -> tuple[str, str]:
+    """".../cvbench/<name>/cgroup.procs" -> (".../cvbench", "<name>/cgroup.procs")."""
+    parent, name, leaf = procs.rsplit("/", 2)
+    return parent, f"{name}/{leaf}"
+
+
+
+
+def _remove_instance_dir(idir: Path) -> None:
+    """rmdir the few directories an instance that wrote nothing leaves (overlayfs makes
+    work/work, with `volatile` work/work/incompat/volatile, and sometimes work/index);
+    anything else falls back to a full rmtree."""
+    try:
+        for sub in ("work/work/incompat/volatile", "work/work/incompat", "work/work",
+                    "work/index"):
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(idir / sub)
+        for sub in ("upper", "work", ""):
+            os.rmdir(idir / sub)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            raise
+        _rmtree(idir)
+
+
+def _rmtree(path: Path) -> None:
+    # The overlay's work dir holds a root-only "work" subdir; rmtree copes as root.
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        raise InstanceError(f"ns: cannot remove {path}")
+
+
+
+if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor
+    from runtimes.base import Runtime, RuntimeClass
+
+    _instance: Runtime = NsRuntime()
+    _class: RuntimeClass = NsRuntime
