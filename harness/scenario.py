@@ -395,10 +395,12 @@ def parse(data: Mapping[str, Any], source: str) -> Scenario:
 
 
 def scenario_dirs() -> list[Path]:
-    """Where named scenarios are looked up: $CVBENCH_SCENARIOS, ./scenarios, the checkout's."""
+    """Where named scenarios are looked up, first match first: $CVBENCH_SCENARIOS (a
+    colon-separated list), ./scenarios, then the ones shipped with cvbench (package data;
+    in a checkout, harness/scenarios links to scenarios/)."""
     dirs = [Path(p) for p in os.environ.get("CVBENCH_SCENARIOS", "").split(":") if p]
     dirs.append(Path.cwd() / "scenarios")
-    dirs.append(Path(__file__).resolve().parent.parent / "scenarios")
+    dirs.append(Path(__file__).resolve().parent / "scenarios")
     out: list[Path] = []
     for d in dirs:
         if d.is_dir() and d.resolve() not in out:

@@ -157,3 +157,24 @@ def test_unenforced_limits_are_named_per_backend() -> None:
     p = plan.Plan(scenario=scen, backends=list(rts), runtimes=dict(rts), skipped={})
     assert plan.unenforced_limits(p) == {
         "a": ["cpus=0.5", "cpus=1", "memory=64.0 MiB", "pids=10"], "b": ["pids=10"]}
+
+
+def test_restore_rebuilds_sub_variants_and_rounds(tmp_path: Path, img: image.Image) -> None:
+    """A resumed run of a study with sub-variants (io's targets) gets back each cell's
+    sample count, its stop metric's values per sub-variant, and the round to go on from;
+    samples written before `sub` was stored are matched by their variant name."""
+    r, cells, _ = make(tmp_path, img, [FakeRuntime("a")], min_samples=5, max_samples=9)
+
+    def sample(round_: int, sub: str, value: float, with_sub: bool = True) -> dict[str, object]:
+        return {"backend": "a", "variant": sub, "metric": "startup.total", "unit": "s",
+                "value": value, "round": round_, **({"sub": sub} if with_sub else {})}
+
+    old = [sample(1, "target=rootfs", 1.0, False), sample(1, "target=tmpfs", 2.0, False)]
+    new = [sample(2, "target=rootfs", 1.1), sample(2, "target=tmpfs", 2.1),
+           {**sample(2, "target=tmpfs", 5.0), "backend": "gone"}]  # a cell not in the run
+    r.restore(old + new, [{"kind": "sample_failed", "backend": "a", "variant": "default"}])
+    (cell,) = cells
+    assert cell.samples == 2 and cell.failures == 1 and r.round == 2
+    assert cell.values == [1.0, 2.0, 1.1, 2.1]
+    assert cell.sub_values == {"target=rootfs": [1.0, 1.1], "target=tmpfs": [2.0, 2.1]}
+    assert cell.status == "running"
