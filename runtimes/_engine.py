@@ -171,18 +171,6 @@ class EngineInstance(Instance):
         return self.out
 
 
-def pids_of(comm: str, needle: str = "") -> list[int]:
-    """Processes whose command name is `comm` and whose command line contains `needle`."""
-    out = []
-    for pid in memory.pids_of_cmdline(needle):
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == comm[:15]:
-                out.append(pid)
-        except OSError:
-            continue
-    return out
-
-
 def kernel_oom_killed(cid: str) -> bool:
     """Whether the kernel log records an OOM kill in the memory cgroup of container `cid`.
 

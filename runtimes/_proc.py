@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from harness.core.errors import InstanceError, ReadyTimeout
 from runtimes.base import Exit, Instance
 
@@ -193,19 +195,13 @@ def tagged_processes() -> list[tuple[int, str, str]]:
     """(pid, instance name, run id) of processes whose environment has CVBENCH_INSTANCE."""
     out = []
     me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
+    for p in psutil.process_iter():
         try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
+            name = p.environ().get("CVBENCH_INSTANCE", "") if p.pid != me else ""
+        except (psutil.Error, OSError):
             continue
-        for var in env.split(b"\0"):
-            if var.startswith(b"CVBENCH_INSTANCE=cvbench-"):
-                name = var.split(b"=", 1)[1].decode(errors="replace")
-                out.append((int(entry), name, name.split("-")[1]))
-                break
+        if name.startswith("cvbench-"):
+            out.append((p.pid, name, name.split("-")[1]))
     return out
 
 

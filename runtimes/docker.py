@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, ClassVar
 
-from runtimes._engine import Engine, pids_of
+from harness.core.probes.memory import pids_of
+from runtimes._engine import Engine
 
 
 class DockerRuntime(Engine):

@@ -200,20 +200,6 @@ def vcpus_and_quota(cpus: float | None) -> tuple[int, int | None]:
     return n, None if cpus == n else int(cpus / n * 100_000)
 
 
-def _comm_pids(names: Sequence[str]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            comm = Path(f"/proc/{entry}/comm").read_text().strip()
-        except OSError:
-            continue
-        if comm in names:
-            out.setdefault(comm, []).append(int(entry))
-    return out
-
-
 def _cgroup_usage(pid: int) -> int | None:
     """Memory charged to the cgroup libvirt put QEMU in (v1 memory controller or v2)."""
     cg = memory.memory_cgroup(pid)
@@ -686,7 +672,8 @@ class LibvirtRuntime:
         inst.exited = True
 
     def daemons(self) -> dict[str, list[int]]:
-        return _comm_pids(("libvirtd", "virtlogd", "virtlockd"))
+        return {n: pids for n in ("libvirtd", "virtlogd", "virtlockd")
+                if (pids := memory.pids_of(n))}
 
     def disk_usage(self, inst: Instance) -> int | None:
         """libvirt:disk: the allocated size of the instance's overlay (`qemu-img info`).

@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import requests
 
 from harness.core.errors import InstanceError
-from runtimes._engine import Engine, pids_of
+from harness.core.probes.memory import pids_of
+from runtimes._engine import Engine
 
 WAIT_INTERVAL = "10ms"
 CAP_SYS_RESOURCE = 24

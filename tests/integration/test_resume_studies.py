@@ -95,7 +95,7 @@ def check_resumed(out: Path, rid: str, kept: list[dict[str, Any]], subs: bool = 
     res = subprocess.run([*BENCH, "run", "--resume", rid, "--out", str(out)],
                          capture_output=True, text=True, check=False, timeout=900)
     assert res.returncode == 0, res.stderr
-    (path, doc), = results.load_all(out)  # the resumed result supersedes an interrupted one
+    ((_, doc),) = results.load_all(out)  # the resumed result supersedes an interrupted one
     samples = doc["samples"]
     rounds: dict[str, set[int]] = {}
     for s in samples:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -124,12 +123,17 @@ def test_time_budget_caps_the_run(tmp_path: Path, img: image.Image) -> None:
     assert any(e["kind"] == "budget_spent" for e in journal.events)
 
 
-def test_context_names_carry_run_id(tmp_path: Path, img: image.Image) -> None:
+def test_context_specs_carry_run_id_and_the_cells_config(tmp_path: Path,
+                                                         img: image.Image) -> None:
     r, cells, _ = make(tmp_path, img, [FakeRuntime("a")])
     spec = r.ctx.spec(cells[0])
     assert spec.name.startswith("cvbench-abcdef0123-")
     assert r.ctx.spec(cells[0]).name != spec.name
-    assert replace(spec, argv=("x",)).argv == ("x",)
+    cfg = cells[0].config
+    assert (spec.argv, spec.limits, spec.network) == (cfg.workload.argv, cfg.limits,
+                                                      cfg.network)
+    over = r.ctx.spec(cells[0], argv=("x",), readiness="exit")
+    assert (over.argv, over.readiness, over.limits) == (("x",), "exit", cfg.limits)
 
 
 def test_startup_sample_raises_on_failed_workload(tmp_path: Path, img: image.Image) -> None:

@@ -13,7 +13,7 @@ import pytest
 from harness import results, scenario, studies
 from harness.core import image
 from harness.core.errors import InstanceError, UsageError
-from harness.runner import Cell, Context, Measurement, NotApplicable, Runner
+from harness.runner import Cell, Context, Measurement, Runner
 from runtimes.base import Exit, Instance, Prepared, Stats, Traits
 from tests.unit.fakes import FakeRuntime
 from tests.unit.test_studies_probes import fio_doc
@@ -316,9 +316,3 @@ def test_runner_sub_variants_join_the_cell_variant_and_gate_the_stop(
     assert len(journal.artifacts) == 6
     assert all(a["variant"] == "network=host,x=1" for a in journal.artifacts)
     assert [a["data"]["n"] for a in journal.artifacts] == [1, 3, 4, 5, 6, 7]
-
-
-def test_not_applicable_is_a_bench_error() -> None:
-    from harness.core.errors import BenchError
-
-    assert issubclass(NotApplicable, BenchError)

@@ -2,15 +2,19 @@
 
 PSS (proportional set size) charges each shared page to the processes sharing it in
 equal parts, so the PSS of all instances adds up to what they really cost together; USS
-is what freeing the instance would give back. Both come from /proc/PID/smaps_rollup.
+is what freeing the instance would give back. Both come from /proc/PID/smaps_rollup,
+read here: psutil's memory_full_info() gives the same figures 8x slower (1.6 ms against
+0.2 ms for 50 processes on this machine), and a density ramp reads every instance at
+every step. Finding processes (children, command lines, names) is psutil's.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 
 @dataclass(frozen=True)
@@ -46,31 +50,13 @@ def processes_memory(pids: Iterable[int]) -> ProcMemory:
     return total
 
 
-def _parents() -> dict[int, int]:
-    """pid -> ppid for every process (field 4 of /proc/PID/stat, after the comm)."""
-    out: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        out[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
-    return out
-
-
 def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it (kernels without CONFIG_PROC_CHILDREN included)."""
-    kids: dict[int, list[int]] = {}
-    for child, parent in _parents().items():
-        kids.setdefault(parent, []).append(child)
-    seen = [pid]
-    i = 0
-    while i < len(seen):
-        seen.extend(kids.get(seen[i], []))
-        i += 1
-    return seen
+    """`pid` and every process below it (kernels without CONFIG_PROC_CHILDREN included:
+    psutil builds the tree from every process's parent)."""
+    try:
+        return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return [pid]
 
 
 def cgroup_procs(path: Path) -> list[int]:
@@ -90,20 +76,13 @@ def cgroup_usage(path: Path) -> int | None:
     return None
 
 
-def pids_of_cmdline(needle: str) -> list[int]:
-    """Processes whose command line contains `needle` (daemons: dockerd, libvirtd)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="replace")
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        if needle in cmd:
-            out.append(int(entry))
-    return out
+def pids_of(name: str, needle: str = "") -> list[int]:
+    """Processes whose command name is `name` (compared as the kernel keeps it, its first
+    15 characters: psutil completes a cut name from the command line) and whose command
+    line contains `needle` (a daemon; one container's shim)."""
+    return [p.pid for p in psutil.process_iter(["name", "cmdline"])
+            if (p.info["name"] or "")[:15] == name[:15]
+            and needle in " ".join(p.info["cmdline"] or ())]
 
 
 def memory_cgroup(pid: int) -> Path | None:

@@ -9,6 +9,8 @@ import signal
 import time
 from pathlib import Path
 
+from harness.core.probes.memory import cgroup_procs as procs
+
 
 def write(path: Path, value: str) -> None:
     # One write() per value: cgroup files act on each write, not on close.
@@ -29,13 +31,6 @@ def read_int_field(path: Path, field: str) -> int:
     except (FileNotFoundError, ValueError):
         pass
     return 0
-
-
-def procs(path: Path) -> list[int]:
-    try:
-        return [int(x) for x in (path / "cgroup.procs").read_text().split()]
-    except (FileNotFoundError, ValueError):
-        return []
 
 
 def kill_procs(path: Path, timeout: float = 5.0) -> None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.core.probes.memory import cgroup_procs as procs
 from runtimes.base import Limits
 from runtimes.ns.cgroups import PARENT, may_write
-from runtimes.ns.cgroups._common import kill_procs, procs, read_int_field, rmdir, write
+from runtimes.ns.cgroups._common import kill_procs, read_int_field, rmdir, write
 
 CONTROLLERS = ("memory", "cpu", "pids")
 PERIOD_US = 100_000

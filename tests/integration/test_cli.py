@@ -1,5 +1,5 @@
-"""The CLI from the outside: exit codes, one-line errors, files written (host backend only,
-which needs no privileges)."""
+"""The CLI from the outside, as real `bench` processes: exit codes, one-line errors, files
+written (host backend only, which needs no privileges)."""
 
 from __future__ import annotations
 
@@ -80,11 +80,32 @@ def test_exec_passes_output_and_status_through() -> None:
     assert p.stdout == "out\n" and p.stderr == "err\n"
 
 
-def test_list_and_doctor() -> None:
-    p = bench("list")
-    assert p.returncode == 0 and "startup" in p.stdout and "host" in p.stdout
-    p = bench("doctor")
-    assert p.returncode == 0 and "host" in p.stdout
+def test_list_and_doctor(repo: Path) -> None:
+    """Every shipped scenario is listed with its study (none unreadable), and doctor has a
+    row for every registered backend, saying yes or no."""
+    import os
+
+    from runtimes import registry
+
+    env = {**os.environ, "COLUMNS": "250"}
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "list"], capture_output=True,
+                       text=True, env=env, timeout=120, check=False)
+    assert p.returncode == 0, p.stderr
+    rows = {ln.split("│")[1].strip(): ln.split("│")[2].strip()
+            for ln in p.stdout.splitlines() if ln.count("│") >= 4}
+    shipped = {f.stem for f in (repo / "scenarios").glob("*.toml")}
+    assert shipped <= set(rows), rows
+    assert all(rows[s] != "?" for s in shipped), rows
+    assert p.stdout.split("backends: ")[1].split() != []
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "doctor"], capture_output=True,
+                       text=True, env=env, timeout=300, check=False)
+    assert p.returncode == 0, p.stderr
+    answers = {ln.split("│")[1].strip(): ln.split("│")[2].strip()
+               for ln in p.stdout.splitlines()
+               if ln.count("│") >= 4 and ln.split("│")[1].strip()}
+    assert set(registry.all_names()) <= set(answers), answers
+    assert {answers[n] for n in registry.all_names()} <= {"yes", "no"}
+    assert answers["host"] == "yes"
 
 
 def test_host_stop_kills_the_workloads_children() -> None:
