@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from rich.table import Table
 from harness import stats
 from harness.core.errors import UsageError
 from harness.core.units import format_seconds
+from harness.results import Loaded
 
 MIB = 2**20
 RESAMPLES = 2000
@@ -253,7 +254,7 @@ def fit_latency(n: Array, y: Array) -> LatencyFit | None:
 
 # --- from result documents to plans ------------------------------------------------------
 
-def density_frame(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> pd.DataFrame:
+def density_frame(docs: Sequence[Loaded]) -> pd.DataFrame:
     """The density samples of `docs`, with a `ramp` key (file, round), and the reports'
     `kind`, `emulated` and `dataset` columns (harness.report.data.enrich)."""
     from harness.report import data
@@ -296,23 +297,23 @@ def ramp_series(g: pd.DataFrame, basis: str) -> tuple[Array, Array] | None:
     return y.index.to_numpy(float), y.to_numpy(float)
 
 
-def _stops(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[tuple[str, str], list[str]]:
+def _stops(docs: Sequence[Loaded]) -> dict[tuple[str, str], list[str]]:
     out: dict[tuple[str, str], list[str]] = {}
     for _, doc in docs:
-        for e in doc.get("events", []):
+        for e in doc.events:
             if e.get("kind") == "ramp_stopped":
                 out.setdefault((e["backend"], e["variant"]), []).append(
                     str(e.get("reason"))[:120])
     return out
 
 
-def analyse(docs: Sequence[tuple[str, Mapping[str, Any]]], target: Target) -> Plan:
+def analyse(docs: Sequence[Loaded], target: Target) -> Plan:
     if target.basis not in BASES:
         raise UsageError(f"--basis: unknown basis {target.basis!r}; known: {', '.join(BASES)}")
     from harness.report import charts, data
 
     df = density_frame(docs)
-    hosts = {p: d["host"] for p, d in docs}
+    hosts = {p: d.host for p, d in docs}
     stops = _stops(docs)
     cells: list[CellPlan] = []
     for backend in data.backend_order(df):
@@ -587,7 +588,7 @@ def parse_seconds(value: str) -> float:
     return float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
 
 
-def load(paths: Iterable[str | Path]) -> list[tuple[str, dict[str, Any]]]:
+def load(paths: Iterable[str | Path]) -> list[Loaded]:
     from harness.results import load_all
 
     return load_all(list(paths))

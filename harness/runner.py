@@ -569,22 +569,22 @@ def find_resumable(out_dir: Path, run_id: str) -> Resumable:
     if journals:
         j = journals[-1]
         header, samples, events, artifacts = read_journal(j)
-        return Resumable(run_id, j.name.removesuffix(".journal"), header, samples, events,
-                         artifacts, j, None)
+        # Samples as dicts until restore() reads Sample records (the runner's rewrite).
+        return Resumable(run_id, j.name.removesuffix(".journal"), header,
+                         [s.to_dict() for s in samples], events, artifacts, j, None)
     done = sorted(p for p in out_dir.glob(f"*-{run_id}*.json")
                   if not p.name.endswith(".pyperf.json"))
     if not done:
         raise UsageError(f"--resume: no journal or result of run {run_id} in {out_dir}")
     last = done[-1]
     doc = load_result(last)
-    if not doc.get("interrupted"):
+    if not doc.interrupted:
         raise UsageError(f"--resume: run {run_id} finished ({last}); nothing to resume")
-    header = {k: v for k, v in doc.items()
-              if k not in ("samples", "events", "artifacts", "checksum", "finished", "cells",
-                           "interrupted", "duration", "rounds", "supersedes")}
+    header = doc.header()
     stem = last.name.removesuffix(".json")
     n = 1
     while (out_dir / f"{stem}-r{n}.json").exists() or (out_dir / f"{stem}-r{n}.journal").exists():
         n += 1
-    return Resumable(run_id, f"{stem}-r{n}", header, doc["samples"], doc["events"],
-                     doc.get("artifacts", []), None, last.name)
+    return Resumable(run_id, f"{stem}-r{n}", header, [s.to_dict() for s in doc.samples],
+                     [dict(e) for e in doc.events], [dict(a) for a in doc.artifacts], None,
+                     last.name)

@@ -21,6 +21,7 @@ import pandas as pd
 from harness.core.units import format_value
 from harness.report import claims as claims_mod
 from harness.report import data, tables
+from harness.results import Loaded
 
 # Which charts belong to which study, in the order they are shown.
 STUDY_CHARTS = {"startup": ("startup", "startup_phases"), "memory": ("memory",),
@@ -39,7 +40,7 @@ class Table:
 Block = tuple[str, Any]  # (kind, payload): h1 h2 h3 p ul table chart warn
 
 
-def build(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame, out: Path,
+def build(docs: Sequence[Loaded], df: pd.DataFrame, out: Path,
           formats: Sequence[str] = ("png", "svg"), style: str = "paper") -> list[Path]:
     """Write the charts, report.md and index.html into `out`; return the files written."""
     from harness.report import charts
@@ -126,10 +127,9 @@ def memory_table(df: pd.DataFrame, several: bool) -> Table | None:
     return Table(cols, rows, "l" * (len(cols) - 5) + "rrrrl")
 
 
-def _warnings(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame,
-              summ: pd.DataFrame) -> list[str]:
+def _warnings(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame) -> list[str]:
     out = []
-    hosts = sorted({str(doc["host"].get("id")) for _, doc in docs})
+    hosts = sorted({str(doc.host.get("id")) for _, doc in docs})
     if len(hosts) > 1:
         out.append(f"Results from {len(hosts)} different hosts (fingerprints "
                    f"{', '.join(hosts)}): shown side by side, but a difference between "
@@ -150,10 +150,10 @@ def _warnings(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame,
                    "seed claims cannot tell whether they are containers or VMs, and leave "
                    "them out.")
     for path, doc in docs:
-        if doc.get("interrupted"):
+        if doc.interrupted:
             out.append(f"`{path}`: the run was interrupted; its samples are incomplete.")
-        for c in doc.get("cells") or []:
-            if isinstance(c, dict) and c.get("status") == "failed":
+        for c in doc.cells:
+            if c.get("status") == "failed":
                 out.append(f"`{path}`: cell {c.get('backend')} [{c.get('variant')}] failed "
                            f"after {c.get('samples')} samples.")
     n_unstable = int((summ["warning"] != "").sum()) if not summ.empty else 0
@@ -164,18 +164,17 @@ def _warnings(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame,
     return out
 
 
-def _dataset_blocks(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame
-                    ) -> list[Block]:
+def _dataset_blocks(docs: Sequence[Loaded], df: pd.DataFrame) -> list[Block]:
     blocks: list[Block] = []
     runs = df.drop_duplicates("run_id").set_index("run_id")["dataset"].to_dict()
-    by_ds: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    by_ds: dict[str, list[Loaded]] = {}
     for path, doc in docs:
-        by_ds.setdefault(runs.get(doc["run_id"], "(no samples)"), []).append((path, doc))
+        by_ds.setdefault(runs.get(doc.run_id, "(no samples)"), []).append((path, doc))
     for ds in [*data.datasets(df), *(k for k in by_ds if k not in set(df["dataset"]))]:
         items = by_ds.get(ds, [])
         if not items:
             continue
-        host = items[0][1]["host"]
+        host = items[0][1].host
         blocks.append(("h3", ds))
         keys = ("id", "hostname", "cpu_model", "cores", "mem_total_gib", "kernel", "distro",
                 "cgroup_mode", "governor", "thp", "ksm", "virtualization", "kvm_device",
@@ -184,16 +183,15 @@ def _dataset_blocks(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFr
                                                           if k in host])))
         rows = []
         for path, doc in items:
-            img = doc["image"]
-            rows.append([str(doc["scenario"].get("name")), str(doc["run_id"]),
-                         str(doc.get("created", "")), f"`{img['digest'][:16]}…`"
-                         + (f" ({img['tag']})" if img.get("tag") else ""),
+            tag = doc.image.get("tag")
+            rows.append([str(doc.scenario_name), doc.run_id, doc.created or "",
+                         f"`{doc.image_digest[:16]}…`" + (f" ({tag})" if tag else ""),
                          f"`{path}`"])
         blocks.append(("table", Table(["scenario", "run", "created", "image digest", "file"],
                                       rows)))
         backends: dict[str, Mapping[str, Any]] = {}
         for _, doc in items:
-            backends.update(doc["backends"])
+            backends.update(doc.backends)
         rows = []
         for b in sorted(backends, key=lambda b: (data.KINDS.index(
                 data.backend_kind(backends[b])), b)):
@@ -207,7 +205,7 @@ def _dataset_blocks(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFr
     return blocks
 
 
-def content(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame,
+def content(docs: Sequence[Loaded], df: pd.DataFrame,
             charts: Mapping[str, Any]) -> list[Block]:
     sets = data.datasets(df)
     several = len(sets) > 1

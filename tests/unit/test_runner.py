@@ -63,7 +63,7 @@ def test_rounds_interleave_every_cell_once(tmp_path: Path, img: image.Image) -> 
     assert len(rounds) == 6  # 1 warmup + 5 rounds
     assert all(sorted(rd) == ["a", "b", "c"] for rd in rounds)
     assert len({tuple(rd) for rd in rounds}) > 1  # the order is shuffled
-    per_round = {(s["backend"], s["round"]) for s in journal.samples}
+    per_round = {(s.backend, s.round) for s in journal.samples}
     assert len(per_round) == 15
     assert all(rt.live == {} for rt in rts)
 
