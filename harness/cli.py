@@ -328,7 +328,8 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
     import json
 
     from harness import capacity as cap
-    from harness.core.units import parse_size
+    from harness.core.units import parse_seconds, parse_size
+    from harness.report import capacity as shown
 
     try:
         memory = parse_size(host_memory)
@@ -339,7 +340,7 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--workload-memory") from None
     try:
-        slo = cap.parse_seconds(slo_start) if slo_start else None
+        slo = parse_seconds(slo_start) if slo_start else None
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--slo-start") from None
     if memory <= 0:
@@ -352,7 +353,7 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
     if as_json:
         print(json.dumps(cap.as_json(plan), indent=1))
     else:
-        out.print(cap.table(plan))
+        out.print(shown.table(plan))
         for c in plan.cells:
             for note in ([c.slo_note] if c.slo_note else []) + c.notes:
                 out.print(f"  {c.label}: {note}")
@@ -360,7 +361,7 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
         for a in plan.assumptions:
             out.print(f"  - {a}")
     if chart_file is not None:
-        err.print(f"chart: {cap.chart(plan, chart_file)}")
+        err.print(f"chart: {shown.chart(plan, chart_file)}")
 
 
 @cli.command("gc")

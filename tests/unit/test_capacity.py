@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from harness import results
 from harness.cli import main
 from harness.core.errors import UsageError
 from harness.core.records import Result
+from harness.core.units import parse_seconds
 
 MIB = 2**20
 GIB = 2**30
@@ -208,11 +211,17 @@ def test_no_density_samples_is_a_usage_error() -> None:
 
 
 def test_parse_seconds() -> None:
-    assert cap.parse_seconds("2") == 2.0
-    assert cap.parse_seconds("500ms") == pytest.approx(0.5)
-    assert cap.parse_seconds("1.5m") == 90.0
+    assert parse_seconds("2") == 2.0
+    assert parse_seconds("500ms") == pytest.approx(0.5)
+    assert parse_seconds("1.5m") == 90.0
     with pytest.raises(ValueError):
-        cap.parse_seconds("fast")
+        parse_seconds("fast")
+
+
+def test_the_model_draws_nothing() -> None:
+    """Planning (harness.capacity) runs without matplotlib; harness.report draws."""
+    code = "import sys, harness.capacity; sys.exit('matplotlib' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def write(tmp_path: Path, d: Result) -> Path:
