@@ -1,15 +1,16 @@
 """report.md and a self-contained index.html from the same content.
 
 The report is a list of blocks (headings, paragraphs, lists, tables, charts) written once
-and rendered twice: Markdown next to the chart files, and one HTML file with every chart
-inlined (base64 `data:` URIs, so each SVG keeps its own ids and the page can be mailed).
+as Markdown: report.md, next to the chart files, and index.html, that Markdown rendered by
+markdown-it-py with every chart inlined (base64 `data:` URIs, so each SVG keeps its own
+ids and the page can be mailed).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import re
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
 
 from harness.core.units import format_value
 from harness.report import claims as claims_mod
@@ -324,7 +327,7 @@ padding:0 1em;color:#222;line-height:1.45}
 h1{border-bottom:2px solid #333}h2{margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:1em 0;font-size:.88em}
 th,td{border:1px solid #ddd;padding:.25em .6em;vertical-align:top}th{background:#f3f3f3}
-td.r{text-align:right;font-variant-numeric:tabular-nums}
+td[style*=right]{font-variant-numeric:tabular-nums}
 tr:nth-child(even) td{background:#fafafa}
 figure{margin:1.5em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 li{margin:.3em 0}code{background:#f3f3f3;padding:0 .2em}
@@ -332,12 +335,13 @@ li{margin:.3em 0}code{background:#f3f3f3;padding:0 .2em}
 """
 
 
-def _inline(text: str) -> str:
-    """Escape, then the little Markdown the content uses: `code` and **bold**."""
-    t = html.escape(text)
-    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
-    t = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
-    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", t)
+def _mark_warnings(state: StateCore) -> None:
+    """A list item that starts with ⚠ gets class "warn" (the CSS colours it)."""
+    tokens = state.tokens
+    for i, tok in enumerate(tokens[:-2]):
+        # list_item_open, paragraph_open (hidden in a tight list), then the item's text
+        if tok.type == "list_item_open" and tokens[i + 2].content.startswith("⚠"):
+            tok.attrSet("class", "warn")
 
 
 def _img(chart: Any) -> str:
@@ -352,27 +356,15 @@ def _img(chart: Any) -> str:
 
 
 def to_html(blocks: Sequence[Block]) -> str:
+    # Raw HTML stays off: host names, variants and messages come from result files and
+    # must show as text. Charts bypass Markdown, whose link check refuses SVG data URIs.
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    md.core.ruler.push("warn_items", _mark_warnings)
     body: list[str] = []
+    for is_chart, run in itertools.groupby(blocks, key=lambda b: b[0] == "chart"):
+        part = list(run)
+        body += [_img(x) for _, x in part] if is_chart else [md.render(markdown(part, ()))]
     title = next((x for k, x in blocks if k == "h1"), "cvbench report")
-    for kind, x in blocks:
-        if kind in ("h1", "h2", "h3"):
-            body.append(f"<{kind}>{_inline(x)}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{_inline(x)}</p>")
-        elif kind == "ul":
-            items = "".join(f'<li class="{"warn" if i.startswith("⚠") else ""}">{_inline(i)}'
-                            "</li>" for i in x)
-            body.append(f"<ul>{items}</ul>")
-        elif kind == "table":
-            align = x.align.ljust(len(x.columns), "l")
-            head = "".join(f"<th>{_inline(c)}</th>" for c in x.columns)
-            rows = "".join(
-                "<tr>" + "".join(f'<td class="{a}">{_inline(c)}</td>'
-                                 for a, c in zip(align, row, strict=True)) + "</tr>"
-                for row in x.rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif kind == "chart":
-            body.append(_img(x))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")
