@@ -28,8 +28,11 @@ from harness.core.records import SCHEMA, Result, Sample, checksum
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["SCHEMA", "Journal", "Result", "Sample", "checksum", "expand", "frame", "load",
-           "load_all", "load_result", "pyperf_json", "read_journal", "write_new"]
+# The records and the schema version are harness.core.records'; they are re-exported here
+# for the code (and notebooks) that read results through this module.
+__all__ = ["SCHEMA", "Journal", "Loaded", "Result", "Sample", "checksum", "current", "expand",
+           "frame", "load", "load_all", "load_result", "pyperf_json", "read_journal",
+           "utc_stamp", "write_new"]
 
 SAMPLE_KEYS = ("backend", "variant", "metric", "unit", "value", "round")
 PYPERF_UNITS = {"s": "second", "B": "byte"}
