@@ -126,7 +126,8 @@ class Sample:
     instance: int | None = None
     copy: int | None = None
     sub: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)  # fields of a newer writer
+    # Fields of a newer writer; left out of the hash, so samples can go in sets.
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if self.sub is not None and self.variant != self.sub \
@@ -196,7 +197,7 @@ class Noise:
     sigma_between: float | None = None
     max_aa_within: float | None = None
     max_aa_cross: float | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def key(self) -> tuple[str, str, str]:
