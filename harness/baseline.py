@@ -13,13 +13,15 @@ refuse an existing one unless told `--force`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from harness import results, stats
 from harness.core.errors import ResultError, UsageError
+from harness.core.records import Baseline, Noise, Result
 
 DEFAULT_DIR = Path("results/baselines")
 CellKey = tuple[str, str, str]  # backend, variant, metric
@@ -29,32 +31,24 @@ def path_for(root: Path, host_id: str, scenario: str) -> Path:
     return root / host_id / f"{scenario}.json"
 
 
-def host_id(doc: Mapping[str, Any], where: str) -> str:
-    hid = doc["host"].get("id")
-    if not isinstance(hid, str) or not hid:
+def host_id(doc: Result, where: str) -> str:
+    if doc.host_id is None:
         raise ResultError(f"{where}: host.id: missing (no host fingerprint)")
-    return hid
+    return doc.host_id
 
 
-def noise_of(doc: Mapping[str, Any]) -> dict[CellKey, dict[str, Any]]:
+def noise_of(doc: Result) -> dict[CellKey, Noise]:
     """The calibrated A/A spread per cell of a baseline (empty when not calibrated)."""
-    section = doc.get("baseline")
-    if not isinstance(section, dict):
-        return {}
-    out: dict[CellKey, dict[str, Any]] = {}
-    for rec in section.get("noise") or []:
-        if isinstance(rec, dict) and {"backend", "variant", "metric", "sigma", "df"} <= set(rec):
-            out[(rec["backend"], rec["variant"], rec["metric"])] = rec
-    return out
+    return {} if doc.baseline is None else {n.key: n for n in doc.baseline.noise}
 
 
-def lookup(root: Path, host: str, scenario: str) -> dict[str, Any] | None:
+def lookup(root: Path, host: str, scenario: str) -> Result | None:
     """The baseline of (host, scenario) under `root`, or None when there is none."""
     p = path_for(root, host, scenario)
     return results.load_result(p) if p.is_file() else None
 
 
-def calibrate_noise(docs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def calibrate_noise(docs: Iterable[Result]) -> list[Noise]:
     """Per-cell A/A spread from calibration results (each ran every cell as copies 0 and 1,
     interleaved): one (median of copy 0, median of copy 1) pair per run and cell."""
     import numpy as np
@@ -63,11 +57,11 @@ def calibrate_noise(docs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     units: dict[CellKey, str] = {}
     for doc in docs:
         by: dict[tuple[str, str, str, int], list[float]] = {}
-        for s in doc["samples"]:
-            if s.get("copy") in (0, 1):
-                by.setdefault((s["backend"], s["variant"], s["metric"], s["copy"]),
-                              []).append(float(s["value"]))
-                units[(s["backend"], s["variant"], s["metric"])] = s["unit"]
+        for s in doc.samples:
+            if s.copy in (0, 1):
+                by.setdefault((s.backend, s.variant, s.metric, s.copy),
+                              []).append(float(s.value))
+                units[(s.backend, s.variant, s.metric)] = s.unit
         for (b, v, m, c), values in by.items():
             other = by.get((b, v, m, 1))
             if c == 0 and other:
@@ -77,27 +71,36 @@ def calibrate_noise(docs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for (b, v, m), ps in sorted(pairs.items()):
         spread = stats.aa_spread(ps)
         if spread.df >= 1:
-            out.append({"backend": b, "variant": v, "metric": m, "unit": units[(b, v, m)],
-                        **spread.as_dict()})
+            out.append(Noise(backend=b, variant=v, metric=m, unit=units[(b, v, m)],
+                             runs=spread.runs, sigma_within=spread.within,
+                             sigma_between=spread.between, sigma=spread.total, df=spread.df,
+                             max_aa_within=spread.max_within,
+                             max_aa_cross=spread.max_cross))
     return out
 
 
-def make(source: Mapping[str, Any], source_path: str,
-         noise: list[dict[str, Any]] | None = None,
-         calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A baseline document: the (verified) source result plus the `baseline` section."""
-    doc = {k: v for k, v in source.items() if k not in ("checksum", "baseline")}
-    doc["baseline"] = {"created": datetime.now(UTC).isoformat(),
-                       "source": {"path": source_path, "run_id": source["run_id"],
-                                  "checksum": source["checksum"]},
-                       "noise": noise or [], "calibration": dict(calibration or {})}
-    doc["checksum"] = results.checksum(doc)
-    return doc
+def make(source: Result, source_path: str, noise: Sequence[Noise] = (),
+         calibration: Mapping[str, Any] | None = None) -> Result:
+    """A baseline: the (verified) source result plus the `baseline` section."""
+    section = Baseline(created=datetime.now(UTC).isoformat(),
+                       source={"path": source_path, "run_id": source.run_id,
+                               "checksum": source.checksum},
+                       noise=tuple(noise), calibration=dict(calibration or {}))
+    return replace(source, baseline=section).seal()
 
 
-def write(path: Path, doc: Mapping[str, Any], force: bool) -> None:
+def recalibrated(doc: Result, where: str, noise: Sequence[Noise],
+                 calibration: Mapping[str, Any]) -> Result:
+    """The baseline `doc` with a new noise band; its samples and source are kept."""
+    if doc.baseline is None:
+        raise ResultError(f"{where}: baseline: missing (not a baseline)")
+    section = replace(doc.baseline, noise=tuple(noise), calibration=dict(calibration))
+    return replace(doc, baseline=section).seal()
+
+
+def write(path: Path, doc: Result, force: bool) -> None:
     """Write atomically; an existing baseline is replaced only with `force`."""
-    text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
+    text = json.dumps(doc.to_dict(), indent=1, allow_nan=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not force and path.exists():
         raise UsageError(f"{path}: a baseline exists; pass --force to replace it")

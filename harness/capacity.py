@@ -37,8 +37,7 @@ flagged when it lies beyond the measured range. The smaller of the two binds.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,11 +45,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from rich.table import Table
 
 from harness import stats
 from harness.core.errors import UsageError
 from harness.core.units import format_seconds
+from harness.report import data
+from harness.results import Loaded, frame, load_all
 
 MIB = 2**20
 RESAMPLES = 2000
@@ -129,6 +129,7 @@ class LatencyFit:
 class CellPlan:
     backend: str
     variant: str
+    kind: str  # process | container | vm | unknown (harness.report.data.backend_kind)
     emulated: bool
     accel: str | None
     ramps: int
@@ -161,7 +162,6 @@ class Plan:
     cells: list[CellPlan]
     files: list[str]
     assumptions: list[str]
-    colours: dict[str, str] = field(default_factory=dict)  # the reports' backend colours
 
 
 # --- fits ------------------------------------------------------------------------------
@@ -253,12 +253,9 @@ def fit_latency(n: Array, y: Array) -> LatencyFit | None:
 
 # --- from result documents to plans ------------------------------------------------------
 
-def density_frame(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> pd.DataFrame:
+def density_frame(docs: Sequence[Loaded]) -> pd.DataFrame:
     """The density samples of `docs`, with a `ramp` key (file, round), and the reports'
     `kind`, `emulated` and `dataset` columns (harness.report.data.enrich)."""
-    from harness.report import data
-    from harness.results import frame
-
     df = data.enrich(frame(docs), docs)
     df = df[df["metric"].str.startswith("density.")].copy()
     if df.empty:
@@ -296,23 +293,21 @@ def ramp_series(g: pd.DataFrame, basis: str) -> tuple[Array, Array] | None:
     return y.index.to_numpy(float), y.to_numpy(float)
 
 
-def _stops(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[tuple[str, str], list[str]]:
+def _stops(docs: Sequence[Loaded]) -> dict[tuple[str, str], list[str]]:
     out: dict[tuple[str, str], list[str]] = {}
     for _, doc in docs:
-        for e in doc.get("events", []):
+        for e in doc.events:
             if e.get("kind") == "ramp_stopped":
                 out.setdefault((e["backend"], e["variant"]), []).append(
                     str(e.get("reason"))[:120])
     return out
 
 
-def analyse(docs: Sequence[tuple[str, Mapping[str, Any]]], target: Target) -> Plan:
+def analyse(docs: Sequence[Loaded], target: Target) -> Plan:
     if target.basis not in BASES:
         raise UsageError(f"--basis: unknown basis {target.basis!r}; known: {', '.join(BASES)}")
-    from harness.report import charts, data
-
     df = density_frame(docs)
-    hosts = {p: d["host"] for p, d in docs}
+    hosts = {p: d.host for p, d in docs}
     stops = _stops(docs)
     cells: list[CellPlan] = []
     for backend in data.backend_order(df):
@@ -335,7 +330,8 @@ def analyse(docs: Sequence[tuple[str, Mapping[str, Any]]], target: Target) -> Pl
                     fits[basis] = fit
             lat = g[g["metric"] == "density.start_latency"]
             cells.append(CellPlan(
-                backend=backend, variant=str(variant), emulated=bool(g["emulated"].any()),
+                backend=backend, variant=str(variant), kind=str(g["kind"].iloc[0]),
+                emulated=bool(g["emulated"].any()),
                 accel=next((str(a) for a in g["accel"].dropna().unique()), None),
                 ramps=len(ramps), max_measured=int(g["instance"].max()),
                 stopped_by=stops.get((backend, str(variant)), []),
@@ -346,8 +342,7 @@ def analyse(docs: Sequence[tuple[str, Mapping[str, Any]]], target: Target) -> Pl
     for c in cells:
         project(c, target)
     return Plan(target=target, cells=cells, files=[p for p, _ in docs],
-                assumptions=assumptions(target, cells),
-                colours=dict(charts.Look.of(df).colours))
+                assumptions=assumptions(target, cells))
 
 
 def project(c: CellPlan, t: Target) -> None:
@@ -499,95 +494,5 @@ def as_json(plan: Plan) -> dict[str, Any]:
             "files": plan.files, "assumptions": plan.assumptions, "backends": cells}
 
 
-def _num(x: float | None) -> str:
-    return "∞" if x is None else f"{x:,.0f}"
-
-
-def table(plan: Plan) -> Table:
-    t = plan.target
-    tab = Table(title=f"idle instances per host of {t.memory / 2**30:.3g} GiB and {t.cpus} "
-                      f"cpus (memory basis {t.basis}; [95 % CI])", box=None, pad_edge=False)
-    for col in ("cell", "ramps×n", "MiB/instance", "fixed MiB", "start p95", "knee",
-                "by memory", "by SLO", "binding"):
-        tab.add_column(col, justify="left" if col in ("cell", "binding") else "right")
-    for c in plan.cells:
-        f, lat = c.fits.get(c.basis), c.latency
-        tab.add_row(
-            c.label,
-            f"{c.ramps}×{c.max_measured}",
-            "—" if f is None else f"{f.marginal / MIB:.3g} [{f.marginal_ci[0] / MIB:.3g}, "
-                                  f"{f.marginal_ci[1] / MIB:.3g}]",
-            "—" if f is None else f"{f.fixed / MIB:.3g}",
-            "—" if lat is None else format_seconds(lat.p95),
-            "—" if lat is None or lat.knee is None else str(lat.knee),
-            f"{_num(c.by_memory)} [{_num(c.by_memory_ci[0])}, {_num(c.by_memory_ci[1])}]",
-            "—" if c.by_slo is None else _num(c.by_slo),
-            c.binding)
-    return tab
-
-
-def chart(plan: Plan, path: Path) -> Path:
-    """Projected instances per host by backend (log scale), in the reports' paper style
-    and backend colours: bar = the binding limit, whisker = the 95 % CI of the memory
-    limit, hatched when the SLO binds, a dash at the memory limit where the SLO binds
-    below it."""
-    from harness.report.charts import style_context
-
-    cells = [c for c in plan.cells if c.instances is not None]
-    if not cells:
-        raise UsageError("nothing to chart: no cell has a projected count")
-    with style_context("paper") as st:
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(max(st.size[0], 1.3 * len(cells) + 2), st.size[1]))
-        floor = 0.5  # where a bar of 0 would start on a log axis
-        for i, c in enumerate(cells):
-            value = float(c.instances or 0)
-            lo, hi = c.by_memory_ci
-            if value > 0:
-                ax.bar(i, value, width=0.6, bottom=floor,
-                       color=plan.colours.get(c.backend, "#7f7f7f"), edgecolor="black",
-                       linewidth=0.5, hatch=None if c.binding == "memory" else "//")
-            if lo is not None and hi is not None and c.by_memory:
-                mem = c.by_memory
-                ax.errorbar([i], [mem], yerr=[[mem - max(lo, floor)], [hi - mem]], fmt="_",
-                            markersize=20 if c.binding != "memory" else 0, color="black",
-                            capsize=4, lw=1)
-            ax.annotate(f"{value:,.0f}\n{c.binding}", (i, max(value, floor)), xytext=(0, 3),
-                        textcoords="offset points", ha="center", va="bottom")
-        ax.set_yscale("log")
-        top = max(max(c.instances or 0, (c.by_memory_ci[1] or 0) if c.by_memory else 0)
-                  for c in cells)
-        ax.set_ylim(floor, max(top, 1) * 20)  # room for the labels
-        ax.set_xlim(-0.6, len(cells) - 0.4)
-        ax.set_xticks(range(len(cells)), [c.label.replace(" (", "\n(") for c in cells])
-        t = plan.target
-        slo = f", start p95 ≤ {format_seconds(t.slo_start)}" if t.slo_start is not None else ""
-        ax.set_ylabel("idle instances per host (log scale)")
-        ax.set_title(f"Projected instances per host: {t.memory / 2**30:.3g} GiB, {t.cpus} "
-                     f"cpus, {t.reserve:.0%} reserved{slo}\nmemory basis {t.basis}; "
-                     "hatched: the SLO binds (dash: the memory limit)")
-        ax.grid(axis="y", which="major")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=st.dpi, metadata={"Date": None} if path.suffix != ".png"
-                    else None)
-        plt.close(fig)
-    return path
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
-
-
-def parse_seconds(value: str) -> float:
-    """Seconds from "2", "2s", "500ms", "1.5m"."""
-    m = _DURATION.match(value)
-    if not m:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 2s or 500ms)")
-    return float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
-
-
-def load(paths: Iterable[str | Path]) -> list[tuple[str, dict[str, Any]]]:
-    from harness.results import load_all
-
+def load(paths: Iterable[str | Path]) -> list[Loaded]:
     return load_all(list(paths))

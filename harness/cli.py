@@ -261,7 +261,8 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
     import json
 
     from harness import capacity as cap
-    from harness.core.units import parse_size
+    from harness.core.units import parse_seconds, parse_size
+    from harness.report import capacity as shown
 
     try:
         memory = parse_size(host_memory)
@@ -272,7 +273,7 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--workload-memory") from None
     try:
-        slo = cap.parse_seconds(slo_start) if slo_start else None
+        slo = parse_seconds(slo_start) if slo_start else None
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--slo-start") from None
     if memory <= 0:
@@ -285,7 +286,7 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
     if as_json:
         print(json.dumps(cap.as_json(plan), indent=1))
     else:
-        out.print(cap.table(plan))
+        out.print(shown.table(plan))
         for c in plan.cells:
             for note in ([c.slo_note] if c.slo_note else []) + c.notes:
                 out.print(f"  {c.label}: {note}")
@@ -293,7 +294,7 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
         for a in plan.assumptions:
             out.print(f"  - {a}")
     if chart_file is not None:
-        err.print(f"chart: {cap.chart(plan, chart_file)}")
+        err.print(f"chart: {shown.chart(plan, chart_file)}")
 
 
 @cli.command("gc")
@@ -542,7 +543,7 @@ def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path
     existing = results.load_result(target) if target.is_file() else None
     if existing is not None and baseline.noise_of(existing) and not force:
         raise UsageError(f"{target}: already calibrated; pass --force to measure again")
-    docs: list[tuple[str, dict[str, Any]]] = []
+    docs: list[results.Loaded] = []
     t0 = time.monotonic()
     for i in range(runs):
         wait = t0 + i * over_s / runs - time.monotonic()
@@ -561,11 +562,9 @@ def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path
             raise BenchError(f"calibration run {i + 1} failed ({problem}); nothing stored")
         docs.append((final, results.load_result(final)))
     noise = baseline.calibrate_noise(d for _, d in docs)
-    cal = {"runs": [p for p, _ in docs], "run_ids": [d["run_id"] for _, d in docs]}
+    cal = {"runs": [p for p, _ in docs], "run_ids": [d.run_id for _, d in docs]}
     if existing is not None:  # keep the baseline's samples, replace only the noise band
-        doc = {**existing, "baseline": {**existing["baseline"], "noise": noise,
-                                        "calibration": cal}}
-        doc["checksum"] = results.checksum(doc)
+        doc = baseline.recalibrated(existing, str(target), noise, cal)
     else:
         doc = baseline.make(docs[0][1], docs[0][0], noise, cal)
     baseline.write(target, doc, force=existing is not None)
@@ -574,10 +573,9 @@ def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path
                 "different runs"):
         t.add_column(col, justify="left" if col == "cell" else "right")
     for r in noise:
-        v = "" if r["variant"] == "default" else f" [{r['variant']}]"
-        t.add_row(f"{r['backend']}{v} · {r['metric']}", f"{r['sigma_within']:.3f}",
-                  f"{r['sigma_between']:.3f}", f"{r['max_aa_within']:.0%}",
-                  f"{r['max_aa_cross']:.0%}")
+        v = "" if r.variant == "default" else f" [{r.variant}]"
+        t.add_row(f"{r.backend}{v} · {r.metric}", f"{r.sigma_within:.3f}",
+                  f"{r.sigma_between:.3f}", f"{r.max_aa_within:.0%}", f"{r.max_aa_cross:.0%}")
     out.print(t)
     print(f"baseline: {target}")
 
@@ -617,12 +615,12 @@ def baseline_update(result_file: Path, baselines_dir: Path, force: bool) -> None
 
     doc = results.load_result(result_file)
     target = baseline.path_for(baselines_dir, baseline.host_id(doc, str(result_file)),
-                               doc["scenario"]["name"])
+                               str(doc.scenario["name"]))
     if target.exists() and not force:
         raise UsageError(f"{target}: a baseline exists; pass --force to replace it")
-    old = results.load_result(target) if target.exists() else None
-    noise = [r for r in (old or {}).get("baseline", {}).get("noise", [])]
-    cal = (old or {}).get("baseline", {}).get("calibration", {})
+    old = results.load_result(target).baseline if target.exists() else None
+    noise = old.noise if old is not None else ()
+    cal = old.calibration if old is not None else None
     baseline.write(target, baseline.make(doc, str(result_file), noise, cal), force=force)
     if noise:
         err.print(f"kept the calibrated noise band of {target}")

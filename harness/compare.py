@@ -30,9 +30,10 @@ import numpy as np
 
 from harness import baseline, results, stats
 from harness.core.errors import UsageError
+from harness.core.records import Noise
 from harness.core.units import format_value
+from harness.results import Loaded
 
-Doc = tuple[str, dict[str, Any]]
 KEY = ("scenario", "backend", "variant", "metric")
 VERDICT_ORDER = {"regression": 0, "improvement": 1, "no change": 2, "n/a": 3}
 
@@ -41,7 +42,7 @@ class CrossHostError(UsageError):
     """BASE and NEW were measured on hosts with different fingerprints."""
 
 
-def load_set(spec: str | Path) -> list[Doc]:
+def load_set(spec: str | Path) -> list[Loaded]:
     """Result files named by a file, a directory of them, or a glob (quoted, so the shell
     left it alone)."""
     text = str(spec)
@@ -186,49 +187,45 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _describe_differences(base: Sequence[Doc], new: Sequence[Doc]) -> list[str]:
+def _describe_differences(base: Sequence[Loaded], new: Sequence[Loaded]) -> list[str]:
     """What differs between the sides besides the measurements: these are the changes the
     comparison measures (or confounders to know about)."""
     notes: list[str] = []
-
-    def first(docs: Sequence[Doc], scen: str) -> dict[str, Any] | None:
-        return next((d for _, d in docs if d["scenario"].get("name") == scen), None)
-
-    for scen in sorted({d["scenario"].get("name") for _, d in base}
-                       & {d["scenario"].get("name") for _, d in new}):
-        b, n = first(base, scen), first(new, scen)
-        assert b is not None and n is not None
-        fb = _flat({k: v for k, v in b["scenario"].items() if k not in ("source",)})
-        fn = _flat({k: v for k, v in n["scenario"].items() if k not in ("source",)})
+    named = ({d.scenario_name for _, d in base} & {d.scenario_name for _, d in new}) - {None}
+    for scen in sorted(str(s) for s in named):
+        b = next(d for _, d in base if d.scenario_name == scen)
+        n = next(d for _, d in new if d.scenario_name == scen)
+        fb = _flat({k: v for k, v in b.scenario.items() if k not in ("source",)})
+        fn = _flat({k: v for k, v in n.scenario.items() if k not in ("source",)})
         for k in sorted(set(fb) | set(fn)):
             if fb.get(k) != fn.get(k):
                 notes.append(f"{scen}: scenario {k} differs: {fb.get(k)!r} → {fn.get(k)!r}")
-        if b["image"]["digest"] != n["image"]["digest"]:
-            notes.append(f"{scen}: image differs: sha256:{b['image']['digest'][:12]} → "
-                         f"sha256:{n['image']['digest'][:12]}")
-        for bk in sorted(set(b["backends"]) & set(n["backends"])):
-            vb = b["backends"][bk].get("versions", {})
-            vn = n["backends"][bk].get("versions", {})
+        if b.image_digest != n.image_digest:
+            notes.append(f"{scen}: image differs: sha256:{b.image_digest[:12]} → "
+                         f"sha256:{n.image_digest[:12]}")
+        for bk in sorted(set(b.backends) & set(n.backends)):
+            vb = b.backends[bk].get("versions", {})
+            vn = n.backends[bk].get("versions", {})
             if vb != vn:
                 notes.append(f"{scen}: {bk} versions differ: {vb} → {vn}")
-        tb, tn = b.get("tool", {}).get("version"), n.get("tool", {}).get("version")
+        tb, tn = b.tool.get("version"), n.tool.get("version")
         if tb != tn:
             notes.append(f"{scen}: cvbench {tb} → {tn}")
     return notes
 
 
-def _noise(base: Sequence[Doc], baselines_dir: Path | None,
-           ) -> tuple[dict[tuple[str, str, str, str], dict[str, Any]], list[str]]:
+def _noise(base: Sequence[Loaded], baselines_dir: Path | None,
+           ) -> tuple[dict[tuple[str, str, str, str], Noise], list[str]]:
     """Calibrated A/A spread per cell: from BASE itself when it is a calibrated baseline,
     else from the host's baseline under `baselines_dir`."""
-    found: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    found: dict[tuple[str, str, str, str], Noise] = {}
     notes: list[str] = []
     looked: set[tuple[str, str]] = set()
     for path, doc in base:
-        scen = doc["scenario"].get("name", "")
+        scen = doc.scenario_name or ""
         src, noise = path, baseline.noise_of(doc)
-        hid = doc["host"].get("id")
-        if not noise and baselines_dir is not None and isinstance(hid, str) \
+        hid = doc.host_id
+        if not noise and baselines_dir is not None and hid is not None \
                 and (hid, scen) not in looked:
             looked.add((hid, scen))
             bl = baseline.lookup(baselines_dir, hid, scen)
@@ -238,13 +235,13 @@ def _noise(base: Sequence[Doc], baselines_dir: Path | None,
         for (b, v, m), rec in noise.items():
             if (scen, b, v, m) not in found:
                 found[(scen, b, v, m)] = rec
-                note = f"noise band of {scen} calibrated from {rec.get('runs')} A/A runs: {src}"
+                note = f"noise band of {scen} calibrated from {rec.runs} A/A runs: {src}"
                 if note not in notes:
                     notes.append(note)
     return found, notes
 
 
-def compare(base: Sequence[Doc], new: Sequence[Doc], *, threshold: float = 0.05,
+def compare(base: Sequence[Loaded], new: Sequence[Loaded], *, threshold: float = 0.05,
             alpha: float = 0.01, metrics: Sequence[str] = ("*",),
             allow_cross_host: bool = False, baselines_dir: Path | None = baseline.DEFAULT_DIR,
             base_label: str = "base", new_label: str = "new") -> Comparison:
@@ -252,8 +249,8 @@ def compare(base: Sequence[Doc], new: Sequence[Doc], *, threshold: float = 0.05,
         raise UsageError(f"--alpha: must be between 0 and 1, not {alpha}")
     if threshold < 0:
         raise UsageError(f"--threshold: must not be negative, not {threshold * 100:g}")
-    hosts = {"base": sorted({str(d["host"].get("id")) for _, d in base}),
-             "new": sorted({str(d["host"].get("id")) for _, d in new})}
+    hosts = {"base": sorted({str(d.host.get("id")) for _, d in base}),
+             "new": sorted({str(d.host.get("id")) for _, d in new})}
     cross = len(set(hosts["base"]) | set(hosts["new"])) > 1
     if cross and not allow_cross_host:
         raise CrossHostError(
@@ -315,14 +312,14 @@ def compare(base: Sequence[Doc], new: Sequence[Doc], *, threshold: float = 0.05,
         only_new=[" · ".join(k) for k in sorted(set(ng) - set(bg))])
 
 
-def _band(cal: Mapping[str, Any] | None, runs_base: list[float], runs_new: list[float],
+def _band(cal: Noise | None, runs_base: list[float], runs_new: list[float],
           alpha: float, cells: int) -> tuple[float, str, float, int]:
     """Pool the calibrated and the observed run-to-run variance (weighted by their degrees
     of freedom) and turn it into the band for this many runs per side."""
     ss, df, sources = 0.0, 0, []
-    if cal is not None and cal.get("df", 0) >= 1 and cal.get("sigma") is not None:
-        ss += float(cal["sigma"]) ** 2 * int(cal["df"])
-        df += int(cal["df"])
+    if cal is not None and cal.df >= 1:
+        ss += float(cal.sigma) ** 2 * cal.df
+        df += cal.df
         sources.append("calibrated")
     s_obs, df_obs = stats.run_sigma([runs_base, runs_new])
     if df_obs >= 2:

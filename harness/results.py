@@ -7,49 +7,49 @@ rather than overwrite), then removes the journal. Next to it goes `<name>.pyperf
 a pyperf BenchmarkSuite that `python -m pyperf stats|compare_to|hist` reads.
 
 A result carries a sha256 checksum of its canonical JSON, so a corrupted or hand-edited
-file is detected instead of half-read; files of a newer schema are refused.
+file is detected instead of half-read; files of a newer schema are refused. What a file
+holds, and the schema rule, are in harness.core.records.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from harness.core.errors import ResultError, ResultWriteError
+from harness.core.records import SCHEMA, Result, Sample, checksum
 
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA = 1
-REQUIRED = ("schema", "tool", "run_id", "scenario", "host", "backends", "image", "samples")
+# The records and the schema version are harness.core.records'; they are re-exported here
+# for the code (and notebooks) that read results through this module.
+__all__ = ["SCHEMA", "Journal", "Loaded", "Result", "Sample", "checksum", "current", "expand",
+           "frame", "load", "load_all", "load_result", "pyperf_json", "read_journal",
+           "utc_stamp", "write_new"]
+
 SAMPLE_KEYS = ("backend", "variant", "metric", "unit", "value", "round")
 PYPERF_UNITS = {"s": "second", "B": "byte"}
+Loaded = tuple[str, Result]  # (file, record)
 
 
 def utc_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def checksum(doc: Mapping[str, Any]) -> str:
-    body = {k: v for k, v in doc.items() if k != "checksum"}
-    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
-
-
 class Journal:
     """Append-only record of a run in progress; `finalize()` turns it into the result."""
 
-    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+    def __init__(self, path: Path, header: Mapping[str, Any]) -> None:
         self.path = path
-        self.header = header
-        self.samples: list[dict[str, Any]] = []
+        self.header = dict(header)  # checked at finalize, with the rest of the result
+        self.samples: list[Sample] = []
         self.events: list[dict[str, Any]] = []
         self.artifacts: list[dict[str, Any]] = []
         self._pending: list[str] = []
@@ -57,7 +57,7 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         # "x": never overwrite anything, not even a journal of another run.
         self._f = open(path, "x", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
-        self._write({"journal": SCHEMA, "header": header})
+        self._write({"journal": SCHEMA, "header": self.header})
 
     @classmethod
     def open_existing(cls, path: Path) -> Journal:
@@ -97,11 +97,11 @@ class Journal:
         self._f.truncate(data.rfind("\n") + 1)
         self._f.seek(0, os.SEEK_END)
 
-    def add(self, samples: Iterable[dict[str, Any]]) -> None:
+    def add(self, samples: Iterable[Sample]) -> None:
         """One sample's figures, written as ONE line: a crash keeps all or none of them."""
         batch = list(samples)
         self.samples.extend(batch)
-        self._write({"samples": batch})
+        self._write({"samples": [s.to_dict() for s in batch]})
 
     def event(self, kind: str, **data: Any) -> None:
         record = {"kind": kind, "time": datetime.now(UTC).isoformat(), **data}
@@ -126,10 +126,10 @@ class Journal:
         If that directory cannot take it (a full disk), the result goes to `fallback`
         (default: the state dir) and the journal stays: nothing measured is lost.
         """
-        doc = {**self.header, **extra, "samples": self.samples, "events": self.events,
-               "artifacts": self.artifacts}
-        doc["checksum"] = checksum(doc)
-        text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
+        doc = {**self.header, **extra, "samples": [s.to_dict() for s in self.samples],
+               "events": self.events, "artifacts": self.artifacts}
+        result = Result.from_dict(doc, str(final), sealed=False).seal()
+        text = json.dumps(result.to_dict(), indent=1, allow_nan=False) + "\n"
         self.close()
         try:
             write_new(final, text)
@@ -141,17 +141,17 @@ class Journal:
                                    f"saved as {alt} instead") from None
         with contextlib.suppress(ResultError):  # no pyperf-representable sample: no companion
             write_new(final.with_name(final.name.removesuffix(".json") + ".pyperf.json"),
-                      pyperf_json(doc))
+                      pyperf_json(result))
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         return final
 
 
-def read_journal(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]],
-                                      list[dict[str, Any]], list[dict[str, Any]]]:
+def read_journal(path: Path) -> tuple[dict[str, Any], list[Sample], list[dict[str, Any]],
+                                      list[dict[str, Any]]]:
     """Header, samples, events and artifacts of a journal; a torn last line is dropped."""
     header: dict[str, Any] | None = None
-    samples: list[dict[str, Any]] = []
+    samples: list[Sample] = []
     events: list[dict[str, Any]] = []
     artifacts: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as f:
@@ -168,7 +168,8 @@ def read_journal(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]],
         if "header" in rec:
             header = rec["header"]
         elif "samples" in rec:
-            samples.extend(rec["samples"])
+            samples += [Sample.from_dict(x, f"{path}: line {i + 1}: samples[{k}]")
+                        for k, x in enumerate(rec["samples"])]
         elif "event" in rec:
             events.append(rec["event"])
         elif "artifact" in rec:
@@ -199,22 +200,7 @@ def write_new(path: Path, text: str, replace: bool = False) -> None:
             os.unlink(tmp)
 
 
-def _check_sample(path: str, i: int, s: Any) -> None:
-    if not isinstance(s, dict):
-        raise ResultError(f"{path}: samples[{i}]: not an object")
-    for key in SAMPLE_KEYS:
-        if key not in s:
-            raise ResultError(f"{path}: samples[{i}].{key}: missing")
-    for key in ("backend", "variant", "metric", "unit"):
-        if not isinstance(s[key], str):
-            raise ResultError(f"{path}: samples[{i}].{key}: not a string")
-    if isinstance(s["value"], bool) or not isinstance(s["value"], int | float):
-        raise ResultError(f"{path}: samples[{i}].value: not a number")
-    if isinstance(s["round"], bool) or not isinstance(s["round"], int):
-        raise ResultError(f"{path}: samples[{i}].round: not an integer")
-
-
-def load_result(path: str | Path) -> dict[str, Any]:
+def load_result(path: str | Path) -> Result:
     """Read and check one result file; any problem is a ResultError naming the field."""
     p = str(path)
     try:
@@ -227,82 +213,48 @@ def load_result(path: str | Path) -> dict[str, Any]:
         doc = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as e:
         raise ResultError(f"{p}: not a result file (invalid JSON: {e})") from None
-    if not isinstance(doc, dict):
-        raise ResultError(f"{p}: not a result file (not a JSON object)")
-    schema = doc.get("schema")
-    if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA:
-        raise ResultError(f"{p}: schema: {schema} is newer than this cvbench reads "
-                          f"({SCHEMA}); upgrade cvbench")
-    if schema != SCHEMA:
-        raise ResultError(f"{p}: schema: unknown value {schema!r}")
-    for key in REQUIRED:
-        if key not in doc:
-            raise ResultError(f"{p}: {key}: missing")
-    if "checksum" not in doc:
-        raise ResultError(f"{p}: checksum: missing")
-    try:
-        ok = checksum(doc) == doc["checksum"]
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ResultError(f"{p}: checksum: does not match the content (file corrupted or "
-                          "edited)")
-    if not isinstance(doc["samples"], list):
-        raise ResultError(f"{p}: samples: not a list")
-    for i, s in enumerate(doc["samples"]):
-        _check_sample(p, i, s)
-    image = doc["image"]
-    if not isinstance(image, dict) or not isinstance(image.get("digest"), str):
-        raise ResultError(f"{p}: image.digest: missing (a result without it is invalid)")
-    for key in ("host", "backends", "scenario"):
-        if not isinstance(doc[key], dict):
-            raise ResultError(f"{p}: {key}: not an object")
-    return doc
+    return Result.from_dict(doc, p)
 
 
-def frame(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> pd.DataFrame:
+def frame(docs: Iterable[Loaded]) -> pd.DataFrame:
+    """One row per sample of (file, result) pairs; the columns `load` lists."""
     import pandas as pd
 
     rows: list[dict[str, Any]] = []
     for path, doc in docs:
-        scen = doc["scenario"]
-        host = doc["host"]
-        for s in doc["samples"]:
-            meta = doc["backends"].get(s["backend"], {})
-            rows.append({
-                **{k: s[k] for k in SAMPLE_KEYS},
-                "instance": s.get("instance"),
-                "run_id": doc["run_id"], "scenario": scen.get("name"),
-                "image_digest": doc["image"]["digest"], "host_id": host.get("id"),
-                "host": host.get("hostname"), "created": doc.get("created"),
-                "accel": meta.get("accel"), "emulated": bool(meta.get("emulated", False)),
-                "file": path,
-            })
-    cols = [*SAMPLE_KEYS, "instance", "run_id", "scenario", "image_digest", "host_id", "host",
-            "created", "accel", "emulated", "file"]
+        run = {"run_id": doc.run_id, "scenario": doc.scenario_name,
+               "image_digest": doc.image_digest, "host_id": doc.host.get("id"),
+               "host": doc.host.get("hostname"), "created": doc.created, "file": path}
+        for s in doc.samples:
+            meta = doc.backends.get(s.backend, {})
+            rows.append({"backend": s.backend, "variant": s.variant, "metric": s.metric,
+                         "unit": s.unit, "value": s.value, "round": s.round,
+                         "instance": s.instance, "sub": s.sub, **run,
+                         "accel": meta.get("accel"),
+                         "emulated": bool(meta.get("emulated", False))})
+    cols = [*SAMPLE_KEYS, "instance", "sub", "run_id", "scenario", "image_digest", "host_id",
+            "host", "created", "accel", "emulated", "file"]
     return pd.DataFrame(rows, columns=cols)
 
 
-def current(docs: Iterable[tuple[str, Mapping[str, Any]]]
-            ) -> list[tuple[str, Mapping[str, Any]]]:
+def current(docs: Iterable[Loaded]) -> list[Loaded]:
     """Drop results that a resumed run's result in the same set supersedes (it holds all of
     their samples; counting both would count them twice)."""
     docs = list(docs)
-    superseded = {Path(str(doc.get("supersedes"))).name for _, doc in docs
-                  if doc.get("supersedes")}
+    superseded = {Path(doc.supersedes).name for _, doc in docs if doc.supersedes}
     return [(p, d) for p, d in docs if Path(p).name not in superseded]
 
 
-def load_all(paths: str | Path | Iterable[str | Path]) -> list[tuple[str, dict[str, Any]]]:
-    """(path, document) of every current result in `paths` (see `current`)."""
-    docs = [(str(p), load_result(p)) for p in expand(paths)]
-    return cast(list[tuple[str, dict[str, Any]]], current(docs))
+def load_all(paths: str | Path | Iterable[str | Path]) -> list[Loaded]:
+    """(path, result) of every current result in `paths` (see `current`)."""
+    return current((str(p), load_result(p)) for p in expand(paths))
 
 
 def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     """One row per sample of every result in `paths` (files, or directories of them).
 
-    Columns: backend, variant, metric, unit, value, round, instance, run_id, scenario,
+    Columns: backend, variant, metric, unit, value, round, instance, sub (the sub-variant
+    within `variant`, None in results from before it was recorded), run_id, scenario,
     image_digest, host_id, host, created, accel, emulated, file.
     """
     return frame(load_all(paths))
@@ -326,7 +278,7 @@ def _companion(p: Path) -> bool:
     return p.name.endswith(".pyperf.json")
 
 
-def pyperf_json(doc: Mapping[str, Any]) -> str:
+def pyperf_json(doc: Result) -> str:
     """The samples as a pyperf BenchmarkSuite (one benchmark per backend/variant/metric).
 
     pyperf accepts only positive values in second/byte/integer units: a metric with a
@@ -340,31 +292,32 @@ def pyperf_json(doc: Mapping[str, Any]) -> str:
 
     from harness.stats import higher_is_better
 
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for s in doc["samples"]:
-        groups.setdefault((s["backend"], s["variant"], s["metric"]), []).append(s)
-    common = {"cvbench_run_id": doc["run_id"], "cvbench_scenario": doc["scenario"]["name"],
-              "cvbench_image": doc["image"]["digest"][:12],
-              "cvbench_host_id": str(doc["host"].get("id")),
-              "hostname": str(doc["host"].get("hostname"))}
+    groups: dict[tuple[str, str, str], list[Sample]] = {}
+    for s in doc.samples:
+        groups.setdefault((s.backend, s.variant, s.metric), []).append(s)
+    common = {"cvbench_run_id": doc.run_id, "cvbench_scenario": doc.scenario["name"],
+              "cvbench_image": doc.image_digest[:12],
+              "cvbench_host_id": str(doc.host.get("id")),
+              "hostname": str(doc.host.get("hostname"))}
     benches = []
     omitted = []
     for (backend, variant, metric), samples in sorted(groups.items()):
-        inverse = higher_is_better(samples[0]["unit"])
+        own_unit = samples[0].unit
+        inverse = higher_is_better(own_unit)
         name = f"{metric}{'^-1' if inverse else ''} {backend}" + (
             "" if variant == "default" else f" [{variant}]")
-        values = [float(s["value"]) for s in samples]
+        values = [float(s.value) for s in samples]
         if min(values) <= 0:
             omitted.append(name)
             continue
         if inverse:
             values = [1.0 / v for v in values]
-        unit = "second" if inverse else PYPERF_UNITS.get(samples[0]["unit"], "integer")
+        unit = "second" if inverse else PYPERF_UNITS.get(own_unit, "integer")
         runs = [pyperf.Run([v], metadata={**common, "name": name, "unit": unit,
                                           "cvbench_backend": backend,
                                           "cvbench_variant": variant,
                                           "cvbench_metric": metric,
-                                          "cvbench_unit": samples[0]["unit"]},
+                                          "cvbench_unit": own_unit},
                            collect_metadata=False) for v in values]
         benches.append(pyperf.Benchmark(runs))
     if not benches:

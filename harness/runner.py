@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from harness import stats
 from harness.core.errors import BenchError, InstanceError
+from harness.core.records import DEFAULT_VARIANT, Sample, join_variant
 from harness.results import Journal
 from harness.scenario import Config, Scenario, Variant
 from runtimes.base import Instance, InstanceSpec, Prepared, Runtime, Traits
@@ -34,25 +35,20 @@ from runtimes.base import Instance, InstanceSpec, Prepared, Runtime, Traits
 FAILURES_TO_GIVE_UP = 3
 
 
-def variant_name(cell_variant: str, sub: str | None) -> str:
-    if not sub:
-        return cell_variant
-    return sub if cell_variant == "default" else f"{cell_variant},{sub}"
-
-
-def cell_variant(sample: dict[str, Any], cell_variants: Iterable[str]) -> str | None:
-    """The variant of the cell a stored sample belongs to: given by its `sub` field; for a
-    sample written before `sub` was stored, the cell variant its name is made from."""
-    name = str(sample["variant"])
-    sub = sample.get("sub")
+def cell_of(sample: Sample, cell_variants: Iterable[str]) -> tuple[str, str | None] | None:
+    """(cell variant, sub-variant) of a stored sample among the run's cell variants: its
+    `sub` field says; a sample written before `sub` was stored is matched by the name
+    its variant is made of ("<cell variant>,<sub>", or "<sub>" of the default variant)."""
     names = set(cell_variants)
-    if sub:
-        return next((v for v in names if variant_name(v, str(sub)) == name), None)
-    if name in names:
-        return name
-    for v in names:  # "<cell variant>,<sub>", or "<sub>" of the default variant
-        if name.startswith(f"{v},") or (v == "default" and "=" in name):
-            return v
+    if sample.sub is not None:
+        return (sample.cell_variant, sample.sub) if sample.cell_variant in names else None
+    if sample.variant in names:
+        return sample.variant, None
+    for v in names:
+        if sample.variant.startswith(f"{v},"):
+            return v, sample.variant.removeprefix(f"{v},")
+    if DEFAULT_VARIANT in names and "=" in sample.variant:
+        return DEFAULT_VARIANT, sample.variant
     return None
 
 
@@ -105,7 +101,7 @@ class Cell:
     def variant_of(self, sub: str | None) -> str:
         """The variant name recorded for a measurement of sub-variant `sub` (the cell's
         variant and `sub` joined: what readers of results have always grouped by)."""
-        return variant_name(self.variant.name, sub)
+        return join_variant(self.variant.name, sub)
 
     @property
     def label(self) -> str:
@@ -282,13 +278,10 @@ class Runner:
         if not record:
             return
         metric = self.scenario.sampling.metric
-        self.journal.add({
-            "backend": cell.backend, "variant": cell.variant_of(m.variant), "metric": m.metric,
-            "unit": m.unit or self.unit_of(m.metric) or "", "value": m.value,
-            "round": self.round, **({"instance": m.instance} if m.instance is not None else {}),
-            **({"copy": cell.copy} if cell.copy is not None else {}),
-            **({"sub": m.variant} if m.variant else {}),
-        } for m in measurements)
+        self.journal.add(Sample.in_cell(
+            cell.backend, cell.variant.name, m.metric, m.unit or self.unit_of(m.metric) or "",
+            m.value, self.round, sub=m.variant, instance=m.instance, copy=cell.copy)
+            for m in measurements)
         for a in self.ctx.artifacts:
             sub = a.pop("sub")
             self.journal.artifact(backend=cell.backend, variant=cell.variant_of(sub),
@@ -307,7 +300,7 @@ class Runner:
             note = f"journal not written ({self.journal.write_error.strerror}); kept in memory"
         self.progress(cell, note)
 
-    def restore(self, samples: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+    def restore(self, samples: Iterable[Sample], events: list[dict[str, Any]]) -> None:
         """Rebuild the cells' progress from a resumed run's samples and events: their
         sample counts (distinct rounds), the stop metric's values, per sub-variant too,
         and the round number to go on from."""
@@ -316,21 +309,20 @@ class Runner:
         by_key = {c.key: c for c in self.cells}
         rounds: dict[tuple[str, str], set[int]] = {}
         for s in samples:
-            self.round = max(self.round, int(s["round"]))
-            v = cell_variant(s, variants)
-            copy = s.get("copy")
-            key = (str(s["backend"]), f"{v}" if copy is None else f"{v} #{copy}")
+            self.round = max(self.round, s.round)
+            found = cell_of(s, variants)
+            if found is None:
+                continue
+            v, sub = found
+            key = (s.backend, v if s.copy is None else f"{v} #{s.copy}")
             cell = by_key.get(key)
             if cell is None:
                 continue
-            rounds.setdefault(key, set()).add(int(s["round"]))
-            if s["metric"] == metric:
-                cell.values.append(float(s["value"]))
-                sub = s.get("sub") or (None if s["variant"] == cell.variant.name
-                                       else str(s["variant"]).removeprefix(
-                                           f"{cell.variant.name},"))
+            rounds.setdefault(key, set()).add(s.round)
+            if s.metric == metric:
+                cell.values.append(float(s.value))
                 if sub:
-                    cell.sub_values.setdefault(sub, []).append(float(s["value"]))
+                    cell.sub_values.setdefault(sub, []).append(float(s.value))
         for key, cell in by_key.items():
             cell.samples = len(rounds.get(key, ()))
             for e in events:

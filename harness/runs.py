@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import UsageError
+from harness.core.records import Sample
 from runtimes.base import Hooks, Leftover, Runtime, check_run_id, state_dir
 
 
@@ -123,7 +124,7 @@ class Resumable:
     run_id: str
     base: str  # file name stem of the new journal/result
     header: dict[str, Any]
-    samples: list[dict[str, Any]]
+    samples: list[Sample]
     events: list[dict[str, Any]]
     artifacts: list[dict[str, Any]]
     journal: Path | None  # a SIGKILLed run's journal, appended to in place
@@ -152,14 +153,12 @@ def find_resumable(out_dir: Path, run_id: str) -> Resumable:
         raise UsageError(f"--resume: no journal or result of run {run_id} in {out_dir}")
     last = done[-1]
     doc = results.load_result(last)
-    if not doc.get("interrupted"):
+    if not doc.interrupted:
         raise UsageError(f"--resume: run {run_id} finished ({last}); nothing to resume")
-    header = {k: v for k, v in doc.items()
-              if k not in ("samples", "events", "artifacts", "checksum", "finished", "cells",
-                           "interrupted", "duration", "rounds", "supersedes")}
     stem = last.name.removesuffix(".json")
     n = 1
     while (out_dir / f"{stem}-r{n}.json").exists() or (out_dir / f"{stem}-r{n}.journal").exists():
         n += 1
-    return Resumable(run_id, f"{stem}-r{n}", header, doc["samples"], doc["events"],
-                     doc.get("artifacts", []), None, last.name)
+    return Resumable(run_id, f"{stem}-r{n}", doc.header(), list(doc.samples),
+                     [dict(e) for e in doc.events], [dict(a) for a in doc.artifacts], None,
+                     last.name)

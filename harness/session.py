@@ -85,7 +85,7 @@ class Session:
         self.copies = copies
         self.resume = resume
         self.run_id = resume.run_id if resume else new_run_id()
-        self.study = studies.get(scenario.study)
+        self.study: studies.Study | None = None
         self.plan: planning.Plan | None = None
         self.cells: list[Cell] = []
         self.lock: RunLock | None = None
@@ -96,7 +96,8 @@ class Session:
 
     def prepare(self) -> None:
         scen, rep, resumed = self.scenario, self.reporter, self.resume
-        validate.check(scen)
+        validate.check(scen)  # (names the file and field: before anything else reads it)
+        self.study = studies.get(scen.study)
         p = self.plan = planning.plan(scen, self.wanted)
         for b, why in p.skipped.items():
             rep.warn(f"skipping {b}: {why}")
@@ -143,7 +144,7 @@ class Session:
                 planning.header(p, self.run_id, img, prepared, self.cells))
 
     def run(self) -> Outcome:
-        assert self.journal is not None
+        assert self.journal is not None and self.study is not None
         study = self.study
         unit = studies.unit_of(study, self.scenario.sampling.metric) or ""
         with self.reporter.sampling(self.scenario, self.cells, unit) as progress:

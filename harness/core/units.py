@@ -6,6 +6,7 @@ import re
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _POW = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
 
 
 def parse_size(value: str | int | float) -> int:
@@ -24,6 +25,14 @@ def parse_size(value: str | int | float) -> int:
     if not m:
         raise ValueError(f"not a size: {value!r} (use bytes, or a number with K, M, G, T)")
     return int(float(m.group(1)) * 1024 ** _POW[m.group(2).lower()])
+
+
+def parse_seconds(value: str) -> float:
+    """Seconds from "2", "2s", "500ms", "1.5m"."""
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 2s or 500ms)")
+    return float(m.group(1)) * {"ms": 1e-3, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
 
 
 def format_size(n: float) -> str:

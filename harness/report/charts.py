@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +96,18 @@ def style_context(style: str | Style) -> Iterator[Style]:
         yield st
 
 
+def backend_colours(order: Sequence[str], kinds: Mapping[str, str]) -> dict[str, RGB]:
+    """backend -> colour: the next colour of its kind's family, in the report's order."""
+    colours: dict[str, RGB] = {}
+    seen: dict[str, int] = {}
+    for b in order:
+        kind = kinds.get(b, "unknown")
+        i = seen.get(kind, 0)
+        seen[kind] = i + 1
+        colours[b] = FAMILIES[kind][i % len(FAMILIES[kind])]
+    return colours
+
+
 @dataclass
 class Look:
     """How every chart of one report looks: style, backend order and colours, datasets."""
@@ -113,14 +125,7 @@ class Look:
         kinds = ({str(b): str(k) for b, k in
                   df.drop_duplicates("backend")[["backend", "kind"]].itertuples(index=False)}
                  if not df.empty else {})
-        colours: dict[str, RGB] = {}
-        seen: dict[str, int] = {}
-        for b in order:
-            fam = FAMILIES[kinds.get(b, "unknown")]
-            i = seen.get(kinds.get(b, "unknown"), 0)
-            seen[kinds.get(b, "unknown")] = i + 1
-            colours[b] = fam[i % len(fam)]
-        return cls(st, order, colours, data.datasets(df), kinds)
+        return cls(st, order, backend_colours(order, kinds), data.datasets(df), kinds)
 
     @property
     def slides(self) -> bool:

@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from harness.results import Loaded
+
 KINDS = ("process", "container", "vm", "unknown")  # order of presentation
 DEFAULT_VARIANT = "default"
 # Keys of a variant that name the storage target of an I/O cell, in order of preference.
@@ -40,14 +42,12 @@ def is_emulated(meta: Mapping[str, Any]) -> bool:
     return bool(meta.get("emulated")) or str(meta.get("accel", "")).lower() == "tcg"
 
 
-def backend_meta(docs: Iterable[tuple[str, Mapping[str, Any]]]
-                 ) -> dict[tuple[str, str], Mapping[str, Any]]:
+def backend_meta(docs: Iterable[Loaded]) -> dict[tuple[str, str], Mapping[str, Any]]:
     """(run id, backend) -> the backend's metadata as recorded in that run."""
-    return {(str(doc["run_id"]), str(b)): meta for _, doc in docs
-            for b, meta in doc["backends"].items()}
+    return {(doc.run_id, b): meta for _, doc in docs for b, meta in doc.backends.items()}
 
 
-def enrich(df: pd.DataFrame, docs: Sequence[tuple[str, Mapping[str, Any]]]) -> pd.DataFrame:
+def enrich(df: pd.DataFrame, docs: Sequence[Loaded]) -> pd.DataFrame:
     """The frame with `kind`, `emulated`, `dataset`, `date`; a copy, rows unchanged."""
     meta = backend_meta(docs)
     out = df.copy()

@@ -1,15 +1,16 @@
 """report.md and a self-contained index.html from the same content.
 
 The report is a list of blocks (headings, paragraphs, lists, tables, charts) written once
-and rendered twice: Markdown next to the chart files, and one HTML file with every chart
-inlined (base64 `data:` URIs, so each SVG keeps its own ids and the page can be mailed).
+as Markdown: report.md, next to the chart files, and index.html, that Markdown rendered by
+markdown-it-py with every chart inlined (base64 `data:` URIs, so each SVG keeps its own
+ids and the page can be mailed).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import re
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
 
 from harness.core.units import format_value
 from harness.report import claims as claims_mod
 from harness.report import data, tables
+from harness.results import Loaded
 
 # Which charts belong to which study, in the order they are shown.
 STUDY_CHARTS = {"startup": ("startup", "startup_phases"), "memory": ("memory",),
@@ -39,7 +43,7 @@ class Table:
 Block = tuple[str, Any]  # (kind, payload): h1 h2 h3 p ul table chart warn
 
 
-def build(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame, out: Path,
+def build(docs: Sequence[Loaded], df: pd.DataFrame, out: Path,
           formats: Sequence[str] = ("png", "svg"), style: str = "paper") -> list[Path]:
     """Write the charts, report.md and index.html into `out`; return the files written."""
     from harness.report import charts
@@ -126,10 +130,9 @@ def memory_table(df: pd.DataFrame, several: bool) -> Table | None:
     return Table(cols, rows, "l" * (len(cols) - 5) + "rrrrl")
 
 
-def _warnings(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame,
-              summ: pd.DataFrame) -> list[str]:
+def _warnings(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame) -> list[str]:
     out = []
-    hosts = sorted({str(doc["host"].get("id")) for _, doc in docs})
+    hosts = sorted({str(doc.host.get("id")) for _, doc in docs})
     if len(hosts) > 1:
         out.append(f"Results from {len(hosts)} different hosts (fingerprints "
                    f"{', '.join(hosts)}): shown side by side, but a difference between "
@@ -150,10 +153,10 @@ def _warnings(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame,
                    "seed claims cannot tell whether they are containers or VMs, and leave "
                    "them out.")
     for path, doc in docs:
-        if doc.get("interrupted"):
+        if doc.interrupted:
             out.append(f"`{path}`: the run was interrupted; its samples are incomplete.")
-        for c in doc.get("cells") or []:
-            if isinstance(c, dict) and c.get("status") == "failed":
+        for c in doc.cells:
+            if c.get("status") == "failed":
                 out.append(f"`{path}`: cell {c.get('backend')} [{c.get('variant')}] failed "
                            f"after {c.get('samples')} samples.")
     n_unstable = int((summ["warning"] != "").sum()) if not summ.empty else 0
@@ -164,18 +167,17 @@ def _warnings(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame,
     return out
 
 
-def _dataset_blocks(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame
-                    ) -> list[Block]:
+def _dataset_blocks(docs: Sequence[Loaded], df: pd.DataFrame) -> list[Block]:
     blocks: list[Block] = []
     runs = df.drop_duplicates("run_id").set_index("run_id")["dataset"].to_dict()
-    by_ds: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    by_ds: dict[str, list[Loaded]] = {}
     for path, doc in docs:
-        by_ds.setdefault(runs.get(doc["run_id"], "(no samples)"), []).append((path, doc))
+        by_ds.setdefault(runs.get(doc.run_id, "(no samples)"), []).append((path, doc))
     for ds in [*data.datasets(df), *(k for k in by_ds if k not in set(df["dataset"]))]:
         items = by_ds.get(ds, [])
         if not items:
             continue
-        host = items[0][1]["host"]
+        host = items[0][1].host
         blocks.append(("h3", ds))
         keys = ("id", "hostname", "cpu_model", "cores", "mem_total_gib", "kernel", "distro",
                 "cgroup_mode", "governor", "thp", "ksm", "virtualization", "kvm_device",
@@ -184,16 +186,15 @@ def _dataset_blocks(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFr
                                                           if k in host])))
         rows = []
         for path, doc in items:
-            img = doc["image"]
-            rows.append([str(doc["scenario"].get("name")), str(doc["run_id"]),
-                         str(doc.get("created", "")), f"`{img['digest'][:16]}…`"
-                         + (f" ({img['tag']})" if img.get("tag") else ""),
+            tag = doc.image.get("tag")
+            rows.append([str(doc.scenario_name), doc.run_id, doc.created or "",
+                         f"`{doc.image_digest[:16]}…`" + (f" ({tag})" if tag else ""),
                          f"`{path}`"])
         blocks.append(("table", Table(["scenario", "run", "created", "image digest", "file"],
                                       rows)))
         backends: dict[str, Mapping[str, Any]] = {}
         for _, doc in items:
-            backends.update(doc["backends"])
+            backends.update(doc.backends)
         rows = []
         for b in sorted(backends, key=lambda b: (data.KINDS.index(
                 data.backend_kind(backends[b])), b)):
@@ -207,7 +208,7 @@ def _dataset_blocks(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFr
     return blocks
 
 
-def content(docs: Sequence[tuple[str, Mapping[str, Any]]], df: pd.DataFrame,
+def content(docs: Sequence[Loaded], df: pd.DataFrame,
             charts: Mapping[str, Any]) -> list[Block]:
     sets = data.datasets(df)
     several = len(sets) > 1
@@ -326,7 +327,7 @@ padding:0 1em;color:#222;line-height:1.45}
 h1{border-bottom:2px solid #333}h2{margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:1em 0;font-size:.88em}
 th,td{border:1px solid #ddd;padding:.25em .6em;vertical-align:top}th{background:#f3f3f3}
-td.r{text-align:right;font-variant-numeric:tabular-nums}
+td[style*=right]{font-variant-numeric:tabular-nums}
 tr:nth-child(even) td{background:#fafafa}
 figure{margin:1.5em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 li{margin:.3em 0}code{background:#f3f3f3;padding:0 .2em}
@@ -334,12 +335,13 @@ li{margin:.3em 0}code{background:#f3f3f3;padding:0 .2em}
 """
 
 
-def _inline(text: str) -> str:
-    """Escape, then the little Markdown the content uses: `code` and **bold**."""
-    t = html.escape(text)
-    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
-    t = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
-    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", t)
+def _mark_warnings(state: StateCore) -> None:
+    """A list item that starts with ⚠ gets class "warn" (the CSS colours it)."""
+    tokens = state.tokens
+    for i, tok in enumerate(tokens[:-2]):
+        # list_item_open, paragraph_open (hidden in a tight list), then the item's text
+        if tok.type == "list_item_open" and tokens[i + 2].content.startswith("⚠"):
+            tok.attrSet("class", "warn")
 
 
 def _img(chart: Any) -> str:
@@ -354,27 +356,15 @@ def _img(chart: Any) -> str:
 
 
 def to_html(blocks: Sequence[Block]) -> str:
+    # Raw HTML stays off: host names, variants and messages come from result files and
+    # must show as text. Charts bypass Markdown, whose link check refuses SVG data URIs.
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    md.core.ruler.push("warn_items", _mark_warnings)
     body: list[str] = []
+    for is_chart, run in itertools.groupby(blocks, key=lambda b: b[0] == "chart"):
+        part = list(run)
+        body += [_img(x) for _, x in part] if is_chart else [md.render(markdown(part, ()))]
     title = next((x for k, x in blocks if k == "h1"), "cvbench report")
-    for kind, x in blocks:
-        if kind in ("h1", "h2", "h3"):
-            body.append(f"<{kind}>{_inline(x)}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{_inline(x)}</p>")
-        elif kind == "ul":
-            items = "".join(f'<li class="{"warn" if i.startswith("⚠") else ""}">{_inline(i)}'
-                            "</li>" for i in x)
-            body.append(f"<ul>{items}</ul>")
-        elif kind == "table":
-            align = x.align.ljust(len(x.columns), "l")
-            head = "".join(f"<th>{_inline(c)}</th>" for c in x.columns)
-            rows = "".join(
-                "<tr>" + "".join(f'<td class="{a}">{_inline(c)}</td>'
-                                 for a, c in zip(align, row, strict=True)) + "</tr>"
-                for row in x.rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif kind == "chart":
-            body.append(_img(x))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")

@@ -131,7 +131,7 @@ def test_full_results_disk_loses_nothing(tmp_path: Path) -> None:
     saved = Path(p.stderr.split("saved as ")[1].split()[0])
     try:
         doc = results.load_result(saved)
-        assert Counter(s["metric"] for s in doc["samples"])["startup.total"] == 40
+        assert Counter(s.metric for s in doc.samples)["startup.total"] == 40
     finally:
         saved.unlink()
 
@@ -170,13 +170,13 @@ def test_a_cell_that_never_finishes_fails_alone(tmp_path: Path) -> None:
     assert p.returncode == 1, p.stderr
     doc = results.load_result(next(f for f in out.glob("*.json")
                                    if not f.name.endswith(".pyperf.json")))
-    status = {(c["backend"], c["variant"]): c for c in doc["cells"]}
+    status = {(c["backend"], c["variant"]): c for c in doc.cells}
     assert status[("ns", "workload.argv=true")]["samples"] == 5
     assert status[("host", "workload.argv=true")]["samples"] == 5
     assert status[("ns", "workload.argv=sleep 30")]["status"] == "failed"
-    failures = [e for e in doc["events"] if e["kind"] == "sample_failed"]
+    failures = [e for e in doc.events if e["kind"] == "sample_failed"]
     assert failures and all("did not exit within" in e["error"] for e in failures)
-    assert leftovers_of(doc["run_id"]) == []
+    assert leftovers_of(doc.run_id) == []
 
 
 def test_a_dying_daemon_fails_its_cell_only(tmp_path: Path) -> None:
@@ -209,10 +209,10 @@ def test_a_dying_daemon_fails_its_cell_only(tmp_path: Path) -> None:
     assert proc.returncode == 1, err
     doc = results.load_result(next(f for f in out.glob("*.json")
                                    if not f.name.endswith(".pyperf.json")))
-    cells = {c["backend"]: c for c in doc["cells"]}
+    cells = {c["backend"]: c for c in doc.cells}
     assert cells["podman"]["status"] == "failed" and cells["podman"]["samples"] >= 3
     assert cells["ns"]["samples"] == 60
-    kept = [s for s in doc["samples"] if s["backend"] == "podman"]
+    kept = [s for s in doc.samples if s.backend == "podman"]
     assert len(kept) == 7 * cells["podman"]["samples"]
-    subprocess.run([*BENCH, "gc", "--run", doc["run_id"]], capture_output=True, check=True)
-    assert leftovers_of(doc["run_id"]) == []
+    subprocess.run([*BENCH, "gc", "--run", doc.run_id], capture_output=True, check=True)
+    assert leftovers_of(doc.run_id) == []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from harness import capacity as cap
 from harness import results
 from harness.cli import main
 from harness.core.errors import UsageError
+from harness.core.records import Result
+from harness.core.units import parse_seconds
 
 MIB = 2**20
 GIB = 2**30
@@ -57,18 +61,19 @@ def ramp(backend: str, rnd: int, top: int, pss_fixed: float, pss_marginal: float
 
 
 def doc(samples: list[dict[str, Any]], cores: int = 2, host_id: str = "h1",
-        emulated: tuple[str, ...] = ()) -> dict[str, Any]:
+        emulated: tuple[str, ...] = ()) -> Result:
     backends = {s["backend"] for s in samples}
     events = [{"kind": "ramp_stopped", "backend": b, "variant": "default", "reason":
                "max_instances", "round": r} for b in sorted(backends)
               for r in sorted({s["round"] for s in samples if s["backend"] == b})]
-    return {"schema": 1, "tool": {"name": "cvbench", "version": "0"}, "run_id": "0123456789",
-            "created": "2026-01-01T00:00:00+00:00",
-            "scenario": {"name": "density", "study": "density"},
-            "host": {"id": host_id, "hostname": "x", "cores": cores, "mem_total": 24 * GIB},
-            "backends": {b: {"emulated": b in emulated, "accel": "tcg" if b in emulated
-                             else None} for b in backends},
-            "image": {"digest": "ab" * 32}, "samples": samples, "events": events}
+    return Result.from_dict({
+        "schema": 1, "tool": {"name": "cvbench", "version": "0"}, "run_id": "0123456789",
+        "created": "2026-01-01T00:00:00+00:00",
+        "scenario": {"name": "density", "study": "density"},
+        "host": {"id": host_id, "hostname": "x", "cores": cores, "mem_total": 24 * GIB},
+        "backends": {b: {"emulated": b in emulated, "accel": "tcg" if b in emulated
+                         else None} for b in backends},
+        "image": {"digest": "ab" * 32}, "samples": samples, "events": events}, sealed=False)
 
 
 def target(**kw: Any) -> cap.Target:
@@ -200,25 +205,29 @@ def test_results_of_two_hosts_are_refused() -> None:
 
 
 def test_no_density_samples_is_a_usage_error() -> None:
-    d = doc(ramp("ns", 1, 3, 0, MIB))
-    d["samples"] = [{**s, "metric": "startup.total"} for s in d["samples"]]
+    d = doc([{**s, "metric": "startup.total"} for s in ramp("ns", 1, 3, 0, MIB)])
     with pytest.raises(UsageError, match="no density samples"):
         cap.analyse([("a.json", d)], target())
 
 
 def test_parse_seconds() -> None:
-    assert cap.parse_seconds("2") == 2.0
-    assert cap.parse_seconds("500ms") == pytest.approx(0.5)
-    assert cap.parse_seconds("1.5m") == 90.0
+    assert parse_seconds("2") == 2.0
+    assert parse_seconds("500ms") == pytest.approx(0.5)
+    assert parse_seconds("1.5m") == 90.0
     with pytest.raises(ValueError):
-        cap.parse_seconds("fast")
+        parse_seconds("fast")
 
 
-def write(tmp_path: Path, d: dict[str, Any]) -> Path:
-    body = {k: v for k, v in d.items() if k not in ("samples", "events")}
-    j = results.Journal(tmp_path / "d.journal", body)
-    j.add(d["samples"])
-    for e in d["events"]:
+def test_the_model_draws_nothing() -> None:
+    """Planning (harness.capacity) runs without matplotlib; harness.report draws."""
+    code = "import sys, harness.capacity; sys.exit('matplotlib' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def write(tmp_path: Path, d: Result) -> Path:
+    j = results.Journal(tmp_path / "d.journal", d.header())
+    j.add(d.samples)
+    for e in d.events:
         j.event(**e)
     return j.finalize(tmp_path / "density-x.json", {"cells": []})
 

@@ -198,8 +198,8 @@ def test_runner_records_instance_counts_and_the_stop_event(
     finally:
         journal.close()
     assert cell.samples == 2 and cell.status == "max_samples"
-    lat = [s for s in journal.samples if s["metric"] == "density.start_latency"]
-    assert sorted((s["round"], s["instance"]) for s in lat) == [(r, n) for r in (1, 2)
+    lat = [s for s in journal.samples if s.metric == "density.start_latency"]
+    assert sorted((s.round, s.instance) for s in lat) == [(r, n) for r in (1, 2)
                                                                 for n in (1, 2, 3)]
     stops = [e for e in journal.events if e["kind"] == "ramp_stopped"]
     assert [e["round"] for e in stops] == [1, 2]

@@ -19,6 +19,7 @@ import pytest
 
 from harness import baseline, compare, results, stats
 from harness.core.errors import UsageError
+from harness.core.records import Result
 
 METRICS = {"startup.total": "s", "startup.create": "s", "io.read_bw": "B/s"}
 
@@ -215,14 +216,16 @@ def test_calibrated_band_is_used_from_the_hosts_baseline(tmp_path: Path) -> None
     cal = []
     for i in range(8):  # run effect 0.15, sampling noise small: copies agree within a run
         eff = float(np.exp(rng.normal(0, 0.15)))
-        cal.append(doc(f"cal{i:07d}", {"startup.total": 0.01 * eff}, rng, copies=2))
+        cal.append(Result.from_dict(doc(f"cal{i:07d}", {"startup.total": 0.01 * eff}, rng,
+                                        copies=2)))
     noise = baseline.calibrate_noise(cal)
     (rec,) = noise
-    assert rec["runs"] == 8 and rec["df"] == 7 and rec["sigma_between"] > rec["sigma_within"]
+    assert rec.runs == 8 and rec.df == 7 and rec.sigma_between > rec.sigma_within
     bl_dir = tmp_path / "baselines"
     target = baseline.path_for(bl_dir, "h1", "startup")
     baseline.write(target, baseline.make(cal[0], "cal0.json", noise), force=False)
-    assert results.load_result(target)["baseline"]["noise"][0]["sigma"] == rec["sigma"]
+    written = results.load_result(target).baseline
+    assert written is not None and written.noise == (rec,)
     a = write(tmp_path / "a.json", doc("a" * 10, {"startup.total": 0.01}, rng))
     b = write(tmp_path / "b.json", doc("b" * 10, {"startup.total": 0.0125}, rng))
     c = compare.compare(compare.load_set(a), compare.load_set(b), baselines_dir=bl_dir)
@@ -237,13 +240,15 @@ def test_calibrated_band_is_used_from_the_hosts_baseline(tmp_path: Path) -> None
 
 def test_baseline_write_refuses_to_overwrite(tmp_path: Path) -> None:
     rng = np.random.default_rng(10)
-    d = doc("a" * 10, {"startup.total": 0.01}, rng)
+    d = Result.from_dict(doc("a" * 10, {"startup.total": 0.01}, rng))
     target = tmp_path / "h1" / "startup.json"
     baseline.write(target, baseline.make(d, "a.json"), force=False)
     with pytest.raises(UsageError, match="--force"):
         baseline.write(target, baseline.make(d, "a.json"), force=False)
     baseline.write(target, baseline.make(d, "b.json"), force=True)
-    assert results.load_result(target)["baseline"]["source"]["path"] == "b.json"
+    written = results.load_result(target)
+    assert written.baseline is not None and written.baseline.source["path"] == "b.json"
+    assert written.samples == d.samples and written.baseline.source["checksum"] == d.checksum
 
 
 # --- the CLI --------------------------------------------------------------------------------
@@ -292,7 +297,7 @@ def test_cli_baseline_update_refuses_overwrite_and_keeps_the_noise(tmp_path: Pat
     assert target.is_file() and f"baseline: {target}" in p.stdout
     p = bench("baseline", "update", str(r), "--baselines", str(bl))
     assert p.returncode == 2 and "--force" in p.stderr
-    d = results.load_result(target)
+    d = json.loads(target.read_text())
     d["baseline"]["noise"] = [{"backend": "host", "variant": "default",
                                "metric": "startup.total", "sigma": 0.1, "df": 5, "runs": 6}]
     d["checksum"] = results.checksum(d)
@@ -324,7 +329,7 @@ def test_runner_copies_interleave_and_tag_samples(tmp_path: Path) -> None:
                       lambda m: studies.unit_of(study, m), seed=1).run()
     finally:
         journal.close()
-    per_round = {(s["round"], s["copy"]) for s in journal.samples}
+    per_round = {(s.round, s.copy) for s in journal.samples}
     assert per_round == {(r, c) for r in range(1, 5) for c in (0, 1)}
     assert [c["copy"] for c in plan.cell_summary(cells)] == [0, 1]
     plain = plan.make_cells(p, {"fake": cells[0].prepared})

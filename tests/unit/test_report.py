@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from harness import results, stats
 from harness.report import charts, claims, data, render, tables
 from tests.unit import report_synth as synth
 
-Docs = list[tuple[str, Mapping[str, Any]]]
+Docs = list[results.Loaded]
 
 
 def load(paths: list[Path]) -> tuple[Docs, pd.DataFrame]:
@@ -261,6 +261,72 @@ def test_report_files_and_self_contained_html(built: tuple[Path, list[Path]]) ->
     for text in ("id-synthetic-a", "0" * 16, "Synthetic CPU", "libvirt 1.0", "## Seed claims",
                  "(TCG, emulated)", "Emulated VMs", "Medians with 95 % CI"):
         assert text in md and (text in page or text.replace("## ", "") in page), text
+
+
+class _Page(HTMLParser):
+    """Headings, tables (rows of cell texts) and image sources of an HTML page."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.headings: list[str] = []
+        self.tables: list[list[list[str]]] = []
+        self.images: list[str] = []
+        self._text: str | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("h1", "h2", "h3", "th", "td"):
+            self._text = ""
+        elif tag == "img":
+            self.images.append(dict(attrs)["src"] or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("h1", "h2", "h3"):
+            self.headings.append(self._text or "")
+        elif tag in ("th", "td"):
+            self.tables[-1][-1].append(self._text or "")
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text += data
+
+
+def _md_text(cell: str) -> str:
+    """What a Markdown cell shows: no emphasis or code marks, no escapes."""
+    return re.sub(r"\*\*|`|\*", "", cell.strip()).replace("\\|", "|")
+
+
+def test_html_shows_what_the_markdown_says(built: tuple[Path, list[Path]]) -> None:
+    """index.html is report.md rendered: the same headings, tables and charts."""
+    tmp_path, _ = built
+    page = _Page((tmp_path / "index.html").read_text())
+    md = (tmp_path / "report.md").read_text().splitlines()
+    assert page.headings == [line.lstrip("#").strip() for line in md if line.startswith("#")]
+    tables: list[list[list[str]]] = []
+    for prev, line in zip(["", *md], md, strict=False):
+        if line.startswith("|") and not set(line) <= set("|-: "):
+            if not prev.startswith("|"):
+                tables.append([])
+            tables[-1].append([_md_text(c) for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+    assert len(tables) > 5 and page.tables == tables
+    charts_md = [line for line in md if line.startswith("![")]
+    assert len(page.images) == len(charts_md) == len(charts.CHARTS)
+
+
+def test_html_keeps_text_from_results_as_text() -> None:
+    page = render.to_html([
+        ("h1", "report"), ("p", "<script>alert(1)</script> *holds*"),
+        ("ul", ["⚠ careful", "fine"]),
+        ("table", render.Table(["cell|name", "n"], [["`abc`", "**3**"]], "lr"))])
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<em>holds</em>" in page
+    assert '<li class="warn">⚠ careful</li>' in page and "<li>fine</li>" in page
+    assert "<th>cell|name</th>" in page and "<td><code>abc</code></td>" in page
+    assert '<td style="text-align:right"><strong>3</strong></td>' in page
 
 
 def test_two_hosts_side_by_side(tmp_path: Path, two: tuple[Docs, pd.DataFrame]) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from harness import results
 from harness.core.errors import ResultError
+from harness.core.records import Sample
 
 
 def header() -> dict[str, object]:
@@ -24,9 +25,8 @@ def header() -> dict[str, object]:
 def make_result(tmp_path: Path, n: int = 12) -> Path:
     j = results.Journal(tmp_path / "r.journal", header())
     for i in range(n):
-        j.add([{"backend": b, "variant": "default", "metric": m, "unit": "s",
-                "value": 0.001 * (1 + i % 3) * (10 if b == "vm" else 1), "round": i + 1}
-               for b in ("host", "vm") for m in ("startup.total", "startup.create")])
+        j.add([Sample(b, "default", m, "s", 0.001 * (1 + i % 3) * (10 if b == "vm" else 1),
+                      i + 1) for b in ("host", "vm") for m in ("startup.total", "startup.create")])
     j.event("note", text="hello")
     return j.finalize(tmp_path / "r.json", {"cells": []})
 
@@ -65,8 +65,7 @@ def test_pyperf_companion(tmp_path: Path) -> None:
 def test_never_overwrites(tmp_path: Path) -> None:
     make_result(tmp_path)
     j = results.Journal(tmp_path / "r2.journal", header())
-    j.add([{"backend": "host", "variant": "default", "metric": "m", "unit": "s", "value": 1.0,
-            "round": 1}])
+    j.add([Sample("host", "default", "m", "s", 1.0, 1)])
     with pytest.raises(ResultError, match="never overwritten"):
         j.finalize(tmp_path / "r.json", {})
     j.close()
@@ -101,8 +100,7 @@ def test_newer_schema_refused(tmp_path: Path) -> None:
 
 def test_journal_survives_a_torn_line(tmp_path: Path) -> None:
     j = results.Journal(tmp_path / "t.journal", header())
-    j.add([{"backend": "host", "variant": "default", "metric": "m", "unit": "s",
-            "value": 1.0, "round": 1}])
+    j.add([Sample("host", "default", "m", "s", 1.0, 1)])
     j.close()
     with open(tmp_path / "t.journal", "a") as f:
         f.write('{"sample": {"backend": "ho')

@@ -10,6 +10,7 @@ import pytest
 from harness import plan, results, runner, scenario, studies
 from harness.core import image
 from harness.core.errors import InstanceError
+from harness.core.records import Sample
 from harness.runner import Cell, Context, Measurement, Runner
 from runtimes.base import Prepared, Traits
 from tests.unit.fakes import FakeRuntime
@@ -63,7 +64,7 @@ def test_rounds_interleave_every_cell_once(tmp_path: Path, img: image.Image) -> 
     assert len(rounds) == 6  # 1 warmup + 5 rounds
     assert all(sorted(rd) == ["a", "b", "c"] for rd in rounds)
     assert len({tuple(rd) for rd in rounds}) > 1  # the order is shuffled
-    per_round = {(s["backend"], s["round"]) for s in journal.samples}
+    per_round = {(s.backend, s.round) for s in journal.samples}
     assert len(per_round) == 15
     assert all(rt.live == {} for rt in rts)
 
@@ -169,13 +170,14 @@ def test_restore_rebuilds_sub_variants_and_rounds(tmp_path: Path, img: image.Ima
     samples written before `sub` was stored are matched by their variant name."""
     r, cells, _ = make(tmp_path, img, [FakeRuntime("a")], min_samples=5, max_samples=9)
 
-    def sample(round_: int, sub: str, value: float, with_sub: bool = True) -> dict[str, object]:
-        return {"backend": "a", "variant": sub, "metric": "startup.total", "unit": "s",
-                "value": value, "round": round_, **({"sub": sub} if with_sub else {})}
+    def sample(round_: int, sub: str, value: float, with_sub: bool = True,
+               backend: str = "a") -> Sample:
+        return Sample(backend, sub, "startup.total", "s", value, round_,
+                      sub=sub if with_sub else None)
 
     old = [sample(1, "target=rootfs", 1.0, False), sample(1, "target=tmpfs", 2.0, False)]
     new = [sample(2, "target=rootfs", 1.1), sample(2, "target=tmpfs", 2.1),
-           {**sample(2, "target=tmpfs", 5.0), "backend": "gone"}]  # a cell not in the run
+           sample(2, "target=tmpfs", 5.0, backend="gone")]  # a cell not in the run
     r.restore(old + new, [{"kind": "sample_failed", "backend": "a", "variant": "default"}])
     (cell,) = cells
     assert cell.samples == 2 and cell.failures == 1 and r.round == 2

@@ -110,14 +110,14 @@ def test_memory_per_instance_daemon_apart_and_guest_view(tmp_path: Path,
                              warmups=0, min_samples=1, max_samples=1)
     r.run()
     rows = journal.samples
-    pss = [s for s in rows if s["metric"] == "memory.pss"]
-    assert sorted(s["instance"] for s in pss) == [0, 1, 2]
-    assert {s["value"] for s in pss} == {100}
-    daemon = [s for s in rows if s["metric"] == "memory.daemon"]
-    assert len(daemon) == 1 and "instance" not in daemon[0] and daemon[0]["value"] == 0
-    guest = [s for s in rows if s["metric"] == "memory.guest_used"]
-    assert len(guest) == 3 and guest[0]["unit"] == "B"
-    assert {s["metric"] for s in rows} == {"memory.pss", "memory.uss", "memory.rss",
+    pss = [s for s in rows if s.metric == "memory.pss"]
+    assert sorted(s.instance for s in pss) == [0, 1, 2]
+    assert {s.value for s in pss} == {100}
+    daemon = [s for s in rows if s.metric == "memory.daemon"]
+    assert len(daemon) == 1 and daemon[0].instance is None and daemon[0].value == 0
+    guest = [s for s in rows if s.metric == "memory.guest_used"]
+    assert len(guest) == 3 and guest[0].unit == "B"
+    assert {s.metric for s in rows} == {"memory.pss", "memory.uss", "memory.rss",
                                            "memory.cgroup", "memory.daemon",
                                            "memory.guest_used"}
     assert rt.live == {}
@@ -129,7 +129,7 @@ def test_disk_records_footprint_and_instances(tmp_path: Path, img: image.Image) 
     r, _cells, journal = make(tmp_path, img, "disk", [rt], params={"write": "1M"},
                              metric="disk.image", warmups=0, min_samples=1, max_samples=1)
     r.run()
-    got = {s["metric"]: s["value"] for s in journal.samples}
+    got = {s.metric: s.value for s in journal.samples}
     assert got == {"disk.image": 5000, "disk.image.virtual": 9000, "disk.raw": 7,
                    "disk.instance_idle": 2 << 20, "disk.instance": 2 << 20}
     writer = rt.specs[1]
@@ -155,7 +155,7 @@ def test_disk_writes_nothing_where_there_is_no_instance_layer(tmp_path: Path,
     r, _cells, journal = make(tmp_path, img, "disk", [rt], metric="disk.image",
                              warmups=0, min_samples=1, max_samples=1)
     r.run()
-    assert {s["metric"] for s in journal.samples} == {"disk.image"}
+    assert {s.metric for s in journal.samples} == {"disk.image"}
     assert len(rt.specs) == 1 and rt.live == {}  # created, never started, removed
 
 
@@ -181,18 +181,18 @@ def test_io_targets_are_sub_variants_with_fio_json_artifacts(tmp_path: Path,
     r, cells, journal = make(tmp_path, img, "io", [rt], metric="io.randread.iops",
                              warmups=1, min_samples=2, max_samples=2)
     r.run()
-    assert {s["variant"] for s in journal.samples} == {f"target={t}" for t in targets}
+    assert {s.variant for s in journal.samples} == {f"target={t}" for t in targets}
     assert len(journal.artifacts) == 2 * 4  # warmup artifacts dropped
     for a in journal.artifacts:
         assert a["kind"] == "fio" and a["direct"] is True and a["round"] in (1, 2)
-        rows = [s for s in journal.samples if (s["variant"], s["round"]) ==
+        rows = [s for s in journal.samples if (s.variant, s.round) ==
                 (a["variant"], a["round"])]
         assert len(rows) == 16
         for s in rows:
-            f = a["fields"][s["metric"]]
+            f = a["fields"][s.metric]
             from harness.core.probes.io import lookup
 
-            assert s["value"] == lookup(a["data"], f["path"]) * f["scale"]
+            assert s.value == lookup(a["data"], f["path"]) * f["scale"]
     assert [[m.type for m in spec.mounts] for spec in rt.specs[-4:]] == \
         [[], ["volume"], ["bind"], ["tmpfs"]]
     assert cells[0].sub_values.keys() == {f"target={t}" for t in targets}
@@ -205,7 +205,7 @@ def test_io_only_rootfs_where_mounts_are_not_applied(tmp_path: Path,
     r, _cells, journal = make(tmp_path, img, "io", [rt], metric="io.randread.iops",
                              warmups=0, min_samples=1, max_samples=1)
     r.run()
-    assert {s["variant"] for s in journal.samples} == {"target=rootfs"}
+    assert {s.variant for s in journal.samples} == {"target=rootfs"}
     assert rt.specs[0].mounts == ()
 
 
@@ -230,7 +230,7 @@ def test_io_refused_targets_are_skipped_and_formats_added(tmp_path: Path,
     r, _cells, journal = make(tmp_path, img, "io", [rt], metric="io.randread.iops",
                               warmups=0, min_samples=1, max_samples=1)
     r.run()
-    assert {s["variant"] for s in journal.samples} == \
+    assert {s.variant for s in journal.samples} == \
         {"target=rootfs", "target=volume", "target=volume.qcow2"}
     assert [m.source for s in rt.specs for m in s.mounts if m.type == "volume"] == \
         ["cvbench-abcdef0123-io", "cvbench-abcdef0123-io.qcow2"]
@@ -312,7 +312,7 @@ def test_runner_sub_variants_join_the_cell_variant_and_gate_the_stop(
     OPEN.append(journal)
     Runner(scen, [cell], journal, sample, lambda m: "B", seed=1).run()
     assert cell.status == "max_samples" and cell.samples == 6
-    assert {s["variant"] for s in journal.samples} == {"network=host,x=1", "network=host,x=2"}
+    assert {s.variant for s in journal.samples} == {"network=host,x=1", "network=host,x=2"}
     assert len(journal.artifacts) == 6
     assert all(a["variant"] == "network=host,x=1" for a in journal.artifacts)
     assert [a["data"]["n"] for a in journal.artifacts] == [1, 3, 4, 5, 6, 7]

@@ -1,0 +1,93 @@
+"""`bench capacity`'s output: the plan as a terminal table and as a chart.
+
+The plan itself (fits, projection, JSON) is harness.capacity; this module only shows it,
+with the reports' paper style and backend colours.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from rich.table import Table
+
+from harness.capacity import MIB, Plan
+from harness.core.errors import UsageError
+from harness.core.units import format_seconds
+from harness.report.charts import backend_colours, style_context
+
+
+def _num(x: float | None) -> str:
+    return "∞" if x is None else f"{x:,.0f}"
+
+
+def table(plan: Plan) -> Table:
+    t = plan.target
+    tab = Table(title=f"idle instances per host of {t.memory / 2**30:.3g} GiB and {t.cpus} "
+                      f"cpus (memory basis {t.basis}; [95 % CI])", box=None, pad_edge=False)
+    for col in ("cell", "ramps×n", "MiB/instance", "fixed MiB", "start p95", "knee",
+                "by memory", "by SLO", "binding"):
+        tab.add_column(col, justify="left" if col in ("cell", "binding") else "right")
+    for c in plan.cells:
+        f, lat = c.fits.get(c.basis), c.latency
+        tab.add_row(
+            c.label,
+            f"{c.ramps}×{c.max_measured}",
+            "—" if f is None else f"{f.marginal / MIB:.3g} [{f.marginal_ci[0] / MIB:.3g}, "
+                                  f"{f.marginal_ci[1] / MIB:.3g}]",
+            "—" if f is None else f"{f.fixed / MIB:.3g}",
+            "—" if lat is None else format_seconds(lat.p95),
+            "—" if lat is None or lat.knee is None else str(lat.knee),
+            f"{_num(c.by_memory)} [{_num(c.by_memory_ci[0])}, {_num(c.by_memory_ci[1])}]",
+            "—" if c.by_slo is None else _num(c.by_slo),
+            c.binding)
+    return tab
+
+
+def chart(plan: Plan, path: Path) -> Path:
+    """Projected instances per host by backend (log scale): bar = the binding limit,
+    whisker = the 95 % CI of the memory limit, hatched when the SLO binds, a dash at the
+    memory limit where the SLO binds below it."""
+    cells = [c for c in plan.cells if c.instances is not None]
+    if not cells:
+        raise UsageError("nothing to chart: no cell has a projected count")
+    # Colours over every backend of the plan, as the reports assign them over every
+    # backend of the results: a backend keeps its colour whichever cells are drawn.
+    colours = backend_colours(list(dict.fromkeys(c.backend for c in plan.cells)),
+                              {c.backend: c.kind for c in plan.cells})
+    with style_context("paper") as st:
+        fig = Figure(figsize=(max(st.size[0], 1.3 * len(cells) + 2), st.size[1]))
+        ax = fig.subplots()
+        floor = 0.5  # where a bar of 0 would start on a log axis
+        for i, c in enumerate(cells):
+            value = float(c.instances or 0)
+            lo, hi = c.by_memory_ci
+            if value > 0:
+                ax.bar(i, value, width=0.6, bottom=floor, color=colours[c.backend],
+                       edgecolor="black", linewidth=0.5,
+                       hatch=None if c.binding == "memory" else "//")
+            if lo is not None and hi is not None and c.by_memory:
+                mem = c.by_memory
+                ax.errorbar([i], [mem], yerr=[[mem - max(lo, floor)], [hi - mem]], fmt="_",
+                            markersize=20 if c.binding != "memory" else 0, color="black",
+                            capsize=4, lw=1)
+            ax.annotate(f"{value:,.0f}\n{c.binding}", (i, max(value, floor)), xytext=(0, 3),
+                        textcoords="offset points", ha="center", va="bottom")
+        ax.set_yscale("log")
+        top = max(max(c.instances or 0, (c.by_memory_ci[1] or 0) if c.by_memory else 0)
+                  for c in cells)
+        ax.set_ylim(floor, max(top, 1) * 20)  # room for the labels
+        ax.set_xlim(-0.6, len(cells) - 0.4)
+        ax.set_xticks(range(len(cells)), [c.label.replace(" (", "\n(") for c in cells])
+        t = plan.target
+        slo = f", start p95 ≤ {format_seconds(t.slo_start)}" if t.slo_start is not None else ""
+        ax.set_ylabel("idle instances per host (log scale)")
+        ax.set_title(f"Projected instances per host: {t.memory / 2**30:.3g} GiB, {t.cpus} "
+                     f"cpus, {t.reserve:.0%} reserved{slo}\nmemory basis {t.basis}; "
+                     "hatched: the SLO binds (dash: the memory limit)")
+        ax.grid(axis="y", which="major")
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=st.dpi, metadata={"Date": None} if path.suffix != ".png"
+                    else None)
+    return path
