@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from harness import results
+from harness.core.records import Sample
 from tests.conftest import backend_or_skip
 
 pytestmark = [pytest.mark.root]
@@ -83,34 +84,32 @@ def interrupt_after_first_round(scenario: Path, out: Path, sig: signal.Signals) 
     return names[0].split("-")[-1].split(".")[0]
 
 
-def before(out: Path) -> list[dict[str, Any]]:
+def before(out: Path) -> list[Sample]:
     """The samples the interrupted run kept (its journal, or its interrupted result)."""
     for p in out.glob("*.journal"):
         return results.read_journal(p)[1]
     (doc,) = [d for _, d in results.load_all(out)]
-    return list(doc["samples"])
+    return list(doc.samples)
 
 
-def check_resumed(out: Path, rid: str, kept: list[dict[str, Any]], subs: bool = True) -> None:
+def check_resumed(out: Path, rid: str, kept: list[Sample], subs: bool = True) -> None:
     res = subprocess.run([*BENCH, "run", "--resume", rid, "--out", str(out)],
                          capture_output=True, text=True, check=False, timeout=900)
     assert res.returncode == 0, res.stderr
     ((_, doc),) = results.load_all(out)  # the resumed result supersedes an interrupted one
-    samples = doc["samples"]
+    samples = doc.samples
     rounds: dict[str, set[int]] = {}
     for s in samples:
-        rounds.setdefault(s["variant"], set()).add(s["round"])
+        rounds.setdefault(s.variant, set()).add(s.round)
     # every sub-variant of every cell: N samples in N distinct rounds (a cell the
     # interruption caught before its turn in round 1 takes rounds 2..N+1)
     assert rounds and all(len(r) == SAMPLES for r in rounds.values()), rounds
-    per_figure = Counter((s["variant"], s["metric"]) for s in samples)
+    per_figure = Counter((s.variant, s.metric) for s in samples)
     assert set(per_figure.values()) == {SAMPLES}, per_figure
-    assert all(bool(s.get("sub")) == subs for s in samples)
-    key = ("backend", "variant", "metric", "round", "value")
-    assert {tuple(s[k] for k in key) for s in kept} <= \
-        {tuple(s[k] for k in key) for s in samples}, "restored samples changed or lost"
-    assert {c["status"] for c in doc["cells"]} == {"max_samples"}
-    assert all(c["samples"] == SAMPLES for c in doc["cells"])
+    assert all(bool(s.sub) == subs for s in samples)
+    assert set(kept) <= set(samples), "restored samples changed or lost"
+    assert {c["status"] for c in doc.cells} == {"max_samples"}
+    assert all(c["samples"] == SAMPLES for c in doc.cells)
 
 
 def test_io_resumed_after_kill(repo: Path, tmp_path: Path) -> None:
@@ -120,7 +119,7 @@ def test_io_resumed_after_kill(repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "D"
     rid = interrupt_after_first_round(scen, out, signal.SIGKILL)
     kept = before(out)
-    assert {s["variant"] for s in kept} == {"target=rootfs", "target=tmpfs"}
+    assert {s.variant for s in kept} == {"target=rootfs", "target=tmpfs"}
     check_resumed(out, rid, kept)
 
 
@@ -132,7 +131,7 @@ def test_limits_resumed_after_ctrl_c(repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "D"
     rid = interrupt_after_first_round(scen, out, signal.SIGINT)
     kept = before(out)
-    assert len({s["variant"] for s in kept}) >= 2
+    assert len({s.variant for s in kept}) >= 2
     check_resumed(out, rid, kept)
 
 
