@@ -121,8 +121,10 @@ class RichReporter:
         head, sep, rest = text.partition(": ")
         err.print(f"[yellow]{head}[/]{sep}{rest}" if sep else f"[yellow]{text}[/]")
 
-    def status(self, text: str) -> contextlib.AbstractContextManager[Any]:
-        return err.status(text)
+    @contextlib.contextmanager
+    def status(self, text: str) -> Iterator[Callable[[str], None]]:
+        with err.status(text) as shown:
+            yield lambda note: shown.update(f"{text} {note}")
 
     @contextlib.contextmanager
     def sampling(self, scen: scenario.Scenario, cells: Sequence[Cell],

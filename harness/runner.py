@@ -141,6 +141,7 @@ class Context:
         self.live: dict[int, tuple[Placement, Instance]] = {}
         self.artifacts: list[dict[str, Any]] = []  # of the sample being taken
         self.params: dict[str, Any] = {}  # the scenario's [params]
+        self.probe_interval = 0.01  # seconds between a tcp/http readiness probe's attempts
         # Set by the runner. A study whose sample takes long (a density ramp) polls
         # stop_requested() to end it early on the first Ctrl-C, and says why with event().
         self.stop_requested: Callable[[], bool] = lambda: False
@@ -157,11 +158,12 @@ class Context:
     def spec(self, cell: Cell, **overrides: Any) -> InstanceSpec:
         self.counter += 1
         cfg = cell.config
+        w = cfg.workload
         fields: dict[str, Any] = dict(
             run_id=self.run_id, name=f"cvbench-{self.run_id}-{self.counter}",
-            argv=cfg.workload.argv, env=dict(cfg.workload.env), limits=cfg.limits,
-            network=cfg.network, mounts=cfg.mounts, readiness=cfg.workload.readiness,
-            workdir=cfg.workload.workdir)
+            argv=w.command, env=dict(w.env), limits=cfg.limits, network=cfg.network,
+            mounts=cfg.mounts, readiness=w.readiness, workdir=w.workdir or "/",
+            user=w.user or "")
         fields.update(overrides)
         return InstanceSpec(**fields)
 
@@ -241,6 +243,7 @@ class Runner:
         self.interrupt = Interrupt()
         self.round = start_round
         self.ctx.params = dict(scenario.params)
+        self.ctx.probe_interval = scenario.workload.probe_interval
         self.ctx.stop_requested = self.interrupt.wanted
         self.ctx.event = lambda kind, **data: self.journal.event(kind, round=self.round, **data)
 

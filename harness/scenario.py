@@ -9,10 +9,18 @@ A scenario file looks like this (every key but `name` and `workload.argv` has a 
     network = "none"                  # none | bridge | host
 
     [workload]
-    image = { recipe = "base", binaries = [] }
-    argv = ["true"]
-    readiness = "marker"              # marker: the ready line; exit: the workload's exit
-    env = {}
+    image = { recipe = "base", binaries = [] }    # or one of:
+    #   { debian = "bookworm", packages = ["nginx-light"] }   (mirror = "http://...")
+    #   { archive = "path/to/image.tar" }    docker/podman save, OCI layout (dir or tar);
+    #                                        a relative path is relative to this file
+    #   { engine = "docker", ref = "name:tag" }               (or "podman")
+    argv = ["true"]                   # default: the image's Cmd (a recipe's: true)
+    entrypoint = []                   # default: the image's Entrypoint
+    readiness = "marker"              # marker | exit | tcp:PORT | http:PORT/PATH | log:REGEX
+    probe_interval = 0.01             # seconds between tcp/http attempts
+    env = {}                          # added to the image's Env
+    workdir = "/"                     # default: the image's WorkingDir, else /
+    user = "www-data"                 # default: the image's User, else root
 
     [limits]                          # each optional
     cpus = 1.0
@@ -53,10 +61,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from harness.core.errors import ScenarioError
-from harness.core.image import Recipe
+from harness.core import debian
+from harness.core import image as image_mod
+from harness.core.errors import ScenarioError, UsageError
+from harness.core.image import Archive, Debian, EngineRef, Image, Recipe, Source
+from harness.core.probes import serving
 from harness.core.units import parse_size
-from runtimes.base import MOUNT_TYPES, NETWORK_MODES, READINESS, Limits, Mount
+from runtimes.base import MOUNT_TYPES, NETWORK_MODES, Limits, Mount
 
 T = TypeVar("T")
 
@@ -67,15 +78,50 @@ VARIANT_KEYS = ("network", "limits.cpus", "limits.memory", "limits.pids", "workl
 
 @dataclass(frozen=True)
 class Workload:
-    image: Recipe = Recipe()
-    argv: tuple[str, ...] = ("true",)
+    """What runs. None (argv, entrypoint, workdir, user): the image's default, filled in
+    by `resolved()` once the image is built; env is added to the image's Env."""
+
+    image: Source = Recipe()
+    argv: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
     readiness: str = "marker"
+    probe_interval: float = 0.01
     env: tuple[tuple[str, str], ...] = ()
-    workdir: str = "/"
+    workdir: str | None = None
+    user: str | None = None
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        """What /bench/init execs: the entrypoint, then argv (Docker's rule)."""
+        return (self.entrypoint or ()) + (self.argv or ())
+
+    @property
+    def probe(self) -> serving.Readiness:
+        return serving.parse(self.readiness)
+
+    def resolved(self, img: Image) -> Workload:
+        """The workload with the image's defaults filled in (as Docker takes them: a
+        scenario's entrypoint drops the image's Cmd; a name in `user` is looked up in
+        the image's /etc/passwd and becomes "uid:gid")."""
+        c = img.config
+        entrypoint = self.entrypoint if self.entrypoint is not None else c.entrypoint
+        argv = self.argv if self.argv is not None else \
+            (c.cmd if self.entrypoint is None else ())
+        if not entrypoint + argv:
+            raise UsageError(f"workload.argv: the image ({img.source.describe()}) has no "
+                             "Entrypoint or Cmd; give the command to run as argv")
+        user = self.user if self.user is not None else c.user
+        return replace(self, entrypoint=entrypoint, argv=argv,
+                       env=tuple(sorted({**dict(c.env), **dict(self.env)}.items())),
+                       workdir=self.workdir or c.workdir or "/",
+                       user=image_mod.resolve_user(img.rootfs, user) if user else "")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"image": self.image.as_dict(), "argv": list(self.argv),
-                "readiness": self.readiness, "env": dict(self.env), "workdir": self.workdir}
+        return {"image": {"kind": self.image.kind, **self.image.as_dict()},
+                "argv": None if self.argv is None else list(self.argv),
+                "entrypoint": None if self.entrypoint is None else list(self.entrypoint),
+                "readiness": self.readiness, "probe_interval": self.probe_interval,
+                "env": dict(self.env), "workdir": self.workdir, "user": self.user}
 
 
 @dataclass(frozen=True)
@@ -220,6 +266,14 @@ class _Reader:
             raise self.fail(key, "must not contain NUL characters")
         return tuple(value)
 
+    def readiness(self, value: Any, key: str) -> str:
+        text = self.str_(value, key)
+        try:
+            serving.parse(text)
+        except ValueError as e:
+            raise self.fail(key, str(e)) from None
+        return text
+
     def bool_(self, value: Any, key: str) -> bool:
         if not isinstance(value, bool):
             raise self.fail(key, f"must be true or false, not {_tname(value)}")
@@ -265,6 +319,50 @@ def _mount(r: _Reader, m: Any, key: str) -> Mount:
                  size=size)
 
 
+IMAGE_KEYS = {"recipe": {"recipe", "binaries"}, "debian": {"debian", "packages", "mirror"},
+              "archive": {"archive"}, "engine": {"engine", "ref"}}
+
+
+def _image(r: _Reader, img: Any) -> Source:
+    key = "workload.image"
+    if isinstance(img, str):
+        img = {"recipe": img}
+    if not isinstance(img, dict):
+        raise r.fail(key, "must be a recipe name or a table")
+    kinds = [k for k in IMAGE_KEYS if k in img] or ["recipe"]
+    if len(kinds) > 1:
+        raise r.fail(key, f"names {' and '.join(kinds)}: give one of "
+                          f"{', '.join(IMAGE_KEYS)}")
+    kind = kinds[0]
+    r.only(img, key, IMAGE_KEYS[kind])
+    if kind == "debian":
+        src = Debian(suite=r.str_(img["debian"], f"{key}.debian"),
+                     packages=r.strings(img.get("packages", []), f"{key}.packages",
+                                        nonempty=False),
+                     mirror=r.str_(img.get("mirror", debian.DEFAULT_MIRROR),
+                                   f"{key}.mirror"))
+        problem = debian.check_names(src.suite, src.packages)
+        if problem:
+            raise r.fail(f"{key}.{'debian' if 'suite' in problem else 'packages'}", problem)
+        return src
+    if kind == "archive":
+        path = Path(r.str_(img["archive"], f"{key}.archive"))
+        if not path.is_absolute() and Path(r.source).is_file():
+            path = Path(r.source).resolve().parent / path
+        return Archive(str(path))
+    if kind == "engine":
+        ref = r.str_(img.get("ref"), f"{key}.ref")
+        if not ref or any(c.isspace() for c in ref):
+            raise r.fail(f"{key}.ref", "must be an image reference such as name:tag")
+        return EngineRef(engine=r.str_(img["engine"], f"{key}.engine"), ref=ref)
+    recipe = Recipe(name=r.str_(img.get("recipe", "base"), f"{key}.recipe"),
+                    binaries=r.strings(img.get("binaries", []), f"{key}.binaries",
+                                       nonempty=False))
+    if not recipe.name.replace("-", "").isalnum() or recipe.name != recipe.name.lower():
+        raise r.fail(f"{key}.recipe", "must be lower-case letters, digits or '-'")
+    return recipe
+
+
 def _variant_value(r: _Reader, key: str, value: Any) -> Any:
     parse: dict[str, Callable[[Any, str], Any]] = {
         "network": lambda v, k: r.str_(v, k, NETWORK_MODES),
@@ -272,7 +370,7 @@ def _variant_value(r: _Reader, key: str, value: Any) -> Any:
         "limits.memory": r.size,
         "limits.pids": lambda v, k: r.int_(v, k, 1),
         "workload.argv": r.strings,
-        "workload.readiness": lambda v, k: r.str_(v, k, READINESS),
+        "workload.readiness": r.readiness,
     }
     return parse[key](value, f"variants.{key}")
 
@@ -333,34 +431,30 @@ def parse(data: Mapping[str, Any], source: str) -> Scenario:
     if len(set(backends)) != len(backends):
         raise r.fail("backends", "lists a backend twice")
 
-    w = r.table(data, "workload", {"image", "argv", "readiness", "env", "workdir"})
-    img = w.get("image", {})
-    if isinstance(img, str):
-        img = {"recipe": img}
-    if not isinstance(img, dict):
-        raise r.fail("workload.image", "must be a recipe name or a table")
-    r.only(img, "workload.image", {"recipe", "binaries"})
-    recipe = Recipe(name=r.str_(img.get("recipe", "base"), "workload.image.recipe"),
-                    binaries=r.strings(img.get("binaries", []), "workload.image.binaries",
-                                       nonempty=False))
-    if not recipe.name.replace("-", "").isalnum() or recipe.name != recipe.name.lower():
-        raise r.fail("workload.image.recipe", "must be lower-case letters, digits or '-'")
+    w = r.table(data, "workload", {"image", "argv", "entrypoint", "readiness",
+                                   "probe_interval", "env", "workdir", "user"})
     env = w.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise r.fail("workload.env", "must be a table of strings")
     for k in env:
         if not k or "=" in k or "\0" in k or "\0" in env[k]:
             raise r.fail(f"workload.env.{k}", "is not a valid environment variable")
-    workdir = r.str_(w.get("workdir", "/"), "workload.workdir")
-    if not workdir.startswith("/"):
+    workdir = r.str_(w["workdir"], "workload.workdir") if "workdir" in w else None
+    if workdir is not None and not workdir.startswith("/"):
         raise r.fail("workload.workdir", "must be an absolute path")
+    user = r.str_(w["user"], "workload.user") if "user" in w else None
+    if user is not None and (not user or any(c.isspace() for c in user)):
+        raise r.fail("workload.user", "must be a user name or uid, optionally :group")
+    interval = r.num(w.get("probe_interval", 0.01), "workload.probe_interval")
+    if interval > 10:
+        raise r.fail("workload.probe_interval", "must be at most 10 (seconds)")
     workload = Workload(
-        image=recipe,
-        argv=r.strings(w.get("argv", ["true"]), "workload.argv"),
-        readiness=r.str_(w.get("readiness", "marker"), "workload.readiness", READINESS),
-        env=tuple(sorted(env.items())),
-        workdir=workdir,
-    )
+        image=_image(r, w.get("image", {})),
+        argv=r.strings(w["argv"], "workload.argv") if "argv" in w else None,
+        entrypoint=r.strings(w["entrypoint"], "workload.entrypoint", nonempty=False)
+        if "entrypoint" in w else None,
+        readiness=r.readiness(w.get("readiness", "marker"), "workload.readiness"),
+        probe_interval=interval, env=tuple(sorted(env.items())), workdir=workdir, user=user)
     limits = _limits(r, data, "limits")
     network = r.str_(data.get("network", "none"), "network", NETWORK_MODES)
     mounts_raw = data.get("mounts", [])

@@ -42,8 +42,9 @@ class Reporter(Protocol):
 
     def warn(self, text: str) -> None: ...
 
-    def status(self, text: str) -> contextlib.AbstractContextManager[None]:
-        """Shown while a slow step (preparing a backend) goes on."""
+    def status(self, text: str) -> contextlib.AbstractContextManager[Callable[[str], None]]:
+        """Shown while a slow step (preparing a backend, building an image) goes on; the
+        function it gives shows how the step progresses."""
         ...
 
     def sampling(self, scenario: Scenario, cells: Sequence[Cell],
@@ -106,12 +107,17 @@ class Session:
                      "without them (metadata not_applied)")
         rep.info(f"{'resuming run' if resumed else 'run'} {self.run_id}: scenario "
                  f"{scen.name}, backends {', '.join(p.backends)}")
-        img = image_mod.build(scen.workload.image)
-        rep.info(f"image {img.tag} sha256:{img.digest} ({img.size / 2**20:.1f} MiB)")
+        with rep.status(f"image: {scen.workload.image.describe()}…") as progress:
+            img = build_image(scen.workload.image, progress)
+        rep.info(f"image {img.tag} sha256:{img.digest} ({img.size / 2**20:.1f} MiB"
+                 + (f", built in {img.build_seconds:.1f} s)" if img.build_seconds else ")"))
         if resumed and resumed.header["image"]["digest"] != img.digest:
             raise UsageError(f"the image of run {self.run_id} was sha256:"
                              f"{resumed.header['image']['digest']}; this host now builds "
                              f"sha256:{img.digest}, so the run cannot be continued")
+        # The image's defaults (Entrypoint, Cmd, Env, WorkingDir, User) under the scenario's.
+        scen = self.scenario = p.scenario = replace(
+            scen, workload=scen.workload.resolved(img))
         self.lock = RunLock(self.run_id, f"scenario {scen.name}")
         if resumed:
             # What the interrupted run left (the instance in flight at the kill) goes first.
@@ -190,6 +196,24 @@ class Session:
         return Done(run_id=self.run_id, result=path, outcome=outcome, cells=self.cells,
                     backends=list(self.plan.backends),
                     problems=outcome.cleanup_errors + problems)
+
+
+def build_image(source: image_mod.Source,
+                progress: Callable[[str], None] | None = None) -> image_mod.Image:
+    """Build (or take from the cache) the image of `source`; an image in an engine's
+    store is exported through that backend (an EngineStore)."""
+    store = None
+    if isinstance(source, image_mod.EngineRef):
+        registry.check(source.engine)
+        rt = registry.get(source.engine, HOOKS)
+        if not isinstance(rt, image_mod.EngineStore):
+            raise UsageError(f"{source.describe()}: {source.engine!r} keeps no images of "
+                             "its own (docker or podman do)")
+        avail = rt.availability()
+        if not avail.ok:
+            raise BackendUnavailable(source.engine, avail.reason, avail.fix)
+        store = rt
+    return image_mod.build(source, progress=progress, store=store)
 
 
 def exec_once(backend: str, argv: Sequence[str], image: image_mod.Image, *,

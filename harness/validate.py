@@ -15,7 +15,7 @@ from pathlib import Path
 from harness import studies
 from harness.core.errors import ImageError, ScenarioError, UsageError
 from harness.core.hostinfo import meminfo
-from harness.core.image import which
+from harness.core.image import Archive, EngineRef, EngineStore, Recipe, which
 from harness.scenario import Scenario
 from runtimes import registry
 
@@ -81,17 +81,42 @@ def check_mounts(s: Scenario) -> list[ScenarioError]:
 
 
 def check_image(s: Scenario) -> list[ScenarioError]:
+    src = s.workload.image
     out = []
-    for b in s.workload.image.binaries:
-        try:
-            which(b)
-        except ImageError as e:
-            out.append(_err(s, "workload.image.binaries", str(e)))
+    if isinstance(src, Recipe):
+        for b in src.binaries:
+            try:
+                which(b)
+            except ImageError as e:
+                out.append(_err(s, "workload.image.binaries", str(e)))
+    elif isinstance(src, Archive) and not Path(src.path).exists():
+        out.append(_err(s, "workload.image.archive", f"{src.path}: no such file or directory"))
+    elif isinstance(src, EngineRef):
+        problem = registry.unknown(src.engine)
+        if problem is None and not isinstance(registry.get(src.engine), EngineStore):
+            problem = f"{src.engine!r} keeps no images of its own (docker or podman do)"
+        if problem:
+            out.append(_err(s, "workload.image.engine", problem))
+    return out
+
+
+def check_readiness(s: Scenario) -> list[ScenarioError]:
+    """A probe from the host needs an address the host can reach: not network none."""
+    out = []
+    for v in s.variants:
+        cfg = s.config(v)
+        probe = cfg.workload.probe
+        if probe.needs_address and cfg.network == "none":
+            where = "workload.readiness" if v.name == "default" else \
+                f"variants ({v.name}) workload.readiness"
+            out.append(_err(s, where, f"{probe} probes the instance from the host, which "
+                                      "network \"none\" cannot reach; use network "
+                                      "\"bridge\" or \"host\" (or readiness log:REGEX)"))
     return out
 
 
 CHECKS: tuple[Check, ...] = (check_study, check_backends, check_limits, check_mounts,
-                             check_image)
+                             check_image, check_readiness)
 
 
 def problems(s: Scenario) -> list[ScenarioError]:

@@ -8,6 +8,7 @@ a container's shim is found and how its exit is awaited.
 Mapping of the InstanceSpec to the Engine API (POST /containers/create):
   argv, env        -> Entrypoint ["/bench/init"], Cmd argv; Env, plus CVBENCH_NONCE
   workdir/hostname -> WorkingDir, Hostname
+  user             -> User ("uid:gid"; unset: root)
   limits.cpus      -> HostConfig.NanoCpus = cpus * 1e9 (`--cpus`: CFS quota per 100 ms)
   limits.memory    -> HostConfig.Memory and MemorySwap, both the limit (no swap: as `ns`
                       writes memory.limit_in_bytes and memory.memsw.limit_in_bytes)
@@ -23,8 +24,8 @@ Mapping of the InstanceSpec to the Engine API (POST /containers/create):
                       it, so podman:runc is a second service whose default is runc
   every container  -> Name = the instance name (cvbench-<run id>-<n>), label
                       cvbench.run=<run id>
-The image is imported once per digest as `cvbench/<recipe>:<digest[:12]>` with the labels
-cvbench.digest=sha256:<digest> and cvbench.recipe, ENTRYPOINT /bench/init; its only
+The image is imported once per digest as `cvbench/<name>:<digest[:12]>` with the labels
+cvbench.digest=sha256:<digest> and cvbench.name, ENTRYPOINT /bench/init; its only
 layer's diff_id must equal sha256:<digest> (an uncompressed tar is stored as it is), and
 `prepare` refuses an image whose layer does not.
 
@@ -46,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import select
 import shutil
 import socket
@@ -60,7 +62,13 @@ import docker
 import requests
 from docker.types import Mount as DockerMount
 
-from harness.core.errors import BackendUnavailable, ImageError, InstanceError, UsageError
+from harness.core.errors import (
+    BackendUnavailable,
+    BadImage,
+    ImageError,
+    InstanceError,
+    UsageError,
+)
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
 from runtimes import _oci, _proc
@@ -84,7 +92,7 @@ from runtimes.base import (
 )
 
 DIGEST_LABEL = "cvbench.digest"
-RECIPE_LABEL = "cvbench.recipe"
+NAME_LABEL = "cvbench.name"
 _ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
@@ -376,7 +384,7 @@ class Engine:
             imported = info is None
             if info is None:
                 changes = [f"LABEL {DIGEST_LABEL}=sha256:{image.digest}",
-                           f"LABEL {RECIPE_LABEL}={image.recipe.name}",
+                           f"LABEL {NAME_LABEL}={image.name}",
                            'ENTRYPOINT ["/bench/init"]', f"ENV PATH={PATH_ENV}"]
                 t0 = time.monotonic()
                 try:
@@ -429,6 +437,29 @@ class Engine:
             raise ImageError(f"{self.base}: cannot list images: {_short(e)}") from e
         return None
 
+    # --- the engine's own store (an EngineStore for image sources) ---------------------
+
+    def image_id(self, ref: str) -> str:
+        try:
+            info: dict[str, Any] = self.api.inspect_image(ref)  # type: ignore[no-untyped-call]
+        except docker.errors.NotFound:
+            raise BadImage(f"{self.base} image {ref}: not in {self.base}'s store (`{self.base} "
+                           "images` lists what is; no registry is asked)") from None
+        except _ERRORS as e:
+            raise ImageError(f"{self.base}: cannot inspect image {ref}: {_short(e)}") from e
+        return str(info["Id"])
+
+    def save_image(self, ref: str, dest: Path) -> None:
+        """GET /images/{ref}/get: the `docker save` archive (Podman: docker-archive)."""
+        try:
+            with open(dest, "wb") as f:
+                for chunk in self.api.get_image(ref):
+                    f.write(chunk)
+        except docker.errors.NotFound:
+            raise BadImage(f"{self.base} image {ref}: not in {self.base}'s store") from None
+        except _ERRORS as e:
+            raise ImageError(f"{self.base}: cannot export image {ref}: {_short(e)}") from e
+
     # --- lifecycle --------------------------------------------------------------------------
 
     def _volume(self, run_id: str, name: str) -> str:
@@ -475,6 +506,10 @@ class Engine:
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
         return _proc.ready(inst, own(inst, EngineInstance).stream(), timeout)
+
+    def wait_output(self, inst: Instance, pattern: re.Pattern[bytes], timeout: float) -> int:
+        out = own(inst, EngineInstance).stream()
+        return _proc.wait_match([out], pattern, time.monotonic() + timeout, [out, out.err])
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
         inst = own(inst, EngineInstance)
@@ -605,6 +640,7 @@ class Engine:
             ref, list(spec.argv), entrypoint=["/bench/init"],
             environment=[f"{k}={v}" for k, v in environment(spec).items()], name=spec.name,
             hostname=spec.hostname, working_dir=spec.workdir, labels={RUN_LABEL: spec.run_id},
+            user=spec.user or None,
             host_config=api.create_host_config(**host_config(
                 spec, volumes, self.flavour if self.per_container_runtime else None)),
         )["Id"]

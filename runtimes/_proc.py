@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import signal
 import time
@@ -113,6 +114,40 @@ def wait_line(out: Stream, line: bytes, deadline: float) -> int:
         if poller.poll(max(1, int(left * 1000))):
             out.read_some()
             t_read = time.monotonic_ns()
+
+
+def wait_match(readers: list[Stream], pattern: re.Pattern[bytes], deadline: float,
+               searched: list[Stream] | None = None) -> int:
+    """Read `readers` until a line of `searched` (default: the readers) matches `pattern`;
+    return the monotonic ns of the read that brought it (or of now, for output that had
+    already arrived). InstanceError when every reader has ended, ReadyTimeout at the
+    deadline. An incomplete last line counts only once the stream ends."""
+    searched = readers if searched is None else searched
+    t_read = time.monotonic_ns()
+    while True:
+        for s in searched:
+            lines = bytes(s.data).split(b"\n")
+            if not s.eof:
+                lines.pop()
+            if any(pattern.search(line) for line in lines):
+                return t_read
+        live = [s for s in readers if not s.eof and s.fd >= 0]
+        if not live:
+            raise InstanceError(f"the workload's output ended before a line matched "
+                                f"{pattern.pattern!r} (output: "
+                                f"{b''.join(bytes(s.data[-200:]) for s in searched)!r})")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ReadyTimeout(f"no line of the workload's output matched "
+                               f"{pattern.pattern!r} within the timeout")
+        poller = select.poll()
+        for s in live:
+            poller.register(s.fd, select.POLLIN)
+        for fd, _ev in poller.poll(max(1, int(left * 1000))):
+            for s in live:
+                if s.fd == fd:
+                    s.read_some()
+        t_read = time.monotonic_ns()
 
 
 def wait_pid(pid: int, pidfd: int, streams: list[Stream], timeout: float) -> tuple[int, int]:
@@ -237,6 +272,11 @@ def ready(inst: Instance, out: Stream, timeout: float) -> int:
     time (monotonic ns), also kept in inst.ready_ns."""
     inst.ready_ns = wait_line(out, inst.spec.ready_line, time.monotonic() + timeout)
     return inst.ready_ns
+
+
+def output(inst: PipedInstance, pattern: re.Pattern[bytes], timeout: float) -> int:
+    """wait_output for a backend whose workload's stdout and stderr come on pipes."""
+    return wait_match(list(inst.streams()), pattern, time.monotonic() + timeout)
 
 
 def exited(inst: PipedInstance, timeout: float,

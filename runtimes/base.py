@@ -33,8 +33,6 @@ NetworkMode = Literal["none", "bridge", "host"]
 NETWORK_MODES: tuple[str, ...] = ("none", "bridge", "host")
 MountType = Literal["bind", "volume", "tmpfs"]
 MOUNT_TYPES: tuple[str, ...] = ("bind", "volume", "tmpfs")
-Readiness = Literal["marker", "exit"]
-READINESS: tuple[str, ...] = ("marker", "exit")
 
 READY_PREFIX = b"CVBENCH-READY "
 PREFIX = "cvbench-"
@@ -140,7 +138,15 @@ class Mount:
 
 @dataclass(frozen=True)
 class InstanceSpec:
-    """What to run: backend-neutral. Each backend documents how it maps these fields."""
+    """What to run: backend-neutral. Each backend documents how it maps these fields.
+
+    argv is the whole command (the image's Entrypoint + Cmd, or the scenario's), run by
+    cvbench's init (/bench/init argv...). env, workdir and user come resolved (the
+    image's defaults with the scenario's overrides); `user` is numeric "uid:gid" ("" =
+    root). `readiness` is the scenario's kind (harness.core.probes.serving): a backend
+    only ever waits for the ready line or the exit; the orchestration probes services.
+    New fields get defaults, so a backend that does not know one keeps working.
+    """
 
     run_id: str
     name: str  # cvbench-<run id>-<n>; unique per instance
@@ -149,15 +155,22 @@ class InstanceSpec:
     limits: Limits = Limits()
     network: NetworkMode = "none"
     mounts: tuple[Mount, ...] = ()
-    readiness: Readiness = "marker"
+    readiness: str = "marker"
     nonce: str = field(default_factory=lambda: secrets.token_hex(8))
     workdir: str = "/"
     hostname: str = "cvbench"
     capture: bool = False  # keep the workload's stdout/stderr (bench exec), else discard it
+    user: str = ""
 
     @property
     def ready_line(self) -> bytes:
         return READY_PREFIX + self.nonce.encode()
+
+
+def uid_gid(user: str) -> tuple[int, int]:
+    """InstanceSpec.user ("uid:gid", "" = root) as numbers."""
+    uid, _, gid = user.partition(":")
+    return (int(uid or 0), int(gid or 0))
 
 
 @dataclass(eq=False)
@@ -276,6 +289,13 @@ class Runtime(Protocol):
         ...
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit: ...
+
+    def wait_output(self, inst: Instance, pattern: re.Pattern[bytes], timeout: float) -> int:
+        """Block until a line of the workload's output (stdout or stderr; a VM's console)
+        matches `pattern`; return when the read that brought it returned (monotonic ns).
+        Output that arrived earlier counts. Raises InstanceError if the output ends first,
+        ReadyTimeout at the timeout."""
+        ...
 
     def stats(self, inst: Instance) -> Stats: ...
 

@@ -48,7 +48,9 @@ class DockerRuntime(Engine):
 
 
 if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor
+    from harness.core.image import EngineStore
     from runtimes.base import Runtime, RuntimeClass
 
     _instance: Runtime = DockerRuntime()
     _class: RuntimeClass = DockerRuntime
+    _store: EngineStore = DockerRuntime()  # it lends its store to EngineRef image sources

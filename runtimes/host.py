@@ -1,10 +1,17 @@
 """`host`: the workload as a plain child process, no isolation. The floor.
 
-Mapping of the InstanceSpec: argv and env as given; the image's own shell and tools run
-from the unpacked rootfs (its /bin first on PATH), so the same binaries run as in every
-other backend. Limits, network and mounts are NOT applied (there is nothing to apply
-them with); the result metadata says so. The process is started with posix_spawn, which
-glibc implements with clone(CLONE_VM|CLONE_VFORK): no copy of the interpreter is made.
+Mapping of the InstanceSpec: argv and env as given. With a recipe image (busybox and host
+binaries), the image's own shell and tools run from the unpacked rootfs (its /bin first
+on PATH), so the same binaries run as in every other backend. A real image (Debian,
+archive, engine) brings its own libraries, which only resolve from its own root: the
+workload runs chrooted (coreutils' chroot; `user` as --userspec) into a per-instance
+overlay of the image, whose writable layer is <state>/host/<name>/upper, with /proc,
+/sys and the host's /dev mounted in; no namespaces and no limits: the floor for the
+same binaries. Those mounts are made in create (root only) and removed in remove;
+`prepared.details.mode` says which way a run went.
+Limits, network and mounts are NOT applied (there is nothing to apply them with); the
+result metadata says so. The process is started with posix_spawn, which glibc
+implements with clone(CLONE_VM|CLONE_VFORK): no copy of the interpreter is made.
 """
 
 from __future__ import annotations
@@ -12,17 +19,23 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
+import shutil
 import signal
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from harness.core.image import Image
+from harness.core.errors import BackendUnavailable, InstanceError
+from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
 from harness.core.probes.disk import du_bytes
 from runtimes import _proc
 from runtimes._proc import PipedInstance
 from runtimes.base import (
     NO_HOOKS,
+    PREFIX,
     Availability,
     Exit,
     Hooks,
@@ -33,7 +46,54 @@ from runtimes.base import (
     Stats,
     Traits,
     own,
+    run_of,
+    state_dir,
 )
+from runtimes.ns import namespaces as ns
+
+CHROOT_MODE = ("chroot into a per-instance overlay of the image, with /proc, /sys and the "
+               "host's /dev mounted in (no namespaces, no limits)")
+
+
+@dataclass(eq=False)
+class HostInstance(PipedInstance):
+    """A host process; with a real image, `dir` holds its overlay (root, upper, work)."""
+
+    dir: Path | None = None
+
+
+def _root() -> Path:
+    return state_dir() / "host"
+
+
+def _mount_root(image_rootfs: Path, d: Path) -> None:
+    """The instance's root: an overlay of the image (writes land in d/upper), /proc, /sys
+    and the host's /dev (a recursive bind, made a slave first so that unmounting it
+    later cannot propagate back to the host's /dev)."""
+    for sub in ("upper", "work", "root"):
+        (d / sub).mkdir(parents=True)
+    root = str(d / "root")
+    ns.mount("overlay", root, "overlay", 0,
+             f"lowerdir={image_rootfs},upperdir={d}/upper,workdir={d}/work")
+    ns.mount("proc", f"{root}/proc", "proc", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)
+    ns.mount("sysfs", f"{root}/sys", "sysfs", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)
+    ns.mount("/dev", f"{root}/dev", None, ns.MS_BIND | ns.MS_REC)
+    ns.mount(None, f"{root}/dev", None, ns.MS_SLAVE | ns.MS_REC)
+
+
+def _unmount_all(d: Path) -> None:
+    """Detach every mount at or below d/root (deepest first), then remove d."""
+    prefix = str(d / "root")
+    targets = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            target = line.split()[4].encode().decode("unicode_escape")
+            if target == prefix or target.startswith(prefix + "/"):
+                targets.append(target)
+    for target in sorted(targets, key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            ns.umount2(target, ns.MNT_DETACH)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 class HostRuntime:
@@ -55,21 +115,47 @@ class HostRuntime:
 
     def prepare(self, image: Image) -> Prepared:
         # The workload runs from the unpacked rootfs: that is the image as stored here.
+        chroot = image.recipe is None
+        if chroot and (os.geteuid() != 0 or not shutil.which("chroot")):
+            raise BackendUnavailable(self.name, f"{image.source.describe()} runs chrooted "
+                                     "into its own root, which needs root and coreutils' "
+                                     "chroot", "run as root")
         return Prepared(image=image, backend=self.name, ref=str(image.rootfs),
-                        footprint={"image": du_bytes(image.rootfs)})
+                        footprint={"image": du_bytes(image.rootfs)},
+                        details={"mode": CHROOT_MODE if chroot else
+                                 "the image's own shell and tools from its unpacked rootfs "
+                                 "(the host's root, working directory and /etc)"})
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
-        # Nothing exists before start for a plain process; keep create honest and empty.
-        return PipedInstance(spec=spec, prepared=prepared)
+        # A plain process: nothing exists before start. A chroot: its root's mounts.
+        inst = HostInstance(spec=spec, prepared=prepared)
+        if prepared.image.recipe is None:
+            inst.dir = _root() / spec.name
+            try:
+                _mount_root(prepared.image.rootfs, inst.dir)
+            except OSError as e:
+                _unmount_all(inst.dir)
+                raise InstanceError(f"host: cannot mount the root of {spec.name}: {e}") from e
+        elif spec.user:
+            raise InstanceError("host: a recipe image runs as the invoking user; "
+                                f"user {spec.user} needs a real image (it is chrooted)")
+        return inst
 
     def start(self, inst: Instance) -> None:
-        inst = own(inst, PipedInstance)
+        inst = own(inst, HostInstance)
         spec, root = inst.spec, inst.prepared.image.rootfs
-        env = {"PATH": f"{root}/bin:{root}/usr/bin:{root}/sbin:{root}/usr/sbin",
-               "HOME": "/root", "CVBENCH_NONCE": spec.nonce,
-               # The instance name (cvbench-<run id>-<n>) lets gc find orphans of a killed run.
-               "CVBENCH_INSTANCE": spec.name, **spec.env}
-        _proc.spawn(inst, [f"{root}/bin/sh", f"{root}/bench/init", *spec.argv], env,
+        # The instance name (cvbench-<run id>-<n>) lets gc find orphans of a killed run.
+        env = {"CVBENCH_NONCE": spec.nonce, "CVBENCH_INSTANCE": spec.name}
+        if inst.dir is not None:
+            user = [f"--userspec={spec.user}"] if spec.user else []
+            argv = [str(shutil.which("chroot")), *user, str(inst.dir / "root"), "/bench/init",
+                    *spec.argv]
+            env.update(PATH=PATH_ENV, HOME="/root", CVBENCH_WORKDIR=spec.workdir)
+        else:
+            argv = [f"{root}/bin/sh", f"{root}/bench/init", *spec.argv]
+            env.update(PATH=f"{root}/bin:{root}/usr/bin:{root}/sbin:{root}/usr/sbin",
+                       HOME="/root")
+        _proc.spawn(inst, argv, {**env, **spec.env},
                     # Python ignores SIGPIPE/SIGXFSZ; the workload must get the defaults.
                     setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
                     # Its own process group: stop() signals the group, so children the
@@ -77,18 +163,21 @@ class HostRuntime:
                     setpgroup=0)
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
-        return _proc.ready(inst, own(inst, PipedInstance).streams()[0], timeout)
+        return _proc.ready(inst, own(inst, HostInstance).streams()[0], timeout)
+
+    def wait_output(self, inst: Instance, pattern: re.Pattern[bytes], timeout: float) -> int:
+        return _proc.output(own(inst, HostInstance), pattern, timeout)
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
-        return _proc.exited(own(inst, PipedInstance), timeout)
+        return _proc.exited(own(inst, HostInstance), timeout)
 
     def stats(self, inst: Instance) -> Stats:
-        pids = memory.descendants(own(inst, PipedInstance).pid)
+        pids = memory.descendants(own(inst, HostInstance).pid)
         m = memory.processes_memory(pids)
         return Stats(pids=tuple(pids), pss=m.pss, uss=m.uss, rss=m.rss)
 
     def stop(self, inst: Instance, grace: float = 2.0) -> None:
-        inst = own(inst, PipedInstance)
+        inst = own(inst, HostInstance)
         if not inst.pid:
             return
         if not inst.exited:
@@ -102,25 +191,40 @@ class HostRuntime:
         return {}
 
     def disk_usage(self, inst: Instance) -> int | None:
-        return None  # writes land wherever the workload puts them on the host
+        # A plain process writes wherever it likes on the host; a chroot, in its upper dir.
+        d = own(inst, HostInstance).dir
+        return None if d is None else du_bytes(d / "upper")
 
     def address(self, inst: Instance) -> str | None:
         return "127.0.0.1"  # a host process listens on the host's own loopback
 
     def remove(self, inst: Instance) -> None:
         self.stop(inst, grace=0)
-        own(inst, PipedInstance).release()
+        inst = own(inst, HostInstance)
+        inst.release()
+        if inst.dir is not None:
+            _unmount_all(inst.dir)
+            inst.dir = None
 
     def leftovers(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
-        """Workload processes of dead runs (a SIGKILLed runner orphans its children)."""
-        return [Leftover(self.name, "process", f"{pid} ({name})", run_id)
-                for pid, name, run_id in _proc.tagged_processes()
-                if run_id not in live_runs]
+        """Workload processes of dead runs (a SIGKILLed runner orphans its children),
+        and the chroot roots they ran in."""
+        found = [Leftover(self.name, "process", f"{pid} ({name})", run_id)
+                 for pid, name, run_id in _proc.tagged_processes()
+                 if run_id not in live_runs]
+        if _root().is_dir():
+            found += [Leftover(self.name, "dir", str(d), run_of(d.name))
+                      for d in sorted(_root().iterdir())
+                      if d.name.startswith(PREFIX) and run_of(d.name) not in live_runs]
+        return found
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
         found = self.leftovers(live_runs)
-        for item in found:
-            _proc.kill(int(item.name.split()[0]), None)
+        for item in found:  # processes first: they may still run inside a root
+            if item.kind == "process":
+                _proc.kill(int(item.name.split()[0]), None)
+            else:
+                _unmount_all(Path(item.name))
         return found
 
 

@@ -2,12 +2,13 @@
 
 One transient libvirt domain per instance (createXML, so nothing outlives it in
 libvirt's configuration), booted directly into the guest kernel: Debian's kernel (its
-uncompressed vmlinux entered through PVH where it can be extracted), an initramfs made of
-the image's rootfs tar plus the kernel modules the guest needs, and a command line that
-makes the image's own /bench/init the guest's PID 1 (see the VM branch of INIT_SCRIPT in
-harness/image.py). The host reads the serial console from a unix socket and timestamps
-the ready line as it arrives; the guest powers off when the workload exits, after writing
-`CVBENCH-EXIT <code> <oom kills>` on the console.
+uncompressed vmlinux entered through PVH where it can be extracted), an initramfs holding
+cvbench's VM init (the guest's PID 1: drivers, mounts, network, power-off; see
+runtimes/vm/initramfs.py), the kernel modules the guest needs and, unless the root is a
+disk, the image's rootfs tar; the workload runs chrooted into the image through the
+image's /bench/init, as in every backend. The host reads the serial console from a unix
+socket and timestamps the ready line as it arrives; the guest powers off when the
+workload exits, after writing `CVBENCH-EXIT <code> <oom kills>` on the console.
 
 Mapping of the InstanceSpec:
   argv, env, workdir, hostname  -> kernel command-line variables (base64-wrapped), which
@@ -29,12 +30,18 @@ Mapping of the InstanceSpec:
                      volume; raw, or qcow2 if the name ends in .qcow2), attached as
                      virtio-blk with cache=none where the host allows O_DIRECT
   mounts bind     -> refused: no host directory is shared into the guest
+  user            -> refused unless root (the VM init's busybox chroot cannot switch user)
   readiness       -> the ready line on the serial console
+
+Root filesystem size: the initramfs root (`libvirt`, `libvirt:microvm`) is unpacked into
+guest RAM at every boot and costs twice its size in guest memory; an image tar above
+MAX_INITRAMFS_IMAGE (128 MiB) is refused there, with a pointer to `libvirt:disk`, whose
+ext4 disk is DISK_SIZE or twice the rootfs, whichever is larger.
 
 Root filesystem: the initramfs, in the guest's RAM (`libvirt`, `libvirt:microvm`), or with
 `libvirt:disk` a qcow2 overlay per instance whose backing file is the image's qcow2 disk
 (shared by every instance, as an engine shares image layers), attached as virtio-blk vda:
-the initramfs stage mounts it and switches root to it, and what the instance writes lands
+the VM init mounts it as the image's root, and what the instance writes lands
 in its overlay, whose allocated size (`qemu-img info`) is the instance's disk footprint.
 
 Phases: create = createXML of a paused domain (QEMU runs, the vCPUs do not) + connecting
@@ -86,6 +93,7 @@ from runtimes.base import (
     own,
     run_of,
     state_dir,
+    uid_gid,
 )
 from runtimes.vm import disk, domain, initramfs, kernel
 
@@ -95,6 +103,7 @@ DEFAULT_MEMORY = 256 * MIB
 GUEST_BASE_MIB = 64
 PROBE_TIMEOUT = 20.0
 EXIT_LINE = re.compile(rb"CVBENCH-EXIT (\d+) ?(\d*)\r?\n")
+MAX_INITRAMFS_IMAGE = 128 * MIB
 MAX_CMDLINE = 2047  # COMMAND_LINE_SIZE on x86 is 2048 with the NUL
 # Every module the initramfs carries (with their dependencies); an instance loads the
 # ones its devices need (see _modules).
@@ -108,7 +117,7 @@ EXT4_MODULES = frozenset({"virtio_blk", "crc32c_generic", "ext4"})
 # (on_reboot=destroy). The rest skips work that only costs boot time in a VM: the
 # crypto self-tests (~0.3 s under TCG), the timer and TSC checks, and probing three
 # more UARTs and the PS/2 controller, which this domain does not have.
-BOOT_ARGS = ("console=ttyS0 loglevel=1 panic=-1 rdinit=/bench/init cryptomgr.notests "
+BOOT_ARGS = ("console=ttyS0 loglevel=1 panic=-1 rdinit=/init cryptomgr.notests "
              "no_timer_check tsc=reliable 8250.nr_uarts=1 i8042.noaux i8042.nokbd i8042.nopnp")
 
 
@@ -413,17 +422,24 @@ class LibvirtRuntime:
     def prepare(self, image: Image) -> Prepared:
         """Kernel, initramfs and the rootfs as raw and qcow2 disks, cached by (image
         digest, guest kernel version)."""
+        if not self.root_disk and image.size > MAX_INITRAMFS_IMAGE:
+            raise UsageError(
+                f"{self.name}: the image ({image.size / MIB:.0f} MiB) is above the "
+                f"{MAX_INITRAMFS_IMAGE // MIB} MiB this backend unpacks into guest RAM at "
+                "every boot; use libvirt:disk (the image as a qcow2 root disk)")
         k = kernel.find()
         cache = _vm_cache()
         vmlinux, boot = kernel.boot_image(k, cache)
         d = cache / image.digest / k.version
         with _flock(d.parent / f".{k.version}.lock"):
-            ird, raw, qcow = d / "initramfs.cpio", d / "rootfs.raw", d / "rootfs.qcow2"
+            # The disk flavour's initramfs holds no image (its root is the disk).
+            ird = d / f"initramfs{'-disk' if self.root_disk else ''}-{initramfs.VERSION}.cpio"
+            raw, qcow = d / "rootfs.raw", d / "rootfs.qcow2"
             if not ird.exists():
-                initramfs.build(image.tar, kernel.module_files(k, list(INITRAMFS_MODULES)),
-                                ird)
+                initramfs.build(None if self.root_disk else image.tar,
+                                kernel.module_files(k, list(INITRAMFS_MODULES)), ird)
             if not raw.exists():
-                disk.mkfs(raw, disk.DISK_SIZE, source=image.rootfs)
+                disk.mkfs(raw, max(disk.DISK_SIZE, 2 * image.size), source=image.rootfs)
             if not qcow.exists():
                 disk.to_qcow2(raw, qcow)
         disks = {"raw": disk.info(raw), "qcow2": disk.info(qcow)}
@@ -524,6 +540,9 @@ class LibvirtRuntime:
         if spec.network == "host":
             raise UsageError("libvirt: network 'host' is impossible for a VM (it has its own "
                              "kernel and network stack); use none or bridge")
+        if uid_gid(spec.user) != (0, 0):
+            raise UsageError(f"libvirt: user {spec.user} is not supported (the guest's init "
+                             "runs the workload as root)")
         idir = self._dir(spec.name)
         idir.mkdir(parents=True)
         root: Path | None = None
@@ -599,6 +618,10 @@ class LibvirtRuntime:
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
         return _proc.ready(inst, own(inst, VmInstance).stream(), timeout)
+
+    def wait_output(self, inst: Instance, pattern: re.Pattern[bytes], timeout: float) -> int:
+        out = own(inst, VmInstance).stream()
+        return _proc.wait_match([out], pattern, time.monotonic() + timeout)
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
         """Read the console to its end (QEMU closes it when it exits), then wait until

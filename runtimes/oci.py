@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -56,6 +57,7 @@ from runtimes.base import (
     own,
     run_of,
     state_dir,
+    uid_gid,
 )
 from runtimes.ns import cgroups, namespaces
 from runtimes.ns.config import DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS
@@ -177,7 +179,8 @@ class OciRuntime:
         return {
             "ociVersion": "1.0.2",
             "process": {
-                "terminal": False, "user": {"uid": 0, "gid": 0},
+                "terminal": False,
+                "user": dict(zip(("uid", "gid"), uid_gid(spec.user), strict=True)),
                 "args": ["/bench/init", *spec.argv],
                 "env": [f"{k}={v}" for k, v in env.items()], "cwd": spec.workdir,
                 "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
@@ -242,6 +245,9 @@ class OciRuntime:
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
         return _proc.ready(inst, own(inst, OciInstance).streams()[0], timeout)
+
+    def wait_output(self, inst: Instance, pattern: re.Pattern[bytes], timeout: float) -> int:
+        return _proc.output(own(inst, OciInstance), pattern, timeout)
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
         return _proc.exited(own(inst, OciInstance), timeout,

@@ -69,3 +69,9 @@ class ReadyTimeout(InstanceError):
 
 class ImageError(BenchError):
     """The workload image could not be built (missing binary, unreadable file)."""
+
+
+class BadImage(UsageError):
+    """An image source is unusable as given: a missing, truncated, corrupt or hostile
+    archive, an unknown package or engine ref. The message names the source and the
+    offending entry or name; nothing was written outside the image cache's temp dir."""

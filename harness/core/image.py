@@ -1,33 +1,57 @@
-"""The workload image: recipe -> deterministic rootfs tar -> sha256 digest.
+"""The workload image: a source -> one deterministic rootfs tar -> its sha256 digest.
 
-One recipe builds one rootfs: busybox-static (or, where it is not installed, the host's
-own shell and tools) + the recipe's extra host binaries with the shared libraries the
-dynamic loader resolves for them + /bench/init. The tar is deterministic (sorted names,
-mtime 0, uid/gid 0, fixed modes), so its sha256 is the image's identity: every backend
-runs that digest, and every result records it.
+Sources (the scenario's `[workload] image`):
+  Recipe    busybox-static (or, where it is not installed, the host's own shell and
+            tools) + the recipe's extra host binaries with the shared libraries the
+            dynamic loader resolves for them; owners root, mtimes 0
+  Debian    debootstrap --variant=minbase of a suite + packages (harness.core.debian)
+  Archive   a `docker save` / `podman save` tarball or an OCI image layout, flattened
+            (harness.core.archive)
+  EngineRef an image in a local engine's store, exported through the engine's API (an
+            EngineStore the orchestration passes in), then handled as an archive
+Whatever the source, the result is one tree written as a deterministic tar
+(harness.core.tree: sorted entries, numeric owners; a real image keeps each file's own
+owner, mode and mtime, since its services run as their own users).
 
-Built images are cached by digest under ~/.cache/cvbench/images/<digest>/ as
-`image.tar` and an unpacked `rootfs/` (the read-only lower layer `ns` shares between
-instances, and what `mkfs.ext4 -d` turns into a VM disk).
+cvbench's own init is a separate layer, the same on every backend: /bench/init, a shell
+script that prints `CVBENCH-READY <nonce>` and execs the workload (it runs on the image's
+own /bin/sh, so the image must have one). What runs is the image + that layer: `digest`,
+the sha256 of that tar, is what every backend runs and every result records; next to
+it, `rootfs_digest` (the image as given), `init_digest` (the init layer's own tar) and
+the source's identity (archive and config digests, package versions...). A VM's PID 1
+duties (drivers, mounts, network, power-off) live in the VM's initramfs
+(runtimes/vm/initramfs.py), not in the image.
+
+Images are cached by digest under ~/.cache/cvbench/images/<digest>/ as `image.tar`, an
+unpacked `rootfs/` (the read-only lower layer `ns` shares between instances, what `mkfs.ext4
+-d` turns into a VM disk) and `image.json` (this module's record of it). A non-recipe
+source is also indexed by its own key (sources/<key>), so asking for it again builds
+nothing. Builds happen in a temp dir under the cache (.tmp/), moved into place when
+complete and removed otherwise: a bad source leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import struct
 import subprocess
-import tarfile
 import tempfile
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from harness.core.errors import ImageError
+from harness.core import archive, debian
+from harness.core.archive import ImageConfig
+from harness.core.errors import BadImage, ImageError, UsageError
+from harness.core.tree import Node, Tree, extract, from_directory, write_tar
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 # Tools the image needs when busybox-static is not installed (copied from the host).
@@ -35,64 +59,26 @@ FALLBACK_TOOLS = ("sh", "true", "false", "sleep", "cat", "echo", "ls", "id", "ho
                   "head", "dd", "sync", "mkdir", "rm", "env", "uname", "mount", "umount")
 LOADERS = ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1", "/lib/ld-linux.so.2")
 PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+Progress = Callable[[str], None]
 
-# /bench/init: announce readiness first thing, then become the workload (exec keeps the
-# process tree identical across backends: the workload is the instance's main process).
-# In a VM guest (CVBENCH_VM set on the kernel command line, see runtimes/libvirt.py) the
-# script is the guest's PID 1 and cannot exec away: it sets up what a container engine
-# would (mounts, drivers, argv and env, which arrive base64-wrapped on the command line),
-# runs the workload as a child, reports its exit status and the guest's OOM kills on the
-# console as `CVBENCH-EXIT <code> <oom kills>`, and powers the guest off. With CVBENCH_ROOT
-# (a disk device, libvirt:disk) the initramfs copy only loads the drivers, mounts that
-# disk (the same image as an ext4 filesystem) and switches root to it; the disk's own
-# /bench/init then runs as PID 1 and announces readiness, so the ready line still marks
-# the workload's init starting from the root it runs on.
+# cvbench's init layer. The ready line comes first; the host timestamps its arrival. Then
+# exec: the workload becomes the instance's main process on every backend. Where the
+# backend cannot set the working directory itself (a chroot: `host` with a real image, a
+# VM's init), it passes CVBENCH_WORKDIR.
 INIT_SCRIPT = """\
 #!/bin/sh
-# cvbench workload init. The ready line comes first; the host timestamps its arrival.
-case "$CVBENCH_ROOT" in /dev/*) ;; *) echo "CVBENCH-READY ${CVBENCH_NONCE:-none}" ;; esac
-[ -n "$CVBENCH_VM" ] || exec "$@"
-vm_decode() { v=$(echo "$1" | base64 -d); v=${v#x}; v=${v%x}; }
-mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
-[ "$CVBENCH_ROOT" = switched ] || for m in $(echo "$CVBENCH_MODULES" | tr , ' '); do
-  insmod "/lib/modules/cvbench/$m.ko" 2>/dev/null
-done
-case "$CVBENCH_ROOT" in /dev/*)
-  mkdir -p /.root && mount -t ext4 "$CVBENCH_ROOT" /.root || {
-    echo "cvbench: cannot mount the root disk $CVBENCH_ROOT" >&2; poweroff -f; }
-  umount /proc /sys /dev
-  : > /init  # busybox's switch_root checks that it leaves an initramfs by this file
-  CVBENCH_ROOT=switched exec switch_root /.root /bench/init ;;
-esac
-ip link set lo up 2>/dev/null
-for w in $(echo "$CVBENCH_MOUNTS" | tr , ' '); do
-  vm_decode "$w"; echo "$v" | { read -r fs src opts dst; mkdir -p "$dst"
-    mount -t "$fs" -o "$opts" "$src" "$dst" || echo "cvbench: cannot mount $dst" >&2; }
-done
-for w in $(echo "$CVBENCH_ENV" | tr , ' '); do vm_decode "$w"; export "$v"; done
-if [ -n "$CVBENCH_NET" ]; then
-  cat >/tmp/.cvbench-dhcp <<'EOF'
-#!/bin/sh
-[ "$1" = bound ] || exit 0
-ip addr add "$ip/$mask" dev "$interface"
-[ -z "$router" ] || ip route add default via "${router%% *}"
-EOF
-  chmod 755 /tmp/.cvbench-dhcp; ip link set "$CVBENCH_NET" up
-  udhcpc -q -n -t 5 -i "$CVBENCH_NET" -s /tmp/.cvbench-dhcp >/dev/null 2>&1 ||
-    echo "cvbench: no DHCP lease on $CVBENCH_NET" >&2
+# cvbench's init layer: announce readiness, then become the workload.
+echo "CVBENCH-READY ${CVBENCH_NONCE:-none}"
+if [ -n "$CVBENCH_WORKDIR" ]; then
+  mkdir -p "$CVBENCH_WORKDIR" && cd "$CVBENCH_WORKDIR" || exit 125
+  unset CVBENCH_WORKDIR
 fi
-set --
-for w in $(echo "$CVBENCH_ARGV" | tr , ' '); do vm_decode "$w"; set -- "$@" "$v"; done
-unset v w m CVBENCH_VM CVBENCH_MODULES CVBENCH_MOUNTS CVBENCH_ENV CVBENCH_ARGV CVBENCH_NET \\
-  CVBENCH_ROOT
-hostname "${CVBENCH_HOSTNAME:-cvbench}"
-cd "${CVBENCH_WORKDIR:-/}" && "$@"
-code=$?
-sync
-echo "CVBENCH-EXIT $code $(sed -n 's/^oom_kill //p' /proc/vmstat)"
-poweroff -f
+exec "$@"
 """
+INIT_PATH = "bench/init"
 
+# The recipe image's files besides its binaries (Docker's set of engine-provided files
+# is written into every image, so no backend has to mount them).
 ETC_FILES = {
     "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
     "etc/group": "root:x:0:\nnogroup:x:65534:\n",
@@ -100,51 +86,147 @@ ETC_FILES = {
     "etc/hostname": "cvbench\n",
     "etc/resolv.conf": "",
 }
-DIRS = {"bench": 0o755, "bin": 0o755, "dev": 0o755, "etc": 0o755, "proc": 0o555,
+DIRS = {"bin": 0o755, "dev": 0o755, "etc": 0o755, "proc": 0o555,
         "root": 0o700, "run": 0o755, "sys": 0o555, "tmp": 0o1777, "usr": 0o755,
         "usr/bin": 0o755, "sbin": 0o755, "mnt": 0o755, "data": 0o755, "var": 0o755,
         "var/tmp": 0o1777}
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
+
+# --- sources ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Recipe:
-    """What goes into an image: a name (for tags) and extra host binaries."""
+    """What goes into a recipe image: a name (for tags) and extra host binaries."""
 
+    kind: ClassVar[str] = "recipe"
     name: str = "base"
     binaries: tuple[str, ...] = ()
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "binaries": list(self.binaries)}
+
+    def describe(self) -> str:
+        return f"recipe {self.name}"
 
 
 @dataclass(frozen=True)
-class Entry:
-    path: str  # relative, no leading slash
-    kind: str  # "dir" | "file" | "symlink"
-    mode: int = 0o755
-    data: bytes = b""
-    target: str = ""
+class Debian:
+    """A Debian root filesystem: debootstrap minbase of `suite` + `packages`."""
 
+    kind: ClassVar[str] = "debian"
+    suite: str = "bookworm"
+    packages: tuple[str, ...] = ()
+    mirror: str = debian.DEFAULT_MIRROR
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"debian": self.suite, "packages": list(self.packages), "mirror": self.mirror}
+
+    def describe(self) -> str:
+        return f"debian {self.suite}" + (f" [{', '.join(self.packages)}]" if self.packages
+                                         else "")
+
+
+@dataclass(frozen=True)
+class Archive:
+    """An image archive: `docker save` / `podman save` tar or OCI layout (dir or tar)."""
+
+    kind: ClassVar[str] = "archive"
+    path: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"archive": self.path}
+
+    def describe(self) -> str:
+        return f"archive {self.path}"
+
+
+@dataclass(frozen=True)
+class EngineRef:
+    """An image in a local engine's store (`engine`: a backend that is an EngineStore)."""
+
+    kind: ClassVar[str] = "engine"
+    engine: str = "docker"
+    ref: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"engine": self.engine, "ref": self.ref}
+
+    def describe(self) -> str:
+        return f"{self.engine} image {self.ref}"
+
+
+Source = Recipe | Debian | Archive | EngineRef
+
+
+def source_from_dict(d: Mapping[str, Any]) -> Source:
+    """The source of a stored image record (image.json, a result's `image.source`)."""
+    kind = d.get("kind")
+    if kind == "debian":
+        return Debian(d["debian"], tuple(d.get("packages", ())),
+                      d.get("mirror", debian.DEFAULT_MIRROR))
+    if kind == "archive":
+        return Archive(d["archive"])
+    if kind == "engine":
+        return EngineRef(d["engine"], d["ref"])
+    return Recipe(d.get("name", "base"), tuple(d.get("binaries", ())))
+
+
+@runtime_checkable
+class EngineStore(Protocol):
+    """What a backend that keeps images (Docker, Podman) lends an EngineRef build."""
+
+    def image_id(self, ref: str) -> str:
+        """The id (config digest) of `ref` in the store; BadImage if it is not there."""
+        ...
+
+    def save_image(self, ref: str, dest: Path) -> None:
+        """Write `ref` as a `docker save` archive to `dest`."""
+        ...
+
+
+# --- the built image ------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Image:
-    """A built image. `digest` is the hex sha256 of `tar`."""
+    """A built image. `digest` is the hex sha256 of `tar`: the image + cvbench's init
+    layer, what every backend runs."""
 
-    recipe: Recipe
+    name: str
     digest: str
     tar: Path
     rootfs: Path
     size: int
+    source: Source = Recipe()
+    rootfs_digest: str = ""  # the image as given, without the init layer
+    init_digest: str = ""
+    init_paths: tuple[str, ...] = ()  # what the init layer added
+    config: ImageConfig = ImageConfig()
+    identity: Mapping[str, Any] = field(default_factory=dict, compare=False)
     contents: dict[str, str] = field(default_factory=dict, compare=False)
+    build_seconds: float | None = field(default=None, compare=False)  # None: cached
 
     @property
     def tag(self) -> str:
-        """The name engines store it under: cvbench/<recipe>:<digest[:12]>."""
-        return f"cvbench/{self.recipe.name}:{self.digest[:12]}"
+        """The name engines store it under: cvbench/<name>:<digest[:12]>."""
+        return f"cvbench/{self.name}:{self.digest[:12]}"
 
-    def as_dict(self) -> dict[str, object]:
-        return {"digest": self.digest, "recipe": self.recipe.as_dict(), "size": self.size,
-                "tag": self.tag, "contents": self.contents}
+    @property
+    def recipe(self) -> Recipe | None:
+        return self.source if isinstance(self.source, Recipe) else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """What a result records (the keys of older results kept: digest, recipe for a
+        recipe image, size, tag, contents)."""
+        out: dict[str, Any] = {
+            "digest": self.digest, "name": self.name, "size": self.size, "tag": self.tag,
+            "source": {"kind": self.source.kind, **self.source.as_dict()},
+            "rootfs_digest": self.rootfs_digest,
+            "init": {"digest": self.init_digest, "paths": list(self.init_paths)},
+            "config": self.config.as_dict(), "identity": dict(self.identity)}
+        if isinstance(self.source, Recipe):
+            out.update(recipe=self.source.as_dict(), contents=self.contents)
+        return out
 
 
 def cache_dir() -> Path:
@@ -220,17 +302,6 @@ def _read(path: str) -> bytes:
         raise ImageError(f"cannot read {path}: {e.strerror}") from e
 
 
-def _add_tree(entries: dict[str, Entry], path: str, kind: str, mode: int, data: bytes = b"",
-              target: str = "") -> None:
-    rel = str(PurePosixPath(path.lstrip("/")))
-    parts = PurePosixPath(rel).parts
-    for i in range(1, len(parts)):
-        parent = "/".join(parts[:i])
-        if parent not in entries:
-            entries[parent] = Entry(parent, "dir", DIRS.get(parent, 0o755))
-    entries[rel] = Entry(rel, kind, mode, data, target)
-
-
 def _busybox() -> str | None:
     for cand in BUSYBOX_CANDIDATES:
         if os.path.exists(cand) and not shared_libraries(os.path.realpath(cand)):
@@ -238,27 +309,35 @@ def _busybox() -> str | None:
     return None
 
 
-def collect(recipe: Recipe) -> tuple[list[Entry], dict[str, str]]:
-    """The image's entries (sorted) and a summary of where its binaries came from."""
-    entries: dict[str, Entry] = {}
+def collect(recipe: Recipe) -> tuple[Tree, dict[str, str]]:
+    """The recipe's tree and a summary of where its binaries came from."""
+    tree = Tree(recipe.describe())
     contents: dict[str, str] = {}
-    for d, mode in DIRS.items():
-        _add_tree(entries, d, "dir", mode)
-    for name, text in ETC_FILES.items():
-        _add_tree(entries, name, "file", 0o644, text.encode())
-    _add_tree(entries, "bench/init", "file", 0o755, INIT_SCRIPT.encode())
 
+    def add(path: str, kind: str, mode: int, data: bytes = b"", target: str = "") -> None:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if tree.get(parent) is None:
+                tree.put(parent, Node("dir", DIRS.get(parent, 0o755)))
+        tree.put(path, Node(kind, mode, size=len(data), data=data if kind == "file" else None,
+                            target=target))
+
+    for d, mode in DIRS.items():
+        add(d, "dir", mode)
+    for name, text in ETC_FILES.items():
+        add(name, "file", 0o644, text.encode())
     # (host path, path in the image): recipe binaries go to /usr/bin, fallback tools to /bin.
     extra = [(which(b), f"usr/bin/{Path(b).name}") for b in recipe.binaries]
     busybox = _busybox()
     if busybox:
         real = os.path.realpath(busybox)
-        _add_tree(entries, "bin/busybox", "file", 0o755, _read(real))
+        add("bin/busybox", "file", 0o755, _read(real))
         contents["busybox"] = real
         listing = subprocess.run([real, "--list"], capture_output=True, text=True, check=True)
         for applet in sorted(set(listing.stdout.split())):
             if applet != "busybox" and "/" not in applet:
-                _add_tree(entries, f"bin/{applet}", "symlink", 0o777, target="busybox")
+                add(f"bin/{applet}", "symlink", 0o777, target="busybox")
     else:
         contents["busybox"] = "not installed: host tools copied instead"
         for tool in FALLBACK_TOOLS:
@@ -270,76 +349,249 @@ def collect(recipe: Recipe) -> tuple[list[Entry], dict[str, str]]:
             raise ImageError("neither busybox-static nor a shell is installed on this host")
     for binary, dest in extra:
         real = os.path.realpath(binary)
-        _add_tree(entries, dest, "file", 0o755, _read(real))
+        add(dest, "file", 0o755, _read(real))
         contents[Path(dest).name] = real
         for lib in shared_libraries(real):
-            _add_tree(entries, lib, "file", 0o755, _read(os.path.realpath(lib)))
-    return [entries[k] for k in sorted(entries)], contents
+            add(lib.lstrip("/"), "file", 0o755, _read(os.path.realpath(lib)))
+    return tree, contents
 
 
-def write_tar(entries: Iterable[Entry]) -> bytes:
-    """A deterministic tar: the same entries always give the same bytes."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for e in entries:
-            info = tarfile.TarInfo(e.path)
-            info.mtime = 0
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mode = e.mode
-            if e.kind == "dir":
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            elif e.kind == "symlink":
-                info.type = tarfile.SYMTYPE
-                info.linkname = e.target
-                tar.addfile(info)
-            else:
-                info.size = len(e.data)
-                tar.addfile(info, io.BytesIO(e.data))
-    return buf.getvalue()
+# --- the init layer -------------------------------------------------------------------
+
+def init_layer() -> Tree:
+    t = Tree("cvbench's init layer")
+    t.put("bench", Node("dir", 0o755))
+    data = INIT_SCRIPT.encode()
+    t.put(INIT_PATH, Node("file", 0o755, size=len(data), data=data))
+    return t
 
 
-def _materialize(entries: Sequence[Entry], root: Path) -> None:
-    root.mkdir(mode=0o755)
-    for e in entries:
-        p = root / e.path
-        if e.kind == "dir":
-            p.mkdir(exist_ok=True)
-        elif e.kind == "symlink":
-            p.symlink_to(e.target)
-            continue
-        else:
-            p.write_bytes(e.data)
-        os.chmod(p, e.mode)
-        if os.geteuid() == 0:
-            os.lchown(p, 0, 0)
+def _add_init(tree: Tree) -> tuple[str, ...]:
+    """Put the init layer on `tree`; the paths it added. The image must have a /bin/sh
+    (the init is a shell script) and no /bench/init of its own."""
+    sh = tree.resolve("bin/sh")
+    if sh is None or sh.kind != "file":
+        raise BadImage(f"{tree.origin}: the image has no /bin/sh, which cvbench's init "
+                       "layer (/bench/init, a shell script) needs")
+    bench = tree.get("bench")
+    if bench is not None and (bench.kind != "dir" or INIT_PATH.split("/")[1] in bench.children):
+        raise BadImage(f"{tree.origin}: the image has its own /bench"
+                       f"{'/init' if bench.kind == 'dir' else ''}, where cvbench's init "
+                       "layer goes")
+    added = (INIT_PATH,) if bench is not None else ("bench", INIT_PATH)
+    for path, node in init_layer().walk():
+        if path in added:
+            tree.put(path, node)
+    return added
 
 
-def build(recipe: Recipe, cache: Path | None = None) -> Image:
-    """Build (or reuse from the cache) the image of `recipe`."""
-    entries, contents = collect(recipe)
-    data = write_tar(entries)
-    digest = hashlib.sha256(data).hexdigest()
-    root = (cache or cache_dir()) / digest
-    if not (root / "image.json").exists():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=root.parent))
+# --- building -------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _tmpdir(cache: Path) -> Iterator[Path]:
+    """A build's temp dir under the cache (removed however the build ends)."""
+    (cache / ".tmp").mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache / ".tmp"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _store(tree: Tree, source: Source, name: str, config: ImageConfig,
+           identity: Mapping[str, Any], cache: Path, tmp: Path,
+           contents: dict[str, str] | None = None) -> Image:
+    """Write `tree` (+ the init layer) into the cache; the Image (already cached: as it is)."""
+    rootfs_digest, _ = write_tar(tree)
+    added = _add_init(tree)
+    init_digest, _ = write_tar(init_layer())
+    stage = tmp / "stage"
+    stage.mkdir()
+    with open(stage / "image.tar", "wb") as f:
+        digest, size = write_tar(tree, f)
+    final = cache / digest
+    if not (final / "image.json").exists():
+        extract(stage / "image.tar", stage / "rootfs")
+        img = Image(name=name, digest=digest, tar=final / "image.tar",
+                    rootfs=final / "rootfs", size=size, source=source,
+                    rootfs_digest=rootfs_digest, init_digest=init_digest, init_paths=added,
+                    config=config, identity=dict(identity), contents=contents or {})
+        record = {**img.as_dict(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
+        (stage / "image.json").write_text(json.dumps(record, indent=1))
         try:
-            (tmp / "image.tar").write_bytes(data)
-            _materialize(entries, tmp / "rootfs")
-            (tmp / "image.json").write_text(json.dumps(
-                {"digest": digest, "recipe": recipe.as_dict(), "contents": contents}, indent=1))
-            try:
-                os.rename(tmp, root)
-            except OSError:  # another process cached the same digest first
-                if not (root / "image.json").exists():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return Image(recipe=recipe, digest=digest, tar=root / "image.tar", rootfs=root / "rootfs",
-                 size=len(data), contents=contents)
+            os.rename(stage, final)
+        except OSError:  # another process cached the same digest first
+            if not (final / "image.json").exists():
+                raise
+    return load(digest, cache)
+
+
+def load(digest: str, cache: Path | None = None) -> Image:
+    """The cached image of `digest` (a unique prefix will do)."""
+    cache = cache or cache_dir()
+    digest = digest.removeprefix("sha256:")
+    path = cache / digest
+    if not (path / "image.json").is_file():
+        found = [p for p in listing(cache) if p.name.startswith(digest)] if digest else []
+        if len(found) != 1:
+            raise UsageError(f"image {digest or '?'}: "
+                             + ("no such image in the cache" if not found else
+                                f"ambiguous ({len(found)} images start with it)")
+                             + f" ({cache})")
+        path = found[0]
+    d = json.loads((path / "image.json").read_text())
+    return Image(name=d["name"], digest=d["digest"], tar=path / "image.tar",
+                 rootfs=path / "rootfs", size=d["size"],
+                 source=source_from_dict(d["source"]), rootfs_digest=d["rootfs_digest"],
+                 init_digest=d["init"]["digest"], init_paths=tuple(d["init"]["paths"]),
+                 config=ImageConfig.from_dict(d.get("config", {})),
+                 identity=d.get("identity", {}), contents=d.get("contents", {}))
+
+
+def listing(cache: Path | None = None) -> list[Path]:
+    """The cache's image directories."""
+    cache = cache or cache_dir()
+    if not cache.is_dir():
+        return []
+    return sorted(p for p in cache.iterdir() if _DIGEST.match(p.name)
+                  and (p / "image.json").is_file())
+
+
+def _index(cache: Path, key: str) -> Path:
+    return cache / "sources" / f"{key}.json"
+
+
+def _lookup(cache: Path, key: str) -> Image | None:
+    try:
+        digest = json.loads(_index(cache, key).read_text())["digest"]
+        return load(digest, cache)
+    except (OSError, ValueError, KeyError, UsageError):
+        return None
+
+
+def _remember(cache: Path, key: str, img: Image) -> None:
+    path = _index(cache, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"digest": img.digest, "source": img.as_dict()["source"]}))
+    os.replace(tmp, path)
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _tag_name(text: str, fallback: str) -> str:
+    """A repository name engines accept: lower-case [a-z0-9], single separators."""
+    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60].strip("-")
+    return name or fallback
+
+
+def _name_of(tags: list[str], config: ImageConfig, fallback: str) -> str:
+    labelled = dict(config.labels).get("cvbench.name")
+    if labelled:
+        return _tag_name(labelled, fallback)
+    repo = tags[0].rsplit(":", 1)[0].rsplit("/", 1)[-1] if tags else ""
+    return _tag_name(repo, fallback)
+
+
+def build(source: Source, cache: Path | None = None, progress: Progress | None = None,
+          store: EngineStore | None = None) -> Image:
+    """Build (or reuse from the cache) the image of `source`. An EngineRef needs the
+    engine's `store`. `build_seconds` of the result is None when nothing was built."""
+    cache = cache or cache_dir()
+    say = progress or (lambda text: None)
+    t0 = time.monotonic()
+    if isinstance(source, Recipe):
+        tree, contents = collect(source)
+        with _tmpdir(cache) as tmp:
+            img = _store(tree, source, source.name, ImageConfig(cmd=("true",)),
+                         source.as_dict(), cache, tmp, contents)
+        return img
+    origin = source.describe()
+    if isinstance(source, Debian):
+        problem = debian.check_names(source.suite, source.packages)
+        if problem:
+            raise BadImage(f"{origin}: {problem}")
+        index = debian.fetch_index(source.suite, source.mirror, origin)
+        key = _key("debian", source.suite, source.mirror, index[0],
+                   *sorted(set(source.packages)))
+    elif isinstance(source, Archive):
+        path = Path(source.path)
+        if not path.exists():
+            raise BadImage(f"{origin}: no such file or directory")
+        key = _key("archive", archive.sha256_file(path) if path.is_file() else
+                   archive.sha256_file(path / "index.json") if (path / "index.json").is_file()
+                   else str(path.resolve()))
+    else:
+        if store is None:
+            raise ImageError(f"{origin}: no engine store to export it from")
+        image_id = store.image_id(source.ref)
+        key = _key("engine", source.engine, image_id)
+    hit = _lookup(cache, key)
+    if hit is not None:
+        say(f"{origin}: cached as sha256:{hit.digest}")
+        return hit
+    with _tmpdir(cache) as tmp:
+        if isinstance(source, Debian):
+            root, identity = debian.build(source.suite, tuple(sorted(set(source.packages))),
+                                          source.mirror, index, cache / "debian", tmp,
+                                          origin, say)
+            say("writing the image")
+            tree = from_directory(root, origin, clamp=index[1])
+            name = _tag_name("-".join(("debian", source.suite, *source.packages)), "debian")
+            img = _store(tree, source, name, ImageConfig(), identity, cache, tmp)
+        else:
+            if isinstance(source, EngineRef):
+                say(f"exporting {source.ref} from {source.engine}")
+                saved = tmp / "saved.tar"
+                assert store is not None
+                store.save_image(source.ref, saved)
+                path, extra = saved, {"engine": source.engine, "ref": source.ref,
+                                      "image_id": image_id}
+            else:
+                path, extra = Path(source.path), {}
+            say(f"flattening {origin}")
+            tree, config, ident = archive.read(path, origin, tmp / "blobs")
+            exported = dict(config.labels).get("cvbench.source")
+            if exported:  # an image `bench image export` wrote: what it was made from
+                ident["exported_from"] = json.loads(exported)
+            img = _store(tree, source, _name_of(ident.get("tags", []), config, source.kind),
+                         config, {**ident, **extra}, cache, tmp)
+    _remember(cache, key, img)
+    return replace(img, build_seconds=time.monotonic() - t0)
+
+
+def _table(rootfs: Path, name: str) -> list[list[str]]:
+    try:
+        text = (rootfs / "etc" / name).read_text(errors="replace")
+    except OSError:
+        return []
+    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def resolve_user(rootfs: Path, user: str) -> str:
+    """`user` ("name", "uid", "name:group", "uid:gid") as numeric "uid:gid", looked up
+    in the image's /etc/passwd and /etc/group as Docker does (a uid without an entry
+    gets gid 0); UsageError naming what is unknown."""
+    name, _, group = user.partition(":")
+    passwd = _table(rootfs, "passwd")
+    row = next((p for p in passwd if len(p) > 3 and name in (p[0], p[2])), None)
+    if name.isdigit():
+        uid, gid = name, (row[3] if row else "0")
+    elif row is None:
+        raise UsageError(f"workload.user: no user {name!r} in the image's /etc/passwd")
+    else:
+        uid, gid = row[2], row[3]
+    if group:
+        if group.isdigit():
+            gid = group
+        else:
+            g = next((g for g in _table(rootfs, "group") if len(g) > 2 and g[0] == group), None)
+            if g is None:
+                raise UsageError(f"workload.user: no group {group!r} in the image's /etc/group")
+            gid = g[2]
+    return f"{uid}:{gid}"
 
 
 def verify(image: Image) -> None:
@@ -351,4 +603,3 @@ def verify(image: Image) -> None:
     if h.hexdigest() != image.digest:
         raise ImageError(f"cached image {image.tar} does not match its digest; delete "
                          f"{image.tar.parent} and run again")
-

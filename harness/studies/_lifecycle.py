@@ -10,20 +10,49 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from harness.core.errors import InstanceError
+import re
+import time
+
+from harness.core.errors import InstanceError, ReadyTimeout
+from harness.core.probes import serving
 from harness.runner import Context, Placement
 from runtimes.base import Exit, Instance, InstanceSpec
 
 
 def start(ctx: Context, cell: Placement, spec: InstanceSpec) -> Instance:
-    """Create and start an instance; with marker readiness, wait for its ready line."""
+    """Create and start an instance; unless readiness is "exit", wait for its ready
+    line, and with a service probe (tcp, http, log) until the service answers."""
     rt = cell.runtime
+    t0 = time.monotonic()
     inst = rt.create(spec, cell.prepared)
     ctx.track(cell, inst)
     rt.start(inst)
-    if spec.readiness == "marker":
+    if spec.readiness != "exit":
         rt.wait_ready(inst, ctx.timeout)
+        serve(ctx, cell, inst, t0 + ctx.timeout)
     return inst
+
+
+def serve(ctx: Context, cell: Placement, inst: Instance, deadline: float) -> int | None:
+    """Wait until the instance's service answers as its readiness asks (a tcp connect or
+    an http GET from the host every ctx.probe_interval, or a line of its output); the
+    time of the first answer (monotonic ns), or None for readiness without a service.
+    `deadline` is a time.monotonic() value (the create call + the timeout)."""
+    probe = serving.parse(inst.spec.readiness)
+    if not probe.serving:
+        return None
+    rt = cell.runtime
+    if probe.kind == "log":
+        return rt.wait_output(inst, re.compile(probe.pattern.encode()),
+                              max(0.0, deadline - time.monotonic()))
+    address = rt.address(inst)
+    if address is None:
+        raise InstanceError(f"{probe}: the instance has no address the host can reach "
+                            f"(network {inst.spec.network})")
+    answered = serving.poll(probe, address, ctx.probe_interval, deadline)
+    if answered is None:
+        raise ReadyTimeout(f"{probe}: no answer from {address} within the timeout")
+    return answered
 
 
 def run(ctx: Context, cell: Placement, spec: InstanceSpec) -> tuple[Instance, Exit]:

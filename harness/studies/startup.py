@@ -1,16 +1,19 @@
 """startup: one instance through its whole life, timed by phase.
 
-Between the first and the last timestamp only Runtime calls and monotonic_ns() run: no
-imports, no file writes, no pandas. The figures are computed after remove returns.
+Between the first and the last timestamp only Runtime calls, monotonic_ns() and, with a
+service readiness (tcp, http, log), the probe's attempts run: no imports, no file
+writes, no pandas. The figures are computed after remove returns. A service is removed
+once it answers (it would not exit): its sample has `serving` and `to_serving`, and no
+`exit` phase.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from harness.core.errors import InstanceError
 from harness.core.probes.timing import STARTUP_METRICS, Timeline, now_ns
 from harness.runner import Cell, Context, Measurement
+from harness.studies import _lifecycle as life
 
 
 class Startup:
@@ -27,20 +30,22 @@ class Startup:
         ctx.track(cell, inst)
         rt.start(inst)
         t2 = now_ns()
-        if spec.readiness == "marker":
-            t3 = rt.wait_ready(inst, timeout)
-            ex = rt.wait_exit(inst, timeout)
-        else:  # readiness "exit": the instance is ready when the workload has run
+        ex, served = None, None
+        if spec.readiness == "exit":  # the instance is ready when the workload has run
             ex = rt.wait_exit(inst, timeout)
             t3 = ex.t_ns
+        else:
+            t3 = rt.wait_ready(inst, timeout)
+            # A service keeps running: it is removed once it answers.
+            served = life.serve(ctx, cell, inst, t0 * 1e-9 + timeout)
+            if served is None:
+                ex = rt.wait_exit(inst, timeout)
         rt.remove(inst)
         t5 = now_ns()
         ctx.untrack(inst)
-        if not ex.ok:
-            raise InstanceError(f"workload exited with {ex.code}"
-                                + (" (OOM-killed)" if ex.oom_killed else "")
-                                + f": {ex.stderr[-300:]!r}")
-        tl = Timeline(t0, t1, t2, t3, ex.t_ns, t5)
+        if ex is not None:
+            life.check(ex, "startup")
+        tl = Timeline(t0, t1, t2, t3, ex.t_ns if ex else t3, t5, served)
         return [Measurement(metric, value) for metric, value in tl.metrics().items()]
 
 

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import os
 import platform
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from runtimes.base import (
     own,
     run_of,
     state_dir,
+    uid_gid,
 )
 from runtimes.ns import cgroups, namespaces, network, process, rootfs, security, validate
 from runtimes.ns.config import (
@@ -195,6 +197,7 @@ class NsRuntime:
             mounts=tuple(self._mounts(spec)), loopback_up=spec.network != "host",
             caps=self._caps, last_cap=self._last_cap,
             userns_map=(os.geteuid(), os.getegid()) if self.rootless else None,
+            uid=uid_gid(spec.user)[0], gid=uid_gid(spec.user)[1],
             masked=tuple(m for m in self._masked
                          if spec.network != "host" or not m[0].startswith("/sys/")),
             readonly=self._readonly)
@@ -263,6 +266,9 @@ class NsRuntime:
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
         return _proc.ready(inst, own(inst, NsInstance).streams()[0], timeout)
+
+    def wait_output(self, inst: Instance, pattern: re.Pattern[bytes], timeout: float) -> int:
+        return _proc.output(own(inst, NsInstance), pattern, timeout)
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
         inst = own(inst, NsInstance)

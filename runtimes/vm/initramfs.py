@@ -1,27 +1,96 @@
-"""The guest's initramfs: the image's rootfs tar, entry by entry, plus kernel modules.
+"""The guest's initramfs: cvbench's VM init (the guest's PID 1) and, unless the root is a
+disk, the image's rootfs under /root.
 
 Written as one uncompressed newc cpio: the kernel unpacks it into its rootfs before
 running init, and an uncompressed archive costs the guest no decompression (under TCG
-every instruction of a decompressor is emulated). The rootfs is taken from the image's
-tar itself, so the guest runs the same bytes (same digest) as every container backend.
+every instruction of a decompressor is emulated). The image's rootfs is taken from the
+image's tar itself, entry by entry with its owners, modes and mtimes, so the guest runs
+the same bytes (same digest) as every container backend.
 
-Added to the rootfs (nothing of it is replaced):
-  dev/console                  the kernel opens it for init's stdin/stdout/stderr; the
-                               tar's /dev is empty and devtmpfs is mounted only by init
-  lib/modules/cvbench/<m>.ko   the modules, flat, loaded by name (see harness/image.py)
+What the VM layer holds, apart from the image (which it never changes):
+  init                          VM_INIT, run by the kernel as PID 1 (rdinit=/init)
+  bin/busybox, bin/<applet>     the host's busybox-static (VM_INIT's tools, linked by
+                                applet name) and bin/cvbench-dhcp, the udhcpc script
+                                that configures the lease
+  dev/console                   the kernel opens it for init's stdin/stdout/stderr
+  lib/modules/cvbench/<m>.ko    the modules, flat, loaded by name
+  root/                         the image (libvirt, libvirt:microvm), or the mount point
+                                of its root disk (libvirt:disk)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
+from harness.core.errors import BackendUnavailable
+
 MODULE_DIR = "lib/modules/cvbench"
+BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+
+# The guest's PID 1. It does around the workload what a container engine does around a
+# container, inside the guest: load the drivers, mount the root disk (CVBENCH_ROOT) and
+# Docker's set of filesystems inside the image's root (/proc, /sys, /dev with pts and
+# shm; nothing over a directory of the image), the volumes and tmpfs mounts, take a DHCP
+# lease, then run the workload chrooted into the image through the image's own
+# /bench/init (which prints the ready line and execs it) as its child; then it reports
+# the exit status and the guest's OOM kills on the console as
+# `CVBENCH-EXIT <code> <oom kills>` and powers the guest off. argv, env and mounts arrive
+# base64-wrapped on the kernel command line (see runtimes/libvirt.py).
+VM_INIT = """\
+#!/bin/busybox sh
+export PATH=/bin
+vm_decode() { v=$(echo "$1" | base64 -d); v=${v#x}; v=${v%x}; }
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+for m in $(echo "$CVBENCH_MODULES" | tr , ' '); do
+  insmod "/lib/modules/cvbench/$m.ko" 2>/dev/null
+done
+if [ -n "$CVBENCH_ROOT" ]; then
+  mount -t ext4 "$CVBENCH_ROOT" /root || {
+    echo "cvbench: cannot mount the root disk $CVBENCH_ROOT" >&2; poweroff -f; }
+fi
+mkdir -p /root/proc /root/sys /root/dev
+mount -t proc proc /root/proc; mount -t sysfs sysfs /root/sys
+mount -t devtmpfs devtmpfs /root/dev; mkdir -p /root/dev/pts /root/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /root/dev/pts
+mount -t tmpfs -o mode=1777,nosuid,nodev shm /root/dev/shm
+ip link set lo up 2>/dev/null
+for w in $(echo "$CVBENCH_MOUNTS" | tr , ' '); do
+  vm_decode "$w"; echo "$v" | { read -r fs src opts dst; mkdir -p "/root$dst"
+    mount -t "$fs" -o "$opts" "$src" "/root$dst" || echo "cvbench: cannot mount $dst" >&2; }
+done
+for w in $(echo "$CVBENCH_ENV" | tr , ' '); do vm_decode "$w"; export "$v"; done
+if [ -n "$CVBENCH_NET" ]; then
+  ip link set "$CVBENCH_NET" up
+  udhcpc -q -n -t 5 -i "$CVBENCH_NET" -s /bin/cvbench-dhcp >/dev/null 2>&1 ||
+    echo "cvbench: no DHCP lease on $CVBENCH_NET" >&2
+fi
+set --
+for w in $(echo "$CVBENCH_ARGV" | tr , ' '); do vm_decode "$w"; set -- "$@" "$v"; done
+unset v w m CVBENCH_VM CVBENCH_MODULES CVBENCH_MOUNTS CVBENCH_ENV CVBENCH_ARGV CVBENCH_NET \\
+  CVBENCH_ROOT
+hostname "${CVBENCH_HOSTNAME:-cvbench}"
+chroot /root /bench/init "$@"
+code=$?
+sync
+echo "CVBENCH-EXIT $code $(sed -n 's/^oom_kill //p' /proc/vmstat)"
+poweroff -f
+"""
+DHCP_SCRIPT = """\
+#!/bin/busybox sh
+[ "$1" = bound ] || exit 0
+ip addr add "$ip/$mask" dev "$interface"
+[ -z "$router" ] || ip route add default via "${router%% *}"
+"""
+# What the cached initramfs files are keyed by, besides the image and the kernel.
+VERSION = hashlib.sha256((VM_INIT + DHCP_SCRIPT).encode()).hexdigest()[:12]
 
 
 class CpioWriter:
@@ -36,10 +105,10 @@ class CpioWriter:
         self.f.write(b"\0" * (-n % 4))
 
     def add(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0),
-            nlink: int = 1) -> None:
+            nlink: int = 1, uid: int = 0, gid: int = 0, mtime: int = 0) -> None:
         self.ino += 1
         encoded = name.encode() + b"\0"
-        fields = (self.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1],
+        fields = (self.ino, mode, uid, gid, nlink, mtime, len(data), 0, 0, rdev[0], rdev[1],
                   len(encoded), 0)
         header = b"070701" + b"".join(b"%08X" % v for v in fields)
         self.f.write(header + encoded)
@@ -61,28 +130,62 @@ class CpioWriter:
         self.f.write(b"\0" * (-self.f.tell() % 512))
 
 
-def build(tar: Path, modules: Iterable[tuple[str, Path]], target: Path) -> None:
-    """Write the initramfs of `tar` with `modules` to `target` (atomically)."""
+def busybox() -> Path:
+    """The host's busybox-static: VM_INIT's shell and tools."""
+    for cand in BUSYBOX_CANDIDATES:
+        if os.path.exists(cand):
+            with open(cand, "rb") as f:
+                head = f.read(4096)
+            if head[:4] == b"\x7fELF" and b"ld-linux" not in head:
+                return Path(cand)
+    raise BackendUnavailable("libvirt", "busybox-static is not installed (the guest's init "
+                             "runs on it)", "apt-get install busybox-static")
+
+
+def _add_image(w: CpioWriter, tf: tarfile.TarFile) -> None:
+    """The image's entries under root/, with their owners, modes and mtimes (a hard link
+    becomes a copy: the kernel's unpacker links only entries of one cpio stream with the
+    same inode, which this writer does not track)."""
+    for m in tf:
+        name = "root/" + m.name.rstrip("/")
+        if m.isdir():
+            mode, data = stat.S_IFDIR | m.mode, b""
+        elif m.issym():
+            mode, data = stat.S_IFLNK | 0o777, m.linkname.encode()
+        elif m.isfile() or m.islnk():
+            src = tf.extractfile(m)
+            assert src is not None
+            mode, data = stat.S_IFREG | m.mode, src.read()
+        else:
+            continue
+        w.add(name, mode, data, nlink=2 if m.isdir() else 1, uid=m.uid, gid=m.gid,
+              mtime=int(m.mtime))
+
+
+def build(tar: Path | None, modules: Iterable[tuple[str, Path]], target: Path) -> None:
+    """Write the initramfs to `target` (atomically): the VM layer with `modules`, and
+    the image of `tar` under root/ (None: a root disk is mounted there instead)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".initramfs-")
     try:
-        with os.fdopen(fd, "wb") as f, tarfile.open(tar) as tf:
+        with os.fdopen(fd, "wb") as f:
             w = CpioWriter(f)
-            for m in tf:
-                name = m.name.rstrip("/")
-                if m.isdir():
-                    w.add(name, stat.S_IFDIR | m.mode, nlink=2)
-                elif m.issym():
-                    w.add(name, stat.S_IFLNK | 0o777, m.linkname.encode())
-                elif m.isfile():
-                    src = tf.extractfile(m)
-                    assert src is not None
-                    w.add(name, stat.S_IFREG | m.mode, src.read())
-            w.mkdirs("dev")
+            for d in ("bin", "dev", "proc", "sys", "tmp", "root", MODULE_DIR):
+                w.mkdirs(d)
+            w.add("init", stat.S_IFREG | 0o755, VM_INIT.encode())
+            bb = busybox()
+            w.add("bin/busybox", stat.S_IFREG | 0o755, bb.read_bytes())
+            listing = subprocess.run([str(bb), "--list"], capture_output=True, text=True,
+                                     check=True).stdout.split()
+            for applet in sorted(set(listing) - {"busybox"}):
+                w.add(f"bin/{applet}", stat.S_IFLNK | 0o777, b"busybox")
+            w.add("bin/cvbench-dhcp", stat.S_IFREG | 0o755, DHCP_SCRIPT.encode())
             w.add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
-            w.mkdirs(MODULE_DIR)
             for name, path in modules:
                 w.add(f"{MODULE_DIR}/{name}.ko", stat.S_IFREG | 0o644, path.read_bytes())
+            if tar is not None:
+                with tarfile.open(tar) as tf:
+                    _add_image(w, tf)
             w.trailer()
         os.replace(tmp, target)
     except BaseException:

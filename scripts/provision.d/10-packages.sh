@@ -5,6 +5,8 @@ packages=(
   python3 python3-venv python3-dev gcc make git
   # the workload image: busybox-static, and tools copied into images with their libraries
   busybox-static fio iperf3 sockperf hyperfine
+  # real images: Debian root filesystems (debootstrap); host-side HTTP checks in tests (curl)
+  debootstrap curl
   # ns runtime
   iproute2 iptables kmod util-linux
   # OCI runtimes (oci:* backends, and the engines' extra runtimes)

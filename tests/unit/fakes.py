@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -24,8 +25,11 @@ class FakeRuntime:
     flavours: tuple[str, ...] = ()
 
     def __init__(self, name: str = "fake", delay: float = 0.0, fail_every: int = 0,
-                 traits: Traits | None = None) -> None:
+                 traits: Traits | None = None, addr: str | None = None,
+                 output: bytes = b"") -> None:
         self.name = name
+        self.addr = addr  # what address() says
+        self.output = output  # the workload's output, all there at once
         self._traits = traits or Traits(kind="container", settings={"fake": True})
         self.delay = delay
         self.fail_every = fail_every
@@ -60,6 +64,11 @@ class FakeRuntime:
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
         return Exit(code=0, t_ns=time.monotonic_ns())
 
+    def wait_output(self, inst: Instance, pattern: re.Pattern[bytes], timeout: float) -> int:
+        if any(pattern.search(line) for line in self.output.splitlines()):
+            return time.monotonic_ns()
+        raise InstanceError(f"no line matched {pattern.pattern!r}")
+
     def stats(self, inst: Instance) -> Stats:
         return Stats(pids=(), pss=1, uss=1, rss=1)
 
@@ -73,7 +82,7 @@ class FakeRuntime:
         return None
 
     def address(self, inst: Instance) -> str | None:
-        return None
+        return self.addr
 
     def remove(self, inst: Instance) -> None:
         self.removed.append(inst.spec.name)

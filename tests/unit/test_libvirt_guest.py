@@ -100,7 +100,7 @@ def test_cmdline_carries_argv_and_env_exactly() -> None:
     assert "K=v=1" in env and "HOME=/root" in env
     assert words["CVBENCH_MODULES"] == "virtio_pci"
     assert [_decode(w) for w in words["CVBENCH_MOUNTS"].split(",")] == ["tmpfs tmpfs size=1,rw /t"]
-    assert "rdinit=/bench/init" in line and len(line) <= lv.MAX_CMDLINE
+    assert "rdinit=/init" in line and len(line) <= lv.MAX_CMDLINE
 
 
 def test_cmdline_too_long_is_a_usage_error() -> None:
@@ -170,7 +170,8 @@ def _read_newc(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
         out[name] = (f[1], body, (f[9], f[10]))
 
 
-def test_initramfs_holds_the_tar_modules_and_console(tmp_path: Path) -> None:
+def test_initramfs_holds_the_vm_init_modules_console_and_the_image_under_root(
+        tmp_path: Path) -> None:
     mod = tmp_path / "virtio.ko"
     mod.write_bytes(b"\x7fELFmodule")
     target = tmp_path / "out" / "initramfs.cpio"
@@ -178,12 +179,19 @@ def test_initramfs_holds_the_tar_modules_and_console(tmp_path: Path) -> None:
     data = target.read_bytes()
     assert len(data) % 512 == 0
     entries = _read_newc(data)
-    assert entries["bench/init"][1] == b"#!/bin/sh\necho hi\n"
-    assert stat.S_ISREG(entries["bench/init"][0]) and entries["bench/init"][0] & 0o111
-    assert stat.S_ISLNK(entries["bin/sh"][0]) and entries["bin/sh"][1] == b"busybox"
+    # the image, untouched, under root/; the VM's PID 1 apart from it
+    assert entries["root/bench/init"][1] == b"#!/bin/sh\necho hi\n"
+    assert stat.S_ISREG(entries["root/bench/init"][0]) and entries["root/bench/init"][0] & 0o111
+    assert stat.S_ISLNK(entries["root/bin/sh"][0]) and entries["root/bin/sh"][1] == b"busybox"
+    assert entries["init"][1] == initramfs.VM_INIT.encode() and entries["init"][0] & 0o111
+    assert "chroot /root /bench/init" in initramfs.VM_INIT
     mode, _, rdev = entries["dev/console"]
     assert stat.S_ISCHR(mode) and rdev == (5, 1)
     assert entries["lib/modules/cvbench/virtio.ko"][1] == b"\x7fELFmodule"
+    # the disk flavour's holds no image: its root is the disk
+    initramfs.build(None, [], tmp_path / "disk.cpio")
+    disk_entries = _read_newc((tmp_path / "disk.cpio").read_bytes())
+    assert "init" in disk_entries and not any(n.startswith("root/") for n in disk_entries)
 
 
 def test_initramfs_is_read_by_cpio(tmp_path: Path) -> None:
@@ -195,7 +203,7 @@ def test_initramfs_is_read_by_cpio(tmp_path: Path) -> None:
     initramfs.build(_tar(tmp_path), [], target)
     listing = subprocess.run(["cpio", "-t", "--quiet"], input=target.read_bytes(),
                              capture_output=True, check=True).stdout.decode().split()
-    assert {"bench/init", "bin/sh", "dev/console"} <= set(listing)
+    assert {"init", "root/bench/init", "root/bin/sh", "dev/console"} <= set(listing)
 
 
 def test_pvh_note_detection() -> None:

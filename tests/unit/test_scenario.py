@@ -88,7 +88,7 @@ limits = { cpus = [0.5, 1] }
     (MINIMAL + '[limits]\nswap = 1\n', "limits.swap", "unknown key"),
     ('name = "s"\n[workload]\nargv = []\n', "workload.argv", "must not be empty"),
     ('name = "s"\n[workload]\nargv = "true"\n', "workload.argv", "list of strings"),
-    ('name = "s"\n[workload]\nreadiness = "soon"\n', "workload.readiness", "must be one of"),
+    ('name = "s"\n[workload]\nreadiness = "soon"\n', "workload.readiness", "is not one of"),
     ('name = "s"\nworkload = 3\n', "workload", "must be a table"),
     (MINIMAL + '[[mounts]]\ntype = "nfs"\ntarget = "/x"\n', "mounts[0].type", "one of"),
     (MINIMAL + '[[mounts]]\ntype = "bind"\ntarget = "x"\nsource = "/"\n', "mounts[0].target",

@@ -13,13 +13,18 @@ from dataclasses import dataclass
 now_ns = time.monotonic_ns
 
 PHASES = ("create", "start", "ready", "exit", "remove")
-STARTUP_METRICS = (*tuple(f"startup.{p}" for p in PHASES), "startup.to_ready", "startup.total")
+# Spans, not phases: they overlap the phases (serving: start returned -> a service probe's
+# first answer, across `ready`), so charts draw them apart, never stacked.
+SPANS = ("to_ready", "total", "serving", "to_serving")
+STARTUP_METRICS = (*tuple(f"startup.{p}" for p in PHASES),
+                   *tuple(f"startup.{s}" for s in SPANS))
 
 
 @dataclass(frozen=True)
 class Timeline:
     """t0: create begins; t1: create returned; t2: start returned; t3: ready line seen;
-    t4: exit seen; t5: remove returned."""
+    t4: exit seen; t5: remove returned. With a service probe, `serve` is its first
+    answer and t4 is unused: the serving instance is removed (stopped) from then on."""
 
     t0: int
     t1: int
@@ -27,6 +32,7 @@ class Timeline:
     t3: int
     t4: int
     t5: int
+    serve: int | None = None
 
     def metrics(self) -> dict[str, float]:
         """Phase durations and spans in seconds.
@@ -36,14 +42,17 @@ class Timeline:
         `startup.start`. The spans `to_ready` and `total` never depend on that split.
         """
         t3 = max(self.t3, self.t2)
-        t4 = max(self.t4, t3)
         ns = 1e-9
-        return {
-            "startup.create": (self.t1 - self.t0) * ns,
-            "startup.start": (self.t2 - self.t1) * ns,
-            "startup.ready": (t3 - self.t2) * ns,
-            "startup.exit": (t4 - t3) * ns,
-            "startup.remove": (self.t5 - t4) * ns,
-            "startup.to_ready": (self.t3 - self.t0) * ns,
-            "startup.total": (self.t5 - self.t0) * ns,
-        }
+        out = {"startup.create": (self.t1 - self.t0) * ns,
+               "startup.start": (self.t2 - self.t1) * ns,
+               "startup.ready": (t3 - self.t2) * ns}
+        if self.serve is not None:
+            out.update({"startup.remove": (self.t5 - self.serve) * ns,
+                        "startup.serving": (self.serve - self.t2) * ns,
+                        "startup.to_serving": (self.serve - self.t0) * ns})
+        else:
+            t4 = max(self.t4, t3)
+            out.update({"startup.exit": (t4 - t3) * ns, "startup.remove": (self.t5 - t4) * ns})
+        out.update({"startup.to_ready": (self.t3 - self.t0) * ns,
+                    "startup.total": (self.t5 - self.t0) * ns})
+        return out

@@ -1,0 +1,240 @@
+"""Debian root filesystems: debootstrap (minbase) plus named packages, made reproducible.
+
+A build runs in two stages, both as root (debootstrap chroots and makes device nodes):
+1. the base: `debootstrap --variant=minbase SUITE` from the mirror, cached per (suite,
+   architecture, mirror, archive index): every request for that suite shares it;
+2. the request: a copy of the base, `apt-get install --no-install-recommends PACKAGES`
+   chrooted into it (in a private mount namespace, with /proc; services are kept from
+   starting by a policy-rc.d that is removed afterwards), then normalised.
+
+The archive index pins every package version: the suite's InRelease file lists the
+sha256 of every package index, so (suite, packages, the InRelease's sha256) resolves to
+one set of versions. A request is cached by that key, so asking again builds nothing
+(one HTTP request for InRelease, ~150 KB); the versions installed (dpkg-query) are
+recorded in the image's identity.
+
+debootstrap's output differs run to run in things that are not the software: logs, apt's
+caches and lists, debconf and dpkg backups, ldconfig's aux-cache (it stores inode
+numbers), the host's hostname and resolv.conf, the days since 1970 in /etc/shadow, the
+device nodes it makes in /dev. NORMALISED lists what is removed or rewritten. Files the
+build writes get the index's date as mtime (files from packages keep theirs).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness.core.errors import BadImage, ImageError
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+ARCH = "amd64"
+PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")  # Debian policy 5.6.1
+SUITE_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+
+# (what, why): recorded in the image's identity.
+NORMALISED = (
+    "var/log/*: emptied (install logs)",
+    "var/lib/apt/lists/*, var/cache/apt/*: removed (apt's index copies and caches)",
+    "var/cache/debconf/*-old, var/lib/dpkg/*-old: removed (backups)",
+    "var/cache/ldconfig/aux-cache: removed (holds inode numbers)",
+    "etc/hostname, etc/hosts, etc/resolv.conf: fixed content (debootstrap copies the host's)",
+    "etc/shadow, etc/shadow-: password-change days emptied (the build date)",
+    "etc/machine-id, var/lib/dbus/machine-id: removed; etc/ssh/ssh_host_*: removed",
+    "dev/*, run/*, tmp/*, var/tmp/*: emptied",
+    "mtimes later than the archive index's date: set to it",
+)
+FIXED_FILES = {
+    "etc/hostname": "cvbench\n",
+    "etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    "etc/resolv.conf": "",
+}
+Progress = Callable[[str], None]
+
+
+def check_names(suite: str, packages: tuple[str, ...]) -> str | None:
+    """What is wrong with a request's names, or None."""
+    if not SUITE_NAME.match(suite):
+        return f"{suite!r} is not a Debian suite name"
+    for p in packages:
+        if not PACKAGE_NAME.match(p):
+            return f"{p!r} is not a Debian package name"
+    return None
+
+
+def fetch_index(suite: str, mirror: str, origin: str) -> tuple[str, int]:
+    """The suite's archive index as (sha256 of its InRelease, its Date as a Unix time)."""
+    url = f"{mirror.rstrip('/')}/dists/{suite}/InRelease"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            data = r.read()
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            raise BadImage(f"{origin}: the mirror has no suite {suite!r} ({url}: 404)") from None
+        raise ImageError(f"{origin}: cannot fetch {url}: {e}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise ImageError(f"{origin}: cannot reach the Debian mirror ({url}): "
+                         f"{getattr(e, 'reason', e)}") from None
+    return hashlib.sha256(data).hexdigest(), release_date(data, origin)
+
+
+def release_date(inrelease: bytes, origin: str) -> int:
+    m = re.search(rb"^Date: (.+)$", inrelease, re.M)
+    if m is None:
+        raise ImageError(f"{origin}: the suite's InRelease has no Date")
+    return int(email.utils.parsedate_to_datetime(m.group(1).decode()).timestamp())
+
+
+def _run(argv: list[str], origin: str, progress: Progress, what: str,
+         env: dict[str, str] | None = None) -> str:
+    """Run a build step, passing its lines to `progress`; its output, or ImageError."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, errors="replace")
+    lines: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line.rstrip())
+        if line.strip():
+            progress(f"{what}: {line.strip()[:100]}")
+    if proc.wait() != 0:
+        raise ImageError(f"{origin}: {what} failed (exit {proc.returncode}): "
+                         + " | ".join(lines[-6:]))
+    return "\n".join(lines)
+
+
+def base(suite: str, mirror: str, index: str, cache: Path, tmp: Path, origin: str,
+         progress: Progress) -> Path:
+    """The cached minbase tree of (suite, mirror, index); built if missing (in `tmp`,
+    moved into the cache when complete)."""
+    key = hashlib.sha256(f"{suite}\0{ARCH}\0{mirror}\0{index}".encode()).hexdigest()[:16]
+    done = cache / f"{suite}-{ARCH}-{key}"
+    if done.is_dir():
+        return done
+    if not shutil.which("debootstrap"):
+        raise ImageError(f"{origin}: debootstrap is not installed (scripts/provision "
+                         "installs it: apt-get install debootstrap)")
+    target = tmp / "base"
+    progress(f"debootstrap --variant=minbase {suite} (about a minute; cached afterwards)")
+    _run(["debootstrap", "--variant=minbase", f"--arch={ARCH}", suite, str(target), mirror],
+         origin, progress, "debootstrap")
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(target, done)
+    except OSError:  # another build cached it first
+        if not done.is_dir():
+            raise
+    return done
+
+
+def _chroot(root: Path, argv: list[str]) -> list[str]:
+    """`argv` chrooted into `root` in a private mount namespace holding its /proc (gone
+    with the namespace, so nothing stays mounted on the host)."""
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"', str(root), *argv]
+
+
+APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8",
+           "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+def install(root: Path, packages: tuple[str, ...], origin: str, progress: Progress) -> None:
+    if not packages:
+        return
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\n# cvbench build: no service starts while installing\n"
+                      "exit 101\n")
+    policy.chmod(0o755)
+    try:
+        _run(_chroot(root, ["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                            "-o", "Dpkg::Options::=--force-unsafe-io", *packages]),
+             origin, progress, "apt-get install", env=APT_ENV)
+    except ImageError as e:
+        m = re.search(r"E: (?:Unable to locate package|Package '?)(\S+?)'? "
+                      r"(?:has no installation candidate)?", str(e)) or \
+            re.search(r"E: Unable to locate package (\S+)", str(e))
+        if m:
+            raise BadImage(f"{origin}: package {m.group(1).strip(chr(39))!r}: not in the "
+                           "Debian archive for this suite (or not installable)") from None
+        raise
+    finally:
+        policy.unlink(missing_ok=True)
+
+
+def versions(root: Path, origin: str) -> dict[str, str]:
+    out = _run(_chroot(root, ["dpkg-query", "-W", "-f", "${binary:Package}\t${Version}\n"]),
+               origin, lambda s: None, "dpkg-query", env=APT_ENV)
+    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+
+
+def _empty(d: Path, keep_dirs: bool = False) -> None:
+    if not d.is_dir():
+        return
+    for p in d.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            if keep_dirs:
+                _empty(p, keep_dirs)
+            else:
+                shutil.rmtree(p)
+        elif keep_dirs and p.is_file() and not p.is_symlink():
+            with open(p, "r+b") as f:
+                f.truncate(0)
+        else:
+            p.unlink()
+
+
+def normalise(root: Path) -> None:
+    """Remove or rewrite what differs from build to build but is not the software."""
+    _empty(root / "var/log", keep_dirs=True)
+    _empty(root / "var/lib/apt/lists")
+    for p in (root / "var/cache/apt").glob("*.bin"):
+        p.unlink()
+    _empty(root / "var/cache/apt/archives")
+    for pattern in ("var/cache/debconf/*-old", "var/lib/dpkg/*-old",
+                    "var/cache/ldconfig/aux-cache", "etc/ssh/ssh_host_*",
+                    "var/lib/dbus/machine-id", "etc/machine-id"):
+        for p in root.glob(pattern):
+            p.unlink()
+    for name, text in FIXED_FILES.items():
+        p = root / name
+        p.unlink(missing_ok=True)
+        p.write_text(text)
+        p.chmod(0o644)
+    for name in ("etc/shadow", "etc/shadow-"):
+        p = root / name
+        if p.is_file():
+            lines = [re.sub(r"^([^:]*:[^:]*:)\d*:", r"\1:", ln)
+                     for ln in p.read_text().splitlines()]
+            mode = p.stat().st_mode
+            p.write_text("\n".join(lines) + "\n")
+            p.chmod(mode & 0o7777)
+    for d in ("dev", "run", "tmp", "var/tmp"):
+        _empty(root / d)
+
+
+def build(suite: str, packages: tuple[str, ...], mirror: str, index: tuple[str, int],
+          cache: Path, tmp: Path, origin: str, progress: Progress) -> tuple[Path, dict[str, Any]]:
+    """Build the request in `tmp`: the root directory and the identity to record."""
+    if os.geteuid() != 0:
+        raise ImageError(f"{origin}: building a Debian image needs root (debootstrap)")
+    base_dir = base(suite, mirror, index[0], cache, tmp, origin, progress)
+    root = tmp / "root"
+    progress(f"copying the {suite} base")
+    _run(["cp", "-a", "--reflink=auto", str(base_dir), str(root)], origin, progress, "cp")
+    if packages:
+        progress(f"apt-get install {' '.join(packages)}")
+    install(root, packages, origin, progress)
+    installed = versions(root, origin)
+    normalise(root)
+    return root, {"suite": suite, "mirror": mirror, "architecture": ARCH,
+                  "index": f"sha256:{index[0]}", "index_date": index[1],
+                  "requested": list(packages), "packages": installed,
+                  "recommends": False, "normalised": list(NORMALISED)}
