@@ -434,16 +434,149 @@ def exec_(backend: str, command: tuple[str, ...], network: str, memory: int | No
     sys.exit(ex.code)
 
 
-@cli.command()
-@click.argument("recipe", default="base")
-@click.option("--binary", "binaries", multiple=True, help="Extra host binary to include.")
-def image(recipe: str, binaries: tuple[str, ...]) -> None:
-    """Build (or show the cached) workload image of RECIPE and print its digest."""
+@cli.group(invoke_without_command=True)
+@click.option("--recipe", help="A recipe image (default: base).")
+@click.option("--binary", "binaries", multiple=True, help="Extra host binary (recipe).")
+@click.option("--debian", "suite", metavar="SUITE", help="A Debian root filesystem of SUITE "
+              "(debootstrap minbase), e.g. bookworm.")
+@click.option("--package", "packages", multiple=True, help="Debian package to install "
+              "(repeatable; with --debian).")
+@click.option("--mirror", help="Debian mirror (with --debian; default deb.debian.org).")
+@click.option("--archive", type=click.Path(path_type=Path), help="A docker/podman save "
+              "tarball or an OCI image layout (directory or tar).")
+@click.option("--engine", help="An image in this engine's store (docker, podman); with --ref.")
+@click.option("--ref", help="The image's name:tag or id in --engine's store.")
+@click.option("--scenario", "scenario_name", metavar="SCENARIO",
+              help="The image of SCENARIO's [workload].")
+@click.pass_context
+def image(ctx: click.Context, recipe: str | None, binaries: tuple[str, ...],
+          suite: str | None, packages: tuple[str, ...], mirror: str | None,
+          archive: Path | None, engine: str | None, ref: str | None,
+          scenario_name: str | None) -> None:
+    """Build (or show the cached) workload image; print its digest and source identity.
+
+    One source: --recipe (the default: base), --debian SUITE [--package P]...,
+    --archive PATH, --engine docker|podman --ref REF, or --scenario NAME. A second call
+    builds nothing. Subcommands: list, rm, prune, export, import.
+    """
+    from harness.core import image as image_mod
+    from harness.core.debian import DEFAULT_MIRROR
+
+    if ctx.invoked_subcommand:
+        return
+    given = [n for n, v in (("--recipe", recipe), ("--debian", suite), ("--archive", archive),
+                            ("--engine", engine), ("--scenario", scenario_name)) if v]
+    if len(given) > 1:
+        raise click.UsageError(f"give one source, not {' and '.join(given)}")
+    if (engine is None) != (ref is None):
+        raise click.UsageError("--engine and --ref go together")
+    if packages and not suite:
+        raise click.UsageError("--package needs --debian SUITE")
+    source: image_mod.Source
+    if scenario_name:
+        source = scenario.load(scenario_name).workload.image
+    elif suite:
+        source = image_mod.Debian(suite, packages, mirror or DEFAULT_MIRROR)
+    elif archive:
+        source = image_mod.Archive(str(archive.resolve()))
+    elif engine and ref:
+        source = image_mod.EngineRef(engine, ref)
+    else:
+        source = image_mod.Recipe(recipe or "base", binaries)
+    _show_image(_build_image(source))
+
+
+def _build_image(source: Any) -> Any:
+    from harness import session
+
+    t0 = time.monotonic()
+    with err.status(f"image: {source.describe()}…") as shown:
+        img = session.build_image(source, lambda note: shown.update(f"image: {note[:110]}"))
+    took = time.monotonic() - t0
+    err.print(f"built in {img.build_seconds:.1f} s" if img.build_seconds is not None
+              else f"cached: nothing built ({took:.2f} s)")
+    return img
+
+
+def _show_image(img: Any) -> None:
+    ident = dict(img.identity)
+    packages = ident.pop("packages", None)
+    ident.pop("normalised", None)
+    lines = [img.tag, f"sha256:{img.digest}  (what runs: the image + cvbench's init layer)",
+             f"image:  sha256:{img.rootfs_digest}  (as given)",
+             f"init:   sha256:{img.init_digest}  (adds /{', /'.join(img.init_paths)})",
+             f"source: {img.source.describe()}"]
+    lines += [f"  {k}: {v}" for k, v in sorted(ident.items()) if v not in (None, "", [], {})]
+    if packages:
+        lines.append(f"  packages ({len(packages)}): "
+                     + ", ".join(f"{k}={v}" for k, v in sorted(packages.items())))
+    config = {k: v for k, v in img.config.as_dict().items() if v and k != "labels"}
+    if config:
+        lines.append("defaults: " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    lines += [f"tar: {img.tar}", f"rootfs: {img.rootfs}", f"size: {img.size} bytes"]
+    print("\n".join(lines))
+
+
+@image.command("list")
+def image_list() -> None:
+    """The cached images: digest, name, source, size, when built."""
+    import json
+
     from harness.core import image as image_mod
 
-    img = image_mod.build(image_mod.Recipe(name=recipe, binaries=binaries))
-    out.print(f"{img.tag}\nsha256:{img.digest}\ntar: {img.tar}\nrootfs: {img.rootfs}\n"
-              f"size: {img.size} bytes")
+    table = Table("digest", "name", "source", "size", "built", box=None)
+    for path in image_mod.listing():
+        d = json.loads((path / "image.json").read_text())
+        src = image_mod.source_from_dict(d["source"])
+        table.add_row(d["digest"][:12], d["name"], src.describe(),
+                      f"{d['size'] / 2**20:.1f} MiB", d.get("created", "?"))
+    out.print(table)
+
+
+@image.command("rm")
+@click.argument("digests", nargs=-1, required=True, metavar="DIGEST...")
+def image_rm(digests: tuple[str, ...]) -> None:
+    """Remove cached images (a unique digest prefix will do). What engines imported
+    (docker/podman images cvbench/...) and VM disks built from them stay."""
+    from harness.core import image as image_mod
+
+    for d in digests:
+        img = image_mod.remove(d)
+        print(f"removed {img.tag} sha256:{img.digest}")
+
+
+@image.command("prune")
+def image_prune() -> None:
+    """Remove what no cached image needs: stale source keys, old Debian base stages,
+    temp dirs of builds that died."""
+    from harness.core import image as image_mod
+
+    gone = image_mod.prune()
+    print("\n".join(f"removed {g}" for g in gone) or "nothing to prune")
+
+
+@image.command("export")
+@click.argument("digest")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def image_export(digest: str, file: Path) -> None:
+    """Write image DIGEST (as given, without cvbench's init layer) to FILE as a
+    `docker save` archive; `bench image import FILE` on another host gives the same
+    digests (and `docker load -i FILE` loads it)."""
+    from harness.core import image as image_mod
+
+    img = image_mod.load(digest)
+    sha = image_mod.export(img, file)
+    print(f"{file}: {img.tag} sha256:{img.digest} (archive sha256:{sha.removeprefix('sha256:')})")
+
+
+@image.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+def image_import(file: Path) -> None:
+    """Import FILE (an archive `bench image export`, docker or podman save wrote, or an
+    OCI layout) into the cache; print its digest."""
+    from harness.core import image as image_mod
+
+    _show_image(_build_image(image_mod.Archive(str(file.resolve()))))
 
 
 # --- regression tracking: compare, calibrate, baseline ----------------------------------

@@ -31,6 +31,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,7 @@ def build(suite: str, packages: tuple[str, ...], mirror: str, index: tuple[str, 
     installed = versions(root, origin)
     normalise(root)
     return root, {"suite": suite, "mirror": mirror, "architecture": ARCH,
-                  "index": f"sha256:{index[0]}", "index_date": index[1],
+                  "index": f"sha256:{index[0]}",
+                  "index_date": datetime.fromtimestamp(index[1], UTC).isoformat(),
                   "requested": list(packages), "packages": installed,
                   "recommends": False, "normalised": list(NORMALISED)}

@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import struct
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -51,7 +53,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from harness.core import archive, debian
 from harness.core.archive import ImageConfig
 from harness.core.errors import BadImage, ImageError, UsageError
-from harness.core.tree import Node, Tree, extract, from_directory, write_tar
+from harness.core.tree import Node, Tree, extract, from_directory, read_tar, write_tar
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 # Tools the image needs when busybox-static is not installed (copied from the host).
@@ -592,6 +594,98 @@ def resolve_user(rootfs: Path, user: str) -> str:
                 raise UsageError(f"workload.user: no group {group!r} in the image's /etc/group")
             gid = g[2]
     return f"{uid}:{gid}"
+
+
+# --- images as files ------------------------------------------------------------------
+
+def export(img: Image, dest: Path) -> str:
+    """Write `img` as given (without cvbench's init layer) as a `docker save` archive of
+    one layer, whose diff_id is its rootfs digest; `docker load` and `bench image
+    import` read it, and the import gives the same digests on any host. The config
+    keeps the image's defaults and, in labels, its name and where it was made from.
+    The archive is itself deterministic. Returns the archive's sha256."""
+    tree = read_tar(img.tar, f"image {img.digest[:12]}")
+    init = set(img.init_paths)
+    layer = dest.parent / f".{dest.name}.layer"
+    config = img.config.oci()
+    config["Labels"] = {**config.get("Labels", {}), "cvbench.name": img.name,
+                        "cvbench.source": json.dumps(
+                            {"source": {"kind": img.source.kind, **img.source.as_dict()},
+                             "identity": dict(img.identity), "digest": img.digest},
+                            sort_keys=True)}
+    try:
+        with open(layer, "wb") as f:
+            rootfs_digest, _ = write_tar(tree, f, skip=lambda p: p in init)
+        if rootfs_digest != img.rootfs_digest:
+            raise ImageError(f"cached image {img.digest[:12]}: its rootfs no longer hashes to "
+                             f"sha256:{img.rootfs_digest}; delete it and build it again")
+        raw = json.dumps({"architecture": "amd64", "os": "linux", "config": config,
+                          "rootfs": {"type": "layers",
+                                     "diff_ids": [f"sha256:{rootfs_digest}"]}},
+                         sort_keys=True).encode()
+        cdigest = hashlib.sha256(raw).hexdigest()
+        manifest = json.dumps([{"Config": f"{cdigest}.json", "RepoTags": [img.tag],
+                                "Layers": [f"{rootfs_digest}/layer.tar"]}]).encode()
+        tmp = dest.parent / f".{dest.name}.tmp"
+        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as out:
+            for name, data in (("manifest.json", manifest), (f"{cdigest}.json", raw)):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                out.addfile(info, io.BytesIO(data))
+            d = tarfile.TarInfo(rootfs_digest)
+            d.type, d.mode = tarfile.DIRTYPE, 0o755
+            out.addfile(d)
+            with open(layer, "rb") as f:
+                info = out.gettarinfo(fileobj=f, arcname=f"{rootfs_digest}/layer.tar")
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                info.mode = 0o644
+                out.addfile(info, f)
+        os.replace(tmp, dest)
+    finally:
+        layer.unlink(missing_ok=True)
+        (dest.parent / f".{dest.name}.tmp").unlink(missing_ok=True)
+    return archive.sha256_file(dest)
+
+
+def remove(digest: str, cache: Path | None = None) -> Image:
+    """Remove a cached image (and the source keys that lead to it); what was removed."""
+    cache = cache or cache_dir()
+    img = load(digest, cache)
+    for key in (cache / "sources").glob("*.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            if json.loads(key.read_text())["digest"] == img.digest:
+                key.unlink()
+    shutil.rmtree(img.tar.parent)
+    return img
+
+
+def prune(cache: Path | None = None, age: float = 3600.0) -> list[str]:
+    """Remove what no image needs: source keys of removed images, Debian base stages
+    older than the newest of their suite, build temp dirs older than `age` seconds
+    (younger ones may belong to a build going on). What was removed."""
+    cache = cache or cache_dir()
+    gone: list[str] = []
+    digests = {p.name for p in listing(cache)}
+    for key in sorted((cache / "sources").glob("*.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            if json.loads(key.read_text())["digest"] not in digests:
+                key.unlink()
+                gone.append(f"source key {key.stem[:12]}")
+    bases = sorted((cache / "debian").glob("*-*-*"), key=lambda p: p.stat().st_mtime) \
+        if (cache / "debian").is_dir() else []
+    newest: dict[str, Path] = {}
+    for b in bases:
+        newest[b.name.rsplit("-", 1)[0]] = b
+    for b in bases:
+        if newest[b.name.rsplit("-", 1)[0]] != b:
+            shutil.rmtree(b)
+            gone.append(f"debian base {b.name}")
+    now = time.time()
+    for t in sorted((cache / ".tmp").glob("*")) if (cache / ".tmp").is_dir() else []:
+        if now - t.stat().st_mtime > age:
+            shutil.rmtree(t, ignore_errors=True)
+            gone.append(f"temp dir {t.name}")
+    return gone
 
 
 def verify(image: Image) -> None:

@@ -245,7 +245,7 @@ class Blobs:
         return dest
 
 
-def apply_layer(tree: Tree, layer: tarfile.TarFile, blobs: Blobs, where: str,
+def apply_layer(tree: Tree, layer: tarfile.TarFile, blobs: Blobs | None, where: str,
                 in_place: tuple[Path, int] | None = None) -> None:
     """Apply one layer (a tar opened for streaming) to `tree`. Whiteouts act on the
     layers below only: they are applied before the layer's own entries. `in_place`:
@@ -276,7 +276,7 @@ def apply_layer(tree: Tree, layer: tarfile.TarFile, blobs: Blobs, where: str,
                 node.source, node.offset = in_place[0], in_place[1] + info.offset_data
             else:
                 src = layer.extractfile(info)
-                assert src is not None
+                assert src is not None and blobs is not None
                 node.source = blobs.store(src)
         entries.append((path, info, node))
     for path, opaque in deletions:
@@ -287,6 +287,15 @@ def apply_layer(tree: Tree, layer: tarfile.TarFile, blobs: Blobs, where: str,
         else:
             tree.put(path, maybe)
     tree.where = ""
+
+
+def read_tar(path: Path, origin: str) -> Tree:
+    """The tree of an uncompressed tar file (one this module wrote), its contents read
+    in place."""
+    tree = Tree(origin)
+    with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
+        apply_layer(tree, tf, None, path.name, in_place=(path, 0))
+    return tree
 
 
 def from_directory(root: Path, origin: str, clamp: int | None = None) -> Tree:

@@ -7,11 +7,10 @@ never leaves it behind (the runner removes what is still tracked).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
-
 import re
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from harness.core.errors import InstanceError, ReadyTimeout
 from harness.core.probes import serving
