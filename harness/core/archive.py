@@ -149,7 +149,7 @@ class _Files:
                 self.members[clean(m.name)] = m
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             raise BadImage(f"{origin}: not a readable tar archive (truncated or corrupt?): "
-                           f"{e}") from None
+                           f"{_one_line(e)}") from None
 
     def has(self, name: str) -> bool:
         return name in self.members if self.tar else (self.path / name).is_file()
@@ -173,6 +173,10 @@ class _Files:
             return json.loads(data)
         except ValueError as e:
             raise BadImage(f"{self.origin}: {name}: not valid JSON ({e})") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return "; ".join(line.strip(" -") for line in str(e).splitlines() if line.strip())[:200]
 
 
 def _plain_tar(path: Path) -> bool:
@@ -206,7 +210,8 @@ def _layer_stream(files: _Files, layer: Layer, where: str) -> Iterator[
         with f, tarfile.open(fileobj=content, mode="r|") as tf:  # type: ignore[call-overload]
             yield tf, raw, content, gz
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile, ValueError) as e:
-        raise BadImage(f"{files.origin}: {where}: truncated or corrupt layer ({e})") from None
+        raise BadImage(f"{files.origin}: {where}: truncated or corrupt layer "
+                       f"({_one_line(e)})") from None
 
 
 def _layers(files: _Files) -> tuple[list[Layer], dict[str, Any], dict[str, Any]]:

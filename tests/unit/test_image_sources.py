@@ -1,0 +1,302 @@
+"""Image archives flattened with the OCI whiteout rules, hostile archives refused, the
+deterministic tar keeping owners/modes/mtimes, export -> import keeping the digests.
+
+Archives are made here, in Python (layer tars with whiteouts, device nodes, links that
+leave the root): no engine needed. tests/integration/test_images.py checks the
+flattening against `docker export` of the same image.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.core import image, tree
+from harness.core.errors import BadImage, UsageError
+
+Entry = tuple[str, str, dict[str, Any]]  # (name, kind, options)
+
+
+def layer(*entries: Entry) -> bytes:
+    """A layer tar: kind "d" dir, "f" file (data), "l" symlink / "h" hard link (target),
+    "c" char device, "p" FIFO; options mode, uid, gid, mtime."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, kind, o in entries:
+            info = tarfile.TarInfo(name)
+            info.mode, info.uid, info.gid = o.get("mode", 0o755), o.get("uid", 0), o.get("gid", 0)
+            info.mtime = o.get("mtime", 1_600_000_000)
+            data = o.get("data", b"")
+            info.type = {"d": tarfile.DIRTYPE, "f": tarfile.REGTYPE, "l": tarfile.SYMTYPE,
+                         "h": tarfile.LNKTYPE, "c": tarfile.CHRTYPE, "p": tarfile.FIFOTYPE}[kind]
+            info.linkname = o.get("target", "")
+            if kind == "f":
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+            else:
+                t.addfile(info)
+    return buf.getvalue()
+
+
+def sha(b: bytes) -> str:
+    return "sha256:" + hashlib.sha256(b).hexdigest()
+
+
+def docker_save(layers: list[bytes], config: dict[str, Any] | None = None,
+                tags: tuple[str, ...] = ("example/app:1",)) -> bytes:
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": config or {},
+                      "rootfs": {"type": "layers", "diff_ids": [sha(x) for x in layers]}})
+    files = {"manifest.json": json.dumps([{
+        "Config": "config.json", "RepoTags": list(tags),
+        "Layers": [f"{i}/layer.tar" for i in range(len(layers))]}]).encode(),
+        "config.json": cfg.encode(), **{f"{i}/layer.tar": x for i, x in enumerate(layers)}}
+    return _tar(files)
+
+
+GZ_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def oci_layout(layers: list[bytes], config: dict[str, Any] | None = None) -> bytes:
+    """An OCI image layout as a tar, its layers gzip-compressed."""
+    blobs: dict[str, bytes] = {}
+
+    def blob(data: bytes) -> str:
+        blobs[f"blobs/sha256/{hashlib.sha256(data).hexdigest()}"] = data
+        return sha(data)
+
+    gz = [gzip.compress(x, mtime=0) for x in layers]
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": config or {},
+                      "rootfs": {"type": "layers", "diff_ids": [sha(x) for x in layers]}})
+    manifest = json.dumps({"schemaVersion": 2, "config": {"digest": blob(cfg.encode())},
+                           "layers": [{"digest": blob(g), "mediaType": GZ_LAYER}
+                                      for g in gz]}).encode()
+    index = json.dumps({"schemaVersion": 2, "manifests": [{"digest": blob(manifest)}]})
+    return _tar({"oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+                 "index.json": index.encode(), **blobs})
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+SH: Entry = ("bin/sh", "f", {"data": b"#!shell\n"})
+BASE = layer(("bin", "d", {}), SH,
+             ("a", "d", {}), ("a/x", "f", {"data": b"x1"}),
+             ("a/y", "f", {"data": b"y", "mode": 0o640, "uid": 33, "gid": 33}),
+             ("b", "d", {"mode": 0o700}), ("b/1", "f", {"data": b"1"}),
+             ("b/2", "f", {"data": b"2"}),
+             ("c", "f", {"data": b"c"}), ("s", "l", {"target": "a/x"}),
+             ("h", "h", {"target": "a/x"}),
+             ("suid", "f", {"data": b"s", "mode": 0o4755, "mtime": 1_234_567_890}))
+# deletes c, makes b opaque (its own b/3 stays), replaces a/x (the hard link h keeps x1)
+UPPER = layer(("b", "d", {"mode": 0o755}), ("b/3", "f", {"data": b"3"}),
+              ("b/.wh..wh..opq", "f", {}), (".wh.c", "f", {}), ("a/x", "f", {"data": b"x2"}))
+TOP = layer(("a/.wh.y", "f", {}))
+
+
+def contents(t: tree.Tree) -> dict[str, tuple[str, int, int, int, bytes | str]]:
+    out: dict[str, tuple[str, int, int, int, bytes | str]] = {}
+    for path, n in t.walk():
+        body: bytes | str = n.target if n.kind == "symlink" else b""
+        if n.kind == "file":
+            with n.open() as f:
+                body = f.read(n.size)
+        out[path] = (n.kind, n.mode, n.uid, n.gid, body)
+    return out
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> Path:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def test_layers_flatten_with_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
+    from harness.core import archive
+
+    t, _config, ident = archive.read(write(tmp_path, "a.tar", docker_save([BASE, UPPER, TOP])),
+                                    "archive a.tar", tmp_path / "blobs")
+    got = contents(t)
+    assert sorted(got) == ["a", "a/x", "b", "b/3", "bin", "bin/sh", "h", "s", "suid"]
+    assert got["a/x"][4] == b"x2" and got["h"][4] == b"x1"  # the link kept the lower file
+    assert got["b"][1] == 0o755 and got["suid"][1] == 0o4755
+    assert got["s"] == ("symlink", 0o755, 0, 0, "a/x")
+    assert ident["format"] == "docker-save" and ident["tags"] == ["example/app:1"]
+    assert ident["layers"] == 3 and ident["archive"].startswith("sha256:")
+
+
+def test_docker_save_and_oci_layout_give_the_same_image(tmp_path: Path, cache: Path) -> None:
+    cfg = {"Entrypoint": ["/bin/app"], "Cmd": ["--serve"], "Env": ["A=1", "PATH=/bin"],
+           "WorkingDir": "/a", "User": "33:33", "ExposedPorts": {"80/tcp": {}}}
+    a = image.build(image.Archive(str(write(tmp_path, "d.tar", docker_save([BASE, UPPER], cfg)))),
+                    cache)
+    b = image.build(image.Archive(str(write(tmp_path, "o.tar", oci_layout([BASE, UPPER], cfg)))),
+                    cache)
+    assert a.digest == b.digest and a.rootfs_digest == b.rootfs_digest
+    assert a.build_seconds is not None and b.build_seconds is not None  # b found a's digest
+    assert a.config.entrypoint == ("/bin/app",) and a.config.cmd == ("--serve",)
+    assert dict(a.config.env) == {"A": "1", "PATH": "/bin"} and a.config.user == "33:33"
+    assert a.config.workdir == "/a" and a.config.exposed_ports == ("80/tcp",)
+    # a second call builds nothing
+    again = image.build(image.Archive(str(tmp_path / "d.tar")), cache)
+    assert again.digest == a.digest and again.build_seconds is None
+    # what runs = the image + the init layer; the image as given is recorded apart
+    with tarfile.open(a.tar) as tf:
+        members = {m.name: m for m in tf.getmembers()}
+    assert a.init_paths == ("bench", "bench/init") and "bench/init" in members
+    assert members["a/y"].uid == 33
+    assert members["suid"].mode == 0o4755 and members["suid"].mtime == 1_234_567_890
+    assert members["h"].isreg() and not members["h"].islnk()  # its link partner was replaced
+    assert (a.rootfs / "bench/init").read_text() == image.INIT_SCRIPT
+    names = [m for m in members]
+    assert names == sorted(names)
+
+
+def test_real_owners_and_modes_survive(tmp_path: Path, cache: Path) -> None:
+    img = image.build(image.Archive(str(write(tmp_path, "d.tar", docker_save([BASE])))), cache)
+    with tarfile.open(img.tar) as tf:
+        y = tf.getmember("a/y")
+        b = tf.getmember("b")
+        h = tf.getmember("h")
+    assert (y.uid, y.gid, y.mode, y.mtime) == (33, 33, 0o640, 1_600_000_000)
+    assert b.mode == 0o700 and y.uname == "" and y.gname == ""
+    assert h.islnk() and h.linkname == "a/x"  # hard links stay links (first path: the data)
+
+
+def test_export_then_import_keeps_the_digests(tmp_path: Path, cache: Path) -> None:
+    img = image.build(image.Archive(str(write(tmp_path, "d.tar", docker_save([BASE, UPPER])))),
+                      cache)
+    out = tmp_path / "exported.tar"
+    first = image.export(img, out)
+    assert image.export(img, tmp_path / "again.tar") == first  # the archive is deterministic
+    other = tmp_path / "other-host-cache"
+    back = image.build(image.Archive(str(out)), other)
+    assert (back.digest, back.rootfs_digest, back.init_digest) == \
+        (img.digest, img.rootfs_digest, img.init_digest)
+    assert back.identity["exported_from"]["source"]["archive"] == str(tmp_path / "d.tar")
+    assert back.name == img.name
+
+
+@pytest.mark.parametrize(("entries", "names"), [
+    ([("/etc/evil", "f", {})], ["/etc/evil", "absolute path"]),
+    ([("../evil", "f", {})], ["../evil", "'..'"]),
+    ([("a", "d", {}), ("a/up", "l", {"target": "../../etc/shadow"})], ["a/up", "leaves the root"]),
+    ([("x", "h", {"target": "../../etc/passwd"})], ["x", "hard link"]),
+    ([("x", "h", {"target": "bin/nothing"})], ["x", "not a file of the image"]),
+    ([("d", "l", {"target": "/tmp"}), ("d/cvbench-escape-probe", "f", {"data": b"!"})],
+     ["d/cvbench-escape-probe", "not a directory"]),
+    ([("dev/sda", "c", {})], ["dev/sda", "device node"]),
+    ([("fifo", "p", {})], ["fifo", "FIFO"]),
+])
+def test_hostile_entries_are_refused_naming_source_and_entry(
+        tmp_path: Path, cache: Path, entries: list[Entry], names: list[str]) -> None:
+    path = write(tmp_path, "evil.tar", docker_save([layer(("bin", "d", {}), SH, *entries)]))
+    with pytest.raises(BadImage) as exc:
+        image.build(image.Archive(str(path)), cache)
+    message = str(exc.value)
+    assert message.startswith(f"archive {path}: layer 1") and "\n" not in message
+    for n in names:
+        assert n in message
+    _nothing_written(cache)
+    assert not Path("/tmp/cvbench-escape-probe").exists()
+
+
+def _nothing_written(cache: Path) -> None:
+    """The cache holds no image, and its temp dir nothing, after a refused build."""
+    assert not image.listing(cache)
+    assert not any((cache / ".tmp").iterdir()) if (cache / ".tmp").exists() else True
+
+
+def test_truncated_corrupt_and_missing_archives(tmp_path: Path, cache: Path) -> None:
+    good = docker_save([BASE, UPPER])
+    cases = {
+        "truncated.tar": good[:len(good) // 2],
+        "garbage.tar": b"not a tar at all" * 100,
+        # one byte of a file's content changed: the layer no longer matches its diff_id
+        "corrupt.tar": good.replace(b"x1", b"x9", 1),
+        "no-manifest.tar": _tar({"hello": b"x"}),
+    }
+    why = {"truncated.tar": "truncated", "garbage.tar": "not a readable tar",
+           "corrupt.tar": "does not match its diff_id", "no-manifest.tar": "neither"}
+    for name, data in cases.items():
+        path = write(tmp_path, name, data)
+        with pytest.raises(BadImage) as exc:
+            image.build(image.Archive(str(path)), cache)
+        assert str(exc.value).startswith(f"archive {path}:"), str(exc.value)
+        assert why[name] in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(BadImage, match="no such file"):
+        image.build(image.Archive(str(tmp_path / "absent.tar")), cache)
+    _nothing_written(cache)
+
+
+def test_an_image_needs_a_shell_and_no_init_of_its_own(tmp_path: Path, cache: Path) -> None:
+    no_sh = write(tmp_path, "nosh.tar", docker_save([layer(("etc", "d", {}))]))
+    with pytest.raises(BadImage, match="no /bin/sh"):
+        image.build(image.Archive(str(no_sh)), cache)
+    own = write(tmp_path, "own.tar", docker_save([layer(
+        ("bin", "d", {}), SH, ("bench", "d", {}), ("bench/init", "f", {"data": b"x"}))]))
+    with pytest.raises(BadImage, match="its own /bench/init"):
+        image.build(image.Archive(str(own)), cache)
+    # /bin/sh through merged-usr symlinks is found
+    merged = write(tmp_path, "merged.tar", docker_save([layer(
+        ("usr", "d", {}), ("usr/bin", "d", {}), ("usr/bin/dash", "f", {"data": b"d"}),
+        ("usr/bin/sh", "l", {"target": "dash"}), ("bin", "l", {"target": "usr/bin"}))]))
+    assert image.build(image.Archive(str(merged)), cache).init_paths == ("bench", "bench/init")
+
+
+def test_zstd_layers_are_refused_with_the_reason(tmp_path: Path, cache: Path) -> None:
+    zstd = b"\x28\xb5\x2f\xfd" + b"\0" * 64
+    files = {"manifest.json": json.dumps([{"Config": "c.json", "Layers": ["l.tar"]}]).encode(),
+             "c.json": json.dumps({"rootfs": {"diff_ids": [sha(zstd)]}}).encode(), "l.tar": zstd}
+    with pytest.raises(BadImage, match="zstd"):
+        image.build(image.Archive(str(write(tmp_path, "z.tar", _tar(files)))), cache)
+
+
+def test_resolve_user(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n"
+                                         "www-data:x:33:33::/var/www:/usr/sbin/nologin\n")
+    (tmp_path / "etc/group").write_text("root:x:0:\nwww-data:x:33:\nadm:x:4:\n")
+    assert image.resolve_user(tmp_path, "www-data") == "33:33"
+    assert image.resolve_user(tmp_path, "www-data:adm") == "33:4"
+    assert image.resolve_user(tmp_path, "33") == "33:33"
+    assert image.resolve_user(tmp_path, "1000") == "1000:0"  # no entry: gid 0, as Docker
+    assert image.resolve_user(tmp_path, "1000:5") == "1000:5"
+    with pytest.raises(UsageError, match="no user 'nobody'"):
+        image.resolve_user(tmp_path, "nobody")
+    with pytest.raises(UsageError, match="no group 'wheel'"):
+        image.resolve_user(tmp_path, "root:wheel")
+
+
+def test_list_rm_and_prune(tmp_path: Path, cache: Path) -> None:
+    img = image.build(image.Archive(str(write(tmp_path, "d.tar", docker_save([BASE])))), cache)
+    assert [p.name for p in image.listing(cache)] == [img.digest]
+    assert image.load(img.digest[:10], cache).digest == img.digest
+    assert image.remove(img.digest[:12], cache).digest == img.digest
+    assert image.listing(cache) == []
+    with pytest.raises(UsageError, match="no such image"):
+        image.load(img.digest, cache)
+    (cache / ".tmp" / "dead").mkdir(parents=True)
+    gone = image.prune(cache, age=-1)
+    assert "temp dir dead" in gone
+    # the removed image's source key went with it: building again builds
+    again = image.build(image.Archive(str(tmp_path / "d.tar")), cache)
+    assert again.build_seconds is not None
