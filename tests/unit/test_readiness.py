@@ -7,7 +7,7 @@ import http.server
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,29 +67,43 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+Server = tuple[int, list[int]]
+
+
 @pytest.fixture
-def late_server() -> Iterator[tuple[int, list[int]]]:
-    """An HTTP server on 127.0.0.1 that starts listening 0.3 s from now; the list gets the
-    monotonic ns at which it listened."""
-    port = _free_port()
-    listened: list[int] = []
+def late() -> Iterator[Callable[[], Server]]:
+    """Starts an HTTP server on 127.0.0.1 that listens 0.3 s later: its port, and a list
+    that gets the monotonic ns at which it listened."""
     servers: list[http.server.HTTPServer] = []
+    threads: list[threading.Thread] = []
 
-    def serve() -> None:
-        time.sleep(0.3)
-        srv = http.server.HTTPServer(("127.0.0.1", port), _Handler)
-        listened.append(time.monotonic_ns())
-        servers.append(srv)
-        srv.serve_forever(poll_interval=0.05)
+    def start() -> Server:
+        port = _free_port()
+        listened: list[int] = []
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield port, listened
-    while not servers and t.is_alive():
-        time.sleep(0.01)
+        def serve() -> None:
+            time.sleep(0.3)
+            srv = http.server.HTTPServer(("127.0.0.1", port), _Handler)
+            listened.append(time.monotonic_ns())
+            servers.append(srv)
+            srv.serve_forever(poll_interval=0.05)
+
+        threads.append(threading.Thread(target=serve, daemon=True))
+        threads[-1].start()
+        return port, listened
+
+    yield start
+    for t in threads:
+        while t.is_alive() and len(servers) < len(threads):
+            time.sleep(0.01)
     for srv in servers:
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.fixture
+def late_server(late: Callable[[], Server]) -> Server:
+    return late()
 
 
 @pytest.mark.parametrize("kind", ["tcp", "http"])
@@ -152,14 +166,16 @@ def _cell(tmp_path: Path, rt: FakeRuntime, readiness: str, network: str = "host"
 
 
 def test_startup_sample_of_a_service_has_serving_spans(
-        tmp_path: Path, late_server: tuple[int, list[int]]) -> None:
-    port, listened = late_server
+        tmp_path: Path, late: Callable[[], Server]) -> None:
     rt = FakeRuntime(addr="127.0.0.1")
-    cell = _cell(tmp_path, rt, f"http:{port}/")
+    _cell(tmp_path, rt, "tcp:1")  # builds the image now, before the server's 0.3 s run
     ctx = Context("abcdef0123", 10)
     ctx.probe_interval = 0.02
+    port, listened = late()
+    cell = _cell(tmp_path, rt, f"http:{port}/")
     got = {m.metric: m.value for m in studies.get("startup").sample(ctx, cell)}
-    assert got["startup.to_serving"] >= 0.25 and "startup.exit" not in got
+    assert listened and "startup.exit" not in got
+    assert 0.2 <= got["startup.to_serving"] < 5  # the server listened 0.3 s after start()
     assert got["startup.serving"] <= got["startup.to_serving"]
     assert rt.live == {} and listened  # removed once it answered
 
