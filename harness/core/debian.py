@@ -98,15 +98,15 @@ def release_date(inrelease: bytes, origin: str) -> int:
 def _run(argv: list[str], origin: str, progress: Progress, what: str,
          env: dict[str, str] | None = None) -> str:
     """Run a build step, passing its lines to `progress`; its output, or ImageError."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, errors="replace")
     lines: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line.rstrip())
-        if line.strip():
-            progress(f"{what}: {line.strip()[:100]}")
-    if proc.wait() != 0:
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env, errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if line.strip():
+                progress(f"{what}: {line.strip()[:100]}")
+    if proc.returncode != 0:
         raise ImageError(f"{origin}: {what} failed (exit {proc.returncode}): "
                          + " | ".join(lines[-6:]))
     return "\n".join(lines)

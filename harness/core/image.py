@@ -412,36 +412,29 @@ def _store(tree: Tree, source: Source, name: str, config: ImageConfig,
     with open(stage / "image.tar", "wb") as f:
         digest, size = write_tar(tree, f)
     final = cache / digest
+    # The record of this request: a digest cached already (the same rootfs from another
+    # source) keeps its files and first record, but the request's own source, identity
+    # and defaults are what it answers with.
+    img = Image(name=name, digest=digest, tar=final / "image.tar", rootfs=final / "rootfs",
+                size=size, source=source, rootfs_digest=rootfs_digest,
+                init_digest=init_digest, init_paths=added, config=config,
+                identity=dict(identity), contents=contents or {})
     if not (final / "image.json").exists():
         extract(stage / "image.tar", stage / "rootfs")
-        img = Image(name=name, digest=digest, tar=final / "image.tar",
-                    rootfs=final / "rootfs", size=size, source=source,
-                    rootfs_digest=rootfs_digest, init_digest=init_digest, init_paths=added,
-                    config=config, identity=dict(identity), contents=contents or {})
-        record = {**img.as_dict(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
-        (stage / "image.json").write_text(json.dumps(record, indent=1))
+        (stage / "image.json").write_text(json.dumps(_record(img), indent=1))
         try:
             os.rename(stage, final)
         except OSError:  # another process cached the same digest first
             if not (final / "image.json").exists():
                 raise
-    return load(digest, cache)
+    return img
 
 
-def load(digest: str, cache: Path | None = None) -> Image:
-    """The cached image of `digest` (a unique prefix will do)."""
-    cache = cache or cache_dir()
-    digest = digest.removeprefix("sha256:")
-    path = cache / digest
-    if not (path / "image.json").is_file():
-        found = [p for p in listing(cache) if p.name.startswith(digest)] if digest else []
-        if len(found) != 1:
-            raise UsageError(f"image {digest or '?'}: "
-                             + ("no such image in the cache" if not found else
-                                f"ambiguous ({len(found)} images start with it)")
-                             + f" ({cache})")
-        path = found[0]
-    d = json.loads((path / "image.json").read_text())
+def _record(img: Image) -> dict[str, Any]:
+    return {**img.as_dict(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def _from_record(d: Mapping[str, Any], path: Path) -> Image:
     return Image(name=d["name"], digest=d["digest"], tar=path / "image.tar",
                  rootfs=path / "rootfs", size=d["size"],
                  source=source_from_dict(d["source"]), rootfs_digest=d["rootfs_digest"],
@@ -450,13 +443,37 @@ def load(digest: str, cache: Path | None = None) -> Image:
                  identity=d.get("identity", {}), contents=d.get("contents", {}))
 
 
+def load(digest: str, cache: Path | None = None) -> Image:
+    """The cached image of `digest` (a unique prefix will do)."""
+    cache = cache or cache_dir()
+    digest = digest.removeprefix("sha256:")
+    path = cache / digest
+    if not _current(path):
+        found = [p for p in listing(cache) if p.name.startswith(digest)] if digest else []
+        if len(found) != 1:
+            raise UsageError(f"image {digest or '?'}: "
+                             + ("no such image in the cache" if not found else
+                                f"ambiguous ({len(found)} images start with it)")
+                             + f" ({cache})")
+        path = found[0]
+    return _from_record(json.loads((path / "image.json").read_text()), path)
+
+
 def listing(cache: Path | None = None) -> list[Path]:
     """The cache's image directories."""
     cache = cache or cache_dir()
     if not cache.is_dir():
         return []
-    return sorted(p for p in cache.iterdir() if _DIGEST.match(p.name)
-                  and (p / "image.json").is_file())
+    return sorted(p for p in cache.iterdir() if _DIGEST.match(p.name) and _current(p))
+
+
+def _current(path: Path) -> bool:
+    """Whether `path` holds an image this cvbench cached (an older one's record, in a
+    cache shared with it, has no source: it is left alone)."""
+    try:
+        return "source" in json.loads((path / "image.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _index(cache: Path, key: str) -> Path:
@@ -464,9 +481,10 @@ def _index(cache: Path, key: str) -> Path:
 
 
 def _lookup(cache: Path, key: str) -> Image | None:
+    """The image a source key led to, as that source's record (None: not cached)."""
     try:
-        digest = json.loads(_index(cache, key).read_text())["digest"]
-        return load(digest, cache)
+        d = json.loads(_index(cache, key).read_text())
+        return _from_record(d, load(d["digest"], cache).tar.parent)
     except (OSError, ValueError, KeyError, UsageError):
         return None
 
@@ -475,7 +493,7 @@ def _remember(cache: Path, key: str, img: Image) -> None:
     path = _index(cache, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"digest": img.digest, "source": img.as_dict()["source"]}))
+    tmp.write_text(json.dumps(_record(img), indent=1))
     os.replace(tmp, path)
 
 

@@ -101,9 +101,10 @@ BASE = layer(("bin", "d", {}), SH,
              ("c", "f", {"data": b"c"}), ("s", "l", {"target": "a/x"}),
              ("h", "h", {"target": "a/x"}),
              ("suid", "f", {"data": b"s", "mode": 0o4755, "mtime": 1_234_567_890}))
-# deletes c, makes b opaque (its own b/3 stays), replaces a/x (the hard link h keeps x1)
-UPPER = layer(("b", "d", {"mode": 0o755}), ("b/3", "f", {"data": b"3"}),
-              ("b/.wh..wh..opq", "f", {}), (".wh.c", "f", {}), ("a/x", "f", {"data": b"x2"}))
+# deletes c, makes b opaque (its own b/3 stays; b itself, not in this layer, keeps its
+# mode), replaces a/x (the hard link h keeps x1)
+UPPER = layer(("b/3", "f", {"data": b"3"}), ("b/.wh..wh..opq", "f", {}), (".wh.c", "f", {}),
+              ("a/x", "f", {"data": b"x2"}))
 TOP = layer(("a/.wh.y", "f", {}))
 
 
@@ -137,7 +138,7 @@ def test_layers_flatten_with_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
     got = contents(t)
     assert sorted(got) == ["a", "a/x", "b", "b/3", "bin", "bin/sh", "h", "s", "suid"]
     assert got["a/x"][4] == b"x2" and got["h"][4] == b"x1"  # the link kept the lower file
-    assert got["b"][1] == 0o755 and got["suid"][1] == 0o4755
+    assert got["b"][1] == 0o700 and got["suid"][1] == 0o4755
     assert got["s"] == ("symlink", 0o755, 0, 0, "a/x")
     assert ident["format"] == "docker-save" and ident["tags"] == ["example/app:1"]
     assert ident["layers"] == 3 and ident["archive"].startswith("sha256:")
