@@ -11,6 +11,7 @@ from harness import __version__
 from harness.core import hostinfo
 from harness.core.errors import BackendUnavailable
 from harness.core.image import Image
+from harness.core.probes import serving
 from harness.core.units import format_size
 from harness.results import SCHEMA
 from harness.runner import Cell
@@ -77,6 +78,24 @@ def make_cells(p: Plan, prepared: dict[str, Prepared], copies: int = 1) -> list[
     return [Cell(backend=b, variant=v, config=p.scenario.config(v), runtime=p.runtimes[b],
                  prepared=prepared[b], traits=traits[b], copy=None if copies == 1 else k)
             for b in p.backends for v in p.scenario.variants for k in range(copies)]
+
+
+def busy_ports(p: Plan) -> list[str]:
+    """A tcp/http readiness probe of an instance on the host's own network (network
+    "host", or a backend that applies no network) must not be answered by a server that
+    is there already: what would be probed against it, one line each."""
+    out = []
+    for b in p.backends:
+        traits = p.runtimes[b].traits()
+        for v in p.scenario.variants:
+            cfg = p.scenario.config(v)
+            probe = cfg.workload.probe
+            hosted = cfg.network == "host" or "network" in traits.not_applied
+            if probe.needs_address and hosted and serving.answers(probe, "127.0.0.1", 0.5):
+                out.append(f"{b}: {probe}: port {probe.port} on this host already answers "
+                           "(another server?), and this backend's instances listen on the "
+                           "host's network: stop that server or use another port")
+    return out
 
 
 def header(p: Plan, run_id: str, image: Image, prepared: dict[str, Prepared],

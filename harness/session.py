@@ -118,6 +118,8 @@ class Session:
         # The image's defaults (Entrypoint, Cmd, Env, WorkingDir, User) under the scenario's.
         scen = self.scenario = p.scenario = replace(
             scen, workload=scen.workload.resolved(img))
+        for problem in planning.busy_ports(p):
+            raise UsageError(problem)
         self.lock = RunLock(self.run_id, f"scenario {scen.name}")
         if resumed:
             # What the interrupted run left (the instance in flight at the kill) goes first.

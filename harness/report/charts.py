@@ -46,6 +46,7 @@ FAMILIES: dict[str, list[RGB]] = {
     "unknown": ["#b8860b", "#000000", "#7f7f7f"],
 }
 PHASE_COLOURS = ["#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f"]
+SERVING_COLOUR = "#222222"
 VERDICT_COLOURS = {claims_mod.HOLDS: "#1a9850", claims_mod.FAILS: "#d73027",
                    claims_mod.INCONCLUSIVE: "#878787"}
 DATASET_MARKERS = ["o", "s", "^", "D", "v", "P"]
@@ -304,7 +305,19 @@ def startup(df: pd.DataFrame, look: Look) -> Figure | None:
                    if (df["metric"] == m).any()), None)
     if metric is None:
         return None
-    d = df[df["metric"] == metric]
+    what = "create → ready line" if metric == "startup.to_ready" else "create → removed"
+    return _samples(df[df["metric"] == metric], look, what)
+
+
+@styled
+def startup_serving(df: pd.DataFrame, look: Look) -> Figure | None:
+    """Every sample of the time to the first answer of a service (tcp, http or log
+    readiness) per cell, as `startup`."""
+    d = df[df["metric"] == "startup.to_serving"]
+    return _samples(d, look, "create → first answer") if not d.empty else None
+
+
+def _samples(d: pd.DataFrame, look: Look, what: str) -> Figure:
     cs = data.cells(d, look.order, look.sets)
     fig = look.figure(len(cs))
     ax = fig.add_subplot()
@@ -325,7 +338,6 @@ def startup(df: pd.DataFrame, look: Look) -> Figure | None:
     ax.set_xlim(right=ax.get_xlim()[1] * 2.5)  # room for the last median's label
     ax.grid(axis="x", which="major")
     _rows(ax, cs, look)
-    what = "create → ready line" if metric == "startup.to_ready" else "create → removed"
     ax.set_xlabel(f"{what} (log scale)")
     _title(fig, f"Startup: {what}, every sample", look)
     _finish(fig, look, [
@@ -347,16 +359,26 @@ def startup_phases(df: pd.DataFrame, look: Look) -> Figure | None:
     fig = look.figure(len(cs))
     ax = fig.add_subplot()
     sums = []
+    spans = False
     for i, c in enumerate(cs):
         cell = c.select(d)
         meds = [float(cell[cell["metric"] == f"startup.{p}"]["value"].median())
                 if (cell["metric"] == f"startup.{p}").any() else 0.0 for p in phases]
-        total = sum(m for m in meds if m == m)
+        served = c.select(df[df["metric"] == "startup.serving"])["value"]
+        serving = float(served.median()) if not served.empty else None
+        # A service is removed once it answers: the time from its ready line to that
+        # answer is in no phase, so the bar leaves it blank before `remove`.
+        ready_end = sum(meds[:phases.index("ready") + 1]) if "ready" in phases else 0.0
+        begin = ready_end - (meds[phases.index("ready")] if "ready" in phases else 0.0)
+        gap = max(0.0, begin + serving - ready_end) if serving is not None else 0.0
+        total = sum(m for m in meds if m == m) + gap
         sums.append(f"Σ {format_seconds(total)}" if total > 0 else "")
         if not total > 0:
             continue
         left = 0.0
         for k, m in enumerate(meds):
+            if phases[k] == "remove":
+                left += gap / total
             w = m / total
             ax.barh(i, w, left=left, height=0.7, color=PHASE_COLOURS[k % len(PHASE_COLOURS)],
                     edgecolor="white", lw=1, hatch="//" if c.emulated else None)
@@ -364,15 +386,29 @@ def startup_phases(df: pd.DataFrame, look: Look) -> Figure | None:
                 ax.text(left + w / 2, i, format_seconds(m), ha="center", va="center",
                         fontsize=_pt("ytick.labelsize") * 0.85)
             left += w
+        if serving is not None:  # a span over the phases, never one of them
+            spans = True
+            x0, x1 = begin / total, (begin + serving) / total
+            ax.plot([x0, x1], [i - 0.42, i - 0.42], color=SERVING_COLOUR, lw=3,
+                    solid_capstyle="butt", zorder=5)
+            ax.plot([x1], [i - 0.42], marker="|", color=SERVING_COLOUR, ms=10, mew=2, zorder=5)
+            ax.annotate(format_seconds(serving), (x1, i - 0.42), xytext=(4, 0),
+                        textcoords="offset points", va="center", color=SERVING_COLOUR,
+                        fontsize=_pt("ytick.labelsize") * 0.8, zorder=6)
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
     _rows(ax, cs, look)
     _right_labels(ax, sums, weight="bold")
-    ax.set_xlabel("share of the lifecycle (sum of the phase medians); in the bars: median "
-                  "duration")
+    ax.set_xlabel("share of the lifecycle (sum of the phase medians"
+                  + ("; a service's blank: its ready line → first answer" if spans else "")
+                  + "); in the bars: median duration")
     _title(fig, "Startup phases: where the time goes", look)
-    _finish(fig, look, [Patch(color=PHASE_COLOURS[k % len(PHASE_COLOURS)], label=p)
-                        for k, p in enumerate(phases)], cs)
+    legend: list[Any] = [Patch(color=PHASE_COLOURS[k % len(PHASE_COLOURS)], label=p)
+                         for k, p in enumerate(phases)]
+    if spans:
+        legend.append(Line2D([], [], color=SERVING_COLOUR, lw=3,
+                             label="serving: start returned → first answer (a span)"))
+    _finish(fig, look, legend, cs)
     return fig
 
 
@@ -769,6 +805,7 @@ CHARTS: dict[str, tuple[str, ChartFn]] = {
     "claims": ("Seed claims", claims),
     "claims_io": ("Seed claims about I/O", claims_io),
     "startup": ("Startup: time to ready", startup),
+    "startup_serving": ("Startup: time to the first answer", startup_serving),
     "startup_phases": ("Startup phases", startup_phases),
     "memory": ("Memory per instance", memory),
     "disk": ("Disk", disk),

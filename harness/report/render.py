@@ -27,7 +27,8 @@ from harness.report import data, tables
 from harness.results import Loaded
 
 # Which charts belong to which study, in the order they are shown.
-STUDY_CHARTS = {"startup": ("startup", "startup_phases"), "memory": ("memory",),
+STUDY_CHARTS = {"startup": ("startup", "startup_serving", "startup_phases"),
+                "memory": ("memory",),
                 "disk": ("disk",), "io": ("io_bw", "io_iops"), "density": ("density",)}
 STUDY_TITLES = {"startup": "Startup", "memory": "Memory", "disk": "Disk", "io": "I/O",
                 "density": "Density"}

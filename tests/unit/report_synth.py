@@ -89,6 +89,23 @@ def startup_samples(rng: np.random.Generator, n: int = 20, speed: float = 1.0,
     return out
 
 
+def serving_samples(rng: np.random.Generator, n: int = 10) -> list[dict[str, Any]]:
+    """An app-startup run: a service removed once it answers (no exit phase), so its
+    samples have the serving spans."""
+    out = []
+    for b in BACKENDS:
+        for r in range(n):
+            t = {p: TO_READY[b] * f / 0.7 * rng.lognormal(0, 0.15)
+                 for p, f in PHASE_SHARE.items() if p != "exit"}
+            serving = t["ready"] + TO_READY[b] * 0.5 * rng.lognormal(0, 0.1)
+            for p, v in {**t, "serving": serving,
+                         "to_serving": t["create"] + t["start"] + serving,
+                         "to_ready": t["create"] + t["start"] + t["ready"],
+                         "total": t["create"] + t["start"] + serving + t["remove"]}.items():
+                out.append(_s(b, "default", f"startup.{p}", "s", v, r))
+    return out
+
+
 def memory_samples(rng: np.random.Generator, rounds: int = 5, instances: int = 4
                    ) -> list[dict[str, Any]]:
     out = []
