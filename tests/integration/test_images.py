@@ -266,6 +266,8 @@ def test_http_readiness_agrees_with_a_curl_loop(tmp_path: Path) -> None:
         t.join(30)
         assert served is not None and curl
         gap = abs(served / 1e9 - curl["t"])
+        print(f"http probe vs curl loop: {gap * 1e3:.1f} ms apart (interval "
+              f"{interval * 1e3:.0f} ms; curl's answering attempt {curl['cost'] * 1e3:.1f} ms)")
         assert gap <= interval + curl["cost"], (gap, curl)
     finally:
         ctx.cleanup()
