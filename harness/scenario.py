@@ -440,8 +440,8 @@ def parse(data: Mapping[str, Any], source: str) -> Scenario:
         if not k or "=" in k or "\0" in k or "\0" in env[k]:
             raise r.fail(f"workload.env.{k}", "is not a valid environment variable")
     workdir = r.str_(w["workdir"], "workload.workdir") if "workdir" in w else None
-    if workdir is not None and not workdir.startswith("/"):
-        raise r.fail("workload.workdir", "must be an absolute path")
+    if workdir is not None and (not workdir.startswith("/") or ".." in workdir.split("/")):
+        raise r.fail("workload.workdir", "must be an absolute path without '..'")
     user = r.str_(w["user"], "workload.user") if "user" in w else None
     if user is not None and (not user or any(c.isspace() for c in user)):
         raise r.fail("workload.user", "must be a user name or uid, optionally :group")

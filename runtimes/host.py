@@ -17,6 +17,7 @@ implements with clone(CLONE_VM|CLONE_VFORK): no copy of the interpreter is made.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import platform
 import re
@@ -81,6 +82,24 @@ def _mount_root(image_rootfs: Path, d: Path) -> None:
     ns.mount(None, f"{root}/dev", None, ns.MS_SLAVE | ns.MS_REC)
 
 
+def _mkdirs_inside(root: Path, path: str) -> None:
+    """mkdir -p `path` below `root` as root (as Docker makes a missing WORKDIR), one
+    component at a time without following symlinks: an image's symlink must not lead
+    the host's mkdir outside the root (OSError ELOOP/ENOTDIR instead)."""
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        for part in [p for p in path.split("/") if p not in ("", ".")]:
+            if part == "..":
+                raise OSError(errno.EINVAL, f"workdir {path!r} has '..'")
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    finally:
+        os.close(fd)
+
+
 def _unmount_all(d: Path) -> None:
     """Detach every mount at or below d/root (deepest first), then remove d."""
     prefix = str(d / "root")
@@ -133,6 +152,8 @@ class HostRuntime:
             inst.dir = _root() / spec.name
             try:
                 _mount_root(prepared.image.rootfs, inst.dir)
+                if spec.user:  # the init cannot make it once the user is switched
+                    _mkdirs_inside(inst.dir / "root", spec.workdir)
             except OSError as e:
                 _unmount_all(inst.dir)
                 raise InstanceError(f"host: cannot mount the root of {spec.name}: {e}") from e

@@ -317,3 +317,23 @@ def test_bad_sources_exit_2_with_one_line(tmp_path: Path, debian: image.Image) -
         assert lines[0].startswith("bench: error: ") and fragment in lines[0], lines[0]
     after = set(tmp_dir.iterdir()) if tmp_dir.exists() else set()
     assert after <= before  # every failed build removed its temp dir
+
+
+@pytest.mark.parametrize("backend", ["host", "ns", "docker", "podman", "libvirt:disk"])
+def test_user_and_workdir_of_a_real_image(debian: image.Image, backend: str) -> None:
+    """The image's user www-data, resolved to uid:gid once, and a workdir the image lacks
+    (made as root before the switch): the same on every backend that can switch user."""
+    from harness import session
+    from harness.core.errors import UsageError
+
+    backend_or_skip(backend)
+    user = image.resolve_user(debian.rootfs, "www-data")
+    run = dict(timeout=120, user=user, workdir="/var/www/new")
+    if backend.startswith("libvirt"):
+        with pytest.raises(UsageError, match="user 33:33 is not supported"):
+            session.exec_once(backend, ["true"], debian, **run)  # type: ignore[arg-type]
+        return
+    ex, problems = session.exec_once(backend, ["sh", "-c", "id -u; id -g; pwd"], debian,
+                                     **run)  # type: ignore[arg-type]
+    assert not problems and ex.code == 0, ex.stderr
+    assert ex.stdout.decode().split() == ["33", "33", "/var/www/new"]

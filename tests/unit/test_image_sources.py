@@ -301,3 +301,30 @@ def test_list_rm_and_prune(tmp_path: Path, cache: Path) -> None:
     # the removed image's source key went with it: building again builds
     again = image.build(image.Archive(str(tmp_path / "d.tar")), cache)
     assert again.build_seconds is not None
+
+
+def test_workload_takes_the_image_defaults(tmp_path: Path, cache: Path) -> None:
+    from harness import scenario
+
+    cfg = {"Entrypoint": ["/bin/app"], "Cmd": ["--serve"], "Env": ["A=1", "B=2"],
+           "WorkingDir": "/a", "User": "33"}
+    passwd = layer(("bin", "d", {}), SH, ("etc", "d", {}),
+                   ("etc/passwd", "f", {"data": b"root:x:0:0::/:/bin/sh\nw:x:33:34::/:/x\n"}))
+    img = image.build(image.Archive(str(write(tmp_path, "d.tar", docker_save([passwd], cfg)))),
+                      cache)
+
+    def resolved(**workload: Any) -> Any:
+        return scenario.parse({"name": "t", "workload": workload}, "t.toml").workload \
+            .resolved(img)
+
+    w = resolved()
+    assert w.command == ("/bin/app", "--serve") and dict(w.env) == {"A": "1", "B": "2"}
+    assert (w.workdir, w.user) == ("/a", "33:34")
+    assert resolved(argv=["--check"]).command == ("/bin/app", "--check")  # replaces Cmd
+    assert resolved(entrypoint=["/bin/sh"]).command == ("/bin/sh",)  # drops the image's Cmd
+    w = resolved(env={"B": "x"}, workdir="/w", user="root")
+    assert dict(w.env) == {"A": "1", "B": "x"} and (w.workdir, w.user) == ("/w", "0:0")
+    bare = image.build(image.Archive(str(write(tmp_path, "bare.tar", docker_save([BASE])))),
+                       cache)
+    with pytest.raises(UsageError, match="no Entrypoint or Cmd"):
+        scenario.parse({"name": "t"}, "t.toml").workload.resolved(bare)
