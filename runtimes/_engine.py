@@ -155,7 +155,7 @@ class AttachStream(_proc.Stream):
             self.fd = -1
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class EngineInstance(Instance):
     """A container: its id, the attach stream its output arrives on, and its memory
     cgroup once looked up."""

@@ -160,7 +160,7 @@ class InstanceSpec:
         return READY_PREFIX + self.nonce.encode()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Instance:
     """A created instance. Each backend subclasses it with its own typed handles (a
     process and its pipes, a container id, a domain) and gets them back with `own()`."""

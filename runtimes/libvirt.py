@@ -233,7 +233,7 @@ def virtlogd_problem(sock: Path = VIRTLOGD_SOCK, qemu_conf: Path = QEMU_CONF) ->
     return None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class VmInstance(Instance):
     """A transient domain (libvirt's virDomain), its directory and its serial console,
     connected while the vCPUs are still paused."""

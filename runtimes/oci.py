@@ -65,7 +65,7 @@ CGROUP_PARENT = "cvbench.oci"
 FLAVOURS = ("crun", "runc", "runsc")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class OciInstance(PipedInstance):
     """The `<cli> run` process is the instance's first process; `bundle` its directory."""
 

@@ -55,7 +55,7 @@ _SERVER = ForkServer()  # one per runner process, shared by every NsRuntime
 atexit.register(_SERVER.close)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class NsInstance(PipedInstance):
     """An ns instance: its first process (pid/pidfd once start has run), what create
     made for it and remove undoes."""
