@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeGuard
 
+from harness.core import hostinfo
 from harness.core.errors import ResultError
 
 SCHEMA = 1
@@ -104,6 +106,39 @@ def _emit(record: object, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 # --- records ---------------------------------------------------------------------------
+
+_VERSION_WORD = re.compile(r"\bversion:?\s+v?(\d[^\s,;]*)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, order=True)
+class Component:
+    """A part a backend runs on, and its version: the engine, the containerd and OCI
+    runtime under it, QEMU, libvirt, the kernel. Every backend reports the same typed list
+    (`runtimes.base.Availability.components`), recorded per backend in a result as
+    `backends.<name>.components`; `bench history` annotates a move with the ones that
+    changed between two runs."""
+
+    name: str
+    version: str
+
+    @classmethod
+    def parse(cls, name: str, text: str) -> Component:
+        """From what a tool prints: "crun version 1.8.1\ncommit: ..." -> 1.8.1; text
+        without "version N" is kept (first line, stripped)."""
+        first = text.strip().splitlines()[0].strip() if text.strip() else "?"
+        m = _VERSION_WORD.search(first)
+        return cls(name, m.group(1) if m else first)
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> Component:
+        if not isinstance(data, dict):
+            raise ResultError(f"{where}: not an object")
+        return cls(_field(data, "name", "str", where + ".", True),
+                   _field(data, "version", "str", where + ".", True))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version}
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -306,6 +341,38 @@ class Result:
         return hid if isinstance(hid, str) and hid else None
 
     @property
+    def hardware_id(self) -> str | None:
+        """The machine, apart from its software (see hostinfo.hardware_id)."""
+        return hostinfo.hardware_id(self.host)
+
+    @property
+    def software(self) -> dict[str, str]:
+        """The host's software versions and settings (kernel, distro, ...)."""
+        return hostinfo.software(self.host)
+
+    @property
+    def commit(self) -> str | None:
+        """The cvbench commit that measured (None: unknown, e.g. an older file)."""
+        c = self.tool.get("commit")
+        return c if isinstance(c, str) and c else None
+
+    @property
+    def dirty(self) -> bool:
+        """Whether that commit's tree had uncommitted changes."""
+        return self.tool.get("dirty") is True
+
+    def components(self, backend: str) -> tuple[Component, ...]:
+        """The parts `backend` ran on, with versions; from the `versions` mapping in
+        files written before `components` was recorded."""
+        meta = self.backends.get(backend, {})
+        if "components" in meta:  # checked when read
+            return tuple(Component(c["name"], c["version"]) for c in meta["components"])
+        versions = meta.get("versions")
+        if not isinstance(versions, dict):
+            return ()
+        return tuple(Component.parse(str(k), str(v)) for k, v in versions.items())
+
+    @property
     def image_digest(self) -> str:
         return str(self.image["digest"])
 
@@ -346,6 +413,9 @@ class Result:
         for name, meta in backends.items():
             if not isinstance(meta, dict):
                 raise ResultError(f"{at}backends.{name}: not an object")
+            for i, c in enumerate(_field(meta, "components", "list", f"{at}backends.{name}.")
+                                  or ()):
+                Component.from_dict(c, f"{at}backends.{name}.components[{i}]")
         section = data.get("baseline")
         return cls(
             schema=schema, tool=_field(data, "tool", "object", at, True),
