@@ -461,7 +461,7 @@ def image(recipe: str, binaries: tuple[str, ...]) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the comparison as JSON here.")
 @click.option("--allow-cross-host", is_flag=True,
-              help="Compare results from different host fingerprints (indicative only).")
+              help="Compare results from different machines (hardware ids; indicative only).")
 @click.option("--baselines", "baselines_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results/baselines"), show_default=True,
               help="Where calibrated noise bands are looked up (<host id>/<scenario>.json).")

@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeGuard
 
-from harness.core import hostinfo
 from harness.core.errors import ResultError
 
 SCHEMA = 1
@@ -339,16 +338,6 @@ class Result:
     def host_id(self) -> str | None:
         hid = self.host.get("id")
         return hid if isinstance(hid, str) and hid else None
-
-    @property
-    def hardware_id(self) -> str | None:
-        """The machine, apart from its software (see hostinfo.hardware_id)."""
-        return hostinfo.hardware_id(self.host)
-
-    @property
-    def software(self) -> dict[str, str]:
-        """The host's software versions and settings (kernel, distro, ...)."""
-        return hostinfo.software(self.host)
 
     @property
     def commit(self) -> str | None:
