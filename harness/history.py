@@ -531,11 +531,11 @@ def _draw_series(ax: Any, s: Series, colour: str, labels: Mapping[int, str],
         ax.plot([x[a], x[b - 1]], [level, level], color=colour, lw=1.0, alpha=0.6)
     # What changed on the machine (not the commit: that changes with every run), marked
     # where it happened, so that an upgrade without a move shows too.
-    for a, b in itertools.pairwise(s.points):
-        changed = sorted({c.what.split(": ")[-1] for c in differences(a.doc, b.doc,
+    for p, q in itertools.pairwise(s.points):
+        changed = sorted({c.what.split(": ")[-1] for c in differences(p.doc, q.doc,
                           [s.key.backend]) if c.what != "commit"})
         if changed:
-            at = a.when + (b.when - a.when) / 2
+            at = p.when + (q.when - p.when) / 2
             ax.axvline(at, color="#999999", ls=":", lw=0.8)
             ax.annotate(", ".join(changed), (at, 0.0), xycoords=("data", "axes fraction"),
                         xytext=(2, 2), textcoords="offset points", va="bottom", ha="left",
