@@ -46,13 +46,14 @@ class Synth:
     sample_scale: float = 0.05  # per-sample noise: exp(sample_scale * t3)
     upgrades: list[Upgrade] = field(default_factory=list)
     seed: int = 1
+    first: int = 0  # index of the first run (a later part of a history starts later)
 
     def write(self, out: Path) -> list[Path]:
         rng = np.random.default_rng(self.seed)
         out.mkdir(parents=True, exist_ok=True)
         start = datetime(2026, 1, 1, tzinfo=UTC)
         paths = []
-        for i in range(self.runs_per_machine):
+        for i in range(self.first, self.first + self.runs_per_machine):
             for j, machine in enumerate(MACHINES):
                 when = start + timedelta(hours=12 * i + j)
                 doc = self.doc(machine, i, when, rng)
