@@ -554,7 +554,7 @@ def history_(result_paths: tuple[Path, ...], out_dir: Path, scenario: str | None
         t.add_column(col)
     for m in moves:
         t.add_row(f"[{'bold red' if m.verdict == 'regression' else 'green'}]{m.verdict}[/]",
-                  m.key.hardware[:8], m.key.cell, f"{(m.decision.ratio - 1) * 100:+.1f} %",
+                  m.key.hardware[:8], m.key.cell, hist.format_change(m.decision.ratio),
                   f"{m.after.doc.run_id} ({m.after.when:%Y-%m-%d %H:%M})",
                   hist.what_changed(m))
     out.print(t)

@@ -377,8 +377,11 @@ def what_changed(m: Move, limit: int = 0) -> str:
     return text
 
 
-def _pct(r: float) -> str:
-    return "—" if not math.isfinite(r) else f"{(r - 1) * 100:+.1f} %"
+def format_change(r: float) -> str:
+    """A change as a percentage; a factor once it is large (×12, not +1100 %)."""
+    if not math.isfinite(r):
+        return "—"
+    return f"×{r:.3g}" if r >= 2 or r <= 0.5 else f"{(r - 1) * 100:+.1f} %"
 
 
 def blocks(h: History, charts: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -411,7 +414,8 @@ def blocks(h: History, charts: Mapping[str, Any]) -> list[tuple[str, Any]]:
             rows.append([f"M{i}", icon, m.after.when.strftime("%Y-%m-%d %H:%M"),
                          f"{machines[m.key.hardware].get('hostname', '?')} "
                          f"({m.key.hardware[:8]})", m.key.cell,
-                         f"{_pct(d.ratio)} ({_pct(d.lo)} … {_pct(d.hi)})",
+                         f"{format_change(d.ratio)} "
+                         f"({format_change(d.lo)} … {format_change(d.hi)})",
                          f"{format_value(m.before.median, m.key.unit)} → "
                          f"{format_value(m.after.median, m.key.unit)}",
                          f"run {m.index + 1} ({m.runs_before}+{m.runs_after} runs)",
@@ -487,6 +491,9 @@ def draw(h: History, out: Path, style: str = "paper") -> dict[str, Any]:
                 emu = any(s.emulated for s in group if s.key.backend == backend)
                 ax.set_title(backend + (" (TCG, emulated)" if emu else ""), loc="left",
                              fontsize="medium")
+                meds = [p.median for s in group if s.key.backend == backend for p in s.points]
+                if min(meds) > 0 and max(meds) / min(meds) > 20:  # levels apart: log
+                    ax.set_yscale("log")
                 ax.yaxis.set_major_formatter(FuncFormatter(
                     lambda v, _, u=unit: format_value(v, u)))
                 ax.grid(True, axis="y")
@@ -544,7 +551,7 @@ def _draw_series(ax: Any, s: Series, colour: str, labels: Mapping[int, str],
         at = m.before.when + (m.after.when - m.before.when) / 2
         c = "#d73027" if m.verdict == "regression" else "#1a9850"
         ax.axvline(at, color=c, ls="--", lw=1.0)
-        ax.annotate(f"{labels.get(id(m), '')} {_pct(m.decision.ratio)}", (at, 1.0),
+        ax.annotate(f"{labels.get(id(m), '')} {format_change(m.decision.ratio)}", (at, 1.0),
                     xycoords=("data", "axes fraction"), xytext=(3, -2),
                     textcoords="offset points", va="top", ha="left", color=c,
                     fontweight="bold", fontsize="small")
