@@ -35,6 +35,7 @@ scenario or machine than asked for, are skipped with one line each.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import io
 import itertools
 import json
@@ -216,12 +217,29 @@ def series(runs: Sequence[tuple[str, Result]], metrics: Sequence[str] = ("*",),
                                              k.hardware)):
         points = []
         for i, vals in values[key]:
-            x = np.asarray(vals, dtype=float)
-            lo, hi = stats.median_ci(x)
+            x = np.sort(np.asarray(vals, dtype=float))
+            lo, hi = _median_ci(x)
             points.append(Point(runs[i][0], runs[i][1], x, float(np.median(x)), lo, hi))
         names, emu = info[key]
         out.append(Series(key, sorted(names), emu, points))
     return out
+
+
+@functools.cache
+def _ci_ranks(n: int) -> tuple[int, int]:
+    from scipy.stats import binom
+
+    k = int(binom.ppf(0.025, n, 0.5))
+    return max(k - 1, 0), min(n - k, n - 1)
+
+
+def _median_ci(x: np.ndarray) -> tuple[float, float]:
+    """95 % CI of the median of sorted `x` from its order statistics (the binomial
+    interval: coverage >= 95 % whatever the distribution), instead of the bootstrap
+    `bench report` draws: a history has hundreds of runs times dozens of series, and
+    2000 resamples per point would take most of the time."""
+    lo, hi = _ci_ranks(len(x))
+    return float(x[lo]), float(x[hi])
 
 
 def _match(name: str, globs: Sequence[str]) -> bool:
@@ -229,6 +247,21 @@ def _match(name: str, globs: Sequence[str]) -> bool:
 
 
 # --- detection -------------------------------------------------------------------------
+
+class Differences:
+    """differences() of two runs for one backend, computed once: every metric's series
+    and chart of that backend asks for the same pairs. Keyed by the records' ids, which
+    hold while the records do (the memo keeps them)."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[int, int, str], tuple[Result, Result, tuple[Change, ...]]] = {}
+
+    def __call__(self, a: Result, b: Result, backend: str) -> tuple[Change, ...]:
+        key = (id(a), id(b), backend)
+        if key not in self._memo:
+            self._memo[key] = (a, b, tuple(differences(a, b, [backend])))
+        return self._memo[key][2]
+
 
 def pettitt_split(y: np.ndarray, min_runs: int = MIN_RUNS) -> int:
     """The split k (y[:k] | y[k:]) maximising |U_k|, Pettitt's (1979) statistic: the
@@ -259,7 +292,8 @@ def candidates(n: int, min_runs: int = MIN_RUNS) -> int:
 
 
 def detect(s: Series, *, threshold: float = 0.05, alpha: float = 0.01, tests: int = 1,
-           min_runs: int = MIN_RUNS, window: int = WINDOW) -> list[Move]:
+           min_runs: int = MIN_RUNS, window: int = WINDOW,
+           diffs: Differences | None = None) -> list[Move]:
     """The moves of one series (module docstring). `tests`: how many splits are tried in
     all the series searched together, the Bonferroni divisor of the band's alpha."""
     pts = s.points
@@ -272,6 +306,7 @@ def detect(s: Series, *, threshold: float = 0.05, alpha: float = 0.01, tests: in
         return []
     y = np.log(med)
     sigma, df = robust_sigma(y)
+    _differences = diffs or Differences()
     moves: list[Move] = []
     todo = [(0, len(pts))]
     while todo:
@@ -289,10 +324,10 @@ def detect(s: Series, *, threshold: float = 0.05, alpha: float = 0.01, tests: in
             continue
         before, after = pts[k - 1], pts[k]
         near = tuple((off, c) for off in (-1, 1) if 1 <= k + off < len(pts)
-                     for c in differences(pts[k + off - 1].doc, pts[k + off].doc,
-                                          [s.key.backend]) if c.what != "commit")
+                     for c in _differences(pts[k + off - 1].doc, pts[k + off].doc,
+                                           s.key.backend) if c.what != "commit")
         moves.append(Move(s.key, k, before, after, k - a, b - k, dec, band,
-                          tuple(differences(before.doc, after.doc, [s.key.backend])), near))
+                          _differences(before.doc, after.doc, s.key.backend), near))
         todo += [(lo, k), (k, hi)]
     moves.sort(key=lambda m: m.index)
     return moves
@@ -305,6 +340,7 @@ class History:
     skipped: list[str]
     threshold: float
     alpha: float
+    diffs: Differences = field(default_factory=Differences)
 
     @property
     def moves(self) -> list[Move]:
@@ -356,10 +392,11 @@ def history(loaded: Loaded, *, metrics: Sequence[str] = ("*",),
         raise UsageError(f"--min-runs: must be at least 1, not {min_runs}")
     found = series(loaded.runs, metrics, backends)
     tests = max(sum(candidates(len(s.points), min_runs) for s in found), 1)
+    diffs = Differences()
     for s in found:
         s.moves = detect(s, threshold=threshold, alpha=alpha, tests=tests,
-                         min_runs=min_runs, window=window)
-    return History(found, len(loaded.runs), loaded.skipped, threshold, alpha)
+                         min_runs=min_runs, window=window, diffs=diffs)
+    return History(found, len(loaded.runs), loaded.skipped, threshold, alpha, diffs)
 
 
 # --- the page --------------------------------------------------------------------------
@@ -487,7 +524,8 @@ def draw(h: History, out: Path, style: str = "paper") -> dict[str, Any]:
             axes = fig.subplots(len(backends), 1, sharex=True, squeeze=False)[:, 0]
             for ax, backend in zip(axes, backends, strict=True):
                 for s in (s for s in group if s.key.backend == backend):
-                    _draw_series(ax, s, colours[s.key.hardware], labels, h.machines)
+                    _draw_series(ax, s, colours[s.key.hardware], labels, h.machines,
+                                 h.diffs)
                 emu = any(s.emulated for s in group if s.key.backend == backend)
                 ax.set_title(backend + (" (TCG, emulated)" if emu else ""), loc="left",
                              fontsize="medium")
@@ -524,7 +562,7 @@ def _figure(st: Any, panels: int) -> Any:
 
 
 def _draw_series(ax: Any, s: Series, colour: str, labels: Mapping[int, str],
-                 machines: Mapping[str, Mapping[str, Any]]) -> None:
+                 machines: Mapping[str, Mapping[str, Any]], diffs: Differences) -> None:
     x = [p.when for p in s.points]
     med = np.asarray([p.median for p in s.points])
     err = np.abs(np.asarray([[p.median - p.lo, p.hi - p.median] for p in s.points]).T)
@@ -539,8 +577,8 @@ def _draw_series(ax: Any, s: Series, colour: str, labels: Mapping[int, str],
     # What changed on the machine (not the commit: that changes with every run), marked
     # where it happened, so that an upgrade without a move shows too.
     for p, q in itertools.pairwise(s.points):
-        changed = sorted({c.what.split(": ")[-1] for c in differences(p.doc, q.doc,
-                          [s.key.backend]) if c.what != "commit"})
+        changed = sorted({c.what.split(": ")[-1] for c in diffs(p.doc, q.doc,
+                          s.key.backend) if c.what != "commit"})
         if changed:
             at = p.when + (q.when - p.when) / 2
             ax.axvline(at, color="#999999", ls=":", lw=0.8)
