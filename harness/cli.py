@@ -461,7 +461,7 @@ def image(recipe: str, binaries: tuple[str, ...]) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the comparison as JSON here.")
 @click.option("--allow-cross-host", is_flag=True,
-              help="Compare results from different host fingerprints (indicative only).")
+              help="Compare results from different machines (hardware ids; indicative only).")
 @click.option("--baselines", "baselines_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results/baselines"), show_default=True,
               help="Where calibrated noise bands are looked up (<host id>/<scenario>.json).")
@@ -502,6 +502,63 @@ def compare_(base_spec: str, new_spec: str, threshold: float, alpha: float,
         err.print(f"[yellow]note:[/] {n}")
     cmp.write_outputs(c, markdown_path, json_path)
     sys.exit(c.exit_code)
+
+
+@cli.command("history")
+@click.argument("result_paths", metavar="RESULTS...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Where index.html, history.md, history.json and the charts go.")
+@click.option("--scenario", help="Only this scenario (other files are skipped, one line each).")
+@click.option("--metric", "metric_globs", default="*", show_default=True,
+              help="Comma-separated globs of the metrics, e.g. 'startup.total'.")
+@click.option("--backend", "backend_globs", default="*", show_default=True,
+              help="Comma-separated globs of the backends.")
+@click.option("--host", help="Only this machine: a hardware id, host id or hostname.")
+@click.option("--threshold", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Smallest change (%) that may count as a move.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.01, show_default=True, help="Significance level, as bench compare's.")
+@click.option("--min-runs", type=click.IntRange(1), default=2, show_default=True,
+              help="Runs needed on each side of a move (1 lets a single run count).")
+def history_(result_paths: tuple[Path, ...], out_dir: Path, scenario: str | None,
+             metric_globs: str, backend_globs: str, host: str | None, threshold: float,
+             alpha: float, min_runs: int) -> None:
+    """Every figure over time, per machine: trend charts, and the points where a figure
+    moved, each with what changed there (commit range, component versions, kernel).
+
+    RESULTS are result files or directories of them, in any order (runs are put in time
+    order). A series is one machine (hardware id) x scenario x backend x variant x metric:
+    a kernel or engine upgrade stays in the series and annotates its moves. Unreadable
+    files and files of another scenario or machine (--scenario, --host) are skipped with
+    one line each. Writes index.html (self-contained), history.md, history.json.
+    """
+    from harness import history as hist
+
+    loaded = hist.load(result_paths, scenario, host)
+    for line in loaded.skipped:
+        err.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+    if not loaded.runs:
+        raise UsageError(f"{', '.join(map(str, result_paths))}: no usable result files")
+    h = hist.history(loaded, metrics=_split(metric_globs) or ["*"],
+                     backends=_split(backend_globs) or ["*"], threshold=threshold / 100,
+                     alpha=alpha, min_runs=min_runs)
+    if not h.series:
+        raise UsageError(f"no series for --metric {metric_globs} --backend {backend_globs}")
+    hist.write(h, out_dir)
+    moves = h.moves
+    t = Table(title=f"{h.runs} runs, {len(h.series)} series: {len(moves)} moves "
+                    "(newest first)")
+    for col in ("verdict", "machine", "series", "change", "first run after", "what changed"):
+        t.add_column(col)
+    for m in moves:
+        t.add_row(f"[{'bold red' if m.verdict == 'regression' else 'green'}]{m.verdict}[/]",
+                  m.key.hardware[:8], m.key.cell, hist.format_change(m.decision.ratio),
+                  f"{m.after.doc.run_id} ({m.after.when:%Y-%m-%d %H:%M})",
+                  hist.what_changed(m))
+    out.print(t)
+    print(f"history: {out_dir / 'index.html'} (and history.md, history.json)")
 
 
 @cli.command()

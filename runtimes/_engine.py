@@ -70,6 +70,7 @@ from runtimes.base import (
     PREFIX,
     RUN_LABEL,
     Availability,
+    Component,
     Exit,
     Hooks,
     Instance,
@@ -342,7 +343,21 @@ class Engine:
         if problem:
             return Availability(ok=False, versions=versions, details=details,
                                 reason=problem[0], fix=problem[1])
-        return Availability(ok=True, versions=versions, details=details)
+        return Availability(ok=True, versions=versions, details=details, parts=self._parts())
+
+    def _parts(self) -> tuple[Component, ...]:
+        """The components the engine itself reports (`docker version`'s list: containerd,
+        runc, docker-init; Podman's conmon and OCI runtime), named as elsewhere."""
+        out = []
+        for c in self._server.get("Components") or ():
+            name = str(c.get("Name", "")).lower()
+            if "engine" in name:
+                name = self.base
+            elif name.startswith("oci runtime (") and name.endswith(")"):
+                name = name[len("oci runtime ("):-1]
+            if name and c.get("Version"):
+                out.append(Component.parse(name, str(c["Version"])))
+        return tuple(out)
 
     def traits(self) -> Traits:
         daemons: dict[str, Json] = {}

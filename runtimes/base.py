@@ -22,8 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
 
+from harness.core.records import Component
+
 if TYPE_CHECKING:
     from harness.core.image import Image
+
+__all__ = ["Component"]  # re-exported: the record backends report their parts with
 
 # What a backend records about itself: JSON values, typed.
 Json = str | int | float | bool | None | Sequence["Json"] | Mapping[str, "Json"]
@@ -216,13 +220,27 @@ class Stats:
 
 @dataclass(frozen=True)
 class Availability:
-    """Whether a backend is usable here; if not, the exact reason and the fix."""
+    """Whether a backend is usable here; if not, the exact reason and the fix.
+
+    `versions`: the headline versions `bench doctor` shows (name -> what the tool says);
+    `parts`: further components it runs on (the containerd and runc under a dockerd).
+    `components` is both as one typed list, the same for every backend.
+    """
 
     ok: bool
     reason: str = ""
     fix: str = ""
     versions: Mapping[str, str] = field(default_factory=dict)
     details: Mapping[str, str] = field(default_factory=dict)
+    parts: tuple[Component, ...] = ()
+
+    @property
+    def components(self) -> tuple[Component, ...]:
+        """Every component with its version, a name once (the headline's first)."""
+        seen: dict[str, Component] = {}
+        for c in (*(Component.parse(k, v) for k, v in self.versions.items()), *self.parts):
+            seen.setdefault(c.name, c)
+        return tuple(seen.values())
 
 
 @dataclass(frozen=True)
