@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import platform
+import struct
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -195,6 +196,7 @@ def compile_bpf(p: Profile) -> bytes:
                                  "apt-get install libseccomp2 (scripts/provision)") from None
 
     default = _action_value(p.default_action, p.default_errno)
+    last = 0  # the highest native number the profile names
     filt = pyseccomp.SyscallFilter(default)
     native = pyseccomp.system_arch()
     for name in p.arches[1:]:
@@ -203,18 +205,39 @@ def compile_bpf(p: Profile) -> bytes:
             filt.add_arch(arch)
     for rule in p.rules:
         act = _action_value(rule.action, rule.errno_ret)
-        if act == default:
-            continue  # libseccomp refuses a rule that does what the default does
+        if act == default:  # libseccomp refuses a rule that does what the default does
+            last = max([last, *(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, n)
+                                for n in rule.names)])
+            continue
         args = [pyseccomp.Arg(i, _OPS[op], a, b) for i, op, a, b in rule.args]
         for name in rule.names:
             nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
             if nr == -1:  # __NR_SCMP_ERROR: unknown to this libseccomp
                 continue
+            last = max(last, nr)
             filt.add_rule(act, nr, *args)
     with tempfile.TemporaryFile() as f:
         filt.export_bpf(f)
         f.seek(0)
-        return f.read()
+        program = f.read()
+    return _enosys_prefix(native, last, int(pyseccomp.ERRNO(errno.ENOSYS))) + program
+
+
+def _enosys_prefix(arch: int, last_known: int, ret_enosys: int) -> bytes:
+    """What runc puts before libseccomp's program (libcontainer/seccomp/patchbpf): a
+    native system call above the highest one the profile names gets ENOSYS, not the
+    default action, so that a libc newer than the profile falls back to an older call
+    (libseccomp itself refuses rules for numbers it cannot name). x32 calls (bit 30 set)
+    go on to the filter. Jumps count from the next instruction; the filter's own jumps
+    are relative, so nothing in it moves."""
+    ld, jeq, jgt, jge, ret = 0x20, 0x15, 0x25, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|.., BPF_RET
+    insns = ((ld, 0, 0, 4),                 # A = seccomp_data.arch
+             (jeq, 0, 4, arch),             # not native: to the filter
+             (ld, 0, 0, 0),                 # A = seccomp_data.nr
+             (jgt, 0, 2, last_known),       # known: to the filter
+             (jge, 1, 0, 0x40000000),       # x32: to the filter
+             (ret, 0, 0, ret_enosys))
+    return b"".join(struct.pack("=HBBI", *i) for i in insns)
 
 
 def oci(p: Profile) -> dict[str, Any]:
