@@ -12,6 +12,7 @@ Mapping of the InstanceSpec to the Engine API (POST /containers/create):
   limits.memory    -> HostConfig.Memory and MemorySwap, both the limit (no swap: as `ns`
                       writes memory.limit_in_bytes and memory.memsw.limit_in_bytes)
   limits.pids      -> HostConfig.PidsLimit
+  limits.rlimits   -> HostConfig.Ulimits (unset ones: the daemon's, inherited)
   network          -> HostConfig.NetworkMode none | host | bridge (the engine's default
                       bridge: docker0, or Podman's netavark "podman" network)
   mounts bind      -> Mount{Type: bind, Source, Target, ReadOnly}
@@ -59,6 +60,7 @@ from typing import Any, ClassVar
 import docker
 import requests
 from docker.types import Mount as DockerMount
+from docker.types import Ulimit
 
 from harness.core.errors import BackendUnavailable, ImageError, InstanceError, UsageError
 from harness.core.image import PATH_ENV, Image
@@ -224,6 +226,8 @@ def host_config(spec: InstanceSpec, volumes: dict[str, str],
         hc["memswap_limit"] = lim.memory
     if lim.pids is not None:
         hc["pids_limit"] = lim.pids
+    if lim.rlimits:
+        hc["ulimits"] = [Ulimit(name=n, soft=s, hard=h) for n, s, h in lim.rlimits]
     if runtime:
         hc["runtime"] = runtime
     return hc

@@ -13,7 +13,8 @@ Mapping of the InstanceSpec:
   argv/env/workdir/hostname -> process.args = /bench/init + argv, env, cwd; hostname
   limits                    -> linux.resources (memory limit = memory+swap limit,
                                cpu quota/period 100 ms, pids limit); cgroupsPath
-                               /cvbench.oci/cvbench-<run id>-<n>
+                               /cvbench.oci/cvbench-<run id>-<n>; rlimits ->
+                               process.rlimits over ns's defaults
   network none | host       -> a network namespace (loopback only) | none;
                                bridge is not offered (it needs a CNI-like set-up)
   mounts                    -> OCI mounts (rbind + rw, or rbind + rro: recursively
@@ -71,6 +72,7 @@ from runtimes.ns.shared import (
     protection_lines,
     runner_rlimits,
     upper_mode,
+    with_rlimits,
 )
 
 CGROUP_PARENT = "cvbench.oci"
@@ -231,7 +233,7 @@ class OciRuntime:
                 "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
                 "noNewPrivileges": True,
                 "rlimits": [{"type": f"RLIMIT_{n.upper()}", "soft": _u64(s), "hard": _u64(h)}
-                            for n, s, h in self.rlimits],
+                            for n, s, h in with_rlimits(self.rlimits, spec.limits.rlimits)],
             },
             "root": {"path": "rootfs", "readonly": False},
             "hostname": spec.hostname,

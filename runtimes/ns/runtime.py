@@ -56,6 +56,7 @@ from runtimes.ns.shared import (
     protection_lines,
     runner_rlimits,
     upper_mode,
+    with_rlimits,
 )
 
 SETUP_TIMEOUT = 30.0
@@ -283,7 +284,8 @@ class NsRuntime:
             if self.limits_applied else (),
             mounts=tuple(self._mounts(spec)), loopback_up=spec.network != "host",
             caps=self._caps, last_cap=self._last_cap,
-            rlimits=tuple((RLIMITS[n], soft, hard) for n, soft, hard in self.rlimits),
+            rlimits=tuple((RLIMITS[n], soft, hard)
+                          for n, soft, hard in with_rlimits(self.rlimits, spec.limits.rlimits)),
             seccomp=self._program(),
             userns_map=(os.geteuid(), os.getegid()) if self.rootless else None,
             masked=tuple(m for m in self._masked

@@ -53,6 +53,13 @@ def empty_dirs(*paths: Path) -> list[Path]:
     return out
 
 
+def with_rlimits(defaults: tuple[tuple[str, int, int], ...],
+                 asked: tuple[tuple[str, int, int], ...]) -> tuple[tuple[str, int, int], ...]:
+    """`defaults` with the scenario's `asked` rlimits over them, by name."""
+    merged = {n: (s, h) for n, s, h in defaults} | {n: (s, h) for n, s, h in asked}
+    return tuple((n, s, h) for n, (s, h) in merged.items())
+
+
 def _lim(v: int) -> str:
     import resource
 

@@ -182,3 +182,34 @@ def test_empty_dirs(tmp_path: Path) -> None:
     (tmp_path / "b" / "f").unlink()
     assert _empty_dirs(tmp_path / "a", tmp_path / "b", tmp_path) == \
         [tmp_path / "a", tmp_path / "b", tmp_path]
+
+
+def test_rlimits_per_scenario(state: Path, tmp_path: Path) -> None:
+    from harness import scenario
+    from runtimes import _engine
+    from runtimes.base import RLIMIT_NAMES
+    from runtimes.ns.config import RLIMITS
+
+    assert tuple(RLIMITS) == RLIMIT_NAMES  # ns's numbers for every name a scenario may use
+    path = tmp_path / "s.toml"
+    path.write_text('name = "s"\n[workload]\nargv = ["true"]\n'
+                    '[limits]\nrlimits = { nofile = [1024, 4096], core = 0, stack = -1 }\n')
+    lim = scenario.load(str(path)).limits
+    assert lim.rlimits == (("nofile", 1024, 4096), ("core", 0, 0), ("stack", -1, -1))
+    assert lim.recorded()["rlimits"] == {"nofile": [1024, 4096], "core": [0, 0],
+                                         "stack": [-1, -1]}
+    cfg = NsRuntime()._config(spec(limits=lim), "/img", None)
+    got = {res: (soft, hard) for res, soft, hard in cfg.rlimits}
+    assert got[RLIMITS["nofile"]] == (1024, 4096) and got[RLIMITS["core"]] == (0, 0)
+    assert RLIMITS["memlock"] in got  # the others: ns's defaults
+    c = OciRuntime("crun")._config(spec(limits=lim))
+    oci = {r["type"]: (r["soft"], r["hard"]) for r in c["process"]["rlimits"]}
+    assert oci["RLIMIT_NOFILE"] == (1024, 4096) and oci["RLIMIT_STACK"] == (2**64 - 1,) * 2
+    hc = _engine.host_config(spec(limits=lim), {}, None)
+    assert [(u["Name"], u["Soft"], u["Hard"]) for u in hc["ulimits"]] == list(lim.rlimits)
+    for bad, key in (("nofile = [10, 5]", "nofile"), ("nofle = 1", "nofle"),
+                     ("nofile = [1, 2, 3]", "nofile"), ("nofile = \"x\"", "nofile")):
+        path.write_text('name = "s"\n[workload]\nargv = ["true"]\n'
+                        f'[limits]\nrlimits = {{ {bad} }}\n')
+        with pytest.raises(UsageError, match=rf"limits\.rlimits\.{key}"):
+            scenario.load(str(path))
