@@ -65,6 +65,9 @@ def unenforced_limits(p: Plan) -> dict[str, list[str]]:
                  for variant in p.scenario.variants
                  for k, v in p.scenario.config(variant).limits.as_dict().items()
                  if v is not None and not traits.enforces(k)}
+        if not traits.enforces("rlimits"):
+            asked |= {f"rlimits.{n}" for variant in p.scenario.variants
+                      for n, _, _ in p.scenario.config(variant).limits.rlimits}
         if asked:
             out[b] = sorted(asked)
     return out

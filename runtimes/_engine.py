@@ -12,6 +12,7 @@ Mapping of the InstanceSpec to the Engine API (POST /containers/create):
   limits.memory    -> HostConfig.Memory and MemorySwap, both the limit (no swap: as `ns`
                       writes memory.limit_in_bytes and memory.memsw.limit_in_bytes)
   limits.pids      -> HostConfig.PidsLimit
+  limits.rlimits   -> HostConfig.Ulimits (unset ones: the daemon's, inherited)
   network          -> HostConfig.NetworkMode none | host | bridge (the engine's default
                       bridge: docker0, or Podman's netavark "podman" network)
   mounts bind      -> Mount{Type: bind, Source, Target, ReadOnly}
@@ -59,6 +60,7 @@ from typing import Any, ClassVar
 import docker
 import requests
 from docker.types import Mount as DockerMount
+from docker.types import Ulimit
 
 from harness.core.errors import BackendUnavailable, ImageError, InstanceError, UsageError
 from harness.core.image import PATH_ENV, Image
@@ -225,6 +227,8 @@ def host_config(spec: InstanceSpec, volumes: dict[str, str],
         hc["memswap_limit"] = lim.memory
     if lim.pids is not None:
         hc["pids_limit"] = lim.pids
+    if lim.rlimits:
+        hc["ulimits"] = [Ulimit(name=n, soft=s, hard=h) for n, s, h in lim.rlimits]
     if runtime:
         hc["runtime"] = runtime
     return hc
@@ -364,7 +368,7 @@ class Engine:
         for name, pids in self.daemons().items():
             m = memory.processes_memory(pids)
             daemons[name] = {"pids": list(pids), "pss": m.pss, "uss": m.uss, "rss": m.rss}
-        return Traits(kind="container", settings={
+        return Traits(kind="container", protections=self.protections(), settings={
             "engine": self.base, "oci_runtime": self.runtime, "socket": self.socket_path,
             "client": f"docker-py {docker.__version__} APIClient ({self.client_note})",
             "phases": {"create": "POST create + attach" + self.attach_note,
@@ -377,6 +381,21 @@ class Engine:
                               "pids -> PidsLimit",
             "daemons": daemons,
         })
+
+    def protections(self) -> tuple[str, ...]:
+        """What the engine says it applies by default (its `info`), and the rlimits its
+        containers inherit (their shims', so the daemon's); the report lists them next to
+        ns's. Nothing the engine does not report is claimed."""
+        try:
+            opts = [str(o) for o in self.api.info().get("SecurityOptions") or []]
+        except _ERRORS as e:
+            return (f"(the engine did not answer `info`: {_short(e)})",)
+        return (f"engine security options: {'; '.join(opts) or 'none'}", *self.security())
+
+    def security(self) -> list[str]:
+        """Engine-specific lines for protections(): the capability set, the profile, the
+        rlimits its containers get."""
+        return []
 
     # --- image ----------------------------------------------------------------------------
 
@@ -641,6 +660,25 @@ def _instance_errors(backend: str, what: str) -> Iterator[None]:
         raise
     except _ERRORS as e:
         raise InstanceError(f"{backend}: {what} failed: {_short(e)}") from e
+
+
+def daemon_rlimits(pid: int) -> str:
+    """The soft:hard limits of `pid` that Docker's --ulimit names, from /proc/PID/limits:
+    a container gets its shim's, and so its daemon's, where the engine sets none."""
+    names = {"Max core file size": "core", "Max open files": "nofile",
+             "Max processes": "nproc", "Max locked memory": "memlock",
+             "Max stack size": "stack"}
+    try:
+        lines = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    except OSError:
+        return "?"
+    out = []
+    for line in lines:
+        for label, name in names.items():
+            if line.startswith(label):
+                soft, hard = line[len(label):].split()[:2]
+                out.append(f"{name}={soft}:{hard}")
+    return " ".join(out)
 
 
 def _short(e: BaseException) -> str:

@@ -111,16 +111,31 @@ class Traits:
         return out
 
 
+RLIMIT_NAMES = ("core", "nofile", "nproc", "memlock", "stack")  # as `ulimit`/--ulimit say
+RLIM_INFINITY = -1  # "unlimited", as Docker's API and Python's resource module spell it
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits. cpus: CPU time in cores (quota/period); memory, in bytes; pids."""
+    """Resource limits. cpus: CPU time in cores (quota/period); memory, in bytes; pids.
+    rlimits: (name of RLIMIT_NAMES, soft, hard) the workload's first process gets, over
+    the backend's own defaults (-1: unlimited)."""
 
     cpus: float | None = None
     memory: int | None = None
     pids: int | None = None
+    rlimits: tuple[tuple[str, int, int], ...] = ()
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {"cpus": self.cpus, "memory": self.memory, "pids": self.pids}
+
+    def recorded(self) -> dict[str, Json]:
+        """as_dict() and, when set, the rlimits (a field added in schema 1: older results
+        have none)."""
+        out: dict[str, Json] = dict(self.as_dict())
+        if self.rlimits:
+            out["rlimits"] = {n: [soft, hard] for n, soft, hard in self.rlimits}
+        return out
 
 
 @dataclass(frozen=True)

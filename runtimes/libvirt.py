@@ -398,7 +398,7 @@ class LibvirtRuntime:
     def traits(self) -> Traits:
         accel, why = self.accel()
         return Traits(kind="vm", accel=accel, emulated=accel != "kvm",
-                      not_applied=frozenset({"limits.pids"}), settings={
+                      not_applied=frozenset({"limits.pids", "limits.rlimits"}), settings={
                 "accel_reason": why, "machine": self.machine,
                 "domain": "transient (createXML), paused until start",
                 "root": "qcow2 overlay per instance on the image's qcow2 (virtio-blk vda)"

@@ -205,7 +205,24 @@ def _dataset_blocks(docs: Sequence[Loaded], df: pd.DataFrame) -> list[Block]:
                 accel = f"**{accel or 'emulated'} (emulated)**"
             rows.append([b, data.backend_kind(meta), accel, versions])
         blocks.append(("table", Table(["backend", "kind", "accel", "versions"], rows)))
+        prot = protections_table(backends)
+        if prot is not None:
+            blocks += [("p", "Protections each backend applies (its own record; an engine's "
+                             "is what it reports):"), ("table", prot)]
     return blocks
+
+
+def protections_table(backends: Mapping[str, Mapping[str, Any]]) -> Table | None:
+    """One row per protection ("what: how" lines of the backends' `protections`), one
+    column per backend that records any; None when none does."""
+    cols = sorted(b for b in backends if backends[b].get("protections"))
+    if not cols:
+        return None
+    by_backend = {b: dict(str(line).partition(": ")[::2] for line in backends[b]["protections"])
+                  for b in cols}
+    whats = list(dict.fromkeys(w for b in cols for w in by_backend[b]))
+    return Table(["protection", *cols],
+                 [[w, *(by_backend[b].get(w, "—") for b in cols)] for w in whats])
 
 
 def content(docs: Sequence[Loaded], df: pd.DataFrame,

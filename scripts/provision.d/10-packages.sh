@@ -6,7 +6,7 @@ packages=(
   # the workload image: busybox-static, and tools copied into images with their libraries
   busybox-static fio iperf3 sockperf hyperfine
   # ns runtime
-  iproute2 iptables kmod util-linux
+  iproute2 iptables kmod util-linux libseccomp2
   # OCI runtimes (oci:* backends, and the engines' extra runtimes)
   runc crun runsc
   # Docker and Podman
