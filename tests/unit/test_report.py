@@ -148,10 +148,12 @@ def test_rendered_tables_show_pandas_numbers(one: tuple[Docs, pd.DataFrame],
                                              built: tuple[Path, list[Path]]) -> None:
     _, df = one
     md = (built[0] / "report.md").read_text()
-    row = next(line for line in md.splitlines()
-               if line.startswith("| ns | default | startup.to_ready |"))
+    row = next(line for line in md.split("## Startup")[1].splitlines()
+               if line.startswith("| ns | "))
     med = df[(df["backend"] == "ns") & (df["metric"] == "startup.to_ready")]["value"].median()
-    assert f"| {synth_format(med)} |" in row
+    assert f"| {synth_format(med)} ±" in row
+    csv = pd.read_csv(built[0] / "startup.csv").set_index(["backend", "metric"])
+    assert csv.loc[("ns", "startup.to_ready"), "median"] == pytest.approx(med)
 
 
 def synth_format(v: float) -> str:
@@ -230,12 +232,13 @@ def test_volume_claim_pairs_targets_within_a_backend(one: tuple[Docs, pd.DataFra
     _, df = one
     t = claims.evaluate(df)
     vol = t[t["claim"] == "volume-io"]
-    # ns, docker, podman × 4 jobs; never across backends, never for the VM or the host
-    assert len(vol) == 12
+    # ns, docker, podman × volume, bind, tmpfs × 4 jobs; never across backends, never
+    # for the VM or the host
+    assert len(vol) == 36
     assert all(a.split(" ")[0] == b.split(" ")[0] for a, b in zip(vol["a"], vol["b"],
                                                                    strict=True))
     assert set(vol["verdict"]) == {claims.HOLDS}
-    seq = vol[(vol["metric"] == "io.seqwrite.bw") & vol["a"].str.startswith("ns ")].iloc[0]
+    seq = vol[(vol["metric"] == "io.seqwrite.bw") & (vol["a"] == "ns [volume]")].iloc[0]
     d = df[(df["backend"] == "ns") & (df["metric"] == "io.seqwrite.bw")]
     expect = (d[d["variant"] == "target=volume"]["value"].median()
               / d[d["variant"] == "target=rootfs"]["value"].median())
@@ -259,8 +262,11 @@ def test_report_files_and_self_contained_html(built: tuple[Path, list[Path]]) ->
     assert all(s.startswith("data:image/svg+xml;base64,") for s in srcs)  # nothing external
     md = (tmp_path / "report.md").read_text()
     for text in ("id-synthetic-a", "0" * 16, "Synthetic CPU", "libvirt 1.0", "## Seed claims",
-                 "(TCG, emulated)", "Emulated VMs", "Medians with 95 % CI"):
+                 "(TCG, emulated)", "Emulated VMs"):
         assert text in md and (text in page or text.replace("## ", "") in page), text
+    # the CSVs beside the report, linked from both
+    assert "[startup.csv](startup.csv)" in md and '<a href="startup.csv">' in page
+    assert (tmp_path / "startup.csv") in written
 
 
 class _Page(HTMLParser):
