@@ -240,8 +240,8 @@ def _rows(ax: Axes, cells: Sequence[data.Cell], look: Look, labels: bool = True,
             ax.axhline(i - 0.5, color="#bbbbbb", lw=0.8, zorder=0)
 
 
-def _seconds_axis(axis: Any) -> None:
-    axis.set_major_locator(LogLocator(base=10, numticks=12))
+def _seconds_axis(axis: Any, numticks: int = 12) -> None:
+    axis.set_major_locator(LogLocator(base=10, numticks=numticks))
     axis.set_major_formatter(FuncFormatter(lambda v, _: format_seconds(v)))
     axis.set_minor_formatter(NullFormatter())
 
@@ -373,7 +373,7 @@ def startup_phases(df: pd.DataFrame, look: Look) -> Figure | None:
     _right_labels(ax, sums, weight="bold")
     ax.set_xlabel("share of the lifecycle (sum of the phase medians); in the bars: median "
                   "duration")
-    _title(fig, "Startup phases: where the time goes", look)
+    _title(fig, "Startup: where the time goes, phase by phase", look)
     _finish(fig, look, [Patch(color=PHASE_COLOURS[k % len(PHASE_COLOURS)], label=p)
                         for k, p in enumerate(phases)], cs)
     return fig
@@ -446,7 +446,7 @@ def memory(df: pd.DataFrame, look: Look) -> Figure | None:
     ax.grid(axis="x")
     _rows(ax, cs, look)
     ax.set_xlabel(f"memory per idle instance ({unit}); whiskers: 95 % CI of the median")
-    _title(fig, "Memory per instance: PSS + the engine daemons' share", look)
+    _title(fig, "Memory: PSS per instance + the engine daemons' share", look)
     _finish(fig, look, [Patch(facecolor="#888888", label="PSS of the instance's processes"),
                         Patch(facecolor="#cccccc", hatch="..", edgecolor="#888888",
                               label="engine daemons ÷ instances")], cs)
@@ -574,7 +574,7 @@ def _io(df: pd.DataFrame, look: Look, kind: str) -> Figure | None:
     for ax in axes[len(jobs):]:
         ax.set_visible(False)
     what = "bandwidth" if kind == "bw" else "IOPS"
-    _title(fig, f"I/O {what} by storage target (fio), per job", look)
+    _title(fig, f"I/O: {what} by storage target (fio), per job", look)
     _finish(fig, look, [Line2D([], [], color="black", lw=4, label="median, 95 % CI"),
                         Line2D([], [], ls="", marker="o", color="#999999",
                                label="one sample"), *refs.values()], cs)
@@ -689,17 +689,16 @@ def _limits_cpu(ax: Axes, cpu: pd.DataFrame, used_all: pd.DataFrame, look: Look
                 mfc="white" if c.emulated else col, mew=2, ms=look.points(4) ** 0.5 * 3,
                 zorder=5, gid=f"limits.cpu|{look.label(c)}")
         top = max(top, float(np.nanmax(r["room"].to_numpy(float))))
+    unlimited = []
     for c in (c for c in cs if c not in limited):
         # One level: the median of every sample, whatever was asked (none applied).
         mine = used_all[(used_all["backend"] == c.backend) & (used_all["dataset"] == c.dataset)]
         level = float(mine[[data.without_axis(v, "limits.cpus") == c.variant
                             for v in mine["variant"]]]["value"].median())
-        col = look.colour(c.backend)
-        ax.axhline(level, color=col, ls=(0, (5, 3)), lw=lw / 2,
-                   gid=f"limits.unlimited|{look.label(c)}")
-        ax.annotate(f"{look.label(c)}: {UNLIMITED} ({level:.2g} cores)", (0.02, level),
-                    xycoords=("axes fraction", "data"), xytext=(0, 3),
-                    textcoords="offset points", va="bottom", color=col)
+        unlimited.append(ax.axhline(
+            level, color=look.colour(c.backend), ls=(0, (5, 3)), lw=lw / 2,
+            gid=f"limits.unlimited|{look.label(c)}",
+            label=f"{look.label(c)}: {UNLIMITED}, used {level:.2g} cores"))
         top = max(top, level)
     right = max(asked) + gap * 0.6
     ax.plot([0, right], [0, right], color="black", ls="--", lw=1, zorder=1,
@@ -715,13 +714,10 @@ def _limits_cpu(ax: Axes, cpu: pd.DataFrame, used_all: pd.DataFrame, look: Look
                                  marker=look.marker(c.dataset), mew=2,
                                  mfc="white" if c.emulated else look.colour(c.backend),
                                  label=look.label(c)) for c in limited]
-    handles += [Line2D([], [], color="black", ls="--", lw=1, label="used = asked"),
-                Line2D([], [], color="#999999", alpha=0.5, lw=lw * 1.6,
-                       label="+ host CPU left idle (room to go over)")]
-    if len(limited) < len(cs):
-        handles.append(Line2D([], [], color="#777777", ls=(0, (5, 3)), lw=lw / 2,
-                              label=f"{UNLIMITED}: what an unlimited workload used"))
-    return handles
+    return [*handles, *unlimited,
+            Line2D([], [], color="black", ls="--", lw=1, label="used = asked"),
+            Line2D([], [], color="#999999", alpha=0.5, lw=lw * 1.6,
+                   label="+ host CPU left idle (room to go over)")]
 
 
 def _limits_memory(ax: Axes, mem: pd.DataFrame, look: Look) -> None:
@@ -848,8 +844,10 @@ def network(df: pd.DataFrame, look: Look) -> Figure | None:
         ax.set_xscale("log")
         ax.grid(axis="x", which="major")
         lo, hi = ax.get_xlim()
-        ax.set_xlim(lo / 1.5, hi * 1.5)
-    _seconds_axis(ax_lat.xaxis)
+        # Down to a labelled power of ten (µs-scale latencies sit below the first one).
+        base = 10.0 if ax is ax_lat else 4.0
+        ax.set_xlim(min(lo / 1.5, base ** math.floor(math.log(lo, base))), hi * 1.5)
+    _seconds_axis(ax_lat.xaxis, 4 if look.slides else 7)  # a narrow panel: fewer labels
     ax_bw.xaxis.set_major_locator(LogLocator(base=4, numticks=6))
     ax_bw.xaxis.set_major_formatter(FuncFormatter(_compact_bytes))
     ax_bw.xaxis.set_minor_formatter(NullFormatter())
@@ -860,7 +858,7 @@ def network(df: pd.DataFrame, look: Look) -> Figure | None:
     _rows(ax_lat, cs, look)
     _rows(ax_bw, cs, look, labels=False)
     _right_labels(ax_bw, right, [look.colour(c.backend) for c in cs])
-    _title(fig, "Network: latency and bandwidth by network mode", look)
+    _title(fig, "Network: latency and bandwidth per network mode", look)
     handles: list[Any] = [
         Line2D([], [], ls="", marker="D", color="#555555", mew=2, label="p50"),
         Line2D([], [], ls="", marker="o", mfc="white", color="#555555", mew=2, label="p99"),
@@ -897,6 +895,8 @@ def _claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None,
     if t.empty:
         return None
     rows: list[tuple[str, Any]] = []  # ("claim", (id, text)) headers, ("pair", record) rows
+    several_metrics = {str(c) for c, g in t.groupby("claim") if g["metric"].nunique() > 1
+                       and (g["better"] != "bound").all()}
     for cid, g in t.groupby("claim", sort=False):
         rows.append(("claim", (cid, str(g["text"].iloc[0]))))
         for ds in look.sets:
@@ -924,7 +924,9 @@ def _claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None,
                              lw=0)
             continue
         col = VERDICT_COLOURS[r["verdict"]]
-        job = r["metric"].split(".")[1] if r["metric"].startswith("io.") else ""
+        # A claim over several metrics (fio jobs, latency percentiles) names each row's.
+        job = (r["metric"].split(".", 1)[1].removesuffix(".bw")
+               if r["claim"] in several_metrics else "")
         pair = _pair(r).replace(" (TCG, emulated)", " (TCG)")
         labels.append(pair + (f" · {job}" if job else "")
                       + (f" · {look.tag(r['dataset'])}" if look.several else ""))

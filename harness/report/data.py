@@ -137,6 +137,21 @@ def backend_order(df: pd.DataFrame) -> list[str]:
                   key=lambda b: (KINDS.index(str(kinds[b])), b))
 
 
+def in_order(t: pd.DataFrame, df: pd.DataFrame, then: Sequence[str] = ()) -> pd.DataFrame:
+    """Rows of a table with backend, variant and dataset columns in the report's order
+    (the order of `cells`: backend by kind, the default variant first, datasets oldest
+    first), then by `then`."""
+    if t.empty:
+        return t
+    rank = {b: i for i, b in enumerate(backend_order(df))}
+    drank = {d: i for i, d in enumerate(datasets(df))}
+    keys = t.assign(_b=t["backend"].map(lambda b: rank.get(b, len(rank))),
+                    _v=t["variant"] != DEFAULT_VARIANT,
+                    _d=t["dataset"].map(lambda d: drank.get(d, len(drank))))
+    return (keys.sort_values(["_b", "backend", "_v", "variant", "_d", *then], kind="stable")
+            .drop(columns=["_b", "_v", "_d"]))
+
+
 def parse_variant(variant: str) -> dict[str, str]:
     """"network=bridge,target=volume" -> {"network": "bridge", "target": "volume"}."""
     if variant == DEFAULT_VARIANT or not variant:

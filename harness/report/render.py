@@ -129,14 +129,7 @@ def medians_table(summ: pd.DataFrame, several: bool) -> Table:
 
 def _ordered(summ: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     """Rows in the report's order: backend (by kind), variant, dataset, metric."""
-    if summ.empty:
-        return summ
-    cells = data.cells(df)
-    rank = {(c.backend, c.variant, c.dataset): i for i, c in enumerate(cells)}
-    key = [rank.get((b, v, d), len(rank)) for b, v, d in
-           zip(summ["backend"], summ["variant"], summ["dataset"], strict=True)]
-    return (summ.assign(_k=key).sort_values(["_k", "metric"], kind="stable")
-            .drop(columns="_k"))
+    return data.in_order(summ, df, ["metric"])
 
 
 def claims_table(t: pd.DataFrame, several: bool) -> Table:
@@ -308,7 +301,7 @@ def wide_table(summ: pd.DataFrame, df: pd.DataFrame, headline: Sequence[str],
 def limits_table(df: pd.DataFrame, several: bool) -> Table | None:
     """Per backend and limit: what was used (CPU) or the largest allocation that lived
     (memory), against the limit asked, and the verdict of `claims.enforcement`."""
-    t = claims_mod.enforcement(df)
+    t = data.in_order(claims_mod.enforcement(df), df, ["resource", "asked"])
     if t.empty:
         return None
     cols = [*(["dataset"] if several else []), "backend", "limit", "used / lived", "95 % CI",
@@ -333,7 +326,7 @@ def limits_table(df: pd.DataFrame, several: bool) -> Table | None:
 def density_table(df: pd.DataFrame, several: bool) -> Table | None:
     """One row per cell: memory fixed + marginal × n, the marginal at the low and top end
     of the ramp, the largest count reached, the start latency's p95."""
-    t = tables.density(df)
+    t = data.in_order(tables.density(df), df)
     if t.empty:
         return None
     cols = [*(["dataset"] if several else []), "backend", "basis", "fixed",
