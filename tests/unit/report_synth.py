@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from harness import results
+from harness.report import data
 
 MiB = 2**20
 BACKENDS: dict[str, dict[str, Any]] = {
@@ -234,3 +236,9 @@ def all_results(out: Path, seed: int = 1, host: str = "synthetic-a",
         write_result(out, "limits", limits_samples(rng), LIMITS_META, **kw),
         write_result(out, "network", network_samples(rng), BACKENDS, **kw),
     ]
+
+
+def load(paths: list[Path]) -> tuple[list[results.Loaded], pd.DataFrame]:
+    """The results at `paths` and their samples frame as the report sees it (enriched)."""
+    docs: list[results.Loaded] = [(str(p), results.load_result(p)) for p in paths]
+    return docs, data.enrich(results.frame(docs), docs)

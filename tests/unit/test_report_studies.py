@@ -23,11 +23,7 @@ from harness.report import charts, claims, data, render, tables
 from tests.unit import report_synth as synth
 
 Docs = list[results.Loaded]
-
-
-def load(paths: list[Path]) -> tuple[Docs, pd.DataFrame]:
-    docs: Docs = [(str(p), results.load_result(p)) for p in paths]
-    return docs, data.enrich(results.frame(docs), docs)
+load = synth.load
 
 
 @pytest.fixture(scope="module")
