@@ -503,6 +503,12 @@ def disk(df: pd.DataFrame, look: Look) -> Figure | None:
                     label += f" ({shared / (shared + unique):.0%} shared)"
                 ax.annotate(label, ((shared + unique) / div, i), xytext=(6, 0),
                             textcoords="offset points", va="center")
+            elif not c.select(d)["metric"].str.fullmatch(rf"{base}(\.shared|\.unique)?").any():
+                # An empty row says why: this backend has no such figure (the host adds
+                # no layer per instance; a VM booted from an initramfs writes to RAM).
+                ax.annotate("not measured for this backend", (0, i), xytext=(6, 0),
+                            textcoords="offset points", va="center", color="#777777",
+                            style="italic")
         ax.set_xlim(0, max(ax.get_xlim()[1], 1e-9) * 1.6)
         ax.grid(axis="x")
         ax.set_title(titles[base])

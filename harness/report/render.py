@@ -409,12 +409,14 @@ def _claims_blocks(t: pd.DataFrame, charts: Mapping[str, Any], several: bool
                                             claims_mod.INCONCLUSIVE) if r[v])
         for r in s.to_dict("records")]))
     blocks += [("chart", charts[n]) for n in ("claims", "claims_io") if n in charts]
-    shown = _exceptions_first(t, PER_CLAIM)
+    # Fewer rows per claim when several datasets each have theirs (the page stays short).
+    per = max(3, PER_CLAIM // t["dataset"].nunique())
+    shown = _exceptions_first(t, per)
     blocks.append(("table", claims_table(shown, several)))
     if len(shown) < len(t):
-        blocks.append(("p", f"{len(t) - len(shown)} more pairs (at most {PER_CLAIM} per "
-                            "claim are shown, those that do not hold first) are in "
-                            "[claims.csv](claims.csv)."))
+        blocks.append(("p", f"{len(t) - len(shown)} more pairs (at most {per} per claim"
+                            + (" and dataset" if several else "") + " are shown, those that "
+                            "do not hold first) are in [claims.csv](claims.csv)."))
     blocks.append(("csv", ("claims.csv", t)))
     return blocks
 
