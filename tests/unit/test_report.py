@@ -265,6 +265,33 @@ def test_report_files_and_self_contained_html(built: tuple[Path, list[Path]]) ->
     assert (tmp_path / "startup.csv") in written
 
 
+def test_report_has_every_study_short_and_the_rest_in_csv(
+        built: tuple[Path, list[Path]], one: tuple[Docs, pd.DataFrame]) -> None:
+    out, written = built
+    _, df = one
+    md = (out / "report.md").read_text()
+    assert len(md.splitlines()) < 400
+    headings = [line for line in md.splitlines() if line.startswith("## ")]
+    for study in ("startup", "memory", "disk", "io", "limits", "network", "density"):
+        info = render.STUDIES[study]
+        assert f"## {info.title}: {info.question}" in headings  # one naming scheme
+        assert all("![" in md and f"({n}.png)" in md for n in info.charts)
+        assert out / f"{study}.csv" in written
+    # the density CSV: one row per backend, metric and count; the section: per backend
+    per_count = pd.read_csv(out / "density.csv")
+    d = df[df["metric"].str.startswith("density.")]
+    assert len(per_count) == len(d.groupby(["backend", "metric", "instance"]))
+    section = md.split("## Density")[1].split("\n## ")[0]
+    assert sum(line.startswith("| ") for line in section.splitlines()) == 1 + 3
+    # claims: every pair in the CSV, at most PER_CLAIM per claim in the page
+    t = claims.evaluate(df)
+    assert len(pd.read_csv(out / "claims.csv")) == len(t)
+    assert "more pairs" in md and "[claims.csv](claims.csv)" in md
+    io_rows = [line for line in md.split("## I/O")[1].split("\n## ")[0].splitlines()
+               if line.startswith("| ")]
+    assert len(io_rows) == 1 + 14  # header + one row per cell (backend × target)
+
+
 class _Page(HTMLParser):
     """Headings, tables (rows of cell texts) and image sources of an HTML page."""
 

@@ -230,41 +230,6 @@ def test_density_summary_one_row_per_backend(one: tuple[Docs, pd.DataFrame]) -> 
 
 # --- the report as a whole -------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, one: tuple[Docs, pd.DataFrame]
-          ) -> tuple[Path, list[Path]]:
-    docs, _ = one
-    out = tmp_path_factory.mktemp("report")
-    return out, render.build(docs, results.frame(docs), out, ["png"], "paper")
-
-
-def test_report_has_every_study_short_and_the_rest_in_csv(
-        built: tuple[Path, list[Path]], one: tuple[Docs, pd.DataFrame]) -> None:
-    out, written = built
-    _, df = one
-    md = (out / "report.md").read_text()
-    assert len(md.splitlines()) < 400
-    headings = [line for line in md.splitlines() if line.startswith("## ")]
-    for study in ("startup", "memory", "disk", "io", "limits", "network", "density"):
-        info = render.STUDIES[study]
-        assert f"## {info.title}: {info.question}" in headings  # one naming scheme
-        assert all("![" in md and f"({n}.png)" in md for n in info.charts)
-        assert out / f"{study}.csv" in written
-    # the density CSV: one row per backend, metric and count; the section: per backend
-    per_count = pd.read_csv(out / "density.csv")
-    d = df[df["metric"].str.startswith("density.")]
-    assert len(per_count) == len(d.groupby(["backend", "metric", "instance"]))
-    section = md.split("## Density")[1].split("\n## ")[0]
-    assert sum(line.startswith("| ") for line in section.splitlines()) == 1 + 3
-    # claims: every pair in the CSV, at most PER_CLAIM per claim in the page
-    t = claims.evaluate(df)
-    assert len(pd.read_csv(out / "claims.csv")) == len(t)
-    assert "more pairs" in md and "[claims.csv](claims.csv)" in md
-    io_rows = [line for line in md.split("## I/O")[1].split("\n## ")[0].splitlines()
-               if line.startswith("| ")]
-    assert len(io_rows) == 1 + 14  # header + one row per cell (backend × target)
-
-
 def test_long_tables_are_capped() -> None:
     rows = [[str(i)] for i in range(render.CAP + 7)]
     blocks = render.capped(render.Table(["n"], rows), "x.csv")
