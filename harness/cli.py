@@ -220,16 +220,33 @@ def doctor() -> None:
               help="Comma-separated chart formats (png, svg, pdf).")
 @click.option("--style", type=click.Choice(["paper", "slides"]), default="paper",
               show_default=True, help="paper: compact figures; slides: 16:9, large type.")
-def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: str) -> None:
-    """Write charts, report.md and a self-contained index.html for RESULT_FILES (files or
-    directories). Several results (two hosts, two dates) are compared side by side."""
-    from harness.report import render
+@click.option("--all", "keep_all", is_flag=True,
+              help="From a directory, keep every result (default: the newest of each "
+                   "scenario per host).")
+def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: str,
+           keep_all: bool) -> None:
+    """Write charts, report.md, CSVs and a self-contained index.html for RESULT_FILES
+    (files or directories).
+
+    From a directory, the newest result of each scenario per host is reported (--all:
+    every result); files named on the command line are always reported. Several hosts,
+    or one study run on several dates, are shown side by side."""
+    from harness.report import data, render
 
     fmts = _split(formats) or ["png"]
     bad = [f for f in fmts if f not in ("png", "svg", "pdf")]
     if bad:
         raise click.BadParameter(f"unknown format {bad[0]!r}", param_hint="--format")
     docs = results.load_all(result_files)
+    if not keep_all:
+        in_dirs = {str(p) for d in result_files if d.is_dir() for p in results.expand(d)}
+        picked = data.latest([x for x in docs if x[0] in in_dirs])
+        dropped = sum(x[0] in in_dirs for x in docs) - len(picked)
+        if dropped:
+            click.echo(f"report: the newest result of each scenario per host; {dropped} "
+                       "older result(s) left out (--all keeps them)", err=True)
+        keep = {id(x) for x in picked}
+        docs = [x for x in docs if x[0] not in in_dirs or id(x) in keep]
     df = results.frame(docs)
     written = render.build(docs, df, out_dir, fmts, style)
     for w in written:
