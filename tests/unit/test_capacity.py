@@ -242,7 +242,8 @@ def test_cli_json_and_chart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     chart = tmp_path / "cap.png"
     with pytest.raises(SystemExit) as e:
         main(["capacity", str(path), str(path.with_name(path.stem + ".pyperf.json")),
-              "--host-memory", "64G", "--host-cpus", "16", "--json", "--chart", str(chart)])
+              "--host-memory", "64G", "--host-cpus", "16", "--json", "--chart", str(chart),
+              "--allow-extrapolation"])
     assert e.value.code == 0
     out = json.loads(capsys.readouterr().out)
     by = {b["backend"]: b for b in out["backends"]}
