@@ -44,8 +44,8 @@ starts unless MemAvailable, less what the step is expected to take, stays above
 `min_mem_available`: checked before every step, so the host is never pushed towards the
 OOM killer); the start-latency SLO (`slo_start` seconds exceeded by `slo_consecutive`
 new instances in a row; 0 = off); `max_ramp_time`; a Ctrl-C; or an instance that fails
-to start (the steps measured so far are kept; when a counter was at its ceiling, or the
-error was EMFILE/ENFILE, the reason names the limit). Every instance is tracked from the
+to start (the steps measured so far are kept; when a counter was past NEAR of its
+ceiling, or the error was EMFILE/ENFILE, the reason names the limit). Every instance is tracked from the
 moment it exists and all are removed at the end of the ramp, also on failure or Ctrl-C.
 
 With concurrency c > 1, the c instances of a step are created and started back to back
@@ -93,6 +93,7 @@ METRICS = {
 DENSE = 50  # every step is measured up to this many instances
 POINTS = 100  # measured counts beyond DENSE, by default
 HEADROOM = 0.95  # of a kernel limit's ceiling: the host is shared, leave it some
+NEAR = 0.9  # a failure with a counter past this share of its ceiling is that limit's
 
 # Kernel memory that PSS never shows and that cannot be reclaimed: slab that is not
 # reclaimable (namespaces, cgroups, sockets, overlay and task structures), kernel stacks,
@@ -259,7 +260,7 @@ class Ramp:
         if code == errno.EMFILE or "Too many open files" in what:
             return f"limit nofile: instance failed: {what}"
         self.usage, self.usage_at = limits.usage(self._daemon_pids()), self.n
-        near = self.near_limit(count, 1.0 - (1.0 - HEADROOM) / 2)
+        near = self.near_limit(count, NEAR)
         return f"{near}: instance failed: {what}" if near else f"instance failed: {what}"
 
     def step(self, count: int) -> None:
