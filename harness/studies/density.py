@@ -45,8 +45,9 @@ starts unless MemAvailable, less what the step is expected to take, stays above
 OOM killer); the start-latency SLO (`slo_start` seconds exceeded by `slo_consecutive`
 new instances in a row; 0 = off); `max_ramp_time`; a Ctrl-C; or an instance that fails
 to start (the steps measured so far are kept; when a counter was past NEAR of its
-ceiling, or the error was EMFILE/ENFILE, the reason names the limit). Every instance is tracked from the
-moment it exists and all are removed at the end of the ramp, also on failure or Ctrl-C.
+ceiling, or the error was EMFILE/ENFILE, the reason names the limit). Every instance is
+tracked from the moment it exists and all are removed at the end of the ramp, also on
+failure or Ctrl-C.
 
 With concurrency c > 1, the c instances of a step are created and started back to back
 (the backend's calls are not made concurrently) and each one's ready line is awaited by
