@@ -634,12 +634,13 @@ def project(c: CellPlan, t: Target) -> None:
     if bounds:
         c.binding = min(bounds, key=lambda k: bounds[k])
         c.instances = bounds[c.binding]
-    for lim in c.limits:
-        if lim.counter == "tasks" and lim.count is not None and c.pids_limit:
-            worst = math.floor((lim.ceiling - lim.base) / c.pids_limit)
-            c.notes.append(f"{lim.name}: {lim.per_instance:.3g} tasks per idle instance; if "
-                           f"each ran up to its pids limit ({c.pids_limit}), {lim.name} "
-                           f"{lim.ceiling:,} would bind at {worst:,}")
+    tasks = [lim for lim in c.limits if lim.counter == "tasks" and lim.count is not None]
+    if tasks and c.pids_limit:  # the pids the instances may take, not the idle ones
+        lim = min(tasks, key=lambda x: x.ceiling - x.base)
+        worst = math.floor((lim.ceiling - lim.base) / c.pids_limit)
+        c.notes.append(f"{lim.name}: {lim.per_instance:.3g} tasks per idle instance; if each "
+                       f"ran up to its pids limit ({c.pids_limit}), {lim.name} {lim.ceiling:,} "
+                       f"would bind at {worst:,}")
     if c.instances is not None and c.max_measured:
         c.extrapolation = c.instances / c.max_measured
         if c.latency is not None:
