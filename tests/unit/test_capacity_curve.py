@@ -101,7 +101,7 @@ def test_short_ramp_plan_is_refused_or_flagged() -> None:
 
 def test_piecewise_cost_is_fitted_with_its_knot() -> None:
     def hinge(n: np.ndarray) -> np.ndarray:
-        return (1 + 0.3 * n + 0.4 * np.maximum(0, n - 600)) * MIB
+        return np.asarray((1 + 0.3 * n + 0.4 * np.maximum(0, n - 600)) * MIB, float)
 
     f = cell(cap.analyse([("a.json", doc(ramp("ns", 1, 1500, hinge, noise=0.2 * MIB)))],
                          target(memory=4 * GIB, basis="pss")), "ns").fits["pss"]
