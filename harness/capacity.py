@@ -192,9 +192,15 @@ class MemoryFit:
     marginal_top: float = math.nan
     marginal_top_ci: tuple[float, float] = (math.nan, math.nan)
     autocorr: float = math.nan  # lag-1 of the chosen model's residuals within the ramps
+    per_ramp_top: tuple[float, ...] = ()  # each ramp's own curve: its marginal at `top`
 
     def marginal_at(self, n: float) -> float:
         return float(self.curve.marginal(n)) if self.curve is not None else self.marginal
+
+    @property
+    def curve_fixed(self) -> float:
+        """The chosen curve's y at n = 0 (the line's intercept sits below a convex curve)."""
+        return float(self.curve.coefs[0]) if self.curve is not None else self.fixed
 
 
 @dataclass(frozen=True)
@@ -398,6 +404,9 @@ def fit_memory(ramps: Sequence[tuple[Array, Array]], basis: str) -> MemoryFit | 
     per_ramp = tuple(_ols(n, y)[1] for n, y in ramps if np.unique(n).size >= 2)
     curve, bic = _choose(n_all, y_all, top)
     curve_draws = _refit(curve, n_all, y_all, idx)
+    per_ramp_top = tuple(
+        float(replace(curve, coefs=_lstsq(curve._design(n), y)[0]).marginal(top))
+        for n, y in ramps if len(ramps) > 1 and np.unique(n).size >= 6 and n.max() == top)
     lo_t, hi_t = np.quantile(curve_draws.marginal(top), [0.025, 0.975])
     return MemoryFit(basis=basis, fixed=fixed, marginal=marginal,
                      fixed_ci=(float(lo_f), float(hi_f)), marginal_ci=(float(lo_m), float(hi_m)),
@@ -405,7 +414,7 @@ def fit_memory(ramps: Sequence[tuple[Array, Array]], basis: str) -> MemoryFit | 
                      model=curve.model, curve=curve, curve_draws=curve_draws, bic=bic,
                      top=int(top), marginal_top=float(curve.marginal(top)),
                      marginal_top_ci=(float(lo_t), float(hi_t)),
-                     autocorr=_autocorr(ramps, curve))
+                     autocorr=_autocorr(ramps, curve), per_ramp_top=per_ramp_top)
 
 
 def fit_latency(n: Array, y: Array) -> LatencyFit | None:
@@ -602,6 +611,13 @@ def project(c: CellPlan, t: Target) -> None:
                           float(hi) if np.isfinite(hi) else None)
         if fit.marginal_top_ci[0] <= 0 < fit.marginal_top_ci[1] and not t.workload_memory:
             c.notes.append("the marginal memory is not distinguishable from 0 on this basis")
+        lo_t, hi_t = fit.marginal_top_ci
+        if any(not lo_t <= m <= hi_t for m in fit.per_ramp_top):
+            c.notes.append(
+                f"the ramps disagree at the top ({fit.top}): "
+                + ", ".join(f"{m / MIB:.3g}" for m in fit.per_ramp_top)
+                + f" MiB per instance, outside the CI [{lo_t / MIB:.3g}, {hi_t / MIB:.3g}], "
+                "which resamples points, not ramps: the host drifted between ramps")
         host = c.fits.get("host")
         if t.basis != "host" and host is not None and not (
                 host.marginal_top_ci[0] <= fit.marginal_top <= host.marginal_top_ci[1]):
@@ -609,8 +625,10 @@ def project(c: CellPlan, t: Target) -> None:
                 f"at the top ({fit.top}) the host's MemAvailable fell by "
                 f"{host.marginal_top / MIB:.3g} MiB per instance "
                 f"[{host.marginal_top_ci[0] / MIB:.3g}, {host.marginal_top_ci[1] / MIB:.3g}], "
-                f"not the {fit.marginal_top / MIB:.3g} of {t.basis}: other processes on the "
-                "host, or memory the basis does not see (compare the ramps with --json)")
+                f"not the {fit.marginal_top / MIB:.3g} of {t.basis}: MemAvailable moves with "
+                "every other process on the host and counts page cache and reclaimable slab "
+                "as available; PSS splits shared file pages among the instances (compare the "
+                "ramps with --json)")
     scale = t.cpus / c.measured_cores if c.measured_cores else 1.0
     if t.slo_start is not None and c.latency is not None:
         at = c.latency.max_under(t.slo_start)
@@ -755,6 +773,8 @@ def as_json(plan: Plan) -> dict[str, Any]:
                           "marginal_ci_mib": [_mib(v) for v in f.marginal_ci],
                           "fixed_mib": _mib(f.fixed), "fixed_ci_mib": [_mib(v) for v in f.fixed_ci],
                           "per_ramp_marginal_mib": [_mib(v) for v in f.per_ramp],
+                          "per_ramp_marginal_top_mib": [_mib(v) for v in f.per_ramp_top],
+                          "curve_fixed_mib": _mib(f.curve_fixed),
                           "model": f.model, "bic": {k: round(v, 2) for k, v in f.bic.items()},
                           "top": f.top, "marginal_top_mib": _mib(f.marginal_top),
                           "marginal_top_ci_mib": [_mib(v) for v in f.marginal_top_ci],
