@@ -82,8 +82,9 @@ def limits_lines(plan: Plan) -> list[str]:
 
 def chart(plan: Plan, path: Path) -> Path:
     """Projected instances per host by backend (log scale): bar = the binding limit,
-    whisker = the 95 % CI of the memory limit, hatched when the SLO binds, a dash at the
-    memory limit where the SLO binds below it."""
+    whisker = the 95 % CI of the memory limit, hatched when the SLO or a kernel limit
+    binds, a dash at the memory limit where another binds below it; a plan beyond the
+    extrapolation factor says so on its bar."""
     cells = [c for c in plan.cells if c.instances is not None]
     if not cells:
         raise UsageError("nothing to chart: no cell has a projected count")
@@ -107,7 +108,10 @@ def chart(plan: Plan, path: Path) -> Path:
                 ax.errorbar([i], [mem], yerr=[[mem - max(lo, floor)], [hi - mem]], fmt="_",
                             markersize=20 if c.binding != "memory" else 0, color="black",
                             capsize=4, lw=1)
-            ax.annotate(f"{value:,.0f}\n{c.binding}", (i, max(value, floor)), xytext=(0, 3),
+            far = (f"\n{c.extrapolation:.3g}× measured!"
+                   if c.extrapolation > plan.target.max_extrapolation else "")
+            ax.annotate(f"{value:,.0f}\n{c.binding.split(' (')[0]}{far}", (i, max(value, floor)),
+                        xytext=(0, 3),
                         textcoords="offset points", ha="center", va="bottom")
         ax.set_yscale("log")
         top = max(max(c.instances or 0, (c.by_memory_ci[1] or 0) if c.by_memory else 0)
@@ -120,7 +124,7 @@ def chart(plan: Plan, path: Path) -> Path:
         ax.set_ylabel("idle instances per host (log scale)")
         ax.set_title(f"Projected instances per host: {t.memory / 2**30:.3g} GiB, {t.cpus} "
                      f"cpus, {t.reserve:.0%} reserved{slo}\nmemory basis {t.basis}; "
-                     "hatched: the SLO binds (dash: the memory limit)")
+                     "hatched: the SLO or a kernel limit binds (dash: the memory limit)")
         ax.grid(axis="y", which="major")
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
