@@ -21,6 +21,7 @@ from rich.table import Table
 
 from harness import results, scenario, stats
 from harness.core.errors import EXIT_USAGE, BenchError, UsageError
+from harness.core.probes import limits as klimits
 from harness.core.units import format_value, parse_size
 from harness.runner import Cell
 from runtimes import registry
@@ -267,14 +268,25 @@ def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: s
 @click.option("--basis", type=click.Choice(["pss+kernel", "pss", "cgroup", "host"]),
               default="pss+kernel",
               show_default=True, help="What memory the fit uses (see `harness/capacity.py`).")
+@click.option("--limit", "limit_values", multiple=True, metavar="NAME=VALUE",
+              help="A kernel limit of the host to plan for (default: the measured host's), "
+                   f"e.g. pid_max=4194304; repeatable. Names: {', '.join(klimits.BY_NAME)}.")
+@click.option("--max-extrapolation", type=click.FloatRange(1), default=5.0,
+              show_default=True, metavar="FACTOR",
+              help="Refuse a plan more than FACTOR times the measured instances.")
+@click.option("--allow-extrapolation", is_flag=True,
+              help="Plan beyond --max-extrapolation anyway, flagged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--chart", "chart_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also draw projected instances per host (png, svg or pdf by suffix).")
 def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
              reserve: float, workload_memory: str, slo_start: str | None, basis: str,
-             as_json: bool, chart_file: Path | None) -> None:
-    """Instances per host from density RESULT_FILES: marginal memory per instance (with
-    CI), the start-latency knee, the limit by memory and by the SLO, and which binds."""
+             limit_values: tuple[str, ...], max_extrapolation: float,
+             allow_extrapolation: bool, as_json: bool, chart_file: Path | None) -> None:
+    """Instances per host from density RESULT_FILES: the memory curve (the marginal per
+    instance at 40 and at the top of the measured range, with CI), the kernel limits that
+    bind before memory, the start-latency knee and p95, and which limit binds first.
+    A plan more than --max-extrapolation times the measured range is refused."""
     import json
 
     from harness import capacity as cap
@@ -297,13 +309,29 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
         raise click.BadParameter("must be positive", param_hint="--host-memory")
     if chart_file is not None and chart_file.suffix not in (".png", ".svg", ".pdf"):
         raise click.BadParameter("must end in .png, .svg or .pdf", param_hint="--chart")
+    given: dict[str, int] = {}
+    for item in limit_values:
+        name, _, value = item.partition("=")
+        if not value.strip().isdigit():
+            raise click.BadParameter(f"{item!r} is not NAME=COUNT", param_hint="--limit")
+        given[name.strip()] = int(value)
     target = cap.Target(memory=memory, cpus=host_cpus, reserve=reserve / 100,
-                        workload_memory=per, slo_start=slo, basis=basis)
+                        workload_memory=per, slo_start=slo, basis=basis, limits=given,
+                        max_extrapolation=max_extrapolation)
     plan = cap.analyse(cap.load(result_files), target)
+    if not allow_extrapolation:
+        cap.refuse_extrapolation(plan)
+    for c in plan.too_far():
+        err.print(f"[bold red]EXTRAPOLATED[/]: {c.label}: {c.instances:,.0f} instances "
+                  f"planned from {c.max_measured:,} measured ({c.extrapolation:.3g}×, beyond "
+                  f"{max_extrapolation:g}×)")
     if as_json:
         print(json.dumps(cap.as_json(plan), indent=1))
     else:
         out.print(shown.table(plan))
+        out.print("kernel limits (instances at which each binds):")
+        for line in shown.limits_lines(plan):
+            out.print(f"  {line}")
         for c in plan.cells:
             for note in ([c.slo_note] if c.slo_note else []) + c.notes:
                 out.print(f"  {c.label}: {note}")

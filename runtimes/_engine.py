@@ -161,11 +161,13 @@ class AttachStream(_proc.Stream):
 @dataclass(eq=False, slots=True)
 class EngineInstance(Instance):
     """A container: its id, the attach stream its output arrives on, and its memory
-    cgroup once looked up."""
+    cgroup and shim once looked up (finding a shim scans every process on the host: per
+    container and per measurement, a density ramp of hundreds spent minutes on it)."""
 
     cid: str = ""
     out: AttachStream | None = None
     cgroup: Path | None = None
+    shims: list[int] | None = None
     exited: bool = False
 
     def stream(self) -> AttachStream:
@@ -537,7 +539,9 @@ class Engine:
             with _instance_errors(self.name, "inspect"):
                 pid = int(self.api.inspect_container(inst.cid)["State"].get("Pid") or 0)
             cg = inst.cgroup = memory.memory_cgroup(pid) if pid else None
-        shims = self.shim_pids(inst.cid)
+        shims = inst.shims or self.shim_pids(inst.cid)
+        if shims:  # a container keeps its shim for life
+            inst.shims = shims
         pids = set(memory.cgroup_procs(cg)) if cg else set()
         for shim in shims:
             pids.update(memory.descendants(shim))
