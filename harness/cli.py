@@ -21,6 +21,7 @@ from rich.table import Table
 
 from harness import results, scenario, stats
 from harness.core.errors import EXIT_USAGE, BenchError, UsageError
+from harness.core.probes import limits as klimits
 from harness.core.units import format_value, parse_size
 from harness.runner import Cell
 from runtimes import registry
@@ -222,16 +223,33 @@ def doctor() -> None:
               help="Comma-separated chart formats (png, svg, pdf).")
 @click.option("--style", type=click.Choice(["paper", "slides"]), default="paper",
               show_default=True, help="paper: compact figures; slides: 16:9, large type.")
-def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: str) -> None:
-    """Write charts, report.md and a self-contained index.html for RESULT_FILES (files or
-    directories). Several results (two hosts, two dates) are compared side by side."""
-    from harness.report import render
+@click.option("--all", "keep_all", is_flag=True,
+              help="From a directory, keep every result (default: the newest of each "
+                   "scenario per host).")
+def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: str,
+           keep_all: bool) -> None:
+    """Write charts, report.md, CSVs and a self-contained index.html for RESULT_FILES
+    (files or directories).
+
+    From a directory, the newest result of each scenario per host is reported (--all:
+    every result); files named on the command line are always reported. Several hosts,
+    or one study run on several dates, are shown side by side."""
+    from harness.report import data, render
 
     fmts = _split(formats) or ["png"]
     bad = [f for f in fmts if f not in ("png", "svg", "pdf")]
     if bad:
         raise click.BadParameter(f"unknown format {bad[0]!r}", param_hint="--format")
     docs = results.load_all(result_files)
+    if not keep_all:
+        in_dirs = {str(p) for d in result_files if d.is_dir() for p in results.expand(d)}
+        picked = data.latest([x for x in docs if x[0] in in_dirs])
+        dropped = sum(x[0] in in_dirs for x in docs) - len(picked)
+        if dropped:
+            click.echo(f"report: the newest result of each scenario per host; {dropped} "
+                       "older result(s) left out (--all keeps them)", err=True)
+        keep = {id(x) for x in picked}
+        docs = [x for x in docs if x[0] not in in_dirs or id(x) in keep]
     df = results.frame(docs)
     written = render.build(docs, df, out_dir, fmts, style)
     for w in written:
@@ -252,14 +270,25 @@ def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: s
 @click.option("--basis", type=click.Choice(["pss+kernel", "pss", "cgroup", "host"]),
               default="pss+kernel",
               show_default=True, help="What memory the fit uses (see `harness/capacity.py`).")
+@click.option("--limit", "limit_values", multiple=True, metavar="NAME=VALUE",
+              help="A kernel limit of the host to plan for (default: the measured host's), "
+                   f"e.g. pid_max=4194304; repeatable. Names: {', '.join(klimits.BY_NAME)}.")
+@click.option("--max-extrapolation", type=click.FloatRange(1), default=5.0,
+              show_default=True, metavar="FACTOR",
+              help="Refuse a plan more than FACTOR times the measured instances.")
+@click.option("--allow-extrapolation", is_flag=True,
+              help="Plan beyond --max-extrapolation anyway, flagged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--chart", "chart_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also draw projected instances per host (png, svg or pdf by suffix).")
 def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
              reserve: float, workload_memory: str, slo_start: str | None, basis: str,
-             as_json: bool, chart_file: Path | None) -> None:
-    """Instances per host from density RESULT_FILES: marginal memory per instance (with
-    CI), the start-latency knee, the limit by memory and by the SLO, and which binds."""
+             limit_values: tuple[str, ...], max_extrapolation: float,
+             allow_extrapolation: bool, as_json: bool, chart_file: Path | None) -> None:
+    """Instances per host from density RESULT_FILES: the memory curve (the marginal per
+    instance at 40 and at the top of the measured range, with CI), the kernel limits that
+    bind before memory, the start-latency knee and p95, and which limit binds first.
+    A plan more than --max-extrapolation times the measured range is refused."""
     import json
 
     from harness import capacity as cap
@@ -282,13 +311,29 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
         raise click.BadParameter("must be positive", param_hint="--host-memory")
     if chart_file is not None and chart_file.suffix not in (".png", ".svg", ".pdf"):
         raise click.BadParameter("must end in .png, .svg or .pdf", param_hint="--chart")
+    given: dict[str, int] = {}
+    for item in limit_values:
+        name, _, value = item.partition("=")
+        if not value.strip().isdigit():
+            raise click.BadParameter(f"{item!r} is not NAME=COUNT", param_hint="--limit")
+        given[name.strip()] = int(value)
     target = cap.Target(memory=memory, cpus=host_cpus, reserve=reserve / 100,
-                        workload_memory=per, slo_start=slo, basis=basis)
+                        workload_memory=per, slo_start=slo, basis=basis, limits=given,
+                        max_extrapolation=max_extrapolation)
     plan = cap.analyse(cap.load(result_files), target)
+    if not allow_extrapolation:
+        cap.refuse_extrapolation(plan)
+    for c in plan.too_far():
+        err.print(f"[bold red]EXTRAPOLATED[/]: {c.label}: {c.instances:,.0f} instances "
+                  f"planned from {c.max_measured:,} measured ({c.extrapolation:.3g}×, beyond "
+                  f"{max_extrapolation:g}×)")
     if as_json:
         print(json.dumps(cap.as_json(plan), indent=1))
     else:
         out.print(shown.table(plan))
+        out.print("kernel limits (instances at which each binds):")
+        for line in shown.limits_lines(plan):
+            out.print(f"  {line}")
         for c in plan.cells:
             for note in ([c.slo_note] if c.slo_note else []) + c.notes:
                 out.print(f"  {c.label}: {note}")
@@ -596,7 +641,7 @@ def image_import(file: Path) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the comparison as JSON here.")
 @click.option("--allow-cross-host", is_flag=True,
-              help="Compare results from different host fingerprints (indicative only).")
+              help="Compare results from different machines (hardware ids; indicative only).")
 @click.option("--baselines", "baselines_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results/baselines"), show_default=True,
               help="Where calibrated noise bands are looked up (<host id>/<scenario>.json).")
@@ -637,6 +682,63 @@ def compare_(base_spec: str, new_spec: str, threshold: float, alpha: float,
         err.print(f"[yellow]note:[/] {n}")
     cmp.write_outputs(c, markdown_path, json_path)
     sys.exit(c.exit_code)
+
+
+@cli.command("history")
+@click.argument("result_paths", metavar="RESULTS...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Where index.html, history.md, history.json and the charts go.")
+@click.option("--scenario", help="Only this scenario (other files are skipped, one line each).")
+@click.option("--metric", "metric_globs", default="*", show_default=True,
+              help="Comma-separated globs of the metrics, e.g. 'startup.total'.")
+@click.option("--backend", "backend_globs", default="*", show_default=True,
+              help="Comma-separated globs of the backends.")
+@click.option("--host", help="Only this machine: a hardware id, host id or hostname.")
+@click.option("--threshold", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Smallest change (%) that may count as a move.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.01, show_default=True, help="Significance level, as bench compare's.")
+@click.option("--min-runs", type=click.IntRange(1), default=2, show_default=True,
+              help="Runs needed on each side of a move (1 lets a single run count).")
+def history_(result_paths: tuple[Path, ...], out_dir: Path, scenario: str | None,
+             metric_globs: str, backend_globs: str, host: str | None, threshold: float,
+             alpha: float, min_runs: int) -> None:
+    """Every figure over time, per machine: trend charts, and the points where a figure
+    moved, each with what changed there (commit range, component versions, kernel).
+
+    RESULTS are result files or directories of them, in any order (runs are put in time
+    order). A series is one machine (hardware id) x scenario x backend x variant x metric:
+    a kernel or engine upgrade stays in the series and annotates its moves. Unreadable
+    files and files of another scenario or machine (--scenario, --host) are skipped with
+    one line each. Writes index.html (self-contained), history.md, history.json.
+    """
+    from harness import history as hist
+
+    loaded = hist.load(result_paths, scenario, host)
+    for line in loaded.skipped:
+        err.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+    if not loaded.runs:
+        raise UsageError(f"{', '.join(map(str, result_paths))}: no usable result files")
+    h = hist.history(loaded, metrics=_split(metric_globs) or ["*"],
+                     backends=_split(backend_globs) or ["*"], threshold=threshold / 100,
+                     alpha=alpha, min_runs=min_runs)
+    if not h.series:
+        raise UsageError(f"no series for --metric {metric_globs} --backend {backend_globs}")
+    hist.write(h, out_dir)
+    moves = h.moves
+    t = Table(title=f"{h.runs} runs, {len(h.series)} series: {len(moves)} moves "
+                    "(newest first)")
+    for col in ("verdict", "machine", "series", "change", "first run after", "what changed"):
+        t.add_column(col)
+    for m in moves:
+        t.add_row(f"[{'bold red' if m.verdict == 'regression' else 'green'}]{m.verdict}[/]",
+                  m.key.hardware[:8], m.key.cell, hist.format_change(m.decision.ratio),
+                  f"{m.after.doc.run_id} ({m.after.when:%Y-%m-%d %H:%M})",
+                  hist.what_changed(m))
+    out.print(t)
+    print(f"history: {out_dir / 'index.html'} (and history.md, history.json)")
 
 
 @cli.command()

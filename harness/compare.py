@@ -12,7 +12,9 @@ calibrated by `bench calibrate` (the host's baseline, when there is one) and/or 
 in the inputs when a side holds several runs, pooled. Without either the band is unknown
 and the report says that the threshold alone gates.
 
-Results from different host fingerprints are refused unless --allow-cross-host.
+Results from different machines (hardware ids: CPU model, cores, memory, architecture) are
+refused unless --allow-cross-host; differences in the host's software (kernel, distro...)
+are noted.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from harness import baseline, results, stats
+from harness.core import hostinfo
 from harness.core.errors import UsageError
-from harness.core.records import Noise
+from harness.core.records import Noise, Result
 from harness.core.units import format_value
 from harness.results import Loaded
 
@@ -187,6 +190,49 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class Change:
+    """One thing that differs between two runs besides the measurements: `what`
+    ("kernel", "docker: containerd", "commit", "scenario workload.argv"...), and its value
+    in the earlier and the later run (None: absent there)."""
+
+    what: str
+    old: str | None
+    new: str | None
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.old or '(none)'} → {self.new or '(none)'}"
+
+
+def _changes(what: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+    return [Change(f"{what}{k}", None if old.get(k) is None else str(old.get(k)),
+                   None if new.get(k) is None else str(new.get(k)))
+            for k in sorted(set(old) | set(new), key=str) if old.get(k) != new.get(k)]
+
+
+def differences(a: Result, b: Result, backends: Sequence[str] | None = None
+                ) -> list[Change]:
+    """What changed from run `a` to run `b` (of one scenario) besides the measurements:
+    the cvbench commit and version, the host's software, the components of `backends`
+    (default: those both ran), the image and the scenario's definition."""
+    out: list[Change] = []
+    commit = [(d.commit or "?")[:12] + ("+dirty" if d.dirty else "") for d in (a, b)]
+    if commit[0] != commit[1] and (a.commit or b.commit):
+        out.append(Change("commit", *commit))
+    out += _changes("cvbench ", {"version": a.tool.get("version")},
+                    {"version": b.tool.get("version")})
+    out += _changes("", hostinfo.software(a.host), hostinfo.software(b.host))
+    for bk in sorted(set(a.backends) & set(b.backends)) if backends is None else backends:
+        out += _changes(f"{bk}: ", {c.name: c.version for c in a.components(bk)},
+                        {c.name: c.version for c in b.components(bk)})
+    if a.image_digest != b.image_digest:
+        out.append(Change("image", f"sha256:{a.image_digest[:12]}",
+                          f"sha256:{b.image_digest[:12]}"))
+    out += _changes("scenario ", _flat({k: v for k, v in a.scenario.items() if k != "source"}),
+                    _flat({k: v for k, v in b.scenario.items() if k != "source"}))
+    return out
+
+
 def _describe_differences(base: Sequence[Loaded], new: Sequence[Loaded]) -> list[str]:
     """What differs between the sides besides the measurements: these are the changes the
     comparison measures (or confounders to know about)."""
@@ -195,22 +241,11 @@ def _describe_differences(base: Sequence[Loaded], new: Sequence[Loaded]) -> list
     for scen in sorted(str(s) for s in named):
         b = next(d for _, d in base if d.scenario_name == scen)
         n = next(d for _, d in new if d.scenario_name == scen)
-        fb = _flat({k: v for k, v in b.scenario.items() if k not in ("source",)})
-        fn = _flat({k: v for k, v in n.scenario.items() if k not in ("source",)})
-        for k in sorted(set(fb) | set(fn)):
-            if fb.get(k) != fn.get(k):
-                notes.append(f"{scen}: scenario {k} differs: {fb.get(k)!r} → {fn.get(k)!r}")
-        if b.image_digest != n.image_digest:
-            notes.append(f"{scen}: image differs: sha256:{b.image_digest[:12]} → "
-                         f"sha256:{n.image_digest[:12]}")
-        for bk in sorted(set(b.backends) & set(n.backends)):
-            vb = b.backends[bk].get("versions", {})
-            vn = n.backends[bk].get("versions", {})
-            if vb != vn:
-                notes.append(f"{scen}: {bk} versions differ: {vb} → {vn}")
-        tb, tn = b.tool.get("version"), n.tool.get("version")
-        if tb != tn:
-            notes.append(f"{scen}: cvbench {tb} → {tn}")
+        for c in differences(b, n):
+            if c.what.startswith("scenario "):  # the wording tests and users know
+                notes.append(f"{scen}: scenario {c.what[9:]} differs: {c.old!r} → {c.new!r}")
+            else:
+                notes.append(f"{scen}: {c}")
     return notes
 
 
@@ -249,14 +284,16 @@ def compare(base: Sequence[Loaded], new: Sequence[Loaded], *, threshold: float =
         raise UsageError(f"--alpha: must be between 0 and 1, not {alpha}")
     if threshold < 0:
         raise UsageError(f"--threshold: must not be negative, not {threshold * 100:g}")
-    hosts = {"base": sorted({str(d.host.get("id")) for _, d in base}),
-             "new": sorted({str(d.host.get("id")) for _, d in new})}
+    # The machine decides whether a gate is fair; a kernel or distro upgrade on the same
+    # machine is what a comparison may well be measuring, so it is noted, not refused.
+    hosts = {"base": sorted({str(hostinfo.hardware_id(d.host)) for _, d in base}),
+             "new": sorted({str(hostinfo.hardware_id(d.host)) for _, d in new})}
     cross = len(set(hosts["base"]) | set(hosts["new"])) > 1
     if cross and not allow_cross_host:
         raise CrossHostError(
-            f"refusing to gate across hosts: base host id {', '.join(hosts['base'])}, new "
-            f"host id {', '.join(hosts['new'])} (different fingerprints: CPU, kernel, "
-            "memory... differ); pass --allow-cross-host to compare anyway")
+            f"refusing to gate across machines: base hardware id {', '.join(hosts['base'])}, "
+            f"new hardware id {', '.join(hosts['new'])} (CPU model, cores, memory or "
+            "architecture differ); pass --allow-cross-host to compare anyway")
     bf, nf = results.frame(base), results.frame(new)
     def selected(df: Any) -> Any:
         mask = np.zeros(len(df), dtype=bool)
@@ -274,6 +311,8 @@ def compare(base: Sequence[Loaded], new: Sequence[Loaded], *, threshold: float =
                          + ("" if metrics == ("*",) else f" for --metric {','.join(metrics)}"))
     noise, notes = _noise(base, baselines_dir)
     notes += _describe_differences(base, new)
+    soft = _software_notes(base, new)
+    notes = soft + notes
     if cross:
         notes.insert(0, f"cross-host comparison (base {hosts['base']}, new {hosts['new']}): "
                         "allowed by --allow-cross-host; the verdicts are indicative only")
@@ -310,6 +349,19 @@ def compare(base: Sequence[Loaded], new: Sequence[Loaded], *, threshold: float =
         metrics=list(metrics), cells=cells, notes=notes, hosts=hosts, cross_host=cross,
         only_base=[" · ".join(k) for k in sorted(set(bg) - set(ng))],
         only_new=[" · ".join(k) for k in sorted(set(ng) - set(bg))])
+
+
+def _software_notes(base: Sequence[Loaded], new: Sequence[Loaded]) -> list[str]:
+    """A warning per host software fact that differs between (or within) the sides."""
+    out = []
+    soft = {id(d): hostinfo.software(d.host) for _, d in [*base, *new]}
+    for key in sorted({k for s in soft.values() for k in s}):
+        vb = sorted({soft[id(d)].get(key, "?") for _, d in base})
+        vn = sorted({soft[id(d)].get(key, "?") for _, d in new})
+        if len(set(vb) | set(vn)) > 1:
+            out.append(f"⚠ host software differs: {key} {', '.join(vb)} (base) vs "
+                       f"{', '.join(vn)} (new): the comparison measures that change too")
+    return out
 
 
 def _band(cal: Noise | None, runs_base: list[float], runs_new: list[float],

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from harness import __version__
-from harness.core import hostinfo
+from harness.core import hostinfo, provenance
 from harness.core.errors import BackendUnavailable
 from harness.core.image import Image
 from harness.core.probes import serving
@@ -66,6 +66,9 @@ def unenforced_limits(p: Plan) -> dict[str, list[str]]:
                  for variant in p.scenario.variants
                  for k, v in p.scenario.config(variant).limits.as_dict().items()
                  if v is not None and not traits.enforces(k)}
+        if not traits.enforces("rlimits"):
+            asked |= {f"rlimits.{n}" for variant in p.scenario.variants
+                      for n, _, _ in p.scenario.config(variant).limits.rlimits}
         if asked:
             out[b] = sorted(asked)
     return out
@@ -105,16 +108,25 @@ def header(p: Plan, run_id: str, image: Image, prepared: dict[str, Prepared],
     for b in p.backends:
         avail = p.runtimes[b].availability()
         backends[b] = {**traits[b].as_dict(), "versions": dict(avail.versions),
+                       "components": [c.to_dict() for c in avail.components],
                        "prepared": {"ref": prepared[b].ref,
                                     "footprint": dict(prepared[b].footprint),
                                     **dict(prepared[b].details)}}
     return {
-        "schema": SCHEMA, "tool": {"name": "cvbench", "version": __version__},
+        "schema": SCHEMA, "tool": {"name": "cvbench", "version": __version__,
+                                   **_commit()},
         "run_id": run_id, "created": datetime.now(UTC).isoformat(),
         "scenario": p.scenario.as_dict(), "scenario_toml": dict(p.scenario.raw),
         "host": hostinfo.fingerprint(),
         "backends": backends, "skipped": p.skipped, "image": image.as_dict(),
     }
+
+
+def _commit() -> dict[str, Any]:
+    """The source's commit and dirty flag, and where they were read ("git" or "build")."""
+    src = provenance.source()
+    return {"commit": src["commit"], "dirty": src["dirty"], "commit_from": src["from"]} \
+        if src else {}
 
 
 def cell_summary(cells: list[Cell]) -> list[dict[str, Any]]:

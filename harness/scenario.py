@@ -26,6 +26,8 @@ A scenario file looks like this (every key but `name` and `workload.argv` has a 
     cpus = 1.0
     memory = "256M"
     pids = 64
+    rlimits = { nofile = [1024, 4096], core = 0 }   # soft, hard (or one for both);
+                                                    # -1: unlimited
 
     [[mounts]]                        # bind | volume | tmpfs
     type = "tmpfs"
@@ -67,7 +69,14 @@ from harness.core.errors import ScenarioError, UsageError
 from harness.core.image import Archive, Debian, EngineRef, Image, Recipe, Source
 from harness.core.probes import serving
 from harness.core.units import parse_size
-from runtimes.base import MOUNT_TYPES, NETWORK_MODES, Limits, Mount
+from runtimes.base import (
+    MOUNT_TYPES,
+    NETWORK_MODES,
+    RLIM_INFINITY,
+    RLIMIT_NAMES,
+    Limits,
+    Mount,
+)
 
 T = TypeVar("T")
 
@@ -194,7 +203,7 @@ class Scenario:
         return {
             "name": self.name, "source": self.source, "description": self.description,
             "study": self.study, "backends": list(self.backends),
-            "workload": self.workload.as_dict(), "limits": self.limits.as_dict(),
+            "workload": self.workload.as_dict(), "limits": self.limits.recorded(),
             "network": self.network, "mounts": [m.as_dict() for m in self.mounts],
             "sampling": self.sampling.as_dict(), "params": dict(self.params),
             "variants": [{"name": v.name, "overrides": dict(v.overrides)}
@@ -286,12 +295,27 @@ def _tname(value: Any) -> str:
 
 
 def _limits(r: _Reader, data: Mapping[str, Any], key: str) -> Limits:
-    t = r.table(data, key, {"cpus", "memory", "pids"})
+    t = r.table(data, key, {"cpus", "memory", "pids", "rlimits"})
     return Limits(
         cpus=r.num(t["cpus"], f"{key}.cpus") if "cpus" in t else None,
         memory=r.size(t["memory"], f"{key}.memory") if "memory" in t else None,
         pids=r.int_(t["pids"], f"{key}.pids", 1) if "pids" in t else None,
+        rlimits=_rlimits(r, t, f"{key}.rlimits"),
     )
+
+
+def _rlimits(r: _Reader, t: Mapping[str, Any], key: str) -> tuple[tuple[str, int, int], ...]:
+    table = r.table(t, key, set(RLIMIT_NAMES))
+    out = []
+    for name, value in table.items():
+        pair = value if isinstance(value, list) else [value, value]
+        if len(pair) != 2:
+            raise r.fail(f"{key}.{name}", "must be a number or [soft, hard]")
+        soft, hard = (r.int_(v, f"{key}.{name}", RLIM_INFINITY) for v in pair)
+        if hard != RLIM_INFINITY and (soft == RLIM_INFINITY or soft > hard):
+            raise r.fail(f"{key}.{name}", f"soft limit {soft} is above the hard {hard}")
+        out.append((name, soft, hard))
+    return tuple(out)
 
 
 def _mount(r: _Reader, m: Any, key: str) -> Mount:

@@ -25,6 +25,7 @@ from harness import plan as planning
 from harness import results, studies, validate
 from harness.core import image as image_mod
 from harness.core.errors import BackendUnavailable, UsageError
+from harness.core.probes import limits
 from harness.runner import Cell, Context, Outcome, Runner, Target
 from harness.runs import HOOKS, Resumable, RunLock, collect, finish, hold, live_runs, runs_dir
 from harness.scenario import Scenario
@@ -98,6 +99,9 @@ class Session:
     def prepare(self) -> None:
         scen, rep, resumed = self.scenario, self.reporter, self.resume
         validate.check(scen)  # (names the file and field: before anything else reads it)
+        # Live instances hold descriptors (pipes, pidfds, attach sockets): a density ramp of
+        # thousands needs more than the usual soft limit of 1024.
+        nofile_before, nofile, nofile_hard = limits.raise_nofile()
         self.study = studies.get(scen.study)
         p = self.plan = planning.plan(scen, self.wanted)
         for b, why in p.skipped.items():
@@ -150,6 +154,8 @@ class Session:
             self.journal = results.Journal(
                 self.out_dir / f"{self.name}.journal",
                 planning.header(p, self.run_id, img, prepared, self.cells))
+        self.journal.event("rlimit_nofile", soft_before=nofile_before, soft=nofile,
+                           hard=nofile_hard)
 
     def run(self) -> Outcome:
         assert self.journal is not None and self.study is not None

@@ -13,6 +13,7 @@ Mapping of the InstanceSpec to the Engine API (POST /containers/create):
   limits.memory    -> HostConfig.Memory and MemorySwap, both the limit (no swap: as `ns`
                       writes memory.limit_in_bytes and memory.memsw.limit_in_bytes)
   limits.pids      -> HostConfig.PidsLimit
+  limits.rlimits   -> HostConfig.Ulimits (unset ones: the daemon's, inherited)
   network          -> HostConfig.NetworkMode none | host | bridge (the engine's default
                       bridge: docker0, or Podman's netavark "podman" network)
   mounts bind      -> Mount{Type: bind, Source, Target, ReadOnly}
@@ -61,6 +62,7 @@ from typing import Any, ClassVar
 import docker
 import requests
 from docker.types import Mount as DockerMount
+from docker.types import Ulimit
 
 from harness.core.errors import (
     BackendUnavailable,
@@ -78,6 +80,7 @@ from runtimes.base import (
     PREFIX,
     RUN_LABEL,
     Availability,
+    Component,
     Exit,
     Hooks,
     Instance,
@@ -163,14 +166,16 @@ class AttachStream(_proc.Stream):
             self.fd = -1
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class EngineInstance(Instance):
     """A container: its id, the attach stream its output arrives on, and its memory
-    cgroup once looked up."""
+    cgroup and shim once looked up (finding a shim scans every process on the host: per
+    container and per measurement, a density ramp of hundreds spent minutes on it)."""
 
     cid: str = ""
     out: AttachStream | None = None
     cgroup: Path | None = None
+    shims: list[int] | None = None
     exited: bool = False
 
     def stream(self) -> AttachStream:
@@ -232,6 +237,8 @@ def host_config(spec: InstanceSpec, volumes: dict[str, str],
         hc["memswap_limit"] = lim.memory
     if lim.pids is not None:
         hc["pids_limit"] = lim.pids
+    if lim.rlimits:
+        hc["ulimits"] = [Ulimit(name=n, soft=s, hard=h) for n, s, h in lim.rlimits]
     if runtime:
         hc["runtime"] = runtime
     return hc
@@ -350,14 +357,28 @@ class Engine:
         if problem:
             return Availability(ok=False, versions=versions, details=details,
                                 reason=problem[0], fix=problem[1])
-        return Availability(ok=True, versions=versions, details=details)
+        return Availability(ok=True, versions=versions, details=details, parts=self._parts())
+
+    def _parts(self) -> tuple[Component, ...]:
+        """The components the engine itself reports (`docker version`'s list: containerd,
+        runc, docker-init; Podman's conmon and OCI runtime), named as elsewhere."""
+        out = []
+        for c in self._server.get("Components") or ():
+            name = str(c.get("Name", "")).lower()
+            if "engine" in name:
+                name = self.base
+            elif name.startswith("oci runtime (") and name.endswith(")"):
+                name = name[len("oci runtime ("):-1]
+            if name and c.get("Version"):
+                out.append(Component.parse(name, str(c["Version"])))
+        return tuple(out)
 
     def traits(self) -> Traits:
         daemons: dict[str, Json] = {}
         for name, pids in self.daemons().items():
             m = memory.processes_memory(pids)
             daemons[name] = {"pids": list(pids), "pss": m.pss, "uss": m.uss, "rss": m.rss}
-        return Traits(kind="container", settings={
+        return Traits(kind="container", protections=self.protections(), settings={
             "engine": self.base, "oci_runtime": self.runtime, "socket": self.socket_path,
             "client": f"docker-py {docker.__version__} APIClient ({self.client_note})",
             "phases": {"create": "POST create + attach" + self.attach_note,
@@ -370,6 +391,21 @@ class Engine:
                               "pids -> PidsLimit",
             "daemons": daemons,
         })
+
+    def protections(self) -> tuple[str, ...]:
+        """What the engine says it applies by default (its `info`), and the rlimits its
+        containers inherit (their shims', so the daemon's); the report lists them next to
+        ns's. Nothing the engine does not report is claimed."""
+        try:
+            opts = [str(o) for o in self.api.info().get("SecurityOptions") or []]
+        except _ERRORS as e:
+            return (f"(the engine did not answer `info`: {_short(e)})",)
+        return (f"engine security options: {'; '.join(opts) or 'none'}", *self.security())
+
+    def security(self) -> list[str]:
+        """Engine-specific lines for protections(): the capability set, the profile, the
+        rlimits its containers get."""
+        return []
 
     # --- image ----------------------------------------------------------------------------
 
@@ -538,7 +574,9 @@ class Engine:
             with _instance_errors(self.name, "inspect"):
                 pid = int(self.api.inspect_container(inst.cid)["State"].get("Pid") or 0)
             cg = inst.cgroup = memory.memory_cgroup(pid) if pid else None
-        shims = self.shim_pids(inst.cid)
+        shims = inst.shims or self.shim_pids(inst.cid)
+        if shims:  # a container keeps its shim for life
+            inst.shims = shims
         pids = set(memory.cgroup_procs(cg)) if cg else set()
         for shim in shims:
             pids.update(memory.descendants(shim))
@@ -662,6 +700,25 @@ def _instance_errors(backend: str, what: str) -> Iterator[None]:
         raise
     except _ERRORS as e:
         raise InstanceError(f"{backend}: {what} failed: {_short(e)}") from e
+
+
+def daemon_rlimits(pid: int) -> str:
+    """The soft:hard limits of `pid` that Docker's --ulimit names, from /proc/PID/limits:
+    a container gets its shim's, and so its daemon's, where the engine sets none."""
+    names = {"Max core file size": "core", "Max open files": "nofile",
+             "Max processes": "nproc", "Max locked memory": "memlock",
+             "Max stack size": "stack"}
+    try:
+        lines = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    except OSError:
+        return "?"
+    out = []
+    for line in lines:
+        for label, name in names.items():
+            if line.startswith(label):
+                soft, hard = line[len(label):].split()[:2]
+                out.append(f"{name}={soft}:{hard}")
+    return " ".join(out)
 
 
 def _short(e: BaseException) -> str:

@@ -56,7 +56,7 @@ class Stream:
             self.fd = -1
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class PipedInstance(Instance):
     """An instance whose first process is the runner's child: its pid and pidfd, and
     the read ends of its stdout/stderr pipes (or whatever Stream carries them)."""

@@ -22,8 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
 
+from harness.core.records import Component
+
 if TYPE_CHECKING:
     from harness.core.image import Image
+
+__all__ = ["Component"]  # re-exported: the record backends report their parts with
 
 # What a backend records about itself: JSON values, typed.
 Json = str | int | float | bool | None | Sequence["Json"] | Mapping[str, "Json"]
@@ -105,16 +109,31 @@ class Traits:
         return out
 
 
+RLIMIT_NAMES = ("core", "nofile", "nproc", "memlock", "stack")  # as `ulimit`/--ulimit say
+RLIM_INFINITY = -1  # "unlimited", as Docker's API and Python's resource module spell it
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits. cpus: CPU time in cores (quota/period); memory, in bytes; pids."""
+    """Resource limits. cpus: CPU time in cores (quota/period); memory, in bytes; pids.
+    rlimits: (name of RLIMIT_NAMES, soft, hard) the workload's first process gets, over
+    the backend's own defaults (-1: unlimited)."""
 
     cpus: float | None = None
     memory: int | None = None
     pids: int | None = None
+    rlimits: tuple[tuple[str, int, int], ...] = ()
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {"cpus": self.cpus, "memory": self.memory, "pids": self.pids}
+
+    def recorded(self) -> dict[str, Json]:
+        """as_dict() and, when set, the rlimits (a field added in schema 1: older results
+        have none)."""
+        out: dict[str, Json] = dict(self.as_dict())
+        if self.rlimits:
+            out["rlimits"] = {n: [soft, hard] for n, soft, hard in self.rlimits}
+        return out
 
 
 @dataclass(frozen=True)
@@ -173,7 +192,7 @@ def uid_gid(user: str) -> tuple[int, int]:
     return (int(uid or 0), int(gid or 0))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Instance:
     """A created instance. Each backend subclasses it with its own typed handles (a
     process and its pipes, a container id, a domain) and gets them back with `own()`."""
@@ -229,13 +248,27 @@ class Stats:
 
 @dataclass(frozen=True)
 class Availability:
-    """Whether a backend is usable here; if not, the exact reason and the fix."""
+    """Whether a backend is usable here; if not, the exact reason and the fix.
+
+    `versions`: the headline versions `bench doctor` shows (name -> what the tool says);
+    `parts`: further components it runs on (the containerd and runc under a dockerd).
+    `components` is both as one typed list, the same for every backend.
+    """
 
     ok: bool
     reason: str = ""
     fix: str = ""
     versions: Mapping[str, str] = field(default_factory=dict)
     details: Mapping[str, str] = field(default_factory=dict)
+    parts: tuple[Component, ...] = ()
+
+    @property
+    def components(self) -> tuple[Component, ...]:
+        """Every component with its version, a name once (the headline's first)."""
+        seen: dict[str, Component] = {}
+        for c in (*(Component.parse(k, v) for k, v in self.versions.items()), *self.parts):
+            seen.setdefault(c.name, c)
+        return tuple(seen.values())
 
 
 @dataclass(frozen=True)

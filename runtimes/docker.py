@@ -18,7 +18,8 @@ import math
 from typing import TYPE_CHECKING, ClassVar
 
 from harness.core.probes.memory import pids_of
-from runtimes._engine import Engine
+from runtimes._engine import Engine, daemon_rlimits
+from runtimes.ns.config import DEFAULT_CAPS
 
 
 class DockerRuntime(Engine):
@@ -45,6 +46,15 @@ class DockerRuntime(Engine):
 
     def daemons(self) -> dict[str, list[int]]:
         return {"dockerd": pids_of("dockerd"), "containerd": pids_of("containerd")}
+
+    def security(self) -> list[str]:
+        # dockerd's defaults (moby oci/caps/defaults.go, oci/defaults.go): not in its API
+        return [f"capabilities: {', '.join(DEFAULT_CAPS)} (moby's default set)",
+                "seccomp: dockerd's built-in default (profile=default)",
+                "no_new_privs: no", "user namespace: no (no userns-remap)",
+                f"devices: {self.runtime}'s device cgroup from dockerd's default allow-list",
+                *(f"rlimits: none set, containerd's (pid {p}) inherited: {daemon_rlimits(p)}"
+                  for p in pids_of("containerd")[:1])]
 
 
 if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor

@@ -56,7 +56,7 @@ CHROOT_MODE = ("chroot into a per-instance overlay of the image, with /proc, /sy
                "host's /dev mounted in (no namespaces, no limits)")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class HostInstance(PipedInstance):
     """A host process; with a real image, `dir` holds its overlay (root, upper, work)."""
 

@@ -242,7 +242,7 @@ def virtlogd_problem(sock: Path = VIRTLOGD_SOCK, qemu_conf: Path = QEMU_CONF) ->
     return None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class VmInstance(Instance):
     """A transient domain (libvirt's virDomain), its directory and its serial console,
     connected while the vCPUs are still paused."""
@@ -407,7 +407,7 @@ class LibvirtRuntime:
     def traits(self) -> Traits:
         accel, why = self.accel()
         return Traits(kind="vm", accel=accel, emulated=accel != "kvm",
-                      not_applied=frozenset({"limits.pids"}), settings={
+                      not_applied=frozenset({"limits.pids", "limits.rlimits"}), settings={
                 "accel_reason": why, "machine": self.machine,
                 "domain": "transient (createXML), paused until start",
                 "root": "qcow2 overlay per instance on the image's qcow2 (virtio-blk vda)"

@@ -2,20 +2,25 @@
 
 The yardstick for `ns`: the same rootfs layout (an overlay of the shared image with a
 per-instance upper layer, in a tmpfs by default or on disk with CVBENCH_NS_UPPER=disk,
-like ns), the same namespaces, limits, masked paths and capabilities, written into a
-config.json generated from the InstanceSpec, then `<cli> run`: the CLI stays the
-instance's parent (as containerd's shim would) and exits with the workload's status.
+like ns), the same namespaces, limits and protections (ns's capability set, the same
+seccomp profile resolved for it, no_new_privs, the device allow-list, masked and
+read-only paths, rlimits, mount flags), written into a config.json generated from the
+InstanceSpec, then `<cli> run`: the CLI stays the instance's parent (as containerd's
+shim would) and exits with the workload's status. The CLI compiles the seccomp profile
+itself, per container (runsc applies it only with --oci-seccomp, which it gets).
 
 Mapping of the InstanceSpec:
   argv/env/workdir/hostname -> process.args = /bench/init + argv, env, cwd; hostname
   limits                    -> linux.resources (memory limit = memory+swap limit,
                                cpu quota/period 100 ms, pids limit); cgroupsPath
-                               /cvbench.oci/cvbench-<run id>-<n>
+                               /cvbench.oci/cvbench-<run id>-<n>; rlimits ->
+                               process.rlimits over ns's defaults
   network none | host       -> a network namespace (loopback only) | none;
                                bridge is not offered (it needs a CNI-like set-up)
-  mounts                    -> OCI mounts (rbind/bind + ro, tmpfs with size)
+  mounts                    -> OCI mounts (rbind + rw, or rbind + rro: recursively
+                               read-only; tmpfs nosuid,nodev,noexec with size)
   runsc                     -> --network=none (sandbox netstack off) --platform=ptrace
-                               (this machine is a VM without working KVM)
+                               (this machine is a VM without working KVM), --oci-seccomp
 
 Phases: create = bundle dir, overlay, config.json; start = spawn `<cli> run` (runc:
 `run --keep`, so the cgroup outlives the exit and an OOM kill can be read);
@@ -28,6 +33,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -35,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from harness.core.errors import InstanceError, UsageError
+from harness.core.errors import BackendUnavailable, InstanceError, UsageError
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
 from harness.core.probes.disk import du_bytes
@@ -59,15 +65,23 @@ from runtimes.base import (
     state_dir,
     uid_gid,
 )
-from runtimes.ns import cgroups, namespaces
-from runtimes.ns.config import DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS
-from runtimes.ns.shared import cgroup_parents, empty_dirs, upper_mode
+from runtimes.ns import cgroups, namespaces, seccomp
+from runtimes.ns.config import DEVICE_RULES, MASKED_PATHS, READONLY_PATHS
+from runtimes.ns.shared import (
+    cgroup_parents,
+    empty_dirs,
+    protected_caps,
+    protection_lines,
+    runner_rlimits,
+    upper_mode,
+    with_rlimits,
+)
 
 CGROUP_PARENT = "cvbench.oci"
 FLAVOURS = ("crun", "runc", "runsc")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class OciInstance(PipedInstance):
     """The `<cli> run` process is the instance's first process; `bundle` its directory."""
 
@@ -86,6 +100,19 @@ class OciRuntime:
         self.name = f"oci:{flavour}"
         self.binary = shutil.which(flavour) or ""
         self._cg: cgroups.Manager | None = None
+        self.caps = protected_caps()
+        self.rlimits = runner_rlimits()
+        self._seccomp: seccomp.Profile | None = None
+
+    def seccomp_profile(self) -> seccomp.Profile:
+        """ns's profile, resolved for the same capabilities (read once)."""
+        if self._seccomp is None:
+            path = seccomp.find()
+            if path is None:
+                raise BackendUnavailable(self.name, "no seccomp profile",
+                                         "make provision (scripts/provision.d/26-seccomp.sh)")
+            self._seccomp = seccomp.load(path, self.caps)
+        return self._seccomp
 
     @property
     def cg(self) -> cgroups.Manager:
@@ -103,7 +130,7 @@ class OciRuntime:
         cmd = [self.binary, "--root", str(self.root() / f"state-{self.flavour}")]
         if self.flavour == "runsc":
             cmd += [f"--network={'host' if network == 'host' else 'none'}",
-                    _oci.RUNSC_PLATFORM]
+                    _oci.RUNSC_PLATFORM, "--oci-seccomp"]
         return cmd
 
     # --- availability ------------------------------------------------------------------
@@ -119,17 +146,33 @@ class OciRuntime:
         refusal = _oci.crun_refusal() if self.flavour == "crun" else None
         if refusal:
             return Availability(ok=False, versions=versions, reason=refusal[0], fix=refusal[1])
-        return Availability(ok=True, versions=versions)
+        try:
+            profile = self.seccomp_profile()
+        except BackendUnavailable as e:
+            return Availability(ok=False, versions=versions, reason=e.reason, fix=e.fix)
+        except UsageError as e:
+            return Availability(ok=False, versions=versions, reason=str(e),
+                                fix="fix or replace the file")
+        return Availability(ok=True, versions=versions,
+                            details={"seccomp": profile.describe()})
 
     def traits(self) -> Traits:
         settings: dict[str, Json] = {
             "cli": self.flavour, "command": "run", "oom_detection": self.flavour == "runc",
             "cgroup_favordynmods": cgroups.favordynmods(),
-            "rootfs": f"overlay, upper on {upper_mode()}",
-            "capabilities": "docker default set", "no_new_privs": True}
+            "rootfs": f"overlay, upper on {upper_mode()}"}
         if self.flavour == "runsc":
             settings.update(platform="ptrace", network="none (sandbox netstack off)")
-        return Traits(kind="container", settings=settings)
+        return Traits(kind="container", settings=settings, protections=(
+            *protection_lines(self.rlimits, recursive_ro=True),
+            "user namespace: no (root inside is root, as in Docker)",
+            f"capabilities: {', '.join(self.caps)} (ns's set)",
+            f"seccomp: {self.seccomp_profile().describe()}, compiled by {self.flavour} per "
+            "container" + (" (--oci-seccomp)" if self.flavour == "runsc" else ""),
+            f"devices: linux.resources.devices: deny a; allow {', '.join(DEVICE_RULES)}",
+            f"keyring: {self.flavour}'s own (a new session keyring per container)"
+            if self.flavour != "runsc" else "keyring: gVisor's (keyctl is emulated)",
+        ))
 
     def prepare(self, image: Image) -> Prepared:
         self.root().mkdir(parents=True, exist_ok=True)
@@ -139,7 +182,7 @@ class OciRuntime:
     # --- the bundle --------------------------------------------------------------------
 
     def _config(self, spec: InstanceSpec) -> dict[str, Json]:
-        caps = list(DEFAULT_CAPS)
+        caps = list(self.caps)
         env = {"PATH": PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
                "CVBENCH_NONCE": spec.nonce, **spec.env}
         namespaces_ = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
@@ -154,6 +197,8 @@ class OciRuntime:
                                 "period": 100_000}
         if lim.pids is not None:
             resources["pids"] = {"limit": lim.pids}
+        resources["devices"] = [{"allow": False, "access": "rwm"},
+                                *(_device_rule(r) for r in DEVICE_RULES)]
         mounts: list[Json] = [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -162,20 +207,25 @@ class OciRuntime:
              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
             {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
         ]
         if spec.network == "none":
             mounts.append({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                            "options": ["nosuid", "noexec", "nodev", "ro"]})
         for m in spec.mounts:
             if m.type == "tmpfs":
-                opts = ["nosuid", "nodev"] + ([f"size={m.size}"] if m.size else [])
+                opts = ["nosuid", "nodev", "noexec"] + ([f"size={m.size}"] if m.size else [])
                 mounts.append({"destination": m.target, "type": "tmpfs", "source": "tmpfs",
                                "options": opts + (["ro"] if m.readonly else [])})
             else:
                 src = m.source if m.type == "bind" else str(self.volume(spec.run_id,
                                                                         m.source or ""))
+                # rro: read-only down every submount (runc 1.1, crun); runsc refuses the
+                # option, and its own read-only bind covers the whole tree it serves.
+                ro = "ro" if self.flavour == "runsc" else "rro"
                 mounts.append({"destination": m.target, "type": "bind", "source": src,
-                               "options": ["bind", "ro"] if m.readonly else ["rbind", "rw"]})
+                               "options": ["rbind", ro if m.readonly else "rw"]})
         return {
             "ociVersion": "1.0.2",
             "process": {
@@ -185,6 +235,8 @@ class OciRuntime:
                 "env": [f"{k}={v}" for k, v in env.items()], "cwd": spec.workdir,
                 "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
                 "noNewPrivileges": True,
+                "rlimits": [{"type": f"RLIMIT_{n.upper()}", "soft": _u64(s), "hard": _u64(h)}
+                            for n, s, h in with_rlimits(self.rlimits, spec.limits.rlimits)],
             },
             "root": {"path": "rootfs", "readonly": False},
             "hostname": spec.hostname,
@@ -195,6 +247,7 @@ class OciRuntime:
                 "cgroupsPath": f"/{CGROUP_PARENT}/{spec.name}",
                 "maskedPaths": list(MASKED_PATHS),
                 "readonlyPaths": list(READONLY_PATHS),
+                "seccomp": seccomp.oci(self.seccomp_profile()),
             },
         }
 
@@ -352,6 +405,20 @@ class OciRuntime:
             else:
                 _remove_bundle(Path(item.name))
         return found
+
+
+def _device_rule(rule: str) -> dict[str, Json]:
+    """"c 1:3 rwm" as an OCI LinuxDeviceCgroup entry ("*" = any: the field left out)."""
+    kind, numbers, access = rule.split()
+    out: dict[str, Json] = {"allow": True, "type": kind, "access": access}
+    for key, n in zip(("major", "minor"), numbers.split(":"), strict=True):
+        if n != "*":
+            out[key] = int(n)
+    return out
+
+
+def _u64(v: int) -> int:
+    return 2**64 - 1 if v == resource.RLIM_INFINITY else v  # RLIM_INFINITY as OCI spells it
 
 
 def _remove_bundle(bundle: Path) -> None:

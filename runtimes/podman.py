@@ -43,7 +43,7 @@ import requests
 
 from harness.core.errors import InstanceError
 from harness.core.probes.memory import pids_of
-from runtimes._engine import Engine
+from runtimes._engine import Engine, daemon_rlimits
 
 WAIT_INTERVAL = "10ms"
 CAP_SYS_RESOURCE = 24
@@ -69,8 +69,9 @@ def containers_conf_files() -> list[str]:
     return [f for f in files if os.path.isfile(f)]
 
 
-def nofile_configured() -> bool:
-    found = False
+def default_ulimits() -> list[str]:
+    """containers.conf's default_ulimits ("nofile=20000:20000"...), as Podman reads them."""
+    found: list[str] = []
     for path in containers_conf_files():
         try:
             with open(path, "rb") as f:
@@ -78,8 +79,12 @@ def nofile_configured() -> bool:
         except (OSError, tomllib.TOMLDecodeError):
             continue
         if ulimits is not None:  # a later file replaces the list
-            found = any(str(u).startswith("nofile=") for u in ulimits)
+            found = [str(u) for u in ulimits]
     return found
+
+
+def nofile_configured() -> bool:
+    return any(u.startswith("nofile=") for u in default_ulimits())
 
 
 class PodmanRuntime(Engine):
@@ -133,6 +138,21 @@ class PodmanRuntime(Engine):
 
     def shim_pids(self, cid: str) -> list[int]:
         return pids_of("conmon", f" -c {cid}")
+
+    def security(self) -> list[str]:
+        # libpod's info says what the compat `info` does not: the profile and the caps
+        try:
+            sec = self.libpod("GET", "/info").json()["host"]["security"]
+        except (InstanceError, KeyError, ValueError) as e:
+            return [f"(libpod info: {e})"]
+        return [f"capabilities: {sec.get('capabilities', '?').replace(',', ', ')}",
+                f"seccomp: {sec.get('seccompProfilePath') or 'none'}"
+                + ("" if sec.get("seccompEnabled") else " (disabled)"),
+                f"user namespace: {'yes (rootless)' if sec.get('rootless') else 'no'}",
+                f"rlimits: {' '.join(default_ulimits()) or 'none'} (containers.conf "
+                "default_ulimits), the others inherited from the service"
+                + "".join(f" (pid {p}): {daemon_rlimits(p)}"
+                          for p in self.daemons()["podman service"][:1])]
 
     def daemons(self) -> dict[str, list[int]]:
         # by socket; a socket-activated service (systemd) has none on its command line

@@ -1,8 +1,12 @@
 """Host fingerprint: what a result was measured on.
 
-`fingerprint()` returns the facts; `fingerprint_id()` hashes the ones that make two
-machines comparable (CPU model, cores, memory, kernel, distro, cgroup mode, THP). Results
-with different ids are from different hosts: reports warn, `bench compare` refuses to gate.
+`fingerprint()` returns the facts. They split in two: the hardware identity (CPU model,
+cores, memory, architecture: `hardware_id`), which says which machine measured, and the
+software on it (kernel, distro, cgroup mode, THP...: `software`), which an upgrade changes
+on the same machine. `bench compare` refuses to gate across hardware and notes software
+differences; `bench history` keeps one series per hardware identity and annotates its
+moves with the software that changed. `fingerprint_id()` (the `id` of every result) hashes
+both, as it always has.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,11 @@ from harness import __version__
 # Facts that make a host what it is; volatile ones (load, free memory) stay out of the id.
 ID_KEYS = ("cpu_model", "cores", "mem_total_gib", "kernel", "distro", "cgroup_mode", "thp",
            "arch")
+# The machine: what no package upgrade changes.
+HARDWARE_KEYS = ("cpu_model", "cores", "mem_total_gib", "arch")
+# What runs on it, and its settings: each is something a move can be annotated with.
+SOFTWARE_KEYS = ("kernel", "distro", "cgroup_mode", "cgroup_favordynmods", "thp", "ksm",
+                 "governor", "python")
 
 
 def _read(path: str) -> str | None:
@@ -125,12 +135,32 @@ def fingerprint() -> dict[str, Any]:
         "load_avg": list(os.getloadavg()),
     }
     info["id"] = fingerprint_id(info)
+    info["hardware_id"] = hardware_id(info)
     return info
 
 
 def fingerprint_id(info: dict[str, Any]) -> str:
     key = json.dumps({k: info.get(k) for k in ID_KEYS}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def hardware_id(info: Mapping[str, Any]) -> str | None:
+    """The id of the machine alone: recorded in results since it exists; for older ones
+    a hash of the same hardware facts (which they hold); a fingerprint with none of them
+    has only its `id` to go by."""
+    recorded = info.get("hardware_id")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    if not any(info.get(k) is not None for k in HARDWARE_KEYS):
+        hid = info.get("id")
+        return hid if isinstance(hid, str) and hid else None
+    key = json.dumps({k: info.get(k) for k in HARDWARE_KEYS}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def software(info: Mapping[str, Any]) -> dict[str, str]:
+    """The software facts of a fingerprint, as text (absent ones left out)."""
+    return {k: str(info[k]) for k in SOFTWARE_KEYS if info.get(k) is not None}
 
 
 def tool_version(cmd: list[str]) -> str | None:

@@ -61,4 +61,6 @@ def format_value(value: float, unit: str) -> str:
         return format_size(value)
     if unit == "B/s":
         return format_size(value) + "/s"
+    if abs(value) >= 1e4:  # 16,080 IOPS, not 1.608e+04 IOPS
+        return f"{value:,.0f} {unit}".strip()
     return f"{value:.4g} {unit}".strip()

@@ -11,7 +11,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from harness.capacity import MIB, Plan
+from harness.capacity import MARGINAL_AT, MIB, Plan
 from harness.core.errors import UsageError
 from harness.core.units import format_seconds
 from harness.report.charts import backend_colours, style_context
@@ -21,33 +21,70 @@ def _num(x: float | None) -> str:
     return "∞" if x is None else f"{x:,.0f}"
 
 
+def _mib(x: float) -> str:
+    return f"{x / MIB:.3g}"
+
+
 def table(plan: Plan) -> Table:
+    """One row per cell: the memory curve (marginal at 40 and at the top of the measured
+    range, the average slope, the host basis beside it), start latency, and what binds."""
     t = plan.target
     tab = Table(title=f"idle instances per host of {t.memory / 2**30:.3g} GiB and {t.cpus} "
-                      f"cpus (memory basis {t.basis}; [95 % CI])", box=None, pad_edge=False)
-    for col in ("cell", "ramps×n", "MiB/instance", "fixed MiB", "start p95", "knee",
-                "by memory", "by SLO", "binding"):
-        tab.add_column(col, justify="left" if col in ("cell", "binding") else "right")
+                      f"cpus (memory basis {t.basis}; MiB per instance; [95 % CI])",
+                box=None, pad_edge=False)
+    for col in ("cell", "ramps×n", "model", f"@{MARGINAL_AT}", "@top", "avg", "host @top",
+                "fixed MiB", "start p95 @plan", "knee", "by memory", "first limit", "by SLO",
+                "max", "binding"):
+        tab.add_column(col, justify="left" if col in ("cell", "model", "first limit",
+                                                      "binding") else "right")
     for c in plan.cells:
-        f, lat = c.fits.get(c.basis), c.latency
+        f, lat, host, first = c.fits.get(c.basis), c.latency, c.fits.get("host"), c.first_limit
+        far = c.extrapolation > t.max_extrapolation
+        top = "—" if f is None else (f"{_mib(f.marginal_top)} [{_mib(f.marginal_top_ci[0])}, "
+                                     f"{_mib(f.marginal_top_ci[1])}]")
+        vs_host = "—"
+        if host is not None and f is not None and c.basis != "host":
+            gap = (host.marginal_top - f.marginal_top) / f.marginal_top if f.marginal_top else 0
+            vs_host = f"{_mib(host.marginal_top)} ({gap:+.0%})"
+        p95 = "—" if c.p95_at_plan is None else format_seconds(c.p95_at_plan) + (
+            " (top)" if lat is not None and c.instances and c.instances > lat.max_n else "")
         tab.add_row(
             c.label,
             f"{c.ramps}×{c.max_measured}",
-            "—" if f is None else f"{f.marginal / MIB:.3g} [{f.marginal_ci[0] / MIB:.3g}, "
-                                  f"{f.marginal_ci[1] / MIB:.3g}]",
-            "—" if f is None else f"{f.fixed / MIB:.3g}",
-            "—" if lat is None else format_seconds(lat.p95),
+            "—" if f is None else f.model,
+            "—" if f is None else _mib(f.marginal_at(min(MARGINAL_AT, f.top))),
+            top,
+            "—" if f is None else _mib(f.marginal),
+            vs_host,
+            "—" if f is None else _mib(f.curve_fixed),
+            p95,
             "—" if lat is None or lat.knee is None else str(lat.knee),
             f"{_num(c.by_memory)} [{_num(c.by_memory_ci[0])}, {_num(c.by_memory_ci[1])}]",
+            "—" if first is None else f"{first.name} {_num(first.count)}",
             "—" if c.by_slo is None else _num(c.by_slo),
+            _num(c.instances) + (f" ({c.extrapolation:.3g}× measured!)" if far else ""),
             c.binding)
     return tab
 
 
+def limits_lines(plan: Plan) -> list[str]:
+    """Per cell, every kernel limit whose counter grew, nearest first."""
+    out = []
+    for c in plan.cells:
+        bound = sorted((lim for lim in c.limits if lim.count is not None),
+                       key=lambda lim: lim.count or 0.0)
+        if bound:
+            out.append(f"{c.label}: " + "; ".join(
+                f"{lim.name} {_num(lim.count)} ({lim.per_instance:.3g} {lim.counter}/instance"
+                f" of {lim.ceiling:,}{' given' if lim.given else ''})" for lim in bound))
+    return out
+
+
 def chart(plan: Plan, path: Path) -> Path:
     """Projected instances per host by backend (log scale): bar = the binding limit,
-    whisker = the 95 % CI of the memory limit, hatched when the SLO binds, a dash at the
-    memory limit where the SLO binds below it."""
+    whisker = the 95 % CI of the memory limit, hatched when the SLO or a kernel limit
+    binds, a dash at the memory limit where another binds below it; a plan beyond the
+    extrapolation factor says so on its bar."""
     cells = [c for c in plan.cells if c.instances is not None]
     if not cells:
         raise UsageError("nothing to chart: no cell has a projected count")
@@ -71,7 +108,10 @@ def chart(plan: Plan, path: Path) -> Path:
                 ax.errorbar([i], [mem], yerr=[[mem - max(lo, floor)], [hi - mem]], fmt="_",
                             markersize=20 if c.binding != "memory" else 0, color="black",
                             capsize=4, lw=1)
-            ax.annotate(f"{value:,.0f}\n{c.binding}", (i, max(value, floor)), xytext=(0, 3),
+            far = (f"\n{c.extrapolation:.3g}× measured!"
+                   if c.extrapolation > plan.target.max_extrapolation else "")
+            ax.annotate(f"{value:,.0f}\n{c.binding.split(' (')[0]}{far}", (i, max(value, floor)),
+                        xytext=(0, 3),
                         textcoords="offset points", ha="center", va="bottom")
         ax.set_yscale("log")
         top = max(max(c.instances or 0, (c.by_memory_ci[1] or 0) if c.by_memory else 0)
@@ -84,7 +124,7 @@ def chart(plan: Plan, path: Path) -> Path:
         ax.set_ylabel("idle instances per host (log scale)")
         ax.set_title(f"Projected instances per host: {t.memory / 2**30:.3g} GiB, {t.cpus} "
                      f"cpus, {t.reserve:.0%} reserved{slo}\nmemory basis {t.basis}; "
-                     "hatched: the SLO binds (dash: the memory limit)")
+                     "hatched: the SLO or a kernel limit binds (dash: the memory limit)")
         ax.grid(axis="y", which="major")
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)

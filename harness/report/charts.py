@@ -32,7 +32,7 @@ from harness import stats
 from harness.core.probes.timing import PHASES
 from harness.core.units import format_seconds
 from harness.report import claims as claims_mod
-from harness.report import data
+from harness.report import data, tables
 
 Colour = tuple[float, float, float]
 ChartFn = Callable[[pd.DataFrame, "Look"], "Figure | None"]
@@ -118,6 +118,7 @@ class Look:
     colours: dict[str, RGB]
     sets: list[str]
     kinds: dict[str, str] = field(default_factory=dict)
+    claims: pd.DataFrame | None = None  # claims.evaluate of the report's frame, once
 
     @classmethod
     def of(cls, df: pd.DataFrame, style: str | Style = "paper") -> Look:
@@ -217,12 +218,14 @@ def _finish(fig: Figure, look: Look, handles: Sequence[Any], cells: Sequence[dat
                  va="bottom", color="#444444")
 
 
-def _rows(ax: Axes, cells: Sequence[data.Cell], look: Look, labels: bool = True) -> None:
-    """Cells as rows, top to bottom, grouped by backend; emulated rows hatched."""
+def _rows(ax: Axes, cells: Sequence[data.Cell], look: Look, labels: bool = True,
+          text: Sequence[str] | None = None) -> None:
+    """Cells as rows, top to bottom, grouped by backend; emulated rows hatched. `text`:
+    the row labels, when a cell's own label is not enough."""
     ax.set_ylim(len(cells) - 0.5, -0.5)
     ax.set_yticks(range(len(cells)))
     if labels:
-        ax.set_yticklabels([look.label(c) for c in cells])
+        ax.set_yticklabels(list(text) if text is not None else [look.label(c) for c in cells])
         for tick, c in zip(ax.get_yticklabels(), cells, strict=True):
             tick.set_color(look.colour(c.backend))
             if c.emulated:
@@ -238,8 +241,8 @@ def _rows(ax: Axes, cells: Sequence[data.Cell], look: Look, labels: bool = True)
             ax.axhline(i - 0.5, color="#bbbbbb", lw=0.8, zorder=0)
 
 
-def _seconds_axis(axis: Any) -> None:
-    axis.set_major_locator(LogLocator(base=10, numticks=12))
+def _seconds_axis(axis: Any, numticks: int = 12) -> None:
+    axis.set_major_locator(LogLocator(base=10, numticks=numticks))
     axis.set_major_formatter(FuncFormatter(lambda v, _: format_seconds(v)))
     axis.set_minor_formatter(NullFormatter())
 
@@ -402,7 +405,7 @@ def startup_phases(df: pd.DataFrame, look: Look) -> Figure | None:
     ax.set_xlabel("share of the lifecycle (sum of the phase medians"
                   + ("; a service's blank: its ready line → first answer" if spans else "")
                   + "); in the bars: median duration")
-    _title(fig, "Startup phases: where the time goes", look)
+    _title(fig, "Startup: where the time goes, phase by phase", look)
     legend: list[Any] = [Patch(color=PHASE_COLOURS[k % len(PHASE_COLOURS)], label=p)
                          for k, p in enumerate(phases)]
     if spans:
@@ -479,7 +482,7 @@ def memory(df: pd.DataFrame, look: Look) -> Figure | None:
     ax.grid(axis="x")
     _rows(ax, cs, look)
     ax.set_xlabel(f"memory per idle instance ({unit}); whiskers: 95 % CI of the median")
-    _title(fig, "Memory per instance: PSS + the engine daemons' share", look)
+    _title(fig, "Memory: PSS per instance + the engine daemons' share", look)
     _finish(fig, look, [Patch(facecolor="#888888", label="PSS of the instance's processes"),
                         Patch(facecolor="#cccccc", hatch="..", edgecolor="#888888",
                               label="engine daemons ÷ instances")], cs)
@@ -536,6 +539,12 @@ def disk(df: pd.DataFrame, look: Look) -> Figure | None:
                     label += f" ({shared / (shared + unique):.0%} shared)"
                 ax.annotate(label, ((shared + unique) / div, i), xytext=(6, 0),
                             textcoords="offset points", va="center")
+            elif not c.select(d)["metric"].str.fullmatch(rf"{base}(\.shared|\.unique)?").any():
+                # An empty row says why: this backend has no such figure (the host adds
+                # no layer per instance; a VM booted from an initramfs writes to RAM).
+                ax.annotate("not measured for this backend", (0, i), xytext=(6, 0),
+                            textcoords="offset points", va="center", color="#777777",
+                            style="italic")
         ax.set_xlim(0, max(ax.get_xlim()[1], 1e-9) * 1.6)
         ax.grid(axis="x")
         ax.set_title(titles[base])
@@ -607,7 +616,7 @@ def _io(df: pd.DataFrame, look: Look, kind: str) -> Figure | None:
     for ax in axes[len(jobs):]:
         ax.set_visible(False)
     what = "bandwidth" if kind == "bw" else "IOPS"
-    _title(fig, f"I/O {what} by storage target (fio), per job", look)
+    _title(fig, f"I/O: {what} by storage target (fio), per job", look)
     _finish(fig, look, [Line2D([], [], color="black", lw=4, label="median, 95 % CI"),
                         Line2D([], [], ls="", marker="o", color="#999999",
                                label="one sample"), *refs.values()], cs)
@@ -692,6 +701,220 @@ def density(df: pd.DataFrame, look: Look) -> Figure | None:
     return fig
 
 
+# --- limits ---------------------------------------------------------------------------
+
+UNLIMITED = "no limit applied"
+
+
+def _limits_cpu(ax: Axes, cpu: pd.DataFrame, used_all: pd.DataFrame, look: Look
+                ) -> list[Any]:
+    """Cores used against cores asked, per cell (dodged around each asked value), with
+    the ideal line used = asked and, above each point, the cores the host left idle
+    meanwhile; a backend that applies no limit is a dashed level, not a point."""
+    cs = data.cells(cpu, look.order, look.sets)
+    asked = sorted(float(a) for a in cpu["asked"].unique())
+    gap = float(min(np.diff(asked))) if len(asked) > 1 else asked[0]
+    limited = [c for c in cs if c.select(cpu)["applied"].all()]
+    lw = 5 if look.slides else 2.5
+    step = gap * 0.5 / max(len(limited), 1)
+    top = max(asked)
+    for j, c in enumerate(limited):
+        r = c.select(cpu).sort_values("asked")
+        col, x = look.colour(c.backend), r["asked"].to_numpy(float) + (
+            j - (len(limited) - 1) / 2) * step
+        used = r["value"].to_numpy(float)
+        ax.vlines(x, used, r["room"].to_numpy(float), colors=col, alpha=0.3, lw=lw * 1.6,
+                  gid=f"limits.idle|{look.label(c)}")
+        ax.vlines(x, r["value_lo"].to_numpy(float), r["value_hi"].to_numpy(float),
+                  colors="black", lw=lw / 2)
+        ax.plot(x, used, ls="", marker=look.marker(c.dataset), color=col,
+                mfc="white" if c.emulated else col, mew=2, ms=look.points(4) ** 0.5 * 3,
+                zorder=5, gid=f"limits.cpu|{look.label(c)}")
+        top = max(top, float(np.nanmax(r["room"].to_numpy(float))))
+    unlimited = []
+    for c in (c for c in cs if c not in limited):
+        # One level: the median of every sample, whatever was asked (none applied).
+        mine = used_all[(used_all["backend"] == c.backend) & (used_all["dataset"] == c.dataset)]
+        level = float(mine[[data.without_axis(v, "limits.cpus") == c.variant
+                            for v in mine["variant"]]]["value"].median())
+        unlimited.append(ax.axhline(
+            level, color=look.colour(c.backend), ls=(0, (5, 3)), lw=lw / 2,
+            gid=f"limits.unlimited|{look.label(c)}",
+            label=f"{look.label(c)}: {UNLIMITED}, used {level:.2g} cores"))
+        top = max(top, level)
+    right = max(asked) + gap * 0.6
+    ax.plot([0, right], [0, right], color="black", ls="--", lw=1, zorder=1,
+            gid="limits.ideal")
+    ax.set_xlim(0, right)
+    ax.set_ylim(0, top * 1.2)
+    ax.set_xticks(asked, [f"{a:g}" for a in asked])
+    ax.set_xlabel("cpus asked (cores)")
+    ax.set_ylabel("cores used (CPU time ÷ wall time)")
+    ax.set_title("CPU")
+    ax.grid(axis="y")
+    handles: list[Any] = [Line2D([], [], color=look.colour(c.backend), ls="",
+                                 marker=look.marker(c.dataset), mew=2,
+                                 mfc="white" if c.emulated else look.colour(c.backend),
+                                 label=look.label(c)) for c in limited]
+    return [*handles, *unlimited,
+            Line2D([], [], color="black", ls="--", lw=1, label="used = asked"),
+            Line2D([], [], color="#999999", alpha=0.5, lw=lw * 1.6,
+                   label="+ host CPU left idle (room to go over)")]
+
+
+def _limits_memory(ax: Axes, mem: pd.DataFrame, look: Look) -> None:
+    """Per cell and limit: the largest allocation that lived and the smallest killed, as
+    multiples of the limit; a backend that applies no limit hatched, said in words."""
+    cs = data.cells(mem, look.order, look.sets)
+    rows = [(c, r) for c in cs for r in c.select(mem).sort_values("asked").to_dict("records")]
+    several = mem["asked"].nunique() > 1
+    texts, right = [], []
+    for i, (c, r) in enumerate(rows):
+        col, limit = look.colour(c.backend), float(r["asked"])
+        texts.append(look.label(c) + (f" @ {_fmt_bytes(limit)}" if several else ""))
+        lived = _fmt_bytes(r["value"])
+        if not r["applied"]:
+            ax.barh(i, r["ratio"], height=0.6, color="none", edgecolor=col, hatch="..",
+                    lw=1, gid=f"limits.mem|{texts[-1]}")
+            right.append(f"{UNLIMITED}: {lived} lived")
+            continue
+        ax.barh(i, r["ratio"], height=0.6, color=col, edgecolor="white",
+                hatch="//" if c.emulated else None, gid=f"limits.mem|{texts[-1]}")
+        if math.isfinite(r["killed"]):
+            ax.plot([r["killed"] / limit], [i], ls="", marker="X", color="#d62728",
+                    mec="white", ms=look.points(9) ** 0.5 * 3, zorder=5,
+                    gid=f"limits.killed|{texts[-1]}")
+            right.append(f"{lived} lived, {_fmt_bytes(r['killed'])} killed")
+        else:
+            right.append(f"{lived} lived, none killed")
+    ax.axvline(1, color="black", lw=1.2, gid="limits.limit")
+    ends = [max(r["ratio"], r["killed"] / r["asked"] if math.isfinite(r["killed"]) else 0)
+            for _, r in rows]
+    ax.set_xlim(0, max([1.0, *ends]) * 1.1)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.set_xlabel("allocation ÷ memory limit asked")
+    ax.set_title("memory")
+    ax.grid(axis="x")
+    _rows(ax, [c for c, _ in rows], look, text=texts)
+    _right_labels(ax, right, [look.colour(c.backend) for c, _ in rows])
+
+
+@styled
+def limits(df: pd.DataFrame, look: Look) -> Figure | None:
+    """Are `cpus` and `memory` enforced? CPU used against asked, memory allocations that
+    lived or were killed against the limit (see `tables.limits`)."""
+    t = tables.limits(df)
+    if t.empty:
+        return None
+    cpu, mem = t[t["resource"] == "cpus"], t[t["resource"] == "memory"]
+    fig = look.figure(len(mem))
+    panels = [p for p in (cpu, mem) if not p.empty]
+    axes = fig.subplots(1, len(panels), squeeze=False,
+                        width_ratios=[1.0, 1.25][:len(panels)] if len(panels) == 2 else None)[0]
+    handles: list[Any] = []
+    for ax, part in zip(axes, panels, strict=True):
+        if part is cpu:
+            handles = _limits_cpu(ax, cpu, df[df["metric"] == "limits.cpu_used"], look)
+        else:
+            _limits_memory(ax, mem, look)
+    if not mem.empty:
+        handles += [Line2D([], [], color="black", lw=1.2, label="the memory limit"),
+                    Line2D([], [], ls="", marker="X", color="#d62728",
+                           label="smallest allocation killed"),
+                    Patch(facecolor="none", edgecolor="#777777", hatch="..",
+                          label=f"{UNLIMITED}: what lived")]
+    _title(fig, "Limits: CPU and memory used against the limit asked", look)
+    _finish(fig, look, handles, data.cells(t, look.order, look.sets),
+            "CPU: a point below the line with no idle room above it is contention, not "
+            "the limit", ncols=3 if not look.slides else 2)
+    return fig
+
+
+# --- network --------------------------------------------------------------------------
+
+NETWORK_METRICS = ("network.lat_p50", "network.lat_p99", "network.bw")
+
+
+@styled
+def network(df: pd.DataFrame, look: Look) -> Figure | None:
+    """Per backend and network mode: latency p50 and p99 (log axis) and bandwidth, each
+    median with its 95 % CI; the bare host's own figures as reference lines."""
+    d = df[df["metric"].isin(NETWORK_METRICS)]
+    if d.empty:
+        return None
+    cs = data.cells(d, look.order, look.sets)
+    fig = look.figure(len(cs))
+    ax_lat, ax_bw = fig.subplots(1, 2, sharey=True)
+    lw = 5 if look.slides else 2.5
+    where = {"network.lat_p50": (ax_lat, -0.15, "D"), "network.lat_p99": (ax_lat, 0.15, "o"),
+             "network.bw": (ax_bw, 0.0, "D")}
+    right = []
+    for i, c in enumerate(cs):
+        cell, col = c.select(d), look.colour(c.backend)
+        meds = {}
+        for metric, (ax, dy, mk) in where.items():
+            v = cell[cell["metric"] == metric]["value"].to_numpy(float)
+            v = v[v > 0]
+            if v.size == 0:
+                continue
+            s = stats.summarize(v)
+            meds[metric] = s.median
+            ax.plot([s.lo, s.hi], [i + dy, i + dy], color=col, lw=lw, alpha=0.6,
+                    solid_capstyle="butt")
+            ax.plot([s.median], [i + dy], ls="", marker=mk, color=col, mew=2, zorder=5,
+                    mfc="white" if metric == "network.lat_p99" else col,
+                    gid=f"{metric}|{look.label(c)}")
+        right.append(" · ".join(
+            [f"{format_seconds(meds[m])}" for m in NETWORK_METRICS[:2] if m in meds]
+            + ([_fmt_bytes(meds["network.bw"], "/s")] if "network.bw" in meds else [])))
+    refs: dict[str, Any] = {}
+    for k, ds in enumerate(look.sets):
+        host = d[(d["kind"] == "process") & (d["dataset"] == ds)]
+        tag = f" {look.tag(ds)}" if look.several else ""
+        for metric, ls, what in (("network.lat_p50", "--", "p50"),
+                                 ("network.lat_p99", ":", "p99"),
+                                 ("network.bw", "--", "bandwidth")):
+            ref = host[host["metric"] == metric]["value"]
+            if ref.empty:
+                continue
+            ax = where[metric][0]
+            label = f"bare host {what} (reference){tag}"
+            refs[label] = ax.axvline(float(ref.median()), color="#4d4d4d", ls=ls,
+                                     lw=1.2 if k == 0 else 0.8, label=label,
+                                     gid=f"{metric}|reference|{ds}")
+    for ax in (ax_lat, ax_bw):
+        ax.set_xscale("log")
+        ax.grid(axis="x", which="major")
+        lo, hi = ax.get_xlim()
+        # Down to a labelled power of ten (µs-scale latencies sit below the first one).
+        base = 10.0 if ax is ax_lat else 4.0
+        ax.set_xlim(min(lo / 1.5, base ** math.floor(math.log(lo, base))), hi * 1.5)
+    _seconds_axis(ax_lat.xaxis, 4 if look.slides else 7)  # a narrow panel: fewer labels
+    ax_bw.xaxis.set_major_locator(LogLocator(base=4, numticks=6))
+    ax_bw.xaxis.set_major_formatter(FuncFormatter(_compact_bytes))
+    ax_bw.xaxis.set_minor_formatter(NullFormatter())
+    ax_lat.set_title("latency, one way (sockperf)")
+    ax_bw.set_title("bandwidth (iperf3)")
+    ax_lat.set_xlabel("log scale")
+    ax_bw.set_xlabel("bytes/s, log scale (M = MiB)")
+    _rows(ax_lat, cs, look)
+    _rows(ax_bw, cs, look, labels=False)
+    _right_labels(ax_bw, right, [look.colour(c.backend) for c in cs])
+    _title(fig, "Network: latency and bandwidth per network mode", look)
+    handles: list[Any] = [
+        Line2D([], [], ls="", marker="D", color="#555555", mew=2, label="p50"),
+        Line2D([], [], ls="", marker="o", mfc="white", color="#555555", mew=2, label="p99"),
+        Line2D([], [], color="#555555", lw=lw, alpha=0.6, label="95 % CI of the median"),
+        *refs.values()]
+    modes = {data.axis_of(c.variant, "network") for c in cs}
+    _finish(fig, look, handles, cs,
+            "[none]: client and server both inside the instance, over its loopback"
+            if "none" in modes else "", "right: p50 · p99 · bandwidth (medians)",
+            ncols=4 if look.slides else 7)
+    return fig
+
+
+
 # --- claims ---------------------------------------------------------------------------
 
 def _ratio_fmt(r: float) -> str:
@@ -714,6 +937,8 @@ def _claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None,
     if t.empty:
         return None
     rows: list[tuple[str, Any]] = []  # ("claim", (id, text)) headers, ("pair", record) rows
+    several_metrics = {str(c) for c, g in t.groupby("claim") if g["metric"].nunique() > 1
+                       and (g["better"] != "bound").all()}
     for cid, g in t.groupby("claim", sort=False):
         rows.append(("claim", (cid, str(g["text"].iloc[0]))))
         for ds in look.sets:
@@ -741,8 +966,10 @@ def _claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None,
                              lw=0)
             continue
         col = VERDICT_COLOURS[r["verdict"]]
-        job = r["metric"].split(".")[1] if r["metric"].startswith("io.") else ""
-        pair = f"{r['a']} vs {r['b']}".replace(" (TCG, emulated)", " (TCG)")
+        # A claim over several metrics (fio jobs, latency percentiles) names each row's.
+        job = (r["metric"].split(".", 1)[1].removesuffix(".bw")
+               if r["claim"] in several_metrics else "")
+        pair = _pair(r).replace(" (TCG, emulated)", " (TCG)")
         labels.append(pair + (f" · {job}" if job else "")
                       + (f" · {look.tag(r['dataset'])}" if look.several else ""))
         right.append(f"{_ratio_fmt(r['ratio'])} {r['verdict']}")
@@ -780,14 +1007,27 @@ def _claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None,
     return fig
 
 
+def _pair(r: Mapping[str, Any]) -> str:
+    """A claim row's label: "docker: volume vs rootfs" within one backend, "ns under
+    cpus 0.5" for a limit, "docker vs libvirt" otherwise."""
+    a, b = str(r["a"]), str(r["b"])
+    if r["better"] == "bound":
+        return f"{a} under {b}"
+    ba, _, va = a.partition(" [")
+    bb, _, vb = b.partition(" [")
+    if ba == bb and va and vb:
+        return f"{ba}: {va.replace(']', '', 1)} vs {vb.replace(']', '', 1)}"
+    return f"{a} vs {b}"
+
+
 @styled
 def claims(df: pd.DataFrame, look: Look) -> Figure | None:
-    return _claims(df, look, None, "other")
+    return _claims(df, look, look.claims, "other")
 
 
 @styled
 def claims_io(df: pd.DataFrame, look: Look) -> Figure | None:
-    return _claims(df, look, None, "io")
+    return _claims(df, look, look.claims, "io")
 
 
 def _dataset_note(look: Look) -> str:
@@ -803,15 +1043,17 @@ def _dataset_note(look: Look) -> str:
 # name -> (title, function); the order of the report.
 CHARTS: dict[str, tuple[str, ChartFn]] = {
     "claims": ("Seed claims", claims),
-    "claims_io": ("Seed claims about I/O", claims_io),
+    "claims_io": ("Seed claims: I/O", claims_io),
     "startup": ("Startup: time to ready", startup),
     "startup_serving": ("Startup: time to the first answer", startup_serving),
-    "startup_phases": ("Startup phases", startup_phases),
-    "memory": ("Memory per instance", memory),
-    "disk": ("Disk", disk),
-    "io_bw": ("I/O bandwidth", io),
-    "io_iops": ("I/O operations per second", io_iops),
-    "density": ("Density", density),
+    "startup_phases": ("Startup: phases", startup_phases),
+    "memory": ("Memory: per instance", memory),
+    "disk": ("Disk: bytes on disk", disk),
+    "io_bw": ("I/O: bandwidth", io),
+    "io_iops": ("I/O: operations per second", io_iops),
+    "limits": ("Limits: CPU and memory against the limit", limits),
+    "network": ("Network: latency and bandwidth", network),
+    "density": ("Density: cost of each added instance", density),
 }
 
 
@@ -825,11 +1067,12 @@ class Chart:
 
 
 def render_all(df: pd.DataFrame, out: Any, style: str = "paper",
-               formats: Sequence[str] = ("png", "svg"), inline: bool = False
-               ) -> list[Chart]:
+               formats: Sequence[str] = ("png", "svg"), inline: bool = False,
+               claims_table: pd.DataFrame | None = None) -> list[Chart]:
     """Build every chart that has data, save it in each format, return what was written.
 
-    With `inline`, the SVG (or PNG) bytes are kept for an HTML page."""
+    With `inline`, the SVG (or PNG) bytes are kept for an HTML page. `claims_table`:
+    `claims.evaluate(df)` when the caller has it already (it is not cheap)."""
     import io as _io
     from pathlib import Path
 
@@ -838,6 +1081,7 @@ def render_all(df: pd.DataFrame, out: Any, style: str = "paper",
     written = []
     with style_context(style) as st:
         look = Look.of(df, st)
+        look.claims = claims_mod.evaluate(df) if claims_table is None else claims_table
         for name, (title, fn) in CHARTS.items():
             fig = fn(df, look)
             if fig is None:

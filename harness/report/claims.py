@@ -1,15 +1,22 @@
 """The seed's claims, tested against the measurements.
 
-Each claim compares two sides — e.g. every container backend against every VM backend,
-or, within one backend, a volume against the copy-on-write root filesystem — on one
-metric, as the ratio of medians A/B with a two-sample bootstrap 95 % CI
-(`harness.stats.ratio_ci`). The verdict is read from the CI, never from the medians alone:
+Most claims compare two sides — e.g. every container backend against every VM backend,
+or, within one backend, a volume against the copy-on-write root filesystem, or the
+bridge against the host's network — on one metric, as the ratio of medians A/B with a
+two-sample bootstrap 95 % CI (`harness.stats.ratio_ci`). The verdict is read from the
+CI, never from the medians alone:
 
 - `holds`: the whole CI lies on the claimed side of 1 (or, for an "about the same" claim,
   inside the equivalence band);
 - `does not hold`: the whole CI lies on the other side, or inside the band around 1 where
   the difference is too small to matter (a claim of "faster" is not borne out by 2 %);
 - `inconclusive`: anything else — more samples or a quieter machine are needed.
+
+The limits claim compares one side with a bound, the limit asked (`enforcement`): the
+ratio used / asked per sample, the CI of its median. It holds when the whole CI stays at
+or under 1 (+ the margin) *and* the instance could have gone over: for CPU the host left
+enough cores idle meanwhile (otherwise contention, not the limit, may have held it back),
+for memory a larger allocation was tried and killed.
 
 Backends are sorted into sides by the `kind` their metadata declares, never by name.
 """
@@ -19,12 +26,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from harness import stats
-from harness.report import data
+from harness.report import data, tables
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 MARGIN = 0.05  # differences within ±5 % of 1 are "no meaningful difference"
@@ -36,7 +44,7 @@ COW_TARGETS = frozenset({"rootfs", "cow", "overlay", "root", "layer"})
 @dataclass(frozen=True)
 class Side:
     kind: str | None = None  # backend kind, or any
-    targets: frozenset[str] | None = None  # storage targets (from the variant), or any
+    values: frozenset[str] | None = None  # values of the claim's axis (variant), or any
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,8 @@ class Claim:
     better: str  # "lower": A < B claimed; "higher": A > B; "equal": A ≈ B
     a: Side
     b: Side
-    same_backend: bool = False  # compare two targets within one backend
+    same_backend: bool = False  # compare two values of `axis` within one backend
+    axis: str = "target"  # the variant key the sides differ in ("target": storage)
     margin: float = MARGIN
     emulation_matters: bool = True  # a TCG guest skews times and memory, not bytes on disk
     why: str = field(default="", compare=False)
@@ -65,17 +74,28 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("disk-instance", "Each container instance uses less disk than a VM instance",
           r"disk\.instance", "lower", Side("container"), Side("vm"), emulation_matters=False,
           why="growth per instance after the workload writes"),
-    Claim("volume-io", "Volumes beat the copy-on-write layer for I/O", r"io\.[^.]+\.bw",
-          "higher", Side("container", frozenset({"volume"})),
+    Claim("volume-io", "Volumes, bind mounts and tmpfs avoid the copy-on-write layer's cost",
+          r"io\.[^.]+\.bw", "higher", Side("container", frozenset({"volume", "bind", "tmpfs"})),
           Side("container", COW_TARGETS), same_backend=True,
-          why="fio bandwidth, volume / container root filesystem, per job"),
+          why="fio bandwidth, volume (bind, tmpfs) / container root filesystem, per job"),
     Claim("host-io", "A bind mount performs like the host's own filesystem",
           r"io\.[^.]+\.bw", "equal", Side("container", frozenset({"bind"})),
           Side("process"), margin=0.10, why="fio bandwidth within ±10 % of the host's"),
     Claim("start-overhead", "Containers start almost as fast as a bare process",
           r"startup\.to_ready", "equal", Side("container"), Side("process"), margin=0.25,
           why="time to ready within ±25 % of the host process"),
+    Claim("net-latency", "Host networking is faster than the bridge (latency)",
+          r"network\.lat_p(50|99)", "higher", Side(values=frozenset({"bridge"})),
+          Side(values=frozenset({"host"})), same_backend=True, axis="network",
+          why="sockperf latency, bridge / host, per backend"),
+    Claim("net-bw", "Host networking is faster than the bridge (bandwidth)", r"network\.bw",
+          "lower", Side(values=frozenset({"bridge"})), Side(values=frozenset({"host"})),
+          same_backend=True, axis="network", why="iperf3 bandwidth, bridge / host, per backend"),
+    Claim("limits", "A container's CPU and memory limits are enforced",
+          r"limits\.(cpu_used|mem_max_ok)", "bound", Side("container"), Side(),
+          why="used / asked, per backend and limit: at most 1 with room to go over"),
 )
+NOT_APPLIED = "not applied"
 
 
 def verdict(lo: float, hi: float, better: str, margin: float = MARGIN) -> str:
@@ -104,26 +124,87 @@ def _values(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Samples of `metric`, with the derived per-instance memory built on demand."""
     if metric == "memory.per_instance":
         inst = data.per_instance_memory(df)
-        return inst.assign(metric=metric, value=inst["total"])
+        return inst.assign(metric=metric, unit="B", value=inst["total"])
     return df[df["metric"] == metric]
 
 
-def _match(side: Side, cell: data.Cell) -> bool:
+def _match(side: Side, cell: data.Cell, axis: str) -> bool:
     if side.kind is not None and cell.kind != side.kind:
         return False
-    return side.targets is None or data.target_of(cell.variant) in side.targets
+    return side.values is None or data.axis_of(cell.variant, axis) in side.values
+
+
+def enforcement(df: pd.DataFrame, margin: float = MARGIN) -> pd.DataFrame:
+    """`tables.limits` with a verdict and a note per row: was the limit enforced?
+
+    `not applied` for a backend that applies no such limit (its metadata says so);
+    otherwise as the module docstring says, from the CI of used / asked."""
+    t = tables.limits(df)
+    verdicts, notes = [], []
+    for r in t.to_dict("records"):
+        note = []
+        if not r["applied"]:
+            v = NOT_APPLIED
+            note.append(f"applies no {r['resource']} limit: an unlimited workload")
+        elif not (math.isfinite(r["ratio_lo"]) and math.isfinite(r["ratio_hi"])):
+            v = INCONCLUSIVE
+        elif r["ratio_lo"] > 1 + margin:
+            v = FAILS
+        elif r["ratio_hi"] > 1 + margin:
+            v = INCONCLUSIVE
+        elif r["resource"] == "cpus" and not r["room"] > r["asked"] * (1 + margin):
+            v = INCONCLUSIVE
+            note.append("the host left no idle CPU to go over the limit: contention, not "
+                        "necessarily the limit")
+        elif r["resource"] == "memory" and not r["enforced"] >= 0.5:
+            v = INCONCLUSIVE
+            note.append("no allocation above the limit was tried")
+        else:
+            v = HOLDS
+        if r["emulated"]:
+            note.append("VM emulated (TCG)")
+        if r["n"] < 5:
+            note.append(f"few samples (n={r['n']})")
+        verdicts.append(v)
+        notes.append("; ".join(note))
+    return t.assign(verdict=verdicts, note=notes)
+
+
+COLUMNS = ["dataset", "claim", "text", "metric", "unit", "a", "b", "n_a", "n_b", "median_a",
+           "median_b", "ratio", "ratio_lo", "ratio_hi", "verdict", "better", "emulated",
+           "note"]
+
+
+def _bound_rows(df: pd.DataFrame, claim: Claim) -> list[dict[str, Any]]:
+    """The limits claim: one row per backend of the claimed kind that applies the limit."""
+    rows: list[dict[str, Any]] = []
+    for r in enforcement(df, claim.margin).to_dict("records"):
+        if not r["applied"] or (claim.a.kind is not None and r["kind"] != claim.a.kind):
+            continue
+        cpu = r["resource"] == "cpus"
+        unit = "cores" if cpu else "B"
+        cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"])
+        rows.append({
+            "dataset": r["dataset"], "claim": claim.id, "text": claim.text,
+            "metric": "limits.cpu_used" if cpu else "limits.mem_max_ok", "unit": unit,
+            "a": cell.label(), "b": data.limit_name(r["resource"], r["asked"]),
+            "n_a": r["n"], "n_b": r["n"], "median_a": r["value"], "median_b": r["asked"],
+            "ratio": r["ratio"], "ratio_lo": r["ratio_lo"], "ratio_hi": r["ratio_hi"],
+            "verdict": r["verdict"], "better": claim.better, "emulated": r["emulated"],
+            "note": r["note"]})
+    return rows
 
 
 def evaluate(df: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS) -> pd.DataFrame:
-    """One row per claim × pair of cells measured on the same dataset.
+    """One row per claim × pair of cells measured on the same dataset (the limits claim:
+    per cell and limit, see `enforcement`).
 
     Pairs share their variant (startup with network=bridge is compared with the same),
-    except for the storage target, which is what a target claim compares. A pair from
-    different datasets is never formed: a claim is judged on one host at a time.
+    except for the claim's axis (the storage target, the network mode), which is what
+    the claim compares. A pair from different datasets is never formed: a claim is
+    judged on one host at a time.
     """
-    cols = ["dataset", "claim", "text", "metric", "a", "b", "n_a", "n_b", "median_a",
-            "median_b", "ratio", "ratio_lo", "ratio_hi", "verdict", "better", "emulated",
-            "note"]
+    cols = COLUMNS
     if df.empty:
         return pd.DataFrame(columns=cols)
     metrics = sorted(set(df["metric"].unique()) | ({"memory.per_instance"}
@@ -133,18 +214,22 @@ def evaluate(df: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS) -> pd.DataFra
     sets = data.datasets(df)
     rows = []
     for claim in claims:
+        if claim.better == "bound":
+            rows += _bound_rows(df, claim)
+            continue
         for metric in (m for m in metrics if re.fullmatch(claim.metric, m)):
             vals = _values(df, metric)
             cs = data.cells(vals, order, sets)
-            for a in (c for c in cs if _match(claim.a, c)):
-                for b in (c for c in cs if _match(claim.b, c)):
+            for a in (c for c in cs if _match(claim.a, c, claim.axis)):
+                for b in (c for c in cs if _match(claim.b, c, claim.axis)):
                     if a == b or a.dataset != b.dataset:
                         continue
                     if claim.same_backend and a.backend != b.backend:
                         continue
                     if not claim.same_backend and a.backend == b.backend:
                         continue
-                    if data.without_target(a.variant) != data.without_target(b.variant):
+                    if data.without_axis(a.variant, claim.axis) != \
+                            data.without_axis(b.variant, claim.axis):
                         continue
                     va = a.select(vals)["value"].to_numpy(float)
                     vb = b.select(vals)["value"].to_numpy(float)
@@ -159,7 +244,7 @@ def evaluate(df: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS) -> pd.DataFra
                         notes.append(f"few samples (n={va.size}/{vb.size})")
                     rows.append({
                         "dataset": a.dataset, "claim": claim.id, "text": claim.text,
-                        "metric": metric, "a": a.label(),
+                        "metric": metric, "unit": str(vals["unit"].iloc[0]), "a": a.label(),
                         "b": b.label(), "n_a": int(va.size),
                         "n_b": int(vb.size), "median_a": float(np.median(va)),
                         "median_b": float(np.median(vb)), "ratio": r, "ratio_lo": lo,

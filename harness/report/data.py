@@ -8,9 +8,13 @@
   only hypervisor backends record), and the claims that need a kind leave it out.
 - `emulated` — a VM without hardware acceleration (metadata `emulated: true` or
   `accel: tcg`): its timings say little about KVM, so every chart and table marks it.
-- `dataset` — results are grouped by host fingerprint and date, so two hosts or two days
-  can be put side by side. Runs of different studies from one host on one day form one
-  dataset; two runs of the same study on the same host and day are told apart by time.
+- `not_applied` — the parts of the spec the backend ignores, from its metadata
+  ("limits,mounts,network"; "" when it applies all): `applied` reads it, so a backend
+  that applies no limit is shown as such, never as an enforced limit or a zero.
+- `dataset` — results are grouped by host fingerprint, so two hosts are put side by side;
+  the runs of different studies on one host form one dataset (labelled with their date,
+  or their first and last dates). Only when a study was run more than once on a host are
+  its runs split by date (two days side by side), and by time within one day.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.core.units import format_size
 from harness.results import Loaded
 
 KINDS = ("process", "container", "vm", "unknown")  # order of presentation
@@ -42,17 +47,46 @@ def is_emulated(meta: Mapping[str, Any]) -> bool:
     return bool(meta.get("emulated")) or str(meta.get("accel", "")).lower() == "tcg"
 
 
+def applied(not_applied: str, part: str) -> bool:
+    """Whether a backend applies `part` ("limits.cpus", "network.host") given its
+    `not_applied` column: neither the part nor any part above it ("limits") is listed."""
+    listed = set(not_applied.split(","))
+    pieces = part.split(".")
+    return not any(".".join(pieces[:i]) in listed for i in range(1, len(pieces) + 1))
+
+
 def backend_meta(docs: Iterable[Loaded]) -> dict[tuple[str, str], Mapping[str, Any]]:
     """(run id, backend) -> the backend's metadata as recorded in that run."""
     return {(doc.run_id, b): meta for _, doc in docs for b, meta in doc.backends.items()}
 
 
+def latest(docs: Sequence[Loaded]) -> list[Loaded]:
+    """The newest result of each scenario per host (by fingerprint), in the given order:
+    one run of each study per machine, the picture a results directory gives today."""
+    newest: dict[tuple[str, str], Loaded] = {}
+    for item in docs:
+        _, doc = item
+        key = (str(doc.host.get("id")), str(doc.scenario_name))
+        if key not in newest or _when(doc) > _when(newest[key][1]):
+            newest[key] = item
+    keep = {id(x) for x in newest.values()}
+    return [x for x in docs if id(x) in keep]
+
+
+def _when(doc: Any) -> pd.Timestamp:
+    t = pd.to_datetime(doc.created, utc=True, errors="coerce")
+    return pd.Timestamp.min.tz_localize("UTC") if pd.isna(t) else t
+
+
 def enrich(df: pd.DataFrame, docs: Sequence[Loaded]) -> pd.DataFrame:
-    """The frame with `kind`, `emulated`, `dataset`, `date`; a copy, rows unchanged."""
+    """The frame with `kind`, `emulated`, `not_applied`, `dataset`, `date`; a copy, rows
+    unchanged."""
     meta = backend_meta(docs)
     out = df.copy()
     keys = list(zip(out["run_id"].astype(str), out["backend"].astype(str), strict=True))
     out["kind"] = [backend_kind(meta.get(k, {})) for k in keys]
+    out["not_applied"] = [",".join(sorted(meta.get(k, {}).get("not_applied") or ()))
+                          for k in keys]
     out["emulated"] = pd.Series([is_emulated(meta.get(k, {})) or bool(e)
                                  for k, e in zip(keys, out["emulated"], strict=True)],
                                 index=out.index, dtype=bool)
@@ -69,13 +103,23 @@ def _datasets(df: pd.DataFrame, created: pd.Series) -> pd.Series:
     # Two machines with one hostname are still two hosts: add the fingerprint then.
     clash = runs.groupby(host)["host_id"].transform("nunique") > 1
     name = host.where(~clash, host + " (" + hid.str[:6] + ")")
-    label = name + " " + runs["date"]
+    # A study run twice on a host: its runs are compared, so each day is a dataset.
+    by_day = runs.groupby([hid, runs["scenario"]])["run_id"].transform("count") > 1
+    by_day = by_day.groupby(hid).transform("any")
+    dates = runs.groupby(hid)["date"].agg(_span)
+    label = name + " " + runs["date"].where(by_day, hid.map(dates))
     # The same study twice on one host and day: tell the runs apart by time.
     twice = runs.groupby([hid, runs["date"], runs["scenario"]])["run_id"].transform("count") > 1
     when = runs["_created"].dt.strftime("%H:%M").fillna("")
     label = label.where(~twice, label + " " + when + " #" + runs["run_id"].astype(str).str[:4])
     by_run = dict(zip(runs["run_id"], label, strict=True))
     return df["run_id"].map(by_run)
+
+
+def _span(dates: pd.Series) -> str:
+    """"2026-01-10", or "2026-01-10…2026-01-12" for runs of several days."""
+    days = sorted(set(dates))
+    return days[0] if len(days) == 1 else f"{days[0]}…{days[-1]}"
 
 
 def datasets(df: pd.DataFrame) -> list[str]:
@@ -93,6 +137,21 @@ def backend_order(df: pd.DataFrame) -> list[str]:
                   key=lambda b: (KINDS.index(str(kinds[b])), b))
 
 
+def in_order(t: pd.DataFrame, df: pd.DataFrame, then: Sequence[str] = ()) -> pd.DataFrame:
+    """Rows of a table with backend, variant and dataset columns in the report's order
+    (the order of `cells`: backend by kind, the default variant first, datasets oldest
+    first), then by `then`."""
+    if t.empty:
+        return t
+    rank = {b: i for i, b in enumerate(backend_order(df))}
+    drank = {d: i for i, d in enumerate(datasets(df))}
+    keys = t.assign(_b=t["backend"].map(lambda b: rank.get(b, len(rank))),
+                    _v=t["variant"] != DEFAULT_VARIANT,
+                    _d=t["dataset"].map(lambda d: drank.get(d, len(drank))))
+    return (keys.sort_values(["_b", "backend", "_v", "variant", "_d", *then], kind="stable")
+            .drop(columns=["_b", "_v", "_d"]))
+
+
 def parse_variant(variant: str) -> dict[str, str]:
     """"network=bridge,target=volume" -> {"network": "bridge", "target": "volume"}."""
     if variant == DEFAULT_VARIANT or not variant:
@@ -104,27 +163,47 @@ def parse_variant(variant: str) -> dict[str, str]:
     return out
 
 
+def limit_of(variant: str) -> tuple[str, float] | None:
+    """The limit a limits sub-variant asked: "limits.cpus=0.5" -> ("cpus", 0.5)."""
+    for key, value in parse_variant(variant).items():
+        if key.startswith("limits."):
+            try:
+                return key.removeprefix("limits."), float(value)
+            except ValueError:
+                return None
+    return None
+
+
+def limit_name(resource: str, asked: float) -> str:
+    """"cpus 0.5", "memory 64.0 MiB": a limit as the report names it."""
+    return f"{resource} {format_size(asked) if resource == 'memory' else f'{asked:g}'}"
+
+
 def short_variant(variant: str) -> str:
     """Values only, for labels: "network=bridge,target=volume" -> "bridge, volume"."""
     return ", ".join(parse_variant(variant).values())
 
 
-def target_of(variant: str) -> str | None:
-    """The storage target an I/O cell ran against, from its variant."""
-    parts = parse_variant(variant)
-    for key in TARGET_KEYS:
-        if key in parts:
-            return parts[key]
-    return parts.get("variant")
+def _axis_key(parts: Mapping[str, str], axis: str) -> str | None:
+    """The key of `parts` that carries `axis`: "target" is any of TARGET_KEYS (or a bare
+    value), another axis is its own key ("network")."""
+    keys = (*TARGET_KEYS, "variant") if axis == "target" else (axis,)
+    return next((k for k in keys if k in parts), None)
 
 
-def without_target(variant: str) -> str:
-    """The variant with its storage target removed: what two targets must share."""
+def axis_of(variant: str, axis: str = "target") -> str | None:
+    """The value of one axis of a variant: its storage target, its network mode, …"""
     parts = parse_variant(variant)
-    for key in (*TARGET_KEYS, "variant"):
-        if key in parts:
-            parts.pop(key)
-            break
+    key = _axis_key(parts, axis)
+    return None if key is None else parts[key]
+
+
+def without_axis(variant: str, axis: str = "target") -> str:
+    """The variant with one axis removed: what two cells compared along it must share."""
+    parts = parse_variant(variant)
+    key = _axis_key(parts, axis)
+    if key is not None:
+        parts.pop(key)
     return ",".join(f"{k}={v}" for k, v in parts.items()) or DEFAULT_VARIANT
 
 

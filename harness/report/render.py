@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import itertools
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,12 +28,44 @@ from harness.report import claims as claims_mod
 from harness.report import data, tables
 from harness.results import Loaded
 
-# Which charts belong to which study, in the order they are shown.
-STUDY_CHARTS = {"startup": ("startup", "startup_serving", "startup_phases"),
-                "memory": ("memory",),
-                "disk": ("disk",), "io": ("io_bw", "io_iops"), "density": ("density",)}
-STUDY_TITLES = {"startup": "Startup", "memory": "Memory", "disk": "Disk", "io": "I/O",
-                "density": "Density"}
+CAP = 30  # rows of a table in report.md; the rest go to the CSV beside it
+PER_CLAIM = 5  # rows per claim in the claims table (exceptions first)
+
+
+@dataclass(frozen=True)
+class Study:
+    """How the report shows one study: its title (the same in its heading, its charts'
+    titles and its CSV's name), the question it answers, its charts, and the metrics of
+    its summary table (regular expressions, in column order; every figure of the study,
+    with its CI, is in `<study>.csv`)."""
+
+    title: str
+    question: str
+    charts: tuple[str, ...] = ()
+    headline: tuple[str, ...] = ()
+
+
+STUDIES = {
+    "startup": Study("Startup", "how long until the workload runs", ("startup", "startup_serving",
+                                                                  "startup_phases"),
+                     (r"startup\.to_ready", r"startup\.to_serving", r"startup\.total")),
+    "memory": Study("Memory", "what an idle instance costs", ("memory",)),
+    "disk": Study("Disk", "what the image and each instance store", ("disk",),
+                  (r"disk\.image", r"disk\.image\.shared", r"disk\.instance_idle",
+                   r"disk\.instance")),
+    "io": Study("I/O", "each storage target under fio", ("io_bw", "io_iops"),
+                (r"io\.seq[^.]*\.bw", r"io\.rand[^.]*\.iops")),
+    "limits": Study("Limits", "are CPU and memory limits enforced", ("limits",)),
+    "network": Study("Network", "latency and bandwidth per network mode", ("network",),
+                     (r"network\.lat_p50", r"network\.lat_p99", r"network\.bw")),
+    "density": Study("Density", "what each added instance costs", ("density",)),
+}
+
+
+def study_info(study: str) -> Study:
+    """The study's entry; a study the report does not know gets its name as title and
+    its every metric in the summary."""
+    return STUDIES.get(study, Study(study, "every figure", (), (r".*",)))
 
 
 @dataclass(frozen=True)
@@ -51,13 +85,18 @@ def build(docs: Sequence[Loaded], df: pd.DataFrame, out: Path,
 
     out.mkdir(parents=True, exist_ok=True)
     df = data.enrich(df, docs)
-    drawn = charts.render_all(df, out, style, formats, inline=True)
-    blocks = content(docs, df, {c.name: c for c in drawn})
+    verdicts = claims_mod.evaluate(df)
+    drawn = charts.render_all(df, out, style, formats, inline=True, claims_table=verdicts)
+    blocks = content(docs, df, {c.name: c for c in drawn}, verdicts)
+    csvs = []
+    for _, (name, frame) in (b for b in blocks if b[0] == "csv"):
+        csvs.append(out / name)
+        frame.to_csv(csvs[-1], index=False)
     md = out / "report.md"
     md.write_text(markdown(blocks, formats))
     page = out / "index.html"
     page.write_text(to_html(blocks))
-    return [p for c in drawn for p in c.paths] + [md, page]
+    return [p for c in drawn for p in c.paths] + csvs + [md, page]
 
 
 # --- content --------------------------------------------------------------------------
@@ -91,41 +130,49 @@ def medians_table(summ: pd.DataFrame, several: bool) -> Table:
 
 def _ordered(summ: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     """Rows in the report's order: backend (by kind), variant, dataset, metric."""
-    if summ.empty:
-        return summ
-    cells = data.cells(df)
-    rank = {(c.backend, c.variant, c.dataset): i for i, c in enumerate(cells)}
-    key = [rank.get((b, v, d), len(rank)) for b, v, d in
-           zip(summ["backend"], summ["variant"], summ["dataset"], strict=True)]
-    return (summ.assign(_k=key).sort_values(["_k", "metric"], kind="stable")
-            .drop(columns="_k"))
+    return data.in_order(summ, df, ["metric"])
 
 
 def claims_table(t: pd.DataFrame, several: bool) -> Table:
     cols = [*(["dataset"] if several else []), "claim", "A", "B", "metric", "median A",
             "median B", "A / B", "95 % CI", "verdict", "note"]
     rows = []
-    unit = {"startup": "s", "memory": "B", "disk": "B", "io": "B/s"}
+    last = None
     for r in t.to_dict("records"):
-        u = unit.get(data.study_of(str(r["metric"])), "")
-        rows.append([*([str(r["dataset"])] if several else []), str(r["text"]), str(r["a"]),
+        u = str(r["unit"])
+        # The claim's text heads its rows once: a column of repeats is hard to read.
+        first = (r["dataset"], r["claim"]) != last
+        last = (r["dataset"], r["claim"])
+        rows.append([*([str(r["dataset"])] if several else []),
+                     str(r["text"]) if first else "", str(r["a"]),
                      str(r["b"]), str(r["metric"]), format_value(r["median_a"], u),
                      format_value(r["median_b"], u), f"{r['ratio']:.3g}×",
                      f"{r['ratio_lo']:.3g}× – {r['ratio_hi']:.3g}×",
                      f"**{r['verdict']}**", str(r["note"])])
-    return Table(cols, rows, "l" * (len(cols) - 7) + "rrrrll")
+    return Table(cols, rows, "l" * (len(cols) - 6) + "rrrrll")
+
+
+def _exceptions_first(t: pd.DataFrame, n: int) -> pd.DataFrame:
+    """At most `n` rows per dataset and claim: those that do not hold first, then the
+    inconclusive ones, then those that hold (the rest are in the CSV)."""
+    rank = {claims_mod.FAILS: 0, claims_mod.INCONCLUSIVE: 1}
+    t = t.assign(_r=t["verdict"].map(lambda v: rank.get(v, 2)), _i=range(len(t)))
+    keep = (t.sort_values(["_r", "_i"], kind="stable")
+            .groupby(["dataset", "claim"], sort=False).head(n))
+    return t.loc[sorted(keep.index, key=list(t.index).index)].drop(columns=["_r", "_i"])
 
 
 def memory_table(df: pd.DataFrame, several: bool) -> Table | None:
     m = tables.memory(df)
     if m.empty:
         return None
-    cols = [*(["dataset"] if several else []), "backend", "variant", "instances",
+    cols = [*(["dataset"] if several else []), "backend", "instances",
             "PSS / instance", "daemons ÷ instances", "total / instance", "95 % CI of total"]
     rows = []
     for r in m.to_dict("records"):
-        rows.append([*([str(r["dataset"])] if several else []), str(r["backend"]),
-                     str(r["variant"]), str(r["instances"]), format_value(r["pss"], "B"),
+        cell = data.Cell(r["backend"], r["variant"], r["dataset"], "", r["emulated"])
+        rows.append([*([str(r["dataset"])] if several else []), cell.label(),
+                     str(r["instances"]), format_value(r["pss"], "B"),
                      format_value(r["daemon"], "B"), format_value(r["total"], "B"),
                      fmt_ci(r["total"], r["total_lo"], r["total_hi"], "B")[1]])
     return Table(cols, rows, "l" * (len(cols) - 5) + "rrrrl")
@@ -206,11 +253,195 @@ def _dataset_blocks(docs: Sequence[Loaded], df: pd.DataFrame) -> list[Block]:
                 accel = f"**{accel or 'emulated'} (emulated)**"
             rows.append([b, data.backend_kind(meta), accel, versions])
         blocks.append(("table", Table(["backend", "kind", "accel", "versions"], rows)))
+        prot = protections_table(backends)
+        if prot is not None:
+            blocks += [("p", "Protections each backend applies (its own record; an engine's "
+                             "is what it reports):"), ("table", prot)]
     return blocks
 
 
-def content(docs: Sequence[Loaded], df: pd.DataFrame,
-            charts: Mapping[str, Any]) -> list[Block]:
+def protections_table(backends: Mapping[str, Mapping[str, Any]]) -> Table | None:
+    """One row per protection ("what: how" lines of the backends' `protections`), one
+    column per backend that records any; None when none does."""
+    cols = sorted(b for b in backends if backends[b].get("protections"))
+    if not cols:
+        return None
+    by_backend = {b: dict(str(line).partition(": ")[::2] for line in backends[b]["protections"])
+                  for b in cols}
+    whats = list(dict.fromkeys(w for b in cols for w in by_backend[b]))
+    return Table(["protection", *cols],
+                 [[w, *(by_backend[b].get(w, "—") for b in cols)] for w in whats])
+
+
+def _csv(name: str, frame: pd.DataFrame, what: str) -> list[Block]:
+    """The full table as a CSV beside the report, and the line that points to it."""
+    return [("csv", (name, frame)), ("p", f"{what}: [{name}]({name}) ({len(frame)} rows).")]
+
+
+def capped(table: Table, csv: str, cap: int = CAP) -> list[Block]:
+    """The table, cut at `cap` rows with a line saying where the rest is."""
+    if len(table.rows) <= cap:
+        return [("table", table)]
+    return [("table", Table(table.columns, table.rows[:cap], table.align)),
+            ("p", f"… {len(table.rows) - cap} more rows in [{csv}]({csv}).")]
+
+
+def wide_table(summ: pd.DataFrame, df: pd.DataFrame, headline: Sequence[str],
+               several: bool) -> Table | None:
+    """One row per cell, one column per headline metric: "median ±x%" (± = half the
+    95 % CI, relative to the median), ⚠ where the figure is unstable."""
+    present = list(dict.fromkeys(summ["metric"]))
+    metrics = [m for rx in headline for m in sorted(present) if re.fullmatch(rx, m)]
+    metrics = list(dict.fromkeys(metrics))
+    if not metrics:
+        return None
+    part = summ[summ["metric"].isin(metrics)]
+    cells = {(c.backend, c.variant, c.dataset): c for c in data.cells(df)}
+    cols = [*(["dataset"] if several else []), "backend", "n",
+            *(m.split(".", 1)[1] for m in metrics)]
+    rows = []
+    for (ds, backend, variant), g in part.groupby(["dataset", "backend", "variant"], sort=False):
+        by = {str(r["metric"]): r for r in g.to_dict("records")}
+        cell = cells.get((str(backend), str(variant), str(ds)))
+        values = []
+        for m in metrics:
+            r = by.get(m)
+            values.append("—" if r is None else " ".join(filter(None, [
+                format_value(r["median"], str(r["unit"])), _pm(r["median"], r["ci_lo"],
+                                                               r["ci_hi"]),
+                "⚠" if r["warning"] else ""])))
+        rows.append([*([str(ds)] if several else []),
+                     cell.label() if cell else f"{backend} [{variant}]",
+                     str(max(int(r["n"]) for r in by.values())), *values])
+    return Table(cols, rows, "l" * (len(cols) - len(metrics) - 1) + "r" * (len(metrics) + 1))
+
+
+def limits_table(df: pd.DataFrame, several: bool) -> Table | None:
+    """Per backend and limit: what was used (CPU) or the largest allocation that lived
+    (memory), against the limit asked, and the verdict of `claims.enforcement`."""
+    t = data.in_order(claims_mod.enforcement(df), df, ["resource", "asked"])
+    if t.empty:
+        return None
+    cols = [*(["dataset"] if several else []), "backend", "limit", "used / lived", "95 % CI",
+            "÷ asked", "host idle", "killed", "verdict", "note"]
+    rows = []
+    for r in t.to_dict("records"):
+        unit = "cores" if r["resource"] == "cpus" else "B"
+        cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"])
+        killed = "" if unit == "cores" else (format_value(r["killed"], "B")
+                                             if math.isfinite(r["killed"]) else "none")
+        rows.append([*([str(r["dataset"])] if several else []), cell.label(),
+                     data.limit_name(r["resource"], r["asked"]),
+                     format_value(r["value"], unit),
+                     fmt_ci(r["value"], r["value_lo"], r["value_hi"], unit)[1],
+                     f"{r['ratio']:.3g}×",
+                     format_value(r["idle"], "cores") if math.isfinite(r["idle"]) else "",
+                     killed,
+                     f"**{r['verdict']}**" if r["applied"] else r["verdict"], r["note"]])
+    return Table(cols, rows, "l" * (len(cols) - 8) + "lrlrrrll")
+
+
+def density_table(df: pd.DataFrame, several: bool) -> Table | None:
+    """One row per cell: memory fixed + marginal × n, the marginal at the low and top end
+    of the ramp, the largest count reached, the start latency's p95."""
+    t = data.in_order(tables.density(df), df)
+    if t.empty:
+        return None
+    cols = [*(["dataset"] if several else []), "backend", "basis", "fixed",
+            "marginal / instance", "95 % CI", "low end", "top end", "max count", "start p95"]
+    rows = []
+    for r in t.to_dict("records"):
+        cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"])
+
+        def size(x: float) -> str:
+            return format_value(x, "B") if math.isfinite(x) else "—"
+
+        rows.append([*([str(r["dataset"])] if several else []), cell.label(), r["basis"],
+                     size(r["fixed"]), size(r["marginal"]),
+                     f"{size(r['marginal_lo'])} – {size(r['marginal_hi'])}",
+                     f"{size(r['low'])} (n {r['low_counts']})" if r["low_counts"] else "—",
+                     f"{size(r['top'])} (n {r['top_counts']})" if r["top_counts"] else "—",
+                     str(r["max_count"]), format_value(r["start_p95"], "s")])
+    return Table(cols, rows, "l" * (len(cols) - 7) + "rrrrrrr")
+
+
+def _per_count(df: pd.DataFrame) -> pd.DataFrame:
+    """The density study's figures per instance count (never pooled across counts)."""
+    sub = df[df["metric"].map(data.study_of) == "density"]
+    part = tables.summary(sub.assign(count=pd.to_numeric(sub["instance"], errors="coerce")),
+                          ["dataset", "backend", "variant", "metric", "unit", "count"])
+    return _ordered(part.sort_values(["metric", "count"], kind="stable"), df)
+
+
+# Studies whose summary is a table of their own (the others: `wide_table` of headlines).
+CUSTOM: dict[str, Any] = {"memory": memory_table, "limits": limits_table,
+                          "density": density_table}
+CAPTIONS = {
+    "memory": "Per instance, the engine daemons' memory divided among the instances "
+              "sampled with them.",
+    "limits": "*holds* when used ÷ asked stays at or under 1 (+5 %) with room to go over "
+              "(idle host CPU; a larger allocation tried and killed).",
+    "density": "Memory = fixed + marginal × instances, fitted over every ramp "
+               "(`bench capacity` has the plan); low and top end: the marginal over the "
+               "lowest and highest third of the counts alone.",
+}
+
+
+def _study_blocks(study: str, df: pd.DataFrame, summ: pd.DataFrame,
+                  several: bool) -> list[Block]:
+    info = study_info(study)
+    name = f"{study.replace('/', '_')}.csv"
+    table = (CUSTOM[study](df, several) if study in CUSTOM
+             else wide_table(summ, df, info.headline, several))
+    blocks: list[Block] = []
+    if table is not None:
+        caption = CAPTIONS.get(study, "Medians; ± is half the 95 % CI, relative to the "
+                                      "median; ⚠ an unstable figure.")
+        blocks += [("p", caption), *capped(table, name)]
+    else:  # a study without a summary of its own: its figures, as many as fit
+        blocks += capped(medians_table(summ, several), name)
+    if study == "density":
+        return blocks + _csv(name, _per_count(df), "The full table per instance count, "
+                                                   "with 95 % CIs")
+    return blocks + _csv(name, summ, "Every figure of the study with its 95 % CI")
+
+
+def _claims_blocks(t: pd.DataFrame, charts: Mapping[str, Any], several: bool
+                   ) -> list[Block]:
+    blocks: list[Block] = [("h2", "Seed claims")]
+    if t.empty:
+        blocks.append(("p", "No claim could be tested: they need backends whose metadata "
+                            "declares `kind` container and vm (or process), measured on "
+                            "the same host, with the metric the claim is about."))
+        return blocks
+    blocks.append(("p", "Ratio of medians A / B with its 95 % CI (two-sample bootstrap). "
+                        "The verdict reads the CI: *holds* when all of it is on the "
+                        "claimed side of 1, *does not hold* when all of it is on the "
+                        "other side or within the band of no meaningful difference, "
+                        "*inconclusive* otherwise. Limits: A is what was used, B the "
+                        "limit asked."))
+    s = claims_mod.summary(t)
+    blocks.append(("ul", [
+        f"{r['text']}" + (f" ({r['dataset']})" if several else "") + ": "
+        + ", ".join(f"{v} {r[v]}" for v in (claims_mod.HOLDS, claims_mod.FAILS,
+                                            claims_mod.INCONCLUSIVE) if r[v])
+        for r in s.to_dict("records")]))
+    blocks += [("chart", charts[n]) for n in ("claims", "claims_io") if n in charts]
+    # Fewer rows per claim when several datasets each have theirs (the page stays short).
+    per = max(3, PER_CLAIM // t["dataset"].nunique())
+    shown = _exceptions_first(t, per)
+    blocks.append(("table", claims_table(shown, several)))
+    if len(shown) < len(t):
+        blocks.append(("p", f"{len(t) - len(shown)} more pairs (at most {per} per claim"
+                            + (" and dataset" if several else "") + " are shown, those that "
+                            "do not hold first) are in [claims.csv](claims.csv)."))
+    blocks.append(("csv", ("claims.csv", t)))
+    return blocks
+
+
+def content(docs: Sequence[Loaded], df: pd.DataFrame, charts: Mapping[str, Any],
+            verdicts: pd.DataFrame | None = None) -> list[Block]:
+    """The report's blocks; `verdicts`: `claims.evaluate(df)`, if the caller has it."""
     sets = data.datasets(df)
     several = len(sets) > 1
     summ = _ordered(tables.summary(df), df)
@@ -225,64 +456,37 @@ def content(docs: Sequence[Loaded], df: pd.DataFrame,
     warns = _warnings(docs, df, summ)
     if warns:
         blocks += [("h2", "Read this first"), ("ul", [f"⚠ {w}" for w in warns])]
-
-    t = claims_mod.evaluate(df)
-    blocks.append(("h2", "Seed claims"))
-    if t.empty:
-        blocks.append(("p", "No claim could be tested: they need backends whose metadata "
-                            "declares `kind` container and vm (or process), measured on "
-                            "the same host, with the metric the claim is about."))
-    else:
-        blocks.append(("p", "Ratio of medians A / B with its 95 % CI (two-sample bootstrap). "
-                            "The verdict reads the CI: *holds* when all of it is on the "
-                            "claimed side of 1, *does not hold* when all of it is on the "
-                            "other side or within the band of no meaningful difference, "
-                            "*inconclusive* otherwise."))
-        s = claims_mod.summary(t)
-        blocks.append(("ul", [
-            f"{r['text']}" + (f" ({r['dataset']})" if several else "") + ": "
-            + ", ".join(f"{r[v]} pair(s) {v}" for v in (claims_mod.HOLDS, claims_mod.FAILS,
-                                                         claims_mod.INCONCLUSIVE) if r[v])
-            for r in s.to_dict("records")]))
-        blocks += [("chart", charts[n]) for n in ("claims", "claims_io") if n in charts]
-        blocks.append(("table", claims_table(t, several)))
+    blocks += _claims_blocks(claims_mod.evaluate(df) if verdicts is None else verdicts,
+                             charts, several)
 
     studies = list(dict.fromkeys(data.study_of(m) for m in df["metric"]))
-    for study in sorted(studies, key=lambda s: (list(STUDY_TITLES).index(s)
-                                                if s in STUDY_TITLES else 99, s)):
-        blocks.append(("h2", STUDY_TITLES.get(study, study)))
-        for name in STUDY_CHARTS.get(study, ()):
-            if name in charts:
-                blocks.append(("chart", charts[name]))
-        if study == "memory":
-            mt = memory_table(df, several)
-            if mt is not None:
-                blocks += [("h3", "Per instance, daemons amortised"), ("table", mt)]
-        part = summ[summ["metric"].map(data.study_of) == study]
-        if study == "density":  # one figure per instance count, never pooled across counts
-            sub = df[df["metric"].map(data.study_of) == study]
-            part = tables.summary(sub.assign(count=pd.to_numeric(sub["instance"],
-                                                                 errors="coerce")),
-                                  ["dataset", "backend", "variant", "metric", "unit", "count"])
-            part = _ordered(part.sort_values(["metric", "count"], kind="stable"), df)
-        blocks += [("h3", "Medians with 95 % CI"), ("table", medians_table(part, several))]
+    for study in sorted(studies, key=lambda s: (list(STUDIES).index(s)
+                                                if s in STUDIES else 99, s)):
+        info = study_info(study)
+        blocks.append(("h2", f"{info.title}: {info.question}"))
+        blocks += [("chart", charts[n]) for n in info.charts if n in charts]
+        blocks += _study_blocks(study, df, summ[summ["metric"].map(data.study_of) == study],
+                                several)
 
     if several:
         blocks.append(("h2", "Side by side: datasets compared"))
         blocks.append(("p", f"Each dataset against the first ({sets[0]}): ratio of medians "
                             "new / first with its 95 % CI; ✓ when the CI excludes 1."))
-        for new in sets[1:]:
+        for k, new in enumerate(sets[1:], 2):
             r = tables.ratios(df, sets[0], new)
             if r.empty:
                 continue
+            r = r.sort_values("changed", ascending=False, kind="stable")
             rows = [[str(x["backend"]), str(x["variant"]), str(x["metric"]),
                      format_value(x["base"], str(x["unit"])),
                      format_value(x["new"], str(x["unit"])), f"{x['ratio']:.3g}×",
                      f"{x['ratio_lo']:.3g}× – {x['ratio_hi']:.3g}×",
                      "✓" if x["changed"] else ""] for x in r.to_dict("records")]
+            name = f"side-by-side-{k}.csv"
             blocks += [("h3", f"{new} vs {sets[0]}"),
-                       ("table", Table(["backend", "variant", "metric", sets[0], new,
-                                        "ratio", "95 % CI", "changed"], rows, "lllrrrrl"))]
+                       *capped(Table(["backend", "variant", "metric", sets[0], new,
+                                      "ratio", "95 % CI", "changed"], rows, "lllrrrrl"), name),
+                       ("csv", (name, r))]
 
     blocks.append(("h2", "Hosts, runs and backends"))
     blocks += _dataset_blocks(docs, df)
@@ -330,7 +534,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:.88em}
 th,td{border:1px solid #ddd;padding:.25em .6em;vertical-align:top}th{background:#f3f3f3}
 td[style*=right]{font-variant-numeric:tabular-nums}
 tr:nth-child(even) td{background:#fafafa}
-figure{margin:1.5em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figure{margin:1.5em 0}figure img{width:100%;max-width:1000px;height:auto;border:1px solid #eee}
 li{margin:.3em 0}code{background:#f3f3f3;padding:0 .2em}
 .warn{color:#8a4b00}
 """

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+import numpy as np
 import pandas as pd
 
-from harness import stats
+from harness import capacity, stats
+from harness.report import data
 
 KEYS = ["scenario", "backend", "variant", "metric", "unit"]
 
@@ -32,12 +37,11 @@ def summary(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
 def memory(df: pd.DataFrame) -> pd.DataFrame:
     """Per cell: median PSS per instance, the amortised daemon share and their sum, each
     with its 95 % CI (see `data.per_instance_memory`)."""
-    from harness.report.data import per_instance_memory
-
-    inst = per_instance_memory(df)
+    inst = data.per_instance_memory(df)
     rows = []
     for key, g in inst.groupby(["dataset", "backend", "variant"], sort=False):
         row = dict(zip(["dataset", "backend", "variant"], key, strict=True))
+        row["emulated"] = bool(g["emulated"].any())
         row["instances"] = int(g.groupby("round").size().median())
         row["n"] = len(g)
         for col in ("pss", "daemon", "total"):
@@ -61,3 +65,116 @@ def ratios(df: pd.DataFrame, base: str, new: str) -> pd.DataFrame:
                      "ratio_hi": hi, "changed": bool(lo > 1 or hi < 1)})
     return pd.DataFrame(rows, columns=[*KEYS, "base", "new", "ratio", "ratio_lo", "ratio_hi",
                                        "changed"])
+
+
+LIMITS_COLUMNS = ["dataset", "backend", "variant", "kind", "emulated", "applied", "resource",
+                  "asked", "n", "value", "value_lo", "value_hi", "ratio", "ratio_lo",
+                  "ratio_hi", "idle", "room", "killed", "enforced"]
+
+
+def limits(df: pd.DataFrame) -> pd.DataFrame:
+    """The limits study per cell and asked limit: what was used against what was asked.
+
+    One row per (dataset, backend, variant without the limit, resource, asked), with
+    medians and 95 % CIs. cpus: `value` = cores used, `ratio` = used / asked, `idle` =
+    cores the host left idle meanwhile, `room` = used + idle (the most the instance could
+    have taken: when it is not above the limit, the host was too busy to tell a limit
+    from contention). memory: `value` = the largest allocation that lived, `ratio` =
+    that / asked, `killed` = the smallest killed (NaN: none was), `enforced` = the share
+    of samples in which one was. `applied`: whether the backend applies that limit at
+    all (its metadata's not_applied); a backend that does not still has its figures,
+    those of an unlimited workload.
+    """
+    d = df[df["metric"].str.startswith("limits.")]
+    asked = d["variant"].map(data.limit_of)
+    d = d[asked.notna()]
+    if d.empty:
+        return pd.DataFrame(columns=LIMITS_COLUMNS)
+    d = d.assign(resource=asked[asked.notna()].map(lambda x: x[0]),
+                 asked=asked[asked.notna()].map(lambda x: x[1]))
+    d = d.assign(rest=[data.without_axis(v, f"limits.{r}")
+                       for v, r in zip(d["variant"], d["resource"], strict=True)])
+    rows = []
+    for key, g in d.groupby(["dataset", "backend", "rest", "resource", "asked"], sort=False):
+        ds, backend, rest, resource, _ = key
+        limit = float(g["asked"].iloc[0])
+        per = g.pivot_table(index="round", columns="metric", values="value", aggfunc="median")
+
+        def col(metric: str, per: pd.DataFrame = per) -> pd.Series:
+            return per[metric] if metric in per else pd.Series(dtype=float)
+
+        if resource == "cpus":
+            value, idle = col("limits.cpu_used"), col("limits.host_idle")
+            ratio = value / limit
+            extra = {"idle": float(idle.median()), "room": float((value + idle).median()),
+                     "killed": math.nan, "enforced": math.nan}
+        else:
+            value, killed = col("limits.mem_max_ok"), col("limits.mem_killed_at").dropna()
+            ratio = value / limit
+            extra = {"idle": math.nan, "room": math.nan,
+                     "killed": float(killed.median()) if killed.size else math.nan,
+                     "enforced": float(col("limits.mem_enforced").mean())}
+        v, r = stats.summarize(value.dropna()), stats.summarize(ratio.dropna())
+        rows.append({"dataset": ds, "backend": backend, "variant": rest,
+                     "kind": str(g["kind"].iloc[0]), "emulated": bool(g["emulated"].any()),
+                     "applied": data.applied(str(g["not_applied"].iloc[0]),
+                                             f"limits.{resource}"),
+                     "resource": resource, "asked": limit, "n": v.n,
+                     "value": v.median, "value_lo": v.lo, "value_hi": v.hi,
+                     "ratio": r.median, "ratio_lo": r.lo, "ratio_hi": r.hi, **extra})
+    return pd.DataFrame(rows, columns=LIMITS_COLUMNS)
+
+
+# The memory basis of the density summary: the capacity plan's default first, then what
+# older results (without the kernel's figures) still allow.
+DENSITY_BASES = ("pss+kernel", "pss", "host")
+DENSITY_COLUMNS = ["dataset", "backend", "variant", "kind", "emulated", "basis", "ramps",
+                   "fixed", "marginal", "marginal_lo", "marginal_hi", "low", "low_counts",
+                   "top", "top_counts", "max_count", "start_p95"]
+
+
+def density(df: pd.DataFrame) -> pd.DataFrame:
+    """The density study in one row per cell: memory = fixed + marginal × n fitted over
+    every ramp (`harness.capacity.fit_memory`, on the first basis of DENSITY_BASES the
+    ramps have), the marginal over the low and the top end of the counts alone (the
+    lowest and highest third, at least two counts each; NaN with fewer than four), the
+    largest count reached, and the 95th percentile of every start latency."""
+    d = df[df["metric"].str.startswith("density.")].dropna(subset=["instance"])
+    rows = []
+    for key, g in d.groupby(["dataset", "backend", "variant"], sort=False):
+        g = g.assign(instance=g["instance"].astype(int),
+                     ramp=g["file"].astype(str) + "#" + g["round"].astype(str))
+        ramps = [r for _, r in g.groupby("ramp", sort=True)]
+        basis, series = next(
+            ((b, s) for b in DENSITY_BASES
+             if (s := [x for x in (capacity.ramp_series(r, b) for r in ramps) if x is not None])),
+            ("", []))
+        counts = sorted({int(c) for n, _ in series for c in n[n >= 1]})
+        k = max(2, len(counts) // 3)
+        low, top = (counts[:k], counts[-k:]) if len(counts) >= 4 else ([], [])
+        fit = capacity.fit_memory(series, basis) if series else None
+        lat = g[g["metric"] == "density.start_latency"]["value"].to_numpy(float)
+        rows.append({
+            **dict(zip(["dataset", "backend", "variant"], key, strict=True)),
+            "kind": str(g["kind"].iloc[0]), "emulated": bool(g["emulated"].any()),
+            "basis": basis, "ramps": len(ramps),
+            "fixed": fit.fixed if fit else math.nan,
+            "marginal": fit.marginal if fit else math.nan,
+            "marginal_lo": fit.marginal_ci[0] if fit else math.nan,
+            "marginal_hi": fit.marginal_ci[1] if fit else math.nan,
+            "low": _marginal(series, basis, low), "low_counts": _span(low),
+            "top": _marginal(series, basis, top), "top_counts": _span(top),
+            "max_count": int(g["instance"].max()),
+            "start_p95": float(np.quantile(lat, 0.95)) if lat.size else math.nan})
+    return pd.DataFrame(rows, columns=DENSITY_COLUMNS)
+
+
+def _marginal(series: list[Any], basis: str, counts: list[int]) -> float:
+    """The fitted marginal over the points at `counts` alone (NaN without two counts)."""
+    fit = capacity.fit_memory([(n[np.isin(n, counts)], y[np.isin(n, counts)])
+                               for n, y in series], basis) if len(counts) >= 2 else None
+    return fit.marginal if fit is not None else math.nan
+
+
+def _span(counts: list[int]) -> str:
+    return f"{counts[0]}–{counts[-1]}" if counts else ""

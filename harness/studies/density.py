@@ -24,16 +24,30 @@ the number of live instances n as the measurement's `instance` field:
                          not immune
   density.start_latency  per new instance (instance = its ordinal n): create call begins
                          -> its ready line arrives at the host (s)
+  density.<counter>      the kernel's counters that bind before memory at scale (tasks,
+                         descriptors, network namespaces, bridge ports, memory cgroups,
+                         inotify, kernel keys: harness.core.probes.limits), with the
+                         memory figures; their ceilings go to the "ramp_stopped" event
+
+At scale the memory figures are not taken at every step: reading every live instance's
+PSS at every step costs O(n²) over a ramp. They are taken at every step up to DENSE
+instances, then at every `measure_every`-th count (0 = so that a ramp to
+`max_instances` has about POINTS of them), and at the top; start latency is recorded for
+every instance. `settle` is waited before a measured step only.
 
 The ramp stops at the first of (the reason goes to the result as a "ramp_stopped"
 event): `max_instances`; the host-memory budget (the ramp may take at most
-`max_memory_fraction` of the MemAvailable it started with); the hard floor (no step
+`max_memory_fraction` of the MemAvailable it started with); a kernel limit (a step
+does not start that would take a counter past HEADROOM of its ceiling, e.g. the host's
+tasks past kernel.pid_max: the reason names it); the hard floor (no step
 starts unless MemAvailable, less what the step is expected to take, stays above
 `min_mem_available`: checked before every step, so the host is never pushed towards the
 OOM killer); the start-latency SLO (`slo_start` seconds exceeded by `slo_consecutive`
 new instances in a row; 0 = off); `max_ramp_time`; a Ctrl-C; or an instance that fails
-to start (the steps measured so far are kept). Every instance is tracked from the
-moment it exists and all are removed at the end of the ramp, also on failure or Ctrl-C.
+to start (the steps measured so far are kept; when a counter was past NEAR of its
+ceiling, or the error was EMFILE/ENFILE, the reason names the limit). Every instance is
+tracked from the moment it exists and all are removed at the end of the ramp, also on
+failure or Ctrl-C.
 
 With concurrency c > 1, the c instances of a step are created and started back to back
 (the backend's calls are not made concurrently) and each one's ready line is awaited by
@@ -48,6 +62,8 @@ ramps, from which `bench capacity` fits the memory per instance with a CI.
 
 from __future__ import annotations
 
+import errno
+import math
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +72,7 @@ from typing import Any, ClassVar
 
 from harness.core import hostinfo
 from harness.core.errors import BenchError
+from harness.core.probes import limits
 from harness.core.probes.memory import processes_memory
 from harness.core.probes.timing import now_ns
 from harness.core.units import format_size, parse_size
@@ -72,7 +89,12 @@ METRICS = {
     "density.daemon_pss": "B",
     "density.kernel_mem": "B",
     "density.start_latency": "s",
+    **{f"density.{c}": "count" for c in limits.COUNTERS},
 }
+DENSE = 50  # every step is measured up to this many instances
+POINTS = 100  # measured counts beyond DENSE, by default
+HEADROOM = 0.95  # of a kernel limit's ceiling: the host is shared, leave it some
+NEAR = 0.9  # a failure with a counter past this share of its ceiling is that limit's
 
 # Kernel memory that PSS never shows and that cannot be reclaimed: slab that is not
 # reclaimable (namespaces, cgroups, sockets, overlay and task structures), kernel stacks,
@@ -88,6 +110,7 @@ DEFAULTS: dict[str, Any] = {
     "slo_consecutive": 3,
     "max_ramp_time": 900.0,
     "settle": 0.2,
+    "measure_every": 0,
     "per_backend": {},
 }
 
@@ -102,6 +125,11 @@ class RampParams:
     slo_consecutive: int
     max_ramp_time: float
     settle: float
+    measure_every: int  # resolved: never 0
+
+    def measured(self, before: int, after: int) -> bool:
+        """Is the count `after` (reached from `before`) a measured one?"""
+        return after <= DENSE or after // self.measure_every > before // self.measure_every
 
 
 def _problems(values: Mapping[str, Any], where: str) -> list[tuple[str, str]]:
@@ -123,7 +151,7 @@ def _problems(values: Mapping[str, Any], where: str) -> list[tuple[str, str]]:
             out.append((k, f"must be at least 1, not {value}"))
         elif key == "max_memory_fraction" and not 0 < value < 1:
             out.append((k, f"must be between 0 and 1 (exclusive), not {value}"))
-        elif key in ("slo_start", "settle") and value < 0:
+        elif key in ("slo_start", "settle", "measure_every") and value < 0:
             out.append((k, f"must not be negative, not {value}"))
         elif key == "max_ramp_time" and value <= 0:
             out.append((k, f"must be positive, not {value}"))
@@ -147,11 +175,13 @@ def resolve(params: Mapping[str, Any], backend: str) -> RampParams:
         max_memory_fraction=float(merged["max_memory_fraction"]),
         min_mem_available=parse_size(merged["min_mem_available"]),
         slo_start=float(merged["slo_start"]), slo_consecutive=int(merged["slo_consecutive"]),
-        max_ramp_time=float(merged["max_ramp_time"]), settle=float(merged["settle"]))
+        max_ramp_time=float(merged["max_ramp_time"]), settle=float(merged["settle"]),
+        measure_every=int(merged["measure_every"])
+        or max(1, math.ceil((int(merged["max_instances"]) - DENSE) / POINTS)))
 
 
 class Ramp:
-    """One ramp of one cell: the live instances, the memory estimate, the stop test."""
+    """One ramp of one cell: the live instances, the memory estimate, the stop tests."""
 
     def __init__(self, ctx: Context, cell: Cell, p: RampParams) -> None:
         self.ctx, self.cell, self.p = ctx, cell, p
@@ -160,14 +190,21 @@ class Ramp:
         self.t_start = time.monotonic()
         self.avail0 = hostinfo.mem_available()
         self.last_avail = self.avail0
-        self.drops: list[int] = []  # MemAvailable drop per instance of each step
+        self.drops: list[int] = []  # MemAvailable drop per instance between measurements
         self.top = 0  # the count of the last measurement
         self.ready = 0  # instances that reached their ready line
         self.over_slo = 0
+        self.ceilings = limits.ceilings(self._daemon_pids())
+        self.usage0: dict[str, int] = {}
+        self.usage: dict[str, int] = {}
+        self.usage_at = 0  # the count usage was read at
 
     @property
     def n(self) -> int:
         return len(self.live)
+
+    def _daemon_pids(self) -> list[int]:
+        return [pid for pids in self.cell.runtime.daemons().values() for pid in pids]
 
     @property
     def per_instance(self) -> int:
@@ -176,6 +213,20 @@ class Ramp:
         during a step does not end the ramp), 0 before the first step."""
         d = sorted(self.drops)
         return max(0, d[len(d) // 2]) if d else 0
+
+    def near_limit(self, count: int, share: float) -> str | None:
+        """The kernel limit that `count` more instances would take past `share` of its
+        ceiling, by the per-instance growth measured so far, as a stop reason."""
+        for lim in limits.LIMITS:
+            ceiling, now = self.ceilings.get(lim.name), self.usage.get(lim.counter)
+            if ceiling is None or now is None or not self.usage_at:
+                continue
+            grow = max(0.0, (now - self.usage0.get(lim.counter, now)) / self.usage_at)
+            expected = now + grow * (self.n - self.usage_at + count)
+            if expected > share * ceiling:
+                return (f"limit {lim.name}: {lim.counter} {now:,} at {self.usage_at} instances, "
+                        f"{expected:,.0f} after {count} more, of {lim.what} {ceiling:,}")
+        return None
 
     def stop_reason(self, step: int) -> str | None:
         """Why the next step of `step` instances must not start, or None."""
@@ -188,6 +239,8 @@ class Ramp:
             return "max_ramp_time"
         if p.slo_start and self.over_slo >= p.slo_consecutive:
             return "slo_start"
+        if reason := self.near_limit(step, HEADROOM):
+            return reason
         avail = hostinfo.mem_available()
         expected = step * self.per_instance
         if avail - expected < p.min_mem_available:
@@ -195,6 +248,21 @@ class Ramp:
         if (self.avail0 - avail) + expected > p.max_memory_fraction * self.avail0:
             return "max_memory_fraction"
         return None
+
+    def failed(self, e: Exception, count: int) -> str:
+        """The stop reason of an instance that failed: the limit it ran into, if any."""
+        what = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        code = cause.errno if isinstance(cause, OSError) else None
+        if code == errno.ENFILE or "Too many open files in system" in what:
+            return f"limit file_max: instance failed: {what}"
+        if code == errno.EMFILE or "Too many open files" in what:
+            return f"limit nofile: instance failed: {what}"
+        self.usage, self.usage_at = limits.usage(self._daemon_pids()), self.n
+        near = self.near_limit(count, NEAR)
+        return f"{near}: instance failed: {what}" if near else f"instance failed: {what}"
 
     def step(self, count: int) -> None:
         """Start `count` instances back to back and wait for every ready line."""
@@ -232,7 +300,8 @@ class Ramp:
             self.over_slo = self.over_slo + 1 if latency > self.p.slo_start else 0
 
     def measure(self) -> None:
-        """Memory at the current count: every live instance's PSS read in one pass."""
+        """Memory and the kernel's counters at the current count: every live instance's
+        PSS read in one pass."""
         rt, n = self.cell.runtime, self.n
         pss = uss = cgroup = 0
         all_cgroups = True
@@ -243,17 +312,24 @@ class Ramp:
                 all_cgroups = False
             else:
                 cgroup += st.cgroup
-        daemon = processes_memory([pid for pids in rt.daemons().values() for pid in pids]).pss
+        daemons = self._daemon_pids()
+        daemon = processes_memory(daemons).pss
         info = hostinfo.meminfo()
         avail = info.get("MemAvailable", 0)
         kernel = sum(info.get(k, 0) for k in KERNEL_FIELDS)
+        self.usage, self.usage_at = limits.usage(daemons), n
+        if not n:
+            self.usage0 = dict(self.usage)
         self.out += [Measurement("density.mem_available", avail, instance=n),
                      Measurement("density.kernel_mem", kernel, instance=n),
                      Measurement("density.pss_total", pss, instance=n),
                      Measurement("density.uss_total", uss, instance=n),
                      Measurement("density.daemon_pss", daemon, instance=n)]
+        self.out += [Measurement(f"density.{k}", v, instance=n) for k, v in self.usage.items()]
         if n and all_cgroups:  # (at n = 0 there is nothing to say)
             self.out.append(Measurement("density.cgroup_total", cgroup, instance=n))
+        if n > self.top:
+            self.drops.append((self.last_avail - avail) // (n - self.top))
         self.last_avail = avail
         self.top = n
 
@@ -264,26 +340,28 @@ class Ramp:
             count = min(self.p.concurrency, self.p.max_instances - self.n)
             reason = self.stop_reason(max(count, 1))
             if reason:
+                if self.n > self.top:  # the top of the ramp is always measured
+                    self.measure()
                 return reason
-            before = self.last_avail
             try:
                 self.step(count)
             except Exception as e:  # a backend's own error too: the steps taken stay
-                if self.top == 0:  # not even the first step worked: the sample failed
+                if self.top == 0:  # not even the first step worked
                     raise
-                what = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
-                return f"instance failed: {what}"
-            if self.p.settle:
-                time.sleep(self.p.settle)
-            self.measure()
-            self.drops.append((before - self.last_avail) // count)
+                return self.failed(e, count)
+            if self.p.measured(self.n - count, self.n):
+                if self.p.settle:
+                    time.sleep(self.p.settle)
+                self.measure()
 
     def remove_all(self) -> list[str]:
-        """Stop and remove every instance of the ramp, newest first; report failures."""
+        """Stop and remove every instance of the ramp, newest first; report failures.
+        Killed without a grace period: an idle PID 1 such as sleep ignores SIGTERM, and
+        half a second each is a quarter of an hour at 2,000 instances."""
         rt, errors = self.cell.runtime, []
         for inst in reversed(self.live):
             try:
-                rt.stop(inst, grace=0.5)
+                rt.stop(inst, grace=0)
                 rt.remove(inst)
                 self.ctx.untrack(inst)
             except Exception as e:  # keep removing; still tracked: the runner retries
@@ -334,6 +412,8 @@ class Density:
                       seconds=round(time.monotonic() - ramp.t_start, 3),
                       mem_available_start=ramp.avail0, mem_available_after=avail_after,
                       per_instance_estimate=ramp.per_instance,
+                      measure_every=p.measure_every, limits=ramp.ceilings,
+                      usage_start=ramp.usage0, usage_top=ramp.usage,
                       note=f"{top} instances, stopped by {reason}; MemAvailable "
                            f"{format_size(ramp.avail0)} -> {format_size(ramp.last_avail)}",
                       cleanup_errors=errors)

@@ -4,18 +4,23 @@ Laid out like runc's libcontainer: config.py (pure data) · validate.py (checks 
 acting) · namespaces.py (system calls) · rootfs.py (overlay, pivot_root, /proc, /dev) ·
 cgroups/ (Manager protocol, v1.py, v2.py, new() picks by host) · process.py (the child's
 set-up, sync over pipes) · forkserver.py (where children are cloned from) · network.py
-(loopback, bridge) · security.py (capabilities, no_new_privs).
+(loopback, bridge) · security.py (keyring, rlimits, capabilities, no_new_privs,
+descriptors, seccomp: applied last) · seccomp.py (Docker's profile, compiled once per
+runner; never imported by the child).
 
 Mapping of the InstanceSpec:
   argv/env/workdir/hostname  -> execve of /bench/init in the new root, as given
   limits                     -> the instance's cgroup (see cgroups/v1.py and v2.py);
                                 rootless on a host without a delegated cgroup v2: none
                                 (recorded in the metadata, as podman does)
+  limits.rlimits             -> setrlimit in the child, over ns's defaults (the runner's)
   network none | bridge | host -> a private netns with loopback up | the same plus a veth
                                 into the cvbench0 bridge (network.py) | the host's netns
-  mounts bind | volume | tmpfs -> bind mount (read-only by remount, non-recursive) |
-                                bind of <state>/ns/volumes/cvbench-<run id>-<name>, kept
-                                across the run's instances | tmpfs with size
+  mounts bind | volume | tmpfs -> recursive bind mount (read-only: every submount too,
+                                by mount_setattr; without it, top mount only and not
+                                recursive) | bind of <state>/ns/volumes/cvbench-<run
+                                id>-<name>, kept across the run's instances | tmpfs
+                                nosuid,nodev,noexec with size
   readiness                  -> the ready line read from the stdout pipe
   writable layer             -> overlay upper/work in a tmpfs private to the instance
                                 (default: nothing is made on the host, writes are charged

@@ -16,11 +16,17 @@ DEFAULT_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CA
                 "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
                 "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE")
 
-# What ns keeps: Docker's set minus CAP_MKNOD. Docker can leave CAP_MKNOD because its
-# device cgroup refuses to open any node outside an allow-list; ns has no device cgroup
-# (on cgroup v2 that takes an eBPF program), so with CAP_MKNOD a root workload could
-# `mknod sda b 8 0` and read the host's disk. Without it mknod fails with EPERM.
-NS_CAPS = tuple(c for c in DEFAULT_CAPS if c != "CAP_MKNOD")
+# What ns keeps where no device cgroup guards the device nodes (cgroup v2: that takes an
+# eBPF program ns does not load; rootless; ns:bare): Docker's set minus CAP_MKNOD. With
+# CAP_MKNOD a root workload could `mknod sda b 8 0` and read the host's disk; Docker can
+# leave it because its device cgroup refuses to open any node outside an allow-list.
+NO_MKNOD_CAPS = tuple(c for c in DEFAULT_CAPS if c != "CAP_MKNOD")
+
+
+def caps(device_rules: bool) -> tuple[str, ...]:
+    """The capability set of ns, and of oci:* (its yardstick: the same set, always)."""
+    return DEFAULT_CAPS if device_rules else NO_MKNOD_CAPS
+
 
 # runc's defaults (libcontainer/specconv/example.go): hidden, or read-only.
 MASKED_PATHS = ("/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
@@ -32,6 +38,16 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 # (name, mode, major, minor): the only device nodes an instance gets.
 DEVICES = (("null", 0o666, 1, 3), ("zero", 0o666, 1, 5), ("full", 0o666, 1, 7),
            ("random", 0o666, 1, 8), ("urandom", 0o666, 1, 9), ("tty", 0o666, 5, 0))
+
+# The device cgroup's allow-list (after "deny a"), as runc's for Docker's containers
+# (libcontainer/specconv AllowedDevices) with only the nodes ns makes: any node may be
+# made (m), only these opened; plus the pty devices of the instance's own devpts.
+DEVICE_RULES = ("c *:* m", "b *:* m",
+                *(f"c {major}:{minor} rwm" for _, _, major, minor in DEVICES),
+                "c 136:* rwm", "c 5:2 rwm")
+
+# Resource limits set explicitly (by name, as `ulimit`/Docker's --ulimit call them).
+RLIMITS = {"core": 4, "nofile": 7, "nproc": 6, "memlock": 8, "stack": 3}
 
 BASE_FLAGS = ns.CLONE_NEWNS | ns.CLONE_NEWPID | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC
 
@@ -46,6 +62,7 @@ class MountPoint:
     flags: int = 0
     data: str | None = None
     readonly_remount: bool = False  # bind mounts need a second mount to become read-only
+    recursive_readonly: bool = False  # ...or mount_setattr, for every mount below as well
     file: bool = False  # the target is a file (a bound device node), not a directory
 
 
@@ -87,3 +104,6 @@ class ContainerConfig:
     readonly: tuple[str, ...] = ()  # of READONLY_PATHS, those this kernel has
     devices: tuple[tuple[str, int, int, int], ...] = DEVICES
     no_new_privs: bool = True
+    rlimits: tuple[tuple[int, int, int], ...] = ()  # (RLIMIT_*, soft, hard), set before caps drop
+    keyring: bool = True  # a new session keyring, not the runner's
+    seccomp: bytes = b""  # a compiled BPF program (struct sock_filter[]), loaded last

@@ -12,6 +12,7 @@ lock another thread of the parent might hold at the instant of the copy.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import signal
@@ -54,6 +55,10 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_SET_KEEPCAPS = 8
 
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220}
+_SYS_MOUNT_SETATTR = 442  # asm-generic numbering: the same on x86_64 and aarch64
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 
 _libc.syscall.restype = ctypes.c_long
@@ -103,6 +108,26 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
           data: str | None = None) -> None:
     if _libc.mount(_b(source), target.encode(), _b(fstype), flags, _b(data)) < 0:
         _check(-1, f"mount {fstype or source or ''} on {target}")  # (message only on error)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def mount_setattr(target: str, attr_set: int, flags: int = AT_RECURSIVE) -> None:
+    """Set mount attributes on `target` and (AT_RECURSIVE) every mount below it."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    _check(_libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), AT_FDCWD, target.encode(),
+                         ctypes.c_uint(flags), ctypes.byref(attr),
+                         ctypes.c_size_t(ctypes.sizeof(attr))), f"mount_setattr {target}")
+
+
+def has_mount_setattr() -> bool:
+    """Whether this kernel has mount_setattr (5.12+): an invalid call fails with EBADF or
+    EINVAL, not ENOSYS."""
+    ret = _libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), -1, b"", 0, None, 0)
+    return ret == 0 or ctypes.get_errno() != errno.ENOSYS
 
 
 def umount2(target: str, flags: int = 0) -> None:

@@ -8,8 +8,8 @@ Order matters, and each step says why:
    and a per-instance upper/work dir; all writes land in the upper dir. The overlay is
    mounted over the image directory itself: that path is private to our mount
    namespace, so no per-instance mount point has to be made (or removed) on the host.
-3. /proc, /dev/pts, /dev/shm, /sys (read-only) and the user's mounts, all below the new
-   root before we move into it. (Rootless: /dev is a tmpfs with the host's nodes bound
+3. /proc, /dev/pts, /dev/shm, /dev/mqueue, /sys (read-only) and the user's mounts, all
+   below the new root before we move into it. (Rootless: /dev is a tmpfs with the host's nodes bound
    in, since an unprivileged user cannot make device nodes.)
 4. pivot_root(".", ".") stacks the old root under the new one; making it rslave before
    the lazy unmount keeps that unmount from propagating to the host's mounts.
@@ -38,7 +38,8 @@ _DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
 
 
 def standard_mounts(new_netns: bool, dev_tmpfs: bool) -> tuple[MountPoint, ...]:
-    """The mounts every instance gets (runc's default spec, minus mqueue and cgroupfs).
+    """The mounts every instance gets (runc's default spec, minus cgroupfs), with Docker's
+    flags.
     /dev is a tmpfs filled per instance only without a dev layer (see make_dev_layer)."""
     mounts = [MountPoint("proc", "proc", "proc", PROC_FLAGS)]
     if dev_tmpfs:
@@ -48,6 +49,8 @@ def standard_mounts(new_netns: bool, dev_tmpfs: bool) -> tuple[MountPoint, ...]:
         MountPoint("devpts", "dev/pts", "devpts", ns.MS_NOSUID | ns.MS_NOEXEC,
                    "newinstance,ptmxmode=0666,mode=0620"),
         MountPoint("shm", "dev/shm", "tmpfs", PROC_FLAGS, "mode=1777,size=65536k"),
+        # the IPC namespace's POSIX message queues, as Docker mounts them
+        MountPoint("mqueue", "dev/mqueue", "mqueue", PROC_FLAGS),
     ]
     if new_netns:
         # sysfs shows the network namespace that mounts it, so only with a private netns.
@@ -67,6 +70,8 @@ def _mount_one(root: str, m: MountPoint) -> None:
         # A bind mount ignores MS_RDONLY; only a remount makes it read-only. MS_REC does
         # not reach submounts here, so the source must not hide writable mounts below.
         ns.mount(None, target, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | m.flags)
+    if m.recursive_readonly:
+        ns.mount_setattr(target, ns.MOUNT_ATTR_RDONLY)
 
 
 def make_dev_layer(path: Path, devices: tuple[tuple[str, int, int, int], ...]) -> Path:
@@ -87,6 +92,7 @@ def make_dev_layer(path: Path, devices: tuple[tuple[str, int, int, int], ...]) -
         for link, target in _DEV_LINKS:
             os.symlink(target, dev / link)
         (dev / "pts").mkdir(0o755)
+        (dev / "mqueue").mkdir(0o1777)
         (dev / "shm").mkdir(0o1777)
         os.chmod(dev / "shm", 0o1777)
         os.rename(tmp, path)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from harness.core.errors import InstanceError
+from harness.core.errors import BackendUnavailable, InstanceError, UsageError
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
 from harness.core.probes.disk import du_bytes
@@ -39,25 +39,39 @@ from runtimes.base import (
     uid_gid,
 )
 from runtimes.ns import cgroups, namespaces, network, process, rootfs, security, validate
+from runtimes.ns import seccomp as seccomp_mod
 from runtimes.ns.config import (
     BASE_FLAGS,
+    DEVICE_RULES,
     DEVICES,
     MASKED_PATHS,
-    NS_CAPS,
     READONLY_PATHS,
+    RLIMITS,
     ContainerConfig,
     MountPoint,
+    caps,
 )
 from runtimes.ns.forkserver import ForkServer, ForkServerError
-from runtimes.ns.shared import cgroup_parents, empty_dirs, upper_mode
+from runtimes.ns.shared import (
+    cgroup_parents,
+    empty_dirs,
+    protection_lines,
+    runner_rlimits,
+    upper_mode,
+    with_rlimits,
+)
 
 SETUP_TIMEOUT = 30.0
+_RRO = namespaces.has_mount_setattr()  # recursive read-only binds (Linux 5.12+)
 
 _SERVER = ForkServer()  # one per runner process, shared by every NsRuntime
 atexit.register(_SERVER.close)
+DEV_LAYER = "devlayer.2"  # (.2: with dev/mqueue; gc removes the older "devlayer")
+# Compiled once per runner process (not per instance), by profile digest and caps.
+_BPF: dict[tuple[str, tuple[str, ...]], bytes] = {}
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class NsInstance(PipedInstance):
     """An ns instance: its first process (pid/pidfd once start has run), what create
     made for it and remove undoes."""
@@ -71,29 +85,58 @@ class NsInstance(PipedInstance):
 
 
 class NsRuntime:
-    """`ns`: the writable layer in a tmpfs (or where CVBENCH_NS_UPPER says); `ns:disk`:
-    on disk, as Docker's overlay2 keeps it — the one to compare disk and I/O figures of
-    the root filesystem with."""
+    """`ns`: the writable layer in a tmpfs (or where CVBENCH_NS_UPPER says), with
+    Docker's default protections (`protections()` lists them); `ns:disk`: the same, on
+    disk, as Docker's overlay2 keeps it — the one to compare disk and I/O figures of the
+    root filesystem with; `ns:bare`: ns without the seccomp filter, the device cgroup
+    (so without CAP_MKNOD) and the rlimits: ns vs ns:bare is what they cost."""
 
     name = "ns"
-    flavours: ClassVar[tuple[str, ...]] = ("disk",)
+    flavours: ClassVar[tuple[str, ...]] = ("disk", "bare")
 
     def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
         self.name = f"ns:{flavour}" if flavour else "ns"
-        self.upper = flavour if flavour else upper_mode()
+        self.bare = flavour == "bare"
+        self.upper = "disk" if flavour == "disk" else upper_mode()
         self._cg: cgroups.Manager | None = None
         self._last_cap: int | None = None
-        self._caps = security.cap_numbers(NS_CAPS)
         # Looked up once: which masked and read-only paths this kernel has.
         self._masked = rootfs.masks(MASKED_PATHS)
         self._readonly = tuple(p for p in READONLY_PATHS if os.path.exists(p))
         self.rootless = os.geteuid() != 0
+        # Explicit rlimits: the runner's own, as Docker's containers get the daemon's
+        # (dockerd sets none by default; its containers inherit containerd's).
+        self.rlimits = () if self.bare else runner_rlimits()
+        self._bpf = b""
+        self._caps: tuple[int, ...] = ()
 
     @property
     def cg(self) -> cgroups.Manager:
         if self._cg is None:
-            self._cg = cgroups.new()
+            self._cg = cgroups.new(device_rules=() if self.bare or self.rootless
+                                   else DEVICE_RULES)
         return self._cg
+
+    @property
+    def device_rules(self) -> tuple[str, ...]:
+        """The device allow-list its cgroups enforce (none: v2, rootless, ns:bare)."""
+        return self.cg.device_rules if self.limits_applied else ()
+
+    @property
+    def cap_names(self) -> tuple[str, ...]:
+        return caps(bool(self.device_rules))
+
+    def seccomp_profile(self) -> seccomp_mod.Profile | None:
+        """The profile ns applies (None: ns:bare); BackendUnavailable without one."""
+        if self.bare:
+            return None
+        path = seccomp_mod.find()
+        if path is None:
+            raise BackendUnavailable(
+                self.name, f"no seccomp profile ({seccomp_mod.DOCKER_PROFILE} or "
+                f"{seccomp_mod.CONTAINERS_COMMON_PROFILE})",
+                "make provision (scripts/provision.d/26-seccomp.sh), or use ns:bare")
+        return seccomp_mod.load(path, self.cap_names)
 
     @property
     def limits_applied(self) -> bool:
@@ -108,7 +151,15 @@ class NsRuntime:
         versions = {"kernel": platform.release(), "cgroup": self.cg.mode}
         if reason:
             return Availability(ok=False, reason=reason[0], fix=reason[1], versions=versions)
+        try:
+            profile = self.seccomp_profile()
+        except BackendUnavailable as e:
+            return Availability(ok=False, reason=e.reason, fix=e.fix, versions=versions)
+        except UsageError as e:  # a malformed profile file
+            return Availability(ok=False, reason=str(e), fix="fix or replace the file",
+                                versions=versions)
         details = {"mode": "rootless (user namespace)"} if self.rootless else {}
+        details["seccomp"] = profile.describe() if profile else "none (ns:bare)"
         if not self.rootless:
             userns = validate.userns_problem()
             details["rootless"] = f"forbidden here: {userns[0]} (fix: {userns[1]})" \
@@ -126,13 +177,35 @@ class NsRuntime:
             # rootless without a cgroup tree of its own: no limit can be enforced, which
             # studies and reports treat as they do the host's
             not_applied=frozenset() if self.limits_applied else frozenset({"limits"}),
+            protections=self.protections(),
             settings={"cgroup": self.cg.mode, "kernel": platform.release(),
                       "start": "clone(CLONE_PARENT) from a fork server, then exec",
                       "rootfs": f"overlay, upper on {self.upper}",
-                      "capabilities": "docker default set minus CAP_MKNOD (no device cgroup)",
-                      "no_new_privs": True, "rootless": self.rootless,
-                      "limits_applied": self.limits_applied,
+                      "rootless": self.rootless, "limits_applied": self.limits_applied,
                       "cgroup_favordynmods": cgroups.favordynmods()})
+
+    def protections(self) -> tuple[str, ...]:
+        """What an instance gets, one "what: how" line each (the report lists them next to
+        the engines')."""
+        profile = self.seccomp_profile()
+        if self.device_rules:
+            devices = f"cgroup v1 devices: deny a; allow {', '.join(self.device_rules)}"
+        elif self.bare:
+            devices = "no device cgroup (ns:bare); CAP_MKNOD dropped instead"
+        else:
+            devices = (f"no device cgroup ({'rootless' if self.rootless else 'cgroup v2'}"
+                       ": ns loads no eBPF device program); CAP_MKNOD dropped instead")
+        return (
+            *protection_lines(self.rlimits, _RRO),
+            "user namespace: " + (f"yes, root inside = uid {os.geteuid()}" if self.rootless
+                                  else "no (root inside is root, as in Docker)"),
+            f"capabilities: {', '.join(self.cap_names)}",
+            "seccomp: " + (f"{profile.describe()} (BPF of {len(self._program()) // 8} "
+                           "instructions)" if profile else "none (ns:bare)"),
+            f"devices: {devices}; nodes {', '.join(d[0] for d in DEVICES)}",
+            "keyring: a new session keyring per instance",
+            "descriptors: all but 0-2 closed before exec (close_range)",
+        )
 
     def prepare(self, image: Image) -> Prepared:
         # The unpacked image is the shared read-only lower layer; nothing to copy per run.
@@ -142,9 +215,22 @@ class NsRuntime:
         if self.limits_applied:
             self.cg.setup()  # the parent cgroups (a finished run removes them when alone)
         if not self.rootless:
-            rootfs.make_dev_layer(self.root() / "devlayer", DEVICES)
+            rootfs.make_dev_layer(self.root() / DEV_LAYER, DEVICES)
+        self._program()
         return Prepared(image=image, backend=self.name, ref=str(image.rootfs),
                         footprint={"image": du_bytes(image.rootfs)})
+
+    def _program(self) -> bytes:
+        """The compiled seccomp filter: once per runner process (prepare() does it before
+        any timing), shared by ns and ns:disk; b"" for ns:bare."""
+        if not self._bpf and not self.bare:
+            profile = self.seccomp_profile()
+            assert profile is not None
+            key = (profile.sha256, self.cap_names)
+            if key not in _BPF:
+                _BPF[key] = seccomp_mod.compile_bpf(profile)
+            self._bpf = _BPF[key]
+        return self._bpf
 
     def volume(self, run_id: str, name: str) -> Path:
         """A named volume: a directory the harness owns, kept across the run's instances
@@ -159,18 +245,21 @@ class NsRuntime:
         for m in spec.mounts:
             target = m.target.lstrip("/")
             ro = namespaces.MS_RDONLY if m.readonly else 0
-            if m.type == "tmpfs":
+            if m.type == "tmpfs":  # Docker's tmpfs flags
                 data = f"size={m.size}" if m.size else None
-                out.append(MountPoint("tmpfs", target, "tmpfs",
-                                      namespaces.MS_NOSUID | namespaces.MS_NODEV | ro, data))
+                out.append(MountPoint("tmpfs", target, "tmpfs", rootfs.PROC_FLAGS | ro, data))
                 continue
             src = m.source if m.type == "bind" else str(self.volume(spec.run_id,
                                                                     m.source or ""))
             assert src is not None
-            # Read-only binds are not recursive: a writable mount below the source must
-            # not come along (a remount makes only the top mount read-only).
-            flags = namespaces.MS_BIND | (0 if m.readonly else namespaces.MS_REC)
-            out.append(MountPoint(src, target, None, flags, readonly_remount=m.readonly,
+            # Read-only binds: recursive and all read-only (mount_setattr), or where the
+            # kernel lacks it, not recursive: a remount makes only the top mount
+            # read-only, so a writable mount below the source must not come along.
+            rec = not m.readonly or _RRO
+            flags = namespaces.MS_BIND | (namespaces.MS_REC if rec else 0)
+            out.append(MountPoint(src, target, None, flags,
+                                  readonly_remount=m.readonly and not _RRO,
+                                  recursive_readonly=m.readonly and _RRO,
                                   file=not os.path.isdir(src)))
         return out
 
@@ -182,11 +271,12 @@ class NsRuntime:
             flags |= namespaces.CLONE_NEWUSER
         if self._last_cap is None:
             self._last_cap = security.last_cap()
+            self._caps = security.cap_numbers(self.cap_names)
         env = {"PATH": PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
                "CVBENCH_NONCE": spec.nonce, **spec.env}
         return ContainerConfig(
             name=spec.name, lower=lower,
-            dev_layer="" if self.rootless else str(self.root() / "devlayer"),
+            dev_layer="" if self.rootless else str(self.root() / DEV_LAYER),
             upper=str(idir / "upper") if idir else "", work=str(idir / "work") if idir else "",
             scratch=str(self.root() / "scratch"),
             argv=("/bench/init", *spec.argv),
@@ -196,6 +286,9 @@ class NsRuntime:
             if self.limits_applied else (),
             mounts=tuple(self._mounts(spec)), loopback_up=spec.network != "host",
             caps=self._caps, last_cap=self._last_cap,
+            rlimits=tuple((RLIMITS[n], soft, hard)
+                          for n, soft, hard in with_rlimits(self.rlimits, spec.limits.rlimits)),
+            seccomp=self._program(),
             userns_map=(os.geteuid(), os.getegid()) if self.rootless else None,
             uid=uid_gid(spec.user)[0], gid=uid_gid(spec.user)[1],
             masked=tuple(m for m in self._masked
@@ -363,9 +456,9 @@ class NsRuntime:
             if not network.bridge_in_use() and \
                     os.path.exists(f"/sys/class/net/{network.BRIDGE}"):
                 found.append(Leftover(self.name, "bridge", network.BRIDGE, None))
-            layer = self.root() / "devlayer"
-            if layer.is_dir():
-                found.append(Leftover(self.name, "layer", str(layer), None))
+            for layer in (self.root() / "devlayer", self.root() / DEV_LAYER):
+                if layer.is_dir():
+                    found.append(Leftover(self.name, "layer", str(layer), None))
             found += [Leftover(self.name, "dir", str(d), None)
                       for d in empty_dirs(*self._shared_dirs())]
             found += cgroup_parents(self.name, self.cg)

@@ -1,10 +1,14 @@
-"""Capabilities and no_new_privs, applied last, just before exec.
+"""What the child applies last, just before exec: a new session keyring, rlimits,
+capabilities, no_new_privs, closing inherited descriptors, and the seccomp filter.
 
 For root, execve() gives the new program permitted = inheritable | bounding set, so both
 are cut down to the kept set: first the bounding set (PR_CAPBSET_DROP needs CAP_SETPCAP,
 which we still have), then, after any change of uid (which clears every capability of
 a non-root user), capset() for effective/permitted/inheritable. no_new_privs makes
-setuid binaries and file capabilities unable to give any of it back.
+setuid binaries and file capabilities unable to give any of it back, and lets an
+unprivileged process install a seccomp filter: the filter goes on last, when nothing of
+the set-up needs a system call it may refuse (keyctl, setrlimit above the hard limit...).
+Only ctypes here: the fork server imports this module, so the child pays nothing for it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,22 @@ class _Data(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class _Rlimit(ctypes.Structure):
+    _fields_ = [("cur", ctypes.c_ulong), ("max", ctypes.c_ulong)]
+
+
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
+_SYS_CLOSE_RANGE = 436  # the same number on every architecture (asm-generic)
+RLIM_INFINITY = 2**64 - 1
+_setrlimit = ns._libc.setrlimit
+_setrlimit.argtypes = [ctypes.c_int, ctypes.POINTER(_Rlimit)]
 _DataPair = _Data * 2  # capset takes two 32-bit words of each set (version 3)
 _capset = ns._libc.capset
 _capset.argtypes = [ctypes.POINTER(_Header), ctypes.POINTER(_Data)]
@@ -81,3 +101,37 @@ def set_caps(keep: tuple[int, ...]) -> None:
 def no_new_privs() -> None:
     """setuid binaries and file capabilities can no longer raise privileges."""
     ns.prctl(ns.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def new_session_keyring() -> None:
+    """Join a new anonymous session keyring: the runner's keys (and every other instance's)
+    are out of reach even where seccomp would let keyctl through (runc does the same)."""
+    ns._check(ns._libc.syscall(_SYS_KEYCTL[ns._arch()], _KEYCTL_JOIN_SESSION_KEYRING, None),
+              "keyctl(KEYCTL_JOIN_SESSION_KEYRING)")
+
+
+def set_rlimits(limits: tuple[tuple[int, int, int], ...]) -> None:
+    """setrlimit each (resource, soft, hard); done while CAP_SYS_RESOURCE is still held,
+    so a hard limit above the runner's can be set."""
+    for res, soft, hard in limits:
+        ns._check(_setrlimit(res, ctypes.byref(_Rlimit(soft, hard))), f"setrlimit({res})")
+
+
+def close_inherited(keep: int) -> None:
+    """Close every descriptor from 3 up but `keep`, to the last possible one: close_range(2),
+    not a loop up to a guessed bound (a runner may hold descriptors above 65536)."""
+    nr = ctypes.c_long(_SYS_CLOSE_RANGE)
+    if keep > 3:
+        ns._check(ns._libc.syscall(nr, ctypes.c_uint(3), ctypes.c_uint(keep - 1), 0),
+                  "close_range")
+    ns._check(ns._libc.syscall(nr, ctypes.c_uint(max(3, keep + 1)), ctypes.c_uint(2**32 - 1),
+                               0), "close_range")
+
+
+def load_seccomp(program: bytes) -> None:
+    """Install a compiled seccomp filter (struct sock_filter[], 8 bytes per instruction) on
+    this thread; inherited by everything it execs and forks. Needs no_new_privs first."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    ns._check(ns._libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(prog),
+                             0, 0), "prctl(PR_SET_SECCOMP)")

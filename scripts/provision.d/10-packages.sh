@@ -8,7 +8,7 @@ packages=(
   # real images: Debian root filesystems (debootstrap); host-side HTTP checks in tests (curl)
   debootstrap curl
   # ns runtime
-  iproute2 iptables kmod util-linux
+  iproute2 iptables kmod util-linux libseccomp2
   # OCI runtimes (oci:* backends, and the engines' extra runtimes)
   runc crun runsc
   # Docker and Podman

@@ -22,6 +22,11 @@
 #include <sys/time.h>
 #include <sys/un.h>
 #include <grp.h>
+#include <linux/bpf.h>
+#include <linux/keyctl.h>
+#include <linux/perf_event.h>
+#include <linux/userfaultfd.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int report(int rc) {
@@ -101,6 +106,55 @@ int main(int argc, char **argv) {
         if (setgroups(0, NULL) < 0 || setgid(g) < 0 || setuid(atoi(arg)) < 0) return report(-1);
         execv(argv[3], argv + 3);
         return report(-1);
+    }
+    if (!strcmp(cmd, "userns")) return report(unshare(CLONE_NEWUSER));
+    if (!strcmp(cmd, "keyctl")) /* the session keyring's id */
+        return report(syscall(SYS_keyctl, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0));
+    if (!strcmp(cmd, "keyring-id")) { /* print it: is it the runner's? */
+        long id = syscall(SYS_keyctl, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0);
+        if (id < 0) return report(-1);
+        printf("OK %ld\n", id);
+        return 0;
+    }
+    if (!strcmp(cmd, "add_key"))
+        return report(syscall(SYS_add_key, "user", "cvbench-probe", "x", 1,
+                              KEY_SPEC_SESSION_KEYRING));
+    if (!strcmp(cmd, "bpf")) { /* the smallest map there is */
+        union bpf_attr a;
+        memset(&a, 0, sizeof a);
+        a.map_type = BPF_MAP_TYPE_ARRAY; a.key_size = 4; a.value_size = 4; a.max_entries = 1;
+        return report(syscall(SYS_bpf, BPF_MAP_CREATE, &a, sizeof a));
+    }
+    if (!strcmp(cmd, "perf_event_open")) { /* a software counter on ourselves */
+        struct perf_event_attr a;
+        memset(&a, 0, sizeof a);
+        a.size = sizeof a; a.type = PERF_TYPE_SOFTWARE; a.config = PERF_COUNT_SW_CPU_CLOCK;
+        a.exclude_kernel = 1; a.exclude_hv = 1;
+        return report(syscall(SYS_perf_event_open, &a, 0, -1, -1, 0));
+    }
+    if (!strcmp(cmd, "userfaultfd")) /* user-mode faults only: what no privilege needs */
+        return report(syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY));
+    if (!strcmp(cmd, "mknod-char")) { /* make /dev/mem's node at `arg`, then open it */
+        if (mknod(arg, S_IFCHR | 0600, makedev(1, 1)) < 0) return report(-1);
+        return report(open(arg, O_RDONLY));
+    }
+    if (!strcmp(cmd, "write")) { /* write a line into `arg` (a device node, say) */
+        int fd = open(arg, O_WRONLY);
+        if (fd < 0) return report(-1);
+        return report(write(fd, "cvbench escape probe\n", 21) < 0 ? -1 : 0);
+    }
+    if (!strcmp(cmd, "readfd")) { /* read from descriptor `arg`, inherited or not */
+        char c;
+        return report(read(atoi(arg), &c, 1) < 0 ? -1 : 0);
+    }
+    if (!strcmp(cmd, "sweep")) { /* syscall NR with every argument -1: "NR OK|ERRNAME" */
+        setvbuf(stdout, NULL, _IOLBF, 0); /* a call that kills us keeps what came before */
+        for (int i = 2; i < argc; i++) {
+            long nr = atol(argv[i]);
+            long rc = syscall(nr, -1L, -1L, -1L, -1L, -1L, -1L);
+            printf("%ld %s\n", nr, rc < 0 ? strerrorname_np(errno) : "OK");
+        }
+        return 0;
     }
     fprintf(stderr, "unknown probe %s\n", cmd);
     return 2;

@@ -2,11 +2,18 @@
 
 The workload runs as root inside the instance (as a Docker container does by default),
 with the capabilities ns keeps. escape_probe.c makes the system calls busybox cannot.
+The escapes of issue 17 also run under `docker`, the reference: ns must block at least
+what Docker blocks, probe by probe, and a sweep of every system call Docker's seccomp
+profile denies or conditions must give the same errno under both.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from runtimes.base import Limits, Mount
+from runtimes.ns import seccomp
 from tests.integration._nsutil import Env, close_env, host_ip, is_alive, open_env, probe_binary
 
 pytestmark = pytest.mark.root
@@ -23,13 +31,27 @@ PROBE = "/usr/bin/escape_probe"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def probe_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     if os.geteuid() != 0:
         pytest.skip("root: the escape tests run instances as root")
-    probe = probe_binary(tmp_path_factory.mktemp("probe"))
-    e, lock = open_env("ns", (probe,))
+    return probe_binary(tmp_path_factory.mktemp("probe"))
+
+
+def _env(backend: str, probe_path: str) -> Iterator[Env]:
+    e, lock = open_env(backend, (probe_path,))
     yield e
     assert close_env(e, lock) == []
+
+
+@pytest.fixture(scope="module")
+def env(probe_path: str) -> Iterator[Env]:
+    yield from _env("ns", probe_path)
+
+
+@pytest.fixture(scope="module")
+def docker_env(probe_path: str) -> Iterator[Env]:
+    """The reference: the same image and probes in a container of the real dockerd."""
+    yield from _env("docker", probe_path)
 
 
 @pytest.fixture(scope="module")
@@ -189,14 +211,17 @@ def test_masked_paths_are_empty(env: Env) -> None:
 
 def test_only_the_allowed_devices(env: Env) -> None:
     ex = env.run("ls /dev")
-    assert set(ex.stdout.decode().split()) == {"fd", "full", "null", "ptmx", "pts", "random",
-                                               "shm", "stderr", "stdin", "stdout", "tty",
-                                               "urandom", "zero"}
+    assert set(ex.stdout.decode().split()) == {"fd", "full", "mqueue", "null", "ptmx", "pts",
+                                               "random", "shm", "stderr", "stdin", "stdout",
+                                               "tty", "urandom", "zero"}
 
 
-def test_device_nodes_cannot_be_made(env: Env) -> None:
+def test_device_nodes_cannot_be_opened(env: Env) -> None:
     blocked(env, "mknod /tmp/sda b 8 0 && head -c 512 /tmp/sda")
-    assert probe(env, "mknod-block", "/tmp/sda") == "ERR EPERM"
+    # With a device cgroup, ns keeps CAP_MKNOD as Docker does: the node can be made, not
+    # opened; without one, it cannot even be made.
+    made = probe(env, "mknod-block", "/tmp/sda")
+    assert made == ("OK" if env.rt.device_rules else "ERR EPERM")
 
 
 # --- mounts, privileges ------------------------------------------------------------------
@@ -295,3 +320,238 @@ def test_bench_exec_blocks(env: Env, script: str) -> None:
     res = subprocess.run([sys.executable, "-m", "harness.cli", "exec", "ns", "--", "sh", "-c",
                           script], capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode != 0, res
+
+
+# --- the acceptance of issue 17 -------------------------------------------------------------
+
+def test_bench_exec_has_seccomp_and_no_user_namespaces() -> None:
+    res = subprocess.run([sys.executable, "-m", "harness.cli", "exec", "ns", "--", "sh", "-c",
+                          "grep Seccomp: /proc/self/status; unshare -U -r true"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert res.stdout.split() == ["Seccomp:", "2"], res
+    assert res.returncode != 0 and "Operation not permitted" in res.stderr, res
+
+
+def test_an_allowed_call_still_works(env: Env) -> None:
+    ex = env.run("grep Seccomp: /proc/self/status; echo hi > /tmp/x && cat /tmp/x; "
+                 "sleep 0.01 & wait")
+    assert ex.code == 0 and ex.stdout.split() == [b"Seccomp:", b"2", b"hi"], ex
+
+
+# --- ns against Docker, probe by probe -------------------------------------------------------
+
+LEAKED_FD = 70000  # above the 65536 ns used to close up to, where the runner may go there
+SUID_DIR = "/suid"
+# name -> the command in the instance; each prints "OK" (allowed) or "ERR <errno>"
+ESCAPES: dict[str, tuple[str, ...]] = {
+    "new user namespace": (PROBE, "userns"),
+    "keyctl": (PROBE, "keyctl"),
+    "add_key": (PROBE, "add_key"),
+    "bpf": (PROBE, "bpf"),
+    "perf_event_open": (PROBE, "perf_event_open"),
+    "userfaultfd (unprivileged)": (PROBE, "userfaultfd"),
+    "ptrace another process": ("sh", "-c", f"sleep 30 & {PROBE} ptrace $!; kill $!"),
+    "open_by_handle_at": (PROBE, "handle"),
+    "mknod a char device (/dev/mem), open it": (PROBE, "mknod-char", "/tmp/mem"),
+    "write through a bind-mounted device node": (PROBE, "write", "/kmsg"),
+    "setuid-root binary on a bind mount": (PROBE, "runas", "65534",
+                                           f"{SUID_DIR}/escape_probe", "setuid0"),
+    "read a descriptor leaked from the runner": (PROBE, "readfd", "{leaked_fd}"),
+}
+# Where ns is stricter than Docker, and why.
+NS_STRICTER = {"setuid-root binary on a bind mount":
+               "no_new_privs: Docker leaves it off, so the setuid bit gives root back"}
+
+
+@pytest.fixture(scope="module")
+def escape_mounts(probe_path: str, tmp_path_factory: pytest.TempPathFactory,
+                  ) -> tuple[Mount, ...]:
+    """A device node no instance may open (writing a line to the kernel log is harmless
+    if one could), and a dir holding a setuid-root copy of the probe."""
+    suid = tmp_path_factory.mktemp("suid")
+    os.chmod(suid, 0o755)
+    shutil.copy(probe_path, suid / "escape_probe")
+    os.chown(suid / "escape_probe", 0, 0)
+    os.chmod(suid / "escape_probe", 0o4755)
+    return (Mount("bind", "/kmsg", "/dev/kmsg"), Mount("bind", SUID_DIR, str(suid)))
+
+
+@pytest.fixture(scope="module")
+def leaked_fd(marker: Path) -> Iterator[int]:
+    """An inheritable descriptor of the runner on the host secret: above 65536, or where
+    root may not raise its hard limit (no CAP_SYS_RESOURCE here), the highest it may."""
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(old[0], LEAKED_FD + 1),
+                                                    max(old[1], LEAKED_FD + 1)))
+        number = LEAKED_FD
+    except ValueError:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (old[1], old[1]))
+        number = old[1] - 1
+    fd = os.open(marker, os.O_RDONLY)
+    os.dup2(fd, number, inheritable=True)
+    os.close(fd)
+    yield number
+    os.close(number)
+    resource.setrlimit(resource.RLIMIT_NOFILE, old)
+
+
+def outcome(e: Env, argv: tuple[str, ...], mounts: tuple[Mount, ...]) -> str:
+    ex = e.run_argv(argv, mounts=mounts)
+    out = ex.stdout.decode().strip()
+    assert out.startswith(("OK", "ERR ")), ex
+    return out
+
+
+@pytest.fixture(scope="module")
+def escape_table(env: Env, docker_env: Env, escape_mounts: tuple[Mount, ...],
+                 leaked_fd: int) -> dict[str, tuple[str, str]]:
+    """probe -> (outcome under ns, outcome under docker)."""
+    table = {}
+    for name, argv in ESCAPES.items():
+        argv = tuple(a.format(leaked_fd=leaked_fd) for a in argv)
+        table[name] = (outcome(env, argv, escape_mounts), outcome(docker_env, argv, escape_mounts))
+    return table
+
+
+def _blocked(out: str) -> bool:
+    return out.startswith("ERR")
+
+
+def test_ns_blocks_what_docker_blocks(escape_table: dict[str, tuple[str, str]]) -> None:
+    table = "\n".join(f"| {n} | {ns} | {d} |" for n, (ns, d) in escape_table.items())
+    print(f"\n| escape | ns | docker |\n|---|---|---|\n{table}")
+    missed = [n for n, (ns, d) in escape_table.items() if _blocked(d) and not _blocked(ns)]
+    assert missed == [], table
+    stricter = {n for n, (ns, d) in escape_table.items() if _blocked(ns) and not _blocked(d)}
+    assert stricter == set(NS_STRICTER), table
+    for name in ("new user namespace", "keyctl", "add_key", "bpf", "perf_event_open",
+                 "userfaultfd (unprivileged)", "open_by_handle_at",
+                 "write through a bind-mounted device node",
+                 "read a descriptor leaked from the runner"):
+        assert _blocked(escape_table[name][0]), (name, table)
+
+
+def test_no_descriptor_docker_would_not_pass(env: Env, docker_env: Env,
+                                             leaked_fd: int) -> None:
+    # 0-2, the directory ls reads, and (in both) busybox sh's own fd 10 on /bench/init
+    ns, docker = (e.run_argv(("ls", "/proc/self/fd")).stdout.split() for e in (env, docker_env))
+    assert ns == docker
+    assert str(leaked_fd).encode() not in ns
+
+
+_URETPROBE = {"x86_64": (335,)}  # (this libseccomp may not know its name)
+
+
+def sweep_numbers() -> list[int]:
+    """Native system call numbers Docker's profile denies or conditions: every one below
+    512 but those it allows unconditionally, and but uretprobe (335 on x86_64), which the
+    kernel lets by seccomp and which raises SIGILL outside a uretprobe trampoline."""
+    import pyseccomp
+
+    data = json.loads(seccomp.DOCKER_PROFILE.read_text())
+    free = {n for r in data["syscalls"] if r["action"] == "SCMP_ACT_ALLOW"
+            and not r.get("args") and not r.get("includes") and not r.get("excludes")
+            for n in r["names"]}
+    out = []
+    for nr in range(512):
+        try:
+            name = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, nr).decode()
+        except ValueError:
+            name = ""
+        if name not in free and nr not in _URETPROBE.get(platform.machine(), ()):
+            out.append(nr)
+    return out
+
+
+def test_syscall_sweep_agrees_with_docker(env: Env, docker_env: Env) -> None:
+    if not seccomp.DOCKER_PROFILE.is_file():
+        pytest.fail(f"{seccomp.DOCKER_PROFILE} is missing: run make provision")
+    nrs = [str(n) for n in sweep_numbers()]
+
+    def table(e: Env) -> dict[str, str]:
+        ex = e.run_argv((PROBE, "sweep", *nrs))
+        rows = dict(line.split() for line in ex.stdout.decode().splitlines())
+        assert list(rows) == nrs, ex  # every call answered, none killed the probe
+        return rows
+
+    ns, docker = table(env), table(docker_env)
+    denied = {nr for nr, err in docker.items() if err in ("EPERM", "ENOSYS")}
+    assert len(denied) > 150  # the profile really denies: not a sweep of nothing
+    differ = {nr: (ns[nr], docker[nr]) for nr in denied if ns[nr] != docker[nr]}
+    assert differ == {}
+
+
+# --- mount flags, rlimits, keyring: compared with what Docker applies ------------------------
+
+SECURITY_FLAGS = {"nosuid", "nodev", "noexec", "ro"}
+
+
+def mount_flags(e: Env) -> dict[str, set[str]]:
+    ex = e.run("cat /proc/mounts", mounts=(Mount("tmpfs", "/t"),))
+    return {f[1]: set(f[3].split(",")) & SECURITY_FLAGS
+            for f in (line.split() for line in ex.stdout.decode().splitlines())}
+
+
+def test_mount_flags_at_least_dockers(env: Env, docker_env: Env) -> None:
+    ns, docker = mount_flags(env), mount_flags(docker_env)
+    for target in ("/proc", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/t",
+                   "/proc/sys", "/proc/bus", "/sys/firmware"):
+        assert ns[target] >= docker[target], (target, ns[target], docker[target])
+    assert ns["/t"] == {"nosuid", "nodev", "noexec"}  # Docker's tmpfs flags
+
+
+def test_read_only_bind_is_read_only_below_too(env: Env, tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "cvbench-test", str(tmp_path / "sub")], check=True)
+    try:
+        ex = env.run("touch /ro/sub/x", mounts=(Mount("bind", "/ro", str(tmp_path),
+                                                      readonly=True),))
+        assert ex.code != 0 and b"Read-only" in ex.stderr, ex
+    finally:
+        subprocess.run(["umount", str(tmp_path / "sub")], check=True)
+
+
+def limits(e: Env) -> dict[str, str]:
+    """ "Max open files" -> "20000:20000" ..., as /proc/self/limits shows them inside."""
+    ex = e.run("cat /proc/self/limits")
+    out = {}
+    for line in ex.stdout.decode().splitlines()[1:]:
+        name, soft, hard = line[:26].strip(), *line[26:].split()[:2]
+        out[name] = f"{soft}:{hard}"
+    return out
+
+
+def recorded(e: Env) -> dict[str, str]:
+    line = next(p for p in e.rt.traits().protections if p.startswith("rlimits:"))
+    pairs = (w.split("=") for w in line.split() if "=" in w)
+    return {k: v.rstrip(",") for k, v in pairs}
+
+
+def test_rlimits_as_recorded_next_to_dockers(env: Env, docker_env: Env) -> None:
+    labels = {"core": "Max core file size", "nofile": "Max open files",
+              "nproc": "Max processes", "memlock": "Max locked memory",
+              "stack": "Max stack size"}
+    for e in (env, docker_env):  # what each records is what its instances get
+        inside, rec = limits(e), recorded(e)
+        for name, label in labels.items():
+            assert inside[label] == rec[name], (e.rt.name, name, inside[label], rec[name])
+    print({name: (limits(env)[label], limits(docker_env)[label])
+           for name, label in labels.items()})
+
+
+def test_every_instance_has_its_own_session_keyring(probe_path: str) -> None:
+    """ns:bare (no seccomp, so keyctl gets through): a new keyring each time, not the
+    runner's (under ns and Docker, keyctl itself is refused: see the table)."""
+    runner = subprocess.run([probe_path, "keyring-id"], capture_output=True, text=True,
+                            check=True).stdout.split()
+    gen = _env("ns:bare", probe_path)
+    bare = next(gen)
+    try:
+        ids = [bare.run_argv((PROBE, "keyring-id")).stdout.decode().split() for _ in range(2)]
+        seccomp_line = bare.run("grep Seccomp: /proc/self/status").stdout.split()
+    finally:
+        next(gen, None)
+    assert ids[0][0] == "OK" and ids[1][0] == "OK", ids
+    assert len({runner[1], ids[0][1], ids[1][1]}) == 3, (runner, ids)
+    assert seccomp_line == [b"Seccomp:", b"0"]

@@ -1,9 +1,11 @@
 """A wheel built from the tree works without the checkout: installed into a fresh
 virtualenv (not editable), `bench list` finds the shipped scenarios and `bench run
-startup` runs, from a directory that is not the checkout."""
+startup` runs, from a directory that is not the checkout, and its result names the commit
+the wheel was built from (recorded by the build: there is no .git to ask)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,4 +37,9 @@ def test_wheel_runs_from_anywhere(repo: Path, tmp_path: Path) -> None:
                           "--max-samples", "3", "--out", "out"], cwd=elsewhere,
                          capture_output=True, text=True, check=False, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert list((elsewhere / "out").glob("startup-*.json"))
+    (result,) = [p for p in (elsewhere / "out").glob("startup-*.json")
+                 if not p.name.endswith(".pyperf.json")]
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    tool = json.loads(result.read_text())["tool"]
+    assert (tool["commit"], tool["commit_from"]) == (head, "build")

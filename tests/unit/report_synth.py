@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from harness import results
+from harness.report import data
 
 MiB = 2**20
 BACKENDS: dict[str, dict[str, Any]] = {
@@ -175,6 +177,68 @@ def density_samples(rng: np.random.Generator, steps: int = 8, rounds: int = 2
     return out
 
 
+# limits: cores used per asked cpus (× asked), and the cores the host left idle; the host
+# applies no limit (its metadata says so) and runs its two busy loops flat out.
+HOST_CORES = 2.0
+CPU_USED = {"ns": 1.0, "docker": 0.99, "podman": 1.01, "libvirt": 1.3}
+LIMIT = 64 * MiB
+HOG = (0.5, 0.75, 0.9, 1.1, 1.25, 1.5, 2.0)
+# The largest fraction of the limit that lived; the smallest killed is the next one.
+LIVED = {"host": 2.0, "ns": 0.9, "docker": 0.9, "podman": 2.0, "libvirt": 1.1}
+LIMITS_META: dict[str, dict[str, Any]] = {
+    **BACKENDS, "host": {**BACKENDS["host"], "not_applied": ["limits", "mounts", "network"]},
+    # a container backend that applies cpus but not memory
+    "podman": {**BACKENDS["podman"], "not_applied": ["limits.memory"]}}
+CONTENDED = ("docker", 1.0)  # no idle core left while docker ran at cpus=1
+
+
+def limits_samples(rng: np.random.Generator, rounds: int = 6) -> list[dict[str, Any]]:
+    out = []
+    for b in BACKENDS:
+        for r in range(rounds):
+            for cpus in (0.5, 1.0):
+                v = f"limits.cpus={cpus:g}"
+                used = (1.9 if b == "host" else cpus * CPU_USED[b]) * rng.lognormal(0, 0.01)
+                idle = 0.0 if (b, cpus) == CONTENDED else max(0.0, HOST_CORES - used - 0.1)
+                out += [_s(b, v, "limits.cpu_used", "cores", used, r),
+                        _s(b, v, "limits.cpu_ratio", "×", used / cpus, r),
+                        _s(b, v, "limits.host_idle", "cores", idle, r)]
+            v = f"limits.memory={LIMIT}"
+            lived = int(LIMIT * LIVED[b])
+            out += [_s(b, v, "limits.mem_max_ok", "B", lived, r),
+                    _s(b, v, "limits.mem_enforced", "bool", float(LIVED[b] < HOG[-1]), r)]
+            if LIVED[b] < HOG[-1]:
+                killed = int(LIMIT * HOG[HOG.index(LIVED[b]) + 1])
+                out.append(_s(b, v, "limits.mem_killed_at", "B", killed, r))
+    return out
+
+
+# network: medians per backend and mode (p50 s, p99 s, B/s); the host runs in mode host
+# only, the VM refuses host (it cannot share the host's network stack).
+NET = {
+    "host": {"host": (20e-6, 40e-6, 4.0 * 2**30)},
+    "ns": {"none": (15e-6, 30e-6, 5.0 * 2**30), "bridge": (30e-6, 60e-6, 3.0 * 2**30),
+           "host": (21e-6, 42e-6, 3.9 * 2**30)},
+    "docker": {"none": (16e-6, 32e-6, 5.0 * 2**30), "bridge": (45e-6, 100e-6, 2.5 * 2**30),
+               "host": (22e-6, 45e-6, 3.8 * 2**30)},
+    "podman": {"none": (16e-6, 33e-6, 4.9 * 2**30), "bridge": (50e-6, 110e-6, 2.4 * 2**30),
+               "host": (22e-6, 46e-6, 3.8 * 2**30)},
+    "libvirt": {"none": (300e-6, 1.5e-3, 300 * MiB), "bridge": (400e-6, 2e-3, 200 * MiB)},
+}
+
+
+def network_samples(rng: np.random.Generator, rounds: int = 6) -> list[dict[str, Any]]:
+    out = []
+    for b, modes in NET.items():
+        for mode, (p50, p99, bw) in modes.items():
+            v = f"network={mode}"
+            for r in range(rounds):
+                out += [_s(b, v, "network.lat_p50", "s", p50 * rng.lognormal(0, 0.03), r),
+                        _s(b, v, "network.lat_p99", "s", p99 * rng.lognormal(0, 0.05), r),
+                        _s(b, v, "network.bw", "B/s", bw * rng.lognormal(0, 0.03), r)]
+    return out
+
+
 def all_results(out: Path, seed: int = 1, host: str = "synthetic-a",
                 created: str = "2026-01-10T10:00:00+00:00", speed: float = 1.0) -> list[Path]:
     """One result file per study, all from one (synthetic) host and day."""
@@ -186,4 +250,12 @@ def all_results(out: Path, seed: int = 1, host: str = "synthetic-a",
         write_result(out, "disk", disk_samples(), BACKENDS, **kw),
         write_result(out, "io", io_samples(rng), BACKENDS, **kw),
         write_result(out, "density", density_samples(rng), BACKENDS, **kw),
+        write_result(out, "limits", limits_samples(rng), LIMITS_META, **kw),
+        write_result(out, "network", network_samples(rng), BACKENDS, **kw),
     ]
+
+
+def load(paths: list[Path]) -> tuple[list[results.Loaded], pd.DataFrame]:
+    """The results at `paths` and their samples frame as the report sees it (enriched)."""
+    docs: list[results.Loaded] = [(str(p), results.load_result(p)) for p in paths]
+    return docs, data.enrich(results.frame(docs), docs)

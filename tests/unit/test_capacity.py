@@ -61,7 +61,7 @@ def ramp(backend: str, rnd: int, top: int, pss_fixed: float, pss_marginal: float
 
 
 def doc(samples: list[dict[str, Any]], cores: int = 2, host_id: str = "h1",
-        emulated: tuple[str, ...] = ()) -> Result:
+        emulated: tuple[str, ...] = (), pids: int | None = None) -> Result:
     backends = {s["backend"] for s in samples}
     events = [{"kind": "ramp_stopped", "backend": b, "variant": "default", "reason":
                "max_instances", "round": r} for b in sorted(backends)
@@ -69,7 +69,8 @@ def doc(samples: list[dict[str, Any]], cores: int = 2, host_id: str = "h1",
     return Result.from_dict({
         "schema": 1, "tool": {"name": "cvbench", "version": "0"}, "run_id": "0123456789",
         "created": "2026-01-01T00:00:00+00:00",
-        "scenario": {"name": "density", "study": "density"},
+        "scenario": {"name": "density", "study": "density",
+                     **({"limits": {"pids": pids}} if pids else {})},
         "host": {"id": host_id, "hostname": "x", "cores": cores, "mem_total": 24 * GIB},
         "backends": {b: {"emulated": b in emulated, "accel": "tcg" if b in emulated
                          else None} for b in backends},
@@ -242,7 +243,8 @@ def test_cli_json_and_chart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     chart = tmp_path / "cap.png"
     with pytest.raises(SystemExit) as e:
         main(["capacity", str(path), str(path.with_name(path.stem + ".pyperf.json")),
-              "--host-memory", "64G", "--host-cpus", "16", "--json", "--chart", str(chart)])
+              "--host-memory", "64G", "--host-cpus", "16", "--json", "--chart", str(chart),
+              "--allow-extrapolation"])
     assert e.value.code == 0
     out = json.loads(capsys.readouterr().out)
     by = {b["backend"]: b for b in out["backends"]}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 from harness import results, scenario, studies, validate
 from harness.core import hostinfo, image
 from harness.core.errors import InstanceError, ScenarioError
+from harness.core.probes import limits
 from harness.runner import Cell, Context, Measurement, Runner
 from harness.studies import density
 from runtimes.base import Instance, Prepared, Stats
@@ -252,3 +255,69 @@ def test_shipped_scenario_is_valid() -> None:
         if check is not validate.check_backends:  # engines may not be installed here
             assert check(s) == [], check
 
+
+
+def test_memory_measured_every_kth_count_at_scale(host: FakeHost, img: image.Image) -> None:
+    """Every count up to DENSE, then every measure_every-th, and always the top; the start
+    latency of every instance."""
+    rt = SlowFake(host, cost=MIB)
+    out, events, _ = run_ramp(img, rt, max_instances=73, measure_every=10)
+    measured = sorted(values(out, "density.pss_total"))
+    assert measured == [*range(density.DENSE + 1), 60, 70, 73]
+    assert sorted(values(out, "density.tasks")) == measured  # the counters with them
+    assert len(values(out, "density.start_latency")) == 73
+    assert events[-1]["measure_every"] == 10 and events[-1]["instances"] == 73
+    # auto: about POINTS measured counts past DENSE
+    p = density.resolve({"max_instances": 2000}, "ns")
+    assert p.measure_every == math.ceil((2000 - density.DENSE) / density.POINTS)
+
+
+class Counters:
+    """A host whose task count grows by `per` with every live instance of `rt`."""
+
+    def __init__(self, rt: SlowFake, per: int, pid_max: int) -> None:
+        self.rt, self.per, self.pid_max = rt, per, pid_max
+
+    def usage(self, daemon_pids: Any = ()) -> dict[str, int]:
+        return {"tasks": 100 + self.per * len(self.rt.live), "keys": 3}
+
+    def ceilings(self, daemon_pids: Any = ()) -> dict[str, int]:
+        return {"pid_max": self.pid_max, "maxkeys": 200}
+
+
+def test_a_kernel_limit_stops_the_ramp_before_it_is_reached(
+        host: FakeHost, img: image.Image, monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = SlowFake(host)
+    c = Counters(rt, per=10, pid_max=1100)
+    monkeypatch.setattr(limits, "usage", c.usage)
+    monkeypatch.setattr(limits, "ceilings", c.ceilings)
+    out, events, _ = run_ramp(img, rt, max_instances=500)
+    # 100 + 10 n must stay within 95 % of 1,100: n = 94 is the last step that fits.
+    reason = events[-1]["reason"]
+    assert reason.startswith("limit pid_max: tasks") and "kernel.pid_max 1,100" in reason
+    assert events[-1]["instances"] == 94 and max(values(out, "density.tasks").values()) == 1040
+    assert events[-1]["limits"] == {"pid_max": 1100, "maxkeys": 200}
+    assert rt.live == {}
+
+
+def test_a_failure_at_a_limit_names_it(host: FakeHost, img: image.Image,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = SlowFake(host, fail_at=30)
+    rt.error = OSError(errno.EMFILE, "Too many open files")
+    _, events, _ = run_ramp(img, rt, max_instances=100)
+    assert events[-1]["reason"].startswith("limit nofile: instance failed")
+    # A failure far from every ceiling stays an instance failure.
+    rt = SlowFake(host, fail_at=30)
+    c = Counters(rt, per=10, pid_max=10**6)
+    monkeypatch.setattr(limits, "usage", c.usage)
+    monkeypatch.setattr(limits, "ceilings", c.ceilings)
+    _, events, _ = run_ramp(img, rt, max_instances=100)
+    assert events[-1]["reason"] == "instance failed: no more room"
+    # ... and one at a ceiling names the limit.
+    rt = SlowFake(host, fail_at=30)
+    c = Counters(rt, per=10, pid_max=430)
+    monkeypatch.setattr(limits, "usage", c.usage)
+    monkeypatch.setattr(limits, "ceilings", c.ceilings)
+    _, events, _ = run_ramp(img, rt, max_instances=100)
+    assert events[-1]["reason"].startswith("limit pid_max") and \
+        events[-1]["reason"].endswith("instance failed: no more room")

@@ -334,3 +334,26 @@ def test_runner_copies_interleave_and_tag_samples(tmp_path: Path) -> None:
     assert [c["copy"] for c in plan.cell_summary(cells)] == [0, 1]
     plain = plan.make_cells(p, {"fake": cells[0].prepared})
     assert plain[0].copy is None and "copy" not in plan.cell_summary(plain)[0]
+
+
+def test_the_machine_gates_and_software_differences_are_noted(tmp_path: Path) -> None:
+    """Same hardware with another kernel: compared, with a warning; another CPU: refused."""
+    rng = np.random.default_rng(5)
+    machine = {"cpu_model": "X", "cores": 4, "mem_total_gib": 16, "arch": "x86_64"}
+
+    def side(name: str, **host: Any) -> Path:
+        for i in range(2):
+            d = doc(f"{name}{i:08d}", {"startup.total": 0.01}, rng)
+            d["host"] = {**machine, **host, "id": f"{name}-id"}
+            d["checksum"] = results.checksum(d)
+            write(tmp_path / name / f"r{i}.json", d)
+        return tmp_path / name
+
+    old = side("old", kernel="6.1")
+    new = side("new", kernel="6.5")
+    c = run_compare(old, new)
+    assert not c.cross_host
+    assert any("host software differs: kernel 6.1 (base) vs 6.5 (new)" in n for n in c.notes)
+    other = side("other", kernel="6.1", cpu_model="Y")
+    with pytest.raises(compare.CrossHostError, match="hardware id"):
+        run_compare(old, other)

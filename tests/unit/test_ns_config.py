@@ -10,7 +10,7 @@ import pytest
 from harness.core.errors import UsageError
 from runtimes.base import InstanceSpec, Limits, Mount
 from runtimes.ns import namespaces, network, security, validate
-from runtimes.ns.config import DEFAULT_CAPS, NS_CAPS
+from runtimes.ns.config import DEFAULT_CAPS, DEVICE_RULES, NO_MKNOD_CAPS, caps
 from runtimes.ns.runtime import NsRuntime
 from runtimes.oci import OciRuntime
 
@@ -42,16 +42,25 @@ def test_config_maps_the_spec(state: Path, tmp_path: Path) -> None:
     assert cfg.clone_flags & namespaces.CLONE_NEWNET and cfg.loopback_up
     assert cfg.upper == "" and cfg.scratch.endswith("ns/scratch")
     by_target = {m.target: m for m in cfg.mounts}
-    assert by_target["ro"].readonly_remount
-    assert not by_target["ro"].flags & namespaces.MS_REC  # read-only binds not recursive
+    rro = namespaces.has_mount_setattr()
+    # read-only binds: recursive, every mount read-only; without mount_setattr, only the
+    # top mount (remounted read-only), so nothing below it may come along
+    assert by_target["ro"].recursive_readonly == rro
+    assert by_target["ro"].readonly_remount != rro
+    assert bool(by_target["ro"].flags & namespaces.MS_REC) == rro
     assert by_target["rw"].flags & namespaces.MS_REC
+    nosuid_nodev_noexec = namespaces.MS_NOSUID | namespaces.MS_NODEV | namespaces.MS_NOEXEC
+    assert by_target["t"].flags & nosuid_nodev_noexec == nosuid_nodev_noexec  # as Docker's
     assert by_target["vol"].source == str(state / "ns" / "volumes" / "cvbench-abcdef0123-v1")
     assert by_target["t"].data == f"size={1 << 20}"
     assert "sys" in by_target
-    caps = security.cap_numbers(NS_CAPS)
-    assert cfg.caps == caps
-    assert security.CAP_NAMES.index("CAP_MKNOD") not in caps
-    assert security.CAP_NAMES.index("CAP_SYS_ADMIN") not in caps
+    kept = security.cap_numbers(rt.cap_names)
+    assert cfg.caps == kept
+    # CAP_MKNOD only where a device cgroup refuses to open what it could make
+    assert (security.CAP_NAMES.index("CAP_MKNOD") in kept) == bool(rt.device_rules)
+    assert security.CAP_NAMES.index("CAP_SYS_ADMIN") not in kept
+    assert cfg.seccomp and len(cfg.seccomp) % 8 == 0  # struct sock_filter[]
+    assert cfg.keyring and {r for r, _, _ in cfg.rlimits} == {3, 4, 6, 7, 8}
     assert pickle.loads(pickle.dumps(cfg)) == cfg  # goes to the fork server as a pickle
 
 
@@ -66,9 +75,18 @@ def test_disk_upper(state: Path) -> None:
     assert cfg.upper == str(state / "i" / "upper") and cfg.work == str(state / "i" / "work")
 
 
-def test_ns_caps_are_dockers_minus_mknod() -> None:
-    assert set(DEFAULT_CAPS) - set(NS_CAPS) == {"CAP_MKNOD"}
+def test_ns_caps_are_dockers_minus_mknod_without_device_rules() -> None:
+    assert set(DEFAULT_CAPS) - set(NO_MKNOD_CAPS) == {"CAP_MKNOD"}
     assert len(DEFAULT_CAPS) == 14
+    assert caps(True) == DEFAULT_CAPS and caps(False) == NO_MKNOD_CAPS
+
+
+def test_bare_has_no_filter_no_rlimits_no_device_rules(state: Path) -> None:
+    rt = NsRuntime("bare")
+    cfg = rt._config(spec(), "/img", None)
+    assert cfg.seccomp == b"" and cfg.rlimits == () and rt.device_rules == ()
+    assert "CAP_MKNOD" not in rt.cap_names
+    assert "seccomp: none (ns:bare)" in rt.protections()
 
 
 @pytest.mark.parametrize("bad", [
@@ -125,15 +143,24 @@ def test_oci_config_json(state: Path, tmp_path: Path) -> None:
     c = rt._config(s)
     assert c["process"]["args"] == ["/bench/init", "true"]
     assert c["process"]["noNewPrivileges"] is True
-    assert c["process"]["capabilities"]["bounding"] == list(DEFAULT_CAPS)
+    assert c["process"]["capabilities"]["bounding"] == list(rt.caps)
+    assert rt.caps == NsRuntime().cap_names  # the same set as ns, CAP_MKNOD included
+    devices = c["linux"]["resources"].pop("devices")
+    assert devices[0] == {"allow": False, "access": "rwm"}
+    assert {"allow": True, "type": "c", "access": "m"} in devices  # "c *:* m"
+    assert {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"} in devices
+    assert len(devices) == 1 + len(DEVICE_RULES)
+    assert c["linux"]["seccomp"]["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert {r["type"] for r in c["process"]["rlimits"]} >= {"RLIMIT_NOFILE", "RLIMIT_CORE"}
     assert c["linux"]["resources"] == {"memory": {"limit": 1 << 26, "swap": 1 << 26},
                                        "cpu": {"quota": 50000, "period": 100000},
                                        "pids": {"limit": 64}}
     assert {"type": "network"} in c["linux"]["namespaces"]
     assert c["linux"]["cgroupsPath"] == "/cvbench.oci/cvbench-abcdef0123-1"
     mounts = {m["destination"]: m for m in c["mounts"]}
-    assert mounts["/ro"]["options"] == ["bind", "ro"]
-    assert "size=4096" in mounts["/t"]["options"]
+    assert mounts["/ro"]["options"] == ["rbind", "rro"]
+    assert {"size=4096", "nosuid", "nodev", "noexec"} <= set(mounts["/t"]["options"])
+    assert mounts["/dev/mqueue"]["type"] == "mqueue"
     host = rt._config(spec(network="host"))
     assert {"type": "network"} not in host["linux"]["namespaces"]
 
@@ -141,7 +168,8 @@ def test_oci_config_json(state: Path, tmp_path: Path) -> None:
 def test_oci_flavours() -> None:
     with pytest.raises(UsageError):
         OciRuntime("kata")
-    assert OciRuntime("runsc")._cli()[-2:] == ["--network=none", "--platform=ptrace"]
+    assert OciRuntime("runsc")._cli()[-3:] == ["--network=none", "--platform=ptrace",
+                                              "--oci-seccomp"]
 
 
 def test_empty_dirs(tmp_path: Path) -> None:
@@ -154,3 +182,34 @@ def test_empty_dirs(tmp_path: Path) -> None:
     (tmp_path / "b" / "f").unlink()
     assert _empty_dirs(tmp_path / "a", tmp_path / "b", tmp_path) == \
         [tmp_path / "a", tmp_path / "b", tmp_path]
+
+
+def test_rlimits_per_scenario(state: Path, tmp_path: Path) -> None:
+    from harness import scenario
+    from runtimes import _engine
+    from runtimes.base import RLIMIT_NAMES
+    from runtimes.ns.config import RLIMITS
+
+    assert tuple(RLIMITS) == RLIMIT_NAMES  # ns's numbers for every name a scenario may use
+    path = tmp_path / "s.toml"
+    path.write_text('name = "s"\n[workload]\nargv = ["true"]\n'
+                    '[limits]\nrlimits = { nofile = [1024, 4096], core = 0, stack = -1 }\n')
+    lim = scenario.load(str(path)).limits
+    assert lim.rlimits == (("nofile", 1024, 4096), ("core", 0, 0), ("stack", -1, -1))
+    assert lim.recorded()["rlimits"] == {"nofile": [1024, 4096], "core": [0, 0],
+                                         "stack": [-1, -1]}
+    cfg = NsRuntime()._config(spec(limits=lim), "/img", None)
+    got = {res: (soft, hard) for res, soft, hard in cfg.rlimits}
+    assert got[RLIMITS["nofile"]] == (1024, 4096) and got[RLIMITS["core"]] == (0, 0)
+    assert RLIMITS["memlock"] in got  # the others: ns's defaults
+    c = OciRuntime("crun")._config(spec(limits=lim))
+    oci = {r["type"]: (r["soft"], r["hard"]) for r in c["process"]["rlimits"]}
+    assert oci["RLIMIT_NOFILE"] == (1024, 4096) and oci["RLIMIT_STACK"] == (2**64 - 1,) * 2
+    hc = _engine.host_config(spec(limits=lim), {}, None)
+    assert [(u["Name"], u["Soft"], u["Hard"]) for u in hc["ulimits"]] == list(lim.rlimits)
+    for bad, key in (("nofile = [10, 5]", "nofile"), ("nofle = 1", "nofle"),
+                     ("nofile = [1, 2, 3]", "nofile"), ("nofile = \"x\"", "nofile")):
+        path.write_text('name = "s"\n[workload]\nargv = ["true"]\n'
+                        f'[limits]\nrlimits = {{ {bad} }}\n')
+        with pytest.raises(UsageError, match=rf"limits\.rlimits\.{key}"):
+            scenario.load(str(path))

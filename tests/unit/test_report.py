@@ -25,11 +25,7 @@ from harness.report import charts, claims, data, render, tables
 from tests.unit import report_synth as synth
 
 Docs = list[results.Loaded]
-
-
-def load(paths: list[Path]) -> tuple[Docs, pd.DataFrame]:
-    docs: Docs = [(str(p), results.load_result(p)) for p in paths]
-    return docs, data.enrich(results.frame(docs), docs)
+load = synth.load
 
 
 @pytest.fixture(scope="module")
@@ -182,10 +178,12 @@ def test_rendered_tables_show_pandas_numbers(one: tuple[Docs, pd.DataFrame],
                                              built: tuple[Path, list[Path]]) -> None:
     _, df = one
     md = (built[0] / "report.md").read_text()
-    row = next(line for line in md.splitlines()
-               if line.startswith("| ns | default | startup.to_ready |"))
+    row = next(line for line in md.split("## Startup")[1].splitlines()
+               if line.startswith("| ns | "))
     med = df[(df["backend"] == "ns") & (df["metric"] == "startup.to_ready")]["value"].median()
-    assert f"| {synth_format(med)} |" in row
+    assert f"| {synth_format(med)} ±" in row
+    csv = pd.read_csv(built[0] / "startup.csv").set_index(["backend", "metric"])
+    assert csv.loc[("ns", "startup.to_ready"), "median"] == pytest.approx(med)
 
 
 def synth_format(v: float) -> str:
@@ -264,12 +262,13 @@ def test_volume_claim_pairs_targets_within_a_backend(one: tuple[Docs, pd.DataFra
     _, df = one
     t = claims.evaluate(df)
     vol = t[t["claim"] == "volume-io"]
-    # ns, docker, podman × 4 jobs; never across backends, never for the VM or the host
-    assert len(vol) == 12
+    # ns, docker, podman × volume, bind, tmpfs × 4 jobs; never across backends, never
+    # for the VM or the host
+    assert len(vol) == 36
     assert all(a.split(" ")[0] == b.split(" ")[0] for a, b in zip(vol["a"], vol["b"],
                                                                    strict=True))
     assert set(vol["verdict"]) == {claims.HOLDS}
-    seq = vol[(vol["metric"] == "io.seqwrite.bw") & vol["a"].str.startswith("ns ")].iloc[0]
+    seq = vol[(vol["metric"] == "io.seqwrite.bw") & (vol["a"] == "ns [volume]")].iloc[0]
     d = df[(df["backend"] == "ns") & (df["metric"] == "io.seqwrite.bw")]
     expect = (d[d["variant"] == "target=volume"]["value"].median()
               / d[d["variant"] == "target=rootfs"]["value"].median())
@@ -293,8 +292,38 @@ def test_report_files_and_self_contained_html(built: tuple[Path, list[Path]]) ->
     assert all(s.startswith("data:image/svg+xml;base64,") for s in srcs)  # nothing external
     md = (tmp_path / "report.md").read_text()
     for text in ("id-synthetic-a", "0" * 16, "Synthetic CPU", "libvirt 1.0", "## Seed claims",
-                 "(TCG, emulated)", "Emulated VMs", "Medians with 95 % CI"):
+                 "(TCG, emulated)", "Emulated VMs"):
         assert text in md and (text in page or text.replace("## ", "") in page), text
+    # the CSVs beside the report, linked from both
+    assert "[startup.csv](startup.csv)" in md and '<a href="startup.csv">' in page
+    assert (tmp_path / "startup.csv") in written
+
+
+def test_report_has_every_study_short_and_the_rest_in_csv(
+        built: tuple[Path, list[Path]], one: tuple[Docs, pd.DataFrame]) -> None:
+    out, written = built
+    _, df = one
+    md = (out / "report.md").read_text()
+    assert len(md.splitlines()) < 400
+    headings = [line for line in md.splitlines() if line.startswith("## ")]
+    for study in ("startup", "memory", "disk", "io", "limits", "network", "density"):
+        info = render.STUDIES[study]
+        assert f"## {info.title}: {info.question}" in headings  # one naming scheme
+        assert all("![" in md and f"({n}.png)" in md for n in info.charts if n in DRAWN)
+        assert out / f"{study}.csv" in written
+    # the density CSV: one row per backend, metric and count; the section: per backend
+    per_count = pd.read_csv(out / "density.csv")
+    d = df[df["metric"].str.startswith("density.")]
+    assert len(per_count) == len(d.groupby(["backend", "metric", "instance"]))
+    section = md.split("## Density")[1].split("\n## ")[0]
+    assert sum(line.startswith("| ") for line in section.splitlines()) == 1 + 3
+    # claims: every pair in the CSV, at most PER_CLAIM per claim in the page
+    t = claims.evaluate(df)
+    assert len(pd.read_csv(out / "claims.csv")) == len(t)
+    assert "more pairs" in md and "[claims.csv](claims.csv)" in md
+    io_rows = [line for line in md.split("## I/O")[1].split("\n## ")[0].splitlines()
+               if line.startswith("| ")]
+    assert len(io_rows) == 1 + 14  # header + one row per cell (backend × target)
 
 
 class _Page(HTMLParser):

@@ -22,6 +22,7 @@ PARENT = "cvbench"
 
 class Manager(Protocol):
     mode: str
+    device_rules: tuple[str, ...]  # the device allow-list create() applies; () for none
 
     def check(self) -> str | None:
         """None when usable; else the reason (a missing controller, not writable...)."""
@@ -74,10 +75,14 @@ class Manager(Protocol):
 
 
 def new(root: str | Path = "/sys/fs/cgroup", parent: str = PARENT,
-        every_controller: bool = False) -> Manager:
+        every_controller: bool = False, device_rules: tuple[str, ...] = ()) -> Manager:
     """The manager for this host's cgroup mode. `parent` is the directory the cgroups
     live in; `every_controller` (v1) makes names()/destroy() cover every mounted
-    hierarchy, for cgroups another runtime (runc, crun) made in all of them."""
+    hierarchy, for cgroups another runtime (runc, crun) made in all of them.
+    `device_rules` ("c 1:3 rwm"...): the only devices an instance may open, after a
+    "deny a", in the v1 devices controller; v2 has no such files (it takes an eBPF
+    program), so there, as without a devices hierarchy, the manager's `device_rules` is
+    () and the caller must do without."""
     root = Path(root)
     mode = cgroup_mode(str(root))
     if mode == "v2":
@@ -86,7 +91,7 @@ def new(root: str | Path = "/sys/fs/cgroup", parent: str = PARENT,
         return V2Manager(root, parent)
     from runtimes.ns.cgroups.v1 import V1Manager
 
-    return V1Manager(root, mode, parent, every_controller)
+    return V1Manager(root, mode, parent, every_controller, device_rules)
 
 
 def favordynmods() -> bool:

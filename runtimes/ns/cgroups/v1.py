@@ -7,6 +7,8 @@ cgroup.procs of each. Limits:
             exists (so the limit cannot be dodged by swapping)
   cpus   -> cpu.cfs_quota_us = cpus * cpu.cfs_period_us (the default 100 ms)
   pids   -> pids.max
+  device rules (if asked) -> devices.deny "a", then one devices.allow write per rule,
+            in a fourth hierarchy (devices) the process joins as well
 """
 
 from __future__ import annotations
@@ -42,15 +44,19 @@ def _mounts() -> dict[str, Path]:
 
 class V1Manager:
     def __init__(self, root: Path, mode: str = "v1", parent: str = PARENT,
-                 every_controller: bool = False) -> None:
+                 every_controller: bool = False, device_rules: tuple[str, ...] = ()) -> None:
         self.mode = mode
         self.parent = parent
         self._swap_accounting: bool | None = None
         mounts = _mounts()
         # Prefer the real mount table; fall back to root/<controller> (tests use a fake tree).
         if not all(str(mounts.get(c, "")).startswith(str(root)) for c in CONTROLLERS):
-            mounts = {c: root / c for c in CONTROLLERS}
-        self.roots = {c: mounts[c] for c in CONTROLLERS}
+            mounts = {c: root / c for c in (*CONTROLLERS, "devices")}
+        devices = bool(device_rules) and (mounts.get("devices", root / "devices") /
+                                          "devices.deny").exists()
+        self.device_rules = device_rules if devices else ()
+        self.controllers = (*CONTROLLERS, "devices") if devices else CONTROLLERS
+        self.roots = {c: mounts[c] for c in self.controllers}
         # Hierarchies names()/destroy() look in: ours, or every mounted one.
         hierarchies = set(mounts.values()) if every_controller else set(self.roots.values())
         if every_controller and mode == "hybrid" and (root / "unified").is_dir():
@@ -73,8 +79,14 @@ class V1Manager:
         return self._dir("memory", name)
 
     def create(self, name: str, limits: Limits) -> None:
-        for c in CONTROLLERS:
+        for c in self.controllers:
             self._dir(c, name).mkdir(parents=True)
+        if self.device_rules:
+            # A new cgroup copies its parent's list: deny everything, then allow the few.
+            dev = self._dir("devices", name)
+            write(dev / "devices.deny", "a")
+            for rule in self.device_rules:
+                write(dev / "devices.allow", rule)
         mem = self._dir("memory", name)
         if limits.memory is not None:
             write(mem / "memory.limit_in_bytes", str(limits.memory))
@@ -90,7 +102,7 @@ class V1Manager:
             write(self._dir("pids", name) / "pids.max", str(limits.pids))
 
     def join_files(self, name: str) -> list[str]:
-        return [str(self._dir(c, name) / "cgroup.procs") for c in CONTROLLERS]
+        return [str(self._dir(c, name) / "cgroup.procs") for c in self.controllers]
 
     def pids(self, name: str) -> list[int]:
         return procs(self._dir("memory", name))
@@ -112,7 +124,7 @@ class V1Manager:
             rmdir(h / self.parent / name)
 
     def setup(self) -> None:
-        for c in CONTROLLERS:
+        for c in self.controllers:
             (self.roots[c] / self.parent).mkdir(exist_ok=True)
 
     def parents(self) -> list[Path]:

@@ -23,6 +23,7 @@ PERIOD_US = 100_000
 
 class V2Manager:
     mode = "v2"
+    device_rules: tuple[str, ...] = ()  # a device program is eBPF on v2: not applied
 
     def __init__(self, root: Path, parent: str = PARENT) -> None:
         self.root = root

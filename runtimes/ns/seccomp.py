@@ -1,0 +1,263 @@
+"""Docker's default seccomp profile, read at run time and compiled once per runner.
+
+The profile is a JSON file in the format moby and containers-common share
+(profiles/seccomp/default.json): a default action, an arch map, and rules whose
+`includes`/`excludes` name capabilities, architectures and a minimum kernel. `load()`
+resolves those conditions for ns's capability set, this machine's architecture and
+kernel, exactly as dockerd does before it hands the rules to runc (moby
+profiles/seccomp/seccomp_linux.go); `compile_bpf()` turns the result into a classic BPF
+program with libseccomp (through pyseccomp), and `oci()` into the `linux.seccomp` section
+of an OCI config, so that `oci:*` applies the very same rules.
+
+Which file: $CVBENCH_SECCOMP_PROFILE if set, else Docker's own default as the Debian
+package of the installed dockerd ships it (scripts/provision.d/26-seccomp.sh puts it in
+/usr/share/cvbench/seccomp), else containers-common's (/usr/share/containers/seccomp.json,
+Podman's). They differ: containers-common 0.50 lets a container make user namespaces
+(unshare, clone with CLONE_NEWUSER) and call keyctl, which Docker's refuses; the record
+names the file and its sha256.
+
+Nothing here runs in the instance: the child (process.py) only loads the compiled bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import platform
+import struct
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.core.errors import BackendUnavailable, UsageError
+
+PROFILE_ENV = "CVBENCH_SECCOMP_PROFILE"
+DOCKER_PROFILE = Path("/usr/share/cvbench/seccomp/docker-default.json")
+CONTAINERS_COMMON_PROFILE = Path("/usr/share/containers/seccomp.json")
+
+# The arch names of the profile's includes/excludes are Go's (GOARCH) and libseccomp's.
+_GOARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+_SCMP_ARCH = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
+_OPS = {"SCMP_CMP_NE": 1, "SCMP_CMP_LT": 2, "SCMP_CMP_LE": 3, "SCMP_CMP_EQ": 4,
+        "SCMP_CMP_GE": 5, "SCMP_CMP_GT": 6, "SCMP_CMP_MASKED_EQ": 7}
+_ACTIONS = ("SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+            "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP", "SCMP_ACT_LOG")
+# A profile's ERRNO without errnoRet means EPERM (runc's default).
+_DEFAULT_ERRNO = errno.EPERM
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One resolved rule: `action` for `names` when every (index, op, value, value_two)
+    comparison of its arguments holds."""
+
+    names: tuple[str, ...]
+    action: str
+    errno_ret: int | None = None
+    args: tuple[tuple[int, str, int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    path: str
+    sha256: str
+    default_action: str
+    default_errno: int | None
+    arches: tuple[str, ...]  # libseccomp names: the native one first
+    rules: tuple[Rule, ...]  # those whose conditions hold here, in the file's order
+
+    @property
+    def source(self) -> str:
+        if self.path == str(DOCKER_PROFILE):
+            return "docker default"
+        if self.path == str(CONTAINERS_COMMON_PROFILE):
+            return "containers-common"
+        return "custom"
+
+    def describe(self) -> str:
+        """One line for the record: where the rules come from and what they default to."""
+        default = self.default_action.removeprefix("SCMP_ACT_")
+        if self.default_errno is not None:
+            default += f"({errno.errorcode.get(self.default_errno, self.default_errno)})"
+        return (f"{self.source} profile {self.path} sha256:{self.sha256[:16]}…, "
+                f"default {default}, {sum(len(r.names) for r in self.rules)} syscall "
+                f"rules for {'+'.join(a.removeprefix('SCMP_ARCH_') for a in self.arches)}")
+
+
+def find() -> Path | None:
+    """The profile file to use here, or None when there is none."""
+    if os.environ.get(PROFILE_ENV):
+        return Path(os.environ[PROFILE_ENV])
+    return next((p for p in (DOCKER_PROFILE, CONTAINERS_COMMON_PROFILE) if p.is_file()), None)
+
+
+def _kernel(release: str) -> tuple[int, int]:
+    parts = release.split("-")[0].split(".")
+    return int(parts[0]), int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def load(path: Path, caps: tuple[str, ...], machine: str | None = None,
+         kernel: str | None = None) -> Profile:
+    """Read `path` and keep the rules that apply to a process holding `caps` on this
+    machine (or on `machine`/`kernel`, for tests). A malformed file raises UsageError
+    naming the file and the field."""
+    machine = machine or platform.machine()
+    kver = _kernel(kernel or platform.release())
+    try:
+        raw = path.read_bytes()
+        data = json.loads(raw)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read the seccomp profile: {e.strerror}") from None
+    except ValueError as e:
+        raise UsageError(f"{path}: not JSON: {e}") from None
+
+    def bad(key: str, why: str) -> UsageError:
+        return UsageError(f"{path}: {key}: {why}")
+
+    def action(value: Any, key: str) -> str:
+        if value not in _ACTIONS:
+            raise bad(key, f"unknown action {value!r}")
+        return str(value)
+
+    if not isinstance(data, dict):
+        raise bad("(top)", "must be an object")
+    default_action = action(data.get("defaultAction"), "defaultAction")
+    native = _SCMP_ARCH.get(machine)
+    if native is None:
+        raise BackendUnavailable("ns", f"no seccomp architecture known for {machine}")
+    arches = [native]
+    for i, entry in enumerate(data.get("archMap") or []):
+        if isinstance(entry, dict) and entry.get("architecture") == native:
+            arches += [str(a) for a in entry.get("subArchitectures") or []]
+        elif not isinstance(entry, dict):
+            raise bad(f"archMap[{i}]", "must be an object")
+    goarch = _GOARCH[machine]
+    rules: list[Rule] = []
+    for i, s in enumerate(data.get("syscalls") or []):
+        key = f"syscalls[{i}]"
+        if not isinstance(s, dict) or not isinstance(s.get("names"), list):
+            raise bad(key, "must be an object with a list of names")
+        if not _applies(s.get("includes") or {}, s.get("excludes") or {}, caps, goarch, kver):
+            continue
+        args = []
+        for j, a in enumerate(s.get("args") or []):
+            if not isinstance(a, dict) or a.get("op") not in _OPS:
+                raise bad(f"{key}.args[{j}]", f"unknown comparison {a!r}")
+            args.append((int(a["index"]), str(a["op"]), int(a.get("value", 0)),
+                         int(a.get("valueTwo", 0))))
+        errno_ret = s.get("errnoRet")
+        rules.append(Rule(tuple(str(n) for n in s["names"]), action(s.get("action"),
+                          f"{key}.action"), int(errno_ret) if errno_ret is not None else None,
+                          tuple(args)))
+    default_errno = data.get("defaultErrnoRet")
+    if default_errno is None and default_action == "SCMP_ACT_ERRNO":
+        default_errno = _DEFAULT_ERRNO
+    return Profile(str(path), hashlib.sha256(raw).hexdigest(), default_action,
+                   int(default_errno) if default_errno is not None else None,
+                   tuple(arches), tuple(rules))
+
+
+def _applies(inc: Mapping[str, Any], exc: Mapping[str, Any], caps: tuple[str, ...],
+             goarch: str, kver: tuple[int, int]) -> bool:
+    """moby's rule filter: every included cap held, the arch listed, the kernel new
+    enough; no excluded cap held, the arch not excluded."""
+    if inc.get("arches") and goarch not in inc["arches"]:
+        return False
+    if any(c not in caps for c in inc.get("caps") or ()):
+        return False
+    if inc.get("minKernel") and kver < _kernel(str(inc["minKernel"])):
+        return False
+    if goarch in (exc.get("arches") or ()):
+        return False
+    return not any(c in caps for c in exc.get("caps") or ())
+
+
+def _action_value(action: str, errno_ret: int | None) -> int:
+    import pyseccomp
+
+    if action == "SCMP_ACT_ERRNO":
+        return int(pyseccomp.ERRNO(errno_ret if errno_ret is not None else _DEFAULT_ERRNO))
+    name = {"SCMP_ACT_KILL": "KILL", "SCMP_ACT_KILL_THREAD": "KILL_THREAD",
+            "SCMP_ACT_KILL_PROCESS": "KILL_PROCESS"}.get(action, action.removeprefix("SCMP_ACT_"))
+    return int(getattr(pyseccomp, name))
+
+
+def compile_bpf(p: Profile) -> bytes:
+    """The profile as a classic BPF program (struct sock_filter[]), as libseccomp builds
+    it for runc. Names this libseccomp does not know are skipped, as runc skips them."""
+    try:
+        import pyseccomp
+    except (ImportError, RuntimeError) as e:  # RuntimeError: libseccomp.so not found
+        raise BackendUnavailable("ns", f"cannot compile the seccomp profile: {e}",
+                                 "apt-get install libseccomp2 (scripts/provision)") from None
+
+    default = _action_value(p.default_action, p.default_errno)
+    last = 0  # the highest native number the profile names
+    filt = pyseccomp.SyscallFilter(default)
+    # A binary tree of syscall numbers, not libseccomp's default linear list: the kernel
+    # walks it on every system call the instance makes, and once per syscall number
+    # and arch when it loads it (its action cache): half the loading time here.
+    filt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
+    native = pyseccomp.system_arch()
+    for name in p.arches[1:]:
+        arch = getattr(pyseccomp.Arch, name.removeprefix("SCMP_ARCH_"), None)
+        if arch is not None and arch != native:
+            filt.add_arch(arch)
+    for rule in p.rules:
+        act = _action_value(rule.action, rule.errno_ret)
+        if act == default:  # libseccomp refuses a rule that does what the default does
+            last = max([last, *(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, n)
+                                for n in rule.names)])
+            continue
+        args = [pyseccomp.Arg(i, _OPS[op], a, b) for i, op, a, b in rule.args]
+        for name in rule.names:
+            nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+            if nr == -1:  # __NR_SCMP_ERROR: unknown to this libseccomp
+                continue
+            last = max(last, nr)
+            filt.add_rule(act, nr, *args)
+    with tempfile.TemporaryFile() as f:
+        filt.export_bpf(f)
+        f.seek(0)
+        program = f.read()
+    return _enosys_prefix(native, last, int(pyseccomp.ERRNO(errno.ENOSYS))) + program
+
+
+def _enosys_prefix(arch: int, last_known: int, ret_enosys: int) -> bytes:
+    """What runc puts before libseccomp's program (libcontainer/seccomp/patchbpf): a
+    native system call above the highest one the profile names gets ENOSYS, not the
+    default action, so that a libc newer than the profile falls back to an older call
+    (libseccomp itself refuses rules for numbers it cannot name). x32 calls (bit 30 set)
+    go on to the filter. Jumps count from the next instruction; the filter's own jumps
+    are relative, so nothing in it moves."""
+    ld, jeq, jgt, jge, ret = 0x20, 0x15, 0x25, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|.., BPF_RET
+    insns = ((ld, 0, 0, 4),                 # A = seccomp_data.arch
+             (jeq, 0, 4, arch),             # not native: to the filter
+             (ld, 0, 0, 0),                 # A = seccomp_data.nr
+             (jgt, 0, 2, last_known),       # known: to the filter
+             (jge, 1, 0, 0x40000000),       # x32: to the filter
+             (ret, 0, 0, ret_enosys))
+    return b"".join(struct.pack("=HBBI", *i) for i in insns)
+
+
+def oci(p: Profile) -> dict[str, Any]:
+    """The resolved profile as an OCI config's linux.seccomp (runtime-spec config-linux):
+    the conditions already applied, so the CLI gets exactly the rules ns compiles."""
+    out: dict[str, Any] = {"defaultAction": p.default_action, "architectures": list(p.arches)}
+    if p.default_errno is not None:
+        out["defaultErrnoRet"] = p.default_errno
+    calls = []
+    for r in p.rules:
+        call: dict[str, Any] = {"names": list(r.names), "action": r.action}
+        if r.errno_ret is not None:
+            call["errnoRet"] = r.errno_ret
+        if r.args:
+            call["args"] = [{"index": i, "value": a, "valueTwo": b, "op": op}
+                            for i, op, a, b in r.args]
+        calls.append(call)
+    out["syscalls"] = calls
+    return out
