@@ -48,4 +48,16 @@ def test_app_startup_on_every_backend(tmp_path: Path) -> None:
     assert rep.returncode == 0, rep.stderr[-2000:]
     assert (tmp_path / "R" / "startup_serving.png").stat().st_size > 0
     md = (tmp_path / "R" / "report.md").read_text()
-    assert all(f"| {b} | default | startup.to_serving |" in md for b in BACKENDS)
+    lines = md.splitlines()
+    at = next(i for i, line in enumerate(lines)
+              if line.startswith("| backend |") and "to_serving" in line)
+    col = lines[at].split("|").index(" to_serving ")
+    rows = {}
+    for line in lines[at + 2:]:  # the startup summary: one row per backend
+        if not line.startswith("| "):
+            break
+        cells = line.split("|")
+        rows[cells[1].strip().split(" (")[0]] = cells[col].strip()
+    assert all(rows.get(b, "—") not in ("", "—") for b in BACKENDS), rows
+    csv = (tmp_path / "R" / "startup.csv").read_text()
+    assert all(f"app-startup,{b},default,startup.to_serving," in csv for b in BACKENDS)
