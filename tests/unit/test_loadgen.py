@@ -74,8 +74,9 @@ def test_wrk_args_are_bounded_in_time() -> None:
 
 def test_redis_csv_figures_are_the_printed_ones() -> None:
     tests = loadgen.parse_redis(text("redis-ok.txt"))
-    assert (tests["SET"].rps, tests["SET"].lat_p50, tests["SET"].lat_p99) == \
-        (39572.62, pytest.approx(0.071e-3), pytest.approx(3.519e-3))
+    s = tests["SET"]
+    assert s.rps == 39572.62
+    assert (s.lat_p50, s.lat_p99) == pytest.approx((0.071e-3, 3.519e-3))
     assert tests["GET"].rps == 38402.46
     assert tests["GET"].lat_p99 == pytest.approx(4.135e-3)
 
