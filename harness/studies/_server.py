@@ -135,7 +135,8 @@ class ServerStudy:
             if p["warmup"] > 0:
                 self.load(ctx, addr, target, p, float(p["warmup"]), warm=True)
             with PeakPss(rt, inst, float(p["pss_interval"])) as pss:
-                figures = self.load(ctx, addr, target, p, float(p["duration"]), warm=False)
+                figures = self.load(ctx, addr, target, p, float(p.get("duration", 0)),
+                                    warm=False)
             if pss.error is not None:
                 raise InstanceError(f"{self.name}: memory under load: {pss.error}")
         extra = {"cpuset": cell.config.limits.cpuset, "client_cpuset": str(p["client_cpuset"])}
