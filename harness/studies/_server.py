@@ -23,7 +23,6 @@ sample with its counts, never a zero figure.
 from __future__ import annotations
 
 import random
-import shutil
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -143,7 +142,3 @@ class ServerStudy:
         figures += [Measurement(f"{self.name}.pss_loaded", pss.instance),
                     Measurement(f"{self.name}.daemon_pss_loaded", pss.daemons)]
         return [replace(m, extra=extra) for m in figures]
-
-    def missing_tools(self) -> dict[str, str]:
-        """The generators not installed on this host: binary -> Debian package."""
-        return {t: pkg for t, pkg in self.tools.items() if shutil.which(t) is None}
