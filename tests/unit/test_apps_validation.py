@@ -20,7 +20,7 @@ def test_a_missing_generator_is_named_with_its_package(monkeypatch: pytest.Monke
     monkeypatch.setattr(shutil, "which", lambda n: None if n == "wrk" else real(n))
     assert studies.missing_tools(studies.get("http")) == {"wrk": "wrk"}
     with pytest.raises(ScenarioError, match=r"study: .*wrk.*Debian package wrk"):
-        validate.check(scenario.load(REPO / "scenarios" / "http.toml"))
+        validate.check(scenario.load(str(REPO / "scenarios" / "http.toml")))
 
 
 def test_every_generator_is_listed_for_doctor() -> None:
@@ -35,7 +35,7 @@ def test_a_cpuset_beyond_the_host_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "kv.toml"
     path.write_text(text)
     with pytest.raises(ScenarioError, match=r"limits.cpuset: '4096' names CPUs"):
-        validate.check(scenario.load(path))
+        validate.check(scenario.load(str(path)))
 
 
 def test_a_malformed_cpuset_names_the_field(tmp_path: Path) -> None:
@@ -43,4 +43,4 @@ def test_a_malformed_cpuset_names_the_field(tmp_path: Path) -> None:
     path.write_text((REPO / "scenarios" / "kv.toml").read_text().replace(
         'cpuset = "1"', 'cpuset = "2-1"'))
     with pytest.raises(ScenarioError, match=r"limits.cpuset: must be a CPU list"):
-        scenario.load(path)
+        scenario.load(str(path))
