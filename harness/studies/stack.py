@@ -360,7 +360,23 @@ class StackStudy:
     metrics: ClassVar[dict[str, str]] = {
         "stack.start": "s", "stack.service.": "s", "stack.teardown": "s",
         "stack.memory.": "B", "stack.disk.": "B"}
-    params: ClassVar[dict[str, Any]] = {}
+    # request: a path GET from the front once the stack is up (on the port of its http
+    # readiness); its answer is kept as an artifact ("front_response") and must match
+    # `expect` (a regular expression), or the sample fails: the stack answered end to end.
+    params: ClassVar[dict[str, Any]] = {"request": "", "expect": ""}
+
+    def check_params(self, scen: Scenario) -> list[tuple[str, str]]:
+        p = dict(scen.params)
+        out = []
+        if p.get("request") and not str(p["request"]).startswith("/"):
+            out.append(("params.request", "must be a path starting with /"))
+        if p.get("request") and serving.parse(scen.workload.readiness).kind != "http":
+            out.append(("params.request", "needs the front's readiness to be http:PORT/PATH "
+                                          "(its port is where the request goes)"))
+        with contextlib.suppress(re.error):
+            re.compile(str(p.get("expect", "")))
+            return out
+        return [*out, ("params.expect", "is not a valid regular expression")]
 
     def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:
         cfg = cell.config
@@ -389,6 +405,7 @@ class StackStudy:
             t0 = now_ns()
             stack.up(order, time.monotonic() + ctx.timeout)
             out = self._times(stack, t0, cfg.front)
+            self._request(ctx, stack, cfg.front)
             out += stack.memory()
             daemons = [p for pids in rt.daemons().values() for p in pids]
             out.append(Measurement("stack.memory.daemon",
@@ -402,6 +419,22 @@ class StackStudy:
         stack.down()
         out.append(Measurement("stack.teardown", (now_ns() - t_down) * 1e-9))
         return out
+
+    @staticmethod
+    def _request(ctx: Context, stack: Stack, front: str) -> None:
+        """The end-to-end check: GET params.request from the front, kept, matched."""
+        path, expect = str(ctx.params.get("request", "")), str(ctx.params.get("expect", ""))
+        if not path:
+            return
+        r = stack.services[front]
+        address = stack.rt.address(stack.where(r))
+        status, body = serving.fetch(address or "", r.probe.port, path)
+        ctx.artifact("front_response", {"path": path, "status": status,
+                                        "body": body[:LOG_TAIL]})
+        if status != 200 or (expect and not re.search(expect, body)):
+            raise InstanceError(f"the front answered {path} with {status}: {body[:300]!r}"
+                                + (f", not matching {expect!r}" if expect else ""),
+                                stack.logs())
 
     @staticmethod
     def _times(stack: Stack, t0: int, front: str) -> list[Measurement]:
