@@ -186,6 +186,9 @@ class InstanceSpec:
     # run ends). The instances on it reach each other by `hostname` and `aliases`.
     network_name: str = ""
     aliases: tuple[str, ...] = ()
+    # Commands will be run in it (`Exec.exec`): a VM then starts cvbench's guest agent,
+    # which costs its boot a driver and a process; containers need nothing for it.
+    agent: bool = False
 
     @property
     def ready_line(self) -> bytes:

@@ -304,10 +304,7 @@ class PerService(Stack):
             pids.update(st.pids)
             out += [Measurement("stack.memory.pss", st.pss, variant=sub(r.name)),
                     Measurement("stack.memory.uss", st.uss, variant=sub(r.name))]
-        m = memory.processes_memory(sorted(pids))
-        return out + [Measurement("stack.memory.pss", m.pss),
-                      Measurement("stack.memory.uss", m.uss),
-                      Measurement("stack.memory.rss", m.rss)]
+        return [*out, *_totals(memory.processes_memory(sorted(pids)))]
 
 
 class SingleVm(Stack):
@@ -350,9 +347,7 @@ class SingleVm(Stack):
         return self.vm
 
     def memory(self) -> list[Measurement]:
-        st = self.rt.stats(self.vm)
-        return [Measurement("stack.memory.pss", st.pss), Measurement("stack.memory.uss", st.uss),
-                Measurement("stack.memory.rss", st.rss)]
+        return _totals(self.rt.stats(self.vm))
 
 
 class StackStudy:
@@ -460,6 +455,11 @@ class StackStudy:
         if any(s is not None for s in sizes):
             out.append(Measurement("stack.disk.instance", sum(s or 0 for s in sizes)))
         return out
+
+
+def _totals(m: Any) -> list[Measurement]:
+    """The stack's memory: PSS, USS and RSS of all its host processes together."""
+    return [Measurement(f"stack.memory.{k}", getattr(m, k)) for k in ("pss", "uss", "rss")]
 
 
 def _net(ctx: Context) -> str:
