@@ -521,14 +521,15 @@ def _workload(r: _Reader, w: Mapping[str, Any], key: str) -> Workload:
 
 
 def _port(r: _Reader, value: Any, key: str) -> Port:
-    """A port: a number (container port), or "HOST:CONTAINER[/proto]" as compose writes."""
+    """A published port as compose writes it: "HOST:CONTAINER[/proto]", or the container
+    port alone (published on a port the engine picks)."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else \
         r.str_(value, key)
     body, _, proto = text.partition("/")
     proto = proto or "tcp"
     if proto not in ("tcp", "udp"):
         raise r.fail(key, f"protocol must be tcp or udp, not {proto!r}")
-    host, sep, cont = body.rpartition(":")
+    host, _, cont = body.rpartition(":")
     if "-" in body or host.count(":"):
         raise r.fail(key, f"{text!r}: port ranges and host addresses are not supported")
 
@@ -537,8 +538,7 @@ def _port(r: _Reader, value: Any, key: str) -> Port:
             raise r.fail(key, f"{text!r}: a port is a number from 1 to 65535")
         return int(t)
 
-    return Port(container=num(cont), host=(num(host) if host else 0) if sep else None,
-                protocol=proto)
+    return Port(container=num(cont), host=num(host) if host else 0, protocol=proto)
 
 
 def _healthcheck(r: _Reader, h: Any, key: str) -> Healthcheck:
@@ -564,13 +564,13 @@ def _healthcheck(r: _Reader, h: Any, key: str) -> Healthcheck:
 def _service(r: _Reader, data: Any, key: str) -> Service:
     if not isinstance(data, dict):
         raise r.fail(key, "must be a table ([[services]])")
-    r.only(data, key, SERVICE_KEYS)
     name = r.str_(data.get("name"), f"{key}.name")
     if not name or not name.replace("-", "").replace("_", "").isalnum() or \
             name != name.lower() or len(name) > 32:
         raise r.fail(f"{key}.name", f"must be lower-case letters, digits, '-' or '_' (at "
                                     f"most 32), not {name!r}")
     key = f"services.{name}"
+    r.only(data, key, SERVICE_KEYS)
     mounts_raw = data.get("mounts", [])
     if not isinstance(mounts_raw, list):
         raise r.fail(f"{key}.mounts", "must be a list of tables")

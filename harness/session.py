@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from harness import plan as planning
 from harness import results, studies, validate
 from harness.core import image as image_mod
-from harness.core.errors import BackendUnavailable, UsageError
+from harness.core.errors import BackendUnavailable, BenchError, UsageError
 from harness.core.probes import limits
 from harness.runner import Cell, Context, Outcome, Runner, Target
 from harness.runs import HOOKS, Resumable, RunLock, collect, finish, hold, live_runs, runs_dir
@@ -238,6 +238,22 @@ def stack_header(scen: Scenario, prepared: dict[str, dict[str, Prepared]],
             "images": {n: {**img.as_dict(), "prepared": {
                 b: {"ref": per[n].ref, "footprint": dict(per[n].footprint)}
                 for b, per in prepared.items() if n in per}} for n, img in images.items()}}
+
+
+def engine_lookup(engine: str, ref: str) -> str | None:
+    """None if `ref` is in the store of `engine` (docker, podman), else why not (a
+    compose image's look-up: no registry is asked)."""
+    try:
+        rt = registry.get(engine, HOOKS)
+        avail = rt.availability()
+        if not avail.ok:
+            return f"not available ({avail.reason})"
+        if not isinstance(rt, image_mod.EngineStore):
+            return "keeps no images"
+        rt.image_id(ref)
+    except BenchError as e:
+        return str(e).removeprefix(f"{engine} image {ref}: ")
+    return None
 
 
 def build_image(source: image_mod.Source,
