@@ -282,7 +282,7 @@ class PerService(Stack):
             self.cell, argv=w.command, env=dict(w.env), limits=s.limits, network="bridge",
             network_name=self.net, hostname=s.name, aliases=(s.name,),
             mounts=self.volumes(s.mounts), readiness=w.readiness, workdir=w.workdir or "/",
-            user=w.user or "", capture=True)
+            user=w.user or "", capture=True, agent=s.healthcheck is not None)
         r.created = now_ns()
         inst = self.rt.create(spec, self.cell.images[s.name])
         self.ctx.track(self.cell, inst)
@@ -324,7 +324,7 @@ class SingleVm(Stack):
                 if all(x.memory for x in limits) else None),
             network="bridge", network_name=self.net, hostname=self.cell.config.front,
             aliases=tuple(s.name for s in order), mounts=tuple(mounts), readiness="marker",
-            workdir="/", user="", capture=True)
+            workdir="/", user="", capture=True, agent=True)
         self.vm: Instance = self.rt.create(spec, union)
         self.ctx.track(self.cell, self.vm)
         self.instances.append(self.vm)
