@@ -203,11 +203,13 @@ class Stack:
         """Every instance's output so far (it is stopped to be read)."""
         out = {}
         for inst in self.instances:
-            with contextlib.suppress(Exception):
+            try:
                 self.rt.stop(inst, grace=0.5)
                 ex = self.rt.wait_exit(inst, 10.0)
                 text = (ex.stdout + ex.stderr).decode(errors="replace")
-                out[inst.spec.hostname] = text[-LOG_TAIL:]
+            except Exception as e:  # the failure is reported all the same
+                text = f"(its output could not be read: {e})"
+            out[inst.spec.hostname] = text[-LOG_TAIL:]
         for r in self.services.values():
             if r.checks:
                 out[f"{r.name} healthchecks"] = "\n".join(r.checks[-5:])

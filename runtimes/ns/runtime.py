@@ -442,7 +442,7 @@ class NsRuntime:
         if child.go_w >= 0:  # created, never started
             process.abort(child)
         elif inst.pid:
-            _proc.reap(inst.pid, inst.pidfd, grace)
+            inst.stopped = _proc.reap(inst.pid, inst.pidfd, grace)
         inst.exited = True
 
     def daemons(self) -> dict[str, list[int]]:
