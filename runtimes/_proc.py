@@ -8,7 +8,6 @@ and the pipes keep draining meanwhile (a workload that writes a lot never blocks
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import select

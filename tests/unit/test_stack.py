@@ -4,12 +4,13 @@ their problems one line naming the file, the service and the key."""
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import compose
+from harness import compose, scenario
 from harness.cli import main
 from harness.core.errors import ScenarioError
 from harness.core.image import Debian, EngineRef, Image
@@ -234,3 +235,29 @@ def test_single_vm_union_of_debian_packages_or_the_reason() -> None:
     union, why = stack.union_source(s.services, {"db": deb, "app": exported,
                                                  "web": image(EngineRef("docker", "b"))})
     assert union is None and "service web's image (docker image b) is not made of Debian" in why
+
+
+# --- the shipped example: scenarios/stack.toml and examples/compose.yaml -----------------
+
+def test_example_compose_file_is_the_stack_scenario() -> None:
+    """The same services, commands, users, healthcheck, limits, dependencies and front;
+    the compose images are the TOML's Debian images under the tags scripts/stack-images
+    gives them (that their digests are equal is checked against docker's store by
+    tests/integration/test_stack.py)."""
+    toml = scenario.load("stack")
+    root = Path(__file__).resolve().parents[2]
+    refs: list[tuple[str, str]] = []
+
+    def lookup(engine: str, ref: str) -> str | None:
+        refs.append((engine, ref))
+        return None
+
+    composed = compose.read(root / "examples" / "compose.yaml", toml, lookup)
+    assert composed.front == toml.front and composed.variants == toml.variants
+    assert [s.name for s in composed.services] == [s.name for s in toml.services]
+    for c, t in zip(composed.services, toml.services, strict=True):
+        assert isinstance(t.workload.image, Debian)
+        assert c.workload.image == EngineRef(
+            "docker", f"cvbench/stack-{t.name}:{t.workload.image.suite}")
+        assert replace(c, workload=replace(c.workload, image=t.workload.image)) == t, t.name
+    assert {e for e, _ in refs} == {"docker"}
