@@ -193,9 +193,13 @@ class Stack:
     def healthcheck(self, r: Running) -> bool:
         hc = r.service.healthcheck
         assert hc is not None
-        ex = self.rt.exec(self.where(r), hc.test, user=r.workload.user or "",
-                          env=dict(r.workload.env), workdir=r.workload.workdir or "/",
-                          timeout=hc.timeout)
+        try:
+            ex = self.rt.exec(self.where(r), hc.test, user=r.workload.user or "",
+                              env=dict(r.workload.env), workdir=r.workload.workdir or "/",
+                              timeout=hc.timeout)
+        except InstanceError as e:  # a check that timed out failed, as Docker counts it
+            r.checks.append(f"no exit: {e}")
+            return False
         r.checks.append(f"exit {ex.code}: {ex.stdout[-200:].decode(errors='replace')}")
         return ex.code == 0
 
