@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol, cast
 
@@ -47,7 +49,7 @@ from harness.core.probes import memory, serving
 from harness.core.probes.timing import now_ns
 from harness.runner import Cell, Context, Measurement, NotApplicable
 from harness.scenario import Scenario, Service, Workload
-from runtimes.base import Exec, Instance, Limits, Mount, Networks, Runtime
+from runtimes.base import Exec, Exit, Instance, Limits, Mount, Networks, Runtime
 
 UNION = "@single-vm"  # the name of a single-VM stack's image among a cell's images
 LOG_TAIL = 4000  # characters of each service's output kept with a failed sample
@@ -141,6 +143,8 @@ class Running:
     started: int | None = None
     ready: int | None = None
     healthy: int | None = None
+    starting: Future[int] | None = None  # the wait for its ready line (per-service)
+    check: Future[tuple[bool, int]] | None = None  # the healthcheck under way
     next_check: float = 0.0
     failures: int = 0
     checks: list[str] = field(default_factory=list)
@@ -166,6 +170,11 @@ class Stack:
         self.ctx, self.cell, self.rt, self.net = ctx, cell, rt, net
         self.services: dict[str, Running] = {}
         self.instances: list[Instance] = []
+        # What blocks (a ready line, a healthcheck's exec: seconds in an emulated VM) runs
+        # in threads, so no service's times wait on another's; execs into one instance
+        # (the single VM's agent) take turns.
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stack")
+        self.exec_locks: dict[int, threading.Lock] = {}
 
     # what a placement provides
     def start(self, r: Running) -> None:
@@ -190,18 +199,23 @@ class Stack:
             raise InstanceError(f"{r.name}: {probe}: no address the host can reach")
         return time.monotonic_ns() if serving.answers(probe, address) else None
 
-    def healthcheck(self, r: Running) -> bool:
+    def exec(self, inst: Instance, argv: Sequence[str], w: Workload, timeout: float,
+             detach: bool = False) -> Exit:
+        with self.exec_locks.setdefault(id(inst), threading.Lock()):
+            return self.rt.exec(inst, argv, user=w.user or "", env=dict(w.env),
+                                workdir=w.workdir or "/", timeout=timeout, detach=detach)
+
+    def healthcheck(self, r: Running) -> tuple[bool, int]:
+        """One check (in a thread): whether it passed, and when it returned."""
         hc = r.service.healthcheck
         assert hc is not None
         try:
-            ex = self.rt.exec(self.where(r), hc.test, user=r.workload.user or "",
-                              env=dict(r.workload.env), workdir=r.workload.workdir or "/",
-                              timeout=hc.timeout)
+            ex = self.exec(self.where(r), hc.test, r.workload, hc.timeout)
         except InstanceError as e:  # a check that timed out failed, as Docker counts it
             r.checks.append(f"no exit: {e}")
-            return False
+            return False, now_ns()
         r.checks.append(f"exit {ex.code}: {ex.stdout[-200:].decode(errors='replace')}")
-        return ex.code == 0
+        return ex.code == 0, now_ns()
 
     def logs(self) -> dict[str, str]:
         """Every instance's output so far (it is stopped to be read)."""
@@ -231,24 +245,17 @@ class Stack:
                 if all(self._met(dep, cond) for dep, cond in s.depends_on):
                     pending.remove(s)
                     self.start(self.services[s.name])
-            now = time.monotonic()
             for r in self.services.values():
+                if r.started is None and r.starting is not None and r.starting.done():
+                    try:
+                        r.started = r.starting.result()
+                    except InstanceError as e:
+                        raise InstanceError(f"service {r.name}: {e}", self.logs()) from e
                 if r.started is None:
                     continue
                 if r.ready is None:
                     r.ready = self.answered(r)
-                hc = r.service.healthcheck
-                if hc is not None and r.healthy is None and now >= r.next_check:
-                    if self.healthcheck(r):
-                        r.healthy = time.monotonic_ns()
-                    else:
-                        if (now - r.started * 1e-9) >= hc.start_period:
-                            r.failures += 1
-                        if r.failures >= hc.retries:
-                            raise InstanceError(
-                                f"service {r.name} is unhealthy: its healthcheck failed "
-                                f"{r.failures} times ({r.checks[-1]})", self.logs())
-                    r.next_check = time.monotonic() + hc.interval
+                self._check(r)
             if not pending and all(r.done for r in self.services.values()):
                 return
             if time.monotonic() > t_deadline:
@@ -258,11 +265,38 @@ class Stack:
                                     f"{', '.join(late)}", self.logs())
             time.sleep(interval)
 
+    def _check(self, r: Running) -> None:
+        """Docker's rule: the first check `interval` after the start, the next one
+        `interval` after the last returned; failures count after `start_period`."""
+        hc = r.service.healthcheck
+        if hc is None or r.healthy is not None or r.started is None:
+            return
+        if r.check is None:
+            if not r.next_check:
+                r.next_check = r.started * 1e-9 + hc.interval
+            if time.monotonic() >= r.next_check:
+                r.check = self.pool.submit(self.healthcheck, r)
+            return
+        if not r.check.done():
+            return
+        ok, t = r.check.result()
+        r.check = None
+        if ok:
+            r.healthy = t
+            return
+        if (t - r.started) * 1e-9 >= hc.start_period:
+            r.failures += 1
+        if r.failures >= hc.retries:
+            raise InstanceError(f"service {r.name} is unhealthy: its healthcheck failed "
+                                f"{r.failures} times ({r.checks[-1]})", self.logs())
+        r.next_check = time.monotonic() + hc.interval
+
     def _met(self, dep: str, cond: str) -> bool:
         r = self.services[dep]
         return r.healthy is not None if cond == "service_healthy" else r.started is not None
 
     def down(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
         errors = []
         for inst in reversed(self.instances):
             try:
@@ -295,8 +329,7 @@ class PerService(Stack):
         self.instances.append(inst)
         r.inst = inst
         self.rt.start(inst)
-        r.started = self.rt.wait_ready(inst, self.ctx.timeout)
-        r.next_check = r.started * 1e-9 + (s.healthcheck.interval if s.healthcheck else 0)
+        r.starting = self.pool.submit(self.rt.wait_ready, inst, self.ctx.timeout)
 
     def where(self, r: Running) -> Instance:
         assert r.inst is not None
@@ -340,14 +373,11 @@ class SingleVm(Stack):
     def start(self, r: Running) -> None:
         w = r.workload
         r.created = now_ns()
-        ex = self.rt.exec(self.vm, w.command, user=w.user or "", env=dict(w.env),
-                          workdir=w.workdir or "/", timeout=self.ctx.timeout, detach=True)
+        ex = self.exec(self.vm, w.command, w, self.ctx.timeout, detach=True)
         if ex.code != 0:
             raise InstanceError(f"service {r.name} did not start in the VM: exit "
                                 f"{ex.code}: {ex.stdout[-300:]!r}", self.logs())
         r.started = now_ns()
-        hc = r.service.healthcheck
-        r.next_check = r.started * 1e-9 + (hc.interval if hc else 0)
 
     def where(self, r: Running) -> Instance:
         return self.vm
