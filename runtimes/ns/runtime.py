@@ -21,7 +21,7 @@ from harness.core.errors import BackendUnavailable, InstanceError, UsageError
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
 from harness.core.probes.disk import du_bytes
-from runtimes import _proc
+from runtimes import _proc, _publish
 from runtimes._proc import PipedInstance
 from runtimes.base import (
     NO_HOOKS,
@@ -85,6 +85,7 @@ class NsInstance(PipedInstance):
     lease: str | None = None
     address: str | None = None
     net: network.PrivateNet | None = None  # a private network of the run it is on
+    published: bool = False  # DNAT rules for its published ports may exist
 
 
 class NsRuntime:
@@ -346,6 +347,9 @@ class NsRuntime:
         inst.veth = network.attach(inst.child.resolve(), inst.spec.name, addr, inst.net)
         if inst.net is not None:
             inst.net.add_host(str(addr), (inst.spec.hostname, *inst.spec.aliases))
+        if inst.spec.publish:
+            inst.published = True
+            _publish.publish(self.name, inst.spec.name, inst.address, inst.spec.publish)
 
     def _leases(self, inst: NsInstance) -> network.Leases:
         return inst.net.leases if inst.net else network.Leases(self.root() / "ipam")
@@ -483,6 +487,9 @@ class NsRuntime:
         if inst.veth and os.path.exists(f"/sys/class/net/{inst.veth}"):
             network.delete_link(inst.veth)  # normally gone with the instance's netns
         inst.veth = None
+        if inst.published:
+            _publish.unpublish(self.name, inst.spec.name)
+            inst.published = False
         if inst.lease:
             if inst.net is not None:
                 inst.net.remove_host(inst.lease)
@@ -509,6 +516,8 @@ class NsRuntime:
                   for link, alias in network.links().items() if dead(alias)]
         found += [Leftover(self.name, "network", n, run_of(n))
                   for n in network.private_nets(self.root() / "nets") if dead(n)]
+        found += [Leftover(self.name, "dnat", name, run_of(name))
+                  for name in _publish.rules(self.name) if dead(name)]
         if not live_runs:  # shared by every run: removed when no run is going
             if not network.bridge_in_use() and \
                     os.path.exists(f"/sys/class/net/{network.BRIDGE}"):
@@ -545,6 +554,8 @@ class NsRuntime:
                 network.delete_link(item.name)
             elif item.kind == "network":
                 network.remove_private_net(self.root() / "nets", item.name)
+            elif item.kind == "dnat":
+                _publish.unpublish(self.name, item.name)
             elif item.kind == "bridge":
                 network.remove_bridge()
             elif item.kind == "cgroup-parent":

@@ -7,6 +7,9 @@ packages=(
   busybox-static fio iperf3 sockperf hyperfine
   # real images: Debian root filesystems (debootstrap); host-side HTTP checks in tests (curl)
   debootstrap curl
+  # application studies' load generators, run on the host (wrk, redis-benchmark, pgbench;
+  # sysbench runs inside the images, from their own package, and here for `bench doctor`)
+  wrk redis-tools postgresql-client sysbench
   # ns runtime
   iproute2 iptables kmod util-linux libseccomp2
   # OCI runtimes (oci:* backends, and the engines' extra runtimes)
