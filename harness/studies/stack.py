@@ -30,12 +30,18 @@ Figures, on the host's monotonic clock, from t0 = the create call of the first s
                            stack.memory.daemon: the engine's daemons, apart
   stack.disk.image         the distinct images as the backend stores them
   stack.disk.instance      what the instances wrote (writable layers, VM overlays)
+  stack.e2e.rps, .lat_p50, .lat_p99
+                           with params.load_seconds > 0: wrk from the host (pinned to
+                           params.client_cpuset) against params.request at the front, once
+                           the stack is up: requests/s and latency end to end, through
+                           every service the request crosses
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,10 +51,11 @@ from typing import Any, ClassVar, Protocol, cast
 
 from harness.core.errors import InstanceError, ReadyTimeout
 from harness.core.image import Debian, Image, Source, source_from_dict
-from harness.core.probes import memory, serving
+from harness.core.probes import loadgen, memory, serving
 from harness.core.probes.timing import now_ns
 from harness.runner import Cell, Context, Measurement, NotApplicable
 from harness.scenario import Scenario, Service, Workload
+from harness.studies._server import run_tool
 from runtimes.base import Exec, Exit, Instance, Limits, Mount, Networks, Runtime
 
 UNION = "@single-vm"  # the name of a single-VM stack's image among a cell's images
@@ -390,17 +397,24 @@ class StackStudy:
     name = "stack"
     metrics: ClassVar[dict[str, str]] = {
         "stack.start": "s", "stack.service.": "s", "stack.teardown": "s",
-        "stack.memory.": "B", "stack.disk.": "B"}
+        "stack.memory.": "B", "stack.disk.": "B", "stack.e2e.rps": "req/s",
+        "stack.e2e.lat_p50": "s", "stack.e2e.lat_p99": "s"}
     # request: a path GET from the front once the stack is up (on the port of its http
     # readiness); its answer is kept as an artifact ("front_response") and must match
     # `expect` (a regular expression), or the sample fails: the stack answered end to end.
-    params: ClassVar[dict[str, Any]] = {"request": "", "expect": ""}
+    # load_seconds > 0: wrk with load_connections connections against the request.
+    params: ClassVar[dict[str, Any]] = {"request": "", "expect": "", "load_seconds": 0,
+                                        "load_connections": 8, "client_cpuset": "0"}
 
     def check_params(self, scen: Scenario) -> list[tuple[str, str]]:
         p = dict(scen.params)
         out = []
         if p.get("request") and not str(p["request"]).startswith("/"):
             out.append(("params.request", "must be a path starting with /"))
+        if float(p.get("load_seconds", 0)) > 0 and not p.get("request"):
+            out.append(("params.load_seconds", "needs params.request (what wrk asks for)"))
+        if float(p.get("load_seconds", 0)) > 0 and shutil.which("wrk") is None:
+            out.append(("params.load_seconds", "wrk is not installed (make provision)"))
         if p.get("request") and serving.parse(scen.workload.readiness).kind != "http":
             out.append(("params.request", "needs the front's readiness to be http:PORT/PATH "
                                           "(its port is where the request goes)"))
@@ -436,7 +450,7 @@ class StackStudy:
             t0 = now_ns()
             stack.up(order, time.monotonic() + ctx.timeout)
             out = self._times(stack, t0, cfg.front)
-            self._request(ctx, stack, cfg.front)
+            out += self._load(ctx, stack, cfg.front, self._request(ctx, stack, cfg.front))
             out += stack.memory()
             daemons = [p for pids in rt.daemons().values() for p in pids]
             out.append(Measurement("stack.memory.daemon",
@@ -452,11 +466,33 @@ class StackStudy:
         return out
 
     @staticmethod
-    def _request(ctx: Context, stack: Stack, front: str) -> None:
-        """The end-to-end check: GET params.request from the front, kept, matched."""
+    def _load(ctx: Context, stack: Stack, front: str, body: int) -> list[Measurement]:
+        """wrk against the front (its answers at least as long as the first one)."""
+        seconds = float(ctx.params.get("load_seconds", 0))
+        if seconds <= 0:
+            return []
+        r = stack.services[front]
+        url = (f"http://{stack.rt.address(stack.where(r))}:{r.probe.port}"
+               f"{ctx.params['request']}")
+        argv = loadgen.wrk_args(url, duration=seconds,
+                                connections=int(ctx.params.get("load_connections", 8)))
+        text, code = run_tool(ctx, argv, {"client_cpuset": ctx.params.get("client_cpuset", "0")},
+                              seconds + 30, "wrk")
+        run = loadgen.parse_wrk(text)
+        loadgen.check_wrk(run, body)
+        if code != 0:
+            raise loadgen.LoadFailed("wrk", f"exit status {code}", run.counts)
+        return [Measurement("stack.e2e.rps", run.rps),
+                Measurement("stack.e2e.lat_p50", run.latency["50"]),
+                Measurement("stack.e2e.lat_p99", run.latency["99"])]
+
+    @staticmethod
+    def _request(ctx: Context, stack: Stack, front: str) -> int:
+        """The end-to-end check: GET params.request from the front, kept, matched; the
+        length of the body."""
         path, expect = str(ctx.params.get("request", "")), str(ctx.params.get("expect", ""))
         if not path:
-            return
+            return 0
         r = stack.services[front]
         address = stack.rt.address(stack.where(r))
         status, body = serving.fetch(address or "", r.probe.port, path)
@@ -466,6 +502,7 @@ class StackStudy:
             raise InstanceError(f"the front answered {path} with {status}: {body[:300]!r}"
                                 + (f", not matching {expect!r}" if expect else ""),
                                 stack.logs())
+        return len(body.encode())
 
     @staticmethod
     def _times(stack: Stack, t0: int, front: str) -> list[Measurement]:
