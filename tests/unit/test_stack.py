@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from harness import compose, scenario
@@ -261,3 +262,45 @@ def test_example_compose_file_is_the_stack_scenario() -> None:
             "docker", f"cvbench/stack-{t.name}:{t.workload.image.suite}")
         assert replace(c, workload=replace(c.workload, image=t.workload.image)) == t, t.name
     assert {e for e, _ in refs} == {"docker"}
+
+
+# --- the timeline chart ---------------------------------------------------------------
+
+def test_timeline_chart_services_in_dependency_order_per_cell() -> None:
+    from harness.report import charts
+
+    times = {"web": (1.0, 1.2, 1.3, None), "app": (0.5, 0.7, 0.8, 1.0),
+             "db": (0.0, 0.1, 0.2, 0.5)}  # (the frame's order is not the stack's)
+    rows = []
+    for backend, kind, scale in (("docker", "container", 1.0), ("libvirt", "vm", 20.0)):
+        for rnd in (1, 2):
+            for service, ts in times.items():
+                for metric, t in zip(("created", "started", "ready", "healthy"), ts,
+                                     strict=True):
+                    if t is not None:
+                        rows.append({"backend": backend, "kind": kind, "emulated": False,
+                                     "dataset": "d", "created": "t", "metric": f"stack.service.{metric}",
+                                     "unit": "s", "round": rnd, "value": t * scale,
+                                     "sub": f"service={service}",
+                                     "variant": f"placement=per-service,service={service}"})
+            rows.append({"backend": backend, "kind": kind, "emulated": False,
+                         "dataset": "d", "created": "t", "metric": "stack.start", "unit": "s",
+                         "round": rnd,
+                         "value": 1.3 * scale, "sub": None,
+                         "variant": "placement=per-service"})
+    df = pd.DataFrame(rows)
+    fig = charts.stack_timeline(df, charts.Look.of(df))
+    assert fig is not None
+    axes = fig.get_axes()
+    assert [ax.get_title(loc="left") for ax in axes] == ["docker [per-service]",
+                                                        "libvirt [per-service]"]
+    for ax, scale in zip(axes, (1.0, 20.0), strict=True):
+        # created first at the top: the dependency order, whatever the frame's order
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["db", "app", "web"]
+        bars = sorted((p.get_y(), p.get_x(), p.get_x() + p.get_width()) for p in ax.patches)
+        assert [(round(x0 / scale, 6), round(x1 / scale, 6)) for _, x0, x1 in bars] == \
+            [(0.0, 0.1), (0.1, 0.2), (0.5, 0.7), (0.7, 0.8), (1.0, 1.2), (1.2, 1.3)]
+        diamonds = [ln.get_xdata()[0] / scale for ln in ax.lines if ln.get_marker() == "D"]
+        assert diamonds == pytest.approx([0.5, 1.0])  # db and app have healthchecks
+    assert charts.stack_timeline(df[~df["metric"].str.startswith("stack.service.")],
+                                 charts.Look.of(df)) is None
