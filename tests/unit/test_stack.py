@@ -279,7 +279,8 @@ def test_timeline_chart_services_in_dependency_order_per_cell() -> None:
                                      strict=True):
                     if t is not None:
                         rows.append({"backend": backend, "kind": kind, "emulated": False,
-                                     "dataset": "d", "created": "t", "metric": f"stack.service.{metric}",
+                                     "dataset": "d", "created": "t",
+                                     "metric": f"stack.service.{metric}",
                                      "unit": "s", "round": rnd, "value": t * scale,
                                      "sub": f"service={service}",
                                      "variant": f"placement=per-service,service={service}"})
