@@ -192,7 +192,7 @@ def test_compose_file_under_docker_compose_answers_as_under_cvbench(tmp_path: Pa
                 break
             except OSError:
                 time.sleep(0.5)
-        expect = str(toml.params["expect"])
+        expect = str(dict(toml.params)["expect"])
         assert re.search(expect, body), body
     finally:
         subprocess.run([*dc, "down", "-v", "--remove-orphans"], timeout=300,
