@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -176,7 +177,9 @@ def _print_table(df: Any, order: list[str] | None = None) -> None:
                                 key=lambda s: s.map(lambda b: rank.get(b, len(rank))))
     for r in summ.to_dict("records"):
         u = str(r["unit"])
-        cell = str(r["backend"]) + ("" if r["variant"] == "default" else f" [{r['variant']}]")
+        # (escaped: rich would take "[network=none]" for markup and print nothing)
+        cell = escape(str(r["backend"]) + ("" if r["variant"] == "default"
+                                           else f" [{r['variant']}]"))
         rel = (r["ci_hi"] - r["ci_lo"]) / 2 / r["median"] if r["median"] else float("nan")
         t.add_row(cell, str(r["metric"]), str(r["n"]), format_value(r["median"], u),
                   f"{format_value(r['ci_lo'], u)} – {format_value(r['ci_hi'], u)}",
