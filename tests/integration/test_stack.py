@@ -113,6 +113,36 @@ def test_failing_healthcheck_fails_the_sample_keeps_logs_tears_down(tmp_path: Pa
     assert leftovers("docker", doc["run_id"]) == []
 
 
+@pytest.mark.parametrize("backend", ["docker", "podman"])
+def test_a_killed_run_leaves_its_stack_to_bench_gc(tmp_path: Path, backend: str) -> None:
+    """The runner is SIGKILLed while its stack waits for a healthcheck that never passes:
+    the back's container and the stack's network stay, labelled with the run; `bench gc
+    --run` removes them all."""
+    backend_or_skip(backend)
+    stuck = TINY.replace('"http://127.0.0.1:8000/"], interval = 0.2',
+                         '"http://127.0.0.1:9/"], interval = 0.2, retries = 100000')
+    (tmp_path / "stuck.toml").write_text(stuck)
+    out = tmp_path / "out"
+    p = subprocess.Popen([*BENCH, "run", str(tmp_path / "stuck.toml"), "--backends", backend,
+                          "--out", str(out)], stdout=subprocess.DEVNULL)
+    run_id, deadline = "", time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            journals = list(out.glob("*.journal"))  # <scenario>-<time>-<run id>.journal
+            run_id = journals[0].stem.rsplit("-", 1)[1] if journals else ""
+            if run_id and len(leftovers(backend, run_id)) >= 2:
+                break
+            time.sleep(0.5)
+    finally:
+        p.kill()
+        p.wait()
+    assert run_id and len(leftovers(backend, run_id)) >= 2, leftovers(backend, run_id)
+    gc = subprocess.run([*BENCH, "gc", "--run", run_id], capture_output=True, text=True,
+                        timeout=300, check=False)
+    assert gc.returncode == 0, gc.stderr[-2000:]
+    assert leftovers(backend, run_id) == []
+
+
 def test_single_vm_refuses_a_stack_not_made_of_debian_packages(tmp_path: Path) -> None:
     backend_or_skip("libvirt")
     (tmp_path / "tiny.toml").write_text(TINY.replace('"per-service", ', ""))
