@@ -1091,8 +1091,8 @@ def stack_timeline(df: pd.DataFrame, look: Look) -> Figure | None:
             lambda v, _: format_seconds(v) if v > 0 else "0"))
         ax.set_xlim(0, ax.get_xlim()[1] * 1.12)  # room for the last label
         ax.grid(axis="x")
-    axes[-1].set_xlabel("time from the create call of the stack's first service "
-                        "(medians over the samples)")
+    axes[-1].set_xlabel("time from the stack's first create call (a single VM: the VM's, "
+                        "so its boot is the gap before the first service); medians")
     _title(fig, "Stacks: each service's start, in dependency order", look)
     _finish(fig, look, [*(Patch(facecolor=colour, edgecolor="#555555", label=label)
                           for _, _, colour, label in STACK_PHASES),
