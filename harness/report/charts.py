@@ -1048,9 +1048,10 @@ STACK_PHASES = (("created", "started", "#c6dbef", "create → started"),
 @styled
 def stack_timeline(df: pd.DataFrame, look: Look) -> Figure | None:
     """Per stack cell, its services top to bottom in the order they were created (the
-    dependency order): median times from the create call of the first service, as bars
-    create → started → ready, a diamond where the healthcheck passed; one panel per cell,
-    each on its own time axis (a VM stack takes seconds where containers take ms)."""
+    dependency order): median times from the stack's first create call, as bars create →
+    started → ready, a diamond where the healthcheck passed, and a single VM's boot as a
+    row of its own; one panel per cell, each on its own time axis (a VM stack takes
+    seconds where containers take ms)."""
     d = df[df["metric"].str.startswith("stack.service.") & df["sub"].notna()].copy()
     if d.empty:
         return None
@@ -1063,7 +1064,14 @@ def stack_timeline(df: pd.DataFrame, look: Look) -> Figure | None:
     panels = []
     for c in cs:
         m = med.loc[(c.backend, c.variant, c.dataset)].unstack("metric")
-        panels.append((c, m.sort_values("stack.service.created")))
+        boot = c.select(df[df["metric"] == "stack.vm_boot"])["value"]
+        m = m.sort_values("stack.service.created")
+        if not boot.empty:  # a single VM: its boot, a row before the services in it
+            vm = pd.DataFrame({"stack.service.created": [0.0],
+                               "stack.service.started": [float(boot.median())]},
+                              index=["(the VM)"])
+            m = pd.concat([vm, m])
+        panels.append((c, m))
     fig = look.figure(sum(len(m) for _, m in panels) + len(panels))
     axes = fig.subplots(len(panels), 1, squeeze=False,
                         gridspec_kw={"height_ratios": [len(m) for _, m in panels]})[:, 0]
@@ -1092,7 +1100,7 @@ def stack_timeline(df: pd.DataFrame, look: Look) -> Figure | None:
         ax.set_xlim(0, ax.get_xlim()[1] * 1.12)  # room for the last label
         ax.grid(axis="x")
     axes[-1].set_xlabel("time from the stack's first create call (a single VM: the VM's, "
-                        "so its boot is the gap before the first service); medians")
+                        "its boot the first row); medians over the samples")
     _title(fig, "Stacks: each service's start, in dependency order", look)
     _finish(fig, look, [*(Patch(facecolor=colour, edgecolor="#555555", label=label)
                           for _, _, colour, label in STACK_PHASES),

@@ -290,6 +290,13 @@ def test_timeline_chart_services_in_dependency_order_per_cell() -> None:
                          "value": 1.3 * scale, "sub": None,
                          "variant": "placement=per-service"})
     df = pd.DataFrame(rows)
+    one_vm = df[df["backend"] == "libvirt"].copy()
+    one_vm["variant"] = one_vm["variant"].str.replace("per-service", "single-vm")
+    boot = one_vm[one_vm["metric"] == "stack.start"].assign(metric="stack.vm_boot", value=3.0)
+    both = pd.concat([df, one_vm, boot], ignore_index=True)
+    vm_axes = charts.stack_timeline(both, charts.Look.of(both)).get_axes()  # type: ignore[union-attr]
+    assert [t.get_text() for t in vm_axes[-1].get_yticklabels()] == \
+        ["(the VM)", "db", "app", "web"]  # a single VM's boot comes first
     fig = charts.stack_timeline(df, charts.Look.of(df))
     assert fig is not None
     axes = fig.get_axes()
