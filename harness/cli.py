@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -64,10 +65,13 @@ def cli() -> None:
               "time budget (s).")
 @click.option("--copies", type=click.IntRange(1, 2), default=1, show_default=True,
               help="Run every cell this many times, interleaved (2: A/A, `bench calibrate`).")
+@click.option("--compose", "compose_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A stack scenario (e.g. stack) with the services of this compose file "
+                   "(the supported subset: README, Stacks).")
 def run(scenario_name: str | None, backends: str | None, out_dir: Path,
         resume_id: str | None, seed: int | None, warmups: int | None,
         min_samples: int | None, max_samples: int | None, time_budget: float | None,
-        copies: int) -> None:
+        copies: int, compose_file: Path | None) -> None:
     """Run SCENARIO (a name from `bench list` or a path to a .toml file).
 
     Ctrl-C (or SIGTERM) stops after the current sample, removes live instances and writes
@@ -88,6 +92,12 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
         scen = scenario.load(scenario_name)
     else:
         raise click.UsageError("give a SCENARIO, or --resume RUN_ID")
+    if compose_file is not None:
+        if resumed:
+            raise click.UsageError("--resume takes the stack from the run, not --compose")
+        from harness import compose
+
+        scen = compose.read(compose_file, scen, session.engine_lookup)
     scen = session.overrides(scen, warmups=warmups, min_samples=min_samples,
                              max_samples=max_samples, time_budget=time_budget)
     done = session.Session(scen, _split(backends), out_dir, RichReporter(), seed=seed,
@@ -168,7 +178,9 @@ def _print_table(df: Any, order: list[str] | None = None) -> None:
                                 key=lambda s: s.map(lambda b: rank.get(b, len(rank))))
     for r in summ.to_dict("records"):
         u = str(r["unit"])
-        cell = str(r["backend"]) + ("" if r["variant"] == "default" else f" [{r['variant']}]")
+        # (escaped: rich would take "[network=none]" for markup and print nothing)
+        cell = escape(str(r["backend"]) + ("" if r["variant"] == "default"
+                                           else f" [{r['variant']}]"))
         rel = (r["ci_hi"] - r["ci_lo"]) / 2 / r["median"] if r["median"] else float("nan")
         t.add_row(cell, str(r["metric"]), str(r["n"]), format_value(r["median"], u),
                   f"{format_value(r['ci_lo'], u)} – {format_value(r['ci_hi'], u)}",

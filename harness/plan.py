@@ -74,12 +74,15 @@ def unenforced_limits(p: Plan) -> dict[str, list[str]]:
     return out
 
 
-def make_cells(p: Plan, prepared: dict[str, Prepared], copies: int = 1) -> list[Cell]:
+def make_cells(p: Plan, prepared: dict[str, Prepared], copies: int = 1,
+               images: dict[str, dict[str, Prepared]] | None = None) -> list[Cell]:
     """One cell per (backend, variant); with copies > 1 (A/A calibration), that many
-    identical cells each, numbered, which the rounds interleave like any other cells."""
+    identical cells each, numbered, which the rounds interleave like any other cells.
+    `images`: per backend, further prepared images by name (a stack's)."""
     traits = {b: p.runtimes[b].traits() for b in p.backends}
     return [Cell(backend=b, variant=v, config=p.scenario.config(v), runtime=p.runtimes[b],
-                 prepared=prepared[b], traits=traits[b], copy=None if copies == 1 else k)
+                 prepared=prepared[b], traits=traits[b], copy=None if copies == 1 else k,
+                 images=dict((images or {}).get(b, {})))
             for b in p.backends for v in p.scenario.variants for k in range(copies)]
 
 

@@ -92,6 +92,9 @@ class Cell:
     # A/A calibration (`bench calibrate`) runs each cell as 2 identical copies in one run;
     # the copy number goes into every sample so the copies can be told apart afterwards.
     copy: int | None = None
+    # Further images its instances run, prepared by this backend, by name (a stack's
+    # services; "@single-vm": the union image a single-VM stack boots).
+    images: dict[str, Prepared] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -281,7 +284,9 @@ class Runner:
             # What the tool said is the evidence of the failure: kept, marked failed.
             self._artifacts(cell, failed=True)
             self.journal.event("sample_failed", backend=cell.backend, variant=cell.variant.name,
-                               round=self.round, error=str(e), cleanup_errors=errors)
+                               round=self.round, error=str(e), cleanup_errors=errors,
+                               **({"logs": e.logs} if isinstance(e, InstanceError)
+                                  and e.logs else {}))
             if cell.consecutive_failures >= FAILURES_TO_GIVE_UP:
                 cell.status = "failed"
                 self.journal.event("cell_failed", backend=cell.backend,

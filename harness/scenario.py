@@ -50,6 +50,27 @@ A scenario file looks like this (every key but `name` and `workload.argv` has a 
     [variants]                        # optional matrix: every combination is a cell
     network = ["none", "bridge"]
 
+A stack (study "stack") has services instead of one workload (README "Stacks"):
+
+    [stack]
+    front = "web"                     # whose readiness ends the stack's start (default:
+                                      # the one service no other depends on)
+    [[services]]
+    name = "db"
+    image = { debian = "bookworm", packages = ["redis-server"] }
+    argv = [...]; entrypoint = [...]; env = {...}; user = "redis"; workdir = "/"
+    readiness = "tcp:6379"            # default: marker (started)
+    ports = [8080]                    # container ports published (also "8080:80")
+    expose = [6379]
+    depends_on = { other = "service_healthy" }   # or service_started
+    healthcheck = { test = ["CMD", "redis-cli", "ping"], interval = 1, timeout = 5,
+                    retries = 30, start_period = 0 }    # or ["CMD-SHELL", "..."]
+    limits = { cpus = 0.5, memory = "64M" }
+    mounts = [{ type = "volume", source = "data", target = "/var/lib/redis" }]
+
+    [variants]
+    placement = ["per-service", "single-vm"]
+
 Parsing is strict: an unknown key, a wrong type or a bad value raises ScenarioError
 naming the file and the dotted key; TOML syntax errors name the line.
 """
@@ -88,7 +109,11 @@ T = TypeVar("T")
 # (the study says which: its server's); instances get network "bridge" and the ports.
 SCENARIO_NETWORKS = (*NETWORK_MODES, "publish")
 VARIANT_KEYS = ("network", "limits.cpus", "limits.memory", "limits.pids", "limits.cpuset",
-                "workload.argv", "workload.readiness")
+                "workload.argv", "workload.readiness", "placement")
+# Where a stack's services run (the variant key "placement"): one instance per service,
+# or (VMs) one VM holding every service as a process of its own user.
+PLACEMENTS = ("per-service", "single-vm")
+CONDITIONS = ("service_started", "service_healthy")
 
 
 @dataclass(frozen=True)
@@ -140,6 +165,79 @@ class Workload:
 
 
 @dataclass(frozen=True)
+class Healthcheck:
+    """A compose healthcheck: `test` run inside the instance (as `docker exec` does) every
+    `interval` s, each run given `timeout` s; healthy at the first success, unhealthy
+    after `retries` failures that come after `start_period`."""
+
+    test: tuple[str, ...]  # argv; CMD-SHELL's string becomes ("/bin/sh", "-c", string)
+    interval: float = 30.0
+    timeout: float = 30.0
+    retries: int = 3
+    start_period: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"test": list(self.test), "interval": self.interval, "timeout": self.timeout,
+                "retries": self.retries, "start_period": self.start_period}
+
+
+@dataclass(frozen=True)
+class Port:
+    """A port of a service: `container` inside; `host` the host port it is published on
+    (None: not published, `expose`; 0: published on a port the engine picks)."""
+
+    container: int
+    host: int | None = None
+    protocol: str = "tcp"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"container": self.container, "host": self.host, "protocol": self.protocol}
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service of a stack: its workload (image and defaults as a scenario's), limits,
+    mounts, ports, the services it waits for and how it tells it is healthy."""
+
+    name: str
+    workload: Workload
+    limits: Limits = Limits()
+    mounts: tuple[Mount, ...] = ()
+    ports: tuple[Port, ...] = ()
+    depends_on: tuple[tuple[str, str], ...] = ()  # (service, condition)
+    healthcheck: Healthcheck | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "workload": self.workload.as_dict(),
+                "limits": self.limits.recorded(), "mounts": [m.as_dict() for m in self.mounts],
+                "ports": [p.as_dict() for p in self.ports],
+                "depends_on": dict(self.depends_on),
+                "healthcheck": self.healthcheck.as_dict() if self.healthcheck else None}
+
+
+def dependency_order(services: tuple[Service, ...]) -> tuple[Service, ...]:
+    """The services, each after those it depends on (ties: as listed); ValueError names
+    a cycle."""
+    by = {s.name: s for s in services}
+    done: list[Service] = []
+    seen: set[str] = set()
+
+    def visit(s: Service, path: tuple[str, ...]) -> None:
+        if s.name in path:
+            raise ValueError("depends_on has a cycle: " + " -> ".join((*path, s.name)))
+        if s.name in seen:
+            return
+        for dep, _ in s.depends_on:
+            visit(by[dep], (*path, s.name))
+        seen.add(s.name)
+        done.append(s)
+
+    for s in services:
+        visit(s, ())
+    return tuple(done)
+
+
+@dataclass(frozen=True)
 class Sampling:
     warmups: int = 2
     min_samples: int = 10
@@ -164,6 +262,9 @@ class Config:
     limits: Limits
     network: str
     mounts: tuple[Mount, ...]
+    placement: str = "per-service"
+    services: tuple[Service, ...] = ()
+    front: str = ""
 
 
 @dataclass(frozen=True)
@@ -187,11 +288,16 @@ class Scenario:
     params: tuple[tuple[str, Any], ...] = ()
     variants: tuple[Variant, ...] = (Variant("default"),)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    services: tuple[Service, ...] = ()  # a stack's, in dependency order
+    front: str = ""  # the stack's front service
 
     def config(self, variant: Variant) -> Config:
         workload, limits, network = self.workload, self.limits, self.network
+        placement = "per-service"
         for key, value in variant.overrides:
-            if key == "network":
+            if key == "placement":
+                placement = value
+            elif key == "network":
                 network = value
             elif key.startswith("limits."):
                 limits = replace(limits, **{key.split(".", 1)[1]: value})
@@ -199,7 +305,8 @@ class Scenario:
                 workload = replace(workload, argv=value)
             elif key == "workload.readiness":
                 workload = replace(workload, readiness=value)
-        return Config(workload=workload, limits=limits, network=network, mounts=self.mounts)
+        return Config(workload=workload, limits=limits, network=network, mounts=self.mounts,
+                      placement=placement, services=self.services, front=self.front)
 
     def param(self, key: str, default: T) -> T:
         return cast(T, dict(self.params).get(key, default))
@@ -214,6 +321,8 @@ class Scenario:
             "sampling": self.sampling.as_dict(), "params": dict(self.params),
             "variants": [{"name": v.name, "overrides": dict(v.overrides)}
                          for v in self.variants],
+            **({"services": [sv.as_dict() for sv in self.services], "front": self.front}
+               if self.services else {}),
         }
 
 
@@ -364,8 +473,7 @@ IMAGE_KEYS = {"recipe": {"recipe", "binaries"}, "debian": {"debian", "packages",
               "archive": {"archive"}, "engine": {"engine", "ref"}}
 
 
-def _image(r: _Reader, img: Any) -> Source:
-    key = "workload.image"
+def _image(r: _Reader, img: Any, key: str = "workload.image") -> Source:
     if isinstance(img, str):
         img = {"recipe": img}
     if not isinstance(img, dict):
@@ -404,6 +512,146 @@ def _image(r: _Reader, img: Any) -> Source:
     return recipe
 
 
+def _workload(r: _Reader, w: Mapping[str, Any], key: str) -> Workload:
+    env = w.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise r.fail(f"{key}.env", "must be a table of strings")
+    for k in env:
+        if not k or "=" in k or "\0" in k or "\0" in env[k]:
+            raise r.fail(f"{key}.env.{k}", "is not a valid environment variable")
+    workdir = r.str_(w["workdir"], f"{key}.workdir") if "workdir" in w else None
+    if workdir is not None and (not workdir.startswith("/") or ".." in workdir.split("/")):
+        raise r.fail(f"{key}.workdir", "must be an absolute path without '..'")
+    user = r.str_(w["user"], f"{key}.user") if "user" in w else None
+    if user is not None and (not user or any(c.isspace() for c in user)):
+        raise r.fail(f"{key}.user", "must be a user name or uid, optionally :group")
+    interval = r.num(w.get("probe_interval", 0.01), f"{key}.probe_interval")
+    if interval > 10:
+        raise r.fail(f"{key}.probe_interval", "must be at most 10 (seconds)")
+    return Workload(
+        image=_image(r, w.get("image", {}), f"{key}.image"),
+        argv=r.strings(w["argv"], f"{key}.argv") if "argv" in w else None,
+        entrypoint=r.strings(w["entrypoint"], f"{key}.entrypoint", nonempty=False)
+        if "entrypoint" in w else None,
+        readiness=r.readiness(w.get("readiness", "marker"), f"{key}.readiness"),
+        probe_interval=interval, env=tuple(sorted(env.items())), workdir=workdir, user=user)
+
+
+def _port(r: _Reader, value: Any, key: str) -> Port:
+    """A published port as compose writes it: "HOST:CONTAINER[/proto]", or the container
+    port alone (published on a port the engine picks)."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else \
+        r.str_(value, key)
+    body, _, proto = text.partition("/")
+    proto = proto or "tcp"
+    if proto not in ("tcp", "udp"):
+        raise r.fail(key, f"protocol must be tcp or udp, not {proto!r}")
+    host, _, cont = body.rpartition(":")
+    if "-" in body or host.count(":"):
+        raise r.fail(key, f"{text!r}: port ranges and host addresses are not supported")
+
+    def num(t: str) -> int:
+        if not t.isdigit() or not 0 < int(t) < 65536:
+            raise r.fail(key, f"{text!r}: a port is a number from 1 to 65535")
+        return int(t)
+
+    return Port(container=num(cont), host=num(host) if host else 0, protocol=proto)
+
+
+def _healthcheck(r: _Reader, h: Any, key: str) -> Healthcheck:
+    if not isinstance(h, dict):
+        raise r.fail(key, "must be a table")
+    r.only(h, key, {"test", "interval", "timeout", "retries", "start_period"})
+    test = r.strings(h.get("test"), f"{key}.test")
+    if test[0] == "CMD" and len(test) > 1:
+        argv = test[1:]
+    elif test[0] == "CMD-SHELL" and len(test) == 2:
+        argv = ("/bin/sh", "-c", test[1])
+    else:
+        raise r.fail(f"{key}.test", 'must be ["CMD", argv...] or ["CMD-SHELL", "command"]')
+    d = Healthcheck(test=argv)
+    return Healthcheck(
+        test=argv, interval=r.num(h.get("interval", d.interval), f"{key}.interval"),
+        timeout=r.num(h.get("timeout", d.timeout), f"{key}.timeout"),
+        retries=r.int_(h.get("retries", d.retries), f"{key}.retries", 1),
+        start_period=r.num(h.get("start_period", d.start_period), f"{key}.start_period",
+                           positive=False))
+
+
+def _service(r: _Reader, data: Any, key: str) -> Service:
+    if not isinstance(data, dict):
+        raise r.fail(key, "must be a table ([[services]])")
+    name = r.str_(data.get("name"), f"{key}.name")
+    if not name or not name.replace("-", "").replace("_", "").isalnum() or \
+            name != name.lower() or len(name) > 32:
+        raise r.fail(f"{key}.name", f"must be lower-case letters, digits, '-' or '_' (at "
+                                    f"most 32), not {name!r}")
+    key = f"services.{name}"
+    r.only(data, key, SERVICE_KEYS)
+    mounts_raw = data.get("mounts", [])
+    if not isinstance(mounts_raw, list):
+        raise r.fail(f"{key}.mounts", "must be a list of tables")
+    mounts = tuple(_mount(r, m, f"{key}.mounts[{i}]") for i, m in enumerate(mounts_raw))
+    ports_raw = data.get("ports", [])
+    expose_raw = data.get("expose", [])
+    if not isinstance(ports_raw, list) or not isinstance(expose_raw, list):
+        raise r.fail(f"{key}.{'ports' if not isinstance(ports_raw, list) else 'expose'}",
+                     "must be a list")
+    ports = tuple(_port(r, p, f"{key}.ports[{i}]") for i, p in enumerate(ports_raw))
+    ports += tuple(Port(container=_port(r, p, f"{key}.expose[{i}]").container)
+                   for i, p in enumerate(expose_raw))
+    deps = data.get("depends_on", {})
+    if not isinstance(deps, dict):
+        raise r.fail(f"{key}.depends_on", "must be a table of service = condition")
+    depends = tuple((d, r.str_(c, f"{key}.depends_on.{d}", CONDITIONS))
+                    for d, c in deps.items())
+    workload = _workload(r, data, key)
+    if workload.readiness == "exit":
+        raise r.fail(f"{key}.readiness", "a service keeps running: marker, tcp, http or log")
+    return Service(
+        name=name, workload=workload,
+        limits=_limits(r, data, f"{key}.limits"), mounts=mounts, ports=ports,
+        depends_on=depends,
+        healthcheck=_healthcheck(r, data["healthcheck"], f"{key}.healthcheck")
+        if "healthcheck" in data else None)
+
+
+def _stack(r: _Reader, services: tuple[Service, ...], front: str | None,
+           key: str = "stack.front") -> tuple[tuple[Service, ...], str]:
+    """The services in dependency order and the front, checked: names unique, every
+    dependency known, no cycle, service_healthy only on a service with a healthcheck."""
+    names = [s.name for s in services]
+    if len(set(names)) != len(names):
+        raise r.fail("services", f"two services are named {_dup(names)!r}")
+    by = {s.name: s for s in services}
+    for s in services:
+        for dep, cond in s.depends_on:
+            if dep not in by or dep == s.name:
+                raise r.fail(f"services.{s.name}.depends_on.{dep}",
+                             "is not another service of the stack")
+            if cond == "service_healthy" and by[dep].healthcheck is None:
+                raise r.fail(f"services.{s.name}.depends_on.{dep}",
+                             f"service_healthy needs a healthcheck on {dep}")
+    try:
+        ordered = dependency_order(services)
+    except ValueError as e:
+        raise r.fail("services", str(e)) from None
+    if front is None:
+        needed = {d for s in services for d, _ in s.depends_on}
+        roots = [n for n in names if n not in needed]
+        if len(roots) != 1:
+            raise r.fail(key, "name the front service (the one whose readiness ends the "
+                              f"stack's start); candidates: {', '.join(roots)}")
+        front = roots[0]
+    if front not in by:
+        raise r.fail(key, f"{front!r} is not a service of the stack")
+    return ordered, front
+
+
+def _dup(names: list[str]) -> str:
+    return next(n for n in names if names.count(n) > 1)
+
+
 def _variant_value(r: _Reader, key: str, value: Any) -> Any:
     parse: dict[str, Callable[[Any, str], Any]] = {
         "network": lambda v, k: r.str_(v, k, SCENARIO_NETWORKS),
@@ -413,6 +661,7 @@ def _variant_value(r: _Reader, key: str, value: Any) -> Any:
         "limits.cpuset": lambda v, k: _cpuset(r, v, k),
         "workload.argv": r.strings,
         "workload.readiness": r.readiness,
+        "placement": lambda v, k: r.str_(v, k, PLACEMENTS),
     }
     return parse[key](value, f"variants.{key}")
 
@@ -457,7 +706,11 @@ def _show(v: Any) -> str:
 
 
 TOP_KEYS = {"name", "description", "study", "backends", "workload", "limits", "network",
-            "mounts", "sampling", "params", "variants"}
+            "mounts", "sampling", "params", "variants", "services", "stack"}
+WORKLOAD_KEYS = {"image", "argv", "entrypoint", "readiness", "probe_interval", "env",
+                 "workdir", "user"}
+SERVICE_KEYS = WORKLOAD_KEYS - {"probe_interval"} | {
+    "name", "limits", "mounts", "ports", "expose", "depends_on", "healthcheck"}
 
 
 def parse(data: Mapping[str, Any], source: str) -> Scenario:
@@ -473,32 +726,30 @@ def parse(data: Mapping[str, Any], source: str) -> Scenario:
     if len(set(backends)) != len(backends):
         raise r.fail("backends", "lists a backend twice")
 
-    w = r.table(data, "workload", {"image", "argv", "entrypoint", "readiness",
-                                   "probe_interval", "env", "workdir", "user"})
-    env = w.get("env", {})
-    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-        raise r.fail("workload.env", "must be a table of strings")
-    for k in env:
-        if not k or "=" in k or "\0" in k or "\0" in env[k]:
-            raise r.fail(f"workload.env.{k}", "is not a valid environment variable")
-    workdir = r.str_(w["workdir"], "workload.workdir") if "workdir" in w else None
-    if workdir is not None and (not workdir.startswith("/") or ".." in workdir.split("/")):
-        raise r.fail("workload.workdir", "must be an absolute path without '..'")
-    user = r.str_(w["user"], "workload.user") if "user" in w else None
-    if user is not None and (not user or any(c.isspace() for c in user)):
-        raise r.fail("workload.user", "must be a user name or uid, optionally :group")
-    interval = r.num(w.get("probe_interval", 0.01), "workload.probe_interval")
-    if interval > 10:
-        raise r.fail("workload.probe_interval", "must be at most 10 (seconds)")
-    workload = Workload(
-        image=_image(r, w.get("image", {})),
-        argv=r.strings(w["argv"], "workload.argv") if "argv" in w else None,
-        entrypoint=r.strings(w["entrypoint"], "workload.entrypoint", nonempty=False)
-        if "entrypoint" in w else None,
-        readiness=r.readiness(w.get("readiness", "marker"), "workload.readiness"),
-        probe_interval=interval, env=tuple(sorted(env.items())), workdir=workdir, user=user)
+    workload = _workload(r, r.table(data, "workload", WORKLOAD_KEYS), "workload")
+    services: tuple[Service, ...] = ()
+    front = ""
+    if "services" in data:
+        raw_services = data["services"]
+        if not isinstance(raw_services, list) or not raw_services:
+            raise r.fail("services", "must be a non-empty array of tables ([[services]])")
+        if "workload" in data:
+            raise r.fail("workload", "a stack's workloads are its [[services]]")
+        st = r.table(data, "stack", {"front"})
+        services, front = _stack(r, tuple(_service(r, sv, f"services[{i}]")
+                                          for i, sv in enumerate(raw_services)),
+                                 r.str_(st["front"], "stack.front") if "front" in st else None)
+        # The front's workload stands for the stack where one workload is expected (the
+        # result's image, the readiness checks).
+        workload = next(sv for sv in services if sv.name == front).workload
+    elif "stack" in data:
+        raise r.fail("stack", "only a scenario with [[services]] has a [stack] table")
     limits = _limits(r, data, "limits")
-    network = r.str_(data.get("network", "none"), "network", SCENARIO_NETWORKS)
+    network = r.str_(data.get("network", "bridge" if services else "none"), "network",
+                     SCENARIO_NETWORKS)
+    if services and network != "bridge":
+        raise r.fail("network", "a stack's services are on a private network of their own "
+                                "(bridge)")
     mounts_raw = data.get("mounts", [])
     if not isinstance(mounts_raw, list):
         raise r.fail("mounts", "must be an array of tables ([[mounts]])")
@@ -524,10 +775,32 @@ def parse(data: Mapping[str, Any], source: str) -> Scenario:
     if not isinstance(params, dict):
         raise r.fail("params", "must be a table")
     variants = _variants(r, data.get("variants"))
+    if not services and any(k == "placement" for v in variants for k, _ in v.overrides):
+        raise r.fail("variants.placement", "only a stack ([[services]]) has placements")
     return Scenario(name=name, source=source, description=description, study=study,
                     backends=backends, workload=workload, limits=limits, network=network,
                     mounts=mounts, sampling=sampling, params=tuple(sorted(params.items())),
-                    variants=variants, raw=data)
+                    variants=variants, raw=data, services=services, front=front)
+
+
+def with_services(scen: Scenario, services: list[dict[str, Any]], front: str | None,
+                  source: str) -> Scenario:
+    """`scen` with its stack replaced by `services` (tables as [[services]] has them, e.g.
+    translated from a compose file, `source`, which problems name). The raw TOML keeps
+    them, so a resumed run restores the same stack."""
+    if not scen.services:
+        raise ScenarioError(scen.source, "services", "the scenario is not a stack: it "
+                            "takes no services from elsewhere")
+    r = _Reader(source)
+    ordered, front = _stack(r, tuple(_service(r, sv, f"services[{i}]")
+                                     for i, sv in enumerate(services)), front,
+                            "x-cvbench.front")
+    raw = {**scen.raw, "services": services,
+           "stack": {**scen.raw.get("stack", {}), "front": front},
+           "description": f"{scen.description} (services from {source})"}
+    return replace(scen, services=ordered, front=front, raw=raw,
+                   description=raw["description"],
+                   workload=next(sv for sv in ordered if sv.name == front).workload)
 
 
 def scenario_dirs() -> list[Path]:

@@ -24,14 +24,15 @@ from typing import Any, Protocol
 from harness import plan as planning
 from harness import results, studies, validate
 from harness.core import image as image_mod
-from harness.core.errors import BackendUnavailable, UsageError
+from harness.core.errors import BackendUnavailable, BenchError, UsageError
 from harness.core.probes import limits
 from harness.runner import Cell, Context, Outcome, Runner, Target
 from harness.runs import HOOKS, Resumable, RunLock, collect, finish, hold, live_runs, runs_dir
 from harness.scenario import Scenario
 from harness.studies import _lifecycle as life
+from harness.studies import stack
 from runtimes import registry
-from runtimes.base import Exit, InstanceSpec, new_run_id
+from runtimes.base import Exit, InstanceSpec, Prepared, new_run_id
 
 Progress = Callable[[Cell, str], None]
 
@@ -93,6 +94,7 @@ class Session:
         self.lock: RunLock | None = None
         self.journal: results.Journal | None = None
         self.name = ""
+        self.stack_images: dict[str, image_mod.Image] = {}
 
     # --- stages ---------------------------------------------------------------------------
 
@@ -135,7 +137,8 @@ class Session:
         for b in p.backends:
             with rep.status(f"preparing {b}…"):
                 prepared[b] = p.runtimes[b].prepare(img)
-        self.cells = planning.make_cells(p, prepared, self.copies)
+        extra = self._stack_images(p) if scen.services else {}
+        self.cells = planning.make_cells(p, prepared, self.copies, extra)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resumed and resumed.journal:
             self.name = resumed.base
@@ -151,11 +154,32 @@ class Session:
                 self.journal.artifact(**a)
         else:
             self.name = f"{scen.name}-{results.utc_stamp()}-{self.run_id}"
-            self.journal = results.Journal(
-                self.out_dir / f"{self.name}.journal",
-                planning.header(p, self.run_id, img, prepared, self.cells))
+            head = planning.header(p, self.run_id, img, prepared, self.cells)
+            if scen.services:
+                head["stack"] = stack_header(scen, extra, self.stack_images)
+            self.journal = results.Journal(self.out_dir / f"{self.name}.journal", head)
         self.journal.event("rlimit_nofile", soft_before=nofile_before, soft=nofile,
                            hard=nofile_hard)
+
+    def _stack_images(self, p: planning.Plan) -> dict[str, dict[str, Prepared]]:
+        """Build a stack's images (every service's, the single-VM union) and prepare each
+        on the backends that run it."""
+        rep = self.reporter
+        with rep.status("the stack's images…") as progress:
+            self.stack_images = stack.images(self.scenario, lambda src: build_image(
+                src, progress))
+        for name, image in self.stack_images.items():
+            rep.info(f"{name}: {image.tag} sha256:{image.digest} "
+                     f"({image.size / 2**20:.1f} MiB)")
+        out: dict[str, dict[str, Prepared]] = {}
+        for b in p.backends:
+            rt = p.runtimes[b]
+            kind = rt.traits().kind
+            for name, image in self.stack_images.items():
+                if stack.wanted(name, rt, kind):
+                    with rep.status(f"preparing {name} on {b}…"):
+                        out.setdefault(b, {})[name] = rt.prepare(image)
+        return out
 
     def run(self) -> Outcome:
         assert self.journal is not None and self.study is not None
@@ -204,6 +228,32 @@ class Session:
         return Done(run_id=self.run_id, result=path, outcome=outcome, cells=self.cells,
                     backends=list(self.plan.backends),
                     problems=outcome.cleanup_errors + problems)
+
+
+def stack_header(scen: Scenario, prepared: dict[str, dict[str, Prepared]],
+                 images: dict[str, image_mod.Image]) -> dict[str, Any]:
+    """What a stack's result records of it: the resolved stack, each image (the single-VM
+    union too) and how each backend prepared it."""
+    return {**stack.resolved(scen, images),
+            "images": {n: {**img.as_dict(), "prepared": {
+                b: {"ref": per[n].ref, "footprint": dict(per[n].footprint)}
+                for b, per in prepared.items() if n in per}} for n, img in images.items()}}
+
+
+def engine_lookup(engine: str, ref: str) -> str | None:
+    """None if `ref` is in the store of `engine` (docker, podman), else why not (a
+    compose image's look-up: no registry is asked)."""
+    try:
+        rt = registry.get(engine, HOOKS)
+        avail = rt.availability()
+        if not avail.ok:
+            return f"not available ({avail.reason})"
+        if not isinstance(rt, image_mod.EngineStore):
+            return "keeps no images"
+        rt.image_id(ref)
+    except BenchError as e:
+        return str(e).removeprefix(f"{engine} image {ref}: ")
+    return None
 
 
 def build_image(source: image_mod.Source,

@@ -16,6 +16,10 @@ Mapping of the InstanceSpec to the Engine API (POST /containers/create):
   limits.rlimits   -> HostConfig.Ulimits (unset ones: the daemon's, inherited)
   network          -> HostConfig.NetworkMode none | host | bridge (the engine's default
                       bridge: docker0, or Podman's netavark "podman" network)
+  network_name     -> a user-defined bridge network `cvbench-<run id>-<name>` (labelled
+                      with the run, made on first use), the container on it with
+                      `aliases` (and its hostname) answered by the engine's DNS
+                      (dockerd's embedded resolver; Podman's aardvark-dns)
   publish          -> ExposedPorts + HostConfig.PortBindings on publish_address() (`-p
                       ADDR:HOST:PORT`: the engine's NAT, and its proxy where it runs one)
   limits.cpuset    -> HostConfig.CpusetCpus (`--cpuset-cpus`)
@@ -57,7 +61,7 @@ import shutil
 import socket
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -224,7 +228,7 @@ def environment(spec: InstanceSpec) -> dict[str, str]:
 def host_config(spec: InstanceSpec, volumes: dict[str, str],
                 runtime: str | None) -> dict[str, Any]:
     """APIClient.create_host_config keywords for `spec` (the mapping in the docstring);
-    `volumes` maps the spec's volume names to the engine's."""
+    `volumes` maps the spec's volume names to the engine's (and "" to its network's)."""
     lim = spec.limits
     mounts = []
     for m in spec.mounts:
@@ -234,7 +238,9 @@ def host_config(spec: InstanceSpec, volumes: dict[str, str],
         else:
             source = volumes[m.source or ""] if m.type == "volume" else m.source
             mounts.append(DockerMount(m.target, source, type=m.type, read_only=m.readonly))
-    hc: dict[str, Any] = {"network_mode": spec.network, "mounts": mounts}
+    # (a private network of the run: its engine name, under the key "" of `volumes`)
+    hc: dict[str, Any] = {"network_mode": volumes[""] if spec.network_name else spec.network,
+                          "mounts": mounts}
     if spec.publish:
         addr = publish_address()
         hc["port_bindings"] = {port: (addr, host_port) for host_port, port in spec.publish}
@@ -275,6 +281,7 @@ class Engine:
         self._client: docker.APIClient | None = None
         self._server: dict[str, Any] = {}
         self._volumes: set[str] = set()
+        self._networks: set[str] = set()
 
     # --- connection and availability ----------------------------------------------------
 
@@ -521,6 +528,50 @@ class Engine:
             self._volumes.add(full)
         return full
 
+    def _network(self, run_id: str, name: str) -> str:
+        """The user-defined network behind the spec's `network_name`, made on first use."""
+        full = f"{PREFIX}{run_id}-{name}"
+        if full not in self._networks:
+            try:
+                self.api.inspect_network(full)
+            except docker.errors.NotFound:
+                self.api.create_network(full, driver="bridge", labels={RUN_LABEL: run_id})
+            self._networks.add(full)
+        return full
+
+    def remove_network(self, run_id: str, name: str) -> None:
+        full = f"{PREFIX}{run_id}-{name}"
+        self._networks.discard(full)
+        with contextlib.suppress(docker.errors.NotFound), \
+                _instance_errors(self.name, "remove network"):
+            self.api.remove_network(full)
+
+    def exec(self, inst: Instance, argv: Sequence[str], *, user: str = "",
+             env: Mapping[str, str] | None = None, workdir: str = "/",
+             timeout: float = 30.0, detach: bool = False) -> Exit:
+        """POST /containers/{id}/exec and /exec/{id}/start (`docker exec`); the output
+        is read from the hijacked connection, as the attach stream is."""
+        cid = own(inst, EngineInstance).cid
+        with _instance_errors(self.name, "exec"):
+            eid = self.api.exec_create(
+                cid, list(argv), user=user, workdir=workdir,
+                environment=[f"{k}={v}" for k, v in env.items()] if env else None)["Id"]
+            if detach:
+                self.api.exec_start(eid, detach=True)
+                return Exit(code=0, t_ns=time.monotonic_ns())
+            out = AttachStream(self.api.exec_start(eid, socket=True), keep_all=True)
+        try:
+            out.drain(time.monotonic() + timeout)
+        except InstanceError:
+            raise InstanceError(f"{self.name}: exec {argv[0]}: still running after "
+                                f"{timeout:g} s") from None
+        finally:
+            out.close()
+        with _instance_errors(self.name, "exec inspect"):
+            code = self.api.exec_inspect(eid)["ExitCode"]
+        return Exit(code=int(code if code is not None else -1), t_ns=time.monotonic_ns(),
+                    stdout=(bytes(out.data) + bytes(out.err.data))[-4096:])
+
     def check(self, spec: InstanceSpec) -> None:
         """Refuse what this engine/flavour cannot do here, before anything is created."""
         check_publish(self.name, spec)
@@ -535,6 +586,8 @@ class Engine:
         with _instance_errors(self.name, "create"):
             volumes = {m.source or "": self._volume(spec.run_id, m.source or "")
                        for m in spec.mounts if m.type == "volume"}
+            if spec.network_name:
+                volumes[""] = self._network(spec.run_id, spec.network_name)
             cid = self.create_container(spec, prepared.ref, volumes)
         inst = EngineInstance(spec=spec, prepared=prepared, cid=cid)
         try:
@@ -654,16 +707,22 @@ class Engine:
                 run = (v.get("Labels") or {}).get(RUN_LABEL)
                 if run not in live_runs:
                     found.append(Leftover(self.base, "volume", v["Name"], run))
+            for n in self.api.networks(filters={"label": RUN_LABEL}):
+                run = (n.get("Labels") or {}).get(RUN_LABEL)
+                if run not in live_runs:
+                    found.append(Leftover(self.base, "network", n["Name"], run))
         except _ERRORS as e:
             raise BackendUnavailable(self.base, f"cannot list leftovers: {_short(e)}") from e
         return found
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
         found = self.leftovers(live_runs)
-        for item in sorted(found, key=lambda x: x.kind):  # containers before their volumes
+        for item in sorted(found, key=lambda x: x.kind):  # containers before the rest
             with contextlib.suppress(docker.errors.NotFound):
                 if item.kind == "container":
                     self.api.remove_container(item.name, force=True)
+                elif item.kind == "network":
+                    self.api.remove_network(item.name)
                 else:
                     self.api.remove_volume(item.name, force=True)
         return found
@@ -692,6 +751,9 @@ class Engine:
             user=spec.user or None, ports=[port for _h, port in spec.publish] or None,
             host_config=api.create_host_config(**host_config(
                 spec, volumes, self.flavour if self.per_container_runtime else None)),
+            networking_config=api.create_networking_config({  # type: ignore[arg-type]
+                volumes[""]: api.create_endpoint_config(aliases=list(spec.aliases))})
+            if spec.network_name else None,
         )["Id"]
         return cid
 

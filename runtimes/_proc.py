@@ -8,7 +8,6 @@ and the pipes keep draining meanwhile (a workload that writes a lot never blocks
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import select
@@ -66,6 +65,7 @@ class PipedInstance(Instance):
     out: Stream | None = None
     err: Stream | None = None
     exited: bool = False
+    stopped: tuple[int, int] | None = None  # (code, when) of a stop that reaped it
 
     def streams(self) -> tuple[Stream, Stream]:
         if self.out is None or self.err is None:
@@ -211,19 +211,23 @@ def kill(pid: int, pidfd: int | None, sig: int = signal.SIGKILL, group: bool = F
         pass
 
 
-def reap(pid: int, pidfd: int, grace: float, group: bool = False) -> None:
-    """SIGTERM, wait up to `grace`, then SIGKILL (the process, or its group); reap it."""
+def reap(pid: int, pidfd: int, grace: float, group: bool = False
+         ) -> tuple[int, int] | None:
+    """SIGTERM, wait up to `grace`, then SIGKILL (the process, or its group); reap it.
+    Its (status code, monotonic ns), or None if it was reaped before."""
     try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
+        done, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return
-    if done:
-        return
-    kill(pid, pidfd, signal.SIGTERM, group)
-    if not readable(pidfd, grace):
-        kill(pid, pidfd, signal.SIGKILL, group)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+        return None
+    if not done:
+        kill(pid, pidfd, signal.SIGTERM, group)
+        if not readable(pidfd, grace):
+            kill(pid, pidfd, signal.SIGKILL, group)
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return None
+    return _code(status), time.monotonic_ns()
 
 
 def tagged_processes() -> list[tuple[int, str, str]]:
@@ -283,7 +287,13 @@ def exited(inst: PipedInstance, timeout: float,
            oom_killed: Callable[[], bool] | None = None) -> Exit:
     """wait_exit for a backend that is the parent of its workload process."""
     out, err = inst.streams()
-    code, t = wait_pid(inst.pid, inst.pidfd, [out, err], timeout)
+    if inst.stopped is not None:  # stop reaped it: what it wrote is still in the pipes
+        code, t = inst.stopped
+        for s in (out, err):
+            while not s.eof and s.fd >= 0 and readable(s.fd) and s.read_some():
+                pass
+    else:
+        code, t = wait_pid(inst.pid, inst.pidfd, [out, err], timeout)
     inst.exited = True
     return Exit(code=code, t_ns=t, oom_killed=bool(oom_killed and oom_killed()),
                 stdout=bytes(out.data), stderr=bytes(err.data))

@@ -199,6 +199,15 @@ class InstanceSpec:
     hostname: str = "cvbench"
     capture: bool = False  # keep the workload's stdout/stderr (bench exec), else discard it
     user: str = ""
+    # A private network of the run (a stack's) instead of the backend's default bridge
+    # (network "bridge" only): `cvbench-<run id>-<network_name>`, made by the first
+    # instance that names it and removed with `Networks.remove_network` (or by gc when the
+    # run ends). The instances on it reach each other by `hostname` and `aliases`.
+    network_name: str = ""
+    aliases: tuple[str, ...] = ()
+    # Commands will be run in it (`Exec.exec`): a VM then starts cvbench's guest agent,
+    # which costs its boot a driver and a process; containers need nothing for it.
+    agent: bool = False
     # Published ports: (host port, instance port), TCP, as `docker run -p` publishes
     # them: reachable at publish_address() on the host, forwarded by NAT to the
     # instance's own address (network bridge only).
@@ -399,6 +408,32 @@ class Runtime(Protocol):
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
         """Remove what `leftovers()` finds; return what was removed."""
+        ...
+
+
+@runtime_checkable
+class Networks(Protocol):
+    """A backend whose instances can share a private network of the run
+    (`InstanceSpec.network_name`), on which they reach each other by name: a stack's."""
+
+    def remove_network(self, run_id: str, name: str) -> None:
+        """Remove the network `name` of `run_id` once no instance is on it (idempotent)."""
+        ...
+
+
+@runtime_checkable
+class Exec(Protocol):
+    """A backend that runs a further command inside a running instance, as `docker exec`
+    does (a compose healthcheck; a service of a single-VM stack)."""
+
+    def exec(self, inst: Instance, argv: Sequence[str], *, user: str = "",
+             env: Mapping[str, str] | None = None, workdir: str = "/",
+             timeout: float = 30.0, detach: bool = False) -> Exit:
+        """Run `argv` in `inst` (its root, namespaces or guest) as `user` ("uid:gid", ""
+        = root) with `env` (None: the instance's own); its exit status and output (stdout
+        and stderr together in `stdout`, at most the last 4 KiB). `detach`: start it and
+        return at once (code 0), its output kept in the instance. InstanceError if the
+        command cannot be run at all or outlives `timeout`."""
         ...
 
 

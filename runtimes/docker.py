@@ -59,8 +59,10 @@ class DockerRuntime(Engine):
 
 if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor
     from harness.core.image import EngineStore
-    from runtimes.base import Runtime, RuntimeClass
+    from runtimes.base import Exec, Networks, Runtime, RuntimeClass
 
     _instance: Runtime = DockerRuntime()
     _class: RuntimeClass = DockerRuntime
     _store: EngineStore = DockerRuntime()  # it lends its store to EngineRef image sources
+    _networks: Networks = DockerRuntime()  # it runs stacks: private networks with names, exec
+    _exec: Exec = DockerRuntime()

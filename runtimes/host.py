@@ -209,7 +209,7 @@ class HostRuntime:
         if not inst.pid:
             return
         if not inst.exited:
-            _proc.reap(inst.pid, inst.pidfd, grace, group=True)
+            inst.stopped = _proc.reap(inst.pid, inst.pidfd, grace, group=True)
             inst.exited = True
         # The workload may have exited and left children behind in its group.
         with contextlib.suppress(ProcessLookupError):

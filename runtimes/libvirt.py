@@ -24,6 +24,16 @@ Mapping of the InstanceSpec:
   network bridge  -> a virtio NIC on a libvirt network (CVBENCH_LIBVIRT_NETWORK, default
                      "default"); the guest takes an address by DHCP
   network host    -> refused: a VM cannot share the host's network stack
+  network_name    -> a NIC on a transient libvirt network of its own, `cvbench-<run
+                     id>-<name>` (an isolated /24 of CVBENCH_LIBVIRT_NETWORKS, default
+                     10.205.0.0/16, bridge `cvl` + 8 hex digits, made on first use); the
+                     guest sends its hostname with its DHCP request, so libvirt's dnsmasq
+                     answers it to the others, and mounts a resolv.conf naming that
+                     dnsmasq and a hosts file with its own names (hostname, aliases)
+                     over the image's, as an engine does
+  agent           -> a virtio-serial port (org.cvbench.agent) on a unix socket, read by
+                     cvbench's guest agent: `exec` (healthchecks, a single-VM stack's
+                     services) as root or any uid:gid, with busybox's nsenter
   publish         -> an iptables DNAT from the host's address to the guest's (the DHCP
                      lease's), added once the guest is ready (runtimes/_publish.py)
   limits.cpuset   -> <vcpu cpuset=...> and <emulatorpin>: every vCPU and QEMU's own
@@ -34,7 +44,8 @@ Mapping of the InstanceSpec:
                      volume; raw, or qcow2 if the name ends in .qcow2), attached as
                      virtio-blk with cache=none where the host allows O_DIRECT
   mounts bind     -> refused: no host directory is shared into the guest
-  user            -> refused unless root (the VM init's busybox chroot cannot switch user)
+  user            -> the VM init enters the image's root as uid:gid (busybox nsenter -r
+                     -S -G) instead of chroot
   readiness       -> the ready line on the serial console
 
 Root filesystem size: the initramfs root (`libvirt`, `libvirt:microvm`) is unpacked into
@@ -62,6 +73,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -69,7 +82,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -259,6 +272,8 @@ class VmInstance(Instance):
     console: socket.socket | None = None
     out: _proc.Stream | None = None
     exited: bool = False
+    agent: socket.socket | None = None
+    requests: int = 0
     published: bool = False  # DNAT rules for its published ports may exist
 
     def stream(self) -> _proc.Stream:
@@ -531,6 +546,13 @@ class LibvirtRuntime:
             words.append(f"CVBENCH_ROOT={root}")
         if spec.network == "bridge":
             words.append("CVBENCH_NET=eth0")
+        if spec.network_name:
+            words.append("CVBENCH_NAMES=" + ",".join(dict.fromkeys((spec.hostname,
+                                                                    *spec.aliases))))
+        if spec.agent:
+            words.append("CVBENCH_AGENT=1")
+        if uid_gid(spec.user) != (0, 0):
+            words.append("CVBENCH_USER={}:{}".format(*uid_gid(spec.user)))
         line = " ".join(words)
         if len(line) > MAX_CMDLINE:
             raise UsageError(f"libvirt: argv, env and mounts take {len(line)} bytes of the "
@@ -547,9 +569,6 @@ class LibvirtRuntime:
             raise UsageError("libvirt: network 'host' is impossible for a VM (it has its own "
                              "kernel and network stack); use none or bridge")
         check_publish(self.name, spec)
-        if uid_gid(spec.user) != (0, 0):
-            raise UsageError(f"libvirt: user {spec.user} is not supported (the guest's init "
-                             "runs the workload as root)")
         idir = self._dir(spec.name)
         idir.mkdir(parents=True)
         root: Path | None = None
@@ -562,8 +581,11 @@ class LibvirtRuntime:
             raise
         net = None
         if spec.network == "bridge":
-            net = self._network()
+            net = self._private(spec.run_id, spec.network_name) if spec.network_name \
+                else self._network()
             mods.add("virtio_net")
+        if spec.agent:
+            mods.add("virtio_console")
         det = prepared.details
         modules = _modules_for(str(det["kernel_version"]),
                                ("virtio_pci", "virtio_balloon", *sorted(mods)))
@@ -580,7 +602,8 @@ class LibvirtRuntime:
                                  "/dev/vda" if root is not None else None),
             console=str(console),
             disks=tuple(disks), network=net, cpu_host=accel == "kvm",
-            disabled_cpu_features=cpu_disabled)
+            disabled_cpu_features=cpu_disabled,
+            agent=str(idir / "agent.sock") if spec.agent else None)
         inst = VmInstance(spec=spec, prepared=prepared, dir=idir, cfg=cfg, root=root)
         try:
             try:
@@ -596,6 +619,10 @@ class LibvirtRuntime:
             sock.connect(str(console))
             sock.setblocking(False)
             inst.out = _proc.Stream(sock.fileno(), spec.capture)
+            if cfg.agent:
+                inst.agent = socket.socket(socket.AF_UNIX,
+                                           socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                inst.agent.connect(cfg.agent)
             pid = _qemu_pid(spec.name)
             inst.pids = [pid] if pid else []
         except BaseException:
@@ -615,6 +642,90 @@ class LibvirtRuntime:
             raise UsageError(f"libvirt: network {name!r} is not usable: "
                              f"{e.get_error_message()} (set CVBENCH_LIBVIRT_NETWORK)") from e
         return name
+
+    def _private(self, run_id: str, name: str) -> str:
+        """The run's network `name` (see the module's mapping), made on first use."""
+        lv = _libvirt()
+        full = f"{PREFIX}{run_id}-{name}"
+        with _flock(state_dir() / "locks" / "libvirt-networks.lock"):
+            try:
+                self.conn().networkLookupByName(full)
+                return full
+            except lv.libvirtError:
+                pass
+            used = set()
+            for n in self.conn().listAllNetworks():
+                used.update(re.findall(r"<ip address='([\d.]+)'", n.XMLDesc()))
+            pool = ipaddress.IPv4Network(os.environ.get("CVBENCH_LIBVIRT_NETWORKS",
+                                                        "10.205.0.0/16"))
+            net = next((n for n in pool.subnets(new_prefix=24)
+                        if not any(ipaddress.IPv4Address(u) in n for u in used)), None)
+            if net is None:
+                raise InstanceError(f"libvirt: no free /24 left in {pool} for a network")
+            hosts = list(net.hosts())
+            xml = (f"<network><name>{full}</name><bridge name='cvl"
+                   f"{hashlib.sha1(full.encode()).hexdigest()[:8]}' stp='off' delay='0'/>"
+                   f"<ip address='{hosts[0]}' netmask='{net.netmask}'><dhcp><range "
+                   f"start='{hosts[1]}' end='{hosts[-1]}'/></dhcp></ip></network>")
+            try:
+                self.conn().networkCreateXML(xml)
+            except lv.libvirtError as e:
+                raise InstanceError(f"libvirt: cannot create network {full}: "
+                                    f"{e.get_error_message()}") from e
+        return full
+
+    def remove_network(self, run_id: str, name: str) -> None:
+        lv = _libvirt()
+        with contextlib.suppress(lv.libvirtError):
+            self.conn().networkLookupByName(f"{PREFIX}{run_id}-{name}").destroy()
+
+    def exec(self, inst: Instance, argv: Sequence[str], *, user: str = "",
+             env: Mapping[str, str] | None = None, workdir: str = "/",
+             timeout: float = 30.0, detach: bool = False) -> Exit:
+        """One request to the guest agent (see runtimes/vm/initramfs.py); env None: the
+        workload's defaults (PATH, HOME) and its env."""
+        inst = own(inst, VmInstance)
+        if inst.agent is None:
+            raise InstanceError(f"libvirt: {inst.spec.name} runs no guest agent "
+                                "(InstanceSpec.agent)")
+        inst.requests += 1
+        rid = inst.requests
+        full = {"PATH": image_mod.PATH_ENV, "HOME": "/root",
+                **(inst.spec.env if env is None else env)}
+        uid, gid = uid_gid(user)
+        line = " ".join([str(rid), "1" if detach else "0", str(uid), str(gid),
+                         str(max(1, math.ceil(timeout))), _enc(workdir),
+                         ",".join(_enc(f"{k}={v}") for k, v in full.items()) or "-",
+                         ",".join(_enc(a) for a in argv)])
+        sock = inst.agent
+        deadline = time.monotonic() + timeout + 5  # (the guest kills it at the timeout)
+        try:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            sock.sendall(line.encode() + b"\n")
+            buf = b""
+            while True:
+                while b"\n" not in buf:
+                    sock.settimeout(max(0.1, deadline - time.monotonic()))
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise InstanceError(f"libvirt: the guest agent of {inst.spec.name} "
+                                            "closed its port")
+                    buf += chunk
+                reply, _, buf = buf.partition(b"\n")
+                got, code, out = [*reply.decode().split(" ", 2), "", ""][:3]
+                if got == str(rid):
+                    break
+        except TimeoutError:
+            raise InstanceError(f"libvirt: exec {argv[0]}: no answer from the guest agent "
+                                f"within {timeout:g} s") from None
+        except OSError as e:
+            raise InstanceError(f"libvirt: exec {argv[0]}: {e}") from e
+        text = out.removesuffix("-")
+        code_n = int(code)
+        if code_n == 137 and not detach:  # busybox timeout's SIGKILL
+            raise InstanceError(f"libvirt: exec {argv[0]}: still running after {timeout:g} s")
+        return Exit(code=code_n, t_ns=time.monotonic_ns(),
+                    stdout=base64.b64decode(text) if text else b"")
 
     def start(self, inst: Instance) -> None:
         lv = _libvirt()
@@ -746,6 +857,9 @@ class LibvirtRuntime:
         if inst.console is not None:
             inst.console.close()
             inst.console = None
+        if inst.agent is not None:
+            inst.agent.close()
+            inst.agent = None
         if inst.published:
             _publish.unpublish(self.name, inst.spec.name)
             inst.published = False
@@ -759,6 +873,9 @@ class LibvirtRuntime:
         found = [Leftover(self.name, "domain", d.name(), run_of(d.name()))
                  for d in self.conn().listAllDomains()
                  if d.name().startswith(PREFIX) and run_of(d.name()) not in live_runs]
+        found += [Leftover(self.name, "network", n.name(), run_of(n.name()))
+                  for n in self.conn().listAllNetworks()
+                  if n.name().startswith(PREFIX) and run_of(n.name()) not in live_runs]
         root = state_dir() / "libvirt"
         for d in (root, root / "volumes"):
             if d.is_dir():
@@ -780,6 +897,9 @@ class LibvirtRuntime:
                         dom.destroy()
                     if dom.isPersistent():
                         dom.undefine()
+            elif item.kind == "network":
+                with contextlib.suppress(lv.libvirtError):
+                    self.conn().networkLookupByName(item.name).destroy()
             elif item.kind == "volume":
                 Path(item.name).unlink(missing_ok=True)
             elif item.kind == "dnat":
@@ -806,7 +926,9 @@ def _qemu_log_tail(name: str) -> str:
 
 
 if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor
-    from runtimes.base import Runtime, RuntimeClass
+    from runtimes.base import Exec, Networks, Runtime, RuntimeClass
 
+    _networks: Networks = LibvirtRuntime()  # it runs stacks: private networks, exec
+    _exec: Exec = LibvirtRuntime()
     _instance: Runtime = LibvirtRuntime()
     _class: RuntimeClass = LibvirtRuntime

@@ -162,8 +162,10 @@ class PodmanRuntime(Engine):
 
 if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor
     from harness.core.image import EngineStore
-    from runtimes.base import Runtime, RuntimeClass
+    from runtimes.base import Exec, Networks, Runtime, RuntimeClass
 
     _instance: Runtime = PodmanRuntime()
     _class: RuntimeClass = PodmanRuntime
     _store: EngineStore = PodmanRuntime()  # it lends its store to EngineRef image sources
+    _networks: Networks = PodmanRuntime()  # it runs stacks: private networks with names, exec
+    _exec: Exec = PodmanRuntime()

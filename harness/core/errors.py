@@ -60,7 +60,13 @@ class InstanceError(BenchError):
     """One instance failed (did not start, never became ready, crashed).
 
     The runner records it against the cell and goes on; samples already taken stay.
+    `logs`: what the failed instances wrote (a stack's services, by name), kept in the
+    failure's event.
     """
+
+    def __init__(self, message: str, logs: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.logs = logs or {}
 
 
 class ReadyTimeout(InstanceError):

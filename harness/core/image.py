@@ -616,12 +616,14 @@ def resolve_user(rootfs: Path, user: str) -> str:
 
 # --- images as files ------------------------------------------------------------------
 
-def export(img: Image, dest: Path) -> str:
+def export(img: Image, dest: Path, tag: str | None = None) -> str:
     """Write `img` as given (without cvbench's init layer) as a `docker save` archive of
     one layer, whose diff_id is its rootfs digest; `docker load` and `bench image
     import` read it, and the import gives the same digests on any host. The config
     keeps the image's defaults and, in labels, its name and where it was made from.
-    The archive is itself deterministic. Returns the archive's sha256."""
+    The archive is itself deterministic. Returns the archive's sha256. `tag`: the name
+    `docker load` gives it (default img.tag, which an engine backend also gives the image
+    with the init layer it imports: loading it then takes that name from it)."""
     tree = read_tar(img.tar, f"image {img.digest[:12]}")
     init = set(img.init_paths)
     layer = dest.parent / f".{dest.name}.layer"
@@ -642,7 +644,7 @@ def export(img: Image, dest: Path) -> str:
                                      "diff_ids": [f"sha256:{rootfs_digest}"]}},
                          sort_keys=True).encode()
         cdigest = hashlib.sha256(raw).hexdigest()
-        manifest = json.dumps([{"Config": f"{cdigest}.json", "RepoTags": [img.tag],
+        manifest = json.dumps([{"Config": f"{cdigest}.json", "RepoTags": [tag or img.tag],
                                 "Layers": [f"{rootfs_digest}/layer.tar"]}]).encode()
         tmp = dest.parent / f".{dest.name}.tmp"
         with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as out:

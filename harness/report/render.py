@@ -59,6 +59,10 @@ STUDIES = {
     "network": Study("Network", "latency and bandwidth per network mode", ("network",),
                      (r"network\.lat_p50", r"network\.lat_p99", r"network\.bw")),
     "density": Study("Density", "what each added instance costs", ("density",)),
+    "stack": Study("Stacks", "how soon a stack of services answers, and what it costs",
+                   ("stack_timeline",),
+                   (r"stack\.start", r"stack\.memory\.pss", r"stack\.memory\.daemon",
+                    r"stack\.e2e\.rps", r"stack\.e2e\.lat_p99")),
 }
 
 

@@ -15,7 +15,8 @@ from harness.core.errors import UsageError
 
 # name -> module under harness.studies
 KNOWN = {"startup": "startup", "density": "density", "memory": "memory", "disk": "disk",
-         "io": "io", "limits": "limits", "network": "network", "http": "http", "kv": "kv"}
+         "io": "io", "limits": "limits", "network": "network", "http": "http", "kv": "kv",
+         "stack": "stack"}
 
 
 class Study(Protocol):

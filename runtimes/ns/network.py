@@ -10,6 +10,15 @@ bridge: the same private namespace, plus a veth pair: one end (`eth0`) is create
         host's other interfaces (and IPv4 forwarding is switched on); without it the
         instance reaches the bridge's address and its sibling instances only.
 host:   no network namespace at all.
+A private network of the run (InstanceSpec.network_name, a stack's): the same veth, into
+        a bridge of its own (`cvb` + 8 hex digits of its name, the name as the bridge's
+        alias) with a /24 of its own out of CVBENCH_NS_NETWORKS (default
+        10.204.0.0/16), and a hosts file every instance on it gets bind-mounted over its
+        /etc/hosts: each instance adds "<address> <hostname> <aliases>" when it is made
+        and takes it out when it is removed (written in place, under a lock, so every
+        bind mount sees it), as Docker's /etc/hosts of linked containers did before its
+        embedded DNS. It lives in <state>/ns/nets/<cvbench-run-name>/ (subnet, hosts,
+        leases) until the stack removes it or gc does.
 
 Like runc, which leaves networking to CNI plugins, the host side is done by iproute2's
 `ip` (it is not on the hot path: `none` is what startup studies use). Interface names are
@@ -21,17 +30,24 @@ The veth pair dies with the instance's network namespace; the bridge stays until
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import os
+import shutil
 import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.errors import InstanceError
 
 BRIDGE = "cvbench0"
 LINK_PREFIX = "cvbench"
+NET_PREFIX = "cvb"  # bridges of private networks: cvb + 8 hex digits
 DEFAULT_SUBNET = "10.203.0.0/16"
+DEFAULT_NETWORKS = "10.204.0.0/16"  # carved into /24s, one per private network
+HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 NAT_COMMENT = "cvbench"
 
 
@@ -62,16 +78,21 @@ def _link_exists(name: str) -> bool:
     return Path(f"/sys/class/net/{name}").exists()
 
 
+def _make_bridge(name: str, net: ipaddress.IPv4Network, alias: str = "") -> None:
+    if not _link_exists(name):
+        with contextlib.suppress(InstanceError):  # a concurrent run may win the race
+            _ip("-batch", "-", stdin=f"link add {name} type bridge\n"
+                f"addr add {next(net.hosts())}/{net.prefixlen} dev {name}\n"
+                + (f"link set {name} alias {alias}\n" if alias else "")
+                + f"link set {name} up\n")
+        if not _link_exists(name):
+            raise InstanceError(f"ns: cannot create the bridge {name}")
+
+
 def ensure_bridge() -> None:
     """Create and address the cvbench0 bridge (and the NAT rule) unless present."""
     net = subnet()
-    gw = next(net.hosts())
-    if not _link_exists(BRIDGE):
-        with contextlib.suppress(InstanceError):  # a concurrent run may win the race
-            _ip("-batch", "-", stdin=f"link add {BRIDGE} type bridge\n"
-                f"addr add {gw}/{net.prefixlen} dev {BRIDGE}\nlink set {BRIDGE} up\n")
-        if not _link_exists(BRIDGE):
-            raise InstanceError(f"ns: cannot create the bridge {BRIDGE}")
+    _make_bridge(BRIDGE, net)
     if nat_wanted():
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
         rule = ["POSTROUTING", "-s", str(net), "!", "-o", BRIDGE, "-j", "MASQUERADE",
@@ -87,12 +108,13 @@ class Leases:
     """Addresses handed out, one file per address under the state dir, holding the
     instance name: O_EXCL creation makes allocation safe across concurrent runs."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, net: ipaddress.IPv4Network | None = None) -> None:
         self.root = root
+        self.net = net
 
     def acquire(self, instance: str) -> ipaddress.IPv4Address:
         self.root.mkdir(parents=True, exist_ok=True)
-        hosts = subnet().hosts()
+        hosts = (self.net or subnet()).hosts()
         next(hosts)  # the bridge's own address
         for addr in hosts:
             try:
@@ -103,7 +125,7 @@ class Leases:
             os.write(fd, instance.encode())
             os.close(fd)
             return addr
-        raise InstanceError(f"ns: no free address left in {subnet()}")
+        raise InstanceError(f"ns: no free address left in {self.net or subnet()}")
 
     def release(self, addr: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -119,16 +141,19 @@ class Leases:
         return out
 
 
-def attach(pid: int, instance: str, addr: ipaddress.IPv4Address) -> str:
-    """Give the instance whose first process is `pid` a veth into the bridge; return the
-    host end's name. Runs in the parent while the child waits to exec."""
-    ensure_bridge()
-    net = subnet()
+def attach(pid: int, instance: str, addr: ipaddress.IPv4Address,
+           private: PrivateNet | None = None) -> str:
+    """Give the instance whose first process is `pid` a veth into the bridge (cvbench0,
+    or a private network's); return the host end's name. Runs in the parent while the
+    child waits to exec."""
+    if private is None:
+        ensure_bridge()
+    net, bridge = (private.subnet, private.bridge) if private else (subnet(), BRIDGE)
     host_end = link_name(instance)
     _ip("-batch", "-", stdin=(
         f"link add {host_end} type veth peer name eth0 netns {pid}\n"
         f"link set {host_end} alias {instance}\n"
-        f"link set {host_end} master {BRIDGE} up\n"))
+        f"link set {host_end} master {bridge} up\n"))
     try:
         cmd = ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-batch", "-"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30,
@@ -142,6 +167,102 @@ def attach(pid: int, instance: str, addr: ipaddress.IPv4Address) -> str:
             _ip("link", "del", host_end)
         raise
     return host_end
+
+
+@dataclass(frozen=True)
+class PrivateNet:
+    """A private network of a run: its bridge, /24 and state dir (hosts file, leases)."""
+
+    name: str  # cvbench-<run id>-<network_name>
+    bridge: str
+    subnet: ipaddress.IPv4Network
+    dir: Path
+
+    @property
+    def hosts(self) -> Path:
+        return self.dir / "hosts"
+
+    @property
+    def leases(self) -> Leases:
+        return Leases(self.dir / "ipam", self.subnet)
+
+    def add_host(self, addr: str, names: Sequence[str]) -> None:
+        self._edit(lambda lines: [*lines, f"{addr}\t{' '.join(names)}"])
+
+    def remove_host(self, addr: str) -> None:
+        self._edit(lambda lines: [ln for ln in lines if ln.split("\t")[0] != addr])
+
+    def _edit(self, change: Callable[[list[str]], list[str]]) -> None:
+        # In place (the same inode): every instance has this very file bind-mounted.
+        with contextlib.suppress(FileNotFoundError), open(self.hosts, "r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            lines = change(f.read().splitlines())
+            f.seek(0)
+            f.truncate()
+            f.write("\n".join(lines) + "\n")
+
+
+def networks_pool() -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(os.environ.get("CVBENCH_NS_NETWORKS", DEFAULT_NETWORKS))
+
+
+def private_net(root: Path, name: str) -> PrivateNet:
+    """The private network `name` (cvbench-<run>-<n>), made on first use: a free /24 of
+    the pool, its bridge, an empty hosts file."""
+    d = root / name
+    bridge = NET_PREFIX + hashlib.sha1(name.encode()).hexdigest()[:8]
+    root.mkdir(parents=True, exist_ok=True)
+    locks = root.parent.parent / "locks"  # (the state dir's, as the engines' import lock)
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / "ns-networks.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (d / "subnet").exists():
+            used = {p.read_text() for p in root.glob("*/subnet")}
+            free = (n for n in networks_pool().subnets(new_prefix=24) if str(n) not in used)
+            net = next(free, None)
+            if net is None:
+                raise InstanceError(f"ns: no free /24 left in {networks_pool()} for a "
+                                    "private network (CVBENCH_NS_NETWORKS)")
+            (d / "ipam").mkdir(parents=True, exist_ok=True)
+            (d / "hosts").write_text(HOSTS)
+            (d / "subnet").write_text(str(net))
+    net = ipaddress.IPv4Network((d / "subnet").read_text())
+    _make_bridge(bridge, net, alias=name)
+    # Where br_netfilter passes bridged frames through iptables and FORWARD drops them
+    # (dockerd sets that policy), instances on one bridge cannot reach each other
+    # without this rule; Docker adds the same for each of its bridges.
+    rule = _forward_rule(bridge, name)
+    if subprocess.run(["iptables", "-C", *rule], capture_output=True,
+                      check=False).returncode != 0:
+        subprocess.run(["iptables", "-I", *rule], capture_output=True, check=False)
+    return PrivateNet(name=name, bridge=bridge, subnet=net, dir=d)
+
+
+def _forward_rule(bridge: str, name: str) -> list[str]:
+    return ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT", "-m", "comment",
+            "--comment", name]
+
+
+def remove_private_net(root: Path, name: str) -> None:
+    """Its bridge and state dir (the instances' veths went with their namespaces)."""
+    bridge = NET_PREFIX + hashlib.sha1(name.encode()).hexdigest()[:8]
+    while subprocess.run(["iptables", "-D", *_forward_rule(bridge, name)],
+                         capture_output=True, check=False).returncode == 0:
+        pass
+    if _link_exists(bridge):
+        delete_link(bridge)
+    shutil.rmtree(root / name, ignore_errors=True)
+
+
+def private_nets(root: Path) -> list[str]:
+    """Names of the private networks that exist: state dirs and bridges (by alias)."""
+    found = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    for p in Path("/sys/class/net").glob(NET_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            alias = (p / "ifalias").read_text().strip()
+            if alias.startswith("cvbench-") and not p.name.startswith(LINK_PREFIX):
+                found.add(alias)
+    return sorted(found)
 
 
 def links() -> dict[str, str]:

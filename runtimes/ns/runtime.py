@@ -10,7 +10,9 @@ import os
 import platform
 import re
 import shutil
-from collections.abc import Sequence
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -82,6 +84,7 @@ class NsInstance(PipedInstance):
     veth: str | None = None
     lease: str | None = None
     address: str | None = None
+    net: network.PrivateNet | None = None  # a private network of the run it is on
     published: bool = False  # DNAT rules for its published ports may exist
 
 
@@ -240,9 +243,12 @@ class NsRuntime:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _mounts(self, spec: InstanceSpec) -> list[MountPoint]:
+    def _mounts(self, spec: InstanceSpec, hosts: Path | None = None) -> list[MountPoint]:
         out = list(rootfs.standard_mounts(new_netns=spec.network != "host",
                                           dev_tmpfs=self.rootless))
+        if hosts is not None:  # a private network's shared hosts file
+            out.append(MountPoint(str(hosts), "etc/hosts", None, namespaces.MS_BIND,
+                                  file=True))
         for m in spec.mounts:
             target = m.target.lstrip("/")
             ro = namespaces.MS_RDONLY if m.readonly else 0
@@ -264,7 +270,8 @@ class NsRuntime:
                                   file=not os.path.isdir(src)))
         return out
 
-    def _config(self, spec: InstanceSpec, lower: str, idir: Path | None) -> ContainerConfig:
+    def _config(self, spec: InstanceSpec, lower: str, idir: Path | None,
+                hosts: Path | None = None) -> ContainerConfig:
         flags = BASE_FLAGS
         if spec.network != "host":
             flags |= namespaces.CLONE_NEWNET
@@ -285,7 +292,7 @@ class NsRuntime:
             workdir=spec.workdir, clone_flags=flags,
             cgroup_join=tuple(_split_parent(p) for p in self.cg.join_files(spec.name))
             if self.limits_applied else (),
-            mounts=tuple(self._mounts(spec)), loopback_up=spec.network != "host",
+            mounts=tuple(self._mounts(spec, hosts)), loopback_up=spec.network != "host",
             caps=self._caps, last_cap=self._last_cap,
             rlimits=tuple((RLIMITS[n], soft, hard)
                           for n, soft, hard in with_rlimits(self.rlimits, spec.limits.rlimits)),
@@ -306,7 +313,10 @@ class NsRuntime:
                 idir.mkdir()
                 (idir / "upper").mkdir()
                 (idir / "work").mkdir()
-            cfg = self._config(spec, prepared.ref, idir)
+            if spec.network_name:
+                inst.net = network.private_net(self.root() / "nets",
+                                               f"{PREFIX}{spec.run_id}-{spec.network_name}")
+            cfg = self._config(spec, prepared.ref, idir, inst.net.hosts if inst.net else None)
             out_r, out_w = _proc.open_pipe()
             err_r, err_w = _proc.open_pipe()
             inst.out = _proc.Stream(out_r, spec.capture)
@@ -332,13 +342,56 @@ class NsRuntime:
 
     def _attach(self, inst: NsInstance) -> None:
         assert inst.child is not None
-        leases = network.Leases(self.root() / "ipam")
-        addr = leases.acquire(inst.spec.name)
+        addr = self._leases(inst).acquire(inst.spec.name)
         inst.lease = inst.address = str(addr)
-        inst.veth = network.attach(inst.child.resolve(), inst.spec.name, addr)
+        inst.veth = network.attach(inst.child.resolve(), inst.spec.name, addr, inst.net)
+        if inst.net is not None:
+            inst.net.add_host(str(addr), (inst.spec.hostname, *inst.spec.aliases))
         if inst.spec.publish:
             inst.published = True
             _publish.publish(self.name, inst.spec.name, inst.address, inst.spec.publish)
+
+    def _leases(self, inst: NsInstance) -> network.Leases:
+        return inst.net.leases if inst.net else network.Leases(self.root() / "ipam")
+
+    def remove_network(self, run_id: str, name: str) -> None:
+        network.remove_private_net(self.root() / "nets", f"{PREFIX}{run_id}-{name}")
+
+    def exec(self, inst: Instance, argv: Sequence[str], *, user: str = "",
+             env: Mapping[str, str] | None = None, workdir: str = "/",
+             timeout: float = 30.0, detach: bool = False) -> Exit:
+        """util-linux nsenter into every namespace of the instance and its root, as the
+        user, in the instance's cgroup (as `docker exec` joins the container's); the
+        instance's environment is its first process's (/proc/PID/environ)."""
+        inst, child = self._child(inst)
+        pid = child.resolve()
+        uid, gid = uid_gid(user)
+        env = {**_environ(pid), **(env or {})}  # added to the instance's, as docker exec -e
+        joins = self.cg.join_files(inst.spec.name) if inst.cgroup else []
+
+        def join() -> None:  # in the child, before nsenter runs
+            for f in joins:
+                with open(f, "w") as out:
+                    out.write("0")
+
+        cmd = ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-C", "-r",
+               f"-w{workdir}", "-S", str(uid), "-G", str(gid), "--", *argv]
+        try:
+            proc = subprocess.Popen(cmd, env=dict(env), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    preexec_fn=join, start_new_session=True)
+        except OSError as e:
+            raise InstanceError(f"ns: exec {argv[0]}: {e}") from e
+        if detach:
+            return Exit(code=0, t_ns=time.monotonic_ns())
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise InstanceError(f"ns: exec {argv[0]}: still running after {timeout:g} s") \
+                from None
+        return Exit(code=proc.returncode, t_ns=time.monotonic_ns(), stdout=out[-4096:])
 
     def _child(self, inst: Instance) -> tuple[NsInstance, process.Child]:
         inst = own(inst, NsInstance)
@@ -393,7 +446,7 @@ class NsRuntime:
         if child.go_w >= 0:  # created, never started
             process.abort(child)
         elif inst.pid:
-            _proc.reap(inst.pid, inst.pidfd, grace)
+            inst.stopped = _proc.reap(inst.pid, inst.pidfd, grace)
         inst.exited = True
 
     def daemons(self) -> dict[str, list[int]]:
@@ -438,7 +491,9 @@ class NsRuntime:
             _publish.unpublish(self.name, inst.spec.name)
             inst.published = False
         if inst.lease:
-            network.Leases(self.root() / "ipam").release(inst.lease)
+            if inst.net is not None:
+                inst.net.remove_host(inst.lease)
+            self._leases(inst).release(inst.lease)
             inst.lease = None
         if inst.dir is not None:
             _remove_instance_dir(inst.dir)
@@ -459,6 +514,8 @@ class NsRuntime:
                   if dead(owner)]
         found += [Leftover(self.name, "link", link, run_of(alias))
                   for link, alias in network.links().items() if dead(alias)]
+        found += [Leftover(self.name, "network", n, run_of(n))
+                  for n in network.private_nets(self.root() / "nets") if dead(n)]
         found += [Leftover(self.name, "dnat", name, run_of(name))
                   for name in _publish.rules(self.name) if dead(name)]
         if not live_runs:  # shared by every run: removed when no run is going
@@ -476,7 +533,7 @@ class NsRuntime:
     def _shared_dirs(self) -> tuple[Path, ...]:
         """Dirs every run uses, in the order they can be removed (the root last)."""
         return (self.root() / "scratch", self.root() / "ipam", self.root() / "volumes",
-                self.root())
+                self.root() / "nets", self.root())
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
         found = self.leftovers(live_runs)
@@ -495,6 +552,8 @@ class NsRuntime:
                 network.Leases(self.root() / "ipam").release(item.name)
             elif item.kind == "link":
                 network.delete_link(item.name)
+            elif item.kind == "network":
+                network.remove_private_net(self.root() / "nets", item.name)
             elif item.kind == "dnat":
                 _publish.unpublish(self.name, item.name)
             elif item.kind == "bridge":
@@ -509,6 +568,15 @@ class NsRuntime:
         return found
 
 
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError as e:
+        raise InstanceError(f"ns: the instance's process {pid} is gone ({e.strerror})") from e
+    return dict(kv.decode(errors="replace").partition("=")[::2]
+                for kv in raw.split(b"\0") if b"=" in kv)
 
 
 def _split_parent(procs: str) -> tuple[str, str]:
@@ -545,7 +613,9 @@ def _rmtree(path: Path) -> None:
 
 
 if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor
-    from runtimes.base import Runtime, RuntimeClass
+    from runtimes.base import Exec, Networks, Runtime, RuntimeClass
 
+    _networks: Networks = NsRuntime()  # it runs stacks: private networks with names, exec
+    _exec: Exec = NsRuntime()
     _instance: Runtime = NsRuntime()
     _class: RuntimeClass = NsRuntime

@@ -11,6 +11,8 @@ Choices that matter for what is measured:
   memballoon virtio + stats period 1 s
                          lets dom.memoryStats() report the guest's own view (unused,
                          available, usable), not only actual/rss.
+  channel (virtio-serial org.cvbench.agent, a unix socket; only when commands will be
+                         run in the guest): the guest agent's requests and answers.
   no USB controller, no graphics, no video: nothing the workload does not use.
 """
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Machine = Literal["pc", "microvm"]
+AGENT_PORT = "org.cvbench.agent"  # the virtio-serial port the guest agent reads
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class DomainConfig:
     disks: tuple[Disk, ...] = ()
     network: str | None = None  # a libvirt network name, or None: no NIC at all
     cpu_host: bool = False  # host-passthrough (KVM only)
+    agent: str | None = None  # unix socket of the guest agent's virtio-serial port
     disabled_cpu_features: tuple[str, ...] = field(default=())
 
 
@@ -114,6 +118,10 @@ def to_xml(c: DomainConfig) -> str:
     serial = _sub(dev, "serial", type="unix")
     _sub(serial, "source", mode="bind", path=c.console)
     _sub(serial, "target", port="0")
+    if c.agent:
+        channel = _sub(dev, "channel", type="unix")
+        _sub(channel, "source", mode="bind", path=c.agent)
+        _sub(channel, "target", type="virtio", name=AGENT_PORT)
     balloon = _sub(dev, "memballoon", model="virtio")
     _sub(balloon, "stats", period="1")
     if c.machine == "microvm":

@@ -48,6 +48,36 @@ VM_INIT = """\
 #!/bin/busybox sh
 export PATH=/bin
 vm_decode() { v=$(echo "$1" | base64 -d); v=${v#x}; v=${v%x}; }
+# The guest agent: `docker exec` for a VM. One request a line on the virtio-serial port
+# org.cvbench.agent: "<id> <detach> <uid> <gid> <timeout> <workdir> <env,...> <argv,...>"
+# (words base64-wrapped as on the command line; "-" for none); it runs argv in the
+# image's root as uid:gid with only that environment and answers "<id> <exit status>
+# <base64 of the last 4 KiB of its output>". A detached command is started in the
+# background, its output on the console, and answered at once with status 0.
+cvbench_agent() {
+  port=
+  for d in /sys/class/virtio-ports/*; do
+    [ "$(cat "$d/name" 2>/dev/null)" = org.cvbench.agent ] && port=/dev/${d##*/}
+  done
+  [ -n "$port" ] || { echo "cvbench: no agent port" >&2; return; }
+  exec 3<>"$port"
+  while read -r id detach uid gid secs wd envs argv <&3; do
+    vm_decode "$wd"; dir=$v
+    set -- env -i
+    for w in $(echo "$envs" | tr , ' '); do
+      [ "$w" = - ] || { vm_decode "$w"; set -- "$@" "$v"; }
+    done
+    set -- "$@" nsenter -r/root -S "$uid" -G "$gid" /bin/sh -c 'cd "$0" && exec "$@"' "$dir"
+    for w in $(echo "$argv" | tr , ' '); do vm_decode "$w"; set -- "$@" "$v"; done
+    if [ "$detach" = 1 ]; then
+      setsid "$@" </dev/null >/dev/console 2>&1 &
+      echo "$id 0 -" >&3
+    else
+      out=$(timeout -s KILL "$secs" "$@" </dev/null 2>&1); code=$?
+      echo "$id $code $(printf %s "$out" | tail -c 4096 | base64 | tr -d '\\n')-" >&3
+    fi
+  done
+}
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 for m in $(echo "$CVBENCH_MODULES" | tr , ' '); do
   insmod "/lib/modules/cvbench/$m.ko" 2>/dev/null
@@ -69,15 +99,32 @@ done
 for w in $(echo "$CVBENCH_ENV" | tr , ' '); do vm_decode "$w"; export "$v"; done
 if [ -n "$CVBENCH_NET" ]; then
   ip link set "$CVBENCH_NET" up
-  udhcpc -q -n -t 5 -i "$CVBENCH_NET" -s /bin/cvbench-dhcp >/dev/null 2>&1 ||
-    echo "cvbench: no DHCP lease on $CVBENCH_NET" >&2
+  udhcpc -q -n -t 5 -i "$CVBENCH_NET" -x "hostname:${CVBENCH_HOSTNAME:-cvbench}" \\
+    -s /bin/cvbench-dhcp >/dev/null 2>&1 || echo "cvbench: no DHCP lease on $CVBENCH_NET" >&2
 fi
+if [ -n "$CVBENCH_NAMES" ] && [ -s /tmp/lease ]; then
+  # A private network: its DNS (the lease's server) and this guest's names, mounted over
+  # the image's files as an engine mounts its own
+  read -r ip dns < /tmp/lease
+  { cat /root/etc/hosts 2>/dev/null; echo "$ip $(echo "$CVBENCH_NAMES" | tr , ' ')"; } \\
+    > /tmp/hosts
+  echo "nameserver $dns" > /tmp/resolv.conf
+  for f in hosts resolv.conf; do
+    [ -e "/root/etc/$f" ] || : > "/root/etc/$f"; mount --bind "/tmp/$f" "/root/etc/$f"
+  done
+fi
+[ -n "$CVBENCH_AGENT" ] && cvbench_agent &
 set --
 for w in $(echo "$CVBENCH_ARGV" | tr , ' '); do vm_decode "$w"; set -- "$@" "$v"; done
+user=$CVBENCH_USER
 unset v w m CVBENCH_VM CVBENCH_MODULES CVBENCH_MOUNTS CVBENCH_ENV CVBENCH_ARGV CVBENCH_NET \\
-  CVBENCH_ROOT
+  CVBENCH_ROOT CVBENCH_NAMES CVBENCH_AGENT CVBENCH_USER
 hostname "${CVBENCH_HOSTNAME:-cvbench}"
-chroot /root /bench/init "$@"
+if [ -n "$user" ]; then
+  nsenter -r/root -S "${user%:*}" -G "${user#*:}" /bench/init "$@"
+else
+  chroot /root /bench/init "$@"
+fi
 code=$?
 sync
 echo "CVBENCH-EXIT $code $(sed -n 's/^oom_kill //p' /proc/vmstat)"
@@ -88,6 +135,7 @@ DHCP_SCRIPT = """\
 [ "$1" = bound ] || exit 0
 ip addr add "$ip/$mask" dev "$interface"
 [ -z "$router" ] || ip route add default via "${router%% *}"
+echo "$ip ${dns%% *}" > /tmp/lease
 """
 # What the cached initramfs files are keyed by, besides the image and the kernel.
 VERSION = hashlib.sha256((VM_INIT + DHCP_SCRIPT).encode()).hexdigest()[:12]

@@ -21,16 +21,4 @@ packages=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   linux-image-amd64 e2fsprogs cpio zstd
 )
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -eq 0 ]; then
-  say "all ${#packages[@]} packages installed"
-else
-  say "installing: ${missing[*]}"
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$CVBENCH_PROVISION_LOG/apt.log" 2>&1 \
-    || { tail -n 30 "$CVBENCH_PROVISION_LOG/apt.log" >&2; exit 1; }
-  say "installed ${#missing[@]} package(s)"
-fi
+apt_ensure apt "${packages[@]}"

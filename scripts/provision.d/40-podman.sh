@@ -11,7 +11,9 @@ PODMAN_SOCK=/run/podman/podman.sock
 PODMAN_DROPIN=/etc/containers/containers.conf.d/50-cvbench.conf
 mkdir -p /run/podman /run/cvbench /etc/containers/containers.conf.d
 
-podman_conf_changed=""
+# (12-stacks.sh sets it when it installed aardvark-dns: a service that started without
+# it gives user-defined networks no DNS)
+podman_conf_changed=${podman_restart_wanted:-}
 cap_eff=$(awk '/^CapEff:/ {print $2}' /proc/self/status)
 if (( (16#$cap_eff >> 24) & 1 )); then
   say "podman: root has CAP_SYS_RESOURCE, Podman's default ulimits work as they are"

@@ -31,3 +31,22 @@ start_daemon() {
   tail -n 20 "$CVBENCH_PROVISION_LOG/$name.log" >&2 || true
   return 1
 }
+# apt_ensure LOG PKG...: install the packages not installed yet, in one apt-get call (its
+# output in $CVBENCH_PROVISION_LOG/LOG.log); `apt_installed` lists what it installed.
+apt_ensure() {
+  local log=$1 p; shift
+  apt_installed=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || apt_installed+=("$p")
+  done
+  if [ ${#apt_installed[@]} -eq 0 ]; then
+    say "$log: all $# packages installed"
+    return 0
+  fi
+  say "$log: installing ${apt_installed[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${apt_installed[@]}" \
+    >"$CVBENCH_PROVISION_LOG/$log.log" 2>&1 \
+    || { tail -n 30 "$CVBENCH_PROVISION_LOG/$log.log" >&2; exit 1; }
+  say "$log: installed ${#apt_installed[@]} package(s)"
+}

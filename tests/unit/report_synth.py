@@ -239,6 +239,28 @@ def network_samples(rng: np.random.Generator, rounds: int = 6) -> list[dict[str,
     return out
 
 
+# stack: per backend (per service: created, started, ready, healthy) medians in s, scaled
+STACK_SCALE = {"ns": 1.0, "docker": 2.0, "podman": 1.5, "libvirt": 40.0}
+STACK_TIMES = {"db": (0.0, 0.05, 0.1, 0.4), "web": (0.4, 0.5, 0.6, None)}
+
+
+def stack_samples(rng: np.random.Generator, rounds: int = 3) -> list[dict[str, Any]]:
+    out = []
+    for b, scale in STACK_SCALE.items():
+        for r in range(1, rounds + 1):
+            for service, times in STACK_TIMES.items():
+                for metric, t in zip(("created", "started", "ready", "healthy"), times,
+                                     strict=True):
+                    if t is not None:
+                        s = _s(b, f"placement=per-service,service={service}",
+                               f"stack.service.{metric}", "s",
+                               t * scale * rng.lognormal(0, 0.02), r)
+                        out.append({**s, "sub": f"service={service}"})
+            out.append(_s(b, "placement=per-service", "stack.start", "s",
+                          0.6 * scale * rng.lognormal(0, 0.02), r))
+    return out
+
+
 def all_results(out: Path, seed: int = 1, host: str = "synthetic-a",
                 created: str = "2026-01-10T10:00:00+00:00", speed: float = 1.0) -> list[Path]:
     """One result file per study, all from one (synthetic) host and day."""
@@ -252,6 +274,7 @@ def all_results(out: Path, seed: int = 1, host: str = "synthetic-a",
         write_result(out, "density", density_samples(rng), BACKENDS, **kw),
         write_result(out, "limits", limits_samples(rng), LIMITS_META, **kw),
         write_result(out, "network", network_samples(rng), BACKENDS, **kw),
+        write_result(out, "stack", stack_samples(rng), BACKENDS, **kw),
     ]
 
 

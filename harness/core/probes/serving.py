@@ -94,6 +94,19 @@ def answers(r: Readiness, address: str, timeout: float = ATTEMPT_TIMEOUT) -> boo
         return False
 
 
+def fetch(address: str, port: int, path: str, timeout: float = 10.0) -> tuple[int, str]:
+    """One GET of `path`: the status and the body as text (status 0: no answer)."""
+    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"User-Agent": "cvbench"})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", errors="replace")
+    except (OSError, http.client.HTTPException) as e:
+        return 0, str(e)
+    finally:
+        conn.close()
+
+
 def poll(r: Readiness, address: str, interval: float, deadline: float) -> int | None:
     """Try every `interval` seconds until the service answers (its time, monotonic ns)
     or the deadline (time.monotonic()) passes (None)."""

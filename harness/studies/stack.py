@@ -1,0 +1,548 @@
+"""stack: a multi-service stack brought up, measured and torn down, once per sample.
+
+Placements (the variant key `placement`):
+  per-service  one instance per service, all on one private network of the sample
+               (`InstanceSpec.network_name`), each reachable by its service name
+  single-vm    (VM backends) one Debian VM whose image is the union of the services'
+               Debian packages; every service is a process of its own user in it,
+               started through the backend's exec channel
+
+Services start in dependency order as compose starts them: a service is created once
+every service it depends on has started (`service_started`: its ready line arrived; in
+a single VM: the exec that started it returned) or is healthy (`service_healthy`: its
+healthcheck passed). Healthchecks run inside the instance through `Exec.exec`, as
+`docker exec` runs them, the first one `interval` after the service started (Docker's
+rule); a service's readiness (tcp, http: from the host against its address; log: its
+output; marker: its ready line) is probed every `probe_interval`. A service that fails
+its healthcheck `retries` times after `start_period`, or is not ready within the
+sample's timeout, fails the sample with every service's output kept in the event, and
+the stack is torn down.
+
+Figures, on the host's monotonic clock, from t0 = the first create call (the first
+service's; in a single VM, the VM's):
+  stack.start              t0 -> the front service answers its readiness probe
+  stack.vm_boot            (single VM) t0 -> the VM's ready line, before any service
+  stack.service.created    t0 -> that service's create call (sub `service=<name>`)
+  stack.service.started    t0 -> its ready line (single VM: its exec returned)
+  stack.service.ready      t0 -> its readiness answered
+  stack.service.healthy    t0 -> its healthcheck passed (services that have one)
+  stack.teardown           removing every instance and the network
+  stack.memory.pss|uss|rss every host process of the stack once all are ready (per
+                           service too, where a service has processes of its own), and
+                           stack.memory.daemon: the engine's daemons, apart
+  stack.disk.image         the distinct images as the backend stores them
+  stack.disk.instance      what the instances wrote (writable layers, VM overlays)
+  stack.e2e.rps, .lat_p50, .lat_p99
+                           with params.load_seconds > 0: wrk from the host (pinned to
+                           params.client_cpuset) against params.request at the front, once
+                           the stack is up: requests/s and latency end to end, through
+                           every service the request crosses
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Protocol, cast
+
+from harness.core.errors import InstanceError, ReadyTimeout
+from harness.core.image import Debian, Image, Source, source_from_dict
+from harness.core.probes import loadgen, memory, serving
+from harness.core.probes.timing import now_ns
+from harness.runner import Cell, Context, Measurement, NotApplicable
+from harness.scenario import Scenario, Service, Workload
+from harness.studies._server import run_tool
+from runtimes.base import Exec, Exit, Instance, Limits, Mount, Networks, Runtime
+
+UNION = "@single-vm"  # the name of a single-VM stack's image among a cell's images
+LOG_TAIL = 4000  # characters of each service's output kept with a failed sample
+SINGLE_VM_SLEEP = ("sleep", "infinity")  # the VM's own workload: it only holds the VM up
+
+
+class StackRuntime(Runtime, Networks, Exec, Protocol):
+    """A backend that runs stacks: private networks with names, and exec."""
+
+
+def sub(service: str) -> str:
+    return f"service={service}"
+
+
+# --- images ------------------------------------------------------------------------
+
+def debian_of(img: Image) -> Debian | None:
+    """The Debian source of an image: its own, or, for an image exported by `bench image
+    export` and loaded into an engine, the one it records it was made from."""
+    if isinstance(img.source, Debian):
+        return img.source
+    exported = img.identity.get("exported_from") or {}
+    src = exported.get("source") if isinstance(exported, Mapping) else None
+    if isinstance(src, Mapping) and src.get("kind") == "debian":
+        found = source_from_dict(src)
+        return found if isinstance(found, Debian) else None
+    return None
+
+
+def union_source(services: Sequence[Service], images: Mapping[str, Image]
+                 ) -> tuple[Debian | None, str]:
+    """The Debian image of a single-VM stack (the union of its services' packages) or
+    None and why there is none."""
+    found: list[Debian] = []
+    for s in services:
+        d = debian_of(images[s.name])
+        if d is None:
+            return None, (f"service {s.name}'s image ({images[s.name].source.describe()}) "
+                          "is not made of Debian packages: a single VM holds the union of "
+                          "the services' packages")
+        found.append(d)
+    if len({(d.suite, d.mirror) for d in found}) > 1:
+        return None, "the services' Debian images are of different suites or mirrors"
+    return Debian(suite=found[0].suite, mirror=found[0].mirror,
+                  packages=tuple(sorted({p for d in found for p in d.packages}))), ""
+
+
+def images(scen: Scenario, build: Callable[[Source], Image]) -> dict[str, Image]:
+    """Every service's image and, when a variant places the stack in one VM and it can
+    be made, the union image (UNION)."""
+    out = {s.name: build(s.workload.image) for s in scen.services}
+    if any(scen.config(v).placement == "single-vm" for v in scen.variants):
+        union, _ = union_source(scen.services, out)
+        if union is not None:
+            out[UNION] = build(union)
+    return out
+
+
+def wanted(name: str, rt: Runtime, kind: str) -> bool:
+    """Whether backend `rt` (of Traits.kind `kind`) prepares image `name`: a stack runs
+    only where instances get a private network and exec; the union only in VMs."""
+    if not (isinstance(rt, Networks) and isinstance(rt, Exec)):
+        return False
+    return kind == "vm" if name == UNION else True
+
+
+def resolved(scen: Scenario, imgs: Mapping[str, Image]) -> dict[str, Any]:
+    """The stack as it runs: each service with its image's defaults filled in and the
+    digest of what runs, without where the image came from (a compose stack and the
+    TOML one it mirrors resolve alike)."""
+    out = {}
+    for s in scen.services:
+        w = s.workload.resolved(imgs[s.name])
+        d = replace(s, workload=replace(w, image=Debian())).as_dict()
+        d["workload"].pop("image")
+        d["image_digest"] = imgs[s.name].digest
+        out[s.name] = d
+    return {"front": scen.front, "services": out}
+
+
+# --- the services of one sample ----------------------------------------------------
+
+@dataclass
+class Running:
+    """One service of the sample being taken: where it runs and when things happened."""
+
+    service: Service
+    workload: Workload  # resolved against the image it runs on
+    inst: Instance | None = None  # its own instance (per-service placement)
+    created: int | None = None
+    started: int | None = None
+    ready: int | None = None
+    healthy: int | None = None
+    starting: Future[int] | None = None  # the wait for its ready line (per-service)
+    check: Future[tuple[bool, int]] | None = None  # the healthcheck under way
+    next_check: float = 0.0
+    failures: int = 0
+    checks: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+    @property
+    def probe(self) -> serving.Readiness:
+        return serving.parse(self.workload.readiness)
+
+    @property
+    def done(self) -> bool:
+        return self.ready is not None and (self.service.healthcheck is None
+                                           or self.healthy is not None)
+
+
+class Stack:
+    """Bring a stack up in one cell, poll it, and take it down; subclassed per placement."""
+
+    def __init__(self, ctx: Context, cell: Cell, rt: StackRuntime, net: str) -> None:
+        self.ctx, self.cell, self.rt, self.net = ctx, cell, rt, net
+        self.services: dict[str, Running] = {}
+        self.instances: list[Instance] = []
+        # What blocks (a ready line, a healthcheck's exec: seconds in an emulated VM) runs
+        # in threads, so no service's times wait on another's; execs into one instance
+        # (the single VM's agent) take turns.
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stack")
+        self.exec_locks: dict[int, threading.Lock] = {}
+
+    # what a placement provides
+    def start(self, r: Running) -> None:
+        raise NotImplementedError
+
+    def where(self, r: Running) -> Instance:
+        raise NotImplementedError
+
+    def answered(self, r: Running) -> int | None:
+        """One readiness attempt; when it answered (monotonic ns) or None."""
+        probe = r.probe
+        if not probe.serving:
+            return r.started
+        inst = self.where(r)
+        if probe.kind == "log":
+            with contextlib.suppress(ReadyTimeout):
+                return int(self.rt.wait_output(inst, re.compile(probe.pattern.encode()),
+                                               0.0))
+            return None
+        address = self.rt.address(inst)
+        if address is None:
+            raise InstanceError(f"{r.name}: {probe}: no address the host can reach")
+        return time.monotonic_ns() if serving.answers(probe, address) else None
+
+    def exec(self, inst: Instance, argv: Sequence[str], w: Workload, timeout: float,
+             detach: bool = False) -> Exit:
+        with self.exec_locks.setdefault(id(inst), threading.Lock()):
+            return self.rt.exec(inst, argv, user=w.user or "", env=dict(w.env),
+                                workdir=w.workdir or "/", timeout=timeout, detach=detach)
+
+    def healthcheck(self, r: Running) -> tuple[bool, int]:
+        """One check (in a thread): whether it passed, and when it returned."""
+        hc = r.service.healthcheck
+        assert hc is not None
+        try:
+            ex = self.exec(self.where(r), hc.test, r.workload, hc.timeout)
+        except InstanceError as e:  # a check that timed out failed, as Docker counts it
+            r.checks.append(f"no exit: {e}")
+            return False, now_ns()
+        r.checks.append(f"exit {ex.code}: {ex.stdout[-200:].decode(errors='replace')}")
+        return ex.code == 0, now_ns()
+
+    def logs(self) -> dict[str, str]:
+        """Every instance's output so far (it is stopped to be read)."""
+        out = {}
+        for inst in self.instances:
+            try:
+                self.rt.stop(inst, grace=0.5)
+                ex = self.rt.wait_exit(inst, 10.0)
+                text = (ex.stdout + ex.stderr).decode(errors="replace")
+            except Exception as e:  # the failure is reported all the same
+                text = f"(its output could not be read: {e})"
+            out[inst.spec.hostname] = text[-LOG_TAIL:]
+        for r in self.services.values():
+            if r.checks:
+                out[f"{r.name} healthchecks"] = "\n".join(r.checks[-5:])
+        return out
+
+    def memory(self) -> list[Measurement]:
+        raise NotImplementedError
+
+    # the schedule
+    def up(self, order: Sequence[Service], t_deadline: float) -> None:
+        pending = list(order)
+        interval = self.ctx.probe_interval
+        while True:
+            for s in list(pending):
+                if all(self._met(dep, cond) for dep, cond in s.depends_on):
+                    pending.remove(s)
+                    self.start(self.services[s.name])
+            for r in self.services.values():
+                if r.started is None and r.starting is not None and r.starting.done():
+                    try:
+                        r.started = r.starting.result()
+                    except InstanceError as e:
+                        raise InstanceError(f"service {r.name}: {e}", self.logs()) from e
+                if r.started is None:
+                    continue
+                if r.ready is None:
+                    r.ready = self.answered(r)
+                self._check(r)
+            if not pending and all(r.done for r in self.services.values()):
+                return
+            if time.monotonic() > t_deadline:
+                late = [r.name for r in self.services.values() if not r.done]
+                late += [s.name for s in pending if s.name not in late]
+                raise InstanceError(f"not ready within {self.ctx.timeout:g} s: "
+                                    f"{', '.join(late)}", self.logs())
+            time.sleep(interval)
+
+    def _check(self, r: Running) -> None:
+        """Docker's rule: the first check `interval` after the start, the next one
+        `interval` after the last returned; failures count after `start_period`."""
+        hc = r.service.healthcheck
+        if hc is None or r.healthy is not None or r.started is None:
+            return
+        if r.check is None:
+            if not r.next_check:
+                r.next_check = r.started * 1e-9 + hc.interval
+            if time.monotonic() >= r.next_check:
+                r.check = self.pool.submit(self.healthcheck, r)
+            return
+        if not r.check.done():
+            return
+        ok, t = r.check.result()
+        r.check = None
+        if ok:
+            r.healthy = t
+            return
+        if (t - r.started) * 1e-9 >= hc.start_period:
+            r.failures += 1
+        if r.failures >= hc.retries:
+            raise InstanceError(f"service {r.name} is unhealthy: its healthcheck failed "
+                                f"{r.failures} times ({r.checks[-1]})", self.logs())
+        r.next_check = time.monotonic() + hc.interval
+
+    def _met(self, dep: str, cond: str) -> bool:
+        r = self.services[dep]
+        return r.healthy is not None if cond == "service_healthy" else r.started is not None
+
+    def down(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        errors = []
+        for inst in reversed(self.instances):
+            try:
+                self.rt.stop(inst, grace=0.5)
+                self.rt.remove(inst)
+            except Exception as e:  # remove the others all the same
+                errors.append(f"{inst.spec.name}: {e}")
+            self.ctx.untrack(inst)
+        self.rt.remove_network(self.ctx.run_id, self.net)
+        if errors:
+            raise InstanceError("tearing the stack down: " + "; ".join(errors))
+
+    def volumes(self, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
+        """The services' named volumes, fresh for every sample (a stack's first start)."""
+        return tuple(replace(m, source=f"{self.net}-{m.source}") if m.type == "volume"
+                     else m for m in mounts)
+
+
+class PerService(Stack):
+    def start(self, r: Running) -> None:
+        s, w = r.service, r.workload
+        spec = self.ctx.spec(
+            self.cell, argv=w.command, env=dict(w.env), limits=s.limits, network="bridge",
+            network_name=self.net, hostname=s.name, aliases=(s.name,),
+            mounts=self.volumes(s.mounts), readiness=w.readiness, workdir=w.workdir or "/",
+            user=w.user or "", capture=True, agent=s.healthcheck is not None)
+        r.created = now_ns()
+        inst = self.rt.create(spec, self.cell.images[s.name])
+        self.ctx.track(self.cell, inst)
+        self.instances.append(inst)
+        r.inst = inst
+        self.rt.start(inst)
+        r.starting = self.pool.submit(self.rt.wait_ready, inst, self.ctx.timeout)
+
+    def where(self, r: Running) -> Instance:
+        assert r.inst is not None
+        return r.inst
+
+    def memory(self) -> list[Measurement]:
+        out: list[Measurement] = []
+        pids: set[int] = set()
+        for r in self.services.values():
+            st = self.rt.stats(self.where(r))
+            pids.update(st.pids)
+            out += [Measurement("stack.memory.pss", st.pss, variant=sub(r.name)),
+                    Measurement("stack.memory.uss", st.uss, variant=sub(r.name))]
+        return [*out, *_totals(memory.processes_memory(sorted(pids)))]
+
+
+class SingleVm(Stack):
+    """Every service a process of the one VM, started through exec as its own user."""
+
+    def boot(self, order: Sequence[Service]) -> int:
+        """Create and boot the VM; when its ready line came (monotonic ns)."""
+        union = self.cell.images[UNION]
+        mounts = [m for s in order for m in self.volumes(s.mounts)]
+        if len({m.target for m in mounts}) != len(mounts):
+            raise NotApplicable("two services mount the same path: one VM cannot hold both")
+        limits = [s.limits for s in order]
+        spec = self.ctx.spec(
+            self.cell, argv=SINGLE_VM_SLEEP, env={}, limits=Limits(
+                cpus=sum(x.cpus for x in limits if x.cpus) or None
+                if all(x.cpus for x in limits) else None,
+                memory=sum(x.memory for x in limits if x.memory) or None
+                if all(x.memory for x in limits) else None),
+            network="bridge", network_name=self.net, hostname=self.cell.config.front,
+            aliases=tuple(s.name for s in order), mounts=tuple(mounts), readiness="marker",
+            workdir="/", user="", capture=True, agent=True)
+        self.vm: Instance = self.rt.create(spec, union)
+        self.ctx.track(self.cell, self.vm)
+        self.instances.append(self.vm)
+        self.rt.start(self.vm)
+        return self.rt.wait_ready(self.vm, self.ctx.timeout)
+
+    def start(self, r: Running) -> None:
+        w = r.workload
+        r.created = now_ns()
+        ex = self.exec(self.vm, w.command, w, self.ctx.timeout, detach=True)
+        if ex.code != 0:
+            raise InstanceError(f"service {r.name} did not start in the VM: exit "
+                                f"{ex.code}: {ex.stdout[-300:]!r}", self.logs())
+        r.started = now_ns()
+
+    def where(self, r: Running) -> Instance:
+        return self.vm
+
+    def memory(self) -> list[Measurement]:
+        return _totals(self.rt.stats(self.vm))
+
+
+class StackStudy:
+    name = "stack"
+    metrics: ClassVar[dict[str, str]] = {
+        "stack.start": "s", "stack.service.": "s", "stack.teardown": "s", "stack.vm_boot": "s",
+        "stack.memory.": "B", "stack.disk.": "B", "stack.e2e.rps": "req/s",
+        "stack.e2e.lat_p50": "s", "stack.e2e.lat_p99": "s"}
+    # request: a path GET from the front once the stack is up (on the port of its http
+    # readiness); its answer is kept as an artifact ("front_response") and must match
+    # `expect` (a regular expression), or the sample fails: the stack answered end to end.
+    # load_seconds > 0: wrk with load_connections connections against the request.
+    params: ClassVar[dict[str, Any]] = {"request": "", "expect": "", "load_seconds": 0,
+                                        "load_connections": 8, "client_cpuset": "0"}
+
+    def check_params(self, scen: Scenario) -> list[tuple[str, str]]:
+        p = dict(scen.params)
+        out = []
+        if p.get("request") and not str(p["request"]).startswith("/"):
+            out.append(("params.request", "must be a path starting with /"))
+        if float(p.get("load_seconds", 0)) > 0 and not p.get("request"):
+            out.append(("params.load_seconds", "needs params.request (what wrk asks for)"))
+        if float(p.get("load_seconds", 0)) > 0 and shutil.which("wrk") is None:
+            out.append(("params.load_seconds", "wrk is not installed (make provision)"))
+        if p.get("request") and serving.parse(scen.workload.readiness).kind != "http":
+            out.append(("params.request", "needs the front's readiness to be http:PORT/PATH "
+                                          "(its port is where the request goes)"))
+        with contextlib.suppress(re.error):
+            re.compile(str(p.get("expect", "")))
+            return out
+        return [*out, ("params.expect", "is not a valid regular expression")]
+
+    def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:
+        cfg = cell.config
+        if not (isinstance(cell.runtime, Networks) and isinstance(cell.runtime, Exec)):
+            raise NotApplicable(f"{cell.backend} gives its instances no private network "
+                                "with names and no exec: a stack needs both")
+        rt = cast(StackRuntime, cell.runtime)
+        order = cfg.services
+        if cfg.placement == "single-vm":
+            if cell.traits.kind != "vm":
+                raise NotApplicable("single-vm places the whole stack in one virtual "
+                                    f"machine; {cell.backend} is a {cell.traits.kind}")
+            if UNION not in cell.images:
+                _, why = union_source(order, {n: p.image for n, p in cell.images.items()})
+                raise NotApplicable(why or "the union image was not prepared")
+            stack: Stack = SingleVm(ctx, cell, rt, _net(ctx))
+            base = cell.images[UNION].image
+            stack.services = {s.name: Running(s, s.workload.resolved(base)) for s in order}
+        else:
+            stack = PerService(ctx, cell, rt, _net(ctx))
+            stack.services = {s.name: Running(s, s.workload.resolved(cell.images[s.name].image))
+                              for s in order}
+        try:
+            t0 = now_ns()  # the first create: a single VM's, or the first service's
+            booted = stack.boot(order) if isinstance(stack, SingleVm) else None
+            stack.up(order, time.monotonic() + ctx.timeout)
+            out = self._times(stack, t0, cfg.front)
+            if booted is not None:
+                out.append(Measurement("stack.vm_boot", (booted - t0) * 1e-9))
+            out += self._load(ctx, stack, cfg.front, self._request(ctx, stack, cfg.front))
+            out += stack.memory()
+            daemons = [p for pids in rt.daemons().values() for p in pids]
+            out.append(Measurement("stack.memory.daemon",
+                                   memory.processes_memory(daemons).pss if daemons else 0))
+            out += self._disk(stack)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                stack.down()
+            raise
+        t_down = now_ns()
+        stack.down()
+        out.append(Measurement("stack.teardown", (now_ns() - t_down) * 1e-9))
+        return out
+
+    @staticmethod
+    def _load(ctx: Context, stack: Stack, front: str, body: int) -> list[Measurement]:
+        """wrk against the front (its answers at least as long as the first one)."""
+        seconds = float(ctx.params.get("load_seconds", 0))
+        if seconds <= 0:
+            return []
+        r = stack.services[front]
+        url = (f"http://{stack.rt.address(stack.where(r))}:{r.probe.port}"
+               f"{ctx.params['request']}")
+        argv = loadgen.wrk_args(url, duration=seconds,
+                                connections=int(ctx.params.get("load_connections", 8)))
+        text, code = run_tool(ctx, argv, {"client_cpuset": ctx.params.get("client_cpuset", "0")},
+                              seconds + 30, "wrk")
+        run = loadgen.parse_wrk(text)
+        loadgen.check_wrk(run, body)
+        if code != 0:
+            raise loadgen.LoadFailed("wrk", f"exit status {code}", run.counts)
+        return [Measurement("stack.e2e.rps", run.rps),
+                Measurement("stack.e2e.lat_p50", run.latency["50"]),
+                Measurement("stack.e2e.lat_p99", run.latency["99"])]
+
+    @staticmethod
+    def _request(ctx: Context, stack: Stack, front: str) -> int:
+        """The end-to-end check: GET params.request from the front, kept, matched; the
+        length of the body."""
+        path, expect = str(ctx.params.get("request", "")), str(ctx.params.get("expect", ""))
+        if not path:
+            return 0
+        r = stack.services[front]
+        address = stack.rt.address(stack.where(r))
+        status, body = serving.fetch(address or "", r.probe.port, path)
+        ctx.artifact("front_response", {"path": path, "status": status,
+                                        "body": body[:LOG_TAIL]})
+        if status != 200 or (expect and not re.search(expect, body)):
+            raise InstanceError(f"the front answered {path} with {status}: {body[:300]!r}"
+                                + (f", not matching {expect!r}" if expect else ""),
+                                stack.logs())
+        return len(body.encode())
+
+    @staticmethod
+    def _times(stack: Stack, t0: int, front: str) -> list[Measurement]:
+        out = []
+        for r in stack.services.values():
+            for metric, t in (("created", r.created), ("started", r.started),
+                              ("ready", r.ready), ("healthy", r.healthy)):
+                if t is not None:
+                    out.append(Measurement(f"stack.service.{metric}", (t - t0) * 1e-9,
+                                           variant=sub(r.name)))
+        ready = stack.services[front].ready
+        assert ready is not None
+        return [Measurement("stack.start", (ready - t0) * 1e-9), *out]
+
+    @staticmethod
+    def _disk(stack: Stack) -> list[Measurement]:
+        used = {stack.cell.images[UNION].ref: stack.cell.images[UNION]} \
+            if isinstance(stack, SingleVm) else \
+            {stack.cell.images[n].ref: stack.cell.images[n] for n in stack.services}
+        out = [Measurement("stack.disk.image", sum(p.footprint.get("image", 0)
+                                                   for p in used.values()))]
+        sizes = [stack.rt.disk_usage(i) for i in stack.instances]
+        if any(s is not None for s in sizes):
+            out.append(Measurement("stack.disk.instance", sum(s or 0 for s in sizes)))
+        return out
+
+
+def _totals(m: Any) -> list[Measurement]:
+    """The stack's memory: PSS, USS and RSS of all its host processes together."""
+    return [Measurement(f"stack.memory.{k}", getattr(m, k)) for k in ("pss", "uss", "rss")]
+
+
+def _net(ctx: Context) -> str:
+    """A network name of its own for the sample (fresh DNS, addresses, volumes)."""
+    ctx.counter += 1
+    return f"stack{ctx.counter}"
+
+
+STUDY = StackStudy()
