@@ -1068,11 +1068,13 @@ class Chart:
 
 def render_all(df: pd.DataFrame, out: Any, style: str = "paper",
                formats: Sequence[str] = ("png", "svg"), inline: bool = False,
-               claims_table: pd.DataFrame | None = None) -> list[Chart]:
+               claims_table: pd.DataFrame | None = None,
+               extra: Mapping[str, tuple[str, ChartFn]] | None = None) -> list[Chart]:
     """Build every chart that has data, save it in each format, return what was written.
 
     With `inline`, the SVG (or PNG) bytes are kept for an HTML page. `claims_table`:
-    `claims.evaluate(df)` when the caller has it already (it is not cheap)."""
+    `claims.evaluate(df)` when the caller has it already (it is not cheap). `extra`:
+    charts of other report modules, drawn after CHARTS (name -> (title, function))."""
     import io as _io
     from pathlib import Path
 
@@ -1082,7 +1084,7 @@ def render_all(df: pd.DataFrame, out: Any, style: str = "paper",
     with style_context(style) as st:
         look = Look.of(df, st)
         look.claims = claims_mod.evaluate(df) if claims_table is None else claims_table
-        for name, (title, fn) in CHARTS.items():
+        for name, (title, fn) in {**CHARTS, **(extra or {})}.items():
             fig = fn(df, look)
             if fig is None:
                 continue
