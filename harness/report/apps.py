@@ -30,7 +30,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from harness import stats
 from harness.core.units import format_value
-from harness.report import charts, data, render
+from harness.report import charts, claims, data, render
 from harness.results import Loaded
 
 
@@ -211,6 +211,37 @@ def study_table(df: pd.DataFrame, study: str, several: bool) -> render.Table | N
                         rows, "l" * (2 if several else 1) + "r" * (len(names) + 1))
 
 
+MARKS = {claims.HOLDS: "✓", claims.FAILS: "✗", claims.INCONCLUSIVE: "?"}
+
+
+def near_native(t: pd.DataFrame, several: bool) -> tuple[render.Table, str] | None:
+    """The claim "containers run applications at near-native speed" per container backend
+    and network mode: its verdict on each throughput figure (the overhead table's ratio
+    and CI, read as `claims.verdict` reads every claim) and overall (holds when every
+    figure holds, does not hold when one does not). Also the claim's band, as text."""
+    claim = next(c for c in claims.CLAIMS if c.id == claims.APPS)
+    t = t[(t["kind"] == "container") & t["metric"].str.fullmatch(claim.metric)]
+    if t.empty:
+        return None
+    figures = list(dict.fromkeys(zip(t["metric"], t["sub"], strict=True)))
+    rows = []
+    for (ds, backend, variant), g in t.groupby(["dataset", "backend", "variant"], sort=False):
+        by = {(r["metric"], r["sub"]): r for r in g.to_dict("records")}
+        verdicts = {f: claims.verdict(r["ratio_lo"], r["ratio_hi"], claim.better, claim.margin)
+                    for f, r in by.items()}
+        overall = (claims.FAILS if claims.FAILS in verdicts.values() else claims.HOLDS
+                   if set(verdicts.values()) == {claims.HOLDS} else claims.INCONCLUSIVE)
+        rows.append([*([str(ds)] if several else []),
+                     data.Cell(str(backend), str(variant), "", "", False).label(),
+                     *(f"{by[f]['ratio']:.3g}× {MARKS[verdicts[f]]}" if f in by else ""
+                       for f in figures), f"**{overall}**"])
+    cols = [*(["dataset"] if several else []), "backend [network]",
+            *(f"{m}" + (f" ({s})" if s else "") for m, s in figures), "verdict"]
+    band = f"{1 - claim.margin:.2f}–{1 + claim.margin:.2f}"
+    return (render.Table(cols, rows, "l" * (2 if several else 1) + "r" * len(figures) + "l"),
+            band)
+
+
 def placement(docs: Sequence[Loaded]) -> list[str]:
     """What each application run recorded of its CPU placement and its host's cores."""
     out = []
@@ -353,15 +384,27 @@ def blocks(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame,
                       "KVM would."),
                 *render.capped(overhead_table(t, several), "overhead.csv", OVERHEAD_CAP),
                 *render._csv("overhead.csv", t, "Every figure with both CIs")]
+        claim = near_native(t, several)
+        if claim is not None:
+            verdicts, band = claim
+            out += [("h3", "Seed claim: containers run applications at near-native speed"),
+                    ("p", f"Holds for a figure when the whole 95 % CI of container ÷ host "
+                          f"throughput lies within {band} (±10 %: what one server on one "
+                          "core of a shared machine can resolve; the classic study saw "
+                          "Docker within a few percent on the host network and far below "
+                          "through its NAT); ✓ holds, ✗ does not hold, ? inconclusive. "
+                          "Per backend and network mode: holds when every figure holds, "
+                          "does not hold when any does not."),
+                    ("table", verdicts)]
     for study in studies:
         app = APPS[study]
         part = summ[summ["metric"].map(data.study_of) == study]
         out.append(("h3", app.title))
         if f"apps_{study}" in drawn:
             out.append(("chart", drawn[f"apps_{study}"]))
-        table = study_table(df, study, several)
-        if table is not None:
+        figures = study_table(df, study, several)
+        if figures is not None:
             out += [("p", "Medians; ± is half the 95 % CI, relative to the median; "
-                          "⚠ an unstable figure."), *render.capped(table, f"{study}.csv")]
+                          "⚠ an unstable figure."), *render.capped(figures, f"{study}.csv")]
         out += render._csv(f"{study}.csv", part, "Every figure of the study with its 95 % CI")
     return out

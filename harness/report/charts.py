@@ -934,6 +934,9 @@ def _claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None,
     if not t.empty:
         io_rows = t["metric"].str.startswith("io.")
         t = t[io_rows] if which == "io" else t[~io_rows]
+        # The application claim has a row per study, sub-case and network mode: its
+        # verdicts are a table of the report's application section instead.
+        t = t[t["claim"] != claims_mod.APPS]
     if t.empty:
         return None
     rows: list[tuple[str, Any]] = []  # ("claim", (id, text)) headers, ("pair", record) rows

@@ -14,7 +14,7 @@ import pytest
 from matplotlib.lines import Line2D
 
 from harness import results, stats
-from harness.report import apps, charts, render
+from harness.report import apps, charts, claims, render
 from tests.unit import report_synth as synth
 
 Docs = list[results.Loaded]
@@ -159,3 +159,26 @@ def test_no_small_host_note_on_a_larger_host(tmp_path: Path) -> None:
     docs, _ = synth.load(app_results(tmp_path, cores=16))
     assert apps.host_note(docs) == []
     assert apps.placement(docs)[0].startswith("http: host of 16 cores")
+
+
+def test_near_native_claim_per_backend_and_network(one: tuple[Docs, pd.DataFrame]) -> None:
+    _, df = one
+    found = apps.near_native(apps.overhead(df), several=False)
+    assert found is not None
+    table, band = found
+    assert band == "0.90–1.10"
+    rows = {r[0]: r for r in table.rows}
+    assert rows["docker [publish]"][-1] == "**does not hold**"  # 0.75x the host's
+    assert rows["docker [host]"][-1] == "**holds**"
+    assert "libvirt" not in " ".join(rows)  # VMs are not what the claim is about
+    # the same verdicts as the seed-claims table, which pairs the cells itself
+    t = claims.evaluate(df)
+    t = t[t["claim"] == claims.APPS]
+    marks = [c for r in table.rows for c in r[1:-1] if c]
+    for verdict, mark in apps.MARKS.items():
+        assert sum(m.endswith(mark) for m in marks) == int((t["verdict"] == verdict).sum())
+    assert len(marks) == len(t) == 3 * 3 * 4 + 3
+    # the generic claims chart leaves these rows to the application section
+    fig = charts.claims(df, charts.Look.of(df))
+    assert fig is None or not any("near-native" in str(x.get_text())
+                                  for x in fig.findobj(lambda a: hasattr(a, "get_text")))
