@@ -108,11 +108,20 @@ def chart(plan: Plan, path: Path) -> Path:
                 ax.errorbar([i], [mem], yerr=[[mem - max(lo, floor)], [hi - mem]], fmt="_",
                             markersize=20 if c.binding != "memory" else 0, color="black",
                             capsize=4, lw=1)
+                if c.binding != "memory":  # the dash says what memory alone would allow
+                    ax.annotate(f"memory: {mem:,.0f}", (i + 0.17, mem), xytext=(3, 0),
+                                textcoords="offset points", ha="left", va="center",
+                                fontsize="small")
             far = (f"\n{c.extrapolation:.3g}× measured!"
                    if c.extrapolation > plan.target.max_extrapolation else "")
+            # Inside the bar, under its top, where the bar is tall enough: above it the
+            # label would run into the memory dash and its whisker.
+            inside = value / floor > 300
             ax.annotate(f"{value:,.0f}\n{c.binding.split(' (')[0]}{far}", (i, max(value, floor)),
-                        xytext=(0, 3),
-                        textcoords="offset points", ha="center", va="bottom")
+                        xytext=(0, -4 if inside else 3), textcoords="offset points",
+                        ha="center", va="top" if inside else "bottom",
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none",
+                              "alpha": 0.85} if inside else None)
         ax.set_yscale("log")
         top = max(max(c.instances or 0, (c.by_memory_ci[1] or 0) if c.by_memory else 0)
                   for c in cells)
