@@ -17,7 +17,7 @@ from harness.studies import _sysbench
 
 class Cpu:
     name = "cpu"
-    metrics: dict[str, str] = {"cpu.events": "events/s"}
+    metrics: ClassVar[dict[str, str]] = {"cpu.events": "events/s"}
     params: ClassVar[dict[str, Any]] = {"duration": 5.0, "warmup": 1.0, "max_prime": 10000}
 
     def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:

@@ -23,7 +23,7 @@ OPERATIONS = ("read", "write")
 
 class Mem:
     name = "mem"
-    metrics: dict[str, str] = {"mem.bw": "B/s"}
+    metrics: ClassVar[dict[str, str]] = {"mem.bw": "B/s"}
     params: ClassVar[dict[str, Any]] = {"block_size": "1G", "duration": 3.0, "warmup": 1.0}
 
     def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:

@@ -75,7 +75,7 @@ def test_containers(repo: Path, tmp_path: Path, study: str) -> None:
 
 def test_a_failing_sysbench_fails_its_sample_without_a_figure(repo: Path,
                                                               tmp_path: Path) -> None:
-    p, doc = run(repo, tmp_path, "mem", ("ns",), params={"block_size": "512M"},
+    _p, doc = run(repo, tmp_path, "mem", ("ns",), params={"block_size": "512M"},
                  limits={"memory": "128M"})
     assert not [s for s in doc["samples"] if s["metric"] == "mem.bw"]
     failed = [e for e in doc["events"] if e.get("event", e.get("kind")) == "sample_failed"]
