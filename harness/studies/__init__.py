@@ -14,7 +14,8 @@ from harness.core.errors import UsageError
 
 # name -> module under harness.studies
 KNOWN = {"startup": "startup", "density": "density", "memory": "memory", "disk": "disk",
-         "io": "io", "limits": "limits", "network": "network"}
+         "io": "io", "limits": "limits", "network": "network",
+         "cpu": "cpu", "mem": "mem", "db": "db"}
 
 
 class Study(Protocol):
