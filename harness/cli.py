@@ -331,8 +331,10 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
                         max_extrapolation=max_extrapolation)
     docs = cap.load(result_files)
     if apps_capacity.is_application(docs):
-        if chart_file is not None:
-            raise click.BadParameter("density results only", param_hint="--chart")
+        for given_opt, hint in ((chart_file, "--chart"), (slo, "--slo-start"),
+                                (given, "--limit")):
+            if given_opt:
+                raise click.BadParameter("density results only", param_hint=hint)
         app_plan = apps_capacity.plan(docs, target, rate)
         if as_json:
             print(json.dumps(apps_capacity.as_json(app_plan), indent=1))

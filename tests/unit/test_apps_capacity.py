@@ -101,6 +101,9 @@ def test_command_line(http: Path, tmp_path: Path) -> None:
     run = CliRunner().invoke(cli.cli, ["capacity", str(http), "--host-memory", "64G",
                                        "--host-cpus", "32"])
     assert run.exit_code == 0 and "binding" in run.output, run.output
+    run = CliRunner().invoke(cli.cli, ["capacity", str(http), "--host-memory", "64G",
+                                       "--host-cpus", "32", "--slo-start", "2s"])
+    assert run.exit_code == 2 and "density results only" in run.output, run.output
     rng = np.random.default_rng(2)
     density = synth.write_result(tmp_path, "density", synth.density_samples(rng),
                                  synth.BACKENDS)
