@@ -39,14 +39,16 @@ class App:
     title: str  # heading and chart title
     throughput: str  # the figure that says how much work was done
     p99: str | None = None  # the tail latency, where the tool reports one
+    from_host: bool = True  # the load generator runs on the host (else in the instance)
 
 
 APPS: dict[str, App] = {
     "http": App("HTTP server: nginx under wrk", "http.rps", "http.lat_p99"),
     "kv": App("Key-value store: redis under redis-benchmark", "kv.ops", "kv.lat_p99"),
     "db": App("Database: PostgreSQL under pgbench", "db.tps", "db.lat_p99"),
-    "cpu": App("CPU: sysbench cpu in the instance", "cpu.events"),
-    "mem": App("Memory bandwidth: sysbench memory in the instance", "mem.bw"),
+    "cpu": App("CPU: sysbench cpu in the instance", "cpu.events", from_host=False),
+    "mem": App("Memory bandwidth: sysbench memory in the instance", "mem.bw",
+               from_host=False),
 }
 # The overhead table's rows in this order within a study (others after, by name);
 # daemons have no counterpart on the bare host, so their PSS has no ratio.
@@ -252,9 +254,12 @@ def placement(docs: Sequence[Loaded]) -> list[str]:
         limits = doc.scenario.get("limits") or {}
         params = doc.scenario.get("params") or {}
         server = limits.get("cpuset") or "not set"
-        client = params.get("client_cpuset") or "not set"
+        client = (f"load generator cpuset {params.get('client_cpuset') or 'not set'}"
+                  if APPS[study].from_host else "the tool runs in the instance")
+        cpus = f" ({limits['cpus']:g} cpus)" if isinstance(limits.get("cpus"), int | float) \
+            else ""
         out.append(f"{doc.scenario_name}: host of {doc.host.get('cores', '?')} cores; "
-                   f"instance cpuset {server}, load generator cpuset {client}")
+                   f"instance cpuset {server}{cpus}, {client}")
     return out
 
 

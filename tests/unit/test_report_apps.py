@@ -146,6 +146,7 @@ def test_report_has_the_section_the_csv_and_no_duplicate_headings(
     assert "## http:" not in md and "## kv:" not in md  # not again as plain studies
     assert "What a 2-core host can and cannot show" in md
     assert "http: host of 2 cores; instance cpuset 1, load generator cpuset 0" in md
+    assert "cpu: host of 2 cores; instance cpuset 1, the tool runs in the instance" in md
     assert (tmp_path / "apps_http.svg") in files and (tmp_path / "apps_kv.svg") in files
     with (tmp_path / "overhead.csv").open() as f:
         rows = list(csv.DictReader(f))
