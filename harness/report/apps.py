@@ -256,7 +256,7 @@ def placement(docs: Sequence[Loaded]) -> list[str]:
         server = limits.get("cpuset") or "not set"
         client = (f"load generator cpuset {params.get('client_cpuset') or 'not set'}"
                   if APPS[study].from_host else "the tool runs in the instance")
-        cpus = f" ({limits['cpus']:g} cpus)" if isinstance(limits.get("cpus"), int | float) \
+        cpus = f" (cpus = {limits['cpus']:g})" if isinstance(limits.get("cpus"), int | float) \
             else ""
         out.append(f"{doc.scenario_name}: host of {doc.host.get('cores', '?')} cores; "
                    f"instance cpuset {server}{cpus}, {client}")
@@ -265,28 +265,31 @@ def placement(docs: Sequence[Loaded]) -> list[str]:
 
 def host_note(docs: Sequence[Loaded]) -> list[str]:
     """What a small host can and cannot show; empty when every host has 4 cores or more."""
-    cores = [int(c) for _, doc in docs if isinstance(c := doc.host.get("cores"), int)
-             and str(doc.scenario.get("study", doc.scenario_name)) in APPS]
-    if not cores or min(cores) >= 4:
+    runs = [(study, cores) for _, doc in docs
+            if (study := str(doc.scenario.get("study", doc.scenario_name))) in APPS
+            and isinstance(cores := doc.host.get("cores"), int)]
+    if not runs or min(c for _, c in runs) >= 4:
         return []
-    n = min(cores)
-    return [
-        f"**What a {n}-core host can and cannot show.** The server gets one core and the "
-        "load generator another (their cpusets are recorded with each result), so no "
-        "figure is inflated by the two competing for a core, and every backend is measured "
-        "on the same core budget.",
-        "It can show: the relative cost of each backend's path on one core — the packet "
-        "path of the bridge, of a published port (NAT, a proxy) and of the host network, "
-        "the cost of the namespaces and cgroups themselves, and what an emulated VM does to "
-        "a server — with CIs that say which differences are real.",
-        "It cannot show: how a server scales over cores (one worker on one core here), "
-        "NUMA or interrupt placement, a load generator that never limits the figure (at "
-        "saturation the generator's core can be the bottleneck for the faster backends, "
-        "which compresses their differences), or the VM's own threads (QEMU's I/O "
-        "threads, vhost, softirqs of the bridge) kept off both cores: they run wherever "
-        "the host puts them, on the same two cores, and their cost lands on one side or "
-        "the other. Absolute figures are this machine's; the ratios are what carries over.",
-    ]
+    n = min(c for _, c in runs)
+    served = any(APPS[s].from_host for s, _ in runs)
+    out = [f"**What a {n}-core host can and cannot show.** "
+           + ("A server gets one core and its load generator another (the placement "
+              "above), so the two do not compete for a core and every backend gets the "
+              "same core budget. " if served else "")
+           + "It can show the relative cost of each backend on one core: the "
+             "namespaces and cgroups themselves, "
+           + ("the packet path of the bridge, of a published port (NAT, a proxy) and of "
+              "the host network, " if served else "")
+           + "and what an emulated VM does to a workload — with CIs that say which "
+             "differences are real.",
+           "It cannot show how a workload scales over cores (one worker on one core here), "
+           "NUMA or interrupt placement, or the cost of a VM's own threads (QEMU's I/O "
+           "threads, vhost, the bridge's softirqs): they run wherever the host puts them, "
+           "on the same cores, and land on one side or the other. "
+           + ("At saturation the generator's single core can limit the fastest backends, "
+              "which compresses their differences. " if served else "")
+           + "Absolute figures are this machine's; the ratios are what carries over."]
+    return out
 
 
 # --- charts -----------------------------------------------------------------------------
