@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from harness import stats
-from harness.core.units import format_value
+from harness.core.units import format_seconds, format_value
 from harness.report import charts, claims, data, render
 from harness.results import Loaded
 
@@ -294,14 +294,37 @@ def host_note(docs: Sequence[Loaded]) -> list[str]:
 
 # --- charts -----------------------------------------------------------------------------
 
-def _fmt(unit: str) -> FuncFormatter:
-    return FuncFormatter(lambda v, _: format_value(v, unit).replace(" ", "\u2009"))
+def _axis(ax: Any, unit: str, values: pd.Series) -> bool:
+    """Ticks short enough for a narrow panel (the unit is in the panel's title); a log
+    axis when the values span more than LOG_ABOVE, else linear from 0. Whether log."""
+    v = values[values > 0]
+    log = not v.empty and float(v.max() / v.min()) > LOG_ABOVE
+    data_bytes = unit.startswith("B")
+    if log:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=4 if data_bytes else 10,
+                                              subs=(1.0,) if data_bytes else (1.0, 3.0),
+                                              numticks=6))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:  # from 0: a ratio to the host reads as a length
+        top = ax.get_xlim()[1] * 1.05
+        scale = charts._byte_scale(top)[0] if data_bytes else 1.0
+        ax.set_xticks(np.asarray(MaxNLocator(4).tick_values(0, top / scale)) * scale)
+        ax.set_xlim(0, top)
+    ax.xaxis.set_major_formatter(FuncFormatter(
+        (lambda x, _: format_seconds(x)) if unit == "s"
+        else charts._compact_bytes if data_bytes else charts._count_fmt))
+    return log
+
+
+LOG_ABOVE = 8.0  # a panel whose largest value is this many times its smallest: log axis
 
 
 def chart(df: pd.DataFrame, look: charts.Look, study: str) -> Figure | None:
     """One row per backend and network mode; one panel per sub-case for the throughput
     and one for p99 where the tool reports it: median with its 95 % CI, the bare host's
-    median as a dashed reference line. Log axes: an emulated VM is 10-100x slower."""
+    median as a dashed reference line. A panel whose values span more than LOG_ABOVE
+    (an emulated VM is 10-100x slower) is on a log axis, others start at 0."""
     app = APPS[study]
     d = split(df)
     metrics = [m for m in (app.throughput, app.p99) if m]
@@ -315,6 +338,7 @@ def chart(df: pd.DataFrame, look: charts.Look, study: str) -> Figure | None:
     fig = look.figure(len(cs))
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     lw = 5 if look.slides else 2.5
+    logs = False
     for ax, (metric, sub) in zip(axes, panels, strict=True):
         p = d[(d["metric"] == metric) & (d["sub"] == sub)]
         unit = str(p["unit"].iloc[0])
@@ -334,14 +358,12 @@ def chart(df: pd.DataFrame, look: charts.Look, study: str) -> Figure | None:
         if not ref.empty:
             ax.axvline(float(ref.median()), color="#4d4d4d", ls="--", lw=1.0,
                        gid=f"{metric}|{sub}|reference")
-        ax.set_xscale("log")
+        logs = _axis(ax, unit, p["value"]) or logs
         ax.grid(axis="x", which="major")
-        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=4))
-        ax.xaxis.set_major_formatter(_fmt(unit))
-        ax.xaxis.set_minor_formatter(NullFormatter())
         what = "throughput" if metric == app.throughput else "p99 latency"
-        better = "higher is better" if stats.higher_is_better(unit) else "lower is better"
-        ax.set_title(f"{what}{f' ({sub})' if sub else ''}\n{better}")
+        better = "↑" if stats.higher_is_better(unit) else "↓"
+        shown = "bytes/s (G = GiB, M = MiB)" if unit.startswith("B") else unit
+        ax.set_title(f"{what}{f' ({sub})' if sub else ''}\n{shown} {better}")
         charts._rows(ax, cs, look, labels=ax is axes[0])
     charts._title(fig, app.title, look)
     handles: list[Any] = [
@@ -350,7 +372,10 @@ def chart(df: pd.DataFrame, look: charts.Look, study: str) -> Figure | None:
                   label="p99")] if app.p99 else []),
         Line2D([], [], color="#555555", lw=lw, alpha=0.6, label="95 % CI of the median"),
         Line2D([], [], color="#4d4d4d", ls="--", lw=1.0, label="bare host (reference)")]
-    charts._finish(fig, look, handles, cs, "rows: backend [network mode]; log scales")
+    charts._finish(fig, look, handles, cs, "rows: backend [network mode]; ↑ higher is "
+                   "better, ↓ lower is better"
+                   + ("; log scale where the values span more than "
+                      f"{LOG_ABOVE:g}×" if logs else ""))
     return fig
 
 
