@@ -244,6 +244,16 @@ def near_native(t: pd.DataFrame, several: bool) -> tuple[render.Table, str] | No
             band)
 
 
+def cpusets(doc: Any) -> tuple[list[str], list[str]]:
+    """The instance's and the load generator's cpusets a run recorded: each sample's
+    (`cpuset`, `client_cpuset` beside its figures), else the scenario's `limits.cpuset`."""
+    server = sorted({str(x) for smp in doc.samples if (x := smp.extra.get("cpuset"))})
+    client = sorted({str(x) for smp in doc.samples if (x := smp.extra.get("client_cpuset"))})
+    if not server and (x := (doc.scenario.get("limits") or {}).get("cpuset")):
+        server = [str(x)]
+    return server, client
+
+
 def placement(docs: Sequence[Loaded]) -> list[str]:
     """What each application run recorded of its CPU placement and its host's cores."""
     out = []
@@ -252,14 +262,13 @@ def placement(docs: Sequence[Loaded]) -> list[str]:
         if study not in APPS:
             continue
         limits = doc.scenario.get("limits") or {}
-        params = doc.scenario.get("params") or {}
-        server = limits.get("cpuset") or "not set"
-        client = (f"load generator cpuset {params.get('client_cpuset') or 'not set'}"
-                  if APPS[study].from_host else "the tool runs in the instance")
+        server, client = cpusets(doc)
+        gen = (f"load generator cpuset {' | '.join(client) or 'not recorded'}"
+               if APPS[study].from_host else "the tool runs in the instance")
         cpus = f" (cpus = {limits['cpus']:g})" if isinstance(limits.get("cpus"), int | float) \
             else ""
         out.append(f"{doc.scenario_name}: host of {doc.host.get('cores', '?')} cores; "
-                   f"instance cpuset {server}{cpus}, {client}")
+                   f"instance cpuset {' | '.join(server) or 'not set'}{cpus}, {gen}")
     return out
 
 

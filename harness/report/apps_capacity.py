@@ -95,13 +95,17 @@ def cpuset_cores(spec: str) -> int:
 def _cores(docs: Sequence[Loaded]) -> tuple[float, str]:
     """The instance's cores and where they come from."""
     for _, doc in docs:
-        cpuset = (doc.scenario.get("limits") or {}).get("cpuset")
-        if cpuset:
-            try:
-                return float(cpuset_cores(str(cpuset))), f"cpuset {cpuset}"
-            except ValueError:
-                raise UsageError(f"{doc.scenario_name}: limits.cpuset {cpuset!r} is not a "
-                                 "cpu list") from None
+        server, _ = apps.cpusets(doc)
+        try:
+            counts = {cpuset_cores(c) for c in server}
+        except ValueError:
+            raise UsageError(f"{doc.scenario_name}: cpuset {' | '.join(server)!r} is not a "
+                             "cpu list") from None
+        if len(counts) > 1:
+            raise UsageError(f"{doc.scenario_name}: instances ran on cpusets of different "
+                             f"sizes ({' | '.join(server)}): no one throughput per core")
+        if counts:
+            return float(counts.pop()), f"cpuset {' | '.join(server)}"
         cores = doc.host.get("cores")
         if isinstance(cores, int) and cores > 0:
             return float(cores), f"no cpuset: all {cores} cores of the measuring host"

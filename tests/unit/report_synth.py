@@ -283,9 +283,11 @@ APP_PSS = {"host": 4 * MiB, "ns": 4.2 * MiB, "docker": 5 * MiB, "podman": 5 * Mi
 
 
 def app_samples(rng: np.random.Generator, study: str, rounds: int = 8,
-                speed: float = 1.0) -> list[dict[str, Any]]:
+                speed: float = 1.0, placement: Mapping[str, str] | None = None
+                ) -> list[dict[str, Any]]:
     """A server study: per sample its throughput, p50, p99 per sub-case, the instance's
-    PSS under load and (engines, VMs) the daemons'; every sample carries its `sub`."""
+    PSS under load and (engines, VMs) the daemons'; every sample carries its `sub`, and
+    `placement` ({"cpuset": "1", "client_cpuset": "0"}) when given."""
     out = []
     for b, modes in APP_SPEED.items():
         for mode, f in modes.items():
@@ -303,7 +305,7 @@ def app_samples(rng: np.random.Generator, study: str, rounds: int = 8,
                 if b in DAEMON:
                     out.append(_s(b, v, f"{study}.daemon_pss_loaded", "B",
                                   DAEMON[b] * rng.lognormal(0, 0.02), r))
-    return out
+    return [{**x, **(placement or {})} for x in out]
 
 
 def cpu_samples(rng: np.random.Generator, rounds: int = 8) -> list[dict[str, Any]]:

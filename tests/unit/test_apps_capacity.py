@@ -78,6 +78,18 @@ def test_without_a_rate_each_instance_gets_its_measured_cores(http: Path) -> Non
     assert {c.by_cpu for c in plan.cells} == {16}
 
 
+def test_the_samples_cpuset_decides_the_cores(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    kv = synth.write_result(tmp_path, "kv", synth.app_samples(
+        rng, "kv", placement={"cpuset": "2-3", "client_cpuset": "0"}), synth.BACKENDS,
+        config={"limits": {"cpuset": "1"}})
+    plan = apps_capacity.plan([(str(kv), results.load_result(kv))],
+                              Target(memory=64 * GiB, cpus=16), rate=None)
+    assert {c.cores for c in plan.cells} == {2.0}
+    assert {c.by_cpu for c in plan.cells} == {8}
+    assert "cpuset 2-3" in plan.assumptions[0]
+
+
 def test_refusals(http: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     kv = synth.write_result(tmp_path, "kv", synth.app_samples(rng, "kv"), synth.BACKENDS)

@@ -18,13 +18,17 @@ from harness.report import apps, charts, claims, render
 from tests.unit import report_synth as synth
 
 Docs = list[results.Loaded]
-PLACEMENT = {"limits": {"cpuset": "1"}, "params": {"client_cpuset": "0"}}
+PLACEMENT = {"limits": {"cpuset": "1"}}  # the scenario's
 
 
 def app_results(out: Path, cores: int = 2) -> list[Path]:
+    """http with its placement in the scenario only; kv with each sample's too."""
     rng = np.random.default_rng(7)
-    paths = [synth.write_result(out, s, synth.app_samples(rng, s), synth.BACKENDS,
-                                config=PLACEMENT) for s in ("http", "kv")]
+    paths = [synth.write_result(out, "http", synth.app_samples(rng, "http"), synth.BACKENDS,
+                                config=PLACEMENT),
+             synth.write_result(out, "kv", synth.app_samples(
+                 rng, "kv", placement={"cpuset": "2-3", "client_cpuset": "0"}),
+                 synth.BACKENDS, config=PLACEMENT)]
     paths.append(synth.write_result(out, "cpu", synth.cpu_samples(rng), synth.BACKENDS,
                                     config=PLACEMENT))
     if cores != 2:
@@ -145,7 +149,8 @@ def test_report_has_the_section_the_csv_and_no_duplicate_headings(
     assert md.count("### HTTP server: nginx under wrk") == 1
     assert "## http:" not in md and "## kv:" not in md  # not again as plain studies
     assert "What a 2-core host can and cannot show" in md
-    assert "http: host of 2 cores; instance cpuset 1, load generator cpuset 0" in md
+    assert "http: host of 2 cores; instance cpuset 1, load generator cpuset not recorded" in md
+    assert "kv: host of 2 cores; instance cpuset 2-3, load generator cpuset 0" in md
     assert "cpu: host of 2 cores; instance cpuset 1, the tool runs in the instance" in md
     assert (tmp_path / "apps_http.svg") in files and (tmp_path / "apps_kv.svg") in files
     with (tmp_path / "overhead.csv").open() as f:
