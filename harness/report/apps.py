@@ -222,7 +222,8 @@ def near_native(t: pd.DataFrame, several: bool) -> tuple[render.Table, str] | No
     and CI, read as `claims.verdict` reads every claim) and overall (holds when every
     figure holds, does not hold when one does not). Also the claim's band, as text."""
     claim = next(c for c in claims.CLAIMS if c.id == claims.APPS)
-    t = t[(t["kind"] == "container") & t["metric"].str.fullmatch(claim.metric)]
+    t = t[(t["kind"] == "container") & t["metric"].str.fullmatch(claim.metric)
+          & np.isfinite(t["ratio"].astype(float))]
     if t.empty:
         return None
     figures = list(dict.fromkeys(zip(t["metric"], t["sub"], strict=True)))
@@ -416,7 +417,11 @@ def blocks(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame,
         out.append(("ul", place))
     out += [("p", p) for p in host_note(docs)]
     t = overhead(df)
-    if not t.empty:
+    if not t.empty and not (t["host_n"] > 0).any():
+        out.append(("p", "⚠ No bare-host results (a backend of kind `process`, e.g. `host`) "
+                         "for these studies: no ratios, no overhead table. Run them with "
+                         "`--backends host,…`."))
+    elif not t.empty:
         out += [("h3", "Overhead against the bare host"),
                 ("p", "Each backend's median ÷ the bare host's median, [95 % CI] (two-sample "
                       "bootstrap); ↑ higher is better, ↓ lower is better; ▼ the whole CI is "

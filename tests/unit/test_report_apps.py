@@ -188,3 +188,14 @@ def test_near_native_claim_per_backend_and_network(one: tuple[Docs, pd.DataFrame
     fig = charts.claims(df, charts.Look.of(df))
     assert fig is None or not any("near-native" in str(x.get_text())
                                   for x in fig.findobj(lambda a: hasattr(a, "get_text")))
+
+
+def test_without_the_bare_host_no_ratio_is_invented(one: tuple[Docs, pd.DataFrame]) -> None:
+    docs, df = one
+    rest = df[df["kind"] != "process"]
+    t = apps.overhead(rest)
+    assert not t.empty and t["ratio"].isna().all() and (t["host_n"] == 0).all()
+    assert apps.near_native(t, several=False) is None
+    blocks = apps.blocks(docs, rest, pd.DataFrame(columns=["metric"]), {}, several=False)
+    text = " ".join(str(x) for _, x in blocks)
+    assert "No bare-host results" in text and "Overhead against the bare host" not in text
