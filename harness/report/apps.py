@@ -322,7 +322,7 @@ def _axis(ax: Any, unit: str, values: pd.Series) -> bool:
         ax.set_xticks(np.asarray(MaxNLocator(4).tick_values(0, top / scale)) * scale)
         ax.set_xlim(0, top)
     ax.xaxis.set_major_formatter(FuncFormatter(
-        (lambda x, _: format_seconds(x)) if unit == "s"
+        (lambda x, _: format_seconds(x) if x else "0") if unit == "s"
         else charts._compact_bytes if data_bytes else charts._count_fmt))
     return log
 
@@ -370,10 +370,10 @@ def chart(df: pd.DataFrame, look: charts.Look, study: str) -> Figure | None:
                        gid=f"{metric}|{sub}|reference")
         logs = _axis(ax, unit, p["value"]) or logs
         ax.grid(axis="x", which="major")
-        what = "throughput" if metric == app.throughput else "p99 latency"
+        what = "throughput" if metric == app.throughput else "p99"
         better = "↑" if stats.higher_is_better(unit) else "↓"
         shown = "bytes/s (G = GiB, M = MiB)" if unit.startswith("B") else unit
-        ax.set_title(f"{what}{f' ({sub})' if sub else ''}\n{shown} {better}")
+        ax.set_title(f"{sub}\n{what}, {shown} {better}" if sub else f"{what}\n{shown} {better}")
         charts._rows(ax, cs, look, labels=ax is axes[0])
     charts._title(fig, app.title, look)
     handles: list[Any] = [
