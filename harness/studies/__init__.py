@@ -15,7 +15,7 @@ from harness.core.errors import UsageError
 # name -> module under harness.studies
 KNOWN = {"startup": "startup", "density": "density", "memory": "memory", "disk": "disk",
          "io": "io", "limits": "limits", "network": "network",
-         "cpu": "cpu", "mem": "mem", "db": "db"}
+         "cpu": "cpu", "mem": "mem", "db": "db", "http": "http", "kv": "kv"}
 
 
 class Study(Protocol):
