@@ -160,9 +160,10 @@ def plan(docs: Sequence[Loaded], target: Target, rate: float | None) -> AppPlan:
             need = want / per.median
             notes = []
             if rate is not None and rate > s.hi:
-                notes.append(f"one instance served at most {format_value(s.median, unit)} "
-                             f"on its {cores:g} core(s): {rate:g} needs {need:.3g} cores, "
-                             "assuming throughput scales linearly with cores")
+                notes.append(f"one instance served {format_value(s.median, unit)} (median; "
+                             f"CI up to {format_value(s.hi, unit)}) on its {cores:g} core(s): "
+                             f"{rate:g} needs {need:.3g} cores, assuming throughput scales "
+                             "linearly with cores")
             if c.emulated:
                 notes.append("VM emulated (TCG): its throughput says nothing of KVM")
             by_cpu = _count(target.cpus / need)

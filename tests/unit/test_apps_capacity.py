@@ -58,7 +58,7 @@ def test_cpu_binds_from_the_throughput_per_core(http: Path) -> None:
     assert c.instances == c.by_cpu and c.binding == "CPU"
     # a rate above what one instance served on its core is flagged, not hidden
     big = cell(plan, "docker [publish, 1MiB]")
-    assert any("served at most" in n for n in big.notes)
+    assert any("assuming throughput scales linearly" in n for n in big.notes)
 
 
 def test_memory_binds_on_a_small_host_and_the_vm_is_marked(http: Path) -> None:
