@@ -306,7 +306,8 @@ def host_note(docs: Sequence[Loaded]) -> list[str]:
 
 def _axis(ax: Any, unit: str, values: pd.Series) -> bool:
     """Ticks short enough for a narrow panel (the unit is in the panel's title); a log
-    axis when the values span more than LOG_ABOVE, else linear from 0. Whether log."""
+    axis when the values drawn span more than LOG_ABOVE, else linear from 0. Whether
+    log."""
     v = values[values > 0]
     log = not v.empty and float(v.max() / v.min()) > LOG_ABOVE
     data_bytes = unit.startswith("B")
@@ -352,12 +353,14 @@ def chart(df: pd.DataFrame, look: charts.Look, study: str) -> Figure | None:
     for ax, (metric, sub) in zip(axes, panels, strict=True):
         p = d[(d["metric"] == metric) & (d["sub"] == sub)]
         unit = str(p["unit"].iloc[0])
+        drawn: list[float] = []  # the CIs' ends: what the axis must hold
         for i, c in enumerate(cs):
             v = c.select(p)["value"].to_numpy(float)
             v = v[v > 0]
             if v.size == 0:
                 continue
             s = stats.summarize(v)
+            drawn += [s.lo, s.hi]
             col = look.colour(c.backend)
             ax.plot([s.lo, s.hi], [i, i], color=col, lw=lw, alpha=0.6, solid_capstyle="butt")
             ax.plot([s.median], [i], ls="", marker="D" if metric == app.throughput else "o",
@@ -368,7 +371,7 @@ def chart(df: pd.DataFrame, look: charts.Look, study: str) -> Figure | None:
         if not ref.empty:
             ax.axvline(float(ref.median()), color="#4d4d4d", ls="--", lw=1.0,
                        gid=f"{metric}|{sub}|reference")
-        logs = _axis(ax, unit, p["value"]) or logs
+        logs = _axis(ax, unit, pd.Series(drawn, dtype=float)) or logs
         ax.grid(axis="x", which="major")
         what = "throughput" if metric == app.throughput else "p99"
         better = "↑" if stats.higher_is_better(unit) else "↓"
@@ -384,7 +387,7 @@ def chart(df: pd.DataFrame, look: charts.Look, study: str) -> Figure | None:
         Line2D([], [], color="#4d4d4d", ls="--", lw=1.0, label="bare host (reference)")]
     charts._finish(fig, look, handles, cs, "rows: backend [network mode]; ↑ higher is "
                    "better, ↓ lower is better"
-                   + ("; log scale where the values span more than "
+                   + ("; log scale where the CIs span more than "
                       f"{LOG_ABOVE:g}×" if logs else ""))
     return fig
 
