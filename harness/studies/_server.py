@@ -13,6 +13,11 @@ address; publish = the instance on its bridge, reached at a port published on th
 host's address (the engine's NAT, ns' and libvirt's DNAT); host = 127.0.0.1 on the
 host's own stack. A backend without the mode closes the cell as not applicable.
 
+An emulated VM (Traits.emulated: TCG) serves so slowly that a 1 MiB answer over 16
+connections does not complete within seconds; its samples stretch warm-up, duration
+and the per-request timeout by `emulated_scale`, recorded in each sample (time_scale):
+rates stay comparable, the run is longer, and the report marks TCG anyway.
+
 CPU placement: the server gets the scenario's `limits.cpuset`, the generator runs under
 `taskset -c <client_cpuset>`; both go into every sample's extra fields (cpuset,
 client_cpuset). The generator's raw output is kept as an artifact per run (also when the
@@ -23,7 +28,6 @@ sample with its counts, never a zero figure.
 from __future__ import annotations
 
 import random
-import shutil
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -38,7 +42,9 @@ from runtimes.base import Instance, Runtime, publish_address
 
 NETWORKS = ("bridge", "publish", "host")
 COMMON_PARAMS: dict[str, Any] = {"warmup": 1.0, "duration": 3.0, "client_cpuset": "0",
-                                  "pss_interval": 0.25}
+                                  "pss_interval": 0.25, "emulated_scale": 5.0}
+# The parameters an emulated backend's sample stretches by emulated_scale (those present).
+SCALED = ("warmup", "duration", "timeout", "time_limit")
 
 
 def run_tool(ctx: Context, argv: Sequence[str], p: dict[str, Any], timeout: float,
@@ -119,6 +125,8 @@ class ServerStudy:
 
     def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:
         p = life.params(ctx, self.params)
+        scale = float(p["emulated_scale"]) if cell.traits.emulated else 1.0
+        p.update({k: type(p[k])(p[k] * scale) for k in SCALED if k in p})
         mode = cell.config.network
         life.network_applicable(cell, mode, NETWORKS)
         port, host_port = random.Random().sample(range(20000, 61000), 2)
@@ -135,14 +143,14 @@ class ServerStudy:
             if p["warmup"] > 0:
                 self.load(ctx, addr, target, p, float(p["warmup"]), warm=True)
             with PeakPss(rt, inst, float(p["pss_interval"])) as pss:
-                figures = self.load(ctx, addr, target, p, float(p["duration"]), warm=False)
+                figures = self.load(ctx, addr, target, p, float(p.get("duration", 0)),
+                                    warm=False)
             if pss.error is not None:
                 raise InstanceError(f"{self.name}: memory under load: {pss.error}")
-        extra = {"cpuset": cell.config.limits.cpuset, "client_cpuset": str(p["client_cpuset"])}
+        extra: dict[str, Any] = {"cpuset": cell.config.limits.cpuset,
+                                 "client_cpuset": str(p["client_cpuset"])}
+        if scale != 1:
+            extra["time_scale"] = scale
         figures += [Measurement(f"{self.name}.pss_loaded", pss.instance),
                     Measurement(f"{self.name}.daemon_pss_loaded", pss.daemons)]
         return [replace(m, extra=extra) for m in figures]
-
-    def missing_tools(self) -> dict[str, str]:
-        """The generators not installed on this host: binary -> Debian package."""
-        return {t: pkg for t, pkg in self.tools.items() if shutil.which(t) is None}

@@ -8,7 +8,6 @@ the CPU placement recorded.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tomllib
@@ -19,32 +18,28 @@ import pytest
 
 from harness.core.probes import loadgen
 from tests.conftest import backend_or_skip
-from tests.integration.test_studies_run import _toml
+from tests.integration.test_studies_run import run_once
 
 pytestmark = pytest.mark.root
 BENCH = [sys.executable, "-m", "harness.cli"]
-TINY = {"warmup": 0, "duration": 1, "requests": 2000}
+TINY = {"warmup": 0, "duration": 1, "requests": 5000}
 FAST = ["ns", "docker", "podman"]
 
 
 def run(repo: Path, tmp_path: Path, study: str, backends: list[str], *,
-        params: dict[str, Any] | None = None, **workload: Any
+        params: dict[str, Any] | None = None, variants: dict[str, Any] | None = None,
+        **workload: Any
         ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     data = tomllib.loads((repo / "scenarios" / f"{study}.toml").read_text())
     data["backends"] = backends
-    keys = set(data.get("params", {})) | {"warmup", "duration"}
+    keys = set(data.get("params", {}))
     data["params"] = {**data.get("params", {}),
                       **{k: v for k, v in TINY.items() if k in keys}, **(params or {})}
     data["workload"] = {**data["workload"], **workload}
-    data["sampling"] = {**data["sampling"], "time_budget": 900}
-    path = tmp_path / f"{study}.toml"
-    path.write_text(_toml(data))
-    out = tmp_path / "R"
-    p = subprocess.run([*BENCH, "run", str(path), "--out", str(out), "--warmups", "0",
-                        "--min-samples", "1", "--max-samples", "1"],
-                       capture_output=True, text=True, timeout=1800, check=False)
-    found = [f for f in out.glob("*.json") if not f.name.endswith(".pyperf.json")]
-    return p, (json.loads(found[0].read_text()) if found else {})
+    data["variants"] = variants or data["variants"]
+    data["sampling"] = {**data["sampling"], "time_budget": 900,
+                        **({"timeout": 5} if "image" in workload else {})}
+    return run_once(data, tmp_path)
 
 
 def check_figures(doc: dict[str, Any], backend: str, modes: set[str]) -> None:
@@ -64,8 +59,10 @@ def check_figures(doc: dict[str, Any], backend: str, modes: set[str]) -> None:
             got = {s["metric"]: s["value"] for s in cell}
             assert got["http.rps"] == wrk.rps and got["http.lat_p99"] == wrk.latency["99"]
             assert got["http.bw"] == wrk.transfer
-        else:
+        else:  # one run: both tests, the sub-variants of the cell
             tests = loadgen.parse_redis(a["data"])
+            cell = [s for s in samples if s["variant"].startswith(a["variant"] + ",")]
+            assert {s["sub"] for s in cell if s["metric"] == "kv.ops"} == {"GET", "SET"}
             for s in cell:
                 if s["metric"] == "kv.ops":
                     assert s["value"] == tests[s["sub"]].rps
@@ -88,3 +85,18 @@ def test_study_on_a_vm(repo: Path, tmp_path: Path, study: str) -> None:
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     check_figures(doc, "libvirt:disk", {"bridge", "publish"})  # host: not applicable
 
+
+
+def test_a_server_that_never_answers_fails_its_cell_with_the_probes_reason(
+        repo: Path, tmp_path: Path) -> None:
+    """An image without nginx: the http probe never gets an answer; the cell fails with
+    the probe's reason, no figure is recorded for it, and the run still ends with a
+    result (the other cells, here the host's, go on the same way)."""
+    backend_or_skip("ns")
+    p, doc = run(repo, tmp_path, "http", ["ns"], variants={"network": ["bridge", "host"]},
+                 image={"recipe": "base"})
+    assert doc, p.stdout[-2000:] + p.stderr[-2000:]
+    failed = [e for e in doc["events"] if e["kind"] == "cell_failed"]
+    assert failed and all("http:" in e["error"] and "no answer" in e["error"]
+                          for e in failed), failed
+    assert not [s for s in doc["samples"] if s["metric"].startswith("http.rps")]
