@@ -236,8 +236,9 @@ def near_native(t: pd.DataFrame, several: bool) -> tuple[render.Table, str] | No
                    if set(verdicts.values()) == {claims.HOLDS} else claims.INCONCLUSIVE)
         rows.append([*([str(ds)] if several else []),
                      data.Cell(str(backend), str(variant), "", "", False).label(),
-                     *(f"{by[f]['ratio']:.3g}× {MARKS[verdicts[f]]}" if f in by else ""
-                       for f in figures), f"**{overall}**"])
+                     *(f"{by[f]['ratio']:.3g}× {MARKS[verdicts[f]]}"
+                       + (" (faster)" if by[f]["ratio_lo"] > 1 + claim.margin else "")
+                       if f in by else "" for f in figures), f"**{overall}**"])
     cols = [*(["dataset"] if several else []), "backend [network]",
             *(f"{m}" + (f" ({s})" if s else "") for m, s in figures), "verdict"]
     band = f"{1 - claim.margin:.2f}–{1 + claim.margin:.2f}"
@@ -444,7 +445,10 @@ def blocks(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame,
                           "Docker within a few percent on the host network and far below "
                           "through its NAT); ✓ holds, ✗ does not hold, ? inconclusive. "
                           "Per backend and network mode: holds when every figure holds, "
-                          "does not hold when any does not."),
+                          "does not hold when any does not. ✗ (faster): the container beat "
+                          "the bare host beyond the band; the band is two-sided, and such a "
+                          "result usually says the host's own figure is off (its placement, "
+                          "contention while it ran), not that isolation speeds a server up."),
                     ("table", verdicts)]
     for study in studies:
         app = APPS[study]

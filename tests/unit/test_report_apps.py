@@ -199,3 +199,18 @@ def test_without_the_bare_host_no_ratio_is_invented(one: tuple[Docs, pd.DataFram
     blocks = apps.blocks(docs, rest, pd.DataFrame(columns=["metric"]), {}, several=False)
     text = " ".join(str(x) for _, x in blocks)
     assert "No bare-host results" in text and "Overhead against the bare host" not in text
+
+
+def test_a_container_faster_than_the_host_is_flagged(one: tuple[Docs, pd.DataFrame]) -> None:
+    _, df = one
+    fast = (df["backend"] == "ns") & (df["variant"] == "network=host,GET") \
+        & (df["metric"] == "kv.ops")
+    df = df.assign(value=df["value"].where(~fast, df["value"] * 1.5))
+    found = apps.near_native(apps.overhead(df), several=False)
+    assert found is not None
+    table, _ = found
+    col = table.columns.index("kv.ops (GET)")
+    row = next(r for r in table.rows if r[0] == "ns [host]")
+    assert row[col].endswith("✗ (faster)") and row[-1] == "**does not hold**"
+    other = next(r for r in table.rows if r[0] == "ns [bridge]")
+    assert "(faster)" not in other[col]
