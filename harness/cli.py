@@ -302,18 +302,27 @@ def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: s
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--chart", "chart_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also draw projected instances per host (png, svg or pdf by suffix).")
+@click.option("--rate", type=float, metavar="N",
+              help="Application results: what each instance serves, in the study's unit "
+                   "(req/s, ops/s, tx/s); default: the measured saturation.")
 def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
              reserve: float, workload_memory: str, slo_start: str | None, basis: str,
              limit_values: tuple[str, ...], max_extrapolation: float,
-             allow_extrapolation: bool, as_json: bool, chart_file: Path | None) -> None:
+             allow_extrapolation: bool, as_json: bool, chart_file: Path | None,
+             rate: float | None) -> None:
     """Instances per host from density RESULT_FILES: the memory curve (the marginal per
     instance at 40 and at the top of the measured range, with CI), the kernel limits that
     bind before memory, the start-latency knee and p95, and which limit binds first.
-    A plan more than --max-extrapolation times the measured range is refused."""
+    A plan more than --max-extrapolation times the measured range is refused.
+
+    From an application study's result (http, kv, db): how many instances, each serving
+    --rate, fit by CPU (the measured throughput per core) and by memory (PSS under load,
+    the daemons once), and which binds."""
     import json
 
     from harness import capacity as cap
     from harness.core.units import parse_seconds, parse_size
+    from harness.report import apps_capacity
     from harness.report import capacity as shown
 
     try:
@@ -341,7 +350,27 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
     target = cap.Target(memory=memory, cpus=host_cpus, reserve=reserve / 100,
                         workload_memory=per, slo_start=slo, basis=basis, limits=given,
                         max_extrapolation=max_extrapolation)
-    plan = cap.analyse(cap.load(result_files), target)
+    docs = cap.load(result_files)
+    if apps_capacity.is_application(docs):
+        for given_opt, hint in ((chart_file, "--chart"), (slo, "--slo-start"),
+                                (given, "--limit")):
+            if given_opt:
+                raise click.BadParameter("density results only", param_hint=hint)
+        app_plan = apps_capacity.plan(docs, target, rate)
+        if as_json:
+            print(json.dumps(apps_capacity.as_json(app_plan), indent=1))
+            return
+        out.print(apps_capacity.table(app_plan))
+        for cell in app_plan.cells:
+            for note in cell.notes:
+                out.print(f"  {cell.label}: {note}", markup=False)
+        out.print("assumptions:")
+        for a in app_plan.assumptions:
+            out.print(f"  - {a}")
+        return
+    if rate is not None:
+        raise click.BadParameter("application results only", param_hint="--rate")
+    plan = cap.analyse(docs, target)
     if not allow_extrapolation:
         cap.refuse_extrapolation(plan)
     for c in plan.too_far():

@@ -18,6 +18,15 @@ caches and lists, debconf and dpkg backups, ldconfig's aux-cache (it stores inod
 numbers), the host's hostname and resolv.conf, the days since 1970 in /etc/shadow, the
 device nodes it makes in /dev. NORMALISED lists what is removed or rewritten. Files the
 build writes get the index's date as mtime (files from packages keep theirs).
+
+Some packages make data at install time that differs on every build: PostgreSQL's
+postinst runs initdb for a cluster (`/var/lib/postgresql/VERSION/main`: pg_control holds
+a system identifier made from the time and the pid), ssl-cert makes a random "snakeoil"
+key pair that the cluster's configuration names. The cluster's data directory is emptied
+(kept, owned by postgres, mode 0700) and its configuration kept with `ssl = off`, the
+key pair removed: as in the official postgres image, the server's start makes its own
+cluster (initdb) in the empty directory, as the postgres user (see
+harness.core.probes.pgbench.SERVER).
 """
 
 from __future__ import annotations
@@ -52,6 +61,10 @@ NORMALISED = (
     "etc/shadow, etc/shadow-: password-change days emptied (the build date)",
     "etc/machine-id, var/lib/dbus/machine-id: removed; etc/ssh/ssh_host_*: removed",
     "dev/*, run/*, tmp/*, var/tmp/*: emptied",
+    "var/lib/postgresql/*/*/*: removed (a cluster initdb made at install time; its "
+    "directory is kept empty for the server's start to initdb)",
+    "etc/ssl/private/ssl-cert-snakeoil.key, etc/ssl/certs/ssl-cert-snakeoil.pem and its hash "
+    "link: removed (a random key pair); etc/postgresql/*/*/postgresql.conf: ssl = off",
     "mtimes later than the archive index's date: set to it",
 )
 FIXED_FILES = {
@@ -219,6 +232,25 @@ def normalise(root: Path) -> None:
             p.chmod(mode & 0o7777)
     for d in ("dev", "run", "tmp", "var/tmp"):
         _empty(root / d)
+    _install_time_data(root)
+
+
+def _install_time_data(root: Path) -> None:
+    """Remove the random data packages make at install time (see the module's doc)."""
+    for data in root.glob("var/lib/postgresql/*/*"):
+        if (data / "PG_VERSION").is_file():
+            _empty(data)
+    snakeoil = root / "etc/ssl/certs/ssl-cert-snakeoil.pem"
+    for link in (root / "etc/ssl/certs").glob("*.0"):
+        if link.is_symlink() and os.readlink(link) == snakeoil.name:
+            link.unlink()
+    snakeoil.unlink(missing_ok=True)
+    (root / "etc/ssl/private/ssl-cert-snakeoil.key").unlink(missing_ok=True)
+    for conf in root.glob("etc/postgresql/*/*/postgresql.conf"):
+        text = conf.read_text()
+        off = re.sub(r"^ssl = on\b", "ssl = off", text, flags=re.M)
+        if off != text:
+            conf.write_text(off)  # the same inode: owner and mode kept
 
 
 def build(suite: str, packages: tuple[str, ...], mirror: str, index: tuple[str, int],

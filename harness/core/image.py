@@ -534,8 +534,10 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
         if problem:
             raise BadImage(f"{origin}: {problem}")
         index = debian.fetch_index(source.suite, source.mirror, origin)
+        # What is normalised is part of the key: a build made before a rule changed
+        # (e.g. PostgreSQL's install-time cluster kept) is not reused.
         key = _key("debian", source.suite, source.mirror, index[0],
-                   *sorted(set(source.packages)))
+                   *sorted(set(source.packages)), *debian.NORMALISED)
     elif isinstance(source, Archive):
         path = Path(source.path)
         if not path.exists():

@@ -935,6 +935,9 @@ def _claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None,
     if not t.empty:
         io_rows = t["metric"].str.startswith("io.")
         t = t[io_rows] if which == "io" else t[~io_rows]
+        # The application claim has a row per study, sub-case and network mode: its
+        # verdicts are a table of the report's application section instead.
+        t = t[t["claim"] != claims_mod.APPS]
     if t.empty:
         return None
     rows: list[tuple[str, Any]] = []  # ("claim", (id, text)) headers, ("pair", record) rows
@@ -1140,11 +1143,13 @@ class Chart:
 
 def render_all(df: pd.DataFrame, out: Any, style: str = "paper",
                formats: Sequence[str] = ("png", "svg"), inline: bool = False,
-               claims_table: pd.DataFrame | None = None) -> list[Chart]:
+               claims_table: pd.DataFrame | None = None,
+               extra: Mapping[str, tuple[str, ChartFn]] | None = None) -> list[Chart]:
     """Build every chart that has data, save it in each format, return what was written.
 
     With `inline`, the SVG (or PNG) bytes are kept for an HTML page. `claims_table`:
-    `claims.evaluate(df)` when the caller has it already (it is not cheap)."""
+    `claims.evaluate(df)` when the caller has it already (it is not cheap). `extra`:
+    charts of other report modules, drawn after CHARTS (name -> (title, function))."""
     import io as _io
     from pathlib import Path
 
@@ -1154,7 +1159,7 @@ def render_all(df: pd.DataFrame, out: Any, style: str = "paper",
     with style_context(style) as st:
         look = Look.of(df, st)
         look.claims = claims_mod.evaluate(df) if claims_table is None else claims_table
-        for name, (title, fn) in CHARTS.items():
+        for name, (title, fn) in {**CHARTS, **(extra or {})}.items():
             fig = fn(df, look)
             if fig is None:
                 continue

@@ -37,6 +37,8 @@ from harness.report import data, tables
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 MARGIN = 0.05  # differences within ±5 % of 1 are "no meaningful difference"
 
+APPS = "apps"  # the application claim: its rows have a section of their own in the report
+
 # Names a study may give the copy-on-write root filesystem target.
 COW_TARGETS = frozenset({"rootfs", "cow", "overlay", "root", "layer"})
 
@@ -91,6 +93,11 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("net-bw", "Host networking is faster than the bridge (bandwidth)", r"network\.bw",
           "lower", Side(values=frozenset({"bridge"})), Side(values=frozenset({"host"})),
           same_backend=True, axis="network", why="iperf3 bandwidth, bridge / host, per backend"),
+    Claim(APPS, "Containers run applications at near-native speed",
+          r"(http\.rps|kv\.ops|db\.tps|cpu\.events|mem\.bw)", "equal", Side("container"),
+          Side("process"), axis="network", margin=0.10,
+          why="application throughput within ±10 % of the bare host's, per study, sub-case "
+              "and network mode (the host on its own network)"),
     Claim("limits", "A container's CPU and memory limits are enforced",
           r"limits\.(cpu_used|mem_max_ok)", "bound", Side("container"), Side(),
           why="used / asked, per backend and limit: at most 1 with room to go over"),

@@ -85,12 +85,13 @@ Block = tuple[str, Any]  # (kind, payload): h1 h2 h3 p ul table chart warn
 def build(docs: Sequence[Loaded], df: pd.DataFrame, out: Path,
           formats: Sequence[str] = ("png", "svg"), style: str = "paper") -> list[Path]:
     """Write the charts, report.md and index.html into `out`; return the files written."""
-    from harness.report import charts
+    from harness.report import apps, charts
 
     out.mkdir(parents=True, exist_ok=True)
     df = data.enrich(df, docs)
     verdicts = claims_mod.evaluate(df)
-    drawn = charts.render_all(df, out, style, formats, inline=True, claims_table=verdicts)
+    drawn = charts.render_all(df, out, style, formats, inline=True, claims_table=verdicts,
+                              extra=apps.chart_fns())
     blocks = content(docs, df, {c.name: c for c in drawn}, verdicts)
     csvs = []
     for _, (name, frame) in (b for b in blocks if b[0] == "csv"):
@@ -446,6 +447,8 @@ def _claims_blocks(t: pd.DataFrame, charts: Mapping[str, Any], several: bool
 def content(docs: Sequence[Loaded], df: pd.DataFrame, charts: Mapping[str, Any],
             verdicts: pd.DataFrame | None = None) -> list[Block]:
     """The report's blocks; `verdicts`: `claims.evaluate(df)`, if the caller has it."""
+    from harness.report import apps  # it builds on this module's tables
+
     sets = data.datasets(df)
     several = len(sets) > 1
     summ = _ordered(tables.summary(df), df)
@@ -463,7 +466,8 @@ def content(docs: Sequence[Loaded], df: pd.DataFrame, charts: Mapping[str, Any],
     blocks += _claims_blocks(claims_mod.evaluate(df) if verdicts is None else verdicts,
                              charts, several)
 
-    studies = list(dict.fromkeys(data.study_of(m) for m in df["metric"]))
+    studies = [s for s in dict.fromkeys(data.study_of(m) for m in df["metric"])
+               if s not in apps.APPS]  # the application section has them
     for study in sorted(studies, key=lambda s: (list(STUDIES).index(s)
                                                 if s in STUDIES else 99, s)):
         info = study_info(study)
@@ -471,6 +475,7 @@ def content(docs: Sequence[Loaded], df: pd.DataFrame, charts: Mapping[str, Any],
         blocks += [("chart", charts[n]) for n in info.charts if n in charts]
         blocks += _study_blocks(study, df, summ[summ["metric"].map(data.study_of) == study],
                                 several)
+    blocks += apps.blocks(docs, df, summ, charts, several)
 
     if several:
         blocks.append(("h2", "Side by side: datasets compared"))

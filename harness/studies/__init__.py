@@ -16,7 +16,7 @@ from harness.core.errors import UsageError
 # name -> module under harness.studies
 KNOWN = {"startup": "startup", "density": "density", "memory": "memory", "disk": "disk",
          "io": "io", "limits": "limits", "network": "network", "http": "http", "kv": "kv",
-         "stack": "stack"}
+         "cpu": "cpu", "mem": "mem", "db": "db", "stack": "stack"}
 
 
 class Study(Protocol):

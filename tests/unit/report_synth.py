@@ -43,14 +43,15 @@ TARGET_SPEED = {"hostfs": 1.0, "rootfs": 0.6, "volume": 0.95, "bind": 1.0, "tmpf
 def write_result(out: Path, scenario: str, samples: list[dict[str, Any]],
                  backends: Mapping[str, Mapping[str, Any]], *, host: str = "synthetic-a",
                  created: str = "2026-01-10T10:00:00+00:00", run_id: str | None = None,
-                 digest: str = "0" * 64) -> Path:
-    """Write one finalized result file; return its path."""
+                 digest: str = "0" * 64, config: Mapping[str, Any] | None = None) -> Path:
+    """Write one finalized result file; return its path. `config`: more of the scenario's
+    configuration (limits, params)."""
     run_id = run_id or hashlib.sha1(f"{scenario} {host} {created}".encode()).hexdigest()[:8]
     used = {s["backend"] for s in samples}
     doc: dict[str, Any] = {
         "schema": results.SCHEMA, "tool": {"name": "cvbench", "version": "test"},
         "run_id": run_id, "created": created,
-        "scenario": {"name": scenario, "study": scenario},
+        "scenario": {"name": scenario, "study": scenario, **(config or {})},
         "host": {"hostname": host, "id": f"id-{host}", "cpu_model": "Synthetic CPU",
                  "cores": 2, "mem_total_gib": 24, "kernel": "6.1.0-test",
                  "distro": "Debian GNU/Linux 12", "cgroup_mode": "hybrid",
@@ -282,3 +283,56 @@ def load(paths: list[Path]) -> tuple[list[results.Loaded], pd.DataFrame]:
     """The results at `paths` and their samples frame as the report sees it (enriched)."""
     docs: list[results.Loaded] = [(str(p), results.load_result(p)) for p in paths]
     return docs, data.enrich(results.frame(docs), docs)
+
+
+# Application studies (harness.report.apps): throughput per backend and network mode as a
+# fraction of the bare host's, the host serving on its own network only; the TCG VM has no
+# host network. Latency scales inversely. Figures per (study, sub): metric, unit, host value.
+APP_SPEED = {
+    "host": {"host": 1.0},
+    "ns": {"bridge": 0.97, "publish": 0.90, "host": 1.0},
+    "docker": {"bridge": 0.93, "publish": 0.75, "host": 0.99},
+    "podman": {"bridge": 0.92, "publish": 0.70, "host": 0.99},
+    "libvirt": {"bridge": 0.08, "publish": 0.07},
+}
+APP_FIGURES: dict[str, dict[str, tuple[str, str, float, float]]] = {
+    # study: {sub: (throughput metric, its unit, host median, host p99 s)}
+    "http": {"small": ("http.rps", "req/s", 20000.0, 2e-3),
+             "1MiB": ("http.rps", "req/s", 900.0, 40e-3)},
+    "kv": {"GET": ("kv.ops", "ops/s", 60000.0, 1e-3), "SET": ("kv.ops", "ops/s", 55000.0, 1.2e-3)},
+}
+APP_PSS = {"host": 4 * MiB, "ns": 4.2 * MiB, "docker": 5 * MiB, "podman": 5 * MiB,
+           "libvirt": 190 * MiB}
+
+
+def app_samples(rng: np.random.Generator, study: str, rounds: int = 8,
+                speed: float = 1.0, placement: Mapping[str, str] | None = None
+                ) -> list[dict[str, Any]]:
+    """A server study: per sample its throughput, p50, p99 per sub-case, the instance's
+    PSS under load and (engines, VMs) the daemons'; every sample carries its `sub`, and
+    `placement` ({"cpuset": "1", "client_cpuset": "0"}) when given."""
+    out = []
+    for b, modes in APP_SPEED.items():
+        for mode, f in modes.items():
+            v = f"network={mode}"
+            for r in range(rounds):
+                for sub, (metric, unit, top, p99) in APP_FIGURES[study].items():
+                    k = f * speed * rng.lognormal(0, 0.03)
+                    lat = 1 / k
+                    for m, u, x in ((metric, unit, top * k), (f"{study}.lat_p50", "s",
+                                                              p99 / 4 * lat),
+                                    (f"{study}.lat_p99", "s", p99 * lat)):
+                        out.append({**_s(b, f"{v},{sub}", m, u, x, r), "sub": sub})
+                out.append(_s(b, v, f"{study}.pss_loaded", "B",
+                              APP_PSS[b] * rng.lognormal(0, 0.02), r))
+                if b in DAEMON:
+                    out.append(_s(b, v, f"{study}.daemon_pss_loaded", "B",
+                                  DAEMON[b] * rng.lognormal(0, 0.02), r))
+    return [{**x, **(placement or {})} for x in out]
+
+
+def cpu_samples(rng: np.random.Generator, rounds: int = 8) -> list[dict[str, Any]]:
+    """The self-contained cpu study: events/s, no network variant."""
+    speed = {"host": 1.0, "ns": 1.0, "docker": 0.99, "podman": 0.99, "libvirt": 0.05}
+    return [_s(b, "default", "cpu.events", "events/s", 1200 * f * rng.lognormal(0, 0.01), r)
+            for b, f in speed.items() for r in range(rounds)]

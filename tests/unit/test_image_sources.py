@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from harness.core import image, tree
+from harness.core import debian, image, tree
 from harness.core.errors import BadImage, UsageError
 
 Entry = tuple[str, str, dict[str, Any]]  # (name, kind, options)
@@ -328,3 +328,29 @@ def test_workload_takes_the_image_defaults(tmp_path: Path, cache: Path) -> None:
                        cache)
     with pytest.raises(UsageError, match="no Entrypoint or Cmd"):
         scenario.parse({"name": "t"}, "t.toml").workload.resolved(bare)
+
+
+def test_install_time_data_of_postgresql_and_ssl_cert_is_removed(tmp_path: Path) -> None:
+    """What `apt-get install postgresql` leaves that differs per build (a cluster initdb
+    made, the snakeoil key pair) goes; the cluster's empty directory and config stay."""
+    data = tmp_path / "var/lib/postgresql/15/main"
+    (data / "global").mkdir(parents=True)
+    (data / "PG_VERSION").write_text("15\n")
+    (data / "global/pg_control").write_bytes(b"random system identifier")
+    data.chmod(0o700)
+    conf = tmp_path / "etc/postgresql/15/main/postgresql.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("port = 5432\nssl = on\t\t# x\nssl_cert_file = 'x'\n")
+    certs, private = tmp_path / "etc/ssl/certs", tmp_path / "etc/ssl/private"
+    certs.mkdir(parents=True)
+    private.mkdir()
+    (certs / "ssl-cert-snakeoil.pem").write_text("cert")
+    (certs / "62742064.0").symlink_to("ssl-cert-snakeoil.pem")
+    (certs / "other.0").symlink_to("ca.pem")
+    (private / "ssl-cert-snakeoil.key").write_text("key")
+    debian.normalise(tmp_path)
+    assert data.is_dir() and not any(data.iterdir())
+    assert data.stat().st_mode & 0o777 == 0o700
+    assert conf.read_text() == "port = 5432\nssl = off\t\t# x\nssl_cert_file = 'x'\n"
+    assert sorted(p.name for p in certs.iterdir()) == ["other.0"]
+    assert not any(private.iterdir())

@@ -1,0 +1,124 @@
+"""`bench capacity` with an application result (harness.report.apps_capacity): the counts
+by CPU and by memory from the synthetic http result's own medians, which binds, the
+refusals, and the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from harness import cli, results
+from harness.capacity import Target
+from harness.core.errors import UsageError
+from harness.report import apps_capacity
+from tests.unit import report_synth as synth
+
+GiB = 2**30
+
+
+@pytest.fixture(scope="module")
+def http(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(11)
+    return synth.write_result(tmp_path_factory.mktemp("cap"), "http",
+                              synth.app_samples(rng, "http"), synth.BACKENDS,
+                              config={"limits": {"cpuset": "1"}})
+
+
+def medians(path: Path, backend: str, variant: str, metric: str) -> float:
+    doc = results.load_result(path)
+    v = [s.value for s in doc.samples
+         if s.backend == backend and s.variant == variant and s.metric == metric]
+    assert v, (backend, variant, metric)
+    return float(np.median(v))
+
+
+def cell(plan: apps_capacity.AppPlan, label: str) -> apps_capacity.AppCell:
+    found = [c for c in plan.cells if c.label == label]
+    assert len(found) == 1, [c.label for c in plan.cells]
+    return found[0]
+
+
+def test_cpu_binds_from_the_throughput_per_core(http: Path) -> None:
+    target = Target(memory=64 * GiB, cpus=32)
+    plan = apps_capacity.plan([(str(http), results.load_result(http))], target, rate=5000)
+    c = cell(plan, "docker [publish, small]")
+    served = medians(http, "docker", "network=publish,small", "http.rps")
+    assert c.throughput == pytest.approx(served)
+    assert c.cores == 1 and c.per_core == pytest.approx(served)
+    assert c.by_cpu == math.floor(32 * served / 5000)
+    assert c.by_cpu_ci[0] <= c.by_cpu <= c.by_cpu_ci[1]
+    pss = medians(http, "docker", "network=publish", "http.pss_loaded")
+    daemons = medians(http, "docker", "network=publish", "http.daemon_pss_loaded")
+    assert c.by_memory == math.floor((64 * GiB * 0.9 - daemons) / pss)
+    assert c.instances == c.by_cpu and c.binding == "CPU"
+    # a rate above what one instance served on its core is flagged, not hidden
+    big = cell(plan, "docker [publish, 1MiB]")
+    assert any("assuming throughput scales linearly" in n for n in big.notes)
+
+
+def test_memory_binds_on_a_small_host_and_the_vm_is_marked(http: Path) -> None:
+    target = Target(memory=2 * GiB, cpus=64)
+    plan = apps_capacity.plan([(str(http), results.load_result(http))], target, rate=100)
+    vm = cell(plan, "libvirt [bridge, small] (TCG, emulated)")
+    assert vm.binding == "memory" and vm.instances == vm.by_memory
+    assert vm.by_memory is not None and vm.by_memory < vm.by_cpu
+    assert any("TCG" in n for n in vm.notes)
+    host = cell(plan, "host [host, small]")
+    assert host.daemons == 0.0  # no daemon: nothing paid once per host
+
+
+def test_without_a_rate_each_instance_gets_its_measured_cores(http: Path) -> None:
+    plan = apps_capacity.plan([(str(http), results.load_result(http))],
+                              Target(memory=64 * GiB, cpus=16), rate=None)
+    assert {c.by_cpu for c in plan.cells} == {16}
+
+
+def test_the_samples_cpuset_decides_the_cores(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    kv = synth.write_result(tmp_path, "kv", synth.app_samples(
+        rng, "kv", placement={"cpuset": "2-3", "client_cpuset": "0"}), synth.BACKENDS,
+        config={"limits": {"cpuset": "1"}})
+    plan = apps_capacity.plan([(str(kv), results.load_result(kv))],
+                              Target(memory=64 * GiB, cpus=16), rate=None)
+    assert {c.cores for c in plan.cells} == {2.0}
+    assert {c.by_cpu for c in plan.cells} == {8}
+    assert "cpuset 2-3" in plan.assumptions[0]
+
+
+def test_refusals(http: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    kv = synth.write_result(tmp_path, "kv", synth.app_samples(rng, "kv"), synth.BACKENDS)
+    docs = [(str(p), results.load_result(p)) for p in (http, kv)]
+    with pytest.raises(UsageError, match="one application study"):
+        apps_capacity.plan(docs, Target(memory=GiB, cpus=1), rate=None)
+    with pytest.raises(UsageError, match="--rate"):
+        apps_capacity.plan(docs[:1], Target(memory=GiB, cpus=1), rate=-1)
+    assert apps_capacity.cpuset_cores("0,2-3") == 3
+    with pytest.raises(ValueError):
+        apps_capacity.cpuset_cores("one")
+
+
+def test_command_line(http: Path, tmp_path: Path) -> None:
+    run = CliRunner().invoke(cli.cli, ["capacity", str(http), "--host-memory", "64G",
+                                       "--host-cpus", "32", "--rate", "5000", "--json"])
+    assert run.exit_code == 0, run.output
+    plan = json.loads(run.output)
+    assert plan["study"] == "http" and plan["rate"] == 5000
+    assert {c["binding"] for c in plan["cells"]} <= {"CPU", "memory"}
+    run = CliRunner().invoke(cli.cli, ["capacity", str(http), "--host-memory", "64G",
+                                       "--host-cpus", "32"])
+    assert run.exit_code == 0 and "binding" in run.output, run.output
+    run = CliRunner().invoke(cli.cli, ["capacity", str(http), "--host-memory", "64G",
+                                       "--host-cpus", "32", "--slo-start", "2s"])
+    assert run.exit_code == 2 and "density results only" in run.output, run.output
+    rng = np.random.default_rng(2)
+    density = synth.write_result(tmp_path, "density", synth.density_samples(rng),
+                                 synth.BACKENDS)
+    run = CliRunner().invoke(cli.cli, ["capacity", str(density), "--host-memory", "64G",
+                                       "--host-cpus", "32", "--rate", "5"])
+    assert run.exit_code == 2 and "application results only" in run.output
