@@ -1,0 +1,85 @@
+"""`bench run db` end to end: PostgreSQL from the Debian image in a fresh instance per
+sample, pgbench on the host, on ns, docker and podman (short: one sample, 1 s per mode,
+scale 1), libvirt:disk under `slow`.
+
+Checks: every backend and network mode it has gives tps, mean and p99 latency per mode
+and the PSS under load; each figure equals what pgbench's own output kept in the result
+says (the p99: the percentile of the kept latencies); the image holds no cluster made at
+install time (the server made its own at start, as the postgres user).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.core.probes import pgbench
+from tests.conftest import backend_or_skip
+from tests.integration.test_studies_run import _toml
+
+pytestmark = [pytest.mark.root]
+
+BENCH = [sys.executable, "-m", "harness.cli"]
+SHORT = {"scale": 1, "clients": 2, "duration": 1.0, "warmup": 0.0}
+
+
+def run(repo: Path, tmp_path: Path, backends: tuple[str, ...], networks: list[str]
+        ) -> dict[str, Any]:
+    for b in backends:
+        backend_or_skip(b)
+    data = tomllib.loads((repo / "scenarios" / "db.toml").read_text())
+    data["backends"] = list(backends)
+    data["params"] = {**data["params"], **SHORT}
+    data["variants"] = {"network": networks}
+    path = tmp_path / "db.toml"
+    path.write_text(_toml(data))
+    out = tmp_path / "out"
+    p = subprocess.run([*BENCH, "run", str(path), "--out", str(out), "--warmups", "0",
+                        "--min-samples", "1", "--max-samples", "1"],
+                       capture_output=True, text=True, timeout=1800, check=False)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    result = next(f for f in out.glob("*.json") if not f.name.endswith(".pyperf.json"))
+    doc: dict[str, Any] = json.loads(result.read_text())
+    return doc
+
+
+def check(doc: dict[str, Any], cells: list[tuple[str, str]]) -> None:
+    samples = {(s["backend"], s["variant"], s["metric"]): s["value"] for s in doc["samples"]}
+    raw = {(a["backend"], a["variant"]): a for a in doc["artifacts"] if a["kind"] == "pgbench"}
+    for backend, network in cells:
+        for mode in pgbench.MODES:
+            variant = f"network={network},{mode}"
+            art = raw[(backend, variant)]
+            run = pgbench.parse(art["data"])
+            lats = Counter({int(k): v for k, v in art["latencies_us"].items()})
+            assert lats.total() == run.processed > 0
+            got = {m: samples[(backend, variant, f"db.{m}")]
+                   for m in ("tps", "lat_mean", "lat_p99")}
+            assert got == {"tps": run.tps, "lat_mean": run.lat_mean,
+                           "lat_p99": pgbench.percentile(lats, 0.99)}, (backend, variant)
+        assert samples[(backend, f"network={network}", "db.pss_loaded")] > 20 << 20
+        assert (backend, f"network={network}", "db.daemon_pss_loaded") in samples
+
+
+def test_containers_bridge_and_host(repo: Path, tmp_path: Path) -> None:
+    backends = ("ns", "docker", "podman")
+    doc = run(repo, tmp_path, backends, ["bridge", "host"])
+    check(doc, [(b, n) for b in backends for n in ("bridge", "host")])
+    identity = doc["image"]["identity"]
+    assert any(r.startswith("var/lib/postgresql") for r in identity["normalised"])
+
+
+@pytest.mark.slow
+@pytest.mark.libvirt
+def test_libvirt_disk(repo: Path, tmp_path: Path) -> None:
+    doc = run(repo, tmp_path, ("libvirt:disk",), ["bridge", "host"])
+    check(doc, [("libvirt:disk", "bridge")])
+    assert any(e["kind"] == "not_applicable" and e["variant"] == "network=host"
+               for e in doc["events"])
