@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -35,6 +36,7 @@ from harness.core.errors import InstanceError, UsageError
 from harness.core.probes import pgbench
 from harness.core.probes.memory import processes_memory
 from harness.runner import Cell, Context, Measurement, NotApplicable
+from harness.scenario import Scenario
 from harness.studies import _lifecycle as life
 from runtimes.base import Instance
 
@@ -49,16 +51,23 @@ class Db:
                                         "warmup": 2.0, "modes": list(pgbench.MODES),
                                         "pss_interval": 0.5}
 
+    def check_params(self, s: Scenario) -> list[tuple[str, str]]:
+        """Checked before anything runs: the modes, and pgbench on the host."""
+        out = []
+        unknown = set(dict(s.params).get("modes", [])) - set(pgbench.MODES)
+        if unknown:
+            out.append(("params.modes", f"unknown modes {sorted(unknown)} (known: "
+                        f"{', '.join(pgbench.MODES)})"))
+        if shutil.which("pgbench") is None:
+            out.append(("study", f"pgbench is not installed on the host: {pgbench.MISSING}"))
+        return out
+
     def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:
         p = life.params(ctx, self.params)
         mode = cell.config.network
         skip = cell.traits.not_applied
         if ("network" in skip and mode != "host") or f"network.{mode}" in skip:
             raise NotApplicable(f"{cell.backend} does not apply network {mode}")
-        unknown = set(p["modes"]) - set(pgbench.MODES)
-        if unknown:
-            raise InstanceError(f"db: unknown modes {sorted(unknown)} (known: "
-                                f"{', '.join(pgbench.MODES)})")
         port = random.Random().randrange(20000, 61000)
         spec = ctx.spec(cell, argv=pgbench.server_argv(port))
         try:

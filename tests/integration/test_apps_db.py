@@ -10,10 +10,6 @@ install time (the server made its own at start, as the postgres user).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,32 +17,18 @@ from typing import Any
 import pytest
 
 from harness.core.probes import pgbench
-from tests.conftest import backend_or_skip
-from tests.integration.test_studies_run import _toml
+from tests.integration._scenario_run import run_one_sample
 
 pytestmark = [pytest.mark.root]
 
-BENCH = [sys.executable, "-m", "harness.cli"]
 SHORT = {"scale": 1, "clients": 2, "duration": 1.0, "warmup": 0.0}
 
 
 def run(repo: Path, tmp_path: Path, backends: tuple[str, ...], networks: list[str]
         ) -> dict[str, Any]:
-    for b in backends:
-        backend_or_skip(b)
-    data = tomllib.loads((repo / "scenarios" / "db.toml").read_text())
-    data["backends"] = list(backends)
-    data["params"] = {**data["params"], **SHORT}
-    data["variants"] = {"network": networks}
-    path = tmp_path / "db.toml"
-    path.write_text(_toml(data))
-    out = tmp_path / "out"
-    p = subprocess.run([*BENCH, "run", str(path), "--out", str(out), "--warmups", "0",
-                        "--min-samples", "1", "--max-samples", "1"],
-                       capture_output=True, text=True, timeout=1800, check=False)
+    p, doc = run_one_sample(repo, tmp_path, "db", backends, params=SHORT,
+                            variants={"network": networks})
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    result = next(f for f in out.glob("*.json") if not f.name.endswith(".pyperf.json"))
-    doc: dict[str, Any] = json.loads(result.read_text())
     return doc
 
 
