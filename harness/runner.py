@@ -161,7 +161,9 @@ class Context:
         w = cfg.workload
         fields: dict[str, Any] = dict(
             run_id=self.run_id, name=f"cvbench-{self.run_id}-{self.counter}",
-            argv=w.command, env=dict(w.env), limits=cfg.limits, network=cfg.network,
+            argv=w.command, env=dict(w.env), limits=cfg.limits,
+            # "publish": a bridged instance whose ports the study publishes
+            network="bridge" if cfg.network == "publish" else cfg.network,
             mounts=cfg.mounts, readiness=w.readiness, workdir=w.workdir or "/",
             user=w.user or "")
         fields.update(overrides)

@@ -28,6 +28,8 @@ A scenario file looks like this (every key but `name` and `workload.argv` has a 
     pids = 64
     rlimits = { nofile = [1024, 4096], core = 0 }   # soft, hard (or one for both);
                                                     # -1: unlimited
+    cpuset = "1"                      # host CPUs it runs on (cgroup cpuset, vCPU pinning,
+                                      # taskset)
 
     [[mounts]]                        # bind | volume | tmpfs
     type = "tmpfs"
@@ -76,13 +78,17 @@ from runtimes.base import (
     RLIMIT_NAMES,
     Limits,
     Mount,
+    cpu_list,
 )
 
 T = TypeVar("T")
 
 # Keys a variant may override, and how to parse each.
-VARIANT_KEYS = ("network", "limits.cpus", "limits.memory", "limits.pids", "workload.argv",
-                "workload.readiness")
+# "publish": the instance on its bridge, reached through ports published on the host
+# (the study says which: its server's); instances get network "bridge" and the ports.
+SCENARIO_NETWORKS = (*NETWORK_MODES, "publish")
+VARIANT_KEYS = ("network", "limits.cpus", "limits.memory", "limits.pids", "limits.cpuset",
+                "workload.argv", "workload.readiness")
 
 
 @dataclass(frozen=True)
@@ -295,13 +301,24 @@ def _tname(value: Any) -> str:
 
 
 def _limits(r: _Reader, data: Mapping[str, Any], key: str) -> Limits:
-    t = r.table(data, key, {"cpus", "memory", "pids", "rlimits"})
+    t = r.table(data, key, {"cpus", "memory", "pids", "rlimits", "cpuset"})
     return Limits(
         cpus=r.num(t["cpus"], f"{key}.cpus") if "cpus" in t else None,
         memory=r.size(t["memory"], f"{key}.memory") if "memory" in t else None,
         pids=r.int_(t["pids"], f"{key}.pids", 1) if "pids" in t else None,
         rlimits=_rlimits(r, t, f"{key}.rlimits"),
+        cpuset=_cpuset(r, t["cpuset"], f"{key}.cpuset") if "cpuset" in t else None,
     )
+
+
+def _cpuset(r: _Reader, value: Any, key: str) -> str:
+    text = r.str_(value, key)
+    try:
+        cpu_list(text)
+    except ValueError:
+        raise r.fail(key, f"must be a CPU list such as \"1\" or \"0-2,4\", not {text!r}") \
+            from None
+    return text
 
 
 def _rlimits(r: _Reader, t: Mapping[str, Any], key: str) -> tuple[tuple[str, int, int], ...]:
@@ -389,10 +406,11 @@ def _image(r: _Reader, img: Any) -> Source:
 
 def _variant_value(r: _Reader, key: str, value: Any) -> Any:
     parse: dict[str, Callable[[Any, str], Any]] = {
-        "network": lambda v, k: r.str_(v, k, NETWORK_MODES),
+        "network": lambda v, k: r.str_(v, k, SCENARIO_NETWORKS),
         "limits.cpus": r.num,
         "limits.memory": r.size,
         "limits.pids": lambda v, k: r.int_(v, k, 1),
+        "limits.cpuset": lambda v, k: _cpuset(r, v, k),
         "workload.argv": r.strings,
         "workload.readiness": r.readiness,
     }
@@ -480,7 +498,7 @@ def parse(data: Mapping[str, Any], source: str) -> Scenario:
         readiness=r.readiness(w.get("readiness", "marker"), "workload.readiness"),
         probe_interval=interval, env=tuple(sorted(env.items())), workdir=workdir, user=user)
     limits = _limits(r, data, "limits")
-    network = r.str_(data.get("network", "none"), "network", NETWORK_MODES)
+    network = r.str_(data.get("network", "none"), "network", SCENARIO_NETWORKS)
     mounts_raw = data.get("mounts", [])
     if not isinstance(mounts_raw, list):
         raise r.fail("mounts", "must be an array of tables ([[mounts]])")

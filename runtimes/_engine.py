@@ -16,6 +16,9 @@ Mapping of the InstanceSpec to the Engine API (POST /containers/create):
   limits.rlimits   -> HostConfig.Ulimits (unset ones: the daemon's, inherited)
   network          -> HostConfig.NetworkMode none | host | bridge (the engine's default
                       bridge: docker0, or Podman's netavark "podman" network)
+  publish          -> ExposedPorts + HostConfig.PortBindings on publish_address() (`-p
+                      ADDR:HOST:PORT`: the engine's NAT, and its proxy where it runs one)
+  limits.cpuset    -> HostConfig.CpusetCpus (`--cpuset-cpus`)
   mounts bind      -> Mount{Type: bind, Source, Target, ReadOnly}
   mounts volume    -> Mount{Type: volume}; the engine volume is `cvbench-<run id>-<name>`,
                       labelled with the run, created on first use and kept for the run
@@ -90,7 +93,9 @@ from runtimes.base import (
     Prepared,
     Stats,
     Traits,
+    check_publish,
     own,
+    publish_address,
     state_dir,
 )
 
@@ -230,6 +235,11 @@ def host_config(spec: InstanceSpec, volumes: dict[str, str],
             source = volumes[m.source or ""] if m.type == "volume" else m.source
             mounts.append(DockerMount(m.target, source, type=m.type, read_only=m.readonly))
     hc: dict[str, Any] = {"network_mode": spec.network, "mounts": mounts}
+    if spec.publish:
+        addr = publish_address()
+        hc["port_bindings"] = {port: (addr, host_port) for host_port, port in spec.publish}
+    if lim.cpuset is not None:
+        hc["cpuset_cpus"] = lim.cpuset
     if lim.cpus is not None:
         hc["nano_cpus"] = int(lim.cpus * 1e9)
     if lim.memory is not None:
@@ -513,6 +523,7 @@ class Engine:
 
     def check(self, spec: InstanceSpec) -> None:
         """Refuse what this engine/flavour cannot do here, before anything is created."""
+        check_publish(self.name, spec)
         problem = _oci.runsc_network_problem(self.name, spec.network) \
             if self.runtime == "runsc" else None
         if problem:
@@ -678,7 +689,7 @@ class Engine:
             ref, list(spec.argv), entrypoint=["/bench/init"],
             environment=[f"{k}={v}" for k, v in environment(spec).items()], name=spec.name,
             hostname=spec.hostname, working_dir=spec.workdir, labels={RUN_LABEL: spec.run_id},
-            user=spec.user or None,
+            user=spec.user or None, ports=[port for _h, port in spec.publish] or None,
             host_config=api.create_host_config(**host_config(
                 spec, volumes, self.flavour if self.per_container_runtime else None)),
         )["Id"]

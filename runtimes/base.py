@@ -17,11 +17,13 @@ import contextlib
 import os
 import re
 import secrets
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
 
+from harness.core.errors import UsageError
 from harness.core.records import Component
 
 if TYPE_CHECKING:
@@ -117,12 +119,15 @@ RLIM_INFINITY = -1  # "unlimited", as Docker's API and Python's resource module 
 class Limits:
     """Resource limits. cpus: CPU time in cores (quota/period); memory, in bytes; pids.
     rlimits: (name of RLIMIT_NAMES, soft, hard) the workload's first process gets, over
-    the backend's own defaults (-1: unlimited)."""
+    the backend's own defaults (-1: unlimited). cpuset: the host CPUs the instance may
+    run on, as cpuset.cpus spells them ("1", "0-3,6"): a cgroup cpuset for containers,
+    the vCPUs (and QEMU's own threads) pinned for a VM, the affinity of a host process."""
 
     cpus: float | None = None
     memory: int | None = None
     pids: int | None = None
     rlimits: tuple[tuple[str, int, int], ...] = ()
+    cpuset: str | None = None
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {"cpus": self.cpus, "memory": self.memory, "pids": self.pids}
@@ -133,7 +138,21 @@ class Limits:
         out: dict[str, Json] = dict(self.as_dict())
         if self.rlimits:
             out["rlimits"] = {n: [soft, hard] for n, soft, hard in self.rlimits}
+        if self.cpuset is not None:  # added in schema 1, like rlimits
+            out["cpuset"] = self.cpuset
         return out
+
+
+def cpu_list(cpuset: str) -> set[int]:
+    """The CPUs of a cpuset list ("0-2,5" -> {0, 1, 2, 5}); ValueError if malformed."""
+    out: set[int] = set()
+    for part in cpuset.split(","):
+        lo, _, hi = part.strip().partition("-")
+        first, last = int(lo), int(hi or lo)
+        if first < 0 or last < first:
+            raise ValueError(f"bad CPU range {part!r}")
+        out.update(range(first, last + 1))
+    return out
 
 
 @dataclass(frozen=True)
@@ -180,10 +199,31 @@ class InstanceSpec:
     hostname: str = "cvbench"
     capture: bool = False  # keep the workload's stdout/stderr (bench exec), else discard it
     user: str = ""
+    # Published ports: (host port, instance port), TCP, as `docker run -p` publishes
+    # them: reachable at publish_address() on the host, forwarded by NAT to the
+    # instance's own address (network bridge only).
+    publish: tuple[tuple[int, int], ...] = ()
 
     @property
     def ready_line(self) -> bytes:
         return READY_PREFIX + self.nonce.encode()
+
+
+def publish_address() -> str:
+    """The host address published ports are bound to: the source address of the host's
+    default route (not loopback: the kernel only NATs loopback traffic with
+    route_localnet, a host-wide switch, so a client on the host goes to this address as
+    a client elsewhere would). OSError on a host without a default route."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # TEST-NET-1: a route lookup, nothing is sent
+        return str(s.getsockname()[0])
+
+
+def check_publish(backend: str, spec: InstanceSpec) -> None:
+    """Published ports forward to the instance's own address: network bridge only."""
+    if spec.publish and spec.network != "bridge":
+        raise UsageError(f"{backend}: published ports need network bridge, not "
+                         f"{spec.network!r}")
 
 
 def uid_gid(user: str) -> tuple[int, int]:

@@ -10,8 +10,11 @@ overlay of the image, whose writable layer is <state>/host/<name>/upper, with /p
 same binaries. Those mounts are made in create (root only) and removed in remove;
 `prepared.details.mode` says which way a run went.
 Limits, network and mounts are NOT applied (there is nothing to apply them with); the
-result metadata says so. The process is started with posix_spawn, which glibc
-implements with clone(CLONE_VM|CLONE_VFORK): no copy of the interpreter is made.
+result metadata says so. The one exception is limits.cpuset: the process starts under
+util-linux's `taskset -c` (its affinity, inherited by its children). Published ports do
+not apply either (no network of its own: clients reach it on the host's). The process
+is started with posix_spawn, which glibc implements with clone(CLONE_VM|CLONE_VFORK): no
+copy of the interpreter is made.
 """
 
 from __future__ import annotations
@@ -128,7 +131,9 @@ class HostRuntime:
         return Availability(ok=True, versions={"kernel": platform.release()})
 
     def traits(self) -> Traits:
-        return Traits(kind="process", not_applied=frozenset({"limits", "network", "mounts"}),
+        return Traits(kind="process",
+                      not_applied=frozenset({"limits.cpus", "limits.memory", "limits.pids",
+                                             "limits.rlimits", "network", "mounts"}),
                       settings={"isolation": "none", "spawn": "posix_spawn",
                                 "kernel": platform.release()})
 
@@ -176,6 +181,8 @@ class HostRuntime:
             argv = [f"{root}/bin/sh", f"{root}/bench/init", *spec.argv]
             env.update(PATH=f"{root}/bin:{root}/usr/bin:{root}/sbin:{root}/usr/sbin",
                        HOME="/root")
+        if spec.limits.cpuset is not None:
+            argv = [str(shutil.which("taskset")), "-c", spec.limits.cpuset, *argv]
         _proc.spawn(inst, argv, {**env, **spec.env},
                     # Python ignores SIGPIPE/SIGXFSZ; the workload must get the defaults.
                     setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),

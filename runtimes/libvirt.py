@@ -24,6 +24,10 @@ Mapping of the InstanceSpec:
   network bridge  -> a virtio NIC on a libvirt network (CVBENCH_LIBVIRT_NETWORK, default
                      "default"); the guest takes an address by DHCP
   network host    -> refused: a VM cannot share the host's network stack
+  publish         -> an iptables DNAT from the host's address to the guest's (the DHCP
+                     lease's), added once the guest is ready (runtimes/_publish.py)
+  limits.cpuset   -> <vcpu cpuset=...> and <emulatorpin>: every vCPU and QEMU's own
+                     threads pinned to those host CPUs
   mounts tmpfs    -> a tmpfs mounted by the guest (size as asked)
   mounts volume   -> a disk image per volume name under <state>/libvirt/volumes (ext4,
                      created empty on first use, kept across instances like an engine's
@@ -75,7 +79,7 @@ from harness.core import image as image_mod
 from harness.core.errors import BackendUnavailable, BenchError, InstanceError, UsageError
 from harness.core.image import Image
 from harness.core.probes import memory
-from runtimes import _proc
+from runtimes import _proc, _publish
 from runtimes.base import (
     NO_HOOKS,
     PREFIX,
@@ -89,6 +93,7 @@ from runtimes.base import (
     Prepared,
     Stats,
     Traits,
+    check_publish,
     new_run_id,
     own,
     run_of,
@@ -254,6 +259,7 @@ class VmInstance(Instance):
     console: socket.socket | None = None
     out: _proc.Stream | None = None
     exited: bool = False
+    published: bool = False  # DNAT rules for its published ports may exist
 
     def stream(self) -> _proc.Stream:
         if self.out is None:
@@ -540,6 +546,7 @@ class LibvirtRuntime:
         if spec.network == "host":
             raise UsageError("libvirt: network 'host' is impossible for a VM (it has its own "
                              "kernel and network stack); use none or bridge")
+        check_publish(self.name, spec)
         if uid_gid(spec.user) != (0, 0):
             raise UsageError(f"libvirt: user {spec.user} is not supported (the guest's init "
                              "runs the workload as root)")
@@ -567,7 +574,8 @@ class LibvirtRuntime:
             machine=self.machine,
             memory_kib=guest_memory(spec.limits.memory,
                                     int(prepared.footprint["initramfs"])) // 1024,
-            vcpus=vcpus, quota_us=quota, kernel=str(det["kernel"]), initrd=str(det["initramfs"]),
+            vcpus=vcpus, quota_us=quota, cpuset=spec.limits.cpuset, kernel=str(det["kernel"]),
+            initrd=str(det["initramfs"]),
             cmdline=self.cmdline(spec, modules, mount_lines, accel,
                                  "/dev/vda" if root is not None else None),
             console=str(console),
@@ -617,7 +625,16 @@ class LibvirtRuntime:
                                 f"{e.get_error_message()}") from e
 
     def wait_ready(self, inst: Instance, timeout: float) -> int:
-        return _proc.ready(inst, own(inst, VmInstance).stream(), timeout)
+        vm = own(inst, VmInstance)
+        t = _proc.ready(inst, vm.stream(), timeout)
+        if inst.spec.publish:  # the guest's address is its DHCP lease: known by now
+            addr = self.address(inst)
+            if addr is None:
+                raise InstanceError(f"libvirt: {inst.spec.name} has no address to "
+                                    "forward its published ports to")
+            vm.published = True
+            _publish.publish(self.name, inst.spec.name, addr, inst.spec.publish)
+        return t
 
     def wait_output(self, inst: Instance, pattern: re.Pattern[bytes], timeout: float) -> int:
         out = own(inst, VmInstance).stream()
@@ -729,6 +746,9 @@ class LibvirtRuntime:
         if inst.console is not None:
             inst.console.close()
             inst.console = None
+        if inst.published:
+            _publish.unpublish(self.name, inst.spec.name)
+            inst.published = False
         if inst.dir is not None:
             shutil.rmtree(inst.dir, ignore_errors=True)
             inst.dir = None
@@ -745,6 +765,8 @@ class LibvirtRuntime:
                 found += [Leftover(self.name, "dir" if p.is_dir() else "volume", str(p),
                                    run_of(p.name)) for p in sorted(d.iterdir())
                           if p.name.startswith(PREFIX) and run_of(p.name) not in live_runs]
+        found += [Leftover(self.name, "dnat", n, run_of(n)) for n in _publish.rules(self.name)
+                  if run_of(n) not in live_runs]
         return found
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
@@ -760,6 +782,8 @@ class LibvirtRuntime:
                         dom.undefine()
             elif item.kind == "volume":
                 Path(item.name).unlink(missing_ok=True)
+            elif item.kind == "dnat":
+                _publish.unpublish(self.name, item.name)
             else:
                 shutil.rmtree(item.name, ignore_errors=True)
         return found

@@ -19,7 +19,7 @@ from harness.core.errors import BackendUnavailable, InstanceError, UsageError
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
 from harness.core.probes.disk import du_bytes
-from runtimes import _proc
+from runtimes import _proc, _publish
 from runtimes._proc import PipedInstance
 from runtimes.base import (
     NO_HOOKS,
@@ -82,6 +82,7 @@ class NsInstance(PipedInstance):
     veth: str | None = None
     lease: str | None = None
     address: str | None = None
+    published: bool = False  # DNAT rules for its published ports may exist
 
 
 class NsRuntime:
@@ -335,6 +336,9 @@ class NsRuntime:
         addr = leases.acquire(inst.spec.name)
         inst.lease = inst.address = str(addr)
         inst.veth = network.attach(inst.child.resolve(), inst.spec.name, addr)
+        if inst.spec.publish:
+            inst.published = True
+            _publish.publish(self.name, inst.spec.name, inst.address, inst.spec.publish)
 
     def _child(self, inst: Instance) -> tuple[NsInstance, process.Child]:
         inst = own(inst, NsInstance)
@@ -430,6 +434,9 @@ class NsRuntime:
         if inst.veth and os.path.exists(f"/sys/class/net/{inst.veth}"):
             network.delete_link(inst.veth)  # normally gone with the instance's netns
         inst.veth = None
+        if inst.published:
+            _publish.unpublish(self.name, inst.spec.name)
+            inst.published = False
         if inst.lease:
             network.Leases(self.root() / "ipam").release(inst.lease)
             inst.lease = None
@@ -452,6 +459,8 @@ class NsRuntime:
                   if dead(owner)]
         found += [Leftover(self.name, "link", link, run_of(alias))
                   for link, alias in network.links().items() if dead(alias)]
+        found += [Leftover(self.name, "dnat", name, run_of(name))
+                  for name in _publish.rules(self.name) if dead(name)]
         if not live_runs:  # shared by every run: removed when no run is going
             if not network.bridge_in_use() and \
                     os.path.exists(f"/sys/class/net/{network.BRIDGE}"):
@@ -486,6 +495,8 @@ class NsRuntime:
                 network.Leases(self.root() / "ipam").release(item.name)
             elif item.kind == "link":
                 network.delete_link(item.name)
+            elif item.kind == "dnat":
+                _publish.unpublish(self.name, item.name)
             elif item.kind == "bridge":
                 network.remove_bridge()
             elif item.kind == "cgroup-parent":

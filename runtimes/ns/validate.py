@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from harness.core.errors import UsageError
-from runtimes.base import InstanceSpec
+from runtimes.base import InstanceSpec, check_publish
 from runtimes.ns.cgroups import Manager
 
 
@@ -59,6 +59,7 @@ def host_problem(cg: Manager, rootless: bool = False) -> tuple[str, str] | None:
 def spec(s: InstanceSpec, rootless: bool = False) -> None:
     if not s.argv:
         raise UsageError("ns: empty argv")
+    check_publish("ns", s)
     if rootless and s.network == "bridge":
         raise UsageError("ns: network 'bridge' needs root (it adds a veth to the host); "
                          "rootless instances can use none or host")

@@ -45,6 +45,7 @@ class DomainConfig:
     console: str  # unix socket path
     emulator: str = "/usr/bin/qemu-system-x86_64"
     quota_us: int | None = None  # per-vCPU CFS quota for fractional cpus, period 100 ms
+    cpuset: str | None = None  # host CPUs the vCPUs and QEMU's own threads are pinned to
     disks: tuple[Disk, ...] = ()
     network: str | None = None  # a libvirt network name, or None: no NIC at all
     cpu_host: bool = False  # host-passthrough (KVM only)
@@ -66,11 +67,14 @@ def to_xml(c: DomainConfig) -> str:
     dom = ET.Element("domain", type=c.domain_type)
     _sub(dom, "name", c.name)
     _sub(dom, "memory", str(c.memory_kib), unit="KiB")
-    _sub(dom, "vcpu", str(c.vcpus))
-    if c.quota_us is not None:
+    _sub(dom, "vcpu", str(c.vcpus), **({"cpuset": c.cpuset} if c.cpuset else {}))
+    if c.quota_us is not None or c.cpuset:
         tune = _sub(dom, "cputune")
-        _sub(tune, "period", "100000")
-        _sub(tune, "quota", str(c.quota_us))
+        if c.cpuset:  # QEMU's main loop and I/O threads too: the whole VM on those CPUs
+            _sub(tune, "emulatorpin", cpuset=c.cpuset)
+        if c.quota_us is not None:
+            _sub(tune, "period", "100000")
+            _sub(tune, "quota", str(c.quota_us))
     os_ = _sub(dom, "os")
     _sub(os_, "type", "hvm", arch="x86_64", machine=c.machine)
     _sub(os_, "kernel", c.kernel)

@@ -7,6 +7,9 @@ cgroup.procs of each. Limits:
             exists (so the limit cannot be dodged by swapping)
   cpus   -> cpu.cfs_quota_us = cpus * cpu.cfs_period_us (the default 100 ms)
   pids   -> pids.max
+  cpuset -> cpuset.cpus, in the cpuset hierarchy where one is mounted; every instance
+            joins it as runc's do (the parent's CPUs when none are asked), since a v1
+            cpuset cgroup takes no process while its cpus or mems are empty
   device rules (if asked) -> devices.deny "a", then one devices.allow write per rule,
             in a fourth hierarchy (devices) the process joins as well
 """
@@ -57,8 +60,10 @@ class V1Manager:
         self.device_rules = device_rules if devices else ()
         self.controllers = (*CONTROLLERS, "devices") if devices else CONTROLLERS
         self.roots = {c: mounts[c] for c in self.controllers}
+        self.cpuset_root = mounts.get("cpuset")
         # Hierarchies names()/destroy() look in: ours, or every mounted one.
-        hierarchies = set(mounts.values()) if every_controller else set(self.roots.values())
+        hierarchies = set(mounts.values()) if every_controller else \
+            set(self.roots.values()) | ({self.cpuset_root} if self.cpuset_root else set())
         if every_controller and mode == "hybrid" and (root / "unified").is_dir():
             hierarchies.add(root / "unified")  # crun and runc make a cgroup there too
         self.hierarchies = sorted(hierarchies)
@@ -100,9 +105,22 @@ class V1Manager:
             write(cpu / "cpu.cfs_quota_us", str(max(1000, int(limits.cpus * PERIOD_US))))
         if limits.pids is not None:
             write(self._dir("pids", name) / "pids.max", str(limits.pids))
+        if self.cpuset_root is not None:
+            parent = self.cpuset_root / self.parent
+            for d in (parent, parent / name):
+                d.mkdir(exist_ok=True)
+                for f in ("cpuset.cpus", "cpuset.mems"):
+                    if not (d / f).read_text().strip():
+                        write(d / f, (d.parent / f).read_text().strip())
+            if limits.cpuset is not None:
+                write(parent / name / "cpuset.cpus", limits.cpuset)
+        elif limits.cpuset is not None:
+            raise OSError("no cpuset cgroup hierarchy is mounted")
 
     def join_files(self, name: str) -> list[str]:
-        return [str(self._dir(c, name) / "cgroup.procs") for c in self.controllers]
+        cpuset = [self.cpuset_root / self.parent / name] if self.cpuset_root else []
+        return [str(d / "cgroup.procs") for d in
+                [*(self._dir(c, name) for c in self.controllers), *cpuset]]
 
     def pids(self, name: str) -> list[int]:
         return procs(self._dir("memory", name))

@@ -5,6 +5,7 @@ in the parents' cgroup.subtree_control first (done once, in check/create). Limit
   memory -> memory.max, and memory.swap.max = 0 where it exists
   cpus   -> cpu.max = "<cpus * 100000> 100000"
   pids   -> pids.max
+  cpuset -> cpuset.cpus (the cpuset controller delegated on first use)
 A process joins by writing 0 into cgroup.procs; cgroup.kill (Linux 5.14+) kills them all.
 """
 
@@ -70,6 +71,11 @@ class V2Manager:
             write(d / "cpu.max", f"{max(1000, int(limits.cpus * PERIOD_US))} {PERIOD_US}")
         if limits.pids is not None:
             write(d / "pids.max", str(limits.pids))
+        if limits.cpuset is not None:
+            for p in (self.root, self.parent):
+                if "cpuset" not in (p / "cgroup.subtree_control").read_text().split():
+                    write(p / "cgroup.subtree_control", "+cpuset")
+            write(d / "cpuset.cpus", limits.cpuset)
 
     def join_files(self, name: str) -> list[str]:
         return [str(self.path(name) / "cgroup.procs")]
