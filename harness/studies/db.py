@@ -16,8 +16,11 @@ per-transaction log written to a temp dir; the instance is then removed.
 
 pgbench's output and the log's latencies (µs -> transactions) are kept per mode as an
 artifact (kind "pgbench"); a failed run fails the sample with pgbench's counts.
-The network mode is the cell's (`network` variant: bridge, host); a backend without the
-mode closes the cell as not applicable.
+The network mode is the cell's (`network` variant: bridge, publish, host; publish: the
+server's port published on the host, pgbench goes to the host's address, NATed to the
+instance's); a backend without the mode closes the cell as not applicable. pgbench runs
+pinned to `client_cpuset` (taskset; "" for no pinning), the instance to the scenario's
+limits.cpuset: on a 2-core host each gets one core.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,7 +42,7 @@ from harness.core.probes.memory import processes_memory
 from harness.runner import Cell, Context, Measurement, NotApplicable
 from harness.scenario import Scenario
 from harness.studies import _lifecycle as life
-from runtimes.base import Instance
+from runtimes.base import Instance, publish_address
 
 METRICS = {"db.tps": "tx/s", "db.lat_mean": "s", "db.lat_p99": "s",
            "db.pss_loaded": "B", "db.daemon_pss_loaded": "B"}
@@ -49,7 +53,7 @@ class Db:
     metrics: ClassVar[dict[str, str]] = METRICS
     params: ClassVar[dict[str, Any]] = {"scale": 5, "clients": 4, "duration": 5.0,
                                         "warmup": 2.0, "modes": list(pgbench.MODES),
-                                        "pss_interval": 0.5}
+                                        "pss_interval": 0.5, "client_cpuset": "0"}
 
     def check_params(self, s: Scenario) -> list[tuple[str, str]]:
         """Checked before anything runs: the modes, and pgbench on the host."""
@@ -68,32 +72,36 @@ class Db:
         skip = cell.traits.not_applied
         if ("network" in skip and mode != "host") or f"network.{mode}" in skip:
             raise NotApplicable(f"{cell.backend} does not apply network {mode}")
-        port = random.Random().randrange(20000, 61000)
+        port, host_port = random.Random().sample(range(20000, 61000), 2)
         spec = ctx.spec(cell, argv=pgbench.server_argv(port))
+        if mode == "publish":  # through the host's address, NATed to the instance's
+            spec = replace(spec, publish=((host_port, port),))
         try:
             with life.instance(ctx, cell, spec) as inst:
-                addr = cell.runtime.address(inst)
+                addr = publish_address() if mode == "publish" else cell.runtime.address(inst)
                 if addr is None:
                     raise InstanceError(f"db: {cell.backend} gives no address for an "
                                         f"instance with network {mode}")
-                return self.load(ctx, cell, inst, addr, port, p)
+                return self.load(ctx, cell, inst, addr,
+                                 host_port if mode == "publish" else port, p)
         except UsageError as e:  # a VM cannot share the host's network stack
             raise NotApplicable(f"{cell.backend} refuses network {mode}: {e}") from e
 
     def load(self, ctx: Context, cell: Cell, inst: Instance, addr: str, port: int,
              p: dict[str, Any]) -> list[Measurement]:
         duration, clients = float(p["duration"]), int(p["clients"])
+        pin = ["taskset", "-c", str(p["client_cpuset"])] if p["client_cpuset"] else []
         _pgbench(pgbench.init_args(addr, port, int(p["scale"])), ctx.timeout)
         if float(p["warmup"]) > 0:
-            pgbench.parse(_pgbench(pgbench.run_args(addr, port, "select-only", clients,
-                                                    float(p["warmup"]), None), ctx.timeout))
+            pgbench.parse(_pgbench([*pin, *pgbench.run_args(
+                addr, port, "select-only", clients, float(p["warmup"]), None)], ctx.timeout))
         out: list[Measurement] = []
         with _peak_pss(cell, inst, float(p["pss_interval"])) as peak, \
                 tempfile.TemporaryDirectory(prefix="cvbench-pgbench-") as tmp:
             for mode in p["modes"]:
                 prefix = str(Path(tmp) / mode)
-                text = _pgbench(pgbench.run_args(addr, port, mode, clients, duration, prefix),
-                                duration + ctx.timeout)
+                text = _pgbench([*pin, *pgbench.run_args(addr, port, mode, clients, duration,
+                                                         prefix)], duration + ctx.timeout)
                 run = pgbench.parse(text)
                 logs = sorted(Path(tmp).glob(f"{mode}.*"))
                 counts = pgbench.latencies("".join(f.read_text() for f in logs),

@@ -1,5 +1,5 @@
 """`bench run db` end to end: PostgreSQL from the Debian image in a fresh instance per
-sample, pgbench on the host, on ns, docker and podman (short: one sample, 1 s per mode,
+sample, pgbench on the host, on ns, docker and podman, network bridge, publish and host (short: one sample, 1 s per mode,
 scale 1), libvirt:disk under `slow`.
 
 Checks: every backend and network mode it has gives tps, mean and p99 latency per mode
@@ -50,10 +50,11 @@ def check(doc: dict[str, Any], cells: list[tuple[str, str]]) -> None:
         assert (backend, f"network={network}", "db.daemon_pss_loaded") in samples
 
 
-def test_containers_bridge_and_host(repo: Path, tmp_path: Path) -> None:
-    backends = ("ns", "docker", "podman")
-    doc = run(repo, tmp_path, backends, ["bridge", "host"])
-    check(doc, [(b, n) for b in backends for n in ("bridge", "host")])
+def test_containers_bridge_publish_host(repo: Path, tmp_path: Path) -> None:
+    backends, networks = ("ns", "docker", "podman"), ["bridge", "publish", "host"]
+    doc = run(repo, tmp_path, backends, networks)
+    check(doc, [(b, n) for b in backends for n in networks])
+    assert doc["scenario"]["limits"]["cpuset"] == "1"
     identity = doc["image"]["identity"]
     assert any(r.startswith("var/lib/postgresql") for r in identity["normalised"])
 
@@ -61,7 +62,7 @@ def test_containers_bridge_and_host(repo: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.libvirt
 def test_libvirt_disk(repo: Path, tmp_path: Path) -> None:
-    doc = run(repo, tmp_path, ("libvirt:disk",), ["bridge", "host"])
-    check(doc, [("libvirt:disk", "bridge")])
+    doc = run(repo, tmp_path, ("libvirt:disk",), ["bridge", "publish", "host"])
+    check(doc, [("libvirt:disk", "bridge"), ("libvirt:disk", "publish")])
     assert any(e["kind"] == "not_applicable" and e["variant"] == "network=host"
                for e in doc["events"])
