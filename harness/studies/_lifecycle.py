@@ -14,7 +14,7 @@ from typing import Any
 
 from harness.core.errors import InstanceError, ReadyTimeout
 from harness.core.probes import serving
-from harness.runner import Context, Placement
+from harness.runner import Cell, Context, NotApplicable, Placement
 from runtimes.base import Exit, Instance, InstanceSpec
 
 
@@ -88,6 +88,16 @@ def check(ex: Exit, what: str) -> None:
 def text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
+
+
+def network_mode(cell: Cell) -> str:
+    """The cell's network mode; NotApplicable if the backend does not apply it (one that
+    applies no network at all, the host backend, has only "host")."""
+    mode = cell.config.network
+    skip = cell.traits.not_applied
+    if ("network" in skip and mode != "host") or f"network.{mode}" in skip:
+        raise NotApplicable(f"{cell.backend} does not apply network {mode}")
+    return mode
 
 
 def params(ctx: Context, defaults: dict[str, Any]) -> dict[str, Any]:

@@ -68,10 +68,7 @@ class Db:
 
     def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:
         p = life.params(ctx, self.params)
-        mode = cell.config.network
-        skip = cell.traits.not_applied
-        if ("network" in skip and mode != "host") or f"network.{mode}" in skip:
-            raise NotApplicable(f"{cell.backend} does not apply network {mode}")
+        mode = life.network_mode(cell)
         port, host_port = random.Random().sample(range(20000, 61000), 2)
         spec = ctx.spec(cell, argv=pgbench.server_argv(port))
         if mode == "publish":  # through the host's address, NATed to the instance's

@@ -88,10 +88,7 @@ class Network:
 
     def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:
         p = life.params(ctx, self.params)
-        mode = cell.config.network
-        skip = cell.traits.not_applied
-        if ("network" in skip and mode != "host") or f"network.{mode}" in skip:
-            raise NotApplicable(f"{cell.backend} does not apply network {mode}")
+        mode = life.network_mode(cell)
         ports = random.Random().sample(range(20000, 61000), 2)
         fmt = {"lat_port": ports[0], "bw_port": ports[1], "duration": int(p["duration"]),
                "message": int(p["message"]), "begin": BEGIN, "end": END,
