@@ -8,6 +8,7 @@ not usable here (with the reason and the fix); 130 interrupted.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness import results, scenario, stats
+from harness import results, scenario, stats, studies
 from harness.core.errors import EXIT_USAGE, BenchError, UsageError
 from harness.core.probes import limits as klimits
 from harness.core.units import format_value, parse_size
@@ -213,6 +214,14 @@ def doctor() -> None:
             t.add_row(name, "[red]no[/]", f"{a.reason}" + (f"\nfix: {a.fix}" if a.fix else ""),
                       versions)
     out.print(t)
+    tools = Table(title="load generators and host tools the studies run")
+    for col in ("program", "installed", "package", "studies"):
+        tools.add_column(col)
+    for prog, (pkg, users) in studies.all_tools().items():
+        found = shutil.which(prog)
+        tools.add_row(prog, f"[green]{found}[/]" if found else "[red]no[/]", pkg,
+                      ", ".join(users))
+    out.print(tools)
 
 
 @cli.command()

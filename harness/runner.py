@@ -66,6 +66,7 @@ class Measurement:
     instance: int | None = None
     unit: str | None = None
     variant: str | None = None
+    extra: dict[str, Any] | None = None  # kept with the sample (Sample.extra)
 
 
 class NotApplicable(BenchError):
@@ -249,6 +250,14 @@ class Runner:
         self.ctx.stop_requested = self.interrupt.wanted
         self.ctx.event = lambda kind, **data: self.journal.event(kind, round=self.round, **data)
 
+    def _artifacts(self, cell: Cell, **mark: Any) -> None:
+        for a in self.ctx.artifacts:
+            sub = a.pop("sub")
+            self.journal.artifact(backend=cell.backend, variant=cell.variant_of(sub),
+                                  round=self.round, **a, **mark,
+                                  **({"copy": cell.copy} if cell.copy is not None else {}))
+        self.ctx.artifacts = []
+
     def _one(self, cell: Cell, record: bool) -> None:
         gc.disable()  # no collector pause inside a timed sample
         self.ctx.artifacts = []
@@ -269,6 +278,8 @@ class Runner:
                 e = InstanceError(f"{type(e).__name__}: {e}")
             cell.failures += 1
             cell.consecutive_failures += 1
+            # What the tool said is the evidence of the failure: kept, marked failed.
+            self._artifacts(cell, failed=True)
             self.journal.event("sample_failed", backend=cell.backend, variant=cell.variant.name,
                                round=self.round, error=str(e), cleanup_errors=errors)
             if cell.consecutive_failures >= FAILURES_TO_GIVE_UP:
@@ -285,14 +296,10 @@ class Runner:
         metric = self.scenario.sampling.metric
         self.journal.add(Sample.in_cell(
             cell.backend, cell.variant.name, m.metric, m.unit or self.unit_of(m.metric) or "",
-            m.value, self.round, sub=m.variant, instance=m.instance, copy=cell.copy)
+            m.value, self.round, sub=m.variant, instance=m.instance, copy=cell.copy,
+            extra=m.extra)
             for m in measurements)
-        for a in self.ctx.artifacts:
-            sub = a.pop("sub")
-            self.journal.artifact(backend=cell.backend, variant=cell.variant_of(sub),
-                                  round=self.round, **a,
-                                  **({"copy": cell.copy} if cell.copy is not None else {}))
-        self.ctx.artifacts = []
+        self._artifacts(cell)
         cell.samples += 1
         for m in measurements:
             if m.metric == metric:

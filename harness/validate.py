@@ -18,6 +18,7 @@ from harness.core.hostinfo import meminfo
 from harness.core.image import Archive, EngineRef, EngineStore, Recipe, which
 from harness.scenario import Scenario
 from runtimes import registry
+from runtimes.base import cpu_list
 
 Check = Callable[[Scenario], list[ScenarioError]]
 
@@ -45,6 +46,9 @@ def check_study(s: Scenario) -> list[ScenarioError]:
     check_params = getattr(study, "check_params", None)
     if check_params is not None and not out:
         out += [_err(s, key, msg) for key, msg in check_params(s)]
+    out += [_err(s, "study", f"study {s.study!r} runs {tool} on this host, which is not "
+                 f"installed (Debian package {pkg}; `make provision` installs it)")
+            for tool, pkg in studies.missing_tools(study).items()]
     if studies.unit_of(study, s.sampling.metric) is None:
         out.append(_err(s, "sampling.metric", f"{s.sampling.metric!r} is not a metric of "
                         f"study {s.study!r}"))
@@ -63,6 +67,10 @@ def check_limits(s: Scenario) -> list[ScenarioError]:
     for v in s.variants:
         lim = s.config(v).limits
         where = "limits" if v.name == "default" else f"variants ({v.name}) limits"
+        usable = os.sched_getaffinity(0)
+        if lim.cpuset is not None and not cpu_list(lim.cpuset) <= usable:
+            out.append(_err(s, f"{where}.cpuset", f"{lim.cpuset!r} names CPUs this host does "
+                            f"not offer (it has {sorted(usable)})"))
         if lim.cpus is not None and lim.cpus > cores:
             out.append(_err(s, f"{where}.cpus", f"{lim.cpus:g} is more than this host's "
                             f"{cores} cores"))

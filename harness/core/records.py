@@ -172,10 +172,10 @@ class Sample:
     @classmethod
     def in_cell(cls, backend: str, cell_variant: str, metric: str, unit: str, value: float,
                 round: int, *, sub: str | None = None, instance: int | None = None,
-                copy: int | None = None) -> Sample:
+                copy: int | None = None, extra: Mapping[str, Any] | None = None) -> Sample:
         """A sample of the cell (backend, cell_variant), of sub-variant `sub` if any."""
         return cls(backend, join_variant(cell_variant, sub), metric, unit, value, round,
-                   instance, copy, sub or None)
+                   instance, copy, sub or None, extra or {})
 
     @property
     def cell_variant(self) -> str:

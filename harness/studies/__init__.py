@@ -7,6 +7,7 @@ A study lists the metrics it produces (metric -> unit) and the `[params]` it acc
 
 from __future__ import annotations
 
+import shutil
 from importlib import import_module
 from typing import Any, Protocol
 
@@ -14,7 +15,7 @@ from harness.core.errors import UsageError
 
 # name -> module under harness.studies
 KNOWN = {"startup": "startup", "density": "density", "memory": "memory", "disk": "disk",
-         "io": "io", "limits": "limits", "network": "network",
+         "io": "io", "limits": "limits", "network": "network", "http": "http", "kv": "kv",
          "cpu": "cpu", "mem": "mem", "db": "db"}
 
 
@@ -43,3 +44,19 @@ def unit_of(study: Study, metric: str) -> str | None:
         if prefix.endswith(".") and metric.startswith(prefix):
             return unit
     return None
+
+
+def missing_tools(study: Study) -> dict[str, str]:
+    """Programs the study runs on the host that are not installed here: name -> the
+    Debian package that provides it (a study lists its own in `tools`)."""
+    tools: dict[str, str] = getattr(study, "tools", {})
+    return {t: pkg for t, pkg in tools.items() if shutil.which(t) is None}
+
+
+def all_tools() -> dict[str, tuple[str, list[str]]]:
+    """Every host program a known study runs: name -> (package, the studies)."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    for name in sorted(KNOWN):
+        for t, pkg in getattr(get(name), "tools", {}).items():
+            out.setdefault(t, (pkg, []))[1].append(name)
+    return out

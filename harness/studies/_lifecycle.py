@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from harness.core.errors import InstanceError, ReadyTimeout
+from harness.core.errors import InstanceError, ReadyTimeout, UsageError
 from harness.core.probes import serving
 from harness.runner import Cell, Context, NotApplicable, Placement
 from runtimes.base import Exit, Instance, InstanceSpec
@@ -90,16 +90,27 @@ def text(data: bytes) -> str:
 
 
 
-def network_mode(cell: Cell) -> str:
-    """The cell's network mode; NotApplicable if the backend does not apply it (one that
-    applies no network at all, the host backend, has only "host")."""
-    mode = cell.config.network
-    skip = cell.traits.not_applied
-    if ("network" in skip and mode != "host") or f"network.{mode}" in skip:
-        raise NotApplicable(f"{cell.backend} does not apply network {mode}")
-    return mode
-
-
 def params(ctx: Context, defaults: dict[str, Any]) -> dict[str, Any]:
     """The study's parameters: its defaults, overridden by the scenario's [params]."""
     return {**defaults, **ctx.params}
+
+
+def network_applicable(cell: Cell, mode: str, modes: tuple[str, ...]) -> None:
+    """Raise NotApplicable unless the study measures network `mode` (one of `modes`)
+    and the backend applies it: one without network isolation (host) only has "host";
+    one whose metadata's not_applied lists "network.<mode>" lacks that mode."""
+    skip = cell.traits.not_applied
+    if mode not in modes:
+        raise NotApplicable(f"network {mode}: this study measures {', '.join(modes)}")
+    if ("network" in skip and mode != "host") or f"network.{mode}" in skip:
+        raise NotApplicable(f"{cell.backend} does not apply network {mode}")
+
+
+@contextlib.contextmanager
+def refused_network(cell: Cell, mode: str) -> Iterator[None]:
+    """A backend that refuses the network mode when creating the instance (a VM cannot
+    share the host's network stack): the cell is not applicable, not failed."""
+    try:
+        yield
+    except UsageError as e:
+        raise NotApplicable(f"{cell.backend} refuses network {mode}: {e}") from e

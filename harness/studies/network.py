@@ -23,18 +23,16 @@ UsageError at create) closes that cell as not applicable.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness.core.errors import InstanceError, UsageError
+from harness.core.errors import InstanceError
 from harness.core.probes.io import parse_json, sections
 from harness.runner import Cell, Context, Measurement, NotApplicable
 from harness.studies import _lifecycle as life
@@ -88,7 +86,8 @@ class Network:
 
     def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:
         p = life.params(ctx, self.params)
-        mode = life.network_mode(cell)
+        mode = cell.config.network
+        life.network_applicable(cell, mode, ("none", "bridge", "host"))
         ports = random.Random().sample(range(20000, 61000), 2)
         fmt = {"lat_port": ports[0], "bw_port": ports[1], "duration": int(p["duration"]),
                "message": int(p["message"]), "begin": BEGIN, "end": END,
@@ -97,7 +96,7 @@ class Network:
         if mode == "none":  # unreachable from the host: everything inside, over loopback
             spec = ctx.spec(cell, argv=("sh", "-c", INSIDE.format(**fmt)), readiness="exit",
                             capture=True)
-            with _refused(cell, mode):
+            with life.refused_network(cell, mode):
                 inst, ex = life.run(ctx, cell, spec)
             life.finish(ctx, cell, inst)
             life.check(ex, "network")
@@ -114,7 +113,7 @@ class Network:
             if address is None:  # a backend that predates address() in the protocol
                 raise NotApplicable(f"{cell.backend} does not implement address(): the "
                                     f"host cannot find an instance with network {mode}")
-            with _refused(cell, mode), life.instance(ctx, cell, spec) as inst:
+            with life.refused_network(cell, mode), life.instance(ctx, cell, spec) as inst:
                 addr = address(inst)
                 if addr is None:
                     raise InstanceError(f"network: {cell.backend} gives no address for an "
@@ -145,16 +144,6 @@ class Network:
                 break
             time.sleep(0.3)
         return lat, bw
-
-
-@contextlib.contextmanager
-def _refused(cell: Cell, mode: str) -> Iterator[None]:
-    """A backend that refuses the network mode when creating the instance (a VM cannot
-    share the host's network stack): the cell is not applicable, not failed."""
-    try:
-        yield
-    except UsageError as e:
-        raise NotApplicable(f"{cell.backend} refuses network {mode}: {e}") from e
 
 
 def _wait_listening(addr: str, port: int, timeout: float) -> None:

@@ -1,6 +1,6 @@
 """`bench run db` end to end: PostgreSQL from the Debian image in a fresh instance per
-sample, pgbench on the host, on ns, docker and podman, network bridge, publish and host (short: one sample, 1 s per mode,
-scale 1), libvirt:disk under `slow`.
+sample, pgbench on the host, on ns, docker and podman with network bridge, publish and
+host (short: one sample, 1 s per mode, scale 1), libvirt:disk under `slow`.
 
 Checks: every backend and network mode it has gives tps, mean and p99 latency per mode
 and the PSS under load; each figure equals what pgbench's own output kept in the result
@@ -34,19 +34,23 @@ def run(repo: Path, tmp_path: Path, backends: tuple[str, ...], networks: list[st
 
 def check(doc: dict[str, Any], cells: list[tuple[str, str]]) -> None:
     samples = {(s["backend"], s["variant"], s["metric"]): s["value"] for s in doc["samples"]}
-    raw = {(a["backend"], a["variant"]): a for a in doc["artifacts"] if a["kind"] == "pgbench"}
+    raw = {(a["backend"], a["variant"]): a["data"] for a in doc["artifacts"]
+           if a["kind"] == "pgbench" and not a.get("warmup") and not a.get("init")}
+    kept = {(a["backend"], a["variant"]): a["data"] for a in doc["artifacts"]
+            if a["kind"] == "pgbench_latencies"}
     for backend, network in cells:
         for mode in pgbench.MODES:
             variant = f"network={network},{mode}"
-            art = raw[(backend, variant)]
-            run = pgbench.parse(art["data"])
-            lats = Counter({int(k): v for k, v in art["latencies_us"].items()})
+            run = pgbench.parse(raw[(backend, variant)])
+            lats = Counter({int(k): v for k, v in kept[(backend, variant)].items()})
             assert lats.total() == run.processed > 0
             got = {m: samples[(backend, variant, f"db.{m}")]
                    for m in ("tps", "lat_mean", "lat_p99")}
             assert got == {"tps": run.tps, "lat_mean": run.lat_mean,
                            "lat_p99": pgbench.percentile(lats, 0.99)}, (backend, variant)
         assert samples[(backend, f"network={network}", "db.pss_loaded")] > 20 << 20
+        extra = [s.get("extra", s) for s in doc["samples"] if s["backend"] == backend]
+        assert all(e["cpuset"] == "1" and e["client_cpuset"] == "0" for e in extra)
         assert (backend, f"network={network}", "db.daemon_pss_loaded") in samples
 
 

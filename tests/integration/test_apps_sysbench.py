@@ -46,6 +46,7 @@ def check_figures(study: str, doc: dict[str, Any], backends: tuple[str, ...]) ->
             assert (s["metric"], s["unit"]) == (metric, "events/s" if study == "cpu" else "B/s")
             # the figure is sysbench's own, read from the output kept in the result
             assert s["value"] == getattr(sysbench.parse(raw[(b, sub)]), field) > 0, (b, sub)
+            assert s["cpuset"] == "1"
 
 
 @pytest.mark.parametrize("study", ["cpu", "mem"])

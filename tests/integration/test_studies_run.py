@@ -59,15 +59,22 @@ def run_study(repo: Path, tmp_path: Path, study: str,
     data["backends"] = backends
     data["params"] = {**data.get("params", {}), **TINY[study]}
     data["sampling"] = {**data["sampling"], "timeout": 300, "time_budget": 1500}
-    path = tmp_path / f"{study}.toml"
+    p, doc = run_once(data, tmp_path)
+    assert p.returncode == 0, f"bench run {study} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return doc, backends
+
+
+def run_once(data: dict[str, Any], tmp_path: Path
+             ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`bench run` of the scenario `data`, one sample per cell; its result ({}: none)."""
+    path = tmp_path / f"{data['name']}.toml"
     path.write_text(_toml(data))
     out = tmp_path / "D"
     p = subprocess.run([*BENCH, "run", str(path), "--out", str(out), "--warmups", "0",
                         "--min-samples", "1", "--max-samples", "1"],
                        capture_output=True, text=True, timeout=1800, check=False)
-    assert p.returncode == 0, f"bench run {study} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    result = next(f for f in out.glob("*.json") if not f.name.endswith(".pyperf.json"))
-    return json.loads(result.read_text()), backends
+    found = [f for f in out.glob("*.json") if not f.name.endswith(".pyperf.json")]
+    return p, (json.loads(found[0].read_text()) if found else {})
 
 
 def _toml(data: dict[str, Any], prefix: str = "") -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from harness.core.errors import InstanceError, UsageError
 from runtimes import _engine, _proc
-from runtimes.base import InstanceSpec, Limits, Mount
+from runtimes.base import InstanceSpec, Limits, Mount, publish_address
 from runtimes.docker import DockerRuntime
 from runtimes.podman import PodmanRuntime, nofile_configured
 
@@ -31,6 +31,18 @@ def test_limits_network_runtime_map_to_host_config() -> None:
     assert hc["network_mode"] == "host" and hc["runtime"] == "crun"
     bare = _engine.host_config(spec(), {}, None)
     assert bare == {"network_mode": "none", "mounts": []}
+
+
+def test_publish_and_cpuset_map_to_port_bindings_and_cpuset_cpus() -> None:
+    s = spec(limits=Limits(cpuset="1"), network="bridge", publish=((20080, 80),))
+    hc = _engine.host_config(s, {}, None)
+    assert hc["cpuset_cpus"] == "1"
+    assert hc["port_bindings"] == {80: (publish_address(), 20080)}
+
+
+def test_publish_needs_a_bridge() -> None:
+    with pytest.raises(UsageError, match="published ports need network bridge"):
+        DockerRuntime().check(spec(network="host", publish=((20080, 80),)))
 
 
 def test_mounts_map_to_engine_mounts() -> None:

@@ -294,3 +294,10 @@ def test_overlay_is_backed_by_the_image_disk(tmp_path: Path) -> None:
                          text=True, check=True).stdout
     info = json.loads(out)
     assert info["backing-filename"] == str(base) and info["virtual-size"] == 64 << 20
+
+
+def test_cpuset_pins_vcpus_and_qemu_threads() -> None:
+    root = ET.fromstring(domain.to_xml(_cfg(cpuset="1")))
+    assert root.find("vcpu").get("cpuset") == "1"  # type: ignore[union-attr]
+    assert root.find("cputune/emulatorpin").get("cpuset") == "1"  # type: ignore[union-attr]
+    assert ET.fromstring(domain.to_xml(_cfg())).find("cputune") is None
