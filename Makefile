@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.cvbench-installed
 RUNS   ?= results/runs
 REPORTS ?= results/report
 
-.PHONY: venv bench test provision lint unit integration clean
+.PHONY: venv bench test test-slow provision lint unit integration clean
 
 ## venv: create .venv and install cvbench with its dependencies (no-op when current)
 venv: $(STAMP)
@@ -36,9 +36,15 @@ lint: venv
 	$(VENV)/bin/ruff check harness runtimes tests
 	$(VENV)/bin/mypy
 
-## test: provision, then lint and the whole test suite (unit + integration)
+## test: provision, then lint and the test suite (unit + integration on every backend),
+## without the heaviest end-to-end checks (marker `slow`: stacks of VMs, ramps of thousands,
+## the full application matrix), which `make test-slow` runs
 test: provision venv lint
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q -m "not slow" tests
+
+## test-slow: the heaviest end-to-end checks only (run them before calling a change done)
+test-slow: provision venv
+	$(VENV)/bin/pytest -q -m slow tests
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit

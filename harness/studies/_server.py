@@ -28,10 +28,12 @@ sample with its counts, never a zero figure.
 from __future__ import annotations
 
 import random
+import socket
 import subprocess
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 from harness.core.errors import InstanceError
@@ -66,6 +68,27 @@ def run_tool(ctx: Context, argv: Sequence[str], p: dict[str, Any], timeout: floa
         raise InstanceError(f"{argv[0]}: {e}") from e
     ctx.artifact(kind, out, command=cmd, exit=code, **about)
     return out, code
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` TCP ports free on the host now, below the kernel's ephemeral range (where a
+    client's port could take it between now and the server's bind: with network host, a
+    server's port is the host's)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng, out = random.Random(), list[int]()
+    while len(out) < n:
+        port = rng.randrange(10000, max(10001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        if port not in out:
+            out.append(port)
+    return out
 
 
 class PeakPss:
@@ -132,7 +155,7 @@ class ServerStudy:
         p.update({k: type(p[k])(p[k] * scale) for k in SCALED if k in p})
         mode = cell.config.network
         life.network_applicable(cell, mode, NETWORKS)
-        port, host_port = random.Random().sample(range(20000, 61000), 2)
+        port, host_port = free_ports(2)
         argv, readiness = self.server(port, p)
         publish = ((host_port, port),) if mode == "publish" else ()
         spec = ctx.spec(cell, argv=argv, readiness=readiness, publish=publish)

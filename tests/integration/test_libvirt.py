@@ -25,7 +25,7 @@ from runtimes.base import InstanceSpec, Limits, Mount, Prepared, own, state_dir
 from runtimes.libvirt import VmInstance
 from tests.conftest import backend_or_skip
 
-pytestmark = [pytest.mark.libvirt, pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.libvirt, pytest.mark.root]
 TIMEOUT = 120.0
 
 

@@ -184,3 +184,20 @@ def test_restore_rebuilds_sub_variants_and_rounds(tmp_path: Path, img: image.Ima
     assert cell.values == [1.0, 2.0, 1.1, 2.1]
     assert cell.sub_values == {"target=rootfs": [1.0, 1.1], "target=tmpfs": [2.0, 2.1]}
     assert cell.status == "running"
+
+
+def test_a_failed_samples_tool_output_is_kept_marked_failed(tmp_path: Path,
+                                                            img: image.Image) -> None:
+    """The output that made a sample fail (a generator's errors) stays in the result,
+    marked failed; no figure of that sample is recorded."""
+    r, _cells, journal = make(tmp_path, img, [FakeRuntime("a")], warmups=0, min_samples=1,
+                              max_samples=1)
+
+    def failing(ctx: Context, cell: Cell) -> list[Measurement]:
+        ctx.artifact("wrk", "0 requests in 2.00s, 0.00B read")
+        raise InstanceError("wrk: no request completed (requests 0)")
+
+    r.sample = failing
+    r.run()
+    assert journal.samples == []
+    assert [(a["kind"], a["failed"]) for a in journal.artifacts][:1] == [("wrk", True)]

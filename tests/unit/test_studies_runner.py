@@ -294,7 +294,7 @@ def test_runner_sub_variants_join_the_cell_variant_and_gate_the_stop(
         calls += 1
         ctx.artifact("raw", {"n": calls}, variant="x=1")
         if calls == 2:
-            raise InstanceError("one failure: its artifact is dropped")
+            raise InstanceError("one failure: its artifact is kept, marked failed")
         # x=1 is steady at once; x=2 alternates wildly, so only it keeps the cell going
         return [Measurement("memory.pss", 10.0, variant="x=1"),
                 Measurement("memory.pss", 1.0 if calls % 2 else 100.0, variant="x=2")]
@@ -313,6 +313,7 @@ def test_runner_sub_variants_join_the_cell_variant_and_gate_the_stop(
     Runner(scen, [cell], journal, sample, lambda m: "B", seed=1).run()
     assert cell.status == "max_samples" and cell.samples == 6
     assert {s.variant for s in journal.samples} == {"network=host,x=1", "network=host,x=2"}
-    assert len(journal.artifacts) == 6
+    assert len(journal.artifacts) == 7
     assert all(a["variant"] == "network=host,x=1" for a in journal.artifacts)
-    assert [a["data"]["n"] for a in journal.artifacts] == [1, 3, 4, 5, 6, 7]
+    assert [a["data"]["n"] for a in journal.artifacts] == [1, 2, 3, 4, 5, 6, 7]
+    assert [a["data"]["n"] for a in journal.artifacts if a.get("failed")] == [2]
