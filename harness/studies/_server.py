@@ -140,6 +140,9 @@ class ServerStudy:
         """The server's argv and readiness (e.g. "tcp:<port>") for a sample."""
         raise NotImplementedError
 
+    def prepare(self, ctx: Context, addr: str, port: int, p: dict[str, Any]) -> None:
+        """Set the ready server up for the load (e.g. pgbench -i), before the warm-up."""
+
     def load(self, ctx: Context, addr: str, port: int, p: dict[str, Any], duration: float,
              warm: bool) -> list[Measurement]:
         """Run the generator against addr:port for `duration` seconds; the figures (the
@@ -163,6 +166,7 @@ class ServerStudy:
                 raise InstanceError(f"{self.name}: {cell.backend} gives no address for "
                                     f"network {mode}")
             target = host_port if publish else port
+            self.prepare(ctx, addr, target, p)
             if p["warmup"] > 0:
                 self.load(ctx, addr, target, p, float(p["warmup"]), warm=True)
             with PeakPss(rt, inst, float(p["pss_interval"])) as pss:

@@ -4,6 +4,7 @@ One sample = one fresh instance whose script runs sysbench `warmup` seconds (out
 discarded: page faults, frequency, a VM's first touches), then each job in turn between
 marker lines, then exits; the instance is removed. Each job's output is kept as an
 artifact (kind "sysbench") and its figure read from it (harness.core.probes.sysbench).
+The instance runs on the scenario's limits.cpuset, recorded in every sample (cpuset).
 """
 
 from __future__ import annotations
@@ -50,5 +51,6 @@ def run(ctx: Context, cell: Cell, jobs: Jobs, warmup: list[str] | None, metric: 
         value = figure(sysbench.parse(body))
         if end != "rc=0" or value is None:
             raise InstanceError(f"{metric}: sysbench {name} ended with {end}: {body[-300:]!r}")
-        out.append(Measurement(metric, value, variant=sub))
+        out.append(Measurement(metric, value, variant=sub,
+                               extra={"cpuset": cell.config.limits.cpuset}))
     return out

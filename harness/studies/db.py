@@ -1,149 +1,95 @@
-"""db: PostgreSQL in the instance, pgbench on the host against the instance's address.
+"""db: PostgreSQL in the instance loaded by pgbench from the host (see _server.py for
+what one sample is, the network modes and the CPU placement).
 
-One sample = one fresh server: the instance starts PostgreSQL from a Debian image (the
-cluster is made at its start, see harness.core.probes.pgbench.SERVER) on a port chosen
-per sample, is ready when the server logs that it accepts connections; then from the
-host `pgbench -i` makes the tables at `scale`, `warmup` seconds of select-only run
-(discarded), and each mode (sub "select-only", "tpcb-like": pgbench's builtin scripts)
-runs `duration` seconds with `clients` connections and one pgbench thread, its
-per-transaction log written to a temp dir; the instance is then removed.
+The server starts from a Debian image with PostgreSQL whose cluster directory is empty
+(harness.core.debian): harness.core.probes.pgbench.SERVER makes the cluster (initdb, as
+the postgres user), then runs postgres in the foreground on the sample's port; it is
+ready when it logs that it accepts connections. Then from the host `pgbench -i` makes
+the tables at `scale`, `warmup` seconds of select-only run (discarded), and each mode
+(sub "select-only", "tpcb-like": pgbench's builtin scripts) runs `duration` seconds
+with `clients` connections and one pgbench thread, its per-transaction log written to a
+temp dir:
 
   db.tps       pgbench's tps (without the initial connection time)
   db.lat_mean  pgbench's "latency average"
   db.lat_p99   the nearest-rank 99th percentile of the transaction log's latencies
-  db.pss_loaded, db.daemon_pss_loaded  the instance's PSS (all its host processes) and
-               the engine daemons', the largest seen every `pss_interval` s during load
 
-pgbench's output and the log's latencies (µs -> transactions) are kept per mode as an
-artifact (kind "pgbench"); a failed run fails the sample with pgbench's counts.
-The network mode is the cell's (`network` variant: bridge, host); a backend without the
-mode closes the cell as not applicable.
+pgbench's output is kept per run (kind "pgbench"), the log's latencies (µs ->
+transactions) per mode (kind "pgbench_latencies"); a failed run fails the sample with
+pgbench's counts. An emulated VM's samples are not stretched (`emulated_scale` 1):
+pgbench's transactions complete under TCG, only fewer of them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import random
-import subprocess
 import tempfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness.core.errors import InstanceError, UsageError
+from harness.core.errors import InstanceError
 from harness.core.probes import pgbench
-from harness.core.probes.memory import processes_memory
-from harness.runner import Cell, Context, Measurement, NotApplicable
-from harness.studies import _lifecycle as life
-from runtimes.base import Instance
+from harness.runner import Context, Measurement
+from harness.scenario import Scenario
+from harness.studies._server import COMMON_PARAMS, ServerStudy, run_tool
 
 METRICS = {"db.tps": "tx/s", "db.lat_mean": "s", "db.lat_p99": "s",
            "db.pss_loaded": "B", "db.daemon_pss_loaded": "B"}
 
 
-class Db:
+class Db(ServerStudy):
     name = "db"
-    metrics: ClassVar[dict[str, str]] = METRICS
-    params: ClassVar[dict[str, Any]] = {"scale": 5, "clients": 4, "duration": 5.0,
-                                        "warmup": 2.0, "modes": list(pgbench.MODES),
-                                        "pss_interval": 0.5}
+    metrics = METRICS
+    params: ClassVar[dict[str, Any]] = {
+        **COMMON_PARAMS, "warmup": 2.0, "duration": 5.0, "emulated_scale": 1.0,
+        "scale": 5, "clients": 4, "modes": list(pgbench.MODES)}
+    tools: ClassVar[dict[str, str]] = {"pgbench": "postgresql-client", "taskset": "util-linux"}
 
-    def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:
-        p = life.params(ctx, self.params)
-        mode = cell.config.network
-        skip = cell.traits.not_applied
-        if ("network" in skip and mode != "host") or f"network.{mode}" in skip:
-            raise NotApplicable(f"{cell.backend} does not apply network {mode}")
-        unknown = set(p["modes"]) - set(pgbench.MODES)
-        if unknown:
-            raise InstanceError(f"db: unknown modes {sorted(unknown)} (known: "
-                                f"{', '.join(pgbench.MODES)})")
-        port = random.Random().randrange(20000, 61000)
-        spec = ctx.spec(cell, argv=pgbench.server_argv(port))
-        try:
-            with life.instance(ctx, cell, spec) as inst:
-                addr = cell.runtime.address(inst)
-                if addr is None:
-                    raise InstanceError(f"db: {cell.backend} gives no address for an "
-                                        f"instance with network {mode}")
-                return self.load(ctx, cell, inst, addr, port, p)
-        except UsageError as e:  # a VM cannot share the host's network stack
-            raise NotApplicable(f"{cell.backend} refuses network {mode}: {e}") from e
+    def check_params(self, s: Scenario) -> list[tuple[str, str]]:
+        unknown = set(dict(s.params).get("modes", [])) - set(pgbench.MODES)
+        return [("params.modes", f"unknown modes {sorted(unknown)} (known: "
+                 f"{', '.join(pgbench.MODES)})")] if unknown else []
 
-    def load(self, ctx: Context, cell: Cell, inst: Instance, addr: str, port: int,
-             p: dict[str, Any]) -> list[Measurement]:
-        duration, clients = float(p["duration"]), int(p["clients"])
-        _pgbench(pgbench.init_args(addr, port, int(p["scale"])), ctx.timeout)
-        if float(p["warmup"]) > 0:
-            pgbench.parse(_pgbench(pgbench.run_args(addr, port, "select-only", clients,
-                                                    float(p["warmup"]), None), ctx.timeout))
+    def server(self, port: int, p: dict[str, Any]) -> tuple[tuple[str, ...], str]:
+        return pgbench.server_argv(port), pgbench.READY
+
+    def prepare(self, ctx: Context, addr: str, port: int, p: dict[str, Any]) -> None:
+        _pgbench(ctx, pgbench.init_args(addr, port, int(p["scale"])), p, ctx.timeout,
+                 init=True)
+
+    def load(self, ctx: Context, addr: str, port: int, p: dict[str, Any], duration: float,
+             warm: bool) -> list[Measurement]:
+        clients, limit = int(p["clients"]), duration + ctx.timeout
+        if warm:
+            pgbench.parse(_pgbench(ctx, pgbench.run_args(
+                addr, port, "select-only", clients, duration, None), p, limit, warmup=True))
+            return []
         out: list[Measurement] = []
-        with _peak_pss(cell, inst, float(p["pss_interval"])) as peak, \
-                tempfile.TemporaryDirectory(prefix="cvbench-pgbench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="cvbench-pgbench-") as tmp:
             for mode in p["modes"]:
-                prefix = str(Path(tmp) / mode)
-                text = _pgbench(pgbench.run_args(addr, port, mode, clients, duration, prefix),
-                                duration + ctx.timeout)
-                run = pgbench.parse(text)
-                logs = sorted(Path(tmp).glob(f"{mode}.*"))
-                counts = pgbench.latencies("".join(f.read_text() for f in logs),
-                                           run.processed)
-                ctx.artifact("pgbench", text, variant=mode, address=addr,
-                             latencies_us={str(k): v for k, v in sorted(counts.items())})
+                argv = pgbench.run_args(addr, port, mode, clients, duration,
+                                        str(Path(tmp) / mode))
+                run = pgbench.parse(_pgbench(ctx, argv, p, limit, variant=mode))
+                log = "".join(f.read_text() for f in sorted(Path(tmp).glob(f"{mode}.*")))
+                counts = pgbench.latencies(log, run.processed)
+                ctx.artifact("pgbench_latencies",
+                             {str(k): v for k, v in sorted(counts.items())}, variant=mode)
                 out += [Measurement("db.tps", run.tps, variant=mode),
                         Measurement("db.lat_mean", run.lat_mean, variant=mode),
                         Measurement("db.lat_p99", pgbench.percentile(counts, 0.99),
                                     variant=mode)]
-        out += [Measurement("db.pss_loaded", peak[0]),
-                Measurement("db.daemon_pss_loaded", peak[1])]
         return out
 
 
-def _pgbench(argv: list[str], timeout: float) -> str:
-    """pgbench's stdout and stderr; InstanceError if it cannot run or exits non-zero
-    (with its own error line and counts, from pgbench.parse)."""
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise InstanceError(f"db: {' '.join(argv[:1])}: {e}") from e
-    text = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        pgbench.parse(text)  # raises with pgbench's reason
-        raise InstanceError(f"db: pgbench exited with {proc.returncode}: {text[-300:]!r}")
+
+def _pgbench(ctx: Context, argv: list[str], p: dict[str, Any], timeout: float,
+             **about: Any) -> str:
+    """pgbench's output (kept as an artifact); InstanceError, with pgbench's own reason
+    and counts where it printed them, if it exits non-zero."""
+    text, code = run_tool(ctx, argv, p, timeout, "pgbench", **about)
+    if code != 0:
+        pgbench.parse(text)
+        raise InstanceError(f"pgbench exited with {code}: {text[-300:]!r}")
     return text
-
-
-@contextlib.contextmanager
-def _peak_pss(cell: Cell, inst: Instance, interval: float) -> Iterator[list[int]]:
-    """[instance PSS, daemons' PSS]: the largest of each seen every `interval` s while
-    the body runs (the load)."""
-    peak = [0, 0]
-    failed: list[Exception] = []
-    done = threading.Event()
-    daemon_pids = [pid for pids in cell.runtime.daemons().values() for pid in pids]
-
-    def watch() -> None:
-        try:
-            while True:
-                peak[0] = max(peak[0], cell.runtime.stats(inst).pss)
-                peak[1] = max(peak[1], processes_memory(daemon_pids).pss)
-                if done.wait(interval):
-                    return
-        except Exception as e:  # reported by the caller's thread
-            failed.append(e)
-
-    t = threading.Thread(target=watch, name="cvbench-pss", daemon=True)
-    t.start()
-    try:
-        yield peak
-    finally:
-        done.set()
-        t.join()
-    if failed or not peak[0]:
-        raise InstanceError(f"db: the instance's memory could not be read during the load: "
-                            f"{failed[0] if failed else 'no PSS'}")
 
 
 STUDY = Db()

@@ -9,22 +9,17 @@ figure.
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.core.probes import sysbench
-from tests.conftest import backend_or_skip
-from tests.integration.test_studies_run import _toml
+from tests.integration._scenario_run import run_one_sample
 
 pytestmark = [pytest.mark.root]
 
-BENCH = [sys.executable, "-m", "harness.cli"]
 CONTAINERS = ("ns", "docker", "podman")
 SHORT: dict[str, dict[str, Any]] = {
     "cpu": {"duration": 1.0, "warmup": 0.0},
@@ -34,21 +29,9 @@ FIGURE = {"cpu": ("cpu.events", "events_per_s"), "mem": ("mem.bw", "bytes_per_s"
 
 
 def run(repo: Path, tmp_path: Path, study: str, backends: tuple[str, ...],
-        **override: Any) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    for b in backends:
-        backend_or_skip(b)
-    data = tomllib.loads((repo / "scenarios" / f"{study}.toml").read_text())
-    data["backends"] = list(backends)
-    data["params"] = {**data["params"], **SHORT[study], **override.pop("params", {})}
-    data["limits"] = {**data["limits"], **override.pop("limits", {})}
-    path = tmp_path / f"{study}.toml"
-    path.write_text(_toml(data))
-    out = tmp_path / "out"
-    p = subprocess.run([*BENCH, "run", str(path), "--out", str(out), "--warmups", "0",
-                        "--min-samples", "1", "--max-samples", "1"],
-                       capture_output=True, text=True, timeout=1800, check=False)
-    result = next(f for f in out.glob("*.json") if not f.name.endswith(".pyperf.json"))
-    return p, json.loads(result.read_text())
+        **tables: dict[str, Any]) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    params = {**SHORT[study], **tables.pop("params", {})}
+    return run_one_sample(repo, tmp_path, study, backends, params=params, **tables)
 
 
 def check_figures(study: str, doc: dict[str, Any], backends: tuple[str, ...]) -> None:
@@ -63,6 +46,7 @@ def check_figures(study: str, doc: dict[str, Any], backends: tuple[str, ...]) ->
             assert (s["metric"], s["unit"]) == (metric, "events/s" if study == "cpu" else "B/s")
             # the figure is sysbench's own, read from the output kept in the result
             assert s["value"] == getattr(sysbench.parse(raw[(b, sub)]), field) > 0, (b, sub)
+            assert s["cpuset"] == "1"
 
 
 @pytest.mark.parametrize("study", ["cpu", "mem"])

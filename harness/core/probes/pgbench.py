@@ -22,6 +22,8 @@ from harness.core.errors import InstanceError
 # What `sub` runs: pgbench's builtin scripts.
 MODES: dict[str, tuple[str, ...]] = {"select-only": ("-S",), "tpcb-like": ()}
 PORT = 5432
+MISSING = "the db study runs it from the host (Debian package postgresql-client; " \
+    "scripts/provision installs it)"
 
 # The server's start in a Debian image with PostgreSQL (see harness.core.debian: the
 # cluster directory is empty in the image): as in the official postgres image, initdb
