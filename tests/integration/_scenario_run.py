@@ -3,17 +3,13 @@ per cell; the result document."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import backend_or_skip
-from tests.integration.test_studies_run import _toml
-
-BENCH = [sys.executable, "-m", "harness.cli"]
+from tests.integration.test_studies_run import run_once
 
 
 def run_one_sample(repo: Path, tmp_path: Path, study: str, backends: tuple[str, ...],
@@ -28,12 +24,4 @@ def run_one_sample(repo: Path, tmp_path: Path, study: str, backends: tuple[str, 
     data["backends"] = list(backends)
     for name, values in tables.items():
         data[name] = {**data.get(name, {}), **values}
-    path = tmp_path / f"{study}.toml"
-    path.write_text(_toml(data))
-    out = tmp_path / "out"
-    p = subprocess.run([*BENCH, "run", str(path), "--out", str(out), "--warmups", "0",
-                        "--min-samples", "1", "--max-samples", "1"],
-                       capture_output=True, text=True, timeout=1800, check=False)
-    result = next(f for f in out.glob("*.json") if not f.name.endswith(".pyperf.json"))
-    doc: dict[str, Any] = json.loads(result.read_text())
-    return p, doc
+    return run_once(data, tmp_path)
