@@ -310,12 +310,14 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
              limit_values: tuple[str, ...], max_extrapolation: float,
              allow_extrapolation: bool, as_json: bool, chart_file: Path | None,
              rate: float | None) -> None:
-    """Instances per host from density RESULT_FILES: the memory curve (the marginal per
+    """Instances per host from density or application (http, kv, db) RESULT_FILES.
+
+    From density: the memory curve (the marginal per
     instance at 40 and at the top of the measured range, with CI), the kernel limits that
     bind before memory, the start-latency knee and p95, and which limit binds first.
     A plan more than --max-extrapolation times the measured range is refused.
 
-    From an application study's result (http, kv, db): how many instances, each serving
+    From an application study's result: how many instances, each serving
     --rate, fit by CPU (the measured throughput per core) and by memory (PSS under load,
     the daemons once), and which binds."""
     import json
