@@ -67,7 +67,7 @@ cvbench_agent() {
     for w in $(echo "$envs" | tr , ' '); do
       [ "$w" = - ] || { vm_decode "$w"; set -- "$@" "$v"; }
     done
-    set -- "$@" nsenter -r/root -S "$uid" -G "$gid" /bin/sh -c 'cd "$0" && exec "$@"' "$dir"
+    set -- "$@" nsenter -r/root -w/root -S "$uid" -G "$gid" /bin/sh -c 'cd "$0" && exec "$@"' "$dir"
     for w in $(echo "$argv" | tr , ' '); do vm_decode "$w"; set -- "$@" "$v"; done
     if [ "$detach" = 1 ]; then
       setsid "$@" </dev/null >/dev/console 2>&1 &
@@ -121,7 +121,10 @@ unset v w m CVBENCH_VM CVBENCH_MODULES CVBENCH_MOUNTS CVBENCH_ENV CVBENCH_ARGV C
   CVBENCH_ROOT CVBENCH_NAMES CVBENCH_AGENT CVBENCH_USER
 hostname "${CVBENCH_HOSTNAME:-cvbench}"
 if [ -n "$user" ]; then
-  nsenter -r/root -S "${user%:*}" -G "${user#*:}" /bench/init "$@"
+  # A missing workdir is made as root first, inside the image's root (as Docker makes a
+  # missing WORKDIR), so that a user who may not write its parent can still start there
+  [ -n "$CVBENCH_WORKDIR" ] && chroot /root mkdir -p "$CVBENCH_WORKDIR" 2>/dev/null
+  nsenter -r/root -w/root -S "${user%:*}" -G "${user#*:}" /bench/init "$@"
 else
   chroot /root /bench/init "$@"
 fi

@@ -106,14 +106,11 @@ class V1Manager:
         if limits.pids is not None:
             write(self._dir("pids", name) / "pids.max", str(limits.pids))
         if self.cpuset_root is not None:
-            parent = self.cpuset_root / self.parent
-            for d in (parent, parent / name):
-                d.mkdir(exist_ok=True)
-                for f in ("cpuset.cpus", "cpuset.mems"):
-                    if not (d / f).read_text().strip():
-                        write(d / f, (d.parent / f).read_text().strip())
+            d = self.cpuset_root / self.parent / name
+            _cpuset_dir(d.parent)  # setup() made it; a gc between runs may have removed it
+            _cpuset_dir(d)
             if limits.cpuset is not None:
-                write(parent / name / "cpuset.cpus", limits.cpuset)
+                write(d / "cpuset.cpus", limits.cpuset)
         elif limits.cpuset is not None:
             raise OSError("no cpuset cgroup hierarchy is mounted")
 
@@ -144,6 +141,10 @@ class V1Manager:
     def setup(self) -> None:
         for c in self.controllers:
             (self.roots[c] / self.parent).mkdir(exist_ok=True)
+        if self.cpuset_root is not None:
+            # Before any instance: a child holds a handle on every parent it will join
+            # from the moment it is forked, before the runner makes its own cgroup.
+            _cpuset_dir(self.cpuset_root / self.parent)
 
     def parents(self) -> list[Path]:
         return [h / self.parent for h in self.hierarchies if (h / self.parent).is_dir()]
@@ -155,3 +156,12 @@ class V1Manager:
             if parent.is_dir():
                 found.update(p.name for p in parent.iterdir() if p.is_dir())
         return sorted(found)
+
+
+def _cpuset_dir(d: Path) -> None:
+    """Make the cpuset cgroup `d` with its parent's CPUs and memory nodes: a v1 cpuset
+    cgroup takes no process while either is empty."""
+    d.mkdir(exist_ok=True)
+    for f in ("cpuset.cpus", "cpuset.mems"):
+        if not (d / f).read_text().strip():
+            write(d / f, (d.parent / f).read_text().strip())
