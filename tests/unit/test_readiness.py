@@ -175,7 +175,9 @@ def test_startup_sample_of_a_service_has_serving_spans(
     cell = _cell(tmp_path, rt, f"http:{port}/")
     got = {m.metric: m.value for m in studies.get("startup").sample(ctx, cell)}
     assert listened and "startup.exit" not in got
-    assert 0.2 <= got["startup.to_serving"] < 5  # the server listened 0.3 s after start()
+    # The server listens 0.3 s after late() was called, and building the cell takes part
+    # of that (more on a loaded machine): so no lower bound beyond "after create"
+    assert 0 < got["startup.to_serving"] < 5
     assert got["startup.serving"] <= got["startup.to_serving"]
     assert rt.live == {} and listened  # removed once it answered
 
