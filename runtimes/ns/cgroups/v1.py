@@ -107,7 +107,6 @@ class V1Manager:
             write(self._dir("pids", name) / "pids.max", str(limits.pids))
         if self.cpuset_root is not None:
             d = self.cpuset_root / self.parent / name
-            _cpuset_dir(d.parent)  # setup() made it; a gc between runs may have removed it
             _cpuset_dir(d)
             if limits.cpuset is not None:
                 write(d / "cpuset.cpus", limits.cpuset)
