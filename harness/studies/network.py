@@ -24,7 +24,6 @@ UsageError at create) closes that cell as not applicable.
 from __future__ import annotations
 
 import json
-import random
 import re
 import socket
 import subprocess
@@ -36,6 +35,7 @@ from harness.core.errors import InstanceError
 from harness.core.probes.io import parse_json, sections
 from harness.runner import Cell, Context, Measurement, NotApplicable
 from harness.studies import _lifecycle as life
+from harness.studies._server import free_ports
 
 BEGIN, END = "CVBENCH-NET-BEGIN", "CVBENCH-NET-END"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -88,7 +88,7 @@ class Network:
         p = life.params(ctx, self.params)
         mode = cell.config.network
         life.network_applicable(cell, mode, ("none", "bridge", "host"))
-        ports = random.Random().sample(range(20000, 61000), 2)
+        ports = free_ports(2)
         fmt = {"lat_port": ports[0], "bw_port": ports[1], "duration": int(p["duration"]),
                "message": int(p["message"]), "begin": BEGIN, "end": END,
                "bind": "127.0.0.1" if mode == "host" else "0.0.0.0"}
