@@ -15,6 +15,7 @@ Reporter, so the stages print nothing themselves. `exec_once` is the one-instanc
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -124,6 +125,9 @@ class Session:
         # The image's defaults (Entrypoint, Cmd, Env, WorkingDir, User) under the scenario's.
         scen = self.scenario = p.scenario = replace(
             scen, workload=scen.workload.resolved(img))
+        image_mod.check_paths(img, (
+            *((m.target, m.type != "bind" or m.source is None or os.path.isdir(m.source))
+              for m in scen.mounts), (scen.workload.workdir or "/", True)))
         for problem in planning.busy_ports(p):
             raise UsageError(problem)
         self.lock = RunLock(self.run_id, f"scenario {scen.name}")

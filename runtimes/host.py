@@ -20,7 +20,6 @@ copy of the interpreter is made.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import platform
 import re
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from harness.core import rootpath
 from harness.core.errors import BackendUnavailable, InstanceError
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
@@ -73,34 +73,43 @@ def _root() -> Path:
 def _mount_root(image_rootfs: Path, d: Path) -> None:
     """The instance's root: an overlay of the image (writes land in d/upper), /proc, /sys
     and the host's /dev (a recursive bind, made a slave first so that unmounting it
-    later cannot propagate back to the host's /dev)."""
+    later cannot propagate back to the host's /dev). These mounts are made in the host's
+    own mount namespace: each target is resolved inside the root and mounted through its
+    descriptor (rootpath), so an image whose `proc` is a symlink to /etc gets procfs on
+    its own /etc, never on the host's."""
     for sub in ("upper", "work", "root"):
         (d / sub).mkdir(parents=True)
     root = str(d / "root")
     ns.mount("overlay", root, "overlay", 0,
              f"lowerdir={image_rootfs},upperdir={d}/upper,workdir={d}/work")
-    ns.mount("proc", f"{root}/proc", "proc", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)
-    ns.mount("sysfs", f"{root}/sys", "sysfs", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)
-    ns.mount("/dev", f"{root}/dev", None, ns.MS_BIND | ns.MS_REC)
-    ns.mount(None, f"{root}/dev", None, ns.MS_SLAVE | ns.MS_REC)
+    root_fd = rootpath.open_root(root)
+    try:
+        for target, fstype, source, flags in (
+                ("proc", "proc", "proc", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC),
+                ("sys", "sysfs", "sysfs", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC),
+                ("dev", None, "/dev", ns.MS_BIND | ns.MS_REC)):
+            fd = rootpath.mkdirs(root_fd, target)
+            try:
+                ns.mount(source, rootpath.fd_path(fd), fstype, flags)
+            finally:
+                os.close(fd)
+        fd = rootpath.lookup(root_fd, "dev")  # the bind itself, not the dentry below it
+        try:
+            ns.mount(None, rootpath.fd_path(fd), None, ns.MS_SLAVE | ns.MS_REC)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(root_fd)
 
 
 def _mkdirs_inside(root: Path, path: str) -> None:
-    """mkdir -p `path` below `root` as root (as Docker makes a missing WORKDIR), one
-    component at a time without following symlinks: an image's symlink must not lead
-    the host's mkdir outside the root (OSError ELOOP/ENOTDIR instead)."""
-    fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    """mkdir -p `path` inside `root` as root (as Docker makes a missing WORKDIR), its
+    symlinks resolved inside the root (rootpath)."""
+    root_fd = rootpath.open_root(root)
     try:
-        for part in [p for p in path.split("/") if p not in ("", ".")]:
-            if part == "..":
-                raise OSError(errno.EINVAL, f"workdir {path!r} has '..'")
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, 0o755, dir_fd=fd)
-            nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
+        os.close(rootpath.mkdirs(root_fd, path))
     finally:
-        os.close(fd)
+        os.close(root_fd)
 
 
 def _unmount_all(d: Path) -> None:
@@ -157,8 +166,9 @@ class HostRuntime:
             inst.dir = _root() / spec.name
             try:
                 _mount_root(prepared.image.rootfs, inst.dir)
-                if spec.user:  # the init cannot make it once the user is switched
-                    _mkdirs_inside(inst.dir / "root", spec.workdir)
+                # Made here, inside the root, as Docker makes a WORKDIR: the init cannot
+                # once the user is switched, nor through a symlink to a missing dir.
+                _mkdirs_inside(inst.dir / "root", spec.workdir)
             except OSError as e:
                 _unmount_all(inst.dir)
                 raise InstanceError(f"host: cannot mount the root of {spec.name}: {e}") from e

@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness.core import rootpath
 from harness.core.errors import BadImage, ImageError
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -151,9 +152,23 @@ def base(suite: str, mirror: str, index: str, cache: Path, tmp: Path, origin: st
 
 def _chroot(root: Path, argv: list[str]) -> list[str]:
     """`argv` chrooted into `root` in a private mount namespace holding its /proc (gone
-    with the namespace, so nothing stays mounted on the host)."""
+    with the namespace, so nothing stays mounted on the host), mounted where the root's
+    own `proc` resolves inside it (rootpath), never through a symlink on the host.
+    (What apt-get runs in there, maintainer scripts as root, is trusted as apt on the
+    host trusts Debian's archive: a chroot does not confine root.)"""
+    proc = rootpath.host_path(root, "proc", make_dir=True)
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-            'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"', str(root), *argv]
+            'mount -t proc proc "$1" && shift && exec chroot "$0" "$@"', str(root), str(proc),
+            *argv]
+
+
+def inside(root: Path, path: str) -> Path:
+    """`root`/`path` with the root's symlinks resolved inside it (what is missing kept)."""
+    fd = rootpath.open_root(root)
+    try:
+        return root / rootpath.resolve(fd, path)
+    finally:
+        os.close(fd)
 
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8",
@@ -163,7 +178,7 @@ APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8",
 def install(root: Path, packages: tuple[str, ...], origin: str, progress: Progress) -> None:
     if not packages:
         return
-    policy = root / "usr/sbin/policy-rc.d"
+    policy = inside(root, "usr/sbin/policy-rc.d")
     policy.write_text("#!/bin/sh\n# cvbench build: no service starts while installing\n"
                       "exit 101\n")
     policy.chmod(0o755)
@@ -207,23 +222,26 @@ def _empty(d: Path, keep_dirs: bool = False) -> None:
 
 def normalise(root: Path) -> None:
     """Remove or rewrite what differs from build to build but is not the software."""
-    _empty(root / "var/log", keep_dirs=True)
-    _empty(root / "var/lib/apt/lists")
-    for p in (root / "var/cache/apt").glob("*.bin"):
+    # Every path resolved inside the root first: a package's absolute symlink (Debian's
+    # own /var/run -> /run) must not lead these removals onto the host.
+    _empty(inside(root, "var/log"), keep_dirs=True)
+    _empty(inside(root, "var/lib/apt/lists"))
+    for p in inside(root, "var/cache/apt").glob("*.bin"):
         p.unlink()
-    _empty(root / "var/cache/apt/archives")
+    _empty(inside(root, "var/cache/apt/archives"))
     for pattern in ("var/cache/debconf/*-old", "var/lib/dpkg/*-old",
                     "var/cache/ldconfig/aux-cache", "etc/ssh/ssh_host_*",
                     "var/lib/dbus/machine-id", "etc/machine-id"):
-        for p in root.glob(pattern):
+        parent, _, name = pattern.rpartition("/")
+        for p in inside(root, parent).glob(name):
             p.unlink()
     for name, text in FIXED_FILES.items():
-        p = root / name
+        p = inside(root, name)
         p.unlink(missing_ok=True)
         p.write_text(text)
         p.chmod(0o644)
     for name in ("etc/shadow", "etc/shadow-"):
-        p = root / name
+        p = inside(root, name)
         if p.is_file():
             lines = [re.sub(r"^([^:]*:[^:]*:)\d*:", r"\1:", ln)
                      for ln in p.read_text().splitlines()]
@@ -231,22 +249,22 @@ def normalise(root: Path) -> None:
             p.write_text("\n".join(lines) + "\n")
             p.chmod(mode & 0o7777)
     for d in ("dev", "run", "tmp", "var/tmp"):
-        _empty(root / d)
+        _empty(inside(root, d))
     _install_time_data(root)
 
 
 def _install_time_data(root: Path) -> None:
     """Remove the random data packages make at install time (see the module's doc)."""
-    for data in root.glob("var/lib/postgresql/*/*"):
+    for data in inside(root, "var/lib/postgresql").glob("*/*"):
         if (data / "PG_VERSION").is_file():
             _empty(data)
-    snakeoil = root / "etc/ssl/certs/ssl-cert-snakeoil.pem"
-    for link in (root / "etc/ssl/certs").glob("*.0"):
+    snakeoil = inside(root, "etc/ssl/certs") / "ssl-cert-snakeoil.pem"
+    for link in snakeoil.parent.glob("*.0"):
         if link.is_symlink() and os.readlink(link) == snakeoil.name:
             link.unlink()
     snakeoil.unlink(missing_ok=True)
-    (root / "etc/ssl/private/ssl-cert-snakeoil.key").unlink(missing_ok=True)
-    for conf in root.glob("etc/postgresql/*/*/postgresql.conf"):
+    (inside(root, "etc/ssl/private") / "ssl-cert-snakeoil.key").unlink(missing_ok=True)
+    for conf in inside(root, "etc/postgresql").glob("*/*/postgresql.conf"):
         text = conf.read_text()
         off = re.sub(r"^ssl = on\b", "ssl = off", text, flags=re.M)
         if off != text:

@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from harness.core import archive, debian
+from harness.core import archive, debian, rootpath
 from harness.core.archive import ImageConfig
 from harness.core.errors import BadImage, ImageError, UsageError
 from harness.core.tree import Node, Tree, extract, from_directory, read_tar, write_tar
@@ -585,11 +585,30 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
 
 
 def _table(rootfs: Path, name: str) -> list[list[str]]:
-    try:
-        text = (rootfs / "etc" / name).read_text(errors="replace")
+    try:  # the image's own file: an `etc` that is a symlink to /etc is the image's /etc
+        text = rootpath.read_bytes(rootfs, f"etc/{name}").decode(errors="replace")
     except OSError:
         return []
     return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+# Where a backend mounts or makes something in every instance's root (Docker's set, as
+# (path, is a directory)): an image must let each be made inside its root.
+MOUNT_POINTS = (("proc", True), ("sys", True), ("dev", True), ("dev/pts", True),
+                ("dev/shm", True), ("dev/mqueue", True), ("etc/hosts", False),
+                ("etc/hostname", False), ("etc/resolv.conf", False))
+
+
+def check_paths(img: Image, paths: Iterator[tuple[str, bool]] | tuple[tuple[str, bool], ...]
+                = ()) -> None:
+    """BadImage (one line naming the image and the path) where a mount point or a
+    directory the run needs (`paths`: workdir, mount targets) cannot be made inside the
+    image's root: a component that is not a directory, a loop of symlinks. Symlinks are
+    followed inside the root (rootpath), so they are no reason to refuse."""
+    for path, is_dir in (*MOUNT_POINTS, *paths):
+        why = rootpath.problem(img.rootfs, path, directory=is_dir)
+        if why is not None:
+            raise BadImage(f"{img.source.describe()}: {why}")
 
 
 def resolve_user(rootfs: Path, user: str) -> str:

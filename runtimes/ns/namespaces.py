@@ -69,7 +69,6 @@ _libc.unshare.argtypes = [ctypes.c_int]
 _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]
-_libc.mknod.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_ulong]
 
 
 def _check(ret: int, what: str) -> int:
@@ -146,10 +145,6 @@ def sethostname(name: str) -> None:
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
-
-
-def mknod(path: str, mode: int, dev: int) -> None:
-    _check(_libc.mknod(path.encode(), mode, dev), f"mknod {path}")
 
 
 _LO_UP = struct.pack("16sH22x", b"lo", IFF_UP | IFF_LOOPBACK)  # struct ifreq

@@ -98,11 +98,7 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
         ns.sethostname(cfg.hostname)
         if cfg.loopback_up:
             ns.loopback_up()
-        try:
-            os.chdir(cfg.workdir)
-        except FileNotFoundError:
-            os.makedirs(cfg.workdir, 0o755)  # as Docker does for a missing WORKDIR
-            os.chdir(cfg.workdir)
+        os.chdir(cfg.workdir)  # (made by rootfs.setup if it was missing)
         env = dict(e.split("=", 1) for e in cfg.env)
         os.write(status_w, b"R")
         if os.read(go_r, 1) != b"G":

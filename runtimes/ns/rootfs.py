@@ -10,7 +10,11 @@ Order matters, and each step says why:
    namespace, so no per-instance mount point has to be made (or removed) on the host.
 3. /proc, /dev/pts, /dev/shm, /dev/mqueue, /sys (read-only) and the user's mounts, all
    below the new root before we move into it. (Rootless: /dev is a tmpfs with the host's nodes bound
-   in, since an unprivileged user cannot make device nodes.)
+   in, since an unprivileged user cannot make device nodes.) This happens before
+   pivot_root, so an absolute symlink in the image would resolve from the host's root:
+   every target is resolved inside the new root and mounted through its descriptor
+   (harness/core/rootpath.py, runc's secure-join); a target that leads nowhere inside the
+   image is refused.
 4. pivot_root(".", ".") stacks the old root under the new one; making it rslave before
    the lazy unmount keeps that unmount from propagating to the host's mounts.
 5. masked paths (/proc/kcore...) are covered with /dev/null or an empty read-only
@@ -28,6 +32,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from harness.core import rootpath
 from runtimes.ns import namespaces as ns
 from runtimes.ns.config import ContainerConfig, MountPoint
 
@@ -58,20 +63,28 @@ def standard_mounts(new_netns: bool, dev_tmpfs: bool) -> tuple[MountPoint, ...]:
     return tuple(mounts)
 
 
-def _mount_one(root: str, m: MountPoint) -> None:
-    target = f"{root}/{m.target}"
-    if m.file:
-        if not os.path.exists(target):
-            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
-    elif not os.path.isdir(target):
-        os.makedirs(target, exist_ok=True)
-    ns.mount(m.source, target, m.fstype, m.flags, m.data)
-    if m.readonly_remount:
-        # A bind mount ignores MS_RDONLY; only a remount makes it read-only. MS_REC does
-        # not reach submounts here, so the source must not hide writable mounts below.
-        ns.mount(None, target, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | m.flags)
-    if m.recursive_readonly:
-        ns.mount_setattr(target, ns.MOUNT_ATTR_RDONLY)
+def _mount_one(root_fd: int, m: MountPoint) -> None:
+    """Mount `m` on its target resolved inside the root (rootpath): the image's symlinks
+    are followed as the container will see them, never on the host."""
+    fd = rootpath.mkfile(root_fd, m.target) if m.file else rootpath.mkdirs(root_fd, m.target)
+    try:
+        ns.mount(m.source, rootpath.fd_path(fd), m.fstype, m.flags, m.data)
+    finally:
+        os.close(fd)
+    if not (m.readonly_remount or m.recursive_readonly):
+        return
+    # The descriptor holds the dentry under the new mount: look again to reach the mount.
+    fd = rootpath.lookup(root_fd, m.target)
+    try:
+        target = rootpath.fd_path(fd)
+        if m.readonly_remount:
+            # A bind mount ignores MS_RDONLY; only a remount makes it read-only. MS_REC
+            # does not reach submounts here, so the source must not hide writable mounts.
+            ns.mount(None, target, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | m.flags)
+        if m.recursive_readonly:
+            ns.mount_setattr(target, ns.MOUNT_ATTR_RDONLY)
+    finally:
+        os.close(fd)
 
 
 def make_dev_layer(path: Path, devices: tuple[tuple[str, int, int, int], ...]) -> Path:
@@ -106,20 +119,27 @@ def make_dev_layer(path: Path, devices: tuple[tuple[str, int, int, int], ...]) -
     return path
 
 
-def _devices(root: str, cfg: ContainerConfig) -> None:
-    dev = f"{root}/dev"
-    if cfg.userns_map is None:
-        for name, mode, major, minor in cfg.devices:
-            ns.mknod(f"{dev}/{name}", stat.S_IFCHR | mode, os.makedev(major, minor))
-    else:
-        # In a user namespace mknod is refused (the kernel would let an unprivileged user
-        # make any device); bind the host's nodes instead, as rootless runc does.
-        for name, *_ in cfg.devices:
-            path = f"{dev}/{name}"
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o666))
-            ns.mount(f"/dev/{name}", path, None, ns.MS_BIND)
-    for link, target in _DEV_LINKS:
-        os.symlink(target, f"{dev}/{link}")
+def _devices(root_fd: int, cfg: ContainerConfig) -> None:
+    """The device nodes and links in the tmpfs just mounted on the root's dev (resolved
+    inside the root, as that mount was)."""
+    dev = rootpath.lookup(root_fd, "dev", os.O_PATH | os.O_DIRECTORY)
+    try:
+        if cfg.userns_map is None:
+            for name, mode, major, minor in cfg.devices:
+                os.mknod(name, stat.S_IFCHR | mode, os.makedev(major, minor), dir_fd=dev)
+        else:
+            # In a user namespace mknod is refused (the kernel would let an unprivileged
+            # user make any device); bind the host's nodes instead, as rootless runc does.
+            for name, *_ in cfg.devices:
+                node = rootpath.mkfile(dev, name, 0o666)
+                try:
+                    ns.mount(f"/dev/{name}", rootpath.fd_path(node), None, ns.MS_BIND)
+                finally:
+                    os.close(node)
+        for link, target in _DEV_LINKS:
+            os.symlink(target, link, dir_fd=dev)
+    finally:
+        os.close(dev)
 
 
 def masks(paths: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
@@ -164,10 +184,16 @@ def setup(cfg: ContainerConfig) -> None:
     layers = f"{cfg.dev_layer}:{cfg.lower}" if cfg.dev_layer else cfg.lower
     ns.mount("overlay", root, "overlay", 0,
              f"lowerdir={layers},upperdir={upper},workdir={work}{options}")
-    for m in cfg.mounts:
-        _mount_one(root, m)
-        if m.target == "dev":
-            _devices(root, cfg)
+    root_fd = rootpath.open_root(root)  # the overlay just mounted there
+    try:
+        for m in cfg.mounts:
+            _mount_one(root_fd, m)
+            if m.target == "dev":
+                _devices(root_fd, cfg)
+        # A missing workdir is made as root (as Docker makes a WORKDIR), inside the root.
+        os.close(rootpath.mkdirs(root_fd, cfg.workdir))
+    finally:
+        os.close(root_fd)
     os.chdir(root)
     ns.pivot_root(".", ".")
     ns.mount(None, ".", None, ns.MS_SLAVE | ns.MS_REC)

@@ -48,6 +48,26 @@ VM_INIT = """\
 #!/bin/busybox sh
 export PATH=/bin
 vm_decode() { v=$(echo "$1" | base64 -d); v=${v#x}; v=${v%x}; }
+# inroot PATH: /root + PATH with the image's symlinks resolved inside /root, as the
+# workload will see them (an absolute link starts again at the image's root, ".." stops
+# there), so that no mount or mkdir made here for the image lands in this initramfs.
+inroot() {
+  todo=$1 got= hops=0
+  while [ -n "$todo" ]; do
+    c=${todo%%/*}
+    if [ "$c" = "$todo" ]; then todo=; else todo=${todo#*/}; fi
+    case $c in ''|.) continue ;; ..) got=${got%/*}; continue ;; esac
+    if [ -L "/root$got/$c" ]; then
+      hops=$((hops + 1)); [ $hops -le 40 ] || { echo "/root/.cvbench-loop"; return; }
+      t=$(readlink "/root$got/$c")
+      case $t in /*) got= ;; esac
+      todo=$t/$todo
+    else
+      got=$got/$c
+    fi
+  done
+  echo "/root$got"
+}
 # The guest agent: `docker exec` for a VM. One request a line on the virtio-serial port
 # org.cvbench.agent: "<id> <detach> <uid> <gid> <timeout> <workdir> <env,...> <argv,...>"
 # (words base64-wrapped as on the command line; "-" for none); it runs argv in the
@@ -86,15 +106,16 @@ if [ -n "$CVBENCH_ROOT" ]; then
   mount -t ext4 "$CVBENCH_ROOT" /root || {
     echo "cvbench: cannot mount the root disk $CVBENCH_ROOT" >&2; poweroff -f; }
 fi
-mkdir -p /root/proc /root/sys /root/dev
-mount -t proc proc /root/proc; mount -t sysfs sysfs /root/sys
-mount -t devtmpfs devtmpfs /root/dev; mkdir -p /root/dev/pts /root/dev/shm
-mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /root/dev/pts
-mount -t tmpfs -o mode=1777,nosuid,nodev shm /root/dev/shm
+for d in proc sys dev; do mkdir -p "$(inroot /$d)"; done
+mount -t proc proc "$(inroot /proc)"; mount -t sysfs sysfs "$(inroot /sys)"
+mount -t devtmpfs devtmpfs "$(inroot /dev)"
+for d in pts shm; do mkdir -p "$(inroot /dev/$d)"; done
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$(inroot /dev/pts)"
+mount -t tmpfs -o mode=1777,nosuid,nodev shm "$(inroot /dev/shm)"
 ip link set lo up 2>/dev/null
 for w in $(echo "$CVBENCH_MOUNTS" | tr , ' '); do
-  vm_decode "$w"; echo "$v" | { read -r fs src opts dst; mkdir -p "/root$dst"
-    mount -t "$fs" -o "$opts" "$src" "/root$dst" || echo "cvbench: cannot mount $dst" >&2; }
+  vm_decode "$w"; echo "$v" | { read -r fs src opts dst; at=$(inroot "$dst"); mkdir -p "$at"
+    mount -t "$fs" -o "$opts" "$src" "$at" || echo "cvbench: cannot mount $dst" >&2; }
 done
 for w in $(echo "$CVBENCH_ENV" | tr , ' '); do vm_decode "$w"; export "$v"; done
 if [ -n "$CVBENCH_NET" ]; then
@@ -106,11 +127,12 @@ if [ -n "$CVBENCH_NAMES" ] && [ -s /tmp/lease ]; then
   # A private network: its DNS (the lease's server) and this guest's names, mounted over
   # the image's files as an engine mounts its own
   read -r ip dns < /tmp/lease
-  { cat /root/etc/hosts 2>/dev/null; echo "$ip $(echo "$CVBENCH_NAMES" | tr , ' ')"; } \\
+  { cat "$(inroot /etc/hosts)" 2>/dev/null; echo "$ip $(echo "$CVBENCH_NAMES" | tr , ' ')"; } \\
     > /tmp/hosts
   echo "nameserver $dns" > /tmp/resolv.conf
   for f in hosts resolv.conf; do
-    [ -e "/root/etc/$f" ] || : > "/root/etc/$f"; mount --bind "/tmp/$f" "/root/etc/$f"
+    at=$(inroot "/etc/$f"); mkdir -p "${at%/*}"
+    [ -e "$at" ] || : > "$at"; mount --bind "/tmp/$f" "$at"
   done
 fi
 [ -n "$CVBENCH_AGENT" ] && cvbench_agent &
@@ -120,10 +142,10 @@ user=$CVBENCH_USER
 unset v w m CVBENCH_VM CVBENCH_MODULES CVBENCH_MOUNTS CVBENCH_ENV CVBENCH_ARGV CVBENCH_NET \\
   CVBENCH_ROOT CVBENCH_NAMES CVBENCH_AGENT CVBENCH_USER
 hostname "${CVBENCH_HOSTNAME:-cvbench}"
+# A missing workdir is made as root first, inside the image's root (as Docker makes a
+# missing WORKDIR), so that a user who may not write its parent can still start there
+[ -n "$CVBENCH_WORKDIR" ] && mkdir -p "$(inroot "$CVBENCH_WORKDIR")" 2>/dev/null
 if [ -n "$user" ]; then
-  # A missing workdir is made as root first, inside the image's root (as Docker makes a
-  # missing WORKDIR), so that a user who may not write its parent can still start there
-  [ -n "$CVBENCH_WORKDIR" ] && chroot /root mkdir -p "$CVBENCH_WORKDIR" 2>/dev/null
   nsenter -r/root -w/root -S "${user%:*}" -G "${user#*:}" /bench/init "$@"
 else
   chroot /root /bench/init "$@"
