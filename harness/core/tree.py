@@ -78,8 +78,9 @@ def clean(name: str) -> str:
 
 def climbs_out(link: str, target: str) -> bool:
     """Whether the relative symlink `link` -> `target` leaves the root (lexically: as
-    extracting it on a host would). An absolute target is resolved inside the root by
-    every runtime, so it stays in."""
+    extracting it on a host would). An absolute target stays in: every path cvbench
+    uses inside an image is resolved inside its root (rootpath.py), and so do the engines'
+    runtimes and a VM's init."""
     if target.startswith("/"):
         return False
     depth = len(link.split("/")) - 1
