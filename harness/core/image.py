@@ -162,7 +162,10 @@ Source = Recipe | Debian | Archive | EngineRef
 
 
 def source_from_dict(d: Mapping[str, Any]) -> Source:
-    """The source of a stored image record (image.json, a result's `image.source`)."""
+    """The source of a stored image record (image.json, a result's `image.source`).
+    Only a record that says "recipe" is one: the `host` backend runs a recipe image's
+    files unchrooted (they are this host's own binaries), so an unknown or missing kind
+    is refused, never taken for a recipe."""
     kind = d.get("kind")
     if kind == "debian":
         return Debian(d["debian"], tuple(d.get("packages", ())),
@@ -171,7 +174,9 @@ def source_from_dict(d: Mapping[str, Any]) -> Source:
         return Archive(d["archive"])
     if kind == "engine":
         return EngineRef(d["engine"], d["ref"])
-    return Recipe(d.get("name", "base"), tuple(d.get("binaries", ())))
+    if kind == "recipe":
+        return Recipe(d.get("name", "base"), tuple(d.get("binaries", ())))
+    raise UsageError(f"image source of unknown kind {kind!r} (from a newer cvbench?)")
 
 
 @runtime_checkable
@@ -469,10 +474,12 @@ def listing(cache: Path | None = None) -> list[Path]:
 
 def _current(path: Path) -> bool:
     """Whether `path` holds an image this cvbench cached (an older one's record, in a
-    cache shared with it, has no source: it is left alone)."""
+    cache shared with it, has no source, a newer one's may have a source this one does
+    not know: either is left alone)."""
     try:
-        return "source" in json.loads((path / "image.json").read_text())
-    except (OSError, ValueError):
+        source_from_dict(json.loads((path / "image.json").read_text())["source"])
+        return True
+    except (OSError, ValueError, KeyError, TypeError, UsageError):
         return False
 
 

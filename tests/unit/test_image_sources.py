@@ -354,3 +354,19 @@ def test_install_time_data_of_postgresql_and_ssl_cert_is_removed(tmp_path: Path)
     assert conf.read_text() == "port = 5432\nssl = off\t\t# x\nssl_cert_file = 'x'\n"
     assert sorted(p.name for p in certs.iterdir()) == ["other.0"]
     assert not any(private.iterdir())
+
+
+def test_only_a_record_that_says_recipe_is_a_recipe(tmp_path: Path, cache: Path) -> None:
+    """The host backend runs a recipe image's files unchrooted: a record of an unknown
+    or missing source kind must never be taken for one."""
+    assert image.source_from_dict({"kind": "recipe", "name": "x"}) == image.Recipe("x")
+    for odd in ({"kind": "registry", "ref": "x"}, {"name": "base"}):
+        with pytest.raises(UsageError, match="unknown kind"):
+            image.source_from_dict(odd)
+    img = image.build(image.Archive(str(write(tmp_path, "d.tar", docker_save([BASE])))), cache)
+    record = json.loads((cache / img.digest / "image.json").read_text())
+    record["source"] = {"kind": "registry", "ref": "x"}
+    (cache / img.digest / "image.json").write_text(json.dumps(record))
+    assert image.listing(cache) == []  # a newer cvbench's record is left alone
+    with pytest.raises(UsageError, match="no such image"):
+        image.load(img.digest, cache)
