@@ -54,6 +54,7 @@ from harness.core import archive, debian
 from harness.core.archive import ImageConfig
 from harness.core.errors import BadImage, ImageError, UsageError
 from harness.core.tree import Node, Tree, extract, from_directory, read_tar, write_tar
+from harness.core.units import parse_size
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 # Tools the image needs when busybox-static is not installed (copied from the host).
@@ -61,6 +62,7 @@ FALLBACK_TOOLS = ("sh", "true", "false", "sleep", "cat", "echo", "ls", "id", "ho
                   "head", "dd", "sync", "mkdir", "rm", "env", "uname", "mount", "umount")
 LOADERS = ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1", "/lib/ld-linux.so.2")
 PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_BYTES_ENV = "CVBENCH_IMAGE_MAX_BYTES"
 Progress = Callable[[str], None]
 
 # cvbench's init layer. The ready line comes first; the host timestamps its arrival. Then
@@ -240,6 +242,22 @@ def cache_dir() -> Path:
     base = os.environ.get("CVBENCH_CACHE") or os.environ.get("XDG_CACHE_HOME")
     root = Path(base) if base else Path.home() / ".cache"
     return (root if os.environ.get("CVBENCH_CACHE") else root / "cvbench") / "images"
+
+
+def max_bytes(cache: Path) -> int:
+    """The most bytes an archive's layers may expand to (uncompressed, all together):
+    $CVBENCH_IMAGE_MAX_BYTES (bytes, or e.g. 20G), else a third of the free space of the
+    cache's filesystem less a margin (10 % of it, at most 1 GiB): a build writes what it
+    reads up to three times (the spooled layer contents, image.tar, the unpacked rootfs)."""
+    given = os.environ.get(MAX_BYTES_ENV)
+    if given:
+        try:
+            return parse_size(given)
+        except ValueError as e:
+            raise UsageError(f"{MAX_BYTES_ENV}: {e}") from None
+    st = os.statvfs(cache)
+    free = st.f_bavail * st.f_frsize
+    return (free - min(1 << 30, free // 10)) // 3
 
 
 def which(name: str) -> str:
@@ -549,9 +567,7 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
         path = Path(source.path)
         if not path.exists():
             raise BadImage(f"{origin}: no such file or directory")
-        key = _key("archive", archive.sha256_file(path) if path.is_file() else
-                   archive.sha256_file(path / "index.json") if (path / "index.json").is_file()
-                   else str(path.resolve()))
+        key = _key("archive", archive.key_of(path, origin))
     else:
         if store is None:
             raise ImageError(f"{origin}: no engine store to export it from")
@@ -581,10 +597,14 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
             else:
                 path, extra = Path(source.path), {}
             say(f"flattening {origin}")
-            tree, config, ident = archive.read(path, origin, tmp / "blobs")
+            tree, config, ident = archive.read(path, origin, tmp / "blobs", max_bytes(cache))
             exported = dict(config.labels).get("cvbench.source")
             if exported:  # an image `bench image export` wrote: what it was made from
-                ident["exported_from"] = json.loads(exported)
+                try:
+                    ident["exported_from"] = json.loads(exported)
+                except ValueError:
+                    raise BadImage(f"{origin}: image config: label cvbench.source is not "
+                                   "JSON") from None
             img = _store(tree, source, _name_of(ident.get("tags", []), config, source.kind),
                          config, {**ident, **extra}, cache, tmp)
     _remember(cache, key, img)
