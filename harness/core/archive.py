@@ -234,8 +234,11 @@ class _Files:
             try:
                 return _open_beneath(self.path, path)
             except OSError as e:
-                why = "is a symlink (refused: an archive's files must be inside it)" \
-                    if e.errno in (errno.ELOOP, errno.ENOTDIR) else e.strerror
+                why = str(e.strerror)
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    why = ("is a symlink" if e.errno == errno.ELOOP else "a directory on its "
+                           "way is a symlink or not a directory") + \
+                        " (symlinks are refused: an archive's files must be inside it)"
                 raise BadImage(f"{self.origin}: {field}: {path}: {why}") from None
         m = self.members.get(path)
         f = self.tar.extractfile(m) if m is not None and m.isreg() else None
