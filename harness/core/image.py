@@ -27,7 +27,9 @@ unpacked `rootfs/` (the read-only lower layer `ns` shares between instances, wha
 -d` turns into a VM disk) and `image.json` (this module's record of it). A non-recipe
 source is also indexed by its own key (sources/<key>), so asking for it again builds
 nothing. Builds happen in a temp dir under the cache (.tmp/), moved into place when
-complete and removed otherwise: a bad source leaves nothing behind.
+complete and removed otherwise: a bad source leaves nothing behind. An archive's layers
+may expand to at most `max_bytes(cache)` (CVBENCH_IMAGE_MAX_BYTES), enforced as they are
+read.
 """
 
 from __future__ import annotations
