@@ -27,7 +27,9 @@ unpacked `rootfs/` (the read-only lower layer `ns` shares between instances, wha
 -d` turns into a VM disk) and `image.json` (this module's record of it). A non-recipe
 source is also indexed by its own key (sources/<key>), so asking for it again builds
 nothing. Builds happen in a temp dir under the cache (.tmp/), moved into place when
-complete and removed otherwise: a bad source leaves nothing behind.
+complete and removed otherwise: a bad source leaves nothing behind. An archive's layers
+may expand to at most `max_bytes(cache)` (CVBENCH_IMAGE_MAX_BYTES), enforced as they are
+read.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from harness.core import archive, debian, rootpath
 from harness.core.archive import ImageConfig
 from harness.core.errors import BadImage, ImageError, UsageError
 from harness.core.tree import Node, Tree, extract, from_directory, read_tar, write_tar
+from harness.core.units import parse_size
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 # Tools the image needs when busybox-static is not installed (copied from the host).
@@ -61,6 +64,7 @@ FALLBACK_TOOLS = ("sh", "true", "false", "sleep", "cat", "echo", "ls", "id", "ho
                   "head", "dd", "sync", "mkdir", "rm", "env", "uname", "mount", "umount")
 LOADERS = ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1", "/lib/ld-linux.so.2")
 PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_BYTES_ENV = "CVBENCH_IMAGE_MAX_BYTES"
 Progress = Callable[[str], None]
 
 # cvbench's init layer. The ready line comes first; the host timestamps its arrival. Then
@@ -162,7 +166,10 @@ Source = Recipe | Debian | Archive | EngineRef
 
 
 def source_from_dict(d: Mapping[str, Any]) -> Source:
-    """The source of a stored image record (image.json, a result's `image.source`)."""
+    """The source of a stored image record (image.json, a result's `image.source`).
+    Only a record that says "recipe" is one: the `host` backend runs a recipe image's
+    files unchrooted (they are this host's own binaries), so an unknown or missing kind
+    is refused, never taken for a recipe."""
     kind = d.get("kind")
     if kind == "debian":
         return Debian(d["debian"], tuple(d.get("packages", ())),
@@ -171,7 +178,9 @@ def source_from_dict(d: Mapping[str, Any]) -> Source:
         return Archive(d["archive"])
     if kind == "engine":
         return EngineRef(d["engine"], d["ref"])
-    return Recipe(d.get("name", "base"), tuple(d.get("binaries", ())))
+    if kind == "recipe":
+        return Recipe(d.get("name", "base"), tuple(d.get("binaries", ())))
+    raise UsageError(f"image source of unknown kind {kind!r} (from a newer cvbench?)")
 
 
 @runtime_checkable
@@ -235,6 +244,22 @@ def cache_dir() -> Path:
     base = os.environ.get("CVBENCH_CACHE") or os.environ.get("XDG_CACHE_HOME")
     root = Path(base) if base else Path.home() / ".cache"
     return (root if os.environ.get("CVBENCH_CACHE") else root / "cvbench") / "images"
+
+
+def max_bytes(cache: Path) -> int:
+    """The most bytes an archive's layers may expand to (uncompressed, all together):
+    $CVBENCH_IMAGE_MAX_BYTES (bytes, or e.g. 20G), else a third of the free space of the
+    cache's filesystem less a margin (10 % of it, at most 1 GiB): a build writes what it
+    reads up to three times (the spooled layer contents, image.tar, the unpacked rootfs)."""
+    given = os.environ.get(MAX_BYTES_ENV)
+    if given:
+        try:
+            return parse_size(given)
+        except ValueError as e:
+            raise UsageError(f"{MAX_BYTES_ENV}: {e}") from None
+    st = os.statvfs(cache)
+    free = st.f_bavail * st.f_frsize
+    return (free - min(1 << 30, free // 10)) // 3
 
 
 def which(name: str) -> str:
@@ -469,10 +494,12 @@ def listing(cache: Path | None = None) -> list[Path]:
 
 def _current(path: Path) -> bool:
     """Whether `path` holds an image this cvbench cached (an older one's record, in a
-    cache shared with it, has no source: it is left alone)."""
+    cache shared with it, has no source, a newer one's may have a source this one does
+    not know: either is left alone)."""
     try:
-        return "source" in json.loads((path / "image.json").read_text())
-    except (OSError, ValueError):
+        source_from_dict(json.loads((path / "image.json").read_text())["source"])
+        return True
+    except (OSError, ValueError, KeyError, TypeError, UsageError):
         return False
 
 
@@ -542,9 +569,7 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
         path = Path(source.path)
         if not path.exists():
             raise BadImage(f"{origin}: no such file or directory")
-        key = _key("archive", archive.sha256_file(path) if path.is_file() else
-                   archive.sha256_file(path / "index.json") if (path / "index.json").is_file()
-                   else str(path.resolve()))
+        key = _key("archive", archive.key_of(path, origin))
     else:
         if store is None:
             raise ImageError(f"{origin}: no engine store to export it from")
@@ -574,10 +599,14 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
             else:
                 path, extra = Path(source.path), {}
             say(f"flattening {origin}")
-            tree, config, ident = archive.read(path, origin, tmp / "blobs")
+            tree, config, ident = archive.read(path, origin, tmp / "blobs", max_bytes(cache))
             exported = dict(config.labels).get("cvbench.source")
             if exported:  # an image `bench image export` wrote: what it was made from
-                ident["exported_from"] = json.loads(exported)
+                try:
+                    ident["exported_from"] = json.loads(exported)
+                except ValueError:
+                    raise BadImage(f"{origin}: image config: label cvbench.source is not "
+                                   "JSON") from None
             img = _store(tree, source, _name_of(ident.get("tags", []), config, source.kind),
                          config, {**ident, **extra}, cache, tmp)
     _remember(cache, key, img)

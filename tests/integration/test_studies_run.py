@@ -10,6 +10,7 @@ the backend's own tools report, limits are enforced where a backend applies them
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -213,3 +214,6 @@ def test_network(repo: Path, tmp_path: Path) -> None:
         assert cells[("host", v)] == "not_applicable"
     kinds = {a["kind"] for a in doc["artifacts"]}
     assert kinds == {"sockperf", "iperf3"}
+    for a in doc["artifacts"]:  # clients on the host: its own tools, the image's release
+        if a["client"] == "host":
+            assert a["client_path"] == shutil.which(a["kind"]) and a["same_version"], a

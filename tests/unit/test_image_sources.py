@@ -354,3 +354,173 @@ def test_install_time_data_of_postgresql_and_ssl_cert_is_removed(tmp_path: Path)
     assert conf.read_text() == "port = 5432\nssl = off\t\t# x\nssl_cert_file = 'x'\n"
     assert sorted(p.name for p in certs.iterdir()) == ["other.0"]
     assert not any(private.iterdir())
+
+
+def test_only_a_record_that_says_recipe_is_a_recipe(tmp_path: Path, cache: Path) -> None:
+    """The host backend runs a recipe image's files unchrooted: a record of an unknown
+    or missing source kind must never be taken for one."""
+    assert image.source_from_dict({"kind": "recipe", "name": "x"}) == image.Recipe("x")
+    for odd in ({"kind": "registry", "ref": "x"}, {"name": "base"}):
+        with pytest.raises(UsageError, match="unknown kind"):
+            image.source_from_dict(odd)
+    img = image.build(image.Archive(str(write(tmp_path, "d.tar", docker_save([BASE])))), cache)
+    record = json.loads((cache / img.digest / "image.json").read_text())
+    record["source"] = {"kind": "registry", "ref": "x"}
+    (cache / img.digest / "image.json").write_text(json.dumps(record))
+    assert image.listing(cache) == []  # a newer cvbench's record is left alone
+    with pytest.raises(UsageError, match="no such image"):
+        image.load(img.digest, cache)
+
+
+# --- names the archive's metadata gives: confined to the archive ---------------------------
+
+def _save_dir(root: Path, files: dict[str, bytes]) -> Path:
+    """A `docker save` / OCI layout unpacked into a directory."""
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def _save_files(layers: list[bytes], config_name: str = "config.json",
+                layer_names: list[str] | None = None) -> dict[str, bytes]:
+    cfg = json.dumps({"rootfs": {"type": "layers", "diff_ids": [sha(x) for x in layers]}})
+    names = layer_names or [f"{i}/layer.tar" for i in range(len(layers))]
+    return {"manifest.json": json.dumps([{"Config": config_name, "Layers": names}]).encode(),
+            "config.json": cfg.encode(), **{f"{i}/layer.tar": x for i, x in enumerate(layers)}}
+
+
+def _refused(cache: Path, path: Path, *parts: str) -> str:
+    """The build of `path` is refused with one line naming the archive and `parts`."""
+    with pytest.raises(BadImage) as exc:
+        image.build(image.Archive(str(path)), cache)
+    message = str(exc.value)
+    assert message.startswith(f"archive {path}:") and "\n" not in message, message
+    for p in parts:
+        assert p in message, message
+    _nothing_written(cache)
+    return message
+
+
+# A valid layer and config outside the archive: a name that escapes would build from them.
+OUTSIDE_LAYER = layer(("bin", "d", {}), SH, ("stolen", "f", {"data": b"host file"}))
+
+
+@pytest.mark.parametrize(("field", "evil"), [
+    ("Config", "/etc/passwd"), ("Config", "../outside/config.json"),
+    ("Layers", "/etc/passwd"), ("Layers", "../../x"), ("Layers", "../outside/layer.tar"),
+])
+@pytest.mark.parametrize("form", ["dir", "tar"])
+def test_docker_save_names_leaving_the_archive_are_refused(
+        tmp_path: Path, cache: Path, field: str, evil: str, form: str) -> None:
+    outside = _save_dir(tmp_path / "outside", _save_files([OUTSIDE_LAYER]))
+    (outside / "layer.tar").write_bytes(OUTSIDE_LAYER)
+    files = _save_files([OUTSIDE_LAYER], **({"config_name": evil} if field == "Config" else
+                                            {"layer_names": [evil]}))
+    path = _save_dir(tmp_path / "save", files) if form == "dir" else \
+        write(tmp_path, "save.tar", _tar(files))
+    _refused(cache, path, f"manifest.json: {field}", repr(evil), "leaves the archive")
+
+
+def test_symlinks_in_an_archive_directory_are_refused(tmp_path: Path, cache: Path) -> None:
+    (tmp_path / "outside.tar").write_bytes(OUTSIDE_LAYER)
+    save = _save_dir(tmp_path / "save", _save_files([OUTSIDE_LAYER]))
+    (save / "0/layer.tar").unlink()
+    (save / "0/layer.tar").symlink_to(tmp_path / "outside.tar")  # the file: a symlink
+    _refused(cache, save, "layer 1 (0/layer.tar)", "symlink")
+    (save / "0/layer.tar").unlink()
+    (save / "0").rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere/layer.tar").write_bytes(OUTSIDE_LAYER)
+    (save / "0").symlink_to(tmp_path / "elsewhere")  # a directory on the way: a symlink
+    _refused(cache, save, "layer 1 (0/layer.tar)", "symlink")
+    # an OCI layout whose blob is a symlink to a file outside, with the right digest
+    oci = tmp_path / "oci"
+    with tarfile.open(fileobj=io.BytesIO(oci_layout([OUTSIDE_LAYER]))) as tf:
+        tf.extractall(oci, filter="data")
+    blob = next(p for p in (oci / "blobs/sha256").iterdir()
+                if p.read_bytes()[:2] == b"\x1f\x8b")
+    (tmp_path / "blob").write_bytes(blob.read_bytes())
+    blob.unlink()
+    blob.symlink_to(tmp_path / "blob")
+    _refused(cache, oci, f"blobs/sha256/{blob.name}", "symlink")
+
+
+@pytest.mark.parametrize("form", ["dir", "tar"])
+@pytest.mark.parametrize(("index", "parts"), [
+    ({"manifests": [{"digest": "sha256:../../x"}]},
+     ["index.json: manifests[0].digest", "invalid blob digest"]),
+    ({"manifests": [{"digest": "sha256:" + "0" * 62 + "/x"}]}, ["invalid blob digest"]),
+    ({"manifests": [{"digest": 5}]}, ["index.json: manifests[0].digest", "not a string"]),
+    ({"manifests": "all"}, ["index.json: manifests", "not a list"]),
+    ({"manifests": [{"digest": "x", "platform": "amd64"}]},
+     ["index.json: manifests[0].platform", "not an object"]),
+    ([], ["index.json", "not an object"]),
+])
+def test_oci_layout_defects_are_one_line_naming_the_field(
+        tmp_path: Path, cache: Path, form: str, index: Any, parts: list[str]) -> None:
+    files = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+             "index.json": json.dumps(index).encode()}
+    path = _save_dir(tmp_path / "oci", files) if form == "dir" else \
+        write(tmp_path, "oci.tar", _tar(files))
+    _refused(cache, path, *parts)
+
+
+@pytest.mark.parametrize(("manifest", "parts"), [
+    ([{"Layers": []}], ["manifest.json: Config", "is not a file name"]),
+    ([{"Config": 5, "Layers": []}], ["manifest.json: Config", "is not a file name"]),
+    ([{"Config": "config.json", "Layers": "0/layer.tar"}], ["manifest.json: Layers", "not a list"]),
+    ([{"Config": "config.json", "Layers": [["x"]]}], ["manifest.json: Layers[0]", "not a string"]),
+    (["x"], ["manifest.json: [0]", "not an object"]),
+])
+def test_docker_save_defects_are_one_line_naming_the_field(
+        tmp_path: Path, cache: Path, manifest: Any, parts: list[str]) -> None:
+    files = {**_save_files([BASE]), "manifest.json": json.dumps(manifest).encode()}
+    _refused(cache, write(tmp_path, "save.tar", _tar(files)), *parts)
+
+
+def test_a_tar_member_leaving_the_archive_is_named(tmp_path: Path, cache: Path) -> None:
+    files = {**_save_files([BASE]), "../evil": b"x"}
+    _refused(cache, write(tmp_path, "save.tar", _tar(files)), "archive member", "'../evil'",
+             "leaves the archive")
+
+
+def test_a_bad_archive_exits_2_with_one_line(tmp_path: Path, cache: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+
+    monkeypatch.setenv("CVBENCH_CACHE", str(cache))
+    save = _save_dir(tmp_path / "save", _save_files([BASE], config_name="../../etc/passwd"))
+    (tmp_path / "s.toml").write_text('name = "s"\n[workload]\nimage = { archive = "save" }\n'
+                                     'argv = ["true"]\n')
+    with pytest.raises(SystemExit) as e:
+        main(["image", "--scenario", str(tmp_path / "s.toml")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"bench: error: archive {save}: manifest.json: Config") and \
+        "\n" not in err, err
+
+
+# --- the size cap --------------------------------------------------------------------------
+
+def test_a_gzip_bomb_is_refused_as_it_expands(tmp_path: Path, cache: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """50 MiB of zeros gzip to ~50 KiB; with a 10 MiB cap the build stops at the cap,
+    naming the layer and the cap, and leaves nothing in the cache's temp dir."""
+    bomb = layer(("bin", "d", {}), SH, ("zeros", "f", {"data": bytes(50 << 20)}))
+    archive = write(tmp_path, "bomb.tar", oci_layout([bomb]))
+    assert archive.stat().st_size < 1 << 20
+    monkeypatch.setenv("CVBENCH_IMAGE_MAX_BYTES", "10M")
+    message = _refused(cache, archive, "layer 1 (blobs/sha256/", "image size cap of 10.0 MiB",
+                       "CVBENCH_IMAGE_MAX_BYTES")
+    assert "10485760 bytes" in message
+    # the cap counts all layers together
+    monkeypatch.setenv("CVBENCH_IMAGE_MAX_BYTES", str(len(BASE) + len(UPPER) - 1))
+    _refused(cache, write(tmp_path, "two.tar", docker_save([BASE, UPPER])), "layer 2")
+    monkeypatch.setenv("CVBENCH_IMAGE_MAX_BYTES", "12 apples")
+    with pytest.raises(UsageError, match="CVBENCH_IMAGE_MAX_BYTES: not a size"):
+        image.build(image.Archive(str(archive)), cache)
+    monkeypatch.delenv("CVBENCH_IMAGE_MAX_BYTES")  # the default: from the free space, far above
+    assert image.max_bytes(tmp_path) > 50 << 20
+    assert image.build(image.Archive(str(archive)), cache).size > 50 << 20

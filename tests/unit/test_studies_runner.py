@@ -317,3 +317,79 @@ def test_runner_sub_variants_join_the_cell_variant_and_gate_the_stop(
     assert all(a["variant"] == "network=host,x=1" for a in journal.artifacts)
     assert [a["data"]["n"] for a in journal.artifacts] == [1, 2, 3, 4, 5, 6, 7]
     assert [a["data"]["n"] for a in journal.artifacts if a.get("failed")] == [2]
+
+
+def test_network_clients_are_the_hosts_tools_never_the_images(
+        tmp_path: Path, img: image.Image, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image's /usr/bin/sockperf and iperf3 (here scripts that leave a marker) never
+    run on the host: the clients are the host's tools from PATH, recorded with their
+    path and version next to the server's (the image's copy, asked in an instance)."""
+    import re
+    import socket
+    import stat
+
+    from harness.studies import network
+    from tests.unit.test_studies_probes import SOCKPERF
+
+    marker = tmp_path / "ran-on-the-host"
+    for tool in ("sockperf", "iperf3"):  # the image's copies: hostile
+        f = img.rootfs / "usr" / "bin" / tool
+        f.unlink(missing_ok=True)
+        f.write_text(f"#!/bin/sh\ntouch {marker}\n")
+        f.chmod(0o755)
+    host_bin = tmp_path / "host-bin"  # the host's installed tools (fakes)
+    host_bin.mkdir()
+    bw = '{"end": {"sum_received": {"bits_per_second": 8e9}}}'
+    for tool, out, version in (("sockperf", SOCKPERF, "sockperf, version 3.7"),
+                               ("iperf3", bw, "iperf 3.12 (cJSON 1.7.15)")):
+        f = host_bin / tool
+        f.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] && {{ echo '{version}'; exit 0; }}\n"
+                     f"cat <<'END'\n{out}\nEND\n")
+        f.chmod(f.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{host_bin}:/usr/bin:/bin")
+
+    socks: list[socket.socket] = []
+
+    class Servers(StudyFake):
+        """Listens on the ports of the servers' command; answers the version probe."""
+
+        def start(self, inst: Instance) -> None:
+            cmd = inst.spec.argv[-1]
+            if "sockperf sr" in cmd:
+                for port in re.findall(r" -p (\d+)", cmd):
+                    s = socket.socket()
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind(("127.0.0.1", int(port)))
+                    s.listen()
+                    socks.append(s)
+
+        def remove(self, inst: Instance) -> None:
+            while socks:
+                socks.pop().close()
+            super().remove(inst)
+
+    versions = (f"{network.BEGIN} sockperf-version\nsockperf, version 3.6\n"
+                f"{network.END} sockperf-version rc=0\n{network.BEGIN} iperf3-version\n"
+                f"iperf 3.12 (cJSON 1.7.15)\n{network.END} iperf3-version rc=0\n").encode()
+    rt = Servers(stdout=lambda spec: versions)
+    scen = scenario.parse({"name": "t", "study": "network", "network": "host",
+                           "params": {"duration": 1},
+                           "sampling": {"metric": "network.lat_p50", "warmups": 0,
+                                        "min_samples": 1, "max_samples": 1}}, "t.toml")
+    variant = scen.variants[0]
+    cell = Cell(backend="fake", variant=variant, config=scen.config(variant), runtime=rt,
+                prepared=rt.prepare(img), traits=rt.traits())
+    journal = results.Journal(tmp_path / "n.journal", {"run_id": "abcdef0123", "schema": 1})
+    OPEN.append(journal)
+    st = studies.get("network")
+    Runner(scen, [cell], journal, st.sample, lambda m: studies.unit_of(st, m), seed=1).run()
+    assert not marker.exists()
+    assert cell.samples == 1, journal.events
+    got = {a["kind"]: a for a in journal.artifacts}
+    assert got["sockperf"]["client_path"] == str(host_bin / "sockperf")
+    assert got["sockperf"]["client_version"] == "sockperf, version 3.7"
+    assert got["sockperf"]["server_version"] == "sockperf, version 3.6"
+    assert got["sockperf"]["same_version"] is False
+    assert got["iperf3"]["client_path"] == str(host_bin / "iperf3")
+    assert got["iperf3"]["same_version"] is True
+    assert rt.live == {}
