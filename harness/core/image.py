@@ -28,6 +28,20 @@ unpacked `rootfs/` (the read-only lower layer `ns` shares between instances, wha
 source is also indexed by its own key (sources/<key>), so asking for it again builds
 nothing. Builds happen in a temp dir under the cache (.tmp/), moved into place when
 complete and removed otherwise: a bad source leaves nothing behind.
+
+A cache entry is checked before it is used (`check`, on every build that finds it): the
+cheap check compares a fingerprint of the entry with its `seal` (the lstat of image.tar
+and of every path in rootfs/: type, mode, owner, size, mtime, inode and ctime, so a file
+changed, added, removed or replaced, or a rewritten tar, changes it; runs read rootfs/
+only, as an overlay's lower layer or mkfs's source, which leaves all of that alone). When
+it differs (or the entry has no seal yet), the full check (`verify`, also `bench image
+verify`) hashes image.tar against the digest and compares rootfs/ with it path by path
+(type, mode, owner, mtime, link target, hard links, content); a match re-seals the entry,
+a mismatch refuses it in one line naming the first difference and the fix (`bench image
+verify --rebuild DIGEST` builds it again from its recorded source). It is not rebuilt
+silently: something outside cvbench changed the cache, and the rebuild of a Debian or
+recipe source may give another digest (a newer archive, other host binaries). A new entry
+is fully checked once, before it is sealed and moved into place.
 """
 
 from __future__ import annotations
@@ -93,6 +107,7 @@ DIRS = {"bin": 0o755, "dev": 0o755, "etc": 0o755, "proc": 0o555,
         "usr/bin": 0o755, "sbin": 0o755, "mnt": 0o755, "data": 0o755, "var": 0o755,
         "var/tmp": 0o1777}
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+SEAL = "seal"  # an entry's fingerprint, written after a full check matched
 
 
 # --- sources ------------------------------------------------------------------------
@@ -422,12 +437,19 @@ def _store(tree: Tree, source: Source, name: str, config: ImageConfig,
     if not (final / "image.json").exists():
         extract(stage / "image.tar", stage / "rootfs")
         (stage / "image.json").write_text(json.dumps(_record(img), indent=1))
+        sealed = _fingerprint(stage)
+        problem = _mismatch(stage, digest)
+        if problem:
+            raise ImageError(f"{tree.origin}: the unpacked image differs from its tar "
+                             f"({problem})")
+        _seal(stage, sealed)
         try:
             os.rename(stage, final)
+            return img
         except OSError:  # another process cached the same digest first
             if not (final / "image.json").exists():
                 raise
-    return img
+    return check(img)
 
 
 def _record(img: Image) -> dict[str, Any]:
@@ -484,9 +506,10 @@ def _lookup(cache: Path, key: str) -> Image | None:
     """The image a source key led to, as that source's record (None: not cached)."""
     try:
         d = json.loads(_index(cache, key).read_text())
-        return _from_record(d, load(d["digest"], cache).tar.parent)
+        img = _from_record(d, load(d["digest"], cache).tar.parent)
     except (OSError, ValueError, KeyError, UsageError):
         return None
+    return check(img)
 
 
 def _remember(cache: Path, key: str, img: Image) -> None:
@@ -499,6 +522,25 @@ def _remember(cache: Path, key: str, img: Image) -> None:
 
 def _key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _dir_digest(path: Path) -> str:
+    """A directory archive (docker-save or OCI layout) by its content: each file's path
+    and sha256, each symlink's path and target, hashed; where it lies plays no part."""
+    h = hashlib.sha256()
+    for top, dirs, files in os.walk(path):
+        dirs.sort()
+        rel = os.path.relpath(top, path)
+        for name in sorted(dirs + files):
+            full = os.path.join(top, name)
+            if os.path.islink(full):
+                line = f"link\0{os.path.join(rel, name)}\0{os.readlink(full)}"
+            elif os.path.isfile(full):
+                line = f"file\0{os.path.join(rel, name)}\0{archive.sha256_file(Path(full))}"
+            else:
+                continue
+            h.update(line.encode() + b"\n")
+    return "sha256:" + h.hexdigest()
 
 
 def _tag_name(text: str, fallback: str) -> str:
@@ -534,17 +576,16 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
         if problem:
             raise BadImage(f"{origin}: {problem}")
         index = debian.fetch_index(source.suite, source.mirror, origin)
-        # What is normalised is part of the key: a build made before a rule changed
-        # (e.g. PostgreSQL's install-time cluster kept) is not reused.
+        # The code that makes the tree is part of the key (its source, not the rules'
+        # descriptions): a build made before a rule changed is not reused.
         key = _key("debian", source.suite, source.mirror, index[0],
-                   *sorted(set(source.packages)), *debian.NORMALISED)
+                   *sorted(set(source.packages)), debian.code_identity())
     elif isinstance(source, Archive):
         path = Path(source.path)
         if not path.exists():
             raise BadImage(f"{origin}: no such file or directory")
         key = _key("archive", archive.sha256_file(path) if path.is_file() else
-                   archive.sha256_file(path / "index.json") if (path / "index.json").is_file()
-                   else str(path.resolve()))
+                   _dir_digest(path))
     else:
         if store is None:
             raise ImageError(f"{origin}: no engine store to export it from")
@@ -626,6 +667,7 @@ def export(img: Image, dest: Path, tag: str | None = None) -> str:
     The archive is itself deterministic. Returns the archive's sha256. `tag`: the name
     `docker load` gives it (default img.tag, which an engine backend also gives the image
     with the init layer it imports: loading it then takes that name from it)."""
+    check(img)
     tree = read_tar(img.tar, f"image {img.digest[:12]}")
     init = set(img.init_paths)
     layer = dest.parent / f".{dest.name}.layer"
@@ -710,12 +752,139 @@ def prune(cache: Path | None = None, age: float = 3600.0) -> list[str]:
     return gone
 
 
-def verify(image: Image) -> None:
-    """Check the cached tar still hashes to the digest (catches a tampered cache)."""
+# --- checking a cache entry -------------------------------------------------------------
+
+def _fingerprint(entry: Path) -> str:
+    """The lstat of image.tar and of every path in rootfs/, hashed ("" if unreadable).
+    A content change moves a file's ctime (and mtime), a replacement its inode."""
     h = hashlib.sha256()
-    with open(image.tar, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+
+    def add(name: str, st: os.stat_result) -> None:
+        h.update(f"{name}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0"
+                 f"{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}\n".encode())
+
+    def fail(e: OSError) -> None:
+        raise e
+
+    root = entry / "rootfs"
+    try:
+        add("image.tar", os.stat(entry / "image.tar"))
+        add("", os.lstat(root))
+        for top, dirs, files in os.walk(root, onerror=fail):
+            dirs.sort()
+            rel = os.path.relpath(top, root)
+            for name in sorted(dirs + files):
+                add(os.path.join(rel, name), os.lstat(os.path.join(top, name)))
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
+def _seal(entry: Path, fingerprint: str) -> None:
+    tmp = entry / f".{SEAL}.{os.getpid()}"
+    tmp.write_text(fingerprint + "\n")
+    os.replace(tmp, entry / SEAL)
+
+
+def _file_sha(node: Node) -> str:
+    h = hashlib.sha256()
+    left = node.size
+    with node.open() as f:
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
             h.update(chunk)
-    if h.hexdigest() != image.digest:
-        raise ImageError(f"cached image {image.tar} does not match its digest; delete "
-                         f"{image.tar.parent} and run again")
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+_FIELDS = ("type", "mode", "owner", "group", "mtime", "size", "link target", "hard link to")
+
+
+def _entries(t: Tree, owners: bool) -> dict[str, dict[str, Any]]:
+    """path -> what _FIELDS name (a file's hard link: the first path of its inode). A
+    symlink's mode is not compared: Linux has none (unpacked, it is 0777 whatever the
+    tar says)."""
+    first: dict[int, str] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for path, n in t.walk():
+        link = first.setdefault(id(n), path) if n.kind == "file" else ""
+        mode = f"{n.mode:o}" if n.kind != "symlink" else "-"
+        out[path] = dict(zip(_FIELDS, (n.kind, mode, n.uid if owners else "-",
+                                       n.gid if owners else "-", n.mtime, n.size, n.target,
+                                       link), strict=True))
+    return out
+
+
+def _mismatch(entry: Path, digest: str) -> str | None:
+    """The full check of a cache entry: what differs first, or None. image.tar must hash
+    to `digest` and rootfs/ hold what it holds. Owners are compared when rootfs/ was
+    unpacked by root (its own directory is root's); tar run by another user cannot set
+    them."""
+    tar, root = entry / "image.tar", entry / "rootfs"
+    try:
+        got = archive.sha256_file(tar).removeprefix("sha256:")
+        if got != digest:
+            return f"image.tar hashes to sha256:{got}, not to its digest"
+        have = from_directory(root, f"{entry.name[:12]}/rootfs")
+        owners = os.lstat(root).st_uid == 0
+        if owners and write_tar(have)[0] == digest:  # the quick way to a match
+            return None
+        want = read_tar(tar, f"{entry.name[:12]}/image.tar")
+    except (OSError, BadImage) as e:
+        return f"cannot read it: {e}"
+    a, b = _entries(want, owners), _entries(have, owners)
+    nodes_a, nodes_b = dict(want.walk()), dict(have.walk())
+    odd = sorted(a.keys() ^ b.keys())  # first, what is missing or added
+    if odd:
+        return f"rootfs/{odd[0]}: " + ("missing (image.tar has it)" if odd[0] in a else
+                                       "not in image.tar (added)")
+    for path in sorted(a):
+        x, y = a[path], b[path]
+        differ = [f"{k} {y[k]!r}, not {x[k]!r}" for k in _FIELDS if x[k] != y[k]]
+        if x["type"] == y["type"] == "file" and x["size"] == y["size"] \
+                and x["hard link to"] == path:
+            try:
+                if _file_sha(nodes_a[path]) != _file_sha(nodes_b[path]):
+                    differ.insert(0, "content")
+            except OSError as e:
+                differ.insert(0, f"unreadable ({e.strerror})")
+        if differ:
+            return f"rootfs/{path} differs from image.tar: {', '.join(differ)}"
+    return None
+
+
+def problem(img: Image) -> str | None:
+    """The full check of `img`'s cache entry (see the module's doc): the first
+    difference, or None (and the entry is sealed again)."""
+    entry = img.tar.parent
+    fingerprint = _fingerprint(entry)  # before the check: a change during it shows later
+    found = _mismatch(entry, img.digest)
+    if found is None:
+        _seal(entry, fingerprint)
+    return found
+
+
+def verify(img: Image) -> None:
+    """The full check of `img`'s cache entry; ImageError naming the first difference
+    and the fix."""
+    found = problem(img)
+    if found:
+        short = img.digest[:12]
+        raise ImageError(f"cached image sha256:{short} ({img.tar.parent}) does not match "
+                         f"its digest: {found}; fix: `bench image verify --rebuild {short}` "
+                         f"builds it again from its source (or `bench image rm {short}`)")
+
+
+def check(img: Image) -> Image:
+    """The check before every use of a cache entry: its fingerprint against its seal,
+    the full check (verify) when they differ. `img`, or ImageError."""
+    entry = img.tar.parent
+    try:
+        sealed = (entry / SEAL).read_text().strip()
+    except OSError:
+        sealed = ""
+    if not sealed or _fingerprint(entry) != sealed:
+        verify(img)
+    return img
