@@ -157,7 +157,7 @@ def debian() -> image.Image:
         return image.build(image.Debian("bookworm", ("busybox",)))
     except ImageError as e:
         if "cannot reach" in str(e):
-            require("debian-mirror", str(e))
+            require("debian-archive", str(e))
         raise
 
 

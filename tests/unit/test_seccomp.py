@@ -14,6 +14,7 @@ import pytest
 from harness.core.errors import UsageError
 from runtimes.ns import seccomp
 from runtimes.ns.config import DEFAULT_CAPS, NO_MKNOD_CAPS
+from tests.conftest import require
 
 PROFILE: dict[str, Any] = {
     "defaultAction": "SCMP_ACT_ERRNO",
@@ -161,8 +162,8 @@ def test_bad_profile_names_the_file_and_field(tmp_path: Path, data: object,
 def test_dockers_profile_closes_user_namespaces() -> None:
     """Docker's own default, as provisioned: without CAP_SYS_ADMIN, no unshare, setns,
     mount or keyctl; clone without namespace flags only."""
-    if not seccomp.DOCKER_PROFILE.is_file():
-        pytest.skip(f"{seccomp.DOCKER_PROFILE}: run make provision")
+    require("seccomp-profile", None if seccomp.DOCKER_PROFILE.is_file() else
+            f"{seccomp.DOCKER_PROFILE}: run make provision")
     p = seccomp.load(seccomp.DOCKER_PROFILE, DEFAULT_CAPS, machine="x86_64", kernel="6.1")
     allowed = {n for r in p.rules if r.action == "SCMP_ACT_ALLOW" and not r.args
                for n in r.names}
