@@ -25,8 +25,10 @@ duties (drivers, mounts, network, power-off) live in the VM's initramfs
 Images are cached by digest under ~/.cache/cvbench/images/<digest>/ as `image.tar`, an
 unpacked `rootfs/` (the read-only lower layer `ns` shares between instances, what `mkfs.ext4
 -d` turns into a VM disk) and `image.json` (this module's record of it). A non-recipe
-source is also indexed by its own key (sources/<key>), so asking for it again builds
-nothing. Builds happen in a temp dir under the cache (.tmp/), moved into place when
+source is also indexed by its own key (sources/<key>: an archive file by its sha256, a
+directory archive by its files' contents, a Debian request by suite, mirror, packages,
+archive index and the code that builds it, an engine ref by its image id), so asking for
+it again builds nothing. Builds happen in a temp dir under the cache (.tmp/), moved into place when
 complete and removed otherwise: a bad source leaves nothing behind.
 
 A cache entry is checked before it is used (`check`, on every build that finds it): the
@@ -36,12 +38,15 @@ changed, added, removed or replaced, or a rewritten tar, changes it; runs read r
 only, as an overlay's lower layer or mkfs's source, which leaves all of that alone). When
 it differs (or the entry has no seal yet), the full check (`verify`, also `bench image
 verify`) hashes image.tar against the digest and compares rootfs/ with it path by path
-(type, mode, owner, mtime, link target, hard links, content); a match re-seals the entry,
-a mismatch refuses it in one line naming the first difference and the fix (`bench image
-verify --rebuild DIGEST` builds it again from its recorded source). It is not rebuilt
-silently: something outside cvbench changed the cache, and the rebuild of a Debian or
-recipe source may give another digest (a newer archive, other host binaries). A new entry
-is fully checked once, before it is sealed and moved into place.
+(type, mode, owner, mtime, link target, hard links, content); a match re-seals the entry.
+A mismatch found by a build that has just made the same digest afresh (a recipe is
+collected on every build; a source whose key is new) is replaced by that build, which
+says so. Any other mismatch (a hit by source key: nothing was built) is refused in one
+line naming the first difference and the fix (`bench image verify --rebuild DIGEST`
+builds it again from its recorded source): something outside cvbench changed the cache,
+and a rebuild may give another digest (a newer archive, other host binaries), so it is
+not done behind the user's back. A new entry is fully checked once, before it is sealed
+and moved into place.
 """
 
 from __future__ import annotations
@@ -416,9 +421,10 @@ def _tmpdir(cache: Path) -> Iterator[Path]:
 
 
 def _store(tree: Tree, source: Source, name: str, config: ImageConfig,
-           identity: Mapping[str, Any], cache: Path, tmp: Path,
+           identity: Mapping[str, Any], cache: Path, tmp: Path, say: Progress,
            contents: dict[str, str] | None = None) -> Image:
-    """Write `tree` (+ the init layer) into the cache; the Image (already cached: as it is)."""
+    """Write `tree` (+ the init layer) into the cache; the Image (already cached and
+    still matching: as it is)."""
     rootfs_digest, _ = write_tar(tree)
     added = _add_init(tree)
     init_digest, _ = write_tar(init_layer())
@@ -434,22 +440,30 @@ def _store(tree: Tree, source: Source, name: str, config: ImageConfig,
                 size=size, source=source, rootfs_digest=rootfs_digest,
                 init_digest=init_digest, init_paths=added, config=config,
                 identity=dict(identity), contents=contents or {})
-    if not (final / "image.json").exists():
-        extract(stage / "image.tar", stage / "rootfs")
-        (stage / "image.json").write_text(json.dumps(_record(img), indent=1))
-        sealed = _fingerprint(stage)
-        problem = _mismatch(stage, digest)
-        if problem:
-            raise ImageError(f"{tree.origin}: the unpacked image differs from its tar "
-                             f"({problem})")
-        _seal(stage, sealed)
-        try:
-            os.rename(stage, final)
+    if (final / "image.json").exists():
+        found = _on_use(img)
+        if found is None:
             return img
-        except OSError:  # another process cached the same digest first
-            if not (final / "image.json").exists():
-                raise
-    return check(img)
+        # This build made the same digest afresh: it replaces the entry that no longer
+        # matches (moved into the build's temp dir, removed with it).
+        say(f"cached image sha256:{digest[:12]} no longer matched its digest ({found}): "
+            "replaced by this build")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(final, tmp / "stale")
+    extract(stage / "image.tar", stage / "rootfs")
+    (stage / "image.json").write_text(json.dumps(_record(img), indent=1))
+    sealed = _fingerprint(stage)
+    problem = _mismatch(stage, digest)
+    if problem:
+        raise ImageError(f"{tree.origin}: the unpacked image differs from its tar ({problem})")
+    _seal(stage, sealed)
+    try:
+        os.rename(stage, final)
+    except OSError:  # another process cached the same digest first
+        if not (final / "image.json").exists():
+            raise
+        return check(img)
+    return img
 
 
 def _record(img: Image) -> dict[str, Any]:
@@ -568,7 +582,7 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
         tree, contents = collect(source)
         with _tmpdir(cache) as tmp:
             img = _store(tree, source, source.name, ImageConfig(cmd=("true",)),
-                         source.as_dict(), cache, tmp, contents)
+                         source.as_dict(), cache, tmp, say, contents)
         return img
     origin = source.describe()
     if isinstance(source, Debian):
@@ -603,7 +617,7 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
             say("writing the image")
             tree = from_directory(root, origin, clamp=index[1])
             name = _tag_name("-".join(("debian", source.suite, *source.packages)), "debian")
-            img = _store(tree, source, name, ImageConfig(), identity, cache, tmp)
+            img = _store(tree, source, name, ImageConfig(), identity, cache, tmp, say)
         else:
             if isinstance(source, EngineRef):
                 say(f"exporting {source.ref} from {source.engine}")
@@ -620,7 +634,7 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
             if exported:  # an image `bench image export` wrote: what it was made from
                 ident["exported_from"] = json.loads(exported)
             img = _store(tree, source, _name_of(ident.get("tags", []), config, source.kind),
-                         config, {**ident, **extra}, cache, tmp)
+                         config, {**ident, **extra}, cache, tmp, say)
     _remember(cache, key, img)
     return replace(img, build_seconds=time.monotonic() - t0)
 
@@ -866,25 +880,37 @@ def problem(img: Image) -> str | None:
     return found
 
 
+def _refused(img: Image, found: str) -> ImageError:
+    short = img.digest[:12]
+    return ImageError(f"cached image sha256:{short} ({img.tar.parent}) does not match its "
+                      f"digest: {found}; fix: `bench image verify --rebuild {short}` builds "
+                      f"it again from its source (or `bench image rm {short}`)")
+
+
 def verify(img: Image) -> None:
     """The full check of `img`'s cache entry; ImageError naming the first difference
     and the fix."""
     found = problem(img)
     if found:
-        short = img.digest[:12]
-        raise ImageError(f"cached image sha256:{short} ({img.tar.parent}) does not match "
-                         f"its digest: {found}; fix: `bench image verify --rebuild {short}` "
-                         f"builds it again from its source (or `bench image rm {short}`)")
+        raise _refused(img, found)
 
 
-def check(img: Image) -> Image:
-    """The check before every use of a cache entry: its fingerprint against its seal,
-    the full check (verify) when they differ. `img`, or ImageError."""
+def _on_use(img: Image) -> str | None:
+    """The check before a use: the entry's fingerprint against its seal, the full check
+    when they differ (or there is no seal). What differs, or None."""
     entry = img.tar.parent
     try:
         sealed = (entry / SEAL).read_text().strip()
     except OSError:
         sealed = ""
-    if not sealed or _fingerprint(entry) != sealed:
-        verify(img)
+    if sealed and _fingerprint(entry) == sealed:
+        return None
+    return problem(img)
+
+
+def check(img: Image) -> Image:
+    """`img`, checked before it is used (_on_use); ImageError if it does not match."""
+    found = _on_use(img)
+    if found:
+        raise _refused(img, found)
     return img

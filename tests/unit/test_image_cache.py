@@ -60,39 +60,51 @@ def tamper(img: image.Image, how: str) -> str:
     return "image.tar hashes to sha256:"
 
 
-SOURCES = ["recipe", "archive"]
-
-
-def _source(kind: str, tmp_path: Path) -> image.Source:
-    if kind == "recipe":
-        return image.Recipe()
+@pytest.fixture
+def archive(tmp_path: Path) -> image.Archive:
     path = tmp_path / "d.tar"
-    if not path.exists():
-        path.write_bytes(docker_save([BASE, UPPER]))
+    path.write_bytes(docker_save([BASE, UPPER]))
     return image.Archive(str(path))
 
 
-@pytest.mark.parametrize("kind", SOURCES)
-@pytest.mark.parametrize("how", ["byte", "added", "removed", "tar"])
-def test_a_tampered_entry_is_refused_on_its_next_use(cache: Path, tmp_path: Path, kind: str,
+HOW = ["byte", "added", "removed", "tar"]
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_tampered_entry_is_refused_on_its_next_use(cache: Path, archive: image.Archive,
                                                     how: str) -> None:
-    src = _source(kind, tmp_path)
-    img = image.build(src, cache)
-    assert image.build(src, cache).digest == img.digest  # untouched: used as it is
+    """A cache hit by source key (nothing built): refused, with the fix."""
+    img = image.build(archive, cache)
+    assert image.build(archive, cache).build_seconds is None  # untouched: used as it is
     expect = tamper(img, how)
     with pytest.raises(ImageError) as exc:
-        image.build(src, cache)
+        image.build(archive, cache)
     text = str(exc.value)
     assert expect in text and f"bench image verify --rebuild {img.digest[:12]}" in text
     assert "\n" not in text
-    # refused again, however often it is asked for
-    with pytest.raises(ImageError):
-        image.build(src, cache)
+    with pytest.raises(ImageError):  # refused again, however often it is asked for
+        image.build(archive, cache)
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_a_build_of_the_same_digest_replaces_a_tampered_entry(cache: Path, how: str) -> None:
+    """A recipe is collected and written afresh on every build: that build, checked in
+    full, replaces an entry that no longer matches, and says so."""
+    img = image.build(image.Recipe(), cache)
+    expect = tamper(img, how)
+    said: list[str] = []
+    again = image.build(image.Recipe(), cache, progress=said.append)
+    assert again.digest == img.digest
+    assert any(expect in line and "replaced by this build" in line for line in said), said
+    assert image.problem(again) is None
+    said.clear()
+    image.build(image.Recipe(), cache, progress=said.append)
+    assert said == []  # the replacement matches: nothing to say
 
 
 def test_the_cheap_check_passes_an_untouched_entry_without_rehashing(
-        cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    img = image.build(_source("archive", tmp_path), cache)
+        cache: Path, archive: image.Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+    img = image.build(archive, cache)
     image.build(image.Recipe(), cache)
     # a run reads the rootfs and the tar (an overlay's lower layer, an engine's import)
     for path in (img.rootfs / "bin/sh", img.tar):
@@ -102,7 +114,7 @@ def test_the_cheap_check_passes_an_untouched_entry_without_rehashing(
         raise AssertionError("the full check ran on an untouched entry")
 
     monkeypatch.setattr(image, "_mismatch", rehash)
-    assert image.build(_source("archive", tmp_path), cache).build_seconds is None
+    assert image.build(archive, cache).build_seconds is None
     image.build(image.Recipe(), cache)
 
 
@@ -122,10 +134,10 @@ def _bench(cache: Path, *args: str) -> Any:
     return CliRunner().invoke(cli, ["image", *args], env={"CVBENCH_CACHE": str(cache)})
 
 
-def test_bench_image_verify(tmp_path: Path) -> None:
+def test_bench_image_verify(tmp_path: Path, archive: image.Archive) -> None:
     base = tmp_path / "c"  # CVBENCH_CACHE: the images are in base/images
     img = image.build(image.Recipe(), base / "images")
-    other = image.build(_source("archive", tmp_path), base / "images")
+    other = image.build(archive, base / "images")
     r = _bench(base, "verify")
     assert r.exit_code == 0, r.output
     assert sorted(r.output.splitlines()) == sorted(
@@ -212,3 +224,19 @@ def test_a_directory_archive_is_keyed_by_its_content(cache: Path, tmp_path: Path
                      else blob.read_bytes()[:-8] + bytes(8))
     with pytest.raises(BadImage, match="does not match its"):
         image.build(image.Archive(str(moved)), cache)
+
+
+def test_rootfs_directories_keep_their_mtime_whatever_follows_them(cache: Path,
+                                                                   tmp_path: Path) -> None:
+    """In path order "Carp/", "Carp.pm", "Carp/Heavy.pm": the directory's entries do not
+    follow it at once (as in every Debian image's perl-base). Unpacked, Carp keeps the
+    tar's mtime (tar set it before Heavy.pm was written into it)."""
+    from tests.unit.test_image_sources import SH, layer
+
+    data = docker_save([layer(("bin", "d", {}), SH, ("Carp", "d", {"mtime": 1_500_000_000}),
+                              ("Carp.pm", "f", {"data": b"pm"}),
+                              ("Carp/Heavy.pm", "f", {"data": b"heavy"}))])
+    (tmp_path / "carp.tar").write_bytes(data)
+    img = image.build(image.Archive(str(tmp_path / "carp.tar")), cache)
+    assert os.lstat(img.rootfs / "Carp").st_mtime == 1_500_000_000
+    assert image.problem(img) is None
