@@ -28,25 +28,26 @@ unpacked `rootfs/` (the read-only lower layer `ns` shares between instances, wha
 source is also indexed by its own key (sources/<key>: an archive file by its sha256, a
 directory archive by its files' contents, a Debian request by suite, mirror, packages,
 archive index and the code that builds it, an engine ref by its image id), so asking for
-it again builds nothing. Builds happen in a temp dir under the cache (.tmp/), moved into place when
-complete and removed otherwise: a bad source leaves nothing behind.
+it again builds nothing. Builds happen in a temp dir under the cache (.tmp/), moved into
+place when complete and removed otherwise: a bad source leaves nothing behind.
 
 A cache entry is checked before it is used (`check`, on every build that finds it): the
 cheap check compares a fingerprint of the entry with its `seal` (the lstat of image.tar
 and of every path in rootfs/: type, mode, owner, size, mtime, inode and ctime, so a file
 changed, added, removed or replaced, or a rewritten tar, changes it; runs read rootfs/
 only, as an overlay's lower layer or mkfs's source, which leaves all of that alone). When
-it differs (or the entry has no seal yet), the full check (`verify`, also `bench image
-verify`) hashes image.tar against the digest and compares rootfs/ with it path by path
-(type, mode, owner, mtime, link target, hard links, content); a match re-seals the entry.
-A mismatch found by a build that has just made the same digest afresh (a recipe is
-collected on every build; a source whose key is new) is replaced by that build, which
-says so. Any other mismatch (a hit by source key: nothing was built) is refused in one
-line naming the first difference and the fix (`bench image verify --rebuild DIGEST`
-builds it again from its recorded source): something outside cvbench changed the cache,
-and a rebuild may give another digest (a newer archive, other host binaries), so it is
-not done behind the user's back. A new entry is fully checked once, before it is sealed
-and moved into place.
+it differs (or the entry has no seal yet), the full check hashes image.tar against the
+digest and compares rootfs/ with it path by path (type, mode, owner, mtime, link target,
+hard links, content); a match re-seals the entry. rootfs/ is made from image.tar: when
+only it differs, it is unpacked again from the tar, and the build says so. An image.tar
+that no longer hashes to its digest is the image itself gone: a build that has just made
+the same digest afresh (a recipe is collected on every build; a source whose key is new)
+replaces the entry and says so; a hit by source key (nothing built) is refused in one line
+naming the difference and the fix (`bench image verify --rebuild DIGEST` builds it again
+from its recorded source), not rebuilt behind the user's back: something outside cvbench
+changed the cache, and a rebuild may give another digest (a newer archive, other host
+binaries). `bench image verify` runs the full check. A new entry is fully checked once,
+before it is sealed and moved into place.
 """
 
 from __future__ import annotations
@@ -441,7 +442,7 @@ def _store(tree: Tree, source: Source, name: str, config: ImageConfig,
                 init_digest=init_digest, init_paths=added, config=config,
                 identity=dict(identity), contents=contents or {})
     if (final / "image.json").exists():
-        found = _on_use(img)
+        found = _on_use(img, say)
         if found is None:
             return img
         # This build made the same digest afresh: it replaces the entry that no longer
@@ -453,7 +454,7 @@ def _store(tree: Tree, source: Source, name: str, config: ImageConfig,
     extract(stage / "image.tar", stage / "rootfs")
     (stage / "image.json").write_text(json.dumps(_record(img), indent=1))
     sealed = _fingerprint(stage)
-    problem = _mismatch(stage, digest)
+    problem = _rootfs_mismatch(stage, digest)
     if problem:
         raise ImageError(f"{tree.origin}: the unpacked image differs from its tar ({problem})")
     _seal(stage, sealed)
@@ -462,7 +463,7 @@ def _store(tree: Tree, source: Source, name: str, config: ImageConfig,
     except OSError:  # another process cached the same digest first
         if not (final / "image.json").exists():
             raise
-        return check(img)
+        return check(img, say)
     return img
 
 
@@ -516,14 +517,15 @@ def _index(cache: Path, key: str) -> Path:
     return cache / "sources" / f"{key}.json"
 
 
-def _lookup(cache: Path, key: str) -> Image | None:
-    """The image a source key led to, as that source's record (None: not cached)."""
+def _lookup(cache: Path, key: str, say: Progress) -> Image | None:
+    """The image a source key led to, as that source's record (None: not cached),
+    checked before it is used."""
     try:
         d = json.loads(_index(cache, key).read_text())
         img = _from_record(d, load(d["digest"], cache).tar.parent)
     except (OSError, ValueError, KeyError, UsageError):
         return None
-    return check(img)
+    return check(img, say)
 
 
 def _remember(cache: Path, key: str, img: Image) -> None:
@@ -605,7 +607,7 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
             raise ImageError(f"{origin}: no engine store to export it from")
         image_id = store.image_id(source.ref)
         key = _key("engine", source.engine, image_id)
-    hit = _lookup(cache, key)
+    hit = _lookup(cache, key, say)
     if hit is not None:
         say(f"{origin}: cached as sha256:{hit.digest}")
         return hit
@@ -831,23 +833,28 @@ def _entries(t: Tree, owners: bool) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _mismatch(entry: Path, digest: str) -> str | None:
-    """The full check of a cache entry: what differs first, or None. image.tar must hash
-    to `digest` and rootfs/ hold what it holds. Owners are compared when rootfs/ was
-    unpacked by root (its own directory is root's); tar run by another user cannot set
-    them."""
+def _tar_mismatch(entry: Path, digest: str) -> str | None:
+    """Whether image.tar, the image itself, still hashes to its digest."""
+    try:
+        got = archive.sha256_file(entry / "image.tar").removeprefix("sha256:")
+    except OSError as e:
+        return f"image.tar: cannot read it ({e.strerror})"
+    return None if got == digest else f"image.tar hashes to sha256:{got}, not to its digest"
+
+
+def _rootfs_mismatch(entry: Path, digest: str) -> str | None:
+    """What differs first between rootfs/ and image.tar (already checked), or None.
+    Owners are compared when rootfs/ was unpacked by root (its own directory is root's);
+    tar run by another user cannot set them."""
     tar, root = entry / "image.tar", entry / "rootfs"
     try:
-        got = archive.sha256_file(tar).removeprefix("sha256:")
-        if got != digest:
-            return f"image.tar hashes to sha256:{got}, not to its digest"
         have = from_directory(root, f"{entry.name[:12]}/rootfs")
         owners = os.lstat(root).st_uid == 0
         if owners and write_tar(have)[0] == digest:  # the quick way to a match
             return None
         want = read_tar(tar, f"{entry.name[:12]}/image.tar")
     except (OSError, BadImage) as e:
-        return f"cannot read it: {e}"
+        return f"rootfs/: cannot read it ({e})"
     a, b = _entries(want, owners), _entries(have, owners)
     nodes_a, nodes_b = dict(want.walk()), dict(have.walk())
     odd = sorted(a.keys() ^ b.keys())  # first, what is missing or added
@@ -874,7 +881,7 @@ def problem(img: Image) -> str | None:
     difference, or None (and the entry is sealed again)."""
     entry = img.tar.parent
     fingerprint = _fingerprint(entry)  # before the check: a change during it shows later
-    found = _mismatch(entry, img.digest)
+    found = _tar_mismatch(entry, img.digest) or _rootfs_mismatch(entry, img.digest)
     if found is None:
         _seal(entry, fingerprint)
     return found
@@ -895,22 +902,52 @@ def verify(img: Image) -> None:
         raise _refused(img, found)
 
 
-def _on_use(img: Image) -> str | None:
-    """The check before a use: the entry's fingerprint against its seal, the full check
-    when they differ (or there is no seal). What differs, or None."""
+def _unpack_again(entry: Path) -> None:
+    """rootfs/ made again from image.tar (already checked). The old one goes to the
+    cache's temp dir (prune removes it): an instance may still have it as a lower layer."""
+    fresh = entry / f".rootfs.{os.getpid()}"
+    shutil.rmtree(fresh, ignore_errors=True)
+    extract(entry / "image.tar", fresh)
+    (entry.parent / ".tmp").mkdir(exist_ok=True)
+    aside = Path(tempfile.mkdtemp(prefix="stale-", dir=entry.parent / ".tmp"))
+    with contextlib.suppress(FileNotFoundError):  # another process moved it first
+        os.rename(entry / "rootfs", aside / "rootfs")
+    try:
+        os.rename(fresh, entry / "rootfs")
+    except OSError:  # another process unpacked it first
+        shutil.rmtree(fresh)
+
+
+def _on_use(img: Image, say: Progress) -> str | None:
+    """The check before a use: the entry's fingerprint against its seal; when they
+    differ (or there is no seal), the full check. A rootfs/ that no longer matches a
+    sound image.tar is unpacked again from it (and said); what still differs, or None."""
     entry = img.tar.parent
     try:
         sealed = (entry / SEAL).read_text().strip()
     except OSError:
         sealed = ""
-    if sealed and _fingerprint(entry) == sealed:
+    fingerprint = _fingerprint(entry)
+    if sealed and fingerprint == sealed:
         return None
-    return problem(img)
+    found = _tar_mismatch(entry, img.digest)
+    if found:
+        return found
+    found = _rootfs_mismatch(entry, img.digest)
+    if found:
+        say(f"cached image sha256:{img.digest[:12]}: {found}; unpacked again from its tar")
+        _unpack_again(entry)
+        fingerprint = _fingerprint(entry)
+        found = _rootfs_mismatch(entry, img.digest)
+        if found:
+            return found
+    _seal(entry, fingerprint)
+    return None
 
 
-def check(img: Image) -> Image:
+def check(img: Image, progress: Progress | None = None) -> Image:
     """`img`, checked before it is used (_on_use); ImageError if it does not match."""
-    found = _on_use(img)
+    found = _on_use(img, progress or (lambda text: None))
     if found:
         raise _refused(img, found)
     return img

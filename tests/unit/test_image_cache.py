@@ -67,16 +67,36 @@ def archive(tmp_path: Path) -> image.Archive:
     return image.Archive(str(path))
 
 
-HOW = ["byte", "added", "removed", "tar"]
+def _source(kind: str, archive: image.Archive) -> image.Source:
+    return image.Recipe() if kind == "recipe" else archive
 
 
-@pytest.mark.parametrize("how", HOW)
-def test_a_tampered_entry_is_refused_on_its_next_use(cache: Path, archive: image.Archive,
-                                                    how: str) -> None:
-    """A cache hit by source key (nothing built): refused, with the fix."""
-    img = image.build(archive, cache)
-    assert image.build(archive, cache).build_seconds is None  # untouched: used as it is
+@pytest.mark.parametrize("kind", ["recipe", "archive"])
+@pytest.mark.parametrize("how", ["byte", "added", "removed"])
+def test_a_tampered_rootfs_is_unpacked_again_on_its_next_use(
+        cache: Path, archive: image.Archive, kind: str, how: str) -> None:
+    """rootfs/ is made from image.tar: when it no longer matches a sound tar, the next
+    use says what differs and unpacks it again."""
+    src = _source(kind, archive)
+    img = image.build(src, cache)
+    said: list[str] = []
+    image.build(src, cache, progress=said.append)
+    assert not [line for line in said if "unpacked again" in line]  # untouched: as it is
     expect = tamper(img, how)
+    again = image.build(src, cache, progress=said.append)
+    assert again.digest == img.digest
+    assert [line for line in said if expect in line and "unpacked again" in line], said
+    assert image.problem(again) is None and not (img.rootfs / "bench/extra").exists()
+    said.clear()
+    image.build(src, cache, progress=said.append)
+    assert not [line for line in said if "unpacked again" in line]
+
+
+def test_a_tampered_tar_is_refused_on_a_cache_hit(cache: Path, archive: image.Archive) -> None:
+    """A hit by source key (nothing built) on an image.tar that no longer hashes to its
+    digest: refused in one line, with the fix."""
+    img = image.build(archive, cache)
+    expect = tamper(img, "tar")
     with pytest.raises(ImageError) as exc:
         image.build(archive, cache)
     text = str(exc.value)
@@ -84,22 +104,20 @@ def test_a_tampered_entry_is_refused_on_its_next_use(cache: Path, archive: image
     assert "\n" not in text
     with pytest.raises(ImageError):  # refused again, however often it is asked for
         image.build(archive, cache)
+    with pytest.raises(ImageError, match=r"image\.tar hashes to"):
+        image.verify(img)
 
 
-@pytest.mark.parametrize("how", HOW)
-def test_a_build_of_the_same_digest_replaces_a_tampered_entry(cache: Path, how: str) -> None:
+def test_a_build_of_the_same_digest_replaces_a_tampered_tar(cache: Path) -> None:
     """A recipe is collected and written afresh on every build: that build, checked in
-    full, replaces an entry that no longer matches, and says so."""
+    full, replaces an entry whose tar no longer matches, and says so."""
     img = image.build(image.Recipe(), cache)
-    expect = tamper(img, how)
+    expect = tamper(img, "tar")
     said: list[str] = []
     again = image.build(image.Recipe(), cache, progress=said.append)
     assert again.digest == img.digest
-    assert any(expect in line and "replaced by this build" in line for line in said), said
+    assert [line for line in said if expect in line and "replaced by this build" in line], said
     assert image.problem(again) is None
-    said.clear()
-    image.build(image.Recipe(), cache, progress=said.append)
-    assert said == []  # the replacement matches: nothing to say
 
 
 def test_the_cheap_check_passes_an_untouched_entry_without_rehashing(
@@ -113,7 +131,8 @@ def test_the_cheap_check_passes_an_untouched_entry_without_rehashing(
     def rehash(entry: Path, digest: str) -> str | None:
         raise AssertionError("the full check ran on an untouched entry")
 
-    monkeypatch.setattr(image, "_mismatch", rehash)
+    monkeypatch.setattr(image, "_tar_mismatch", rehash)
+    monkeypatch.setattr(image, "_rootfs_mismatch", rehash)
     assert image.build(archive, cache).build_seconds is None
     image.build(image.Recipe(), cache)
 
