@@ -446,11 +446,10 @@ def _store(tree: Tree, source: Source, name: str, config: ImageConfig,
         if found is None:
             return img
         # This build made the same digest afresh: it replaces the entry that no longer
-        # matches (moved into the build's temp dir, removed with it).
+        # matches.
         say(f"cached image sha256:{digest[:12]} no longer matched its digest ({found}): "
             "replaced by this build")
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(final, tmp / "stale")
+        _aside(final, cache)
     extract(stage / "image.tar", stage / "rootfs")
     (stage / "image.json").write_text(json.dumps(_record(img), indent=1))
     sealed = _fingerprint(stage)
@@ -902,16 +901,21 @@ def verify(img: Image) -> None:
         raise _refused(img, found)
 
 
+def _aside(path: Path, cache: Path) -> None:
+    """Move `path` (an entry, or its rootfs/) out of the way into the cache's temp dir,
+    where `prune` removes it later: an instance may still have it as a lower layer."""
+    (cache / ".tmp").mkdir(exist_ok=True)
+    stale = Path(tempfile.mkdtemp(prefix="stale-", dir=cache / ".tmp"))
+    with contextlib.suppress(FileNotFoundError):  # another process moved it first
+        os.rename(path, stale / path.name)
+
+
 def _unpack_again(entry: Path) -> None:
-    """rootfs/ made again from image.tar (already checked). The old one goes to the
-    cache's temp dir (prune removes it): an instance may still have it as a lower layer."""
+    """rootfs/ made again from image.tar (already checked); the old one set aside."""
     fresh = entry / f".rootfs.{os.getpid()}"
     shutil.rmtree(fresh, ignore_errors=True)
     extract(entry / "image.tar", fresh)
-    (entry.parent / ".tmp").mkdir(exist_ok=True)
-    aside = Path(tempfile.mkdtemp(prefix="stale-", dir=entry.parent / ".tmp"))
-    with contextlib.suppress(FileNotFoundError):  # another process moved it first
-        os.rename(entry / "rootfs", aside / "rootfs")
+    _aside(entry / "rootfs", entry.parent)
     try:
         os.rename(fresh, entry / "rootfs")
     except OSError:  # another process unpacked it first
