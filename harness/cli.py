@@ -554,7 +554,7 @@ def image(ctx: click.Context, recipe: str | None, binaries: tuple[str, ...],
 
     One source: --recipe (the default: base), --debian SUITE [--package P]...,
     --archive PATH, --engine docker|podman --ref REF, or --scenario NAME. A second call
-    builds nothing. Subcommands: list, rm, prune, export, import.
+    builds nothing. Subcommands: list, rm, prune, verify, export, import.
     """
     from harness.core import image as image_mod
     from harness.core.debian import DEFAULT_MIRROR
@@ -650,6 +650,44 @@ def image_prune() -> None:
 
     gone = image_mod.prune()
     print("\n".join(f"removed {g}" for g in gone) or "nothing to prune")
+
+
+@image.command("verify")
+@click.argument("digests", nargs=-1, metavar="[DIGEST...]")
+@click.option("--rebuild", is_flag=True, help="Repair an image that does not match: its "
+              "rootfs/ unpacked again from a sound tar, else built again from its source.")
+def image_verify(digests: tuple[str, ...], rebuild: bool) -> None:
+    """Fully check cached images (all, or DIGEST...): image.tar hashes to the digest and
+    the unpacked rootfs/ holds exactly what it holds. One line per image; a mismatch
+    exits 1 (with --rebuild: a rootfs/ is unpacked again from its sound tar, an image
+    whose tar does not match is removed and built again from its source)."""
+    from harness.core import image as image_mod
+    from harness.core.errors import ImageError
+
+    images = [image_mod.load(d) for d in digests] or \
+        [image_mod.load(p.name) for p in image_mod.listing()]
+    bad: list[str] = []
+    for img in images:
+        problem = image_mod.problem(img)
+        if problem is None:
+            print(f"ok {img.tag} sha256:{img.digest}")
+            continue
+        print(f"mismatch {img.tag} sha256:{img.digest}: {problem}")
+        if not rebuild:
+            bad.append(img.digest[:12])
+            continue
+        try:
+            image_mod.check(img)  # a sound tar: its rootfs/ is unpacked again
+            print(f"{img.tag}: unpacked again from its tar")
+        except ImageError:  # the tar itself: built again from the source
+            image_mod.remove(img.digest)
+            new = _build_image(img.source)
+            print(f"rebuilt {new.tag} sha256:{new.digest}"
+                  + ("" if new.digest == img.digest else
+                     f" (a new digest: its source no longer gives sha256:{img.digest[:12]})"))
+    if bad:
+        raise ImageError(f"{len(bad)} of {len(images)} cached images do not match; fix: "
+                         f"bench image verify --rebuild {' '.join(bad)}")
 
 
 @image.command("export")

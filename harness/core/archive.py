@@ -429,20 +429,6 @@ def _blob_json(files: _Files, digest: str, field: str) -> Any:
         raise BadImage(f"{files.origin}: {name}: not valid JSON ({e})") from None
 
 
-def key_of(path: Path, origin: str) -> str:
-    """What the image cache keys the archive at `path` by: a file's sha256; an OCI layout
-    directory's index.json's (it pins every blob by digest), read inside the directory;
-    a docker-save directory's real path."""
-    if path.is_file():
-        return sha256_file(path)
-    with ExitStack() as stack:
-        files = _Files(path, origin, stack)
-        if files.has("index.json"):
-            return "sha256:" + hashlib.sha256(files.read("index.json", "index.json")
-                                              ).hexdigest()
-    return str(path.resolve())
-
-
 def read(path: Path, origin: str, blobs: Path, max_bytes: int | None = None
          ) -> tuple[Tree, ImageConfig, dict[str, Any]]:
     """Flatten the image archive at `path` (a file, or an OCI layout directory): its

@@ -1,22 +1,24 @@
 """Debian root filesystems: debootstrap (minbase) plus named packages, made reproducible.
 
 A build runs in two stages, both as root (debootstrap chroots and makes device nodes):
-1. the base: `debootstrap --variant=minbase SUITE` from the mirror, cached per (suite,
-   architecture, mirror, archive index): every request for that suite shares it;
+1. the base: `debootstrap --variant=minbase SUITE` from the mirror, cached per (the
+   debootstrap command: suite, architecture, mirror; archive index): every request for
+   that suite shares it;
 2. the request: a copy of the base, `apt-get install --no-install-recommends PACKAGES`
    chrooted into it (in a private mount namespace, with /proc; services are kept from
    starting by a policy-rc.d that is removed afterwards), then normalised.
 
 The archive index pins every package version: the suite's InRelease file lists the
 sha256 of every package index, so (suite, packages, the InRelease's sha256) resolves to
-one set of versions. A request is cached by that key, so asking again builds nothing
-(one HTTP request for InRelease, ~150 KB); the versions installed (dpkg-query) are
-recorded in the image's identity.
+one set of versions. A request is cached by that key and the identity of this module's
+code (code_identity: the source of its functions, so a changed rule is a new key, whatever
+NORMALISED says), so asking again builds nothing (one HTTP request for InRelease, ~150
+KB); the versions installed (dpkg-query) are recorded in the image's identity.
 
 debootstrap's output differs run to run in things that are not the software: logs, apt's
 caches and lists, debconf and dpkg backups, ldconfig's aux-cache (it stores inode
 numbers), the host's hostname and resolv.conf, the days since 1970 in /etc/shadow, the
-device nodes it makes in /dev. NORMALISED lists what is removed or rewritten. Files the
+device nodes it makes in /dev. NORMALISED describes what is removed or rewritten. Files the
 build writes get the index's date as mtime (files from packages keep theirs).
 
 Some packages make data at install time that differs on every build: PostgreSQL's
@@ -33,10 +35,14 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import inspect
+import json
+import marshal
 import os
 import re
 import shutil
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -130,17 +136,18 @@ def base(suite: str, mirror: str, index: str, cache: Path, tmp: Path, origin: st
          progress: Progress) -> Path:
     """The cached minbase tree of (suite, mirror, index); built if missing (in `tmp`,
     moved into the cache when complete)."""
-    key = hashlib.sha256(f"{suite}\0{ARCH}\0{mirror}\0{index}".encode()).hexdigest()[:16]
+    target = tmp / "base"
+    argv = ["debootstrap", "--variant=minbase", f"--arch={ARCH}", suite, str(target), mirror]
+    # keyed by the command itself (its target aside): a changed option makes a new stage
+    key = hashlib.sha256("\0".join([*argv[:4], mirror, index]).encode()).hexdigest()[:16]
     done = cache / f"{suite}-{ARCH}-{key}"
     if done.is_dir():
         return done
     if not shutil.which("debootstrap"):
         raise ImageError(f"{origin}: debootstrap is not installed (scripts/provision "
                          "installs it: apt-get install debootstrap)")
-    target = tmp / "base"
     progress(f"debootstrap --variant=minbase {suite} (about a minute; cached afterwards)")
-    _run(["debootstrap", "--variant=minbase", f"--arch={ARCH}", suite, str(target), mirror],
-         origin, progress, "debootstrap")
+    _run(argv, origin, progress, "debootstrap")
     cache.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(target, done)
@@ -289,4 +296,25 @@ def build(suite: str, packages: tuple[str, ...], mirror: str, index: tuple[str, 
                   "index": f"sha256:{index[0]}",
                   "index_date": datetime.fromtimestamp(index[1], UTC).isoformat(),
                   "requested": list(packages), "packages": installed,
-                  "recommends": False, "normalised": list(NORMALISED)}
+                  "recommends": False, "normalised": list(NORMALISED),
+                  "code": f"sha256:{code_identity()}"}
+
+
+def code_identity() -> str:
+    """The identity of the code that makes a request's tree: the source of every
+    function in this module and its constants (NORMALISED, the rules' description, left
+    out), hashed. A request's cache key holds it, so a build made before the code
+    changed is not reused; a function replaced at run time counts with its own source."""
+    h = hashlib.sha256()
+    for name, value in sorted(vars(sys.modules[__name__]).items()):
+        if inspect.isfunction(value):
+            try:
+                text = inspect.getsource(value)
+            except (OSError, TypeError):  # no source file: its compiled code
+                text = marshal.dumps(value.__code__).hex()
+        elif name.isupper() and name != "NORMALISED" and isinstance(value, str | tuple | dict):
+            text = json.dumps(value, sort_keys=True)
+        else:
+            continue
+        h.update(f"{name}\0{text}\0".encode())
+    return h.hexdigest()

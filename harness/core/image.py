@@ -25,11 +25,31 @@ duties (drivers, mounts, network, power-off) live in the VM's initramfs
 Images are cached by digest under ~/.cache/cvbench/images/<digest>/ as `image.tar`, an
 unpacked `rootfs/` (the read-only lower layer `ns` shares between instances, what `mkfs.ext4
 -d` turns into a VM disk) and `image.json` (this module's record of it). A non-recipe
-source is also indexed by its own key (sources/<key>), so asking for it again builds
-nothing. Builds happen in a temp dir under the cache (.tmp/), moved into place when
-complete and removed otherwise: a bad source leaves nothing behind. An archive's layers
-may expand to at most `max_bytes(cache)` (CVBENCH_IMAGE_MAX_BYTES), enforced as they are
-read.
+source is also indexed by its own key (sources/<key>: an archive file by its sha256, a
+directory archive by its files' contents, a Debian request by suite, mirror, packages,
+archive index and the code that builds it, an engine ref by its image id), so asking for
+it again builds nothing. Builds happen in a temp dir under the cache (.tmp/), moved into
+place when complete and removed otherwise: a bad source leaves nothing behind. An
+archive's layers may expand to at most `max_bytes(cache)` (CVBENCH_IMAGE_MAX_BYTES),
+enforced as they are read.
+
+A cache entry is checked before it is used (`check`, on every build that finds it): the
+cheap check compares a fingerprint of the entry with its `seal` (the lstat of image.tar
+and of every path in rootfs/: type, mode, owner, size, mtime, inode and ctime, so a file
+changed, added, removed or replaced, or a rewritten tar, changes it; runs read rootfs/
+only, as an overlay's lower layer or mkfs's source, which leaves all of that alone). When
+it differs (or the entry has no seal yet), the full check hashes image.tar against the
+digest and compares rootfs/ with it path by path (type, mode, owner, mtime, link target,
+hard links, content); a match re-seals the entry. rootfs/ is made from image.tar: when
+only it differs, it is unpacked again from the tar, and the build says so. An image.tar
+that no longer hashes to its digest is the image itself gone: a build that has just made
+the same digest afresh (a recipe is collected on every build; a source whose key is new)
+replaces the entry and says so; a hit by source key (nothing built) is refused in one line
+naming the difference and the fix (`bench image verify --rebuild DIGEST` builds it again
+from its recorded source), not rebuilt behind the user's back: something outside cvbench
+changed the cache, and a rebuild may give another digest (a newer archive, other host
+binaries). `bench image verify` runs the full check. A new entry is fully checked once,
+before it is sealed and moved into place.
 """
 
 from __future__ import annotations
@@ -97,6 +117,7 @@ DIRS = {"bin": 0o755, "dev": 0o755, "etc": 0o755, "proc": 0o555,
         "usr/bin": 0o755, "sbin": 0o755, "mnt": 0o755, "data": 0o755, "var": 0o755,
         "var/tmp": 0o1777}
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+SEAL = "seal"  # an entry's fingerprint, written after a full check matched
 
 
 # --- sources ------------------------------------------------------------------------
@@ -426,9 +447,10 @@ def _tmpdir(cache: Path) -> Iterator[Path]:
 
 
 def _store(tree: Tree, source: Source, name: str, config: ImageConfig,
-           identity: Mapping[str, Any], cache: Path, tmp: Path,
+           identity: Mapping[str, Any], cache: Path, tmp: Path, say: Progress,
            contents: dict[str, str] | None = None) -> Image:
-    """Write `tree` (+ the init layer) into the cache; the Image (already cached: as it is)."""
+    """Write `tree` (+ the init layer) into the cache; the Image (already cached and
+    still matching: as it is)."""
     rootfs_digest, _ = write_tar(tree)
     added = _add_init(tree)
     init_digest, _ = write_tar(init_layer())
@@ -444,14 +466,28 @@ def _store(tree: Tree, source: Source, name: str, config: ImageConfig,
                 size=size, source=source, rootfs_digest=rootfs_digest,
                 init_digest=init_digest, init_paths=added, config=config,
                 identity=dict(identity), contents=contents or {})
-    if not (final / "image.json").exists():
-        extract(stage / "image.tar", stage / "rootfs")
-        (stage / "image.json").write_text(json.dumps(_record(img), indent=1))
-        try:
-            os.rename(stage, final)
-        except OSError:  # another process cached the same digest first
-            if not (final / "image.json").exists():
-                raise
+    if (final / "image.json").exists():
+        found = _on_use(img, say)
+        if found is None:
+            return img
+        # This build made the same digest afresh: it replaces the entry that no longer
+        # matches.
+        say(f"cached image sha256:{digest[:12]} no longer matched its digest ({found}): "
+            "replaced by this build")
+        _aside(final, cache)
+    extract(stage / "image.tar", stage / "rootfs")
+    (stage / "image.json").write_text(json.dumps(_record(img), indent=1))
+    sealed = _fingerprint(stage)
+    problem = _rootfs_mismatch(stage, digest)
+    if problem:
+        raise ImageError(f"{tree.origin}: the unpacked image differs from its tar ({problem})")
+    _seal(stage, sealed)
+    try:
+        os.rename(stage, final)
+    except OSError:  # another process cached the same digest first
+        if not (final / "image.json").exists():
+            raise
+        return check(img, say)
     return img
 
 
@@ -507,13 +543,15 @@ def _index(cache: Path, key: str) -> Path:
     return cache / "sources" / f"{key}.json"
 
 
-def _lookup(cache: Path, key: str) -> Image | None:
-    """The image a source key led to, as that source's record (None: not cached)."""
+def _lookup(cache: Path, key: str, say: Progress) -> Image | None:
+    """The image a source key led to, as that source's record (None: not cached),
+    checked before it is used."""
     try:
         d = json.loads(_index(cache, key).read_text())
-        return _from_record(d, load(d["digest"], cache).tar.parent)
+        img = _from_record(d, load(d["digest"], cache).tar.parent)
     except (OSError, ValueError, KeyError, UsageError):
         return None
+    return check(img, say)
 
 
 def _remember(cache: Path, key: str, img: Image) -> None:
@@ -526,6 +564,25 @@ def _remember(cache: Path, key: str, img: Image) -> None:
 
 def _key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _dir_digest(path: Path) -> str:
+    """A directory archive (docker-save or OCI layout) by its content: each file's path
+    and sha256, each symlink's path and target, hashed; where it lies plays no part."""
+    h = hashlib.sha256()
+    for top, dirs, files in os.walk(path):
+        dirs.sort()
+        rel = os.path.relpath(top, path)
+        for name in sorted(dirs + files):
+            full = os.path.join(top, name)
+            if os.path.islink(full):
+                line = f"link\0{os.path.join(rel, name)}\0{os.readlink(full)}"
+            elif os.path.isfile(full):
+                line = f"file\0{os.path.join(rel, name)}\0{archive.sha256_file(Path(full))}"
+            else:
+                continue
+            h.update(line.encode() + b"\n")
+    return "sha256:" + h.hexdigest()
 
 
 def _tag_name(text: str, fallback: str) -> str:
@@ -553,7 +610,7 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
         tree, contents = collect(source)
         with _tmpdir(cache) as tmp:
             img = _store(tree, source, source.name, ImageConfig(cmd=("true",)),
-                         source.as_dict(), cache, tmp, contents)
+                         source.as_dict(), cache, tmp, say, contents)
         return img
     origin = source.describe()
     if isinstance(source, Debian):
@@ -561,21 +618,22 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
         if problem:
             raise BadImage(f"{origin}: {problem}")
         index = debian.fetch_index(source.suite, source.mirror, origin)
-        # What is normalised is part of the key: a build made before a rule changed
-        # (e.g. PostgreSQL's install-time cluster kept) is not reused.
+        # The code that makes the tree is part of the key (its source, not the rules'
+        # descriptions): a build made before a rule changed is not reused.
         key = _key("debian", source.suite, source.mirror, index[0],
-                   *sorted(set(source.packages)), *debian.NORMALISED)
+                   *sorted(set(source.packages)), debian.code_identity())
     elif isinstance(source, Archive):
         path = Path(source.path)
         if not path.exists():
             raise BadImage(f"{origin}: no such file or directory")
-        key = _key("archive", archive.key_of(path, origin))
+        key = _key("archive", archive.sha256_file(path) if path.is_file() else
+                   _dir_digest(path))
     else:
         if store is None:
             raise ImageError(f"{origin}: no engine store to export it from")
         image_id = store.image_id(source.ref)
         key = _key("engine", source.engine, image_id)
-    hit = _lookup(cache, key)
+    hit = _lookup(cache, key, say)
     if hit is not None:
         say(f"{origin}: cached as sha256:{hit.digest}")
         return hit
@@ -587,7 +645,7 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
             say("writing the image")
             tree = from_directory(root, origin, clamp=index[1])
             name = _tag_name("-".join(("debian", source.suite, *source.packages)), "debian")
-            img = _store(tree, source, name, ImageConfig(), identity, cache, tmp)
+            img = _store(tree, source, name, ImageConfig(), identity, cache, tmp, say)
         else:
             if isinstance(source, EngineRef):
                 say(f"exporting {source.ref} from {source.engine}")
@@ -608,7 +666,7 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
                     raise BadImage(f"{origin}: image config: label cvbench.source is not "
                                    "JSON") from None
             img = _store(tree, source, _name_of(ident.get("tags", []), config, source.kind),
-                         config, {**ident, **extra}, cache, tmp)
+                         config, {**ident, **extra}, cache, tmp, say)
     _remember(cache, key, img)
     return replace(img, build_seconds=time.monotonic() - t0)
 
@@ -674,6 +732,7 @@ def export(img: Image, dest: Path, tag: str | None = None) -> str:
     The archive is itself deterministic. Returns the archive's sha256. `tag`: the name
     `docker load` gives it (default img.tag, which an engine backend also gives the image
     with the init layer it imports: loading it then takes that name from it)."""
+    check(img)
     tree = read_tar(img.tar, f"image {img.digest[:12]}")
     init = set(img.init_paths)
     layer = dest.parent / f".{dest.name}.layer"
@@ -758,12 +817,191 @@ def prune(cache: Path | None = None, age: float = 3600.0) -> list[str]:
     return gone
 
 
-def verify(image: Image) -> None:
-    """Check the cached tar still hashes to the digest (catches a tampered cache)."""
+# --- checking a cache entry -------------------------------------------------------------
+
+def _fingerprint(entry: Path) -> str:
+    """The lstat of image.tar and of every path in rootfs/, hashed ("" if unreadable).
+    A content change moves a file's ctime (and mtime), a replacement its inode."""
     h = hashlib.sha256()
-    with open(image.tar, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+
+    def add(name: str, st: os.stat_result) -> None:
+        h.update(f"{name}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0"
+                 f"{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}\n".encode())
+
+    def fail(e: OSError) -> None:
+        raise e
+
+    root = entry / "rootfs"
+    try:
+        add("image.tar", os.stat(entry / "image.tar"))
+        add("", os.lstat(root))
+        for top, dirs, files in os.walk(root, onerror=fail):
+            dirs.sort()
+            rel = os.path.relpath(top, root)
+            for name in sorted(dirs + files):
+                add(os.path.join(rel, name), os.lstat(os.path.join(top, name)))
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
+def _seal(entry: Path, fingerprint: str) -> None:
+    tmp = entry / f".{SEAL}.{os.getpid()}"
+    tmp.write_text(fingerprint + "\n")
+    os.replace(tmp, entry / SEAL)
+
+
+def _file_sha(node: Node) -> str:
+    h = hashlib.sha256()
+    left = node.size
+    with node.open() as f:
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
             h.update(chunk)
-    if h.hexdigest() != image.digest:
-        raise ImageError(f"cached image {image.tar} does not match its digest; delete "
-                         f"{image.tar.parent} and run again")
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+_FIELDS = ("type", "mode", "owner", "group", "mtime", "size", "link target", "hard link to")
+
+
+def _entries(t: Tree, owners: bool) -> dict[str, dict[str, Any]]:
+    """path -> what _FIELDS name (a file's hard link: the first path of its inode). A
+    symlink's mode is not compared: Linux has none (unpacked, it is 0777 whatever the
+    tar says)."""
+    first: dict[int, str] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for path, n in t.walk():
+        link = first.setdefault(id(n), path) if n.kind == "file" else ""
+        mode = f"{n.mode:o}" if n.kind != "symlink" else "-"
+        out[path] = dict(zip(_FIELDS, (n.kind, mode, n.uid if owners else "-",
+                                       n.gid if owners else "-", n.mtime, n.size, n.target,
+                                       link), strict=True))
+    return out
+
+
+def _tar_mismatch(entry: Path, digest: str) -> str | None:
+    """Whether image.tar, the image itself, still hashes to its digest."""
+    try:
+        got = archive.sha256_file(entry / "image.tar").removeprefix("sha256:")
+    except OSError as e:
+        return f"image.tar: cannot read it ({e.strerror})"
+    return None if got == digest else f"image.tar hashes to sha256:{got}, not to its digest"
+
+
+def _rootfs_mismatch(entry: Path, digest: str) -> str | None:
+    """What differs first between rootfs/ and image.tar (already checked), or None.
+    Owners are compared when rootfs/ was unpacked by root (its own directory is root's);
+    tar run by another user cannot set them."""
+    tar, root = entry / "image.tar", entry / "rootfs"
+    try:
+        have = from_directory(root, f"{entry.name[:12]}/rootfs")
+        owners = os.lstat(root).st_uid == 0
+        if owners and write_tar(have)[0] == digest:  # the quick way to a match
+            return None
+        want = read_tar(tar, f"{entry.name[:12]}/image.tar")
+    except (OSError, BadImage) as e:
+        return f"rootfs/: cannot read it ({e})"
+    a, b = _entries(want, owners), _entries(have, owners)
+    nodes_a, nodes_b = dict(want.walk()), dict(have.walk())
+    odd = sorted(a.keys() ^ b.keys())  # first, what is missing or added
+    if odd:
+        return f"rootfs/{odd[0]}: " + ("missing (image.tar has it)" if odd[0] in a else
+                                       "not in image.tar (added)")
+    for path in sorted(a):
+        x, y = a[path], b[path]
+        differ = [f"{k} {y[k]!r}, not {x[k]!r}" for k in _FIELDS if x[k] != y[k]]
+        if x["type"] == y["type"] == "file" and x["size"] == y["size"] \
+                and x["hard link to"] == path:
+            try:
+                if _file_sha(nodes_a[path]) != _file_sha(nodes_b[path]):
+                    differ.insert(0, "content")
+            except OSError as e:
+                differ.insert(0, f"unreadable ({e.strerror})")
+        if differ:
+            return f"rootfs/{path} differs from image.tar: {', '.join(differ)}"
+    return None
+
+
+def problem(img: Image) -> str | None:
+    """The full check of `img`'s cache entry (see the module's doc): the first
+    difference, or None (and the entry is sealed again)."""
+    entry = img.tar.parent
+    fingerprint = _fingerprint(entry)  # before the check: a change during it shows later
+    found = _tar_mismatch(entry, img.digest) or _rootfs_mismatch(entry, img.digest)
+    if found is None:
+        _seal(entry, fingerprint)
+    return found
+
+
+def _refused(img: Image, found: str) -> ImageError:
+    short = img.digest[:12]
+    return ImageError(f"cached image sha256:{short} ({img.tar.parent}) does not match its "
+                      f"digest: {found}; fix: `bench image verify --rebuild {short}` builds "
+                      f"it again from its source (or `bench image rm {short}`)")
+
+
+def verify(img: Image) -> None:
+    """The full check of `img`'s cache entry; ImageError naming the first difference
+    and the fix."""
+    found = problem(img)
+    if found:
+        raise _refused(img, found)
+
+
+def _aside(path: Path, cache: Path) -> None:
+    """Move `path` (an entry, or its rootfs/) out of the way into the cache's temp dir,
+    where `prune` removes it later: an instance may still have it as a lower layer."""
+    (cache / ".tmp").mkdir(exist_ok=True)
+    stale = Path(tempfile.mkdtemp(prefix="stale-", dir=cache / ".tmp"))
+    with contextlib.suppress(FileNotFoundError):  # another process moved it first
+        os.rename(path, stale / path.name)
+
+
+def _unpack_again(entry: Path) -> None:
+    """rootfs/ made again from image.tar (already checked); the old one set aside."""
+    fresh = entry / f".rootfs.{os.getpid()}"
+    shutil.rmtree(fresh, ignore_errors=True)
+    extract(entry / "image.tar", fresh)
+    _aside(entry / "rootfs", entry.parent)
+    try:
+        os.rename(fresh, entry / "rootfs")
+    except OSError:  # another process unpacked it first
+        shutil.rmtree(fresh)
+
+
+def _on_use(img: Image, say: Progress) -> str | None:
+    """The check before a use: the entry's fingerprint against its seal; when they
+    differ (or there is no seal), the full check. A rootfs/ that no longer matches a
+    sound image.tar is unpacked again from it (and said); what still differs, or None."""
+    entry = img.tar.parent
+    try:
+        sealed = (entry / SEAL).read_text().strip()
+    except OSError:
+        sealed = ""
+    fingerprint = _fingerprint(entry)
+    if sealed and fingerprint == sealed:
+        return None
+    found = _tar_mismatch(entry, img.digest)
+    if found:
+        return found
+    found = _rootfs_mismatch(entry, img.digest)
+    if found:
+        say(f"cached image sha256:{img.digest[:12]}: {found}; unpacked again from its tar")
+        _unpack_again(entry)
+        fingerprint = _fingerprint(entry)
+        found = _rootfs_mismatch(entry, img.digest)
+        if found:
+            return found
+    _seal(entry, fingerprint)
+    return None
+
+
+def check(img: Image, progress: Progress | None = None) -> Image:
+    """`img`, checked before it is used (_on_use); ImageError if it does not match."""
+    found = _on_use(img, progress or (lambda text: None))
+    if found:
+        raise _refused(img, found)
+    return img

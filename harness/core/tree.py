@@ -390,9 +390,12 @@ def write_tar(tree: Tree, out: BinaryIO | None = None,
 def extract(tar_path: Path, dest: Path) -> None:
     """Unpack a tar this module wrote (checked entries only) into `dest`, with owners
     where this process may set them (root), modes and mtimes. GNU tar: 3x faster than
-    tarfile on a Debian image."""
+    tarfile on a Debian image. Its directories' modes and mtimes are set at the end: in
+    path order a directory's entries need not follow it at once ("Carp/", "Carp.pm",
+    "Carp/Heavy.pm"), and tar would otherwise set Carp's mtime before Heavy.pm moves it."""
     dest.mkdir(mode=0o755)
-    proc = subprocess.run(["tar", "-xpf", str(tar_path), "--numeric-owner", "-C", str(dest)],
+    proc = subprocess.run(["tar", "-xpf", str(tar_path), "--numeric-owner",
+                           "--delay-directory-restore", "-C", str(dest)],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise ImageError(f"cannot unpack {tar_path}: {proc.stderr.strip()[-300:]}")

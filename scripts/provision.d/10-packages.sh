@@ -3,6 +3,8 @@
 packages=(
   # the harness itself
   python3 python3-venv python3-dev gcc make git
+  # tests: readelf (whether an ELF binary is static)
+  binutils
   # the workload image: busybox-static, and tools copied into images with their libraries
   busybox-static fio iperf3 sockperf hyperfine
   # real images: Debian root filesystems (debootstrap); host-side HTTP checks in tests (curl)

@@ -24,6 +24,7 @@ import pytest
 
 from runtimes.base import Limits, Mount
 from runtimes.ns import seccomp
+from tests.conftest import require
 from tests.integration._nsutil import Env, close_env, host_ip, is_alive, open_env, probe_binary
 
 pytestmark = pytest.mark.root
@@ -32,8 +33,7 @@ PROBE = "/usr/bin/escape_probe"
 
 @pytest.fixture(scope="module")
 def probe_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    if os.geteuid() != 0:
-        pytest.skip("root: the escape tests run instances as root")
+    require("root", None if os.geteuid() == 0 else "the escape tests run instances as root")
     return probe_binary(tmp_path_factory.mktemp("probe"))
 
 

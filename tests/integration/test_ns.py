@@ -28,8 +28,7 @@ BENCH = [sys.executable, "-m", "harness.cli"]
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    if os.geteuid() != 0:
-        pytest.skip("root: ns instances are run as root here")
+    require("root", None if os.geteuid() == 0 else "ns instances are run as root here")
     e, lock = open_env("ns")
     yield e
     assert close_env(e, lock) == []

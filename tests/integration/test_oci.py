@@ -9,6 +9,7 @@ import pytest
 
 from runtimes.base import Limits, own
 from runtimes.oci import OciInstance
+from tests.conftest import require
 from tests.integration._nsutil import Env, close_env, mounts_of, open_env
 
 pytestmark = pytest.mark.root
@@ -16,8 +17,7 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module", params=["crun", "runc", "runsc"])
 def env(request: pytest.FixtureRequest) -> Iterator[Env]:
-    if os.geteuid() != 0:
-        pytest.skip("root: the OCI CLIs run as root here")
+    require("root", None if os.geteuid() == 0 else "the OCI CLIs run as root here")
     e, lock = open_env(f"oci:{request.param}")
     yield e
     assert close_env(e, lock) == []

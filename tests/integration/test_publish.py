@@ -19,7 +19,7 @@ import pytest
 
 from harness.core import image
 from runtimes.base import InstanceSpec, Limits, Runtime, publish_address
-from tests.conftest import backend_or_skip
+from tests.conftest import backend_or_skip, require
 
 pytestmark = pytest.mark.root
 FAST = ["ns", "docker", "podman"]
@@ -45,8 +45,8 @@ def _get(url: str, deadline: float) -> bytes:
 
 def _check(name: str, run_id: str) -> None:
     rt: Runtime = backend_or_skip(name)  # type: ignore[assignment]
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs 2 CPUs to pin an instance to the second")
+    require("2-cpus", None if len(os.sched_getaffinity(0)) >= 2 else
+            "needs 2 CPUs to pin an instance to the second")
     prepared = rt.prepare(image.build(image.Recipe()))
     host_port = random.randint(20000, 60000)
     spec = InstanceSpec(run_id=run_id, name=f"cvbench-{run_id}-1", network="bridge",

@@ -20,7 +20,7 @@ import pytest
 
 from harness import results
 from runtimes import registry
-from tests.conftest import backend_or_skip
+from tests.conftest import backend_or_skip, require
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -185,8 +185,8 @@ def test_a_dying_daemon_fails_its_cell_only(tmp_path: Path) -> None:
     backend_or_skip("ns")
     backend_or_skip("podman")
     pidfile = Path("/run/cvbench/podman-service.pid")
-    if not pidfile.exists():
-        pytest.skip("the podman service was not started by scripts/provision (no pid file)")
+    require("podman", None if pidfile.exists() else
+            "the podman service was not started by scripts/provision (no pid file)")
     out = tmp_path / "D"
     proc = start_run(out, "ns,podman", 60)
     try:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import pytest
 
 from harness.core import image
 from harness.core.errors import ImageError
+from tests.conftest import require
 
 
 @pytest.fixture
@@ -68,11 +73,38 @@ def test_missing_binary_is_an_image_error(cache: Path) -> None:
         image.build(image.Recipe("x", ("no-such-binary-xyz",)), cache)
 
 
+def _elf(binary: str) -> tuple[bool, list[str]]:
+    """What binutils' readelf says of `binary`: whether it names an interpreter (a
+    PT_INTERP program header) and the libraries it needs (DT_NEEDED)."""
+    headers = subprocess.run(["readelf", "-lW", binary], capture_output=True, text=True,
+                             check=True).stdout
+    dynamic = subprocess.run(["readelf", "-dW", binary], capture_output=True, text=True,
+                             check=True).stdout
+    interp = any(line.split()[:1] == ["INTERP"] for line in headers.splitlines())
+    return interp, re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dynamic)
+
+
 def test_static_binary_has_no_libraries() -> None:
-    bb = image._busybox()
-    if bb is None:
-        pytest.skip("busybox-static is not installed")
-    assert image.shared_libraries(bb) == []
+    """busybox-static is static by the ELF itself (readelf: no interpreter, no needed
+    library) and by the loader's own tool (ldd), and cvbench lists no libraries for it;
+    a dynamic binary, by the same sources, has both, and cvbench lists what it needs."""
+    bb = next((c for c in image.BUSYBOX_CANDIDATES if os.path.exists(c)), None)
+    require("busybox-static", None if bb else
+            "busybox-static is not installed (scripts/provision installs it)")
+    require("binutils", None if shutil.which("readelf") else "readelf is not installed")
+    assert bb is not None
+    real = os.path.realpath(bb)
+    assert _elf(real) == (False, [])
+    ldd = subprocess.run(["ldd", real], capture_output=True, text=True, check=False)
+    assert ldd.returncode != 0 and "not a dynamic executable" in ldd.stdout + ldd.stderr
+    assert image.shared_libraries(real) == []
+    assert image._busybox() == bb  # the image takes it as the static busybox
+
+    cat = os.path.realpath("/bin/cat")
+    interp, needed = _elf(cat)
+    assert interp and needed
+    libs = image.shared_libraries(cat)
+    assert set(needed) <= {os.path.basename(lib) for lib in libs}
 
 
 def test_fallback_without_busybox(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ from harness.core.errors import UsageError
 from runtimes import libvirt as lv
 from runtimes.base import InstanceSpec, Mount
 from runtimes.vm import domain, initramfs, kernel
+from tests.conftest import require
 
 MIB = 1 << 20
 
@@ -195,10 +196,7 @@ def test_initramfs_holds_the_vm_init_modules_console_and_the_image_under_root(
 
 
 def test_initramfs_is_read_by_cpio(tmp_path: Path) -> None:
-    try:
-        subprocess.run(["cpio", "--version"], capture_output=True, check=True)
-    except (FileNotFoundError, subprocess.CalledProcessError):
-        pytest.skip("cpio is not installed")
+    require("cpio", None if shutil.which("cpio") else "cpio is not installed")
     target = tmp_path / "i.cpio"
     initramfs.build(_tar(tmp_path), [], target)
     listing = subprocess.run(["cpio", "-t", "--quiet"], input=target.read_bytes(),
@@ -285,8 +283,7 @@ def test_disk_flavour_boots_into_its_overlay_as_vda(tmp_path: Path,
 
 
 def test_overlay_is_backed_by_the_image_disk(tmp_path: Path) -> None:
-    if shutil.which("qemu-img") is None:
-        pytest.skip("qemu-img is not installed")
+    require("qemu-img", None if shutil.which("qemu-img") else "qemu-img is not installed")
     base = tmp_path / "base.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
     top = lv.disk.overlay(base, tmp_path / "top.qcow2")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from harness.core.errors import UsageError
 from runtimes.ns import seccomp
 from runtimes.ns.config import DEFAULT_CAPS, NO_MKNOD_CAPS
+from tests.conftest import require
 
 PROFILE: dict[str, Any] = {
     "defaultAction": "SCMP_ACT_ERRNO",
@@ -67,14 +69,63 @@ def test_conditions_resolve_like_dockerd(tmp_path: Path) -> None:
     assert arm_old.arches == ("SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM")
 
 
+def run_bpf(program: bytes, nr: int, arch: int) -> int:
+    """What the kernel's filter returns for system call `nr` of `arch` (no arguments): a
+    classic BPF interpreter over struct seccomp_data, for the instructions libseccomp
+    and runc's prefix use (an unknown one fails the test)."""
+    data = struct.pack("=iIQ6Q", nr, arch, 0, *([0] * 6))
+    insns = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
+    pc, a = 0, 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        pc += 1
+        if code == 0x20:  # BPF_LD|BPF_W|BPF_ABS
+            a = struct.unpack_from("=I", data, k)[0]
+        elif code == 0x54:  # BPF_ALU|BPF_AND|BPF_K
+            a &= k
+        elif code == 0x05:  # BPF_JMP|BPF_JA
+            pc += k
+        elif code in (0x15, 0x25, 0x35, 0x45):  # JEQ, JGT, JGE, JSET (K)
+            taken = {0x15: a == k, 0x25: a > k, 0x35: a >= k, 0x45: bool(a & k)}[code]
+            pc += jt if taken else jf
+        elif code == 0x06:  # BPF_RET|BPF_K
+            return k
+        else:
+            raise AssertionError(f"instruction {code:#x} at {pc - 1}: not interpreted here")
+
+
+ALLOW, ERRNO = 0x7FFF0000, 0x00050000  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | errno
+
+
 def test_compiles_to_bpf_and_skips_unknown_names(tmp_path: Path) -> None:
-    p = seccomp.load(write(tmp_path, PROFILE), NO_MKNOD_CAPS)
-    program = seccomp.compile_bpf(p)
+    """A name this libseccomp does not know is left out of the program (which is then the
+    program of the profile without it), and the names beside it, in its rule and in the
+    others, are in: run on the kernel's input, the program allows them, returns a rule's
+    errno, and gives the default to a call the profile does not name."""
+    import pyseccomp
+
+    def compiled(profile: dict[str, Any]) -> bytes:
+        return seccomp.compile_bpf(seccomp.load(write(tmp_path, profile), NO_MKNOD_CAPS))
+
+    def nr(name: str) -> int:
+        return int(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name))
+
+    assert nr("no_such_call_anywhere") == -1  # unknown to this libseccomp
+    program = compiled(PROFILE)
     assert program and len(program) % 8 == 0  # struct sock_filter: 8 bytes each
-    # one more allowed call makes a different program: the rules are really in it
-    more = dict(PROFILE, syscalls=[*PROFILE["syscalls"],
-                                   {"names": ["getpid"], "action": "SCMP_ACT_ALLOW"}])
-    assert seccomp.compile_bpf(seccomp.load(write(tmp_path, more), NO_MKNOD_CAPS)) != program
+    known = [r for r in PROFILE["syscalls"] if r["names"] != ["no_such_call_anywhere"]]
+    assert compiled(dict(PROFILE, syscalls=known)) == program
+    arch = int(pyseccomp.system_arch())
+    for name in ("read", "write", "ptrace"):
+        assert run_bpf(program, nr(name), arch) == ALLOW, name
+    assert run_bpf(program, nr("clone3"), arch) == ERRNO | 38
+    assert run_bpf(program, nr("getpid"), arch) == ERRNO | 1  # not named: the default
+    assert run_bpf(program, nr("mount"), arch) == ERRNO | 1  # its rule needs CAP_SYS_ADMIN
+    # the unknown name in one rule with a known one: the known one still goes in
+    mixed = compiled(dict(PROFILE, syscalls=[
+        *known, {"names": ["no_such_call_anywhere", "getpid"], "action": "SCMP_ACT_ALLOW"}]))
+    assert run_bpf(mixed, nr("getpid"), arch) == ALLOW
+    assert run_bpf(mixed, nr("read"), arch) == ALLOW
 
 
 def test_oci_section_carries_the_resolved_rules(tmp_path: Path) -> None:
@@ -111,8 +162,8 @@ def test_bad_profile_names_the_file_and_field(tmp_path: Path, data: object,
 def test_dockers_profile_closes_user_namespaces() -> None:
     """Docker's own default, as provisioned: without CAP_SYS_ADMIN, no unshare, setns,
     mount or keyctl; clone without namespace flags only."""
-    if not seccomp.DOCKER_PROFILE.is_file():
-        pytest.skip(f"{seccomp.DOCKER_PROFILE}: run make provision")
+    require("seccomp-profile", None if seccomp.DOCKER_PROFILE.is_file() else
+            f"{seccomp.DOCKER_PROFILE}: run make provision")
     p = seccomp.load(seccomp.DOCKER_PROFILE, DEFAULT_CAPS, machine="x86_64", kernel="6.1")
     allowed = {n for r in p.rules if r.action == "SCMP_ACT_ALLOW" and not r.args
                for n in r.names}

@@ -14,6 +14,7 @@ from harness.core.errors import InstanceError
 from harness.core.probes import io
 from harness.core.probes.disk import du_bytes
 from harness.studies.network import iperf3_bandwidth, sockperf_latency
+from tests.conftest import require
 
 
 def test_du_bytes_equals_du_sb(tmp_path: Path) -> None:
@@ -24,8 +25,7 @@ def test_du_bytes_equals_du_sb(tmp_path: Path) -> None:
     (tmp_path / "d" / "link").symlink_to("a")
     with open(tmp_path / "d" / "sparse", "wb") as f:
         f.truncate(1 << 20)  # apparent size, not blocks
-    if shutil.which("du") is None:
-        pytest.skip("no du on this host")
+    require("du", None if shutil.which("du") else "no du on this host")
     du = int(subprocess.run(["du", "-sb", str(tmp_path / "d")], capture_output=True,
                             text=True, check=True).stdout.split()[0])
     assert du_bytes(tmp_path / "d") == du
