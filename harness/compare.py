@@ -14,7 +14,10 @@ and the report says that the threshold alone gates.
 
 Results from different machines (hardware ids: CPU model, cores, memory, architecture) are
 refused unless --allow-cross-host; differences in the host's software (kernel, distro...)
-are noted.
+are noted, and so is a backend whose writable layer differs between (or within) the
+sides (an `ns` measured before its default moved from a tmpfs to disk against one after:
+`harness.core.records.writable_layer`), since its figures of writes are then not like
+for like.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ import numpy as np
 from harness import baseline, results, stats
 from harness.core import hostinfo
 from harness.core.errors import UsageError
-from harness.core.records import Noise, Result
+from harness.core.records import Noise, Result, writable_layer
 from harness.core.units import format_value
 from harness.results import Loaded
 
 KEY = ("scenario", "backend", "variant", "metric")
+LAYER = "writable layer"
 VERDICT_ORDER = {"regression": 0, "improvement": 1, "no change": 2, "n/a": 3}
 
 
@@ -213,8 +217,9 @@ def _changes(what: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
 def differences(a: Result, b: Result, backends: Sequence[str] | None = None
                 ) -> list[Change]:
     """What changed from run `a` to run `b` (of one scenario) besides the measurements:
-    the cvbench commit and version, the host's software, the components of `backends`
-    (default: those both ran), the image and the scenario's definition."""
+    the cvbench commit and version, the host's software, the components and the writable
+    layer of `backends` (default: those both ran), the image and the scenario's
+    definition."""
     out: list[Change] = []
     commit = [(d.commit or "?")[:12] + ("+dirty" if d.dirty else "") for d in (a, b)]
     if commit[0] != commit[1] and (a.commit or b.commit):
@@ -225,6 +230,8 @@ def differences(a: Result, b: Result, backends: Sequence[str] | None = None
     for bk in sorted(set(a.backends) & set(b.backends)) if backends is None else backends:
         out += _changes(f"{bk}: ", {c.name: c.version for c in a.components(bk)},
                         {c.name: c.version for c in b.components(bk)})
+        out += _changes(f"{bk}: ", {LAYER: a.writable_layer(bk)},
+                        {LAYER: b.writable_layer(bk)})
     if a.image_digest != b.image_digest:
         out.append(Change("image", f"sha256:{a.image_digest[:12]}",
                           f"sha256:{b.image_digest[:12]}"))
@@ -242,6 +249,8 @@ def _describe_differences(base: Sequence[Loaded], new: Sequence[Loaded]) -> list
         b = next(d for _, d in base if d.scenario_name == scen)
         n = next(d for _, d in new if d.scenario_name == scen)
         for c in differences(b, n):
+            if c.what.endswith(f": {LAYER}"):
+                continue  # a warning of its own (_layer_notes), over every file
             if c.what.startswith("scenario "):  # the wording tests and users know
                 notes.append(f"{scen}: scenario {c.what[9:]} differs: {c.old!r} → {c.new!r}")
             else:
@@ -311,8 +320,7 @@ def compare(base: Sequence[Loaded], new: Sequence[Loaded], *, threshold: float =
                          + ("" if metrics == ("*",) else f" for --metric {','.join(metrics)}"))
     noise, notes = _noise(base, baselines_dir)
     notes += _describe_differences(base, new)
-    soft = _software_notes(base, new)
-    notes = soft + notes
+    notes = _software_notes(base, new) + _layer_notes(base, new) + notes
     if cross:
         notes.insert(0, f"cross-host comparison (base {hosts['base']}, new {hosts['new']}): "
                         "allowed by --allow-cross-host; the verdicts are indicative only")
@@ -361,6 +369,23 @@ def _software_notes(base: Sequence[Loaded], new: Sequence[Loaded]) -> list[str]:
         if len(set(vb) | set(vn)) > 1:
             out.append(f"⚠ host software differs: {key} {', '.join(vb)} (base) vs "
                        f"{', '.join(vn)} (new): the comparison measures that change too")
+    return out
+
+
+def _layer_notes(base: Sequence[Loaded], new: Sequence[Loaded]) -> list[str]:
+    """A warning per backend (run by both sides) whose writable layer differs between or
+    within the sides: writes to its root filesystem went to RAM in some runs, to a disk
+    in others."""
+    out = []
+    both = {b for _, d in base for b in d.backends} & {b for _, d in new for b in d.backends}
+    for bk in sorted(both):
+        side = [sorted({writable_layer(d.backends[bk]) or "not recorded"
+                        for _, d in docs if bk in d.backends}) for docs in (base, new)]
+        if len(set(side[0]) | set(side[1])) > 1:
+            out.append(f"⚠ {bk}: writable layer differs: {', '.join(side[0])} (base) vs "
+                       f"{', '.join(side[1])} (new): its figures of writes to the root "
+                       "filesystem (db, io on the rootfs, stacks) are not like for like "
+                       "(a tmpfs is RAM, not a disk)")
     return out
 
 

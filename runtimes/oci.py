@@ -1,8 +1,8 @@
 """`oci:crun`, `oci:runc`, `oci:runsc`: the same image as an OCI bundle, run by that CLI.
 
 The yardstick for `ns`: the same rootfs layout (an overlay of the shared image with a
-per-instance upper layer, in a tmpfs by default or on disk with CVBENCH_NS_UPPER=disk,
-like ns), the same namespaces, limits and protections (ns's capability set, the same
+per-instance upper layer on disk under the state dir, like ns's default and Docker's
+overlay2), the same namespaces, limits and protections (ns's capability set, the same
 seccomp profile resolved for it, no_new_privs, the device allow-list, masked and
 read-only paths, rlimits, mount flags), written into a config.json generated from the
 InstanceSpec, then `<cli> run`: the CLI stays the instance's parent (as containerd's
@@ -72,9 +72,10 @@ from runtimes.ns.shared import (
     empty_dirs,
     protected_caps,
     protection_lines,
+    refuse_upper_env,
     runner_rlimits,
-    upper_mode,
     with_rlimits,
+    writable_layer,
 )
 
 CGROUP_PARENT = "cvbench.oci"
@@ -93,6 +94,7 @@ class OciRuntime:
     flavours: ClassVar[tuple[str, ...]] = FLAVOURS
 
     def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
+        refuse_upper_env()
         flavour = flavour or "crun"
         if flavour not in FLAVOURS:
             raise UsageError(f"unknown oci flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
@@ -160,7 +162,7 @@ class OciRuntime:
         settings: dict[str, Json] = {
             "cli": self.flavour, "command": "run", "oom_detection": self.flavour == "runc",
             "cgroup_favordynmods": cgroups.favordynmods(),
-            "rootfs": f"overlay, upper on {upper_mode()}"}
+            **writable_layer("disk", self.root())}
         if self.flavour == "runsc":
             settings.update(platform="ptrace", network="none (sandbox netstack off)")
         return Traits(kind="container", settings=settings, protections=(
@@ -258,19 +260,13 @@ class OciRuntime:
         return path
 
     def _make_bundle(self, bundle: Path, image: Path) -> None:
-        """bundle/{upper,work,rootfs}: an overlay of the image, as ns builds it."""
+        """bundle/{upper,work,rootfs}: an overlay of the image, as ns builds it (on disk,
+        never `volatile`: fsync must stay real for I/O figures to mean anything)."""
         bundle.mkdir()
-        if upper_mode() == "tmpfs":
-            namespaces.mount("tmpfs", str(bundle), "tmpfs",
-                             namespaces.MS_NOSUID | namespaces.MS_NODEV, "mode=755")
         for sub in ("upper", "work", "rootfs"):
             (bundle / sub).mkdir()
-        # volatile (no syncs of the upper) only where it is a tmpfs: on disk, fsync must
-        # stay real for I/O figures to mean anything.
-        volatile = ",volatile" if upper_mode() == "tmpfs" else ""
         namespaces.mount("overlay", str(bundle / "rootfs"), "overlay", 0,
-                         f"lowerdir={image},upperdir={bundle}/upper,workdir={bundle}/work"
-                         f"{volatile}")
+                         f"lowerdir={image},upperdir={bundle}/upper,workdir={bundle}/work")
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         if spec.network == "bridge":
@@ -341,9 +337,6 @@ class OciRuntime:
         bundle = own(inst, OciInstance).bundle
         if bundle is None or not (bundle / "upper").is_dir():
             return None
-        st = os.statvfs(bundle / "upper")
-        if upper_mode() == "tmpfs":
-            return (st.f_blocks - st.f_bfree) * st.f_frsize
         return du_bytes(bundle / "upper")
 
     def remove(self, inst: Instance) -> None:
@@ -422,7 +415,8 @@ def _u64(v: int) -> int:
 
 
 def _remove_bundle(bundle: Path) -> None:
-    """Unmount the overlay (and the tmpfs under it), then delete the bundle."""
+    """Unmount the overlay (and a tmpfs under it, as bundles of older cvbench had),
+    then delete the bundle."""
     for mnt in (bundle / "rootfs", bundle):
         if os.path.ismount(mnt):
             try:

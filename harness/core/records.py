@@ -49,6 +49,27 @@ def join_variant(cell_variant: str, sub: str | None) -> str:
     return sub if cell_variant == DEFAULT_VARIANT else f"{cell_variant},{sub}"
 
 
+# What results written before `writable_layer` was recorded say instead (ns, oci:*).
+_LEGACY_UPPER = re.compile(r"\bupper on (tmpfs|disk)\b")
+
+
+def writable_layer(meta: Json) -> str | None:
+    """Where a backend's instances' writes to their root filesystem land, from its
+    metadata in a result: "disk" or "tmpfs" (in RAM); None where it is not recorded.
+
+    `writable_layer` is recorded since plain `ns` (and oci:*) moved their writable layer
+    from a tmpfs to disk. Results written before carry only the description
+    `"rootfs": "overlay, upper on tmpfs"` (or "on disk", for ns:disk): it is read here,
+    so an older `ns` result reads as "tmpfs", which it was. A result that has neither
+    (a backend that records none, or an ns before it had a tmpfs mode) is None: unknown,
+    never assumed."""
+    v = meta.get("writable_layer")
+    if isinstance(v, str) and v:
+        return v
+    m = _LEGACY_UPPER.search(str(meta.get("rootfs", "")))
+    return m.group(1) if m else None
+
+
 # --- checks: each names the file and the field -------------------------------------------
 
 def _is_int(v: object) -> TypeGuard[int]:
@@ -393,6 +414,11 @@ class Result:
         if not isinstance(versions, dict):
             return ()
         return tuple(Component.parse(str(k), str(v)) for k, v in versions.items())
+
+    def writable_layer(self, backend: str) -> str | None:
+        """Where `backend`'s writes to the root filesystem landed in this run (see the
+        module's `writable_layer`)."""
+        return writable_layer(self.backends.get(backend, {}))
 
     @property
     def image_digest(self) -> str:

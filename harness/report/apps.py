@@ -57,7 +57,7 @@ FIGURES = ("rps", "ops", "tps", "events", "bw", "lat_p50", "lat_mean", "lat_p99"
 NO_RATIO = ("daemon_pss_loaded",)
 OVERHEAD_CAP = 60  # rows: five studies' headline figures fit (the report's own cap is 30)
 OVERHEAD_COLUMNS = ["dataset", "study", "metric", "sub", "unit", "backend", "variant",
-                    "network", "kind", "emulated", "n", "median", "ci_lo", "ci_hi",
+                    "network", "kind", "emulated", "ram", "n", "median", "ci_lo", "ci_hi",
                     "host_backend", "host_variant", "host_n", "host_median", "ratio",
                     "ratio_lo", "ratio_hi", "slower"]
 
@@ -129,8 +129,8 @@ def overhead(df: pd.DataFrame) -> pd.DataFrame:
                     "dataset": ds, "study": data.study_of(str(metric)), "metric": metric,
                     "sub": sub, "unit": unit, "backend": c.backend, "variant": c.variant,
                     "network": data.axis_of(c.variant, "network") or "", "kind": c.kind,
-                    "emulated": c.emulated, "n": s.n, "median": s.median, "ci_lo": s.lo,
-                    "ci_hi": s.hi, "host_backend": ref[0] if ref else "",
+                    "emulated": c.emulated, "ram": c.ram, "n": s.n, "median": s.median,
+                    "ci_lo": s.lo, "ci_hi": s.hi, "host_backend": ref[0] if ref else "",
                     "host_variant": ref[1] if ref else "", "host_n": int(base.size),
                     "host_median": float(np.median(base)) if base.size else math.nan,
                     "ratio": ratio, "ratio_lo": lo, "ratio_hi": hi,
@@ -160,9 +160,10 @@ def overhead_table(t: pd.DataFrame, several: bool) -> render.Table:
     heads = {f for a in APPS.values() for f in (a.throughput, a.p99) if f}
     t = t[t["metric"].isin(heads)]
     others = t[t["kind"] != "process"]
-    backends = list(dict.fromkeys(zip(others["backend"], others["emulated"], strict=True)))
-    labels = [data.Cell(b, data.DEFAULT_VARIANT, "", "", bool(e)).label()
-              for b, e in backends]
+    backends = list(dict.fromkeys(zip(others["backend"], others["emulated"], others["ram"],
+                                      strict=True)))
+    labels = [data.Cell(b, data.DEFAULT_VARIANT, "", "", bool(e), bool(ram)).label()
+              for b, e, ram in backends]
     rows = []
     for key, g in t.groupby(["dataset", "metric", "sub", "network"], sort=False):
         ds, metric, sub, network = key
@@ -173,7 +174,7 @@ def overhead_table(t: pd.DataFrame, several: bool) -> render.Table:
         rows.append([*([str(ds)] if several else []), f"{metric} {arrow}", str(sub),
                      str(network), format_value(host, str(first["unit"]))
                      if math.isfinite(host) else "—",
-                     *(_ratio_text(by[b]) if b in by else "" for b, _ in backends)])
+                     *(_ratio_text(by[b]) if b in by else "" for b, _, _ in backends)])
     cols = [*(["dataset"] if several else []), "figure", "sub", "network", "host (median)",
             *labels]
     return render.Table(cols, rows, "l" * (len(cols) - len(labels) - 1)
@@ -235,7 +236,8 @@ def near_native(t: pd.DataFrame, several: bool) -> tuple[render.Table, str] | No
         overall = (claims.FAILS if claims.FAILS in verdicts.values() else claims.HOLDS
                    if set(verdicts.values()) == {claims.HOLDS} else claims.INCONCLUSIVE)
         rows.append([*([str(ds)] if several else []),
-                     data.Cell(str(backend), str(variant), "", "", False).label(),
+                     data.Cell(str(backend), str(variant), "", "", False,
+                               bool(g["ram"].any())).label(),
                      *(f"{by[f]['ratio']:.3g}× {MARKS[verdicts[f]]}"
                        + (" (faster)" if by[f]["ratio_lo"] > 1 + claim.margin else "")
                        if f in by else "" for f in figures), f"**{overall}**"])
@@ -432,7 +434,9 @@ def blocks(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame,
                       "on the slower side of 1. Every network mode of a backend is compared "
                       "with the host's own network. A (TCG, emulated) column is a VM without "
                       "hardware acceleration: its ratio says what emulation costs, not what "
-                      "KVM would."),
+                      f"KVM would. A column marked {data.RAM_MARK} wrote to a tmpfs, the "
+                      "host to its disk: its write-heavy ratios (db) are not like for "
+                      "like."),
                 *render.capped(overhead_table(t, several), "overhead.csv", OVERHEAD_CAP),
                 *render._csv("overhead.csv", t, "Every figure with both CIs")]
         claim = near_native(t, several)

@@ -172,7 +172,7 @@ def plan(docs: Sequence[Loaded], target: Target, rate: float | None) -> AppPlan:
             if by_mem is None:
                 notes.append("no PSS under load measured: memory not planned")
             label = data.Cell(c.backend, join_variant(c.variant, str(sub) or None),
-                              c.dataset, c.kind, c.emulated).label()
+                              c.dataset, c.kind, c.emulated, c.ram).label()
             cells.append(AppCell(
                 label=label, backend=c.backend,
                 variant=c.variant, sub=str(sub), kind=c.kind, emulated=c.emulated, n=s.n,

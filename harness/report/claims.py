@@ -190,7 +190,8 @@ def _bound_rows(df: pd.DataFrame, claim: Claim) -> list[dict[str, Any]]:
             continue
         cpu = r["resource"] == "cpus"
         unit = "cores" if cpu else "B"
-        cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"])
+        cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"],
+                         bool(r["ram"]))
         rows.append({
             "dataset": r["dataset"], "claim": claim.id, "text": claim.text,
             "metric": "limits.cpu_used" if cpu else "limits.mem_max_ok", "unit": unit,
@@ -247,6 +248,9 @@ def evaluate(df: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS) -> pd.DataFra
                     emulated = claim.emulation_matters and (a.emulated or b.emulated)
                     if emulated:
                         notes.append("VM emulated (TCG): not what KVM would give")
+                    if a.ram != b.ram:
+                        notes.append("writable layer in RAM on one side only: not like "
+                                     "for like")
                     if min(va.size, vb.size) < 5:
                         notes.append(f"few samples (n={va.size}/{vb.size})")
                     rows.append({

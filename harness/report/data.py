@@ -8,6 +8,11 @@
   only hypervisor backends record), and the claims that need a kind leave it out.
 - `emulated` — a VM without hardware acceleration (metadata `emulated: true` or
   `accel: tcg`): its timings say little about KVM, so every chart and table marks it.
+- `writable_layer` — where the backend's writes to the root filesystem landed in that run,
+  "disk" or "tmpfs" ("" when not recorded; `harness.core.records.writable_layer`, which
+  reads older results too): a cell in RAM is marked "(writable layer in RAM)" in every
+  chart and table (`in_ram`), and never compared with a cell of the same name on disk
+  without saying so.
 - `not_applied` — the parts of the spec the backend ignores, from its metadata
   ("limits,mounts,network"; "" when it applies all): `applied` reads it, so a backend
   that applies no limit is shown as such, never as an enforced limit or a zero.
@@ -25,11 +30,13 @@ from typing import Any
 
 import pandas as pd
 
+from harness.core.records import writable_layer
 from harness.core.units import format_size
 from harness.results import Loaded
 
 KINDS = ("process", "container", "vm", "unknown")  # order of presentation
 DEFAULT_VARIANT = "default"
+RAM_MARK = "(writable layer in RAM)"
 # Keys of a variant that name the storage target of an I/O cell, in order of preference.
 TARGET_KEYS = ("target", "storage", "io.target", "mount")
 
@@ -79,12 +86,13 @@ def _when(doc: Any) -> pd.Timestamp:
 
 
 def enrich(df: pd.DataFrame, docs: Sequence[Loaded]) -> pd.DataFrame:
-    """The frame with `kind`, `emulated`, `not_applied`, `dataset`, `date`; a copy, rows
-    unchanged."""
+    """The frame with `kind`, `emulated`, `writable_layer`, `not_applied`, `dataset`,
+    `date`; a copy, rows unchanged."""
     meta = backend_meta(docs)
     out = df.copy()
     keys = list(zip(out["run_id"].astype(str), out["backend"].astype(str), strict=True))
     out["kind"] = [backend_kind(meta.get(k, {})) for k in keys]
+    out["writable_layer"] = [writable_layer(meta.get(k, {})) or "" for k in keys]
     out["not_applied"] = [",".join(sorted(meta.get(k, {}).get("not_applied") or ()))
                           for k in keys]
     out["emulated"] = pd.Series([is_emulated(meta.get(k, {})) or bool(e)
@@ -128,6 +136,11 @@ def datasets(df: pd.DataFrame) -> list[str]:
         return []
     first = df.groupby("dataset")["created"].min().sort_values(kind="stable")
     return [str(d) for d in first.index]
+
+
+def in_ram(rows: pd.DataFrame) -> bool:
+    """Whether any of these rows (of an enriched frame) had its writable layer in RAM."""
+    return "writable_layer" in rows.columns and bool((rows["writable_layer"] == "tmpfs").any())
 
 
 def backend_order(df: pd.DataFrame) -> list[str]:
@@ -216,15 +229,18 @@ class Cell:
     dataset: str
     kind: str
     emulated: bool
+    ram: bool = False  # its writable layer was in RAM (see `in_ram`)
 
     def label(self, tag: str | None = None, sep: str = " ") -> str:
         """"docker [volume]", plus the dataset's tag (e.g. "#2") when given, plus
-        "(TCG, emulated)" for an emulated VM."""
+        RAM_MARK for a writable layer in RAM, "(TCG, emulated)" for an emulated VM."""
         text = self.backend
         if self.variant != DEFAULT_VARIANT:
             text += f" [{short_variant(self.variant)}]"
         if tag:
             text += f"{sep}{tag}"
+        if self.ram:
+            text += f"{sep}{RAM_MARK}"
         if self.emulated:
             text += f"{sep}(TCG, emulated)"
         return text
@@ -242,10 +258,11 @@ def cells(df: pd.DataFrame, order: Sequence[str] | None = None,
     order = list(order) if order is not None else backend_order(df)
     sets = list(sets) if sets is not None else datasets(df)
     first = df.drop_duplicates(["backend", "variant", "dataset"])
-    out = [Cell(str(r["backend"]), str(r["variant"]), str(r["dataset"]), str(r["kind"]),
-                bool(df[(df["backend"] == r["backend"]) & (df["dataset"] == r["dataset"])]
-                     ["emulated"].any()))
-           for _, r in first.iterrows()]
+    out = []
+    for _, r in first.iterrows():
+        mine = df[(df["backend"] == r["backend"]) & (df["dataset"] == r["dataset"])]
+        out.append(Cell(str(r["backend"]), str(r["variant"]), str(r["dataset"]),
+                        str(r["kind"]), bool(mine["emulated"].any()), in_ram(mine)))
     rank = {b: i for i, b in enumerate(order)}
     drank = {d: i for i, d in enumerate(sets)}
     return sorted(out, key=lambda c: (rank.get(c.backend, len(rank)), c.backend,
@@ -264,7 +281,8 @@ def per_instance_memory(df: pd.DataFrame) -> pd.DataFrame:
     The daemons (dockerd + containerd, the podman service, libvirtd) serve every instance
     of their backend, so each instance carries daemon / N of them, N being the number of
     instances sampled in that round of that cell. Backends without a daemon carry 0.
-    Columns: backend, variant, dataset, kind, emulated, round, pss, daemon, total.
+    Columns: backend, variant, dataset, kind, emulated, writable_layer (when `df` has it),
+    round, pss, daemon, total.
     """
     keys = ["backend", "variant", "dataset", "round"]
     pss = df[df["metric"] == "memory.pss"]
@@ -273,7 +291,8 @@ def per_instance_memory(df: pd.DataFrame) -> pd.DataFrame:
     n = pss.groupby(keys)["value"].transform("count")
     daemon = (df[df["metric"] == "memory.daemon"].groupby(keys)["value"].sum()
               .rename("daemon_total"))
-    out = pss[[*keys, "kind", "emulated"]].copy()
+    out = pss[[*keys, "kind", "emulated",
+               *(["writable_layer"] if "writable_layer" in pss.columns else [])]].copy()
     out["pss"] = pss["value"].astype(float)
     out = out.join(daemon, on=keys)
     out["daemon"] = out["daemon_total"].fillna(0.0) / n

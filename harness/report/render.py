@@ -13,7 +13,7 @@ import html
 import itertools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,20 +117,32 @@ def _pm(median: float, lo: float, hi: float) -> str:
     return f"±{(hi - lo) / 2 / abs(median):.1%}"
 
 
-def medians_table(summ: pd.DataFrame, several: bool) -> Table:
+def medians_table(summ: pd.DataFrame, several: bool,
+                  ram: Collection[tuple[str, str]] = ()) -> Table:
+    """Every figure of `summ`; a backend in `ram` ((dataset, backend): see `_in_ram`) is
+    marked data.RAM_MARK."""
     counts = "count" in summ.columns
     cols = [*(["dataset"] if several else []), "backend", "variant", "metric",
             *(["instances"] if counts else []), "n", "median", "95 % CI", "±", "stability"]
     rows = []
     for r in summ.to_dict("records"):
         med, ci = fmt_ci(r["median"], r["ci_lo"], r["ci_hi"], str(r["unit"]))
-        rows.append([*([str(r["dataset"])] if several else []), str(r["backend"]),
+        backend = str(r["backend"])
+        if (str(r.get("dataset")), backend) in ram:
+            backend += f" {data.RAM_MARK}"
+        rows.append([*([str(r["dataset"])] if several else []), backend,
                      str(r["variant"]), str(r["metric"]),
                      *([f"{r['count']:g}"] if counts else []), str(r["n"]), med, ci,
                      _pm(r["median"], r["ci_lo"], r["ci_hi"]),
                      f"⚠ {r['warning']}" if r["warning"] else ""])
     align = "l" * (len(cols) - 6) + ("r" if counts else "l") + "rrlrl"
     return Table(cols, rows, align)
+
+
+def _in_ram(df: pd.DataFrame) -> set[tuple[str, str]]:
+    """(dataset, backend) of the backends whose writable layer was in RAM."""
+    return {(str(ds), str(b)) for (ds, b), g in df.groupby(["dataset", "backend"])
+            if data.in_ram(g)}
 
 
 def _ordered(summ: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
@@ -175,7 +187,8 @@ def memory_table(df: pd.DataFrame, several: bool) -> Table | None:
             "PSS / instance", "daemons ÷ instances", "total / instance", "95 % CI of total"]
     rows = []
     for r in m.to_dict("records"):
-        cell = data.Cell(r["backend"], r["variant"], r["dataset"], "", r["emulated"])
+        cell = data.Cell(r["backend"], r["variant"], r["dataset"], "", r["emulated"],
+                         bool(r["ram"]))
         rows.append([*([str(r["dataset"])] if several else []), cell.label(),
                      str(r["instances"]), format_value(r["pss"], "B"),
                      format_value(r["daemon"], "B"), format_value(r["total"], "B"),
@@ -200,6 +213,7 @@ def _warnings(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame) -> l
         out.append(f"Emulated VMs (TCG, no hardware acceleration): {', '.join(emu)}. Their "
                    "times and I/O say little about a VM under KVM; they are marked "
                    "\"(TCG, emulated)\" in every chart and table.")
+    out += _layer_warnings(df)
     unknown = sorted(set(df[df["kind"] == "unknown"]["backend"]))
     if unknown:
         out.append(f"Backends whose metadata declares no kind ({', '.join(unknown)}): the "
@@ -217,6 +231,28 @@ def _warnings(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame) -> l
         out.append(f"{n_unstable} of {len(summ)} figures are unstable (large spread or few "
                    "samples, as pyperf checks): see the ⚠ marks in the tables; re-run them on "
                    "a quieter machine before drawing conclusions.")
+    return out
+
+
+def _layer_warnings(df: pd.DataFrame) -> list[str]:
+    """Backends whose writes to the root filesystem went to RAM, and a backend name whose
+    writable layer is not the same in every dataset (an `ns` from before its default
+    moved to disk next to one from after)."""
+    out = []
+    ram = sorted({b for _, b in _in_ram(df)})
+    if ram:
+        out.append(f"Writable layer in RAM (a tmpfs): {', '.join(ram)}. Their writes to the "
+                   "root filesystem never reach a disk, so their write-heavy figures (db, "
+                   "io on the rootfs, stacks) compare only with each other; they are marked "
+                   f"\"{data.RAM_MARK}\" in every chart and table.")
+    if "writable_layer" in df.columns:
+        for b, g in df.groupby("backend"):
+            per = {str(ds): "/".join(sorted(set(x["writable_layer"]))) or "not recorded"
+                   for ds, x in g.groupby("dataset")}
+            if len(set(per.values())) > 1:
+                out.append(f"{b} kept its writable layer in different places: "
+                           + ", ".join(f"{v} in {ds}" for ds, v in per.items())
+                           + "; its datasets are not like for like.")
     return out
 
 
@@ -332,7 +368,8 @@ def limits_table(df: pd.DataFrame, several: bool) -> Table | None:
     rows = []
     for r in t.to_dict("records"):
         unit = "cores" if r["resource"] == "cpus" else "B"
-        cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"])
+        cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"],
+                         bool(r["ram"]))
         killed = "" if unit == "cores" else (format_value(r["killed"], "B")
                                              if math.isfinite(r["killed"]) else "none")
         rows.append([*([str(r["dataset"])] if several else []), cell.label(),
@@ -356,7 +393,8 @@ def density_table(df: pd.DataFrame, several: bool) -> Table | None:
             "marginal / instance", "95 % CI", "low end", "top end", "max count", "start p95"]
     rows = []
     for r in t.to_dict("records"):
-        cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"])
+        cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"],
+                         bool(r["ram"]))
 
         def size(x: float) -> str:
             return format_value(x, "B") if math.isfinite(x) else "—"
@@ -404,7 +442,7 @@ def _study_blocks(study: str, df: pd.DataFrame, summ: pd.DataFrame,
                                       "median; ⚠ an unstable figure.")
         blocks += [("p", caption), *capped(table, name)]
     else:  # a study without a summary of its own: its figures, as many as fit
-        blocks += capped(medians_table(summ, several), name)
+        blocks += capped(medians_table(summ, several, _in_ram(df)), name)
     if study == "density":
         return blocks + _csv(name, _per_count(df), "The full table per instance count, "
                                                    "with 95 % CIs")
@@ -490,7 +528,8 @@ def content(docs: Sequence[Loaded], df: pd.DataFrame, charts: Mapping[str, Any],
                      format_value(x["base"], str(x["unit"])),
                      format_value(x["new"], str(x["unit"])), f"{x['ratio']:.3g}×",
                      f"{x['ratio_lo']:.3g}× – {x['ratio_hi']:.3g}×",
-                     "✓" if x["changed"] else ""] for x in r.to_dict("records")]
+                     f"⚠ not like for like: {x['unlike']}" if x["unlike"]
+                     else "✓" if x["changed"] else ""] for x in r.to_dict("records")]
             name = f"side-by-side-{k}.csv"
             blocks += [("h3", f"{new} vs {sets[0]}"),
                        *capped(Table(["backend", "variant", "metric", sets[0], new,

@@ -42,6 +42,7 @@ def memory(df: pd.DataFrame) -> pd.DataFrame:
     for key, g in inst.groupby(["dataset", "backend", "variant"], sort=False):
         row = dict(zip(["dataset", "backend", "variant"], key, strict=True))
         row["emulated"] = bool(g["emulated"].any())
+        row["ram"] = data.in_ram(g)
         row["instances"] = int(g.groupby("round").size().median())
         row["n"] = len(g)
         for col in ("pss", "daemon", "total"):
@@ -52,22 +53,31 @@ def memory(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def ratios(df: pd.DataFrame, base: str, new: str) -> pd.DataFrame:
-    """Per cell and metric present in both datasets: new/base median ratio with its CI."""
+    """Per cell and metric present in both datasets: new/base median ratio with its CI.
+    `unlike` says why the two are not like for like ("writable layer tmpfs → disk": the
+    backend kept its writes in RAM in one dataset, on disk in the other), "" when they
+    are."""
     rows = []
     for key, g in df.groupby(KEYS, sort=False):
-        a = g[g["dataset"] == base]["value"].to_numpy(float)
-        b = g[g["dataset"] == new]["value"].to_numpy(float)
+        ga, gb = g[g["dataset"] == base], g[g["dataset"] == new]
+        a, b = ga["value"].to_numpy(float), gb["value"].to_numpy(float)
         if a.size == 0 or b.size == 0 or not (abs(float(pd.Series(a).median())) > 0):
             continue
         r, lo, hi = stats.ratio_ci(a, b)
+        layers = [", ".join(sorted(set(x.get("writable_layer", pd.Series(dtype=str)))))
+                  for x in (ga, gb)]
         rows.append({**dict(zip(KEYS, key, strict=True)), "base": float(pd.Series(a).median()),
                      "new": float(pd.Series(b).median()), "ratio": r, "ratio_lo": lo,
-                     "ratio_hi": hi, "changed": bool(lo > 1 or hi < 1)})
+                     "ratio_hi": hi, "changed": bool(lo > 1 or hi < 1),
+                     "unlike": "" if layers[0] == layers[1] else
+                     f"writable layer {layers[0] or 'not recorded'} → "
+                     f"{layers[1] or 'not recorded'}"})
     return pd.DataFrame(rows, columns=[*KEYS, "base", "new", "ratio", "ratio_lo", "ratio_hi",
-                                       "changed"])
+                                       "changed", "unlike"])
 
 
-LIMITS_COLUMNS = ["dataset", "backend", "variant", "kind", "emulated", "applied", "resource",
+LIMITS_COLUMNS = ["dataset", "backend", "variant", "kind", "emulated", "ram", "applied",
+                  "resource",
                   "asked", "n", "value", "value_lo", "value_hi", "ratio", "ratio_lo",
                   "ratio_hi", "idle", "room", "killed", "enforced"]
 
@@ -117,7 +127,7 @@ def limits(df: pd.DataFrame) -> pd.DataFrame:
         v, r = stats.summarize(value.dropna()), stats.summarize(ratio.dropna())
         rows.append({"dataset": ds, "backend": backend, "variant": rest,
                      "kind": str(g["kind"].iloc[0]), "emulated": bool(g["emulated"].any()),
-                     "applied": data.applied(str(g["not_applied"].iloc[0]),
+                     "ram": data.in_ram(g), "applied": data.applied(str(g["not_applied"].iloc[0]),
                                              f"limits.{resource}"),
                      "resource": resource, "asked": limit, "n": v.n,
                      "value": v.median, "value_lo": v.lo, "value_hi": v.hi,
@@ -128,7 +138,8 @@ def limits(df: pd.DataFrame) -> pd.DataFrame:
 # The memory basis of the density summary: the capacity plan's default first, then what
 # older results (without the kernel's figures) still allow.
 DENSITY_BASES = ("pss+kernel", "pss", "host")
-DENSITY_COLUMNS = ["dataset", "backend", "variant", "kind", "emulated", "basis", "ramps",
+DENSITY_COLUMNS = ["dataset", "backend", "variant", "kind", "emulated", "ram", "basis",
+                   "ramps",
                    "fixed", "marginal", "marginal_lo", "marginal_hi", "low", "low_counts",
                    "top", "top_counts", "max_count", "start_p95"]
 
@@ -157,7 +168,7 @@ def density(df: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             **dict(zip(["dataset", "backend", "variant"], key, strict=True)),
             "kind": str(g["kind"].iloc[0]), "emulated": bool(g["emulated"].any()),
-            "basis": basis, "ramps": len(ramps),
+            "ram": data.in_ram(g), "basis": basis, "ramps": len(ramps),
             "fixed": fit.fixed if fit else math.nan,
             "marginal": fit.marginal if fit else math.nan,
             "marginal_lo": fit.marginal_ci[0] if fit else math.nan,

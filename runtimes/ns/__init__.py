@@ -22,18 +22,18 @@ Mapping of the InstanceSpec:
                                 id>-<name>, kept across the run's instances | tmpfs
                                 nosuid,nodev,noexec with size
   readiness                  -> the ready line read from the stdout pipe
-  writable layer             -> overlay upper/work in a tmpfs private to the instance
-                                (default: nothing is made on the host, writes are charged
-                                to the instance's memory cgroup, as with runsc's default
-                                memory-backed overlay), or with CVBENCH_NS_UPPER=disk
-                                under <state>/ns/<instance> (as Docker's overlay2; costs
-                                ~2 ms of ext4 metadata work per instance on this host)
+  writable layer             -> overlay upper/work on disk under <state>/ns/<instance>,
+                                where Docker's overlay2 keeps it (made at create, removed
+                                at remove; fsync honoured); ns:tmpfs: in a tmpfs private
+                                to the instance (in RAM, charged to the instance's memory
+                                cgroup, as runsc's default memory-backed overlay; mounted
+                                `volatile`). The result records which (`writable_layer`)
   user                       -> root inside; as a non-root user, a user namespace maps
                                 the user to root (rootless)
 
-Phases: create = the request to the fork server, which clones the child, then the
-cgroup (+ instance dirs), made while the child sets itself up. start = release the
-child (it joins the cgroup, drops privileges, execs) and wait until the exec has
-happened (or a step failed). remove = kill what is left, rmdir the cgroup
-(and the dirs).
+Phases: create = the instance dir (upper, work; not for ns:tmpfs), the request to the
+fork server, which clones the child, then the cgroup, made while the child sets itself
+up. start = release the child (it joins the cgroup, drops privileges, execs) and
+wait until the exec has happened (or a step failed). remove = kill what is left, rmdir
+the cgroup and the instance dir.
 """

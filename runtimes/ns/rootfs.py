@@ -5,9 +5,13 @@ Order matters, and each step says why:
    (and host mounts made later still propagate in, as with runc's default).
 2. overlay: the image rootfs as the read-only lower layer (shared by every instance),
    under a small "dev layer" holding /dev's device nodes (made once, make_dev_layer),
-   and a per-instance upper/work dir; all writes land in the upper dir. The overlay is
-   mounted over the image directory itself: that path is private to our mount
-   namespace, so no per-instance mount point has to be made (or removed) on the host.
+   and a per-instance upper/work dir; all writes land in the upper dir. By default it
+   is on disk, <state>/ns/<instance>/{upper,work}, made by the parent before the child
+   starts, where Docker's overlay2 keeps a container's (never mounted `volatile`: fsync
+   must reach the disk for I/O figures to mean anything); ns:tmpfs puts it in a tmpfs
+   only this mount namespace sees, in RAM. The overlay is mounted over the image
+   directory itself: that path is private to our mount namespace, so no per-instance
+   mount point has to be made (or removed) on the host.
 3. /proc, /dev/pts, /dev/shm, /dev/mqueue, /sys (read-only) and the user's mounts, all
    below the new root before we move into it. (Rootless: /dev is a tmpfs with the host's nodes bound
    in, since an unprivileged user cannot make device nodes.) This happens before
@@ -171,8 +175,8 @@ def setup(cfg: ContainerConfig) -> None:
     upper, work = cfg.upper, cfg.work
     options = ""
     if not upper:
-        # A writable layer in memory: a tmpfs only this mount namespace sees. It is
-        # charged to the instance's memory cgroup and vanishes with the namespace.
+        # ns:tmpfs, a writable layer in memory: a tmpfs only this mount namespace sees.
+        # It is charged to the instance's memory cgroup and vanishes with the namespace.
         ns.mount("tmpfs", cfg.scratch, "tmpfs", ns.MS_NOSUID | ns.MS_NODEV, "mode=755")
         upper, work = f"{cfg.scratch}/upper", f"{cfg.scratch}/work"
         os.mkdir(upper, 0o755)

@@ -58,9 +58,10 @@ from runtimes.ns.shared import (
     cgroup_parents,
     empty_dirs,
     protection_lines,
+    refuse_upper_env,
     runner_rlimits,
-    upper_mode,
     with_rlimits,
+    writable_layer,
 )
 
 SETUP_TIMEOUT = 30.0
@@ -89,19 +90,22 @@ class NsInstance(PipedInstance):
 
 
 class NsRuntime:
-    """`ns`: the writable layer in a tmpfs (or where CVBENCH_NS_UPPER says), with
-    Docker's default protections (`protections()` lists them); `ns:disk`: the same, on
-    disk, as Docker's overlay2 keeps it — the one to compare disk and I/O figures of the
-    root filesystem with; `ns:bare`: ns without the seccomp filter, the device cgroup
-    (so without CAP_MKNOD) and the rlimits: ns vs ns:bare is what they cost."""
+    """`ns`: the writable layer on disk under the state dir, where Docker's overlay2
+    keeps it, with Docker's default protections (`protections()` lists them);
+    `ns:tmpfs`: the same with the writable layer in a tmpfs (in RAM: its write figures
+    compare with no backend on disk); `ns:disk`: another name of `ns`, for the scenarios
+    and results that still say it (it was the disk flavour when plain `ns` was in RAM);
+    `ns:bare`: ns without the seccomp filter, the device cgroup (so without CAP_MKNOD)
+    and the rlimits: ns vs ns:bare is what they cost."""
 
     name = "ns"
-    flavours: ClassVar[tuple[str, ...]] = ("disk", "bare")
+    flavours: ClassVar[tuple[str, ...]] = ("tmpfs", "disk", "bare")
 
     def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
+        refuse_upper_env()
         self.name = f"ns:{flavour}" if flavour else "ns"
         self.bare = flavour == "bare"
-        self.upper = "disk" if flavour == "disk" else upper_mode()
+        self.upper = "tmpfs" if flavour == "tmpfs" else "disk"
         self._cg: cgroups.Manager | None = None
         self._last_cap: int | None = None
         # Looked up once: which masked and read-only paths this kernel has.
@@ -184,7 +188,7 @@ class NsRuntime:
             protections=self.protections(),
             settings={"cgroup": self.cg.mode, "kernel": platform.release(),
                       "start": "clone(CLONE_PARENT) from a fork server, then exec",
-                      "rootfs": f"overlay, upper on {self.upper}",
+                      **writable_layer(self.upper, self.root()),
                       "rootless": self.rootless, "limits_applied": self.limits_applied,
                       "cgroup_favordynmods": cgroups.favordynmods()})
 
@@ -213,9 +217,12 @@ class NsRuntime:
 
     def prepare(self, image: Image) -> Prepared:
         # The unpacked image is the shared read-only lower layer; nothing to copy per run.
-        # Per-run work done here, before any timing: the fork server, the scratch dir.
+        # Per-run work done here, before any timing: the fork server, the state dir (and
+        # for ns:tmpfs the scratch dir its tmpfs is mounted on, in each instance's mounts).
         _SERVER.start()
-        (self.root() / "scratch").mkdir(parents=True, exist_ok=True)
+        self.root().mkdir(parents=True, exist_ok=True)
+        if self.upper == "tmpfs":
+            (self.root() / "scratch").mkdir(exist_ok=True)
         if self.limits_applied:
             self.cg.setup()  # the parent cgroups (a finished run removes them when alone)
         if not self.rootless:
@@ -226,7 +233,7 @@ class NsRuntime:
 
     def _program(self) -> bytes:
         """The compiled seccomp filter: once per runner process (prepare() does it before
-        any timing), shared by ns and ns:disk; b"" for ns:bare."""
+        any timing), shared by ns and ns:tmpfs; b"" for ns:bare."""
         if not self._bpf and not self.bare:
             profile = self.seccomp_profile()
             assert profile is not None
@@ -461,7 +468,7 @@ class NsRuntime:
         child = inst.child
         if child is None or inst.exited:
             return None
-        # tmpfs upper: overlayfs' statfs reports its upper filesystem, our private tmpfs.
+        # ns:tmpfs: overlayfs' statfs reports its upper filesystem, our private tmpfs.
         try:
             st = os.statvfs(f"/proc/{child.pid}/root")
         except OSError:
@@ -589,11 +596,10 @@ def _split_parent(procs: str) -> tuple[str, str]:
 
 def _remove_instance_dir(idir: Path) -> None:
     """rmdir the few directories an instance that wrote nothing leaves (overlayfs makes
-    work/work, with `volatile` work/work/incompat/volatile, and sometimes work/index);
-    anything else falls back to a full rmtree."""
+    work/work, and sometimes work/index; never `volatile` on disk); anything else falls
+    back to a full rmtree."""
     try:
-        for sub in ("work/work/incompat/volatile", "work/work/incompat", "work/work",
-                    "work/index"):
+        for sub in ("work/work", "work/index"):
             with contextlib.suppress(FileNotFoundError):
                 os.rmdir(idir / sub)
         for sub in ("upper", "work", ""):

@@ -8,7 +8,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from harness.core.errors import InstanceError
+from harness.core.errors import UsageError
 from runtimes.base import Leftover
 from runtimes.ns import cgroups
 from runtimes.ns.config import DEVICE_RULES, MASKED_PATHS, READONLY_PATHS, RLIMITS, caps
@@ -29,12 +29,46 @@ def runner_rlimits() -> tuple[tuple[str, int, int], ...]:
     return tuple((name, *resource.getrlimit(res)) for name, res in RLIMITS.items())
 
 
-def upper_mode() -> str:
-    """Where an instance's writable layer goes by default: tmpfs, or disk."""
-    mode = os.environ.get("CVBENCH_NS_UPPER", "tmpfs")
-    if mode not in ("disk", "tmpfs"):
-        raise InstanceError(f"CVBENCH_NS_UPPER={mode!r}: use disk or tmpfs")
-    return mode
+# Filesystems whose files live in memory: an upper dir on one of them is not on disk.
+MEMORY_FS = frozenset({"tmpfs", "ramfs"})
+
+
+def refuse_upper_env() -> None:
+    """CVBENCH_NS_UPPER once chose where plain `ns` (and oci:*) kept the writable layer;
+    the backend's name says it now, so a stale setting is refused, not silently ignored."""
+    if "CVBENCH_NS_UPPER" in os.environ:
+        raise UsageError("CVBENCH_NS_UPPER: no longer read (unset it); the backend's name "
+                         "chooses the writable layer: ns (on disk, as Docker's overlay2) "
+                         "or ns:tmpfs (in RAM)")
+
+
+def filesystem(path: Path) -> str:
+    """The type of the filesystem `path` (or, before it exists, its nearest existing
+    parent) is on, from /proc/self/mountinfo: the longest mount point above it."""
+    p = path.resolve()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    best, fstype = "", "?"
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            fields, _, rest = line.partition(" - ")
+            target = fields.split()[4].encode().decode("unicode_escape")  # (\040: a space)
+            inside = str(p) == target or str(p).startswith(target.rstrip("/") + "/")
+            if inside and len(target) >= len(best):
+                best, fstype = target, rest.split()[0]
+    return fstype
+
+
+def writable_layer(upper: str, where: Path) -> dict[str, str]:
+    """The settings that record where an instance's writes to its root filesystem land:
+    `writable_layer` "tmpfs" (in RAM: a private tmpfs, or a state dir on a memory
+    filesystem) or "disk", and `rootfs`, how."""
+    if upper == "tmpfs":
+        return {"writable_layer": "tmpfs",
+                "rootfs": "overlay, upper in a tmpfs private to the instance (volatile)"}
+    fs = filesystem(where)
+    return {"writable_layer": "tmpfs" if fs in MEMORY_FS else "disk",
+            "rootfs": f"overlay, upper on {fs} under {where} (fsync honoured)"}
 
 
 def cgroup_parents(backend: str, cg: cgroups.Manager) -> list[Leftover]:

@@ -223,17 +223,67 @@ def test_mounts(env: Env, tmp_path: Path) -> None:
     assert ex.stdout == b"v\n"
 
 
-def test_disk_upper(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(env.rt, "upper", "disk")  # what the ns:disk flavour sets
-    inst = env.started(("sh", "-c", "head -c 100000 /dev/zero > /big; sleep 30"))
+def _root_overlay(mountinfo: str) -> dict[str, str]:
+    """The super options of the overlay mounted on / in a /proc/PID/mountinfo."""
+    for line in mountinfo.splitlines():
+        fields, _, rest = line.partition(" - ")
+        fstype, _source, options = rest.split(" ", 2)
+        if fields.split()[4] == "/" and fstype == "overlay":
+            return dict(o.partition("=")[::2] for o in options.split(","))
+    raise AssertionError(f"no overlay on /: {mountinfo}")
+
+
+def _volatile(options: dict[str, str]) -> bool:
+    """Whether an overlay skips syncs: "volatile" (newer kernels show "fsync=volatile")."""
+    return "volatile" in options or options.get("fsync") == "volatile"
+
+
+def test_default_writable_layer_is_on_disk(env: Env) -> None:
+    """Plain ns writes where Docker's overlay2 would: a file written inside lands in the
+    instance's upper dir under the state dir on the host, the overlay on / has that dir as
+    its upper (not a tmpfs) and is not `volatile`, and remove takes the dir away."""
+    from runtimes.ns.shared import MEMORY_FS, filesystem
+
+    assert env.rt.traits().settings["writable_layer"] == "disk"
+    inst = env.started(("sleep", "30"))
     try:
         idir = own(inst, NsInstance).dir
-        time.sleep(0.3)
+        assert idir == env.rt.root() / inst.spec.name
+        ex = env.rt.exec(inst, ["sh", "-c", "head -c 100000 /dev/zero > /big; "
+                                            "echo written > /f; cat /proc/1/mountinfo"])
+        assert ex.code == 0, ex.stdout
+        assert (idir / "upper" / "f").read_text() == "written\n"  # on the host, while it runs
+        assert filesystem(idir / "upper") not in MEMORY_FS
+        root = _root_overlay(ex.stdout.decode())
+        assert root["upperdir"] == str(idir / "upper") and not _volatile(root)
         assert (env.rt.disk_usage(inst) or 0) >= 100000
     finally:
         env.rt.stop(inst, grace=0)
         env.rt.remove(inst)
     assert not idir.exists()
+
+
+def test_tmpfs_flavour_keeps_the_writable_layer_in_ram() -> None:
+    """ns:tmpfs: nothing on the host's disk; the upper is in a tmpfs only the instance's
+    mount namespace sees, mounted `volatile`."""
+    e, lock = open_env("ns:tmpfs")
+    try:
+        assert e.rt.traits().settings["writable_layer"] == "tmpfs"
+        inst = e.started(("sleep", "30"))
+        try:
+            assert own(inst, NsInstance).dir is None
+            assert not (e.rt.root() / inst.spec.name).exists()
+            ex = e.rt.exec(inst, ["sh", "-c", "echo written > /f; cat /proc/1/mountinfo"])
+            assert ex.code == 0, ex.stdout
+            root = _root_overlay(ex.stdout.decode())
+            # the tmpfs was mounted on the scratch dir in the instance's namespace only
+            assert root["upperdir"] == f"{e.rt.root()}/scratch/upper" and _volatile(root)
+            assert not any((e.rt.root() / "scratch").iterdir())  # nothing on the host
+        finally:
+            e.rt.stop(inst, grace=0)
+            e.rt.remove(inst)
+    finally:
+        assert close_env(e, lock) == []
 
 
 def test_setup_failure_is_reported(env: Env) -> None:
@@ -261,9 +311,8 @@ def test_gc_after_sigkilled_runner(tmp_path: Path) -> None:
         "    rt.start(inst)\n"
         "print(rid, flush=True)\n"
         "sys.stdin.read()\n")
-    env_vars = dict(os.environ, CVBENCH_NS_UPPER="disk")
     with subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, text=True, env=env_vars) as proc:
+                          stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None
         rid = proc.stdout.readline().strip()
         proc.send_signal(signal.SIGKILL)

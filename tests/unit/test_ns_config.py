@@ -75,6 +75,59 @@ def test_disk_upper(state: Path) -> None:
     assert cfg.upper == str(state / "i" / "upper") and cfg.work == str(state / "i" / "work")
 
 
+@pytest.mark.parametrize(("flavour", "fs", "layer"), [
+    (None, "ext4", "disk"),  # plain ns: where Docker's overlay2 keeps it
+    ("disk", "ext4", "disk"),  # the old name of the disk flavour: the same backend
+    ("bare", "xfs", "disk"),
+    ("tmpfs", "ext4", "tmpfs"),  # in RAM, whatever the state dir is on
+    (None, "tmpfs", "tmpfs"),  # a state dir in RAM is no disk either
+])
+def test_traits_record_the_writable_layer(state: Path, monkeypatch: pytest.MonkeyPatch,
+                                          flavour: str | None, fs: str, layer: str) -> None:
+    from runtimes.ns import shared
+
+    monkeypatch.setattr(shared, "filesystem", lambda path: fs)
+    rt = NsRuntime(flavour)
+    monkeypatch.setattr(rt, "protections", lambda: ())  # (no seccomp profile needed)
+    settings = rt.traits().settings
+    assert settings["writable_layer"] == layer
+    assert rt.upper == ("tmpfs" if flavour == "tmpfs" else "disk")
+    if rt.upper == "disk":
+        assert settings["rootfs"] == f"overlay, upper on {fs} under {state / 'ns'} " \
+                                     "(fsync honoured)"
+
+
+def test_oci_records_its_writable_layer_on_disk(state: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtimes.ns import shared
+
+    monkeypatch.setattr(shared, "filesystem", lambda path: "ext4")
+    rt = OciRuntime("crun")
+    monkeypatch.setattr(rt, "seccomp_profile", lambda: seccomp_stub())
+    assert rt.traits().settings["writable_layer"] == "disk"
+
+
+def seccomp_stub() -> object:
+    class Stub:
+        def describe(self) -> str:
+            return "stub"
+    return Stub()
+
+
+def test_filesystem_of_a_path_and_of_one_not_made_yet() -> None:
+    from runtimes.ns.shared import filesystem
+
+    assert filesystem(Path("/proc/self")) == "proc"
+    assert filesystem(Path("/proc/no/such/dir")) == "proc"  # its nearest parent's
+
+
+def test_the_old_upper_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVBENCH_NS_UPPER", "tmpfs")
+    for make in (NsRuntime, OciRuntime):
+        with pytest.raises(UsageError, match=r"CVBENCH_NS_UPPER.*ns:tmpfs"):
+            make()
+
+
 def test_ns_caps_are_dockers_minus_mknod_without_device_rules() -> None:
     assert set(DEFAULT_CAPS) - set(NO_MKNOD_CAPS) == {"CAP_MKNOD"}
     assert len(DEFAULT_CAPS) == 14
