@@ -399,6 +399,40 @@ def _rootless(nobody: list[str], tmp_path: Path) -> None:
     assert meta["rootless"] is True
     assert meta["limits_applied"] or meta["not_applied"] == ["limits"]
     assert not list((tmp_path / "s" / "ns").glob("cvbench-*"))  # nothing left behind
+    # exec into a running instance (a healthcheck's way in): in its user namespace, with
+    # its protections (nsenter, as it was, could not even join its namespaces)
+    script = tmp_path / "exec.py"
+    script.write_text(_ROOTLESS_EXEC)
+    script.chmod(0o644)
+    res = subprocess.run([*nobody, sys.executable, str(script)], capture_output=True,
+                         text=True, timeout=300, check=False, env=env_vars, cwd=repo)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.split()
+    assert out[0] == out[1] and out[2:] == ["NoNewPrivs:", "1", "Seccomp:", "2", "0"], out
+
+
+_ROOTLESS_EXEC = """\
+from harness.core import image
+from harness.runs import RunLock
+from runtimes.base import InstanceSpec, new_run_id
+from runtimes.ns.runtime import NsRuntime
+
+rt, rid = NsRuntime(), new_run_id()
+lock = RunLock(rid, "test")
+prepared = rt.prepare(image.build(image.Recipe()))
+inst = rt.create(InstanceSpec(run_id=rid, name=f"cvbench-{rid}-1", argv=("sleep", "100")),
+                 prepared)
+try:
+    rt.start(inst)
+    rt.wait_ready(inst, 30)
+    ex = rt.exec(inst, ("sh", "-c", "readlink /proc/1/ns/user; readlink /proc/self/ns/user; "
+                                    "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; id -u"))
+    print(ex.stdout.decode())
+finally:
+    rt.stop(inst, grace=0)
+    rt.remove(inst)
+    lock.release()
+"""
 
 
 def test_user_namespace_path_as_root(env: Env) -> None:
