@@ -103,9 +103,9 @@ def unshare(flags: int) -> None:
 
 
 def setns(fd: int, flags: int) -> None:
-    """Join namespaces: with a pidfd (Linux 5.8+), every namespace of that process named
-    in `flags` at once (the kernel orders them: the user namespace first, so the others,
-    owned by it, can then be joined)."""
+    """Join namespaces: with a pidfd (Linux 5.8; ns needs 5.9 for close_range anyway),
+    every namespace of that process named in `flags` at once (the kernel orders them:
+    the user namespace first, so the others, owned by it, can then be joined)."""
     _check(_libc.setns(fd, flags), "setns")
 
 
