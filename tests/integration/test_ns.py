@@ -492,7 +492,9 @@ def test_exec_workdir_is_resolved_inside_the_root(env: Env, tmp_path: Path) -> N
         ex = env.rt.exec(inst, ("sh", "-c", f"mkdir -p {tmp_path.parent} /w && "
                                             f"ln -s /etc {tmp_path}"))
         assert ex.code == 0, ex
+        (tmp_path / "host-only").touch()  # (nsenter -w opened the path on the host)
         ex = env.rt.exec(inst, ("sh", "-c", "pwd -P; ls"), workdir=str(tmp_path))
+        assert b"host-only" not in ex.stdout, ex
         assert ex.stdout.decode().split()[0] == "/etc" and b"passwd" in ex.stdout, ex
         assert env.rt.exec(inst, ("pwd",), workdir="/w").stdout == b"/w\n"
         with pytest.raises(InstanceError, match="nonexistent"):
