@@ -35,5 +35,7 @@ Phases: create = the instance dir (upper, work; not for ns:tmpfs), the request t
 fork server, which clones the child, then the cgroup, made while the child sets itself
 up. start = release the child (it joins the cgroup, drops privileges, execs) and
 wait until the exec has happened (or a step failed). remove = kill what is left, rmdir
-the cgroup and the instance dir.
+the cgroup and the instance dir. exec (a healthcheck) = a helper from the fork server
+joins the instance's namespaces, and its child the cgroup, root and workdir, then
+applies the same protections as the first process (process.exec_main).
 """

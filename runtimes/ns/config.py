@@ -107,3 +107,13 @@ class ContainerConfig:
     rlimits: tuple[tuple[int, int, int], ...] = ()  # (RLIMIT_*, soft, hard), set before caps drop
     keyring: bool = True  # a new session keyring, not the runner's
     seccomp: bytes = b""  # a compiled BPF program (struct sock_filter[]), loaded last
+
+
+@dataclass(frozen=True)
+class ExecConfig:
+    """A further process in a running instance (exec, process.exec_main): `container` is
+    the ContainerConfig the instance was created with, its argv, env, workdir and user
+    replaced by the exec's, so every protection is the very value its first process got.
+    `container.clone_flags` names the namespaces to join."""
+
+    container: ContainerConfig

@@ -14,7 +14,9 @@ instance's PR_SET_PDEATHSIG follows the runner, exactly as if the runner had for
 
 Protocol (a SOCK_SEQPACKET socketpair, one message per request): the runner sends a
 pickled ContainerConfig with four descriptors attached (go pipe read end, status pipe
-write end, stdout, stderr); the server (process.serve) answers b"P<pid>" or b"E<error>".
+write end, stdout, stderr), or for an exec's helper an ExecConfig with its four (the
+instance's pidfd, its root, status pipe write end, output); the server (process.serve)
+answers b"P<pid>" or b"E<error>".
 Answers come in request order and are read only when a pid is needed (at start), so
 create never waits for the server. It exits when the runner's end of the socket
 closes, or when the runner dies. This module is the runner's side.
@@ -100,7 +102,8 @@ class ForkServer:
             self._sock = ours
 
     def request(self, cfg: object, fds: list[int]) -> Ticket:
-        """Ask for a child running process.child_main(cfg, *fds); do not wait for it.
+        """Ask for a child running process.child_main(cfg, *fds) (exec_main for an
+        ExecConfig); do not wait for it.
         Requests are answered in order; `Ticket.pid()` reads the answer when needed."""
         self.start()
         with self._lock:

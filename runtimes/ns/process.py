@@ -6,12 +6,16 @@ create: the runner asks the fork server (forkserver.py) to clone() the child int
   loopback, writes "R" on the status pipe and reads the go pipe (like runc's exec fifo:
   all the set-up can happen before start).
 start: the runner writes one byte on the go pipe and waits. The child joins its cgroup,
-  enters a new cgroup namespace and session keyring, sets its rlimits, drops
-  capabilities and privileges, closes every other descriptor, loads the seccomp
-  filter and execs /bench/init. The status pipe is close-on-exec, so EOF after "R" means the exec
-  succeeded; an "E..." message means a step failed (the child then exits 127). The
-  runner thus sleeps once per instance, not at every step, which matters most on a
-  busy host.
+  enters a new cgroup namespace, then applies the protections and execs /bench/init
+  (`confine_and_exec`: session keyring, rlimits, capabilities and privileges, every
+  other descriptor closed, the seccomp filter last). The status pipe is close-on-exec,
+  so EOF after "R" means the exec succeeded; an "E..." message means a step failed (the
+  child then exits 127). The runner thus sleeps once per instance, not at every step,
+  which matters most on a busy host.
+exec (a further command in a running instance, `exec_main`): a helper joins every
+  namespace of the instance, forks the process that joins its cgroup, enters its root
+  and workdir and runs the same `confine_and_exec` with the instance's own config, so an
+  exec'd command and the first process cannot drift apart.
 
 The child is a clone of the single-threaded fork server (`serve()` below, see
 forkserver.py) and leaves with execve or os._exit, never by returning into the caller's
@@ -33,7 +37,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from runtimes.ns import namespaces as ns
 from runtimes.ns import rootfs, security
-from runtimes.ns.config import ContainerConfig
+from runtimes.ns.config import ContainerConfig, ExecConfig
 
 if TYPE_CHECKING:
     from runtimes.ns.forkserver import ForkServer, Ticket
@@ -111,48 +115,109 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
             os.close(fd)
         # After joining: the new cgroup namespace is rooted at our own cgroup.
         ns.unshare(ns.CLONE_NEWCGROUP)
-        if cfg.keyring:
-            security.new_session_keyring()
-        security.set_rlimits(cfg.rlimits)
-        security.drop_bounding(cfg.caps, cfg.last_cap)
-        if cfg.userns_map is None:  # (a user namespace has setgroups denied)
-            # Only the user's own groups, not whatever the runner had (runc's default:
-            # the primary group when /etc/group lists none).
-            os.setgroups(list(cfg.groups or (cfg.gid,)))
-        if cfg.gid:
-            os.setgid(cfg.gid)
-        if cfg.uid:
-            os.setuid(cfg.uid)  # clears every capability of the now non-root process
-        else:
-            security.set_caps(cfg.caps)
-        if cfg.no_new_privs:
-            security.no_new_privs()
-        os.umask(0o022)
-        security.close_inherited(keep=status_w)
-        if cfg.seccomp:
-            security.load_seccomp(cfg.seccomp)  # last: from here on, only what it allows
-        os.execve(cfg.argv[0], list(cfg.argv), env)
-    except BaseException as e:  # report any failure to the parent, then leave
-        try:
-            msg = f"E{type(e).__name__}: {e}"
-            if not isinstance(e, OSError):
-                import traceback  # only on this error path: keep the fork server small
-
-                msg += "\n" + traceback.format_exc(limit=3)
-            os.write(status_w, msg.encode(errors="replace")[:4000])
-        finally:
-            os._exit(127)
-    os._exit(127)
+        confine_and_exec(cfg, env, status_w)
+    except BaseException as e:
+        _fail(status_w, e)
 
 
-def _read_to_eof(fd: int, deadline: float) -> bytes:
+def confine_and_exec(cfg: ContainerConfig, env: dict[str, str], status_w: int) -> NoReturn:
+    """Apply the instance's protections to this process, then exec cfg.argv (searched
+    on env's PATH when it has no "/"): the tail an instance's first process and every
+    exec share. The order matters (security.py says why); `status_w` is kept open,
+    close-on-exec."""
+    if cfg.keyring:
+        security.new_session_keyring()
+    security.set_rlimits(cfg.rlimits)
+    security.drop_bounding(cfg.caps, cfg.last_cap)
+    if cfg.userns_map is None:  # (a user namespace has setgroups denied)
+        # Only the user's own groups, not whatever the runner had (runc's default:
+        # the primary group when /etc/group lists none).
+        os.setgroups(list(cfg.groups or (cfg.gid,)))
+    if cfg.gid:
+        os.setgid(cfg.gid)
+    if cfg.uid:
+        os.setuid(cfg.uid)  # clears every capability of the now non-root process
+    else:
+        security.set_caps(cfg.caps)
+    if cfg.no_new_privs:
+        security.no_new_privs()
+    os.umask(0o022)
+    security.close_inherited(keep=status_w)
+    if cfg.seccomp:
+        security.load_seccomp(cfg.seccomp)  # last: from here on, only what it allows
+    os.execvpe(cfg.argv[0], list(cfg.argv), env)
+
+
+def _fail(status_w: int, e: BaseException) -> NoReturn:
+    """Report a failure to the parent on the status pipe, then leave."""
+    try:
+        msg = f"E{type(e).__name__}: {e}"
+        if not isinstance(e, OSError):
+            import traceback  # only on this error path: keep the fork server small
+
+            msg += "\n" + traceback.format_exc(limit=3)
+        os.write(status_w, msg.encode(errors="replace")[:4000])
+    finally:
+        os._exit(127)
+
+
+def exec_main(x: ExecConfig, pidfd: int, root: int, status_w: int, out_w: int) -> NoReturn:
+    """An exec's helper (a child of the runner, cloned by the fork server); never returns.
+
+    `pidfd` is the instance's first process, `root` its root directory (/proc/PID/root,
+    opened by the runner). The helper joins every namespace of that process with one
+    setns, then forks: a pid namespace is entered only by the children of the process
+    that joined it. The child, the one that runs the command, moves into the instance's
+    cgroup, chroots into its root, changes to the workdir (after the chroot, so the
+    path resolves inside the root, its symlinks included), then confine_and_exec. The
+    helper stays outside the instance's pid namespace and cgroup, waits for the child
+    and exits with its status (128 + the signal that killed it, as a shell reports
+    it). stdout and stderr both go to `out_w`."""
+    cfg = x.container
+    try:
+        os.set_inheritable(status_w, False)  # EOF at the command's exec
+        ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the runner
+        # Not dumpable until the exec (which resets it): no process of the instance may
+        # open our /proc entries (/proc/PID/exe is the host's python) before then.
+        ns.prctl(ns.PR_SET_DUMPABLE, 0)
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_w, 1)
+        os.dup2(out_w, 2)
+        for fd in (null, out_w):
+            os.close(fd)
+        # Opened on the host, written by the child once it is in the pid namespace.
+        joins = [os.open(f"{parent}/{procs}", os.O_WRONLY) for parent, procs in cfg.cgroup_join]
+        ns.setns(pidfd, cfg.clone_flags | ns.CLONE_NEWCGROUP)
+        os.close(pidfd)
+        pid = os.fork()
+        if pid == 0:
+            for fd in joins:
+                os.write(fd, b"0")
+                os.close(fd)
+            os.fchdir(root)
+            os.chroot(".")
+            os.close(root)
+            os.chdir(cfg.workdir)
+            confine_and_exec(cfg, dict(e.split("=", 1) for e in cfg.env), status_w)
+        for fd in (*joins, root, status_w, 1, 2):
+            os.close(fd)
+        _, status = os.waitpid(pid, 0)
+        os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status)
+                 else 128 + os.WTERMSIG(status))
+    except BaseException as e:
+        _fail(status_w, e)
+
+
+def _read_to_eof(fd: int, deadline: float) -> bytes | None:
+    """What `fd` gives until EOF; None if `deadline` passes first."""
     buf = b""
     poller = select.poll()  # not select(): descriptors above 1024 at a thousand instances
     poller.register(fd, select.POLLIN)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise SetupError("the instance's first process did not answer in time")
+            return None
         if not poller.poll(max(1, int(left * 1000))):
             continue
         chunk = os.read(fd, 4096)
@@ -193,11 +258,32 @@ def release(child: Child, timeout: float) -> None:
         os.close(child.status_r)
         child.status_r = -1
         child.resolve()
+    if status is None:
+        raise SetupError("the instance's first process did not answer in time")
     if status == b"R":
         return
     failure = status.removeprefix(b"R")  # set up, but the exec itself failed
     raise SetupError(failure[1:].decode(errors="replace") if failure[:1] == b"E"
                      else "the instance's first process died during its set-up")
+
+
+def exec_start(server: ForkServer, x: ExecConfig, pidfd: int, root: int, out_w: int,
+               timeout: float) -> tuple[int, int, bytes | None]:
+    """Ask the fork server for an exec's helper (exec_main, see its arguments) and wait
+    until the command has been exec'd: (the helper's pid, its pidfd, b"" once exec'd, or
+    b"E<the step that failed>", or None if `timeout` passed first). The helper is the
+    caller's child: to reap, or to kill with everything it started."""
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            ticket = server.request(x, [pidfd, root, status_w, out_w])
+        finally:
+            os.close(status_w)  # now only the helper holds it
+        pid = ticket.pid()
+        helper = os.pidfd_open(pid)
+        return pid, helper, _read_to_eof(status_r, time.monotonic() + timeout)
+    finally:
+        os.close(status_r)
 
 
 def abort(child: Child) -> None:
@@ -245,7 +331,9 @@ def serve(fd: int, runner: int) -> None:
             return  # the runner closed its end
         try:
             cfg = pickle.loads(msg)
-            pid = ns.clone(cfg.clone_flags | ns.CLONE_PARENT)
+            # an exec's helper: a plain fork (it joins the namespaces itself)
+            pid = ns.clone((0 if isinstance(cfg, ExecConfig) else cfg.clone_flags)
+                           | ns.CLONE_PARENT)
         except Exception as e:
             for f in fds:
                 os.close(f)
@@ -254,6 +342,8 @@ def serve(fd: int, runner: int) -> None:
         if pid == 0:
             with contextlib.suppress(OSError):
                 sock.close()
+            if isinstance(cfg, ExecConfig):
+                exec_main(cfg, *fds)
             child_main(cfg, *fds)
         for f in fds:
             os.close(f)

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import errno
 import os
 import platform
 import re
+import secrets
 import shutil
-import subprocess
+import signal
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
+
+import psutil
 
 from harness.core.errors import BackendUnavailable, InstanceError, UsageError
 from harness.core.image import PATH_ENV, Image
@@ -50,6 +54,7 @@ from runtimes.ns.config import (
     READONLY_PATHS,
     RLIMITS,
     ContainerConfig,
+    ExecConfig,
     MountPoint,
     caps,
 )
@@ -87,6 +92,9 @@ class NsInstance(PipedInstance):
     address: str | None = None
     net: network.PrivateNet | None = None  # a private network of the run it is on
     published: bool = False  # DNAT rules for its published ports may exist
+    config: ContainerConfig | None = None  # what it was created with: exec applies it too
+    # detached execs: (helper pid, its pidfd, its output), reaped at remove
+    execs: list[tuple[int, int, _proc.Stream]] = field(default_factory=list)
 
 
 class NsRuntime:
@@ -323,7 +331,8 @@ class NsRuntime:
             if spec.network_name:
                 inst.net = network.private_net(self.root() / "nets",
                                                f"{PREFIX}{spec.run_id}-{spec.network_name}")
-            cfg = self._config(spec, prepared.ref, idir, inst.net.hosts if inst.net else None)
+            cfg = inst.config = self._config(spec, prepared.ref, idir,
+                                             inst.net.hosts if inst.net else None)
             out_r, out_w = _proc.open_pipe()
             err_r, err_w = _proc.open_pipe()
             inst.out = _proc.Stream(out_r, spec.capture)
@@ -367,38 +376,106 @@ class NsRuntime:
     def exec(self, inst: Instance, argv: Sequence[str], *, user: str = "",
              env: Mapping[str, str] | None = None, workdir: str = "/",
              timeout: float = 30.0, detach: bool = False) -> Exit:
-        """util-linux nsenter into every namespace of the instance and its root, as the
-        user, in the instance's cgroup (as `docker exec` joins the container's); the
-        instance's environment is its first process's (/proc/PID/environ)."""
-        inst, child = self._child(inst)
-        pid = child.resolve()
+        """Run `argv` in the instance as `docker exec` does, with exactly its protections:
+        process.exec_main joins every namespace of its first process (user ns too,
+        rootless) and forks the process that joins its cgroup, chroots into its root
+        (/proc/PID/root), changes to `workdir` there and applies the ContainerConfig the
+        instance was created with (capabilities: the instance's set for root, none for
+        any other user; bounding set, no_new_privs, rlimits, session keyring, the same
+        compiled seccomp program) before it execs `argv` (on the instance's PATH). Its
+        environment is the instance's, with `env` over it and CVBENCH_EXEC=<token>.
+
+        On timeout every process of the exec is killed: the helper's descendants (the
+        command and what it forked, setsid or not) and every process of the instance
+        whose environment has the exec's CVBENCH_EXEC (a double fork leaves the tree,
+        its orphan going to the instance's PID 1). Each is SIGSTOPped and the search
+        repeated until it finds nothing new, then all are SIGKILLed: a stopped process
+        cannot fork, so none is born between the search and the kill. A process that
+        both leaves the tree and clears its environment is missed: it keeps the
+        instance's protections and dies with the instance. `detach`: the helper is
+        reaped at remove, its output kept unread (cf. the protocol)."""
+        inst, _ = self._child(inst)
+        cfg, name = inst.config, inst.spec.name
+        if cfg is None or not inst.pid or inst.exited:
+            raise InstanceError(f"ns: exec {argv[0]}: {name} is not running")
+        deadline = time.monotonic() + timeout
         uid, gid = uid_gid(user)
-        env = {**_environ(pid), **(env or {})}  # added to the instance's, as docker exec -e
-        joins = self.cg.join_files(inst.spec.name) if inst.cgroup else []
-
-        def join() -> None:  # in the child, before nsenter runs
-            for f in joins:
-                with open(f, "w") as out:
-                    out.write("0")
-
-        cmd = ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-C", "-r",
-               f"-w{workdir}", "-S", str(uid), "-G", str(gid), "--", *argv]
+        marker = f"CVBENCH_EXEC={secrets.token_hex(8)}"
+        envs = dict(e.split("=", 1) for e in cfg.env) | dict(env or {})  # as docker exec -e
+        x = ExecConfig(dataclasses.replace(
+            cfg, argv=tuple(argv), env=(*(f"{k}={v}" for k, v in envs.items()), marker),
+            workdir=workdir, uid=uid, gid=gid, groups=()))
         try:
-            proc = subprocess.Popen(cmd, env=dict(env), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    preexec_fn=join, start_new_session=True)
+            root = os.open(f"/proc/{inst.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
-            raise InstanceError(f"ns: exec {argv[0]}: {e}") from e
-        if detach:
-            return Exit(code=0, t_ns=time.monotonic_ns())
+            raise InstanceError(f"ns: exec {argv[0]}: {name} is gone ({e.strerror})") from e
+        out_r, out_w = _proc.open_pipe()
         try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise InstanceError(f"ns: exec {argv[0]}: still running after {timeout:g} s") \
-                from None
-        return Exit(code=proc.returncode, t_ns=time.monotonic_ns(), stdout=out[-4096:])
+            if _proc.readable(inst.pidfd):  # gone: the pid (so that root) may be another's
+                raise InstanceError(f"ns: exec {argv[0]}: {name} has exited")
+            pid, pidfd, status = process.exec_start(_SERVER, x, inst.pidfd, root, out_w,
+                                                    timeout)
+        except ForkServerError as e:
+            os.close(out_r)
+            raise InstanceError(f"ns: {e}") from None
+        except BaseException:
+            os.close(out_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(root)
+        out, kept = _proc.Stream(out_r, False), False
+        try:
+            if status:  # a step failed: the helper exits (127)
+                os.waitpid(pid, 0)
+                raise InstanceError(f"ns: exec {argv[0]}: {status[1:].decode(errors='replace')}")
+            if status is not None and detach:
+                inst.execs.append((pid, pidfd, out))
+                kept = True
+                return Exit(code=0, t_ns=time.monotonic_ns())
+            if status is not None:
+                try:
+                    code, t = _proc.wait_pid(pid, pidfd, [out], deadline - time.monotonic())
+                    return Exit(code=code, t_ns=t, stdout=bytes(out.data[-4096:]))
+                except InstanceError:
+                    pass  # timed out: killed below
+            self._kill_exec(inst, pid, pidfd, marker)
+            raise InstanceError(f"ns: exec {argv[0]}: still running after {timeout:g} s")
+        finally:
+            if not kept:
+                os.close(pidfd)
+                out.close()
+
+    def _kill_exec(self, inst: NsInstance, helper: int, helper_fd: int, marker: str) -> None:
+        """SIGKILL every process of an exec (see exec), then its helper; reap the helper."""
+        held: dict[int, int] = {}  # pid -> pidfd, each SIGSTOPped
+        tag = marker.encode()
+        try:
+            while True:
+                try:
+                    tree = {p.pid for p in psutil.Process(helper).children(recursive=True)}
+                except psutil.NoSuchProcess:
+                    tree = set()
+                # the instance's processes: its cgroup's, or (no cgroup) PID 1's tree
+                members = self.cg.pids(inst.spec.name) if inst.cgroup \
+                    else memory.descendants(inst.pid)
+                found = {p for p in members if p not in tree and _has_env(p, tag)} | tree
+                found -= held.keys()
+                if not found:
+                    break
+                for pid in found:
+                    try:
+                        held[pid] = os.pidfd_open(pid)
+                    except ProcessLookupError:
+                        continue  # (gone: not found again)
+                    _proc.kill(pid, held[pid], signal.SIGSTOP)
+            for pid, fd in held.items():
+                _proc.kill(pid, fd, signal.SIGKILL)
+        finally:
+            for fd in held.values():
+                os.close(fd)
+        _proc.kill(helper, helper_fd)
+        os.waitpid(helper, 0)
 
     def _child(self, inst: Instance) -> tuple[NsInstance, process.Child]:
         inst = own(inst, NsInstance)
@@ -488,6 +565,11 @@ class NsRuntime:
             os.close(child.pidfd)
             child.pidfd = -1
         inst.release()
+        for pid, pidfd, out in inst.execs:  # dead with the instance's pid namespace
+            _proc.reap(pid, pidfd, 0)
+            os.close(pidfd)
+            out.close()
+        inst.execs.clear()
         if inst.cgroup:
             self.cg.destroy(inst.spec.name)
             inst.cgroup = False
@@ -577,13 +659,12 @@ class NsRuntime:
 
 
 
-def _environ(pid: int) -> dict[str, str]:
+def _has_env(pid: int, entry: bytes) -> bool:
+    """Whether process `pid` was started with `entry` ("KEY=value") in its environment."""
     try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError as e:
-        raise InstanceError(f"ns: the instance's process {pid} is gone ({e.strerror})") from e
-    return dict(kv.decode(errors="replace").partition("=")[::2]
-                for kv in raw.split(b"\0") if b"=" in kv)
+        return entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False  # gone (or a kernel thread)
 
 
 def _split_parent(procs: str) -> tuple[str, str]:

@@ -1,4 +1,5 @@
-"""What the child applies last, just before exec: a new session keyring, rlimits,
+"""What the child applies last, just before exec (process.confine_and_exec: an
+instance's first process and every exec into it alike): a new session keyring, rlimits,
 capabilities, no_new_privs, closing inherited descriptors, and the seccomp filter.
 
 For root, execve() gives the new program permitted = inheritable | bounding set, so both

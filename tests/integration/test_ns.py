@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from runtimes.base import Limits, Mount, own
+from harness.core.errors import InstanceError
+from runtimes.base import Exit, Instance, Limits, Mount, own
 from runtimes.ns import network
 from runtimes.ns.runtime import NsInstance
 from tests.conftest import require
@@ -446,6 +447,40 @@ def _rootless(nobody: list[str], tmp_path: Path) -> None:
     assert meta["rootless"] is True
     assert meta["limits_applied"] or meta["not_applied"] == ["limits"]
     assert not list((tmp_path / "s" / "ns").glob("cvbench-*"))  # nothing left behind
+    # exec into a running instance (a healthcheck's way in): in its user namespace, with
+    # its protections (nsenter, as it was, could not even join its namespaces)
+    script = tmp_path / "exec.py"
+    script.write_text(_ROOTLESS_EXEC)
+    script.chmod(0o644)
+    res = subprocess.run([*nobody, sys.executable, str(script)], capture_output=True,
+                         text=True, timeout=300, check=False, env=env_vars, cwd=repo)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.split()
+    assert out[0] == out[1] and out[2:] == ["NoNewPrivs:", "1", "Seccomp:", "2", "0"], out
+
+
+_ROOTLESS_EXEC = """\
+from harness.core import image
+from harness.runs import RunLock
+from runtimes.base import InstanceSpec, new_run_id
+from runtimes.ns.runtime import NsRuntime
+
+rt, rid = NsRuntime(), new_run_id()
+lock = RunLock(rid, "test")
+prepared = rt.prepare(image.build(image.Recipe()))
+inst = rt.create(InstanceSpec(run_id=rid, name=f"cvbench-{rid}-1", argv=("sleep", "100")),
+                 prepared)
+try:
+    rt.start(inst)
+    rt.wait_ready(inst, 30)
+    ex = rt.exec(inst, ("sh", "-c", "readlink /proc/1/ns/user; readlink /proc/self/ns/user; "
+                                    "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; id -u"))
+    print(ex.stdout.decode())
+finally:
+    rt.stop(inst, grace=0)
+    rt.remove(inst)
+    lock.release()
+"""
 
 
 def test_user_namespace_path_as_root(env: Env) -> None:
@@ -460,3 +495,108 @@ def test_user_namespace_path_as_root(env: Env) -> None:
     out = ex.stdout.decode().split()
     assert out[:4] == ["0", "0", "1", "0"]
     assert out[-1] != os.readlink("/proc/self/ns/user")
+
+
+# --- exec into a running instance: exactly the protections of its first process ----------
+
+# PID 1's own view of itself, read inside the instance, is the independent yardstick.
+_SAME_AS_PID1 = ("for p in 1 self; do grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|"
+                 "Seccomp|Seccomp_filters):' /proc/$p/status; cat /proc/$p/limits "
+                 "/proc/$p/cgroup; echo ==; done")
+
+
+def _as_pid1(ex: Exit) -> tuple[list[str], list[str]]:
+    """(PID 1's lines, the exec'd process's lines) of _SAME_AS_PID1's output."""
+    assert ex.code == 0, ex
+    first, mine, _ = ex.stdout.decode().split("==\n")
+    return first.splitlines(), mine.splitlines()
+
+
+def test_exec_has_exactly_the_instance_protections(env: Env) -> None:
+    inst = env.started(("sleep", "1000"), limits=Limits(memory=64 << 20, pids=50))
+    try:
+        first, mine = _as_pid1(env.rt.exec(inst, ("sh", "-c", _SAME_AS_PID1)))
+        assert mine == first
+        assert {"Seccomp:\t2", "NoNewPrivs:\t1", "Seccomp_filters:\t1"} <= set(mine), mine
+        # a non-root user: the same bounding set and filter, no capability at all
+        ex = env.rt.exec(inst, ("sh", "-c", "id -u; " + _SAME_AS_PID1), user="1000:1000")
+        uid, _, rest = ex.stdout.decode().partition("\n")
+        first, mine = _as_pid1(dataclasses.replace(ex, stdout=rest.encode()))
+        assert uid == "1000"
+        fields = dict(line.split(":\t") for line in mine if ":\t" in line)
+        assert fields["CapEff"] == fields["CapPrm"] == "0000000000000000", mine
+        assert [x for x in mine if not x.startswith(("CapEff", "CapPrm", "CapInh"))] == \
+            [x for x in first if not x.startswith(("CapEff", "CapPrm", "CapInh"))]
+    finally:
+        env.rt.stop(inst, grace=0)
+        env.rt.remove(inst)
+
+
+def test_exec_workdir_is_resolved_inside_the_root(env: Env, tmp_path: Path) -> None:
+    inst = env.started(("sleep", "1000"))
+    try:
+        # at the path of a host directory, an absolute symlink made inside: it must lead
+        # to the instance's /etc, not to the host's directory
+        ex = env.rt.exec(inst, ("sh", "-c", f"mkdir -p {tmp_path.parent} /w && "
+                                            f"ln -s /etc {tmp_path}"))
+        assert ex.code == 0, ex
+        (tmp_path / "host-only").touch()  # (nsenter -w opened the path on the host)
+        ex = env.rt.exec(inst, ("sh", "-c", "pwd -P; ls"), workdir=str(tmp_path))
+        assert b"host-only" not in ex.stdout, ex
+        assert ex.stdout.decode().split()[0] == "/etc" and b"passwd" in ex.stdout, ex
+        assert env.rt.exec(inst, ("pwd",), workdir="/w").stdout == b"/w\n"
+        with pytest.raises(InstanceError, match="nonexistent"):
+            env.rt.exec(inst, ("true",), workdir="/nonexistent")
+    finally:
+        env.rt.stop(inst, grace=0)
+        env.rt.remove(inst)
+
+
+def _left(env: Env, inst: Instance) -> list[int]:
+    """The instance's live processes but its first (zombies left to PID 1 do not count),
+    once those just killed are gone (a few seconds at most)."""
+    deadline = time.monotonic() + 5
+    while True:
+        left = [p for p in env.rt.stats(inst).pids if p != inst.pid and is_alive(p)
+                and Path(f"/proc/{p}/stat").read_text().split()[2] != "Z"]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def test_timed_out_exec_leaves_no_process(env: Env) -> None:
+    inst = env.started(("sleep", "1000"))
+    try:
+        # Every way out of the exec's process tree: a new session, a double fork that
+        # leaves it to PID 1, and the exec's own process. Their output goes to /dev/null,
+        # so nothing of them holds the exec's output pipe (which would hide a leftover
+        # behind a wait for its EOF).
+        script = ("setsid sleep 1000 >/dev/null 2>&1 & (sleep 1000 >/dev/null 2>&1 &); "
+                  "exec sleep 1000 >/dev/null 2>&1")
+        with pytest.raises(InstanceError, match="still running"):
+            env.rt.exec(inst, ("sh", "-c", script), timeout=1)
+        assert _left(env, inst) == []
+        assert env.rt.exec(inst, ("echo", "alive")).stdout == b"alive\n"  # PID 1 lives on
+    finally:
+        env.rt.stop(inst, grace=0)
+        env.rt.remove(inst)
+
+
+def test_exec_joins_the_user_namespace(env: Env) -> None:
+    """The rootless code path driven as root (see above): exec joins the instance's user
+    namespace too, with the same protections as its first process."""
+    rt = type(env.rt)()
+    rt.rootless = True
+    e2 = Env(rt=rt, prepared=env.prepared, run_id=env.run_id, counter=env.counter)
+    inst = e2.started(("sleep", "1000"))
+    try:
+        ex = rt.exec(inst, ("sh", "-c", "readlink /proc/1/ns/user; readlink /proc/self/ns/user; "
+                                        "cat /proc/self/uid_map; " + _SAME_AS_PID1))
+        lines = ex.stdout.decode().split("\n", 3)
+        assert lines[0] == lines[1], ex
+        assert lines[2].split() == ["0", str(os.geteuid()), "1"]
+        first, mine = _as_pid1(dataclasses.replace(ex, stdout=lines[3].encode()))
+        assert mine == first
+    finally:
+        rt.stop(inst, grace=0)
+        rt.remove(inst)
