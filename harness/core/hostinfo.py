@@ -153,8 +153,7 @@ def last_level_cache(root: str | None = None) -> Cache:
         found.append((level, int(number) * _CACHE_UNITS[unit]))
     if not found:
         return Cache(None, None, f"{root}: no data or unified cache listed")
-    level, size = max(found)
-    return Cache(level, size)
+    return Cache(*max(found))
 
 
 def _virtualization() -> str:
