@@ -26,7 +26,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from harness import stats
-from harness.core.errors import BenchError, InstanceError
+from harness.core.errors import BenchError, InstanceError, NotApplicable
 from harness.core.records import DEFAULT_VARIANT, Sample, join_variant
 from harness.results import Journal
 from harness.scenario import Config, Scenario, Variant
@@ -67,11 +67,6 @@ class Measurement:
     unit: str | None = None
     variant: str | None = None
     extra: dict[str, Any] | None = None  # kept with the sample (Sample.extra)
-
-
-class NotApplicable(BenchError):
-    """A study cannot measure this cell on this backend (e.g. network modes on a backend
-    that applies none): the cell is closed with this reason instead of failing."""
 
 
 @dataclass

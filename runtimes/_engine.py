@@ -76,7 +76,7 @@ from harness.core.errors import (
     BadImage,
     ImageError,
     InstanceError,
-    UsageError,
+    NotApplicable,
 )
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
@@ -578,7 +578,7 @@ class Engine:
         problem = _oci.runsc_network_problem(self.name, spec.network) \
             if self.runtime == "runsc" else None
         if problem:
-            raise UsageError(problem)
+            raise NotApplicable(problem)
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         self.check(spec)

@@ -89,7 +89,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.core import image as image_mod
-from harness.core.errors import BackendUnavailable, BenchError, InstanceError, UsageError
+from harness.core.errors import (
+    BackendUnavailable,
+    BenchError,
+    InstanceError,
+    NotApplicable,
+    UsageError,
+)
 from harness.core.image import Image
 from harness.core.probes import memory
 from runtimes import _proc, _publish
@@ -512,7 +518,7 @@ class LibvirtRuntime:
                 raise UsageError(f"libvirt: mount target {m.target!r} must be an absolute "
                                  "path without spaces")
             if m.type == "bind":
-                raise UsageError(f"libvirt: a bind mount ({m.source} -> {m.target}) cannot "
+                raise NotApplicable(f"libvirt: a bind mount ({m.source} -> {m.target}) cannot "
                                  "be shared into a VM (no host directory is exported to the "
                                  "guest); use a volume (a disk image) or a tmpfs")
             if m.type == "tmpfs":
@@ -566,7 +572,7 @@ class LibvirtRuntime:
                 cpu_disabled: tuple[str, ...] = ()) -> Instance:
         lv = _libvirt()
         if spec.network == "host":
-            raise UsageError("libvirt: network 'host' is impossible for a VM (it has its own "
+            raise NotApplicable("libvirt: network 'host' is impossible for a VM (it has its own "
                              "kernel and network stack); use none or bridge")
         check_publish(self.name, spec)
         idir = self._dir(spec.name)

@@ -41,7 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from harness.core.errors import BackendUnavailable, InstanceError, UsageError
+from harness.core.errors import (
+    BackendUnavailable,
+    InstanceError,
+    NotApplicable,
+    UsageError,
+)
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
 from harness.core.probes.disk import du_bytes
@@ -274,7 +279,8 @@ class OciRuntime:
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         if spec.network == "bridge":
-            raise UsageError(f"{self.name}: network 'bridge' is not offered; use none or host")
+            raise NotApplicable(f"{self.name}: network 'bridge' is not offered; use none or "
+                                "host")
         bundle = self.root() / spec.name
         inst = OciInstance(spec=spec, prepared=prepared, bundle=bundle)
         try:

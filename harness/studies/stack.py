@@ -51,11 +51,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol, cast
 
-from harness.core.errors import InstanceError, ReadyTimeout
+from harness.core.errors import InstanceError, NotApplicable, ReadyTimeout
 from harness.core.image import Debian, Image, Source, source_from_dict
 from harness.core.probes import loadgen, memory, serving
 from harness.core.probes.timing import now_ns
-from harness.runner import Cell, Context, Measurement, NotApplicable
+from harness.runner import Cell, Context, Measurement
 from harness.scenario import Scenario, Service, Workload
 from harness.studies._server import run_tool
 from runtimes.base import Exec, Exit, Instance, Limits, Mount, Networks, Runtime
