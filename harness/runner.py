@@ -175,7 +175,9 @@ class Context:
         self.live.pop(id(inst), None)
 
     def cleanup(self, only: Placement | None = None) -> list[str]:
-        """Stop and remove live instances (all, or one cell's); return what failed."""
+        """Stop and remove live instances (all, or one cell's); return what failed. One
+        whose removal failed stays tracked: the next clean-up (the run's last) tries it
+        again, and the backend's leftovers() still lists it for `bench gc`."""
         errors = []
         for key, (where, inst) in list(self.live.items()):
             if only is not None and where is not only:
@@ -185,6 +187,7 @@ class Context:
                 where.runtime.remove(inst)
             except Exception as e:  # keep cleaning the others
                 errors.append(f"{where.label}: {inst.spec.name}: {e}")
+                continue
             self.live.pop(key, None)
         return errors
 
@@ -392,6 +395,9 @@ class Runner:
                 interrupted = True
             interrupted = interrupted or self.interrupt.wanted()
             errors = self.ctx.cleanup()
+            if errors:  # in the result too, not only on the terminal
+                self.journal.event("cleanup_failed", errors=errors,
+                                   note="still there: `bench gc` removes them")
         if interrupted:
             for c in self.active():
                 c.status = "interrupted"

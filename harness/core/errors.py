@@ -82,6 +82,17 @@ class ReadyTimeout(InstanceError):
     """The ready line did not arrive in time."""
 
 
+class CleanupError(BenchError):
+    """Resources that could not be removed, each with its reason (`failed`); they are
+    still there, so the backend's leftovers() lists them again for `bench gc`. `removed`:
+    what was removed before the failures were raised (the backend's Leftover records)."""
+
+    def __init__(self, backend: str, failed: list[str], removed: list[object] | None = None
+                 ) -> None:
+        self.backend, self.failed, self.removed = backend, failed, list(removed or [])
+        super().__init__(f"{backend}: could not remove {'; '.join(failed)}")
+
+
 class ImageError(BenchError):
     """The workload image could not be built (missing binary, unreadable file)."""
 
