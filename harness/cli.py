@@ -22,12 +22,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from harness import results, scenario, stats, studies
-from harness.core.errors import EXIT_USAGE, BenchError, UsageError
+from harness.core.errors import EXIT_USAGE, BenchError, CleanupError, UsageError
 from harness.core.probes import limits as klimits
 from harness.core.units import format_value, parse_size
 from harness.runner import Cell
 from runtimes import registry
-from runtimes.base import MOUNT_TYPES, Mount
+from runtimes.base import MOUNT_TYPES, Leftover, Mount
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -410,10 +410,16 @@ def gc_(dry_run: bool, only_run: str | None) -> None:
     if only_run in live:
         raise click.UsageError(f"run {only_run} is still running")
     total = 0
+    failed: list[str] = []
     for base in registry.base_names():
         rt = registry.get(base, HOOKS)
         try:
             found = collect(rt, live, only_run, dry_run)
+        except CleanupError as e:  # the rest was removed; these are still there
+            found = [x for x in e.removed if isinstance(x, Leftover)]
+            failed += e.failed
+            for problem in e.failed:
+                err.print(f"[red]{base}[/]: could not remove {problem}")
         except BenchError as e:
             err.print(f"[yellow]{base}[/]: not checked: {e}")
             continue
@@ -425,6 +431,8 @@ def gc_(dry_run: bool, only_run: str | None) -> None:
         clear_stale_locks()
     out.print(f"{total} leftover(s){' found' if dry_run else ' removed'}; "
               f"{len(live)} live run(s) left alone")
+    if failed:
+        raise CleanupError("bench gc", failed)
 
 
 class Size(click.ParamType[int, Any]):

@@ -26,7 +26,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from harness import stats
-from harness.core.errors import BenchError, InstanceError
+from harness.core.errors import BenchError, InstanceError, NotApplicable
 from harness.core.records import DEFAULT_VARIANT, Sample, join_variant
 from harness.results import Journal
 from harness.scenario import Config, Scenario, Variant
@@ -67,11 +67,6 @@ class Measurement:
     unit: str | None = None
     variant: str | None = None
     extra: dict[str, Any] | None = None  # kept with the sample (Sample.extra)
-
-
-class NotApplicable(BenchError):
-    """A study cannot measure this cell on this backend (e.g. network modes on a backend
-    that applies none): the cell is closed with this reason instead of failing."""
 
 
 @dataclass
@@ -180,7 +175,9 @@ class Context:
         self.live.pop(id(inst), None)
 
     def cleanup(self, only: Placement | None = None) -> list[str]:
-        """Stop and remove live instances (all, or one cell's); return what failed."""
+        """Stop and remove live instances (all, or one cell's); return what failed. One
+        whose removal failed stays tracked: the next clean-up (the run's last) tries it
+        again, and the backend's leftovers() still lists it for `bench gc`."""
         errors = []
         for key, (where, inst) in list(self.live.items()):
             if only is not None and where is not only:
@@ -190,6 +187,7 @@ class Context:
                 where.runtime.remove(inst)
             except Exception as e:  # keep cleaning the others
                 errors.append(f"{where.label}: {inst.spec.name}: {e}")
+                continue
             self.live.pop(key, None)
         return errors
 
@@ -397,6 +395,9 @@ class Runner:
                 interrupted = True
             interrupted = interrupted or self.interrupt.wanted()
             errors = self.ctx.cleanup()
+            if errors:  # in the result too, not only on the terminal
+                self.journal.event("cleanup_failed", errors=errors,
+                                   note="still there: `bench gc` removes them")
         if interrupted:
             for c in self.active():
                 c.status = "interrupted"

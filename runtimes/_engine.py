@@ -76,7 +76,7 @@ from harness.core.errors import (
     BadImage,
     ImageError,
     InstanceError,
-    UsageError,
+    NotApplicable,
 )
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
@@ -100,6 +100,7 @@ from runtimes.base import (
     check_publish,
     own,
     publish_address,
+    remove_each,
     state_dir,
 )
 
@@ -578,7 +579,7 @@ class Engine:
         problem = _oci.runsc_network_problem(self.name, spec.network) \
             if self.runtime == "runsc" else None
         if problem:
-            raise UsageError(problem)
+            raise NotApplicable(problem)
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         self.check(spec)
@@ -716,16 +717,17 @@ class Engine:
         return found
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
-        found = self.leftovers(live_runs)
-        for item in sorted(found, key=lambda x: x.kind):  # containers before the rest
-            with contextlib.suppress(docker.errors.NotFound):
+        def remove(item: Leftover) -> None:
+            with contextlib.suppress(docker.errors.NotFound):  # (gone: removed)
                 if item.kind == "container":
                     self.api.remove_container(item.name, force=True)
                 elif item.kind == "network":
                     self.api.remove_network(item.name)
                 else:
                     self.api.remove_volume(item.name, force=True)
-        return found
+
+        found = sorted(self.leftovers(live_runs), key=lambda x: x.kind)  # containers first
+        return remove_each(self.name, found, remove)
 
     # --- hooks ---------------------------------------------------------------------------------
 

@@ -17,13 +17,14 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
 
-from harness.core.errors import UsageError
+from harness.core.errors import CleanupError, UsageError
 from harness.core.records import Component
 
 if TYPE_CHECKING:
@@ -348,6 +349,32 @@ class Leftover:
     run_id: str | None
 
 
+def remove_each(backend: str, found: Sequence[Leftover],
+                remove: Callable[[Leftover], bool | None]) -> list[Leftover]:
+    """gc()'s loop: remove every leftover, going on past a failure; the ones removed
+    (`remove` returns False for one left on purpose, e.g. a shared directory another run
+    uses again). Once all were tried, failures raise CleanupError naming each leftover
+    and why: it is still there, and leftovers() lists it for the next `bench gc`."""
+    removed: list[Leftover] = []
+    failed: list[str] = []
+    for item in found:
+        try:
+            if remove(item) is not False:
+                removed.append(item)
+        except Exception as e:  # the others are removed all the same; this one reported
+            failed.append(f"{item.kind} {item.name}: {e}")
+    if failed:
+        raise CleanupError(backend, failed, list(removed))
+    return removed
+
+
+def rmtree(path: Path | str) -> None:
+    """Remove a directory tree, gone already being fine; OSError if any of it is left
+    (a tree half removed is still a leftover, never reported as removed)."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)
+
+
 @runtime_checkable
 class Runtime(Protocol):
     """What every backend implements. `stop` and `remove` are idempotent."""
@@ -407,7 +434,8 @@ class Runtime(Protocol):
         ...
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
-        """Remove what `leftovers()` finds; return what was removed."""
+        """Remove what `leftovers()` finds; return what was removed. What could not be
+        removed raises CleanupError once the rest is removed (remove_each)."""
         ...
 
 

@@ -50,6 +50,8 @@ from runtimes.base import (
     Stats,
     Traits,
     own,
+    remove_each,
+    rmtree,
     run_of,
     state_dir,
 )
@@ -113,7 +115,8 @@ def _mkdirs_inside(root: Path, path: str) -> None:
 
 
 def _unmount_all(d: Path) -> None:
-    """Detach every mount at or below d/root (deepest first), then remove d."""
+    """Detach every mount at or below d/root (deepest first), then remove d (OSError if
+    any of it is left: a mount that would not go keeps d busy)."""
     prefix = str(d / "root")
     targets = []
     with open("/proc/self/mountinfo") as f:
@@ -122,9 +125,9 @@ def _unmount_all(d: Path) -> None:
             if target == prefix or target.startswith(prefix + "/"):
                 targets.append(target)
     for target in sorted(targets, key=len, reverse=True):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # (gone with its parent's lazy unmount)
             ns.umount2(target, ns.MNT_DETACH)
-    shutil.rmtree(d, ignore_errors=True)
+    rmtree(d)
 
 
 class HostRuntime:
@@ -257,13 +260,14 @@ class HostRuntime:
         return found
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
-        found = self.leftovers(live_runs)
-        for item in found:  # processes first: they may still run inside a root
+        def remove(item: Leftover) -> None:
             if item.kind == "process":
                 _proc.kill(int(item.name.split()[0]), None)
             else:
                 _unmount_all(Path(item.name))
-        return found
+
+        # processes first (leftovers() lists them first): they may still run in a root
+        return remove_each(self.name, self.leftovers(live_runs), remove)
 
 
 if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor

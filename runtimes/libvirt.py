@@ -89,7 +89,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.core import image as image_mod
-from harness.core.errors import BackendUnavailable, BenchError, InstanceError, UsageError
+from harness.core.errors import (
+    BackendUnavailable,
+    BenchError,
+    InstanceError,
+    NotApplicable,
+    UsageError,
+)
 from harness.core.image import Image
 from harness.core.probes import memory
 from runtimes import _proc, _publish
@@ -109,6 +115,8 @@ from runtimes.base import (
     check_publish,
     new_run_id,
     own,
+    remove_each,
+    rmtree,
     run_of,
     state_dir,
     uid_gid,
@@ -512,7 +520,7 @@ class LibvirtRuntime:
                 raise UsageError(f"libvirt: mount target {m.target!r} must be an absolute "
                                  "path without spaces")
             if m.type == "bind":
-                raise UsageError(f"libvirt: a bind mount ({m.source} -> {m.target}) cannot "
+                raise NotApplicable(f"libvirt: a bind mount ({m.source} -> {m.target}) cannot "
                                  "be shared into a VM (no host directory is exported to the "
                                  "guest); use a volume (a disk image) or a tmpfs")
             if m.type == "tmpfs":
@@ -566,7 +574,7 @@ class LibvirtRuntime:
                 cpu_disabled: tuple[str, ...] = ()) -> Instance:
         lv = _libvirt()
         if spec.network == "host":
-            raise UsageError("libvirt: network 'host' is impossible for a VM (it has its own "
+            raise NotApplicable("libvirt: network 'host' is impossible for a VM (it has its own "
                              "kernel and network stack); use none or bridge")
         check_publish(self.name, spec)
         idir = self._dir(spec.name)
@@ -676,8 +684,12 @@ class LibvirtRuntime:
 
     def remove_network(self, run_id: str, name: str) -> None:
         lv = _libvirt()
-        with contextlib.suppress(lv.libvirtError):
+        try:
             self.conn().networkLookupByName(f"{PREFIX}{run_id}-{name}").destroy()
+        except lv.libvirtError as e:
+            if not _gone(e):
+                raise InstanceError(f"libvirt: cannot remove network {name}: "
+                                    f"{e.get_error_message()}") from e
 
     def exec(self, inst: Instance, argv: Sequence[str], *, user: str = "",
              env: Mapping[str, str] | None = None, workdir: str = "/",
@@ -818,8 +830,12 @@ class LibvirtRuntime:
         if inst.dom is None or inst.exited:
             return
         lv = _libvirt()
-        with contextlib.suppress(lv.libvirtError):
+        try:
             inst.dom.destroy()
+        except lv.libvirtError as e:
+            if not _gone(e):  # the domain may still run: not stopped, and not removed
+                raise InstanceError(f"libvirt: cannot destroy {inst.spec.name}: "
+                                    f"{e.get_error_message()}") from e
         inst.exited = True
 
     def daemons(self) -> dict[str, list[int]]:
@@ -864,7 +880,7 @@ class LibvirtRuntime:
             _publish.unpublish(self.name, inst.spec.name)
             inst.published = False
         if inst.dir is not None:
-            shutil.rmtree(inst.dir, ignore_errors=True)
+            rmtree(inst.dir)
             inst.dir = None
 
     # --- leftovers -------------------------------------------------------------------
@@ -888,25 +904,36 @@ class LibvirtRuntime:
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
         lv = _libvirt()
-        found = self.leftovers(live_runs)
-        for item in found:
-            if item.kind == "domain":
-                with contextlib.suppress(lv.libvirtError):
+
+        def remove(item: Leftover) -> None:
+            try:
+                if item.kind == "domain":
                     dom = self.conn().lookupByName(item.name)
                     if dom.isActive():
                         dom.destroy()
                     if dom.isPersistent():
                         dom.undefine()
-            elif item.kind == "network":
-                with contextlib.suppress(lv.libvirtError):
+                elif item.kind == "network":
                     self.conn().networkLookupByName(item.name).destroy()
-            elif item.kind == "volume":
+            except lv.libvirtError as e:
+                if not _gone(e):  # gone meanwhile: removed; else it is still there
+                    raise InstanceError(e.get_error_message()) from e
+            if item.kind == "volume":
                 Path(item.name).unlink(missing_ok=True)
             elif item.kind == "dnat":
                 _publish.unpublish(self.name, item.name)
-            else:
-                shutil.rmtree(item.name, ignore_errors=True)
-        return found
+            elif item.kind == "dir":
+                rmtree(item.name)
+
+        return remove_each(self.name, self.leftovers(live_runs), remove)
+
+
+def _gone(e: Any) -> bool:
+    """A libvirt error saying the domain or network is gone already or not running:
+    what an idempotent stop or removal expects; any other leaves it in place."""
+    lv = _libvirt()
+    return e.get_error_code() in (lv.VIR_ERR_NO_DOMAIN, lv.VIR_ERR_NO_NETWORK,
+                                  lv.VIR_ERR_OPERATION_INVALID)
 
 
 def _qemu_pid(name: str) -> int | None:

@@ -41,7 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from harness.core.errors import BackendUnavailable, InstanceError, UsageError
+from harness.core.errors import (
+    BackendUnavailable,
+    InstanceError,
+    NotApplicable,
+    UsageError,
+)
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
 from harness.core.probes.disk import du_bytes
@@ -61,6 +66,8 @@ from runtimes.base import (
     Stats,
     Traits,
     own,
+    remove_each,
+    rmtree,
     run_of,
     state_dir,
     uid_gid,
@@ -270,7 +277,8 @@ class OciRuntime:
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         if spec.network == "bridge":
-            raise UsageError(f"{self.name}: network 'bridge' is not offered; use none or host")
+            raise NotApplicable(f"{self.name}: network 'bridge' is not offered; use none or "
+                                "host")
         bundle = self.root() / spec.name
         inst = OciInstance(spec=spec, prepared=prepared, bundle=bundle)
         try:
@@ -379,25 +387,27 @@ class OciRuntime:
         return found
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
-        found = self.leftovers(live_runs)
-        for item in found:
+        def remove(item: Leftover) -> bool | None:
             if item.kind.startswith("container"):
                 flavour = item.kind.split("(")[1].rstrip(")")
-                OciRuntime(flavour)._cli_quiet("delete", "--force", item.name) \
-                    if shutil.which(flavour) else None
-                shutil.rmtree(self.root() / f"state-{flavour}" / item.name,
-                              ignore_errors=True)
+                if shutil.which(flavour):
+                    OciRuntime(flavour)._cli_quiet("delete", "--force", item.name)
+                rmtree(self.root() / f"state-{flavour}" / item.name)
             elif item.kind == "cgroup":
                 self.cg.kill(item.name)
                 self.cg.destroy(item.name)
             elif item.kind in ("dir", "cgroup-parent") and item.run_id is None:
-                with contextlib.suppress(OSError):  # (in use again, or not empty)
+                try:  # shared by every run
                     os.rmdir(item.name)
+                except OSError:  # in use again by another run, or not empty: left alone
+                    return False
             elif item.kind == "dir":
-                shutil.rmtree(item.name, ignore_errors=True)
+                rmtree(item.name)
             else:
                 _remove_bundle(Path(item.name))
-        return found
+            return None
+
+        return remove_each(self.name, self.leftovers(live_runs), remove)
 
 
 def _device_rule(rule: str) -> dict[str, Json]:

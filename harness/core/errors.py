@@ -33,6 +33,15 @@ class ScenarioError(UsageError):
         super().__init__(f"{where}{message}")
 
 
+class NotApplicable(UsageError):
+    """What was asked cannot be measured here by design, not by accident: a backend's
+    declared inability (a VM has no host network stack to share, nor a host directory
+    to bind) raised by the backend itself, or a study's own scope. The runner closes the
+    cell with this reason instead of failing it; any other error fails the sample.
+    A UsageError: outside a run (`bench exec`, cvbench-ns) it is the user's request that
+    cannot be honoured."""
+
+
 class ResultError(UsageError):
     """A result file cannot be read: malformed, corrupted, or from a newer schema."""
 
@@ -71,6 +80,17 @@ class InstanceError(BenchError):
 
 class ReadyTimeout(InstanceError):
     """The ready line did not arrive in time."""
+
+
+class CleanupError(BenchError):
+    """Resources that could not be removed, each with its reason (`failed`); they are
+    still there, so the backend's leftovers() lists them again for `bench gc`. `removed`:
+    what was removed before the failures were raised (the backend's Leftover records)."""
+
+    def __init__(self, backend: str, failed: list[str], removed: list[object] | None = None
+                 ) -> None:
+        self.backend, self.failed, self.removed = backend, failed, list(removed or [])
+        super().__init__(f"{backend}: could not remove {'; '.join(failed)}")
 
 
 class ImageError(BenchError):

@@ -18,6 +18,7 @@ import platform
 import shutil
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,57 @@ def _version(cmd: list[str]) -> str | None:
     return line[0] if line else None
 
 
+CACHE_ROOT = "/sys/devices/system/cpu/cpu0/cache"
+_CACHE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+@dataclass(frozen=True)
+class Cache:
+    """The last-level cache a CPU sees: the data or unified cache of the highest level
+    sysfs lists; `size` is None when it could not be read, and `reason` says why (an
+    unknown size is never 0: a check against it would always pass)."""
+
+    level: int | None
+    size: int | None  # bytes
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.size is None:
+            return {"bytes": None, "unknown": self.reason}
+        return {"level": self.level, "bytes": self.size}
+
+
+def last_level_cache(root: str | None = None) -> Cache:
+    """CPU 0's last-level cache from sysfs (`index*/level`, `type`, `size`, e.g. "3",
+    "Unified", "32768K"). Instruction caches do not hold a data buffer: left out. Any
+    entry that cannot be read makes the answer unknown: the one missing could be the
+    last level."""
+    root = root or CACHE_ROOT
+    try:
+        entries = sorted(p for p in Path(root).iterdir() if p.name.startswith("index"))
+    except OSError as e:
+        return Cache(None, None, f"{e.filename or root}: {e.strerror or e}")
+    found: list[tuple[int, int]] = []
+    for d in entries:
+        try:
+            kind = (d / "type").read_text().strip()
+            level = int((d / "level").read_text())
+            size = (d / "size").read_text().strip()
+        except OSError as e:
+            return Cache(None, None, f"{e.filename or d}: {e.strerror or e}")
+        except ValueError:
+            return Cache(None, None, f"{d}/level: not a number")
+        if kind not in ("Unified", "Data"):
+            continue
+        number, unit = size.rstrip("KMG"), size[len(size.rstrip("KMG")):]
+        if not number.isdigit() or unit not in _CACHE_UNITS or not int(number):
+            return Cache(None, None, f"{d}/size: {size!r} is not a cache size")
+        found.append((level, int(number) * _CACHE_UNITS[unit]))
+    if not found:
+        return Cache(None, None, f"{root}: no data or unified cache listed")
+    return Cache(*max(found))
+
+
 def _virtualization() -> str:
     flags = _read("/proc/cpuinfo") or ""
     if " hypervisor" in flags:
@@ -129,6 +181,8 @@ def fingerprint() -> dict[str, Any]:
         "thp": _bracketed("/sys/kernel/mm/transparent_hugepage/enabled"),
         "ksm": _read("/sys/kernel/mm/ksm/run"),
         "virtualization": _virtualization(),
+        # What a memory figure must exceed to be the memory's, not the cache's (mem).
+        "llc": last_level_cache().as_dict(),
         "kvm_device": os.path.exists("/dev/kvm"),
         "python": platform.python_version(),
         "cvbench": __version__,

@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from harness import stats
-from harness.core.units import format_seconds, format_value
+from harness.core.units import format_seconds, format_size, format_value
 from harness.report import charts, claims, data, render
 from harness.results import Loaded
 
@@ -272,8 +272,26 @@ def placement(docs: Sequence[Loaded]) -> list[str]:
         cpus = f" (cpus = {limits['cpus']:g})" if isinstance(limits.get("cpus"), int | float) \
             else ""
         out.append(f"{doc.scenario_name}: host of {doc.host.get('cores', '?')} cores; "
-                   f"instance cpuset {' | '.join(server) or 'not set'}{cpus}, {gen}")
+                   f"instance cpuset {' | '.join(server) or 'not set'}{cpus}, {gen}"
+                   + cache_note(doc))
     return out
+
+
+def cache_note(doc: Any) -> str:
+    """The buffer a memory-bandwidth sample swept next to the host's last-level cache it
+    recorded (`block_size`, `llc`), or that the cache was unknown and why; "" where the
+    samples record neither."""
+    notes = []
+    for smp in doc.samples:
+        llc, block = smp.extra.get("llc"), smp.extra.get("block_size")
+        if not isinstance(llc, dict) or not isinstance(block, int):
+            continue
+        size = llc.get("bytes")
+        notes.append(f"buffer {format_size(block)}, last-level cache "
+                     + (f"L{llc.get('level')} {format_size(size)}" if isinstance(size, int)
+                        else f"unknown ({llc.get('unknown')}): the buffer was not checked "
+                             "against it"))
+    return "; " + " | ".join(dict.fromkeys(notes)) if notes else ""
 
 
 def host_note(docs: Sequence[Loaded]) -> list[str]:

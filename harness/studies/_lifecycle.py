@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from harness.core.errors import InstanceError, ReadyTimeout, UsageError
+from harness.core.errors import InstanceError, NotApplicable, ReadyTimeout
 from harness.core.probes import serving
-from harness.runner import Cell, Context, NotApplicable, Placement
+from harness.runner import Cell, Context, Placement
 from runtimes.base import Exit, Instance, InstanceSpec
 
 
@@ -104,13 +104,3 @@ def network_applicable(cell: Cell, mode: str, modes: tuple[str, ...]) -> None:
         raise NotApplicable(f"network {mode}: this study measures {', '.join(modes)}")
     if ("network" in skip and mode != "host") or f"network.{mode}" in skip:
         raise NotApplicable(f"{cell.backend} does not apply network {mode}")
-
-
-@contextlib.contextmanager
-def refused_network(cell: Cell, mode: str) -> Iterator[None]:
-    """A backend that refuses the network mode when creating the instance (a VM cannot
-    share the host's network stack): the cell is not applicable, not failed."""
-    try:
-        yield
-    except UsageError as e:
-        raise NotApplicable(f"{cell.backend} refuses network {mode}: {e}") from e

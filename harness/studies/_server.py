@@ -160,7 +160,7 @@ class ServerStudy:
         publish = ((host_port, port),) if mode == "publish" else ()
         spec = ctx.spec(cell, argv=argv, readiness=readiness, publish=publish)
         rt = cell.runtime
-        with life.refused_network(cell, mode), life.instance(ctx, cell, spec) as inst:
+        with life.instance(ctx, cell, spec) as inst:
             addr = publish_address() if publish else rt.address(inst)
             if addr is None:
                 raise InstanceError(f"{self.name}: {cell.backend} gives no address for "

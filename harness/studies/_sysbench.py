@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
+from typing import Any
 
 from harness.core.errors import InstanceError
 from harness.core.probes import sysbench
@@ -33,7 +34,9 @@ def script(jobs: Jobs, warmup: list[str] | None) -> str:
 
 
 def run(ctx: Context, cell: Cell, jobs: Jobs, warmup: list[str] | None, metric: str,
-        figure: Callable[[sysbench.Run], float | None]) -> list[Measurement]:
+        figure: Callable[[sysbench.Run], float | None],
+        extra: dict[str, Any] | None = None) -> list[Measurement]:
+    """Each job's figure, with the cpuset (and `extra`) kept in the sample."""
     spec = ctx.spec(cell, readiness="exit", capture=True,
                     argv=("sh", "-c", script(jobs, warmup)))
     inst, ex = life.run(ctx, cell, spec)
@@ -52,5 +55,5 @@ def run(ctx: Context, cell: Cell, jobs: Jobs, warmup: list[str] | None, metric: 
         if end != "rc=0" or value is None:
             raise InstanceError(f"{metric}: sysbench {name} ended with {end}: {body[-300:]!r}")
         out.append(Measurement(metric, value, variant=sub,
-                               extra={"cpuset": cell.config.limits.cpuset}))
+                               extra={"cpuset": cell.config.limits.cpuset, **(extra or {})}))
     return out

@@ -45,7 +45,9 @@ starts unless MemAvailable, less what the step is expected to take, stays above
 OOM killer); the start-latency SLO (`slo_start` seconds exceeded by `slo_consecutive`
 new instances in a row; 0 = off); `max_ramp_time`; a Ctrl-C; or an instance that fails
 to start (the steps measured so far are kept; when a counter was past NEAR of its
-ceiling, or the error was EMFILE/ENFILE, the reason names the limit). Every instance is
+ceiling, or the error was EMFILE/ENFILE/ENOMEM, the reason names the limit). Any other
+error after the first step (a KeyError, a TypeError: the harness's own) is not a stop
+reason: it fails the sample, as at the first step. Every instance is
 tracked from the moment it exists and all are removed at the end of the ramp, also on
 failure or Ctrl-C.
 
@@ -71,7 +73,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from harness.core import hostinfo
-from harness.core.errors import BenchError
+from harness.core.errors import BenchError, InstanceError
 from harness.core.probes import limits
 from harness.core.probes.memory import processes_memory
 from harness.core.probes.timing import now_ns
@@ -249,8 +251,11 @@ class Ramp:
             return "max_memory_fraction"
         return None
 
-    def failed(self, e: Exception, count: int) -> str:
-        """The stop reason of an instance that failed: the limit it ran into, if any."""
+    def failed(self, e: Exception, count: int) -> str | None:
+        """The stop reason of a step that failed: the named limit it ran into (a
+        descriptor table full, host memory exhausted, a kernel counter past NEAR of its
+        ceiling), else the instance's own failure (InstanceError); None for anything
+        else, a harness error, which must not pass for the end of a ramp."""
         what = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
         cause: BaseException | None = e
         while cause is not None and not isinstance(cause, OSError):
@@ -260,9 +265,12 @@ class Ramp:
             return f"limit file_max: instance failed: {what}"
         if code == errno.EMFILE or "Too many open files" in what:
             return f"limit nofile: instance failed: {what}"
+        if code == errno.ENOMEM:
+            return f"limit memory: instance failed: {what}"
         self.usage, self.usage_at = limits.usage(self._daemon_pids()), self.n
-        near = self.near_limit(count, NEAR)
-        return f"{near}: instance failed: {what}" if near else f"instance failed: {what}"
+        if near := self.near_limit(count, NEAR):
+            return f"{near}: instance failed: {what}"
+        return f"instance failed: {what}" if isinstance(e, InstanceError) else None
 
     def step(self, count: int) -> None:
         """Start `count` instances back to back and wait for every ready line."""
@@ -345,10 +353,11 @@ class Ramp:
                 return reason
             try:
                 self.step(count)
-            except Exception as e:  # a backend's own error too: the steps taken stay
-                if self.top == 0:  # not even the first step worked
+            except Exception as e:  # a limit or the instance's failure ends the ramp
+                reason = self.failed(e, count) if self.top else None
+                if reason is None:  # the first step, or a harness error: the sample fails
                     raise
-                return self.failed(e, count)
+                return reason
             if self.p.measured(self.n - count, self.n):
                 if self.p.settle:
                     time.sleep(self.p.settle)

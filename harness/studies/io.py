@@ -21,9 +21,10 @@ as an artifact (kind "fio") with the target, whether direct I/O was used, and fo
 metric the JSON path of the field it was read from and its scale (value = field * scale).
 
 A target the backend does not apply (its metadata's not_applied lists "mounts" or
-"mounts.<type>": the host backend applies none) is not measured; one it refuses when the
-instance is created (a UsageError: a VM shares no host directory for a bind mount) is
-skipped with an artifact (kind "target_refused") saying why.
+"mounts.<type>": the host backend applies none) is not measured; one it declares it
+cannot make when the instance is created (NotApplicable: a VM shares no host directory
+for a bind mount) is skipped with an artifact (kind "target_refused") saying why; any
+other error fails the sample.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import shutil
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from harness.core.errors import InstanceError, UsageError
+from harness.core.errors import InstanceError, NotApplicable
 from harness.core.probes import io as fio
 from harness.core.units import parse_size
 from harness.runner import Cell, Context, Measurement
@@ -119,7 +120,7 @@ class Io:
             try:
                 try:
                     inst, ex = life.run(ctx, cell, spec)
-                except UsageError as e:  # the backend refuses this kind of mount
+                except NotApplicable as e:  # the backend cannot make this kind of mount
                     ctx.cleanup(only=cell)
                     ctx.artifact("target_refused", str(e), variant=f"target={target}",
                                  target=target)

@@ -48,7 +48,7 @@ class Kv(ServerStudy):
                                   pipeline=int(p["pipeline"]))
         text, code = run_tool(ctx, argv, p, float(p["time_limit"]), "redis-benchmark",
                               warmup=warm)
-        tests = loadgen.parse_redis(text, code)
+        tests = loadgen.parse_redis(text, code, TESTS)
         return [Measurement(f"kv.{name}", value, variant=t.test)
                 for t in tests.values() if t.test in TESTS
                 for name, value in (("ops", t.rps), ("lat_p50", t.lat_p50),

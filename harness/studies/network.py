@@ -22,8 +22,9 @@ JSON) are kept as artifacts, with the client's path and version and the server's
 whether the two ends ran the same release.
 
 A backend that applies no network isolation (host) is measured in mode host only; one
-that does not apply or refuses a mode (metadata's not_applied "network.<mode>", or a
-UsageError at create) closes that cell as not applicable.
+that does not apply or refuses a mode (metadata's not_applied "network.<mode>", or its
+NotApplicable at create: a declared inability) closes that cell as not applicable; any
+other error at create fails the sample.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness.core.errors import InstanceError
+from harness.core.errors import InstanceError, NotApplicable
 from harness.core.probes.io import parse_json, sections
-from harness.runner import Cell, Context, Measurement, NotApplicable
+from harness.runner import Cell, Context, Measurement
 from harness.studies import _lifecycle as life
 from harness.studies._server import free_ports
 
@@ -146,8 +147,7 @@ class Network:
         if mode == "none":  # unreachable from the host: everything inside, over loopback
             spec = ctx.spec(cell, argv=("sh", "-c", INSIDE.format(**fmt)), readiness="exit",
                             capture=True)
-            with life.refused_network(cell, mode):
-                inst, ex = life.run(ctx, cell, spec)
+            inst, ex = life.run(ctx, cell, spec)
             life.finish(ctx, cell, inst)
             life.check(ex, "network")
             found = sections(life.text(ex.stdout), BEGIN, END)
@@ -164,7 +164,7 @@ class Network:
             if address is None:  # a backend that predates address() in the protocol
                 raise NotApplicable(f"{cell.backend} does not implement address(): the "
                                     f"host cannot find an instance with network {mode}")
-            with life.refused_network(cell, mode), life.instance(ctx, cell, spec) as inst:
+            with life.instance(ctx, cell, spec) as inst:
                 addr = address(inst)
                 if addr is None:
                     raise InstanceError(f"network: {cell.backend} gives no address for an "

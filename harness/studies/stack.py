@@ -51,11 +51,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol, cast
 
-from harness.core.errors import InstanceError, ReadyTimeout
+from harness.core.errors import InstanceError, NotApplicable, ReadyTimeout
 from harness.core.image import Debian, Image, Source, source_from_dict
 from harness.core.probes import loadgen, memory, serving
 from harness.core.probes.timing import now_ns
-from harness.runner import Cell, Context, Measurement, NotApplicable
+from harness.runner import Cell, Context, Measurement
 from harness.scenario import Scenario, Service, Workload
 from harness.studies._server import run_tool
 from runtimes.base import Exec, Exit, Instance, Limits, Mount, Networks, Runtime
@@ -305,6 +305,9 @@ class Stack:
         return r.healthy is not None if cond == "service_healthy" else r.started is not None
 
     def down(self) -> None:
+        """Remove every instance, then the network. A removal that failed is an event
+        ("cleanup_failed", with the reason) and its instance stays tracked: the runner's
+        clean-up tries it again, and `bench gc` finds what is left."""
         self.pool.shutdown(wait=False, cancel_futures=True)
         errors = []
         for inst in reversed(self.instances):
@@ -313,9 +316,15 @@ class Stack:
                 self.rt.remove(inst)
             except Exception as e:  # remove the others all the same
                 errors.append(f"{inst.spec.name}: {e}")
+                continue
             self.ctx.untrack(inst)
-        self.rt.remove_network(self.ctx.run_id, self.net)
+        try:
+            self.rt.remove_network(self.ctx.run_id, self.net)
+        except Exception as e:
+            errors.append(f"network {self.net}: {e}")
         if errors:
+            self.ctx.event("cleanup_failed", backend=self.cell.backend,
+                           variant=self.cell.variant.name, errors=errors)
             raise InstanceError("tearing the stack down: " + "; ".join(errors))
 
     def volumes(self, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
@@ -460,9 +469,11 @@ class StackStudy:
             out.append(Measurement("stack.memory.daemon",
                                    memory.processes_memory(daemons).pss if daemons else 0))
             out += self._disk(stack)
-        except BaseException:
-            with contextlib.suppress(Exception):
+        except BaseException as e:
+            try:
                 stack.down()
+            except Exception as down:  # recorded by down(); the first error is the cause
+                e.add_note(str(down))
             raise
         t_down = now_ns()
         stack.down()

@@ -34,13 +34,13 @@ import fcntl
 import hashlib
 import ipaddress
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.errors import InstanceError
+from runtimes.base import rmtree
 
 BRIDGE = "cvbench0"
 LINK_PREFIX = "cvbench"
@@ -251,7 +251,7 @@ def remove_private_net(root: Path, name: str) -> None:
         pass
     if _link_exists(bridge):
         delete_link(bridge)
-    shutil.rmtree(root / name, ignore_errors=True)
+    rmtree(root / name)
 
 
 def private_nets(root: Path) -> list[str]:
@@ -277,8 +277,13 @@ def links() -> dict[str, str]:
 
 
 def delete_link(name: str) -> None:
-    with contextlib.suppress(InstanceError):
+    """Delete a host link; one gone already is fine, any other failure raises (the link
+    is still there, and links() lists it for `bench gc`)."""
+    try:
         _ip("link", "del", name)
+    except InstanceError:
+        if _link_exists(name):
+            raise
 
 
 def bridge_in_use() -> bool:

@@ -40,6 +40,7 @@ from runtimes.base import (
     Stats,
     Traits,
     own,
+    remove_each,
     run_of,
     state_dir,
     uid_gid,
@@ -625,18 +626,17 @@ class NsRuntime:
                 self.root() / "nets", self.root())
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
-        found = self.leftovers(live_runs)
-        for item in found:
+        def remove(item: Leftover) -> bool | None:
             if item.kind == "cgroup":
                 self.cg.kill(item.name)
                 self.cg.destroy(item.name)
-            elif item.kind == "layer":
-                shutil.rmtree(item.name, ignore_errors=True)
-            elif item.kind == "dir" and item.run_id is None:
-                with contextlib.suppress(OSError):  # (in use again, or not empty)
-                    os.rmdir(item.name)
-            elif item.kind == "dir":
+            elif item.kind == "layer" or (item.kind == "dir" and item.run_id is not None):
                 _rmtree(Path(item.name))
+            elif item.kind in ("dir", "cgroup-parent"):
+                try:  # a directory every run shares
+                    os.rmdir(item.name)
+                except OSError:  # in use again by another run, or not empty: left alone
+                    return False
             elif item.kind == "lease":
                 network.Leases(self.root() / "ipam").release(item.name)
             elif item.kind == "link":
@@ -647,14 +647,15 @@ class NsRuntime:
                 _publish.unpublish(self.name, item.name)
             elif item.kind == "bridge":
                 network.remove_bridge()
-            elif item.kind == "cgroup-parent":
-                with contextlib.suppress(OSError):  # another run's cgroup appeared
-                    os.rmdir(item.name)
-        if not live_runs:  # what the removals above emptied (the dev layer's parent...)
-            for d in empty_dirs(*self._shared_dirs()):
-                with contextlib.suppress(OSError):
-                    os.rmdir(d)
-        return found
+            return None
+
+        try:
+            return remove_each(self.name, self.leftovers(live_runs), remove)
+        finally:
+            if not live_runs:  # what the removals above emptied (the dev layer's parent...)
+                for d in empty_dirs(*self._shared_dirs()):
+                    with contextlib.suppress(OSError):  # (shared: in use again)
+                        os.rmdir(d)
 
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from harness.core.errors import UsageError
+from harness.core.errors import NotApplicable, UsageError
 from runtimes.base import InstanceSpec, check_publish
 from runtimes.ns.cgroups import Manager
 
@@ -61,7 +61,7 @@ def spec(s: InstanceSpec, rootless: bool = False) -> None:
         raise UsageError("ns: empty argv")
     check_publish("ns", s)
     if rootless and s.network == "bridge":
-        raise UsageError("ns: network 'bridge' needs root (it adds a veth to the host); "
+        raise NotApplicable("ns: network 'bridge' needs root (it adds a veth to the host); "
                          "rootless instances can use none or host")
     for m in s.mounts:
         if not m.target.startswith("/") or ".." in m.target.split("/"):

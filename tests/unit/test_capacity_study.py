@@ -160,7 +160,8 @@ def test_interrupt_ends_the_ramp_and_removes_everything(host: FakeHost, img: ima
 
 @pytest.mark.parametrize("error, reason", [
     (InstanceError("no more room"), "instance failed: no more room"),
-    (ConnectionError("daemon gone"), "instance failed: ConnectionError: daemon gone"),
+    (OSError(errno.ENOMEM, "Cannot allocate memory"),
+     "limit memory: instance failed: OSError: [Errno 12] Cannot allocate memory"),
 ])
 def test_failed_instance_keeps_the_steps_taken(host: FakeHost, img: image.Image,
                                                error: Exception, reason: str) -> None:
@@ -169,6 +170,18 @@ def test_failed_instance_keeps_the_steps_taken(host: FakeHost, img: image.Image,
     out, events, _ = run_ramp(img, rt, max_instances=10)
     assert max(values(out, "density.pss_total")) == 3
     assert events[-1]["reason"] == reason
+    assert rt.live == {}
+
+
+@pytest.mark.parametrize("error", [KeyError("pss"), TypeError("bad"), AssertionError(),
+                                   ConnectionError("daemon gone")])
+def test_a_harness_error_after_the_first_step_fails_the_sample(
+        host: FakeHost, img: image.Image, error: Exception) -> None:
+    """Neither a named limit nor the instance's own failure: not a stop reason."""
+    rt = SlowFake(host, fail_at=4)
+    rt.error = error
+    with pytest.raises(type(error)):
+        run_ramp(img, rt, max_instances=10)
     assert rt.live == {}
 
 

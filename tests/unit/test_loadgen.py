@@ -90,3 +90,13 @@ def test_redis_unreachable_fails_the_run() -> None:
     # redis-benchmark 7.0 prints this and then spins: the caller's timeout ends it
     with pytest.raises(loadgen.LoadFailed, match="Could not connect"):
         loadgen.parse_redis(text("redis-refused.txt"), returncode=-15)
+
+
+def test_redis_output_with_only_one_of_the_tests_asked_fails_with_the_counts() -> None:
+    only_set = "\n".join(line for line in text("redis-ok.txt").splitlines()
+                         if not line.startswith('"GET"'))
+    with pytest.raises(loadgen.LoadFailed, match=r"no result row for GET \(results 1, "
+                       r"asked 2\)") as e:
+        loadgen.parse_redis(only_set, 0, ("SET", "GET"))
+    assert e.value.counts == {"results": 1, "asked": 2}
+    assert set(loadgen.parse_redis(text("redis-ok.txt"), 0, ("SET", "GET"))) == {"SET", "GET"}

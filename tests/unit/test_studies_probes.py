@@ -35,7 +35,7 @@ def test_du_bytes_equals_du_sb(tmp_path: Path) -> None:
 def _job(name: str, direction: str, bw: int, iops: float, p50: int, p99: int
          ) -> dict[str, Any]:
     empty = {"bw_bytes": 0, "iops": 0.0, "clat_ns": {"mean": 0.0}}
-    full = {"bw_bytes": bw, "iops": iops,
+    full = {"bw_bytes": bw, "iops": iops, "total_ios": 10, "io_bytes": 40960, "runtime": 2,
             "clat_ns": {"percentile": {"50.000000": p50, "99.000000": p99}}}
     other = "write" if direction == "read" else "read"
     return {"jobname": name, "error": 0, direction: full, other: empty}
@@ -72,6 +72,57 @@ def test_fio_errors_are_instance_errors() -> None:
         io.figures(doc)
     with pytest.raises(InstanceError):
         io.parse_json("fio: no JSON here")
+
+
+# A real fio 3.33 run of the io study's jobs (fio_args(4 MiB, 0.3 s, iodepth 4), direct
+# I/O on ext4), saved as fio wrote it.
+REAL_FIO = Path(__file__).parent / "data" / "tools" / "fio-3.33-cvbench-jobs.json"
+
+
+def test_fio_fields_map_to_the_numbers_in_a_real_fio_document() -> None:
+    """Each expected value was read by hand from the file (the line in the comment), so
+    a wrong path, direction or scale in FIELDS/JOBS fails here."""
+    by = {f.metric: f.value for f in io.figures(io.parse_json(REAL_FIO.read_text()))}
+    assert by == pytest.approx({
+        "io.seqwrite.bw": 2950644093,  # l. 74: jobs[0].write.bw_bytes
+        "io.seqwrite.iops": 2813.953488,  # l. 76
+        "io.seqwrite.lat_p50": 257024e-9,  # l. 101: write.clat_ns.percentile 50.000000
+        "io.seqwrite.lat_p99": 522240e-9,  # l. 107
+        "io.seqread.bw": 1295914524,  # l. 277: jobs[1].read.bw_bytes
+        "io.seqread.iops": 1235.880399,  # l. 279
+        "io.seqread.lat_p50": 741376e-9,  # l. 304
+        "io.seqread.lat_p99": 872448e-9,  # l. 310
+        "io.randwrite.bw": 123927813,  # l. 566: jobs[2].write.bw_bytes
+        "io.randwrite.iops": 30255.813953,  # l. 568
+        "io.randwrite.lat_p50": 87552e-9,  # l. 593
+        "io.randwrite.lat_p99": 489472e-9,  # l. 599
+        "io.randread.bw": 148054750,  # l. 769: jobs[3].read.bw_bytes
+        "io.randread.iops": 36146.179402,  # l. 771
+        "io.randread.lat_p50": 95744e-9,  # l. 796
+        "io.randread.lat_p99": 218112e-9,  # l. 802
+    }, rel=1e-12)
+
+
+def test_a_fio_job_missing_a_field_or_without_io_fails_with_its_counts() -> None:
+    doc = io.parse_json(REAL_FIO.read_text())
+    del doc["jobs"][2]["write"]["clat_ns"]["percentile"]
+    with pytest.raises(InstanceError, match=r"lacks jobs.2.write.clat_ns.percentile.50.000000 "
+                       r"\(total_ios 9107, io_bytes 37302272, runtime 301\)"):
+        io.figures(doc)
+    doc = io.parse_json(REAL_FIO.read_text())
+    doc["jobs"][3]["read"].update(total_ios=0, io_bytes=0)
+    with pytest.raises(InstanceError, match=r"randread: no read I/O counted \(total_ios 0, "
+                       r"io_bytes 0, runtime 301\)"):
+        io.figures(doc)
+    doc = io.parse_json(REAL_FIO.read_text())
+    del doc["jobs"][0]["write"]["total_ios"]
+    with pytest.raises(InstanceError, match=r"seqwrite: no write I/O counted \(total_ios "
+                       r"absent"):
+        io.figures(doc)
+    doc = io.parse_json(REAL_FIO.read_text())
+    del doc["jobs"][1]
+    with pytest.raises(InstanceError, match=r"lacks the jobs seqread \(3 of 4 jobs found\)"):
+        io.figures(doc)
 
 
 def test_fio_args_run_writes_first_on_one_file() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from harness import results, scenario, studies
 from harness.core import image
-from harness.core.errors import InstanceError, UsageError
+from harness.core.errors import InstanceError, NotApplicable, UsageError
 from harness.runner import Cell, Context, Measurement, Runner
 from runtimes.base import Exit, Instance, Prepared, Stats, Traits
 from tests.unit.fakes import FakeRuntime
@@ -222,7 +222,7 @@ def test_io_refused_targets_are_skipped_and_formats_added(tmp_path: Path,
     class NoBind(StudyFake):
         def create(self, spec: Any, prepared: Prepared) -> Instance:
             if any(m.type == "bind" for m in spec.mounts):
-                raise UsageError("fake: no host directory is shared")
+                raise NotApplicable("fake: no host directory is shared")
             return super().create(spec, prepared)
 
     rt = NoBind(stdout=_fio_output(["rootfs", "volume", "volume.qcow2", "tmpfs"]),
@@ -283,6 +283,49 @@ def test_network_not_applicable_where_modes_are_not_applied(tmp_path: Path,
     assert cells[0].status == "not_applicable" and cells[0].samples == 0
     assert journal.samples == []
     assert [e["kind"] for e in journal.events] == ["not_applicable"]
+
+
+class Refuses(StudyFake):
+    """A backend whose create raises `error` for every instance (with a bind mount, if
+    `bind_only`)."""
+
+    def __init__(self, error: Exception, bind_only: bool = False, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.error, self.bind_only = error, bind_only
+
+    def create(self, spec: Any, prepared: Prepared) -> Instance:
+        if not self.bind_only or any(m.type == "bind" for m in spec.mounts):
+            raise self.error
+        return super().create(spec, prepared)
+
+
+def test_only_a_declared_inability_at_create_is_not_applicable(tmp_path: Path,
+                                                               img: image.Image) -> None:
+    rt = Refuses(NotApplicable("fake: network none is impossible here"))
+    r, cells, journal = make(tmp_path / "a", img, "network", [rt], metric="network.lat_p50",
+                             warmups=0, min_samples=1, max_samples=3)
+    r.run()
+    assert cells[0].status == "not_applicable" and cells[0].failures == 0
+    # Any other UsageError at create (the harness's spec, a bad name...) fails the sample.
+    rt = Refuses(UsageError("workload.user: no user 'x' in the image's /etc/passwd"))
+    r, cells, journal = make(tmp_path / "b", img, "network", [rt], metric="network.lat_p50",
+                             warmups=0, min_samples=1, max_samples=3)
+    r.run()
+    assert cells[0].status == "failed" and cells[0].failures == 3
+    assert [e["kind"] for e in journal.events] == ["sample_failed"] * 3 + ["cell_failed"]
+    assert "no user 'x'" in journal.events[0]["error"]
+
+
+def test_io_fails_on_an_undeclared_refusal_of_a_target(tmp_path: Path,
+                                                      img: image.Image) -> None:
+    rt = Refuses(UsageError("fake: bind source is not a directory"), bind_only=True,
+                 stdout=_fio_output(["rootfs", "volume", "tmpfs"]))
+    r, cells, journal = make(tmp_path, img, "io", [rt], metric="io.randread.iops",
+                             warmups=0, min_samples=1, max_samples=1)
+    r.run()
+    assert cells[0].status == "failed" and journal.samples == []
+    assert not [a for a in journal.artifacts if a["kind"] == "target_refused"]
+    assert rt.live == {}
 
 
 def test_runner_sub_variants_join_the_cell_variant_and_gate_the_stop(

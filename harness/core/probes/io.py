@@ -9,7 +9,9 @@ Jobs run one after the other (`stonewall`) on one file (`filename`), writes firs
 the reads find the file laid out: seqwrite, seqread (1 MiB blocks, iodepth 1), then
 randwrite, randread (4 KiB blocks, the scenario's iodepth), each for `runtime` seconds
 (`time_based`), with libaio. Latency figures are fio's completion latency (clat:
-submission to completion) percentiles, the ones fio computes by default.
+submission to completion) percentiles, the ones fio computes by default. A job that
+lacks a field, or counted no I/O in its direction (its figures would be zeros), fails
+the sample with what fio counted (total_ios, io_bytes, runtime).
 """
 
 from __future__ import annotations
@@ -84,17 +86,33 @@ def figures(doc: dict[str, Any]) -> list[Figure]:
         if job.get("error"):
             raise InstanceError(f"fio job {name} failed with error {job['error']}")
         direction = JOBS[name][2]
+        done = _counts(job.get(direction))
+        ios = done["total_ios"]
+        if isinstance(ios, bool) or not isinstance(ios, int) or ios <= 0:
+            # no operation counted: its figures would be zeros, not a measurement
+            raise InstanceError(f"fio job {name}: no {direction} I/O counted ("
+                                + ", ".join(f"{k} {v}" for k, v in done.items()) + ")")
         for suffix, (sub, scale, _unit) in FIELDS.items():
             path: tuple[str | int, ...] = ("jobs", i, direction, *sub)
             try:
                 raw = lookup(doc, path)
             except (KeyError, IndexError, TypeError):
-                raise InstanceError(f"fio's JSON lacks {'.'.join(map(str, path))}") from None
+                raise InstanceError(f"fio's JSON lacks {'.'.join(map(str, path))} ("
+                                    + ", ".join(f"{k} {v}" for k, v in done.items())
+                                    + ")") from None
             out.append(Figure(f"io.{name}.{suffix}", float(raw) * scale, path, scale))
-    missing = set(JOBS) - {f.metric.split(".")[1] for f in out}
+    found = {f.metric.split(".")[1] for f in out}
+    missing = set(JOBS) - found
     if missing:
-        raise InstanceError(f"fio's JSON lacks the jobs {', '.join(sorted(missing))}")
+        raise InstanceError(f"fio's JSON lacks the jobs {', '.join(sorted(missing))} "
+                            f"({len(found)} of {len(JOBS)} jobs found)")
     return out
+
+
+def _counts(section: Any) -> dict[str, Any]:
+    """What a job's direction says it did (operations, bytes, milliseconds)."""
+    section = section if isinstance(section, dict) else {}
+    return {k: section.get(k, "absent") for k in ("total_ios", "io_bytes", "runtime")}
 
 
 def parse_json(text: str) -> dict[str, Any]:

@@ -8,8 +8,9 @@ caller as an artifact, so anyone can check a figure against it.
 
 A run that did not do what was asked fails: no requests at all, non-2xx/3xx answers,
 socket errors (connect, read, write, timeout), fewer bytes moved than the requests'
-bodies, a server error or no result row. `LoadFailed` carries the counts, and its
-message says them, so a failed sample is never recorded as a zero throughput.
+bodies, a server error or a missing result row (of any test asked for). `LoadFailed`
+carries the counts, and its message says them, so a failed sample is never recorded as a
+zero throughput, nor as half of what was asked.
 """
 
 from __future__ import annotations
@@ -126,9 +127,11 @@ def redis_args(host: str, port: int, *, tests: tuple[str, ...], requests: int,
             "-n", str(requests), "-c", str(clients), "-P", str(pipeline), "--csv"]
 
 
-def parse_redis(text: str, returncode: int = 0) -> dict[str, RedisTest]:
+def parse_redis(text: str, returncode: int = 0,
+                tests: tuple[str, ...] = ()) -> dict[str, RedisTest]:
     """redis-benchmark's CSV rows by test name ("GET", "SET"). A server error ("Error
-    from server: ..."), a connection failure or a non-zero exit fails the run."""
+    from server: ..."), a connection failure, a non-zero exit or a missing row of one of
+    the `tests` asked for fails the run."""
     rows = [line for line in text.splitlines() if line.startswith('"')]
     problems = [line for line in text.splitlines()
                 if line.startswith(("Error", "Could not connect", "Writing to socket"))]
@@ -143,6 +146,10 @@ def parse_redis(text: str, returncode: int = 0) -> dict[str, RedisTest]:
     if problems or returncode != 0 or not out:
         raise LoadFailed("redis-benchmark", (problems or ["no result row"])[0],
                          {"exit": returncode, "results": len(out), "errors": len(problems)})
+    missing = [t for t in tests if t not in out]
+    if missing:
+        raise LoadFailed("redis-benchmark", f"no result row for {', '.join(missing)}",
+                         {"results": len(out), "asked": len(tests)})
     for t in out.values():
         if t.rps <= 0:
             raise LoadFailed("redis-benchmark", f"{t.test}: no request completed",
