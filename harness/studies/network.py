@@ -194,8 +194,7 @@ class Network:
         (the servers' own output is not kept)."""
         spec = ctx.spec(cell, argv=("sh", "-c", VERSIONS.format(begin=BEGIN, end=END)),
                         readiness="exit", capture=True)
-        with life.refused_network(cell, cell.config.network):
-            inst, ex = life.run(ctx, cell, spec)
+        inst, ex = life.run(ctx, cell, spec)  # (a backend's own inability: NotApplicable)
         life.finish(ctx, cell, inst)
         return image_versions(life.text(ex.stdout))
 
