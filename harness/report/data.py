@@ -11,6 +11,9 @@
 - `not_applied` — the parts of the spec the backend ignores, from its metadata
   ("limits,mounts,network"; "" when it applies all): `applied` reads it, so a backend
   that applies no limit is shown as such, never as an enforced limit or a zero.
+- `cell_variant`, `tried`, `failed`, `reason` — the measured samples of the cell the row
+  comes from (`harness.results.with_attempts`): a sample that failed has no row, so these
+  say over how many of how many tried a figure is; `tally` reads them.
 - `dataset` — results are grouped by host fingerprint, so two hosts are put side by side;
   the runs of different studies on one host form one dataset (labelled with their date,
   or their first and last dates). Only when a study was run more than once on a host are
@@ -20,13 +23,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from harness.core.units import format_size
-from harness.results import Loaded
+from harness.results import ATTEMPT_COLUMNS, FAILURE_LIMIT, Loaded, with_attempts
 
 KINDS = ("process", "container", "vm", "unknown")  # order of presentation
 DEFAULT_VARIANT = "default"
@@ -79,10 +82,10 @@ def _when(doc: Any) -> pd.Timestamp:
 
 
 def enrich(df: pd.DataFrame, docs: Sequence[Loaded]) -> pd.DataFrame:
-    """The frame with `kind`, `emulated`, `not_applied`, `dataset`, `date`; a copy, rows
-    unchanged."""
+    """The frame with `kind`, `emulated`, `not_applied`, the cell's attempts, `dataset`,
+    `date`; a copy, rows unchanged."""
     meta = backend_meta(docs)
-    out = df.copy()
+    out = with_attempts(df, docs)
     keys = list(zip(out["run_id"].astype(str), out["backend"].astype(str), strict=True))
     out["kind"] = [backend_kind(meta.get(k, {})) for k in keys]
     out["not_applied"] = [",".join(sorted(meta.get(k, {}).get("not_applied") or ()))
@@ -208,18 +211,70 @@ def without_axis(variant: str, axis: str = "target") -> str:
 
 
 @dataclass(frozen=True)
+class Tally:
+    """The measured samples behind a cell's figures: `ok` of `tried`, and the most common
+    reason of the failures."""
+
+    ok: int
+    tried: int
+    reason: str = ""
+
+    @property
+    def failed(self) -> int:
+        return self.tried - self.ok
+
+    @property
+    def rate(self) -> float:
+        return self.failed / self.tried if self.tried else 0.0
+
+    @property
+    def too_many(self) -> bool:
+        """More failures than a figure can stand for (FAILURE_LIMIT)."""
+        return self.rate > FAILURE_LIMIT
+
+    def why(self, who: str) -> str:
+        """"ns: 4 ok / 6 tried (33 % failed; most common: …)"."""
+        return (f"{who}: {self} ({self.rate:.0%} failed"
+                + (f"; most common: {self.reason}" if self.reason else "") + ")")
+
+    def __str__(self) -> str:
+        return f"{self.ok} ok / {self.tried} tried"
+
+
+def tally(rows: pd.DataFrame) -> Tally | None:
+    """The attempts of the cells `rows` come from (summed when they are several runs'),
+    None when the results hold no count for them."""
+    if "tried" not in rows.columns or rows.empty:
+        return None
+    per = rows.dropna(subset=["tried"]).drop_duplicates(["run_id", "backend", "cell_variant"])
+    if per.empty:
+        return None
+    tried, failed = int(per["tried"].sum()), int(per["failed"].sum())
+    reason = str(per.sort_values("failed", kind="stable")["reason"].iloc[-1]) if failed else ""
+    return Tally(tried - failed, tried, reason)
+
+
+def failed_note(t: Tally | None) -> str:
+    """"4 ok / 6 tried" for a cell with failures, "" otherwise."""
+    return str(t) if t is not None and t.failed else ""
+
+
+@dataclass(frozen=True)
 class Cell:
-    """One thing a chart draws: a backend, a variant, from one dataset."""
+    """One thing a chart draws: a backend, a variant, from one dataset; `tally`: its
+    measured samples, when the results count them."""
 
     backend: str
     variant: str
     dataset: str
     kind: str
     emulated: bool
+    tally: Tally | None = field(default=None, compare=False)
 
-    def label(self, tag: str | None = None, sep: str = " ") -> str:
+    def label(self, tag: str | None = None, sep: str = " ", counts: bool = True) -> str:
         """"docker [volume]", plus the dataset's tag (e.g. "#2") when given, plus
-        "(TCG, emulated)" for an emulated VM."""
+        "(TCG, emulated)" for an emulated VM, plus "(4 ok / 6 tried)" when samples failed
+        (unless not `counts`)."""
         text = self.backend
         if self.variant != DEFAULT_VARIANT:
             text += f" [{short_variant(self.variant)}]"
@@ -227,6 +282,8 @@ class Cell:
             text += f"{sep}{tag}"
         if self.emulated:
             text += f"{sep}(TCG, emulated)"
+        if counts and failed_note(self.tally):
+            text += f"{sep}({self.tally})"
         return text
 
     def select(self, df: pd.DataFrame) -> pd.DataFrame:
@@ -244,7 +301,9 @@ def cells(df: pd.DataFrame, order: Sequence[str] | None = None,
     first = df.drop_duplicates(["backend", "variant", "dataset"])
     out = [Cell(str(r["backend"]), str(r["variant"]), str(r["dataset"]), str(r["kind"]),
                 bool(df[(df["backend"] == r["backend"]) & (df["dataset"] == r["dataset"])]
-                     ["emulated"].any()))
+                     ["emulated"].any()),
+                tally(df[(df["backend"] == r["backend"]) & (df["variant"] == r["variant"])
+                         & (df["dataset"] == r["dataset"])]))
            for _, r in first.iterrows()]
     rank = {b: i for i, b in enumerate(order)}
     drank = {d: i for i, d in enumerate(sets)}
@@ -273,7 +332,9 @@ def per_instance_memory(df: pd.DataFrame) -> pd.DataFrame:
     n = pss.groupby(keys)["value"].transform("count")
     daemon = (df[df["metric"] == "memory.daemon"].groupby(keys)["value"].sum()
               .rename("daemon_total"))
-    out = pss[[*keys, "kind", "emulated"]].copy()
+    # The cell's attempts go along, so what is drawn from these rows still says them.
+    counts = [c for c in ("run_id", *ATTEMPT_COLUMNS) if c in pss.columns]
+    out = pss[[*keys, "kind", "emulated", *counts]].copy()
     out["pss"] = pss["value"].astype(float)
     out = out.join(daemon, on=keys)
     out["daemon"] = out["daemon_total"].fillna(0.0) / n
