@@ -738,8 +738,11 @@ def compare_(base_spec: str, new_spec: str, threshold: float, alpha: float,
         d = cell.decision
         ratio = "—" if d.ratio != d.ratio else f"{d.ratio:.3f} ({d.lo:.3f}–{d.hi:.3f})"
         t.add_row(f"[{style.get(d.verdict, '')}]{d.verdict}[/]" if d.verdict in style
-                  else d.verdict, cell.label, format_value(cell.median_base, cell.unit),
-                  format_value(cell.median_new, cell.unit), ratio,
+                  else d.verdict, cell.label,
+                  " ".join(filter(None, [format_value(cell.median_base, cell.unit),
+                                         cell.attempts("base")])),
+                  " ".join(filter(None, [format_value(cell.median_new, cell.unit),
+                                         cell.attempts("new")])), ratio,
                   "—" if d.p != d.p else f"{d.p:.2g}",
                   "?" if cell.band != cell.band else f"{cell.band:.0%}", d.why)
     out.print(t)

@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 # The records and the schema version are harness.core.records'; they are re-exported here
 # for the code (and notebooks) that read results through this module.
 __all__ = ["ATTEMPT_COLUMNS", "FAILURE_LIMIT", "SCHEMA", "Attempts", "Journal", "Loaded",
-           "Result", "Sample", "checksum", "current", "expand",
-           "frame", "load", "load_all", "load_result", "pyperf_json", "read_journal",
-           "utc_stamp", "with_attempts", "write_new"]
+           "Result", "Sample", "attempts_of", "checksum", "current", "expand", "frame",
+           "load", "load_all", "load_result", "pyperf_json", "read_journal", "utc_stamp",
+           "with_attempts", "write_new"]
 
 SAMPLE_KEYS = ("backend", "variant", "metric", "unit", "value", "round")
 PYPERF_UNITS = {"s": "second", "B": "byte"}
@@ -250,35 +250,48 @@ def frame(docs: Iterable[Loaded]) -> pd.DataFrame:
 ATTEMPT_COLUMNS = ["cell_variant", "tried", "failed", "reason"]
 
 
+def _attempts(doc: Result) -> dict[str, dict[str, Attempts]]:
+    """backend -> cell variant -> its attempts, the copies of an A/A run summed (one cell
+    as the report sees it)."""
+    out: dict[str, dict[str, Attempts]] = {}
+    for a in doc.attempts():
+        per = out.setdefault(a.backend, {})
+        if a.variant in per:
+            b = per[a.variant]
+            merged: dict[str, int] = dict(b.reasons)
+            for r, n in a.reasons:
+                merged[r] = merged.get(r, 0) + n
+            a = Attempts(a.backend, a.variant, a.tried + b.tried, a.failed + b.failed,
+                         tuple(sorted(merged.items(), key=lambda kv: -kv[1])))
+        per[a.variant] = a
+    return out
+
+
+def attempts_of(doc: Result, backend: str, variant: str, sub: str = "") -> Attempts | None:
+    """The attempts of the cell whose samples are `backend`, `variant` (sub-variant
+    `sub`) in `doc`; None when the result holds no count for it."""
+    known = _attempts(doc).get(backend, {})
+    return known.get(_cell_variant(variant, sub, known))
+
+
 def with_attempts(df: pd.DataFrame, docs: Iterable[Loaded]) -> pd.DataFrame:
     """The samples frame with, per row, its cell's measured samples (`Result.attempts`,
     the copies of a cell summed): `cell_variant` (the variant without the sub-variant),
     `tried`, `failed` and the most common `reason` ("" when none failed); `tried` is NaN
     where the result holds no count (a file written before cells were). A copy."""
-    cells: dict[tuple[str, str], dict[str, Attempts]] = {}
-    for _, doc in docs:
-        for a in doc.attempts():
-            per = cells.setdefault((doc.run_id, a.backend), {})
-            if a.variant in per:  # the copies of an A/A run: one cell as the report sees it
-                b = per[a.variant]
-                merged: dict[str, int] = dict(b.reasons)
-                for r, n in a.reasons:
-                    merged[r] = merged.get(r, 0) + n
-                a = Attempts(a.backend, a.variant, a.tried + b.tried, a.failed + b.failed,
-                             tuple(sorted(merged.items(), key=lambda kv: -kv[1])))
-            per[a.variant] = a
+    cells = {(doc.run_id, b): per for _, doc in docs for b, per in _attempts(doc).items()}
     out = df.copy()
+    keys = list(zip(out["run_id"].astype(str), out["backend"].astype(str),
+                    out["variant"].astype(str), out["sub"].fillna("").astype(str),
+                    strict=True))
     found: dict[tuple[str, str, str, str], tuple[str, float, float, str]] = {}
-    for key in set(zip(out["run_id"].astype(str), out["backend"].astype(str),
-                       out["variant"].astype(str), out["sub"].fillna("").astype(str),
-                       strict=True)):
+    for key in set(keys):
         run, backend, variant, sub = key
-        cv = _cell_variant(variant, sub, cells.get((run, backend), {}))
-        got = cells.get((run, backend), {}).get(cv)
+        known = cells.get((run, backend), {})
+        cv = _cell_variant(variant, sub, known)
+        got = known.get(cv)
         found[key] = ((cv, float(got.tried), float(got.failed), got.reason) if got is not None
                       else (cv, math.nan, math.nan, ""))
-    keys = zip(out["run_id"].astype(str), out["backend"].astype(str),
-               out["variant"].astype(str), out["sub"].fillna("").astype(str), strict=True)
     values = [found[k] for k in keys]
     for i, col in enumerate(ATTEMPT_COLUMNS):
         out[col] = [v[i] for v in values]

@@ -43,9 +43,11 @@ TARGET_SPEED = {"hostfs": 1.0, "rootfs": 0.6, "volume": 0.95, "bind": 1.0, "tmpf
 def write_result(out: Path, scenario: str, samples: list[dict[str, Any]],
                  backends: Mapping[str, Mapping[str, Any]], *, host: str = "synthetic-a",
                  created: str = "2026-01-10T10:00:00+00:00", run_id: str | None = None,
-                 digest: str = "0" * 64, config: Mapping[str, Any] | None = None) -> Path:
+                 digest: str = "0" * 64, config: Mapping[str, Any] | None = None,
+                 cells: list[dict[str, Any]] | None = None) -> Path:
     """Write one finalized result file; return its path. `config`: more of the scenario's
-    configuration (limits, params)."""
+    configuration (limits, params); `cells`: the run's cells with their counts (default:
+    none recorded, as in a file written before they were)."""
     run_id = run_id or hashlib.sha1(f"{scenario} {host} {created}".encode()).hexdigest()[:8]
     used = {s["backend"] for s in samples}
     doc: dict[str, Any] = {
@@ -59,7 +61,7 @@ def write_result(out: Path, scenario: str, samples: list[dict[str, Any]],
         "backends": {b: {**dict(backends[b]), "versions": {b: "1.0"}} for b in used},
         "image": {"digest": digest, "tag": "cvbench/base:test"},
         "samples": samples, "events": [], "artifacts": [],
-        "cells": [], "interrupted": False,
+        "cells": cells or [], "interrupted": False,
     }
     doc["checksum"] = results.checksum(doc)
     out.mkdir(parents=True, exist_ok=True)
