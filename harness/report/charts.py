@@ -1008,8 +1008,13 @@ def _claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None,
     if t["emulated"].any():
         handles.append(Line2D([], [], ls="", marker="o", mfc="white", color="#555555", mew=2,
                               label="VM emulated (TCG)"))
+    failures = ("\ninconclusive: failures — more than "
+                f"{claims_mod.FAILURE_LIMIT * 100:g} % of a cell's samples failed (\"n ok / "
+                "n tried\" on its label)" if (t["verdict"] == claims_mod.INCONCLUSIVE_FAILURES)
+                .any() else "")
     _finish(fig, look, handles, [], "Verdict from the CI, not the medians: holds when the "
-            "whole CI is on the claimed side of 1 (for \"like\" claims: inside the band).")
+            "whole CI is on the claimed side of 1 (for \"like\" claims: inside the band)."
+            + failures)
     return fig
 
 

@@ -37,9 +37,10 @@ import pandas as pd
 
 from harness import stats
 from harness.report import data, tables
+from harness.results import FAILURE_LIMIT as FAILURE_LIMIT  # the limit judged by
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
-INCONCLUSIVE_FAILURES = "inconclusive: failures"
+INCONCLUSIVE_FAILURES = "inconclusive: failures"  # a cell failed more than FAILURE_LIMIT
 VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, INCONCLUSIVE_FAILURES)
 MARGIN = 0.05  # differences within ±5 % of 1 are "no meaningful difference"
 

@@ -443,7 +443,7 @@ def _claims_blocks(t: pd.DataFrame, charts: Mapping[str, Any], several: bool
                         "claimed side of 1, *does not hold* when all of it is on the "
                         "other side or within the band of no meaningful difference, "
                         "*inconclusive* otherwise; *inconclusive: failures* when more "
-                        f"than {FAILURE_LIMIT:.0%} of a cell's samples failed "
+                        f"than {FAILURE_LIMIT * 100:g} % of a cell's samples failed "
                         "(its figures are over the ones that survived; \"n ok / n tried\" "
                         "marks every cell with a failure). Limits: A is what was used, B "
                         "the limit asked."))
