@@ -112,9 +112,11 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
                   f"({c.failures} failures); see the events in the result")
     for a in doc.attempts():
         if a.failed:  # the table's figures are over the samples that succeeded: say why not all
+            from harness.report import data
+
             why = "; ".join(f"{n}× {r}" for r, n in a.reasons)
-            err.print(f"[yellow]{escape(a.backend)} [{escape(a.variant)}][/]: {a}; failed: "
-                      f"{escape(why)}")
+            cell = data.Cell(a.backend, a.variant, "", "", False).label()
+            err.print(f"[yellow]{escape(cell)}[/]: {a}; failed: {escape(why)}")
     # Plain print: these lines are read by scripts (make bench), never wrapped.
     final = done.result
     print(f"result: {final}")
