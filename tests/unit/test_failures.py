@@ -22,7 +22,7 @@ from harness.core.records import Attempts, Result, failure_reason
 from harness.report import apps, charts, claims, data, render, tables
 from tests.unit import report_synth as synth
 from tests.unit.fakes import FakeRuntime
-from tests.unit.test_runner import img, make  # noqa: F401 - img is a fixture
+from tests.unit.test_runner import _close_journals, img, make  # noqa: F401 - fixtures
 
 DATA = Path(__file__).parent / "data"
 REASON = "startup: the workload exited with 1: ''"
