@@ -243,12 +243,18 @@ class Tally:
 
 def tally(rows: pd.DataFrame) -> Tally | None:
     """The attempts of the cells `rows` come from (summed when they are several runs'),
-    None when the results hold no count for them."""
+    None when the results hold no count for them. `rows` are samples (with the columns
+    `enrich` adds), or rows of a table of cells that carry theirs (`ok`, `tried`,
+    `reason`: `tables.ATTEMPTS`)."""
     if "tried" not in rows.columns or rows.empty:
         return None
-    per = rows.dropna(subset=["tried"]).drop_duplicates(["run_id", "backend", "cell_variant"])
-    if per.empty:
+    known = rows.dropna(subset=["tried"])
+    if known.empty:
         return None
+    if "cell_variant" not in known.columns:  # a table's rows, one cell's counts on each
+        r = known.iloc[0]
+        return Tally(int(r["ok"]), int(r["tried"]), str(r["reason"] or ""))
+    per = known.drop_duplicates(["run_id", "backend", "cell_variant"])
     tried, failed = int(per["tried"].sum()), int(per["failed"].sum())
     reason = str(per.sort_values("failed", kind="stable")["reason"].iloc[-1]) if failed else ""
     return Tally(tried - failed, tried, reason)

@@ -177,6 +177,21 @@ def test_the_report_says_n_ok_of_n_tried_and_why(tmp_path: Path) -> None:
     assert row["verdict"] == claims.INCONCLUSIVE_FAILURES and "6 ok / 9 tried" in row["note"]
 
 
+def test_every_study_reports_with_counts_and_failures(tmp_path: Path) -> None:
+    """Every chart and table of every study is drawn from results that count their
+    samples (ns failed 1 in each cell, host none): ns is labelled with its counts where
+    its cells are shown, the host never."""
+    paths = synth.all_results(tmp_path / "runs", failed={"ns": 1})
+    docs = [(str(p), results.load_result(p)) for p in paths]
+    out = tmp_path / "R"
+    written = render.build(docs, results.frame(docs), out, ("png",))
+    assert {"limits.png", "memory.png", "io_bw.png", "claims.png"} <= {p.name for p in written}
+    md = (out / "report.md").read_text()
+    assert "ns (" in md and " ok / " in md
+    assert "host (" not in md.replace("host (TCG", "")
+    assert "Read this first" in md and "cell ns" in md
+
+
 def test_a_chart_labels_a_cell_with_failures(tmp_path: Path) -> None:
     _, df = failing_startup(tmp_path)
     fig = charts.startup(df, charts.Look.of(df))
