@@ -246,3 +246,24 @@ def test_compare_flags_a_cell_whose_failures_rose(tmp_path: Path) -> None:
     same = compare.compare([one("base0002", 20, 0)], [one("new00002", 20, 0)],
                            baselines_dir=None)
     assert same.exit_code == 0
+
+
+# --- bench history ----------------------------------------------------------------------
+
+def test_history_lists_the_runs_with_failed_samples(tmp_path: Path) -> None:
+    from harness import history
+    from harness.report.render import markdown
+
+    rng = np.random.default_rng(11)
+    for day, failed in (("2026-01-10", 0), ("2026-01-11", 3)):
+        samples = [s for s in synth.startup_samples(rng, n=6) if s["backend"] == "host"]
+        synth.write_result(tmp_path, "startup", samples, synth.BACKENDS,
+                           created=f"{day}T10:00:00+00:00",
+                           cells=cells_of({"host": (6, failed)}))
+    h = history.history(history.load([tmp_path]))
+    (point, attempts), = h.failures
+    assert point.doc.created.startswith("2026-01-11") and str(attempts) == "6 ok / 9 tried"
+    md = markdown(history.blocks(h, {}), ())
+    assert "## Runs with failed samples" in md and f"| 6 ok / 9 tried | 3× {REASON} |" in md
+    (j,) = h.as_json()["failures"]
+    assert (j["backend"], j["ok"], j["tried"], j["reasons"]) == ("host", 6, 9, {REASON: 3})
