@@ -103,12 +103,20 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
     done = session.Session(scen, _split(backends), out_dir, RichReporter(), seed=seed,
                            copies=copies, resume=resumed).execute()
     doc = results.load_result(done.result)
-    _print_table(results.frame([(str(done.result), doc)]), order=done.backends)
+    loaded = [(str(done.result), doc)]
+    _print_table(results.with_attempts(results.frame(loaded), loaded), order=done.backends)
     for problem in done.problems:
         err.print(f"[red]clean-up problem:[/] {problem}")
     for c in done.failed:
-        err.print(f"[red]cell {c.label} failed[/] after {c.samples} samples "
+        err.print(f"[red]cell {escape(c.label)} failed[/] after {c.samples} samples "
                   f"({c.failures} failures); see the events in the result")
+    for a in doc.attempts():
+        if a.failed:  # the table's figures are over the samples that succeeded: say why not all
+            from harness.report import data
+
+            why = "; ".join(f"{n}× {r}" for r, n in a.reasons)
+            cell = data.Cell(a.backend, a.variant, "", "", False).label()
+            err.print(f"[yellow]{escape(cell)}[/]: {a}; failed: {escape(why)}")
     # Plain print: these lines are read by scripts (make bench), never wrapped.
     final = done.result
     print(f"result: {final}")
@@ -155,34 +163,41 @@ class RichReporter:
                     note = f"median {format_value(med, unit)} ±{(hi - lo) / 2 / med:.1%}"
                     if cell.status != "running":
                         note += f" ({cell.status})"
+                if cell.failures:  # the median above is over the samples that succeeded
+                    note = f"{cell.samples} ok / {cell.attempts} tried · {note}"
                 progress.update(tasks[cell.key], completed=cell.samples, note=note[:60])
 
             yield update
 
 
 def _print_table(df: Any, order: list[str] | None = None) -> None:
-    from harness.report import tables
+    from harness.report import data, tables
 
     if df.empty:
         out.print("no samples")
         return
     t = Table(title="medians with 95 % CI (± = CI half-width / median; ! = unstable)",
               box=None, pad_edge=False)
-    for col in ("cell", "metric", "n", "median", "95 % CI", "±"):
+    summ = tables.summary(df)
+    notes = {i: data.failed_note(tables.tally_of(r))
+             for i, r in zip(summ.index, summ.to_dict("records"), strict=True)}
+    failed = any(notes.values())  # a column of its own when a cell had failures
+    for col in ("cell", "metric", "n", *(["ok / tried"] if failed else []), "median",
+                "95 % CI", "±"):
         t.add_column(col, justify="right" if col in ("n", "median", "±") else "left",
                      no_wrap=True)
-    summ = tables.summary(df)
     if order:
         rank = {b: i for i, b in enumerate(order)}
         summ = summ.sort_values("backend", kind="stable",
                                 key=lambda s: s.map(lambda b: rank.get(b, len(rank))))
-    for r in summ.to_dict("records"):
+    for i, r in zip(summ.index, summ.to_dict("records"), strict=True):
         u = str(r["unit"])
         # (escaped: rich would take "[network=none]" for markup and print nothing)
         cell = escape(str(r["backend"]) + ("" if r["variant"] == "default"
                                            else f" [{r['variant']}]"))
         rel = (r["ci_hi"] - r["ci_lo"]) / 2 / r["median"] if r["median"] else float("nan")
-        t.add_row(cell, str(r["metric"]), str(r["n"]), format_value(r["median"], u),
+        t.add_row(cell, str(r["metric"]), str(r["n"]), *([notes[i]] if failed else []),
+                  format_value(r["median"], u),
                   f"{format_value(r['ci_lo'], u)} – {format_value(r['ci_hi'], u)}",
                   f"{rel:.1%}" + (" !" if r["warning"] else ""))
     out.print(t)
@@ -771,8 +786,11 @@ def compare_(base_spec: str, new_spec: str, threshold: float, alpha: float,
         d = cell.decision
         ratio = "—" if d.ratio != d.ratio else f"{d.ratio:.3f} ({d.lo:.3f}–{d.hi:.3f})"
         t.add_row(f"[{style.get(d.verdict, '')}]{d.verdict}[/]" if d.verdict in style
-                  else d.verdict, cell.label, format_value(cell.median_base, cell.unit),
-                  format_value(cell.median_new, cell.unit), ratio,
+                  else d.verdict, cell.label,
+                  " ".join(filter(None, [format_value(cell.median_base, cell.unit),
+                                         cell.attempts("base")])),
+                  " ".join(filter(None, [format_value(cell.median_new, cell.unit),
+                                         cell.attempts("new")])), ratio,
                   "—" if d.p != d.p else f"{d.p:.2g}",
                   "?" if cell.band != cell.band else f"{cell.band:.0%}", d.why)
     out.print(t)

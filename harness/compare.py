@@ -12,6 +12,10 @@ calibrated by `bench calibrate` (the host's baseline, when there is one) and/or 
 in the inputs when a side holds several runs, pooled. Without either the band is unknown
 and the report says that the threshold alone gates.
 
+A cell whose samples failed shows "n ok / n tried" per side; one whose failures on NEW
+exceed FAILURE_LIMIT (10 %) of its samples, and BASE's share, is a regression whatever its
+median says: its figures are over the samples that survived.
+
 Results from different machines (hardware ids: CPU model, cores, memory, architecture) are
 refused unless --allow-cross-host; differences in the host's software (kernel, distro...)
 are noted, and so is a backend whose writable layer differs between (or within) the
@@ -27,7 +31,7 @@ import glob
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ from harness.core import hostinfo
 from harness.core.errors import UsageError
 from harness.core.records import Noise, Result, writable_layer
 from harness.core.units import format_value
+from harness.report import data
 from harness.results import Loaded
 
 KEY = ("scenario", "backend", "variant", "metric")
@@ -86,6 +91,16 @@ class Cell:
     band_source: str  # "calibrated", "observed", "calibrated+observed" or "none"
     sigma: float  # run-to-run sd of log medians the band was built from
     df: int
+    # The cell's measured samples on each side (None: the results hold no count).
+    ok_base: int | None = None
+    tried_base: int | None = None
+    ok_new: int | None = None
+    tried_new: int | None = None
+
+    def attempts(self, side: str) -> str:
+        """"4 ok / 6 tried" on a side ("base", "new") where samples failed, else ""."""
+        ok, tried = getattr(self, f"ok_{side}"), getattr(self, f"tried_{side}")
+        return f"{ok} ok / {tried} tried" if tried is not None and ok != tried else ""
 
     @property
     def label(self) -> str:
@@ -162,8 +177,9 @@ class Comparison:
                 band += f" ({c.band_source}, {c.runs_base}+{c.runs_new} runs)"
             lines.append(
                 f"| {icon[d.verdict]} | {_md(c.label)} | "
-                f"{_fmt(c.median_base, c.unit)} (n={c.n_base})"
-                f" | {_fmt(c.median_new, c.unit)} (n={c.n_new}) | {ratio} | "
+                f"{_fmt(c.median_base, c.unit)} (n={c.n_base}{_also(c.attempts('base'))})"
+                f" | {_fmt(c.median_new, c.unit)} (n={c.n_new}{_also(c.attempts('new'))}) | "
+                f"{ratio} | "
                 f"{'—' if not math.isfinite(d.p) else f'{d.p:.2g}'} | {band} | {d.why} |")
         extra = [*self.notes]
         if self.only_base:
@@ -173,6 +189,10 @@ class Comparison:
         if extra:
             lines += ["", "Notes:", ""] + [f"- {n}" for n in extra]
         return "\n".join(lines) + "\n"
+
+
+def _also(text: str) -> str:
+    return f"; {text}" if text else ""
 
 
 def _md(text: str) -> str:
@@ -303,7 +323,8 @@ def compare(base: Sequence[Loaded], new: Sequence[Loaded], *, threshold: float =
             f"refusing to gate across machines: base hardware id {', '.join(hosts['base'])}, "
             f"new hardware id {', '.join(hosts['new'])} (CPU model, cores, memory or "
             "architecture differ); pass --allow-cross-host to compare anyway")
-    bf, nf = results.frame(base), results.frame(new)
+    bf = results.with_attempts(results.frame(base), base)
+    nf = results.with_attempts(results.frame(new), new)
     def selected(df: Any) -> Any:
         mask = np.zeros(len(df), dtype=bool)
         for g in metrics:
@@ -340,11 +361,18 @@ def compare(base: Sequence[Loaded], new: Sequence[Loaded], *, threshold: float =
                                  f"units differ: {','.join(ub)} vs {','.join(un)}")
         else:
             dec = stats.decide(bv, nv, unit, threshold, alpha, band)
+        tb, tn = data.tally(b), data.tally(n)
+        if tn is not None and tn.too_many and tn.rate > (tb.rate if tb is not None else 0.0):
+            dec = replace(dec, verdict="regression",
+                          why=f"failures rose: {tb or 'not counted'} → {tn} (most common: "
+                              f"{tn.reason}); {dec.why}")
         scen, backend, variant, metric = (str(k) for k in key)
         cells.append(Cell(scen, backend, variant, metric, unit=unit, n_base=len(bv), n_new=len(nv),
                           runs_base=len(rb), runs_new=len(rn),
                           median_base=float(np.median(bv)), median_new=float(np.median(nv)),
-                          decision=dec, band=band, band_source=source, sigma=sigma, df=df))
+                          decision=dec, band=band, band_source=source, sigma=sigma, df=df,
+                          ok_base=tb.ok if tb else None, tried_base=tb.tried if tb else None,
+                          ok_new=tn.ok if tn else None, tried_new=tn.tried if tn else None))
     if any(c.band_source == "none" for c in cells):
         notes.append("noise band unknown for some cells (no calibration for this host and "
                      "scenario, and fewer than 2 runs per side): the threshold alone gates "

@@ -52,7 +52,7 @@ from harness import results, stats
 from harness.compare import Change, differences
 from harness.core import hostinfo
 from harness.core.errors import ResultError, UsageError
-from harness.core.records import Result
+from harness.core.records import Attempts, Result
 from harness.core.units import format_value
 
 MIN_RUNS = 2
@@ -349,6 +349,14 @@ class History:
                       key=lambda m: (m.after.when, m.key.cell), reverse=True)
 
     @property
+    def failures(self) -> list[tuple[Point, Attempts]]:
+        """Per run (oldest first), its cells whose samples failed: a point of such a cell is
+        the median of the samples that survived."""
+        docs = {id(p.doc): p for s in self.series for p in s.points}
+        return [(p, a) for p in sorted(docs.values(), key=lambda p: p.when)
+                for a in p.doc.attempts() if a.failed]
+
+    @property
     def machines(self) -> dict[str, Mapping[str, Any]]:
         """hardware id -> the host fingerprint of its latest run."""
         out: dict[str, Mapping[str, Any]] = {}
@@ -373,7 +381,10 @@ class History:
                                        for c in m.changes],
                            "nearby": [{"offset": o, "what": c.what, "old": c.old,
                                        "new": c.new} for o, c in m.nearby]}
-                          for m in self.moves]}
+                          for m in self.moves],
+                "failures": [{**_run_json(p), "backend": a.backend, "variant": a.variant,
+                              "copy": a.copy, "ok": a.ok, "tried": a.tried,
+                              "reasons": dict(a.reasons)} for p, a in self.failures]}
 
 
 def _run_json(p: Point) -> dict[str, Any]:
@@ -412,6 +423,12 @@ def what_changed(m: Move, limit: int = 0) -> str:
         if near:
             text += f" — one run {'earlier' if off < 0 else 'later'}: " + "; ".join(near)
     return text
+
+
+def _counted(p: Point, m: Move) -> str:
+    """" (4 ok / 6 tried)" when samples of the move's cell failed in that run."""
+    a = results.attempts_of(p.doc, m.key.backend, m.key.variant)
+    return f" ({a})" if a is not None and a.failed else ""
 
 
 def format_change(r: float) -> str:
@@ -453,8 +470,8 @@ def blocks(h: History, charts: Mapping[str, Any]) -> list[tuple[str, Any]]:
                          f"({m.key.hardware[:8]})", m.key.cell,
                          f"{format_change(d.ratio)} "
                          f"({format_change(d.lo)} … {format_change(d.hi)})",
-                         f"{format_value(m.before.median, m.key.unit)} → "
-                         f"{format_value(m.after.median, m.key.unit)}",
+                         f"{format_value(m.before.median, m.key.unit)}{_counted(m.before, m)} → "
+                         f"{format_value(m.after.median, m.key.unit)}{_counted(m.after, m)}",
                          f"run {m.index + 1} ({m.runs_before}+{m.runs_after} runs)",
                          what_changed(m)])
         out.append(("table", Table(["", "verdict", "first run after", "machine", "series",
@@ -475,6 +492,16 @@ def blocks(h: History, charts: Mapping[str, Any]) -> list[tuple[str, Any]]:
                      max(runs.values()).strftime("%Y-%m-%d")])
     out.append(("table", Table(["hardware id", "hostname", "CPU", "cores", "memory", "arch",
                                 "runs", "first", "last"], rows, "lllrrlrll")))
+    if h.failures:
+        out.append(("h2", "Runs with failed samples"))
+        out.append(("p", "A point of these cells is the median of the samples that "
+                         "succeeded; the result file keeps each failure's reason and output."))
+        out.append(("table", Table(
+            ["run", "machine", "scenario", "cell", "samples", "failed"],
+            [[f"{p.when:%Y-%m-%d %H:%M} ({p.doc.run_id})",
+              str(p.doc.host.get("hostname", "?")), str(p.doc.scenario_name),
+              a.backend + ("" if a.variant == "default" else f" [{a.variant}]"), str(a),
+              "; ".join(f"{n}× {r}" for r, n in a.reasons)] for p, a in h.failures])))
     quiet = [s for s in h.series if s.note]
     if quiet:
         out.append(("p", "Not searched for moves: " + "; ".join(

@@ -133,8 +133,13 @@ def _commit() -> dict[str, Any]:
 
 
 def cell_summary(cells: list[Cell]) -> list[dict[str, Any]]:
+    """Per cell: how it ended, and its measured samples: `samples` ok of `attempts`,
+    `failures` with their `reasons` ({reason: count}, most common first); failed warmups
+    apart (`Result.attempts` reads these)."""
     return [{"backend": c.backend, "variant": c.variant.name, "status": c.status,
-             "samples": c.samples, "failures": c.failures,
+             "samples": c.samples, "failures": c.failures, "attempts": c.attempts,
+             "reasons": dict(sorted(c.reasons.items(), key=lambda kv: -kv[1])),
+             "warmup_failures": c.warmup_failures,
              **({"copy": c.copy} if c.copy is not None else {})} for c in cells]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -23,16 +24,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.core.errors import ResultError, ResultWriteError
-from harness.core.records import SCHEMA, Result, Sample, checksum
+from harness.core.records import (
+    DEFAULT_VARIANT,
+    FAILURE_LIMIT,
+    SCHEMA,
+    Attempts,
+    Result,
+    Sample,
+    checksum,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
 # The records and the schema version are harness.core.records'; they are re-exported here
 # for the code (and notebooks) that read results through this module.
-__all__ = ["SCHEMA", "Journal", "Loaded", "Result", "Sample", "checksum", "current", "expand",
-           "frame", "load", "load_all", "load_result", "pyperf_json", "read_journal",
-           "utc_stamp", "write_new"]
+__all__ = ["ATTEMPT_COLUMNS", "FAILURE_LIMIT", "SCHEMA", "Attempts", "Journal", "Loaded",
+           "Result", "Sample", "attempts_of", "checksum", "current", "expand", "frame",
+           "load", "load_all", "load_result", "pyperf_json", "read_journal", "utc_stamp",
+           "with_attempts", "write_new"]
 
 SAMPLE_KEYS = ("backend", "variant", "metric", "unit", "value", "round")
 PYPERF_UNITS = {"s": "second", "B": "byte"}
@@ -235,6 +245,71 @@ def frame(docs: Iterable[Loaded]) -> pd.DataFrame:
     cols = [*SAMPLE_KEYS, "instance", "sub", "run_id", "scenario", "image_digest", "host_id",
             "host", "created", "accel", "emulated", "file"]
     return pd.DataFrame(rows, columns=cols)
+
+
+ATTEMPT_COLUMNS = ["cell_variant", "tried", "failed", "reason"]
+
+
+def _attempts(doc: Result) -> dict[str, dict[str, Attempts]]:
+    """backend -> cell variant -> its attempts, the copies of an A/A run summed (one cell
+    as the report sees it)."""
+    out: dict[str, dict[str, Attempts]] = {}
+    for a in doc.attempts():
+        per = out.setdefault(a.backend, {})
+        if a.variant in per:
+            b = per[a.variant]
+            merged: dict[str, int] = dict(b.reasons)
+            for r, n in a.reasons:
+                merged[r] = merged.get(r, 0) + n
+            a = Attempts(a.backend, a.variant, a.tried + b.tried, a.failed + b.failed,
+                         tuple(sorted(merged.items(), key=lambda kv: -kv[1])))
+        per[a.variant] = a
+    return out
+
+
+def attempts_of(doc: Result, backend: str, variant: str, sub: str = "") -> Attempts | None:
+    """The attempts of the cell whose samples are `backend`, `variant` (sub-variant
+    `sub`) in `doc`; None when the result holds no count for it."""
+    known = _attempts(doc).get(backend, {})
+    return known.get(_cell_variant(variant, sub, known))
+
+
+def with_attempts(df: pd.DataFrame, docs: Iterable[Loaded]) -> pd.DataFrame:
+    """The samples frame with, per row, its cell's measured samples (`Result.attempts`,
+    the copies of a cell summed): `cell_variant` (the variant without the sub-variant),
+    `tried`, `failed` and the most common `reason` ("" when none failed); `tried` is NaN
+    where the result holds no count (a file written before cells were). A copy."""
+    cells = {(doc.run_id, b): per for _, doc in docs for b, per in _attempts(doc).items()}
+    out = df.copy()
+    keys = list(zip(out["run_id"].astype(str), out["backend"].astype(str),
+                    out["variant"].astype(str), out["sub"].fillna("").astype(str),
+                    strict=True))
+    found: dict[tuple[str, str, str, str], tuple[str, float, float, str]] = {}
+    for key in set(keys):
+        run, backend, variant, sub = key
+        known = cells.get((run, backend), {})
+        cv = _cell_variant(variant, sub, known)
+        got = known.get(cv)
+        found[key] = ((cv, float(got.tried), float(got.failed), got.reason) if got is not None
+                      else (cv, math.nan, math.nan, ""))
+    values = [found[k] for k in keys]
+    for i, col in enumerate(ATTEMPT_COLUMNS):
+        out[col] = [v[i] for v in values]
+    return out
+
+
+def _cell_variant(variant: str, sub: str, known: Mapping[str, Any]) -> str:
+    """The variant of the cell a sample of `variant` (sub-variant `sub`) was taken in: the
+    sample says, or (written before `sub` was) the cell of the run whose name it starts
+    with, as `harness.runner.cell_of` reads it."""
+    if sub:
+        return DEFAULT_VARIANT if variant == sub else variant.removesuffix("," + sub)
+    if variant in known:
+        return variant
+    for v in known:
+        if variant.startswith(f"{v},"):
+            return v
+    return DEFAULT_VARIANT if DEFAULT_VARIANT in known and "=" in variant else variant
 
 
 def current(docs: Iterable[Loaded]) -> list[Loaded]:

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from harness import stats
 from harness.core.errors import BenchError, InstanceError, NotApplicable
-from harness.core.records import DEFAULT_VARIANT, Sample, join_variant
+from harness.core.records import DEFAULT_VARIANT, Sample, failure_reason, join_variant
 from harness.results import Journal
 from harness.scenario import Config, Scenario, Variant
 from runtimes.base import Instance, InstanceSpec, Prepared, Runtime, Traits
@@ -79,8 +79,10 @@ class Cell:
     traits: Traits  # the backend's, taken once when the cells are made
     values: list[float] = field(default_factory=list)  # of the stop metric
     sub_values: dict[str, list[float]] = field(default_factory=dict)  # by sub-variant
-    samples: int = 0
-    failures: int = 0
+    samples: int = 0  # measured samples that succeeded
+    failures: int = 0  # measured samples that failed (their figures are missing)
+    reasons: dict[str, int] = field(default_factory=dict)  # failure_reason -> count
+    warmup_failures: int = 0
     consecutive_failures: int = 0
     status: str = "running"  # running | target | max_samples | budget | failed | interrupted
     #                          | not_applicable
@@ -90,6 +92,20 @@ class Cell:
     # Further images its instances run, prepared by this backend, by name (a stack's
     # services; "@single-vm": the union image a single-VM stack boots).
     images: dict[str, Prepared] = field(default_factory=dict)
+
+    @property
+    def attempts(self) -> int:
+        return self.samples + self.failures
+
+    def failed(self, error: str, warmup: bool) -> None:
+        """Count a failed sample (a warmup's apart: it is not one of the cell's samples)."""
+        self.consecutive_failures += 1
+        if warmup:
+            self.warmup_failures += 1
+            return
+        self.failures += 1
+        reason = failure_reason(error)
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
     @property
     def key(self) -> tuple[str, str]:
@@ -277,12 +293,15 @@ class Runner:
             errors = self.ctx.cleanup(only=cell)
             if not isinstance(e, BenchError):
                 e = InstanceError(f"{type(e).__name__}: {e}")
-            cell.failures += 1
-            cell.consecutive_failures += 1
+            # Counted against the cell: its figures are over the samples that survived,
+            # and the result says how many did (cells[].attempts, failures, reasons).
+            cell.failed(str(e), warmup=not record)
             # What the tool said is the evidence of the failure: kept, marked failed.
             self._artifacts(cell, failed=True)
             self.journal.event("sample_failed", backend=cell.backend, variant=cell.variant.name,
                                round=self.round, error=str(e), cleanup_errors=errors,
+                               **({"warmup": True} if not record else {}),
+                               **({"copy": cell.copy} if cell.copy is not None else {}),
                                **({"logs": e.logs} if isinstance(e, InstanceError)
                                   and e.logs else {}))
             if cell.consecutive_failures >= FAILURES_TO_GIVE_UP:
@@ -343,10 +362,13 @@ class Runner:
             for e in events:
                 if (e.get("backend"), e.get("variant")) != (cell.backend, cell.variant.name):
                     continue
+                if e.get("copy", cell.copy) != cell.copy:
+                    continue
                 if e["kind"] == "sample_failed":
-                    cell.failures += 1
+                    cell.failed(str(e.get("error", "")), warmup=bool(e.get("warmup")))
                 elif e["kind"] == "cell_failed":
                     cell.status = "failed"
+            cell.consecutive_failures = 0  # as before the interruption: it gets its 3 again
             if cell.status == "running":
                 self._decide(cell)
 

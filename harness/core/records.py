@@ -29,6 +29,10 @@ from harness.core.errors import ResultError
 
 SCHEMA = 1
 DEFAULT_VARIANT = "default"
+# A cell whose measured samples failed more often than this is not a figure to draw a
+# conclusion from: its claims are "inconclusive: failures", and a regression gate flags it.
+FAILURE_LIMIT = 0.10
+REASON_CHARS = 160  # a failure's reason: the first line of its error, cut here
 
 Json = Mapping[str, Any]
 
@@ -68,6 +72,15 @@ def writable_layer(meta: Json) -> str | None:
         return v
     m = _LEGACY_UPPER.search(str(meta.get("rootfs", "")))
     return m.group(1) if m else None
+
+
+def failure_reason(error: str) -> str:
+    """What a failed sample is counted under: the first line of its error, cut at
+    REASON_CHARS (the tool output after it is kept in the failure's event and artifacts),
+    so that the same failure in every round is one reason with a count."""
+    first = next((line.strip() for line in error.splitlines() if line.strip()), "")
+    first = first or "unknown error"
+    return first if len(first) <= REASON_CHARS else first[: REASON_CHARS - 1] + "…"
 
 
 # --- checks: each names the file and the field -------------------------------------------
@@ -345,6 +358,61 @@ class Baseline:
                 "calibration": dict(self.calibration), **self.extra}
 
 
+@dataclass(frozen=True)
+class Attempts:
+    """How a cell's measured samples went (warmups are not samples): `tried` of them,
+    `failed` of those failed, and why, as (reason, count), most common first. A sample
+    that failed leaves no figure, so a median is over `ok` of `tried`; this is what says
+    so (see `Result.attempts`)."""
+
+    backend: str
+    variant: str  # the cell's variant (a sub-variant's samples share their cell's count)
+    tried: int
+    failed: int
+    reasons: tuple[tuple[str, int], ...] = ()
+    copy: int | None = None
+
+    @property
+    def ok(self) -> int:
+        return self.tried - self.failed
+
+    @property
+    def rate(self) -> float:
+        """The share of the attempts that failed (0 when none was made)."""
+        return self.failed / self.tried if self.tried else 0.0
+
+    @property
+    def reason(self) -> str:
+        """The most common reason ("" when none failed)."""
+        return self.reasons[0][0] if self.reasons else ""
+
+    def __str__(self) -> str:
+        return f"{self.ok} ok / {self.tried} tried"
+
+
+def count_reasons(errors: list[str]) -> tuple[tuple[str, int], ...]:
+    """(reason, count) of failed samples' errors, most common first (then by first seen)."""
+    counts: dict[str, int] = {}
+    for e in errors:
+        r = failure_reason(e)
+        counts[r] = counts.get(r, 0) + 1
+    return tuple(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _cells(data: Json, at: str) -> tuple[dict[str, Any], ...]:
+    """The cells' entries, their counts checked (older files have only some of them)."""
+    cells = _objects(data, "cells", at)
+    for i, c in enumerate(cells):
+        where = f"{at}cells[{i}]."
+        for key in ("samples", "failures", "attempts", "warmup_failures"):
+            _field(c, key, "int", where)
+        reasons = _field(c, "reasons", "object", where) or {}
+        for r, n in reasons.items():
+            if not _is_int(n):
+                raise ResultError(f"{where}reasons.{r}: not an integer")
+    return cells
+
+
 # Fields a run's journal header holds: what is known before the first sample.
 HEADER = ("schema", "tool", "run_id", "created", "scenario", "scenario_toml", "host",
           "backends", "skipped", "image")
@@ -372,7 +440,9 @@ class Result:
     scenario_toml: Mapping[str, Any] | None = None
     skipped: Mapping[str, str] | None = None  # backend -> why it did not run
     finished: str | None = None
-    cells: tuple[Mapping[str, Any], ...] = ()  # per cell: status, samples, failures
+    # per cell: status, samples (ok), failures, attempts, reasons ({reason: count}),
+    # warmup_failures; `attempts()` reads them (and what older files hold instead)
+    cells: tuple[Mapping[str, Any], ...] = ()
     interrupted: bool | None = None
     duration: float | None = None
     rounds: int | None = None
@@ -423,6 +493,28 @@ class Result:
     @property
     def image_digest(self) -> str:
         return str(self.image["digest"])
+
+    def attempts(self) -> tuple[Attempts, ...]:
+        """Per cell: its measured samples tried, failed and why. From the cell's own
+        counts; a file written before they were recorded has its failures (which then
+        counted failed warmups too) and the failures' events, which give the reasons."""
+        out = []
+        for c in self.cells:
+            backend, variant, copy = c.get("backend"), c.get("variant"), c.get("copy")
+            if not (isinstance(backend, str) and isinstance(variant, str)):
+                continue
+            ok, failed = int(c.get("samples") or 0), int(c.get("failures") or 0)
+            if "attempts" in c:
+                reasons = tuple((str(r), int(n)) for r, n in (c.get("reasons") or {}).items())
+                out.append(Attempts(backend, variant, int(c["attempts"]), failed, reasons,
+                                    copy))
+                continue
+            errors = [str(e.get("error", "")) for e in self.events
+                      if e.get("kind") == "sample_failed" and e.get("backend") == backend
+                      and e.get("variant") == variant and not e.get("warmup")]
+            out.append(Attempts(backend, variant, ok + failed, failed,
+                                count_reasons(errors), copy))
+        return tuple(out)
 
     @classmethod
     def from_dict(cls, data: object, where: str = "result", *, sealed: bool = True
@@ -476,7 +568,7 @@ class Result:
             scenario_toml=_field(data, "scenario_toml", "object", at),
             skipped=_field(data, "skipped", "object", at),
             finished=_field(data, "finished", "str", at),
-            cells=_objects(data, "cells", at),
+            cells=_cells(data, at),
             interrupted=_field(data, "interrupted", "bool", at),
             duration=_field(data, "duration", "number", at),
             rounds=_field(data, "rounds", "int", at),
@@ -514,3 +606,4 @@ class Result:
 
 
 _RESULT_FIELDS = _names(Result)
+

@@ -30,7 +30,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from harness import stats
 from harness.core.units import format_seconds, format_size, format_value
-from harness.report import charts, claims, data, render
+from harness.report import charts, claims, data, render, tables
 from harness.results import Loaded
 
 
@@ -59,7 +59,8 @@ OVERHEAD_CAP = 60  # rows: five studies' headline figures fit (the report's own 
 OVERHEAD_COLUMNS = ["dataset", "study", "metric", "sub", "unit", "backend", "variant",
                     "network", "kind", "emulated", "ram", "n", "median", "ci_lo", "ci_hi",
                     "host_backend", "host_variant", "host_n", "host_median", "ratio",
-                    "ratio_lo", "ratio_hi", "slower"]
+                    "ratio_lo", "ratio_hi", "slower", "ok", "tried", "reason", "host_ok",
+                    "host_tried", "host_reason"]
 
 
 def present(df: pd.DataFrame) -> list[str]:
@@ -114,9 +115,11 @@ def overhead(df: pd.DataFrame) -> pd.DataFrame:
         rest = g.assign(_rest=[data.without_axis(v, "network") for v in g["variant"]])
         for _, r in rest.groupby("_rest", sort=False):
             ref = _reference(r[r["kind"] == "process"])
-            base = (np.array([]) if ref is None else
-                    r[(r["backend"] == ref[0]) & (r["variant"] == ref[1])]["value"]
-                    .to_numpy(float))
+            host = (r.iloc[:0] if ref is None else
+                    r[(r["backend"] == ref[0]) & (r["variant"] == ref[1])])
+            base = host["value"].to_numpy(float)
+            host_counts = {f"host_{k}": v for k, v in
+                           tables.attempts(data.tally(host)).items()}
             for c in data.cells(r):
                 v = c.select(r)["value"].to_numpy(float)
                 s = stats.summarize(v)
@@ -134,7 +137,8 @@ def overhead(df: pd.DataFrame) -> pd.DataFrame:
                     "host_variant": ref[1] if ref else "", "host_n": int(base.size),
                     "host_median": float(np.median(base)) if base.size else math.nan,
                     "ratio": ratio, "ratio_lo": lo, "ratio_hi": hi,
-                    "slower": bool(hi < 1 if up else lo > 1)})
+                    "slower": bool(hi < 1 if up else lo > 1),
+                    **tables.attempts(c.tally), **host_counts})
     t = pd.DataFrame(rows, columns=OVERHEAD_COLUMNS)
     if t.empty:
         return t
@@ -146,11 +150,24 @@ def overhead(df: pd.DataFrame) -> pd.DataFrame:
             .drop(columns=["_s", "_f"]).reset_index(drop=True))
 
 
+def _host_tally(r: Any) -> data.Tally | None:
+    """The attempts of the bare host's cell an overhead row (a record or a Series) compares
+    with."""
+    return tables.tally_of({k.removeprefix("host_"): r[k] for k in
+                            ("host_ok", "host_tried", "host_reason")})
+
+
+def _counted(text: str, t: data.Tally | None) -> str:
+    """A figure, with its cell's "n ok / n tried" when samples failed."""
+    note = data.failed_note(t)
+    return f"{text} ({note})" if note else text
+
+
 def _ratio_text(r: Mapping[Any, Any]) -> str:
     if not math.isfinite(r["ratio"]):
         return "—"
-    return (f"{r['ratio']:.3g}× [{r['ratio_lo']:.3g}, {r['ratio_hi']:.3g}]"
-            + (" ▼" if r["slower"] else ""))
+    return _counted(f"{r['ratio']:.3g}× [{r['ratio_lo']:.3g}, {r['ratio_hi']:.3g}]"
+                    + (" ▼" if r["slower"] else ""), tables.tally_of(r))
 
 
 def overhead_table(t: pd.DataFrame, several: bool) -> render.Table:
@@ -172,7 +189,8 @@ def overhead_table(t: pd.DataFrame, several: bool) -> render.Table:
         by = {r["backend"]: r for r in g.to_dict("records")}
         host = first["host_median"]
         rows.append([*([str(ds)] if several else []), f"{metric} {arrow}", str(sub),
-                     str(network), format_value(host, str(first["unit"]))
+                     str(network), _counted(format_value(host, str(first["unit"])),
+                                            _host_tally(first))
                      if math.isfinite(host) else "—",
                      *(_ratio_text(by[b]) if b in by else "" for b, _, _ in backends)])
     cols = [*(["dataset"] if several else []), "figure", "sub", "network", "host (median)",
@@ -235,12 +253,17 @@ def near_native(t: pd.DataFrame, several: bool) -> tuple[render.Table, str] | No
                     for f, r in by.items()}
         overall = (claims.FAILS if claims.FAILS in verdicts.values() else claims.HOLDS
                    if set(verdicts.values()) == {claims.HOLDS} else claims.INCONCLUSIVE)
-        rows.append([*([str(ds)] if several else []),
-                     data.Cell(str(backend), str(variant), "", "", False,
-                               bool(g["ram"].any())).label(),
+        first = g.iloc[0]
+        own = tables.tally_of(first.to_dict())
+        cell = data.Cell(str(backend), str(variant), "", "", False, bool(g["ram"].any()), own)
+        host = data.Cell(str(first["host_backend"]), str(first["host_variant"]), "", "",
+                         False, False, _host_tally(first))
+        overall, why = claims.judged(overall, [cell, host])
+        rows.append([*([str(ds)] if several else []), cell.label(),
                      *(f"{by[f]['ratio']:.3g}× {MARKS[verdicts[f]]}"
                        + (" (faster)" if by[f]["ratio_lo"] > 1 + claim.margin else "")
-                       if f in by else "" for f in figures), f"**{overall}**"])
+                       if f in by else "" for f in figures),
+                     f"**{overall}**" + (f" ({'; '.join(why)})" if why else "")])
     cols = [*(["dataset"] if several else []), "backend [network]",
             *(f"{m}" + (f" ({s})" if s else "") for m, s in figures), "verdict"]
     band = f"{1 - claim.margin:.2f}–{1 + claim.margin:.2f}"

@@ -49,7 +49,8 @@ FAMILIES: dict[str, list[RGB]] = {
 PHASE_COLOURS = ["#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f"]
 SERVING_COLOUR = "#222222"
 VERDICT_COLOURS = {claims_mod.HOLDS: "#1a9850", claims_mod.FAILS: "#d73027",
-                   claims_mod.INCONCLUSIVE: "#878787"}
+                   claims_mod.INCONCLUSIVE: "#878787",
+                   claims_mod.INCONCLUSIVE_FAILURES: "#b35806"}
 DATASET_MARKERS = ["o", "s", "^", "D", "v", "P"]
 MARKER_GLYPHS = ["●", "■", "▲", "◆", "▼", "✚"]
 EMULATED_NOTE = ("⚠ (TCG, emulated): a VM without hardware acceleration; "
@@ -1001,13 +1002,19 @@ def _claims(df: pd.DataFrame, look: Look, table: pd.DataFrame | None,
     _title(fig, "Seed claims: what the measurements say" + (" (I/O)" if which == "io" else ""),
            look)
     handles: list[Any] = [Line2D([], [], color=c, lw=lw, marker="D", label=v)
-                          for v, c in VERDICT_COLOURS.items()]
+                          for v, c in VERDICT_COLOURS.items()
+                          if v != claims_mod.INCONCLUSIVE_FAILURES or (t["verdict"] == v).any()]
     handles.append(Patch(color="#e6e6e6", label="no meaningful difference"))
     if t["emulated"].any():
         handles.append(Line2D([], [], ls="", marker="o", mfc="white", color="#555555", mew=2,
                               label="VM emulated (TCG)"))
+    failures = ("\ninconclusive: failures — more than "
+                f"{claims_mod.FAILURE_LIMIT * 100:g} % of a cell's samples failed (\"n ok / "
+                "n tried\" on its label)" if (t["verdict"] == claims_mod.INCONCLUSIVE_FAILURES)
+                .any() else "")
     _finish(fig, look, handles, [], "Verdict from the CI, not the medians: holds when the "
-            "whole CI is on the claimed side of 1 (for \"like\" claims: inside the band).")
+            "whole CI is on the claimed side of 1 (for \"like\" claims: inside the band)."
+            + failures)
     return fig
 
 

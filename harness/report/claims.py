@@ -10,7 +10,11 @@ CI, never from the medians alone:
   inside the equivalence band);
 - `does not hold`: the whole CI lies on the other side, or inside the band around 1 where
   the difference is too small to matter (a claim of "faster" is not borne out by 2 %);
-- `inconclusive`: anything else — more samples or a quieter machine are needed.
+- `inconclusive`: anything else — more samples or a quieter machine are needed;
+- `inconclusive: failures`: whatever the CI says, when more than FAILURE_LIMIT (10 %) of
+  either cell's measured samples failed: its median is over the samples that survived,
+  which may be the lucky ones. The note names the cell, its "n ok / n tried" and the most
+  common reason. A cell with fewer failures keeps its verdict, and its label the counts.
 
 The limits claim compares one side with a bound, the limit asked (`enforcement`): the
 ratio used / asked per sample, the CI of its median. It holds when the whole CI stays at
@@ -33,8 +37,11 @@ import pandas as pd
 
 from harness import stats
 from harness.report import data, tables
+from harness.results import FAILURE_LIMIT as FAILURE_LIMIT  # the limit judged by
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+INCONCLUSIVE_FAILURES = "inconclusive: failures"  # a cell failed more than FAILURE_LIMIT
+VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, INCONCLUSIVE_FAILURES)
 MARGIN = 0.05  # differences within ±5 % of 1 are "no meaningful difference"
 
 APPS = "apps"  # the application claim: its rows have a section of their own in the report
@@ -172,6 +179,11 @@ def enforcement(df: pd.DataFrame, margin: float = MARGIN) -> pd.DataFrame:
             note.append("VM emulated (TCG)")
         if r["n"] < 5:
             note.append(f"few samples (n={r['n']})")
+        counted = tables.tally_of(r)
+        if counted is not None and counted.too_many and v != NOT_APPLIED:
+            v = INCONCLUSIVE_FAILURES
+            note.insert(0, counted.why(data.Cell(r["backend"], r["variant"], "", "", False)
+                                       .label(counts=False)))
         verdicts.append(v)
         notes.append("; ".join(note))
     return t.assign(verdict=verdicts, note=notes)
@@ -179,7 +191,22 @@ def enforcement(df: pd.DataFrame, margin: float = MARGIN) -> pd.DataFrame:
 
 COLUMNS = ["dataset", "claim", "text", "metric", "unit", "a", "b", "n_a", "n_b", "median_a",
            "median_b", "ratio", "ratio_lo", "ratio_hi", "verdict", "better", "emulated",
-           "note"]
+           "note", "ok_a", "tried_a", "ok_b", "tried_b"]
+
+
+def _counts(ta: data.Tally | None, tb: data.Tally | None) -> dict[str, Any]:
+    """The sides' measured samples (NaN: not counted in the result)."""
+    def side(t: data.Tally | None, s: str) -> dict[str, Any]:
+        return {f"ok_{s}": t.ok if t else math.nan, f"tried_{s}": t.tried if t else math.nan}
+    return side(ta, "a") | side(tb, "b")
+
+
+def judged(verdict: str, cells: list[data.Cell]) -> tuple[str, list[str]]:
+    """The verdict, unless a cell it is drawn from failed too often (FAILURE_LIMIT): then
+    INCONCLUSIVE_FAILURES, and why (cell, n ok / n tried, the most common reason)."""
+    why = [c.tally.why(c.label(counts=False)) for c in cells
+           if c.tally is not None and c.tally.too_many]
+    return (INCONCLUSIVE_FAILURES, why) if why else (verdict, [])
 
 
 def _bound_rows(df: pd.DataFrame, claim: Claim) -> list[dict[str, Any]]:
@@ -190,8 +217,9 @@ def _bound_rows(df: pd.DataFrame, claim: Claim) -> list[dict[str, Any]]:
             continue
         cpu = r["resource"] == "cpus"
         unit = "cores" if cpu else "B"
+        t = tables.tally_of(r)
         cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"],
-                         bool(r["ram"]))
+                         bool(r["ram"]), t)
         rows.append({
             "dataset": r["dataset"], "claim": claim.id, "text": claim.text,
             "metric": "limits.cpu_used" if cpu else "limits.mem_max_ok", "unit": unit,
@@ -199,7 +227,7 @@ def _bound_rows(df: pd.DataFrame, claim: Claim) -> list[dict[str, Any]]:
             "n_a": r["n"], "n_b": r["n"], "median_a": r["value"], "median_b": r["asked"],
             "ratio": r["ratio"], "ratio_lo": r["ratio_lo"], "ratio_hi": r["ratio_hi"],
             "verdict": r["verdict"], "better": claim.better, "emulated": r["emulated"],
-            "note": r["note"]})
+            "note": r["note"], **_counts(t, None)})
     return rows
 
 
@@ -253,25 +281,28 @@ def evaluate(df: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS) -> pd.DataFra
                                      "for like")
                     if min(va.size, vb.size) < 5:
                         notes.append(f"few samples (n={va.size}/{vb.size})")
+                    v, why = judged(verdict(lo, hi, claim.better, claim.margin), [a, b])
+                    notes = why + notes
                     rows.append({
                         "dataset": a.dataset, "claim": claim.id, "text": claim.text,
                         "metric": metric, "unit": str(vals["unit"].iloc[0]), "a": a.label(),
                         "b": b.label(), "n_a": int(va.size),
                         "n_b": int(vb.size), "median_a": float(np.median(va)),
                         "median_b": float(np.median(vb)), "ratio": r, "ratio_lo": lo,
-                        "ratio_hi": hi, "verdict": verdict(lo, hi, claim.better, claim.margin),
+                        "ratio_hi": hi, "verdict": v,
                         "better": claim.better, "emulated": emulated,
-                        "note": "; ".join(notes)})
+                        "note": "; ".join(notes), **_counts(a.tally, b.tally)})
     return pd.DataFrame(rows, columns=cols)
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset and claim: how many pairs hold, do not hold, are inconclusive."""
+    """Per dataset and claim: how many pairs hold, do not hold, are inconclusive (and
+    inconclusive for their failures)."""
     if table.empty:
-        return pd.DataFrame(columns=["dataset", "claim", "text", HOLDS, FAILS, INCONCLUSIVE])
+        return pd.DataFrame(columns=["dataset", "claim", "text", *VERDICTS])
     counts = (table.groupby(["dataset", "claim", "text", "verdict"], sort=False).size()
               .unstack("verdict", fill_value=0))
-    for v in (HOLDS, FAILS, INCONCLUSIVE):
+    for v in VERDICTS:
         if v not in counts.columns:
             counts[v] = 0
-    return counts[[HOLDS, FAILS, INCONCLUSIVE]].reset_index()
+    return counts[list(VERDICTS)].reset_index()

@@ -16,6 +16,9 @@
 - `not_applied` — the parts of the spec the backend ignores, from its metadata
   ("limits,mounts,network"; "" when it applies all): `applied` reads it, so a backend
   that applies no limit is shown as such, never as an enforced limit or a zero.
+- `cell_variant`, `tried`, `failed`, `reason` — the measured samples of the cell the row
+  comes from (`harness.results.with_attempts`): a sample that failed has no row, so these
+  say over how many of how many tried a figure is; `tally` reads them.
 - `dataset` — results are grouped by host fingerprint, so two hosts are put side by side;
   the runs of different studies on one host form one dataset (labelled with their date,
   or their first and last dates). Only when a study was run more than once on a host are
@@ -25,14 +28,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from harness.core.records import writable_layer
 from harness.core.units import format_size
-from harness.results import Loaded
+from harness.results import ATTEMPT_COLUMNS, FAILURE_LIMIT, Loaded, with_attempts
 
 KINDS = ("process", "container", "vm", "unknown")  # order of presentation
 DEFAULT_VARIANT = "default"
@@ -86,10 +89,10 @@ def _when(doc: Any) -> pd.Timestamp:
 
 
 def enrich(df: pd.DataFrame, docs: Sequence[Loaded]) -> pd.DataFrame:
-    """The frame with `kind`, `emulated`, `writable_layer`, `not_applied`, `dataset`,
-    `date`; a copy, rows unchanged."""
+    """The frame with `kind`, `emulated`, `writable_layer`, `not_applied`, the cell's
+    attempts, `dataset`, `date`; a copy, rows unchanged."""
     meta = backend_meta(docs)
-    out = df.copy()
+    out = with_attempts(df, docs)
     keys = list(zip(out["run_id"].astype(str), out["backend"].astype(str), strict=True))
     out["kind"] = [backend_kind(meta.get(k, {})) for k in keys]
     out["writable_layer"] = [writable_layer(meta.get(k, {})) or "" for k in keys]
@@ -221,8 +224,64 @@ def without_axis(variant: str, axis: str = "target") -> str:
 
 
 @dataclass(frozen=True)
+class Tally:
+    """The measured samples behind a cell's figures: `ok` of `tried`, and the most common
+    reason of the failures."""
+
+    ok: int
+    tried: int
+    reason: str = ""
+
+    @property
+    def failed(self) -> int:
+        return self.tried - self.ok
+
+    @property
+    def rate(self) -> float:
+        return self.failed / self.tried if self.tried else 0.0
+
+    @property
+    def too_many(self) -> bool:
+        """More failures than a figure can stand for (FAILURE_LIMIT)."""
+        return self.rate > FAILURE_LIMIT
+
+    def why(self, who: str) -> str:
+        """"ns: 4 ok / 6 tried (33 % failed; most common: …)"."""
+        return (f"{who}: {self} ({self.rate:.0%} failed"
+                + (f"; most common: {self.reason}" if self.reason else "") + ")")
+
+    def __str__(self) -> str:
+        return f"{self.ok} ok / {self.tried} tried"
+
+
+def tally(rows: pd.DataFrame) -> Tally | None:
+    """The attempts of the cells `rows` come from (summed when they are several runs'),
+    None when the results hold no count for them. `rows` are samples (with the columns
+    `enrich` adds), or rows of a table of cells that carry theirs (`ok`, `tried`,
+    `reason`: `tables.ATTEMPTS`)."""
+    if "tried" not in rows.columns or rows.empty:
+        return None
+    known = rows.dropna(subset=["tried"])
+    if known.empty:
+        return None
+    if "cell_variant" not in known.columns:  # a table's rows, one cell's counts on each
+        r = known.iloc[0]
+        return Tally(int(r["ok"]), int(r["tried"]), str(r["reason"] or ""))
+    per = known.drop_duplicates(["run_id", "backend", "cell_variant"])
+    tried, failed = int(per["tried"].sum()), int(per["failed"].sum())
+    reason = str(per.sort_values("failed", kind="stable")["reason"].iloc[-1]) if failed else ""
+    return Tally(tried - failed, tried, reason)
+
+
+def failed_note(t: Tally | None) -> str:
+    """"4 ok / 6 tried" for a cell with failures, "" otherwise."""
+    return str(t) if t is not None and t.failed else ""
+
+
+@dataclass(frozen=True)
 class Cell:
-    """One thing a chart draws: a backend, a variant, from one dataset."""
+    """One thing a chart draws: a backend, a variant, from one dataset; `tally`: its
+    measured samples, when the results count them."""
 
     backend: str
     variant: str
@@ -230,10 +289,12 @@ class Cell:
     kind: str
     emulated: bool
     ram: bool = False  # its writable layer was in RAM (see `in_ram`)
+    tally: Tally | None = field(default=None, compare=False)
 
-    def label(self, tag: str | None = None, sep: str = " ") -> str:
+    def label(self, tag: str | None = None, sep: str = " ", counts: bool = True) -> str:
         """"docker [volume]", plus the dataset's tag (e.g. "#2") when given, plus
-        RAM_MARK for a writable layer in RAM, "(TCG, emulated)" for an emulated VM."""
+        RAM_MARK for a writable layer in RAM, "(TCG, emulated)" for an emulated VM, plus
+        "(4 ok / 6 tried)" when samples failed (unless not `counts`)."""
         text = self.backend
         if self.variant != DEFAULT_VARIANT:
             text += f" [{short_variant(self.variant)}]"
@@ -243,6 +304,8 @@ class Cell:
             text += f"{sep}{RAM_MARK}"
         if self.emulated:
             text += f"{sep}(TCG, emulated)"
+        if counts and failed_note(self.tally):
+            text += f"{sep}({self.tally})"
         return text
 
     def select(self, df: pd.DataFrame) -> pd.DataFrame:
@@ -262,7 +325,8 @@ def cells(df: pd.DataFrame, order: Sequence[str] | None = None,
     for _, r in first.iterrows():
         mine = df[(df["backend"] == r["backend"]) & (df["dataset"] == r["dataset"])]
         out.append(Cell(str(r["backend"]), str(r["variant"]), str(r["dataset"]),
-                        str(r["kind"]), bool(mine["emulated"].any()), in_ram(mine)))
+                        str(r["kind"]), bool(mine["emulated"].any()), in_ram(mine),
+                        tally(mine[mine["variant"] == r["variant"]])))
     rank = {b: i for i, b in enumerate(order)}
     drank = {d: i for i, d in enumerate(sets)}
     return sorted(out, key=lambda c: (rank.get(c.backend, len(rank)), c.backend,
@@ -291,8 +355,11 @@ def per_instance_memory(df: pd.DataFrame) -> pd.DataFrame:
     n = pss.groupby(keys)["value"].transform("count")
     daemon = (df[df["metric"] == "memory.daemon"].groupby(keys)["value"].sum()
               .rename("daemon_total"))
+    # The cell's attempts go along, so what is drawn from these rows still says them.
+    counts = [c for c in ("run_id", *ATTEMPT_COLUMNS) if c in pss.columns]
     out = pss[[*keys, "kind", "emulated",
-               *(["writable_layer"] if "writable_layer" in pss.columns else [])]].copy()
+               *(["writable_layer"] if "writable_layer" in pss.columns else []),
+               *counts]].copy()
     out["pss"] = pss["value"].astype(float)
     out = out.join(daemon, on=keys)
     out["daemon"] = out["daemon_total"].fillna(0.0) / n

@@ -26,7 +26,7 @@ from markdown_it.rules_core import StateCore
 from harness.core.units import format_value
 from harness.report import claims as claims_mod
 from harness.report import data, tables
-from harness.results import Loaded
+from harness.results import FAILURE_LIMIT, Loaded
 
 CAP = 30  # rows of a table in report.md; the rest go to the CSV beside it
 PER_CLAIM = 5  # rows per claim in the claims table (exceptions first)
@@ -122,20 +122,25 @@ def medians_table(summ: pd.DataFrame, several: bool,
     """Every figure of `summ`; a backend in `ram` ((dataset, backend): see `_in_ram`) is
     marked data.RAM_MARK."""
     counts = "count" in summ.columns
+    notes = [data.failed_note(tables.tally_of(r)) for r in summ.to_dict("records")]
+    failed = any(notes)  # the column is there when a cell had failures
     cols = [*(["dataset"] if several else []), "backend", "variant", "metric",
-            *(["instances"] if counts else []), "n", "median", "95 % CI", "±", "stability"]
+            *(["instances"] if counts else []), "n", *(["samples"] if failed else []),
+            "median", "95 % CI", "±", "stability"]
     rows = []
-    for r in summ.to_dict("records"):
+    for r, note in zip(summ.to_dict("records"), notes, strict=True):
         med, ci = fmt_ci(r["median"], r["ci_lo"], r["ci_hi"], str(r["unit"]))
         backend = str(r["backend"])
         if (str(r.get("dataset")), backend) in ram:
             backend += f" {data.RAM_MARK}"
         rows.append([*([str(r["dataset"])] if several else []), backend,
                      str(r["variant"]), str(r["metric"]),
-                     *([f"{r['count']:g}"] if counts else []), str(r["n"]), med, ci,
+                     *([f"{r['count']:g}"] if counts else []), str(r["n"]),
+                     *([note] if failed else []), med, ci,
                      _pm(r["median"], r["ci_lo"], r["ci_hi"]),
                      f"⚠ {r['warning']}" if r["warning"] else ""])
-    align = "l" * (len(cols) - 6) + ("r" if counts else "l") + "rrlrl"
+    align = ("l" * (len(cols) - 6 - failed) + ("r" if counts else "l") + "r" * (1 + failed)
+             + "rlrl")
     return Table(cols, rows, align)
 
 
@@ -172,7 +177,8 @@ def claims_table(t: pd.DataFrame, several: bool) -> Table:
 def _exceptions_first(t: pd.DataFrame, n: int) -> pd.DataFrame:
     """At most `n` rows per dataset and claim: those that do not hold first, then the
     inconclusive ones, then those that hold (the rest are in the CSV)."""
-    rank = {claims_mod.FAILS: 0, claims_mod.INCONCLUSIVE: 1}
+    rank = {claims_mod.FAILS: 0, claims_mod.INCONCLUSIVE_FAILURES: 1,
+            claims_mod.INCONCLUSIVE: 1}
     t = t.assign(_r=t["verdict"].map(lambda v: rank.get(v, 2)), _i=range(len(t)))
     keep = (t.sort_values(["_r", "_i"], kind="stable")
             .groupby(["dataset", "claim"], sort=False).head(n))
@@ -188,7 +194,7 @@ def memory_table(df: pd.DataFrame, several: bool) -> Table | None:
     rows = []
     for r in m.to_dict("records"):
         cell = data.Cell(r["backend"], r["variant"], r["dataset"], "", r["emulated"],
-                         bool(r["ram"]))
+                         bool(r["ram"]), tables.tally_of(r))
         rows.append([*([str(r["dataset"])] if several else []), cell.label(),
                      str(r["instances"]), format_value(r["pss"], "B"),
                      format_value(r["daemon"], "B"), format_value(r["total"], "B"),
@@ -222,10 +228,20 @@ def _warnings(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame) -> l
     for path, doc in docs:
         if doc.interrupted:
             out.append(f"`{path}`: the run was interrupted; its samples are incomplete.")
-        for c in doc.cells:
-            if c.get("status") == "failed":
-                out.append(f"`{path}`: cell {c.get('backend')} [{c.get('variant')}] failed "
-                           f"after {c.get('samples')} samples.")
+        failed = {(c.get("backend"), c.get("variant"), c.get("copy")) for c in doc.cells
+                  if c.get("status") == "failed"}
+        for a in doc.attempts():
+            cell = data.Cell(a.backend, a.variant, "", "", False).label() + (
+                f" #{a.copy}" if a.copy is not None else "")
+            gave_up = (a.backend, a.variant, a.copy) in failed
+            if not (a.failed or gave_up):
+                continue
+            why = ", ".join(f"{n}× {r}" for r, n in a.reasons)
+            out.append(f"`{path}` ({doc.scenario_name}): cell {cell}: {a}"
+                       + (" — its figures are over the samples that succeeded"
+                          if a.ok else "")
+                       + (" — it gave up (failed too often in a row)" if gave_up else "")
+                       + (f". Failed: {why}." if why else "."))
     n_unstable = int((summ["warning"] != "").sum()) if not summ.empty else 0
     if n_unstable:
         out.append(f"{n_unstable} of {len(summ)} figures are unstable (large spread or few "
@@ -369,7 +385,7 @@ def limits_table(df: pd.DataFrame, several: bool) -> Table | None:
     for r in t.to_dict("records"):
         unit = "cores" if r["resource"] == "cpus" else "B"
         cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"],
-                         bool(r["ram"]))
+                         bool(r["ram"]), tables.tally_of(r))
         killed = "" if unit == "cores" else (format_value(r["killed"], "B")
                                              if math.isfinite(r["killed"]) else "none")
         rows.append([*([str(r["dataset"])] if several else []), cell.label(),
@@ -394,7 +410,7 @@ def density_table(df: pd.DataFrame, several: bool) -> Table | None:
     rows = []
     for r in t.to_dict("records"):
         cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"],
-                         bool(r["ram"]))
+                         bool(r["ram"]), tables.tally_of(r))
 
         def size(x: float) -> str:
             return format_value(x, "B") if math.isfinite(x) else "—"
@@ -461,13 +477,15 @@ def _claims_blocks(t: pd.DataFrame, charts: Mapping[str, Any], several: bool
                         "The verdict reads the CI: *holds* when all of it is on the "
                         "claimed side of 1, *does not hold* when all of it is on the "
                         "other side or within the band of no meaningful difference, "
-                        "*inconclusive* otherwise. Limits: A is what was used, B the "
-                        "limit asked."))
+                        "*inconclusive* otherwise; *inconclusive: failures* when more "
+                        f"than {FAILURE_LIMIT * 100:g} % of a cell's samples failed "
+                        "(its figures are over the ones that survived; \"n ok / n tried\" "
+                        "marks every cell with a failure). Limits: A is what was used, B "
+                        "the limit asked."))
     s = claims_mod.summary(t)
     blocks.append(("ul", [
         f"{r['text']}" + (f" ({r['dataset']})" if several else "") + ": "
-        + ", ".join(f"{v} {r[v]}" for v in (claims_mod.HOLDS, claims_mod.FAILS,
-                                            claims_mod.INCONCLUSIVE) if r[v])
+        + ", ".join(f"{v} {r[v]}" for v in claims_mod.VERDICTS if r[v])
         for r in s.to_dict("records")]))
     blocks += [("chart", charts[n]) for n in ("claims", "claims_io") if n in charts]
     # Fewer rows per claim when several datasets each have theirs (the page stays short).

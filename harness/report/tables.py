@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -27,11 +28,31 @@ def summary(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
         s = stats.summarize(values)
         # A figure that is the same every time (bytes on disk) is exact, not unstable.
         warning = "" if s.min == s.max else stats.unstable(values) or ""
+        t = data.tally(group)
         rows.append({**dict(zip(by, key, strict=True)), "n": s.n, "median": s.median,
                      "ci_lo": s.lo, "ci_hi": s.hi, "mean": s.mean, "stdev": s.stdev,
-                     "min": s.min, "max": s.max, "warning": warning})
+                     "min": s.min, "max": s.max, "warning": warning,
+                     **attempts(t)})
     return pd.DataFrame(rows, columns=[*by, "n", "median", "ci_lo", "ci_hi", "mean", "stdev",
-                                       "min", "max", "warning"])
+                                       "min", "max", "warning", *ATTEMPTS])
+
+
+# A cell's measured samples beside its figures: ok of tried (NaN: not counted in the
+# result) and the most common reason of the failures.
+ATTEMPTS = ["ok", "tried", "reason"]
+
+
+def attempts(t: data.Tally | None) -> dict[str, Any]:
+    return ({"ok": t.ok, "tried": t.tried, "reason": t.reason} if t is not None
+            else {"ok": math.nan, "tried": math.nan, "reason": ""})
+
+
+def tally_of(r: Mapping[Any, Any]) -> data.Tally | None:
+    """The Tally of a row with the ATTEMPTS columns."""
+    tried = r.get("tried")
+    if tried is None or not math.isfinite(float(tried)):
+        return None
+    return data.Tally(int(r["ok"]), int(tried), str(r.get("reason") or ""))
 
 
 def memory(df: pd.DataFrame) -> pd.DataFrame:
@@ -45,6 +66,7 @@ def memory(df: pd.DataFrame) -> pd.DataFrame:
         row["ram"] = data.in_ram(g)
         row["instances"] = int(g.groupby("round").size().median())
         row["n"] = len(g)
+        row |= attempts(data.tally(g))
         for col in ("pss", "daemon", "total"):
             s = stats.summarize(g[col].to_numpy(float))
             row |= {col: s.median, f"{col}_lo": s.lo, f"{col}_hi": s.hi}
@@ -79,7 +101,7 @@ def ratios(df: pd.DataFrame, base: str, new: str) -> pd.DataFrame:
 LIMITS_COLUMNS = ["dataset", "backend", "variant", "kind", "emulated", "ram", "applied",
                   "resource",
                   "asked", "n", "value", "value_lo", "value_hi", "ratio", "ratio_lo",
-                  "ratio_hi", "idle", "room", "killed", "enforced"]
+                  "ratio_hi", "idle", "room", "killed", "enforced", *ATTEMPTS]
 
 
 def limits(df: pd.DataFrame) -> pd.DataFrame:
@@ -131,7 +153,8 @@ def limits(df: pd.DataFrame) -> pd.DataFrame:
                                              f"limits.{resource}"),
                      "resource": resource, "asked": limit, "n": v.n,
                      "value": v.median, "value_lo": v.lo, "value_hi": v.hi,
-                     "ratio": r.median, "ratio_lo": r.lo, "ratio_hi": r.hi, **extra})
+                     "ratio": r.median, "ratio_lo": r.lo, "ratio_hi": r.hi, **extra,
+                     **attempts(data.tally(g))})
     return pd.DataFrame(rows, columns=LIMITS_COLUMNS)
 
 
@@ -141,7 +164,7 @@ DENSITY_BASES = ("pss+kernel", "pss", "host")
 DENSITY_COLUMNS = ["dataset", "backend", "variant", "kind", "emulated", "ram", "basis",
                    "ramps",
                    "fixed", "marginal", "marginal_lo", "marginal_hi", "low", "low_counts",
-                   "top", "top_counts", "max_count", "start_p95"]
+                   "top", "top_counts", "max_count", "start_p95", *ATTEMPTS]
 
 
 def density(df: pd.DataFrame) -> pd.DataFrame:
@@ -176,7 +199,8 @@ def density(df: pd.DataFrame) -> pd.DataFrame:
             "low": _marginal(series, basis, low), "low_counts": _span(low),
             "top": _marginal(series, basis, top), "top_counts": _span(top),
             "max_count": int(g["instance"].max()),
-            "start_p95": float(np.quantile(lat, 0.95)) if lat.size else math.nan})
+            "start_p95": float(np.quantile(lat, 0.95)) if lat.size else math.nan,
+            **attempts(data.tally(g))})
     return pd.DataFrame(rows, columns=DENSITY_COLUMNS)
 
 

@@ -10,6 +10,7 @@ the backend's own tools report, limits are enforced where a backend applies them
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -65,15 +66,18 @@ def run_study(repo: Path, tmp_path: Path, study: str,
     return doc, backends
 
 
-def run_once(data: dict[str, Any], tmp_path: Path
+def run_once(data: dict[str, Any], tmp_path: Path, samples: int = 1,
+             env: dict[str, str] | None = None
              ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """`bench run` of the scenario `data`, one sample per cell; its result ({}: none)."""
+    """`bench run` of the scenario `data`, `samples` samples per cell (`env`: added to
+    the environment); its result ({}: none)."""
     path = tmp_path / f"{data['name']}.toml"
     path.write_text(_toml(data))
     out = tmp_path / "D"
     p = subprocess.run([*BENCH, "run", str(path), "--out", str(out), "--warmups", "0",
-                        "--min-samples", "1", "--max-samples", "1"],
-                       capture_output=True, text=True, timeout=1800, check=False)
+                        "--min-samples", str(samples), "--max-samples", str(samples)],
+                       capture_output=True, text=True, timeout=1800, check=False,
+                       env={**os.environ, **(env or {})})
     found = [f for f in out.glob("*.json") if not f.name.endswith(".pyperf.json")]
     return p, (json.loads(found[0].read_text()) if found else {})
 

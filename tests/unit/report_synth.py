@@ -43,9 +43,11 @@ TARGET_SPEED = {"hostfs": 1.0, "rootfs": 0.6, "volume": 0.95, "bind": 1.0, "tmpf
 def write_result(out: Path, scenario: str, samples: list[dict[str, Any]],
                  backends: Mapping[str, Mapping[str, Any]], *, host: str = "synthetic-a",
                  created: str = "2026-01-10T10:00:00+00:00", run_id: str | None = None,
-                 digest: str = "0" * 64, config: Mapping[str, Any] | None = None) -> Path:
+                 digest: str = "0" * 64, config: Mapping[str, Any] | None = None,
+                 cells: list[dict[str, Any]] | None = None) -> Path:
     """Write one finalized result file; return its path. `config`: more of the scenario's
-    configuration (limits, params)."""
+    configuration (limits, params); `cells`: the run's cells with their counts (default:
+    none recorded, as in a file written before they were)."""
     run_id = run_id or hashlib.sha1(f"{scenario} {host} {created}".encode()).hexdigest()[:8]
     used = {s["backend"] for s in samples}
     doc: dict[str, Any] = {
@@ -59,7 +61,7 @@ def write_result(out: Path, scenario: str, samples: list[dict[str, Any]],
         "backends": {b: {**dict(backends[b]), "versions": {b: "1.0"}} for b in used},
         "image": {"digest": digest, "tag": "cvbench/base:test"},
         "samples": samples, "events": [], "artifacts": [],
-        "cells": [], "interrupted": False,
+        "cells": cells or [], "interrupted": False,
     }
     doc["checksum"] = results.checksum(doc)
     out.mkdir(parents=True, exist_ok=True)
@@ -262,20 +264,45 @@ def stack_samples(rng: np.random.Generator, rounds: int = 3) -> list[dict[str, A
     return out
 
 
+def counted(samples: list[dict[str, Any]], failed: Mapping[str, int]
+            ) -> list[dict[str, Any]]:
+    """The cells of a run of `samples`, as `bench run` records them: per backend and cell
+    variant, its rounds succeeded, and `failed[backend]` failures more."""
+    rounds: dict[tuple[str, str], set[int]] = {}
+    for s in samples:
+        sub = s.get("sub")
+        v = s["variant"] if not sub else (
+            "default" if s["variant"] == sub else s["variant"].removesuffix("," + sub))
+        rounds.setdefault((s["backend"], v), set()).add(s["round"])
+    return [{"backend": b, "variant": v, "status": "max_samples", "samples": len(r),
+             "failures": failed.get(b, 0), "attempts": len(r) + failed.get(b, 0),
+             "reasons": {f"{b} failed": failed[b]} if failed.get(b) else {},
+             "warmup_failures": 0} for (b, v), r in rounds.items()]
+
+
 def all_results(out: Path, seed: int = 1, host: str = "synthetic-a",
-                created: str = "2026-01-10T10:00:00+00:00", speed: float = 1.0) -> list[Path]:
-    """One result file per study, all from one (synthetic) host and day."""
+                created: str = "2026-01-10T10:00:00+00:00", speed: float = 1.0,
+                failed: Mapping[str, int] | None = None) -> list[Path]:
+    """One result file per study, all from one (synthetic) host and day; `failed`:
+    record the cells' counts, with that many failures per backend (default: no counts,
+    as in files written before they were)."""
     rng = np.random.default_rng(seed)
     kw: dict[str, Any] = {"host": host, "created": created}
+
+    def write(scenario: str, samples: list[dict[str, Any]],
+              backends: Mapping[str, Mapping[str, Any]] = BACKENDS) -> Path:
+        cells = None if failed is None else counted(samples, failed)
+        return write_result(out, scenario, samples, backends, cells=cells, **kw)
+
     return [
-        write_result(out, "startup", startup_samples(rng, speed=speed), BACKENDS, **kw),
-        write_result(out, "memory", memory_samples(rng), BACKENDS, **kw),
-        write_result(out, "disk", disk_samples(), BACKENDS, **kw),
-        write_result(out, "io", io_samples(rng), BACKENDS, **kw),
-        write_result(out, "density", density_samples(rng), BACKENDS, **kw),
-        write_result(out, "limits", limits_samples(rng), LIMITS_META, **kw),
-        write_result(out, "network", network_samples(rng), BACKENDS, **kw),
-        write_result(out, "stack", stack_samples(rng), BACKENDS, **kw),
+        write("startup", startup_samples(rng, speed=speed)),
+        write("memory", memory_samples(rng)),
+        write("disk", disk_samples()),
+        write("io", io_samples(rng)),
+        write("density", density_samples(rng)),
+        write("limits", limits_samples(rng), LIMITS_META),
+        write("network", network_samples(rng)),
+        write("stack", stack_samples(rng)),
     ]
 
 
