@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import re
 import select
@@ -153,10 +154,10 @@ class AttachStream(_proc.Stream):
         poller.register(self.fd, select.POLLIN)
         while not self.eof:
             left = deadline - time.monotonic()
-            if left <= 0:
-                raise InstanceError("the container's output did not end within the timeout")
-            if poller.poll(max(1, int(left * 1000))):
+            if poller.poll(max(0, math.ceil(left * 1000))):
                 self.read_some()
+            elif left <= 0:  # (a deadline now: one look, as wait_exit(inst, 0) polls)
+                raise InstanceError("the container's output did not end within the timeout")
 
     def close(self) -> None:
         if self.fd >= 0:

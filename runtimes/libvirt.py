@@ -759,11 +759,11 @@ class LibvirtRuntime:
         deadline = time.monotonic() + timeout
         while not out.eof:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if _proc.readable(out.fd, max(0.0, left)):
+                out.read_some()
+            elif left <= 0:  # (timeout 0: one look, a poll)
                 raise InstanceError(f"the guest did not power off within {timeout:g} s "
                                     f"(console: {bytes(out.data[-300:])!r})")
-            if _proc.readable(out.fd, left):
-                out.read_some()
         while self._alive(inst):
             if time.monotonic() > deadline:
                 raise InstanceError("QEMU closed the console but the domain is still running")

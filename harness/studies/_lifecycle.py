@@ -15,7 +15,7 @@ from typing import Any
 from harness.core.errors import InstanceError, ReadyTimeout, UsageError
 from harness.core.probes import serving
 from harness.runner import Cell, Context, NotApplicable, Placement
-from runtimes.base import Exit, Instance, InstanceSpec
+from runtimes.base import Exit, Instance, InstanceSpec, Runtime
 
 
 def start(ctx: Context, cell: Placement, spec: InstanceSpec) -> Instance:
@@ -32,23 +32,47 @@ def start(ctx: Context, cell: Placement, spec: InstanceSpec) -> Instance:
     return inst
 
 
+def ended(rt: Runtime, inst: Instance) -> serving.Ended:
+    """How `inst` ended ("exited with status 3: <its output>"), None while it runs: what
+    a readiness probe asks between attempts. wait_exit with timeout 0 polls (an
+    InstanceError at once while the instance runs)."""
+    def check() -> str | None:
+        try:
+            ex = rt.wait_exit(inst, 0)
+        except InstanceError:
+            return None  # still running (or its end cannot be told: the probe waits on)
+        output = (ex.stdout + ex.stderr)[-300:]
+        return (f"exited with status {ex.code}" + (" (OOM-killed)" if ex.oom_killed else "")
+                + f": {text(output)!r}")
+    return check
+
+
 def serve(ctx: Context, cell: Placement, inst: Instance, deadline: float) -> int | None:
     """Wait until the instance's service answers as its readiness asks (a tcp connect or
     an http GET from the host every ctx.probe_interval, or a line of its output); the
     time of the first answer (monotonic ns), or None for readiness without a service.
-    `deadline` is a time.monotonic() value (the create call + the timeout)."""
+    `deadline` is a time.monotonic() value (the create call + the timeout). An instance
+    that exits first fails at once with its exit status and output."""
     probe = serving.parse(inst.spec.readiness)
     if not probe.serving:
         return None
     rt = cell.runtime
     if probe.kind == "log":
-        return rt.wait_output(inst, re.compile(probe.pattern.encode()),
-                              max(0.0, deadline - time.monotonic()))
+        try:
+            return rt.wait_output(inst, re.compile(probe.pattern.encode()),
+                                  max(0.0, deadline - time.monotonic()))
+        except ReadyTimeout:
+            raise
+        except InstanceError as e:  # the output ended: say how the instance did
+            why = ended(rt, inst)()
+            if why is None:
+                raise
+            raise InstanceError(f"{probe}: the instance {why}, before a line matched") from e
     address = rt.address(inst)
     if address is None:
         raise InstanceError(f"{probe}: the instance has no address the host can reach "
                             f"(network {inst.spec.network})")
-    answered = serving.poll(probe, address, ctx.probe_interval, deadline)
+    answered = serving.poll(probe, address, ctx.probe_interval, deadline, ended(rt, inst))
     if answered is None:
         raise ReadyTimeout(f"{probe}: no answer from {address} within the timeout")
     return answered

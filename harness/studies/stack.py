@@ -57,6 +57,7 @@ from harness.core.probes import loadgen, memory, serving
 from harness.core.probes.timing import now_ns
 from harness.runner import Cell, Context, Measurement, NotApplicable
 from harness.scenario import Scenario, Service, Workload
+from harness.studies import _lifecycle as life
 from harness.studies._server import run_tool
 from runtimes.base import Exec, Exit, Instance, Limits, Mount, Networks, Runtime
 
@@ -206,7 +207,12 @@ class Stack:
         address = self.rt.address(inst)
         if address is None:
             raise InstanceError(f"{r.name}: {probe}: no address the host can reach")
-        return time.monotonic_ns() if serving.answers(probe, address) else None
+        if serving.answers(probe, address):
+            return time.monotonic_ns()
+        if (why := life.ended(self.rt, inst)()) is not None:  # gone: no use waiting
+            raise InstanceError(f"service {r.name}: {probe}: the instance {why}, before it "
+                                "answered", self.logs())
+        return None
 
     def exec(self, inst: Instance, argv: Sequence[str], w: Workload, timeout: float,
              detach: bool = False) -> Exit:
