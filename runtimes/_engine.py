@@ -77,6 +77,7 @@ from harness.core.errors import (
     BadImage,
     ImageError,
     InstanceError,
+    Unreadable,
     UsageError,
 )
 from harness.core.image import PATH_ENV, Image
@@ -394,7 +395,13 @@ class Engine:
     def traits(self) -> Traits:
         daemons: dict[str, Json] = {}
         for name, pids in self.daemons().items():
-            m = memory.processes_memory(pids)
+            try:
+                if not pids:
+                    raise Unreadable("not found by its socket, unit or pid file")
+                m = memory.processes_memory(pids)
+            except Unreadable as e:  # metadata: said, not a zero
+                daemons[name] = {"pids": list(pids), "error": str(e)}
+                continue
             daemons[name] = {"pids": list(pids), "pss": m.pss, "uss": m.uss, "rss": m.rss}
         return Traits(kind="container", protections=self.protections(), settings={
             "engine": self.base, "oci_runtime": self.runtime, "socket": self.socket_path,
@@ -464,7 +471,9 @@ class Engine:
     def _footprint(self, info: dict[str, Any]) -> dict[str, int]:
         """The image's size as the engine stores it, split into what it shares with other
         images and what is its own, as `docker/podman system df -v` reports them."""
-        size = int(info.get("Size") or 0)
+        if info.get("Size") is None:  # not reported: absent, never a 0
+            return {}
+        size = int(info["Size"])
         out = {"image": size}
         want = str(info["Id"]).removeprefix("sha256:")
         try:
@@ -473,9 +482,12 @@ class Engine:
             return out
         for row in rows:
             if str(row.get("Id", "")).removeprefix("sha256:") == want:
-                shared = max(0, int(row.get("SharedSize") or 0))
-                out.update({"image": int(row.get("Size") or size), "image.shared": shared,
-                            "image.unique": int(row.get("Size") or size) - shared})
+                total = int(row.get("Size") or size)
+                out["image"] = total
+                # SharedSize -1 (or none): the engine did not compute it: no split, not 0
+                if (shared := row.get("SharedSize")) is not None and int(shared) >= 0:
+                    out.update({"image.shared": int(shared),
+                                "image.unique": total - int(shared)})
                 break
         return out
 

@@ -823,8 +823,19 @@ class LibvirtRuntime:
         inst.exited = True
 
     def daemons(self) -> dict[str, list[int]]:
-        return {n: pids for n in ("libvirtd", "virtlogd", "virtlockd")
-                if (pids := memory.pids_of(n))}
+        """libvirtd (or the modular virtqemud) and virtlogd (QEMU's console log), each by
+        the process on its socket, its unit's MainPID or its pid file; virtlockd where
+        it runs (only with a lock manager configured)."""
+        out: dict[str, list[int]] = {}
+        for name, alt, needed in (("libvirtd", "virtqemud", True), ("virtlogd", "", True),
+                                  ("virtlockd", "", False)):
+            names = [n for n in (name, alt) if n]
+            pid = memory.daemon_pid(
+                [f"/run/libvirt/{'libvirt' if n == 'libvirtd' else n}-sock" for n in names],
+                [f"{n}.service" for n in names], [f"/run/{n}.pid" for n in names])
+            if pid or needed:
+                out[name] = [pid] if pid else []
+        return out
 
     def disk_usage(self, inst: Instance) -> int | None:
         """libvirt:disk: the allocated size of the instance's overlay (`qemu-img info`).

@@ -73,6 +73,11 @@ class ReadyTimeout(InstanceError):
     """The ready line did not arrive in time."""
 
 
+class Unreadable(InstanceError):
+    """A figure could not be read (a file the harness may not read, an instance without a
+    host process, a daemon not found): the sample fails with why, never records a zero."""
+
+
 class ImageError(BenchError):
     """The workload image could not be built (missing binary, unreadable file)."""
 

@@ -12,10 +12,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from harness.core.errors import InstanceError, ReadyTimeout, UsageError
+from harness.core.errors import InstanceError, ReadyTimeout, Unreadable, UsageError
 from harness.core.probes import serving
 from harness.runner import Cell, Context, NotApplicable, Placement
-from runtimes.base import Exit, Instance, InstanceSpec, Runtime
+from runtimes.base import Exit, Instance, InstanceSpec, Runtime, Stats
 
 
 def start(ctx: Context, cell: Placement, spec: InstanceSpec) -> Instance:
@@ -100,6 +100,26 @@ def instance(ctx: Context, cell: Placement, spec: InstanceSpec) -> Iterator[Inst
         yield inst
     finally:
         finish(ctx, cell, inst)
+
+
+def memory_of(rt: Runtime, inst: Instance) -> Stats:
+    """The instance's memory (rt.stats); Unreadable when no host process of it was found
+    (a sum over nothing is no reading)."""
+    st = rt.stats(inst)
+    if not st.pids:
+        raise Unreadable(f"{inst.spec.name}: no host process of the instance was found: "
+                         "its memory cannot be read")
+    return st
+
+
+def daemon_pids(rt: Runtime) -> list[int]:
+    """The pids of the backend's daemons ([] for a daemonless one); Unreadable naming a
+    daemon that was not found (its memory would read as 0)."""
+    found = rt.daemons()
+    if missing := [name for name, pids in found.items() if not pids]:
+        raise Unreadable(f"{rt.name}: {', '.join(missing)} not found (by its socket, unit "
+                         "or pid file): the daemons' memory cannot be read")
+    return [pid for pids in found.values() for pid in pids]
 
 
 def check(ex: Exit, what: str) -> None:

@@ -354,7 +354,7 @@ class PerService(Stack):
         out: list[Measurement] = []
         pids: set[int] = set()
         for r in self.services.values():
-            st = self.rt.stats(self.where(r))
+            st = life.memory_of(self.rt, self.where(r))
             pids.update(st.pids)
             out += [Measurement("stack.memory.pss", st.pss, variant=sub(r.name)),
                     Measurement("stack.memory.uss", st.uss, variant=sub(r.name))]
@@ -399,7 +399,7 @@ class SingleVm(Stack):
         return self.vm
 
     def memory(self) -> list[Measurement]:
-        return _totals(self.rt.stats(self.vm))
+        return _totals(life.memory_of(self.rt, self.vm))
 
 
 class StackStudy:
@@ -462,9 +462,8 @@ class StackStudy:
                 out.append(Measurement("stack.vm_boot", (booted - t0) * 1e-9))
             out += self._load(ctx, stack, cfg.front, self._request(ctx, stack, cfg.front))
             out += stack.memory()
-            daemons = [p for pids in rt.daemons().values() for p in pids]
             out.append(Measurement("stack.memory.daemon",
-                                   memory.processes_memory(daemons).pss if daemons else 0))
+                                   memory.processes_memory(life.daemon_pids(rt)).pss))
             out += self._disk(stack)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -532,10 +531,13 @@ class StackStudy:
         used = {stack.cell.images[UNION].ref: stack.cell.images[UNION]} \
             if isinstance(stack, SingleVm) else \
             {stack.cell.images[n].ref: stack.cell.images[n] for n in stack.services}
-        out = [Measurement("stack.disk.image", sum(p.footprint.get("image", 0)
-                                                   for p in used.values()))]
+        out = []
+        if all("image" in p.footprint for p in used.values()):  # a part unread: no sum
+            out.append(Measurement("stack.disk.image",
+                                   sum(p.footprint["image"] for p in used.values())))
         sizes = [stack.rt.disk_usage(i) for i in stack.instances]
         if any(s is not None for s in sizes):
+            # (None: an instance without a writable layer on disk, by the protocol: 0 bytes)
             out.append(Measurement("stack.disk.instance", sum(s or 0 for s in sizes)))
         return out
 

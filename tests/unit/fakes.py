@@ -75,7 +75,7 @@ class FakeRuntime:
         raise InstanceError(f"no line matched {pattern.pattern!r}")
 
     def stats(self, inst: Instance) -> Stats:
-        return Stats(pids=(), pss=1, uss=1, rss=1)
+        return Stats(pids=(1,), pss=1, uss=1, rss=1)  # (a pid: the instance has a process)
 
     def stop(self, inst: Instance, grace: float = 2.0) -> None:
         pass
