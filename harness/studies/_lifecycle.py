@@ -32,13 +32,18 @@ def start(ctx: Context, cell: Placement, spec: InstanceSpec) -> Instance:
     return inst
 
 
-def ended(rt: Runtime, inst: Instance) -> serving.Ended:
-    """How `inst` ended ("exited with status 3: <its output>"), None while it runs: what
-    a readiness probe asks between attempts. wait_exit with timeout 0 polls (an
-    InstanceError at once while the instance runs)."""
+# How long an instance whose output ended may take to exit: it closes its output on the
+# way out, a moment before the exit status is there to read.
+EXITING = 2.0
+
+
+def ended(rt: Runtime, inst: Instance, wait: float = 0.0) -> serving.Ended:
+    """How `inst` ended ("exited with status 3: <its output>"), None while it runs
+    (after `wait` seconds): what a readiness probe asks between attempts. wait_exit with
+    timeout 0 polls (an InstanceError at once while the instance runs)."""
     def check() -> str | None:
         try:
-            ex = rt.wait_exit(inst, 0)
+            ex = rt.wait_exit(inst, wait)
         except InstanceError:
             return None  # still running (or its end cannot be told: the probe waits on)
         output = (ex.stdout + ex.stderr)[-300:]
@@ -64,7 +69,7 @@ def serve(ctx: Context, cell: Placement, inst: Instance, deadline: float) -> int
         except ReadyTimeout:
             raise
         except InstanceError as e:  # the output ended: say how the instance did
-            why = ended(rt, inst)()
+            why = ended(rt, inst, EXITING)()
             if why is None:
                 raise
             raise InstanceError(f"{probe}: the instance {why}, before a line matched") from e

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.root]
 TIMEOUT = 600.0  # far beyond any loaded machine: the probe must not be what ends the wait
 
 
-@pytest.mark.parametrize("backend", ["host", "ns"])
+@pytest.mark.parametrize("backend", ["host", "ns", "docker", "podman"])
 @pytest.mark.parametrize("kind", ["tcp", "log"])
 def test_a_server_that_exits_fails_its_probe_with_its_exit(
         run_id: str, backend: str, kind: str) -> None:
