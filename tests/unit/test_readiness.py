@@ -215,7 +215,7 @@ def test_log_probe_reads_the_workload_output(tmp_path: Path) -> None:
     quiet = FakeRuntime(output=b"starting\n")
     cell = _cell(tmp_path, quiet, "log:ready to accept")
     # (its output over without the line, the fake's workload exits when waited for)
-    with pytest.raises(InstanceError, match="exited with status 0.*before a line matched"):
+    with pytest.raises(InstanceError, match=r"exited with status 0.*before a line matched"):
         life.serve(ctx, cell, quiet.create(ctx.spec(cell), cell.prepared),
                    time.monotonic() + 5)
 
