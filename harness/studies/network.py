@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 from harness.core.errors import InstanceError
+from harness.core.probes import serving
 from harness.core.probes.io import parse_json, sections
 from harness.runner import Cell, Context, Measurement, NotApplicable
 from harness.studies import _lifecycle as life
 from harness.studies._server import free_ports
+from runtimes.base import Instance
 
 BEGIN, END = "CVBENCH-NET-BEGIN", "CVBENCH-NET-END"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -118,7 +119,7 @@ class Network:
                 if addr is None:
                     raise InstanceError(f"network: {cell.backend} gives no address for an "
                                         f"instance with network {mode}")
-                lat_text, bw_text = self.from_host(ctx, cell, addr, fmt)
+                lat_text, bw_text = self.from_host(ctx, cell, inst, addr, fmt)
         lat = sockperf_latency(lat_text)
         bw_doc = parse_json(bw_text)
         where = "inside" if addr is None else "host"
@@ -128,11 +129,15 @@ class Network:
                 Measurement("network.lat_p99", lat["99.000"]),
                 Measurement("network.bw", iperf3_bandwidth(bw_doc))]
 
-    def from_host(self, ctx: Context, cell: Cell, addr: str, fmt: dict[str, Any]
-                  ) -> tuple[str, str]:
-        """Run the clients on the host against the instance's servers at `addr`."""
+    def from_host(self, ctx: Context, cell: Cell, inst: Instance, addr: str,
+                  fmt: dict[str, Any]) -> tuple[str, str]:
+        """Run the clients on the host against the instance's servers at `addr`, once
+        the latency server listens (a server that died fails the sample at once)."""
         bin_dir = Path(cell.prepared.image.rootfs) / "usr" / "bin"
-        _wait_listening(addr, fmt["lat_port"], ctx.timeout)
+        listening = serving.Readiness("tcp", port=fmt["lat_port"])
+        if serving.poll(listening, addr, 0.1, time.monotonic() + ctx.timeout,
+                        life.ended(cell.runtime, inst)) is None:
+            raise InstanceError(f"network: nothing listens on {addr}:{fmt['lat_port']}")
         dur = fmt["duration"]
         lat = _run([str(bin_dir / "sockperf"), "pp", "--tcp", "-i", addr, "-p",
                     str(fmt["lat_port"]), "-t", str(dur), "-m", str(fmt["message"])],
@@ -144,18 +149,6 @@ class Network:
                 break
             time.sleep(0.3)
         return lat, bw
-
-
-def _wait_listening(addr: str, port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((addr, port), timeout=1):
-                return
-        except OSError as e:
-            if time.monotonic() > deadline:
-                raise InstanceError(f"network: nothing listens on {addr}:{port}: {e}") from e
-            time.sleep(0.1)
 
 
 def _run(argv: list[str], timeout: float, check: bool = True) -> str:
