@@ -27,6 +27,9 @@ parameter at 150 points, AIC's is 2): a ramp has hundreds of points, and a curve
 claimed only where the data demand it; it is consistent (it settles on the true model as
 points are added). Its likelihood takes the points as independent; the residuals' lag-1
 autocorrelation is printed, and a high one says the CIs are too narrow.
+Every model's cost at n = 0 (the fixed cost) and marginal at n = 0 are bounded below by 0
+(least squares with those bounds: a negative cost is none); where a bound holds, the ramp
+did not resolve that term, and the plan's notes say so.
 The marginal at n is the model's derivative there; it is reported at 40 and at the top of
 the measured range, next to the average slope (the line's). Beyond the measured range
 the cost grows at the marginal of the top (not the slope of a flat beginning).
@@ -88,6 +91,13 @@ MODELS = {"linear": "a line (constant marginal)",
 # A counter that rises by less than this per instance (or by fewer than 3 over the ramp)
 # does not grow with the instances: neighbours moved it.
 MIN_PER_INSTANCE = 0.05
+# What each basis needs of a ramp: a cell without one of them is not planned on it.
+BASIS_METRICS = {
+    "pss+kernel": ("density.pss_total", "density.daemon_pss", "density.kernel_mem"),
+    "pss": ("density.pss_total", "density.daemon_pss"),
+    "cgroup": ("density.cgroup_total", "density.daemon_pss"),
+    "host": ("density.mem_available", "density.daemon_pss"),
+}
 BASES = {
     "pss+kernel": "the instances' PSS + the daemons' PSS + the rise of the host's "
                   "unreclaimable kernel memory (SUnreclaim, KernelStack, PageTables, Percpu)",
@@ -193,6 +203,10 @@ class MemoryFit:
     marginal_top_ci: tuple[float, float] = (math.nan, math.nan)
     autocorr: float = math.nan  # lag-1 of the chosen model's residuals within the ramps
     per_ramp_top: tuple[float, ...] = ()  # each ramp's own curve: its marginal at `top`
+    # The terms the fit held at their bound 0 (HELD_NAMES): the ramp does not resolve them
+    # (unbounded, they came out below 0), the chosen curve's and the line's.
+    held: tuple[str, ...] = ()
+    line_held: tuple[str, ...] = ()
 
     def marginal_at(self, n: float) -> float:
         return float(self.curve.marginal(n)) if self.curve is not None else self.marginal
@@ -323,9 +337,36 @@ def _resample(ramps: Sequence[tuple[Array, Array]]) -> Array:
     return np.concatenate(parts, axis=1)
 
 
-def _lstsq(x: Array, y: Array) -> tuple[Array, float]:
-    coefs = np.asarray(np.linalg.lstsq(x, y, rcond=None)[0], float)
-    return coefs, float(((y - x @ coefs) ** 2).sum())
+# The first two coefficients of every model, the cost at n = 0 (fixed) and the marginal
+# there (per instance), cannot be below 0: memory that n = 0 instances hold, or that one
+# more instance frees, is not a cost. A ramp that does not pin them (a convex cost's
+# parabola or line crosses 0 before n = 1: ns's intercept came out at -1.75 MiB) gets them
+# held at 0, and says so (MemoryFit.held). The curvature and the knot's change of slope
+# stay free: a marginal may fall with n (shared pages make the first instances dearer).
+NONNEG = 2
+HELD_NAMES = ("fixed cost", "per-instance cost at n = 0")
+_HELD_SETS = ((), (0,), (1,), (0, 1))  # the unconstrained fit first: it wins ties
+
+
+def _lstsq(x: Array, y: Array) -> tuple[Array, float, tuple[int, ...]]:
+    """Least squares with coefficients 0 and 1 >= 0: the coefficients, the SSE, and the
+    terms held at 0. Exact: the optimum of a least-squares problem with bounds at 0 is
+    the unconstrained fit on the other columns for some set of terms held at 0, so it is
+    the best feasible fit over every such set (four of them)."""
+    tol = 1e-9 * max(float(np.abs(y).max(initial=0.0)), 1.0)  # (rounding of exact data)
+    best: tuple[Array, float, tuple[int, ...]] | None = None
+    for held in _HELD_SETS:
+        free = [i for i in range(x.shape[1]) if i not in held]
+        coefs = np.zeros(x.shape[1])
+        coefs[free] = np.linalg.lstsq(x[:, free], y, rcond=None)[0]
+        if (coefs[:NONNEG] < -tol).any():
+            continue
+        coefs[:NONNEG] = np.maximum(coefs[:NONNEG], 0.0)
+        sse = float(((y - x @ coefs) ** 2).sum())
+        if best is None or sse < best[1] - tol * tol * y.size:
+            best = (coefs, sse, held)
+    assert best is not None  # (every term held at 0 but the free ones is feasible)
+    return best
 
 
 def _choose(n: Array, y: Array, top: float) -> tuple[Curve, dict[str, float]]:
@@ -338,7 +379,7 @@ def _choose(n: Array, y: Array, top: float) -> tuple[Curve, dict[str, float]]:
 
     def consider(name: str, key: str, knot: float | None, k: int) -> None:
         c = Curve(name, np.zeros(3 if name != "linear" else 2), top, top, knot)
-        coefs, sse = _lstsq(c._design(n), y)
+        coefs, sse, _ = _lstsq(c._design(n), y)
         bic = size * math.log(max(sse, floor) / size) + k * math.log(size)
         if key not in fits or bic < fits[key][0]:
             fits[key] = (bic, replace(c, coefs=coefs))
@@ -359,12 +400,26 @@ def _choose(n: Array, y: Array, top: float) -> tuple[Curve, dict[str, float]]:
 
 
 def _refit(curve: Curve, n: Array, y: Array, idx: Array) -> Curve:
-    """The curve refitted on every bootstrap draw (its knot kept)."""
+    """The curve refitted on every bootstrap draw (its knot kept), with the bounds of
+    _lstsq: per draw, the best feasible fit over the sets of terms held at 0."""
     x = curve._design(n)
     xb, yb = x[idx], y[idx]
-    xtx = np.einsum("rnp,rnq->rpq", xb, xb)
-    xty = np.einsum("rnp,rn->rp", xb, yb)
-    coefs = np.einsum("rpq,rq->rp", np.linalg.pinv(xtx), xty)
+    tol = 1e-9 * max(float(np.abs(y).max(initial=0.0)), 1.0)
+    k = x.shape[1]
+    coefs = np.zeros((idx.shape[0], k))
+    best = np.full(idx.shape[0], np.inf)
+    for held in _HELD_SETS:
+        free = [i for i in range(k) if i not in held]
+        xf = xb[:, :, free]
+        xtx = np.einsum("rnp,rnq->rpq", xf, xf)
+        xty = np.einsum("rnp,rn->rp", xf, yb)
+        c = np.zeros_like(coefs)
+        c[:, free] = np.einsum("rpq,rq->rp", np.linalg.pinv(xtx), xty)
+        ok = (c[:, :NONNEG] >= -tol).all(axis=1)
+        c[:, :NONNEG] = np.maximum(c[:, :NONNEG], 0.0)
+        sse = ((yb - np.einsum("rnp,rp->rn", xb, c)) ** 2).sum(axis=1)
+        better = ok & (sse < best - tol * tol * y.size)
+        coefs[better], best[better] = c[better], sse[better]
     return replace(curve, coefs=coefs)
 
 
@@ -394,15 +449,18 @@ def fit_memory(ramps: Sequence[tuple[Array, Array]], basis: str) -> MemoryFit | 
     y_all = np.concatenate([y for _, y in ramps])
     if np.unique(n_all).size < 2:
         return None
-    fixed, marginal = _ols(n_all, y_all)
     idx = _resample(ramps)
     top = float(n_all.max())
-    line = _refit(Curve("linear", np.zeros(2), top, top), n_all, y_all, idx)
+    line0 = Curve("linear", np.zeros(2), top, top)
+    (fixed, slope), _, line_held = _lstsq(line0._design(n_all), y_all)
+    marginal = slope / top
+    line = _refit(line0, n_all, y_all, idx)
     draws = np.column_stack([line.coefs[:, 0], line.coefs[:, 1] / top])
     lo_f, hi_f = np.quantile(draws[:, 0], [0.025, 0.975])
     lo_m, hi_m = np.quantile(draws[:, 1], [0.025, 0.975])
     per_ramp = tuple(_ols(n, y)[1] for n, y in ramps if np.unique(n).size >= 2)
     curve, bic = _choose(n_all, y_all, top)
+    held = _lstsq(curve._design(n_all), y_all)[2]
     curve_draws = _refit(curve, n_all, y_all, idx)
     per_ramp_top = tuple(
         float(replace(curve, coefs=_lstsq(curve._design(n), y)[0]).marginal(top))
@@ -414,7 +472,9 @@ def fit_memory(ramps: Sequence[tuple[Array, Array]], basis: str) -> MemoryFit | 
                      model=curve.model, curve=curve, curve_draws=curve_draws, bic=bic,
                      top=int(top), marginal_top=float(curve.marginal(top)),
                      marginal_top_ci=(float(lo_t), float(hi_t)),
-                     autocorr=_autocorr(ramps, curve), per_ramp_top=per_ramp_top)
+                     autocorr=_autocorr(ramps, curve), per_ramp_top=per_ramp_top,
+                     held=tuple(HELD_NAMES[i] for i in held),
+                     line_held=tuple(HELD_NAMES[i] for i in line_held))
 
 
 def fit_latency(n: Array, y: Array) -> LatencyFit | None:
@@ -504,8 +564,9 @@ def density_frame(docs: Sequence[Loaded]) -> pd.DataFrame:
 def ramp_series(g: pd.DataFrame, basis: str) -> tuple[Array, Array] | None:
     """(n, bytes) of one ramp on `basis`; None if the ramp lacks what the basis needs."""
     t = g.pivot_table(index="instance", columns="metric", values="value", aggfunc="mean")
-    daemon = t.get("density.daemon_pss")
-    daemon = daemon.fillna(0.0) if daemon is not None else pd.Series(0.0, index=t.index)
+    daemon = t.get("density.daemon_pss")  # (0 for a daemonless backend, as recorded)
+    if daemon is None:  # not read: no 0 in its place
+        return None
     if basis == "host":
         if "density.mem_available" not in t or 0 not in t.index:
             return None
@@ -553,6 +614,7 @@ def analyse(docs: Sequence[Loaded], target: Target) -> Plan:
     hosts = {p: d.host for p, d in docs}
     stops = _stops(docs)
     cells: list[CellPlan] = []
+    gaps: list[str] = []
     for backend in data.backend_order(df):
         sub = df[df["backend"] == backend]
         for variant in sub["variant"].unique():
@@ -588,6 +650,14 @@ def analyse(docs: Sequence[Loaded], target: Target) -> Plan:
                 latency=fit_latency(lat["instance"].to_numpy(float),
                                     lat["value"].to_numpy(float)),
                 limits=fit_limits(g, ceilings, target.limits), pids_limit=_pids_limit(docs)))
+            if target.basis not in fits:
+                absent = [m for m in BASIS_METRICS[target.basis]
+                          if not g[g["metric"] == m]["value"].notna().any()]
+                gaps.append(f"{cells[-1].label}: " + (", ".join(absent) if absent else
+                            "fewer than two instance counts with every figure"))
+    if gaps:
+        raise UsageError(f"--basis {target.basis}: no plan without what the ramps did not "
+                         f"read: {'; '.join(gaps)}")
     for c in cells:
         project(c, target)
     return Plan(target=target, cells=cells, files=[p for p, _ in docs],
@@ -609,6 +679,12 @@ def project(c: CellPlan, t: Target) -> None:
         lo, hi = np.quantile(draws, [0.025, 0.975], method="inverted_cdf")
         c.by_memory_ci = (float(lo) if np.isfinite(lo) else None,
                           float(hi) if np.isfinite(hi) else None)
+        if fit.held:
+            c.notes.append(
+                f"the {' and the '.join(fit.held)} of the {fit.model} fit on {t.basis} held "
+                "at 0: not resolved by this ramp (without the bound the fit puts it below "
+                "0, which is no cost: the curve over the measured counts does not pin "
+                "y(n) near n = 0)")
         if fit.marginal_top_ci[0] <= 0 < fit.marginal_top_ci[1] and not t.workload_memory:
             c.notes.append("the marginal memory is not distinguishable from 0 on this basis")
         lo_t, hi_t = fit.marginal_top_ci
@@ -775,6 +851,7 @@ def as_json(plan: Plan) -> dict[str, Any]:
                           "per_ramp_marginal_mib": [_mib(v) for v in f.per_ramp],
                           "per_ramp_marginal_top_mib": [_mib(v) for v in f.per_ramp_top],
                           "curve_fixed_mib": _mib(f.curve_fixed),
+                          "held_at_0": list(f.held), "line_held_at_0": list(f.line_held),
                           "model": f.model, "bic": {k: round(v, 2) for k, v in f.bic.items()},
                           "top": f.top, "marginal_top_mib": _mib(f.marginal_top),
                           "marginal_top_ci_mib": [_mib(v) for v in f.marginal_top_ci],

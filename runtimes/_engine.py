@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import re
 import select
@@ -77,6 +78,7 @@ from harness.core.errors import (
     ImageError,
     InstanceError,
     NotApplicable,
+    Unreadable,
 )
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
@@ -154,10 +156,10 @@ class AttachStream(_proc.Stream):
         poller.register(self.fd, select.POLLIN)
         while not self.eof:
             left = deadline - time.monotonic()
-            if left <= 0:
-                raise InstanceError("the container's output did not end within the timeout")
-            if poller.poll(max(1, int(left * 1000))):
+            if poller.poll(max(0, math.ceil(left * 1000))):
                 self.read_some()
+            elif left <= 0:  # (a deadline now: one look, as wait_exit(inst, 0) polls)
+                raise InstanceError("the container's output did not end within the timeout")
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -394,7 +396,13 @@ class Engine:
     def traits(self) -> Traits:
         daemons: dict[str, Json] = {}
         for name, pids in self.daemons().items():
-            m = memory.processes_memory(pids)
+            try:
+                if not pids:
+                    raise Unreadable("not found by its socket, unit or pid file")
+                m = memory.processes_memory(pids)
+            except Unreadable as e:  # metadata: said, not a zero
+                daemons[name] = {"pids": list(pids), "error": str(e)}
+                continue
             daemons[name] = {"pids": list(pids), "pss": m.pss, "uss": m.uss, "rss": m.rss}
         return Traits(kind="container", protections=self.protections(), settings={
             "engine": self.base, "oci_runtime": self.runtime, "socket": self.socket_path,
@@ -464,7 +472,9 @@ class Engine:
     def _footprint(self, info: dict[str, Any]) -> dict[str, int]:
         """The image's size as the engine stores it, split into what it shares with other
         images and what is its own, as `docker/podman system df -v` reports them."""
-        size = int(info.get("Size") or 0)
+        if info.get("Size") is None:  # not reported: absent, never a 0
+            return {}
+        size = int(info["Size"])
         out = {"image": size}
         want = str(info["Id"]).removeprefix("sha256:")
         try:
@@ -473,9 +483,12 @@ class Engine:
             return out
         for row in rows:
             if str(row.get("Id", "")).removeprefix("sha256:") == want:
-                shared = max(0, int(row.get("SharedSize") or 0))
-                out.update({"image": int(row.get("Size") or size), "image.shared": shared,
-                            "image.unique": int(row.get("Size") or size) - shared})
+                total = int(row.get("Size") or size)
+                out["image"] = total
+                # SharedSize -1 (or none): the engine did not compute it: no split, not 0
+                if (shared := row.get("SharedSize")) is not None and int(shared) >= 0:
+                    out.update({"image.shared": int(shared),
+                                "image.unique": total - int(shared)})
                 break
         return out
 

@@ -8,6 +8,7 @@ and the pipes keep draining meanwhile (a workload that writes a lot never blocks
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import select
@@ -65,7 +66,7 @@ class PipedInstance(Instance):
     out: Stream | None = None
     err: Stream | None = None
     exited: bool = False
-    stopped: tuple[int, int] | None = None  # (code, when) of a stop that reaped it
+    stopped: tuple[int, int] | None = None  # (code, when) once reaped (stop, wait_exit)
 
     def streams(self) -> tuple[Stream, Stream]:
         if self.out is None or self.err is None:
@@ -154,7 +155,8 @@ def wait_pid(pid: int, pidfd: int, streams: list[Stream], timeout: float) -> tup
     """Wait for `pid` to exit while draining `streams`; return (status code, monotonic ns).
 
     The code is the exit status, or 128 + signal number for a killed process (as a shell
-    reports it). Raises InstanceError on timeout (the process is left to the caller).
+    reports it). Raises InstanceError on timeout (the process is left to the caller);
+    timeout 0 polls: it looks once.
     """
     deadline = time.monotonic() + timeout
     poller = select.poll()
@@ -165,9 +167,10 @@ def wait_pid(pid: int, pidfd: int, streams: list[Stream], timeout: float) -> tup
     t_exit = 0
     while not t_exit:
         left = deadline - time.monotonic()
-        if left <= 0:
+        events = poller.poll(max(0, math.ceil(left * 1000)))
+        if not events and left <= 0:
             raise InstanceError(f"the workload did not exit within {timeout:g} s")
-        for fd, _ev in poller.poll(max(1, int(left * 1000))):
+        for fd, _ev in events:
             if fd == pidfd:
                 t_exit = time.monotonic_ns()
                 continue
@@ -287,13 +290,14 @@ def exited(inst: PipedInstance, timeout: float,
            oom_killed: Callable[[], bool] | None = None) -> Exit:
     """wait_exit for a backend that is the parent of its workload process."""
     out, err = inst.streams()
-    if inst.stopped is not None:  # stop reaped it: what it wrote is still in the pipes
+    if inst.stopped is not None:  # reaped already: what it wrote is still in the pipes
         code, t = inst.stopped
         for s in (out, err):
             while not s.eof and s.fd >= 0 and readable(s.fd) and s.read_some():
                 pass
     else:
         code, t = wait_pid(inst.pid, inst.pidfd, [out, err], timeout)
+        inst.stopped = (code, t)  # reaped: asked again (a probe polled it), the same end
     inst.exited = True
     return Exit(code=code, t_ns=t, oom_killed=bool(oom_killed and oom_killed()),
                 stdout=bytes(out.data), stderr=bytes(err.data))

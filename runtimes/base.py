@@ -397,7 +397,11 @@ class Runtime(Protocol):
         """Block until the ready line is seen; return its arrival time (monotonic ns)."""
         ...
 
-    def wait_exit(self, inst: Instance, timeout: float) -> Exit: ...
+    def wait_exit(self, inst: Instance, timeout: float) -> Exit:
+        """Block until the workload exits; how it ended. InstanceError if it still runs
+        at the timeout; timeout 0 polls (a readiness probe asks whether the server is
+        gone). Asked again after the exit, the same end."""
+        ...
 
     def wait_output(self, inst: Instance, pattern: re.Pattern[bytes], timeout: float) -> int:
         """Block until a line of the workload's output (stdout or stderr; a VM's console)

@@ -9,7 +9,11 @@ The mapping of the InstanceSpec, the image import and the phases are those of
 Host processes of an instance: its containerd-shim-runc-v2 (one per container, found by
 `-id <container id>` on its command line) and everything below it, plus the container's
 memory cgroup (/sys/fs/cgroup/memory/docker/<id> with cgroupfs); dockerd and the
-containerd it supervises are the daemons, reported apart.
+containerd it supervises are the daemons, reported apart: each found by the process that
+listens on its socket (the client's socket; /run/docker/containerd/containerd.sock for a
+containerd dockerd runs itself, else /run/containerd/containerd.sock), else its systemd
+unit's MainPID (docker.service, containerd.service: a socket-activated dockerd's socket
+is systemd's), else its pid file (/run/docker.pid, /run/docker/containerd/containerd.pid).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, ClassVar
 
-from harness.core.probes.memory import pids_of
+from harness.core.probes.memory import daemon_pid, pids_of
 from runtimes._engine import Engine, daemon_rlimits
 from runtimes.ns.config import DEFAULT_CAPS
 
@@ -45,7 +49,12 @@ class DockerRuntime(Engine):
         return pids_of("containerd-shim", f" -id {cid}")
 
     def daemons(self) -> dict[str, list[int]]:
-        return {"dockerd": pids_of("dockerd"), "containerd": pids_of("containerd")}
+        dockerd = daemon_pid([self.socket_path], ["docker.service"], ["/run/docker.pid"])
+        containerd = daemon_pid(
+            ["/run/docker/containerd/containerd.sock", "/run/containerd/containerd.sock"],
+            ["containerd.service"], ["/run/docker/containerd/containerd.pid"])
+        return {"dockerd": [dockerd] if dockerd else [],
+                "containerd": [containerd] if containerd else []}
 
     def security(self) -> list[str]:
         # dockerd's defaults (moby oci/caps/defaults.go, oci/defaults.go): not in its API
@@ -54,7 +63,7 @@ class DockerRuntime(Engine):
                 "no_new_privs: no", "user namespace: no (no userns-remap)",
                 f"devices: {self.runtime}'s device cgroup from dockerd's default allow-list",
                 *(f"rlimits: none set, containerd's (pid {p}) inherited: {daemon_rlimits(p)}"
-                  for p in pids_of("containerd")[:1])]
+                  for p in self.daemons()["containerd"][:1])]
 
 
 if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor

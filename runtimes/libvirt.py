@@ -771,11 +771,11 @@ class LibvirtRuntime:
         deadline = time.monotonic() + timeout
         while not out.eof:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if _proc.readable(out.fd, max(0.0, left)):
+                out.read_some()
+            elif left <= 0:  # (timeout 0: one look, a poll)
                 raise InstanceError(f"the guest did not power off within {timeout:g} s "
                                     f"(console: {bytes(out.data[-300:])!r})")
-            if _proc.readable(out.fd, left):
-                out.read_some()
         while self._alive(inst):
             if time.monotonic() > deadline:
                 raise InstanceError("QEMU closed the console but the domain is still running")
@@ -839,8 +839,19 @@ class LibvirtRuntime:
         inst.exited = True
 
     def daemons(self) -> dict[str, list[int]]:
-        return {n: pids for n in ("libvirtd", "virtlogd", "virtlockd")
-                if (pids := memory.pids_of(n))}
+        """libvirtd (or the modular virtqemud) and virtlogd (QEMU's console log), each by
+        the process on its socket, its unit's MainPID or its pid file; virtlockd where
+        it runs (only with a lock manager configured)."""
+        out: dict[str, list[int]] = {}
+        for name, alt, needed in (("libvirtd", "virtqemud", True), ("virtlogd", "", True),
+                                  ("virtlockd", "", False)):
+            names = [n for n in (name, alt) if n]
+            pid = memory.daemon_pid(
+                [f"/run/libvirt/{'libvirt' if n == 'libvirtd' else n}-sock" for n in names],
+                [f"{n}.service" for n in names], [f"/run/{n}.pid" for n in names])
+            if pid or needed:
+                out[name] = [pid] if pid else []
+        return out
 
     def disk_usage(self, inst: Instance) -> int | None:
         """libvirt:disk: the allocated size of the instance's overlay (`qemu-img info`).

@@ -39,12 +39,13 @@ import os
 import subprocess
 import tomllib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import requests
 
 from harness.core.errors import BackendUnavailable, InstanceError
-from harness.core.probes.memory import pids_of
+from harness.core.probes.memory import daemon_pid, pids_of
 from runtimes._engine import Engine, daemon_rlimits
 from runtimes.base import RUN_LABEL, Leftover
 
@@ -177,9 +178,14 @@ class PodmanRuntime(Engine):
                           for p in self.daemons()["podman service"][:1])]
 
     def daemons(self) -> dict[str, list[int]]:
-        # by socket; a socket-activated service (systemd) has none on its command line
-        pids = pids_of("podman", self.socket_path) or pids_of("podman", "system service")
-        return {"podman service": pids}
+        # The process listening on the socket; a socket-activated service's socket is
+        # systemd's (podman.service's MainPID); the pid file scripts/provision.d/40-podman.sh
+        # writes for the service it starts (podman-service[-runc].pid for podman[-runc].sock).
+        stem = Path(self.socket_path).stem
+        pid = daemon_pid([self.socket_path],
+                         ["podman.service"] if stem == "podman" else [],
+                         [f"/run/cvbench/podman-service{stem.removeprefix('podman')}.pid"])
+        return {"podman service": [pid] if pid else []}
 
 
 if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor

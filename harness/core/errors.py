@@ -92,6 +92,10 @@ class CleanupError(BenchError):
         self.backend, self.failed, self.removed = backend, failed, list(removed or [])
         super().__init__(f"{backend}: could not remove {'; '.join(failed)}")
 
+class Unreadable(InstanceError):
+    """A figure could not be read (a file the harness may not read, an instance without a
+    host process, a daemon not found): the sample fails with why, never records a zero."""
+
 
 class ImageError(BenchError):
     """The workload image could not be built (missing binary, unreadable file)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
+from harness.core.errors import Unreadable
 
 # Facts that make a host what it is; volatile ones (load, free memory) stay out of the id.
 ID_KEYS = ("cpu_model", "cores", "mem_total_gib", "kernel", "distro", "cgroup_mode", "thp",
@@ -60,8 +61,12 @@ def meminfo() -> dict[str, int]:
 
 
 def mem_available() -> int:
-    """MemAvailable in bytes (what the kernel thinks can be allocated without swapping)."""
-    return meminfo().get("MemAvailable", 0)
+    """MemAvailable in bytes (what the kernel thinks can be allocated without swapping);
+    Unreadable on a kernel without it (before 3.14), never 0."""
+    info = meminfo()
+    if "MemAvailable" not in info:
+        raise Unreadable("/proc/meminfo has no MemAvailable")
+    return info["MemAvailable"]
 
 
 def _distro() -> str:

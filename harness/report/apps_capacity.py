@@ -11,8 +11,10 @@ on its cpuset is flagged), and the load generator runs elsewhere (it had its own
 here, and is not counted).
 
 Memory. Each instance costs its PSS under load (`<study>.pss_loaded`); the engine daemons
-under load (`<study>.daemon_pss_loaded`) are paid once per host. usable = memory × (1 −
-reserve); instances = (usable − daemons) ÷ (PSS + the workload memory given).
+under load (`<study>.daemon_pss_loaded`, 0 for a daemonless backend) are paid once per
+host. usable = memory × (1 − reserve); instances = (usable − daemons) ÷ (PSS + the
+workload memory given). A cell without either figure (or with a PSS of 0: no reading) is
+not planned around: the plan is refused, naming what is missing.
 
 The 95 % CIs come from the bootstrap CIs of the medians (per-core throughput, PSS); the
 smaller of the two counts binds. Cells are per backend, network mode and sub-case.
@@ -59,8 +61,8 @@ class AppCell:
     daemons: float  # once per host
     by_cpu: int
     by_cpu_ci: tuple[int, int]
-    by_memory: int | None  # None: no PSS under load was measured
-    by_memory_ci: tuple[int | None, int | None]
+    by_memory: int
+    by_memory_ci: tuple[int, int]
     instances: int
     binding: str
     notes: list[str] = field(default_factory=list)
@@ -135,22 +137,26 @@ def plan(docs: Sequence[Loaded], target: Target, rate: float | None) -> AppPlan:
     cores, where = _cores(mine)
     usable = target.usable
     cells = []
+    missing = []
     for c in data.cells(thr):
         mem = c.select(df)
         pss_v = mem[mem["metric"] == f"{study}.pss_loaded"]["value"].to_numpy(float)
-        daemons = float(np.median(mem[mem["metric"] == f"{study}.daemon_pss_loaded"]["value"]
-                                  .to_numpy(float))) if (mem["metric"] == f"{study}"
-                                                         ".daemon_pss_loaded").any() else 0.0
+        daemon_v = mem[mem["metric"] == f"{study}.daemon_pss_loaded"]["value"].to_numpy(float)
+        # A PSS of 0 is no reading (a process always has pages: an older result's failed
+        # read); the daemons' 0 is a daemonless backend's, recorded as such.
+        if not pss_v.size or not (pss_v > 0).all():
+            missing.append(f"{c.label()}: {study}.pss_loaded")
+        if not daemon_v.size:
+            missing.append(f"{c.label()}: {study}.daemon_pss_loaded")
+        if missing:
+            continue
+        daemons = float(np.median(daemon_v))
         pss = stats.summarize(pss_v)
-        per_inst = pss.median + target.workload_memory
         room = usable - daemons
-        by_mem: int | None = None
-        by_mem_ci: tuple[int | None, int | None] = (None, None)
-        if pss.n:
-            by_mem = _count(room / per_inst)
-            # More PSS, fewer instances: the CI's ends swap.
-            by_mem_ci = (_count(room / (pss.hi + target.workload_memory)),
-                         _count(room / (pss.lo + target.workload_memory)))
+        # More PSS, fewer instances: the CI's ends swap.
+        by_mem = _count(room / (pss.median + target.workload_memory))
+        by_mem_ci = (_count(room / (pss.hi + target.workload_memory)),
+                     _count(room / (pss.lo + target.workload_memory)))
         for sub in dict.fromkeys(c.select(thr)["sub"]):
             v = c.select(thr)
             v = v[v["sub"] == sub]["value"].to_numpy(float)
@@ -168,9 +174,7 @@ def plan(docs: Sequence[Loaded], target: Target, rate: float | None) -> AppPlan:
                 notes.append("VM emulated (TCG): its throughput says nothing of KVM")
             by_cpu = _count(target.cpus / need)
             by_cpu_ci = (_count(target.cpus * per.lo / want), _count(target.cpus * per.hi / want))
-            binding = "memory" if by_mem is not None and by_mem < by_cpu else "CPU"
-            if by_mem is None:
-                notes.append("no PSS under load measured: memory not planned")
+            binding = "memory" if by_mem < by_cpu else "CPU"
             label = data.Cell(c.backend, join_variant(c.variant, str(sub) or None),
                               c.dataset, c.kind, c.emulated, c.ram).label()
             cells.append(AppCell(
@@ -180,8 +184,10 @@ def plan(docs: Sequence[Loaded], target: Target, rate: float | None) -> AppPlan:
                 per_core=per.median, per_core_ci=(per.lo, per.hi), rate=want,
                 cores_needed=need, pss=pss.median, pss_ci=(pss.lo, pss.hi), daemons=daemons,
                 by_cpu=by_cpu, by_cpu_ci=by_cpu_ci, by_memory=by_mem, by_memory_ci=by_mem_ci,
-                instances=by_cpu if by_mem is None else min(by_cpu, by_mem),
-                binding=binding, notes=notes))
+                instances=min(by_cpu, by_mem), binding=binding, notes=notes))
+    if missing:
+        raise UsageError(f"{study}: no plan without what the samples did not read: "
+                         f"{'; '.join(missing)} (re-run the study)")
     hosts = sorted({f"{d.host.get('cores', '?')} cores, {d.host.get('mem_total_gib', '?')} GiB"
                     for _, d in mine})
     assumptions = [
@@ -218,7 +224,7 @@ def table(p: AppPlan) -> Table:
             f"{c.by_cpu:,} {_n(*c.by_cpu_ci)}",
             format_size(c.pss) if math.isfinite(c.pss) else "—",
             format_size(c.daemons) if c.daemons else "—",
-            "—" if c.by_memory is None else f"{c.by_memory:,} {_n(*c.by_memory_ci)}",
+            f"{c.by_memory:,} {_n(*c.by_memory_ci)}",
             f"{c.instances:,}", c.binding)
     return tab
 

@@ -56,7 +56,8 @@ def table(plan: Plan) -> Table:
             top,
             "—" if f is None else _mib(f.marginal),
             vs_host,
-            "—" if f is None else _mib(f.curve_fixed),
+            "—" if f is None else ("0 (held)" if "fixed cost" in f.held  # see the notes
+                                   else _mib(f.curve_fixed)),
             p95,
             "—" if lat is None or lat.knee is None else str(lat.knee),
             f"{_num(c.by_memory)} [{_num(c.by_memory_ci[0])}, {_num(c.by_memory_ci[1])}]",

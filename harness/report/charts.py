@@ -446,7 +446,7 @@ def memory(df: pd.DataFrame, look: Look) -> Figure | None:
     for c in cs:
         g = c.select(inst)
         rows.append((stats.summarize(g["pss"].to_numpy(float)),
-                     stats.summarize(g["daemon"].to_numpy(float)),
+                     stats.summarize(g["daemon"].dropna().to_numpy(float)),
                      int(g.groupby("round").size().median())))
     div, unit = _byte_scale(max(p.hi + d.hi for p, d, _ in rows))
     fig = look.figure(len(cs))

@@ -137,7 +137,7 @@ def verdict(lo: float, hi: float, better: str, margin: float = MARGIN) -> str:
 def _values(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Samples of `metric`, with the derived per-instance memory built on demand."""
     if metric == "memory.per_instance":
-        inst = data.per_instance_memory(df)
+        inst = data.per_instance_memory(df).dropna(subset=["total"])  # daemons unread
         return inst.assign(metric=metric, unit="B", value=inst["total"])
     return df[df["metric"] == metric]
 

@@ -344,8 +344,10 @@ def per_instance_memory(df: pd.DataFrame) -> pd.DataFrame:
 
     The daemons (dockerd + containerd, the podman service, libvirtd) serve every instance
     of their backend, so each instance carries daemon / N of them, N being the number of
-    instances sampled in that round of that cell. Backends without a daemon carry 0.
-    Columns: backend, variant, dataset, kind, emulated, writable_layer (when `df` has it),
+    instances sampled in that round of that cell. Backends without a daemon carry 0 (the
+    study records 0 for them); a round without a daemon reading has no daemon share and
+    no total (NaN: absent, not 0). Columns: backend, variant, dataset, kind, emulated,
+    writable_layer (when `df` has it),
     round, pss, daemon, total.
     """
     keys = ["backend", "variant", "dataset", "round"]
@@ -362,6 +364,6 @@ def per_instance_memory(df: pd.DataFrame) -> pd.DataFrame:
                *counts]].copy()
     out["pss"] = pss["value"].astype(float)
     out = out.join(daemon, on=keys)
-    out["daemon"] = out["daemon_total"].fillna(0.0) / n
+    out["daemon"] = out["daemon_total"] / n
     out["total"] = out["pss"] + out["daemon"]
     return out.drop(columns="daemon_total").reset_index(drop=True)

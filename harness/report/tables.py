@@ -68,7 +68,7 @@ def memory(df: pd.DataFrame) -> pd.DataFrame:
         row["n"] = len(g)
         row |= attempts(data.tally(g))
         for col in ("pss", "daemon", "total"):
-            s = stats.summarize(g[col].to_numpy(float))
+            s = stats.summarize(g[col].dropna().to_numpy(float))
             row |= {col: s.median, f"{col}_lo": s.lo, f"{col}_hi": s.hi}
         rows.append(row)
     return pd.DataFrame(rows)

@@ -6,7 +6,9 @@ Each sample creates the server's instance, waits until its port answers from the
 the instance only, and removes it: never two servers at once. While the measured load
 runs, the instance's PSS and its engine's daemons' PSS are sampled every
 `pss_interval` seconds; the peak of each is recorded (`<study>.pss_loaded`,
-`<study>.daemon_pss_loaded`): what `bench capacity` plans a loaded instance with.
+`<study>.daemon_pss_loaded`, 0 for a daemonless backend): what `bench capacity` plans a
+loaded instance with. A reading that fails (no process of the instance, a daemon not
+found by its socket or pid file) fails the sample: never a 0.
 
 Network (the scenario's `network`, usually a variant): bridge = the instance's own
 address; publish = the instance on its bridge, reached at a port published on the
@@ -93,19 +95,23 @@ def free_ports(n: int) -> list[int]:
 
 class PeakPss:
     """The peak PSS of an instance and of its engine's daemons, sampled by a thread
-    every `interval` seconds while the body runs."""
+    every `interval` seconds while the body runs; None until a reading (a read that
+    fails is `error`, never a 0)."""
 
     def __init__(self, rt: Runtime, inst: Instance, interval: float) -> None:
         self.rt, self.inst, self.interval = rt, inst, interval
-        self.daemon_pids = [pid for pids in rt.daemons().values() for pid in pids]
-        self.instance = self.daemons = 0
+        self.daemon_pids = life.daemon_pids(rt)
+        self.instance: int | None = None
+        self.daemons: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.error: Exception | None = None
 
     def _take(self) -> None:
-        self.instance = max(self.instance, self.rt.stats(self.inst).pss)
-        self.daemons = max(self.daemons, processes_memory(self.daemon_pids).pss)
+        pss = life.memory_of(self.rt, self.inst).pss
+        daemons = processes_memory(self.daemon_pids).pss
+        self.instance = max(self.instance or 0, pss)
+        self.daemons = max(self.daemons or 0, daemons)
 
     def _run(self) -> None:
         while True:
@@ -172,12 +178,13 @@ class ServerStudy:
             with PeakPss(rt, inst, float(p["pss_interval"])) as pss:
                 figures = self.load(ctx, addr, target, p, float(p.get("duration", 0)),
                                     warm=False)
-            if pss.error is not None:
-                raise InstanceError(f"{self.name}: memory under load: {pss.error}")
+            if pss.error is not None or pss.instance is None or pss.daemons is None:
+                raise InstanceError(f"{self.name}: memory under load: "
+                                    f"{pss.error or 'not read'}")
+            figures += [Measurement(f"{self.name}.pss_loaded", pss.instance),
+                        Measurement(f"{self.name}.daemon_pss_loaded", pss.daemons)]
         extra: dict[str, Any] = {"cpuset": cell.config.limits.cpuset,
                                  "client_cpuset": str(p["client_cpuset"])}
         if scale != 1:
             extra["time_scale"] = scale
-        figures += [Measurement(f"{self.name}.pss_loaded", pss.instance),
-                    Measurement(f"{self.name}.daemon_pss_loaded", pss.daemons)]
         return [replace(m, extra=extra) for m in figures]

@@ -80,6 +80,7 @@ from harness.core.probes.timing import now_ns
 from harness.core.units import format_size, parse_size
 from harness.runner import Cell, Context, Measurement
 from harness.scenario import Scenario
+from harness.studies import _lifecycle as life
 from runtimes import registry
 from runtimes.base import Instance
 
@@ -206,7 +207,7 @@ class Ramp:
         return len(self.live)
 
     def _daemon_pids(self) -> list[int]:
-        return [pid for pids in self.cell.runtime.daemons().values() for pid in pids]
+        return life.daemon_pids(self.cell.runtime)
 
     @property
     def per_instance(self) -> int:
@@ -314,7 +315,7 @@ class Ramp:
         pss = uss = cgroup = 0
         all_cgroups = True
         for inst in self.live:
-            st = rt.stats(inst)
+            st = life.memory_of(rt, inst)
             pss, uss = pss + st.pss, uss + st.uss
             if st.cgroup is None:
                 all_cgroups = False
@@ -323,13 +324,14 @@ class Ramp:
         daemons = self._daemon_pids()
         daemon = processes_memory(daemons).pss
         info = hostinfo.meminfo()
-        avail = info.get("MemAvailable", 0)
-        kernel = sum(info.get(k, 0) for k in KERNEL_FIELDS)
+        avail = hostinfo.mem_available()
         self.usage, self.usage_at = limits.usage(daemons), n
         if not n:
             self.usage0 = dict(self.usage)
+        if all(k in info for k in KERNEL_FIELDS):  # else absent: not a partial sum
+            self.out.append(Measurement("density.kernel_mem",
+                                        sum(info[k] for k in KERNEL_FIELDS), instance=n))
         self.out += [Measurement("density.mem_available", avail, instance=n),
-                     Measurement("density.kernel_mem", kernel, instance=n),
                      Measurement("density.pss_total", pss, instance=n),
                      Measurement("density.uss_total", uss, instance=n),
                      Measurement("density.daemon_pss", daemon, instance=n)]

@@ -14,10 +14,13 @@ per instance, from the backend's `stats()`:
                  in bytes: guest_used, guest_total, guest_ram...)
 
 and once per sample, `memory.daemon`: the PSS of the engine's daemons (dockerd and
-containerd, the podman service, libvirtd), 0 for daemonless backends. It is kept apart
-from the instances', never hidden in them; to amortise it per instance, divide it by the
-number of `memory.pss` rows of the same sample (backend, variant, round), which is
-`instances`.
+containerd, the podman service, libvirtd; found by their sockets or pid files), 0 for
+daemonless backends. It is kept apart from the instances', never hidden in them; to
+amortise it per instance, divide it by the number of `memory.pss` rows of the same
+sample (backend, variant, round), which is `instances`.
+
+A figure that cannot be read (no host process of an instance, a daemon not found, a file
+the harness may not read) fails the sample with why: never a 0.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class Memory:
             time.sleep(float(p["settle"]))
             out: list[Measurement] = []
             for i, inst in enumerate(started):
-                st = rt.stats(inst)
+                st = life.memory_of(rt, inst)
                 out += [Measurement("memory.pss", st.pss, instance=i),
                         Measurement("memory.uss", st.uss, instance=i),
                         Measurement("memory.rss", st.rss, instance=i)]
@@ -65,8 +68,8 @@ class Memory:
                     out.append(Measurement("memory.cgroup", st.cgroup, instance=i))
                 out += [Measurement(f"memory.{k}", v, instance=i, unit="B")
                         for k, v in guest_view(st.extra).items()]
-            daemon_pids = [pid for pids in rt.daemons().values() for pid in pids]
-            out.append(Measurement("memory.daemon", processes_memory(daemon_pids).pss))
+            out.append(Measurement("memory.daemon",
+                                   processes_memory(life.daemon_pids(rt)).pss))
             return out
         finally:
             for inst in started:

@@ -33,17 +33,18 @@ import functools
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 from harness.core.errors import InstanceError, NotApplicable
+from harness.core.probes import serving
 from harness.core.probes.io import parse_json, sections
 from harness.runner import Cell, Context, Measurement
 from harness.studies import _lifecycle as life
 from harness.studies._server import free_ports
+from runtimes.base import Instance
 
 BEGIN, END = "CVBENCH-NET-BEGIN", "CVBENCH-NET-END"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -170,7 +171,7 @@ class Network:
                     raise InstanceError(f"network: {cell.backend} gives no address for an "
                                         f"instance with network {mode}")
                 clients = {t: {"path": host_tool(t)} for t in TOOLS}
-                lat_text, bw_text = self.from_host(ctx, addr, fmt, clients)
+                lat_text, bw_text = self.from_host(ctx, cell, inst, addr, fmt, clients)
             if digest not in self.server_versions:
                 self.server_versions[digest] = self.ask_versions(ctx, cell)
         lat = sockperf_latency(lat_text)
@@ -198,11 +199,15 @@ class Network:
         life.finish(ctx, cell, inst)
         return image_versions(life.text(ex.stdout))
 
-    def from_host(self, ctx: Context, addr: str, fmt: dict[str, Any],
-                  clients: dict[str, dict[str, str]]) -> tuple[str, str]:
+    def from_host(self, ctx: Context, cell: Cell, inst: Instance, addr: str,
+                  fmt: dict[str, Any], clients: dict[str, dict[str, str]]) -> tuple[str, str]:
         """Run the clients (the host's tools, `clients[tool]["path"]`) against the
-        instance's servers at `addr`."""
-        _wait_listening(addr, fmt["lat_port"], ctx.timeout)
+        instance's servers at `addr`, once the latency server listens (a server that died
+        fails the sample at once)."""
+        listening = serving.Readiness("tcp", port=fmt["lat_port"])
+        if serving.poll(listening, addr, 0.1, time.monotonic() + ctx.timeout,
+                        life.ended(cell.runtime, inst)) is None:
+            raise InstanceError(f"network: nothing listens on {addr}:{fmt['lat_port']}")
         dur = fmt["duration"]
         lat = _run([clients["sockperf"]["path"], "pp", "--tcp", "-i", addr, "-p",
                     str(fmt["lat_port"]), "-t", str(dur), "-m", str(fmt["message"])],
@@ -214,18 +219,6 @@ class Network:
                 break
             time.sleep(0.3)
         return lat, bw
-
-
-def _wait_listening(addr: str, port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((addr, port), timeout=1):
-                return
-        except OSError as e:
-            if time.monotonic() > deadline:
-                raise InstanceError(f"network: nothing listens on {addr}:{port}: {e}") from e
-            time.sleep(0.1)
 
 
 def _run(argv: list[str], timeout: float, check: bool = True) -> str:

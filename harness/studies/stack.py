@@ -57,6 +57,7 @@ from harness.core.probes import loadgen, memory, serving
 from harness.core.probes.timing import now_ns
 from harness.runner import Cell, Context, Measurement
 from harness.scenario import Scenario, Service, Workload
+from harness.studies import _lifecycle as life
 from harness.studies._server import run_tool
 from runtimes.base import Exec, Exit, Instance, Limits, Mount, Networks, Runtime
 
@@ -206,7 +207,12 @@ class Stack:
         address = self.rt.address(inst)
         if address is None:
             raise InstanceError(f"{r.name}: {probe}: no address the host can reach")
-        return time.monotonic_ns() if serving.answers(probe, address) else None
+        if serving.answers(probe, address):
+            return time.monotonic_ns()
+        if (why := life.ended(self.rt, inst)()) is not None:  # gone: no use waiting
+            raise InstanceError(f"service {r.name}: {probe}: the instance {why}, before it "
+                                "answered", self.logs())
+        return None
 
     def exec(self, inst: Instance, argv: Sequence[str], w: Workload, timeout: float,
              detach: bool = False) -> Exit:
@@ -357,7 +363,7 @@ class PerService(Stack):
         out: list[Measurement] = []
         pids: set[int] = set()
         for r in self.services.values():
-            st = self.rt.stats(self.where(r))
+            st = life.memory_of(self.rt, self.where(r))
             pids.update(st.pids)
             out += [Measurement("stack.memory.pss", st.pss, variant=sub(r.name)),
                     Measurement("stack.memory.uss", st.uss, variant=sub(r.name))]
@@ -402,7 +408,7 @@ class SingleVm(Stack):
         return self.vm
 
     def memory(self) -> list[Measurement]:
-        return _totals(self.rt.stats(self.vm))
+        return _totals(life.memory_of(self.rt, self.vm))
 
 
 class StackStudy:
@@ -465,9 +471,8 @@ class StackStudy:
                 out.append(Measurement("stack.vm_boot", (booted - t0) * 1e-9))
             out += self._load(ctx, stack, cfg.front, self._request(ctx, stack, cfg.front))
             out += stack.memory()
-            daemons = [p for pids in rt.daemons().values() for p in pids]
             out.append(Measurement("stack.memory.daemon",
-                                   memory.processes_memory(daemons).pss if daemons else 0))
+                                   memory.processes_memory(life.daemon_pids(rt)).pss))
             out += self._disk(stack)
         except BaseException as e:
             try:
@@ -537,10 +542,13 @@ class StackStudy:
         used = {stack.cell.images[UNION].ref: stack.cell.images[UNION]} \
             if isinstance(stack, SingleVm) else \
             {stack.cell.images[n].ref: stack.cell.images[n] for n in stack.services}
-        out = [Measurement("stack.disk.image", sum(p.footprint.get("image", 0)
-                                                   for p in used.values()))]
+        out = []
+        if all("image" in p.footprint for p in used.values()):  # a part unread: no sum
+            out.append(Measurement("stack.disk.image",
+                                   sum(p.footprint["image"] for p in used.values())))
         sizes = [stack.rt.disk_usage(i) for i in stack.instances]
         if any(s is not None for s in sizes):
+            # (None: an instance without a writable layer on disk, by the protocol: 0 bytes)
             out.append(Measurement("stack.disk.instance", sum(s or 0 for s in sizes)))
         return out
 

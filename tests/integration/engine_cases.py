@@ -7,6 +7,7 @@ lock) and removes it; `own_leftovers` proves nothing of the run is left.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -185,6 +186,9 @@ class EngineCases:
             rt.remove(inst)  # idempotent
         daemons = rt.daemons()
         assert daemons and all(daemons.values()), daemons
+        for name, pids in daemons.items():  # found by socket or pid file: the real binary
+            exe = Path(os.readlink(f"/proc/{pids[0]}/exe")).name
+            assert exe == name.split()[0], (name, pids, exe)
         assert rt.traits().settings["daemons"]
 
     def test_leftovers_and_gc_of_a_dead_run(self, engine: tuple[Engine, Prepared],

@@ -178,7 +178,11 @@ def test_prepare_footprint_is_qemu_img_info(rt: Any, prepared: Prepared) -> None
         assert prepared.details["disks"][fmt]["virtual_size"] == info["virtual-size"]
     traits = rt.traits()
     assert traits.accel in ("kvm", "tcg") and traits.emulated == (traits.accel != "kvm")
-    assert "libvirtd" in rt.daemons()
+    daemons = rt.daemons()
+    assert daemons["libvirtd"] and daemons["virtlogd"], daemons
+    for name, pids in daemons.items():  # found by socket or pid file: the real binary
+        exe = Path(os.readlink(f"/proc/{pids[0]}/exe")).name
+        assert exe in (name, "virtqemud"), (name, pids, exe)
 
 
 @pytest.mark.parametrize("backend", ["libvirt", "libvirt:microvm", "libvirt:disk"])

@@ -26,8 +26,9 @@ class FakeRuntime:
 
     def __init__(self, name: str = "fake", delay: float = 0.0, fail_every: int = 0,
                  traits: Traits | None = None, addr: str | None = None,
-                 output: bytes = b"") -> None:
+                 output: bytes = b"", ended: Exit | None = None) -> None:
         self.name = name
+        self.ended = ended  # how every instance's workload ended at once; None: it runs
         self.addr = addr  # what address() says
         self.output = output  # the workload's output, all there at once
         self._traits = traits or Traits(kind="container", settings={"fake": True})
@@ -62,6 +63,10 @@ class FakeRuntime:
         return time.monotonic_ns()
 
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
+        if self.ended is not None:
+            return self.ended
+        if timeout <= 0:  # a poll of a workload that runs until waited for
+            raise InstanceError("the workload did not exit within 0 s")
         return Exit(code=0, t_ns=time.monotonic_ns())
 
     def wait_output(self, inst: Instance, pattern: re.Pattern[bytes], timeout: float) -> int:
@@ -70,7 +75,7 @@ class FakeRuntime:
         raise InstanceError(f"no line matched {pattern.pattern!r}")
 
     def stats(self, inst: Instance) -> Stats:
-        return Stats(pids=(), pss=1, uss=1, rss=1)
+        return Stats(pids=(1,), pss=1, uss=1, rss=1)  # (a pid: the instance has a process)
 
     def stop(self, inst: Instance, grace: float = 2.0) -> None:
         pass

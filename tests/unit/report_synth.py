@@ -122,9 +122,8 @@ def memory_samples(rng: np.random.Generator, rounds: int = 5, instances: int = 4
                 out.append(_s(b, "default", "memory.uss", "B", pss * 0.8, r, i))
                 out.append(_s(b, "default", "memory.rss", "B", pss * 1.6, r, i))
                 out.append(_s(b, "default", "memory.cgroup", "B", pss * 1.3, r, i))
-            if b in DAEMON:
-                out.append(_s(b, "default", "memory.daemon", "B",
-                              DAEMON[b] * rng.lognormal(0, 0.02), r))
+            out.append(_s(b, "default", "memory.daemon", "B",  # 0: daemonless, as recorded
+                          DAEMON[b] * rng.lognormal(0, 0.02) if b in DAEMON else 0.0, r))
     return out
 
 
@@ -173,6 +172,8 @@ def density_samples(rng: np.random.Generator, steps: int = 8, rounds: int = 2
             for n in range(1, steps + 1):
                 pss = DAEMON.get(b, 0) * 0 + PSS[b] * n * rng.lognormal(0, 0.02)
                 out.append(_s(b, "default", "density.pss_total", "B", pss, r, n))
+                out.append(_s(b, "default", "density.daemon_pss", "B",  # 0: daemonless
+                              DAEMON.get(b, 0), r, n))
                 out.append(_s(b, "default", "density.mem_available", "B",
                               avail0 - 1.2 * pss - DAEMON.get(b, 0), r, n))
                 lat = TO_READY[b] * (1 + max(0, n - 5) * 0.3) * rng.lognormal(0, 0.05)
@@ -352,9 +353,9 @@ def app_samples(rng: np.random.Generator, study: str, rounds: int = 8,
                         out.append({**_s(b, f"{v},{sub}", m, u, x, r), "sub": sub})
                 out.append(_s(b, v, f"{study}.pss_loaded", "B",
                               APP_PSS[b] * rng.lognormal(0, 0.02), r))
-                if b in DAEMON:
-                    out.append(_s(b, v, f"{study}.daemon_pss_loaded", "B",
-                                  DAEMON[b] * rng.lognormal(0, 0.02), r))
+                # (0 for a daemonless backend, as the study records it)
+                out.append(_s(b, v, f"{study}.daemon_pss_loaded", "B",
+                              DAEMON[b] * rng.lognormal(0, 0.02) if b in DAEMON else 0.0, r))
     return [{**x, **(placement or {})} for x in out]
 
 

@@ -122,3 +122,65 @@ def test_command_line(http: Path, tmp_path: Path) -> None:
     run = CliRunner().invoke(cli.cli, ["capacity", str(density), "--host-memory", "64G",
                                        "--host-cpus", "32", "--rate", "5"])
     assert run.exit_code == 2 and "application results only" in run.output
+
+
+def _hand_made(tmp_path: Path, pss: list[float] | None = None,
+               daemons: list[float] | None = None) -> Path:
+    """docker on cpuset 0-1 (2 cores) served 9000, 10000, 11000 req/s; 100 MiB PSS under
+    load and 200 MiB of daemons in each sample (unless given)."""
+    MiB = 2**20
+    pss = [100 * MiB] * 3 if pss is None else pss
+    daemons = [200 * MiB] * 3 if daemons is None else daemons
+    samples: list[dict[str, object]] = []
+    for r, rps in enumerate((9000.0, 10000.0, 11000.0)):
+        samples.append({"backend": "docker", "variant": "network=bridge,small", "sub": "small",
+                        "metric": "http.rps", "unit": "req/s", "value": rps, "round": r})
+    samples += [{"backend": "docker", "variant": "network=bridge", "metric": "http.pss_loaded",
+                 "unit": "B", "value": v, "round": r} for r, v in enumerate(pss)]
+    samples += [{"backend": "docker", "variant": "network=bridge", "unit": "B", "round": r,
+                 "metric": "http.daemon_pss_loaded", "value": v} for r, v in enumerate(daemons)]
+    return synth.write_result(tmp_path, "http", samples, synth.BACKENDS,
+                              config={"limits": {"cpuset": "0-1"}})
+
+
+@pytest.mark.parametrize(("rate", "workload", "by_cpu", "by_memory", "binding"), [
+    # 10000 req/s on 2 cores: 5000 per core; 2500 each needs 0.5 core: 16 cores hold 32.
+    # Memory: 8 GiB x 0.9 = 7372.8 MiB, less 200 MiB of daemons, / 100 MiB = 71.7 -> 71.
+    ("2500", "0", 32, 71, "CPU"),
+    # 500 each needs 0.1 core: 160 by CPU; memory binds at 71.
+    ("500", "0", 160, 71, "memory"),
+    # 28 MiB of workload memory each: 7172.8 / 128 = 56.04 -> 56.
+    ("500", "28M", 160, 56, "memory"),
+])
+def test_a_plan_at_a_rate_matches_the_hand_computed_count(
+        tmp_path: Path, rate: str, workload: str, by_cpu: int, by_memory: int,
+        binding: str) -> None:
+    path = _hand_made(tmp_path)
+    run = CliRunner().invoke(cli.cli, ["capacity", str(path), "--host-memory", "8G",
+                                       "--host-cpus", "16", "--rate", rate,
+                                       "--workload-memory", workload, "--json"])
+    assert run.exit_code == 0, run.output
+    [c] = json.loads(run.output)["cells"]
+    assert (c["by_cpu"], c["by_memory"], c["binding"]) == (by_cpu, by_memory, binding)
+    assert c["instances"] == min(by_cpu, by_memory)
+    assert c["cores_needed"] == pytest.approx(int(rate) / 5000)
+
+
+@pytest.mark.parametrize(("pss", "daemons", "named"), [
+    ([], None, "http.pss_loaded"),
+    ([0.0, 0.0, 0.0], None, "http.pss_loaded"),  # a failed read of an older result
+    (None, [], "http.daemon_pss_loaded"),  # was taken as 0: more instances planned
+])
+def test_a_plan_without_its_memory_inputs_is_refused_naming_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], pss: list[float] | None,
+        daemons: list[float] | None, named: str) -> None:
+    path = _hand_made(tmp_path, pss, daemons)
+    with pytest.raises(UsageError, match=f"docker .*: {named}"):
+        apps_capacity.plan([(str(path), results.load_result(path))],
+                           Target(memory=8 * GiB, cpus=16), rate=2500)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["capacity", str(path), "--host-memory", "8G", "--host-cpus", "16",
+                  "--rate", "2500"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and named in err, err
+    assert len(err.strip().splitlines()) == 1

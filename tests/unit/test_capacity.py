@@ -126,9 +126,57 @@ def test_marginal_indistinguishable_from_zero_is_unbounded_above() -> None:
                ramp("ns", r, 10, pss_fixed=MIB, pss_marginal=1000, noise=0.3 * MIB, seed=2)]
     c = cell(cap.analyse([("a.json", doc(samples))], target(basis="pss")), "ns")
     f = c.fits["pss"]
-    assert f.marginal_ci[0] < 0 < f.marginal_ci[1]
+    assert f.marginal_ci[0] == 0 < f.marginal_ci[1]  # bounded: a negative cost is none
     assert c.by_memory_ci[1] is None  # some draws have no positive marginal: no bound
     assert any("not distinguishable from 0" in n for n in c.notes)
+
+
+def test_a_fitted_cost_below_zero_is_held_at_zero_and_said() -> None:
+    """A convex cost, 0.02 n^1.5 MiB (no fixed cost): the unbounded parabola and line
+    through its points cross 0 before n = 1 (computed here with numpy alone). The fit
+    holds the fixed cost at 0, the plan says it is not resolved, and the marginal at the
+    top stays near the cost's (0.03 sqrt(200) = 0.424 MiB)."""
+    def cost(n: int) -> float:
+        return 0.02 * n**1.5 * MIB
+
+    samples = [s for r in (1, 2) for s in ramp("ns", r, 200, 0.0, 0.0)]
+    for s in samples:  # the cost itself, not ramp()'s line
+        if s["metric"] == "density.pss_total" and s["instance"]:
+            s["value"] = cost(s["instance"])
+    n = np.arange(1, 201, dtype=float)
+    u = n / 200
+    y = np.array([cost(int(k)) for k in n])
+    parabola = np.linalg.lstsq(np.stack([np.ones_like(u), u, u * u], 1), y, rcond=None)[0]
+    line = np.linalg.lstsq(np.stack([np.ones_like(u), u], 1), y, rcond=None)[0]
+    assert parabola[0] < -MIB and line[0] < -5 * MIB  # the ramp this test is about
+    plan = cap.analyse([("a.json", doc(samples))], target(basis="pss"))
+    c = cell(plan, "ns")
+    f = c.fits["pss"]
+    assert f.model == "quadratic" and f.curve is not None
+    assert f.curve_fixed == 0 and f.fixed == 0 and f.fixed_ci[0] == 0
+    assert "fixed cost" in f.held and "fixed cost" in f.line_held
+    assert (f.curve_draws is not None and
+            (np.asarray(f.curve_draws.coefs)[:, :2] >= 0).all())  # every bootstrap draw too
+    # (a parabola only approximates n^1.5: the unbounded one is 7 % high at the top)
+    assert f.marginal_top == pytest.approx(0.03 * math.sqrt(200) * MIB, rel=0.15)
+    assert any("held at 0: not resolved by this ramp" in note for note in c.notes)
+    shown = cap.as_json(plan)["backends"][0]["memory"]["pss"]
+    assert shown["curve_fixed_mib"] == 0 and shown["held_at_0"] == ["fixed cost"]
+
+
+def test_a_plan_without_the_daemons_memory_is_refused_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A ramp that did not read its daemons: they were taken as 0 (more instances)."""
+    samples = [s for s in ramp("docker", 1, 10, MIB, MIB, daemon=90 * MIB)
+               if s["metric"] != "density.daemon_pss"]
+    with pytest.raises(UsageError, match=r"docker: density\.daemon_pss"):
+        cap.analyse([("a.json", doc(samples))], target(basis="pss"))
+    path = write(tmp_path, doc(samples))
+    with pytest.raises(SystemExit) as e:
+        main(["capacity", str(path), "--host-memory", "64G", "--host-cpus", "16"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "density.daemon_pss" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_workload_memory_and_reserve_enter_the_count() -> None:

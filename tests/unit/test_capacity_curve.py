@@ -39,6 +39,7 @@ def ramp(backend: str, rnd: int, top: int, cost: Cost, noise: float = 0.0,
         pss = float(cost(np.array([n]))[0]) + (rng.normal(0, noise) if n else 0.0)
         add("density.pss_total", "B", n, pss if n else 0.0)
         add("density.kernel_mem", "B", n, 300 * MIB)
+        add("density.daemon_pss", "B", n, 0.0)  # daemonless, as the study records it
         add("density.mem_available", "B", n, 20 * GIB - (pss if n else 0.0))
         for name, per in (counters or {}).items():
             add(f"density.{name}", "count", n, 200 + per * n)

@@ -45,7 +45,7 @@ class SlowFake(FakeRuntime):
         super().remove(inst)
 
     def stats(self, inst: Instance) -> Stats:
-        return Stats(pids=(), pss=MIB, uss=MIB // 2, rss=2 * MIB, cgroup=2 * MIB)
+        return Stats(pids=(1,), pss=MIB, uss=MIB // 2, rss=2 * MIB, cgroup=2 * MIB)
 
     def daemons(self) -> dict[str, list[int]]:
         return {}
@@ -56,7 +56,8 @@ class FakeHost:
         self.avail, self.used = avail, 0
 
     def meminfo(self) -> dict[str, int]:
-        return {"MemAvailable": self.avail - self.used, "SUnreclaim": 100 * MIB}
+        return {"MemAvailable": self.avail - self.used, "SUnreclaim": 100 * MIB,
+                "KernelStack": 4 * MIB, "PageTables": 2 * MIB, "Percpu": MIB}
 
 
 @pytest.fixture

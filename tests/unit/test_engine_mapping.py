@@ -138,3 +138,27 @@ def test_podman_ulimits_found_in_containers_conf(monkeypatch: pytest.MonkeyPatch
     assert not nofile_configured()
     conf.write_text('[containers]\ndefault_ulimits = ["nofile=20000:20000"]\n')
     assert nofile_configured()
+
+
+class _Df:
+    def __init__(self, rows: list[dict[str, object]]) -> None:
+        self.rows = rows
+
+    def df(self) -> dict[str, object]:
+        return {"Images": self.rows}
+
+
+@pytest.mark.parametrize(("info", "rows", "expected"), [
+    ({"Id": "sha256:ab", "Size": 100}, [{"Id": "sha256:ab", "Size": 100, "SharedSize": 30}],
+     {"image": 100, "image.shared": 30, "image.unique": 70}),
+    # SharedSize -1: the engine did not compute it (was read as 0 shared, all unique)
+    ({"Id": "sha256:ab", "Size": 100}, [{"Id": "sha256:ab", "Size": 100, "SharedSize": -1}],
+     {"image": 100}),
+    ({"Id": "sha256:ab"}, [], {}),  # no size reported: absent, not an image of 0 bytes
+])
+def test_an_image_footprint_the_engine_did_not_report_is_absent(
+        info: dict[str, object], rows: list[dict[str, object]],
+        expected: dict[str, int]) -> None:
+    rt = DockerRuntime()
+    rt._client = _Df(rows)  # type: ignore[assignment]
+    assert rt._footprint(info) == expected

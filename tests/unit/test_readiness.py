@@ -15,11 +15,12 @@ import pytest
 
 from harness import scenario, studies, validate
 from harness.core import image
-from harness.core.errors import InstanceError, ScenarioError
+from harness.core.errors import InstanceError, ReadyTimeout, ScenarioError
 from harness.core.probes import serving
 from harness.core.probes.timing import Timeline
 from harness.runner import Cell, Context
 from harness.studies import _lifecycle as life
+from runtimes.base import Exit
 from tests.unit.fakes import FakeRuntime
 
 
@@ -73,7 +74,8 @@ Server = tuple[int, list[int]]
 @pytest.fixture
 def late() -> Iterator[Callable[[], Server]]:
     """Starts an HTTP server on 127.0.0.1 that listens 0.3 s later: its port, and a list
-    that gets the monotonic ns at which it listened."""
+    that gets the monotonic ns just before its listen() and just after it, taken by the
+    server itself (a connect can complete from the moment listen() runs)."""
     servers: list[http.server.HTTPServer] = []
     threads: list[threading.Thread] = []
 
@@ -83,7 +85,11 @@ def late() -> Iterator[Callable[[], Server]]:
 
         def serve() -> None:
             time.sleep(0.3)
-            srv = http.server.HTTPServer(("127.0.0.1", port), _Handler)
+            srv = http.server.HTTPServer(("127.0.0.1", port), _Handler,
+                                         bind_and_activate=False)
+            srv.server_bind()
+            listened.append(time.monotonic_ns())
+            srv.server_activate()  # listen()
             listened.append(time.monotonic_ns())
             servers.append(srv)
             srv.serve_forever(poll_interval=0.05)
@@ -107,17 +113,35 @@ def late_server(late: Callable[[], Server]) -> Server:
 
 
 @pytest.mark.parametrize("kind", ["tcp", "http"])
-def test_poll_answers_within_one_interval_of_the_server_listening(
-        late_server: tuple[int, list[int]], kind: str) -> None:
+def test_poll_answers_at_the_first_attempt_after_the_server_listens(
+        late_server: tuple[int, list[int]], kind: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked against the server's own clock: no answer before it called listen(),
+    and (tcp: the kernel completes the handshake from then on) the first attempt that
+    began after listen() returned is the one that answers. No wall-clock bound."""
     port, listened = late_server
-    interval = 0.05
+    attempts: list[tuple[int, bool]] = []  # (when it began, whether it answered)
+    real = serving.answers
+
+    def counted(r: serving.Readiness, address: str, timeout: float = 1.0) -> bool:
+        began = time.monotonic_ns()
+        ok = real(r, address, timeout)
+        attempts.append((began, ok))
+        return ok
+
+    monkeypatch.setattr(serving, "answers", counted)
     probe = serving.parse(f"{kind}:{port}" + ("/" if kind == "http" else ""))
     t0 = time.monotonic_ns()
-    answered = serving.poll(probe, "127.0.0.1", interval, time.monotonic() + 10)
-    assert answered is not None and listened
-    assert answered >= listened[0] > t0
-    # the first attempt after the server listens answers: one interval, plus the answer
-    assert (answered - listened[0]) / 1e9 < interval + 0.25
+    answered = serving.poll(probe, "127.0.0.1", 0.05, time.monotonic() + 30)
+    assert answered is not None and len(listened) == 2
+    before_listen, after_listen = listened
+    assert t0 < before_listen <= answered
+    if kind == "http":  # an answer needs the server's loop, which runs after listen()
+        assert answered >= after_listen
+    assert all(not ok for began, ok in attempts if began < before_listen)
+    assert attempts[-1][1] and sum(ok for _, ok in attempts) == 1
+    if kind == "tcp":  # no attempt that began after listen() went unanswered
+        assert [ok for began, ok in attempts if began >= after_listen] == [True], attempts
 
 
 def test_http_needs_a_2xx_or_3xx(late_server: tuple[int, list[int]]) -> None:
@@ -190,7 +214,8 @@ def test_log_probe_reads_the_workload_output(tmp_path: Path) -> None:
     assert life.serve(ctx, cell, inst, time.monotonic() + 5) is not None
     quiet = FakeRuntime(output=b"starting\n")
     cell = _cell(tmp_path, quiet, "log:ready to accept")
-    with pytest.raises(InstanceError, match="no line matched"):
+    # (its output over without the line, the fake's workload exits when waited for)
+    with pytest.raises(InstanceError, match=r"exited with status 0.*before a line matched"):
         life.serve(ctx, cell, quiet.create(ctx.spec(cell), cell.prepared),
                    time.monotonic() + 5)
 
@@ -225,3 +250,31 @@ def test_probe_interval_is_recorded(tmp_path: Path) -> None:
     assert scen.as_dict()["workload"]["probe_interval"] == 0.005
     with pytest.raises(ScenarioError, match="probe_interval"):
         scenario.parse({"name": "t", "workload": {"probe_interval": 0}}, "t.toml")
+
+
+def test_a_probe_stops_when_its_instance_is_gone() -> None:
+    asked: list[int] = []
+
+    def ended() -> str | None:
+        asked.append(1)
+        return None if len(asked) < 3 else "exited with status 3: 'no config'"
+
+    with pytest.raises(InstanceError) as exc:
+        serving.poll(serving.parse(f"tcp:{_free_port()}"), "127.0.0.1", 0.01,
+                     time.monotonic() + 600, ended)
+    assert len(asked) == 3
+    assert "exited with status 3" in str(exc.value) and "no config" in str(exc.value)
+    assert "timeout" not in str(exc.value)
+
+
+@pytest.mark.parametrize("readiness", ["tcp:{port}", "http:{port}/", "log:listening"])
+def test_a_dead_server_fails_its_probe_with_its_exit(tmp_path: Path, readiness: str) -> None:
+    dead = Exit(code=3, t_ns=time.monotonic_ns(), stderr=b"bad option --nope\n")
+    rt = FakeRuntime(addr="127.0.0.1", ended=dead, output=b"starting\n")
+    cell = _cell(tmp_path, rt, readiness.format(port=_free_port()))
+    ctx = Context("abcdef0123", 600)
+    with pytest.raises(InstanceError) as exc:
+        life.serve(ctx, cell, rt.create(ctx.spec(cell), cell.prepared),
+                   time.monotonic() + 600)
+    assert not isinstance(exc.value, ReadyTimeout)
+    assert "exited with status 3" in str(exc.value) and "bad option --nope" in str(exc.value)

@@ -174,6 +174,20 @@ def test_memory_table_matches_pandas(one: tuple[Docs, pd.DataFrame]) -> None:
     assert m.loc["docker", "daemon"] == pytest.approx(synth.DAEMON["docker"] / 4, rel=0.05)
 
 
+def test_a_round_without_its_daemons_reading_has_no_share_not_zero(
+        one: tuple[Docs, pd.DataFrame]) -> None:
+    _, df = one
+    docker = (df["backend"] == "docker") & (df["metric"] == "memory.daemon")
+    unread = df[~(docker & (df["round"] == 0))]
+    inst = data.per_instance_memory(unread)
+    mine = inst[inst["backend"] == "docker"]
+    assert mine[mine["round"] == 0]["daemon"].isna().all()  # was 0: a cheaper docker
+    assert mine[mine["round"] == 0]["total"].isna().all()
+    assert (mine[mine["round"] != 0]["daemon"] > 0).all()
+    m = tables.memory(unread).set_index("backend")
+    assert m.loc["docker", "daemon"] == pytest.approx(synth.DAEMON["docker"] / 4, rel=0.05)
+
+
 def test_rendered_tables_show_pandas_numbers(one: tuple[Docs, pd.DataFrame],
                                              built: tuple[Path, list[Path]]) -> None:
     _, df = one

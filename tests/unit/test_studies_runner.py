@@ -3,6 +3,7 @@ sub-variants, artifacts per sample, NotApplicable cells, scenario params."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -51,6 +52,8 @@ class StudyFake(FakeRuntime):
         self.footprint = footprint or {"image": 1000}
         self.extra = extra or {}
         self.specs: list[Any] = []
+        self.pids: tuple[int, ...] = (1,)  # the instance's host processes (found)
+        self.daemon_pids: dict[str, list[int]] = {}
 
     def prepare(self, img: image.Image) -> Prepared:
         return Prepared(image=img, backend=self.name, ref="fake", footprint=self.footprint)
@@ -64,7 +67,10 @@ class StudyFake(FakeRuntime):
         return Exit(code=self.code, t_ns=time.monotonic_ns(), stdout=out)
 
     def stats(self, inst: Instance) -> Stats:
-        return Stats(pids=(), pss=100, uss=50, rss=300, cgroup=400, extra=self.extra)
+        return Stats(pids=self.pids, pss=100, uss=50, rss=300, cgroup=400, extra=self.extra)
+
+    def daemons(self) -> dict[str, list[int]]:
+        return self.daemon_pids
 
     def disk_usage(self, inst: Instance) -> int | None:
         return self.usage
@@ -88,6 +94,26 @@ def make(tmp_path: Path, img: image.Image, study: str, rts: list[FakeRuntime],
     st = studies.get(study)
     r = Runner(scen, cells, journal, st.sample, lambda m: studies.unit_of(st, m), seed=1)
     return r, cells, journal
+
+
+@pytest.mark.parametrize(("what", "why"), [
+    ("daemon", "dockerd not found (by its socket, unit or pid file)"),
+    ("processes", "no host process of the instance was found")])
+def test_memory_that_cannot_be_read_fails_the_sample_not_a_zero(
+        tmp_path: Path, img: image.Image, what: str, why: str) -> None:
+    rt = StudyFake()
+    if what == "daemon":  # found by name before: a daemon not found read as 0 bytes
+        rt.daemon_pids = {"dockerd": [], "containerd": [os.getpid()]}
+    else:
+        rt.pids = ()
+    r, _cells, journal = make(tmp_path, img, "memory", [rt],
+                             params={"instances": 2, "settle": 0.0},
+                             warmups=0, min_samples=1, max_samples=1)
+    r.run()
+    assert not [s for s in journal.samples if s.metric in ("memory.pss", "memory.daemon")]
+    failed = [e for e in journal.events if e["kind"] == "sample_failed"]
+    assert failed and all(why in e["error"] for e in failed), failed
+    assert rt.live == {}
 
 
 def test_every_study_is_known_and_its_scenario_parses(repo: Path) -> None:

@@ -132,11 +132,18 @@ def _nofile(pid: int) -> int | None:
     return None
 
 
-def _daemon(daemon_pids: Iterable[int]) -> tuple[int, int | None]:
-    """(descriptors, soft limit) of the daemon process nearest its limit."""
-    best: tuple[float, int, int | None] = (-1.0, 0, None)
-    for pid in set(daemon_pids):
-        n, lim = len(_fds(pid)), _nofile(pid)
+def _daemon(daemon_pids: Iterable[int]) -> tuple[int | None, int | None]:
+    """(descriptors, soft limit) of the daemon process nearest its limit; (0, None)
+    without daemons, (None, None) when no daemon's descriptors could be listed (a
+    counter not read, not 0)."""
+    pids = set(daemon_pids)
+    best: tuple[float, int | None, int | None] = (-1.0, None if pids else 0, None)
+    for pid in pids:
+        try:
+            n = len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:  # gone, or not ours to read
+            continue
+        lim = _nofile(pid)
         ratio = n / lim if lim else 0.0
         if ratio > best[0]:
             best = (ratio, n, lim)
@@ -166,7 +173,9 @@ def usage(daemon_pids: Iterable[int] = ()) -> dict[str, int]:
             inotify += 1
     out = {"runner_fds": len(_fds("self")), "netns": len(netns),
            "inotify_instances": inotify, "inotify_watches": watches,
-           "bridge_ports": _bridge_ports(), "daemon_fds": _daemon(daemon_pids)[0]}
+           "bridge_ports": _bridge_ports()}
+    if (daemon_fds := _daemon(daemon_pids)[0]) is not None:
+        out["daemon_fds"] = daemon_fds
     with contextlib.suppress(OSError, ValueError, IndexError):
         # "0.20 0.18 0.12 1/80 11206": runnable/total tasks
         out["tasks"] = int(Path("/proc/loadavg").read_text().split()[3].split("/")[1])

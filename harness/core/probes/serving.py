@@ -12,7 +12,9 @@ The service kinds (tcp, http, log) come after the ready line: they give
 returned -> the first answer). tcp and http poll every `interval` seconds, timed with
 the host's monotonic clock; the answer's time is when it arrived. Each attempt waits at
 most ATTEMPT_TIMEOUT for an answer (a refused connection returns at once; a guest whose
-network is still coming up may drop the SYN instead).
+network is still coming up may drop the SYN instead). A probe that is told how to ask
+whether the instance has exited stops at once when it has, with how it ended, instead
+of waiting out its deadline for a server that is gone.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import http.client
 import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from harness.core.errors import InstanceError
 
 ATTEMPT_TIMEOUT = 1.0
 KINDS = ("marker", "exit", "tcp", "http", "log")
@@ -107,13 +112,22 @@ def fetch(address: str, port: int, path: str, timeout: float = 10.0) -> tuple[in
         conn.close()
 
 
-def poll(r: Readiness, address: str, interval: float, deadline: float) -> int | None:
+# How an instance ended ("exited with status 3: <its output>"), or None while it runs.
+Ended = Callable[[], str | None]
+
+
+def poll(r: Readiness, address: str, interval: float, deadline: float,
+         ended: Ended | None = None) -> int | None:
     """Try every `interval` seconds until the service answers (its time, monotonic ns)
-    or the deadline (time.monotonic()) passes (None)."""
+    or the deadline (time.monotonic()) passes (None). After every unanswered attempt
+    `ended` is asked whether the instance is gone: if it is, InstanceError with how it
+    ended (a dead server never answers; its timeout would only hide why)."""
     while True:
         began = time.monotonic()
         if answers(r, address, min(ATTEMPT_TIMEOUT, max(0.01, deadline - began))):
             return time.monotonic_ns()
+        if ended is not None and (why := ended()) is not None:
+            raise InstanceError(f"{r}: the instance {why}, before it answered")
         if began >= deadline:
             return None
         time.sleep(max(0.0, began + interval - time.monotonic()))
