@@ -3,7 +3,6 @@ and the report show it: an `ns` in RAM is never set against one on disk unmarked
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from harness import compare, results
 from harness.core.records import writable_layer
 from harness.report import data, render, tables
 from tests.unit import report_synth as synth
+from tests.unit.test_compare import write
 
 DATA = Path(__file__).parent / "data"
 # An `ns` of a result written before `writable_layer` was recorded: only the description.
@@ -46,17 +46,11 @@ def _doc(run_id: str, backends: dict[str, dict[str, Any]], seed: int) -> dict[st
     return d
 
 
-def _write(path: Path, d: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(d))
-    return path
-
-
 def _compare(tmp_path: Path, base: list[dict[str, Any]], new: list[dict[str, Any]]
              ) -> compare.Comparison:
     for side, docs in (("base", base), ("new", new)):
         for i, d in enumerate(docs):
-            _write(tmp_path / side / f"r{i}.json", d)
+            write(tmp_path / side / f"r{i}.json", d)
     return compare.compare(compare.load_set(tmp_path / "base"),
                            compare.load_set(tmp_path / "new"), baselines_dir=None)
 
