@@ -23,7 +23,7 @@ pytestmark = pytest.mark.testhost
 
 REQUIRE = "host,ns,docker,podman,cgroup2"
 IN_GUEST = f"""set -e
-cd /root/cvbench
+cd /srv/cvbench
 scripts/provision
 make venv
 CVBENCH_REQUIRE={REQUIRE} .venv/bin/pytest -q -p no:cacheprovider \\
@@ -44,7 +44,7 @@ def test_in_debian13_guest(repo: Path) -> None:
         assert testhost(repo, "up").returncode == 0
         assert testhost(repo, "push").returncode == 0
         assert testhost(repo, "ssh", IN_GUEST).returncode == 0
-        assert testhost(repo, "pull", "/root/cvbench/results/testhost",
+        assert testhost(repo, "pull", "/srv/cvbench/results/testhost",
                         str(repo / "results/testhost")).returncode == 0
     finally:
         assert testhost(repo, "down").returncode == 0
