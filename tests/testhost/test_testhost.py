@@ -33,21 +33,21 @@ CVBENCH_REQUIRE={REQUIRE} .venv/bin/pytest -q -p no:cacheprovider \\
 """
 
 
-def testhost(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _testhost(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(repo / "scripts/testhost"), *args], text=True, check=False)
 
 
 def test_in_debian13_guest(repo: Path) -> None:
     require("root", None if os.geteuid() == 0 else "needs root (debootstrap, libvirt)")
-    assert testhost(repo, "build").returncode == 0
+    assert _testhost(repo, "build").returncode == 0
     try:
-        assert testhost(repo, "up").returncode == 0
-        assert testhost(repo, "push").returncode == 0
-        assert testhost(repo, "ssh", IN_GUEST).returncode == 0
-        assert testhost(repo, "pull", "/srv/cvbench/results/testhost",
+        assert _testhost(repo, "up").returncode == 0
+        assert _testhost(repo, "push").returncode == 0
+        assert _testhost(repo, "ssh", IN_GUEST).returncode == 0
+        assert _testhost(repo, "pull", "/srv/cvbench/results/testhost",
                         str(repo / "results/testhost")).returncode == 0
     finally:
-        assert testhost(repo, "down").returncode == 0
+        assert _testhost(repo, "down").returncode == 0
     status = subprocess.run([str(repo / "scripts/testhost"), "status"], text=True,
                             capture_output=True, check=False).stdout
     assert "domain:  cvbench.testhost absent" in status, status
