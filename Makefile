@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.cvbench-installed
 RUNS   ?= results/runs
 REPORTS ?= results/report
 
-.PHONY: venv bench test test-slow provision lint unit integration clean
+.PHONY: venv bench test test-slow test-host provision lint unit integration clean
 
 ## venv: create .venv and install cvbench with its dependencies (no-op when current)
 venv: $(STAMP)
@@ -40,11 +40,17 @@ lint: venv
 ## without the heaviest end-to-end checks (marker `slow`: stacks of VMs, ramps of thousands,
 ## the full application matrix), which `make test-slow` runs
 test: provision venv lint
-	$(VENV)/bin/pytest -q -m "not slow" tests
+	$(VENV)/bin/pytest -q -m "not slow and not testhost" tests
 
 ## test-slow: the heaviest end-to-end checks only (run them before calling a change done)
 test-slow: provision venv
 	$(VENV)/bin/pytest -q -m slow tests
+
+## test-host: in a Debian 13 guest (scripts/testhost: systemd, cgroup v2, current Docker
+## and Podman): provision, ns's cgroup v2 and ns tests, a startup run on ns, docker and
+## podman; its result comes back to results/testhost/, the guest is removed
+test-host: provision venv
+	$(VENV)/bin/pytest -q -m testhost tests/testhost
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit

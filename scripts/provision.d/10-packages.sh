@@ -24,3 +24,8 @@ packages=(
   linux-image-amd64 e2fsprogs cpio zstd
 )
 apt_ensure apt "${packages[@]}"
+# Debian 13's docker.io leaves its CLI to docker-cli (which it only recommends, and
+# recommends are not installed); Debian 12's docker.io has the CLI built in.
+if [ ! -x /usr/bin/docker ]; then
+  apt_ensure apt-docker-cli docker-cli
+fi

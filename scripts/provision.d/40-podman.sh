@@ -55,13 +55,47 @@ start_podman_service() {
     /usr/bin/podman "$@" system service --time=0 "unix://$sock" )
 }
 
-if pid1_is_systemd && ! podman --remote --url "unix://$PODMAN_SOCK" version >/dev/null 2>&1; then
-  systemctl enable --now podman.socket
-  say "podman-service: socket-activated by systemd (podman.socket)"
-else
-  start_podman_service podman-service "$PODMAN_SOCK"
-fi
 # Podman 4.3's API cannot choose the OCI runtime per container (the compat create ignores
 # HostConfig.Runtime, libpod's create its oci_runtime), so `podman:runc` has its own
 # service whose default runtime is runc.
-start_podman_service podman-service-runc /run/podman/podman-runc.sock --runtime runc
+if pid1_is_systemd; then
+  # Both services are systemd units. podman.socket's podman.service would exit after 5 s
+  # idle (`podman system service`'s default): a drop-in gives it --time=0, as above.
+  # The runc service is a unit of cvbench's own, a copy of podman.service's settings.
+  unit_changed=
+  write_unit /etc/systemd/system/podman.service.d/50-cvbench.conf "$(printf '%s\n' \
+    "# Written by cvbench scripts/provision.d/40-podman.sh: never exit when idle" \
+    "[Service]" "ExecStart=" 'ExecStart=/usr/bin/podman $LOGGING system service --time=0')" \
+    && unit_changed=1
+  write_unit /etc/systemd/system/cvbench-podman-runc.service "$(printf '%s\n' \
+    "# Written by cvbench scripts/provision.d/40-podman.sh: the service of podman:runc" \
+    "[Unit]" "Description=Podman API service with runc as its OCI runtime (cvbench)" \
+    "[Service]" "Delegate=true" "Type=exec" "KillMode=process" \
+    "ExecStartPre=/usr/bin/mkdir -p /run/podman" \
+    "ExecStart=/usr/bin/podman --runtime runc system service --time=0 unix:///run/podman/podman-runc.sock" \
+    "[Install]" "WantedBy=multi-user.target")" && unit_changed=1
+  if [ -n "$unit_changed" ]; then
+    systemctl daemon-reload
+    say "podman: systemd units written (podman.service --time=0, cvbench-podman-runc.service)"
+  fi
+  systemctl enable --now podman.socket cvbench-podman-runc.service 2>&1 | sed 's/^/   /'
+  if [ -n "$unit_changed$podman_conf_changed" ]; then
+    # a running service keeps its command line and read containers.conf once
+    systemctl try-restart podman.service cvbench-podman-runc.service
+  fi
+  for sock in "$PODMAN_SOCK" /run/podman/podman-runc.sock; do
+    for _ in $(seq 1 120); do
+      podman --remote --url "unix://$sock" version >/dev/null 2>&1 && break
+      sleep 0.5
+    done
+    if podman --remote --url "unix://$sock" version >/dev/null 2>&1; then
+      say "podman-service: answers on $sock (systemd)"
+    else
+      echo "provision: the Podman service on $sock did not answer; see journalctl -u podman.service -u cvbench-podman-runc.service" >&2
+      exit 1
+    fi
+  done
+else
+  start_podman_service podman-service "$PODMAN_SOCK"
+  start_podman_service podman-service-runc /run/podman/podman-runc.sock --runtime runc
+fi

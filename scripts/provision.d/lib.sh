@@ -11,6 +11,13 @@ pid_runs() {
   [ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" = "$(readlink -f "$exe")" ]
 }
 pid1_is_systemd() { [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; }
+# write_unit FILE TEXT: make FILE hold TEXT (a systemd unit or drop-in); true if it changed
+# (the caller runs `systemctl daemon-reload`).
+write_unit() {
+  [ "$(cat "$1" 2>/dev/null)" = "$2" ] && return 1
+  mkdir -p "$(dirname "$1")"
+  printf '%s\n' "$2" > "$1"
+}
 # start_daemon NAME PIDFILE READY_CMD CMD...: start CMD in the background unless the pid
 # file names a live process; wait (up to 60 s) until READY_CMD succeeds.
 start_daemon() {

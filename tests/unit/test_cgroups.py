@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 
@@ -16,10 +17,23 @@ from runtimes.ns.cgroups import _common, v1, v2
 def fake_fs(monkeypatch: pytest.MonkeyPatch) -> None:
     """cgroupfs makes the control files on mkdir and lets rmdir remove a directory that
     holds them; a plain directory does neither, so writes create files and rmdir
-    removes the tree."""
+    removes the tree. cgroup.subtree_control behaves as the kernel's (checked in the
+    Debian 13 test host): "+c"/"-c" words enable and disable, reading lists the enabled
+    controllers by name, and a cgroup other than the root that has processes cannot
+    enable any (the no-internal-process rule: EBUSY)."""
 
     def write(path: Path, value: str) -> None:
-        path.write_text(value)
+        if path.name != "cgroup.subtree_control":
+            path.write_text(value)
+            return
+        d = path.parent
+        if not (d / "cgroup.controllers").exists() and (d / "cgroup.procs").exists() \
+                and (d / "cgroup.procs").read_text().strip():
+            raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+        enabled = set(path.read_text().split()) if path.exists() else set()
+        for word in value.split():
+            (enabled.add if word[0] == "+" else enabled.discard)(word[1:])
+        path.write_text(" ".join(sorted(enabled)) + "\n")
 
     def rmdir(path: Path, timeout: float = 5.0) -> None:
         shutil.rmtree(path, ignore_errors=True)
@@ -112,9 +126,9 @@ def test_v2_enables_controllers_and_writes_limits(tmp_path: Path, fake_fs: None)
     assert m.check() is None
     m.create("cvbench-abcdef0123-3", Limits(cpus=1.5, memory=32 << 20, pids=10))
     assert set((root / "cgroup.subtree_control").read_text().split()) == \
-        {"+memory", "+cpu", "+pids"}
+        {"memory", "cpu", "pids"}
     assert set((root / "cvbench" / "cgroup.subtree_control").read_text().split()) == \
-        {"+memory", "+cpu", "+pids"}
+        {"memory", "cpu", "pids"}
     d = root / "cvbench" / "cvbench-abcdef0123-3"
     assert (d / "memory.max").read_text() == str(32 << 20)
     assert (d / "cpu.max").read_text() == "150000 100000"
@@ -161,3 +175,18 @@ def test_read_int_field(tmp_path: Path) -> None:
     assert _common.read_int_field(f, "oom_kill") == 7
     assert _common.read_int_field(f, "missing") == 0
     assert _common.read_int_field(tmp_path / "absent", "oom_kill") == 0
+
+
+def test_v2_parent_holds_no_process(tmp_path: Path, fake_fs: None) -> None:
+    """Instances get their own subtree (cvbench/<name>), never a cgroup with processes:
+    the parent's controllers can only be enabled while it holds none."""
+    root = v2_tree(tmp_path)
+    (root / "cvbench" / "cgroup.procs").write_text("4242\n")  # a process put there
+    m = cgroups.new(root)
+    with pytest.raises(OSError) as e:
+        m.create("cvbench-abcdef0123-5", Limits(memory=1 << 20))
+    assert e.value.errno == errno.EBUSY
+    (root / "cvbench" / "cgroup.procs").write_text("")
+    m.create("cvbench-abcdef0123-5", Limits(cpuset="0"))
+    assert (root / "cvbench" / "cgroup.subtree_control").read_text().split() == \
+        ["cpu", "cpuset", "memory", "pids"]

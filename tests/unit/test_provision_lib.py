@@ -54,3 +54,16 @@ def test_start_daemon_replaces_a_stale_pid_file(tmp_path: Path) -> None:
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_write_unit_reports_a_change_only(tmp_path: Path) -> None:
+    """write_unit (the systemd path's units and drop-ins): true when it wrote, so the
+    caller reloads systemd and restarts a service only then."""
+    unit = tmp_path / "d" / "x.service.d" / "50-cvbench.conf"
+    write = f'write_unit "{unit}" "$(printf "%s\\n" "[Service]" "ExecStart=/bin/true")"'
+    assert _bash(write, tmp_path).returncode == 0
+    assert unit.read_text() == "[Service]\nExecStart=/bin/true\n"
+    assert _bash(write, tmp_path).returncode == 1
+    unit.write_text("[Service]\nExecStart=/bin/false\n")
+    assert _bash(write, tmp_path).returncode == 0
+    assert unit.read_text() == "[Service]\nExecStart=/bin/true\n"
