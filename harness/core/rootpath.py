@@ -41,6 +41,8 @@ RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 _IN_ROOT = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
 _ONE_STEP = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+# What sends mkdirs/mkfile from the one-call lookup to the walk that makes (or names why)
+_SLOW_PATH = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -165,6 +167,11 @@ def mkdirs(root_fd: int, path: str, mode: int = 0o755) -> int:
     """mkdir -p `path` inside the root (its symlinks resolved there); an O_PATH
     descriptor of the directory. A component that is not a directory is refused
     (OutsideRoot, naming the path)."""
+    try:  # the usual case, an existing directory: one openat2, resolved in the kernel
+        return lookup(root_fd, path, os.O_PATH | os.O_DIRECTORY)
+    except OSError as e:
+        if e.errno not in _SLOW_PATH:
+            raise  # else made below, or refused with the path named
     fd = os.dup(root_fd)
     try:
         for part in [p for p in resolve(root_fd, path).split("/") if p]:
@@ -183,6 +190,20 @@ def mkfile(root_fd: int, path: str, mode: int = 0o644) -> int:
     """An O_PATH descriptor of the file at `path` inside the root, made empty where
     missing (a mount point for a file: a device node, /etc/hosts). A directory there is
     refused."""
+    try:  # the usual case, an existing file: one openat2, resolved in the kernel
+        fd = lookup(root_fd, path)
+    except OSError as e:
+        if e.errno not in _SLOW_PATH:
+            raise
+        fd = _make_file(root_fd, path, mode)
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _refuse(path, "is a directory, where a file is mounted")
+    return fd
+
+
+def _make_file(root_fd: int, path: str, mode: int) -> int:
+    """mkfile's slow path: `path` is missing (perhaps behind a link to nothing)."""
     parent, _, name = resolve(root_fd, path).rpartition("/")
     if not name:
         raise _refuse(path, "is the image's root, where a file is mounted")
@@ -191,13 +212,9 @@ def mkfile(root_fd: int, path: str, mode: int = 0o644) -> int:
         with contextlib.suppress(FileExistsError):  # O_EXCL: never through a symlink
             os.close(openat2(pfd, name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode,
                              _ONE_STEP))
-        fd = _step(pfd, name, os.O_PATH, path)
+        return _step(pfd, name, os.O_PATH, path)
     finally:
         os.close(pfd)
-    if stat.S_ISDIR(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise _refuse(path, "is a directory, where a file is mounted")
-    return fd
 
 
 def host_path(root: str | Path, path: str, *, make_dir: bool = False) -> Path:
