@@ -241,7 +241,9 @@ def frame(docs: Iterable[Loaded]) -> pd.DataFrame:
                          "unit": s.unit, "value": s.value, "round": s.round,
                          "instance": s.instance, "sub": s.sub, **run,
                          "accel": meta.get("accel"),
-                         "emulated": bool(meta.get("emulated", False))})
+                         # a TCG VM, or any backend on a host that is itself emulated
+                         "emulated": bool(meta.get("emulated", False))
+                         or bool(doc.host.get("emulated"))})
     cols = [*SAMPLE_KEYS, "instance", "sub", "run_id", "scenario", "image_digest", "host_id",
             "host", "created", "accel", "emulated", "file"]
     return pd.DataFrame(rows, columns=cols)

@@ -96,6 +96,7 @@ from harness.core.errors import (
     NotApplicable,
     UsageError,
 )
+from harness.core.hostinfo import emulated_cpu
 from harness.core.image import Image
 from harness.core.probes import memory
 from runtimes import _proc, _publish
@@ -362,6 +363,13 @@ class LibvirtRuntime:
                        "not report reliably (constant_tsc without aperfmperf): the guest "
                        "has no timer to calibrate its TSC against and hangs",
                 fix="use the `libvirt` backend (pc), or a host with working KVM")
+        if accel != "kvm" and (emu := emulated_cpu()) is not None:
+            # TCG inside TCG: minutes per boot, and figures that describe neither
+            return Availability(
+                ok=False, versions=versions,
+                reason=f"this host is itself an emulated machine ({emu}): a VM here would "
+                       "be emulation inside emulation",
+                fix="run the libvirt backend on a host with hardware virtualisation (KVM)")
         label = "kvm" if accel == "kvm" else "tcg (EMULATED: no working KVM)"
         return Availability(ok=True, versions=versions,
                             details={"accel": label, "why": why, "machine": self.machine})

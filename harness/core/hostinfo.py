@@ -168,6 +168,24 @@ def _virtualization() -> str:
     return "bare-metal-or-unknown"
 
 
+def emulated_cpu() -> str | None:
+    """Why this machine's CPU is emulated (QEMU's TCG, no hardware virtualisation), else
+    None. Every timing taken on such a host is an emulator's, not a CPU's: results record
+    it and reports mark the host's timings as they mark a TCG VM's. Two independent
+    signs: systemd-detect-virt --vm says "qemu" only for QEMU without KVM (it reads the
+    CPUID hypervisor leaf, "TCGTCGTCGTCG" there, "KVMKVMKVM" under KVM), and TCG's own
+    CPU models are named "QEMU TCG CPU" (`-cpu max`)."""
+    model = _cpu_model() or ""
+    if "QEMU TCG CPU" in model:
+        return f"the CPU is QEMU's emulated model ({model})"
+    if shutil.which("systemd-detect-virt"):
+        out = subprocess.run(["systemd-detect-virt", "--vm"], capture_output=True, text=True,
+                             check=False).stdout.strip()
+        if out == "qemu":
+            return "systemd-detect-virt --vm: qemu (QEMU without KVM: emulated, TCG)"
+    return None
+
+
 def fingerprint() -> dict[str, Any]:
     mem = meminfo()
     info: dict[str, Any] = {
@@ -186,6 +204,8 @@ def fingerprint() -> dict[str, Any]:
         "thp": _bracketed("/sys/kernel/mm/transparent_hugepage/enabled"),
         "ksm": _read("/sys/kernel/mm/ksm/run"),
         "virtualization": _virtualization(),
+        # this host is itself an emulated machine (TCG): every timing here is emulated
+        "emulated": emulated_cpu(),
         # What a memory figure must exceed to be the memory's, not the cache's (mem).
         "llc": last_level_cache().as_dict(),
         "kvm_device": os.path.exists("/dev/kvm"),

@@ -171,7 +171,7 @@ def plan(docs: Sequence[Loaded], target: Target, rate: float | None) -> AppPlan:
                              f"{rate:g} needs {need:.3g} cores, assuming throughput scales "
                              "linearly with cores")
             if c.emulated:
-                notes.append("VM emulated (TCG): its throughput says nothing of KVM")
+                notes.append("emulated (TCG): its throughput says nothing of real hardware")
             by_cpu = _count(target.cpus / need)
             by_cpu_ci = (_count(target.cpus * per.lo / want), _count(target.cpus * per.hi / want))
             binding = "memory" if by_mem < by_cpu else "CPU"

@@ -176,7 +176,7 @@ def enforcement(df: pd.DataFrame, margin: float = MARGIN) -> pd.DataFrame:
         else:
             v = HOLDS
         if r["emulated"]:
-            note.append("VM emulated (TCG)")
+            note.append("emulated (TCG)")
         if r["n"] < 5:
             note.append(f"few samples (n={r['n']})")
         counted = tables.tally_of(r)
@@ -275,7 +275,8 @@ def evaluate(df: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS) -> pd.DataFra
                     notes = []
                     emulated = claim.emulation_matters and (a.emulated or b.emulated)
                     if emulated:
-                        notes.append("VM emulated (TCG): not what KVM would give")
+                        notes.append("emulated (TCG): not what hardware (KVM, a real CPU) "
+                                     "would give")
                     if a.ram != b.ram:
                         notes.append("writable layer in RAM on one side only: not like "
                                      "for like")

@@ -214,7 +214,12 @@ def _warnings(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame) -> l
         if len(digests) > 1:
             out.append(f"{ds}: runs used {len(digests)} different images "
                        f"({', '.join(d[:12] for d in digests)}): not the identical workload.")
-    emu = sorted(set(df[df["emulated"].astype(bool)]["backend"]))
+    for _, doc in docs:
+        if doc.host.get("emulated"):
+            out.append(f"{doc.host.get('hostname')} is itself an emulated machine "
+                       f"({doc.host['emulated']}): every timing measured there (run "
+                       f"{doc.run_id}) is an emulator's, marked \"(TCG, emulated)\".")
+    emu = sorted(set(df[df["emulated"].astype(bool) & (df["kind"] == "vm")]["backend"]))
     if emu:
         out.append(f"Emulated VMs (TCG, no hardware acceleration): {', '.join(emu)}. Their "
                    "times and I/O say little about a VM under KVM; they are marked "

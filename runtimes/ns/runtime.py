@@ -182,7 +182,12 @@ class NsRuntime:
             details["rootless"] = f"forbidden here: {userns[0]} (fix: {userns[1]})" \
                 if userns else "possible (run bench as a non-root user)"
         if not self.limits_applied:
-            details["limits"] = "not applied (no writable cgroup tree for this user)"
+            details["limits"] = ("not applied (no writable cgroup tree for this user: run "
+                                 "bench in a unit with Delegate=yes, e.g. systemd-run --user "
+                                 "-p Delegate=yes --pipe --wait bench ...)")
+        elif self.rootless:
+            details["limits"] = ("applied in a cgroup tree delegated to this user: "
+                                 f"{self.cg.path('-').parent}")
         if not cgroups.favordynmods():
             details["cgroup migrations"] = "wait for an RCU grace period (scripts/provision " \
                 "sets favordynmods where the kernel has it)"

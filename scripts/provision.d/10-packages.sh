@@ -14,6 +14,8 @@ packages=(
   wrk redis-tools postgresql-client sysbench
   # ns runtime
   iproute2 iptables kmod util-linux libseccomp2
+  # its device rules on cgroup v2 (an eBPF program): bpftool lists what is attached (tests)
+  bpftool
   # OCI runtimes (oci:* backends, and the engines' extra runtimes)
   runc crun runsc
   # Docker and Podman

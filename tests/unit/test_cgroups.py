@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,14 @@ def fake_fs(monkeypatch: pytest.MonkeyPatch) -> None:
     enable any (the no-internal-process rule: EBUSY)."""
 
     def write(path: Path, value: str) -> None:
+        if path.name == "cgroup.procs" and value.strip() != "0":
+            # a pid moves: out of every other cgroup of the tree, into this one
+            top = next(d for d in (path.parent, *path.parents)
+                       if (d / "cgroup.controllers").exists())
+            for f in top.rglob("cgroup.procs"):
+                f.write_text("".join(f"{x}\n" for x in f.read_text().split() if x != value))
+            path.write_text(path.read_text() + f"{value}\n" if path.exists() else f"{value}\n")
+            return
         if path.name != "cgroup.subtree_control":
             path.write_text(value)
             return
@@ -190,3 +199,36 @@ def test_v2_parent_holds_no_process(tmp_path: Path, fake_fs: None) -> None:
     m.create("cvbench-abcdef0123-5", Limits(cpuset="0"))
     assert (root / "cvbench" / "cgroup.subtree_control").read_text().split() == \
         ["cpu", "cpuset", "memory", "pids"]
+
+
+def test_v2_delegated_subtree(tmp_path: Path, fake_fs: None) -> None:
+    """Rootless under systemd: the user's unit (Delegate=yes) is the tree. The runner's
+    own processes leave it for a `runner` leaf first, then the controllers go to the
+    cvbench parent and the instance's cgroup gets its limits there."""
+    unit = "user.slice/user-1000.slice/user@1000.service/app.slice/run-u7.service"
+    own = v2_tree(tmp_path / unit, "cpu memory pids")
+    (own / "cgroup.procs").write_text("111\n222\n")  # the runner and its shell
+    cgroup = tmp_path / "proc-self-cgroup"
+    cgroup.write_text(f"0::/{unit}\n")
+    assert v2.delegated(tmp_path, str(cgroup)) == own
+    m = v2.V2Manager(own, delegated=True)
+    m.create("cvbench-abcdef0123-1", Limits(memory=32 << 20, pids=8))
+    assert (own / "cgroup.procs").read_text().split() == []
+    assert (own / "runner" / "cgroup.procs").read_text().split() == ["111", "222"]
+    assert (own / "cgroup.subtree_control").read_text().split() == ["cpu", "memory", "pids"]
+    d = own / "cvbench" / "cvbench-abcdef0123-1"
+    assert (d / "memory.max").read_text() == str(32 << 20)
+    # a second manager in the same process finds the unit again from its runner leaf
+    cgroup.write_text(f"0::/{unit}/runner\n")
+    assert v2.delegated(tmp_path, str(cgroup)) == own
+
+
+def test_v2_not_delegated(tmp_path: Path) -> None:
+    """The root cgroup, or a cgroup another user owns, is no tree of this user's."""
+    cgroup = tmp_path / "proc-self-cgroup"
+    cgroup.write_text("0::/\n")
+    assert v2.delegated(tmp_path, str(cgroup)) is None
+    other = v2_tree(tmp_path / "user.slice/session-3.scope")
+    os.chown(other, 12345, 12345)
+    cgroup.write_text("0::/user.slice/session-3.scope\n")
+    assert v2.delegated(tmp_path, str(cgroup)) is None

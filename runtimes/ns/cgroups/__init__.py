@@ -86,8 +86,10 @@ def new(root: str | Path = "/sys/fs/cgroup", parent: str = PARENT,
     root = Path(root)
     mode = cgroup_mode(str(root))
     if mode == "v2":
-        from runtimes.ns.cgroups.v2 import V2Manager
+        from runtimes.ns.cgroups.v2 import V2Manager, delegated
 
+        if os.geteuid() != 0 and (own := delegated(root)) is not None:
+            return V2Manager(own, parent, delegated=True)
         return V2Manager(root, parent)
     from runtimes.ns.cgroups.v1 import V1Manager
 

@@ -7,10 +7,20 @@ in the parents' cgroup.subtree_control first (done once, in check/create). Limit
   pids   -> pids.max
   cpuset -> cpuset.cpus (the cpuset controller delegated on first use)
 A process joins by writing 0 into cgroup.procs; cgroup.kill (Linux 5.14+) kills them all.
+
+Rootless, the tree is the one systemd delegated to the user (`delegated()`: this process's
+own cgroup, e.g. a `systemd-run --user -p Delegate=yes` unit under user@UID.service):
+the cvbench parent goes there, and, as cgroup v2 lets a cgroup that hands controllers to
+its children hold no process of its own (the root alone is exempt), the processes of that
+cgroup first move into a leaf beside it, `runner` (what systemd's DelegateSubgroup= and
+crun do). Without a delegated tree a rootless user has no cgroup it may write: ns then runs
+without limits and says so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 from harness.core.probes.memory import cgroup_procs as procs
@@ -19,6 +29,7 @@ from runtimes.ns.cgroups import PARENT, may_write
 from runtimes.ns.cgroups._common import kill_procs, read_int_field, rmdir, write
 
 CONTROLLERS = ("memory", "cpu", "pids")
+RUNNER_LEAF = "runner"  # in a delegated subtree: where the runner's own processes go
 PERIOD_US = 100_000
 
 
@@ -26,9 +37,10 @@ class V2Manager:
     mode = "v2"
     device_rules: tuple[str, ...] = ()  # a device program is eBPF on v2: not applied
 
-    def __init__(self, root: Path, parent: str = PARENT) -> None:
+    def __init__(self, root: Path, parent: str = PARENT, delegated: bool = False) -> None:
         self.root = root
         self.parent = root / parent
+        self.delegated = delegated  # root is a subtree delegated to this user
         self._enabled = False
 
     def check(self) -> str | None:
@@ -48,6 +60,8 @@ class V2Manager:
         """Delegate memory, cpu and pids to the cvbench subtree (once per process)."""
         if self._enabled:
             return
+        if self.delegated:
+            self._vacate()
         self.parent.mkdir(exist_ok=True)
         want = " ".join(f"+{c}" for c in CONTROLLERS)
         for d in (self.root, self.parent):
@@ -55,6 +69,19 @@ class V2Manager:
             if not set(CONTROLLERS) <= have:
                 write(d / "cgroup.subtree_control", want)
         self._enabled = True
+
+    def _vacate(self) -> None:
+        """Move the delegated cgroup's own processes (this runner and what runs beside
+        it in its unit) into the leaf `runner`: the cgroup may then enable controllers
+        for its children (the no-internal-process rule)."""
+        pids = procs(self.root)
+        if not pids:
+            return
+        leaf = self.root / RUNNER_LEAF
+        leaf.mkdir(exist_ok=True)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                write(leaf / "cgroup.procs", str(pid))
 
     def path(self, name: str) -> Path:
         return self.parent / name
@@ -115,3 +142,26 @@ class V2Manager:
         if not self.parent.is_dir():
             return []
         return sorted(p.name for p in self.parent.iterdir() if p.is_dir())
+
+
+def delegated(mount: Path, cgroup_file: str = "/proc/self/cgroup") -> Path | None:
+    """This process's own cgroup (or the one its `runner` leaf sits in) when it is a
+    subtree this user may manage: it owns the directory and may write its
+    cgroup.subtree_control and cgroup.procs, as systemd arranges for a unit with
+    Delegate=yes (man systemd.resource-control: "Delegation"). None otherwise."""
+    try:
+        with open(cgroup_file) as f:
+            own = next((line[3:].strip() for line in f if line.startswith("0::")), None)
+    except OSError:
+        return None
+    if own is None or own == "/":
+        return None
+    d = mount / own.lstrip("/")
+    if d.name == RUNNER_LEAF:  # vacated by an earlier manager in this process
+        d = d.parent
+    try:
+        mine = d.stat().st_uid == os.geteuid()
+    except OSError:
+        return None
+    ok = all(os.access(d / f, os.W_OK) for f in ("cgroup.subtree_control", "cgroup.procs"))
+    return d if mine and ok else None
