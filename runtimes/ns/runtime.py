@@ -136,7 +136,8 @@ class NsRuntime:
 
     @property
     def device_rules(self) -> tuple[str, ...]:
-        """The device allow-list its cgroups enforce (none: v2, rootless, ns:bare)."""
+        """The device allow-list its cgroups enforce (v1: the devices controller; v2: an
+        eBPF program); none rootless, for ns:bare, or where the host offers neither."""
         return self.cg.device_rules if self.limits_applied else ()
 
     @property
@@ -206,12 +207,15 @@ class NsRuntime:
         the engines')."""
         profile = self.seccomp_profile()
         if self.device_rules:
-            devices = f"cgroup v1 devices: deny a; allow {', '.join(self.device_rules)}"
-        elif self.bare:
-            devices = "no device cgroup (ns:bare); CAP_MKNOD dropped instead"
+            devices = self.cg.devices()
         else:
-            devices = (f"no device cgroup ({'rootless' if self.rootless else 'cgroup v2'}"
-                       ": ns loads no eBPF device program); CAP_MKNOD dropped instead")
+            # Rootless, none is asked for: an unprivileged user may neither load a device
+            # program nor write a v1 device cgroup (and in its user namespace no device
+            # node can be made; /dev holds the host's own few, bound).
+            why = "ns:bare" if self.bare else \
+                "rootless: a device cgroup, v1 or eBPF, needs root" if self.rootless else \
+                self.cg.device_problem or "no cgroup for the instances"
+            devices = f"no device cgroup ({why}); CAP_MKNOD dropped instead"
         return (
             *protection_lines(self.rlimits, _RRO),
             "user namespace: " + (f"yes, root inside = uid {os.geteuid()}" if self.rootless
