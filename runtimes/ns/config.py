@@ -109,6 +109,10 @@ class ContainerConfig:
     rlimits: tuple[tuple[int, int, int], ...] = ()  # (RLIMIT_*, soft, hard), set before caps drop
     keyring: bool = True  # a new session keyring, not the runner's
     seccomp: bytes = b""  # a compiled BPF program (struct sock_filter[]), loaded last
+    # ns:intocgroup: cloned into its cgroup (clone3 CLONE_INTO_CGROUP; the cgroup's fd comes
+    # with the request, after the four others): the first process writes no cgroup.procs
+    # (an exec's process still joins through cgroup_join)
+    into_cgroup: bool = False
 
 
 @dataclass(frozen=True)

@@ -296,3 +296,25 @@ def test_device_protection_on_cgroup_v2(tmp_path: Path, monkeypatch: pytest.Monk
     devices = [p for p in rt.protections() if p.startswith("devices: ")]
     assert len(devices) == 1 and devices[0].startswith(line), devices
     assert ("CAP_MKNOD" in rt.cap_names) == bool(rules)
+
+
+def test_intocgroup_config_and_refusal(state: Path, tmp_path: Path) -> None:
+    """ns:intocgroup: the config asks the fork server for clone3 into the cgroup, and an
+    exec still joins through cgroup_join; on a host whose manager is not v2 (a fake v1
+    hybrid tree here) create refuses, before anything is made."""
+    from harness.core.errors import NotApplicable
+    from runtimes.base import Prepared
+    from runtimes.ns.cgroups.v1 import V1Manager
+
+    root = tmp_path / "cg"
+    for c in ("memory", "cpu", "pids"):
+        (root / c).mkdir(parents=True)
+    rt = NsRuntime("intocgroup")
+    rt._cg, rt.rootless = V1Manager(root, "hybrid"), False
+    cfg = rt._config(spec(), "/img", None)
+    assert cfg.into_cgroup and cfg.cgroup_join and not NsRuntime()._config(
+        spec(), "/img", None).into_cgroup
+    with pytest.raises(NotApplicable, match=r"^ns:intocgroup: needs cgroup v2 \(this host: "
+                                            r"v1 hybrid\)$"):
+        rt.create(spec(), Prepared(image=None, backend=rt.name, ref="/img"))  # type: ignore[arg-type]
+    assert not (state / "ns" / spec().name).exists()
