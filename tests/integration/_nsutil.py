@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -148,3 +149,18 @@ def fresh_cgroup(run_id: str, what: str) -> Iterator[Path]:
         yield d
     finally:
         rmdir(d)
+
+
+@contextlib.contextmanager
+def node_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory where device nodes can be opened: a tmpfs of our own (no nodev),
+    since the temporary directory may be on a `nodev` mount (systemd's /tmp tmpfs),
+    where opening any node fails with EACCES before a device program is asked."""
+    d = tmp_path / "dev"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700", "cvbench-test", str(d)],
+                   check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=True)

@@ -22,7 +22,7 @@ import pytest
 from runtimes.ns.cgroups import devices_bpf
 from runtimes.ns.config import DEVICE_RULES
 from tests.conftest import require
-from tests.integration._nsutil import fresh_cgroup
+from tests.integration._nsutil import fresh_cgroup, node_dir
 
 pytestmark = pytest.mark.root
 
@@ -52,12 +52,18 @@ def cgroup(run_id: str) -> Iterator[Path]:
 
 
 @pytest.fixture
-def nodes(tmp_path: Path) -> tuple[str, str]:
+def dev(tmp_path: Path) -> Iterator[Path]:
+    with node_dir(tmp_path) as d:
+        yield d
+
+
+@pytest.fixture
+def nodes(dev: Path) -> tuple[str, str]:
     """/dev/mem's node (c 1:1) and /dev/kmsg's (c 1:11), made outside any device program."""
     out = []
     for name, minor in (("mem", 1), ("kmsg", 11)):
-        os.mknod(tmp_path / name, stat.S_IFCHR | 0o600, os.makedev(1, minor))
-        out.append(str(tmp_path / name))
+        os.mknod(dev / name, stat.S_IFCHR | 0o600, os.makedev(1, minor))
+        out.append(str(dev / name))
     return out[0], out[1]
 
 
@@ -68,11 +74,10 @@ def in_cgroup(cgroup: Path, *ops: str) -> list[str]:
     return res.stdout.split()
 
 
-def test_ns_allow_list_is_enforced(cgroup: Path, nodes: tuple[str, str],
-                                   tmp_path: Path) -> None:
+def test_ns_allow_list_is_enforced(cgroup: Path, nodes: tuple[str, str], dev: Path) -> None:
     mem, kmsg = nodes
     ops = ("open:/dev/null", "open:/dev/zero", f"open:{kmsg}", f"open:{mem}",
-           f"mknod:{tmp_path}/mem2:c:1:1", f"open:{tmp_path}/mem2")
+           f"mknod:{dev}/mem2:c:1:1", f"open:{dev}/mem2")
     # Without a program the same process opens /dev/kmsg's node (the control: what
     # refuses below is the program, nothing else); /dev/mem's only where the kernel
     # has the device (ENXIO where it was built without it).
@@ -84,10 +89,10 @@ def test_ns_allow_list_is_enforced(cgroup: Path, nodes: tuple[str, str],
     assert in_cgroup(cgroup, *ops) == ["OK", "OK", "EPERM", "EPERM", "OK", "EPERM"]
 
 
-def test_mknod_outside_the_list_is_refused(cgroup: Path, tmp_path: Path) -> None:
+def test_mknod_outside_the_list_is_refused(cgroup: Path, dev: Path) -> None:
     devices_bpf.attach(devices_bpf.loaded(("c 1:3 rwm", "c 1:5 r")), cgroup)
-    assert in_cgroup(cgroup, f"mknod:{tmp_path}/null:c:1:3", f"mknod:{tmp_path}/zero:c:1:5",
-                     f"mknod:{tmp_path}/sda:b:8:0", "open:/dev/null",
+    assert in_cgroup(cgroup, f"mknod:{dev}/null:c:1:3", f"mknod:{dev}/zero:c:1:5",
+                     f"mknod:{dev}/sda:b:8:0", "open:/dev/null",
                      "open:/dev/zero") == ["OK", "EPERM", "EPERM", "OK", "EPERM"]
     # (/dev/zero: "r" only, and O_RDWR asks for write as well)
 

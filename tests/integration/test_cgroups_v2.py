@@ -15,6 +15,7 @@ from runtimes.base import Limits
 from runtimes.ns.cgroups.v2 import CONTROLLERS, V2Manager
 from runtimes.ns.config import DEVICE_RULES
 from tests.conftest import require
+from tests.integration._nsutil import node_dir
 
 pytestmark = pytest.mark.root
 
@@ -55,11 +56,11 @@ def test_v2_manager_for_real(run_id: str, tmp_path: Path) -> None:
                              capture_output=True, check=False)
         assert hog.returncode != 0 and m.oom_killed(name)
         # the device program create() attached: /dev/null opens, /dev/kmsg's node does not
-        kmsg = tmp_path / "kmsg"
-        os.mknod(kmsg, stat.S_IFCHR | 0o600, os.makedev(1, 11))
-        dev = subprocess.run(["sh", "-c", f"echo 0 > {procs} && head -c 1 /dev/null && "
-                              f"head -c 1 {kmsg}"], capture_output=True, text=True,
-                             check=False)
+        with node_dir(tmp_path) as nodes:
+            os.mknod(nodes / "kmsg", stat.S_IFCHR | 0o600, os.makedev(1, 11))
+            dev = subprocess.run(["sh", "-c", f"echo 0 > {procs} && head -c 1 /dev/null "
+                                  f"&& head -c 1 {nodes}/kmsg"], capture_output=True,
+                                 text=True, check=False)
         assert dev.returncode != 0 and "not permitted" in dev.stderr, dev
     finally:
         m.kill(name)
