@@ -112,3 +112,9 @@ def test_bpftool_sees_the_program(cgroup: Path) -> None:
                                      capture_output=True, text=True, check=True).stdout)
     assert prog["type"] == "cgroup_device"
     assert prog["bytes_xlated"] == len(devices_bpf.program(DEVICE_RULES))  # 8 per insn
+
+
+def test_a_program_the_verifier_refuses_says_why() -> None:
+    require("root", None if os.geteuid() == 0 else "needs root")
+    with pytest.raises(OSError, match="verifier: last insn is not an exit"):
+        devices_bpf.load(devices_bpf.insn(devices_bpf.MOV32_K, 0, imm=1))  # no exit

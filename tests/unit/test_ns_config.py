@@ -272,8 +272,8 @@ def test_rlimits_per_scenario(state: Path, tmp_path: Path) -> None:
     (DEVICE_RULES, None, False, "devices: eBPF allow-list (a BPF_PROG_TYPE_CGROUP_DEVICE "
      "program of 59 instructions attached to each instance's cgroup): deny a; allow c *:* m, "
      "b *:* m, c 1:3 rwm"),
-    ((), "the kernel refused the eBPF device program (EPERM)", False,
-     "devices: no device cgroup (the kernel refused the eBPF device program (EPERM)); "
+    ((), "the kernel refused the eBPF device program: EPERM", False,
+     "devices: no device cgroup (the kernel refused the eBPF device program: EPERM); "
      "CAP_MKNOD dropped instead; nodes null"),
     ((), None, True, "devices: no device cgroup (rootless: a device cgroup, v1 or eBPF, "
      "needs root); CAP_MKNOD dropped instead"),

@@ -44,7 +44,7 @@ class V2Manager:
                 self._program = devices_bpf.loaded(device_rules)
                 self.device_rules = device_rules
             except OSError as e:
-                self.device_problem = f"the kernel refused the eBPF device program ({e})"
+                self.device_problem = f"the kernel refused the eBPF device program: {e.strerror}"
 
     def devices(self) -> str:
         n = len(devices_bpf.program(self.device_rules)) // 8
