@@ -32,10 +32,13 @@ Mapping of the InstanceSpec:
                                 the user to root (rootless)
 
 Phases: create = the instance dir (upper, work; not for ns:tmpfs), the request to the
-fork server, which clones the child, then the cgroup, made while the child sets itself
-up. start = release the child (it joins the cgroup, drops privileges, execs) and
-wait until the exec has happened (or a step failed). remove = kill what is left, rmdir
-the cgroup and the instance dir. exec (a healthcheck) = a helper from the fork server
-joins the instance's namespaces, and its child the cgroup, root and workdir, then
-applies the same protections as the first process (process.exec_main).
+fork server, which clones the child, then the cgroup (with its device allow-list: on v2
+an eBPF program, cgroups/devices_bpf.py), made while the child sets itself up;
+ns:intocgroup (cgroup v2): the cgroup first, and the child cloned into it (clone3 with
+CLONE_INTO_CGROUP). start = release the child (it joins the cgroup unless cloned into
+it, drops privileges, execs) and wait until the exec has happened (or a step failed).
+remove = kill what is left, rmdir the cgroup and the instance dir. exec (a healthcheck)
+= a helper from the fork server joins the instance's namespaces, and its child the
+cgroup, root and workdir, then applies the same protections as the first process
+(process.exec_main).
 """

@@ -16,10 +16,11 @@ DEFAULT_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CA
                 "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
                 "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE")
 
-# What ns keeps where no device cgroup guards the device nodes (cgroup v2: that takes an
-# eBPF program ns does not load; rootless; ns:bare): Docker's set minus CAP_MKNOD. With
-# CAP_MKNOD a root workload could `mknod sda b 8 0` and read the host's disk; Docker can
-# leave it because its device cgroup refuses to open any node outside an allow-list.
+# What ns keeps where no device cgroup guards the device nodes (rootless; ns:bare; a host
+# with neither a v1 devices hierarchy nor a kernel that loads an eBPF device program):
+# Docker's set minus CAP_MKNOD. With CAP_MKNOD a root workload could `mknod sda b 8 0` and
+# read the host's disk; Docker can leave it because its device cgroup refuses to open any
+# node outside an allow-list.
 NO_MKNOD_CAPS = tuple(c for c in DEFAULT_CAPS if c != "CAP_MKNOD")
 
 
@@ -39,7 +40,8 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 DEVICES = (("null", 0o666, 1, 3), ("zero", 0o666, 1, 5), ("full", 0o666, 1, 7),
            ("random", 0o666, 1, 8), ("urandom", 0o666, 1, 9), ("tty", 0o666, 5, 0))
 
-# The device cgroup's allow-list (after "deny a"), as runc's for Docker's containers
+# The device cgroup's allow-list (after "deny a"; on cgroup v2 the same rules as an eBPF
+# program, cgroups/devices_bpf.py), as runc's for Docker's containers
 # (libcontainer/specconv AllowedDevices) with only the nodes ns makes: any node may be
 # made (m), only these opened; plus the pty devices of the instance's own devpts.
 DEVICE_RULES = ("c *:* m", "b *:* m",
@@ -107,6 +109,10 @@ class ContainerConfig:
     rlimits: tuple[tuple[int, int, int], ...] = ()  # (RLIMIT_*, soft, hard), set before caps drop
     keyring: bool = True  # a new session keyring, not the runner's
     seccomp: bytes = b""  # a compiled BPF program (struct sock_filter[]), loaded last
+    # ns:intocgroup: cloned into its cgroup (clone3 CLONE_INTO_CGROUP; the cgroup's fd comes
+    # with the request, after the four others): the first process writes no cgroup.procs
+    # (an exec's process still joins through cgroup_join)
+    into_cgroup: bool = False
 
 
 @dataclass(frozen=True)

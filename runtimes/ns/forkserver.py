@@ -14,8 +14,10 @@ instance's PR_SET_PDEATHSIG follows the runner, exactly as if the runner had for
 
 Protocol (a SOCK_SEQPACKET socketpair, one message per request): the runner sends a
 pickled ContainerConfig with four descriptors attached (go pipe read end, status pipe
-write end, stdout, stderr), or for an exec's helper an ExecConfig with its four (the
-instance's pidfd, its root, status pipe write end, output); the server (process.serve)
+write end, stdout, stderr; a fifth, the cgroup's directory, when the config says
+`into_cgroup`: the child is then made there by clone3 with CLONE_INTO_CGROUP), or for
+an exec's helper an ExecConfig with its four (the instance's pidfd, its root, status
+pipe write end, output); the server (process.serve)
 answers b"P<pid>" or b"E<error>".
 Answers come in request order and are read only when a pid is needed (at start), so
 create never waits for the server. It exits when the runner's end of the socket

@@ -4,9 +4,11 @@ create: the runner asks the fork server (forkserver.py) to clone() the child int
   new namespaces, then makes the instance's cgroup while the child (on the other CPU)
   maps its user namespace (rootless), builds its root filesystem, sets hostname and
   loopback, writes "R" on the status pipe and reads the go pipe (like runc's exec fifo:
-  all the set-up can happen before start).
-start: the runner writes one byte on the go pipe and waits. The child joins its cgroup,
-  enters a new cgroup namespace, then applies the protections and execs /bench/init
+  all the set-up can happen before start). ns:intocgroup: the runner makes the cgroup
+  first, and the fork server clones the child into it (clone3, CLONE_INTO_CGROUP).
+start: the runner writes one byte on the go pipe and waits. The child joins its cgroup
+  (unless it was cloned into it), enters a new cgroup namespace, then applies the
+  protections and execs /bench/init
   (`confine_and_exec`: session keyring, rlimits, capabilities and privileges, every
   other descriptor closed, the seccomp filter last). The status pipe is close-on-exec,
   so EOF after "R" means the exec succeeded; an "E..." message means a step failed (the
@@ -96,8 +98,10 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
         # The instance's cgroup may not exist yet (the runner makes it while we set up):
-        # keep handles on its parents, which pivot_root puts out of sight.
-        cgroup_parents = [os.open(d, os.O_PATH | os.O_DIRECTORY) for d, _ in cfg.cgroup_join]
+        # keep handles on its parents, which pivot_root puts out of sight. (ns:intocgroup:
+        # cloned into it, nothing to join.)
+        joins = () if cfg.into_cgroup else cfg.cgroup_join
+        cgroup_parents = [os.open(d, os.O_PATH | os.O_DIRECTORY) for d, _ in joins]
         rootfs.setup(cfg)
         ns.sethostname(cfg.hostname)
         if cfg.loopback_up:
@@ -110,7 +114,7 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
         # Started: the cgroup exists. Join it only now, with the set-up done: that was
         # this runtime's work (as a shim's would be), and the workload never runs
         # outside it.
-        for fd, procs in zip(cgroup_parents, (p for _, p in cfg.cgroup_join), strict=True):
+        for fd, (_, procs) in zip(cgroup_parents, joins, strict=True):
             _write(procs, "0", fd)  # 0 = the writing process; our pid here is 1
             os.close(fd)
         # After joining: the new cgroup namespace is rooted at our own cgroup.
@@ -226,13 +230,16 @@ def _read_to_eof(fd: int, deadline: float) -> bytes | None:
         buf += chunk
 
 
-def spawn(server: ForkServer, cfg: ContainerConfig, out_w: int, err_w: int) -> Child:
-    """Ask the fork server to clone the instance's first process (create). Nothing is
+def spawn(server: ForkServer, cfg: ContainerConfig, out_w: int, err_w: int,
+          cgroup: int | None = None) -> Child:
+    """Ask the fork server to clone the instance's first process (create); `cgroup`: the
+    descriptor of the cgroup v2 directory to clone it into (cfg.into_cgroup). Nothing is
     waited for: the child sets itself up meanwhile, and release() collects the result."""
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     try:
-        ticket = server.request(cfg, [go_r, status_w, out_w, err_w])
+        ticket = server.request(cfg, [go_r, status_w, out_w, err_w,
+                                      *([] if cgroup is None else [cgroup])])
     except BaseException:
         os.close(go_w)
         os.close(status_r)
@@ -331,9 +338,12 @@ def serve(fd: int, runner: int) -> None:
             return  # the runner closed its end
         try:
             cfg = pickle.loads(msg)
-            # an exec's helper: a plain fork (it joins the namespaces itself)
-            pid = ns.clone((0 if isinstance(cfg, ExecConfig) else cfg.clone_flags)
-                           | ns.CLONE_PARENT)
+            if isinstance(cfg, ExecConfig):  # a plain fork (it joins the namespaces itself)
+                pid = ns.clone(ns.CLONE_PARENT)
+            elif cfg.into_cgroup:  # ns:intocgroup: made in its cgroup (the last fd)
+                pid = ns.clone3(cfg.clone_flags | ns.CLONE_PARENT, fds[-1])
+            else:
+                pid = ns.clone(cfg.clone_flags | ns.CLONE_PARENT)
         except Exception as e:
             for f in fds:
                 os.close(f)
@@ -344,6 +354,8 @@ def serve(fd: int, runner: int) -> None:
                 sock.close()
             if isinstance(cfg, ExecConfig):
                 exec_main(cfg, *fds)
+            if cfg.into_cgroup:
+                os.close(fds.pop())
             child_main(cfg, *fds)
         for f in fds:
             os.close(f)

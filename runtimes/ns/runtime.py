@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import psutil
 
-from harness.core.errors import BackendUnavailable, InstanceError, UsageError
+from harness.core.errors import BackendUnavailable, InstanceError, NotApplicable, UsageError
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
 from harness.core.probes.disk import du_bytes
@@ -105,15 +105,20 @@ class NsRuntime:
     compare with no backend on disk); `ns:disk`: another name of `ns`, for the scenarios
     and results that still say it (it was the disk flavour when plain `ns` was in RAM);
     `ns:bare`: ns without the seccomp filter, the device cgroup (so without CAP_MKNOD)
-    and the rlimits: ns vs ns:bare is what they cost."""
+    and the rlimits: ns vs ns:bare is what they cost; `ns:intocgroup` (cgroup v2 only):
+    `ns` whose first process is cloned straight into its cgroup (clone3 with
+    CLONE_INTO_CGROUP; the cgroup is made before the clone instead of while the child
+    sets itself up, and the child writes no cgroup.procs), so ns vs ns:intocgroup in
+    one run is what that start path changes. Elsewhere its create raises NotApplicable."""
 
     name = "ns"
-    flavours: ClassVar[tuple[str, ...]] = ("tmpfs", "disk", "bare")
+    flavours: ClassVar[tuple[str, ...]] = ("tmpfs", "disk", "bare", "intocgroup")
 
     def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
         refuse_upper_env()
         self.name = f"ns:{flavour}" if flavour else "ns"
         self.bare = flavour == "bare"
+        self.into_cgroup = flavour == "intocgroup"
         self.upper = "tmpfs" if flavour == "tmpfs" else "disk"
         self._cg: cgroups.Manager | None = None
         self._last_cap: int | None = None
@@ -136,7 +141,8 @@ class NsRuntime:
 
     @property
     def device_rules(self) -> tuple[str, ...]:
-        """The device allow-list its cgroups enforce (none: v2, rootless, ns:bare)."""
+        """The device allow-list its cgroups enforce (v1: the devices controller; v2: an
+        eBPF program); none rootless, for ns:bare, or where the host offers neither."""
         return self.cg.device_rules if self.limits_applied else ()
 
     @property
@@ -188,6 +194,10 @@ class NsRuntime:
         elif self.rootless:
             details["limits"] = ("applied in a cgroup tree delegated to this user: "
                                  f"{self.cg.path('-').parent}")
+        if self.into_cgroup:  # first: what the flavour is about (doctor cuts long rows)
+            problem = self._into_cgroup_problem()
+            details = {"clone3": f"not applicable here: {problem}" if problem else
+                       "CLONE_INTO_CGROUP (the child is made in its cgroup)", **details}
         if not cgroups.favordynmods():
             details["cgroup migrations"] = "wait for an RCU grace period (scripts/provision " \
                 "sets favordynmods where the kernel has it)"
@@ -201,22 +211,37 @@ class NsRuntime:
             not_applied=frozenset() if self.limits_applied else frozenset({"limits"}),
             protections=self.protections(),
             settings={"cgroup": self.cg.mode, "kernel": platform.release(),
-                      "start": "clone(CLONE_PARENT) from a fork server, then exec",
+                      "start": "clone3(CLONE_PARENT | CLONE_INTO_CGROUP) from a fork "
+                      "server, into the cgroup made before it, then exec"
+                      if self.into_cgroup else
+                      "clone(CLONE_PARENT) from a fork server, then exec",
                       **writable_layer(self.upper, self.root()),
                       "rootless": self.rootless, "limits_applied": self.limits_applied,
                       "cgroup_favordynmods": cgroups.favordynmods()})
+
+    def _into_cgroup_problem(self) -> str | None:
+        """Why ns:intocgroup cannot clone into a cgroup here (None: it can)."""
+        if self.cg.mode != "v2":
+            host = "v1 hybrid" if self.cg.mode == "hybrid" else self.cg.mode
+            return f"needs cgroup v2 (this host: {host})"
+        if not self.limits_applied:
+            return "needs a cgroup tree it may write (rootless without delegation)"
+        return None
 
     def protections(self) -> tuple[str, ...]:
         """What an instance gets, one "what: how" line each (the report lists them next to
         the engines')."""
         profile = self.seccomp_profile()
         if self.device_rules:
-            devices = f"cgroup v1 devices: deny a; allow {', '.join(self.device_rules)}"
-        elif self.bare:
-            devices = "no device cgroup (ns:bare); CAP_MKNOD dropped instead"
+            devices = self.cg.devices()
         else:
-            devices = (f"no device cgroup ({'rootless' if self.rootless else 'cgroup v2'}"
-                       ": ns loads no eBPF device program); CAP_MKNOD dropped instead")
+            # Rootless, none is asked for: an unprivileged user may neither load a device
+            # program nor write a v1 device cgroup (and in its user namespace no device
+            # node can be made; /dev holds the host's own few, bound).
+            why = "ns:bare" if self.bare else \
+                "rootless: a device cgroup, v1 or eBPF, needs root" if self.rootless else \
+                self.cg.device_problem or "no cgroup for the instances"
+            devices = f"no device cgroup ({why}); CAP_MKNOD dropped instead"
         return (
             *protection_lines(self.rlimits, _RRO),
             "user namespace: " + (f"yes, root inside = uid {os.geteuid()}" if self.rootless
@@ -322,10 +347,12 @@ class NsRuntime:
             uid=uid_gid(spec.user)[0], gid=uid_gid(spec.user)[1],
             masked=tuple(m for m in self._masked
                          if spec.network != "host" or not m[0].startswith("/sys/")),
-            readonly=self._readonly)
+            readonly=self._readonly, into_cgroup=self.into_cgroup)
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         validate.spec(spec, self.rootless)
+        if self.into_cgroup and (problem := self._into_cgroup_problem()):
+            raise NotApplicable(f"{self.name}: {problem}")
         inst = NsInstance(spec=spec, prepared=prepared)
         try:
             idir = None
@@ -343,12 +370,19 @@ class NsRuntime:
             err_r, err_w = _proc.open_pipe()
             inst.out = _proc.Stream(out_r, spec.capture)
             inst.err = _proc.Stream(err_r, spec.capture)
+            fds = [out_w, err_w]
             try:
-                inst.child = process.spawn(_SERVER, cfg, out_w, err_w)
+                if self.into_cgroup:  # the cgroup first: the child is cloned into it
+                    inst.cgroup = True
+                    self.cg.create(spec.name, spec.limits)
+                    fds.append(os.open(self.cg.path(spec.name),
+                                       os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+                inst.child = process.spawn(_SERVER, cfg, out_w, err_w,
+                                           fds[2] if self.into_cgroup else None)
             finally:
-                os.close(out_w)
-                os.close(err_w)
-            if self.limits_applied:
+                for fd in fds:
+                    os.close(fd)
+            if self.limits_applied and not self.into_cgroup:
                 # Made while the child sets itself up; it joins at start.
                 inst.cgroup = True
                 self.cg.create(spec.name, spec.limits)

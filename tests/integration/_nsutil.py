@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -118,3 +119,48 @@ def is_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def cgroup2_mount() -> Path | None:
+    """Where a cgroup2 hierarchy is mounted (a v2 host's /sys/fs/cgroup, or a hybrid
+    host's /sys/fs/cgroup/unified, which holds no controller but enforces device programs
+    and takes clone3's CLONE_INTO_CGROUP all the same), or None."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.split()[0] == "cgroup2":
+                return Path(left.split()[4])
+    return None
+
+
+def fresh_cgroup(run_id: str, what: str) -> Iterator[Path]:
+    """A fresh cgroup `cvbench-<run id>-<what>` in the cgroup2 hierarchy, removed after
+    (with whatever is still in it); the test is skipped (or failed) without root or a
+    cgroup2 mount."""
+    from runtimes.ns.cgroups._common import rmdir
+
+    require("root", None if os.geteuid() == 0 else "needs root")
+    root = cgroup2_mount()
+    require("cgroup2", None if root else "no cgroup2 hierarchy is mounted")
+    assert root is not None
+    d = root / f"cvbench-{run_id}-{what}"
+    d.mkdir()
+    try:
+        yield d
+    finally:
+        rmdir(d)
+
+
+@contextlib.contextmanager
+def node_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory where device nodes can be opened: a tmpfs of our own (no nodev),
+    since the temporary directory may be on a `nodev` mount (systemd's /tmp tmpfs),
+    where opening any node fails with EACCES before a device program is asked."""
+    d = tmp_path / "dev"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700", "cvbench-test", str(d)],
+                   check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -16,7 +17,9 @@ import pytest
 
 from runtimes.base import Limits
 from runtimes.ns.cgroups.v2 import CONTROLLERS, V2Manager
+from runtimes.ns.config import DEVICE_RULES
 from tests.conftest import require
+from tests.integration._nsutil import node_dir
 
 pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parents[2]
@@ -39,12 +42,13 @@ def cgroup2_root() -> tuple[Path | None, str]:
                   "no cgroup2 mount") + "): they are bound to cgroup v1 hierarchies here")
 
 
-def test_v2_manager_for_real(run_id: str) -> None:
+def test_v2_manager_for_real(run_id: str, tmp_path: Path) -> None:
     require("root", None if os.geteuid() == 0 else "needs root")
     root, why = cgroup2_root()
     require("cgroup2", why or None)
     assert root is not None
-    m = V2Manager(root)
+    m = V2Manager(root, device_rules=DEVICE_RULES)
+    assert m.device_rules == DEVICE_RULES, m.device_problem
     name = f"cvbench-{run_id}-v2"
     m.create(name, Limits(cpus=0.5, memory=32 << 20, pids=16))
     try:
@@ -56,6 +60,13 @@ def test_v2_manager_for_real(run_id: str) -> None:
         hog = subprocess.run(["sh", "-c", f"echo 0 > {procs} && head -c 100m /dev/zero | tail"],
                              capture_output=True, check=False)
         assert hog.returncode != 0 and m.oom_killed(name)
+        # the device program create() attached: /dev/null opens, /dev/kmsg's node does not
+        with node_dir(tmp_path) as nodes:
+            os.mknod(nodes / "kmsg", stat.S_IFCHR | 0o600, os.makedev(1, 11))
+            dev = subprocess.run(["sh", "-c", f"echo 0 > {procs} && head -c 1 /dev/null "
+                                  f"&& head -c 1 {nodes}/kmsg"], capture_output=True,
+                                 text=True, check=False)
+        assert dev.returncode != 0 and "not permitted" in dev.stderr, dev
     finally:
         m.kill(name)
         m.destroy(name)

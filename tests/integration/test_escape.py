@@ -225,8 +225,9 @@ def test_only_the_allowed_devices(env: Env) -> None:
 
 def test_device_nodes_cannot_be_opened(env: Env) -> None:
     blocked(env, "mknod /tmp/sda b 8 0 && head -c 512 /tmp/sda")
-    # With a device cgroup, ns keeps CAP_MKNOD as Docker does: the node can be made, not
-    # opened; without one, it cannot even be made.
+    # With a device allow-list (cgroup v1's devices controller, or on v2 the eBPF device
+    # program), ns keeps CAP_MKNOD as Docker does: the node can be made, not opened;
+    # without one (rootless, ns:bare), it cannot even be made.
     made = probe(env, "mknod-block", "/tmp/sda")
     assert made == ("OK" if env.rt.device_rules else "ERR EPERM")
 

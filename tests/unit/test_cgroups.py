@@ -232,3 +232,40 @@ def test_v2_not_delegated(tmp_path: Path) -> None:
     os.chown(other, 12345, 12345)
     cgroup.write_text("0::/user.slice/session-3.scope\n")
     assert v2.delegated(tmp_path, str(cgroup)) is None
+
+
+def test_v2_device_program_attached_at_create(tmp_path: Path, fake_fs: None,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rules asked for: the program loaded once, attached to each new cgroup before
+    any limit is written (the kernel's side is tests/integration/test_cgroup2_devices.py);
+    a kernel that refuses it: no rules, and why."""
+    from runtimes.ns.cgroups import devices_bpf
+
+    calls: list[tuple[str, object]] = []
+
+    def attach(fd: int, d: Path) -> None:
+        calls.append(("attach", (fd, d, sorted(p.name for p in d.iterdir()))))
+
+    monkeypatch.setattr(devices_bpf, "loaded", lambda rules: calls.append(("load", rules)) or 7)
+    monkeypatch.setattr(devices_bpf, "attach", attach)
+    root = v2_tree(tmp_path)
+    m = cgroups.new(root, device_rules=("c 1:3 rwm",))
+    assert m.device_rules == ("c 1:3 rwm",) and m.device_problem is None
+    m.create("cvbench-abcdef0123-4", Limits(memory=32 << 20))
+    d = root / "cvbench" / "cvbench-abcdef0123-4"
+    assert calls == [("load", ("c 1:3 rwm",)), ("attach", (7, d, []))]  # before memory.max
+    assert m.devices().startswith("eBPF allow-list (a BPF_PROG_TYPE_CGROUP_DEVICE program "
+                                  "of 13 instructions")
+
+    def refused(rules: tuple[str, ...]) -> int:
+        raise OSError(errno.EPERM, "bpf(BPF_PROG_LOAD, cgroup device program): "
+                                   "Operation not permitted")
+
+    monkeypatch.setattr(devices_bpf, "loaded", refused)
+    m = cgroups.new(root, device_rules=("c 1:3 rwm",))
+    assert m.device_rules == ()
+    assert m.device_problem == ("the kernel refused the eBPF device program: bpf("
+                                "BPF_PROG_LOAD, cgroup device program): Operation not "
+                                "permitted")
+    m.create("cvbench-abcdef0123-5", Limits())
+    assert len(calls) == 2  # no attach

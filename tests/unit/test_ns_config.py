@@ -266,3 +266,55 @@ def test_rlimits_per_scenario(state: Path, tmp_path: Path) -> None:
                         f'[limits]\nrlimits = {{ {bad} }}\n')
         with pytest.raises(UsageError, match=rf"limits\.rlimits\.{key}"):
             scenario.load(str(path))
+
+
+@pytest.mark.parametrize(("rules", "problem", "rootless", "line"), [
+    (DEVICE_RULES, None, False, "devices: eBPF allow-list (a BPF_PROG_TYPE_CGROUP_DEVICE "
+     "program of 59 instructions attached to each instance's cgroup): deny a; allow c *:* m, "
+     "b *:* m, c 1:3 rwm"),
+    ((), "the kernel refused the eBPF device program: EPERM", False,
+     "devices: no device cgroup (the kernel refused the eBPF device program: EPERM); "
+     "CAP_MKNOD dropped instead; nodes null"),
+    ((), None, True, "devices: no device cgroup (rootless: a device cgroup, v1 or eBPF, "
+     "needs root); CAP_MKNOD dropped instead"),
+])
+def test_device_protection_on_cgroup_v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        rules: tuple[str, ...], problem: str | None,
+                                        rootless: bool, line: str) -> None:
+    """The protection line says what the v2 manager applies (its program is loaded only
+    for real, in tests/integration/test_cgroup2_devices.py): here a manager on a fake
+    tree that has, or has not, got its program."""
+    from runtimes.ns.cgroups.v2 import V2Manager
+
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    m = V2Manager(tmp_path)
+    m.device_rules, m.device_problem = rules, problem
+    rt = NsRuntime()
+    rt._cg, rt.rootless = m, rootless
+    monkeypatch.setattr(m, "writable", lambda: True)
+    monkeypatch.setattr(rt, "seccomp_profile", lambda: None)
+    devices = [p for p in rt.protections() if p.startswith("devices: ")]
+    assert len(devices) == 1 and devices[0].startswith(line), devices
+    assert ("CAP_MKNOD" in rt.cap_names) == bool(rules)
+
+
+def test_intocgroup_config_and_refusal(state: Path, tmp_path: Path) -> None:
+    """ns:intocgroup: the config asks the fork server for clone3 into the cgroup, and an
+    exec still joins through cgroup_join; on a host whose manager is not v2 (a fake v1
+    hybrid tree here) create refuses, before anything is made."""
+    from harness.core.errors import NotApplicable
+    from runtimes.base import Prepared
+    from runtimes.ns.cgroups.v1 import V1Manager
+
+    root = tmp_path / "cg"
+    for c in ("memory", "cpu", "pids"):
+        (root / c).mkdir(parents=True)
+    rt = NsRuntime("intocgroup")
+    rt._cg, rt.rootless = V1Manager(root, "hybrid"), False
+    cfg = rt._config(spec(), "/img", None)
+    assert cfg.into_cgroup and cfg.cgroup_join and not NsRuntime()._config(
+        spec(), "/img", None).into_cgroup
+    with pytest.raises(NotApplicable, match=r"^ns:intocgroup: needs cgroup v2 \(this host: "
+                                            r"v1 hybrid\)$"):
+        rt.create(spec(), Prepared(image=None, backend=rt.name, ref="/img"))  # type: ignore[arg-type]
+    assert not (state / "ns" / spec().name).exists()

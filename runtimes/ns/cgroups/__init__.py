@@ -23,6 +23,11 @@ PARENT = "cvbench"
 class Manager(Protocol):
     mode: str
     device_rules: tuple[str, ...]  # the device allow-list create() applies; () for none
+    device_problem: str | None  # why the rules asked for are not applied (None: they are)
+
+    def devices(self) -> str:
+        """How create() applies device_rules, for the protection list."""
+        ...
 
     def check(self) -> str | None:
         """None when usable; else the reason (a missing controller, not writable...)."""
@@ -79,18 +84,19 @@ def new(root: str | Path = "/sys/fs/cgroup", parent: str = PARENT,
     """The manager for this host's cgroup mode. `parent` is the directory the cgroups
     live in; `every_controller` (v1) makes names()/destroy() cover every mounted
     hierarchy, for cgroups another runtime (runc, crun) made in all of them.
-    `device_rules` ("c 1:3 rwm"...): the only devices an instance may open, after a
-    "deny a", in the v1 devices controller; v2 has no such files (it takes an eBPF
-    program), so there, as without a devices hierarchy, the manager's `device_rules` is
-    () and the caller must do without."""
+    `device_rules` ("c 1:3 rwm"...): the only devices an instance may open or make,
+    after a "deny a": in the v1 devices controller, or on v2 as an eBPF device program
+    (devices_bpf.py). Where neither can be had (no devices hierarchy; a kernel that
+    refuses the program) the manager's `device_rules` is (), its `device_problem` says
+    why, and the caller must do without."""
     root = Path(root)
     mode = cgroup_mode(str(root))
     if mode == "v2":
         from runtimes.ns.cgroups.v2 import V2Manager, delegated
 
         if os.geteuid() != 0 and (own := delegated(root)) is not None:
-            return V2Manager(own, parent, delegated=True)
-        return V2Manager(root, parent)
+            return V2Manager(own, parent, device_rules, delegated=True)
+        return V2Manager(root, parent, device_rules)
     from runtimes.ns.cgroups.v1 import V1Manager
 
     return V1Manager(root, mode, parent, every_controller, device_rules)

@@ -58,6 +58,8 @@ class V1Manager:
         devices = bool(device_rules) and (mounts.get("devices", root / "devices") /
                                           "devices.deny").exists()
         self.device_rules = device_rules if devices else ()
+        self.device_problem = "no cgroup v1 devices hierarchy is mounted" \
+            if device_rules and not devices else None
         self.controllers = (*CONTROLLERS, "devices") if devices else CONTROLLERS
         self.roots = {c: mounts[c] for c in self.controllers}
         self.cpuset_root = mounts.get("cpuset")
@@ -67,6 +69,9 @@ class V1Manager:
         if every_controller and mode == "hybrid" and (root / "unified").is_dir():
             hierarchies.add(root / "unified")  # crun and runc make a cgroup there too
         self.hierarchies = sorted(hierarchies)
+
+    def devices(self) -> str:
+        return f"cgroup v1 devices: deny a; allow {', '.join(self.device_rules)}"
 
     def check(self) -> str | None:
         for c, p in self.roots.items():

@@ -6,7 +6,11 @@ in the parents' cgroup.subtree_control first (done once, in check/create). Limit
   cpus   -> cpu.max = "<cpus * 100000> 100000"
   pids   -> pids.max
   cpuset -> cpuset.cpus (the cpuset controller delegated on first use)
-A process joins by writing 0 into cgroup.procs; cgroup.kill (Linux 5.14+) kills them all.
+  device rules (if asked) -> an eBPF device program generated from them (devices_bpf.py),
+            loaded once per process and attached to each instance's cgroup at create,
+            before any process is in it
+A process joins by writing 0 into cgroup.procs (or is cloned into it: clone3 with
+CLONE_INTO_CGROUP, ns:intocgroup); cgroup.kill (Linux 5.14+) kills them all.
 
 Rootless, the tree is the one systemd delegated to the user (`delegated()`: this process's
 own cgroup, e.g. a `systemd-run --user -p Delegate=yes` unit under user@UID.service):
@@ -25,7 +29,7 @@ from pathlib import Path
 
 from harness.core.probes.memory import cgroup_procs as procs
 from runtimes.base import Limits
-from runtimes.ns.cgroups import PARENT, may_write
+from runtimes.ns.cgroups import PARENT, devices_bpf, may_write
 from runtimes.ns.cgroups._common import kill_procs, read_int_field, rmdir, write
 
 CONTROLLERS = ("memory", "cpu", "pids")
@@ -35,13 +39,30 @@ PERIOD_US = 100_000
 
 class V2Manager:
     mode = "v2"
-    device_rules: tuple[str, ...] = ()  # a device program is eBPF on v2: not applied
 
-    def __init__(self, root: Path, parent: str = PARENT, delegated: bool = False) -> None:
+    def __init__(self, root: Path, parent: str = PARENT,
+                 device_rules: tuple[str, ...] = (), delegated: bool = False) -> None:
         self.root = root
         self.parent = root / parent
         self.delegated = delegated  # root is a subtree delegated to this user
         self._enabled = False
+        self.device_rules: tuple[str, ...] = ()
+        self.device_problem: str | None = None
+        self._program = -1
+        if device_rules:
+            # Loaded here, once (the kernel's verifier runs before any timing): whether
+            # this kernel and this process may have a device program at all.
+            try:
+                self._program = devices_bpf.loaded(device_rules)
+                self.device_rules = device_rules
+            except OSError as e:
+                self.device_problem = f"the kernel refused the eBPF device program: {e.strerror}"
+
+    def devices(self) -> str:
+        n = len(devices_bpf.program(self.device_rules)) // 8
+        return (f"eBPF allow-list (a BPF_PROG_TYPE_CGROUP_DEVICE program of {n} "
+                "instructions attached to each instance's cgroup): deny a; allow "
+                + ", ".join(self.device_rules))
 
     def check(self) -> str | None:
         try:
@@ -90,6 +111,8 @@ class V2Manager:
         self._enable()
         d = self.path(name)
         d.mkdir()
+        if self.device_rules:
+            devices_bpf.attach(self._program, d)
         if limits.memory is not None:
             write(d / "memory.max", str(limits.memory))
             if (d / "memory.swap.max").exists():
