@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.testhost._guest import guest, in_guest, testhost
+from tests.testhost._guest import QUICK_SETUP, guest, in_guest, testhost
 
 REQUIRE = "ns,cgroup2,systemd,delegation,root"
 
 
 def test_lean_debian13_guest(repo: Path, tmp_path: Path) -> None:
     timings: dict[str, float] = {}
-    with guest(repo, timings):
+    with guest(repo, timings, QUICK_SETUP):
         in_guest(repo, f"CVBENCH_REQUIRE={REQUIRE} .venv/bin/pytest -q -p no:cacheprovider "
                  "tests/integration/test_cgroups_v2.py", timings, "cgroup v2 tests")
         in_guest(repo, "rm -rf results/lean && .venv/bin/bench run startup --backends ns "
