@@ -4,6 +4,7 @@ one held statically (mypy) to its protocol by an annotated assignment in its mod
 from __future__ import annotations
 
 import ast
+import re
 import tomllib
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness import studies
+from harness.report import claims, presentation
 from runtimes import registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +27,7 @@ def declared(group: str) -> dict[str, str]:
 
 def test_the_installed_entry_points_are_pyprojects() -> None:
     """The editable install is current (a stale one hides a new study)."""
-    for group in ("cvbench.studies", "cvbench.runtimes"):
+    for group in ("cvbench.studies", "cvbench.reports", "cvbench.runtimes"):
         assert {ep.name: ep.value for ep in entry_points(group=group)} == declared(group)
 
 
@@ -96,7 +98,10 @@ def test_no_central_list_of_studies_in_the_code() -> None:
     """The study names appear in no list or dict literal of the orchestration or the
     report's assembly: they come from the entry points."""
     names = set(declared("cvbench.studies"))
-    for rel in ("harness/session.py", "harness/validate.py", "harness/studies/__init__.py"):
+    for rel in ("harness/session.py", "harness/validate.py", "harness/studies/__init__.py",
+                "harness/report/render.py", "harness/report/apps.py",
+                "harness/report/claims.py", "harness/report/charts.py",
+                "harness/report/presentation.py"):
         tree = ast.parse((ROOT / rel).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Dict | ast.List | ast.Tuple | ast.Set):
@@ -104,3 +109,28 @@ def test_no_central_list_of_studies_in_the_code() -> None:
                 found = {k.value for k in keys
                          if isinstance(k, ast.Constant) and k.value in names}
                 assert len(found) < 3, f"{rel}:{node.lineno}: a list of studies {found}"
+
+
+def test_the_presentations_found_are_exactly_the_entry_points() -> None:
+    """Every presentation is of an installed study; the report orders them by rank."""
+    found = presentation.found()
+    assert set(found) == set(declared("cvbench.reports")) <= set(studies.names())
+    ranks = [p.rank for p in found.values()]
+    assert ranks == sorted(ranks)
+    assert presentation.of("no-such-study").headline == (r".*",)
+
+
+@pytest.mark.parametrize("name", sorted(declared("cvbench.reports")))
+def test_every_presentation_is_typed(name: str) -> None:
+    module, _, attr = declared("cvbench.reports")[name].partition(":")
+    assert _held_to(_module_file(module), attr, "Presentation")
+
+
+def test_the_application_claim_is_about_every_application_studys_throughput() -> None:
+    """The claim's metric is derived from the presentations, not kept by hand."""
+    claim = next(c for c in claims.seed() if c.id == claims.APPS)
+    apps = presentation.apps()
+    assert {"http", "kv", "db", "cpu", "mem"} <= set(apps)
+    for app in apps.values():
+        assert re.fullmatch(claim.metric, app.throughput)
+    assert not re.fullmatch(claim.metric, "http.lat_p99")
