@@ -3,8 +3,9 @@
 packages=(
   # the harness itself
   python3 python3-venv python3-dev gcc make git
-  # tests: readelf (whether an ELF binary is static)
-  binutils
+  # tests: readelf (whether an ELF binary is static); strace (counting a probe's system
+  # calls); libc6-dev: static glibc, for the probes built with gcc -static
+  binutils strace libc6-dev
   # the workload image: busybox-static, and tools copied into images with their libraries
   busybox-static fio iperf3 sockperf hyperfine
   # real images: Debian root filesystems (debootstrap); host-side HTTP checks in tests (curl)
