@@ -831,6 +831,7 @@ def history_(result_paths: tuple[Path, ...], out_dir: Path, scenario: str | None
     one line each. Writes index.html (self-contained), history.md, history.json.
     """
     from harness import history as hist
+    from harness.report import history_page
 
     loaded = hist.load(result_paths, scenario, host)
     for line in loaded.skipped:
@@ -842,7 +843,7 @@ def history_(result_paths: tuple[Path, ...], out_dir: Path, scenario: str | None
                      alpha=alpha, min_runs=min_runs)
     if not h.series:
         raise UsageError(f"no series for --metric {metric_globs} --backend {backend_globs}")
-    hist.write(h, out_dir)
+    history_page.write(h, out_dir)
     moves = h.moves
     t = Table(title=f"{h.runs} runs, {len(h.series)} series: {len(moves)} moves "
                     "(newest first)")

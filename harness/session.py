@@ -31,7 +31,6 @@ from harness.runner import Cell, Context, Outcome, Runner, Target
 from harness.runs import HOOKS, Resumable, RunLock, collect, finish, hold, live_runs, runs_dir
 from harness.scenario import Scenario
 from harness.studies import _lifecycle as life
-from harness.studies import stack
 from runtimes import registry
 from runtimes.base import Exit, InstanceSpec, Prepared, new_run_id
 
@@ -95,7 +94,7 @@ class Session:
         self.lock: RunLock | None = None
         self.journal: results.Journal | None = None
         self.name = ""
-        self.stack_images: dict[str, image_mod.Image] = {}
+        self.images: dict[str, image_mod.Image] = {}  # the study's further images
 
     # --- stages ---------------------------------------------------------------------------
 
@@ -105,7 +104,7 @@ class Session:
         # Live instances hold descriptors (pipes, pidfds, attach sockets): a density ramp of
         # thousands needs more than the usual soft limit of 1024.
         nofile_before, nofile, nofile_hard = limits.raise_nofile()
-        self.study = studies.get(scen.study)
+        study = self.study = studies.get(scen.study)
         p = self.plan = planning.plan(scen, self.wanted)
         for b, why in p.skipped.items():
             rep.warn(f"skipping {b}: {why}")
@@ -114,8 +113,9 @@ class Session:
                      "without them (metadata not_applied)")
         rep.info(f"{'resuming run' if resumed else 'run'} {self.run_id}: scenario "
                  f"{scen.name}, backends {', '.join(p.backends)}")
-        with rep.status(f"image: {scen.workload.image.describe()}…") as progress:
-            img = build_image(scen.workload.image, progress)
+        source = study.image(scen)
+        with rep.status(f"image: {source.describe()}…") as progress:
+            img = build_image(source, progress)
         rep.info(f"image {img.tag} sha256:{img.digest} ({img.size / 2**20:.1f} MiB"
                  + (f", built in {img.build_seconds:.1f} s)" if img.build_seconds else ")"))
         if resumed and resumed.header["image"]["digest"] != img.digest:
@@ -141,7 +141,7 @@ class Session:
         for b in p.backends:
             with rep.status(f"preparing {b}…"):
                 prepared[b] = p.runtimes[b].prepare(img)
-        extra = self._stack_images(p) if scen.services else {}
+        extra = self._study_images(p)
         self.cells = planning.make_cells(p, prepared, self.copies, extra)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resumed and resumed.journal:
@@ -159,28 +159,27 @@ class Session:
         else:
             self.name = f"{scen.name}-{results.utc_stamp()}-{self.run_id}"
             head = planning.header(p, self.run_id, img, prepared, self.cells)
-            if scen.services:
-                head["stack"] = stack_header(scen, extra, self.stack_images)
+            head.update(study.header(scen, self.images, extra))
             self.journal = results.Journal(self.out_dir / f"{self.name}.journal", head)
         self.journal.event("rlimit_nofile", soft_before=nofile_before, soft=nofile,
                            hard=nofile_hard)
 
-    def _stack_images(self, p: planning.Plan) -> dict[str, dict[str, Prepared]]:
-        """Build a stack's images (every service's, the single-VM union) and prepare each
-        on the backends that run it."""
-        rep = self.reporter
-        with rep.status("the stack's images…") as progress:
-            self.stack_images = stack.images(self.scenario, lambda src: build_image(
-                src, progress))
-        for name, image in self.stack_images.items():
+    def _study_images(self, p: planning.Plan) -> dict[str, dict[str, Prepared]]:
+        """Build the study's further images (a stack's services, the single-VM union) and
+        prepare each on the backends that run it."""
+        rep, study = self.reporter, self.study
+        assert study is not None
+        with rep.status("the study's further images…") as progress:
+            self.images = study.images(self.scenario, lambda src: build_image(src, progress))
+        for name, image in self.images.items():
             rep.info(f"{name}: {image.tag} sha256:{image.digest} "
                      f"({image.size / 2**20:.1f} MiB)")
         out: dict[str, dict[str, Prepared]] = {}
         for b in p.backends:
             rt = p.runtimes[b]
             kind = rt.traits().kind
-            for name, image in self.stack_images.items():
-                if stack.wanted(name, rt, kind):
+            for name, image in self.images.items():
+                if study.runs_image(name, rt, kind):
                     with rep.status(f"preparing {name} on {b}…"):
                         out.setdefault(b, {})[name] = rt.prepare(image)
         return out
@@ -232,16 +231,6 @@ class Session:
         return Done(run_id=self.run_id, result=path, outcome=outcome, cells=self.cells,
                     backends=list(self.plan.backends),
                     problems=outcome.cleanup_errors + problems)
-
-
-def stack_header(scen: Scenario, prepared: dict[str, dict[str, Prepared]],
-                 images: dict[str, image_mod.Image]) -> dict[str, Any]:
-    """What a stack's result records of it: the resolved stack, each image (the single-VM
-    union too) and how each backend prepared it."""
-    return {**stack.resolved(scen, images),
-            "images": {n: {**img.as_dict(), "prepared": {
-                b: {"ref": per[n].ref, "footprint": dict(per[n].footprint)}
-                for b, per in prepared.items() if n in per}} for n, img in images.items()}}
 
 
 def engine_lookup(engine: str, ref: str) -> str | None:

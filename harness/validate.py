@@ -43,9 +43,8 @@ def check_study(s: Scenario) -> list[ScenarioError]:
                             f"must be {type(study.params[key]).__name__}, not "
                             f"{type(value).__name__}"))
     # A study may check its own [params] further (ranges, nested tables): (key, message).
-    check_params = getattr(study, "check_params", None)
-    if check_params is not None and not out:
-        out += [_err(s, key, msg) for key, msg in check_params(s)]
+    if not out:
+        out += [_err(s, key, msg) for key, msg in study.check_params(s)]
     out += [_err(s, "study", f"study {s.study!r} runs {tool} on this host, which is not "
                  f"installed (Debian package {pkg}; `make provision` installs it)")
             for tool, pkg in studies.missing_tools(study).items()]

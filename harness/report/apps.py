@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,26 +29,11 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from harness import stats
 from harness.core.units import format_seconds, format_size, format_value
-from harness.report import charts, claims, data, render, tables
+from harness.report import blocks as page
+from harness.report import claims, data, draw, tables
+from harness.report.presentation import apps
 from harness.results import Loaded
 
-
-@dataclass(frozen=True)
-class App:
-    title: str  # heading and chart title
-    throughput: str  # the figure that says how much work was done
-    p99: str | None = None  # the tail latency, where the tool reports one
-    from_host: bool = True  # the load generator runs on the host (else in the instance)
-
-
-APPS: dict[str, App] = {
-    "http": App("HTTP server: nginx under wrk", "http.rps", "http.lat_p99"),
-    "kv": App("Key-value store: redis under redis-benchmark", "kv.ops", "kv.lat_p99"),
-    "db": App("Database: PostgreSQL under pgbench", "db.tps", "db.lat_p99"),
-    "cpu": App("CPU: sysbench cpu in the instance", "cpu.events", from_host=False),
-    "mem": App("Memory bandwidth: sysbench memory in the instance", "mem.bw",
-               from_host=False),
-}
 # The overhead table's rows in this order within a study (others after, by name);
 # daemons have no counterpart on the bare host, so their PSS has no ratio.
 FIGURES = ("rps", "ops", "tps", "events", "bw", "lat_p50", "lat_mean", "lat_p99",
@@ -64,15 +48,15 @@ OVERHEAD_COLUMNS = ["dataset", "study", "metric", "sub", "unit", "backend", "var
 
 
 def present(df: pd.DataFrame) -> list[str]:
-    """The application studies with samples in `df`, in APPS order."""
+    """The application studies with samples in `df`, in apps() order."""
     studies = set(df["metric"].map(data.study_of)) if not df.empty else set()
-    return [s for s in APPS if s in studies]
+    return [s for s in apps() if s in studies]
 
 
 def split(df: pd.DataFrame) -> pd.DataFrame:
     """Application samples with `variant` the cell's own (the sub-case removed) and `sub`
     the sub-case ("" when none): a sub-case is a figure of the cell, not another cell."""
-    d = df[df["metric"].map(data.study_of).isin(list(APPS))].copy()
+    d = df[df["metric"].map(data.study_of).isin(list(apps()))].copy()
     sub = d["sub"].fillna("").astype(str) if "sub" in d else pd.Series("", index=d.index)
 
     def cell_variant(v: str, s: str) -> str:
@@ -142,7 +126,7 @@ def overhead(df: pd.DataFrame) -> pd.DataFrame:
     t = pd.DataFrame(rows, columns=OVERHEAD_COLUMNS)
     if t.empty:
         return t
-    order = list(APPS)
+    order = list(apps())
     t = t.assign(_s=t["study"].map(order.index), _f=t["metric"].map(_figure_rank))
     t = data.in_order(t, df, ["_s", "_f", "sub"])
     # Studies and figures lead; within one figure the cells keep the report's order.
@@ -170,11 +154,11 @@ def _ratio_text(r: Mapping[Any, Any]) -> str:
                     + (" ▼" if r["slower"] else ""), tables.tally_of(r))
 
 
-def overhead_table(t: pd.DataFrame, several: bool) -> render.Table:
+def overhead_table(t: pd.DataFrame, several: bool) -> page.Table:
     """The classic layout: one row per study, headline figure (throughput, p99), sub-case
     and network mode; the bare host's median, then one column per other backend (TCG
     marked): its median ÷ the host's [95 % CI]. The other figures are in the CSV."""
-    heads = {f for a in APPS.values() for f in (a.throughput, a.p99) if f}
+    heads = {f for a in apps().values() for f in (a.throughput, a.p99) if f}
     t = t[t["metric"].isin(heads)]
     others = t[t["kind"] != "process"]
     backends = list(dict.fromkeys(zip(others["backend"], others["emulated"], others["ram"],
@@ -195,15 +179,15 @@ def overhead_table(t: pd.DataFrame, several: bool) -> render.Table:
                      *(_ratio_text(by[b]) if b in by else "" for b, _, _ in backends)])
     cols = [*(["dataset"] if several else []), "figure", "sub", "network", "host (median)",
             *labels]
-    return render.Table(cols, rows, "l" * (len(cols) - len(labels) - 1)
+    return page.Table(cols, rows, "l" * (len(cols) - len(labels) - 1)
                         + "r" * (len(labels) + 1))
 
 
-def study_table(df: pd.DataFrame, study: str, several: bool) -> render.Table | None:
+def study_table(df: pd.DataFrame, study: str, several: bool) -> page.Table | None:
     """One row per cell (backend [network]); one column per headline figure and sub-case
     (throughput, p99), then the instance's and the daemons' PSS under load: "median ±x%"
     (± = half the 95 % CI, relative), ⚠ where unstable. The rest is in the study's CSV."""
-    app = APPS[study]
+    app = apps()[study]
     d = split(df)
     d = d[d["metric"].isin([app.throughput, app.p99, f"{study}.pss_loaded",
                             f"{study}.daemon_pss_loaded"])]
@@ -224,23 +208,23 @@ def study_table(df: pd.DataFrame, study: str, several: bool) -> render.Table | N
             warn = "" if s.min == s.max else stats.unstable(v.to_numpy(float))
             values.append(" ".join(filter(None, [
                 format_value(s.median, str(d[d["metric"] == metric]["unit"].iloc[0])),
-                render._pm(s.median, s.lo, s.hi), "⚠" if warn else ""])))
+                page.pm(s.median, s.lo, s.hi), "⚠" if warn else ""])))
         n = int(cell.groupby(["metric", "sub"]).size().max())
         rows.append([*([c.dataset] if several else []), c.label(), str(n), *values])
     names = [m.split(".", 1)[1] + (f" ({sub})" if sub else "") for m, sub in figures]
-    return render.Table([*(["dataset"] if several else []), "backend [network]", "n", *names],
+    return page.Table([*(["dataset"] if several else []), "backend [network]", "n", *names],
                         rows, "l" * (2 if several else 1) + "r" * (len(names) + 1))
 
 
 MARKS = {claims.HOLDS: "✓", claims.FAILS: "✗", claims.INCONCLUSIVE: "?"}
 
 
-def near_native(t: pd.DataFrame, several: bool) -> tuple[render.Table, str] | None:
+def near_native(t: pd.DataFrame, several: bool) -> tuple[page.Table, str] | None:
     """The claim "containers run applications at near-native speed" per container backend
     and network mode: its verdict on each throughput figure (the overhead table's ratio
     and CI, read as `claims.verdict` reads every claim) and overall (holds when every
     figure holds, does not hold when one does not). Also the claim's band, as text."""
-    claim = next(c for c in claims.CLAIMS if c.id == claims.APPS)
+    claim = next(c for c in claims.seed() if c.id == claims.APPS)
     t = t[(t["kind"] == "container") & t["metric"].str.fullmatch(claim.metric)
           & np.isfinite(t["ratio"].astype(float))]
     if t.empty:
@@ -267,7 +251,7 @@ def near_native(t: pd.DataFrame, several: bool) -> tuple[render.Table, str] | No
     cols = [*(["dataset"] if several else []), "backend [network]",
             *(f"{m}" + (f" ({s})" if s else "") for m, s in figures), "verdict"]
     band = f"{1 - claim.margin:.2f}–{1 + claim.margin:.2f}"
-    return (render.Table(cols, rows, "l" * (2 if several else 1) + "r" * len(figures) + "l"),
+    return (page.Table(cols, rows, "l" * (2 if several else 1) + "r" * len(figures) + "l"),
             band)
 
 
@@ -286,12 +270,12 @@ def placement(docs: Sequence[Loaded]) -> list[str]:
     out = []
     for _, doc in docs:
         study = str(doc.scenario.get("study", doc.scenario_name))
-        if study not in APPS:
+        if study not in apps():
             continue
         limits = doc.scenario.get("limits") or {}
         server, client = cpusets(doc)
         gen = (f"load generator cpuset {' | '.join(client) or 'not recorded'}"
-               if APPS[study].from_host else "the tool runs in the instance")
+               if apps()[study].from_host else "the tool runs in the instance")
         cpus = f" (cpus = {limits['cpus']:g})" if isinstance(limits.get("cpus"), int | float) \
             else ""
         out.append(f"{doc.scenario_name}: host of {doc.host.get('cores', '?')} cores; "
@@ -320,12 +304,12 @@ def cache_note(doc: Any) -> str:
 def host_note(docs: Sequence[Loaded]) -> list[str]:
     """What a small host can and cannot show; empty when every host has 4 cores or more."""
     runs = [(study, cores) for _, doc in docs
-            if (study := str(doc.scenario.get("study", doc.scenario_name))) in APPS
+            if (study := str(doc.scenario.get("study", doc.scenario_name))) in apps()
             and isinstance(cores := doc.host.get("cores"), int)]
     if not runs or min(c for _, c in runs) >= 4:
         return []
     n = min(c for _, c in runs)
-    served = any(APPS[s].from_host for s, _ in runs)
+    served = any(apps()[s].from_host for s, _ in runs)
     out = [f"**What a {n}-core host can and cannot show.** "
            + ("A server gets one core and its load generator another (the placement "
               "above), so the two do not compete for a core and every backend gets the "
@@ -363,24 +347,24 @@ def _axis(ax: Any, unit: str, values: pd.Series) -> bool:
         ax.xaxis.set_minor_formatter(NullFormatter())
     else:  # from 0: a ratio to the host reads as a length
         top = ax.get_xlim()[1] * 1.05
-        scale = charts._byte_scale(top)[0] if data_bytes else 1.0
+        scale = draw.byte_scale(top)[0] if data_bytes else 1.0
         ax.set_xticks(np.asarray(MaxNLocator(4).tick_values(0, top / scale)) * scale)
         ax.set_xlim(0, top)
     ax.xaxis.set_major_formatter(FuncFormatter(
         (lambda x, _: format_seconds(x) if x else "0") if unit == "s"
-        else charts._compact_bytes if data_bytes else charts._count_fmt))
+        else draw.compact_bytes if data_bytes else draw.count_fmt))
     return log
 
 
 LOG_ABOVE = 8.0  # a panel whose largest value is this many times its smallest: log axis
 
 
-def chart(df: pd.DataFrame, look: charts.Look, study: str) -> Figure | None:
+def chart(df: pd.DataFrame, look: draw.Look, study: str) -> Figure | None:
     """One row per backend and network mode; one panel per sub-case for the throughput
     and one for p99 where the tool reports it: median with its 95 % CI, the bare host's
     median as a dashed reference line. A panel whose values span more than LOG_ABOVE
     (an emulated VM is 10-100x slower) is on a log axis, others start at 0."""
-    app = APPS[study]
+    app = apps()[study]
     d = split(df)
     metrics = [m for m in (app.throughput, app.p99) if m]
     d = d[d["metric"].isin(metrics)]
@@ -421,39 +405,39 @@ def chart(df: pd.DataFrame, look: charts.Look, study: str) -> Figure | None:
         better = "↑" if stats.higher_is_better(unit) else "↓"
         shown = "bytes/s (G = GiB, M = MiB)" if unit.startswith("B") else unit
         ax.set_title(f"{sub}\n{what}, {shown} {better}" if sub else f"{what}\n{shown} {better}")
-        charts._rows(ax, cs, look, labels=ax is axes[0])
-    charts._title(fig, app.title, look)
+        draw.rows(ax, cs, look, labels=ax is axes[0])
+    draw.title(fig, app.title, look)
     handles: list[Any] = [
         Line2D([], [], ls="", marker="D", color="#555555", mew=2, label="throughput"),
         *([Line2D([], [], ls="", marker="o", mfc="white", color="#555555", mew=2,
                   label="p99")] if app.p99 else []),
         Line2D([], [], color="#555555", lw=lw, alpha=0.6, label="95 % CI of the median"),
         Line2D([], [], color="#4d4d4d", ls="--", lw=1.0, label="bare host (reference)")]
-    charts._finish(fig, look, handles, cs, "rows: backend [network mode]; ↑ higher is "
+    draw.finish(fig, look, handles, cs, "rows: backend [network mode]; ↑ higher is "
                    "better, ↓ lower is better"
                    + ("; log scale where the CIs span more than "
                       f"{LOG_ABOVE:g}×" if logs else ""))
     return fig
 
 
-def chart_fns() -> dict[str, tuple[str, charts.ChartFn]]:
+def chart_fns() -> dict[str, tuple[str, draw.ChartFn]]:
     """name -> (title, function) of every application chart, for `charts.render_all`."""
-    def one(study: str) -> charts.ChartFn:
-        return charts.styled(lambda df, look: chart(df, look, study))
+    def one(study: str) -> draw.ChartFn:
+        return draw.styled(lambda df, look: chart(df, look, study))
 
-    return {f"apps_{s}": (a.title, one(s)) for s, a in APPS.items()}
+    return {f"apps_{s}": (a.title, one(s)) for s, a in apps().items()}
 
 
 # --- the report's section ---------------------------------------------------------------
 
 def blocks(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame,
-           drawn: Mapping[str, Any], several: bool) -> list[render.Block]:
+           drawn: Mapping[str, Any], several: bool) -> list[page.Block]:
     """The section: what it shows, the small-host note, the overhead table (and its
     CSV), then per study its chart and its figures."""
     studies = present(df)
     if not studies:
         return []
-    out: list[render.Block] = [
+    out: list[page.Block] = [
         ("h2", "Applications: servers under load, against the bare host"),
         ("p", "Each sample is a fresh server instance: created, probed ready, warmed, "
               "loaded by the tool on the host (in the instance for cpu and mem) for a "
@@ -478,8 +462,8 @@ def blocks(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame,
                       f"KVM would. A column marked {data.RAM_MARK} wrote to a tmpfs, the "
                       "host to its disk: its write-heavy ratios (db) are not like for "
                       "like."),
-                *render.capped(overhead_table(t, several), "overhead.csv", OVERHEAD_CAP),
-                *render._csv("overhead.csv", t, "Every figure with both CIs")]
+                *page.capped(overhead_table(t, several), "overhead.csv", OVERHEAD_CAP),
+                *page.csv_blocks("overhead.csv", t, "Every figure with both CIs")]
         claim = near_native(t, several)
         if claim is not None:
             verdicts, band = claim
@@ -496,7 +480,7 @@ def blocks(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame,
                           "contention while it ran), not that isolation speeds a server up."),
                     ("table", verdicts)]
     for study in studies:
-        app = APPS[study]
+        app = apps()[study]
         part = summ[summ["metric"].map(data.study_of) == study]
         out.append(("h3", app.title))
         if f"apps_{study}" in drawn:
@@ -504,6 +488,6 @@ def blocks(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame,
         figures = study_table(df, study, several)
         if figures is not None:
             out += [("p", "Medians; ± is half the 95 % CI, relative to the median; "
-                          "⚠ an unstable figure."), *render.capped(figures, f"{study}.csv")]
-        out += render._csv(f"{study}.csv", part, "Every figure of the study with its 95 % CI")
+                          "⚠ an unstable figure."), *page.capped(figures, f"{study}.csv")]
+        out += page.csv_blocks(f"{study}.csv", part, "Every figure of the study with its 95 % CI")
     return out

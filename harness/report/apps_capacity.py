@@ -36,7 +36,7 @@ from harness.capacity import Target
 from harness.core.errors import UsageError
 from harness.core.records import join_variant
 from harness.core.units import format_size, format_value
-from harness.report import apps, data
+from harness.report import apps, data, presentation
 from harness.results import Loaded, frame
 
 
@@ -81,7 +81,7 @@ class AppPlan:
 
 def is_application(docs: Sequence[Loaded]) -> bool:
     """Whether the results hold application studies (and so no density ramps)."""
-    return any(str(doc.scenario.get("study", doc.scenario_name)) in apps.APPS
+    return any(str(doc.scenario.get("study", doc.scenario_name)) in presentation.apps()
                for _, doc in docs)
 
 
@@ -119,13 +119,14 @@ def _count(x: float) -> int:
 
 
 def plan(docs: Sequence[Loaded], target: Target, rate: float | None) -> AppPlan:
+    known = presentation.apps()
     studies = sorted({name for _, d in docs
-                      if (name := str(d.scenario.get("study", d.scenario_name))) in apps.APPS})
+                      if (name := str(d.scenario.get("study", d.scenario_name))) in known})
     if len(studies) != 1:
         raise UsageError("give the results of one application study (found "
                          f"{', '.join(studies) or 'none'}): each has its own rate unit")
     study = studies[0]
-    app = apps.APPS[study]
+    app = presentation.apps()[study]
     if rate is not None and not rate > 0:
         raise UsageError("--rate: must be positive")
     mine = [(p, d) for p, d in docs if str(d.scenario.get("study", d.scenario_name)) == study]

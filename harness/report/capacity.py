@@ -14,7 +14,7 @@ from rich.table import Table
 from harness.capacity import MARGINAL_AT, MIB, Plan
 from harness.core.errors import UsageError
 from harness.core.units import format_seconds
-from harness.report.charts import backend_colours, style_context
+from harness.report.draw import backend_colours, style_context
 
 
 def _num(x: float | None) -> str:

@@ -11,10 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import itertools
-import math
-import re
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,74 +21,21 @@ from markdown_it import MarkdownIt
 from markdown_it.rules_core import StateCore
 
 from harness.core.units import format_value
+from harness.report import apps, charts, data, presentation, tables
+from harness.report import blocks as page
 from harness.report import claims as claims_mod
-from harness.report import data, tables
 from harness.results import FAILURE_LIMIT, Loaded
 
-CAP = 30  # rows of a table in report.md; the rest go to the CSV beside it
 PER_CLAIM = 5  # rows per claim in the claims table (exceptions first)
-
-
-@dataclass(frozen=True)
-class Study:
-    """How the report shows one study: its title (the same in its heading, its charts'
-    titles and its CSV's name), the question it answers, its charts, and the metrics of
-    its summary table (regular expressions, in column order; every figure of the study,
-    with its CI, is in `<study>.csv`)."""
-
-    title: str
-    question: str
-    charts: tuple[str, ...] = ()
-    headline: tuple[str, ...] = ()
-
-
-STUDIES = {
-    "startup": Study("Startup", "how long until the workload runs", ("startup", "startup_serving",
-                                                                  "startup_phases"),
-                     (r"startup\.to_ready", r"startup\.to_serving", r"startup\.total")),
-    "memory": Study("Memory", "what an idle instance costs", ("memory",)),
-    "disk": Study("Disk", "what the image and each instance store", ("disk",),
-                  (r"disk\.image", r"disk\.image\.shared", r"disk\.instance_idle",
-                   r"disk\.instance")),
-    "io": Study("I/O", "each storage target under fio", ("io_bw", "io_iops"),
-                (r"io\.seq[^.]*\.bw", r"io\.rand[^.]*\.iops")),
-    "limits": Study("Limits", "are CPU and memory limits enforced", ("limits",)),
-    "network": Study("Network", "latency and bandwidth per network mode", ("network",),
-                     (r"network\.lat_p50", r"network\.lat_p99", r"network\.bw")),
-    "density": Study("Density", "what each added instance costs", ("density",)),
-    "stack": Study("Stacks", "how soon a stack of services answers, and what it costs",
-                   ("stack_timeline",),
-                   (r"stack\.start", r"stack\.memory\.pss", r"stack\.memory\.daemon",
-                    r"stack\.e2e\.rps", r"stack\.e2e\.lat_p99")),
-}
-
-
-def study_info(study: str) -> Study:
-    """The study's entry; a study the report does not know gets its name as title and
-    its every metric in the summary."""
-    return STUDIES.get(study, Study(study, "every figure", (), (r".*",)))
-
-
-@dataclass(frozen=True)
-class Table:
-    columns: list[str]
-    rows: list[list[str]]
-    align: str = ""  # one of "l"/"r" per column; default left
-
-
-Block = tuple[str, Any]  # (kind, payload): h1 h2 h3 p ul table chart warn
 
 
 def build(docs: Sequence[Loaded], df: pd.DataFrame, out: Path,
           formats: Sequence[str] = ("png", "svg"), style: str = "paper") -> list[Path]:
     """Write the charts, report.md and index.html into `out`; return the files written."""
-    from harness.report import apps, charts
-
     out.mkdir(parents=True, exist_ok=True)
     df = data.enrich(df, docs)
     verdicts = claims_mod.evaluate(df)
-    drawn = charts.render_all(df, out, style, formats, inline=True, claims_table=verdicts,
-                              extra=apps.chart_fns())
+    drawn = charts.render_all(df, out, style, formats, inline=True, claims_table=verdicts)
     blocks = content(docs, df, {c.name: c for c in drawn}, verdicts)
     csvs = []
     for _, (name, frame) in (b for b in blocks if b[0] == "csv"):
@@ -106,56 +50,8 @@ def build(docs: Sequence[Loaded], df: pd.DataFrame, out: Path,
 
 # --- content --------------------------------------------------------------------------
 
-def fmt_ci(median: float, lo: float, hi: float, unit: str) -> tuple[str, str]:
-    """("12.3 ms", "11.9 ms – 12.8 ms")"""
-    return format_value(median, unit), f"{format_value(lo, unit)} – {format_value(hi, unit)}"
 
-
-def _pm(median: float, lo: float, hi: float) -> str:
-    if not median:
-        return ""
-    return f"±{(hi - lo) / 2 / abs(median):.1%}"
-
-
-def medians_table(summ: pd.DataFrame, several: bool,
-                  ram: Collection[tuple[str, str]] = ()) -> Table:
-    """Every figure of `summ`; a backend in `ram` ((dataset, backend): see `_in_ram`) is
-    marked data.RAM_MARK."""
-    counts = "count" in summ.columns
-    notes = [data.failed_note(tables.tally_of(r)) for r in summ.to_dict("records")]
-    failed = any(notes)  # the column is there when a cell had failures
-    cols = [*(["dataset"] if several else []), "backend", "variant", "metric",
-            *(["instances"] if counts else []), "n", *(["samples"] if failed else []),
-            "median", "95 % CI", "±", "stability"]
-    rows = []
-    for r, note in zip(summ.to_dict("records"), notes, strict=True):
-        med, ci = fmt_ci(r["median"], r["ci_lo"], r["ci_hi"], str(r["unit"]))
-        backend = str(r["backend"])
-        if (str(r.get("dataset")), backend) in ram:
-            backend += f" {data.RAM_MARK}"
-        rows.append([*([str(r["dataset"])] if several else []), backend,
-                     str(r["variant"]), str(r["metric"]),
-                     *([f"{r['count']:g}"] if counts else []), str(r["n"]),
-                     *([note] if failed else []), med, ci,
-                     _pm(r["median"], r["ci_lo"], r["ci_hi"]),
-                     f"⚠ {r['warning']}" if r["warning"] else ""])
-    align = ("l" * (len(cols) - 6 - failed) + ("r" if counts else "l") + "r" * (1 + failed)
-             + "rlrl")
-    return Table(cols, rows, align)
-
-
-def _in_ram(df: pd.DataFrame) -> set[tuple[str, str]]:
-    """(dataset, backend) of the backends whose writable layer was in RAM."""
-    return {(str(ds), str(b)) for (ds, b), g in df.groupby(["dataset", "backend"])
-            if data.in_ram(g)}
-
-
-def _ordered(summ: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
-    """Rows in the report's order: backend (by kind), variant, dataset, metric."""
-    return data.in_order(summ, df, ["metric"])
-
-
-def claims_table(t: pd.DataFrame, several: bool) -> Table:
+def claims_table(t: pd.DataFrame, several: bool) -> page.Table:
     cols = [*(["dataset"] if several else []), "claim", "A", "B", "metric", "median A",
             "median B", "A / B", "95 % CI", "verdict", "note"]
     rows = []
@@ -171,7 +67,7 @@ def claims_table(t: pd.DataFrame, several: bool) -> Table:
                      format_value(r["median_b"], u), f"{r['ratio']:.3g}×",
                      f"{r['ratio_lo']:.3g}× – {r['ratio_hi']:.3g}×",
                      f"**{r['verdict']}**", str(r["note"])])
-    return Table(cols, rows, "l" * (len(cols) - 6) + "rrrrll")
+    return page.Table(cols, rows, "l" * (len(cols) - 6) + "rrrrll")
 
 
 def _exceptions_first(t: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -183,23 +79,6 @@ def _exceptions_first(t: pd.DataFrame, n: int) -> pd.DataFrame:
     keep = (t.sort_values(["_r", "_i"], kind="stable")
             .groupby(["dataset", "claim"], sort=False).head(n))
     return t.loc[sorted(keep.index, key=list(t.index).index)].drop(columns=["_r", "_i"])
-
-
-def memory_table(df: pd.DataFrame, several: bool) -> Table | None:
-    m = tables.memory(df)
-    if m.empty:
-        return None
-    cols = [*(["dataset"] if several else []), "backend", "instances",
-            "PSS / instance", "daemons ÷ instances", "total / instance", "95 % CI of total"]
-    rows = []
-    for r in m.to_dict("records"):
-        cell = data.Cell(r["backend"], r["variant"], r["dataset"], "", r["emulated"],
-                         bool(r["ram"]), tables.tally_of(r))
-        rows.append([*([str(r["dataset"])] if several else []), cell.label(),
-                     str(r["instances"]), format_value(r["pss"], "B"),
-                     format_value(r["daemon"], "B"), format_value(r["total"], "B"),
-                     fmt_ci(r["total"], r["total_lo"], r["total_hi"], "B")[1]])
-    return Table(cols, rows, "l" * (len(cols) - 5) + "rrrrl")
 
 
 def _warnings(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame) -> list[str]:
@@ -260,7 +139,7 @@ def _layer_warnings(df: pd.DataFrame) -> list[str]:
     writable layer is not the same in every dataset (an `ns` from before its default
     moved to disk next to one from after)."""
     out = []
-    ram = sorted({b for _, b in _in_ram(df)})
+    ram = sorted({b for _, b in page.in_ram(df)})
     if ram:
         out.append(f"Writable layer in RAM (a tmpfs): {', '.join(ram)}. Their writes to the "
                    "root filesystem never reach a disk, so their write-heavy figures (db, "
@@ -277,8 +156,8 @@ def _layer_warnings(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def _dataset_blocks(docs: Sequence[Loaded], df: pd.DataFrame) -> list[Block]:
-    blocks: list[Block] = []
+def _dataset_blocks(docs: Sequence[Loaded], df: pd.DataFrame) -> list[page.Block]:
+    blocks: list[page.Block] = []
     runs = df.drop_duplicates("run_id").set_index("run_id")["dataset"].to_dict()
     by_ds: dict[str, list[Loaded]] = {}
     for path, doc in docs:
@@ -292,7 +171,7 @@ def _dataset_blocks(docs: Sequence[Loaded], df: pd.DataFrame) -> list[Block]:
         keys = ("id", "hostname", "cpu_model", "cores", "mem_total_gib", "kernel", "distro",
                 "cgroup_mode", "governor", "thp", "ksm", "virtualization", "kvm_device",
                 "python", "cvbench")
-        blocks.append(("table", Table(["host", "value"], [[k, str(host[k])] for k in keys
+        blocks.append(("table", page.Table(["host", "value"], [[k, str(host[k])] for k in keys
                                                           if k in host])))
         rows = []
         for path, doc in items:
@@ -300,7 +179,7 @@ def _dataset_blocks(docs: Sequence[Loaded], df: pd.DataFrame) -> list[Block]:
             rows.append([str(doc.scenario_name), doc.run_id, doc.created or "",
                          f"`{doc.image_digest[:16]}…`" + (f" ({tag})" if tag else ""),
                          f"`{path}`"])
-        blocks.append(("table", Table(["scenario", "run", "created", "image digest", "file"],
+        blocks.append(("table", page.Table(["scenario", "run", "created", "image digest", "file"],
                                       rows)))
         backends: dict[str, Mapping[str, Any]] = {}
         for _, doc in items:
@@ -314,7 +193,7 @@ def _dataset_blocks(docs: Sequence[Loaded], df: pd.DataFrame) -> list[Block]:
             if data.is_emulated(meta):
                 accel = f"**{accel or 'emulated'} (emulated)**"
             rows.append([b, data.backend_kind(meta), accel, versions])
-        blocks.append(("table", Table(["backend", "kind", "accel", "versions"], rows)))
+        blocks.append(("table", page.Table(["backend", "kind", "accel", "versions"], rows)))
         prot = protections_table(backends)
         if prot is not None:
             blocks += [("p", "Protections each backend applies (its own record; an engine's "
@@ -322,7 +201,7 @@ def _dataset_blocks(docs: Sequence[Loaded], df: pd.DataFrame) -> list[Block]:
     return blocks
 
 
-def protections_table(backends: Mapping[str, Mapping[str, Any]]) -> Table | None:
+def protections_table(backends: Mapping[str, Mapping[str, Any]]) -> page.Table | None:
     """One row per protection ("what: how" lines of the backends' `protections`), one
     column per backend that records any; None when none does."""
     cols = sorted(b for b in backends if backends[b].get("protections"))
@@ -331,148 +210,31 @@ def protections_table(backends: Mapping[str, Mapping[str, Any]]) -> Table | None
     by_backend = {b: dict(str(line).partition(": ")[::2] for line in backends[b]["protections"])
                   for b in cols}
     whats = list(dict.fromkeys(w for b in cols for w in by_backend[b]))
-    return Table(["protection", *cols],
+    return page.Table(["protection", *cols],
                  [[w, *(by_backend[b].get(w, "—") for b in cols)] for w in whats])
 
 
-def _csv(name: str, frame: pd.DataFrame, what: str) -> list[Block]:
-    """The full table as a CSV beside the report, and the line that points to it."""
-    return [("csv", (name, frame)), ("p", f"{what}: [{name}]({name}) ({len(frame)} rows).")]
-
-
-def capped(table: Table, csv: str, cap: int = CAP) -> list[Block]:
-    """The table, cut at `cap` rows with a line saying where the rest is."""
-    if len(table.rows) <= cap:
-        return [("table", table)]
-    return [("table", Table(table.columns, table.rows[:cap], table.align)),
-            ("p", f"… {len(table.rows) - cap} more rows in [{csv}]({csv}).")]
-
-
-def wide_table(summ: pd.DataFrame, df: pd.DataFrame, headline: Sequence[str],
-               several: bool) -> Table | None:
-    """One row per cell, one column per headline metric: "median ±x%" (± = half the
-    95 % CI, relative to the median), ⚠ where the figure is unstable."""
-    present = list(dict.fromkeys(summ["metric"]))
-    metrics = [m for rx in headline for m in sorted(present) if re.fullmatch(rx, m)]
-    metrics = list(dict.fromkeys(metrics))
-    if not metrics:
-        return None
-    part = summ[summ["metric"].isin(metrics)]
-    cells = {(c.backend, c.variant, c.dataset): c for c in data.cells(df)}
-    cols = [*(["dataset"] if several else []), "backend", "n",
-            *(m.split(".", 1)[1] for m in metrics)]
-    rows = []
-    for (ds, backend, variant), g in part.groupby(["dataset", "backend", "variant"], sort=False):
-        by = {str(r["metric"]): r for r in g.to_dict("records")}
-        cell = cells.get((str(backend), str(variant), str(ds)))
-        values = []
-        for m in metrics:
-            r = by.get(m)
-            values.append("—" if r is None else " ".join(filter(None, [
-                format_value(r["median"], str(r["unit"])), _pm(r["median"], r["ci_lo"],
-                                                               r["ci_hi"]),
-                "⚠" if r["warning"] else ""])))
-        rows.append([*([str(ds)] if several else []),
-                     cell.label() if cell else f"{backend} [{variant}]",
-                     str(max(int(r["n"]) for r in by.values())), *values])
-    return Table(cols, rows, "l" * (len(cols) - len(metrics) - 1) + "r" * (len(metrics) + 1))
-
-
-def limits_table(df: pd.DataFrame, several: bool) -> Table | None:
-    """Per backend and limit: what was used (CPU) or the largest allocation that lived
-    (memory), against the limit asked, and the verdict of `claims.enforcement`."""
-    t = data.in_order(claims_mod.enforcement(df), df, ["resource", "asked"])
-    if t.empty:
-        return None
-    cols = [*(["dataset"] if several else []), "backend", "limit", "used / lived", "95 % CI",
-            "÷ asked", "host idle", "killed", "verdict", "note"]
-    rows = []
-    for r in t.to_dict("records"):
-        unit = "cores" if r["resource"] == "cpus" else "B"
-        cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"],
-                         bool(r["ram"]), tables.tally_of(r))
-        killed = "" if unit == "cores" else (format_value(r["killed"], "B")
-                                             if math.isfinite(r["killed"]) else "none")
-        rows.append([*([str(r["dataset"])] if several else []), cell.label(),
-                     data.limit_name(r["resource"], r["asked"]),
-                     format_value(r["value"], unit),
-                     fmt_ci(r["value"], r["value_lo"], r["value_hi"], unit)[1],
-                     f"{r['ratio']:.3g}×",
-                     format_value(r["idle"], "cores") if math.isfinite(r["idle"]) else "",
-                     killed,
-                     f"**{r['verdict']}**" if r["applied"] else r["verdict"], r["note"]])
-    return Table(cols, rows, "l" * (len(cols) - 8) + "lrlrrrll")
-
-
-def density_table(df: pd.DataFrame, several: bool) -> Table | None:
-    """One row per cell: memory fixed + marginal × n, the marginal at the low and top end
-    of the ramp, the largest count reached, the start latency's p95."""
-    t = data.in_order(tables.density(df), df)
-    if t.empty:
-        return None
-    cols = [*(["dataset"] if several else []), "backend", "basis", "fixed",
-            "marginal / instance", "95 % CI", "low end", "top end", "max count", "start p95"]
-    rows = []
-    for r in t.to_dict("records"):
-        cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"],
-                         bool(r["ram"]), tables.tally_of(r))
-
-        def size(x: float) -> str:
-            return format_value(x, "B") if math.isfinite(x) else "—"
-
-        rows.append([*([str(r["dataset"])] if several else []), cell.label(), r["basis"],
-                     size(r["fixed"]), size(r["marginal"]),
-                     f"{size(r['marginal_lo'])} – {size(r['marginal_hi'])}",
-                     f"{size(r['low'])} (n {r['low_counts']})" if r["low_counts"] else "—",
-                     f"{size(r['top'])} (n {r['top_counts']})" if r["top_counts"] else "—",
-                     str(r["max_count"]), format_value(r["start_p95"], "s")])
-    return Table(cols, rows, "l" * (len(cols) - 7) + "rrrrrrr")
-
-
-def _per_count(df: pd.DataFrame) -> pd.DataFrame:
-    """The density study's figures per instance count (never pooled across counts)."""
-    sub = df[df["metric"].map(data.study_of) == "density"]
-    part = tables.summary(sub.assign(count=pd.to_numeric(sub["instance"], errors="coerce")),
-                          ["dataset", "backend", "variant", "metric", "unit", "count"])
-    return _ordered(part.sort_values(["metric", "count"], kind="stable"), df)
-
-
-# Studies whose summary is a table of their own (the others: `wide_table` of headlines).
-CUSTOM: dict[str, Any] = {"memory": memory_table, "limits": limits_table,
-                          "density": density_table}
-CAPTIONS = {
-    "memory": "Per instance, the engine daemons' memory divided among the instances "
-              "sampled with them.",
-    "limits": "*holds* when used ÷ asked stays at or under 1 (+5 %) with room to go over "
-              "(idle host CPU; a larger allocation tried and killed).",
-    "density": "Memory = fixed + marginal × instances, fitted over every ramp "
-               "(`bench capacity` has the plan); low and top end: the marginal over the "
-               "lowest and highest third of the counts alone.",
-}
-
-
 def _study_blocks(study: str, df: pd.DataFrame, summ: pd.DataFrame,
-                  several: bool) -> list[Block]:
-    info = study_info(study)
+                  several: bool) -> list[page.Block]:
+    """A study's table (its own, or one of its headline figures), and its CSV."""
+    pres = presentation.of(study)
     name = f"{study.replace('/', '_')}.csv"
-    table = (CUSTOM[study](df, several) if study in CUSTOM
-             else wide_table(summ, df, info.headline, several))
-    blocks: list[Block] = []
+    table = (pres.table(df, several) if pres.table is not None
+             else page.wide_table(summ, df, pres.headline, several))
+    blocks: list[page.Block] = []
     if table is not None:
-        caption = CAPTIONS.get(study, "Medians; ± is half the 95 % CI, relative to the "
-                                      "median; ⚠ an unstable figure.")
-        blocks += [("p", caption), *capped(table, name)]
+        blocks += [("p", pres.caption), *page.capped(table, name)]
     else:  # a study without a summary of its own: its figures, as many as fit
-        blocks += capped(medians_table(summ, several, _in_ram(df)), name)
-    if study == "density":
-        return blocks + _csv(name, _per_count(df), "The full table per instance count, "
-                                                   "with 95 % CIs")
-    return blocks + _csv(name, summ, "Every figure of the study with its 95 % CI")
+        blocks += page.capped(page.medians_table(summ, several, page.in_ram(df)), name)
+    if pres.full is not None:
+        full, what = pres.full
+        return blocks + page.csv_blocks(name, full(df), what)
+    return blocks + page.csv_blocks(name, summ, "Every figure of the study with its 95 % CI")
 
 
 def _claims_blocks(t: pd.DataFrame, charts: Mapping[str, Any], several: bool
-                   ) -> list[Block]:
-    blocks: list[Block] = [("h2", "Seed claims")]
+                   ) -> list[page.Block]:
+    blocks: list[page.Block] = [("h2", "Seed claims")]
     if t.empty:
         blocks.append(("p", "No claim could be tested: they need backends whose metadata "
                             "declares `kind` container and vm (or process), measured on "
@@ -506,15 +268,13 @@ def _claims_blocks(t: pd.DataFrame, charts: Mapping[str, Any], several: bool
 
 
 def content(docs: Sequence[Loaded], df: pd.DataFrame, charts: Mapping[str, Any],
-            verdicts: pd.DataFrame | None = None) -> list[Block]:
+            verdicts: pd.DataFrame | None = None) -> list[page.Block]:
     """The report's blocks; `verdicts`: `claims.evaluate(df)`, if the caller has it."""
-    from harness.report import apps  # it builds on this module's tables
-
     sets = data.datasets(df)
     several = len(sets) > 1
-    summ = _ordered(tables.summary(df), df)
+    summ = page.ordered(tables.summary(df), df)
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    blocks: list[Block] = [
+    blocks: list[page.Block] = [
         ("h1", "cvbench report"),
         ("p", f"{len(docs)} result file(s), {len(df)} samples, "
               f"{len(sets)} dataset(s) (host, date): {', '.join(sets) or 'none'}. "
@@ -527,15 +287,14 @@ def content(docs: Sequence[Loaded], df: pd.DataFrame, charts: Mapping[str, Any],
     blocks += _claims_blocks(claims_mod.evaluate(df) if verdicts is None else verdicts,
                              charts, several)
 
+    applications = presentation.apps()  # the application section has them
     studies = [s for s in dict.fromkeys(data.study_of(m) for m in df["metric"])
-               if s not in apps.APPS]  # the application section has them
-    for study in sorted(studies, key=lambda s: (list(STUDIES).index(s)
-                                                if s in STUDIES else 99, s)):
-        info = study_info(study)
-        blocks.append(("h2", f"{info.title}: {info.question}"))
-        blocks += [("chart", charts[n]) for n in info.charts if n in charts]
-        blocks += _study_blocks(study, df, summ[summ["metric"].map(data.study_of) == study],
-                                several)
+               if s not in applications]
+    for pres in sorted(map(presentation.of, studies), key=lambda p: (p.rank, p.study)):
+        blocks.append(("h2", f"{pres.title}: {pres.question}"))
+        blocks += [("chart", charts[n]) for n in pres.charts if n in charts]
+        blocks += _study_blocks(pres.study, df,
+                                summ[summ["metric"].map(data.study_of) == pres.study], several)
     blocks += apps.blocks(docs, df, summ, charts, several)
 
     if several:
@@ -555,7 +314,7 @@ def content(docs: Sequence[Loaded], df: pd.DataFrame, charts: Mapping[str, Any],
                      else "✓" if x["changed"] else ""] for x in r.to_dict("records")]
             name = f"side-by-side-{k}.csv"
             blocks += [("h3", f"{new} vs {sets[0]}"),
-                       *capped(Table(["backend", "variant", "metric", sets[0], new,
+                       *page.capped(page.Table(["backend", "variant", "metric", sets[0], new,
                                       "ratio", "95 % CI", "changed"], rows, "lllrrrrl"), name),
                        ("csv", (name, r))]
 
@@ -570,7 +329,7 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(blocks: Sequence[Block], formats: Sequence[str]) -> str:
+def markdown(blocks: Sequence[page.Block], formats: Sequence[str]) -> str:
     lines: list[str] = []
     prefer = next((f for f in ("png", "svg") if f in formats), None)
     for kind, x in blocks:
@@ -631,7 +390,7 @@ def _img(chart: Any) -> str:
             f"<figcaption>{html.escape(chart.title)}</figcaption></figure>")
 
 
-def to_html(blocks: Sequence[Block]) -> str:
+def to_html(blocks: Sequence[page.Block]) -> str:
     # Raw HTML stays off: host names, variants and messages come from result files and
     # must show as text. Charts bypass Markdown, whose link check refuses SVG data URIs.
     md = MarkdownIt("commonmark", {"html": False}).enable("table")

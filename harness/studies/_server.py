@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 from harness.core.errors import InstanceError
 from harness.core.probes.memory import processes_memory
 from harness.runner import Cell, Context, Measurement
+from harness.studies import Base
 from harness.studies import _lifecycle as life
 from runtimes.base import Instance, Runtime, publish_address
 
@@ -134,7 +135,7 @@ class PeakPss:
             self._take()  # and once at the end, so a short load has a figure
 
 
-class ServerStudy:
+class ServerStudy(Base):
     """A server study: subclasses say how the server starts and how it is loaded."""
 
     name: str

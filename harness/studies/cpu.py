@@ -11,11 +11,11 @@ from typing import Any, ClassVar
 
 from harness.core.probes import sysbench
 from harness.runner import Cell, Context, Measurement
+from harness.studies import Base, Study, _sysbench
 from harness.studies import _lifecycle as life
-from harness.studies import _sysbench
 
 
-class Cpu:
+class Cpu(Base):
     name = "cpu"
     metrics: ClassVar[dict[str, str]] = {"cpu.events": "events/s"}
     params: ClassVar[dict[str, Any]] = {"duration": 5.0, "warmup": 1.0, "max_prime": 10000}
@@ -28,4 +28,4 @@ class Cpu:
                              warmup, "cpu.events", lambda r: r.events_per_s)
 
 
-STUDY = Cpu()
+STUDY: Study = Cpu()

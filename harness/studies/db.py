@@ -33,6 +33,7 @@ from harness.core.errors import InstanceError
 from harness.core.probes import pgbench
 from harness.runner import Context, Measurement
 from harness.scenario import Scenario
+from harness.studies import Study
 from harness.studies._server import COMMON_PARAMS, ServerStudy, run_tool
 
 METRICS = {"db.tps": "tx/s", "db.lat_mean": "s", "db.lat_p99": "s",
@@ -99,4 +100,4 @@ def _pgbench(ctx: Context, argv: list[str], p: dict[str, Any], timeout: float,
     return text
 
 
-STUDY = Db()
+STUDY: Study = Db()

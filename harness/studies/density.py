@@ -80,6 +80,7 @@ from harness.core.probes.timing import now_ns
 from harness.core.units import format_size, parse_size
 from harness.runner import Cell, Context, Measurement
 from harness.scenario import Scenario
+from harness.studies import Base, Study
 from harness.studies import _lifecycle as life
 from runtimes import registry
 from runtimes.base import Instance
@@ -381,7 +382,7 @@ class Ramp:
         return errors
 
 
-class Density:
+class Density(Base):
     name = "density"
     metrics: dict[str, str] = METRICS
     params: ClassVar[dict[str, Any]] = DEFAULTS
@@ -430,4 +431,4 @@ class Density:
                       cleanup_errors=errors)
 
 
-STUDY = Density()
+STUDY: Study = Density()

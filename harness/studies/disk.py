@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from harness.core.errors import InstanceError
 from harness.core.units import parse_size
 from harness.runner import Cell, Context, Measurement
+from harness.studies import Base, Study
 from harness.studies import _lifecycle as life
 from runtimes.base import Instance
 
@@ -38,7 +39,7 @@ POLL = 0.25  # seconds between two readings of an instance's disk usage
 METRICS = {"disk.": "B"}  # every disk.<footprint key>, disk.instance, disk.instance_idle
 
 
-class Disk:
+class Disk(Base):
     name = "disk"
     metrics: dict[str, str] = METRICS
     params: ClassVar[dict[str, Any]] = {"write": "16M"}
@@ -78,4 +79,4 @@ class Disk:
                                     f"{at_least} it wrote, after {ctx.timeout:g} s")
             last = used
 
-STUDY = Disk()
+STUDY: Study = Disk()

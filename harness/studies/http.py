@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from harness.core.probes import loadgen
 from harness.runner import Context, Measurement
+from harness.studies import Study
 from harness.studies._server import COMMON_PARAMS, ServerStudy, run_tool
 
 FILES = {"small": 512, "1MiB": 1 << 20}
@@ -71,4 +72,4 @@ class Http(ServerStudy):
         return out
 
 
-STUDY = Http()
+STUDY: Study = Http()

@@ -38,6 +38,7 @@ from harness.core.errors import InstanceError, NotApplicable
 from harness.core.probes import io as fio
 from harness.core.units import parse_size
 from harness.runner import Cell, Context, Measurement
+from harness.studies import Base, Study
 from harness.studies import _lifecycle as life
 from runtimes.base import Mount, state_dir
 
@@ -62,7 +63,7 @@ exit $rc
 """
 
 
-class Io:
+class Io(Base):
     name = "io"
     metrics: dict[str, str] = fio.METRICS
     params: ClassVar[dict[str, Any]] = {"size": "64M", "runtime": 2.0, "iodepth": 16,
@@ -147,4 +148,4 @@ class Io:
         return [Measurement(f.metric, f.value, variant=sub) for f in figs]
 
 
-STUDY = Io()
+STUDY: Study = Io()

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from harness.core.probes import loadgen
 from harness.runner import Context, Measurement
+from harness.studies import Study
 from harness.studies._server import COMMON_PARAMS, ServerStudy, run_tool
 
 TESTS = ("SET", "GET")
@@ -55,4 +56,4 @@ class Kv(ServerStudy):
                                     ("lat_p99", t.lat_p99))]
 
 
-STUDY = Kv()
+STUDY: Study = Kv()

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 from harness.core.errors import InstanceError
 from harness.core.units import parse_size
 from harness.runner import Cell, Context, Measurement
+from harness.studies import Base, Study
 from harness.studies import _lifecycle as life
 from runtimes.base import Limits
 
@@ -69,7 +70,7 @@ def _show(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-class LimitsStudy:
+class LimitsStudy(Base):
     name = "limits"
     metrics: dict[str, str] = METRICS
     params: ClassVar[dict[str, Any]] = {
@@ -132,4 +133,4 @@ class LimitsStudy:
         return out
 
 
-STUDY = LimitsStudy()
+STUDY: Study = LimitsStudy()

@@ -42,6 +42,7 @@ from harness.core.errors import InstanceError, NotApplicable
 from harness.core.probes import serving
 from harness.core.probes.io import parse_json, sections
 from harness.runner import Cell, Context, Measurement
+from harness.studies import Base, Study
 from harness.studies import _lifecycle as life
 from harness.studies._server import free_ports
 from runtimes.base import Instance
@@ -124,7 +125,7 @@ def host_version(path: str) -> str:
     return _first_line(proc.stdout + proc.stderr)
 
 
-class Network:
+class Network(Base):
     name = "network"
     metrics: dict[str, str] = METRICS
     params: ClassVar[dict[str, Any]] = {"duration": 2, "message": 64}
@@ -233,4 +234,4 @@ def _run(argv: list[str], timeout: float, check: bool = True) -> str:
     return proc.stdout
 
 
-STUDY = Network()
+STUDY: Study = Network()

@@ -57,9 +57,10 @@ from harness.core.probes import loadgen, memory, serving
 from harness.core.probes.timing import now_ns
 from harness.runner import Cell, Context, Measurement
 from harness.scenario import Scenario, Service, Workload
+from harness.studies import Base, Build, Study
 from harness.studies import _lifecycle as life
 from harness.studies._server import run_tool
-from runtimes.base import Exec, Exit, Instance, Limits, Mount, Networks, Runtime
+from runtimes.base import Exec, Exit, Instance, Limits, Mount, Networks, Prepared, Runtime
 
 UNION = "@single-vm"  # the name of a single-VM stack's image among a cell's images
 LOG_TAIL = 4000  # characters of each service's output kept with a failed sample
@@ -411,7 +412,7 @@ class SingleVm(Stack):
         return _totals(life.memory_of(self.rt, self.vm))
 
 
-class StackStudy:
+class StackStudy(Base):
     name = "stack"
     metrics: ClassVar[dict[str, str]] = {
         "stack.start": "s", "stack.service.": "s", "stack.teardown": "s", "stack.vm_boot": "s",
@@ -423,6 +424,23 @@ class StackStudy:
     # load_seconds > 0: wrk with load_connections connections against the request.
     params: ClassVar[dict[str, Any]] = {"request": "", "expect": "", "load_seconds": 0,
                                         "load_connections": 8, "client_cpuset": "0"}
+
+    def images(self, s: Scenario, build: Build) -> dict[str, Image]:
+        return images(s, build) if s.services else {}
+
+    def runs_image(self, name: str, rt: Runtime, kind: str) -> bool:
+        return wanted(name, rt, kind)
+
+    def header(self, s: Scenario, images: Mapping[str, Image],
+               prepared: Mapping[str, Mapping[str, Prepared]]) -> dict[str, Any]:
+        """The resolved stack, each image (the single-VM union too) and how each backend
+        prepared it."""
+        if not s.services:
+            return {}
+        return {"stack": {**resolved(s, images), "images": {
+            n: {**img.as_dict(), "prepared": {
+                b: {"ref": per[n].ref, "footprint": dict(per[n].footprint)}
+                for b, per in prepared.items() if n in per}} for n, img in images.items()}}}
 
     def check_params(self, scen: Scenario) -> list[tuple[str, str]]:
         p = dict(scen.params)
@@ -564,4 +582,4 @@ def _net(ctx: Context) -> str:
     return f"stack{ctx.counter}"
 
 
-STUDY = StackStudy()
+STUDY: Study = StackStudy()

@@ -13,10 +13,11 @@ from typing import Any, ClassVar
 
 from harness.core.probes.timing import STARTUP_METRICS, Timeline, now_ns
 from harness.runner import Cell, Context, Measurement
+from harness.studies import Base, Study
 from harness.studies import _lifecycle as life
 
 
-class Startup:
+class Startup(Base):
     name = "startup"
     metrics: dict[str, str] = dict.fromkeys(STARTUP_METRICS, "s")
     params: ClassVar[dict[str, Any]] = {}
@@ -49,4 +50,4 @@ class Startup:
         return [Measurement(metric, value) for metric, value in tl.metrics().items()]
 
 
-STUDY = Startup()
+STUDY: Study = Startup()

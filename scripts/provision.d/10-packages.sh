@@ -4,8 +4,9 @@ packages=(
   # the harness itself
   python3 python3-venv python3-dev gcc make git
   # tests: readelf (whether an ELF binary is static); bpftool (what the kernel says is
-  # attached to a cgroup: ns's eBPF device program on cgroup v2)
-  binutils bpftool
+  # attached to a cgroup: ns's eBPF device program on cgroup v2); strace (counting a
+  # probe's system calls); libc6-dev: static glibc, for the probes built with gcc -static
+  binutils bpftool strace libc6-dev
   # the workload image: busybox-static, and tools copied into images with their libraries
   busybox-static fio iperf3 sockperf hyperfine
   # real images: Debian root filesystems (debootstrap); host-side HTTP checks in tests (curl)
@@ -15,8 +16,6 @@ packages=(
   wrk redis-tools postgresql-client sysbench
   # ns runtime
   iproute2 iptables kmod util-linux libseccomp2
-  # its device rules on cgroup v2 (an eBPF program): bpftool lists what is attached (tests)
-  bpftool
   # OCI runtimes (oci:* backends, and the engines' extra runtimes)
   runc crun runsc
   # Docker and Podman

@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 
 from harness import results
-from harness.report import charts, claims, data
+from harness.report import claims, data, draw
+from harness.report.studies import limits as limits_chapter
+from harness.report.studies import network as network_chapter
 from tests.conftest import backend_or_skip
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -57,7 +59,7 @@ def test_report_dir_over_real_limits_and_network(root: None, measured: Path,
     mem = ns.loc["memory"]
     assert float(mem["killed"]) > float(mem["asked"]) >= float(mem["value"])
 
-    fig = charts.limits(df, charts.Look.of(df, "paper"))
+    fig = limits_chapter.limits(df, draw.Look.of(df, "paper"))
     assert fig is not None
     used = df[(df["backend"] == "ns") & (df["metric"] == "limits.cpu_used")]
     pts = next(a for a in fig.findobj(lambda a: a.get_gid() == "limits.cpu|ns"))
@@ -66,7 +68,7 @@ def test_report_dir_over_real_limits_and_network(root: None, measured: Path,
     assert list(pts.get_ydata()) == pytest.approx(list(expect))
 
     # network: ns in every mode, the host in its own, drawn where they were measured
-    fig = charts.network(df, charts.Look.of(df, "paper"))
+    fig = network_chapter.network(df, draw.Look.of(df, "paper"))
     assert fig is not None
     for b, mode in (("host", "host"), ("ns", "none"), ("ns", "bridge"), ("ns", "host")):
         line = next(a for a in fig.findobj(

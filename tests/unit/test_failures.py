@@ -19,7 +19,9 @@ import pytest
 from harness import compare, plan, results
 from harness.core.errors import ResultError
 from harness.core.records import Attempts, Result, failure_reason
-from harness.report import apps, charts, claims, data, render, tables
+from harness.report import apps, claims, data, draw, history_page, render, tables
+from harness.report import blocks as page
+from harness.report.studies import startup as startup_chapter
 from tests.unit import report_synth as synth
 from tests.unit.fakes import FakeRuntime
 from tests.unit.test_runner import _close_journals, img, make  # noqa: F401 - fixtures
@@ -131,7 +133,7 @@ def test_tables_carry_the_counts_of_a_cell_with_failures(tmp_path: Path) -> None
     assert (host["ok"], host["tried"], host["reason"]) == (6, 9, REASON)
     ns = summ[summ["backend"] == "ns"].iloc[0]
     assert (ns["ok"], ns["tried"]) == (6, 6)
-    md = render.markdown([("table", render.medians_table(summ, False))], ())
+    md = render.markdown([("table", page.medians_table(summ, False))], ())
     assert "| 6 ok / 9 tried |" in md
     assert md.count("ok / ") == (summ["backend"] == "host").sum()  # only where one failed
     cell = next(c for c in data.cells(df) if c.backend == "host")
@@ -194,7 +196,7 @@ def test_every_study_reports_with_counts_and_failures(tmp_path: Path) -> None:
 
 def test_a_chart_labels_a_cell_with_failures(tmp_path: Path) -> None:
     _, df = failing_startup(tmp_path)
-    fig = charts.startup(df, charts.Look.of(df))
+    fig = startup_chapter.startup(df, draw.Look.of(df))
     assert fig is not None
     labels = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
     assert "host (6 ok / 9 tried)" in labels
@@ -263,7 +265,7 @@ def test_history_lists_the_runs_with_failed_samples(tmp_path: Path) -> None:
     h = history.history(history.load([tmp_path]))
     (point, attempts), = h.failures
     assert point.doc.created.startswith("2026-01-11") and str(attempts) == "6 ok / 9 tried"
-    md = markdown(history.blocks(h, {}), ())
+    md = markdown(history_page.blocks(h, {}), ())
     assert "## Runs with failed samples" in md and f"| 6 ok / 9 tried | 3× {REASON} |" in md
     (j,) = h.as_json()["failures"]
     assert (j["backend"], j["ok"], j["tried"], j["reasons"]) == ("host", 6, 9, {REASON: 3})

@@ -21,7 +21,11 @@ from PIL import Image
 
 from harness import results, stats
 from harness.core.units import format_seconds
-from harness.report import charts, claims, data, render, tables
+from harness.report import blocks as page
+from harness.report import charts, claims, claims_chart, data, draw, presentation, render, tables
+from harness.report.studies import disk as disk_chapter
+from harness.report.studies import idle_memory as idle_memory_chapter
+from harness.report.studies import startup as startup_chapter
 from tests.unit import report_synth as synth
 
 Docs = list[results.Loaded]
@@ -52,7 +56,12 @@ def built(tmp_path_factory: pytest.TempPathFactory, one: tuple[Docs, pd.DataFram
 
 # The charts of the synthetic dataset: all but the ones drawn only for a service's
 # readiness (test_serving_chart_and_span).
-DRAWN = [n for n in charts.CHARTS if n != "startup_serving"]
+# The studies of synth.all_results: charts of other installed studies (plug-ins) have no
+# data here and are not drawn.
+SYNTH_STUDIES = ("startup", "memory", "disk", "io", "limits", "network", "density", "stack")
+CHARTS = claims_chart.CHARTS | {n: c for s, p in presentation.found().items()
+                                if s in SYNTH_STUDIES for n, c in p.charts.items()}
+DRAWN = [n for n in CHARTS if n != "startup_serving"]
 
 
 def test_serving_chart_and_span(tmp_path: Path) -> None:
@@ -61,18 +70,18 @@ def test_serving_chart_and_span(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     _, df = load([synth.write_result(tmp_path, "app-startup", synth.serving_samples(rng),
                                      synth.BACKENDS)])
-    look = charts.Look.of(df, "paper")
-    fig = charts.startup_serving(df, look)
+    look = draw.Look.of(df, "paper")
+    fig = startup_chapter.startup_serving(df, look)
     assert fig is not None
     texts = _texts(fig)
     assert any("first answer" in t for t in texts) and any("TCG" in t for t in texts)
     med = df[df.metric == "startup.to_serving"].groupby("backend").value.median()
     assert format_seconds(float(med["docker"])) in texts
-    phases = charts.startup_phases(df, look)
+    phases = startup_chapter.startup_phases(df, look)
     assert phases is not None
     labels = _texts(phases)
     assert any(t.startswith("serving:") for t in labels) and "exit" not in labels
-    colours = {mpl_colors.to_hex(c) for c in charts.PHASE_COLOURS}
+    colours = {mpl_colors.to_hex(c) for c in startup_chapter.PHASE_COLOURS}
     bars = [p for p in phases.axes[0].patches if mpl_colors.to_hex(p.get_facecolor()) in colours]
     assert len(bars) == 4 * len(synth.BACKENDS)  # create, start, ready, remove: no serving bar
     spans = df[df.metric == "startup.serving"].groupby("backend").value.median()
@@ -116,8 +125,8 @@ def _texts(fig: Any) -> list[str]:
 
 def test_emulated_vm_marked_in_every_chart(one: tuple[Docs, pd.DataFrame]) -> None:
     _, df = one
-    look = charts.Look.of(df, "paper")
-    for name, (_, fn) in charts.CHARTS.items():
+    look = draw.Look.of(df, "paper")
+    for name, (_, fn) in CHARTS.items():
         fig = fn(df, look)
         if name not in DRAWN:
             continue
@@ -129,11 +138,12 @@ def test_emulated_vm_marked_in_every_chart(one: tuple[Docs, pd.DataFrame]) -> No
 
 def test_one_order_and_one_colour_per_backend(one: tuple[Docs, pd.DataFrame]) -> None:
     _, df = one
-    look = charts.Look.of(df, "paper")
+    look = draw.Look.of(df, "paper")
     # process first, then containers, then VMs; by name within a kind
     assert look.order == ["host", "docker", "ns", "podman", "libvirt"]
     assert len(set(look.colours.values())) == len(look.order)
-    for fn in (charts.startup, charts.memory, charts.disk, charts.startup_phases):
+    for fn in (startup_chapter.startup, idle_memory_chapter.memory, disk_chapter.disk,
+               startup_chapter.startup_phases):
         fig = fn(df, look)
         assert fig is not None
         ticks = fig.axes[0].get_yticklabels()
@@ -321,7 +331,7 @@ def test_report_has_every_study_short_and_the_rest_in_csv(
     assert len(md.splitlines()) < 400
     headings = [line for line in md.splitlines() if line.startswith("## ")]
     for study in ("startup", "memory", "disk", "io", "limits", "network", "density"):
-        info = render.STUDIES[study]
+        info = presentation.of(study)
         assert f"## {info.title}: {info.question}" in headings  # one naming scheme
         assert all("![" in md and f"({n}.png)" in md for n in info.charts if n in DRAWN)
         assert out / f"{study}.csv" in written
@@ -395,15 +405,15 @@ def test_html_shows_what_the_markdown_says(built: tuple[Path, list[Path]]) -> No
 
 
 def test_html_keeps_text_from_results_as_text() -> None:
-    page = render.to_html([
+    shown = render.to_html([
         ("h1", "report"), ("p", "<script>alert(1)</script> *holds*"),
         ("ul", ["⚠ careful", "fine"]),
-        ("table", render.Table(["cell|name", "n"], [["`abc`", "**3**"]], "lr"))])
-    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "<em>holds</em>" in page
-    assert '<li class="warn">⚠ careful</li>' in page and "<li>fine</li>" in page
-    assert "<th>cell|name</th>" in page and "<td><code>abc</code></td>" in page
-    assert '<td style="text-align:right"><strong>3</strong></td>' in page
+        ("table", page.Table(["cell|name", "n"], [["`abc`", "**3**"]], "lr"))])
+    assert "<script>" not in shown and "&lt;script&gt;alert(1)&lt;/script&gt;" in shown
+    assert "<em>holds</em>" in shown
+    assert '<li class="warn">⚠ careful</li>' in shown and "<li>fine</li>" in shown
+    assert "<th>cell|name</th>" in shown and "<td><code>abc</code></td>" in shown
+    assert '<td style="text-align:right"><strong>3</strong></td>' in shown
 
 
 def test_two_hosts_side_by_side(tmp_path: Path, two: tuple[Docs, pd.DataFrame]) -> None:

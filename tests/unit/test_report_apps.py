@@ -14,7 +14,7 @@ import pytest
 from matplotlib.lines import Line2D
 
 from harness import results, stats
-from harness.report import apps, charts, claims, render
+from harness.report import apps, claims, claims_chart, draw, render
 from tests.unit import report_synth as synth
 
 Docs = list[results.Loaded]
@@ -125,7 +125,7 @@ def test_overhead_table_rows_and_columns(one: tuple[Docs, pd.DataFrame]) -> None
 def test_chart_draws_each_cell_s_median_and_the_host_line(one: tuple[Docs, pd.DataFrame]
                                                           ) -> None:
     _, df = one
-    look = charts.Look.of(df)
+    look = draw.Look.of(df)
     fig = apps.chart(df, look, "http")
     assert fig is not None
     drawn = {a.get_gid(): a for a in fig.findobj(Line2D) if a.get_gid()}
@@ -185,7 +185,7 @@ def test_near_native_claim_per_backend_and_network(one: tuple[Docs, pd.DataFrame
         assert sum(m.endswith(mark) for m in marks) == int((t["verdict"] == verdict).sum())
     assert len(marks) == len(t) == 3 * 3 * 4 + 3
     # the generic claims chart leaves these rows to the application section
-    fig = charts.claims(df, charts.Look.of(df))
+    fig = claims_chart.claims(df, draw.Look.of(df))
     assert fig is None or not any("near-native" in str(x.get_text())
                                   for x in fig.findobj(lambda a: hasattr(a, "get_text")))
 

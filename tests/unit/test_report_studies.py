@@ -19,7 +19,10 @@ from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
 from harness import cli, results
-from harness.report import charts, claims, data, render, tables
+from harness.report import blocks as page
+from harness.report import claims, claims_chart, data, draw, presentation, tables
+from harness.report.studies import limits as limits_chapter
+from harness.report.studies import network as network_chapter
 from tests.unit import report_synth as synth
 
 Docs = list[results.Loaded]
@@ -52,8 +55,8 @@ def median(df: pd.DataFrame, backend: str, variant: str, metric: str) -> float:
 def test_limits_chart_cpu_points_idle_room_and_ideal_line(one: tuple[Docs, pd.DataFrame]
                                                          ) -> None:
     _, df = one
-    look = charts.Look.of(df, "paper")
-    fig = charts.limits(df, look)
+    look = draw.Look.of(df, "paper")
+    fig = limits_chapter.limits(df, look)
     assert fig is not None
     ideal = one_gid(fig, "limits.ideal").get_xydata()
     assert np.allclose(ideal[:, 0], ideal[:, 1])  # used = asked
@@ -82,7 +85,7 @@ def test_limits_chart_cpu_points_idle_room_and_ideal_line(one: tuple[Docs, pd.Da
 def test_limits_chart_shows_an_unlimited_backend_as_such(one: tuple[Docs, pd.DataFrame]
                                                         ) -> None:
     _, df = one
-    fig = charts.limits(df, charts.Look.of(df, "paper"))
+    fig = limits_chapter.limits(df, draw.Look.of(df, "paper"))
     assert fig is not None
     # the host applies no limit: no point at any asked value, a level at what it used
     assert not by_gid(fig, "limits.cpu|host")
@@ -105,7 +108,7 @@ def test_limits_chart_shows_an_unlimited_backend_as_such(one: tuple[Docs, pd.Dat
 def test_limits_chart_memory_lived_and_killed_against_the_limit(
         one: tuple[Docs, pd.DataFrame]) -> None:
     _, df = one
-    fig = charts.limits(df, charts.Look.of(df, "paper"))
+    fig = limits_chapter.limits(df, draw.Look.of(df, "paper"))
     assert fig is not None
     assert one_gid(fig, "limits.limit").get_xdata()[0] == 1  # the limit
     for b, label in (("ns", "ns"), ("docker", "docker"),
@@ -156,8 +159,8 @@ def test_limits_claim_per_container_backend(one: tuple[Docs, pd.DataFrame]) -> N
 
 def test_network_chart_medians_and_host_reference(one: tuple[Docs, pd.DataFrame]) -> None:
     _, df = one
-    look = charts.Look.of(df, "paper")
-    fig = charts.network(df, look)
+    look = draw.Look.of(df, "paper")
+    fig = network_chapter.network(df, look)
     assert fig is not None
     ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     cells = [(b, m) for b in look.order for m in ("bridge", "host", "none")
@@ -166,13 +169,13 @@ def test_network_chart_medians_and_host_reference(one: tuple[Docs, pd.DataFrame]
     assert ticks == expect  # the VM has no host mode; the host nothing but
     for i, (b, m) in enumerate(cells):
         label = expect[i]
-        for k, metric in enumerate(charts.NETWORK_METRICS):
+        for k, metric in enumerate(network_chapter.NETWORK_METRICS):
             x, y = one_gid(fig, f"{metric}|{label}").get_xydata()[0]
             assert x == pytest.approx(median(df, b, f"network={m}", metric))
             assert x == pytest.approx(synth.NET[b][m][k], rel=0.1)  # the known value
             assert abs(y - i) < 0.5  # on its row
     ds = data.datasets(df)[0]
-    for k, metric in enumerate(charts.NETWORK_METRICS):
+    for k, metric in enumerate(network_chapter.NETWORK_METRICS):
         ref = one_gid(fig, f"{metric}|reference|{ds}").get_xdata()[0]
         assert ref == pytest.approx(median(df, "host", "network=host", metric))
         assert ref == pytest.approx(synth.NET["host"]["host"][k], rel=0.1)
@@ -231,12 +234,12 @@ def test_density_summary_one_row_per_backend(one: tuple[Docs, pd.DataFrame]) -> 
 # --- the report as a whole -------------------------------------------------------------
 
 def test_long_tables_are_capped() -> None:
-    rows = [[str(i)] for i in range(render.CAP + 7)]
-    blocks = render.capped(render.Table(["n"], rows), "x.csv")
-    assert blocks[0][1].rows == rows[:render.CAP]
+    rows = [[str(i)] for i in range(page.CAP + 7)]
+    blocks = page.capped(page.Table(["n"], rows), "x.csv")
+    assert blocks[0][1].rows == rows[:page.CAP]
     assert blocks[1] == ("p", "… 7 more rows in [x.csv](x.csv).")
-    assert render.capped(render.Table(["n"], rows[:3]), "x.csv") == [
-        ("table", render.Table(["n"], rows[:3]))]
+    assert page.capped(page.Table(["n"], rows[:3]), "x.csv") == [
+        ("table", page.Table(["n"], rows[:3]))]
 
 
 # --- bench report DIR ------------------------------------------------------------------
@@ -298,9 +301,9 @@ def test_datasets_group_a_host_not_a_day(tmp_path: Path) -> None:
 def test_chart_lines_are_plotted(one: tuple[Docs, pd.DataFrame]) -> None:
     """Every study chart draws something: no empty panel."""
     _, df = one
-    look = charts.Look.of(df, "paper")
+    look = draw.Look.of(df, "paper")
     for name in ("limits", "network"):
-        fig = charts.CHARTS[name][1](df, look)
+        fig = (claims_chart.CHARTS | presentation.charts())[name][1](df, look)
         assert fig is not None
         for ax in fig.axes:
             if ax.get_visible() and ax.get_xlabel():  # not the twin axes of labels

@@ -15,6 +15,8 @@ from harness import compose, scenario
 from harness.cli import main
 from harness.core.errors import ScenarioError
 from harness.core.image import Debian, EngineRef, Image
+from harness.report import draw
+from harness.report.studies import stack as stack_chapter
 from harness.scenario import Healthcheck, Port, Scenario, parse
 from harness.studies import stack
 
@@ -267,7 +269,6 @@ def test_example_compose_file_is_the_stack_scenario() -> None:
 # --- the timeline chart ---------------------------------------------------------------
 
 def test_timeline_chart_services_in_dependency_order_per_cell() -> None:
-    from harness.report import charts
 
     times = {"web": (1.0, 1.2, 1.3, None), "app": (0.5, 0.7, 0.8, 1.0),
              "db": (0.0, 0.1, 0.2, 0.5)}  # (the frame's order is not the stack's)
@@ -294,10 +295,10 @@ def test_timeline_chart_services_in_dependency_order_per_cell() -> None:
     one_vm["variant"] = one_vm["variant"].str.replace("per-service", "single-vm")
     boot = one_vm[one_vm["metric"] == "stack.start"].assign(metric="stack.vm_boot", value=3.0)
     both = pd.concat([df, one_vm, boot], ignore_index=True)
-    vm_axes = charts.stack_timeline(both, charts.Look.of(both)).get_axes()  # type: ignore[union-attr]
+    vm_axes = stack_chapter.stack_timeline(both, draw.Look.of(both)).get_axes()  # type: ignore[union-attr]
     assert [t.get_text() for t in vm_axes[-1].get_yticklabels()] == \
         ["(the VM)", "db", "app", "web"]  # a single VM's boot comes first
-    fig = charts.stack_timeline(df, charts.Look.of(df))
+    fig = stack_chapter.stack_timeline(df, draw.Look.of(df))
     assert fig is not None
     axes = fig.get_axes()
     assert [ax.get_title(loc="left") for ax in axes] == ["docker [per-service]",
@@ -310,5 +311,5 @@ def test_timeline_chart_services_in_dependency_order_per_cell() -> None:
             [(0.0, 0.1), (0.1, 0.2), (0.5, 0.7), (0.7, 0.8), (1.0, 1.2), (1.2, 1.3)]
         diamonds = [ln.get_xdata()[0] / scale for ln in ax.lines if ln.get_marker() == "D"]
         assert diamonds == pytest.approx([0.5, 1.0])  # db and app have healthchecks
-    assert charts.stack_timeline(df[~df["metric"].str.startswith("stack.service.")],
-                                 charts.Look.of(df)) is None
+    assert stack_chapter.stack_timeline(df[~df["metric"].str.startswith("stack.service.")],
+                                 draw.Look.of(df)) is None

@@ -10,6 +10,7 @@ import numpy as np
 
 from harness import compare, results
 from harness.core.records import writable_layer
+from harness.report import blocks as page
 from harness.report import data, render, tables
 from tests.unit import report_synth as synth
 from tests.unit.test_compare import write
@@ -87,7 +88,7 @@ def test_differences_name_the_layer_change() -> None:
         ["ns: writable layer: tmpfs → disk"]
 
 
-def _labels(blocks: list[render.Block]) -> list[str]:
+def _labels(blocks: list[page.Block]) -> list[str]:
     """The first column of every table row (the backend's label) and the warnings."""
     out = []
     for kind, payload in blocks:
@@ -114,7 +115,7 @@ def test_ns_tmpfs_is_labelled_in_ram_in_the_report_tables(tmp_path: Path) -> Non
     assert "ns [rootfs]" in labels and f"ns [rootfs] {data.RAM_MARK}" not in labels
     assert any(w.startswith("⚠ Writable layer in RAM (a tmpfs): ns:tmpfs.") for w in labels)
     # a study without a table of its own lists every figure: marked there too
-    table = render.medians_table(tables.summary(df), False, render._in_ram(df))
+    table = page.medians_table(tables.summary(df), False, page.in_ram(df))
     assert {r[0] for r in table.rows} == {"host", "ns", f"ns:tmpfs {data.RAM_MARK}"}
 
 

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from harness.core.probes.memory import processes_memory
 from harness.runner import Cell, Context, Measurement
+from harness.studies import Base, Study
 from harness.studies import _lifecycle as life
 from runtimes.base import Instance
 
@@ -45,7 +46,7 @@ def guest_view(extra: Mapping[str, Any]) -> dict[str, float]:
             and not isinstance(v, bool)}
 
 
-class Memory:
+class Memory(Base):
     name = "memory"
     metrics: dict[str, str] = METRICS
     params: ClassVar[dict[str, Any]] = {"instances": 4, "settle": 2.0}
@@ -76,4 +77,4 @@ class Memory:
                 life.finish(ctx, cell, inst)
 
 
-STUDY = Memory()
+STUDY: Study = Memory()

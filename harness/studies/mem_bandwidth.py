@@ -20,8 +20,8 @@ from harness.core.probes import sysbench
 from harness.core.units import format_size, parse_size
 from harness.runner import Cell, Context, Measurement
 from harness.scenario import Scenario
+from harness.studies import Base, Study, _sysbench
 from harness.studies import _lifecycle as life
-from harness.studies import _sysbench
 
 OPERATIONS = ("read", "write")
 # A buffer twice the cache: at most half of it can be cached at any time, so a sweep
@@ -29,7 +29,7 @@ OPERATIONS = ("read", "write")
 CACHE_MULTIPLE = 2
 
 
-class Mem:
+class Mem(Base):
     name = "mem"
     metrics: ClassVar[dict[str, str]] = {"mem.bw": "B/s"}
     params: ClassVar[dict[str, Any]] = {"block_size": "1G", "duration": 3.0, "warmup": 1.0}
@@ -63,4 +63,4 @@ class Mem:
                                     "llc": hostinfo.last_level_cache().as_dict()})
 
 
-STUDY = Mem()
+STUDY: Study = Mem()
