@@ -1,4 +1,5 @@
-"""`oci:crun`, `oci:runc`, `oci:runsc`: the same image as an OCI bundle, run by that CLI.
+"""`oci:crun`, `oci:runc`, `oci:runsc`, `oci:ns`: the same image as an OCI bundle, run by
+that CLI (`oci:ns`: cvbench-ns, ns's own OCI command line, driven exactly as crun is).
 
 The yardstick for `ns`: the same rootfs layout (an overlay of the shared image with a
 per-instance upper layer on disk under the state dir, like ns's default and Docker's
@@ -22,7 +23,7 @@ Mapping of the InstanceSpec:
   runsc                     -> --network=none (sandbox netstack off) --platform=ptrace
                                (this machine is a VM without working KVM), --oci-seccomp
 
-Phases: create = bundle dir, overlay, config.json; start = spawn `<cli> run` (runc:
+Phases: create = bundle dir, overlay, config.json; start = spawn `<cli> run` (runc, ns:
 `run --keep`, so the cgroup outlives the exit and an OOM kill can be read);
 ready/exit as seen by the host; remove = `<cli> delete --force`, unmount, rm bundle.
 """
@@ -36,6 +37,7 @@ import re
 import resource
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +88,17 @@ from runtimes.ns.shared import (
 )
 
 CGROUP_PARENT = "cvbench.oci"
-FLAVOURS = ("crun", "runc", "runsc")
+FLAVOURS = ("crun", "runc", "runsc", "ns")
+
+
+def cli_binary(flavour: str) -> str:
+    """The CLI of `flavour`: crun, runc, runsc on PATH; for ns, cvbench-ns, this
+    installation's own (beside the running interpreter: the code being measured), else
+    the one on PATH (scripts/provision.d/27-cvbench-ns.sh installs it)."""
+    if flavour == "ns":
+        own = Path(sys.executable).parent / "cvbench-ns"
+        return str(own) if own.is_file() else shutil.which("cvbench-ns") or ""
+    return shutil.which(flavour) or ""
 
 
 @dataclass(eq=False, slots=True)
@@ -107,7 +119,7 @@ class OciRuntime:
             raise UsageError(f"unknown oci flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
         self.flavour = flavour
         self.name = f"oci:{flavour}"
-        self.binary = shutil.which(flavour) or ""
+        self.binary = cli_binary(flavour)
         self._cg: cgroups.Manager | None = None
         self.caps = protected_caps()
         self.rlimits = runner_rlimits()
@@ -146,6 +158,9 @@ class OciRuntime:
 
     def availability(self) -> Availability:
         if not self.binary:
+            if self.flavour == "ns":
+                return Availability(ok=False, reason="cvbench-ns is not installed",
+                                    fix="make venv (its console script), or make provision")
             return Availability(ok=False, reason=f"{self.flavour} is not installed",
                                 fix=f"apt-get install {self.flavour} (scripts/provision)")
         versions = {self.flavour: _oci.version_line(self.binary)}
@@ -167,7 +182,8 @@ class OciRuntime:
 
     def traits(self) -> Traits:
         settings: dict[str, Json] = {
-            "cli": self.flavour, "command": "run", "oom_detection": self.flavour == "runc",
+            "cli": Path(self.binary).name or self.flavour, "command": "run",
+            "oom_detection": self.flavour in ("runc", "ns"),
             "cgroup_favordynmods": cgroups.favordynmods(),
             **writable_layer("disk", self.root())}
         if self.flavour == "runsc":
@@ -292,10 +308,10 @@ class OciRuntime:
     def start(self, inst: Instance) -> None:
         inst = own(inst, OciInstance)
         spec = inst.spec
-        # runc can keep the stopped container (and its cgroup, where an OOM kill is
-        # counted) until remove; crun 1.8 and runsc cannot, so their OOM kills show
+        # runc and cvbench-ns can keep the stopped container (and its cgroup, where an OOM
+        # kill is counted) until remove; crun 1.8 and runsc cannot, so their OOM kills show
         # only as a SIGKILL (exit 137), and `oom_killed` stays False.
-        keep = ["--keep"] if self.flavour == "runc" else []
+        keep = ["--keep"] if self.flavour in ("runc", "ns") else []
         cmd = [*self._cli(spec.network), "run", *keep, "--bundle", str(inst.bundle),
                spec.name]
         _proc.spawn(inst, cmd, {"PATH": PATH_ENV}, label=f"{self.name}: ")
@@ -390,7 +406,7 @@ class OciRuntime:
         def remove(item: Leftover) -> bool | None:
             if item.kind.startswith("container"):
                 flavour = item.kind.split("(")[1].rstrip(")")
-                if shutil.which(flavour):
+                if cli_binary(flavour):
                     OciRuntime(flavour)._cli_quiet("delete", "--force", item.name)
                 rmtree(self.root() / f"state-{flavour}" / item.name)
             elif item.kind == "cgroup":

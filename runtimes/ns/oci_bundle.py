@@ -188,9 +188,9 @@ def _process(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _u64(v: Any, key: str) -> int:
-    if not isinstance(v, int) or v < 0:
-        raise bad(key, "must be an unsigned integer")
-    return min(v, resource.RLIM_INFINITY)  # 2**64-1 is RLIM_INFINITY
+    if not isinstance(v, int) or not 0 <= v < 2**64:
+        raise bad(key, "must be an unsigned 64-bit integer")
+    return v  # (2**64-1 is RLIM_INFINITY, as setrlimit takes it)
 
 
 def mount_options(opts: list[Any], key: str) -> tuple[int, list[str], int, bool, bool]:

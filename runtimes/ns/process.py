@@ -171,7 +171,10 @@ def _fail(status_w: int, e: BaseException) -> NoReturn:
             import traceback  # only on this error path: keep the fork server small
 
             msg += "\n" + traceback.format_exc(limit=3)
-        os.write(status_w, msg.encode(errors="replace")[:4000])
+        try:
+            os.write(status_w, msg.encode(errors="replace")[:4000])
+        except OSError:  # nobody reads it (cvbench-ns: create has returned): on stderr
+            os.write(2, f"cvbench-ns: {msg[1:]}\n".encode(errors="replace"))
     finally:
         os._exit(127)
 
