@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import marshal
 import os
 import pickle
 import shutil
@@ -156,7 +156,7 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
                        "device_rules": list(b.device_rules)},
             "hooks": {k: [h.as_json() for h in v] for k, v in b.hooks.items()},
         }
-        _write(d / "state.json", json.dumps(st).encode())
+        _write(d / "state", marshal.dumps(st))  # (read by every later command: oci_cli.load)
         # What an exec applies: the very protections of the first process (pickled
         # ContainerConfig, as the fork server gets it; the state dir is root's only).
         _write(d / "config.pickle", pickle.dumps(cfg, pickle.HIGHEST_PROTOCOL))
