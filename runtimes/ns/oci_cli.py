@@ -435,9 +435,9 @@ def cmd_list(args: list[str]) -> int:
 
 def cmd_features(args: list[str]) -> int:
     parse("features", args)
-    from runtimes.ns import oci_bundle
-
     import json
+
+    from runtimes.ns import oci_bundle
 
     print(json.dumps({
         "ociVersionMin": "1.0.0", "ociVersionMax": SPEC_VERSION,
