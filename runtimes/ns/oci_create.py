@@ -129,11 +129,23 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
         if cfg.terminal:
             tty = _console(value(opts, "console-socket"), b.console_size)
             stdio = (tty, tty, tty)
+            # /dev/console is the terminal (the spec's default devices; ttyname() inside
+            # finds it there: the pty itself is the host's, not in the container's devpts)
+            at = next(i for i, m in enumerate(cfg.mounts) if m.target == "dev") + 1
+            console = MountPoint(os.ttyname(tty), "dev/console", None, ns.MS_BIND, file=True)
+            cfg = dataclasses.replace(cfg, mounts=(*cfg.mounts[:at], console,
+                                                   *cfg.mounts[at:]))
         process.default_signals()
         pid = ns.clone(cfg.clone_flags)
         if pid == 0:
             os.close(status_r)
-            process.child_main(cfg, go, status_w, stdio[1], stdio[2], stdio[0])
+            # (in its cgroup already: this process puts it there, below)
+            process.child_main(dataclasses.replace(cfg, cgroup_join=()), go, status_w,
+                               stdio[1], stdio[2], stdio[0])
+        # Into its cgroup at once, as runc does: its set-up is charged to it, and the
+        # engine's shim, which finds the cgroup by the pid it gets, reads the right one.
+        for parent, procs in cfg.cgroup_join:
+            Path(parent, procs).write_text(str(pid))
         os.close(go)
         os.close(status_w)
         if cfg.terminal:

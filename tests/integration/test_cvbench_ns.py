@@ -292,6 +292,11 @@ def test_engine_run_exit_status_and_stdout(engine: Engine, run_id: str) -> None:
     assert p.stdout.splitlines()[-1] == "out"
     p = engine.run(run_id, "--rm", engine.ref, "true")  # the default network: its hooks
     assert p.returncode == 0, p.stderr
+    # -t: a terminal through --console-socket; the process has it as stdin and stdout
+    p = engine.run(run_id, "--rm", "-t", engine.ref, "sh", "-c",
+                   "tty; test -t 1 && echo stdout-is-a-tty")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-2:] == ["/dev/console\r", "stdout-is-a-tty\r"]
 
 
 def test_engine_limits_ancestry_state_and_exec(engine: Engine, started: Any) -> None:
