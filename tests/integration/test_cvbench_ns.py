@@ -296,7 +296,7 @@ def test_engine_run_exit_status_and_stdout(engine: Engine, run_id: str) -> None:
     p = engine.run(run_id, "--rm", "-t", engine.ref, "sh", "-c",
                    "tty; test -t 1 && echo stdout-is-a-tty")
     assert p.returncode == 0, p.stderr
-    assert p.stdout.endswith("/dev/console\r\nstdout-is-a-tty\r\n")  # (\r: the tty's onlcr)
+    assert p.stdout.endswith("/dev/console\nstdout-is-a-tty\n")  # (text mode: CR LF -> LF)
 
 
 def test_engine_limits_ancestry_state_and_exec(engine: Engine, started: Any) -> None:
