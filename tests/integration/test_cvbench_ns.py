@@ -7,6 +7,7 @@ the process tree (no runc or crun in the container's ancestry)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from tests.conftest import backend_or_skip, require
 pytestmark = pytest.mark.root
 
 REGISTERED = "/usr/local/bin/cvbench-ns"
+TEST_PARENT = "cvbench-ns-test"  # the cgroup parent of the tests' bundles
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -120,6 +122,9 @@ def bundle(tmp_path: Path, run_id: str) -> Iterator[Path]:
         yield b
     finally:
         namespaces.umount2(str(b / "rootfs"), namespaces.MNT_DETACH)
+        for d in Path("/sys/fs/cgroup").glob(f"*/{TEST_PARENT}"):  # (once no test uses it)
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def cli(tmp_path: Path, *args: str, out: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -147,7 +152,7 @@ def state(tmp_path: Path, cid: str) -> dict[str, Any]:
 def test_lifecycle_of_a_hand_written_bundle(bundle: Path, tmp_path: Path,
                                             run_id: str) -> None:
     cid = f"cvbench-{run_id}-life"
-    cgroup = f"/cvbench-ns-test/{cid}"
+    cgroup = f"/{TEST_PARENT}/{cid}"
     hooks = tmp_path / "hook"
     (bundle / "config.json").write_text(json.dumps(bundle_config("rootfs", cgroup, hooks)))
     out = tmp_path / "out"
@@ -205,21 +210,21 @@ def test_lifecycle_of_a_hand_written_bundle(bundle: Path, tmp_path: Path,
 
 def test_unsupported_field_refused_by_name(bundle: Path, tmp_path: Path, run_id: str) -> None:
     cid = f"cvbench-{run_id}-refused"
-    cfg = bundle_config("rootfs", f"/cvbench-ns-test/{cid}", tmp_path / "h")
+    cfg = bundle_config("rootfs", f"/{TEST_PARENT}/{cid}", tmp_path / "h")
     cfg["linux"]["intelRdt"] = {"closID": "guaranteed"}
     (bundle / "config.json").write_text(json.dumps(cfg))
     p = cli(tmp_path, "create", "--bundle", str(bundle), cid)
     assert p.returncode == 2
     assert "config.json: linux.intelRdt: not supported by cvbench-ns" in p.stderr
     assert not (tmp_path / "state" / cid).exists()
-    assert not Path(f"/sys/fs/cgroup/memory/cvbench-ns-test/{cid}").exists()
+    assert not Path(f"/sys/fs/cgroup/memory/{TEST_PARENT}/{cid}").exists()
 
 
 def test_run_exit_status_and_oom(bundle: Path, tmp_path: Path, run_id: str) -> None:
     """`run` (what oci:ns uses): the workload's status is the CLI's; with --keep the
     cgroup stays until delete, where the kernel's OOM kill count is read."""
     cid = f"cvbench-{run_id}-run"
-    cfg = bundle_config("rootfs", f"/cvbench-ns-test/{cid}", tmp_path / "h")
+    cfg = bundle_config("rootfs", f"/{TEST_PARENT}/{cid}", tmp_path / "h")
     cfg["hooks"] = {}
     cfg["process"]["args"] = ["sh", "-c", "head -c 100m /dev/zero | tail > /dev/null"]
     cfg["linux"]["resources"]["memory"] = {"limit": 32 << 20, "swap": 32 << 20}
@@ -227,7 +232,7 @@ def test_run_exit_status_and_oom(bundle: Path, tmp_path: Path, run_id: str) -> N
     try:
         p = cli(tmp_path, "run", "--keep", "--bundle", str(bundle), cid)
         assert p.returncode == 137, p.stderr
-        oom = Path(f"/sys/fs/cgroup/memory/cvbench-ns-test/{cid}/memory.oom_control")
+        oom = Path(f"/sys/fs/cgroup/memory/{TEST_PARENT}/{cid}/memory.oom_control")
         assert "oom_kill 1" in oom.read_text().replace("oom_kill 0", "")
         assert state(tmp_path, cid)["status"] == "stopped"
     finally:
