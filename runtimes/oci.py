@@ -144,6 +144,10 @@ class OciRuntime:
     def root(self) -> Path:
         return state_dir() / "oci"
 
+    @property
+    def _cli_name(self) -> str:
+        return Path(self.binary).name or self.flavour
+
     def _cli(self, network: str = "none") -> list[str]:
         """The CLI with its global options: its own state dir, under ours; for runsc the
         ptrace platform (no working KVM here) and the network mode (none: the sandbox's
@@ -163,7 +167,7 @@ class OciRuntime:
                                     fix="make venv (its console script), or make provision")
             return Availability(ok=False, reason=f"{self.flavour} is not installed",
                                 fix=f"apt-get install {self.flavour} (scripts/provision)")
-        versions = {self.flavour: _oci.version_line(self.binary)}
+        versions = {Path(self.binary).name: _oci.version_line(self.binary)}
         if os.geteuid() != 0:
             return Availability(ok=False, reason=f"oci:{self.flavour} is run as root here",
                                 fix="run bench as root", versions=versions)
@@ -182,7 +186,7 @@ class OciRuntime:
 
     def traits(self) -> Traits:
         settings: dict[str, Json] = {
-            "cli": Path(self.binary).name or self.flavour, "command": "run",
+            "cli": self._cli_name, "command": "run",
             "oom_detection": self.flavour in ("runc", "ns"),
             "cgroup_favordynmods": cgroups.favordynmods(),
             **writable_layer("disk", self.root())}
@@ -192,10 +196,10 @@ class OciRuntime:
             *protection_lines(self.rlimits, recursive_ro=True),
             "user namespace: no (root inside is root, as in Docker)",
             f"capabilities: {', '.join(self.caps)} (ns's set)",
-            f"seccomp: {self.seccomp_profile().describe()}, compiled by {self.flavour} per "
+            f"seccomp: {self.seccomp_profile().describe()}, compiled by {self._cli_name} per "
             "container" + (" (--oci-seccomp)" if self.flavour == "runsc" else ""),
             f"devices: linux.resources.devices: deny a; allow {', '.join(DEVICE_RULES)}",
-            f"keyring: {self.flavour}'s own (a new session keyring per container)"
+            f"keyring: {self._cli_name}'s own (a new session keyring per container)"
             if self.flavour != "runsc" else "keyring: gVisor's (keyctl is emulated)",
         ))
 
