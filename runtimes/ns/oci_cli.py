@@ -353,6 +353,10 @@ def delete(st: dict[str, Any], force: bool) -> None:
         raise CliError(f"cannot delete container {st['id']} that is {stat} (use --force)")
     cg = _cgroup(st)
     name = st["cgroup"]["name"]
+    if stat == "paused":  # a frozen process takes its SIGKILL only once thawed
+        from runtimes.ns import oci_ops
+
+        oci_ops.freeze(st, False)
     if stat != "stopped":
         _signal(st["pid"], 9, st["start_time"])
     cg.kill(name)  # what its first process left behind (a kill does not reach them)

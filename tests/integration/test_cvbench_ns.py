@@ -365,3 +365,30 @@ def test_engine_kill_signal_and_stop(engine: Engine, started: Any) -> None:
     assert engine("stop", "-t", "30", term).returncode == 0
     assert engine.inspect(term)["State"]["ExitCode"] == 0
     assert "got-term" in engine("logs", term).stdout
+
+
+def test_engine_update_pause_and_stats(engine: Engine, started: Any) -> None:
+    cid = started("--memory", "64m", "--pids-limit", "40", engine.ref, "sleep", "120")
+    pid = int(engine.inspect(cid)["State"]["Pid"])
+    if engine.name == "docker":  # (Podman 4.3 has no `update`)
+        p = engine("update", "--memory", "128m", "--memory-swap", "256m", "--pids-limit",
+                   "99", cid)
+        assert p.returncode == 0, p.stderr
+        mem = cgroup_dir(pid, "memory")
+        assert (mem / "memory.limit_in_bytes").read_text() == f"{128 << 20}\n"
+        assert (mem / "memory.memsw.limit_in_bytes").read_text() == f"{256 << 20}\n"
+        assert (cgroup_dir(pid, "pids") / "pids.max").read_text() == "99\n"
+    assert engine("pause", cid).returncode == 0
+    assert engine.inspect(cid)["State"]["Status"] == "paused"
+    assert (cgroup_dir(pid, "freezer") / "freezer.state").read_text() == "FROZEN\n"
+    assert engine("unpause", cid).returncode == 0
+    assert engine.inspect(cid)["State"]["Status"] == "running"
+    assert (cgroup_dir(pid, "freezer") / "freezer.state").read_text() == "THAWED\n"
+    # stats: what the engine reads from the container's cgroup (its one process)
+    p = engine("stats", "--no-stream", "--format", "{{.PIDs}}", cid)
+    assert p.returncode == 0 and p.stdout.strip() == "1", (p.stdout, p.stderr)
+    # a paused container is removed at once (thawed, then killed)
+    assert engine("pause", cid).returncode == 0
+    assert engine("rm", "-f", cid).returncode == 0
+    assert not Path(f"/proc/{pid}").exists() or \
+        Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
