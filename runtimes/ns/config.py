@@ -123,6 +123,12 @@ class ContainerConfig:
     umask: int = 0o022
     terminal: bool = False  # fd 0 is a terminal: a new session with it as its controlling tty
     cgroupns: bool = True  # a new cgroup namespace, once in the instance's cgroup
+    # OCI hooks run by the child itself, in the container's namespaces: (path, argv, env,
+    # timeout in s or 0) each; createContainer before pivot_root, startContainer after
+    # start, before the exec. Their stdin gets `hook_state` (JSON) with @PID@ replaced.
+    hooks_create: tuple[tuple[str, tuple[str, ...], tuple[str, ...], float], ...] = ()
+    hooks_start: tuple[tuple[str, tuple[str, ...], tuple[str, ...], float], ...] = ()
+    hook_state: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ create, run and exec only: `state`, `kill`... never pay for it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -352,9 +353,8 @@ def _limits(res: dict[str, Any]) -> Limits:
 def _hooks(raw: dict[str, Any]) -> dict[str, tuple[Hook, ...]]:
     out = {}
     for kind, entries in raw.items():
-        if kind in ("createContainer", "startContainer") and entries:
-            raise bad(f"hooks.{kind}")
-        if kind not in ("prestart", "createRuntime", "poststart", "poststop"):
+        if kind not in ("prestart", "createRuntime", "createContainer", "startContainer",
+                        "poststart", "poststop"):
             continue
         hooks = []
         for i, h in enumerate(_list(entries, f"hooks.{kind}")):
@@ -483,10 +483,20 @@ def translate(data: dict[str, Any], bundle: Path, cid: str) -> Bundle:
         sysctl=tuple((str(k), str(v)) for k, v in sysctl.items()), join=tuple(join),
         inheritable=proc["inheritable"], umask=proc["umask"], terminal=proc["terminal"],
         cgroupns=cgroupns)
+    hooks = _hooks(_obj(data.get("hooks"), "hooks"))
+    inside = {k: tuple((h.path, h.args, h.env, h.timeout or 0.0) for h in hooks.get(k, ()))
+              for k in ("createContainer", "startContainer")}
+    if any(inside.values()):
+        # the state those hooks get on stdin: the container's process fills in its pid
+        state = {"ociVersion": version, "id": cid, "status": "creating", "pid": "@PID@",
+                 "bundle": str(bundle), "annotations": annotations}
+        cfg = dataclasses.replace(
+            cfg, hooks_create=inside["createContainer"], hooks_start=inside["startContainer"],
+            hook_state=json.dumps(state).replace('"@PID@"', "@PID@").encode())
     return Bundle(
         config=cfg, oci_version=version, cgroup_parent=parent, cgroup_name=name,
         limits=_limits(res), device_rules=rules,
-        hooks=_hooks(_obj(data.get("hooks"), "hooks")),
+        hooks=hooks,
         annotations={str(k): str(v) for k, v in annotations.items()},
         oom_score_adj=int(oom) if oom is not None else None,
         console_size=(int(size.get("height", 0)), int(size.get("width", 0))) if size else None,

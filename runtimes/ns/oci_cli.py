@@ -445,7 +445,8 @@ def cmd_features(args: list[str]) -> int:
 
     print(json.dumps({
         "ociVersionMin": "1.0.0", "ociVersionMax": SPEC_VERSION,
-        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer",
+                  "poststart", "poststop"],
         "mountOptions": sorted([*oci_bundle._FLAGS, "bind", "rbind", "rro", "rrw",
                                 *oci_bundle._PROPAGATION,
                                 *(f"r{p}" for p in oci_bundle._PROPAGATION)]),

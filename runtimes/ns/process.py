@@ -107,7 +107,11 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
         # The instance's cgroup may not exist yet (the runner makes it while we set up):
         # keep handles on its parents, which pivot_root puts out of sight.
         cgroup_parents = [os.open(d, os.O_PATH | os.O_DIRECTORY) for d, _ in cfg.cgroup_join]
-        rootfs.setup(cfg)
+        # (the host's /proc is still ours: "self" there is our pid on the host)
+        state = cfg.hook_state.replace(b"@PID@", os.readlink("/proc/self").encode()) \
+            if cfg.hook_state else b""
+        rootfs.setup(cfg, (lambda: run_hooks(cfg.hooks_create, state, "createContainer"))
+                     if cfg.hooks_create else None)
         if cfg.hostname:
             ns.sethostname(cfg.hostname)
         if cfg.loopback_up:
@@ -125,9 +129,43 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
             os.close(fd)
         if cfg.cgroupns:  # after joining: the new namespace is rooted at our own cgroup
             ns.unshare(ns.CLONE_NEWCGROUP)
+        run_hooks(cfg.hooks_start, state.replace(b'"creating"', b'"created"'), "startContainer")
         confine_and_exec(cfg, env, status_w)
     except BaseException as e:
         _fail(status_w, e)
+
+
+def run_hooks(hooks: tuple[tuple[str, tuple[str, ...], tuple[str, ...], float], ...],
+              state: bytes, kind: str) -> None:
+    """Run OCI hooks from the container's process, in its namespaces, one after the
+    other, each with `state` on its stdin; the first that fails (or outlives its
+    timeout, and is then killed) raises."""
+    for i, (path, argv, env, timeout) in enumerate(hooks):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.dup2(r, 0)
+                os.execve(path, list(argv), dict(e.split("=", 1) for e in env if "=" in e))
+            finally:
+                os._exit(127)
+        os.close(r)
+        with contextlib.suppress(BrokenPipeError):
+            os.write(w, state)
+        os.close(w)
+        deadline = time.monotonic() + timeout if timeout else None
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise RuntimeError(f"hooks.{kind}[{i}] ({path}): timed out after {timeout:g} s")
+            time.sleep(0.005)
+        if status:
+            raise RuntimeError(f"hooks.{kind}[{i}] ({path}): exit status "
+                               f"{os.waitstatus_to_exitcode(status)}")
 
 
 def confine_and_exec(cfg: ContainerConfig, env: dict[str, str], status_w: int) -> NoReturn:

@@ -34,6 +34,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.core import rootpath
@@ -173,8 +174,9 @@ def _mask(cfg: ContainerConfig) -> None:
         ns.mount(None, path, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | PROC_FLAGS)
 
 
-def setup(cfg: ContainerConfig) -> None:
-    """Build the root filesystem and move into it (runs in the child)."""
+def setup(cfg: ContainerConfig, before_pivot: Callable[[], None] | None = None) -> None:
+    """Build the root filesystem and move into it (runs in the child); `before_pivot`
+    runs once the mounts are made (cvbench-ns: the createContainer hooks)."""
     ns.mount(None, "/", None, ns.MS_REC | ns.MS_SLAVE)
     root = cfg.lower
     if cfg.bind_root:
@@ -193,6 +195,8 @@ def setup(cfg: ContainerConfig) -> None:
         os.close(rootpath.mkdirs(root_fd, cfg.workdir))
     finally:
         os.close(root_fd)
+    if before_pivot is not None:
+        before_pivot()
     os.chdir(root)
     ns.pivot_root(".", ".")
     ns.mount(None, ".", None, ns.MS_SLAVE | ns.MS_REC)

@@ -95,9 +95,12 @@ def bundle_config(root: str, cgroup: str, hooks_out: Path) -> dict[str, Any]:
             {"destination": "/sys", "type": "sysfs", "source": "sysfs",
              "options": ["nosuid", "noexec", "nodev", "ro"]},
         ],
-        # each hook keeps the state it got on stdin in <hooks_out>.<kind>
-        "hooks": {k: [{"path": "/bin/sh", "args": ["sh", "-c", f"cat > {hooks_out}.{k}"]}]
-                  for k in ("prestart", "createRuntime", "poststart", "poststop")},
+        # each hook keeps the state it got on stdin in <hooks_out>/hook.<kind>; startContainer
+        # runs in the container's root: /hook.startContainer there
+        "hooks": {k: [{"path": "/bin/sh", "args": [
+            "sh", "-c", f"cat > {hooks_out if k != 'startContainer' else ''}/hook.{k}"]}]
+                  for k in ("prestart", "createRuntime", "createContainer", "startContainer",
+                            "poststart", "poststop")},
         "linux": {
             "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
             "cgroupsPath": cgroup,
@@ -153,7 +156,8 @@ def test_lifecycle_of_a_hand_written_bundle(bundle: Path, tmp_path: Path,
                                             run_id: str) -> None:
     cid = f"cvbench-{run_id}-life"
     cgroup = f"/{TEST_PARENT}/{cid}"
-    hooks = tmp_path / "hook"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
     (bundle / "config.json").write_text(json.dumps(bundle_config("rootfs", cgroup, hooks)))
     out = tmp_path / "out"
     try:
@@ -168,16 +172,21 @@ def test_lifecycle_of_a_hand_written_bundle(bundle: Path, tmp_path: Path,
         assert b"sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes()
         assert not out.read_text()
         for kind in ("prestart", "createRuntime"):
-            seen = json.loads(Path(f"{hooks}.{kind}").read_text())
+            seen = json.loads(Path(f"{hooks}/hook.{kind}").read_text())
             assert (seen["id"], seen["pid"], seen["status"]) == (cid, pid, "created")
-        assert not Path(f"{hooks}.poststart").exists()
+        seen = json.loads(Path(f"{hooks}/hook.createContainer").read_text())
+        assert (seen["id"], seen["pid"], seen["status"]) == (cid, pid, "creating")
+        assert not Path(f"{hooks}/hook.poststart").exists()
+        assert not (bundle / "upper" / "hook.startContainer").exists()
 
         assert cli(tmp_path, "start", cid).returncode == 0
         wait_for(lambda: Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep"),
                  "the workload's exec")
         assert state(tmp_path, cid)["status"] == "running"
         assert out.read_text() == "started\n"
-        assert json.loads(Path(f"{hooks}.poststart").read_text())["status"] == "running"
+        assert json.loads(Path(f"{hooks}/hook.poststart").read_text())["status"] == "running"
+        seen = json.loads((bundle / "upper" / "hook.startContainer").read_text())
+        assert (seen["id"], seen["pid"]) == (cid, pid)  # (written inside, in its root)
         p = cli(tmp_path, "start", cid)  # the spec: starting a started container fails
         assert p.returncode != 0 and "running" in p.stderr
         # the kernel's view of what config.json asked for
@@ -199,7 +208,7 @@ def test_lifecycle_of_a_hand_written_bundle(bundle: Path, tmp_path: Path,
         p = cli(tmp_path, "kill", cid, "TERM")  # not running: an error, nothing sent
         assert p.returncode != 0
         assert cli(tmp_path, "delete", cid).returncode == 0
-        seen = json.loads(Path(f"{hooks}.poststop").read_text())
+        seen = json.loads(Path(f"{hooks}/hook.poststop").read_text())
         assert (seen["id"], seen["status"]) == (cid, "stopped")
         p = cli(tmp_path, "state", cid)
         assert p.returncode != 0 and "does not exist" in p.stderr

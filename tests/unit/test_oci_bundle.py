@@ -125,7 +125,7 @@ def _set(cfg: dict[str, Any], path: str, v: Any) -> None:
     ("linux.namespaces", [{"type": "mount"}, {"type": "pid", "path": "/proc/1/ns/pid"}],
      "linux.namespaces[1].path"),
     ("linux.namespaces", [{"type": "network"}], "linux.namespaces"),
-    ("hooks.createContainer", [{"path": "/bin/true"}], "hooks.createContainer"),
+    ("hooks.poststop", [{"path": "bin/true"}], "hooks.poststop[0].path"),
     ("process.capabilities.ambient", ["CAP_KILL"], "process.capabilities.ambient"),
     ("process.capabilities.bounding", ["CAP_KILL"], "process.capabilities.bounding"),
     ("process.capabilities.effective", ["CAP_NOPE"], "process.capabilities.effective[0]"),
