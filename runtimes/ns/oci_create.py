@@ -115,8 +115,8 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
         if problem:
             raise CliError(f"cgroups: {problem}")
         cg.setup()
+        made_cgroup = True  # (destroy is idempotent: a half-made cgroup goes too)
         cg.create(b.cgroup_name, b.limits)
-        made_cgroup = True
         cfg = dataclasses.replace(
             cfg, mounts=_cgroup_mounts(b, cg),
             cgroup_join=tuple(_split(p, b.cgroup_name) for p in cg.join_files(b.cgroup_name)))
