@@ -275,12 +275,15 @@ class Engine:
     default_socket: ClassVar[str]
     flavour_sockets: ClassVar[dict[str, str]] = {}  # a flavour served by its own daemon
     per_container_runtime: ClassVar[bool] = True  # else the daemon's default is the flavour
+    # a flavour whose OCI runtime is registered under another name (ns: cvbench-ns)
+    flavour_runtimes: ClassVar[dict[str, str]] = {"ns": "cvbench-ns"}
     log_hint: ClassVar[str]  # where the daemon's log is when provision started it
 
     def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
         self.flavour = flavour
         self.name = f"{self.base}:{flavour}" if flavour else self.base
-        self.runtime = flavour or self.default_runtime
+        self.runtime = self.flavour_runtimes.get(flavour, flavour) if flavour \
+            else self.default_runtime
         self._client: docker.APIClient | None = None
         self._server: dict[str, Any] = {}
         self._volumes: set[str] = set()
@@ -765,7 +768,8 @@ class Engine:
             hostname=spec.hostname, working_dir=spec.workdir, labels={RUN_LABEL: spec.run_id},
             user=spec.user or None, ports=[port for _h, port in spec.publish] or None,
             host_config=api.create_host_config(**host_config(
-                spec, volumes, self.flavour if self.per_container_runtime else None)),
+                spec, volumes, self.runtime if self.flavour and self.per_container_runtime
+                else None)),
             networking_config=api.create_networking_config({  # type: ignore[arg-type]
                 volumes[""]: api.create_endpoint_config(aliases=list(spec.aliases))})
             if spec.network_name else None,

@@ -129,6 +129,9 @@ class Limits:
     pids: int | None = None
     rlimits: tuple[tuple[str, int, int], ...] = ()
     cpuset: str | None = None
+    # memory + swap, in bytes (-1: unlimited); None: `memory` (no swap). Only cvbench-ns
+    # sets it, from an OCI bundle's linux.resources.memory.swap; cgroup v1 only.
+    swap: int | None = None
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {"cpus": self.cpus, "memory": self.memory, "pids": self.pids}

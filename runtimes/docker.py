@@ -2,7 +2,8 @@
 
 Flavours select the OCI runtime dockerd hands the container to: `docker` (runc, the
 default), `docker:crun`, `docker:runsc` (gVisor; registered with --network=none and the
-ptrace platform by scripts/provision.d/30-docker.sh, so only network "none" is offered).
+ptrace platform by scripts/provision.d/30-docker.sh, so only network "none" is offered),
+`docker:ns` (cvbench-ns, ns's OCI command line: scripts/provision.d/27-cvbench-ns.sh).
 The mapping of the InstanceSpec, the image import and the phases are those of
 `runtimes/_engine.py`; dockerd creates the OCI container in start, not at attach.
 
@@ -29,7 +30,7 @@ from runtimes.ns.config import DEFAULT_CAPS
 class DockerRuntime(Engine):
     base = "docker"
     name = "docker"
-    flavours: ClassVar[tuple[str, ...]] = ("crun", "runsc")
+    flavours: ClassVar[tuple[str, ...]] = ("crun", "runsc", "ns")
     default_runtime = "runc"
     daemon_binary = "dockerd"
     package = "docker.io"
@@ -39,7 +40,7 @@ class DockerRuntime(Engine):
     wait_note = "POST wait (dockerd answers on containerd's exit event)"
 
     def _runtime_fix(self) -> str:
-        return ("scripts/provision.d/30-docker.sh registers crun and runsc in "
+        return ("scripts/provision.d/30-docker.sh registers crun, runsc and cvbench-ns in "
                 "/etc/docker/daemon.json and reloads dockerd: run `make provision`")
 
     def wait(self, cid: str, timeout: float) -> int:

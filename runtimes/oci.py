@@ -1,4 +1,5 @@
-"""`oci:crun`, `oci:runc`, `oci:runsc`: the same image as an OCI bundle, run by that CLI.
+"""`oci:crun`, `oci:runc`, `oci:runsc`, `oci:ns`: the same image as an OCI bundle, run by
+that CLI (`oci:ns`: cvbench-ns, ns's own OCI command line, driven exactly as crun is).
 
 The yardstick for `ns`: the same rootfs layout (an overlay of the shared image with a
 per-instance upper layer on disk under the state dir, like ns's default and Docker's
@@ -22,7 +23,7 @@ Mapping of the InstanceSpec:
   runsc                     -> --network=none (sandbox netstack off) --platform=ptrace
                                (this machine is a VM without working KVM), --oci-seccomp
 
-Phases: create = bundle dir, overlay, config.json; start = spawn `<cli> run` (runc:
+Phases: create = bundle dir, overlay, config.json; start = spawn `<cli> run` (runc, ns:
 `run --keep`, so the cgroup outlives the exit and an OOM kill can be read);
 ready/exit as seen by the host; remove = `<cli> delete --force`, unmount, rm bundle.
 """
@@ -36,6 +37,7 @@ import re
 import resource
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +88,17 @@ from runtimes.ns.shared import (
 )
 
 CGROUP_PARENT = "cvbench.oci"
-FLAVOURS = ("crun", "runc", "runsc")
+FLAVOURS = ("crun", "runc", "runsc", "ns")
+
+
+def cli_binary(flavour: str) -> str:
+    """The CLI of `flavour`: crun, runc, runsc on PATH; for ns, cvbench-ns, this
+    installation's own (beside the running interpreter: the code being measured), else
+    the one on PATH (scripts/provision.d/27-cvbench-ns.sh installs it)."""
+    if flavour == "ns":
+        own = Path(sys.executable).parent / "cvbench-ns"
+        return str(own) if own.is_file() else shutil.which("cvbench-ns") or ""
+    return shutil.which(flavour) or ""
 
 
 @dataclass(eq=False, slots=True)
@@ -107,7 +119,7 @@ class OciRuntime:
             raise UsageError(f"unknown oci flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
         self.flavour = flavour
         self.name = f"oci:{flavour}"
-        self.binary = shutil.which(flavour) or ""
+        self.binary = cli_binary(flavour)
         self._cg: cgroups.Manager | None = None
         self.caps = protected_caps()
         self.rlimits = runner_rlimits()
@@ -132,6 +144,10 @@ class OciRuntime:
     def root(self) -> Path:
         return state_dir() / "oci"
 
+    @property
+    def _cli_name(self) -> str:
+        return Path(self.binary).name or self.flavour
+
     def _cli(self, network: str = "none") -> list[str]:
         """The CLI with its global options: its own state dir, under ours; for runsc the
         ptrace platform (no working KVM here) and the network mode (none: the sandbox's
@@ -146,9 +162,12 @@ class OciRuntime:
 
     def availability(self) -> Availability:
         if not self.binary:
+            if self.flavour == "ns":
+                return Availability(ok=False, reason="cvbench-ns is not installed",
+                                    fix="make venv (its console script), or make provision")
             return Availability(ok=False, reason=f"{self.flavour} is not installed",
                                 fix=f"apt-get install {self.flavour} (scripts/provision)")
-        versions = {self.flavour: _oci.version_line(self.binary)}
+        versions = {Path(self.binary).name: _oci.version_line(self.binary)}
         if os.geteuid() != 0:
             return Availability(ok=False, reason=f"oci:{self.flavour} is run as root here",
                                 fix="run bench as root", versions=versions)
@@ -167,7 +186,8 @@ class OciRuntime:
 
     def traits(self) -> Traits:
         settings: dict[str, Json] = {
-            "cli": self.flavour, "command": "run", "oom_detection": self.flavour == "runc",
+            "cli": self._cli_name, "command": "run",
+            "oom_detection": self.flavour in ("runc", "ns"),
             "cgroup_favordynmods": cgroups.favordynmods(),
             **writable_layer("disk", self.root())}
         if self.flavour == "runsc":
@@ -176,10 +196,10 @@ class OciRuntime:
             *protection_lines(self.rlimits, recursive_ro=True),
             "user namespace: no (root inside is root, as in Docker)",
             f"capabilities: {', '.join(self.caps)} (ns's set)",
-            f"seccomp: {self.seccomp_profile().describe()}, compiled by {self.flavour} per "
+            f"seccomp: {self.seccomp_profile().describe()}, compiled by {self._cli_name} per "
             "container" + (" (--oci-seccomp)" if self.flavour == "runsc" else ""),
             f"devices: linux.resources.devices: deny a; allow {', '.join(DEVICE_RULES)}",
-            f"keyring: {self.flavour}'s own (a new session keyring per container)"
+            f"keyring: {self._cli_name}'s own (a new session keyring per container)"
             if self.flavour != "runsc" else "keyring: gVisor's (keyctl is emulated)",
         ))
 
@@ -292,10 +312,10 @@ class OciRuntime:
     def start(self, inst: Instance) -> None:
         inst = own(inst, OciInstance)
         spec = inst.spec
-        # runc can keep the stopped container (and its cgroup, where an OOM kill is
-        # counted) until remove; crun 1.8 and runsc cannot, so their OOM kills show
+        # runc and cvbench-ns can keep the stopped container (and its cgroup, where an OOM
+        # kill is counted) until remove; crun 1.8 and runsc cannot, so their OOM kills show
         # only as a SIGKILL (exit 137), and `oom_killed` stays False.
-        keep = ["--keep"] if self.flavour == "runc" else []
+        keep = ["--keep"] if self.flavour in ("runc", "ns") else []
         cmd = [*self._cli(spec.network), "run", *keep, "--bundle", str(inst.bundle),
                spec.name]
         _proc.spawn(inst, cmd, {"PATH": PATH_ENV}, label=f"{self.name}: ")
@@ -390,7 +410,7 @@ class OciRuntime:
         def remove(item: Leftover) -> bool | None:
             if item.kind.startswith("container"):
                 flavour = item.kind.split("(")[1].rstrip(")")
-                if shutil.which(flavour):
+                if cli_binary(flavour):
                     OciRuntime(flavour)._cli_quiet("delete", "--force", item.name)
                 rmtree(self.root() / f"state-{flavour}" / item.name)
             elif item.kind == "cgroup":

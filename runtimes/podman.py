@@ -19,8 +19,10 @@ Flavours: Podman 4.3's API cannot choose the OCI runtime per container (the comp
 ignores HostConfig.Runtime and libpod's create its `oci_runtime`: Podman issue #28429,
 fixed long after 4.3), so each flavour talks to its own service whose default runtime is
 the flavour's: `podman` (crun) on /run/podman/podman.sock, `podman:runc` on
-/run/podman/podman-runc.sock (`podman --runtime runc system service`), both started by
-scripts/provision.d/40-podman.sh. availability() checks the service's default runtime.
+/run/podman/podman-runc.sock (`podman --runtime runc system service`), `podman:ns` on
+/run/podman/podman-ns.sock (`--runtime cvbench-ns`, ns's OCI command line, registered in
+containers.conf), all started by scripts/provision.d/40-podman.sh. availability() checks
+the service's default runtime.
 
 Podman initializes the container (conmon + OCI create) when the attach arrives, so its
 create phase holds what Docker does in start. The rootful default ulimits
@@ -94,14 +96,15 @@ def nofile_configured() -> bool:
 class PodmanRuntime(Engine):
     base = "podman"
     name = "podman"
-    flavours: ClassVar[tuple[str, ...]] = ("runc",)
+    flavours: ClassVar[tuple[str, ...]] = ("runc", "ns")
     default_runtime = "crun"
     per_container_runtime = False
     daemon_binary = "podman"
     package = "podman"
     socket_env = "CONTAINER_HOST"
     default_socket = "unix:///run/podman/podman.sock"
-    flavour_sockets: ClassVar[dict[str, str]] = {"runc": "unix:///run/podman/podman-runc.sock"}
+    flavour_sockets: ClassVar[dict[str, str]] = {"runc": "unix:///run/podman/podman-runc.sock",
+                                                  "ns": "unix:///run/podman/podman-ns.sock"}
     log_hint = "/var/log/cvbench/podman-service*.log"
     image_prefix = "localhost/"  # where `podman import` puts it
     client_note = "compat API; libpod wait"

@@ -66,6 +66,10 @@ class MountPoint:
     readonly_remount: bool = False  # bind mounts need a second mount to become read-only
     recursive_readonly: bool = False  # ...or mount_setattr, for every mount below as well
     file: bool = False  # the target is a file (a bound device node), not a directory
+    # A bind mount takes no flags but MS_BIND/MS_REC: nosuid, nodev, noexec, ro... need a
+    # remount (MS_REMOUNT | MS_BIND | these) after it (cvbench-ns: an OCI mount's options)
+    bind_flags: int = 0
+    propagation: int = 0  # MS_PRIVATE, MS_SLAVE... (| MS_REC) applied to it afterwards
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,25 @@ class ContainerConfig:
     # with the request, after the four others): the first process writes no cgroup.procs
     # (an exec's process still joins through cgroup_join)
     into_cgroup: bool = False
+
+    # What the OCI CLI (cvbench-ns, oci_cli.py) sets from a bundle; the defaults are the
+    # backend's behaviour.
+    die_with_parent: bool = True  # PR_SET_PDEATHSIG: off when the CLI exits after create
+    bind_root: bool = False  # `lower` is the root as it is (bound on itself), no overlay
+    readonly_root: bool = False  # root.readonly: remounted read-only after the set-up
+    root_propagation: int = 0  # rootfsPropagation for "/" after pivot_root (0: rslave)
+    sysctl: tuple[tuple[str, str], ...] = ()  # written under /proc/sys once it is mounted
+    join: tuple[tuple[str, int], ...] = ()  # (namespace file, CLONE_NEW*) to setns first
+    inheritable: tuple[int, ...] | None = None  # None: the same as `caps`
+    umask: int = 0o022
+    terminal: bool = False  # fd 0 is a terminal: a new session with it as its controlling tty
+    cgroupns: bool = True  # a new cgroup namespace, once in the instance's cgroup
+    # OCI hooks run by the child itself, in the container's namespaces: (path, argv, env,
+    # timeout in s or 0) each; createContainer before pivot_root, startContainer after
+    # start, before the exec. Their stdin gets `hook_state` (JSON) with @PID@ replaced.
+    hooks_create: tuple[tuple[str, tuple[str, ...], tuple[str, ...], float], ...] = ()
+    hooks_start: tuple[tuple[str, tuple[str, ...], tuple[str, ...], float], ...] = ()
+    hook_state: bytes = b""
 
 
 @dataclass(frozen=True)

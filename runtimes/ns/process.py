@@ -27,12 +27,14 @@ code.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import os
 import pickle
 import select
 import signal
 import socket
+import termios
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
@@ -84,26 +86,38 @@ def _enter_userns(uid: int, gid: int) -> None:
 
 
 def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
-               err_w: int) -> NoReturn:
-    """Runs in the cloned child; never returns."""
+               err_w: int, in_r: int = -1) -> NoReturn:
+    """Runs in the cloned child; never returns. stdin is `in_r`, or /dev/null."""
     try:
         os.set_inheritable(status_w, False)  # EOF at exec tells the parent it happened
+        for path, flag in cfg.join:  # namespaces of others (cvbench-ns: a bundle's paths)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            ns.setns(fd, flag)
+            os.close(fd)
         if cfg.userns_map is not None:
             _enter_userns(*cfg.userns_map)
-        # Die with the runner (a SIGKILLed runner must not leave instances running).
-        ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if cfg.die_with_parent:
+            # Die with the runner (a SIGKILLed runner must not leave instances running).
+            ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
         os.umask(0)
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
+        os.dup2(in_r if in_r >= 0 else os.open("/dev/null", os.O_RDONLY), 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
+        if cfg.terminal:  # a session of its own, the terminal on fd 0 its controlling tty
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         # The instance's cgroup may not exist yet (the runner makes it while we set up):
         # keep handles on its parents, which pivot_root puts out of sight. (ns:intocgroup:
         # cloned into it, nothing to join.)
         joins = () if cfg.into_cgroup else cfg.cgroup_join
         cgroup_parents = [os.open(d, os.O_PATH | os.O_DIRECTORY) for d, _ in joins]
-        rootfs.setup(cfg)
-        ns.sethostname(cfg.hostname)
+        # (the host's /proc is still ours: "self" there is our pid on the host)
+        state = cfg.hook_state.replace(b"@PID@", os.readlink("/proc/self").encode()) \
+            if cfg.hook_state else b""
+        rootfs.setup(cfg, (lambda: run_hooks(cfg.hooks_create, state, "createContainer"))
+                     if cfg.hooks_create else None)
+        if cfg.hostname:
+            ns.sethostname(cfg.hostname)
         if cfg.loopback_up:
             ns.loopback_up()
         os.chdir(cfg.workdir)  # (made by rootfs.setup if it was missing)
@@ -117,11 +131,45 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
         for fd, (_, procs) in zip(cgroup_parents, joins, strict=True):
             _write(procs, "0", fd)  # 0 = the writing process; our pid here is 1
             os.close(fd)
-        # After joining: the new cgroup namespace is rooted at our own cgroup.
-        ns.unshare(ns.CLONE_NEWCGROUP)
+        if cfg.cgroupns:  # after joining: the new namespace is rooted at our own cgroup
+            ns.unshare(ns.CLONE_NEWCGROUP)
+        run_hooks(cfg.hooks_start, state.replace(b'"creating"', b'"created"'), "startContainer")
         confine_and_exec(cfg, env, status_w)
     except BaseException as e:
         _fail(status_w, e)
+
+
+def run_hooks(hooks: tuple[tuple[str, tuple[str, ...], tuple[str, ...], float], ...],
+              state: bytes, kind: str) -> None:
+    """Run OCI hooks from the container's process, in its namespaces, one after the
+    other, each with `state` on its stdin; the first that fails (or outlives its
+    timeout, and is then killed) raises."""
+    for i, (path, argv, env, timeout) in enumerate(hooks):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.dup2(r, 0)
+                os.execve(path, list(argv), dict(e.split("=", 1) for e in env if "=" in e))
+            finally:
+                os._exit(127)
+        os.close(r)
+        with contextlib.suppress(BrokenPipeError):
+            os.write(w, state)
+        os.close(w)
+        deadline = time.monotonic() + timeout if timeout else None
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise RuntimeError(f"hooks.{kind}[{i}] ({path}): timed out after {timeout:g} s")
+            time.sleep(0.005)
+        if status:
+            raise RuntimeError(f"hooks.{kind}[{i}] ({path}): exit status "
+                               f"{os.waitstatus_to_exitcode(status)}")
 
 
 def confine_and_exec(cfg: ContainerConfig, env: dict[str, str], status_w: int) -> NoReturn:
@@ -132,6 +180,11 @@ def confine_and_exec(cfg: ContainerConfig, env: dict[str, str], status_w: int) -
     if cfg.keyring:
         security.new_session_keyring()
     security.set_rlimits(cfg.rlimits)
+    early = bool(cfg.seccomp) and not cfg.no_new_privs
+    if early:
+        # Without no_new_privs only CAP_SYS_ADMIN may install a filter: load it while we
+        # still hold it, so the rest of this set-up runs under it (as runc does).
+        security.load_seccomp(cfg.seccomp)
     security.drop_bounding(cfg.caps, cfg.last_cap)
     if cfg.userns_map is None:  # (a user namespace has setgroups denied)
         # Only the user's own groups, not whatever the runner had (runc's default:
@@ -142,12 +195,12 @@ def confine_and_exec(cfg: ContainerConfig, env: dict[str, str], status_w: int) -
     if cfg.uid:
         os.setuid(cfg.uid)  # clears every capability of the now non-root process
     else:
-        security.set_caps(cfg.caps)
+        security.set_caps(cfg.caps, cfg.inheritable)
     if cfg.no_new_privs:
         security.no_new_privs()
-    os.umask(0o022)
+    os.umask(cfg.umask)
     security.close_inherited(keep=status_w)
-    if cfg.seccomp:
+    if cfg.seccomp and not early:
         security.load_seccomp(cfg.seccomp)  # last: from here on, only what it allows
     os.execvpe(cfg.argv[0], list(cfg.argv), env)
 
@@ -160,7 +213,10 @@ def _fail(status_w: int, e: BaseException) -> NoReturn:
             import traceback  # only on this error path: keep the fork server small
 
             msg += "\n" + traceback.format_exc(limit=3)
-        os.write(status_w, msg.encode(errors="replace")[:4000])
+        try:
+            os.write(status_w, msg.encode(errors="replace")[:4000])
+        except OSError:  # nobody reads it (cvbench-ns: create has returned): on stderr
+            os.write(2, f"cvbench-ns: {msg[1:]}\n".encode(errors="replace"))
     finally:
         os._exit(127)
 
@@ -310,19 +366,23 @@ def abort(child: Child) -> None:
         os.waitpid(child.pid, 0)
 
 
-def serve(fd: int, runner: int) -> None:
-    """The fork server's loop (runs in the small interpreter)."""
-    ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != runner:  # the runner died before the line above
-        return
-    # Children inherit ignored signals and the signal mask through exec; a shell must not
-    # start with SIGTERM ignored (POSIX: it could not even trap it). Python itself ignores
-    # SIGPIPE and SIGXFSZ, and the runner may have ignored more.
+def default_signals() -> None:
+    """Children inherit ignored signals and the signal mask through exec; a shell must not
+    start with SIGTERM ignored (POSIX: it could not even trap it). Python itself ignores
+    SIGPIPE and SIGXFSZ, and the runner may have ignored more."""
     for sig in signal.valid_signals():
         if sig not in (signal.SIGKILL, signal.SIGSTOP) and \
                 signal.getsignal(sig) == signal.SIG_IGN:
             signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def serve(fd: int, runner: int) -> None:
+    """The fork server's loop (runs in the small interpreter)."""
+    ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != runner:  # the runner died before the line above
+        return
+    default_signals()
     # Children share our pages copy-on-write: a garbage collection in one would write to
     # every object it visits. Nothing here makes reference cycles, so collect never.
     gc.freeze()

@@ -34,6 +34,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.core import rootpath
@@ -75,7 +76,7 @@ def _mount_one(root_fd: int, m: MountPoint) -> None:
         ns.mount(m.source, rootpath.fd_path(fd), m.fstype, m.flags, m.data)
     finally:
         os.close(fd)
-    if not (m.readonly_remount or m.recursive_readonly):
+    if not (m.readonly_remount or m.recursive_readonly or m.bind_flags or m.propagation):
         return
     # The descriptor holds the dentry under the new mount: look again to reach the mount.
     fd = rootpath.lookup(root_fd, m.target)
@@ -85,8 +86,12 @@ def _mount_one(root_fd: int, m: MountPoint) -> None:
             # A bind mount ignores MS_RDONLY; only a remount makes it read-only. MS_REC
             # does not reach submounts here, so the source must not hide writable mounts.
             ns.mount(None, target, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | m.flags)
+        if m.bind_flags:
+            ns.mount(None, target, None, ns.MS_REMOUNT | ns.MS_BIND | m.bind_flags)
         if m.recursive_readonly:
             ns.mount_setattr(target, ns.MOUNT_ATTR_RDONLY)
+        if m.propagation:
+            ns.mount(None, target, None, m.propagation)
     finally:
         os.close(fd)
 
@@ -169,9 +174,46 @@ def _mask(cfg: ContainerConfig) -> None:
         ns.mount(None, path, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | PROC_FLAGS)
 
 
-def setup(cfg: ContainerConfig) -> None:
-    """Build the root filesystem and move into it (runs in the child)."""
+def setup(cfg: ContainerConfig, before_pivot: Callable[[], None] | None = None) -> None:
+    """Build the root filesystem and move into it (runs in the child); `before_pivot`
+    runs once the mounts are made (cvbench-ns: the createContainer hooks)."""
     ns.mount(None, "/", None, ns.MS_REC | ns.MS_SLAVE)
+    root = cfg.lower
+    if cfg.bind_root:
+        # cvbench-ns: the bundle's root as the engine prepared it, made a mount point
+        # of its own (pivot_root needs one) by binding it on itself.
+        ns.mount(root, root, None, ns.MS_BIND | ns.MS_REC)
+    else:
+        _overlay(cfg)
+    root_fd = rootpath.open_root(root)  # the overlay (or bind) just mounted there
+    try:
+        for m in cfg.mounts:
+            _mount_one(root_fd, m)
+            if m.target == "dev":
+                _devices(root_fd, cfg)
+        # A missing workdir is made as root (as Docker makes a WORKDIR), inside the root.
+        os.close(rootpath.mkdirs(root_fd, cfg.workdir))
+    finally:
+        os.close(root_fd)
+    if before_pivot is not None:
+        before_pivot()
+    os.chdir(root)
+    ns.pivot_root(".", ".")
+    ns.mount(None, ".", None, ns.MS_SLAVE | ns.MS_REC)
+    ns.umount2(".", ns.MNT_DETACH)
+    os.chdir("/")
+    if cfg.root_propagation:
+        ns.mount(None, "/", None, cfg.root_propagation)
+    for key, value in cfg.sysctl:  # before _mask makes /proc/sys read-only
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+            f.write(value)
+    _mask(cfg)
+    if cfg.readonly_root:
+        ns.mount(None, "/", None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY)
+
+
+def _overlay(cfg: ContainerConfig) -> None:
+    """The image as the lower layer of an overlay mounted over it (see the docstring)."""
     upper, work = cfg.upper, cfg.work
     options = ""
     if not upper:
@@ -184,23 +226,6 @@ def setup(cfg: ContainerConfig) -> None:
         # volatile: overlayfs skips syncing the upper layer; in a tmpfs there is nothing
         # to sync anyway. Never on disk: fsync would then lie to I/O benchmarks.
         options = ",volatile"
-    root = cfg.lower
     layers = f"{cfg.dev_layer}:{cfg.lower}" if cfg.dev_layer else cfg.lower
-    ns.mount("overlay", root, "overlay", 0,
+    ns.mount("overlay", cfg.lower, "overlay", 0,
              f"lowerdir={layers},upperdir={upper},workdir={work}{options}")
-    root_fd = rootpath.open_root(root)  # the overlay just mounted there
-    try:
-        for m in cfg.mounts:
-            _mount_one(root_fd, m)
-            if m.target == "dev":
-                _devices(root_fd, cfg)
-        # A missing workdir is made as root (as Docker makes a WORKDIR), inside the root.
-        os.close(rootpath.mkdirs(root_fd, cfg.workdir))
-    finally:
-        os.close(root_fd)
-    os.chdir(root)
-    ns.pivot_root(".", ".")
-    ns.mount(None, ".", None, ns.MS_SLAVE | ns.MS_REC)
-    ns.umount2(".", ns.MNT_DETACH)
-    os.chdir("/")
-    _mask(cfg)

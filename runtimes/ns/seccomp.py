@@ -261,3 +261,50 @@ def oci(p: Profile) -> dict[str, Any]:
         calls.append(call)
     out["syscalls"] = calls
     return out
+
+
+def from_oci(data: Any, where: str) -> Profile:
+    """An OCI config's linux.seccomp (runtime-spec config-linux) as a Profile for
+    compile_bpf: the inverse of oci(). What libseccomp cannot do here (an action ns does
+    not load, filter flags, a notify listener) raises UsageError naming the field under
+    `where` ("config.json: linux.seccomp")."""
+    def bad(key: str, why: str) -> UsageError:
+        return UsageError(f"{where}.{key}: {why}")
+
+    def action(value: Any, key: str) -> str:
+        if value not in _ACTIONS:
+            raise bad(key, f"action {value!r} not supported by cvbench-ns")
+        return str(value)
+
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: must be an object")
+    for key in ("flags", "listenerPath", "listenerMetadata"):
+        if data.get(key):
+            raise bad(key, "not supported by cvbench-ns")
+    native = _SCMP_ARCH.get(platform.machine())
+    if native is None:
+        raise UsageError(f"{where}: no seccomp architecture known for {platform.machine()}")
+    arches = [native, *(str(a) for a in data.get("architectures") or () if a != native)]
+    rules = []
+    for i, s in enumerate(data.get("syscalls") or ()):
+        key = f"syscalls[{i}]"
+        if not isinstance(s, dict) or not isinstance(s.get("names"), list):
+            raise bad(key, "must be an object with a list of names")
+        args = []
+        for j, a in enumerate(s.get("args") or ()):
+            if not isinstance(a, dict) or a.get("op") not in _OPS:
+                raise bad(f"{key}.args[{j}]", f"unknown comparison {a!r}")
+            args.append((int(a.get("index", 0)), str(a["op"]), int(a.get("value", 0)),
+                         int(a.get("valueTwo", 0))))
+        errno_ret = s.get("errnoRet")
+        rules.append(Rule(tuple(str(n) for n in s["names"]),
+                          action(s.get("action"), f"{key}.action"),
+                          int(errno_ret) if errno_ret is not None else None, tuple(args)))
+    default_action = action(data.get("defaultAction"), "defaultAction")
+    default_errno = data.get("defaultErrnoRet")
+    if default_errno is None and default_action == "SCMP_ACT_ERRNO":
+        default_errno = _DEFAULT_ERRNO
+    raw = json.dumps(data, sort_keys=True).encode()
+    return Profile(where, hashlib.sha256(raw).hexdigest(), default_action,
+                   int(default_errno) if default_errno is not None else None,
+                   tuple(arches), tuple(rules))

@@ -84,15 +84,16 @@ def drop_bounding(keep: tuple[int, ...], last: int) -> None:
             ns.prctl(ns.PR_CAPBSET_DROP, cap)  # again, to raise the error with its message
 
 
-def set_caps(keep: tuple[int, ...]) -> None:
-    """effective = permitted = inheritable = `keep` (root's execve then keeps them)."""
-    mask = 0
-    for cap in keep:
-        mask |= 1 << cap
+def set_caps(keep: tuple[int, ...], inheritable: tuple[int, ...] | None = None) -> None:
+    """effective = permitted = `keep` (root's execve then keeps them), inheritable =
+    `inheritable` (None: `keep` too)."""
+    mask = sum(1 << cap for cap in set(keep))
+    inh = mask if inheritable is None else sum(1 << cap for cap in set(inheritable))
     data = _DataPair()
     for i in range(2):
         word = (mask >> (32 * i)) & 0xFFFFFFFF
-        data[i].effective = data[i].permitted = data[i].inheritable = word
+        data[i].effective = data[i].permitted = word
+        data[i].inheritable = (inh >> (32 * i)) & 0xFFFFFFFF
     header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
     if _capset(ctypes.byref(header), data) != 0:
         err = ctypes.get_errno()

@@ -1,4 +1,5 @@
-# Docker: dockerd (Debian's docker.io) with crun and runsc registered as extra runtimes.
+# Docker: dockerd (Debian's docker.io) with crun, runsc and cvbench-ns (27-cvbench-ns.sh)
+# registered as extra runtimes.
 #
 # The scripts call /usr/bin/docker, Debian's CLI from the same docker.io release as the
 # daemon, never a `docker` found first on PATH (e.g. a newer /usr/local/bin/docker): the
@@ -20,6 +21,7 @@ path = sys.argv[1]
 want = {
     "crun": {"path": "/usr/bin/crun"},
     "runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none", "--platform=ptrace"]},
+    "cvbench-ns": {"path": "/usr/local/bin/cvbench-ns"},
 }
 conf = {}
 if os.path.exists(path):
@@ -42,7 +44,7 @@ EOF
 if [ -n "$changed" ]; then
   say "dockerd: registered runtime(s) $changed in $DOCKER_CONF"
 else
-  say "dockerd: runtimes crun and runsc already in $DOCKER_CONF"
+  say "dockerd: runtimes crun, runsc and cvbench-ns already in $DOCKER_CONF"
 fi
 
 docker_ready="$DOCKER_CLI -H unix://$DOCKER_SOCK version"
@@ -76,7 +78,7 @@ else
     /usr/sbin/dockerd --host="unix://$DOCKER_SOCK" --pidfile=/run/docker.pid \
     --config-file="$DOCKER_CONF" )
 fi
-for rt in crun runsc; do
+for rt in crun runsc cvbench-ns; do
   if $DOCKER_CLI -H "unix://$DOCKER_SOCK" info --format '{{json .Runtimes}}' | grep -q "\"$rt\""; then
     say "dockerd: runtime $rt registered"
   else

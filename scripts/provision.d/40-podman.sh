@@ -31,6 +31,19 @@ else
   fi
 fi
 
+# cvbench-ns (27-cvbench-ns.sh) as a runtime Podman knows by name (`podman --runtime
+# cvbench-ns`): [engine.runtimes] in a drop-in of its own.
+NS_DROPIN=/etc/containers/containers.conf.d/51-cvbench-ns.conf
+want=$(printf '%s\n' "# Written by cvbench scripts/provision.d/40-podman.sh: cvbench-ns as an OCI runtime" \
+  "[engine.runtimes]" 'cvbench-ns = ["/usr/local/bin/cvbench-ns"]')
+if [ "$(cat "$NS_DROPIN" 2>/dev/null)" != "$want" ]; then
+  printf '%s\n' "$want" > "$NS_DROPIN"
+  podman_conf_changed=1
+  say "podman: wrote $NS_DROPIN (runtime cvbench-ns)"
+else
+  say "podman: $NS_DROPIN up to date"
+fi
+
 # start_podman_service NAME SOCKET [GLOBAL OPTIONS]: one `podman system service` with a pid
 # file; restarted when the ulimits drop-in changed (a service reads containers.conf once).
 start_podman_service() {
@@ -56,8 +69,8 @@ start_podman_service() {
 }
 
 # Podman 4.3's API cannot choose the OCI runtime per container (the compat create ignores
-# HostConfig.Runtime, libpod's create its oci_runtime), so `podman:runc` has its own
-# service whose default runtime is runc.
+# HostConfig.Runtime, libpod's create its oci_runtime), so `podman:runc` and `podman:ns`
+# have services of their own whose default runtime is runc, cvbench-ns.
 if pid1_is_systemd; then
   # Both services are systemd units. podman.socket's podman.service would exit after 5 s
   # idle (`podman system service`'s default): a drop-in gives it --time=0, as above.
@@ -74,16 +87,24 @@ if pid1_is_systemd; then
     "ExecStartPre=/usr/bin/mkdir -p /run/podman" \
     "ExecStart=/usr/bin/podman --runtime runc system service --time=0 unix:///run/podman/podman-runc.sock" \
     "[Install]" "WantedBy=multi-user.target")" && unit_changed=1
+  write_unit /etc/systemd/system/cvbench-podman-ns.service "$(printf '%s\n' \
+    "# Written by cvbench scripts/provision.d/40-podman.sh: the service of podman:ns" \
+    "[Unit]" "Description=Podman API service with cvbench-ns as its OCI runtime (cvbench)" \
+    "[Service]" "Delegate=true" "Type=exec" "KillMode=process" \
+    "ExecStartPre=/usr/bin/mkdir -p /run/podman" \
+    "ExecStart=/usr/bin/podman --runtime cvbench-ns system service --time=0 unix:///run/podman/podman-ns.sock" \
+    "[Install]" "WantedBy=multi-user.target")" && unit_changed=1
   if [ -n "$unit_changed" ]; then
     systemctl daemon-reload
-    say "podman: systemd units written (podman.service --time=0, cvbench-podman-runc.service)"
+    say "podman: systemd units written (podman.service --time=0, cvbench-podman-runc.service, cvbench-podman-ns.service)"
   fi
-  systemctl enable --now podman.socket cvbench-podman-runc.service 2>&1 | sed 's/^/   /'
+  systemctl enable --now podman.socket cvbench-podman-runc.service cvbench-podman-ns.service \
+    2>&1 | sed 's/^/   /'
   if [ -n "$unit_changed$podman_conf_changed" ]; then
     # a running service keeps its command line and read containers.conf once
-    systemctl try-restart podman.service cvbench-podman-runc.service
+    systemctl try-restart podman.service cvbench-podman-runc.service cvbench-podman-ns.service
   fi
-  for sock in "$PODMAN_SOCK" /run/podman/podman-runc.sock; do
+  for sock in "$PODMAN_SOCK" /run/podman/podman-runc.sock /run/podman/podman-ns.sock; do
     for _ in $(seq 1 120); do
       podman --remote --url "unix://$sock" version >/dev/null 2>&1 && break
       sleep 0.5
@@ -91,11 +112,12 @@ if pid1_is_systemd; then
     if podman --remote --url "unix://$sock" version >/dev/null 2>&1; then
       say "podman-service: answers on $sock (systemd)"
     else
-      echo "provision: the Podman service on $sock did not answer; see journalctl -u podman.service -u cvbench-podman-runc.service" >&2
+      echo "provision: the Podman service on $sock did not answer; see journalctl -u podman.service -u cvbench-podman-runc.service -u cvbench-podman-ns.service" >&2
       exit 1
     fi
   done
 else
   start_podman_service podman-service "$PODMAN_SOCK"
   start_podman_service podman-service-runc /run/podman/podman-runc.sock --runtime runc
+  start_podman_service podman-service-ns /run/podman/podman-ns.sock --runtime cvbench-ns
 fi

@@ -186,6 +186,7 @@ def _delegated(name: str, uid: int, tmp_path: Path) -> None:
     probe.write_text(_ROOTLESS_PROBE)
     probe.chmod(0o644)
     res = subprocess.run(["runuser", "-u", name, "--", "env", f"XDG_RUNTIME_DIR=/run/user/{uid}",
+                          f"DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/{uid}/bus",
                           "systemd-run", "--user", "--wait", "--pipe", "--quiet", "--collect",
                           "-p", "Delegate=yes", f"--working-directory={REPO}",
                           "-E", f"CVBENCH_STATE={tmp_path}/state", "-E",

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.root, pytest.mark.docker]
 
 
 class TestDocker(EngineCases):
-    names = ("docker", "docker:crun", "docker:runsc")
+    names = ("docker", "docker:crun", "docker:runsc", "docker:ns")
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""oci:crun, oci:runc, oci:runsc for real: the same image as an OCI bundle."""
+"""oci:crun, oci:runc, oci:runsc, oci:ns (cvbench-ns) for real: the same image as an OCI
+bundle."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tests.integration._nsutil import Env, close_env, mounts_of, open_env
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture(scope="module", params=["crun", "runc", "runsc"])
+@pytest.fixture(scope="module", params=["crun", "runc", "runsc", "ns"])
 def env(request: pytest.FixtureRequest) -> Iterator[Env]:
     require("root", None if os.geteuid() == 0 else "the OCI CLIs run as root here")
     e, lock = open_env(f"oci:{request.param}")
@@ -42,8 +43,9 @@ def test_oom_is_reported(env: Env) -> None:
         pytest.skip("runsc: the sandbox's own memory accounting, not a cgroup OOM kill")
     ex = env.run("head -c 100m /dev/zero | tail > /dev/null", limits=Limits(memory=32 << 20))
     assert ex.code == 137 and not ex.ok
-    # Only runc keeps the cgroup (run --keep) until remove, where the kill is counted.
-    assert ex.oom_killed == (env.rt.flavour == "runc")
+    # Only runc and cvbench-ns keep the cgroup (run --keep) until remove, where the kill
+    # is counted.
+    assert ex.oom_killed == (env.rt.flavour in ("runc", "ns"))
 
 
 def test_stats_and_stop(env: Env) -> None:

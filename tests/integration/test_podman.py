@@ -1,4 +1,4 @@
-"""The podman backend against the real Podman REST service: crun and runc
+"""The podman backend against the real Podman REST service: crun, runc and cvbench-ns
 (engine_cases.py)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.root, pytest.mark.podman]
 
 
 class TestPodman(EngineCases):
-    names = ("podman", "podman:runc")
+    names = ("podman", "podman:runc", "podman:ns")
 
     def oci_runtime(self, rt: Engine, inspect: dict[str, Any]) -> str:
         # the compat inspect says "oci" whatever ran it; libpod's inspect names it

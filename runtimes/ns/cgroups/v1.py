@@ -103,7 +103,8 @@ class V1Manager:
             if self._swap_accounting is None:  # the same for every cgroup: look once
                 self._swap_accounting = (mem / "memory.memsw.limit_in_bytes").exists()
             if self._swap_accounting:
-                write(mem / "memory.memsw.limit_in_bytes", str(limits.memory))
+                swap = limits.memory if limits.swap is None else limits.swap
+                write(mem / "memory.memsw.limit_in_bytes", str(swap))
         if limits.cpus is not None:
             # A new cgroup's cfs_period_us is the kernel default, 100 ms: only the quota.
             cpu = self._dir("cpu", name)
@@ -143,12 +144,17 @@ class V1Manager:
             rmdir(h / self.parent / name)
 
     def setup(self) -> None:
+        # (the parent may be nested: cvbench-ns takes it from an OCI bundle's cgroupsPath)
         for c in self.controllers:
-            (self.roots[c] / self.parent).mkdir(exist_ok=True)
+            (self.roots[c] / self.parent).mkdir(parents=True, exist_ok=True)
         if self.cpuset_root is not None:
             # Before any instance: a child holds a handle on every parent it will join
             # from the moment it is forked, before the runner makes its own cgroup.
-            _cpuset_dir(self.cpuset_root / self.parent)
+            # Each level in turn: a cpuset cgroup's CPUs come from its parent's.
+            d = self.cpuset_root
+            for part in Path(self.parent).parts:
+                d = d / part
+                _cpuset_dir(d)
 
     def parents(self) -> list[Path]:
         return [h / self.parent for h in self.hierarchies if (h / self.parent).is_dir()]

@@ -1,0 +1,33 @@
+# cvbench-ns: ns as an OCI runtime (runtimes/ns/oci_cli.py), installed where dockerd and
+# Podman can call it: /usr/local/bin/cvbench-ns (30-docker.sh and 40-podman.sh register it).
+#
+# Provision runs before `make venv` (and CI runs it in a fresh clone at another path), so
+# the command cannot be the checkout's .venv/bin/cvbench-ns. It is a small script of its
+# own: the interpreter of a venv that provision makes for it, /opt/cvbench/ns-venv (only
+# what the CLI imports beyond the standard library: pyseccomp, psutil), and the code of
+# THIS checkout, put first on sys.path. Edits in the checkout take effect at once; a
+# checkout moved or removed needs `make provision` again, which rewrites the script
+# for the checkout it runs from. (`python -I`: no user site or PYTHON* variables.)
+NS_VENV=/opt/cvbench/ns-venv
+NS_BIN=/usr/local/bin/cvbench-ns
+checkout=$(cd "$here/.." && pwd)
+if ! "$NS_VENV/bin/python" -c "import pyseccomp, psutil" 2>/dev/null; then
+  mkdir -p "$(dirname "$NS_VENV")"
+  python3 -m venv "$NS_VENV"
+  "$NS_VENV/bin/pip" install --quiet "pyseccomp>=0.1.2" "psutil>=5.9" \
+    >"$CVBENCH_PROVISION_LOG/cvbench-ns-venv.log" 2>&1 \
+    || { tail -n 20 "$CVBENCH_PROVISION_LOG/cvbench-ns-venv.log" >&2; exit 1; }
+  say "cvbench-ns: made $NS_VENV (pyseccomp, psutil)"
+fi
+want=$(printf '%s\n' "#!$NS_VENV/bin/python -I" \
+  "# Written by cvbench scripts/provision.d/27-cvbench-ns.sh: the OCI runtime cvbench-ns" \
+  "# of the checkout $checkout" \
+  "import sys" "sys.path.insert(0, '$checkout')" \
+  "from runtimes.ns.oci_cli import main" "sys.exit(main())")
+if [ "$(cat "$NS_BIN" 2>/dev/null)" != "$want" ]; then
+  printf '%s\n' "$want" > "$NS_BIN.tmp" && chmod 755 "$NS_BIN.tmp" && mv "$NS_BIN.tmp" "$NS_BIN"
+  say "cvbench-ns: wrote $NS_BIN (code from $checkout)"
+else
+  say "cvbench-ns: $NS_BIN up to date (code from $checkout)"
+fi
+"$NS_BIN" --version >/dev/null || { echo "provision: $NS_BIN --version failed" >&2; exit 1; }

@@ -1,0 +1,237 @@
+"""cvbench-ns without privileges: config.json -> ContainerConfig (oci_bundle.py), the
+refusals by field, the command line's parsing and its import path."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.core.errors import UsageError
+from runtimes.ns import namespaces as ns
+from runtimes.ns import oci_bundle, oci_cli, seccomp
+from runtimes.ns.config import DEVICE_RULES
+from runtimes.ns.security import CAP_NAMES
+
+DOCKER_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+               "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+               "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
+
+# What dockerd 20.10 wrote for `docker run --memory 64m --pids-limit 50` (its seccomp
+# profile left out), as read from the bundle containerd made.
+DOCKER: dict[str, Any] = {
+    "ociVersion": "1.0.2-dev",
+    "process": {"user": {"uid": 0, "gid": 0, "additionalGids": [0]},
+                "args": ["/bench/init", "sleep", "20"],
+                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                        "HOSTNAME=715eabdf4c41"],
+                "cwd": "/",
+                "capabilities": {k: DOCKER_CAPS for k in ("bounding", "effective", "permitted")},
+                "oomScoreAdj": 0},
+    "root": {"path": "rootfs"},
+    "hostname": "715eabdf4c41",
+    "mounts": [
+        {"destination": "/proc", "type": "proc", "source": "proc",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
+                     "gid=5"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["ro", "nosuid", "noexec", "nodev"]},
+        {"destination": "/etc/hosts", "type": "bind", "source": "hosts",
+         "options": ["rbind", "rprivate"]},
+    ],
+    "hooks": {"prestart": [{"path": "/proc/6514/exe",
+                            "args": ["libnetwork-setkey", "-exec-root=/var/run/docker",
+                                     "715eabdf4c41", "c772b13c78e4"]}]},
+    "linux": {
+        "sysctl": {"net.ipv4.ip_unprivileged_port_start": "0"},
+        "resources": {
+            "devices": [{"allow": False, "access": "rwm"},
+                        {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},
+                        {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},
+                        {"allow": False, "type": "c", "major": 10, "minor": 229,
+                         "access": "rwm"}],
+            "memory": {"limit": 67108864, "swap": 134217728, "disableOOMKiller": False},
+            "cpu": {"shares": 0}, "pids": {"limit": 50}, "blockIO": {"weight": 0}},
+        "cgroupsPath": "/docker/715eabdf4c41",
+        "namespaces": [{"type": "mount"}, {"type": "network"}, {"type": "uts"},
+                       {"type": "pid"}, {"type": "ipc"}],
+        # (Docker's lists, cut to one path every kernel has and one none has)
+        "maskedPaths": ["/proc/cpuinfo", "/proc/does-not-exist"],
+        "readonlyPaths": ["/proc/sys"],
+    },
+}
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    (tmp_path / "rootfs").mkdir()
+    (tmp_path / "hosts").write_text("127.0.0.1 localhost\n")
+    return tmp_path
+
+
+def test_dockers_config_translated(bundle: Path) -> None:
+    b = oci_bundle.translate(copy.deepcopy(DOCKER), bundle, "c1")
+    c = b.config
+    assert c.argv == ("/bench/init", "sleep", "20") and c.workdir == "/"
+    assert c.clone_flags == ns.CLONE_NEWNS | ns.CLONE_NEWNET | ns.CLONE_NEWUTS | \
+        ns.CLONE_NEWPID | ns.CLONE_NEWIPC
+    assert not c.cgroupns  # not asked for (Docker's default on cgroup v1)
+    assert c.loopback_up and c.hostname == "715eabdf4c41" and c.groups == (0,)
+    assert c.caps == tuple(sorted(CAP_NAMES.index(n) for n in DOCKER_CAPS))
+    assert not c.no_new_privs and c.inheritable == ()
+    assert c.lower == str(bundle / "rootfs") and c.bind_root and not c.die_with_parent
+    assert (b.cgroup_parent, b.cgroup_name) == ("docker", "715eabdf4c41")
+    assert (b.limits.memory, b.limits.swap, b.limits.pids, b.limits.cpus) == \
+        (67108864, 134217728, 50, None)
+    # deny a; the allows; the trailing deny of /dev/fuse allows nothing back; then the
+    # runtime's own nodes (each rule once)
+    assert b.device_rules == tuple(dict.fromkeys(("c 1:5 rwm", "c 5:0 rwm", *DEVICE_RULES)))
+    by_target = {m.target: m for m in c.mounts}
+    assert by_target["sys"].flags == ns.MS_NOSUID | ns.MS_NOEXEC | ns.MS_NODEV | ns.MS_RDONLY
+    assert by_target["dev/pts"].data == "newinstance,ptmxmode=0666,mode=0620,gid=5"
+    hosts = by_target["etc/hosts"]
+    assert (hosts.source, hosts.flags, hosts.file, hosts.propagation) == \
+        (str(bundle / "hosts"), ns.MS_BIND | ns.MS_REC, True, ns.MS_PRIVATE | ns.MS_REC)
+    assert b.cgroup_mounts == (4,) and c.mounts[4].target == "sys/fs/cgroup"
+    assert c.sysctl == (("net.ipv4.ip_unprivileged_port_start", "0"),)
+    assert c.masked == (("/proc/cpuinfo", False),)  # what the kernel does not have: skipped
+    assert b.hooks["prestart"][0].args[0] == "libnetwork-setkey"
+    assert b.oom_score_adj == 0
+
+
+def _set(cfg: dict[str, Any], path: str, v: Any) -> None:
+    *parents, last = path.split(".")
+    for p in parents:
+        cfg = cfg.setdefault(p, {})
+    cfg[last] = v
+
+
+@pytest.mark.parametrize(("path", "value", "field"), [
+    ("linux.intelRdt", {"closID": "x"}, "linux.intelRdt"),
+    ("linux.uidMappings", [{"containerID": 0, "hostID": 1000, "size": 1}],
+     "linux.uidMappings"),
+    ("linux.namespaces", [{"type": "mount"}, {"type": "user"}], "linux.namespaces[1]"),
+    ("linux.namespaces", [{"type": "mount"}, {"type": "pid", "path": "/proc/1/ns/pid"}],
+     "linux.namespaces[1].path"),
+    ("linux.namespaces", [{"type": "network"}], "linux.namespaces"),
+    ("hooks.poststop", [{"path": "bin/true"}], "hooks.poststop[0].path"),
+    ("process.capabilities.ambient", ["CAP_KILL"], "process.capabilities.ambient"),
+    ("process.capabilities.bounding", ["CAP_KILL"], "process.capabilities.bounding"),
+    ("process.capabilities.effective", ["CAP_NOPE"], "process.capabilities.effective[0]"),
+    ("process.apparmorProfile", "docker-default", "process.apparmorProfile"),
+    ("process.rlimits", [{"type": "RLIMIT_NOFILE", "soft": 1, "hard": 1}] * 2,
+     "process.rlimits[1].type"),
+    ("linux.resources.cpu", {"shares": 1024}, "linux.resources.cpu.shares"),
+    ("linux.resources.cpu", {"quota": 50000, "period": 50000}, "linux.resources.cpu.period"),
+    ("linux.resources.memory", {"limit": 1 << 20, "reservation": 1 << 19},
+     "linux.resources.memory.reservation"),
+    ("linux.resources.blockIO", {"weight": 500}, "linux.resources.blockIO.weight"),
+    ("linux.resources.devices", [{"allow": False, "access": "rwm"},
+                                 {"allow": True, "type": "c", "access": "rwm"},
+                                 {"allow": False, "type": "c", "major": 1, "minor": 3,
+                                  "access": "w"}],
+     "linux.resources.devices[2]"),
+    ("linux.resources.devices", [{"allow": True, "type": "c", "access": "rwm"},
+                                 {"allow": False, "type": "b", "access": "rwm"}],
+     "linux.resources.devices[0]"),
+    ("linux.cgroupsPath", "system.slice:docker:abc", "linux.cgroupsPath"),
+    ("linux.seccomp", {"defaultAction": "SCMP_ACT_NOTIFY"}, "linux.seccomp.defaultAction"),
+    ("linux.seccomp", {"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_LOG"]},
+     "linux.seccomp.flags"),
+    ("mounts", [{"destination": "/proc", "type": "proc", "source": "proc"}], "mounts"),
+    ("ociVersion", "2.0.0", "ociVersion"),
+])
+def test_refused_by_field(bundle: Path, path: str, value: Any, field: str) -> None:
+    cfg = copy.deepcopy(DOCKER)
+    _set(cfg, path, value)
+    with pytest.raises(UsageError) as e:
+        oci_bundle.translate(cfg, bundle, "c1")
+    assert str(e.value).startswith(f"config.json: {field}: ") or \
+        str(e.value).startswith(f"config.json: linux.seccomp.{field.split('.')[-1]}: "), \
+        str(e.value)
+
+
+def test_unknown_properties_ignored(bundle: Path) -> None:
+    cfg = copy.deepcopy(DOCKER)
+    cfg["linux"]["somethingNew"] = {"x": 1}
+    cfg["process"]["futureField"] = True
+    assert oci_bundle.translate(cfg, bundle, "c1").config.argv[0] == "/bench/init"
+
+
+def test_device_rules_allows_only_means_no_device_cgroup() -> None:
+    assert oci_bundle.device_rules([]) == ()
+    assert oci_bundle.device_rules([{"allow": True, "access": "rwm"}]) == ()
+
+
+def test_mount_options() -> None:
+    flags, data, prop, bind, rro = oci_bundle.mount_options(
+        ["rbind", "ro", "nosuid", "rslave", "rro", "size=1m"], "m")
+    assert flags == ns.MS_BIND | ns.MS_REC | ns.MS_RDONLY | ns.MS_NOSUID
+    assert (data, prop, bind, rro) == (["size=1m"], ns.MS_SLAVE | ns.MS_REC, True, True)
+    flags, *_ = oci_bundle.mount_options(["ro", "rw", "noexec", "exec", "nodev"], "m")
+    assert flags == ns.MS_NODEV
+
+
+def test_seccomp_from_oci_reads_what_oci_writes() -> None:
+    prof = seccomp.Profile("p", "0" * 64, "SCMP_ACT_ERRNO", 1, ("SCMP_ARCH_X86_64",), (
+        seccomp.Rule(("read", "write"), "SCMP_ACT_ALLOW"),
+        seccomp.Rule(("personality",), "SCMP_ACT_ALLOW", None, ((0, "SCMP_CMP_EQ", 8, 0),)),
+        seccomp.Rule(("clone",), "SCMP_ACT_ERRNO", 38),
+    ))
+    back = seccomp.from_oci(json.loads(json.dumps(seccomp.oci(prof))), "config.json: x")
+    assert (back.default_action, back.default_errno, back.rules) == \
+        (prof.default_action, prof.default_errno, prof.rules)
+
+
+def test_cli_flags() -> None:
+    opts, pos = oci_cli.parse("create", ["--bundle", "/b", "--pid-file=/p", "id1",
+                                         "--console-socket", "/s"])
+    assert (opts["bundle"], opts["pid-file"], opts["console-socket"], pos) == \
+        (["/b"], ["/p"], ["/s"], ["id1"])
+    opts, pos = oci_cli.parse("exec", ["-d", "--pid-file", "/p", "c1", "sh", "-c", "x -d"],
+                              stop_at_positional=True)
+    assert oci_cli.flag(opts, "detach") and pos == ["c1", "sh", "-c", "x -d"]
+    opts, pos = oci_cli.parse("", ["--root", "/r", "--log-format=json", "kill", "--all",
+                                   "c1", "9"])
+    assert opts["root"] == ["/r"] and pos == ["kill", "--all", "c1", "9"]
+    with pytest.raises(oci_cli.Usage):
+        oci_cli.parse("delete", ["--bogus", "c1"])
+    assert oci_cli.signal_number("SIGKILL") == oci_cli.signal_number("9") == 9
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert oci_cli.main(["--root", str(tmp_path), "state", "nope"]) == 1
+    assert capsys.readouterr().err == "cvbench-ns: container nope does not exist\n"
+    assert oci_cli.main(["--systemd-cgroup", "state", "nope"]) == 2
+    assert "--systemd-cgroup: not supported" in capsys.readouterr().err
+    assert oci_cli.main(["--root", str(tmp_path), "checkpoint", "c1"]) == 1
+    assert "checkpoint (CRIU) is not supported" in capsys.readouterr().err
+
+
+def test_to_json_is_json() -> None:
+    v = {"a": 'q"b\\s\n\x01é', "n": -3, "t": True, "f": False, "z": None, "l": ["x", 1],
+         "d": {}, "e": {"k": {"j": "v"}}}
+    assert json.loads(oci_cli.to_json(v)) == v
+    assert json.loads(oci_cli.to_json(v, pretty=True)) == v
+
+
+def test_state_path_imports_no_heavy_module() -> None:
+    """`cvbench-ns state` is a new interpreter each time: importing the CLI brings only
+    its own package (no json, re, typing, harness, numpy...)."""
+    repo = Path(__file__).resolve().parents[2]
+    code = ("import sys; before = set(sys.modules); sys.path.insert(0, sys.argv[1]); "
+            "import runtimes.ns.oci_cli; print(' '.join(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-I", "-c", code, str(repo)], capture_output=True,
+                         text=True, check=True, timeout=60).stdout.split()
+    assert set(out) <= {"runtimes", "runtimes.ns", "runtimes.ns.oci_cli", "marshal"}, out
