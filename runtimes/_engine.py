@@ -372,6 +372,15 @@ class Engine:
                 reason=f"the {self.base} service on {self.socket_path} runs {default}, not "
                        f"{self.runtime} (its API cannot choose the runtime per container)",
                 fix=f"{PROVISION}; it starts a service with --runtime {self.runtime} there")
+        if self.runtime == "cvbench-ns" and info.get("CgroupDriver") == "systemd":
+            # the engine would pass --systemd-cgroup (cgroups made by systemd's D-Bus API),
+            # which cvbench-ns refuses: it makes its cgroups itself
+            return Availability(
+                ok=False, versions=versions, details=details,
+                reason=f"the {self.base} service uses the systemd cgroup driver, which "
+                       "cvbench-ns does not support (it makes its cgroups itself)",
+                fix=f"run {self.base} with the cgroupfs driver (dockerd: exec-opts "
+                    "native.cgroupdriver=cgroupfs; podman: --cgroup-manager cgroupfs)")
         refusal = _oci.crun_refusal() if "crun" in Path(runtime_path).name else None
         if refusal:
             return Availability(ok=False, versions=versions, details=details,

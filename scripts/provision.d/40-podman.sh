@@ -87,12 +87,14 @@ if pid1_is_systemd; then
     "ExecStartPre=/usr/bin/mkdir -p /run/podman" \
     "ExecStart=/usr/bin/podman --runtime runc system service --time=0 unix:///run/podman/podman-runc.sock" \
     "[Install]" "WantedBy=multi-user.target")" && unit_changed=1
+  # --cgroup-manager cgroupfs: cvbench-ns makes its cgroups itself (it refuses the
+  # --systemd-cgroup that Podman passes with its systemd manager)
   write_unit /etc/systemd/system/cvbench-podman-ns.service "$(printf '%s\n' \
     "# Written by cvbench scripts/provision.d/40-podman.sh: the service of podman:ns" \
     "[Unit]" "Description=Podman API service with cvbench-ns as its OCI runtime (cvbench)" \
     "[Service]" "Delegate=true" "Type=exec" "KillMode=process" \
     "ExecStartPre=/usr/bin/mkdir -p /run/podman" \
-    "ExecStart=/usr/bin/podman --runtime cvbench-ns system service --time=0 unix:///run/podman/podman-ns.sock" \
+    "ExecStart=/usr/bin/podman --runtime cvbench-ns --cgroup-manager cgroupfs system service --time=0 unix:///run/podman/podman-ns.sock" \
     "[Install]" "WantedBy=multi-user.target")" && unit_changed=1
   if [ -n "$unit_changed" ]; then
     systemctl daemon-reload
@@ -119,5 +121,6 @@ if pid1_is_systemd; then
 else
   start_podman_service podman-service "$PODMAN_SOCK"
   start_podman_service podman-service-runc /run/podman/podman-runc.sock --runtime runc
-  start_podman_service podman-service-ns /run/podman/podman-ns.sock --runtime cvbench-ns
+  # cgroupfs: cvbench-ns makes its cgroups itself (it refuses --systemd-cgroup)
+  start_podman_service podman-service-ns /run/podman/podman-ns.sock --runtime cvbench-ns --cgroup-manager cgroupfs
 fi
