@@ -22,9 +22,10 @@ provision:
 	scripts/provision
 
 ## bench: run the startup scenario on every backend that works here, then report on it
+## (BACKENDS=host,ns,docker: only those)
 bench: provision venv
 	@set -e; log=$$(mktemp); \
-	$(BENCH) run startup --out $(RUNS) | tee $$log; \
+	$(BENCH) run startup --out $(RUNS) $(if $(BACKENDS),--backends $(BACKENDS)) | tee $$log; \
 	result=$$(sed -n 's/^result: //p' $$log); rm -f $$log; \
 	test -n "$$result" || { echo "make bench: the run wrote no result" >&2; exit 1; }; \
 	report=$(REPORTS)/$$(basename $$result .json); \
