@@ -6,9 +6,9 @@ systemd path), `make venv`, then the integration tests of ns (cgroup v2, rootles
 delegated subtree, escapes, hostile images), Docker and Podman with every skip a failure
 (CVBENCH_REQUIRE), `bench doctor` (libvirt says why it is left out: a VM inside an
 emulated host) and `make bench` (the README's command) on host, ns, docker and podman.
-The results come back to results/testhost/; this machine then runs the same startup scenario and `bench
-report` puts the two hosts side by side, the guest's timings marked as emulated. The
-guest, its overlay and its network are removed and the test checks that nothing of them
+The results come back to results/testhost/; this machine then runs the same startup
+scenario and `bench report` puts the two hosts side by side, the guest's timings marked
+as emulated. The guest, its overlay and its network are removed and the test checks that nothing of them
 is left. Under TCG this takes a long time (README, Test host): it is not in `make test`,
 which runs the lean part (tests/testhost/test_lean.py).
 """
