@@ -8,9 +8,9 @@ delegated subtree, escapes, hostile images), Docker and Podman with every skip a
 emulated host) and `make bench` (the README's command) on host, ns, docker and podman.
 The results come back to results/testhost/; this machine then runs the same startup
 scenario and `bench report` puts the two hosts side by side, the guest's timings marked
-as emulated. The guest, its overlay and its network are removed and the test checks that nothing of them
-is left. Under TCG this takes a long time (README, Test host): it is not in `make test`,
-which runs the lean part (tests/testhost/test_lean.py).
+as emulated. The guest, its overlay and its network are removed and the test checks
+that nothing of them is left. Under TCG this takes a long time (README, Test host): it
+is not in `make test`, which runs the lean part (tests/testhost/test_lean.py).
 """
 
 from __future__ import annotations
