@@ -172,8 +172,8 @@ def study_page(name: str) -> str:
 
 
 def backend_page(base: str) -> str:
-    cls = registry._load(base)
     ep = {e.name: e for e in entry_points(group=registry.GROUP)}[base]
+    cls: Any = ep.load()
     names = [base, *(f"{base}:{f}" for f in cls.flavours)]
     out = [f"# `{base}`", "",
            "!!! note \"Generated\"",
