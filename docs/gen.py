@@ -66,6 +66,13 @@ def _split_two_core(doc: str) -> tuple[str, str]:
     return "\n\n".join(p for p in paras if not p.startswith(TWO_CORE)), "\n\n".join(note)
 
 
+# Defaults whose Python form reads otherwise in TOML: tables held as tuples of pairs, the
+# image source (its own table), the variants (none given: one, "default").
+AS_WRITTEN = {"params": "`{}`", "env": "`{}`", "depends_on": "`{}`", "rlimits": "`{}`",
+              "variants": "none: one variant, `default`",
+              "image": '`{ recipe = "base" }`: busybox-static, nothing else'}
+
+
 def _code(v: Any) -> str:
     """A default as a scenario file writes it (TOML), or "unset" (the code decides)."""
     if v is None:
@@ -166,7 +173,8 @@ def study_page(name: str) -> str:
                else "None: write one ([scenario format](../scenario.md)).")
     out += ["", FAILURES, f"## {TWO_CORE}", ""]
     if two_core:
-        out += [two_core, ""]
+        text = two_core.removeprefix(TWO_CORE).lstrip(":, ")
+        out += [text[:1].upper() + text[1:], ""]
     out += [GENERAL_TWO_CORE, ""]
     return "\n".join(out)
 
@@ -193,7 +201,9 @@ def _dataclass_table(cls: Any, keys: Mapping[str, str] | None = None) -> list[st
     for f in dataclasses.fields(cls):
         if f.name == "raw" or (keys is not None and f.name not in keys):
             continue
-        if f.default is not dataclasses.MISSING:
+        if f.name in AS_WRITTEN:
+            default = AS_WRITTEN[f.name]
+        elif f.default is not dataclasses.MISSING:
             default = _code(f.default)
         elif f.default_factory is not dataclasses.MISSING:
             default = _code(f.default_factory())
@@ -217,11 +227,12 @@ def scenario_page() -> str:
            "## Top level", "", "| key | default |", "|---|---|"]
     for k in top:
         f = defaults.get(k)
-        if f is None:
+        if f is None or dataclasses.is_dataclass(f.default):
             out.append(f"| `{k}` | see below |")
+        elif k in AS_WRITTEN:
+            out.append(f"| `{k}` | {AS_WRITTEN[k]} |")
         elif f.default is not dataclasses.MISSING:
-            shown = "see below" if dataclasses.is_dataclass(f.default) else _code(f.default)
-            out.append(f"| `{k}` | {shown} |")
+            out.append(f"| `{k}` | {_code(f.default)} |")
         else:
             out.append(f"| `{k}` | required |")
     out += ["", "`study` is one of the installed studies: "
@@ -252,7 +263,8 @@ def scenario_page() -> str:
             "maps a service to " + " or ".join(f"`{c}`" for c in scenario.CONDITIONS) + ".",
             "", "`healthcheck`:", ""]
     out += _dataclass_table(scenario.Healthcheck)
-    out += ["", "See [Stacks](../stacks.md)."]
+    out += ["", "`[stack]` takes `front`: the service whose readiness ends the stack's start "
+            "(default: the one no other depends on). See [Stacks](../stacks.md)."]
     example = _doc(scenario).split("\n\n", 1)
     if len(example) == 2 and "name =" in example[1]:
         out += ["", "## An annotated example", "", "From `harness.scenario`'s docstring:",
