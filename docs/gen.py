@@ -20,6 +20,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import click
+
 from harness import scenario, studies
 from harness.report import presentation
 from harness.results import FAILURE_LIMIT
@@ -30,6 +32,7 @@ from runtimes.base import Limits, Mount
 STUDIES_DIR = "reference/studies"
 BACKENDS_DIR = "reference/backends"
 SCENARIO_PAGE = "reference/scenario.md"
+CLI_PAGE = "reference/cli.md"
 TWO_CORE = "On a 2-core host"  # the docstring paragraph a study page shows as such
 SHIPPED = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -284,17 +287,51 @@ def _toml_block(doc: str) -> str:
     return textwrap.dedent("\n".join(block)).strip("\n")
 
 
+WIDTH: dict[str, Any] = {"terminal_width": 100, "max_content_width": 100}
+
+
+def _commands(group: click.Group, ctx: click.Context) -> list[click.Context]:
+    """A context per command under `group`, subcommands after their group."""
+    out: list[click.Context] = []
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        if cmd is None or cmd.hidden:
+            continue
+        sub = click.Context(cmd, info_name=name, parent=ctx, **WIDTH)
+        out.append(sub)
+        if isinstance(cmd, click.Group):
+            out += _commands(cmd, sub)
+    return out
+
+
+def cli_page() -> str:
+    """Every command's --help, as the command line prints it."""
+    from harness.cli import cli
+
+    root = click.Context(cli, info_name="bench", **{**cli.context_settings, **WIDTH})
+    out = ["# Command reference", "",
+           "!!! note \"Generated\"",
+           "    From the command line itself (`harness/cli.py`): what `bench COMMAND --help` "
+           "prints. [Commands](../commands.md) gives an overview.", "",
+           "```text", cli.get_help(root), "```"]
+    for ctx in _commands(cli, root):
+        out += ["", f"## `{ctx.command_path}`", "", "```text", ctx.get_help(), "```"]
+    return "\n".join(out) + "\n"
+
+
 def pages() -> dict[str, str]:
     """Every generated page: its path under docs/ -> its Markdown."""
     out = {f"{STUDIES_DIR}/{n}.md": study_page(n) for n in studies.names()}
     out |= {f"{BACKENDS_DIR}/{b}.md": backend_page(b) for b in registry.base_names()}
     out[SCENARIO_PAGE] = scenario_page()
+    out[CLI_PAGE] = cli_page()
     return out
 
 
 def nav() -> list[Any]:
     """The nav's Reference section."""
     return [{"Reference": [
+        {"Commands": CLI_PAGE},
         {"Scenario format": SCENARIO_PAGE},
         {"Studies": [{n: f"{STUDIES_DIR}/{n}.md"} for n in studies.names()]},
         {"Backends": [{b: f"{BACKENDS_DIR}/{b}.md"} for b in registry.base_names()]},

@@ -101,3 +101,18 @@ def test_every_hand_written_page_is_in_the_nav() -> None:
     config = (ROOT / "mkdocs.yml").read_text()
     for page in (ROOT / "docs").glob("*.md"):
         assert f": {page.name}" in config, page.name
+
+
+def test_the_command_reference_has_every_command_of_bench_help() -> None:
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+
+    listing = CliRunner().invoke(cli, ["--help"]).output.split("Commands:", 1)[1]
+    names = [line.split()[0] for line in listing.splitlines() if line.strip()]
+    assert "run" in names and "report" in names
+    page = PAGES[GEN.CLI_PAGE]
+    assert [n for n in names if f"## `bench {n}`" not in page] == []
+    # The page is what --help prints (click's own output, not a rewording).
+    run_help = CliRunner().invoke(cli, ["run", "--help"], prog_name="bench").output
+    assert " ".join(run_help.split("Options:")[0].split()) in " ".join(page.split())
