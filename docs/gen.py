@@ -194,6 +194,10 @@ def backend_page(base: str) -> str:
            + ". `bench doctor` says whether each works on this host, and how to fix it; "
              "the [backends](../../backends.md) page compares them.", "",
            "## The module", "", _as_markdown(_module_doc(cls)), ""]
+    mod = inspect.getmodule(cls)
+    package = sys.modules.get(mod.__package__ or "") if mod else None
+    if package is not None and package.__name__ != "runtimes" and _doc(package):
+        out += [f"## The package `{package.__name__}`", "", _as_markdown(_doc(package)), ""]
     if _doc(cls):
         out += ["## The class", "", _as_markdown(_doc(cls)), ""]
     return "\n".join(out)
