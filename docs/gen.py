@@ -134,14 +134,21 @@ def study_page(name: str) -> str:
     doc, two_core = _split_two_core(_module_doc(st))
     title = f"{pres.title} (`{name}`)" if pres.title != name else f"`{name}`"
     mod = inspect.getmodule(type(st))
-    out = [f"# {title}", "",
-           f"*{pres.question[:1].upper() + pres.question[1:]}.* "
-           f"Run it: `bench run {name}`.", "",
+    question = f"*{pres.question[:1].upper() + pres.question[1:]}.* " if pres.question else ""
+    out = [f"# {title}", "", f"{question}Run it: `bench run {name}`.", "",
            "!!! note \"Generated\"",
            f"    From the plug-in `{mod.__name__ if mod else '?'}` (entry point `{name}` of "
            f"`{studies.GROUP}`) and its presentation (`{presentation.GROUP}`); "
            "edit those, not this page.", "",
-           _as_markdown(doc), "", "## Parameters", ""]
+           _as_markdown(doc), ""]
+    # What a study shares with others of its kind (a server study's sample, network modes
+    # and CPU placement) is documented once, in the shared module its class comes from.
+    shared = dict.fromkeys(inspect.getmodule(c) for c in type(st).__mro__[1:])
+    for m in shared:
+        if m is not None and m is not mod and m.__name__.startswith(studies.__name__ + "._") \
+                and _doc(m):
+            out += [f"## Shared with its kind: `{m.__name__}`", "", _as_markdown(_doc(m)), ""]
+    out += ["## Parameters", ""]
     if st.params:
         out += ["`[params]` of a scenario of this study, with their defaults:", "",
                 "| key | default | type |", "|---|---|---|"]
