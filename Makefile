@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.cvbench-installed
 RUNS   ?= results/runs
 REPORTS ?= results/report
 
-.PHONY: venv bench test test-slow test-host provision lint unit integration clean
+.PHONY: venv bench test test-slow test-host provision lint docs unit integration clean
 
 ## venv: create .venv and install cvbench with its dependencies (no-op when current)
 venv: $(STAMP)
@@ -34,13 +34,20 @@ bench: provision venv
 
 ## lint: ruff and mypy
 lint: venv
-	$(VENV)/bin/ruff check harness runtimes tests
+	$(VENV)/bin/ruff check harness runtimes tests docs
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict docs/gen.py
 
-## test: provision, then lint and the test suite (unit + integration on every backend),
+## docs: build the documentation site from docs/ into site/ (strict: a warning, a broken
+## link or a page missing from the nav fails it); the reference pages are generated from
+## the plug-ins at every build (docs/gen.py, a mkdocs hook), never committed
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+## test: provision, then lint, the docs and the test suite (unit + integration on every backend),
 ## without the heaviest end-to-end checks (marker `slow`: stacks of VMs, ramps of thousands,
 ## the full application matrix), which `make test-slow` runs
-test: provision venv lint
+test: provision venv lint docs
 	$(VENV)/bin/pytest -q -m "not slow and not testhost" tests
 
 ## test-slow: the heaviest end-to-end checks only (run them before calling a change done)
@@ -60,4 +67,4 @@ integration: provision venv
 	$(VENV)/bin/pytest -q tests/integration
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build site *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -67,7 +67,7 @@ def cli() -> None:
               help="Run every cell this many times, interleaved (2: A/A, `bench calibrate`).")
 @click.option("--compose", "compose_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A stack scenario (e.g. stack) with the services of this compose file "
-                   "(the supported subset: README, Stacks).")
+                   "(the supported subset: docs/stacks.md).")
 def run(scenario_name: str | None, backends: str | None, out_dir: Path,
         resume_id: str | None, seed: int | None, warmups: int | None,
         min_samples: int | None, max_samples: int | None, time_budget: float | None,

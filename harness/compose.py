@@ -2,7 +2,7 @@
 
 The services of a compose file are translated into the scenario's [[services]] tables
 and checked by the scenario's own parser, so a compose stack and a TOML stack are the
-same thing once read. The supported subset (README "Stacks"):
+same thing once read. The supported subset (docs/stacks.md):
 
   top level   services, volumes (names only), networks (at most one, driver bridge),
               version and name (ignored), x-cvbench (front = "service")

@@ -3,6 +3,10 @@
 An event is the primes up to `max_prime` by trial division: integer arithmetic in a
 loop that fits in L1, so it shows the CPU each backend gives the workload (a VM under
 TCG: emulated) and no I/O or memory cost. Parameters: `duration` and `warmup` (s).
+
+On a 2-core host: the instance runs on CPU 1 (`limits.cpuset`), one sysbench thread,
+leaving CPU 0 to the runner and the rest of the host; what scales over cores does not
+show.
 """
 
 from __future__ import annotations

@@ -19,6 +19,14 @@ it per mode (kind "pgbench_log", gzip then base64: `encoding`); a failed run, or
 that does not hold the transactions the summary counts, fails the sample with pgbench's
 counts. An emulated VM's samples are not stretched (`emulated_scale` 1):
 pgbench's transactions complete under TCG, only fewer of them.
+
+On a 2-core host: the shipped scenario puts the server on CPU 1 (`limits.cpuset`) and
+pgbench on CPU 0 (`client_cpuset`), so a figure is one server core against one client
+core, and the generator may limit it as much as the server. Ratios between backends on
+the same placement are meaningful; absolute figures are not comparable with many-core
+published ones, and costs that scale with cores (several workers, interrupts spread over
+CPUs) do not show. `tpcb-like` commits fsync the WAL: its figure is as much the writable
+layer's disk as the CPU.
 """
 
 from __future__ import annotations

@@ -60,6 +60,12 @@ slower VMs); the harness never names a backend itself.
 
 A couple of rounds (sampling.min_samples = max_samples = 2..3) give each cell as many
 ramps, from which `bench capacity` fits the memory per instance with a CI.
+
+On a 2-core host: the shipped ramps (2,000 ns and host instances, 300 docker and podman
+containers, 6 emulated VMs, twice each) take about an hour. Idle instances cost memory
+and kernel objects rather than CPU; their start latency is measured while the ramp's own
+starts share the two cores, and `bench capacity` scales the count at which it reaches an
+SLO by target cpus / measured cores.
 """
 
 from __future__ import annotations

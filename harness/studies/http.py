@@ -15,6 +15,13 @@ per file (`sub` "small" and "1MiB") with `connections` connections on one thread
 A wrk run with non-2xx answers, socket errors (timeouts included: `timeout` seconds per
 request), no completed request, or fewer bytes than the requests' bodies fails the
 sample (harness.core.probes.loadgen).
+
+On a 2-core host: the shipped scenario puts the server on CPU 1 (`limits.cpuset`) and
+the load generator on CPU 0 (`client_cpuset`), so a figure is one server core against
+one client core, and the generator may limit it as much as the server. Ratios between
+backends on the same placement are meaningful; absolute figures are not comparable with
+many-core published ones, and costs that scale with cores (several workers, interrupts
+spread over CPUs) do not show.
 """
 
 from __future__ import annotations

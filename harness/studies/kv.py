@@ -11,6 +11,13 @@ connection), with `clients` connections and `pipeline` commands per round trip:
 
 `duration` is not a redis-benchmark option: a run lasts requests / rate; `warmup`
 seconds of warm-up are `warmup * warmup_rate` SET+GET requests.
+
+On a 2-core host: the shipped scenario puts the server on CPU 1 (`limits.cpuset`) and
+the load generator on CPU 0 (`client_cpuset`), so a figure is one server core against
+one client core, and the generator may limit it as much as the server. Ratios between
+backends on the same placement are meaningful; absolute figures are not comparable with
+many-core published ones, and costs that scale with cores (several workers, interrupts
+spread over CPUs) do not show.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ ends one attempt, not the instance:
 
 A backend that applies no limits (host) is measured all the same: its figures show what
 an unlimited workload does, the floor the others are compared with.
+
+On a 2-core host: a CPU limit is only tested when the host leaves idle cores meanwhile
+(`limits.host_idle`); with other jobs on the two cores the claim is "inconclusive:
+contention", not a verdict.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ smaller than CACHE_MULTIPLE times it (1 GiB is the default), and records it in e
 sample (`llc`: its level and bytes, or why it is unknown). The instance's memory limit
 must hold the buffer. Parameters: `block_size`, `duration`, `warmup` (s, a write sweep
 first: the buffer's pages faulted in).
+
+On a 2-core host: the instance runs on CPU 1 (`limits.cpuset`), one sysbench thread: the
+bandwidth one core draws, not the machine's.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ gVisor's interception (docker:runsc), a VM's own kernel (libvirt; under TCG, emu
 The loop is timed by the instance's own clock, start to end inside the instance (as fio
 times its I/O); no guest time is compared with the host's. The probe's output is kept as
 an artifact (kind "syscall").
+
+On a 2-core host: the probe runs on CPU 1 (`limits.cpuset`), single-threaded, so the
+runner's own work stays on CPU 0; a VM here runs under TCG, where every call is emulated
+and orders of magnitude off (the log axis of its chart shows it).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ emulated host) and `make bench` (the README's command) on host, ns, docker and p
 The results come back to results/testhost/; this machine then runs the same startup
 scenario and `bench report` puts the two hosts side by side, the guest's timings marked
 as emulated. The guest, its overlay and its network are removed and the test checks
-that nothing of them is left. Under TCG this takes a long time (README, Test host): it
+that nothing of them is left. Under TCG this takes a long time (docs/testhost.md): it
 is not in `make test`, which runs the lean part (tests/testhost/test_lean.py).
 """
 
