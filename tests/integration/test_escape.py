@@ -376,15 +376,21 @@ NS_STRICTER = {"setuid-root binary on a bind mount":
 
 @pytest.fixture(scope="module")
 def escape_mounts(probe_path: str, tmp_path_factory: pytest.TempPathFactory,
-                  ) -> tuple[Mount, ...]:
+                  ) -> Iterator[tuple[Mount, ...]]:
     """A device node no instance may open (writing a line to the kernel log is harmless
-    if one could), and a dir holding a setuid-root copy of the probe."""
+    if one could), and a dir holding a setuid-root copy of the probe. The dir is a tmpfs
+    of our own: the temporary directory may be on a `nosuid` mount (systemd's /tmp),
+    where the setuid bit gives nothing back in any backend and the probe proves nothing."""
     suid = tmp_path_factory.mktemp("suid")
-    os.chmod(suid, 0o755)
-    shutil.copy(probe_path, suid / "escape_probe")
-    os.chown(suid / "escape_probe", 0, 0)
-    os.chmod(suid / "escape_probe", 0o4755)
-    return (Mount("bind", "/kmsg", "/dev/kmsg"), Mount("bind", SUID_DIR, str(suid)))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "cvbench-test", str(suid)],
+                   check=True)
+    try:
+        shutil.copy(probe_path, suid / "escape_probe")
+        os.chown(suid / "escape_probe", 0, 0)
+        os.chmod(suid / "escape_probe", 0o4755)
+        yield (Mount("bind", "/kmsg", "/dev/kmsg"), Mount("bind", SUID_DIR, str(suid)))
+    finally:
+        subprocess.run(["umount", "-l", str(suid)], check=True)
 
 
 @pytest.fixture(scope="module")
