@@ -25,7 +25,8 @@ from tests.testhost._guest import guest, in_guest, testhost
 
 pytestmark = pytest.mark.testhost
 
-REQUIRE = "host,ns,docker,podman,cgroup2,systemd,delegation,rootless,root"
+REQUIRE = ("host,ns,docker,podman,docker:crun,podman:runc,podman:ns,cgroup2,systemd,delegation,"
+           "rootless,root")
 SUITES = " ".join(f"tests/integration/{t}" for t in (
     "test_cgroups_v2.py", "test_ns.py", "test_escape.py", "test_hostile_paths.py",
     "test_docker.py", "test_podman.py"))
