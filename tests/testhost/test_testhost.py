@@ -25,7 +25,7 @@ REQUIRE = "host,ns,docker,podman,cgroup2"
 IN_GUEST = f"""set -e
 cd /srv/cvbench
 scripts/provision
-make venv
+make venv EXTRAS=dev
 CVBENCH_REQUIRE={REQUIRE} .venv/bin/pytest -q -p no:cacheprovider \\
     tests/integration/test_cgroups_v2.py tests/integration/test_ns.py
 .venv/bin/bench run startup --backends ns,docker,podman --out results/testhost \\
