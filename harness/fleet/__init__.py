@@ -48,7 +48,7 @@ from harness.core.errors import BenchError, UsageError
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout (when cvbench runs from one)
 PLAYBOOKS = REPO / "fleet"
-MANIFEST = "fleet.json"
+MANIFEST = results.FLEET_MANIFEST
 VARS = "vars.yml"
 # An inventory host name becomes a directory name here: no separators, no leading dot
 HOST_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$")
@@ -177,11 +177,11 @@ class Shipped:
 
 
 def ship_image(scen: scenario.Scenario, say: Callable[[str], None],
-               sampling: Mapping[str, int] | None = None) -> Shipped:
+               sampling: Mapping[str, float] | None = None) -> Shipped:
     """Export the scenario's image (built or cached here) and give the scenario that
     file as its image: <digest>.tar, next to the scenario file on each host (a relative
     archive path is the scenario file's directory's). `sampling`: keys of the
-    scenario's [sampling] to override (warmups, min_samples, max_samples)."""
+    scenario's [sampling] to override (warmups, min_samples, max_samples, time_budget)."""
     from harness import session
 
     if scen.services:
@@ -285,10 +285,6 @@ def open_fleet(base: Path, fleet_id: str) -> Fleet:
     return f
 
 
-def is_fleet_dir(path: Path) -> bool:
-    return (path / MANIFEST).is_file()
-
-
 def resume_point(host_dir: Path) -> str:
     """The run id to continue on a host from what came back of it: its newest run's
     journal (a run killed hard) or interrupted result; "" for a fresh run (nothing came
@@ -300,7 +296,7 @@ def resume_point(host_dir: Path) -> str:
         except (BenchError, OSError, ValueError):
             continue
         newest = max(newest or (0.0, ""), (p.stat().st_mtime, run_id))
-    for p in results.expand(host_dir) if list(host_dir.glob("*.json")) else []:
+    for p in results.in_dir(host_dir) if host_dir.is_dir() else []:
         try:
             doc = results.load_result(p)
         except BenchError:
@@ -334,13 +330,17 @@ STAGES = ("Check", "Install", "Provision", "Image", "Run", "Wait", "Fetch", "Sto
 
 
 def _reason(res: Mapping[str, Any]) -> str:
-    """One line from a failed task's result: its message, else the end of its output."""
-    for key in ("msg", "stderr", "stdout", "module_stderr"):
-        text = str(res.get(key) or "").strip()
-        if text:
-            lines = [x.strip() for x in text.splitlines() if x.strip()]
-            return lines[-1][:300] if lines else ""
-    return "failed"
+    """One line from a failed task's result: a command's last line of output and its exit
+    status (not Ansible's "non-zero return code"), else the task's message."""
+    def last(text: Any) -> str:
+        lines = [x.strip() for x in str(text or "").splitlines() if x.strip()]
+        return lines[-1][:300] if lines else ""
+
+    if res.get("rc") not in (None, 0):
+        said = last(res.get("stderr")) or last(res.get("stdout"))
+        if said:
+            return f"{said} (exit {res['rc']})"
+    return last(res.get("msg")) or last(res.get("module_stderr")) or "failed"
 
 
 @dataclass

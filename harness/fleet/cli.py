@@ -73,10 +73,13 @@ def fleet() -> None:
 @click.option("--warmups", type=click.IntRange(0), help="Override sampling.warmups.")
 @click.option("--min-samples", type=click.IntRange(1), help="Override sampling.min_samples.")
 @click.option("--max-samples", type=click.IntRange(1), help="Override sampling.max_samples.")
+@click.option("--time-budget", type=click.FloatRange(min=1), help="Override the run's "
+              "time budget (s) on each host.")
 def fleet_run(scenario_name: str | None, inventory: Path | None, limit: str | None,
               backends: str | None, serial: int, resume_id: str | None,
               wheelhouse: Path | None, out_dir: Path, warmups: int | None,
-              min_samples: int | None, max_samples: int | None) -> None:
+              min_samples: int | None, max_samples: int | None,
+              time_budget: float | None) -> None:
     """Run SCENARIO on every host of --inventory: install this tree's cvbench (a wheel,
     in a virtualenv per build), scripts/provision, the scenario's image as a file (its
     digest checked on the host), `bench run` there (every timing on the host's own
@@ -88,8 +91,8 @@ def fleet_run(scenario_name: str | None, inventory: Path | None, limit: str | No
     """
     t0 = time.monotonic()
     if resume_id:
-        if scenario_name or backends or wheelhouse or warmups is not None or \
-                min_samples is not None or max_samples is not None:
+        if scenario_name or backends or wheelhouse or \
+                (warmups, min_samples, max_samples, time_budget) != (None,) * 4:
             raise click.UsageError("--resume takes the scenario, backends and wheels from "
                                    "the fleet run")
         f = fl.open_fleet(out_dir, resume_id)
@@ -121,7 +124,8 @@ def fleet_run(scenario_name: str | None, inventory: Path | None, limit: str | No
 
             b = fl.build(wheelhouse, say)
             sampling = {k: v for k, v in (("warmups", warmups), ("min_samples", min_samples),
-                                          ("max_samples", max_samples)) if v is not None}
+                                          ("max_samples", max_samples),
+                                          ("time_budget", time_budget)) if v is not None}
             shipped = fl.ship_image(scen, say, sampling)
         err.print(f"fleet {fleet_id}: {scen.name} on {', '.join(names)}; cvbench "
                   f"{b.commit[:12]}{' (dirty tree)' if b.dirty else ''}, image "
