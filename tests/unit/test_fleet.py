@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 import tomllib
 import zipfile
@@ -44,7 +45,7 @@ def test_no_host_is_a_usage_error_naming_the_limit() -> None:
 
 
 @pytest.mark.skipif(shutil.which("ansible-inventory") is None and
-                    not (Path(os.sys.executable).parent / "ansible-inventory").exists(),
+                    not (Path(sys.executable).parent / "ansible-inventory").exists(),
                     reason="needs ansible-inventory (pip install -e '.[fleet]')")
 def test_hosts_as_ansible_reads_the_inventory(tmp_path: Path) -> None:
     inv = tmp_path / "hosts.yml"
