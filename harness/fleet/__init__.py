@@ -177,18 +177,26 @@ class Shipped:
 
 
 def ship_image(scen: scenario.Scenario, say: Callable[[str], None],
-               sampling: Mapping[str, float] | None = None) -> Shipped:
+               sampling: Mapping[str, float] | None = None,
+               archive: Path | None = None) -> Shipped:
     """Export the scenario's image (built or cached here) and give the scenario that
     file as its image: <digest>.tar, next to the scenario file on each host (a relative
     archive path is the scenario file's directory's). `sampling`: keys of the
-    scenario's [sampling] to override (warmups, min_samples, max_samples, time_budget)."""
+    scenario's [sampling] to override (warmups, min_samples, max_samples, time_budget).
+    `archive`: ship this image file (`bench image export` wrote it elsewhere) instead."""
     from harness import session
 
     if scen.services:
         raise UsageError(f"{scen.source}: a stack's services each have an image; bench "
                          "fleet ships one workload image (not stacks yet)")
-    img = session.build_image(scen.workload.image, say)
-    out = cache() / "images" / f"{img.digest}.tar"
+    if archive is not None:
+        if not archive.is_file():
+            raise UsageError(f"--image {archive}: no such file")
+        img = session.build_image(image_mod.Archive(str(archive.resolve())), say)
+        out = archive.resolve()
+    else:
+        img = session.build_image(scen.workload.image, say)
+        out = cache() / "images" / f"{img.digest}.tar"
     if not out.exists():
         say(f"exporting image {img.digest[:12]}")
         out.parent.mkdir(parents=True, exist_ok=True)

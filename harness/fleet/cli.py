@@ -67,6 +67,9 @@ def fleet() -> None:
 @click.option("--wheelhouse", type=click.Path(file_okay=False, path_type=Path),
               help="Dependency wheels shipped with cvbench's own, for hosts without an "
                    "index (with cvbench_pip_args: --no-index in the inventory).")
+@click.option("--image", "image_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Ship this image file (`bench image export` wrote it) as the "
+                   "scenario's image, instead of the image built here.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results/fleet"), show_default=True,
               help="Fleet runs go to OUT/<fleet id>/<host>/.")
@@ -77,7 +80,8 @@ def fleet() -> None:
               "time budget (s) on each host.")
 def fleet_run(scenario_name: str | None, inventory: Path | None, limit: str | None,
               backends: str | None, serial: int, resume_id: str | None,
-              wheelhouse: Path | None, out_dir: Path, warmups: int | None,
+              wheelhouse: Path | None, image_file: Path | None, out_dir: Path,
+              warmups: int | None,
               min_samples: int | None, max_samples: int | None,
               time_budget: float | None) -> None:
     """Run SCENARIO on every host of --inventory: install this tree's cvbench (a wheel,
@@ -91,7 +95,7 @@ def fleet_run(scenario_name: str | None, inventory: Path | None, limit: str | No
     """
     t0 = time.monotonic()
     if resume_id:
-        if scenario_name or backends or wheelhouse or \
+        if scenario_name or backends or wheelhouse or image_file or \
                 (warmups, min_samples, max_samples, time_budget) != (None,) * 4:
             raise click.UsageError("--resume takes the scenario, backends and wheels from "
                                    "the fleet run")
@@ -126,7 +130,7 @@ def fleet_run(scenario_name: str | None, inventory: Path | None, limit: str | No
             sampling = {k: v for k, v in (("warmups", warmups), ("min_samples", min_samples),
                                           ("max_samples", max_samples),
                                           ("time_budget", time_budget)) if v is not None}
-            shipped = fl.ship_image(scen, say, sampling)
+            shipped = fl.ship_image(scen, say, sampling, image_file)
         err.print(f"fleet {fleet_id}: {scen.name} on {', '.join(names)}; cvbench "
                   f"{b.commit[:12]}{' (dirty tree)' if b.dirty else ''}, image "
                   f"sha256:{shipped.digest[:12]}")
