@@ -455,16 +455,17 @@ def run(fleet: Fleet, forks: int, progress: Progress) -> bool:
                           forks, tracker, cancel=stop.is_set)
         interrupted = stop.is_set() or status == "canceled"
         if interrupted:
-            stopping = [h for h in todo if fleet.hosts[h].state != OK]
+            # the hosts still going (a failed host stays failed, with its own reason)
+            stopping = [h for h in todo if fleet.hosts[h].state == PENDING]
             progress.info(f"interrupted: stopping the runs on {', '.join(stopping)} "
                           "(bench run interrupted, bench gc, results fetched)")
             for h in stopping:
                 fleet.hosts[h].state = INTERRUPTED
                 fleet.hosts[h].reason = f"interrupted during {fleet.hosts[h].stage}"
-            stopper = _Tracker(fleet, progress, done_task="")
-            playbook("stop.yml", fleet.inventory, stopping,
-                     {**fleet.extravars, "cvbench_jobs": tracker.jobs},
-                     forks, _keep_state(stopper))
+            if stopping:
+                playbook("stop.yml", fleet.inventory, stopping,
+                         {**fleet.extravars, "cvbench_jobs": tracker.jobs},
+                         forks, _keep_state(fleet, progress))
     for h in todo:
         fleet.hosts[h].run_id = host_run_id(fleet.host_dir(h))
         if fleet.hosts[h].state == PENDING:  # the play ended without a word on it
@@ -474,20 +475,20 @@ def run(fleet: Fleet, forks: int, progress: Progress) -> bool:
     return interrupted
 
 
-def _keep_state(t: _Tracker) -> Callable[[Mapping[str, Any]], bool]:
+def _keep_state(fleet: Fleet, progress: Progress) -> Callable[[Mapping[str, Any]], bool]:
     """Stop.yml's events shown as progress; a host's failure there is added to its
     reason, and its state stays interrupted (resume continues it)."""
     def handle(event: Mapping[str, Any]) -> bool:
         data = event.get("event_data") or {}
         host = str(data.get("host") or "")
-        if host in t.fleet.hosts:
+        if host in fleet.hosts:
             kind = str(event.get("event", ""))
             if kind == "runner_on_start":
-                t.progress.host(host, str(data.get("task") or ""))
+                progress.host(host, str(data.get("task") or ""))
             elif kind in ("runner_on_failed", "runner_on_unreachable"):
-                s = t.fleet.hosts[host]
+                s = fleet.hosts[host]
                 s.reason += f"; stopping: {data.get('task')}: {_reason(data.get('res') or {})}"
-                t.progress.host(host, f"stopping failed: {s.reason}")
+                progress.host(host, f"stopping failed: {s.reason}")
         return True
 
     return handle
