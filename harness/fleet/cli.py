@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 from harness import fleet as fl
 from harness import scenario
@@ -40,10 +41,14 @@ class _Shown:
 
 
 @contextmanager
-def _live() -> Iterator[_Shown]:
-    with Progress(SpinnerColumn(finished_text="·"), TextColumn("{task.description:<16}"),
-                  TextColumn("{task.fields[stage]}"), TimeElapsedColumn(),
-                  console=err, transient=False) as progress:
+def _live(hosts: Iterable[str]) -> Iterator[_Shown]:
+    width = max(map(len, hosts), default=8)  # host names whole; the stage gives way
+    with Progress(SpinnerColumn(finished_text="·"),
+                  TextColumn("{task.description}",
+                             table_column=Column(min_width=width, no_wrap=True)),
+                  TextColumn("{task.fields[stage]}",
+                             table_column=Column(no_wrap=True, overflow="ellipsis")),
+                  TimeElapsedColumn(), console=err, transient=False) as progress:
         yield _Shown(progress)
 
 
@@ -139,7 +144,7 @@ def fleet_run(scenario_name: str | None, inventory: Path | None, limit: str | No
                      fl.extravars(fleet_id, out_dir / fleet_id, b, shipped, scen, backends,
                                   serial))
     forks = serial or len(f.hosts)
-    with _live() as shown:
+    with _live(f.hosts) as shown:
         interrupted = fl.run(f, forks, shown)
     for h, s in sorted(f.hosts.items()):
         where = f.dir / h
@@ -165,7 +170,7 @@ def fleet_gc(inventory: Path, limit: str | None) -> None:
     """`bench gc` on every host of --inventory, through Ansible (the newest cvbench
     installed there by `bench fleet run`). Exit 1 if it failed on a host."""
     names = fl.hosts(inventory, limit)
-    with _live() as shown:
+    with _live(names) as shown:
         outcome = fl.gc(str(inventory), names, {}, shown)
     for h, why in sorted(outcome.items()):
         err.print(f"[green]{escape(h)}[/]: cleaned up" if not why
