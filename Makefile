@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BENCH  := $(VENV)/bin/bench
 STAMP  := $(VENV)/.cvbench-installed
+# dev: tests and linters; fleet: Ansible for `bench fleet` (a fleet member, such as the test
+# host, installs with EXTRAS=dev: it runs `bench run`, not Ansible)
+EXTRAS ?= dev,fleet
 RUNS   ?= results/runs
 REPORTS ?= results/report
 
@@ -14,7 +17,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
 ## provision: install and start what the backends need (apt packages, daemons); idempotent
@@ -37,6 +40,7 @@ lint: venv
 	$(VENV)/bin/ruff check harness runtimes tests docs
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict docs/gen.py
+	cd fleet && ../$(VENV)/bin/ansible-lint -q
 
 ## docs: build the documentation site from docs/ into site/ (strict: a warning, a broken
 ## link or a page missing from the nav fails it); the reference pages are generated from

@@ -72,6 +72,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from harness import stats
+from harness.core import hostinfo
 from harness.core.errors import UsageError
 from harness.core.probes import limits as klimits
 from harness.core.units import format_seconds
@@ -285,13 +286,15 @@ class CellPlan:
     pids_limit: int | None = None  # the instances' own pids limit (the scenario's)
     p95_at_plan: float | None = None  # start latency at the planned count (capped at the top)
     extrapolation: float = 0.0  # planned count / measured top
+    host: str = ""  # the measuring machine, named when the results come from several
 
     @property
     def label(self) -> str:
         """As the reports label a cell: "docker [volume]", "(TCG, emulated)" for a VM
-        without hardware acceleration."""
+        without hardware acceleration; "on HOST" when the plan covers several machines."""
         text = self.backend if self.variant == "default" else f"{self.backend} [{self.variant}]"
-        return text + (" (TCG, emulated)" if self.emulated else "")
+        return text + (" (TCG, emulated)" if self.emulated else "") + \
+            (f" on {self.host}" if self.host else "")
 
     @property
     def first_limit(self) -> LimitPlan | None:
@@ -611,10 +614,33 @@ def analyse(docs: Sequence[Loaded], target: Target) -> Plan:
         raise UsageError(f"--limit: unknown limit {unknown[0]!r}; known: "
                          f"{', '.join(klimits.BY_NAME)}")
     df = density_frame(docs)
-    hosts = {p: d.host for p, d in docs}
-    stops = _stops(docs)
     cells: list[CellPlan] = []
     gaps: list[str] = []
+    # one plan per measuring machine (hardware id): a fleet's results side by side
+    machine = {p: str(hostinfo.hardware_id(d.host) or d.host.get("id")) for p, d in docs}
+    machines = sorted(set(machine.values()))
+    names = {m: str(next(d.host.get("hostname") for p, d in docs if machine[p] == m))
+             for m in machines}
+    for m in machines:
+        mine = [(p, d) for p, d in docs if machine[p] == m]
+        name = "" if len(machines) == 1 else names[m] if list(names.values()).count(
+            names[m]) == 1 else f"{names[m]} ({m[:8]})"
+        _plan_cells(mine, df[df["file"].isin([p for p, _ in mine])], target, name, cells,
+                    gaps)
+    if gaps:
+        raise UsageError(f"--basis {target.basis}: no plan without what the ramps did not "
+                         f"read: {'; '.join(gaps)}")
+    for c in cells:
+        project(c, target)
+    return Plan(target=target, cells=cells, files=[p for p, _ in docs],
+                assumptions=assumptions(target, cells))
+
+
+def _plan_cells(docs: Sequence[Loaded], df: pd.DataFrame, target: Target, name: str,
+                cells: list[CellPlan], gaps: list[str]) -> None:
+    """The cells of one machine's results (`name`: how its labels call it, "" alone)."""
+    hosts = {p: d.host for p, d in docs}
+    stops = _stops(docs)
     for backend in data.backend_order(df):
         sub = df[df["backend"] == backend]
         for variant in sub["variant"].unique():
@@ -649,19 +675,13 @@ def analyse(docs: Sequence[Loaded], target: Target) -> Plan:
                 measured_memory=int(host.get("mem_total") or 0), fits=fits,
                 latency=fit_latency(lat["instance"].to_numpy(float),
                                     lat["value"].to_numpy(float)),
-                limits=fit_limits(g, ceilings, target.limits), pids_limit=_pids_limit(docs)))
+                limits=fit_limits(g, ceilings, target.limits), pids_limit=_pids_limit(docs),
+                host=name))
             if target.basis not in fits:
                 absent = [m for m in BASIS_METRICS[target.basis]
                           if not g[g["metric"] == m]["value"].notna().any()]
                 gaps.append(f"{cells[-1].label}: " + (", ".join(absent) if absent else
                             "fewer than two instance counts with every figure"))
-    if gaps:
-        raise UsageError(f"--basis {target.basis}: no plan without what the ramps did not "
-                         f"read: {'; '.join(gaps)}")
-    for c in cells:
-        project(c, target)
-    return Plan(target=target, cells=cells, files=[p for p, _ in docs],
-                assumptions=assumptions(target, cells))
 
 
 def project(c: CellPlan, t: Target) -> None:
@@ -863,6 +883,7 @@ def as_json(plan: Plan) -> dict[str, Any]:
         first = c.first_limit
         cells.append({
             "backend": c.backend, "variant": c.variant, "emulated": c.emulated,
+            "host": c.host or None,
             "accel": c.accel, "ramps": c.ramps, "max_measured": c.max_measured,
             "stopped_by": c.stopped_by,
             "basis": c.basis,

@@ -25,6 +25,7 @@ from harness import results, scenario, stats, studies
 from harness.core.errors import EXIT_USAGE, BenchError, CleanupError, UsageError
 from harness.core.probes import limits as klimits
 from harness.core.units import format_value, parse_size
+from harness.fleet import cli as fleet_cli
 from harness.runner import Cell
 from runtimes import registry
 from runtimes.base import MOUNT_TYPES, Leftover, Mount
@@ -979,6 +980,9 @@ def baseline_update(result_file: Path, baselines_dir: Path, force: bool) -> None
     if noise:
         err.print(f"kept the calibrated noise band of {target}")
     print(f"baseline: {target}")
+
+
+cli.add_command(fleet_cli.fleet)  # bench fleet: its own module (harness/fleet/cli.py)
 
 
 def main(argv: list[str] | None = None) -> None:

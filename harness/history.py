@@ -72,7 +72,7 @@ def load(paths: Iterable[str | Path], scenario: str | None = None,
     skipped: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(q for q in p.glob("*.json") if not q.name.endswith(".pyperf.json"))
+            found = results.in_dir(p)
             if not found:
                 skipped.append(f"{p}: no result files in it")
             files += found

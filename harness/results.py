@@ -337,13 +337,24 @@ def load(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     return frame(load_all(paths))
 
 
+FLEET_MANIFEST = "fleet.json"  # marks a fleet run's directory (harness.fleet)
+
+
+def in_dir(d: Path) -> list[Path]:
+    """The result files in directory `d`: its *.json, or, in a fleet run's directory
+    (results/fleet/<id>/, with fleet.json), those of each host's directory."""
+    if (d / FLEET_MANIFEST).is_file():
+        return [q for h in sorted(x for x in d.iterdir() if x.is_dir()) for q in in_dir(h)]
+    return sorted(q for q in d.glob("*.json") if not _companion(q))
+
+
 def expand(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     if isinstance(paths, str | Path):
         paths = [paths]
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(q for q in p.glob("*.json") if not _companion(q)))
+            out.extend(in_dir(p))
         elif not _companion(p):  # `D/*.json` also matches the pyperf companions: skip them
             out.append(p)
     if not out:

@@ -14,7 +14,8 @@ from tests.conftest import require
 
 # The guest's own steps, as a new user takes them in a fresh checkout: provision, and
 # `make venv` from nothing (offline, from the image's wheels: 10-15 minutes under TCG).
-SETUP = "scripts/provision && rm -rf .venv && make venv"
+# EXTRAS=dev: the guest is a fleet member, never a controller (no Ansible in its wheels).
+SETUP = "scripts/provision && rm -rf .venv && make venv EXTRAS=dev"
 # The lean part: the image's venv already holds the dependencies (installed when the
 # image was made); only the project itself goes in, without resolving anything.
 QUICK_SETUP = ("scripts/provision && .venv/bin/pip install -q --no-deps --no-build-isolation "

@@ -253,6 +253,22 @@ def test_results_of_two_hosts_are_refused() -> None:
         cap.analyse([("a.json", a), ("b.json", b)], target())
 
 
+def test_results_of_two_machines_give_a_plan_for_each() -> None:
+    """A fleet's density results (two machines: hardware ids differ): each machine's
+    cells fitted on its own samples, labelled with it."""
+    a = doc(ramp("ns", 1, 5, 0, MIB), host_id="h1", cores=2)
+    b = doc(ramp("ns", 1, 5, 0, 4 * MIB), host_id="h2", cores=8)
+    plan = cap.analyse([("a.json", a), ("b.json", b)], target(basis="pss"))
+    assert len(plan.cells) == 2
+    by_cores = {c.measured_cores: c for c in plan.cells}
+    assert by_cores[2].fits["pss"].marginal == pytest.approx(MIB)
+    assert by_cores[8].fits["pss"].marginal == pytest.approx(4 * MIB)
+    # both are called "x": the hardware id tells them apart
+    assert by_cores[2].label.startswith("ns on x (") and by_cores[2].label != by_cores[8].label
+    one = cap.analyse([("a.json", a)], target(basis="pss"))
+    assert one.cells[0].label == "ns"  # a single machine is not named
+
+
 def test_no_density_samples_is_a_usage_error() -> None:
     d = doc([{**s, "metric": "startup.total"} for s in ramp("ns", 1, 3, 0, MIB)])
     with pytest.raises(UsageError, match="no density samples"):

@@ -19,9 +19,10 @@ LAYERS = {
     "harness.scenario": 3, "harness.validate": 3, "harness.runner": 3, "harness.plan": 3,
     "harness.runs": 3, "harness.session": 3, "harness.studies": 3, "harness.results": 3,
     "harness.stats": 3, "harness.compose": 3,
+    "harness.fleet": 3,  # many hosts through Ansible: prepares, runs the playbook, fetches
     "harness.report": 4, "harness.capacity": 4, "harness.compare": 4,
     "harness.baseline": 4, "harness.history": 4,
-    "harness.cli": 5,
+    "harness.cli": 5, "harness.fleet.cli": 5,
 }
 
 
