@@ -71,11 +71,10 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from harness import stats
+from harness import data, stats
 from harness.core.errors import UsageError
 from harness.core.probes import limits as klimits
 from harness.core.units import format_seconds
-from harness.report import data
 from harness.results import Loaded, frame, load_all
 
 MIB = 2**20
@@ -263,7 +262,7 @@ class LatencyFit:
 class CellPlan:
     backend: str
     variant: str
-    kind: str  # process | container | vm | unknown (harness.report.data.backend_kind)
+    kind: str  # process | container | vm | unknown (harness.data.backend_kind)
     emulated: bool
     accel: str | None
     ramps: int
@@ -547,7 +546,7 @@ def fit_limits(g: pd.DataFrame, ceilings: dict[str, int], given: dict[str, int]
 
 def density_frame(docs: Sequence[Loaded]) -> pd.DataFrame:
     """The density samples of `docs`, with a `ramp` key (file, round), and the reports'
-    `kind`, `emulated` and `dataset` columns (harness.report.data.enrich)."""
+    `kind`, `emulated` and `dataset` columns (harness.data.enrich)."""
     df = data.enrich(frame(docs), docs)
     df = df[df["metric"].str.startswith("density.")].copy()
     if df.empty:

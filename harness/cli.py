@@ -112,7 +112,7 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
                   f"({c.failures} failures); see the events in the result")
     for a in doc.attempts():
         if a.failed:  # the table's figures are over the samples that succeeded: say why not all
-            from harness.report import data
+            from harness import data
 
             why = "; ".join(f"{n}× {r}" for r, n in a.reasons)
             cell = data.Cell(a.backend, a.variant, "", "", False).label()
@@ -171,7 +171,8 @@ class RichReporter:
 
 
 def _print_table(df: Any, order: list[str] | None = None) -> None:
-    from harness.report import data, tables
+    from harness import data
+    from harness.report import tables
 
     if df.empty:
         out.print("no samples")
@@ -270,7 +271,8 @@ def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: s
     From a directory, the newest result of each scenario per host is reported (--all:
     every result); files named on the command line are always reported. Several hosts,
     or one study run on several dates, are shown side by side."""
-    from harness.report import data, render
+    from harness import data
+    from harness.report import render
 
     fmts = _split(formats) or ["png"]
     bad = [f for f in fmts if f not in ("png", "svg", "pdf")]

@@ -37,12 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from harness import baseline, results, stats
+from harness import baseline, data, results, stats
 from harness.core import hostinfo
 from harness.core.errors import UsageError
 from harness.core.records import Noise, Result, writable_layer
 from harness.core.units import format_value
-from harness.report import data
 from harness.results import Loaded
 
 KEY = ("scenario", "backend", "variant", "metric")

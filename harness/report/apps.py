@@ -28,9 +28,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from harness import stats
+from harness import data, stats
 from harness.core.units import format_seconds, format_size, format_value
-from harness.report import charts, claims, data, render, tables
+from harness.report import charts, claims, render, tables
 from harness.results import Loaded
 
 

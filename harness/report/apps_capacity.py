@@ -31,12 +31,12 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from harness import stats
+from harness import data, stats
 from harness.capacity import Target
 from harness.core.errors import UsageError
 from harness.core.records import join_variant
 from harness.core.units import format_size, format_value
-from harness.report import apps, data
+from harness.report import apps
 from harness.results import Loaded, frame
 
 

@@ -28,12 +28,12 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from harness import stats
+from harness import data, stats
 from harness.core.probes.timing import PHASES
 from harness.core.units import format_seconds
+from harness.data import DEFAULT_VARIANT
 from harness.report import claims as claims_mod
-from harness.report import data, tables
-from harness.report.data import DEFAULT_VARIANT
+from harness.report import tables
 
 Colour = tuple[float, float, float]
 ChartFn = Callable[[pd.DataFrame, "Look"], "Figure | None"]

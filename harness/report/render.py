@@ -23,9 +23,10 @@ import pandas as pd
 from markdown_it import MarkdownIt
 from markdown_it.rules_core import StateCore
 
+from harness import data
 from harness.core.units import format_value
 from harness.report import claims as claims_mod
-from harness.report import data, tables
+from harness.report import tables
 from harness.results import FAILURE_LIMIT, Loaded
 
 CAP = 30  # rows of a table in report.md; the rest go to the CSV beside it

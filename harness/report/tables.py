@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness import capacity, stats
-from harness.report import data
+from harness import capacity, data, stats
 
 KEYS = ["scenario", "backend", "variant", "metric", "unit"]
 

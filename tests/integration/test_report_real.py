@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import results
-from harness.report import charts, claims, data
+from harness import data, results
+from harness.report import charts, claims
 from tests.conftest import backend_or_skip
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import compare, plan, results
+from harness import compare, data, plan, results
 from harness.core.errors import ResultError
 from harness.core.records import Attempts, Result, failure_reason
-from harness.report import apps, charts, claims, data, render, tables
+from harness.report import apps, charts, claims, render, tables
 from tests.unit import report_synth as synth
 from tests.unit.fakes import FakeRuntime
 from tests.unit.test_runner import _close_journals, img, make  # noqa: F401 - fixtures

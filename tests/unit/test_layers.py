@@ -18,7 +18,7 @@ LAYERS = {
     "runtimes": 2,  # the backends
     "harness.scenario": 3, "harness.validate": 3, "harness.runner": 3, "harness.plan": 3,
     "harness.runs": 3, "harness.session": 3, "harness.studies": 3, "harness.results": 3,
-    "harness.stats": 3, "harness.compose": 3,
+    "harness.stats": 3, "harness.compose": 3, "harness.data": 3,
     "harness.report": 4, "harness.capacity": 4, "harness.compare": 4,
     "harness.baseline": 4, "harness.history": 4,
     "harness.cli": 5,

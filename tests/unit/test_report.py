@@ -19,9 +19,9 @@ from matplotlib import colors as mpl_colors
 from matplotlib.text import Text
 from PIL import Image
 
-from harness import results, stats
+from harness import data, results, stats
 from harness.core.units import format_seconds
-from harness.report import charts, claims, data, render, tables
+from harness.report import charts, claims, render, tables
 from tests.unit import report_synth as synth
 
 Docs = list[results.Loaded]

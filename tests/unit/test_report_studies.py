@@ -18,8 +18,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
-from harness import cli, results
-from harness.report import charts, claims, data, render, tables
+from harness import cli, data, results
+from harness.report import charts, claims, render, tables
 from tests.unit import report_synth as synth
 
 Docs = list[results.Loaded]
