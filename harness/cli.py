@@ -307,7 +307,7 @@ def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: s
 @click.option("--slo-start", metavar="P95", help="Start-latency SLO on the p95, e.g. 2s.")
 @click.option("--basis", type=click.Choice(["pss+kernel", "pss", "cgroup", "host"]),
               default="pss+kernel",
-              show_default=True, help="What memory the fit uses (see `harness/capacity.py`).")
+              show_default=True, help="What memory the fit uses (see `harness/capacity/fit.py`).")
 @click.option("--limit", "limit_values", multiple=True, metavar="NAME=VALUE",
               help="A kernel limit of the host to plan for (default: the measured host's), "
                    f"e.g. pid_max=4194304; repeatable. Names: {', '.join(klimits.BY_NAME)}.")
@@ -340,9 +340,10 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
     import json
 
     from harness import capacity as cap
+    from harness.capacity import apps as app_cap
     from harness.core.units import parse_seconds, parse_size
-    from harness.report import apps_capacity
     from harness.report import capacity as shown
+    from harness.report.apps import APPS
 
     try:
         memory = parse_size(host_memory)
@@ -370,16 +371,17 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
                         workload_memory=per, slo_start=slo, basis=basis, limits=given,
                         max_extrapolation=max_extrapolation)
     docs = cap.load(result_files)
-    if apps_capacity.is_application(docs):
+    throughput = {name: app.throughput for name, app in APPS.items()}
+    if app_cap.is_application(docs, throughput):
         for given_opt, hint in ((chart_file, "--chart"), (slo, "--slo-start"),
                                 (given, "--limit")):
             if given_opt:
                 raise click.BadParameter("density results only", param_hint=hint)
-        app_plan = apps_capacity.plan(docs, target, rate)
+        app_plan = app_cap.plan(docs, target, rate, throughput)
         if as_json:
-            print(json.dumps(apps_capacity.as_json(app_plan), indent=1))
+            print(json.dumps(app_cap.as_json(app_plan), indent=1))
             return
-        out.print(apps_capacity.table(app_plan))
+        out.print(shown.app_table(app_plan))
         for cell in app_plan.cells:
             for note in cell.notes:
                 out.print(f"  {cell.label}: {note}", markup=False)

@@ -82,3 +82,10 @@ def test_the_check_catches_an_upward_import(tmp_path: Path) -> None:
             test_imports_go_down_only(bad)
     finally:
         bad.unlink()
+
+
+def test_capacity_plans_without_the_report() -> None:
+    """Planning (harness.capacity) draws from results, not from the report's modules: a
+    plan is data, showing it is harness.report's."""
+    for path in sorted((ROOT / "harness" / "capacity").rglob("*.py")):
+        assert not [m for _, m in imports(path) if m.startswith("harness.report")], path
