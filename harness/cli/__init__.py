@@ -800,7 +800,3 @@ def main(argv: list[str] | None = None) -> None:
         print("bench: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(0)
-
-
-if __name__ == "__main__":
-    main()
