@@ -69,7 +69,7 @@ def run_compare(base: Path, new: Path, **kw: Any) -> compare.Comparison:
     return compare.compare(compare.load_set(base), compare.load_set(new), **kw)
 
 
-def cell(c: compare.Comparison, metric: str) -> compare.Cell:
+def cell(c: compare.Comparison, metric: str) -> compare.CellChange:
     return next(x for x in c.cells if x.metric == metric)
 
 
