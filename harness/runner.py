@@ -127,7 +127,7 @@ class Cell:
 
 class Placement(Protocol):
     """Where instances are made: a backend and the image it prepared (a Cell; for `bench
-    exec`, a plain Target). Instances are tracked by their placement."""
+    exec`, a PlainPlacement). Instances are tracked by their placement."""
 
     @property
     def runtime(self) -> Runtime: ...
@@ -140,7 +140,10 @@ class Placement(Protocol):
 
 
 @dataclass(frozen=True)
-class Target:
+class PlainPlacement:
+    """A placement that is only that: a backend and an image it prepared, outside a run's
+    cells (`bench exec`, image checks)."""
+
     runtime: Runtime
     prepared: Prepared
     label: str

@@ -27,7 +27,7 @@ from harness import results, studies, validate
 from harness.core import image as image_mod
 from harness.core.errors import BackendUnavailable, BenchError, UsageError
 from harness.core.probes import limits
-from harness.runner import Cell, Context, Outcome, Runner, Target
+from harness.runner import Cell, Context, Outcome, PlainPlacement, Runner
 from harness.runs import HOOKS, Resumable, RunLock, collect, finish, hold, live_runs, runs_dir
 from harness.scenario import Scenario
 from harness.studies import _lifecycle as life
@@ -292,7 +292,7 @@ def exec_once(backend: str, argv: Sequence[str], image: image_mod.Image, *,
     with hold(run_id, f"exec on {backend}"):
         ctx = Context(run_id, timeout)
         try:
-            where = Target(rt, rt.prepare(image), backend)
+            where = PlainPlacement(rt, rt.prepare(image), backend)
             inst, ex = life.run(ctx, where, InstanceSpec(
                 run_id=run_id, name=f"cvbench-{run_id}-1", argv=tuple(argv), capture=True,
                 **spec))
