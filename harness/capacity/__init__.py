@@ -34,11 +34,30 @@ from harness.capacity.fit import (
     fit_limits,
     fit_memory,
 )
-from harness.capacity.target import MAX_EXTRAPOLATION, Target
+from harness.capacity.target import MAX_EXTRAPOLATION, TargetHost
 
 __all__ = [
-    "BASES", "BASIS_METRICS", "MARGINAL_AT", "MAX_EXTRAPOLATION", "MIB", "CellPlan", "Curve",
-    "LatencyFit", "LimitPlan", "MemoryFit", "Plan", "Target", "analyse", "as_json",
-    "assumptions", "density_frame", "fit_latency", "fit_limits", "fit_memory", "load",
-    "project", "ramp_series", "refuse_extrapolation",
+    "BASES",
+    "BASIS_METRICS",
+    "MARGINAL_AT",
+    "MAX_EXTRAPOLATION",
+    "MIB",
+    "CellPlan",
+    "Curve",
+    "LatencyFit",
+    "LimitPlan",
+    "MemoryFit",
+    "Plan",
+    "TargetHost",
+    "analyse",
+    "as_json",
+    "assumptions",
+    "density_frame",
+    "fit_latency",
+    "fit_limits",
+    "fit_memory",
+    "load",
+    "project",
+    "ramp_series",
+    "refuse_extrapolation",
 ]

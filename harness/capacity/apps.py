@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from harness import data, stats
-from harness.capacity.target import Target
+from harness.capacity.target import TargetHost
 from harness.core.errors import UsageError
 from harness.core.records import join_variant
 from harness.core.units import format_size, format_value
@@ -70,7 +70,7 @@ class AppCell:
 
 @dataclass(frozen=True)
 class AppPlan:
-    target: Target
+    target: TargetHost
     study: str
     metric: str
     unit: str
@@ -118,7 +118,7 @@ def _count(x: float) -> int:
     return max(0, math.floor(x)) if math.isfinite(x) else 0
 
 
-def plan(docs: Sequence[Loaded], target: Target, rate: float | None,
+def plan(docs: Sequence[Loaded], target: TargetHost, rate: float | None,
          studies: Mapping[str, str]) -> AppPlan:
     """The plan for the results of one application study; `studies`: each application
     study's throughput metric ("http" -> "http.rps")."""

@@ -40,7 +40,7 @@ from harness.capacity.fit import (
     fit_limits,
     fit_memory,
 )
-from harness.capacity.target import Target
+from harness.capacity.target import TargetHost
 from harness.core.errors import UsageError
 from harness.core.probes import limits as klimits
 from harness.core.units import format_seconds
@@ -112,7 +112,7 @@ class CellPlan:
 
 @dataclass
 class Plan:
-    target: Target
+    target: TargetHost
     cells: list[CellPlan]
     files: list[str]
     assumptions: list[str]
@@ -184,7 +184,7 @@ def _pids_limit(docs: Sequence[Loaded]) -> int | None:
     return None
 
 
-def analyse(docs: Sequence[Loaded], target: Target) -> Plan:
+def analyse(docs: Sequence[Loaded], target: TargetHost) -> Plan:
     if target.basis not in BASES:
         raise UsageError(f"--basis: unknown basis {target.basis!r}; known: {', '.join(BASES)}")
     if unknown := sorted(set(target.limits) - set(klimits.BY_NAME)):
@@ -244,7 +244,7 @@ def analyse(docs: Sequence[Loaded], target: Target) -> Plan:
                 assumptions=assumptions(target, cells))
 
 
-def project(c: CellPlan, t: Target) -> None:
+def project(c: CellPlan, t: TargetHost) -> None:
     """Instances per target host by memory, the SLO and the kernel limits; which binds."""
     fit = c.fits.get(t.basis)
     c.basis = t.basis
@@ -325,7 +325,7 @@ def project(c: CellPlan, t: Target) -> None:
                            "at the marginal of the top, the start-latency p95 is the top's")
 
 
-def assumptions(t: Target, cells: Sequence[CellPlan]) -> list[str]:
+def assumptions(t: TargetHost, cells: Sequence[CellPlan]) -> list[str]:
     cores = sorted({c.measured_cores for c in cells})
     mems = sorted({round(c.measured_memory / 2**30) for c in cells})
     out = [

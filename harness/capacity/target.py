@@ -8,7 +8,7 @@ MAX_EXTRAPOLATION = 5.0  # a plan beyond this many times the measured top is ref
 
 
 @dataclass(frozen=True)
-class Target:
+class TargetHost:
     """The host to plan for, and the planner's choices."""
 
     memory: int  # bytes

@@ -267,9 +267,9 @@ def capacity(result_files: tuple[Path, ...], host_memory: int, host_cpus: int,
     from harness.report.apps import APPS
 
     given = dict(limits)
-    target = cap.Target(memory=host_memory, cpus=host_cpus, reserve=reserve / 100,
-                        workload_memory=workload_memory, slo_start=slo_start, basis=basis,
-                        limits=given, max_extrapolation=max_extrapolation)
+    target = cap.TargetHost(memory=host_memory, cpus=host_cpus, reserve=reserve / 100,
+                            workload_memory=workload_memory, slo_start=slo_start, basis=basis,
+                            limits=given, max_extrapolation=max_extrapolation)
     docs = cap.load(result_files)
     throughput = {name: app.throughput for name, app in APPS.items()}
     if app_cap.is_application(docs, throughput):

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from harness import cli, results
-from harness.capacity import Target
+from harness.capacity import TargetHost
 from harness.capacity import apps as apps_capacity
 from harness.core.errors import UsageError
 from harness.report.apps import APPS
@@ -30,7 +30,7 @@ def http(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               config={"limits": {"cpuset": "1"}})
 
 
-def app_plan(docs: list[results.Loaded], target: Target, rate: float | None
+def app_plan(docs: list[results.Loaded], target: TargetHost, rate: float | None
          ) -> apps_capacity.AppPlan:
     return apps_capacity.plan(docs, target, rate,
                               {name: app.throughput for name, app in APPS.items()})
@@ -51,7 +51,7 @@ def cell(plan: apps_capacity.AppPlan, label: str) -> apps_capacity.AppCell:
 
 
 def test_cpu_binds_from_the_throughput_per_core(http: Path) -> None:
-    target = Target(memory=64 * GiB, cpus=32)
+    target = TargetHost(memory=64 * GiB, cpus=32)
     plan = app_plan([(str(http), results.load_result(http))], target, rate=5000)
     c = cell(plan, "docker [publish, small]")
     served = medians(http, "docker", "network=publish,small", "http.rps")
@@ -69,7 +69,7 @@ def test_cpu_binds_from_the_throughput_per_core(http: Path) -> None:
 
 
 def test_memory_binds_on_a_small_host_and_the_vm_is_marked(http: Path) -> None:
-    target = Target(memory=2 * GiB, cpus=64)
+    target = TargetHost(memory=2 * GiB, cpus=64)
     plan = app_plan([(str(http), results.load_result(http))], target, rate=100)
     vm = cell(plan, "libvirt [bridge, small] (TCG, emulated)")
     assert vm.binding == "memory" and vm.instances == vm.by_memory
@@ -81,7 +81,7 @@ def test_memory_binds_on_a_small_host_and_the_vm_is_marked(http: Path) -> None:
 
 def test_without_a_rate_each_instance_gets_its_measured_cores(http: Path) -> None:
     plan = app_plan([(str(http), results.load_result(http))],
-                    Target(memory=64 * GiB, cpus=16), rate=None)
+                    TargetHost(memory=64 * GiB, cpus=16), rate=None)
     assert {c.by_cpu for c in plan.cells} == {16}
 
 
@@ -91,7 +91,7 @@ def test_the_samples_cpuset_decides_the_cores(tmp_path: Path) -> None:
         rng, "kv", placement={"cpuset": "2-3", "client_cpuset": "0"}), synth.BACKENDS,
         config={"limits": {"cpuset": "1"}})
     plan = app_plan([(str(kv), results.load_result(kv))],
-                    Target(memory=64 * GiB, cpus=16), rate=None)
+                    TargetHost(memory=64 * GiB, cpus=16), rate=None)
     assert {c.cores for c in plan.cells} == {2.0}
     assert {c.by_cpu for c in plan.cells} == {8}
     assert "cpuset 2-3" in plan.assumptions[0]
@@ -102,9 +102,9 @@ def test_refusals(http: Path, tmp_path: Path) -> None:
     kv = synth.write_result(tmp_path, "kv", synth.app_samples(rng, "kv"), synth.BACKENDS)
     docs = [(str(p), results.load_result(p)) for p in (http, kv)]
     with pytest.raises(UsageError, match="one application study"):
-        app_plan(docs, Target(memory=GiB, cpus=1), rate=None)
+        app_plan(docs, TargetHost(memory=GiB, cpus=1), rate=None)
     with pytest.raises(UsageError, match="--rate"):
-        app_plan(docs[:1], Target(memory=GiB, cpus=1), rate=-1)
+        app_plan(docs[:1], TargetHost(memory=GiB, cpus=1), rate=-1)
     assert apps_capacity.cpuset_cores("0,2-3") == 3
     with pytest.raises(ValueError):
         apps_capacity.cpuset_cores("one")
@@ -184,7 +184,7 @@ def test_a_plan_without_its_memory_inputs_is_refused_naming_them(
     path = _hand_made(tmp_path, pss, daemons)
     with pytest.raises(UsageError, match=f"docker .*: {named}"):
         app_plan([(str(path), results.load_result(path))],
-                 Target(memory=8 * GiB, cpus=16), rate=2500)
+                 TargetHost(memory=8 * GiB, cpus=16), rate=2500)
     with pytest.raises(SystemExit) as e:
         cli.main(["capacity", str(path), "--host-memory", "8G", "--host-cpus", "16",
                   "--rate", "2500"])
