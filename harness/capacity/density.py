@@ -111,7 +111,7 @@ class CellPlan:
 
 
 @dataclass
-class Plan:
+class CapacityPlan:
     target: TargetHost
     cells: list[CellPlan]
     files: list[str]
@@ -184,7 +184,7 @@ def _pids_limit(docs: Sequence[Loaded]) -> int | None:
     return None
 
 
-def analyse(docs: Sequence[Loaded], target: TargetHost) -> Plan:
+def analyse(docs: Sequence[Loaded], target: TargetHost) -> CapacityPlan:
     if target.basis not in BASES:
         raise UsageError(f"--basis: unknown basis {target.basis!r}; known: {', '.join(BASES)}")
     if unknown := sorted(set(target.limits) - set(klimits.BY_NAME)):
@@ -240,7 +240,7 @@ def analyse(docs: Sequence[Loaded], target: TargetHost) -> Plan:
                          f"read: {'; '.join(gaps)}")
     for c in cells:
         project(c, target)
-    return Plan(target=target, cells=cells, files=[p for p, _ in docs],
+    return CapacityPlan(target=target, cells=cells, files=[p for p, _ in docs],
                 assumptions=assumptions(target, cells))
 
 
@@ -394,7 +394,7 @@ def assumptions(t: TargetHost, cells: Sequence[CellPlan]) -> list[str]:
     return out
 
 
-def refuse_extrapolation(plan: Plan) -> None:
+def refuse_extrapolation(plan: CapacityPlan) -> None:
     """UsageError naming every cell planned beyond the target's max_extrapolation, with
     the instances to measure instead."""
     far = plan.too_far()
@@ -418,7 +418,7 @@ def _count(x: float | None) -> int | None:
     return None if x is None else int(x)
 
 
-def as_json(plan: Plan) -> dict[str, Any]:
+def as_json(plan: CapacityPlan) -> dict[str, Any]:
     t = plan.target
     cells = []
     for c in plan.cells:

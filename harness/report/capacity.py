@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from rich.markup import escape
 from rich.table import Table
 
-from harness.capacity import MARGINAL_AT, MIB, Plan
+from harness.capacity import MARGINAL_AT, MIB, CapacityPlan
 from harness.capacity.apps import AppPlan
 from harness.core.errors import UsageError
 from harness.core.units import format_seconds, format_size, format_value
@@ -29,7 +29,7 @@ def _mib(x: float) -> str:
     return f"{x / MIB:.3g}"
 
 
-def table(plan: Plan) -> Table:
+def table(plan: CapacityPlan) -> Table:
     """One row per cell: the memory curve (marginal at 40 and at the top of the measured
     range, the average slope, the host basis beside it), start latency, and what binds."""
     t = plan.target
@@ -72,7 +72,7 @@ def table(plan: Plan) -> Table:
     return tab
 
 
-def limits_lines(plan: Plan) -> list[str]:
+def limits_lines(plan: CapacityPlan) -> list[str]:
     """Per cell, every kernel limit whose counter grew, nearest first."""
     out = []
     for c in plan.cells:
@@ -85,7 +85,7 @@ def limits_lines(plan: Plan) -> list[str]:
     return out
 
 
-def chart(plan: Plan, path: Path) -> Path:
+def chart(plan: CapacityPlan, path: Path) -> Path:
     """Projected instances per host by backend (log scale): bar = the binding limit,
     whisker = the 95 % CI of the memory limit, hatched when the SLO or a kernel limit
     binds, a dash at the memory limit where another binds below it; a plan beyond the

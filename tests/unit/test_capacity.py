@@ -82,7 +82,7 @@ def target(**kw: Any) -> cap.TargetHost:
     return cap.TargetHost(**{**base, **kw})
 
 
-def cell(plan: cap.Plan, backend: str) -> cap.CellPlan:
+def cell(plan: cap.CapacityPlan, backend: str) -> cap.CellPlan:
     return next(c for c in plan.cells if c.backend == backend)
 
 
