@@ -14,8 +14,8 @@ from harness.core.image import Image
 from harness.core.probes import serving
 from harness.core.units import format_size
 from harness.results import SCHEMA
-from harness.runner import Cell
 from harness.runs import HOOKS
+from harness.sampling import Cell
 from harness.scenario import Scenario
 from runtimes import registry
 from runtimes.base import Prepared, Runtime

@@ -3,7 +3,7 @@
   prepare  check the scenario against this host, plan the backends, build the image, take
            the run's lock, clean what an interrupted run left (resume), prepare every
            backend once, open the journal
-  run      the sampling loop (harness.runner) until every cell stopped
+  run      the sampling loop (harness.sampling) until every cell stopped
   collect  finalize the journal into the result file (and its pyperf companion)
   cleanup  remove what the run made that outlives an instance, release the lock
 
@@ -27,8 +27,8 @@ from harness import results, studies, validate
 from harness.core import image as image_mod
 from harness.core.errors import BackendUnavailable, BenchError, UsageError
 from harness.core.probes import limits
-from harness.runner import Cell, Context, Outcome, PlainPlacement, Runner
 from harness.runs import HOOKS, Resumable, RunLock, collect, finish, hold, live_runs, runs_dir
+from harness.sampling import Cell, Context, Outcome, PlainPlacement, Runner
 from harness.scenario import Scenario
 from harness.studies import _lifecycle as life
 from harness.studies import stack

@@ -14,7 +14,7 @@ from rich.table import Table
 from harness import scenario, stats
 from harness.cli.term import err, out
 from harness.core.units import format_value
-from harness.runner import Cell
+from harness.sampling import Cell
 
 
 class RichReporter:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from harness.core.probes import sysbench
-from harness.runner import Cell, Context, Measurement
+from harness.sampling import Cell, Context, Measurement
 from harness.studies import _lifecycle as life
 from harness.studies import _sysbench
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from harness.core.probes import loadgen
-from harness.runner import Context, Measurement
+from harness.sampling import Context, Measurement
 from harness.studies._server import COMMON_PARAMS, ServerStudy, run_tool
 
 FILES = {"small": 512, "1MiB": 1 << 20}

@@ -259,7 +259,7 @@ def test_debian_image_serves_on_every_backend(debian: image.Image, tmp_path: Pat
 def test_http_readiness_agrees_with_a_curl_loop(tmp_path: Path) -> None:
     """The probe's first answer and a host-side `curl` retry loop's, on the same
     instance, agree within one polling interval (plus curl's own attempt)."""
-    from harness.runner import Context, PlainPlacement
+    from harness.sampling import Context, PlainPlacement
     from harness.studies import _lifecycle as life
 
     rt = backend_or_skip("docker")
