@@ -9,7 +9,7 @@ the bootstrap 95 % CI half-width of the median of the scenario's metric is withi
 Ctrl-C (or SIGTERM) once: the current sample finishes, live instances are removed and
 the samples taken are finalized. Twice: the current sample is abandoned too.
 
-What surrounds it: harness.plan (which backends and cells), harness.runs (the run's
+What surrounds it: harness.plan (which backends and cells), harness.bookkeeping (the run's
 lock, clean-up, what to resume), harness.session (the stages of a whole run).
 """
 

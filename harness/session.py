@@ -24,10 +24,19 @@ from typing import Any, Protocol
 
 from harness import plan as planning
 from harness import results, studies, validate
+from harness.bookkeeping import (
+    HOOKS,
+    Resumable,
+    RunLock,
+    collect,
+    finish,
+    hold,
+    live_runs,
+    runs_dir,
+)
 from harness.core import image as image_mod
 from harness.core.errors import BackendUnavailable, BenchError, UsageError
 from harness.core.probes import limits
-from harness.runs import HOOKS, Resumable, RunLock, collect, finish, hold, live_runs, runs_dir
 from harness.sampling import Cell, Context, Outcome, PlainPlacement, Runner
 from harness.scenario import Scenario
 from harness.studies import _lifecycle as life

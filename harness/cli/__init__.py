@@ -72,7 +72,7 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
     Ctrl-C (or SIGTERM) stops after the current sample, removes live instances and writes
     the samples taken; `--resume RUN_ID` continues such a run, or one that was killed.
     """
-    from harness import runs, session
+    from harness import bookkeeping, session
 
     t_begin = time.monotonic()
     resumed = None
@@ -81,7 +81,7 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
             raise click.UsageError("--copies cannot be combined with --resume")
         if scenario_name or backends:
             raise click.UsageError("--resume takes the scenario and backends from the run")
-        resumed = runs.find_resumable(out_dir, resume_id)
+        resumed = bookkeeping.find_resumable(out_dir, resume_id)
         scen = scenario.from_header(resumed.header)
     elif scenario_name:
         scen = scenario.load(scenario_name)
@@ -323,7 +323,7 @@ def gc_(dry_run: bool, only_run: str | None) -> None:
 
     Runs still in progress (their lock is held) are left alone.
     """
-    from harness.runs import HOOKS, clear_stale_locks, collect, live_runs
+    from harness.bookkeeping import HOOKS, clear_stale_locks, collect, live_runs
 
     live = live_runs()
     if only_run in live:

@@ -17,7 +17,7 @@ LAYERS = {
     "harness.core": 1,  # errors, units, image, probes, hostinfo, result records
     "runtimes": 2,  # the backends
     "harness.scenario": 3, "harness.validate": 3, "harness.sampling": 3, "harness.plan": 3,
-    "harness.runs": 3, "harness.session": 3, "harness.studies": 3, "harness.results": 3,
+    "harness.bookkeeping": 3, "harness.session": 3, "harness.studies": 3, "harness.results": 3,
     "harness.stats": 3, "harness.compose": 3, "harness.data": 3,
     "harness.report": 4, "harness.capacity": 4, "harness.compare": 4,
     "harness.baseline": 4, "harness.history": 4,
