@@ -25,7 +25,7 @@ import click
 from harness import scenario, studies
 from harness.report import presentation
 from harness.results import FAILURE_LIMIT
-from harness.runner import FAILURES_TO_GIVE_UP
+from harness.sampling import FAILURES_TO_GIVE_UP
 from runtimes import registry
 from runtimes.base import Limits, Mount
 
@@ -113,7 +113,7 @@ What holds for every study (the runner's and the report's rules, not this study'
   against its cell with its reason (`cells` in the result: samples, failures, attempts,
   reasons), and its tool output stays in `artifacts`, marked `failed: true`.
 - A cell gives up after **{FAILURES_TO_GIVE_UP} failures in a row**
-  (`harness.runner.FAILURES_TO_GIVE_UP`); the other cells go on.
+  (`harness.sampling.FAILURES_TO_GIVE_UP`); the other cells go on.
 - A seed claim drawn from a cell of which more than **{FAILURE_LIMIT * 100:g} %**
   (`harness.results.FAILURE_LIMIT`) of the samples failed is *inconclusive: failures*;
   `bench compare` calls a cell whose failures on NEW exceed that share, and BASE's, a
@@ -322,7 +322,7 @@ def cli_page() -> str:
     root = click.Context(cli, info_name="bench", **{**cli.context_settings, **WIDTH})
     out = ["# Command reference", "",
            "!!! note \"Generated\"",
-           "    From the command line itself (`harness/cli.py`): what `bench COMMAND --help` "
+           "    From the command line itself (`harness/cli/`): what `bench COMMAND --help` "
            "prints. [Commands](../commands.md) gives an overview.", "",
            "```text", cli.get_help(root), "```"]
     for ctx in _commands(cli, root):

@@ -13,15 +13,19 @@ refuse an existing one unless told `--force`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import results, stats
-from harness.core.errors import ResultError, UsageError
+from harness.core.errors import BenchError, ResultError, UsageError
 from harness.core.records import Baseline, Noise, Result
+
+if TYPE_CHECKING:
+    from harness.session import Reporter
 
 DEFAULT_DIR = Path("results/baselines")
 CellKey = tuple[str, str, str]  # backend, variant, metric
@@ -105,3 +109,67 @@ def write(path: Path, doc: Result, force: bool) -> None:
     if not force and path.exists():
         raise UsageError(f"{path}: a baseline exists; pass --force to replace it")
     results.write_new(path, text, replace=force)
+
+
+def calibrate(scenario_name: str, backends: list[str] | None, out_dir: Path,
+              baselines_dir: Path, runs: int, over_s: float, force: bool,
+              reporter: Callable[[], Reporter], say: Callable[[str], None]
+              ) -> tuple[Path, list[Noise]]:
+    """`bench calibrate`: `runs` A/A runs of the scenario (every cell twice, interleaved),
+    spread evenly over `over_s` seconds, and their noise band stored in this host's
+    baseline (made from the first run when there is none): the baseline's path and the
+    band. `reporter` makes what each run tells the user; `say`: a line between runs."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from harness import scenario
+    from harness.core import hostinfo
+
+    scen = scenario.load(scenario_name)
+    target = path_for(baselines_dir, hostinfo.fingerprint()["id"], scen.name)
+    existing = results.load_result(target) if target.is_file() else None
+    if existing is not None and noise_of(existing) and not force:
+        raise UsageError(f"{target}: already calibrated; pass --force to measure again")
+    docs: list[results.Loaded] = []
+    t0 = time.monotonic()
+    for i in range(runs):
+        wait = t0 + i * over_s / runs - time.monotonic()
+        if wait > 0:
+            say(f"next run in {wait:.0f} s (spreading {runs} runs over {over_s:.0f} s)")
+            time.sleep(wait)
+        say(f"calibration run {i + 1}/{runs}")
+        # Each calibration run is a session in a fresh process, as the runs compared later
+        # are separate `bench run` processes: process start-up state is part of what
+        # differs between runs.
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            final, problem = pool.submit(_calibration_run, scenario_name, backends,
+                                         out_dir, reporter).result()
+        if problem:
+            raise BenchError(f"calibration run {i + 1} failed ({problem}); nothing stored")
+        docs.append((final, results.load_result(final)))
+    noise = calibrate_noise(d for _, d in docs)
+    cal = {"runs": [p for p, _ in docs], "run_ids": [d.run_id for _, d in docs]}
+    if existing is not None:  # keep the baseline's samples, replace only the noise band
+        doc = recalibrated(existing, str(target), noise, cal)
+    else:
+        doc = make(docs[0][1], docs[0][0], noise, cal)
+    write(target, doc, force=existing is not None)
+    return target, noise
+
+
+def _calibration_run(scenario_name: str, backends: list[str] | None, out_dir: Path,
+                     reporter: Callable[[], Reporter]) -> tuple[str, str]:
+    """One A/A run (every cell twice, interleaved): (its result file, "" or what failed)."""
+    from harness import scenario, session
+
+    try:
+        done = session.Session(scenario.load(scenario_name), backends, out_dir,
+                               reporter(), copies=2).execute()
+    except BenchError as e:
+        return "", str(e)
+    if done.outcome.interrupted:
+        return str(done.result), "interrupted"
+    if done.failed:
+        return str(done.result), f"cells failed: {', '.join(c.label for c in done.failed)}"
+    return str(done.result), ""

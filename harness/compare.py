@@ -37,12 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from harness import baseline, results, stats
+from harness import baseline, data, results, stats
 from harness.core import hostinfo
 from harness.core.errors import UsageError
 from harness.core.records import Noise, Result, writable_layer
 from harness.core.units import format_value
-from harness.report import data
 from harness.results import Loaded
 
 KEY = ("scenario", "backend", "variant", "metric")
@@ -74,7 +73,9 @@ def load_set(spec: str | Path) -> list[Loaded]:
 
 
 @dataclass(frozen=True)
-class Cell:
+class CellChange:
+    """One cell's figure compared, base against new, and the verdict."""
+
     scenario: str
     backend: str
     variant: str
@@ -123,7 +124,7 @@ class Comparison:
     threshold: float
     alpha: float
     metrics: list[str]
-    cells: list[Cell]
+    cells: list[CellChange]
     only_base: list[str] = field(default_factory=list)
     only_new: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -131,11 +132,11 @@ class Comparison:
     cross_host: bool = False
 
     @property
-    def regressions(self) -> list[Cell]:
+    def regressions(self) -> list[CellChange]:
         return [c for c in self.cells if c.decision.verdict == "regression"]
 
     @property
-    def improvements(self) -> list[Cell]:
+    def improvements(self) -> list[CellChange]:
         return [c for c in self.cells if c.decision.verdict == "improvement"]
 
     @property
@@ -345,7 +346,7 @@ def compare(base: Sequence[Loaded], new: Sequence[Loaded], *, threshold: float =
     if cross:
         notes.insert(0, f"cross-host comparison (base {hosts['base']}, new {hosts['new']}): "
                         "allowed by --allow-cross-host; the verdicts are indicative only")
-    cells: list[Cell] = []
+    cells: list[CellChange] = []
     gated = len(common)
     for key in common:
         b, n = bg[key], ng[key]
@@ -367,12 +368,13 @@ def compare(base: Sequence[Loaded], new: Sequence[Loaded], *, threshold: float =
                           why=f"failures rose: {tb or 'not counted'} → {tn} (most common: "
                               f"{tn.reason}); {dec.why}")
         scen, backend, variant, metric = (str(k) for k in key)
-        cells.append(Cell(scen, backend, variant, metric, unit=unit, n_base=len(bv), n_new=len(nv),
-                          runs_base=len(rb), runs_new=len(rn),
-                          median_base=float(np.median(bv)), median_new=float(np.median(nv)),
-                          decision=dec, band=band, band_source=source, sigma=sigma, df=df,
-                          ok_base=tb.ok if tb else None, tried_base=tb.tried if tb else None,
-                          ok_new=tn.ok if tn else None, tried_new=tn.tried if tn else None))
+        cells.append(CellChange(
+            scen, backend, variant, metric, unit=unit, n_base=len(bv), n_new=len(nv),
+            runs_base=len(rb), runs_new=len(rn),
+            median_base=float(np.median(bv)), median_new=float(np.median(nv)),
+            decision=dec, band=band, band_source=source, sigma=sigma, df=df,
+            ok_base=tb.ok if tb else None, tried_base=tb.tried if tb else None,
+            ok_new=tn.ok if tn else None, tried_new=tn.tried if tn else None))
     if any(c.band_source == "none" for c in cells):
         notes.append("noise band unknown for some cells (no calibration for this host and "
                      "scenario, and fewer than 2 runs per side): the threshold alone gates "

@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from harness import __version__
+from harness.bookkeeping import HOOKS
 from harness.core import hostinfo, provenance
 from harness.core.errors import BackendUnavailable
 from harness.core.image import Image
 from harness.core.probes import serving
 from harness.core.units import format_size
 from harness.results import SCHEMA
-from harness.runner import Cell
-from harness.runs import HOOKS
+from harness.sampling import Cell
 from harness.scenario import Scenario
 from runtimes import registry
 from runtimes.base import Prepared, Runtime

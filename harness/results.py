@@ -303,7 +303,7 @@ def with_attempts(df: pd.DataFrame, docs: Iterable[Loaded]) -> pd.DataFrame:
 def _cell_variant(variant: str, sub: str, known: Mapping[str, Any]) -> str:
     """The variant of the cell a sample of `variant` (sub-variant `sub`) was taken in: the
     sample says, or (written before `sub` was) the cell of the run whose name it starts
-    with, as `harness.runner.cell_of` reads it."""
+    with, as `harness.sampling.cell_of` reads it."""
     if sub:
         return DEFAULT_VARIANT if variant == sub else variant.removesuffix("," + sub)
     if variant in known:

@@ -3,7 +3,7 @@
   prepare  check the scenario against this host, plan the backends, build the image, take
            the run's lock, clean what an interrupted run left (resume), prepare every
            backend once, open the journal
-  run      the sampling loop (harness.runner) until every cell stopped
+  run      the sampling loop (harness.sampling) until every cell stopped
   collect  finalize the journal into the result file (and its pyperf companion)
   cleanup  remove what the run made that outlives an instance, release the lock
 
@@ -24,11 +24,20 @@ from typing import Any, Protocol
 
 from harness import plan as planning
 from harness import results, studies, validate
+from harness.bookkeeping import (
+    HOOKS,
+    Resumable,
+    RunLock,
+    collect,
+    finish,
+    hold,
+    live_runs,
+    runs_dir,
+)
 from harness.core import image as image_mod
 from harness.core.errors import BackendUnavailable, BenchError, UsageError
 from harness.core.probes import limits
-from harness.runner import Cell, Context, Outcome, Runner, Target
-from harness.runs import HOOKS, Resumable, RunLock, collect, finish, hold, live_runs, runs_dir
+from harness.sampling import Cell, Context, Outcome, PlainPlacement, Runner
 from harness.scenario import Scenario
 from harness.studies import _lifecycle as life
 from runtimes import registry
@@ -281,7 +290,7 @@ def exec_once(backend: str, argv: Sequence[str], image: image_mod.Image, *,
     with hold(run_id, f"exec on {backend}"):
         ctx = Context(run_id, timeout)
         try:
-            where = Target(rt, rt.prepare(image), backend)
+            where = PlainPlacement(rt, rt.prepare(image), backend)
             inst, ex = life.run(ctx, where, InstanceSpec(
                 run_id=run_id, name=f"cvbench-{run_id}-1", argv=tuple(argv), capture=True,
                 **spec))

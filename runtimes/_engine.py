@@ -82,8 +82,8 @@ from harness.core.errors import (
 )
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
-from runtimes import _oci, _proc
-from runtimes._oci import PROVISION
+from runtimes import _oci_host, _proc
+from runtimes._oci_host import PROVISION
 from runtimes.base import (
     NO_HOOKS,
     PREFIX,
@@ -364,7 +364,7 @@ class Engine:
                 ok=False, versions=versions, details=details,
                 reason=f"OCI runtime {self.runtime!r} is not registered with {self.base}",
                 fix=self._runtime_fix())
-        versions[self.runtime] = _oci.version_line(runtime_path).split()[-1]
+        versions[self.runtime] = _oci_host.version_line(runtime_path).split()[-1]
         default = info.get("DefaultRuntime")
         if not self.per_container_runtime and default != self.runtime:
             return Availability(
@@ -381,7 +381,7 @@ class Engine:
                        "cvbench-ns does not support (it makes its cgroups itself)",
                 fix=f"run {self.base} with the cgroupfs driver (dockerd: exec-opts "
                     "native.cgroupdriver=cgroupfs; podman: --cgroup-manager cgroupfs)")
-        refusal = _oci.crun_refusal() if "crun" in Path(runtime_path).name else None
+        refusal = _oci_host.crun_refusal() if "crun" in Path(runtime_path).name else None
         if refusal:
             return Availability(ok=False, versions=versions, details=details,
                                 reason=refusal[0], fix=refusal[1])
@@ -601,7 +601,7 @@ class Engine:
     def check(self, spec: InstanceSpec) -> None:
         """Refuse what this engine/flavour cannot do here, before anything is created."""
         check_publish(self.name, spec)
-        problem = _oci.runsc_network_problem(self.name, spec.network) \
+        problem = _oci_host.runsc_network_problem(self.name, spec.network) \
             if self.runtime == "runsc" else None
         if problem:
             raise NotApplicable(problem)

@@ -52,7 +52,7 @@ from harness.core.errors import (
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
 from harness.core.probes.disk import du_bytes
-from runtimes import _oci, _proc
+from runtimes import _oci_host, _proc
 from runtimes._proc import PipedInstance
 from runtimes.base import (
     NO_HOOKS,
@@ -155,7 +155,7 @@ class OciRuntime:
         cmd = [self.binary, "--root", str(self.root() / f"state-{self.flavour}")]
         if self.flavour == "runsc":
             cmd += [f"--network={'host' if network == 'host' else 'none'}",
-                    _oci.RUNSC_PLATFORM, "--oci-seccomp"]
+                    _oci_host.RUNSC_PLATFORM, "--oci-seccomp"]
         return cmd
 
     # --- availability ------------------------------------------------------------------
@@ -167,11 +167,11 @@ class OciRuntime:
                                     fix="make venv (its console script), or make provision")
             return Availability(ok=False, reason=f"{self.flavour} is not installed",
                                 fix=f"apt-get install {self.flavour} (scripts/provision)")
-        versions = {Path(self.binary).name: _oci.version_line(self.binary)}
+        versions = {Path(self.binary).name: _oci_host.version_line(self.binary)}
         if os.geteuid() != 0:
             return Availability(ok=False, reason=f"oci:{self.flavour} is run as root here",
                                 fix="run bench as root", versions=versions)
-        refusal = _oci.crun_refusal() if self.flavour == "crun" else None
+        refusal = _oci_host.crun_refusal() if self.flavour == "crun" else None
         if refusal:
             return Availability(ok=False, versions=versions, reason=refusal[0], fix=refusal[1])
         try:

@@ -50,7 +50,7 @@ def repo() -> Path:
 def run_id() -> Iterator[str]:
     """A run id whose lock is held for the test, so a concurrent `bench gc` leaves its
     resources alone (gc removes only what runs without a held lock left)."""
-    from harness.runs import RunLock
+    from harness.bookkeeping import RunLock
     from runtimes.base import new_run_id
 
     rid = new_run_id()
@@ -67,7 +67,7 @@ def _nothing_left_behind() -> Iterator[None]:
     yield
     if os.geteuid() != 0:
         return
-    from harness.runs import live_runs
+    from harness.bookkeeping import live_runs
     from runtimes import registry
 
     if live_runs():

@@ -27,10 +27,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from harness import stats
+from harness import data, stats
 from harness.core.units import format_seconds, format_size, format_value
 from harness.report import blocks as page
-from harness.report import claims, data, draw, tables
+from harness.report import claims, draw, tables
 from harness.report.presentation import apps
 from harness.results import Loaded
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pandas as pd
 
+from harness import data
 from harness.core.units import format_value
-from harness.report import data, tables
+from harness.report import tables
 
 CAP = 30  # rows of a table in report.md; the rest go to the CSV beside it
 

@@ -1,19 +1,23 @@
-"""`bench capacity`'s output: the plan as a terminal table and as a chart.
+"""`bench capacity`'s output: the plan as a terminal table and as a chart, and an
+application plan as a table.
 
-The plan itself (fits, projection, JSON) is harness.capacity; this module only shows it,
-with the reports' paper style and backend colours.
+The plans themselves (fits, projection, JSON) are harness.capacity's; this module only
+shows them, with the reports' paper style and backend colours.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from rich.markup import escape
 from rich.table import Table
 
-from harness.capacity import MARGINAL_AT, MIB, Plan
+from harness.capacity import MARGINAL_AT, MIB, CapacityPlan
+from harness.capacity.apps import AppPlan
 from harness.core.errors import UsageError
-from harness.core.units import format_seconds
+from harness.core.units import format_seconds, format_size, format_value
 from harness.report.draw import backend_colours, style_context
 
 
@@ -25,7 +29,7 @@ def _mib(x: float) -> str:
     return f"{x / MIB:.3g}"
 
 
-def table(plan: Plan) -> Table:
+def table(plan: CapacityPlan) -> Table:
     """One row per cell: the memory curve (marginal at 40 and at the top of the measured
     range, the average slope, the host basis beside it), start latency, and what binds."""
     t = plan.target
@@ -68,7 +72,7 @@ def table(plan: Plan) -> Table:
     return tab
 
 
-def limits_lines(plan: Plan) -> list[str]:
+def limits_lines(plan: CapacityPlan) -> list[str]:
     """Per cell, every kernel limit whose counter grew, nearest first."""
     out = []
     for c in plan.cells:
@@ -81,7 +85,7 @@ def limits_lines(plan: Plan) -> list[str]:
     return out
 
 
-def chart(plan: Plan, path: Path) -> Path:
+def chart(plan: CapacityPlan, path: Path) -> Path:
     """Projected instances per host by backend (log scale): bar = the binding limit,
     whisker = the 95 % CI of the memory limit, hatched when the SLO or a kernel limit
     binds, a dash at the memory limit where another binds below it; a plan beyond the
@@ -141,3 +145,30 @@ def chart(plan: Plan, path: Path) -> Path:
         fig.savefig(path, dpi=st.dpi, metadata={"Date": None} if path.suffix != ".png"
                     else None)
     return path
+
+
+def _n(lo: int | None, hi: int | None) -> str:
+    return "—" if lo is None or hi is None else f"[{lo:,}, {hi:,}]"
+
+
+def app_table(p: AppPlan) -> Table:
+    """One row per cell: what one instance served (median, the study's unit), the cores
+    each planned instance needs, the count by CPU and by memory with their CIs, and
+    which binds."""
+    t = p.target
+    each = ("at the measured saturation" if p.rate is None
+            else f"serving {format_value(p.rate, p.unit)} each")
+    tab = Table(title=f"{p.study} instances {each}, per host of {t.memory / 2**30:.3g} GiB "
+                      f"and {t.cpus} cpus ({p.unit}; [95 % CI])", box=None, pad_edge=False)
+    for col in ("cell", "n", "served", "cores each", "by CPU", "PSS loaded", "daemons",
+                "by memory", "instances", "binding"):
+        tab.add_column(col, justify="left" if col in ("cell", "binding") else "right")
+    for c in p.cells:
+        tab.add_row(
+            escape(c.label), str(c.n), f"{c.throughput:,.0f}", f"{c.cores_needed:.3g}",
+            f"{c.by_cpu:,} {_n(*c.by_cpu_ci)}",
+            format_size(c.pss) if math.isfinite(c.pss) else "—",
+            format_size(c.daemons) if c.daemons else "—",
+            f"{c.by_memory:,} {_n(*c.by_memory_ci)}",
+            f"{c.instances:,}", c.binding)
+    return tab

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness import stats
-from harness.report import data, presentation, tables
+from harness import data, stats
+from harness.report import presentation, tables
 from harness.results import FAILURE_LIMIT as FAILURE_LIMIT  # the limit judged by
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"

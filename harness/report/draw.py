@@ -27,9 +27,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from harness import stats
+from harness import data, stats
 from harness.core.units import format_seconds
-from harness.report import data
 
 Colour = tuple[float, float, float]
 

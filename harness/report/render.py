@@ -20,8 +20,9 @@ import pandas as pd
 from markdown_it import MarkdownIt
 from markdown_it.rules_core import StateCore
 
+from harness import data
 from harness.core.units import format_value
-from harness.report import apps, charts, data, presentation, tables
+from harness.report import apps, charts, presentation, tables
 from harness.report import blocks as page
 from harness.report import claims as claims_mod
 from harness.results import FAILURE_LIMIT, Loaded

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness import capacity, stats
-from harness.report import data
+from harness import capacity, data, stats
 
 KEYS = ["scenario", "backend", "variant", "metric", "unit"]
 
@@ -18,7 +17,7 @@ KEYS = ["scenario", "backend", "variant", "metric", "unit"]
 def summary(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     """Median with its bootstrap 95 % CI per cell and metric, plus n and a stability note.
 
-    With a `dataset` column (see `harness.report.data.enrich`) cells of different
+    With a `dataset` column (see `harness.data.enrich`) cells of different
     datasets stay apart. A figure identical in every sample gets no stability warning.
     """
     by = by or (["dataset", *KEYS] if "dataset" in df.columns else KEYS)

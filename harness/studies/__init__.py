@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol
 
 from harness.core.errors import UsageError
 from harness.core.image import Image, Source
-from harness.runner import Cell, Context, Measurement
+from harness.sampling import Cell, Context, Measurement
 from harness.scenario import Scenario
 from runtimes.base import Prepared, Runtime
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from harness.core.errors import InstanceError, NotApplicable, ReadyTimeout, Unreadable
 from harness.core.probes import serving
-from harness.runner import Cell, Context, Placement
+from harness.sampling import Cell, Context, Placement
 from runtimes.base import Exit, Instance, InstanceSpec, Runtime, Stats
 
 

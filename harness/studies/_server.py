@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 from harness.core.errors import InstanceError
 from harness.core.probes.memory import processes_memory
-from harness.runner import Cell, Context, Measurement
+from harness.sampling import Cell, Context, Measurement
 from harness.studies import Base
 from harness.studies import _lifecycle as life
 from runtimes.base import Instance, Runtime, publish_address

@@ -16,7 +16,7 @@ from typing import Any
 from harness.core.errors import InstanceError
 from harness.core.probes import sysbench
 from harness.core.probes.io import sections
-from harness.runner import Cell, Context, Measurement
+from harness.sampling import Cell, Context, Measurement
 from harness.studies import _lifecycle as life
 
 BEGIN, END = "CVBENCH-SYSBENCH-BEGIN", "CVBENCH-SYSBENCH-END"

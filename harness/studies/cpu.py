@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from harness.core.probes import sysbench
-from harness.runner import Cell, Context, Measurement
+from harness.sampling import Cell, Context, Measurement
 from harness.studies import Base, Study, _sysbench
 from harness.studies import _lifecycle as life
 

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 from harness.core.errors import InstanceError
 from harness.core.probes import pgbench
-from harness.runner import Context, Measurement
+from harness.sampling import Context, Measurement
 from harness.scenario import Scenario
 from harness.studies import Study
 from harness.studies._server import COMMON_PARAMS, ServerStudy, run_tool

@@ -84,7 +84,7 @@ from harness.core.probes import limits
 from harness.core.probes.memory import processes_memory
 from harness.core.probes.timing import now_ns
 from harness.core.units import format_size, parse_size
-from harness.runner import Cell, Context, Measurement
+from harness.sampling import Cell, Context, Measurement
 from harness.scenario import Scenario
 from harness.studies import Base, Study
 from harness.studies import _lifecycle as life

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from harness.core.probes.memory import processes_memory
-from harness.runner import Cell, Context, Measurement
+from harness.sampling import Cell, Context, Measurement
 from harness.studies import Base, Study
 from harness.studies import _lifecycle as life
 from runtimes.base import Instance

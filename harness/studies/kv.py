@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from harness.core.probes import loadgen
-from harness.runner import Context, Measurement
+from harness.sampling import Context, Measurement
 from harness.studies import Study
 from harness.studies._server import COMMON_PARAMS, ServerStudy, run_tool
 

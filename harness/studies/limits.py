@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 from harness.core.errors import InstanceError
 from harness.core.units import parse_size
-from harness.runner import Cell, Context, Measurement
+from harness.sampling import Cell, Context, Measurement
 from harness.studies import Base, Study
 from harness.studies import _lifecycle as life
 from runtimes.base import Limits

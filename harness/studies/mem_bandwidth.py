@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from harness.core import hostinfo
 from harness.core.probes import sysbench
 from harness.core.units import format_size, parse_size
-from harness.runner import Cell, Context, Measurement
+from harness.sampling import Cell, Context, Measurement
 from harness.scenario import Scenario
 from harness.studies import Base, Study, _sysbench
 from harness.studies import _lifecycle as life

@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 from harness.core.errors import InstanceError, NotApplicable
 from harness.core.probes import serving
 from harness.core.probes.io import parse_json, sections
-from harness.runner import Cell, Context, Measurement
+from harness.sampling import Cell, Context, Measurement
 from harness.studies import Base, Study
 from harness.studies import _lifecycle as life
 from harness.studies._server import free_ports

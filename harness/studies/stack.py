@@ -55,7 +55,7 @@ from harness.core.errors import InstanceError, NotApplicable, ReadyTimeout
 from harness.core.image import Debian, Image, Source, source_from_dict
 from harness.core.probes import loadgen, memory, serving
 from harness.core.probes.timing import now_ns
-from harness.runner import Cell, Context, Measurement
+from harness.sampling import Cell, Context, Measurement
 from harness.scenario import Scenario, Service, Workload
 from harness.studies import Base, Build, Study
 from harness.studies import _lifecycle as life

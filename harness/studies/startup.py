@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from harness.core.probes.timing import STARTUP_METRICS, Timeline, now_ns
-from harness.runner import Cell, Context, Measurement
+from harness.sampling import Cell, Context, Measurement
 from harness.studies import Base, Study
 from harness.studies import _lifecycle as life
 

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 from harness.core.errors import InstanceError, UsageError
 from harness.core.image import Recipe, Source, cache_dir
-from harness.runner import Cell, Context, Measurement
+from harness.sampling import Cell, Context, Measurement
 from harness.scenario import Scenario
 from harness.studies import Base, Study
 from harness.studies import _lifecycle as life

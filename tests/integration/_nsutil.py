@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.bookkeeping import RunLock
 from harness.core import image as image_mod
-from harness.runs import RunLock
 from runtimes.base import Exit, Instance, InstanceSpec, Prepared, new_run_id
 from tests.conftest import backend_or_skip, require
 
@@ -85,7 +85,7 @@ def open_env(backend: str, binaries: tuple[str, ...] = ()) -> tuple[Env, RunLock
 def gc_run(rt: Any, run_id: str) -> list[str]:
     """gc what run `run_id` left, and nothing of anyone else's runs (live or dead);
     return what is still left of it afterwards."""
-    from harness.runs import collect, live_runs
+    from harness.bookkeeping import collect, live_runs
 
     others = [r for r in live_runs() if r != run_id]  # (our own lock may still be held)
     collect(rt, others, run_id)

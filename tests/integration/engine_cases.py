@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 
 import pytest
 
+from harness.bookkeeping import collect
 from harness.core import image
-from harness.runs import collect
 from runtimes import _proc, registry
 from runtimes._engine import Engine, EngineInstance
 from runtimes.base import (

@@ -206,7 +206,7 @@ _ROOTLESS_PROBE = """\
 import json
 from pathlib import Path
 from harness.core import image
-from harness.runs import RunLock
+from harness.bookkeeping import RunLock
 from runtimes.base import InstanceSpec, Limits, new_run_id
 from runtimes.ns.runtime import NsRuntime
 

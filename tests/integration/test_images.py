@@ -259,14 +259,14 @@ def test_debian_image_serves_on_every_backend(debian: image.Image, tmp_path: Pat
 def test_http_readiness_agrees_with_a_curl_loop(tmp_path: Path) -> None:
     """The probe's first answer and a host-side `curl` retry loop's, on the same
     instance, agree within one polling interval (plus curl's own attempt)."""
-    from harness.runner import Context, Target
+    from harness.sampling import Context, PlainPlacement
     from harness.studies import _lifecycle as life
 
     rt = backend_or_skip("docker")
     require("curl", None if shutil.which("curl") else "curl is not installed")
     interval = 0.1
     img = image.build(image.Recipe())
-    where = Target(rt, rt.prepare(img), "docker")  # type: ignore[attr-defined]
+    where = PlainPlacement(rt, rt.prepare(img), "docker")  # type: ignore[attr-defined]
     ctx = Context(f"{random.randrange(16**10):010x}", 60)
     ctx.probe_interval = interval
     spec = InstanceSpec(run_id=ctx.run_id, name=f"cvbench-{ctx.run_id}-1", network="bridge",

@@ -115,7 +115,7 @@ def test_mounts_and_bridge_network(rt: Any, prepared: Prepared, clean: str) -> N
 
 
 def test_gc_destroys_domains_of_dead_runs(rt: Any, prepared: Prepared, clean: str) -> None:
-    from harness.runs import live_runs
+    from harness.bookkeeping import live_runs
 
     inst = rt.create(_spec(clean, 3, ("true",)), prepared)  # paused: no boot needed
     others = [r for r in live_runs() if r != clean]  # our run "died"; others are alive

@@ -300,7 +300,7 @@ def test_gc_after_sigkilled_runner(tmp_path: Path) -> None:
     script.write_text(
         "import sys\n"
         "from harness.core import image\n"
-        "from harness.runs import RunLock\n"
+        "from harness.bookkeeping import RunLock\n"
         "from runtimes.base import InstanceSpec, Limits, Mount, new_run_id\n"
         "from runtimes.ns.runtime import NsRuntime\n"
         "rt = NsRuntime(); rid = new_run_id(); RunLock(rid, 'test')\n"
@@ -318,7 +318,7 @@ def test_gc_after_sigkilled_runner(tmp_path: Path) -> None:
         rid = proc.stdout.readline().strip()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    from harness.runs import live_runs
+    from harness.bookkeeping import live_runs
     from runtimes.ns.runtime import NsRuntime
 
     rt = NsRuntime()
@@ -329,7 +329,7 @@ def test_gc_after_sigkilled_runner(tmp_path: Path) -> None:
     assert {"cgroup", "dir"} <= kinds
     assert gc_run(rt, rid) == []
     assert mounts_of(rid) == []
-    from harness.runs import runs_dir
+    from harness.bookkeeping import runs_dir
 
     (runs_dir() / f"{rid}.lock").unlink(missing_ok=True)
 
@@ -461,7 +461,7 @@ def _rootless(nobody: list[str], tmp_path: Path) -> None:
 
 _ROOTLESS_EXEC = """\
 from harness.core import image
-from harness.runs import RunLock
+from harness.bookkeeping import RunLock
 from runtimes.base import InstanceSpec, new_run_id
 from runtimes.ns.runtime import NsRuntime
 

@@ -9,7 +9,7 @@ import pytest
 from harness import scenario
 from harness.core import image
 from harness.core.errors import InstanceError, ReadyTimeout
-from harness.runner import Cell, Context
+from harness.sampling import Cell, Context
 from harness.studies import _lifecycle as life
 from harness.studies._server import free_ports
 from runtimes.base import Runtime

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import results
-from harness.report import claims, data, draw
+from harness import data, results
+from harness.report import claims, draw
 from harness.report.studies import limits as limits_chapter
 from harness.report.studies import network as network_chapter
 from tests.conftest import backend_or_skip

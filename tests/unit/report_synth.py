@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness import results
-from harness.report import data
+from harness import data, results
 
 MiB = 2**20
 BACKENDS: dict[str, dict[str, Any]] = {

@@ -1,4 +1,4 @@
-"""`bench capacity` with an application result (harness.report.apps_capacity): the counts
+"""`bench capacity` with an application result (harness.capacity.apps): the counts
 by CPU and by memory from the synthetic http result's own medians, which binds, the
 refusals, and the command line."""
 
@@ -13,9 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from harness import cli, results
-from harness.capacity import Target
+from harness.capacity import TargetHost
+from harness.capacity import apps as apps_capacity
 from harness.core.errors import UsageError
-from harness.report import apps_capacity
+from harness.report import presentation
 from tests.unit import report_synth as synth
 
 GiB = 2**30
@@ -27,6 +28,12 @@ def http(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synth.write_result(tmp_path_factory.mktemp("cap"), "http",
                               synth.app_samples(rng, "http"), synth.BACKENDS,
                               config={"limits": {"cpuset": "1"}})
+
+
+def app_plan(docs: list[results.Loaded], target: TargetHost, rate: float | None
+         ) -> apps_capacity.AppPlan:
+    return apps_capacity.plan(docs, target, rate,
+                              {name: app.throughput for name, app in presentation.apps().items()})
 
 
 def medians(path: Path, backend: str, variant: str, metric: str) -> float:
@@ -44,8 +51,8 @@ def cell(plan: apps_capacity.AppPlan, label: str) -> apps_capacity.AppCell:
 
 
 def test_cpu_binds_from_the_throughput_per_core(http: Path) -> None:
-    target = Target(memory=64 * GiB, cpus=32)
-    plan = apps_capacity.plan([(str(http), results.load_result(http))], target, rate=5000)
+    target = TargetHost(memory=64 * GiB, cpus=32)
+    plan = app_plan([(str(http), results.load_result(http))], target, rate=5000)
     c = cell(plan, "docker [publish, small]")
     served = medians(http, "docker", "network=publish,small", "http.rps")
     assert c.throughput == pytest.approx(served)
@@ -62,8 +69,8 @@ def test_cpu_binds_from_the_throughput_per_core(http: Path) -> None:
 
 
 def test_memory_binds_on_a_small_host_and_the_vm_is_marked(http: Path) -> None:
-    target = Target(memory=2 * GiB, cpus=64)
-    plan = apps_capacity.plan([(str(http), results.load_result(http))], target, rate=100)
+    target = TargetHost(memory=2 * GiB, cpus=64)
+    plan = app_plan([(str(http), results.load_result(http))], target, rate=100)
     vm = cell(plan, "libvirt [bridge, small] (TCG, emulated)")
     assert vm.binding == "memory" and vm.instances == vm.by_memory
     assert vm.by_memory is not None and vm.by_memory < vm.by_cpu
@@ -73,8 +80,8 @@ def test_memory_binds_on_a_small_host_and_the_vm_is_marked(http: Path) -> None:
 
 
 def test_without_a_rate_each_instance_gets_its_measured_cores(http: Path) -> None:
-    plan = apps_capacity.plan([(str(http), results.load_result(http))],
-                              Target(memory=64 * GiB, cpus=16), rate=None)
+    plan = app_plan([(str(http), results.load_result(http))],
+                    TargetHost(memory=64 * GiB, cpus=16), rate=None)
     assert {c.by_cpu for c in plan.cells} == {16}
 
 
@@ -83,8 +90,8 @@ def test_the_samples_cpuset_decides_the_cores(tmp_path: Path) -> None:
     kv = synth.write_result(tmp_path, "kv", synth.app_samples(
         rng, "kv", placement={"cpuset": "2-3", "client_cpuset": "0"}), synth.BACKENDS,
         config={"limits": {"cpuset": "1"}})
-    plan = apps_capacity.plan([(str(kv), results.load_result(kv))],
-                              Target(memory=64 * GiB, cpus=16), rate=None)
+    plan = app_plan([(str(kv), results.load_result(kv))],
+                    TargetHost(memory=64 * GiB, cpus=16), rate=None)
     assert {c.cores for c in plan.cells} == {2.0}
     assert {c.by_cpu for c in plan.cells} == {8}
     assert "cpuset 2-3" in plan.assumptions[0]
@@ -95,9 +102,9 @@ def test_refusals(http: Path, tmp_path: Path) -> None:
     kv = synth.write_result(tmp_path, "kv", synth.app_samples(rng, "kv"), synth.BACKENDS)
     docs = [(str(p), results.load_result(p)) for p in (http, kv)]
     with pytest.raises(UsageError, match="one application study"):
-        apps_capacity.plan(docs, Target(memory=GiB, cpus=1), rate=None)
+        app_plan(docs, TargetHost(memory=GiB, cpus=1), rate=None)
     with pytest.raises(UsageError, match="--rate"):
-        apps_capacity.plan(docs[:1], Target(memory=GiB, cpus=1), rate=-1)
+        app_plan(docs[:1], TargetHost(memory=GiB, cpus=1), rate=-1)
     assert apps_capacity.cpuset_cores("0,2-3") == 3
     with pytest.raises(ValueError):
         apps_capacity.cpuset_cores("one")
@@ -176,8 +183,8 @@ def test_a_plan_without_its_memory_inputs_is_refused_naming_them(
         daemons: list[float] | None, named: str) -> None:
     path = _hand_made(tmp_path, pss, daemons)
     with pytest.raises(UsageError, match=f"docker .*: {named}"):
-        apps_capacity.plan([(str(path), results.load_result(path))],
-                           Target(memory=8 * GiB, cpus=16), rate=2500)
+        app_plan([(str(path), results.load_result(path))],
+                 TargetHost(memory=8 * GiB, cpus=16), rate=2500)
     with pytest.raises(SystemExit) as e:
         cli.main(["capacity", str(path), "--host-memory", "8G", "--host-cpus", "16",
                   "--rate", "2500"])

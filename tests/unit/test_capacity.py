@@ -77,12 +77,12 @@ def doc(samples: list[dict[str, Any]], cores: int = 2, host_id: str = "h1",
         "image": {"digest": "ab" * 32}, "samples": samples, "events": events}, sealed=False)
 
 
-def target(**kw: Any) -> cap.Target:
+def target(**kw: Any) -> cap.TargetHost:
     base: dict[str, Any] = {"memory": 64 * GIB, "cpus": 16, "reserve": 0.10}
-    return cap.Target(**{**base, **kw})
+    return cap.TargetHost(**{**base, **kw})
 
 
-def cell(plan: cap.Plan, backend: str) -> cap.CellPlan:
+def cell(plan: cap.CapacityPlan, backend: str) -> cap.CellPlan:
     return next(c for c in plan.cells if c.backend == backend)
 
 

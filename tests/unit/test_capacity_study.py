@@ -13,7 +13,7 @@ from harness import results, scenario, studies, validate
 from harness.core import hostinfo, image
 from harness.core.errors import InstanceError, ScenarioError
 from harness.core.probes import limits
-from harness.runner import Cell, Context, Measurement, Runner
+from harness.sampling import Cell, Context, Measurement, Runner
 from harness.studies import density
 from runtimes.base import Instance, Prepared, Stats
 from tests.unit.fakes import FakeRuntime

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from harness import cli, results, scenario
 from harness.core import image
 from harness.core.errors import CleanupError, InstanceError
-from harness.runner import Cell, Context, Runner
+from harness.sampling import Cell, Context, Runner
 from harness.studies import stack
 from runtimes import libvirt as lv_backend
 from runtimes import registry

@@ -69,7 +69,7 @@ def run_compare(base: Path, new: Path, **kw: Any) -> compare.Comparison:
     return compare.compare(compare.load_set(base), compare.load_set(new), **kw)
 
 
-def cell(c: compare.Comparison, metric: str) -> compare.Cell:
+def cell(c: compare.Comparison, metric: str) -> compare.CellChange:
     return next(x for x in c.cells if x.metric == metric)
 
 
@@ -309,7 +309,7 @@ def test_cli_baseline_update_refuses_overwrite_and_keeps_the_noise(tmp_path: Pat
 
 def test_runner_copies_interleave_and_tag_samples(tmp_path: Path) -> None:
     """`bench calibrate`'s A/A: every cell twice in one run, each sample tagged."""
-    from harness import plan, runner, scenario, studies
+    from harness import plan, sampling, scenario, studies
     from harness.core import image
     from tests.unit.fakes import FakeRuntime
 
@@ -325,7 +325,7 @@ def test_runner_copies_interleave_and_tag_samples(tmp_path: Path) -> None:
     journal = results.Journal(tmp_path / "t.journal", {"run_id": "abcdef0123", "schema": 1})
     study = studies.get("startup")
     try:
-        runner.Runner(scen, cells, journal, study.sample,
+        sampling.Runner(scen, cells, journal, study.sample,
                       lambda m: studies.unit_of(study, m), seed=1).run()
     finally:
         journal.close()

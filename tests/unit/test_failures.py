@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import compare, plan, results
+from harness import compare, data, plan, results
 from harness.core.errors import ResultError
 from harness.core.records import Attempts, Result, failure_reason
-from harness.report import apps, claims, data, draw, history_page, render, tables
+from harness.report import apps, claims, draw, history_page, render, tables
 from harness.report import blocks as page
 from harness.report.studies import startup as startup_chapter
 from tests.unit import report_synth as synth

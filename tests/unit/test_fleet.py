@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 
+from harness import data, history, results, scenario
 from harness import fleet as fl
-from harness import history, results, scenario
 from harness.core import hostinfo
 from harness.core.errors import UsageError
-from harness.report import data
 from tests.unit import report_synth
 
 LISTING = {"_meta": {"hostvars": {"b.example": {"x": 1}}},

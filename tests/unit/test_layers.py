@@ -16,9 +16,9 @@ LAYERS = {
     "harness": 0,  # the package itself: its version
     "harness.core": 1,  # errors, units, image, probes, hostinfo, result records
     "runtimes": 2,  # the backends
-    "harness.scenario": 3, "harness.validate": 3, "harness.runner": 3, "harness.plan": 3,
-    "harness.runs": 3, "harness.session": 3, "harness.studies": 3, "harness.results": 3,
-    "harness.stats": 3, "harness.compose": 3,
+    "harness.scenario": 3, "harness.validate": 3, "harness.sampling": 3, "harness.plan": 3,
+    "harness.bookkeeping": 3, "harness.session": 3, "harness.studies": 3, "harness.results": 3,
+    "harness.stats": 3, "harness.compose": 3, "harness.data": 3,
     "harness.fleet": 3,  # many hosts through Ansible: prepares, runs the playbook, fetches
     "harness.report": 4, "harness.capacity": 4, "harness.compare": 4,
     "harness.baseline": 4, "harness.history": 4,
@@ -77,9 +77,16 @@ def test_imports_go_down_only(path: Path) -> None:
 def test_the_check_catches_an_upward_import(tmp_path: Path) -> None:
     """The test above can fail: a backend importing the runner is caught."""
     bad = ROOT / "runtimes" / "_layer_probe_tmp.py"
-    bad.write_text("from harness.runner import Runner\n")
+    bad.write_text("from harness.sampling import Runner\n")
     try:
         with pytest.raises(AssertionError, match="an upper layer"):
             test_imports_go_down_only(bad)
     finally:
         bad.unlink()
+
+
+def test_capacity_plans_without_the_report() -> None:
+    """Planning (harness.capacity) draws from results, not from the report's modules: a
+    plan is data, showing it is harness.report's."""
+    for path in sorted((ROOT / "harness" / "capacity").rglob("*.py")):
+        assert not [m for _, m in imports(path) if m.startswith("harness.report")], path

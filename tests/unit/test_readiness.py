@@ -18,7 +18,7 @@ from harness.core import image
 from harness.core.errors import InstanceError, ReadyTimeout, ScenarioError
 from harness.core.probes import serving
 from harness.core.probes.timing import Timeline
-from harness.runner import Cell, Context
+from harness.sampling import Cell, Context
 from harness.studies import _lifecycle as life
 from runtimes.base import Exit
 from tests.unit.fakes import FakeRuntime

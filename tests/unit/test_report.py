@@ -19,10 +19,10 @@ from matplotlib import colors as mpl_colors
 from matplotlib.text import Text
 from PIL import Image
 
-from harness import results, stats
+from harness import data, results, stats
 from harness.core.units import format_seconds
 from harness.report import blocks as page
-from harness.report import charts, claims, claims_chart, data, draw, presentation, render, tables
+from harness.report import charts, claims, claims_chart, draw, presentation, render, tables
 from harness.report.studies import disk as disk_chapter
 from harness.report.studies import idle_memory as idle_memory_chapter
 from harness.report.studies import startup as startup_chapter

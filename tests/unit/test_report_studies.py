@@ -18,9 +18,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
-from harness import cli, results
+from harness import cli, data, results
 from harness.report import blocks as page
-from harness.report import claims, claims_chart, data, draw, presentation, tables
+from harness.report import claims, claims_chart, draw, presentation, tables
 from harness.report.studies import limits as limits_chapter
 from harness.report.studies import network as network_chapter
 from tests.unit import report_synth as synth

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import plan, results, runner, scenario, studies
+from harness import plan, results, sampling, scenario, studies
 from harness.core import image
 from harness.core.errors import InstanceError
 from harness.core.records import Sample
-from harness.runner import Cell, Context, Measurement, Runner
+from harness.sampling import Cell, Context, Measurement, Runner
 from runtimes.base import Prepared, Traits
 from tests.unit.fakes import FakeRuntime
 
@@ -87,7 +87,7 @@ def test_failures_are_recorded_and_cell_given_up(tmp_path: Path, img: image.Imag
     assert by["bad"].status == "failed" and by["bad"].samples == 0
     assert by["good"].samples == 5
     kinds = [e["kind"] for e in journal.events]
-    assert kinds.count("sample_failed") == runner.FAILURES_TO_GIVE_UP
+    assert kinds.count("sample_failed") == sampling.FAILURES_TO_GIVE_UP
     assert "cell_failed" in kinds
 
 

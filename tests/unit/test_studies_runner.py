@@ -14,7 +14,7 @@ import pytest
 from harness import results, scenario, studies
 from harness.core import image
 from harness.core.errors import InstanceError, NotApplicable, UsageError
-from harness.runner import Cell, Context, Measurement, Runner
+from harness.sampling import Cell, Context, Measurement, Runner
 from runtimes.base import Exit, Instance, Prepared, Stats, Traits
 from tests.unit.fakes import FakeRuntime
 from tests.unit.test_studies_probes import fio_doc

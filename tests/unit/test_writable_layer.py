@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from harness import compare, results
+from harness import compare, data, results
 from harness.core.records import writable_layer
 from harness.report import blocks as page
-from harness.report import data, render, tables
+from harness.report import render, tables
 from tests.unit import report_synth as synth
 from tests.unit.test_compare import write
 

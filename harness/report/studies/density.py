@@ -11,9 +11,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from harness import stats
+from harness import data, stats
 from harness.core.units import format_value
-from harness.report import blocks, data, draw, tables
+from harness.report import blocks, draw, tables
 from harness.report.blocks import Table
 from harness.report.draw import Look, styled
 from harness.report.presentation import Presentation

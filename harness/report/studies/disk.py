@@ -6,7 +6,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from harness.report import data, draw
+from harness import data
+from harness.report import draw
 from harness.report.draw import Look, styled
 from harness.report.presentation import Presentation
 

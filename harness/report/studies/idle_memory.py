@@ -6,9 +6,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from harness import stats
+from harness import data, stats
 from harness.core.units import format_value
-from harness.report import data, draw, tables
+from harness.report import draw, tables
 from harness.report.blocks import Table, fmt_ci
 from harness.report.draw import Look, styled
 from harness.report.presentation import Presentation

@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from harness.report import data, draw
+from harness import data
+from harness.report import draw
 from harness.report.draw import Look, styled
 from harness.report.presentation import Presentation
 

@@ -13,9 +13,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
+from harness import data
 from harness.core.units import format_value
 from harness.report import claims as claims_mod
-from harness.report import data, draw, tables
+from harness.report import draw, tables
 from harness.report.blocks import Table, fmt_ci
 from harness.report.draw import Look, styled
 from harness.report.presentation import Presentation

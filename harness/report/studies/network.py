@@ -10,9 +10,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from harness import stats
+from harness import data, stats
 from harness.core.units import format_seconds
-from harness.report import data, draw
+from harness.report import draw
 from harness.report.draw import Look, styled
 from harness.report.presentation import Presentation
 

@@ -9,9 +9,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
+from harness import data
 from harness.core.units import format_seconds
-from harness.report import data, draw
-from harness.report.data import DEFAULT_VARIANT
+from harness.data import DEFAULT_VARIANT
+from harness.report import draw
 from harness.report.draw import Look, styled
 from harness.report.presentation import Presentation
 

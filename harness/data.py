@@ -27,7 +27,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -367,3 +367,30 @@ def per_instance_memory(df: pd.DataFrame) -> pd.DataFrame:
     out["daemon"] = out["daemon_total"] / n
     out["total"] = out["pss"] + out["daemon"]
     return out.drop(columns="daemon_total").reset_index(drop=True)
+
+
+def split_sub(df: pd.DataFrame, studies: Collection[str]) -> pd.DataFrame:
+    """The samples of `studies` (application studies) with `variant` the cell's own (the
+    sub-case removed) and `sub` the sub-case ("" when none): a sub-case is a figure of
+    the cell, not another cell."""
+    d = df[df["metric"].map(study_of).isin(list(studies))].copy()
+    sub = d["sub"].fillna("").astype(str) if "sub" in d else pd.Series("", index=d.index)
+
+    def cell_variant(v: str, s: str) -> str:
+        if not s or v == s:
+            return DEFAULT_VARIANT if s else v
+        return v[: -len(s) - 1] if v.endswith("," + s) else v
+
+    d["variant"] = [cell_variant(str(v), s) for v, s in zip(d["variant"], sub, strict=True)]
+    d["sub"] = sub
+    return d
+
+
+def cpusets(doc: Any) -> tuple[list[str], list[str]]:
+    """The instance's and the load generator's cpusets a run recorded: each sample's
+    (`cpuset`, `client_cpuset` beside its figures), else the scenario's `limits.cpuset`."""
+    server = sorted({str(x) for smp in doc.samples if (x := smp.extra.get("cpuset"))})
+    client = sorted({str(x) for smp in doc.samples if (x := smp.extra.get("client_cpuset"))})
+    if not server and (x := (doc.scenario.get("limits") or {}).get("cpuset")):
+        server = [str(x)]
+    return server, client

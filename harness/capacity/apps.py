@@ -18,25 +18,25 @@ not planned around: the plan is refused, naming what is missing.
 
 The 95 % CIs come from the bootstrap CIs of the medians (per-core throughput, PSS); the
 smaller of the two counts binds. Cells are per backend, network mode and sub-case.
+
+Which studies are application studies, and the figure of each that says how much work
+was done (its throughput), is the caller's: `studies` maps one to the other.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from rich.markup import escape
-from rich.table import Table
 
-from harness import stats
-from harness.capacity import Target
+from harness import data, stats
+from harness.capacity.target import TargetHost
 from harness.core.errors import UsageError
 from harness.core.records import join_variant
 from harness.core.units import format_size, format_value
-from harness.report import apps, data, presentation
 from harness.results import Loaded, frame
 
 
@@ -70,7 +70,7 @@ class AppCell:
 
 @dataclass(frozen=True)
 class AppPlan:
-    target: Target
+    target: TargetHost
     study: str
     metric: str
     unit: str
@@ -79,9 +79,9 @@ class AppPlan:
     assumptions: list[str]
 
 
-def is_application(docs: Sequence[Loaded]) -> bool:
+def is_application(docs: Sequence[Loaded], studies: Collection[str]) -> bool:
     """Whether the results hold application studies (and so no density ramps)."""
-    return any(str(doc.scenario.get("study", doc.scenario_name)) in presentation.apps()
+    return any(str(doc.scenario.get("study", doc.scenario_name)) in studies
                for _, doc in docs)
 
 
@@ -97,7 +97,7 @@ def cpuset_cores(spec: str) -> int:
 def _cores(docs: Sequence[Loaded]) -> tuple[float, str]:
     """The instance's cores and where they come from."""
     for _, doc in docs:
-        server, _ = apps.cpusets(doc)
+        server, _ = data.cpusets(doc)
         try:
             counts = {cpuset_cores(c) for c in server}
         except ValueError:
@@ -118,22 +118,24 @@ def _count(x: float) -> int:
     return max(0, math.floor(x)) if math.isfinite(x) else 0
 
 
-def plan(docs: Sequence[Loaded], target: Target, rate: float | None) -> AppPlan:
-    known = presentation.apps()
-    studies = sorted({name for _, d in docs
-                      if (name := str(d.scenario.get("study", d.scenario_name))) in known})
-    if len(studies) != 1:
+def plan(docs: Sequence[Loaded], target: TargetHost, rate: float | None,
+         studies: Mapping[str, str]) -> AppPlan:
+    """The plan for the results of one application study; `studies`: each application
+    study's throughput metric ("http" -> "http.rps")."""
+    found = sorted({name for _, d in docs
+                    if (name := str(d.scenario.get("study", d.scenario_name))) in studies})
+    if len(found) != 1:
         raise UsageError("give the results of one application study (found "
-                         f"{', '.join(studies) or 'none'}): each has its own rate unit")
-    study = studies[0]
-    app = presentation.apps()[study]
+                         f"{', '.join(found) or 'none'}): each has its own rate unit")
+    study = found[0]
+    throughput = studies[study]
     if rate is not None and not rate > 0:
         raise UsageError("--rate: must be positive")
     mine = [(p, d) for p, d in docs if str(d.scenario.get("study", d.scenario_name)) == study]
-    df = apps.split(data.enrich(frame(mine), mine))
-    thr = df[df["metric"] == app.throughput]
+    df = data.split_sub(data.enrich(frame(mine), mine), studies)
+    thr = df[df["metric"] == throughput]
     if thr.empty:
-        raise UsageError(f"no {app.throughput} samples in the {study} results")
+        raise UsageError(f"no {throughput} samples in the {study} results")
     unit = str(thr["unit"].iloc[0])
     cores, where = _cores(mine)
     usable = target.usable
@@ -200,34 +202,7 @@ def plan(docs: Sequence[Loaded], target: Target, rate: float | None) -> AppPlan:
         f"workload memory each; the daemons' PSS under load once per host; "
         f"{target.reserve:.0%} of {format_size(target.memory)} reserved.",
     ]
-    return AppPlan(target, study, app.throughput, unit, rate, cells, assumptions)
-
-
-def _n(lo: int | None, hi: int | None) -> str:
-    return "—" if lo is None or hi is None else f"[{lo:,}, {hi:,}]"
-
-
-def table(p: AppPlan) -> Table:
-    """One row per cell: what one instance served (median, the study's unit), the cores
-    each planned instance needs, the count by CPU and by memory with their CIs, and
-    which binds."""
-    t = p.target
-    each = ("at the measured saturation" if p.rate is None
-            else f"serving {format_value(p.rate, p.unit)} each")
-    tab = Table(title=f"{p.study} instances {each}, per host of {t.memory / 2**30:.3g} GiB "
-                      f"and {t.cpus} cpus ({p.unit}; [95 % CI])", box=None, pad_edge=False)
-    for col in ("cell", "n", "served", "cores each", "by CPU", "PSS loaded", "daemons",
-                "by memory", "instances", "binding"):
-        tab.add_column(col, justify="left" if col in ("cell", "binding") else "right")
-    for c in p.cells:
-        tab.add_row(
-            escape(c.label), str(c.n), f"{c.throughput:,.0f}", f"{c.cores_needed:.3g}",
-            f"{c.by_cpu:,} {_n(*c.by_cpu_ci)}",
-            format_size(c.pss) if math.isfinite(c.pss) else "—",
-            format_size(c.daemons) if c.daemons else "—",
-            f"{c.by_memory:,} {_n(*c.by_memory_ci)}",
-            f"{c.instances:,}", c.binding)
-    return tab
+    return AppPlan(target, study, throughput, unit, rate, cells, assumptions)
 
 
 def as_json(p: AppPlan) -> dict[str, Any]:

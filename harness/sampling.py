@@ -9,7 +9,7 @@ the bootstrap 95 % CI half-width of the median of the scenario's metric is withi
 Ctrl-C (or SIGTERM) once: the current sample finishes, live instances are removed and
 the samples taken are finalized. Twice: the current sample is abandoned too.
 
-What surrounds it: harness.plan (which backends and cells), harness.runs (the run's
+What surrounds it: harness.plan (which backends and cells), harness.bookkeeping (the run's
 lock, clean-up, what to resume), harness.session (the stages of a whole run).
 """
 
@@ -127,7 +127,7 @@ class Cell:
 
 class Placement(Protocol):
     """Where instances are made: a backend and the image it prepared (a Cell; for `bench
-    exec`, a plain Target). Instances are tracked by their placement."""
+    exec`, a PlainPlacement). Instances are tracked by their placement."""
 
     @property
     def runtime(self) -> Runtime: ...
@@ -140,7 +140,10 @@ class Placement(Protocol):
 
 
 @dataclass(frozen=True)
-class Target:
+class PlainPlacement:
+    """A placement that is only that: a backend and an image it prepared, outside a run's
+    cells (`bench exec`, image checks)."""
+
     runtime: Runtime
     prepared: Prepared
     label: str

@@ -7,31 +7,26 @@ not usable here (with the reason and the fix); 130 interrupted.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness import results, scenario, stats, studies
+from harness import results, scenario, studies
+from harness.cli.live import RichReporter, print_summary
+from harness.cli.params import SIZE, ChartFile, KeyValue, MountSpec, NameCount, Seconds, Size
+from harness.cli.term import err, out, print_table
 from harness.core.errors import EXIT_USAGE, BenchError, CleanupError, UsageError
 from harness.core.probes import limits as klimits
-from harness.core.units import format_value, parse_size
+from harness.core.units import format_value
 from harness.fleet import cli as fleet_cli
-from harness.runner import Cell
 from runtimes import registry
-from runtimes.base import MOUNT_TYPES, Leftover, Mount
-
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+from runtimes.base import Leftover, Mount
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -78,7 +73,7 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
     Ctrl-C (or SIGTERM) stops after the current sample, removes live instances and writes
     the samples taken; `--resume RUN_ID` continues such a run, or one that was killed.
     """
-    from harness import runs, session
+    from harness import bookkeeping, session
 
     t_begin = time.monotonic()
     resumed = None
@@ -87,7 +82,7 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
             raise click.UsageError("--copies cannot be combined with --resume")
         if scenario_name or backends:
             raise click.UsageError("--resume takes the scenario and backends from the run")
-        resumed = runs.find_resumable(out_dir, resume_id)
+        resumed = bookkeeping.find_resumable(out_dir, resume_id)
         scen = scenario.from_header(resumed.header)
     elif scenario_name:
         scen = scenario.load(scenario_name)
@@ -105,7 +100,7 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
                            copies=copies, resume=resumed).execute()
     doc = results.load_result(done.result)
     loaded = [(str(done.result), doc)]
-    _print_table(results.with_attempts(results.frame(loaded), loaded), order=done.backends)
+    print_summary(results.with_attempts(results.frame(loaded), loaded), order=done.backends)
     for problem in done.problems:
         err.print(f"[red]clean-up problem:[/] {problem}")
     for c in done.failed:
@@ -113,7 +108,7 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
                   f"({c.failures} failures); see the events in the result")
     for a in doc.attempts():
         if a.failed:  # the table's figures are over the samples that succeeded: say why not all
-            from harness.report import data
+            from harness import data
 
             why = "; ".join(f"{n}× {r}" for r, n in a.reasons)
             cell = data.Cell(a.backend, a.variant, "", "", False).label()
@@ -129,79 +124,6 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
         sys.exit(130)
     if done.failed:
         sys.exit(1)
-
-
-class RichReporter:
-    """What a run tells the user, on stderr: lines, a spinner per slow step, and a progress
-    bar per cell with its median and CI so far."""
-
-    def info(self, text: str) -> None:
-        err.print(text)
-
-    def warn(self, text: str) -> None:
-        head, sep, rest = text.partition(": ")
-        err.print(f"[yellow]{head}[/]{sep}{rest}" if sep else f"[yellow]{text}[/]")
-
-    @contextlib.contextmanager
-    def status(self, text: str) -> Iterator[Callable[[str], None]]:
-        with err.status(text) as shown:
-            yield lambda note: shown.update(f"{text} {note}")
-
-    @contextlib.contextmanager
-    def sampling(self, scen: scenario.Scenario, cells: Sequence[Cell],
-                 unit: str) -> Iterator[Callable[[Cell, str], None]]:
-        s = scen.sampling
-        with Progress(TextColumn("{task.description:<28}"), BarColumn(),
-                      TextColumn("{task.completed:>3}/{task.total:<3} {task.fields[note]}"),
-                      TimeElapsedColumn(), console=err, transient=False) as progress:
-            tasks = {c.key: progress.add_task(c.label, total=s.max_samples, note="")
-                     for c in cells}
-
-            def update(cell: Cell, note: str) -> None:
-                if not note and cell.values and cell.samples >= 2:
-                    lo, hi = stats.median_ci(cell.values)
-                    med = sorted(cell.values)[len(cell.values) // 2]
-                    note = f"median {format_value(med, unit)} ±{(hi - lo) / 2 / med:.1%}"
-                    if cell.status != "running":
-                        note += f" ({cell.status})"
-                if cell.failures:  # the median above is over the samples that succeeded
-                    note = f"{cell.samples} ok / {cell.attempts} tried · {note}"
-                progress.update(tasks[cell.key], completed=cell.samples, note=note[:60])
-
-            yield update
-
-
-def _print_table(df: Any, order: list[str] | None = None) -> None:
-    from harness.report import data, tables
-
-    if df.empty:
-        out.print("no samples")
-        return
-    t = Table(title="medians with 95 % CI (± = CI half-width / median; ! = unstable)",
-              box=None, pad_edge=False)
-    summ = tables.summary(df)
-    notes = {i: data.failed_note(tables.tally_of(r))
-             for i, r in zip(summ.index, summ.to_dict("records"), strict=True)}
-    failed = any(notes.values())  # a column of its own when a cell had failures
-    for col in ("cell", "metric", "n", *(["ok / tried"] if failed else []), "median",
-                "95 % CI", "±"):
-        t.add_column(col, justify="right" if col in ("n", "median", "±") else "left",
-                     no_wrap=True)
-    if order:
-        rank = {b: i for i, b in enumerate(order)}
-        summ = summ.sort_values("backend", kind="stable",
-                                key=lambda s: s.map(lambda b: rank.get(b, len(rank))))
-    for i, r in zip(summ.index, summ.to_dict("records"), strict=True):
-        u = str(r["unit"])
-        # (escaped: rich would take "[network=none]" for markup and print nothing)
-        cell = escape(str(r["backend"]) + ("" if r["variant"] == "default"
-                                           else f" [{r['variant']}]"))
-        rel = (r["ci_hi"] - r["ci_lo"]) / 2 / r["median"] if r["median"] else float("nan")
-        t.add_row(cell, str(r["metric"]), str(r["n"]), *([notes[i]] if failed else []),
-                  format_value(r["median"], u),
-                  f"{format_value(r['ci_lo'], u)} – {format_value(r['ci_hi'], u)}",
-                  f"{rel:.1%}" + (" !" if r["warning"] else ""))
-    out.print(t)
 
 
 @cli.command("list")
@@ -271,7 +193,8 @@ def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: s
     From a directory, the newest result of each scenario per host is reported (--all:
     every result); files named on the command line are always reported. Several hosts,
     or one study run on several dates, are shown side by side."""
-    from harness.report import data, render
+    from harness import data
+    from harness.report import render
 
     fmts = _split(formats) or ["png"]
     bad = [f for f in fmts if f not in ("png", "svg", "pdf")]
@@ -295,19 +218,20 @@ def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: s
 
 @cli.command()
 @click.argument("result_files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--host-memory", required=True, metavar="SIZE",
+@click.option("--host-memory", required=True, type=Size(positive=True), metavar="SIZE",
               help="Memory of the host to plan for, e.g. 64G.")
 @click.option("--host-cpus", required=True, type=click.IntRange(1), metavar="N",
               help="Its CPUs (scales the count at which the start-latency SLO is reached).")
 @click.option("--reserve", type=click.FloatRange(0, 100, max_open=True), default=10.0,
               show_default=True, metavar="PCT", help="Percent of memory kept for the OS.")
-@click.option("--workload-memory", default="0", metavar="SIZE", show_default=True,
+@click.option("--workload-memory", type=SIZE, default="0", metavar="SIZE", show_default=True,
               help="Memory the real workload adds per instance, e.g. 50M.")
-@click.option("--slo-start", metavar="P95", help="Start-latency SLO on the p95, e.g. 2s.")
+@click.option("--slo-start", type=Seconds(), metavar="P95",
+              help="Start-latency SLO on the p95, e.g. 2s.")
 @click.option("--basis", type=click.Choice(["pss+kernel", "pss", "cgroup", "host"]),
               default="pss+kernel",
-              show_default=True, help="What memory the fit uses (see `harness/capacity.py`).")
-@click.option("--limit", "limit_values", multiple=True, metavar="NAME=VALUE",
+              show_default=True, help="What memory the fit uses (see `harness/capacity/fit.py`).")
+@click.option("--limit", "limits", multiple=True, type=NameCount(), metavar="NAME=VALUE",
               help="A kernel limit of the host to plan for (default: the measured host's), "
                    f"e.g. pid_max=4194304; repeatable. Names: {', '.join(klimits.BY_NAME)}.")
 @click.option("--max-extrapolation", type=click.FloatRange(1), default=5.0,
@@ -316,14 +240,14 @@ def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: s
 @click.option("--allow-extrapolation", is_flag=True,
               help="Plan beyond --max-extrapolation anyway, flagged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-@click.option("--chart", "chart_file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--chart", "chart_file", type=ChartFile(),
               help="Also draw projected instances per host (png, svg or pdf by suffix).")
 @click.option("--rate", type=float, metavar="N",
               help="Application results: what each instance serves, in the study's unit "
                    "(req/s, ops/s, tx/s); default: the measured saturation.")
-def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
-             reserve: float, workload_memory: str, slo_start: str | None, basis: str,
-             limit_values: tuple[str, ...], max_extrapolation: float,
+def capacity(result_files: tuple[Path, ...], host_memory: int, host_cpus: int,
+             reserve: float, workload_memory: int, slo_start: float | None, basis: str,
+             limits: tuple[tuple[str, int], ...], max_extrapolation: float,
              allow_extrapolation: bool, as_json: bool, chart_file: Path | None,
              rate: float | None) -> None:
     """Instances per host from density or application (http, kv, db) RESULT_FILES.
@@ -339,46 +263,26 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
     import json
 
     from harness import capacity as cap
-    from harness.core.units import parse_seconds, parse_size
-    from harness.report import apps_capacity
+    from harness.capacity import apps as app_cap
     from harness.report import capacity as shown
+    from harness.report import presentation
 
-    try:
-        memory = parse_size(host_memory)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--host-memory") from None
-    try:
-        per = parse_size(workload_memory)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--workload-memory") from None
-    try:
-        slo = parse_seconds(slo_start) if slo_start else None
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--slo-start") from None
-    if memory <= 0:
-        raise click.BadParameter("must be positive", param_hint="--host-memory")
-    if chart_file is not None and chart_file.suffix not in (".png", ".svg", ".pdf"):
-        raise click.BadParameter("must end in .png, .svg or .pdf", param_hint="--chart")
-    given: dict[str, int] = {}
-    for item in limit_values:
-        name, _, value = item.partition("=")
-        if not value.strip().isdigit():
-            raise click.BadParameter(f"{item!r} is not NAME=COUNT", param_hint="--limit")
-        given[name.strip()] = int(value)
-    target = cap.Target(memory=memory, cpus=host_cpus, reserve=reserve / 100,
-                        workload_memory=per, slo_start=slo, basis=basis, limits=given,
-                        max_extrapolation=max_extrapolation)
+    given = dict(limits)
+    target = cap.TargetHost(memory=host_memory, cpus=host_cpus, reserve=reserve / 100,
+                            workload_memory=workload_memory, slo_start=slo_start, basis=basis,
+                            limits=given, max_extrapolation=max_extrapolation)
     docs = cap.load(result_files)
-    if apps_capacity.is_application(docs):
-        for given_opt, hint in ((chart_file, "--chart"), (slo, "--slo-start"),
+    throughput = {name: app.throughput for name, app in presentation.apps().items()}
+    if app_cap.is_application(docs, throughput):
+        for given_opt, hint in ((chart_file, "--chart"), (slo_start, "--slo-start"),
                                 (given, "--limit")):
             if given_opt:
                 raise click.BadParameter("density results only", param_hint=hint)
-        app_plan = apps_capacity.plan(docs, target, rate)
+        app_plan = app_cap.plan(docs, target, rate, throughput)
         if as_json:
-            print(json.dumps(apps_capacity.as_json(app_plan), indent=1))
+            print(json.dumps(app_cap.as_json(app_plan), indent=1))
             return
-        out.print(apps_capacity.table(app_plan))
+        print_table(shown.app_table(app_plan))
         for cell in app_plan.cells:
             for note in cell.notes:
                 out.print(f"  {cell.label}: {note}", markup=False)
@@ -398,7 +302,7 @@ def capacity(result_files: tuple[Path, ...], host_memory: str, host_cpus: int,
     if as_json:
         print(json.dumps(cap.as_json(plan), indent=1))
     else:
-        out.print(shown.table(plan))
+        print_table(shown.table(plan))
         out.print("kernel limits (instances at which each binds):")
         for line in shown.limits_lines(plan):
             out.print(f"  {line}")
@@ -420,7 +324,7 @@ def gc_(dry_run: bool, only_run: str | None) -> None:
 
     Runs still in progress (their lock is held) are left alone.
     """
-    from harness.runs import HOOKS, clear_stale_locks, collect, live_runs
+    from harness.bookkeeping import HOOKS, clear_stale_locks, collect, live_runs
 
     live = live_runs()
     if only_run in live:
@@ -449,65 +353,6 @@ def gc_(dry_run: bool, only_run: str | None) -> None:
               f"{len(live)} live run(s) left alone")
     if failed:
         raise CleanupError("bench gc", failed)
-
-
-class Size(click.ParamType[int, Any]):
-    """A size such as 64M, 1.5G or 4096 (bytes), parsed by harness.core.units."""
-
-    name = "size"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-SIZE = Size()
-
-
-class MountSpec(click.ParamType[Mount, Any]):
-    """Docker's --mount syntax: type=bind|volume|tmpfs,source=…,target=…[,readonly][,size=…]."""
-
-    name = "mount"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> Mount:
-        if isinstance(value, Mount):
-            return value
-        fields: dict[str, str] = {}
-        for part in str(value).split(","):
-            key, eq, v = part.partition("=")
-            if key in ("readonly", "ro") and not eq:
-                v = "true"
-            fields[{"src": "source", "dst": "target", "destination": "target",
-                    "ro": "readonly"}.get(key, key)] = v
-        unknown = set(fields) - {"type", "source", "target", "readonly", "size"}
-        if unknown:
-            self.fail(f"unknown field {sorted(unknown)[0]!r} in {value!r}", param, ctx)
-        mtype = fields.get("type", "bind")
-        if mtype not in MOUNT_TYPES or not fields.get("target", "").startswith("/"):
-            self.fail(f"{value!r}: need type=bind|volume|tmpfs and an absolute target=",
-                      param, ctx)
-        size = SIZE.convert(fields["size"], param, ctx) if "size" in fields else None
-        return Mount(type=mtype,  # type: ignore[arg-type]
-                     target=fields["target"], source=fields.get("source"),
-                     readonly=fields.get("readonly", "false").lower() in ("1", "true", "yes"),
-                     size=size)
-
-
-class KeyValue(click.ParamType[tuple[str, str], Any]):
-    name = "KEY=VALUE"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> tuple[str, str]:
-        k, eq, v = str(value).partition("=")
-        if not eq or not k:
-            self.fail(f"{value!r} is not KEY=VALUE", param, ctx)
-        return k, v
 
 
 @cli.command("exec", context_settings={"ignore_unknown_options": True})
@@ -887,42 +732,11 @@ def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path
     give is too narrow for a comparison made minutes later (measured: 3 false alarms in
     10 single-run A/A comparisons after such a calibration).
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from harness import baseline
-    from harness.core import hostinfo
 
-    scen = scenario.load(scenario_name)
-    target = baseline.path_for(baselines_dir, hostinfo.fingerprint()["id"], scen.name)
-    existing = results.load_result(target) if target.is_file() else None
-    if existing is not None and baseline.noise_of(existing) and not force:
-        raise UsageError(f"{target}: already calibrated; pass --force to measure again")
-    docs: list[results.Loaded] = []
-    t0 = time.monotonic()
-    for i in range(runs):
-        wait = t0 + i * over_s / runs - time.monotonic()
-        if wait > 0:
-            err.print(f"next run in {wait:.0f} s (spreading {runs} runs over {over_s:.0f} s)")
-            time.sleep(wait)
-        err.print(f"calibration run {i + 1}/{runs}")
-        # Each calibration run is a session in a fresh process, as the runs compared later
-        # are separate `bench run` processes: process start-up state is part of what
-        # differs between runs.
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-            final, problem = pool.submit(_calibration_run, scenario_name, backends,
-                                         out_dir).result()
-        if problem:
-            raise BenchError(f"calibration run {i + 1} failed ({problem}); nothing stored")
-        docs.append((final, results.load_result(final)))
-    noise = baseline.calibrate_noise(d for _, d in docs)
-    cal = {"runs": [p for p, _ in docs], "run_ids": [d.run_id for _, d in docs]}
-    if existing is not None:  # keep the baseline's samples, replace only the noise band
-        doc = baseline.recalibrated(existing, str(target), noise, cal)
-    else:
-        doc = baseline.make(docs[0][1], docs[0][0], noise, cal)
-    baseline.write(target, doc, force=existing is not None)
+    target, noise = baseline.calibrate(scenario_name, _split(backends),
+                                       out_dir, baselines_dir, runs, over_s, force,
+                                       RichReporter, err.print)
     t = Table(title=f"A/A spread over {runs} runs (sd of log median; largest A/A change)")
     for col in ("cell", "within a run", "run to run", "largest A/A: same run",
                 "different runs"):
@@ -933,23 +747,6 @@ def calibrate(scenario_name: str, runs: int, backends: str | None, out_dir: Path
                   f"{r.sigma_between:.3f}", f"{r.max_aa_within:.0%}", f"{r.max_aa_cross:.0%}")
     out.print(t)
     print(f"baseline: {target}")
-
-
-def _calibration_run(scenario_name: str, backends: str | None, out_dir: Path
-                     ) -> tuple[str, str]:
-    """One A/A run (every cell twice, interleaved): (its result file, "" or what failed)."""
-    from harness import session
-
-    try:
-        done = session.Session(scenario.load(scenario_name), _split(backends), out_dir,
-                               RichReporter(), copies=2).execute()
-    except BenchError as e:
-        return "", str(e)
-    if done.outcome.interrupted:
-        return str(done.result), "interrupted"
-    if done.failed:
-        return str(done.result), f"cells failed: {', '.join(c.label for c in done.failed)}"
-    return str(done.result), ""
 
 
 @cli.group("baseline")
@@ -1008,7 +805,3 @@ def main(argv: list[str] | None = None) -> None:
         print("bench: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(0)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""`python -m harness.cli`: the same as `bench`."""
+
+from harness.cli import main
+
+main()
