@@ -54,19 +54,9 @@ def present(df: pd.DataFrame) -> list[str]:
 
 
 def split(df: pd.DataFrame) -> pd.DataFrame:
-    """Application samples with `variant` the cell's own (the sub-case removed) and `sub`
-    the sub-case ("" when none): a sub-case is a figure of the cell, not another cell."""
-    d = df[df["metric"].map(data.study_of).isin(list(apps()))].copy()
-    sub = d["sub"].fillna("").astype(str) if "sub" in d else pd.Series("", index=d.index)
-
-    def cell_variant(v: str, s: str) -> str:
-        if not s or v == s:
-            return data.DEFAULT_VARIANT if s else v
-        return v[: -len(s) - 1] if v.endswith("," + s) else v
-
-    d["variant"] = [cell_variant(str(v), s) for v, s in zip(d["variant"], sub, strict=True)]
-    d["sub"] = sub
-    return d
+    """Application samples with `variant` the cell's own and `sub` the sub-case
+    (harness.data.split_sub)."""
+    return data.split_sub(df, apps())
 
 
 def _figure_rank(metric: str) -> tuple[int, str]:
@@ -255,16 +245,6 @@ def near_native(t: pd.DataFrame, several: bool) -> tuple[page.Table, str] | None
             band)
 
 
-def cpusets(doc: Any) -> tuple[list[str], list[str]]:
-    """The instance's and the load generator's cpusets a run recorded: each sample's
-    (`cpuset`, `client_cpuset` beside its figures), else the scenario's `limits.cpuset`."""
-    server = sorted({str(x) for smp in doc.samples if (x := smp.extra.get("cpuset"))})
-    client = sorted({str(x) for smp in doc.samples if (x := smp.extra.get("client_cpuset"))})
-    if not server and (x := (doc.scenario.get("limits") or {}).get("cpuset")):
-        server = [str(x)]
-    return server, client
-
-
 def placement(docs: Sequence[Loaded]) -> list[str]:
     """What each application run recorded of its CPU placement and its host's cores."""
     out = []
@@ -273,7 +253,7 @@ def placement(docs: Sequence[Loaded]) -> list[str]:
         if study not in apps():
             continue
         limits = doc.scenario.get("limits") or {}
-        server, client = cpusets(doc)
+        server, client = data.cpusets(doc)
         gen = (f"load generator cpuset {' | '.join(client) or 'not recorded'}"
                if apps()[study].from_host else "the tool runs in the instance")
         cpus = f" (cpus = {limits['cpus']:g})" if isinstance(limits.get("cpus"), int | float) \
