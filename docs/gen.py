@@ -26,6 +26,7 @@ from harness import scenario, studies
 from harness.report import presentation
 from harness.results import FAILURE_LIMIT
 from harness.sampling import FAILURES_TO_GIVE_UP
+from harness.scenario import parser as scenario_parser
 from runtimes import registry
 from runtimes.base import Limits, Mount
 
@@ -279,15 +280,16 @@ def scenario_page() -> str:
     out += _dataclass_table(scenario.Healthcheck)
     out += ["", "`[stack]` takes `front`: the service whose readiness ends the stack's start "
             "(default: the one no other depends on). See [Stacks](../stacks.md)."]
-    example = _doc(scenario).split("\n\n", 1)
+    example = _doc(scenario_parser).split("\n\n", 1)
     if len(example) == 2 and "name =" in example[1]:
-        out += ["", "## An annotated example", "", "From `harness.scenario`'s docstring:",
+        out += ["", "## An annotated example", "",
+                "From `harness.scenario.parser`'s docstring:",
                 "", "```toml", _toml_block(example[1]), "```"]
     return "\n".join(out) + "\n"
 
 
 def _toml_block(doc: str) -> str:
-    """The indented example in harness.scenario's docstring."""
+    """The indented example in harness.scenario.parser's docstring."""
     lines = doc.split("\n")
     start = next(i for i, ln in enumerate(lines) if ln.startswith("    "))
     block = []

@@ -89,6 +89,16 @@ def test_the_scenario_page_names_every_key_a_shipped_scenario_uses() -> None:
     assert not missing
 
 
+def test_the_scenario_page_has_the_annotated_example_and_it_is_toml() -> None:
+    """The example is taken from the scenario parser's docstring: a page without it (the
+    docstring moved) or with a block TOML cannot read is caught."""
+    page = PAGES[GEN.SCENARIO_PAGE]
+    assert "## An annotated example" in page
+    block = page.split("## An annotated example", 1)[1].split("```toml\n", 1)[1]
+    example = tomllib.loads(block.split("```", 1)[0])
+    assert example["name"] and example["workload"]
+
+
 def test_the_readme_is_short_and_its_links_exist() -> None:
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) < 150
