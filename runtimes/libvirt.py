@@ -342,6 +342,13 @@ class LibvirtRuntime:
                 "guest_kernel": kernel.find().version}
 
     def availability(self) -> Availability:
+        if (emu := emulated_cpu()) is not None:
+            # A VM in an emulated machine is emulated twice (even a KVM the emulator
+            # offers runs on emulated hardware): minutes per boot, figures of neither
+            return Availability(
+                ok=False, reason=f"this host is itself an emulated machine ({emu}): a VM "
+                                 "here would be emulation inside emulation",
+                fix="run the libvirt backend on a host with hardware virtualisation (KVM)")
         try:
             versions = self._versions()
             if (why_not := virtlogd_problem()) is not None:
@@ -363,13 +370,6 @@ class LibvirtRuntime:
                        "not report reliably (constant_tsc without aperfmperf): the guest "
                        "has no timer to calibrate its TSC against and hangs",
                 fix="use the `libvirt` backend (pc), or a host with working KVM")
-        if accel != "kvm" and (emu := emulated_cpu()) is not None:
-            # TCG inside TCG: minutes per boot, and figures that describe neither
-            return Availability(
-                ok=False, versions=versions,
-                reason=f"this host is itself an emulated machine ({emu}): a VM here would "
-                       "be emulation inside emulation",
-                fix="run the libvirt backend on a host with hardware virtualisation (KVM)")
         label = "kvm" if accel == "kvm" else "tcg (EMULATED: no working KVM)"
         return Availability(ok=True, versions=versions,
                             details={"accel": label, "why": why, "machine": self.machine})
