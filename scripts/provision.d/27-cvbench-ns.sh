@@ -11,7 +11,7 @@
 NS_VENV=/opt/cvbench/ns-venv
 NS_BIN=/usr/local/bin/cvbench-ns
 checkout=$(cd "$here/.." && pwd)
-if ! "$NS_VENV/bin/python" -c "import pyseccomp, psutil" 2>/dev/null; then
+if [ -z "${CVBENCH_NS_PYTHON:-}" ] && ! "$NS_VENV/bin/python" -c "import pyseccomp, psutil" 2>/dev/null; then
   mkdir -p "$(dirname "$NS_VENV")"
   python3 -m venv "$NS_VENV"
   "$NS_VENV/bin/pip" install --quiet "pyseccomp>=0.1.2" "psutil>=5.9" \
@@ -19,15 +19,31 @@ if ! "$NS_VENV/bin/python" -c "import pyseccomp, psutil" 2>/dev/null; then
     || { tail -n 20 "$CVBENCH_PROVISION_LOG/cvbench-ns-venv.log" >&2; exit 1; }
   say "cvbench-ns: made $NS_VENV (pyseccomp, psutil)"
 fi
-want=$(printf '%s\n' "#!$NS_VENV/bin/python -I" \
-  "# Written by cvbench scripts/provision.d/27-cvbench-ns.sh: the OCI runtime cvbench-ns" \
-  "# of the checkout $checkout" \
-  "import sys" "sys.path.insert(0, '$checkout')" \
-  "from runtimes.ns.oci_cli import main" "sys.exit(main())")
+if [ -n "${CVBENCH_NS_PYTHON:-}" ]; then
+  # cvbench installed (a wheel in a venv, as `bench fleet` installs it, with scripts/
+  # copied apart from the code): that environment's interpreter runs the installed code
+  source_note="installed for $CVBENCH_NS_PYTHON"
+  want=$(printf '%s\n' "#!$CVBENCH_NS_PYTHON -I" \
+    "# Written by cvbench scripts/provision.d/27-cvbench-ns.sh: the OCI runtime cvbench-ns" \
+    "# $source_note" \
+    "import sys" "from runtimes.ns.oci_cli import main" "sys.exit(main())")
+elif [ -f "$checkout/runtimes/ns/oci_cli.py" ]; then
+  source_note="code from $checkout"
+  want=$(printf '%s\n' "#!$NS_VENV/bin/python -I" \
+    "# Written by cvbench scripts/provision.d/27-cvbench-ns.sh: the OCI runtime cvbench-ns" \
+    "# of the checkout $checkout" \
+    "import sys" "sys.path.insert(0, '$checkout')" \
+    "from runtimes.ns.oci_cli import main" "sys.exit(main())")
+else
+  echo "provision: no cvbench code beside $here (runtimes/ns/oci_cli.py): run it from a" \
+    "checkout, or set CVBENCH_NS_PYTHON to the interpreter of an environment where cvbench" \
+    "is installed" >&2
+  exit 1
+fi
 if [ "$(cat "$NS_BIN" 2>/dev/null)" != "$want" ]; then
   printf '%s\n' "$want" > "$NS_BIN.tmp" && chmod 755 "$NS_BIN.tmp" && mv "$NS_BIN.tmp" "$NS_BIN"
-  say "cvbench-ns: wrote $NS_BIN (code from $checkout)"
+  say "cvbench-ns: wrote $NS_BIN ($source_note)"
 else
-  say "cvbench-ns: $NS_BIN up to date (code from $checkout)"
+  say "cvbench-ns: $NS_BIN up to date ($source_note)"
 fi
 "$NS_BIN" --version >/dev/null || { echo "provision: $NS_BIN --version failed" >&2; exit 1; }
