@@ -22,7 +22,7 @@ QUICK_SETUP = ("scripts/provision && .venv/bin/pip install -q --no-deps --no-bui
                "-e . && touch .venv/.cvbench-installed")
 
 
-def testhost(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_testhost(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(repo / "scripts/testhost"), *args], text=True, check=False)
 
 
@@ -30,7 +30,7 @@ def in_guest(repo: Path, script: str, timings: dict[str, float], step: str) -> N
     """Run a shell script in the guest (in /srv/cvbench), its output passed through; the
     step's wall time is kept for the summary."""
     t0 = time.monotonic()
-    res = testhost(repo, "ssh", f"set -e; cd /srv/cvbench; {script}")
+    res = run_testhost(repo, "ssh", f"set -e; cd /srv/cvbench; {script}")
     timings[step] = time.monotonic() - t0
     assert res.returncode == 0, f"in the guest: {step} failed (exit {res.returncode})"
 
@@ -41,17 +41,17 @@ def guest(repo: Path, timings: dict[str, float], setup: str = SETUP) -> Iterator
     checked to be gone (domain, network, overlay)."""
     require("root", None if os.geteuid() == 0 else "needs root (debootstrap, libvirt)")
     t0 = time.monotonic()
-    assert testhost(repo, "build").returncode == 0
+    assert run_testhost(repo, "build").returncode == 0
     timings["image (build or reuse)"] = time.monotonic() - t0
     try:
         t0 = time.monotonic()
-        assert testhost(repo, "up").returncode == 0
+        assert run_testhost(repo, "up").returncode == 0
         timings["boot"] = time.monotonic() - t0
-        assert testhost(repo, "push").returncode == 0
+        assert run_testhost(repo, "push").returncode == 0
         in_guest(repo, setup, timings, "provision + venv")
         yield
     finally:
-        assert testhost(repo, "down").returncode == 0
+        assert run_testhost(repo, "down").returncode == 0
         print("test host timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     status = subprocess.run([str(repo / "scripts/testhost"), "status"], text=True,
                             capture_output=True, check=False).stdout

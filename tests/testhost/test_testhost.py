@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testhost._guest import guest, in_guest, testhost
+from tests.testhost._guest import guest, in_guest, run_testhost
 
 pytestmark = pytest.mark.testhost
 
@@ -38,9 +38,10 @@ def test_in_debian13_guest(repo: Path, tmp_path: Path) -> None:
     with guest(repo, timings):
         in_guest(repo, f"CVBENCH_REQUIRE={REQUIRE} .venv/bin/pytest -q -p no:cacheprovider "
                  f"{SUITES}", timings, "integration tests (ns, docker, podman)")
-        in_guest(repo, ".venv/bin/bench doctor | tee results/doctor.txt", timings, "doctor")
+        in_guest(repo, "mkdir -p results && .venv/bin/bench doctor | tee results/doctor.txt",
+                 timings, "doctor")
         in_guest(repo, "make bench BACKENDS=host,ns,docker,podman", timings, "make bench")
-        assert testhost(repo, "pull", "/srv/cvbench/results", str(out)).returncode == 0
+        assert run_testhost(repo, "pull", "/srv/cvbench/results", str(out)).returncode == 0
     doctor = (out / "doctor.txt").read_text()
     assert "emulation inside emulation" in doctor, doctor
     guest_runs = [f for f in (out / "runs").glob("startup-*.json")
