@@ -23,7 +23,8 @@ def test_lean_debian13_guest(repo: Path, tmp_path: Path) -> None:
         in_guest(repo, "rm -rf results/lean && .venv/bin/bench run startup --backends ns "
                  "--warmups 1 --min-samples 3 --max-samples 3 --out results/lean",
                  timings, "bench run startup --backends ns")
-        assert run_testhost(repo, "pull", "/srv/cvbench/results/lean", str(tmp_path)).returncode == 0
+        pulled = run_testhost(repo, "pull", "/srv/cvbench/results/lean", str(tmp_path))
+        assert pulled.returncode == 0
     result = next(f for f in tmp_path.glob("startup-*.json")
                   if not f.name.endswith(".pyperf.json"))
     doc = json.loads(result.read_text())
