@@ -254,6 +254,9 @@ class Instance:
     prepared: Prepared
     pids: list[int] = field(default_factory=list)
     ready_ns: int | None = None
+    # How a Pool flavour made it: "slot" (taken from the pool), "cold" (the pool was
+    # empty); None for a backend without a pool.
+    warm: str | None = None
 
 
 InstanceT = TypeVar("InstanceT", bound=Instance)
@@ -469,6 +472,50 @@ class Exec(Protocol):
         and stderr together in `stdout`, at most the last 4 KiB). `detach`: start it and
         return at once (code 0), its output kept in the instance. InstanceError if the
         command cannot be run at all or outlives `timeout`."""
+        ...
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One prepared instance waiting in a pool, as the warm study reads its idle cost:
+    the host processes it holds (their PSS), its cgroup (kernel memory, counted once),
+    the namespaces it holds open, and the files it keeps on disk (a VM template's saved
+    memory). A field a backend cannot tell is None, never 0."""
+
+    pids: tuple[int, ...] = ()
+    cgroup: str | None = None  # a path under /sys/fs/cgroup (v2) or the memory hierarchy
+    namespaces: int | None = None
+    disk_bytes: int | None = None
+    details: Mapping[str, Json] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Pool(Protocol):
+    """A flavour that prepares instances ahead of the request, each technology's best
+    start: a warm pool of ns slots (SOCK), containers created ahead by the engine, VMs
+    restored from a template's saved memory. `create` takes a prepared slot for a spec
+    the pool was filled for and makes a cold one when none is ready (the burst past the
+    pool's size); the instance says which in `Instance.warm`. A slot is used once."""
+
+    def fill(self, spec: InstanceSpec, prepared: Prepared, size: int) -> None:
+        """Keep `size` slots ready for instances like `spec` (its argv, env, user,
+        limits, network; not its name or nonce, which `create` sets per instance).
+        Returns at once: slots are prepared in the background and refilled as they are
+        taken. Filling again with another spec or size replaces the pool; size 0 empties
+        it. Every slot is a resource of `spec.run_id` (labelled, found by gc)."""
+        ...
+
+    def ready(self) -> int:
+        """How many slots are ready to be taken now."""
+        ...
+
+    def slots(self) -> list[Slot]:
+        """The ready slots, for their idle cost (a template VM: one Slot with its
+        saved memory's disk_bytes and no process)."""
+        ...
+
+    def drain(self) -> None:
+        """Stop refilling and remove every slot (idempotent)."""
         ...
 
 
