@@ -279,9 +279,10 @@ def failed_note(t: Tally | None) -> str:
 
 
 @dataclass(frozen=True)
-class Cell:
-    """One thing a chart draws: a backend, a variant, from one dataset; `tally`: its
-    measured samples, when the results count them."""
+class ResultCell:
+    """A cell as the results show it (harness.sampling.Cell is the one being sampled): a
+    backend, a variant, from one dataset; one thing a chart draws, a table or a claim
+    names. `tally`: its measured samples, when the results count them."""
 
     backend: str
     variant: str
@@ -314,7 +315,7 @@ class Cell:
 
 
 def cells(df: pd.DataFrame, order: Sequence[str] | None = None,
-          sets: Sequence[str] | None = None) -> list[Cell]:
+          sets: Sequence[str] | None = None) -> list[ResultCell]:
     """The cells present in `df`, in the report's order: backend, variant, dataset."""
     if df.empty:
         return []
@@ -324,7 +325,7 @@ def cells(df: pd.DataFrame, order: Sequence[str] | None = None,
     out = []
     for _, r in first.iterrows():
         mine = df[(df["backend"] == r["backend"]) & (df["dataset"] == r["dataset"])]
-        out.append(Cell(str(r["backend"]), str(r["variant"]), str(r["dataset"]),
+        out.append(ResultCell(str(r["backend"]), str(r["variant"]), str(r["dataset"]),
                         str(r["kind"]), bool(mine["emulated"].any()), in_ram(mine),
                         tally(mine[mine["variant"] == r["variant"]])))
     rank = {b: i for i, b in enumerate(order)}

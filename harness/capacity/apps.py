@@ -178,7 +178,7 @@ def plan(docs: Sequence[Loaded], target: TargetHost, rate: float | None,
             by_cpu = _count(target.cpus / need)
             by_cpu_ci = (_count(target.cpus * per.lo / want), _count(target.cpus * per.hi / want))
             binding = "memory" if by_mem < by_cpu else "CPU"
-            label = data.Cell(c.backend, join_variant(c.variant, str(sub) or None),
+            label = data.ResultCell(c.backend, join_variant(c.variant, str(sub) or None),
                               c.dataset, c.kind, c.emulated, c.ram).label()
             cells.append(AppCell(
                 label=label, backend=c.backend,

@@ -111,7 +111,7 @@ def run(scenario_name: str | None, backends: str | None, out_dir: Path,
             from harness import data
 
             why = "; ".join(f"{n}× {r}" for r, n in a.reasons)
-            cell = data.Cell(a.backend, a.variant, "", "", False).label()
+            cell = data.ResultCell(a.backend, a.variant, "", "", False).label()
             err.print(f"[yellow]{escape(cell)}[/]: {a}; failed: {escape(why)}")
     # Plain print: these lines are read by scripts (make bench), never wrapped.
     final = done.result

@@ -153,7 +153,7 @@ def overhead_table(t: pd.DataFrame, several: bool) -> page.Table:
     others = t[t["kind"] != "process"]
     backends = list(dict.fromkeys(zip(others["backend"], others["emulated"], others["ram"],
                                       strict=True)))
-    labels = [data.Cell(b, data.DEFAULT_VARIANT, "", "", bool(e), bool(ram)).label()
+    labels = [data.ResultCell(b, data.DEFAULT_VARIANT, "", "", bool(e), bool(ram)).label()
               for b, e, ram in backends]
     rows = []
     for key, g in t.groupby(["dataset", "metric", "sub", "network"], sort=False):
@@ -229,8 +229,8 @@ def near_native(t: pd.DataFrame, several: bool) -> tuple[page.Table, str] | None
                    if set(verdicts.values()) == {claims.HOLDS} else claims.INCONCLUSIVE)
         first = g.iloc[0]
         own = tables.tally_of(first.to_dict())
-        cell = data.Cell(str(backend), str(variant), "", "", False, bool(g["ram"].any()), own)
-        host = data.Cell(str(first["host_backend"]), str(first["host_variant"]), "", "",
+        cell = data.ResultCell(str(backend), str(variant), "", "", False, bool(g["ram"].any()), own)
+        host = data.ResultCell(str(first["host_backend"]), str(first["host_variant"]), "", "",
                          False, False, _host_tally(first))
         overall, why = claims.judged(overall, [cell, host])
         rows.append([*([str(ds)] if several else []), cell.label(),

@@ -150,7 +150,7 @@ def _values(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return df[df["metric"] == metric]
 
 
-def _match(side: Side, cell: data.Cell, axis: str) -> bool:
+def _match(side: Side, cell: data.ResultCell, axis: str) -> bool:
     if side.kind is not None and cell.kind != side.kind:
         return False
     return side.values is None or data.axis_of(cell.variant, axis) in side.values
@@ -190,7 +190,7 @@ def enforcement(df: pd.DataFrame, margin: float = MARGIN) -> pd.DataFrame:
         counted = tables.tally_of(r)
         if counted is not None and counted.too_many and v != NOT_APPLIED:
             v = INCONCLUSIVE_FAILURES
-            note.insert(0, counted.why(data.Cell(r["backend"], r["variant"], "", "", False)
+            note.insert(0, counted.why(data.ResultCell(r["backend"], r["variant"], "", "", False)
                                        .label(counts=False)))
         verdicts.append(v)
         notes.append("; ".join(note))
@@ -209,7 +209,7 @@ def _counts(ta: data.Tally | None, tb: data.Tally | None) -> dict[str, Any]:
     return side(ta, "a") | side(tb, "b")
 
 
-def judged(verdict: str, cells: list[data.Cell]) -> tuple[str, list[str]]:
+def judged(verdict: str, cells: list[data.ResultCell]) -> tuple[str, list[str]]:
     """The verdict, unless a cell it is drawn from failed too often (FAILURE_LIMIT): then
     INCONCLUSIVE_FAILURES, and why (cell, n ok / n tried, the most common reason)."""
     why = [c.tally.why(c.label(counts=False)) for c in cells
@@ -226,7 +226,7 @@ def _bound_rows(df: pd.DataFrame, claim: Claim) -> list[dict[str, Any]]:
         cpu = r["resource"] == "cpus"
         unit = "cores" if cpu else "B"
         t = tables.tally_of(r)
-        cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"],
+        cell = data.ResultCell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"],
                          bool(r["ram"]), t)
         rows.append({
             "dataset": r["dataset"], "claim": claim.id, "text": claim.text,

@@ -155,7 +155,7 @@ class Look:
             return None
         return f"#{self.sets.index(dataset) + 1}" if dataset in self.sets else "#?"
 
-    def label(self, cell: data.Cell) -> str:
+    def label(self, cell: data.ResultCell) -> str:
         return cell.label(self.tag(cell.dataset))
 
     def figure(self, rows: int = 0) -> Figure:
@@ -190,7 +190,7 @@ def title(fig: Figure, title: str, look: Look) -> None:
     fig.suptitle(title, fontweight="bold", x=0.01, ha="left")
 
 
-def finish(fig: Figure, look: Look, handles: Sequence[Any], cells: Sequence[data.Cell],
+def finish(fig: Figure, look: Look, handles: Sequence[Any], cells: Sequence[data.ResultCell],
             *notes: str, ncols: int | None = None) -> None:
     """Legend and footnotes in a band reserved at the bottom (the layout engine keeps the
     axes out of it), so neither can overlap the other or the axes."""
@@ -221,7 +221,7 @@ def finish(fig: Figure, look: Look, handles: Sequence[Any], cells: Sequence[data
                  va="bottom", color="#444444")
 
 
-def rows(ax: Axes, cells: Sequence[data.Cell], look: Look, labels: bool = True,
+def rows(ax: Axes, cells: Sequence[data.ResultCell], look: Look, labels: bool = True,
           text: Sequence[str] | None = None) -> None:
     """Cells as rows, top to bottom, grouped by backend; emulated rows hatched. `text`:
     the row labels, when a cell's own label is not enough."""

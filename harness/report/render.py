@@ -116,7 +116,7 @@ def _warnings(docs: Sequence[Loaded], df: pd.DataFrame, summ: pd.DataFrame) -> l
         failed = {(c.get("backend"), c.get("variant"), c.get("copy")) for c in doc.cells
                   if c.get("status") == "failed"}
         for a in doc.attempts():
-            cell = data.Cell(a.backend, a.variant, "", "", False).label() + (
+            cell = data.ResultCell(a.backend, a.variant, "", "", False).label() + (
                 f" #{a.copy}" if a.copy is not None else "")
             gave_up = (a.backend, a.variant, a.copy) in failed
             if not (a.failed or gave_up):

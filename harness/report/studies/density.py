@@ -36,7 +36,7 @@ def density(df: pd.DataFrame, look: Look) -> Figure | None:
     fig = look.figure()
     ax_mem, ax_lat = fig.subplots(1, 2)
     vmax = max(float(d[d["metric"] == "density.pss_total"]["value"].max() or 0.0), 1.0)
-    drops: dict[data.Cell, pd.Series] = {}
+    drops: dict[data.ResultCell, pd.Series] = {}
     for c in cs:
         avail = c.select(d[d["metric"] == "density.mem_available"])
         if not avail.empty:
@@ -95,7 +95,7 @@ def density_table(df: pd.DataFrame, several: bool) -> Table | None:
             "marginal / instance", "95 % CI", "low end", "top end", "max count", "start p95"]
     rows = []
     for r in t.to_dict("records"):
-        cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"],
+        cell = data.ResultCell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"],
                          bool(r["ram"]), tables.tally_of(r))
 
         def size(x: float) -> str:

@@ -78,7 +78,7 @@ def memory_table(df: pd.DataFrame, several: bool) -> Table | None:
             "PSS / instance", "daemons ÷ instances", "total / instance", "95 % CI of total"]
     rows = []
     for r in m.to_dict("records"):
-        cell = data.Cell(r["backend"], r["variant"], r["dataset"], "", r["emulated"],
+        cell = data.ResultCell(r["backend"], r["variant"], r["dataset"], "", r["emulated"],
                          bool(r["ram"]), tables.tally_of(r))
         rows.append([*([str(r["dataset"])] if several else []), cell.label(),
                      str(r["instances"]), format_value(r["pss"], "B"),

@@ -159,7 +159,7 @@ def limits_table(df: pd.DataFrame, several: bool) -> Table | None:
     rows = []
     for r in t.to_dict("records"):
         unit = "cores" if r["resource"] == "cpus" else "B"
-        cell = data.Cell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"],
+        cell = data.ResultCell(r["backend"], r["variant"], r["dataset"], r["kind"], r["emulated"],
                          bool(r["ram"]), tables.tally_of(r))
         killed = "" if unit == "cores" else (format_value(r["killed"], "B")
                                              if math.isfinite(r["killed"]) else "none")
