@@ -59,13 +59,16 @@ MAD_TO_SD = 1.4826  # MAD of a normal sample x this = its standard deviation
 # --- loading ---------------------------------------------------------------------------
 
 @dataclass
-class Loaded:
-    runs: list[tuple[str, Result]]
+class Gathered:
+    """What `load` gathered for a history: the runs in time order, each with its file (a
+    results.Loaded), and the files it left out."""
+
+    runs: list[results.Loaded]
     skipped: list[str]  # one line per file left out, naming it and why
 
 
 def load(paths: Iterable[str | Path], scenario: str | None = None,
-         host: str | None = None) -> Loaded:
+         host: str | None = None) -> Gathered:
     """Every readable result under `paths` (files, or directories of them), in time order.
     `scenario` and `host` (a hardware id, host id or hostname) keep only those."""
     files: list[Path] = []
@@ -82,7 +85,7 @@ def load(paths: Iterable[str | Path], scenario: str | None = None,
             files.append(p)
         else:
             skipped.append(f"{p}: no such file or directory")
-    runs: list[tuple[str, Result]] = []
+    runs: list[results.Loaded] = []
     seen: dict[str, str] = {}
     for f in files:
         try:
@@ -105,7 +108,7 @@ def load(paths: Iterable[str | Path], scenario: str | None = None,
             runs.append((str(f), doc))
     runs = results.current(runs)
     runs.sort(key=lambda r: (_when(r[1]), r[1].run_id))
-    return Loaded(runs, skipped)
+    return Gathered(runs, skipped)
 
 
 def _when(doc: Result) -> datetime:
@@ -388,7 +391,7 @@ def _run_json(p: Point) -> dict[str, Any]:
             "commit": p.doc.commit, "dirty": p.doc.dirty, "median": p.median}
 
 
-def history(loaded: Loaded, *, metrics: Sequence[str] = ("*",),
+def history(loaded: Gathered, *, metrics: Sequence[str] = ("*",),
             backends: Sequence[str] = ("*",), threshold: float = 0.05, alpha: float = 0.01,
             min_runs: int = MIN_RUNS, window: int = WINDOW) -> History:
     if not 0 < alpha < 1:
