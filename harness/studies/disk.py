@@ -39,7 +39,7 @@ POLL = 0.25  # seconds between two readings of an instance's disk usage
 METRICS = {"disk.": "B"}  # every disk.<footprint key>, disk.instance, disk.instance_idle
 
 
-class Disk(Base):
+class DiskStudy(Base):
     name = "disk"
     metrics: dict[str, str] = METRICS
     params: ClassVar[dict[str, Any]] = {"write": "16M"}
@@ -79,4 +79,4 @@ class Disk(Base):
                                     f"{at_least} it wrote, after {ctx.timeout:g} s")
             last = used
 
-STUDY: Study = Disk()
+STUDY: Study = DiskStudy()

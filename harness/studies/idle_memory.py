@@ -46,7 +46,7 @@ def guest_view(extra: Mapping[str, Any]) -> dict[str, float]:
             and not isinstance(v, bool)}
 
 
-class Memory(Base):
+class IdleMemory(Base):
     name = "memory"
     metrics: dict[str, str] = METRICS
     params: ClassVar[dict[str, Any]] = {"instances": 4, "settle": 2.0}
@@ -77,4 +77,4 @@ class Memory(Base):
                 life.finish(ctx, cell, inst)
 
 
-STUDY: Study = Memory()
+STUDY: Study = IdleMemory()

@@ -32,7 +32,7 @@ OPERATIONS = ("read", "write")
 CACHE_MULTIPLE = 2
 
 
-class Mem(Base):
+class MemBandwidth(Base):
     name = "mem"
     metrics: ClassVar[dict[str, str]] = {"mem.bw": "B/s"}
     params: ClassVar[dict[str, Any]] = {"block_size": "1G", "duration": 3.0, "warmup": 1.0}
@@ -66,4 +66,4 @@ class Mem(Base):
                                     "llc": hostinfo.last_level_cache().as_dict()})
 
 
-STUDY: Study = Mem()
+STUDY: Study = MemBandwidth()
