@@ -58,7 +58,7 @@ NAME = b"cvbench_devices"  # the program's name, as bpftool shows it (15 chars a
 LICENSE = b"Apache-2.0"  # (only GPL-only helpers care; the program calls none)
 
 
-class Rule(NamedTuple):
+class DeviceRule(NamedTuple):
     """One allow rule; -1 is the wildcard "*" (sorts first, as in runc's emulator)."""
 
     type: str  # "b" or "c"
@@ -67,16 +67,17 @@ class Rule(NamedTuple):
     access: int  # BPF_DEVCG_ACC_* bits
 
 
-def parse(rule: str) -> Rule:
-    """"c 1:3 rwm" (the devices.allow syntax) -> Rule. "a" (every device) is refused: an
+def parse(rule: str) -> DeviceRule:
+    """"c 1:3 rwm" (the devices.allow syntax) -> DeviceRule. "a" (every device) is refused: an
     allow-list that allows everything is no list."""
     try:
         kind, numbers, access = rule.split()
         major, minor = numbers.split(":")
         if kind not in _TYPES or not access or set(access) - set(_ACCESS):
             raise ValueError
-        return Rule(kind, -1 if major == "*" else int(major), -1 if minor == "*" else int(minor),
-                    sum(_ACCESS[a] for a in set(access)))
+        return DeviceRule(kind, -1 if major == "*" else int(major),
+                          -1 if minor == "*" else int(minor),
+                          sum(_ACCESS[a] for a in set(access)))
     except ValueError:
         raise ValueError(f"device rule {rule!r}: expected '<b|c> <major|*>:<minor|*> "
                          "<r|w|m...>'") from None
@@ -88,7 +89,7 @@ def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> b
     return struct.pack("<BBhi", code, dst | src << 4, off, imm)
 
 
-def _block(r: Rule) -> list[tuple[int, int, int, bool, int]]:
+def _block(r: DeviceRule) -> list[tuple[int, int, int, bool, int]]:
     """One rule's instructions as (code, dst, src, jumps to the next block, imm)."""
     out = [(JNE_K, 2, 0, True, _TYPES[r.type])]
     if r.access != _ALL:  # the access asked for must be within the rule's: r1 is scratch
