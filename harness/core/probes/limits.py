@@ -28,7 +28,9 @@ BRIDGE_PORTS = 1023
 
 
 @dataclass(frozen=True)
-class Limit:
+class KernelLimit:
+    """One of the kernel's ceilings on a counter (runtimes.base.Limits: an instance's)."""
+
     name: str  # as given to `bench capacity --limit NAME=VALUE`
     counter: str  # the counter it caps (a key of usage())
     what: str  # where the ceiling comes from
@@ -49,18 +51,18 @@ COUNTERS = {
 }
 
 LIMITS = (
-    Limit("pid_max", "tasks", "kernel.pid_max"),
-    Limit("threads_max", "tasks", "kernel.threads-max"),
-    Limit("nofile", "runner_fds", "the runner's soft RLIMIT_NOFILE"),
-    Limit("daemon_nofile", "daemon_fds", "that daemon's soft RLIMIT_NOFILE"),
-    Limit("file_max", "files", "fs.file-max"),
-    Limit("max_net_namespaces", "netns", "user.max_net_namespaces"),
-    Limit("bridge_ports", "bridge_ports", f"a bridge's {BRIDGE_PORTS} ports (BR_MAX_PORTS)"),
-    Limit("memcg_ids", "memcgs", f"{MEMCG_IDS} memory cgroup ids (MEM_CGROUP_ID_MAX)"),
-    Limit("inotify_instances", "inotify_instances", "fs.inotify.max_user_instances"),
-    Limit("inotify_watches", "inotify_watches", "fs.inotify.max_user_watches"),
-    Limit("maxkeys", "keys", "kernel.keys.maxkeys (root_maxkeys for root)"),
-    Limit("maxbytes", "key_bytes", "kernel.keys.maxbytes (root_maxbytes for root)"),
+    KernelLimit("pid_max", "tasks", "kernel.pid_max"),
+    KernelLimit("threads_max", "tasks", "kernel.threads-max"),
+    KernelLimit("nofile", "runner_fds", "the runner's soft RLIMIT_NOFILE"),
+    KernelLimit("daemon_nofile", "daemon_fds", "that daemon's soft RLIMIT_NOFILE"),
+    KernelLimit("file_max", "files", "fs.file-max"),
+    KernelLimit("max_net_namespaces", "netns", "user.max_net_namespaces"),
+    KernelLimit("bridge_ports", "bridge_ports", f"a bridge's {BRIDGE_PORTS} ports (BR_MAX_PORTS)"),
+    KernelLimit("memcg_ids", "memcgs", f"{MEMCG_IDS} memory cgroup ids (MEM_CGROUP_ID_MAX)"),
+    KernelLimit("inotify_instances", "inotify_instances", "fs.inotify.max_user_instances"),
+    KernelLimit("inotify_watches", "inotify_watches", "fs.inotify.max_user_watches"),
+    KernelLimit("maxkeys", "keys", "kernel.keys.maxkeys (root_maxkeys for root)"),
+    KernelLimit("maxbytes", "key_bytes", "kernel.keys.maxbytes (root_maxbytes for root)"),
 )
 BY_NAME = {lim.name: lim for lim in LIMITS}
 
