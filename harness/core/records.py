@@ -34,10 +34,10 @@ DEFAULT_VARIANT = "default"
 FAILURE_LIMIT = 0.10
 REASON_CHARS = 160  # a failure's reason: the first line of its error, cut here
 
-Json = Mapping[str, Any]
+JsonObject = Mapping[str, Any]  # a record as read (runtimes.base.Json: any JSON value)
 
 
-def checksum(doc: Json) -> str:
+def checksum(doc: JsonObject) -> str:
     """sha256 of the canonical JSON of everything but the checksum itself."""
     body = {k: v for k, v in doc.items() if k != "checksum"}
     canon = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -57,7 +57,7 @@ def join_variant(cell_variant: str, sub: str | None) -> str:
 _LEGACY_UPPER = re.compile(r"\bupper on (tmpfs|disk)\b")
 
 
-def writable_layer(meta: Json) -> str | None:
+def writable_layer(meta: JsonObject) -> str | None:
     """Where a backend's instances' writes to their root filesystem land, from its
     metadata in a result: "disk" or "tmpfs" (in RAM); None where it is not recorded.
 
@@ -103,7 +103,7 @@ _KINDS: dict[str, tuple[Callable[[object], bool], str]] = {
 }
 
 
-def _field(data: Json, key: str, kind: str, where: str, required: bool = False) -> Any:
+def _field(data: JsonObject, key: str, kind: str, where: str, required: bool = False) -> Any:
     """data[key] checked to be of `kind`; None when absent (or null) and not required."""
     value = data.get(key)
     if value is None:
@@ -116,7 +116,7 @@ def _field(data: Json, key: str, kind: str, where: str, required: bool = False) 
     return value
 
 
-def _objects(data: Json, key: str, where: str) -> tuple[dict[str, Any], ...]:
+def _objects(data: JsonObject, key: str, where: str) -> tuple[dict[str, Any], ...]:
     """A list of JSON objects (events, artifacts...), empty when absent."""
     items = _field(data, key, "list", where) or []
     for i, item in enumerate(items):
@@ -125,7 +125,7 @@ def _objects(data: Json, key: str, where: str) -> tuple[dict[str, Any], ...]:
     return tuple(items)
 
 
-def _unknown(data: Json, known: tuple[str, ...]) -> dict[str, Any]:
+def _unknown(data: JsonObject, known: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in known}
 
 
@@ -399,7 +399,7 @@ def count_reasons(errors: list[str]) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def _cells(data: Json, at: str) -> tuple[dict[str, Any], ...]:
+def _cells(data: JsonObject, at: str) -> tuple[dict[str, Any], ...]:
     """The cells' entries, their counts checked (older files have only some of them)."""
     cells = _objects(data, "cells", at)
     for i, c in enumerate(cells):
