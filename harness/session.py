@@ -37,13 +37,11 @@ from harness.bookkeeping import (
 from harness.core import image as image_mod
 from harness.core.errors import BackendUnavailable, BenchError, UsageError
 from harness.core.probes import limits
-from harness.sampling import Cell, Context, Outcome, PlainPlacement, Runner
+from harness.sampling import Cell, Context, Outcome, PlainPlacement, Progress, Runner
 from harness.scenario import Scenario
 from harness.studies import _lifecycle as life
 from runtimes import registry
 from runtimes.base import Exit, InstanceSpec, Prepared, new_run_id
-
-Progress = Callable[[Cell, str], None]
 
 
 class Reporter(Protocol):

@@ -66,7 +66,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,6 +74,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from harness.core import archive, debian, rootpath
 from harness.core.archive import ImageConfig
+from harness.core.debian import Progress
 from harness.core.errors import BadImage, ImageError, UsageError
 from harness.core.tree import Node, Tree, extract, from_directory, read_tar, write_tar
 from harness.core.units import parse_size
@@ -85,7 +86,6 @@ FALLBACK_TOOLS = ("sh", "true", "false", "sleep", "cat", "echo", "ls", "id", "ho
 LOADERS = ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1", "/lib/ld-linux.so.2")
 PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_BYTES_ENV = "CVBENCH_IMAGE_MAX_BYTES"
-Progress = Callable[[str], None]
 
 # cvbench's init layer. The ready line comes first; the host timestamps its arrival. Then
 # exec: the workload becomes the instance's main process on every backend. Where the
