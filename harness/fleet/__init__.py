@@ -326,7 +326,9 @@ def host_run_id(host_dir: Path) -> str:
 
 # --- running the playbook ------------------------------------------------------------------
 
-class Progress(Protocol):
+class FleetReporter(Protocol):
+    """What a fleet run tells the user: each host's stage as it moves, and lines."""
+
     def host(self, host: str, stage: str) -> None: ...
 
     def info(self, text: str) -> None: ...
@@ -356,7 +358,7 @@ class _Tracker:
     """Follows ansible-runner's events: the stage of each host, how it ended."""
 
     fleet: Fleet
-    progress: Progress
+    progress: FleetReporter
     done_task: str = "Done"
     jobs: dict[str, str] = field(default_factory=dict)  # host -> async job id
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -439,7 +441,7 @@ def playbook(name: str, inventory: str, hosts_: list[str], extravars: Mapping[st
         return str(r.status), lines[-1][:300] if lines else ""
 
 
-def run(fleet: Fleet, forks: int, progress: Progress) -> bool:
+def run(fleet: Fleet, forks: int, progress: FleetReporter) -> bool:
     """Run the playbook on the fleet's unfinished hosts; on Ctrl-C stop them (stop.yml:
     interrupt `bench run`, `bench gc`, fetch). Saves fleet.json; True if interrupted."""
     todo = [h for h, s in fleet.hosts.items() if s.state != OK]
@@ -475,7 +477,7 @@ def run(fleet: Fleet, forks: int, progress: Progress) -> bool:
     return interrupted
 
 
-def _keep_state(fleet: Fleet, progress: Progress) -> Callable[[Mapping[str, Any]], bool]:
+def _keep_state(fleet: Fleet, progress: FleetReporter) -> Callable[[Mapping[str, Any]], bool]:
     """Stop.yml's events shown as progress; a host's failure there is added to its
     reason, and its state stays interrupted (resume continues it)."""
     def handle(event: Mapping[str, Any]) -> bool:
@@ -495,7 +497,7 @@ def _keep_state(fleet: Fleet, progress: Progress) -> Callable[[Mapping[str, Any]
 
 
 def gc(inventory: str, hosts_: list[str], extravars: Mapping[str, Any],
-       progress: Progress) -> dict[str, str]:
+       progress: FleetReporter) -> dict[str, str]:
     """`bench gc` on every host (fleet/gc.yml): host -> "" or why it failed."""
     f = Fleet("gc", Path(tempfile.gettempdir()), inventory,
               {h: HostState() for h in hosts_})

@@ -22,7 +22,7 @@ err = Console(stderr=True, highlight=False)
 
 
 class _Shown:
-    """Live progress: a line per host with its stage and time."""
+    """Live progress, a fleet.FleetReporter: a line per host with its stage and time."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
