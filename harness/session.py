@@ -36,7 +36,7 @@ from harness.bookkeeping import (
 )
 from harness.core import image as image_mod
 from harness.core.errors import BackendUnavailable, BenchError, UsageError
-from harness.core.probes import limits
+from harness.core.probes import kernel_limits
 from harness.sampling import Cell, Context, Outcome, PlainPlacement, Progress, Runner
 from harness.scenario import Scenario
 from harness.studies import _lifecycle as life
@@ -110,7 +110,7 @@ class Session:
         validate.check(scen)  # (names the file and field: before anything else reads it)
         # Live instances hold descriptors (pipes, pidfds, attach sockets): a density ramp of
         # thousands needs more than the usual soft limit of 1024.
-        nofile_before, nofile, nofile_hard = limits.raise_nofile()
+        nofile_before, nofile, nofile_hard = kernel_limits.raise_nofile()
         study = self.study = studies.get(scen.study)
         p = self.plan = planning.plan(scen, self.wanted)
         for b, why in p.skipped.items():

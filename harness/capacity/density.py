@@ -43,7 +43,7 @@ from harness.capacity.fit import (
 from harness.capacity.target import TargetHost
 from harness.core import hostinfo
 from harness.core.errors import UsageError
-from harness.core.probes import limits as klimits
+from harness.core.probes import kernel_limits
 from harness.core.units import format_seconds
 from harness.results import Loaded, frame, load_all
 
@@ -190,9 +190,9 @@ def _pids_limit(docs: Sequence[Loaded]) -> int | None:
 def analyse(docs: Sequence[Loaded], target: TargetHost) -> CapacityPlan:
     if target.basis not in BASES:
         raise UsageError(f"--basis: unknown basis {target.basis!r}; known: {', '.join(BASES)}")
-    if unknown := sorted(set(target.limits) - set(klimits.BY_NAME)):
+    if unknown := sorted(set(target.limits) - set(kernel_limits.BY_NAME)):
         raise UsageError(f"--limit: unknown limit {unknown[0]!r}; known: "
-                         f"{', '.join(klimits.BY_NAME)}")
+                         f"{', '.join(kernel_limits.BY_NAME)}")
     df = density_frame(docs)
     cells: list[CellPlan] = []
     gaps: list[str] = []

@@ -34,7 +34,7 @@ The 95 % CIs come from a percentile bootstrap (2000 resamples, fixed seed) of th
 resampled within each ramp, refitting the chosen model (its knot fixed). Each ramp's own
 slope is given too: ramps that disagree beyond the CI mean drift.
 
-Kernel limits (harness.core.probes.limits): every counter the ramp read (tasks,
+Kernel limits (harness.core.probes.kernel_limits): every counter the ramp read (tasks,
 descriptors, network namespaces, bridge ports, memory cgroups, inotify, keys) is fitted
 as a line in n; a limit whose counter rises binds at (ceiling - the counter at n = 0) /
 per instance. Ceilings are the measured host's (recorded with each ramp) unless given
@@ -58,7 +58,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from harness import stats
-from harness.core.probes import limits as klimits
+from harness.core.probes import kernel_limits
 
 RESAMPLES = 2000
 ALPHA = 0.01  # significance of a knee (the search over knees makes p optimistic: be strict)
@@ -414,7 +414,7 @@ def fit_limits(g: pd.DataFrame, ceilings: dict[str, int], given: dict[str, int]
                ) -> list[LimitPlan]:
     """Every kernel limit whose counter the ramps of one cell recorded."""
     out = []
-    for lim in klimits.LIMITS:
+    for lim in kernel_limits.LIMITS:
         pts = g[g["metric"] == f"density.{lim.counter}"]
         ceiling = given.get(lim.name, ceilings.get(lim.name))
         if pts.empty or ceiling is None:

@@ -22,7 +22,7 @@ from harness.cli.live import RichReporter, print_summary
 from harness.cli.params import SIZE, ChartFile, KeyValue, MountSpec, NameCount, Seconds, Size
 from harness.cli.term import err, out, print_table
 from harness.core.errors import EXIT_USAGE, BenchError, CleanupError, UsageError
-from harness.core.probes import limits as klimits
+from harness.core.probes import kernel_limits
 from harness.core.units import format_value
 from harness.fleet import cli as fleet_cli
 from runtimes import registry
@@ -233,7 +233,7 @@ def report(result_files: tuple[Path, ...], out_dir: Path, formats: str, style: s
               show_default=True, help="What memory the fit uses (see `harness/capacity/fit.py`).")
 @click.option("--limit", "limits", multiple=True, type=NameCount(), metavar="NAME=VALUE",
               help="A kernel limit of the host to plan for (default: the measured host's), "
-                   f"e.g. pid_max=4194304; repeatable. Names: {', '.join(klimits.BY_NAME)}.")
+                   f"e.g. pid_max=4194304; repeatable. Names: {', '.join(kernel_limits.BY_NAME)}.")
 @click.option("--max-extrapolation", type=click.FloatRange(1), default=5.0,
               show_default=True, metavar="FACTOR",
               help="Refuse a plan more than FACTOR times the measured instances.")

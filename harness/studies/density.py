@@ -26,7 +26,7 @@ the number of live instances n as the measurement's `instance` field:
                          -> its ready line arrives at the host (s)
   density.<counter>      the kernel's counters that bind before memory at scale (tasks,
                          descriptors, network namespaces, bridge ports, memory cgroups,
-                         inotify, kernel keys: harness.core.probes.limits), with the
+                         inotify, kernel keys: harness.core.probes.kernel_limits), with the
                          memory figures; their ceilings go to the "ramp_stopped" event
 
 At scale the memory figures are not taken at every step: reading every live instance's
@@ -80,7 +80,7 @@ from typing import Any, ClassVar
 
 from harness.core import hostinfo
 from harness.core.errors import BenchError, InstanceError
-from harness.core.probes import limits
+from harness.core.probes import kernel_limits
 from harness.core.probes.memory import processes_memory
 from harness.core.probes.timing import now_ns
 from harness.core.units import format_size, parse_size
@@ -99,7 +99,7 @@ METRICS = {
     "density.daemon_pss": "B",
     "density.kernel_mem": "B",
     "density.start_latency": "s",
-    **{f"density.{c}": "count" for c in limits.COUNTERS},
+    **{f"density.{c}": "count" for c in kernel_limits.COUNTERS},
 }
 DENSE = 50  # every step is measured up to this many instances
 POINTS = 100  # measured counts beyond DENSE, by default
@@ -204,7 +204,7 @@ class Ramp:
         self.top = 0  # the count of the last measurement
         self.ready = 0  # instances that reached their ready line
         self.over_slo = 0
-        self.ceilings = limits.ceilings(self._daemon_pids())
+        self.ceilings = kernel_limits.ceilings(self._daemon_pids())
         self.usage0: dict[str, int] = {}
         self.usage: dict[str, int] = {}
         self.usage_at = 0  # the count usage was read at
@@ -227,7 +227,7 @@ class Ramp:
     def near_limit(self, count: int, share: float) -> str | None:
         """The kernel limit that `count` more instances would take past `share` of its
         ceiling, by the per-instance growth measured so far, as a stop reason."""
-        for lim in limits.LIMITS:
+        for lim in kernel_limits.LIMITS:
             ceiling, now = self.ceilings.get(lim.name), self.usage.get(lim.counter)
             if ceiling is None or now is None or not self.usage_at:
                 continue
@@ -275,7 +275,7 @@ class Ramp:
             return f"limit nofile: instance failed: {what}"
         if code == errno.ENOMEM:
             return f"limit memory: instance failed: {what}"
-        self.usage, self.usage_at = limits.usage(self._daemon_pids()), self.n
+        self.usage, self.usage_at = kernel_limits.usage(self._daemon_pids()), self.n
         if near := self.near_limit(count, NEAR):
             return f"{near}: instance failed: {what}"
         return f"instance failed: {what}" if isinstance(e, InstanceError) else None
@@ -332,7 +332,7 @@ class Ramp:
         daemon = processes_memory(daemons).pss
         info = hostinfo.meminfo()
         avail = hostinfo.mem_available()
-        self.usage, self.usage_at = limits.usage(daemons), n
+        self.usage, self.usage_at = kernel_limits.usage(daemons), n
         if not n:
             self.usage0 = dict(self.usage)
         if all(k in info for k in KERNEL_FIELDS):  # else absent: not a partial sum

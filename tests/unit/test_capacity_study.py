@@ -12,7 +12,7 @@ import pytest
 from harness import results, scenario, studies, validate
 from harness.core import hostinfo, image
 from harness.core.errors import InstanceError, ScenarioError
-from harness.core.probes import limits
+from harness.core.probes import kernel_limits
 from harness.sampling import Cell, Context, Measurement, Runner
 from harness.studies import density
 from runtimes.base import Instance, Prepared, Stats
@@ -303,8 +303,8 @@ def test_a_kernel_limit_stops_the_ramp_before_it_is_reached(
         host: FakeHost, img: image.Image, monkeypatch: pytest.MonkeyPatch) -> None:
     rt = SlowFake(host)
     c = Counters(rt, per=10, pid_max=1100)
-    monkeypatch.setattr(limits, "usage", c.usage)
-    monkeypatch.setattr(limits, "ceilings", c.ceilings)
+    monkeypatch.setattr(kernel_limits, "usage", c.usage)
+    monkeypatch.setattr(kernel_limits, "ceilings", c.ceilings)
     out, events, _ = run_ramp(img, rt, max_instances=500)
     # 100 + 10 n must stay within 95 % of 1,100: n = 94 is the last step that fits.
     reason = events[-1]["reason"]
@@ -323,15 +323,15 @@ def test_a_failure_at_a_limit_names_it(host: FakeHost, img: image.Image,
     # A failure far from every ceiling stays an instance failure.
     rt = SlowFake(host, fail_at=30)
     c = Counters(rt, per=10, pid_max=10**6)
-    monkeypatch.setattr(limits, "usage", c.usage)
-    monkeypatch.setattr(limits, "ceilings", c.ceilings)
+    monkeypatch.setattr(kernel_limits, "usage", c.usage)
+    monkeypatch.setattr(kernel_limits, "ceilings", c.ceilings)
     _, events, _ = run_ramp(img, rt, max_instances=100)
     assert events[-1]["reason"] == "instance failed: no more room"
     # ... and one at a ceiling names the limit.
     rt = SlowFake(host, fail_at=30)
     c = Counters(rt, per=10, pid_max=430)
-    monkeypatch.setattr(limits, "usage", c.usage)
-    monkeypatch.setattr(limits, "ceilings", c.ceilings)
+    monkeypatch.setattr(kernel_limits, "usage", c.usage)
+    monkeypatch.setattr(kernel_limits, "ceilings", c.ceilings)
     _, events, _ = run_ramp(img, rt, max_instances=100)
     assert events[-1]["reason"].startswith("limit pid_max") and \
         events[-1]["reason"].endswith("instance failed: no more room")

@@ -78,10 +78,10 @@ def test_socket_activation_is_not_taken_for_the_daemon(monkeypatch: pytest.Monke
 
 
 def test_a_daemons_descriptors_not_read_are_left_out_not_zero() -> None:
-    from harness.core.probes import limits
+    from harness.core.probes import kernel_limits
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    assert "daemon_fds" not in limits.usage([gone.pid])  # was 0: a counter never read
-    assert limits.usage([])["daemon_fds"] == 0  # no daemons: truly none
-    assert limits.usage([os.getpid()])["daemon_fds"] > 0
+    assert "daemon_fds" not in kernel_limits.usage([gone.pid])  # was 0: a counter never read
+    assert kernel_limits.usage([])["daemon_fds"] == 0  # no daemons: truly none
+    assert kernel_limits.usage([os.getpid()])["daemon_fds"] > 0
