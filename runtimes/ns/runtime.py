@@ -112,10 +112,19 @@ class NsRuntime:
     `ns` whose first process is cloned straight into its cgroup (clone3 with
     CLONE_INTO_CGROUP; the cgroup is made before the clone instead of while the child
     sets itself up, and the child writes no cgroup.procs), so ns vs ns:intocgroup in
-    one run is what that start path changes. Elsewhere its create raises NotApplicable."""
+    one run is what that start path changes. Elsewhere its create raises NotApplicable.
+    `ns:pool`: ns with a pool of prepared instances (runtimes.ns.pool.NsPoolRuntime, a
+    runtimes.base.Pool)."""
 
     name = "ns"
-    flavours: ClassVar[tuple[str, ...]] = ("tmpfs", "disk", "bare", "intocgroup")
+    flavours: ClassVar[tuple[str, ...]] = ("tmpfs", "disk", "bare", "intocgroup", "pool")
+
+    def __new__(cls, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> NsRuntime:
+        if cls is NsRuntime and flavour == "pool":  # a Pool (runtimes.base), its own class
+            from runtimes.ns.pool import NsPoolRuntime
+
+            return super().__new__(NsPoolRuntime)
+        return super().__new__(cls)
 
     def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
         refuse_upper_env()
