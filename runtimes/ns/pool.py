@@ -24,11 +24,22 @@ import dataclasses
 import os
 import secrets
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from harness.core.errors import InstanceError, UsageError
 from runtimes import _proc
-from runtimes.base import NO_HOOKS, PREFIX, Hooks, Instance, InstanceSpec, Prepared, Slot, Traits
+from runtimes.base import (
+    NO_HOOKS,
+    PREFIX,
+    Hooks,
+    Instance,
+    InstanceSpec,
+    Leftover,
+    Prepared,
+    Slot,
+    Traits,
+)
 from runtimes.ns import process, validate
 from runtimes.ns.runtime import _SERVER, SETUP_TIMEOUT, NsInstance, NsRuntime, _handed_over
 
@@ -174,6 +185,15 @@ class NsPoolRuntime(NsRuntime):
         return slot
 
     # --- Runtime -------------------------------------------------------------------------
+
+    def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        """ns's gc; when it removes this pool's run (the end of a run that did not drain
+        it), the pool is drained first, so that no refill makes a slot behind it."""
+        with self._cond:
+            want = self._want
+        if want is not None and want[0].run_id not in live_runs:
+            self.drain()
+        return super().gc(live_runs)
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         validate.spec(spec, self.rootless)
