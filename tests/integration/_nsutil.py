@@ -15,6 +15,7 @@ from typing import Any
 
 from harness.bookkeeping import RunLock
 from harness.core import image as image_mod
+from harness.core.errors import InstanceError
 from runtimes.base import Exit, Instance, InstanceSpec, Pool, Prepared, new_run_id
 from tests.conftest import backend_or_skip, require
 
@@ -70,12 +71,13 @@ class Env:
 
 def wait_ready_slots(pool: Pool, n: int, timeout: float = 300) -> None:
     """Poll until `pool` has `n` slots ready (generous: a loaded host sets them up
-    slowly; no timing is asserted)."""
+    slowly; no timing is asserted); InstanceError when a slot could not be made."""
     deadline = time.monotonic() + timeout
     while pool.ready() < n:
-        assert time.monotonic() < deadline, \
-            f"{pool.ready()} of {n} slots ready after {timeout:g} s: " \
-            f"{getattr(pool, 'error', None)}"
+        if error := getattr(pool, "error", None):  # a slot could not be made: why
+            raise InstanceError(error)
+        assert time.monotonic() < deadline, f"{pool.ready()} of {n} slots ready after " \
+                                            f"{timeout:g} s"
         time.sleep(0.05)
 
 

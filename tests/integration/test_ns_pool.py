@@ -166,6 +166,23 @@ def test_handed_over_user_workdir_env_and_nonce(pool: Env) -> None:
     assert ex.stdout.decode().split() == ["1000", "1001", "/made/here", "handed", spec.nonce]
 
 
+def test_a_failed_hand_over_is_reported(pool: Env) -> None:
+    """A workdir the slot cannot make after its hand-over (a file in the way): start
+    fails naming the step, as a cold instance's set-up does, and leaves nothing."""
+    from harness.core.errors import InstanceError
+
+    inst = pooled_create(pool.rt, pool.spec(("true",), workdir="/etc/passwd/x"),
+                         pool.prepared, fill=pool.spec(("true",)))
+    key, pid = inst.key, inst.child.pid  # type: ignore[attr-defined]
+    dirs = cgroup_dirs(pid)
+    try:
+        with pytest.raises(InstanceError, match=r"setting up .*passwd"):
+            pool.rt.start(inst)
+    finally:
+        pool.rt.remove(inst)
+    assert dirs and traces([key], [pid], dirs, pool.run_id) == []
+
+
 def test_fill_reaches_its_size_and_slots_are_what_they_say(pool: Env) -> None:
     spec = pool.spec(("true",), limits=LIMITS)
     pool.rt.fill(spec, pool.prepared, 3)
