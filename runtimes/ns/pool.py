@@ -97,8 +97,13 @@ class NsPoolRuntime(NsRuntime):
         if size < 0:
             raise UsageError(f"{self.name}: pool size {size} must be 0 or more")
         # On the caller's thread: the fork server's and every slot's PR_SET_PDEATHSIG
-        # follow the thread that started the server, and the refill thread ends.
+        # follow the thread that started the server, and the refill thread ends. What
+        # is made lazily (the cgroup manager, the seccomp program) is made here too, not
+        # by two threads at once.
         _SERVER.start()
+        if self.limits_applied:
+            self.cg.setup()
+        self._program()
         self.drain()
         if size == 0:
             return

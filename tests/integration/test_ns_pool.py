@@ -287,8 +287,9 @@ sys.stdin.read()
 
 
 def test_killed_runner_leaves_no_slot_after_gc(tmp_path: Path) -> None:
-    """A runner SIGKILLed with a full pool: its slots' processes die with it, and gc of
-    its run removes their cgroups, links, leases and dirs."""
+    """A runner SIGKILLed with a full pool: its slots' processes die with it, and
+    `bench gc --run` removes their cgroups, leases and dirs (a veth dies with its
+    network namespace)."""
     from harness.bookkeeping import live_runs, runs_dir
     from runtimes import registry
 
@@ -313,6 +314,9 @@ def test_killed_runner_leaves_no_slot_after_gc(tmp_path: Path) -> None:
         assert rid not in live_runs()
         kinds = {x.kind for x in rt.leftovers(live_runs()) if x.run_id == rid}
         assert {"cgroup", "dir", "lease"} <= kinds, kinds  # (veths die with their netns)
+        res = subprocess.run([sys.executable, "-m", "harness.cli", "gc", "--run", rid],
+                             capture_output=True, text=True, timeout=300, check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
         assert gc_run(rt, rid) == []
         assert traces(keys, pids, dirs, rid) == []
     finally:
