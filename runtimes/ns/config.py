@@ -117,6 +117,9 @@ class ContainerConfig:
     # with the request, after the four others): the first process writes no cgroup.procs
     # (an exec's process still joins through cgroup_join)
     into_cgroup: bool = False
+    # ns:pool's slot: it joins its cgroup (made before the clone) and cgroup namespace
+    # before saying it is set up, then waits for the HANDED_OVER values with the go byte
+    pooled: bool = False
 
     # What the OCI CLI (cvbench-ns, oci_cli.py) sets from a bundle; the defaults are the
     # backend's behaviour.
@@ -136,6 +139,12 @@ class ContainerConfig:
     hooks_create: tuple[tuple[str, tuple[str, ...], tuple[str, ...], float], ...] = ()
     hooks_start: tuple[tuple[str, tuple[str, ...], tuple[str, ...], float], ...] = ()
     hook_state: bytes = b""
+
+
+# What a pool's slot (ns:pool) is handed when it is taken, over its config: the
+# workload's command, environment (its nonce in it), workdir and user. The rest of the
+# config, every protection, is the slot's own, made for a spec that asks the same.
+HANDED_OVER = ("argv", "env", "workdir", "uid", "gid")
 
 
 @dataclass(frozen=True)

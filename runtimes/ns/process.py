@@ -14,6 +14,11 @@ start: the runner writes one byte on the go pipe and waits. The child joins its 
   so EOF after "R" means the exec succeeded; an "E..." message means a step failed (the
   child then exits 127). The runner thus sleeps once per instance, not at every step,
   which matters most on a busy host.
+ns:pool (cfg.pooled): the cgroup is made first and the child joins it (and a new cgroup
+  namespace) before its "R", which the pool's thread reads (wait_set_up): a slot, set
+  up and waiting. start then writes "G" and the instance's HANDED_OVER values (argv,
+  env, workdir, user), which the child reads into its config before the same
+  `confine_and_exec`.
 exec (a further command in a running instance, `exec_main`): a helper joins every
   namespace of the instance, forks the process that joins its cgroup, enters its root
   and workdir and runs the same `confine_and_exec` with the instance's own config, so an
@@ -27,6 +32,7 @@ code.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import gc
 import os
@@ -39,9 +45,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
+from harness.core import rootpath
 from runtimes.ns import namespaces as ns
 from runtimes.ns import rootfs, security
-from runtimes.ns.config import ContainerConfig, ExecConfig
+from runtimes.ns.config import HANDED_OVER, ContainerConfig, ExecConfig
 
 if TYPE_CHECKING:
     from runtimes.ns.forkserver import ForkServer, Ticket
@@ -61,6 +68,7 @@ class Child:
     status_r: int
     pid: int = 0
     pidfd: int = -1
+    set_up: bool = False  # its "R" was read already (a pool's slot, wait_set_up)
 
     def resolve(self) -> int:
         if not self.pid:
@@ -122,21 +130,61 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
             ns.loopback_up()
         os.chdir(cfg.workdir)  # (made by rootfs.setup if it was missing)
         env = dict(e.split("=", 1) for e in cfg.env)
+        if cfg.pooled:
+            # A pool's slot waits in its cgroup (made before the clone) and its cgroup
+            # namespace: what it holds idle is charged there, and taking it moves no
+            # task between cgroups on the timed path.
+            _join_cgroup(cfg, cgroup_parents, joins)
         os.write(status_w, b"R")
         if os.read(go_r, 1) != b"G":
             os._exit(0)  # the parent went away or removed us before start
-        # Started: the cgroup exists. Join it only now, with the set-up done: that was
-        # this runtime's work (as a shim's would be), and the workload never runs
-        # outside it.
-        for fd, (_, procs) in zip(cgroup_parents, joins, strict=True):
-            _write(procs, "0", fd)  # 0 = the writing process; our pid here is 1
-            os.close(fd)
-        if cfg.cgroupns:  # after joining: the new namespace is rooted at our own cgroup
-            ns.unshare(ns.CLONE_NEWCGROUP)
+        if cfg.pooled:  # a slot taken: the instance's own argv, env, user and workdir
+            cfg = _handed_over(cfg, go_r)
+            env = dict(e.split("=", 1) for e in cfg.env)
+        else:
+            # Started: the cgroup exists. Join it only now, with the set-up done: that
+            # was this runtime's work (as a shim's would be), and the workload never
+            # runs outside it.
+            _join_cgroup(cfg, cgroup_parents, joins)
         run_hooks(cfg.hooks_start, state.replace(b'"creating"', b'"created"'), "startContainer")
         confine_and_exec(cfg, env, status_w)
     except BaseException as e:
         _fail(status_w, e)
+
+
+def _join_cgroup(cfg: ContainerConfig, parents: list[int],
+                 joins: tuple[tuple[str, str], ...]) -> None:
+    """Join the instance's cgroup (one cgroup.procs per hierarchy, through the handles
+    on its parents), then enter a new cgroup namespace rooted there."""
+    for fd, (_, procs) in zip(parents, joins, strict=True):
+        _write(procs, "0", fd)  # 0 = the writing process; our pid here is 1
+        os.close(fd)
+    if cfg.cgroupns:  # after joining: the new namespace is rooted at our own cgroup
+        ns.unshare(ns.CLONE_NEWCGROUP)
+
+
+def _handed_over(cfg: ContainerConfig, go_r: int) -> ContainerConfig:
+    """A pool's slot taken (ns:pool): read the instance's HANDED_OVER values (pickled,
+    up to EOF of the go pipe) into its config, and move to its workdir, made (as root,
+    resolved inside the root) where the image lacks it, as rootfs.setup makes the
+    slot's own. Everything else, every protection included, is the slot's config: the
+    runner hands a slot only to a spec that asks for the same."""
+    data = b""
+    while chunk := os.read(go_r, 65536):
+        data += chunk
+    fields = pickle.loads(data)
+    if set(fields) != set(HANDED_OVER):
+        raise ValueError(f"hand-over of {sorted(fields)}, not {list(HANDED_OVER)}")
+    workdir = cfg.workdir
+    cfg = dataclasses.replace(cfg, **fields)
+    if cfg.workdir != workdir:
+        root = os.open("/", os.O_PATH | os.O_DIRECTORY)  # the instance's, after pivot_root
+        try:
+            os.close(rootpath.mkdirs(root, cfg.workdir))
+        finally:
+            os.close(root)
+        os.chdir(cfg.workdir)
+    return cfg
 
 
 def run_hooks(hooks: tuple[tuple[str, tuple[str, ...], tuple[str, ...], float], ...],
@@ -306,15 +354,46 @@ def spawn(server: ForkServer, cfg: ContainerConfig, out_w: int, err_w: int,
     return Child(ticket=ticket, go_w=go_w, status_r=status_r)
 
 
-def release(child: Child, timeout: float) -> None:
+def wait_set_up(child: Child, timeout: float) -> None:
+    """Block until the child has set itself up and waits for the go byte (its "R"): a
+    pool's slot, made ready ahead of the request. SetupError with the child's message
+    if a step failed, or if it died or did not answer within `timeout`."""
+    poller = select.poll()
+    poller.register(child.status_r, select.POLLIN)
+    if not poller.poll(max(1, int(timeout * 1000))):
+        raise SetupError("the instance's first process did not set up in time")
+    status = os.read(child.status_r, 4096)
+    if status == b"R":
+        child.set_up = True
+        return
+    if status[:1] == b"E":
+        status += _read_to_eof(child.status_r, time.monotonic() + 1) or b""
+        raise SetupError(status[1:].decode(errors="replace"))
+    raise SetupError("the instance's first process died during its set-up")
+
+
+def handover(cfg: ContainerConfig) -> bytes:
+    """What release() hands a pool's slot (cfg.pooled): the HANDED_OVER values of the
+    instance's config, pickled (the child reads them in _handed_over); b"" otherwise."""
+    if not cfg.pooled:
+        return b""
+    return pickle.dumps({k: getattr(cfg, k) for k in HANDED_OVER}, pickle.HIGHEST_PROTOCOL)
+
+
+def release(child: Child, timeout: float, handover: bytes = b"") -> None:
     """Let the child exec the workload (start); returns once the exec has happened.
 
     "G" is written at once: a child still setting up finds it when it is ready, so the
     runner waits (and wakes up) only once, at the exec. The child's "R" then EOF means
-    success; "E..." carries the step that failed."""
-    os.write(child.go_w, b"G")
-    os.close(child.go_w)
-    child.go_w = -1
+    success; "E..." carries the step that failed. A pool's slot gets `handover` (its
+    pickled HANDED_OVER values) after the "G", ended by closing the pipe."""
+    data = memoryview(b"G" + handover)
+    try:
+        while data:  # (a blocking pipe: only a long hand-over waits for the child's read)
+            data = data[os.write(child.go_w, data):]
+    finally:
+        os.close(child.go_w)
+        child.go_w = -1
     try:
         status = _read_to_eof(child.status_r, time.monotonic() + timeout)
     finally:
@@ -323,6 +402,8 @@ def release(child: Child, timeout: float) -> None:
         child.resolve()
     if status is None:
         raise SetupError("the instance's first process did not answer in time")
+    if child.set_up:
+        status = b"R" + status  # (read by wait_set_up)
     if status == b"R":
         return
     failure = status.removeprefix(b"R")  # set up, but the exec itself failed

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import psutil
 
@@ -94,6 +94,9 @@ class NsInstance(PipedInstance):
     net: network.PrivateNet | None = None  # a private network of the run it is on
     published: bool = False  # DNAT rules for its published ports may exist
     config: ContainerConfig | None = None  # what it was created with: exec applies it too
+    # The name its resources (cgroup, instance dir, veth, lease, DNAT rules) carry: its
+    # spec's name, or for an instance taken from ns:pool the slot's (cvbench-<run id>-...)
+    key: str = ""
     # detached execs: (helper pid, its pidfd, its output), reaped at remove
     execs: list[tuple[int, int, _proc.Stream]] = field(default_factory=list)
 
@@ -109,10 +112,19 @@ class NsRuntime:
     `ns` whose first process is cloned straight into its cgroup (clone3 with
     CLONE_INTO_CGROUP; the cgroup is made before the clone instead of while the child
     sets itself up, and the child writes no cgroup.procs), so ns vs ns:intocgroup in
-    one run is what that start path changes. Elsewhere its create raises NotApplicable."""
+    one run is what that start path changes. Elsewhere its create raises NotApplicable.
+    `ns:pool`: ns with a pool of prepared instances (runtimes.ns.pool.NsPoolRuntime, a
+    runtimes.base.Pool)."""
 
     name = "ns"
-    flavours: ClassVar[tuple[str, ...]] = ("tmpfs", "disk", "bare", "intocgroup")
+    flavours: ClassVar[tuple[str, ...]] = ("tmpfs", "disk", "bare", "intocgroup", "pool")
+
+    def __new__(cls, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> NsRuntime:
+        if cls is NsRuntime and flavour == "pool":  # a Pool (runtimes.base), its own class
+            from runtimes.ns.pool import NsPoolRuntime
+
+            return super().__new__(NsPoolRuntime)
+        return super().__new__(cls)
 
     def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
         refuse_upper_env()
@@ -317,7 +329,8 @@ class NsRuntime:
         return out
 
     def _config(self, spec: InstanceSpec, lower: str, idir: Path | None,
-                hosts: Path | None = None) -> ContainerConfig:
+                hosts: Path | None = None, key: str = "",
+                pooled: bool = False) -> ContainerConfig:
         flags = BASE_FLAGS
         if spec.network != "host":
             flags |= namespaces.CLONE_NEWNET
@@ -326,17 +339,14 @@ class NsRuntime:
         if self._last_cap is None:
             self._last_cap = security.last_cap()
             self._caps = security.cap_numbers(self.cap_names)
-        env = {"PATH": PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
-               "CVBENCH_NONCE": spec.nonce, **spec.env}
+        key = key or spec.name
         return ContainerConfig(
-            name=spec.name, lower=lower,
+            name=key, lower=lower,
             dev_layer="" if self.rootless else str(self.root() / DEV_LAYER),
             upper=str(idir / "upper") if idir else "", work=str(idir / "work") if idir else "",
             scratch=str(self.root() / "scratch"),
-            argv=("/bench/init", *spec.argv),
-            env=tuple(f"{k}={v}" for k, v in env.items()), hostname=spec.hostname,
-            workdir=spec.workdir, clone_flags=flags,
-            cgroup_join=tuple(_split_parent(p) for p in self.cg.join_files(spec.name))
+            hostname=spec.hostname, clone_flags=flags,
+            cgroup_join=tuple(_split_parent(p) for p in self.cg.join_files(key))
             if self.limits_applied else (),
             mounts=tuple(self._mounts(spec, hosts)), loopback_up=spec.network != "host",
             caps=self._caps, last_cap=self._last_cap,
@@ -344,16 +354,22 @@ class NsRuntime:
                           for n, soft, hard in with_rlimits(self.rlimits, spec.limits.rlimits)),
             seccomp=self._program(),
             userns_map=(os.geteuid(), os.getegid()) if self.rootless else None,
-            uid=uid_gid(spec.user)[0], gid=uid_gid(spec.user)[1],
             masked=tuple(m for m in self._masked
                          if spec.network != "host" or not m[0].startswith("/sys/")),
-            readonly=self._readonly, into_cgroup=self.into_cgroup)
+            readonly=self._readonly, into_cgroup=self.into_cgroup, pooled=pooled,
+            **_handed_over(spec))
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         validate.spec(spec, self.rootless)
         if self.into_cgroup and (problem := self._into_cgroup_problem()):
             raise NotApplicable(f"{self.name}: {problem}")
-        inst = NsInstance(spec=spec, prepared=prepared)
+        return self._create(spec, prepared)
+
+    def _create(self, spec: InstanceSpec, prepared: Prepared,
+                pooled: bool = False) -> NsInstance:
+        """create()'s work, and ns:pool's for a slot (`pooled`: its cgroup made first,
+        for the child to join before it says it is set up; see process.child_main)."""
+        inst = NsInstance(spec=spec, prepared=prepared, key=spec.name)
         try:
             idir = None
             if self.upper == "disk":
@@ -365,16 +381,20 @@ class NsRuntime:
                 inst.net = network.private_net(self.root() / "nets",
                                                f"{PREFIX}{spec.run_id}-{spec.network_name}")
             cfg = inst.config = self._config(spec, prepared.ref, idir,
-                                             inst.net.hosts if inst.net else None)
+                                             inst.net.hosts if inst.net else None,
+                                             pooled=pooled)
             out_r, out_w = _proc.open_pipe()
             err_r, err_w = _proc.open_pipe()
             inst.out = _proc.Stream(out_r, spec.capture)
             inst.err = _proc.Stream(err_r, spec.capture)
             fds = [out_w, err_w]
             try:
-                if self.into_cgroup:  # the cgroup first: the child is cloned into it
+                if self.into_cgroup or (pooled and self.limits_applied):
+                    # the cgroup first: the child is cloned into it, or (a slot) joins
+                    # it before it says it is set up
                     inst.cgroup = True
                     self.cg.create(spec.name, spec.limits)
+                if self.into_cgroup:
                     fds.append(os.open(self.cg.path(spec.name),
                                        os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
                 inst.child = process.spawn(_SERVER, cfg, out_w, err_w,
@@ -382,7 +402,7 @@ class NsRuntime:
             finally:
                 for fd in fds:
                     os.close(fd)
-            if self.limits_applied and not self.into_cgroup:
+            if self.limits_applied and not inst.cgroup:
                 # Made while the child sets itself up; it joins at start.
                 inst.cgroup = True
                 self.cg.create(spec.name, spec.limits)
@@ -398,14 +418,18 @@ class NsRuntime:
 
     def _attach(self, inst: NsInstance) -> None:
         assert inst.child is not None
-        addr = self._leases(inst).acquire(inst.spec.name)
+        addr = self._leases(inst).acquire(inst.key)
         inst.lease = inst.address = str(addr)
-        inst.veth = network.attach(inst.child.resolve(), inst.spec.name, addr, inst.net)
+        inst.veth = network.attach(inst.child.resolve(), inst.key, addr, inst.net)
         if inst.net is not None:
             inst.net.add_host(str(addr), (inst.spec.hostname, *inst.spec.aliases))
+        self._publish(inst)
+
+    def _publish(self, inst: NsInstance) -> None:
         if inst.spec.publish:
+            assert inst.address is not None
             inst.published = True
-            _publish.publish(self.name, inst.spec.name, inst.address, inst.spec.publish)
+            _publish.publish(self.name, inst.key, inst.address, inst.spec.publish)
 
     def _leases(self, inst: NsInstance) -> network.Leases:
         return inst.net.leases if inst.net else network.Leases(self.root() / "ipam")
@@ -497,7 +521,7 @@ class NsRuntime:
                 except psutil.NoSuchProcess:
                     tree = set()
                 # the instance's processes: its cgroup's, or (no cgroup) PID 1's tree
-                members = self.cg.pids(inst.spec.name) if inst.cgroup \
+                members = self.cg.pids(inst.key) if inst.cgroup \
                     else memory.descendants(inst.pid)
                 found = {p for p in members if p not in tree and _has_env(p, tag)} | tree
                 found -= held.keys()
@@ -526,7 +550,8 @@ class NsRuntime:
     def start(self, inst: Instance) -> None:
         inst, child = self._child(inst)
         try:
-            process.release(child, SETUP_TIMEOUT)
+            assert inst.config is not None
+            process.release(child, SETUP_TIMEOUT, process.handover(inst.config))
         except process.SetupError as e:
             err = inst.streams()[1]
             raise InstanceError(f"ns: setting up {inst.spec.name} failed: {e} "
@@ -547,13 +572,13 @@ class NsRuntime:
     def wait_exit(self, inst: Instance, timeout: float) -> Exit:
         inst = own(inst, NsInstance)
         return _proc.exited(inst, timeout, lambda: bool(
-            inst.cgroup and self.cg.oom_killed(inst.spec.name)))
+            inst.cgroup and self.cg.oom_killed(inst.key)))
 
     def stats(self, inst: Instance) -> Stats:
         inst, child = self._child(inst)
         if inst.cgroup:
-            pids = self.cg.pids(inst.spec.name)
-            usage: int | None = self.cg.memory_usage(inst.spec.name)
+            pids = self.cg.pids(inst.key)
+            usage: int | None = self.cg.memory_usage(inst.key)
         else:
             pids, usage = memory.descendants(child.resolve()), None
         m = memory.processes_memory(pids)
@@ -611,13 +636,13 @@ class NsRuntime:
             out.close()
         inst.execs.clear()
         if inst.cgroup:
-            self.cg.destroy(inst.spec.name)
+            self.cg.destroy(inst.key)
             inst.cgroup = False
         if inst.veth and os.path.exists(f"/sys/class/net/{inst.veth}"):
             network.delete_link(inst.veth)  # normally gone with the instance's netns
         inst.veth = None
         if inst.published:
-            _publish.unpublish(self.name, inst.spec.name)
+            _publish.unpublish(self.name, inst.key)
             inst.published = False
         if inst.lease:
             if inst.net is not None:
@@ -697,6 +722,17 @@ class NsRuntime:
                         os.rmdir(d)
 
 
+
+
+def _handed_over(spec: InstanceSpec) -> dict[str, Any]:
+    """The config's HANDED_OVER values for `spec`: what a cold instance is created
+    with, and what a pool's slot is handed when it is taken (the same values)."""
+    env = {"PATH": PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
+           "CVBENCH_NONCE": spec.nonce, **spec.env}
+    uid, gid = uid_gid(spec.user)
+    return {"argv": ("/bench/init", *spec.argv),
+            "env": tuple(f"{k}={v}" for k, v in env.items()),
+            "workdir": spec.workdir, "uid": uid, "gid": gid}
 
 
 def _has_env(pid: int, entry: bytes) -> bool:

@@ -7,6 +7,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any
 
 from harness.bookkeeping import RunLock
 from harness.core import image as image_mod
-from runtimes.base import Exit, Instance, InstanceSpec, Prepared, new_run_id
+from harness.core.errors import InstanceError
+from runtimes.base import Exit, Instance, InstanceSpec, Pool, Prepared, new_run_id
 from tests.conftest import backend_or_skip, require
 
 HERE = Path(__file__).resolve().parent
@@ -41,9 +43,15 @@ class Env:
         """`sh -c script` in a fresh instance; its Exit (stdout/stderr kept)."""
         return self.run_argv(("sh", "-c", script), timeout, **kw)
 
+    def create(self, spec: InstanceSpec) -> Instance:
+        """The instance `spec` asks for: on a Pool backend (ns:pool) always a slot of
+        its pool, never a cold fallback (see pooled_create)."""
+        if isinstance(self.rt, Pool):
+            return pooled_create(self.rt, spec, self.prepared)
+        return self.rt.create(spec, self.prepared)  # type: ignore[no-any-return]
+
     def run_argv(self, argv: tuple[str, ...], timeout: float = 60, **kw: Any) -> Exit:
-        inst = self.rt.create(self.spec(("sleep", "1000") if self.via_exec else argv, **kw),
-                              self.prepared)
+        inst = self.create(self.spec(("sleep", "1000") if self.via_exec else argv, **kw))
         try:
             self.rt.start(inst)
             self.rt.wait_ready(inst, timeout)
@@ -55,10 +63,38 @@ class Env:
             self.rt.remove(inst)
 
     def started(self, argv: tuple[str, ...], **kw: Any) -> Instance:
-        inst = self.rt.create(self.spec(argv, **kw), self.prepared)
+        inst = self.create(self.spec(argv, **kw))
         self.rt.start(inst)
         self.rt.wait_ready(inst, 30)
         return inst  # type: ignore[no-any-return]
+
+
+def wait_ready_slots(pool: Pool, n: int, timeout: float = 300) -> None:
+    """Poll until `pool` has `n` slots ready (generous: a loaded host sets them up
+    slowly; no timing is asserted); InstanceError when a slot could not be made."""
+    deadline = time.monotonic() + timeout
+    while pool.ready() < n:
+        if error := getattr(pool, "error", None):  # a slot could not be made: why
+            raise InstanceError(error)
+        assert time.monotonic() < deadline, f"{pool.ready()} of {n} slots ready after " \
+                                            f"{timeout:g} s"
+        time.sleep(0.05)
+
+
+def pooled_create(rt: Any, spec: InstanceSpec, prepared: Prepared,
+                  fill: InstanceSpec | None = None) -> Instance:
+    """`spec` made from a slot of `rt`'s pool: filled with one slot for `fill` (default
+    `spec` itself; another name, nonce, argv, env, user or workdir is handed over), that
+    slot taken (Instance.warm "slot"), then the pool drained so that no refill runs
+    beside the test."""
+    rt.fill(fill or spec, prepared, 1)
+    try:
+        wait_ready_slots(rt, 1)
+        inst: Instance = rt.create(spec, prepared)
+    finally:
+        rt.drain()
+    assert inst.warm == "slot", inst.warm
+    return inst
 
 
 def probe_binary(tmp: Path) -> str:

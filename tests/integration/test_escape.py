@@ -7,7 +7,8 @@ what Docker blocks, probe by probe, and a sweep of every system call Docker's se
 profile denies or conditions must give the same errno under both.
 
 Every probe runs twice: as an instance's first process, and exec'd into a running
-instance (a compose healthcheck's way in), which must get exactly the same protections.
+instance (a compose healthcheck's way in), which must get exactly the same protections;
+and both again on `ns:pool`, each instance a slot of its pool handed the probe.
 """
 
 from __future__ import annotations
@@ -47,9 +48,14 @@ def _env(backend: str, probe_path: str, via_exec: bool = False) -> Iterator[Env]
     assert close_env(e, lock) == []
 
 
-@pytest.fixture(scope="module", params=["first process", "exec"])
+@pytest.fixture(scope="module", params=[("ns", "first process"), ("ns", "exec"),
+                                        ("ns:pool", "first process"), ("ns:pool", "exec")],
+                ids=lambda p: " ".join(p))
 def env(probe_path: str, request: pytest.FixtureRequest) -> Iterator[Env]:
-    yield from _env("ns", probe_path, via_exec=request.param == "exec")
+    """ns, and ns:pool whose every instance is a slot of its pool (Env.create): a
+    pooled instance must get exactly a cold one's protections."""
+    backend, way = request.param
+    yield from _env(backend, probe_path, via_exec=way == "exec")
 
 
 @pytest.fixture(scope="module")

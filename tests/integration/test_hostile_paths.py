@@ -16,12 +16,14 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from harness.bookkeeping import RunLock
 from harness.core import image
 from harness.core.errors import InstanceError
-from runtimes.base import Mount
+from runtimes.base import InstanceSpec, Mount, new_run_id
 from tests.conftest import backend_or_skip
 from tests.unit.test_image_sources import docker_save, layer
 
@@ -100,6 +102,43 @@ def test_symlinked_mount_points_stay_inside_the_root(backend: str, hostile: imag
     assert ex.code == 0 and out.rstrip().endswith("ok"), out + ex.stderr.decode()
     # the workdir, or what its link resolves to inside the root (os.getcwd's answer)
     assert out.splitlines()[0] in ("/work", f"{host_dir}/work"), out
+
+
+def test_pooled_instance_stays_inside_the_root(hostile: image.Image, host_dir: Path,
+                                               watch: None) -> None:
+    """ns:pool: a slot made for workdir "/" is handed the workdir /work (the link to
+    the host's directory), which the slot's process makes and enters after its hand-over,
+    inside the root as rootfs.setup would; the volumes' targets are the slot's own."""
+    from tests.integration._nsutil import gc_run, pooled_create
+
+    rt: Any = backend_or_skip("ns:pool")
+    run_id = new_run_id()
+    lock = RunLock(run_id, "test")
+    try:
+        mounts = (Mount("volume", "/data", source="data"), Mount("volume", "/made", source="made"))
+        script = (f"test -e /proc/self/status && test -d /sys/kernel && test -c /dev/null && "
+                  f"pwd && ls / >/dev/null && test ! -e {host_dir}/work/host-file && "
+                  f"grep -c {host_dir} /proc/self/mountinfo; echo ok")
+
+        def spec(argv: tuple[str, ...], workdir: str) -> InstanceSpec:
+            return InstanceSpec(run_id=run_id, name=f"cvbench-{run_id}-{workdir.strip('/')}",
+                                argv=argv, capture=True, workdir=workdir, mounts=mounts)
+
+        prepared = rt.prepare(hostile)
+        inst = pooled_create(rt, spec(("sh", "-c", script), "/work"), prepared,
+                             fill=spec(("true",), "/"))
+        try:
+            rt.start(inst)
+            rt.wait_ready(inst, 60)
+            ex = rt.wait_exit(inst, 60)
+        finally:
+            rt.remove(inst)
+        out = ex.stdout.decode(errors="replace")
+        assert ex.code == 0 and out.rstrip().endswith("ok"), out + ex.stderr.decode()
+        assert out.splitlines()[0] in ("/work", f"{host_dir}/work"), out
+        assert gc_run(rt, run_id) == []
+    finally:
+        lock.release()
 
 
 def test_bad_mount_points_are_refused_before_a_run(tmp_path: Path) -> None:

@@ -27,10 +27,12 @@ pytestmark = pytest.mark.root
 BENCH = [sys.executable, "-m", "harness.cli"]
 
 
-@pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
+@pytest.fixture(scope="module", params=["ns", "ns:pool"])
+def env(request: pytest.FixtureRequest) -> Iterator[Env]:
+    """ns, and ns:pool whose every instance is a slot of its pool (Env.create): what a
+    cold instance honours, a pooled one honours too."""
     require("root", None if os.geteuid() == 0 else "ns instances are run as root here")
-    e, lock = open_env("ns")
+    e, lock = open_env(request.param)
     yield e
     assert close_env(e, lock) == []
     assert mounts_of(e.run_id) == []
@@ -78,13 +80,9 @@ def test_env_workdir_hostname(env: Env) -> None:
 
 
 def test_uid_and_gid_are_honoured(env: Env) -> None:
-    class AsNobody(type(env.rt)):  # type: ignore[misc]
-        def _config(self, *a: object, **k: object) -> object:
-            cfg = super()._config(*a, **k)
-            return dataclasses.replace(cfg, uid=65534, gid=65534, groups=(65534,))
-
-    e2 = Env(rt=AsNobody(), prepared=env.prepared, run_id=env.run_id, counter=env.counter)
-    ex = e2.run("id -u; id -g; grep -E 'CapEff|NoNewPrivs' /proc/self/status")
+    # (the spec's user: ns:pool hands it over to a slot made for root)
+    ex = env.run("id -u; id -g; grep -E 'CapEff|NoNewPrivs' /proc/self/status",
+                 user="65534:65534")
     out = ex.stdout.decode().split()
     assert out[:2] == ["65534", "65534"]
     assert out[3] == "0000000000000000" and out[5] == "1"  # no capabilities as non-root
@@ -106,7 +104,7 @@ def test_cpu_and_pids_limits_are_written(env: Env) -> None:
     inst = env.started(("sleep", "30"), limits=Limits(cpus=0.25, pids=20))
     try:
         cg = env.rt.cg
-        name = inst.spec.name
+        name = own(inst, NsInstance).key  # (a pooled one's: its slot's)
         if cg.mode == "v2":
             assert (cg.path(name) / "cpu.max").read_text().split() == ["25000", "100000"]
         else:
@@ -249,7 +247,7 @@ def test_default_writable_layer_is_on_disk(env: Env) -> None:
     inst = env.started(("sleep", "30"))
     try:
         idir = own(inst, NsInstance).dir
-        assert idir == env.rt.root() / inst.spec.name
+        assert idir == env.rt.root() / own(inst, NsInstance).key
         ex = env.rt.exec(inst, ["sh", "-c", "head -c 100000 /dev/zero > /big; "
                                             "echo written > /f; cat /proc/1/mountinfo"])
         assert ex.code == 0, ex.stdout
