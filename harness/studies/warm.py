@@ -18,11 +18,13 @@ A backend that keeps a pool (the `Pool` protocol of runtimes/base.py: `ns:pool`,
              (the backend's stats()); warm.from_slot 1 if it came from a slot, 0 if the
              pool made it cold (Instance.warm)
   burst      the pool refilled to size, then `burst` requests (more than the pool
-             holds) back to back from one client, each issued once the previous one is
-             ready, all kept until the last is ready: warm.burst.rate = burst / (last
-             ready line − first request), in instances per second; warm.burst.to_ready
-             per request; warm.burst.slots and warm.burst.cold, how many came from a
-             slot and how many were made cold (the fall back once the pool is empty)
+             holds) issued back to back by one client (create and start, without waiting
+             for the previous one's ready line: each is awaited by a thread of its own),
+             all kept until the last is ready: warm.burst.rate = burst / (last ready
+             line − first request), in instances per second; warm.burst.to_ready per
+             request; warm.burst.slots and warm.burst.cold, how many came from a slot
+             and how many were made cold (the fall back once the pool is empty; none
+             when the filler keeps up with the requests, which is a finding too)
 
 and the pool is drained at the end of every sample, also when it failed.
 
@@ -44,6 +46,7 @@ taken from a full pool, before the filler has anything to do.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -193,21 +196,40 @@ class Warm(Base):
         return out
 
     def _burst(self, ctx: Context, cell: Cell, n: int) -> list[Measurement]:
-        """`n` requests back to back, all alive until the last is ready."""
+        """`n` requests issued back to back (create and start, as fast as one client
+        can), each instance's ready line awaited by a thread of its own from its start,
+        all alive until the last is ready."""
         rt = cell.runtime
         live: list[Instance] = []
-        done: list[Request] = []
+        t0s: list[int] = []
+        waiters: list[threading.Thread] = []
+        ready: dict[int, int | Exception] = {}
+
+        def wait(i: int, inst: Instance) -> None:
+            try:
+                ready[i] = rt.wait_ready(inst, ctx.timeout)
+            except Exception as e:  # raised below, in the sample's thread
+                ready[i] = e
+
         try:
-            for _ in range(n):
-                t0 = now_ns()
+            for i in range(n):
+                t0s.append(now_ns())
                 inst = rt.create(ctx.spec(cell), cell.prepared)
                 ctx.track(cell, inst)
                 live.append(inst)
                 rt.start(inst)
-                done.append(Request(t0, rt.wait_ready(inst, ctx.timeout), inst.warm))
+                waiters.append(threading.Thread(target=wait, args=(i, inst), daemon=True))
+                waiters[-1].start()
         finally:
+            for w in waiters:  # (each ends by its ready line or the timeout)
+                w.join()
             for inst in live:
                 life.finish(ctx, cell, inst)
+        done = []
+        for i in range(n):
+            if isinstance(got := ready[i], Exception):
+                raise got
+            done.append(Request(t0s[i], got, live[i].warm))
         out = [Measurement(m, v) for m, v in burst_figures(done).items()]
         out += [Measurement("warm.burst.to_ready", (r.ready - r.t0) * 1e-9, instance=i,
                             extra={"warm": r.warm}) for i, r in enumerate(done)]

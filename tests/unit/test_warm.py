@@ -52,7 +52,9 @@ def sleeper() -> Iterator[int]:
 
 
 def pss_of(pid: int) -> int:
-    """Pss of /proc/PID/smaps_rollup, read here: the kernel's figure, not cvbench's."""
+    """Pss of /proc/PID/smaps_rollup, read here: the kernel's figure, not cvbench's.
+    (It moves a little as other processes map or drop the libraries it shares, so it is
+    compared within 10 %: its RSS, or another process's PSS, is several times off.)"""
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         if line.startswith("Pss:"):
             return int(line.split()[1]) * 1024
@@ -123,8 +125,8 @@ def test_idle_cost_from_the_kernel(sleeper: int, tmp_path: Path) -> None:
     (old / "memory.stat").write_text("anon 10\nkernel_stack 1\npagetables 2\npercpu 3\n"
                                      "sock 4\nslab 5\nfile 99\n")
     cost = warm.idle_cost(Slot(pids=(sleeper,), cgroup=str(v1), disk_bytes=42))
-    assert cost == {"warm.idle.pss": float(pss_of(sleeper)), "warm.idle.kernel": 12345.0,
-                    "warm.idle.disk": 42.0}
+    assert cost.pop("warm.idle.pss") == pytest.approx(pss_of(sleeper), rel=0.1)
+    assert cost == {"warm.idle.kernel": 12345.0, "warm.idle.disk": 42.0}
     assert warm.idle_cost(Slot(cgroup=str(v2)))["warm.idle.kernel"] == 777.0
     assert warm.idle_cost(Slot(cgroup=str(old)))["warm.idle.kernel"] == 15.0
     # a slot without processes costs no PSS (a true 0); what it cannot tell is absent
@@ -147,7 +149,7 @@ def test_a_sample_of_any_pool(tmp_path: Path, img: image.Image, sleeper: int) ->
     r.run()
     got = by_metric(journal.samples)
     assert len(got["warm.refill_rate"]) == 2 and all(v > 0 for v in got["warm.refill_rate"])
-    assert got["warm.idle.pss"] == [float(pss_of(sleeper))] * 4  # 2 slots x 2 samples
+    assert got["warm.idle.pss"] == pytest.approx([pss_of(sleeper)] * 4, rel=0.1)  # 2 x 2
     assert got["warm.idle.disk"] == [4096.0] * 4
     assert "warm.idle.kernel" not in got  # the fake's slots have no cgroup
     assert got["warm.from_slot"] == [1.0, 1.0]
