@@ -21,10 +21,11 @@ A backend that keeps a pool (the `Pool` protocol of runtimes/base.py: `ns:pool`,
              holds) issued back to back by one client (create and start, without waiting
              for the previous one's ready line: each is awaited by a thread of its own),
              all kept until the last is ready: warm.burst.rate = burst / (last ready
-             line − first request), in instances per second; warm.burst.to_ready per
-             request; warm.burst.slots and warm.burst.cold, how many came from a slot
-             and how many were made cold (the fall back once the pool is empty; none
-             when the filler keeps up with the requests, which is a finding too)
+             line − first request), in instances per second; warm.burst.to_ready and
+             warm.burst.from_slot (1 or 0) per request; warm.burst.slots and
+             warm.burst.cold, how many came from a slot and how many were made cold
+             (the fall back once the pool is empty; none when the filler keeps up with
+             the requests, which is a finding too)
 
 and the pool is drained at the end of every sample, also when it failed.
 
@@ -67,7 +68,7 @@ METRICS = {
     "warm.pss": "B", "warm.cgroup": "B", "warm.from_slot": "bool",
     "warm.refill_rate": "slots/s", "warm.idle.pss": "B", "warm.idle.kernel": "B",
     "warm.idle.disk": "B",
-    "warm.burst.rate": "instances/s", "warm.burst.to_ready": "s",
+    "warm.burst.rate": "instances/s", "warm.burst.to_ready": "s", "warm.burst.from_slot": "bool",
     "warm.burst.slots": "instances", "warm.burst.cold": "instances",
 }
 POLL = 0.002  # seconds between looks at ready(): well under a slot's making
@@ -231,8 +232,10 @@ class Warm(Base):
                 raise got
             done.append(Request(t0s[i], got, live[i].warm))
         out = [Measurement(m, v) for m, v in burst_figures(done).items()]
-        out += [Measurement("warm.burst.to_ready", (r.ready - r.t0) * 1e-9, instance=i,
-                            extra={"warm": r.warm}) for i, r in enumerate(done)]
+        for i, r in enumerate(done):
+            out += [Measurement("warm.burst.to_ready", (r.ready - r.t0) * 1e-9, instance=i,
+                                extra={"warm": r.warm}),
+                    Measurement("warm.burst.from_slot", float(r.warm == "slot"), instance=i)]
         return out
 
 

@@ -155,6 +155,7 @@ def test_a_sample_of_any_pool(tmp_path: Path, img: image.Image, sleeper: int) ->
     assert got["warm.from_slot"] == [1.0, 1.0]
     assert got["warm.burst.slots"] == [2.0, 2.0] and got["warm.burst.cold"] == [3.0, 3.0]
     assert len(got["warm.burst.to_ready"]) == 10
+    assert got["warm.burst.from_slot"] == [1.0, 1.0, 0.0, 0.0, 0.0] * 2
     assert {"warm.to_ready", "warm.create", "warm.start", "warm.ready", "warm.pss"} <= set(got)
     assert rt.fills == [2, 2] and rt.drains == 4  # before and after each sample
     assert rt.live == {}  # every instance removed
@@ -240,6 +241,8 @@ def warm_results(out: Path, n: int = 12) -> pd.DataFrame:
             for i in range(8):
                 s.append(synth._s(b, "default", "warm.burst.to_ready", "s",
                                   t if (pool and i < 4) else TO_READY["docker"], r, i))
+                s.append(synth._s(b, "default", "warm.burst.from_slot", "bool",
+                                  float(pool and i < 4), r, i))
             if pool:
                 s.append(synth._s(b, "default", "warm.refill_rate", "slots/s", 10.0, r))
                 for i in range(4):
@@ -258,7 +261,13 @@ def test_chapter_marks_warm_and_cold_and_tabulates_costs(tmp_path: Path) -> None
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert any(x.startswith("docker:precreated") and x.endswith("· warm") for x in labels)
     assert any(x.startswith("docker ") and x.endswith("· cold") for x in labels), labels
-    assert chapter.burst(df, look) is not None
+    fig = chapter.burst(df, look)
+    assert fig is not None
+    # the pooled backend's first 4 requests are diamonds (from a slot), the rest hollow
+    marks = fig.axes[0].collections
+    precreated = [m for m in marks if len(m.get_offsets()) and len(m.get_facecolor())
+                  and tuple(m.get_facecolor()[0][:3]) == draw_rgb(look.colour("docker:precreated"))]
+    assert sorted(len(m.get_offsets()) for m in precreated) == [4]
     t = chapter.warm_table(df, False)
     assert t is not None
     rows = {r[0]: dict(zip(t.columns, r, strict=True)) for r in t.rows}
@@ -268,6 +277,12 @@ def test_chapter_marks_warm_and_cold_and_tabulates_costs(tmp_path: Path) -> None
     assert rows["docker"]["refill"] == "—"
     assert rows["docker:precreated"]["burst: slot / cold"] == "4 / 4"
     assert rows["docker"]["burst: slot / cold"] == "0 / 8"
+
+
+def draw_rgb(colour: Any) -> tuple[float, ...]:
+    from matplotlib.colors import to_rgb
+
+    return tuple(to_rgb(colour))
 
 
 def test_seed_claims_judged_on_warm_to_ready(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ def warm(df: pd.DataFrame, look: Look) -> Figure | None:
     for i, c in enumerate(cs):
         g = c.select(d)
         how = start_of(df, c)[0]
-        labels.append(f"{look.label(c)}  · {how}")
+        labels.append(f"{look.label(c)} · {how}")
         v = g["value"].to_numpy(float)
         from_slot = g["slot"].fillna(0).to_numpy(float) > 0.5
         y = i + rng.uniform(-0.28, 0.28, v.size)
@@ -88,26 +88,29 @@ def warm(df: pd.DataFrame, look: Look) -> Figure | None:
 @styled
 def burst(df: pd.DataFrame, look: Look) -> Figure | None:
     """Request → ready of each request of the burst, by its place in the burst (median
-    over samples): a pool's requests are fast until it is empty, then cold."""
+    over samples), marked by whether it came from a slot in most samples: a pool's
+    requests are fast until it is empty, then cold, unless its filler keeps up."""
     d = df[df["metric"] == "warm.burst.to_ready"]
     if d.empty:
         return None
     cs = data.cells(d, look.order, look.sets)
     fig = look.figure()
     ax = fig.add_subplot()
+    slots = df[df["metric"] == "warm.burst.from_slot"]
     for c in cs:
         g = c.select(d).groupby("instance")["value"].median()
         x = g.index.to_numpy(float) + 1
-        warm_n = float(c.select(df[df["metric"] == "warm.burst.slots"])["value"].median()) \
-            if (c.select(df[df["metric"] == "warm.burst.slots"])).size else 0.0
+        y = g.to_numpy(float)
+        # a request from a slot in most samples: a filled diamond; else a hollow circle
+        share = c.select(slots).groupby("instance")["value"].mean().reindex(g.index)
+        slot = share.fillna(0).to_numpy(float) > 0.5
         col = look.colour(c.backend)
-        ax.plot(x, g.to_numpy(float), color=col, lw=1.5, label=look.label(c),
-                ls="-" if warm_n > 0 else "--", zorder=3)
-        slot = x <= warm_n
-        ax.scatter(x[slot], g.to_numpy(float)[slot], marker="D", color=col, zorder=4,
-                   s=look.points(18))
-        ax.scatter(x[~slot], g.to_numpy(float)[~slot], marker="o", facecolors="none",
-                   edgecolors=col, zorder=4, s=look.points(18))
+        pool = bool(c.select(slots)["value"].max() > 0) if c.select(slots).size else False
+        ax.plot(x, y, color=col, lw=1.5, label=look.label(c), ls="-" if pool else "--",
+                zorder=3)
+        ax.scatter(x[slot], y[slot], marker="D", color=col, zorder=4, s=look.points(18))
+        ax.scatter(x[~slot], y[~slot], marker="o", facecolors="none", edgecolors=col,
+                   zorder=4, s=look.points(18))
     ax.set_yscale("log")
     draw.seconds_axis(ax.yaxis)
     ax.set_xlabel("request in the burst (back to back, one client)")
@@ -117,7 +120,7 @@ def burst(df: pd.DataFrame, look: Look) -> Figure | None:
     draw.title(fig, "Burst: each request's time to ready as the pool empties", look)
     handles = [*ax.get_legend_handles_labels()[0],
                Line2D([], [], ls="", marker="D", color="#777777",
-                      label="from a slot (the burst's count)"),
+                      label="from a slot (in most samples)"),
                Line2D([], [], ls="", marker="o", mfc="none", color="#777777", label="cold")]
     draw.finish(fig, look, handles, cs, "solid line: a backend with a pool; dashed: cold only",
                 ncols=3)
