@@ -11,7 +11,8 @@ A backend that keeps a pool (the `Pool` protocol of runtimes/base.py: `ns:pool`,
              processes it holds (a true 0 for a slot holding none, such as a Docker
              container created but not started: its cost is then in the engine's daemons
              and on disk); warm.idle.kernel, its cgroup's kernel memory, where it has a
-             cgroup; warm.idle.disk, what it keeps on disk, where the backend can tell
+             cgroup; warm.idle.disk, what it keeps on disk, and warm.idle.namespaces,
+             the namespaces it holds open, where the backend tells them
   request    one instance taken from the full pool, timed as startup times a cold one:
              warm.create (taking the slot), warm.start, warm.ready, warm.to_ready
              (create → ready line); once ready its memory, warm.pss and warm.cgroup
@@ -67,7 +68,7 @@ METRICS = {
     "warm.create": "s", "warm.start": "s", "warm.ready": "s", "warm.to_ready": "s",
     "warm.pss": "B", "warm.cgroup": "B", "warm.from_slot": "bool",
     "warm.refill_rate": "slots/s", "warm.idle.pss": "B", "warm.idle.kernel": "B",
-    "warm.idle.disk": "B",
+    "warm.idle.disk": "B", "warm.idle.namespaces": "namespaces",
     "warm.burst.rate": "instances/s", "warm.burst.to_ready": "s", "warm.burst.from_slot": "bool",
     "warm.burst.slots": "instances", "warm.burst.cold": "instances",
 }
@@ -106,7 +107,8 @@ def burst_figures(requests: list[Request]) -> dict[str, float]:
 
 def idle_cost(slot: Slot) -> dict[str, float]:
     """A ready slot's idle cost, read from the host: the PSS of its processes, its
-    cgroup's kernel memory and its disk bytes, each where the slot tells it."""
+    cgroup's kernel memory; and its disk bytes and the namespaces it holds open, each
+    where the slot tells it."""
     out = {"warm.idle.pss": float(memory.processes_memory(slot.pids).pss)}
     if slot.cgroup is not None:
         kernel = memory.cgroup_kernel(Path(slot.cgroup))
@@ -114,6 +116,8 @@ def idle_cost(slot: Slot) -> dict[str, float]:
             out["warm.idle.kernel"] = float(kernel)
     if slot.disk_bytes is not None:
         out["warm.idle.disk"] = float(slot.disk_bytes)
+    if slot.namespaces is not None:
+        out["warm.idle.namespaces"] = float(slot.namespaces)
     return out
 
 

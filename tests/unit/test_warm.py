@@ -127,7 +127,8 @@ def test_idle_cost_from_the_kernel(sleeper: int, tmp_path: Path) -> None:
     cost = warm.idle_cost(Slot(pids=(sleeper,), cgroup=str(v1), disk_bytes=42))
     assert cost.pop("warm.idle.pss") == pytest.approx(pss_of(sleeper), rel=0.1)
     assert cost == {"warm.idle.kernel": 12345.0, "warm.idle.disk": 42.0}
-    assert warm.idle_cost(Slot(cgroup=str(v2)))["warm.idle.kernel"] == 777.0
+    assert warm.idle_cost(Slot(cgroup=str(v2), namespaces=6)) == {
+        "warm.idle.pss": 0.0, "warm.idle.kernel": 777.0, "warm.idle.namespaces": 6.0}
     assert warm.idle_cost(Slot(cgroup=str(old)))["warm.idle.kernel"] == 15.0
     # a slot without processes costs no PSS (a true 0); what it cannot tell is absent
     assert warm.idle_cost(Slot()) == {"warm.idle.pss": 0.0}
@@ -295,3 +296,26 @@ def test_seed_claims_judged_on_warm_to_ready(tmp_path: Path) -> None:
     vs_vm = t[t["claim"] == "start"]
     assert set(vs_vm["a"]) == {"docker", "docker:precreated"}
     assert set(vs_vm["verdict"]) == {claims.HOLDS}
+
+
+def test_the_run_drains_every_pool_at_its_end(tmp_path: Path) -> None:
+    """A run's clean-up stops every pool's filler and removes its slots before its gc;
+    a pool that cannot be drained is a problem reported, and the others are drained."""
+    from harness.plan import Plan
+    from harness.session import Session
+
+    class Stuck(FakePool):
+        def drain(self) -> None:
+            super().drain()
+            raise InstanceError("dockerd gone")
+
+    s = scenario.parse({"name": "w", "study": "warm", "backends": ["host"],
+                        "sampling": {"metric": "warm.to_ready"}}, "w.toml")
+    full, stuck, plain = FakePool(), Stuck(), StudyFake("docker")
+    full.size, full.slots_ready = 2, ["slot0", "slot1"]
+    sess = Session(s, None, tmp_path, reporter=None)  # type: ignore[arg-type]
+    sess.plan = Plan(s, ["a", "b", "c"], {"a": full, "b": stuck, "c": plain}, {})
+    problems = sess.cleanup()
+    assert full.drains == 1 and full.ready() == 0
+    assert stuck.drains == 1 and problems == ["b: draining its pool: dockerd gone "
+                                              "(run `bench gc`)"]
