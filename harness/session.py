@@ -41,7 +41,7 @@ from harness.sampling import Cell, Context, Outcome, PlainPlacement, Progress, R
 from harness.scenario import Scenario
 from harness.studies import _lifecycle as life
 from runtimes import registry
-from runtimes.base import Exit, InstanceSpec, Prepared, new_run_id
+from runtimes.base import Exit, InstanceSpec, Pool, Prepared, new_run_id
 
 
 class Reporter(Protocol):
@@ -219,8 +219,16 @@ class Session:
         problems: list[str] = []
         if self.journal is not None:
             self.journal.close()
+        if self.plan is not None:
+            for b in self.plan.backends:  # a pool's filler stops before gc removes its slots
+                rt = self.plan.runtimes[b]
+                if isinstance(rt, Pool):
+                    try:
+                        rt.drain()
+                    except Exception as e:
+                        problems.append(f"{b}: draining its pool: {e} (run `bench gc`)")
         if self.plan is not None and self.lock is not None:
-            problems = finish([self.plan.runtimes[b] for b in self.plan.backends], self.run_id)
+            problems += finish([self.plan.runtimes[b] for b in self.plan.backends], self.run_id)
         if self.lock is not None:
             self.lock.release()
         return problems

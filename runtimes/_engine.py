@@ -29,7 +29,9 @@ Mapping of the InstanceSpec to the Engine API (POST /containers/create):
                       (removed by `bench gc` once the run is over)
   mounts tmpfs     -> Mount{Type: tmpfs, TmpfsOptions.SizeBytes}
   flavour          -> HostConfig.Runtime (docker:crun, docker:runsc); Podman ignores
-                      it, so podman:runc is a second service whose default is runc
+                      it, so podman:runc is a second service whose default is runc;
+                      `precreated` is no OCI runtime: the engine's default with a pool
+                      of containers created ahead (EnginePool, below)
   every container  -> Name = the instance name (cvbench-<run id>-<n>), label
                       cvbench.run=<run id>
 The image is imported once per digest as `cvbench/<name>:<digest[:12]>` with the labels
@@ -57,15 +59,18 @@ import fcntl
 import math
 import os
 import re
+import secrets
 import select
 import shutil
 import socket
 import struct
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self, cast
 
 import docker
 import requests
@@ -75,6 +80,7 @@ from docker.types import Ulimit
 from harness.core.errors import (
     BackendUnavailable,
     BadImage,
+    CleanupError,
     ImageError,
     InstanceError,
     NotApplicable,
@@ -97,6 +103,7 @@ from runtimes.base import (
     Json,
     Leftover,
     Prepared,
+    Slot,
     Stats,
     Traits,
     check_publish,
@@ -107,6 +114,7 @@ from runtimes.base import (
 )
 
 DIGEST_LABEL = "cvbench.digest"
+PRECREATED = "precreated"  # the flavour with a pool of containers created ahead
 NAME_LABEL = "cvbench.name"
 _ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
@@ -278,12 +286,24 @@ class Engine:
     # a flavour whose OCI runtime is registered under another name (ns: cvbench-ns)
     flavour_runtimes: ClassVar[dict[str, str]] = {"ns": "cvbench-ns"}
     log_hint: ClassVar[str]  # where the daemon's log is when provision started it
+    # The class of the flavour `precreated` (an EnginePool of this engine), set by the
+    # engine's module.
+    pooled: ClassVar[type[Engine] | None] = None
+
+    def __new__(cls, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> Self:
+        # `<engine>:precreated` is an object of its own class, so that isinstance(rt,
+        # Pool) tells the pool from the plain engine (a runtime_checkable Protocol sees
+        # methods, never a flavour).
+        target = cls.pooled if flavour == PRECREATED and cls.pooled is not None else cls
+        return cast(Self, object.__new__(target))
 
     def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
         self.flavour = flavour
         self.name = f"{self.base}:{flavour}" if flavour else self.base
-        self.runtime = self.flavour_runtimes.get(flavour, flavour) if flavour \
-            else self.default_runtime
+        # the flavour naming an OCI runtime (`precreated` runs the engine's default)
+        self.oci_flavour = None if flavour == PRECREATED else flavour
+        self.runtime = self.flavour_runtimes.get(self.oci_flavour, self.oci_flavour) \
+            if self.oci_flavour else self.default_runtime
         self._client: docker.APIClient | None = None
         self._server: dict[str, Any] = {}
         self._volumes: set[str] = set()
@@ -777,7 +797,7 @@ class Engine:
             hostname=spec.hostname, working_dir=spec.workdir, labels={RUN_LABEL: spec.run_id},
             user=spec.user or None, ports=[port for _h, port in spec.publish] or None,
             host_config=api.create_host_config(**host_config(
-                spec, volumes, self.runtime if self.flavour and self.per_container_runtime
+                spec, volumes, self.runtime if self.oci_flavour and self.per_container_runtime
                 else None)),
             networking_config=api.create_networking_config({  # type: ignore[arg-type]
                 volumes[""]: api.create_endpoint_config(aliases=list(spec.aliases))})
@@ -826,3 +846,177 @@ def _short(e: BaseException) -> str:
     if isinstance(e, docker.errors.APIError) and e.explanation:
         return str(e.explanation)
     return str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+
+
+FILL_FAILURES = 3  # creates failing in a row before the filler gives up (a daemon gone)
+
+
+def _like(a: InstanceSpec, b: InstanceSpec) -> bool:
+    """Whether an instance of `b` may be a slot prepared for `a`: the same spec but for
+    the name and nonce, which every slot has its own."""
+    return replace(a, name="", nonce="") == replace(b, name="", nonce="")
+
+
+class EnginePool(Engine):
+    """The flavour `precreated`: the engine's own warm path, what a user of the engine can
+    do today. `fill` keeps `size` containers created ahead (POST /containers/create with
+    the spec's argv, env, limits, network, labels, as a cold instance is made) and
+    attached, in a background thread with a client of its own, refilled as they are
+    taken; `create` takes one (the timed path is then `start` and the ready line), or
+    makes a cold one when none is ready for that spec (`Instance.warm` says which).
+
+    A slot's name and nonce are its own, fixed when it is created: the container's name
+    is given at create and the ready line's nonce is in its environment (CVBENCH_NONCE).
+    So an instance taken from a slot carries the slot's spec: the spec asked for with the
+    slot's `name` and `nonce` (`cvbench-<run id>-slot-<hex>`); callers read both from
+    `inst.spec`, never from the spec they passed.
+
+    Podman initializes a container (conmon + the OCI runtime's create) when the attach
+    arrives, so a Podman slot is what `podman create` + `podman init` leave: conmon and a
+    created container waiting, with their processes and cgroup (Slot.pids, Slot.cgroup).
+    Docker creates the OCI container in start: its slot holds no process, only the
+    engine's records and the writable layer (Slot.disk_bytes, the layer's SizeRw).
+
+    Slots are containers of the spec's run like any other (label cvbench.run), so
+    `leftovers()`/`gc()` find those a dead run left. `ready()` raises InstanceError once
+    the filler gave up (FILL_FAILURES creates failed in a row), with the last reason.
+    """
+
+    cold: ClassVar[type[Engine]]  # the plain engine: its own client for the filler
+
+    def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
+        super().__init__(flavour, hooks=hooks)
+        self._cond = threading.Condition()
+        self._slots: deque[EngineInstance] = deque()
+        self._want: tuple[InstanceSpec, Prepared] | None = None
+        self._size = 0
+        self._gen = 0  # bumped by drain: a filler of an older generation stops
+        self._filler: threading.Thread | None = None
+        self._failed: str | None = None
+
+    def traits(self) -> Traits:
+        t = super().traits()
+        before = t.settings.get("phases")
+        phases = dict(before) if isinstance(before, Mapping) else {}
+        phases["create"] = ("take a slot: a container created and attached ahead, outside "
+                            "the timed path (none ready: POST create + attach, cold)")
+        return replace(t, settings={**t.settings, "phases": phases,
+                                    "pool": "containers created ahead (docker/podman create"
+                                            "; Podman also initializes them at attach)"})
+
+    def _wanted(self, spec: InstanceSpec, prepared: Prepared) -> bool:
+        return self._want is not None and _like(self._want[0], spec) \
+            and self._want[1].ref == prepared.ref
+
+    def fill(self, spec: InstanceSpec, prepared: Prepared, size: int) -> None:
+        self.check(spec)
+        with self._cond:
+            if size > 0 and self._wanted(spec, prepared) and self._filler is not None \
+                    and self._filler.is_alive():
+                self._size = size
+                self._cond.notify_all()
+                return
+        self.drain()
+        if size <= 0:
+            return
+        maker = self.cold()  # the plain engine, with a client of its own for the thread
+        with self._cond:
+            self._want, self._size = (spec, prepared), size
+            self._filler = threading.Thread(
+                target=self._fill_loop, args=(self._gen, maker, spec, prepared),
+                name=f"{self.name} pool", daemon=True)
+            self._filler.start()
+
+    def _fill_loop(self, gen: int, maker: Engine, spec: InstanceSpec,
+                   prepared: Prepared) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                while gen == self._gen and len(self._slots) >= self._size:
+                    self._cond.wait()
+                if gen != self._gen:
+                    return
+            slot = replace(spec, name=f"{PREFIX}{spec.run_id}-slot-{secrets.token_hex(4)}",
+                           nonce=secrets.token_hex(8))
+            try:
+                inst = own(maker.create(slot, prepared), EngineInstance)
+            except Exception as e:  # said by ready(), never lost
+                failures += 1
+                if failures >= FILL_FAILURES:
+                    with self._cond:
+                        if gen == self._gen:
+                            self._failed = f"{self.name}: the pool cannot be filled: {e}"
+                    return
+                continue
+            failures = 0
+            with self._cond:
+                if gen == self._gen:
+                    self._slots.append(inst)
+                    continue
+            with contextlib.suppress(Exception):  # drained meanwhile (gc finds it else)
+                maker.remove(inst)
+            return
+
+    def ready(self) -> int:
+        with self._cond:
+            if self._failed:
+                raise InstanceError(self._failed)
+            return len(self._slots)
+
+    def slots(self) -> list[Slot]:
+        with self._cond:
+            taken = list(self._slots)
+        if not taken:
+            return []
+        with _instance_errors(self.name, "list"):
+            found = self.api.containers(
+                all=True, size=True, filters={"label": f"{RUN_LABEL}={taken[0].spec.run_id}"})
+        # dockerd omits SizeRw when the layer is empty (a true 0); Podman always says it
+        sizes = {c["Id"]: int(c.get("SizeRw") or 0) for c in found}
+        out = []
+        for inst in taken:
+            with _instance_errors(self.name, "inspect"):
+                state = self.api.inspect_container(inst.cid)["State"]
+            pid = int(state.get("Pid") or 0)
+            cg = memory.memory_cgroup(pid) if pid else None
+            pids = set(memory.cgroup_procs(cg)) if cg else set()
+            for shim in self.shim_pids(inst.cid):
+                pids.update(memory.descendants(shim))
+            out.append(Slot(pids=tuple(sorted(pids)), cgroup=str(cg) if cg else None,
+                            disk_bytes=sizes.get(inst.cid),
+                            details={"container": inst.spec.name, "id": inst.cid[:12],
+                                     "status": str(state.get("Status", "?"))}))
+        return out
+
+    def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
+        taken = None
+        with self._cond:
+            if self._slots and self._wanted(spec, prepared):
+                taken = self._slots.popleft()
+                self._cond.notify_all()  # the filler makes the next one
+        if taken is None:
+            inst = super().create(spec, prepared)
+            inst.warm = "cold"
+            return inst
+        taken.warm = "slot"
+        taken.prepared = prepared
+        return taken
+
+    def drain(self) -> None:
+        with self._cond:
+            self._gen += 1
+            self._size, self._want, self._failed = 0, None, None
+            filler, self._filler = self._filler, None
+            slots = list(self._slots)
+            self._slots.clear()
+            self._cond.notify_all()
+        if filler is not None:
+            filler.join()  # a create in flight ends first (the filler removes its slot)
+        failed = []
+        for inst in slots:
+            try:
+                self.remove(inst)
+            except InstanceError as e:  # still labelled: gc removes it
+                failed.append(f"container {inst.spec.name}: {e}")
+        if failed:
+            raise CleanupError(self.name, failed)

@@ -495,7 +495,13 @@ class Pool(Protocol):
     start: a warm pool of ns slots (SOCK), containers created ahead by the engine, VMs
     restored from a template's saved memory. `create` takes a prepared slot for a spec
     the pool was filled for and makes a cold one when none is ready (the burst past the
-    pool's size); the instance says which in `Instance.warm`. A slot is used once."""
+    pool's size); the instance says which in `Instance.warm`. A slot is used once.
+
+    A slot may have its own name and nonce, fixed when it was prepared (an engine's
+    container is named at create and gets the ready line's nonce in its environment):
+    the instance taken from it then carries them in `inst.spec` (the spec asked for with
+    the slot's `name` and `nonce`), so callers read both from the instance, never from
+    the spec they passed."""
 
     def fill(self, spec: InstanceSpec, prepared: Prepared, size: int) -> None:
         """Keep `size` slots ready for instances like `spec` (its argv, env, user,
@@ -506,7 +512,9 @@ class Pool(Protocol):
         ...
 
     def ready(self) -> int:
-        """How many slots are ready to be taken now."""
+        """How many slots are ready to be taken now. InstanceError (with the backend's
+        reason) once the pool has given up filling (e.g. its daemon is gone), rather
+        than a count that never grows."""
         ...
 
     def slots(self) -> list[Slot]:

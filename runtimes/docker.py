@@ -3,7 +3,10 @@
 Flavours select the OCI runtime dockerd hands the container to: `docker` (runc, the
 default), `docker:crun`, `docker:runsc` (gVisor; registered with --network=none and the
 ptrace platform by scripts/provision.d/30-docker.sh, so only network "none" is offered),
-`docker:ns` (cvbench-ns, ns's OCI command line: scripts/provision.d/27-cvbench-ns.sh).
+`docker:ns` (cvbench-ns, ns's OCI command line: scripts/provision.d/27-cvbench-ns.sh),
+and `docker:precreated`: runc with a pool of containers created (and attached) ahead, so
+that `start` is the timed path (`runtimes/_engine.py` EnginePool: the Pool protocol the
+warm study fills).
 The mapping of the InstanceSpec, the image import and the phases are those of
 `runtimes/_engine.py`; dockerd creates the OCI container in start, not at attach.
 
@@ -23,14 +26,14 @@ import math
 from typing import TYPE_CHECKING, ClassVar
 
 from harness.core.probes.memory import daemon_pid, pids_of
-from runtimes._engine import Engine, daemon_rlimits
+from runtimes._engine import Engine, EnginePool, daemon_rlimits
 from runtimes.ns.config import DEFAULT_CAPS
 
 
 class DockerRuntime(Engine):
     base = "docker"
     name = "docker"
-    flavours: ClassVar[tuple[str, ...]] = ("crun", "runsc", "ns")
+    flavours: ClassVar[tuple[str, ...]] = ("crun", "runsc", "ns", "precreated")
     default_runtime = "runc"
     daemon_binary = "dockerd"
     package = "docker.io"
@@ -67,12 +70,22 @@ class DockerRuntime(Engine):
                   for p in self.daemons()["containerd"][:1])]
 
 
+class DockerPrecreated(EnginePool, DockerRuntime):
+    """`docker:precreated`: containers created ahead, `start` timed (EnginePool)."""
+
+    cold = DockerRuntime
+
+
+DockerRuntime.pooled = DockerPrecreated
+
+
 if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor
     from harness.core.image import EngineStore
-    from runtimes.base import Exec, Networks, Runtime, RuntimeClass
+    from runtimes.base import Exec, Networks, Pool, Runtime, RuntimeClass
 
     _instance: Runtime = DockerRuntime()
     _class: RuntimeClass = DockerRuntime
     _store: EngineStore = DockerRuntime()  # it lends its store to EngineRef image sources
     _networks: Networks = DockerRuntime()  # it runs stacks: private networks with names, exec
     _exec: Exec = DockerRuntime()
+    _pool: Pool = DockerPrecreated("precreated")

@@ -22,7 +22,9 @@ the flavour's: `podman` (crun) on /run/podman/podman.sock, `podman:runc` on
 /run/podman/podman-runc.sock (`podman --runtime runc system service`), `podman:ns` on
 /run/podman/podman-ns.sock (`--runtime cvbench-ns`, ns's OCI command line, registered in
 containers.conf), all started by scripts/provision.d/40-podman.sh. availability() checks
-the service's default runtime.
+the service's default runtime. `podman:precreated` is `podman` (crun) with a pool of
+containers created ahead and attached, so initialized as `podman init` leaves them
+(conmon waiting): `start` is the timed path (`runtimes/_engine.py` EnginePool).
 
 Podman initializes the container (conmon + OCI create) when the attach arrives, so its
 create phase holds what Docker does in start. The rootful default ulimits
@@ -48,7 +50,7 @@ import requests
 
 from harness.core.errors import BackendUnavailable, InstanceError
 from harness.core.probes.memory import daemon_pid, pids_of
-from runtimes._engine import Engine, daemon_rlimits
+from runtimes._engine import Engine, EnginePool, daemon_rlimits
 from runtimes.base import RUN_LABEL, Leftover
 
 WAIT_INTERVAL = "10ms"
@@ -96,7 +98,7 @@ def nofile_configured() -> bool:
 class PodmanRuntime(Engine):
     base = "podman"
     name = "podman"
-    flavours: ClassVar[tuple[str, ...]] = ("runc", "ns")
+    flavours: ClassVar[tuple[str, ...]] = ("runc", "ns", "precreated")
     default_runtime = "crun"
     per_container_runtime = False
     daemon_binary = "podman"
@@ -191,12 +193,22 @@ class PodmanRuntime(Engine):
         return {"podman service": [pid] if pid else []}
 
 
+class PodmanPrecreated(EnginePool, PodmanRuntime):
+    """`podman:precreated`: containers created and initialized ahead, `start` timed."""
+
+    cold = PodmanRuntime
+
+
+PodmanRuntime.pooled = PodmanPrecreated
+
+
 if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor
     from harness.core.image import EngineStore
-    from runtimes.base import Exec, Networks, Runtime, RuntimeClass
+    from runtimes.base import Exec, Networks, Pool, Runtime, RuntimeClass
 
     _instance: Runtime = PodmanRuntime()
     _class: RuntimeClass = PodmanRuntime
     _store: EngineStore = PodmanRuntime()  # it lends its store to EngineRef image sources
     _networks: Networks = PodmanRuntime()  # it runs stacks: private networks with names, exec
     _exec: Exec = PodmanRuntime()
+    _pool: Pool = PodmanPrecreated("precreated")

@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import psutil
 import pytest
 
 from harness.bookkeeping import collect
 from harness.core import image
 from runtimes import _proc, registry
-from runtimes._engine import Engine, EngineInstance
+from runtimes._engine import Engine, EngineInstance, EnginePool
 from runtimes.base import (
     RUN_LABEL,
     Exit,
@@ -28,6 +29,7 @@ from runtimes.base import (
     InstanceSpec,
     Limits,
     Mount,
+    Pool,
     Prepared,
     own,
 )
@@ -221,3 +223,134 @@ class EngineCases:
                            capture_output=True, timeout=300, check=False)
         assert (p.returncode, p.stdout, p.stderr) == (7, b"out\n", b"err\n")
 
+
+    # --- `<engine>:precreated`: the engine's warm path, a Pool of created containers ----
+
+    @pytest.fixture
+    def pool(self, prepared_all: dict[str, tuple[Engine, Prepared]], clean: str
+             ) -> Iterator[tuple[EnginePool, Prepared]]:
+        """The engine's precreated flavour, drained afterwards (before `clean` checks that
+        nothing of the run is left)."""
+        rt = registry.get(f"{self.names[0]}:precreated")
+        assert isinstance(rt, EnginePool) and isinstance(rt, Pool)
+        prepared = rt.prepare(prepared_all[self.names[0]][1].image)
+        try:
+            yield rt, prepared
+        finally:
+            rt.drain()
+
+    def test_precreated_runs_as_a_cold_one(self, engine: tuple[Engine, Prepared],
+                                           pool: tuple[EnginePool, Prepared],
+                                           clean: str) -> None:
+        """A slot runs the workload with the limits, network and output of a cold
+        instance; the ready line carries the slot's own nonce, which its spec says."""
+        cold_rt, cold_prepared = engine
+        rt, prepared = pool
+        script = ("echo $CVBENCH_NONCE; ls /sys/class/net; "
+                  "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null "
+                  "|| cat /sys/fs/cgroup/memory.max; "
+                  "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max")
+        s = spec(clean, ["sh", "-c", script],
+                 limits=Limits(cpus=0.5, memory=64 << 20, pids=50))
+        rt.fill(s, prepared, 1)
+        wait_pool(rt, 1)
+        configs: list[dict[str, Any]] = []
+
+        def check(inst: Instance, rt: Engine) -> None:
+            configs.append(rt.api.inspect_container(own(inst, EngineInstance).cid)["HostConfig"])
+
+        asked = spec(clean, list(s.argv), limits=s.limits)
+        warm_inst = rt.create(asked, prepared)
+        assert warm_inst.warm == "slot"
+        assert warm_inst.spec.name.startswith(f"cvbench-{clean}-slot-")
+        assert warm_inst.spec.nonce != asked.nonce
+        try:
+            rt.start(warm_inst)
+            rt.wait_ready(warm_inst, 60)  # the slot's nonce: the asked one never comes
+            warm_exit = rt.wait_exit(warm_inst, 60)
+            check(warm_inst, rt)
+        finally:
+            rt.remove(warm_inst)
+        cold_exit, cold_inst = run(cold_rt, cold_prepared, spec(clean, list(s.argv),
+                                                                limits=s.limits),
+                                   lambda i: check(i, cold_rt))
+        warm_lines = warm_exit.stdout.decode().splitlines()
+        cold_lines = cold_exit.stdout.decode().splitlines()
+        assert warm_exit.code == cold_exit.code == 0, (warm_exit, cold_exit)
+        assert warm_lines[0] == warm_inst.spec.nonce  # the workload's own environment
+        assert cold_lines[0] == cold_inst.spec.nonce
+        assert warm_lines[1:] == cold_lines[1:] == ["lo", str(64 << 20), "50"]
+        keys = ("Memory", "MemorySwap", "NanoCpus", "PidsLimit", "NetworkMode", "Runtime")
+        assert [configs[0].get(k) for k in keys] == [configs[1].get(k) for k in keys]
+
+    def test_precreated_falls_back_to_cold(self, pool: tuple[EnginePool, Prepared],
+                                           clean: str) -> None:
+        rt, prepared = pool
+        empty = rt.create(spec(clean, ["true"]), prepared)
+        try:
+            assert empty.warm == "cold" and not empty.spec.name.count("-slot-")
+        finally:
+            rt.remove(empty)
+        rt.fill(spec(clean, ["sleep", "60"]), prepared, 1)
+        wait_pool(rt, 1)
+        other = rt.create(spec(clean, ["true"]), prepared)  # not what the pool holds
+        try:
+            assert other.warm == "cold"
+            rt.start(other)
+            assert rt.wait_exit(other, 60).code == 0
+        finally:
+            rt.remove(other)
+        assert rt.ready() == 1
+
+    def test_precreated_slots_drain_and_gc_of_a_killed_runner(
+            self, pool: tuple[EnginePool, Prepared], clean: str) -> None:
+        rt, prepared = pool
+        rt.fill(spec(clean, ["sleep", "60"]), prepared, 2)
+        wait_pool(rt, 2)
+        slots = rt.slots()
+        listed = {c["Names"][0].lstrip("/"): c for c in labelled(rt, clean)}
+        assert {str(s.details["container"]) for s in slots} == set(listed)
+        for s in slots:
+            cid = next(c["Id"] for n, c in listed.items() if n == s.details["container"])
+            # the host processes naming the container (Podman's conmon; none for Docker's
+            # created container) are the slot's
+            naming = {p.pid for p in psutil.process_iter(["cmdline"])
+                      if cid in " ".join(p.info["cmdline"] or ())}
+            assert naming <= set(s.pids) and bool(naming) == bool(s.pids), (naming, s)
+            assert s.disk_bytes is not None
+        rt.drain()
+        assert rt.ready() == 0 and labelled(rt, clean) == []
+        # A runner killed with its pool full: the slots stay, labelled, and gc finds them.
+        code = ("import sys, time; from runtimes import registry; from harness.core import "
+                "image; from runtimes.base import InstanceSpec; "
+                f"rt = registry.get({rt.name!r}); p = rt.prepare(image.build(image.Recipe())); "
+                f"rt.fill(InstanceSpec(run_id={clean!r}, name='x', argv=('sleep', '60')), p, 2)\n"
+                "while rt.ready() < 2: time.sleep(0.05)\n"
+                "print('full', flush=True); time.sleep(600)")
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                 text=True)
+        try:
+            assert child.stdout is not None and child.stdout.readline() == "full\n"
+        finally:
+            child.kill()
+            child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
+        names = sorted(c["Names"][0].lstrip("/") for c in labelled(rt, clean))
+        assert len(names) == 2 and all(n.startswith(f"cvbench-{clean}-slot-") for n in names)
+        assert sorted(gc_own(rt, clean)) == [f"container {n}" for n in names]
+        assert labelled(rt, clean) == []
+
+
+def wait_pool(rt: Pool, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while rt.ready() < n:
+        assert time.monotonic() < deadline, f"the pool has {rt.ready()} of {n} slots"
+        time.sleep(0.02)
+
+
+def labelled(rt: Engine, run_id: str) -> list[dict[str, Any]]:
+    """The engine's own list of the run's containers (by its label)."""
+    found: list[dict[str, Any]] = rt.api.containers(all=True,
+                                                    filters={"label": f"{RUN_LABEL}={run_id}"})
+    return found

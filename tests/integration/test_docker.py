@@ -46,3 +46,31 @@ def test_startup_run_same_digest_on_every_backend(tmp_path: Path) -> None:
         assert info["RootFS"]["Layers"] == [f"sha256:{digest}"]
         assert meta["daemons"]
         assert [x for x in rt.leftovers() if x.run_id == doc["run_id"]] == []
+
+
+def test_warm_run_cold_and_precreated_side_by_side(repo: Path, tmp_path: Path) -> None:
+    """`bench run warm` on host, docker and docker:precreated, one sample each: the pool
+    flavour's request comes from a slot, its burst starts from the pool; the others are
+    cold; nothing of the run is left in dockerd."""
+    from runtimes import registry
+    from tests.integration._scenario_run import run_one_sample
+
+    p, doc = run_one_sample(repo, tmp_path, "warm", ("host", "docker", "docker:precreated"),
+                            params={"pool": 2, "burst": 3})
+    assert p.returncode == 0, p.stderr
+    got: dict[str, dict[str, list[float]]] = {}
+    for s in doc["samples"]:
+        got.setdefault(s["backend"], {}).setdefault(s["metric"], []).append(s["value"])
+    assert set(got) == {"host", "docker", "docker:precreated"}, doc["events"]
+    warm = got["docker:precreated"]
+    assert warm["warm.from_slot"] == [1.0]
+    # (how many of the burst came cold depends on how fast the filler keeps up: timing)
+    assert warm["warm.burst.slots"][0] + warm["warm.burst.cold"][0] == 3
+    assert warm["warm.burst.slots"][0] >= 1 and len(warm["warm.burst.to_ready"]) == 3
+    assert len(warm["warm.idle.disk"]) == 2 and warm["warm.refill_rate"][0] > 0
+    for cold in ("host", "docker"):
+        assert got[cold]["warm.from_slot"] == [0.0] and got[cold]["warm.burst.cold"] == [3.0]
+        assert "warm.refill_rate" not in got[cold]
+    assert doc["backends"]["docker:precreated"]["pool"]
+    rt = registry.get("docker")
+    assert [x for x in rt.leftovers() if x.run_id == doc["run_id"]] == []

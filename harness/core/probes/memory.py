@@ -118,6 +118,30 @@ def cgroup_usage(path: Path) -> int | None:
     return None
 
 
+# cgroup v2's memory.stat keys of kernel memory, for kernels older than its "kernel" key
+V2_KERNEL = ("kernel_stack", "pagetables", "percpu", "sock", "slab")
+
+
+def cgroup_kernel(path: Path) -> int | None:
+    """Kernel memory charged to a memory cgroup (its slabs, kernel stacks, page tables):
+    v1 memory.kmem.usage_in_bytes, v2 memory.stat's "kernel" (or the sum of its kernel
+    parts on kernels before 5.18); None where the cgroup says nothing of it."""
+    try:
+        return int((path / "memory.kmem.usage_in_bytes").read_text())
+    except (FileNotFoundError, ValueError):
+        pass
+    try:
+        lines = (path / "memory.stat").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    stat = {k: int(v) for k, _, v in (line.partition(" ") for line in lines) if v.isdigit()}
+    if "kernel" in stat:
+        return stat["kernel"]
+    if "slab" in stat and "kernel_stack" in stat:  # a v2 file, without "kernel" yet
+        return sum(stat.get(k, 0) for k in V2_KERNEL)
+    return None  # v1's memory.stat has no kernel figure
+
+
 def _alive(pid: int | None) -> int | None:
     return pid if pid and pid > 1 and psutil.pid_exists(pid) else None
 
