@@ -52,6 +52,9 @@ class DomainConfig:
     disks: tuple[Disk, ...] = ()
     network: str | None = None  # a libvirt network name, or None: no NIC at all
     cpu_host: bool = False  # host-passthrough (KVM only)
+    # ... without the features QEMU cannot migrate: a template VM's, which is saved
+    # (QEMU blocks the migration stream, and so a save, of a CPU with e.g. invtsc)
+    cpu_migratable: bool = False
     agent: str | None = None  # unix socket of the guest agent's virtio-serial port
     disabled_cpu_features: tuple[str, ...] = field(default=())
 
@@ -87,7 +90,8 @@ def to_xml(c: DomainConfig) -> str:
     feats = _sub(dom, "features")
     _sub(feats, "acpi")
     if c.cpu_host:
-        cpu = _sub(dom, "cpu", mode="host-passthrough", check="none", migratable="off")
+        cpu = _sub(dom, "cpu", mode="host-passthrough", check="none",
+                   migratable="on" if c.cpu_migratable else "off")
         for f in c.disabled_cpu_features:
             _sub(cpu, "feature", policy="disable", name=f)
     _sub(dom, "clock", offset="utc")
