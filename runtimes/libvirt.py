@@ -1,4 +1,5 @@
-"""`libvirt` (`libvirt:microvm`, `libvirt:disk`): the image booted as a QEMU virtual machine.
+"""`libvirt` (`libvirt:microvm`, `libvirt:disk`): the image booted as a QEMU virtual machine;
+`libvirt:restore`: the same restored from a template VM's saved memory (LibvirtRestore).
 
 One transient libvirt domain per instance (createXML, so nothing outlives it in
 libvirt's configuration), booted directly into the guest kernel: Debian's kernel (its
