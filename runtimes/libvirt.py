@@ -304,13 +304,14 @@ class LibvirtRuntime:
     """QEMU guests through libvirtd; `libvirt:microvm` uses QEMU's microvm machine,
     `libvirt:disk` boots into a per-instance qcow2 overlay disk instead of RAM."""
 
-    flavours: ClassVar[tuple[str, ...]] = ("microvm", "disk", "restore")
+    flavours: ClassVar[tuple[str, ...]] = ("microvm", "disk", "restore", "restore-shared")
 
     def __new__(cls, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> Self:
-        # `libvirt:restore` is an object of its own class, so that isinstance(rt, Pool)
+        # `libvirt:restore(-shared)` is an object of its own class, so that isinstance(rt, Pool)
         # tells it from the flavours that boot every instance (a runtime_checkable
         # Protocol sees methods, never a flavour).
-        target = LibvirtRestore if flavour == "restore" and cls is LibvirtRuntime else cls
+        target = LibvirtRestore if flavour in ("restore", "restore-shared") \
+            and cls is LibvirtRuntime else cls
         return cast(Self, object.__new__(target))
 
     def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
@@ -606,9 +607,11 @@ class LibvirtRuntime:
         return self._create(spec, prepared, self.accel()[0], self._cpu_disabled)
 
     def _create(self, spec: InstanceSpec, prepared: Prepared, accel: str,
-                cpu_disabled: tuple[str, ...] = (), template: bool = False) -> VmInstance:
+                cpu_disabled: tuple[str, ...] = (), template: bool = False,
+                memory_file: Path | None = None) -> VmInstance:
         """A paused domain of `spec`; a `template` (libvirt:restore) boots up to the
-        hand-over, with the agent's port (the hand-over's way in) whatever spec.agent."""
+        hand-over, with the agent's port (the hand-over's way in) whatever spec.agent,
+        and its RAM in `memory_file` (mapped shared) if given."""
         lv = _libvirt()
         if spec.network == "host":
             raise NotApplicable("libvirt: network 'host' is impossible for a VM (it has its own "
@@ -648,7 +651,9 @@ class LibvirtRuntime:
             console=str(console),
             disks=tuple(disks), network=net, cpu_host=accel == "kvm", cpu_migratable=template,
             disabled_cpu_features=cpu_disabled,
-            agent=str(idir / "agent.sock") if spec.agent or template else None)
+            agent=str(idir / "agent.sock") if spec.agent or template else None,
+            memory_file=str(memory_file) if memory_file else None,
+            memory_file_shared=memory_file is not None)
         inst = VmInstance(spec=spec, prepared=prepared, dir=idir, cfg=cfg, root=root)
         try:
             try:
@@ -982,53 +987,71 @@ class LibvirtRuntime:
 
 @dataclass(eq=False)
 class _Template:
-    """libvirt:restore's pool: one template VM of `spec`, booted to the hand-over and
-    saved to `save`; `image` once the save is complete."""
+    """The pool of libvirt:restore(-shared): one template VM of `spec`, booted to the
+    hand-over and saved: to `files[0]` (virDomainSave's file; with shared memory, QEMU's
+    device state, then the RAM file `files[1]`). `cfg` once saved."""
 
     spec: InstanceSpec
     prepared: Prepared
     size: int
-    save: Path
+    files: tuple[Path, ...]
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     booting: VmInstance | None = None
-    cfg: domain.DomainConfig | None = None
-    image: template.SaveImage | None = None
+    cfg: domain.DomainConfig | None = None  # the template's domain, once it is saved
+    image: template.SaveImage | None = None  # virDomainSave's file, parsed
     error: str | None = None
 
 
 class LibvirtRestore(LibvirtRuntime):
-    """`libvirt:restore`: VMs restored from a template's saved memory (the Pool protocol).
+    """`libvirt:restore`, `libvirt:restore-shared`: VMs cloned from a template VM saved
+    at the hand-over (the Pool protocol).
 
     fill() boots one template VM per image and spec (in the background, outside any
     timed path) until its VM init waits for the hand-over on the agent's port, and
-    saves it there (virDomainSave) to `<state>/libvirt/cvbench-<run id>-template-<n>.save`;
-    the template domain is gone once saved. create() restores a clone from that file,
-    paused, under the clone's own name, UUID, MAC and sockets (runtimes/vm/template.py);
-    start() resumes it and hands over what clones must not share and then the
+    saves it there, to files named `<state>/libvirt/cvbench-<run id>-template-<n>.*`;
+    the template domain is gone once saved.
+
+    `libvirt:restore` (the default) saves with virDomainSave (`.save`), and create()
+    restores a clone from that file (virDomainRestoreFlags), paused, under the clone's
+    own name, UUID, MAC and sockets (runtimes/vm/template.py): every clone reads the
+    template's memory and holds its own copy. `libvirt:restore-shared` is Kata
+    Containers' VM templating: the template's RAM is a file (`.mem`) it maps shared,
+    QEMU's migration capability x-ignore-shared leaves the RAM out of the device state it
+    writes (`.stream`, over QMP), and a clone is a new domain whose QEMU maps that file
+    privately (copy-on-write) and loads the device state (`-incoming defer`, then
+    migrate-incoming over QMP): it reads only the pages it touches and shares the rest.
+    That needs QEMU command-line passthrough and QMP commands behind libvirt's back (the
+    domain is marked tainted, libvirt's own RAM object goes unused, and x-ignore-shared
+    is an experimental capability), which is why it is not the default.
+
+    start() resumes a clone and hands over what clones must not share and then the
     workload's argv, env, nonce and user (runtimes/vm/initramfs.py): new randomness
     (host bytes credited with RNDADDENTROPY, then RNDRESEEDCRNG), the host's clock, its
     own MAC (then its own DHCP lease, so its own IP), a new /etc/machine-id (bind-mounted
     over the image's) and its hostname. Ready is the workload's ready line, as for a
-    cold boot. A template is not used up: every create() while it is saved is a
-    restore (`ready()` is the pool's size then), and one before it is saved, or for a
-    spec the template does not fit (another image, limits, network or mounts), is a
-    cold boot (Instance.warm "cold"). Volumes are refused: the template has their
-    filesystem mounted, and each clone would resume with its own stale view of a disk
-    the others write.
+    cold boot. A template is not used up: every create() while it is saved is a clone
+    (`ready()` is the pool's size then), and one before it is saved, or for a spec the
+    template does not fit (another image, limits, network or mounts), is a cold boot
+    (Instance.warm "cold"). Volumes are refused: the template has their filesystem
+    mounted, and each clone would resume with its own stale view of a disk the others
+    write.
     """
 
     def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
         super().__init__(flavour, hooks=hooks)
+        self.shared = flavour == "restore-shared"
         self._pool: _Template | None = None
         self._lock = threading.Lock()
 
     def traits(self) -> Traits:
         t = super().traits()
+        start = ("cloned from a template VM whose RAM file each clone maps copy-on-write "
+                 "(QEMU x-ignore-shared, by command-line passthrough and QMP)" if self.shared
+                 else "restored from a template VM's memory saved at the hand-over "
+                 "(virDomainSave, virDomainRestoreFlags through a FIFO per clone)")
         return dataclasses.replace(t, settings={
-            **t.settings,
-            "start": "restored from a template VM's memory saved at the hand-over "
-                     "(virDomainSave, virDomainRestoreFlags through a FIFO per clone)",
+            **t.settings, "start": start,
             "clone": "new randomness (RNDADDENTROPY + RNDRESEEDCRNG), clock, MAC and "
                      "DHCP lease, machine-id and hostname handed over before the workload"})
 
@@ -1041,8 +1064,10 @@ class LibvirtRestore(LibvirtRuntime):
         self._refuse(spec)
         self.accel()  # decided here, once, not in the filling thread
         name = f"{PREFIX}{spec.run_id}-template-{secrets.token_hex(3)}"
-        t = _Template(spec=spec, prepared=prepared, size=size,
-                      save=state_dir() / "libvirt" / f"{name}.save")
+        root = state_dir() / "libvirt"
+        files = (root / f"{name}.stream", root / f"{name}.mem") if self.shared \
+            else (root / f"{name}.save",)
+        t = _Template(spec=spec, prepared=prepared, size=size, files=files)
         t.thread = threading.Thread(target=self._make_template, args=(t, name),
                                     name=f"template {name}", daemon=True)
         with self._lock:
@@ -1057,28 +1082,36 @@ class LibvirtRestore(LibvirtRuntime):
         inst: VmInstance | None = None
         try:
             accel = self.accel()[0]
+            t.files[0].parent.mkdir(parents=True, exist_ok=True)
             inst = t.booting = self._create(tspec, t.prepared, accel, self._cpu_disabled,
-                                            template=True)
+                                            template=True,
+                                            memory_file=t.files[1] if self.shared else None)
             if t.stop.is_set():
                 return
             self.start(inst)
             _proc.wait_line(inst.stream(), b"CVBENCH-TEMPLATE " + nonce.encode(),
                             time.monotonic() + TEMPLATE_TIMEOUT)
-            t.save.parent.mkdir(parents=True, exist_ok=True)
             # Saved with the console and agent connected: a port whose host side closed
             # would answer the guest's read with EOF, in the template and its clones.
-            inst.dom.save(str(t.save))
-            inst.exited = True  # saving ends the domain
+            if self.shared:
+                inst.dom.suspend()
+                _migrate(inst.dom, "migrate", t.files[0], os.O_WRONLY | os.O_CREAT)
+                self.stop(inst)
+            else:
+                inst.dom.save(str(t.files[0]))
+                inst.exited = True  # saving ends the domain
+                t.image = template.SaveImage.read(t.files[0])
             t.cfg = inst.cfg
-            t.image = template.SaveImage.read(t.save)
         except Exception as e:  # a failed fill is reported by ready(), not lost here
             t.error = f"{type(e).__name__}: {e}"[:500]
-            t.save.unlink(missing_ok=True)
         finally:
             t.booting = None
             if inst is not None:
                 with contextlib.suppress(Exception):
                     self.remove(inst)
+            if t.cfg is None:
+                for f in t.files:
+                    f.unlink(missing_ok=True)
 
     def ready(self) -> int:
         t = self._pool
@@ -1086,14 +1119,16 @@ class LibvirtRestore(LibvirtRuntime):
             return 0
         if t.error is not None:
             raise InstanceError(f"{self.name}: the template VM could not be made: {t.error}")
-        return t.size if t.image is not None else 0
+        return t.size if t.cfg is not None else 0
 
     def slots(self) -> list[Slot]:
+        """The template: its files' allocated bytes (the RAM file is sparse)."""
         t = self._pool
-        if t is None or t.image is None:
+        if t is None or t.cfg is None:
             return []
-        return [Slot(pids=(), disk_bytes=t.save.stat().st_size,
-                     details={"template": str(t.save), "restores": "any number"})]
+        return [Slot(pids=(), disk_bytes=sum(f.stat().st_blocks * 512 for f in t.files),
+                     details={"template": [str(f) for f in t.files],
+                              "clones": "any number"})]
 
     def drain(self) -> None:
         with self._lock:
@@ -1106,7 +1141,8 @@ class LibvirtRestore(LibvirtRuntime):
                 self.stop(inst, grace=0)
         if t.thread is not None:
             t.thread.join(TEMPLATE_TIMEOUT)
-        t.save.unlink(missing_ok=True)
+        for f in t.files:
+            f.unlink(missing_ok=True)
 
     # --- instances ----------------------------------------------------------------
 
@@ -1122,39 +1158,61 @@ class LibvirtRestore(LibvirtRuntime):
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         self._refuse(spec)
         t = self._pool
-        if t is None or t.image is None or t.cfg is None or not _fits(t, spec, prepared):
+        if t is None or t.cfg is None or not _fits(t, spec, prepared):
             inst = super().create(spec, prepared)
             inst.warm = "cold"
             return inst
-        lv = _libvirt()
         check_publish(self.name, spec)
         idir = self._dir(spec.name)
         idir.mkdir(parents=True)
         mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3)) \
             if spec.network == "bridge" else None
         cfg = dataclasses.replace(t.cfg, name=spec.name, console=str(idir / "console.sock"),
-                                  agent=str(idir / "agent.sock"))
+                                  agent=str(idir / "agent.sock"), mac=mac,
+                                  memory_file_shared=False, incoming=self.shared)
         inst = VmInstance(spec=spec, prepared=prepared, dir=idir, cfg=cfg, warm="slot",
                           mac=mac)
         try:
-            assert t.cfg.agent is not None
-            xml = template.clone_xml(t.image.xml, name=spec.name, uuid=str(uuid.uuid4()),
-                                     mac=mac, dirs={str(Path(t.cfg.agent).parent): str(idir)})
-
-            def restore(path: str) -> None:
-                try:
-                    self.conn().restoreFlags(path, None, lv.VIR_DOMAIN_SAVE_PAUSED)
-                except lv.libvirtError as e:
-                    raise InstanceError(f"libvirt: cannot restore {spec.name}: "
-                                        f"{e.get_error_message()}") from e
-
-            template.restore_through_fifo(t.image, xml, idir / "restore.fifo", restore)
-            inst.dom = self.conn().lookupByName(spec.name)
-            self._attach(inst)
+            if self.shared:
+                self._clone_shared(inst, t)
+            else:
+                self._clone_saved(inst, t)
         except BaseException:
             self.remove(inst)
             raise
         return inst
+
+    def _clone_saved(self, inst: VmInstance, t: _Template) -> None:
+        """virDomainRestoreFlags of the template's save file as this clone's."""
+        lv = _libvirt()
+        assert t.image is not None and t.cfg is not None and t.cfg.agent and inst.dir
+        name = inst.spec.name
+        xml = template.clone_xml(t.image.xml, name=name, uuid=str(uuid.uuid4()),
+                                 mac=inst.mac, dirs={str(Path(t.cfg.agent).parent): str(inst.dir)})
+
+        def restore(path: str) -> None:
+            try:
+                self.conn().restoreFlags(path, None, lv.VIR_DOMAIN_SAVE_PAUSED)
+            except lv.libvirtError as e:
+                raise InstanceError(f"libvirt: cannot restore {name}: "
+                                    f"{e.get_error_message()}") from e
+
+        template.restore_through_fifo(t.image, xml, inst.dir / "restore.fifo", restore)
+        inst.dom = self.conn().lookupByName(name)
+        self._attach(inst)
+
+    def _clone_shared(self, inst: VmInstance, t: _Template) -> None:
+        """A new paused domain mapping the template's RAM file privately, which loads
+        the template's device state (x-ignore-shared: the RAM is not in it)."""
+        lv = _libvirt()
+        assert inst.cfg is not None
+        try:
+            inst.dom = self.conn().createXML(domain.to_xml(inst.cfg), lv.VIR_DOMAIN_START_PAUSED)
+        except lv.libvirtError as e:
+            raise InstanceError(f"libvirt: cannot create {inst.spec.name}: "
+                                f"{e.get_error_message()}") from e
+        self._attach(inst)
+        _migrate(inst.dom, "migrate-incoming", t.files[0], os.O_RDONLY)
 
     def start(self, inst: Instance) -> None:
         """Resume; a clone then gets its hand-over (see the class)."""
@@ -1175,6 +1233,46 @@ class LibvirtRestore(LibvirtRuntime):
             raise InstanceError(f"libvirt: hand-over to {inst.spec.name}: {e}") from e
 
 
+def _qmp(dom: Any, command: str, files: Sequence[int] = (), **args: Json) -> Any:
+    """One QMP command to the domain's QEMU through libvirt (libvirt marks the domain
+    "tainted: custom-monitor"); `files` are passed along (for getfd)."""
+    lv = _libvirt()
+    import libvirt_qemu
+
+    text = json.dumps({"execute": command, **({"arguments": args} if args else {})})
+    try:
+        out = libvirt_qemu.qemuMonitorCommandWithFiles(dom, text, list(files), 0)[0] \
+            if files else libvirt_qemu.qemuMonitorCommand(dom, text, 0)
+    except lv.libvirtError as e:
+        raise InstanceError(f"QMP {command}: {e.get_error_message()}") from e
+    reply = json.loads(out)
+    if "error" in reply:
+        raise InstanceError(f"QMP {command}: {reply['error'].get('desc', reply['error'])}")
+    return reply.get("return")
+
+
+def _migrate(dom: Any, command: str, path: Path, flags: int) -> None:
+    """`migrate` (to) or `migrate-incoming` (from) the file `path` with x-ignore-shared,
+    until QEMU says the migration is over. The file goes to QEMU as a descriptor (getfd):
+    QEMU's sandbox forbids the `exec:` URI's fork."""
+    _qmp(dom, "migrate-set-capabilities",
+         capabilities=[{"capability": "x-ignore-shared", "state": True}])
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    try:
+        _qmp(dom, "getfd", [fd], fdname="cvbench-state")
+    finally:
+        os.close(fd)
+    _qmp(dom, command, uri="fd:cvbench-state")
+    deadline = time.monotonic() + TEMPLATE_TIMEOUT
+    while (st := _qmp(dom, "query-migrate").get("status")) not in ("completed", "failed",
+                                                                    "cancelled"):
+        if time.monotonic() > deadline:
+            raise InstanceError(f"QMP {command}: still {st} after {TEMPLATE_TIMEOUT:g} s")
+        time.sleep(0.002)
+    if st != "completed":
+        raise InstanceError(f"QMP {command}: the migration {st}")
+
+
 def _fits(t: _Template, spec: InstanceSpec, prepared: Prepared) -> bool:
     """Whether a clone of template `t` is what `spec` asks: what the template fixed (the
     image, the guest's RAM and vCPUs, its NIC, its mounts) is the same."""
@@ -1186,7 +1284,8 @@ def _fits(t: _Template, spec: InstanceSpec, prepared: Prepared) -> bool:
 def _kind(path: Path) -> str:
     """What a file of a run under <state>/libvirt is: an instance's directory, a
     template's saved memory (libvirt:restore), or a volume's disk image."""
-    return "dir" if path.is_dir() else "template" if path.suffix == ".save" else "volume"
+    return "dir" if path.is_dir() else "template" \
+        if path.suffix in (".save", ".stream", ".mem") else "volume"
 
 
 def _gone(e: Any) -> bool:

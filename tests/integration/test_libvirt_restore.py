@@ -29,9 +29,13 @@ pytestmark = [pytest.mark.libvirt, pytest.mark.root]
 TIMEOUT = 180.0
 
 
-@pytest.fixture(scope="module")
-def rt() -> Any:
-    return backend_or_skip("libvirt:restore")
+# libvirt:restore keeps a real path in `make test`; the shared-memory flavour is slow only
+FLAVOURS = ["libvirt:restore", pytest.param("libvirt:restore-shared", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(scope="module", params=FLAVOURS)
+def rt(request: pytest.FixtureRequest) -> Any:
+    return backend_or_skip(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +82,13 @@ def test_a_clone_runs_the_workload_and_drain_leaves_nothing(
     _fill(pool, prepared, _spec(run_id, 0, ("true",)), size=2)
     assert pool.ready() == 2
     [slot] = pool.slots()
-    save = Path(str(slot.details["template"]))
-    assert slot.pids == () and slot.disk_bytes == save.stat().st_size > 0
-    assert save.name.startswith(f"cvbench-{run_id}-template-")
+    files = [Path(f) for f in slot.details["template"]]  # type: ignore[union-attr]
+    du = subprocess.run(["du", "-B1", "-c", *map(str, files)], capture_output=True,
+                        text=True, check=True).stdout.splitlines()[-1].split()[0]
+    assert slot.pids == () and slot.disk_bytes == int(du) > 0
+    assert sorted(f.suffix for f in files) == ([".mem", ".stream"] if pool.shared
+                                              else [".save"])
+    assert all(f.name.startswith(f"cvbench-{run_id}-template-") for f in files)
     assert not _virsh_domains(run_id), "the template domain ends with its save"
     spec = _spec(run_id, 1, ("sh", "-c", "echo from $(hostname); exit 7"), hostname="c1",
                  capture=True)
@@ -95,7 +103,7 @@ def test_a_clone_runs_the_workload_and_drain_leaves_nothing(
         pool.remove(inst)
     assert ex.code == 7 and ex.stdout.strip() == b"from c1"
     pool.drain()
-    assert pool.ready() == 0 and not save.exists()
+    assert pool.ready() == 0 and not any(f.exists() for f in files)
 
 
 @pytest.mark.slow
@@ -164,7 +172,7 @@ from runtimes import _proc
 from runtimes.base import InstanceSpec, new_run_id
 rid = new_run_id()
 lock = RunLock(rid, "test")
-rt = registry.get("libvirt:restore")
+rt = registry.get(sys.argv[1])
 p = rt.prepare(image.build(image.Recipe()))
 rt.fill(InstanceSpec(run_id=rid, name=f"cvbench-{rid}-0", argv=("true",)), p, 1)
 while rt.ready() < 1:
@@ -181,14 +189,14 @@ def test_gc_after_a_killed_runner_leaves_no_template_save_or_clone(
         rt: Any, prepared: Prepared) -> None:
     from harness.bookkeeping import live_runs
 
-    with subprocess.Popen([sys.executable, "-c", KILLED_RUNNER], stdout=subprocess.PIPE,
-                          text=True) as proc:
+    with subprocess.Popen([sys.executable, "-c", KILLED_RUNNER, rt.name],
+                          stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
             rid = proc.stdout.readline().strip()
             assert rid, "the runner did not get to its clone"
             assert _virsh_domains(rid) == [f"cvbench-{rid}-1"]
-            assert any(p.suffix == ".save" for p in _files(rid))
+            assert any(p.suffix in (".save", ".mem") for p in _files(rid))
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()

@@ -175,12 +175,36 @@ def test_a_templates_command_line_holds_nothing_of_an_instance() -> None:
     assert "CVBENCH_NET=eth0" in handed and "CVBENCH_USER=5:6" in handed
 
 
-def test_restore_is_the_only_libvirt_flavour_with_a_pool() -> None:
-    assert isinstance(lv.LibvirtRuntime("restore"), Pool)
-    assert isinstance(lv.LibvirtRuntime("restore"), lv.LibvirtRestore)
-    for flavour in (None, "microvm", "disk"):
-        assert not isinstance(lv.LibvirtRuntime(flavour), Pool)
-    assert lv.LibvirtRuntime("restore").name == "libvirt:restore"
+def test_restore_flavours_are_the_only_libvirt_ones_with_a_pool() -> None:
+    for flavour in ("restore", "restore-shared"):
+        rt = lv.LibvirtRuntime(flavour)
+        assert isinstance(rt, Pool) and isinstance(rt, lv.LibvirtRestore)
+        assert rt.name == f"libvirt:{flavour}" and rt.shared == (flavour == "restore-shared")
+    for other in (None, "microvm", "disk"):
+        assert not isinstance(lv.LibvirtRuntime(other), Pool)
+
+
+def test_a_memory_file_replaces_libvirts_ram_object_on_the_command_line() -> None:
+    from runtimes.vm import domain
+
+    base = dict(name="cvbench-abcdef0123-1", domain_type="qemu", machine="pc",
+                memory_kib=1024, vcpus=1, kernel="/k", initrd="/i", cmdline="c",
+                console="/c.sock")
+    plain = domain.DomainConfig(**base)  # type: ignore[arg-type]
+    assert domain.qemu_args(plain) == []
+    assert ET.fromstring(domain.to_xml(plain)).find(
+        f"{{{domain.QEMU_NS}}}commandline") is None
+    tmpl = domain.DomainConfig(**base, memory_file="/s/t.mem",  # type: ignore[arg-type]
+                               memory_file_shared=True, network="default", mac="52:54:00:aa:bb:cc")
+    root = ET.fromstring(domain.to_xml(tmpl))
+    args = [a.get("value") for a in root.iter(f"{{{domain.QEMU_NS}}}arg")]
+    assert args == ["-object", "memory-backend-file,id=cvbench-ram,size=1048576,"
+                    "mem-path=/s/t.mem,share=on", "-machine", "memory-backend=cvbench-ram"]
+    assert root.find("devices/interface/mac").get("address") == "52:54:00:aa:bb:cc"  # type: ignore[union-attr]
+    clone = domain.DomainConfig(**base, memory_file="/s/t.mem",  # type: ignore[arg-type]
+                                incoming=True)
+    assert domain.qemu_args(clone)[1].endswith("share=off")
+    assert domain.qemu_args(clone)[-2:] == ["-incoming", "defer"]
 
 
 def test_an_unfilled_pool_has_nothing_ready() -> None:
@@ -195,7 +219,7 @@ def test_a_template_fits_only_specs_with_its_image_limits_network_and_mounts() -
         return Prepared(image=img, backend="libvirt:restore", ref="r")
 
     prep = prepared("d1")
-    t = lv._Template(spec=_spec(), prepared=prep, size=1, save=Path("/t.save"))
+    t = lv._Template(spec=_spec(), prepared=prep, size=1, files=(Path("/t.save"),))
     assert lv._fits(t, _spec(name="cvbench-abcdef0123-9", argv=("true",), nonce="n",
                              hostname="h", env={"A": "b"}, user="1:1"), prep)
     assert not lv._fits(t, _spec(network="bridge"), prep)
