@@ -1,5 +1,6 @@
 """`libvirt` (`libvirt:microvm`, `libvirt:disk`): the image booted as a QEMU virtual machine;
-`libvirt:restore`: the same restored from a template VM's saved memory (LibvirtRestore).
+`libvirt:restore`, `libvirt:restore-shared`: the same cloned from a template VM saved at
+the hand-over, by virDomainSave/restore or by sharing its RAM file (LibvirtRestore).
 
 One transient libvirt domain per instance (createXML, so nothing outlives it in
 libvirt's configuration), booted directly into the guest kernel: Debian's kernel (its
