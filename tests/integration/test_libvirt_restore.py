@@ -90,17 +90,22 @@ def test_a_clone_runs_the_workload_and_drain_leaves_nothing(
                                               else [".save"])
     assert all(f.name.startswith(f"cvbench-{run_id}-template-") for f in files)
     assert not _virsh_domains(run_id), "the template domain ends with its save"
-    spec = _spec(run_id, 1, ("sh", "-c", "echo from $(hostname); exit 7"), hostname="c1",
-                 capture=True)
+    # the workload ends once a command run through the guest agent (exec) lets it
+    spec = _spec(run_id, 1, ("sh", "-c", "echo from $(hostname); "
+                             "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7"),
+                 hostname="c1", capture=True, agent=True)
     inst = pool.create(spec, prepared)
     try:
         assert inst.warm == "slot"
         assert _virsh_domains(run_id) == [spec.name]  # restored under its own name
         pool.start(inst)
         pool.wait_ready(inst, TIMEOUT)
+        mid = pool.exec(inst, ["sh", "-c", "cat /etc/machine-id; touch /tmp/go"],
+                        timeout=TIMEOUT)
         ex = pool.wait_exit(inst, TIMEOUT)
     finally:
         pool.remove(inst)
+    assert mid.code == 0 and re.fullmatch(rb"[0-9a-f]{32}\n?", mid.stdout), mid
     assert ex.code == 7 and ex.stdout.strip() == b"from c1"
     pool.drain()
     assert pool.ready() == 0 and not any(f.exists() for f in files)
