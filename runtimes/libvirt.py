@@ -1045,6 +1045,15 @@ class LibvirtRestore(LibvirtRuntime):
         self._pool: _Template | None = None
         self._lock = threading.Lock()
 
+    def availability(self) -> Availability:
+        a = super().availability()
+        if a.ok and self.shared and self.conn().getLibVersion() < 8_002_000:
+            # virDomainQemuMonitorCommandWithFiles: the state file goes to QEMU as an fd
+            return dataclasses.replace(a, ok=False, reason="libvirt:restore-shared needs "
+                                       "libvirt 8.2 or later (QMP commands with files)",
+                                       fix="use libvirt:restore (virDomainSave)")
+        return a
+
     def traits(self) -> Traits:
         t = super().traits()
         start = ("cloned from a template VM whose RAM file each clone maps copy-on-write "
