@@ -1,4 +1,6 @@
-"""`libvirt` (`libvirt:microvm`, `libvirt:disk`): the image booted as a QEMU virtual machine.
+"""`libvirt` (`libvirt:microvm`, `libvirt:disk`): the image booted as a QEMU virtual machine;
+`libvirt:restore`, `libvirt:restore-shared`: the same cloned from a template VM saved at
+the hand-over, by virDomainSave/restore or by sharing its RAM file (LibvirtRestore).
 
 One transient libvirt domain per instance (createXML, so nothing outlives it in
 libvirt's configuration), booted directly into the guest kernel: Debian's kernel (its
@@ -72,6 +74,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import ipaddress
@@ -79,14 +82,18 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import socket
+import struct
+import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
 from harness.core import image as image_mod
 from harness.core.errors import (
@@ -111,6 +118,7 @@ from runtimes.base import (
     Json,
     Leftover,
     Prepared,
+    Slot,
     Stats,
     Traits,
     check_publish,
@@ -122,13 +130,14 @@ from runtimes.base import (
     state_dir,
     uid_gid,
 )
-from runtimes.vm import disk, domain, initramfs, kernel
+from runtimes.vm import disk, domain, initramfs, kernel, template
 
 URI = os.environ.get("CVBENCH_LIBVIRT_URI", "qemu:///system")
 MIB = 1 << 20
 DEFAULT_MEMORY = 256 * MIB
 GUEST_BASE_MIB = 64
 PROBE_TIMEOUT = 20.0
+TEMPLATE_TIMEOUT = 300.0  # a template's boot to the hand-over, under TCG too
 EXIT_LINE = re.compile(rb"CVBENCH-EXIT (\d+) ?(\d*)\r?\n")
 MAX_INITRAMFS_IMAGE = 128 * MIB
 MAX_CMDLINE = 2047  # COMMAND_LINE_SIZE on x86 is 2048 with the NUL
@@ -282,6 +291,7 @@ class VmInstance(Instance):
     out: _proc.Stream | None = None
     exited: bool = False
     agent: socket.socket | None = None
+    mac: str | None = None  # a libvirt:restore clone's own MAC (the template's NIC's is shared)
     requests: int = 0
     published: bool = False  # DNAT rules for its published ports may exist
 
@@ -295,7 +305,15 @@ class LibvirtRuntime:
     """QEMU guests through libvirtd; `libvirt:microvm` uses QEMU's microvm machine,
     `libvirt:disk` boots into a per-instance qcow2 overlay disk instead of RAM."""
 
-    flavours: ClassVar[tuple[str, ...]] = ("microvm", "disk")
+    flavours: ClassVar[tuple[str, ...]] = ("microvm", "disk", "restore", "restore-shared")
+
+    def __new__(cls, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> Self:
+        # `libvirt:restore(-shared)` is an object of its own class, so that isinstance(rt, Pool)
+        # tells it from the flavours that boot every instance (a runtime_checkable
+        # Protocol sees methods, never a flavour).
+        target = LibvirtRestore if flavour in ("restore", "restore-shared") \
+            and cls is LibvirtRuntime else cls
+        return cast(Self, object.__new__(target))
 
     def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
         self.hooks = hooks
@@ -548,18 +566,33 @@ class LibvirtRuntime:
         return disks, lines, mods
 
     def cmdline(self, spec: InstanceSpec, modules: Sequence[str], mounts: Sequence[str],
-                accel: str = "tcg", root: str | None = None) -> str:
-        env = {"PATH": image_mod.PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
-               "CVBENCH_HOSTNAME": spec.hostname, "CVBENCH_WORKDIR": spec.workdir,
-               "CVBENCH_NONCE": spec.nonce, **spec.env}
-        words = [boot_args(accel), "CVBENCH_VM=1", f"CVBENCH_NONCE={spec.nonce}",
-                 "CVBENCH_MODULES=" + ",".join(modules),
-                 "CVBENCH_ENV=" + ",".join(_enc(f"{k}={v}") for k, v in env.items()),
-                 "CVBENCH_ARGV=" + ",".join(_enc(a) for a in spec.argv)]
+                accel: str = "tcg", root: str | None = None, template: bool = False) -> str:
+        """The guest's command line: the boot's own words, then the instance's variables
+        (instance_vars); a template's (libvirt:restore) has none of those but its nonce:
+        its clones get theirs in the hand-over."""
+        words = [boot_args(accel), "CVBENCH_VM=1", "CVBENCH_MODULES=" + ",".join(modules)]
         if mounts:
             words.append("CVBENCH_MOUNTS=" + ",".join(_enc(m) for m in mounts))
         if root is not None:
             words.append(f"CVBENCH_ROOT={root}")
+        words += [f"CVBENCH_NONCE={spec.nonce}", "CVBENCH_TEMPLATE=1"] if template \
+            else self.instance_vars(spec)
+        line = " ".join(words)
+        if len(line) > MAX_CMDLINE:
+            raise UsageError(f"libvirt: argv, env and mounts take {len(line)} bytes of the "
+                             f"guest kernel's command line; the limit is {MAX_CMDLINE}")
+        return line
+
+    @staticmethod
+    def instance_vars(spec: InstanceSpec) -> list[str]:
+        """The VM init's variables ("NAME=value") of one instance: its workload (argv,
+        env, nonce, user), names and network."""
+        env = {"PATH": image_mod.PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
+               "CVBENCH_HOSTNAME": spec.hostname, "CVBENCH_WORKDIR": spec.workdir,
+               "CVBENCH_NONCE": spec.nonce, **spec.env}
+        words = [f"CVBENCH_NONCE={spec.nonce}",
+                 "CVBENCH_ENV=" + ",".join(_enc(f"{k}={v}") for k, v in env.items()),
+                 "CVBENCH_ARGV=" + ",".join(_enc(a) for a in spec.argv)]
         if spec.network == "bridge":
             words.append("CVBENCH_NET=eth0")
         if spec.network_name:
@@ -569,17 +602,17 @@ class LibvirtRuntime:
             words.append("CVBENCH_AGENT=1")
         if uid_gid(spec.user) != (0, 0):
             words.append("CVBENCH_USER={}:{}".format(*uid_gid(spec.user)))
-        line = " ".join(words)
-        if len(line) > MAX_CMDLINE:
-            raise UsageError(f"libvirt: argv, env and mounts take {len(line)} bytes of the "
-                             f"guest kernel's command line; the limit is {MAX_CMDLINE}")
-        return line
+        return words
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         return self._create(spec, prepared, self.accel()[0], self._cpu_disabled)
 
     def _create(self, spec: InstanceSpec, prepared: Prepared, accel: str,
-                cpu_disabled: tuple[str, ...] = ()) -> Instance:
+                cpu_disabled: tuple[str, ...] = (), template: bool = False,
+                memory_file: Path | None = None) -> VmInstance:
+        """A paused domain of `spec`; a `template` (libvirt:restore) boots up to the
+        hand-over, with the agent's port (the hand-over's way in) whatever spec.agent,
+        and its RAM in `memory_file` (mapped shared) if given."""
         lv = _libvirt()
         if spec.network == "host":
             raise NotApplicable("libvirt: network 'host' is impossible for a VM (it has its own "
@@ -600,7 +633,7 @@ class LibvirtRuntime:
             net = self._private(spec.run_id, spec.network_name) if spec.network_name \
                 else self._network()
             mods.add("virtio_net")
-        if spec.agent:
+        if spec.agent or template:
             mods.add("virtio_console")
         det = prepared.details
         modules = _modules_for(str(det["kernel_version"]),
@@ -615,11 +648,13 @@ class LibvirtRuntime:
             vcpus=vcpus, quota_us=quota, cpuset=spec.limits.cpuset, kernel=str(det["kernel"]),
             initrd=str(det["initramfs"]),
             cmdline=self.cmdline(spec, modules, mount_lines, accel,
-                                 "/dev/vda" if root is not None else None),
+                                 "/dev/vda" if root is not None else None, template),
             console=str(console),
-            disks=tuple(disks), network=net, cpu_host=accel == "kvm",
+            disks=tuple(disks), network=net, cpu_host=accel == "kvm", cpu_migratable=template,
             disabled_cpu_features=cpu_disabled,
-            agent=str(idir / "agent.sock") if spec.agent else None)
+            agent=str(idir / "agent.sock") if spec.agent or template else None,
+            memory_file=str(memory_file) if memory_file else None,
+            memory_file_shared=memory_file is not None)
         inst = VmInstance(spec=spec, prepared=prepared, dir=idir, cfg=cfg, root=root)
         try:
             try:
@@ -628,23 +663,27 @@ class LibvirtRuntime:
             except lv.libvirtError as e:
                 raise InstanceError(f"libvirt: cannot create {spec.name}: "
                                     f"{e.get_error_message()}") from e
-            # QEMU listens on the socket without waiting for a client: whatever the guest
-            # writes before we connect is lost, so connect while the vCPUs are paused.
-            sock = inst.console = socket.socket(socket.AF_UNIX,
-                                                socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            sock.connect(str(console))
-            sock.setblocking(False)
-            inst.out = _proc.Stream(sock.fileno(), spec.capture)
-            if cfg.agent:
-                inst.agent = socket.socket(socket.AF_UNIX,
-                                           socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-                inst.agent.connect(cfg.agent)
-            pid = _qemu_pid(spec.name)
-            inst.pids = [pid] if pid else []
+            self._attach(inst)
         except BaseException:
             self.remove(inst)
             raise
         return inst
+
+    def _attach(self, inst: VmInstance) -> None:
+        """Connect to a new paused domain's console (and agent port) and find its QEMU.
+        QEMU listens on the socket without waiting for a client: whatever the guest
+        writes before we connect is lost, so connect while the vCPUs are paused."""
+        assert inst.cfg is not None
+        sock = inst.console = socket.socket(socket.AF_UNIX,
+                                            socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.connect(inst.cfg.console)
+        sock.setblocking(False)
+        inst.out = _proc.Stream(sock.fileno(), inst.spec.capture)
+        if inst.cfg.agent:
+            inst.agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            inst.agent.connect(inst.cfg.agent)
+        pid = _qemu_pid(inst.spec.name)
+        inst.pids = [pid] if pid else []
 
     def _network(self) -> str:
         """The libvirt network NICs join; started if defined but inactive."""
@@ -705,7 +744,7 @@ class LibvirtRuntime:
         """One request to the guest agent (see runtimes/vm/initramfs.py); env None: the
         workload's defaults (PATH, HOME) and its env."""
         inst = own(inst, VmInstance)
-        if inst.agent is None:
+        if inst.agent is None or not inst.spec.agent:  # (a clone's port: its hand-over)
             raise InstanceError(f"libvirt: {inst.spec.name} runs no guest agent "
                                 "(InstanceSpec.agent)")
         inst.requests += 1
@@ -914,8 +953,8 @@ class LibvirtRuntime:
         root = state_dir() / "libvirt"
         for d in (root, root / "volumes"):
             if d.is_dir():
-                found += [Leftover(self.name, "dir" if p.is_dir() else "volume", str(p),
-                                   run_of(p.name)) for p in sorted(d.iterdir())
+                found += [Leftover(self.name, _kind(p), str(p), run_of(p.name))
+                          for p in sorted(d.iterdir())
                           if p.name.startswith(PREFIX) and run_of(p.name) not in live_runs]
         found += [Leftover(self.name, "dnat", n, run_of(n)) for n in _publish.rules(self.name)
                   if run_of(n) not in live_runs]
@@ -937,7 +976,7 @@ class LibvirtRuntime:
             except lv.libvirtError as e:
                 if not _gone(e):  # gone meanwhile: removed; else it is still there
                     raise InstanceError(e.get_error_message()) from e
-            if item.kind == "volume":
+            if item.kind in ("volume", "template"):
                 Path(item.name).unlink(missing_ok=True)
             elif item.kind == "dnat":
                 _publish.unpublish(self.name, item.name)
@@ -945,6 +984,318 @@ class LibvirtRuntime:
                 rmtree(item.name)
 
         return remove_each(self.name, self.leftovers(live_runs), remove)
+
+
+@dataclass(eq=False)
+class _Template:
+    """The pool of libvirt:restore(-shared): one template VM of `spec`, booted to the
+    hand-over and saved: to `files[0]` (virDomainSave's file; with shared memory, QEMU's
+    device state, then the RAM file `files[1]`). `cfg` once saved."""
+
+    spec: InstanceSpec
+    prepared: Prepared
+    size: int
+    files: tuple[Path, ...]
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    booting: VmInstance | None = None
+    cfg: domain.DomainConfig | None = None  # the template's domain, once it is saved
+    image: template.SaveImage | None = None  # virDomainSave's file, parsed
+    error: str | None = None
+
+
+class LibvirtRestore(LibvirtRuntime):
+    """`libvirt:restore`, `libvirt:restore-shared`: VMs cloned from a template VM saved
+    at the hand-over (the Pool protocol).
+
+    fill() boots one template VM per image and spec (in the background, outside any
+    timed path) until its VM init waits for the hand-over on the agent's port, and
+    saves it there, to files named `<state>/libvirt/cvbench-<run id>-template-<n>.*`;
+    the template domain is gone once saved.
+
+    `libvirt:restore` (the default) saves with virDomainSave (`.save`), and create()
+    restores a clone from that file (virDomainRestoreFlags), paused, under the clone's
+    own name, UUID, MAC and sockets (runtimes/vm/template.py): every clone reads the
+    template's memory and holds its own copy. `libvirt:restore-shared` is Kata
+    Containers' VM templating: the template's RAM is a file (`.mem`) it maps shared,
+    QEMU's migration capability x-ignore-shared leaves the RAM out of the device state it
+    writes (`.stream`, over QMP), and a clone is a new domain whose QEMU maps that file
+    privately (copy-on-write) and loads the device state (`-incoming defer`, then
+    migrate-incoming over QMP): it reads only the pages it touches and shares the rest.
+    That needs QEMU command-line passthrough and QMP commands behind libvirt's back (the
+    domain is marked tainted, libvirt's own RAM object goes unused, and x-ignore-shared
+    is an experimental capability), which is why it is not the default.
+
+    start() resumes a clone and hands over what clones must not share and then the
+    workload's argv, env, nonce and user (runtimes/vm/initramfs.py): new randomness
+    (host bytes credited with RNDADDENTROPY, then RNDRESEEDCRNG), the host's clock, its
+    own MAC (then its own DHCP lease, so its own IP), a new /etc/machine-id (bind-mounted
+    over the image's) and its hostname. Ready is the workload's ready line, as for a
+    cold boot. A template is not used up: every create() while it is saved is a clone
+    (`ready()` is the pool's size then), and one before it is saved, or for a spec the
+    template does not fit (another image, limits, network or mounts), is a cold boot
+    (Instance.warm "cold"). Volumes are refused: the template has their filesystem
+    mounted, and each clone would resume with its own stale view of a disk the others
+    write.
+    """
+
+    def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
+        super().__init__(flavour, hooks=hooks)
+        self.shared = flavour == "restore-shared"
+        self._pool: _Template | None = None
+        self._lock = threading.Lock()
+
+    def availability(self) -> Availability:
+        a = super().availability()
+        if a.ok and self.shared and self.conn().getLibVersion() < 8_002_000:
+            # virDomainQemuMonitorCommandWithFiles: the state file goes to QEMU as an fd
+            return dataclasses.replace(a, ok=False, reason="libvirt:restore-shared needs "
+                                       "libvirt 8.2 or later (QMP commands with files)",
+                                       fix="use libvirt:restore (virDomainSave)")
+        return a
+
+    def traits(self) -> Traits:
+        t = super().traits()
+        start = ("cloned from a template VM whose RAM file each clone maps copy-on-write "
+                 "(QEMU x-ignore-shared, by command-line passthrough and QMP)" if self.shared
+                 else "restored from a template VM's memory saved at the hand-over "
+                 "(virDomainSave, virDomainRestoreFlags through a FIFO per clone)")
+        return dataclasses.replace(t, settings={
+            **t.settings, "start": start,
+            "clone": "new randomness (RNDADDENTROPY + RNDRESEEDCRNG), clock, MAC and "
+                     "DHCP lease, machine-id and hostname handed over before the workload"})
+
+    # --- the pool -----------------------------------------------------------------
+
+    def fill(self, spec: InstanceSpec, prepared: Prepared, size: int) -> None:
+        self.drain()
+        if size <= 0:
+            return
+        self._refuse(spec)
+        self.accel()  # decided here, once, not in the filling thread
+        name = f"{PREFIX}{spec.run_id}-template-{secrets.token_hex(3)}"
+        root = state_dir() / "libvirt"
+        files = (root / f"{name}.stream", root / f"{name}.mem") if self.shared \
+            else (root / f"{name}.save",)
+        t = _Template(spec=spec, prepared=prepared, size=size, files=files)
+        t.thread = threading.Thread(target=self._make_template, args=(t, name),
+                                    name=f"template {name}", daemon=True)
+        with self._lock:
+            self._pool = t
+        t.thread.start()
+
+    def _make_template(self, t: _Template, name: str) -> None:
+        """Boot the template to the hand-over and save it (the fill's thread)."""
+        nonce = secrets.token_hex(8)
+        tspec = dataclasses.replace(t.spec, name=name, nonce=nonce, argv=(), capture=False,
+                                    publish=())
+        inst: VmInstance | None = None
+        try:
+            accel = self.accel()[0]
+            t.files[0].parent.mkdir(parents=True, exist_ok=True)
+            inst = t.booting = self._create(tspec, t.prepared, accel, self._cpu_disabled,
+                                            template=True,
+                                            memory_file=t.files[1] if self.shared else None)
+            if t.stop.is_set():
+                return
+            self.start(inst)
+            _proc.wait_line(inst.stream(), b"CVBENCH-TEMPLATE " + nonce.encode(),
+                            time.monotonic() + TEMPLATE_TIMEOUT)
+            # Saved with the console and agent connected: a port whose host side closed
+            # would answer the guest's read with EOF, in the template and its clones.
+            if self.shared:
+                inst.dom.suspend()
+                _migrate(inst.dom, "migrate", t.files[0], os.O_WRONLY | os.O_CREAT)
+                self.stop(inst)
+            else:
+                inst.dom.save(str(t.files[0]))
+                inst.exited = True  # saving ends the domain
+                t.image = template.SaveImage.read(t.files[0])
+            t.cfg = inst.cfg
+        except Exception as e:  # a failed fill is reported by ready(), not lost here
+            t.error = f"{type(e).__name__}: {e}"[:500]
+        finally:
+            t.booting = None
+            if inst is not None:
+                with contextlib.suppress(Exception):
+                    self.remove(inst)
+            if t.cfg is None:
+                for f in t.files:
+                    f.unlink(missing_ok=True)
+
+    def ready(self) -> int:
+        t = self._pool
+        if t is None:
+            return 0
+        if t.error is not None:
+            raise InstanceError(f"{self.name}: the template VM could not be made: {t.error}")
+        return t.size if t.cfg is not None else 0
+
+    def slots(self) -> list[Slot]:
+        """The template: its files' allocated bytes (the RAM file is sparse)."""
+        t = self._pool
+        if t is None or t.cfg is None:
+            return []
+        return [Slot(pids=(), disk_bytes=sum(f.stat().st_blocks * 512 for f in t.files),
+                     details={"template": [str(f) for f in t.files],
+                              "clones": "any number"})]
+
+    def drain(self) -> None:
+        with self._lock:
+            t, self._pool = self._pool, None
+        if t is None:
+            return
+        t.stop.set()
+        if (inst := t.booting) is not None:
+            with contextlib.suppress(Exception):  # ends the thread's wait for the line
+                self.stop(inst, grace=0)
+        if t.thread is not None:
+            t.thread.join(TEMPLATE_TIMEOUT)
+        for f in t.files:
+            f.unlink(missing_ok=True)
+
+    # --- instances ----------------------------------------------------------------
+
+    def _refuse(self, spec: InstanceSpec) -> None:
+        if spec.network == "host":
+            raise NotApplicable("libvirt: network 'host' is impossible for a VM (it has its "
+                                "own kernel and network stack); use none or bridge")
+        if any(m.type == "volume" for m in spec.mounts):
+            raise NotApplicable(f"{self.name}: volumes cannot be restored: the template "
+                                "has their filesystem mounted, and each clone would resume "
+                                "with a stale view of a disk the others write")
+
+    def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
+        self._refuse(spec)
+        t = self._pool
+        if t is None or t.cfg is None or not _fits(t, spec, prepared):
+            inst = super().create(spec, prepared)
+            inst.warm = "cold"
+            return inst
+        check_publish(self.name, spec)
+        idir = self._dir(spec.name)
+        idir.mkdir(parents=True)
+        mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3)) \
+            if spec.network == "bridge" else None
+        cfg = dataclasses.replace(t.cfg, name=spec.name, console=str(idir / "console.sock"),
+                                  agent=str(idir / "agent.sock"), mac=mac,
+                                  memory_file_shared=False, incoming=self.shared)
+        inst = VmInstance(spec=spec, prepared=prepared, dir=idir, cfg=cfg, warm="slot",
+                          mac=mac)
+        try:
+            if self.shared:
+                self._clone_shared(inst, t)
+            else:
+                self._clone_saved(inst, t)
+        except BaseException:
+            self.remove(inst)
+            raise
+        return inst
+
+    def _clone_saved(self, inst: VmInstance, t: _Template) -> None:
+        """virDomainRestoreFlags of the template's save file as this clone's."""
+        lv = _libvirt()
+        assert t.image is not None and t.cfg is not None and t.cfg.agent and inst.dir
+        name = inst.spec.name
+        xml = template.clone_xml(t.image.xml, name=name, uuid=str(uuid.uuid4()),
+                                 mac=inst.mac, dirs={str(Path(t.cfg.agent).parent): str(inst.dir)})
+
+        def restore(path: str) -> None:
+            try:
+                self.conn().restoreFlags(path, None, lv.VIR_DOMAIN_SAVE_PAUSED)
+            except lv.libvirtError as e:
+                raise InstanceError(f"libvirt: cannot restore {name}: "
+                                    f"{e.get_error_message()}") from e
+
+        template.restore_through_fifo(t.image, xml, inst.dir / "restore.fifo", restore)
+        inst.dom = self.conn().lookupByName(name)
+        self._attach(inst)
+
+    def _clone_shared(self, inst: VmInstance, t: _Template) -> None:
+        """A new paused domain mapping the template's RAM file privately, which loads
+        the template's device state (x-ignore-shared: the RAM is not in it)."""
+        lv = _libvirt()
+        assert inst.cfg is not None
+        try:
+            inst.dom = self.conn().createXML(domain.to_xml(inst.cfg), lv.VIR_DOMAIN_START_PAUSED)
+        except lv.libvirtError as e:
+            raise InstanceError(f"libvirt: cannot create {inst.spec.name}: "
+                                f"{e.get_error_message()}") from e
+        self._attach(inst)
+        _migrate(inst.dom, "migrate-incoming", t.files[0], os.O_RDONLY)
+
+    def start(self, inst: Instance) -> None:
+        """Resume; a clone then gets its hand-over (see the class)."""
+        super().start(inst)
+        vm = own(inst, VmInstance)
+        if inst.warm != "slot":
+            return
+        assert vm.agent is not None
+        # struct rand_pool_info: 256 bits credited for 64 bytes of the host's randomness
+        seed = struct.pack("<ii", 256, 64) + secrets.token_bytes(64)
+        words = [base64.b64encode(seed).decode(), str(round(time.time())),
+                 secrets.token_hex(16), vm.mac or "-",
+                 ",".join(_enc(w) for w in self.instance_vars(inst.spec))]
+        try:
+            vm.agent.settimeout(10)
+            vm.agent.sendall(" ".join(words).encode() + b"\n")
+        except OSError as e:
+            raise InstanceError(f"libvirt: hand-over to {inst.spec.name}: {e}") from e
+
+
+def _qmp(dom: Any, command: str, files: Sequence[int] = (), **args: Json) -> Any:
+    """One QMP command to the domain's QEMU through libvirt (libvirt marks the domain
+    "tainted: custom-monitor"); `files` are passed along (for getfd)."""
+    lv = _libvirt()
+    import libvirt_qemu
+
+    text = json.dumps({"execute": command, **({"arguments": args} if args else {})})
+    try:
+        out = libvirt_qemu.qemuMonitorCommandWithFiles(dom, text, list(files), 0)[0] \
+            if files else libvirt_qemu.qemuMonitorCommand(dom, text, 0)
+    except lv.libvirtError as e:
+        raise InstanceError(f"QMP {command}: {e.get_error_message()}") from e
+    reply = json.loads(out)
+    if "error" in reply:
+        raise InstanceError(f"QMP {command}: {reply['error'].get('desc', reply['error'])}")
+    return reply.get("return")
+
+
+def _migrate(dom: Any, command: str, path: Path, flags: int) -> None:
+    """`migrate` (to) or `migrate-incoming` (from) the file `path` with x-ignore-shared,
+    until QEMU says the migration is over. The file goes to QEMU as a descriptor (getfd):
+    QEMU's sandbox forbids the `exec:` URI's fork."""
+    _qmp(dom, "migrate-set-capabilities",
+         capabilities=[{"capability": "x-ignore-shared", "state": True}])
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    try:
+        _qmp(dom, "getfd", [fd], fdname="cvbench-state")
+    finally:
+        os.close(fd)
+    _qmp(dom, command, uri="fd:cvbench-state")
+    deadline = time.monotonic() + TEMPLATE_TIMEOUT
+    while (st := _qmp(dom, "query-migrate").get("status")) not in ("completed", "failed",
+                                                                    "cancelled"):
+        if time.monotonic() > deadline:
+            raise InstanceError(f"QMP {command}: still {st} after {TEMPLATE_TIMEOUT:g} s")
+        time.sleep(0.002)
+    if st != "completed":
+        raise InstanceError(f"QMP {command}: the migration {st}")
+
+
+def _fits(t: _Template, spec: InstanceSpec, prepared: Prepared) -> bool:
+    """Whether a clone of template `t` is what `spec` asks: what the template fixed (the
+    image, the guest's RAM and vCPUs, its NIC, its mounts) is the same."""
+    return (prepared.image.digest == t.prepared.image.digest
+            and (spec.limits, spec.network, spec.network_name, spec.mounts)
+            == (t.spec.limits, t.spec.network, t.spec.network_name, t.spec.mounts))
+
+
+def _kind(path: Path) -> str:
+    """What a file of a run under <state>/libvirt is: an instance's directory, a
+    template's saved memory (libvirt:restore), or a volume's disk image."""
+    return "dir" if path.is_dir() else "template" \
+        if path.suffix in (".save", ".stream", ".mem") else "volume"
 
 
 def _gone(e: Any) -> bool:
@@ -972,9 +1323,10 @@ def _qemu_log_tail(name: str) -> str:
 
 
 if TYPE_CHECKING:  # mypy holds the backend to the protocol and the registry's constructor
-    from runtimes.base import Exec, Networks, Runtime, RuntimeClass
+    from runtimes.base import Exec, Networks, Pool, Runtime, RuntimeClass
 
     _networks: Networks = LibvirtRuntime()  # it runs stacks: private networks, exec
     _exec: Exec = LibvirtRuntime()
     _instance: Runtime = LibvirtRuntime()
     _class: RuntimeClass = LibvirtRuntime
+    _pool: Pool = LibvirtRestore("restore")

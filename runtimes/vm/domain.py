@@ -52,8 +52,18 @@ class DomainConfig:
     disks: tuple[Disk, ...] = ()
     network: str | None = None  # a libvirt network name, or None: no NIC at all
     cpu_host: bool = False  # host-passthrough (KVM only)
+    # ... without the features QEMU cannot migrate: a template VM's, which is saved
+    # (QEMU blocks the migration stream, and so a save, of a CPU with e.g. invtsc)
+    cpu_migratable: bool = False
     agent: str | None = None  # unix socket of the guest agent's virtio-serial port
     disabled_cpu_features: tuple[str, ...] = field(default=())
+    mac: str | None = None  # the NIC's MAC (None: libvirt picks one)
+    # Guest RAM from this file instead of anonymous memory (libvirt:restore-shared):
+    # mapped shared by a template, which writes its RAM there, privately (copy-on-write)
+    # by its clones; `incoming`: QEMU starts waiting for the device state (-incoming defer).
+    memory_file: str | None = None
+    memory_file_shared: bool = False
+    incoming: bool = False
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -87,7 +97,8 @@ def to_xml(c: DomainConfig) -> str:
     feats = _sub(dom, "features")
     _sub(feats, "acpi")
     if c.cpu_host:
-        cpu = _sub(dom, "cpu", mode="host-passthrough", check="none", migratable="off")
+        cpu = _sub(dom, "cpu", mode="host-passthrough", check="none",
+                   migratable="on" if c.cpu_migratable else "off")
         for f in c.disabled_cpu_features:
             _sub(cpu, "feature", policy="disable", name=f)
     _sub(dom, "clock", offset="utc")
@@ -113,6 +124,8 @@ def to_xml(c: DomainConfig) -> str:
             _sub(disk, "readonly")
     if c.network:
         nic = _sub(dev, "interface", type="network")
+        if c.mac:
+            _sub(nic, "mac", address=c.mac)
         _sub(nic, "source", network=c.network)
         _sub(nic, "model", type="virtio")
     serial = _sub(dev, "serial", type="unix")
@@ -124,8 +137,24 @@ def to_xml(c: DomainConfig) -> str:
         _sub(channel, "target", type="virtio", name=AGENT_PORT)
     balloon = _sub(dev, "memballoon", model="virtio")
     _sub(balloon, "stats", period="1")
-    if c.machine == "microvm":
+    if values := qemu_args(c):
         args = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-        for value in ("-machine", "pcie=on"):
+        for value in values:
             ET.SubElement(args, f"{{{QEMU_NS}}}arg", value=value)
     return ET.tostring(dom, encoding="unicode")
+
+
+def qemu_args(c: DomainConfig) -> list[str]:
+    """QEMU arguments libvirt has no element for, passed through (libvirt marks such
+    domains "tainted: custom-argv"). A memory file replaces the RAM object libvirt makes
+    (`-machine memory-backend=`, the later -machine option wins; libvirt's own object
+    stays, never touched); libvirt 9.0 has file-backed memory, but in a file of its own
+    that it removes when the domain ends, and a clone must map its template's."""
+    out = ["-machine", "pcie=on"] if c.machine == "microvm" else []
+    if c.memory_file:
+        out += ["-object", f"memory-backend-file,id=cvbench-ram,size={c.memory_kib * 1024},"
+                f"mem-path={c.memory_file},share={'on' if c.memory_file_shared else 'off'}",
+                "-machine", "memory-backend=cvbench-ram"]
+    if c.incoming:
+        out += ["-incoming", "defer"]
+    return out

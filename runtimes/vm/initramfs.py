@@ -10,8 +10,9 @@ the same bytes (same digest) as every container backend.
 What the VM layer holds, apart from the image (which it never changes):
   init                          VM_INIT, run by the kernel as PID 1 (rdinit=/init)
   bin/busybox, bin/<applet>     the host's busybox-static (VM_INIT's tools, linked by
-                                applet name) and bin/cvbench-dhcp, the udhcpc script
-                                that configures the lease
+                                applet name), bin/cvbench-dhcp, the udhcpc script
+                                that configures the lease, and bin/cvbench-reseed
+                                (RESEED: a restored clone's new randomness)
   dev/console                   the kernel opens it for init's stdin/stdout/stderr
   lib/modules/cvbench/<m>.ko    the modules, flat, loaded by name
   root/                         the image (libvirt, libvirt:microvm), or the mount point
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import struct
 import subprocess
 import tarfile
 import tempfile
@@ -74,11 +76,13 @@ inroot() {
 # image's root as uid:gid with only that environment and answers "<id> <exit status>
 # <base64 of the last 4 KiB of its output>". A detached command is started in the
 # background, its output on the console, and answered at once with status 0.
-cvbench_agent() {
-  port=
+agent_port() {
   for d in /sys/class/virtio-ports/*; do
-    [ "$(cat "$d/name" 2>/dev/null)" = org.cvbench.agent ] && port=/dev/${d##*/}
+    [ "$(cat "$d/name" 2>/dev/null)" = org.cvbench.agent ] && echo "/dev/${d##*/}"
   done
+}
+cvbench_agent() {
+  port=$(agent_port)
   [ -n "$port" ] || { echo "cvbench: no agent port" >&2; return; }
   exec 3<>"$port"
   while read -r id detach uid gid secs wd envs argv <&3; do
@@ -117,6 +121,28 @@ for w in $(echo "$CVBENCH_MOUNTS" | tr , ' '); do
   vm_decode "$w"; echo "$v" | { read -r fs src opts dst; at=$(inroot "$dst"); mkdir -p "$at"
     mount -t "$fs" -o "$opts" "$src" "$at" || echo "cvbench: cannot mount $dst" >&2; }
 done
+if [ -n "$CVBENCH_TEMPLATE" ]; then
+  # A template (libvirt:restore): the host saves the guest's memory once this line is
+  # out, and every clone restored from it resumes in the read below, sharing this
+  # guest's RNG state, clock, MAC and everything else. The host's hand-over gives it
+  # what must differ (as Firecracker advises for snapshot clones) before the workload's
+  # own variables: "<rand_pool_info, base64> <epoch s> <machine-id> <MAC|-> <vars,...>".
+  exec 3<>"$(agent_port)"
+  echo "CVBENCH-TEMPLATE $CVBENCH_NONCE"
+  until read -r seed secs mid mac vars <&3; do usleep 10000; done
+  exec 3<&-
+  # Mixed into the input pool and credited (RNDADDENTROPY), then the CRNG rekeyed from
+  # it at once (RNDRESEEDCRNG): without the reseed every clone's /dev/urandom would go
+  # on from the template's key until the kernel's next scheduled reseed.
+  echo "$seed" | base64 -d | cvbench-reseed >/dev/urandom || {
+    echo "cvbench: cannot reseed the random number generator" >&2; poweroff -f; }
+  date -u -s "@$secs" >/dev/null
+  for w in $(echo "$vars" | tr , ' '); do vm_decode "$w"; export "$v"; done
+  echo "$mid" > /tmp/machine-id; at=$(inroot /etc/machine-id); mkdir -p "${at%/*}"
+  [ -e "$at" ] || : > "$at"; mount --bind /tmp/machine-id "$at"
+  # The link is still down (the template took no lease): its own MAC first, then DHCP
+  [ -z "$CVBENCH_NET" ] || ip link set "$CVBENCH_NET" address "$mac"
+fi
 for w in $(echo "$CVBENCH_ENV" | tr , ' '); do vm_decode "$w"; export "$v"; done
 if [ -n "$CVBENCH_NET" ]; then
   ip link set "$CVBENCH_NET" up
@@ -139,8 +165,8 @@ fi
 set --
 for w in $(echo "$CVBENCH_ARGV" | tr , ' '); do vm_decode "$w"; set -- "$@" "$v"; done
 user=$CVBENCH_USER
-unset v w m CVBENCH_VM CVBENCH_MODULES CVBENCH_MOUNTS CVBENCH_ENV CVBENCH_ARGV CVBENCH_NET \\
-  CVBENCH_ROOT CVBENCH_NAMES CVBENCH_AGENT CVBENCH_USER
+unset v w m seed secs mid mac vars CVBENCH_VM CVBENCH_MODULES CVBENCH_MOUNTS CVBENCH_ENV \\
+  CVBENCH_ARGV CVBENCH_NET CVBENCH_ROOT CVBENCH_NAMES CVBENCH_AGENT CVBENCH_USER CVBENCH_TEMPLATE
 hostname "${CVBENCH_HOSTNAME:-cvbench}"
 # A missing workdir is made as root first, inside the image's root (as Docker makes a
 # missing WORKDIR), so that a user who may not write its parent can still start there
@@ -162,8 +188,46 @@ ip addr add "$ip/$mask" dev "$interface"
 [ -z "$router" ] || ip route add default via "${router%% *}"
 echo "$ip ${dns%% *}" > /tmp/lease
 """
+
+
+def _reseed_elf() -> bytes:
+    """bin/cvbench-reseed: a static x86-64 ELF of 20 instructions, as no busybox
+    applet makes an ioctl. It reads a `struct rand_pool_info` (entropy bits, byte count,
+    bytes) from stdin, gives it to the kernel with ioctl(1, RNDADDENTROPY) and then
+    rekeys the CRNG with ioctl(1, RNDRESEEDCRNG): stdout must be /dev/urandom (or
+    /dev/random). It exits 0, or with the errno of the ioctl that failed (ENOTTY when
+    stdout is no random device, EPERM without CAP_SYS_ADMIN). Written out here rather
+    than compiled so that building a guest needs no C toolchain; the assembly:
+
+        sub rsp, 4096; xor eax, eax; xor edi, edi; mov rsi, rsp; mov edx, 4096
+        syscall                                   ; read(0, rsp, 4096)
+        mov eax, 16; mov edi, 1; mov esi, 0x40085203; mov rdx, rsp
+        syscall                                   ; ioctl(1, RNDADDENTROPY, rsp)
+        test eax, eax; jnz done
+        mov eax, 16; mov esi, 0x5207
+        syscall                                   ; ioctl(1, RNDRESEEDCRNG)
+    done:
+        mov edi, eax; neg edi; mov eax, 60
+        syscall                                   ; exit(-result)
+    """
+    code = bytes.fromhex(
+        "4881ec00100000" "31c0" "31ff" "4889e6" "ba00100000" "0f05"
+        "b810000000" "bf01000000" "be03520840" "4889e2" "0f05"
+        "85c0" "750c"
+        "b810000000" "be07520000" "0f05"
+        "89c7" "f7df" "b83c000000" "0f05")
+    base, ehsize, phsize = 0x400000, 64, 56
+    size = ehsize + phsize + len(code)
+    ident = b"\x7fELF\x02\x01\x01" + bytes(9)  # 64-bit, little-endian, ELF version 1
+    header = struct.pack("<16sHHIQQQIHHHHHH", ident, 2, 0x3E, 1, base + ehsize + phsize,
+                         ehsize, 0, 0, ehsize, phsize, 1, 0, 0, 0)  # ET_EXEC, x86-64
+    load = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)  # PT_LOAD r-x
+    return header + load + code
+
+
+RESEED = _reseed_elf()
 # What the cached initramfs files are keyed by, besides the image and the kernel.
-VERSION = hashlib.sha256((VM_INIT + DHCP_SCRIPT).encode()).hexdigest()[:12]
+VERSION = hashlib.sha256((VM_INIT + DHCP_SCRIPT).encode() + RESEED).hexdigest()[:12]
 
 
 class CpioWriter:
@@ -253,6 +317,7 @@ def build(tar: Path | None, modules: Iterable[tuple[str, Path]], target: Path) -
             for applet in sorted(set(listing) - {"busybox"}):
                 w.add(f"bin/{applet}", stat.S_IFLNK | 0o777, b"busybox")
             w.add("bin/cvbench-dhcp", stat.S_IFREG | 0o755, DHCP_SCRIPT.encode())
+            w.add("bin/cvbench-reseed", stat.S_IFREG | 0o755, RESEED)
             w.add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
             for name, path in modules:
                 w.add(f"{MODULE_DIR}/{name}.ko", stat.S_IFREG | 0o644, path.read_bytes())
