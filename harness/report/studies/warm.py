@@ -18,7 +18,7 @@ from harness.report.presentation import Presentation
 WARM, COLD = "warm", "cold"
 
 
-def start_of(df: pd.DataFrame, cell: data.Cell) -> tuple[str, int, int]:
+def start_of(df: pd.DataFrame, cell: data.ResultCell) -> tuple[str, int, int]:
     """How a cell's timed requests started: ("warm", from a slot, measured) when any came
     from a slot (a pool), else ("cold", 0, measured)."""
     v = cell.select(df[df["metric"] == "warm.from_slot"])["value"].to_numpy(float)
@@ -26,7 +26,7 @@ def start_of(df: pd.DataFrame, cell: data.Cell) -> tuple[str, int, int]:
     return (WARM if k else COLD), k, int(v.size)
 
 
-def start_label(df: pd.DataFrame, cell: data.Cell) -> str:
+def start_label(df: pd.DataFrame, cell: data.ResultCell) -> str:
     """"warm", "cold", or "warm (4 of 5 from a slot)" when some requests came cold."""
     how, k, n = start_of(df, cell)
     return how if how == COLD or k == n else f"{how} ({k} of {n} from a slot)"
