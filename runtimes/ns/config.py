@@ -127,6 +127,7 @@ class ContainerConfig:
     sysctl: tuple[tuple[str, str], ...] = ()  # written under /proc/sys once it is mounted
     join: tuple[tuple[str, int], ...] = ()  # (namespace file, CLONE_NEW*) to setns first
     inheritable: tuple[int, ...] | None = None  # None: the same as `caps`
+    ambient: tuple[int, ...] = ()  # raised after capset (root only: oci_bundle checks)
     umask: int = 0o022
     terminal: bool = False  # fd 0 is a terminal: a new session with it as its controlling tty
     cgroupns: bool = True  # a new cgroup namespace, once in the instance's cgroup

@@ -160,8 +160,16 @@ def _process(p: dict[str, Any]) -> dict[str, Any]:
         if cap_numbers(caps.get(kind), f"process.capabilities.{kind}") != effective:
             raise bad(f"process.capabilities.{kind}",
                       "must equal effective (cvbench-ns keeps one set)")
-    if cap_numbers(caps.get("ambient"), "process.capabilities.ambient"):
-        raise bad("process.capabilities.ambient")
+    inheritable = cap_numbers(caps.get("inheritable"), "process.capabilities.inheritable")
+    # config.md "Linux Process", capabilities.ambient: kept for the process (raised after
+    # capset; the kernel takes only one both permitted and inheritable: else an error here)
+    ambient = cap_numbers(caps.get("ambient"), "process.capabilities.ambient")
+    if not set(ambient) <= set(effective) & set(inheritable):
+        raise bad("process.capabilities.ambient",
+                  "must be in both permitted and inheritable (the kernel's rule)")
+    if ambient and user.get("uid", 0):
+        # a non-root process keeps no capability here (setuid clears them: as Docker)
+        raise bad("process.capabilities.ambient", "not supported with a non-root user")
     rlimits, seen = [], set()
     for i, r in enumerate(_list(p.get("rlimits"), "process.rlimits")):
         key = f"process.rlimits[{i}]"
@@ -181,7 +189,7 @@ def _process(p: dict[str, Any]) -> dict[str, Any]:
         "groups": tuple(int(g) for g in _list(user.get("additionalGids"),
                                               "process.user.additionalGids")),
         "caps": effective,
-        "inheritable": cap_numbers(caps.get("inheritable"), "process.capabilities.inheritable"),
+        "inheritable": inheritable, "ambient": ambient,
         "rlimits": tuple(rlimits), "no_new_privs": bool(p.get("noNewPrivileges", False)),
         "umask": 0o022 if umask is None else int(umask),
         "terminal": bool(p.get("terminal", False)),
@@ -481,8 +489,8 @@ def translate(data: dict[str, Any], bundle: Path, cid: str) -> Bundle:
         seccomp=bpf, die_with_parent=False, bind_root=True,
         readonly_root=bool(root.get("readonly")), root_propagation=props[prop],
         sysctl=tuple((str(k), str(v)) for k, v in sysctl.items()), join=tuple(join),
-        inheritable=proc["inheritable"], umask=proc["umask"], terminal=proc["terminal"],
-        cgroupns=cgroupns)
+        inheritable=proc["inheritable"], ambient=proc["ambient"], umask=proc["umask"],
+        terminal=proc["terminal"], cgroupns=cgroupns)
     hooks = _hooks(_obj(data.get("hooks"), "hooks"))
     inside = {k: tuple((h.path, h.args, h.env, h.timeout or 0.0) for h in hooks.get(k, ()))
               for k in ("createContainer", "startContainer")}
@@ -509,6 +517,7 @@ def exec_process(data: dict[str, Any]) -> dict[str, Any]:
     p = _process(data)
     return {"argv": p["argv"], "env": p["env"], "workdir": p["workdir"], "uid": p["uid"],
             "gid": p["gid"], "groups": p["groups"], "caps": p["caps"],
-            "inheritable": p["inheritable"], "rlimits": p["rlimits"] or None,
+            "inheritable": p["inheritable"], "ambient": p["ambient"],
+            "rlimits": p["rlimits"] or None,
             "no_new_privs": p["no_new_privs"], "umask": p["umask"],
             "terminal": p["terminal"]}

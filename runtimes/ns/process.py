@@ -196,6 +196,7 @@ def confine_and_exec(cfg: ContainerConfig, env: dict[str, str], status_w: int) -
         os.setuid(cfg.uid)  # clears every capability of the now non-root process
     else:
         security.set_caps(cfg.caps, cfg.inheritable)
+        security.raise_ambient(cfg.ambient)
     if cfg.no_new_privs:
         security.no_new_privs()
     os.umask(cfg.umask)

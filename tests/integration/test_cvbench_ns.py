@@ -249,6 +249,36 @@ def test_run_exit_status_and_oom(bundle: Path, tmp_path: Path, run_id: str) -> N
     assert not (tmp_path / "state" / cid).exists()
 
 
+def test_ambient_caps_and_a_profile_without_close_range(bundle: Path, tmp_path: Path,
+                                                       run_id: str) -> None:
+    """As runtime-tools' generated config.json has it (the conformance suite's): all five
+    capability sets, no noNewPrivileges (the filter is loaded before the set-up's end), a
+    profile that does not allow close_range and compares one argument three times. The
+    process runs, with the ambient set the kernel reports and the filter on."""
+    cid = f"cvbench-{run_id}-ambient"
+    cfg = bundle_config("rootfs", f"/{TEST_PARENT}/{cid}", tmp_path / "h")
+    cfg["hooks"] = {}
+    cfg["process"]["noNewPrivileges"] = False
+    cfg["process"]["capabilities"] = {k: CAPS for k in (
+        "bounding", "effective", "permitted", "inheritable", "ambient")}
+    cfg["process"]["args"] = ["grep", "-E", "^(CapAmb|CapInh|Seccomp):", "/proc/self/status"]
+    cfg["linux"]["seccomp"] = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["close_range"], "action": "SCMP_ACT_ERRNO"},
+                     {"names": ["personality"], "action": "SCMP_ACT_ERRNO",
+                      "args": [{"index": 0, "value": v, "op": "SCMP_CMP_EQ"}
+                               for v in (1, 2, 3)]}]}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    try:
+        p = cli(tmp_path, "run", "--bundle", str(bundle), cid, out=out)
+        assert p.returncode == 0, p.stderr
+    finally:
+        cli(tmp_path, "delete", "--force", cid)
+    seen = dict(line.split(":\t", 1) for line in out.read_text().splitlines())
+    assert seen == {"CapInh": cap_mask(CAPS), "CapAmb": cap_mask(CAPS), "Seccomp": "2"}
+
+
 # --- under dockerd and Podman ----------------------------------------------------------
 
 

@@ -162,6 +162,27 @@ def test_refused_by_field(bundle: Path, path: str, value: Any, field: str) -> No
         str(e.value)
 
 
+def test_ambient_capabilities(bundle: Path) -> None:
+    """config.md's five capability sets as runtime-tools' generate writes them (all the
+    same): ambient is kept for the process; it must be permitted and inheritable (the
+    kernel raises nothing else), and a non-root process keeps no capability here."""
+    cfg = copy.deepcopy(DOCKER)
+    cfg["process"]["capabilities"] = {k: DOCKER_CAPS for k in (
+        "bounding", "effective", "permitted", "inheritable", "ambient")}
+    c = oci_bundle.translate(copy.deepcopy(cfg), bundle, "c1").config
+    assert c.ambient == c.inheritable == c.caps == \
+        tuple(sorted(CAP_NAMES.index(n) for n in DOCKER_CAPS))
+    assert oci_bundle.translate(copy.deepcopy(DOCKER), bundle, "c1").config.ambient == ()
+    cfg["process"]["user"] = {"uid": 1000, "gid": 1000}
+    with pytest.raises(UsageError, match=r"^config.json: process.capabilities.ambient: "
+                                         r"not supported with a non-root user"):
+        oci_bundle.translate(copy.deepcopy(cfg), bundle, "c1")
+    cfg["process"]["user"] = {"uid": 0, "gid": 0}
+    cfg["process"]["capabilities"]["inheritable"] = ["CAP_KILL"]
+    with pytest.raises(UsageError, match=r"^config.json: process.capabilities.ambient: must"):
+        oci_bundle.translate(cfg, bundle, "c1")
+
+
 def test_unknown_properties_ignored(bundle: Path) -> None:
     cfg = copy.deepcopy(DOCKER)
     cfg["linux"]["somethingNew"] = {"x": 1}
