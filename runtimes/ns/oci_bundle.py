@@ -22,7 +22,7 @@ from typing import Any
 from harness.core.errors import UsageError
 from runtimes.base import Limits
 from runtimes.ns import namespaces as ns
-from runtimes.ns import rootfs, security
+from runtimes.ns import security
 from runtimes.ns.config import DEVICE_RULES, DEVICES, ContainerConfig, MountPoint
 
 WHERE = "config.json"
@@ -194,6 +194,12 @@ def _process(p: dict[str, Any]) -> dict[str, Any]:
         "umask": 0o022 if umask is None else int(umask),
         "terminal": bool(p.get("terminal", False)),
     }
+
+
+def _abs_path(v: Any, key: str) -> str:
+    if not isinstance(v, str) or not v.startswith("/"):
+        raise bad(key, "must be an absolute path")
+    return v
 
 
 def _u64(v: Any, key: str) -> int:
@@ -471,8 +477,11 @@ def translate(data: dict[str, Any], bundle: Path, cid: str) -> Bundle:
     bpf = b""
     if linux.get("seccomp") is not None:
         bpf = seccomp.compile_bpf(seccomp.from_oci(linux["seccomp"], f"{WHERE}: linux.seccomp"))
-    masked = _list(linux.get("maskedPaths"), "linux.maskedPaths")
-    readonly = _list(linux.get("readonlyPaths"), "linux.readonlyPaths")
+    # config-linux.md, Masked/Readonly Paths: absolute paths in the container namespace,
+    # so what each is (or whether it exists) is looked up there, by the child (rootfs._mask)
+    masked, readonly = ([_abs_path(p, f"linux.{key}[{i}]")
+                         for i, p in enumerate(_list(linux.get(key), f"linux.{key}"))]
+                        for key in ("maskedPaths", "readonlyPaths"))
     size = _obj(_obj(data["process"], "process").get("consoleSize"), "process.consoleSize")
     annotations = _obj(data.get("annotations"), "annotations")
     oom = _obj(data["process"], "process").get("oomScoreAdj")
@@ -483,8 +492,8 @@ def translate(data: dict[str, Any], bundle: Path, cid: str) -> Bundle:
         clone_flags=flags, cgroup_join=(), mounts=tuple(mounts),
         loopback_up=bool(flags & ns.CLONE_NEWNET), caps=proc["caps"],
         last_cap=security.last_cap(), uid=proc["uid"], gid=proc["gid"],
-        groups=proc["groups"], masked=rootfs.masks(tuple(str(p) for p in masked)),
-        readonly=tuple(str(p) for p in readonly if os.path.exists(str(p))),
+        groups=proc["groups"], masked=tuple((p, None) for p in masked),
+        readonly=tuple(readonly),
         devices=tuple(devices), no_new_privs=proc["no_new_privs"], rlimits=proc["rlimits"],
         seccomp=bpf, die_with_parent=False, bind_root=True,
         readonly_root=bool(root.get("readonly")), root_propagation=props[prop],

@@ -367,15 +367,19 @@ def abort(child: Child) -> None:
         os.waitpid(child.pid, 0)
 
 
-def default_signals() -> None:
+def default_signals() -> tuple[int, ...]:
     """Children inherit ignored signals and the signal mask through exec; a shell must not
     start with SIGTERM ignored (POSIX: it could not even trap it). Python itself ignores
-    SIGPIPE and SIGXFSZ, and the runner may have ignored more."""
+    SIGPIPE and SIGXFSZ, and the runner may have ignored more. Returns the signals it
+    set back to their default (a parent that goes on may ignore them again)."""
+    reset = []
     for sig in signal.valid_signals():
         if sig not in (signal.SIGKILL, signal.SIGSTOP) and \
                 signal.getsignal(sig) == signal.SIG_IGN:
             signal.signal(sig, signal.SIG_DFL)
+            reset.append(int(sig))
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    return tuple(reset)
 
 
 def serve(fd: int, runner: int) -> None:

@@ -105,7 +105,9 @@ def test_dockers_config_translated(bundle: Path) -> None:
         (str(bundle / "hosts"), ns.MS_BIND | ns.MS_REC, True, ns.MS_PRIVATE | ns.MS_REC)
     assert b.cgroup_mounts == (4,) and c.mounts[4].target == "sys/fs/cgroup"
     assert c.sysctl == (("net.ipv4.ip_unprivileged_port_start", "0"),)
-    assert c.masked == (("/proc/cpuinfo", False),)  # what the kernel does not have: skipped
+    # container paths: what each is (or if it is there at all) the child looks up inside
+    assert c.masked == (("/proc/cpuinfo", None), ("/proc/does-not-exist", None))
+    assert c.readonly == ("/proc/sys",)
     assert b.hooks["prestart"][0].args[0] == "libnetwork-setkey"
     assert b.oom_score_adj == 0
 
@@ -146,6 +148,8 @@ def _set(cfg: dict[str, Any], path: str, v: Any) -> None:
                                  {"allow": False, "type": "b", "access": "rwm"}],
      "linux.resources.devices[0]"),
     ("linux.cgroupsPath", "system.slice:docker:abc", "linux.cgroupsPath"),
+    ("linux.maskedPaths", ["/proc/kcore", "proc/timer_list"], "linux.maskedPaths[1]"),
+    ("linux.readonlyPaths", ["sys"], "linux.readonlyPaths[0]"),
     ("linux.seccomp", {"defaultAction": "SCMP_ACT_NOTIFY"}, "linux.seccomp.defaultAction"),
     ("linux.seccomp", {"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_LOG"]},
      "linux.seccomp.flags"),
