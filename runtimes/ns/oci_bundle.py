@@ -130,12 +130,34 @@ def _refuse_set(obj: dict[str, Any], prefix: str, *keys: str) -> None:
 
 
 def cap_numbers(names: Any, key: str) -> tuple[int, ...]:
-    out = []
-    for i, name in enumerate(_list(names, key)):
-        if name not in security.CAP_NAMES:
-            raise bad(f"{key}[{i}]", f"unknown capability {name!r}")
-        out.append(security.CAP_NAMES.index(name))
+    """The capabilities of `key` this process can grant. config.md (Linux process,
+    capabilities): a value that cannot be mapped to the kernel or cannot be granted
+    otherwise MUST be logged as a warning, and the runtime SHOULD NOT fail for it: a
+    name this kernel or cvbench-ns does not know, or one outside the runtime's own
+    bounding set (a restricted environment), is left out with a warning."""
+    from runtimes.ns.oci_cli import warn
+
+    out, listed = [], _list(names, key)
+    bounding = _own_bounding() if listed else 0
+    for i, name in enumerate(listed):
+        num = security.CAP_NAMES.index(name) if name in security.CAP_NAMES else -1
+        if num < 0 or not bounding >> num & 1:
+            if name not in _WARNED:  # (once, not for each of the five sets)
+                _WARNED.add(name)
+                warn(f"config.json: {key}[{i}]: {name!r} cannot be granted here, left out")
+            continue
+        out.append(num)
     return tuple(sorted(set(out)))
+
+
+_WARNED: set[Any] = set()
+
+
+def _own_bounding() -> int:
+    """This process's bounding set (the container's process is cloned from it): what
+    it can grant at most, and only capabilities the kernel has."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
 
 
 def _process(p: dict[str, Any]) -> dict[str, Any]:
