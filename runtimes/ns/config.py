@@ -106,7 +106,9 @@ class ContainerConfig:
     groups: tuple[int, ...] = ()
     userns_map: tuple[int, int] | None = None  # (host uid, host gid) mapped to root inside
     net: NetConfig | None = None  # bridge: wait for the veth, then configure it
-    masked: tuple[tuple[str, bool], ...] = ()  # (path, is a directory): see rootfs.masks()
+    # (path, is a directory): see rootfs.masks(); None: a path in the container's root,
+    # looked up there (cvbench-ns: a bundle's maskedPaths)
+    masked: tuple[tuple[str, bool | None], ...] = ()
     readonly: tuple[str, ...] = ()  # of READONLY_PATHS, those this kernel has
     devices: tuple[tuple[str, int, int, int], ...] = DEVICES
     no_new_privs: bool = True
@@ -130,6 +132,7 @@ class ContainerConfig:
     sysctl: tuple[tuple[str, str], ...] = ()  # written under /proc/sys once it is mounted
     join: tuple[tuple[str, int], ...] = ()  # (namespace file, CLONE_NEW*) to setns first
     inheritable: tuple[int, ...] | None = None  # None: the same as `caps`
+    ambient: tuple[int, ...] = ()  # raised after capset (root only: oci_bundle checks)
     umask: int = 0o022
     terminal: bool = False  # fd 0 is a terminal: a new session with it as its controlling tty
     cgroupns: bool = True  # a new cgroup namespace, once in the instance's cgroup

@@ -22,7 +22,7 @@ from typing import Any
 from harness.core.errors import UsageError
 from runtimes.base import Limits
 from runtimes.ns import namespaces as ns
-from runtimes.ns import rootfs, security
+from runtimes.ns import security
 from runtimes.ns.config import DEVICE_RULES, DEVICES, ContainerConfig, MountPoint
 
 WHERE = "config.json"
@@ -130,12 +130,34 @@ def _refuse_set(obj: dict[str, Any], prefix: str, *keys: str) -> None:
 
 
 def cap_numbers(names: Any, key: str) -> tuple[int, ...]:
-    out = []
-    for i, name in enumerate(_list(names, key)):
-        if name not in security.CAP_NAMES:
-            raise bad(f"{key}[{i}]", f"unknown capability {name!r}")
-        out.append(security.CAP_NAMES.index(name))
+    """The capabilities of `key` this process can grant. config.md (Linux process,
+    capabilities): a value that cannot be mapped to the kernel or cannot be granted
+    otherwise MUST be logged as a warning, and the runtime SHOULD NOT fail for it: a
+    name this kernel or cvbench-ns does not know, or one outside the runtime's own
+    bounding set (a restricted environment), is left out with a warning."""
+    from runtimes.ns.oci_cli import warn
+
+    out, listed = [], _list(names, key)
+    bounding = _own_bounding() if listed else 0
+    for i, name in enumerate(listed):
+        num = security.CAP_NAMES.index(name) if name in security.CAP_NAMES else -1
+        if num < 0 or not bounding >> num & 1:
+            if name not in _WARNED:  # (once, not for each of the five sets)
+                _WARNED.add(name)
+                warn(f"config.json: {key}[{i}]: {name!r} cannot be granted here, left out")
+            continue
+        out.append(num)
     return tuple(sorted(set(out)))
+
+
+_WARNED: set[Any] = set()
+
+
+def _own_bounding() -> int:
+    """This process's bounding set (the container's process is cloned from it): what
+    it can grant at most, and only capabilities the kernel has."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
 
 
 def _process(p: dict[str, Any]) -> dict[str, Any]:
@@ -160,8 +182,16 @@ def _process(p: dict[str, Any]) -> dict[str, Any]:
         if cap_numbers(caps.get(kind), f"process.capabilities.{kind}") != effective:
             raise bad(f"process.capabilities.{kind}",
                       "must equal effective (cvbench-ns keeps one set)")
-    if cap_numbers(caps.get("ambient"), "process.capabilities.ambient"):
-        raise bad("process.capabilities.ambient")
+    inheritable = cap_numbers(caps.get("inheritable"), "process.capabilities.inheritable")
+    # config.md "Linux Process", capabilities.ambient: kept for the process (raised after
+    # capset; the kernel takes only one both permitted and inheritable: else an error here)
+    ambient = cap_numbers(caps.get("ambient"), "process.capabilities.ambient")
+    if not set(ambient) <= set(effective) & set(inheritable):
+        raise bad("process.capabilities.ambient",
+                  "must be in both permitted and inheritable (the kernel's rule)")
+    if ambient and user.get("uid", 0):
+        # a non-root process keeps no capability here (setuid clears them: as Docker)
+        raise bad("process.capabilities.ambient", "not supported with a non-root user")
     rlimits, seen = [], set()
     for i, r in enumerate(_list(p.get("rlimits"), "process.rlimits")):
         key = f"process.rlimits[{i}]"
@@ -181,11 +211,17 @@ def _process(p: dict[str, Any]) -> dict[str, Any]:
         "groups": tuple(int(g) for g in _list(user.get("additionalGids"),
                                               "process.user.additionalGids")),
         "caps": effective,
-        "inheritable": cap_numbers(caps.get("inheritable"), "process.capabilities.inheritable"),
+        "inheritable": inheritable, "ambient": ambient,
         "rlimits": tuple(rlimits), "no_new_privs": bool(p.get("noNewPrivileges", False)),
         "umask": 0o022 if umask is None else int(umask),
         "terminal": bool(p.get("terminal", False)),
     }
+
+
+def _abs_path(v: Any, key: str) -> str:
+    if not isinstance(v, str) or not v.startswith("/"):
+        raise bad(key, "must be an absolute path")
+    return v
 
 
 def _u64(v: Any, key: str) -> int:
@@ -463,8 +499,11 @@ def translate(data: dict[str, Any], bundle: Path, cid: str) -> Bundle:
     bpf = b""
     if linux.get("seccomp") is not None:
         bpf = seccomp.compile_bpf(seccomp.from_oci(linux["seccomp"], f"{WHERE}: linux.seccomp"))
-    masked = _list(linux.get("maskedPaths"), "linux.maskedPaths")
-    readonly = _list(linux.get("readonlyPaths"), "linux.readonlyPaths")
+    # config-linux.md, Masked/Readonly Paths: absolute paths in the container namespace,
+    # so what each is (or whether it exists) is looked up there, by the child (rootfs._mask)
+    masked, readonly = ([_abs_path(p, f"linux.{key}[{i}]")
+                         for i, p in enumerate(_list(linux.get(key), f"linux.{key}"))]
+                        for key in ("maskedPaths", "readonlyPaths"))
     size = _obj(_obj(data["process"], "process").get("consoleSize"), "process.consoleSize")
     annotations = _obj(data.get("annotations"), "annotations")
     oom = _obj(data["process"], "process").get("oomScoreAdj")
@@ -475,14 +514,14 @@ def translate(data: dict[str, Any], bundle: Path, cid: str) -> Bundle:
         clone_flags=flags, cgroup_join=(), mounts=tuple(mounts),
         loopback_up=bool(flags & ns.CLONE_NEWNET), caps=proc["caps"],
         last_cap=security.last_cap(), uid=proc["uid"], gid=proc["gid"],
-        groups=proc["groups"], masked=rootfs.masks(tuple(str(p) for p in masked)),
-        readonly=tuple(str(p) for p in readonly if os.path.exists(str(p))),
+        groups=proc["groups"], masked=tuple((p, None) for p in masked),
+        readonly=tuple(readonly),
         devices=tuple(devices), no_new_privs=proc["no_new_privs"], rlimits=proc["rlimits"],
         seccomp=bpf, die_with_parent=False, bind_root=True,
         readonly_root=bool(root.get("readonly")), root_propagation=props[prop],
         sysctl=tuple((str(k), str(v)) for k, v in sysctl.items()), join=tuple(join),
-        inheritable=proc["inheritable"], umask=proc["umask"], terminal=proc["terminal"],
-        cgroupns=cgroupns)
+        inheritable=proc["inheritable"], ambient=proc["ambient"], umask=proc["umask"],
+        terminal=proc["terminal"], cgroupns=cgroupns)
     hooks = _hooks(_obj(data.get("hooks"), "hooks"))
     inside = {k: tuple((h.path, h.args, h.env, h.timeout or 0.0) for h in hooks.get(k, ()))
               for k in ("createContainer", "startContainer")}
@@ -509,6 +548,7 @@ def exec_process(data: dict[str, Any]) -> dict[str, Any]:
     p = _process(data)
     return {"argv": p["argv"], "env": p["env"], "workdir": p["workdir"], "uid": p["uid"],
             "gid": p["gid"], "groups": p["groups"], "caps": p["caps"],
-            "inheritable": p["inheritable"], "rlimits": p["rlimits"] or None,
+            "inheritable": p["inheritable"], "ambient": p["ambient"],
+            "rlimits": p["rlimits"] or None,
             "no_new_privs": p["no_new_privs"], "umask": p["umask"],
             "terminal": p["terminal"]}

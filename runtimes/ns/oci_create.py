@@ -104,6 +104,7 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
     cg = cgroups.new(parent=b.cgroup_parent, device_rules=b.device_rules)
     pid = 0
     made_cgroup = False
+    hook_failed: dict[str, Any] | None = None
     try:
         if b.device_rules and cg.device_rules != b.device_rules:
             raise oci_bundle.bad("linux.resources.devices", "this host's cgroups cannot "
@@ -135,13 +136,15 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
             console = MountPoint(os.ttyname(tty), "dev/console", None, ns.MS_BIND, file=True)
             cfg = dataclasses.replace(cfg, mounts=(*cfg.mounts[:at], console,
                                                    *cfg.mounts[at:]))
-        process.default_signals()
+        ignored = process.default_signals()
         pid = ns.clone(cfg.clone_flags)
         if pid == 0:
             os.close(status_r)
             # (in its cgroup already: this process puts it there, below)
             process.child_main(dataclasses.replace(cfg, cgroup_join=()), go, status_w,
                                stdio[1], stdio[2], stdio[0])
+        for sig in ignored:  # this process's own again: a hook that leaves its stdin
+            signal.signal(sig, signal.SIG_IGN)  # unread must not kill it with SIGPIPE
         # Into its cgroup at once, as runc does: its set-up is charged to it, and the
         # engine's shim, which finds the cgroup by the pid it gets, reads the right one.
         for parent, procs in cfg.cgroup_join:
@@ -173,7 +176,14 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
         # ContainerConfig, as the fork server gets it; the state dir is root's only).
         _write(d / "config.pickle", pickle.dumps(cfg, pickle.HIGHEST_PROTOCOL))
         for kind in ("prestart", "createRuntime"):
-            oci_hooks.run(st, kind, state_json(st, "created"), fatal=True)
+            try:
+                oci_hooks.run(st, kind, state_json(st, "created"), fatal=True)
+            except CliError:
+                # runtime.md, Lifecycle: a failing prestart or createRuntime hook is an
+                # error; the container is stopped and the lifecycle goes on at its
+                # deletion (below), whose poststop hooks run then
+                hook_failed = st
+                raise
         if value(opts, "pid-file"):
             _write(Path(value(opts, "pid-file")), str(pid).encode())
         return st
@@ -186,6 +196,9 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
             with contextlib.suppress(OSError):
                 cg.destroy(b.cgroup_name)
         shutil.rmtree(d, ignore_errors=True)
+        if hook_failed:
+            oci_hooks.run(hook_failed, "poststop", state_json(hook_failed, "stopped"),
+                          fatal=False)
         raise
 
 

@@ -244,6 +244,7 @@ def confine_and_exec(cfg: ContainerConfig, env: dict[str, str], status_w: int) -
         os.setuid(cfg.uid)  # clears every capability of the now non-root process
     else:
         security.set_caps(cfg.caps, cfg.inheritable)
+        security.raise_ambient(cfg.ambient)
     if cfg.no_new_privs:
         security.no_new_privs()
     os.umask(cfg.umask)
@@ -447,15 +448,19 @@ def abort(child: Child) -> None:
         os.waitpid(child.pid, 0)
 
 
-def default_signals() -> None:
+def default_signals() -> tuple[int, ...]:
     """Children inherit ignored signals and the signal mask through exec; a shell must not
     start with SIGTERM ignored (POSIX: it could not even trap it). Python itself ignores
-    SIGPIPE and SIGXFSZ, and the runner may have ignored more."""
+    SIGPIPE and SIGXFSZ, and the runner may have ignored more. Returns the signals it
+    set back to their default (a parent that goes on may ignore them again)."""
+    reset = []
     for sig in signal.valid_signals():
         if sig not in (signal.SIGKILL, signal.SIGSTOP) and \
                 signal.getsignal(sig) == signal.SIG_IGN:
             signal.signal(sig, signal.SIG_DFL)
+            reset.append(int(sig))
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    return tuple(reset)
 
 
 def serve(fd: int, runner: int) -> None:

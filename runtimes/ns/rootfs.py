@@ -164,13 +164,24 @@ def masks(paths: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
 
 
 def _mask(cfg: ContainerConfig) -> None:
+    """Masked and read-only paths, in the container's root (after pivot_root). A path
+    that is not there is skipped: nothing to read or write (a bundle's paths are the
+    container's, config-linux.md: only here can one tell what they are)."""
     for path, is_dir in cfg.masked:
-        if is_dir:  # an empty read-only tmpfs over a directory, /dev/null over a file
+        if is_dir is None:
+            try:
+                is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+            except FileNotFoundError:
+                continue
+        if is_dir:  # an empty read-only tmpfs over a directory, /dev/null over the rest
             ns.mount("tmpfs", path, "tmpfs", ns.MS_RDONLY)
-        else:
+        else:  # (a file, a device node, a FIFO...)
             ns.mount("/dev/null", path, None, ns.MS_BIND)
     for path in cfg.readonly:
-        ns.mount(path, path, None, ns.MS_BIND | ns.MS_REC)
+        try:
+            ns.mount(path, path, None, ns.MS_BIND | ns.MS_REC)
+        except FileNotFoundError:
+            continue
         ns.mount(None, path, None, ns.MS_REMOUNT | ns.MS_BIND | ns.MS_RDONLY | PROC_FLAGS)
 
 

@@ -214,12 +214,19 @@ def compile_bpf(p: Profile) -> bytes:
                                 for n in rule.names)])
             continue
         args = [pyseccomp.Arg(i, _OPS[op], a, b) for i, op, a, b in rule.args]
+        # Conditions on distinct arguments all must hold (one rule). Two on the same
+        # argument libseccomp cannot AND (EINVAL), and config-linux.md's seccomp `args`
+        # does not say how they combine: as runc and crun do, each is then a rule of its
+        # own, i.e. any of them matches (personality(0) or personality(8)...).
+        indexes = [i for i, *_ in rule.args]
+        alternatives = [args] if len(set(indexes)) == len(indexes) else [[a] for a in args]
         for name in rule.names:
             nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
             if nr == -1:  # __NR_SCMP_ERROR: unknown to this libseccomp
                 continue
             last = max(last, nr)
-            filt.add_rule(act, nr, *args)
+            for conds in alternatives:
+                filt.add_rule(act, nr, *conds)
     with tempfile.TemporaryFile() as f:
         filt.export_bpf(f)
         f.seek(0)

@@ -15,6 +15,8 @@ Only ctypes here: the fork server imports this module, so the child pays nothing
 from __future__ import annotations
 
 import ctypes
+import errno
+import os
 
 from runtimes.ns import namespaces as ns
 
@@ -30,6 +32,7 @@ CAP_NAMES = (
     "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
 )
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2  # <linux/prctl.h>
 
 
 class _Header(ctypes.Structure):
@@ -100,6 +103,12 @@ def set_caps(keep: tuple[int, ...], inheritable: tuple[int, ...] | None = None) 
         raise OSError(err, "capset failed")
 
 
+def raise_ambient(caps: tuple[int, ...]) -> None:
+    """Add `caps` to the ambient set (each must be permitted and inheritable already)."""
+    for cap in caps:
+        ns.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
+
+
 def no_new_privs() -> None:
     """setuid binaries and file capabilities can no longer raise privileges."""
     ns.prctl(ns.PR_SET_NO_NEW_PRIVS, 1)
@@ -123,11 +132,25 @@ def close_inherited(keep: int) -> None:
     """Close every descriptor from 3 up but `keep`, to the last possible one: close_range(2),
     not a loop up to a guessed bound (a runner may hold descriptors above 65536)."""
     nr = ctypes.c_long(_SYS_CLOSE_RANGE)
-    if keep > 3:
-        ns._check(ns._libc.syscall(nr, ctypes.c_uint(3), ctypes.c_uint(keep - 1), 0),
-                  "close_range")
-    ns._check(ns._libc.syscall(nr, ctypes.c_uint(max(3, keep + 1)), ctypes.c_uint(2**32 - 1),
-                               0), "close_range")
+    ranges = ((3, keep - 1), (max(3, keep + 1), 2**32 - 1)) if keep > 3 else ((3, 2**32 - 1),)
+    for low, high in ranges:
+        if ns._libc.syscall(nr, ctypes.c_uint(low), ctypes.c_uint(high), 0) == 0:
+            continue
+        if ctypes.get_errno() not in (errno.ENOSYS, errno.EPERM):
+            ns._check(-1, "close_range")
+        # A kernel older than 5.9, or a bundle's seccomp profile (loaded before this when
+        # it has no noNewPrivileges) that does not allow close_range: one close each
+        import contextlib
+        import resource
+
+        try:
+            fds = [int(f) for f in os.listdir("/proc/self/fd")]
+        except OSError:  # no /proc in this container: up to the descriptor limit
+            fds = list(range(3, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        for fd in fds:
+            if low <= fd <= high:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 def load_seccomp(program: bytes) -> None:

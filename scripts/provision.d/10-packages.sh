@@ -18,6 +18,10 @@ packages=(
   iproute2 iptables kmod util-linux libseccomp2
   # OCI runtimes (oci:* backends, and the engines' extra runtimes)
   runc crun runsc
+  # the OCI conformance suite (scripts/oci-conformance): Go and runtime-tools' library
+  # with its -dev dependencies, which the validation tests build against (GOPATH mode);
+  # google/uuid is the one the tests import that runtime-tools' package does not pull in
+  golang-go golang-github-opencontainers-runtime-tools-dev golang-github-google-uuid-dev
   # Docker and Podman
   docker.io containerd podman uidmap slirp4netns containernetworking-plugins netavark
   fuse-overlayfs catatonit

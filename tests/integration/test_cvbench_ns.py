@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -247,6 +248,105 @@ def test_run_exit_status_and_oom(bundle: Path, tmp_path: Path, run_id: str) -> N
     finally:
         cli(tmp_path, "delete", "--force", cid)
     assert not (tmp_path / "state" / cid).exists()
+
+
+def test_ambient_caps_and_a_profile_without_close_range(bundle: Path, tmp_path: Path,
+                                                       run_id: str) -> None:
+    """As runtime-tools' generated config.json has it (the conformance suite's): all five
+    capability sets, no noNewPrivileges (the filter is loaded before the set-up's end), a
+    profile that does not allow close_range and compares one argument three times. The
+    process runs, with the ambient set the kernel reports and the filter on."""
+    cid = f"cvbench-{run_id}-ambient"
+    cfg = bundle_config("rootfs", f"/{TEST_PARENT}/{cid}", tmp_path / "h")
+    cfg["hooks"] = {}
+    cfg["process"]["noNewPrivileges"] = False
+    # and (config.md) what cannot be granted here is left out with a warning: a name
+    # unknown to the kernel, and any capability outside this process's bounding set
+    bounding = int(status_field(os.getpid(), "CapBnd"), 16)
+    from runtimes.ns.security import CAP_NAMES
+
+    outside = [n for i, n in enumerate(CAP_NAMES) if not bounding >> i & 1]
+    asked = [*CAPS, *outside, "CAP_NOT_A_CAPABILITY"]
+    cfg["process"]["capabilities"] = {k: asked for k in (
+        "bounding", "effective", "permitted", "inheritable", "ambient")}
+    cfg["process"]["args"] = ["grep", "-E", "^(CapAmb|CapInh|Seccomp):", "/proc/self/status"]
+    cfg["linux"]["seccomp"] = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["close_range"], "action": "SCMP_ACT_ERRNO"},
+                     {"names": ["personality"], "action": "SCMP_ACT_ERRNO",
+                      "args": [{"index": 0, "value": v, "op": "SCMP_CMP_EQ"}
+                               for v in (1, 2, 3)]}]}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    try:
+        p = cli(tmp_path, "run", "--bundle", str(bundle), cid, out=out)
+        assert p.returncode == 0, p.stderr
+    finally:
+        cli(tmp_path, "delete", "--force", cid)
+    seen = dict(line.split(":\t", 1) for line in out.read_text().splitlines())
+    assert seen == {"CapInh": cap_mask(CAPS), "CapAmb": cap_mask(CAPS), "Seccomp": "2"}
+    assert "'CAP_NOT_A_CAPABILITY' cannot be granted here" in p.stderr
+
+
+def test_masked_and_readonly_paths_of_the_container(bundle: Path, tmp_path: Path,
+                                                     run_id: str) -> None:
+    """config-linux.md: maskedPaths and readonlyPaths are paths in the container. Ones
+    that exist only in its root (not on the host) are masked (a directory, a file, a
+    device node, a FIFO) and made read-only; a missing one is skipped. Seen from inside:
+    reads find nothing, a write is refused, /proc/self/mountinfo has the mounts."""
+    cid = f"cvbench-{run_id}-masked"
+    rootfs = bundle / "rootfs"
+    (rootfs / "m-dir").mkdir()
+    (rootfs / "m-dir" / "secret").write_text("secret\n")
+    (rootfs / "m-file").write_text("secret\n")
+    os.mknod(rootfs / "m-fifo", 0o600 | stat.S_IFIFO)
+    os.mknod(rootfs / "m-chr", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's
+    (rootfs / "ro-dir").mkdir()
+    cfg = bundle_config("rootfs", f"/{TEST_PARENT}/{cid}", tmp_path / "h")
+    cfg["hooks"] = {}
+    cfg["linux"]["maskedPaths"] = ["/m-dir", "/m-file", "/m-fifo", "/m-chr", "/not-there"]
+    cfg["linux"]["readonlyPaths"] = ["/ro-dir", "/not-there-either"]
+    cfg["process"]["args"] = ["sh", "-c", "ls /m-dir; cat /m-file /m-fifo; "
+                              "touch /ro-dir/x || echo refused; "
+                              "awk '{print $5}' /proc/self/mountinfo | grep -E '^/(m|ro)-'"]
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    try:
+        p = cli(tmp_path, "run", "--bundle", str(bundle), cid, out=out)
+        assert p.returncode == 0, p.stderr
+    finally:
+        cli(tmp_path, "delete", "--force", cid)
+    assert out.read_text().split() == ["refused", "/m-dir", "/m-file", "/m-fifo", "/m-chr",
+                                       "/ro-dir"]
+
+
+def test_failing_prestart_hook(bundle: Path, tmp_path: Path, run_id: str) -> None:
+    """runtime.md, Lifecycle: a failing prestart hook (here one that exits at once, its
+    stdin unread: no reason for the runtime to die of SIGPIPE) is an error of create;
+    the container is stopped and deleted, and the poststop hooks run. The workload never
+    ran; nothing is left."""
+    cid = f"cvbench-{run_id}-prefail"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    cfg = bundle_config("rootfs", f"/{TEST_PARENT}/{cid}", hooks)
+    cfg["hooks"] = {"prestart": [{"path": "/bin/false"}],
+                    "poststop": [{"path": "/bin/sh", "args": [
+                        "sh", "-c", f"cat > {hooks}/hook.poststop"]}]}
+    cfg["process"]["args"] = ["touch", "/ran"]
+    # a state larger than a pipe holds: the hook's stdin breaks before it is all written
+    cfg["annotations"] = {"org.cvbench.test.padding": "x" * (256 << 10)}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    try:
+        p = cli(tmp_path, "create", "--bundle", str(bundle), cid)
+        assert p.returncode == 1 and "hooks.prestart[0] (/bin/false)" in p.stderr, p
+        p = cli(tmp_path, "state", cid)
+        assert p.returncode != 0 and "does not exist" in p.stderr
+        seen = json.loads((hooks / "hook.poststop").read_text())
+        assert (seen["id"], seen["status"]) == (cid, "stopped")
+        assert not (bundle / "upper" / "ran").exists()
+        assert not Path(f"/sys/fs/cgroup/pids/{TEST_PARENT}/{cid}").exists()
+    finally:
+        cli(tmp_path, "delete", "--force", cid)
 
 
 # --- under dockerd and Podman ----------------------------------------------------------

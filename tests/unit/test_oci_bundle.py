@@ -105,7 +105,9 @@ def test_dockers_config_translated(bundle: Path) -> None:
         (str(bundle / "hosts"), ns.MS_BIND | ns.MS_REC, True, ns.MS_PRIVATE | ns.MS_REC)
     assert b.cgroup_mounts == (4,) and c.mounts[4].target == "sys/fs/cgroup"
     assert c.sysctl == (("net.ipv4.ip_unprivileged_port_start", "0"),)
-    assert c.masked == (("/proc/cpuinfo", False),)  # what the kernel does not have: skipped
+    # container paths: what each is (or if it is there at all) the child looks up inside
+    assert c.masked == (("/proc/cpuinfo", None), ("/proc/does-not-exist", None))
+    assert c.readonly == ("/proc/sys",)
     assert b.hooks["prestart"][0].args[0] == "libnetwork-setkey"
     assert b.oom_score_adj == 0
 
@@ -128,7 +130,6 @@ def _set(cfg: dict[str, Any], path: str, v: Any) -> None:
     ("hooks.poststop", [{"path": "bin/true"}], "hooks.poststop[0].path"),
     ("process.capabilities.ambient", ["CAP_KILL"], "process.capabilities.ambient"),
     ("process.capabilities.bounding", ["CAP_KILL"], "process.capabilities.bounding"),
-    ("process.capabilities.effective", ["CAP_NOPE"], "process.capabilities.effective[0]"),
     ("process.apparmorProfile", "docker-default", "process.apparmorProfile"),
     ("process.rlimits", [{"type": "RLIMIT_NOFILE", "soft": 1, "hard": 1}] * 2,
      "process.rlimits[1].type"),
@@ -146,6 +147,8 @@ def _set(cfg: dict[str, Any], path: str, v: Any) -> None:
                                  {"allow": False, "type": "b", "access": "rwm"}],
      "linux.resources.devices[0]"),
     ("linux.cgroupsPath", "system.slice:docker:abc", "linux.cgroupsPath"),
+    ("linux.maskedPaths", ["/proc/kcore", "proc/timer_list"], "linux.maskedPaths[1]"),
+    ("linux.readonlyPaths", ["sys"], "linux.readonlyPaths[0]"),
     ("linux.seccomp", {"defaultAction": "SCMP_ACT_NOTIFY"}, "linux.seccomp.defaultAction"),
     ("linux.seccomp", {"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_LOG"]},
      "linux.seccomp.flags"),
@@ -160,6 +163,47 @@ def test_refused_by_field(bundle: Path, path: str, value: Any, field: str) -> No
     assert str(e.value).startswith(f"config.json: {field}: ") or \
         str(e.value).startswith(f"config.json: linux.seccomp.{field.split('.')[-1]}: "), \
         str(e.value)
+
+
+def test_ambient_capabilities(bundle: Path) -> None:
+    """config.md's five capability sets as runtime-tools' generate writes them (all the
+    same): ambient is kept for the process; it must be permitted and inheritable (the
+    kernel raises nothing else), and a non-root process keeps no capability here."""
+    cfg = copy.deepcopy(DOCKER)
+    cfg["process"]["capabilities"] = {k: DOCKER_CAPS for k in (
+        "bounding", "effective", "permitted", "inheritable", "ambient")}
+    c = oci_bundle.translate(copy.deepcopy(cfg), bundle, "c1").config
+    assert c.ambient == c.inheritable == c.caps == \
+        tuple(sorted(CAP_NAMES.index(n) for n in DOCKER_CAPS))
+    assert oci_bundle.translate(copy.deepcopy(DOCKER), bundle, "c1").config.ambient == ()
+    cfg["process"]["user"] = {"uid": 1000, "gid": 1000}
+    with pytest.raises(UsageError, match=r"^config.json: process.capabilities.ambient: "
+                                         r"not supported with a non-root user"):
+        oci_bundle.translate(copy.deepcopy(cfg), bundle, "c1")
+    cfg["process"]["user"] = {"uid": 0, "gid": 0}
+    cfg["process"]["capabilities"]["inheritable"] = ["CAP_KILL"]
+    with pytest.raises(UsageError, match=r"^config.json: process.capabilities.ambient: must"):
+        oci_bundle.translate(cfg, bundle, "c1")
+
+
+def test_capabilities_that_cannot_be_granted(bundle: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """config.md: a capability that cannot be mapped to the kernel, or granted, is a
+    warning, not a failure: an unknown name, and one outside this process's bounding set
+    (as the kernel reports it), are left out of every set, each named on stderr."""
+    status = Path("/proc/self/status").read_text()
+    bounding = int(status.split("CapBnd:")[1].split()[0], 16)
+    outside = [n for i, n in enumerate(CAP_NAMES) if not bounding >> i & 1]
+    cfg = copy.deepcopy(DOCKER)
+    asked = [*DOCKER_CAPS, "CAP_NOPE", *outside]
+    cfg["process"]["capabilities"] = {k: asked for k in ("bounding", "effective", "permitted")}
+    oci_bundle._WARNED.clear()
+    c = oci_bundle.translate(cfg, bundle, "c1").config
+    assert c.caps == tuple(sorted(CAP_NAMES.index(n) for n in DOCKER_CAPS if bounding >>
+                                  CAP_NAMES.index(n) & 1))
+    err = capsys.readouterr().err
+    for name in ("CAP_NOPE", *outside):  # once each (the first set read)
+        assert err.count(f"'{name}' cannot be granted here, left out") == 1, err
 
 
 def test_unknown_properties_ignored(bundle: Path) -> None:

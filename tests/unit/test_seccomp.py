@@ -69,11 +69,11 @@ def test_conditions_resolve_like_dockerd(tmp_path: Path) -> None:
     assert arm_old.arches == ("SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM")
 
 
-def run_bpf(program: bytes, nr: int, arch: int) -> int:
-    """What the kernel's filter returns for system call `nr` of `arch` (no arguments): a
-    classic BPF interpreter over struct seccomp_data, for the instructions libseccomp
-    and runc's prefix use (an unknown one fails the test)."""
-    data = struct.pack("=iIQ6Q", nr, arch, 0, *([0] * 6))
+def run_bpf(program: bytes, nr: int, arch: int, args: tuple[int, ...] = ()) -> int:
+    """What the kernel's filter returns for system call `nr` of `arch` with `args` (the
+    rest 0): a classic BPF interpreter over struct seccomp_data, for the instructions
+    libseccomp and runc's prefix use (an unknown one fails the test)."""
+    data = struct.pack("=iIQ6Q", nr, arch, 0, *args, *([0] * (6 - len(args))))
     insns = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
     pc, a = 0, 0
     while True:
@@ -126,6 +126,35 @@ def test_compiles_to_bpf_and_skips_unknown_names(tmp_path: Path) -> None:
         *known, {"names": ["no_such_call_anywhere", "getpid"], "action": "SCMP_ACT_ALLOW"}]))
     assert run_bpf(mixed, nr("getpid"), arch) == ALLOW
     assert run_bpf(mixed, nr("read"), arch) == ALLOW
+
+
+def test_conditions_on_one_argument_are_alternatives() -> None:
+    """An OCI profile may compare one argument several times in a rule (runtime-tools'
+    default config allows personality(0), (8) and (0xffffffff) so): libseccomp cannot
+    AND those, and they are compiled as alternatives, any of them allowing the call, while
+    conditions on distinct arguments still must all hold."""
+    import pyseccomp
+
+    profile = seccomp.from_oci({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "syscalls": [
+            {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+             "args": [{"index": 0, "value": v, "op": "SCMP_CMP_EQ"}
+                      for v in (0, 8, 0xFFFFFFFF)]},
+            {"names": ["socket"], "action": "SCMP_ACT_ALLOW",
+             "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"},
+                      {"index": 1, "value": 2, "op": "SCMP_CMP_EQ"}]}]},
+        "config.json: linux.seccomp")
+    program = seccomp.compile_bpf(profile)
+    arch = int(pyseccomp.system_arch())
+    personality = int(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "personality"))
+    socket = int(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "socket"))
+    for value in (0, 8, 0xFFFFFFFF):
+        assert run_bpf(program, personality, arch, (value,)) == ALLOW, value
+    assert run_bpf(program, personality, arch, (1,)) == ERRNO | 1
+    assert run_bpf(program, socket, arch, (1, 2)) == ALLOW
+    assert run_bpf(program, socket, arch, (1, 3)) == ERRNO | 1
+    assert run_bpf(program, socket, arch, (2, 2)) == ERRNO | 1
 
 
 def test_oci_section_carries_the_resolved_rules(tmp_path: Path) -> None:
