@@ -37,13 +37,15 @@ import socket
 import termios
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
 
 from runtimes.ns import namespaces as ns
 from runtimes.ns import rootfs, security
 from runtimes.ns.config import ContainerConfig, ExecConfig
 
+TYPE_CHECKING = False  # (typing: neither in the fork server nor in cvbench-ns; mypy only)
 if TYPE_CHECKING:
+    from typing import NoReturn
+
     from runtimes.ns.forkserver import ForkServer, Ticket
 
 

@@ -27,10 +27,13 @@ import contextlib
 import os
 from pathlib import Path
 
-from harness.core.probes.memory import cgroup_procs as procs
-from runtimes.base import Limits
+from harness.core.cgroupfs import cgroup_procs as procs
 from runtimes.ns.cgroups import PARENT, devices_bpf, may_write
 from runtimes.ns.cgroups._common import kill_procs, read_int_field, rmdir, write
+
+TYPE_CHECKING = False  # (see cgroups/__init__.py: only mypy reads these)
+if TYPE_CHECKING:
+    from runtimes.limits import Limits
 
 CONTROLLERS = ("memory", "cpu", "pids")
 RUNNER_LEAF = "runner"  # in a delegated subtree: where the runner's own processes go
