@@ -159,16 +159,17 @@ def run_hooks(hooks: tuple[tuple[str, tuple[str, ...], tuple[str, ...], float], 
         with contextlib.suppress(BrokenPipeError):
             os.write(w, state)
         os.close(w)
-        deadline = time.monotonic() + timeout if timeout else None
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if deadline is not None and time.monotonic() > deadline:
+        if timeout:  # wait on a pidfd (readable at its exit), not by polling waitpid
+            pidfd = os.pidfd_open(pid)
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            exited = poller.poll(int(timeout * 1000))
+            os.close(pidfd)
+            if not exited:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 raise RuntimeError(f"hooks.{kind}[{i}] ({path}): timed out after {timeout:g} s")
-            time.sleep(0.005)
+        _, status = os.waitpid(pid, 0)
         if status:
             raise RuntimeError(f"hooks.{kind}[{i}] ({path}): exit status "
                                f"{os.waitstatus_to_exitcode(status)}")

@@ -303,3 +303,23 @@ def test_lifecycle_calls_import_no_heavy_module(tmp_path: Path) -> None:
         sleeper.wait()
         if "held" in locals():
             os.close(held)
+
+
+def test_container_hooks_run_in_order_with_status_and_timeout(tmp_path: Path) -> None:
+    """createContainer/startContainer hooks as the container's process runs them: state
+    on stdin, a failing hook's status, and one outliving its timeout killed and reaped
+    (the kernel has no such process left)."""
+    from runtimes.ns import process
+
+    out, pidfile = tmp_path / "out", tmp_path / "pid"
+    ok = ("/bin/sh", ("sh", "-c", f"cat >> {out}"), ("PATH=/bin:/usr/bin",), 0.0)
+    process.run_hooks((ok, ok), b"{state}", "createContainer")
+    assert out.read_text() == "{state}{state}"
+    fails = ("/bin/sh", ("sh", "-c", "exit 3"), (), 5.0)
+    with pytest.raises(RuntimeError, match=r"hooks\.startContainer\[1\] \(/bin/sh\): exit "
+                                           r"status 3"):
+        process.run_hooks((ok, fails), b"", "startContainer")
+    slow = ("/bin/sh", ("sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"), (), 2.0)
+    with pytest.raises(RuntimeError, match=r"hooks\.createContainer\[0\].*timed out after 2 s"):
+        process.run_hooks((slow,), b"", "createContainer")
+    assert not Path(f"/proc/{int(pidfile.read_text())}").exists()
