@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
 
 from harness.core.errors import CleanupError, UsageError
 from harness.core.records import Component
+from runtimes.limits import Limits as Limits
 
 if TYPE_CHECKING:
     from harness.core.image import Image
 
-__all__ = ["Component"]  # re-exported: the record backends report their parts with
+# Re-exported: the record backends report their parts with; the limits (limits.py).
+__all__ = ["Component", "Limits"]
 
 # What a backend records about itself: JSON values, typed.
 Json = str | int | float | bool | None | Sequence["Json"] | Mapping[str, "Json"]
@@ -114,37 +116,6 @@ class Traits:
 
 RLIMIT_NAMES = ("core", "nofile", "nproc", "memlock", "stack")  # as `ulimit`/--ulimit say
 RLIM_INFINITY = -1  # "unlimited", as Docker's API and Python's resource module spell it
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits. cpus: CPU time in cores (quota/period); memory, in bytes; pids.
-    rlimits: (name of RLIMIT_NAMES, soft, hard) the workload's first process gets, over
-    the backend's own defaults (-1: unlimited). cpuset: the host CPUs the instance may
-    run on, as cpuset.cpus spells them ("1", "0-3,6"): a cgroup cpuset for containers,
-    the vCPUs (and QEMU's own threads) pinned for a VM, the affinity of a host process."""
-
-    cpus: float | None = None
-    memory: int | None = None
-    pids: int | None = None
-    rlimits: tuple[tuple[str, int, int], ...] = ()
-    cpuset: str | None = None
-    # memory + swap, in bytes (-1: unlimited); None: `memory` (no swap). Only cvbench-ns
-    # sets it, from an OCI bundle's linux.resources.memory.swap; cgroup v1 only.
-    swap: int | None = None
-
-    def as_dict(self) -> dict[str, float | int | None]:
-        return {"cpus": self.cpus, "memory": self.memory, "pids": self.pids}
-
-    def recorded(self) -> dict[str, Json]:
-        """as_dict() and, when set, the rlimits (a field added in schema 1: older results
-        have none)."""
-        out: dict[str, Json] = dict(self.as_dict())
-        if self.rlimits:
-            out["rlimits"] = {n: [soft, hard] for n, soft, hard in self.rlimits}
-        if self.cpuset is not None:  # added in schema 1, like rlimits
-            out["cpuset"] = self.cpuset
-        return out
 
 
 def cpu_list(cpuset: str) -> set[int]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
+from harness.core.cgroupfs import cgroup_mode as cgroup_mode
 from harness.core.errors import Unreadable
 
 # Facts that make a host what it is; volatile ones (load, free memory) stay out of the id.
@@ -75,17 +76,6 @@ def _distro() -> str:
         if line.startswith("PRETTY_NAME="):
             return line.split("=", 1)[1].strip('"')
     return "unknown"
-
-
-def cgroup_mode(root: str = "/sys/fs/cgroup") -> str:
-    """v2 (unified), hybrid (v1 controllers + a cgroup2 mount), or v1."""
-    if os.path.exists(f"{root}/cgroup.controllers"):
-        return "v2"
-    if os.path.isdir(f"{root}/unified") and os.path.exists(f"{root}/unified/cgroup.procs"):
-        return "hybrid"
-    if os.path.isdir(f"{root}/memory") or os.path.isdir(f"{root}/cpu"):
-        return "v1"
-    return "none"
 
 
 def _bracketed(path: str) -> str | None:

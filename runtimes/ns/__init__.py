@@ -6,7 +6,7 @@ cgroups/ (Manager protocol, v1.py, v2.py, new() picks by host) · process.py (th
 set-up, sync over pipes) · forkserver.py (where children are cloned from) · network.py
 (loopback, bridge) · security.py (keyring, rlimits, capabilities, no_new_privs,
 descriptors, seccomp: applied last) · seccomp.py (Docker's profile, compiled once per
-runner; never imported by the child).
+runner, and cvbench-ns's cache of compiled programs; never imported by the child).
 
 Mapping of the InstanceSpec:
   argv/env/workdir/hostname  -> execve of /bench/init in the new root, as given

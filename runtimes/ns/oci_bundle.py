@@ -17,13 +17,16 @@ import re
 import resource
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from harness.core.errors import UsageError
-from runtimes.base import Limits
+from runtimes.limits import Limits
 from runtimes.ns import namespaces as ns
 from runtimes.ns import security
 from runtimes.ns.config import DEVICE_RULES, DEVICES, ContainerConfig, MountPoint
+
+TYPE_CHECKING = False  # (typing costs each cvbench-ns call: only mypy reads these)
+if TYPE_CHECKING:
+    from typing import Any
 
 WHERE = "config.json"
 DEFAULT_CGROUP_PARENT = "cvbench-ns"
@@ -409,8 +412,10 @@ def _hooks(raw: dict[str, Any]) -> dict[str, tuple[Hook, ...]]:
     return out
 
 
-def translate(data: dict[str, Any], bundle: Path, cid: str) -> Bundle:
-    """config.json -> Bundle; UsageError naming the first field ns cannot honour."""
+def translate(data: dict[str, Any], bundle: Path, cid: str,
+              seccomp_cache: str | None = None) -> Bundle:
+    """config.json -> Bundle; UsageError naming the first field ns cannot honour.
+    `seccomp_cache`: the directory of compiled seccomp programs (seccomp.compile_oci)."""
     from runtimes.ns import seccomp
 
     version = data.get("ociVersion")
@@ -498,7 +503,7 @@ def translate(data: dict[str, Any], bundle: Path, cid: str) -> Bundle:
     sysctl = _obj(linux.get("sysctl"), "linux.sysctl")
     bpf = b""
     if linux.get("seccomp") is not None:
-        bpf = seccomp.compile_bpf(seccomp.from_oci(linux["seccomp"], f"{WHERE}: linux.seccomp"))
+        bpf = seccomp.compile_oci(linux["seccomp"], f"{WHERE}: linux.seccomp", seccomp_cache)
     # config-linux.md, Masked/Readonly Paths: absolute paths in the container namespace,
     # so what each is (or whether it exists) is looked up there, by the child (rootfs._mask)
     masked, readonly = ([_abs_path(p, f"linux.{key}[{i}]")

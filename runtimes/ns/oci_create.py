@@ -8,12 +8,10 @@ import dataclasses
 import marshal
 import os
 import pickle
-import shutil
 import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
 from runtimes.ns import cgroups, oci_bundle, oci_hooks, process
 from runtimes.ns import namespaces as ns
@@ -23,6 +21,7 @@ from runtimes.ns.oci_cli import (
     Usage,
     delete,
     flag,
+    remove_state,
     start,
     start_time,
     state_dir,
@@ -30,7 +29,12 @@ from runtimes.ns.oci_cli import (
     value,
 )
 
+TYPE_CHECKING = False  # (typing costs each cvbench-ns call: only mypy reads these)
+if TYPE_CHECKING:
+    from typing import Any
+
 SETUP_TIMEOUT = 60.0
+SECCOMP_CACHE = ".seccomp-cache"  # in the root: compiled programs (seccomp.compile_oci)
 
 
 def _cgroup_mounts(b: oci_bundle.Bundle, cg: cgroups.Manager) -> tuple[MountPoint, ...]:
@@ -89,14 +93,15 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
     if value(opts, "preserve-fds", "0") != "0":
         raise Usage("--preserve-fds: not supported by cvbench-ns")
     bundle = Path(value(opts, "bundle") or os.getcwd()).resolve()
-    b = oci_bundle.translate(oci_bundle.load(bundle), bundle, cid)
+    d = Path(state_dir(cid))
+    os.makedirs(d.parent, mode=0o711, exist_ok=True)
+    b = oci_bundle.translate(oci_bundle.load(bundle), bundle, cid,
+                             seccomp_cache=str(d.parent / SECCOMP_CACHE))
     cfg = b.config
     if cfg.terminal and not value(opts, "console-socket"):
         raise Usage("process.terminal is true: --console-socket is required")
     if flag(opts, "no-new-keyring"):
         cfg = dataclasses.replace(cfg, keyring=False)
-    d = Path(state_dir(cid))
-    os.makedirs(d.parent, mode=0o711, exist_ok=True)
     try:
         d.mkdir(0o711)
     except FileExistsError:
@@ -167,8 +172,11 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
             "start_time": start_time(pid), "bundle": str(bundle), "rootfs": cfg.lower,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "annotations": b.annotations,
+            # The rules only where later calls need them to find the cgroup (v1: the
+            # devices hierarchy to remove it from); on v2 they are a program attached
+            # now, which each delete or kill would load again for nothing.
             "cgroup": {"parent": b.cgroup_parent, "name": b.cgroup_name,
-                       "device_rules": list(b.device_rules)},
+                       "device_rules": list(b.device_rules) if cg.mode != "v2" else []},
             "hooks": {k: [h.as_json() for h in v] for k, v in b.hooks.items()},
         }
         _write(d / "state", marshal.dumps(st))  # (read by every later command: oci_cli.load)
@@ -195,7 +203,7 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
         if made_cgroup:
             with contextlib.suppress(OSError):
                 cg.destroy(b.cgroup_name)
-        shutil.rmtree(d, ignore_errors=True)
+        remove_state(str(d))
         if hook_failed:
             oci_hooks.run(hook_failed, "poststop", state_json(hook_failed, "stopped"),
                           fatal=False)

@@ -20,12 +20,15 @@ import os
 import pickle
 import select
 from pathlib import Path
-from typing import Any
 
 from runtimes.ns import namespaces as ns
 from runtimes.ns import oci_bundle, process, security
 from runtimes.ns.config import ContainerConfig
 from runtimes.ns.oci_cli import CliError, Usage, flag, state_dir, status, value
+
+TYPE_CHECKING = False  # (typing costs each cvbench-ns call: only mypy reads these)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _user(spec: str) -> tuple[int, int]:

@@ -4,17 +4,24 @@ the container's state JSON on its stdin, its own args and env, and its timeout."
 from __future__ import annotations
 
 import json
-import subprocess
-from typing import Any
 
 from runtimes.ns.oci_cli import CliError, warn
+
+TYPE_CHECKING = False  # (typing costs each cvbench-ns call: only mypy reads these)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def run(st: dict[str, Any], kind: str, state: dict[str, Any], fatal: bool) -> None:
     """Run the `kind` hooks in order; the first failure raises CliError when `fatal`
     (prestart, createRuntime), else each failure is a warning (poststart, poststop)."""
+    hooks = st["hooks"].get(kind, ())
+    if not hooks:
+        return
+    import subprocess  # (only for a hook: create asks for two kinds, most often none)
+
     payload = json.dumps(state).encode()
-    for i, h in enumerate(st["hooks"].get(kind, ())):
+    for i, h in enumerate(hooks):
         try:
             p = subprocess.run(h["args"], executable=h["path"], input=payload,
                                env=dict(e.split("=", 1) for e in h["env"] if "=" in e),

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,6 +99,9 @@ def make_dev_layer(path: Path, devices: tuple[tuple[str, int, int, int], ...]) -
     the pts and shm mount points. Made once (atomically: concurrent runs may race) and
     put above the image, it replaces a per-instance tmpfs on /dev and its mknods.
     Needs CAP_MKNOD on the host, so rootless instances keep the tmpfs."""
+    import shutil  # (here: cvbench-ns create loads this module, and needs neither)
+    import tempfile
+
     if path.is_dir():
         return path
     tmp = Path(tempfile.mkdtemp(prefix=".devlayer-", dir=path.parent))

@@ -21,19 +21,23 @@ Nothing here runs in the instance: the child (process.py) only loads the compile
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import hashlib
 import json
+import marshal
 import os
-import platform
+import stat
 import struct
-import tempfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harness.core.errors import BackendUnavailable, UsageError
+
+TYPE_CHECKING = False  # (typing costs each cvbench-ns call: only mypy reads these)
+if TYPE_CHECKING:
+    from typing import Any
 
 PROFILE_ENV = "CVBENCH_SECCOMP_PROFILE"
 DOCKER_PROFILE = Path("/usr/share/cvbench/seccomp/docker-default.json")
@@ -105,8 +109,10 @@ def load(path: Path, caps: tuple[str, ...], machine: str | None = None,
     """Read `path` and keep the rules that apply to a process holding `caps` on this
     machine (or on `machine`/`kernel`, for tests). A malformed file raises UsageError
     naming the file and the field."""
-    machine = machine or platform.machine()
-    kver = _kernel(kernel or platform.release())
+    import hashlib
+
+    machine = machine or os.uname().machine
+    kver = _kernel(kernel or os.uname().release)
     try:
         raw = path.read_bytes()
         data = json.loads(raw)
@@ -227,6 +233,8 @@ def compile_bpf(p: Profile) -> bytes:
             last = max(last, nr)
             for conds in alternatives:
                 filt.add_rule(act, nr, *conds)
+    import tempfile
+
     with tempfile.TemporaryFile() as f:
         filt.export_bpf(f)
         f.seek(0)
@@ -288,9 +296,12 @@ def from_oci(data: Any, where: str) -> Profile:
     for key in ("flags", "listenerPath", "listenerMetadata"):
         if data.get(key):
             raise bad(key, "not supported by cvbench-ns")
-    native = _SCMP_ARCH.get(platform.machine())
+    import hashlib
+
+    machine = os.uname().machine
+    native = _SCMP_ARCH.get(machine)
     if native is None:
-        raise UsageError(f"{where}: no seccomp architecture known for {platform.machine()}")
+        raise UsageError(f"{where}: no seccomp architecture known for {machine}")
     arches = [native, *(str(a) for a in data.get("architectures") or () if a != native)]
     rules = []
     for i, s in enumerate(data.get("syscalls") or ()):
@@ -315,3 +326,144 @@ def from_oci(data: Any, where: str) -> Profile:
     return Profile(where, hashlib.sha256(raw).hexdigest(), default_action,
                    int(default_errno) if default_errno is not None else None,
                    tuple(arches), tuple(rules))
+
+
+# --- compiled programs, cached (cvbench-ns) ------------------------------------------------
+
+LIBSECCOMP = "libseccomp.so.2"  # the soname pyseccomp's find_library("seccomp") resolves to
+CACHE_FORMAT = 1
+CACHE_ENTRIES = 32  # more than that (a profile per container?): start again
+
+
+def compile_oci(data: Any, where: str, cache: str | None = None) -> bytes:
+    """An OCI config's linux.seccomp (see from_oci) compiled by compile_bpf, through the
+    cache directory `cache` when given (cvbench-ns: <root>/.seccomp-cache).
+
+    Each `cvbench-ns create` is a new interpreter, and Docker hands every container the
+    same profile: importing pyseccomp (which runs ldconfig twice to find its libraries)
+    and compiling cost create more than the rest of its own work. An entry holds the
+    program and everything it was made from (the profile as canonical JSON, this
+    module's source, the machine and kernel, libseccomp's version); it is used only
+    when all of those are equal to this call's and the program's checksum holds, in a
+    directory and a file that are this user's own and writable by nobody else.
+    Anything else (missing, corrupt, another profile under a colliding name) is
+    compiled again and the entry rewritten, atomically."""
+    inputs = _cache_inputs(data) if cache else None
+    if cache is None or inputs is None:
+        return compile_bpf(from_oci(data, where))
+    name = f"{zlib.crc32(inputs):08x}{zlib.adler32(inputs):08x}"
+    dfd = _cache_dir(cache)
+    try:
+        bpf = _cache_read(dfd, name, inputs) if dfd is not None else None
+        if bpf is None:
+            bpf = compile_bpf(from_oci(data, where))
+            if dfd is not None and _same_library():
+                _cache_write(dfd, name, marshal.dumps((inputs, bpf, zlib.crc32(bpf))))
+        return bpf
+    finally:
+        if dfd is not None:
+            os.close(dfd)
+
+
+def _cache_inputs(data: Any) -> bytes | None:
+    """What a compiled program depends on, as bytes; None when libseccomp cannot be
+    found (compile_bpf then says why)."""
+    version = _libseccomp_version()
+    if version is None:
+        return None
+    try:
+        with open(__file__, "rb") as f:
+            source = f.read()  # (compile_bpf's own code: an update changes the program)
+    except OSError:
+        return None
+    u = os.uname()
+    profile = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return marshal.dumps((CACHE_FORMAT, u.machine, u.release, u.version, version, source,
+                          profile))
+
+
+def _libseccomp_version() -> tuple[int, int, int] | None:
+    """libseccomp's version (seccomp_version(), 2.3+), loaded with ctypes alone."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(LIBSECCOMP)
+        fn = lib.seccomp_version
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.POINTER(ctypes.c_uint * 3)
+    v = fn().contents
+    return v[0], v[1], v[2]
+
+
+def _same_library() -> bool:
+    """Whether the program just compiled came from the library _libseccomp_version read
+    (pyseccomp finds it by ldconfig; not cached otherwise)."""
+    import pyseccomp
+
+    return getattr(pyseccomp, "_libseccomp_path", None) == LIBSECCOMP
+
+
+def _own(st: os.stat_result) -> bool:
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def _cache_dir(path: str) -> int | None:
+    """The cache directory, opened (made 0700 if missing); None if it is not this user's
+    alone (a symlink, another owner, writable by others): no cache then."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if not _own(st := os.fstat(fd)) or st.st_mode & 0o077:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _cache_read(dfd: int, name: str, inputs: bytes) -> bytes | None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not _own(st):
+            return None
+        with open(fd, "rb", closefd=False) as f:
+            entry = marshal.loads(f.read())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    finally:
+        os.close(fd)
+    if not (isinstance(entry, tuple) and len(entry) == 3 and entry[0] == inputs):
+        return None
+    _, bpf, crc = entry
+    if not isinstance(bpf, bytes) or not bpf or len(bpf) % 8 or crc != zlib.crc32(bpf):
+        return None
+    return bpf
+
+
+def _cache_write(dfd: int, name: str, data: bytes) -> None:
+    """Write the entry atomically (a temporary file renamed over it); a failure only
+    costs the next call a compile."""
+    tmp = f".{name}.{os.getpid()}"
+    try:
+        names = os.listdir(dfd)
+        if len(names) >= CACHE_ENTRIES:
+            for old in names:
+                os.unlink(old, dir_fd=dfd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dfd)
+        with open(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dfd)

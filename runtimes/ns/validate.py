@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.core.errors import NotApplicable, UsageError
 from runtimes.base import InstanceSpec, check_publish
-from runtimes.ns.cgroups import Manager
+
+if TYPE_CHECKING:
+    from runtimes.ns.cgroups import Manager  # (a protocol only mypy sees)
 
 
 def _read(path: str) -> str | None:

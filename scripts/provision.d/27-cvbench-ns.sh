@@ -7,7 +7,14 @@
 # what the CLI imports beyond the standard library: pyseccomp, psutil), and the code of
 # THIS checkout, put first on sys.path. Edits in the checkout take effect at once; a
 # checkout moved or removed needs `make provision` again, which rewrites the script
-# for the checkout it runs from. (`python -I`: no user site or PYTHON* variables.)
+# for the checkout it runs from.
+#
+# Each engine call (create, start, state, kill, delete) is a new interpreter, so the
+# script is as cheap to start as it can be: `python -IS` (-I: no user site or PYTHON*
+# variables; -S: no site module, which would run the venv's .pth files on every call),
+# with the venv's site-packages put on sys.path by the script itself; it calls
+# oci_cli.entry() directly (no entry-point machinery), and the checkout's code is
+# compiled here, so that no call compiles it.
 NS_VENV=/opt/cvbench/ns-venv
 NS_BIN=/usr/local/bin/cvbench-ns
 checkout=$(cd "$here/.." && pwd)
@@ -22,18 +29,25 @@ fi
 if [ -n "${CVBENCH_NS_PYTHON:-}" ]; then
   # cvbench installed (a wheel in a venv, as `bench fleet` installs it, with scripts/
   # copied apart from the code): that environment's interpreter runs the installed code
+  # (-I without -S: its site module finds cvbench, whatever .pth files that takes)
   source_note="installed for $CVBENCH_NS_PYTHON"
   want=$(printf '%s\n' "#!$CVBENCH_NS_PYTHON -I" \
     "# Written by cvbench scripts/provision.d/27-cvbench-ns.sh: the OCI runtime cvbench-ns" \
     "# $source_note" \
-    "import sys" "from runtimes.ns.oci_cli import main" "sys.exit(main())")
+    "from runtimes.ns.oci_cli import entry" "entry()")
 elif [ -f "$checkout/runtimes/ns/oci_cli.py" ]; then
   source_note="code from $checkout"
-  want=$(printf '%s\n' "#!$NS_VENV/bin/python -I" \
+  # (pyseccomp and psutil are plain packages: nothing of theirs needs a .pth file)
+  site_dirs=$("$NS_VENV/bin/python" -I -c 'import sysconfig
+print(sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}))')
+  want=$(printf '%s\n' "#!$NS_VENV/bin/python -IS" \
     "# Written by cvbench scripts/provision.d/27-cvbench-ns.sh: the OCI runtime cvbench-ns" \
     "# of the checkout $checkout" \
-    "import sys" "sys.path.insert(0, '$checkout')" \
-    "from runtimes.ns.oci_cli import main" "sys.exit(main())")
+    "import sys" "sys.path.insert(0, '$checkout')" "sys.path += $site_dirs" \
+    "from runtimes.ns.oci_cli import entry" "entry()")
+  "$NS_VENV/bin/python" -I -m compileall -q "$checkout/harness/__init__.py" \
+    "$checkout/harness/core" "$checkout/runtimes" >/dev/null \
+    || { echo "provision: cannot compile the code of $checkout for cvbench-ns" >&2; exit 1; }
 else
   echo "provision: no cvbench code beside $here (runtimes/ns/oci_cli.py): run it from a" \
     "checkout, or set CVBENCH_NS_PYTHON to the interpreter of an environment where cvbench" \

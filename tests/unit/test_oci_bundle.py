@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import marshal
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -279,3 +281,89 @@ def test_state_path_imports_no_heavy_module() -> None:
     out = subprocess.run([sys.executable, "-I", "-c", code, str(repo)], capture_output=True,
                          text=True, check=True, timeout=60).stdout.split()
     assert set(out) <= {"runtimes", "runtimes.ns", "runtimes.ns.oci_cli", "marshal"}, out
+
+
+# What no call of the engines' lifecycle may import: each is a new interpreter.
+HEAVY = {"typing", "dataclasses", "inspect", "json", "subprocess", "pickle", "ctypes",
+         "hashlib", "shutil", "tempfile", "psutil", "pyseccomp", "runtimes.base",
+         "harness.core.records", "harness.core.hostinfo", "harness.core.probes.memory",
+         "harness.report", "click", "rich", "pandas", "numpy"}
+# ...and what state, start and kill, which touch no cgroup, need not either.
+CGROUPS = {"pathlib", "re", "runtimes.ns.cgroups"}
+
+
+def test_lifecycle_calls_import_no_heavy_module(tmp_path: Path) -> None:
+    """state, start, kill and delete, each run as the command runs (oci_cli.entry, in a
+    new interpreter under -X importtime: the modules it imported are the interpreter's
+    own report), on a container whose process is a `sleep` of this test, held on a
+    FIFO this test reads: each does its work (its answer, the byte on the FIFO, the
+    signal as the kernel reports it, the state dir gone) without a heavy import."""
+    repo = Path(__file__).resolve().parents[2]
+    root, cid = tmp_path / "root", "c1"
+    code = f"import sys; sys.path.insert(0, {str(repo)!r}); from runtimes.ns import oci_cli; " \
+        "oci_cli.entry()"
+
+    def call(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+        p = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", "-c", code,
+                            "--root", str(root), *args],
+                           capture_output=True, text=True, check=False, timeout=60)
+        imported = {line.rpartition("|")[2].strip() for line in p.stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert imported, p.stderr  # (-X importtime did report)
+        return p, imported
+
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        d = root / cid
+        d.mkdir(parents=True)
+        os.mkfifo(d / "exec.fifo", 0o600)
+        held = os.open(d / "exec.fifo", os.O_RDONLY | os.O_NONBLOCK)
+        (d / "state").write_bytes(marshal.dumps({
+            "ociVersion": "1.0.2", "id": cid, "pid": sleeper.pid,
+            "start_time": oci_cli.start_time(sleeper.pid), "bundle": str(tmp_path),
+            "rootfs": str(tmp_path), "created": "2026-01-01T00:00:00Z", "annotations": {},
+            "cgroup": {"parent": "cvbench-ns-unit", "name": f"absent-{os.getpid()}",
+                       "device_rules": []},
+            "hooks": {}}))
+        p, imported = call("state", cid)
+        assert p.returncode == 0 and json.loads(p.stdout)["status"] == "created", p.stderr
+        assert not imported & (HEAVY | CGROUPS), imported & (HEAVY | CGROUPS)
+        p, imported = call("start", cid)
+        assert p.returncode == 0, p.stderr
+        assert os.read(held, 1) == b"G" and not (d / "exec.fifo").exists()
+        assert not imported & (HEAVY | CGROUPS), imported & (HEAVY | CGROUPS)
+        p, imported = call("state", cid)
+        assert json.loads(p.stdout)["status"] == "running"
+        p, imported = call("kill", cid, "KILL")
+        assert p.returncode == 0, p.stderr
+        assert sleeper.wait(timeout=30) == -9  # the kernel's word: killed by SIGKILL
+        assert not imported & (HEAVY | CGROUPS), imported & (HEAVY | CGROUPS)
+        p, imported = call("delete", cid)
+        assert p.returncode == 0, p.stderr
+        assert not d.exists()
+        assert not imported & HEAVY, imported & HEAVY
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        if "held" in locals():
+            os.close(held)
+
+
+def test_container_hooks_run_in_order_with_status_and_timeout(tmp_path: Path) -> None:
+    """createContainer/startContainer hooks as the container's process runs them: state
+    on stdin, a failing hook's status, and one outliving its timeout killed and reaped
+    (the kernel has no such process left)."""
+    from runtimes.ns import process
+
+    out, pidfile = tmp_path / "out", tmp_path / "pid"
+    ok = ("/bin/sh", ("sh", "-c", f"cat >> {out}"), ("PATH=/bin:/usr/bin",), 0.0)
+    process.run_hooks((ok, ok), b"{state}", "createContainer")
+    assert out.read_text() == "{state}{state}"
+    fails = ("/bin/sh", ("sh", "-c", "exit 3"), (), 5.0)
+    with pytest.raises(RuntimeError, match=r"hooks\.startContainer\[1\] \(/bin/sh\): exit "
+                                           r"status 3"):
+        process.run_hooks((ok, fails), b"", "startContainer")
+    slow = ("/bin/sh", ("sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"), (), 2.0)
+    with pytest.raises(RuntimeError, match=r"hooks\.createContainer\[0\].*timed out after 2 s"):
+        process.run_hooks((slow,), b"", "createContainer")
+    assert not Path(f"/proc/{int(pidfile.read_text())}").exists()

@@ -200,3 +200,98 @@ def test_dockers_profile_closes_user_namespaces() -> None:
                 "perf_event_open", "open_by_handle_at", "clone"} & allowed
     assert {"read", "execve", "close_range"} <= allowed
     assert p.source == "docker default"
+
+
+# --- cvbench-ns's cache of compiled programs (seccomp.compile_oci) -----------------------
+
+
+def oci_profile(tmp_path: Path, profile: dict[str, Any] = PROFILE) -> dict[str, Any]:
+    """A profile as it comes in a bundle's linux.seccomp."""
+    data: dict[str, Any] = json.loads(json.dumps(seccomp.oci(
+        seccomp.load(write(tmp_path, profile), NO_MKNOD_CAPS))))
+    return data
+
+
+@pytest.fixture
+def compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The profiles compile_bpf compiled (each by its source), counted as it runs."""
+    seen: list[str] = []
+    real = seccomp.compile_bpf
+
+    def counted(p: seccomp.Profile) -> bytes:
+        seen.append(p.sha256)
+        return real(p)
+
+    monkeypatch.setattr(seccomp, "compile_bpf", counted)
+    return seen
+
+
+def entries(cache: Path) -> list[Path]:
+    return sorted(cache.iterdir())
+
+
+def test_cache_compiles_once_and_gives_libseccomps_program(
+        tmp_path: Path, compiles: list[str]) -> None:
+    data = oci_profile(tmp_path)
+    direct = seccomp.compile_bpf(seccomp.from_oci(data, "x"))  # (the reference: no cache)
+    cache = tmp_path / "cache"
+    assert seccomp.compile_oci(data, "x", str(cache)) == direct
+    assert seccomp.compile_oci(json.loads(json.dumps(data)), "x", str(cache)) == direct
+    assert len(compiles) == 2  # the reference, then the first call: not the second
+    assert cache.stat().st_mode & 0o777 == 0o700
+    (entry,) = entries(cache)
+    assert entry.stat().st_mode & 0o777 == 0o600
+    other = oci_profile(tmp_path, dict(PROFILE, defaultAction="SCMP_ACT_KILL_PROCESS"))
+    assert seccomp.compile_oci(other, "x", str(cache)) == \
+        seccomp.compile_bpf(seccomp.from_oci(other, "x"))
+    assert len(entries(cache)) == 2
+
+
+def test_cache_entry_corrupt_or_for_another_input_is_rebuilt(
+        tmp_path: Path, compiles: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    data = oci_profile(tmp_path)
+    cache = tmp_path / "cache"
+    good = seccomp.compile_oci(data, "x", str(cache))
+    (entry,) = entries(cache)
+    raw = entry.read_bytes()
+    i = raw.rindex(good) + len(good) // 2  # a bit of the program flipped
+    for bad in (raw[:i] + bytes([raw[i] ^ 1]) + raw[i + 1:], raw[:len(raw) // 2], b"",
+                b"\x00" * 64):
+        entry.write_bytes(bad)
+        n = len(compiles)
+        assert seccomp.compile_oci(data, "x", str(cache)) == good
+        assert len(compiles) == n + 1 and entry.read_bytes() == raw  # compiled, rewritten
+    # another profile's entry under this one's name (a colliding name) is not taken
+    other = oci_profile(tmp_path, dict(PROFILE, defaultAction="SCMP_ACT_KILL_PROCESS"))
+    seccomp.compile_oci(other, "x", str(cache))
+    (other_entry,) = [e for e in entries(cache) if e != entry]
+    other_entry.replace(entry)
+    assert seccomp.compile_oci(data, "x", str(cache)) == good
+    # another libseccomp, or another version of the compiler's source: not the same key
+    n = len(compiles)
+    monkeypatch.setattr(seccomp, "_libseccomp_version", lambda: (9, 9, 9))
+    assert seccomp.compile_oci(data, "x", str(cache)) == good
+    assert len(compiles) == n + 1
+
+
+def test_cache_of_others_is_not_trusted(tmp_path: Path, compiles: list[str]) -> None:
+    """A directory or an entry that others may write is not used; a symlink is not
+    followed."""
+    data = oci_profile(tmp_path)
+    cache = tmp_path / "cache"
+    good = seccomp.compile_oci(data, "x", str(cache))
+    (entry,) = entries(cache)
+    entry.chmod(0o666)
+    n = len(compiles)
+    assert seccomp.compile_oci(data, "x", str(cache)) == good and len(compiles) == n + 1
+    assert entry.stat().st_mode & 0o777 == 0o600  # rewritten, its own
+    cache.chmod(0o777)
+    assert seccomp.compile_oci(data, "x", str(cache)) == good and len(compiles) == n + 2
+    cache.chmod(0o700)
+    link = tmp_path / "link"
+    link.symlink_to(cache)
+    assert seccomp.compile_oci(data, "x", str(link)) == good and len(compiles) == n + 3
+    # invalid profiles are refused as without a cache, and leave nothing behind
+    with pytest.raises(UsageError, match=r"x\.flags"):
+        seccomp.compile_oci(dict(data, flags=["SECCOMP_FILTER_FLAG_LOG"]), "x", str(cache))
+    assert len(entries(cache)) == 1

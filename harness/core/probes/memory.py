@@ -26,6 +26,7 @@ from pathlib import Path
 
 import psutil
 
+from harness.core.cgroupfs import cgroup_procs as cgroup_procs
 from harness.core.errors import Unreadable
 
 
@@ -99,13 +100,6 @@ def descendants(pid: int) -> list[int]:
         raise Unreadable(f"the processes below {pid}: {e}") from e
     except (ProcessLookupError, ValueError):
         return out
-
-
-def cgroup_procs(path: Path) -> list[int]:
-    try:
-        return [int(x) for x in (path / "cgroup.procs").read_text().split()]
-    except (FileNotFoundError, ValueError):
-        return []
 
 
 def cgroup_usage(path: Path) -> int | None:

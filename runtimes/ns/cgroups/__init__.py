@@ -12,71 +12,77 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
 
-from harness.core.hostinfo import cgroup_mode
-from runtimes.base import Limits
+from harness.core.cgroupfs import cgroup_mode
 
 PARENT = "cvbench"
 
+# Only mypy reads the protocol: cvbench-ns loads this package in a new interpreter on
+# each `delete` and `kill --all`, where typing and dataclasses (Limits) would cost more
+# than the call's work.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
 
-class Manager(Protocol):
-    mode: str
-    device_rules: tuple[str, ...]  # the device allow-list create() applies; () for none
-    device_problem: str | None  # why the rules asked for are not applied (None: they are)
+    from runtimes.limits import Limits
 
-    def devices(self) -> str:
-        """How create() applies device_rules, for the protection list."""
-        ...
+    class Manager(Protocol):
+        mode: str
+        device_rules: tuple[str, ...]  # the device allow-list create() applies; () for none
+        device_problem: str | None  # why the rules asked for are not applied (None: they are)
 
-    def check(self) -> str | None:
-        """None when usable; else the reason (a missing controller, not writable...)."""
-        ...
+        def devices(self) -> str:
+            """How create() applies device_rules, for the protection list."""
+            ...
 
-    def writable(self) -> bool:
-        """Whether this user may make the cgroups: the parent (or, before setup(), the
-        root it goes under) is writable in every hierarchy. Root's is; a rootless user's
-        only where the tree was delegated to it."""
-        ...
+        def check(self) -> str | None:
+            """None when usable; else the reason (a missing controller, not writable...)."""
+            ...
 
-    def create(self, name: str, limits: Limits) -> None:
-        """Make the cgroup and write its limits (before any process joins)."""
-        ...
+        def writable(self) -> bool:
+            """Whether this user may make the cgroups: the parent (or, before setup(), the
+            root it goes under) is writable in every hierarchy. Root's is; a rootless user's
+            only where the tree was delegated to it."""
+            ...
 
-    def join_files(self, name: str) -> list[str]:
-        """Files a process writes "0" into to join the cgroup (one per hierarchy)."""
-        ...
+        def create(self, name: str, limits: Limits) -> None:
+            """Make the cgroup and write its limits (before any process joins)."""
+            ...
 
-    def path(self, name: str) -> Path:
-        """The cgroup's directory in the memory hierarchy (for usage and procs)."""
-        ...
+        def join_files(self, name: str) -> list[str]:
+            """Files a process writes "0" into to join the cgroup (one per hierarchy)."""
+            ...
 
-    def pids(self, name: str) -> list[int]: ...
+        def path(self, name: str) -> Path:
+            """The cgroup's directory in the memory hierarchy (for usage and procs)."""
+            ...
 
-    def memory_usage(self, name: str) -> int | None: ...
+        def pids(self, name: str) -> list[int]: ...
 
-    def oom_killed(self, name: str) -> bool: ...
+        def memory_usage(self, name: str) -> int | None: ...
 
-    def kill(self, name: str) -> None:
-        """SIGKILL every process in the cgroup."""
-        ...
+        def oom_killed(self, name: str) -> bool: ...
 
-    def destroy(self, name: str) -> None:
-        """Remove the cgroup (idempotent; kills what is left first)."""
-        ...
+        def kill(self, name: str) -> None:
+            """SIGKILL every process in the cgroup."""
+            ...
 
-    def setup(self) -> None:
-        """Make the parent cgroups (idempotent; once per run, before any instance)."""
-        ...
+        def destroy(self, name: str) -> None:
+            """Remove the cgroup (idempotent; kills what is left first)."""
+            ...
 
-    def parents(self) -> list[Path]:
-        """The existing parent directories (one per hierarchy); gc removes them once empty
-        and no run is going."""
-        ...
+        def setup(self) -> None:
+            """Make the parent cgroups (idempotent; once per run, before any instance)."""
+            ...
 
-    def names(self) -> list[str]:
-        """Names of every cgroup under the cvbench parent (for gc)."""
-        ...
+        def parents(self) -> list[Path]:
+            """The existing parent directories (one per hierarchy); gc removes them once empty
+            and no run is going."""
+            ...
+
+        def names(self) -> list[str]:
+            """Names of every cgroup under the cvbench parent (for gc)."""
+            ...
 
 
 def new(root: str | Path = "/sys/fs/cgroup", parent: str = PARENT,

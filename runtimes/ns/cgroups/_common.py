@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from harness.core.probes.memory import cgroup_procs as procs
+from harness.core.cgroupfs import cgroup_procs as procs
 
 
 def write(path: Path, value: str) -> None:

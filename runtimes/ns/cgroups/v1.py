@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.core.probes.memory import cgroup_procs as procs
-from runtimes.base import Limits
+from harness.core.cgroupfs import cgroup_procs as procs
 from runtimes.ns.cgroups import PARENT, may_write
 from runtimes.ns.cgroups._common import kill_procs, read_int_field, rmdir, write
+
+TYPE_CHECKING = False  # (see cgroups/__init__.py: only mypy reads these)
+if TYPE_CHECKING:
+    from runtimes.limits import Limits
 
 CONTROLLERS = ("memory", "cpu", "pids")
 PERIOD_US = 100_000

@@ -27,10 +27,13 @@ import contextlib
 import os
 from pathlib import Path
 
-from harness.core.probes.memory import cgroup_procs as procs
-from runtimes.base import Limits
-from runtimes.ns.cgroups import PARENT, devices_bpf, may_write
+from harness.core.cgroupfs import cgroup_procs as procs
+from runtimes.ns.cgroups import PARENT, may_write
 from runtimes.ns.cgroups._common import kill_procs, read_int_field, rmdir, write
+
+TYPE_CHECKING = False  # (see cgroups/__init__.py: only mypy reads these)
+if TYPE_CHECKING:
+    from runtimes.limits import Limits
 
 CONTROLLERS = ("memory", "cpu", "pids")
 RUNNER_LEAF = "runner"  # in a delegated subtree: where the runner's own processes go
@@ -50,6 +53,9 @@ class V2Manager:
         self.device_problem: str | None = None
         self._program = -1
         if device_rules:
+            # (imported only here, with ctypes: cvbench-ns delete and kill have no rules)
+            from runtimes.ns.cgroups import devices_bpf
+
             # Loaded here, once (the kernel's verifier runs before any timing): whether
             # this kernel and this process may have a device program at all.
             try:
@@ -59,6 +65,8 @@ class V2Manager:
                 self.device_problem = f"the kernel refused the eBPF device program: {e.strerror}"
 
     def devices(self) -> str:
+        from runtimes.ns.cgroups import devices_bpf
+
         n = len(devices_bpf.program(self.device_rules)) // 8
         return (f"eBPF allow-list (a BPF_PROG_TYPE_CGROUP_DEVICE program of {n} "
                 "instructions attached to each instance's cgroup): deny a; allow "
@@ -112,6 +120,8 @@ class V2Manager:
         d = self.path(name)
         d.mkdir()
         if self.device_rules:
+            from runtimes.ns.cgroups import devices_bpf
+
             devices_bpf.attach(self._program, d)
         if limits.memory is not None:
             write(d / "memory.max", str(limits.memory))
