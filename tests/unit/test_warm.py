@@ -26,7 +26,13 @@ from runtimes.base import Instance, InstanceSpec, Pool, Prepared, Slot
 from tests.unit import report_synth as synth
 from tests.unit.test_studies_runner import OPEN, StudyFake, make
 
-_ = OPEN  # (its fixture closes the journals `make` opens)
+
+@pytest.fixture(autouse=True)
+def _close_journals() -> Iterator[None]:
+    """The journals `make` opens (it keeps them in OPEN), closed after each test."""
+    yield
+    while OPEN:
+        OPEN.pop().close()
 
 
 @pytest.fixture(autouse=True)
