@@ -23,13 +23,13 @@ from runtimes.limits import Limits
 from runtimes.ns import namespaces as ns
 from runtimes.ns import security
 from runtimes.ns.config import DEVICE_RULES, DEVICES, ContainerConfig, MountPoint
+from runtimes.ns.oci_cli import DEFAULT_CGROUP_PARENT
 
 TYPE_CHECKING = False  # (typing costs each cvbench-ns call: only mypy reads these)
 if TYPE_CHECKING:
     from typing import Any
 
 WHERE = "config.json"
-DEFAULT_CGROUP_PARENT = "cvbench-ns"
 
 NAMESPACES = {"pid": ns.CLONE_NEWPID, "network": ns.CLONE_NEWNET, "mount": ns.CLONE_NEWNS,
               "ipc": ns.CLONE_NEWIPC, "uts": ns.CLONE_NEWUTS, "cgroup": ns.CLONE_NEWCGROUP,

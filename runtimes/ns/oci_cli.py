@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 DEFAULT_ROOT = "/run/cvbench-ns"
+# The cgroup parent of a bundle without linux.cgroupsPath: made by create, and removed by
+# delete once no container is left in it (an engine's own parent is the engine's).
+DEFAULT_CGROUP_PARENT = "cvbench-ns"
 VERSION = "0.1.0"
 SPEC_VERSION = "1.1.0"
 _SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "ILL": 4, "TRAP": 5, "ABRT": 6, "IOT": 6,
@@ -363,9 +366,15 @@ def delete(st: dict[str, Any], force: bool) -> None:
         _signal(st["pid"], 9, st["start_time"])
     cg.kill(name)  # what its first process left behind (a kill does not reach them)
     cg.destroy(name)
+    parent = st["cgroup"]["parent"]
     if cg.mode != "v2":
         with contextlib.suppress(OSError):  # the freezer cgroup pause made (v1)
-            os.rmdir(f"/sys/fs/cgroup/freezer/{st['cgroup']['parent']}/{name}")
+            os.rmdir(f"/sys/fs/cgroup/freezer/{parent}/{name}")
+    if parent == DEFAULT_CGROUP_PARENT:  # ours: gone with its last container
+        for d in [*cg.parents(), *([] if cg.mode == "v2" else
+                                   [f"/sys/fs/cgroup/freezer/{parent}"])]:
+            with contextlib.suppress(OSError):  # another container still in it
+                os.rmdir(d)
     remove_state(state_dir(st["id"]))
     if st["hooks"].get("poststop"):
         from runtimes.ns import oci_hooks
