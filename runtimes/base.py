@@ -498,6 +498,64 @@ class Pool(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Replica:
+    """One running copy of a replicated service, as the scale study reads it: where it
+    runs (`node`: "" for this host, else the node's name), its own address
+    ("host:port", reached directly, not through the front: for its access count), and
+    its processes on this host (for PSS; empty on another node, where the study says
+    so instead of counting 0)."""
+
+    id: str
+    node: str = ""
+    address: str | None = None
+    pids: tuple[int, ...] = ()
+    details: Mapping[str, Json] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Replicas(Protocol):
+    """N copies of one service behind one front address (`bench run scale`): an
+    orchestrator's service (`docker:swarm`: a swarm service and its routing mesh), or
+    the scale study's own HAProxy front over a backend's instances. Made per run and
+    labelled with its run id; `close` removes all of it, also after an error.
+
+    Readiness is the caller's: `scale` and `update` return once the change is asked for
+    (the orchestrator accepted it, the instances were started); the study times until
+    the front answers from every replica."""
+
+    def deploy(self, spec: InstanceSpec, prepared: Prepared, port: int) -> str:
+        """Make the service with 0 replicas for instances like `spec` serving on `port`
+        inside each replica; the front's address ("host:port") reached from this host."""
+        ...
+
+    def scale(self, n: int) -> None:
+        """Ask for `n` replicas (up or down)."""
+        ...
+
+    def replicas(self) -> list[Replica]:
+        """The replicas running now."""
+        ...
+
+    def update(self, prepared: Prepared) -> None:
+        """Replace every replica by one of `prepared` (another image digest), rolling."""
+        ...
+
+    def close(self) -> None:
+        """Remove the service, its front and what it made (idempotent)."""
+        ...
+
+
+@runtime_checkable
+class ReplicaSets(Protocol):
+    """A backend that replicates services itself (an orchestrator): the scale study
+    uses its Replicas instead of its own HAProxy front over single instances."""
+
+    def replica_set(self, run_id: str, name: str) -> Replicas:
+        """A new, empty replicated service `name` of `run_id`."""
+        ...
+
+
 class RuntimeClass(Protocol):
     """What the registry loads from an entry point: a backend class, its flavours (a
     backend name is `<base>` or `<base>:<flavour>`) and its constructor."""
