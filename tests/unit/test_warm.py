@@ -325,3 +325,34 @@ def test_the_run_drains_every_pool_at_its_end(tmp_path: Path) -> None:
     assert full.drains == 1 and full.ready() == 0
     assert stuck.drains == 1 and problems == ["b: draining its pool: dockerd gone "
                                               "(run `bench gc`)"]
+
+
+def test_startup_chart_draws_pooled_backends_beside_cold_starts(tmp_path: Path) -> None:
+    """A report of a startup run and a warm run: the startup chart gets the pooled
+    backend's warm.to_ready as a row marked warm, its values the warm samples."""
+    from harness.report.draw import Look
+    from harness.report.studies import startup as startup_chapter
+
+    warm_df = warm_results(tmp_path / "w")
+    cold = [synth._s(b, "default", "startup.to_ready", "s", TO_READY["docker"], r)
+            for b in ("host", "docker") for r in range(5)]
+    cold_df = synth.load([synth.write_result(tmp_path / "c", "startup", cold,
+                                             {b: WARM_BACKENDS[b] for b in ("host", "docker")})])[1]
+    df = pd.concat([cold_df, warm_df], ignore_index=True)
+    fig = startup_chapter.startup(df, Look.of(df))
+    assert fig is not None
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    warm_rows = [x for x in labels if x.endswith("· warm")]
+    assert len(warm_rows) == 1 and warm_rows[0].startswith("docker:precreated"), labels
+    assert not any(x.startswith("libvirt") for x in labels)  # cold-only warm rows stay out
+    # the warm row's points are the warm study's own samples
+    row = labels.index(warm_rows[0])
+    pts = [m.get_offsets() for m in fig.axes[0].collections if len(m.get_offsets())]
+    xs = sorted(float(x) for o in pts for x, y in o if abs(y - row) < 0.3)
+    want = sorted(warm_df[(warm_df["metric"] == "warm.to_ready")
+                          & (warm_df["backend"] == "docker:precreated")]["value"])
+    assert xs == pytest.approx(want)
+    # without warm data the chart is as before: no warm row
+    fig = startup_chapter.startup(cold_df, Look.of(cold_df))
+    assert fig is not None
+    assert not any("warm" in t.get_text() for t in fig.axes[0].get_yticklabels())

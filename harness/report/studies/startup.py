@@ -22,6 +22,7 @@ PHASE_COLOURS = ["#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f
 
 
 SERVING_COLOUR = "#222222"
+WARM_SHADE = "#fff3c4"  # as the warm chapter shades its pooled rows
 
 
 @styled
@@ -32,7 +33,20 @@ def startup(df: pd.DataFrame, look: Look) -> Figure | None:
     if metric is None:
         return None
     what = "create → ready line" if metric == "startup.to_ready" else "create → removed"
-    return _samples(df[df["metric"] == metric], look, what)
+    d = df[df["metric"] == metric]
+    warm = pooled(df) if metric == "startup.to_ready" else set()
+    if warm:  # each technology at its best start beside its cold one (the warm study)
+        w = df[(df["metric"] == "warm.to_ready") & df["backend"].isin(warm)]
+        d = pd.concat([d, w.assign(metric=metric)], ignore_index=True)
+        what = "request → ready line"
+    return _samples(d, look, what, warm)
+
+
+def pooled(df: pd.DataFrame) -> set[str]:
+    """The backends whose warm-study requests came from a prepared slot (a pool): their
+    warm.to_ready is drawn beside the cold starts, marked warm."""
+    s = df[(df["metric"] == "warm.from_slot") & (df["value"] > 0.5)]
+    return set(s["backend"])
 
 
 @styled
@@ -43,12 +57,15 @@ def startup_serving(df: pd.DataFrame, look: Look) -> Figure | None:
     return _samples(d, look, "create → first answer") if not d.empty else None
 
 
-def _samples(d: pd.DataFrame, look: Look, what: str) -> Figure:
+def _samples(d: pd.DataFrame, look: Look, what: str, warm: set[str] | None = None) -> Figure:
     cs = data.cells(d, look.order, look.sets)
     fig = look.figure(len(cs))
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)
+    warm = warm or set()
     for i, c in enumerate(cs):
+        if c.backend in warm:
+            ax.axhspan(i - 0.5, i + 0.5, color=WARM_SHADE, zorder=0, lw=0)
         v = c.select(d)["value"].to_numpy(float)
         v = v[v > 0]
         if v.size == 0:
@@ -63,13 +80,18 @@ def _samples(d: pd.DataFrame, look: Look, what: str) -> Figure:
     draw.seconds_axis(ax.xaxis)
     ax.set_xlim(right=ax.get_xlim()[1] * 2.5)  # room for the last median's label
     ax.grid(axis="x", which="major")
-    draw.rows(ax, cs, look)
+    draw.rows(ax, cs, look, text=[look.label(c) + (" · warm" if c.backend in warm else "")
+                                  for c in cs])
     ax.set_xlabel(f"{what} (log scale)")
-    draw.title(fig, f"Startup: {what}, every sample", look)
-    draw.finish(fig, look, [
+    draw.title(fig, f"Startup: {what}, every sample" + (", cold and warm" if warm else ""),
+               look)
+    legend: list[Any] = [
         Line2D([], [], ls="", marker="o", color="#777777", alpha=0.6, label="one sample"),
         Line2D([], [], ls="", marker="|", color="black", ms=14, mew=2.5, label="median"),
-        Line2D([], [], color="black", lw=4, label="95 % CI of the median")], cs)
+        Line2D([], [], color="black", lw=4, label="95 % CI of the median")]
+    if warm:
+        legend.append(Patch(color=WARM_SHADE, label="warm: taken from a pool (warm study)"))
+    draw.finish(fig, look, legend, cs)
     return fig
 
 
