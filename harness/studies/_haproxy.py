@@ -49,6 +49,7 @@ STATE = "haproxy"
 RELOADED = "Loading success."
 FAILED = "Loading failure."
 POLL = 0.01  # seconds between looks at the master's log during a reload
+RESEND = 1.0  # seconds without a reload before the master is signalled again
 
 
 def fronts_dir() -> Path:
@@ -61,7 +62,7 @@ def config(port: int, servers: Sequence[tuple[str, str]]) -> str:
     lines = [
         "global",
         "  nbthread 1",  # one thread: the front is as pinned as the load generator
-        "  maxconn 20000",
+        "  maxconn 4096",  # its fds (2 per connection) stay under a usual limit of 20000
         "defaults",
         "  mode http",
         "  timeout connect 2s",
@@ -131,8 +132,13 @@ class Front:
             return 0, 0
         return text.count(RELOADED), text.count(FAILED)
 
-    def _await_load(self, before: tuple[int, int]) -> None:
+    def _await_load(self, before: tuple[int, int], resend: bool = False) -> None:
+        """Until the master logs one more "Loading success." than `before`. `resend`:
+        signal it again every RESEND s meanwhile: a SIGUSR2 that comes while the master
+        is still re-executing from the previous one is lost (seen here: a reload that
+        never came), and one reload more of the same file changes nothing."""
         deadline = time.monotonic() + self.timeout
+        again = time.monotonic() + RESEND
         while True:
             ok, bad = self._loads()
             if bad > before[1]:
@@ -146,13 +152,19 @@ class Front:
             if time.monotonic() > deadline:
                 raise InstanceError(f"haproxy: no reload within {self.timeout:g} s: "
                                     f"{self._tail()}")
+            if resend and self.proc is not None and time.monotonic() > again:
+                self.proc.send_signal(signal.SIGUSR2)
+                again = time.monotonic() + RESEND
             time.sleep(POLL)
 
     def _tail(self) -> str:
+        """What HAProxy said went wrong (its ALERT lines, else the end of its log)."""
         try:
-            return repr(self.log.read_text(errors="replace")[-400:])
+            text = self.log.read_text(errors="replace")
         except OSError as e:
             return f"(its log: {e})"
+        alerts = [line for line in text.splitlines() if "[ALERT]" in line]
+        return repr("; ".join(alerts)[-400:] if alerts else text[-400:])
 
     def _start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +186,7 @@ class Front:
         before = self._loads()
         self._write()
         self.proc.send_signal(signal.SIGUSR2)
-        self._await_load(before)
+        self._await_load(before, resend=True)
 
     # --- replicas -----------------------------------------------------------------------
 
@@ -268,9 +280,8 @@ class Front:
         """Rolling, one replica at a time: start its replacement, list it, unlist the
         old one, remove it."""
         self.prepared = prepared
-        for i in range(len(self.members)):
+        for old in list(self.members):
             new = self._ready(self._make(prepared))
-            old = self.members[i]
             self.members.append(new)
             try:
                 self._reload()
@@ -281,7 +292,6 @@ class Front:
             self.members.remove(old)
             self._reload()
             self._drop(old.inst)
-        # the replacements in the old ones' order (appended, so in the same order anyway)
 
     def pids(self) -> list[int]:
         """HAProxy's processes (the master and its workers): the front's own memory."""

@@ -146,7 +146,8 @@ class Watch:
     interval: float
     deadline: float
     seen: dict[str, Seen] = field(default_factory=dict)  # by Replica.id
-    markers: dict[str, int] = field(default_factory=dict)  # through the front: first time
+    # through the front: marker -> (first seen, monotonic ns; its revision)
+    markers: dict[str, tuple[int, str]] = field(default_factory=dict)
     last: list[str] = field(default_factory=list)  # the front's recent answers' markers
 
     def listed(self) -> list[Replica]:
@@ -160,12 +161,10 @@ class Watch:
         return now
 
     def direct(self, s: Seen, counts: bool) -> None:
-        """Read a replica's marker (once) and, with `counts`, its request count."""
+        """Read a replica's marker (once) and, with `counts`, its request count. One
+        without an address here (on another node) is read through the front only."""
         addr = s.replica.address
         if addr is None:
-            # Not reachable from here (another node): its marker is its id, as its
-            # orchestrator names it; its count unread.
-            s.marker = s.marker or s.replica.id
             return
         if s.marker is None:
             got = get(addr, "/id")
@@ -185,9 +184,26 @@ class Watch:
             got = get(self.front, "/id")
             if got is None or got[0] != 200:
                 continue
-            marker, _ = parse_id(got[1])
-            self.markers.setdefault(marker, now_ns())
+            marker, revision = parse_id(got[1])
+            self.markers.setdefault(marker, (now_ns(), revision))
             self.last = [*self.last[-63:], marker]
+
+    def answered(self, rs: list[Seen], revision: str | None = None) -> int | None:
+        """When the last of `rs` first answered through the front (monotonic ns), None
+        while one has not. A replica read directly is known by its marker; those without
+        an address here count as answered by as many other markers (of `revision`, when
+        given) as there are of them."""
+        known = [s.marker for s in rs if s.replica.address]
+        if None in known or any(m not in self.markers for m in known):
+            return None
+        times = [self.markers[str(m)][0] for m in known]
+        remote = len(rs) - len(known)
+        others = sorted(t for m, (t, rev) in self.markers.items()
+                        if m not in known and revision in (None, rev))
+        if len(others) < remote:
+            return None
+        times += others[:remote]
+        return max(times, default=None)
 
     def tick(self, what: str) -> None:
         if time.monotonic() > self.deadline:
@@ -209,29 +225,28 @@ class Watch:
                 [self.seen[r.id] for r in self.listed()]
             for s in rs:
                 self.direct(s, counts=True)
-            missing = [s for s in rs if s.marker not in self.markers]
-            self.through_front(len(missing))
+            self.through_front(max(1, n - len(self.markers)))
             reachable = [s for s in rs if s.replica.address]
-            if len(rs) >= n and not missing and all(s.reached for s in reachable):
-                serving = max(self.markers[str(s.marker)] for s in rs) - self.t0
+            done = self.answered(rs) if len(rs) >= n else None
+            if done is not None and all(s.reached for s in reachable):
                 spread = max(int(s.reached or 0) for s in rs) - self.t0 \
                     if len(reachable) == len(rs) else None
-                return serving, spread
+                return done - self.t0, spread
             self.tick(f"{n} replicas serving")
 
     def updated(self, n: int, revision: str) -> int:
-        """Until N replicas are listed, each of `revision` (read from it directly) and
-        each has answered through the front: ns since t0."""
+        """Until N replicas are listed, each of `revision` (read from it directly, or
+        through the front for one on another node) and each has answered through the
+        front: ns since t0."""
         while True:
             rs = [self.seen[r.id] for r in self.listed()]
             for s in rs:
                 self.direct(s, counts=False)
-            missing = [s for s in rs if s.marker not in self.markers]
-            self.through_front(len(missing))
-            if len(rs) == n and all(s.revision == revision or s.replica.address is None
-                                    for s in rs) and \
-                    all(s.marker in self.markers for s in rs):
-                return max(self.markers[str(s.marker)] for s in rs) - self.t0
+            self.through_front(n)
+            done = self.answered(rs, revision) if len(rs) == n and all(
+                s.revision == revision for s in rs if s.replica.address) else None
+            if done is not None:
+                return done - self.t0
             self.tick(f"{n} replicas of revision {revision}")
 
     def down(self, k: int) -> int:
@@ -243,8 +258,8 @@ class Watch:
             for s in rs:
                 self.direct(s, counts=False)
             self.through_front(1)
-            if len(rs) == 1 and len(self.last) >= k and \
-                    set(self.last[-k:]) == {rs[0].marker}:
+            if len(rs) == 1 and len(self.last) >= k and len(set(self.last[-k:])) == 1 and \
+                    (rs[0].replica.address is None or set(self.last[-k:]) == {rs[0].marker}):
                 return now_ns() - self.t0
             self.tick("down to 1 replica")
 
