@@ -318,3 +318,59 @@ def test_derived_image_has_the_file_and_another_digest(tmp_path: Path) -> None:
     assert again.digest == new.digest
     t0 = time.monotonic()
     assert t0 > 0
+
+
+# --- the report's chapter and claim ----------------------------------------------------
+
+TO_SERVING = {"ns": 0.1, "docker": 0.5, "libvirt": 10.0}  # at N = 1; x N at N
+
+
+def scale_frame(tmp_path: Path) -> Any:
+    import numpy as np
+
+    from tests.unit import report_synth as synth
+    rng = np.random.default_rng(3)
+    samples = []
+    for rnd in range(1, 7):
+        for b, t in TO_SERVING.items():
+            for n in (1, 2):
+                v = f"replicas={n}"
+                samples += [synth._s(b, v, "scale.to_serving", "s",
+                                     t * n * rng.uniform(0.95, 1.05), rnd),
+                            synth._s(b, v, "scale.rps", "req/s",
+                                     1000 / t * rng.uniform(0.95, 1.05), rnd)]
+    path = synth.write_result(tmp_path, "scale", samples, synth.BACKENDS)
+    return synth.load([path])[1]
+
+
+def test_chapter_draws_each_backends_medians_against_n(tmp_path: Path) -> None:
+    from harness.report import draw
+    from harness.report.studies import scale as chapter
+    df = scale_frame(tmp_path)
+    look = draw.Look.of(df, "paper")
+    fig = chapter.to_serving(df, look)
+    assert fig is not None
+    for b in TO_SERVING:
+        (line,) = fig.findobj(lambda a, b=b: str(a.get_gid()).startswith(  # type: ignore[misc]
+            f"scale.to_serving|{b}"))
+        assert list(line.get_xdata()) == [1.0, 2.0]
+        for n, y in zip((1, 2), line.get_ydata(), strict=True):
+            want = df[(df["backend"] == b) & (df["metric"] == "scale.to_serving")
+                      & (df["variant"] == f"replicas={n}")]["value"].median()
+            assert y == pytest.approx(want)
+        assert (line.get_linestyle() == "--") == (b == "libvirt")  # VMs dashed
+    assert chapter.throughput(df, look) is not None
+    table = chapter.scale_table(df, False)
+    assert table is not None and len(table.rows) == 6  # 3 backends x 2 N
+
+
+def test_claim_containers_scale_out_faster_than_vms_per_n(tmp_path: Path) -> None:
+    from harness.report import claims
+    df = scale_frame(tmp_path)
+    t = claims.evaluate(df)
+    t = t[t["claim"] == "scale"]
+    assert sorted(zip(t["a"], t["b"], strict=True)) == sorted(
+        (f"{b} [{n}]", f"libvirt [{n}] (TCG, emulated)") for b in ("ns", "docker")
+        for n in (1, 2))
+    assert set(t["verdict"]) == {claims.HOLDS}
+    assert (t["ratio_hi"] < 1).all()

@@ -57,6 +57,7 @@ def _lines(df: pd.DataFrame, look: Look, metric: str, ylabel: str, chart_title: 
                                    marker=look.marker(c.dataset),
                                    ms=12 if look.slides else 7,
                                    label=look.label(c) + (" · VM" if vm else "")))
+        handles[-1].lines[0].set_gid(f"{metric}|{look.label(c)}")  # the medians' line
     if log:
         ax.set_yscale("log")
         draw.seconds_axis(ax.yaxis)
