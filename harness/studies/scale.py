@@ -357,8 +357,13 @@ class Scale(Base):
                     out.append(Measurement("scale.down", w.down(2 * n) * 1e-9, variant=sub))
                 reps.scale(0)
                 self._watch(ctx, reps, front, 1).gone()
-        finally:
-            reps.close()
+        except BaseException as e:
+            try:
+                reps.close()
+            except Exception as gone:  # the sample's own error is the one to report
+                ctx.event("scale_close_failed", error=str(gone), after=str(e))
+            raise
+        reps.close()
         extra: dict[str, Any] = {"cpuset": cell.config.limits.cpuset,
                                  "client_cpuset": str(p["client_cpuset"]),
                                  "front": "haproxy" if own is not None else "orchestrator"}

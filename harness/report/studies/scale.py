@@ -62,8 +62,8 @@ def _lines(df: pd.DataFrame, look: Look, metric: str, ylabel: str, chart_title: 
     if log:
         ax.set_yscale("log")
         draw.seconds_axis(ax.yaxis)
-        lo, hi = ax.get_ylim()  # down to a labelled power of ten: every point readable
-        ax.set_ylim(min(lo, 10.0 ** math.floor(math.log10(lo))), hi)
+        bottom, top = ax.get_ylim()  # down to a labelled power of ten: every point readable
+        ax.set_ylim(min(bottom, 10.0 ** math.floor(math.log10(bottom))), top)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [str(n) for n in ns])
     ax.minorticks_off()
