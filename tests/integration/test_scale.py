@@ -1,6 +1,6 @@
 """The scale study's HAProxy front against the real thing: HAProxy from Debian, replicas
 of the http image on ns and docker, each replica's own nginx counter as the witness; and
-`bench gc` removing the front a killed run left."""
+a rolling update; `bench gc` removing the front a killed run left."""
 
 from __future__ import annotations
 
@@ -73,6 +73,21 @@ def test_two_replicas_answer_through_the_front_by_their_own_counters(
             counts[m] = scale.requests_of(got[1]) - 2
         assert all(c >= 1 for c in counts.values()), counts
         assert sum(counts.values()) == answered
+        # A rolling update: two new replicas, and the front answers from those only.
+        front.update(prepared)
+        now = front.replicas()
+        assert len(now) == 2 and not {r.id for r in now} & {r.id for r in reps}
+        fresh = set()
+        for r in now:
+            got = scale.get(str(r.address), "/id")
+            assert got is not None and got[0] == 200
+            fresh.add(scale.parse_id(got[1])[0])
+        through = set()
+        for _ in range(10):
+            got = scale.get(addr, "/id")
+            assert got is not None and got[0] == 200, got
+            through.add(scale.parse_id(got[1])[0])
+        assert through == fresh
         master = front.pids()[0]
     finally:
         front.close()
