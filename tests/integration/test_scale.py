@@ -100,11 +100,11 @@ CHILD = textwrap.dedent("""
     import sys, time
     from harness.bookkeeping import RunLock
     from harness.studies._haproxy import Front
+    from runtimes import registry
     from runtimes.base import InstanceSpec
-    from tests.unit.fakes import FakeRuntime
     rid, port = sys.argv[1], int(sys.argv[2])
     lock = RunLock(rid, "test")
-    front = Front(FakeRuntime(), rid, "gc", port, 30)
+    front = Front(registry.get("ns"), rid, "gc", port, 30)
     # no replica: what is left is the front itself (a backend's own gc removes instances)
     front.deploy(InstanceSpec(run_id=rid, name=f"cvbench-{rid}-1", argv=("true",)), None, 80)
     print(front.pids()[0], flush=True)
