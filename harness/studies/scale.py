@@ -8,11 +8,14 @@ drawn when it starts, and the image's revision, 1, or what /etc/cvbench-revision
 2 in the update's image) and /status (nginx's stub_status: its own request count).
 
 Where the backend replicates services itself (runtimes.base.ReplicaSets: `docker:swarm`)
-its Replicas are used: the orchestrator's service and front. Every other backend (ns,
-docker, podman, libvirt:disk) runs N single instances, each on its own address (network
-bridge), behind HAProxy on the host (harness.studies._haproxy: its configuration lists
-the running replicas and is reloaded as they come and go). `host` has no own address
-per replica and is not applicable.
+its Replicas are used: the orchestrator's service and front. Its replicas run the spec
+given to `deploy` (the command above, so each serves /id and /status on `port`), and
+each Replica's `address` is where this host reaches that port on the replica itself
+("ip:port"; None on another node: its marker is then counted through the front only).
+Every other backend (ns, docker, podman, libvirt:disk) runs N single instances, each on
+its own address (network bridge), behind HAProxy on the host (harness.studies._haproxy:
+its configuration lists the running replicas and is reloaded as they come and go).
+`host` has no own address per replica and is not applicable.
 
 For each N of `replicas` (ascending), from 0 replicas:
 
