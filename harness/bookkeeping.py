@@ -15,11 +15,11 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from harness.core.errors import UsageError
 from harness.core.records import Sample
-from runtimes.base import Hooks, Leftover, Runtime, check_run_id, state_dir
+from runtimes.base import Hooks, Leftover, check_run_id, state_dir
 
 
 def runs_dir() -> Path:
@@ -78,7 +78,25 @@ def live_runs() -> list[str]:
     return live
 
 
-def collect(rt: Runtime, live: Sequence[str], only_run: str | None = None,
+class Collectable(Protocol):
+    """What leaves resources of a run behind: a backend (Runtime), or the orchestration's
+    own (the scale study's HAProxy fronts)."""
+
+    name: str
+
+    def leftovers(self, live_runs: Sequence[str] = ()) -> list[Leftover]: ...
+
+    def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]: ...
+
+
+def others() -> list[Collectable]:
+    """What runs leave besides the backends' resources: HAProxy fronts (processes and
+    their state directories)."""
+    from harness.studies._haproxy import Fronts
+    return [Fronts()]
+
+
+def collect(rt: Collectable, live: Sequence[str], only_run: str | None = None,
             dry_run: bool = False) -> list[Leftover]:
     """Leftovers of dead runs on one backend (all, or only `only_run`'s): listed, and
     removed unless `dry_run`."""
@@ -89,14 +107,15 @@ def collect(rt: Runtime, live: Sequence[str], only_run: str | None = None,
     return rt.leftovers(keep) if dry_run else rt.gc(keep)
 
 
-def finish(rts: Sequence[Runtime], run_id: str) -> list[str]:
+def finish(rts: Sequence[Collectable], run_id: str) -> list[str]:
     """End of a run (before its lock is released): remove what it made that outlives an
     instance (volumes, networks); then, if no other run is going, what runs share (parent
-    cgroups, bridge, dev layer, state dirs) and whatever dead runs left. Returns the
+    cgroups, bridge, dev layer, state dirs) and whatever dead runs left (HAProxy fronts
+    too). Returns the
     problems, to be reported."""
     problems = []
     live = [x for x in live_runs() if x != run_id]
-    for rt in rts:
+    for rt in [*rts, *others()]:
         try:
             collect(rt, live, run_id)
             if not live:

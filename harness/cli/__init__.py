@@ -320,19 +320,19 @@ def capacity(result_files: tuple[Path, ...], host_memory: int, host_cpus: int,
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.option("--run", "only_run", metavar="RUN_ID", help="Only this (dead) run's leftovers.")
 def gc_(dry_run: bool, only_run: str | None) -> None:
-    """Remove what dead runs left behind (containers, VMs, cgroups, dirs...).
+    """Remove what dead runs left behind (containers, VMs, cgroups, dirs, HAProxy fronts...).
 
     Runs still in progress (their lock is held) are left alone.
     """
-    from harness.bookkeeping import HOOKS, clear_stale_locks, collect, live_runs
+    from harness.bookkeeping import HOOKS, clear_stale_locks, collect, live_runs, others
 
     live = live_runs()
     if only_run in live:
         raise click.UsageError(f"run {only_run} is still running")
     total = 0
     failed: list[str] = []
-    for base in registry.base_names():
-        rt = registry.get(base, HOOKS)
+    for base, rt in [*((b, registry.get(b, HOOKS)) for b in registry.base_names()),
+                     *((o.name, o) for o in others())]:
         try:
             found = collect(rt, live, only_run, dry_run)
         except CleanupError as e:  # the rest was removed; these are still there

@@ -671,6 +671,33 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
     return replace(img, build_seconds=time.monotonic() - t0)
 
 
+def derive(img: Image, files: Mapping[str, bytes], suffix: str, cache: Path | None = None,
+           progress: Progress | None = None) -> Image:
+    """`img` with `files` added or replaced (regular files, mode 0644, root's): the same
+    workload under another digest, named `<name>-<suffix>` (the scale study's rolling
+    update to a new image). Its source stays `img`'s; its identity says what it was
+    derived from and what was added. Cached as any build."""
+    cache = cache or cache_dir()
+    say = progress or (lambda text: None)
+    added = sorted(files)
+    key = _key("derived", img.digest, suffix,
+               *(f"{p}={hashlib.sha256(files[p]).hexdigest()}" for p in added))
+    hit = _lookup(cache, key, say)
+    if hit is not None:
+        return hit
+    tree = read_tar(img.tar, f"{img.name} (derived)")
+    for path in sorted(img.init_paths, reverse=True):  # _store puts the init layer back
+        tree.delete(path)
+    for path in added:
+        tree.put(path.strip("/"), Node("file", 0o644, size=len(files[path]), data=files[path]))
+    identity = {**img.identity, "derived_from": img.digest, "added": added}
+    with _tmpdir(cache) as tmp:
+        new = _store(tree, img.source, f"{img.name}-{suffix}", img.config, identity, cache,
+                     tmp, say)
+    _remember(cache, key, new)
+    return new
+
+
 def _table(rootfs: Path, name: str) -> list[list[str]]:
     try:  # the image's own file: an `etc` that is a symlink to /etc is the image's /etc
         text = rootpath.read_bytes(rootfs, f"etc/{name}").decode(errors="replace")

@@ -117,6 +117,10 @@ def seed() -> tuple[Claim, ...]:
               "equal", Side("container"), Side("process"), axis="network", margin=0.10,
               why="application throughput within ±10 % of the bare host's, per study, sub-case "
                   "and network mode (the host on its own network)"),
+        Claim("scale", "Replicas as containers scale out faster than replicas as VMs",
+              r"scale\.to_serving", "lower", Side("container"), Side("vm"),
+              why="time from asking for N replicas (from 0) until all N answer through the "
+                  "front, at the same N"),
         Claim("limits", "A container's CPU and memory limits are enforced",
               r"limits\.(cpu_used|mem_max_ok)", "bound", Side("container"), Side(),
               why="used / asked, per backend and limit: at most 1 with room to go over"),

@@ -14,6 +14,8 @@ packages=(
   # application studies' load generators, run on the host (wrk, redis-benchmark, pgbench;
   # sysbench runs inside the images, from their own package, and here for `bench doctor`)
   wrk redis-tools postgresql-client sysbench
+  # the scale study's front over single instances (run by the study, not as a service)
+  haproxy
   # ns runtime
   iproute2 iptables kmod util-linux libseccomp2
   # OCI runtimes (oci:* backends, and the engines' extra runtimes)
