@@ -30,6 +30,7 @@ import ipaddress
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,13 @@ def _routed() -> list[ipaddress.IPv4Network]:
     return out
 
 
+def free_subnet(pool: ipaddress.IPv4Network, taken: Sequence[ipaddress.IPv4Network]
+                ) -> ipaddress.IPv4Network | None:
+    """The first /24 of `pool` that overlaps none of `taken` (the host's routes)."""
+    return next((n for n in pool.subnets(new_prefix=24)
+                 if not any(n.overlaps(t) for t in taken)), None)
+
+
 def _shim_subnet(shim: str) -> ipaddress.IPv4Network | None:
     for link in json.loads(_ip("-j", "-4", "addr", "show", "dev", shim) or "[]"):
         for a in link.get("addr_info", []):
@@ -116,9 +124,7 @@ def segment(run_id: str, backend: str, mode: str) -> Segment:
         if net is None:
             if _exists(parent):  # half made (an error between the steps): start again
                 remove(parent)
-            taken = _routed()
-            net = next((n for n in subnets().subnets(new_prefix=24)
-                        if not any(n.overlaps(t) for t in taken)), None)
+            net = free_subnet(subnets(), _routed())
             if net is None:
                 raise InstanceError(f"network {mode}: no free /24 left in {subnets()} "
                                     "(CVBENCH_VLAN_SUBNETS)")
