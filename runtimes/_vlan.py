@@ -45,6 +45,9 @@ LINK_TYPE = {"macvlan": ("type", "macvlan", "mode", "bridge"),
              "ipvlan": ("type", "ipvlan", "mode", "l2")}
 
 
+_made: dict[str, Segment] = {}  # this process's segments, by name
+
+
 @dataclass(frozen=True)
 class Segment:
     name: str  # cvbench-<run id>-<backend>-<mode>
@@ -116,6 +119,8 @@ def segment(run_id: str, backend: str, mode: str) -> Segment:
     name = f"{PREFIX}{run_id}-{backend}-{mode}"
     h = _hash(name)
     parent, shim = PARENT + h, SHIM + h
+    if name in _made and _exists(shim):  # (no lock, no `ip` on an instance's create)
+        return _made[name]
     locks = state_dir() / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with open(locks / "vlan.lock", "w") as lock:
@@ -145,7 +150,8 @@ def segment(run_id: str, backend: str, mode: str) -> Segment:
             except BaseException:
                 remove(parent)
                 raise
-    return Segment(name=name, mode=mode, parent=parent, shim=shim, subnet=net)
+    seg = _made[name] = Segment(name=name, mode=mode, parent=parent, shim=shim, subnet=net)
+    return seg
 
 
 def attach(seg: Segment, pid: int, addr: ipaddress.IPv4Address) -> None:
