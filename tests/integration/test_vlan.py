@@ -153,3 +153,50 @@ def test_gc_removes_a_killed_runs_segment(name: str, repo: Path) -> None:
     assert _run_links(run_id) == []
     if name != "ns":
         assert _engine_networks(name, run_id) == []
+
+
+CTRL_C = """name = "vlan-ctrl-c"
+study = "network"
+backends = ["{backend}"]
+network = "macvlan"
+[workload]
+image = {{ recipe = "net", binaries = ["sockperf", "iperf3"] }}
+argv = ["true"]
+[params]
+duration = 5
+[sampling]
+warmups = 0
+min_samples = 50
+max_samples = 50
+metric = "network.lat_p50"
+"""
+
+
+def test_ctrl_c_removes_the_runs_segment(tmp_path: Path) -> None:
+    """`bench run network` on macvlan, interrupted while it measures: the run's end
+    deletes its parent link (and everything on it) and its engine network."""
+    backend = "docker"
+    backend_or_skip(backend)
+    toml = tmp_path / "s.toml"
+    toml.write_text(CTRL_C.format(backend=backend))
+    before = {x["ifname"] for x in _ip("link", "show")}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(toml), "--out",
+                             str(tmp_path / "D")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (made := [x for x in _ip("link", "show") if x["ifname"] not in before
+                            and str(x.get("ifalias", "")).endswith(f"-{backend}-macvlan")]):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        time.sleep(2)  # a sample under way
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    run_id = str(made[0]["ifalias"]).split("-")[1]
+    assert _run_links(run_id) == []
+    assert _engine_networks(backend, run_id) == []
