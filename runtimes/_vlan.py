@@ -163,10 +163,11 @@ def attach(seg: Segment, pid: int, addr: ipaddress.IPv4Address) -> None:
         f"link set eth0 up\nroute add default via {seg.gateway}\n")
 
 
-def parents(backend: str) -> dict[str, str]:
-    """The segments of `backend` that exist: parent link -> segment name."""
+def parents(backend: str, links: Path = Path("/sys/class/net")) -> dict[str, str]:
+    """The segments of `backend` that exist: parent link -> segment name (by the
+    parents' aliases, under sysfs' `links`)."""
     out: dict[str, str] = {}
-    for p in Path("/sys/class/net").glob(PARENT + "*"):
+    for p in links.glob(PARENT + "*"):
         with contextlib.suppress(OSError):
             alias = (p / "ifalias").read_text().strip()
             if alias.startswith(PREFIX) and alias.endswith(

@@ -74,3 +74,16 @@ def test_a_segment_takes_the_first_unrouted_slash_24() -> None:
     assert _vlan.free_subnet(pool, [net("10.206.0.0/24"), net("10.206.1.7/32"),
                                     net("192.168.0.0/16")]) == net("10.206.2.0/24")
     assert _vlan.free_subnet(pool, [net("10.0.0.0/8")]) is None  # all routed elsewhere
+
+
+def test_each_backend_finds_its_own_segments(tmp_path: Path) -> None:
+    for link, alias in (("cvvp00000001", "cvbench-abcdef0123-ns-macvlan"),
+                        ("cvvp00000002", "cvbench-abcdef0123-podman-ipvlan"),
+                        ("cvvq00000001", "cvbench-abcdef0123-ns-macvlan"),  # a peer
+                        ("cvvp00000003", "someone else's")):
+        (tmp_path / link).mkdir()
+        (tmp_path / link / "ifalias").write_text(alias + "\n")
+    assert _vlan.parents("ns", tmp_path) == {"cvvp00000001": "cvbench-abcdef0123-ns-macvlan"}
+    assert _vlan.parents("podman", tmp_path) == {
+        "cvvp00000002": "cvbench-abcdef0123-podman-ipvlan"}
+    assert _vlan.parents("docker", tmp_path) == {}
