@@ -16,6 +16,14 @@ Mapping of the InstanceSpec to the Engine API (POST /containers/create):
   limits.rlimits   -> HostConfig.Ulimits (unset ones: the daemon's, inherited)
   network          -> HostConfig.NetworkMode none | host | bridge (the engine's default
                       bridge: docker0, or Podman's netavark "podman" network)
+  network macvlan, -> a network of that driver, `cvbench-<run id>-<engine>-<mode>`
+          ipvlan     (labelled with the run, made on first use) on the run's own parent
+                      link with the run's /24 (runtimes/_vlan.py: a veth pair, never the
+                      host's uplink, and the host's shim holding the gateway address);
+                      docker: -o parent=, macvlan_mode=bridge | ipvlan_mode=l2; Podman:
+                      the same parent (its network_interface), mode=bridge | l2. An
+                      engine without the driver (Podman 4.3's netavark has no ipvlan)
+                      makes the cell not applicable
   network_name     -> a user-defined bridge network `cvbench-<run id>-<name>` (labelled
                       with the run, made on first use), the container on it with
                       `aliases` (and its hostname) answered by the engine's DNS
@@ -74,8 +82,8 @@ from typing import Any, ClassVar, Self, cast
 
 import docker
 import requests
+from docker.types import IPAMConfig, IPAMPool, Ulimit
 from docker.types import Mount as DockerMount
-from docker.types import Ulimit
 
 from harness.core.errors import (
     BackendUnavailable,
@@ -88,12 +96,13 @@ from harness.core.errors import (
 )
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
-from runtimes import _oci_host, _proc
+from runtimes import _oci_host, _proc, _vlan
 from runtimes._oci_host import PROVISION
 from runtimes.base import (
     NO_HOOKS,
     PREFIX,
     RUN_LABEL,
+    VLAN_MODES,
     Availability,
     Component,
     Exit,
@@ -110,6 +119,7 @@ from runtimes.base import (
     own,
     publish_address,
     remove_each,
+    run_of,
     state_dir,
 )
 
@@ -250,7 +260,8 @@ def host_config(spec: InstanceSpec, volumes: dict[str, str],
             source = volumes[m.source or ""] if m.type == "volume" else m.source
             mounts.append(DockerMount(m.target, source, type=m.type, read_only=m.readonly))
     # (a private network of the run: its engine name, under the key "" of `volumes`)
-    hc: dict[str, Any] = {"network_mode": volumes[""] if spec.network_name else spec.network,
+    named = spec.network_name or spec.network in VLAN_MODES
+    hc: dict[str, Any] = {"network_mode": volumes[""] if named else spec.network,
                           "mounts": mounts}
     if spec.publish:
         addr = publish_address()
@@ -444,7 +455,9 @@ class Engine:
                        "exit": "attach stream ends + " + self.wait_note,
                        "remove": "DELETE ?force=1"},
             "merged_phases": [],
-            "network_mapping": "none|host|bridge -> HostConfig.NetworkMode",
+            "network_mapping": "none|host|bridge -> HostConfig.NetworkMode; "
+                               "macvlan|ipvlan -> a network of the driver on the run's "
+                               "own parent link",
             "limits_mapping": "cpus -> NanoCpus; memory -> Memory = MemorySwap; "
                               "pids -> PidsLimit",
             "daemons": daemons,
@@ -585,6 +598,30 @@ class Engine:
             self._networks.add(full)
         return full
 
+    def _vlan_network(self, run_id: str, mode: str) -> str:
+        """The engine's macvlan or ipvlan network on the run's own segment, made on first
+        use (NotApplicable where the engine has no such driver)."""
+        seg = _vlan.segment(run_id, self.base, mode)
+        if seg.name not in self._networks:
+            try:
+                self.api.inspect_network(seg.name)
+            except docker.errors.NotFound:
+                try:
+                    self.api.create_network(
+                        seg.name, driver=mode, labels={RUN_LABEL: run_id},
+                        options={"parent": seg.parent,
+                                 self.vlan_mode_key.format(mode=mode):
+                                     _vlan.LINK_TYPE[mode][3]},
+                        ipam=IPAMConfig(pool_configs=[IPAMPool(
+                            subnet=str(seg.subnet), gateway=seg.gateway)]))
+                except docker.errors.APIError as e:
+                    if "unsupported driver" in str(e):
+                        raise NotApplicable(f"{self.name}: network {mode}: "
+                                            f"{e.explanation or e}") from None
+                    raise
+            self._networks.add(seg.name)
+        return seg.name
+
     def remove_network(self, run_id: str, name: str) -> None:
         full = f"{PREFIX}{run_id}-{name}"
         self._networks.discard(full)
@@ -634,6 +671,8 @@ class Engine:
                        for m in spec.mounts if m.type == "volume"}
             if spec.network_name:
                 volumes[""] = self._network(spec.run_id, spec.network_name)
+            elif spec.network in VLAN_MODES:
+                volumes[""] = self._vlan_network(spec.run_id, spec.network)
             cid = self.create_container(spec, prepared.ref, volumes)
         inst = EngineInstance(spec=spec, prepared=prepared, cid=cid)
         try:
@@ -759,6 +798,10 @@ class Engine:
                     found.append(Leftover(self.base, "network", n["Name"], run))
         except _ERRORS as e:
             raise BackendUnavailable(self.base, f"cannot list leftovers: {_short(e)}") from e
+        # (after its networks: gc removes by kind, containers, networks, then these)
+        found += [Leftover(self.base, "vlan-parent", link, run_of(name))
+                  for link, name in _vlan.parents(self.base).items()
+                  if run_of(name) not in live_runs]
         return found
 
     def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
@@ -768,6 +811,8 @@ class Engine:
                     self.api.remove_container(item.name, force=True)
                 elif item.kind == "network":
                     self.api.remove_network(item.name)
+                elif item.kind == "vlan-parent":
+                    _vlan.remove(item.name)
                 else:
                     self.api.remove_volume(item.name, force=True)
 
@@ -781,6 +826,9 @@ class Engine:
     client_note: ClassVar[str] = ""
     attach_note: ClassVar[str] = ""
     wait_note: ClassVar[str] = "POST wait"
+    # The option naming a macvlan's or ipvlan's mode ({mode}: the driver), as the
+    # engine's `network create -o` takes it.
+    vlan_mode_key: ClassVar[str] = "{mode}_mode"
 
     def _runtime_fix(self) -> str:
         raise NotImplementedError

@@ -38,8 +38,11 @@ __all__ = ["Component", "Limits"]
 Json = str | int | float | bool | None | Sequence["Json"] | Mapping[str, "Json"]
 Kind = Literal["process", "container", "vm"]
 
-NetworkMode = Literal["none", "bridge", "host"]
-NETWORK_MODES: tuple[str, ...] = ("none", "bridge", "host")
+NetworkMode = Literal["none", "bridge", "host", "macvlan", "ipvlan"]
+NETWORK_MODES: tuple[str, ...] = ("none", "bridge", "host", "macvlan", "ipvlan")
+# An interface of the driver on a parent link the run makes (runtimes/_vlan.py), never
+# the host's uplink; the host reaches the instance through a shim on the same parent.
+VLAN_MODES: tuple[str, ...] = ("macvlan", "ipvlan")
 MountType = Literal["bind", "volume", "tmpfs"]
 MOUNT_TYPES: tuple[str, ...] = ("bind", "volume", "tmpfs")
 
@@ -405,7 +408,9 @@ class Runtime(Protocol):
     def address(self, inst: Instance) -> str | None:
         """An IP address at which the host reaches sockets the instance listens on:
         127.0.0.1 for network "host", the instance's own address for "bridge" (its veth
-        or tap, or the VM's virtio-net), None for "none" (unreachable from the host)."""
+        or tap, or the VM's virtio-net) and for "macvlan" and "ipvlan" (on the run's
+        segment, reached through the host's shim), None for "none" (unreachable from
+        the host)."""
         ...
 
     def remove(self, inst: Instance) -> None: ...

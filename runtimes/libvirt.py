@@ -26,6 +26,8 @@ Mapping of the InstanceSpec:
   network bridge  -> a virtio NIC on a libvirt network (CVBENCH_LIBVIRT_NETWORK, default
                      "default"); the guest takes an address by DHCP
   network host    -> refused: a VM cannot share the host's network stack
+  network macvlan,-> not applicable: a macvtap (<interface type='direct'>) would be the VM's
+          ipvlan     counterpart, and cvbench does not make one
   network_name    -> a NIC on a transient libvirt network of its own, `cvbench-<run
                      id>-<name>` (an isolated /24 of CVBENCH_LIBVIRT_NETWORKS, default
                      10.205.0.0/16, bridge `cvl` + 8 hex digits, made on first use); the
@@ -110,6 +112,7 @@ from runtimes import _proc, _publish
 from runtimes.base import (
     NO_HOOKS,
     PREFIX,
+    VLAN_MODES,
     Availability,
     Exit,
     Hooks,
@@ -189,6 +192,16 @@ def tsc_khz_from_cpuinfo(text: str) -> int | None:
 def boot_args(accel: str) -> str:
     khz = host_tsc_khz() if accel != "kvm" else None
     return BOOT_ARGS + (f" tsc_early_khz={khz}" if khz else "")
+
+
+def _refuse_vlan(spec: InstanceSpec) -> None:
+    """macvlan and ipvlan are container modes here: a VM's counterpart (libvirt's
+    <interface type='direct'>, a macvtap on the run's parent, reached through the same
+    host shim) is not built."""
+    if spec.network in VLAN_MODES:
+        raise NotApplicable(f"libvirt: network {spec.network!r} is not offered (a VM's "
+                            "counterpart would be a macvtap, which cvbench does not make); "
+                            "use none or bridge")
 
 
 def _libvirt() -> Any:
@@ -617,6 +630,7 @@ class LibvirtRuntime:
         if spec.network == "host":
             raise NotApplicable("libvirt: network 'host' is impossible for a VM (it has its own "
                              "kernel and network stack); use none or bridge")
+        _refuse_vlan(spec)
         check_publish(self.name, spec)
         idir = self._dir(spec.name)
         idir.mkdir(parents=True)
@@ -1160,6 +1174,7 @@ class LibvirtRestore(LibvirtRuntime):
         if spec.network == "host":
             raise NotApplicable("libvirt: network 'host' is impossible for a VM (it has its "
                                 "own kernel and network stack); use none or bridge")
+        _refuse_vlan(spec)
         if any(m.type == "volume" for m in spec.mounts):
             raise NotApplicable(f"{self.name}: volumes cannot be restored: the template "
                                 "has their filesystem mounted, and each clone would resume "

@@ -17,7 +17,8 @@ Mapping of the InstanceSpec:
                                /cvbench.oci/cvbench-<run id>-<n>; rlimits ->
                                process.rlimits over ns's defaults
   network none | host       -> a network namespace (loopback only) | none;
-                               bridge is not offered (it needs a CNI-like set-up)
+                               bridge, macvlan, ipvlan are not offered (they need a
+                               CNI-like set-up)
   mounts                    -> OCI mounts (rbind + rw, or rbind + rro: recursively
                                read-only; tmpfs nosuid,nodev,noexec with size)
   runsc                     -> --network=none (sandbox netstack off) --platform=ptrace
@@ -296,9 +297,9 @@ class OciRuntime:
                          f"lowerdir={image},upperdir={bundle}/upper,workdir={bundle}/work")
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
-        if spec.network == "bridge":
-            raise NotApplicable(f"{self.name}: network 'bridge' is not offered; use none or "
-                                "host")
+        if spec.network not in ("none", "host"):
+            raise NotApplicable(f"{self.name}: network {spec.network!r} is not offered; use "
+                                "none or host")
         bundle = self.root() / spec.name
         inst = OciInstance(spec=spec, prepared=prepared, bundle=bundle)
         try:

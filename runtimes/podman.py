@@ -112,6 +112,7 @@ class PodmanRuntime(Engine):
     client_note = "compat API; libpod wait"
     attach_note = " (Podman runs conmon + OCI create at attach)"
     wait_note = f"POST libpod wait?interval={WAIT_INTERVAL}"
+    vlan_mode_key = "mode"  # (`podman network create -o mode=`; the parent is its own)
 
     def _runtime_fix(self) -> str:
         return f"install it (apt-get install {self.runtime}) or run `make provision`"

@@ -1,20 +1,28 @@
 """network: request/response latency and throughput between the host and an instance.
 
-The network mode is the scenario's (`network`, usually a variant over none, bridge and
-host). Two Debian tools run on both ends (in the image as recipe binaries, and on the
-host, where provision installs their packages): sockperf, whose ping-pong mode sends a
-`message`-byte request and waits for the echo, one at a time, for `duration` seconds,
-and iperf3, a bulk TCP stream for `duration` seconds.
+The network mode is the scenario's (`network`, usually a variant over none, bridge,
+host, macvlan and ipvlan). Two Debian tools run on both ends (in the image as recipe
+binaries, and on the host, where provision installs their packages): sockperf, whose
+ping-pong mode sends a `message`-byte request and waits for the echo, one at a time, for
+`duration` seconds, and iperf3, a bulk TCP stream for `duration` seconds.
 
   network.lat_p50, network.lat_p99   sockperf's latency percentiles: one-way, i.e. half
                                      of each request's round trip, as sockperf reports
   network.bw                         iperf3's received throughput (bytes/s)
 
-With network host or bridge, the servers run in the instance and the clients on the
-host, against `address()` (127.0.0.1 for host, the instance's own bridge address for
-bridge). The clients are the host's own installed tools (found on PATH; the study's
-`tools` name their packages), never the image's files: an image's binaries run only
-inside an instance. With network none the host cannot reach the instance, so servers
+With network host, bridge, macvlan or ipvlan, the servers run in the instance and the
+clients on the host, against `address()` (127.0.0.1 for host, the instance's own address
+for the others). macvlan and ipvlan (docker, podman, ns) put the instance on a segment
+the run makes (runtimes/_vlan.py): a parent veth pair of its own, never the host's
+uplink. The host cannot talk to its own children through their parent, so it talks
+through a shim: a macvlan (bridge mode) or ipvlan (l2 mode) of its own on the same
+parent, holding the segment's first address. Host <-> instance traffic then takes the
+mode's own path on both ends, the driver's switch between two devices of one parent,
+as between two containers on one parent: what the mode costs next to bridge's veth and
+bridge, without a physical wire (which would measure the NIC and the switch). The
+clients are the host's own installed tools (found on PATH; the study's `tools` name
+their packages), never the image's files: an image's binaries run only inside an
+instance. With network none the host cannot reach the instance, so servers
 and clients all run inside it, over its own loopback. Traffic only ever goes to
 loopback or the instance's own address. The raw outputs (sockperf's summary, iperf3's
 JSON) are kept as artifacts, with the client's path and version and the server's version
@@ -45,7 +53,7 @@ from harness.sampling import Cell, Context, Measurement
 from harness.studies import Base, Study
 from harness.studies import _lifecycle as life
 from harness.studies._server import free_ports
-from runtimes.base import Instance
+from runtimes.base import NETWORK_MODES, Instance
 
 BEGIN, END = "CVBENCH-NET-BEGIN", "CVBENCH-NET-END"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -138,7 +146,7 @@ class Network(Base):
     def sample(self, ctx: Context, cell: Cell) -> list[Measurement]:
         p = life.params(ctx, self.params)
         mode = cell.config.network
-        life.network_applicable(cell, mode, ("none", "bridge", "host"))
+        life.network_applicable(cell, mode, NETWORK_MODES)
         ports = free_ports(2)
         fmt = {"lat_port": ports[0], "bw_port": ports[1], "duration": int(p["duration"]),
                "message": int(p["message"]), "begin": BEGIN, "end": END,

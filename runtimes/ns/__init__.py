@@ -16,6 +16,10 @@ Mapping of the InstanceSpec:
   limits.rlimits             -> setrlimit in the child, over ns's defaults (the runner's)
   network none | bridge | host -> a private netns with loopback up | the same plus a veth
                                 into the cvbench0 bridge (network.py) | the host's netns
+  network macvlan | ipvlan    -> a private netns with an eth0 of that driver (mode bridge
+                                | l2) on the run's own parent link, an address of its
+                                /24 and a default route through the host's shim
+                                (runtimes/_vlan.py)
   mounts bind | volume | tmpfs -> recursive bind mount (read-only: every submount too,
                                 by mount_setattr; without it, top mount only and not
                                 recursive) | bind of <state>/ns/volumes/cvbench-<run

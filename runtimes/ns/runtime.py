@@ -25,11 +25,12 @@ from harness.core.errors import BackendUnavailable, InstanceError, NotApplicable
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
 from harness.core.probes.disk import du_bytes
-from runtimes import _proc, _publish
+from runtimes import _proc, _publish, _vlan
 from runtimes._proc import PipedInstance
 from runtimes.base import (
     NO_HOOKS,
     PREFIX,
+    VLAN_MODES,
     Availability,
     Exit,
     Hooks,
@@ -92,6 +93,7 @@ class NsInstance(PipedInstance):
     lease: str | None = None
     address: str | None = None
     net: network.PrivateNet | None = None  # a private network of the run it is on
+    vlan: network.Leases | None = None  # its macvlan/ipvlan segment's addresses
     published: bool = False  # DNAT rules for its published ports may exist
     config: ContainerConfig | None = None  # what it was created with: exec applies it too
     # The name its resources (cgroup, instance dir, veth, lease, DNAT rules) carry: its
@@ -408,6 +410,8 @@ class NsRuntime:
                 self.cg.create(spec.name, spec.limits)
             if spec.network == "bridge":
                 self._attach(inst)  # before start: the child cannot exec until then
+            elif spec.network in VLAN_MODES:
+                self._attach_vlan(inst)
         except (process.SetupError, ForkServerError) as e:
             self.remove(inst)
             raise InstanceError(f"ns: {e}") from None
@@ -425,6 +429,19 @@ class NsRuntime:
             inst.net.add_host(str(addr), (inst.spec.hostname, *inst.spec.aliases))
         self._publish(inst)
 
+    def _attach_vlan(self, inst: NsInstance) -> None:
+        """An eth0 of the spec's mode on the run's own segment (runtimes/_vlan.py), with
+        an address of its /24 leased under the segment's own state dir."""
+        assert inst.child is not None
+        seg = _vlan.segment(inst.spec.run_id, "ns", inst.spec.network)
+        inst.vlan = network.Leases(self.root() / seg.name, seg.subnet)
+        addr = inst.vlan.acquire(inst.key)
+        inst.lease = inst.address = str(addr)
+        try:
+            _vlan.attach(seg, inst.child.resolve(), addr)
+        except InstanceError as e:
+            raise InstanceError(f"{self.name}: network {inst.spec.network}: {e}") from None
+
     def _publish(self, inst: NsInstance) -> None:
         if inst.spec.publish:
             assert inst.address is not None
@@ -432,6 +449,8 @@ class NsRuntime:
             _publish.publish(self.name, inst.key, inst.address, inst.spec.publish)
 
     def _leases(self, inst: NsInstance) -> network.Leases:
+        if inst.vlan is not None:
+            return inst.vlan
         return inst.net.leases if inst.net else network.Leases(self.root() / "ipam")
 
     def remove_network(self, run_id: str, name: str) -> None:
@@ -672,6 +691,8 @@ class NsRuntime:
                   for n in network.private_nets(self.root() / "nets") if dead(n)]
         found += [Leftover(self.name, "dnat", name, run_of(name))
                   for name in _publish.rules(self.name) if dead(name)]
+        found += [Leftover(self.name, "vlan-parent", link, run_of(name))
+                  for link, name in _vlan.parents("ns").items() if dead(name)]
         if not live_runs:  # shared by every run: removed when no run is going
             if not network.bridge_in_use() and \
                     os.path.exists(f"/sys/class/net/{network.BRIDGE}"):
@@ -709,6 +730,8 @@ class NsRuntime:
                 network.remove_private_net(self.root() / "nets", item.name)
             elif item.kind == "dnat":
                 _publish.unpublish(self.name, item.name)
+            elif item.kind == "vlan-parent":
+                _vlan.remove(item.name)
             elif item.kind == "bridge":
                 network.remove_bridge()
             return None

@@ -63,9 +63,9 @@ def spec(s: InstanceSpec, rootless: bool = False) -> None:
     if not s.argv:
         raise UsageError("ns: empty argv")
     check_publish("ns", s)
-    if rootless and s.network == "bridge":
-        raise NotApplicable("ns: network 'bridge' needs root (it adds a veth to the host); "
-                         "rootless instances can use none or host")
+    if rootless and s.network not in ("none", "host"):
+        raise NotApplicable(f"ns: network {s.network!r} needs root (it adds links to the "
+                            "host); rootless instances can use none or host")
     for m in s.mounts:
         if not m.target.startswith("/") or ".." in m.target.split("/"):
             raise UsageError(f"ns: mount target {m.target!r} must be an absolute path "

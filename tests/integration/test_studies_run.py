@@ -214,8 +214,10 @@ def test_network(repo: Path, tmp_path: Path) -> None:
             assert got[(b, v)] == want, (b, v, status)
     for b in backends:  # loopback inside works everywhere that isolates at all
         assert got[(b, "network=host" if b == "host" else "network=none")] == want, b
-    for v in ("network=none", "network=bridge"):
+    for v in ("network=none", "network=bridge", "network=macvlan", "network=ipvlan"):
         assert cells[("host", v)] == "not_applicable"
+    for b in {"ns", "docker", "podman"} & set(backends):  # on the run's own segment
+        assert got[(b, "network=macvlan")] == want, b
     kinds = {a["kind"] for a in doc["artifacts"]}
     assert kinds == {"sockperf", "iperf3"}
     for a in doc["artifacts"]:  # clients on the host: its own tools, the image's release

@@ -163,8 +163,8 @@ def test_network_chart_medians_and_host_reference(one: tuple[Docs, pd.DataFrame]
     fig = network_chapter.network(df, look)
     assert fig is not None
     ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    cells = [(b, m) for b in look.order for m in ("bridge", "host", "none")
-             if m in synth.NET[b]]
+    cells = [(b, m) for b in look.order
+             for m in ("bridge", "host", "ipvlan", "macvlan", "none") if m in synth.NET[b]]
     expect = [f"{b} [{m}]" + (" (TCG, emulated)" if b == "libvirt" else "") for b, m in cells]
     assert ticks == expect  # the VM has no host mode; the host nothing but
     for i, (b, m) in enumerate(cells):
@@ -181,6 +181,7 @@ def test_network_chart_medians_and_host_reference(one: tuple[Docs, pd.DataFrame]
         assert ref == pytest.approx(synth.NET["host"]["host"][k], rel=0.1)
     texts = [t.get_text() for t in fig.findobj(Text)]
     assert any("TCG" in t for t in texts)
+    assert any("[macvlan], [ipvlan]: the host's client through a shim" in t for t in texts)
     ticks = fig.axes[0].get_yticklabels()
     assert [t.get_fontweight() for t in ticks][-1] == "bold"  # the TCG rows stand out
 

@@ -1,4 +1,5 @@
-"""Network: latency and bandwidth per network mode."""
+"""Network: latency and bandwidth per network mode (none, bridge, host, macvlan, ipvlan:
+one row per backend and mode)."""
 
 from __future__ import annotations
 
@@ -91,10 +92,13 @@ def network(df: pd.DataFrame, look: Look) -> Figure | None:
         Line2D([], [], color="#555555", lw=lw, alpha=0.6, label="95 % CI of the median"),
         *refs.values()]
     modes = {data.axis_of(c.variant, "network") for c in cs}
+    vlans = [m for m in ("macvlan", "ipvlan") if m in modes]
     draw.finish(fig, look, handles, cs,
             "[none]: client and server both inside the instance, over its loopback"
-            if "none" in modes else "", "right: p50 · p99 · bandwidth (medians)",
-            ncols=4 if look.slides else 7)
+            if "none" in modes else "",
+            f"[{'], ['.join(vlans)}]: the host's client through a shim of the same mode on "
+            "the run's own parent link (never the host's uplink)" if vlans else "",
+            "right: p50 · p99 · bandwidth (medians)", ncols=4 if look.slides else 7)
     return fig
 
 
