@@ -86,7 +86,7 @@ from harness.core.errors import (
     NotApplicable,
     Unreadable,
 )
-from harness.core.image import PATH_ENV, Image
+from harness.core.image import PATH_ENV, EngineBuild, Image
 from harness.core.probes import memory
 from runtimes import _oci_host, _proc
 from runtimes._oci_host import PROVISION
@@ -559,6 +559,28 @@ class Engine:
         except _ERRORS as e:
             raise ImageError(f"{self.base}: cannot export image {ref}: {_short(e)}") from e
 
+    def build_image(self, build: EngineBuild, tag: str, labels: Mapping[str, str]) -> str:
+        """POST /build (the classic builder, which both engines serve): FROM images only
+        from the local store (pull=False, and Podman's compat pull=false never pulls
+        either), no network for its RUN steps; the context is sent as docker-py tars it,
+        symlinks as symlinks (never followed on the host)."""
+        ref = self.image_prefix + tag
+        log: list[str] = []
+        try:
+            for chunk in self.api.build(
+                    path=build.context, dockerfile=build.dockerfile, tag=ref,
+                    buildargs=dict(build.args), labels=dict(labels), pull=False, rm=True,
+                    forcerm=True, network_mode="none", decode=True):
+                if "error" in chunk:
+                    raise BadImage(f"{self.base} build of {build.context}: "
+                                   f"{str(chunk['error']).strip().splitlines()[-1]}")
+                log.append(str(chunk.get("stream", "")))
+        except (docker.errors.BuildError, docker.errors.APIError) as e:
+            raise BadImage(f"{self.base} build of {build.context}: {_short(e)}") from e
+        except _ERRORS as e:
+            raise ImageError(f"{self.base}: cannot build {build.context}: {_short(e)}") from e
+        return self.image_id(ref)
+
     # --- lifecycle --------------------------------------------------------------------------
 
     def _volume(self, run_id: str, name: str) -> str:
@@ -757,6 +779,10 @@ class Engine:
                 run = (n.get("Labels") or {}).get(RUN_LABEL)
                 if run not in live_runs:
                     found.append(Leftover(self.base, "network", n["Name"], run))
+            for i in self.api.images(filters={"label": RUN_LABEL}):  # a compose build's
+                run = (i.get("Labels") or {}).get(RUN_LABEL)
+                if run not in live_runs:
+                    found.append(Leftover(self.base, "image", i["Id"], run))
         except _ERRORS as e:
             raise BackendUnavailable(self.base, f"cannot list leftovers: {_short(e)}") from e
         return found
@@ -768,10 +794,13 @@ class Engine:
                     self.api.remove_container(item.name, force=True)
                 elif item.kind == "network":
                     self.api.remove_network(item.name)
+                elif item.kind == "image":
+                    self.api.remove_image(item.name, force=True)
                 else:
                     self.api.remove_volume(item.name, force=True)
 
-        found = sorted(self.leftovers(live_runs), key=lambda x: x.kind)  # containers first
+        # containers first (then images, networks, volumes)
+        found = sorted(self.leftovers(live_runs), key=lambda x: x.kind)
         return remove_each(self.name, found, remove)
 
     # --- hooks ---------------------------------------------------------------------------------
