@@ -20,6 +20,8 @@ Mapping of the InstanceSpec to the Engine API (POST /containers/create):
                       with the run, made on first use), the container on it with
                       `aliases` (and its hostname) answered by the engine's DNS
                       (dockerd's embedded resolver; Podman's aardvark-dns)
+  more_networks    -> the same networks, the container connected to each before it starts
+                      (POST /networks/{id}/connect with the same aliases)
   publish          -> ExposedPorts + HostConfig.PortBindings on publish_address() (`-p
                       ADDR:HOST:PORT`: the engine's NAT, and its proxy where it runs one)
   limits.cpuset    -> HostConfig.CpusetCpus (`--cpuset-cpus`)
@@ -656,9 +658,14 @@ class Engine:
                        for m in spec.mounts if m.type == "volume"}
             if spec.network_name:
                 volumes[""] = self._network(spec.run_id, spec.network_name)
+            more = [self._network(spec.run_id, n) for n in spec.more_networks]
             cid = self.create_container(spec, prepared.ref, volumes)
         inst = EngineInstance(spec=spec, prepared=prepared, cid=cid)
         try:
+            for net in more:
+                with _instance_errors(self.name, "connect"):
+                    self.api.connect_container_to_network(
+                        cid, net, aliases=list(spec.aliases))
             with _instance_errors(self.name, "attach"):
                 attached = api.attach_socket(
                     cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0})

@@ -1,11 +1,15 @@
 """stack: a multi-service stack brought up, measured and torn down, once per sample.
 
 Placements (the variant key `placement`):
-  per-service  one instance per service, all on one private network of the sample
-               (`InstanceSpec.network_name`), each reachable by its service name
+  per-service  one instance per service on the private networks of the sample its
+               service names (`InstanceSpec.network_name`, `more_networks`: one per
+               network of the stack, "default" unless the stack names others), each
+               reachable by its service name and aliases on the networks it is on, and
+               from no other
   single-vm    (VM backends) one Debian VM whose image is the union of the services'
                Debian packages; every service is a process of its own user in it,
-               started through the backend's exec channel
+               started through the backend's exec channel (a stack of several
+               networks: not applicable, one network stack cannot keep them apart)
 
 Services start in dependency order as compose starts them: a service is created once
 every service it depends on has started (`service_started`: its ready line arrived; in
@@ -179,6 +183,9 @@ class Stack:
 
     def __init__(self, ctx: Context, cell: Cell, rt: StackRuntime, net: str) -> None:
         self.ctx, self.cell, self.rt, self.net = ctx, cell, rt, net
+        # the stack's networks (in the order services name them) -> the sample's
+        names = dict.fromkeys(n for s in cell.config.services for n in s.networks)
+        self.nets = {n: net if i == 0 else f"{net}-{i}" for i, n in enumerate(names)}
         self.services: dict[str, Running] = {}
         self.instances: list[Instance] = []
         # What blocks (a ready line, a healthcheck's exec: seconds in an emulated VM) runs
@@ -325,10 +332,11 @@ class Stack:
                 errors.append(f"{inst.spec.name}: {e}")
                 continue
             self.ctx.untrack(inst)
-        try:
-            self.rt.remove_network(self.ctx.run_id, self.net)
-        except Exception as e:
-            errors.append(f"network {self.net}: {e}")
+        for net in dict.fromkeys([self.net, *self.nets.values()]):
+            try:
+                self.rt.remove_network(self.ctx.run_id, net)
+            except Exception as e:
+                errors.append(f"network {net}: {e}")
         if errors:
             self.ctx.event("cleanup_failed", backend=self.cell.backend,
                            variant=self.cell.variant.name, errors=errors)
@@ -343,9 +351,11 @@ class Stack:
 class PerService(Stack):
     def start(self, r: Running) -> None:
         s, w = r.service, r.workload
+        nets = [self.nets[n] for n in s.networks]
         spec = self.ctx.spec(
             self.cell, argv=w.command, env=dict(w.env), limits=s.limits, network="bridge",
-            network_name=self.net, hostname=s.name, aliases=(s.name,),
+            network_name=nets[0], more_networks=tuple(nets[1:]), hostname=s.name,
+            aliases=(s.name, *s.aliases),
             mounts=self.volumes(s.mounts), readiness=w.readiness, workdir=w.workdir or "/",
             user=w.user or "", capture=True, agent=s.healthcheck is not None)
         r.created = now_ns()
@@ -388,7 +398,8 @@ class SingleVm(Stack):
                 memory=sum(x.memory for x in limits if x.memory) or None
                 if all(x.memory for x in limits) else None),
             network="bridge", network_name=self.net, hostname=self.cell.config.front,
-            aliases=tuple(s.name for s in order), mounts=tuple(mounts), readiness="marker",
+            aliases=tuple(dict.fromkeys(a for s in order for a in (s.name, *s.aliases))),
+            mounts=tuple(mounts), readiness="marker",
             workdir="/", user="", capture=True, agent=True)
         self.vm: Instance = self.rt.create(spec, union)
         self.ctx.track(self.cell, self.vm)
@@ -473,6 +484,10 @@ class StackStudy(Base):
             if UNION not in cell.images:
                 _, why = union_source(order, {n: p.image for n, p in cell.images.items()})
                 raise NotApplicable(why or "the union image was not prepared")
+            if len({n for s in order for n in s.networks}) > 1:
+                raise NotApplicable("single-vm runs every service on the VM's one network "
+                                    "stack: the stack's networks could not keep services "
+                                    "apart")
             stack: Stack = SingleVm(ctx, cell, rt, _net(ctx))
             base = cell.images[UNION].image
             stack.services = {s.name: Running(s, s.workload.resolved(base)) for s in order}
