@@ -321,7 +321,9 @@ def build_image(source: image_mod.Source,
             tag = f"cvbench-{run_id}-build-{hashlib.sha256(what).hexdigest()[:12]}:latest"
             if progress:
                 progress(f"{source.engine} build of {source.build.context}")
-            store.build_image(source.build, tag, {RUN_LABEL: run_id})
+            # (cvbench.source emptied: a base made by `bench image export` would pass on
+            # its word that the image is made of its Debian packages alone)
+            store.build_image(source.build, tag, {RUN_LABEL: run_id, "cvbench.source": ""})
             source = replace(source, ref=tag)
     return image_mod.build(source, progress=progress, store=store)
 

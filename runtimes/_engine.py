@@ -78,6 +78,7 @@ import docker
 import requests
 from docker.types import Mount as DockerMount
 from docker.types import Ulimit
+from dockerfile_parse import DockerfileParser
 
 from harness.core.errors import (
     BackendUnavailable,
@@ -567,6 +568,13 @@ class Engine:
         either), no network for its RUN steps; the context is sent as docker-py tars it,
         symlinks as symlinks (never followed on the host)."""
         ref = self.image_prefix + tag
+        for base in self._bases(build):  # the classic builder pulls a missing one
+            try:
+                self.image_id(base)
+            except BadImage:
+                raise BadImage(f"{self.base} build of {build.context}: FROM {base}: not in "
+                               f"{self.base}'s store (no registry is asked: load or build "
+                               "it first)") from None
         log: list[str] = []
         try:
             for chunk in self.api.build(
@@ -582,6 +590,22 @@ class Engine:
         except _ERRORS as e:
             raise ImageError(f"{self.base}: cannot build {build.context}: {_short(e)}") from e
         return self.image_id(ref)
+
+    @staticmethod
+    def _bases(build: EngineBuild) -> list[str]:
+        """The images the Dockerfile's stages start FROM (build arguments substituted;
+        not `scratch`, nor an earlier stage's name)."""
+        path = Path(build.context) / build.dockerfile
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                parsed = DockerfileParser(fileobj=f, build_args=dict(build.args))
+                froms = parsed.parent_images
+                values = [i["value"].split() for i in parsed.structure
+                          if i["instruction"] == "FROM"]
+        except OSError as e:
+            raise BadImage(f"{path}: cannot read: {e.strerror}") from None
+        stages = {v[-1].lower() for v in values if len(v) >= 3 and v[-2].lower() == "as"}
+        return [b for b in froms if b != "scratch" and b.lower() not in stages]
 
     # --- lifecycle --------------------------------------------------------------------------
 

@@ -286,10 +286,14 @@ def private_net(root: Path, name: str) -> PrivateNet:
     # Where br_netfilter passes bridged frames through iptables and FORWARD drops them
     # (dockerd sets that policy), instances on one bridge cannot reach each other
     # without this rule; Docker adds the same for each of its bridges.
-    rule = _forward_rule(bridge, name)
-    if subprocess.run(["iptables", "-C", *rule], capture_output=True,
-                      check=False).returncode != 0:
-        subprocess.run(["iptables", "-I", *rule], capture_output=True, check=False)
+    # And traffic from it to another of cvbench's bridges is dropped whatever the
+    # FORWARD policy (Docker's isolation chains do the same between its networks): two
+    # networks of a stack stay apart even routed through the host. (-I puts each on
+    # top: this network's ACCEPT comes before its DROP.)
+    for rule in (_isolate_rule(bridge, name), _forward_rule(bridge, name)):
+        if subprocess.run(["iptables", "-C", *rule], capture_output=True,
+                          check=False).returncode != 0:
+            subprocess.run(["iptables", "-I", *rule], capture_output=True, check=False)
     return PrivateNet(name=name, bridge=bridge, subnet=net, dir=d)
 
 
@@ -298,12 +302,18 @@ def _forward_rule(bridge: str, name: str) -> list[str]:
             "--comment", name]
 
 
+def _isolate_rule(bridge: str, name: str) -> list[str]:
+    return ["FORWARD", "-i", bridge, "-o", NET_PREFIX + "+", "-j", "DROP", "-m", "comment",
+            "--comment", name]
+
+
 def remove_private_net(root: Path, name: str) -> None:
     """Its bridge and state dir (the instances' veths went with their namespaces)."""
     bridge = NET_PREFIX + hashlib.sha1(name.encode()).hexdigest()[:8]
-    while subprocess.run(["iptables", "-D", *_forward_rule(bridge, name)],
-                         capture_output=True, check=False).returncode == 0:
-        pass
+    for rule in (_forward_rule(bridge, name), _isolate_rule(bridge, name)):
+        while subprocess.run(["iptables", "-D", *rule], capture_output=True,
+                             check=False).returncode == 0:
+            pass
     if _link_exists(bridge):
         delete_link(bridge)
     rmtree(root / name)

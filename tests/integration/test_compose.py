@@ -1,0 +1,160 @@
+"""Compose files as the seed writes them, against the real backends (`bench run stack
+--compose`): a service built by the engine from a context (FROM a local image, offline)
+runs on docker and on ns, its build argument interpolated from the `.env` beside the
+compose file and reached by a link's alias and by its container_name; the image built
+for the run is gone when the run ends. A stack on two networks: a service on both
+reaches each side by name; a service on one reaches nothing on the other, by name or by
+address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import session
+from harness.core import image
+from tests.conftest import backend_or_skip
+
+pytestmark = [pytest.mark.root]
+
+DATA = Path(__file__).parent / "data"
+BENCH = [sys.executable, "-m", "harness.cli"]
+
+SCENARIO = """
+name = "compose-test"
+study = "stack"
+network = "bridge"
+[[services]]
+name = "placeholder"
+[params]
+request = "/cgi-bin/get"
+expect = '''EXPECT'''
+[sampling]
+warmups = 0
+min_samples = 1
+max_samples = 1
+timeout = 120
+metric = "stack.start"
+"""
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[str]:
+    """The recipe base image (busybox: sh, httpd, wget) loaded into docker and Podman
+    under a tag of this test, removed afterwards."""
+    backend_or_skip("docker")
+    tag = f"cvbench-test/compose-base:{os.getpid()}"
+    img = session.build_image(image.Recipe("base"))
+    archive = Path(f"/tmp/cvbench-compose-base-{os.getpid()}.tar")
+    image.export(img, archive, tag=tag)
+    engines = [e for e in ("docker", "podman") if shutil.which(e)]
+    try:
+        for engine in engines:
+            subprocess.run([engine, "load", "-q", "-i", str(archive)], check=True,
+                           capture_output=True)
+        yield tag
+    finally:
+        archive.unlink(missing_ok=True)
+        for engine in engines:
+            subprocess.run([engine, "rmi", "-f", tag], capture_output=True, check=False)
+
+
+def bench_run(tmp_path: Path, compose_file: Path, backends: str, expect: str,
+              env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    scen = tmp_path / "scenario.toml"
+    scen.write_text(SCENARIO.replace("EXPECT", expect))
+    out = tmp_path / "out"
+    p = subprocess.run([*BENCH, "run", str(scen), "--compose", str(compose_file),
+                        "--backends", backends, "--out", str(out)], capture_output=True,
+                       text=True, timeout=900, check=False, env={**os.environ, **env})
+    found = [f for f in out.glob("*.json") if not f.name.endswith(".pyperf.json")]
+    assert len(found) == 1, (p.returncode, p.stdout[-2000:], p.stderr[-3000:])
+    return p, json.loads(found[0].read_text())
+
+
+def answers(doc: dict[str, Any]) -> dict[str, str]:
+    """The front's answer per backend (the front_response artifacts)."""
+    return {a["backend"]: a["data"]["body"] for a in doc["artifacts"]
+            if a["kind"] == "front_response"}
+
+
+def started(doc: dict[str, Any]) -> set[str]:
+    return {s["backend"] for s in doc["samples"] if s["metric"] == "stack.start"}
+
+
+def test_a_built_service_runs_on_docker_and_ns(tmp_path: Path, base: str) -> None:
+    backend_or_skip("ns")
+    shutil.copytree(DATA / "compose-build", tmp_path / "project")
+    compose_file = tmp_path / "project" / "compose.yaml"
+    (tmp_path / "project" / ".env").write_text("GREETING=from-dotenv\n")
+    p, doc = bench_run(tmp_path, compose_file, "docker,ns",
+                       r"(?s)built:from-dotenv\n.*built:from-dotenv\n",
+                       {"CVBENCH_TEST_BASE": base})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert started(doc) == {"docker", "ns"}, doc["events"]
+    for backend, body in answers(doc).items():  # by the link's alias, by container_name
+        assert body == "built:from-dotenv\nbuilt:from-dotenv\n", backend
+    built = doc["stack"]["images"]["back"]["source"]
+    assert built["engine"] == "docker"
+    assert built["build"]["context"] == str((tmp_path / "project" / "back").resolve())
+    assert built["ref"].startswith(f"cvbench-{doc['run_id']}-build-")
+    # the engine's own word: nothing labelled with the run is left in its store
+    left = subprocess.run(["docker", "images", "-q", "--filter",
+                           f"label=cvbench.run={doc['run_id']}"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    assert left == []
+
+
+def test_a_build_from_an_image_in_no_store_fails_in_one_line(tmp_path: Path,
+                                                             base: str) -> None:
+    """FROM an image in no local store: the engine is not let pull it; the run stops
+    with one line naming the build, before any sample."""
+    shutil.copytree(DATA / "compose-build", tmp_path / "project")
+    f = tmp_path / "project" / "alone.yaml"
+    f.write_text("services:\n  back:\n    build: {context: back, args: "
+                 "{BASE: cvbench-test/not-here:never}}\n"
+                 "    x-cvbench: {readiness: 'http:80/'}\n")
+    scen = tmp_path / "scenario.toml"
+    scen.write_text(SCENARIO.replace("EXPECT", "."))
+    p = subprocess.run([*BENCH, "run", str(scen), "--compose", str(f), "--backends",
+                        "docker", "--out", str(tmp_path / "out")], capture_output=True,
+                       text=True, timeout=600, check=False)
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("bench: error:")]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+    assert "docker build of" in lines[0] and "not-here" in lines[0], lines[0]
+    assert not list((tmp_path / "out").glob("*.json"))
+
+
+@pytest.mark.parametrize("backends", ["docker", "ns", "podman"])
+def test_two_networks_reach_by_name_and_stay_apart(tmp_path: Path, base: str,
+                                                   backends: str) -> None:
+    backend_or_skip(backends)
+    expect = (r"db=db-says-hi web=web-says-hi\nweb-to-web=web-says-hi\n"
+              r"web-to-db-by-name=unreachable\n"
+              r"web-to-db-by-address=unreachable \(\d+\.\d+\.\d+\.\d+\)\n")
+    p, doc = bench_run(tmp_path, DATA / "compose-networks.yaml", backends, expect,
+                       {"CVBENCH_TEST_BASE": base})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert started(doc) == {backends}, doc["events"]
+    assert re.fullmatch(expect, answers(doc)[backends]), answers(doc)
+
+
+def test_two_networks_on_libvirt_are_not_applicable_with_the_reason(tmp_path: Path,
+                                                                    base: str) -> None:
+    backend_or_skip("libvirt")
+    _, doc = bench_run(tmp_path, DATA / "compose-networks.yaml", "libvirt", ".",
+                       {"CVBENCH_TEST_BASE": base})
+    assert not started(doc)
+    why = [e for e in doc["events"] if e["kind"] == "not_applicable"]
+    assert why and "configures eth0 alone" in json.dumps(why), doc["events"]
