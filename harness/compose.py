@@ -43,7 +43,7 @@ from dotenv import dotenv_values
 
 from harness.core.errors import ScenarioError
 from harness.scenario import Scenario, with_services
-from harness.scenario.parser import contained
+from harness.scenario.parser import HOST_NAME, contained
 
 TOP = {"version", "name", "services", "volumes", "networks"}
 SERVICE = {"image", "build", "container_name", "links", "command", "entrypoint",
@@ -296,8 +296,12 @@ def _service(c: _Compose, name: str, body: Any, volumes: dict[str, Any],
         out["image"] = _image(c, c.text(s["image"], f"{key}.image"), f"{key}.image", lookup)
     else:
         raise c.fail(f"{key}.image", "a service needs an image or a build")
-    out["aliases"] = [c.text(s["container_name"], f"{key}.container_name")] \
-        if "container_name" in s else []
+    out["aliases"] = []
+    if "container_name" in s:  # (engines' DNS answers it on the container's networks)
+        out["aliases"].append(c.text(s["container_name"], f"{key}.container_name"))
+        if not HOST_NAME.fullmatch(out["aliases"][0]):
+            raise c.fail(f"{key}.container_name", "a name is lower-case letters, digits, "
+                                                  "'-', '_' or '.' (at most 63)")
     if "links" in s:
         out["links"] = _list(c, s["links"], f"{key}.links")
     if "command" in s:

@@ -454,7 +454,7 @@ def _service(r: _Reader, data: Any, key: str) -> Service:
     aliases = r.strings(data.get("aliases", []), f"{key}.aliases", nonempty=False)
     for k, names in (("networks", networks), ("aliases", aliases)):
         for n in names:
-            if not _NAME.fullmatch(n):
+            if not HOST_NAME.fullmatch(n):
                 raise r.fail(f"{key}.{k}", f"{n!r}: a name is lower-case letters, digits, "
                                            "'-', '_' or '.' (at most 63)")
         if len(set(names)) != len(names):
@@ -563,7 +563,7 @@ TOP_KEYS = {"name", "description", "study", "backends", "workload", "limits", "n
             "mounts", "sampling", "params", "variants", "services", "stack"}
 WORKLOAD_KEYS = {"image", "argv", "entrypoint", "readiness", "probe_interval", "env",
                  "workdir", "user"}
-_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")  # a network's or a host name's
+HOST_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")  # a network's or a host name's
 SERVICE_KEYS = WORKLOAD_KEYS - {"probe_interval"} | {
     "name", "limits", "mounts", "ports", "expose", "depends_on", "healthcheck", "networks",
     "aliases"}
