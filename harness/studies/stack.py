@@ -36,6 +36,8 @@ service's; in a single VM, the VM's):
                            stack.memory.daemon: the engine's daemons, apart
   stack.disk.image         the distinct images as the backend stores them
   stack.disk.instance      what the instances wrote (writable layers, VM overlays)
+  (a front that publishes its readiness port on the host, "8080:80", answers params.request
+   there too: the artifact "front_published_response")
   stack.e2e.rps, .lat_p50, .lat_p99
                            with params.load_seconds > 0: wrk from the host (pinned to
                            params.client_cpuset) against params.request at the front, once
@@ -64,7 +66,17 @@ from harness.scenario import Scenario, Service, Workload
 from harness.studies import Base, Build, Study
 from harness.studies import _lifecycle as life
 from harness.studies._server import run_tool
-from runtimes.base import Exec, Exit, Instance, Limits, Mount, Networks, Prepared, Runtime
+from runtimes.base import (
+    Exec,
+    Exit,
+    Instance,
+    Limits,
+    Mount,
+    Networks,
+    Prepared,
+    Runtime,
+    publish_address,
+)
 
 UNION = "@single-vm"  # the name of a single-VM stack's image among a cell's images
 LOG_TAIL = 4000  # characters of each service's output kept with a failed sample
@@ -355,7 +367,7 @@ class PerService(Stack):
         spec = self.ctx.spec(
             self.cell, argv=w.command, env=dict(w.env), limits=s.limits, network="bridge",
             network_name=nets[0], more_networks=tuple(nets[1:]), hostname=s.name,
-            aliases=(s.name, *s.aliases),
+            aliases=(s.name, *s.aliases), publish=published(s),
             mounts=self.volumes(s.mounts), readiness=w.readiness, workdir=w.workdir or "/",
             user=w.user or "", capture=True, agent=s.healthcheck is not None)
         r.created = now_ns()
@@ -548,14 +560,22 @@ class StackStudy(Base):
             return 0
         r = stack.services[front]
         address = stack.rt.address(stack.where(r))
-        status, body = serving.fetch(address or "", r.probe.port, path)
-        ctx.artifact("front_response", {"path": path, "status": status,
-                                        "body": body[:LOG_TAIL]})
-        if status != 200 or (expect and not re.search(expect, body)):
-            raise InstanceError(f"the front answered {path} with {status}: {body[:300]!r}"
-                                + (f", not matching {expect!r}" if expect else ""),
-                                stack.logs())
-        return len(body.encode())
+        ask = [("front_response", address or "", r.probe.port)]
+        if isinstance(stack, PerService):  # and where the front publishes that port
+            ask += [("front_published_response", publish_address(), host)
+                    for host, port in published(r.service) if port == r.probe.port]
+        size = 0
+        for kind, addr, port in ask:
+            status, body = serving.fetch(addr, port, path)
+            ctx.artifact(kind, {"path": path, "status": status, "body": body[:LOG_TAIL],
+                                "port": port})
+            if status != 200 or (expect and not re.search(expect, body)):
+                raise InstanceError(f"the front answered {path} at {addr}:{port} with "
+                                    f"{status}: {body[:300]!r}"
+                                    + (f", not matching {expect!r}" if expect else ""),
+                                    stack.logs())
+            size = size or len(body.encode())
+        return size
 
     @staticmethod
     def _times(stack: Stack, t0: int, front: str) -> list[Measurement]:
@@ -584,6 +604,12 @@ class StackStudy(Base):
             # (None: an instance without a writable layer on disk, by the protocol: 0 bytes)
             out.append(Measurement("stack.disk.instance", sum(s or 0 for s in sizes)))
         return out
+
+
+def published(s: Service) -> tuple[tuple[int, int], ...]:
+    """The service's ports with a host port given ("8080:80"), as (host, container);
+    one without (a port the engine would pick) is not published."""
+    return tuple((p.host, p.container) for p in s.ports if p.host and p.protocol == "tcp")
 
 
 def _totals(m: Any) -> list[Measurement]:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -82,10 +83,15 @@ def bench_run(tmp_path: Path, compose_file: Path, backends: str, expect: str,
     return p, json.loads(found[0].read_text())
 
 
-def answers(doc: dict[str, Any]) -> dict[str, str]:
+def answers(doc: dict[str, Any], kind: str = "front_response") -> dict[str, str]:
     """The front's answer per backend (the front_response artifacts)."""
-    return {a["backend"]: a["data"]["body"] for a in doc["artifacts"]
-            if a["kind"] == "front_response"}
+    return {a["backend"]: a["data"]["body"] for a in doc["artifacts"] if a["kind"] == kind}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
 
 
 def started(doc: dict[str, Any]) -> set[str]:
@@ -97,13 +103,16 @@ def test_a_built_service_runs_on_docker_and_ns(tmp_path: Path, base: str) -> Non
     shutil.copytree(DATA / "compose-build", tmp_path / "project")
     compose_file = tmp_path / "project" / "compose.yaml"
     (tmp_path / "project" / ".env").write_text("GREETING=from-dotenv\n")
+    port = free_port()
     p, doc = bench_run(tmp_path, compose_file, "docker,ns",
                        r"(?s)built:from-dotenv\n.*built:from-dotenv\n",
-                       {"CVBENCH_TEST_BASE": base})
+                       {"CVBENCH_TEST_BASE": base, "FRONT_PORT": str(port)})
     assert p.returncode == 0, p.stderr[-3000:]
     assert started(doc) == {"docker", "ns"}, doc["events"]
     for backend, body in answers(doc).items():  # by the link's alias, by container_name
         assert body == "built:from-dotenv\nbuilt:from-dotenv\n", backend
+    # ...and through the port the front publishes on the host ("${FRONT_PORT}:80")
+    assert answers(doc, "front_published_response") == answers(doc)
     built = doc["stack"]["images"]["back"]["source"]
     assert built["engine"] == "docker"
     assert built["build"]["context"] == str((tmp_path / "project" / "back").resolve())
