@@ -24,7 +24,7 @@ import pytest
 
 from harness import session
 from harness.core import image
-from tests.conftest import backend_or_skip
+from tests.conftest import backend_or_skip, require
 
 pytestmark = [pytest.mark.root]
 
@@ -167,3 +167,31 @@ def test_two_networks_on_libvirt_are_not_applicable_with_the_reason(tmp_path: Pa
     assert not started(doc)
     why = [e for e in doc["events"] if e["kind"] == "not_applicable"]
     assert why and "configures eth0 alone" in json.dumps(why), doc["events"]
+
+
+@pytest.mark.slow
+def test_the_seed_example_runs_on_docker_and_ns(tmp_path: Path) -> None:
+    """examples/seed/compose.yaml (the seed's layout: build:, container_name, links,
+    networks, depends_on, ports, top-level networks and volumes) under `bench run stack`:
+    the front answers with data read from redis, through the port it publishes too."""
+    backend_or_skip("docker")
+    backend_or_skip("ns")
+    missing = [ref for ref in ("cvbench/stack-redis:bookworm", "cvbench/stack-app:bookworm",
+                               "cvbench/stack-proxy:bookworm")
+               if session.engine_lookup("docker", ref) is not None]
+    require("stack-images", f"{missing} not loaded (scripts/stack-images)" if missing
+            else None)
+    out = tmp_path / "out"
+    p = subprocess.run([*BENCH, "run", "stack", "--compose",
+                        str(DATA.parents[2] / "examples" / "seed" / "compose.yaml"),
+                        "--backends", "docker,ns", "--out", str(out)], capture_output=True,
+                       text=True, timeout=1800, check=False,
+                       env={**os.environ, "PROXY_PORT": str(free_port())})
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads(next(f for f in out.glob("*.json")
+                          if not f.name.endswith(".pyperf.json")).read_text())
+    assert started(doc) == {"docker", "ns"}, doc["events"]
+    for kind in ("front_response", "front_published_response"):
+        got = answers(doc, kind)
+        assert set(got) == {"docker", "ns"}, kind
+        assert all(re.fullmatch(r"hits=\d+ \(read from redis\)\n", b) for b in got.values())
