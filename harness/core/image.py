@@ -782,9 +782,12 @@ def export(img: Image, dest: Path, tag: str | None = None) -> str:
         if rootfs_digest != img.rootfs_digest:
             raise ImageError(f"cached image {img.digest[:12]}: its rootfs no longer hashes to "
                              f"sha256:{img.rootfs_digest}; delete it and build it again")
+        # (a history entry for its one layer: Podman's builder refuses to build FROM an
+        # image whose history counts fewer layers than it has; no date, to stay the same)
         raw = json.dumps({"architecture": "amd64", "os": "linux", "config": config,
                           "rootfs": {"type": "layers",
-                                     "diff_ids": [f"sha256:{rootfs_digest}"]}},
+                                     "diff_ids": [f"sha256:{rootfs_digest}"]},
+                          "history": [{"created_by": "cvbench image export"}]},
                          sort_keys=True).encode()
         cdigest = hashlib.sha256(raw).hexdigest()
         manifest = json.dumps([{"Config": f"{cdigest}.json", "RepoTags": [tag or img.tag],

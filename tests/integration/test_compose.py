@@ -195,3 +195,29 @@ def test_the_seed_example_runs_on_docker_and_ns(tmp_path: Path) -> None:
         got = answers(doc, kind)
         assert set(got) == {"docker", "ns"}, kind
         assert all(re.fullmatch(r"hits=\d+ \(read from redis\)\n", b) for b in got.values())
+
+
+def test_podman_builds_and_the_run_removes_it(tmp_path: Path, base: str, run_id: str) -> None:
+    """A build named for Podman (a scenario's `engine = "podman"`): its classic builder
+    from the local image, the argument's word in the flattened tree; the run's end
+    (bookkeeping.collect, as `finish` calls it) removes the image, as Podman lists."""
+    backend_or_skip("podman")
+    from harness.bookkeeping import collect
+    from runtimes import registry
+
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(
+        "ARG BASE\nFROM ${BASE}\nARG G=unset\nRUN echo \"$G\" > /greeting\n")
+    src = image.EngineRef("podman", "", image.EngineBuild(
+        str(tmp_path / "ctx"), "Dockerfile", (("BASE", base), ("G", "from-podman"))))
+    img = session.build_image(src, None, run_id)
+    assert (img.rootfs / "greeting").read_text() == "from-podman\n"
+
+    def labelled() -> list[str]:
+        return subprocess.run(["podman", "images", "-aq", "--filter",
+                               f"label=cvbench.run={run_id}"], capture_output=True,
+                              text=True, check=True).stdout.split()
+
+    assert labelled()
+    collect(registry.get("podman"), [], run_id)
+    assert labelled() == []
