@@ -10,7 +10,8 @@ same thing once read. The supported subset (docs/stacks.md):
   a service   image, build (a context, or context, dockerfile, args), container_name,
               links, command, entrypoint, environment, user, working_dir, ports,
               expose, volumes (named, bind, long syntax of both and of tmpfs), tmpfs,
-              depends_on (list, or condition service_started | service_healthy),
+              depends_on (list, or condition service_started | service_healthy |
+              service_completed_successfully),
               healthcheck (test CMD | CMD-SHELL | a string, interval, timeout, retries,
               start_period), cpus, mem_limit, networks (declared ones, no options),
               x-cvbench (readiness = "http:80/" ...)

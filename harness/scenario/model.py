@@ -28,7 +28,7 @@ VARIANT_KEYS = ("network", "limits.cpus", "limits.memory", "limits.pids", "limit
 # Where a stack's services run (the variant key "placement"): one instance per service,
 # or (VMs) one VM holding every service as a process of its own user.
 PLACEMENTS = ("per-service", "single-vm")
-CONDITIONS = ("service_started", "service_healthy")
+CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
 
 
 @dataclass(frozen=True)

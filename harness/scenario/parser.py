@@ -65,7 +65,8 @@ A stack (study "stack") has services instead of one workload (README "Stacks"):
     readiness = "tcp:6379"            # default: marker (started)
     ports = [8080]                    # container ports published (also "8080:80")
     expose = [6379]
-    depends_on = { other = "service_healthy" }   # or service_started
+    depends_on = { other = "service_healthy" }   # or service_started,
+                                      # service_completed_successfully (exit 0)
     healthcheck = { test = ["CMD", "redis-cli", "ping"], interval = 1, timeout = 5,
                     retries = 30, start_period = 0 }    # or ["CMD-SHELL", "..."]
     limits = { cpus = 0.5, memory = "64M" }

@@ -13,8 +13,10 @@ Placements (the variant key `placement`):
 
 Services start in dependency order as compose starts them: a service is created once
 every service it depends on has started (`service_started`: its ready line arrived; in
-a single VM: the exec that started it returned) or is healthy (`service_healthy`: its
-healthcheck passed). Healthchecks run inside the instance through `Exec.exec`, as
+a single VM: the exec that started it returned), is healthy (`service_healthy`: its
+healthcheck passed) or has exited with status 0 (`service_completed_successfully`: a
+one-shot service, e.g. a migration; in a single VM its exec is awaited; an exit status
+other than 0 fails the sample). Healthchecks run inside the instance through `Exec.exec`, as
 `docker exec` runs them, the first one `interval` after the service started (Docker's
 rule); a service's readiness (tcp, http: from the host against its address; log: its
 output; marker: its ready line) is probed every `probe_interval`. A service that fails
@@ -30,6 +32,7 @@ service's; in a single VM, the VM's):
   stack.service.started    t0 -> its ready line (single VM: its exec returned)
   stack.service.ready      t0 -> its readiness answered
   stack.service.healthy    t0 -> its healthcheck passed (services that have one)
+  stack.service.completed  t0 -> it exited with status 0 (services others wait for so)
   stack.teardown           removing every instance and the network
   stack.memory.pss|uss|rss every host process of the stack once all are ready (per
                            service too, where a service has processes of its own), and
@@ -170,6 +173,8 @@ class Running:
     started: int | None = None
     ready: int | None = None
     healthy: int | None = None
+    completed: int | None = None  # exited with status 0 (service_completed_successfully)
+    exiting: Future[Exit] | None = None  # the wait for that exit (per-service)
     starting: Future[int] | None = None  # the wait for its ready line (per-service)
     check: Future[tuple[bool, int]] | None = None  # the healthcheck under way
     next_check: float = 0.0
@@ -291,6 +296,7 @@ class Stack:
                 if r.ready is None:
                     r.ready = self.answered(r)
                 self._check(r)
+                self._exit(r)
             if not pending and all(r.done for r in self.services.values()):
                 return
             if time.monotonic() > t_deadline:
@@ -326,8 +332,28 @@ class Stack:
                                 f"{r.failures} times ({r.checks[-1]})", self.logs())
         r.next_check = time.monotonic() + hc.interval
 
+    def _exit(self, r: Running) -> None:
+        """A service others wait for to complete: its exit, awaited in a thread."""
+        if r.exiting is None or not r.exiting.done() or r.completed is not None:
+            return
+        try:
+            ex = r.exiting.result()
+        except InstanceError as e:
+            raise InstanceError(f"service {r.name} did not exit: {e}", self.logs()) from e
+        if ex.code != 0:
+            raise InstanceError(f"service {r.name} exited with status {ex.code} (services "
+                                "wait for it to complete successfully)", self.logs())
+        r.completed = ex.t_ns
+
+    def awaited(self, r: Running) -> bool:
+        """Whether a service waits for `r` to complete (service_completed_successfully)."""
+        return any(dep == r.name and cond == "service_completed_successfully"
+                   for s in self.cell.config.services for dep, cond in s.depends_on)
+
     def _met(self, dep: str, cond: str) -> bool:
         r = self.services[dep]
+        if cond == "service_completed_successfully":
+            return r.completed is not None
         return r.healthy is not None if cond == "service_healthy" else r.started is not None
 
     def down(self) -> None:
@@ -377,6 +403,12 @@ class PerService(Stack):
         r.inst = inst
         self.rt.start(inst)
         r.starting = self.pool.submit(self.rt.wait_ready, inst, self.ctx.timeout)
+        if self.awaited(r):
+            r.exiting = self.pool.submit(self._wait_exit, inst, r.starting)
+
+    def _wait_exit(self, inst: Instance, starting: Future[int]) -> Exit:
+        starting.result()  # (its ready line first: one reader of its output at a time)
+        return self.rt.wait_exit(inst, self.ctx.timeout)
 
     def where(self, r: Running) -> Instance:
         assert r.inst is not None
@@ -386,6 +418,8 @@ class PerService(Stack):
         out: list[Measurement] = []
         pids: set[int] = set()
         for r in self.services.values():
+            if r.completed is not None:  # (exited: no process left to read)
+                continue
             st = life.memory_of(self.rt, self.where(r))
             pids.update(st.pids)
             out += [Measurement("stack.memory.pss", st.pss, variant=sub(r.name)),
@@ -422,11 +456,15 @@ class SingleVm(Stack):
     def start(self, r: Running) -> None:
         w = r.workload
         r.created = now_ns()
-        ex = self.exec(self.vm, w.command, w, self.ctx.timeout, detach=True)
+        once = self.awaited(r)  # (then its exec is awaited: its exit is its completion)
+        ex = self.exec(self.vm, w.command, w, self.ctx.timeout, detach=not once)
         if ex.code != 0:
-            raise InstanceError(f"service {r.name} did not start in the VM: exit "
-                                f"{ex.code}: {ex.stdout[-300:]!r}", self.logs())
+            raise InstanceError(f"service {r.name} did not {'complete' if once else 'start'}"
+                                f" in the VM: exit {ex.code}: {ex.stdout[-300:]!r}",
+                                self.logs())
         r.started = now_ns()
+        if once:
+            r.completed = r.started
 
     def where(self, r: Running) -> Instance:
         return self.vm
@@ -582,7 +620,8 @@ class StackStudy(Base):
         out = []
         for r in stack.services.values():
             for metric, t in (("created", r.created), ("started", r.started),
-                              ("ready", r.ready), ("healthy", r.healthy)):
+                              ("ready", r.ready), ("healthy", r.healthy),
+                              ("completed", r.completed)):
                 if t is not None:
                     out.append(Measurement(f"stack.service.{metric}", (t - t0) * 1e-9,
                                            variant=sub(r.name)))

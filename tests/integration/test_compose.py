@@ -72,6 +72,7 @@ def base() -> Iterator[str]:
 
 def bench_run(tmp_path: Path, compose_file: Path, backends: str, expect: str,
               env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     scen = tmp_path / "scenario.toml"
     scen.write_text(SCENARIO.replace("EXPECT", expect))
     out = tmp_path / "out"
@@ -221,3 +222,47 @@ def test_podman_builds_and_the_run_removes_it(tmp_path: Path, base: str, run_id:
     assert labelled()
     collect(registry.get("podman"), [], run_id)
     assert labelled() == []
+
+
+ONE_SHOT = r"""
+services:
+  migrate:
+    image: ${CVBENCH_TEST_BASE}
+    command: ["sh", "-c", "sleep 1; exit ${MIGRATE_STATUS}"]
+  web:
+    image: ${CVBENCH_TEST_BASE}
+    command:
+      - sh
+      - -c
+      - |
+        mkdir -p /tmp/w/cgi-bin && cd /tmp/w/cgi-bin
+        printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho migrated\n' > get
+        chmod +x get
+        exec httpd -f -p 80 -h /tmp/w
+    depends_on:
+      migrate: {condition: service_completed_successfully}
+    x-cvbench: {readiness: "http:80/cgi-bin/get"}
+"""
+
+
+@pytest.mark.parametrize("backend", ["docker", "ns"])
+def test_a_service_waits_for_another_to_complete(tmp_path: Path, base: str,
+                                                 backend: str) -> None:
+    """depends_on: service_completed_successfully: web is created once migrate exited
+    with status 0 (its exit, as the backend reports it); a status other than 0 fails
+    the sample, with that status."""
+    backend_or_skip(backend)
+    f = tmp_path / "compose.yaml"
+    f.write_text(ONE_SHOT)
+    p, doc = bench_run(tmp_path / "ok", f, backend, "migrated",
+                       {"CVBENCH_TEST_BASE": base, "MIGRATE_STATUS": "0"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    times = {(s["metric"], s["sub"]): s["value"] for s in doc["samples"] if s.get("sub")}
+    completed = times[("stack.service.completed", "service=migrate")]
+    assert times[("stack.service.started", "service=migrate")] + 0.9 < completed  # sleep 1
+    assert completed <= times[("stack.service.created", "service=web")]
+    _, doc = bench_run(tmp_path / "bad", f, backend, "migrated",
+                       {"CVBENCH_TEST_BASE": base, "MIGRATE_STATUS": "3"})
+    assert not started(doc)
+    failed = [e for e in doc["events"] if e["kind"] == "sample_failed"]
+    assert failed and "service migrate exited with status 3" in failed[0]["error"]
