@@ -28,6 +28,7 @@ ${VAR+alt} (defaults and errors interpolated in turn), $$ a literal $; the value
 from the process environment over a `.env` file beside the compose file (read by
 python-dotenv). An unset variable without a default is the empty string, as compose
 has it; a required one that is missing is one line naming the field and the variable.
+A name alone under `environment` takes its value from there too (unset: left out).
 """
 
 from __future__ import annotations
@@ -150,9 +151,10 @@ Lookup = Callable[[str, str], str | None]
 
 
 class _Compose:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, env: Mapping[str, str] | None = None) -> None:
         self.path = path
         self.source = str(path)
+        self.env: Mapping[str, str] = env or {}  # what it is interpolated with
 
     def fail(self, key: str, message: str) -> ScenarioError:
         return ScenarioError(self.source, key, message)
@@ -209,7 +211,8 @@ def read(path: Path, scen: Scenario, lookup: Lookup,
         mark = getattr(e, "problem_mark", None)
         raise c.fail("", f"invalid YAML: {str(e).splitlines()[0]}"
                      + (f" (line {mark.line + 1})" if mark else "")) from None
-    doc = _interpolated(c, doc, "", environment(path, env))
+    c.env = environment(path, env)
+    doc = _interpolated(c, doc, "", c.env)
     top = c.only(doc, "", TOP | {k for k in (doc or {}) if str(k).startswith("x-")}
                  if isinstance(doc, dict) else TOP, "top-level")
     services = top.get("services")
@@ -418,9 +421,10 @@ def _environment(c: _Compose, env: Any, key: str) -> dict[str, str]:
         raise c.fail(key, "must be a mapping or a list of NAME=value")
     out = {}
     for k, v in pairs:
-        if v is None:
-            raise c.fail(f"{key}.{k}", "a variable without a value (taken from the shell) "
-                                       "is not supported; give its value")
+        if v is None:  # a name alone: its value here, as compose takes it (unset: left out)
+            if str(k) in c.env:
+                out[str(k)] = c.env[str(k)]
+            continue
         out[str(k)] = "true" if v is True else "false" if v is False else \
             c.text(v, f"{key}.{k}")
     return out

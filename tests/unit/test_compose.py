@@ -269,3 +269,15 @@ def test_the_examples_missing_images_name_scripts_stack_images(tmp_path: Path) -
     assert "scripts/stack-images" in str(e.value)
     assert (Path(__file__).resolve().parents[2] / "scripts" / "stack-images").is_file()
 
+
+
+def test_an_environment_name_alone_takes_its_value_from_here(tmp_path: Path) -> None:
+    """`environment: [A]` (or `{A: }`): A's value in the environment compose reads (the
+    process's over .env); unset there, it is left out, as compose leaves it unset."""
+    f = write(tmp_path, "services:\n  web:\n    image: cvbench/web:1\n"
+                        "    environment: [A, B, 'C=3']\n  app:\n    image: cvbench/app:1\n"
+                        "    environment: {A: , D: }\nx-cvbench: {front: web}\n")
+    (tmp_path / ".env").write_text("B=from-dotenv\n")
+    by = {s.name: dict(s.workload.env) for s in read(f, {"A": "from-env"}).services}
+    assert by == {"web": {"A": "from-env", "B": "from-dotenv", "C": "3"},
+                  "app": {"A": "from-env"}}
