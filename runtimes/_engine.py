@@ -109,6 +109,7 @@ from runtimes.base import (
     Slot,
     Stats,
     Traits,
+    check_networks,
     check_publish,
     own,
     publish_address,
@@ -669,6 +670,7 @@ class Engine:
     def check(self, spec: InstanceSpec) -> None:
         """Refuse what this engine/flavour cannot do here, before anything is created."""
         check_publish(self.name, spec)
+        check_networks(self.name, spec)
         problem = _oci_host.runsc_network_problem(self.name, spec.network) \
             if self.runtime == "runsc" else None
         if problem:

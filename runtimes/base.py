@@ -214,6 +214,13 @@ def check_publish(backend: str, spec: InstanceSpec) -> None:
                          f"{spec.network!r}")
 
 
+def check_networks(backend: str, spec: InstanceSpec) -> None:
+    """Further networks come after a first one (network_name), never in its stead."""
+    if spec.more_networks and not spec.network_name:
+        raise UsageError(f"{backend}: more_networks {list(spec.more_networks)} without a "
+                         "network_name to come after")
+
+
 def uid_gid(user: str) -> tuple[int, int]:
     """InstanceSpec.user ("uid:gid", "" = root) as numbers."""
     uid, _, gid = user.partition(":")

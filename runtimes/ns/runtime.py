@@ -39,6 +39,7 @@ from runtimes.base import (
     Prepared,
     Stats,
     Traits,
+    check_networks,
     own,
     remove_each,
     run_of,
@@ -364,6 +365,7 @@ class NsRuntime:
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         validate.spec(spec, self.rootless)
+        check_networks(self.name, spec)
         if self.into_cgroup and (problem := self._into_cgroup_problem()):
             raise NotApplicable(f"{self.name}: {problem}")
         return self._create(spec, prepared)

@@ -42,3 +42,18 @@ def test_a_view_is_the_union_kept_in_place(tmp_path: Path) -> None:
     a.add_host("10.9.1.4", ["late"])  # no longer kept
     assert "late" not in view.read_text()
     assert not list((b.dir / "viewers").iterdir())
+
+
+def test_further_networks_need_a_first_one() -> None:
+    import pytest
+
+    from harness.core.errors import UsageError
+    from runtimes.base import InstanceSpec, check_networks
+
+    spec = InstanceSpec(run_id="r", name="cvbench-r-1", argv=("true",), network="bridge",
+                        more_networks=("b",))
+    with pytest.raises(UsageError, match="without a network_name"):
+        check_networks("ns", spec)
+    check_networks("ns", InstanceSpec(run_id="r", name="cvbench-r-1", argv=("true",),
+                                      network="bridge", network_name="a",
+                                      more_networks=("b",)))
