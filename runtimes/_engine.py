@@ -564,19 +564,25 @@ class Engine:
             raise ImageError(f"{self.base}: cannot export image {ref}: {_short(e)}") from e
 
     def build_image(self, build: EngineBuild, tag: str, labels: Mapping[str, str]) -> str:
-        """POST /build (the classic builder, which both engines serve): FROM images only
-        from the local store (pull=False, and Podman's compat pull=false never pulls
-        either), no network for its RUN steps; the context is sent as docker-py tars it,
-        symlinks as symlinks (never followed on the host)."""
+        """Build offline, no network for its RUN steps. Every FROM image must be in the
+        local store, checked first (with pull=False, Docker's classic builder still
+        pulls a FROM image it does not find)."""
         ref = self.image_prefix + tag
-        for base in self._bases(build):  # the classic builder pulls a missing one
+        for base in self._bases(build):
             try:
                 self.image_id(base)
             except BadImage:
                 raise BadImage(f"{self.base} build of {build.context}: FROM {base}: not in "
                                f"{self.base}'s store (no registry is asked: load or build "
                                "it first)") from None
-        log: list[str] = []
+        self._build(build, ref, labels)
+        return self.image_id(ref)
+
+    def _build(self, build: EngineBuild, ref: str, labels: Mapping[str, str]) -> None:
+        """POST /build, Docker's classic builder, network none. The context is sent as
+        docker-py tars it, symlinks as symlinks (never followed on the host). (A build
+        that fails leaves the layers of its steps that passed in the build cache,
+        untagged, as `docker build` does.)"""
         try:
             for chunk in self.api.build(
                     path=build.context, dockerfile=build.dockerfile, tag=ref,
@@ -585,12 +591,10 @@ class Engine:
                 if "error" in chunk:
                     raise BadImage(f"{self.base} build of {build.context}: "
                                    f"{str(chunk['error']).strip().splitlines()[-1]}")
-                log.append(str(chunk.get("stream", "")))
         except (docker.errors.BuildError, docker.errors.APIError) as e:
             raise BadImage(f"{self.base} build of {build.context}: {_short(e)}") from e
         except _ERRORS as e:
             raise ImageError(f"{self.base}: cannot build {build.context}: {_short(e)}") from e
-        return self.image_id(ref)
 
     @staticmethod
     def _bases(build: EngineBuild) -> list[str]:

@@ -212,7 +212,8 @@ def test_podman_builds_and_the_run_removes_it(tmp_path: Path, base: str, run_id:
 
     (tmp_path / "ctx").mkdir()
     (tmp_path / "ctx" / "Dockerfile").write_text(
-        "ARG BASE\nFROM ${BASE}\nARG G=unset\nRUN echo \"$G\" > /greeting\n")
+        "ARG BASE\nFROM ${BASE}\nARG G=unset\nRUN echo \"$G\" > /greeting\n"
+        "RUN [ \"$(ip -o link | grep -vc ': lo:')\" = 0 ]\n")  # (offline: lo alone)
     src = image.EngineRef("podman", "", image.EngineBuild(
         str(tmp_path / "ctx"), "Dockerfile", (("BASE", base), ("G", "from-podman"))))
     img = session.build_image(src, None, run_id)
