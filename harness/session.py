@@ -15,6 +15,8 @@ Reporter, so the stages print nothing themselves. `exec_once` is the one-instanc
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -41,7 +43,7 @@ from harness.sampling import Cell, Context, Outcome, PlainPlacement, Progress, R
 from harness.scenario import Scenario
 from harness.studies import _lifecycle as life
 from runtimes import registry
-from runtimes.base import Exit, InstanceSpec, Pool, Prepared, new_run_id
+from runtimes.base import RUN_LABEL, Exit, InstanceSpec, Pool, Prepared, new_run_id
 
 
 class Reporter(Protocol):
@@ -102,6 +104,8 @@ class Session:
         self.journal: results.Journal | None = None
         self.name = ""
         self.images: dict[str, image_mod.Image] = {}  # the study's further images
+        self._built: dict[image_mod.Source, image_mod.Image] = {}
+        self.build_engines: set[str] = set()  # engines that built images of the run
 
     # --- stages ---------------------------------------------------------------------------
 
@@ -120,9 +124,12 @@ class Session:
                      "without them (metadata not_applied)")
         rep.info(f"{'resuming run' if resumed else 'run'} {self.run_id}: scenario "
                  f"{scen.name}, backends {', '.join(p.backends)}")
+        # The lock first: a compose `build:` makes an image labelled with the run, which
+        # another run's `bench gc` must leave alone.
+        self.lock = RunLock(self.run_id, f"scenario {scen.name}")
         source = study.image(scen)
         with rep.status(f"image: {source.describe()}…") as progress:
-            img = build_image(source, progress)
+            img = self._build(source, progress)
         rep.info(f"image {img.tag} sha256:{img.digest} ({img.size / 2**20:.1f} MiB"
                  + (f", built in {img.build_seconds:.1f} s)" if img.build_seconds else ")"))
         if resumed and resumed.header["image"]["digest"] != img.digest:
@@ -137,7 +144,6 @@ class Session:
               for m in scen.mounts), (scen.workload.workdir or "/", True)))
         for problem in planning.busy_ports(p):
             raise UsageError(problem)
-        self.lock = RunLock(self.run_id, f"scenario {scen.name}")
         if resumed:
             # What the interrupted run left (the instance in flight at the kill) goes first.
             live = [x for x in live_runs() if x != self.run_id]
@@ -171,13 +177,23 @@ class Session:
         self.journal.event("rlimit_nofile", soft_before=nofile_before, soft=nofile,
                            hard=nofile_hard)
 
+    def _build(self, source: image_mod.Source,
+               progress: Callable[[str], None]) -> image_mod.Image:
+        """build_image for this run, once per source; the engines that built one of the
+        run's images are remembered, to remove them at its end."""
+        if source not in self._built:
+            img = self._built[source] = build_image(source, progress, self.run_id)
+            if isinstance(img.source, image_mod.EngineRef) and img.source.build:
+                self.build_engines.add(img.source.engine)
+        return self._built[source]
+
     def _study_images(self, p: planning.Plan) -> dict[str, dict[str, Prepared]]:
         """Build the study's further images (a stack's services, the single-VM union) and
         prepare each on the backends that run it."""
         rep, study = self.reporter, self.study
         assert study is not None
         with rep.status("the study's further images…") as progress:
-            self.images = study.images(self.scenario, lambda src: build_image(src, progress))
+            self.images = study.images(self.scenario, lambda src: self._build(src, progress))
         for name, image in self.images.items():
             rep.info(f"{name}: {image.tag} sha256:{image.digest} "
                      f"({image.size / 2**20:.1f} MiB)")
@@ -227,8 +243,12 @@ class Session:
                         rt.drain()
                     except Exception as e:
                         problems.append(f"{b}: draining its pool: {e} (run `bench gc`)")
-        if self.plan is not None and self.lock is not None:
-            problems += finish([self.plan.runtimes[b] for b in self.plan.backends], self.run_id)
+        if self.lock is not None:
+            rts = [self.plan.runtimes[b] for b in self.plan.backends] if self.plan else []
+            # (an engine that built the run's images but runs none of its cells)
+            rts += [registry.get(e, HOOKS) for e in sorted(self.build_engines)
+                    if e not in (self.plan.backends if self.plan else ())]
+            problems += finish(rts, self.run_id)
         if self.lock is not None:
             self.lock.release()
         return problems
@@ -264,21 +284,47 @@ def engine_lookup(engine: str, ref: str) -> str | None:
     return None
 
 
+BUILD_ENGINES = ("docker", "podman")  # who builds a compose `build:` with no engine named
+
+
 def build_image(source: image_mod.Source,
-                progress: Callable[[str], None] | None = None) -> image_mod.Image:
+                progress: Callable[[str], None] | None = None,
+                run_id: str | None = None) -> image_mod.Image:
     """Build (or take from the cache) the image of `source`; an image in an engine's
-    store is exported through that backend (an EngineStore)."""
+    store is exported through that backend (an EngineStore). An engine source with a
+    `build` not built yet is first built by its engine (the first available of
+    BUILD_ENGINES if it names none) as `cvbench-<run_id>-build-<hash>`, labelled with the
+    run, which removes it at its end (`bench gc` after a crash)."""
     store = None
     if isinstance(source, image_mod.EngineRef):
-        registry.check(source.engine)
-        rt = registry.get(source.engine, HOOKS)
-        if not isinstance(rt, image_mod.EngineStore):
-            raise UsageError(f"{source.describe()}: {source.engine!r} keeps no images of "
-                             "its own (docker or podman do)")
-        avail = rt.availability()
-        if not avail.ok:
-            raise BackendUnavailable(source.engine, avail.reason, avail.fix)
-        store = rt
+        engines = (source.engine,) if source.engine else BUILD_ENGINES
+        problems = []
+        for engine in engines:
+            registry.check(engine)
+            rt = registry.get(engine, HOOKS)
+            if not isinstance(rt, image_mod.EngineStore):
+                raise UsageError(f"{source.describe()}: {engine!r} keeps no images of "
+                                 "its own (docker or podman do)")
+            avail = rt.availability()
+            if avail.ok:
+                store = rt
+                source = replace(source, engine=engine)
+                break
+            problems.append(BackendUnavailable(engine, avail.reason, avail.fix))
+        if store is None:
+            raise problems[0]
+        if source.build is not None and not source.ref:
+            if run_id is None:
+                raise UsageError(f"{source.describe()}: a build belongs to a run "
+                                 "(bench run)")
+            what = json.dumps(source.build.as_dict(), sort_keys=True).encode()
+            tag = f"cvbench-{run_id}-build-{hashlib.sha256(what).hexdigest()[:12]}:latest"
+            if progress:
+                progress(f"{source.engine} build of {source.build.context}")
+            # (cvbench.source emptied: a base made by `bench image export` would pass on
+            # its word that the image is made of its Debian packages alone)
+            store.build_image(source.build, tag, {RUN_LABEL: run_id, "cvbench.source": ""})
+            source = replace(source, ref=tag)
     return image_mod.build(source, progress=progress, store=store)
 
 

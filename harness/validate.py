@@ -98,7 +98,7 @@ def check_image(s: Scenario) -> list[ScenarioError]:
                 out.append(_err(s, "workload.image.binaries", str(e)))
     elif isinstance(src, Archive) and not Path(src.path).exists():
         out.append(_err(s, "workload.image.archive", f"{src.path}: no such file or directory"))
-    elif isinstance(src, EngineRef):
+    elif isinstance(src, EngineRef) and src.engine:  # ("": a build, by what is here)
         problem = registry.unknown(src.engine)
         if problem is None and not isinstance(registry.get(src.engine), EngineStore):
             problem = f"{src.engine!r} keeps no images of its own (docker or podman do)"

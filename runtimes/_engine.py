@@ -28,6 +28,8 @@ Mapping of the InstanceSpec to the Engine API (POST /containers/create):
                       with the run, made on first use), the container on it with
                       `aliases` (and its hostname) answered by the engine's DNS
                       (dockerd's embedded resolver; Podman's aardvark-dns)
+  more_networks    -> the same networks, the container connected to each before it starts
+                      (POST /networks/{id}/connect with the same aliases)
   publish          -> ExposedPorts + HostConfig.PortBindings on publish_address() (`-p
                       ADDR:HOST:PORT`: the engine's NAT, and its proxy where it runs one)
   limits.cpuset    -> HostConfig.CpusetCpus (`--cpuset-cpus`)
@@ -84,6 +86,7 @@ import docker
 import requests
 from docker.types import IPAMConfig, IPAMPool, Ulimit
 from docker.types import Mount as DockerMount
+from dockerfile_parse import DockerfileParser
 
 from harness.core.errors import (
     BackendUnavailable,
@@ -94,7 +97,7 @@ from harness.core.errors import (
     NotApplicable,
     Unreadable,
 )
-from harness.core.image import PATH_ENV, Image
+from harness.core.image import PATH_ENV, EngineBuild, Image
 from harness.core.probes import memory
 from runtimes import _oci_host, _proc, _vlan
 from runtimes._oci_host import PROVISION
@@ -115,6 +118,7 @@ from runtimes.base import (
     Slot,
     Stats,
     Traits,
+    check_networks,
     check_publish,
     own,
     publish_address,
@@ -572,6 +576,55 @@ class Engine:
         except _ERRORS as e:
             raise ImageError(f"{self.base}: cannot export image {ref}: {_short(e)}") from e
 
+    def build_image(self, build: EngineBuild, tag: str, labels: Mapping[str, str]) -> str:
+        """Build offline, no network for its RUN steps. Every FROM image must be in the
+        local store, checked first (with pull=False, Docker's classic builder still
+        pulls a FROM image it does not find)."""
+        ref = self.image_prefix + tag
+        for base in self._bases(build):
+            try:
+                self.image_id(base)
+            except BadImage:
+                raise BadImage(f"{self.base} build of {build.context}: FROM {base}: not in "
+                               f"{self.base}'s store (no registry is asked: load or build "
+                               "it first)") from None
+        self._build(build, ref, labels)
+        return self.image_id(ref)
+
+    def _build(self, build: EngineBuild, ref: str, labels: Mapping[str, str]) -> None:
+        """POST /build, Docker's classic builder, network none. The context is sent as
+        docker-py tars it, symlinks as symlinks (never followed on the host). (A build
+        that fails leaves the layers of its steps that passed in the build cache,
+        untagged, as `docker build` does.)"""
+        try:
+            for chunk in self.api.build(
+                    path=build.context, dockerfile=build.dockerfile, tag=ref,
+                    buildargs=dict(build.args), labels=dict(labels), pull=False, rm=True,
+                    forcerm=True, network_mode="none", decode=True):
+                if "error" in chunk:
+                    raise BadImage(f"{self.base} build of {build.context}: "
+                                   f"{str(chunk['error']).strip().splitlines()[-1]}")
+        except (docker.errors.BuildError, docker.errors.APIError) as e:
+            raise BadImage(f"{self.base} build of {build.context}: {_short(e)}") from e
+        except _ERRORS as e:
+            raise ImageError(f"{self.base}: cannot build {build.context}: {_short(e)}") from e
+
+    @staticmethod
+    def _bases(build: EngineBuild) -> list[str]:
+        """The images the Dockerfile's stages start FROM (build arguments substituted;
+        not `scratch`, nor an earlier stage's name)."""
+        path = Path(build.context) / build.dockerfile
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                parsed = DockerfileParser(fileobj=f, build_args=dict(build.args))
+                froms = parsed.parent_images
+                values = [i["value"].split() for i in parsed.structure
+                          if i["instruction"] == "FROM"]
+        except OSError as e:
+            raise BadImage(f"{path}: cannot read: {e.strerror}") from None
+        stages = {v[-1].lower() for v in values if len(v) >= 3 and v[-2].lower() == "as"}
+        return [b for b in froms if b != "scratch" and b.lower() not in stages]
+
     # --- lifecycle --------------------------------------------------------------------------
 
     def _volume(self, run_id: str, name: str) -> str:
@@ -658,6 +711,7 @@ class Engine:
     def check(self, spec: InstanceSpec) -> None:
         """Refuse what this engine/flavour cannot do here, before anything is created."""
         check_publish(self.name, spec)
+        check_networks(self.name, spec)
         problem = _oci_host.runsc_network_problem(self.name, spec.network) \
             if self.runtime == "runsc" else None
         if problem:
@@ -673,9 +727,14 @@ class Engine:
                 volumes[""] = self._network(spec.run_id, spec.network_name)
             elif spec.network in VLAN_MODES:
                 volumes[""] = self._vlan_network(spec.run_id, spec.network)
+            more = [self._network(spec.run_id, n) for n in spec.more_networks]
             cid = self.create_container(spec, prepared.ref, volumes)
         inst = EngineInstance(spec=spec, prepared=prepared, cid=cid)
         try:
+            for net in more:
+                with _instance_errors(self.name, "connect"):
+                    self.api.connect_container_to_network(
+                        cid, net, aliases=list(spec.aliases))
             with _instance_errors(self.name, "attach"):
                 attached = api.attach_socket(
                     cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0})
@@ -796,6 +855,10 @@ class Engine:
                 run = (n.get("Labels") or {}).get(RUN_LABEL)
                 if run not in live_runs:
                     found.append(Leftover(self.base, "network", n["Name"], run))
+            for i in self.api.images(filters={"label": RUN_LABEL}):  # a compose build's
+                run = (i.get("Labels") or {}).get(RUN_LABEL)
+                if run not in live_runs:
+                    found.append(Leftover(self.base, "image", i["Id"], run))
         except _ERRORS as e:
             raise BackendUnavailable(self.base, f"cannot list leftovers: {_short(e)}") from e
         # (after its networks: gc removes by kind, containers, networks, then these)
@@ -813,10 +876,13 @@ class Engine:
                     self.api.remove_network(item.name)
                 elif item.kind == "vlan-parent":
                     _vlan.remove(item.name)
+                elif item.kind == "image":
+                    self.api.remove_image(item.name, force=True)
                 else:
                     self.api.remove_volume(item.name, force=True)
 
-        found = sorted(self.leftovers(live_runs), key=lambda x: x.kind)  # containers first
+        # containers first (then images, networks, volumes)
+        found = sorted(self.leftovers(live_runs), key=lambda x: x.kind)
         return remove_each(self.name, found, remove)
 
     # --- hooks ---------------------------------------------------------------------------------

@@ -182,6 +182,10 @@ class InstanceSpec:
     # instance that names it and removed with `Networks.remove_network` (or by gc when the
     # run ends). The instances on it reach each other by `hostname` and `aliases`.
     network_name: str = ""
+    # Further private networks of the run it is also on (a compose service on several),
+    # reached by the same names; its default route stays on `network_name`'s. A backend
+    # that cannot join one instance to several refuses (NotApplicable), never joins one.
+    more_networks: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     # Commands will be run in it (`Exec.exec`): a VM then starts cvbench's guest agent,
     # which costs its boot a driver and a process; containers need nothing for it.
@@ -211,6 +215,13 @@ def check_publish(backend: str, spec: InstanceSpec) -> None:
     if spec.publish and spec.network != "bridge":
         raise UsageError(f"{backend}: published ports need network bridge, not "
                          f"{spec.network!r}")
+
+
+def check_networks(backend: str, spec: InstanceSpec) -> None:
+    """Further networks come after a first one (network_name), never in its stead."""
+    if spec.more_networks and not spec.network_name:
+        raise UsageError(f"{backend}: more_networks {list(spec.more_networks)} without a "
+                         "network_name to come after")
 
 
 def uid_gid(user: str) -> tuple[int, int]:

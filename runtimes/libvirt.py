@@ -34,7 +34,8 @@ Mapping of the InstanceSpec:
                      guest sends its hostname with its DHCP request, so libvirt's dnsmasq
                      answers it to the others, and mounts a resolv.conf naming that
                      dnsmasq and a hosts file with its own names (hostname, aliases)
-                     over the image's, as an engine does
+                     over the image's, as an engine does; more_networks: refused
+                     (NotApplicable: the guest's init configures one NIC)
   agent           -> a virtio-serial port (org.cvbench.agent) on a unix socket, read by
                      cvbench's guest agent: `exec` (healthchecks, a single-VM stack's
                      services) as root or any uid:gid, with busybox's nsenter
@@ -632,6 +633,12 @@ class LibvirtRuntime:
                              "kernel and network stack); use none or bridge")
         _refuse_vlan(spec)
         check_publish(self.name, spec)
+        if spec.more_networks:
+            # The guest's init configures one NIC (eth0, by DHCP) and one resolver: a
+            # second network would be a NIC without an address or names.
+            raise NotApplicable("libvirt: a VM joins one network here (the guest's init "
+                                "configures eth0 alone); this instance asks for "
+                                f"{1 + len(spec.more_networks)}")
         idir = self._dir(spec.name)
         idir.mkdir(parents=True)
         root: Path | None = None
@@ -1188,6 +1195,12 @@ class LibvirtRestore(LibvirtRuntime):
             inst.warm = "cold"
             return inst
         check_publish(self.name, spec)
+        if spec.more_networks:
+            # The guest's init configures one NIC (eth0, by DHCP) and one resolver: a
+            # second network would be a NIC without an address or names.
+            raise NotApplicable("libvirt: a VM joins one network here (the guest's init "
+                                "configures eth0 alone); this instance asks for "
+                                f"{1 + len(spec.more_networks)}")
         idir = self._dir(spec.name)
         idir.mkdir(parents=True)
         mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3)) \

@@ -42,13 +42,14 @@ import glob
 import os
 import subprocess
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import requests
 
-from harness.core.errors import BackendUnavailable, InstanceError
+from harness.core.errors import BackendUnavailable, BadImage, ImageError, InstanceError
+from harness.core.image import EngineBuild
 from harness.core.probes.memory import daemon_pid, pids_of
 from runtimes._engine import Engine, EnginePool, daemon_rlimits
 from runtimes.base import RUN_LABEL, Leftover
@@ -144,6 +145,24 @@ class PodmanRuntime(Engine):
             subprocess.run(["podman", "rm", "--force", *ids], capture_output=True,
                            timeout=120, check=False)
             return super().leftovers(live_runs)
+
+    def _build(self, build: EngineBuild, ref: str, labels: Mapping[str, str]) -> None:
+        """`podman build` (buildah), not the compat API: there its network mode "none"
+        is not applied (RUN steps saw the host's interfaces). --pull=never, no network,
+        --layers=false (no intermediate images left by a failed build); the CLI reads
+        the context itself, its symlinks as symlinks."""
+        argv = ["podman", "build", "--pull=never", "--network=none", "--layers=false",
+                "--force-rm", "-q", "-f", str(Path(build.context) / build.dockerfile),
+                "-t", ref, *(f"--label={k}={v}" for k, v in labels.items()),
+                *(f"--build-arg={k}={v}" for k, v in build.args), build.context]
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=3600,
+                               check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ImageError(f"podman: cannot build {build.context}: {e}") from e
+        if p.returncode != 0:
+            last = (p.stderr.strip().splitlines() or [f"exit status {p.returncode}"])[-1]
+            raise BadImage(f"podman build of {build.context}: {last}")
 
     def libpod(self, method: str, path: str, timeout: float | None = None,
                **kw: Any) -> requests.Response:

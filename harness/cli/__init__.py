@@ -62,8 +62,9 @@ def cli() -> None:
 @click.option("--copies", type=click.IntRange(1, 2), default=1, show_default=True,
               help="Run every cell this many times, interleaved (2: A/A, `bench calibrate`).")
 @click.option("--compose", "compose_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="A stack scenario (e.g. stack) with the services of this compose file "
-                   "(the supported subset: docs/stacks.md).")
+              help="A stack scenario (e.g. stack) with the services of this compose file, "
+                   "interpolated from the environment over a .env beside it; its build: "
+                   "contexts are built for the run (the supported subset: docs/stacks.md).")
 def run(scenario_name: str | None, backends: str | None, out_dir: Path,
         resume_id: str | None, seed: int | None, warmups: int | None,
         min_samples: int | None, max_samples: int | None, time_budget: float | None,

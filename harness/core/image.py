@@ -8,7 +8,9 @@ Sources (the scenario's `[workload] image`):
   Archive   a `docker save` / `podman save` tarball or an OCI image layout, flattened
             (harness.core.archive)
   EngineRef an image in a local engine's store, exported through the engine's API (an
-            EngineStore the orchestration passes in), then handled as an archive
+            EngineStore the orchestration passes in), then handled as an archive; with
+            a `build` (a compose `build:`), the orchestration first builds the context
+            with the engine (offline, labelled with the run) and exports what it built
 Whatever the source, the result is one tree written as a deterministic tar
 (harness.core.tree: sorted entries, numeric owners; a real image keeps each file's own
 owner, mode and mtime, since its services run as their own users).
@@ -169,17 +171,39 @@ class Archive:
 
 
 @dataclass(frozen=True)
+class EngineBuild:
+    """A build context (a directory checked to be inside the file that names it), its
+    Dockerfile and build arguments: what `docker build` is given."""
+
+    context: str
+    dockerfile: str = "Dockerfile"  # relative to the context, as compose reads it
+    args: tuple[tuple[str, str], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"context": self.context, "dockerfile": self.dockerfile,
+                "args": dict(self.args)}
+
+
+@dataclass(frozen=True)
 class EngineRef:
-    """An image in a local engine's store (`engine`: a backend that is an EngineStore)."""
+    """An image in a local engine's store (`engine`: a backend that is an EngineStore),
+    or, with `build`, the image that engine builds ("" engine: docker, else podman,
+    whichever is available here) and stores under a tag of the run, `ref` then."""
 
     kind: ClassVar[str] = "engine"
     engine: str = "docker"
     ref: str = ""
+    build: EngineBuild | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"engine": self.engine, "ref": self.ref}
+        out: dict[str, Any] = {"engine": self.engine, "ref": self.ref}
+        if self.build is not None:
+            out["build"] = self.build.as_dict()
+        return out
 
     def describe(self) -> str:
+        if self.build is not None and not self.ref:
+            return f"{self.engine or 'engine'} build of {self.build.context}"
         return f"{self.engine} image {self.ref}"
 
 
@@ -198,7 +222,10 @@ def source_from_dict(d: Mapping[str, Any]) -> Source:
     if kind == "archive":
         return Archive(d["archive"])
     if kind == "engine":
-        return EngineRef(d["engine"], d["ref"])
+        b = d.get("build")
+        return EngineRef(d["engine"], d["ref"], EngineBuild(
+            b["context"], b.get("dockerfile", "Dockerfile"),
+            tuple(sorted(b.get("args", {}).items()))) if b else None)
     if kind == "recipe":
         return Recipe(d.get("name", "base"), tuple(d.get("binaries", ())))
     raise UsageError(f"image source of unknown kind {kind!r} (from a newer cvbench?)")
@@ -214,6 +241,11 @@ class EngineStore(Protocol):
 
     def save_image(self, ref: str, dest: Path) -> None:
         """Write `ref` as a `docker save` archive to `dest`."""
+        ...
+
+    def build_image(self, build: EngineBuild, tag: str, labels: Mapping[str, str]) -> str:
+        """Build `build` offline (no pull, no network for its steps) into the store as
+        `tag` with `labels`; its image id. BadImage (one line) if the build fails."""
         ...
 
 
@@ -631,6 +663,8 @@ def build(source: Source, cache: Path | None = None, progress: Progress | None =
     else:
         if store is None:
             raise ImageError(f"{origin}: no engine store to export it from")
+        if not source.ref:  # (the orchestration builds it first, under the run's lock)
+            raise ImageError(f"{origin}: not built yet")
         image_id = store.image_id(source.ref)
         key = _key("engine", source.engine, image_id)
     hit = _lookup(cache, key, say)
@@ -775,9 +809,12 @@ def export(img: Image, dest: Path, tag: str | None = None) -> str:
         if rootfs_digest != img.rootfs_digest:
             raise ImageError(f"cached image {img.digest[:12]}: its rootfs no longer hashes to "
                              f"sha256:{img.rootfs_digest}; delete it and build it again")
+        # (a history entry for its one layer: Podman's builder refuses to build FROM an
+        # image whose history counts fewer layers than it has; no date, to stay the same)
         raw = json.dumps({"architecture": "amd64", "os": "linux", "config": config,
                           "rootfs": {"type": "layers",
-                                     "diff_ids": [f"sha256:{rootfs_digest}"]}},
+                                     "diff_ids": [f"sha256:{rootfs_digest}"]},
+                          "history": [{"created_by": "cvbench image export"}]},
                          sort_keys=True).encode()
         cdigest = hashlib.sha256(raw).hexdigest()
         manifest = json.dumps([{"Config": f"{cdigest}.json", "RepoTags": [tag or img.tag],

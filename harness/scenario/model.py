@@ -28,7 +28,7 @@ VARIANT_KEYS = ("network", "limits.cpus", "limits.memory", "limits.pids", "limit
 # Where a stack's services run (the variant key "placement"): one instance per service,
 # or (VMs) one VM holding every service as a process of its own user.
 PLACEMENTS = ("per-service", "single-vm")
-CONDITIONS = ("service_started", "service_healthy")
+CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
 
 
 @dataclass(frozen=True)
@@ -121,12 +121,15 @@ class Service:
     ports: tuple[Port, ...] = ()
     depends_on: tuple[tuple[str, str], ...] = ()  # (service, condition)
     healthcheck: Healthcheck | None = None
+    networks: tuple[str, ...] = ("default",)  # the stack's networks it is on
+    aliases: tuple[str, ...] = ()  # names it answers to besides its own, on each of them
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "workload": self.workload.as_dict(),
                 "limits": self.limits.recorded(), "mounts": [m.as_dict() for m in self.mounts],
                 "ports": [p.as_dict() for p in self.ports],
-                "depends_on": dict(self.depends_on),
+                "depends_on": dict(self.depends_on), "networks": list(self.networks),
+                "aliases": list(self.aliases),
                 "healthcheck": self.healthcheck.as_dict() if self.healthcheck else None}
 
 

@@ -14,6 +14,9 @@ A scenario file looks like this (every key but `name` and `workload.argv` has a 
     #   { archive = "path/to/image.tar" }    docker/podman save, OCI layout (dir or tar);
     #                                        a relative path is relative to this file
     #   { engine = "docker", ref = "name:tag" }               (or "podman")
+    #   { build = { context = "dir", dockerfile = "Dockerfile", args = {} } }  (engine =
+    #     "docker" | "podman", default the first available): built offline by the
+    #     engine for the run; `context` relative to this file's directory, inside it
     argv = ["true"]                   # default: the image's Cmd (a recipe's: true)
     entrypoint = []                   # default: the image's Entrypoint
     readiness = "marker"              # marker | exit | tcp:PORT | http:PORT/PATH | log:REGEX
@@ -62,11 +65,14 @@ A stack (study "stack") has services instead of one workload (README "Stacks"):
     readiness = "tcp:6379"            # default: marker (started)
     ports = [8080]                    # container ports published (also "8080:80")
     expose = [6379]
-    depends_on = { other = "service_healthy" }   # or service_started
+    depends_on = { other = "service_healthy" }   # or service_started,
+                                      # service_completed_successfully (exit 0)
     healthcheck = { test = ["CMD", "redis-cli", "ping"], interval = 1, timeout = 5,
                     retries = 30, start_period = 0 }    # or ["CMD-SHELL", "..."]
     limits = { cpus = 0.5, memory = "64M" }
     mounts = [{ type = "volume", source = "data", target = "/var/lib/redis" }]
+    networks = ["back"]               # the stack's networks it is on (default "default")
+    aliases = ["database"]            # further names it answers to on them
 
     [variants]
     placement = ["per-service", "single-vm"]
@@ -79,6 +85,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -86,7 +93,7 @@ from typing import Any, cast
 
 from harness.core import debian
 from harness.core.errors import ScenarioError
-from harness.core.image import Archive, Debian, EngineRef, Recipe, Source
+from harness.core.image import Archive, Debian, EngineBuild, EngineRef, Recipe, Source
 from harness.core.probes import serving
 from harness.core.units import parse_size
 from harness.scenario.model import (
@@ -115,8 +122,12 @@ from runtimes.base import (
 # --- strict field readers -------------------------------------------------------------
 
 class _Reader:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, base: Path | None = None) -> None:
         self.source = source
+        # where relative build contexts are read from, which they cannot leave: the
+        # directory of the file the services come from
+        self.base = base if base is not None else \
+            Path(source).resolve().parent if Path(source).is_file() else None
 
     def fail(self, key: str, message: str) -> ScenarioError:
         return ScenarioError(self.source, key, message)
@@ -256,7 +267,51 @@ def _mount(r: _Reader, m: Any, key: str) -> Mount:
 
 
 IMAGE_KEYS = {"recipe": {"recipe", "binaries"}, "debian": {"debian", "packages", "mirror"},
-              "archive": {"archive"}, "engine": {"engine", "ref"}}
+              "archive": {"archive"}, "engine": {"engine", "ref", "build"}}
+BUILD_KEYS = {"context", "dockerfile", "args"}
+
+
+def contained(base: Path, given: str) -> Path:
+    """`given` (relative to the directory `base`, or absolute) with every symlink
+    resolved; ValueError (why, one line) unless it stays inside `base`."""
+    root = base.resolve()
+    path = (root / given).resolve()  # (an absolute `given` replaces root)
+    if not path.is_relative_to(root):
+        raise ValueError(f"{given!r} resolves to {path}, outside {root} (a build context "
+                         "and its Dockerfile stay inside the directory of the file that "
+                         "names them)")
+    return path
+
+
+def _build(r: _Reader, b: Any, key: str) -> EngineBuild:
+    if isinstance(b, str):
+        b = {"context": b}
+    if not isinstance(b, dict):
+        raise r.fail(key, "must be a context directory or a table")
+    r.only(b, key, BUILD_KEYS)
+    if r.base is None:
+        raise r.fail(key, "a build context is read relative to the scenario's file, "
+                          "and this scenario has none")
+    try:
+        ctx = contained(r.base, r.str_(b.get("context", "."), f"{key}.context"))
+    except ValueError as e:
+        raise r.fail(f"{key}.context", str(e)) from None
+    if not ctx.is_dir():
+        raise r.fail(f"{key}.context", f"{ctx} is not a directory")
+    dockerfile = r.str_(b.get("dockerfile", "Dockerfile"), f"{key}.dockerfile")
+    try:
+        found = contained(r.base, str(ctx / dockerfile))
+    except ValueError as e:
+        raise r.fail(f"{key}.dockerfile", str(e)) from None
+    if not found.is_file():
+        raise r.fail(f"{key}.dockerfile", f"{found} is not a file")
+    args = b.get("args", {})
+    if not isinstance(args, dict):
+        raise r.fail(f"{key}.args", "must be a table of NAME = value")
+    return EngineBuild(
+        context=str(ctx),
+        dockerfile=str(found.relative_to(ctx)) if found.is_relative_to(ctx) else str(found),
+        args=tuple(sorted((str(k), r.str_(v, f"{key}.args.{k}")) for k, v in args.items())))
 
 
 def _image(r: _Reader, img: Any, key: str = "workload.image") -> Source:
@@ -264,7 +319,7 @@ def _image(r: _Reader, img: Any, key: str = "workload.image") -> Source:
         img = {"recipe": img}
     if not isinstance(img, dict):
         raise r.fail(key, "must be a recipe name or a table")
-    kinds = [k for k in IMAGE_KEYS if k in img] or ["recipe"]
+    kinds = [k for k in IMAGE_KEYS if k in img] or ["engine" if "build" in img else "recipe"]
     if len(kinds) > 1:
         raise r.fail(key, f"names {' and '.join(kinds)}: give one of "
                           f"{', '.join(IMAGE_KEYS)}")
@@ -285,6 +340,11 @@ def _image(r: _Reader, img: Any, key: str = "workload.image") -> Source:
         if not path.is_absolute() and Path(r.source).is_file():
             path = Path(r.source).resolve().parent / path
         return Archive(str(path))
+    if kind == "engine" and "build" in img:
+        if "ref" in img:
+            raise r.fail(f"{key}.ref", "an image is either built (build) or taken (ref)")
+        engine = r.str_(img.get("engine", ""), f"{key}.engine", ("", "docker", "podman"))
+        return EngineRef(engine=engine, build=_build(r, img["build"], f"{key}.build"))
     if kind == "engine":
         ref = r.str_(img.get("ref"), f"{key}.ref")
         if not ref or any(c.isspace() for c in ref):
@@ -391,13 +451,22 @@ def _service(r: _Reader, data: Any, key: str) -> Service:
         raise r.fail(f"{key}.depends_on", "must be a table of service = condition")
     depends = tuple((d, r.str_(c, f"{key}.depends_on.{d}", CONDITIONS))
                     for d, c in deps.items())
+    networks = r.strings(data.get("networks", ["default"]), f"{key}.networks")
+    aliases = r.strings(data.get("aliases", []), f"{key}.aliases", nonempty=False)
+    for k, names in (("networks", networks), ("aliases", aliases)):
+        for n in names:
+            if not HOST_NAME.fullmatch(n):
+                raise r.fail(f"{key}.{k}", f"{n!r}: a name is lower-case letters, digits, "
+                                           "'-', '_' or '.' (at most 63)")
+        if len(set(names)) != len(names):
+            raise r.fail(f"{key}.{k}", f"names {_dup(list(names))!r} twice")
     workload = _workload(r, data, key)
     if workload.readiness == "exit":
         raise r.fail(f"{key}.readiness", "a service keeps running: marker, tcp, http or log")
     return Service(
         name=name, workload=workload,
         limits=_limits(r, data, f"{key}.limits"), mounts=mounts, ports=ports,
-        depends_on=depends,
+        depends_on=depends, networks=networks, aliases=aliases,
         healthcheck=_healthcheck(r, data["healthcheck"], f"{key}.healthcheck")
         if "healthcheck" in data else None)
 
@@ -495,8 +564,10 @@ TOP_KEYS = {"name", "description", "study", "backends", "workload", "limits", "n
             "mounts", "sampling", "params", "variants", "services", "stack"}
 WORKLOAD_KEYS = {"image", "argv", "entrypoint", "readiness", "probe_interval", "env",
                  "workdir", "user"}
+HOST_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")  # a network's or a host name's
 SERVICE_KEYS = WORKLOAD_KEYS - {"probe_interval"} | {
-    "name", "limits", "mounts", "ports", "expose", "depends_on", "healthcheck"}
+    "name", "limits", "mounts", "ports", "expose", "depends_on", "healthcheck", "networks",
+    "aliases"}
 
 
 def parse(data: Mapping[str, Any], source: str) -> Scenario:
@@ -521,8 +592,11 @@ def parse(data: Mapping[str, Any], source: str) -> Scenario:
             raise r.fail("services", "must be a non-empty array of tables ([[services]])")
         if "workload" in data:
             raise r.fail("workload", "a stack's workloads are its [[services]]")
-        st = r.table(data, "stack", {"front"})
-        services, front = _stack(r, tuple(_service(r, sv, f"services[{i}]")
+        st = r.table(data, "stack", {"front", "services_from"})
+        # (services a compose file gave: their build contexts are read from its directory)
+        rs = _Reader(source, Path(r.str_(st["services_from"], "stack.services_from"))
+                     .resolve().parent) if "services_from" in st else r
+        services, front = _stack(r, tuple(_service(rs, sv, f"services[{i}]")
                                           for i, sv in enumerate(raw_services)),
                                  r.str_(st["front"], "stack.front") if "front" in st else None)
         # The front's workload stands for the stack where one workload is expected (the
@@ -582,7 +656,7 @@ def with_services(scen: Scenario, services: list[dict[str, Any]], front: str | N
                                      for i, sv in enumerate(services)), front,
                             "x-cvbench.front")
     raw = {**scen.raw, "services": services,
-           "stack": {**scen.raw.get("stack", {}), "front": front},
+           "stack": {**scen.raw.get("stack", {}), "front": front, "services_from": source},
            "description": f"{scen.description} (services from {source})"}
     return replace(scen, services=ordered, front=front, raw=raw,
                    description=raw["description"],

@@ -1,16 +1,22 @@
 """stack: a multi-service stack brought up, measured and torn down, once per sample.
 
 Placements (the variant key `placement`):
-  per-service  one instance per service, all on one private network of the sample
-               (`InstanceSpec.network_name`), each reachable by its service name
+  per-service  one instance per service on the private networks of the sample its
+               service names (`InstanceSpec.network_name`, `more_networks`: one per
+               network of the stack, "default" unless the stack names others), each
+               reachable by its service name and aliases on the networks it is on, and
+               from no other
   single-vm    (VM backends) one Debian VM whose image is the union of the services'
                Debian packages; every service is a process of its own user in it,
-               started through the backend's exec channel
+               started through the backend's exec channel (a stack of several
+               networks: not applicable, one network stack cannot keep them apart)
 
 Services start in dependency order as compose starts them: a service is created once
 every service it depends on has started (`service_started`: its ready line arrived; in
-a single VM: the exec that started it returned) or is healthy (`service_healthy`: its
-healthcheck passed). Healthchecks run inside the instance through `Exec.exec`, as
+a single VM: the exec that started it returned), is healthy (`service_healthy`: its
+healthcheck passed) or has exited with status 0 (`service_completed_successfully`: a
+one-shot service, e.g. a migration; in a single VM its exec is awaited; an exit status
+other than 0 fails the sample). Healthchecks run inside the instance through `Exec.exec`, as
 `docker exec` runs them, the first one `interval` after the service started (Docker's
 rule); a service's readiness (tcp, http: from the host against its address; log: its
 output; marker: its ready line) is probed every `probe_interval`. A service that fails
@@ -26,12 +32,15 @@ service's; in a single VM, the VM's):
   stack.service.started    t0 -> its ready line (single VM: its exec returned)
   stack.service.ready      t0 -> its readiness answered
   stack.service.healthy    t0 -> its healthcheck passed (services that have one)
+  stack.service.completed  t0 -> it exited with status 0 (services others wait for so)
   stack.teardown           removing every instance and the network
   stack.memory.pss|uss|rss every host process of the stack once all are ready (per
                            service too, where a service has processes of its own), and
                            stack.memory.daemon: the engine's daemons, apart
   stack.disk.image         the distinct images as the backend stores them
   stack.disk.instance      what the instances wrote (writable layers, VM overlays)
+  (a front that publishes its readiness port on the host, "8080:80", answers params.request
+   there too: the artifact "front_published_response")
   stack.e2e.rps, .lat_p50, .lat_p99
                            with params.load_seconds > 0: wrk from the host (pinned to
                            params.client_cpuset) against params.request at the front, once
@@ -60,7 +69,17 @@ from harness.scenario import Scenario, Service, Workload
 from harness.studies import Base, Build, Study
 from harness.studies import _lifecycle as life
 from harness.studies._server import run_tool
-from runtimes.base import Exec, Exit, Instance, Limits, Mount, Networks, Prepared, Runtime
+from runtimes.base import (
+    Exec,
+    Exit,
+    Instance,
+    Limits,
+    Mount,
+    Networks,
+    Prepared,
+    Runtime,
+    publish_address,
+)
 
 UNION = "@single-vm"  # the name of a single-VM stack's image among a cell's images
 LOG_TAIL = 4000  # characters of each service's output kept with a failed sample
@@ -154,6 +173,8 @@ class Running:
     started: int | None = None
     ready: int | None = None
     healthy: int | None = None
+    completed: int | None = None  # exited with status 0 (service_completed_successfully)
+    exiting: Future[Exit] | None = None  # the wait for that exit (per-service)
     starting: Future[int] | None = None  # the wait for its ready line (per-service)
     check: Future[tuple[bool, int]] | None = None  # the healthcheck under way
     next_check: float = 0.0
@@ -179,6 +200,9 @@ class Stack:
 
     def __init__(self, ctx: Context, cell: Cell, rt: StackRuntime, net: str) -> None:
         self.ctx, self.cell, self.rt, self.net = ctx, cell, rt, net
+        # the stack's networks (in the order services name them) -> the sample's
+        names = dict.fromkeys(n for s in cell.config.services for n in s.networks)
+        self.nets = {n: net if i == 0 else f"{net}-{i}" for i, n in enumerate(names)}
         self.services: dict[str, Running] = {}
         self.instances: list[Instance] = []
         # What blocks (a ready line, a healthcheck's exec: seconds in an emulated VM) runs
@@ -272,6 +296,7 @@ class Stack:
                 if r.ready is None:
                     r.ready = self.answered(r)
                 self._check(r)
+                self._exit(r)
             if not pending and all(r.done for r in self.services.values()):
                 return
             if time.monotonic() > t_deadline:
@@ -307,8 +332,28 @@ class Stack:
                                 f"{r.failures} times ({r.checks[-1]})", self.logs())
         r.next_check = time.monotonic() + hc.interval
 
+    def _exit(self, r: Running) -> None:
+        """A service others wait for to complete: its exit, awaited in a thread."""
+        if r.exiting is None or not r.exiting.done() or r.completed is not None:
+            return
+        try:
+            ex = r.exiting.result()
+        except InstanceError as e:
+            raise InstanceError(f"service {r.name} did not exit: {e}", self.logs()) from e
+        if ex.code != 0:
+            raise InstanceError(f"service {r.name} exited with status {ex.code} (services "
+                                "wait for it to complete successfully)", self.logs())
+        r.completed = ex.t_ns
+
+    def awaited(self, r: Running) -> bool:
+        """Whether a service waits for `r` to complete (service_completed_successfully)."""
+        return any(dep == r.name and cond == "service_completed_successfully"
+                   for s in self.cell.config.services for dep, cond in s.depends_on)
+
     def _met(self, dep: str, cond: str) -> bool:
         r = self.services[dep]
+        if cond == "service_completed_successfully":
+            return r.completed is not None
         return r.healthy is not None if cond == "service_healthy" else r.started is not None
 
     def down(self) -> None:
@@ -325,10 +370,11 @@ class Stack:
                 errors.append(f"{inst.spec.name}: {e}")
                 continue
             self.ctx.untrack(inst)
-        try:
-            self.rt.remove_network(self.ctx.run_id, self.net)
-        except Exception as e:
-            errors.append(f"network {self.net}: {e}")
+        for net in dict.fromkeys([self.net, *self.nets.values()]):
+            try:
+                self.rt.remove_network(self.ctx.run_id, net)
+            except Exception as e:
+                errors.append(f"network {net}: {e}")
         if errors:
             self.ctx.event("cleanup_failed", backend=self.cell.backend,
                            variant=self.cell.variant.name, errors=errors)
@@ -343,9 +389,11 @@ class Stack:
 class PerService(Stack):
     def start(self, r: Running) -> None:
         s, w = r.service, r.workload
+        nets = [self.nets[n] for n in s.networks]
         spec = self.ctx.spec(
             self.cell, argv=w.command, env=dict(w.env), limits=s.limits, network="bridge",
-            network_name=self.net, hostname=s.name, aliases=(s.name,),
+            network_name=nets[0], more_networks=tuple(nets[1:]), hostname=s.name,
+            aliases=(s.name, *s.aliases), publish=published(s),
             mounts=self.volumes(s.mounts), readiness=w.readiness, workdir=w.workdir or "/",
             user=w.user or "", capture=True, agent=s.healthcheck is not None)
         r.created = now_ns()
@@ -355,6 +403,12 @@ class PerService(Stack):
         r.inst = inst
         self.rt.start(inst)
         r.starting = self.pool.submit(self.rt.wait_ready, inst, self.ctx.timeout)
+        if self.awaited(r):
+            r.exiting = self.pool.submit(self._wait_exit, inst, r.starting)
+
+    def _wait_exit(self, inst: Instance, starting: Future[int]) -> Exit:
+        starting.result()  # (its ready line first: one reader of its output at a time)
+        return self.rt.wait_exit(inst, self.ctx.timeout)
 
     def where(self, r: Running) -> Instance:
         assert r.inst is not None
@@ -364,6 +418,8 @@ class PerService(Stack):
         out: list[Measurement] = []
         pids: set[int] = set()
         for r in self.services.values():
+            if r.completed is not None:  # (exited: no process left to read)
+                continue
             st = life.memory_of(self.rt, self.where(r))
             pids.update(st.pids)
             out += [Measurement("stack.memory.pss", st.pss, variant=sub(r.name)),
@@ -388,7 +444,8 @@ class SingleVm(Stack):
                 memory=sum(x.memory for x in limits if x.memory) or None
                 if all(x.memory for x in limits) else None),
             network="bridge", network_name=self.net, hostname=self.cell.config.front,
-            aliases=tuple(s.name for s in order), mounts=tuple(mounts), readiness="marker",
+            aliases=tuple(dict.fromkeys(a for s in order for a in (s.name, *s.aliases))),
+            mounts=tuple(mounts), readiness="marker",
             workdir="/", user="", capture=True, agent=True)
         self.vm: Instance = self.rt.create(spec, union)
         self.ctx.track(self.cell, self.vm)
@@ -399,11 +456,15 @@ class SingleVm(Stack):
     def start(self, r: Running) -> None:
         w = r.workload
         r.created = now_ns()
-        ex = self.exec(self.vm, w.command, w, self.ctx.timeout, detach=True)
+        once = self.awaited(r)  # (then its exec is awaited: its exit is its completion)
+        ex = self.exec(self.vm, w.command, w, self.ctx.timeout, detach=not once)
         if ex.code != 0:
-            raise InstanceError(f"service {r.name} did not start in the VM: exit "
-                                f"{ex.code}: {ex.stdout[-300:]!r}", self.logs())
+            raise InstanceError(f"service {r.name} did not {'complete' if once else 'start'}"
+                                f" in the VM: exit {ex.code}: {ex.stdout[-300:]!r}",
+                                self.logs())
         r.started = now_ns()
+        if once:
+            r.completed = r.started
 
     def where(self, r: Running) -> Instance:
         return self.vm
@@ -473,6 +534,10 @@ class StackStudy(Base):
             if UNION not in cell.images:
                 _, why = union_source(order, {n: p.image for n, p in cell.images.items()})
                 raise NotApplicable(why or "the union image was not prepared")
+            if len({n for s in order for n in s.networks}) > 1:
+                raise NotApplicable("single-vm runs every service on the VM's one network "
+                                    "stack: the stack's networks could not keep services "
+                                    "apart")
             stack: Stack = SingleVm(ctx, cell, rt, _net(ctx))
             base = cell.images[UNION].image
             stack.services = {s.name: Running(s, s.workload.resolved(base)) for s in order}
@@ -533,21 +598,30 @@ class StackStudy(Base):
             return 0
         r = stack.services[front]
         address = stack.rt.address(stack.where(r))
-        status, body = serving.fetch(address or "", r.probe.port, path)
-        ctx.artifact("front_response", {"path": path, "status": status,
-                                        "body": body[:LOG_TAIL]})
-        if status != 200 or (expect and not re.search(expect, body)):
-            raise InstanceError(f"the front answered {path} with {status}: {body[:300]!r}"
-                                + (f", not matching {expect!r}" if expect else ""),
-                                stack.logs())
-        return len(body.encode())
+        ask = [("front_response", address or "", r.probe.port)]
+        if isinstance(stack, PerService):  # and where the front publishes that port
+            ask += [("front_published_response", publish_address(), host)
+                    for host, port in published(r.service) if port == r.probe.port]
+        size = 0
+        for kind, addr, port in ask:
+            status, body = serving.fetch(addr, port, path)
+            ctx.artifact(kind, {"path": path, "status": status, "body": body[:LOG_TAIL],
+                                "port": port})
+            if status != 200 or (expect and not re.search(expect, body)):
+                raise InstanceError(f"the front answered {path} at {addr}:{port} with "
+                                    f"{status}: {body[:300]!r}"
+                                    + (f", not matching {expect!r}" if expect else ""),
+                                    stack.logs())
+            size = size or len(body.encode())
+        return size
 
     @staticmethod
     def _times(stack: Stack, t0: int, front: str) -> list[Measurement]:
         out = []
         for r in stack.services.values():
             for metric, t in (("created", r.created), ("started", r.started),
-                              ("ready", r.ready), ("healthy", r.healthy)):
+                              ("ready", r.ready), ("healthy", r.healthy),
+                              ("completed", r.completed)):
                 if t is not None:
                     out.append(Measurement(f"stack.service.{metric}", (t - t0) * 1e-9,
                                            variant=sub(r.name)))
@@ -569,6 +643,12 @@ class StackStudy(Base):
             # (None: an instance without a writable layer on disk, by the protocol: 0 bytes)
             out.append(Measurement("stack.disk.instance", sum(s or 0 for s in sizes)))
         return out
+
+
+def published(s: Service) -> tuple[tuple[int, int], ...]:
+    """The service's ports with a host port given ("8080:80"), as (host, container);
+    one without (a port the engine would pick) is not published."""
+    return tuple((p.host, p.container) for p in s.ports if p.host and p.protocol == "tcp")
 
 
 def _totals(m: Any) -> list[Measurement]:

@@ -19,6 +19,11 @@ A private network of the run (InstanceSpec.network_name, a stack's): the same ve
         bind mount sees it), as Docker's /etc/hosts of linked containers did before its
         embedded DNS. It lives in <state>/ns/nets/<cvbench-run-name>/ (subnet, hosts,
         leases) until the stack removes it or gc does.
+        An instance on several (InstanceSpec.more_networks) gets a veth into each (eth0,
+        eth1, ...; the default route on eth0's) and a hosts file of its own, a view:
+        the union of its networks' hosts files, rewritten (in place, under one lock for
+        all the hosts files) whenever one of them changes. A network's `viewers/`
+        names the views to rewrite; the view lives in its first network's `views/`.
 
 Like runc, which leaves networking to CNI plugins, the host side is done by iproute2's
 `ip` (it is not on the hot path: `none` is what startup studies use). Interface names are
@@ -33,9 +38,10 @@ import contextlib
 import fcntl
 import hashlib
 import ipaddress
+import json
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,26 +148,29 @@ class Leases:
 
 
 def attach(pid: int, instance: str, addr: ipaddress.IPv4Address,
-           private: PrivateNet | None = None) -> str:
+           private: PrivateNet | None = None, index: int = 0) -> str:
     """Give the instance whose first process is `pid` a veth into the bridge (cvbench0,
-    or a private network's); return the host end's name. Runs in the parent while the
-    child waits to exec."""
+    or a private network's): `eth<index>`, the default route through eth0's; return the
+    host end's name. Runs in the parent while the child waits to exec."""
     if private is None:
         ensure_bridge()
     net, bridge = (private.subnet, private.bridge) if private else (subnet(), BRIDGE)
-    host_end = link_name(instance)
+    host_end = link_name(instance if index == 0 else f"{instance}/{index}")
+    dev = f"eth{index}"
     _ip("-batch", "-", stdin=(
-        f"link add {host_end} type veth peer name eth0 netns {pid}\n"
+        f"link add {host_end} type veth peer name {dev} netns {pid}\n"
         f"link set {host_end} alias {instance}\n"
         f"link set {host_end} master {bridge} up\n"))
     try:
         cmd = ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-batch", "-"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30,
-                             input=f"addr add {addr}/{net.prefixlen} dev eth0\n"
-                                   f"link set eth0 up\n"
-                                   f"route add default via {next(net.hosts())}\n")
+                             input=f"addr add {addr}/{net.prefixlen} dev {dev}\n"
+                                   f"link set {dev} up\n"
+                                   + (f"route add default via {next(net.hosts())}\n"
+                                      if index == 0 else ""))
         if out.returncode != 0:
-            raise InstanceError(f"ns: configuring eth0 of {instance}: {out.stderr.strip()}")
+            raise InstanceError(f"ns: configuring {dev} of {instance}: "
+                                f"{out.stderr.strip()}")
     except BaseException:
         with contextlib.suppress(InstanceError):
             _ip("link", "del", host_end)
@@ -193,13 +202,59 @@ class PrivateNet:
         self._edit(lambda lines: [ln for ln in lines if ln.split("\t")[0] != addr])
 
     def _edit(self, change: Callable[[list[str]], list[str]]) -> None:
-        # In place (the same inode): every instance has this very file bind-mounted.
-        with contextlib.suppress(FileNotFoundError), open(self.hosts, "r+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            lines = change(f.read().splitlines())
-            f.seek(0)
-            f.truncate()
-            f.write("\n".join(lines) + "\n")
+        with _hosts_lock(self.dir.parent):
+            with contextlib.suppress(FileNotFoundError):
+                _rewrite(self.hosts, change(self.hosts.read_text().splitlines()))
+            viewers = self.dir / "viewers"
+            for reg in sorted(viewers.iterdir()) if viewers.is_dir() else ():
+                with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+                    info = json.loads(reg.read_text())
+                    _write_view(Path(info["view"]), [Path(d) for d in info["nets"]])
+
+
+@contextlib.contextmanager
+def _hosts_lock(root: Path) -> Iterator[None]:
+    """One lock for every hosts file and view under `root` (a view reads several)."""
+    with open(root / "hosts.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _rewrite(path: Path, lines: Sequence[str]) -> None:
+    # In place (the same inode): instances have this very file bind-mounted.
+    with open(path, "r+") as f:
+        f.truncate()
+        f.write("\n".join(lines) + "\n")
+
+
+def _write_view(path: Path, nets: Sequence[Path]) -> None:
+    lines = HOSTS.splitlines()
+    for d in nets:
+        with contextlib.suppress(FileNotFoundError):
+            lines += [ln for ln in (d / "hosts").read_text().splitlines() if ln not in lines]
+    _rewrite(path, lines)
+
+
+def view(nets: Sequence[PrivateNet], instance: str) -> Path:
+    """The hosts file of an instance on all of `nets`: the union of theirs, kept so."""
+    with _hosts_lock(nets[0].dir.parent):
+        path = nets[0].dir / "views" / instance
+        path.parent.mkdir(exist_ok=True)
+        path.touch()
+        info = json.dumps({"view": str(path), "nets": [str(n.dir) for n in nets]})
+        for n in nets:
+            (n.dir / "viewers").mkdir(exist_ok=True)
+            (n.dir / "viewers" / instance).write_text(info)
+        _write_view(path, [n.dir for n in nets])
+    return path
+
+
+def drop_view(nets: Sequence[PrivateNet], instance: str) -> None:
+    """Forget the view of `instance` (its file goes with its first network's dir)."""
+    with _hosts_lock(nets[0].dir.parent):
+        for n in nets:
+            with contextlib.suppress(FileNotFoundError):
+                (n.dir / "viewers" / instance).unlink()
 
 
 def networks_pool() -> ipaddress.IPv4Network:
@@ -231,10 +286,14 @@ def private_net(root: Path, name: str) -> PrivateNet:
     # Where br_netfilter passes bridged frames through iptables and FORWARD drops them
     # (dockerd sets that policy), instances on one bridge cannot reach each other
     # without this rule; Docker adds the same for each of its bridges.
-    rule = _forward_rule(bridge, name)
-    if subprocess.run(["iptables", "-C", *rule], capture_output=True,
-                      check=False).returncode != 0:
-        subprocess.run(["iptables", "-I", *rule], capture_output=True, check=False)
+    # And traffic from it to another of cvbench's bridges is dropped whatever the
+    # FORWARD policy (Docker's isolation chains do the same between its networks): two
+    # networks of a stack stay apart even routed through the host. (-I puts each on
+    # top: this network's ACCEPT comes before its DROP.)
+    for rule in (_isolate_rule(bridge, name), _forward_rule(bridge, name)):
+        if subprocess.run(["iptables", "-C", *rule], capture_output=True,
+                          check=False).returncode != 0:
+            subprocess.run(["iptables", "-I", *rule], capture_output=True, check=False)
     return PrivateNet(name=name, bridge=bridge, subnet=net, dir=d)
 
 
@@ -243,12 +302,18 @@ def _forward_rule(bridge: str, name: str) -> list[str]:
             "--comment", name]
 
 
+def _isolate_rule(bridge: str, name: str) -> list[str]:
+    return ["FORWARD", "-i", bridge, "-o", NET_PREFIX + "+", "-j", "DROP", "-m", "comment",
+            "--comment", name]
+
+
 def remove_private_net(root: Path, name: str) -> None:
     """Its bridge and state dir (the instances' veths went with their namespaces)."""
     bridge = NET_PREFIX + hashlib.sha1(name.encode()).hexdigest()[:8]
-    while subprocess.run(["iptables", "-D", *_forward_rule(bridge, name)],
-                         capture_output=True, check=False).returncode == 0:
-        pass
+    for rule in (_forward_rule(bridge, name), _isolate_rule(bridge, name)):
+        while subprocess.run(["iptables", "-D", *rule], capture_output=True,
+                             check=False).returncode == 0:
+            pass
     if _link_exists(bridge):
         delete_link(bridge)
     rmtree(root / name)

@@ -39,6 +39,7 @@ from runtimes.base import (
     Prepared,
     Slot,
     Traits,
+    check_networks,
 )
 from runtimes.ns import process, validate
 from runtimes.ns.runtime import _SERVER, SETUP_TIMEOUT, NsInstance, NsRuntime, _handed_over
@@ -202,6 +203,7 @@ class NsPoolRuntime(NsRuntime):
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         validate.spec(spec, self.rootless)
+        check_networks(self.name, spec)
         slot = self._take(spec, prepared)
         if slot is None:
             inst = self._create(spec, prepared)

@@ -40,6 +40,7 @@ from runtimes.base import (
     Prepared,
     Stats,
     Traits,
+    check_networks,
     own,
     remove_each,
     run_of,
@@ -94,6 +95,9 @@ class NsInstance(PipedInstance):
     address: str | None = None
     net: network.PrivateNet | None = None  # a private network of the run it is on
     vlan: network.Leases | None = None  # its macvlan/ipvlan segment's addresses
+    # the further ones (spec.more_networks): each network, the lease and veth it has there
+    more: list[tuple[network.PrivateNet, str, str]] = field(default_factory=list)
+    more_nets: tuple[network.PrivateNet, ...] = ()
     published: bool = False  # DNAT rules for its published ports may exist
     config: ContainerConfig | None = None  # what it was created with: exec applies it too
     # The name its resources (cgroup, instance dir, veth, lease, DNAT rules) carry: its
@@ -363,6 +367,7 @@ class NsRuntime:
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         validate.spec(spec, self.rootless)
+        check_networks(self.name, spec)
         if self.into_cgroup and (problem := self._into_cgroup_problem()):
             raise NotApplicable(f"{self.name}: {problem}")
         return self._create(spec, prepared)
@@ -379,12 +384,17 @@ class NsRuntime:
                 idir.mkdir()
                 (idir / "upper").mkdir()
                 (idir / "work").mkdir()
+            hosts = None
             if spec.network_name:
                 inst.net = network.private_net(self.root() / "nets",
                                                f"{PREFIX}{spec.run_id}-{spec.network_name}")
-            cfg = inst.config = self._config(spec, prepared.ref, idir,
-                                             inst.net.hosts if inst.net else None,
-                                             pooled=pooled)
+                hosts = inst.net.hosts
+                inst.more_nets = tuple(
+                    network.private_net(self.root() / "nets", f"{PREFIX}{spec.run_id}-{n}")
+                    for n in spec.more_networks)
+                if inst.more_nets:  # (its names are those of all its networks)
+                    hosts = network.view((inst.net, *inst.more_nets), inst.key)
+            cfg = inst.config = self._config(spec, prepared.ref, idir, hosts, pooled=pooled)
             out_r, out_w = _proc.open_pipe()
             err_r, err_w = _proc.open_pipe()
             inst.out = _proc.Stream(out_r, spec.capture)
@@ -425,8 +435,16 @@ class NsRuntime:
         addr = self._leases(inst).acquire(inst.key)
         inst.lease = inst.address = str(addr)
         inst.veth = network.attach(inst.child.resolve(), inst.key, addr, inst.net)
+        names = (inst.spec.hostname, *inst.spec.aliases)
         if inst.net is not None:
-            inst.net.add_host(str(addr), (inst.spec.hostname, *inst.spec.aliases))
+            inst.net.add_host(str(addr), names)
+        for i, net in enumerate(inst.more_nets, 1):
+            addr = net.leases.acquire(inst.key)
+            lease = str(addr)
+            inst.more.append((net, lease, ""))  # (released at remove, if attach fails)
+            veth = network.attach(inst.child.resolve(), inst.key, addr, net, i)
+            inst.more[-1] = (net, lease, veth)
+            net.add_host(lease, names)
         self._publish(inst)
 
     def _attach_vlan(self, inst: NsInstance) -> None:
@@ -668,6 +686,15 @@ class NsRuntime:
                 inst.net.remove_host(inst.lease)
             self._leases(inst).release(inst.lease)
             inst.lease = None
+        for net, lease, veth in inst.more:
+            if veth and os.path.exists(f"/sys/class/net/{veth}"):
+                network.delete_link(veth)
+            net.remove_host(lease)
+            net.leases.release(lease)
+        inst.more.clear()
+        if inst.more_nets and inst.net is not None:
+            network.drop_view((inst.net, *inst.more_nets), inst.key)
+            inst.more_nets = ()
         if inst.dir is not None:
             _remove_instance_dir(inst.dir)
             inst.dir = None
