@@ -31,6 +31,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.core.errors import InstanceError
+from harness.core.probes import serving
+from harness.studies import _lifecycle as life
 from runtimes.base import (
     Instance,
     InstanceSpec,
@@ -213,6 +215,16 @@ class Front:
             if addr is None:
                 raise InstanceError(f"{self.rt.name}: replica {m.id} has no address the "
                                     f"host can reach (network {m.inst.spec.network})")
+            # Its ready line comes before nginx listens: a replica is listed (and an old
+            # one unlisted in a rolling update) only once its port accepts, so the front
+            # never routes to a replica that cannot answer yet. A connect, not a request:
+            # the replica's own request count stays the front's and the study's reads.
+            probe = serving.Readiness("tcp", port=self.inner_port)
+            if serving.poll(probe, addr, 0.01, time.monotonic() + self.timeout,
+                            life.ended(self.rt, m.inst)) is None:
+                raise InstanceError(f"{self.rt.name}: replica {m.id}: port "
+                                    f"{self.inner_port} not accepting within "
+                                    f"{self.timeout:g} s")
         except BaseException:
             self._drop(m.inst)
             raise
