@@ -4,13 +4,25 @@ A slot is an ns instance made by the very code a cold one is (`NsRuntime._create
 ahead of the request: its namespaces (mount, pid, uts, ipc, net, cgroup), its cgroup
 with the spec's limits, its veth and address on ns's bridge (network "bridge"), its
 overlay root entered with pivot_root; its first process has joined the cgroup and
-waits on its go pipe (`ContainerConfig.pooled`, process.child_main). Taking a slot
-(`create`) gives the instance's spec to it; `start` hands the waiting process the
-instance's argv, environment (its nonce), workdir and user (config.HANDED_OVER), after
-which it runs the same `confine_and_exec` a cold instance runs (keyring, rlimits,
-capabilities, no_new_privs, descriptors, seccomp) and execs /bench/init. A slot is
-used once. When none is ready, `create` makes a cold instance (`Instance.warm`
-"cold"). A background thread refills the pool to its size.
+waits on its go pipe (`ContainerConfig.pooled`, process.child_main), confined already with every
+protection of a cold instance that does not depend on the user (process.confine:
+session keyring, rlimits, bounding set, no_new_privs, umask, descriptors closed; and
+the seccomp filter). Taking a slot (`create`) gives the instance's spec to it; `start`
+hands the waiting process the instance's argv, environment (its nonce), workdir and
+user (config.HANDED_OVER), after which it switches to the user (process.become_user:
+groups, gid, uid, or root's capability set, as a cold instance does) and execs
+/bench/init. A slot is used once. When none is ready, `create` makes a cold instance
+(`Instance.warm` "cold").
+
+A background thread refills the pool to its size. Refill policy: a slot taken is
+replaced once the request it served is over: its instance is up (wait_ready returned,
+ready or not) or has exited (wait_exit), its start failed, or it was removed; not the
+moment it is taken. Making a slot (the runner's thread with the interpreter's lock, the
+fork server's clone, the new child's mounts on the other CPU) would otherwise compete
+with the very request→ready path the pool is there to shorten, as serverless pools
+refill off the request's path. A slot whose instance is never awaited is replaced at
+its removal. `fill` from empty (the refill rate) is unaffected; a burst of requests
+(the warm study's) still has the refill run beside its later requests.
 
 A slot's resources are named `cvbench-<run id>-slot<hex>` (cgroup, instance dir, veth
 alias, lease), like any ns instance's, so `leftovers()`/`gc()` of a dead run find
@@ -32,6 +44,7 @@ from runtimes import _proc
 from runtimes.base import (
     NO_HOOKS,
     PREFIX,
+    Exit,
     Hooks,
     Instance,
     InstanceSpec,
@@ -77,6 +90,7 @@ class NsPoolRuntime(NsRuntime):
         self._want: tuple[InstanceSpec, Prepared] | None = None
         self._size = 0
         self._idle: collections.deque[NsInstance] = collections.deque()
+        self._taken: set[str] = set()  # keys of slots taken, their request not yet served
         self._gen = 0  # a fill or drain starts a new generation; older threads end
         self._thread: threading.Thread | None = None
         self.error: str | None = None
@@ -137,6 +151,7 @@ class NsPoolRuntime(NsRuntime):
             self._want, self._size = None, 0
             idle = list(self._idle)
             self._idle.clear()
+            self._taken.clear()
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join()  # it removes the slot it was making itself
@@ -148,7 +163,8 @@ class NsPoolRuntime(NsRuntime):
         backoff = BACKOFF
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._gen != gen or len(self._idle) < self._size)
+                self._cond.wait_for(lambda: self._gen != gen or
+                                    len(self._idle) + len(self._taken) < self._size)
                 if self._gen != gen or self._want is None:
                     return
                 spec, prepared = self._want
@@ -221,6 +237,41 @@ class NsPoolRuntime(NsRuntime):
             raise
         return slot
 
+    def start(self, inst: Instance) -> None:
+        try:
+            super().start(inst)
+        except BaseException:
+            self._served(inst)
+            raise
+
+    def wait_ready(self, inst: Instance, timeout: float) -> int:
+        try:
+            return super().wait_ready(inst, timeout)
+        finally:
+            self._served(inst)
+
+    def wait_exit(self, inst: Instance, timeout: float) -> Exit:
+        try:
+            return super().wait_exit(inst, timeout)
+        finally:
+            self._served(inst)
+
+    def remove(self, inst: Instance) -> None:
+        try:
+            super().remove(inst)
+        finally:
+            self._served(inst)
+
+    def _served(self, inst: Instance) -> None:
+        """`inst`, if a slot taken from the pool, has served its request (up, ended or
+        gone): the refill thread may replace it now (the refill policy, in the module's
+        docstring)."""
+        key = inst.key if isinstance(inst, NsInstance) else None
+        with self._cond:
+            if key in self._taken:
+                self._taken.discard(key)
+                self._cond.notify_all()
+
     def _take(self, spec: InstanceSpec, prepared: Prepared) -> NsInstance | None:
         """A ready slot made for a spec like `spec` (removed from the pool), or None."""
         dead: list[NsInstance] = []
@@ -236,8 +287,9 @@ class NsPoolRuntime(NsRuntime):
                         dead.append(slot)
                         continue
                     taken = slot
+                    self._taken.add(slot.key)  # replaced once it has served (_served)
                     break
-                self._cond.notify_all()  # the refill thread makes another
+                self._cond.notify_all()  # (the dead ones are replaced at once)
         for slot in dead:
             self.remove(slot)
         return taken

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 from pathlib import Path
 
 import pytest
@@ -63,30 +62,61 @@ def test_a_slot_config_and_its_hand_over(state: Path) -> None:
     into exactly the cold config's (the protections untouched)."""
     rt = NsRuntime("pool")
     cold = NsRuntime()
-    inst = spec(argv=("sh", "-c", "x"), env={"A": "1"}, user="7:8", workdir="/")
+    inst = spec(argv=("sh", "-c", "x", ""), env={"A": "1", "E": ""}, user="7:8",
+                workdir="/")
     slot_spec = dataclasses.replace(spec(), name="cvbench-abcdef0123-slot00")
     slot = rt._config(slot_spec, "/img", None, pooled=True)
     want = cold._config(inst, "/img", None)
     assert slot.pooled and not want.pooled and process.handover(want) == b""
     handed = dataclasses.replace(slot, **{k: getattr(want, k) for k in HANDED_OVER})
-    fields = pickle.loads(process.handover(handed))
-    assert set(fields) == set(HANDED_OVER)
-    assert fields["argv"] == ("/bench/init", "sh", "-c", "x")
-    assert (fields["uid"], fields["gid"]) == (7, 8)
-    assert f"CVBENCH_NONCE={inst.nonce}" in fields["env"]
     r, w = os.pipe()
     os.write(w, process.handover(handed))
     os.close(w)
     got = process._handed_over(slot, r)  # (the workdir is the slot's: nothing made)
     os.close(r)
+    assert got.argv == ("/bench/init", "sh", "-c", "x", "")  # (an empty last argument)
+    assert (got.uid, got.gid) == (7, 8) and f"CVBENCH_NONCE={inst.nonce}" in got.env
     assert got == dataclasses.replace(want, pooled=True, name=slot.name,
                                       cgroup_join=slot.cgroup_join)
+    for bad in (b"/\x007", b"/\x000\x000\x00x\x00a"):  # too few fields; argc not a number
+        r, w = os.pipe()
+        os.write(w, bad)
+        os.close(w)
+        with pytest.raises(ValueError, match="hand-over"):
+            process._handed_over(slot, r)
+        os.close(r)
+
+
+def test_close_inherited_keeps_exactly_what_it_is_told() -> None:
+    """In a child: descriptors from 3 up are closed but the kept ones (any order, next
+    to each other or not), as fcntl finds them open or not (EBADF); 0-2 untouched."""
+    import fcntl
+
+    from runtimes.ns import security
+
+    fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(6)]
+    keep = (fds[4], fds[1], fds[2])
     r, w = os.pipe()
-    os.write(w, pickle.dumps({"argv": ("x",), "seccomp": b""}))
+    pid = os.fork()
+    if pid == 0:
+        try:
+            security.close_inherited((*keep, w))
+            open_fds = []
+            for fd in range(max(*fds, w) + 64):
+                try:
+                    fcntl.fcntl(fd, fcntl.F_GETFD)
+                    open_fds.append(fd)
+                except OSError:
+                    pass
+            os.write(w, " ".join(map(str, open_fds)).encode())
+        finally:
+            os._exit(0)
     os.close(w)
-    with pytest.raises(ValueError, match="hand-over"):  # nothing else may be handed over
-        process._handed_over(slot, r)
-    os.close(r)
+    left = os.read(r, 4096).decode().split()
+    os.waitpid(pid, 0)
+    for fd in (*fds, r):
+        os.close(fd)
+    assert sorted(int(f) for f in left) == sorted({0, 1, 2, *keep, w}), left
 
 
 def test_fill_refuses_a_bad_spec_and_a_negative_size(state: Path) -> None:
