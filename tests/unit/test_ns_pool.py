@@ -131,3 +131,54 @@ def test_fill_refuses_a_bad_spec_and_a_negative_size(state: Path) -> None:
         rt.fill(spec(), prepared, -1)
     assert rt.ready() == 0 and rt.slots() == []
     rt.drain()
+
+
+def test_a_taken_slot_is_replaced_once_its_request_is_served(
+        state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refill policy: taking a slot makes no new one while the instance is on its
+    way to ready; wait_ready (or wait_exit, a failed start, remove) lets the refill
+    thread replace it. Slots are fakes here (no privileges): counted as they are made."""
+    import threading
+    import time
+
+    from runtimes.base import Prepared
+    from runtimes.ns import pool as pool_mod
+    from runtimes.ns.runtime import NsInstance
+
+    made: list[NsInstance] = []
+    lock = threading.Lock()
+
+    def make(self: NsPoolRuntime, s: object, p: Prepared) -> NsInstance:
+        slot = NsInstance(spec=spec(), prepared=p, key=f"slot{len(made)}")
+        slot.child = process.Child(ticket=None, go_w=-1, status_r=-1)  # type: ignore[arg-type]
+        with lock:
+            made.append(slot)
+        return slot
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 30
+        while len(made) < n:
+            assert time.monotonic() < deadline, f"{len(made)} slots made, not {n}"
+            time.sleep(0.01)
+
+    monkeypatch.setattr(NsPoolRuntime, "_make_slot", make)
+    monkeypatch.setattr(pool_mod._SERVER, "start", lambda: None)
+    monkeypatch.setattr(NsPoolRuntime, "_program", lambda self: b"")
+    monkeypatch.setattr(NsPoolRuntime, "limits_applied", False)
+    monkeypatch.setattr(pool_mod._proc, "readable", lambda fd: False)  # (alive)
+    monkeypatch.setattr(NsRuntime, "wait_ready", lambda self, inst, timeout: 7)
+    rt = NsPoolRuntime()
+    prepared = Prepared(image=None, backend=rt.name, ref="/img")  # type: ignore[arg-type]
+    rt.fill(spec(), prepared, 1)
+    try:
+        wait_for(1)
+        taken = rt._take(spec(), prepared)
+        assert taken is made[0] and rt.ready() == 0
+        time.sleep(0.3)  # (a fake slot is made at once: a refill now would show)
+        assert len(made) == 1
+        assert rt.wait_ready(taken, 1) == 7
+        wait_for(2)
+        assert rt.ready() == 1
+    finally:
+        monkeypatch.setattr(NsPoolRuntime, "remove", lambda self, inst: None)
+        rt.drain()
