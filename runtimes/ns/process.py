@@ -32,7 +32,6 @@ code.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import gc
 import os
@@ -51,6 +50,7 @@ from runtimes.ns.config import HANDED_OVER, ContainerConfig, ExecConfig
 
 TYPE_CHECKING = False  # (typing: neither in the fork server nor in cvbench-ns; mypy only)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import NoReturn
 
     from runtimes.ns.forkserver import ForkServer, Ticket
@@ -142,16 +142,15 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
             # startContainer hooks: ns:pool has none.)
             _join_cgroup(cfg, cgroup_parents, joins)
             confine(cfg, keep=(status_w, go_r))
+            root_caps = security.caps_setter(cfg.caps, cfg.inheritable)
             if cfg.seccomp and cfg.no_new_privs:
                 security.load_seccomp(cfg.seccomp)
         os.write(status_w, b"R")
-        if os.read(go_r, 1) != b"G":
+        go = os.read(go_r, 65536)  # (a slot's hand-over comes with it)
+        if go[:1] != b"G":
             os._exit(0)  # the parent went away or removed us before start
         if cfg.pooled:  # a slot taken: the instance's own argv, env, user and workdir
-            cfg = _handed_over(cfg, go_r)
-            os.close(go_r)
-            become_user(cfg)
-            os.execvpe(cfg.argv[0], list(cfg.argv), dict(e.split("=", 1) for e in cfg.env))
+            _exec_handed_over(cfg, go_r, go[1:], root_caps)
         # Started: the cgroup exists. Join it only now, with the set-up done: that was
         # this runtime's work (as a shim's would be), and the workload never runs
         # outside it.
@@ -175,7 +174,7 @@ def _join_cgroup(cfg: ContainerConfig, parents: list[int],
 
 def handover(cfg: ContainerConfig) -> bytes:
     """What release() hands a pool's slot (cfg.pooled): the HANDED_OVER values of the
-    instance's config (the child reads them in _handed_over); b"" otherwise. A fixed
+    instance's config (the child reads them in read_handover); b"" otherwise. A fixed
     layout, NUL-separated (no argument or environment entry can hold a NUL): workdir,
     uid, gid, the number of arguments, the arguments, the environment."""
     if not cfg.pooled:
@@ -184,29 +183,42 @@ def handover(cfg: ContainerConfig) -> bytes:
                                                 str(len(cfg.argv)), *cfg.argv, *cfg.env))
 
 
-def _handed_over(cfg: ContainerConfig, go_r: int) -> ContainerConfig:
-    """A pool's slot taken (ns:pool): read the instance's HANDED_OVER values (`handover`,
-    up to EOF of the go pipe) into its config, and move to its workdir, made (as root,
-    resolved inside the root) where the image lacks it, as rootfs.setup makes the
-    slot's own. Everything else, every protection included, is the slot's config: the
-    runner hands a slot only to a spec that asks for the same."""
-    data = b""
+def read_handover(go_r: int, data: bytes) -> tuple[bytes, int, int, list[bytes],
+                                                    dict[bytes, bytes]]:
+    """A pool's slot taken: `data` (what came after the "G") and the rest of the go
+    pipe up to EOF, as `handover` wrote them: (workdir, uid, gid, argv, env). Bytes as
+    they are, for execve: nothing decoded on the hand-over's path."""
     while chunk := os.read(go_r, 65536):
         data += chunk
-    parts = [os.fsdecode(p) for p in data.split(b"\0")]
+    parts = data.split(b"\0")
     if len(parts) < 4 or not parts[3].isdigit() or len(parts) < 4 + int(parts[3]):
         raise ValueError(f"a hand-over of {len(parts)} fields, not {list(HANDED_OVER)}")
-    n, workdir, slot_workdir = int(parts[3]), parts[0], cfg.workdir
-    cfg = dataclasses.replace(cfg, workdir=workdir, uid=int(parts[1]), gid=int(parts[2]),
-                              argv=tuple(parts[4:4 + n]), env=tuple(parts[4 + n:]))
-    if workdir != slot_workdir:
+    n = int(parts[3])
+    return (parts[0], int(parts[1]), int(parts[2]), parts[4:4 + n],
+            dict(e.split(b"=", 1) for e in parts[4 + n:]))
+
+
+def _exec_handed_over(cfg: ContainerConfig, go_r: int, data: bytes,
+                      root_caps: Callable[[], None]) -> NoReturn:
+    """A pool's slot taken (ns:pool), confined already (child_main): read the instance's
+    HANDED_OVER values (`read_handover`), move to its workdir, made (as root, resolved
+    inside the root) where the image lacks it, as rootfs.setup makes the slot's own;
+    switch to its user (become_user, root's capability set prepared as `root_caps`) and
+    exec its argv. Everything else, every protection included, is the slot's config:
+    the runner hands a slot only to a spec that asks for the same."""
+    workdir, uid, gid, argv, env = read_handover(go_r, data)
+    os.close(go_r)
+    if workdir != os.fsencode(cfg.workdir):
         root = os.open("/", os.O_PATH | os.O_DIRECTORY)  # the instance's, after pivot_root
         try:
-            os.close(rootpath.mkdirs(root, workdir))
+            os.close(rootpath.mkdirs(root, os.fsdecode(workdir)))
         finally:
             os.close(root)
         os.chdir(workdir)
-    return cfg
+    become_user(cfg, uid, gid, root_caps)
+    if b"/" in argv[0]:  # (/bench/init: no PATH search, nor os.execvpe's Python around it)
+        os.execve(argv[0], argv, env)
+    os.execvpe(argv[0], argv, env)
 
 
 def run_hooks(hooks: tuple[tuple[str, tuple[str, ...], tuple[str, ...], float], ...],
@@ -263,19 +275,21 @@ def confine(cfg: ContainerConfig, keep: tuple[int, ...]) -> None:
     security.close_inherited(keep)
 
 
-def become_user(cfg: ContainerConfig) -> None:
-    """Switch to the instance's user: its groups, gid and uid, which clears every
-    capability of a non-root user; root keeps the instance's set (and ambient)."""
+def become_user(cfg: ContainerConfig, uid: int, gid: int,
+                root_caps: Callable[[], None] | None = None) -> None:
+    """Switch to the instance's user (`uid`, `gid`): its groups, gid and uid, which
+    clears every capability of a non-root user; root keeps the instance's set (set by
+    `root_caps` where it was prepared ahead) and ambient capabilities."""
     if cfg.userns_map is None:  # (a user namespace has setgroups denied)
         # Only the user's own groups, not whatever the runner had (runc's default:
         # the primary group when /etc/group lists none).
-        os.setgroups(list(cfg.groups or (cfg.gid,)))
-    if cfg.gid:
-        os.setgid(cfg.gid)
-    if cfg.uid:
-        os.setuid(cfg.uid)  # clears every capability of the now non-root process
+        os.setgroups(list(cfg.groups or (gid,)))
+    if gid:
+        os.setgid(gid)
+    if uid:
+        os.setuid(uid)  # clears every capability of the now non-root process
     else:
-        security.set_caps(cfg.caps, cfg.inheritable)
+        (root_caps or security.caps_setter(cfg.caps, cfg.inheritable))()
         security.raise_ambient(cfg.ambient)
 
 
@@ -286,7 +300,7 @@ def confine_and_exec(cfg: ContainerConfig, env: dict[str, str], status_w: int) -
     become_user and exec, the seccomp filter loaded before the wait). `status_w` is
     kept open, close-on-exec."""
     confine(cfg, keep=(status_w,))
-    become_user(cfg)
+    become_user(cfg, cfg.uid, cfg.gid)
     if cfg.seccomp and cfg.no_new_privs:
         security.load_seccomp(cfg.seccomp)  # last: from here on, only what it allows
     os.execvpe(cfg.argv[0], list(cfg.argv), env)

@@ -25,6 +25,10 @@ import os
 
 from runtimes.ns import namespaces as ns
 
+TYPE_CHECKING = False  # (typing: the fork server imports this module; mypy only)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 CAP_NAMES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
     "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
@@ -95,6 +99,14 @@ def drop_bounding(keep: tuple[int, ...], last: int) -> None:
 def set_caps(keep: tuple[int, ...], inheritable: tuple[int, ...] | None = None) -> None:
     """effective = permitted = `keep` (root's execve then keeps them), inheritable =
     `inheritable` (None: `keep` too)."""
+    caps_setter(keep, inheritable)()
+
+
+def caps_setter(keep: tuple[int, ...],
+                inheritable: tuple[int, ...] | None = None) -> Callable[[], None]:
+    """set_caps(keep, inheritable), its capset arguments built now and the call made
+    later (a pool's slot builds them before it waits: its hand-over then makes the one
+    system call)."""
     mask = sum(1 << cap for cap in set(keep))
     inh = mask if inheritable is None else sum(1 << cap for cap in set(inheritable))
     data = _DataPair()
@@ -103,9 +115,13 @@ def set_caps(keep: tuple[int, ...], inheritable: tuple[int, ...] | None = None) 
         data[i].effective = data[i].permitted = word
         data[i].inheritable = (inh >> (32 * i)) & 0xFFFFFFFF
     header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
-    if _capset(ctypes.byref(header), data) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "capset failed")
+
+    def call() -> None:
+        if _capset(ctypes.byref(header), data) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "capset failed")
+
+    return call
 
 
 def raise_ambient(caps: tuple[int, ...]) -> None:

@@ -57,33 +57,37 @@ def test_what_the_slot_holds_must_match(change: dict[str, object]) -> None:
 
 
 def test_a_slot_config_and_its_hand_over(state: Path) -> None:
-    """A slot's config differs from a cold one's only in `pooled` and the resources' name;
-    what start hands it is the instance's HANDED_OVER values, and the child reads them
-    into exactly the cold config's (the protections untouched)."""
+    """A slot's config differs from a cold one's only in `pooled`, the resources' name
+    and the HANDED_OVER values; what start hands it are the instance's, and the child
+    reads back exactly the cold config's (bytes, for execve)."""
     rt = NsRuntime("pool")
     cold = NsRuntime()
-    inst = spec(argv=("sh", "-c", "x", ""), env={"A": "1", "E": ""}, user="7:8",
-                workdir="/")
+    inst = spec(argv=("sh", "-c", "x", ""), env={"A": "1", "E": "", "F": "a=b"},
+                user="7:8", workdir="/w")
     slot_spec = dataclasses.replace(spec(), name="cvbench-abcdef0123-slot00")
     slot = rt._config(slot_spec, "/img", None, pooled=True)
     want = cold._config(inst, "/img", None)
     assert slot.pooled and not want.pooled and process.handover(want) == b""
+    assert dataclasses.replace(slot, **{k: getattr(want, k) for k in HANDED_OVER}) == \
+        dataclasses.replace(want, pooled=True, name=slot.name, cgroup_join=slot.cgroup_join)
     handed = dataclasses.replace(slot, **{k: getattr(want, k) for k in HANDED_OVER})
+    data = process.handover(handed)
     r, w = os.pipe()
-    os.write(w, process.handover(handed))
+    os.write(w, data[5:])  # (the child has read the first bytes with the "G")
     os.close(w)
-    got = process._handed_over(slot, r)  # (the workdir is the slot's: nothing made)
+    got = process.read_handover(r, data[:5])
     os.close(r)
-    assert got.argv == ("/bench/init", "sh", "-c", "x", "")  # (an empty last argument)
-    assert (got.uid, got.gid) == (7, 8) and f"CVBENCH_NONCE={inst.nonce}" in got.env
-    assert got == dataclasses.replace(want, pooled=True, name=slot.name,
-                                      cgroup_join=slot.cgroup_join)
+    workdir, uid, gid, argv, env = got
+    assert (workdir, uid, gid) == (b"/w", 7, 8)
+    assert argv == [b"/bench/init", b"sh", b"-c", b"x", b""]  # (an empty last argument)
+    assert env == {k.encode(): v.encode() for k, v in (e.split("=", 1) for e in want.env)}
+    assert env[b"CVBENCH_NONCE"] == inst.nonce.encode() and env[b"F"] == b"a=b"
     for bad in (b"/\x007", b"/\x000\x000\x00x\x00a"):  # too few fields; argc not a number
         r, w = os.pipe()
         os.write(w, bad)
         os.close(w)
         with pytest.raises(ValueError, match="hand-over"):
-            process._handed_over(slot, r)
+            process.read_handover(r, b"")
         os.close(r)
 
 
