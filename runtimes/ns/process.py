@@ -15,10 +15,11 @@ start: the runner writes one byte on the go pipe and waits. The child joins its 
   child then exits 127). The runner thus sleeps once per instance, not at every step,
   which matters most on a busy host.
 ns:pool (cfg.pooled): the cgroup is made first and the child joins it (and a new cgroup
-  namespace) before its "R", which the pool's thread reads (wait_set_up): a slot, set
-  up and waiting. start then writes "G" and the instance's HANDED_OVER values (argv,
-  env, workdir, user), which the child reads into its config before the same
-  `confine_and_exec`.
+  namespace), then applies `confine` (confine_and_exec's protections but the user's
+  switch) and loads the seccomp filter, before its "R", which the pool's thread reads
+  (wait_set_up): a slot, set up, confined and waiting. start then writes "G" and the
+  instance's HANDED_OVER values (argv, env, workdir, user; `handover`), which the
+  child reads (`read_handover`) before `become_user` and the exec.
 exec (a further command in a running instance, `exec_main`): a helper joins every
   namespace of the instance, forks the process that joins its cgroup, enters its root
   and workdir and runs the same `confine_and_exec` with the instance's own config, so an
