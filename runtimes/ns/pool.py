@@ -7,12 +7,17 @@ overlay root entered with pivot_root; its first process has joined the cgroup an
 waits on its go pipe (`ContainerConfig.pooled`, process.child_main), confined already with every
 protection of a cold instance that does not depend on the user (process.confine:
 session keyring, rlimits, bounding set, no_new_privs, umask, descriptors closed; and
-the seccomp filter). Taking a slot (`create`) gives the instance's spec to it; `start`
-hands the waiting process the instance's argv, environment (its nonce), workdir and
-user (config.HANDED_OVER), after which it switches to the user (process.become_user:
-groups, gid, uid, or root's capability set, as a cold instance does) and execs
-/bench/init. A slot is used once. When none is ready, `create` makes a cold instance
-(`Instance.warm` "cold").
+the seccomp filter). It then waits as a small static program, the slot waiter
+(slot_waiter.c, built with gcc by `waiter()` before any timing, once per source):
+the interpreter's address space the slot was cloned with (the fork server's, ~8 MiB)
+is torn down when the slot is made, no longer by the workload's exec on the timed path.
+Taking a slot (`create`, for a spec that differs from the pool's only in what each
+instance brings itself: _pool_part) gives the instance's spec to it; `start` hands the
+waiter the instance's argv, environment (its nonce), workdir (the slot's, checked) and
+user (config.HANDED_OVER), after which it switches to the user (what
+process.become_user does for a cold instance: groups, gid, uid, or root's capability
+set) and execs /bench/init. A slot is used once. When none is ready, `create` makes a
+cold instance (`Instance.warm` "cold").
 
 A background thread refills the pool to its size. Refill policy: a slot taken is
 replaced once the request it served is over: its instance is up (wait_ready returned,
@@ -33,17 +38,23 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import os
 import secrets
+import shutil
+import subprocess
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.core.errors import InstanceError, UsageError
+from harness.core.errors import BackendUnavailable, InstanceError, UsageError
+from harness.core.image import Image
 from runtimes import _proc
 from runtimes.base import (
     NO_HOOKS,
     PREFIX,
+    Availability,
     Exit,
     Hooks,
     Instance,
@@ -54,7 +65,38 @@ from runtimes.base import (
     Traits,
 )
 from runtimes.ns import process, validate
+from runtimes.ns.config import ContainerConfig
 from runtimes.ns.runtime import _SERVER, SETUP_TIMEOUT, NsInstance, NsRuntime, _handed_over
+
+WAITER_SOURCE = Path(__file__).with_name("slot_waiter.c")
+
+
+def waiter(root: Path) -> str:
+    """The slot waiter, built from WAITER_SOURCE (static, so that it runs in any image's
+    root) into `root` once per source (its sha256 in the name); its path.
+    BackendUnavailable without gcc or when it does not build."""
+    src = WAITER_SOURCE.read_bytes()
+    out = root / f"slot-waiter-{hashlib.sha256(src).hexdigest()[:16]}"
+    if out.is_file():
+        return str(out)
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise BackendUnavailable("ns:pool", f"gcc is not installed: it builds the slots' "
+                                 f"waiter ({WAITER_SOURCE.name})", "make provision")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    res = subprocess.run([gcc, "-static", "-O2", "-o", str(tmp), "-x", "c", "-"], input=src,
+                         capture_output=True, check=False)
+    if res.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise BackendUnavailable("ns:pool", f"cannot build the slots' waiter: "
+                                 f"{res.stderr.decode(errors='replace')[-300:]}",
+                                 "gcc -static needs the C library's static archive "
+                                 "(libc6-dev)")
+    tmp.chmod(0o755)
+    os.replace(tmp, out)
+    return str(out)
+
 
 # A failed slot is tried again after this long, doubling up to MAX_BACKOFF: a spec that
 # cannot be run must not spin the refill thread (create then fails cold, with the reason).
@@ -63,10 +105,11 @@ BACKOFF, MAX_BACKOFF = 0.5, 30.0
 
 def _pool_part(spec: InstanceSpec) -> InstanceSpec:
     """What a slot is made for: the spec without what each instance brings itself (its
-    name, nonce, argv, env, user, workdir, kept output, readiness and published ports,
-    published when the slot is taken)."""
+    name, nonce, argv, env, user, kept output, readiness and published ports, published
+    when the slot is taken). The workdir is the slot's: made and entered by its set-up
+    (rootfs.setup, resolved inside the root as a cold instance's), not by its waiter."""
     return dataclasses.replace(spec, name="", nonce="", argv=(), env={}, user="",
-                               workdir="/", capture=False, readiness="marker", publish=())
+                               capture=False, readiness="marker", publish=())
 
 
 def namespaces_held(pid: int) -> int | None:
@@ -88,11 +131,13 @@ class NsPoolRuntime(NsRuntime):
         super().__init__(flavour, hooks=hooks)
         self._cond = threading.Condition()
         self._want: tuple[InstanceSpec, Prepared] | None = None
+        self._want_part: InstanceSpec | None = None  # _pool_part of _want's spec
         self._size = 0
         self._idle: collections.deque[NsInstance] = collections.deque()
         self._taken: set[str] = set()  # keys of slots taken, their request not yet served
         self._gen = 0  # a fill or drain starts a new generation; older threads end
         self._thread: threading.Thread | None = None
+        self._waiter = ""  # the slot waiter's path (prepare, fill)
         self.error: str | None = None
 
     def traits(self) -> Traits:
@@ -100,9 +145,30 @@ class NsPoolRuntime(NsRuntime):
         return dataclasses.replace(t, settings={
             **t.settings,
             "start": "a slot of a pool made ahead (namespaces, cgroup with the limits, "
-                     "veth and address, overlay root; its first process waiting in its "
-                     "cgroup), handed argv, env, workdir and user, then ns's protections "
-                     "and exec; a cold clone when the pool is empty"})
+                     "veth and address, overlay root; its first process confined with "
+                     "ns's protections but the user's switch, waiting in its cgroup as "
+                     "a small static program), handed argv, env, workdir and user, then "
+                     "the user's switch and exec; refilled once a request is served; a "
+                     "cold clone when the pool is empty"})
+
+    def prepare(self, image: Image) -> Prepared:
+        prepared = super().prepare(image)
+        self._waiter = waiter(self.root())  # before any timing
+        return prepared
+
+    def availability(self) -> Availability:
+        av = super().availability()
+        if av.ok and shutil.which("gcc") is None:
+            return dataclasses.replace(av, ok=False, reason=f"gcc is not installed: it "
+                                       f"builds the slots' waiter ({WAITER_SOURCE.name})",
+                                       fix="make provision")
+        return av
+
+    def _config(self, spec: InstanceSpec, lower: str, idir: Path | None,
+                hosts: Path | None = None, key: str = "",
+                pooled: bool = False) -> ContainerConfig:
+        cfg = super()._config(spec, lower, idir, hosts, key, pooled)
+        return dataclasses.replace(cfg, waiter=self._waiter) if pooled else cfg
 
     # --- Pool ----------------------------------------------------------------------------
 
@@ -118,11 +184,13 @@ class NsPoolRuntime(NsRuntime):
         if self.limits_applied:
             self.cg.setup()
         self._program()
+        self._waiter = waiter(self.root())
         self.drain()
         if size == 0:
             return
         with self._cond:
             self._want, self._size, self.error = (spec, prepared), size, None
+            self._want_part = _pool_part(spec)
             gen = self._gen
         self._thread = threading.Thread(target=self._refill, args=(gen,), daemon=True,
                                         name=f"{self.name} refill")
@@ -279,7 +347,7 @@ class NsPoolRuntime(NsRuntime):
         with self._cond:
             want = self._want
             if want is not None and want[1].ref == prepared.ref and \
-                    _pool_part(want[0]) == _pool_part(spec):
+                    self._want_part == _pool_part(spec):
                 while self._idle:
                     slot = self._idle.popleft()
                     assert slot.child is not None

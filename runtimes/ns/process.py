@@ -17,9 +17,10 @@ start: the runner writes one byte on the go pipe and waits. The child joins its 
 ns:pool (cfg.pooled): the cgroup is made first and the child joins it (and a new cgroup
   namespace), then applies `confine` (confine_and_exec's protections but the user's
   switch) and loads the seccomp filter, before its "R", which the pool's thread reads
-  (wait_set_up): a slot, set up, confined and waiting. start then writes "G" and the
-  instance's HANDED_OVER values (argv, env, workdir, user; `handover`), which the
-  child reads (`read_handover`) before `become_user` and the exec.
+  (wait_set_up), said by the small static program it execs to wait (slot_waiter.c):
+  a slot, set up, confined and waiting. start then writes "G" and the instance's
+  HANDED_OVER values (argv, env, workdir, user; `handover`), which the waiter reads
+  before it does what `become_user` does, and execs.
 exec (a further command in a running instance, `exec_main`): a helper joins every
   namespace of the instance, forks the process that joins its cgroup, enters its root
   and workdir and runs the same `confine_and_exec` with the instance's own config, so an
@@ -44,14 +45,12 @@ import termios
 import time
 from dataclasses import dataclass
 
-from harness.core import rootpath
 from runtimes.ns import namespaces as ns
 from runtimes.ns import rootfs, security
-from runtimes.ns.config import HANDED_OVER, ContainerConfig, ExecConfig
+from runtimes.ns.config import ContainerConfig, ExecConfig
 
 TYPE_CHECKING = False  # (typing: neither in the fork server nor in cvbench-ns; mypy only)
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import NoReturn
 
     from runtimes.ns.forkserver import ForkServer, Ticket
@@ -122,6 +121,8 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
         # cloned into it, nothing to join.)
         joins = () if cfg.into_cgroup else cfg.cgroup_join
         cgroup_parents = [os.open(d, os.O_PATH | os.O_DIRECTORY) for d, _ in joins]
+        # A slot's waiter, a host file: opened before pivot_root puts it out of sight.
+        waiter = os.open(cfg.waiter, os.O_PATH | os.O_CLOEXEC) if cfg.pooled else -1
         # (the host's /proc is still ours: "self" there is our pid on the host)
         state = cfg.hook_state.replace(b"@PID@", os.readlink("/proc/self").encode()) \
             if cfg.hook_state else b""
@@ -137,21 +138,22 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
             # A pool's slot waits in its cgroup (made before the clone) and its cgroup
             # namespace: what it holds idle is charged there, and taking it moves no
             # task between cgroups on the timed path. It waits confined: every
-            # protection but the user's (confine_and_exec's, less become_user, the
-            # seccomp filter included) is applied before it says it is set up, so the
-            # hand-over is left with a read, the user and the exec. (A slot runs no
-            # startContainer hooks: ns:pool has none.)
+            # protection but the user's switch (confine_and_exec's, less become_user,
+            # the seccomp filter included) is applied now; then it execs the waiter
+            # (slot_waiter.c), which says "R", reads the hand-over, does what
+            # become_user does and execs the workload: this interpreter's address
+            # space is torn down now, not by the workload's exec on the request's
+            # path. (A slot runs no startContainer hooks: ns:pool has none.)
             _join_cgroup(cfg, cgroup_parents, joins)
-            confine(cfg, keep=(status_w, go_r))
-            root_caps = security.caps_setter(cfg.caps, cfg.inheritable)
+            confine(cfg, keep=(status_w, go_r, waiter))
             if cfg.seccomp and cfg.no_new_privs:
                 security.load_seccomp(cfg.seccomp)
+            os.set_inheritable(go_r, True)
+            os.set_inheritable(status_w, True)  # (the waiter makes it close-on-exec)
+            os.execve(waiter, waiter_argv(cfg, go_r, status_w), {})
         os.write(status_w, b"R")
-        go = os.read(go_r, 65536)  # (a slot's hand-over comes with it)
-        if go[:1] != b"G":
+        if os.read(go_r, 1) != b"G":
             os._exit(0)  # the parent went away or removed us before start
-        if cfg.pooled:  # a slot taken: the instance's own argv, env, user and workdir
-            _exec_handed_over(cfg, go_r, go[1:], root_caps)
         # Started: the cgroup exists. Join it only now, with the set-up done: that was
         # this runtime's work (as a shim's would be), and the workload never runs
         # outside it.
@@ -175,7 +177,7 @@ def _join_cgroup(cfg: ContainerConfig, parents: list[int],
 
 def handover(cfg: ContainerConfig) -> bytes:
     """What release() hands a pool's slot (cfg.pooled): the HANDED_OVER values of the
-    instance's config (the child reads them in read_handover); b"" otherwise. A fixed
+    instance's config (its waiter, slot_waiter.c, reads them); b"" otherwise. A fixed
     layout, NUL-separated (no argument or environment entry can hold a NUL): workdir,
     uid, gid, the number of arguments, the arguments, the environment."""
     if not cfg.pooled:
@@ -184,42 +186,16 @@ def handover(cfg: ContainerConfig) -> bytes:
                                                 str(len(cfg.argv)), *cfg.argv, *cfg.env))
 
 
-def read_handover(go_r: int, data: bytes) -> tuple[bytes, int, int, list[bytes],
-                                                    dict[bytes, bytes]]:
-    """A pool's slot taken: `data` (what came after the "G") and the rest of the go
-    pipe up to EOF, as `handover` wrote them: (workdir, uid, gid, argv, env). Bytes as
-    they are, for execve: nothing decoded on the hand-over's path."""
-    while chunk := os.read(go_r, 65536):
-        data += chunk
-    parts = data.split(b"\0")
-    if len(parts) < 4 or not parts[3].isdigit() or len(parts) < 4 + int(parts[3]):
-        raise ValueError(f"a hand-over of {len(parts)} fields, not {list(HANDED_OVER)}")
-    n = int(parts[3])
-    return (parts[0], int(parts[1]), int(parts[2]), parts[4:4 + n],
-            dict(e.split(b"=", 1) for e in parts[4 + n:]))
+def waiter_argv(cfg: ContainerConfig, go_r: int, status_w: int) -> list[str]:
+    """The slot waiter's arguments (slot_waiter.c says what each is): what become_user
+    takes from the slot's config, the rest comes with the hand-over."""
+    def mask(caps: tuple[int, ...]) -> str:
+        return f"{sum(1 << c for c in set(caps)):x}"
 
-
-def _exec_handed_over(cfg: ContainerConfig, go_r: int, data: bytes,
-                      root_caps: Callable[[], None]) -> NoReturn:
-    """A pool's slot taken (ns:pool), confined already (child_main): read the instance's
-    HANDED_OVER values (`read_handover`), move to its workdir, made (as root, resolved
-    inside the root) where the image lacks it, as rootfs.setup makes the slot's own;
-    switch to its user (become_user, root's capability set prepared as `root_caps`) and
-    exec its argv. Everything else, every protection included, is the slot's config:
-    the runner hands a slot only to a spec that asks for the same."""
-    workdir, uid, gid, argv, env = read_handover(go_r, data)
-    os.close(go_r)
-    if workdir != os.fsencode(cfg.workdir):
-        root = os.open("/", os.O_PATH | os.O_DIRECTORY)  # the instance's, after pivot_root
-        try:
-            os.close(rootpath.mkdirs(root, os.fsdecode(workdir)))
-        finally:
-            os.close(root)
-        os.chdir(workdir)
-    become_user(cfg, uid, gid, root_caps)
-    if b"/" in argv[0]:  # (/bench/init: no PATH search, nor os.execvpe's Python around it)
-        os.execve(argv[0], argv, env)
-    os.execvpe(argv[0], argv, env)
+    return ["cvbench-slot-waiter", str(go_r), str(status_w), cfg.workdir,
+            "0" if cfg.userns_map is not None else "1", ",".join(map(str, cfg.groups)),
+            mask(cfg.caps), mask(cfg.caps if cfg.inheritable is None else cfg.inheritable),
+            ",".join(map(str, cfg.ambient))]
 
 
 def run_hooks(hooks: tuple[tuple[str, tuple[str, ...], tuple[str, ...], float], ...],
@@ -276,21 +252,20 @@ def confine(cfg: ContainerConfig, keep: tuple[int, ...]) -> None:
     security.close_inherited(keep)
 
 
-def become_user(cfg: ContainerConfig, uid: int, gid: int,
-                root_caps: Callable[[], None] | None = None) -> None:
-    """Switch to the instance's user (`uid`, `gid`): its groups, gid and uid, which
-    clears every capability of a non-root user; root keeps the instance's set (set by
-    `root_caps` where it was prepared ahead) and ambient capabilities."""
+def become_user(cfg: ContainerConfig) -> None:
+    """Switch to the instance's user: its groups, gid and uid, which clears every
+    capability of a non-root user; root keeps the instance's set (and ambient ones).
+    (A pool's slot waiter does the same in C: slot_waiter.c.)"""
     if cfg.userns_map is None:  # (a user namespace has setgroups denied)
         # Only the user's own groups, not whatever the runner had (runc's default:
         # the primary group when /etc/group lists none).
-        os.setgroups(list(cfg.groups or (gid,)))
-    if gid:
-        os.setgid(gid)
-    if uid:
-        os.setuid(uid)  # clears every capability of the now non-root process
+        os.setgroups(list(cfg.groups or (cfg.gid,)))
+    if cfg.gid:
+        os.setgid(cfg.gid)
+    if cfg.uid:
+        os.setuid(cfg.uid)  # clears every capability of the now non-root process
     else:
-        (root_caps or security.caps_setter(cfg.caps, cfg.inheritable))()
+        security.set_caps(cfg.caps, cfg.inheritable)
         security.raise_ambient(cfg.ambient)
 
 
@@ -301,7 +276,7 @@ def confine_and_exec(cfg: ContainerConfig, env: dict[str, str], status_w: int) -
     become_user and exec, the seccomp filter loaded before the wait). `status_w` is
     kept open, close-on-exec."""
     confine(cfg, keep=(status_w,))
-    become_user(cfg, cfg.uid, cfg.gid)
+    become_user(cfg)
     if cfg.seccomp and cfg.no_new_privs:
         security.load_seccomp(cfg.seccomp)  # last: from here on, only what it allows
     os.execvpe(cfg.argv[0], list(cfg.argv), env)

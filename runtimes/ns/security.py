@@ -10,9 +10,10 @@ setuid binaries and file capabilities unable to give any of it back, and lets an
 unprivileged process install a seccomp filter: the filter goes on last, when nothing of
 the set-up needs a system call it may refuse (keyctl, setrlimit above the hard limit...).
 A pool's slot (ns:pool) loads it before it waits, with everything but the user's switch:
-what it does under the filter then (read, close, setgroups, setgid, setuid, capset,
-prctl, mkdirat and chdir for a workdir, execve) is what the filter lets any instance do
-(Docker's profile allows each); were one refused, start fails with the step, never
+what runs under the filter then (the exec of its waiter, slot_waiter.c, whose static C
+library start-up, read, write, close, fcntl, mkdir, chdir, setgroups, setgid, setuid,
+capset, prctl and execve) is what the filter lets any instance do (Docker's profile and
+containers-common's allow each); were one refused, start fails with the step, never
 runs the workload with less.
 Only ctypes here: the fork server imports this module, so the child pays nothing for it.
 """
@@ -24,10 +25,6 @@ import errno
 import os
 
 from runtimes.ns import namespaces as ns
-
-TYPE_CHECKING = False  # (typing: the fork server imports this module; mypy only)
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 CAP_NAMES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
@@ -99,14 +96,6 @@ def drop_bounding(keep: tuple[int, ...], last: int) -> None:
 def set_caps(keep: tuple[int, ...], inheritable: tuple[int, ...] | None = None) -> None:
     """effective = permitted = `keep` (root's execve then keeps them), inheritable =
     `inheritable` (None: `keep` too)."""
-    caps_setter(keep, inheritable)()
-
-
-def caps_setter(keep: tuple[int, ...],
-                inheritable: tuple[int, ...] | None = None) -> Callable[[], None]:
-    """set_caps(keep, inheritable), its capset arguments built now and the call made
-    later (a pool's slot builds them before it waits: its hand-over then makes the one
-    system call)."""
     mask = sum(1 << cap for cap in set(keep))
     inh = mask if inheritable is None else sum(1 << cap for cap in set(inheritable))
     data = _DataPair()
@@ -115,13 +104,9 @@ def caps_setter(keep: tuple[int, ...],
         data[i].effective = data[i].permitted = word
         data[i].inheritable = (inh >> (32 * i)) & 0xFFFFFFFF
     header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
-
-    def call() -> None:
-        if _capset(ctypes.byref(header), data) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, "capset failed")
-
-    return call
+    if _capset(ctypes.byref(header), data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "capset failed")
 
 
 def raise_ambient(caps: tuple[int, ...]) -> None:

@@ -164,10 +164,10 @@ def test_pooled_instance_is_a_cold_one(cold: Env, pool: Env, user: str) -> None:
     assert limits.get("cpu.cfs_quota_us", limits.get("cpu.max", "").split(" ")[0]) == "50000"
 
 
-def test_handed_over_user_workdir_env_and_nonce(pool: Env) -> None:
-    """A slot filled for one command runs another one's argv, env, user and workdir
-    (a missing workdir made inside the root), and prints its own nonce."""
-    fill = pool.spec(("true",))
+def test_handed_over_user_env_and_nonce(pool: Env) -> None:
+    """A slot filled for one command (in a workdir the image lacks: made by the slot's
+    set-up) runs another one's argv, env and user there, and prints its own nonce."""
+    fill = pool.spec(("true",), workdir="/made/here")
     spec = pool.spec(("sh", "-c", "id -u; id -g; pwd; echo $X; echo $CVBENCH_NONCE"),
                      env={"X": "handed"}, user="1000:1001", workdir="/made/here")
     inst = pooled_create(pool.rt, spec, pool.prepared, fill=fill)
@@ -182,16 +182,19 @@ def test_handed_over_user_workdir_env_and_nonce(pool: Env) -> None:
 
 
 def test_a_failed_hand_over_is_reported(pool: Env) -> None:
-    """A workdir the slot cannot make after its hand-over (a file in the way): start
-    fails naming the step, as a cold instance's set-up does, and leaves nothing."""
+    """A hand-over the slot's waiter refuses (a workdir not the slot's, which create
+    never hands it: forged here in the instance's config): start fails naming the step,
+    as a cold instance's set-up does, runs nothing, and leaves nothing."""
+    import dataclasses
+
     from harness.core.errors import InstanceError
 
-    inst = pooled_create(pool.rt, pool.spec(("true",), workdir="/etc/passwd/x"),
-                         pool.prepared, fill=pool.spec(("true",)))
+    inst = pooled_create(pool.rt, pool.spec(("true",)), pool.prepared)
     key, pid = inst.key, inst.child.pid  # type: ignore[attr-defined]
     dirs = cgroup_dirs(pid)
+    inst.config = dataclasses.replace(inst.config, workdir="/etc")  # type: ignore[attr-defined]
     try:
-        with pytest.raises(InstanceError, match=r"setting up .*passwd"):
+        with pytest.raises(InstanceError, match=r"setting up .*workdir /etc"):
             pool.rt.start(inst)
     finally:
         pool.rt.remove(inst)
