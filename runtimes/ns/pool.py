@@ -3,12 +3,12 @@
 A slot is an ns instance made by the very code a cold one is (`NsRuntime._create`),
 ahead of the request: its namespaces (mount, pid, uts, ipc, net, cgroup), its cgroup
 with the spec's limits, its veth and address on ns's bridge (network "bridge"), its
-overlay root entered with pivot_root; its first process has joined the cgroup and
-waits on its go pipe (`ContainerConfig.pooled`, process.child_main), confined already with every
-protection of a cold instance that does not depend on the user (process.confine:
-session keyring, rlimits, bounding set, no_new_privs, umask, descriptors closed; and
-the seccomp filter). It then waits as a small static program, the slot waiter
-(slot_waiter.c, built with gcc by `waiter()` before any timing, once per source):
+overlay root entered with pivot_root, its workdir made; its first process has joined
+the cgroup, is confined with every protection of a cold instance that does not depend
+on the user (process.confine: session keyring, rlimits, bounding set, no_new_privs,
+umask, descriptors closed; and the seccomp filter) and waits on its go pipe
+(`ContainerConfig.pooled`, process.child_main) as a small static program, the slot
+waiter (slot_waiter.c, built with gcc by `waiter()` before any timing, once a source):
 the interpreter's address space the slot was cloned with (the fork server's, ~8 MiB)
 is torn down when the slot is made, no longer by the workload's exec on the timed path.
 Taking a slot (`create`, for a spec that differs from the pool's only in what each
