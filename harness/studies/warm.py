@@ -43,7 +43,8 @@ is read while it runs, and the burst's instances are all alive at its end.
 
 On a 2-core host the filler competes with the timed requests for the CPU (as a pool's
 refill does on a busy host): the burst's rate includes that; the single request is
-taken from a full pool, before the filler has anything to do.
+taken from a full pool, and ns:pool replaces a slot only once its request is served
+(its refill policy), so no refill runs beside it.
 """
 
 from __future__ import annotations

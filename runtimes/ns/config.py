@@ -119,9 +119,11 @@ class ContainerConfig:
     # with the request, after the four others): the first process writes no cgroup.procs
     # (an exec's process still joins through cgroup_join)
     into_cgroup: bool = False
-    # ns:pool's slot: it joins its cgroup (made before the clone) and cgroup namespace
-    # before saying it is set up, then waits for the HANDED_OVER values with the go byte
+    # ns:pool's slot: it joins its cgroup (made before the clone) and cgroup namespace,
+    # is confined, then execs `waiter` (the built runtimes/ns/slot_waiter.c), which says
+    # it is set up and waits for the HANDED_OVER values with the go byte
     pooled: bool = False
+    waiter: str = ""
 
     # What the OCI CLI (cvbench-ns, oci_cli.py) sets from a bundle; the defaults are the
     # backend's behaviour.

@@ -3,14 +3,31 @@
 A slot is an ns instance made by the very code a cold one is (`NsRuntime._create`),
 ahead of the request: its namespaces (mount, pid, uts, ipc, net, cgroup), its cgroup
 with the spec's limits, its veth and address on ns's bridge (network "bridge"), its
-overlay root entered with pivot_root; its first process has joined the cgroup and
-waits on its go pipe (`ContainerConfig.pooled`, process.child_main). Taking a slot
-(`create`) gives the instance's spec to it; `start` hands the waiting process the
-instance's argv, environment (its nonce), workdir and user (config.HANDED_OVER), after
-which it runs the same `confine_and_exec` a cold instance runs (keyring, rlimits,
-capabilities, no_new_privs, descriptors, seccomp) and execs /bench/init. A slot is
-used once. When none is ready, `create` makes a cold instance (`Instance.warm`
-"cold"). A background thread refills the pool to its size.
+overlay root entered with pivot_root, its workdir made; its first process has joined
+the cgroup, is confined with every protection of a cold instance that does not depend
+on the user (process.confine: session keyring, rlimits, bounding set, no_new_privs,
+umask, descriptors closed; and the seccomp filter) and waits on its go pipe
+(`ContainerConfig.pooled`, process.child_main) as a small static program, the slot
+waiter (slot_waiter.c, built with gcc by `waiter()` before any timing, once a source):
+the interpreter's address space the slot was cloned with (the fork server's, ~8 MiB)
+is torn down when the slot is made, no longer by the workload's exec on the timed path.
+Taking a slot (`create`, for a spec that differs from the pool's only in what each
+instance brings itself: _pool_part) gives the instance's spec to it; `start` hands the
+waiter the instance's argv, environment (its nonce), workdir (the slot's, checked) and
+user (config.HANDED_OVER), after which it switches to the user (what
+process.become_user does for a cold instance: groups, gid, uid, or root's capability
+set) and execs /bench/init. A slot is used once. When none is ready, `create` makes a
+cold instance (`Instance.warm` "cold").
+
+A background thread refills the pool to its size. Refill policy: a slot taken is
+replaced once the request it served is over: its instance is up (wait_ready returned,
+ready or not) or has exited (wait_exit), its start failed, or it was removed; not the
+moment it is taken. Making a slot (the runner's thread with the interpreter's lock, the
+fork server's clone, the new child's mounts on the other CPU) would otherwise compete
+with the very request→ready path the pool is there to shorten, as serverless pools
+refill off the request's path. A slot whose instance is never awaited is replaced at
+its removal. `fill` from empty (the refill rate) is unaffected; a burst of requests
+(the warm study's) still has the refill run beside its later requests.
 
 A slot's resources are named `cvbench-<run id>-slot<hex>` (cgroup, instance dir, veth
 alias, lease), like any ns instance's, so `leftovers()`/`gc()` of a dead run find
@@ -21,17 +38,24 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import os
 import secrets
+import shutil
+import subprocess
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.core.errors import InstanceError, UsageError
+from harness.core.errors import BackendUnavailable, InstanceError, UsageError
+from harness.core.image import Image
 from runtimes import _proc
 from runtimes.base import (
     NO_HOOKS,
     PREFIX,
+    Availability,
+    Exit,
     Hooks,
     Instance,
     InstanceSpec,
@@ -42,7 +66,38 @@ from runtimes.base import (
     check_networks,
 )
 from runtimes.ns import process, validate
+from runtimes.ns.config import ContainerConfig
 from runtimes.ns.runtime import _SERVER, SETUP_TIMEOUT, NsInstance, NsRuntime, _handed_over
+
+WAITER_SOURCE = Path(__file__).with_name("slot_waiter.c")
+
+
+def waiter(root: Path) -> str:
+    """The slot waiter, built from WAITER_SOURCE (static, so that it runs in any image's
+    root) into `root` once per source (its sha256 in the name); its path.
+    BackendUnavailable without gcc or when it does not build."""
+    src = WAITER_SOURCE.read_bytes()
+    out = root / f"slot-waiter-{hashlib.sha256(src).hexdigest()[:16]}"
+    if out.is_file():
+        return str(out)
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise BackendUnavailable("ns:pool", f"gcc is not installed: it builds the slots' "
+                                 f"waiter ({WAITER_SOURCE.name})", "make provision")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    res = subprocess.run([gcc, "-static", "-O2", "-o", str(tmp), "-x", "c", "-"], input=src,
+                         capture_output=True, check=False)
+    if res.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise BackendUnavailable("ns:pool", f"cannot build the slots' waiter: "
+                                 f"{res.stderr.decode(errors='replace')[-300:]}",
+                                 "gcc -static needs the C library's static archive "
+                                 "(libc6-dev)")
+    tmp.chmod(0o755)
+    os.replace(tmp, out)
+    return str(out)
+
 
 # A failed slot is tried again after this long, doubling up to MAX_BACKOFF: a spec that
 # cannot be run must not spin the refill thread (create then fails cold, with the reason).
@@ -51,10 +106,11 @@ BACKOFF, MAX_BACKOFF = 0.5, 30.0
 
 def _pool_part(spec: InstanceSpec) -> InstanceSpec:
     """What a slot is made for: the spec without what each instance brings itself (its
-    name, nonce, argv, env, user, workdir, kept output, readiness and published ports,
-    published when the slot is taken)."""
+    name, nonce, argv, env, user, kept output, readiness and published ports, published
+    when the slot is taken). The workdir is the slot's: made and entered by its set-up
+    (rootfs.setup, resolved inside the root as a cold instance's), not by its waiter."""
     return dataclasses.replace(spec, name="", nonce="", argv=(), env={}, user="",
-                               workdir="/", capture=False, readiness="marker", publish=())
+                               capture=False, readiness="marker", publish=())
 
 
 def namespaces_held(pid: int) -> int | None:
@@ -76,10 +132,13 @@ class NsPoolRuntime(NsRuntime):
         super().__init__(flavour, hooks=hooks)
         self._cond = threading.Condition()
         self._want: tuple[InstanceSpec, Prepared] | None = None
+        self._want_part: InstanceSpec | None = None  # _pool_part of _want's spec
         self._size = 0
         self._idle: collections.deque[NsInstance] = collections.deque()
+        self._taken: set[str] = set()  # keys of slots taken, their request not yet served
         self._gen = 0  # a fill or drain starts a new generation; older threads end
         self._thread: threading.Thread | None = None
+        self._waiter = ""  # the slot waiter's path (prepare, fill)
         self.error: str | None = None
 
     def traits(self) -> Traits:
@@ -87,9 +146,30 @@ class NsPoolRuntime(NsRuntime):
         return dataclasses.replace(t, settings={
             **t.settings,
             "start": "a slot of a pool made ahead (namespaces, cgroup with the limits, "
-                     "veth and address, overlay root; its first process waiting in its "
-                     "cgroup), handed argv, env, workdir and user, then ns's protections "
-                     "and exec; a cold clone when the pool is empty"})
+                     "veth and address, overlay root; its first process confined with "
+                     "ns's protections but the user's switch, waiting in its cgroup as "
+                     "a small static program), handed argv, env, workdir and user, then "
+                     "the user's switch and exec; refilled once a request is served; a "
+                     "cold clone when the pool is empty"})
+
+    def prepare(self, image: Image) -> Prepared:
+        prepared = super().prepare(image)
+        self._waiter = waiter(self.root())  # before any timing
+        return prepared
+
+    def availability(self) -> Availability:
+        av = super().availability()
+        if av.ok and shutil.which("gcc") is None:
+            return dataclasses.replace(av, ok=False, reason=f"gcc is not installed: it "
+                                       f"builds the slots' waiter ({WAITER_SOURCE.name})",
+                                       fix="make provision")
+        return av
+
+    def _config(self, spec: InstanceSpec, lower: str, idir: Path | None,
+                hosts: Path | None = None, key: str = "",
+                pooled: bool = False) -> ContainerConfig:
+        cfg = super()._config(spec, lower, idir, hosts, key, pooled)
+        return dataclasses.replace(cfg, waiter=self._waiter) if pooled else cfg
 
     # --- Pool ----------------------------------------------------------------------------
 
@@ -105,11 +185,13 @@ class NsPoolRuntime(NsRuntime):
         if self.limits_applied:
             self.cg.setup()
         self._program()
+        self._waiter = waiter(self.root())
         self.drain()
         if size == 0:
             return
         with self._cond:
             self._want, self._size, self.error = (spec, prepared), size, None
+            self._want_part = _pool_part(spec)
             gen = self._gen
         self._thread = threading.Thread(target=self._refill, args=(gen,), daemon=True,
                                         name=f"{self.name} refill")
@@ -138,6 +220,7 @@ class NsPoolRuntime(NsRuntime):
             self._want, self._size = None, 0
             idle = list(self._idle)
             self._idle.clear()
+            self._taken.clear()
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join()  # it removes the slot it was making itself
@@ -149,7 +232,8 @@ class NsPoolRuntime(NsRuntime):
         backoff = BACKOFF
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._gen != gen or len(self._idle) < self._size)
+                self._cond.wait_for(lambda: self._gen != gen or
+                                    len(self._idle) + len(self._taken) < self._size)
                 if self._gen != gen or self._want is None:
                     return
                 spec, prepared = self._want
@@ -223,6 +307,41 @@ class NsPoolRuntime(NsRuntime):
             raise
         return slot
 
+    def start(self, inst: Instance) -> None:
+        try:
+            super().start(inst)
+        except BaseException:
+            self._served(inst)
+            raise
+
+    def wait_ready(self, inst: Instance, timeout: float) -> int:
+        try:
+            return super().wait_ready(inst, timeout)
+        finally:
+            self._served(inst)
+
+    def wait_exit(self, inst: Instance, timeout: float) -> Exit:
+        try:
+            return super().wait_exit(inst, timeout)
+        finally:
+            self._served(inst)
+
+    def remove(self, inst: Instance) -> None:
+        try:
+            super().remove(inst)
+        finally:
+            self._served(inst)
+
+    def _served(self, inst: Instance) -> None:
+        """`inst`, if a slot taken from the pool, has served its request (up, ended or
+        gone): the refill thread may replace it now (the refill policy, in the module's
+        docstring)."""
+        key = inst.key if isinstance(inst, NsInstance) else None
+        with self._cond:
+            if key in self._taken:
+                self._taken.discard(key)
+                self._cond.notify_all()
+
     def _take(self, spec: InstanceSpec, prepared: Prepared) -> NsInstance | None:
         """A ready slot made for a spec like `spec` (removed from the pool), or None."""
         dead: list[NsInstance] = []
@@ -230,7 +349,7 @@ class NsPoolRuntime(NsRuntime):
         with self._cond:
             want = self._want
             if want is not None and want[1].ref == prepared.ref and \
-                    _pool_part(want[0]) == _pool_part(spec):
+                    self._want_part == _pool_part(spec):
                 while self._idle:
                     slot = self._idle.popleft()
                     assert slot.child is not None
@@ -238,8 +357,9 @@ class NsPoolRuntime(NsRuntime):
                         dead.append(slot)
                         continue
                     taken = slot
+                    self._taken.add(slot.key)  # replaced once it has served (_served)
                     break
-                self._cond.notify_all()  # the refill thread makes another
+                self._cond.notify_all()  # (the dead ones are replaced at once)
         for slot in dead:
             self.remove(slot)
         return taken

@@ -15,10 +15,12 @@ start: the runner writes one byte on the go pipe and waits. The child joins its 
   child then exits 127). The runner thus sleeps once per instance, not at every step,
   which matters most on a busy host.
 ns:pool (cfg.pooled): the cgroup is made first and the child joins it (and a new cgroup
-  namespace) before its "R", which the pool's thread reads (wait_set_up): a slot, set
-  up and waiting. start then writes "G" and the instance's HANDED_OVER values (argv,
-  env, workdir, user), which the child reads into its config before the same
-  `confine_and_exec`.
+  namespace), then applies `confine` (confine_and_exec's protections but the user's
+  switch) and loads the seccomp filter, before its "R", which the pool's thread reads
+  (wait_set_up), said by the small static program it execs to wait (slot_waiter.c):
+  a slot, set up, confined and waiting. start then writes "G" and the instance's
+  HANDED_OVER values (argv, env, workdir, user; `handover`), which the waiter reads
+  before it does what `become_user` does, and execs.
 exec (a further command in a running instance, `exec_main`): a helper joins every
   namespace of the instance, forks the process that joins its cgroup, enters its root
   and workdir and runs the same `confine_and_exec` with the instance's own config, so an
@@ -32,7 +34,6 @@ code.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import gc
 import os
@@ -44,10 +45,9 @@ import termios
 import time
 from dataclasses import dataclass
 
-from harness.core import rootpath
 from runtimes.ns import namespaces as ns
 from runtimes.ns import rootfs, security
-from runtimes.ns.config import HANDED_OVER, ContainerConfig, ExecConfig
+from runtimes.ns.config import ContainerConfig, ExecConfig
 
 TYPE_CHECKING = False  # (typing: neither in the fork server nor in cvbench-ns; mypy only)
 if TYPE_CHECKING:
@@ -121,6 +121,8 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
         # cloned into it, nothing to join.)
         joins = () if cfg.into_cgroup else cfg.cgroup_join
         cgroup_parents = [os.open(d, os.O_PATH | os.O_DIRECTORY) for d, _ in joins]
+        # A slot's waiter, a host file: opened before pivot_root puts it out of sight.
+        waiter = os.open(cfg.waiter, os.O_PATH | os.O_CLOEXEC) if cfg.pooled else -1
         # (the host's /proc is still ours: "self" there is our pid on the host)
         state = cfg.hook_state.replace(b"@PID@", os.readlink("/proc/self").encode()) \
             if cfg.hook_state else b""
@@ -135,19 +137,27 @@ def child_main(cfg: ContainerConfig, go_r: int, status_w: int, out_w: int,
         if cfg.pooled:
             # A pool's slot waits in its cgroup (made before the clone) and its cgroup
             # namespace: what it holds idle is charged there, and taking it moves no
-            # task between cgroups on the timed path.
+            # task between cgroups on the timed path. It waits confined: every
+            # protection but the user's switch (confine_and_exec's, less become_user,
+            # the seccomp filter included) is applied now; then it execs the waiter
+            # (slot_waiter.c), which says "R", reads the hand-over, does what
+            # become_user does and execs the workload: this interpreter's address
+            # space is torn down now, not by the workload's exec on the request's
+            # path. (A slot runs no startContainer hooks: ns:pool has none.)
             _join_cgroup(cfg, cgroup_parents, joins)
+            confine(cfg, keep=(status_w, go_r, waiter))
+            if cfg.seccomp and cfg.no_new_privs:
+                security.load_seccomp(cfg.seccomp)
+            os.set_inheritable(go_r, True)
+            os.set_inheritable(status_w, True)  # (the waiter makes it close-on-exec)
+            os.execve(waiter, waiter_argv(cfg, go_r, status_w), {})
         os.write(status_w, b"R")
         if os.read(go_r, 1) != b"G":
             os._exit(0)  # the parent went away or removed us before start
-        if cfg.pooled:  # a slot taken: the instance's own argv, env, user and workdir
-            cfg = _handed_over(cfg, go_r)
-            env = dict(e.split("=", 1) for e in cfg.env)
-        else:
-            # Started: the cgroup exists. Join it only now, with the set-up done: that
-            # was this runtime's work (as a shim's would be), and the workload never
-            # runs outside it.
-            _join_cgroup(cfg, cgroup_parents, joins)
+        # Started: the cgroup exists. Join it only now, with the set-up done: that was
+        # this runtime's work (as a shim's would be), and the workload never runs
+        # outside it.
+        _join_cgroup(cfg, cgroup_parents, joins)
         run_hooks(cfg.hooks_start, state.replace(b'"creating"', b'"created"'), "startContainer")
         confine_and_exec(cfg, env, status_w)
     except BaseException as e:
@@ -165,28 +175,27 @@ def _join_cgroup(cfg: ContainerConfig, parents: list[int],
         ns.unshare(ns.CLONE_NEWCGROUP)
 
 
-def _handed_over(cfg: ContainerConfig, go_r: int) -> ContainerConfig:
-    """A pool's slot taken (ns:pool): read the instance's HANDED_OVER values (pickled,
-    up to EOF of the go pipe) into its config, and move to its workdir, made (as root,
-    resolved inside the root) where the image lacks it, as rootfs.setup makes the
-    slot's own. Everything else, every protection included, is the slot's config: the
-    runner hands a slot only to a spec that asks for the same."""
-    data = b""
-    while chunk := os.read(go_r, 65536):
-        data += chunk
-    fields = pickle.loads(data)
-    if set(fields) != set(HANDED_OVER):
-        raise ValueError(f"hand-over of {sorted(fields)}, not {list(HANDED_OVER)}")
-    workdir = cfg.workdir
-    cfg = dataclasses.replace(cfg, **fields)
-    if cfg.workdir != workdir:
-        root = os.open("/", os.O_PATH | os.O_DIRECTORY)  # the instance's, after pivot_root
-        try:
-            os.close(rootpath.mkdirs(root, cfg.workdir))
-        finally:
-            os.close(root)
-        os.chdir(cfg.workdir)
-    return cfg
+def handover(cfg: ContainerConfig) -> bytes:
+    """What release() hands a pool's slot (cfg.pooled): the HANDED_OVER values of the
+    instance's config (its waiter, slot_waiter.c, reads them); b"" otherwise. A fixed
+    layout, NUL-separated (no argument or environment entry can hold a NUL): workdir,
+    uid, gid, the number of arguments, the arguments, the environment."""
+    if not cfg.pooled:
+        return b""
+    return b"\0".join(os.fsencode(v) for v in (cfg.workdir, str(cfg.uid), str(cfg.gid),
+                                                str(len(cfg.argv)), *cfg.argv, *cfg.env))
+
+
+def waiter_argv(cfg: ContainerConfig, go_r: int, status_w: int) -> list[str]:
+    """The slot waiter's arguments (slot_waiter.c says what each is): what become_user
+    takes from the slot's config, the rest comes with the hand-over."""
+    def mask(caps: tuple[int, ...]) -> str:
+        return f"{sum(1 << c for c in set(caps)):x}"
+
+    return ["cvbench-slot-waiter", str(go_r), str(status_w), cfg.workdir,
+            "0" if cfg.userns_map is not None else "1", ",".join(map(str, cfg.groups)),
+            mask(cfg.caps), mask(cfg.caps if cfg.inheritable is None else cfg.inheritable),
+            ",".join(map(str, cfg.ambient))]
 
 
 def run_hooks(hooks: tuple[tuple[str, tuple[str, ...], tuple[str, ...], float], ...],
@@ -223,20 +232,30 @@ def run_hooks(hooks: tuple[tuple[str, tuple[str, ...], tuple[str, ...], float], 
                                f"{os.waitstatus_to_exitcode(status)}")
 
 
-def confine_and_exec(cfg: ContainerConfig, env: dict[str, str], status_w: int) -> NoReturn:
-    """Apply the instance's protections to this process, then exec cfg.argv (searched
-    on env's PATH when it has no "/"): the tail an instance's first process and every
-    exec share. The order matters (security.py says why); `status_w` is kept open,
-    close-on-exec."""
+def confine(cfg: ContainerConfig, keep: tuple[int, ...]) -> None:
+    """The protections that do not depend on the user: session keyring, rlimits, the
+    bounding set, no_new_privs, umask, every descriptor from 3 up but `keep` closed; and
+    the seccomp filter where it must come first (no no_new_privs: see below). Applied by
+    confine_and_exec, and by a pool's slot before it waits (its user comes with the
+    hand-over). The order matters (security.py says why)."""
     if cfg.keyring:
         security.new_session_keyring()
     security.set_rlimits(cfg.rlimits)
-    early = bool(cfg.seccomp) and not cfg.no_new_privs
-    if early:
+    if cfg.seccomp and not cfg.no_new_privs:
         # Without no_new_privs only CAP_SYS_ADMIN may install a filter: load it while we
         # still hold it, so the rest of this set-up runs under it (as runc does).
         security.load_seccomp(cfg.seccomp)
     security.drop_bounding(cfg.caps, cfg.last_cap)
+    if cfg.no_new_privs:
+        security.no_new_privs()
+    os.umask(cfg.umask)
+    security.close_inherited(keep)
+
+
+def become_user(cfg: ContainerConfig) -> None:
+    """Switch to the instance's user: its groups, gid and uid, which clears every
+    capability of a non-root user; root keeps the instance's set (and ambient ones).
+    (A pool's slot waiter does the same in C: slot_waiter.c.)"""
     if cfg.userns_map is None:  # (a user namespace has setgroups denied)
         # Only the user's own groups, not whatever the runner had (runc's default:
         # the primary group when /etc/group lists none).
@@ -248,11 +267,17 @@ def confine_and_exec(cfg: ContainerConfig, env: dict[str, str], status_w: int) -
     else:
         security.set_caps(cfg.caps, cfg.inheritable)
         security.raise_ambient(cfg.ambient)
-    if cfg.no_new_privs:
-        security.no_new_privs()
-    os.umask(cfg.umask)
-    security.close_inherited(keep=status_w)
-    if cfg.seccomp and not early:
+
+
+def confine_and_exec(cfg: ContainerConfig, env: dict[str, str], status_w: int) -> NoReturn:
+    """Apply the instance's protections to this process, then exec cfg.argv (searched
+    on env's PATH when it has no "/"): the tail an instance's first process and every
+    exec share (a pool's slot splits it around its wait: confine, then the hand-over,
+    become_user and exec, the seccomp filter loaded before the wait). `status_w` is
+    kept open, close-on-exec."""
+    confine(cfg, keep=(status_w,))
+    become_user(cfg)
+    if cfg.seccomp and cfg.no_new_privs:
         security.load_seccomp(cfg.seccomp)  # last: from here on, only what it allows
     os.execvpe(cfg.argv[0], list(cfg.argv), env)
 
@@ -376,21 +401,13 @@ def wait_set_up(child: Child, timeout: float) -> None:
     raise SetupError("the instance's first process died during its set-up")
 
 
-def handover(cfg: ContainerConfig) -> bytes:
-    """What release() hands a pool's slot (cfg.pooled): the HANDED_OVER values of the
-    instance's config, pickled (the child reads them in _handed_over); b"" otherwise."""
-    if not cfg.pooled:
-        return b""
-    return pickle.dumps({k: getattr(cfg, k) for k in HANDED_OVER}, pickle.HIGHEST_PROTOCOL)
-
-
 def release(child: Child, timeout: float, handover: bytes = b"") -> None:
     """Let the child exec the workload (start); returns once the exec has happened.
 
     "G" is written at once: a child still setting up finds it when it is ready, so the
     runner waits (and wakes up) only once, at the exec. The child's "R" then EOF means
     success; "E..." carries the step that failed. A pool's slot gets `handover` (its
-    pickled HANDED_OVER values) after the "G", ended by closing the pipe."""
+    HANDED_OVER values) after the "G", ended by closing the pipe."""
     data = memoryview(b"G" + handover)
     try:
         while data:  # (a blocking pipe: only a long hand-over waits for the child's read)

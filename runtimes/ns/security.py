@@ -9,6 +9,12 @@ a non-root user), capset() for effective/permitted/inheritable. no_new_privs mak
 setuid binaries and file capabilities unable to give any of it back, and lets an
 unprivileged process install a seccomp filter: the filter goes on last, when nothing of
 the set-up needs a system call it may refuse (keyctl, setrlimit above the hard limit...).
+A pool's slot (ns:pool) loads it before it waits, with everything but the user's switch:
+what runs under the filter then (the exec of its waiter, slot_waiter.c, whose static C
+library start-up, read, write, close, fcntl, mkdir, chdir, setgroups, setgid, setuid,
+capset, prctl and execve) is what the filter lets any instance do (Docker's profile and
+containers-common's allow each); were one refused, start fails with the step, never
+runs the workload with less.
 Only ctypes here: the fork server imports this module, so the child pays nothing for it.
 """
 
@@ -128,11 +134,17 @@ def set_rlimits(limits: tuple[tuple[int, int, int], ...]) -> None:
         ns._check(_setrlimit(res, ctypes.byref(_Rlimit(soft, hard))), f"setrlimit({res})")
 
 
-def close_inherited(keep: int) -> None:
-    """Close every descriptor from 3 up but `keep`, to the last possible one: close_range(2),
-    not a loop up to a guessed bound (a runner may hold descriptors above 65536)."""
+def close_inherited(keep: tuple[int, ...]) -> None:
+    """Close every descriptor from 3 up but those in `keep`, to the last possible one:
+    close_range(2), not a loop up to a guessed bound (a runner may hold descriptors above
+    65536)."""
     nr = ctypes.c_long(_SYS_CLOSE_RANGE)
-    ranges = ((3, keep - 1), (max(3, keep + 1), 2**32 - 1)) if keep > 3 else ((3, 2**32 - 1),)
+    ranges, low = [], 3
+    for fd in sorted(k for k in set(keep) if k >= 3):
+        if fd > low:
+            ranges.append((low, fd - 1))
+        low = fd + 1
+    ranges.append((low, 2**32 - 1))
     for low, high in ranges:
         if ns._libc.syscall(nr, ctypes.c_uint(low), ctypes.c_uint(high), 0) == 0:
             continue

@@ -1,12 +1,13 @@
 # Debian packages: the ones missing are installed, in one apt-get call.
 . "$here/provision.d/lib.sh"
 packages=(
-  # the harness itself
-  python3 python3-venv python3-dev gcc make git
+  # the harness itself (gcc and libc6-dev, static glibc: ns:pool builds its slot waiter,
+  # runtimes/ns/slot_waiter.c, with gcc -static)
+  python3 python3-venv python3-dev gcc make git libc6-dev
   # tests: readelf (whether an ELF binary is static); bpftool (what the kernel says is
   # attached to a cgroup: ns's eBPF device program on cgroup v2); strace (counting a
-  # probe's system calls); libc6-dev: static glibc, for the probes built with gcc -static
-  binutils bpftool strace libc6-dev
+  # probe's system calls); libc6-dev too, for the probes built with gcc -static
+  binutils bpftool strace
   # the workload image: busybox-static, and tools copied into images with their libraries
   busybox-static fio iperf3 sockperf hyperfine
   # real images: Debian root filesystems (debootstrap); host-side HTTP checks in tests (curl)

@@ -106,9 +106,9 @@ def test_symlinked_mount_points_stay_inside_the_root(backend: str, hostile: imag
 
 def test_pooled_instance_stays_inside_the_root(hostile: image.Image, host_dir: Path,
                                                watch: None) -> None:
-    """ns:pool: a slot made for workdir "/" is handed the workdir /work (the link to
-    the host's directory), which the slot's process makes and enters after its hand-over,
-    inside the root as rootfs.setup would; the volumes' targets are the slot's own."""
+    """ns:pool: a slot made for the workdir /work (the link to the host's directory),
+    which the slot's set-up makes and enters inside the root (rootfs.setup, as a cold
+    instance's), handed another command; the volumes' targets are the slot's own."""
     from tests.integration._nsutil import gc_run, pooled_create
 
     rt: Any = backend_or_skip("ns:pool")
@@ -126,7 +126,7 @@ def test_pooled_instance_stays_inside_the_root(hostile: image.Image, host_dir: P
 
         prepared = rt.prepare(hostile)
         inst = pooled_create(rt, spec(("sh", "-c", script), "/work"), prepared,
-                             fill=spec(("true",), "/"))
+                             fill=spec(("true",), "/work"))
         try:
             rt.start(inst)
             rt.wait_ready(inst, 60)

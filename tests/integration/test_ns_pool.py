@@ -44,7 +44,7 @@ STATUS = ("NoNewPrivs", "Seccomp", "Seccomp_filters", "CapInh", "CapPrm", "CapEf
 SCRIPT = ("grep -E '^(" + "|".join(STATUS) + "):' /proc/self/status; cat /proc/self/limits; "
           "ip -4 -o addr show eth0 | awk '{print \"ADDR\", $4}'; "
           "ip -4 route | sed 's/ src .*//'; ip -o link | awk '{print $2}' | sed 's/@.*//'; "
-          "id; pwd; echo DONE; exec sleep 300")
+          "id; pwd; umask; echo FDS; ls /proc/$$/fd; echo DONE; exec sleep 300")
 
 
 @pytest.fixture(scope="module")
@@ -122,37 +122,52 @@ def run_until_done(env: Env, inst: Instance) -> tuple[str, str]:
     return "\n".join(line for line in text.splitlines() if not line.startswith("ADDR ")), addr
 
 
-def test_pooled_instance_is_a_cold_one(cold: Env, pool: Env) -> None:
-    """The same spec, cold on ns and from a slot of ns:pool: the same protections in
-    /proc/self/status and /proc/self/limits, the same cgroup limits in the kernel's
-    files, the same network (an address of the bridge's subnet, the same routes and
-    links inside; the host end a port of cvbench0)."""
+def host_status(pid: int) -> list[str]:
+    """The STATUS lines of process `pid`'s /proc/PID/status, read on the host."""
+    return [line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if line.split(":")[0] in STATUS]
+
+
+@pytest.mark.parametrize("user", ["", "1000:1000"])
+def test_pooled_instance_is_a_cold_one(cold: Env, pool: Env, user: str) -> None:
+    """The same spec, cold on ns and from a slot of ns:pool, as root and as another
+    user: the same protections in /proc/self/status (inside, and the process's
+    /proc/PID/status on the host), /proc/self/limits, the same umask and open
+    descriptors, the same cgroup limits in the kernel's files, the same network (an
+    address of the bridge's subnet, the same routes and links inside; the host end a
+    port of cvbench0). The slot waits confined (seccomp, bounding set...) and is handed
+    its user after: what the kernel shows must still be exactly the cold one's."""
     seen = {}
     for env in (cold, pool):
-        spec = env.spec(("sh", "-c", SCRIPT), limits=LIMITS, network="bridge")
+        spec = env.spec(("sh", "-c", SCRIPT), limits=LIMITS, network="bridge", user=user)
         inst = env.create(spec)
         try:
             out, addr = run_until_done(env, inst)
             assert addr == f"{env.rt.address(inst)}/16", (addr, env.rt.address(inst))
             link = network.link_name(inst.key)  # type: ignore[attr-defined]
             master = Path(f"/sys/class/net/{link}/master").resolve().name
-            seen[env.rt.name] = (out, kernel_limits(inst.pids[0]), master)
+            seen[env.rt.name] = (out, host_status(inst.pids[0]), kernel_limits(inst.pids[0]),
+                                 master)
         finally:
             env.rt.stop(inst, grace=0)
             env.rt.remove(inst)
     assert seen["ns"] == seen["ns:pool"]
-    out, limits, master = seen["ns"]
+    out, status, limits, master = seen["ns"]
     assert "NoNewPrivs:\t1" in out and "Seccomp:\t2" in out, out
+    assert "NoNewPrivs:\t1" in status and "Seccomp:\t2" in status, status
+    assert "\nFDS\n0\n1\n2\nDONE" in out, out  # (the slot's go pipe closed too)
+    if user:
+        assert "CapEff:\t0000000000000000" in status, status
     assert master == network.BRIDGE
     assert limits.get("memory.limit_in_bytes", limits.get("memory.max")) == str(64 << 20)
     assert limits["pids.max"] == "40"
     assert limits.get("cpu.cfs_quota_us", limits.get("cpu.max", "").split(" ")[0]) == "50000"
 
 
-def test_handed_over_user_workdir_env_and_nonce(pool: Env) -> None:
-    """A slot filled for one command runs another one's argv, env, user and workdir
-    (a missing workdir made inside the root), and prints its own nonce."""
-    fill = pool.spec(("true",))
+def test_handed_over_user_env_and_nonce(pool: Env) -> None:
+    """A slot filled for one command (in a workdir the image lacks: made by the slot's
+    set-up) runs another one's argv, env and user there, and prints its own nonce."""
+    fill = pool.spec(("true",), workdir="/made/here")
     spec = pool.spec(("sh", "-c", "id -u; id -g; pwd; echo $X; echo $CVBENCH_NONCE"),
                      env={"X": "handed"}, user="1000:1001", workdir="/made/here")
     inst = pooled_create(pool.rt, spec, pool.prepared, fill=fill)
@@ -167,16 +182,19 @@ def test_handed_over_user_workdir_env_and_nonce(pool: Env) -> None:
 
 
 def test_a_failed_hand_over_is_reported(pool: Env) -> None:
-    """A workdir the slot cannot make after its hand-over (a file in the way): start
-    fails naming the step, as a cold instance's set-up does, and leaves nothing."""
+    """A hand-over the slot's waiter refuses (a workdir not the slot's, which create
+    never hands it: forged here in the instance's config): start fails naming the step,
+    as a cold instance's set-up does, runs nothing, and leaves nothing."""
+    import dataclasses
+
     from harness.core.errors import InstanceError
 
-    inst = pooled_create(pool.rt, pool.spec(("true",), workdir="/etc/passwd/x"),
-                         pool.prepared, fill=pool.spec(("true",)))
+    inst = pooled_create(pool.rt, pool.spec(("true",)), pool.prepared)
     key, pid = inst.key, inst.child.pid  # type: ignore[attr-defined]
     dirs = cgroup_dirs(pid)
+    inst.config = dataclasses.replace(inst.config, workdir="/etc")  # type: ignore[attr-defined]
     try:
-        with pytest.raises(InstanceError, match=r"setting up .*passwd"):
+        with pytest.raises(InstanceError, match=r"setting up .*workdir /etc"):
             pool.rt.start(inst)
     finally:
         pool.rt.remove(inst)
