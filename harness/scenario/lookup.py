@@ -71,7 +71,7 @@ def from_header(header: Mapping[str, Any]) -> Scenario:
     """The scenario a result or journal was run with (for --resume): its TOML as parsed,
     with the sampling actually used (command-line overrides included)."""
     try:
-        scen = parse(header["scenario_toml"], header["scenario"]["source"])
+        scen = parse(header["scenario_toml"], header["scenario"]["source"], resumed=True)
         return replace(scen, sampling=Sampling(**header["scenario"]["sampling"]))
     except (KeyError, TypeError) as e:
         raise ScenarioError(str(header.get("scenario", {}).get("source", "?")), "",

@@ -570,8 +570,13 @@ SERVICE_KEYS = WORKLOAD_KEYS - {"probe_interval"} | {
     "aliases"}
 
 
-def parse(data: Mapping[str, Any], source: str) -> Scenario:
-    """Build a Scenario from parsed TOML; every problem names `source` and the key."""
+def parse(data: Mapping[str, Any], source: str, *, resumed: bool = False) -> Scenario:
+    """Build a Scenario from parsed TOML; every problem names `source` and the key.
+
+    `resumed`: the TOML is a run's own record (`bench run --resume`), the only place
+    `[stack] services_from` may come from: it names the compose file whose directory the
+    services' build contexts are read from (and cannot leave), so a scenario file that
+    set it could point the builds at any host directory."""
     r = _Reader(source)
     r.only(data, "", TOP_KEYS)
     name = r.str_(data.get("name"), "name")
@@ -593,6 +598,9 @@ def parse(data: Mapping[str, Any], source: str) -> Scenario:
         if "workload" in data:
             raise r.fail("workload", "a stack's workloads are its [[services]]")
         st = r.table(data, "stack", {"front", "services_from"})
+        if "services_from" in st and not resumed:
+            raise r.fail("stack.services_from", "is set by bench for a resumed run (the "
+                         "compose file the services came from), not in a scenario file")
         # (services a compose file gave: their build contexts are read from its directory)
         rs = _Reader(source, Path(r.str_(st["services_from"], "stack.services_from"))
                      .resolve().parent) if "services_from" in st else r

@@ -149,7 +149,11 @@ def test_build_is_an_engine_source_with_its_context_inside(tmp_path: Path) -> No
     assert by["app"] == EngineRef("", "", EngineBuild(ctx, "Other.dockerfile",
                                                      (("V", "1"), ("W", "two"))))
     s = read(f)
-    assert parse(s.raw, "again").services == s.services  # a resumed run reads it back
+    assert parse(s.raw, "again", resumed=True).services == s.services  # a resumed run
+    # A scenario file cannot name the directory build contexts are read from: only a
+    # run's own record does (else `services_from = "/x"` would build from any host dir).
+    with pytest.raises(ScenarioError, match=r"stack\.services_from"):
+        parse(s.raw, "hand-written.toml")
 
 
 @pytest.mark.parametrize("build, where", [
