@@ -83,6 +83,7 @@ import math
 import os
 import re
 import secrets
+import shlex
 import shutil
 import socket
 import struct
@@ -243,6 +244,27 @@ def vcpus_and_quota(cpus: float | None) -> tuple[int, int | None]:
         return 1, None
     n = max(1, math.ceil(cpus))
     return n, None if cpus == n else int(cpus / n * 100_000)
+
+
+def _env(spec: InstanceSpec) -> dict[str, str]:
+    """The workload's environment as the VM init exports it (the image's and the
+    scenario's over cvbench's defaults, and the init's own CVBENCH_ names)."""
+    return {"PATH": image_mod.PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
+            "CVBENCH_HOSTNAME": spec.hostname, "CVBENCH_WORKDIR": spec.workdir,
+            "CVBENCH_NONCE": spec.nonce, **spec.env}
+
+
+def _flags(spec: InstanceSpec) -> list[str]:
+    """The VM init's variables ("NAME=value") for the instance's network, agent, user."""
+    words = ["CVBENCH_NET=eth0"] if spec.network == "bridge" else []
+    if spec.network_name:
+        words.append("CVBENCH_NAMES=" + ",".join(dict.fromkeys((spec.hostname,
+                                                                *spec.aliases))))
+    if spec.agent:
+        words.append("CVBENCH_AGENT=1")
+    if uid_gid(spec.user) != (0, 0):
+        words.append("CVBENCH_USER={}:{}".format(*uid_gid(spec.user)))
+    return words
 
 
 def _cgroup_usage(pid: int) -> int | None:
@@ -587,22 +609,19 @@ class LibvirtRuntime:
     def instance_vars(spec: InstanceSpec) -> list[str]:
         """The VM init's variables ("NAME=value") of one instance: its workload (argv,
         env, nonce, user), names and network."""
-        env = {"PATH": image_mod.PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
-               "CVBENCH_HOSTNAME": spec.hostname, "CVBENCH_WORKDIR": spec.workdir,
-               "CVBENCH_NONCE": spec.nonce, **spec.env}
-        words = [f"CVBENCH_NONCE={spec.nonce}",
-                 "CVBENCH_ENV=" + ",".join(_enc(f"{k}={v}") for k, v in env.items()),
-                 "CVBENCH_ARGV=" + ",".join(_enc(a) for a in spec.argv)]
-        if spec.network == "bridge":
-            words.append("CVBENCH_NET=eth0")
-        if spec.network_name:
-            words.append("CVBENCH_NAMES=" + ",".join(dict.fromkeys((spec.hostname,
-                                                                    *spec.aliases))))
-        if spec.agent:
-            words.append("CVBENCH_AGENT=1")
-        if uid_gid(spec.user) != (0, 0):
-            words.append("CVBENCH_USER={}:{}".format(*uid_gid(spec.user)))
-        return words
+        return [f"CVBENCH_NONCE={spec.nonce}",
+                "CVBENCH_ENV=" + ",".join(_enc(f"{k}={v}") for k, v in _env(spec).items()),
+                "CVBENCH_ARGV=" + ",".join(_enc(a) for a in spec.argv), *_flags(spec)]
+
+    @staticmethod
+    def handover_script(spec: InstanceSpec) -> str:
+        """A restored clone's instance_vars as the shell text its VM init evals: every
+        value quoted for the shell, argv as CVBENCH_ARGS (words the init `set`s), so
+        that the guest decodes the whole once instead of running two processes a word."""
+        words = [f"CVBENCH_NONCE={spec.nonce}", *_flags(spec),
+                 *(f"{k}={v}" for k, v in _env(spec).items())]
+        return "".join(f"export {shlex.quote(w)}\n" for w in words) + \
+            f"CVBENCH_ARGS={shlex.quote(shlex.join(spec.argv))}\n"
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         return self._create(spec, prepared, self.accel()[0], self._cpu_disabled)
@@ -1235,7 +1254,7 @@ class LibvirtRestore(LibvirtRuntime):
         seed = struct.pack("<ii", 256, 64) + secrets.token_bytes(64)
         words = [base64.b64encode(seed).decode(), str(round(time.time())),
                  secrets.token_hex(16), vm.mac or "-",
-                 ",".join(_enc(w) for w in self.instance_vars(inst.spec))]
+                 base64.b64encode(self.handover_script(inst.spec).encode()).decode()]
         try:
             vm.agent.settimeout(10)
             vm.agent.sendall(" ".join(words).encode() + b"\n")

@@ -236,3 +236,34 @@ def test_handed_over_vars_decode_as_the_guest_does() -> None:
     assert [base64.b64decode(a).decode()[1:-1] for a in argv.split("=", 1)[1].split(",")] \
         == ["sh", "-c", "echo 'a b'\n"]
     assert all(" " not in w and "," not in w for w in words)  # one word each
+
+
+# The VM init's lines that take a clone's hand-over script and its argv, as they are in
+# VM_INIT (checked below), run by the busybox the guest runs.
+EVAL_SCRIPT = 'eval "$(base64 -d <<EOF\n$script\nEOF\n)"\n'
+SET_ARGS = '[ -z "$CVBENCH_ARGS" ] || eval "set -- $CVBENCH_ARGS"\n'
+
+
+@pytest.mark.parametrize("argv", [("sh", "-c", "echo 'a  b' \"$X\" `id`\n;$(x)"),
+                                  ("sleep", "3600"), ()])
+def test_a_clones_handover_script_gives_the_guest_exactly_the_specs_env_and_argv(
+        argv: tuple[str, ...]) -> None:
+    assert EVAL_SCRIPT in initramfs.VM_INIT and SET_ARGS in initramfs.VM_INIT
+    env = {"K": "v", "Q": "it's \"quoted\" $HOME `x`", "NL": "a\nb", "E": "", "C": "1,2"}
+    spec = _spec(argv=argv, env=env, user="5:6", network="bridge", agent=True)
+    script = base64.b64encode(lv.LibvirtRuntime.handover_script(spec).encode()).decode()
+    # the guest's shell prints, NUL-separated, its environment and then its arguments
+    dump = ("set --\n" + EVAL_SCRIPT + SET_ARGS + "env -0; printf '\\1\\0'; "
+            "for a in \"$@\"; do printf '%s\\0' \"$a\"; done\n")
+    out = subprocess.run([str(initramfs.busybox()), "sh", "-c", dump],
+                         env={"script": script}, capture_output=True, check=True).stdout
+    got_env, got_argv = out.split(b"\1\0")
+    exported = dict(e.decode().split("=", 1) for e in got_env.split(b"\0")[:-1])
+    assert {k: exported[k] for k in env} == env
+    assert exported["CVBENCH_NONCE"] == spec.nonce and exported["CVBENCH_USER"] == "5:6"
+    assert exported["CVBENCH_NET"] == "eth0" and exported["CVBENCH_AGENT"] == "1"
+    # what a cold boot's command line carries, the hand-over carries too
+    flags = {w for w in lv.LibvirtRuntime.instance_vars(spec)
+             if not w.startswith(("CVBENCH_ENV=", "CVBENCH_ARGV="))}
+    assert flags <= {f"{k}={v}" for k, v in exported.items()}
+    assert tuple(a.decode() for a in got_argv.split(b"\0")[:-1]) == argv
