@@ -1,6 +1,6 @@
 """`libvirt` (`libvirt:microvm`, `libvirt:disk`): the image booted as a QEMU virtual machine;
-`libvirt:restore`, `libvirt:restore-shared`: the same cloned from a template VM saved at
-the hand-over, by virDomainSave/restore or by sharing its RAM file (LibvirtRestore).
+`libvirt:restore`, `libvirt:restore-save`: the same cloned from a template VM saved at
+the hand-over, by sharing its RAM file or by virDomainSave/restore (LibvirtRestore).
 
 One transient libvirt domain per instance (createXML, so nothing outlives it in
 libvirt's configuration), booted directly into the guest kernel: Debian's kernel (its
@@ -327,13 +327,13 @@ class LibvirtRuntime:
     """QEMU guests through libvirtd; `libvirt:microvm` uses QEMU's microvm machine,
     `libvirt:disk` boots into a per-instance qcow2 overlay disk instead of RAM."""
 
-    flavours: ClassVar[tuple[str, ...]] = ("microvm", "disk", "restore", "restore-shared")
+    flavours: ClassVar[tuple[str, ...]] = ("microvm", "disk", "restore", "restore-save")
 
     def __new__(cls, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> Self:
-        # `libvirt:restore(-shared)` is an object of its own class, so that isinstance(rt, Pool)
+        # `libvirt:restore(-save)` is an object of its own class, so that isinstance(rt, Pool)
         # tells it from the flavours that boot every instance (a runtime_checkable
         # Protocol sees methods, never a flavour).
-        target = LibvirtRestore if flavour in ("restore", "restore-shared") \
+        target = LibvirtRestore if flavour in ("restore", "restore-save") \
             and cls is LibvirtRuntime else cls
         return cast(Self, object.__new__(target))
 
@@ -1007,7 +1007,7 @@ class LibvirtRuntime:
 
 @dataclass(eq=False)
 class _Template:
-    """The pool of libvirt:restore(-shared): one template VM of `spec`, booted to the
+    """The pool of libvirt:restore(-save): one template VM of `spec`, booted to the
     hand-over and saved: to `files[0]` (virDomainSave's file; with shared memory, QEMU's
     device state, then the RAM file `files[1]`). `cfg` once saved."""
 
@@ -1024,7 +1024,7 @@ class _Template:
 
 
 class LibvirtRestore(LibvirtRuntime):
-    """`libvirt:restore`, `libvirt:restore-shared`: VMs cloned from a template VM saved
+    """`libvirt:restore`, `libvirt:restore-save`: VMs cloned from a template VM saved
     at the hand-over (the Pool protocol).
 
     fill() boots one template VM per image and spec (in the background, outside any
@@ -1032,18 +1032,19 @@ class LibvirtRestore(LibvirtRuntime):
     saves it there, to files named `<state>/libvirt/cvbench-<run id>-template-<n>.*`;
     the template domain is gone once saved.
 
-    `libvirt:restore` (the default) saves with virDomainSave (`.save`), and create()
+    `libvirt:restore` (the default) is Kata Containers' VM templating: the template's
+    RAM is a file (`.mem`) it maps shared, QEMU's migration capability x-ignore-shared
+    leaves the RAM out of the device state it writes (`.stream`, over QMP), and a clone
+    is a new domain whose QEMU maps that file privately (copy-on-write) and loads the
+    device state (`-incoming defer`, then migrate-incoming over QMP): its start reads
+    about 1 MiB instead of the guest's memory, and it reads only the pages it touches
+    and shares the rest. That needs QEMU command-line passthrough and QMP commands
+    behind libvirt's back (the domain is marked tainted, libvirt's own RAM object goes
+    unused, and x-ignore-shared is an experimental capability). `libvirt:restore-save`
+    uses libvirt's API only: it saves with virDomainSave (`.save`), and create()
     restores a clone from that file (virDomainRestoreFlags), paused, under the clone's
     own name, UUID, MAC and sockets (runtimes/vm/template.py): every clone reads the
-    template's memory and holds its own copy. `libvirt:restore-shared` is Kata
-    Containers' VM templating: the template's RAM is a file (`.mem`) it maps shared,
-    QEMU's migration capability x-ignore-shared leaves the RAM out of the device state it
-    writes (`.stream`, over QMP), and a clone is a new domain whose QEMU maps that file
-    privately (copy-on-write) and loads the device state (`-incoming defer`, then
-    migrate-incoming over QMP): it reads only the pages it touches and shares the rest.
-    That needs QEMU command-line passthrough and QMP commands behind libvirt's back (the
-    domain is marked tainted, libvirt's own RAM object goes unused, and x-ignore-shared
-    is an experimental capability), which is why it is not the default.
+    template's memory (all of it the guest ever wrote) and holds its own copy.
 
     start() resumes a clone and hands over what clones must not share and then the
     workload's argv, env, nonce and user (runtimes/vm/initramfs.py): new randomness
@@ -1060,7 +1061,7 @@ class LibvirtRestore(LibvirtRuntime):
 
     def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
         super().__init__(flavour, hooks=hooks)
-        self.shared = flavour == "restore-shared"
+        self.shared = flavour != "restore-save"
         self._pool: _Template | None = None
         self._lock = threading.Lock()
 
@@ -1068,9 +1069,9 @@ class LibvirtRestore(LibvirtRuntime):
         a = super().availability()
         if a.ok and self.shared and self.conn().getLibVersion() < 8_002_000:
             # virDomainQemuMonitorCommandWithFiles: the state file goes to QEMU as an fd
-            return dataclasses.replace(a, ok=False, reason="libvirt:restore-shared needs "
+            return dataclasses.replace(a, ok=False, reason=f"{self.name} needs "
                                        "libvirt 8.2 or later (QMP commands with files)",
-                                       fix="use libvirt:restore (virDomainSave)")
+                                       fix="use libvirt:restore-save (virDomainSave)")
         return a
 
     def traits(self) -> Traits:

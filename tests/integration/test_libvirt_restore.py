@@ -29,8 +29,9 @@ pytestmark = [pytest.mark.libvirt, pytest.mark.root]
 TIMEOUT = 180.0
 
 
-# libvirt:restore keeps a real path in `make test`; the shared-memory flavour is slow only
-FLAVOURS = ["libvirt:restore", pytest.param("libvirt:restore-shared", marks=pytest.mark.slow)]
+# libvirt:restore (the template's RAM file shared) keeps a real path in `make test`;
+# virDomainSave's flavour is slow only
+FLAVOURS = ["libvirt:restore", pytest.param("libvirt:restore-save", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module", params=FLAVOURS)

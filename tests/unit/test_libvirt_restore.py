@@ -176,10 +176,11 @@ def test_a_templates_command_line_holds_nothing_of_an_instance() -> None:
 
 
 def test_restore_flavours_are_the_only_libvirt_ones_with_a_pool() -> None:
-    for flavour in ("restore", "restore-shared"):
+    for flavour in ("restore", "restore-save"):
         rt = lv.LibvirtRuntime(flavour)
         assert isinstance(rt, Pool) and isinstance(rt, lv.LibvirtRestore)
-        assert rt.name == f"libvirt:{flavour}" and rt.shared == (flavour == "restore-shared")
+        # the default clones share their template's RAM file; -save is virDomainSave's
+        assert rt.name == f"libvirt:{flavour}" and rt.shared == (flavour == "restore")
     for other in (None, "microvm", "disk"):
         assert not isinstance(lv.LibvirtRuntime(other), Pool)
 
@@ -208,7 +209,7 @@ def test_a_memory_file_replaces_libvirts_ram_object_on_the_command_line() -> Non
 
 
 def test_an_unfilled_pool_has_nothing_ready() -> None:
-    rt = lv.LibvirtRestore("restore")
+    rt = lv.LibvirtRestore("restore-save")
     assert rt.ready() == 0 and rt.slots() == []
     rt.drain()  # idempotent, nothing to stop
 
