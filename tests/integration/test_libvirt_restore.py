@@ -99,6 +99,15 @@ def test_a_clone_runs_the_workload_and_drain_leaves_nothing(
     try:
         assert inst.warm == "slot"
         assert _virsh_domains(run_id) == [spec.name]  # restored under its own name
+        # What the clone's QEMU read to start (the kernel's count of its read bytes): a
+        # restore-save clone the template's whole saved memory, a clone sharing the RAM
+        # file only the device state (the RAM file is at least the guest's memory in use)
+        read = _rchar(inst.pids[0])
+        if pool.shared:
+            ram = next(f for f in files if f.suffix == ".mem").stat().st_blocks * 512
+            assert read < ram // 4, (read, ram)
+        else:
+            assert read >= files[0].stat().st_size - (1 << 20), read  # (less its header)
         pool.start(inst)
         pool.wait_ready(inst, TIMEOUT)
         mid = pool.exec(inst, ["sh", "-c", "cat /etc/machine-id; touch /tmp/go"],
@@ -159,6 +168,12 @@ def test_clones_of_one_template_do_not_share_randomness_addresses_or_ids(
     # boot_id is made on its first read, after the restore: not the template's (the
     # restored kernel would otherwise keep it), but nothing cvbench sets
     assert a["boot"] != b["boot"]
+
+
+def _rchar(pid: int) -> int:
+    """Bytes process `pid` has read (read(2) and the like: a FIFO's, a file's)."""
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(io["rchar"])
 
 
 def _console_until(inst: Any, marker: bytes) -> str:
