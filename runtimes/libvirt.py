@@ -1021,6 +1021,10 @@ class _Template:
     cfg: domain.DomainConfig | None = None  # the template's domain, once it is saved
     image: template.SaveImage | None = None  # virDomainSave's file, parsed
     error: str | None = None
+    # libvirt:restore: the prepared clones, paused domains waiting for the state, and
+    # what the filler waits on (a clone taken, or the pool drained)
+    vms: list[VmInstance] = field(default_factory=list)
+    wake: threading.Condition = field(default_factory=threading.Condition)
 
 
 class LibvirtRestore(LibvirtRuntime):
@@ -1038,13 +1042,17 @@ class LibvirtRestore(LibvirtRuntime):
     is a new domain whose QEMU maps that file privately (copy-on-write) and loads the
     device state (`-incoming defer`, then migrate-incoming over QMP): its start reads
     about 1 MiB instead of the guest's memory, and it reads only the pages it touches
-    and shares the rest. That needs QEMU command-line passthrough and QMP commands
-    behind libvirt's back (the domain is marked tainted, libvirt's own RAM object goes
-    unused, and x-ignore-shared is an experimental capability). `libvirt:restore-save`
-    uses libvirt's API only: it saves with virDomainSave (`.save`), and create()
-    restores a clone from that file (virDomainRestoreFlags), paused, under the clone's
-    own name, UUID, MAC and sockets (runtimes/vm/template.py): every clone reads the
-    template's memory (all of it the guest ever wrote) and holds its own copy.
+    and shares the rest. As Kata's VM cache, the pool keeps `size` such clones prepared
+    (paused, their QEMU started, waiting for the state; `_keep_prepared`): create()
+    takes one and loads the state, and the filler prepares the next; with none left, the
+    clone is made on the spot (Instance.warm "template"). That needs QEMU command-line
+    passthrough and QMP commands behind libvirt's back (the domain is marked tainted,
+    libvirt's own RAM object goes unused, and x-ignore-shared is an experimental
+    capability). `libvirt:restore-save` uses libvirt's API only: it saves with
+    virDomainSave (`.save`), and create() restores a clone from that file
+    (virDomainRestoreFlags), paused, under the clone's own name, UUID, MAC and sockets
+    (runtimes/vm/template.py): every clone reads the template's memory (all of it the
+    guest ever wrote) and holds its own copy.
 
     start() resumes a clone and hands over what clones must not share and then the
     workload's argv, env, nonce and user (runtimes/vm/initramfs.py): new randomness
@@ -1142,6 +1150,33 @@ class LibvirtRestore(LibvirtRuntime):
             if t.cfg is None:
                 for f in t.files:
                     f.unlink(missing_ok=True)
+        if self.shared and t.cfg is not None:
+            self._keep_prepared(t)
+
+    def _keep_prepared(self, t: _Template) -> None:
+        """Keep `t.size` clones prepared (the fill's thread, once the template is
+        saved), as Kata's VM cache does: each a paused domain of its own whose QEMU
+        maps the template's RAM file and waits for the device state, which create()
+        then loads. Refilled as they are taken, until the pool is drained."""
+        while True:
+            with t.wake:
+                while len(t.vms) >= t.size and not t.stop.is_set():
+                    t.wake.wait()
+                if t.stop.is_set():
+                    return
+            spec = dataclasses.replace(t.spec, name=f"{PREFIX}{t.spec.run_id}-clone-"
+                                       f"{secrets.token_hex(4)}")
+            try:
+                vm = self._new_clone(t, spec, t.prepared)
+            except Exception as e:  # reported by ready(), not lost here
+                t.error = f"a prepared clone: {type(e).__name__}: {e}"[:500]
+                return
+            with t.wake:
+                if not t.stop.is_set():
+                    t.vms.append(vm)
+                    continue
+            self.remove(vm)  # drained while it was made
+            return
 
     def ready(self) -> int:
         t = self._pool
@@ -1149,28 +1184,48 @@ class LibvirtRestore(LibvirtRuntime):
             return 0
         if t.error is not None:
             raise InstanceError(f"{self.name}: the template VM could not be made: {t.error}")
-        return t.size if t.cfg is not None else 0
+        if t.cfg is None:
+            return 0
+        return len(t.vms) if self.shared else t.size
 
     def slots(self) -> list[Slot]:
-        """The template: its files' allocated bytes (the RAM file is sparse)."""
+        """libvirt:restore: the prepared clones (QEMU's process each), with an equal
+        share of the template's files' allocated bytes (the RAM file is sparse);
+        libvirt:restore-save: the template's save file, no process."""
         t = self._pool
         if t is None or t.cfg is None:
             return []
-        return [Slot(pids=(), disk_bytes=sum(f.stat().st_blocks * 512 for f in t.files),
-                     details={"template": [str(f) for f in t.files],
-                              "clones": "any number"})]
+        disk = sum(f.stat().st_blocks * 512 for f in t.files)
+        details: dict[str, Json] = {"template": [str(f) for f in t.files]}
+        if not self.shared:
+            return [Slot(pids=(), disk_bytes=disk, details={**details, "clones": "any number"})]
+        with t.wake:
+            vms = list(t.vms)
+        shares = [disk // len(vms) + (disk % len(vms) if i == 0 else 0)
+                  for i in range(len(vms))]  # (they add up to the files' bytes)
+        return [Slot(pids=tuple(vm.pids), disk_bytes=share,
+                     details={**details, "domain": vm.spec.name,
+                              "disk_bytes": "a share of the template's files"})
+                for vm, share in zip(vms, shares, strict=True)]
 
     def drain(self) -> None:
         with self._lock:
             t, self._pool = self._pool, None
         if t is None:
             return
-        t.stop.set()
+        with t.wake:
+            t.stop.set()
+            t.wake.notify_all()
         if (inst := t.booting) is not None:
             with contextlib.suppress(Exception):  # ends the thread's wait for the line
                 self.stop(inst, grace=0)
         if t.thread is not None:
             t.thread.join(TEMPLATE_TIMEOUT)
+        with t.wake:
+            vms, t.vms = t.vms, []
+        for vm in vms:
+            with contextlib.suppress(Exception):
+                self.remove(vm)
         for f in t.files:
             f.unlink(missing_ok=True)
 
@@ -1193,6 +1248,34 @@ class LibvirtRestore(LibvirtRuntime):
             inst.warm = "cold"
             return inst
         check_publish(self.name, spec)
+        if not self.shared:
+            return self._new_clone(t, spec, prepared)
+        with t.wake:
+            vm = t.vms.pop(0) if t.vms else None
+            t.wake.notify_all()  # the filler makes the next one
+        if vm is None:  # none prepared (a burst past the pool): a clone made now
+            inst = self._new_clone(t, spec, prepared)
+            _migrate(inst.dom, "migrate-incoming", t.files[0], os.O_RDONLY)
+            inst.warm = "template"
+            return inst
+        # The prepared clone's name (its domain's) stays; the rest is the request's.
+        # Its console has carried nothing yet: the guest has not run since the save.
+        assert vm.console is not None
+        vm.spec = dataclasses.replace(spec, name=vm.spec.name)
+        vm.prepared = prepared
+        vm.out = _proc.Stream(vm.console.fileno(), spec.capture)
+        try:
+            _migrate(vm.dom, "migrate-incoming", t.files[0], os.O_RDONLY)
+        except BaseException:
+            self.remove(vm)
+            raise
+        return vm
+
+    def _new_clone(self, t: _Template, spec: InstanceSpec, prepared: Prepared) -> VmInstance:
+        """A clone of template `t` under `spec`'s name, with its own UUID, MAC and
+        sockets: restored from the save file (paused), or (restore) a paused domain
+        mapping the template's RAM, waiting for the device state."""
+        assert t.cfg is not None
         idir = self._dir(spec.name)
         idir.mkdir(parents=True)
         mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3)) \
@@ -1204,7 +1287,7 @@ class LibvirtRestore(LibvirtRuntime):
                           mac=mac)
         try:
             if self.shared:
-                self._clone_shared(inst, t)
+                self._clone_shared(inst)
             else:
                 self._clone_saved(inst, t)
         except BaseException:
@@ -1231,8 +1314,8 @@ class LibvirtRestore(LibvirtRuntime):
         inst.dom = self.conn().lookupByName(name)
         self._attach(inst)
 
-    def _clone_shared(self, inst: VmInstance, t: _Template) -> None:
-        """A new paused domain mapping the template's RAM file privately, which loads
+    def _clone_shared(self, inst: VmInstance) -> None:
+        """A new paused domain mapping the template's RAM file privately, waiting for
         the template's device state (x-ignore-shared: the RAM is not in it)."""
         lv = _libvirt()
         assert inst.cfg is not None
@@ -1242,7 +1325,6 @@ class LibvirtRestore(LibvirtRuntime):
             raise InstanceError(f"libvirt: cannot create {inst.spec.name}: "
                                 f"{e.get_error_message()}") from e
         self._attach(inst)
-        _migrate(inst.dom, "migrate-incoming", t.files[0], os.O_RDONLY)
 
     def start(self, inst: Instance) -> None:
         """Resume; a clone then gets its hand-over (see the class)."""

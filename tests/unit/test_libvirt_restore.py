@@ -268,3 +268,30 @@ def test_a_clones_handover_script_gives_the_guest_exactly_the_specs_env_and_argv
              if not w.startswith(("CVBENCH_ENV=", "CVBENCH_ARGV="))}
     assert flags <= {f"{k}={v}" for k, v in exported.items()}
     assert tuple(a.decode() for a in got_argv.split(b"\0")[:-1]) == argv
+
+
+def test_restores_pool_is_its_prepared_clones_sharing_the_templates_files(
+        tmp_path: Path) -> None:
+    from runtimes.vm import domain
+
+    img = Image(name="i", digest="d1", tar=Path("/x"), rootfs=Path("/x"), size=1)
+    prep = Prepared(image=img, backend="libvirt:restore", ref="r")
+    files = (tmp_path / "t.stream", tmp_path / "t.mem")
+    files[0].write_bytes(b"s" * 5000)
+    files[1].write_bytes(b"m" * 70000)
+    cfg = domain.DomainConfig(name="t", domain_type="qemu", machine="pc", memory_kib=1024,
+                              vcpus=1, kernel="/k", initrd="/i", cmdline="c", console="/c")
+    vms = [lv.VmInstance(spec=_spec(name=f"cvbench-abcdef0123-clone-{i}"), prepared=prep,
+                         pids=[100 + i]) for i in range(3)]
+    rt = lv.LibvirtRestore("restore")
+    rt._pool = lv._Template(spec=_spec(), prepared=prep, size=3, files=files, cfg=cfg,
+                            vms=vms)
+    assert rt.ready() == 3
+    slots = rt.slots()
+    assert [s.pids for s in slots] == [(100,), (101,), (102,)]
+    assert [s.details["domain"] for s in slots] == [v.spec.name for v in vms]
+    # each an equal share of what the template's files hold on disk, adding up to it
+    assert sum(s.disk_bytes or 0 for s in slots) == sum(f.stat().st_blocks * 512
+                                                          for f in files)
+    rt._pool.vms.clear()
+    assert rt.ready() == 0 and rt.slots() == []
