@@ -1085,7 +1085,8 @@ class LibvirtRestore(LibvirtRuntime):
     def traits(self) -> Traits:
         t = super().traits()
         start = ("cloned from a template VM whose RAM file each clone maps copy-on-write "
-                 "(QEMU x-ignore-shared, by command-line passthrough and QMP)" if self.shared
+                 "(QEMU x-ignore-shared, by command-line passthrough and QMP), the pool's "
+                 "clones prepared ahead (paused, waiting for the device state)" if self.shared
                  else "restored from a template VM's memory saved at the hand-over "
                  "(virDomainSave, virDomainRestoreFlags through a FIFO per clone)")
         return dataclasses.replace(t, settings={
