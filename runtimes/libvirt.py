@@ -1158,7 +1158,20 @@ class LibvirtRestore(LibvirtRuntime):
         """Keep `t.size` clones prepared (the fill's thread, once the template is
         saved), as Kata's VM cache does: each a paused domain of its own whose QEMU
         maps the template's RAM file and waits for the device state, which create()
-        then loads. Refilled as they are taken, until the pool is drained."""
+        then loads. Refilled as they are taken, until the pool is drained.
+
+        The domains are made through a libvirt connection of the filler's own: a
+        domain's start holds up every other call on its connection (diagnosed: a loop
+        of QMP calls on another domain made 11 calls during one createXML on a shared
+        connection, 355 on its own), and the requests' calls must not wait for it."""
+        conn = _libvirt().open(URI)
+        try:
+            self._fill_prepared(t, conn)
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _fill_prepared(self, t: _Template, conn: Any) -> None:
         while True:
             with t.wake:
                 while len(t.vms) >= t.size and not t.stop.is_set():
@@ -1168,9 +1181,15 @@ class LibvirtRestore(LibvirtRuntime):
             spec = dataclasses.replace(t.spec, name=f"{PREFIX}{t.spec.run_id}-clone-"
                                        f"{secrets.token_hex(4)}")
             try:
-                vm = self._new_clone(t, spec, t.prepared)
+                vm = self._new_clone(t, spec, t.prepared, conn)
             except Exception as e:  # reported by ready(), not lost here
                 t.error = f"a prepared clone: {type(e).__name__}: {e}"[:500]
+                return
+            try:  # its later calls (the request's) on the runtime's connection
+                vm.dom = self.conn().lookupByName(spec.name)
+            except Exception as e:
+                t.error = f"a prepared clone: {type(e).__name__}: {e}"[:500]
+                self.remove(vm)
                 return
             with t.wake:
                 if not t.stop.is_set():
@@ -1255,16 +1274,15 @@ class LibvirtRestore(LibvirtRuntime):
             vm = t.vms.pop(0) if t.vms else None
             t.wake.notify_all()  # the filler makes the next one
         if vm is None:  # none prepared (a burst past the pool): a clone made now
-            inst = self._new_clone(t, spec, prepared)
-            _migrate(inst.dom, "migrate-incoming", t.files[0], os.O_RDONLY)
-            inst.warm = "template"
-            return inst
-        # The prepared clone's name (its domain's) stays; the rest is the request's.
-        # Its console has carried nothing yet: the guest has not run since the save.
-        assert vm.console is not None
-        vm.spec = dataclasses.replace(spec, name=vm.spec.name)
-        vm.prepared = prepared
-        vm.out = _proc.Stream(vm.console.fileno(), spec.capture)
+            vm = self._new_clone(t, spec, prepared)
+            vm.warm = "template"
+        else:
+            # The prepared clone's name (its domain's) stays; the rest is the request's.
+            # Its console has carried nothing yet: the guest has not run since the save.
+            assert vm.console is not None
+            vm.spec = dataclasses.replace(spec, name=vm.spec.name)
+            vm.prepared = prepared
+            vm.out = _proc.Stream(vm.console.fileno(), spec.capture)
         try:
             _migrate(vm.dom, "migrate-incoming", t.files[0], os.O_RDONLY)
         except BaseException:
@@ -1272,10 +1290,12 @@ class LibvirtRestore(LibvirtRuntime):
             raise
         return vm
 
-    def _new_clone(self, t: _Template, spec: InstanceSpec, prepared: Prepared) -> VmInstance:
+    def _new_clone(self, t: _Template, spec: InstanceSpec, prepared: Prepared,
+                   conn: Any = None) -> VmInstance:
         """A clone of template `t` under `spec`'s name, with its own UUID, MAC and
         sockets: restored from the save file (paused), or (restore) a paused domain
-        mapping the template's RAM, waiting for the device state."""
+        mapping the template's RAM, waiting for the device state, made through `conn`
+        (None: the runtime's connection)."""
         assert t.cfg is not None
         idir = self._dir(spec.name)
         idir.mkdir(parents=True)
@@ -1288,7 +1308,7 @@ class LibvirtRestore(LibvirtRuntime):
                           mac=mac)
         try:
             if self.shared:
-                self._clone_shared(inst)
+                self._clone_shared(inst, conn or self.conn())
             else:
                 self._clone_saved(inst, t)
         except BaseException:
@@ -1315,13 +1335,13 @@ class LibvirtRestore(LibvirtRuntime):
         inst.dom = self.conn().lookupByName(name)
         self._attach(inst)
 
-    def _clone_shared(self, inst: VmInstance) -> None:
+    def _clone_shared(self, inst: VmInstance, conn: Any) -> None:
         """A new paused domain mapping the template's RAM file privately, waiting for
         the template's device state (x-ignore-shared: the RAM is not in it)."""
         lv = _libvirt()
         assert inst.cfg is not None
         try:
-            inst.dom = self.conn().createXML(domain.to_xml(inst.cfg), lv.VIR_DOMAIN_START_PAUSED)
+            inst.dom = conn.createXML(domain.to_xml(inst.cfg), lv.VIR_DOMAIN_START_PAUSED)
         except lv.libvirtError as e:
             raise InstanceError(f"libvirt: cannot create {inst.spec.name}: "
                                 f"{e.get_error_message()}") from e
@@ -1331,7 +1351,7 @@ class LibvirtRestore(LibvirtRuntime):
         """Resume; a clone then gets its hand-over (see the class)."""
         super().start(inst)
         vm = own(inst, VmInstance)
-        if inst.warm != "slot":
+        if inst.warm not in ("slot", "template"):  # a boot, or the template itself
             return
         assert vm.agent is not None
         # struct rand_pool_info: 256 bits credited for 64 bytes of the host's randomness

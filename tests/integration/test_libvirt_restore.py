@@ -182,6 +182,27 @@ def test_clones_of_one_template_do_not_share_randomness_addresses_or_ids(
     assert a["boot"] != b["boot"]
 
 
+@pytest.mark.slow
+def test_a_request_past_the_prepared_clones_is_cloned_on_the_spot(
+        pool: Any, prepared: Prepared, run_id: str) -> None:
+    if not pool.shared:
+        pytest.skip("libvirt:restore-save prepares no clone ahead: every one is a restore")
+    _fill(pool, prepared, _spec(run_id, 0, ("true",)), size=1)
+    # The second request comes while the filler is still starting the next prepared
+    # clone (a whole libvirt domain start, against the first request's few QMP commands)
+    insts = [pool.create(_spec(run_id, i, ("sh", "-c", f"echo n{i}"), capture=True),
+                         prepared) for i in (1, 2)]
+    try:
+        assert [i.warm for i in insts] == ["slot", "template"]
+        for inst in insts:
+            pool.start(inst)
+        outs = [pool.wait_exit(inst, TIMEOUT) for inst in insts]
+    finally:
+        for inst in insts:
+            pool.remove(inst)
+    assert [(o.code, o.stdout.strip()) for o in outs] == [(0, b"n1"), (0, b"n2")]
+
+
 def _alive(pids: tuple[int, ...]) -> bool:
     return bool(pids) and all(Path(f"/proc/{p}").exists() for p in pids)
 
