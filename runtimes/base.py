@@ -240,7 +240,8 @@ class Instance:
     pids: list[int] = field(default_factory=list)
     ready_ns: int | None = None
     # How a Pool flavour made it: "slot" (taken from the pool), "cold" (the pool was
-    # empty); None for a backend without a pool.
+    # empty), "template" (libvirt:restore's pool was empty: cloned from its template
+    # there and then); None for a backend without a pool.
     warm: str | None = None
 
 

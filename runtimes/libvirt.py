@@ -1,6 +1,6 @@
 """`libvirt` (`libvirt:microvm`, `libvirt:disk`): the image booted as a QEMU virtual machine;
-`libvirt:restore`, `libvirt:restore-shared`: the same cloned from a template VM saved at
-the hand-over, by virDomainSave/restore or by sharing its RAM file (LibvirtRestore).
+`libvirt:restore`, `libvirt:restore-save`: the same cloned from a template VM saved at
+the hand-over, by sharing its RAM file or by virDomainSave/restore (LibvirtRestore).
 
 One transient libvirt domain per instance (createXML, so nothing outlives it in
 libvirt's configuration), booted directly into the guest kernel: Debian's kernel (its
@@ -86,6 +86,7 @@ import math
 import os
 import re
 import secrets
+import shlex
 import shutil
 import socket
 import struct
@@ -259,6 +260,27 @@ def vcpus_and_quota(cpus: float | None) -> tuple[int, int | None]:
     return n, None if cpus == n else int(cpus / n * 100_000)
 
 
+def _env(spec: InstanceSpec) -> dict[str, str]:
+    """The workload's environment as the VM init exports it (the image's and the
+    scenario's over cvbench's defaults, and the init's own CVBENCH_ names)."""
+    return {"PATH": image_mod.PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
+            "CVBENCH_HOSTNAME": spec.hostname, "CVBENCH_WORKDIR": spec.workdir,
+            "CVBENCH_NONCE": spec.nonce, **spec.env}
+
+
+def _flags(spec: InstanceSpec) -> list[str]:
+    """The VM init's variables ("NAME=value") for the instance's network, agent, user."""
+    words = ["CVBENCH_NET=eth0"] if spec.network == "bridge" else []
+    if spec.network_name:
+        words.append("CVBENCH_NAMES=" + ",".join(dict.fromkeys((spec.hostname,
+                                                                *spec.aliases))))
+    if spec.agent:
+        words.append("CVBENCH_AGENT=1")
+    if uid_gid(spec.user) != (0, 0):
+        words.append("CVBENCH_USER={}:{}".format(*uid_gid(spec.user)))
+    return words
+
+
 def _cgroup_usage(pid: int) -> int | None:
     """Memory charged to the cgroup libvirt put QEMU in (v1 memory controller or v2)."""
     cg = memory.memory_cgroup(pid)
@@ -319,13 +341,13 @@ class LibvirtRuntime:
     """QEMU guests through libvirtd; `libvirt:microvm` uses QEMU's microvm machine,
     `libvirt:disk` boots into a per-instance qcow2 overlay disk instead of RAM."""
 
-    flavours: ClassVar[tuple[str, ...]] = ("microvm", "disk", "restore", "restore-shared")
+    flavours: ClassVar[tuple[str, ...]] = ("microvm", "disk", "restore", "restore-save")
 
     def __new__(cls, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> Self:
-        # `libvirt:restore(-shared)` is an object of its own class, so that isinstance(rt, Pool)
+        # `libvirt:restore(-save)` is an object of its own class, so that isinstance(rt, Pool)
         # tells it from the flavours that boot every instance (a runtime_checkable
         # Protocol sees methods, never a flavour).
-        target = LibvirtRestore if flavour in ("restore", "restore-shared") \
+        target = LibvirtRestore if flavour in ("restore", "restore-save") \
             and cls is LibvirtRuntime else cls
         return cast(Self, object.__new__(target))
 
@@ -601,22 +623,19 @@ class LibvirtRuntime:
     def instance_vars(spec: InstanceSpec) -> list[str]:
         """The VM init's variables ("NAME=value") of one instance: its workload (argv,
         env, nonce, user), names and network."""
-        env = {"PATH": image_mod.PATH_ENV, "HOME": "/root", "HOSTNAME": spec.hostname,
-               "CVBENCH_HOSTNAME": spec.hostname, "CVBENCH_WORKDIR": spec.workdir,
-               "CVBENCH_NONCE": spec.nonce, **spec.env}
-        words = [f"CVBENCH_NONCE={spec.nonce}",
-                 "CVBENCH_ENV=" + ",".join(_enc(f"{k}={v}") for k, v in env.items()),
-                 "CVBENCH_ARGV=" + ",".join(_enc(a) for a in spec.argv)]
-        if spec.network == "bridge":
-            words.append("CVBENCH_NET=eth0")
-        if spec.network_name:
-            words.append("CVBENCH_NAMES=" + ",".join(dict.fromkeys((spec.hostname,
-                                                                    *spec.aliases))))
-        if spec.agent:
-            words.append("CVBENCH_AGENT=1")
-        if uid_gid(spec.user) != (0, 0):
-            words.append("CVBENCH_USER={}:{}".format(*uid_gid(spec.user)))
-        return words
+        return [f"CVBENCH_NONCE={spec.nonce}",
+                "CVBENCH_ENV=" + ",".join(_enc(f"{k}={v}") for k, v in _env(spec).items()),
+                "CVBENCH_ARGV=" + ",".join(_enc(a) for a in spec.argv), *_flags(spec)]
+
+    @staticmethod
+    def handover_script(spec: InstanceSpec) -> str:
+        """A restored clone's instance_vars as the shell text its VM init evals: every
+        value quoted for the shell, argv as CVBENCH_ARGS (words the init `set`s), so
+        that the guest decodes the whole once instead of running two processes a word."""
+        words = [f"CVBENCH_NONCE={spec.nonce}", *_flags(spec),
+                 *(f"{k}={v}" for k, v in _env(spec).items())]
+        return "".join(f"export {shlex.quote(w)}\n" for w in words) + \
+            f"CVBENCH_ARGS={shlex.quote(shlex.join(spec.argv))}\n"
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         return self._create(spec, prepared, self.accel()[0], self._cpu_disabled)
@@ -1009,7 +1028,7 @@ class LibvirtRuntime:
 
 @dataclass(eq=False)
 class _Template:
-    """The pool of libvirt:restore(-shared): one template VM of `spec`, booted to the
+    """The pool of libvirt:restore(-save): one template VM of `spec`, booted to the
     hand-over and saved: to `files[0]` (virDomainSave's file; with shared memory, QEMU's
     device state, then the RAM file `files[1]`). `cfg` once saved."""
 
@@ -1023,10 +1042,14 @@ class _Template:
     cfg: domain.DomainConfig | None = None  # the template's domain, once it is saved
     image: template.SaveImage | None = None  # virDomainSave's file, parsed
     error: str | None = None
+    # libvirt:restore: the prepared clones, paused domains waiting for the state, and
+    # what the filler waits on (a clone taken, or the pool drained)
+    vms: list[VmInstance] = field(default_factory=list)
+    wake: threading.Condition = field(default_factory=threading.Condition)
 
 
 class LibvirtRestore(LibvirtRuntime):
-    """`libvirt:restore`, `libvirt:restore-shared`: VMs cloned from a template VM saved
+    """`libvirt:restore`, `libvirt:restore-save`: VMs cloned from a template VM saved
     at the hand-over (the Pool protocol).
 
     fill() boots one template VM per image and spec (in the background, outside any
@@ -1034,18 +1057,23 @@ class LibvirtRestore(LibvirtRuntime):
     saves it there, to files named `<state>/libvirt/cvbench-<run id>-template-<n>.*`;
     the template domain is gone once saved.
 
-    `libvirt:restore` (the default) saves with virDomainSave (`.save`), and create()
-    restores a clone from that file (virDomainRestoreFlags), paused, under the clone's
-    own name, UUID, MAC and sockets (runtimes/vm/template.py): every clone reads the
-    template's memory and holds its own copy. `libvirt:restore-shared` is Kata
-    Containers' VM templating: the template's RAM is a file (`.mem`) it maps shared,
-    QEMU's migration capability x-ignore-shared leaves the RAM out of the device state it
-    writes (`.stream`, over QMP), and a clone is a new domain whose QEMU maps that file
-    privately (copy-on-write) and loads the device state (`-incoming defer`, then
-    migrate-incoming over QMP): it reads only the pages it touches and shares the rest.
-    That needs QEMU command-line passthrough and QMP commands behind libvirt's back (the
-    domain is marked tainted, libvirt's own RAM object goes unused, and x-ignore-shared
-    is an experimental capability), which is why it is not the default.
+    `libvirt:restore` (the default) is Kata Containers' VM templating: the template's
+    RAM is a file (`.mem`) it maps shared, QEMU's migration capability x-ignore-shared
+    leaves the RAM out of the device state it writes (`.stream`, over QMP), and a clone
+    is a new domain whose QEMU maps that file privately (copy-on-write) and loads the
+    device state (`-incoming defer`, then migrate-incoming over QMP): its start reads
+    about 1 MiB instead of the guest's memory, and it reads only the pages it touches
+    and shares the rest. As Kata's VM cache, the pool keeps `size` such clones prepared
+    (paused, their QEMU started, waiting for the state; `_keep_prepared`): create()
+    takes one and loads the state, and the filler prepares the next; with none left, the
+    clone is made on the spot (Instance.warm "template"). That needs QEMU command-line
+    passthrough and QMP commands behind libvirt's back (the domain is marked tainted,
+    libvirt's own RAM object goes unused, and x-ignore-shared is an experimental
+    capability). `libvirt:restore-save` uses libvirt's API only: it saves with
+    virDomainSave (`.save`), and create() restores a clone from that file
+    (virDomainRestoreFlags), paused, under the clone's own name, UUID, MAC and sockets
+    (runtimes/vm/template.py): every clone reads the template's memory (all of it the
+    guest ever wrote) and holds its own copy.
 
     start() resumes a clone and hands over what clones must not share and then the
     workload's argv, env, nonce and user (runtimes/vm/initramfs.py): new randomness
@@ -1062,7 +1090,7 @@ class LibvirtRestore(LibvirtRuntime):
 
     def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
         super().__init__(flavour, hooks=hooks)
-        self.shared = flavour == "restore-shared"
+        self.shared = flavour != "restore-save"
         self._pool: _Template | None = None
         self._lock = threading.Lock()
 
@@ -1070,15 +1098,16 @@ class LibvirtRestore(LibvirtRuntime):
         a = super().availability()
         if a.ok and self.shared and self.conn().getLibVersion() < 8_002_000:
             # virDomainQemuMonitorCommandWithFiles: the state file goes to QEMU as an fd
-            return dataclasses.replace(a, ok=False, reason="libvirt:restore-shared needs "
+            return dataclasses.replace(a, ok=False, reason=f"{self.name} needs "
                                        "libvirt 8.2 or later (QMP commands with files)",
-                                       fix="use libvirt:restore (virDomainSave)")
+                                       fix="use libvirt:restore-save (virDomainSave)")
         return a
 
     def traits(self) -> Traits:
         t = super().traits()
         start = ("cloned from a template VM whose RAM file each clone maps copy-on-write "
-                 "(QEMU x-ignore-shared, by command-line passthrough and QMP)" if self.shared
+                 "(QEMU x-ignore-shared, by command-line passthrough and QMP), the pool's "
+                 "clones prepared ahead (paused, waiting for the device state)" if self.shared
                  else "restored from a template VM's memory saved at the hand-over "
                  "(virDomainSave, virDomainRestoreFlags through a FIFO per clone)")
         return dataclasses.replace(t, settings={
@@ -1143,6 +1172,52 @@ class LibvirtRestore(LibvirtRuntime):
             if t.cfg is None:
                 for f in t.files:
                     f.unlink(missing_ok=True)
+        if self.shared and t.cfg is not None:
+            self._keep_prepared(t)
+
+    def _keep_prepared(self, t: _Template) -> None:
+        """Keep `t.size` clones prepared (the fill's thread, once the template is
+        saved), as Kata's VM cache does: each a paused domain of its own whose QEMU
+        maps the template's RAM file and waits for the device state, which create()
+        then loads. Refilled as they are taken, until the pool is drained.
+
+        The domains are made through a libvirt connection of the filler's own: a
+        domain's start holds up every other call on its connection (diagnosed: a loop
+        of QMP calls on another domain made 11 calls during one createXML on a shared
+        connection, 355 on its own), and the requests' calls must not wait for it."""
+        conn = _libvirt().open(URI)
+        try:
+            self._fill_prepared(t, conn)
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _fill_prepared(self, t: _Template, conn: Any) -> None:
+        while True:
+            with t.wake:
+                while len(t.vms) >= t.size and not t.stop.is_set():
+                    t.wake.wait()
+                if t.stop.is_set():
+                    return
+            spec = dataclasses.replace(t.spec, name=f"{PREFIX}{t.spec.run_id}-clone-"
+                                       f"{secrets.token_hex(4)}")
+            try:
+                vm = self._new_clone(t, spec, t.prepared, conn)
+            except Exception as e:  # reported by ready(), not lost here
+                t.error = f"a prepared clone: {type(e).__name__}: {e}"[:500]
+                return
+            try:  # its later calls (the request's) on the runtime's connection
+                vm.dom = self.conn().lookupByName(spec.name)
+            except Exception as e:
+                t.error = f"a prepared clone: {type(e).__name__}: {e}"[:500]
+                self.remove(vm)
+                return
+            with t.wake:
+                if not t.stop.is_set():
+                    t.vms.append(vm)
+                    continue
+            self.remove(vm)  # drained while it was made
+            return
 
     def ready(self) -> int:
         t = self._pool
@@ -1150,28 +1225,48 @@ class LibvirtRestore(LibvirtRuntime):
             return 0
         if t.error is not None:
             raise InstanceError(f"{self.name}: the template VM could not be made: {t.error}")
-        return t.size if t.cfg is not None else 0
+        if t.cfg is None:
+            return 0
+        return len(t.vms) if self.shared else t.size
 
     def slots(self) -> list[Slot]:
-        """The template: its files' allocated bytes (the RAM file is sparse)."""
+        """libvirt:restore: the prepared clones (QEMU's process each), with an equal
+        share of the template's files' allocated bytes (the RAM file is sparse);
+        libvirt:restore-save: the template's save file, no process."""
         t = self._pool
         if t is None or t.cfg is None:
             return []
-        return [Slot(pids=(), disk_bytes=sum(f.stat().st_blocks * 512 for f in t.files),
-                     details={"template": [str(f) for f in t.files],
-                              "clones": "any number"})]
+        disk = sum(f.stat().st_blocks * 512 for f in t.files)
+        details: dict[str, Json] = {"template": [str(f) for f in t.files]}
+        if not self.shared:
+            return [Slot(pids=(), disk_bytes=disk, details={**details, "clones": "any number"})]
+        with t.wake:
+            vms = list(t.vms)
+        shares = [disk // len(vms) + (disk % len(vms) if i == 0 else 0)
+                  for i in range(len(vms))]  # (they add up to the files' bytes)
+        return [Slot(pids=tuple(vm.pids), disk_bytes=share,
+                     details={**details, "domain": vm.spec.name,
+                              "disk_bytes": "a share of the template's files"})
+                for vm, share in zip(vms, shares, strict=True)]
 
     def drain(self) -> None:
         with self._lock:
             t, self._pool = self._pool, None
         if t is None:
             return
-        t.stop.set()
+        with t.wake:
+            t.stop.set()
+            t.wake.notify_all()
         if (inst := t.booting) is not None:
             with contextlib.suppress(Exception):  # ends the thread's wait for the line
                 self.stop(inst, grace=0)
         if t.thread is not None:
             t.thread.join(TEMPLATE_TIMEOUT)
+        with t.wake:
+            vms, t.vms = t.vms, []
+        for vm in vms:
+            with contextlib.suppress(Exception):
+                self.remove(vm)
         for f in t.files:
             f.unlink(missing_ok=True)
 
@@ -1201,6 +1296,35 @@ class LibvirtRestore(LibvirtRuntime):
             raise NotApplicable("libvirt: a VM joins one network here (the guest's init "
                                 "configures eth0 alone); this instance asks for "
                                 f"{1 + len(spec.more_networks)}")
+        if not self.shared:
+            return self._new_clone(t, spec, prepared)
+        with t.wake:
+            vm = t.vms.pop(0) if t.vms else None
+            t.wake.notify_all()  # the filler makes the next one
+        if vm is None:  # none prepared (a burst past the pool): a clone made now
+            vm = self._new_clone(t, spec, prepared)
+            vm.warm = "template"
+        else:
+            # The prepared clone's name (its domain's) stays; the rest is the request's.
+            # Its console has carried nothing yet: the guest has not run since the save.
+            assert vm.console is not None
+            vm.spec = dataclasses.replace(spec, name=vm.spec.name)
+            vm.prepared = prepared
+            vm.out = _proc.Stream(vm.console.fileno(), spec.capture)
+        try:
+            _migrate(vm.dom, "migrate-incoming", t.files[0], os.O_RDONLY)
+        except BaseException:
+            self.remove(vm)
+            raise
+        return vm
+
+    def _new_clone(self, t: _Template, spec: InstanceSpec, prepared: Prepared,
+                   conn: Any = None) -> VmInstance:
+        """A clone of template `t` under `spec`'s name, with its own UUID, MAC and
+        sockets: restored from the save file (paused), or (restore) a paused domain
+        mapping the template's RAM, waiting for the device state, made through `conn`
+        (None: the runtime's connection)."""
+        assert t.cfg is not None
         idir = self._dir(spec.name)
         idir.mkdir(parents=True)
         mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3)) \
@@ -1212,7 +1336,7 @@ class LibvirtRestore(LibvirtRuntime):
                           mac=mac)
         try:
             if self.shared:
-                self._clone_shared(inst, t)
+                self._clone_shared(inst, conn or self.conn())
             else:
                 self._clone_saved(inst, t)
         except BaseException:
@@ -1239,31 +1363,30 @@ class LibvirtRestore(LibvirtRuntime):
         inst.dom = self.conn().lookupByName(name)
         self._attach(inst)
 
-    def _clone_shared(self, inst: VmInstance, t: _Template) -> None:
-        """A new paused domain mapping the template's RAM file privately, which loads
+    def _clone_shared(self, inst: VmInstance, conn: Any) -> None:
+        """A new paused domain mapping the template's RAM file privately, waiting for
         the template's device state (x-ignore-shared: the RAM is not in it)."""
         lv = _libvirt()
         assert inst.cfg is not None
         try:
-            inst.dom = self.conn().createXML(domain.to_xml(inst.cfg), lv.VIR_DOMAIN_START_PAUSED)
+            inst.dom = conn.createXML(domain.to_xml(inst.cfg), lv.VIR_DOMAIN_START_PAUSED)
         except lv.libvirtError as e:
             raise InstanceError(f"libvirt: cannot create {inst.spec.name}: "
                                 f"{e.get_error_message()}") from e
         self._attach(inst)
-        _migrate(inst.dom, "migrate-incoming", t.files[0], os.O_RDONLY)
 
     def start(self, inst: Instance) -> None:
         """Resume; a clone then gets its hand-over (see the class)."""
         super().start(inst)
         vm = own(inst, VmInstance)
-        if inst.warm != "slot":
+        if inst.warm not in ("slot", "template"):  # a boot, or the template itself
             return
         assert vm.agent is not None
         # struct rand_pool_info: 256 bits credited for 64 bytes of the host's randomness
         seed = struct.pack("<ii", 256, 64) + secrets.token_bytes(64)
         words = [base64.b64encode(seed).decode(), str(round(time.time())),
                  secrets.token_hex(16), vm.mac or "-",
-                 ",".join(_enc(w) for w in self.instance_vars(inst.spec))]
+                 base64.b64encode(self.handover_script(inst.spec).encode()).decode()]
         try:
             vm.agent.settimeout(10)
             vm.agent.sendall(" ".join(words).encode() + b"\n")

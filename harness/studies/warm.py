@@ -24,9 +24,10 @@ A backend that keeps a pool (the `Pool` protocol of runtimes/base.py: `ns:pool`,
              all kept until the last is ready: warm.burst.rate = burst / (last ready
              line − first request), in instances per second; warm.burst.to_ready and
              warm.burst.from_slot (1 or 0) per request; warm.burst.slots and
-             warm.burst.cold, how many came from a slot and how many were made cold
-             (the fall back once the pool is empty; none when the filler keeps up with
-             the requests, which is a finding too)
+             warm.burst.cold, how many came from a slot and how many not (made cold,
+             or for libvirt:restore cloned from its template on the spot: the fall back
+             once the pool is empty; none when the filler keeps up with the requests,
+             which is a finding too)
 
 and the pool is drained at the end of every sample, also when it failed.
 

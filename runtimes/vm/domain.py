@@ -58,7 +58,7 @@ class DomainConfig:
     agent: str | None = None  # unix socket of the guest agent's virtio-serial port
     disabled_cpu_features: tuple[str, ...] = field(default=())
     mac: str | None = None  # the NIC's MAC (None: libvirt picks one)
-    # Guest RAM from this file instead of anonymous memory (libvirt:restore-shared):
+    # Guest RAM from this file instead of anonymous memory (libvirt:restore):
     # mapped shared by a template, which writes its RAM there, privately (copy-on-write)
     # by its clones; `incoming`: QEMU starts waiting for the device state (-incoming defer).
     memory_file: str | None = None

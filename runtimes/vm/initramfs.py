@@ -126,24 +126,35 @@ if [ -n "$CVBENCH_TEMPLATE" ]; then
   # out, and every clone restored from it resumes in the read below, sharing this
   # guest's RNG state, clock, MAC and everything else. The host's hand-over gives it
   # what must differ (as Firecracker advises for snapshot clones) before the workload's
-  # own variables: "<rand_pool_info, base64> <epoch s> <machine-id> <MAC|-> <vars,...>".
+  # own variables: "<rand_pool_info, base64> <epoch s> <machine-id> <MAC|-> <script,
+  # base64>". Every process from here to the workload is on the clone's start path
+  # (each a fork, under TCG an emulated one), so what can be is done before the save:
+  # the machine-id's bind mount (the clone only writes the file); and the variables
+  # come as one script (one decoding, not two processes a word).
+  at=$(inroot /etc/machine-id); mkdir -p "${at%/*}"
+  [ -e "$at" ] || : > "$at"; : > /tmp/machine-id; mount --bind /tmp/machine-id "$at"
   exec 3<>"$(agent_port)"
   echo "CVBENCH-TEMPLATE $CVBENCH_NONCE"
-  until read -r seed secs mid mac vars <&3; do usleep 10000; done
+  until read -r seed secs mid mac script <&3; do usleep 10000; done
   exec 3<&-
   # Mixed into the input pool and credited (RNDADDENTROPY), then the CRNG rekeyed from
   # it at once (RNDRESEEDCRNG): without the reseed every clone's /dev/urandom would go
   # on from the template's key until the kernel's next scheduled reseed.
-  echo "$seed" | base64 -d | cvbench-reseed >/dev/urandom || {
+  base64 -d <<EOF | cvbench-reseed >/dev/urandom || {
+$seed
+EOF
     echo "cvbench: cannot reseed the random number generator" >&2; poweroff -f; }
   date -u -s "@$secs" >/dev/null
-  for w in $(echo "$vars" | tr , ' '); do vm_decode "$w"; export "$v"; done
-  echo "$mid" > /tmp/machine-id; at=$(inroot /etc/machine-id); mkdir -p "${at%/*}"
-  [ -e "$at" ] || : > "$at"; mount --bind /tmp/machine-id "$at"
+  echo "$mid" > /tmp/machine-id
+  eval "$(base64 -d <<EOF
+$script
+EOF
+)"
   # The link is still down (the template took no lease): its own MAC first, then DHCP
   [ -z "$CVBENCH_NET" ] || ip link set "$CVBENCH_NET" address "$mac"
 fi
-for w in $(echo "$CVBENCH_ENV" | tr , ' '); do vm_decode "$w"; export "$v"; done
+# (split on commas by the shell itself: $(echo | tr) would cost two processes a loop)
+IFS=,; for w in $CVBENCH_ENV; do unset IFS; vm_decode "$w"; export "$v"; done; unset IFS
 if [ -n "$CVBENCH_NET" ]; then
   ip link set "$CVBENCH_NET" up
   udhcpc -q -n -t 5 -i "$CVBENCH_NET" -x "hostname:${CVBENCH_HOSTNAME:-cvbench}" \\
@@ -163,14 +174,18 @@ if [ -n "$CVBENCH_NAMES" ] && [ -s /tmp/lease ]; then
 fi
 [ -n "$CVBENCH_AGENT" ] && cvbench_agent &
 set --
-for w in $(echo "$CVBENCH_ARGV" | tr , ' '); do vm_decode "$w"; set -- "$@" "$v"; done
+IFS=,; for w in $CVBENCH_ARGV; do unset IFS; vm_decode "$w"; set -- "$@" "$v"; done; unset IFS
+# (a clone's argv comes in its hand-over's script, already quoted for the shell)
+[ -z "$CVBENCH_ARGS" ] || eval "set -- $CVBENCH_ARGS"
 user=$CVBENCH_USER
-unset v w m seed secs mid mac vars CVBENCH_VM CVBENCH_MODULES CVBENCH_MOUNTS CVBENCH_ENV \\
-  CVBENCH_ARGV CVBENCH_NET CVBENCH_ROOT CVBENCH_NAMES CVBENCH_AGENT CVBENCH_USER CVBENCH_TEMPLATE
-hostname "${CVBENCH_HOSTNAME:-cvbench}"
+unset v w m seed secs mid mac script at CVBENCH_VM CVBENCH_MODULES CVBENCH_MOUNTS \\
+  CVBENCH_ENV CVBENCH_ARGV CVBENCH_ARGS CVBENCH_NET CVBENCH_ROOT CVBENCH_NAMES \\
+  CVBENCH_AGENT CVBENCH_USER CVBENCH_TEMPLATE
+# (sethostname through /proc, as `hostname` does it, without a process)
+echo "${CVBENCH_HOSTNAME:-cvbench}" > /proc/sys/kernel/hostname
 # A missing workdir is made as root first, inside the image's root (as Docker makes a
 # missing WORKDIR), so that a user who may not write its parent can still start there
-[ -n "$CVBENCH_WORKDIR" ] && mkdir -p "$(inroot "$CVBENCH_WORKDIR")" 2>/dev/null
+case $CVBENCH_WORKDIR in ''|/) ;; *) mkdir -p "$(inroot "$CVBENCH_WORKDIR")" 2>/dev/null ;; esac
 if [ -n "$user" ]; then
   nsenter -r/root -w/root -S "${user%:*}" -G "${user#*:}" /bench/init "$@"
 else

@@ -176,10 +176,11 @@ def test_a_templates_command_line_holds_nothing_of_an_instance() -> None:
 
 
 def test_restore_flavours_are_the_only_libvirt_ones_with_a_pool() -> None:
-    for flavour in ("restore", "restore-shared"):
+    for flavour in ("restore", "restore-save"):
         rt = lv.LibvirtRuntime(flavour)
         assert isinstance(rt, Pool) and isinstance(rt, lv.LibvirtRestore)
-        assert rt.name == f"libvirt:{flavour}" and rt.shared == (flavour == "restore-shared")
+        # the default clones share their template's RAM file; -save is virDomainSave's
+        assert rt.name == f"libvirt:{flavour}" and rt.shared == (flavour == "restore")
     for other in (None, "microvm", "disk"):
         assert not isinstance(lv.LibvirtRuntime(other), Pool)
 
@@ -208,7 +209,7 @@ def test_a_memory_file_replaces_libvirts_ram_object_on_the_command_line() -> Non
 
 
 def test_an_unfilled_pool_has_nothing_ready() -> None:
-    rt = lv.LibvirtRestore("restore")
+    rt = lv.LibvirtRestore("restore-save")
     assert rt.ready() == 0 and rt.slots() == []
     rt.drain()  # idempotent, nothing to stop
 
@@ -236,3 +237,61 @@ def test_handed_over_vars_decode_as_the_guest_does() -> None:
     assert [base64.b64decode(a).decode()[1:-1] for a in argv.split("=", 1)[1].split(",")] \
         == ["sh", "-c", "echo 'a b'\n"]
     assert all(" " not in w and "," not in w for w in words)  # one word each
+
+
+# The VM init's lines that take a clone's hand-over script and its argv, as they are in
+# VM_INIT (checked below), run by the busybox the guest runs.
+EVAL_SCRIPT = 'eval "$(base64 -d <<EOF\n$script\nEOF\n)"\n'
+SET_ARGS = '[ -z "$CVBENCH_ARGS" ] || eval "set -- $CVBENCH_ARGS"\n'
+
+
+@pytest.mark.parametrize("argv", [("sh", "-c", "echo 'a  b' \"$X\" `id`\n;$(x)"),
+                                  ("sleep", "3600"), ()])
+def test_a_clones_handover_script_gives_the_guest_exactly_the_specs_env_and_argv(
+        argv: tuple[str, ...]) -> None:
+    assert EVAL_SCRIPT in initramfs.VM_INIT and SET_ARGS in initramfs.VM_INIT
+    env = {"K": "v", "Q": "it's \"quoted\" $HOME `x`", "NL": "a\nb", "E": "", "C": "1,2"}
+    spec = _spec(argv=argv, env=env, user="5:6", network="bridge", agent=True)
+    script = base64.b64encode(lv.LibvirtRuntime.handover_script(spec).encode()).decode()
+    # the guest's shell prints, NUL-separated, its environment and then its arguments
+    dump = ("set --\n" + EVAL_SCRIPT + SET_ARGS + "env -0; printf '\\1\\0'; "
+            "for a in \"$@\"; do printf '%s\\0' \"$a\"; done\n")
+    out = subprocess.run([str(initramfs.busybox()), "sh", "-c", dump],
+                         env={"script": script}, capture_output=True, check=True).stdout
+    got_env, got_argv = out.split(b"\1\0")
+    exported = dict(e.decode().split("=", 1) for e in got_env.split(b"\0")[:-1])
+    assert {k: exported[k] for k in env} == env
+    assert exported["CVBENCH_NONCE"] == spec.nonce and exported["CVBENCH_USER"] == "5:6"
+    assert exported["CVBENCH_NET"] == "eth0" and exported["CVBENCH_AGENT"] == "1"
+    # what a cold boot's command line carries, the hand-over carries too
+    flags = {w for w in lv.LibvirtRuntime.instance_vars(spec)
+             if not w.startswith(("CVBENCH_ENV=", "CVBENCH_ARGV="))}
+    assert flags <= {f"{k}={v}" for k, v in exported.items()}
+    assert tuple(a.decode() for a in got_argv.split(b"\0")[:-1]) == argv
+
+
+def test_restores_pool_is_its_prepared_clones_sharing_the_templates_files(
+        tmp_path: Path) -> None:
+    from runtimes.vm import domain
+
+    img = Image(name="i", digest="d1", tar=Path("/x"), rootfs=Path("/x"), size=1)
+    prep = Prepared(image=img, backend="libvirt:restore", ref="r")
+    files = (tmp_path / "t.stream", tmp_path / "t.mem")
+    files[0].write_bytes(b"s" * 5000)
+    files[1].write_bytes(b"m" * 70000)
+    cfg = domain.DomainConfig(name="t", domain_type="qemu", machine="pc", memory_kib=1024,
+                              vcpus=1, kernel="/k", initrd="/i", cmdline="c", console="/c")
+    vms = [lv.VmInstance(spec=_spec(name=f"cvbench-abcdef0123-clone-{i}"), prepared=prep,
+                         pids=[100 + i]) for i in range(3)]
+    rt = lv.LibvirtRestore("restore")
+    rt._pool = lv._Template(spec=_spec(), prepared=prep, size=3, files=files, cfg=cfg,
+                            vms=vms)
+    assert rt.ready() == 3
+    slots = rt.slots()
+    assert [s.pids for s in slots] == [(100,), (101,), (102,)]
+    assert [s.details["domain"] for s in slots] == [v.spec.name for v in vms]
+    # each an equal share of what the template's files hold on disk, adding up to it
+    assert sum(s.disk_bytes or 0 for s in slots) == sum(f.stat().st_blocks * 512
+                                                          for f in files)
+    rt._pool.vms.clear()
+    assert rt.ready() == 0 and rt.slots() == []
