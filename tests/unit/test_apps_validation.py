@@ -25,7 +25,8 @@ def test_a_missing_generator_is_named_with_its_package(monkeypatch: pytest.Monke
 
 def test_every_generator_is_listed_for_doctor() -> None:
     tools = studies.all_tools()
-    assert tools["wrk"] == ("wrk", ["http"])
+    assert tools["wrk"] == ("wrk", ["http", "scale"])
+    assert tools["haproxy"] == ("haproxy", ["scale"])
     assert tools["redis-benchmark"] == ("redis-tools", ["kv"])
 
 

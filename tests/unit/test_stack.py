@@ -178,7 +178,7 @@ def test_compose_translates_into_the_same_model(tmp_path: Path) -> None:
     assert mounts["/etc/conf"].source == str(tmp_path / "conf") and mounts["/etc/conf"].readonly
     assert mounts["/scratch"].size == 1 << 20 and mounts["/run"].size == 2 << 20
     assert s.raw["services"][0]["name"] == "web"  # kept for --resume
-    assert parse(s.raw, "again").services == s.services  # ...and reads back the same
+    assert parse(s.raw, "again", resumed=True).services == s.services  # ...and reads back the same
 
 
 @pytest.mark.parametrize("change, where", [
