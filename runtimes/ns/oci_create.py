@@ -176,7 +176,10 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
             # devices hierarchy to remove it from); on v2 they are a program attached
             # now, which each delete or kill would load again for nothing.
             "cgroup": {"parent": b.cgroup_parent, "name": b.cgroup_name,
-                       "device_rules": list(b.device_rules) if cg.mode != "v2" else []},
+                       "device_rules": list(b.device_rules) if cg.mode != "v2" else [],
+                       # what delete removes without the managers (oci_cli.delete)
+                       "mode": cg.mode, "parents": [p for p, _ in cfg.cgroup_join],
+                       "dirs": [f"{p}/{b.cgroup_name}" for p, _ in cfg.cgroup_join]},
             "hooks": {k: [h.as_json() for h in v] for k, v in b.hooks.items()},
         }
         _write(d / "state", marshal.dumps(st))  # (read by every later command: oci_cli.load)
