@@ -27,6 +27,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from harness.core import record
 from harness.core.errors import InstanceError, UsageError
 from runtimes import _proc
 from runtimes.base import (
@@ -212,7 +213,7 @@ class NsPoolRuntime(NsRuntime):
         # hands over, so exec into it applies them too.
         assert slot.config is not None and slot.out is not None and slot.err is not None
         slot.spec, slot.prepared, slot.warm = spec, prepared, "slot"
-        slot.config = dataclasses.replace(slot.config, **_handed_over(spec))
+        slot.config = record.replace(slot.config, **_handed_over(spec))
         slot.out.keep_all = slot.err.keep_all = spec.capture
         try:
             self._publish(slot)

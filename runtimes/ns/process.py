@@ -32,7 +32,6 @@ code.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import gc
 import os
@@ -42,9 +41,9 @@ import signal
 import socket
 import termios
 import time
-from dataclasses import dataclass
 
 from harness.core import rootpath
+from harness.core.record import mutable_record, replace
 from runtimes.ns import namespaces as ns
 from runtimes.ns import rootfs, security
 from runtimes.ns.config import HANDED_OVER, ContainerConfig, ExecConfig
@@ -60,7 +59,7 @@ class SetupError(Exception):
     """The child could not set up the instance (the message comes from the child)."""
 
 
-@dataclass
+@mutable_record
 class Child:
     """The parent's handle on an instance's first process. Its pid is known once the
     fork server's answer has been read (`resolve`)."""
@@ -178,7 +177,7 @@ def _handed_over(cfg: ContainerConfig, go_r: int) -> ContainerConfig:
     if set(fields) != set(HANDED_OVER):
         raise ValueError(f"hand-over of {sorted(fields)}, not {list(HANDED_OVER)}")
     workdir = cfg.workdir
-    cfg = dataclasses.replace(cfg, **fields)
+    cfg = replace(cfg, **fields)
     if cfg.workdir != workdir:
         root = os.open("/", os.O_PATH | os.O_DIRECTORY)  # the instance's, after pivot_root
         try:

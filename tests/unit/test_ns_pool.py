@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.core import record
 from runtimes import registry
 from runtimes.base import InstanceSpec, Limits, Mount, Pool
 from runtimes.ns import process
@@ -68,7 +69,7 @@ def test_a_slot_config_and_its_hand_over(state: Path) -> None:
     slot = rt._config(slot_spec, "/img", None, pooled=True)
     want = cold._config(inst, "/img", None)
     assert slot.pooled and not want.pooled and process.handover(want) == b""
-    handed = dataclasses.replace(slot, **{k: getattr(want, k) for k in HANDED_OVER})
+    handed = record.replace(slot, **{k: getattr(want, k) for k in HANDED_OVER})
     fields = pickle.loads(process.handover(handed))
     assert set(fields) == set(HANDED_OVER)
     assert fields["argv"] == ("/bench/init", "sh", "-c", "x")
@@ -79,8 +80,8 @@ def test_a_slot_config_and_its_hand_over(state: Path) -> None:
     os.close(w)
     got = process._handed_over(slot, r)  # (the workdir is the slot's: nothing made)
     os.close(r)
-    assert got == dataclasses.replace(want, pooled=True, name=slot.name,
-                                      cgroup_join=slot.cgroup_join)
+    assert got == record.replace(want, pooled=True, name=slot.name,
+                                  cgroup_join=slot.cgroup_join)
     r, w = os.pipe()
     os.write(w, pickle.dumps({"argv": ("x",), "seccomp": b""}))
     os.close(w)
