@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from harness import scenario, studies
+from harness.core import record
 from harness.report import presentation
 from harness.results import FAILURE_LIMIT
 from harness.sampling import FAILURES_TO_GIVE_UP
@@ -211,20 +212,28 @@ def backend_page(base: str) -> str:
     return "\n".join(out)
 
 
+def _defaults(cls: Any) -> dict[str, object]:
+    """Field name -> its default (dataclasses.MISSING: required), of a dataclass or a
+    record (harness.core.record: Limits)."""
+    if not dataclasses.is_dataclass(cls):
+        given = record.defaults(cls)
+        return {n: given.get(n, dataclasses.MISSING) for n in record.fields(cls)}
+    return {f.name: f.default if f.default_factory is dataclasses.MISSING
+            else f.default_factory() for f in dataclasses.fields(cls)}
+
+
 def _dataclass_table(cls: Any, keys: Mapping[str, str] | None = None) -> list[str]:
     rows = ["| key | default |", "|---|---|"]
-    for f in dataclasses.fields(cls):
-        if f.name == "raw" or (keys is not None and f.name not in keys):
+    for name, value in _defaults(cls).items():
+        if name == "raw" or (keys is not None and name not in keys):
             continue
-        if f.name in AS_WRITTEN:
-            default = AS_WRITTEN[f.name]
-        elif f.default is not dataclasses.MISSING:
-            default = _code(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            default = _code(f.default_factory())
+        if name in AS_WRITTEN:
+            default = AS_WRITTEN[name]
+        elif value is not dataclasses.MISSING:
+            default = _code(value)
         else:
             default = "required"
-        rows.append(f"| `{keys[f.name] if keys else f.name}` | {default} |")
+        rows.append(f"| `{keys[name] if keys else name}` | {default} |")
     return rows
 
 

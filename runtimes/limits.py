@@ -1,20 +1,21 @@
 """An instance's resource limits (runtimes.base re-exports Limits: backends find it there).
 
-A module of its own, on dataclasses alone: `cvbench-ns create` (a new interpreter for each
-call) needs Limits for the container's cgroup, and the imports of runtimes.base (the
-result records, typing, secrets...) would cost it more than its own work.
+A module of its own, on harness.core.record alone: `cvbench-ns create` (a new interpreter
+for each call) needs Limits for the container's cgroup, and the imports of runtimes.base
+(the result records, typing, secrets...), or dataclasses', would cost it more than its
+own work.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from harness.core.record import record
 
 TYPE_CHECKING = False  # (only mypy reads these)
 if TYPE_CHECKING:
     from runtimes.base import Json
 
 
-@dataclass(frozen=True)
+@record
 class Limits:
     """Resource limits. cpus: CPU time in cores (quota/period); memory, in bytes; pids.
     rlimits: (name of RLIMIT_NAMES, soft, hard) the workload's first process gets, over

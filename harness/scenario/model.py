@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
 
 from harness.core import image as image_mod
+from harness.core import record
 from harness.core.errors import UsageError
 from harness.core.image import Image, Recipe, Source
 from harness.core.probes import serving
@@ -218,7 +219,7 @@ class Scenario:
             elif key == "network":
                 network = value
             elif key.startswith("limits."):
-                limits = replace(limits, **{key.split(".", 1)[1]: value})
+                limits = record.replace(limits, **{key.split(".", 1)[1]: value})
             elif key == "workload.argv":
                 workload = replace(workload, argv=value)
             elif key == "workload.readiness":

@@ -7,8 +7,7 @@ is pickled to the fork server (forkserver.py), so it holds only plain values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from harness.core.record import record
 from runtimes.ns import namespaces as ns
 
 # Docker's default capability set (moby oci/caps/defaults.go); everything else is dropped.
@@ -54,7 +53,7 @@ RLIMITS = {"core": 4, "nofile": 7, "nproc": 6, "memlock": 8, "stack": 3}
 BASE_FLAGS = ns.CLONE_NEWNS | ns.CLONE_NEWPID | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC
 
 
-@dataclass(frozen=True)
+@record
 class MountPoint:
     """One mount inside the new root. `target` is relative to the new root."""
 
@@ -72,7 +71,7 @@ class MountPoint:
     propagation: int = 0  # MS_PRIVATE, MS_SLAVE... (| MS_REC) applied to it afterwards
 
 
-@dataclass(frozen=True)
+@record
 class NetConfig:
     """What the child does to its network namespace once the parent has moved the veth
     end in (bridge mode). Addresses are IPv4 dotted quads."""
@@ -83,7 +82,7 @@ class NetConfig:
     gateway: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class ContainerConfig:
     name: str
     lower: str  # the image rootfs, shared read-only by every instance
@@ -152,7 +151,7 @@ class ContainerConfig:
 HANDED_OVER = ("argv", "env", "workdir", "uid", "gid")
 
 
-@dataclass(frozen=True)
+@record
 class ExecConfig:
     """A further process in a running instance (exec, process.exec_main): `container` is
     the ContainerConfig the instance was created with, its argv, env, workdir and user

@@ -10,15 +10,14 @@ create, run and exec only: `state`, `kill`... never pay for it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 import resource
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.core.errors import UsageError
+from harness.core.record import field, mutable_record, record, replace
 from runtimes.limits import Limits
 from runtimes.ns import namespaces as ns
 from runtimes.ns import security
@@ -59,7 +58,7 @@ _BIND_KEPT = ns.MS_RDONLY | ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC | ns.MS_NO
 _ID = re.compile(r"^[\w+.-]+$")
 
 
-@dataclass(frozen=True)
+@record
 class Hook:
     path: str
     args: tuple[str, ...]
@@ -71,7 +70,7 @@ class Hook:
                 "timeout": self.timeout}
 
 
-@dataclass
+@mutable_record
 class Bundle:
     """What create needs besides the ContainerConfig: the cgroup, hooks, state fields."""
 
@@ -534,7 +533,7 @@ def translate(data: dict[str, Any], bundle: Path, cid: str,
         # the state those hooks get on stdin: the container's process fills in its pid
         state = {"ociVersion": version, "id": cid, "status": "creating", "pid": "@PID@",
                  "bundle": str(bundle), "annotations": annotations}
-        cfg = dataclasses.replace(
+        cfg = replace(
             cfg, hooks_create=inside["createContainer"], hooks_start=inside["startContainer"],
             hook_state=json.dumps(state).replace('"@PID@"', "@PID@").encode())
     return Bundle(

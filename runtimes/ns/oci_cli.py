@@ -23,7 +23,8 @@ State: <root>/<id>/state (written once at create, marshal) and the exec FIFO; ro
 --root, default /run/cvbench-ns; <root>/.seccomp-cache holds compiled seccomp programs
 (seccomp.compile_oci). Each call is a new Python process (the issue's goal is a `state`
 call within 25 ms), so each imports only what it uses: state, kill and start the
-standard library's small modules, delete the cgroup managers besides; create, run and
+standard library's small modules, delete the cgroup managers only for a cgroup
+that is not empty (create records its directories); create, run and
 exec what they need when they run (tests/unit/test_oci_bundle.py checks). entry() is
 the command: main() without the interpreter's teardown.
 
@@ -351,30 +352,35 @@ def cmd_delete(args: list[str]) -> int:
 
 
 def delete(st: dict[str, Any], force: bool) -> None:
-    import contextlib
-
     stat = status(st)
     if stat != "stopped" and not force:
         raise CliError(f"cannot delete container {st['id']} that is {stat} (use --force)")
-    cg = _cgroup(st)
-    name = st["cgroup"]["name"]
-    if stat == "paused":  # a frozen process takes its SIGKILL only once thawed
-        from runtimes.ns import oci_ops
+    c = st["cgroup"]
+    name, parent = c["name"], c["parent"]
+    # A stopped container's cgroup is most often empty: its directories, which create
+    # recorded, are removed as they are, without the cgroup managers (their imports cost
+    # this call more than its work). Anything left in them (EBUSY) takes the managers'
+    # path: kill what is left, then remove.
+    if not (stat == "stopped" and _rmdir_all(c.get("dirs"))):
+        cg = _cgroup(st)
+        if stat == "paused":  # a frozen process takes its SIGKILL only once thawed
+            from runtimes.ns import oci_ops
 
-        oci_ops.freeze(st, False)
-    if stat != "stopped":
-        _signal(st["pid"], 9, st["start_time"])
-    cg.kill(name)  # what its first process left behind (a kill does not reach them)
-    cg.destroy(name)
-    parent = st["cgroup"]["parent"]
-    if cg.mode != "v2":
-        with contextlib.suppress(OSError):  # the freezer cgroup pause made (v1)
-            os.rmdir(f"/sys/fs/cgroup/freezer/{parent}/{name}")
+            oci_ops.freeze(st, False)
+        if stat != "stopped":
+            _signal(st["pid"], 9, st["start_time"])
+        cg.kill(name)  # what its first process left behind (a kill does not reach them)
+        cg.destroy(name)
+    if "mode" in c:
+        v1, parents = c["mode"] != "v2", c["parents"]
+    else:  # (the state of an older create: the managers know)
+        cg = _cgroup(st)
+        v1, parents = cg.mode != "v2", [str(p) for p in cg.parents()]
+    if v1:  # the freezer cgroup pause made (v1)
+        _rmdir_quiet(f"/sys/fs/cgroup/freezer/{parent}/{name}")
     if parent == DEFAULT_CGROUP_PARENT:  # ours: gone with its last container
-        for d in [*cg.parents(), *([] if cg.mode == "v2" else
-                                   [f"/sys/fs/cgroup/freezer/{parent}"])]:
-            with contextlib.suppress(OSError):  # another container still in it
-                os.rmdir(d)
+        for d in [*parents, *([f"/sys/fs/cgroup/freezer/{parent}"] if v1 else [])]:
+            _rmdir_quiet(d)  # (fails while another container is still in it)
     remove_state(state_dir(st["id"]))
     if st["hooks"].get("poststop"):
         from runtimes.ns import oci_hooks
@@ -382,16 +388,47 @@ def delete(st: dict[str, Any], force: bool) -> None:
         oci_hooks.run(st, "poststop", state_json(st, "stopped"), fatal=False)
 
 
+def _rmdir_all(dirs: list[str] | None) -> bool:
+    """rmdir each of `dirs` (gone already is fine); False at the first that will not go
+    (still has processes), or when the state has no such record."""
+    if dirs is None:
+        return False
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+    return True
+
+
+def _rmdir_quiet(d: str) -> bool:
+    """Whether `d` was removed (not contextlib.suppress: its import would cost delete
+    more than its work)."""
+    try:
+        os.rmdir(d)
+    except OSError:
+        return False
+    return True
+
+
 def remove_state(d: str) -> None:
     """Remove the state dir `d` as far as possible. create makes only files in it: not
-    shutil.rmtree, whose import (with its compression modules) costs more than this."""
-    import contextlib
-
-    with contextlib.suppress(OSError):
-        for name in os.listdir(d):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{d}/{name}")
-        os.rmdir(d)
+    shutil.rmtree, whose import (with its compression modules) costs more than this;
+    nor contextlib, whose import costs delete more than these few lines."""
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.unlink(f"{d}/{name}")
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
+    _rmdir_quiet(d)
 
 
 # --- create, run -----------------------------------------------------------------------

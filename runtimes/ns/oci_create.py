@@ -4,7 +4,6 @@ oci_cli.py for the lifecycle)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import marshal
 import os
 import pickle
@@ -13,6 +12,7 @@ import socket
 import time
 from pathlib import Path
 
+from harness.core.record import replace
 from runtimes.ns import cgroups, oci_bundle, oci_hooks, process
 from runtimes.ns import namespaces as ns
 from runtimes.ns.config import MountPoint
@@ -101,7 +101,7 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
     if cfg.terminal and not value(opts, "console-socket"):
         raise Usage("process.terminal is true: --console-socket is required")
     if flag(opts, "no-new-keyring"):
-        cfg = dataclasses.replace(cfg, keyring=False)
+        cfg = replace(cfg, keyring=False)
     try:
         d.mkdir(0o711)
     except FileExistsError:
@@ -123,7 +123,7 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
         cg.setup()
         made_cgroup = True  # (destroy is idempotent: a half-made cgroup goes too)
         cg.create(b.cgroup_name, b.limits)
-        cfg = dataclasses.replace(
+        cfg = replace(
             cfg, mounts=_cgroup_mounts(b, cg),
             cgroup_join=tuple(_split(p, b.cgroup_name) for p in cg.join_files(b.cgroup_name)))
         os.mkfifo(d / "exec.fifo", 0o600)
@@ -139,14 +139,14 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
             # finds it there: the pty itself is the host's, not in the container's devpts)
             at = next(i for i, m in enumerate(cfg.mounts) if m.target == "dev") + 1
             console = MountPoint(os.ttyname(tty), "dev/console", None, ns.MS_BIND, file=True)
-            cfg = dataclasses.replace(cfg, mounts=(*cfg.mounts[:at], console,
+            cfg = replace(cfg, mounts=(*cfg.mounts[:at], console,
                                                    *cfg.mounts[at:]))
         ignored = process.default_signals()
         pid = ns.clone(cfg.clone_flags)
         if pid == 0:
             os.close(status_r)
             # (in its cgroup already: this process puts it there, below)
-            process.child_main(dataclasses.replace(cfg, cgroup_join=()), go, status_w,
+            process.child_main(replace(cfg, cgroup_join=()), go, status_w,
                                stdio[1], stdio[2], stdio[0])
         for sig in ignored:  # this process's own again: a hook that leaves its stdin
             signal.signal(sig, signal.SIG_IGN)  # unread must not kill it with SIGPIPE
@@ -176,7 +176,10 @@ def create(cid: str, opts: dict[str, list[str]]) -> dict[str, Any]:
             # devices hierarchy to remove it from); on v2 they are a program attached
             # now, which each delete or kill would load again for nothing.
             "cgroup": {"parent": b.cgroup_parent, "name": b.cgroup_name,
-                       "device_rules": list(b.device_rules) if cg.mode != "v2" else []},
+                       "device_rules": list(b.device_rules) if cg.mode != "v2" else [],
+                       # what delete removes without the managers (oci_cli.delete)
+                       "mode": cg.mode, "parents": [p for p, _ in cfg.cgroup_join],
+                       "dirs": [f"{p}/{b.cgroup_name}" for p, _ in cfg.cgroup_join]},
             "hooks": {k: [h.as_json() for h in v] for k, v in b.hooks.items()},
         }
         _write(d / "state", marshal.dumps(st))  # (read by every later command: oci_cli.load)

@@ -14,13 +14,13 @@ command's pid and this process exits, leaving it to the caller's subreaper."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pickle
 import select
 from pathlib import Path
 
+from harness.core.record import replace
 from runtimes.ns import namespaces as ns
 from runtimes.ns import oci_bundle, process, security
 from runtimes.ns.config import ContainerConfig
@@ -63,7 +63,7 @@ def config(st: dict[str, Any], opts: dict[str, list[str]], command: list[str]
                   "workdir": value(opts, "cwd", base.workdir), "uid": uid, "gid": gid,
                   "groups": (), "caps": caps, "terminal": flag(opts, "tty"),
                   "no_new_privs": base.no_new_privs or flag(opts, "no-new-privs")}
-    return dataclasses.replace(base, **fields)
+    return replace(base, **fields)
 
 
 def exec_(st: dict[str, Any], opts: dict[str, list[str]], command: list[str]) -> int:

@@ -48,6 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.core import record
 from harness.core.errors import BackendUnavailable, InstanceError, UsageError
 from harness.core.image import Image
 from runtimes import _proc
@@ -169,7 +170,7 @@ class NsPoolRuntime(NsRuntime):
                 hosts: Path | None = None, key: str = "",
                 pooled: bool = False) -> ContainerConfig:
         cfg = super()._config(spec, lower, idir, hosts, key, pooled)
-        return dataclasses.replace(cfg, waiter=self._waiter) if pooled else cfg
+        return record.replace(cfg, waiter=self._waiter) if pooled else cfg
 
     # --- Pool ----------------------------------------------------------------------------
 
@@ -298,7 +299,7 @@ class NsPoolRuntime(NsRuntime):
         # hands over, so exec into it applies them too.
         assert slot.config is not None and slot.out is not None and slot.err is not None
         slot.spec, slot.prepared, slot.warm = spec, prepared, "slot"
-        slot.config = dataclasses.replace(slot.config, **_handed_over(spec))
+        slot.config = record.replace(slot.config, **_handed_over(spec))
         slot.out.keep_all = slot.err.keep_all = spec.capture
         try:
             self._publish(slot)

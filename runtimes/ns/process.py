@@ -43,8 +43,8 @@ import signal
 import socket
 import termios
 import time
-from dataclasses import dataclass
 
+from harness.core.record import mutable_record
 from runtimes.ns import namespaces as ns
 from runtimes.ns import rootfs, security
 from runtimes.ns.config import ContainerConfig, ExecConfig
@@ -60,7 +60,7 @@ class SetupError(Exception):
     """The child could not set up the instance (the message comes from the child)."""
 
 
-@dataclass
+@mutable_record
 class Child:
     """The parent's handle on an instance's first process. Its pid is known once the
     fork server's answer has been read (`resolve`)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import errno
 import os
 import platform
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import psutil
 
+from harness.core import record
 from harness.core.errors import BackendUnavailable, InstanceError, NotApplicable, UsageError
 from harness.core.image import PATH_ENV, Image
 from harness.core.probes import memory
@@ -503,7 +503,7 @@ class NsRuntime:
         uid, gid = uid_gid(user)
         marker = f"CVBENCH_EXEC={secrets.token_hex(8)}"
         envs = dict(e.split("=", 1) for e in cfg.env) | dict(env or {})  # as docker exec -e
-        x = ExecConfig(dataclasses.replace(
+        x = ExecConfig(record.replace(
             cfg, argv=tuple(argv), env=(*(f"{k}={v}" for k, v in envs.items()), marker),
             workdir=workdir, uid=uid, gid=gid, groups=()))
         try:

@@ -30,10 +30,10 @@ import stat
 import struct
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.errors import BackendUnavailable, UsageError
+from harness.core.record import record
 
 TYPE_CHECKING = False  # (typing costs each cvbench-ns call: only mypy reads these)
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ _ACTIONS = ("SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_
 _DEFAULT_ERRNO = errno.EPERM
 
 
-@dataclass(frozen=True)
+@record
 class Rule:
     """One resolved rule: `action` for `names` when every (index, op, value, value_two)
     comparison of its arguments holds."""
@@ -65,7 +65,7 @@ class Rule:
     args: tuple[tuple[int, str, int, int], ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class Profile:
     path: str
     sha256: str

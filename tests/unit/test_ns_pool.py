@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.core import record
 from runtimes import registry
 from runtimes.base import InstanceSpec, Limits, Mount, Pool
 from runtimes.ns import pool as pool_mod
@@ -101,14 +102,14 @@ def test_a_slot_config_and_its_hand_over(state: Path, tmp_path: Path) -> None:
     slot = rt._config(slot_spec, "/img", None, pooled=True)
     want = cold._config(inst, "/img", None)
     assert slot.pooled and not want.pooled and process.handover(want) == b""
-    handed = dataclasses.replace(slot, **{k: getattr(want, k) for k in HANDED_OVER})
-    assert handed == dataclasses.replace(want, pooled=True, name=slot.name,
+    handed = record.replace(slot, **{k: getattr(want, k) for k in HANDED_OVER})
+    assert handed == record.replace(want, pooled=True, name=slot.name,
                                          cgroup_join=slot.cgroup_join)
     # On the host there is no /bench/init: a shell that prints what it was given. As the
     # caller: no setgroups (as in a user namespace), setuid/setgid to its own ids.
     script = 'printf "[%s]" "$0" "$@"; echo; id -u; id -g; env'
-    handed = dataclasses.replace(handed, argv=("sh", "-c", script, "zero", "a b", ""))
-    caller = dataclasses.replace(slot, userns_map=(uid, gid))
+    handed = record.replace(handed, argv=("sh", "-c", script, "zero", "a b", ""))
+    caller = record.replace(slot, userns_map=(uid, gid))
     status, out, code = waiter_run(tmp_path, caller, b"G" + process.handover(handed))
     assert (status, code) == (b"", 0), status
     args, got_uid, got_gid, *env = out.decode().splitlines()
@@ -130,7 +131,7 @@ def test_the_waiter_reports_a_bad_hand_over(state: Path, tmp_path: Path, handed:
                                             error: bytes) -> None:
     """A hand-over it cannot run: "E<step> ..." on the status pipe and exit 127, as
     process._fail reports a cold instance's failed step; nothing exec'd."""
-    cfg = dataclasses.replace(NsRuntime("pool")._config(spec(), "/img", None, pooled=True),
+    cfg = record.replace(NsRuntime("pool")._config(spec(), "/img", None, pooled=True),
                               userns_map=(os.getuid(), os.getgid()))
     status, out, code = waiter_run(tmp_path, cfg, handed)
     assert status.startswith(error) and code == 127 and out == b"", (status, code)
