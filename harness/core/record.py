@@ -8,8 +8,9 @@ the same kind of class with generic methods, nothing compiled: the fields are th
 annotations in order, their defaults the class body's values (`field(default_factory=)`
 for a fresh one per instance); __init__ (keywords or positions), __repr__, __eq__ on the
 fields of the same class; `frozen` (the default): assignment refused, and __hash__ of
-the fields. `replace` is dataclasses.replace for them. mypy checks them as dataclasses
-(typing.dataclass_transform).
+the fields. `replace` is dataclasses.replace for them (which works on them too, as do
+fields, asdict and is_dataclass: a lazy `__dataclass_fields__`). mypy checks them as
+dataclasses (typing.dataclass_transform).
 """
 
 from __future__ import annotations
@@ -87,6 +88,27 @@ def _refuse(self: Any, name: str, value: object = None) -> None:
     raise FrozenInstanceError(f"cannot assign to field {name!r}")
 
 
+class _DataclassFields:
+    """`__dataclass_fields__`, made on first use: dataclasses.replace, fields, asdict and
+    is_dataclass then take a record as the dataclass mypy checks it as (a
+    dataclasses.replace that mypy accepts must not fail at run time). Nothing on
+    cvbench-ns's path asks for it, so the dataclasses module is imported only by a
+    caller that uses it anyway."""
+
+    def __get__(self, obj: object, cls: type) -> dict[str, Any]:
+        import dataclasses
+
+        made: dict[str, Any] = {}
+        for name in cls.__record_fields__:  # type: ignore[attr-defined]
+            d = cls.__record_defaults__.get(name, dataclasses.MISSING)  # type: ignore[attr-defined]
+            f: Any = dataclasses.field(default_factory=d.make) if isinstance(d, _Factory) \
+                else dataclasses.field(default=d)
+            f.name, f.type = name, cls.__annotations__.get(name)
+            f._field_type = dataclasses._FIELD  # type: ignore[attr-defined]  # (private)
+            made[name] = f
+        return made
+
+
 def _make(cls: type[T], frozen: bool) -> type[T]:
     if cls.__bases__ != (object,):  # (no inherited fields to merge: none is needed)
         raise TypeError(f"{cls.__name__}: a record derives from no other class")
@@ -102,7 +124,8 @@ def _make(cls: type[T], frozen: bool) -> type[T]:
         elif seen_default:
             raise TypeError(f"{cls.__name__}: non-default field {n!r} after a default one")
     attrs: dict[str, Any] = {"__record_fields__": names, "__record_defaults__": defaults,
-                             "__init__": _init, "__repr__": _repr, "__eq__": _eq}
+                             "__init__": _init, "__repr__": _repr, "__eq__": _eq,
+                             "__dataclass_fields__": _DataclassFields()}
     if frozen:
         attrs.update(__setattr__=_refuse, __delattr__=_refuse, __hash__=_hash)
     else:

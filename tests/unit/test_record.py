@@ -89,3 +89,24 @@ def test_a_record_of_a_field_without_default_after_a_default_is_refused() -> Non
 
     with pytest.raises(TypeError, match="non-default field 'y'"):
         record(Bad)
+
+
+def test_the_dataclasses_module_takes_a_record() -> None:
+    """mypy checks a record as a dataclass, so dataclasses.replace/fields/asdict on one
+    pass the type check: they must work at run time too (and import nothing for a
+    record nobody asks them of)."""
+    import dataclasses
+
+    from harness.core.record import field, record
+
+    @record
+    class R:
+        a: int
+        b: list[int] = field(default_factory=list)
+        c: str = "x"
+
+    r = R(1)
+    assert dataclasses.is_dataclass(r)
+    assert [f.name for f in dataclasses.fields(r)] == ["a", "b", "c"]
+    assert dataclasses.replace(r, c="y") == R(1, [], "y")
+    assert dataclasses.asdict(R(2, [3])) == {"a": 2, "b": [3], "c": "x"}
