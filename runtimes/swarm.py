@@ -18,20 +18,21 @@ A replica set `name` of run R:
   deploy  -> an overlay network `cvbench-R-<name>` (label cvbench.run=R) and the service
              `cvbench-R-<name>` (same label) with 0 replicas: ContainerSpec image =
              the image's id (`sha256:...`: a node never asks a registry for an id, and
-             runs only the very image; a node without it fails the task with "No such
-             image", which `replicas()` reports), command /bench/init + argv, env (with
+             runs only the very image; a node without it fails the task: `docker
+             service ps` says why), command /bench/init + argv, env (with
              CVBENCH_NONCE), workdir, hostname, user; limits cpus -> NanoCPUs, memory ->
              MemoryBytes (pids, cpuset and rlimits are not in a swarm task's resources
              here: not applied); the spec's port published through the ingress with a
-             port swarm picks (30000-32767). The front: publish_address():published.
-             docker-py's low-level client sends the spec as it is, so, as
-             `--no-resolve-image`, nothing resolves the image against a registry (the
-             CLI's resolving is its own, client-side; dockerd asks a registry for API
-             < 1.30 only).
+             port swarm picks (30000-32767); `max_per_node` (set before deploy) is
+             Placement.MaxReplicas, to spread replicas over nodes. The front:
+             publish_address():published. docker-py's low-level client sends the
+             spec as it is, so, as `--no-resolve-image`, nothing resolves the image
+             against a registry (the CLI's resolving is its own, client-side).
   scale   -> service update Mode.Replicated.Replicas = n
   update  -> service update of ContainerSpec.Image (the new id), UpdateConfig
              parallelism 1, order start-first (also set at deploy)
-  replicas-> the service's tasks in state running: node ("" for this node, else its
+  replicas-> the service's tasks in state running (details: the task, the container, the
+             image, its overlay addresses by network): node ("" for this node, else its
              hostname), the container's processes on this node (its shim and the
              processes of its memory cgroup), and an address the host reaches: its
              endpoint on docker_gwbridge (each task container on an overlay has one; the
@@ -51,6 +52,7 @@ import docker
 from docker.types import (
     ContainerSpec,
     EndpointSpec,
+    Placement,
     Resources,
     ServiceMode,
     TaskTemplate,
@@ -111,6 +113,9 @@ class SwarmService:
         self.name = f"{PREFIX}{run_id}-{name}"
         self.sid: str | None = None
         self.port = 0
+        # at most this many replicas on one node (0: no limit): replicas spread over
+        # the nodes of a swarm of several (Placement.MaxReplicas), set before deploy
+        self.max_per_node = 0
 
     @property
     def api(self) -> Any:  # docker-py's service and task calls are untyped
@@ -130,6 +135,7 @@ class SwarmService:
                           workdir=spec.workdir, hostname=spec.hostname,
                           user=spec.user or None),
             resources=resources,
+            placement=Placement(maxreplicas=self.max_per_node or None),
             restart_policy=docker.types.RestartPolicy(condition="on-failure"))
         # no PublishedPort: swarm picks a free one (30000-32767)
         published = cast(Any, [{"Protocol": "tcp", "TargetPort": port}])
@@ -240,9 +246,10 @@ class SwarmService:
         self.sid = None
 
 
-def _overlay_addresses(task: dict[str, Any]) -> list[Json]:
-    return [str(a) for n in task.get("NetworksAttachments") or ()
-            for a in n.get("Addresses") or ()]
+def _overlay_addresses(task: dict[str, Any]) -> dict[str, Json]:
+    """The task's addresses ("ip/prefix") by overlay network (ingress, the run's)."""
+    return {str(n["Network"]["Spec"]["Name"]): [str(a) for a in n.get("Addresses") or ()]
+            for n in task.get("NetworksAttachments") or ()}
 
 
 def _swarm_node(api: docker.APIClient) -> str:
@@ -309,10 +316,11 @@ class DockerSwarm(DockerRuntime):
         raise NotApplicable("docker:swarm runs replicated services only (`bench run "
                             "scale`); one container is measured as `docker`")
 
-    def join(self, run_id: str) -> _swarm.Use:
-        """The daemon made (or found) a swarm manager for `run_id` (see _swarm.use)."""
+    def join(self, run_id: str, addr: str | None = None) -> _swarm.Use:
+        """The daemon made (or found) a swarm manager for `run_id` (see _swarm.use); a
+        swarm it makes listens on `addr` (default: swarm_addr())."""
         with _errors("swarm"):
-            self.used = _swarm.use(ApiDaemon(self.api), run_id, swarm_addr())
+            self.used = _swarm.use(ApiDaemon(self.api), run_id, addr or swarm_addr())
         return self.used
 
     def replica_set(self, run_id: str, name: str) -> Replicas:
