@@ -39,16 +39,24 @@ A replica set `name` of run R:
              overlay address itself is not routed from the host), or None on another
              node, `details` saying why
   close   -> remove the service, wait until its containers are gone, remove the network
+
+A compose file deploys as a stack (`deploy_stack`: `docker stack deploy --resolve-image
+never`, as `cvbench-<run id>-<name>`, its services and networks labelled with the run in
+a copy of the file; `remove_stack` takes it away, and `bench gc` finds what a dead run
+left by the labels).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import docker
+import yaml
 from docker.types import (
     ContainerSpec,
     EndpointSpec,
@@ -59,7 +67,7 @@ from docker.types import (
     UpdateConfig,
 )
 
-from harness.core.errors import InstanceError, NotApplicable
+from harness.core.errors import InstanceError, NotApplicable, UsageError
 from harness.core.probes import memory
 from runtimes import _swarm
 from runtimes._engine import _ERRORS, _short, environment
@@ -262,6 +270,74 @@ def _errors(what: str) -> Any:
         yield
     except _ERRORS as e:
         raise InstanceError(f"docker:swarm: {what} failed: {_short(e)}") from e
+
+
+def labelled_stack(doc: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """A compose document with every service (deploy.labels) and network (labels)
+    labelled cvbench.run=<run id>, so `bench gc` finds what `docker stack deploy`
+    makes from it like any service and network of a run."""
+    out = dict(doc)
+    services = {}
+    for name, svc in (doc.get("services") or {}).items():
+        svc = dict(svc or {})
+        deploy = dict(svc.get("deploy") or {})
+        labels = deploy.get("labels") or {}
+        if isinstance(labels, list):  # ["k=v", ...], as compose allows
+            labels = dict(str(x).partition("=")[::2] for x in labels)
+        deploy["labels"] = {**labels, RUN_LABEL: run_id}
+        svc["deploy"] = deploy
+        services[name] = svc
+    out["services"] = services
+    networks = {}
+    for name, net in (doc.get("networks") or {}).items():
+        net = dict(net or {})
+        if not net.get("external"):
+            net["labels"] = {**(net.get("labels") or {}), RUN_LABEL: run_id}
+        networks[name] = net
+    if networks:
+        out["networks"] = networks
+    return out
+
+
+def deploy_stack(rt: DockerSwarm, run_id: str, name: str, compose: Path) -> str:
+    """`docker stack deploy` of a compose file as the stack `cvbench-<run id>-<name>`,
+    its services and networks labelled with the run (labelled_stack), images never
+    resolved against a registry (`--resolve-image never`: local images only); the
+    swarm made or found as for a replica set. The stack's name."""
+    try:
+        doc = yaml.safe_load(compose.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"{compose}: cannot read the compose file: {e}") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict):
+        raise UsageError(f"{compose}: services: a compose file needs a services mapping")
+    rt.join(run_id)
+    stack = f"{PREFIX}{check_run_id(run_id)}-{name}"
+    # the labelled copy beside the original: relative paths in it (env_file, configs)
+    # stay relative to the same directory
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", dir=compose.parent,
+                                     prefix=".cvbench-stack-") as f:
+        yaml.safe_dump(labelled_stack(doc, run_id), f)
+        f.flush()
+        res = subprocess.run(["docker", "-H", f"unix://{rt.socket_path}", "stack", "deploy",
+                              "--resolve-image", "never", "-c", f.name, stack],
+                             capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        remove_stack(rt, stack)
+        raise InstanceError(f"docker:swarm: stack deploy {compose}: "
+                            f"{(res.stderr or res.stdout).strip()[-400:]}")
+    return stack
+
+
+def remove_stack(rt: DockerSwarm, stack: str) -> None:
+    """Remove a stack's services (waiting for their containers) and networks."""
+    api = cast(Any, rt.api)
+    ns = {"label": f"com.docker.stack.namespace={stack}"}
+    with _errors("stack rm"):
+        for svc in api.services(filters=ns):
+            remove_service(api, str(svc["Spec"]["Name"]))
+        for net in api.networks(filters=ns):
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_network(net["Id"])
 
 
 class DockerSwarm(DockerRuntime):

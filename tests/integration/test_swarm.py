@@ -164,3 +164,37 @@ def test_gc_of_a_dead_run_leaves_its_swarm(run_id: str) -> None:
         assert f"docker {kind} " in out.stdout, out.stdout
     assert _containers(f"cvbench-{dead}-web") == []
     assert _daemon_state() == before
+
+
+def test_stack_deploy_labelled_and_removed(run_id: str, tmp_path: Path) -> None:
+    """A compose file deployed as a stack: its service and network carry the run's label
+    (so gc finds them), the service runs, remove_stack takes both away."""
+    from runtimes.swarm import deploy_stack, remove_stack
+
+    rt = _swarm()
+    before = _daemon_state()
+    ref = rt.prepare(image.build(image.Recipe())).ref
+    compose = tmp_path / "compose.yml"
+    compose.write_text(f"""services:
+  web:
+    image: {ref}
+    entrypoint: ["sh", "-c", "exec sleep 600"]
+    networks: [back]
+networks:
+  back: {{}}
+""")
+    stack = deploy_stack(rt, run_id, "st", compose)
+    try:
+        assert stack == f"cvbench-{run_id}-st"
+        labels = _docker("service", "inspect", "-f", "{{json .Spec.Labels}}", f"{stack}_web")
+        assert json.loads(labels)["cvbench.run"] == run_id
+        net = _docker("network", "inspect", "-f", "{{json .Labels}}", f"{stack}_back")
+        assert json.loads(net)["cvbench.run"] == run_id
+        _until("the stack's service running", lambda: len(_containers(f"{stack}_web")) == 1)
+    finally:
+        remove_stack(rt, stack)
+    assert _containers(f"{stack}_web") == []
+    assert f"{stack}_back" not in _docker("network", "ls", "--format", "{{.Name}}").split()
+    gone = collect(rt, [r for r in live_runs() if r != run_id], run_id)
+    assert [(x.kind, x.run_id) for x in gone] == [("swarm", run_id)]
+    assert _daemon_state() == before

@@ -133,3 +133,18 @@ def test_ipvs_found_loaded_builtin_or_as_a_module(tmp_path: Path) -> None:
     ko.unlink()
     (proc / "net/ip_vs").touch()
     assert ipvs_problem(proc, mods.parent) is None
+
+
+def test_stack_labelled_with_the_run() -> None:
+    from runtimes.swarm import labelled_stack
+
+    doc = {"services": {"web": {"image": "x", "deploy": {"labels": ["a=1"], "replicas": 2}},
+                        "db": {"image": "y"}},
+           "networks": {"front": {}, "outside": {"external": True}}}
+    out = labelled_stack(doc, "aaaaaaaa01")
+    assert out["services"]["web"]["deploy"] == {"labels": {"a": "1", "cvbench.run": "aaaaaaaa01"},
+                                                "replicas": 2}
+    assert out["services"]["db"]["deploy"] == {"labels": {"cvbench.run": "aaaaaaaa01"}}
+    assert out["networks"] == {"front": {"labels": {"cvbench.run": "aaaaaaaa01"}},
+                               "outside": {"external": True}}
+    assert doc["services"]["db"] == {"image": "y"}  # the caller's document is not changed
