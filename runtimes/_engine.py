@@ -867,23 +867,30 @@ class Engine:
                   if run_of(name) not in live_runs]
         return found
 
-    def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
-        def remove(item: Leftover) -> None:
-            with contextlib.suppress(docker.errors.NotFound):  # (gone: removed)
-                if item.kind == "container":
-                    self.api.remove_container(item.name, force=True)
-                elif item.kind == "network":
-                    self.api.remove_network(item.name)
-                elif item.kind == "vlan-parent":
-                    _vlan.remove(item.name)
-                elif item.kind == "image":
-                    self.api.remove_image(item.name, force=True)
-                else:
-                    self.api.remove_volume(item.name, force=True)
+    # gc's order: what uses a resource goes before it (a swarm service before its
+    # containers' network; the swarm itself last)
+    gc_order: ClassVar[tuple[str, ...]] = ("container", "image", "network", "vlan-parent",
+                                             "volume")
 
-        # containers first (then images, networks, volumes)
-        found = sorted(self.leftovers(live_runs), key=lambda x: x.kind)
-        return remove_each(self.name, found, remove)
+    def gc(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        order = {k: i for i, k in enumerate(self.gc_order)}
+        found = sorted(self.leftovers(live_runs), key=lambda x: order.get(x.kind, len(order)))
+        return remove_each(self.name, found, lambda item: self.remove_leftover(item, live_runs))
+
+    def remove_leftover(self, item: Leftover, live_runs: Sequence[str]) -> bool | None:
+        """Remove one leftover (gone already: removed)."""
+        with contextlib.suppress(docker.errors.NotFound):
+            if item.kind == "container":
+                self.api.remove_container(item.name, force=True)
+            elif item.kind == "network":
+                self.api.remove_network(item.name)
+            elif item.kind == "vlan-parent":
+                _vlan.remove(item.name)
+            elif item.kind == "image":
+                self.api.remove_image(item.name, force=True)
+            else:
+                self.api.remove_volume(item.name, force=True)
+        return None
 
     # --- hooks ---------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ Flavours select the OCI runtime dockerd hands the container to: `docker` (runc, 
 default), `docker:crun`, `docker:runsc` (gVisor; registered with --network=none and the
 ptrace platform by scripts/provision.d/30-docker.sh, so only network "none" is offered),
 `docker:ns` (cvbench-ns, ns's OCI command line: scripts/provision.d/27-cvbench-ns.sh),
+`docker:swarm` (replicated services of Docker's orchestrator: `runtimes/swarm.py`),
 and `docker:precreated`: runc with a pool of containers created (and attached) ahead, so
 that `start` is the timed path (`runtimes/_engine.py` EnginePool: the Pool protocol the
 warm study fills).
@@ -23,17 +24,21 @@ is systemd's), else its pid file (/run/docker.pid, /run/docker/containerd/contai
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar, Self, cast
 
+from harness.core.errors import BackendUnavailable
 from harness.core.probes.memory import daemon_pid, pids_of
-from runtimes._engine import Engine, EnginePool, daemon_rlimits
+from runtimes import _swarm
+from runtimes._engine import _ERRORS, Engine, EnginePool, _short, daemon_rlimits
+from runtimes.base import NO_HOOKS, Hooks, Leftover
 from runtimes.ns.config import DEFAULT_CAPS
 
 
 class DockerRuntime(Engine):
     base = "docker"
     name = "docker"
-    flavours: ClassVar[tuple[str, ...]] = ("crun", "runsc", "ns", "precreated")
+    flavours: ClassVar[tuple[str, ...]] = ("crun", "runsc", "ns", "precreated", "swarm")
     default_runtime = "runc"
     daemon_binary = "dockerd"
     package = "docker.io"
@@ -41,6 +46,37 @@ class DockerRuntime(Engine):
     default_socket = "unix:///run/docker.sock"
     log_hint = "/var/log/cvbench/dockerd.log"
     wait_note = "POST wait (dockerd answers on containerd's exit event)"
+    # a swarm's services before the containers they keep and their networks; the swarm
+    # a run made last
+    gc_order: ClassVar[tuple[str, ...]] = ("service", "container", "image", "network",
+                                           "vlan-parent", "volume", "swarm")
+
+    def __new__(cls, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> Self:
+        if flavour == "swarm":  # its own class: a ReplicaSets (imported here: it is one)
+            from runtimes.swarm import DockerSwarm
+
+            return cast(Self, object.__new__(DockerSwarm))
+        return super().__new__(cls, flavour, hooks=hooks)
+
+    def leftovers(self, live_runs: Sequence[str] = ()) -> list[Leftover]:
+        """The engine's, plus docker:swarm's: the services of dead runs, and the swarm a
+        run made once no run that uses it is live (runtimes/_swarm.py)."""
+        found = super().leftovers(live_runs)
+        try:
+            found += [Leftover(self.base, "service", name, run)
+                      for name, run in _swarm.service_leftovers(self.api, live_runs)]
+        except _ERRORS as e:
+            raise BackendUnavailable(self.base, f"cannot list services: {_short(e)}") from e
+        made = _swarm.leftover(live_runs)
+        return found + ([made] if made else [])
+
+    def remove_leftover(self, item: Leftover, live_runs: Sequence[str]) -> bool | None:
+        if item.kind == "service":
+            _swarm.remove_service(self.api, item.name)
+            return None
+        if item.kind == "swarm":  # False: a run registered meanwhile, kept
+            return _swarm.leave(_swarm.ApiDaemon(self.api), live_runs)
+        return super().remove_leftover(item, live_runs)
 
     def _runtime_fix(self) -> str:
         return ("scripts/provision.d/30-docker.sh registers crun, runsc and cvbench-ns in "

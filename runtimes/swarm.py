@@ -1,0 +1,411 @@
+"""`docker:swarm`: replicated services of Docker's orchestrator on this dockerd.
+
+A Runtime that is also a `ReplicaSets` (runtimes.base): the scale study asks it for a
+service of N replicas behind one front, the routing mesh's. Single instances are not
+what it is for: `create` raises NotApplicable (a study of one container measures
+`docker`), so every other study closes its cells with that reason; `prepare` imports
+the image as `docker` does.
+
+Swarm state (runtimes/_swarm.py): the first replica set of a run makes this daemon a
+single-node swarm if it is in none (`docker swarm init`, listening and advertising on
+publish_address(), the source address of the default route; CVBENCH_SWARM_ADDR
+overrides it), recorded in a state file so that `bench gc` leaves it (`swarm leave
+--force`, and removes the docker_gwbridge the init made) once the run is over, also
+after Ctrl-C; a daemon that already is a manager is used as it is and only the run's
+labelled services and networks are removed from it. A worker is refused (availability).
+
+A replica set `name` of run R:
+  deploy  -> an overlay network `cvbench-R-<name>` (label cvbench.run=R) and the service
+             `cvbench-R-<name>` (same label) with 0 replicas: ContainerSpec image =
+             the image's id (`sha256:...`: a node never asks a registry for an id, and
+             runs only the very image; a node without it fails the task: `docker
+             service ps` says why), command /bench/init + argv, env (with
+             CVBENCH_NONCE), workdir, hostname, user; limits cpus -> NanoCPUs, memory ->
+             MemoryBytes (pids, cpuset and rlimits are not in a swarm task's resources
+             here: not applied); the spec's port published through the ingress with a
+             port swarm picks (30000-32767); `max_per_node` (set before deploy) is
+             Placement.MaxReplicas, to spread replicas over nodes. The front:
+             publish_address():published. docker-py's low-level client sends the
+             spec as it is, so, as `--no-resolve-image`, nothing resolves the image
+             against a registry (the CLI's resolving is its own, client-side).
+  scale   -> service update Mode.Replicated.Replicas = n
+  update  -> service update of ContainerSpec.Image (the new id), UpdateConfig
+             parallelism 1, order start-first (also set at deploy)
+  replicas-> the service's tasks in state running (details: the task, the container, the
+             image, its overlay addresses by network): node ("" for this node, else its
+             hostname), the container's processes on this node (its shim and the
+             processes of its memory cgroup), and an address the host reaches: its
+             endpoint on docker_gwbridge (each task container on an overlay has one; the
+             overlay address itself is not routed from the host), or None on another
+             node, `details` saying why
+  close   -> remove the service, wait until its containers are gone, remove the network
+
+A compose file deploys as a stack (`deploy_stack`: `docker stack deploy --resolve-image
+never`, as `cvbench-<run id>-<name>`, its services and networks labelled with the run in
+a copy of the file; `remove_stack` takes it away, and `bench gc` finds what a dead run
+left by the labels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import docker
+import yaml
+from docker.types import (
+    ContainerSpec,
+    EndpointSpec,
+    Placement,
+    Resources,
+    ServiceMode,
+    TaskTemplate,
+    UpdateConfig,
+)
+
+from harness.core.errors import InstanceError, NotApplicable, UsageError
+from harness.core.probes import memory
+from runtimes import _swarm
+from runtimes._engine import _ERRORS, _short, environment
+from runtimes._swarm import ApiDaemon, remove_service
+from runtimes.base import (
+    NO_HOOKS,
+    PREFIX,
+    RUN_LABEL,
+    Availability,
+    Hooks,
+    Instance,
+    InstanceSpec,
+    Json,
+    Prepared,
+    Replica,
+    Replicas,
+    Traits,
+    check_run_id,
+    publish_address,
+)
+from runtimes.docker import DockerRuntime
+
+
+def ipvs_problem(proc: Path = Path("/proc"), modules: Path = Path("/lib/modules")) -> str | None:
+    """Why this kernel cannot balance the routing mesh (IPVS, which dockerd programs in
+    the ingress sandbox; without it a published port is never answered and dockerd only
+    logs "Could not get ipvs family information"), or None: IPVS loaded
+    (/proc/net/ip_vs) or there to load (built in or a module of the running kernel)."""
+    if (proc / "net/ip_vs").exists():
+        return None
+    release = os.uname().release
+    mods = modules / release
+    with contextlib.suppress(OSError):
+        if "ip_vs.ko" in (mods / "modules.builtin").read_text() or \
+                any(mods.glob("kernel/net/netfilter/ipvs/ip_vs.ko*")):
+            return None
+    return (f"the kernel ({release}) has no IPVS (CONFIG_IP_VS): the routing mesh's "
+            "ingress never answers a published port")
+
+
+def swarm_addr() -> str:
+    return os.environ.get("CVBENCH_SWARM_ADDR") or publish_address()
+
+
+class SwarmService:
+    """One replicated service of a run (the Replicas protocol); see the module doc."""
+
+    def __init__(self, rt: DockerSwarm, run_id: str, name: str) -> None:
+        self.rt = rt
+        self.run_id = check_run_id(run_id)
+        self.name = f"{PREFIX}{run_id}-{name}"
+        self.sid: str | None = None
+        self.port = 0
+        # at most this many replicas on one node (0: no limit): replicas spread over
+        # the nodes of a swarm of several (Placement.MaxReplicas), set before deploy
+        self.max_per_node = 0
+
+    @property
+    def api(self) -> Any:  # docker-py's service and task calls are untyped
+        return self.rt.api
+
+    def deploy(self, spec: InstanceSpec, prepared: Prepared, port: int) -> str:
+        self.rt.check(spec)
+        self.rt.join(self.run_id)
+        labels = {RUN_LABEL: self.run_id}
+        lim = spec.limits
+        resources = Resources(
+            cpu_limit=int(lim.cpus * 1e9) if lim.cpus is not None else None,
+            mem_limit=lim.memory)
+        template = TaskTemplate(
+            ContainerSpec(prepared.ref, command=["/bench/init"], args=list(spec.argv),
+                          env=[f"{k}={v}" for k, v in environment(spec).items()],
+                          workdir=spec.workdir, hostname=spec.hostname,
+                          user=spec.user or None),
+            resources=resources,
+            placement=Placement(maxreplicas=self.max_per_node or None),
+            restart_policy=docker.types.RestartPolicy(condition="on-failure"))
+        # no PublishedPort: swarm picks a free one (30000-32767)
+        published = cast(Any, [{"Protocol": "tcp", "TargetPort": port}])
+        with _errors("deploy"):
+            try:
+                self.api.inspect_network(self.name)
+            except docker.errors.NotFound:
+                self.api.create_network(self.name, driver="overlay", labels=labels)
+            self.sid = str(self.api.create_service(
+                template, name=self.name, labels=labels, mode=ServiceMode("replicated", 0),
+                networks=[self.name],
+                update_config=UpdateConfig(parallelism=1, order="start-first"),
+                endpoint_spec=EndpointSpec(ports=published))["ID"])
+            ports = self.api.inspect_service(self.sid)["Endpoint"].get("Ports") or []
+        self.port = int(ports[0]["PublishedPort"])
+        return f"{publish_address()}:{self.port}"
+
+    def _update(self, what: str, **kw: Any) -> None:
+        if self.sid is None:
+            raise InstanceError(f"{self.name}: not deployed")
+        for attempt in range(5):  # another update between inspect and ours: again
+            with _errors(what):
+                version = self.api.inspect_service(self.sid)["Version"]["Index"]
+                try:
+                    self.api.update_service(self.sid, version, fetch_current_spec=True, **kw)
+                    return
+                except docker.errors.APIError as e:
+                    if "out of sequence" not in str(e) or attempt == 4:
+                        raise
+
+    def scale(self, n: int) -> None:
+        self._update("scale", mode=ServiceMode("replicated", n))
+
+    def update(self, prepared: Prepared) -> None:
+        # (docker-py merges ContainerSpec keys into the current spec: only the image)
+        template = cast(TaskTemplate, {"ContainerSpec": {"Image": prepared.ref}})
+        self._update("update", task_template=template,
+                     update_config=UpdateConfig(parallelism=1, order="start-first"))
+
+    def replicas(self) -> list[Replica]:
+        if self.sid is None:
+            return []
+        with _errors("tasks"):
+            tasks = self.api.tasks(filters={"service": self.sid, "desired-state": "running"})
+            here = _swarm_node(self.api)
+            gw = self._gwbridge()
+        out = []
+        names: dict[str, str] = {}
+        for t in tasks:
+            status = t.get("Status") or {}
+            if status.get("State") != "running":
+                continue
+            node = str(t.get("NodeID") or "")
+            cid = str((status.get("ContainerStatus") or {}).get("ContainerID") or "")
+            details: dict[str, Json] = {"task": str(t["ID"]), "container": cid[:12],
+                                        "image": str(t["Spec"]["ContainerSpec"]["Image"]),
+                                        "overlay": _overlay_addresses(t)}
+            if node != here:
+                if node not in names:
+                    with _errors("node"):
+                        names[node] = str(self.api.inspect_node(node)["Description"]
+                                          ["Hostname"])
+                details["address"] = ("on another node: its overlay address is not "
+                                      "routed from this host")
+                out.append(Replica(id=str(t["ID"]), node=names[node], details=details))
+                continue
+            ip = gw.get(cid)
+            if ip is None:
+                details["address"] = "no docker_gwbridge endpoint found for the container"
+            else:
+                details["address"] = ("its docker_gwbridge endpoint (the overlay address "
+                                      "is not routed from the host)")
+            out.append(Replica(id=str(t["ID"]), node="",
+                               address=f"{ip}:{self._target()}" if ip else None,
+                               pids=self._pids(cid), details=details))
+        return out
+
+    def _target(self) -> int:
+        assert self.sid is not None
+        spec = self.api.inspect_service(self.sid)["Spec"]
+        return int(spec["EndpointSpec"]["Ports"][0]["TargetPort"])
+
+    def _gwbridge(self) -> dict[str, str]:
+        """Container id -> its address on docker_gwbridge (this node's containers)."""
+        try:
+            found = self.api.inspect_network(_swarm.GWBRIDGE).get("Containers") or {}
+        except docker.errors.NotFound:
+            return {}
+        return {cid: str(c.get("IPv4Address", "")).split("/")[0]
+                for cid, c in found.items() if c.get("IPv4Address")}
+
+    def _pids(self, cid: str) -> tuple[int, ...]:
+        try:
+            pid = int(self.api.inspect_container(cid)["State"].get("Pid") or 0)
+        except docker.errors.NotFound:
+            return ()
+        cg = memory.memory_cgroup(pid) if pid else None
+        pids = set(memory.cgroup_procs(cg)) if cg else set()
+        for shim in self.rt.shim_pids(cid):
+            pids.update(memory.descendants(shim))
+        return tuple(sorted(pids))
+
+    def close(self) -> None:
+        with _errors("close"):
+            remove_service(self.api, self.name)
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_network(self.name)
+        self.sid = None
+
+
+def _overlay_addresses(task: dict[str, Any]) -> dict[str, Json]:
+    """The task's addresses ("ip/prefix") by overlay network (ingress, the run's)."""
+    return {str(n["Network"]["Spec"]["Name"]): [str(a) for a in n.get("Addresses") or ()]
+            for n in task.get("NetworksAttachments") or ()}
+
+
+def _swarm_node(api: docker.APIClient) -> str:
+    return str((api.info().get("Swarm") or {}).get("NodeID") or "")
+
+
+@contextlib.contextmanager
+def _errors(what: str) -> Any:
+    try:
+        yield
+    except _ERRORS as e:
+        raise InstanceError(f"docker:swarm: {what} failed: {_short(e)}") from e
+
+
+def labelled_stack(doc: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """A compose document with every service (deploy.labels) and network (labels)
+    labelled cvbench.run=<run id>, so `bench gc` finds what `docker stack deploy`
+    makes from it like any service and network of a run."""
+    out = dict(doc)
+    services = {}
+    for name, svc in (doc.get("services") or {}).items():
+        svc = dict(svc or {})
+        deploy = dict(svc.get("deploy") or {})
+        labels = deploy.get("labels") or {}
+        if isinstance(labels, list):  # ["k=v", ...], as compose allows
+            labels = dict(str(x).partition("=")[::2] for x in labels)
+        deploy["labels"] = {**labels, RUN_LABEL: run_id}
+        svc["deploy"] = deploy
+        services[name] = svc
+    out["services"] = services
+    networks = {}
+    for name, net in (doc.get("networks") or {}).items():
+        net = dict(net or {})
+        if not net.get("external"):
+            net["labels"] = {**(net.get("labels") or {}), RUN_LABEL: run_id}
+        networks[name] = net
+    if networks:
+        out["networks"] = networks
+    return out
+
+
+def deploy_stack(rt: DockerSwarm, run_id: str, name: str, compose: Path) -> str:
+    """`docker stack deploy` of a compose file as the stack `cvbench-<run id>-<name>`,
+    its services and networks labelled with the run (labelled_stack), images never
+    resolved against a registry (`--resolve-image never`: local images only); the
+    swarm made or found as for a replica set. The stack's name."""
+    try:
+        doc = yaml.safe_load(compose.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"{compose}: cannot read the compose file: {e}") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict):
+        raise UsageError(f"{compose}: services: a compose file needs a services mapping")
+    rt.join(run_id)
+    stack = f"{PREFIX}{check_run_id(run_id)}-{name}"
+    # the labelled copy beside the original: relative paths in it (env_file, configs)
+    # stay relative to the same directory
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", dir=compose.parent,
+                                     prefix=".cvbench-stack-") as f:
+        yaml.safe_dump(labelled_stack(doc, run_id), f)
+        f.flush()
+        res = subprocess.run(["docker", "-H", f"unix://{rt.socket_path}", "stack", "deploy",
+                              "--resolve-image", "never", "-c", f.name, stack],
+                             capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        remove_stack(rt, stack)
+        raise InstanceError(f"docker:swarm: stack deploy {compose}: "
+                            f"{(res.stderr or res.stdout).strip()[-400:]}")
+    return stack
+
+
+def remove_stack(rt: DockerSwarm, stack: str) -> None:
+    """Remove a stack's services (waiting for their containers) and networks."""
+    api = cast(Any, rt.api)
+    ns = {"label": f"com.docker.stack.namespace={stack}"}
+    with _errors("stack rm"):
+        for svc in api.services(filters=ns):
+            remove_service(api, str(svc["Spec"]["Name"]))
+        for net in api.networks(filters=ns):
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_network(net["Id"])
+
+
+class DockerSwarm(DockerRuntime):
+    """`docker:swarm` (see the module doc)."""
+
+    def __init__(self, flavour: str | None = None, *, hooks: Hooks = NO_HOOKS) -> None:
+        super().__init__(flavour, hooks=hooks)
+        self.oci_flavour = None  # the daemon's default runtime: swarm is no OCI runtime
+        self.runtime = self.default_runtime
+        self.used: _swarm.Use | None = None
+
+    def availability(self) -> Availability:
+        a = super().availability()
+        if not a.ok:
+            return a
+        problem = ipvs_problem()
+        if problem:
+            return Availability(ok=False, versions=a.versions, details=a.details,
+                                reason=problem, fix="a kernel with IP_VS (Debian's kernels "
+                                                    "have it as a module)")
+        m = ApiDaemon(self.api).membership()
+        if m.state == "active" and not m.manager:
+            return Availability(ok=False, versions=a.versions, details=a.details,
+                                reason="this dockerd is a swarm worker (services are "
+                                       "made on a manager)",
+                                fix="run bench on a manager, or `docker swarm leave` here")
+        if m.state not in ("active", "inactive"):
+            return Availability(ok=False, versions=a.versions, details=a.details,
+                                reason=f"this dockerd's swarm state is {m.state!r}",
+                                fix="see `docker info` (Swarm:)")
+        return a
+
+    def traits(self) -> Traits:
+        t = super().traits()
+        m = ApiDaemon(self.api).membership()
+        made = _swarm.leftover(())  # the record of a swarm a run made, whoever uses it
+        swarm: dict[str, Json] = {
+            "state": m.state, "nodes": m.nodes if m.state == "active" else 1,
+            "daemon_version": str(self._server.get("Version", "?")),
+            "made_by_run": self.used.made if self.used else m.state == "inactive",
+            "maker": made.run_id if made else None,
+            "front": "routing mesh (ingress), publish_address():published port"}
+        return Traits(kind="container", protections=t.protections,
+                      not_applied=frozenset({"limits.pids", "limits.cpuset",
+                                             "limits.rlimits", "mounts", "network.none",
+                                             "network.host"}),
+                      settings={**t.settings, "swarm": swarm,
+                                "single_instances": "not applicable: docker:swarm runs "
+                                                    "replicated services (scale)"})
+
+    def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
+        raise NotApplicable("docker:swarm runs replicated services only (`bench run "
+                            "scale`); one container is measured as `docker`")
+
+    def join(self, run_id: str, addr: str | None = None) -> _swarm.Use:
+        """The daemon made (or found) a swarm manager for `run_id` (see _swarm.use); a
+        swarm it makes listens on `addr` (default: swarm_addr())."""
+        with _errors("swarm"):
+            self.used = _swarm.use(ApiDaemon(self.api), run_id, addr or swarm_addr())
+        return self.used
+
+    def replica_set(self, run_id: str, name: str) -> Replicas:
+        return SwarmService(self, run_id, name)
+
+
+if TYPE_CHECKING:  # mypy holds the backend to the protocols
+    from runtimes.base import ReplicaSets, Runtime
+
+    _instance: Runtime = DockerSwarm("swarm")
+    _sets: ReplicaSets = DockerSwarm("swarm")
+    _replicas: Replicas = SwarmService(DockerSwarm("swarm"), "0000000000", "x")
