@@ -86,3 +86,19 @@ def _nothing_left_behind() -> Iterator[None]:
     if leaked:
         pytest.fail("tests left these behind (removed now):\n  " + "\n  ".join(leaked),
                     pytrace=False)
+
+
+def http_get_until(url: str, deadline: float) -> bytes:
+    """GET `url` until it answers (the body) or time.monotonic() passes `deadline` (the
+    last error raised): a service that has just started may not listen yet."""
+    import time
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return bytes(r.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

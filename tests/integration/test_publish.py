@@ -12,14 +12,13 @@ import os
 import random
 import socket
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from harness.core import image
 from runtimes.base import InstanceSpec, Limits, Runtime, publish_address
-from tests.conftest import backend_or_skip, require
+from tests.conftest import backend_or_skip, http_get_until, require
 
 pytestmark = pytest.mark.root
 FAST = ["ns", "docker", "podman"]
@@ -30,17 +29,6 @@ def _affinity(pid: int) -> str:
         if line.startswith("Cpus_allowed_list:"):
             return line.split()[1]
     raise AssertionError(f"no Cpus_allowed_list for {pid}")
-
-
-def _get(url: str, deadline: float) -> bytes:
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return bytes(r.read())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def _check(name: str, run_id: str) -> None:
@@ -56,7 +44,8 @@ def _check(name: str, run_id: str) -> None:
     try:
         rt.start(inst)
         rt.wait_ready(inst, 300)
-        body = _get(f"http://{publish_address()}:{host_port}/init", time.monotonic() + 120)
+        body = http_get_until(f"http://{publish_address()}:{host_port}/init",
+                              time.monotonic() + 120)
         assert body == (Path(prepared.image.rootfs) / "bench" / "init").read_bytes()
         # the workload (a VM: QEMU), not an engine's shim, which stays outside the cgroup
         pids = [p for p in rt.stats(inst).pids

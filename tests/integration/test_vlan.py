@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ import pytest
 from harness.core import image
 from harness.core.errors import NotApplicable
 from runtimes.base import InstanceSpec, Runtime
-from tests.conftest import backend_or_skip, require
+from tests.conftest import backend_or_skip, http_get_until, require
 
 pytestmark = pytest.mark.root
 BACKENDS = ["ns", "docker", "podman"]
@@ -51,17 +50,6 @@ def _engine_networks(name: str, run_id: str) -> list[str]:
                           f"label=cvbench.run={run_id}"], capture_output=True, text=True,
                          check=True)
     return out.stdout.split()
-
-
-def _get(url: str, deadline: float) -> bytes:
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return bytes(r.read())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def _gc_run(rt: Runtime, run_id: str) -> None:
@@ -90,7 +78,7 @@ def test_answers_over_the_mode(name: str, mode: str, run_id: str) -> None:
             rt.wait_ready(inst, 120)
             addr = rt.address(inst)
             assert addr is not None
-            body = _get(f"http://{addr}:8080/init", time.monotonic() + 60)
+            body = http_get_until(f"http://{addr}:8080/init", time.monotonic() + 60)
             assert body == (Path(prepared.image.rootfs) / "bench" / "init").read_bytes()
             pid = next(p for p in rt.stats(inst).pids
                        if Path(f"/proc/{p}/comm").read_text().strip() == "httpd")
