@@ -239,13 +239,15 @@ def frame(docs: Iterable[Loaded]) -> pd.DataFrame:
             meta = doc.backends.get(s.backend, {})
             rows.append({"backend": s.backend, "variant": s.variant, "metric": s.metric,
                          "unit": s.unit, "value": s.value, "round": s.round,
-                         "instance": s.instance, "sub": s.sub, **run,
+                         "instance": s.instance, "sub": s.sub,
+                         # which front a figure went through (the scale study's samples)
+                         "front": s.extra.get("front"), **run,
                          "accel": meta.get("accel"),
                          # a TCG VM, or any backend on a host that is itself emulated
                          "emulated": bool(meta.get("emulated", False))
                          or bool(doc.host.get("emulated"))})
-    cols = [*SAMPLE_KEYS, "instance", "sub", "run_id", "scenario", "image_digest", "host_id",
-            "host", "created", "accel", "emulated", "file"]
+    cols = [*SAMPLE_KEYS, "instance", "sub", "front", "run_id", "scenario", "image_digest",
+            "host_id", "host", "created", "accel", "emulated", "file"]
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -543,7 +543,11 @@ class Replicas(Protocol):
 
     def deploy(self, spec: InstanceSpec, prepared: Prepared, port: int) -> str:
         """Make the service with 0 replicas for instances like `spec` serving on `port`
-        inside each replica; the front's address ("host:port") reached from this host."""
+        inside each replica; the front's address ("host:port") reached from this host,
+        or "" when it has no front of its own here (docker:swarm without IPVS: no
+        routing mesh): the caller then fronts the replicas' own `address`es itself
+        (the scale study: the same HAProxy as for single instances), and the backend's
+        traits say so."""
         ...
 
     def scale(self, n: int) -> None:

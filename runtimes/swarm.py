@@ -1,7 +1,12 @@
 """`docker:swarm`: replicated services of Docker's orchestrator on this dockerd.
 
 A Runtime that is also a `ReplicaSets` (runtimes.base): the scale study asks it for a
-service of N replicas behind one front, the routing mesh's. Single instances are not
+service of N replicas behind one front, the routing mesh's where the kernel has IPVS.
+Without IPVS (this machine's kernel) the routing mesh cannot work (neither the ingress
+nor a service VIP): the service is made with endpoint mode `dnsrr` and no published
+port, `deploy` returns "" (no front of its own) and the scale study puts the replicas
+behind its own HAProxy; swarm still schedules, scales and rolls them, and the traits
+say which front it is (settings.swarm.front). Single instances are not
 what it is for: `create` raises NotApplicable (a study of one container measures
 `docker`), so every other study closes its cells with that reason; `prepare` imports
 the image as `docker` does.
@@ -22,10 +27,11 @@ A replica set `name` of run R:
              service ps` says why), command /bench/init + argv, env (with
              CVBENCH_NONCE), workdir, hostname, user; limits cpus -> NanoCPUs, memory ->
              MemoryBytes (pids, cpuset and rlimits are not in a swarm task's resources
-             here: not applied); the spec's port published through the ingress with a
-             port swarm picks (30000-32767); `max_per_node` (set before deploy) is
+             here: not applied); with IPVS, the spec's port published through the
+             ingress with a port swarm picks (30000-32767), else endpoint mode dnsrr
+             and nothing published; `max_per_node` (set before deploy) is
              Placement.MaxReplicas, to spread replicas over nodes. The front:
-             publish_address():published. docker-py's low-level client sends the
+             publish_address():published, or "" without IPVS. docker-py's low-level client sends the
              spec as it is, so, as `--no-resolve-image`, nothing resolves the image
              against a registry (the CLI's resolving is its own, client-side).
   scale   -> service update Mode.Replicated.Replicas = n
@@ -108,6 +114,14 @@ def ipvs_problem(proc: Path = Path("/proc"), modules: Path = Path("/lib/modules"
             "ingress never answers a published port")
 
 
+def front() -> str:
+    """What fronts a service here: the routing mesh, or (no IPVS) the scale study's
+    HAProxy over the replicas' own addresses."""
+    if ipvs_problem() is None:
+        return "routing mesh (ingress)"
+    return "haproxy (no IPVS on this kernel: swarm's routing mesh unavailable)"
+
+
 def swarm_addr() -> str:
     return os.environ.get("CVBENCH_SWARM_ADDR") or publish_address()
 
@@ -120,7 +134,8 @@ class SwarmService:
         self.run_id = check_run_id(run_id)
         self.name = f"{PREFIX}{run_id}-{name}"
         self.sid: str | None = None
-        self.port = 0
+        self.port = 0  # published through the ingress (0: none, no routing mesh)
+        self.target = 0  # the replicas' own port
         # at most this many replicas on one node (0: no limit): replicas spread over
         # the nodes of a swarm of several (Placement.MaxReplicas), set before deploy
         self.max_per_node = 0
@@ -145,8 +160,12 @@ class SwarmService:
             resources=resources,
             placement=Placement(maxreplicas=self.max_per_node or None),
             restart_policy=docker.types.RestartPolicy(condition="on-failure"))
-        # no PublishedPort: swarm picks a free one (30000-32767)
-        published = cast(Any, [{"Protocol": "tcp", "TargetPort": port}])
+        self.target = port
+        mesh = ipvs_problem() is None
+        # no PublishedPort: swarm picks a free one (30000-32767). Without IPVS neither
+        # the ingress nor a VIP works: DNS round robin, nothing published, no front
+        endpoint = EndpointSpec(ports=cast(Any, [{"Protocol": "tcp", "TargetPort": port}])) \
+            if mesh else EndpointSpec(mode="dnsrr")
         with _errors("deploy"):
             try:
                 self.api.inspect_network(self.name)
@@ -156,8 +175,10 @@ class SwarmService:
                 template, name=self.name, labels=labels, mode=ServiceMode("replicated", 0),
                 networks=[self.name],
                 update_config=UpdateConfig(parallelism=1, order="start-first"),
-                endpoint_spec=EndpointSpec(ports=published))["ID"])
+                endpoint_spec=endpoint)["ID"])
             ports = self.api.inspect_service(self.sid)["Endpoint"].get("Ports") or []
+        if not mesh:
+            return ""
         self.port = int(ports[0]["PublishedPort"])
         return f"{publish_address()}:{self.port}"
 
@@ -217,14 +238,9 @@ class SwarmService:
                 details["address"] = ("its docker_gwbridge endpoint (the overlay address "
                                       "is not routed from the host)")
             out.append(Replica(id=str(t["ID"]), node="",
-                               address=f"{ip}:{self._target()}" if ip else None,
+                               address=f"{ip}:{self.target}" if ip else None,
                                pids=self._pids(cid), details=details))
         return out
-
-    def _target(self) -> int:
-        assert self.sid is not None
-        spec = self.api.inspect_service(self.sid)["Spec"]
-        return int(spec["EndpointSpec"]["Ports"][0]["TargetPort"])
 
     def _gwbridge(self) -> dict[str, str]:
         """Container id -> its address on docker_gwbridge (this node's containers)."""
@@ -353,11 +369,6 @@ class DockerSwarm(DockerRuntime):
         a = super().availability()
         if not a.ok:
             return a
-        problem = ipvs_problem()
-        if problem:
-            return Availability(ok=False, versions=a.versions, details=a.details,
-                                reason=problem, fix="a kernel with IP_VS (Debian's kernels "
-                                                    "have it as a module)")
         m = ApiDaemon(self.api).membership()
         if m.state == "active" and not m.manager:
             return Availability(ok=False, versions=a.versions, details=a.details,
@@ -379,7 +390,7 @@ class DockerSwarm(DockerRuntime):
             "daemon_version": str(self._server.get("Version", "?")),
             "made_by_run": self.used.made if self.used else m.state == "inactive",
             "maker": made.run_id if made else None,
-            "front": "routing mesh (ingress), publish_address():published port"}
+            "front": front()}
         return Traits(kind="container", protections=t.protections,
                       not_applied=frozenset({"limits.pids", "limits.cpuset",
                                              "limits.rlimits", "mounts", "network.none",

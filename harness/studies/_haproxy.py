@@ -1,6 +1,9 @@
 """An HAProxy front over single instances of any backend: the scale study's `Replicas`
 where the backend does not replicate itself (runtimes.base.ReplicaSets), so that every
-backend is measured behind the same kind of front.
+backend is measured behind the same kind of front. `Haproxy` is the process part (any
+"ip:port" servers its user lists); `Front` makes its own replicas as instances; `Behind`
+puts an orchestrator's replicas behind it where the orchestrator has no front of its own
+here (docker:swarm on a kernel without IPVS: no routing mesh).
 
 Each replica is an instance made through the Runtime protocol (its own address on the
 backend's bridge); HAProxy (Debian's package, run by the study, never as a service) listens
@@ -30,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from harness.core.errors import InstanceError
+from harness.core.errors import InstanceError, ReadyTimeout
 from harness.core.probes import serving
 from harness.studies import _lifecycle as life
 from runtimes.base import (
@@ -39,6 +42,7 @@ from runtimes.base import (
     Leftover,
     Prepared,
     Replica,
+    Replicas,
     Runtime,
     check_run_id,
     remove_each,
@@ -83,36 +87,21 @@ def config(port: int, servers: Sequence[tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass
-class Member:
-    """One replica of the front: its instance and where it serves."""
+class Haproxy:
+    """One HAProxy process of a run in `<state>/haproxy/cvbench-<run id>-<name>/`,
+    listening on 127.0.0.1:`port` over whatever "ip:port" servers its user gives:
+    `start` and `reload` with the list, `pids`, `close`. `cpuset`: the CPUs it runs on
+    (taskset)."""
 
-    id: str
-    inst: Instance
-    address: str  # "ip:port"
-
-
-class Front:
-    """`Replicas` of `rt`'s instances behind HAProxy. `track`/`untrack`: the sample's
-    bookkeeping of live instances (harness.sampling.Context), so that a sample that fails
-    midway still has them removed; `cpuset`: the CPUs HAProxy runs on (taskset)."""
-
-    def __init__(self, rt: Runtime, run_id: str, name: str, port: int, timeout: float,
-                 track: Callable[[Instance], None] = lambda inst: None,
-                 untrack: Callable[[Instance], None] = lambda inst: None,
+    def __init__(self, run_id: str, name: str, port: int, timeout: float,
                  cpuset: str | None = None) -> None:
-        self.rt, self.run_id, self.name = rt, check_run_id(run_id), name
         self.port, self.timeout, self.cpuset = port, timeout, cpuset
-        self.track, self.untrack = track, untrack
-        self.dir = fronts_dir() / f"cvbench-{run_id}-{name}"
-        self.members: list[Member] = []
-        self.spec: InstanceSpec | None = None
-        self.prepared: Prepared | None = None
-        self.inner_port = 0
-        self.made = 0
+        self.dir = fronts_dir() / f"cvbench-{check_run_id(run_id)}-{name}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    # --- HAProxy ------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
     @property
     def cfg(self) -> Path:
@@ -122,9 +111,9 @@ class Front:
     def log(self) -> Path:
         return self.dir / "haproxy.log"
 
-    def _write(self) -> None:
+    def _write(self, servers: Sequence[tuple[str, str]]) -> None:
         tmp = self.dir / "haproxy.cfg.new"
-        tmp.write_text(config(self.port, [(m.id, m.address) for m in self.members]))
+        tmp.write_text(config(self.port, servers))
         os.replace(tmp, self.cfg)  # the master re-reads a whole file, never a half one
 
     def _loads(self) -> tuple[int, int]:
@@ -168,9 +157,10 @@ class Front:
         alerts = [line for line in text.splitlines() if "[ALERT]" in line]
         return repr("; ".join(alerts)[-400:] if alerts else text[-400:])
 
-    def _start(self) -> None:
+    def start(self, servers: Sequence[tuple[str, str]] = ()) -> str:
+        """Start it over `servers` (name, "ip:port"); its address."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._write()
+        self._write(servers)
         argv = ["haproxy", "-W", "-db", "-f", str(self.cfg), "-p", str(self.dir / "pid")]
         if self.cpuset:
             argv = ["taskset", "-c", self.cpuset, *argv]
@@ -181,14 +171,69 @@ class Front:
                                          stderr=subprocess.STDOUT, start_new_session=True)
         (self.dir / "master").write_text(str(self.proc.pid))
         self._await_load((0, 0))
+        return self.address
 
-    def _reload(self) -> None:
+    def reload(self, servers: Sequence[tuple[str, str]]) -> None:
+        """List exactly `servers`, returning once the new configuration is loaded."""
         if self.proc is None:
             raise InstanceError("haproxy: the front is not deployed")
         before = self._loads()
-        self._write()
+        self._write(servers)
         self.proc.send_signal(signal.SIGUSR2)
         self._await_load(before, resend=True)
+
+    def pids(self) -> list[int]:
+        """HAProxy's processes (the master and its workers): the front's own memory."""
+        if self.proc is None:
+            return []
+        return [self.proc.pid, *children(self.proc.pid)]
+
+    def close(self) -> None:
+        if self.proc is not None:
+            stop_master(self.proc.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+            self.proc = None
+        rmtree(self.dir)
+
+
+@dataclass
+class Member:
+    """One replica of the front: its instance and where it serves."""
+
+    id: str
+    inst: Instance
+    address: str  # "ip:port"
+
+
+class Front:
+    """`Replicas` of `rt`'s instances behind HAProxy. `track`/`untrack`: the sample's
+    bookkeeping of live instances (harness.sampling.Context), so that a sample that fails
+    midway still has them removed; `cpuset`: the CPUs HAProxy runs on (taskset)."""
+
+    def __init__(self, rt: Runtime, run_id: str, name: str, port: int, timeout: float,
+                 track: Callable[[Instance], None] = lambda inst: None,
+                 untrack: Callable[[Instance], None] = lambda inst: None,
+                 cpuset: str | None = None) -> None:
+        self.rt, self.run_id, self.name = rt, check_run_id(run_id), name
+        self.timeout = timeout
+        self.track, self.untrack = track, untrack
+        self.proxy = Haproxy(run_id, name, port, timeout, cpuset)
+        self.dir = self.proxy.dir
+        self.members: list[Member] = []
+        self.spec: InstanceSpec | None = None
+        self.prepared: Prepared | None = None
+        self.inner_port = 0
+        self.made = 0
+
+    def _servers(self) -> list[tuple[str, str]]:
+        return [(m.id, m.address) for m in self.members]
+
+    def _start(self) -> None:
+        self.proxy.start(self._servers())
+
+    def _reload(self) -> None:
+        self.proxy.reload(self._servers())
 
     # --- replicas -----------------------------------------------------------------------
 
@@ -242,7 +287,7 @@ class Front:
             raise ValueError(f"{spec.name}: not a name of run {self.run_id}")
         self.spec, self.prepared, self.inner_port = spec, prepared, port
         self._start()
-        return f"127.0.0.1:{self.port}"
+        return self.proxy.address
 
     def scale(self, n: int) -> None:
         """Up: start the new replicas together, each to its ready line, then list them
@@ -306,10 +351,7 @@ class Front:
             self._drop(old.inst)
 
     def pids(self) -> list[int]:
-        """HAProxy's processes (the master and its workers): the front's own memory."""
-        if self.proc is None:
-            return []
-        return [self.proc.pid, *children(self.proc.pid)]
+        return self.proxy.pids()
 
     def close(self) -> None:
         errors = []
@@ -319,14 +361,84 @@ class Front:
             except Exception as e:  # the others are removed all the same
                 errors.append(f"{m.inst.spec.name}: {e}")
         self.members = []
-        if self.proc is not None:
-            stop_master(self.proc.pid)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(5)
-            self.proc = None
-        rmtree(self.dir)
+        self.proxy.close()
         if errors:
             raise InstanceError(f"the front's replicas not removed: {'; '.join(errors)}")
+
+
+def accepts(address: str, timeout: float = 0.2) -> bool:
+    """Whether "ip:port" accepts a TCP connection now (a connect, not a request: the
+    replica's own request count stays the study's)."""
+    host, _, port = address.rpartition(":")
+    return serving.answers(serving.Readiness("tcp", port=int(port)), host, timeout)
+
+
+class Behind:
+    """An orchestrator's `Replicas` that has no front of its own here (its `deploy`
+    returned "": docker:swarm without IPVS) behind an HAProxy of the study's: the
+    orchestrator still schedules, scales and rolls its replicas; this lists in HAProxy
+    exactly those of `inner.replicas()` whose address accepts a TCP connect, polling
+    every `interval` s after `scale` and during `update` until the set is what was asked
+    (reloading HAProxy whenever it changes), or `timeout`. `replicas` passes through."""
+
+    def __init__(self, inner: Replicas, proxy: Haproxy, timeout: float,
+                 interval: float = 0.05,
+                 accepts: Callable[[str], bool] = accepts) -> None:
+        self.inner, self.proxy, self.timeout = inner, proxy, timeout
+        self.interval, self.accepts = interval, accepts
+        self.listed: list[tuple[str, str]] | None = None  # what HAProxy lists now
+
+    def start(self) -> str:
+        """Start HAProxy over no server (after `inner.deploy`); the front's address."""
+        self.listed = []
+        return self.proxy.start([])
+
+    def deploy(self, spec: InstanceSpec, prepared: Prepared, port: int) -> str:
+        if self.inner.deploy(spec, prepared, port):
+            raise InstanceError(f"{spec.name}: the service has a front of its own")
+        return self.start()
+
+    def sync(self, done: Callable[[list[Replica], list[tuple[str, str]]], bool],
+             what: str) -> None:
+        """Until `done(replicas, accepting)`, keeping HAProxy at the accepting ones."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reps = self.inner.replicas()
+            up = [(r.id, r.address) for r in reps if r.address and self.accepts(r.address)]
+            if up != self.listed:
+                self.proxy.reload(up)
+                self.listed = up
+            if done(reps, up):
+                return
+            if time.monotonic() > deadline:
+                raise ReadyTimeout(f"haproxy front: {what}: not within {self.timeout:g} s "
+                                   f"({len(reps)} replicas, {len(up)} accepting)")
+            time.sleep(self.interval)
+
+    def scale(self, n: int) -> None:
+        self.inner.scale(n)
+        self.sync(lambda reps, up: len(reps) == len(up) == n, f"{n} replicas accepting")
+
+    def update(self, prepared: Prepared) -> None:
+        # the replicas now: those listed at the end of the last scale (a stable set)
+        old = {rid for rid, _ in self.listed or ()}
+        n = len(old)
+        self.inner.update(prepared)
+        self.sync(lambda reps, up: len(reps) == len(up) == n
+                  and not old & {r.id for r in reps}, f"{n} replicas replaced")
+
+    def replicas(self) -> list[Replica]:
+        return self.inner.replicas()
+
+    def pids(self) -> list[int]:
+        return self.proxy.pids()
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self.listed = None
+            self.proxy.close()
 
 
 def children(pid: int) -> list[int]:

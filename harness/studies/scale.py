@@ -17,6 +17,18 @@ its own address (network bridge), behind HAProxy on the host (harness.studies._h
 its configuration lists the running replicas and is reloaded as they come and go).
 `host` has no own address per replica and is not applicable.
 
+An orchestrator whose `deploy` returns "" has no front of its own here (`docker:swarm`
+on a kernel without IPVS: no routing mesh; its traits say so in settings.swarm.front):
+its replicas are put behind the same HAProxy as the other backends
+(harness.studies._haproxy.Behind: HAProxy lists exactly those of its replicas whose
+address accepts a TCP connect, re-read every 50 ms after a scale and during an update
+until the set is what was asked). Its figures then mean "swarm's scheduler and
+containers behind the same HAProxy as the other backends", not the routing mesh: each
+sample says so in its extra `front` ("haproxy over the orchestrator's replicas", else
+"haproxy" or "orchestrator"), the result's backend traits record the reason, and the
+report labels such cells "(HAProxy front: no routing mesh)". `scale.front_pss` is then
+measured too; the time of `scale.to_serving` includes the front's polling.
+
 For each N of `replicas` (ascending), from 0 replicas:
 
   scale.to_serving  scale(N) asked → every one of the N replicas has answered through
@@ -68,7 +80,7 @@ from harness.sampling import Cell, Context, Measurement
 from harness.scenario import Scenario
 from harness.studies import Base, Build, Study
 from harness.studies import _lifecycle as life
-from harness.studies._haproxy import Front
+from harness.studies._haproxy import Behind, Front, Haproxy
 from harness.studies._server import free_ports, run_tool
 from harness.studies.http import CONF, SITE
 from runtimes.base import Replica, Replicas, ReplicaSets, Runtime
@@ -78,6 +90,12 @@ METRICS = {"scale.to_serving": "s", "scale.spread": "s", "scale.down": "s",
            "scale.front_pss": "B", "scale.rps": "req/s", "scale.lat_p50": "s",
            "scale.lat_p99": "s"}
 UPDATE = "update"  # the further image: the workload's, revision 2
+# a sample's extra "front": which front its figures were measured through
+BEHIND = "haproxy over the orchestrator's replicas"
+
+
+def front_kind(own: Front | Behind | None) -> str:
+    return "orchestrator" if own is None else "haproxy" if isinstance(own, Front) else BEHIND
 REVISION_FILE = "etc/cvbench-revision"
 # What each replica serves besides the http study's site: its marker and revision, and
 # its own request count (stub_status) at /status.
@@ -330,18 +348,24 @@ class Scale(Base):
         port, front_port = free_ports(2)
         spec = ctx.spec(cell, argv=server_argv(port), readiness="marker")
         reps: Replicas
-        own: Front | None = None
+        own: Front | Behind | None = None
+        name = f"scale{ctx.counter}"
+        steps = sorted(int(n) for n in p["replicas"])
         if isinstance(rt, ReplicaSets):
-            reps = rt.replica_set(ctx.run_id, f"scale{ctx.counter}")
+            reps = rt.replica_set(ctx.run_id, name)
         else:
-            reps = own = Front(rt, ctx.run_id, f"scale{ctx.counter}", front_port,
+            reps = own = Front(rt, ctx.run_id, name, front_port,
                                ctx.timeout, track=lambda inst: ctx.track(cell, inst),
                                untrack=ctx.untrack, cpuset=str(p["client_cpuset"]))
         out: list[Measurement] = []
         try:
             front = reps.deploy(spec, cell.prepared, port)
+            if not front:  # the orchestrator has no front here: the same HAProxy
+                reps = own = Behind(reps, Haproxy(ctx.run_id, name, front_port,
+                                                  ctx.timeout, str(p["client_cpuset"])),
+                                    ctx.timeout * max(1.0, steps[-1] * t_scale))
+                front = own.start()
             daemons = life.daemon_pids(rt)
-            steps = sorted(int(n) for n in p["replicas"])
             for n in steps:
                 sub = f"replicas={n}"
                 out += self._at(ctx, cell, reps, own, front, n, sub, p, t_scale, daemons)
@@ -369,7 +393,7 @@ class Scale(Base):
         reps.close()
         extra: dict[str, Any] = {"cpuset": cell.config.limits.cpuset,
                                  "client_cpuset": str(p["client_cpuset"]),
-                                 "front": "haproxy" if own is not None else "orchestrator"}
+                                 "front": front_kind(own)}
         if t_scale != 1:
             extra["time_scale"] = t_scale
         return [Measurement(m.metric, m.value, m.instance, m.unit, m.variant,
@@ -380,8 +404,8 @@ class Scale(Base):
         return Watch(reps, front, now_ns(), ctx.probe_interval,
                      time.monotonic() + ctx.timeout * max(1.0, weight))
 
-    def _at(self, ctx: Context, cell: Cell, reps: Replicas, own: Front | None, front: str,
-            n: int, sub: str, p: dict[str, Any], t_scale: float,
+    def _at(self, ctx: Context, cell: Cell, reps: Replicas, own: Front | Behind | None,
+            front: str, n: int, sub: str, p: dict[str, Any], t_scale: float,
             daemons: list[int]) -> list[Measurement]:
         """0 → n: its times, the replicas' memory, the front's throughput."""
         w = self._watch(ctx, reps, front, n * t_scale)

@@ -2,9 +2,10 @@
 routing mesh, scaled, updated to another image and removed; the swarm the run made is
 left by the end of the run (`bench gc`'s path), and the daemon is as it was found.
 
-The routing mesh needs IPVS in the kernel; on a kernel without it (this machine's: the
-backend's availability says so, and `bench run` refuses it) the front is not checked,
-everything else is (each replica through its own address).
+The routing mesh needs IPVS in the kernel; on a kernel without it (this machine's) the
+service has no front of its own (dnsrr, nothing published, `deploy` returns "") and the
+front checked is the scale study's HAProxy over the replicas' own addresses
+(harness.studies._haproxy.Behind), as `bench run scale` uses it.
 
 Each replica serves a random id of its own at /id, so the front's answers tell the
 replicas apart without cvbench's own bookkeeping; the counts are checked against
@@ -26,7 +27,9 @@ import pytest
 
 from harness.bookkeeping import collect, live_runs
 from harness.core import image
-from runtimes.base import InstanceSpec, new_run_id
+from harness.studies._haproxy import Behind, Haproxy
+from harness.studies._server import free_ports
+from runtimes.base import InstanceSpec, Replicas, new_run_id
 from runtimes.swarm import DockerSwarm, ipvs_problem
 from tests.conftest import backend_or_skip, require
 
@@ -75,7 +78,7 @@ def _containers(service: str, image_id: str | None = None) -> list[str]:
 
 
 def _swarm() -> DockerSwarm:
-    backend_or_skip("docker")  # (docker:swarm's own availability also asks for IPVS)
+    backend_or_skip("docker")
     rt = DockerSwarm("swarm")
     state, _ = _daemon_state()
     require("docker", None if state == "inactive" else
@@ -83,57 +86,101 @@ def _swarm() -> DockerSwarm:
     return rt
 
 
+def _haproxy_of(run_id: str) -> list[int]:
+    """Processes whose command line names a front directory of the run (HAProxy's)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                argv = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if f"cvbench-{run_id}-".encode() in argv and b"haproxy" in argv:
+                out.append(int(d.name))
+    return out
+
+
 def test_service_scale_update_and_the_swarm_left(run_id: str) -> None:
+    """Two replicas answer through the front — the routing mesh where the kernel has
+    IPVS, else the scale study's HAProxy over the replicas' own addresses (swarm's
+    service in dnsrr mode, nothing published) — and each through its own address; a
+    rolling update replaces both; nothing is left."""
     rt = _swarm()
     before = _daemon_state()
     first = rt.prepare(image.build(image.Recipe()))
     second = rt.prepare(image.build(image.Recipe(name="swarm2", binaries=("true",))))
     assert first.ref != second.ref
-    rs = rt.replica_set(run_id, "web")
+    rs: Replicas = rt.replica_set(run_id, "web")
     service = f"cvbench-{run_id}-web"
+    mesh = ipvs_problem() is None
     try:
         front = rs.deploy(InstanceSpec(run_id=run_id, name=service, argv=SERVE,
                                        network="bridge"), first, 8080)
         assert rt.used is not None and rt.used.made
         assert _daemon_state()[0] == "active"
+        said = rt.traits().settings["swarm"]["front"]  # type: ignore[index]
+        mode = json.loads(_docker("service", "inspect", "-f", "{{json .Spec.EndpointSpec}}",
+                                  service))
+        if mesh:
+            assert front and said == "routing mesh (ingress)"
+        else:  # no routing mesh: no front of its own, labelled; dnsrr, nothing published
+            assert front == "" and said.startswith("haproxy (no IPVS")
+            assert mode.get("Mode") == "dnsrr" and not mode.get("Ports"), mode
+            (port,) = free_ports(1)
+            rs = Behind(rs, Haproxy(run_id, "web", port, 120), 120)
+            front = rs.start()
         assert rs.replicas() == [] and _containers(service) == []
         rs.scale(2)
         seen: set[str] = set()
 
-        mesh = ipvs_problem() is None
-
         def both_answer() -> bool:
-            body = _get(f"http://{front}/id") if mesh else None
+            body = _get(f"http://{front}/id")
             if body:
                 seen.add(body)
-            return (len(seen) == 2 or not mesh) and len(_containers(service)) == 2 \
+            return len(seen) == 2 and len(_containers(service)) == 2 \
                 and len(rs.replicas()) == 2
 
-        _until("2 replicas running (answering through the ingress front)", both_answer)
+        _until("2 replicas running and answering through the front", both_answer)
         reps = rs.replicas()
         assert all(r.node == "" for r in reps)
         # each replica's own address answers with its own id: the two the front gave
         direct = {_get(f"http://{r.address}/id") for r in reps}
         assert None not in direct and len(direct) == 2, [r.details for r in reps]
-        assert direct == seen or not mesh, (direct, seen)
+        assert direct == seen, (direct, seen)
         for r in reps:
             comms = {Path(f"/proc/{p}/comm").read_text().strip() for p in r.pids}
             assert "httpd" in comms and any(c.startswith("containerd-shim") for c in comms)
 
+        old = set(_containers(service))
+        rs.update(second)
+        _until("both replicas replaced by ones of the second image",
+               lambda: len(_containers(service, second.ref)) == 2
+               and _containers(service) == _containers(service, second.ref))
+        assert not old & set(_containers(service))
+        reps = rs.replicas()
+        assert [r.details["image"] for r in reps] == [second.ref] * 2
+        new = {_get(f"http://{r.address}/id") for r in reps}
+        assert None not in new and len(new) == 2 and not new & seen
+        after: set[str] = set()
+
+        def both_new_answer() -> bool:
+            body = _get(f"http://{front}/id")
+            if body:
+                after.add(body)
+            return after >= new
+
+        _until("the new replicas answering through the front", both_new_answer)
+        assert after <= new | seen  # (an old one may answer while it is drained)
+
         rs.scale(1)
         _until("scaled down to 1", lambda: len(_containers(service)) == 1
                and len(rs.replicas()) == 1)
-        rs.update(second)
-        _until("the replica replaced by one of the second image",
-               lambda: _containers(service, second.ref) != []
-               and _containers(service) == _containers(service, second.ref)
-               and (not mesh or _get(f"http://{front}/id") is not None))
-        assert [r.details["image"] for r in rs.replicas()] == [second.ref]
     finally:
         rs.close()
     assert _containers(service) == []
     assert service not in _docker("service", "ls", "--format", "{{.Name}}").split()
     assert service not in _docker("network", "ls", "--format", "{{.Name}}").split()
+    assert _haproxy_of(run_id) == []
     # the end of the run (harness.bookkeeping.finish): its leftovers, the swarm it made
     gone = collect(rt, [r for r in live_runs() if r != run_id], run_id)
     assert [(x.kind, x.run_id) for x in gone] == [("swarm", run_id)]

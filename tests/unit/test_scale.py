@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,6 +299,110 @@ def test_front_lists_replicas_as_they_come_and_go(tmp_path: Path,
     assert tracked == [] and not rt.live
 
 
+# --- an orchestrator's replicas behind the study's HAProxy (no front of its own) ---------
+
+class ConfigOnly(_haproxy.Haproxy):
+    """The HAProxy part without the process: its configuration written as for the real
+    one; each load recorded."""
+
+    def __init__(self) -> None:
+        super().__init__("abcdef0123", "b", 18080, 5)
+        self.loads: list[list[str]] = []
+
+    def _record(self) -> None:
+        self.loads.append([line.split()[1] for line in self.cfg.read_text().splitlines()
+                           if line.strip().startswith("server ")])
+
+    def start(self, servers: Sequence[tuple[str, str]] = ()) -> str:
+        self.dir.mkdir(parents=True)
+        self._write(servers)
+        return self.address
+
+    def reload(self, servers: Sequence[tuple[str, str]]) -> None:
+        self._write(servers)
+        self._record()
+
+
+@dataclass
+class Scripted:
+    """An orchestrator's replicas as it would list them, one state per look: (id,
+    accepting) pairs; after the script's end, its last state."""
+
+    script: list[list[tuple[str, bool]]] = field(default_factory=list)
+    asked: list[str] = field(default_factory=list)
+    now: list[tuple[str, bool]] = field(default_factory=list)
+
+    def deploy(self, spec: InstanceSpec, prepared: Prepared, port: int) -> str:
+        return ""
+
+    def scale(self, n: int) -> None:
+        self.asked.append(f"scale {n}")
+
+    def update(self, prepared: Prepared) -> None:
+        self.asked.append("update")
+
+    def replicas(self) -> list[Replica]:
+        if self.script:
+            self.now = self.script.pop(0)
+        return [Replica(rid, "", f"10.0.0.{rid[1:]}:80", ()) for rid, _ in self.now]
+
+    def accepting(self, address: str) -> bool:
+        return (f"r{address.split('.')[3].split(':')[0]}", True) in self.now
+
+    def close(self) -> None:
+        self.asked.append("close")
+
+
+def test_behind_lists_exactly_the_accepting_replicas(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replicas that appear over time, then swarm's rolling replacement (start-first):
+    each HAProxy load lists exactly those that accept, never a listed-but-refusing one;
+    scale and update return once the set is what was asked."""
+    monkeypatch.setenv("CVBENCH_STATE", str(tmp_path))
+    proxy = ConfigOnly()
+    inner = Scripted()
+    b = _haproxy.Behind(inner, proxy, 5, interval=0, accepts=inner.accepting)
+    assert b.start() == "127.0.0.1:18080"
+    inner.script = [[], [("r1", False)], [("r1", True), ("r2", False)],
+                    [("r1", True), ("r2", False)], [("r1", True), ("r2", True)],
+                    [("r1", True), ("r2", True), ("r9", False)]]  # (after: not looked at)
+    b.scale(2)
+    assert proxy.loads == [["r1"], ["r1", "r2"]]
+    assert [r.id for r in b.replicas()] == ["r1", "r2", "r9"]  # passes through
+    inner.now = [("r1", True), ("r2", True)]
+    proxy.loads = []
+    inner.script = [[("r1", True), ("r2", True), ("r3", False)],
+                    [("r1", True), ("r2", True), ("r3", True)],
+                    [("r2", True), ("r3", True)],
+                    [("r2", True), ("r3", True), ("r4", False)],
+                    [("r3", True), ("r4", True)]]
+    b.update(Prepared(image.Image("x", "0" * 64, Path("/x"), Path("/x"), 0), "f", "b"))
+    assert proxy.loads == [["r1", "r2", "r3"], ["r2", "r3"], ["r3", "r4"]]
+    assert inner.asked == ["scale 2", "update"]
+    # the configuration HAProxy reads now: the two new replicas' own addresses
+    assert [line.split()[1:] for line in proxy.cfg.read_text().splitlines()
+            if line.strip().startswith("server ")] == [["r3", "10.0.0.3:80"],
+                                                       ["r4", "10.0.0.4:80"]]
+    inner.script = [[]]
+    b.scale(0)
+    assert proxy.loads[-1] == []
+    b.close()
+    assert inner.asked[-1] == "close" and not proxy.dir.exists()
+
+
+def test_behind_times_out_on_a_replica_that_never_accepts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVBENCH_STATE", str(tmp_path))
+    proxy = ConfigOnly()
+    inner = Scripted(script=[[("r1", True), ("r2", False)]])
+    b = _haproxy.Behind(inner, proxy, 0.2, interval=0.01, accepts=inner.accepting)
+    b.start()
+    with pytest.raises(ReadyTimeout, match="2 replicas, 1 accepting"):
+        b.scale(2)
+    assert proxy.loads == [["r1"]]
+    b.close()
+
+
 # --- gc of the fronts dead runs left ---------------------------------------------------
 
 def test_gc_kills_a_dead_runs_front_and_keeps_a_live_ones(
@@ -390,6 +495,30 @@ def test_chapter_draws_each_backends_medians_against_n(tmp_path: Path) -> None:
     assert chapter.throughput(df, look) is not None
     table = chapter.scale_table(df, False)
     assert table is not None and len(table.rows) == 6  # 3 backends x 2 N
+    assert not any("HAProxy front" in str(r[0]) for r in table.rows)
+
+
+def test_chapter_labels_an_orchestrator_behind_the_studys_haproxy(tmp_path: Path) -> None:
+    """docker:swarm's samples measured through the study's HAProxy (their `front`, as
+    the study records it) are labelled so in the table and the chart's legend."""
+    from harness.report import draw
+    from harness.report.studies import scale as chapter
+    from tests.unit import report_synth as synth
+    samples = []
+    for rnd in (1, 2, 3):
+        for b, front in (("docker", "haproxy"), ("ns", scale.BEHIND)):
+            s = synth._s(b, "replicas=1", "scale.to_serving", "s", 0.1 * rnd, rnd)
+            samples.append({**s, "front": front})  # extras sit beside the fields on disk
+    df = synth.load([synth.write_result(tmp_path, "scale", samples, synth.BACKENDS)])[1]
+    table = chapter.scale_table(df, False)
+    assert table is not None
+    assert sorted(str(r[0]) for r in table.rows) == ["docker",
+                                                     "ns (HAProxy front: no routing mesh)"]
+    fig = chapter.to_serving(df, draw.Look.of(df, "paper"))
+    assert fig is not None
+    legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()] + \
+        [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert "ns (HAProxy front: no routing mesh)" in legend, legend
 
 
 def test_claim_containers_scale_out_faster_than_vms_per_n(tmp_path: Path) -> None:

@@ -17,6 +17,18 @@ from harness.report.draw import Look, styled
 from harness.report.presentation import Presentation
 
 AXIS = "replicas"
+# a sample's `front` when an orchestrator's replicas went through the study's HAProxy
+# (harness.studies.scale.BEHIND; the report does not import the study)
+BEHIND = "haproxy over the orchestrator's replicas"
+BEHIND_MARK = " (HAProxy front: no routing mesh)"
+
+
+def mark(df: pd.DataFrame, backend: str) -> str:
+    """BEHIND_MARK for a backend whose figures went through the study's HAProxy instead
+    of its own front, else ""."""
+    if "front" not in df:
+        return ""
+    return BEHIND_MARK if (df[df["backend"] == backend]["front"] == BEHIND).any() else ""
 
 
 def by_n(df: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -57,7 +69,8 @@ def _lines(df: pd.DataFrame, look: Look, metric: str, ylabel: str, chart_title: 
                                    lw=2, capsize=4, ls="--" if vm else "-",
                                    marker=look.marker(c.dataset),
                                    ms=12 if look.slides else 7,
-                                   label=look.label(c) + (" · VM" if vm else "")))
+                                   label=look.label(c) + mark(d, c.backend)
+                                   + (" · VM" if vm else "")))
         handles[-1].lines[0].set_gid(f"{metric}|{look.label(c)}")  # the medians' line
     if log:
         ax.set_yscale("log")
@@ -117,7 +130,8 @@ def scale_table(df: pd.DataFrame, several: bool) -> Table | None:
         cell = d[(d["backend"] == c.backend) & (d["base"] == c.variant)
                  & (d["dataset"] == c.dataset)]
         for n in sorted(int(x) for x in cell["n"].unique()):
-            row = [*([c.dataset] if several else []), c.label(), str(n)]
+            row = [*([c.dataset] if several else []), c.label() + mark(cell, c.backend),
+                   str(n)]
             for _, metric in ROWS:
                 v = cell[(cell["metric"] == metric) & (cell["n"] == n)]["value"]
                 if v.empty:
@@ -144,4 +158,6 @@ PRESENTATION: Presentation = Presentation(
             "another node: absent); req/s and p99: wrk through the front; N → 1: until one "
             "replica is left and answers alone; update: a rolling update to another image "
             "digest until every replica is new and has answered. The front is HAProxy on "
-            "the host, or the orchestrator's own (docker:swarm).")
+            "the host, or the orchestrator's own (docker:swarm); '(HAProxy front: no "
+            "routing mesh)': the orchestrator's replicas behind that same HAProxy, its own "
+            "front being unavailable on the host (docker:swarm without IPVS).")
