@@ -151,9 +151,10 @@ def mac_of(addr: ipaddress.IPv4Address) -> str:
     """The instance's MAC for `addr`, made from it as Docker makes its own (02:42 and the
     four bytes of the address: locally administered, unicast). An address is leased
     again as soon as it is free; with a random MAC the host's neighbour entry for it
-    would still name the last holder's (REACHABLE for up to ~30 s), and the host's
-    packets to the new instance would go nowhere until it expired — seen as a scale
-    study's rolling update waiting 34 s on ns, not on Docker."""
+    still named the last holder's (REACHABLE, for up to ~30 s) while other instances
+    kept the bridge up (tests/integration/test_ns.py shows it) — the likely cause of a
+    scale study's rolling update waiting 34 s on ns and not on Docker (not re-measured
+    since)."""
     return "02:42:" + ":".join(f"{b:02x}" for b in addr.packed)
 
 

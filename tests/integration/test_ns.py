@@ -186,11 +186,11 @@ def _answers(addr: str) -> bool:
 
 
 def test_an_address_leased_again_is_reached_at_once(env: Env) -> None:
-    """The host reaches an instance at an address just freed by another (a rolling
-    update's): its MAC is made from the address, so the host's neighbour entry, still
-    REACHABLE with the last holder's, stays right (with a random MAC the host's packets
-    went nowhere for ~30 s). Checked with the kernel's view: the neighbour table, and the instance's
-    kernel answering a connect."""
+    """An instance at an address just freed by another (a rolling update's): its MAC is
+    made from the address, so the host's neighbour entry, still REACHABLE from the last
+    holder, names the right MAC (with random MACs it named the last holder's: this
+    test failed so). Checked with the kernel's view: the instance's kernel answering a
+    connect, and the host's neighbour table."""
     require("ns", None if shutil.which("ip") and shutil.which("nsenter")
             else "iproute2/util-linux missing")
     # Another instance keeps the bridge up, as the other replicas do: an empty bridge
