@@ -66,7 +66,6 @@ in the sampling timeout (shipped scenario); 4 takes minutes per sample.
 
 from __future__ import annotations
 
-import http.client
 import re
 import time
 from dataclasses import dataclass, field
@@ -74,7 +73,7 @@ from typing import Any, ClassVar
 
 from harness.core.errors import InstanceError, ReadyTimeout, Unreadable
 from harness.core.image import Image, derive
-from harness.core.probes import loadgen, memory
+from harness.core.probes import loadgen, memory, serving
 from harness.core.probes.timing import now_ns
 from harness.sampling import Cell, Context, Measurement
 from harness.scenario import Scenario
@@ -113,18 +112,11 @@ def server_argv(port: int) -> tuple[str, ...]:
 
 
 def get(address: str, path: str, timeout: float = 2.0) -> tuple[int, str] | None:
-    """GET http://address/path on a new connection: (status, body), None when nothing
-    answered (refused, reset, timed out)."""
+    """GET http://address/path on a new connection (serving.fetch): (status, body), None
+    when nothing answered (refused, reset, timed out)."""
     host, _, port = address.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        r = conn.getresponse()
-        return r.status, r.read().decode(errors="replace")
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
+    status, body = serving.fetch(host, int(port), path, timeout)
+    return (status, body) if status else None
 
 
 def parse_id(body: str) -> tuple[str, str]:
