@@ -37,7 +37,7 @@ from pathlib import Path
 from harness.core.errors import InstanceError, NotApplicable
 from runtimes.base import PREFIX, state_dir
 
-PARENT, PEER, SHIM = "cvvp", "cvvq", "cvvs"
+PARENT, PEER, SHIM, TMP = "cvvp", "cvvq", "cvvs", "cvvt"
 DEFAULT_SUBNETS = "10.206.0.0/16"  # carved into /24s, one per segment
 # The mode each device is made in: macvlan's bridge mode and ipvlan's l2 mode switch
 # between the devices of one parent, which the host's shim needs.
@@ -157,9 +157,14 @@ def segment(run_id: str, backend: str, mode: str) -> Segment:
 def attach(seg: Segment, pid: int, addr: ipaddress.IPv4Address) -> None:
     """Give the network namespace of `pid` an `eth0` of the segment's mode on its parent,
     with `addr` and a default route through the host's shim."""
-    _ip("link", "add", "link", seg.parent, "name", "eth0", "netns", str(pid),
+    # Made under a name of its own, renamed eth0 inside: the kernel checks a new link's
+    # name in the namespace `ip` runs in (the host's), so `name eth0 netns PID` fails
+    # with EEXIST on a host that has an eth0 of its own (Debian 13's guest has).
+    tmp = f"{TMP}{pid:x}"[:15]
+    _ip("link", "add", "link", seg.parent, "name", tmp, "netns", str(pid),
         *LINK_TYPE[seg.mode])
-    _ip("-batch", "-", netns=pid, stdin=f"addr add {addr}/{seg.subnet.prefixlen} dev eth0\n"
+    _ip("-batch", "-", netns=pid, stdin=f"link set {tmp} name eth0\n"
+        f"addr add {addr}/{seg.subnet.prefixlen} dev eth0\n"
         f"link set eth0 up\nroute add default via {seg.gateway}\n")
 
 

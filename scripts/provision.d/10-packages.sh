@@ -28,6 +28,9 @@ packages=(
   # Docker and Podman
   docker.io containerd podman uidmap slirp4netns containernetworking-plugins netavark
   fuse-overlayfs catatonit
+  # netavark's firewall: Debian 13's netavark drives nft (a bridge network fails with
+  # "unable to execute nft" without it); Debian 12's uses iptables
+  nftables
   # libvirt/QEMU VMs and the guest kernel; libvirt-dev + pkg-config build libvirt-python
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   linux-image-amd64 e2fsprogs cpio zstd

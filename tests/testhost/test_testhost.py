@@ -3,7 +3,8 @@
 scripts/testhost builds (or reuses) a Debian 13 image, boots it as a libvirt guest, and
 the guest is used as a new user would: the checkout copied in, `scripts/provision` (its
 systemd path), `make venv`, then the integration tests of ns (cgroup v2, rootless with a
-delegated subtree, escapes, hostile images), Docker and Podman with every skip a failure
+delegated subtree, escapes, hostile images), Docker and Podman, macvlan and ipvlan on all
+three (the kernel has the driver here), with every skip a failure
 (CVBENCH_REQUIRE), `bench doctor` (libvirt says why it is left out: a VM inside an
 emulated host) and `make bench` (the README's command) on host, ns, docker and podman.
 The results come back to results/testhost/; this machine then runs the same startup
@@ -27,10 +28,10 @@ from tests.testhost._guest import guest, in_guest, run_testhost
 pytestmark = pytest.mark.testhost
 
 REQUIRE = ("host,ns,docker,podman,docker:crun,podman:runc,podman:ns,cgroup2,systemd,delegation,"
-           "rootless,root")
+           "rootless,root,ipvlan")
 SUITES = " ".join(f"tests/integration/{t}" for t in (
     "test_cgroups_v2.py", "test_ns.py", "test_escape.py", "test_hostile_paths.py",
-    "test_docker.py", "test_podman.py"))
+    "test_docker.py", "test_podman.py", "test_vlan.py"))
 
 
 def test_in_debian13_guest(repo: Path, tmp_path: Path) -> None:
