@@ -248,8 +248,8 @@ def frame(docs: Iterable[Loaded]) -> pd.DataFrame:
                          # a TCG VM, or any backend on a host that is itself emulated
                          "emulated": bool(meta.get("emulated", False))
                          or bool(doc.host.get("emulated"))})
-    cols = [*SAMPLE_KEYS, "instance", "sub", "front", "worker_tcg", "run_id", "scenario", "image_digest",
-            "host_id", "host", "created", "accel", "emulated", "file"]
+    cols = [*SAMPLE_KEYS, "instance", "sub", "front", "worker_tcg", "run_id", "scenario",
+            "image_digest", "host_id", "host", "created", "accel", "emulated", "file"]
     return pd.DataFrame(rows, columns=cols)
 
 

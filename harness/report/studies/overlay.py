@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from harness import data, stats
 from harness.core.units import format_value
@@ -81,12 +81,12 @@ def overlay(df: pd.DataFrame, look: Look) -> Figure | None:
     ax_lat, ax_bw = fig.subplots(1, 2, sharey=True)
     lw = 5 if look.slides else 2.5
     right, colours, rows, labels = [], [], [], []
-    for i, (c, label) in enumerate(cs):
+    for i, (c, _) in enumerate(cs):
         cell = c.select(base)
         for k, path in enumerate(PATHS):
             y = 2 * i + k
             rows.append(c)
-            labels.append(f"{label} · {path}")
+            labels.append(f"{look.label(c)} · {path}")  # (the title says TCG)
             col = look.colour(c.backend) if path == "overlay" else PLAIN_COLOUR
             mine = cell[cell["path"] == path]
             for metric, ax, dy, mk in ((LAT[0], ax_lat, -0.15, "D"),
@@ -106,25 +106,27 @@ def overlay(df: pd.DataFrame, look: Look) -> Figure | None:
                 right.append("")
                 continue
             r = {m: stats.summarize(ratios(cell, m)) for m in (*LAT, BW)}
-            right.append(f"overlay/plain: p50 {_label(r[LAT[0]])} · p99 "
-                         f"{_label(r[LAT[1]])} · bw {_label(r[BW])}")
+            right.append(f"p50 {_label(r[LAT[0]])} · p99 {_label(r[LAT[1]])} · "
+                         f"bw {_label(r[BW])}")
     for ax in (ax_lat, ax_bw):
         ax.set_xscale("log")
         ax.grid(axis="x", which="major")
         lo, hi = ax.get_xlim()
         ax.set_xlim(lo / 1.5, hi * 1.5)
     draw.seconds_axis(ax_lat.xaxis, 4 if look.slides else 6)
+    ax_bw.xaxis.set_major_locator(LogLocator(base=4, numticks=6))
     ax_bw.xaxis.set_major_formatter(FuncFormatter(draw.compact_bytes))
-    ax_lat.set_title("latency, one way (sockperf)")
-    ax_bw.set_title("bandwidth (iperf3)")
-    ax_lat.set_xlabel("log scale")
-    ax_bw.set_xlabel("bytes/s, log scale (M = MiB)")
+    ax_bw.xaxis.set_minor_formatter(NullFormatter())
+    ax_lat.set_title("latency, one way")
+    ax_bw.set_title("bandwidth")
+    ax_lat.set_xlabel("sockperf, log scale")
+    ax_bw.set_xlabel("iperf3, bytes/s, log (M = MiB)")
     draw.rows(ax_lat, rows, look, text=labels)
     draw.rows(ax_bw, rows, look, labels=False)
     draw.right_labels(ax_bw, right, colours)
     tcg = worker_tcg(d)
-    draw.title(fig, "Overlay (VXLAN) vs plain network between two docker nodes"
-               + (f" — {TCG_MARK}" if tcg else ""), look)
+    draw.title(fig, "Overlay (VXLAN) vs plain network" + (f" — {TCG_MARK}" if tcg else ""),
+               look)
     handles: list[Any] = [
         Line2D([], [], ls="", marker="D", color="#555555", mew=2, label="p50"),
         Line2D([], [], ls="", marker="o", mfc="white", color="#555555", mew=2, label="p99"),
@@ -133,7 +135,8 @@ def overlay(df: pd.DataFrame, look: Look) -> Figure | None:
     draw.finish(fig, look, handles, [c for c, _ in cs],
                 "overlay: replica to replica over the swarm's overlay network; plain: the "
                 "same tools host to host (network host)",
-                "right: overlay / plain, the median of each sample's own ratio"
+                "right: overlay / plain, the median of each sample's own ratio (two docker "
+                "nodes: this host, the worker)"
                 + ("\nthe worker's CPU is emulated (QEMU TCG): its figures are an "
                    "emulator's, not a network's" if tcg else ""), ncols=4)
     return fig
