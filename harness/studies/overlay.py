@@ -21,7 +21,8 @@ tear-down, so the worker joins and leaves in every sample):
      recorded and left at the end of the run, as `bench gc` does; a found one is left
      as found), made on `advertise[0]`; the worker joins it with the worker token,
      advertising `advertise[1]`; a found swarm with other nodes is refused (replicas
-     must land on exactly these two)
+     must land on exactly these two), and one running services besides the run's (the
+     worker would take some of their tasks)
   4. a service of 2 replicas, at most one per node (Placement.MaxReplicas 1), on the
      run's overlay network, each running the sockperf and iperf3 servers
   5. path=overlay: from the replica on this host (`docker exec`), sockperf ping-pong and
@@ -62,7 +63,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from harness.core.errors import InstanceError, NotApplicable, ReadyTimeout
 from harness.core.probes.io import parse_json
@@ -279,6 +280,14 @@ class Overlay(Base):
             raise InstanceError(f"overlay: this host's swarm ({extra['swarm']}) has nodes "
                                 f"besides this one ({', '.join(others)}): the replicas must "
                                 "land on this host and the worker only")
+        # a service of someone else's (another run's scale study on a swarm it made)
+        # would spread its tasks onto the worker
+        foreign = [str(sv["Spec"]["Name"]) for sv in cast(Any, rt.api).services()
+                   if (sv["Spec"].get("Labels") or {}).get(RUN_LABEL) != ctx.run_id]
+        if foreign:
+            raise InstanceError(f"overlay: this host's swarm ({extra['swarm']}) runs "
+                                f"services besides this run's ({', '.join(foreign[:5])}): "
+                                "the worker would take some of their tasks")
         managers = rt.api.info()["Swarm"].get("RemoteManagers") or ()
         remote = next((str(m["Addr"]) for m in managers if m.get("NodeID") == here),
                       f"{manager_addr}:2377")
