@@ -15,6 +15,7 @@ from harness.core import image
 from harness.core.errors import InstanceError, NotApplicable
 from harness.sampling import Cell, Context
 from harness.studies import overlay
+from harness.studies.network import sockperf_latency
 from runtimes.base import Prepared
 from tests.unit.fakes import FakeRuntime
 from tests.unit.test_studies_probes import SOCKPERF
@@ -85,7 +86,7 @@ def cell_of(rt: Any) -> Cell:
     img = image.Image("x", "0" * 64, Path("/nonexistent"), Path("/nonexistent"), 0)
     return Cell(backend=rt.name, variant=v, config=scen.config(v), runtime=rt,
                 prepared=Prepared(image=img, backend=rt.name, ref="sha256:" + "0" * 64),
-                traits=rt.traits())
+                traits=FakeRuntime("docker:swarm").traits())
 
 
 def test_without_a_worker_every_cell_is_not_applicable() -> None:
@@ -112,10 +113,10 @@ def test_retry_until_the_server_answers(tmp_path: Path) -> None:
     flag = tmp_path / "up"
     script = f"if [ -e {flag} ]; then cat; else touch {flag}; echo refused; fi"
     out = overlay._retry(["sh", "-c", script + " <<'E'\n" + SOCKPERF + "E\n"], 10.0,
-                         overlay.sockperf_latency)
+                         sockperf_latency)
     assert "percentile 50.000" in out
     with pytest.raises(InstanceError):
-        overlay._retry(["sh", "-c", "echo refused"], 0.1, overlay.sockperf_latency)
+        overlay._retry(["sh", "-c", "echo refused"], 0.1, sockperf_latency)
 
 
 @pytest.mark.parametrize(("model", "virt", "tcg"), [
@@ -247,7 +248,7 @@ def test_chapter_draws_both_paths_and_the_paired_ratio(tmp_path: Path) -> None:
             (pt,) = fig.findobj(lambda a, m=metric, p=path: str(a.get_gid()).startswith(  # type: ignore[misc]
                 f"{m}|{p}|docker:swarm"))
             want = df[(df["metric"] == metric) & (df["variant"] == f"path={path}")]["value"]
-            assert pt.get_xdata()[0] == pytest.approx(want.median())
+            assert cast(Any, pt).get_xdata()[0] == pytest.approx(want.median())
     assert "TCG" not in fig.texts[0].get_text()
     table = chapter.overlay_table(df, False)
     assert table is not None
@@ -267,3 +268,146 @@ def test_an_emulated_worker_is_in_the_title_and_the_rows(tmp_path: Path) -> None
     table = chapter.overlay_table(df, False)
     assert table is not None and all(chapter.TCG_MARK in r[0] for r in table.rows)
     fig.savefig(tmp_path / "overlay.svg")
+
+
+# --- a whole sample against fakes of both daemons ----------------------------------------
+
+class FakeSwarmApi(FakeApi):
+    def __init__(self) -> None:
+        super().__init__()
+        self.joined = False
+
+    def info(self) -> dict[str, Any]:
+        return {"Swarm": {"NodeID": "me", "RemoteManagers": [
+            {"NodeID": "me", "Addr": "10.0.0.1:2377"}]}}
+
+    def nodes(self) -> list[dict[str, Any]]:
+        me = {"ID": "me", "Status": {"Addr": "10.0.0.1", "State": "ready"},
+              "Spec": {"Role": "manager"}, "Description": {"Hostname": "here"}}
+        w = {"ID": "w1", "Status": {"Addr": "10.0.0.2", "State": "ready"},
+             "Spec": {"Role": "worker"}, "Description": {"Hostname": "guest"}}
+        return [me, w] if self.joined and "w1" not in self.removed else [me]
+
+    def services(self) -> list[dict[str, Any]]:
+        return []
+
+    def inspect_swarm(self) -> dict[str, Any]:
+        return {"JoinTokens": {"Worker": "SWMTKN-1-abc"}}
+
+
+def fake_swarm(api: FakeSwarmApi, fail: str = "") -> tuple[Any, list[str]]:
+    from runtimes import _swarm
+    from runtimes.base import Replica
+    from runtimes.swarm import DockerSwarm, SwarmService
+
+    calls: list[str] = []
+
+    class Svc(SwarmService):
+        def deploy(self, spec: Any, prepared: Any, port: int) -> str:
+            calls.append(f"deploy max_per_node={self.max_per_node} port={port}")
+            return ""
+
+        def scale(self, n: int) -> None:
+            calls.append(f"scale {n}")
+            if fail == "scale":
+                raise InstanceError("scale failed")
+
+        def replicas(self) -> list[Replica]:
+            return [Replica("t1", details={"container": "c1"}),
+                    Replica("t2", node="guest", details={
+                        "overlay": {self.name: ["10.0.1.5/24"]}})]
+
+        def close(self) -> None:
+            calls.append("close")
+
+    class Rt(DockerSwarm):
+        @property
+        def api(self) -> Any:
+            return api
+
+        @property
+        def socket_path(self) -> str:
+            return "/run/docker.sock"
+
+        def join(self, run_id: str, addr: str | None = None) -> _swarm.Use:
+            calls.append(f"join {addr}")
+            return _swarm.Use(made=True, node="me", maker=run_id)
+
+        def replica_set(self, run_id: str, name: str) -> Any:
+            return Svc(self, run_id, name)
+
+    rt = Rt()  # (flavour "swarm" would make a DockerSwarm itself: docker.py's __new__)
+    rt.name = "docker:swarm"
+    return rt, calls
+
+
+def run_overlay(monkeypatch: pytest.MonkeyPatch, fail: str = ""
+                ) -> tuple[list[Any], FakeWorker, FakeSwarmApi, list[str], list[Any]]:
+    api = FakeSwarmApi()
+    rt, calls = fake_swarm(api, fail)
+    worker = FakeWorker()
+    real_run = worker.run
+
+    def run(cmd: str, *, check: bool = True, stdin: int | None = None) -> str:
+        if "swarm join" in cmd:
+            api.joined = True
+            worker.state = "active"
+            worker.gwbridge = True
+        if "model name" in cmd:
+            return "model name\t: QEMU TCG CPU version 2.5+\n"
+        if "image inspect" in cmd:  # the worker holds the image already
+            return rt_ref + "\n"
+        return real_run(cmd, check=check, stdin=stdin)
+    worker.run = run  # type: ignore[method-assign]
+    rt_ref = "sha256:" + "0" * 64
+    monkeypatch.setattr(overlay, "Worker", lambda dest, timeout: worker)
+    clients: list[Any] = []
+
+    def retry(argv: list[str], timeout: float, ok: Any) -> str:
+        clients.append(argv)
+        out = SOCKPERF if "sockperf pp" in argv[-1] else IPERF3
+        ok(out)
+        return out
+    monkeypatch.setattr(overlay, "_retry", retry)
+    ctx = Context("abcdef0123", 5.0)
+    ctx.params = {"worker": "root@10.0.0.2", "advertise": ["10.0.0.1", "10.0.0.2"],
+                  "duration": 2, "message": 64}
+    events: list[Any] = []
+    ctx.event = lambda kind, **data: events.append((kind, data))
+    cell = cell_of(rt)
+    try:
+        out = studies.get("overlay").sample(ctx, cell)
+    except InstanceError:
+        out = []
+    return out, worker, api, calls, [*clients, *events]
+
+
+def test_a_sample_measures_both_paths_and_leaves_both_nodes_as_found(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out, worker, api, calls, clients = run_overlay(monkeypatch)
+    assert calls == ["join 10.0.0.1", "deploy max_per_node=1 port=15201", "scale 2", "close"]
+    joins = [c for c in worker.cmds if "swarm join" in c]
+    assert joins == ["docker swarm join --token SWMTKN-1-abc --advertise-addr 10.0.0.2 "
+                     "10.0.0.1:2377"]
+    # overlay: from the local replica to the remote one's overlay address; plain: the
+    # worker's address from a host-network container
+    assert clients[0][:5] == ["docker", "-H", "unix:///run/docker.sock", "exec", "c1"]
+    assert "-i 10.0.1.5 " in clients[0][-1]
+    assert "--network" in clients[2] and "-i 10.0.0.2 " in clients[2][-1]
+    assert any("--network host" in c and "cvbench-abcdef0123-plain" in c
+               for c in worker.cmds)
+    got = {(m.metric, m.variant) for m in out}
+    assert got == {(m, f"path={p}") for m in overlay.METRICS for p in overlay.PATHS}
+    assert all(m.extra and m.extra["worker_tcg"] is True and m.extra["worker_node"] == "guest"
+               for m in out)
+    assert worker.state == "inactive" and not worker.gwbridge
+    assert api.removed == ["w1"]
+    assert not [c for c in worker.cmds if "image rm" in c]  # found there: kept
+
+
+def test_a_failed_sample_still_leaves_both_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    out, worker, api, calls, _ = run_overlay(monkeypatch, fail="scale")
+    assert out == []
+    assert calls[-1] == "close"
+    assert any("docker swarm leave --force" in c for c in worker.cmds)
+    assert worker.state == "inactive" and not worker.gwbridge and api.removed == ["w1"]
