@@ -30,7 +30,8 @@ tear-down, so the worker joins and leaves in every sample):
   6. path=plain: the same servers on the worker (a container with network host), the
      same clients and binaries (the image's, in a container with network host here)
      against the worker's address `advertise[1]`
-  7. always (also on failure and a second Ctrl-C): the service and its network removed,
+  7. always (also on failure and a second Ctrl-C): the service and its network removed
+     (the network tried again once the worker left, if its task still held it),
      the plain server removed, the worker leaves (`docker swarm leave --force`), the
      image it loaded removed, the docker_gwbridge its join made removed, its node removed
      from the manager; then the worker is checked to be in no swarm and without that
@@ -379,7 +380,11 @@ class Steps:
             except Exception as e:  # go on with the rest
                 problems.append(f"{what}: {e}")
 
-        attempt("service", self.rs.close)
+        try:
+            self.rs.close()
+            closed = True
+        except Exception:  # its network, while the worker's task still holds it: again below
+            closed = False
         gone = f"label=com.docker.swarm.service.name={self.rs.name}"
         steps = [f"docker rm -f {self.plain} >/dev/null 2>&1",
                  # the service's task container goes before the node leaves
@@ -399,8 +404,22 @@ class Steps:
                 api.remove_node(nd["ID"], force=True) for nd in api.nodes()
                 if nd["Status"].get("Addr") == self.worker_addr
                 and nd["Spec"].get("Role") == "worker"])
+        if not closed:  # the worker's task gone with it
+            attempt("service", lambda: _again(self.rs.close))
         attempt("the worker's swarm state", lambda: _left(self.worker, self.gwbridge))
         return problems
+
+
+def _again(fn: Callable[[], object], tries: int = 20) -> None:
+    """fn() until it does not raise, every 0.5 s; the last error after `tries`."""
+    for i in range(tries):
+        try:
+            fn()
+            return
+        except Exception:
+            if i == tries - 1:
+                raise
+            time.sleep(0.5)
 
 
 def _left(worker: Worker, gwbridge: bool) -> None:

@@ -411,3 +411,17 @@ def test_a_failed_sample_still_leaves_both_nodes(monkeypatch: pytest.MonkeyPatch
     assert calls[-1] == "close"
     assert any("docker swarm leave --force" in c for c in worker.cmds)
     assert worker.state == "inactive" and not worker.gwbridge and api.removed == ["w1"]
+
+
+def test_the_services_network_is_removed_again_once_the_worker_left() -> None:
+    w = FakeWorker(state="active")
+    s, _, svc = steps(w, joined=True)
+    tries: list[str] = []
+
+    def close() -> None:  # the overlay network is in use while the worker's task is
+        tries.append(w.state)
+        if w.state != "inactive":
+            raise InstanceError("network cvbench-abcdef0123-overlay1 is in use by task")
+    svc.close = close  # type: ignore[method-assign]
+    assert s.teardown() == []
+    assert tries == ["active", "inactive"]
