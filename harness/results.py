@@ -241,13 +241,15 @@ def frame(docs: Iterable[Loaded]) -> pd.DataFrame:
                          "unit": s.unit, "value": s.value, "round": s.round,
                          "instance": s.instance, "sub": s.sub,
                          # which front a figure went through (the scale study's samples)
-                         "front": s.extra.get("front"), **run,
+                         "front": s.extra.get("front"),
+                         # its second daemon was emulated (the overlay study's samples)
+                         "worker_tcg": s.extra.get("worker_tcg"), **run,
                          "accel": meta.get("accel"),
                          # a TCG VM, or any backend on a host that is itself emulated
                          "emulated": bool(meta.get("emulated", False))
                          or bool(doc.host.get("emulated"))})
-    cols = [*SAMPLE_KEYS, "instance", "sub", "front", "run_id", "scenario", "image_digest",
-            "host_id", "host", "created", "accel", "emulated", "file"]
+    cols = [*SAMPLE_KEYS, "instance", "sub", "front", "worker_tcg", "run_id", "scenario",
+            "image_digest", "host_id", "host", "created", "accel", "emulated", "file"]
     return pd.DataFrame(rows, columns=cols)
 
 

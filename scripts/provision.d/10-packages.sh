@@ -17,6 +17,8 @@ packages=(
   wrk redis-tools postgresql-client sysbench
   # the scale study's front over single instances (run by the study, not as a service)
   haproxy
+  # the overlay study's worker-side steps (ssh to the second docker daemon)
+  openssh-client
   # ns runtime
   iproute2 iptables kmod util-linux libseccomp2
   # OCI runtimes (oci:* backends, and the engines' extra runtimes)

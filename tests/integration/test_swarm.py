@@ -245,3 +245,17 @@ networks:
     gone = collect(rt, [r for r in live_runs() if r != run_id], run_id)
     assert [(x.kind, x.run_id) for x in gone] == [("swarm", run_id)]
     assert _daemon_state() == before
+
+
+def test_overlay_without_a_worker_is_not_applicable(repo: Path, tmp_path: Path) -> None:
+    """`bench run overlay` with no params.worker: the cell closes as not applicable with
+    the reason, no figure, and this dockerd's swarm state is as it was (no swarm made)."""
+    from tests.integration._scenario_run import run_one_sample
+
+    before = _daemon_state()
+    p, doc = run_one_sample(repo, tmp_path, "overlay", ("docker:swarm",))
+    assert p.returncode == 0, p.stderr
+    reasons = [e["reason"] for e in doc["events"] if e["kind"] == "not_applicable"]
+    assert reasons == ["needs a second docker daemon: params.worker"]
+    assert doc["samples"] == []
+    assert _daemon_state() == before
