@@ -413,6 +413,7 @@ class StackTask:
     running: bool  # the container is running (dockerd's state)
     health: str  # its healthcheck's status ("" without one): starting|healthy|unhealthy
     address: str | None  # its docker_gwbridge address (the host reaches it there)
+    failed: int = 0  # the service's earlier tasks that failed (the restart policy's turns)
 
 
 def stack_tasks(rt: DockerSwarm, stack: str) -> list[StackTask]:
@@ -441,7 +442,9 @@ def stack_tasks(rt: DockerSwarm, stack: str) -> list[StackTask]:
                 service=str(svc["Spec"]["Name"]).removeprefix(f"{stack}_"),
                 task=str(t["ID"]), state=str(status.get("State") or ""),
                 error=str(status.get("Err") or ""), container=cid, running=running,
-                health=health, address=gw.get(cid)))
+                health=health, address=gw.get(cid),
+                failed=sum(1 for x in tasks if x is not t and
+                           (x.get("Status") or {}).get("State") in ("failed", "rejected"))))
     return out
 
 

@@ -99,8 +99,9 @@ from runtimes.swarm import front as swarm_front
 
 UNION = "@single-vm"  # the name of a single-VM stack's image among a cell's images
 LOG_TAIL = 4000  # characters of each service's output kept with a failed sample
-SINGLE_VM_SLEEP = ("sleep", "infinity")
-STOP_GRACE = 0.5  # seconds a service is given to stop at teardown  # the VM's own workload: it only holds the VM up
+SINGLE_VM_SLEEP = ("sleep", "infinity")  # the VM's own workload: it only holds the VM up
+STOP_GRACE = 0.5  # seconds a service is given to stop at teardown
+RESTARTS = 10  # docker:swarm: failed tasks of a service before the sample fails
 
 
 class StackRuntime(Runtime, Networks, Exec, Protocol):
@@ -197,6 +198,8 @@ class Running:
     next_check: float = 0.0
     failures: int = 0
     checks: list[str] = field(default_factory=list)
+    task: str = ""  # docker:swarm: the task its times are of
+    restarts: int = 0  # docker:swarm: its tasks that failed before that one
 
     @property
     def name(self) -> str:
@@ -515,8 +518,10 @@ def swarm_document(services: Sequence[Service], workloads: Mapping[str, Workload
     image the other backends run, by its id (`refs`: the prepared refs, `sha256:...`),
     through /bench/init with its resolved workload, one replica, on the stack's networks
     (overlay) with its aliases (container_name and links' aliases among them), its
-    limits, mounts and healthcheck (dockerd runs it). Restart policy none: a task that
-    ends fails the sample instead of being restarted unseen. Without the routing mesh
+    limits, mounts and healthcheck (dockerd runs it). Restart policy on-failure (at most
+    RESTARTS times, 100 ms apart): swarm starts every service at once, and one whose
+    dependency is not up yet (nginx resolving its upstream) exits and is started again,
+    as swarm is meant to run a stack; the study counts those restarts. Without the routing mesh
     (`mesh` False: no IPVS) a service VIP does not work either: endpoint mode dnsrr (names
     resolve to the tasks' own addresses) and nothing published."""
     out: dict[str, Any] = {"version": "3.8", "services": {}}
@@ -524,7 +529,8 @@ def swarm_document(services: Sequence[Service], workloads: Mapping[str, Workload
     volumes: dict[str, Any] = {}
     for s in services:
         w = workloads[s.name]
-        deploy: dict[str, Any] = {"replicas": 1, "restart_policy": {"condition": "none"}}
+        deploy: dict[str, Any] = {"replicas": 1, "restart_policy": {
+            "condition": "on-failure", "delay": "100ms", "max_attempts": RESTARTS}}
         if not mesh:
             deploy["endpoint_mode"] = "dnsrr"
         lim = {k: v for k, v in (("cpus", None if s.limits.cpus is None else
@@ -616,11 +622,13 @@ class SwarmStack(Stack):
                 if r is None:
                     continue
                 self.tasks[r.name] = t
-                if t.state in TASK_ENDED or t.health == "unhealthy":
+                if t.failed > RESTARTS or (t.failed == RESTARTS and t.state in TASK_ENDED):
                     raise InstanceError(
-                        f"service {r.name}: its task is {t.state}"
-                        + (" (unhealthy)" if t.health == "unhealthy" else "")
-                        + (f": {t.error}" if t.error else ""), self.logs())
+                        f"service {r.name}: {t.failed} of its tasks failed, the last one "
+                        f"{t.state}" + (f": {t.error}" if t.error else ""), self.logs())
+                if t.task != r.task:  # a task of its own again (the last one failed)
+                    r.task, r.started, r.ready, r.healthy = t.task, None, None, None
+                    r.restarts = t.failed
                 if r.started is None and t.running:
                     r.started = now_ns()
                 if r.started is None:
@@ -872,7 +880,9 @@ class StackStudy(Base):
                               ("completed", r.completed)):
                 if t is not None:
                     out.append(Measurement(f"stack.service.{metric}", (t - t0) * 1e-9,
-                                           variant=sub(r.name)))
+                                           variant=sub(r.name), extra={
+                                               "task_restarts": r.restarts} if r.task
+                                           else None))
         ready = stack.services[front].ready
         assert ready is not None
         label = {"front": stack.front_label} if isinstance(stack, SwarmStack) else None
