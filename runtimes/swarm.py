@@ -8,8 +8,9 @@ port, `deploy` returns "" (no front of its own) and the scale study puts the rep
 behind its own HAProxy; swarm still schedules, scales and rolls them, and the traits
 say which front it is (settings.swarm.front). Single instances are not
 what it is for: `create` raises NotApplicable (a study of one container measures
-`docker`), so every other study closes its cells with that reason; `prepare` imports
-the image as `docker` does.
+`docker`), so every other study closes its cells with that reason, but for the stack
+study, which deploys its stacks as swarm stacks (below); `prepare` imports the image
+as `docker` does.
 
 Swarm state (runtimes/_swarm.py): the first replica set of a run makes this daemon a
 single-node swarm if it is in none (`docker swarm init`, listening and advertising on
@@ -46,10 +47,14 @@ A replica set `name` of run R:
              node, `details` saying why
   close   -> remove the service, wait until its containers are gone, remove the network
 
-A compose file deploys as a stack (`deploy_stack`: `docker stack deploy --resolve-image
-never`, as `cvbench-<run id>-<name>`, its services and networks labelled with the run in
-a copy of the file; `remove_stack` takes it away, and `bench gc` finds what a dead run
-left by the labels).
+A compose document deploys as a stack (`deploy_document`, `deploy_stack` for a file:
+`docker stack deploy --resolve-image never`, as `cvbench-<run id>-<name>`, its services,
+networks (the implicit `default` one too) and volumes labelled with the run in a copy;
+the stack study writes the document from the resolved stack). `stack_tasks` reads each
+service's newest task and its container (running, health, docker_gwbridge address);
+`remove_stack` removes the services, waits until their containers are gone and removes
+the networks and volumes; `bench gc` finds what a dead run left by the labels (services,
+then networks and volumes, then the swarm the run made).
 """
 
 from __future__ import annotations
@@ -509,7 +514,8 @@ class DockerSwarm(DockerRuntime):
                                              "network.host"}),
                       settings={**t.settings, "swarm": swarm,
                                 "single_instances": "not applicable: docker:swarm runs "
-                                                    "replicated services (scale)"})
+                                                    "replicated services (scale) and "
+                                                    "swarm stacks (stack)"})
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         raise NotApplicable("docker:swarm runs replicated services only (`bench run "

@@ -5,7 +5,9 @@ Placements (the variant key `placement`):
                service names (`InstanceSpec.network_name`, `more_networks`: one per
                network of the stack, "default" unless the stack names others), each
                reachable by its service name and aliases on the networks it is on, and
-               from no other
+               from no other. On docker:swarm the same placement is a swarm stack
+               (below): each service is still its own container, so it is the same
+               cell's placement under another backend, not a placement of its own
   single-vm    (VM backends) one Debian VM whose image is the union of the services'
                Debian packages; every service is a process of its own user in it,
                started through the backend's exec channel (a stack of several
@@ -25,7 +27,7 @@ sample's timeout, fails the sample with every service's output kept in the event
 the stack is torn down.
 
 Figures, on the host's monotonic clock, from t0 = the first create call (the first
-service's; in a single VM, the VM's):
+service's; in a single VM, the VM's; on docker:swarm, the deploy call):
   stack.start              t0 -> the front service answers its readiness probe
   stack.vm_boot            (single VM) t0 -> the VM's ready line, before any service
   stack.service.created    t0 -> that service's create call (sub `service=<name>`)
@@ -46,6 +48,39 @@ service's; in a single VM, the VM's):
                            params.client_cpuset) against params.request at the front, once
                            the stack is up: requests/s and latency end to end, through
                            every service the request crosses
+
+docker:swarm (per-service): the stack deployed at once with `docker stack deploy`
+(runtimes.swarm.deploy_document) as `cvbench-<run id>-stack<N>`, one stack per sample,
+from the resolved stack written as a compose document (swarm_document): each service the
+image every other backend runs, named by its id (`sha256:...`, `--resolve-image never`:
+the same digest, no registry), through /bench/init with its resolved command, env,
+user, workdir, limits (deploy.resources), mounts and healthcheck (run by dockerd), one
+replica, restart policy on-failure (at most RESTARTS failed tasks, then the sample
+fails), on the stack's networks as overlay networks with the service's aliases (a
+compose file's container_name and links' aliases among them: names `docker stack
+deploy` would ignore in a file still resolve), every service, network and volume
+labelled with the run (labelled_stack: `bench gc` finds them). What swarm does not do:
+depends_on is ignored (Docker documents it): every service starts at once, and one whose
+dependency is not up yet exits and is started again (nginx resolving its upstream):
+each service's times are of the task that came up, with the failed ones before it as
+`task_restarts` beside them; service_completed_successfully: not applicable (swarm runs
+services, not one-shot jobs). A `build:` was built by the run before (its image id is
+what the stack names). Where the kernel has IPVS, the front's ports are published
+through the routing mesh and the host asks the front there; without IPVS (this
+machine's kernel) neither the ingress nor a service's VIP works: every service gets
+endpoint mode dnsrr (its name resolves to its task's own address), nothing is
+published, and the host asks each service at its task container's address on
+docker_gwbridge, as docker:swarm's replicas are reached (stack.start says which in its
+`front`). The times are observed by polling dockerd (every 50 ms at least): started =
+the task's container seen running, healthy = dockerd's healthcheck seen passed, ready =
+its readiness answered from the host (marker, log: its ready line or pattern seen in the
+container's output). Memory is read from the task containers on this host (their shim's
+and memory cgroup's processes). The event "stack_figures_absent" says, once per cell,
+what is absent and why (SWARM_ABSENT): stack.service.created (one deploy call for all),
+stack.service.completed, depends_on ordering, stack.disk.instance. Teardown:
+remove_stack (the services; their containers gone, stopped with the same 0.5 s grace;
+then the networks and volumes). The swarm itself is the run's (DockerSwarm.join, before
+t0: a `swarm init` is not in the first sample's figures) or found and left untouched.
 """
 
 from __future__ import annotations
