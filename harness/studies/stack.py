@@ -71,7 +71,8 @@ machine's kernel) neither the ingress nor a service's VIP works: every service g
 endpoint mode dnsrr (its name resolves to its task's own address), nothing is
 published, and the host asks each service at its task container's address on
 docker_gwbridge, as docker:swarm's replicas are reached (stack.start says which in its
-`front`). The times are observed by polling dockerd (every 50 ms at least): started =
+`front`). The times are observed by polling dockerd (a round every 50 ms at least, as
+long as its API calls take: the times' resolution): started =
 the task's container seen running, healthy = dockerd's healthcheck seen passed, ready =
 its readiness answered from the host (marker, log: its ready line or pattern seen in the
 container's output). Memory is read from the task containers on this host (their shim's

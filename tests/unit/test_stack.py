@@ -314,6 +314,17 @@ def test_timeline_chart_services_in_dependency_order_per_cell() -> None:
         assert diamonds == pytest.approx([0.5, 1.0])  # db and app have healthchecks
     assert stack_chapter.stack_timeline(df[~df["metric"].str.startswith("stack.service.")],
                                  draw.Look.of(df)) is None
+    # docker:swarm: no create call of a service's own: in the order they started, the
+    # bars started -> ready only
+    swarm = df[(df["backend"] == "docker") & (df["metric"] != "stack.service.created")]
+    swarm = swarm.assign(backend="docker:swarm")
+    for metric, t in (("started", 0.75), ("ready", 0.85)):  # db started after app
+        swarm.loc[(swarm["sub"] == "service=db")
+                  & (swarm["metric"] == f"stack.service.{metric}"), "value"] = t
+    ax = stack_chapter.stack_timeline(swarm, draw.Look.of(swarm)).get_axes()[0]  # type: ignore[union-attr]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["app", "db", "web"]
+    assert sorted((round(p.get_x(), 6), round(p.get_x() + p.get_width(), 6))
+                  for p in ax.patches) == [(0.7, 0.8), (0.75, 0.85), (1.2, 1.3)]
 
 
 # --- docker:swarm: the stack as a compose document ---------------------------------------
