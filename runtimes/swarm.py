@@ -432,7 +432,7 @@ def stack_tasks(rt: DockerSwarm, stack: str) -> list[StackTask]:
             tasks = api.tasks(filters={"service": svc["ID"]})
             if not tasks:
                 continue
-            t = max(tasks, key=lambda x: str(x.get("CreatedAt", "")))
+            t = max(tasks, key=_newest)
             status = t.get("Status") or {}
             cid = str((status.get("ContainerStatus") or {}).get("ContainerID") or "")
             running, health = False, ""
@@ -453,6 +453,13 @@ def stack_tasks(rt: DockerSwarm, stack: str) -> list[StackTask]:
     return out
 
 
+def _newest(task: dict[str, Any]) -> tuple[bool, str, str]:
+    """A task's order among its service's: the one swarm wants running, then the last
+    created (CreatedAt's fraction has as many digits as it needs: padded to compare)."""
+    head, _, frac = str(task.get("CreatedAt", "")).rstrip("Z").partition(".")
+    return task.get("DesiredState") == "running", head, frac.ljust(9, "0")
+
+
 def published_port(rt: DockerSwarm, stack: str, service: str, target: int) -> int | None:
     """The port the routing mesh publishes a stack service's `target` port on."""
     with _errors("service inspect"):
@@ -466,10 +473,11 @@ def published_port(rt: DockerSwarm, stack: str, service: str, target: int) -> in
     return None
 
 
-def container_logs(rt: DockerSwarm, cid: str, tail: int = 200) -> bytes:
-    """A task container's output (stdout and stderr), its last `tail` lines."""
+def container_logs(rt: DockerSwarm, cid: str, tail: int | None = 200) -> bytes:
+    """A task container's output (stdout and stderr), its last `tail` lines (None: all)."""
     with contextlib.suppress(docker.errors.NotFound):
-        return bytes(cast(Any, rt.api).logs(cid, stdout=True, stderr=True, tail=tail))
+        return bytes(cast(Any, rt.api).logs(cid, stdout=True, stderr=True,
+                                            tail="all" if tail is None else tail))
     return b""
 
 

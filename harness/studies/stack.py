@@ -53,35 +53,36 @@ docker:swarm (per-service): the stack deployed at once with `docker stack deploy
 (runtimes.swarm.deploy_document) as `cvbench-<run id>-stack<N>`, one stack per sample,
 from the resolved stack written as a compose document (swarm_document): each service the
 image every other backend runs, named by its id (`sha256:...`, `--resolve-image never`:
-the same digest, no registry), through /bench/init with its resolved command, env,
-user, workdir, limits (deploy.resources), mounts and healthcheck (run by dockerd), one
-replica, restart policy on-failure (at most RESTARTS failed tasks, then the sample
-fails), on the stack's networks as overlay networks with the service's aliases (a
-compose file's container_name and links' aliases among them: names `docker stack
-deploy` would ignore in a file still resolve), every service, network and volume
-labelled with the run (labelled_stack: `bench gc` finds them). What swarm does not do:
-depends_on is ignored (Docker documents it): every service starts at once, and one whose
-dependency is not up yet exits and is started again (nginx resolving its upstream):
-each service's times are of the task that came up, with the failed ones before it as
-`task_restarts` beside them; service_completed_successfully: not applicable (swarm runs
-services, not one-shot jobs). A `build:` was built by the run before (its image id is
-what the stack names). Where the kernel has IPVS, the front's ports are published
-through the routing mesh and the host asks the front there; without IPVS (this
+the same digest, no registry), through /bench/init with its resolved command, env, user,
+workdir, limits (deploy.resources), mounts and healthcheck (run by dockerd), one replica
+on this host's node (a placement constraint: a swarm of several nodes keeps the stack
+here, as every other backend's), restart policy on-failure (at most RESTARTS failed
+tasks, then the sample fails), on the stack's networks as overlay networks with the
+service's aliases (a compose file's container_name and links' aliases among them: names
+`docker stack deploy` would ignore in a file still resolve), every service, network and
+volume labelled with the run (labelled_stack: `bench gc` finds them). What swarm does
+not do: depends_on is ignored (Docker documents it): every service starts at once, and
+one whose dependency is not up yet exits and is started again (nginx resolving its
+upstream): each service's times are of the task that came up, with the failed ones
+before it as `task_restarts` beside them; service_completed_successfully: not applicable
+(swarm runs services, not one-shot jobs). A `build:` was built by the run before (its
+image id is what the stack names). Where the kernel has IPVS, the front's ports are
+published through the routing mesh and the host asks the front there; without IPVS (this
 machine's kernel) neither the ingress nor a service's VIP works: every service gets
-endpoint mode dnsrr (its name resolves to its task's own address), nothing is
-published, and the host asks each service at its task container's address on
-docker_gwbridge, as docker:swarm's replicas are reached (stack.start says which in its
-`front`). The times are observed by polling dockerd (a round every 50 ms at least, as
-long as its API calls take: the times' resolution): started =
-the task's container seen running, healthy = dockerd's healthcheck seen passed, ready =
-its readiness answered from the host (marker, log: its ready line or pattern seen in the
-container's output). Memory is read from the task containers on this host (their shim's
-and memory cgroup's processes). The event "stack_figures_absent" says, once per cell,
-what is absent and why (SWARM_ABSENT): stack.service.created (one deploy call for all),
-stack.service.completed, depends_on ordering, stack.disk.instance. Teardown:
-remove_stack (the services; their containers gone, stopped with the same 0.5 s grace;
-then the networks and volumes). The swarm itself is the run's (DockerSwarm.join, before
-t0: a `swarm init` is not in the first sample's figures) or found and left untouched.
+endpoint mode dnsrr (its name resolves to its task's own address), nothing is published,
+and the host asks each service at its task container's address on docker_gwbridge, as
+docker:swarm's replicas are reached (stack.start says which in its `front`). The times
+are observed by polling dockerd (a round every 50 ms at least, as long as its API calls
+take: the times' resolution): started = the task's container seen running, healthy =
+dockerd's healthcheck seen passed, ready = its readiness answered from the host (marker,
+log: its ready line or pattern seen in the container's output). Memory is read from the
+task containers on this host (their shim's and memory cgroup's processes). The event
+"stack_figures_absent" says, once per cell, what is absent and why (SWARM_ABSENT):
+stack.service.created (one deploy call for all), stack.service.completed, depends_on
+ordering, stack.disk.instance. Teardown: remove_stack (the services; their containers
+gone, stopped with the same 0.5 s grace; then the networks and volumes). The swarm
+itself is the run's (DockerSwarm.join, before t0: a `swarm init` is not in the first
+sample's figures) or found and left untouched.
 """
 
 from __future__ import annotations
@@ -549,7 +550,8 @@ SWARM_ABSENT = {
 
 
 def swarm_document(services: Sequence[Service], workloads: Mapping[str, Workload],
-                   refs: Mapping[str, str], nonce: str, mesh: bool) -> dict[str, Any]:
+                   refs: Mapping[str, str], nonce: str, mesh: bool,
+                   node: str = "") -> dict[str, Any]:
     """The stack as a compose document for `docker stack deploy`: each service runs the
     image the other backends run, by its id (`refs`: the prepared refs, `sha256:...`),
     through /bench/init with its resolved workload, one replica, on the stack's networks
@@ -559,7 +561,8 @@ def swarm_document(services: Sequence[Service], workloads: Mapping[str, Workload
     dependency is not up yet (nginx resolving its upstream) exits and is started again,
     as swarm is meant to run a stack; the study counts those restarts. Without the routing mesh
     (`mesh` False: no IPVS) a service VIP does not work either: endpoint mode dnsrr (names
-    resolve to the tasks' own addresses) and nothing published."""
+    resolve to the tasks' own addresses) and nothing published. `node`: the swarm node
+    every task is placed on (this host's, as every other backend's instances are)."""
     out: dict[str, Any] = {"version": "3.8", "services": {}}
     networks: dict[str, Any] = {}
     volumes: dict[str, Any] = {}
@@ -569,6 +572,8 @@ def swarm_document(services: Sequence[Service], workloads: Mapping[str, Workload
             "condition": "on-failure", "delay": "100ms", "max_attempts": RESTARTS}}
         if not mesh:
             deploy["endpoint_mode"] = "dnsrr"
+        if node:
+            deploy["placement"] = {"constraints": [f"node.id == {node}"]}
         lim = {k: v for k, v in (("cpus", None if s.limits.cpus is None else
                                   f"{s.limits.cpus:g}"),
                                  ("memory", None if s.limits.memory is None else
@@ -647,7 +652,8 @@ class SwarmStack(Stack):
     def deploy(self, order: Sequence[Service]) -> None:
         doc = swarm_document(order, {n: r.workload for n, r in self.services.items()},
                              {s.name: self.cell.images[s.name].ref for s in order},
-                             self.nonce, self.mesh)
+                             self.nonce, self.mesh, self.swarm.used.node
+                             if self.swarm.used else "")
         deploy_document(self.swarm, self.ctx.run_id, self.net, doc)
 
     def up(self, order: Sequence[Service], t_deadline: float) -> None:
@@ -696,7 +702,7 @@ class SwarmStack(Stack):
         probe = r.probe
         if probe.kind in ("marker", "log"):  # its ready line, or the pattern, in its output
             t = self.tasks[r.name]
-            out = container_logs(self.swarm, t.container, tail=-1) if t.container else b""
+            out = container_logs(self.swarm, t.container, tail=None) if t.container else b""
             found = READY_PREFIX + self.nonce.encode() in out if probe.kind == "marker" \
                 else re.search(probe.pattern.encode(), out) is not None
             return now_ns() if found else None

@@ -371,6 +371,10 @@ def test_swarm_document_runs_the_prepared_images_by_id_labelled_with_the_run() -
                               "mode": "ingress"},
                              {"target": 443, "protocol": "tcp", "mode": "ingress"}]
     assert web["networks"] == {"default": None}
+    assert "placement" not in web["deploy"]
+    here = stack.swarm_document(s.services, {x.name: x.workload for x in s.services}, refs,
+                                "n0nce", mesh=False, node="abc")["services"]["web"]
+    assert here["deploy"]["placement"] == {"constraints": ["node.id == abc"]}
 
 
 def test_swarm_document_aliases_of_container_name_and_links(tmp_path: Path) -> None:
