@@ -7,6 +7,12 @@ service has no front of its own (dnsrr, nothing published, `deploy` returns "") 
 front checked is the scale study's HAProxy over the replicas' own addresses
 (harness.studies._haproxy.Behind), as `bench run scale` uses it.
 
+The stack study on docker:swarm (`bench run` of tests/integration/data/tiny-stack.toml,
+deployed with `docker stack deploy`) is checked against dockerd's own event stream and
+the docker CLI's listings: the stack's services made, run and removed, the front
+answering with the back's page; after Ctrl-C and, for a killed run, after `bench gc`,
+nothing labelled with the run is left and the swarm state is as it was found.
+
 Each replica serves a random id of its own at /id, so the front's answers tell the
 replicas apart without cvbench's own bookkeeping; the counts are checked against
 dockerd's own container list (the containers of the service), and the daemon's state
@@ -16,6 +22,7 @@ against `docker info` and `docker network ls`, read with the docker CLI.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -325,24 +332,58 @@ def test_stack_study_deploys_the_stack_on_swarm(tmp_path: Path) -> None:
     assert _daemon_state() == before
 
 
+def _stuck() -> str:
+    """The tiny stack, its back's healthcheck never passing: the stack waits."""
+    return TINY_STACK.read_text().replace(
+        '"http://127.0.0.1:8000/"], interval = 0.2',
+        '"http://127.0.0.1:9/"], interval = 0.2, retries = 100000')
+
+
+def _until_stack_up(p: subprocess.Popen[bytes], out: Path) -> str:
+    """The run's id once its stack's two services and its network exist."""
+    run = ""
+
+    def stack_up() -> bool:
+        nonlocal run
+        run = _run_of(out)
+        services, nets = _labelled(run) if run else ([], [])
+        return (len(services) == 2 and len(nets) == 1) or p.poll() is not None
+
+    _until("the stack's services and network made", stack_up, timeout=240)
+    return run
+
+
+def test_ctrl_c_during_a_stack_sample_removes_the_stack(tmp_path: Path) -> None:
+    """Ctrl-C twice (SIGINT, as a terminal sends it) while the stack waits: the run
+    stops, and nothing labelled with it is left (docker CLI); the swarm is as found."""
+    _swarm()
+    before = _daemon_state()
+    p, out = _bench_run(tmp_path, _stuck())
+    try:
+        run = _until_stack_up(p, out)
+        assert run and len(_labelled(run)[0]) == 2, (tmp_path / "stderr").read_text()
+        p.send_signal(signal.SIGINT)
+        time.sleep(1)
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=180)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, (tmp_path / "stderr").read_text()[-2000:]
+    assert _labelled(run) == ([], [])
+    assert _daemon_state() == before
+
+
 def test_a_killed_stack_run_is_left_to_bench_gc(tmp_path: Path) -> None:
     """The runner is SIGKILLed while its stack waits for a healthcheck that never
     passes: the stack's services and its network stay, labelled with the run (docker CLI);
     `bench gc --run` removes them and leaves the swarm the run made."""
     _swarm()
     before = _daemon_state()
-    stuck = TINY_STACK.read_text().replace(
-        '"http://127.0.0.1:8000/"], interval = 0.2',
-        '"http://127.0.0.1:9/"], interval = 0.2, retries = 100000')
-    p, out = _bench_run(tmp_path, stuck)
-    run = ""
+    p, out = _bench_run(tmp_path, _stuck())
     try:
-        def stack_up() -> bool:
-            nonlocal run
-            run = _run_of(out)
-            services, nets = _labelled(run) if run else ([], [])
-            return (len(services) == 2 and len(nets) == 1) or p.poll() is not None
-        _until("the stack's services and networks made", stack_up, timeout=240)
+        run = _until_stack_up(p, out)
     finally:
         p.kill()
         p.wait()
