@@ -8,8 +8,9 @@ port, `deploy` returns "" (no front of its own) and the scale study puts the rep
 behind its own HAProxy; swarm still schedules, scales and rolls them, and the traits
 say which front it is (settings.swarm.front). Single instances are not
 what it is for: `create` raises NotApplicable (a study of one container measures
-`docker`), so every other study closes its cells with that reason; `prepare` imports
-the image as `docker` does.
+`docker`), so every other study closes its cells with that reason, but for the stack
+study, which deploys its stacks as swarm stacks (below); `prepare` imports the image
+as `docker` does.
 
 Swarm state (runtimes/_swarm.py): the first replica set of a run makes this daemon a
 single-node swarm if it is in none (`docker swarm init`, listening and advertising on
@@ -46,10 +47,14 @@ A replica set `name` of run R:
              node, `details` saying why
   close   -> remove the service, wait until its containers are gone, remove the network
 
-A compose file deploys as a stack (`deploy_stack`: `docker stack deploy --resolve-image
-never`, as `cvbench-<run id>-<name>`, its services and networks labelled with the run in
-a copy of the file; `remove_stack` takes it away, and `bench gc` finds what a dead run
-left by the labels).
+A compose document deploys as a stack (`deploy_document`, `deploy_stack` for a file:
+`docker stack deploy --resolve-image never`, as `cvbench-<run id>-<name>`, its services,
+networks (the implicit `default` one too) and volumes labelled with the run in a copy;
+the stack study writes the document from the resolved stack). `stack_tasks` reads each
+service's newest task and its container (running, health, docker_gwbridge address);
+`remove_stack` removes the services, waits until their containers are gone and removes
+the networks and volumes; `bench gc` finds what a dead run left by the labels (services,
+then networks and volumes, then the swarm the run made).
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ import contextlib
 import os
 import subprocess
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -210,7 +217,7 @@ class SwarmService:
         with _errors("tasks"):
             tasks = self.api.tasks(filters={"service": self.sid, "desired-state": "running"})
             here = _swarm_node(self.api)
-            gw = self._gwbridge()
+            gw = _gwbridge(self.api)
         out = []
         names: dict[str, str] = {}
         for t in tasks:
@@ -239,28 +246,8 @@ class SwarmService:
                                       "is not routed from the host)")
             out.append(Replica(id=str(t["ID"]), node="",
                                address=f"{ip}:{self.target}" if ip else None,
-                               pids=self._pids(cid), details=details))
+                               pids=container_pids(self.rt, cid), details=details))
         return out
-
-    def _gwbridge(self) -> dict[str, str]:
-        """Container id -> its address on docker_gwbridge (this node's containers)."""
-        try:
-            found = self.api.inspect_network(_swarm.GWBRIDGE).get("Containers") or {}
-        except docker.errors.NotFound:
-            return {}
-        return {cid: str(c.get("IPv4Address", "")).split("/")[0]
-                for cid, c in found.items() if c.get("IPv4Address")}
-
-    def _pids(self, cid: str) -> tuple[int, ...]:
-        try:
-            pid = int(self.api.inspect_container(cid)["State"].get("Pid") or 0)
-        except docker.errors.NotFound:
-            return ()
-        cg = memory.memory_cgroup(pid) if pid else None
-        pids = set(memory.cgroup_procs(cg)) if cg else set()
-        for shim in self.rt.shim_pids(cid):
-            pids.update(memory.descendants(shim))
-        return tuple(sorted(pids))
 
     def close(self) -> None:
         with _errors("close"):
@@ -268,6 +255,29 @@ class SwarmService:
             with contextlib.suppress(docker.errors.NotFound):
                 self.api.remove_network(self.name)
         self.sid = None
+
+
+def _gwbridge(api: Any) -> dict[str, str]:
+    """Container id -> its address on docker_gwbridge (this node's containers)."""
+    try:
+        found = api.inspect_network(_swarm.GWBRIDGE).get("Containers") or {}
+    except docker.errors.NotFound:
+        return {}
+    return {cid: str(c.get("IPv4Address", "")).split("/")[0]
+            for cid, c in found.items() if c.get("IPv4Address")}
+
+
+def container_pids(rt: DockerSwarm, cid: str) -> tuple[int, ...]:
+    """A task container's processes on this node: its shim's and its memory cgroup's."""
+    try:
+        pid = int(cast(Any, rt.api).inspect_container(cid)["State"].get("Pid") or 0)
+    except docker.errors.NotFound:
+        return ()
+    cg = memory.memory_cgroup(pid) if pid else None
+    pids = set(memory.cgroup_procs(cg)) if cg else set()
+    for shim in rt.shim_pids(cid):
+        pids.update(memory.descendants(shim))
+    return tuple(sorted(pids))
 
 
 def _overlay_addresses(task: dict[str, Any]) -> dict[str, Json]:
@@ -289,37 +299,50 @@ def _errors(what: str) -> Any:
 
 
 def labelled_stack(doc: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """A compose document with every service (deploy.labels) and network (labels)
-    labelled cvbench.run=<run id>, so `bench gc` finds what `docker stack deploy`
-    makes from it like any service and network of a run."""
+    """A compose document with every service (deploy.labels), network and volume
+    (labels) labelled cvbench.run=<run id>, so `bench gc` finds what `docker stack
+    deploy` makes from it like any service, network and volume of a run. The `default`
+    network a service without `networks` is put on is declared, to be labelled too."""
     out = dict(doc)
     services = {}
+    implicit = False  # a service on the stack's default network without naming it
     for name, svc in (doc.get("services") or {}).items():
         svc = dict(svc or {})
+        implicit = implicit or not svc.get("networks")
         deploy = dict(svc.get("deploy") or {})
-        labels = deploy.get("labels") or {}
-        if isinstance(labels, list):  # ["k=v", ...], as compose allows
-            labels = dict(str(x).partition("=")[::2] for x in labels)
-        deploy["labels"] = {**labels, RUN_LABEL: run_id}
+        deploy["labels"] = {**_mapping(deploy.get("labels")), RUN_LABEL: run_id}
         svc["deploy"] = deploy
         services[name] = svc
     out["services"] = services
-    networks = {}
-    for name, net in (doc.get("networks") or {}).items():
-        net = dict(net or {})
-        if not net.get("external"):
-            net["labels"] = {**(net.get("labels") or {}), RUN_LABEL: run_id}
-        networks[name] = net
-    if networks:
-        out["networks"] = networks
+    for top in ("networks", "volumes"):
+        declared = dict(doc.get(top) or {})
+        if top == "networks" and implicit:
+            declared.setdefault("default", None)
+        labelled = {}
+        for name, opts in declared.items():
+            opts = dict(opts or {})
+            if not opts.get("external"):
+                opts["labels"] = {**_mapping(opts.get("labels")), RUN_LABEL: run_id}
+            labelled[name] = opts
+        if labelled:
+            out[top] = labelled
     return out
 
 
+def _mapping(labels: Any) -> dict[str, Any]:
+    """Compose labels as a mapping (they may be a list of "k=v")."""
+    if isinstance(labels, list):
+        return dict(str(x).partition("=")[::2] for x in labels)
+    return dict(labels or {})
+
+
+def stack_name(run_id: str, name: str) -> str:
+    return f"{PREFIX}{check_run_id(run_id)}-{name}"
+
+
 def deploy_stack(rt: DockerSwarm, run_id: str, name: str, compose: Path) -> str:
-    """`docker stack deploy` of a compose file as the stack `cvbench-<run id>-<name>`,
-    its services and networks labelled with the run (labelled_stack), images never
-    resolved against a registry (`--resolve-image never`: local images only); the
-    swarm made or found as for a replica set. The stack's name."""
+    """`docker stack deploy` of a compose file as the stack `cvbench-<run id>-<name>`
+    (deploy_document); the swarm made or found as for a replica set. The stack's name."""
     try:
         doc = yaml.safe_load(compose.read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -327,11 +350,22 @@ def deploy_stack(rt: DockerSwarm, run_id: str, name: str, compose: Path) -> str:
     if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict):
         raise UsageError(f"{compose}: services: a compose file needs a services mapping")
     rt.join(run_id)
-    stack = f"{PREFIX}{check_run_id(run_id)}-{name}"
-    # the labelled copy beside the original: relative paths in it (env_file, configs)
-    # stay relative to the same directory
-    with tempfile.NamedTemporaryFile("w", suffix=".yml", dir=compose.parent,
-                                     prefix=".cvbench-stack-") as f:
+    return deploy_document(rt, run_id, name, doc, compose.parent, str(compose))
+
+
+def deploy_document(rt: DockerSwarm, run_id: str, name: str, doc: dict[str, Any],
+                    where: Path | None = None, what: str = "the stack") -> str:
+    """`docker stack deploy` of a compose document, its services, networks and volumes
+    labelled with the run (labelled_stack), images never resolved against a registry
+    (`--resolve-image never`: local images only), on a daemon that already is a swarm
+    manager (DockerSwarm.join). The labelled copy is written in `where` (relative paths
+    in it, env_file or configs, stay relative to the same directory), else in a
+    temporary directory. A deploy that failed is removed again (InstanceError with the
+    CLI's message)."""
+    stack = stack_name(run_id, name)
+    with tempfile.TemporaryDirectory(prefix="cvbench-stack-") as tmp, \
+            tempfile.NamedTemporaryFile("w", suffix=".yml", dir=where or tmp,
+                                        prefix=".cvbench-stack-") as f:
         yaml.safe_dump(labelled_stack(doc, run_id), f)
         f.flush()
         res = subprocess.run(["docker", "-H", f"unix://{rt.socket_path}", "stack", "deploy",
@@ -339,21 +373,112 @@ def deploy_stack(rt: DockerSwarm, run_id: str, name: str, compose: Path) -> str:
                              capture_output=True, text=True, check=False)
     if res.returncode != 0:
         remove_stack(rt, stack)
-        raise InstanceError(f"docker:swarm: stack deploy {compose}: "
+        raise InstanceError(f"docker:swarm: stack deploy of {what}: "
                             f"{(res.stderr or res.stdout).strip()[-400:]}")
     return stack
 
 
-def remove_stack(rt: DockerSwarm, stack: str) -> None:
-    """Remove a stack's services (waiting for their containers) and networks."""
+def remove_stack(rt: DockerSwarm, stack: str, timeout: float = _swarm.GONE_TIMEOUT) -> None:
+    """Remove a stack's services, wait until their containers on this node are gone,
+    then remove its networks and volumes (`docker stack rm` leaves volumes: these are
+    the run's, fresh for each stack)."""
     api = cast(Any, rt.api)
-    ns = {"label": f"com.docker.stack.namespace={stack}"}
+    ns = {"label": f"{STACK_LABEL}={stack}"}
     with _errors("stack rm"):
         for svc in api.services(filters=ns):
-            remove_service(api, str(svc["Spec"]["Name"]))
-        for net in api.networks(filters=ns):
             with contextlib.suppress(docker.errors.NotFound):
-                api.remove_network(net["Id"])
+                api.remove_service(svc["ID"])
+        deadline = time.monotonic() + timeout
+        while api.containers(all=True, filters=ns):
+            if time.monotonic() > deadline:
+                raise InstanceError(f"stack {stack}: its containers are still there after "
+                                    f"{timeout:g} s")
+            time.sleep(0.1)
+        daemon = ApiDaemon(api)  # (its removal waits for endpoints that are going)
+        for net in api.networks(filters=ns):
+            daemon.remove_network(net["Id"])
+        for vol in api.volumes(filters=ns).get("Volumes") or []:
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_volume(vol["Name"], force=True)
+
+
+STACK_LABEL = "com.docker.stack.namespace"
+TASK_ENDED = ("complete", "failed", "shutdown", "rejected", "orphaned", "remove")
+
+
+@dataclass(frozen=True)
+class StackTask:
+    """The current task of one service of a stack, as dockerd shows it."""
+
+    service: str  # the stack's name for it (without the stack's prefix)
+    task: str
+    state: str  # swarm's task state (new ... starting, running, complete, failed...)
+    error: str  # the task's error (Status.Err), if any
+    container: str  # its container on this node ("" not yet, or on another node)
+    running: bool  # the container is running (dockerd's state)
+    health: str  # its healthcheck's status ("" without one): starting|healthy|unhealthy
+    address: str | None  # its docker_gwbridge address (the host reaches it there)
+    failed: int = 0  # the service's earlier tasks that failed (the restart policy's turns)
+
+
+def stack_tasks(rt: DockerSwarm, stack: str) -> list[StackTask]:
+    """Each service's newest task (one replica each) with its container's state."""
+    api = cast(Any, rt.api)
+    out = []
+    with _errors("stack tasks"):
+        here = _swarm_node(api)
+        gw = _gwbridge(api)
+        for svc in api.services(filters={"label": f"{STACK_LABEL}={stack}"}):
+            tasks = api.tasks(filters={"service": svc["ID"]})
+            if not tasks:
+                continue
+            t = max(tasks, key=_newest)
+            status = t.get("Status") or {}
+            cid = str((status.get("ContainerStatus") or {}).get("ContainerID") or "")
+            running, health = False, ""
+            if cid and str(t.get("NodeID") or "") == here:
+                with contextlib.suppress(docker.errors.NotFound):
+                    state = api.inspect_container(cid)["State"]
+                    running = bool(state.get("Running"))
+                    health = str((state.get("Health") or {}).get("Status") or "")
+            else:
+                cid = ""
+            out.append(StackTask(
+                service=str(svc["Spec"]["Name"]).removeprefix(f"{stack}_"),
+                task=str(t["ID"]), state=str(status.get("State") or ""),
+                error=str(status.get("Err") or ""), container=cid, running=running,
+                health=health, address=gw.get(cid),
+                failed=sum(1 for x in tasks if x is not t and
+                           (x.get("Status") or {}).get("State") in ("failed", "rejected"))))
+    return out
+
+
+def _newest(task: dict[str, Any]) -> tuple[bool, str, str]:
+    """A task's order among its service's: the one swarm wants running, then the last
+    created (CreatedAt's fraction has as many digits as it needs: padded to compare)."""
+    head, _, frac = str(task.get("CreatedAt", "")).rstrip("Z").partition(".")
+    return task.get("DesiredState") == "running", head, frac.ljust(9, "0")
+
+
+def published_port(rt: DockerSwarm, stack: str, service: str, target: int) -> int | None:
+    """The port the routing mesh publishes a stack service's `target` port on."""
+    with _errors("service inspect"):
+        try:
+            spec = cast(Any, rt.api).inspect_service(f"{stack}_{service}")
+        except docker.errors.NotFound:
+            return None
+    for p in (spec.get("Endpoint") or {}).get("Ports") or ():
+        if p.get("TargetPort") == target and p.get("PublishedPort"):
+            return int(p["PublishedPort"])
+    return None
+
+
+def container_logs(rt: DockerSwarm, cid: str, tail: int | None = 200) -> bytes:
+    """A task container's output (stdout and stderr), its last `tail` lines (None: all)."""
+    with contextlib.suppress(docker.errors.NotFound):
+        return bytes(cast(Any, rt.api).logs(cid, stdout=True, stderr=True,
+                                            tail="all" if tail is None else tail))
+    return b""
 
 
 class DockerSwarm(DockerRuntime):
@@ -397,7 +522,8 @@ class DockerSwarm(DockerRuntime):
                                              "network.host"}),
                       settings={**t.settings, "swarm": swarm,
                                 "single_instances": "not applicable: docker:swarm runs "
-                                                    "replicated services (scale)"})
+                                                    "replicated services (scale) and "
+                                                    "swarm stacks (stack)"})
 
     def create(self, spec: InstanceSpec, prepared: Prepared) -> Instance:
         raise NotApplicable("docker:swarm runs replicated services only (`bench run "

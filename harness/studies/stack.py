@@ -5,7 +5,9 @@ Placements (the variant key `placement`):
                service names (`InstanceSpec.network_name`, `more_networks`: one per
                network of the stack, "default" unless the stack names others), each
                reachable by its service name and aliases on the networks it is on, and
-               from no other
+               from no other. On docker:swarm the same placement is a swarm stack
+               (below): each service is still its own container, so it is the same
+               cell's placement under another backend, not a placement of its own
   single-vm    (VM backends) one Debian VM whose image is the union of the services'
                Debian packages; every service is a process of its own user in it,
                started through the backend's exec channel (a stack of several
@@ -25,7 +27,7 @@ sample's timeout, fails the sample with every service's output kept in the event
 the stack is torn down.
 
 Figures, on the host's monotonic clock, from t0 = the first create call (the first
-service's; in a single VM, the VM's):
+service's; in a single VM, the VM's; on docker:swarm, the deploy call):
   stack.start              t0 -> the front service answers its readiness probe
   stack.vm_boot            (single VM) t0 -> the VM's ready line, before any service
   stack.service.created    t0 -> that service's create call (sub `service=<name>`)
@@ -46,12 +48,48 @@ service's; in a single VM, the VM's):
                            params.client_cpuset) against params.request at the front, once
                            the stack is up: requests/s and latency end to end, through
                            every service the request crosses
+
+docker:swarm (per-service): the stack deployed at once with `docker stack deploy`
+(runtimes.swarm.deploy_document) as `cvbench-<run id>-stack<N>`, one stack per sample,
+from the resolved stack written as a compose document (swarm_document): each service the
+image every other backend runs, named by its id (`sha256:...`, `--resolve-image never`:
+the same digest, no registry), through /bench/init with its resolved command, env, user,
+workdir, limits (deploy.resources), mounts and healthcheck (run by dockerd), one replica
+on this host's node (a placement constraint: a swarm of several nodes keeps the stack
+here, as every other backend's), restart policy on-failure (at most RESTARTS failed
+tasks, then the sample fails), on the stack's networks as overlay networks with the
+service's aliases (a compose file's container_name and links' aliases among them: names
+`docker stack deploy` would ignore in a file still resolve), every service, network and
+volume labelled with the run (labelled_stack: `bench gc` finds them). What swarm does
+not do: depends_on is ignored (Docker documents it): every service starts at once, and
+one whose dependency is not up yet exits and is started again (nginx resolving its
+upstream): each service's times are of the task that came up, with the failed ones
+before it as `task_restarts` beside them; service_completed_successfully: not applicable
+(swarm runs services, not one-shot jobs). A `build:` was built by the run before (its
+image id is what the stack names). Where the kernel has IPVS, the front's ports are
+published through the routing mesh and the host asks the front there; without IPVS (this
+machine's kernel) neither the ingress nor a service's VIP works: every service gets
+endpoint mode dnsrr (its name resolves to its task's own address), nothing is published,
+and the host asks each service at its task container's address on docker_gwbridge, as
+docker:swarm's replicas are reached (stack.start says which in its `front`). The times
+are observed by polling dockerd (a round every 50 ms at least, as long as its API calls
+take: the times' resolution): started = the task's container seen running, healthy =
+dockerd's healthcheck seen passed, ready = its readiness answered from the host (marker,
+log: its ready line or pattern seen in the container's output). Memory is read from the
+task containers on this host (their shim's and memory cgroup's processes). The event
+"stack_figures_absent" says, once per cell, what is absent and why (SWARM_ABSENT):
+stack.service.created (one deploy call for all), stack.service.completed, depends_on
+ordering, stack.disk.instance. Teardown: remove_stack (the services; their containers
+gone, stopped with the same 0.5 s grace; then the networks and volumes). The swarm
+itself is the run's (DockerSwarm.join, before t0: a `swarm init` is not in the first
+sample's figures) or found and left untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import shutil
 import threading
 import time
@@ -61,7 +99,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol, cast
 
 from harness.core.errors import InstanceError, NotApplicable, ReadyTimeout
-from harness.core.image import Debian, Image, Source, source_from_dict
+from harness.core.image import PATH_ENV, Debian, Image, Source, source_from_dict
 from harness.core.probes import loadgen, memory, serving
 from harness.core.probes.timing import now_ns
 from harness.sampling import Cell, Context, Measurement
@@ -70,6 +108,7 @@ from harness.studies import Base, Build, Study
 from harness.studies import _lifecycle as life
 from harness.studies._server import run_tool
 from runtimes.base import (
+    READY_PREFIX,
     Exec,
     Exit,
     Instance,
@@ -80,10 +119,26 @@ from runtimes.base import (
     Runtime,
     publish_address,
 )
+from runtimes.swarm import (
+    TASK_ENDED,
+    DockerSwarm,
+    StackTask,
+    container_logs,
+    container_pids,
+    deploy_document,
+    ipvs_problem,
+    published_port,
+    remove_stack,
+    stack_name,
+    stack_tasks,
+)
+from runtimes.swarm import front as swarm_front
 
 UNION = "@single-vm"  # the name of a single-VM stack's image among a cell's images
 LOG_TAIL = 4000  # characters of each service's output kept with a failed sample
 SINGLE_VM_SLEEP = ("sleep", "infinity")  # the VM's own workload: it only holds the VM up
+STOP_GRACE = 0.5  # seconds a service is given to stop at teardown
+RESTARTS = 10  # docker:swarm: failed tasks of a service before the sample fails
 
 
 class StackRuntime(Runtime, Networks, Exec, Protocol):
@@ -180,6 +235,8 @@ class Running:
     next_check: float = 0.0
     failures: int = 0
     checks: list[str] = field(default_factory=list)
+    task: str = ""  # docker:swarm: the task its times are of
+    restarts: int = 0  # docker:swarm: its tasks that failed before that one
 
     @property
     def name(self) -> str:
@@ -215,6 +272,10 @@ class Stack:
     def start(self, r: Running) -> None:
         raise NotImplementedError
 
+    def reach(self, r: Running) -> tuple[str | None, int]:
+        """Where the host asks a service on its readiness port: address, port."""
+        return self.rt.address(self.where(r)), r.probe.port
+
     def where(self, r: Running) -> Instance:
         raise NotImplementedError
 
@@ -229,7 +290,7 @@ class Stack:
                 return int(self.rt.wait_output(inst, re.compile(probe.pattern.encode()),
                                                0.0))
             return None
-        address = self.rt.address(inst)
+        address, _ = self.reach(r)
         if address is None:
             raise InstanceError(f"{r.name}: {probe}: no address the host can reach")
         if serving.answers(probe, address):
@@ -364,7 +425,7 @@ class Stack:
         errors = []
         for inst in reversed(self.instances):
             try:
-                self.rt.stop(inst, grace=0.5)
+                self.rt.stop(inst, grace=STOP_GRACE)
                 self.rt.remove(inst)
             except Exception as e:  # remove the others all the same
                 errors.append(f"{inst.spec.name}: {e}")
@@ -473,6 +534,219 @@ class SingleVm(Stack):
         return _totals(life.memory_of(self.rt, self.vm))
 
 
+# --- docker:swarm: the stack deployed as a swarm stack ---------------------------------
+
+# What a stack on docker:swarm does not measure, and why (the event "stack_figures_absent")
+SWARM_ABSENT = {
+    "stack.service.created": "`docker stack deploy` creates every service in one call: "
+                             "there is no create call of a service's own",
+    "stack.service.completed": "swarm runs services, not one-shot jobs (a stack with "
+                               "service_completed_successfully is not applicable)",
+    "depends_on": "`docker stack deploy` ignores depends_on (Docker documents it): every "
+                  "service starts at once, in no order",
+    "stack.disk.instance": "the tasks' containers are swarm's, not instances of the run "
+                           "(their writable layers are not read)",
+}
+
+
+def swarm_document(services: Sequence[Service], workloads: Mapping[str, Workload],
+                   refs: Mapping[str, str], nonce: str, mesh: bool,
+                   node: str = "") -> dict[str, Any]:
+    """The stack as a compose document for `docker stack deploy`: each service runs the
+    image the other backends run, by its id (`refs`: the prepared refs, `sha256:...`),
+    through /bench/init with its resolved workload, one replica, on the stack's networks
+    (overlay) with its aliases (container_name and links' aliases among them), its
+    limits, mounts and healthcheck (dockerd runs it). Restart policy on-failure (at most
+    RESTARTS times, 100 ms apart): swarm starts every service at once, and one whose
+    dependency is not up yet (nginx resolving its upstream) exits and is started again,
+    as swarm is meant to run a stack; the study counts those restarts. Without the routing mesh
+    (`mesh` False: no IPVS) a service VIP does not work either: endpoint mode dnsrr (names
+    resolve to the tasks' own addresses) and nothing published. `node`: the swarm node
+    every task is placed on (this host's, as every other backend's instances are)."""
+    out: dict[str, Any] = {"version": "3.8", "services": {}}
+    networks: dict[str, Any] = {}
+    volumes: dict[str, Any] = {}
+    for s in services:
+        w = workloads[s.name]
+        deploy: dict[str, Any] = {"replicas": 1, "restart_policy": {
+            "condition": "on-failure", "delay": "100ms", "max_attempts": RESTARTS}}
+        if not mesh:
+            deploy["endpoint_mode"] = "dnsrr"
+        if node:
+            deploy["placement"] = {"constraints": [f"node.id == {node}"]}
+        lim = {k: v for k, v in (("cpus", None if s.limits.cpus is None else
+                                  f"{s.limits.cpus:g}"),
+                                 ("memory", None if s.limits.memory is None else
+                                  str(s.limits.memory))) if v is not None}
+        if lim:
+            deploy["resources"] = {"limits": lim}
+        svc: dict[str, Any] = {
+            "image": refs[s.name], "entrypoint": ["/bench/init"],
+            "command": list(w.command),
+            "environment": {"PATH": PATH_ENV, "CVBENCH_NONCE": nonce, **dict(w.env)},
+            "hostname": s.name, "deploy": deploy,
+            # (the other backends' teardown stops with the same grace: swarm's is 10 s)
+            "stop_grace_period": _duration(STOP_GRACE),
+            "networks": {n: {"aliases": list(s.aliases)} if s.aliases else None
+                         for n in s.networks}}
+        networks.update({n: {"driver": "overlay"} for n in s.networks})
+        if w.user:
+            svc["user"] = w.user
+        if w.workdir:
+            svc["working_dir"] = w.workdir
+        if mesh and s.ports:
+            svc["ports"] = [{"target": p.container, "protocol": p.protocol, "mode": "ingress",
+                             **({"published": p.host} if p.host else {})}
+                            for p in s.ports if p.host is not None]
+        mounts = []
+        for m in s.mounts:
+            mount: dict[str, Any] = {"type": m.type, "target": m.target,
+                                     "read_only": m.readonly}
+            if m.type == "tmpfs":
+                mount.pop("read_only")
+                if m.size:
+                    mount["tmpfs"] = {"size": m.size}
+            else:
+                mount["source"] = m.source
+            if m.type == "volume":
+                volumes[str(m.source)] = {}
+            mounts.append(mount)
+        if mounts:
+            svc["volumes"] = mounts
+        if hc := s.healthcheck:
+            svc["healthcheck"] = {"test": ["CMD", *hc.test], "interval": _duration(hc.interval),
+                                  "timeout": _duration(hc.timeout), "retries": hc.retries,
+                                  "start_period": _duration(hc.start_period)}
+        out["services"][s.name] = svc
+    out["networks"] = networks
+    if volumes:
+        out["volumes"] = volumes
+    return out
+
+
+def _duration(seconds: float) -> str:
+    return f"{round(seconds * 1000)}ms"
+
+
+class SwarmStack(Stack):
+    """The stack deployed at once with `docker stack deploy` (docker:swarm), observed by
+    polling dockerd: the services' tasks, their containers and healthchecks."""
+
+    def __init__(self, ctx: Context, cell: Cell, rt: DockerSwarm, net: str) -> None:
+        super().__init__(ctx, cell, rt, net)
+        self.swarm = rt
+        self.stack = stack_name(ctx.run_id, net)  # known before the deploy: down() finds it
+        self.mesh = ipvs_problem() is None
+        self.front = cell.config.front
+        self.tasks: dict[str, StackTask] = {}  # service -> its task, as last seen
+        self.nonce = secrets.token_hex(8)  # of the ready line, as an instance's
+
+    @property
+    def front_label(self) -> str:
+        """How the host reaches the front (labels stack.start)."""
+        if self.mesh:
+            return "routing mesh (ingress): the front's published port, else its task"
+        return ("the front task's own address on docker_gwbridge (" + swarm_front()
+                .removeprefix("haproxy (").removesuffix(")") + "; endpoint mode dnsrr)")
+
+    def deploy(self, order: Sequence[Service]) -> None:
+        doc = swarm_document(order, {n: r.workload for n, r in self.services.items()},
+                             {s.name: self.cell.images[s.name].ref for s in order},
+                             self.nonce, self.mesh, self.swarm.used.node
+                             if self.swarm.used else "")
+        deploy_document(self.swarm, self.ctx.run_id, self.net, doc)
+
+    def up(self, order: Sequence[Service], t_deadline: float) -> None:
+        interval = max(self.ctx.probe_interval, 0.05)  # (each round asks dockerd)
+        while True:
+            for t in stack_tasks(self.swarm, self.stack):
+                r = self.services.get(t.service)
+                if r is None:
+                    continue
+                self.tasks[r.name] = t
+                if t.failed > RESTARTS or (t.failed == RESTARTS and t.state in TASK_ENDED):
+                    raise InstanceError(
+                        f"service {r.name}: {t.failed} of its tasks failed, the last one "
+                        f"{t.state}" + (f": {t.error}" if t.error else ""), self.logs())
+                if t.task != r.task:  # a task of its own again (the last one failed)
+                    r.task, r.started, r.ready, r.healthy = t.task, None, None, None
+                    r.restarts = t.failed
+                if r.started is None and t.running:
+                    r.started = now_ns()
+                if r.started is None:
+                    continue
+                if r.ready is None:
+                    r.ready = self.answered(r)
+                if r.service.healthcheck and r.healthy is None and t.health == "healthy":
+                    r.healthy = now_ns()
+            if all(r.done for r in self.services.values()):
+                return
+            if time.monotonic() > t_deadline:
+                late = [r.name for r in self.services.values() if not r.done]
+                raise InstanceError(f"not ready within {self.ctx.timeout:g} s: "
+                                    f"{', '.join(late)}", self.logs())
+            time.sleep(interval)
+
+    def reach(self, r: Running) -> tuple[str | None, int]:
+        """The front through the routing mesh's published port where the kernel has
+        IPVS and the front publishes its readiness port; else (and every other service)
+        the task's own address on docker_gwbridge."""
+        port = r.probe.port
+        if self.mesh and r.name == self.front and \
+                (published := published_port(self.swarm, self.stack, r.name, port)):
+            return publish_address(), published
+        t = self.tasks.get(r.name)
+        return (t.address if t else None), port
+
+    def answered(self, r: Running) -> int | None:
+        probe = r.probe
+        if probe.kind in ("marker", "log"):  # its ready line, or the pattern, in its output
+            t = self.tasks[r.name]
+            out = container_logs(self.swarm, t.container, tail=None) if t.container else b""
+            found = READY_PREFIX + self.nonce.encode() in out if probe.kind == "marker" \
+                else re.search(probe.pattern.encode(), out) is not None
+            return now_ns() if found else None
+        if not probe.serving:
+            return r.started
+        address, port = self.reach(r)
+        if address is None:
+            return None  # (no docker_gwbridge endpoint yet)
+        return now_ns() if serving.answers(replace(probe, port=port), address) else None
+
+    def logs(self) -> dict[str, str]:
+        """Each service's task output, and its task's state and error."""
+        out = {}
+        with contextlib.suppress(InstanceError):
+            for t in stack_tasks(self.swarm, self.stack):
+                text = container_logs(self.swarm, t.container).decode(errors="replace") \
+                    if t.container else "(no container on this node)"
+                out[t.service] = (f"task {t.state}{': ' + t.error if t.error else ''}\n"
+                                  + text)[-LOG_TAIL:]
+        return out
+
+    def memory(self) -> list[Measurement]:
+        out: list[Measurement] = []
+        pids: set[int] = set()
+        for name, t in self.tasks.items():
+            if not t.container:  # (on another node: not this host's memory)
+                continue
+            found = container_pids(self.swarm, t.container)
+            pids.update(found)
+            m = memory.processes_memory(sorted(found))
+            out += [Measurement("stack.memory.pss", m.pss, variant=sub(name)),
+                    Measurement("stack.memory.uss", m.uss, variant=sub(name))]
+        return [*out, *_totals(memory.processes_memory(sorted(pids)))]
+
+    def down(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            remove_stack(self.swarm, self.stack)
+        except Exception as e:  # `bench gc` finds what is left by the run's labels
+            self.ctx.event("cleanup_failed", backend=self.cell.backend,
+                           variant=self.cell.variant.name, errors=[str(e)])
+            raise InstanceError(f"tearing the stack {self.stack} down: {e}") from e
+
+
 class StackStudy(Base):
     name = "stack"
     metrics: ClassVar[dict[str, str]] = {
@@ -485,6 +759,10 @@ class StackStudy(Base):
     # load_seconds > 0: wrk with load_connections connections against the request.
     params: ClassVar[dict[str, Any]] = {"request": "", "expect": "", "load_seconds": 0,
                                         "load_connections": 8, "client_cpuset": "0"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._said: set[tuple[str, str, str]] = set()  # cells told what swarm lacks
 
     def images(self, s: Scenario, build: Build) -> dict[str, Image]:
         return images(s, build) if s.services else {}
@@ -541,13 +819,24 @@ class StackStudy(Base):
             stack: Stack = SingleVm(ctx, cell, rt, _net(ctx))
             base = cell.images[UNION].image
             stack.services = {s.name: Running(s, s.workload.resolved(base)) for s in order}
+        elif isinstance(cell.runtime, DockerSwarm):
+            if any(c == "service_completed_successfully" for s in order
+                   for _, c in s.depends_on):
+                raise NotApplicable("docker:swarm: " + SWARM_ABSENT["stack.service.completed"])
+            stack = SwarmStack(ctx, cell, cell.runtime, _net(ctx))
+            self._absent(ctx, cell, stack)
+            cell.runtime.join(ctx.run_id)  # (a swarm init, the first time: before t0)
         else:
             stack = PerService(ctx, cell, rt, _net(ctx))
+        if not isinstance(stack, SingleVm):
             stack.services = {s.name: Running(s, s.workload.resolved(cell.images[s.name].image))
                               for s in order}
         try:
-            t0 = now_ns()  # the first create: a single VM's, or the first service's
+            # t0: the first create (a single VM's, or the first service's); the deploy call
+            t0 = now_ns()
             booted = stack.boot(order) if isinstance(stack, SingleVm) else None
+            if isinstance(stack, SwarmStack):
+                stack.deploy(order)
             stack.up(order, time.monotonic() + ctx.timeout)
             out = self._times(stack, t0, cfg.front)
             if booted is not None:
@@ -568,15 +857,24 @@ class StackStudy(Base):
         out.append(Measurement("stack.teardown", (now_ns() - t_down) * 1e-9))
         return out
 
+    def _absent(self, ctx: Context, cell: Cell, stack: SwarmStack) -> None:
+        """Say once per cell which figures docker:swarm does not give and why, and which
+        front the host asks (the routing mesh, or the task's own address)."""
+        key = (ctx.run_id, cell.backend, cell.variant.name)
+        if key in self._said:
+            return
+        self._said.add(key)
+        ctx.event("stack_figures_absent", backend=cell.backend, variant=cell.variant.name,
+                  figures=SWARM_ABSENT, front=stack.front_label)
+
     @staticmethod
     def _load(ctx: Context, stack: Stack, front: str, body: int) -> list[Measurement]:
         """wrk against the front (its answers at least as long as the first one)."""
         seconds = float(ctx.params.get("load_seconds", 0))
         if seconds <= 0:
             return []
-        r = stack.services[front]
-        url = (f"http://{stack.rt.address(stack.where(r))}:{r.probe.port}"
-               f"{ctx.params['request']}")
+        address, port = stack.reach(stack.services[front])
+        url = f"http://{address}:{port}{ctx.params['request']}"
         argv = loadgen.wrk_args(url, duration=seconds,
                                 connections=int(ctx.params.get("load_connections", 8)))
         text, code = run_tool(ctx, argv, {"client_cpuset": ctx.params.get("client_cpuset", "0")},
@@ -597,8 +895,8 @@ class StackStudy(Base):
         if not path:
             return 0
         r = stack.services[front]
-        address = stack.rt.address(stack.where(r))
-        ask = [("front_response", address or "", r.probe.port)]
+        address, port = stack.reach(r)
+        ask = [("front_response", address or "", port)]
         if isinstance(stack, PerService):  # and where the front publishes that port
             ask += [("front_published_response", publish_address(), host)
                     for host, port in published(r.service) if port == r.probe.port]
@@ -624,10 +922,13 @@ class StackStudy(Base):
                               ("completed", r.completed)):
                 if t is not None:
                     out.append(Measurement(f"stack.service.{metric}", (t - t0) * 1e-9,
-                                           variant=sub(r.name)))
+                                           variant=sub(r.name), extra={
+                                               "task_restarts": r.restarts} if r.task
+                                           else None))
         ready = stack.services[front].ready
         assert ready is not None
-        return [Measurement("stack.start", (ready - t0) * 1e-9), *out]
+        label = {"front": stack.front_label} if isinstance(stack, SwarmStack) else None
+        return [Measurement("stack.start", (ready - t0) * 1e-9, extra=label), *out]
 
     @staticmethod
     def _disk(stack: Stack) -> list[Measurement]:

@@ -7,6 +7,12 @@ service has no front of its own (dnsrr, nothing published, `deploy` returns "") 
 front checked is the scale study's HAProxy over the replicas' own addresses
 (harness.studies._haproxy.Behind), as `bench run scale` uses it.
 
+The stack study on docker:swarm (`bench run` of tests/integration/data/tiny-stack.toml,
+deployed with `docker stack deploy`) is checked against dockerd's own event stream and
+the docker CLI's listings: the stack's services made, run and removed, the front
+answering with the back's page; after Ctrl-C and, for a killed run, after `bench gc`,
+nothing labelled with the run is left and the swarm state is as it was found.
+
 Each replica serves a random id of its own at /id, so the front's answers tell the
 replicas apart without cvbench's own bookkeeping; the counts are checked against
 dockerd's own container list (the containers of the service), and the daemon's state
@@ -16,6 +22,7 @@ against `docker info` and `docker network ls`, read with the docker CLI.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -258,4 +265,148 @@ def test_overlay_without_a_worker_is_not_applicable(repo: Path, tmp_path: Path) 
     reasons = [e["reason"] for e in doc["events"] if e["kind"] == "not_applicable"]
     assert reasons == ["needs a second docker daemon: params.worker"]
     assert doc["samples"] == []
+    assert _daemon_state() == before
+
+
+TINY_STACK = Path(__file__).parent / "data" / "tiny-stack.toml"
+
+
+def _bench_run(tmp_path: Path, scen: str) -> tuple[subprocess.Popen[bytes], Path]:
+    (tmp_path / "tiny.toml").write_text(scen)
+    out = tmp_path / "out"
+    bench = str(Path(sys.executable).parent / "bench")
+    with open(tmp_path / "stderr", "wb") as err:  # (the child holds its own copy)
+        return subprocess.Popen([bench, "run", str(tmp_path / "tiny.toml"), "--backends",
+                                 "docker:swarm", "--out", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=err), out
+
+
+def _run_of(out: Path) -> str:
+    journals = list(out.glob("*.journal"))  # <scenario>-<time>-<run id>.journal
+    return journals[0].stem.rsplit("-", 1)[1] if journals else ""
+
+
+def _labelled(run: str) -> tuple[list[str], list[str]]:
+    """The services and networks labelled with the run, as the docker CLI lists them
+    (no services: the daemon is no swarm manager, it has none)."""
+    label = f"label=cvbench.run={run}"
+    nets = _docker("network", "ls", "--filter", label, "--format", "{{.Name}}").split()
+    if _daemon_state()[0] != "active":
+        return [], nets
+    return _docker("service", "ls", "--filter", label, "--format", "{{.Name}}").split(), nets
+
+
+def test_stack_study_deploys_the_stack_on_swarm(tmp_path: Path) -> None:
+    """`bench run` of the tiny stack on docker:swarm: dockerd's own event stream (`docker
+    events`, read while the run runs) shows the stack's two services created and
+    removed and their task containers started; the front answers with the back's own
+    page, fetched by the back's name over the stack's overlay network; afterwards
+    nothing labelled with the run is left and the swarm state is as it was found."""
+    _swarm()
+    before = _daemon_state()
+    with open(tmp_path / "events", "wb") as sink:
+        events = subprocess.Popen(["docker", "events", "--filter", "type=service",
+                                   "--filter", "type=container", "--format", "{{json .}}"],
+                                  stdout=sink)
+    try:
+        p, out = _bench_run(tmp_path, TINY_STACK.read_text())
+        p.wait(timeout=300)
+        time.sleep(1)  # (the last events on their way)
+    finally:
+        events.terminate()
+        events.wait()
+    assert p.returncode == 0, (tmp_path / "stderr").read_text()[-3000:]
+    doc = json.loads(next(f for f in out.glob("*.json")
+                          if not f.name.endswith(".pyperf.json")).read_text())
+    run = doc["run_id"]
+    seen: dict[tuple[str, str], set[str]] = {}
+    for line in (tmp_path / "events").read_text().splitlines():
+        e = json.loads(line)
+        attrs = e["Actor"]["Attributes"]
+        name = attrs.get("name", "") if e["Type"] == "service" else \
+            attrs.get("com.docker.swarm.service.name", "")
+        if name.startswith(f"cvbench-{run}-"):  # `<stack>_<service>`, the stack the run's
+            seen.setdefault((e["Type"], e["Action"]), set()).add(name.rpartition("_")[2])
+    assert seen.get(("service", "create")) == {"back", "front"}, seen
+    assert seen.get(("service", "remove")) == {"back", "front"}, seen
+    assert seen.get(("container", "start")) == {"back", "front"}, seen
+    assert "back" in seen.get(("container", "health_status: healthy"), set()), seen
+    cell = [s for s in doc["samples"] if s["backend"] == "docker:swarm"]
+    start = [s for s in cell if s["metric"] == "stack.start"]
+    assert start and start[0]["front"], doc["events"]
+    answers = [a["data"] for a in doc["artifacts"] if a["kind"] == "front_response"]
+    assert answers and answers[0]["body"].strip() == "back-says-hi"
+    assert {s["metric"] for s in cell} >= {"stack.service.started", "stack.service.ready",
+                                           "stack.service.healthy", "stack.teardown",
+                                           "stack.memory.pss"}
+    absent = [e for e in doc["events"] if e["kind"] == "stack_figures_absent"]
+    assert absent and "depends_on" in absent[0]["figures"]
+    assert not {s["metric"] for s in cell} & {"stack.service.created", "stack.disk.instance"}
+    assert _labelled(run) == ([], [])
+    assert _daemon_state() == before
+
+
+def _stuck() -> str:
+    """The tiny stack, its back's healthcheck never passing: the stack waits."""
+    return TINY_STACK.read_text().replace(
+        '"http://127.0.0.1:8000/"], interval = 0.2',
+        '"http://127.0.0.1:9/"], interval = 0.2, retries = 100000')
+
+
+def _until_stack_up(p: subprocess.Popen[bytes], out: Path) -> str:
+    """The run's id once its stack's two services and its network exist."""
+    run = ""
+
+    def stack_up() -> bool:
+        nonlocal run
+        run = _run_of(out)
+        services, nets = _labelled(run) if run else ([], [])
+        return (len(services) == 2 and len(nets) == 1) or p.poll() is not None
+
+    _until("the stack's services and network made", stack_up, timeout=240)
+    return run
+
+
+def test_ctrl_c_during_a_stack_sample_removes_the_stack(tmp_path: Path) -> None:
+    """Ctrl-C twice (SIGINT, as a terminal sends it) while the stack waits: the run
+    stops, and nothing labelled with it is left (docker CLI); the swarm is as found."""
+    _swarm()
+    before = _daemon_state()
+    p, out = _bench_run(tmp_path, _stuck())
+    try:
+        run = _until_stack_up(p, out)
+        assert run and len(_labelled(run)[0]) == 2, (tmp_path / "stderr").read_text()
+        p.send_signal(signal.SIGINT)
+        time.sleep(1)
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=180)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, (tmp_path / "stderr").read_text()[-2000:]
+    assert _labelled(run) == ([], [])
+    assert _daemon_state() == before
+
+
+def test_a_killed_stack_run_is_left_to_bench_gc(tmp_path: Path) -> None:
+    """The runner is SIGKILLed while its stack waits for a healthcheck that never
+    passes: the stack's services and its network stay, labelled with the run (docker CLI);
+    `bench gc --run` removes them and leaves the swarm the run made."""
+    _swarm()
+    before = _daemon_state()
+    p, out = _bench_run(tmp_path, _stuck())
+    try:
+        run = _until_stack_up(p, out)
+    finally:
+        p.kill()
+        p.wait()
+    services, nets = _labelled(run)
+    assert len(services) == 2 and len(nets) == 1, (services, nets)  # (the default one)
+    bench = str(Path(sys.executable).parent / "bench")
+    gc = subprocess.run([bench, "gc", "--run", run], capture_output=True, text=True,
+                        timeout=300, check=False)
+    assert gc.returncode == 0, gc.stderr[-2000:]
+    assert "docker service " in gc.stdout and "docker swarm " in gc.stdout, gc.stdout
+    assert _labelled(run) == ([], [])
     assert _daemon_state() == before

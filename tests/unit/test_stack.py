@@ -314,3 +314,81 @@ def test_timeline_chart_services_in_dependency_order_per_cell() -> None:
         assert diamonds == pytest.approx([0.5, 1.0])  # db and app have healthchecks
     assert stack_chapter.stack_timeline(df[~df["metric"].str.startswith("stack.service.")],
                                  draw.Look.of(df)) is None
+    # docker:swarm: no create call of a service's own: in the order they started, the
+    # bars started -> ready only
+    swarm = df[(df["backend"] == "docker") & (df["metric"] != "stack.service.created")]
+    swarm = swarm.assign(backend="docker:swarm")
+    for metric, t in (("started", 0.75), ("ready", 0.85)):  # db started after app
+        swarm.loc[(swarm["sub"] == "service=db")
+                  & (swarm["metric"] == f"stack.service.{metric}"), "value"] = t
+    ax = stack_chapter.stack_timeline(swarm, draw.Look.of(swarm)).get_axes()[0]  # type: ignore[union-attr]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["app", "db", "web"]
+    assert sorted((round(p.get_x(), 6), round(p.get_x() + p.get_width(), 6))
+                  for p in ax.patches) == [(0.7, 0.8), (0.75, 0.85), (1.2, 1.3)]
+
+
+# --- docker:swarm: the stack as a compose document ---------------------------------------
+
+def test_swarm_document_runs_the_prepared_images_by_id_labelled_with_the_run() -> None:
+    """Every service runs the image the other backends run, by its id, through
+    /bench/init with the nonce; limits, healthcheck, volumes and networks carried over;
+    without IPVS every service is dnsrr with nothing published; labelled_stack then
+    labels the services, the networks and the volume with the run."""
+    import yaml
+
+    from runtimes.swarm import labelled_stack
+
+    s = load(STACK)
+    refs = {x.name: f"sha256:{i:064x}" for i, x in enumerate(s.services)}
+    doc = stack.swarm_document(s.services, {x.name: x.workload for x in s.services}, refs,
+                               "n0nce", mesh=False)
+    assert yaml.safe_load(yaml.safe_dump(doc)) == doc  # (plain data, as the CLI reads it)
+    svc = doc["services"]
+    assert {n: v["image"] for n, v in svc.items()} == refs
+    app, db, web = svc["app"], svc["db"], svc["web"]
+    assert app["entrypoint"] == ["/bench/init"] and app["command"] == ["app"]
+    assert app["environment"]["CVBENCH_NONCE"] == "n0nce" and app["user"] == "nobody"
+    assert app["deploy"]["resources"] == {"limits": {"cpus": "0.5", "memory": str(64 << 20)}}
+    assert app["healthcheck"] == {"test": ["CMD", "/bin/sh", "-c",
+                                           "wget -q -O- http://127.0.0.1:8000/"],
+                                  "interval": "500ms", "timeout": "30000ms", "retries": 3,
+                                  "start_period": "0ms"}
+    assert db["volumes"] == [{"type": "volume", "source": "data", "target": "/data",
+                              "read_only": False}]
+    assert all(v["deploy"]["endpoint_mode"] == "dnsrr" and "ports" not in v
+               for v in svc.values())
+    assert doc["networks"] == {"default": {"driver": "overlay"}}
+    labelled = labelled_stack(doc, "aaaaaaaa01")
+    assert labelled["networks"]["default"]["labels"] == {"cvbench.run": "aaaaaaaa01"}
+    assert labelled["volumes"] == {"data": {"labels": {"cvbench.run": "aaaaaaaa01"}}}
+    assert all(v["deploy"]["labels"] == {"cvbench.run": "aaaaaaaa01"}
+               for v in labelled["services"].values())
+    # with the routing mesh: the VIP, and the ports published (a port swarm picks: none)
+    mesh = stack.swarm_document(s.services, {x.name: x.workload for x in s.services}, refs,
+                                "n0nce", mesh=True)["services"]["web"]
+    assert "endpoint_mode" not in mesh["deploy"]
+    assert mesh["ports"] == [{"target": 80, "published": 8080, "protocol": "tcp",
+                              "mode": "ingress"},
+                             {"target": 443, "protocol": "tcp", "mode": "ingress"}]
+    assert web["networks"] == {"default": None}
+    assert "placement" not in web["deploy"]
+    here = stack.swarm_document(s.services, {x.name: x.workload for x in s.services}, refs,
+                                "n0nce", mesh=False, node="abc")["services"]["web"]
+    assert here["deploy"]["placement"] == {"constraints": ["node.id == abc"]}
+
+
+def test_swarm_document_aliases_of_container_name_and_links(tmp_path: Path) -> None:
+    """A compose file's container_name and links' aliases (which `docker stack deploy`
+    would ignore) are network aliases in the swarm document: the names still resolve."""
+    (tmp_path / "c.yaml").write_text(
+        "services:\n"
+        "  db: {image: x, container_name: the-db, networks: [back]}\n"
+        "  web: {image: x, links: ['db:database'], networks: [back, front]}\n"
+        "networks: {back: {}, front: {}}\n")
+    s = compose.read(tmp_path / "c.yaml", base(), found_in({"docker": {"x"}}))
+    doc = stack.swarm_document(s.services, {x.name: x.workload for x in s.services},
+                               dict.fromkeys(("db", "web"), "sha256:" + "0" * 64), "n",
+                               mesh=False)
+    assert doc["services"]["db"]["networks"] == {"back": {"aliases": ["the-db", "database"]}}
+    assert doc["services"]["web"]["networks"] == {"back": None, "front": None}
+    assert set(doc["networks"]) == {"back", "front"}

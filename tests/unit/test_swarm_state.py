@@ -145,6 +145,20 @@ def test_stack_labelled_with_the_run() -> None:
     assert out["services"]["web"]["deploy"] == {"labels": {"a": "1", "cvbench.run": "aaaaaaaa01"},
                                                 "replicas": 2}
     assert out["services"]["db"]["deploy"] == {"labels": {"cvbench.run": "aaaaaaaa01"}}
+    # the default network the services without `networks` are on is declared, labelled
     assert out["networks"] == {"front": {"labels": {"cvbench.run": "aaaaaaaa01"}},
-                               "outside": {"external": True}}
+                               "outside": {"external": True},
+                               "default": {"labels": {"cvbench.run": "aaaaaaaa01"}}}
+    assert "volumes" not in out
     assert doc["services"]["db"] == {"image": "y"}  # the caller's document is not changed
+
+
+def test_stack_volumes_labelled_and_no_default_network_unless_used() -> None:
+    from runtimes.swarm import labelled_stack
+
+    doc = {"services": {"web": {"image": "x", "networks": ["back"]}},
+           "networks": {"back": None}, "volumes": {"data": None, "old": {"external": True}}}
+    out = labelled_stack(doc, "aaaaaaaa01")
+    assert out["networks"] == {"back": {"labels": {"cvbench.run": "aaaaaaaa01"}}}
+    assert out["volumes"] == {"data": {"labels": {"cvbench.run": "aaaaaaaa01"}},
+                              "old": {"external": True}}

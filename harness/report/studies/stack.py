@@ -23,10 +23,11 @@ STACK_PHASES = (("created", "started", "#c6dbef", "create → started"),
 @styled
 def stack_timeline(df: pd.DataFrame, look: Look) -> Figure | None:
     """Per stack cell, its services top to bottom in the order they were created (the
-    dependency order): median times from the stack's first create call, as bars create →
-    started → ready, a diamond where the healthcheck passed, and a single VM's boot as a
-    row of its own; one panel per cell, each on its own time axis (a VM stack takes
-    seconds where containers take ms)."""
+    dependency order; on docker:swarm, which creates all in one deploy call and ignores
+    depends_on, the order they started): median times from the stack's first create
+    call, as bars create → started → ready, a diamond where the healthcheck passed, and
+    a single VM's boot as a row of its own; one panel per cell, each on its own time axis
+    (a VM stack takes seconds where containers take ms)."""
     d = df[df["metric"].str.startswith("stack.service.") & df["sub"].notna()].copy()
     if d.empty:
         return None
@@ -40,7 +41,10 @@ def stack_timeline(df: pd.DataFrame, look: Look) -> Figure | None:
     for c in cs:
         m = med.loc[(c.backend, c.variant, c.dataset)].unstack("metric")
         boot = c.select(df[df["metric"] == "stack.vm_boot"])["value"]
-        m = m.sort_values("stack.service.created")
+        # (docker:swarm has no create call of a service's own: in the order they started)
+        first = "stack.service.created" if "stack.service.created" in m and \
+            m["stack.service.created"].notna().any() else "stack.service.started"
+        m = m.sort_values(first)
         if not boot.empty:  # a single VM: its boot, a row before the services in it
             vm = pd.DataFrame({"stack.service.created": [0.0],
                                "stack.service.started": [float(boot.median())]},
@@ -74,8 +78,8 @@ def stack_timeline(df: pd.DataFrame, look: Look) -> Figure | None:
             lambda v, _: format_seconds(v) if v > 0 else "0"))
         ax.set_xlim(0, ax.get_xlim()[1] * 1.12)  # room for the last label
         ax.grid(axis="x")
-    axes[-1].set_xlabel("time from the stack's first create call (a single VM: the VM's, "
-                        "its boot the first row); medians over the samples")
+    axes[-1].set_xlabel("time from the first create call (single VM: the VM's, its boot "
+                        "the first row; docker:swarm: the deploy call); medians")
     draw.title(fig, "Stacks: each service's start, in dependency order", look)
     draw.finish(fig, look, [*(Patch(facecolor=colour, edgecolor="#555555", label=label)
                           for _, _, colour, label in STACK_PHASES),
