@@ -12,3 +12,9 @@ if [ ! -e /sys/fs/cgroup/cgroup.controllers ] && [ -d /sys/fs/cgroup/memory ]; t
 fi
 modprobe overlay 2>/dev/null || true
 grep -qw overlay /proc/filesystems && say "overlayfs: available" || say "overlayfs: MISSING"
+# Debian's haproxy package enables its own service (an empty configuration, running for
+# nothing on a benchmark host); the scale study runs HAProxy itself, per run
+if pid1_is_systemd && systemctl is-enabled --quiet haproxy.service 2>/dev/null; then
+  systemctl disable --now haproxy.service >/dev/null 2>&1 &&
+    say "haproxy.service: disabled (the scale study starts its own HAProxy)"
+fi
