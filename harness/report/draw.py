@@ -54,8 +54,8 @@ DATASET_MARKERS = ["o", "s", "^", "D", "v", "P"]
 MARKER_GLYPHS = ["●", "■", "▲", "◆", "▼", "✚"]
 
 
-EMULATED_NOTE = ("⚠ (TCG, emulated): a VM without hardware acceleration; "
-                 "its times say little about a VM under KVM")
+EMULATED_NOTE = ("⚠ (TCG, emulated): a VM without hardware acceleration, or anything on "
+                 "an emulated host; its times say little about KVM or bare metal")
 
 
 @dataclass(frozen=True)

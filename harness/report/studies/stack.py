@@ -80,7 +80,9 @@ def stack_timeline(df: pd.DataFrame, look: Look) -> Figure | None:
         ax.grid(axis="x")
     axes[-1].set_xlabel("time from the first create call (single VM: the VM's, its boot "
                         "the first row; docker:swarm: the deploy call); medians")
-    draw.title(fig, "Stacks: each service's start, in dependency order", look)
+    swarm = any(c.backend == "docker:swarm" for c, _ in panels)
+    draw.title(fig, "Stacks: each service's start, in dependency order"
+               + (" (docker:swarm: in start order)" if swarm else ""), look)
     draw.finish(fig, look, [*(Patch(facecolor=colour, edgecolor="#555555", label=label)
                           for _, _, colour, label in STACK_PHASES),
                         Line2D([], [], ls="", marker="D", color="black", ms=5,
