@@ -250,6 +250,15 @@ def seconds_axis(axis: Any, numticks: int = 12) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def latency_bandwidth_axes(ax_lat: Axes, ax_bw: Axes, look: Any, lat_ticks: int) -> None:
+    """The network charts' pair of log axes: one-way latency in seconds (`lat_ticks`
+    labels, 4 on slides), bandwidth in bytes/s by powers of 4 (M = MiB)."""
+    seconds_axis(ax_lat.xaxis, 4 if look.slides else lat_ticks)
+    ax_bw.xaxis.set_major_locator(LogLocator(base=4, numticks=6))
+    ax_bw.xaxis.set_major_formatter(FuncFormatter(compact_bytes))
+    ax_bw.xaxis.set_minor_formatter(NullFormatter())
+
+
 BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 

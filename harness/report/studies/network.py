@@ -9,7 +9,6 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from harness import data, stats
 from harness.core.units import format_seconds
@@ -74,10 +73,7 @@ def network(df: pd.DataFrame, look: Look) -> Figure | None:
         # Down to a labelled power of ten (µs-scale latencies sit below the first one).
         base = 10.0 if ax is ax_lat else 4.0
         ax.set_xlim(min(lo / 1.5, base ** math.floor(math.log(lo, base))), hi * 1.5)
-    draw.seconds_axis(ax_lat.xaxis, 4 if look.slides else 7)  # a narrow panel: fewer labels
-    ax_bw.xaxis.set_major_locator(LogLocator(base=4, numticks=6))
-    ax_bw.xaxis.set_major_formatter(FuncFormatter(draw.compact_bytes))
-    ax_bw.xaxis.set_minor_formatter(NullFormatter())
+    draw.latency_bandwidth_axes(ax_lat, ax_bw, look, 7)  # a narrow panel: fewer labels
     ax_lat.set_title("latency, one way (sockperf)")
     ax_bw.set_title("bandwidth (iperf3)")
     ax_lat.set_xlabel("log scale")

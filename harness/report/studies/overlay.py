@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from harness import data, stats
 from harness.core.units import format_value
@@ -113,10 +112,7 @@ def overlay(df: pd.DataFrame, look: Look) -> Figure | None:
         ax.grid(axis="x", which="major")
         lo, hi = ax.get_xlim()
         ax.set_xlim(lo / 1.5, hi * 1.5)
-    draw.seconds_axis(ax_lat.xaxis, 4 if look.slides else 6)
-    ax_bw.xaxis.set_major_locator(LogLocator(base=4, numticks=6))
-    ax_bw.xaxis.set_major_formatter(FuncFormatter(draw.compact_bytes))
-    ax_bw.xaxis.set_minor_formatter(NullFormatter())
+    draw.latency_bandwidth_axes(ax_lat, ax_bw, look, 6)
     ax_lat.set_title("latency, one way")
     ax_bw.set_title("bandwidth")
     ax_lat.set_xlabel("sockperf, log scale")
