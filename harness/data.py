@@ -7,7 +7,8 @@
   whose metadata says nothing is `unknown` (a VM is recognised by its `accel` key, which
   only hypervisor backends record), and the claims that need a kind leave it out.
 - `emulated` — a VM without hardware acceleration (metadata `emulated: true` or
-  `accel: tcg`), or any cell of a host that is itself emulated (the sample's own flag): its timings say little about KVM, so every chart and table marks it.
+  `accel: tcg`), or any cell of a host that is itself emulated (the sample's own
+  flag): its timings say little about KVM, so every chart and table marks it.
 - `writable_layer` — where the backend's writes to the root filesystem landed in that run,
   "disk" or "tmpfs" ("" when not recorded; `harness.core.records.writable_layer`, which
   reads older results too): a cell in RAM is marked "(writable layer in RAM)" in every
