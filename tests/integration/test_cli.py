@@ -100,8 +100,11 @@ def test_list_and_doctor(repo: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "harness.cli", "doctor"], capture_output=True,
                        text=True, env=env, timeout=300, check=False)
     assert p.returncode == 0, p.stderr
+    # the backends' table: the first one (the tools' table after it has rows such as
+    # "docker" too, a command's path in their second column)
+    first = p.stdout.split("└", 1)[0]
     answers = {ln.split("│")[1].strip(): ln.split("│")[2].strip()
-               for ln in p.stdout.splitlines()
+               for ln in first.splitlines()
                if ln.count("│") >= 4 and ln.split("│")[1].strip()}
     assert set(registry.all_names()) <= set(answers), answers
     assert {answers[n] for n in registry.all_names()} <= {"yes", "no"}
