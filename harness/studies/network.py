@@ -65,7 +65,14 @@ TOOLS = ("sockperf", "iperf3")
 VERSIONS = "".join(f'echo "{{begin}} {t}-version"; {t} --version 2>&1; '
                    f'echo "{{end}} {t}-version rc=$?"\n' for t in TOOLS)
 
-INSIDE = VERSIONS + """\
+# One open-files limit for the tools on every backend, set by the instance's shell (a
+# process may always lower its own limits): sockperf allocates a slot per possible
+# descriptor, and Docker >= 25 under systemd hands a container containerd's "infinity"
+# (about 2^30), ENOMEM on a small host. (Not the scenario's [limits] rlimits: ns cannot
+# raise a hard limit without CAP_SYS_RESOURCE, and Podman's crun then fails on nproc.)
+NOFILE = "ulimit -n 4096; "
+
+INSIDE = NOFILE + VERSIONS + """\
 sockperf sr --tcp -i 127.0.0.1 -p {lat_port} >/dev/null 2>&1 & sp=$!
 iperf3 -s -B 127.0.0.1 -p {bw_port} >/dev/null 2>&1 & ip=$!
 for i in $(seq 100); do
@@ -80,7 +87,7 @@ kill $sp $ip
 true
 """
 
-SERVERS = ("sockperf sr --tcp -i {bind} -p {lat_port} >/dev/null 2>&1 & "
+SERVERS = (NOFILE + "sockperf sr --tcp -i {bind} -p {lat_port} >/dev/null 2>&1 & "
            "exec iperf3 -s -B {bind} -p {bw_port} >/dev/null 2>&1")
 
 

@@ -6,7 +6,8 @@ systemd path), `make venv`, then the integration tests of ns (cgroup v2, rootles
 delegated subtree, escapes, hostile images), Docker and Podman, macvlan and ipvlan on all
 three (the kernel has the driver here), with every skip a failure
 (CVBENCH_REQUIRE), `bench doctor` (libvirt says why it is left out: a VM inside an
-emulated host) and `make bench` (the README's command) on host, ns, docker and podman.
+emulated host), `make bench` (the README's command) on host, ns, docker and podman, and
+the network study in every mode on ns, docker and podman (one sample a cell).
 The results come back to results/testhost/; this machine then runs the same startup
 scenario and `bench report` puts the two hosts side by side, the guest's timings marked
 as emulated. The guest, its overlay and its network are removed and the test checks
@@ -44,6 +45,11 @@ def test_in_debian13_guest(repo: Path, tmp_path: Path) -> None:
         in_guest(repo, "mkdir -p results && COLUMNS=250 .venv/bin/bench doctor | "
                  "tee results/doctor.txt", timings, "doctor")
         in_guest(repo, "make bench BACKENDS=host,ns,docker,podman", timings, "make bench")
+        # the network study on current engines, every mode, one sample a cell: a cell that
+        # fails makes `bench run` exit non-zero (Docker >= 25 hands containers nofile
+        # "infinity", Debian 13's netavark needs nft, ns's eth0 name met the host's)
+        in_guest(repo, ".venv/bin/bench run network --backends ns,docker,podman "
+                 "--min-samples 1 --max-samples 1 --out results/net", timings, "network")
         assert run_testhost(repo, "pull", "/srv/cvbench/results", str(out)).returncode == 0
     doctor = (out / "doctor.txt").read_text()
     # the reason as one line of words (a cell may still wrap: the table's rules and
